@@ -1,0 +1,166 @@
+"""Baseline forecasters that need no training, all behind forecast.ForecasterBase.
+
+A trained model is only interesting if it beats these: a flat line (zero, context mean), the last
+value, a copy of the last beat period (seasonal naive), the context's average beat placed at the
+predicted rhythm (template), and a probabilistic seasonal naive whose spread comes from the
+context's RR variability (for CRPS and coverage).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from forecast import ForecasterBase, as_context
+from metrics import detect_r_peaks
+
+MIN_PERIOD_S, MAX_PERIOD_S = 0.25, 2.5   # 240 and 24 bpm: the plausible beat periods
+TEMPLATE_PRE = 1 / 3                     # fraction of the beat period before the R peak
+
+
+class Zero(ForecasterBase):
+    """Predicts 0 mV: the band-passed ECG's mean, so the MSE floor any real forecast must beat."""
+
+    name = "zero"
+
+    def __init__(self, fs: int = 128):
+        self.fs = fs
+
+    def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
+        x = as_context(context)
+        return np.zeros((len(x), 1, horizon, 2), np.float32)
+
+
+class ContextMean(Zero):
+    """Predicts each lead's context mean."""
+
+    name = "mean"
+
+    def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
+        x = as_context(context)
+        return np.repeat(x.mean(axis=1, keepdims=True)[:, None], horizon, axis=2)
+
+
+class Persistence(Zero):
+    """Repeats the last context sample."""
+
+    name = "persistence"
+
+    def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
+        x = as_context(context)
+        return np.repeat(x[:, None, -1:], horizon, axis=2)
+
+
+def autocorr_period(x: np.ndarray, fs: float) -> np.ndarray:
+    """Beat period (samples) of contexts [B, C, 2] from the autocorrelation summed over both leads.
+
+    The unbiased autocorrelation is searched from 0.25 s to 2.5 s (leaving at least 0.5 s of
+    overlap); the first local maximum reaching 80 % of the best one wins, not a multiple of the period.
+    """
+    b, c, _ = x.shape
+    z = x - x.mean(axis=1, keepdims=True)
+    f = np.fft.rfft(z, n=2 * c, axis=1)
+    acf = np.fft.irfft(f * np.conj(f), axis=1)[:, :c].sum(-1) / (c - np.arange(c))
+    lo = max(1, round(MIN_PERIOD_S * fs))
+    hi = max(lo + 3, min(round(MAX_PERIOD_S * fs), c - round(fs / 2)))
+    seg = acf[:, lo:hi]
+    best = seg.max(axis=1, keepdims=True)
+    local = np.zeros_like(seg, bool)
+    local[:, 1:-1] = (seg[:, 1:-1] >= seg[:, :-2]) & (seg[:, 1:-1] >= seg[:, 2:])
+    good = local & (seg >= 0.8 * best) & (best > 0)
+    first = np.where(good.any(axis=1), np.argmax(good, axis=1), np.argmax(seg, axis=1))
+    return (lo + first).astype(np.int64)
+
+
+def context_rhythm(x: np.ndarray, fs: float) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """(R peaks of each context's lead 1, beat period in samples, RR standard deviation in samples).
+
+    The period is the median RR interval of the detected R peaks when there are at least two,
+    else the autocorrelation period (`autocorr_period`); the RR spread is NaN with fewer than three.
+    """
+    rows, pos = detect_r_peaks(x[:, :, 0], fs)
+    peaks = np.split(pos, np.searchsorted(rows, np.arange(1, len(x))))
+    period = autocorr_period(x, fs)
+    spread = np.full(len(x), np.nan)
+    for i, p in enumerate(peaks):
+        rr = np.diff(p)
+        if len(rr) >= 1:
+            period[i] = int(round(np.median(rr)))
+        if len(rr) >= 2:
+            spread[i] = float(np.std(rr))
+    period = np.clip(period, max(1, round(MIN_PERIOD_S * fs)), x.shape[1])
+    return peaks, period, spread
+
+
+def repeat_last(x: np.ndarray, period: np.ndarray, horizon: int) -> np.ndarray:
+    """Repeat the last period[i] samples of each context [B, C, 2] (period may be [B] or [B, S])."""
+    b, c = x.shape[:2]
+    p = period.reshape(b, -1).astype(np.int32)                    # [B, S]
+    start = (np.arange(b, dtype=np.int32) * c + c)[:, None, None] - p[:, :, None]
+    idx = start + np.arange(horizon, dtype=np.int32) % p[:, :, None]   # [B, S, H] into x as [B*C]
+    return x.reshape(b * c, 2)[idx]                               # [B, S, H, 2]
+
+
+class SeasonalNaive(Zero):
+    """Repeats the context's last beat period (median RR of its R peaks, else autocorrelation)."""
+
+    name = "seasonal"
+
+    def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
+        x = as_context(context)
+        _, period, _ = context_rhythm(x, self.fs)
+        return repeat_last(x, period, horizon)
+
+
+class MeanBeatTemplate(Zero):
+    """Averages the context's beats (one period around each R peak) and tiles that mean beat from
+    the last R peak on, one per median RR interval: the rhythm continues, the noise averages out.
+    Contexts with fewer than two detected beats fall back to the seasonal naive forecast."""
+
+    name = "template"
+
+    def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
+        x = as_context(context)
+        c = x.shape[1]
+        peaks, period, _ = context_rhythm(x, self.fs)
+        out = repeat_last(x, period, horizon)
+        for i, r in enumerate(peaks):
+            if len(r) < 2:
+                continue
+            p = int(period[i])
+            pre = int(round(TEMPLATE_PRE * p))
+            idx = r[:, None] - pre + np.arange(p)                  # one period around each R peak
+            ok = (idx >= 0) & (idx < c)
+            beats = np.where(ok[:, :, None], x[i, np.clip(idx, 0, c - 1)], 0.0)
+            template = beats.sum(0) / np.maximum(ok.sum(0), 1)[:, None]
+            phase = (c + np.arange(horizon) - (r[-1] - pre)) % p
+            out[i, 0] = template[phase]
+        return out
+
+
+class SeasonalEnsemble(Zero):
+    """Seasonal naive with one random period per sample, drawn around the median RR with the
+    context's RR standard deviation: timing uncertainty that grows with every beat, the
+    probabilistic baseline for CRPS and interval coverage. Two to four RR intervals underestimate
+    the spread, so it is at least 5 % of the period (best CRPS on the training split)."""
+
+    name = "seasonal_ensemble"
+    deterministic = False
+    min_spread = 0.05
+
+    def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
+        x = as_context(context)
+        _, period, spread = context_rhythm(x, self.fs)
+        sd = np.fmax(np.nan_to_num(spread, nan=0.0), self.min_spread * period)
+        z = np.random.default_rng(seed).standard_normal((len(x), num_samples))
+        p = np.rint(period[:, None] + sd[:, None] * z).astype(np.int64)
+        p = np.clip(p, max(1, round(MIN_PERIOD_S * self.fs)), x.shape[1])
+        return repeat_last(x, p, horizon)
+
+
+BASELINES: dict[str, type[ForecasterBase]] = {
+    cls.name: cls for cls in (Zero, ContextMean, Persistence, SeasonalNaive, MeanBeatTemplate, SeasonalEnsemble)
+}
+
+
+def make_baseline(name: str, fs: int) -> ForecasterBase:
+    """A baseline by its --model name (see BASELINES)."""
+    return BASELINES[name](fs)

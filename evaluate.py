@@ -1,0 +1,602 @@
+"""Score forecasters (trained checkpoints and baselines) side by side on identical windows.
+
+    python3 evaluate.py --model CHECKPOINT|BASELINE [...] [--split test] [--wfdb-dir DIR] [--records ...]
+
+Baselines: zero, mean, persistence, seasonal, template, seasonal_ensemble, or `baselines` for all.
+Each window's first input_signal_duration seconds are the context, the rest the truth to forecast.
+Metrics are computed per record, then averaged over records (each patient weighs the same) with
+bootstrap 95 % intervals over records. Writes report.md (one table), metrics.json, metrics.csv,
+error_curves.png and gallery_<model>.png into a fresh results/evaluate-<time> folder.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import metrics as M
+import paths
+from baselines import BASELINES, make_baseline
+from forecast import ForecasterBase
+from hyper_params import Config, data_hash, load_config
+from paths import UserError
+
+ALL_BASELINES = "baselines"
+N_BOOT = 1000
+RHYTHM_PATHS = 10   # sample paths per window whose R peaks are scored for a sampled forecast
+
+
+def make_forecaster(spec: str, fs: int) -> ForecasterBase:
+    """A baseline by name, or a trained model from a checkpoint path (forecast.Forecaster)."""
+    if spec in BASELINES:
+        return make_baseline(spec, fs)
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"--model {spec}: no such checkpoint file, and not a baseline "
+                        f"({', '.join(BASELINES)} or {ALL_BASELINES})")
+    try:
+        from forecast import Forecaster
+    except ImportError as e:
+        raise UserError(f"cannot load {path}: forecast.Forecaster is not available ({e})") from e
+    try:
+        model = Forecaster.from_checkpoint(path)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
+    if int(model.fs) != int(fs):
+        raise UserError(f"{path}: the model forecasts at {model.fs} Hz but the data is at {fs} Hz")
+    return model
+
+
+def preparation_mismatch(model: ForecasterBase, cfg: Config) -> str:
+    """How a model's own data config (if it carries one) differs from the evaluation data's, or ''."""
+    own = getattr(getattr(model, "cfg", None), "data", None)
+    keys = ("samples_per_second", "filter_band", "filter_order", "first_lead")
+    return ", ".join(f"{k} {getattr(own, k)!r} vs {getattr(cfg.data, k)!r}" for k in keys
+                     if own is not None and getattr(own, k, None) != getattr(cfg.data, k))
+
+
+def expand_models(specs: list[str]) -> list[str]:
+    """`baselines` becomes every baseline name; duplicates are dropped, order kept."""
+    out: list[str] = []
+    for s in specs:
+        for name in (list(BASELINES) if s == ALL_BASELINES else [s]):
+            if name not in out:
+                out.append(name)
+    return out
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass
+class Windows:
+    """Evaluation windows of several records, as prepare_mitbih.cut_windows lays them out."""
+
+    signals: np.ndarray                 # [N, T, 2] float32 mV
+    record: np.ndarray                  # [N] index into records
+    start: np.ndarray                   # [N] window start (samples at fs)
+    beat_ptr: np.ndarray                # [N+1] CSR pointers into beat_pos
+    beat_pos: np.ndarray                # [M] reference beats, samples from the window start
+    records: list[str]
+    annotated: np.ndarray               # [R] bool: the record has beat annotations
+    leads: list[list[str]]
+    fs_in: list[float]
+    source: dict = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def select(self, keep: np.ndarray) -> "Windows":
+        """The windows `keep` (sorted indices), with their beats."""
+        counts = np.diff(self.beat_ptr)[keep]
+        beat_idx = np.concatenate([np.arange(self.beat_ptr[i], self.beat_ptr[i + 1]) for i in keep] or
+                                  [np.zeros(0, np.int64)])
+        return Windows(self.signals[keep], self.record[keep], self.start[keep],
+                       np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), self.beat_pos[beat_idx],
+                       self.records, self.annotated, self.leads, self.fs_in, self.source, self.skipped)
+
+
+def _from_tensors(d: dict, annotated: list[bool], leads: list[list[str]], fs_in: list[float],
+                  source: dict, skipped: list[tuple[str, str]]) -> Windows:
+    def arr(x):
+        return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+    return Windows(arr(d["signals"]), arr(d["record"]), arr(d["start"]), arr(d["beat_ptr"]),
+                   arr(d["beat_pos"]), list(d["records"]), np.asarray(annotated, bool), leads, fs_in,
+                   source, skipped)
+
+
+def load_prepared(split: str, cfg: Config, prepared: str | None) -> Windows:
+    """A prepared split (prepare_mitbih.py), with record details from its meta.json when present."""
+    from prepare_mitbih import load_split
+    d = load_split(split, cfg, prepared)
+    folder = paths.location("prepared", prepared)
+    try:
+        meta = json.loads((folder / "meta.json").read_text()).get("records", {})
+    except (OSError, ValueError):
+        meta = {}
+    names = list(d["records"])
+    info = [meta.get(n, {}) for n in names]
+    source = {"kind": "prepared", "path": str(folder / f"{split}.pt"), "split": split,
+              "input_hash": d.get("input_hash", "unknown")}
+    return _from_tensors(d, [i.get("has_annotations", True) for i in info], [i.get("leads", ["?", "?"]) for i in info],
+                         [i.get("fs_in", float("nan")) for i in info], source, [])
+
+
+def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None, progress: bool = True) -> Windows:
+    """Every readable record of a WFDB folder: filtered, resampled, lead-ordered as for training.
+
+    Records that cannot be read (missing or truncated files, one lead, NaN samples, too short) are
+    returned in `skipped` with the reason instead of stopping the run.
+    """
+    from prepare_mitbih import cut_windows, find_records, hash_inputs, read_record
+    folder = Path(folder)
+    names = find_records(folder, download=False)
+    if records:
+        missing = [r for r in records if r not in names]
+        if missing:
+            raise UserError(f"records {missing} are not in {folder}")
+        names = [n for n in names if n in records]
+    loaded, skipped = [], []
+    for name in tqdm(names, desc="reading", unit="rec", disable=not progress):
+        try:
+            rec = read_record(folder / name, cfg.data)
+        except Exception as e:   # UserError from read_record, or anything wfdb/scipy raise on odd files
+            skipped.append((name, str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"))
+            continue
+        if len(rec.signal) < cfg.data.total_samples:
+            skipped.append((name, f"{len(rec.signal) / cfg.data.samples_per_second:.1f} s is shorter than one "
+                                  f"window of {cfg.data.total_samples / cfg.data.samples_per_second:.1f} s"))
+            continue
+        loaded.append(rec)
+    if not loaded:
+        reasons = "; ".join(f"{n}: {why}" for n, why in skipped[:5])
+        raise UserError(f"no usable record in {folder} ({reasons})")
+    d = cut_windows(loaded, cfg.data, overlap=False)
+    source = {"kind": "wfdb", "path": str(folder), "split": "all records",
+              "input_hash": hash_inputs(folder, [r.name for r in loaded])}
+    return _from_tensors(d, [r.has_annotations for r in loaded], [r.leads for r in loaded],
+                         [r.fs_in for r in loaded], source, skipped)
+
+
+def limit_windows(w: Windows, records: list[str] | None, per_record: int | None) -> Windows:
+    """Keep only some records, and at most `per_record` evenly spaced windows of each."""
+    keep = np.ones(len(w.record), bool)
+    if records:
+        missing = [r for r in records if r not in w.records]
+        if missing:
+            raise UserError(f"records {missing} are not in {w.source.get('path')} (it has {', '.join(w.records)})")
+        keep &= np.isin(w.record, [w.records.index(r) for r in records])
+    if per_record:
+        sub = np.zeros(len(w.record), bool)
+        for r in np.unique(w.record[keep]):
+            idx = np.flatnonzero(keep & (w.record == r))
+            sub[idx[np.unique(np.round(np.linspace(0, len(idx) - 1, min(per_record, len(idx)))).astype(int))]] = True
+        keep = sub
+    return w if keep.all() else w.select(np.flatnonzero(keep))
+
+
+# ----------------------------------------------------------------------------- scoring
+
+@dataclass
+class Scores:
+    """Sums of one forecaster over each record's windows."""
+
+    sums: dict[str, np.ndarray]         # key -> [R, K+1]
+    curves: dict[str, np.ndarray]       # key -> [R, H] (summed over windows and leads)
+    window_mse: np.ndarray              # [N] whole-horizon MSE of every window
+    deterministic: bool = True
+
+
+def _chunks(w: Windows, batch_size: int) -> list[tuple[int, int, np.ndarray]]:
+    """(record, chunk number, window indices): the fixed batching that also fixes every seed."""
+    out = []
+    for r in np.unique(w.record):
+        idx = np.flatnonzero(w.record == r)
+        out += [(int(r), i // batch_size, idx[i:i + batch_size]) for i in range(0, len(idx), batch_size)]
+    return out
+
+
+def _seed(seed: int, record: int, chunk: int) -> int:
+    return int(np.random.SeedSequence([seed, record, chunk]).generate_state(1)[0])
+
+
+def _beats(w: Windows, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reference beats of windows idx as (row in idx, sample from the window start)."""
+    lo, hi = w.beat_ptr[idx], w.beat_ptr[idx + 1]
+    rows = np.repeat(np.arange(len(idx)), hi - lo)
+    pos = np.concatenate([w.beat_pos[a:b] for a, b in zip(lo, hi)] or [np.zeros(0, np.int64)])
+    return rows, pos
+
+
+def predict_checked(f: ForecasterBase, name: str, context: np.ndarray, horizon: int, num_samples: int,
+                    seed: int) -> np.ndarray:
+    """f.predict with its output checked: float [B, S, H, 2], finite."""
+    out = np.asarray(f.predict(context, horizon, num_samples=num_samples, seed=seed), np.float32)
+    if out.ndim != 4 or out.shape[0] != len(context) or out.shape[2:] != (horizon, 2) or out.shape[1] < 1:
+        raise UserError(f"{name}: predict returned shape {out.shape}, expected "
+                        f"[{len(context)}, S, {horizon}, 2]")
+    if not np.isfinite(out).all():
+        raise UserError(f"{name}: predict returned NaN or inf values")
+    return out
+
+
+def rhythm_of_paths(context: np.ndarray, paths: np.ndarray, rows: np.ndarray, pos: np.ndarray, fs: int,
+                    edges: np.ndarray, annotated: np.ndarray) -> dict[str, np.ndarray]:
+    """Rhythm sums of lead-1 forecasts [B, S, H], averaged over the first RHYTHM_PATHS sample paths.
+
+    Beats are a property of a trajectory: the mean of samples that disagree on timing has no sharp
+    beats, so a sampled forecast is scored on its sample paths (a deterministic one on its forecast).
+    """
+    m = min(paths.shape[1], RHYTHM_PATHS)
+    total: dict[str, np.ndarray] = {}
+    for j in range(m):
+        for key, v in M.rhythm_sums(context, paths[:, j], rows, pos, fs, edges, annotated).items():
+            total[key] = total.get(key, 0) + v / m
+    return total
+
+
+def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, fs: int, num_samples: int = 100,
+             seed: int = 0, batch_size: int = 256, progress: bool = True) -> tuple[dict[str, Scores], dict]:
+    """Score every forecaster on the same windows, batch by batch within each record.
+
+    Returns each forecaster's Scores and the rhythm sums of the R-peak detector run on the true
+    horizons: its own sensitivity and positive predictivity against the reference annotations.
+    """
+    n, t, _ = w.signals.shape
+    horizon = t - context
+    edges = M.segment_edges(horizon, fs)
+    r_count, k = len(w.records), len(edges)
+    scores = {name: Scores({}, {}, np.full(n, np.nan), f.deterministic) for name, f in forecasters.items()}
+    truth_sums: dict[str, np.ndarray] = {}
+
+    def add(store: dict, key: str, shape: tuple, r: int, value: np.ndarray) -> None:
+        if key not in store:
+            store[key] = np.zeros(shape)
+        store[key][r] += value
+
+    chunks = _chunks(w, batch_size)
+    bar = tqdm(total=len(np.unique(w.record)), desc="records", unit="rec", disable=not progress)
+    for ci, (r, c_no, idx) in enumerate(chunks):
+        x = np.asarray(w.signals[idx], np.float32)
+        ctx, truth = x[:, :context], x[:, context:]
+        rows, pos = _beats(w, idx)
+        annotated = np.full(len(idx), bool(w.annotated[r]))
+        for key, v in M.rhythm_sums(ctx[..., 0], truth[..., 0], rows, pos, fs, edges, annotated).items():
+            add(truth_sums, key, (r_count, k), r, v.sum(0))
+        for name, f in forecasters.items():
+            out = predict_checked(f, name, ctx, horizon, num_samples, _seed(seed, r, c_no))
+            wave, curves = M.waveform_sums(truth, out, edges)
+            rhythm = rhythm_of_paths(ctx[..., 0], out[..., 0], rows, pos, fs, edges, annotated)
+            s = scores[name]
+            s.deterministic = s.deterministic and out.shape[1] == 1
+            for key, v in {**wave, **rhythm}.items():
+                add(s.sums, key, (r_count, k), r, v.sum(0))
+            for key, v in curves.items():
+                add(s.curves, key, (r_count, horizon), r, v.sum(0))
+            add(s.curves, "windows", (r_count,), r, len(idx))
+            s.window_mse[idx] = wave["se"][:, -1] / wave["n"][:, -1]
+        if ci + 1 == len(chunks) or chunks[ci + 1][0] != r:
+            bar.update(1)
+    bar.close()
+    return scores, truth_sums
+
+
+def summarize(scores: dict[str, Scores], truth_sums: dict, w: Windows, fs: int, horizon: int,
+              n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """Per-record metrics, their means over records with bootstrap CIs, and the detector check."""
+    edges = M.segment_edges(horizon, fs)
+    labels = [f"{a / fs:g}-{b / fs:g} s" for a, b in zip(edges[:-1], edges[1:])] + ["all"]
+    used = np.unique(w.record)                      # records that have windows
+    out: dict = {"horizons": labels, "order": list(scores), "forecasters": {}, "per_record": {},
+                 "records": [w.records[i] for i in used]}
+    for name, s in scores.items():
+        per_rec = M.record_metrics({key: v[used] for key, v in s.sums.items()})
+        table = {}
+        for metric, values in per_rec.items():
+            mean, lo, hi = M.bootstrap_ci(values, n_boot, seed)
+            n_rec = np.sum(np.isfinite(values), axis=0)
+            table[metric] = [{"value": _num(mean[j]), "ci": [_num(lo[j]), _num(hi[j])], "records": int(n_rec[j])}
+                             for j in range(len(labels))]
+        out["forecasters"][name] = {"deterministic": s.deterministic, "metrics": table}
+        out["per_record"][name] = {metric: {w.records[i]: _num(v[j, -1]) for j, i in enumerate(used)}
+                                   for metric, v in per_rec.items()}
+    det = {}
+    for tol in M.TOLERANCES_MS:
+        tp, fp, fn = (float(truth_sums[f"{key}{tol}"][used, -1].sum()) for key in ("tp", "fp", "fn"))
+        det[f"{tol}ms"] = {"sensitivity": _num(tp / (tp + fn)) if tp + fn else None,
+                           "positive_predictivity": _num(tp / (tp + fp)) if tp + fp else None,
+                           "tp": int(tp), "fp": int(fp), "fn": int(fn)}
+    truth_metrics = M.record_metrics({key: v[used] for key, v in truth_sums.items()})
+    for metric in ("timing_ms", "hr_bpm"):
+        mean, lo, hi = M.bootstrap_ci(truth_metrics[metric][:, -1], n_boot, seed)
+        det[metric] = {"value": _num(mean), "ci": [_num(lo), _num(hi)]}
+    det["annotated_records"] = int(np.sum(w.annotated[used]))
+    out["detector"] = det
+    return out
+
+
+def _num(v) -> float | None:
+    v = float(v)
+    return round(v, 6) if np.isfinite(v) else None
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def fmt(v: float | None) -> str:
+    """Three significant digits, no exponent for ordinary magnitudes; '—' for undefined."""
+    if v is None or not np.isfinite(v):
+        return "—"
+    if abs(v) >= 1000:
+        return f"{v:.0f}"
+    return f"{v:.3g}" if abs(v) >= 0.001 or v == 0 else f"{v:.2e}"
+
+
+def cell(entry: dict) -> str:
+    if entry["value"] is None:
+        return "—"
+    return f"{fmt(entry['value'])} [{fmt(entry['ci'][0])}, {fmt(entry['ci'][1])}]"
+
+
+def header_of(metric: str) -> str:
+    label, unit = M.METRICS[metric]
+    return f"{label} ({unit})" if unit else label
+
+
+def markdown_report(summary: dict, header: dict, w: Windows) -> str:
+    """report.md: run header, one table of every metric per forecaster, then per horizon second."""
+    names = summary["order"]
+    cols = list(M.METRICS)
+    lines = [f"# Forecast evaluation: {len(summary['records'])} records, {len(w.record)} windows "
+             f"({w.source.get('kind')} {w.source.get('split')})", ""]
+    lines += ["| | |", "|---|---|"]
+    lines += [f"| {k} | {'`' + v + '`' if k == 'command' else v} |" for k, v in header.items()] + [""]
+    lines += ["## All forecasters, whole horizon", "",
+              "Mean over records [bootstrap 95 % interval over records]; each record's value pools its "
+              "windows, so each patient weighs the same. `—`: undefined (interval scores of "
+              "deterministic forecasts).", ""]
+    lines += ["| forecaster | " + " | ".join(header_of(c) for c in cols) + " |",
+              "|---|" + "---:|" * len(cols)]
+    for name in names:
+        m = summary["forecasters"][name]["metrics"]
+        lines.append(f"| {name} | " + " | ".join(cell(m[c][-1]) for c in cols) + " |")
+    lines += ["", "## Per horizon second", "", "Same metrics, one row per forecaster and horizon second "
+              "(mean over records; intervals in metrics.json / metrics.csv).", ""]
+    lines += ["| forecaster | horizon | " + " | ".join(header_of(c) for c in cols) + " |",
+              "|---|---|" + "---:|" * len(cols)]
+    for name in names:
+        m = summary["forecasters"][name]["metrics"]
+        for j, label in enumerate(summary["horizons"][:-1]):
+            lines.append(f"| {name} | {label} | " + " | ".join(fmt(m[c][j]["value"]) for c in cols) + " |")
+    d = summary["detector"]
+    lines += ["", "## R-peak detector check", "",
+              f"The detector (`metrics.detect_r_peaks`) run on the true horizons (lead 1) against the reference "
+              f"beat annotations of {d['annotated_records']} annotated records (pooled over all windows):", "",
+              "| tolerance | sensitivity | positive predictivity | TP | FP | FN |", "|---|---:|---:|---:|---:|---:|"]
+    for tol in M.TOLERANCES_MS:
+        e = d[f"{tol}ms"]
+        se = "—" if e["sensitivity"] is None else f"{100 * e['sensitivity']:.2f} %"
+        pp = "—" if e["positive_predictivity"] is None else f"{100 * e['positive_predictivity']:.2f} %"
+        lines.append(f"| ±{tol} ms | {se} | {pp} | {e['tp']} | {e['fp']} | {e['fn']} |")
+    lines += ["", f"Its own timing error (±100 ms matches): {cell(d['timing_ms'])} ms; heart-rate error: "
+              f"{cell(d['hr_bpm'])} bpm. These bound what any forecast can score on the rhythm columns.", ""]
+    lines += ["## Metrics", "",
+              "- MSE, MAE: point forecast (sample mean) vs truth, both leads. PRD = 100·sqrt(Σerr²/Σtruth²), "
+              "PRDN the same against the truth's variance about its mean, energies pooled over a record's windows.",
+              "- Pearson r: per window and lead, then averaged; 0 for a constant forecast.",
+              "- CRPS from the samples (energy form, sorted samples; equals MAE for a deterministic forecast); "
+              "MSE/MAE of median: the sample median as point forecast; cover/width: fraction of true samples "
+              "inside the central 50 % / 80 % interval of the samples and its mean width.",
+              "- F1: R peaks detected in the forecast's lead 1 (continuing the true context) matched "
+              "to the reference beats in the horizon within ±50 / ±100 ms; timing err: mean |Δt| of ±100 ms "
+              "matches; HR err: |heart rate of detections − of reference beats| per window (bpm). A sampled "
+              f"forecast is scored on its first {RHYTHM_PATHS} sample paths per window (pooled): the mean of "
+              "samples that disagree on timing has no sharp beats.", ""]
+    lines += ["## Records", "", "| record | leads | rate in (Hz) | annotations | windows |", "|---|---|---:|---|---:|"]
+    counts = np.bincount(w.record, minlength=len(w.records))
+    for i, name in enumerate(w.records):
+        if counts[i]:
+            lines.append(f"| {name} | {', '.join(w.leads[i])} | {w.fs_in[i]:g} | "
+                         f"{'yes' if w.annotated[i] else 'no'} | {counts[i]} |")
+    if w.skipped:
+        lines += ["", f"Skipped {len(w.skipped)} record(s):", ""] + [f"- {n}: {why}" for n, why in w.skipped]
+    lines += ["", "## Plots", "", "![error per horizon time](error_curves.png)", ""]
+    lines += [f"![{name} examples](gallery_{_file_name(name)}.png)" for name in names]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(summary: dict) -> str:
+    """Long format: one row per forecaster, horizon segment and metric."""
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(["forecaster", "horizon", "metric", "unit", "value", "ci_low", "ci_high", "records"])
+    for name in summary["order"]:
+        for metric, entries in summary["forecasters"][name]["metrics"].items():
+            for label, e in zip(summary["horizons"], entries):
+                out.writerow([name, label, metric, M.METRICS[metric][1], _csv(e["value"]), _csv(e["ci"][0]),
+                              _csv(e["ci"][1]), e["records"]])
+    return buf.getvalue()
+
+
+def _csv(v: float | None) -> str:
+    return "" if v is None else repr(v)
+
+
+def _file_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: Path) -> None:
+    """MSE, MAE, CRPS against horizon time (mean over records) and F1 ±100 ms per horizon second."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    panels = (("se", "MSE (mV²)"), ("ae", "MAE (mV)"), ("crps", "CRPS (mV)"))
+    for (key, label), ax in zip(panels, axes.flat):
+        for name, s in scores.items():
+            n = s.curves["windows"]
+            used = n > 0
+            curve = np.mean(s.curves[key][used] / (2 * n[used, None]), axis=0)
+            ax.plot(np.arange(1, len(curve) + 1) / fs, curve, label=name, lw=1.2)
+        ax.set(xlabel="horizon (s)", ylabel=label, title=f"{label.split()[0]} per horizon sample")
+        ax.grid(alpha=0.3)
+    ax = axes.flat[3]
+    labels = summary["horizons"][:-1]
+    for name in summary["order"]:
+        f1 = summary["forecasters"][name]["metrics"]["f1_100"][:-1]
+        vals = [e["value"] if e["value"] is not None else np.nan for e in f1]
+        ax.plot(np.arange(len(labels)) + 0.5, vals, "o-", label=name)
+    ax.set(xlabel="horizon (s)", ylabel="F1 (±100 ms)", title="beat detection F1 per horizon second", ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: int, fs: int, num_samples: int,
+                 seed: int, batch_size: int, path: Path) -> None:
+    """Context, truth, point forecast and 80 % band of both leads for the best, median and worst
+    record (by MSE); from each, the window with the record's median MSE, forecast with the same
+    batch and seed as in the evaluation."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    per_rec = {r: np.nanmean(s.window_mse[w.record == r]) for r in np.unique(w.record)}
+    order = sorted(per_rec, key=per_rec.get)
+    picks = [("best", order[0]), ("median", order[len(order) // 2]), ("worst", order[-1])]
+    chunks = {int(i): (r, c_no, idx) for r, c_no, idx in _chunks(w, batch_size) for i in idx}
+    fig, axes = plt.subplots(len(picks), 2, figsize=(13, 3.0 * len(picks)), squeeze=False)
+    t = (np.arange(w.signals.shape[1]) - context) / fs
+    for row, (label, r) in enumerate(picks):
+        idx = np.flatnonzero(w.record == r)
+        mse = s.window_mse[idx]
+        i = int(idx[np.argsort(mse)[len(mse) // 2]])
+        rec, c_no, chunk = chunks[i]
+        x = np.asarray(w.signals[chunk], np.float32)
+        out = predict_checked(f, name, x[:, :context], x.shape[1] - context, num_samples, _seed(seed, rec, c_no))
+        j = int(np.flatnonzero(chunk == i)[0])
+        samples, truth = out[j], np.asarray(w.signals[i], np.float32)
+        for lead in range(2):
+            ax = axes[row, lead]
+            ax.plot(t[:context], truth[:context, lead], color="0.45", lw=0.9, label="context")
+            ax.plot(t[context:], truth[context:, lead], color="k", lw=0.9, label="truth")
+            if samples.shape[0] > 1:
+                lo, hi = np.quantile(samples[:, :, lead], [0.1, 0.9], axis=0)
+                ax.fill_between(t[context:], lo, hi, color="C0", alpha=0.25, lw=0, label="80 % band")
+                ax.plot(t[context:], samples[0, :, lead], color="C0", lw=0.7, alpha=0.8, label="one sample")
+            ax.plot(t[context:], samples[:, :, lead].mean(0), color="C3", lw=1.0, label="forecast (mean)")
+            ax.axvline(0, color="0.6", lw=0.8, ls="--")
+            ax.set(xlabel="time from forecast start (s)", ylabel="mV")
+            lead_name = w.leads[r][lead] if lead < len(w.leads[r]) else f"lead {lead + 1}"
+            ax.set_title(f"{label}: record {w.records[r]} {lead_name}, window at {w.start[i] / fs:.0f} s, "
+                         f"MSE {s.window_mse[i]:.3g} mV²", fontsize=9)
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{name}: forecast examples", fontsize=11)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.07, top=0.92, hspace=0.55, wspace=0.12)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", nargs="+", required=True,
+                   help=f"checkpoint paths and/or baselines: {', '.join(BASELINES)}, {ALL_BASELINES} (= all)")
+    p.add_argument("--split", default="test", choices=("validation", "test"), help="prepared split (default test)")
+    p.add_argument("--wfdb-dir", default=None, help="evaluate every record of this WFDB folder instead")
+    p.add_argument("--records", nargs="+", default=None, help="only these records")
+    p.add_argument("--samples", type=int, default=100, help="samples per window for probabilistic forecasters")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", default=None, help="config JSON (default: config_vqvae.json)")
+    p.add_argument("--prepared", default=None, help="prepared folder (default: $ECG_PREPARED_DIR or data/prepared)")
+    p.add_argument("--results", default=None, help="results folder (default: $ECG_RESULTS_DIR or results)")
+    p.add_argument("--max-windows-per-record", type=int, default=None, help="evenly spaced windows per record")
+    p.add_argument("--batch-size", type=int, default=256)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    t0 = time.time()
+    for flag in ("samples", "batch_size", "max_windows_per_record"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    cfg = load_config(args.config)
+    fs, context = cfg.data.samples_per_second, cfg.data.window_samples
+    if cfg.data.total_samples <= context:
+        raise UserError("config data.forecast_predictions is 0: there is no horizon to forecast")
+    names = expand_models(args.model)
+    forecasters: dict[str, ForecasterBase] = {}
+    warnings = []
+    for spec in names:
+        f = make_forecaster(spec, fs)
+        label = spec if spec in BASELINES else getattr(f, "name", Path(spec).stem)
+        if label in forecasters:
+            label = f"{label} ({Path(spec).stem})"
+        forecasters[label] = f
+        if spec not in BASELINES and (why := preparation_mismatch(f, cfg)):
+            warnings.append(f"{label} ({spec}) was trained on data prepared differently: {why}")
+            print(f"warning: {warnings[-1]}", file=sys.stderr)
+    if args.wfdb_dir:
+        w = load_wfdb(args.wfdb_dir, cfg, args.records)
+    else:
+        w = limit_windows(load_prepared(args.split, cfg, args.prepared), args.records, None)
+    w = limit_windows(w, None, args.max_windows_per_record)
+    if len(w.record) == 0:
+        raise UserError("no windows to evaluate")
+    run = paths.new_run_dir("evaluate", args.results)
+    print(f"evaluating {', '.join(forecasters)} on {len(np.unique(w.record))} records, {len(w.record)} windows "
+          f"-> {run}")
+    scores, truth_sums = evaluate(forecasters, w, context, fs, args.samples, args.seed, args.batch_size)
+    horizon = w.signals.shape[1] - context
+    summary = summarize(scores, truth_sums, w, fs, horizon, seed=args.seed)
+    plot_error_curves(scores, summary, fs, run / "error_curves.png")
+    for name, f in forecasters.items():
+        plot_gallery(name, f, scores[name], w, context, fs, args.samples, args.seed, args.batch_size,
+                     run / f"gallery_{_file_name(name)}.png")
+    wall = time.time() - t0
+    src = w.source
+    header = {
+        "command": shlex.join(["python3", "evaluate.py", *(sys.argv[1:] if argv is None else argv)]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "git commit": paths.git_commit(),
+        "config": f"{args.config or 'config_vqvae.json'} (data hash {data_hash(cfg.data)})",
+        "data": f"{src['kind']} {src['split']}: {src['path']} (input hash {src['input_hash']})",
+        "records / windows": f"{len(np.unique(w.record))} / {len(w.record)}"
+                             + (f" ({len(w.skipped)} records skipped)" if w.skipped else ""),
+        "context / horizon": f"{context / fs:g} s / {horizon / fs:g} s at {fs} Hz "
+                             f"(band-pass {cfg.data.filter_band[0]:g}-{cfg.data.filter_band[1]:g} Hz)",
+        "samples / seed": f"{args.samples} / {args.seed}",
+        "bootstrap": f"{N_BOOT} resamples of records, seed {args.seed}, 95 % percentile intervals",
+        "wall time": f"{wall:.1f} s",
+    }
+    if warnings:
+        header["warnings"] = "; ".join(warnings)
+    result = {"header": header, "config": cfg.to_dict(), **summary,
+              "record_info": [{"record": n, "leads": w.leads[i], "fs_in": w.fs_in[i],
+                               "annotated": bool(w.annotated[i]), "windows": int(np.sum(w.record == i))}
+                              for i, n in enumerate(w.records) if np.any(w.record == i)],
+              "skipped": [{"record": n, "reason": why} for n, why in w.skipped]}
+    paths.atomic_write_json(result, run / "metrics.json")
+    paths.atomic_write_text(csv_text(summary), run / "metrics.csv")
+    paths.atomic_write_text(markdown_report(summary, header, w), run / "report.md")
+    for n, why in w.skipped:
+        print(f"skipped {n}: {why}")
+    print(f"done in {wall:.1f} s -> {run / 'report.md'}")
+    return run
+
+
+if __name__ == "__main__":
+    paths.run_main(main)

@@ -1,0 +1,185 @@
+"""Forecast the next seconds of a two-lead ECG.
+
+Every forecaster, trained model or baseline, implements `predict(context, horizon, num_samples, seed)`:
+context [B, C, 2] in mV at `fs`, horizon in samples, returns float32 [B, S, H, 2] in mV
+(S = 1 for deterministic forecasters).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from paths import ROOT, UserError
+
+
+class ForecasterBase:
+    """The interface shared by models and baselines; evaluate.py only talks to this."""
+
+    name: str = "forecaster"
+    fs: int = 128
+    deterministic: bool = True
+
+    def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
+                seed: int = 0) -> np.ndarray:
+        raise NotImplementedError
+
+
+def as_context(context: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Validate a context batch and return it as float32 numpy [B, C, 2]."""
+    x = context.detach().cpu().numpy() if isinstance(context, torch.Tensor) else np.asarray(context)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3 or x.shape[-1] != 2:
+        raise ValueError(f"context must be [B, C, 2] (two leads), got shape {tuple(x.shape)}")
+    if not np.isfinite(x).all():
+        raise ValueError("context contains NaN or inf samples")
+    return x.astype(np.float32, copy=False)
+
+
+PRETRAINED = ROOT / "pretrained" / "forecaster.pt"
+
+
+class Forecaster(ForecasterBase):
+    """VQ-VAE + code Transformer: encode the context, sample future codes, decode context and
+    future together (so the seam is smooth) and keep the future samples."""
+
+    deterministic = False
+
+    def __init__(self, vq, gpt, cfg, sample, device: str | torch.device | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.vq, self.gpt = vq.to(self.device).eval(), gpt.to(self.device).eval()
+        self.cfg, self.sample = cfg, sample
+        self.fs = cfg.data.samples_per_second
+        self.factor = cfg.model.downsample_factor
+        self.name = "transformer"
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> "Forecaster":
+        """Load a forecaster checkpoint (it carries the VQ-VAE and both configs)."""
+        from hyper_params import config_from_dict
+        from hyper_params_transformer import transformer_config_from_dict
+        from train_results import load_checkpoint
+        from transformer import CodeGPT
+        from vqvae import VQVAE
+
+        ckpt = load_checkpoint(path)
+        if ckpt["kind"] != "transformer":
+            raise UserError(f"{path} holds a '{ckpt['kind']}' model, not a forecaster")
+        cfg = config_from_dict(ckpt["vqvae"]["config"], f"VQ-VAE config stored in {path}")
+        tcfg = transformer_config_from_dict({k: ckpt["config"][k] for k in ("model", "sample", "train")},
+                                            f"Transformer config stored in {path}")
+        vq = VQVAE(cfg.model)
+        vq.load_state_dict(ckpt["vqvae"]["model"])
+        block = ckpt["model"]["pos.weight"].shape[0]
+        gpt = CodeGPT(cfg.model.codebook_size, block, tcfg.model.dim, tcfg.model.layers, tcfg.model.heads,
+                      tcfg.model.dropout)
+        gpt.load_state_dict(ckpt["model"])
+        out = cls(vq, gpt, cfg, tcfg.sample, device)
+        out.checkpoint = str(path)
+        return out
+
+    @classmethod
+    def from_pretrained(cls, device: str | torch.device | None = None) -> "Forecaster":
+        if not PRETRAINED.exists():
+            raise UserError(f"no shipped model at {PRETRAINED}; pass --checkpoint")
+        return cls.from_checkpoint(PRETRAINED, device)
+
+    @torch.no_grad()
+    def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
+                seed: int = 0, use_cache: bool = True) -> np.ndarray:
+        x = as_context(context)
+        steps = math.ceil(horizon / self.factor)
+        keep = min(x.shape[1] // self.factor, self.gpt.block_size - steps)
+        if keep < 1:
+            raise ValueError(f"context of {x.shape[1]} samples is shorter than one code ({self.factor} samples) "
+                             f"or horizon {horizon} exceeds the model's {self.gpt.block_size * self.factor} samples")
+        x = torch.from_numpy(x[:, x.shape[1] - keep * self.factor:]).to(self.device)
+        codes = self.vq.encode(x)
+        gen = torch.Generator(self.device).manual_seed(seed)
+        out = np.empty((len(x), num_samples, horizon, 2), np.float32)
+        per_chunk = max(1, 2048 // num_samples)
+        for lo in range(0, len(x), per_chunk):
+            ctx = codes[lo:lo + per_chunk].repeat_interleave(num_samples, 0)
+            future = self.gpt.generate(ctx, steps, self.sample.temperature, self.sample.top_k, self.sample.top_p,
+                                       gen, use_cache=use_cache)
+            full = torch.cat([ctx, future], 1)
+            wave = torch.cat([self.vq.decode(full[i:i + 512]) for i in range(0, len(full), 512)])
+            start = keep * self.factor
+            out[lo:lo + per_chunk] = wave[:, start:start + horizon].reshape(-1, num_samples, horizon, 2).cpu().numpy()
+        return out
+
+
+def default_checkpoint(checkpoints: str | None = None) -> Path:
+    """The shipped model when there is one, else the newest trained Transformer."""
+    if PRETRAINED.exists():
+        return PRETRAINED
+    from vqvae_eval import latest_checkpoint
+    return latest_checkpoint("transformer", checkpoints)
+
+
+def forecast_record(fc: Forecaster, record: str, start_s: float, horizon_s: float | None, samples: int,
+                    seed: int) -> dict:
+    """Forecast a WFDB record from `start_s`, prepared exactly as the model's training data."""
+    from prepare_mitbih import read_record
+
+    rec = read_record(Path(record), fc.cfg.data)
+    fs, ctx = fc.fs, fc.cfg.data.window_samples
+    horizon = round((horizon_s or fc.cfg.data.input_signal_duration * fc.cfg.data.forecast_predictions) * fs)
+    at = round(start_s * fs)
+    if at < ctx or at > len(rec.signal):
+        raise UserError(f"--start {start_s} s must lie between {ctx / fs:.1f} s (one context) and the record's end "
+                        f"({len(rec.signal) / fs:.1f} s) in {record}")
+    context = rec.signal[at - ctx:at]
+    truth = rec.signal[at:at + horizon]
+    paths_ = fc.predict(context[None], horizon, samples, seed)[0]
+    return {"context": context, "truth": truth, "samples": paths_, "fs": fs, "leads": rec.leads,
+            "start_sample": at}
+
+
+def main() -> None:
+    import argparse
+    import json
+    import time
+
+    import paths
+    from train_results import plot_forecasts
+
+    p = argparse.ArgumentParser(description="Forecast a WFDB record: PNG of context, truth, forecast and bands; "
+                                "samples as .npy.")
+    p.add_argument("--checkpoint", help=f"forecaster checkpoint (default: the shipped {PRETRAINED.relative_to(ROOT)} "
+                   "when present, else the newest checkpoints/transformer-*/best.pt)")
+    p.add_argument("--record", required=True, help="WFDB record path without extension, e.g. ../shared/data/mitdb/100")
+    p.add_argument("--start", type=float, required=True, help="forecast start in seconds (context ends here)")
+    p.add_argument("--horizon", type=float, help="seconds to forecast (default: the model's horizon)")
+    p.add_argument("--samples", type=int, default=100, help="sampled trajectories")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--out", help="output folder (default: results/forecast-<time>)")
+    args = p.parse_args()
+    t0 = time.time()
+    path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    fc = Forecaster.from_checkpoint(path, args.device)
+    res = forecast_record(fc, args.record, args.start, args.horizon, args.samples, args.seed)
+    out = Path(args.out) if args.out else paths.new_run_dir("forecast")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{Path(args.record).name}_{args.start:g}s"
+    np.save(out / f"{stem}_samples.npy", res["samples"])
+    window = np.concatenate([res["context"], np.pad(res["truth"], ((0, len(res["samples"][0]) - len(res["truth"])), (0, 0)),
+                                                    constant_values=np.nan)])
+    plot_forecasts(window[None], res["samples"][None], res["fs"], len(res["context"]), out / f"{stem}.png",
+                   f"record {Path(args.record).name} from {args.start:g} s: {args.samples} sampled forecasts "
+                   f"({', '.join(res['leads'])})")
+    paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "leads": res["leads"],
+                             "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
+                             "checkpoint": str(path), "git_commit": paths.git_commit()}, out / f"{stem}.json")
+    print(f"forecast of {args.record} from {args.start:g} s: {args.samples} samples x {res['samples'].shape[1]} "
+          f"samples x 2 leads at {res['fs']} Hz in {time.time() - t0:.1f} s")
+    print(f"plot: {out / (stem + '.png')}\nsamples: {out / (stem + '_samples.npy')}")
+
+
+if __name__ == "__main__":
+    from paths import run_main
+    run_main(main)

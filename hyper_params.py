@@ -1,0 +1,232 @@
+"""VQ-VAE settings: `config_vqvae.json` loaded into typed dataclasses.
+
+Unknown keys, wrong types and bad values are rejected with a message naming the key, so a typo
+never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from paths import ROOT, UserError
+
+DEFAULT_CONFIG = ROOT / "config_vqvae.json"
+
+
+@dataclass
+class DataConfig:
+    samples_per_second: int = 128          # target rate; records at another rate are resampled
+    input_signal_duration: float = 3.0     # seconds in one window (the context)
+    forecast_predictions: int = 1          # future windows of input_signal_duration after each context
+    signals_per_patient: Optional[int] = 0  # windows per record; 0 or null = the whole record
+    window_stride: Optional[float] = 3.0   # seconds between training windows; null = no overlap
+    first_lead: str = "MLII"               # lead 1; lead 2 is the record's other lead
+    filter_band: list[float] = field(default_factory=lambda: [0.5, 40.0])  # Hz, zero-phase band-pass
+    filter_order: int = 2
+    normalization: str = "train_std"       # 'train_std' (per lead, training patients) or 'none'
+    test_records: Optional[list[str]] = None        # null = DS2 + 201 (same patient as 202)
+    validation_records: Optional[list[str]] = None  # null = every 7th DS1 record from the 4th
+
+    @property
+    def window_samples(self) -> int:
+        return round(self.input_signal_duration * self.samples_per_second)
+
+    @property
+    def total_samples(self) -> int:
+        return self.window_samples * (1 + self.forecast_predictions)
+
+
+@dataclass
+class ModelConfig:
+    has_attention: bool = True          # self-attention blocks in encoder and decoder
+    downsample_factor: int = 8          # input samples per code (a power of 2): the compression knob
+    channels: int = 64                  # conv width
+    res_blocks: int = 2                 # residual blocks per resolution
+    attention_heads: int = 4
+    attention_layers: int = 1
+    latent_dim: int = 64                # size of one code vector
+    codebook_size: int = 512
+    commitment_cost: float = 0.25
+    ema_decay: float = 0.99
+    dead_code_threshold: float = 1.0    # a code used fewer times than this in restart_every steps restarts
+    restart_every: int = 100            # training steps between dead-code checks (0 = never)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    amp: bool = False                   # mixed precision, GPU only
+    seed: int = 0
+    checkpoint_every: int = 5           # epochs between numbered checkpoints (last/best always)
+    num_workers: int = 0
+    plot_windows: int = 4               # fixed validation windows drawn every epoch
+    max_steps_per_epoch: Optional[int] = None  # cap for quick runs; null = whole training split
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        d, m, t = self.data, self.model, self.train
+        _check(d.samples_per_second > 0, "data.samples_per_second", d.samples_per_second, "must be > 0")
+        _check(d.input_signal_duration > 0, "data.input_signal_duration", d.input_signal_duration, "must be > 0")
+        _check(abs(d.input_signal_duration * d.samples_per_second - d.window_samples) < 1e-6,
+               "data.input_signal_duration", d.input_signal_duration,
+               f"times samples_per_second={d.samples_per_second} must be a whole number of samples")
+        _check(d.forecast_predictions >= 0, "data.forecast_predictions", d.forecast_predictions, "must be >= 0")
+        _check(d.signals_per_patient is None or d.signals_per_patient >= 0, "data.signals_per_patient",
+               d.signals_per_patient, "must be >= 0 or null")
+        _check(d.window_stride is None or d.window_stride > 0, "data.window_stride", d.window_stride, "must be > 0 or null")
+        lo_hi = d.filter_band
+        _check(len(lo_hi) == 2 and 0 <= lo_hi[0] < lo_hi[1] < d.samples_per_second / 2, "data.filter_band",
+               lo_hi, f"must be [low, high] Hz with 0 <= low < high < {d.samples_per_second / 2} (Nyquist)")
+        _check(d.filter_order >= 1, "data.filter_order", d.filter_order, "must be >= 1")
+        _check(d.normalization in ("train_std", "none"), "data.normalization", d.normalization,
+               "must be 'train_std' or 'none'")
+        _check(d.first_lead.strip() != "", "data.first_lead", d.first_lead, "must name a lead")
+        f = m.downsample_factor
+        _check(f >= 1 and f & (f - 1) == 0, "model.downsample_factor", f, "must be a power of 2")
+        _check(d.window_samples % f == 0, "model.downsample_factor", f,
+               f"must divide the window of {d.window_samples} samples")
+        for key in ("channels", "latent_dim", "codebook_size", "attention_heads"):
+            _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
+        _check(m.channels % m.attention_heads == 0, "model.attention_heads", m.attention_heads,
+               f"must divide model.channels={m.channels}")
+        _check(0 < m.ema_decay < 1, "model.ema_decay", m.ema_decay, "must be in (0, 1)")
+        _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
+        _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+        _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")
+        for key in ("res_blocks", "attention_layers", "commitment_cost", "dead_code_threshold", "restart_every"):
+            _check(getattr(m, key) >= 0, f"model.{key}", getattr(m, key), "must be >= 0")
+        for key in ("weight_decay", "warmup_steps", "grad_clip", "num_workers", "plot_windows"):
+            _check(getattr(t, key) >= 0, f"train.{key}", getattr(t, key), "must be >= 0")
+        _check(t.checkpoint_every >= 1, "train.checkpoint_every", t.checkpoint_every, "must be >= 1")
+        _check(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",
+               t.max_steps_per_epoch, "must be >= 1 or null")
+
+
+def _check(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise UserError(f"config key '{key}' = {value!r} {why}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Does a JSON value fit a dataclass field's type hint (ints accepted for floats)?"""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    """'int', 'int or null', 'list of float': the expected type in words for error messages."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(hint)[0])}"
+    return {bool: "true/false", str: "string", int: "int", float: "number"}.get(hint, str(hint))
+
+
+def _as_declared(value: Any, hint: Any) -> Any:
+    """An int given for a float field becomes a float, so 3 and 3.0 give the same config (and data hash)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for h in typing.get_args(hint):
+            if _matches(value, h):
+                return _as_declared(value, h)
+        return value
+    if origin is list and isinstance(value, list):
+        (item,) = typing.get_args(hint)
+        return [_as_declared(v, item) for v in value]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def build_section(cls: type, values: dict, section: str, source: str) -> Any:
+    """Make dataclass `cls` from a dict, naming the key of any unknown or wrongly typed value."""
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: section '{section}' must be an object, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in known:
+            raise UserError(f"{source}: unknown config key '{section}.{key}' (known: {', '.join(sorted(known))})")
+        if not _matches(value, hints[key]):
+            raise UserError(f"{source}: config key '{section}.{key}' = {value!r} has the wrong type "
+                            f"(expected {_type_name(hints[key])})")
+    return cls(**{key: _as_declared(value, hints[key]) for key, value in values.items()})
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise UserError(f"config file not found: {path}") from e
+    except OSError as e:  # a folder, no permission, ...
+        raise UserError(f"cannot read config file {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not a text (UTF-8) file: {e.reason} at byte {e.start}") from e
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: the top level must be a JSON object")
+    return raw
+
+
+def config_from_dict(raw: dict, source: str = "config") -> Config:
+    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: the top level must be an object with sections data, model, train")
+    for key in raw:
+        if key not in sections:
+            raise UserError(f"{source}: unknown config key '{key}' (known sections: data, model, train)")
+    cfg = Config(**{name: build_section(cls, raw.get(name, {}), name, source) for name, cls in sections.items()})
+    try:
+        cfg.validate()
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from e
+    return cfg
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load and validate a VQ-VAE config; None means the repository's config_vqvae.json."""
+    path = Path(path or DEFAULT_CONFIG)
+    return config_from_dict(read_json(path), str(path))
+
+
+def data_hash(data: DataConfig) -> str:
+    """Fingerprint of the settings that shape prepared tensors: a mismatch means re-prepare."""
+    text = json.dumps(dataclasses.asdict(data), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,69 @@
+"""Settings of the code Transformer forecaster: `config_transformer.json` as typed dataclasses,
+validated like hyper_params.py (unknown keys and wrong types are errors naming the key)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hyper_params import TrainConfig, _check, build_section, read_json
+from paths import ROOT, UserError
+
+DEFAULT_CONFIG = ROOT / "config_transformer.json"
+
+
+@dataclass
+class GPTConfig:
+    dim: int = 128
+    layers: int = 4
+    heads: int = 4
+    dropout: float = 0.1
+
+
+@dataclass
+class SampleConfig:
+    temperature: float = 1.0     # 1.0 samples the learned distribution (calibrated spread)
+    top_k: int = 0               # 0 = no truncation
+    top_p: float = 1.0           # 1.0 = no nucleus truncation
+
+
+@dataclass
+class TransformerConfig:
+    model: GPTConfig = field(default_factory=GPTConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        m, s, t = self.model, self.sample, self.train
+        for key in ("dim", "layers", "heads"):
+            _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
+        _check(m.dim % m.heads == 0, "model.heads", m.heads, f"must divide model.dim={m.dim}")
+        _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
+        _check(s.temperature >= 0, "sample.temperature", s.temperature, "must be >= 0 (0 = greedy)")
+        _check(s.top_k >= 0, "sample.top_k", s.top_k, "must be >= 0")
+        _check(0 < s.top_p <= 1, "sample.top_p", s.top_p, "must be in (0, 1]")
+        _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
+        _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+        _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")
+
+
+def transformer_config_from_dict(raw: dict, source: str = "config") -> TransformerConfig:
+    sections = {"model": GPTConfig, "sample": SampleConfig, "train": TrainConfig}
+    for key in raw:
+        if key not in sections:
+            raise UserError(f"{source}: unknown config key '{key}' (known sections: {', '.join(sections)})")
+    cfg = TransformerConfig(**{name: build_section(cls, raw.get(name, {}), name, source)
+                               for name, cls in sections.items()})
+    try:
+        cfg.validate()
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from e
+    return cfg
+
+
+def load_transformer_config(path: str | Path | None = None) -> TransformerConfig:
+    path = Path(path or DEFAULT_CONFIG)
+    return transformer_config_from_dict(read_json(path), str(path))

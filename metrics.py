@@ -1,0 +1,385 @@
+"""Forecast metrics that see amplitude, shape, timing and uncertainty, not only squared error.
+
+Mean squared error alone rewards a flat line on ECG (a beat 40 ms late is punished twice), so next to
+MSE/MAE/PRD this module scores the rhythm of a forecast (R peaks detected in it, matched to the
+reference beat annotations) and the calibration of sampled forecasts (CRPS, interval coverage).
+
+Evaluation works on sums: `waveform_sums` and `rhythm_sums` turn a batch of windows into per-window
+sums for every horizon segment (one column per horizon second, then one for the whole horizon);
+summing them over a record's windows and calling `record_metrics` gives that record's metrics,
+which `bootstrap_ci` averages over records (each patient weighs the same).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.ndimage
+import scipy.signal
+
+# name -> (label in reports, unit); the order is the column order of the report table.
+METRICS: dict[str, tuple[str, str]] = {
+    "mse": ("MSE", "mV²"),
+    "mae": ("MAE", "mV"),
+    "prd": ("PRD", "%"),
+    "prdn": ("PRDN", "%"),
+    "r": ("Pearson r", ""),
+    "crps": ("CRPS", "mV"),
+    "mse_median": ("MSE of median", "mV²"),
+    "mae_median": ("MAE of median", "mV"),
+    "cov50": ("cover 50", "%"),
+    "width50": ("width 50", "mV"),
+    "cov80": ("cover 80", "%"),
+    "width80": ("width 80", "mV"),
+    "f1_50": ("F1 ±50 ms", ""),
+    "f1_100": ("F1 ±100 ms", ""),
+    "timing_ms": ("timing err", "ms"),
+    "hr_bpm": ("HR err", "bpm"),
+}
+TOLERANCES_MS = (50, 100)   # beat matching windows; timing error uses the wider one
+DETECTOR = {"band_hz": (8.0, 20.0), "order": 2, "window_s": 0.08, "threshold": 0.3,
+            "refractory_s": 0.2, "refine_s": 0.06}
+
+
+# ----------------------------------------------------------------------------- point metrics
+
+def mse(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Mean squared error (mV² for signals in mV)."""
+    return float(np.mean((np.asarray(pred, np.float64) - truth) ** 2))
+
+
+def mae(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Mean absolute error (mV)."""
+    return float(np.mean(np.abs(np.asarray(pred, np.float64) - truth)))
+
+
+def prd(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Percentage root-mean-square difference, 100·sqrt(Σ(x̂−x)² / Σx²): error relative to signal energy."""
+    truth = np.asarray(truth, np.float64)
+    return float(100 * np.sqrt(np.sum((pred - truth) ** 2) / np.sum(truth ** 2)))
+
+
+def prdn(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Normalised PRD: as PRD but against the truth's variance about its mean, so offsets do not flatter."""
+    truth = np.asarray(truth, np.float64)
+    return float(100 * np.sqrt(np.sum((pred - truth) ** 2) / np.sum((truth - truth.mean()) ** 2)))
+
+
+def pearson_r(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Correlation of forecast and truth; 0 for a constant forecast (it explains none of the shape)."""
+    p, t = np.asarray(pred, np.float64).ravel(), np.asarray(truth, np.float64).ravel()
+    p, t = p - p.mean(), t - t.mean()
+    if np.sum(p * p) <= 1e-12 * len(p):
+        return 0.0
+    return float(np.sum(p * t) / np.sqrt(np.sum(p * p) * np.sum(t * t)))
+
+
+# ----------------------------------------------------------------------------- sampled forecasts
+
+def sorted_samples(samples: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Samples moved to the last axis and sorted there: what crps_sorted and quantile_sorted take."""
+    return np.sort(np.moveaxis(np.asarray(samples), axis, -1), axis=-1)
+
+
+def crps_sorted(xs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """CRPS of the empirical distribution of sorted samples xs [..., S] at observations y [...].
+
+    Energy form E|X−y| − ½E|X−X'|; with samples sorted ascending ½E|X−X'| = Σᵢ (2i−S−1)·x₍ᵢ₎ / S²,
+    so the cost is O(S) after an O(S log S) sort and no S×S matrix. A point mass gives |x−y| (MAE).
+    """
+    s = xs.shape[-1]
+    weights = (2 * np.arange(1, s + 1) - s - 1) / s ** 2
+    return np.mean(np.abs(xs - y[..., None]), axis=-1) - xs @ weights.astype(xs.dtype)
+
+
+def crps_samples(samples: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:
+    """CRPS of samples (sample dimension `axis`) at observations y (the other dimensions)."""
+    return crps_sorted(sorted_samples(samples, axis), np.asarray(y))
+
+
+def quantile_sorted(xs: np.ndarray, q: float) -> np.ndarray:
+    """Quantile q of sorted samples along the last axis, linear interpolation (numpy's default)."""
+    pos = q * (xs.shape[-1] - 1)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, xs.shape[-1] - 1)
+    return xs[..., lo] + (pos - lo) * (xs[..., hi] - xs[..., lo])
+
+
+def interval_coverage(samples: np.ndarray, y: np.ndarray, level: float, axis: int = 0) -> tuple[float, float]:
+    """(fraction of y inside the central `level` interval of the samples, mean interval width)."""
+    xs = sorted_samples(samples, axis)
+    lo, hi = quantile_sorted(xs, (1 - level) / 2), quantile_sorted(xs, (1 + level) / 2)
+    return float(np.mean((y >= lo) & (y <= hi))), float(np.mean(hi - lo))
+
+
+# ----------------------------------------------------------------------------- R peaks and beats
+
+def _envelope(x: np.ndarray, fs: float) -> np.ndarray:
+    """Root of the moving-average squared slope of the 8-20 Hz band: large on QRS complexes only."""
+    lo, hi = DETECTOR["band_hz"]
+    sos = scipy.signal.butter(DETECTOR["order"], [lo, min(hi, 0.45 * fs)], btype="bandpass", fs=fs,
+                              output="sos")
+    y = scipy.signal.sosfiltfilt(sos, x, axis=-1)
+    slope2 = (np.gradient(y, axis=-1) * fs) ** 2
+    width = max(1, round(DETECTOR["window_s"] * fs))
+    return np.sqrt(np.maximum(scipy.ndimage.uniform_filter1d(slope2, width, axis=-1, mode="nearest"), 0))
+
+
+def detect_r_peaks(x: np.ndarray, fs: float, level_from: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """R peaks of single-lead signals x [B, T] (mV) as (row, sample) arrays sorted by row then sample.
+
+    A Pan-Tompkins-style detector on scipy.signal: zero-phase 2nd-order Butterworth band-pass
+    8-20 Hz (`sosfiltfilt`), derivative, squared, 80 ms moving average, square root (an envelope in
+    mV/s, so thresholds scale with amplitude, not energy). `find_peaks` keeps envelope peaks at least
+    200 ms apart and higher than 30 % of the envelope's maximum over the first `level_from`
+    samples (the true context, so a forecast is judged with the threshold of the signal it continues;
+    None = the whole row). Each peak moves to the largest |x − median| within ±60 ms, the R wave where
+    MIT-BIH annotates beats. The envelope is zero-padded so a QRS cut by the row's end is still found.
+    Parameters were chosen on the training split (DS1); `evaluate.py` reports its own sensitivity and
+    positive predictivity against the annotations on the evaluated horizons.
+    """
+    x = np.asarray(x, np.float64)
+    if x.ndim != 2 or x.shape[1] < 32:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    env = np.pad(_envelope(x, fs), ((0, 0), (1, 1)))
+    centred = np.abs(x - np.median(x, axis=1, keepdims=True))
+    distance = max(1, round(DETECTOR["refractory_s"] * fs))
+    w = round(DETECTOR["refine_s"] * fs)
+    stop = x.shape[1] + 2 if level_from is None else level_from + 1    # in padded samples
+    level = DETECTOR["threshold"] * env[:, :stop].max(axis=1)
+    rows, peaks = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for b in np.flatnonzero(level > 0):
+        p, _ = scipy.signal.find_peaks(env[b], height=level[b], distance=distance)
+        rows.append(np.full(len(p), b, np.int64))
+        peaks.append(p - 1)
+    rows_all, p = np.concatenate(rows), np.concatenate(peaks)
+    t = x.shape[1]
+    idx = np.clip(p[:, None] + np.arange(-w, w + 1), 0, t - 1)
+    p = idx[np.arange(len(p)), np.argmax(centred[rows_all[:, None], idx], axis=1)]
+    key = np.unique(rows_all * t + p)              # sorted by row, then sample; merged duplicates
+    return key // t, key % t
+
+
+def match_beats(ref: np.ndarray, det: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (into ref, into det) of matched beats: mutual nearest neighbours at most `tol` apart.
+
+    Both arrays are sorted positions. When beats are more than 2·tol apart (true for tolerances up to
+    100 ms) this is the unique one-to-one matching; each beat is used at most once in any case.
+    """
+    ref, det = np.asarray(ref), np.asarray(det)
+    if len(ref) == 0 or len(det) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    j, i = _nearest(det, ref), _nearest(ref, det)
+    r = np.arange(len(ref))
+    ok = (i[j] == r) & (np.abs(det[j] - ref) <= tol)
+    return r[ok], j[ok]
+
+
+def _nearest(sorted_a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Index of the element of sorted_a nearest to each element of b (the left one on ties)."""
+    j = np.searchsorted(sorted_a, b)
+    left, right = np.clip(j - 1, 0, len(sorted_a) - 1), np.clip(j, 0, len(sorted_a) - 1)
+    return np.where(np.abs(sorted_a[left] - b) <= np.abs(sorted_a[right] - b), left, right)
+
+
+def f1_score(tp: float, fp: float, fn: float) -> float:
+    """2·TP / (2·TP + FP + FN); NaN when there is nothing to find and nothing was found."""
+    den = 2 * tp + fp + fn
+    return float(2 * tp / den) if den else float("nan")
+
+
+def heart_rate(pos: np.ndarray, fs: float, seconds: float) -> float:
+    """Beats per minute from beat positions: 60·(n−1)/span for n ≥ 2, else 60·n/seconds (0 for none)."""
+    pos = np.sort(np.asarray(pos))
+    if len(pos) >= 2 and pos[-1] > pos[0]:
+        return float(60 * (len(pos) - 1) * fs / (pos[-1] - pos[0]))
+    return float(60 * len(pos) / seconds)
+
+
+# ----------------------------------------------------------------------------- per-window sums
+
+def segment_edges(horizon: int, fs: int) -> np.ndarray:
+    """Sample edges of the horizon seconds [0, fs, 2fs, ..., horizon] (the last one may be partial)."""
+    return np.unique(np.append(np.arange(0, horizon, fs), horizon))
+
+
+def _seg(a: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Sum over the time axis (1) of a [B, H, ...] per segment, then the total: [B, K+1, ...]."""
+    parts = np.add.reduceat(a, edges[:-1], axis=1)
+    return np.concatenate([parts, a.sum(axis=1, keepdims=True)], axis=1)
+
+
+def waveform_sums(truth: np.ndarray, forecast: np.ndarray, edges: np.ndarray,
+                  sample_chunk: int = 4_000_000) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per-window sums of the waveform scores of forecast [B, S, H, 2] against truth [B, H, 2].
+
+    Returns (sums, curves): sums[key] is [B, K+1] (K horizon segments, then the whole horizon),
+    curves[key] is [B, H] summed over leads. The point forecast is the sample mean; deterministic
+    forecasts (S = 1) get CRPS = MAE and no interval scores (NaN).
+    """
+    b, s, h, _ = forecast.shape
+    y = np.asarray(truth, np.float64)
+    if s == 1:
+        point = forecast[:, 0].astype(np.float64)
+        median, crps, intervals = point, np.abs(point - y), None
+    else:   # sort in chunks of windows to bound memory at a few times sample_chunk floats
+        step = max(1, sample_chunk // (s * h * 2))
+        point, median, crps = (np.empty((b, h, 2)) for _ in range(3))
+        intervals = {k: np.empty((b, h, 2)) for k in ("q10", "q25", "q75", "q90")}
+        for i in range(0, b, step):
+            xs = sorted_samples(forecast[i:i + step], axis=1)
+            point[i:i + step] = xs.mean(axis=-1)
+            median[i:i + step] = quantile_sorted(xs, 0.5)
+            crps[i:i + step] = crps_sorted(xs, y[i:i + step].astype(xs.dtype))
+            for k, q in (("q10", 0.1), ("q25", 0.25), ("q75", 0.75), ("q90", 0.9)):
+                intervals[k][i:i + step] = quantile_sorted(xs, q)
+    err = point - y
+    seg_len = np.append(np.diff(edges), h).astype(np.float64)              # K segments, then all
+    lengths = seg_len[None, :, None]
+    sums = {"n": np.tile(2 * seg_len, (b, 1)),
+            "se": _seg(err ** 2, edges).sum(-1), "ae": _seg(np.abs(err), edges).sum(-1),
+            "tt": _seg(y ** 2, edges).sum(-1), "crps": _seg(crps, edges).sum(-1),
+            "se_med": _seg((median - y) ** 2, edges).sum(-1), "ae_med": _seg(np.abs(median - y), edges).sum(-1)}
+    # centred energy and correlation per window, segment and lead, from first and second moments
+    sy, sp = _seg(y, edges), _seg(point, edges)
+    syy, spp, spy = _seg(y * y, edges), _seg(point * point, edges), _seg(point * y, edges)
+    vy, vp, cov = syy - sy ** 2 / lengths, spp - sp ** 2 / lengths, spy - sp * sy / lengths
+    sums["tc"] = vy.sum(-1)
+    ok_truth = vy > 1e-12 * lengths
+    flat = vp <= 1e-12 * lengths
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(flat, 0.0, cov / np.sqrt(np.maximum(vp, 1e-300) * vy))
+    sums["r_sum"] = np.where(ok_truth, r, 0.0).sum(-1)
+    sums["r_n"] = ok_truth.sum(-1).astype(np.float64)
+    for level, lo, hi in ((50, "q25", "q75"), (80, "q10", "q90")):
+        if intervals is None:
+            sums[f"in{level}"] = np.full((b, len(edges)), np.nan)
+            sums[f"w{level}"] = np.full((b, len(edges)), np.nan)
+        else:
+            inside = (y >= intervals[lo]) & (y <= intervals[hi])
+            sums[f"in{level}"] = _seg(inside.astype(np.float64), edges).sum(-1)
+            sums[f"w{level}"] = _seg(intervals[hi] - intervals[lo], edges).sum(-1)
+    curves = {"se": (err ** 2).sum(-1), "ae": np.abs(err).sum(-1), "crps": crps.sum(-1)}
+    return sums, curves
+
+
+def rhythm_sums(context: np.ndarray, horizon: np.ndarray, ref_row: np.ndarray, ref_pos: np.ndarray,
+                fs: int, edges: np.ndarray, annotated: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-window beat-matching sums [B, K+1] for forecast (or true) lead 1 horizon [B, H].
+
+    R peaks are detected in context+horizon (so the forecast is judged as a continuation, with the
+    context's threshold) and matched to the reference beats (ref_row, ref_pos: window row and
+    sample from the window start) within ±50 and ±100 ms. A matched pair with both beats in the
+    horizon is a true positive (in the reference beat's second); an unmatched reference beat
+    (detection) in the horizon is a false negative (positive), except within the tolerance of the
+    horizon's start or end, where its partner may lie outside the horizon. Timing error:
+    |detection − reference| of the ±100 ms matches. Heart rate (`heart_rate`) of the horizon's
+    detections vs its reference beats, whole horizon only. Rows with annotated False get zeros
+    (their rhythm metrics become NaN).
+    """
+    b, c = context.shape
+    h = horizon.shape[1]
+    t = c + h
+    k = len(edges)
+    annotated = np.ones(b, bool) if annotated is None else np.asarray(annotated, bool)
+    det_row, det_pos = detect_r_peaks(np.concatenate([context, horizon], axis=1), fs, level_from=c)
+    keep = annotated[det_row]
+    det_row, det_pos = det_row[keep], det_pos[keep]
+    ref_row, ref_pos = np.asarray(ref_row, np.int64), np.asarray(ref_pos, np.int64)
+    keep = annotated[ref_row] & (ref_pos >= 0) & (ref_pos < t)
+    stride = t + 10 * fs                       # keys row·stride + sample never match across rows
+    order = np.argsort(ref_row[keep] * stride + ref_pos[keep], kind="stable")
+    ref_row, ref_pos = ref_row[keep][order], ref_pos[keep][order]
+    ref_key, det_key = ref_row * stride + ref_pos, det_row * stride + det_pos
+
+    def seg_of(pos: np.ndarray) -> np.ndarray:
+        return np.searchsorted(edges, pos - c, side="right") - 1
+
+    def count(rows: np.ndarray, pos: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+        out = np.zeros((b, k))
+        np.add.at(out, (rows, seg_of(pos)), 1.0 if weight is None else weight)
+        out[:, -1] = out[:, :-1].sum(1)
+        return out
+
+    sums: dict[str, np.ndarray] = {}
+    for tol_ms in TOLERANCES_MS:
+        tol = tol_ms / 1000 * fs
+        ri, di = match_beats(ref_key, det_key, tol)
+        both = (ref_pos[ri] >= c) & (det_pos[di] >= c)
+        ri, di = ri[both], di[both]
+        ref_hit, det_hit = np.zeros(len(ref_key), bool), np.zeros(len(det_key), bool)
+        ref_hit[ri], det_hit[di] = True, True
+        fn = ~ref_hit & (ref_pos >= c + tol) & (ref_pos < t - tol)
+        fp = ~det_hit & (det_pos >= c + tol) & (det_pos < t - tol)
+        sums[f"tp{tol_ms}"] = count(ref_row[ri], ref_pos[ri])
+        sums[f"fn{tol_ms}"] = count(ref_row[fn], ref_pos[fn])
+        sums[f"fp{tol_ms}"] = count(det_row[fp], det_pos[fp])
+        if tol_ms == max(TOLERANCES_MS):
+            err_ms = np.abs(det_pos[di] - ref_pos[ri]) * 1000.0 / fs
+            sums["terr"] = count(ref_row[ri], ref_pos[ri], err_ms)
+            sums["nterr"] = sums[f"tp{tol_ms}"].copy()
+    hr_err = np.zeros((b, k))
+    hr_n = np.zeros((b, k))
+    in_h_ref, in_h_det = ref_pos >= c, det_pos >= c
+    ref_split = np.split(ref_pos[in_h_ref], np.searchsorted(ref_row[in_h_ref], np.arange(1, b)))
+    det_split = np.split(det_pos[in_h_det], np.searchsorted(det_row[in_h_det], np.arange(1, b)))
+    for i in np.flatnonzero(annotated):
+        hr_err[i, -1] = abs(heart_rate(det_split[i], fs, h / fs) - heart_rate(ref_split[i], fs, h / fs))
+        hr_n[i, -1] = 1.0
+    sums["hr_err"], sums["hr_n"] = hr_err, hr_n
+    return sums
+
+
+# ----------------------------------------------------------------------------- records and CIs
+
+def record_metrics(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Metrics (see METRICS) from sums accumulated over one record's windows (any leading shape).
+
+    Only the metrics whose sums are present are returned (e.g. rhythm sums alone give the rhythm
+    metrics); a zero denominator gives NaN.
+    """
+    def div(a: str, b: str, scale: float = 1.0) -> np.ndarray:
+        num, den = s[a], s[b]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return scale * np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+    def f1(tol: int) -> np.ndarray:
+        tp, fp, fn = s[f"tp{tol}"], s[f"fp{tol}"], s[f"fn{tol}"]
+        den = 2 * tp + fp + fn
+        return np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), np.nan)
+
+    recipes = {
+        "mse": (("se", "n"), lambda: div("se", "n")), "mae": (("ae", "n"), lambda: div("ae", "n")),
+        "prd": (("se", "tt"), lambda: 100 * np.sqrt(div("se", "tt"))),
+        "prdn": (("se", "tc"), lambda: 100 * np.sqrt(div("se", "tc"))),
+        "r": (("r_sum", "r_n"), lambda: div("r_sum", "r_n")), "crps": (("crps", "n"), lambda: div("crps", "n")),
+        "mse_median": (("se_med", "n"), lambda: div("se_med", "n")),
+        "mae_median": (("ae_med", "n"), lambda: div("ae_med", "n")),
+        "cov50": (("in50", "n"), lambda: div("in50", "n", 100)), "width50": (("w50", "n"), lambda: div("w50", "n")),
+        "cov80": (("in80", "n"), lambda: div("in80", "n", 100)), "width80": (("w80", "n"), lambda: div("w80", "n")),
+        "f1_50": (("tp50", "fp50", "fn50"), lambda: f1(50)), "f1_100": (("tp100", "fp100", "fn100"), lambda: f1(100)),
+        "timing_ms": (("terr", "nterr"), lambda: div("terr", "nterr")),
+        "hr_bpm": (("hr_err", "hr_n"), lambda: div("hr_err", "hr_n")),
+    }
+    return {name: make() for name, (keys, make) in recipes.items() if all(k in s for k in keys)}
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over records (axis 0, NaN records skipped) and its percentile bootstrap interval.
+
+    Records are resampled with replacement with a fixed seed, so every forecaster is scored on the
+    same resamples and intervals are reproducible.
+    """
+    v = np.asarray(values, np.float64)
+    if v.shape[0] == 0:
+        nan = np.full(v.shape[1:], np.nan)
+        return nan, nan, nan
+    idx = np.random.default_rng(seed).integers(0, v.shape[0], size=(n_boot, v.shape[0]))
+    with warnings.catch_warnings():   # all-NaN columns are expected (e.g. no annotated records)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(v, axis=0)
+        boots = np.nanmean(v[idx], axis=1)
+        lo, hi = np.nanpercentile(boots, [50 * (1 - level), 50 * (1 + level)], axis=0)
+    return mean, lo, hi
+

@@ -1,0 +1,126 @@
+"""Where raw data, prepared tensors, results and checkpoints live, and how files are written.
+
+Every location has a default under the repository, an environment variable, and a command-line
+flag in the scripts that use it (the flag wins, then the variable, then the default).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent
+ENV = {
+    "data": ("MITBIH_DIR", ROOT / "data" / "mitdb"),
+    "prepared": ("ECG_PREPARED_DIR", ROOT / "data" / "prepared"),
+    "results": ("ECG_RESULTS_DIR", ROOT / "results"),
+    "checkpoints": ("ECG_CHECKPOINTS_DIR", ROOT / "checkpoints"),
+}
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad file, key or value); printed as one line, never a traceback."""
+
+
+def location(kind: str, override: str | os.PathLike | None = None) -> Path:
+    """Resolve one of 'data', 'prepared', 'results', 'checkpoints': flag, then env var, then default."""
+    var, default = ENV[kind]
+    return Path(override or os.environ.get(var) or default).expanduser()
+
+
+def new_run_dir(experiment: str, results: str | os.PathLike | None = None) -> Path:
+    """A fresh folder results/<experiment>-<time> so runs never overwrite each other."""
+    base = location("results", results)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        run = base / (f"{experiment}-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            run.mkdir(parents=True, exist_ok=False)
+            return run
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UserError(f"cannot create results folder {run}: {e.strerror}") from e
+    raise UserError(f"too many runs named {experiment}-{stamp} in {base}")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Create `folder` if needed and prove a file can be written there, before any long work starts."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(prefix=".write-test.", dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to the output folder {folder}: {e.strerror or e}") from e
+    return folder
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write to a temporary file beside `path`, then rename: a crash never leaves a half file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise UserError(f"cannot write to {path.parent}: {e.strerror}") from e
+    os.close(fd)
+    try:
+        # mkstemp makes the file private (0600); give it the mode any other new file would get.
+        os.chmod(tmp, 0o666 & ~_umask())
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    import torch  # here, not at the top: a script that stops at a bad flag or config never waits for torch
+
+    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    _atomic(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+
+
+def git_commit() -> str:
+    """The commit of this checkout (with '-dirty' when files differ), recorded next to every result."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("-dirty" if dirty else "")
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run a script's main(); a UserError becomes one 'error:' line and exit status 2."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

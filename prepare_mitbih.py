@@ -1,0 +1,436 @@
+"""Read MIT-BIH (or any two-lead WFDB database), filter, resample, cut windows, split by patient.
+
+    python3 prepare_mitbih.py [--data-dir DIR] [--out DIR] [--config config_vqvae.json]
+
+Writes train.pt / validation.pt / test.pt (signals in mV, window starts, reference beats) and
+meta.json into the prepared folder. Every write is atomic.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import wfdb
+from tqdm import tqdm
+# torch and scipy.signal are imported in the functions that use them: a bad flag, config or record
+# then fails in about a second instead of after seconds of loading them.
+
+import paths
+from hyper_params import Config, DataConfig, data_hash, load_config
+from paths import UserError
+
+DS1 = ["101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122", "124", "201",
+       "203", "205", "207", "208", "209", "215", "220", "223", "230"]
+DS2 = ["100", "103", "105", "111", "113", "117", "121", "123", "200", "202", "210", "212", "213",
+       "214", "219", "221", "222", "228", "231", "232", "233", "234"]
+PACED = ["102", "104", "107", "217"]
+SAME_PATIENT = [("201", "202")]
+BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
+SPLITS = ("train", "validation", "test")
+DEFAULT_TEST = DS2 + ["201"]
+DEFAULT_VALIDATION = [r for i, r in enumerate(r for r in DS1 if r != "201") if i % 7 == 3]
+
+# Lead 1 when the record has no lead named cfg.first_lead: the first of these groups found, in this
+# order (lead II is the usual rhythm lead and what MIT-BIH's MLII approximates). Names are compared
+# case-insensitively, ignoring spaces, '-', '_' and a leading 'LEAD' or 'ECG' ("Lead II", "ecg-ii",
+# "ml2" all count as lead II). With none of them, lead 1 is channel 0. Lead 2 is always the first
+# other channel.
+LEAD_PREFERENCE = (
+    ("MLII", "II", "ML2"),     # lead II / modified lead II
+    ("MLI", "I", "ML1"),       # lead I
+    ("MLIII", "III", "ML3"),   # lead III
+    ("AVF",), ("AVL",), ("AVR",),
+)
+UNITS_TO_MV = {"mv": 1.0, "uv": 1e-3, "\u00b5v": 1e-3, "\u03bcv": 1e-3, "v": 1e3}
+# Bytes per sample of the uncompressed WFDB signal formats, to spot a truncated .dat before reading it.
+DAT_BYTES_PER_SAMPLE = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5,
+                        "310": 4 / 3, "311": 4 / 3}
+
+
+@dataclass
+class Record:
+    name: str
+    signal: np.ndarray        # [N, 2] float32 mV at the target rate, lead 1 first
+    leads: list[str]
+    beats: np.ndarray         # reference beat positions (samples at the target rate)
+    symbols: list[str]
+    fs_in: float
+    has_annotations: bool
+
+
+def default_split(names: list[str]) -> dict[str, list[str]]:
+    """DS2 + 201 test, every 7th remaining DS1 record from the 4th validation, the rest train."""
+    return assign_splits(names, DEFAULT_TEST, DEFAULT_VALIDATION)
+
+
+def config_split(names: list[str], data: DataConfig, available: list[str] | None = None,
+                 folder: str = "the data folder") -> dict[str, list[str]]:
+    """The split asked for by data.test_records / data.validation_records, each null meaning its default.
+
+    A record listed explicitly wins over the other list's default. `available` (all records in the data
+    folder) catches typos: an explicitly listed record that is not there is an error, not an empty split.
+    """
+    for key in ("test_records", "validation_records"):
+        listed = getattr(data, key)
+        unknown = [r for r in listed or [] if available is not None and r not in available]
+        if unknown:
+            raise UserError(f"config key 'data.{key}' names records {unknown} that are not in {folder}")
+    test, validation = data.test_records, data.validation_records
+    if test is None:
+        test = [r for r in DEFAULT_TEST if r not in (validation or [])]
+    if validation is None:
+        validation = [r for r in DEFAULT_VALIDATION if r not in test]
+    return assign_splits(names, list(test), list(validation))
+
+
+def assign_splits(names: list[str], test: list[str], validation: list[str]) -> dict[str, list[str]]:
+    """Records in neither test nor validation train; patients are never shared between splits."""
+    overlap = set(test) & set(validation)
+    if overlap:
+        raise UserError(f"records {sorted(overlap)} are in both test_records and validation_records")
+    split = {"test": [r for r in names if r in test],
+             "validation": [r for r in names if r in validation]}
+    split["train"] = [r for r in names if r not in test and r not in validation]
+    where = {r: s for s, rs in split.items() for r in rs}
+    for a, b in SAME_PATIENT:
+        if a in where and b in where and where[a] != where[b]:
+            raise UserError(f"records {a} and {b} are the same patient but would be split between "
+                            f"{where[a]} and {where[b]}; put them in the same split")
+    return split
+
+
+def find_records(data_dir: Path, download: bool = True) -> list[str]:
+    """Record names in data_dir; download MIT-BIH there first when it has none and download is allowed."""
+    names = sorted(p.stem for p in data_dir.glob("*.hea")) if data_dir.is_dir() else []
+    if names:
+        return names
+    hint = (f"put the MIT-BIH WFDB files (NNN.hea, NNN.dat, NNN.atr) in {data_dir}, or point "
+            f"--data-dir / MITBIH_DIR at a folder that has them")
+    if not download:
+        if not data_dir.exists():
+            raise UserError(f"data folder {data_dir} does not exist: {hint}")
+        raise UserError(f"no WFDB records (*.hea) in {data_dir}: {hint}")
+    print(f"no WFDB records in {data_dir}; downloading MIT-BIH from PhysioNet ...")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        wfdb.dl_database("mitdb", str(data_dir))
+    except Exception as e:  # wfdb raises requests' errors, OSError, ValueError...
+        first_line = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(f"no WFDB records in {data_dir} and the download failed ({first_line}): {hint}") from e
+    names = sorted(p.stem for p in data_dir.glob("*.hea"))
+    if not names:
+        raise UserError(f"the download into {data_dir} produced no records: {hint}")
+    return names
+
+
+def resample_ratio(fs_in: float, fs_out: int, where: str) -> Fraction:
+    """fs_out / fs_in as an exact small fraction, or a clear error when the rates do not divide evenly."""
+    if not np.isfinite(fs_in) or fs_in <= 0:
+        raise UserError(f"{where}: sampling rate {fs_in!r} Hz is not a positive number")
+    ratio = Fraction(fs_out) / Fraction(fs_in).limit_denominator(1000)
+    if abs(float(Fraction(fs_in).limit_denominator(1000)) - fs_in) > 1e-6 or ratio.denominator > 10000:
+        raise UserError(f"{where}: sampling rate {fs_in} Hz does not resample evenly to {fs_out} Hz")
+    return ratio
+
+
+def _lead_key(name: str) -> str:
+    """'Lead II', 'ecg-ii', 'II ' -> 'II': upper case without separators or a 'LEAD'/'ECG' prefix."""
+    key = re.sub(r"[\s_\-.]+", "", str(name)).upper()
+    return re.sub(r"^(LEAD|ECG)(?=.)", "", key)
+
+
+def order_leads(names: list[str], first: str, where: str) -> list[int]:
+    """Channel indices [lead 1, lead 2] of a record whose channels are called `names`.
+
+    Lead 1 is the channel named `first` (cfg.first_lead, e.g. MLII; exact name, else the same name
+    compared as in LEAD_PREFERENCE); without one, the first LEAD_PREFERENCE group the record has
+    (lead II, then I, III, aVF, aVL, aVR); without any, channel 0. Lead 2 is the first other channel.
+    """
+    if len(names) < 2:
+        raise UserError(f"{where}: needs two leads, has {len(names)} ({', '.join(map(str, names))})")
+    keys = [_lead_key(n) for n in names]
+    choices = [[i for i, n in enumerate(names) if n == first]]
+    choices += [[i for i, k in enumerate(keys) if k in group] for group in [(_lead_key(first),), *LEAD_PREFERENCE]]
+    lead1 = next((found[0] for found in choices if found), 0)
+    return [lead1, next(j for j in range(len(names)) if j != lead1)]
+
+
+def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str) -> np.ndarray:
+    """Zero-phase band-pass at the source rate (removes baseline wander and noise), then resample."""
+    import scipy.signal
+
+    ratio = resample_ratio(fs_in, cfg.samples_per_second, where)
+    lo, hi = cfg.filter_band
+    hi = min(hi, 0.45 * fs_in)
+    if hi <= lo:
+        raise UserError(f"{where}: sampling rate {fs_in} Hz is too low for data.filter_band {cfg.filter_band}")
+    sos = (scipy.signal.butter(cfg.filter_order, [lo, hi], btype="bandpass", fs=fs_in, output="sos") if lo > 0
+           else scipy.signal.butter(cfg.filter_order, hi, btype="lowpass", fs=fs_in, output="sos"))
+    if len(x) <= 3 * (2 * len(sos) + 1):
+        raise UserError(f"{where}: record of {len(x)} samples ({len(x) / fs_in:.3g} s) is too short to filter")
+    y = scipy.signal.sosfiltfilt(sos, x, axis=0)
+    if ratio != 1:
+        y = scipy.signal.resample_poly(y, ratio.numerator, ratio.denominator, axis=0)
+    return y.astype(np.float32)
+
+
+def read_header(path: Path) -> wfdb.Record:
+    """The header of WFDB record `path` (no samples), with its signal files checked."""
+    try:
+        header = wfdb.rdheader(str(path))
+    except FileNotFoundError as e:
+        raise UserError(f"{path}: missing file {Path(e.filename or '').name or e}") from e
+    except Exception as e:
+        raise UserError(f"{path}.hea: cannot read the header ({type(e).__name__}: {_first_line(e)})") from e
+    check_signal_files(path, header)
+    return header
+
+
+def check_record(path: Path, cfg: DataConfig) -> None:
+    """The cheap checks (header, file sizes, sampling rate, length) without reading or filtering samples."""
+    header = read_header(path)
+    ratio = resample_ratio(float(header.fs), cfg.samples_per_second, str(path))
+    if header.sig_len and math.ceil(header.sig_len * ratio) < cfg.total_samples:
+        raise UserError(f"{path}: {header.sig_len / header.fs:.1f} s is shorter than one window of "
+                        f"{cfg.total_samples / cfg.samples_per_second:.1f} s")
+
+
+def read_record(path: Path, cfg: DataConfig) -> Record:
+    """One WFDB record as two filtered leads in mV at the target rate with its reference beats."""
+    where = str(path)
+    read_header(path)
+    try:
+        rec = wfdb.rdrecord(str(path))
+    except FileNotFoundError as e:
+        raise UserError(f"{where}: missing file {Path(e.filename or '').name or e}") from e
+    except Exception as e:
+        raise UserError(f"{where}: cannot read the record ({type(e).__name__}: {_first_line(e)})") from e
+    x = rec.p_signal
+    if x is None or x.ndim != 2 or len(x) == 0:
+        raise UserError(f"{where}: the record has no samples")
+    if rec.sig_len and len(x) != rec.sig_len:
+        raise UserError(f"{where}: the .dat holds {len(x)} samples but the header says {rec.sig_len} (truncated?)")
+    order = order_leads(list(rec.sig_name), cfg.first_lead, where)
+    x = x[:, order]
+    for k, i in enumerate(order):
+        unit = str((rec.units or [None] * len(rec.sig_name))[i] or "mV")
+        if unit.strip().lower() not in UNITS_TO_MV:
+            raise UserError(f"{where}: lead {rec.sig_name[i]} is in '{unit}'; only mV, uV and V can be converted to mV")
+        x[:, k] *= UNITS_TO_MV[unit.strip().lower()]
+    bad = ~np.isfinite(x)
+    if bad.any():
+        i, k = (int(v) for v in np.argwhere(bad)[0])
+        raise UserError(f"{where}: {int(bad.sum())} NaN/invalid samples (first at sample {i}, {i / rec.fs:.2f} s, "
+                        f"lead {rec.sig_name[order[k]]}); repair or exclude the record")
+    y = filter_and_resample(x, float(rec.fs), cfg, where)
+    beats, symbols, has_ann = _read_beats(path, float(rec.fs), cfg.samples_per_second, len(y))
+    return Record(path.name, y, [rec.sig_name[i] for i in order], beats, symbols, float(rec.fs), has_ann)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [""])[0][:200]
+
+
+def check_signal_files(path: Path, header: wfdb.Record) -> None:
+    """Every signal file the header names exists and holds the samples the header promises."""
+    files = getattr(header, "file_name", None) or []  # a multi-segment header lists segments instead
+    n_sig = len(files)
+    per_file: dict[str, list[int]] = {}
+    for i, name in enumerate(files):
+        per_file.setdefault(name, []).append(i)
+    for name, chans in per_file.items():
+        dat = path.parent / name
+        if not dat.is_file():
+            raise UserError(f"{path}.hea names the signal file {name}, which is missing from {path.parent}")
+        fmt = str(header.fmt[chans[0]])
+        if not header.sig_len or fmt not in DAT_BYTES_PER_SAMPLE:
+            continue  # length unknown (read from the file) or a compressed format
+        frame = sum((header.samps_per_frame or [1] * n_sig)[i] or 1 for i in chans)
+        offset = (header.byte_offset or [0] * n_sig)[chans[0]] or 0
+        need = offset + math.ceil(header.sig_len * frame * DAT_BYTES_PER_SAMPLE[fmt])
+        have = dat.stat().st_size
+        if have < need:
+            raise UserError(f"{dat}: {have} bytes, but the header's {header.sig_len} samples need {need} "
+                            f"(truncated file?)")
+
+
+def _read_beats(path: Path, fs_in: float, fs_out: int, n: int) -> tuple[np.ndarray, list[str], bool]:
+    if not path.parent.joinpath(path.name + ".atr").exists():
+        return np.zeros(0, np.int64), [], False
+    try:
+        ann = wfdb.rdann(str(path), "atr")
+    except Exception as e:
+        raise UserError(f"{path}.atr: cannot read the annotations ({type(e).__name__}: {_first_line(e)})") from e
+    keep = [i for i, s in enumerate(ann.symbol) if s in BEAT_SYMBOLS]
+    keep.sort(key=lambda i: ann.sample[i])
+    pos = np.round(np.asarray(ann.sample, np.float64)[keep] * fs_out / fs_in).astype(np.int64)
+    ok = (pos >= 0) & (pos < n)
+    return pos[ok], [ann.symbol[i] for i, k in zip(keep, ok) if k], True
+
+
+def window_starts(n: int, cfg: DataConfig, overlap: bool) -> np.ndarray:
+    """Starts of context+horizon windows; evaluation splits never overlap so no sample counts twice."""
+    length = cfg.total_samples
+    if n < length:
+        return np.zeros(0, np.int64)
+    stride = length
+    if overlap and cfg.window_stride:
+        stride = max(1, round(cfg.window_stride * cfg.samples_per_second))
+    starts = np.arange(0, n - length + 1, stride, dtype=np.int64)
+    k = cfg.signals_per_patient or 0
+    if 0 < k < len(starts):
+        starts = starts[np.round(np.linspace(0, len(starts) - 1, k)).astype(np.int64)]
+    return starts
+
+
+def cut_windows(records: list[Record], cfg: DataConfig, overlap: bool) -> dict:
+    """Stack the windows of several records with their reference beats in CSR form (beat_ptr)."""
+    import torch
+
+    length = cfg.total_samples
+    signals, rec_idx, starts, ptr, pos, sym = [], [], [], [0], [], []
+    for r_i, r in enumerate(records):
+        for s in window_starts(len(r.signal), cfg, overlap):
+            signals.append(r.signal[s:s + length])
+            rec_idx.append(r_i)
+            starts.append(int(s))
+            lo, hi = np.searchsorted(r.beats, [s, s + length])
+            pos.extend((r.beats[lo:hi] - s).tolist())
+            sym.extend(ord(c) for c in r.symbols[lo:hi])
+            ptr.append(len(pos))
+    sig = np.stack(signals) if signals else np.zeros((0, length, 2), np.float32)
+    return {
+        "signals": torch.from_numpy(np.ascontiguousarray(sig, dtype=np.float32)),
+        "record": torch.tensor(rec_idx, dtype=torch.int64),
+        "start": torch.tensor(starts, dtype=torch.int64),
+        "beat_ptr": torch.tensor(ptr, dtype=torch.int64),
+        "beat_pos": torch.tensor(pos, dtype=torch.int64),
+        "beat_sym": torch.tensor(sym, dtype=torch.uint8),
+        "records": [r.name for r in records],
+    }
+
+
+def hash_inputs(data_dir: Path, names: list[str]) -> str:
+    """sha256 over the bytes of every input file, so results can name the exact data they saw."""
+    h = hashlib.sha256()
+    for name in names:
+        for ext in (".hea", ".dat", ".atr"):
+            p = data_dir / f"{name}{ext}"
+            if p.exists():
+                h.update(p.name.encode())
+                h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | None = None,
+            download: bool = True) -> dict:
+    """Prepare every split and return the metadata written to meta.json."""
+    d = cfg.data
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    available = find_records(data_dir, download)
+    names = available
+    if records:
+        missing = [r for r in records if r not in names]
+        if missing:
+            raise UserError(f"records {missing} are not in {data_dir}")
+        names = [r for r in names if r in records]
+    split = config_split(names, d, available, str(data_dir))
+    if not split["train"]:
+        raise UserError(f"no training records among {names}; check data.test_records / validation_records")
+    paths.check_writable(out_dir)  # before minutes of work, not after
+    for name in names:  # a bad file late in the list fails now, not after reading all the others
+        check_record(data_dir / name, d)
+    loaded: dict[str, Record] = {}
+    # The progress bar only on a terminal: in logs and pipes stderr keeps just the one 'error:' line.
+    for name in tqdm(names, desc="records", unit="rec", disable=None):
+        loaded[name] = read_record(data_dir / name, d)
+        if len(loaded[name].signal) < d.total_samples:
+            raise UserError(f"{data_dir / name}: {len(loaded[name].signal) / d.samples_per_second:.1f} s is "
+                            f"shorter than one window of {d.total_samples / d.samples_per_second:.1f} s")
+    import torch
+
+    tensors = {s: cut_windows([loaded[r] for r in rs], d, overlap=(s == "train")) for s, rs in split.items()}
+    scale = [1.0, 1.0]
+    if d.normalization == "train_std":
+        scale = tensors["train"]["signals"].double().std(dim=(0, 1)).tolist()
+    meta = {
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "git_commit": paths.git_commit(),
+        "data_dir": str(data_dir),
+        "input_hash": hash_inputs(data_dir, names),
+        "data_hash": data_hash(d),
+        "config": asdict(d),
+        "fs": d.samples_per_second,
+        "window_samples": d.window_samples,
+        "total_samples": d.total_samples,
+        "filter": {"type": "butterworth band-pass, zero-phase (sosfiltfilt)", "band_hz": d.filter_band,
+                   "order": d.filter_order},
+        "scale_mv": scale,
+        "splits": split,
+        "windows": {s: int(len(t["signals"])) for s, t in tensors.items()},
+        "records": {n: {"fs_in": r.fs_in, "leads": r.leads, "has_annotations": r.has_annotations,
+                        "seconds": len(r.signal) / d.samples_per_second, "beats": int(len(r.beats))}
+                    for n, r in loaded.items()},
+        "window_starts": {s: {n: t["start"][t["record"] == i].tolist() for i, n in enumerate(t["records"])}
+                          for s, t in tensors.items()},
+    }
+    for s, t in tensors.items():
+        t.update(fs=d.samples_per_second, scale_mv=torch.tensor(scale, dtype=torch.float32),
+                 data_hash=meta["data_hash"], input_hash=meta["input_hash"])
+        paths.atomic_torch_save(t, out_dir / f"{s}.pt")
+    paths.atomic_write_json(meta, out_dir / "meta.json")
+    return meta
+
+
+def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None) -> dict:
+    """Open a prepared split memory-mapped, refusing tensors made with another data config."""
+    import torch
+
+    path = paths.location("prepared", prepared_dir) / f"{split}.pt"
+    if not path.exists():
+        raise UserError(f"prepared tensors not found: {path}; run `python3 prepare_mitbih.py` first")
+    try:
+        data = torch.load(path, mmap=True, weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is unreadable ({type(e).__name__}); delete it and run prepare_mitbih.py again") from e
+    if not isinstance(data, dict) or "signals" not in data:
+        raise UserError(f"{path} is not a prepared split; delete it and run `python3 prepare_mitbih.py` again")
+    if data.get("data_hash") != data_hash(cfg.data):
+        raise UserError(f"{path} was prepared with another data config (hash {data.get('data_hash')} != "
+                        f"{data_hash(cfg.data)}); run `python3 prepare_mitbih.py` with this config")
+    return data
+
+
+def window_beats(data: dict, i: int) -> np.ndarray:
+    """Reference beat positions (samples from the window start) of window i."""
+    lo, hi = int(data["beat_ptr"][i]), int(data["beat_ptr"][i + 1])
+    return data["beat_pos"][lo:hi].numpy()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="VQ-VAE config JSON (default: config_vqvae.json)")
+    p.add_argument("--data-dir", default=None, help="WFDB folder (default: $MITBIH_DIR or data/mitdb)")
+    p.add_argument("--out", default=None, help="prepared folder (default: $ECG_PREPARED_DIR or data/prepared)")
+    p.add_argument("--records", nargs="*", help="prepare only these records")
+    p.add_argument("--no-download", action="store_true", help="never try to download from PhysioNet")
+    args = p.parse_args()
+    cfg = load_config(args.config)
+    t0 = time.time()
+    data_dir, out_dir = paths.location("data", args.data_dir), paths.location("prepared", args.out)
+    meta = prepare(cfg, data_dir, out_dir, args.records, download=not args.no_download)
+    print(f"prepared {len(meta['records'])} records in {time.time() - t0:.1f} s -> {out_dir}")
+    for s in SPLITS:
+        print(f"  {s:10s} {meta['windows'][s]:6d} windows  records: {' '.join(meta['splits'][s])}")
+    print(f"  scale (mV, per lead): {', '.join(f'{v:.3f}' for v in meta['scale_mv'])}  data hash {meta['data_hash']}")
+
+
+if __name__ == "__main__":
+    paths.run_main(main)

@@ -1,0 +1,97 @@
+"""Shared fixtures: the real MIT-BIH copy beside the repository, synthetic WFDB records."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # tiny models: one thread is faster and stable when other jobs share the cores
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+MITDB = Path(os.environ.get("MITBIH_DIR") or ROOT.parent / "shared" / "data" / "mitdb").resolve()
+
+
+@pytest.fixture(scope="session")
+def mitdb() -> Path:
+    """The real database; in CI its absence is a failure, elsewhere a skip."""
+    if not (MITDB / "100.hea").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"MIT-BIH database not found at {MITDB} (CI needs ../shared/data/mitdb)")
+        pytest.skip(f"MIT-BIH database not found at {MITDB}")
+    return MITDB
+
+
+def synthetic_ecg(seconds: float, fs: float, seed: int = 0, hr_bpm: float = 72.0):
+    """Two-lead ECG-like signal (P, QRS, T bumps) in mV and its beat positions in samples."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = int(seconds * fs)
+    t = np.arange(n) / fs
+    beats, time_s = [], 0.3
+    while time_s < seconds - 0.3:
+        beats.append(time_s)
+        time_s += 60.0 / hr_bpm * (1 + 0.05 * rng.standard_normal())
+    x = np.zeros((n, 2))
+    for b in beats:
+        for offset, width, amp in ((-0.18, 0.025, 0.15), (0.0, 0.012, 1.2), (0.25, 0.05, 0.3)):
+            bump = np.exp(-0.5 * ((t - b - offset) / width) ** 2)
+            x[:, 0] += amp * bump
+            x[:, 1] += 0.5 * amp * bump * (-1 if offset == 0.0 else 1)
+    x += 0.01 * rng.standard_normal(x.shape)
+    return x, (np.asarray(beats) * fs).round().astype(int)
+
+
+def write_record(folder: Path, name: str, seconds: float = 60.0, fs: float = 360.0, seed: int = 0,
+                 leads: tuple[str, str] = ("MLII", "V1"), annotate: bool = True) -> Path:
+    """Write a synthetic two-lead WFDB record (with beat annotations) and return its path stem."""
+    import numpy as np
+    import wfdb
+
+    folder.mkdir(parents=True, exist_ok=True)
+    x, beats = synthetic_ecg(seconds, fs, seed)
+    if leads[0] != "MLII" and leads[1] == "MLII":
+        x = x[:, ::-1].copy()
+    wfdb.wrsamp(name, fs=fs, units=["mV", "mV"], sig_name=list(leads), p_signal=x, fmt=["212", "212"],
+                adc_gain=[200.0, 200.0], baseline=[1024, 1024], write_dir=str(folder))
+    if annotate:
+        wfdb.wrann(name, "atr", np.asarray(beats), symbol=["N"] * len(beats), write_dir=str(folder))
+    return folder / name
+
+
+@pytest.fixture
+def synthetic_db(tmp_path: Path) -> Path:
+    """Six synthetic 60 s records at 360 Hz: 100 and 101 test, 102 validation, the rest train."""
+    folder = tmp_path / "wfdb"
+    for i, name in enumerate(["100", "101", "102", "103", "104", "105"]):
+        write_record(folder, name, seed=i)
+    return folder
+
+
+def write_signal(folder: Path, name: str, x, fs: float = 360.0, leads: tuple[str, ...] = ("MLII", "V1"),
+                 units: str = "mV", fmt: str = "16", gain: float = 200.0) -> Path:
+    """Write an arbitrary signal [N, C] (NaN allowed: fmt 16 stores it as the invalid value -32768)."""
+    import numpy as np
+    import wfdb
+
+    folder.mkdir(parents=True, exist_ok=True)
+    x = np.asarray(x, dtype=np.float64)
+    n_sig = x.shape[1]
+    wfdb.wrsamp(name, fs=fs, units=[units] * n_sig, sig_name=list(leads), p_signal=x, fmt=[fmt] * n_sig,
+                adc_gain=[gain] * n_sig, baseline=[0] * n_sig, write_dir=str(folder))
+    return folder / name
+
+
+def snapshot(folder: Path) -> dict:
+    """Bytes and modification time of every file below `folder`, to prove a failed run left it alone."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def pytest_configure(config):
+    # wfdb 4.3 uses pandas/numpy calls that now warn on every header and annotation it reads: noise, not ours.
+    config.addinivalue_line("filterwarnings", "ignore:The inplace keyword:Warning")
+    config.addinivalue_line("filterwarnings", "ignore:__array_wrap__ must accept context:DeprecationWarning")

@@ -1,0 +1,308 @@
+"""Bad input never ends in a traceback: one 'error:' line naming the file, key or value; outputs untouched.
+
+Each case runs `python prepare_mitbih.py ...` as a real process; the processes start together in a small
+pool when the module begins and each test waits for its own result. The few cases in IN_PROCESS, which
+fail before any record is read, run main() through paths.run_main in this process instead (same code
+path, without the second of interpreter start-up each).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import wfdb
+
+import paths
+import prepare_mitbih as pm
+from conftest import ROOT, snapshot, synthetic_ecg, write_record, write_signal
+from hyper_params import config_from_dict
+from paths import UserError
+
+GOOD_CONFIG = {"data": {"test_records": ["a"], "validation_records": []}}
+IN_PROCESS = {"bad_value", "config_is_folder", "unknown_record", "listed_missing"}
+
+
+@dataclass
+class Case:
+    args: list[str]
+    watch: Path              # an existing output (folder or file) that must come out unchanged
+    before: dict
+    result: Future
+
+
+def run_cli(args: list[str]) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MITBIH_DIR", "ECG_PREPARED_DIR")}
+    return subprocess.run([sys.executable, "prepare_mitbih.py", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=300)
+
+
+def run_in_process(args: list[str]) -> subprocess.CompletedProcess:
+    out, err = io.StringIO(), io.StringIO()
+    argv, code = sys.argv, 0
+    sys.argv = ["prepare_mitbih.py", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            paths.run_main(pm.main)
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def good_db(folder: Path) -> Path:
+    write_record(folder, "a", seconds=12, seed=0)
+    return folder
+
+
+def with_bad_b(folder: Path, **kw) -> Path:
+    """A folder with a good record 'a' (read first) and a bad record 'b'."""
+    good_db(folder)
+    write_record(folder, "b", seed=1, **kw)
+    return folder
+
+
+def build_inputs(base: Path) -> dict[str, tuple[list[str], str]]:
+    """Each case: (arguments after the data folder, which output it points at)."""
+    config = base / "config.json"
+    config.write_text(json.dumps(GOOD_CONFIG))
+    common = ["--config", str(config), "--no-download"]
+    cases: dict[str, list[str]] = {}
+
+    cases["missing_dir"] = ["--data-dir", str(base / "no_such_folder")] + common
+    (base / "empty").mkdir()
+    cases["empty_dir"] = ["--data-dir", str(base / "empty")] + common
+
+    db = with_bad_b(base / "truncated", seconds=12)
+    dat = db / "b.dat"
+    dat.write_bytes(dat.read_bytes()[: dat.stat().st_size // 2])
+    cases["truncated_dat"] = ["--data-dir", str(db)] + common
+
+    db = with_bad_b(base / "missing_dat", seconds=12)
+    hea = db / "b.hea"
+    hea.write_text(hea.read_text().replace("b.dat", "b_signals.dat"))  # names a file that is not there
+    cases["missing_dat"] = ["--data-dir", str(db)] + common
+
+    db = base / "nan"  # the bad record is 'a' here, read before the good 'b' (no filtering to wait for)
+    x, _ = synthetic_ecg(12.0, 360.0, seed=1)
+    x[1234:1300, 1] = np.nan
+    x[2000, 0] = np.nan
+    write_signal(db, "a", x, fmt="16")
+    write_record(db, "b", seconds=12, seed=0)
+    cases["nan_samples"] = ["--data-dir", str(db)] + common
+
+    db = with_bad_b(base / "short", seconds=4)  # one window is 3 s context + 3 s forecast
+    cases["short_record"] = ["--data-dir", str(db)] + common
+
+    db = with_bad_b(base / "uneven_fs", seconds=12, fs=333.333)
+    cases["uneven_fs"] = ["--data-dir", str(db)] + common
+
+    db = good_db(base / "bad_header")
+    write_record(db, "b", seconds=12, seed=1)
+    (db / "b.hea").write_text("this is not a WFDB header\n")
+    cases["bad_header"] = ["--data-dir", str(db)] + common
+
+    db = good_db(base / "good")
+    write_record(db, "b", seconds=12, seed=1)
+    unknown = base / "unknown_key.json"
+    unknown.write_text(json.dumps({"data": {"test_records": ["a"], "sampels_per_second": 128}}))
+    cases["unknown_key"] = ["--data-dir", str(db), "--config", str(unknown), "--no-download"]
+    typed = base / "wrong_type.json"
+    typed.write_text(json.dumps({"data": {"test_records": ["a"]}, "model": {"downsample_factor": "8"}}))
+    cases["wrong_type"] = ["--data-dir", str(db), "--config", str(typed), "--no-download"]
+    cases["bad_value"] = ["--data-dir", str(db), "--config", str(base / "bad_value.json"), "--no-download"]
+    (base / "bad_value.json").write_text(json.dumps({"data": {"filter_band": [0.5, 100.0]}}))
+    cases["config_is_folder"] = ["--data-dir", str(db), "--config", str(base / "empty"), "--no-download"]
+    cases["unknown_record"] = ["--data-dir", str(db), "--records", "a", "zz"] + common
+    listed = base / "listed.json"
+    listed.write_text(json.dumps({"data": {"test_records": ["a", "c"]}}))
+    cases["listed_missing"] = ["--data-dir", str(db), "--config", str(listed), "--no-download"]
+    (base / "somefile.txt").write_text("not a folder\n")
+    cases["out_not_writable"] = ["--data-dir", str(db), "--out", str(base / "somefile.txt" / "sub")] + common
+    return cases
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    base = tmp_path_factory.mktemp("bad")
+    args = build_inputs(base)
+    # an existing prepared folder for every case to aim at (a copy each, so a culprit is easy to name)
+    original = base / "prepared"
+    pm.prepare(config_from_dict(GOOD_CONFIG), base / "good", original, download=False)
+    pool = ThreadPoolExecutor(max_workers=3)
+    cases = {}
+    for name, a in args.items():
+        if "--out" in a:
+            watch = base / "somefile.txt"
+        else:
+            watch = base / f"prepared_{name}"
+            shutil.copytree(original, watch)  # copy2 keeps the modification times
+            a = a + ["--out", str(watch)]
+        before = {"": (watch.read_bytes(), watch.stat().st_mtime_ns)} if watch.is_file() else snapshot(watch)
+        if name in IN_PROCESS:
+            result: Future = Future()
+            result.set_result(run_in_process(a))
+        else:
+            result = pool.submit(run_cli, a)
+        cases[name] = Case(a, watch, before, result)
+    yield cases
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_error(case: Case, *needles: str) -> str:
+    """Non-zero exit, one 'error:' line on stderr naming every needle, no traceback, output untouched."""
+    r = case.result.result()
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    line = lines[0]
+    assert line.startswith("error: ") and len(line) > len("error: ") + 10, line
+    for needle in needles:
+        assert needle in line, (needle, line)
+    after = ({"": (case.watch.read_bytes(), case.watch.stat().st_mtime_ns)} if case.watch.is_file()
+             else snapshot(case.watch))
+    assert after == case.before, "a failed run changed the existing output"
+    return line
+
+
+def test_missing_data_dir(cli):
+    check_error(cli["missing_dir"], "no_such_folder", "does not exist")
+    assert not Path(cli["missing_dir"].args[1]).exists()  # --no-download creates nothing
+
+
+def test_empty_data_dir_no_download(cli):
+    check_error(cli["empty_dir"], str(Path(cli["empty_dir"].args[1])), "no WFDB records")
+
+
+def test_empty_data_dir_download_fails(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Max retries exceeded with url: /files/mitdb (Name or service not known)\nmore")
+
+    monkeypatch.setattr(wfdb, "dl_database", offline)
+    with pytest.raises(UserError) as e:
+        pm.find_records(tmp_path / "mitdb", download=True)
+    msg = str(e.value)
+    assert "download failed" in msg and str(tmp_path / "mitdb") in msg and "Max retries" in msg
+    assert "\n" not in msg and "--data-dir" in msg  # one line that says what to do
+
+
+def test_download_that_brings_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: None)
+    with pytest.raises(UserError, match="produced no records"):
+        pm.find_records(tmp_path, download=True)
+
+
+def test_no_download_never_calls_the_network(tmp_path, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("dl_database called despite download=False")
+
+    monkeypatch.setattr(wfdb, "dl_database", forbidden)
+    with pytest.raises(UserError, match="no WFDB records"):
+        pm.find_records(tmp_path, download=False)
+
+
+def test_truncated_dat(cli):
+    check_error(cli["truncated_dat"], "b.dat", "truncated")
+
+
+def test_header_names_missing_dat(cli):
+    check_error(cli["missing_dat"], "b.hea", "b_signals.dat", "missing")
+
+
+def test_nan_samples(cli):
+    check_error(cli["nan_samples"], "nan/a:", "67 NaN", "first at sample 1234", "lead V1")
+
+
+def test_record_shorter_than_one_window(cli):
+    check_error(cli["short_record"], "/b:", "4.0 s", "shorter than one window of 6.0 s")
+
+
+def test_uneven_sampling_rate(cli):
+    check_error(cli["uneven_fs"], "/b:", "333.333 Hz", "128 Hz")
+
+
+def test_unreadable_header(cli):
+    check_error(cli["bad_header"], "b.hea", "cannot read the header")
+
+
+def test_unknown_config_key(cli):
+    check_error(cli["unknown_key"], "unknown_key.json", "'data.sampels_per_second'")
+
+
+def test_wrongly_typed_config_key(cli):
+    check_error(cli["wrong_type"], "wrong_type.json", "'model.downsample_factor'", "'8'", "wrong type")
+
+
+def test_bad_config_value(cli):
+    check_error(cli["bad_value"], "bad_value.json", "'data.filter_band'", "Nyquist")
+
+
+def test_config_path_is_a_folder(cli):
+    check_error(cli["config_is_folder"], "cannot read config file", "empty")
+
+
+def test_unknown_record_asked_for(cli):
+    check_error(cli["unknown_record"], "'zz'")
+
+
+def test_listed_test_record_missing(cli):
+    check_error(cli["listed_missing"], "'data.test_records'", "'c'")
+
+
+def test_output_not_writable(cli):
+    check_error(cli["out_not_writable"], "somefile.txt")
+
+
+def test_prepared_tensors_missing(tmp_path):
+    with pytest.raises(UserError) as e:
+        pm.load_split("train", config_from_dict({}), tmp_path / "nothing_here")
+    assert str(tmp_path / "nothing_here" / "train.pt") in str(e.value)
+    assert "run `python3 prepare_mitbih.py`" in str(e.value)
+
+
+def test_prepared_tensors_from_another_config(tmp_path):
+    db = good_db(tmp_path / "db")
+    write_record(db, "b", seconds=12, seed=1)
+    pm.prepare(config_from_dict(GOOD_CONFIG), db, tmp_path / "out", download=False)
+    other = config_from_dict({"data": {**GOOD_CONFIG["data"], "samples_per_second": 256}})
+    with pytest.raises(UserError) as e:
+        pm.load_split("test", other, tmp_path / "out")
+    msg = str(e.value)
+    assert "test.pt" in msg and "another data config" in msg and "prepare_mitbih.py" in msg
+
+
+@pytest.mark.parametrize("content", [b"", b"not a torch file", None])
+def test_prepared_tensors_corrupt(tmp_path, content):
+    path = tmp_path / "validation.pt"
+    if content is None:
+        torch.save(torch.zeros(3), path)  # a real torch file, but not a prepared split
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match="validation.pt.*prepare_mitbih.py"):
+        pm.load_split("validation", config_from_dict({}), tmp_path)
+
+
+def test_sampling_rate_too_low_for_filter(tmp_path):
+    x, _ = synthetic_ecg(60.0, 64.0, seed=0)
+    write_signal(tmp_path, "slow", x, fs=64.0)
+    with pytest.raises(UserError, match="slow.*64.0 Hz.*filter_band"):
+        pm.read_record(tmp_path / "slow", config_from_dict({"data": {"filter_band": [30.0, 40.0]}}).data)
+
+
+def test_one_lead_record(tmp_path):
+    x, _ = synthetic_ecg(20.0, 360.0, seed=0)
+    write_signal(tmp_path, "one", x[:, :1], leads=("MLII",))
+    with pytest.raises(UserError, match="one.*two leads"):
+        pm.read_record(tmp_path / "one", config_from_dict({}).data)

@@ -1,0 +1,102 @@
+"""Baselines: interface, shapes, and exact answers on signals whose future is known."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import baselines as B
+import metrics as M
+from conftest import synthetic_ecg
+from evaluate import make_forecaster
+from paths import UserError
+
+FS, C, H = 128, 384, 384
+PERIOD = 100
+
+
+def periodic_ecg(n_windows: int = 3, noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    """Windows [B, C+H, 2] of an exactly periodic two-lead ECG (one beat per 100 samples)."""
+    t = np.arange(PERIOD) / FS
+    beat = np.stack([1.2 * np.exp(-0.5 * ((t - 0.3) / 0.012) ** 2) + 0.3 * np.exp(-0.5 * ((t - 0.55) / 0.05) ** 2),
+                     -0.6 * np.exp(-0.5 * ((t - 0.3) / 0.012) ** 2)], axis=1)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n_windows):
+        x = np.tile(beat, (20, 1))[7 * i + 3:7 * i + 3 + C + H]     # a different phase per window
+        out.append(x + noise * rng.standard_normal(x.shape))
+    return np.stack(out).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", list(B.BASELINES))
+def test_every_baseline_follows_the_interface(name):
+    f = make_forecaster(name, FS)
+    x = periodic_ecg(4)
+    out = f.predict(x[:, :C], H, num_samples=7, seed=1)
+    s = 1 if f.deterministic else 7
+    assert out.shape == (4, s, H, 2) and out.dtype == np.float32 and np.isfinite(out).all()
+    assert f.name == name and f.fs == FS
+    np.testing.assert_array_equal(out, f.predict(x[:, :C], H, num_samples=7, seed=1))   # seeded
+
+
+def test_flat_baselines():
+    x = periodic_ecg(2)
+    ctx = x[:, :C]
+    assert not B.Zero(FS).predict(ctx, H).any()
+    np.testing.assert_allclose(B.ContextMean(FS).predict(ctx, H)[:, 0], np.repeat(ctx.mean(1, keepdims=True), H, 1),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(B.Persistence(FS).predict(ctx, H)[:, 0], np.repeat(ctx[:, -1:], H, 1))
+
+
+def test_seasonal_and_template_continue_a_periodic_signal_exactly():
+    x = periodic_ecg(3)
+    _, period, _ = B.context_rhythm(x[:, :C], FS)
+    assert list(period) == [PERIOD] * 3
+    assert list(B.autocorr_period(x[:, :C], FS)) == [PERIOD] * 3
+    for f in (B.SeasonalNaive(FS), B.MeanBeatTemplate(FS)):
+        out = f.predict(x[:, :C], H)[:, 0]
+        assert np.abs(out - x[:, C:]).max() < 1e-5, f.name
+
+
+def test_template_averages_noise_away():
+    x = periodic_ecg(6, noise=0.05, seed=1)
+    clean = periodic_ecg(6)
+    err = {f.name: np.mean((f.predict(x[:, :C], H)[:, 0] - clean[:, C:]) ** 2)
+           for f in (B.SeasonalNaive(FS), B.MeanBeatTemplate(FS))}
+    assert err["template"] < 0.5 * err["seasonal"]
+
+
+def test_seasonal_and_template_keep_the_rhythm_that_flat_forecasts_lose():
+    """On a jittered synthetic rhythm MSE may prefer a flat line; the beat F1 must not."""
+    x, beats = synthetic_ecg(60.0, FS, seed=3, hr_bpm=75)
+    starts = np.arange(0, len(x) - C - H, C + H)
+    w = np.stack([x[i:i + C + H] for i in starts]).astype(np.float32)
+    rows = np.concatenate([np.full(np.sum((beats >= s) & (beats < s + C + H)), k) for k, s in enumerate(starts)])
+    pos = np.concatenate([beats[(beats >= s) & (beats < s + C + H)] - s for s in starts])
+    edges = M.segment_edges(H, FS)
+    f1 = {}
+    for f in (B.Persistence(FS), B.SeasonalNaive(FS), B.MeanBeatTemplate(FS)):
+        s = M.rhythm_sums(w[:, :C, 0], f.predict(w[:, :C], H)[:, 0, :, 0], rows, pos, FS, edges)
+        f1[f.name] = M.record_metrics({k: v.sum(0) for k, v in s.items()})["f1_100"][-1]
+    assert f1["persistence"] == 0.0
+    assert f1["seasonal"] > 0.5 and f1["template"] > 0.5, f1
+
+
+def test_ensemble_spread_comes_from_rr_variability_and_grows_with_the_horizon():
+    x = periodic_ecg(3)
+    f = B.SeasonalEnsemble(FS)
+    out = f.predict(x[:, :C], H, num_samples=200, seed=0)
+    spread = out.std(axis=1).mean(axis=(0, 2))                   # [H]
+    assert spread[:20].mean() < spread[-100:].mean()             # the first beat is surest
+    assert not np.allclose(out, f.predict(x[:, :C], H, num_samples=200, seed=1))
+    # a regular rhythm gets the minimum spread: periods within a few percent of the true one
+    _, period, sd = B.context_rhythm(x[:, :C], FS)
+    assert np.all(sd == 0)
+    irregular = B.SeasonalEnsemble(FS)
+    irregular.min_spread = 0.2
+    wide = irregular.predict(x[:, :C], H, num_samples=200, seed=0).std(axis=1).mean()
+    assert wide > out.std(axis=1).mean()
+
+
+def test_make_forecaster_rejects_a_missing_checkpoint(tmp_path):
+    with pytest.raises(UserError, match="nope.pt"):
+        make_forecaster(str(tmp_path / "nope.pt"), FS)

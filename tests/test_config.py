@@ -1,0 +1,214 @@
+"""config_vqvae.json -> typed dataclasses: defaults, unknown keys, wrong types, bad values, data hash."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+import pytest
+
+import hyper_params
+from hyper_params import Config, DataConfig, ModelConfig, TrainConfig, config_from_dict, data_hash, load_config
+from paths import UserError
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(UserError) as e:
+        config_from_dict(raw)
+    return str(e.value)
+
+
+def test_defaults_load():
+    cfg = load_config()
+    assert cfg == Config()
+    assert config_from_dict({}) == Config()
+    assert cfg.data.window_samples == 384 and cfg.data.total_samples == 768
+    # the shipped file spells out every key with its default: nothing hidden in code only
+    raw = json.loads(hyper_params.DEFAULT_CONFIG.read_text())
+    assert raw == cfg.to_dict()
+
+
+def test_partial_sections_keep_defaults():
+    cfg = config_from_dict({"data": {"samples_per_second": 256}, "train": {}})
+    assert cfg.data.samples_per_second == 256
+    assert cfg.data.window_samples == 768
+    assert cfg.model == ModelConfig() and cfg.train == TrainConfig()
+
+
+@pytest.mark.parametrize("section", ["data", "model", "train"])
+def test_unknown_key_in_section(section):
+    msg = error_of({section: {"bogus_key": 1}})
+    assert f"'{section}.bogus_key'" in msg and "unknown" in msg
+
+
+def test_unknown_top_level_key():
+    msg = error_of({"data": {}, "optimizer": {}})
+    assert "'optimizer'" in msg and "unknown" in msg
+
+
+def test_typo_is_not_silently_ignored():
+    msg = error_of({"data": {"sample_per_second": 256}})
+    assert "data.sample_per_second" in msg and "samples_per_second" in msg  # lists the known keys
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("data", "samples_per_second", "128"),     # string for int
+    ("model", "channels", True),               # bool for int
+    ("train", "epochs", 2.5),                  # float for int
+    ("train", "batch_size", 64.0),             # a float, even a whole one, is not an int
+    ("model", "has_attention", 1),             # int for bool
+    ("data", "input_signal_duration", None),   # null for a required number
+    ("data", "input_signal_duration", "3"),
+    ("data", "filter_band", "0.5-40"),
+    ("data", "filter_band", [0.5, "40"]),
+    ("data", "test_records", [100, 101]),      # record names are strings
+    ("data", "first_lead", 2),
+    ("train", "learning_rate", True),
+    ("train", "max_steps_per_epoch", 10.0),
+])
+def test_wrong_type_names_key(section, key, value):
+    msg = error_of({section: {key: value}})
+    assert f"'{section}.{key}'" in msg and "wrong type" in msg
+
+
+def test_non_finite_number_rejected():
+    msg = error_of({"train": {"learning_rate": float("nan")}})
+    assert "'train.learning_rate'" in msg
+
+
+@pytest.mark.parametrize("section_value", [[], 3, None, "data"])
+def test_section_must_be_object(section_value):
+    assert "'data'" in error_of({"data": section_value})
+
+
+@pytest.mark.parametrize("raw,key", [
+    ({"model": {"downsample_factor": 6}}, "model.downsample_factor"),             # not a power of 2
+    ({"model": {"downsample_factor": 0}}, "model.downsample_factor"),
+    ({"model": {"downsample_factor": 256}}, "model.downsample_factor"),           # 384 % 256 != 0
+    ({"data": {"samples_per_second": 100}}, "model.downsample_factor"),           # 300 % 8 != 0
+    ({"data": {"filter_band": [0.5, 64.0]}}, "data.filter_band"),                 # at Nyquist (128 Hz)
+    ({"data": {"filter_band": [0.5, 80.0]}}, "data.filter_band"),                 # above Nyquist
+    ({"data": {"filter_band": [40.0, 0.5]}}, "data.filter_band"),
+    ({"data": {"filter_band": [0.5]}}, "data.filter_band"),
+    ({"data": {"filter_band": [-1.0, 40.0]}}, "data.filter_band"),
+    ({"data": {"input_signal_duration": 3.3}}, "data.input_signal_duration"),     # 422.4 samples
+    ({"data": {"input_signal_duration": 0}}, "data.input_signal_duration"),
+    ({"data": {"samples_per_second": 0}}, "data.samples_per_second"),
+    ({"data": {"forecast_predictions": -1}}, "data.forecast_predictions"),
+    ({"data": {"signals_per_patient": -2}}, "data.signals_per_patient"),
+    ({"data": {"window_stride": 0}}, "data.window_stride"),
+    ({"data": {"filter_order": 0}}, "data.filter_order"),
+    ({"data": {"normalization": "zscore"}}, "data.normalization"),
+    ({"data": {"first_lead": " "}}, "data.first_lead"),
+    ({"model": {"attention_heads": 3}}, "model.attention_heads"),                 # 64 % 3 != 0
+    ({"model": {"ema_decay": 1.0}}, "model.ema_decay"),
+    ({"model": {"res_blocks": -1}}, "model.res_blocks"),
+    ({"model": {"restart_every": -5}}, "model.restart_every"),
+    ({"train": {"epochs": 0}}, "train.epochs"),
+    ({"train": {"learning_rate": 0}}, "train.learning_rate"),
+    ({"train": {"checkpoint_every": 0}}, "train.checkpoint_every"),
+    ({"train": {"num_workers": -1}}, "train.num_workers"),
+    ({"train": {"max_steps_per_epoch": 0}}, "train.max_steps_per_epoch"),
+])
+def test_bad_value_names_key(raw, key):
+    msg = error_of(raw)
+    assert f"'{key}'" in msg
+
+
+def test_window_and_factor_message_gives_window():
+    msg = error_of({"model": {"downsample_factor": 256}})
+    assert "384" in msg
+
+
+def test_load_config_names_file(tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"model": {"downsample_factor": 6}}))
+    with pytest.raises(UserError, match="model.downsample_factor") as e:
+        load_config(path)
+    assert str(path) in str(e.value)
+    path.write_text(json.dumps({"train": {"epoch": 3}}))
+    with pytest.raises(UserError, match="train.epoch") as e:
+        load_config(path)
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("text,why", [
+    ('{"data": ', "not valid JSON"),
+    ("[1, 2]", "top level"),
+    ("", "not valid JSON"),
+])
+def test_load_config_bad_file(tmp_path, text, why):
+    path = tmp_path / "cfg.json"
+    path.write_text(text)
+    with pytest.raises(UserError, match=why) as e:
+        load_config(path)
+    assert str(path) in str(e.value)
+
+
+def test_load_config_missing_file_or_folder(tmp_path):
+    with pytest.raises(UserError, match="not found") as e:
+        load_config(tmp_path / "nope.json")
+    assert "nope.json" in str(e.value)
+    with pytest.raises(UserError, match="cannot read") as e:  # a folder: was an IsADirectoryError traceback
+        load_config(tmp_path)
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00junk")
+    with pytest.raises(UserError, match="binary.json"):
+        load_config(tmp_path / "binary.json")
+
+
+def test_ints_for_floats_become_floats():
+    cfg = config_from_dict({"data": {"input_signal_duration": 3, "filter_band": [1, 40], "window_stride": 2},
+                            "train": {"learning_rate": 1}})
+    assert isinstance(cfg.data.input_signal_duration, float)
+    assert all(isinstance(v, float) for v in cfg.data.filter_band)
+    assert isinstance(cfg.data.window_stride, float) and isinstance(cfg.train.learning_rate, float)
+
+
+DATA_CHANGES = {
+    "samples_per_second": 256,
+    "input_signal_duration": 2.0,
+    "forecast_predictions": 2,
+    "signals_per_patient": 10,
+    "window_stride": None,
+    "first_lead": "V5",
+    "filter_band": [1.0, 40.0],
+    "filter_order": 4,
+    "normalization": "none",
+    "test_records": ["100"],
+    "validation_records": [],
+}
+
+
+def test_data_changes_cover_every_data_key():
+    assert set(DATA_CHANGES) == {f.name for f in dataclasses.fields(DataConfig)}
+
+
+@pytest.mark.parametrize("key", sorted(DATA_CHANGES))
+def test_data_hash_changes_with_data_key(key):
+    base = load_config()
+    changed = config_from_dict({"data": {key: DATA_CHANGES[key]}})
+    assert getattr(changed.data, key) != getattr(base.data, key)
+    assert data_hash(changed.data) != data_hash(base.data)
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("train", "epochs", 99), ("train", "learning_rate", 0.1), ("train", "seed", 7),
+    ("train", "max_steps_per_epoch", 5), ("model", "codebook_size", 1024), ("model", "has_attention", False),
+])
+def test_data_hash_ignores_model_and_train(section, key, value):
+    base = load_config()
+    changed = config_from_dict({section: {key: value}})
+    assert data_hash(changed.data) == data_hash(base.data)
+
+
+def test_data_hash_same_for_equal_numbers():
+    """3 and 3.0 are the same setting: they must not force a re-prepare (was a different hash)."""
+    a = config_from_dict({"data": {"input_signal_duration": 3, "filter_band": [0.5, 40]}})
+    assert data_hash(a.data) == data_hash(load_config().data)
+
+
+def test_loading_does_not_mutate_input():
+    raw = {"data": {"filter_band": [1, 40]}}
+    before = copy.deepcopy(raw)
+    config_from_dict(raw)
+    assert raw == before

@@ -1,0 +1,112 @@
+"""evaluate.py end to end: any WFDB database, bad records skipped with a reason, prepared splits."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import evaluate
+import metrics as M
+from conftest import ROOT, write_record
+from hyper_params import load_config
+from paths import UserError
+from prepare_mitbih import cut_windows, prepare, read_record
+
+
+def _run(argv: list[str]) -> tuple[Path, dict]:
+    run = evaluate.main(argv)
+    return run, json.loads((run / "metrics.json").read_text())
+
+
+@pytest.fixture
+def db250(tmp_path: Path) -> Path:
+    """Synthetic database at 250 Hz: three good records (one without annotations, one without an
+    MLII lead), one truncated .dat, one header whose signal file is missing."""
+    folder = tmp_path / "db250"
+    write_record(folder, "a01", seconds=40, fs=250, seed=1)
+    write_record(folder, "a02", seconds=40, fs=250, seed=2, annotate=False)
+    write_record(folder, "a03", seconds=40, fs=250, seed=3, leads=("V1", "V2"))
+    dat = write_record(folder, "a04", seconds=40, fs=250, seed=4).with_suffix(".dat")
+    os.truncate(dat, dat.stat().st_size // 3)
+    write_record(folder, "a05", seconds=40, fs=250, seed=5).with_suffix(".dat").unlink()
+    return folder
+
+
+def test_wfdb_dir_at_250_hz_skips_bad_records_and_scores_the_rest(db250, tmp_path):
+    run, result = _run(["--model", "zero", "template", "seasonal_ensemble", "--wfdb-dir", str(db250),
+                        "--results", str(tmp_path / "results"), "--samples", "16"])
+    info = {r["record"]: r for r in result["record_info"]}
+    assert sorted(info) == ["a01", "a02", "a03"]
+    assert all(r["fs_in"] == 250 and r["windows"] == 6 for r in info.values())
+    assert info["a02"]["annotated"] is False and info["a03"]["leads"] == ["V1", "V2"]
+    skipped = {s["record"]: s["reason"] for s in result["skipped"]}
+    assert sorted(skipped) == ["a04", "a05"] and all(skipped.values())
+    report = (run / "report.md").read_text()
+    assert "Skipped 2 record(s)" in report and "- a04: " in report and "- a05: " in report
+    per = result["per_record"]
+    assert per["zero"]["mse"]["a02"] is not None and per["zero"]["f1_100"]["a02"] is None   # no annotations
+    assert per["template"]["f1_100"]["a01"] > 0.3
+    # the zero forecast's MSE is the mean square of the truth, recomputed here from the raw record
+    cfg = load_config()
+    w = cut_windows([read_record(db250 / "a01", cfg.data)], cfg.data, overlap=False)["signals"].numpy()
+    assert per["zero"]["mse"]["a01"] == pytest.approx(np.mean(w[:, cfg.data.window_samples:] ** 2), rel=1e-4)
+    assert result["detector"]["100ms"]["sensitivity"] > 0.95
+    ens = result["forecasters"]["seasonal_ensemble"]["metrics"]
+    assert ens["cov80"][-1]["value"] is not None and ens["crps"][-1]["value"] < ens["mae"][-1]["value"]
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert len(rows) == 3 * len(result["horizons"]) * len(M.METRICS)
+    for png in ("error_curves.png", "gallery_zero.png", "gallery_template.png", "gallery_seasonal_ensemble.png"):
+        assert (run / png).stat().st_size > 10_000
+
+
+def test_real_mitbih_records_through_wfdb_dir(mitdb, tmp_path):
+    run, result = _run(["--model", "baselines", "--wfdb-dir", str(mitdb), "--records", "100", "208",
+                        "--max-windows-per-record", "12", "--samples", "20", "--results", str(tmp_path)])
+    assert [r["record"] for r in result["record_info"]] == ["100", "208"]
+    assert all(r["leads"][0] == "MLII" and r["windows"] == 12 for r in result["record_info"])
+    assert result["detector"]["100ms"]["sensitivity"] > 0.95
+    assert result["detector"]["100ms"]["positive_predictivity"] > 0.95
+    table = result["forecasters"]
+    assert result["order"] == list(evaluate.BASELINES)
+    assert table["persistence"]["metrics"]["prd"][-1]["value"] > table["zero"]["metrics"]["prd"][-1]["value"]
+    assert table["seasonal"]["metrics"]["f1_100"][-1]["value"] > table["zero"]["metrics"]["f1_100"][-1]["value"]
+
+
+def test_prepared_split_and_record_filter(synthetic_db, tmp_path):
+    cfg = load_config()
+    prepared = tmp_path / "prepared"
+    prepare(cfg, synthetic_db, prepared, download=False)
+    run, result = _run(["--model", "persistence", "seasonal", "--prepared", str(prepared), "--split", "test",
+                        "--results", str(tmp_path / "results"), "--max-windows-per-record", "4"])
+    test_records = json.loads((prepared / "meta.json").read_text())["splits"]["test"]
+    assert [r["record"] for r in result["record_info"]] == test_records
+    assert all(r["windows"] == 4 for r in result["record_info"])
+    assert "| persistence |" in (run / "report.md").read_text()
+    _, one = _run(["--model", "zero", "--prepared", str(prepared), "--records", test_records[-1],
+                   "--results", str(tmp_path / "results")])
+    assert [r["record"] for r in one["record_info"]] == test_records[-1:]
+    with pytest.raises(UserError, match="999"):
+        evaluate.main(["--model", "zero", "--prepared", str(prepared), "--records", "999",
+                       "--results", str(tmp_path / "results")])
+
+
+def test_bad_arguments_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="missing.pt"):
+        evaluate.main(["--model", str(tmp_path / "missing.pt"), "--results", str(tmp_path)])
+    with pytest.raises(UserError, match="samples"):
+        evaluate.main(["--model", "zero", "--samples", "0", "--results", str(tmp_path)])
+    with pytest.raises(UserError, match="no WFDB records"):
+        evaluate.main(["--model", "zero", "--wfdb-dir", str(tmp_path), "--results", str(tmp_path)])
+
+
+def test_cli_prints_one_error_line(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--model", str(tmp_path / "nope.pt")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error:") and "nope.pt" in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,177 @@
+"""Every metric on hand-made signals whose value is known."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import metrics as M
+from conftest import synthetic_ecg
+
+FS = 128
+
+
+def _normal_cdf(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
+
+
+def test_mse_mae_of_constant_offset():
+    truth = np.sin(np.linspace(0, 20, 500))
+    assert M.mse(truth + 0.3, truth) == pytest.approx(0.09)
+    assert M.mae(truth - 0.3, truth) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5, 1.0, 1.5, 2.0])
+def test_prd_of_scaled_copy(scale):
+    truth = np.sin(np.linspace(0, 20 * np.pi, 1000))        # zero mean: PRD and PRDN agree
+    assert M.prd(scale * truth, truth) == pytest.approx(100 * abs(1 - scale), abs=1e-9)
+    assert M.prdn(scale * truth, truth) == pytest.approx(100 * abs(1 - scale), abs=1e-6)
+
+
+def test_prdn_ignores_the_truth_offset_that_flatters_prd():
+    wave = np.sin(np.linspace(0, 20 * np.pi, 1000))
+    truth = wave + 3.0
+    pred = 0.5 * wave + 3.0
+    assert M.prdn(pred, truth) == pytest.approx(50.0, abs=1e-6)
+    assert M.prd(pred, truth) < 20                        # the offset hides the error from PRD
+
+
+def test_pearson_r_of_scaled_and_flipped_copies_and_constants():
+    truth = np.sin(np.linspace(0, 12, 300))
+    assert M.pearson_r(3 * truth + 1, truth) == pytest.approx(1.0)
+    assert M.pearson_r(-truth, truth) == pytest.approx(-1.0)
+    assert M.pearson_r(np.full_like(truth, 0.2), truth) == 0.0
+
+
+def test_crps_of_a_point_mass_equals_the_mae():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 7)), rng.normal(size=(40, 7))
+    for copies in (1, 5, 64):
+        samples = np.repeat(x[None], copies, axis=0)
+        np.testing.assert_allclose(M.crps_samples(samples, y, axis=0), np.abs(x - y), atol=1e-12)
+
+
+def test_crps_sorted_form_matches_the_quadratic_definition():
+    rng = np.random.default_rng(1)
+    samples, y = rng.normal(size=(30, 11)), rng.normal(size=11)
+    brute = (np.abs(samples - y).mean(0)
+             - 0.5 * np.abs(samples[:, None] - samples[None, :]).mean(axis=(0, 1)))
+    np.testing.assert_allclose(M.crps_samples(samples, y, axis=0), brute, atol=1e-12)
+
+
+def test_crps_of_gaussian_samples_matches_the_closed_form():
+    rng = np.random.default_rng(2)
+    sigma, y = 0.7, np.array([-1.0, 0.0, 0.4, 2.0])
+    samples = rng.normal(0.0, sigma, size=(20000, len(y)))
+    z = y / sigma
+    exact = sigma * (z * (2 * _normal_cdf(z) - 1) + 2 * np.exp(-z ** 2 / 2) / math.sqrt(2 * math.pi)
+                     - 1 / math.sqrt(math.pi))
+    np.testing.assert_allclose(M.crps_samples(samples, y, axis=0), exact, atol=0.01)
+
+
+def test_coverage_and_width_of_a_known_gaussian():
+    rng = np.random.default_rng(3)
+    samples = rng.standard_normal((4000, 3000))          # 4000 samples for each of 3000 points
+    y = rng.standard_normal(3000)
+    cov50, w50 = M.interval_coverage(samples, y, 0.5, axis=0)
+    cov80, w80 = M.interval_coverage(samples, y, 0.8, axis=0)
+    assert cov50 == pytest.approx(0.5, abs=0.03) and w50 == pytest.approx(1.349, abs=0.02)
+    assert cov80 == pytest.approx(0.8, abs=0.025) and w80 == pytest.approx(2.563, abs=0.03)
+    cov_wide, _ = M.interval_coverage(3 * samples, y, 0.5, axis=0)   # too wide: over-covers
+    assert cov_wide > 0.85
+
+
+def test_quantile_sorted_matches_numpy():
+    xs = np.sort(np.random.default_rng(4).normal(size=(5, 37)), axis=-1)
+    for q in (0.1, 0.25, 0.5, 0.9):
+        np.testing.assert_allclose(M.quantile_sorted(xs, q), np.quantile(xs, q, axis=-1))
+
+
+def test_match_beats_of_shifted_impulse_trains():
+    ref = np.arange(50, 2000, 100)
+    for shift, tol, expected in ((3, 5, 1.0), (6, 5, 0.0), (-6, 8, 1.0), (0, 1, 1.0)):
+        ri, di = M.match_beats(ref, ref + shift, tol)
+        f1 = M.f1_score(len(ri), len(ref) - len(di), len(ref) - len(ri))
+        assert f1 == pytest.approx(expected)
+    # a missing and an extra beat: TP = n-1, FN = 1, FP = 1
+    det = np.sort(np.append(np.delete(ref, 4), 1010))
+    ri, di = M.match_beats(ref, det, 5)
+    assert len(ri) == len(ref) - 1
+    assert M.f1_score(len(ri), len(det) - len(di), len(ref) - len(ri)) == pytest.approx(
+        2 * (len(ref) - 1) / (2 * (len(ref) - 1) + 2))
+
+
+def test_match_beats_is_one_to_one():
+    ri, di = M.match_beats(np.array([100]), np.array([98, 101, 103]), 5)
+    assert list(ri) == [0] and list(di) == [1]
+
+
+def _spikes(n: int, positions, width: float = 0.012) -> np.ndarray:
+    t = np.arange(n) / FS
+    return sum(1.2 * np.exp(-0.5 * ((t - p / FS) / width) ** 2) for p in positions)
+
+
+def test_rhythm_sums_of_shifted_spike_trains():
+    """Truth has QRS-like spikes every 100 samples; forecasts copy them shifted by 5 or 10 samples."""
+    c, h = 384, 384
+    beats = np.arange(30, c + h, 100)
+    truth = _spikes(c + h, beats)
+    edges = M.segment_edges(h, FS)
+    rows, pos = np.zeros(len(beats), np.int64), beats
+    for shift, f1_50, f1_100 in ((0, 1.0, 1.0), (5, 1.0, 1.0), (10, 0.0, 1.0)):   # 39 ms, 78 ms
+        fc = np.concatenate([truth[:c], _spikes(c + h, beats + shift)[c:]])
+        s = M.rhythm_sums(fc[None, :c], fc[None, c:], rows, pos, FS, edges)
+        m = M.record_metrics({k: v.sum(0) for k, v in s.items()})
+        assert m["f1_50"][-1] == pytest.approx(f1_50)
+        assert m["f1_100"][-1] == pytest.approx(f1_100)
+        assert m["timing_ms"][-1] == pytest.approx(shift * 1000 / FS, abs=1.0)
+        assert m["hr_bpm"][-1] == pytest.approx(0.0, abs=0.5)
+    flat = M.rhythm_sums(truth[None, :c], np.zeros((1, h)), rows, pos, FS, edges)
+    m = M.record_metrics({k: v.sum(0) for k, v in flat.items()})
+    assert m["f1_100"][-1] == 0.0
+    assert m["hr_bpm"][-1] == pytest.approx(60 * FS / 100, rel=0.01)   # a flat line has 0 bpm
+    none = M.rhythm_sums(truth[None, :c], truth[None, c:], rows, pos, FS, edges, annotated=np.array([False]))
+    assert np.isnan(M.record_metrics({k: v.sum(0) for k, v in none.items()})["f1_100"]).all()
+
+
+def test_detector_finds_the_beats_of_a_synthetic_ecg():
+    x, beats = synthetic_ecg(60.0, FS, seed=5, hr_bpm=80)
+    rows, pos = M.detect_r_peaks(x[None, :, 0], FS)
+    ri, di = M.match_beats(beats, pos, 0.05 * FS)
+    assert len(ri) == len(beats) and len(di) == len(pos)          # Se = +P = 100 %
+    assert np.abs(pos[di] - beats[ri]).max() <= 2
+    assert len(M.detect_r_peaks(np.zeros((3, 768)), FS)[0]) == 0
+
+
+def test_heart_rate():
+    assert M.heart_rate(np.arange(0, 384, 64), FS, 3.0) == pytest.approx(120.0)
+    assert M.heart_rate(np.array([10]), FS, 3.0) == pytest.approx(20.0)
+    assert M.heart_rate(np.array([], int), FS, 3.0) == 0.0
+
+
+def test_waveform_sums_per_second_and_overall():
+    rng = np.random.default_rng(6)
+    truth = rng.normal(size=(4, 384, 2))
+    edges = M.segment_edges(384, FS)
+    fc = truth.copy()
+    fc[:, 128:256] += 0.2                                          # error only in the second second
+    s, curves = M.waveform_sums(truth, fc[:, None], edges)
+    m = M.record_metrics({k: v.sum(0) for k, v in s.items()})
+    np.testing.assert_allclose(m["mse"], [0, 0.04, 0, 0.04 / 3], atol=1e-12)
+    np.testing.assert_allclose(m["crps"], m["mae"])                # deterministic: CRPS = MAE
+    assert np.isnan(m["cov50"]).all()
+    assert curves["se"].shape == (4, 384)
+    samples = truth[:, None] + rng.normal(size=(4, 200, 384, 2))  # calibrated N(truth, 1) ensemble
+    s, _ = M.waveform_sums(truth + rng.normal(size=truth.shape), samples.astype(np.float32), edges)
+    m = M.record_metrics({k: v.sum(0) for k, v in s.items()})
+    assert m["cov50"][-1] == pytest.approx(50, abs=3) and m["cov80"][-1] == pytest.approx(80, abs=3)
+    assert m["crps"][-1] < m["mae"][-1]
+
+
+def test_bootstrap_ci():
+    v = np.array([1.0, 2.0, 3.0, np.nan])
+    mean, lo, hi = M.bootstrap_ci(v, n_boot=500, seed=0)
+    assert mean == pytest.approx(2.0) and 1.0 <= lo < 2.0 < hi <= 3.0
+    assert M.bootstrap_ci(v, n_boot=500, seed=0)[1:] == (lo, hi)          # fixed seed: reproducible
+    assert np.allclose(M.bootstrap_ci(np.full((5, 2), 0.5)), 0.5)

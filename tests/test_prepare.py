@@ -1,0 +1,432 @@
+"""prepare_mitbih.py on synthetic WFDB records (and two real MIT-BIH records): leads, rates, beats, splits."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+import wfdb
+
+import paths
+import prepare_mitbih as pm
+from conftest import ROOT, synthetic_ecg, write_record, write_signal
+from hyper_params import config_from_dict, data_hash
+from paths import UserError
+
+FS = 128
+WINDOW = 768  # 3 s context + 3 s forecast at 128 Hz
+MITBIH_48 = sorted(pm.DS1 + pm.DS2 + pm.PACED)
+
+
+def make_cfg(**data):
+    return config_from_dict({"data": data})
+
+
+def corr(a, b) -> float:
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def annotated_beats(path: Path, fs_in: float) -> np.ndarray:
+    """The beats written to <path>.atr, at the target rate."""
+    ann = wfdb.rdann(str(path), "atr")
+    return np.round(np.asarray(ann.sample) * FS / fs_in).astype(int)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Six 60 s records: 100 and 101 (250 Hz) test, 102 validation, 103 (leads swapped), 104, 105 train."""
+    base = tmp_path_factory.mktemp("prep")
+    db = base / "wfdb"
+    write_record(db, "100", seed=0)
+    write_record(db, "101", seed=1, fs=250.0)
+    write_record(db, "102", seed=2)
+    write_record(db, "103", seed=3, leads=("V1", "MLII"))
+    write_record(db, "104", seed=3)
+    write_record(db, "105", seed=5)
+    cfg = make_cfg(test_records=["100", "101"], validation_records=["102"])
+    out = base / "prepared"
+    meta = pm.prepare(cfg, db, out, download=False)
+    tensors = {s: torch.load(out / f"{s}.pt", weights_only=True) for s in pm.SPLITS}
+    return SimpleNamespace(db=db, out=out, cfg=cfg, meta=meta, tensors=tensors)
+
+
+def record_windows(t: dict, name: str) -> torch.Tensor:
+    return t["signals"][t["record"] == t["records"].index(name)]
+
+
+# ---------------------------------------------------------------- rates, leads, beats
+
+def test_250hz_record_resampled_to_128hz(prepared):
+    assert prepared.meta["records"]["101"]["fs_in"] == 250.0
+    assert prepared.meta["records"]["101"]["seconds"] == pytest.approx(60.0)
+    rec = pm.read_record(prepared.db / "101", prepared.cfg.data)
+    assert rec.signal.shape == (60 * FS, 2) and rec.signal.dtype == np.float32
+    _, beats_250 = synthetic_ecg(60.0, 250.0, seed=1)
+    np.testing.assert_array_equal(rec.beats, np.round(beats_250 * FS / 250.0).astype(int))
+    # the R peak of lead 1 is where the scaled beat position says (no shift from resampling)
+    for b in rec.beats[1:-1]:
+        assert abs(int(np.argmax(rec.signal[b - 6:b + 7, 0])) - 6) <= 1
+    # the 360 Hz records end at the same rate and length
+    assert len(pm.read_record(prepared.db / "100", prepared.cfg.data).signal) == 60 * FS
+
+
+@pytest.mark.parametrize("fs_in,ratio", [(360.0, (16, 45)), (250.0, (64, 125)), (128.0, (1, 1)),
+                                          (1000 / 3, (48, 125)), (500.0, (32, 125))])
+def test_resample_ratio_exact(fs_in, ratio):
+    r = pm.resample_ratio(fs_in, FS, "x")
+    assert (r.numerator, r.denominator) == ratio
+
+
+@pytest.mark.parametrize("fs_in", [333.333, 0.0, -360.0, float("nan"), float("inf")])
+def test_resample_ratio_uneven_or_invalid(fs_in):
+    with pytest.raises(UserError, match="rec7"):
+        pm.resample_ratio(fs_in, FS, "rec7")
+
+
+def test_swapped_leads_end_with_mlii_first(prepared):
+    assert prepared.meta["records"]["103"]["leads"] == ["MLII", "V1"]
+    assert prepared.meta["records"]["104"]["leads"] == ["MLII", "V1"]
+    train = prepared.tensors["train"]
+    swapped, normal = record_windows(train, "103"), record_windows(train, "104")
+    torch.testing.assert_close(swapped, normal)  # same signal, stored in the other channel order
+    x, _ = synthetic_ecg(60.0, 360.0, seed=3)  # x[:, 0] is the MLII waveform write_record stored
+    known = scipy.signal.resample_poly(x, 16, 45, axis=0)
+    start = int(train["start"][train["record"] == train["records"].index("103")][0])
+    got = swapped[0].numpy()
+    lead1, lead2 = known[start:start + WINDOW, 0], known[start:start + WINDOW, 1]
+    assert corr(got[:, 0], lead1) > 0.95
+    assert corr(got[:, 0], lead1) > abs(corr(got[:, 0], lead2)) + 0.2
+    assert corr(got[:, 1], lead2) > 0.95
+
+
+@pytest.mark.parametrize("names,first,expected", [
+    (["MLII", "V1"], "MLII", [0, 1]),
+    (["V5", "MLII"], "MLII", [1, 0]),          # MIT-BIH 114
+    (["V5", "V2"], "MLII", [0, 1]),            # MIT-BIH 102/104: no limb lead, record order
+    (["V1", "II"], "MLII", [1, 0]),
+    (["V1", "ii"], "MLII", [1, 0]),
+    (["V1", "ML2"], "MLII", [1, 0]),
+    (["V1", "Lead II"], "MLII", [1, 0]),
+    (["V1", "ECG-II"], "MLII", [1, 0]),
+    (["I", "II"], "MLII", [1, 0]),             # lead II before lead I
+    (["V1", "I", "III"], "MLII", [1, 0]),      # lead I before lead III
+    (["V2", "III", "aVF"], "MLII", [1, 0]),
+    (["V2", "V3", "avf"], "MLII", [2, 0]),     # lead 2 is the first other channel
+    (["ECG1", "ECG2"], "MLII", [0, 1]),        # channel numbers are not lead I / II
+    (["V1", "V5", "II"], "V5", [1, 0]),        # cfg.first_lead wins over the preference list
+    (["V1", "v5", "II"], "V5", [1, 0]),        # ... compared case-insensitively
+    (["II", "V1"], "V5", [0, 1]),              # first_lead absent: preference list
+    (["A", "B", "C"], "MLII", [0, 1]),
+])
+def test_order_leads(names, first, expected):
+    assert pm.order_leads(names, first, "rec") == expected
+
+
+def test_order_leads_needs_two_leads():
+    with pytest.raises(UserError, match="rec9.*two leads"):
+        pm.order_leads(["MLII"], "MLII", "rec9")
+
+
+def test_read_record_other_database_leads(tmp_path):
+    """A record without MLII (another database): lead II first, then the first other channel."""
+    x, beats = synthetic_ecg(30.0, 360.0, seed=4)
+    three = np.stack([0.3 * x[:, 1], -x[:, 1], x[:, 0]], axis=1)  # V1, aVR-ish, II
+    write_signal(tmp_path, "r1", three, leads=("V1", "AVR", "II"))
+    rec = pm.read_record(tmp_path / "r1", make_cfg().data)
+    assert rec.leads == ["II", "V1"]
+    assert rec.signal.shape[1] == 2
+    assert corr(rec.signal[:, 0], scipy.signal.resample_poly(x[:, 0], 16, 45)) > 0.95
+
+
+def test_read_record_converts_microvolts(tmp_path):
+    x, _ = synthetic_ecg(20.0, 360.0, seed=6)
+    write_signal(tmp_path, "mv", x, units="mV", gain=1000.0)
+    write_signal(tmp_path, "uv", x * 1000.0, units="uV", gain=1.0)
+    cfg = make_cfg().data
+    np.testing.assert_allclose(pm.read_record(tmp_path / "uv", cfg).signal,
+                               pm.read_record(tmp_path / "mv", cfg).signal, atol=2e-3)
+    write_signal(tmp_path, "nu", x, units="NU", gain=1000.0)
+    with pytest.raises(UserError, match="nu.*'NU'"):
+        pm.read_record(tmp_path / "nu", cfg)
+
+
+def test_window_beats_match_annotations(prepared):
+    total = 0
+    for split, t in prepared.tensors.items():
+        for i in range(len(t["signals"])):
+            name = t["records"][int(t["record"][i])]
+            start = int(t["start"][i])
+            beats = annotated_beats(prepared.db / name, prepared.meta["records"][name]["fs_in"])
+            expected = beats[(beats >= start) & (beats < start + WINDOW)] - start
+            got = pm.window_beats(t, i)
+            np.testing.assert_array_equal(got, expected, err_msg=f"{split} window {i} of {name}")
+            lo, hi = int(t["beat_ptr"][i]), int(t["beat_ptr"][i + 1])
+            assert bytes(t["beat_sym"][lo:hi].tolist()) == b"N" * len(got)
+            # and the R peak of lead 1 is at each reference beat
+            for b in got[(got >= 6) & (got < WINDOW - 7)]:
+                assert abs(int(np.argmax(t["signals"][i, b - 6:b + 7, 0])) - 6) <= 1
+            total += len(got)
+    assert total > 6 * 60  # about 72 beats per minute per record
+
+
+def test_records_without_annotations(tmp_path):
+    db = tmp_path / "db"
+    write_record(db, "a", seed=0)
+    write_record(db, "b", seed=1, annotate=False)
+    meta = pm.prepare(make_cfg(test_records=["a"], validation_records=[]), db, tmp_path / "out", download=False)
+    assert meta["records"]["b"]["has_annotations"] is False and meta["records"]["b"]["beats"] == 0
+    assert meta["records"]["a"]["has_annotations"] is True
+
+
+# ---------------------------------------------------------------- meta.json and files
+
+def test_meta_json(prepared):
+    meta = json.loads((prepared.out / "meta.json").read_text())
+    assert meta == json.loads(json.dumps(prepared.meta))
+    assert meta["splits"] == {"train": ["103", "104", "105"], "validation": ["102"], "test": ["100", "101"]}
+    assert meta["fs"] == FS and meta["window_samples"] == 384 and meta["total_samples"] == WINDOW
+    assert meta["filter"]["band_hz"] == [0.5, 40.0] and meta["filter"]["order"] == 2
+    assert meta["config"] == asdict(prepared.cfg.data)
+    assert meta["data_hash"] == data_hash(prepared.cfg.data)
+    assert meta["input_hash"] == pm.hash_inputs(prepared.db, [f"10{i}" for i in range(6)])
+    assert len(meta["input_hash"]) == 16
+    for split, t in prepared.tensors.items():
+        assert meta["windows"][split] == len(t["signals"])
+        for i, name in enumerate(t["records"]):
+            assert meta["window_starts"][split][name] == t["start"][t["record"] == i].tolist()
+        assert t["data_hash"] == meta["data_hash"] and t["input_hash"] == meta["input_hash"]
+        assert t["fs"] == FS and t["signals"].dtype == torch.float32 and t["signals"].shape[1:] == (WINDOW, 2)
+    train = prepared.tensors["train"]["signals"].double()
+    np.testing.assert_allclose(meta["scale_mv"], train.std(dim=(0, 1)).numpy(), rtol=1e-6)
+    assert all(0.05 < s < 2.0 for s in meta["scale_mv"])
+    assert set(meta["records"]) == {f"10{i}" for i in range(6)}
+
+
+def test_input_hash_follows_the_bytes(prepared, tmp_path):
+    names = ["100", "102"]
+    h = pm.hash_inputs(prepared.db, names)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in names:
+        for ext in (".hea", ".dat", ".atr"):
+            (copy / f"{name}{ext}").write_bytes((prepared.db / f"{name}{ext}").read_bytes())
+    assert pm.hash_inputs(copy, names) == h
+    dat = copy / "102.dat"
+    raw = bytearray(dat.read_bytes())
+    raw[100] ^= 1
+    dat.write_bytes(bytes(raw))
+    assert pm.hash_inputs(copy, names) != h
+
+
+def test_written_files_are_atomic(prepared):
+    files = sorted(p.name for p in prepared.out.iterdir())
+    assert files == ["meta.json", "test.pt", "train.pt", "validation.pt"]  # no temp files left
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in files:  # not the private 0600 mode of a temp file (was unreadable for other users)
+        assert (prepared.out / name).stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "train.pt"
+    paths.atomic_torch_save({"old": 1}, target)
+    before = target.read_bytes()
+
+    def crash(obj, f):
+        Path(f).write_bytes(b"half a file")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(RuntimeError):
+        paths.atomic_torch_save({"new": 2}, target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["train.pt"]
+
+
+# ---------------------------------------------------------------- splits and windows
+
+def test_splits_are_disjoint(prepared):
+    split = prepared.meta["splits"]
+    seen = [r for s in pm.SPLITS for r in split[s]]
+    assert len(seen) == len(set(seen)) == 6
+    for s in pm.SPLITS:
+        assert prepared.tensors[s]["records"] == split[s]
+
+
+def test_default_split_on_mitbih_names():
+    assert len(MITBIH_48) == 48
+    split = pm.default_split(MITBIH_48)
+    seen = [r for s in pm.SPLITS for r in split[s]]
+    assert sorted(seen) == MITBIH_48  # every record assigned, none twice
+    assert {"201", "202"} <= set(split["test"])
+    assert set(pm.PACED) <= set(split["train"])
+    assert split["validation"] and set(split["validation"]) <= set(pm.DS1)
+    assert split["validation"] == ["109", "122", "215"]
+    assert set(split["test"]) == set(pm.DS2) | {"201"}
+    assert not set(split["train"]) & set(pm.DS2)
+
+
+def test_default_split_on_the_real_folder(mitdb):
+    assert pm.find_records(mitdb, download=False) == MITBIH_48
+
+
+def test_same_patient_in_two_splits_raises(tmp_path):
+    with pytest.raises(UserError, match="201.*202"):
+        pm.assign_splits(MITBIH_48, test=["201"], validation=["202"])
+    with pytest.raises(UserError, match="201.*202.*same patient"):
+        pm.assign_splits(["201", "202", "203"], test=["201"], validation=[])  # 202 would train
+    db = tmp_path / "db"
+    for i, name in enumerate(["201", "202", "203"]):
+        write_record(db, name, seconds=8, seed=i)
+    with pytest.raises(UserError, match="201.*202"):
+        pm.prepare(make_cfg(test_records=["202"], validation_records=[]), db, tmp_path / "out", download=False)
+    assert not (tmp_path / "out").exists()
+    pm.prepare(make_cfg(test_records=["201", "202"], validation_records=[]), db, tmp_path / "out",
+               download=False)
+
+
+def test_record_in_test_and_validation_raises():
+    with pytest.raises(UserError, match="109"):
+        pm.assign_splits(MITBIH_48, test=["109"], validation=["109"])
+
+
+def test_each_null_split_list_keeps_its_default():
+    """validation_records [] with test_records null still tests on DS2 (it used to train on everything)."""
+    split = pm.config_split(MITBIH_48, make_cfg(validation_records=[]).data, MITBIH_48)
+    assert split["validation"] == [] and set(split["test"]) == set(pm.DS2) | {"201"}
+    split = pm.config_split(MITBIH_48, make_cfg(test_records=["100", "109"]).data, MITBIH_48)
+    assert split["test"] == ["100", "109"] and split["validation"] == ["122", "215"]
+    split = pm.config_split(MITBIH_48, make_cfg(validation_records=["100"]).data, MITBIH_48)
+    assert split["validation"] == ["100"] and "100" not in split["test"] and "103" in split["test"]
+    assert pm.config_split(MITBIH_48, make_cfg().data, MITBIH_48) == pm.default_split(MITBIH_48)
+
+
+@pytest.mark.parametrize("key", ["test_records", "validation_records"])
+def test_listed_record_not_in_folder_raises(key):
+    with pytest.raises(UserError, match=f"data.{key}.*1000"):
+        pm.config_split(MITBIH_48, make_cfg(**{key: ["1000"]}).data, MITBIH_48)
+
+
+def test_no_training_records_raises(tmp_path):
+    db = tmp_path / "db"
+    write_record(db, "a", seconds=8)
+    with pytest.raises(UserError, match="no training records"):
+        pm.prepare(make_cfg(test_records=["a"], validation_records=[]), db, tmp_path / "out", download=False)
+
+
+def test_signals_per_patient_limits_windows(synthetic_db, tmp_path):
+    cfg = make_cfg(signals_per_patient=3, test_records=["100", "101"], validation_records=["102"])
+    meta = pm.prepare(cfg, synthetic_db, tmp_path / "out", download=False)
+    for split, per_record in meta["window_starts"].items():
+        assert set(per_record) == set(meta["splits"][split])
+        for starts in per_record.values():
+            assert len(starts) == 3  # spread over the record, first and last window kept
+            assert starts[0] == 0 and starts[-1] == 60 * FS - WINDOW
+    full = pm.window_starts(60 * FS, make_cfg().data, overlap=True)
+    assert len(full) > 3
+    assert len(pm.window_starts(60 * FS, make_cfg(signals_per_patient=1000).data, overlap=True)) == len(full)
+
+
+def test_evaluation_windows_do_not_overlap(prepared):
+    for split in ("validation", "test"):
+        for name, starts in prepared.meta["window_starts"][split].items():
+            assert np.all(np.diff(starts) >= WINDOW), (split, name)
+            assert len(starts) == 60 * FS // WINDOW  # no overlap, but no sample thrown away either
+    for starts in prepared.meta["window_starts"]["train"].values():
+        assert np.all(np.diff(starts) == 384)  # window_stride 3 s: training windows may overlap
+    no_stride = make_cfg(window_stride=None).data
+    assert np.all(np.diff(pm.window_starts(60 * FS, no_stride, overlap=True)) == WINDOW)
+
+
+# ---------------------------------------------------------------- load_split
+
+def test_load_split_round_trip_mmap(prepared):
+    loaded = {split: pm.load_split(split, prepared.cfg, prepared.out) for split in pm.SPLITS}
+    for split, data in loaded.items():
+        for key in ("signals", "record", "start", "beat_ptr", "beat_pos", "beat_sym", "scale_mv"):
+            torch.testing.assert_close(data[key], prepared.tensors[split][key])
+        assert data["records"] == prepared.meta["splits"][split]
+    with open("/proc/self/maps") as f:  # memory-mapped, not read into memory
+        assert str(prepared.out / "train.pt") in f.read()
+
+
+def test_load_split_from_env_location(prepared, monkeypatch):
+    monkeypatch.setenv("ECG_PREPARED_DIR", str(prepared.out))
+    assert len(pm.load_split("validation", prepared.cfg)["signals"]) == prepared.meta["windows"]["validation"]
+
+
+def test_load_split_accepts_same_config_written_differently(prepared):
+    same = make_cfg(test_records=["100", "101"], validation_records=["102"], input_signal_duration=3,
+                    filter_band=[0.5, 40])
+    assert len(pm.load_split("test", same, prepared.out)["signals"]) == prepared.meta["windows"]["test"]
+
+
+def test_load_split_refuses_other_data_config(prepared):
+    other = make_cfg(test_records=["100", "101"], validation_records=["102"], filter_order=4)
+    with pytest.raises(UserError, match="another data config"):
+        pm.load_split("train", other, prepared.out)
+
+
+def test_location_precedence(monkeypatch, tmp_path):
+    monkeypatch.delenv("ECG_PREPARED_DIR", raising=False)
+    assert paths.location("prepared") == ROOT / "data" / "prepared"
+    monkeypatch.setenv("ECG_PREPARED_DIR", str(tmp_path / "env"))
+    assert paths.location("prepared") == tmp_path / "env"
+    assert paths.location("prepared", tmp_path / "flag") == tmp_path / "flag"
+
+
+# ---------------------------------------------------------------- command line
+
+def test_cli_on_synthetic_records(synthetic_db, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"data": {"test_records": ["100"], "validation_records": ["101"]}}))
+    out = tmp_path / "prepared"
+    env = {k: v for k, v in os.environ.items() if k not in ("ECG_PREPARED_DIR",)}
+    env["MITBIH_DIR"] = str(synthetic_db)  # the data folder from the environment, the output from the flag
+    r = subprocess.run([sys.executable, "prepare_mitbih.py", "--config", str(config), "--out", str(out),
+                        "--no-download", "--records", "100", "101", "102", "103"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # no progress bar when stderr is not a terminal
+    assert "prepared 4 records" in r.stdout
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["splits"] == {"train": ["102", "103"], "validation": ["101"], "test": ["100"]}
+    assert meta["data_dir"] == str(synthetic_db)
+    cfg = config_from_dict(json.loads(config.read_text()))
+    assert len(pm.load_split("train", cfg, out)["signals"]) == meta["windows"]["train"] == 2 * 19
+
+
+# ---------------------------------------------------------------- the real database
+
+def test_two_real_records(mitdb, tmp_path):
+    cfg = make_cfg(test_records=["100"], validation_records=[])
+    meta = pm.prepare(cfg, mitdb, tmp_path / "out", records=["100", "114"], download=False)
+    assert meta["splits"] == {"train": ["114"], "validation": [], "test": ["100"]}
+    assert meta["records"]["114"]["leads"] == ["MLII", "V5"]  # stored V5, MLII
+    assert meta["records"]["100"]["leads"] == ["MLII", "V5"]
+    assert meta["records"]["100"]["fs_in"] == 360.0
+    assert meta["records"]["100"]["seconds"] == pytest.approx(1805.56, abs=0.01)
+    assert all(0.05 < s < 1.5 for s in meta["scale_mv"])  # millivolts, not ADC units or volts
+    offsets = []
+    for split in ("train", "test"):
+        t = pm.load_split(split, cfg, tmp_path / "out")
+        x = t["signals"]
+        assert torch.isfinite(x).all() and x.abs().max() < 10.0
+        assert x.mean(dim=1).abs().max() < 0.2  # baseline wander removed: every window centred on 0 mV
+        for i in range(0, len(x), 10):
+            lo, hi = int(t["beat_ptr"][i]), int(t["beat_ptr"][i + 1])
+            for b, sym in zip(t["beat_pos"][lo:hi].tolist(), t["beat_sym"][lo:hi].tolist()):
+                if chr(sym) == "N" and 13 <= b < WINDOW - 13:
+                    lead1 = x[i, b - 13:b + 14, 0].abs()  # +-0.1 s around the reference beat
+                    offsets.append(int(lead1.argmax()) - 13)
+    offsets = np.abs(offsets)
+    assert len(offsets) > 200
+    assert np.median(offsets) <= 1 and np.mean(offsets <= 2) > 0.95  # reference beats sit on the R peaks

@@ -1,0 +1,101 @@
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import training
+import vqvae_train
+from paths import UserError
+from tiny import flags, tiny_setup
+
+
+def _run(setup: dict, *extra: str) -> dict:
+    return vqvae_train.main(flags(setup, "--device", "cpu", *extra))
+
+
+def _only_run(folder: Path) -> Path:
+    (run,) = [p for p in folder.iterdir() if p.is_dir()]
+    return run
+
+
+def test_train_writes_plots_metrics_and_checkpoints(tmp_path: Path, synthetic_db: Path) -> None:
+    setup = tiny_setup(tmp_path, synthetic_db)
+    row = _run(setup)
+    run = _only_run(tmp_path / "results")
+    ckpts = tmp_path / "checkpoints" / run.name
+    assert (run / "reconstruction_initial.png").stat().st_size > 10_000
+    assert (run / "reconstruction_epoch_001.png").exists() and (run / "reconstruction_epoch_002.png").exists()
+    assert (run / "loss_curves.png").exists() and (run / "run.json").exists()
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for key in ("train_loss", "val_loss", "val_mse_mv2", "val_prd", "val_prdn", "perplexity", "usage", "restarted"):
+        assert key in rows[0], key
+    assert float(rows[1]["perplexity"]) >= 1 and 0 < float(rows[1]["usage"]) <= 1
+    assert row["epoch"] == 2
+    for name in ("last.pt", "best.pt", "epoch_001.pt", "epoch_002.pt"):
+        ckpt = torch.load(ckpts / name, weights_only=True)
+        assert ckpt["kind"] == "vqvae"
+        assert not any(k.startswith("module.") for k in ckpt["model"])
+        assert ckpt["meta"]["seed"] == 0 and ckpt["meta"]["git_commit"]
+    assert not list(ckpts.glob("*.tmp"))
+
+
+def test_same_seed_same_numbers_and_resume_is_exact(tmp_path: Path, synthetic_db: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    setup = tiny_setup(tmp_path, synthetic_db)
+    full = _run(setup, "--epochs", "2")
+    again = _run(setup, "--epochs", "2")
+    assert full["val_loss"] == again["val_loss"]
+    runs = sorted((tmp_path / "checkpoints").iterdir())
+    a = torch.load(runs[0] / "last.pt", weights_only=True)["model"]
+    b = torch.load(runs[1] / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # die at the start of epoch 2 (after epoch 1's checkpoint), resume: the same weights, bit for bit
+    real_epoch = training.Trainer._train_epoch
+
+    def die_in_epoch_two(self, model):
+        if self.epoch == 1:
+            raise RuntimeError("killed")
+        return real_epoch(self, model)
+
+    monkeypatch.setattr(training.Trainer, "_train_epoch", die_in_epoch_two)
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(setup, "--epochs", "2")
+    monkeypatch.setattr(training.Trainer, "_train_epoch", real_epoch)
+    first = sorted((tmp_path / "checkpoints").iterdir())[2]
+    resumed = _run(setup, "--epochs", "2", "--resume", str(first / "last.pt"))
+    c = torch.load(first / "last.pt", weights_only=True)["model"]
+    assert resumed["val_loss"] == full["val_loss"]
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_resume_refuses_checkpoint_of_another_model_config(tmp_path: Path, synthetic_db: Path) -> None:
+    setup = tiny_setup(tmp_path, synthetic_db)
+    _run(setup, "--epochs", "1")
+    ckpt = _only_run(tmp_path / "checkpoints") / "last.pt"
+    other = tiny_setup(tmp_path / "other", synthetic_db, model={"codebook_size": 16})
+    with pytest.raises(UserError, match="model.codebook_size"):
+        _run(other, "--resume", str(ckpt))
+
+
+def test_cut_checkpoint_is_a_clear_error(tmp_path: Path, synthetic_db: Path) -> None:
+    setup = tiny_setup(tmp_path, synthetic_db)
+    _run(setup, "--epochs", "1")
+    ckpt = _only_run(tmp_path / "checkpoints") / "last.pt"
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    with pytest.raises(UserError, match="cut short"):
+        _run(setup, "--resume", str(cut))
+
+
+def test_missing_prepared_tensors_is_one_line_and_nonzero(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "vqvae_train.py", "--prepared", str(tmp_path / "nothing"),
+                           "--results", str(tmp_path / "r"), "--device", "cpu"],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "prepare_mitbih.py" in lines[0]
+    assert "nothing" in lines[0]

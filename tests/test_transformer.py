@@ -1,0 +1,115 @@
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import transformer_train
+import vqvae_train
+from forecast import Forecaster
+from tiny import flags, tiny_setup
+from transformer import CodeGPT, sample_next
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cache_and_no_cache_generate_the_same_codes() -> None:
+    torch.manual_seed(0)
+    gpt = CodeGPT(vocab=32, block_size=24, dim=32, layers=2, heads=4).eval()
+    ctx = torch.randint(0, 32, (5, 10))
+    a = gpt.generate(ctx, 14, generator=torch.Generator().manual_seed(3), use_cache=True)
+    b = gpt.generate(ctx, 14, generator=torch.Generator().manual_seed(3), use_cache=False)
+    c = gpt.generate(ctx, 14, generator=torch.Generator().manual_seed(4), use_cache=True)
+    assert a.shape == (5, 14) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_cached_logits_match_full_forward() -> None:
+    torch.manual_seed(0)
+    gpt = CodeGPT(vocab=16, block_size=12, dim=16, layers=2, heads=2).eval()
+    seq = torch.randint(0, 16, (2, 12))
+    full = gpt(seq)
+    caches = [{} for _ in gpt.blocks]
+    first = gpt(seq[:, :7], caches)
+    rest = torch.cat([gpt(seq[:, i:i + 1], caches, offset=i) for i in range(7, 12)], 1)
+    assert torch.allclose(torch.cat([first, rest], 1), full, atol=1e-5)
+
+
+def test_sampling_truncation() -> None:
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]]).repeat(200, 1)
+    g = torch.Generator().manual_seed(0)
+    assert (sample_next(logits, top_k=1, generator=g) == 1).all()
+    assert (sample_next(logits, temperature=0) == 1).all()
+    assert set(sample_next(logits, top_k=2, generator=g).tolist()) <= {1, 3}
+    assert (sample_next(logits, top_p=0.5, generator=g) == 1).all()
+    assert len(set(sample_next(logits, generator=g).tolist())) == 4
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny VQ-VAE then a tiny Transformer trained on synthetic records."""
+    from conftest import write_record
+
+    tmp = tmp_path_factory.mktemp("forecaster")
+    db = tmp / "wfdb"
+    for i, name in enumerate(["100", "101", "102", "103", "104", "105"]):
+        write_record(db, name, seed=i)
+    setup = tiny_setup(tmp, db)
+    vqvae_train.main(flags(setup, "--device", "cpu", "--epochs", "2"))
+    vq = next((tmp / "checkpoints").glob("vqvae-*/best.pt"))
+    tcfg = tmp / "transformer.json"
+    tcfg.write_text(json.dumps({"model": {"dim": 32, "layers": 2, "heads": 2, "dropout": 0.0},
+                                "train": {"epochs": 3, "batch_size": 8, "learning_rate": 0.003,
+                                          "warmup_steps": 2, "max_steps_per_epoch": 15, "plot_windows": 2}}))
+    setup_t = {**setup, "config": str(tcfg)}
+    rows = transformer_train.main(flags(setup_t, "--device", "cpu", "--vqvae", str(vq)))
+    ckpt = next((tmp / "checkpoints").glob("transformer-*/best.pt"))
+    return {"tmp": tmp, "ckpt": ckpt, "row": rows}
+
+
+def test_tiny_train_then_forecast(trained: dict) -> None:
+    run = next((trained["tmp"] / "results").glob("transformer-*"))
+    losses = [float(r["train_loss"]) for r in csv.DictReader((run / "metrics.csv").open())]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert (run / "forecast_epoch_003.png").exists()
+    fc = Forecaster.from_checkpoint(trained["ckpt"], "cpu")
+    assert fc.fs == 64
+    context = np.random.default_rng(0).standard_normal((3, 64, 2)).astype(np.float32) * 0.3
+    out = fc.predict(context, horizon=50, num_samples=7, seed=1)
+    assert out.shape == (3, 7, 50, 2) and out.dtype == np.float32 and np.isfinite(out).all()
+    assert out.std(axis=1).mean() > 0  # sampled paths differ
+
+
+def test_same_seed_same_forecast(trained: dict) -> None:
+    fc = Forecaster.from_checkpoint(trained["ckpt"], "cpu")
+    context = np.random.default_rng(1).standard_normal((2, 64, 2)).astype(np.float32) * 0.3
+    a = fc.predict(context, 64, num_samples=5, seed=7)
+    b = fc.predict(context, 64, num_samples=5, seed=7)
+    c = fc.predict(context, 64, num_samples=5, seed=8)
+    d = fc.predict(context, 64, num_samples=5, seed=7, use_cache=False)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    np.testing.assert_allclose(a, d, atol=1e-5)
+
+
+def test_forecast_cli_on_a_real_record(trained: dict, mitdb: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "forecast.py", "--checkpoint", str(trained["ckpt"]), "--record",
+                           str(mitdb / "100"), "--start", "60", "--samples", "20", "--out", str(tmp_path),
+                           "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    png, npy = tmp_path / "100_60s.png", tmp_path / "100_60s_samples.npy"
+    assert png.stat().st_size > 20_000
+    samples = np.load(npy)
+    assert samples.shape == (20, 64, 2) and np.isfinite(samples).all()
+    meta = json.loads((tmp_path / "100_60s.json").read_text())
+    assert meta["fs"] == 64 and meta["leads"][0] == "MLII"
+
+
+def test_forecast_cli_bad_start_is_one_line(trained: dict, mitdb: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "forecast.py", "--checkpoint", str(trained["ckpt"]), "--record",
+                           str(mitdb / "100"), "--start", "0.2", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,97 @@
+import math
+
+import pytest
+import torch
+
+from hyper_params import ModelConfig
+from vqvae import VQVAE, VectorQuantizer
+
+
+def tiny_model(**kw) -> VQVAE:
+    cfg = ModelConfig(**{"downsample_factor": 4, "channels": 16, "res_blocks": 1, "attention_heads": 2,
+                         "latent_dim": 8, "codebook_size": 32, **kw})
+    return VQVAE(cfg, [0.5, 0.4])
+
+
+@pytest.mark.parametrize("attention", [True, False])
+@pytest.mark.parametrize("length", [64, 128, 200])
+def test_shapes_for_any_multiple_of_the_factor(attention: bool, length: int) -> None:
+    torch.manual_seed(0)
+    m = tiny_model(has_attention=attention)
+    x = torch.randn(3, length, 2)
+    codes = m.encode(x)
+    assert codes.shape == (3, length // 4) and codes.dtype == torch.int64
+    assert int(codes.max()) < 32
+    assert m.decode(codes).shape == (3, length, 2)
+    x_hat, losses = m(x)
+    assert x_hat.shape == x.shape
+    assert set(losses) >= {"loss", "recon", "commitment", "perplexity"}
+    assert m.encode_latent(x).shape == (3, 8, length // 4)
+
+
+def test_rejects_length_not_multiple_of_factor() -> None:
+    with pytest.raises(ValueError, match="multiple of 4"):
+        tiny_model().encode(torch.randn(1, 66, 2))
+
+
+def test_compression_ratio() -> None:
+    m = tiny_model(downsample_factor=8, codebook_size=512)
+    assert m.compression_ratio() == pytest.approx(2 * 11 * 8 / 9)
+
+
+def test_decode_of_encode_matches_forward_in_eval() -> None:
+    torch.manual_seed(0)
+    m = tiny_model()
+    x = torch.randn(2, 64, 2)
+    m.train()
+    m(x)  # initialises the codebook from data
+    m.eval()
+    with torch.no_grad():
+        x_hat, _ = m(x)
+        assert torch.allclose(m.decode(m.encode(x)), x_hat, atol=1e-5)
+
+
+def test_a_few_steps_lower_the_loss() -> None:
+    torch.manual_seed(0)
+    m = tiny_model()
+    t = torch.linspace(0, 4 * math.pi, 128)
+    x = torch.stack([torch.sin(t * (1 + i / 8)) for i in range(8)])[:, :, None].repeat(1, 1, 2) * 0.5
+    opt = torch.optim.Adam(m.parameters(), 3e-3)
+    first = None
+    for _ in range(60):
+        _, losses = m(x)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+        first = first if first is not None else losses["recon"].item()
+    assert float(losses["recon"]) < 0.5 * first
+
+
+def test_codebook_initialised_from_data_and_dead_codes_restart() -> None:
+    torch.manual_seed(0)
+    q = VectorQuantizer(16, 4, decay=0.9, commitment=0.25, dead_threshold=1.0, restart_every=0)
+    z = torch.randn(2, 4, 50) + 5.0  # data far from the random initial codebook
+    q.train()
+    q(z)
+    assert bool(q.initialized)
+    assert q.codebook.mean().item() == pytest.approx(5.0, abs=0.5)
+    q.window_usage.zero_()
+    q.window_usage[:4] = 10  # only four codes used since the last check
+    before = q.codebook.clone()
+    assert q.restart_dead(1.0) == 12
+    assert torch.equal(q.codebook[:4], before[:4])
+    assert not torch.equal(q.codebook[4:], before[4:])
+    stats = q.end_epoch()
+    assert stats["restarted"] == 12 and 0 < stats["usage"] <= 1 and stats["perplexity"] >= 1
+
+
+def test_ema_updates_move_codes_toward_data() -> None:
+    torch.manual_seed(0)
+    q = VectorQuantizer(4, 2, decay=0.5, commitment=0.25, restart_every=0)
+    z = torch.randn(1, 2, 100)
+    q.train()
+    q(z)
+    for _ in range(3):
+        _, codes, _ = q(z + 3.0)
+    used = q.codebook[codes.unique()]
+    assert used.mean().item() > 2.0  # data mean is 3, the initial codebook's about 0

@@ -1,0 +1,150 @@
+"""What a training run leaves behind: metrics.csv, plots (PNG, physical units) and checkpoints."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import paths  # noqa: E402
+from paths import UserError  # noqa: E402
+
+LEADS = ("lead 1", "lead 2")
+
+
+class MetricsLog:
+    """One CSV row per epoch; resumed runs append to the same file."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def append(self, row: dict) -> None:
+        new = not self.path.exists()
+        fields = list(row) if new else next(csv.reader(self.path.open()))
+        with self.path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return list(csv.DictReader(self.path.open()))
+
+
+def plot_loss_curves(log: MetricsLog, out: Path) -> None:
+    rows = log.read()
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("train_loss", "val_loss"):
+        if key in rows[0]:
+            ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=key.replace("_", " "))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, title: str,
+                 label: str = "reconstruction") -> None:
+    """Lead 1 and lead 2 of a few windows [N, T, 2] in mV: original against reconstruction."""
+    n = len(original)
+    t = np.arange(original.shape[1]) / fs
+    fig, axes = plt.subplots(n, 2, figsize=(12, 2.2 * n), squeeze=False, sharex=True)
+    for i in range(n):
+        for lead in range(2):
+            ax = axes[i, lead]
+            ax.plot(t, original[i, :, lead], color="black", lw=1.0, label="original")
+            ax.plot(t, other[i, :, lead], color="tab:red", lw=1.0, alpha=0.8, label=label)
+            ax.set_ylabel("mV")
+            if i == 0:
+                ax.set_title(LEADS[lead])
+    axes[-1, 0].set_xlabel("time (s)")
+    axes[-1, 1].set_xlabel("time (s)")
+    axes[0, 1].legend(loc="upper right", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Atomic: a kill during the save leaves the previous file intact."""
+    paths.atomic_torch_save(state, path)
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
+    """Load a checkpoint safely (weights_only) with one clear error for missing, cut or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, io.UnsupportedOperation, OSError, ValueError,
+            pickle.UnpicklingError) as e:
+        raise UserError(f"checkpoint {path} is unreadable or cut short ({type(e).__name__}); "
+                        f"use another checkpoint (e.g. last.pt or best.pt)") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "kind" not in ckpt:
+        raise UserError(f"{path} is not an ecg-forecast checkpoint")
+    if kind is not None and ckpt["kind"] != kind:
+        raise UserError(f"{path} holds a '{ckpt['kind']}' model, expected '{kind}'")
+    return ckpt
+
+
+def check_same_config(saved: dict, current: dict, path: Path, sections: tuple[str, ...] = ("model",)) -> None:
+    """Refuse to resume or load weights into a model built from a different config."""
+    for section in sections:
+        a, b = saved.get(section, {}), current.get(section, {})
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if diff:
+            k = diff[0]
+            raise UserError(f"checkpoint {path} was made with another config: '{section}.{k}' is "
+                            f"{a.get(k)!r} there but {b.get(k)!r} now")
+
+
+def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context: int, out: Path, title: str) -> None:
+    """Context, truth, sample-mean forecast and its 50% / 80% bands for lead 1 and lead 2.
+
+    windows [N, C + H, 2] (context then truth) and samples [N, S, H, 2], all in mV."""
+    n, horizon = len(windows), samples.shape[2]
+    t = np.arange(windows.shape[1]) / fs
+    tf = t[context:context + horizon]
+    fig, axes = plt.subplots(n, 2, figsize=(13, 2.4 * n), squeeze=False, sharex=True)
+    for i in range(n):
+        for lead in range(2):
+            ax = axes[i, lead]
+            s = samples[i, :, :, lead]
+            ax.plot(t[:context], windows[i, :context, lead], color="black", lw=1.0, label="context")
+            ax.plot(tf, windows[i, context:context + horizon, lead], color="0.55", lw=1.0, label="truth")
+            if s.shape[0] > 1:
+                for lo, hi, alpha in ((10, 90, 0.18), (25, 75, 0.3)):
+                    ax.fill_between(tf, np.percentile(s, lo, 0), np.percentile(s, hi, 0), color="tab:blue",
+                                    alpha=alpha, lw=0, label=f"{hi - lo}% band")
+            ax.plot(tf, s.mean(0), color="tab:red", lw=1.0, label="forecast (mean)")
+            ax.axvline(t[context], color="0.3", ls=":", lw=0.8)
+            ax.set_ylabel("mV")
+            if i == 0:
+                ax.set_title(LEADS[lead])
+    for ax in axes[-1]:
+        ax.set_xlabel("time (s)")
+    axes[0, 1].legend(loc="upper left", fontsize=7, ncol=3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)

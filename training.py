@@ -1,0 +1,303 @@
+"""One generic trainer for every *_train.py: CPU, one GPU, DataParallel, or DDP under torchrun.
+
+The model-specific parts come in as functions: `step_fn(model, batch) -> (loss, metrics)` and
+`epoch_end(model, epoch, is_main) -> metrics`. Everything else (optimiser, schedule, clipping, AMP,
+validation, checkpoints, exact resume, logging on rank 0) lives here once.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+import paths
+from hyper_params import TrainConfig
+from paths import UserError
+from train_results import MetricsLog, check_same_config, load_checkpoint, plot_loss_curves, save_checkpoint
+
+StepFn = Callable[[nn.Module, object], tuple[torch.Tensor, dict]]
+EpochEndFn = Callable[[nn.Module, int, bool], dict]
+
+
+@dataclass
+class Runtime:
+    """Where this process runs: rank and world size under torchrun, else a single process."""
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def setup_runtime(device: str | None = None) -> Runtime:
+    """Join the torchrun process group when launched by torchrun (NCCL on GPUs, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device not in ("cpu",)
+    if device and device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for a GPU but torch.cuda.is_available() is False")
+    if world > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+        dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+        if use_cuda:
+            torch.cuda.set_device(dev)
+        return Runtime(dev, rank, world, local)
+    return Runtime(torch.device(device if device else ("cuda" if use_cuda else "cpu")))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                      "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+            "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()]}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warm-up then cosine decay to 10% of the peak learning rate."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, (DDP, nn.DataParallel)) else model
+
+
+def _all_reduce_mean(values: dict[str, float], weight: float, rt: Runtime) -> dict[str, float]:
+    """Weighted average of metric sums over ranks (weight = samples seen on this rank)."""
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys] + [weight], dtype=torch.float64)
+    if rt.distributed:
+        t = t.to(rt.device) if rt.device.type == "cuda" else t
+        dist.all_reduce(t)
+        t = t.cpu()
+    total = max(float(t[-1]), 1e-12)
+    return {k: float(v) / total for k, v in zip(keys, t[:-1])}
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, train_set: Dataset, val_set: Dataset, step_fn: StepFn,
+                 settings: TrainConfig, run_dir: Path, ckpt_dir: Path, config: dict, meta: dict,
+                 rt: Runtime, kind: str, epoch_end: EpochEndFn | None = None,
+                 summarize: Callable[[dict], dict] | None = None, shown: tuple[str, ...] = (),
+                 extras: dict | None = None):
+        self.s, self.rt, self.kind = settings, rt, kind
+        self.step_fn, self.epoch_end, self.summarize = step_fn, epoch_end, summarize
+        self.run_dir, self.ckpt_dir = Path(run_dir), Path(ckpt_dir)
+        self.config, self.meta, self.extras = config, meta, extras or {}
+        if settings.batch_size % rt.world:
+            raise UserError(f"train.batch_size={settings.batch_size} must be divisible by the {rt.world} processes")
+        per_rank = settings.batch_size // rt.world
+        self.sampler = DistributedSampler(train_set, rt.world, rt.rank, shuffle=True, seed=settings.seed,
+                                          drop_last=True)
+        self.train_loader = DataLoader(train_set, per_rank, sampler=self.sampler, drop_last=True,
+                                       num_workers=settings.num_workers)
+        val_sampler = DistributedSampler(val_set, rt.world, rt.rank, shuffle=False, drop_last=False)
+        self.val_loader = DataLoader(val_set, per_rank, sampler=val_sampler, num_workers=settings.num_workers)
+        if len(self.train_loader) == 0:
+            raise UserError(f"{len(train_set)} training windows are fewer than one batch of {settings.batch_size}")
+        self.steps_per_epoch = len(self.train_loader)
+        if settings.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, settings.max_steps_per_epoch)
+        self.model = model.to(rt.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=settings.learning_rate,
+                                     weight_decay=settings.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, warmup_cosine(settings.warmup_steps, settings.epochs * self.steps_per_epoch))
+        self.amp = settings.amp and rt.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.epoch, self.step, self.best = 0, 0, float("inf")
+        self.log = MetricsLog(self.run_dir / "metrics.csv")
+        self.shown = ("train_loss", "val_loss") + tuple(shown)
+
+    def wrapped(self) -> nn.Module:
+        """The model as the forward pass sees it: DDP under torchrun, DataParallel on several GPUs."""
+        if self.rt.distributed:
+            ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
+            return DDP(self.model, device_ids=ids)
+        if self.rt.device.type == "cuda" and torch.cuda.device_count() > 1:
+            return nn.DataParallel(self.model)
+        return self.model
+
+    def state(self) -> dict:
+        return {"kind": self.kind, "model": unwrap(self.model).state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "epoch": self.epoch,
+                "step": self.step, "best_val": self.best, "rng": rng_state(), "config": self.config,
+                "meta": self.meta, "run_dir": str(self.run_dir), "ckpt_dir": str(self.ckpt_dir), **self.extras}
+
+    def resume(self, path: str | Path) -> None:
+        ckpt = load_checkpoint(path, self.kind)
+        check_same_config(ckpt["config"], self.config, Path(path), sections=tuple(k for k in self.config if k != "train"))
+        unwrap(self.model).load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
+        set_rng_state(ckpt["rng"])
+
+    def _train_epoch(self, model: nn.Module) -> dict:
+        model.train()
+        self.sampler.set_epoch(self.epoch)
+        if hasattr(self.train_loader.dataset, "set_epoch"):
+            self.train_loader.dataset.set_epoch(self.epoch)
+        sums: dict[str, float] = {}
+        seen = 0
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.s.epochs}",
+                   disable=not self.rt.is_main, leave=False)
+        for i, batch in enumerate(self.train_loader):
+            if i >= self.steps_per_epoch:
+                break
+            batch = _to(batch, self.rt.device)
+            with torch.autocast(self.rt.device.type, enabled=self.amp):
+                loss, metrics = self.step_fn(model, batch)
+            self._check_finite(loss)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.opt.zero_grad(set_to_none=True)
+            self.sched.step()
+            self.step += 1
+            n = _batch_len(batch)
+            seen += n
+            for k, v in {"loss": loss.detach(), **metrics}.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.close()
+        return _all_reduce_mean(sums, seen, self.rt)
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        ok = torch.tensor(float(torch.isfinite(loss.detach()).all()), device=self.rt.device)
+        if self.rt.distributed:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if ok.item() < 1:
+            raise UserError(f"loss became {float(loss)} at epoch {self.epoch + 1}, step {self.step}; stopped. "
+                            f"The last good checkpoint is {self.ckpt_dir / 'last.pt'} (lower train.learning_rate?)")
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module) -> dict:
+        model.eval()
+        sums: dict[str, float] = {}
+        seen = 0
+        for batch in self.val_loader:
+            batch = _to(batch, self.rt.device)
+            with torch.autocast(self.rt.device.type, enabled=self.amp):
+                loss, metrics = self.step_fn(model, batch)
+            n = _batch_len(batch)
+            seen += n
+            for k, v in {"loss": loss, **metrics}.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+        return _all_reduce_mean(sums, seen, self.rt)
+
+    def fit(self, resume: str | Path | None = None) -> dict:
+        """Train to the last epoch; returns the final epoch's metrics row."""
+        if resume:
+            self.resume(resume)
+        model = self.wrapped()
+        row: dict = {}
+        if self.rt.is_main:
+            print(f"training {self.kind} on {self.rt.device} x{self.rt.world}: epochs {self.epoch + 1}..{self.s.epochs}, "
+                  f"{self.steps_per_epoch} steps/epoch, run folder {self.run_dir}")
+        while self.epoch < self.s.epochs:
+            t0 = time.time()
+            train = self._train_epoch(model)
+            val = self.validate(model)
+            self.epoch += 1
+            extra = self.epoch_end(unwrap(self.model), self.epoch, self.rt.is_main) if self.epoch_end else {}
+            row = {"epoch": self.epoch, "step": self.step, "lr": self.sched.get_last_lr()[0],
+                   **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
+                   **extra, "seconds": time.time() - t0}
+            if self.summarize:
+                row.update(self.summarize(row))
+            if self.rt.is_main:
+                self._save(row)
+            if self.rt.distributed:
+                dist.barrier()
+        return row
+
+    def _save(self, row: dict) -> None:
+        improved = row["val_loss"] < self.best
+        if improved:
+            self.best = row["val_loss"]
+        state = self.state()
+        save_checkpoint(state, self.ckpt_dir / "last.pt")
+        if improved:
+            save_checkpoint(state, self.ckpt_dir / "best.pt")
+        if self.s.checkpoint_every and self.epoch % self.s.checkpoint_every == 0:
+            save_checkpoint(state, self.ckpt_dir / f"epoch_{self.epoch:03d}.pt")
+        self.log.append(row)
+        plot_loss_curves(self.log, self.run_dir / "loss_curves.png")
+        shown = {k: row[k] for k in self.shown if k in row}
+        print(f"epoch {self.epoch}/{self.s.epochs} " + " ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+            + (" (best)" if improved else ""))
+
+
+def _to(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _batch_len(batch) -> int:
+    if isinstance(batch, torch.Tensor):
+        return len(batch)
+    if isinstance(batch, dict):
+        return _batch_len(next(iter(batch.values())))
+    return _batch_len(batch[0])
+
+
+def run_record(cfg_dict: dict, seed: int, data_hash: str, rt: Runtime, argv: list[str]) -> dict:
+    """What every run records next to its results: config, seed, git commit, data hash, command."""
+    return {"config": cfg_dict, "seed": seed, "git_commit": paths.git_commit(), "data_hash": data_hash,
+            "world_size": rt.world, "device": str(rt.device), "command": " ".join(argv),
+            "torch": str(torch.__version__), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+

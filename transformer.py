@@ -1,0 +1,155 @@
+"""Attention building blocks: multi-head self-attention, pre-norm blocks, positional encodings."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def sinusoidal_positions(length: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """Fixed sin/cos encodings [length, dim]; any length works, so convolutional models stay length-free."""
+    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim, device=device)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return pe
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention on [B, T, C] with scaled_dot_product_attention (flash kernels on GPU)."""
+
+    def __init__(self, dim: int, heads: int, causal: bool = False, dropout: float = 0.0):
+        super().__init__()
+        assert dim % heads == 0, f"dim {dim} must be divisible by heads {heads}"
+        self.heads, self.causal, self.dropout = heads, causal, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """With `cache` (a dict filled across calls) x holds only new positions: keys and values of
+        earlier positions are reused instead of recomputed during generation."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        causal = self.causal and q.shape[2] > 1
+        if causal and k.shape[2] != q.shape[2]:
+            # new queries attend to every cached key and causally among themselves
+            offset = k.shape[2] - q.shape[2]
+            mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=x.device).tril(offset)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, dim: int, heads: int, causal: bool = False, dropout: float = 0.0, mlp_ratio: int = 4):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads, causal, dropout)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache)
+        return x + self.mlp(self.ln2(x))
+
+
+class ConvAttention(nn.Module):
+    """Attention blocks for conv feature maps [B, C, T] (sinusoidal positions, so any T works)."""
+
+    def __init__(self, channels: int, heads: int, layers: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(channels, heads) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.transpose(1, 2)
+        h = h + sinusoidal_positions(h.shape[1], h.shape[2], h.device).to(h.dtype)
+        for block in self.blocks:
+            h = block(h)
+        return h.transpose(1, 2)
+
+
+class CodeGPT(nn.Module):
+    """Decoder-only Transformer over VQ-VAE code sequences (one code per time step, both leads).
+
+    Learned positions, pre-norm causal blocks, output head tied to the token embedding, and a
+    key/value cache so generating H codes costs H small forward passes instead of H full ones.
+    """
+
+    def __init__(self, vocab: int, block_size: int, dim: int = 128, layers: int = 4, heads: int = 4,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.vocab, self.block_size = vocab, block_size
+        self.tok = nn.Embedding(vocab, dim)
+        self.pos = nn.Embedding(block_size, dim)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(dim, heads, causal=True, dropout=dropout) for _ in range(layers))
+        self.ln = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.tok.weight
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def forward(self, codes: torch.Tensor, caches: list[dict] | None = None, offset: int = 0) -> torch.Tensor:
+        """Logits [B, T, vocab] for codes [B, T] placed at positions offset..offset+T-1."""
+        T = codes.shape[1]
+        if offset + T > self.block_size:
+            raise ValueError(f"sequence of {offset + T} codes exceeds block_size {self.block_size}")
+        pos = torch.arange(offset, offset + T, device=codes.device)
+        h = self.drop(self.tok(codes) + self.pos(pos))
+        for i, block in enumerate(self.blocks):
+            h = block(h, caches[i] if caches is not None else None)
+        return self.head(self.ln(h))
+
+    @torch.no_grad()
+    def generate(self, context: torch.Tensor, steps: int, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+        """Sample `steps` codes after `context` [B, T]; the same generator state gives the same codes
+        with or without the cache."""
+        if context.shape[1] + steps > self.block_size:
+            raise ValueError(f"context {context.shape[1]} + {steps} steps exceeds block_size {self.block_size}")
+        seq = context
+        caches = [{} for _ in self.blocks] if use_cache else None
+        logits = self(seq, caches)[:, -1]
+        for i in range(steps):
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)
+            seq = torch.cat([seq, nxt[:, None]], 1)
+            if i + 1 == steps:
+                break
+            logits = (self(nxt[:, None], caches, offset=seq.shape[1] - 1) if use_cache else self(seq))[:, -1]
+        return seq[:, context.shape[1]:]
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """One code per row from logits [B, V] with temperature, top-k and nucleus (top-p) truncation."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest set reaching top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,129 @@
+"""Train the causal code Transformer that forecasts future VQ-VAE codes.
+
+    python3 transformer_train.py [--vqvae checkpoints/vqvae-<time>/best.pt] [--config config_transformer.json]
+                                 [--epochs N] [--resume PATH] [--device D] [--seed S]
+
+The frozen VQ-VAE encodes every prepared window of the training and validation patients once
+(cached next to the prepared tensors); the Transformer learns next-code prediction on those
+sequences. The checkpoint holds the VQ-VAE too, so forecast.py needs only this one file.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+import paths
+from forecast import Forecaster
+from hyper_params import config_from_dict
+from hyper_params_transformer import load_transformer_config
+from prepare_mitbih import load_split
+from train_results import load_checkpoint, plot_forecasts
+from training import Trainer, run_record, seed_everything, setup_runtime
+from transformer import CodeGPT
+from vqvae import VQVAE
+from vqvae_eval import latest_checkpoint, load_vqvae
+from vqvae_train import shared_run_dirs
+
+
+@torch.no_grad()
+def encode_split(vq: VQVAE, signals: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    return torch.cat([vq.encode(signals[i:i + batch].clone()) for i in range(0, len(signals), batch)])
+
+
+def cached_codes(vq: VQVAE, vq_path: Path, split: str, data: dict, prepared: str | None) -> torch.Tensor:
+    """Codes of every window of a split, computed once per (VQ-VAE checkpoint, split)."""
+    key = f"{vq_path.resolve()}:{vq_path.stat().st_mtime_ns}:{data['data_hash']}:{split}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    cache = paths.location("prepared", prepared) / "codes" / f"{split}-{digest}.pt"
+    if cache.exists():
+        stored = torch.load(cache, weights_only=True)
+        if stored.get("key") == key:
+            return stored["codes"]
+    codes = encode_split(vq, data["signals"])
+    paths.atomic_torch_save({"key": key, "codes": codes}, cache)
+    return codes
+
+
+def step_fn(model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
+    (codes,) = batch
+    logits = model(codes[:, :-1])
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes[:, 1:].reshape(-1))
+    acc = (logits.argmax(-1) == codes[:, 1:]).float().mean()
+    return loss, {"accuracy": acc.detach()}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: newest checkpoints/vqvae-*/best.pt)")
+    p.add_argument("--config", help="Transformer config JSON (default: config_transformer.json)")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--max-steps", type=int, help="override train.max_steps_per_epoch")
+    p.add_argument("--seed", type=int, help="override train.seed")
+    p.add_argument("--resume", help="checkpoint to continue from")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--prepared", help="prepared tensors folder")
+    p.add_argument("--results", help="results root")
+    p.add_argument("--checkpoints", help="checkpoints root")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    tcfg = load_transformer_config(args.config)
+    for arg, key in (("epochs", "epochs"), ("max_steps", "max_steps_per_epoch"), ("seed", "seed")):
+        if getattr(args, arg) is not None:
+            setattr(tcfg.train, key, getattr(args, arg))
+    resume = load_checkpoint(args.resume, "transformer") if args.resume else None
+    vq_path = Path(args.vqvae) if args.vqvae else latest_checkpoint("vqvae", args.checkpoints)
+    vq, vq_ckpt = load_vqvae(vq_path)
+    cfg = config_from_dict(vq_ckpt["config"], f"config stored in {vq_path}")
+    rt = setup_runtime(args.device)
+    seed_everything(tcfg.train.seed)
+    train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
+    train_codes = cached_codes(vq, vq_path, "train", train, args.prepared)
+    val_codes = cached_codes(vq, vq_path, "validation", val, args.prepared)
+    model = CodeGPT(cfg.model.codebook_size, train_codes.shape[1], tcfg.model.dim, tcfg.model.layers,
+                    tcfg.model.heads, tcfg.model.dropout)
+    run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "transformer")
+    config = {**tcfg.to_dict(), "vqvae": vq_ckpt["config"]}
+    meta = run_record(config, tcfg.train.seed, train["data_hash"] + "/" + train["input_hash"], rt,
+                      sys.argv if argv is None else argv)
+    meta["vqvae_checkpoint"] = str(vq_path)
+    extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]}}
+    idx = np.linspace(0, len(val["signals"]) - 1, tcfg.train.plot_windows).astype(int)
+    fixed = val["signals"][idx].clone().numpy()
+    ctx_len = cfg.data.window_samples
+    fs = int(train["fs"])
+
+    def epoch_end(m: CodeGPT, epoch: int, is_main: bool) -> dict:
+        if is_main:
+            fc = Forecaster(vq, m, cfg, tcfg.sample)
+            samples = fc.predict(fixed[:, :ctx_len], fixed.shape[1] - ctx_len, num_samples=20, seed=0)
+            plot_forecasts(fixed, samples, fs, ctx_len, run_dir / f"forecast_epoch_{epoch:03d}.png",
+                           f"epoch {epoch}: validation forecasts (20 samples)")
+            m.train()
+        return {}
+
+    trainer = Trainer(model, TensorDataset(train_codes), TensorDataset(val_codes), step_fn, tcfg.train, run_dir,
+                      ckpt_dir, config, meta, rt, kind="transformer", epoch_end=epoch_end,
+                      shown=("val_accuracy", "seconds"), extras=extras)
+    if rt.is_main and not resume:
+        paths.atomic_write_json(meta, run_dir / "run.json")
+    row = trainer.fit(resume=args.resume)
+    if rt.is_main:
+        print(f"plots and metrics.csv: {run_dir}\ncheckpoints: {ckpt_dir} (best.pt, last.pt)")
+    if rt.distributed:
+        dist.destroy_process_group()
+    return row
+
+
+if __name__ == "__main__":
+    paths.run_main(main)

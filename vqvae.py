@@ -1,0 +1,241 @@
+"""Two-lead ECG VQ-VAE: strided conv encoder (+ attention), EMA vector quantizer, mirrored decoder.
+
+Signals go in and come out as [B, T, 2] in mV; T must be a multiple of `downsample_factor`.
+One code per `downsample_factor` samples covers both leads.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hyper_params import ModelConfig
+from transformer import ConvAttention
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int, dilation: int = 1):
+        super().__init__()
+        self.net = nn.Sequential(nn.GroupNorm(8 if ch % 8 == 0 else 1, ch), nn.SiLU(),
+                                 nn.Conv1d(ch, ch, 3, padding=dilation, dilation=dilation),
+                                 nn.GroupNorm(8 if ch % 8 == 0 else 1, ch), nn.SiLU(), nn.Conv1d(ch, ch, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+def _stage(ch: int, blocks: int) -> list[nn.Module]:
+    return [ResBlock(ch, dilation=3 ** (i % 3)) for i in range(blocks)]
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        ch, levels = cfg.channels, int(math.log2(cfg.downsample_factor))
+        layers: list[nn.Module] = [nn.Conv1d(2, ch, 7, padding=3)]
+        for _ in range(levels):
+            layers.append(nn.Conv1d(ch, ch, 4, stride=2, padding=1))
+            layers += _stage(ch, cfg.res_blocks)
+        if levels == 0:
+            layers += _stage(ch, cfg.res_blocks)
+        self.net = nn.Sequential(*layers)
+        self.attn = ConvAttention(ch, cfg.attention_heads, cfg.attention_layers) if cfg.has_attention else None
+        self.out = nn.Sequential(nn.GroupNorm(8 if ch % 8 == 0 else 1, ch), nn.SiLU(), nn.Conv1d(ch, cfg.latent_dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.net(x)
+        if self.attn is not None:
+            h = self.attn(h)
+        return self.out(h)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        ch, levels = cfg.channels, int(math.log2(cfg.downsample_factor))
+        self.inp = nn.Conv1d(cfg.latent_dim, ch, 3, padding=1)
+        self.attn = ConvAttention(ch, cfg.attention_heads, cfg.attention_layers) if cfg.has_attention else None
+        layers: list[nn.Module] = []
+        for _ in range(levels):
+            layers += _stage(ch, cfg.res_blocks)
+            layers.append(nn.ConvTranspose1d(ch, ch, 4, stride=2, padding=1))
+        if levels == 0:
+            layers += _stage(ch, cfg.res_blocks)
+        layers += [nn.GroupNorm(8 if ch % 8 == 0 else 1, ch), nn.SiLU(), nn.Conv1d(ch, 2, 7, padding=3)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.inp(z)
+        if self.attn is not None:
+            h = self.attn(h)
+        return self.net(h)
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour codebook with EMA updates (van den Oord et al. 2017, appendix).
+
+    Codebook statistics are all-reduced under DistributedDataParallel so every rank keeps the same
+    codebook; all buffer updates are in place so DataParallel's device-0 replica records them.
+    """
+
+    def __init__(self, size: int, dim: int, decay: float, commitment: float, dead_threshold: float = 1.0,
+                 restart_every: int = 100, reservoir: int = 4096):
+        super().__init__()
+        self.size, self.dim, self.decay, self.commitment = size, dim, decay, commitment
+        self.dead_threshold, self.restart_every = dead_threshold, restart_every
+        self.register_buffer("codebook", torch.randn(size, dim) * 0.1)
+        self.register_buffer("ema_count", torch.ones(size))
+        self.register_buffer("ema_sum", self.codebook.clone())
+        self.register_buffer("epoch_usage", torch.zeros(size))
+        self.register_buffer("window_usage", torch.zeros(size))
+        self.register_buffer("restarted", torch.zeros((), dtype=torch.long))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("recent", torch.zeros(reservoir, dim))
+
+    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
+        d = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.t() + self.codebook.pow(2).sum(1)[None])
+        return d.argmin(1)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """z [B, D, T] -> (straight-through quantized z, codes [B, T], losses)."""
+        B, D, T = z.shape
+        flat = z.permute(0, 2, 1).reshape(-1, D)
+        if self.training and not bool(self.initialized):
+            self.init_from(flat.detach())
+        codes = self.nearest(flat.detach())
+        zq = self.codebook[codes]
+        counts = torch.bincount(codes, minlength=self.size).to(flat.dtype)
+        if self.training:
+            self._ema_update(flat.detach(), codes, counts)
+        commit = F.mse_loss(flat, zq.detach())
+        zq_st = flat + (zq - flat).detach()
+        p = counts / counts.sum()
+        perplexity = torch.exp(-(p * torch.log(p + 1e-10)).sum())
+        out = zq_st.view(B, T, D).permute(0, 2, 1)
+        return out, codes.view(B, T), {"commitment": self.commitment * commit, "perplexity": perplexity.detach()}
+
+    @torch.no_grad()
+    def _ema_update(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> None:
+        sums = torch.zeros_like(self.ema_sum).index_add_(0, codes, flat.float())
+        counts = counts.float()
+        if _distributed():
+            dist.all_reduce(counts)
+            dist.all_reduce(sums)
+        self.epoch_usage.add_(counts)
+        self.window_usage.add_(counts)
+        self.ema_count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        n = self.ema_count.sum()
+        smoothed = (self.ema_count + 1e-5) / (n + self.size * 1e-5) * n  # Laplace smoothing
+        self.codebook.copy_(self.ema_sum / smoothed[:, None])
+        keep = min(len(flat), len(self.recent))
+        self.recent.copy_(torch.roll(self.recent, keep, 0))
+        self.recent[:keep].copy_(flat[torch.randperm(len(flat), device=flat.device)[:keep]])
+        self.updates.add_(1)
+        if self.restart_every and int(self.updates) % self.restart_every == 0:
+            self.restart_dead(self.dead_threshold)
+
+    @torch.no_grad()
+    def init_from(self, flat: torch.Tensor, iters: int = 10) -> None:
+        """k-means on encoder outputs, so no code starts far from the data (and dead)."""
+        idx = torch.randint(len(flat), (self.size,), device=flat.device)
+        centers = flat[idx] + 1e-3 * torch.randn(self.size, self.dim, device=flat.device)
+        for _ in range(iters):
+            self.codebook.copy_(centers)
+            assign = self.nearest(flat)
+            sums = torch.zeros_like(centers).index_add_(0, assign, flat)
+            n = torch.bincount(assign, minlength=self.size).float()
+            centers = torch.where(n[:, None] > 0, sums / n.clamp(min=1)[:, None], centers)
+        if _distributed():
+            dist.broadcast(centers, 0)
+        self.codebook.copy_(centers)
+        self.ema_sum.copy_(centers)
+        self.ema_count.fill_(1.0)
+        self.initialized.fill_(True)
+        self.recent.copy_(flat[torch.randint(len(flat), (len(self.recent),), device=flat.device)])
+
+    @torch.no_grad()
+    def restart_dead(self, threshold: float) -> int:
+        """Codes used fewer than `threshold` times since the last check restart on recent encoder
+        outputs (picked on rank 0 and broadcast, so every rank keeps the same codebook)."""
+        dead = self.window_usage < threshold
+        n_dead = int(dead.sum())
+        if n_dead and bool(self.initialized):
+            pick = self.recent[torch.randint(len(self.recent), (n_dead,), device=dead.device)]
+            pick = pick + 1e-3 * pick.std() * torch.randn_like(pick)
+            self.codebook[dead] = pick
+            self.ema_sum[dead] = pick
+            self.ema_count[dead] = 1.0
+            if _distributed():
+                for buf in (self.codebook, self.ema_sum, self.ema_count):
+                    dist.broadcast(buf, 0)
+        self.window_usage.zero_()
+        self.restarted.add_(n_dead)
+        return n_dead
+
+    @torch.no_grad()
+    def end_epoch(self) -> dict:
+        """Codebook health over the epoch: perplexity, share of codes used, codes restarted."""
+        usage = self.epoch_usage
+        p = usage / usage.sum().clamp(min=1)
+        stats = {"perplexity": float(torch.exp(-(p * torch.log(p + 1e-10)).sum())),
+                 "usage": float((usage > 0).float().mean()), "restarted": int(self.restarted)}
+        self.epoch_usage.zero_()
+        self.restarted.zero_()
+        return stats
+
+
+class VQVAE(nn.Module):
+    def __init__(self, cfg: ModelConfig, scale_mv: list[float] | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
+        self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.latent_dim, cfg.ema_decay, cfg.commitment_cost,
+                                         cfg.dead_code_threshold, cfg.restart_every)
+        self.register_buffer("scale", torch.tensor(scale_mv or [1.0, 1.0], dtype=torch.float32))
+
+    @property
+    def factor(self) -> int:
+        return self.cfg.downsample_factor
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.ndim != 3 or x.shape[-1] != 2 or x.shape[1] % self.factor:
+            raise ValueError(f"expected [B, T, 2] with T a multiple of {self.factor}, got {tuple(x.shape)}")
+
+    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """Continuous encoder output before quantisation, [B, latent_dim, T / factor]."""
+        self._check(x)
+        return self.encoder((x / self.scale).transpose(1, 2))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Signals [B, T, 2] in mV -> codes [B, T / factor]."""
+        z = self.encode_latent(x)
+        B, D, T = z.shape
+        return self.quantizer.nearest(z.permute(0, 2, 1).reshape(-1, D)).view(B, T)
+
+    def decode_latent(self, zq: torch.Tensor) -> torch.Tensor:
+        return self.decoder(zq).transpose(1, 2) * self.scale
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, T'] -> signals [B, T' * factor, 2] in mV."""
+        return self.decode_latent(self.quantizer.codebook[codes].permute(0, 2, 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Reconstruction in mV and losses (reconstruction MSE in normalised units + commitment)."""
+        zq, codes, losses = self.quantizer(self.encode_latent(x))
+        x_hat = self.decode_latent(zq)
+        recon = F.mse_loss(x_hat / self.scale, x / self.scale)
+        losses.update(recon=recon, loss=recon + losses["commitment"])
+        return x_hat, losses
+
+    def compression_ratio(self, bits_per_sample: int = 11) -> float:
+        """Bits of the 2-lead signal at the model rate over the bits of its codes."""
+        return 2 * bits_per_sample * self.factor / math.log2(self.cfg.codebook_size)

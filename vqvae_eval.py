@@ -1,0 +1,115 @@
+"""Reconstruction quality of a trained VQ-VAE on one split, averaged over records (each patient
+weighs the same).
+
+    python3 vqvae_eval.py [--checkpoint checkpoints/<run>/best.pt] [--split test|validation]
+
+Prints and saves (results/vqvae_eval-<time>/reconstruction.json, .md, a PNG) MSE in mV^2, PRD and
+normalised PRD in percent, codebook perplexity and usage, and the compression ratio in bits.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import paths
+from hyper_params import config_from_dict
+from prepare_mitbih import load_split
+from train_results import load_checkpoint, plot_windows
+from vqvae import VQVAE
+from paths import UserError
+
+
+def latest_checkpoint(kind: str, checkpoints: str | None = None, name: str = "best.pt") -> Path:
+    """The newest <kind>-<time>/<name> under the checkpoints folder."""
+    root = paths.location("checkpoints", checkpoints)
+    found = sorted(root.glob(f"{kind}-*/{name}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError(f"no {kind} checkpoint in {root}; train one first (python3 {kind}_train.py) "
+                        f"or pass --checkpoint")
+    return found[-1]
+
+
+def load_vqvae(path: str | Path) -> tuple[VQVAE, dict]:
+    """A trained VQ-VAE in eval mode and its checkpoint (config, meta)."""
+    ckpt = load_checkpoint(path, "vqvae")
+    cfg = config_from_dict(ckpt["config"], f"config stored in {path}")
+    model = VQVAE(cfg.model)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+@torch.no_grad()
+def reconstruction_report(model: VQVAE, data: dict, batch: int = 256) -> dict:
+    """Per-record sums of squared error / signal / deviation, so PRD is exact per record."""
+    sig = data["signals"]
+    rec = data["record"].numpy()
+    names = data["records"]
+    sums = np.zeros((len(names), 3))
+    usage = torch.zeros(model.cfg.codebook_size)
+    for lo in tqdm(range(0, len(sig), batch), desc="windows", unit="batch"):
+        x = sig[lo:lo + batch].clone()
+        codes = model.encode(x)
+        usage += torch.bincount(codes.flatten(), minlength=len(usage)).float()
+        err = (model.decode(codes) - x).pow(2).sum((1, 2)).double().numpy()
+        energy = x.pow(2).sum((1, 2)).double().numpy()
+        dev = (x - x.mean(1, keepdim=True)).pow(2).sum((1, 2)).double().numpy()
+        np.add.at(sums, rec[lo:lo + batch], np.stack([err, energy, dev], 1))
+    n_per_record = np.bincount(rec, minlength=len(names)) * sig.shape[1] * 2
+    per_record = {names[i]: {"mse_mv2": sums[i, 0] / n_per_record[i], "prd": 100 * math.sqrt(sums[i, 0] / sums[i, 1]),
+                             "prdn": 100 * math.sqrt(sums[i, 0] / sums[i, 2])}
+                  for i in range(len(names)) if n_per_record[i]}
+    p = usage / usage.sum()
+    summary = {k: float(np.mean([r[k] for r in per_record.values()])) for k in ("mse_mv2", "prd", "prdn")}
+    fs_in = 360.0
+    summary.update(perplexity=float(torch.exp(-(p * torch.log(p + 1e-10)).sum())),
+                   usage=float((usage > 0).float().mean()),
+                   compression_ratio=model.compression_ratio(),
+                   compression_ratio_vs_360hz=model.compression_ratio() * fs_in / float(data["fs"]),
+                   records=len(per_record), windows=int(len(sig)))
+    return {"summary": summary, "per_record": per_record}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="VQ-VAE checkpoint (default: newest checkpoints/vqvae-*/best.pt)")
+    p.add_argument("--split", default="validation", choices=["train", "validation", "test"])
+    p.add_argument("--prepared", help="prepared tensors folder")
+    p.add_argument("--checkpoints", help="checkpoints root (for the default checkpoint)")
+    p.add_argument("--results", help="results root")
+    args = p.parse_args()
+    path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint("vqvae", args.checkpoints)
+    model, ckpt = load_vqvae(path)
+    cfg = config_from_dict(ckpt["config"])
+    data = load_split(args.split, cfg, args.prepared)
+    report = reconstruction_report(model, data)
+    s = report["summary"]
+    run = paths.new_run_dir("vqvae_eval", args.results)
+    report.update(checkpoint=str(path), split=args.split, git_commit=paths.git_commit(),
+                  data_hash=data["data_hash"], trained=ckpt["meta"])
+    paths.atomic_write_json(report, run / "reconstruction.json")
+    lines = [f"# VQ-VAE reconstruction on the {args.split} split", "",
+             f"checkpoint `{path}`, {s['records']} records, {s['windows']} windows of "
+             f"{data['signals'].shape[1] / float(data['fs']):.0f} s, git {report['git_commit']}", "",
+             "| record | MSE (mV²) | PRD (%) | PRDN (%) |", "|---|---|---|---|"]
+    lines += [f"| {r} | {v['mse_mv2']:.5f} | {v['prd']:.2f} | {v['prdn']:.2f} |" for r, v in report["per_record"].items()]
+    lines += [f"| **mean over records** | **{s['mse_mv2']:.5f}** | **{s['prd']:.2f}** | **{s['prdn']:.2f}** |", "",
+              f"codebook perplexity {s['perplexity']:.1f}, codes used {100 * s['usage']:.0f}%, compression ratio "
+              f"{s['compression_ratio']:.1f} (vs 11-bit samples at {int(data['fs'])} Hz; "
+              f"{s['compression_ratio_vs_360hz']:.1f} vs the original 360 Hz)"]
+    paths.atomic_write_text("\n".join(lines) + "\n", run / "reconstruction.md")
+    idx = np.linspace(0, len(data["signals"]) - 1, 4).astype(int)
+    x = data["signals"][idx].clone()
+    with torch.no_grad():
+        plot_windows(x.numpy(), model.decode(model.encode(x)).numpy(), float(data["fs"]),
+                     run / "reconstruction_examples.png", f"{args.split} windows, original vs reconstruction")
+    print("\n".join(lines[-3:]))
+    print(f"report: {run / 'reconstruction.md'}")
+
+
+if __name__ == "__main__":
+    paths.run_main(main)

@@ -1,0 +1,166 @@
+"""Train the ECG tokenizer (VQ-VAE) on the training patients.
+
+    python3 vqvae_train.py [--config config_vqvae.json] [--epochs N] [--resume PATH] [--device D] [--seed S]
+    torchrun --nproc_per_node 2 vqvae_train.py ...      # DistributedDataParallel
+
+Writes plots, metrics.csv and run.json to results/vqvae-<time>/ and checkpoints (last, best,
+every N epochs) to checkpoints/vqvae-<time>/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset
+
+import paths
+from hyper_params import Config, load_config
+from prepare_mitbih import load_split
+from train_results import load_checkpoint, plot_windows
+from training import Runtime, Trainer, run_record, seed_everything, setup_runtime
+from vqvae import VQVAE
+
+
+class RandomCrops(Dataset):
+    """Crops of `length` samples from prepared windows; the offset depends only on (seed, epoch,
+    index), so single-process, DDP and resumed runs see the same crops."""
+
+    def __init__(self, signals: torch.Tensor, length: int, seed: int):
+        self.signals, self.length, self.seed, self.epoch = signals, length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.signals)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        span = self.signals.shape[1] - self.length
+        off = int(np.random.default_rng((self.seed, self.epoch, i)).integers(span + 1)) if span > 0 else 0
+        return self.signals[i, off:off + self.length].clone()
+
+
+class Windows(Dataset):
+    def __init__(self, signals: torch.Tensor):
+        self.signals = signals
+
+    def __len__(self) -> int:
+        return len(self.signals)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.signals[i].clone()
+
+
+def step_fn(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    x_hat, losses = model(x)
+    return losses["loss"].mean(), {
+        "recon": losses["recon"].mean().detach(), "commitment": losses["commitment"].mean().detach(),
+        "batch_perplexity": losses["perplexity"].float().mean(),
+        "mse_mv2": ((x_hat.detach() - x) ** 2).mean(), "signal_mv2": (x ** 2).mean(),
+        "deviation_mv2": ((x - x.mean(1, keepdim=True)) ** 2).mean()}
+
+
+def summarize(row: dict) -> dict:
+    """PRD against the signal energy, normalised PRD against its variance (percent)."""
+    return {"val_prd": 100 * float(np.sqrt(row["val_mse_mv2"] / row["val_signal_mv2"])),
+            "val_prdn": 100 * float(np.sqrt(row["val_mse_mv2"] / row["val_deviation_mv2"]))}
+
+
+def plot_fixed_windows(model: VQVAE, windows: torch.Tensor, fs: int, out: Path, title: str) -> None:
+    model.eval()
+    with torch.no_grad():
+        x = windows.to(model.scale.device)
+        x_hat, _ = model(x)
+    plot_windows(x.cpu().numpy(), x_hat.cpu().numpy(), fs, out, title)
+
+
+def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | None,
+                    experiment: str = "vqvae") -> tuple[Path, Path]:
+    """Rank 0 names the run (or reuses the resumed one); every rank learns the same folders."""
+    names = [None, None]
+    if rt.is_main:
+        if resume_ckpt and Path(resume_ckpt["run_dir"]).is_dir():
+            names = [resume_ckpt["run_dir"], resume_ckpt["ckpt_dir"]]
+        else:
+            run = paths.new_run_dir(experiment, args.results)
+            names = [str(run), str(paths.location("checkpoints", args.checkpoints) / run.name)]
+    if rt.distributed:
+        dist.broadcast_object_list(names, src=0)
+    return Path(names[0]), Path(names[1])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="config JSON (default: config_vqvae.json)")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--max-steps", type=int, help="override train.max_steps_per_epoch (quick runs)")
+    p.add_argument("--batch-size", type=int, help="override train.batch_size (global, over all processes)")
+    p.add_argument("--seed", type=int, help="override train.seed")
+    p.add_argument("--resume", help="checkpoint to continue from (e.g. checkpoints/<run>/last.pt)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--prepared", help="prepared tensors folder (default: $ECG_PREPARED_DIR or data/prepared)")
+    p.add_argument("--results", help="results root (default: $ECG_RESULTS_DIR or results)")
+    p.add_argument("--checkpoints", help="checkpoints root (default: $ECG_CHECKPOINTS_DIR or checkpoints)")
+    return p.parse_args(argv)
+
+
+def apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
+    for arg, key in (("epochs", "epochs"), ("max_steps", "max_steps_per_epoch"), ("batch_size", "batch_size"),
+                     ("seed", "seed")):
+        if getattr(args, arg) is not None:
+            setattr(cfg.train, key, getattr(args, arg))
+    cfg.validate()
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    cfg = apply_overrides(load_config(args.config), args)
+    resume_ckpt = load_checkpoint(args.resume, "vqvae") if args.resume else None
+    if resume_ckpt:
+        cfg.train.seed = resume_ckpt["meta"]["seed"]
+    rt = setup_runtime(args.device)
+    seed_everything(cfg.train.seed)
+    train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
+    fs = int(train["fs"])
+    model = VQVAE(cfg.model, train["scale_mv"].tolist())
+    run_dir, ckpt_dir = shared_run_dirs(args, rt, resume_ckpt)
+    meta = run_record(cfg.to_dict(), cfg.train.seed, train["data_hash"] + "/" + train["input_hash"], rt,
+                      sys.argv if argv is None else argv)
+    fixed = val["signals"][np.linspace(0, len(val["signals"]) - 1, cfg.train.plot_windows).astype(int)].clone()
+
+    def epoch_end(m: VQVAE, epoch: int, is_main: bool) -> dict:
+        stats = m.quantizer.end_epoch()
+        if is_main:
+            plot_fixed_windows(m, fixed, fs, run_dir / f"reconstruction_epoch_{epoch:03d}.png",
+                               f"epoch {epoch}: validation windows, original vs reconstruction")
+            m.train()
+        return stats
+
+    trainer = Trainer(model, RandomCrops(train["signals"], cfg.data.window_samples, cfg.train.seed),
+                      Windows(val["signals"]), step_fn, cfg.train, run_dir, ckpt_dir, cfg.to_dict(), meta, rt,
+                      kind="vqvae", epoch_end=epoch_end, summarize=summarize,
+                      shown=("val_mse_mv2", "val_prdn", "perplexity", "usage", "restarted", "seconds"))
+    if rt.is_main and not resume_ckpt:
+        paths.atomic_write_json(meta, run_dir / "run.json")
+        plot_fixed_windows(model, fixed, fs, run_dir / "reconstruction_initial.png",
+                           "before training: validation windows, original vs reconstruction")
+    row = trainer.fit(resume=args.resume)
+    if rt.is_main:
+        print(f"plots and metrics.csv: {run_dir}\ncheckpoints: {ckpt_dir} (best.pt, last.pt)")
+        if row:
+            print(f"final validation: MSE {row['val_mse_mv2']:.5f} mV^2, PRD {row['val_prd']:.2f}%, "
+                  f"PRDN {row['val_prdn']:.2f}%, codebook perplexity {row['perplexity']:.1f} "
+                  f"(usage {100 * row['usage']:.0f}%), compression ratio {model.compression_ratio():.1f}")
+    if rt.distributed:
+        dist.destroy_process_group()
+    return row
+
+
+if __name__ == "__main__":
+    paths.run_main(main)
