@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 MITBIH_DIR ?= $(if $(wildcard data/mitdb/*.hea),data/mitdb,$(if $(wildcard ../shared/data/mitdb/*.hea),../shared/data/mitdb,data/mitdb))
 export MITBIH_DIR
 
-.PHONY: setup prepare vqvae demo test clean-results
+.PHONY: setup prepare demo test clean-results
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -19,12 +19,15 @@ setup: $(VENV)/.installed
 prepare: setup
 	$(PY) prepare_mitbih.py
 
-# A short VQ-VAE training (2 epochs of 60 steps) so the whole pipeline runs in a few minutes.
-vqvae: prepare
+# The whole pipeline in a few minutes: short trainings (far from the documented recipe), then a
+# forecast plot of record 100 and the evaluation report against every baseline.
+newest = "$$(ls -td checkpoints/$(1)-*/ | head -1)best.pt"
+demo: prepare
 	$(PY) vqvae_train.py --epochs 2 --max-steps 60
 	$(PY) vqvae_eval.py --split validation
-
-demo: vqvae
+	$(PY) transformer_train.py --epochs 2 --max-steps 60
+	$(PY) forecast.py --checkpoint $(call newest,transformer) --record $(MITBIH_DIR)/100 --start 60
+	$(PY) evaluate.py --model $(call newest,transformer) baselines --split test --max-windows-per-record 10 --samples 50
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -493,7 +493,8 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
                 lo, hi = np.quantile(samples[:, :, lead], [0.1, 0.9], axis=0)
                 ax.fill_between(t[context:], lo, hi, color="C0", alpha=0.25, lw=0, label="80 % band")
                 ax.plot(t[context:], samples[0, :, lead], color="C0", lw=0.7, alpha=0.8, label="one sample")
-            ax.plot(t[context:], samples[:, :, lead].mean(0), color="C3", lw=1.0, label="forecast (mean)")
+            ax.plot(t[context:], samples[:, :, lead].mean(0), color="C3", lw=1.0,
+                    label="forecast (mean)" if samples.shape[0] > 1 else "forecast")
             ax.axvline(0, color="0.6", lw=0.8, ls="--")
             ax.set(xlabel="time from forecast start (s)", ylabel="mV")
             lead_name = w.leads[r][lead] if lead < len(w.leads[r]) else f"lead {lead + 1}"
@@ -585,7 +586,7 @@ def main(argv: list[str] | None = None) -> Path:
     if warnings:
         header["warnings"] = "; ".join(warnings)
     result = {"header": header, "config": cfg.to_dict(), **summary,
-              "record_info": [{"record": n, "leads": w.leads[i], "fs_in": w.fs_in[i],
+              "record_info": [{"record": n, "leads": w.leads[i], "fs_in": _num(w.fs_in[i]),
                                "annotated": bool(w.annotated[i]), "windows": int(np.sum(w.record == i))}
                               for i, n in enumerate(w.records) if np.any(w.record == i)],
               "skipped": [{"record": n, "reason": why} for n, why in w.skipped]}

@@ -57,8 +57,8 @@ class Forecaster(ForecasterBase):
         self.name = "transformer"
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> "Forecaster":
-        """Load a forecaster checkpoint (it carries the VQ-VAE and both configs)."""
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> ForecasterBase:
+        """Load any forecaster checkpoint (Transformer or latent SDE); it carries the VQ-VAE and configs."""
         from hyper_params import config_from_dict
         from hyper_params_transformer import transformer_config_from_dict
         from train_results import load_checkpoint
@@ -66,6 +66,9 @@ class Forecaster(ForecasterBase):
         from vqvae import VQVAE
 
         ckpt = load_checkpoint(path)
+        if ckpt["kind"] == "latent_sde":
+            from latent_sde import LatentSDEForecaster
+            return LatentSDEForecaster.from_checkpoint_dict(ckpt, path, device)
         if ckpt["kind"] != "transformer":
             raise UserError(f"{path} holds a '{ckpt['kind']}' model, not a forecaster")
         cfg = config_from_dict(ckpt["vqvae"]["config"], f"VQ-VAE config stored in {path}")

@@ -41,6 +41,16 @@ class MetricsLog:
             return []
         return list(csv.DictReader(self.path.open()))
 
+    def drop_after(self, epoch: int) -> None:
+        """Forget the rows after `epoch`: a run resumed from that epoch's checkpoint writes them again."""
+        rows = self.read()
+        if any(int(r["epoch"]) > epoch for r in rows):
+            out = io.StringIO()
+            w = csv.DictWriter(out, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(r for r in rows if int(r["epoch"]) <= epoch)
+            paths.atomic_write_text(out.getvalue(), self.path)
+
 
 def plot_loss_curves(log: MetricsLog, out: Path) -> None:
     rows = log.read()

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
@@ -134,8 +134,9 @@ class Trainer:
                                           drop_last=True)
         self.train_loader = DataLoader(train_set, per_rank, sampler=self.sampler, drop_last=True,
                                        num_workers=settings.num_workers)
-        val_sampler = DistributedSampler(val_set, rt.world, rt.rank, shuffle=False, drop_last=False)
-        self.val_loader = DataLoader(val_set, per_rank, sampler=val_sampler, num_workers=settings.num_workers)
+        # every validation window exactly once over all ranks (DistributedSampler would pad with repeats)
+        val_shard = Subset(val_set, range(rt.rank, len(val_set), rt.world))
+        self.val_loader = DataLoader(val_shard, per_rank, num_workers=settings.num_workers)
         if len(self.train_loader) == 0:
             raise UserError(f"{len(train_set)} training windows are fewer than one batch of {settings.batch_size}")
         self.steps_per_epoch = len(self.train_loader)
@@ -176,6 +177,8 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
         set_rng_state(ckpt["rng"])
+        if self.rt.is_main:
+            self.log.drop_after(self.epoch)  # epochs after the checkpoint are redone, not listed twice
 
     def _train_epoch(self, model: nn.Module) -> dict:
         model.train()
@@ -184,18 +187,20 @@ class Trainer:
             self.train_loader.dataset.set_epoch(self.epoch)
         sums: dict[str, float] = {}
         seen = 0
+        # the bar only on rank 0 and a terminal: logs and pipes keep one line per epoch (and one 'error:' line)
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.s.epochs}",
-                   disable=not self.rt.is_main, leave=False)
+                   disable=None if self.rt.is_main else True, leave=False)
         for i, batch in enumerate(self.train_loader):
             if i >= self.steps_per_epoch:
                 break
             batch = _to(batch, self.rt.device)
             with torch.autocast(self.rt.device.type, enabled=self.amp):
                 loss, metrics = self.step_fn(model, batch)
-            self._check_finite(loss)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.opt)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
+            # under AMP the scaler skips steps with inf gradients; without it they would poison the weights
+            self._check_finite(loss if self.amp else torch.stack([loss.detach().float(), norm.float()]))
             self.scaler.step(self.opt)
             self.scaler.update()
             self.opt.zero_grad(set_to_none=True)
@@ -210,13 +215,16 @@ class Trainer:
         bar.close()
         return _all_reduce_mean(sums, seen, self.rt)
 
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        ok = torch.tensor(float(torch.isfinite(loss.detach()).all()), device=self.rt.device)
+    def _check_finite(self, values: torch.Tensor, what: str = "loss or gradient norm") -> None:
+        """Stop every rank together, before the optimiser step, when a value is NaN or inf."""
+        ok = torch.tensor(float(torch.isfinite(values.detach()).all()), device=self.rt.device)
         if self.rt.distributed:
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         if ok.item() < 1:
-            raise UserError(f"loss became {float(loss)} at epoch {self.epoch + 1}, step {self.step}; stopped. "
-                            f"The last good checkpoint is {self.ckpt_dir / 'last.pt'} (lower train.learning_rate?)")
+            last = self.ckpt_dir / "last.pt"
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            raise UserError(f"{what} is {values.detach().cpu().tolist()} in epoch {self.epoch + 1} after {self.step} "
+                            f"steps; stopped, {kept} (lower train.learning_rate or check the data)")
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict:
@@ -245,7 +253,9 @@ class Trainer:
         while self.epoch < self.s.epochs:
             t0 = time.time()
             train = self._train_epoch(model)
-            val = self.validate(model)
+            # DDP would sync buffers in every forward, so ranks with unequal validation shards validate unwrapped
+            val = self.validate(unwrap(model) if self.rt.distributed else model)
+            self._check_finite(torch.tensor([train["loss"], val["loss"]]), "train/validation loss")
             self.epoch += 1
             extra = self.epoch_end(unwrap(self.model), self.epoch, self.rt.is_main) if self.epoch_end else {}
             row = {"epoch": self.epoch, "step": self.step, "lr": self.sched.get_last_lr()[0],
@@ -263,13 +273,13 @@ class Trainer:
         improved = row["val_loss"] < self.best
         if improved:
             self.best = row["val_loss"]
+        self.log.append(row)  # before the checkpoints: a kill between the two redoes this epoch on resume
         state = self.state()
         save_checkpoint(state, self.ckpt_dir / "last.pt")
         if improved:
             save_checkpoint(state, self.ckpt_dir / "best.pt")
         if self.s.checkpoint_every and self.epoch % self.s.checkpoint_every == 0:
             save_checkpoint(state, self.ckpt_dir / f"epoch_{self.epoch:03d}.pt")
-        self.log.append(row)
         plot_loss_curves(self.log, self.run_dir / "loss_curves.png")
         shown = {k: row[k] for k in self.shown if k in row}
         print(f"epoch {self.epoch}/{self.s.epochs} " + " ".join(

@@ -34,20 +34,26 @@ from vqvae_train import shared_run_dirs
 
 
 @torch.no_grad()
-def encode_split(vq: VQVAE, signals: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    return torch.cat([vq.encode(signals[i:i + batch].clone()) for i in range(0, len(signals), batch)])
+def encode_split(vq: VQVAE, signals: torch.Tensor, chunk: int, batch: int = 512) -> torch.Tensor:
+    """Codes of every window, encoding each `chunk` (one context length) on its own: at forecast
+    time the context is encoded without seeing the future, so training codes must be made alike."""
+    out = []
+    for i in range(0, len(signals), batch):
+        x = signals[i:i + batch].clone()
+        out.append(torch.cat([vq.encode(x[:, t:t + chunk]) for t in range(0, x.shape[1], chunk)], 1))
+    return torch.cat(out)
 
 
-def cached_codes(vq: VQVAE, vq_path: Path, split: str, data: dict, prepared: str | None) -> torch.Tensor:
+def cached_codes(vq: VQVAE, vq_path: Path, split: str, data: dict, chunk: int, prepared: str | None) -> torch.Tensor:
     """Codes of every window of a split, computed once per (VQ-VAE checkpoint, split)."""
-    key = f"{vq_path.resolve()}:{vq_path.stat().st_mtime_ns}:{data['data_hash']}:{split}"
+    key = f"{vq_path.resolve()}:{vq_path.stat().st_mtime_ns}:{data['data_hash']}:{split}:{chunk}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     cache = paths.location("prepared", prepared) / "codes" / f"{split}-{digest}.pt"
     if cache.exists():
         stored = torch.load(cache, weights_only=True)
         if stored.get("key") == key:
             return stored["codes"]
-    codes = encode_split(vq, data["signals"])
+    codes = encode_split(vq, data["signals"], chunk)
     paths.atomic_torch_save({"key": key, "codes": codes}, cache)
     return codes
 
@@ -88,8 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     rt = setup_runtime(args.device)
     seed_everything(tcfg.train.seed)
     train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
-    train_codes = cached_codes(vq, vq_path, "train", train, args.prepared)
-    val_codes = cached_codes(vq, vq_path, "validation", val, args.prepared)
+    chunk = cfg.data.window_samples
+    train_codes = cached_codes(vq, vq_path, "train", train, chunk, args.prepared)
+    val_codes = cached_codes(vq, vq_path, "validation", val, chunk, args.prepared)
     model = CodeGPT(cfg.model.codebook_size, train_codes.shape[1], tcfg.model.dim, tcfg.model.layers,
                     tcfg.model.heads, tcfg.model.dropout)
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "transformer")

@@ -20,6 +20,16 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def _whole_batch(x: torch.Tensor) -> torch.Tensor:
+    """x [B, ...] of every rank, ordered as one process would see the global batch (DistributedSampler
+    deals samples round-robin, so sample b of rank r is global sample b * world + r)."""
+    if not _distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.stack(parts, 1).flatten(0, 1)
+
+
 class ResBlock(nn.Module):
     def __init__(self, ch: int, dilation: int = 1):
         super().__init__()
@@ -82,7 +92,9 @@ class VectorQuantizer(nn.Module):
     """Nearest-neighbour codebook with EMA updates (van den Oord et al. 2017, appendix).
 
     Codebook statistics are all-reduced under DistributedDataParallel so every rank keeps the same
-    codebook; all buffer updates are in place so DataParallel's device-0 replica records them.
+    codebook; the k-means init and the restart reservoir see the whole global batch, so DDP on N ranks
+    matches one process with the same global batch. All buffer updates are in place so DataParallel's
+    device-0 replica records them.
     """
 
     def __init__(self, size: int, dim: int, decay: float, commitment: float, dead_threshold: float = 1.0,
@@ -108,13 +120,14 @@ class VectorQuantizer(nn.Module):
         """z [B, D, T] -> (straight-through quantized z, codes [B, T], losses)."""
         B, D, T = z.shape
         flat = z.permute(0, 2, 1).reshape(-1, D)
+        seen = _whole_batch(z.detach().permute(0, 2, 1)).reshape(-1, D) if self.training else flat
         if self.training and not bool(self.initialized):
-            self.init_from(flat.detach())
+            self.init_from(seen)
         codes = self.nearest(flat.detach())
         zq = self.codebook[codes]
         counts = torch.bincount(codes, minlength=self.size).to(flat.dtype)
         if self.training:
-            self._ema_update(flat.detach(), codes, counts)
+            self._ema_update(flat.detach(), codes, counts, seen)
         commit = F.mse_loss(flat, zq.detach())
         zq_st = flat + (zq - flat).detach()
         p = counts / counts.sum()
@@ -123,7 +136,8 @@ class VectorQuantizer(nn.Module):
         return out, codes.view(B, T), {"commitment": self.commitment * commit, "perplexity": perplexity.detach()}
 
     @torch.no_grad()
-    def _ema_update(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> None:
+    def _ema_update(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor, seen: torch.Tensor) -> None:
+        """EMA of this rank's code sums and counts (all-reduced); the reservoir takes `seen`, the global batch."""
         sums = torch.zeros_like(self.ema_sum).index_add_(0, codes, flat.float())
         counts = counts.float()
         if _distributed():
@@ -136,16 +150,16 @@ class VectorQuantizer(nn.Module):
         n = self.ema_count.sum()
         smoothed = (self.ema_count + 1e-5) / (n + self.size * 1e-5) * n  # Laplace smoothing
         self.codebook.copy_(self.ema_sum / smoothed[:, None])
-        keep = min(len(flat), len(self.recent))
+        keep = min(len(seen), len(self.recent))
         self.recent.copy_(torch.roll(self.recent, keep, 0))
-        self.recent[:keep].copy_(flat[torch.randperm(len(flat), device=flat.device)[:keep]])
+        self.recent[:keep].copy_(seen[torch.randperm(len(seen), device=seen.device)[:keep]])
         self.updates.add_(1)
         if self.restart_every and int(self.updates) % self.restart_every == 0:
             self.restart_dead(self.dead_threshold)
 
     @torch.no_grad()
     def init_from(self, flat: torch.Tensor, iters: int = 10) -> None:
-        """k-means on encoder outputs, so no code starts far from the data (and dead)."""
+        """k-means on encoder outputs (the global batch), so no code starts far from the data (and dead)."""
         idx = torch.randint(len(flat), (self.size,), device=flat.device)
         centers = flat[idx] + 1e-3 * torch.randn(self.size, self.dim, device=flat.device)
         for _ in range(iters):

@@ -87,8 +87,9 @@ def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | N
         if resume_ckpt and Path(resume_ckpt["run_dir"]).is_dir():
             names = [resume_ckpt["run_dir"], resume_ckpt["ckpt_dir"]]
         else:
+            ckpt_root = paths.check_writable(paths.location("checkpoints", args.checkpoints))  # before training
             run = paths.new_run_dir(experiment, args.results)
-            names = [str(run), str(paths.location("checkpoints", args.checkpoints) / run.name)]
+            names = [str(run), str(ckpt_root / run.name)]
     if rt.distributed:
         dist.broadcast_object_list(names, src=0)
     return Path(names[0]), Path(names[1])

@@ -1,0 +1,96 @@
+"""Settings of the latent SDE forecaster: `config_sde.json` as typed dataclasses, validated like
+hyper_params.py (unknown keys and wrong types are errors naming the key)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hyper_params import TrainConfig, _check, build_section, read_json
+from paths import ROOT, UserError
+
+DEFAULT_CONFIG = ROOT / "config_sde.json"
+METHODS = ("euler", "milstein", "srk")        # torchsde Ito solvers valid for diagonal noise
+NOISE_TYPES = ("diagonal", "additive")
+
+
+@dataclass
+class SDEModelConfig:
+    state_size: int = 32          # latent SDE state z(t)
+    context_size: int = 32        # posterior features per latent step (from the GRU)
+    encoder_hidden: int = 128     # GRU width of the posterior network
+    hidden_size: int = 128        # width of the drift MLPs (prior and posterior correction)
+    emission_hidden: int = 128    # width of the MLP from z(t) to one VQ-VAE latent frame
+    diffusion_hidden: int = 16    # width of each per-dimension diffusion net
+    min_obs_std: float = 0.05     # floor of the learned observation noise (normalised latent units)
+
+
+@dataclass
+class SolverConfig:
+    method: str = "euler"         # euler, milstein or srk (torchsde, Ito)
+    dt: float = 0.0625            # seconds per solver step; 1/16 s = one VQ-VAE latent step at 128 Hz / 8
+    noise_type: str = "diagonal"  # diagonal: g_i(z_i) per dimension; additive: g_i constant
+    max_diffusion: float = 1.0    # g_i in (0, max_diffusion)
+    adjoint: bool = False         # sdeint_adjoint: O(1) memory in the steps, slower
+
+
+@dataclass
+class LossConfig:
+    kl_weight: float = 1.0        # weight of KL(z0) + path KL after annealing (1 = the ELBO)
+    kl_start: float = 0.01        # weight at step 0, raised linearly ...
+    kl_anneal_steps: int = 1000   # ... to kl_weight over this many optimiser steps (0 = no annealing)
+
+
+@dataclass
+class SDEConfig:
+    model: SDEModelConfig = field(default_factory=SDEModelConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        m, s, lo, t = self.model, self.solver, self.loss, self.train
+        for key in ("state_size", "context_size", "encoder_hidden", "hidden_size", "emission_hidden",
+                    "diffusion_hidden"):
+            _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
+        _check(m.min_obs_std > 0, "model.min_obs_std", m.min_obs_std, "must be > 0")
+        _check(s.method in METHODS, "solver.method", s.method, f"must be one of {', '.join(METHODS)}")
+        _check(s.noise_type in NOISE_TYPES, "solver.noise_type", s.noise_type,
+               f"must be one of {', '.join(NOISE_TYPES)}")
+        _check(0 < s.dt <= 1, "solver.dt", s.dt, "must be in (0, 1] seconds")
+        _check(s.max_diffusion > 0, "solver.max_diffusion", s.max_diffusion, "must be > 0")
+        _check(lo.kl_weight >= 0, "loss.kl_weight", lo.kl_weight, "must be >= 0")
+        _check(0 <= lo.kl_start <= lo.kl_weight, "loss.kl_start", lo.kl_start,
+               f"must be in [0, loss.kl_weight={lo.kl_weight}]")
+        _check(lo.kl_anneal_steps >= 0, "loss.kl_anneal_steps", lo.kl_anneal_steps, "must be >= 0")
+        _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
+        _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+        _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")
+        for key in ("weight_decay", "warmup_steps", "grad_clip", "num_workers", "plot_windows"):
+            _check(getattr(t, key) >= 0, f"train.{key}", getattr(t, key), "must be >= 0")
+        _check(t.checkpoint_every >= 1, "train.checkpoint_every", t.checkpoint_every, "must be >= 1")
+        _check(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",
+               t.max_steps_per_epoch, "must be >= 1 or null")
+
+
+def sde_config_from_dict(raw: dict, source: str = "config") -> SDEConfig:
+    sections = {"model": SDEModelConfig, "solver": SolverConfig, "loss": LossConfig, "train": TrainConfig}
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: the top level must be an object with sections {', '.join(sections)}")
+    for key in raw:
+        if key not in sections:
+            raise UserError(f"{source}: unknown config key '{key}' (known sections: {', '.join(sections)})")
+    cfg = SDEConfig(**{name: build_section(cls, raw.get(name, {}), name, source) for name, cls in sections.items()})
+    try:
+        cfg.validate()
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from e
+    return cfg
+
+
+def load_sde_config(path: str | Path | None = None) -> SDEConfig:
+    path = Path(path or DEFAULT_CONFIG)
+    return sde_config_from_dict(read_json(path), str(path))

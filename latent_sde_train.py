@@ -1,0 +1,162 @@
+"""Train the latent SDE forecaster on the frozen VQ-VAE's continuous latent frames.
+
+    python3 latent_sde_train.py [--vqvae checkpoints/vqvae-<time>/best.pt] [--config config_sde.json]
+                                [--epochs N] [--max-steps N] [--batch-size N] [--resume PATH] [--device D]
+
+Every prepared window of the training and validation patients is encoded once by the frozen
+VQ-VAE (context and future each on their own, as at forecast time; cached next to the prepared
+tensors). The loss is the negative ELBO per latent number: reconstruction of context and future
+frames plus the KL of the initial state and of the posterior path, with the KL weight annealed.
+The best checkpoint is the lowest validation loss (the full ELBO); it holds the VQ-VAE too, so
+forecast.py and evaluate.py need only this one file.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import TensorDataset
+
+import paths
+from hyper_params import config_from_dict
+from hyper_params_sde import SDEConfig, load_sde_config
+from latent_sde import LatentSDE, LatentSDEForecaster
+from prepare_mitbih import load_split
+from train_results import load_checkpoint, plot_forecasts
+from training import Trainer, run_record, seed_everything, setup_runtime
+from vqvae import VQVAE
+from vqvae_eval import latest_checkpoint, load_vqvae
+from vqvae_train import shared_run_dirs
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """Fingerprint of a model's weights: the latent cache is valid for exactly these."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_windows(vq: VQVAE, signals: torch.Tensor, piece: int, batch: int = 128) -> torch.Tensor:
+    """Frames [N, T / factor, latent] of windows [N, T, 2], each `piece` samples (context, then each
+    future window) encoded on its own, so no frame has seen samples after its piece."""
+    vq.eval()
+    out = []
+    for i in range(0, len(signals), batch):
+        x = signals[i:i + batch].clone().float()
+        b, t, _ = x.shape
+        z = vq.encode_latent(x.reshape(b * (t // piece), piece, 2))                 # [b * k, D, piece / f]
+        out.append(z.reshape(b, t // piece, z.shape[1], -1).permute(0, 1, 3, 2).reshape(b, -1, z.shape[1]).half())
+    return torch.cat(out)
+
+
+def cached_latents(vq: VQVAE, split: str, data: dict, piece: int, prepared: str | None) -> torch.Tensor:
+    """Latent frames of every window of a split, computed once per (VQ-VAE weights, split)."""
+    key = f"{weights_digest(vq)}:{data['data_hash']}:{data.get('input_hash', '')}:{split}:{piece}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    cache = paths.location("prepared", prepared) / "latents" / f"{split}-{digest}.pt"
+    if cache.exists():
+        stored = torch.load(cache, weights_only=True)
+        if stored.get("key") == key:
+            return stored["frames"]
+    frames = encode_windows(vq, data["signals"], piece)
+    paths.atomic_torch_save({"key": key, "frames": frames}, cache)
+    return frames
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: newest checkpoints/vqvae-*/best.pt; "
+                   "a resumed run uses the one stored in its checkpoint)")
+    p.add_argument("--config", help="latent SDE config JSON (default: config_sde.json)")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--max-steps", type=int, help="override train.max_steps_per_epoch")
+    p.add_argument("--batch-size", type=int, help="override train.batch_size")
+    p.add_argument("--seed", type=int, help="override train.seed")
+    p.add_argument("--resume", help="checkpoint to continue from (e.g. checkpoints/latent_sde-<time>/last.pt)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--prepared", help="prepared tensors folder")
+    p.add_argument("--results", help="results root")
+    p.add_argument("--checkpoints", help="checkpoints root")
+    return p.parse_args(argv)
+
+
+def apply_overrides(scfg: SDEConfig, args: argparse.Namespace) -> SDEConfig:
+    for arg, key in (("epochs", "epochs"), ("max_steps", "max_steps_per_epoch"), ("batch_size", "batch_size"),
+                     ("seed", "seed")):
+        if getattr(args, arg) is not None:
+            setattr(scfg.train, key, getattr(args, arg))
+    scfg.validate()
+    return scfg
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    scfg = apply_overrides(load_sde_config(args.config), args)
+    resume = load_checkpoint(args.resume, "latent_sde") if args.resume else None
+    if resume:
+        vq_ckpt = resume["vqvae"]
+        vq = VQVAE(config_from_dict(vq_ckpt["config"], f"VQ-VAE config stored in {args.resume}").model)
+        vq.load_state_dict(vq_ckpt["model"])
+        vq_source = resume["meta"].get("vqvae_checkpoint", args.resume)
+        scfg.train.seed = resume["meta"]["seed"]
+    else:
+        vq_path = args.vqvae or latest_checkpoint("vqvae", args.checkpoints)
+        vq, vq_ckpt = load_vqvae(vq_path)
+        vq_source = str(vq_path)
+    vq.eval().requires_grad_(False)
+    cfg = config_from_dict(vq_ckpt["config"], "VQ-VAE config")
+    rt = setup_runtime(args.device)
+    seed_everything(scfg.train.seed)
+    train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
+    piece, factor = cfg.data.window_samples, cfg.model.downsample_factor
+    train_frames = cached_latents(vq, "train", train, piece, args.prepared)
+    val_frames = cached_latents(vq, "validation", val, piece, args.prepared)
+    fs = int(train["fs"])
+    model = LatentSDE(cfg.model.latent_dim, scfg, fs / factor)
+    model.set_normaliser(train_frames)           # a resumed run restores the same buffers from its checkpoint
+    context = piece // factor
+    run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde")
+    config = {**scfg.to_dict(), "vqvae": vq_ckpt["config"]}
+    meta = run_record(config, scfg.train.seed, train["data_hash"] + "/" + train["input_hash"], rt,
+                      sys.argv if argv is None else argv)
+    meta["vqvae_checkpoint"] = vq_source
+    extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]}}
+    idx = np.linspace(0, len(val["signals"]) - 1, scfg.train.plot_windows).astype(int)
+    fixed = val["signals"][idx].clone().numpy()
+
+    def step_fn(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
+        (frames,) = batch
+        return m(frames, context)
+
+    def epoch_end(m: LatentSDE, epoch: int, is_main: bool) -> dict:
+        if is_main and len(fixed):
+            fc = LatentSDEForecaster(vq, m, cfg, scfg, rt.device)
+            samples = fc.predict(fixed[:, :piece], fixed.shape[1] - piece, num_samples=20, seed=0)
+            plot_forecasts(fixed, samples, fs, piece, run_dir / f"forecast_epoch_{epoch:03d}.png",
+                           f"epoch {epoch}: validation forecasts (20 sampled paths)")
+            m.train()
+        return {}
+
+    trainer = Trainer(model, TensorDataset(train_frames), TensorDataset(val_frames), step_fn, scfg.train, run_dir,
+                      ckpt_dir, config, meta, rt, kind="latent_sde", epoch_end=epoch_end,
+                      shown=("val_recon", "val_kl", "val_forecast_mse", "val_late_std_ratio", "train_kl_weight",
+                             "seconds"), extras=extras)
+    if rt.is_main and not resume:
+        paths.atomic_write_json(meta, run_dir / "run.json")
+    row = trainer.fit(resume=args.resume)
+    if rt.is_main:
+        print(f"plots and metrics.csv: {run_dir}\ncheckpoints: {ckpt_dir} (best.pt, last.pt)")
+    if rt.distributed:
+        dist.destroy_process_group()
+    return row
+
+
+if __name__ == "__main__":
+    paths.run_main(main)

@@ -1,0 +1,84 @@
+"""Run a *_train.py main() unchanged, with test-only hooks patched in from outside (never in the scripts).
+
+    python tests/train_harness.py [--pause-at-step N] [--pause-in-save EPOCH] [--dump-state DIR] \
+        SCRIPT -- SCRIPT_ARGS...
+
+--pause-at-step N    after N optimiser steps, in the middle of the next one, print PAUSED and sleep (kill me)
+--pause-in-save E    while writing last.pt of epoch E, leave the temporary file half written, print PAUSED
+                     and sleep (kill me)
+--dump-state DIR     after training, every rank saves the state_dict it holds to DIR/rank<R>.pt
+Works under torchrun too. One CPU thread, like the in-process tests, so runs compare bit for bit.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import paths  # noqa: E402
+import training  # noqa: E402
+
+
+def pause() -> None:
+    print("PAUSED", flush=True)
+    time.sleep(600)
+    raise SystemExit("harness: nobody killed me")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--pause-at-step", type=int)
+    p.add_argument("--pause-in-save", type=int)
+    p.add_argument("--dump-state")
+    p.add_argument("script", help="module name, e.g. vqvae_train")
+    args, rest = p.parse_known_args()
+    rest = rest[1:] if rest[:1] == ["--"] else rest
+    torch.set_num_threads(1)
+
+    if args.pause_at_step is not None:
+        real_check = training.Trainer._check_finite
+
+        def check_then_pause(self, values, what="loss or gradient norm"):
+            real_check(self, values, what)
+            if self.step == args.pause_at_step and what.startswith("loss"):
+                pause()
+
+        training.Trainer._check_finite = check_then_pause
+
+    if args.pause_in_save is not None:
+        real_save = torch.save
+
+        def save_half_then_pause(obj, f, *a, **k):
+            real_save(obj, f, *a, **k)
+            if isinstance(obj, dict) and obj.get("epoch") == args.pause_in_save and ".last.pt." in str(f):
+                with open(f, "r+b") as fh:
+                    fh.truncate(os.path.getsize(f) // 2)
+                pause()
+
+        torch.save = save_half_then_pause
+
+    if args.dump_state:
+        real_fit = training.Trainer.fit
+
+        def fit_then_dump(self, resume=None):
+            row = real_fit(self, resume)
+            out = Path(args.dump_state)
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save(training.unwrap(self.model).state_dict(), out / f"rank{self.rt.rank}.pt")
+            return row
+
+        training.Trainer.fit = fit_then_dump
+
+    script = importlib.import_module(args.script)
+    paths.run_main(lambda: script.main(rest))
+
+
+if __name__ == "__main__":
+    main()
