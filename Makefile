@@ -34,3 +34,14 @@ test: setup
 
 clean-results:
 	rm -rf results checkpoints
+
+# Benchmarks on this machine (scripts in bench/ print one JSON line each), tabulated in bench/results.md.
+.PHONY: bench
+bench: setup $(if $(wildcard data/prepared/train.pt),,prepare)
+	rm -f bench/results.jsonl
+	$(PY) bench/prepare_time.py >> bench/results.jsonl
+	$(PY) bench/train_speed.py vqvae >> bench/results.jsonl
+	$(PY) bench/train_speed.py transformer >> bench/results.jsonl
+	$(PY) bench/train_speed.py latent_sde >> bench/results.jsonl
+	$(PY) bench/forecast_latency.py >> bench/results.jsonl
+	$(PY) bench/report.py bench/results.jsonl bench/results.md

@@ -43,10 +43,11 @@ PRETRAINED = ROOT / "pretrained" / "forecaster.pt"
 
 
 class Forecaster(ForecasterBase):
-    """VQ-VAE + code Transformer: encode the context, sample future codes, decode context and
-    future together (so the seam is smooth) and keep the future samples."""
+    """VQ-VAE + code Transformer: encode the context, sample future codes, decode them together
+    with the last second of context codes (so the seam is smooth) and keep the future samples."""
 
     deterministic = False
+    DECODE_MARGIN = 16  # context codes decoded with the future (16 codes = 1 s at the defaults)
 
     def __init__(self, vq, gpt, cfg, sample, device: str | torch.device | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -76,9 +77,8 @@ class Forecaster(ForecasterBase):
                                             f"Transformer config stored in {path}")
         vq = VQVAE(cfg.model)
         vq.load_state_dict(ckpt["vqvae"]["model"])
-        block = ckpt["model"]["pos.weight"].shape[0]
-        gpt = CodeGPT(cfg.model.codebook_size, block, tcfg.model.dim, tcfg.model.layers, tcfg.model.heads,
-                      tcfg.model.dropout)
+        gpt = CodeGPT(cfg.model.codebook_size, ckpt["block_size"], tcfg.model.dim, tcfg.model.layers,
+                      tcfg.model.heads, tcfg.model.dropout, tcfg.model.rope)
         gpt.load_state_dict(ckpt["model"])
         out = cls(vq, gpt, cfg, tcfg.sample, device)
         out.checkpoint = str(path)
@@ -108,9 +108,11 @@ class Forecaster(ForecasterBase):
             ctx = codes[lo:lo + per_chunk].repeat_interleave(num_samples, 0)
             future = self.gpt.generate(ctx, steps, self.sample.temperature, self.sample.top_k, self.sample.top_p,
                                        gen, use_cache=use_cache)
-            full = torch.cat([ctx, future], 1)
+            # decode the future with the last second of context codes: a smooth seam at a third of the cost
+            margin = min(keep, self.DECODE_MARGIN)
+            full = torch.cat([ctx[:, keep - margin:], future], 1)
             wave = torch.cat([self.vq.decode(full[i:i + 512]) for i in range(0, len(full), 512)])
-            start = keep * self.factor
+            start = margin * self.factor
             out[lo:lo + per_chunk] = wave[:, start:start + horizon].reshape(-1, num_samples, horizon, 2).cpu().numpy()
         return out
 

@@ -22,6 +22,11 @@ class SDEModelConfig:
     hidden_size: int = 128        # width of the drift MLPs (prior and posterior correction)
     emission_hidden: int = 128    # width of the MLP from z(t) to one VQ-VAE latent frame
     diffusion_hidden: int = 16    # width of each per-dimension diffusion net
+    phase_harmonics: int = 8      # >0: z[0] is a beat phase turning at the rate z[1] (plus the MLP's
+                                  # share); networks see cos/sin of its first n harmonics. 0: plain MLP state
+    corrected_dims: int = 2       # the posterior steers only z[:n] (with a phase: phase and rate); the
+                                  # rest starts from q(z0) and follows the prior. 0: it steers all of z
+    min_rate_hz: float = 0.3      # lowest beat rate the phase drift can express (18 bpm)
     min_obs_std: float = 0.05     # floor of the learned observation noise (normalised latent units)
 
 
@@ -30,7 +35,8 @@ class SolverConfig:
     method: str = "euler"         # euler, milstein or srk (torchsde, Ito)
     dt: float = 0.0625            # seconds per solver step; 1/16 s = one VQ-VAE latent step at 128 Hz / 8
     noise_type: str = "diagonal"  # diagonal: g_i(z_i) per dimension; additive: g_i constant
-    max_diffusion: float = 1.0    # g_i in (0, max_diffusion)
+    min_diffusion: float = 0.05   # g_i in (min_diffusion, max_diffusion), per sqrt(second); the floor keeps
+    max_diffusion: float = 0.5    # the path KL finite where the posterior steers
     adjoint: bool = False         # sdeint_adjoint: O(1) memory in the steps, slower
 
 
@@ -39,6 +45,9 @@ class LossConfig:
     kl_weight: float = 1.0        # weight of KL(z0) + path KL after annealing (1 = the ELBO)
     kl_start: float = 0.01        # weight at step 0, raised linearly ...
     kl_anneal_steps: int = 1000   # ... to kl_weight over this many optimiser steps (0 = no annealing)
+    phase_hint: float = 1.0       # curriculum (needs a phase): pull the posterior phase toward the beat
+    phase_hint_steps: int = 500   # phase of the annotated beats with this weight, falling linearly to 0
+                                  # over these steps; only so the emission learns to read the phase
 
 
 @dataclass
@@ -56,15 +65,27 @@ class SDEConfig:
         for key in ("state_size", "context_size", "encoder_hidden", "hidden_size", "emission_hidden",
                     "diffusion_hidden"):
             _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
+        _check(m.phase_harmonics >= 0, "model.phase_harmonics", m.phase_harmonics, "must be >= 0")
+        _check(m.phase_harmonics == 0 or m.state_size >= 3, "model.state_size", m.state_size,
+               "must be >= 3 with a phase (model.phase_harmonics > 0): phase, rate and at least one more")
+        _check(m.phase_harmonics == 0 or m.corrected_dims == 0 or m.corrected_dims >= 2, "model.corrected_dims",
+               m.corrected_dims, "must be 0 or >= 2 with a phase (the posterior steers phase and rate)")
+        _check(0 <= m.corrected_dims <= m.state_size, "model.corrected_dims", m.corrected_dims,
+               f"must be in [0, model.state_size={m.state_size}]")
+        _check(m.min_rate_hz > 0, "model.min_rate_hz", m.min_rate_hz, "must be > 0")
         _check(m.min_obs_std > 0, "model.min_obs_std", m.min_obs_std, "must be > 0")
         _check(s.method in METHODS, "solver.method", s.method, f"must be one of {', '.join(METHODS)}")
         _check(s.noise_type in NOISE_TYPES, "solver.noise_type", s.noise_type,
                f"must be one of {', '.join(NOISE_TYPES)}")
         _check(0 < s.dt <= 1, "solver.dt", s.dt, "must be in (0, 1] seconds")
-        _check(s.max_diffusion > 0, "solver.max_diffusion", s.max_diffusion, "must be > 0")
+        _check(s.min_diffusion > 0, "solver.min_diffusion", s.min_diffusion, "must be > 0")
+        _check(s.max_diffusion > s.min_diffusion, "solver.max_diffusion", s.max_diffusion,
+               f"must be > solver.min_diffusion={s.min_diffusion}")
         _check(lo.kl_weight >= 0, "loss.kl_weight", lo.kl_weight, "must be >= 0")
         _check(0 <= lo.kl_start <= lo.kl_weight, "loss.kl_start", lo.kl_start,
                f"must be in [0, loss.kl_weight={lo.kl_weight}]")
+        _check(lo.phase_hint >= 0, "loss.phase_hint", lo.phase_hint, "must be >= 0")
+        _check(lo.phase_hint_steps >= 0, "loss.phase_hint_steps", lo.phase_hint_steps, "must be >= 0")
         _check(lo.kl_anneal_steps >= 0, "loss.kl_anneal_steps", lo.kl_anneal_steps, "must be >= 0")
         _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
         _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")

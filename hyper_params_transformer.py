@@ -18,6 +18,7 @@ class GPTConfig:
     layers: int = 4
     heads: int = 4
     dropout: float = 0.1
+    rope: bool = True            # rotary positions (relative offsets); false = learned absolute positions
 
 
 @dataclass

@@ -1,20 +1,26 @@
 """Latent SDE forecaster (Li et al. 2020, "Scalable gradients for stochastic differential equations").
 
 The observations are the frozen VQ-VAE's continuous encoder frames (before quantisation): one
-vector per `downsample_factor` samples, 16 per second at 128 Hz. A small state z(t) moves by
+vector per `downsample_factor` samples, 16 per second at 128 Hz. A small state z(t) evolves by
 
     prior      dz = h(z) dt                 + g(z) dW
     posterior  dz = (h(z) + c(z, ctx(t))) dt + g(z) dW
 
-with time in seconds, diagonal noise (g_i depends on z_i only) and an MLP emission z(t) -> frame.
-`ctx(t)` comes from a GRU run backward in time over the frames of one segment, so it tells the
-posterior what is still to come. During training the posterior sees the context and the future
-(each segment read on its own); when forecasting, it is integrated over the context only, and the
-prior carries the state on. The posterior drift is the prior drift plus a correction, so the path
-KL (torchsde `logqp`) penalises only the correction and the reconstruction gradient trains the
-prior dynamics directly: the prior has to produce the beats itself.
+with time in seconds, diagonal noise (g_i depends on z_i only) and an MLP emission z(t) -> frame;
+the frozen VQ-VAE decoder turns frames into mV. The posterior network is a bidirectional GRU run
+over each segment on its own (the context; in training also the future), so the context part of
+the posterior is the same in training and forecasting. A forecast integrates the posterior over the
+context, then the prior from there: S sampled paths. The path KL comes from torchsde's `logqp`.
 
-Forecast frames are decoded to mV by the frozen VQ-VAE decoder.
+ECG structure, so that a CPU budget of minutes suffices (`model.phase_harmonics` > 0):
+- z[0] is a beat phase (radians) and z[1] a beat rate (Hz = min_rate_hz + softplus(z[1] + offset)):
+  h moves the phase at 2 pi rate (plus an MLP share); every network sees cos/sin harmonics of the
+  phase, not its raw value. Beats come from a phase that keeps turning, so sampled paths keep beating.
+- The GRU also reads a phase psi and a rate off each frame; the posterior locks z[0] to psi and
+  z[1] to that rate (a phase-locked loop), corrects only z[:corrected_dims], and starts there.
+  Early in training an annealed hint (loss.phase_hint) pulls psi and the rate toward the annotated
+  beats of the training patients, so the emission learns to read the phase; the rest is the ELBO.
+- Other dimensions start from q(z0) and follow the prior (morphology, amplitude, ...).
 """
 from __future__ import annotations
 
@@ -39,14 +45,19 @@ def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
 
 
 class DiagonalDiffusion(nn.Module):
-    """g_i(z_i) in (0, max): one tiny MLP per state dimension, evaluated for all dimensions at once.
+    """g_i(z_i) in (min, max): one tiny MLP per state dimension, evaluated for all dimensions at once.
 
+    The floor keeps the path KL, 0.5 |(f - h) / g|^2, finite: without it noise that only hurts the
+    reconstruction is learned away (g -> 0) while the posterior still steers that dimension.
     Each g_i sees only z_i, which is what torchsde's 'diagonal' noise (Milstein, SRK) assumes.
-    `additive` makes g_i a learned constant."""
+    `additive` makes every g_i a learned constant, `constant_first` only g_0 (the beat phase, whose
+    raw value grows without bound)."""
 
-    def __init__(self, size: int, hidden: int, max_value: float, additive: bool = False, init: float = 0.15):
+    def __init__(self, size: int, hidden: int, min_value: float, max_value: float, additive: bool = False,
+                 constant_first: bool = False, init: float = 0.15):
         super().__init__()
-        self.max_value, self.additive = max_value, additive
+        self.min_value, self.max_value = min_value, max_value
+        self.additive, self.constant_first = additive, constant_first
         self.w1 = nn.Parameter(torch.randn(size, hidden))
         self.b1 = nn.Parameter(torch.randn(size, hidden) * 0.1)
         self.w2 = nn.Parameter(torch.randn(size, hidden) / math.sqrt(hidden) * 0.1)
@@ -54,9 +65,11 @@ class DiagonalDiffusion(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.additive:
-            return (self.max_value * torch.sigmoid(self.b2) + 0 * z)  # + 0*z: solvers differentiate g in z
+            z = z * 0   # not dropped: solvers differentiate g in z
+        elif self.constant_first:
+            z = torch.cat([z[:, :1] * 0, z[:, 1:]], 1)
         h = F.silu(z[..., None] * self.w1 + self.b1)
-        return self.max_value * torch.sigmoid((h * self.w2).sum(-1) + self.b2)
+        return self.min_value + (self.max_value - self.min_value) * torch.sigmoid((h * self.w2).sum(-1) + self.b2)
 
 
 class LatentSDE(nn.Module):
@@ -69,36 +82,76 @@ class LatentSDE(nn.Module):
         super().__init__()
         m, s = cfg.model, cfg.solver
         self.cfg, self.rate = cfg, float(steps_per_second)
-        self.gru = nn.GRU(obs_size, m.encoder_hidden)
-        self.ctx_out = nn.Linear(m.encoder_hidden, m.context_size)
-        self.qz0 = nn.Linear(m.context_size, 2 * m.state_size)
-        self.pz0_mean = nn.Parameter(torch.zeros(m.state_size))
-        self.pz0_logstd = nn.Parameter(torch.zeros(m.state_size))
-        self.prior = mlp(m.state_size, m.hidden_size, m.state_size)
-        self.correction = mlp(m.state_size + m.context_size, m.hidden_size, m.state_size)
-        self.diffusion = DiagonalDiffusion(m.state_size, m.diffusion_hidden, s.max_diffusion, s.noise_type == "additive")
-        self.emission = mlp(m.state_size, m.emission_hidden, obs_size)
+        d, k = m.state_size, m.phase_harmonics
+        self.phase = k > 0
+        feat = d if k == 0 else 2 * k + d - 1
+        self.register_buffer("harmonics", torch.arange(1, k + 1, dtype=torch.float32))
+        self.gru = nn.GRU(obs_size, m.encoder_hidden, bidirectional=True)
+        self.ctx_out = nn.Linear(2 * m.encoder_hidden, m.context_size)
+        self.qz0 = nn.Linear(m.context_size, 2 * d)
+        self.pz0_mean = nn.Parameter(torch.zeros(d))
+        self.pz0_logstd = nn.Parameter(torch.zeros(d))
+        self.prior = mlp(feat, m.hidden_size, d)
+        self.corrected = m.corrected_dims or d
+        self.correction = mlp(feat + m.context_size, m.hidden_size, self.corrected)
+        self.diffusion = DiagonalDiffusion(d, m.diffusion_hidden, s.min_diffusion, s.max_diffusion,
+                                           s.noise_type == "additive", constant_first=self.phase)
+        self.emission = mlp(feat, m.emission_hidden, obs_size)
         self.obs_logstd = nn.Parameter(torch.zeros(obs_size))
+        if self.phase:
+            self.rate_offset = math.log(math.expm1(max(1.2 - m.min_rate_hz, 0.05)))   # z[1] = 0 is 72 bpm
+            self.beat_head = nn.Linear(m.context_size, 3)     # per frame: (cos, sin) of psi, rate
+            self.lock = nn.Parameter(torch.zeros(2))           # loop gains, (0, 1 / dt) per second
+            with torch.no_grad():    # the MLP's share of the phase drift starts small; phase prior wide
+                self.prior[-1].weight[0].mul_(0.1)
+                self.pz0_logstd[0] = math.log(2.0)
         # Frames are modelled standardised per dimension (statistics of the training patients).
         self.register_buffer("obs_mean", torch.zeros(obs_size))
         self.register_buffer("obs_std", torch.ones(obs_size))
-        # Optimiser steps taken, for the KL annealing; a buffer so a resumed run continues the schedule.
+        # Optimiser steps taken, for the annealing; a buffer so a resumed run continues the schedules.
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self._ctx: torch.Tensor | None = None
+        self._ctx: torch.Tensor | None = None          # [T, B, ctx] posterior features of the frames
+        self._beat: torch.Tensor | None = None         # [T, B, 2] measured phase and rate (state units)
+        self._last_h: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ the SDE (torchsde interface)
 
+    def features(self, z: torch.Tensor) -> torch.Tensor:
+        """What the networks see of the state: cos/sin harmonics of the phase instead of its raw value."""
+        if not self.phase:
+            return z
+        angle = z[..., :1] * self.harmonics
+        return torch.cat([angle.cos(), angle.sin(), z[..., 1:]], -1)
+
     def f(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Posterior drift: the prior's plus a correction that reads the frames ahead of t."""
-        i = min(int(math.floor(float(t) * self.rate + 1e-3)) + 1, len(self._ctx) - 1)
-        return self.prior(z) + self.correction(torch.cat([z, self._ctx[i]], -1))
+        """Posterior drift: the prior's plus a correction of z[:corrected] from the frames around t."""
+        now = min(int(math.floor(float(t) * self.rate + 1e-3)), len(self._ctx) - 1)
+        ahead = min(now + 1, len(self._ctx) - 1)
+        c = self.correction(torch.cat([self.features(z), self._ctx[ahead]], -1))
+        if self.phase:
+            gain = torch.sigmoid(self.lock) * self.rate           # below one per step: Euler-stable
+            psi, rho = self._beat[now].unbind(-1)
+            c = c + F.pad(torch.stack([gain[0] * torch.sin(psi - z[:, 0]), gain[1] * (rho - z[:, 1])], 1),
+                          (0, self.corrected - 2))
+        prior = self.h(t, z)
+        self._last_h = (z, prior)    # torchsde's logqp asks for h(t, z) of this same z next
+        return prior + F.pad(c, (0, z.shape[1] - self.corrected))
 
     def h(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Prior drift: a function of the state only (time-invariant: a window may start anywhere)."""
-        return self.prior(z)
+        if self._last_h is not None and self._last_h[0] is z:
+            return self._last_h[1]
+        out = self.prior(self.features(z))
+        if not self.phase:
+            return out
+        return torch.cat([out[:, :1] + 2 * math.pi * self.beat_hz(z[:, 1:2]), out[:, 1:]], 1)
 
     def g(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.diffusion(z)
+
+    def beat_hz(self, rate: torch.Tensor) -> torch.Tensor:
+        """Beat rate in Hz of the rate coordinate z[1]."""
+        return self.cfg.model.min_rate_hz + F.softplus(rate + self.rate_offset)
 
     # ------------------------------------------------------------------ pieces
 
@@ -115,16 +168,19 @@ class LatentSDE(nn.Module):
         self.obs_mean.copy_(flat.mean(0))
         self.obs_std.copy_(flat.std(0).clamp(min=1e-3))
 
-    def encode(self, segments: list[torch.Tensor]) -> torch.Tensor:
-        """Backward GRU over each normalised segment [T_k, B, obs] on its own; features [sum T_k, B, ctx]."""
-        out = []
-        for seg in segments:
-            h, _ = self.gru(torch.flip(seg, (0,)))
-            out.append(torch.flip(self.ctx_out(h), (0,)))
-        return torch.cat(out, 0)
+    def encode(self, segments: list[torch.Tensor]) -> None:
+        """Posterior features of normalised frames, each segment [T_k, B, obs] read on its own."""
+        ctx = torch.cat([self.ctx_out(self.gru(seg)[0]) for seg in segments], 0)
+        self._ctx = ctx
+        if self.phase:
+            b = self.beat_head(ctx)
+            self._beat = torch.stack([torch.atan2(b[..., 1], b[..., 0]), b[..., 2]], -1)
 
-    def initial(self, ctx0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, logstd = self.qz0(ctx0).chunk(2, -1)
+    def initial(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log std of q(z0); with a phase, phase and rate start at the measured ones."""
+        mean, logstd = self.qz0(self._ctx[0]).chunk(2, -1)
+        if self.phase:
+            mean = torch.cat([self._beat[0], mean[:, 2:]], 1)
         return mean, logstd.clamp(-6, 2)
 
     def observation_std(self) -> torch.Tensor:
@@ -137,15 +193,25 @@ class LatentSDE(nn.Module):
         return torchsde.BrownianInterval(t0, t1, size, like.dtype, like.device, entropy=entropy,
                                          dt=self.cfg.solver.dt, levy_area_approximation=levy)
 
-    def _solve(self, z0: torch.Tensor, ts: torch.Tensor, entropy: int, logqp: bool = False, prior: bool = False):
+    def solve(self, z0: torch.Tensor, ts: torch.Tensor, entropy: int, logqp: bool = False, prior: bool = False):
+        """torchsde.sdeint (or sdeint_adjoint) of the posterior, or of the prior with `prior`."""
         # logqp appends the running KL to the state, and torchsde wants noise for it too
         bm = self.brownian(float(ts[0]), float(ts[-1]), (len(z0), z0.shape[1] + int(logqp)), z0, entropy)
         s = self.cfg.solver
         kw = dict(dt=s.dt, method=s.method, bm=bm, names={"drift": "h"} if prior else None)
+        self._last_h = None
         if s.adjoint and torch.is_grad_enabled():
-            params = (self._ctx,) + tuple(p for p in self.parameters() if p.requires_grad)
+            extra = (self._ctx,) + ((self._beat,) if self.phase else ())
+            params = extra + tuple(p for p in self.parameters() if p.requires_grad)
             return torchsde.sdeint_adjoint(self, z0, ts, logqp=logqp, adjoint_params=params, **kw)
         return torchsde.sdeint(self, z0, ts, logqp=logqp, **kw)
+
+    def hint_weight(self) -> float:
+        """Weight of the beat hint: loss.phase_hint falling linearly to 0 (always 0 when evaluating)."""
+        lo = self.cfg.loss
+        if not self.training or not self.phase or lo.phase_hint_steps == 0:
+            return 0.0
+        return lo.phase_hint * max(0.0, 1 - int(self.steps) / lo.phase_hint_steps)
 
     def kl_weight(self) -> float:
         """Linear warm-up of the KL weight from loss.kl_start to loss.kl_weight (the ELBO at 1)."""
@@ -155,20 +221,32 @@ class LatentSDE(nn.Module):
         frac = min(1.0, int(self.steps) / lo.kl_anneal_steps)
         return lo.kl_start + (lo.kl_weight - lo.kl_start) * frac
 
+    def beat_errors(self, beats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """How far the measured phase (1 - cos) and rate (squared log ratio) are from the annotated
+        beats [B, T, 2] (phase in radians, rate in Hz; NaN where unknown), mean over known frames."""
+        target = beats.transpose(0, 1)
+        known = torch.isfinite(target[..., 0])
+        n = known.sum().clamp(min=1)
+        phase_miss = 1 - torch.cos(self._beat[..., 0] - torch.nan_to_num(target[..., 0]))
+        rate_miss = (torch.log(self.beat_hz(self._beat[..., 1])) - torch.log(torch.nan_to_num(target[..., 1], 1.0))) ** 2
+        return (phase_miss * known).sum() / n, (rate_miss * known).sum() / n
+
     # ------------------------------------------------------------------ training
 
-    def forward(self, frames: torch.Tensor, context: int) -> tuple[torch.Tensor, dict]:
+    def forward(self, frames: torch.Tensor, context: int, beats: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict]:
         """Negative ELBO per observed number of raw frames [B, T, obs] whose first `context` are the
-        context; in eval mode also a one-path prior forecast of the rest (the early-stopping signal)."""
+        context (plus the annealed beat hint when `beats` [B, T, 2] are given); in eval mode also a
+        one-path prior forecast of the rest from the context alone."""
         x = self.normalise(frames.float()).transpose(0, 1)                   # [T, B, obs]
         T, B, O = x.shape
-        self._ctx = self.encode([x[:context], x[context:]])
-        mean, logstd = self.initial(self._ctx[0])
+        self.encode([x[:context], x[context:]])
+        mean, logstd = self.initial()
         z0 = mean + logstd.exp() * torch.randn_like(mean)
         ts = torch.arange(T, dtype=x.dtype, device=x.device) / self.rate
         entropy = int(torch.randint(0, 2 ** 31 - 1, ()))
-        zs, log_ratio = self._solve(z0, ts, entropy, logqp=True)
-        pred = self.emission(zs)
+        zs, log_ratio = self.solve(z0, ts, entropy, logqp=True)
+        pred = self.emission(self.features(zs))
         std = self.observation_std()
         nll = (0.5 * ((x - pred) / std) ** 2 + std.log() + 0.5 * math.log(2 * math.pi)).sum((0, 2)).mean()
         q0 = torch.distributions.Normal(mean, logstd.exp())
@@ -181,6 +259,10 @@ class LatentSDE(nn.Module):
         metrics = {"recon": (nll / n).detach(), "kl": ((kl0 + kl_path) / n).detach(),
                    "kl_path": (kl_path / n).detach(), "kl_weight": torch.tensor(weight),
                    "mse": F.mse_loss(pred, x).detach(), "diffusion": self.g(ts[0], zs[context]).mean().detach()}
+        if self.phase and beats is not None:
+            phase_err, rate_err = self.beat_errors(beats)
+            loss = loss + self.hint_weight() * (phase_err + rate_err)
+            metrics.update(phase_err=phase_err.detach(), rate_err=rate_err.detach())
         if self.training:
             self.steps += 1
         else:
@@ -202,20 +284,22 @@ class LatentSDE(nn.Module):
     @torch.no_grad()
     def sample_frames(self, context: torch.Tensor, steps: int, num_samples: int, seed: int,
                       normalised: bool = False) -> torch.Tensor:
-        """Sampled future frames [steps, B * S, obs] (sample-major within each context) from normalised
-        context frames [C, B, obs]: posterior over the context, then the prior."""
+        """Sampled future frames [steps, B * S, obs] (the S paths of a context next to each other)
+        from normalised context frames [C, B, obs]: posterior over the context, then the prior."""
         C, B, _ = context.shape
-        ctx = self.encode([context]).repeat_interleave(num_samples, 1)
-        self._ctx = ctx
-        mean, logstd = self.initial(ctx[0])
+        self.encode([context])
+        self._ctx = self._ctx.repeat_interleave(num_samples, 1)
+        if self.phase:
+            self._beat = self._beat.repeat_interleave(num_samples, 1)
+        mean, logstd = self.initial()
         gen = torch.Generator(device=context.device).manual_seed(int(seed))
         z = mean + logstd.exp() * torch.randn(mean.shape, generator=gen, device=mean.device, dtype=mean.dtype)
         seeds = np.random.SeedSequence([int(seed) % 2 ** 63, 1]).generate_state(2)
         ts = torch.arange(C + steps, dtype=context.dtype, device=context.device) / self.rate
         if C > 1:
-            z = self._solve(z, ts[:C], int(seeds[0]))[-1]
-        zs = self._solve(z, ts[C - 1:], int(seeds[1]), prior=True)[1:]
-        out = self.emission(zs)
+            z = self.solve(z, ts[:C], int(seeds[0]))[-1]
+        zs = self.solve(z, ts[C - 1:], int(seeds[1]), prior=True)[1:]
+        out = self.emission(self.features(zs))
         return out if normalised else self.denormalise(out)
 
 

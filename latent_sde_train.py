@@ -70,6 +70,27 @@ def cached_latents(vq: VQVAE, split: str, data: dict, piece: int, prepared: str 
     return frames
 
 
+def beat_targets(data: dict, frames: int, factor: int, fs: float, max_rr_s: float = 2.5) -> torch.Tensor:
+    """Phase (radians: 0 at an annotated beat, rising linearly to 2 pi at the next) and rate (Hz,
+    1 / RR) of the reference beats at the centre of every frame, [N, frames, 2]: the targets of the
+    beat hint. NaN before the first and after the last beat of a window, across gaps longer than
+    max_rr_s, and in windows without annotations."""
+    ptr, pos = data["beat_ptr"].numpy(), data["beat_pos"].numpy()
+    centre = np.arange(frames) * factor + (factor - 1) / 2
+    out = np.full((len(ptr) - 1, frames, 2), np.nan, np.float32)
+    for i in range(len(out)):
+        p = np.sort(pos[ptr[i]:ptr[i + 1]]).astype(np.float64)
+        if len(p) < 2:
+            continue
+        j = np.clip(np.searchsorted(p, centre, side="right") - 1, -1, len(p) - 1)
+        jj = np.clip(j, 0, len(p) - 2)
+        rr = p[jj + 1] - p[jj]
+        ok = (j >= 0) & (j < len(p) - 1) & (rr <= max_rr_s * fs)
+        out[i, ok, 0] = (2 * np.pi * (centre - p[jj]) / rr)[ok]
+        out[i, ok, 1] = (fs / rr)[ok]
+    return torch.from_numpy(out)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: newest checkpoints/vqvae-*/best.pt; "
@@ -132,8 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     fixed = val["signals"][idx].clone().numpy()
 
     def step_fn(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
-        (frames,) = batch
-        return m(frames, context)
+        return m(*batch[:1], context, *batch[1:])
 
     def epoch_end(m: LatentSDE, epoch: int, is_main: bool) -> dict:
         if is_main and len(fixed):
@@ -144,7 +164,12 @@ def main(argv: list[str] | None = None) -> dict:
             m.train()
         return {}
 
-    trainer = Trainer(model, TensorDataset(train_frames), TensorDataset(val_frames), step_fn, scfg.train, run_dir,
+    train_set, val_set = TensorDataset(train_frames), TensorDataset(val_frames)
+    if scfg.model.phase_harmonics and scfg.loss.phase_hint > 0:   # the curriculum's targets
+        steps = train_frames.shape[1]
+        train_set = TensorDataset(train_frames, beat_targets(train, steps, factor, fs))
+        val_set = TensorDataset(val_frames, beat_targets(val, steps, factor, fs))
+    trainer = Trainer(model, train_set, val_set, step_fn, scfg.train, run_dir,
                       ckpt_dir, config, meta, rt, kind="latent_sde", epoch_end=epoch_end,
                       shown=("val_recon", "val_kl", "val_forecast_mse", "val_late_std_ratio", "train_kl_weight",
                              "seconds"), extras=extras)

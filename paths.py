@@ -80,6 +80,8 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
         # mkstemp makes the file private (0600); give it the mode any other new file would get.
         os.chmod(tmp, 0o666 & ~_umask())
         write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())  # the data reaches the disk before the rename makes it visible
         os.replace(tmp, path)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from e

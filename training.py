@@ -3,9 +3,16 @@
 The model-specific parts come in as functions: `step_fn(model, batch) -> (loss, metrics)` and
 `epoch_end(model, epoch, is_main) -> metrics`. Everything else (optimiser, schedule, clipping, AMP,
 validation, checkpoints, exact resume, logging on rank 0) lives here once.
+
+Under torchrun, train.batch_size is the global batch: each of N processes takes batch_size / N windows
+of the same seeded permutation (DistributedSampler), gradients and metrics are averaged over the
+processes, and a model without dropout follows the single-process run with that batch up to float
+rounding. Every rank draws from one RNG stream, and checkpoints (end of every epoch, atomic) hold it,
+so --resume after a kill redoes the interrupted epoch exactly as the uninterrupted run did it.
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import random
@@ -179,6 +186,8 @@ class Trainer:
         set_rng_state(ckpt["rng"])
         if self.rt.is_main:
             self.log.drop_after(self.epoch)  # epochs after the checkpoint are redone, not listed twice
+            for stale in self.ckpt_dir.glob(".*.tmp"):  # half-written by a run killed while saving
+                stale.unlink()
 
     def _train_epoch(self, model: nn.Module) -> dict:
         model.train()
@@ -216,7 +225,7 @@ class Trainer:
         return _all_reduce_mean(sums, seen, self.rt)
 
     def _check_finite(self, values: torch.Tensor, what: str = "loss or gradient norm") -> None:
-        """Stop every rank together, before the optimiser step, when a value is NaN or inf."""
+        """Stop every rank together when a value is NaN or inf, before a step or a checkpoint can use it."""
         ok = torch.tensor(float(torch.isfinite(values.detach()).all()), device=self.rt.device)
         if self.rt.distributed:
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
@@ -311,3 +320,27 @@ def run_record(cfg_dict: dict, seed: int, data_hash: str, rt: Runtime, argv: lis
             "world_size": rt.world, "device": str(rt.device), "command": " ".join(argv),
             "torch": str(torch.__version__), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
+
+
+def run_parser(doc: str | None, config_help: str) -> argparse.ArgumentParser:
+    """The flags every *_train.py shares; scripts add their own (e.g. --vqvae) to it."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--max-steps", type=int, help="override train.max_steps_per_epoch (quick runs)")
+    p.add_argument("--batch-size", type=int, help="override train.batch_size (global, over all processes)")
+    p.add_argument("--seed", type=int, help="override train.seed")
+    p.add_argument("--resume", help="checkpoint to continue from (e.g. checkpoints/<run>/last.pt)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--prepared", help="prepared tensors folder (default: $ECG_PREPARED_DIR or data/prepared)")
+    p.add_argument("--results", help="results root (default: $ECG_RESULTS_DIR or results)")
+    p.add_argument("--checkpoints", help="checkpoints root (default: $ECG_CHECKPOINTS_DIR or checkpoints)")
+    return p
+
+
+def apply_train_overrides(train: TrainConfig, args: argparse.Namespace) -> None:
+    """Command-line overrides of the config's train section (None = keep the config's value)."""
+    for arg, key in (("epochs", "epochs"), ("max_steps", "max_steps_per_epoch"), ("batch_size", "batch_size"),
+                     ("seed", "seed")):
+        if getattr(args, arg) is not None:
+            setattr(train, key, getattr(args, arg))

@@ -18,21 +18,34 @@ def sinusoidal_positions(length: int, dim: int, device: torch.device | None = No
     return pe
 
 
+def rotary(x: torch.Tensor, offset: int) -> torch.Tensor:
+    """Rotary position embedding of [B, H, T, D] at positions offset..offset+T-1: attention scores
+    then depend on relative offsets, which suits copying the previous beat at any lag."""
+    T, D = x.shape[2], x.shape[3]
+    freq = 1.0 / (10000 ** (torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D))
+    angle = torch.arange(offset, offset + T, device=x.device, dtype=torch.float32)[:, None] * freq
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2 = x[..., : D // 2], x[..., D // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention on [B, T, C] with scaled_dot_product_attention (flash kernels on GPU)."""
 
-    def __init__(self, dim: int, heads: int, causal: bool = False, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, causal: bool = False, dropout: float = 0.0, rope: bool = False):
         super().__init__()
         assert dim % heads == 0, f"dim {dim} must be divisible by heads {heads}"
-        self.heads, self.causal, self.dropout = heads, causal, dropout
+        self.heads, self.causal, self.dropout, self.rope = heads, causal, dropout, rope
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        """With `cache` (a dict filled across calls) x holds only new positions: keys and values of
-        earlier positions are reused instead of recomputed during generation."""
+    def forward(self, x: torch.Tensor, cache: dict | None = None, offset: int = 0) -> torch.Tensor:
+        """With `cache` (a dict filled across calls) x holds only new positions, starting at
+        `offset`: keys and values of earlier positions are reused instead of recomputed."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        if self.rope:
+            q, k = rotary(q, offset), rotary(k, offset)
         if cache is not None:
             if "k" in cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
@@ -53,15 +66,16 @@ class SelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-norm Transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
-    def __init__(self, dim: int, heads: int, causal: bool = False, dropout: float = 0.0, mlp_ratio: int = 4):
+    def __init__(self, dim: int, heads: int, causal: bool = False, dropout: float = 0.0, mlp_ratio: int = 4,
+                 rope: bool = False):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, heads, causal, dropout)
+        self.attn = SelfAttention(dim, heads, causal, dropout, rope)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim),
                                  nn.Dropout(dropout))
 
-    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), cache)
+    def forward(self, x: torch.Tensor, cache: dict | None = None, offset: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache, offset)
         return x + self.mlp(self.ln2(x))
 
 
@@ -83,18 +97,18 @@ class ConvAttention(nn.Module):
 class CodeGPT(nn.Module):
     """Decoder-only Transformer over VQ-VAE code sequences (one code per time step, both leads).
 
-    Learned positions, pre-norm causal blocks, output head tied to the token embedding, and a
-    key/value cache so generating H codes costs H small forward passes instead of H full ones.
+    Rotary or learned positions, pre-norm causal blocks, output head tied to the token embedding,
+    and a key/value cache so generating H codes costs H small forward passes instead of H full ones.
     """
 
     def __init__(self, vocab: int, block_size: int, dim: int = 128, layers: int = 4, heads: int = 4,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, rope: bool = True):
         super().__init__()
         self.vocab, self.block_size = vocab, block_size
         self.tok = nn.Embedding(vocab, dim)
-        self.pos = nn.Embedding(block_size, dim)
+        self.pos = None if rope else nn.Embedding(block_size, dim)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(dim, heads, causal=True, dropout=dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(dim, heads, causal=True, dropout=dropout, rope=rope) for _ in range(layers))
         self.ln = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab, bias=False)
         self.head.weight = self.tok.weight
@@ -112,10 +126,12 @@ class CodeGPT(nn.Module):
         T = codes.shape[1]
         if offset + T > self.block_size:
             raise ValueError(f"sequence of {offset + T} codes exceeds block_size {self.block_size}")
-        pos = torch.arange(offset, offset + T, device=codes.device)
-        h = self.drop(self.tok(codes) + self.pos(pos))
+        h = self.tok(codes)
+        if self.pos is not None:
+            h = h + self.pos(torch.arange(offset, offset + T, device=codes.device))
+        h = self.drop(h)
         for i, block in enumerate(self.blocks):
-            h = block(h, caches[i] if caches is not None else None)
+            h = block(h, caches[i] if caches is not None else None, offset)
         return self.head(self.ln(h))
 
     @torch.no_grad()

@@ -9,7 +9,6 @@ sequences. The checkpoint holds the VQ-VAE too, so forecast.py needs only this o
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from hyper_params import config_from_dict
 from hyper_params_transformer import load_transformer_config
 from prepare_mitbih import load_split
 from train_results import load_checkpoint, plot_forecasts
-from training import Trainer, run_record, seed_everything, setup_runtime
+from training import Trainer, apply_train_overrides, run_parser, run_record, seed_everything, setup_runtime
 from transformer import CodeGPT
 from vqvae import VQVAE
 from vqvae_eval import latest_checkpoint, load_vqvae
@@ -66,27 +65,13 @@ def step_fn(model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
     return loss, {"accuracy": acc.detach()}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: newest checkpoints/vqvae-*/best.pt)")
-    p.add_argument("--config", help="Transformer config JSON (default: config_transformer.json)")
-    p.add_argument("--epochs", type=int, help="override train.epochs")
-    p.add_argument("--max-steps", type=int, help="override train.max_steps_per_epoch")
-    p.add_argument("--seed", type=int, help="override train.seed")
-    p.add_argument("--resume", help="checkpoint to continue from")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--prepared", help="prepared tensors folder")
-    p.add_argument("--results", help="results root")
-    p.add_argument("--checkpoints", help="checkpoints root")
-    return p.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+    p = run_parser(__doc__, "Transformer config JSON (default: config_transformer.json)")
+    p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: newest checkpoints/vqvae-*/best.pt)")
+    args = p.parse_args(argv)
     tcfg = load_transformer_config(args.config)
-    for arg, key in (("epochs", "epochs"), ("max_steps", "max_steps_per_epoch"), ("seed", "seed")):
-        if getattr(args, arg) is not None:
-            setattr(tcfg.train, key, getattr(args, arg))
+    apply_train_overrides(tcfg.train, args)
+    tcfg.validate()
     resume = load_checkpoint(args.resume, "transformer") if args.resume else None
     vq_path = Path(args.vqvae) if args.vqvae else latest_checkpoint("vqvae", args.checkpoints)
     vq, vq_ckpt = load_vqvae(vq_path)
@@ -98,13 +83,14 @@ def main(argv: list[str] | None = None) -> dict:
     train_codes = cached_codes(vq, vq_path, "train", train, chunk, args.prepared)
     val_codes = cached_codes(vq, vq_path, "validation", val, chunk, args.prepared)
     model = CodeGPT(cfg.model.codebook_size, train_codes.shape[1], tcfg.model.dim, tcfg.model.layers,
-                    tcfg.model.heads, tcfg.model.dropout)
+                    tcfg.model.heads, tcfg.model.dropout, tcfg.model.rope)
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "transformer")
     config = {**tcfg.to_dict(), "vqvae": vq_ckpt["config"]}
     meta = run_record(config, tcfg.train.seed, train["data_hash"] + "/" + train["input_hash"], rt,
                       sys.argv if argv is None else argv)
     meta["vqvae_checkpoint"] = str(vq_path)
-    extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]}}
+    extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]},
+              "block_size": int(train_codes.shape[1])}
     idx = np.linspace(0, len(val["signals"]) - 1, tcfg.train.plot_windows).astype(int)
     fixed = val["signals"][idx].clone().numpy()
     ctx_len = cfg.data.window_samples

@@ -22,7 +22,8 @@ import paths
 from hyper_params import Config, load_config
 from prepare_mitbih import load_split
 from train_results import load_checkpoint, plot_windows
-from training import Runtime, Trainer, run_record, seed_everything, setup_runtime
+from training import (Runtime, Trainer, apply_train_overrides, run_parser, run_record, seed_everything,
+                      setup_runtime)
 from vqvae import VQVAE
 
 
@@ -95,32 +96,14 @@ def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | N
     return Path(names[0]), Path(names[1])
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help="config JSON (default: config_vqvae.json)")
-    p.add_argument("--epochs", type=int, help="override train.epochs")
-    p.add_argument("--max-steps", type=int, help="override train.max_steps_per_epoch (quick runs)")
-    p.add_argument("--batch-size", type=int, help="override train.batch_size (global, over all processes)")
-    p.add_argument("--seed", type=int, help="override train.seed")
-    p.add_argument("--resume", help="checkpoint to continue from (e.g. checkpoints/<run>/last.pt)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--prepared", help="prepared tensors folder (default: $ECG_PREPARED_DIR or data/prepared)")
-    p.add_argument("--results", help="results root (default: $ECG_RESULTS_DIR or results)")
-    p.add_argument("--checkpoints", help="checkpoints root (default: $ECG_CHECKPOINTS_DIR or checkpoints)")
-    return p.parse_args(argv)
-
-
 def apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
-    for arg, key in (("epochs", "epochs"), ("max_steps", "max_steps_per_epoch"), ("batch_size", "batch_size"),
-                     ("seed", "seed")):
-        if getattr(args, arg) is not None:
-            setattr(cfg.train, key, getattr(args, arg))
+    apply_train_overrides(cfg.train, args)
     cfg.validate()
     return cfg
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+    args = run_parser(__doc__, "config JSON (default: config_vqvae.json)").parse_args(argv)
     cfg = apply_overrides(load_config(args.config), args)
     resume_ckpt = load_checkpoint(args.resume, "vqvae") if args.resume else None
     if resume_ckpt:

@@ -1,4 +1,5 @@
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,15 @@ def test_train_writes_plots_metrics_and_checkpoints(tmp_path: Path, synthetic_db
         assert not any(k.startswith("module.") for k in ckpt["model"])
         assert ckpt["meta"]["seed"] == 0 and ckpt["meta"]["git_commit"]
     assert not list(ckpts.glob("*.tmp"))
+    # the reconstruction report of the trained model, through its CLI
+    proc = subprocess.run([sys.executable, "vqvae_eval.py", "--checkpoint", str(ckpts / "best.pt"), "--split",
+                           "validation", "--prepared", setup["prepared"], "--results", str(tmp_path / "eval")],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(next((tmp_path / "eval").glob("vqvae_eval-*/reconstruction.json")).read_text())
+    s = report["summary"]
+    assert s["records"] == 1 and 0 < s["prdn"] < 200 and s["mse_mv2"] > 0
+    assert s["compression_ratio"] == pytest.approx(2 * 11 * 4 / 5)
 
 
 def test_same_seed_same_numbers_and_resume_is_exact(tmp_path: Path, synthetic_db: Path,

@@ -17,19 +17,23 @@ from transformer import CodeGPT, sample_next
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_cache_and_no_cache_generate_the_same_codes() -> None:
+@pytest.mark.parametrize("rope", [True, False])
+def test_cache_and_no_cache_generate_the_same_codes(rope: bool) -> None:
     torch.manual_seed(0)
-    gpt = CodeGPT(vocab=32, block_size=24, dim=32, layers=2, heads=4).eval()
+    gpt = CodeGPT(vocab=32, block_size=24, dim=32, layers=2, heads=4, rope=rope).eval()
     ctx = torch.randint(0, 32, (5, 10))
+    with pytest.raises(ValueError, match="block_size"):
+        gpt.generate(ctx, 15)
     a = gpt.generate(ctx, 14, generator=torch.Generator().manual_seed(3), use_cache=True)
     b = gpt.generate(ctx, 14, generator=torch.Generator().manual_seed(3), use_cache=False)
     c = gpt.generate(ctx, 14, generator=torch.Generator().manual_seed(4), use_cache=True)
     assert a.shape == (5, 14) and torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_cached_logits_match_full_forward() -> None:
+@pytest.mark.parametrize("rope", [True, False])
+def test_cached_logits_match_full_forward(rope: bool) -> None:
     torch.manual_seed(0)
-    gpt = CodeGPT(vocab=16, block_size=12, dim=16, layers=2, heads=2).eval()
+    gpt = CodeGPT(vocab=16, block_size=12, dim=16, layers=2, heads=2, rope=rope).eval()
     seq = torch.randint(0, 16, (2, 12))
     full = gpt(seq)
     caches = [{} for _ in gpt.blocks]

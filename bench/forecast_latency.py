@@ -1,0 +1,80 @@
+"""Forecast latency for 1 and 64 contexts with 100 sampled futures each: one JSON line.
+
+    python bench/forecast_latency.py [--checkpoint PATH]
+
+Uses the newest checkpoints/transformer-*/best.pt; without one it trains a forecaster on the fly in a
+temporary folder (default configs, a few steps on three records: latency depends on the model's size,
+not on its skill) and says so. Contexts are validation windows, the horizon is the model's own.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import emit, memory_mb
+
+import paths  # noqa: E402 (common puts the repository on sys.path)
+from paths import UserError  # noqa: E402
+
+
+def train_on_the_fly(tmp: Path) -> tuple[Path, Path]:
+    """A default-size forecaster after 5 steps of each training, on records 101 (train), 109 (validation)
+    and 100 (test); returns (checkpoint, prepared folder)."""
+    import transformer_train
+    import vqvae_train
+    from hyper_params import load_config
+    from prepare_mitbih import prepare
+    from vqvae_eval import latest_checkpoint
+
+    prepared, ckpts = tmp / "prepared", tmp / "checkpoints"
+    prepare(load_config(), paths.location("data"), prepared, records=["100", "101", "109"], download=False)
+    flags = ["--epochs", "1", "--max-steps", "5", "--device", "cpu", "--prepared", str(prepared),
+             "--results", str(tmp / "results"), "--checkpoints", str(ckpts)]
+    vqvae_train.main(flags)
+    transformer_train.main(flags + ["--vqvae", str(latest_checkpoint("vqvae", str(ckpts), "last.pt"))])
+    return latest_checkpoint("transformer", str(ckpts), "last.pt"), prepared
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="forecaster checkpoint (default: the newest transformer best.pt)")
+    p.add_argument("--samples", type=int, default=100)
+    args = p.parse_args()
+    import torch
+
+    from forecast import Forecaster
+    from prepare_mitbih import load_split
+    from vqvae_eval import latest_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
+        prepared = None
+        try:
+            path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint("transformer")
+            source = str(path)
+        except UserError:
+            path, prepared = train_on_the_fly(Path(tmp))
+            source = "trained on the fly (no checkpoints/transformer-*/best.pt): default configs, 5 steps each"
+        fc = Forecaster.from_checkpoint(path, "cpu")
+        ctx, horizon = fc.cfg.data.window_samples, fc.cfg.data.window_samples * fc.cfg.data.forecast_predictions
+        signals = load_split("validation", fc.cfg, prepared)["signals"]
+        contexts = signals[torch.arange(64) % len(signals), :ctx].clone().numpy()
+        fc.predict(contexts[:1], horizon, 2)  # warm-up
+        one = timed(lambda: fc.predict(contexts[:1], horizon, args.samples, seed=0))
+        many = timed(lambda: fc.predict(contexts, horizon, args.samples, seed=0))
+    emit({"bench": "forecast_latency", "contexts_1_s": round(one, 2), "contexts_64_s": round(many, 2),
+          "samples": args.samples, "context_s": ctx / fc.fs, "horizon_s": horizon / fc.fs, "checkpoint": source,
+          **memory_mb()})
+
+
+if __name__ == "__main__":
+    paths.run_main(main)

@@ -1,0 +1,45 @@
+"""One JSON line per bench script (bench/results.jsonl) -> a Markdown table (bench/results.md and stdout).
+
+    python bench/report.py bench/results.jsonl bench/results.md
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import common  # noqa: F401 (puts the repository on sys.path)
+
+import paths  # noqa: E402 (common puts the repository on sys.path)
+
+MACHINE = ("cpu", "cores", "torch_threads", "torch")
+
+
+def cell(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
+
+
+def main(src: str, dst: str) -> None:
+    rows = [json.loads(line) for line in Path(src).read_text().splitlines() if line.strip()]
+    if not rows:
+        raise paths.UserError(f"{src} holds no results")
+    m = rows[0]
+    lines = ["# Benchmarks", "",
+             f"{time.strftime('%Y-%m-%d')}, commit {paths.git_commit()}: {m['cpu']}, {m['cores']} cores, "
+             f"torch {m['torch']} on {m['torch_threads']} threads. Made by `make bench` from `{src}`.", "",
+             "| bench | peak RSS (MB) | results |", "|---|---:|---|"]
+    for r in rows:
+        details = "; ".join(f"{k}: {cell(v)}" for k, v in r.items() if k not in MACHINE + ("bench", "peak_rss_mb"))
+        lines.append(f"| {r['bench']} | {r.get('peak_rss_mb', '')} | {details} |")
+    text = "\n".join(lines) + "\n"
+    Path(dst).write_text(text)
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    paths.run_main(lambda: main(sys.argv[1], sys.argv[2]))

@@ -1,0 +1,86 @@
+"""Training throughput (windows/s) and peak RSS of a *_train.py on all of MIT-BIH: one JSON line.
+
+    python bench/train_speed.py vqvae|transformer|latent_sde [--steps 20]
+
+Runs the real script with its default config on the prepared tensors ($ECG_PREPARED_DIR or data/prepared,
+memory-mapped) for one epoch capped at --steps, outputs in a temporary folder. Throughput counts the
+training steps only (not start-up, validation or a forecaster's one-off encoding of every window).
+The forecasters use the newest checkpoints/vqvae-*/best.pt, else an untrained VQ-VAE of the default
+config (the speed of a step does not depend on what the VQ-VAE learned).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import emit, memory_mb
+
+import paths  # noqa: E402 (common puts the repository on sys.path)
+import training  # noqa: E402
+from paths import UserError  # noqa: E402
+
+
+def vqvae_checkpoint(tmp: Path) -> tuple[Path, str]:
+    from vqvae_eval import latest_checkpoint
+
+    try:
+        path = latest_checkpoint("vqvae")
+        return path, str(path)
+    except UserError:
+        import torch
+
+        from hyper_params import load_config
+        from vqvae import VQVAE
+
+        cfg = load_config()
+        path = tmp / "untrained_vqvae.pt"
+        torch.save({"kind": "vqvae", "model": VQVAE(cfg.model).state_dict(), "config": cfg.to_dict(),
+                    "meta": {"note": "untrained, for benchmarking"}}, path)
+        return path, "untrained (no checkpoints/vqvae-*/best.pt)"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", choices=["vqvae", "transformer", "latent_sde"])
+    p.add_argument("--steps", type=int, default=20, help="training steps to time")
+    args = p.parse_args()
+    timed: dict = {}
+    real_epoch = training.Trainer._train_epoch
+
+    def timed_epoch(self: training.Trainer, model):
+        t0 = time.perf_counter()
+        out = real_epoch(self, model)
+        timed.update(seconds=time.perf_counter() - t0, steps=self.steps_per_epoch, batch=self.s.batch_size)
+        return out
+
+    training.Trainer._train_epoch = timed_epoch
+    prepared = paths.location("prepared")
+    extra = {}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
+        tmp = Path(tmp)
+        flags = ["--epochs", "1", "--max-steps", str(args.steps), "--device", "cpu",
+                 "--results", str(tmp / "results"), "--checkpoints", str(tmp / "checkpoints")]
+        script = importlib.import_module(f"{args.model}_train")
+        if args.model == "vqvae":
+            script.main(flags + ["--prepared", str(prepared)])
+        else:
+            # forecasters cache their encoded windows next to the prepared tensors: link those into tmp
+            linked = tmp / "prepared"
+            linked.mkdir()
+            for f in prepared.glob("*.pt"):
+                (linked / f.name).symlink_to(f.resolve())
+            vq, extra["vqvae"] = vqvae_checkpoint(tmp)
+            script.main(flags + ["--prepared", str(linked), "--vqvae", str(vq)])
+    train_bytes = (prepared / "train.pt").stat().st_size
+    emit({"bench": f"train_{args.model}", "windows_per_s": round(timed["steps"] * timed["batch"] / timed["seconds"], 1),
+          "steps": timed["steps"], "batch_size": timed["batch"], "seconds": round(timed["seconds"], 1),
+          **memory_mb(), "train_pt_mb": round(train_bytes / 2 ** 20), **extra})
+
+
+if __name__ == "__main__":
+    paths.run_main(main)

@@ -1,0 +1,181 @@
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+import latent_sde_train
+import vqvae_train
+from forecast import Forecaster
+from hyper_params_sde import DEFAULT_CONFIG, SDEConfig, load_sde_config, sde_config_from_dict
+from latent_sde import LatentSDE, LatentSDEForecaster
+from paths import UserError
+from tiny import flags, tiny_setup
+
+TINY_SDE = {
+    "model": {"state_size": 6, "context_size": 8, "encoder_hidden": 16, "hidden_size": 32, "emission_hidden": 32,
+              "diffusion_hidden": 4, "phase_harmonics": 3, "corrected_dims": 2},
+    "loss": {"kl_start": 0.1, "kl_anneal_steps": 10, "phase_hint": 1.0, "phase_hint_steps": 20},
+    "train": {"epochs": 3, "batch_size": 8, "learning_rate": 0.003, "warmup_steps": 2, "max_steps_per_epoch": 10,
+              "plot_windows": 2, "checkpoint_every": 1},
+}
+
+
+def tiny_sde(**solver) -> LatentSDE:
+    torch.manual_seed(0)
+    raw = json.loads(json.dumps(TINY_SDE))
+    raw["solver"] = solver
+    return LatentSDE(obs_size=8, cfg=sde_config_from_dict(raw), steps_per_second=16.0)
+
+
+@pytest.mark.parametrize("method", ["euler", "milstein", "srk"])
+@pytest.mark.parametrize("phase", [3, 0])
+def test_sde_integrates_to_finite_paths_of_the_right_shape(method: str, phase: int) -> None:
+    sde = tiny_sde(method=method)
+    if not phase:   # the plain MLP state, no beat phase
+        raw = json.loads(json.dumps(TINY_SDE))
+        raw["model"].update(phase_harmonics=0, corrected_dims=0)
+        raw["solver"] = {"method": method}
+        sde = LatentSDE(8, sde_config_from_dict(raw), 16.0)
+    frames = torch.randn(4, 32, 8)
+    loss, metrics = sde(frames, 16)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in metrics.values())
+    grads = [p.grad for p in sde.prior.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    sde.eval()
+    out = sde.sample_frames(torch.randn(16, 2, 8), steps=20, num_samples=3, seed=0)
+    assert out.shape == (20, 6, 8) and torch.isfinite(out).all()
+    assert out.std(0).mean() > 0   # paths move
+
+
+def test_path_kl_is_non_negative_and_zero_without_posterior_correction() -> None:
+    sde = tiny_sde()
+    x = sde.normalise(torch.randn(5, 32, 8)).transpose(0, 1)
+    sde.encode([x[:16], x[16:]])
+    mean, _ = sde.initial()
+    ts = torch.arange(32) / sde.rate
+    _, log_ratio = sde.solve(mean, ts, entropy=1, logqp=True)
+    assert log_ratio.shape == (31, 5) and (log_ratio >= 0).all() and log_ratio.sum() > 0
+    with torch.no_grad():   # posterior drift == prior drift: no path KL
+        sde.correction[-1].weight.zero_()
+        sde.correction[-1].bias.zero_()
+        sde.lock.fill_(-1e4)
+    _, log_ratio = sde.solve(mean, ts, entropy=1, logqp=True)
+    assert log_ratio.abs().max() < 1e-6
+    _, metrics = sde(torch.randn(5, 32, 8), 16)
+    assert metrics["kl"] >= 0 and metrics["kl_path"] >= 0
+
+
+def test_kl_and_hint_schedules() -> None:
+    sde = tiny_sde()
+    assert sde.kl_weight() == pytest.approx(0.1) and sde.hint_weight() == pytest.approx(1.0)
+    sde.steps.fill_(5)
+    assert sde.kl_weight() == pytest.approx(0.55) and sde.hint_weight() == pytest.approx(0.75)
+    sde.steps.fill_(50)
+    assert sde.kl_weight() == pytest.approx(1.0) and sde.hint_weight() == 0.0
+    sde.steps.fill_(0)
+    sde.eval()   # validation always scores the full ELBO, without the hint
+    assert sde.kl_weight() == 1.0 and sde.hint_weight() == 0.0
+
+
+def test_beat_hint_targets_follow_the_annotations() -> None:
+    data = {"beat_ptr": torch.tensor([0, 3, 3]), "beat_pos": torch.tensor([10, 74, 138])}
+    t = latent_sde_train.beat_targets(data, frames=40, factor=4, fs=64.0)
+    assert t.shape == (2, 40, 2) and torch.isnan(t[1]).all()
+    centre = np.arange(40) * 4 + 1.5
+    inside = (centre >= 10) & (centre < 138)
+    assert torch.isfinite(t[0, inside]).all() and torch.isnan(t[0, ~inside]).all()
+    np.testing.assert_allclose(t[0, inside, 1], 1.0)                 # one beat per 64 samples = 1 Hz
+    k = int(np.argmax(inside))
+    assert float(t[0, k, 0]) == pytest.approx(2 * np.pi * (centre[k] - 10) / 64, rel=1e-5)
+
+
+def test_config_validation_names_the_key() -> None:
+    assert load_sde_config(DEFAULT_CONFIG).model.phase_harmonics >= 0
+    assert sde_config_from_dict({}) == SDEConfig()
+    for raw, key in (({"solver": {"method": "rk4"}}, "solver.method"), ({"solver": {"dt": 0}}, "solver.dt"),
+                     ({"solver": {"noise_type": "general"}}, "solver.noise_type"),
+                     ({"loss": {"kl_start": 2.0}}, "loss.kl_start"), ({"model": {"state_size": 2}}, "model.state_size"),
+                     ({"model": {"stat_size": 8}}, "model.stat_size"), ({"loss": {"kl_weight": "1"}}, "loss.kl_weight"),
+                     ({"sde": {}}, "sde")):
+        with pytest.raises(UserError, match=key.replace(".", r"\.")):
+            sde_config_from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny VQ-VAE, then a tiny latent SDE trained on its latents of synthetic records."""
+    from conftest import write_record
+
+    tmp = tmp_path_factory.mktemp("latent_sde")
+    db = tmp / "wfdb"
+    for i, name in enumerate(["100", "101", "102", "103", "104", "105"]):
+        write_record(db, name, seconds=40.0, seed=i)
+    setup = tiny_setup(tmp, db)
+    vqvae_train.main(flags(setup, "--device", "cpu", "--epochs", "1"))
+    vq = next((tmp / "checkpoints").glob("vqvae-*/best.pt"))
+    cfg = tmp / "sde.json"
+    cfg.write_text(json.dumps(TINY_SDE))
+    setup_s = {**setup, "config": str(cfg)}
+    row = latent_sde_train.main(flags(setup_s, "--device", "cpu", "--vqvae", str(vq)))
+    run = next((tmp / "results").glob("latent_sde-*"))
+    return {"tmp": tmp, "setup": setup, "setup_sde": setup_s, "run": run, "row": row,
+            "ckpt": tmp / "checkpoints" / run.name / "best.pt", "last": tmp / "checkpoints" / run.name / "last.pt"}
+
+
+def test_tiny_train_lowers_the_loss_then_forecasts(trained: dict) -> None:
+    rows = list(csv.DictReader((trained["run"] / "metrics.csv").open()))
+    assert len(rows) == 3
+    val = [float(r["val_loss"]) for r in rows]        # the full ELBO every epoch: comparable
+    recon = [float(r["train_recon"]) for r in rows]
+    assert val[-1] < val[0] and recon[-1] < recon[0]
+    assert (trained["run"] / "forecast_epoch_003.png").stat().st_size > 10_000
+    ckpt = torch.load(trained["ckpt"], weights_only=True)
+    assert ckpt["kind"] == "latent_sde" and "vqvae" in ckpt and int(ckpt["model"]["steps"]) > 0
+    fc = Forecaster.from_checkpoint(trained["ckpt"], "cpu")
+    assert isinstance(fc, LatentSDEForecaster) and fc.name == "latent_sde" and not fc.deterministic
+    assert fc.fs == 64
+    context = np.random.default_rng(0).standard_normal((3, 64, 2)).astype(np.float32) * 0.3
+    out = fc.predict(context, horizon=50, num_samples=7, seed=1)
+    assert out.shape == (3, 7, 50, 2) and out.dtype == np.float32 and np.isfinite(out).all()
+    assert out.std(axis=1).mean() > 0              # sampled paths differ
+    longer = fc.predict(context[:, -30:], horizon=130, num_samples=2, seed=1)   # short context, long horizon
+    assert longer.shape == (3, 2, 130, 2) and np.isfinite(longer).all()
+
+
+def test_same_seed_same_paths_whatever_the_global_rng(trained: dict) -> None:
+    fc = Forecaster.from_checkpoint(trained["ckpt"], "cpu")
+    context = np.random.default_rng(1).standard_normal((2, 64, 2)).astype(np.float32) * 0.3
+    state = torch.get_rng_state()
+    a = fc.predict(context, 64, num_samples=5, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)    # predict leaves the global RNG alone
+    torch.manual_seed(123)
+    np.random.seed(123)
+    b = fc.predict(context, 64, num_samples=5, seed=7)
+    c = fc.predict(context, 64, num_samples=5, seed=8)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_resume_continues_the_run(trained: dict) -> None:
+    row = latent_sde_train.main(flags(trained["setup_sde"], "--device", "cpu", "--resume", str(trained["last"]),
+                                      "--epochs", "4"))
+    assert row["epoch"] == 4
+    rows = list(csv.DictReader((trained["run"] / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
+    ckpt = torch.load(trained["last"], weights_only=True)
+    assert int(ckpt["model"]["steps"]) == 40     # the annealing schedules continued, not restarted
+
+
+def test_evaluate_takes_the_sde_checkpoint(trained: dict) -> None:
+    s = trained["setup"]
+    run = evaluate.main(["--model", str(trained["ckpt"]), "seasonal", "--config", s["config"], "--prepared",
+                         s["prepared"], "--results", str(trained["tmp"] / "eval"), "--samples", "4",
+                         "--max-windows-per-record", "3"])
+    report = (Path(run) / "report.md").read_text()
+    assert "| latent_sde |" in report and "| seasonal |" in report
+    m = json.loads((Path(run) / "metrics.json").read_text())
+    assert m["forecasters"]["latent_sde"]["deterministic"] is False

@@ -1,0 +1,274 @@
+"""Training under real-world faults: torchrun with two processes, SIGKILL then --resume, NaN loss, a save that
+dies half-way, and the training side of the bad-input matrix (one 'error:' line, exit 2, outputs untouched).
+
+Killed and distributed runs are real processes (tests/train_harness.py runs a script's unchanged main() with
+test-only hooks patched in from outside); reference runs are in this process. Everything runs on one CPU
+thread, so runs compare bit for bit.
+"""
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vqvae_train
+from conftest import ROOT, snapshot, write_record
+from paths import UserError
+from tiny import flags, tiny_setup
+from train_results import load_checkpoint
+
+HARNESS = str(ROOT / "tests" / "train_harness.py")
+ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("ECG_")}, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """The tiny config prepared from six synthetic records, shared by the module (read-only)."""
+    base = tmp_path_factory.mktemp("tiny")
+    for i, name in enumerate(["100", "101", "102", "103", "104", "105"]):
+        write_record(base / "wfdb", name, seed=i)
+    return tiny_setup(base / "setup", base / "wfdb")
+
+
+def outputs(tiny: dict, folder: Path) -> dict:
+    """The tiny setup with its own results and checkpoints roots below `folder`."""
+    return dict(tiny, results=str(folder / "results"), checkpoints=str(folder / "checkpoints"))
+
+
+def train(setup: dict, *extra: str) -> Path:
+    """Train in this process; return the run's checkpoint folder."""
+    vqvae_train.main(flags(setup, "--device", "cpu", *extra))
+    return newest(Path(setup["checkpoints"]))
+
+
+def newest(root: Path) -> Path:
+    return max(root.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "vqvae_train.py", "--device", "cpu", *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+
+
+def check_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit status 2 and exactly one 'error:' line on stderr naming every needle, no traceback."""
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def kill_when_paused(hook: list[str], args: list[str]) -> None:
+    """Run the training in the harness, SIGKILL it the moment it reports PAUSED (a deterministic point)."""
+    proc = subprocess.Popen([sys.executable, HARNESS, *hook, "vqvae_train", "--", *args], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if line.strip() == "PAUSED":
+                proc.send_signal(signal.SIGKILL)
+                break
+        assert proc.wait(timeout=120) == -signal.SIGKILL, "".join(seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+
+
+def epochs_logged(ckpt_dir: Path) -> list[str]:
+    run = Path(torch.load(ckpt_dir / "last.pt", weights_only=True)["run_dir"])
+    return [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())]
+
+
+def flat_tensors(obj, prefix: str = "") -> dict:
+    """Every tensor and number inside a nested checkpoint entry, by path."""
+    if isinstance(obj, dict):
+        return {k: v for key, val in obj.items() for k, v in flat_tensors(val, f"{prefix}/{key}").items()}
+    if isinstance(obj, (list, tuple)):
+        return {k: v for i, val in enumerate(obj) for k, v in flat_tensors(val, f"{prefix}/{i}").items()}
+    return {prefix: obj}
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    """Weights, codebook, optimiser moments, schedule, step and RNG states: all bit for bit."""
+    for key in ("model", "optimizer", "scheduler", "step", "rng"):
+        fa, fb = flat_tensors(a[key]), flat_tensors(b[key])
+        assert fa.keys() == fb.keys(), key
+        for k in fa:
+            same = torch.equal(fa[k], fb[k]) if isinstance(fa[k], torch.Tensor) else fa[k] == fb[k]
+            assert same, f"{key}{k} differs"
+
+
+# A dropout-free tiny forecaster: dropout masks are drawn per process, so only without dropout can two
+# processes follow one process's trajectory.
+TINY_GPT = {"model": {"dim": 16, "layers": 1, "heads": 2, "dropout": 0.0},
+            "train": {"epochs": 2, "batch_size": 8, "learning_rate": 0.003, "warmup_steps": 2, "plot_windows": 2,
+                      "max_steps_per_epoch": 6}}
+COMPARED = {"vqvae_train": ("train_loss", "train_recon", "train_commitment", "val_loss", "val_mse_mv2", "perplexity"),
+            "transformer_train": ("train_loss", "train_accuracy", "val_loss", "val_accuracy")}
+
+
+@pytest.fixture(scope="module")
+def tiny_vqvae(tmp_path_factory, tiny: dict) -> Path:
+    return train(outputs(tiny, tmp_path_factory.mktemp("vqvae")), "--epochs", "1") / "last.pt"
+
+
+@pytest.mark.parametrize("script", list(COMPARED))
+def test_torchrun_two_processes_match_one_process(tmp_path: Path, tiny: dict, tiny_vqvae: Path, script: str) -> None:
+    """2 CPU processes (gloo, global batch 8 = 4 per rank) follow the single-process loss trajectory, and both
+    ranks end with the same weights (for the VQ-VAE: the same codebook, k-means init and restarts included)."""
+    def args(folder: Path) -> list[str]:
+        if script == "vqvae_train":
+            return flags(outputs(tiny, folder), "--device", "cpu")
+        config = tmp_path / "gpt.json"
+        config.write_text(json.dumps(TINY_GPT))
+        setup = dict(outputs(tiny, folder), config=str(config), vqvae=str(tiny_vqvae))
+        return flags(setup, "--device", "cpu")
+
+    importlib.import_module(script).main(args(tmp_path / "one"))
+    one = newest(tmp_path / "one" / "checkpoints")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        HARNESS, "--dump-state", str(tmp_path / "ranks"), script, "--", *args(tmp_path / "two")],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    two = newest(tmp_path / "two" / "checkpoints")
+    assert torch.load(two / "last.pt", weights_only=True)["meta"]["world_size"] == 2
+    rows = {}
+    for name, ckpt_dir in (("one", one), ("two", two)):
+        run = Path(torch.load(ckpt_dir / "last.pt", weights_only=True)["run_dir"])
+        rows[name] = list(csv.DictReader((run / "metrics.csv").open()))
+    assert len(rows["one"]) == len(rows["two"]) == 2
+    for a, b in zip(rows["one"], rows["two"]):
+        for key in COMPARED[script]:
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4), (key, a[key], b[key])
+    rank0 = torch.load(tmp_path / "ranks" / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "ranks" / "rank1.pt", weights_only=True)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "ranks disagree"
+    saved = torch.load(two / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(saved[k], rank0[k]) for k in saved)
+    if script == "vqvae_train":
+        single = torch.load(one / "last.pt", weights_only=True)["model"]
+        assert int(single["quantizer.updates"]) == int(saved["quantizer.updates"]) == 12
+        torch.testing.assert_close(saved["quantizer.codebook"], single["quantizer.codebook"], rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny: dict) -> dict:
+    """A 3-epoch run that nobody killed: the final training state every resumed run must reproduce."""
+    ckpt_dir = train(outputs(tiny, tmp_path_factory.mktemp("uninterrupted")), "--epochs", "3")
+    return torch.load(ckpt_dir / "last.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("hook", [["--pause-at-step", "8"], ["--pause-in-save", "2"]], ids=["mid_step", "mid_save"])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, tiny: dict, uninterrupted: dict,
+                                                  hook: list[str]) -> None:
+    """SIGKILL in the middle of step 9 (epoch 2 of 3, 6 steps each), or half-way through writing epoch 2's
+    last.pt; --resume last.pt then ends bit for bit where the uninterrupted run ended."""
+    setup = outputs(tiny, tmp_path)
+    kill_when_paused(hook, flags(setup, "--device", "cpu", "--epochs", "3"))
+    ckpt_dir = newest(Path(setup["checkpoints"]))
+    last = ckpt_dir / "last.pt"
+    assert load_checkpoint(last, "vqvae")["epoch"] == 1  # the previous checkpoint, intact
+    if "--pause-in-save" in hook:
+        assert list(ckpt_dir.glob(".last.pt.*.tmp")), "the kill did not land in the write"
+    vqvae_train.main(flags(setup, "--device", "cpu", "--epochs", "3", "--resume", str(last)))
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["epoch"] == 3
+    assert_same_training_state(resumed, uninterrupted)
+    assert epochs_logged(ckpt_dir) == ["1", "2", "3"]  # the redone epoch is listed once
+    assert not list(ckpt_dir.glob("*.tmp"))  # the half-written file is gone
+
+
+@pytest.fixture
+def one_epoch(tmp_path: Path, tiny: dict) -> Path:
+    """last.pt after one epoch, in this test's own folders."""
+    return train(outputs(tiny, tmp_path), "--epochs", "1") / "last.pt"
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_last_checkpoint(tmp_path: Path, tiny: dict, one_epoch: Path) -> None:
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(tiny["prepared"], poisoned)
+    data = torch.load(poisoned / "train.pt", weights_only=True)
+    data["signals"][:] = float("nan")
+    torch.save(data, poisoned / "train.pt")
+    run_dir = Path(torch.load(one_epoch, weights_only=True)["run_dir"])
+    before = snapshot(one_epoch.parent), snapshot(run_dir)
+    r = cli(*flags(dict(outputs(tiny, tmp_path), prepared=str(poisoned)), "--epochs", "2", "--resume", str(one_epoch)))
+    check_error(r, "loss or gradient norm is [nan, nan] in epoch 2 after 6 steps", "stopped",
+                f"the last good checkpoint is {one_epoch}")
+    assert (snapshot(one_epoch.parent), snapshot(run_dir)) == before
+    assert load_checkpoint(one_epoch, "vqvae")["epoch"] == 1
+
+
+def test_save_failing_half_way_keeps_previous_checkpoint(tmp_path: Path, tiny: dict, one_epoch: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that dies half-way (disk full) is one clear error; last.pt still holds epoch 1."""
+    real_save = torch.save
+    before = one_epoch.read_bytes()
+
+    def half_then_disk_full(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        if ".last.pt." in str(f):
+            with open(f, "r+b") as fh:
+                fh.truncate(os.path.getsize(f) // 2)
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_then_disk_full)
+    with pytest.raises(UserError, match=re.escape(f"cannot write {one_epoch}: No space left on device")):
+        train(outputs(tiny, tmp_path), "--epochs", "2", "--resume", str(one_epoch))
+    monkeypatch.undo()
+    assert one_epoch.read_bytes() == before and load_checkpoint(one_epoch, "vqvae")["epoch"] == 1
+    assert not list(one_epoch.parent.glob("*.tmp"))
+
+
+def test_resume_with_another_model_config_cli(tmp_path: Path, synthetic_db: Path, tiny: dict,
+                                              one_epoch: Path) -> None:
+    other = tiny_setup(tmp_path / "other", synthetic_db, model={"codebook_size": 16})
+    before = snapshot(tmp_path)
+    r = cli(*flags(other, "--resume", str(one_epoch)))
+    check_error(r, str(one_epoch), "another config", "'model.codebook_size' is 32 there but 16 now")
+    assert snapshot(tmp_path) == before
+
+
+def test_cut_checkpoint_cli(tmp_path: Path, tiny: dict, one_epoch: Path) -> None:
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(one_epoch.read_bytes()[: one_epoch.stat().st_size // 2])
+    before = snapshot(tmp_path)
+    r = cli(*flags(outputs(tiny, tmp_path), "--resume", str(cut)))
+    check_error(r, str(cut), "cut short")
+    assert snapshot(tmp_path) == before
+
+
+def test_prepared_tensors_from_another_config_cli(tmp_path: Path, tiny: dict) -> None:
+    config = tmp_path / "other.json"
+    raw = json.loads(Path(tiny["config"]).read_text())
+    raw["data"]["filter_band"] = [0.5, 20.0]
+    config.write_text(json.dumps(raw))
+    before = snapshot(Path(tiny["prepared"]))
+    r = cli(*flags(dict(outputs(tiny, tmp_path), config=str(config))))
+    check_error(r, str(Path(tiny["prepared"]) / "train.pt"), "another data config", "prepare_mitbih.py")
+    assert snapshot(Path(tiny["prepared"])) == before and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("which", ["results", "checkpoints"])
+def test_output_folder_not_writable_cli(tmp_path: Path, tiny: dict, which: str) -> None:
+    """A folder below a regular file cannot be made, even by root; the run stops before training."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n")
+    setup = dict(outputs(tiny, tmp_path), **{which: str(blocker / "sub")})
+    r = cli(*flags(setup))
+    check_error(r, str(blocker / "sub"))
+    assert blocker.read_text() == "not a folder\n"
+    assert not list(tmp_path.glob("*/vqvae-*"))  # no run was started
