@@ -205,19 +205,26 @@ def read_json(path: str | Path) -> dict:
     return raw
 
 
-def config_from_dict(raw: dict, source: str = "config") -> Config:
-    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+def build_config(cls: type, raw: dict, source: str) -> Any:
+    """A validated config dataclass whose fields are sections (each a dataclass of settings);
+    shared by every model's config so all reject bad input the same way."""
+    sections = {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
+    names = ", ".join(sections)
     if not isinstance(raw, dict):
-        raise UserError(f"{source}: the top level must be an object with sections data, model, train")
+        raise UserError(f"{source}: the top level must be an object with sections {names}")
     for key in raw:
         if key not in sections:
-            raise UserError(f"{source}: unknown config key '{key}' (known sections: data, model, train)")
-    cfg = Config(**{name: build_section(cls, raw.get(name, {}), name, source) for name, cls in sections.items()})
+            raise UserError(f"{source}: unknown config key '{key}' (known sections: {names})")
+    cfg = cls(**{name: build_section(sub, raw.get(name, {}), name, source) for name, sub in sections.items()})
     try:
         cfg.validate()
     except UserError as e:
         raise UserError(f"{source}: {e}") from e
     return cfg
+
+
+def config_from_dict(raw: dict, source: str = "config") -> Config:
+    return build_config(Config, raw, source)
 
 
 def load_config(path: str | Path | None = None) -> Config:

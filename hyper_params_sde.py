@@ -37,6 +37,8 @@ class SolverConfig:
     noise_type: str = "diagonal"  # diagonal: g_i(z_i) per dimension; additive: g_i constant
     min_diffusion: float = 0.05   # g_i in (min_diffusion, max_diffusion), per sqrt(second); the floor keeps
     max_diffusion: float = 0.5    # the path KL finite where the posterior steers
+    rate_diffusion_scale: float = 0.2  # with a phase, the rate's range is scaled by this: heart rate drifts
+                                       # slowly, and a noisy rate would scatter the beats of sampled paths
     adjoint: bool = False         # sdeint_adjoint: O(1) memory in the steps, slower
 
 
@@ -78,6 +80,8 @@ class SDEConfig:
         _check(s.noise_type in NOISE_TYPES, "solver.noise_type", s.noise_type,
                f"must be one of {', '.join(NOISE_TYPES)}")
         _check(0 < s.dt <= 1, "solver.dt", s.dt, "must be in (0, 1] seconds")
+        _check(0 < s.rate_diffusion_scale <= 1, "solver.rate_diffusion_scale", s.rate_diffusion_scale,
+               "must be in (0, 1]")
         _check(s.min_diffusion > 0, "solver.min_diffusion", s.min_diffusion, "must be > 0")
         _check(s.max_diffusion > s.min_diffusion, "solver.max_diffusion", s.max_diffusion,
                f"must be > solver.min_diffusion={s.min_diffusion}")

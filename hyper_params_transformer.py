@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hyper_params import TrainConfig, _check, build_section, read_json
-from paths import ROOT, UserError
+from hyper_params import TrainConfig, _check, build_config, read_json
+from paths import ROOT
 
 DEFAULT_CONFIG = ROOT / "config_transformer.json"
 
@@ -52,17 +52,7 @@ class TransformerConfig:
 
 
 def transformer_config_from_dict(raw: dict, source: str = "config") -> TransformerConfig:
-    sections = {"model": GPTConfig, "sample": SampleConfig, "train": TrainConfig}
-    for key in raw:
-        if key not in sections:
-            raise UserError(f"{source}: unknown config key '{key}' (known sections: {', '.join(sections)})")
-    cfg = TransformerConfig(**{name: build_section(cls, raw.get(name, {}), name, source)
-                               for name, cls in sections.items()})
-    try:
-        cfg.validate()
-    except UserError as e:
-        raise UserError(f"{source}: {e}") from e
-    return cfg
+    return build_config(TransformerConfig, raw, source)
 
 
 def load_transformer_config(path: str | Path | None = None) -> TransformerConfig:

@@ -45,7 +45,7 @@ def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
 
 
 class DiagonalDiffusion(nn.Module):
-    """g_i(z_i) in (min, max): one tiny MLP per state dimension, evaluated for all dimensions at once.
+    """g_i(z_i) in scale_i * (min, max): one tiny MLP per state dimension, evaluated for all dimensions at once.
 
     The floor keeps the path KL, 0.5 |(f - h) / g|^2, finite: without it noise that only hurts the
     reconstruction is learned away (g -> 0) while the posterior still steers that dimension.
@@ -54,10 +54,11 @@ class DiagonalDiffusion(nn.Module):
     raw value grows without bound)."""
 
     def __init__(self, size: int, hidden: int, min_value: float, max_value: float, additive: bool = False,
-                 constant_first: bool = False, init: float = 0.15):
+                 constant_first: bool = False, scale: list[float] | None = None, init: float = 0.15):
         super().__init__()
         self.min_value, self.max_value = min_value, max_value
         self.additive, self.constant_first = additive, constant_first
+        self.register_buffer("scale", torch.tensor(scale or [1.0] * size, dtype=torch.float32))  # range per dim
         self.w1 = nn.Parameter(torch.randn(size, hidden))
         self.b1 = nn.Parameter(torch.randn(size, hidden) * 0.1)
         self.w2 = nn.Parameter(torch.randn(size, hidden) / math.sqrt(hidden) * 0.1)
@@ -69,7 +70,8 @@ class DiagonalDiffusion(nn.Module):
         elif self.constant_first:
             z = torch.cat([z[:, :1] * 0, z[:, 1:]], 1)
         h = F.silu(z[..., None] * self.w1 + self.b1)
-        return self.min_value + (self.max_value - self.min_value) * torch.sigmoid((h * self.w2).sum(-1) + self.b2)
+        unit = torch.sigmoid((h * self.w2).sum(-1) + self.b2)
+        return self.scale * (self.min_value + (self.max_value - self.min_value) * unit)
 
 
 class LatentSDE(nn.Module):
@@ -94,8 +96,9 @@ class LatentSDE(nn.Module):
         self.prior = mlp(feat, m.hidden_size, d)
         self.corrected = m.corrected_dims or d
         self.correction = mlp(feat + m.context_size, m.hidden_size, self.corrected)
+        scale = [1.0, s.rate_diffusion_scale] + [1.0] * (d - 2) if self.phase else None
         self.diffusion = DiagonalDiffusion(d, m.diffusion_hidden, s.min_diffusion, s.max_diffusion,
-                                           s.noise_type == "additive", constant_first=self.phase)
+                                           s.noise_type == "additive", constant_first=self.phase, scale=scale)
         self.emission = mlp(feat, m.emission_hidden, obs_size)
         self.obs_logstd = nn.Parameter(torch.zeros(obs_size))
         if self.phase:
@@ -129,7 +132,7 @@ class LatentSDE(nn.Module):
         ahead = min(now + 1, len(self._ctx) - 1)
         c = self.correction(torch.cat([self.features(z), self._ctx[ahead]], -1))
         if self.phase:
-            gain = torch.sigmoid(self.lock) * self.rate           # below one per step: Euler-stable
+            gain = torch.sigmoid(self.lock) / self.cfg.solver.dt  # gain * dt < 1: stable under Euler
             psi, rho = self._beat[now].unbind(-1)
             c = c + F.pad(torch.stack([gain[0] * torch.sin(psi - z[:, 0]), gain[1] * (rho - z[:, 1])], 1),
                           (0, self.corrected - 2))
@@ -228,7 +231,8 @@ class LatentSDE(nn.Module):
         known = torch.isfinite(target[..., 0])
         n = known.sum().clamp(min=1)
         phase_miss = 1 - torch.cos(self._beat[..., 0] - torch.nan_to_num(target[..., 0]))
-        rate_miss = (torch.log(self.beat_hz(self._beat[..., 1])) - torch.log(torch.nan_to_num(target[..., 1], 1.0))) ** 2
+        hz = torch.nan_to_num(target[..., 1], 1.0)
+        rate_miss = (torch.log(self.beat_hz(self._beat[..., 1])) - torch.log(hz)) ** 2
         return (phase_miss * known).sum() / n, (rate_miss * known).sum() / n
 
     # ------------------------------------------------------------------ training

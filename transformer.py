@@ -18,13 +18,20 @@ def sinusoidal_positions(length: int, dim: int, device: torch.device | None = No
     return pe
 
 
+_ROPE: dict = {}
+
+
 def rotary(x: torch.Tensor, offset: int) -> torch.Tensor:
     """Rotary position embedding of [B, H, T, D] at positions offset..offset+T-1: attention scores
     then depend on relative offsets, which suits copying the previous beat at any lag."""
     T, D = x.shape[2], x.shape[3]
-    freq = 1.0 / (10000 ** (torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D))
-    angle = torch.arange(offset, offset + T, device=x.device, dtype=torch.float32)[:, None] * freq
-    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    key = (D, x.device, x.dtype)
+    if key not in _ROPE or _ROPE[key][0].shape[0] < offset + T:  # tables grow on demand, reused afterwards
+        n = max(2 * (offset + T), 256)
+        freq = 1.0 / (10000 ** (torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D))
+        angle = torch.arange(n, device=x.device, dtype=torch.float32)[:, None] * freq
+        _ROPE[key] = (angle.cos().to(x.dtype), angle.sin().to(x.dtype))
+    cos, sin = (t[offset:offset + T] for t in _ROPE[key])
     x1, x2 = x[..., : D // 2], x[..., D // 2:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
 
@@ -47,20 +54,34 @@ class SelfAttention(nn.Module):
         if self.rope:
             q, k = rotary(q, offset), rotary(k, offset)
         if cache is not None:
-            if "k" in cache:
-                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
+            k, v = self._cached(cache, k, v, offset)
         causal = self.causal and q.shape[2] > 1
         if causal and k.shape[2] != q.shape[2]:
             # new queries attend to every cached key and causally among themselves
-            offset = k.shape[2] - q.shape[2]
-            mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=x.device).tril(offset)
+            past = k.shape[2] - q.shape[2]
+            mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=x.device).tril(past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                dropout_p=self.dropout if self.training else 0.0)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
                                                dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+    @staticmethod
+    def _cached(cache: dict, k: torch.Tensor, v: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write new keys/values into buffers allocated once (cache['size'] positions) instead of
+        concatenating every step, and return all keys/values so far."""
+        end = offset + k.shape[2]
+        held = cache["k"].shape[2] if "k" in cache else 0
+        if end > held:  # first call, or a cache without a size: grow (doubling) and keep what is there
+            size = max(cache.get("size", end), end, 2 * held)
+            grown = [t.new_empty((*t.shape[:2], size, t.shape[3])) for t in (k, v)]
+            if held:
+                grown[0][:, :, :held], grown[1][:, :, :held] = cache["k"], cache["v"]
+            cache["k"], cache["v"] = grown
+        cache["k"][:, :, offset:end] = k
+        cache["v"][:, :, offset:end] = v
+        return cache["k"][:, :, :end], cache["v"][:, :, :end]
 
 
 class Block(nn.Module):
@@ -142,7 +163,7 @@ class CodeGPT(nn.Module):
         if context.shape[1] + steps > self.block_size:
             raise ValueError(f"context {context.shape[1]} + {steps} steps exceeds block_size {self.block_size}")
         seq = context
-        caches = [{} for _ in self.blocks] if use_cache else None
+        caches = [{"size": self.block_size} for _ in self.blocks] if use_cache else None
         logits = self(seq, caches)[:, -1]
         for i in range(steps):
             nxt = sample_next(logits, temperature, top_k, top_p, generator)

@@ -1,4 +1,5 @@
-"""Forecast latency for 1 and 64 contexts with 100 sampled futures each: one JSON line.
+"""Forecast latency for 1 and 64 contexts with 100 sampled futures each (and for 1 context without the
+Transformer's key/value cache): one JSON line.
 
     python bench/forecast_latency.py [--checkpoint PATH]
 
@@ -70,8 +71,10 @@ def main() -> None:
         contexts = signals[torch.arange(64) % len(signals), :ctx].clone().numpy()
         fc.predict(contexts[:1], horizon, 2)  # warm-up
         one = timed(lambda: fc.predict(contexts[:1], horizon, args.samples, seed=0))
+        no_cache = timed(lambda: fc.predict(contexts[:1], horizon, args.samples, seed=0, use_cache=False))
         many = timed(lambda: fc.predict(contexts, horizon, args.samples, seed=0))
-    emit({"bench": "forecast_latency", "contexts_1_s": round(one, 2), "contexts_64_s": round(many, 2),
+    emit({"bench": "forecast_latency", "contexts_1_s": round(one, 2), "contexts_1_no_cache_s": round(no_cache, 2),
+          "contexts_64_s": round(many, 2),
           "samples": args.samples, "context_s": ctx / fc.fs, "horizon_s": horizon / fc.fs, "checkpoint": source,
           **memory_mb()})
 

@@ -64,7 +64,7 @@ def test_a_few_steps_lower_the_loss() -> None:
         losses["loss"].backward()
         opt.step()
         first = first if first is not None else losses["recon"].item()
-    assert float(losses["recon"]) < 0.5 * first
+    assert losses["recon"].item() < 0.5 * first
 
 
 def test_codebook_initialised_from_data_and_dead_codes_restart() -> None:
