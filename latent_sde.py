@@ -16,10 +16,11 @@ ECG structure, so that a CPU budget of minutes suffices (`model.phase_harmonics`
 - z[0] is a beat phase (radians) and z[1] a beat rate (Hz = min_rate_hz + softplus(z[1] + offset)):
   h moves the phase at 2 pi rate (plus an MLP share); every network sees cos/sin harmonics of the
   phase, not its raw value. Beats come from a phase that keeps turning, so sampled paths keep beating.
-- The GRU also reads a phase psi and a rate off each frame; the posterior locks z[0] to psi and
-  z[1] to that rate (a phase-locked loop), corrects only z[:corrected_dims], and starts there.
-  Early in training an annealed hint (loss.phase_hint) pulls psi and the rate toward the annotated
-  beats of the training patients, so the emission learns to read the phase; the rest is the ELBO.
+- The GRU also reads a phase psi off each frame, and the segment's rate off psi's mean step; the
+  posterior locks z[0] to psi and z[1] to that rate (a phase-locked loop), corrects only
+  z[:corrected_dims], and starts there. An annealed hint (loss.phase_hint, falling to 0) pulls psi
+  and the rate toward the annotated beats of the training patients, so the emission learns to read
+  the phase; without it the objective is the ELBO.
 - Other dimensions start from q(z0) and follow the prior (morphology, amplitude, ...).
 """
 from __future__ import annotations
@@ -103,7 +104,7 @@ class LatentSDE(nn.Module):
         self.obs_logstd = nn.Parameter(torch.zeros(obs_size))
         if self.phase:
             self.rate_offset = math.log(math.expm1(max(1.2 - m.min_rate_hz, 0.05)))   # z[1] = 0 is 72 bpm
-            self.beat_head = nn.Linear(m.context_size, 3)     # per frame: (cos, sin) of psi, rate
+            self.beat_head = nn.Linear(m.context_size, 2)     # per frame: (cos, sin) of the phase psi
             self.lock = nn.Parameter(torch.zeros(2))           # loop gains, (0, 1 / dt) per second
             with torch.no_grad():    # the MLP's share of the phase drift starts small; phase prior wide
                 self.prior[-1].weight[0].mul_(0.1)
@@ -172,12 +173,26 @@ class LatentSDE(nn.Module):
         self.obs_std.copy_(flat.std(0).clamp(min=1e-3))
 
     def encode(self, segments: list[torch.Tensor]) -> None:
-        """Posterior features of normalised frames, each segment [T_k, B, obs] read on its own."""
-        ctx = torch.cat([self.ctx_out(self.gru(seg)[0]) for seg in segments], 0)
-        self._ctx = ctx
+        """Posterior features of normalised frames, each segment [T_k, B, obs] read on its own; with a
+        phase also the measured beat phase psi of every frame and the segment's beat rate."""
+        ctxs = [self.ctx_out(self.gru(seg)[0]) for seg in segments]
+        self._ctx = torch.cat(ctxs, 0)
         if self.phase:
-            b = self.beat_head(ctx)
-            self._beat = torch.stack([torch.atan2(b[..., 1], b[..., 0]), b[..., 2]], -1)
+            self._beat = torch.cat([self.measure_beats(c) for c in ctxs], 0)
+
+    def measure_beats(self, ctx: torch.Tensor) -> torch.Tensor:
+        """[T, B, 2]: phase psi per frame (from the GRU) and, in rate coordinates, the segment's rate:
+        the mean phase step between frames, each wrapped to (-pi, pi]. A rate read off the phase
+        over the whole segment is as steady as the beats; one read off single frames is not."""
+        b = self.beat_head(ctx)
+        psi = torch.atan2(b[..., 1], b[..., 0])
+        if len(psi) > 1:
+            step = torch.remainder(psi[1:] - psi[:-1] + math.pi, 2 * math.pi) - math.pi
+            hz = (step.mean(0) * self.rate / (2 * math.pi)).clamp(min=self.cfg.model.min_rate_hz + 0.01)
+        else:
+            hz = psi.new_full(psi.shape[1:], 1.2)
+        rho = torch.log(torch.expm1(hz - self.cfg.model.min_rate_hz)) - self.rate_offset
+        return torch.stack([psi, rho.expand_as(psi)], -1)
 
     def initial(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log std of q(z0); with a phase, phase and rate start at the measured ones."""
