@@ -139,14 +139,13 @@ def forecast_record(fc: Forecaster, record: str, start_s: float, horizon_s: floa
                         f"({len(rec.signal) / fs:.1f} s) in {record}")
     context = rec.signal[at - ctx:at]
     truth = rec.signal[at:at + horizon]
-    paths_ = fc.predict(context[None], horizon, samples, seed)[0]
-    return {"context": context, "truth": truth, "samples": paths_, "fs": fs, "leads": rec.leads,
+    samples_ = fc.predict(context[None], horizon, samples, seed)[0]
+    return {"context": context, "truth": truth, "samples": samples_, "fs": fs, "leads": rec.leads,
             "start_sample": at}
 
 
 def main() -> None:
     import argparse
-    import json
     import time
 
     import paths

@@ -18,7 +18,6 @@ import sys
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import TensorDataset
 
 import paths
@@ -173,14 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
                       ckpt_dir, config, meta, rt, kind="latent_sde", epoch_end=epoch_end,
                       shown=("val_recon", "val_kl", "val_forecast_mse", "val_late_std_ratio", "train_kl_weight",
                              "seconds"), extras=extras)
-    if rt.is_main and not resume:
-        paths.atomic_write_json(meta, run_dir / "run.json")
-    row = trainer.fit(resume=args.resume)
-    if rt.is_main:
-        print(f"plots and metrics.csv: {run_dir}\ncheckpoints: {ckpt_dir} (best.pt, last.pt)")
-    if rt.distributed:
-        dist.destroy_process_group()
-    return row
+    return trainer.run(args.resume)
 
 
 if __name__ == "__main__":

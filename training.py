@@ -278,6 +278,18 @@ class Trainer:
                 dist.barrier()
         return row
 
+    def run(self, resume: str | Path | None = None) -> dict:
+        """fit() as every entry point uses it: run.json first (fresh runs), then where plots and
+        checkpoints went, and the torchrun process group closed at the end."""
+        if self.rt.is_main and not resume:
+            paths.atomic_write_json(self.meta, self.run_dir / "run.json")
+        row = self.fit(resume)
+        if self.rt.is_main:
+            print(f"plots and metrics.csv: {self.run_dir}\ncheckpoints: {self.ckpt_dir} (best.pt, last.pt)")
+        if self.rt.distributed:
+            dist.destroy_process_group()
+        return row
+
     def _save(self, row: dict) -> None:
         improved = row["val_loss"] < self.best
         if improved:

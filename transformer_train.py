@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
@@ -108,14 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = Trainer(model, TensorDataset(train_codes), TensorDataset(val_codes), step_fn, tcfg.train, run_dir,
                       ckpt_dir, config, meta, rt, kind="transformer", epoch_end=epoch_end,
                       shown=("val_accuracy", "seconds"), extras=extras)
-    if rt.is_main and not resume:
-        paths.atomic_write_json(meta, run_dir / "run.json")
-    row = trainer.fit(resume=args.resume)
-    if rt.is_main:
-        print(f"plots and metrics.csv: {run_dir}\ncheckpoints: {ckpt_dir} (best.pt, last.pt)")
-    if rt.distributed:
-        dist.destroy_process_group()
-    return row
+    return trainer.run(args.resume)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ every N epochs) to checkpoints/vqvae-<time>/.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -131,18 +130,13 @@ def main(argv: list[str] | None = None) -> dict:
                       kind="vqvae", epoch_end=epoch_end, summarize=summarize,
                       shown=("val_mse_mv2", "val_prdn", "perplexity", "usage", "restarted", "seconds"))
     if rt.is_main and not resume_ckpt:
-        paths.atomic_write_json(meta, run_dir / "run.json")
         plot_fixed_windows(model, fixed, fs, run_dir / "reconstruction_initial.png",
                            "before training: validation windows, original vs reconstruction")
-    row = trainer.fit(resume=args.resume)
-    if rt.is_main:
-        print(f"plots and metrics.csv: {run_dir}\ncheckpoints: {ckpt_dir} (best.pt, last.pt)")
-        if row:
-            print(f"final validation: MSE {row['val_mse_mv2']:.5f} mV^2, PRD {row['val_prd']:.2f}%, "
-                  f"PRDN {row['val_prdn']:.2f}%, codebook perplexity {row['perplexity']:.1f} "
-                  f"(usage {100 * row['usage']:.0f}%), compression ratio {model.compression_ratio():.1f}")
-    if rt.distributed:
-        dist.destroy_process_group()
+    row = trainer.run(args.resume)
+    if rt.is_main and row:
+        print(f"final validation: MSE {row['val_mse_mv2']:.5f} mV^2, PRD {row['val_prd']:.2f}%, "
+              f"PRDN {row['val_prdn']:.2f}%, codebook perplexity {row['perplexity']:.1f} "
+              f"(usage {100 * row['usage']:.0f}%), compression ratio {model.compression_ratio():.1f}")
     return row
 
 
