@@ -18,7 +18,7 @@ NOISE_TYPES = ("diagonal", "additive")
 class SDEModelConfig:
     state_size: int = 32          # latent SDE state z(t)
     context_size: int = 32        # posterior features per latent step (from the GRU)
-    encoder_hidden: int = 128     # GRU width of the posterior network
+    encoder_hidden: int = 64      # GRU width (each direction) of the posterior network
     hidden_size: int = 128        # width of the drift MLPs (prior and posterior correction)
     emission_hidden: int = 128    # width of the MLP from z(t) to one VQ-VAE latent frame
     diffusion_hidden: int = 16    # width of each per-dimension diffusion net
@@ -39,16 +39,17 @@ class SolverConfig:
     max_diffusion: float = 0.5    # the path KL finite where the posterior steers
     rate_diffusion_scale: float = 0.2  # with a phase, the rate's range is scaled by this: heart rate drifts
                                        # slowly, and a noisy rate would scatter the beats of sampled paths
-    adjoint: bool = False         # sdeint_adjoint: O(1) memory in the steps, slower
+    adjoint: bool = False         # sdeint_adjoint: memory O(1) in the steps, slower, and at dt = 1/16 its
+                                  # gradients are far from backprop's; not needed at 96 steps
 
 
 @dataclass
 class LossConfig:
     kl_weight: float = 1.0        # weight of KL(z0) + path KL after annealing (1 = the ELBO)
-    kl_start: float = 0.01        # weight at step 0, raised linearly ...
-    kl_anneal_steps: int = 1000   # ... to kl_weight over this many optimiser steps (0 = no annealing)
+    kl_start: float = 0.1         # weight at step 0, raised linearly ...
+    kl_anneal_steps: int = 400    # ... to kl_weight over this many optimiser steps (0 = no annealing)
     phase_hint: float = 1.0       # curriculum (needs a phase): pull the posterior phase toward the beat
-    phase_hint_steps: int = 500   # phase of the annotated beats with this weight, falling linearly to 0
+    phase_hint_steps: int = 1000  # phase of the annotated beats with this weight, falling linearly to 0
                                   # over these steps; only so the emission learns to read the phase
 
 

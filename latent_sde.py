@@ -40,6 +40,13 @@ from hyper_params_sde import SDEConfig, sde_config_from_dict
 from vqvae import VQVAE
 
 
+MAX_DRIFT = 30.0   # state units per second: learned drifts are soft-clipped to this, so no state can run away
+
+
+def soft_clip(x: torch.Tensor, bound: float = MAX_DRIFT) -> torch.Tensor:
+    return bound * torch.tanh(x / bound)
+
+
 def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inp, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
                          nn.Linear(hidden, out))
@@ -131,7 +138,7 @@ class LatentSDE(nn.Module):
         """Posterior drift: the prior's plus a correction of z[:corrected] from the frames around t."""
         now = min(int(math.floor(float(t) * self.rate + 1e-3)), len(self._ctx) - 1)
         ahead = min(now + 1, len(self._ctx) - 1)
-        c = self.correction(torch.cat([self.features(z), self._ctx[ahead]], -1))
+        c = soft_clip(self.correction(torch.cat([self.features(z), self._ctx[ahead]], -1)))
         if self.phase:
             gain = torch.sigmoid(self.lock) / self.cfg.solver.dt  # gain * dt < 1: stable under Euler
             psi, rho = self._beat[now].unbind(-1)
@@ -145,7 +152,7 @@ class LatentSDE(nn.Module):
         """Prior drift: a function of the state only (time-invariant: a window may start anywhere)."""
         if self._last_h is not None and self._last_h[0] is z:
             return self._last_h[1]
-        out = self.prior(self.features(z))
+        out = soft_clip(self.prior(self.features(z)))
         if not self.phase:
             return out
         return torch.cat([out[:, :1] + 2 * math.pi * self.beat_hz(z[:, 1:2]), out[:, 1:]], 1)
