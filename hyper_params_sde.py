@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hyper_params import TrainConfig, _check, build_section, read_json
-from paths import ROOT, UserError
+from hyper_params import TrainConfig, _check, build_config, read_json
+from paths import ROOT
 
 DEFAULT_CONFIG = ROOT / "config_sde.json"
 METHODS = ("euler", "milstein", "srk")        # torchsde Ito solvers valid for diagonal noise
@@ -103,18 +103,7 @@ class SDEConfig:
 
 
 def sde_config_from_dict(raw: dict, source: str = "config") -> SDEConfig:
-    sections = {"model": SDEModelConfig, "solver": SolverConfig, "loss": LossConfig, "train": TrainConfig}
-    if not isinstance(raw, dict):
-        raise UserError(f"{source}: the top level must be an object with sections {', '.join(sections)}")
-    for key in raw:
-        if key not in sections:
-            raise UserError(f"{source}: unknown config key '{key}' (known sections: {', '.join(sections)})")
-    cfg = SDEConfig(**{name: build_section(cls, raw.get(name, {}), name, source) for name, cls in sections.items()})
-    try:
-        cfg.validate()
-    except UserError as e:
-        raise UserError(f"{source}: {e}") from e
-    return cfg
+    return build_config(SDEConfig, raw, source)
 
 
 def load_sde_config(path: str | Path | None = None) -> SDEConfig:

@@ -12,8 +12,6 @@ forecast.py and evaluate.py need only this one file.
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
 import sys
 
 import numpy as np
@@ -22,23 +20,14 @@ from torch.utils.data import TensorDataset
 
 import paths
 from hyper_params import config_from_dict
-from hyper_params_sde import SDEConfig, load_sde_config
+from hyper_params_sde import load_sde_config
 from latent_sde import LatentSDE, LatentSDEForecaster
-from prepare_mitbih import load_split
-from train_results import load_checkpoint, plot_forecasts
-from training import Trainer, run_record, seed_everything, setup_runtime
+from prepare_mitbih import cached_encoding, load_split
+from train_results import load_checkpoint, plot_forecasts, weights_digest
+from training import Trainer, apply_train_overrides, run_parser, run_record, seed_everything, setup_runtime
 from vqvae import VQVAE
 from vqvae_eval import latest_checkpoint, load_vqvae
 from vqvae_train import shared_run_dirs
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """Fingerprint of a model's weights: the latent cache is valid for exactly these."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 @torch.no_grad()
@@ -53,20 +42,6 @@ def encode_windows(vq: VQVAE, signals: torch.Tensor, piece: int, batch: int = 12
         z = vq.encode_latent(x.reshape(b * (t // piece), piece, 2))                 # [b * k, D, piece / f]
         out.append(z.reshape(b, t // piece, z.shape[1], -1).permute(0, 1, 3, 2).reshape(b, -1, z.shape[1]).half())
     return torch.cat(out)
-
-
-def cached_latents(vq: VQVAE, split: str, data: dict, piece: int, prepared: str | None) -> torch.Tensor:
-    """Latent frames of every window of a split, computed once per (VQ-VAE weights, split)."""
-    key = f"{weights_digest(vq)}:{data['data_hash']}:{data.get('input_hash', '')}:{split}:{piece}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    cache = paths.location("prepared", prepared) / "latents" / f"{split}-{digest}.pt"
-    if cache.exists():
-        stored = torch.load(cache, weights_only=True)
-        if stored.get("key") == key:
-            return stored["frames"]
-    frames = encode_windows(vq, data["signals"], piece)
-    paths.atomic_torch_save({"key": key, "frames": frames}, cache)
-    return frames
 
 
 def beat_targets(data: dict, frames: int, factor: int, fs: float, max_rr_s: float = 2.5) -> torch.Tensor:
@@ -90,35 +65,14 @@ def beat_targets(data: dict, frames: int, factor: int, fs: float, max_rr_s: floa
     return torch.from_numpy(out)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> dict:
+    p = run_parser(__doc__, "latent SDE config JSON (default: config_sde.json)")
     p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: newest checkpoints/vqvae-*/best.pt; "
                    "a resumed run uses the one stored in its checkpoint)")
-    p.add_argument("--config", help="latent SDE config JSON (default: config_sde.json)")
-    p.add_argument("--epochs", type=int, help="override train.epochs")
-    p.add_argument("--max-steps", type=int, help="override train.max_steps_per_epoch")
-    p.add_argument("--batch-size", type=int, help="override train.batch_size")
-    p.add_argument("--seed", type=int, help="override train.seed")
-    p.add_argument("--resume", help="checkpoint to continue from (e.g. checkpoints/latent_sde-<time>/last.pt)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--prepared", help="prepared tensors folder")
-    p.add_argument("--results", help="results root")
-    p.add_argument("--checkpoints", help="checkpoints root")
-    return p.parse_args(argv)
-
-
-def apply_overrides(scfg: SDEConfig, args: argparse.Namespace) -> SDEConfig:
-    for arg, key in (("epochs", "epochs"), ("max_steps", "max_steps_per_epoch"), ("batch_size", "batch_size"),
-                     ("seed", "seed")):
-        if getattr(args, arg) is not None:
-            setattr(scfg.train, key, getattr(args, arg))
+    args = p.parse_args(argv)
+    scfg = load_sde_config(args.config)
+    apply_train_overrides(scfg.train, args)
     scfg.validate()
-    return scfg
-
-
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    scfg = apply_overrides(load_sde_config(args.config), args)
     resume = load_checkpoint(args.resume, "latent_sde") if args.resume else None
     if resume:
         vq_ckpt = resume["vqvae"]
@@ -136,8 +90,10 @@ def main(argv: list[str] | None = None) -> dict:
     seed_everything(scfg.train.seed)
     train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
     piece, factor = cfg.data.window_samples, cfg.model.downsample_factor
-    train_frames = cached_latents(vq, "train", train, piece, args.prepared)
-    val_frames = cached_latents(vq, "validation", val, piece, args.prepared)
+    train_frames, val_frames = (
+        cached_encoding("latents", f"{weights_digest(vq)}:{d['data_hash']}:{d['input_hash']}:{split}:{piece}",
+                        lambda d=d: encode_windows(vq, d["signals"], piece), args.prepared)
+        for split, d in (("train", train), ("validation", val)))
     fs = int(train["fs"])
     model = LatentSDE(cfg.model.latent_dim, scfg, fs / factor)
     model.set_normaliser(train_frames)           # a resumed run restores the same buffers from its checkpoint

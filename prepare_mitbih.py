@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import wfdb
@@ -25,6 +26,9 @@ from tqdm import tqdm
 import paths
 from hyper_params import Config, DataConfig, data_hash, load_config
 from paths import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 DS1 = ["101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122", "124", "201",
        "203", "205", "207", "208", "209", "215", "220", "223", "230"]
@@ -181,14 +185,19 @@ def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str
     return y.astype(np.float32)
 
 
-def read_header(path: Path) -> wfdb.Record:
-    """The header of WFDB record `path` (no samples), with its signal files checked."""
+def _wfdb_read(read: Callable, path: Path, failure: str):
+    """Call a wfdb reader on `path`; a missing file or a read error becomes one UserError line."""
     try:
-        header = wfdb.rdheader(str(path))
+        return read(str(path))
     except FileNotFoundError as e:
         raise UserError(f"{path}: missing file {Path(e.filename or '').name or e}") from e
     except Exception as e:
-        raise UserError(f"{path}.hea: cannot read the header ({type(e).__name__}: {_first_line(e)})") from e
+        raise UserError(f"{failure} ({type(e).__name__}: {_first_line(e)})") from e
+
+
+def read_header(path: Path) -> wfdb.Record:
+    """The header of WFDB record `path` (no samples), with its signal files checked."""
+    header = _wfdb_read(wfdb.rdheader, path, f"{path}.hea: cannot read the header")
     check_signal_files(path, header)
     return header
 
@@ -206,12 +215,7 @@ def read_record(path: Path, cfg: DataConfig) -> Record:
     """One WFDB record as two filtered leads in mV at the target rate with its reference beats."""
     where = str(path)
     read_header(path)
-    try:
-        rec = wfdb.rdrecord(str(path))
-    except FileNotFoundError as e:
-        raise UserError(f"{where}: missing file {Path(e.filename or '').name or e}") from e
-    except Exception as e:
-        raise UserError(f"{where}: cannot read the record ({type(e).__name__}: {_first_line(e)})") from e
+    rec = _wfdb_read(wfdb.rdrecord, path, f"{where}: cannot read the record")
     x = rec.p_signal
     if x is None or x.ndim != 2 or len(x) == 0:
         raise UserError(f"{where}: the record has no samples")
@@ -406,6 +410,23 @@ def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None) 
         raise UserError(f"{path} was prepared with another data config (hash {data.get('data_hash')} != "
                         f"{data_hash(cfg.data)}); run `python3 prepare_mitbih.py` with this config")
     return data
+
+
+def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],
+                    prepared_dir: str | Path | None = None) -> torch.Tensor:
+    """A tensor derived from prepared data (codes, latent frames), computed once per `key` and kept
+    in the prepared folder under <kind>/; a stored file whose key differs is recomputed."""
+    import torch
+
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    cache = paths.location("prepared", prepared_dir) / kind / f"{digest}.pt"
+    if cache.exists():
+        stored = torch.load(cache, weights_only=True)
+        if stored.get("key") == key:
+            return stored["tensor"]
+    tensor = compute()
+    paths.atomic_torch_save({"key": key, "tensor": tensor}, cache)
+    return tensor
 
 
 def window_beats(data: dict, i: int) -> np.ndarray:

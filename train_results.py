@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import pickle
@@ -92,6 +93,15 @@ def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, 
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """Fingerprint of a model's weights: caches derived from a frozen model are valid for exactly these."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def save_checkpoint(state: dict, path: Path) -> None:

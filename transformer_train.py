@@ -9,7 +9,6 @@ sequences. The checkpoint holds the VQ-VAE too, so forecast.py needs only this o
 """
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -22,8 +21,8 @@ import paths
 from forecast import Forecaster
 from hyper_params import config_from_dict
 from hyper_params_transformer import load_transformer_config
-from prepare_mitbih import load_split
-from train_results import load_checkpoint, plot_forecasts
+from prepare_mitbih import cached_encoding, load_split
+from train_results import load_checkpoint, plot_forecasts, weights_digest
 from training import Trainer, apply_train_overrides, run_parser, run_record, seed_everything, setup_runtime
 from transformer import CodeGPT
 from vqvae import VQVAE
@@ -40,20 +39,6 @@ def encode_split(vq: VQVAE, signals: torch.Tensor, chunk: int, batch: int = 512)
         x = signals[i:i + batch].clone()
         out.append(torch.cat([vq.encode(x[:, t:t + chunk]) for t in range(0, x.shape[1], chunk)], 1))
     return torch.cat(out)
-
-
-def cached_codes(vq: VQVAE, vq_path: Path, split: str, data: dict, chunk: int, prepared: str | None) -> torch.Tensor:
-    """Codes of every window of a split, computed once per (VQ-VAE checkpoint, split)."""
-    key = f"{vq_path.resolve()}:{vq_path.stat().st_mtime_ns}:{data['data_hash']}:{split}:{chunk}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    cache = paths.location("prepared", prepared) / "codes" / f"{split}-{digest}.pt"
-    if cache.exists():
-        stored = torch.load(cache, weights_only=True)
-        if stored.get("key") == key:
-            return stored["codes"]
-    codes = encode_split(vq, data["signals"], chunk)
-    paths.atomic_torch_save({"key": key, "codes": codes}, cache)
-    return codes
 
 
 def step_fn(model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
@@ -79,8 +64,10 @@ def main(argv: list[str] | None = None) -> dict:
     seed_everything(tcfg.train.seed)
     train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
     chunk = cfg.data.window_samples
-    train_codes = cached_codes(vq, vq_path, "train", train, chunk, args.prepared)
-    val_codes = cached_codes(vq, vq_path, "validation", val, chunk, args.prepared)
+    train_codes, val_codes = (
+        cached_encoding("codes", f"{weights_digest(vq)}:{d['data_hash']}:{d['input_hash']}:{split}:{chunk}",
+                        lambda d=d: encode_split(vq, d["signals"], chunk), args.prepared)
+        for split, d in (("train", train), ("validation", val)))
     model = CodeGPT(cfg.model.codebook_size, train_codes.shape[1], tcfg.model.dim, tcfg.model.layers,
                     tcfg.model.heads, tcfg.model.dropout, tcfg.model.rope)
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "transformer")
