@@ -1,6 +1,8 @@
 """Score forecasters (trained checkpoints and baselines) side by side on identical windows.
 
-    python3 evaluate.py --model CHECKPOINT|BASELINE [...] [--split test] [--wfdb-dir DIR] [--records ...]
+    python3 evaluate.py [--model CHECKPOINT|pretrained|BASELINE ...] [--split test] [--wfdb-dir DIR] [--records ...]
+
+Without --model: the shipped model (pretrained/forecaster.pt) and every baseline.
 
 Baselines: zero, mean, persistence, seasonal, template, seasonal_ensemble, or `baselines` for all.
 Each window's first input_signal_duration seconds are the context, the rest the truth to forecast.
@@ -28,7 +30,7 @@ import paths
 from baselines import BASELINES, make_baseline
 from forecast import ForecasterBase
 from hyper_params import Config, data_hash, load_config
-from paths import UserError
+from paths import PRETRAINED, ROOT, UserError
 
 ALL_BASELINES = "baselines"
 N_BOOT = 1000
@@ -36,10 +38,12 @@ RHYTHM_PATHS = 10   # sample paths per window whose R peaks are scored for a sam
 
 
 def make_forecaster(spec: str, fs: int) -> ForecasterBase:
-    """A baseline by name, or a trained model from a checkpoint path (forecast.Forecaster)."""
+    """A baseline by name, `pretrained` (the shipped model), or a checkpoint path (forecast.Forecaster)."""
     if spec in BASELINES:
         return make_baseline(spec, fs)
-    path = Path(spec)
+    path = PRETRAINED if spec == "pretrained" else Path(spec)
+    if spec == "pretrained" and not path.is_file():
+        raise UserError(f"no shipped model at {path}: run `make pretrained` or pass --model CHECKPOINT")
     if not path.is_file():
         raise UserError(f"--model {spec}: no such checkpoint file, and not a baseline "
                         f"({', '.join(BASELINES)} or {ALL_BASELINES})")
@@ -512,8 +516,9 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", nargs="+", required=True,
-                   help=f"checkpoint paths and/or baselines: {', '.join(BASELINES)}, {ALL_BASELINES} (= all)")
+    p.add_argument("--model", nargs="+", default=["pretrained", ALL_BASELINES],
+                   help=f"checkpoint paths, pretrained (the shipped {PRETRAINED.relative_to(ROOT)}) and/or "
+                   f"baselines: {', '.join(BASELINES)}, {ALL_BASELINES} (= all); default: pretrained {ALL_BASELINES}")
     p.add_argument("--split", default="test", choices=("validation", "test"), help="prepared split (default test)")
     p.add_argument("--wfdb-dir", default=None, help="evaluate every record of this WFDB folder instead")
     p.add_argument("--records", nargs="+", default=None, help="only these records")

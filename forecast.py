@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from paths import ROOT, UserError
+from paths import PRETRAINED, ROOT, UserError
 
 
 class ForecasterBase:
@@ -37,9 +37,6 @@ def as_context(context: np.ndarray | torch.Tensor) -> np.ndarray:
     if not np.isfinite(x).all():
         raise ValueError("context contains NaN or inf samples")
     return x.astype(np.float32, copy=False)
-
-
-PRETRAINED = ROOT / "pretrained" / "forecaster.pt"
 
 
 class Forecaster(ForecasterBase):
@@ -85,7 +82,8 @@ class Forecaster(ForecasterBase):
         return out
 
     @classmethod
-    def from_pretrained(cls, device: str | torch.device | None = None) -> "Forecaster":
+    def from_pretrained(cls, device: str | torch.device | None = None) -> ForecasterBase:
+        """The model shipped in pretrained/ (trained on the training patients only; see its model card)."""
         if not PRETRAINED.exists():
             raise UserError(f"no shipped model at {PRETRAINED}; pass --checkpoint")
         return cls.from_checkpoint(PRETRAINED, device)

@@ -21,6 +21,7 @@ ENV = {
     "results": ("ECG_RESULTS_DIR", ROOT / "results"),
     "checkpoints": ("ECG_CHECKPOINTS_DIR", ROOT / "checkpoints"),
 }
+PRETRAINED = ROOT / "pretrained" / "forecaster.pt"  # the shipped model (see pretrained/README.md)
 
 
 class UserError(Exception):

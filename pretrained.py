@@ -1,0 +1,84 @@
+"""Pack a trained forecaster into pretrained/ and record the reference forecasts the tests check it against.
+
+    python3 pretrained.py --checkpoint checkpoints/pretrained/latent_sde-<time>/best.pt
+
+`make pretrained` runs this after training from scratch. The shipped file keeps the weights, configs and
+provenance (seed, git commit, data hash, commands, training minutes) and drops optimiser and RNG state,
+so it stays small and loads with torch.load(..., weights_only=True).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+
+import paths
+from forecast import Forecaster, forecast_record
+from paths import PRETRAINED
+from train_results import load_checkpoint
+
+REFERENCE = PRETRAINED.with_name("reference.json")
+# Two DS2 test records and start times the test forecasts; figures are recorded at packing time.
+REFERENCE_CASES = (("100", 60.0), ("233", 300.0))
+REFERENCE_SAMPLES, REFERENCE_SEED = 100, 0
+TRAINING_ONLY = ("optimizer", "scheduler", "scaler", "rng", "run_dir", "ckpt_dir")
+
+
+def training_minutes(run_dir: str | None) -> float:
+    """Sum of the per-epoch wall times a run logged in its metrics.csv (0 when the run folder is gone)."""
+    metrics = Path(run_dir or "") / "metrics.csv"
+    if not run_dir or not metrics.is_file():
+        return 0.0
+    with metrics.open() as f:
+        return sum(float(row["seconds"]) for row in csv.DictReader(f)) / 60
+
+
+def pack(ckpt: dict, vqvae_run_dir: str | None) -> dict:
+    """The checkpoint without training-only state, plus what the model card needs to know."""
+    out = {k: v for k, v in ckpt.items() if k not in TRAINING_ONLY}
+    out["pretrained"] = {"forecaster_minutes": round(training_minutes(ckpt.get("run_dir")), 1),
+                         "vqvae_minutes": round(training_minutes(vqvae_run_dir), 1),
+                         "packed_at_commit": paths.git_commit()}
+    return out
+
+
+def forecast_figures(fc, record: Path, start_s: float) -> dict:
+    """Summary figures of one seeded forecast: what the shipped-model test compares."""
+    res = forecast_record(fc, str(record), start_s, None, REFERENCE_SAMPLES, REFERENCE_SEED)
+    samples, truth = res["samples"], res["truth"]
+    mean = samples.mean(0, dtype=np.float64)
+    per_lead = {"mean_path_rms_mV": np.sqrt((mean ** 2).mean(0)), "sample_std_mV": samples.std(0, dtype=np.float64).mean(0)}
+    return {"record": record.name, "start_s": start_s,
+            **{k: [round(float(v), 6) for v in x] for k, x in per_lead.items()},
+            "mse_of_mean_mV2": round(float(((mean - truth) ** 2).mean()), 6)}
+
+
+def reference_figures(fc, mitdb: Path) -> list[dict]:
+    return [forecast_figures(fc, mitdb / name, start) for name, start in REFERENCE_CASES]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="forecaster best.pt (Transformer or latent SDE)")
+    p.add_argument("--mitdb", default=str(paths.location("data")),
+                   help="MIT-BIH folder for the reference forecasts (default: $MITBIH_DIR or data/mitdb)")
+    args = p.parse_args()
+    ckpt = load_checkpoint(args.checkpoint)
+    if ckpt["kind"] not in ("transformer", "latent_sde"):
+        raise paths.UserError(f"{args.checkpoint} holds a '{ckpt['kind']}' model, not a forecaster")
+    vq_run = load_checkpoint(ckpt["meta"]["vqvae_checkpoint"]).get("run_dir") \
+        if Path(ckpt["meta"].get("vqvae_checkpoint", "")).is_file() else None
+    PRETRAINED.parent.mkdir(exist_ok=True)
+    paths.atomic_torch_save(pack(ckpt, vq_run), PRETRAINED)
+    fc = Forecaster.from_pretrained(device="cpu")
+    ref = {"samples": REFERENCE_SAMPLES, "seed": REFERENCE_SEED, "model": fc.name,
+           "cases": reference_figures(fc, Path(args.mitdb))}
+    paths.atomic_write_json(ref, REFERENCE)
+    print(f"packed {args.checkpoint} -> {PRETRAINED} ({PRETRAINED.stat().st_size / 2 ** 20:.1f} MiB), "
+          f"reference forecasts -> {REFERENCE}")
+
+
+if __name__ == "__main__":
+    paths.run_main(main)
