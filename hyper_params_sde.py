@@ -28,6 +28,8 @@ class SDEModelConfig:
                                   # rest starts from q(z0) and follows the prior. 0: it steers all of z
     min_rate_hz: float = 0.3      # lowest beat rate the phase drift can express (18 bpm)
     min_obs_std: float = 0.05     # floor of the learned observation noise (normalised latent units)
+    phase_template: bool = False  # (needs a phase) add to each emitted frame the context frames of the same
+                                  # beat phase: the patient's own beat shape, copied instead of generated
 
 
 @dataclass
@@ -75,6 +77,8 @@ class SDEConfig:
                m.corrected_dims, "must be 0 or >= 2 with a phase (the posterior steers phase and rate)")
         _check(0 <= m.corrected_dims <= m.state_size, "model.corrected_dims", m.corrected_dims,
                f"must be in [0, model.state_size={m.state_size}]")
+        _check(not m.phase_template or m.phase_harmonics > 0, "model.phase_template", m.phase_template,
+               "needs a beat phase (model.phase_harmonics > 0)")
         _check(m.min_rate_hz > 0, "model.min_rate_hz", m.min_rate_hz, "must be > 0")
         _check(m.min_obs_std > 0, "model.min_obs_std", m.min_obs_std, "must be > 0")
         _check(s.method in METHODS, "solver.method", s.method, f"must be one of {', '.join(METHODS)}")

@@ -40,6 +40,7 @@ from hyper_params_sde import SDEConfig, sde_config_from_dict
 from vqvae import VQVAE
 
 
+TEMPLATE_EXCLUDE = 4  # frames: the phase template of a frame never reads the context frames this close to it
 MAX_DRIFT = 30.0   # state units per second: learned drifts are soft-clipped to this, so no state can run away
 
 
@@ -116,6 +117,10 @@ class LatentSDE(nn.Module):
             with torch.no_grad():    # the MLP's share of the phase drift starts small; phase prior wide
                 self.prior[-1].weight[0].mul_(0.1)
                 self.pz0_logstd[0] = math.log(2.0)
+        self.template = self.phase and m.phase_template
+        if self.template:
+            self.template_kappa = nn.Parameter(torch.tensor(math.log(8.0)))   # sharpness of the phase match
+            self.template_gain = nn.Parameter(torch.full((obs_size,), 0.5))
         # Frames are modelled standardised per dimension (statistics of the training patients).
         self.register_buffer("obs_mean", torch.zeros(obs_size))
         self.register_buffer("obs_std", torch.ones(obs_size))
@@ -123,6 +128,7 @@ class LatentSDE(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self._ctx: torch.Tensor | None = None          # [T, B, ctx] posterior features of the frames
         self._beat: torch.Tensor | None = None         # [T, B, 2] measured phase and rate (state units)
+        self._tmpl: tuple[torch.Tensor, torch.Tensor] | None = None   # context frames [C, B, obs], phase [C, B]
         self._last_h: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ the SDE (torchsde interface)
@@ -186,6 +192,23 @@ class LatentSDE(nn.Module):
         self._ctx = torch.cat(ctxs, 0)
         if self.phase:
             self._beat = torch.cat([self.measure_beats(c) for c in ctxs], 0)
+        if self.template:
+            self._tmpl = (segments[0], self._beat[:len(segments[0]), :, 0])
+
+    def emit(self, zs: torch.Tensor, first: int) -> torch.Tensor:
+        """Frames of states zs [T, B, d] at frame indices first, first + 1, ...: the emission MLP, plus
+        (phase_template) the context frames of the same beat phase averaged, so beats keep the
+        patient's own shape and amplitude instead of a population average."""
+        out = self.emission(self.features(zs))
+        if not self.template:
+            return out
+        frames, psi = self._tmpl
+        logits = self.template_kappa.exp() * torch.cos(zs[:, None, :, 0] - psi[None])        # [T, C, B]
+        if len(frames) > 2 * TEMPLATE_EXCLUDE + 1:
+            t = torch.arange(first, first + len(zs), device=zs.device)
+            near = (t[:, None] - torch.arange(len(frames), device=zs.device)).abs() <= TEMPLATE_EXCLUDE
+            logits = logits.masked_fill(near[..., None], float("-inf"))
+        return out + self.template_gain * torch.einsum("tcb,cbo->tbo", logits.softmax(1), frames)
 
     def measure_beats(self, ctx: torch.Tensor) -> torch.Tensor:
         """[T, B, 2]: phase psi per frame (from the GRU) and, in rate coordinates, the segment's rate:
@@ -272,7 +295,7 @@ class LatentSDE(nn.Module):
         ts = torch.arange(T, dtype=x.dtype, device=x.device) / self.rate
         entropy = int(torch.randint(0, 2 ** 31 - 1, ()))
         zs, log_ratio = self.solve(z0, ts, entropy, logqp=True)
-        pred = self.emission(self.features(zs))
+        pred = self.emit(zs, 0)
         std = self.observation_std()
         nll = (0.5 * ((x - pred) / std) ** 2 + std.log() + 0.5 * math.log(2 * math.pi)).sum((0, 2)).mean()
         q0 = torch.distributions.Normal(mean, logstd.exp())
@@ -317,6 +340,8 @@ class LatentSDE(nn.Module):
         self._ctx = self._ctx.repeat_interleave(num_samples, 1)
         if self.phase:
             self._beat = self._beat.repeat_interleave(num_samples, 1)
+        if self.template:
+            self._tmpl = tuple(t.repeat_interleave(num_samples, 1) for t in self._tmpl)
         mean, logstd = self.initial()
         gen = torch.Generator(device=context.device).manual_seed(int(seed))
         z = mean + logstd.exp() * torch.randn(mean.shape, generator=gen, device=mean.device, dtype=mean.dtype)
@@ -325,7 +350,7 @@ class LatentSDE(nn.Module):
         if C > 1:
             z = self.solve(z, ts[:C], int(seeds[0]))[-1]
         zs = self.solve(z, ts[C - 1:], int(seeds[1]), prior=True)[1:]
-        out = self.emission(self.features(zs))
+        out = self.emit(zs, C)
         return out if normalised else self.denormalise(out)
 
 

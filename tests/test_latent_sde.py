@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,30 @@ def test_sde_integrates_to_finite_paths_of_the_right_shape(method: str, phase: i
     out = sde.sample_frames(torch.randn(8, 2, 8), steps=12, num_samples=3, seed=0)
     assert out.shape == (12, 6, 8) and torch.isfinite(out).all()
     assert out.std(0).mean() > 0   # paths move
+
+
+def test_phase_template_copies_the_context_frame_of_the_same_phase_but_never_a_neighbour() -> None:
+    raw = json.loads(json.dumps(TINY_SDE))
+    raw["model"]["phase_template"] = True
+    sde = LatentSDE(8, sde_config_from_dict(raw), 16.0)
+    loss, _ = sde(torch.randn(4, 16, 8), 8)
+    loss.backward()
+    assert torch.isfinite(loss) and sde.template_gain.grad.abs().sum() > 0
+    sde.eval()
+    assert sde.sample_frames(torch.randn(12, 2, 8), steps=5, num_samples=3, seed=0).shape == (5, 6, 8)
+
+    C = 20
+    frames, psi = torch.randn(C, 1, 8), torch.linspace(0, 2 * math.pi, C + 1)[:C, None]   # one phase per frame
+    sde._tmpl = (frames, psi)
+    with torch.no_grad():
+        sde.template_kappa.fill_(math.log(200.0))
+        sde.template_gain.fill_(1.0)
+        for p in sde.emission.parameters():
+            p.zero_()
+        z = torch.zeros(1, 1, 6)
+        z[0, 0, 0] = psi[3, 0]
+        assert torch.allclose(sde.emit(z, first=C)[0, 0], frames[3, 0], atol=1e-3)    # a future frame
+        assert not torch.allclose(sde.emit(z, first=5)[0, 0], frames[3, 0], atol=0.1)  # frame 5: 3 is too close
 
 
 def test_path_kl_is_non_negative_and_zero_without_posterior_correction() -> None:
