@@ -128,7 +128,7 @@ class LatentSDE(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self._ctx: torch.Tensor | None = None          # [T, B, ctx] posterior features of the frames
         self._beat: torch.Tensor | None = None         # [T, B, 2] measured phase and rate (state units)
-        self._tmpl: tuple[torch.Tensor, torch.Tensor] | None = None   # context frames [C, B, obs], phase [C, B]
+        self._tmpl: torch.Tensor | None = None         # [C, B, obs] context frames the phase template reads
         self._last_h: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ the SDE (torchsde interface)
@@ -193,7 +193,7 @@ class LatentSDE(nn.Module):
         if self.phase:
             self._beat = torch.cat([self.measure_beats(c) for c in ctxs], 0)
         if self.template:
-            self._tmpl = (segments[0], self._beat[:len(segments[0]), :, 0])
+            self._tmpl = segments[0]
 
     def emit(self, zs: torch.Tensor, first: int) -> torch.Tensor:
         """Frames of states zs [T, B, d] at frame indices first, first + 1, ...: the emission MLP, plus
@@ -202,7 +202,8 @@ class LatentSDE(nn.Module):
         out = self.emission(self.features(zs))
         if not self.template:
             return out
-        frames, psi = self._tmpl
+        frames = self._tmpl
+        psi = self._beat[:len(frames), :, 0]                                     # their phases [C, B]
         logits = self.template_kappa.exp() * torch.cos(zs[:, None, :, 0] - psi[None])        # [T, C, B]
         if len(frames) > 2 * TEMPLATE_EXCLUDE + 1:
             t = torch.arange(first, first + len(zs), device=zs.device)
@@ -341,7 +342,7 @@ class LatentSDE(nn.Module):
         if self.phase:
             self._beat = self._beat.repeat_interleave(num_samples, 1)
         if self.template:
-            self._tmpl = tuple(t.repeat_interleave(num_samples, 1) for t in self._tmpl)
+            self._tmpl = self._tmpl.repeat_interleave(num_samples, 1)
         mean, logstd = self.initial()
         gen = torch.Generator(device=context.device).manual_seed(int(seed))
         z = mean + logstd.exp() * torch.randn(mean.shape, generator=gen, device=mean.device, dtype=mean.dtype)

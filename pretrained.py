@@ -9,7 +9,6 @@ so it stays small and loads with torch.load(..., weights_only=True).
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import numpy as np
 import paths
 from forecast import Forecaster, forecast_record
 from paths import PRETRAINED
-from train_results import load_checkpoint
+from train_results import MetricsLog, load_checkpoint
 
 REFERENCE = PRETRAINED.with_name("reference.json")
 # Two DS2 test records and start times the test forecasts; figures are recorded at packing time.
@@ -28,11 +27,8 @@ TRAINING_ONLY = ("optimizer", "scheduler", "scaler", "rng", "run_dir", "ckpt_dir
 
 def training_minutes(run_dir: str | None) -> float:
     """Sum of the per-epoch wall times a run logged in its metrics.csv (0 when the run folder is gone)."""
-    metrics = Path(run_dir or "") / "metrics.csv"
-    if not run_dir or not metrics.is_file():
-        return 0.0
-    with metrics.open() as f:
-        return sum(float(row["seconds"]) for row in csv.DictReader(f)) / 60
+    rows = MetricsLog(Path(run_dir) / "metrics.csv").read() if run_dir else []
+    return sum(float(row["seconds"]) for row in rows) / 60
 
 
 def pack(ckpt: dict, vqvae_run_dir: str | None) -> dict:
@@ -49,7 +45,8 @@ def forecast_figures(fc, record: Path, start_s: float) -> dict:
     res = forecast_record(fc, str(record), start_s, None, REFERENCE_SAMPLES, REFERENCE_SEED)
     samples, truth = res["samples"], res["truth"]
     mean = samples.mean(0, dtype=np.float64)
-    per_lead = {"mean_path_rms_mV": np.sqrt((mean ** 2).mean(0)), "sample_std_mV": samples.std(0, dtype=np.float64).mean(0)}
+    per_lead = {"mean_path_rms_mV": np.sqrt((mean ** 2).mean(0)),
+                "sample_std_mV": samples.std(0, dtype=np.float64).mean(0)}
     return {"record": record.name, "start_s": start_s,
             **{k: [round(float(v), 6) for v in x] for k, x in per_lead.items()},
             "mse_of_mean_mV2": round(float(((mean - truth) ** 2).mean()), 6)}

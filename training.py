@@ -333,7 +333,6 @@ def run_record(cfg_dict: dict, seed: int, data_hash: str, rt: Runtime, argv: lis
             "torch": str(torch.__version__), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-
 def run_parser(doc: str | None, config_help: str) -> argparse.ArgumentParser:
     """The flags every *_train.py shares; scripts add their own (e.g. --vqvae) to it."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -65,7 +65,7 @@ def test_phase_template_copies_the_context_frame_of_the_same_phase_but_never_a_n
 
     C = 20
     frames, psi = torch.randn(C, 1, 8), torch.linspace(0, 2 * math.pi, C + 1)[:C, None]   # one phase per frame
-    sde._tmpl = (frames, psi)
+    sde._tmpl, sde._beat = frames, torch.stack([psi, torch.zeros_like(psi)], -1)
     with torch.no_grad():
         sde.template_kappa.fill_(math.log(200.0))
         sde.template_gain.fill_(1.0)
