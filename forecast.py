@@ -103,9 +103,10 @@ class Forecaster(ForecasterBase):
         out = np.empty((len(x), num_samples, horizon, 2), np.float32)
         per_chunk = max(1, 2048 // num_samples)
         for lo in range(0, len(x), per_chunk):
-            ctx = codes[lo:lo + per_chunk].repeat_interleave(num_samples, 0)
+            ctx = codes[lo:lo + per_chunk]
             future = self.gpt.generate(ctx, steps, self.sample.temperature, self.sample.top_k, self.sample.top_p,
-                                       gen, use_cache=use_cache)
+                                       gen, use_cache=use_cache, num_samples=num_samples)
+            ctx = ctx.repeat_interleave(num_samples, 0)
             # decode the future with the last second of context codes: a smooth seam at a third of the cost
             margin = min(keep, self.DECODE_MARGIN)
             full = torch.cat([ctx[:, keep - margin:], future], 1)

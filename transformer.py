@@ -142,8 +142,10 @@ class CodeGPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, codes: torch.Tensor, caches: list[dict] | None = None, offset: int = 0) -> torch.Tensor:
-        """Logits [B, T, vocab] for codes [B, T] placed at positions offset..offset+T-1."""
+    def forward(self, codes: torch.Tensor, caches: list[dict] | None = None, offset: int = 0,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits [B, T, vocab] for codes [B, T] placed at positions offset..offset+T-1 ([B, 1, vocab],
+        the last position's, with `last_only`: generation needs no others)."""
         T = codes.shape[1]
         if offset + T > self.block_size:
             raise ValueError(f"sequence of {offset + T} codes exceeds block_size {self.block_size}")
@@ -153,25 +155,33 @@ class CodeGPT(nn.Module):
         h = self.drop(h)
         for i, block in enumerate(self.blocks):
             h = block(h, caches[i] if caches is not None else None, offset)
-        return self.head(self.ln(h))
+        return self.head(self.ln(h[:, -1:] if last_only else h))
 
     @torch.no_grad()
     def generate(self, context: torch.Tensor, steps: int, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
-        """Sample `steps` codes after `context` [B, T]; the same generator state gives the same codes
-        with or without the cache."""
+                 top_p: float = 1.0, generator: torch.Generator | None = None, use_cache: bool = True,
+                 num_samples: int = 1) -> torch.Tensor:
+        """Sample `steps` codes after each context [B, T], `num_samples` times: [B * num_samples, steps],
+        a context's samples next to each other. The same generator state gives the same codes with or
+        without the cache; with it the context is read once per context, not once per sample."""
         if context.shape[1] + steps > self.block_size:
             raise ValueError(f"context {context.shape[1]} + {steps} steps exceeds block_size {self.block_size}")
-        seq = context
-        caches = [{"size": self.block_size} for _ in self.blocks] if use_cache else None
-        logits = self(seq, caches)[:, -1]
+        if not use_cache:
+            seq = context.repeat_interleave(num_samples, 0)
+            for _ in range(steps):
+                nxt = sample_next(self(seq, last_only=True)[:, -1], temperature, top_k, top_p, generator)
+                seq = torch.cat([seq, nxt[:, None]], 1)
+            return seq[:, context.shape[1]:]
+        caches = [{"size": context.shape[1] + steps} for _ in self.blocks]
+        logits = self(context, caches, last_only=True)[:, -1].repeat_interleave(num_samples, 0)
+        for cache in caches:
+            cache["k"], cache["v"] = (cache[key].repeat_interleave(num_samples, 0) for key in ("k", "v"))
+        out = torch.empty(len(logits), steps, dtype=context.dtype, device=context.device)
         for i in range(steps):
-            nxt = sample_next(logits, temperature, top_k, top_p, generator)
-            seq = torch.cat([seq, nxt[:, None]], 1)
-            if i + 1 == steps:
-                break
-            logits = (self(nxt[:, None], caches, offset=seq.shape[1] - 1) if use_cache else self(seq))[:, -1]
-        return seq[:, context.shape[1]:]
+            out[:, i] = sample_next(logits, temperature, top_k, top_p, generator)
+            if i + 1 < steps:
+                logits = self(out[:, i:i + 1], caches, offset=context.shape[1] + i, last_only=True)[:, -1]
+        return out
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -188,5 +198,8 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
         cum = sorted_logits.softmax(-1).cumsum(-1)
         drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest set reaching top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # inverse CDF, one uniform per row (torch.multinomial draws one exponential per code and row);
+    # right=True: codes of probability 0 (masked) are never picked, even for u = 0
+    cdf = logits.softmax(-1).cumsum(-1)
+    u = torch.rand(len(cdf), 1, generator=generator, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)

@@ -28,6 +28,10 @@ def test_cache_and_no_cache_generate_the_same_codes(rope: bool) -> None:
     b = gpt.generate(ctx, 14, generator=torch.Generator().manual_seed(3), use_cache=False)
     c = gpt.generate(ctx, 14, generator=torch.Generator().manual_seed(4), use_cache=True)
     assert a.shape == (5, 14) and torch.equal(a, b) and not torch.equal(a, c)
+    # several samples per context: the cache reads each context once, then copies its keys and values
+    d = gpt.generate(ctx, 14, generator=torch.Generator().manual_seed(3), num_samples=3)
+    e = gpt.generate(ctx, 14, generator=torch.Generator().manual_seed(3), use_cache=False, num_samples=3)
+    assert d.shape == (15, 14) and torch.equal(d, e)
 
 
 @pytest.mark.parametrize("rope", [True, False])
@@ -50,6 +54,13 @@ def test_sampling_truncation() -> None:
     assert set(sample_next(logits, top_k=2, generator=g).tolist()) <= {1, 3}
     assert (sample_next(logits, top_p=0.5, generator=g) == 1).all()
     assert len(set(sample_next(logits, generator=g).tolist())) == 4
+
+
+def test_sampling_follows_the_probabilities() -> None:
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
+    draws = sample_next(probs.log().repeat(20000, 1), generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=4) / len(draws)
+    assert freq[1] == 0 and torch.allclose(freq, probs, atol=0.015)
 
 
 @pytest.fixture(scope="module")
