@@ -58,4 +58,6 @@ bench: setup $(if $(wildcard data/prepared/train.pt),,prepare)
 	$(PY) bench/train_speed.py transformer >> bench/results.jsonl
 	$(PY) bench/train_speed.py latent_sde >> bench/results.jsonl
 	$(PY) bench/forecast_latency.py >> bench/results.jsonl
+	$(PY) bench/sde_latency.py >> bench/results.jsonl
+	$(PY) bench/rhythm_bound.py >> bench/results.jsonl
 	$(PY) bench/report.py bench/results.jsonl bench/results.md

@@ -42,6 +42,13 @@ class DataConfig:
     def total_samples(self) -> int:
         return self.window_samples * (1 + self.forecast_predictions)
 
+    @property
+    def stride_samples(self) -> int:
+        """Samples between the starts of overlapping (training) windows."""
+        if not self.window_stride:
+            return self.total_samples
+        return max(1, round(self.window_stride * self.samples_per_second))
+
 
 @dataclass
 class ModelConfig:
@@ -57,6 +64,19 @@ class ModelConfig:
     ema_decay: float = 0.99
     dead_code_threshold: float = 1.0    # a code used fewer times than this in restart_every steps restarts
     restart_every: int = 100            # training steps between dead-code checks (0 = never)
+
+
+@dataclass
+class AugmentConfig:
+    """Extra training data for the forecasters: stretched, rescaled copies of the training records."""
+    copies: int = 0               # copies of the training records, each time-stretched and rescaled
+    rate_range: float = 0.15      # heart rate x U[1 - r, 1 + r] per record and copy (time stretch)
+    amplitude_range: float = 0.2  # each lead x U[1 - a, 1 + a] per record and copy
+
+    def validate(self) -> None:
+        _check(self.copies >= 0, "augment.copies", self.copies, "must be >= 0")
+        _check(0 <= self.rate_range < 0.5, "augment.rate_range", self.rate_range, "must be in [0, 0.5)")
+        _check(0 <= self.amplitude_range < 1, "augment.amplitude_range", self.amplitude_range, "must be in [0, 1)")
 
 
 @dataclass

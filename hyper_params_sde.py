@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hyper_params import TrainConfig, _check, build_config, read_json
+from hyper_params import AugmentConfig, TrainConfig, _check, build_config, read_json
 from paths import ROOT
 
 DEFAULT_CONFIG = ROOT / "config_sde.json"
@@ -60,6 +60,7 @@ class SDEConfig:
     model: SDEModelConfig = field(default_factory=SDEModelConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
@@ -96,6 +97,7 @@ class SDEConfig:
         _check(lo.phase_hint >= 0, "loss.phase_hint", lo.phase_hint, "must be >= 0")
         _check(lo.phase_hint_steps >= 0, "loss.phase_hint_steps", lo.phase_hint_steps, "must be >= 0")
         _check(lo.kl_anneal_steps >= 0, "loss.kl_anneal_steps", lo.kl_anneal_steps, "must be >= 0")
+        self.augment.validate()
         _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
         _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
         _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")

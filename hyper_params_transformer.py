@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hyper_params import TrainConfig, _check, build_config, read_json
+from hyper_params import AugmentConfig, TrainConfig, _check, build_config, read_json
 from paths import ROOT
 
 DEFAULT_CONFIG = ROOT / "config_transformer.json"
@@ -32,6 +32,7 @@ class SampleConfig:
 class TransformerConfig:
     model: GPTConfig = field(default_factory=GPTConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
@@ -46,6 +47,7 @@ class TransformerConfig:
         _check(s.temperature >= 0, "sample.temperature", s.temperature, "must be >= 0 (0 = greedy)")
         _check(s.top_k >= 0, "sample.top_k", s.top_k, "must be >= 0")
         _check(0 < s.top_p <= 1, "sample.top_p", s.top_p, "must be in (0, 1]")
+        self.augment.validate()
         _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
         _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
         _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")

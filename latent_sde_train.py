@@ -22,7 +22,7 @@ import paths
 from hyper_params import config_from_dict
 from hyper_params_sde import load_sde_config
 from latent_sde import LatentSDE, LatentSDEForecaster
-from prepare_mitbih import cached_encoding, load_split
+from prepare_mitbih import cached_encoding, load_split, stretched_copy
 from train_results import load_checkpoint, plot_forecasts, weights_digest
 from training import Trainer, apply_train_overrides, run_parser, run_record, seed_everything, setup_runtime
 from vqvae import VQVAE
@@ -95,6 +95,17 @@ def main(argv: list[str] | None = None) -> dict:
                         lambda d=d: encode_windows(vq, d["signals"], piece), args.prepared)
         for split, d in (("train", train), ("validation", val)))
     fs = int(train["fs"])
+    frames, sources = [train_frames], [train]      # sources: where each block's beat annotations come from
+    aug = scfg.augment
+    if aug.copies:   # stretched, rescaled copies of the training records (beats moved with them)
+        stride = cfg.data.stride_samples
+        rng = np.random.default_rng(scfg.train.seed)
+        sources += [stretched_copy(train, aug, stride, rng) for _ in range(aug.copies)]
+        key = f"{weights_digest(vq)}:{train['data_hash']}:{train['input_hash']}:augment:{aug}:{piece}:{scfg.train.seed}"
+        frames.append(cached_encoding("latents", key, lambda: torch.cat(
+            [encode_windows(vq, c["signals"], piece) for c in sources[1:]]), args.prepared))
+        if rt.is_main:
+            print(f"augmented: {len(frames[1])} windows from {aug.copies} stretched copies of the training records")
     model = LatentSDE(cfg.model.latent_dim, scfg, fs / factor)
     model.set_normaliser(train_frames)           # a resumed run restores the same buffers from its checkpoint
     context = piece // factor
@@ -119,10 +130,10 @@ def main(argv: list[str] | None = None) -> dict:
             m.train()
         return {}
 
-    train_set, val_set = TensorDataset(train_frames), TensorDataset(val_frames)
+    train_set, val_set = TensorDataset(torch.cat(frames)), TensorDataset(val_frames)
     if scfg.model.phase_harmonics and scfg.loss.phase_hint > 0:   # the curriculum's targets
         steps = train_frames.shape[1]
-        train_set = TensorDataset(train_frames, beat_targets(train, steps, factor, fs))
+        train_set = TensorDataset(train_set.tensors[0], torch.cat([beat_targets(d, steps, factor, fs) for d in sources]))
         val_set = TensorDataset(val_frames, beat_targets(val, steps, factor, fs))
     trainer = Trainer(model, train_set, val_set, step_fn, scfg.train, run_dir,
                       ckpt_dir, config, meta, rt, kind="latent_sde", epoch_end=epoch_end,

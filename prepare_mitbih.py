@@ -24,7 +24,7 @@ from tqdm import tqdm
 # then fails in about a second instead of after seconds of loading them.
 
 import paths
-from hyper_params import Config, DataConfig, data_hash, load_config
+from hyper_params import AugmentConfig, Config, DataConfig, data_hash, load_config
 from paths import UserError
 
 if TYPE_CHECKING:
@@ -284,10 +284,7 @@ def window_starts(n: int, cfg: DataConfig, overlap: bool) -> np.ndarray:
     length = cfg.total_samples
     if n < length:
         return np.zeros(0, np.int64)
-    stride = length
-    if overlap and cfg.window_stride:
-        stride = max(1, round(cfg.window_stride * cfg.samples_per_second))
-    starts = np.arange(0, n - length + 1, stride, dtype=np.int64)
+    starts = np.arange(0, n - length + 1, cfg.stride_samples if overlap else length, dtype=np.int64)
     k = cfg.signals_per_patient or 0
     if 0 < k < len(starts):
         starts = starts[np.round(np.linspace(0, len(starts) - 1, k)).astype(np.int64)]
@@ -427,6 +424,46 @@ def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],
     tensor = compute()
     paths.atomic_torch_save({"key": key, "tensor": tensor}, cache)
     return tensor
+
+
+def stretched_copy(data: dict, aug: AugmentConfig, stride: int, rng: np.random.Generator) -> dict:
+    """A prepared split's windows cut again from every record after a time stretch (heart rate x a)
+    and a gain per lead, both drawn per record: new patients for the forecasters, on which continuing
+    the previous beats still works. Returns signals, record, start, beat_ptr and beat_pos like the split."""
+    import scipy.signal
+    import torch
+
+    sig, rec, start = data["signals"], data["record"].numpy(), data["start"].numpy()
+    ptr, pos = data["beat_ptr"].numpy(), data["beat_pos"].numpy()
+    n = sig.shape[1]
+    parts: dict[str, list] = {"signals": [], "record": [], "start": [], "beats": []}
+    for r in np.unique(rec):
+        idx = np.flatnonzero(rec == r)
+        offset = start[idx] - start[idx].min()
+        whole = np.zeros((offset.max() + n, sig.shape[2]), np.float32)
+        whole[offset[:, None] + np.arange(n)] = sig[idx].numpy()    # overlapping windows hold the same samples
+        gap = np.ones(len(whole))                                   # 1 where no window covers the record
+        gap[offset[:, None] + np.arange(n)] = 0
+        beats = np.unique(np.concatenate([offset[k] + pos[ptr[i]:ptr[i + 1]] for k, i in enumerate(idx)]))
+        a = Fraction(rng.uniform(1 - aug.rate_range, 1 + aug.rate_range)).limit_denominator(32)
+        y = scipy.signal.resample_poly(whole, a.denominator, a.numerator, axis=0)   # 1 / a as long
+        y = y * rng.uniform(1 - aug.amplitude_range, 1 + aug.amplitude_range, sig.shape[2])
+        beats = np.round(beats * a.denominator / a.numerator).astype(np.int64)
+        gap = np.interp(np.arange(len(y)) * float(a), np.arange(len(whole)), gap)
+        starts = np.arange(0, len(y) - n + 1, stride)
+        in_gap = np.concatenate([[0.0], np.cumsum(gap)])
+        starts = starts[in_gap[starts + n] == in_gap[starts]]                   # windows without a gap
+        parts["signals"].append(torch.from_numpy(y[starts[:, None] + np.arange(n)].astype(np.float32)))
+        parts["record"].append(np.full(len(starts), r))
+        parts["start"].append(starts)
+        lo, hi = np.searchsorted(beats, starts), np.searchsorted(beats, starts + n)
+        parts["beats"] += [beats[first:last] - s0 for first, last, s0 in zip(lo, hi, starts)]
+    counts = np.array([len(b) for b in parts["beats"]])
+    return {"signals": torch.cat(parts["signals"]),
+            "record": torch.from_numpy(np.concatenate(parts["record"])),
+            "start": torch.from_numpy(np.concatenate(parts["start"])),
+            "beat_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(counts)])),
+            "beat_pos": torch.from_numpy(np.concatenate(parts["beats"]))}
 
 
 def window_beats(data: dict, i: int) -> np.ndarray:

@@ -20,6 +20,7 @@ TINY_SDE = {
     "model": {"state_size": 6, "context_size": 8, "encoder_hidden": 16, "hidden_size": 32, "emission_hidden": 32,
               "diffusion_hidden": 4, "phase_harmonics": 3, "corrected_dims": 2},
     "loss": {"kl_start": 0.1, "kl_anneal_steps": 10, "phase_hint": 1.0, "phase_hint_steps": 20},
+    "augment": {"copies": 1},
     "train": {"epochs": 3, "batch_size": 8, "learning_rate": 0.003, "warmup_steps": 2, "max_steps_per_epoch": 10,
               "plot_windows": 2, "checkpoint_every": 1},
 }

@@ -430,3 +430,39 @@ def test_two_real_records(mitdb, tmp_path):
     offsets = np.abs(offsets)
     assert len(offsets) > 200
     assert np.median(offsets) <= 1 and np.mean(offsets <= 2) > 0.95  # reference beats sit on the R peaks
+
+
+def test_stretched_copy_changes_heart_rate_and_gain_only() -> None:
+    from hyper_params import AugmentConfig
+    from prepare_mitbih import stretched_copy
+
+    fs, n, stride, hz = 128, 768, 384, 1.2
+    t = np.arange(60 * fs) / fs
+    record = np.stack([np.sin(2 * np.pi * hz * t), 0.5 * np.cos(2 * np.pi * hz * t)], 1).astype(np.float32)
+    beats = np.arange(0, len(t), fs / hz).round().astype(np.int64)            # one "beat" per period
+    starts = np.arange(0, len(t) - n + 1, stride)
+    per_window = [beats[(beats >= s) & (beats < s + n)] - s for s in starts]
+    data = {"signals": torch.from_numpy(record[starts[:, None] + np.arange(n)]),
+            "record": torch.zeros(len(starts), dtype=torch.long), "start": torch.from_numpy(starts),
+            "beat_ptr": torch.from_numpy(np.cumsum([0] + [len(b) for b in per_window])),
+            "beat_pos": torch.from_numpy(np.concatenate(per_window))}
+    same = stretched_copy(data, AugmentConfig(1, 0.0, 0.0), stride, np.random.default_rng(0))
+    for key in ("signals", "start", "beat_ptr", "beat_pos"):
+        assert torch.equal(same[key], data[key]), key
+    out = stretched_copy(data, AugmentConfig(1, 0.3, 0.5), stride, np.random.default_rng(0))
+    spectrum = np.abs(np.fft.rfft(out["signals"][:, :, 0].numpy(), n=16 * n, axis=1)).mean(0)
+    a = np.fft.rfftfreq(16 * n, 1 / fs)[np.argmax(spectrum)] / hz          # heart rate factor
+    assert 0.7 <= a <= 1.3 and abs(a - 1) > 0.01
+    assert abs(len(out["signals"]) - ((len(t) / a - n) // stride + 1)) <= 1   # the record is 1/a as long
+    rr = np.diff(out["beat_pos"][out["beat_ptr"][0]:out["beat_ptr"][1]].numpy())
+    assert np.allclose(rr, fs / hz / a, atol=1.5)                              # beats moved with the signal
+    gains = out["signals"].abs().amax((0, 1)) / data["signals"].abs().amax((0, 1))
+    assert ((gains > 0.45) & (gains < 1.55)).all() and abs(gains[0] - gains[1]) > 0.01
+    keep = np.r_[0:5, 12:len(starts)]                  # signals_per_patient > 0 leaves gaps between windows
+    sparse = {**data, "signals": data["signals"][keep], "record": data["record"][keep], "start": data["start"][keep],
+              "beat_ptr": torch.from_numpy(np.cumsum([0] + [len(per_window[i]) for i in keep])),
+              "beat_pos": torch.from_numpy(np.concatenate([per_window[i] for i in keep]))}
+    out = stretched_copy(sparse, AugmentConfig(1, 0.3, 0.5), stride, np.random.default_rng(0))
+    zeros = (out["signals"][:, :, 0].abs() < 1e-6).float()
+    longest_flat = torch.nn.functional.avg_pool1d(zeros[:, None], 64, 1).amax()  # 1 if 64 zero samples in a row
+    assert 0 < len(out["signals"]) < len(starts) - 7 and longest_flat < 1

@@ -77,6 +77,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     vq = next((tmp / "checkpoints").glob("vqvae-*/best.pt"))
     tcfg = tmp / "transformer.json"
     tcfg.write_text(json.dumps({"model": {"dim": 32, "layers": 2, "heads": 2, "dropout": 0.0},
+                                "augment": {"copies": 1},
                                 "train": {"epochs": 3, "batch_size": 8, "learning_rate": 0.003,
                                           "warmup_steps": 2, "max_steps_per_epoch": 15, "plot_windows": 2}}))
     setup_t = {**setup, "config": str(tcfg)}
