@@ -130,10 +130,11 @@ def main(argv: list[str] | None = None) -> dict:
             m.train()
         return {}
 
-    train_set, val_set = TensorDataset(torch.cat(frames)), TensorDataset(val_frames)
+    all_frames = torch.cat(frames) if len(frames) > 1 else train_frames
+    train_set, val_set = TensorDataset(all_frames), TensorDataset(val_frames)
     if scfg.model.phase_harmonics and scfg.loss.phase_hint > 0:   # the curriculum's targets
         steps = train_frames.shape[1]
-        train_set = TensorDataset(train_set.tensors[0], torch.cat([beat_targets(d, steps, factor, fs) for d in sources]))
+        train_set = TensorDataset(all_frames, torch.cat([beat_targets(d, steps, factor, fs) for d in sources]))
         val_set = TensorDataset(val_frames, beat_targets(val, steps, factor, fs))
     trainer = Trainer(model, train_set, val_set, step_fn, scfg.train, run_dir,
                       ckpt_dir, config, meta, rt, kind="latent_sde", epoch_end=epoch_end,
