@@ -106,10 +106,9 @@ class Forecaster(ForecasterBase):
             ctx = codes[lo:lo + per_chunk]
             future = self.gpt.generate(ctx, steps, self.sample.temperature, self.sample.top_k, self.sample.top_p,
                                        gen, use_cache=use_cache, num_samples=num_samples)
-            ctx = ctx.repeat_interleave(num_samples, 0)
             # decode the future with the last second of context codes: a smooth seam at a third of the cost
             margin = min(keep, self.DECODE_MARGIN)
-            full = torch.cat([ctx[:, keep - margin:], future], 1)
+            full = torch.cat([ctx[:, keep - margin:].repeat_interleave(num_samples, 0), future], 1)
             wave = torch.cat([self.vq.decode(full[i:i + 512]) for i in range(0, len(full), 512)])
             start = margin * self.factor
             out[lo:lo + per_chunk] = wave[:, start:start + horizon].reshape(-1, num_samples, horizon, 2).cpu().numpy()

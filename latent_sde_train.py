@@ -22,7 +22,7 @@ import paths
 from hyper_params import config_from_dict
 from hyper_params_sde import load_sde_config
 from latent_sde import LatentSDE, LatentSDEForecaster
-from prepare_mitbih import cached_encoding, load_split, stretched_copy
+from prepare_mitbih import augmented_encoding, cached_encoding, load_split
 from train_results import load_checkpoint, plot_forecasts, weights_digest
 from training import Trainer, apply_train_overrides, run_parser, run_record, seed_everything, setup_runtime
 from vqvae import VQVAE
@@ -98,12 +98,10 @@ def main(argv: list[str] | None = None) -> dict:
     frames, sources = [train_frames], [train]      # sources: where each block's beat annotations come from
     aug = scfg.augment
     if aug.copies:   # stretched, rescaled copies of the training records (beats moved with them)
-        stride = cfg.data.stride_samples
-        rng = np.random.default_rng(scfg.train.seed)
-        sources += [stretched_copy(train, aug, stride, rng) for _ in range(aug.copies)]
-        key = f"{weights_digest(vq)}:{train['data_hash']}:{train['input_hash']}:augment:{aug}:{piece}:{scfg.train.seed}"
-        frames.append(cached_encoding("latents", key, lambda: torch.cat(
-            [encode_windows(vq, c["signals"], piece) for c in sources[1:]]), args.prepared))
+        copies, extra = augmented_encoding("latents", train, aug, cfg.data, scfg.train.seed,
+                                           lambda x: encode_windows(vq, x, piece), weights_digest(vq), args.prepared)
+        frames.append(extra)
+        sources += copies
         if rt.is_main:
             print(f"augmented: {len(frames[1])} windows from {aug.copies} stretched copies of the training records")
     model = LatentSDE(cfg.model.latent_dim, scfg, fs / factor)

@@ -466,6 +466,19 @@ def stretched_copy(data: dict, aug: AugmentConfig, stride: int, rng: np.random.G
             "beat_pos": torch.from_numpy(np.concatenate(parts["beats"]))}
 
 
+def augmented_encoding(kind: str, data: dict, aug: AugmentConfig, cfg: DataConfig, seed: int,
+                       encode: Callable[[torch.Tensor], torch.Tensor], encoder_digest: str,
+                       prepared_dir: str | Path | None = None) -> tuple[list[dict], torch.Tensor]:
+    """`aug.copies` stretched copies of a training split (stretched_copy, seeded) and their windows
+    encoded by `encode`, cached like the plain windows (see cached_encoding)."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    copies = [stretched_copy(data, aug, cfg.stride_samples, rng) for _ in range(aug.copies)]
+    key = f"{encoder_digest}:{data['data_hash']}:{data['input_hash']}:augment:{aug}:{cfg.window_samples}:{seed}"
+    return copies, cached_encoding(kind, key, lambda: torch.cat([encode(c["signals"]) for c in copies]), prepared_dir)
+
+
 def window_beats(data: dict, i: int) -> np.ndarray:
     """Reference beat positions (samples from the window start) of window i."""
     lo, hi = int(data["beat_ptr"][i]), int(data["beat_ptr"][i + 1])

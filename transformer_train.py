@@ -19,9 +19,9 @@ from torch.utils.data import TensorDataset
 
 import paths
 from forecast import Forecaster
-from hyper_params import AugmentConfig, config_from_dict
+from hyper_params import config_from_dict
 from hyper_params_transformer import load_transformer_config
-from prepare_mitbih import cached_encoding, load_split, stretched_copy
+from prepare_mitbih import augmented_encoding, cached_encoding, load_split
 from train_results import load_checkpoint, plot_forecasts, weights_digest
 from training import Trainer, apply_train_overrides, run_parser, run_record, seed_everything, setup_runtime
 from transformer import CodeGPT
@@ -39,13 +39,6 @@ def encode_split(vq: VQVAE, signals: torch.Tensor, chunk: int, batch: int = 512)
         x = signals[i:i + batch].clone()
         out.append(torch.cat([vq.encode(x[:, t:t + chunk]) for t in range(0, x.shape[1], chunk)], 1))
     return torch.cat(out)
-
-
-def augmented_codes(vq: VQVAE, data: dict, aug: AugmentConfig, stride: int, chunk: int, seed: int) -> torch.Tensor:
-    """Codes of `aug.copies` stretched copies of the training split (prepare_mitbih.stretched_copy)."""
-    rng = np.random.default_rng(seed)
-    return torch.cat([encode_split(vq, stretched_copy(data, aug, stride, rng)["signals"], chunk)
-                      for _ in range(aug.copies)])
 
 
 def step_fn(model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
@@ -77,11 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
         for split, d in (("train", train), ("validation", val)))
     aug = tcfg.augment
     if aug.copies:
-        stride = cfg.data.stride_samples
-        key = (f"{weights_digest(vq)}:{train['data_hash']}:{train['input_hash']}:augment:{aug}:{chunk}:"
-               f"{tcfg.train.seed}")
-        extra = cached_encoding("codes", key, lambda: augmented_codes(vq, train, aug, stride, chunk, tcfg.train.seed),
-                                args.prepared)
+        _, extra = augmented_encoding("codes", train, aug, cfg.data, tcfg.train.seed,
+                                      lambda x: encode_split(vq, x, chunk), weights_digest(vq), args.prepared)
         if rt.is_main:
             print(f"augmented: {len(extra)} windows from {aug.copies} stretched copies of the training records")
         train_codes = torch.cat([train_codes, extra])
