@@ -60,6 +60,8 @@ class ModelConfig:
     attention_layers: int = 1
     latent_dim: int = 64                # size of one code vector
     codebook_size: int = 512
+    num_quantizers: int = 1             # residual codebooks per time step (bits = this x log2(codebook_size))
+    window_gain: bool = False           # code each window divided by its own RMS per lead (sent as 2 x 6 bits)
     commitment_cost: float = 0.25
     ema_decay: float = 0.99
     dead_code_threshold: float = 1.0    # a code used fewer times than this in restart_every steps restarts
@@ -126,7 +128,7 @@ class Config:
         _check(f >= 1 and f & (f - 1) == 0, "model.downsample_factor", f, "must be a power of 2")
         _check(d.window_samples % f == 0, "model.downsample_factor", f,
                f"must divide the window of {d.window_samples} samples")
-        for key in ("channels", "latent_dim", "codebook_size", "attention_heads"):
+        for key in ("channels", "latent_dim", "codebook_size", "num_quantizers", "attention_heads"):
             _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
         _check(m.channels % m.attention_heads == 0, "model.attention_heads", m.attention_heads,
                f"must divide model.channels={m.channels}")

@@ -396,7 +396,8 @@ class LatentSDEForecaster(ForecasterBase):
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1 sample, got {horizon}")
         x = torch.from_numpy(np.ascontiguousarray(x[:, x.shape[1] - keep * self.factor:])).to(self.device)
-        frames = self.sde.normalise(self.vq.encode_latent(x).permute(2, 0, 1))      # [C, B, obs]
+        unit = self.vq.unit(x)                                                     # the context's gain
+        frames = self.sde.normalise(self.vq.encode_latent(x, unit).permute(2, 0, 1))  # [C, B, obs]
         steps = math.ceil(horizon / self.factor)
         out = np.empty((len(x), num_samples, horizon, 2), np.float32)
         per_chunk = max(1, self.max_paths // num_samples)
@@ -404,6 +405,7 @@ class LatentSDEForecaster(ForecasterBase):
             chunk_seed = int(np.random.SeedSequence([int(seed) % 2 ** 63, n]).generate_state(1)[0])
             fut = self.sde.sample_frames(frames[:, lo:lo + per_chunk], steps, num_samples, chunk_seed)
             z = fut.permute(1, 2, 0)                                                   # [b * S, obs, steps]
-            wave = torch.cat([self.vq.decode_latent(z[i:i + 512]) for i in range(0, len(z), 512)])
+            u = unit[lo:lo + per_chunk].repeat_interleave(num_samples, 0)
+            wave = torch.cat([self.vq.decode_latent(z[i:i + 512], u[i:i + 512]) for i in range(0, len(z), 512)])
             out[lo:lo + per_chunk] = wave[:, :horizon].reshape(-1, num_samples, horizon, 2).cpu().numpy()
         return out

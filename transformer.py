@@ -116,16 +116,17 @@ class ConvAttention(nn.Module):
 
 
 class CodeGPT(nn.Module):
-    """Decoder-only Transformer over VQ-VAE code sequences (one code per time step, both leads).
+    """Decoder-only Transformer over VQ-VAE code sequences (one code per time step, both leads; with
+    `levels` residual codebooks, the steps' codes one after the other, see VQVAE.tokens).
 
     Rotary or learned positions, pre-norm causal blocks, output head tied to the token embedding,
     and a key/value cache so generating H codes costs H small forward passes instead of H full ones.
     """
 
     def __init__(self, vocab: int, block_size: int, dim: int = 128, layers: int = 4, heads: int = 4,
-                 dropout: float = 0.1, rope: bool = True):
+                 dropout: float = 0.1, rope: bool = True, levels: int = 1):
         super().__init__()
-        self.vocab, self.block_size = vocab, block_size
+        self.vocab, self.block_size, self.levels = vocab, block_size, levels
         self.tok = nn.Embedding(vocab, dim)
         self.pos = None if rope else nn.Embedding(block_size, dim)
         self.drop = nn.Dropout(dropout)
@@ -169,7 +170,8 @@ class CodeGPT(nn.Module):
         if not use_cache:
             seq = context.repeat_interleave(num_samples, 0)
             for _ in range(steps):
-                nxt = sample_next(self(seq, last_only=True)[:, -1], temperature, top_k, top_p, generator)
+                logits = self.level_mask(self(seq, last_only=True)[:, -1], seq.shape[1])
+                nxt = sample_next(logits, temperature, top_k, top_p, generator)
                 seq = torch.cat([seq, nxt[:, None]], 1)
             return seq[:, context.shape[1]:]
         caches = [{"size": context.shape[1] + steps} for _ in self.blocks]
@@ -178,10 +180,21 @@ class CodeGPT(nn.Module):
             cache["k"], cache["v"] = (cache[key].repeat_interleave(num_samples, 0) for key in ("k", "v"))
         out = torch.empty(len(logits), steps, dtype=context.dtype, device=context.device)
         for i in range(steps):
-            out[:, i] = sample_next(logits, temperature, top_k, top_p, generator)
+            out[:, i] = sample_next(self.level_mask(logits, context.shape[1] + i), temperature, top_k, top_p, generator)
             if i + 1 < steps:
                 logits = self(out[:, i:i + 1], caches, offset=context.shape[1] + i, last_only=True)[:, -1]
         return out
+
+
+    def level_mask(self, logits: torch.Tensor, position: int) -> torch.Tensor:
+        """Only the tokens of the codebook level that `position` holds can be drawn there."""
+        if self.levels == 1:
+            return logits
+        size = self.vocab // self.levels
+        level = position % self.levels
+        allowed = torch.zeros(self.vocab, dtype=torch.bool, device=logits.device)
+        allowed[level * size:(level + 1) * size] = True
+        return logits.masked_fill(~allowed, float("-inf"))
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,

@@ -32,12 +32,12 @@ from vqvae_train import shared_run_dirs
 
 @torch.no_grad()
 def encode_split(vq: VQVAE, signals: torch.Tensor, chunk: int, batch: int = 512) -> torch.Tensor:
-    """Codes of every window, encoding each `chunk` (one context length) on its own: at forecast
+    """Code tokens (VQVAE.tokens) of every window, encoding each `chunk` (one context length) on its own: at forecast
     time the context is encoded without seeing the future, so training codes must be made alike."""
     out = []
     for i in range(0, len(signals), batch):
         x = signals[i:i + batch].clone()
-        out.append(torch.cat([vq.encode(x[:, t:t + chunk]) for t in range(0, x.shape[1], chunk)], 1))
+        out.append(torch.cat([vq.tokens(vq.encode(x[:, t:t + chunk])) for t in range(0, x.shape[1], chunk)], 1))
     return torch.cat(out)
 
 
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
         if rt.is_main:
             print(f"augmented: {len(extra)} windows from {aug.copies} stretched copies of the training records")
         train_codes = torch.cat([train_codes, extra])
-    model = CodeGPT(cfg.model.codebook_size, train_codes.shape[1], tcfg.model.dim, tcfg.model.layers,
-                    tcfg.model.heads, tcfg.model.dropout, tcfg.model.rope)
+    model = CodeGPT(vq.vocab, train_codes.shape[1], tcfg.model.dim, tcfg.model.layers, tcfg.model.heads,
+                    tcfg.model.dropout, tcfg.model.rope, cfg.model.num_quantizers)
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "transformer")
     config = {**tcfg.to_dict(), "vqvae": vq_ckpt["config"]}
     meta = run_record(config, tcfg.train.seed, train["data_hash"] + "/" + train["input_hash"], rt,

@@ -1,7 +1,9 @@
 """Two-lead ECG VQ-VAE: strided conv encoder (+ attention), EMA vector quantizer, mirrored decoder.
 
 Signals go in and come out as [B, T, 2] in mV; T must be a multiple of `downsample_factor`.
-One code per `downsample_factor` samples covers both leads.
+One code per `downsample_factor` samples covers both leads. With `num_quantizers` Q > 1 the
+quantizer is residual (each further codebook codes what the ones before left), and a time step
+has Q codes: codes are [B, T] for Q = 1 and [B, T, Q] otherwise.
 """
 from __future__ import annotations
 
@@ -28,6 +30,11 @@ def _whole_batch(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.stack(parts, 1).flatten(0, 1)
+
+
+GAIN_OCTAVES = (-8, 4)    # window gains (RMS, mV) from 2^-8 to 2^4 mV ...
+GAIN_STEPS = 4            # ... in quarter octaves: 49 values,
+GAIN_BITS = 6             # so 6 bits a lead and window
 
 
 class ResBlock(nn.Module):
@@ -212,8 +219,10 @@ class VQVAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
-        self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.latent_dim, cfg.ema_decay, cfg.commitment_cost,
-                                         cfg.dead_code_threshold, cfg.restart_every)
+        first, *rest = [VectorQuantizer(cfg.codebook_size, cfg.latent_dim, cfg.ema_decay, cfg.commitment_cost,
+                                        cfg.dead_code_threshold, cfg.restart_every) for _ in range(cfg.num_quantizers)]
+        self.quantizer = first  # keeps its name, so single-codebook checkpoints load unchanged
+        self.residual = nn.ModuleList(rest)
         self.register_buffer("scale", torch.tensor(scale_mv or [1.0, 1.0], dtype=torch.float32))
 
     @property
@@ -224,32 +233,104 @@ class VQVAE(nn.Module):
         if x.ndim != 3 or x.shape[-1] != 2 or x.shape[1] % self.factor:
             raise ValueError(f"expected [B, T, 2] with T a multiple of {self.factor}, got {tuple(x.shape)}")
 
-    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
+    def unit(self, x: torch.Tensor) -> torch.Tensor:
+        """What each window [B, T, 2] is divided by before coding, [B, 1, 2]: the training patients' std
+        per lead, or with `window_gain` the window's own RMS per lead on a quarter-octave grid (sent
+        with the codes), so quiet and loud patients are coded at the same relative precision."""
+        if not self.cfg.window_gain:
+            return self.scale.expand(len(x), 1, 2)
+        rms = x.pow(2).mean(1, keepdim=True).sqrt().clamp(2.0 ** GAIN_OCTAVES[0], 2.0 ** GAIN_OCTAVES[1])
+        return torch.exp2(torch.round(torch.log2(rms) * GAIN_STEPS) / GAIN_STEPS)
+
+    def _decode_unit(self, unit: torch.Tensor | None) -> torch.Tensor:
+        if unit is not None:
+            return unit
+        if self.cfg.window_gain:
+            raise ValueError("this VQ-VAE codes each window's gain: pass unit=vq.unit(window) to decode")
+        return self.scale
+
+    def encode_latent(self, x: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         """Continuous encoder output before quantisation, [B, latent_dim, T / factor]."""
         self._check(x)
-        return self.encoder((x / self.scale).transpose(1, 2))
+        return self.encoder((x / (self.unit(x) if unit is None else unit)).transpose(1, 2))
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Signals [B, T, 2] in mV -> codes [B, T / factor]."""
-        z = self.encode_latent(x)
+    @property
+    def quantizers(self) -> list[VectorQuantizer]:
+        return [self.quantizer, *self.residual]
+
+    def encode(self, x: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
+        """Signals [B, T, 2] in mV -> codes [B, T / factor] (Q = 1) or [B, T / factor, Q]."""
+        z = self.encode_latent(x, unit)
         B, D, T = z.shape
-        return self.quantizer.nearest(z.permute(0, 2, 1).reshape(-1, D)).view(B, T)
+        rest = z.permute(0, 2, 1).reshape(-1, D)
+        codes = []
+        for q in self.quantizers:
+            codes.append(q.nearest(rest))
+            rest = rest - q.codebook[codes[-1]]
+        return codes[0].view(B, T) if len(codes) == 1 else torch.stack(codes, 1).view(B, T, len(codes))
 
-    def decode_latent(self, zq: torch.Tensor) -> torch.Tensor:
-        return self.decoder(zq).transpose(1, 2) * self.scale
+    @property
+    def vocab(self) -> int:
+        """Token vocabulary of `tokens`: each codebook level has its own range of codebook_size ids."""
+        return len(self.quantizers) * self.cfg.codebook_size
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes [B, T'] -> signals [B, T' * factor, 2] in mV."""
-        return self.decode_latent(self.quantizer.codebook[codes].permute(0, 2, 1))
+    def tokens(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, T] or [B, T, Q] -> one token sequence [B, T * Q] (level q of step t at t * Q + q,
+        shifted by q * codebook_size), so a Transformer over tokens needs nothing to know of levels."""
+        if codes.ndim == 2:
+            return codes
+        shift = torch.arange(codes.shape[-1], device=codes.device) * self.cfg.codebook_size
+        return (codes + shift).flatten(1)
+
+    def untokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The inverse of `tokens`."""
+        q = len(self.quantizers)
+        if q == 1:
+            return tokens
+        return tokens.view(len(tokens), -1, q) % self.cfg.codebook_size
+
+    def decode_latent(self, zq: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decoder(zq).transpose(1, 2) * self._decode_unit(unit)
+
+    def decode(self, codes: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes [B, T'] or [B, T', Q] -> signals [B, T' * factor, 2] in mV (`unit`: see `unit`)."""
+        levels = codes.unsqueeze(-1) if codes.ndim == 2 else codes
+        if levels.shape[-1] != len(self.quantizers):
+            raise ValueError(f"codes have {levels.shape[-1]} codebook levels, the model {len(self.quantizers)}")
+        z = sum(q.codebook[levels[..., i]] for i, q in enumerate(self.quantizers))
+        return self.decode_latent(z.permute(0, 2, 1), unit)
+
+    def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Residual quantisation of z [B, D, T]: the sum of the levels' straight-through outputs, the
+        levels' commitment losses summed and the first level's perplexity (the coarse vocabulary)."""
+        total, rest, commitment, perplexity = torch.zeros_like(z), z, 0.0, None
+        for q in self.quantizers:
+            zq, _, losses = q(rest)
+            total = total + zq
+            rest = rest - zq.detach()
+            commitment = commitment + losses["commitment"]
+            perplexity = losses["perplexity"] if perplexity is None else perplexity
+        return total, {"commitment": commitment, "perplexity": perplexity}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Reconstruction in mV and losses (reconstruction MSE in normalised units + commitment)."""
-        zq, codes, losses = self.quantizer(self.encode_latent(x))
-        x_hat = self.decode_latent(zq)
-        recon = F.mse_loss(x_hat / self.scale, x / self.scale)
+        unit = self.unit(x)
+        zq, losses = self.quantize(self.encode_latent(x, unit))
+        x_hat = self.decode_latent(zq, unit)
+        recon = F.mse_loss(x_hat / unit, x / unit)
         losses.update(recon=recon, loss=recon + losses["commitment"])
         return x_hat, losses
 
-    def compression_ratio(self, bits_per_sample: int = 11) -> float:
-        """Bits of the 2-lead signal at the model rate over the bits of its codes."""
-        return 2 * bits_per_sample * self.factor / math.log2(self.cfg.codebook_size)
+    def end_epoch(self) -> dict:
+        """Codebook health of every level; the first level's under the plain names."""
+        stats = {}
+        for i, q in enumerate(self.quantizers):
+            stats.update({(k if i == 0 else f"{k}_{i + 1}"): v for k, v in q.end_epoch().items()})
+        return stats
+
+    def compression_ratio(self, window: int, bits_per_sample: int = 11) -> float:
+        """Bits of a 2-lead window of `window` samples at the model rate over the bits that code it:
+        its codes (all levels) and, with `window_gain`, the two leads' gains."""
+        code_bits = window // self.factor * len(self.quantizers) * math.log2(self.cfg.codebook_size)
+        gain_bits = 2 * GAIN_BITS if self.cfg.window_gain else 0
+        return 2 * bits_per_sample * window / (code_bits + gain_bits)

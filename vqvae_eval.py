@@ -53,9 +53,11 @@ def reconstruction_report(model: VQVAE, data: dict, batch: int = 256) -> dict:
     usage = torch.zeros(model.cfg.codebook_size)
     for lo in tqdm(range(0, len(sig), batch), desc="windows", unit="batch"):
         x = sig[lo:lo + batch].clone()
-        codes = model.encode(x)
-        usage += torch.bincount(codes.flatten(), minlength=len(usage)).float()
-        err = (model.decode(codes) - x).pow(2).sum((1, 2)).double().numpy()
+        unit = model.unit(x)
+        codes = model.encode(x, unit)
+        first = codes if codes.ndim == 2 else codes[..., 0]
+        usage += torch.bincount(first.flatten(), minlength=len(usage)).float()
+        err = (model.decode(codes, unit) - x).pow(2).sum((1, 2)).double().numpy()
         energy = x.pow(2).sum((1, 2)).double().numpy()
         dev = (x - x.mean(1, keepdim=True)).pow(2).sum((1, 2)).double().numpy()
         np.add.at(sums, rec[lo:lo + batch], np.stack([err, energy, dev], 1))
@@ -66,10 +68,13 @@ def reconstruction_report(model: VQVAE, data: dict, batch: int = 256) -> dict:
     p = usage / usage.sum()
     summary = {k: float(np.mean([r[k] for r in per_record.values()])) for k in ("mse_mv2", "prd", "prdn")}
     fs_in = 360.0
+    cr = model.compression_ratio(sig.shape[1])
     summary.update(perplexity=float(torch.exp(-(p * torch.log(p + 1e-10)).sum())),
                    usage=float((usage > 0).float().mean()),
-                   compression_ratio=model.compression_ratio(),
-                   compression_ratio_vs_360hz=model.compression_ratio() * fs_in / float(data["fs"]),
+                   compression_ratio=cr,
+                   bits_per_second=2 * 11 * float(data["fs"]) / cr,
+                   codebooks=len(model.quantizers),
+                   compression_ratio_vs_360hz=cr * fs_in / float(data["fs"]),
                    records=len(per_record), windows=int(len(sig)))
     return {"summary": summary, "per_record": per_record}
 
@@ -98,14 +103,15 @@ def main() -> None:
              "| record | MSE (mV²) | PRD (%) | PRDN (%) |", "|---|---|---|---|"]
     lines += [f"| {r} | {v['mse_mv2']:.5f} | {v['prd']:.2f} | {v['prdn']:.2f} |" for r, v in report["per_record"].items()]
     lines += [f"| **mean over records** | **{s['mse_mv2']:.5f}** | **{s['prd']:.2f}** | **{s['prdn']:.2f}** |", "",
-              f"codebook perplexity {s['perplexity']:.1f}, codes used {100 * s['usage']:.0f}%, compression ratio "
+              f"first codebook: perplexity {s['perplexity']:.1f}, codes used {100 * s['usage']:.0f}%, compression ratio "
               f"{s['compression_ratio']:.1f} (vs 11-bit samples at {int(data['fs'])} Hz; "
-              f"{s['compression_ratio_vs_360hz']:.1f} vs the original 360 Hz)"]
+              f"{s['compression_ratio_vs_360hz']:.1f} vs the original 360 Hz), {s['bits_per_second']:.0f} bit/s "
+              f"in {s['codebooks']} codebook(s)"]
     paths.atomic_write_text("\n".join(lines) + "\n", run / "reconstruction.md")
     idx = np.linspace(0, len(data["signals"]) - 1, 4).astype(int)
     x = data["signals"][idx].clone()
     with torch.no_grad():
-        plot_windows(x.numpy(), model.decode(model.encode(x)).numpy(), float(data["fs"]),
+        plot_windows(x.numpy(), model(x)[0].numpy(), float(data["fs"]),
                      run / "reconstruction_examples.png", f"{args.split} windows, original vs reconstruction")
     print("\n".join(lines[-3:]))
     print(f"report: {run / 'reconstruction.md'}")

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     fixed = val["signals"][np.linspace(0, len(val["signals"]) - 1, cfg.train.plot_windows).astype(int)].clone()
 
     def epoch_end(m: VQVAE, epoch: int, is_main: bool) -> dict:
-        stats = m.quantizer.end_epoch()
+        stats = m.end_epoch()
         if is_main:
             plot_fixed_windows(m, fixed, fs, run_dir / f"reconstruction_epoch_{epoch:03d}.png",
                                f"epoch {epoch}: validation windows, original vs reconstruction")
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     if rt.is_main and row:
         print(f"final validation: MSE {row['val_mse_mv2']:.5f} mV^2, PRD {row['val_prd']:.2f}%, "
               f"PRDN {row['val_prdn']:.2f}%, codebook perplexity {row['perplexity']:.1f} "
-              f"(usage {100 * row['usage']:.0f}%), compression ratio {model.compression_ratio():.1f}")
+              f"(usage {100 * row['usage']:.0f}%), compression ratio {model.compression_ratio(cfg.data.total_samples):.1f}")
     return row
 
 

@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -13,6 +14,7 @@ import vqvae_train
 from forecast import Forecaster
 from hyper_params_sde import DEFAULT_CONFIG, SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster
+from vqvae import VQVAE
 from paths import UserError
 from tiny import flags, tiny_setup
 
@@ -207,3 +209,13 @@ def test_evaluate_takes_the_sde_checkpoint(trained: dict) -> None:
     assert "| latent_sde |" in report and "| seasonal |" in report
     m = json.loads((Path(run) / "metrics.json").read_text())
     assert m["forecasters"]["latent_sde"]["deterministic"] is False
+
+
+def test_window_gain_vqvae_decodes_paths_at_the_context_gain(trained: dict) -> None:
+    """With a window-gain VQ-VAE a context twice as loud gives the same paths twice as loud."""
+    fc = Forecaster.from_checkpoint(trained["ckpt"], "cpu")
+    torch.manual_seed(0)
+    fc.vq = VQVAE(dataclasses.replace(fc.cfg.model, window_gain=True)).eval()
+    context = np.random.default_rng(2).standard_normal((2, 64, 2)).astype(np.float32) * 0.3
+    a = fc.predict(context, 40, num_samples=3, seed=0)
+    np.testing.assert_allclose(fc.predict(2 * context, 40, num_samples=3, seed=0), 2 * a, rtol=1e-4, atol=1e-6)

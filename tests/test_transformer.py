@@ -129,3 +129,36 @@ def test_forecast_cli_bad_start_is_one_line(trained: dict, mitdb: Path, tmp_path
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_generation_draws_each_position_from_its_codebook_level() -> None:
+    torch.manual_seed(0)
+    gpt = CodeGPT(vocab=3 * 8, block_size=30, dim=16, layers=1, heads=2, levels=3).eval()
+    ctx = torch.randint(0, 8, (2, 9)) + torch.arange(3).repeat(3) * 8      # three whole steps
+    for use_cache in (True, False):
+        out = gpt.generate(ctx, 12, generator=torch.Generator().manual_seed(0), use_cache=use_cache, num_samples=4)
+        assert (out // 8 == torch.arange(3).repeat(4)).all()
+
+
+def test_residual_codebooks_train_and_forecast(tmp_path: Path) -> None:
+    """With two codebooks per step the Transformer reads and writes both, one after the other; with
+    window gains a context twice as loud gets the same forecast twice as loud."""
+    from conftest import write_record
+
+    db = tmp_path / "wfdb"
+    for i, name in enumerate(["100", "101", "102", "103"]):
+        write_record(db, name, seed=i)
+    setup = tiny_setup(tmp_path, db, model={"num_quantizers": 2, "window_gain": True}, train={"epochs": 1})
+    vqvae_train.main(flags(setup, "--device", "cpu"))
+    vq = next((tmp_path / "checkpoints").glob("vqvae-*/best.pt"))
+    tcfg = tmp_path / "transformer.json"
+    tcfg.write_text(json.dumps({"model": {"dim": 16, "layers": 1, "heads": 2, "dropout": 0.0},
+                                "train": {"epochs": 1, "batch_size": 8, "warmup_steps": 1, "max_steps_per_epoch": 4,
+                                          "plot_windows": 1}}))
+    transformer_train.main(flags({**setup, "config": str(tcfg)}, "--device", "cpu", "--vqvae", str(vq)))
+    fc = Forecaster.from_checkpoint(next((tmp_path / "checkpoints").glob("transformer-*/best.pt")), "cpu")
+    assert fc.gpt.levels == 2 and fc.gpt.vocab == 64 and fc.gpt.block_size == 2 * 32
+    context = np.random.default_rng(0).standard_normal((2, 64, 2)).astype(np.float32)
+    out = fc.predict(context, 40, 3, seed=0)
+    assert out.shape == (2, 3, 40, 2) and np.isfinite(out).all()
+    np.testing.assert_allclose(fc.predict(2 * context, 40, 3, seed=0), 2 * out, rtol=1e-4, atol=1e-6)

@@ -36,7 +36,7 @@ def test_rejects_length_not_multiple_of_factor() -> None:
 
 def test_compression_ratio() -> None:
     m = tiny_model(downsample_factor=8, codebook_size=512)
-    assert m.compression_ratio() == pytest.approx(2 * 11 * 8 / 9)
+    assert m.compression_ratio(384) == pytest.approx(2 * 11 * 8 / 9)
 
 
 def test_decode_of_encode_matches_forward_in_eval() -> None:
@@ -95,3 +95,59 @@ def test_ema_updates_move_codes_toward_data() -> None:
         _, codes, _ = q(z + 3.0)
     used = q.codebook[codes.unique()]
     assert used.mean().item() > 2.0  # data mean is 3, the initial codebook's about 0
+
+
+def test_residual_codebooks_code_what_the_first_left() -> None:
+    torch.manual_seed(0)
+    m = tiny_model(num_quantizers=3)
+    x = torch.randn(4, 64, 2)
+    m.train()
+    m(x)  # initialises every level's codebook from data (level q from the residual of the ones before)
+    m.eval()
+    codes = m.encode(x)
+    assert codes.shape == (4, 16, 3) and int(codes.max()) < 32
+    with torch.no_grad():
+        x_hat, _ = m(x)
+        assert torch.allclose(m.decode(codes), x_hat, atol=1e-5)
+        z = m.encode_latent(x).permute(0, 2, 1)
+        errors = [(z - sum(q.codebook[codes[..., i]] for i, q in enumerate(m.quantizers[:k]))).pow(2).mean()
+                  for k in (1, 2, 3)]
+    assert errors[0] > errors[1] > errors[2]  # each level removes part of what is left
+    assert m.compression_ratio(64) == pytest.approx(2 * 11 * 4 / (3 * 5))
+    tokens = m.tokens(codes)
+    assert tokens.shape == (4, 48) and m.vocab == 96
+    assert ((tokens[:, 1::3] >= 32) & (tokens[:, 1::3] < 64)).all()
+    assert torch.equal(m.untokens(tokens), codes)
+    with pytest.raises(ValueError, match="2 codebook levels, the model 3"):
+        m.decode(codes[..., :2])
+    stats = m.end_epoch()
+    assert {"perplexity", "usage", "perplexity_2", "usage_3"} <= set(stats)
+
+
+def test_one_codebook_keeps_the_shipped_layout() -> None:
+    m = tiny_model()
+    assert not any(k.startswith("residual") for k in m.state_dict())
+    codes = torch.randint(0, 32, (2, 8))
+    assert torch.equal(m.tokens(codes), codes) and torch.equal(m.untokens(codes), codes)
+
+
+def test_window_gain_codes_quiet_and_loud_windows_alike() -> None:
+    """With window_gain a window and its copy at a tenth of the amplitude get the same codes, and the
+    reconstruction scales with it: the same relative error (PRDN) for quiet and loud patients."""
+    torch.manual_seed(0)
+    m = tiny_model(window_gain=True)
+    x = torch.randn(3, 64, 2) * torch.tensor([1.0, 0.3])
+    m.train()
+    m(x)
+    m.eval()
+    loud, quiet = x * 2.0, x * 2.0 ** -3        # whole quarter octaves, so the gains scale exactly
+    assert torch.equal(m.encode(loud), m.encode(quiet))
+    assert torch.allclose(m.unit(loud), 16 * m.unit(quiet))
+    with torch.no_grad():
+        x_hat_loud, x_hat_quiet = m(loud)[0], m(quiet)[0]
+        assert torch.allclose(x_hat_loud, 16 * x_hat_quiet, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(m.decode(m.encode(loud), m.unit(loud)), x_hat_loud, atol=1e-5)
+    with pytest.raises(ValueError, match="pass unit"):
+        m.decode(m.encode(loud))
+    # 16 code steps x 5 bits and two 6-bit gains code 64 samples x 2 leads x 11 bits
+    assert m.compression_ratio(64) == pytest.approx(2 * 11 * 64 / (16 * 5 + 12))
