@@ -185,7 +185,6 @@ class CodeGPT(nn.Module):
                 logits = self(out[:, i:i + 1], caches, offset=context.shape[1] + i, last_only=True)[:, -1]
         return out
 
-
     def level_mask(self, logits: torch.Tensor, position: int) -> torch.Tensor:
         """Only the tokens of the codebook level that `position` holds can be drawn there."""
         if self.levels == 1:

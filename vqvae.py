@@ -303,14 +303,12 @@ class VQVAE(nn.Module):
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Residual quantisation of z [B, D, T]: the sum of the levels' straight-through outputs, the
         levels' commitment losses summed and the first level's perplexity (the coarse vocabulary)."""
-        total, rest, commitment, perplexity = torch.zeros_like(z), z, 0.0, None
+        total, rest, levels = torch.zeros_like(z), z, []
         for q in self.quantizers:
             zq, _, losses = q(rest)
-            total = total + zq
-            rest = rest - zq.detach()
-            commitment = commitment + losses["commitment"]
-            perplexity = losses["perplexity"] if perplexity is None else perplexity
-        return total, {"commitment": commitment, "perplexity": perplexity}
+            total, rest = total + zq, rest - zq.detach()
+            levels.append(losses)
+        return total, {"commitment": sum(lv["commitment"] for lv in levels), "perplexity": levels[0]["perplexity"]}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Reconstruction in mV and losses (reconstruction MSE in normalised units + commitment)."""

@@ -28,6 +28,14 @@ def test_defaults_load():
     assert raw == cfg.to_dict()
 
 
+def test_codec_recipe_loads_and_shares_the_prepared_data():
+    """config_vqvae_codec.json (the compression recipe) reads the same prepared tensors as the default."""
+    codec = load_config(hyper_params.ROOT / "config_vqvae_codec.json")
+    assert codec.data == Config().data and data_hash(codec.data) == data_hash(Config().data)
+    m = codec.model
+    assert (m.num_quantizers, m.codebook_size, m.window_gain, m.has_attention) == (3, 1024, True, False)
+
+
 def test_partial_sections_keep_defaults():
     cfg = config_from_dict({"data": {"samples_per_second": 256}, "train": {}})
     assert cfg.data.samples_per_second == 256
