@@ -96,8 +96,8 @@ class Forecaster(ForecasterBase):
         steps = math.ceil(horizon / self.factor)
         keep = min(x.shape[1] // self.factor, self.gpt.block_size // q - steps)
         if keep < 1:
-            raise ValueError(f"context of {x.shape[1]} samples is shorter than one code ({self.factor} samples) "
-                             f"or horizon {horizon} exceeds the model's {self.gpt.block_size // q * self.factor} samples")
+            raise ValueError(f"context of {x.shape[1]} samples is shorter than one code ({self.factor} samples) or "
+                             f"horizon {horizon} exceeds the model's {self.gpt.block_size // q * self.factor} samples")
         x = torch.from_numpy(x[:, x.shape[1] - keep * self.factor:]).to(self.device)
         unit = self.vq.unit(x)                        # the context's gain decodes the future too
         tokens = self.vq.tokens(self.vq.encode(x, unit))

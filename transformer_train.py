@@ -32,8 +32,9 @@ from vqvae_train import shared_run_dirs
 
 @torch.no_grad()
 def encode_split(vq: VQVAE, signals: torch.Tensor, chunk: int, batch: int = 512) -> torch.Tensor:
-    """Code tokens (VQVAE.tokens) of every window, encoding each `chunk` (one context length) on its own: at forecast
-    time the context is encoded without seeing the future, so training codes must be made alike."""
+    """Code tokens (VQVAE.tokens) of every window, encoding each `chunk` (one context length) on its
+    own: at forecast time the context is encoded without seeing the future, so training codes must
+    be made alike."""
     out = []
     for i in range(0, len(signals), batch):
         x = signals[i:i + batch].clone()

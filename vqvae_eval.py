@@ -103,10 +103,10 @@ def main() -> None:
              "| record | MSE (mV²) | PRD (%) | PRDN (%) |", "|---|---|---|---|"]
     lines += [f"| {r} | {v['mse_mv2']:.5f} | {v['prd']:.2f} | {v['prdn']:.2f} |" for r, v in report["per_record"].items()]
     lines += [f"| **mean over records** | **{s['mse_mv2']:.5f}** | **{s['prd']:.2f}** | **{s['prdn']:.2f}** |", "",
-              f"first codebook: perplexity {s['perplexity']:.1f}, codes used {100 * s['usage']:.0f}%, compression ratio "
-              f"{s['compression_ratio']:.1f} (vs 11-bit samples at {int(data['fs'])} Hz; "
-              f"{s['compression_ratio_vs_360hz']:.1f} vs the original 360 Hz), {s['bits_per_second']:.0f} bit/s "
-              f"in {s['codebooks']} codebook(s)"]
+              f"first codebook: perplexity {s['perplexity']:.1f}, codes used {100 * s['usage']:.0f}%; "
+              f"compression ratio {s['compression_ratio']:.1f} (vs 11-bit samples at {int(data['fs'])} Hz; "
+              f"{s['compression_ratio_vs_360hz']:.1f} vs the original 360 Hz), "
+              f"{s['bits_per_second']:.0f} bit/s in {s['codebooks']} codebook(s)"]
     paths.atomic_write_text("\n".join(lines) + "\n", run / "reconstruction.md")
     idx = np.linspace(0, len(data["signals"]) - 1, 4).astype(int)
     x = data["signals"][idx].clone()

@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
     if rt.is_main and row:
         print(f"final validation: MSE {row['val_mse_mv2']:.5f} mV^2, PRD {row['val_prd']:.2f}%, "
               f"PRDN {row['val_prdn']:.2f}%, codebook perplexity {row['perplexity']:.1f} "
-              f"(usage {100 * row['usage']:.0f}%), compression ratio {model.compression_ratio(cfg.data.total_samples):.1f}")
+              f"(usage {100 * row['usage']:.0f}%), "
+              f"compression ratio {model.compression_ratio(cfg.data.total_samples):.1f}")
     return row
 
 
