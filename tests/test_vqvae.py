@@ -132,8 +132,8 @@ def test_one_codebook_keeps_the_shipped_layout() -> None:
 
 
 def test_window_gain_codes_quiet_and_loud_windows_alike() -> None:
-    """With window_gain a window and its copy at a tenth of the amplitude get the same codes, and the
-    reconstruction scales with it: the same relative error (PRDN) for quiet and loud patients."""
+    """With window_gain a window and its copy at a sixteenth of the amplitude get the same codes, and
+    the reconstruction scales with it: the same relative error (PRDN) for quiet and loud patients."""
     torch.manual_seed(0)
     m = tiny_model(window_gain=True)
     x = torch.randn(3, 64, 2) * torch.tensor([1.0, 0.3])
