@@ -57,7 +57,7 @@ class Forecaster(ForecasterBase):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> ForecasterBase:
         """Load any forecaster checkpoint (Transformer or latent SDE); it carries the VQ-VAE and configs."""
-        from hyper_params import config_from_dict
+        from hyper_params import stored_config
         from hyper_params_transformer import transformer_config_from_dict
         from train_results import load_checkpoint
         from transformer import CodeGPT
@@ -69,12 +69,12 @@ class Forecaster(ForecasterBase):
             return LatentSDEForecaster.from_checkpoint_dict(ckpt, path, device)
         if ckpt["kind"] != "transformer":
             raise UserError(f"{path} holds a '{ckpt['kind']}' model, not a forecaster")
-        cfg = config_from_dict(ckpt["vqvae"]["config"], f"VQ-VAE config stored in {path}")
+        cfg = stored_config(ckpt["vqvae"]["config"], f"VQ-VAE config stored in {path}")
         tcfg = transformer_config_from_dict({k: ckpt["config"][k] for k in ("model", "sample", "train")},
                                             f"Transformer config stored in {path}")
         vq = VQVAE(cfg.model)
         vq.load_state_dict(ckpt["vqvae"]["model"])
-        gpt = CodeGPT(vq.vocab, ckpt["block_size"], tcfg.model.dim, tcfg.model.layers, tcfg.model.heads,
+        gpt = CodeGPT(cfg.model.codebook_size, ckpt["block_size"], tcfg.model.dim, tcfg.model.layers, tcfg.model.heads,
                       tcfg.model.dropout, tcfg.model.rope, cfg.model.num_quantizers)
         gpt.load_state_dict(ckpt["model"])
         out = cls(vq, gpt, cfg, tcfg.sample, device)
@@ -92,26 +92,24 @@ class Forecaster(ForecasterBase):
     def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
                 seed: int = 0, use_cache: bool = True) -> np.ndarray:
         x = as_context(context)
-        q = self.gpt.levels                           # tokens per code step (residual codebooks)
         steps = math.ceil(horizon / self.factor)
-        keep = min(x.shape[1] // self.factor, self.gpt.block_size // q - steps)
+        keep = min(x.shape[1] // self.factor, self.gpt.block_size - steps)
         if keep < 1:
             raise ValueError(f"context of {x.shape[1]} samples is shorter than one code ({self.factor} samples) or "
-                             f"horizon {horizon} exceeds the model's {self.gpt.block_size // q * self.factor} samples")
+                             f"horizon {horizon} exceeds the model's {self.gpt.block_size * self.factor} samples")
         x = torch.from_numpy(x[:, x.shape[1] - keep * self.factor:]).to(self.device)
         unit = self.vq.unit(x)                        # the context's gain decodes the future too
-        tokens = self.vq.tokens(self.vq.encode(x, unit))
+        codes = self.vq.encode(x, unit)
         gen = torch.Generator(self.device).manual_seed(seed)
         out = np.empty((len(x), num_samples, horizon, 2), np.float32)
         per_chunk = max(1, 2048 // num_samples)
         margin = min(keep, self.DECODE_MARGIN)
         for lo in range(0, len(x), per_chunk):
-            ctx = tokens[lo:lo + per_chunk]
-            future = self.gpt.generate(ctx, steps * q, self.sample.temperature, self.sample.top_k,
+            ctx = codes[lo:lo + per_chunk]
+            future = self.gpt.generate(ctx, steps, self.sample.temperature, self.sample.top_k,
                                        self.sample.top_p, gen, use_cache=use_cache, num_samples=num_samples)
             # decode the future with the last second of context codes: a smooth seam at a third of the cost
-            full = self.vq.untokens(torch.cat([ctx[:, (keep - margin) * q:].repeat_interleave(num_samples, 0),
-                                               future], 1))
+            full = torch.cat([ctx[:, keep - margin:].repeat_interleave(num_samples, 0), future], 1)
             u = unit[lo:lo + per_chunk].repeat_interleave(num_samples, 0)
             wave = torch.cat([self.vq.decode(full[i:i + 512], u[i:i + 512]) for i in range(0, len(full), 512)])
             start = margin * self.factor

@@ -52,16 +52,16 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    has_attention: bool = True          # self-attention blocks in encoder and decoder
+    has_attention: bool = False         # self-attention blocks in encoder and decoder
     downsample_factor: int = 8          # input samples per code (a power of 2): the compression knob
     channels: int = 64                  # conv width
     res_blocks: int = 2                 # residual blocks per resolution
     attention_heads: int = 4
     attention_layers: int = 1
     latent_dim: int = 64                # size of one code vector
-    codebook_size: int = 512
-    num_quantizers: int = 1             # residual codebooks per time step (bits = this x log2(codebook_size))
-    window_gain: bool = False           # code each window divided by its own RMS per lead (sent as 2 x 6 bits)
+    codebook_size: int = 1024
+    num_quantizers: int = 3             # residual codebooks per time step (bits = this x log2(codebook_size))
+    window_gain: bool = True            # code each window divided by its own RMS per lead (sent as 2 x 6 bits)
     commitment_cost: float = 0.25
     ema_decay: float = 0.99
     dead_code_threshold: float = 1.0    # a code used fewer times than this in restart_every steps restarts
@@ -101,7 +101,7 @@ class TrainConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -195,8 +195,10 @@ def _as_declared(value: Any, hint: Any) -> Any:
     return value
 
 
-def build_section(cls: type, values: dict, section: str, source: str) -> Any:
-    """Make dataclass `cls` from a dict, naming the key of any unknown or wrongly typed value."""
+def build_section(base: Any, values: dict, section: str, source: str) -> Any:
+    """`base` (a section's defaults) with the values of a dict, naming the key of any unknown or wrongly
+    typed value."""
+    cls = type(base)
     if not isinstance(values, dict):
         raise UserError(f"{source}: section '{section}' must be an object, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
@@ -207,7 +209,7 @@ def build_section(cls: type, values: dict, section: str, source: str) -> Any:
         if not _matches(value, hints[key]):
             raise UserError(f"{source}: config key '{section}.{key}' = {value!r} has the wrong type "
                             f"(expected {_type_name(hints[key])})")
-    return cls(**{key: _as_declared(value, hints[key]) for key, value in values.items()})
+    return dataclasses.replace(base, **{key: _as_declared(value, hints[key]) for key, value in values.items()})
 
 
 def read_json(path: str | Path) -> dict:
@@ -230,14 +232,15 @@ def read_json(path: str | Path) -> dict:
 def build_config(cls: type, raw: dict, source: str) -> Any:
     """A validated config dataclass whose fields are sections (each a dataclass of settings);
     shared by every model's config so all reject bad input the same way."""
-    sections = {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
+    sections = [f.name for f in dataclasses.fields(cls)]
     names = ", ".join(sections)
     if not isinstance(raw, dict):
         raise UserError(f"{source}: the top level must be an object with sections {names}")
     for key in raw:
         if key not in sections:
             raise UserError(f"{source}: unknown config key '{key}' (known sections: {names})")
-    cfg = cls(**{name: build_section(sub, raw.get(name, {}), name, source) for name, sub in sections.items()})
+    defaults = cls()
+    cfg = cls(**{name: build_section(getattr(defaults, name), raw.get(name, {}), name, source) for name in sections})
     try:
         cfg.validate()
     except UserError as e:
@@ -247,6 +250,17 @@ def build_config(cls: type, raw: dict, source: str) -> Any:
 
 def config_from_dict(raw: dict, source: str = "config") -> Config:
     return build_config(Config, raw, source)
+
+
+# Model keys added after checkpoints were first written, with the behaviour those checkpoints had: a
+# stored config without them means that behaviour, not today's default.
+PREDATED = {"model": {"num_quantizers": 1, "window_gain": False}}
+
+
+def stored_config(raw: dict, source: str) -> Config:
+    """The config a checkpoint was trained with (older checkpoints lack the PREDATED keys)."""
+    filled = {section: {**keys, **raw.get(section, {})} for section, keys in PREDATED.items()}
+    return config_from_dict({**raw, **filled}, source)
 
 
 def load_config(path: str | Path | None = None) -> Config:

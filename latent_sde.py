@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import torchsde
 
 from forecast import ForecasterBase, as_context
-from hyper_params import Config, config_from_dict
+from hyper_params import Config, stored_config
 from hyper_params_sde import SDEConfig, sde_config_from_dict
 from vqvae import VQVAE
 
@@ -375,7 +375,7 @@ class LatentSDEForecaster(ForecasterBase):
     def from_checkpoint_dict(cls, ckpt: dict, path: str | Path, device: str | torch.device | None = None
                              ) -> "LatentSDEForecaster":
         """Build from a loaded latent_sde checkpoint: it carries the VQ-VAE weights and both configs."""
-        cfg = config_from_dict(ckpt["vqvae"]["config"], f"VQ-VAE config stored in {path}")
+        cfg = stored_config(ckpt["vqvae"]["config"], f"VQ-VAE config stored in {path}")
         scfg = sde_config_from_dict({k: ckpt["config"][k] for k in ("model", "solver", "loss", "train")},
                                     f"latent SDE config stored in {path}")
         vq = VQVAE(cfg.model)

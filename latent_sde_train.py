@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 import paths
-from hyper_params import config_from_dict
+from hyper_params import stored_config
 from hyper_params_sde import load_sde_config
 from latent_sde import LatentSDE, LatentSDEForecaster
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     resume = load_checkpoint(args.resume, "latent_sde") if args.resume else None
     if resume:
         vq_ckpt = resume["vqvae"]
-        vq = VQVAE(config_from_dict(vq_ckpt["config"], f"VQ-VAE config stored in {args.resume}").model)
+        vq = VQVAE(stored_config(vq_ckpt["config"], f"VQ-VAE config stored in {args.resume}").model)
         vq.load_state_dict(vq_ckpt["model"])
         vq_source = resume["meta"].get("vqvae_checkpoint", args.resume)
         scfg.train.seed = resume["meta"]["seed"]
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         vq, vq_ckpt = load_vqvae(vq_path)
         vq_source = str(vq_path)
     vq.eval().requires_grad_(False)
-    cfg = config_from_dict(vq_ckpt["config"], "VQ-VAE config")
+    cfg = stored_config(vq_ckpt["config"], "VQ-VAE config")
     rt = setup_runtime(args.device)
     seed_everything(scfg.train.seed)
     train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import re
 import time
@@ -407,6 +408,16 @@ def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None) 
         raise UserError(f"{path} was prepared with another data config (hash {data.get('data_hash')} != "
                         f"{data_hash(cfg.data)}); run `python3 prepare_mitbih.py` with this config")
     return data
+
+
+def source_fs(records: list[str], prepared_dir: str | Path | None = None) -> float | None:
+    """Mean sampling rate of these records as stored before resampling (meta.json), so compression
+    ratios count the bits of the records themselves; None when the metadata is missing."""
+    try:
+        stored = json.loads((paths.location("prepared", prepared_dir) / "meta.json").read_text())["records"]
+        return float(np.mean([stored[r]["fs_in"] for r in records]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],

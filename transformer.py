@@ -1,6 +1,7 @@
 """Attention building blocks: multi-head self-attention, pre-norm blocks, positional encodings."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -116,23 +117,27 @@ class ConvAttention(nn.Module):
 
 
 class CodeGPT(nn.Module):
-    """Decoder-only Transformer over VQ-VAE code sequences (one code per time step, both leads; with
-    `levels` residual codebooks, the steps' codes one after the other, see VQVAE.tokens).
+    """Decoder-only Transformer over VQ-VAE code sequences, one position per code step (both leads).
 
     Rotary or learned positions, pre-norm causal blocks, output head tied to the token embedding,
-    and a key/value cache so generating H codes costs H small forward passes instead of H full ones.
+    and a key/value cache so generating H steps costs H small forward passes instead of H full ones.
+    With `levels` residual codebooks a step's Q codes enter as the sum of their embeddings and leave
+    through a small depth head that draws them coarse to fine, each given the ones before it (as in
+    RQ-Transformer): a step still costs one pass of the Transformer, whatever Q is.
     """
 
-    def __init__(self, vocab: int, block_size: int, dim: int = 128, layers: int = 4, heads: int = 4,
+    def __init__(self, codebook_size: int, block_size: int, dim: int = 128, layers: int = 4, heads: int = 4,
                  dropout: float = 0.1, rope: bool = True, levels: int = 1):
         super().__init__()
-        self.vocab, self.block_size, self.levels = vocab, block_size, levels
-        self.tok = nn.Embedding(vocab, dim)
+        self.codebook_size, self.block_size, self.levels = codebook_size, block_size, levels
+        self.tok = nn.Embedding(codebook_size * levels, dim)    # level q's codes at q * codebook_size + code
         self.pos = None if rope else nn.Embedding(block_size, dim)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(dim, heads, causal=True, dropout=dropout, rope=rope) for _ in range(layers))
+        self.depth = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(),
+                                   nn.Linear(4 * dim, dim)) if levels > 1 else None
         self.ln = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, vocab, bias=False)
+        self.head = nn.Linear(dim, codebook_size * levels, bias=False)
         self.head.weight = self.tok.weight
         self.apply(self._init)
 
@@ -143,57 +148,85 @@ class CodeGPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, codes: torch.Tensor, caches: list[dict] | None = None, offset: int = 0,
-                last_only: bool = False) -> torch.Tensor:
-        """Logits [B, T, vocab] for codes [B, T] placed at positions offset..offset+T-1 ([B, 1, vocab],
-        the last position's, with `last_only`: generation needs no others)."""
+    def as_levels(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, T] (one codebook) or [B, T, Q] -> [B, T, Q], checked against the model's Q."""
+        levels = codes.unsqueeze(-1) if codes.ndim == 2 else codes
+        if levels.shape[-1] != self.levels:
+            raise ValueError(f"codes have {levels.shape[-1]} codebook levels, the model {self.levels}")
+        return levels
+
+    def embed(self, levels: torch.Tensor) -> torch.Tensor:
+        """Sum of the embeddings of codes [..., q] of levels 0..q-1."""
+        shift = torch.arange(levels.shape[-1], device=levels.device) * self.codebook_size
+        return self.tok(levels + shift).sum(-2)
+
+    def hidden(self, codes: torch.Tensor, caches: list[dict] | None = None, offset: int = 0,
+               last_only: bool = False) -> torch.Tensor:
+        """Transformer output [B, T, dim] for code steps [B, T(, Q)] at positions offset..offset+T-1
+        ([B, 1, dim], the last position's, with `last_only`: generation needs no others)."""
         T = codes.shape[1]
         if offset + T > self.block_size:
-            raise ValueError(f"sequence of {offset + T} codes exceeds block_size {self.block_size}")
-        h = self.tok(codes)
+            raise ValueError(f"sequence of {offset + T} code steps exceeds block_size {self.block_size}")
+        h = self.embed(self.as_levels(codes))
         if self.pos is not None:
             h = h + self.pos(torch.arange(offset, offset + T, device=codes.device))
         h = self.drop(h)
         for i, block in enumerate(self.blocks):
             h = block(h, caches[i] if caches is not None else None, offset)
-        return self.head(self.ln(h[:, -1:] if last_only else h))
+        return h[:, -1:] if last_only else h
+
+    def level_logits(self, h: torch.Tensor, level: int, lower: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [..., codebook_size] of the next step's code of `level` from hidden states h [..., dim],
+        given that step's codes of the levels below, `lower` [..., level]."""
+        if level:
+            h = h + self.embed(lower)
+            h = h + self.depth(h)
+        k = self.codebook_size
+        return F.linear(self.ln(h), self.head.weight[level * k:(level + 1) * k])
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, T-1, Q, codebook_size] of steps 1..T-1 of codes [B, T(, Q)]."""
+        levels = self.as_levels(codes)
+        h, target = self.hidden(levels[:, :-1]), levels[:, 1:]
+        return torch.stack([self.level_logits(h, q, target[..., :q]) for q in range(self.levels)], -2)
+
+    def sample_step(self, h: torch.Tensor, temperature: float, top_k: int, top_p: float,
+                    generator: torch.Generator | None) -> torch.Tensor:
+        """The next step's Q codes [N, Q] from hidden states [N, dim], coarse to fine."""
+        codes = torch.empty(len(h), self.levels, dtype=torch.long, device=h.device)
+        for q in range(self.levels):
+            codes[:, q] = sample_next(self.level_logits(h, q, codes[:, :q]), temperature, top_k, top_p, generator)
+        return codes
 
     @torch.no_grad()
     def generate(self, context: torch.Tensor, steps: int, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, generator: torch.Generator | None = None, use_cache: bool = True,
                  num_samples: int = 1) -> torch.Tensor:
-        """Sample `steps` codes after each context [B, T], `num_samples` times: [B * num_samples, steps],
-        a context's samples next to each other. The same generator state gives the same codes with or
-        without the cache; with it the context is read once per context, not once per sample."""
+        """Sample `steps` code steps after each context [B, T(, Q)], `num_samples` times:
+        [B * num_samples, steps(, Q)], a context's samples next to each other. The same generator state
+        gives the same codes with or without the cache; with it the context is read once per context,
+        not once per sample."""
         if context.shape[1] + steps > self.block_size:
             raise ValueError(f"context {context.shape[1]} + {steps} steps exceeds block_size {self.block_size}")
+        levels, T = self.as_levels(context), context.shape[1]
+        draw = functools.partial(self.sample_step, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 generator=generator)
         if not use_cache:
-            seq = context.repeat_interleave(num_samples, 0)
+            seq = levels.repeat_interleave(num_samples, 0)
             for _ in range(steps):
-                logits = self.level_mask(self(seq, last_only=True)[:, -1], seq.shape[1])
-                nxt = sample_next(logits, temperature, top_k, top_p, generator)
-                seq = torch.cat([seq, nxt[:, None]], 1)
-            return seq[:, context.shape[1]:]
-        caches = [{"size": context.shape[1] + steps} for _ in self.blocks]
-        logits = self(context, caches, last_only=True)[:, -1].repeat_interleave(num_samples, 0)
-        for cache in caches:
-            cache["k"], cache["v"] = (cache[key].repeat_interleave(num_samples, 0) for key in ("k", "v"))
-        out = torch.empty(len(logits), steps, dtype=context.dtype, device=context.device)
-        for i in range(steps):
-            out[:, i] = sample_next(self.level_mask(logits, context.shape[1] + i), temperature, top_k, top_p, generator)
-            if i + 1 < steps:
-                logits = self(out[:, i:i + 1], caches, offset=context.shape[1] + i, last_only=True)[:, -1]
-        return out
-
-    def level_mask(self, logits: torch.Tensor, position: int) -> torch.Tensor:
-        """Only the tokens of the codebook level that `position` holds can be drawn there."""
-        if self.levels == 1:
-            return logits
-        size = self.vocab // self.levels
-        level = position % self.levels
-        allowed = torch.zeros(self.vocab, dtype=torch.bool, device=logits.device)
-        allowed[level * size:(level + 1) * size] = True
-        return logits.masked_fill(~allowed, float("-inf"))
+                seq = torch.cat([seq, draw(self.hidden(seq, last_only=True)[:, -1])[:, None]], 1)
+            out = seq[:, T:]
+        else:
+            caches = [{"size": T + steps} for _ in self.blocks]
+            h = self.hidden(levels, caches, last_only=True)[:, -1].repeat_interleave(num_samples, 0)
+            for cache in caches:
+                cache["k"], cache["v"] = (cache[key].repeat_interleave(num_samples, 0) for key in ("k", "v"))
+            out = torch.empty(len(h), steps, self.levels, dtype=levels.dtype, device=levels.device)
+            for i in range(steps):
+                out[:, i] = draw(h)
+                if i + 1 < steps:
+                    h = self.hidden(out[:, i:i + 1], caches, offset=T + i, last_only=True)[:, -1]
+        return out if context.ndim == 3 else out[..., 0]
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,

@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 
 import paths
 from forecast import Forecaster
-from hyper_params import config_from_dict
+from hyper_params import stored_config
 from hyper_params_transformer import load_transformer_config
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split
 from train_results import load_checkpoint, plot_forecasts, weights_digest
@@ -32,21 +32,22 @@ from vqvae_train import shared_run_dirs
 
 @torch.no_grad()
 def encode_split(vq: VQVAE, signals: torch.Tensor, chunk: int, batch: int = 512) -> torch.Tensor:
-    """Code tokens (VQVAE.tokens) of every window, encoding each `chunk` (one context length) on its
+    """Codes [N, T(, Q)] of every window, encoding each `chunk` (one context length) on its
     own: at forecast time the context is encoded without seeing the future, so training codes must
     be made alike."""
     out = []
     for i in range(0, len(signals), batch):
         x = signals[i:i + batch].clone()
-        out.append(torch.cat([vq.tokens(vq.encode(x[:, t:t + chunk])) for t in range(0, x.shape[1], chunk)], 1))
+        out.append(torch.cat([vq.encode(x[:, t:t + chunk]) for t in range(0, x.shape[1], chunk)], 1))
     return torch.cat(out)
 
 
 def step_fn(model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
     (codes,) = batch
-    logits = model(codes[:, :-1])
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes[:, 1:].reshape(-1))
-    acc = (logits.argmax(-1) == codes[:, 1:]).float().mean()
+    logits = model(codes)                           # [B, T-1, Q, K]
+    target = codes[:, 1:].reshape(logits.shape[:-1])
+    loss = F.cross_entropy(logits.flatten(0, -2), target.flatten())
+    acc = (logits.argmax(-1) == target).float().mean()
     return loss, {"accuracy": acc.detach()}
 
 
@@ -60,13 +61,13 @@ def main(argv: list[str] | None = None) -> dict:
     resume = load_checkpoint(args.resume, "transformer") if args.resume else None
     vq_path = Path(args.vqvae) if args.vqvae else latest_checkpoint("vqvae", args.checkpoints)
     vq, vq_ckpt = load_vqvae(vq_path)
-    cfg = config_from_dict(vq_ckpt["config"], f"config stored in {vq_path}")
+    cfg = stored_config(vq_ckpt["config"], f"config stored in {vq_path}")
     rt = setup_runtime(args.device)
     seed_everything(tcfg.train.seed)
     train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
     chunk = cfg.data.window_samples
     train_codes, val_codes = (
-        cached_encoding("codes", f"{weights_digest(vq)}:{d['data_hash']}:{d['input_hash']}:{split}:{chunk}",
+        cached_encoding("codes", f"{weights_digest(vq)}:{d['data_hash']}:{d['input_hash']}:{split}:{chunk}:steps",
                         lambda d=d: encode_split(vq, d["signals"], chunk), args.prepared)
         for split, d in (("train", train), ("validation", val)))
     aug = tcfg.augment
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         if rt.is_main:
             print(f"augmented: {len(extra)} windows from {aug.copies} stretched copies of the training records")
         train_codes = torch.cat([train_codes, extra])
-    model = CodeGPT(vq.vocab, train_codes.shape[1], tcfg.model.dim, tcfg.model.layers, tcfg.model.heads,
+    model = CodeGPT(cfg.model.codebook_size, train_codes.shape[1], tcfg.model.dim, tcfg.model.layers, tcfg.model.heads,
                     tcfg.model.dropout, tcfg.model.rope, cfg.model.num_quantizers)
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "transformer")
     config = {**tcfg.to_dict(), "vqvae": vq_ckpt["config"]}

@@ -269,26 +269,6 @@ class VQVAE(nn.Module):
             rest = rest - q.codebook[codes[-1]]
         return codes[0].view(B, T) if len(codes) == 1 else torch.stack(codes, 1).view(B, T, len(codes))
 
-    @property
-    def vocab(self) -> int:
-        """Token vocabulary of `tokens`: each codebook level has its own range of codebook_size ids."""
-        return len(self.quantizers) * self.cfg.codebook_size
-
-    def tokens(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes [B, T] or [B, T, Q] -> one token sequence [B, T * Q] (level q of step t at t * Q + q,
-        shifted by q * codebook_size), so a Transformer over tokens needs nothing to know of levels."""
-        if codes.ndim == 2:
-            return codes
-        shift = torch.arange(codes.shape[-1], device=codes.device) * self.cfg.codebook_size
-        return (codes + shift).flatten(1)
-
-    def untokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The inverse of `tokens`."""
-        q = len(self.quantizers)
-        if q == 1:
-            return tokens
-        return tokens.view(len(tokens), -1, q) % self.cfg.codebook_size
-
     def decode_latent(self, zq: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         return self.decoder(zq).transpose(1, 2) * self._decode_unit(unit)
 
@@ -326,9 +306,10 @@ class VQVAE(nn.Module):
             stats.update({(k if i == 0 else f"{k}_{i + 1}"): v for k, v in q.end_epoch().items()})
         return stats
 
-    def compression_ratio(self, window: int, bits_per_sample: int = 11) -> float:
-        """Bits of a 2-lead window of `window` samples at the model rate over the bits that code it:
-        its codes (all levels) and, with `window_gain`, the two leads' gains."""
+    def compression_ratio(self, window: int, source_ratio: float = 1.0, bits_per_sample: int = 11) -> float:
+        """Bits of a 2-lead window of `window` model-rate samples, stored as 11-bit samples at
+        `source_ratio` x the model rate (MIT-BIH records: 360 / 128), over the bits that code it: its
+        codes (all levels) and, with `window_gain`, the two leads' gains."""
         code_bits = window // self.factor * len(self.quantizers) * math.log2(self.cfg.codebook_size)
         gain_bits = 2 * GAIN_BITS if self.cfg.window_gain else 0
-        return 2 * bits_per_sample * window / (code_bits + gain_bits)
+        return 2 * bits_per_sample * window * source_ratio / (code_bits + gain_bits)

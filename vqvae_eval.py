@@ -17,8 +17,8 @@ import torch
 from tqdm import tqdm
 
 import paths
-from hyper_params import config_from_dict
-from prepare_mitbih import load_split
+from hyper_params import stored_config
+from prepare_mitbih import load_split, source_fs
 from train_results import load_checkpoint, plot_windows
 from vqvae import VQVAE
 from paths import UserError
@@ -37,15 +37,16 @@ def latest_checkpoint(kind: str, checkpoints: str | None = None, name: str = "be
 def load_vqvae(path: str | Path) -> tuple[VQVAE, dict]:
     """A trained VQ-VAE in eval mode and its checkpoint (config, meta)."""
     ckpt = load_checkpoint(path, "vqvae")
-    cfg = config_from_dict(ckpt["config"], f"config stored in {path}")
+    cfg = stored_config(ckpt["config"], f"config stored in {path}")
     model = VQVAE(cfg.model)
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt
 
 
 @torch.no_grad()
-def reconstruction_report(model: VQVAE, data: dict, batch: int = 256) -> dict:
-    """Per-record sums of squared error / signal / deviation, so PRD is exact per record."""
+def reconstruction_report(model: VQVAE, data: dict, source_fs: float | None = None, batch: int = 256) -> dict:
+    """Per-record sums of squared error / signal / deviation, so PRD is exact per record. The compression
+    ratio counts the bits of the records at `source_fs` (their rate before resampling; default: the model's)."""
     sig = data["signals"]
     rec = data["record"].numpy()
     names = data["records"]
@@ -67,14 +68,14 @@ def reconstruction_report(model: VQVAE, data: dict, batch: int = 256) -> dict:
                   for i in range(len(names)) if n_per_record[i]}
     p = usage / usage.sum()
     summary = {k: float(np.mean([r[k] for r in per_record.values()])) for k in ("mse_mv2", "prd", "prdn")}
-    fs_in = 360.0
-    cr = model.compression_ratio(sig.shape[1])
+    fs = float(data["fs"])
+    cr = model.compression_ratio(sig.shape[1], (source_fs or fs) / fs)
     summary.update(perplexity=float(torch.exp(-(p * torch.log(p + 1e-10)).sum())),
                    usage=float((usage > 0).float().mean()),
-                   compression_ratio=cr,
-                   bits_per_second=2 * 11 * float(data["fs"]) / cr,
+                   compression_ratio=cr, source_fs=source_fs or fs,
+                   compression_ratio_model_rate=model.compression_ratio(sig.shape[1]),
+                   bits_per_second=2 * 11 * (source_fs or fs) / cr,
                    codebooks=len(model.quantizers),
-                   compression_ratio_vs_360hz=cr * fs_in / float(data["fs"]),
                    records=len(per_record), windows=int(len(sig)))
     return {"summary": summary, "per_record": per_record}
 
@@ -89,9 +90,9 @@ def main() -> None:
     args = p.parse_args()
     path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint("vqvae", args.checkpoints)
     model, ckpt = load_vqvae(path)
-    cfg = config_from_dict(ckpt["config"])
+    cfg = stored_config(ckpt["config"], "VQ-VAE config")
     data = load_split(args.split, cfg, args.prepared)
-    report = reconstruction_report(model, data)
+    report = reconstruction_report(model, data, source_fs(data["records"], args.prepared))
     s = report["summary"]
     run = paths.new_run_dir("vqvae_eval", args.results)
     report.update(checkpoint=str(path), split=args.split, git_commit=paths.git_commit(),
@@ -104,8 +105,9 @@ def main() -> None:
     lines += [f"| {r} | {v['mse_mv2']:.5f} | {v['prd']:.2f} | {v['prdn']:.2f} |" for r, v in report["per_record"].items()]
     lines += [f"| **mean over records** | **{s['mse_mv2']:.5f}** | **{s['prd']:.2f}** | **{s['prdn']:.2f}** |", "",
               f"first codebook: perplexity {s['perplexity']:.1f}, codes used {100 * s['usage']:.0f}%; "
-              f"compression ratio {s['compression_ratio']:.1f} (vs 11-bit samples at {int(data['fs'])} Hz; "
-              f"{s['compression_ratio_vs_360hz']:.1f} vs the original 360 Hz), "
+              f"compression ratio {s['compression_ratio']:.1f} against the records (11-bit samples at "
+              f"{s['source_fs']:g} Hz; {s['compression_ratio_model_rate']:.1f} against 11-bit samples at the "
+              f"model's {int(data['fs'])} Hz), "
               f"{s['bits_per_second']:.0f} bit/s in {s['codebooks']} codebook(s)"]
     paths.atomic_write_text("\n".join(lines) + "\n", run / "reconstruction.md")
     idx = np.linspace(0, len(data["signals"]) - 1, 4).astype(int)

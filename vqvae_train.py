@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 import paths
 from hyper_params import Config, load_config
-from prepare_mitbih import load_split
+from prepare_mitbih import load_split, source_fs
 from train_results import load_checkpoint, plot_windows
 from training import (Runtime, Trainer, apply_train_overrides, run_parser, run_record, seed_everything,
                       setup_runtime)
@@ -137,8 +137,17 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"final validation: MSE {row['val_mse_mv2']:.5f} mV^2, PRD {row['val_prd']:.2f}%, "
               f"PRDN {row['val_prdn']:.2f}%, codebook perplexity {row['perplexity']:.1f} "
               f"(usage {100 * row['usage']:.0f}%), "
-              f"compression ratio {model.compression_ratio(cfg.data.total_samples):.1f}")
+              f"{compression_line(model, cfg, val['records'], args.prepared)}")
     return row
+
+
+def compression_line(model: VQVAE, cfg: Config, records: list[str], prepared: str | None) -> str:
+    """Compression against the stored records (the ECG-coding convention) and against model-rate samples."""
+    fs = cfg.data.samples_per_second
+    src = source_fs(records, prepared) or fs
+    window = cfg.data.total_samples
+    return (f"compression ratio {model.compression_ratio(window, src / fs):.1f} against the {src:g} Hz records "
+            f"({model.compression_ratio(window):.1f} against {fs} Hz samples)")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import json
 import pytest
 
 import hyper_params
-from hyper_params import Config, DataConfig, ModelConfig, TrainConfig, config_from_dict, data_hash, load_config
+from hyper_params import (PREDATED, Config, DataConfig, ModelConfig, TrainConfig, config_from_dict, data_hash, load_config,
+                          stored_config)
 from paths import UserError
 
 
@@ -28,19 +29,22 @@ def test_defaults_load():
     assert raw == cfg.to_dict()
 
 
-def test_codec_recipe_loads_and_shares_the_prepared_data():
-    """config_vqvae_codec.json (the compression recipe) reads the same prepared tensors as the default."""
-    codec = load_config(hyper_params.ROOT / "config_vqvae_codec.json")
-    assert codec.data == Config().data and data_hash(codec.data) == data_hash(Config().data)
-    m = codec.model
-    assert (m.num_quantizers, m.codebook_size, m.window_gain, m.has_attention) == (3, 1024, True, False)
+def test_checkpoint_configs_from_before_residual_codebooks_keep_their_model():
+    """A config stored before `num_quantizers` and `window_gain` existed means one codebook and no gains
+    (what those checkpoints were trained with), not today's defaults."""
+    old = Config().to_dict()
+    for key in PREDATED["model"]:
+        del old["model"][key]
+    m = stored_config(old, "old checkpoint").model
+    assert (m.num_quantizers, m.window_gain, m.codebook_size) == (1, False, Config().model.codebook_size)
+    assert stored_config(Config().to_dict(), "new checkpoint") == Config()
 
 
 def test_partial_sections_keep_defaults():
     cfg = config_from_dict({"data": {"samples_per_second": 256}, "train": {}})
     assert cfg.data.samples_per_second == 256
     assert cfg.data.window_samples == 768
-    assert cfg.model == ModelConfig() and cfg.train == TrainConfig()
+    assert cfg.model == ModelConfig() and cfg.train == Config().train and cfg.train.epochs == 15
 
 
 @pytest.mark.parametrize("section", ["data", "model", "train"])

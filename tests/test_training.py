@@ -50,7 +50,9 @@ def test_train_writes_plots_metrics_and_checkpoints(tmp_path: Path, synthetic_db
     report = json.loads(next((tmp_path / "eval").glob("vqvae_eval-*/reconstruction.json")).read_text())
     s = report["summary"]
     assert s["records"] == 1 and 0 < s["prdn"] < 200 and s["mse_mv2"] > 0
-    assert s["compression_ratio"] == pytest.approx(2 * 11 * 4 / 5)
+    # counted against the 360 Hz records, and against 11-bit samples at the model's 64 Hz
+    assert s["source_fs"] == 360 and s["compression_ratio"] == pytest.approx(2 * 11 * 4 / 5 * 360 / 64)
+    assert s["compression_ratio_model_rate"] == pytest.approx(2 * 11 * 4 / 5)
 
 
 def test_same_seed_same_numbers_and_resume_is_exact(tmp_path: Path, synthetic_db: Path,

@@ -11,6 +11,7 @@ import torch
 import transformer_train
 import vqvae_train
 from forecast import Forecaster
+from hyper_params import ModelConfig
 from tiny import flags, tiny_setup
 from transformer import CodeGPT, sample_next
 
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("rope", [True, False])
 def test_cache_and_no_cache_generate_the_same_codes(rope: bool) -> None:
     torch.manual_seed(0)
-    gpt = CodeGPT(vocab=32, block_size=24, dim=32, layers=2, heads=4, rope=rope).eval()
+    gpt = CodeGPT(codebook_size=32, block_size=24, dim=32, layers=2, heads=4, rope=rope).eval()
     ctx = torch.randint(0, 32, (5, 10))
     with pytest.raises(ValueError, match="block_size"):
         gpt.generate(ctx, 15)
@@ -37,12 +38,12 @@ def test_cache_and_no_cache_generate_the_same_codes(rope: bool) -> None:
 @pytest.mark.parametrize("rope", [True, False])
 def test_cached_logits_match_full_forward(rope: bool) -> None:
     torch.manual_seed(0)
-    gpt = CodeGPT(vocab=16, block_size=12, dim=16, layers=2, heads=2, rope=rope).eval()
+    gpt = CodeGPT(codebook_size=16, block_size=12, dim=16, layers=2, heads=2, rope=rope).eval()
     seq = torch.randint(0, 16, (2, 12))
-    full = gpt(seq)
+    full = gpt.hidden(seq)
     caches = [{} for _ in gpt.blocks]
-    first = gpt(seq[:, :7], caches)
-    rest = torch.cat([gpt(seq[:, i:i + 1], caches, offset=i) for i in range(7, 12)], 1)
+    first = gpt.hidden(seq[:, :7], caches)
+    rest = torch.cat([gpt.hidden(seq[:, i:i + 1], caches, offset=i) for i in range(7, 12)], 1)
     assert torch.allclose(torch.cat([first, rest], 1), full, atol=1e-5)
 
 
@@ -131,24 +132,38 @@ def test_forecast_cli_bad_start_is_one_line(trained: dict, mitdb: Path, tmp_path
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_generation_draws_each_position_from_its_codebook_level() -> None:
+def test_residual_levels_are_drawn_coarse_to_fine_in_one_pass_per_step() -> None:
+    """With Q codebooks a step is one position: generation gives [N, steps, Q], the same with and without
+    the cache, and each finer level's logits depend on the coarser codes drawn for the same step."""
     torch.manual_seed(0)
-    gpt = CodeGPT(vocab=3 * 8, block_size=30, dim=16, layers=1, heads=2, levels=3).eval()
-    ctx = torch.randint(0, 8, (2, 9)) + torch.arange(3).repeat(3) * 8      # three whole steps
-    for use_cache in (True, False):
-        out = gpt.generate(ctx, 12, generator=torch.Generator().manual_seed(0), use_cache=use_cache, num_samples=4)
-        assert (out // 8 == torch.arange(3).repeat(4)).all()
+    gpt = CodeGPT(codebook_size=8, block_size=10, dim=16, layers=1, heads=2, levels=3).eval()
+    ctx = torch.randint(0, 8, (2, 4, 3))
+    out = [gpt.generate(ctx, 6, generator=torch.Generator().manual_seed(0), use_cache=c, num_samples=4)
+           for c in (True, False)]
+    assert out[0].shape == (8, 6, 3) and torch.equal(out[0], out[1]) and int(out[0].max()) < 8
+    with pytest.raises(ValueError, match="2 codebook levels, the model 3"):
+        gpt.generate(ctx[..., :2], 2)
+    h = gpt.hidden(ctx)[:, -1]
+    with torch.no_grad():
+        assert not torch.allclose(gpt.level_logits(h, 1, torch.zeros(2, 1, dtype=torch.long)),
+                                  gpt.level_logits(h, 1, torch.ones(2, 1, dtype=torch.long)))
+    logits = gpt(ctx)
+    assert logits.shape == (2, 3, 3, 8)
+    with torch.no_grad():  # teacher forcing: level 2 of step t+1 sees that step's true levels 0 and 1
+        assert torch.allclose(logits[:, -1, 2], gpt.level_logits(gpt.hidden(ctx[:, :3])[:, -1], 2, ctx[:, 3, :2]))
 
 
-def test_residual_codebooks_train_and_forecast(tmp_path: Path) -> None:
-    """With two codebooks per step the Transformer reads and writes both, one after the other; with
+def test_default_codebooks_train_and_forecast(tmp_path: Path) -> None:
+    """With the default's three codebooks per step the Transformer reads and writes all at each position; with
     window gains a context twice as loud gets the same forecast twice as loud."""
     from conftest import write_record
 
     db = tmp_path / "wfdb"
     for i, name in enumerate(["100", "101", "102", "103"]):
         write_record(db, name, seed=i)
-    setup = tiny_setup(tmp_path, db, model={"num_quantizers": 2, "window_gain": True}, train={"epochs": 1})
+    default = ModelConfig()                       # the default model's codebooks, gains and (no) attention
+    keys = {k: getattr(default, k) for k in ("num_quantizers", "window_gain", "has_attention")}
+    setup = tiny_setup(tmp_path, db, model=keys, train={"epochs": 1})
     vqvae_train.main(flags(setup, "--device", "cpu"))
     vq = next((tmp_path / "checkpoints").glob("vqvae-*/best.pt"))
     tcfg = tmp_path / "transformer.json"
@@ -157,7 +172,7 @@ def test_residual_codebooks_train_and_forecast(tmp_path: Path) -> None:
                                           "plot_windows": 1}}))
     transformer_train.main(flags({**setup, "config": str(tcfg)}, "--device", "cpu", "--vqvae", str(vq)))
     fc = Forecaster.from_checkpoint(next((tmp_path / "checkpoints").glob("transformer-*/best.pt")), "cpu")
-    assert fc.gpt.levels == 2 and fc.gpt.vocab == 64 and fc.gpt.block_size == 2 * 32
+    assert fc.gpt.levels == 3 and fc.gpt.codebook_size == 32 and fc.gpt.block_size == 32
     context = np.random.default_rng(0).standard_normal((2, 64, 2)).astype(np.float32)
     out = fc.predict(context, 40, 3, seed=0)
     assert out.shape == (2, 3, 40, 2) and np.isfinite(out).all()

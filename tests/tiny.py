@@ -12,7 +12,7 @@ TINY = {
              "window_stride": 1.0, "filter_band": [0.5, 25.0], "test_records": ["100"], "validation_records": ["101"]},
     "model": {"has_attention": True, "downsample_factor": 4, "channels": 16, "res_blocks": 1,
               "attention_heads": 2, "attention_layers": 1, "latent_dim": 8, "codebook_size": 32,
-              "restart_every": 5},
+              "num_quantizers": 1, "window_gain": False, "restart_every": 5},
     "train": {"epochs": 2, "batch_size": 8, "learning_rate": 0.003, "warmup_steps": 2, "checkpoint_every": 1,
               "plot_windows": 2, "max_steps_per_epoch": 6},
 }
