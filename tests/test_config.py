@@ -8,8 +8,8 @@ import json
 import pytest
 
 import hyper_params
-from hyper_params import (PREDATED, Config, DataConfig, ModelConfig, TrainConfig, config_from_dict, data_hash, load_config,
-                          stored_config)
+from hyper_params import (PREDATED, Config, DataConfig, ModelConfig, config_from_dict, data_hash,
+                          load_config, stored_config)
 from paths import UserError
 
 
@@ -38,6 +38,15 @@ def test_checkpoint_configs_from_before_residual_codebooks_keep_their_model():
     m = stored_config(old, "old checkpoint").model
     assert (m.num_quantizers, m.window_gain, m.codebook_size) == (1, False, Config().model.codebook_size)
     assert stored_config(Config().to_dict(), "new checkpoint") == Config()
+
+
+def test_sde_tokenizer_config_loads_and_shares_the_prepared_data():
+    """config_vqvae_sde.json (the latent SDE's encoder and decoder: one codebook, attention, no gains) reads
+    the same prepared tensors as the default."""
+    sde = load_config(hyper_params.ROOT / "config_vqvae_sde.json")
+    assert sde.data == Config().data and data_hash(sde.data) == data_hash(Config().data)
+    m = sde.model
+    assert (m.num_quantizers, m.codebook_size, m.window_gain, m.has_attention) == (1, 512, False, True)
 
 
 def test_partial_sections_keep_defaults():

@@ -154,8 +154,8 @@ def test_residual_levels_are_drawn_coarse_to_fine_in_one_pass_per_step() -> None
 
 
 def test_default_codebooks_train_and_forecast(tmp_path: Path) -> None:
-    """With the default's three codebooks per step the Transformer reads and writes all at each position; with
-    window gains a context twice as loud gets the same forecast twice as loud."""
+    """With the default's three codebooks the Transformer reads and writes a step's codes at one position;
+    with window gains a context twice as loud gets the same forecast twice as loud."""
     from conftest import write_record
 
     db = tmp_path / "wfdb"
