@@ -23,13 +23,13 @@ prepare: setup
 forecast: setup
 	$(PY) forecast.py --record $(MITBIH_DIR)/100 --start 60
 
-# The whole pipeline in a few minutes: short trainings (far from the documented recipe), then a
-# forecast plot of record 100 and the evaluation report against every baseline.
+# The whole pipeline in a few minutes: short trainings (far from the documented recipe; no augmented
+# copies), then a forecast plot of record 100 and the evaluation report against every baseline.
 newest = "$$(ls -td $(or $(2),checkpoints)/$(1)-*/ | head -1)best.pt"
 demo: forecast prepare
 	$(PY) vqvae_train.py --epochs 2 --max-steps 60
 	$(PY) vqvae_eval.py --split validation
-	$(PY) transformer_train.py --epochs 2 --max-steps 60
+	$(PY) transformer_train.py --epochs 2 --max-steps 60 --augment-copies 0
 	$(PY) forecast.py --checkpoint $(call newest,transformer) --record $(MITBIH_DIR)/100 --start 60
 	$(PY) evaluate.py --model $(call newest,transformer) baselines --split test --max-windows-per-record 10 --samples 50
 

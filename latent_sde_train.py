@@ -67,11 +67,14 @@ def beat_targets(data: dict, frames: int, factor: int, fs: float, max_rr_s: floa
 
 def main(argv: list[str] | None = None) -> dict:
     p = run_parser(__doc__, "latent SDE config JSON (default: config_sde.json)")
+    p.add_argument("--augment-copies", type=int, help="override augment.copies (0: none, for quick runs)")
     p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: newest checkpoints/vqvae-*/best.pt; "
                    "a resumed run uses the one stored in its checkpoint)")
     args = p.parse_args(argv)
     scfg = load_sde_config(args.config)
     apply_train_overrides(scfg.train, args)
+    if args.augment_copies is not None:
+        scfg.augment.copies = args.augment_copies
     scfg.validate()
     resume = load_checkpoint(args.resume, "latent_sde") if args.resume else None
     if resume:

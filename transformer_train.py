@@ -53,10 +53,13 @@ def step_fn(model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     p = run_parser(__doc__, "Transformer config JSON (default: config_transformer.json)")
+    p.add_argument("--augment-copies", type=int, help="override augment.copies (0: none, for quick runs)")
     p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: newest checkpoints/vqvae-*/best.pt)")
     args = p.parse_args(argv)
     tcfg = load_transformer_config(args.config)
     apply_train_overrides(tcfg.train, args)
+    if args.augment_copies is not None:
+        tcfg.augment.copies = args.augment_copies
     tcfg.validate()
     resume = load_checkpoint(args.resume, "transformer") if args.resume else None
     vq_path = Path(args.vqvae) if args.vqvae else latest_checkpoint("vqvae", args.checkpoints)

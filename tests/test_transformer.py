@@ -170,8 +170,11 @@ def test_default_codebooks_train_and_forecast(tmp_path: Path) -> None:
     tcfg.write_text(json.dumps({"model": {"dim": 16, "layers": 1, "heads": 2, "dropout": 0.0},
                                 "train": {"epochs": 1, "batch_size": 8, "warmup_steps": 1, "max_steps_per_epoch": 4,
                                           "plot_windows": 1}}))
-    transformer_train.main(flags({**setup, "config": str(tcfg)}, "--device", "cpu", "--vqvae", str(vq)))
-    fc = Forecaster.from_checkpoint(next((tmp_path / "checkpoints").glob("transformer-*/best.pt")), "cpu")
+    transformer_train.main(flags({**setup, "config": str(tcfg)}, "--device", "cpu", "--vqvae", str(vq),
+                                 "--augment-copies", "0"))
+    ckpt = next((tmp_path / "checkpoints").glob("transformer-*/best.pt"))
+    assert torch.load(ckpt, weights_only=True)["config"]["augment"]["copies"] == 0   # the flag beats the default 3
+    fc = Forecaster.from_checkpoint(ckpt, "cpu")
     assert fc.gpt.levels == 3 and fc.gpt.codebook_size == 32 and fc.gpt.block_size == 32
     context = np.random.default_rng(0).standard_normal((2, 64, 2)).astype(np.float32)
     out = fc.predict(context, 40, 3, seed=0)
