@@ -74,8 +74,9 @@ class Forecaster(ForecasterBase):
                                             f"Transformer config stored in {path}")
         vq = VQVAE(cfg.model)
         vq.load_state_dict(ckpt["vqvae"]["model"])
-        gpt = CodeGPT(cfg.model.codebook_size, ckpt["block_size"], tcfg.model.dim, tcfg.model.layers, tcfg.model.heads,
-                      tcfg.model.dropout, tcfg.model.rope, cfg.model.num_quantizers)
+        arch = tcfg.model
+        gpt = CodeGPT(cfg.model.codebook_size, ckpt["block_size"], arch.dim, arch.layers, arch.heads, arch.dropout,
+                      arch.rope, cfg.model.num_quantizers)
         gpt.load_state_dict(ckpt["model"])
         out = cls(vq, gpt, cfg, tcfg.sample, device)
         out.checkpoint = str(path)

@@ -240,7 +240,8 @@ def build_config(cls: type, raw: dict, source: str) -> Any:
         if key not in sections:
             raise UserError(f"{source}: unknown config key '{key}' (known sections: {names})")
     defaults = cls()
-    cfg = cls(**{name: build_section(getattr(defaults, name), raw.get(name, {}), name, source) for name in sections})
+    cfg = cls(**{name: build_section(getattr(defaults, name), raw.get(name, {}), name, source)
+                 for name in sections})
     try:
         cfg.validate()
     except UserError as e:

@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
         if rt.is_main:
             print(f"augmented: {len(extra)} windows from {aug.copies} stretched copies of the training records")
         train_codes = torch.cat([train_codes, extra])
-    model = CodeGPT(cfg.model.codebook_size, train_codes.shape[1], tcfg.model.dim, tcfg.model.layers, tcfg.model.heads,
-                    tcfg.model.dropout, tcfg.model.rope, cfg.model.num_quantizers)
+    arch = tcfg.model
+    model = CodeGPT(cfg.model.codebook_size, train_codes.shape[1], arch.dim, arch.layers, arch.heads,
+                    arch.dropout, arch.rope, cfg.model.num_quantizers)
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "transformer")
     config = {**tcfg.to_dict(), "vqvae": vq_ckpt["config"]}
     meta = run_record(config, tcfg.train.seed, train["data_hash"] + "/" + train["input_hash"], rt,

@@ -44,9 +44,9 @@ def load_vqvae(path: str | Path) -> tuple[VQVAE, dict]:
 
 
 @torch.no_grad()
-def reconstruction_report(model: VQVAE, data: dict, source_fs: float | None = None, batch: int = 256) -> dict:
+def reconstruction_report(model: VQVAE, data: dict, record_fs: float | None = None, batch: int = 256) -> dict:
     """Per-record sums of squared error / signal / deviation, so PRD is exact per record. The compression
-    ratio counts the bits of the records at `source_fs` (their rate before resampling; default: the model's)."""
+    ratio counts the bits of the records at `record_fs` (their rate before resampling; default: the model's)."""
     sig = data["signals"]
     rec = data["record"].numpy()
     names = data["records"]
@@ -69,12 +69,13 @@ def reconstruction_report(model: VQVAE, data: dict, source_fs: float | None = No
     p = usage / usage.sum()
     summary = {k: float(np.mean([r[k] for r in per_record.values()])) for k in ("mse_mv2", "prd", "prdn")}
     fs = float(data["fs"])
-    cr = model.compression_ratio(sig.shape[1], (source_fs or fs) / fs)
+    record_fs = record_fs or fs
+    cr = model.compression_ratio(sig.shape[1], record_fs / fs)
     summary.update(perplexity=float(torch.exp(-(p * torch.log(p + 1e-10)).sum())),
                    usage=float((usage > 0).float().mean()),
-                   compression_ratio=cr, source_fs=source_fs or fs,
+                   compression_ratio=cr, source_fs=record_fs,
                    compression_ratio_model_rate=model.compression_ratio(sig.shape[1]),
-                   bits_per_second=2 * 11 * (source_fs or fs) / cr,
+                   bits_per_second=2 * 11 * record_fs / cr,
                    codebooks=len(model.quantizers),
                    records=len(per_record), windows=int(len(sig)))
     return {"summary": summary, "per_record": per_record}
