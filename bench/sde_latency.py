@@ -3,7 +3,7 @@ on this CPU), one JSON line.
 
     python bench/sde_latency.py [--checkpoint PATH] [--samples 100] [--horizon 3] [--repeats 5] [--threads N]
 
-Uses the newest checkpoints/latent_sde-*/best.pt. The context is a validation window when the
+Uses the newest checkpoints/latent_sde-*/best.pt, else the shipped model (a latent SDE). The context is a validation window when the
 prepared data is there, else noise (the cost does not depend on it). The time is the median of
 `repeats` calls of `predict` after one warm-up call; load_avg says how busy the machine was.
 """
@@ -21,7 +21,8 @@ TARGET_S = 2.0
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="latent SDE checkpoint (default: newest checkpoints/latent_sde-*/best.pt)")
+    p.add_argument("--checkpoint", help="latent SDE checkpoint (default: newest checkpoints/latent_sde-*/best.pt, "
+                   "else pretrained/forecaster.pt)")
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--horizon", type=float, default=3.0, help="seconds")
     p.add_argument("--repeats", type=int, default=5)
@@ -32,13 +33,18 @@ def main() -> None:
     import torch
 
     from forecast import Forecaster
-    from paths import UserError
+    from paths import PRETRAINED, UserError
     from prepare_mitbih import load_split
     from vqvae_eval import latest_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint("latent_sde")
+    try:
+        path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint("latent_sde")
+    except UserError:
+        if not PRETRAINED.exists():
+            raise
+        path = PRETRAINED                    # a fresh clone has no trained latent SDE, but ships one
     fc = Forecaster.from_checkpoint(path, "cpu")
     n = fc.cfg.data.window_samples
     try:
