@@ -8,7 +8,9 @@ VQ-VAE (context and future each on their own, as at forecast time; cached next t
 tensors). The loss is the negative ELBO per latent number: reconstruction of context and future
 frames plus the KL of the initial state and of the posterior path, with the KL weight annealed.
 The best checkpoint is the lowest validation loss (the full ELBO); it holds the VQ-VAE too, so
-forecast.py and evaluate.py need only this one file.
+forecast.py and evaluate.py need only this one file. The shipped model's VQ-VAE comes from
+`vqvae_train.py --config config_vqvae_sde.json`: on the default coder's latents the same recipe
+forecast worse and its KL term blew up (see pretrained/README.md).
 """
 from __future__ import annotations
 
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = run_parser(__doc__, "latent SDE config JSON (default: config_sde.json)")
     p.add_argument("--augment-copies", type=int, help="override augment.copies (0: none, for quick runs)")
     p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: newest checkpoints/vqvae-*/best.pt; "
-                   "a resumed run uses the one stored in its checkpoint)")
+                   "a resumed run uses the one stored in its checkpoint). The shipped model's is trained with "
+                   "vqvae_train.py --config config_vqvae_sde.json")
     args = p.parse_args(argv)
     scfg = load_sde_config(args.config)
     apply_train_overrides(scfg.train, args)

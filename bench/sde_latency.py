@@ -3,9 +3,10 @@ on this CPU), one JSON line.
 
     python bench/sde_latency.py [--checkpoint PATH] [--samples 100] [--horizon 3] [--repeats 5] [--threads N]
 
-Uses the newest checkpoints/latent_sde-*/best.pt, else the shipped model (a latent SDE). The context is a validation window when the
-prepared data is there, else noise (the cost does not depend on it). The time is the median of
-`repeats` calls of `predict` after one warm-up call; load_avg says how busy the machine was.
+Uses the newest checkpoints/latent_sde-*/best.pt, else the shipped model (a latent SDE). The context
+is a validation window when the prepared data is there, else noise (the cost does not depend on it).
+The time is the median of `repeats` calls of `predict` after one warm-up call; load_avg says how busy
+the machine was.
 """
 from __future__ import annotations
 
