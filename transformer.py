@@ -116,6 +116,15 @@ class ConvAttention(nn.Module):
         return h.transpose(1, 2)
 
 
+def as_levels(codes: torch.Tensor, levels: int) -> torch.Tensor:
+    """Codes [B, T] (one codebook) or [B, T, Q] -> [B, T, Q], checked against a model's Q = `levels`;
+    the VQ-VAE and the code Transformer both take either layout."""
+    out = codes.unsqueeze(-1) if codes.ndim == 2 else codes
+    if out.shape[-1] != levels:
+        raise ValueError(f"codes have {out.shape[-1]} codebook levels, the model {levels}")
+    return out
+
+
 class CodeGPT(nn.Module):
     """Decoder-only Transformer over VQ-VAE code sequences, one position per code step (both leads).
 
@@ -148,13 +157,6 @@ class CodeGPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def as_levels(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes [B, T] (one codebook) or [B, T, Q] -> [B, T, Q], checked against the model's Q."""
-        levels = codes.unsqueeze(-1) if codes.ndim == 2 else codes
-        if levels.shape[-1] != self.levels:
-            raise ValueError(f"codes have {levels.shape[-1]} codebook levels, the model {self.levels}")
-        return levels
-
     def embed(self, levels: torch.Tensor) -> torch.Tensor:
         """Sum of the embeddings of codes [..., q] of levels 0..q-1."""
         shift = torch.arange(levels.shape[-1], device=levels.device) * self.codebook_size
@@ -167,7 +169,7 @@ class CodeGPT(nn.Module):
         T = codes.shape[1]
         if offset + T > self.block_size:
             raise ValueError(f"sequence of {offset + T} code steps exceeds block_size {self.block_size}")
-        h = self.embed(self.as_levels(codes))
+        h = self.embed(as_levels(codes, self.levels))
         if self.pos is not None:
             h = h + self.pos(torch.arange(offset, offset + T, device=codes.device))
         h = self.drop(h)
@@ -186,7 +188,7 @@ class CodeGPT(nn.Module):
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits [B, T-1, Q, codebook_size] of steps 1..T-1 of codes [B, T(, Q)]."""
-        levels = self.as_levels(codes)
+        levels = as_levels(codes, self.levels)
         h, target = self.hidden(levels[:, :-1]), levels[:, 1:]
         return torch.stack([self.level_logits(h, q, target[..., :q]) for q in range(self.levels)], -2)
 
@@ -208,7 +210,7 @@ class CodeGPT(nn.Module):
         not once per sample."""
         if context.shape[1] + steps > self.block_size:
             raise ValueError(f"context {context.shape[1]} + {steps} steps exceeds block_size {self.block_size}")
-        levels, T = self.as_levels(context), context.shape[1]
+        levels, T = as_levels(context, self.levels), context.shape[1]
         draw = functools.partial(self.sample_step, temperature=temperature, top_k=top_k, top_p=top_p,
                                  generator=generator)
         if not use_cache:

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hyper_params import ModelConfig
-from transformer import ConvAttention
+from transformer import ConvAttention, as_levels
 
 
 def _distributed() -> bool:
@@ -274,9 +274,7 @@ class VQVAE(nn.Module):
 
     def decode(self, codes: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         """Codes [B, T'] or [B, T', Q] -> signals [B, T' * factor, 2] in mV (`unit`: see `unit`)."""
-        levels = codes.unsqueeze(-1) if codes.ndim == 2 else codes
-        if levels.shape[-1] != len(self.quantizers):
-            raise ValueError(f"codes have {levels.shape[-1]} codebook levels, the model {len(self.quantizers)}")
+        levels = as_levels(codes, len(self.quantizers))
         z = sum(q.codebook[levels[..., i]] for i, q in enumerate(self.quantizers))
         return self.decode_latent(z.permute(0, 2, 1), unit)
 

@@ -43,6 +43,17 @@ def load_vqvae(path: str | Path) -> tuple[VQVAE, dict]:
     return model.eval(), ckpt
 
 
+def compression(model: VQVAE, window: int, fs: float, record_fs: float | None = None) -> dict:
+    """Compression of a window of `window` samples at the model's `fs`: against the records it came
+    from (11-bit samples at `record_fs`, the ECG-coding convention; default: `fs`) and against
+    11-bit samples at `fs`, and the bit rate."""
+    record_fs = record_fs or fs
+    cr = model.compression_ratio(window, record_fs / fs)
+    return {"compression_ratio": cr, "source_fs": record_fs,
+            "compression_ratio_model_rate": model.compression_ratio(window),
+            "bits_per_second": 2 * 11 * record_fs / cr}
+
+
 @torch.no_grad()
 def reconstruction_report(model: VQVAE, data: dict, record_fs: float | None = None, batch: int = 256) -> dict:
     """Per-record sums of squared error / signal / deviation, so PRD is exact per record. The compression
@@ -68,14 +79,9 @@ def reconstruction_report(model: VQVAE, data: dict, record_fs: float | None = No
                   for i in range(len(names)) if n_per_record[i]}
     p = usage / usage.sum()
     summary = {k: float(np.mean([r[k] for r in per_record.values()])) for k in ("mse_mv2", "prd", "prdn")}
-    fs = float(data["fs"])
-    record_fs = record_fs or fs
-    cr = model.compression_ratio(sig.shape[1], record_fs / fs)
     summary.update(perplexity=float(torch.exp(-(p * torch.log(p + 1e-10)).sum())),
                    usage=float((usage > 0).float().mean()),
-                   compression_ratio=cr, source_fs=record_fs,
-                   compression_ratio_model_rate=model.compression_ratio(sig.shape[1]),
-                   bits_per_second=2 * 11 * record_fs / cr,
+                   **compression(model, sig.shape[1], float(data["fs"]), record_fs),
                    codebooks=len(model.quantizers),
                    records=len(per_record), windows=int(len(sig)))
     return {"summary": summary, "per_record": per_record}

@@ -24,6 +24,7 @@ from train_results import load_checkpoint, plot_windows
 from training import (Runtime, Trainer, apply_train_overrides, run_parser, run_record, seed_everything,
                       setup_runtime)
 from vqvae import VQVAE
+from vqvae_eval import compression
 
 
 class RandomCrops(Dataset):
@@ -144,10 +145,9 @@ def main(argv: list[str] | None = None) -> dict:
 def compression_line(model: VQVAE, cfg: Config, records: list[str], prepared: str | None) -> str:
     """Compression against the stored records (the ECG-coding convention) and against model-rate samples."""
     fs = cfg.data.samples_per_second
-    src = source_fs(records, prepared) or fs
-    window = cfg.data.total_samples
-    return (f"compression ratio {model.compression_ratio(window, src / fs):.1f} against the {src:g} Hz records "
-            f"({model.compression_ratio(window):.1f} against {fs} Hz samples)")
+    c = compression(model, cfg.data.total_samples, fs, source_fs(records, prepared))
+    return (f"compression ratio {c['compression_ratio']:.1f} against the {c['source_fs']:g} Hz records "
+            f"({c['compression_ratio_model_rate']:.1f} against {fs} Hz samples)")
 
 
 if __name__ == "__main__":
