@@ -56,10 +56,12 @@ def autocorr_period(x: np.ndarray, fs: float) -> np.ndarray:
     overlap); the first local maximum reaching 80 % of the best one wins, not a multiple of the period.
     """
     b, c, _ = x.shape
+    lo = max(1, round(MIN_PERIOD_S * fs))
+    if c < lo + 3:       # shorter than the shortest beat period: the whole context is the period
+        return np.full(b, c, np.int64)
     z = x - x.mean(axis=1, keepdims=True)
     f = np.fft.rfft(z, n=2 * c, axis=1)
     acf = np.fft.irfft(f * np.conj(f), axis=1)[:, :c].sum(-1) / (c - np.arange(c))
-    lo = max(1, round(MIN_PERIOD_S * fs))
     hi = max(lo + 3, min(round(MAX_PERIOD_S * fs), c - round(fs / 2)))
     seg = acf[:, lo:hi]
     best = seg.max(axis=1, keepdims=True)
@@ -127,13 +129,19 @@ class MeanBeatTemplate(Zero):
                 continue
             p = int(period[i])
             pre = int(round(TEMPLATE_PRE * p))
-            idx = r[:, None] - pre + np.arange(p)                  # one period around each R peak
-            ok = (idx >= 0) & (idx < c)
-            beats = np.where(ok[:, :, None], x[i, np.clip(idx, 0, c - 1)], 0.0)
-            template = beats.sum(0) / np.maximum(ok.sum(0), 1)[:, None]
             phase = (c + np.arange(horizon) - (r[-1] - pre)) % p
-            out[i, 0] = template[phase]
+            out[i, 0] = mean_beat(x[i], r, p)[phase]
         return out
+
+
+def mean_beat(x: np.ndarray, peaks: np.ndarray, period: int) -> np.ndarray:
+    """The average beat [period, 2] of one context [C, 2]: one period around each R peak, starting
+    TEMPLATE_PRE of a period before it; samples outside the context are left out of the average."""
+    pre = int(round(TEMPLATE_PRE * period))
+    idx = peaks[:, None] - pre + np.arange(period)
+    ok = (idx >= 0) & (idx < len(x))
+    beats = np.where(ok[:, :, None], x[np.clip(idx, 0, len(x) - 1)], 0.0)
+    return beats.sum(0) / np.maximum(ok.sum(0), 1)[:, None]
 
 
 class SeasonalEnsemble(Zero):

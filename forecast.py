@@ -76,7 +76,7 @@ class Forecaster(ForecasterBase):
         vq.load_state_dict(ckpt["vqvae"]["model"])
         arch = tcfg.model
         gpt = CodeGPT(cfg.model.codebook_size, ckpt["block_size"], arch.dim, arch.layers, arch.heads, arch.dropout,
-                      arch.rope, cfg.model.num_quantizers)
+                      arch.rope, cfg.model.num_quantizers, arch.draft)
         gpt.load_state_dict(ckpt["model"])
         out = cls(vq, gpt, cfg, tcfg.sample, device)
         out.checkpoint = str(path)
@@ -101,6 +101,7 @@ class Forecaster(ForecasterBase):
         x = torch.from_numpy(x[:, x.shape[1] - keep * self.factor:]).to(self.device)
         unit = self.vq.unit(x)                        # the context's gain decodes the future too
         codes = self.vq.encode(x, unit)
+        draft = seasonal_draft(self.vq, x, steps, self.fs) if self.gpt.draft is not None else None
         gen = torch.Generator(self.device).manual_seed(seed)
         out = np.empty((len(x), num_samples, horizon, 2), np.float32)
         per_chunk = max(1, 2048 // num_samples)
@@ -108,7 +109,8 @@ class Forecaster(ForecasterBase):
         for lo in range(0, len(x), per_chunk):
             ctx = codes[lo:lo + per_chunk]
             future = self.gpt.generate(ctx, steps, self.sample.temperature, self.sample.top_k,
-                                       self.sample.top_p, gen, use_cache=use_cache, num_samples=num_samples)
+                                       self.sample.top_p, gen, use_cache=use_cache, num_samples=num_samples,
+                                       draft=None if draft is None else draft[lo:lo + per_chunk])
             # decode the future with the last second of context codes: a smooth seam at a third of the cost
             full = torch.cat([ctx[:, keep - margin:].repeat_interleave(num_samples, 0), future], 1)
             u = unit[lo:lo + per_chunk].repeat_interleave(num_samples, 0)
@@ -116,6 +118,23 @@ class Forecaster(ForecasterBase):
             start = margin * self.factor
             out[lo:lo + per_chunk] = wave[:, start:start + horizon].reshape(-1, num_samples, horizon, 2).cpu().numpy()
         return out
+
+
+@torch.no_grad()
+def seasonal_draft(vq, context: torch.Tensor, steps: int, fs: int, batch: int = 512) -> torch.Tensor:
+    """Draft codes [B, T + steps, Q] of contexts [B, T * factor, 2] for a drafting CodeGPT: -1 over the
+    context, then the codes of its seasonal-naive continuation, a chunk coded on its own like the
+    future part of a training window."""
+    from baselines import SeasonalNaive
+    from transformer import as_levels
+
+    out = []
+    for i in range(0, len(context), batch):
+        x = context[i:i + batch]
+        ext = SeasonalNaive(fs).predict(x.cpu().numpy(), steps * vq.factor, num_samples=1)[:, 0]
+        future = as_levels(vq.encode(torch.from_numpy(np.ascontiguousarray(ext)).to(x.device)), len(vq.quantizers))
+        out.append(torch.cat([torch.full_like(future[:, :1], -1).expand(-1, x.shape[1] // vq.factor, -1), future], 1))
+    return torch.cat(out)
 
 
 def default_checkpoint(checkpoints: str | None = None) -> Path:

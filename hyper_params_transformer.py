@@ -19,6 +19,7 @@ class GPTConfig:
     heads: int = 4
     dropout: float = 0.1
     rope: bool = True            # rotary positions (relative offsets); false = learned absolute positions
+    draft: bool = False          # read the seasonal-naive continuation's codes as a draft of each future step
 
 
 @dataclass

@@ -133,14 +133,20 @@ class CodeGPT(nn.Module):
     With `levels` residual codebooks a step's Q codes enter as the sum of their embeddings and leave
     through a small depth head that draws them coarse to fine, each given the ones before it (as in
     RQ-Transformer): a step still costs one pass of the Transformer, whatever Q is.
+
+    With `draft`, each position also reads a draft of the step it predicts: codes of a guess at the
+    future (the seasonal-naive continuation of the context), or -1 where there is none. Copying the
+    draft is then one attention-free step, so the model spends its capacity on where to depart from it.
     """
 
     def __init__(self, codebook_size: int, block_size: int, dim: int = 128, layers: int = 4, heads: int = 4,
-                 dropout: float = 0.1, rope: bool = True, levels: int = 1):
+                 dropout: float = 0.1, rope: bool = True, levels: int = 1, draft: bool = False):
         super().__init__()
         self.codebook_size, self.block_size, self.levels = codebook_size, block_size, levels
         self.tok = nn.Embedding(codebook_size * levels, dim)    # level q's codes at q * codebook_size + code
         self.pos = None if rope else nn.Embedding(block_size, dim)
+        self.draft = nn.Linear(dim, dim) if draft else None
+        self.no_draft = nn.Parameter(torch.zeros(dim)) if draft else None
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(dim, heads, causal=True, dropout=dropout, rope=rope) for _ in range(layers))
         self.depth = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(),
@@ -162,14 +168,25 @@ class CodeGPT(nn.Module):
         shift = torch.arange(levels.shape[-1], device=levels.device) * self.codebook_size
         return self.tok(levels + shift).sum(-2)
 
+    def embed_draft(self, draft: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | float:
+        """Embeddings of next-step drafts [B, T(, Q)] (-1: none); 0 for a model without drafts."""
+        if self.draft is None:
+            return 0.0
+        if draft is None:
+            return self.no_draft.expand(*shape[:2], -1)
+        levels = as_levels(draft, self.levels)
+        none = levels[..., :1] < 0
+        return torch.where(none, self.no_draft, self.draft(self.embed(levels.clamp(min=0))))
+
     def hidden(self, codes: torch.Tensor, caches: list[dict] | None = None, offset: int = 0,
-               last_only: bool = False) -> torch.Tensor:
+               last_only: bool = False, draft: torch.Tensor | None = None) -> torch.Tensor:
         """Transformer output [B, T, dim] for code steps [B, T(, Q)] at positions offset..offset+T-1
-        ([B, 1, dim], the last position's, with `last_only`: generation needs no others)."""
+        ([B, 1, dim], the last position's, with `last_only`: generation needs no others). `draft`
+        [B, T(, Q)]: the draft of the step each position predicts (see the class docstring)."""
         T = codes.shape[1]
         if offset + T > self.block_size:
             raise ValueError(f"sequence of {offset + T} code steps exceeds block_size {self.block_size}")
-        h = self.embed(as_levels(codes, self.levels))
+        h = self.embed(as_levels(codes, self.levels)) + self.embed_draft(draft, codes.shape)
         if self.pos is not None:
             h = h + self.pos(torch.arange(offset, offset + T, device=codes.device))
         h = self.drop(h)
@@ -186,10 +203,12 @@ class CodeGPT(nn.Module):
         k = self.codebook_size
         return F.linear(self.ln(h), self.head.weight[level * k:(level + 1) * k])
 
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits [B, T-1, Q, codebook_size] of steps 1..T-1 of codes [B, T(, Q)]."""
+    def forward(self, codes: torch.Tensor, draft: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits [B, T-1, Q, codebook_size] of steps 1..T-1 of codes [B, T(, Q)];
+        `draft` [B, T(, Q)] is aligned with the codes (step t's draft, -1: none)."""
         levels = as_levels(codes, self.levels)
-        h, target = self.hidden(levels[:, :-1]), levels[:, 1:]
+        h = self.hidden(levels[:, :-1], draft=None if draft is None else draft[:, 1:])
+        target = levels[:, 1:]
         return torch.stack([self.level_logits(h, q, target[..., :q]) for q in range(self.levels)], -2)
 
     def sample_step(self, h: torch.Tensor, temperature: float, top_k: int, top_p: float,
@@ -203,31 +222,38 @@ class CodeGPT(nn.Module):
     @torch.no_grad()
     def generate(self, context: torch.Tensor, steps: int, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, generator: torch.Generator | None = None, use_cache: bool = True,
-                 num_samples: int = 1) -> torch.Tensor:
+                 num_samples: int = 1, draft: torch.Tensor | None = None) -> torch.Tensor:
         """Sample `steps` code steps after each context [B, T(, Q)], `num_samples` times:
         [B * num_samples, steps(, Q)], a context's samples next to each other. The same generator state
         gives the same codes with or without the cache; with it the context is read once per context,
-        not once per sample."""
+        not once per sample. `draft` [B, T + steps(, Q)]: step t's draft, as in `forward`."""
         if context.shape[1] + steps > self.block_size:
             raise ValueError(f"context {context.shape[1]} + {steps} steps exceeds block_size {self.block_size}")
         levels, T = as_levels(context, self.levels), context.shape[1]
+        nxt = None if draft is None else as_levels(draft, self.levels)[:, 1:]    # what position t predicts
+        if nxt is not None and nxt.shape[1] < T + steps - 1:
+            raise ValueError(f"draft of {draft.shape[1]} steps, expected context + steps = {T + steps}")
+        rep = None if nxt is None else nxt.repeat_interleave(num_samples, 0)
         draw = functools.partial(self.sample_step, temperature=temperature, top_k=top_k, top_p=top_p,
                                  generator=generator)
         if not use_cache:
             seq = levels.repeat_interleave(num_samples, 0)
             for _ in range(steps):
-                seq = torch.cat([seq, draw(self.hidden(seq, last_only=True)[:, -1])[:, None]], 1)
+                d = None if rep is None else rep[:, :seq.shape[1]]
+                seq = torch.cat([seq, draw(self.hidden(seq, last_only=True, draft=d)[:, -1])[:, None]], 1)
             out = seq[:, T:]
         else:
             caches = [{"size": T + steps} for _ in self.blocks]
-            h = self.hidden(levels, caches, last_only=True)[:, -1].repeat_interleave(num_samples, 0)
+            d = None if nxt is None else nxt[:, :T]
+            h = self.hidden(levels, caches, last_only=True, draft=d)[:, -1].repeat_interleave(num_samples, 0)
             for cache in caches:
                 cache["k"], cache["v"] = (cache[key].repeat_interleave(num_samples, 0) for key in ("k", "v"))
             out = torch.empty(len(h), steps, self.levels, dtype=levels.dtype, device=levels.device)
             for i in range(steps):
                 out[:, i] = draw(h)
                 if i + 1 < steps:
-                    h = self.hidden(out[:, i:i + 1], caches, offset=T + i, last_only=True)[:, -1]
+                    d = None if rep is None else rep[:, T + i:T + i + 1]
+                    h = self.hidden(out[:, i:i + 1], caches, offset=T + i, last_only=True, draft=d)[:, -1]
         return out if context.ndim == 3 else out[..., 0]
 
 

@@ -18,13 +18,13 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import paths
-from forecast import Forecaster
+from forecast import Forecaster, seasonal_draft
 from hyper_params import stored_config
 from hyper_params_transformer import load_transformer_config
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split
 from train_results import load_checkpoint, plot_forecasts, weights_digest
 from training import Trainer, apply_train_overrides, run_parser, run_record, seed_everything, setup_runtime
-from transformer import CodeGPT
+from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
 from vqvae_eval import latest_checkpoint, load_vqvae
 from vqvae_train import shared_run_dirs
@@ -42,9 +42,17 @@ def encode_split(vq: VQVAE, signals: torch.Tensor, chunk: int, batch: int = 512)
     return torch.cat(out)
 
 
+def encode_drafted(vq: VQVAE, signals: torch.Tensor, chunk: int, fs: int) -> torch.Tensor:
+    """[N, T, 2Q]: each window's codes (as encode_split), then its drafts: -1 over the context chunk and
+    the codes of the context's seasonal-naive continuation after it, as a forecast sees them."""
+    codes = as_levels(encode_split(vq, signals, chunk), len(vq.quantizers))
+    draft = seasonal_draft(vq, signals[:, :chunk], codes.shape[1] - chunk // vq.factor, fs)
+    return torch.cat([codes, draft], -1)
+
+
 def step_fn(model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
-    (codes,) = batch
-    logits = model(codes)                           # [B, T-1, Q, K]
+    codes, *draft = batch                           # draft: only for a drafting model
+    logits = model(codes, *draft)                   # [B, T-1, Q, K]
     target = codes[:, 1:].reshape(logits.shape[:-1])
     loss = F.cross_entropy(logits.flatten(0, -2), target.flatten())
     acc = (logits.argmax(-1) == target).float().mean()
@@ -68,21 +76,24 @@ def main(argv: list[str] | None = None) -> dict:
     rt = setup_runtime(args.device)
     seed_everything(tcfg.train.seed)
     train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
-    chunk = cfg.data.window_samples
+    chunk, fs, arch = cfg.data.window_samples, int(train["fs"]), tcfg.model
+    kind = "drafted" if arch.draft else "codes"
+    encode = (lambda x: encode_drafted(vq, x, chunk, fs)) if arch.draft else (lambda x: encode_split(vq, x, chunk))
     train_codes, val_codes = (
-        cached_encoding("codes", f"{weights_digest(vq)}:{d['data_hash']}:{d['input_hash']}:{split}:{chunk}:steps",
-                        lambda d=d: encode_split(vq, d["signals"], chunk), args.prepared)
+        cached_encoding(kind, f"{weights_digest(vq)}:{d['data_hash']}:{d['input_hash']}:{split}:{chunk}:steps",
+                        lambda d=d: encode(d["signals"]), args.prepared)
         for split, d in (("train", train), ("validation", val)))
     aug = tcfg.augment
     if aug.copies:
-        _, extra = augmented_encoding("codes", train, aug, cfg.data, tcfg.train.seed,
-                                      lambda x: encode_split(vq, x, chunk), weights_digest(vq), args.prepared)
+        _, extra = augmented_encoding(kind, train, aug, cfg.data, tcfg.train.seed, encode, weights_digest(vq),
+                                      args.prepared)
         if rt.is_main:
             print(f"augmented: {len(extra)} windows from {aug.copies} stretched copies of the training records")
         train_codes = torch.cat([train_codes, extra])
-    arch = tcfg.model
+    q = cfg.model.num_quantizers
+    train_set, val_set = (TensorDataset(*(c.split(q, -1) if arch.draft else (c,))) for c in (train_codes, val_codes))
     model = CodeGPT(cfg.model.codebook_size, train_codes.shape[1], arch.dim, arch.layers, arch.heads,
-                    arch.dropout, arch.rope, cfg.model.num_quantizers)
+                    arch.dropout, arch.rope, q, arch.draft)
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "transformer")
     config = {**tcfg.to_dict(), "vqvae": vq_ckpt["config"]}
     meta = run_record(config, tcfg.train.seed, train["data_hash"] + "/" + train["input_hash"], rt,
@@ -93,7 +104,6 @@ def main(argv: list[str] | None = None) -> dict:
     idx = np.linspace(0, len(val["signals"]) - 1, tcfg.train.plot_windows).astype(int)
     fixed = val["signals"][idx].clone().numpy()
     ctx_len = cfg.data.window_samples
-    fs = int(train["fs"])
 
     def epoch_end(m: CodeGPT, epoch: int, is_main: bool) -> dict:
         if is_main:
@@ -104,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
             m.train()
         return {}
 
-    trainer = Trainer(model, TensorDataset(train_codes), TensorDataset(val_codes), step_fn, tcfg.train, run_dir,
+    trainer = Trainer(model, train_set, val_set, step_fn, tcfg.train, run_dir,
                       ckpt_dir, config, meta, rt, kind="transformer", epoch_end=epoch_end,
                       shown=("val_accuracy", "seconds"), extras=extras)
     return trainer.run(args.resume)

@@ -7,7 +7,13 @@ spread cost in R-peak F1? One JSON line.
    the context's last reference beat, scored against the horizon's reference beats (±100 ms, F1 per
    record, mean over records). The context beats are the annotations, not detections: this bounds
    what a forecast that continues the context's rhythm can score.
-2. `spread_frontier`: the seasonal ensemble with its minimum timing spread (fraction of the period)
+2. `placed_beat_mse`: the point-forecast MSE (mV², first second and whole horizon) of the context's
+   mean beat (the template baseline's) placed at the horizon's reference beats, `oracle_timing`, or
+   at the first one and then every median RR, `oracle_first_beat`, and the same with the first beat's
+   time off by a normal error of 5-40 ms SD; `zero` on the same windows for scale. It tells how well
+   the next beat must be timed for a given first-second MSE. `next_beat_error`: how far the median-RR
+   rule (1.) places the horizon's first beat from the reference one.
+3. `spread_frontier`: the seasonal ensemble with its minimum timing spread (fraction of the period)
    set to each value, scored by the evaluation harness: CRPS falls as the spread grows, the per-path
    R-peak F1 falls with it; the seasonal naive forecast is the no-spread end.
 """
@@ -22,6 +28,7 @@ import metrics as M  # noqa: E402 (common puts the repository on sys.path)
 
 TOL_MS = 100
 SPREADS = (0.0, 0.02, 0.05, 0.1)
+JITTER_MS = (5, 10, 20, 40)
 
 
 def next_beats(ctx_beats: np.ndarray, rule: str, end: int) -> np.ndarray:
@@ -49,6 +56,67 @@ def oracle_f1(w, context: int, fs: int, rule: str) -> float:
     return float(np.mean([M.f1_score(*s) for s in sums.values()]))
 
 
+def next_beat_error(w, context: int, fs: int) -> dict[str, float]:
+    """How far the median-RR rule misses the horizon's first reference beat (ms, pooled windows)."""
+    err = []
+    for i, r in enumerate(w.record):
+        beats = np.sort(w.beat_pos[w.beat_ptr[i]:w.beat_ptr[i + 1]])
+        pred, ref = next_beats(beats[beats < context], "median", w.signals.shape[1]), beats[beats >= context]
+        pred = pred[pred >= context - 0.5 * np.median(np.diff(beats))] if len(pred) else pred
+        if w.annotated[r] and len(pred) and len(ref):
+            err.append(abs(pred[0] - ref[0]) / fs * 1000)
+    e = np.array(err)
+    return {"windows": len(e), "median_ms": round(float(np.median(e)), 1),
+            "within_20ms": round(float(np.mean(e <= 20)), 3), "within_100ms": round(float(np.mean(e <= 100)), 3)}
+
+
+def place(template: np.ndarray, beats: np.ndarray, pre: int, horizon: int) -> np.ndarray:
+    """[horizon, 2]: the beat `template` [period, 2] with its R peak (sample `pre`) at each of `beats`."""
+    out = np.zeros((horizon, 2), np.float32)
+    for b in np.rint(beats).astype(int):
+        lo = b - pre
+        if lo < horizon:
+            seg = slice(max(lo, 0), min(lo + len(template), horizon))
+            out[seg] = template[seg.start - lo:seg.stop - lo]
+    return out
+
+
+def placed_beat_mse(w, context: int, fs: int) -> dict[str, dict[str, float]]:
+    """MSE per record (first second, whole horizon), mean over annotated records, of the mean beat
+    placed at known beat times; contexts with fewer than two detected beats get the zero forecast.
+    `first_beat_sd_<ms>`: the first beat's time known up to a normal error of that SD (the beats after
+    it one median RR apart), the point forecast being the mean over the error, as a sample mean is."""
+    import scipy.stats
+
+    import baselines as B
+
+    x = np.asarray(w.signals, np.float32)
+    ctx, truth = x[:, :context], x[:, context:]
+    horizon = truth.shape[1]
+    peaks, period, _ = B.context_rhythm(ctx, fs)
+    shifts = scipy.stats.norm.ppf((np.arange(16) + 0.5) / 16)   # 16 equal-probability normal errors
+    sums: dict[str, dict[int, np.ndarray]] = {}
+    for i, r in enumerate(w.record):
+        if not w.annotated[r]:
+            continue
+        p = int(period[i])
+        pre = int(round(B.TEMPLATE_PRE * p))
+        beats = np.sort(w.beat_pos[w.beat_ptr[i]:w.beat_ptr[i + 1]]) - context
+        beats, future = beats[beats > pre - p], beats[beats >= 0]
+        first = future[:1] + p * np.arange(horizon // p + 1) if len(future) else future
+        template = B.mean_beat(ctx[i], peaks[i], p) if len(peaks[i]) >= 2 else np.zeros((p, 2))
+        forecasts = {"zero": np.zeros((horizon, 2)), "oracle_timing": place(template, beats, pre, horizon),
+                     "oracle_first_beat": place(template, first, pre, horizon)}
+        for ms in JITTER_MS:
+            forecasts[f"first_beat_sd_{ms}ms"] = np.mean([place(template, first + z * ms / 1000 * fs, pre, horizon)
+                                                          for z in shifts], 0)
+        for name, out in forecasts.items():
+            err = (out - truth[i]) ** 2
+            sums.setdefault(name, {}).setdefault(int(r), np.zeros(3))[:] += (err[:fs].mean(), err.mean(), 1)
+    return {name: {"mse_0_1s": round(float(np.mean([v[0] / v[2] for v in d.values()])), 4),
+                   "mse": round(float(np.mean([v[1] / v[2] for v in d.values()])), 4)} for name, d in sums.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
@@ -63,6 +131,8 @@ def main() -> None:
     fs, context = cfg.data.samples_per_second, cfg.data.window_samples
     w = E.limit_windows(E.load_prepared(args.split, cfg, None), None, args.max_windows_per_record)
     oracle = {rule: round(oracle_f1(w, context, fs, rule), 3) for rule in ("median", "last", "last_two")}
+    placed = placed_beat_mse(w, context, fs)
+    first_error = next_beat_error(w, context, fs)
     models: dict = {"seasonal": B.SeasonalNaive(fs)}
     for spread in SPREADS:
         models[f"ensemble_{spread:g}"] = B.SeasonalEnsemble(fs)
@@ -72,7 +142,7 @@ def main() -> None:
     frontier = {name: {key: round(summary["forecasters"][name]["metrics"][key][-1]["value"], 4)
                        for key in ("crps", f"f1_{TOL_MS}")} for name in models}
     emit({"bench": "rhythm_bound", "split": args.split, "windows": len(w.record),
-          "oracle_f1": oracle, "spread_frontier": frontier})
+          "oracle_f1": oracle, "placed_beat_mse": placed, "next_beat_error": first_error, "spread_frontier": frontier})
 
 
 if __name__ == "__main__":

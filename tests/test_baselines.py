@@ -38,6 +38,17 @@ def test_every_baseline_follows_the_interface(name):
     np.testing.assert_array_equal(out, f.predict(x[:, :C], H, num_samples=7, seed=1))   # seeded
 
 
+@pytest.mark.parametrize("name", list(B.BASELINES))
+@pytest.mark.parametrize("c", [1, 8, 34, 40])
+def test_every_baseline_takes_a_context_shorter_than_a_beat(name, c):
+    """Below 0.25 s (32 samples) no beat period fits: the seasonal forecasts repeat the whole context."""
+    x = periodic_ecg(2)[:, :c]
+    out = make_forecaster(name, FS).predict(x, 50, num_samples=3, seed=0)
+    assert out.shape[0] == 2 and out.shape[2:] == (50, 2) and np.isfinite(out).all()
+    if name == "seasonal" and c < 35:
+        np.testing.assert_array_equal(out[:, 0], np.tile(x, (1, 50 // c + 1, 1))[:, :50])
+
+
 def test_flat_baselines():
     x = periodic_ecg(2)
     ctx = x[:, :C]

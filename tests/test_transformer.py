@@ -153,9 +153,35 @@ def test_residual_levels_are_drawn_coarse_to_fine_in_one_pass_per_step() -> None
         assert torch.allclose(logits[:, -1, 2], gpt.level_logits(gpt.hidden(ctx[:, :3])[:, -1], 2, ctx[:, 3, :2]))
 
 
-def test_default_codebooks_train_and_forecast(tmp_path: Path) -> None:
+def test_draft_is_read_and_cached_alike() -> None:
+    """A drafting model's logits depend on the draft of the step predicted; -1 means no draft (the same as
+    passing none); the cache gives the same codes as full passes; a draft of the wrong length is refused."""
+    torch.manual_seed(0)
+    gpt = CodeGPT(codebook_size=8, block_size=12, dim=16, layers=1, heads=2, levels=3, draft=True).eval()
+    with torch.no_grad():
+        gpt.no_draft.normal_()  # trained models learn it: zero, as at init, would hide a mix-up
+    seq = torch.randint(0, 8, (2, 9, 3))
+    draft = torch.randint(0, 8, (2, 12, 3))
+    draft[:, :5] = -1
+    with torch.no_grad():
+        assert torch.allclose(gpt(seq, torch.full_like(seq, -1)), gpt(seq))
+        base, other = gpt(seq, draft[:, :9]), draft[:, :9].clone()
+        other[:, 7] = (other[:, 7] + 1) % 8
+        changed = (gpt(seq, other) - base).abs().amax((0, 2, 3))
+    assert changed[6] > 0 and changed[:6].max() == 0  # position 6 predicts step 7; earlier ones cannot see it
+    ctx = seq[:, :5]
+    out = [gpt.generate(ctx, 7, generator=torch.Generator().manual_seed(2), use_cache=c, num_samples=3, draft=draft)
+           for c in (True, False)]
+    assert out[0].shape == (6, 7, 3) and torch.equal(out[0], out[1])
+    with pytest.raises(ValueError, match="draft of 6 steps"):
+        gpt.generate(ctx, 7, draft=draft[:, :6])
+
+
+@pytest.mark.parametrize("draft", [False, True])
+def test_default_codebooks_train_and_forecast(tmp_path: Path, draft: bool) -> None:
     """With the default's three codebooks the Transformer reads and writes a step's codes at one position;
-    with window gains a context twice as loud gets the same forecast twice as loud."""
+    with window gains a context twice as loud gets the same forecast twice as loud, also when it reads
+    the seasonal-naive draft."""
     from conftest import write_record
 
     db = tmp_path / "wfdb"
@@ -167,7 +193,7 @@ def test_default_codebooks_train_and_forecast(tmp_path: Path) -> None:
     vqvae_train.main(flags(setup, "--device", "cpu"))
     vq = next((tmp_path / "checkpoints").glob("vqvae-*/best.pt"))
     tcfg = tmp_path / "transformer.json"
-    tcfg.write_text(json.dumps({"model": {"dim": 16, "layers": 1, "heads": 2, "dropout": 0.0},
+    tcfg.write_text(json.dumps({"model": {"dim": 16, "layers": 1, "heads": 2, "dropout": 0.0, "draft": draft},
                                 "train": {"epochs": 1, "batch_size": 8, "warmup_steps": 1, "max_steps_per_epoch": 4,
                                           "plot_windows": 1}}))
     transformer_train.main(flags({**setup, "config": str(tcfg)}, "--device", "cpu", "--vqvae", str(vq),
@@ -176,6 +202,7 @@ def test_default_codebooks_train_and_forecast(tmp_path: Path) -> None:
     assert torch.load(ckpt, weights_only=True)["config"]["augment"]["copies"] == 0   # the flag beats the default 3
     fc = Forecaster.from_checkpoint(ckpt, "cpu")
     assert fc.gpt.levels == 3 and fc.gpt.codebook_size == 32 and fc.gpt.block_size == 32
+    assert (fc.gpt.draft is not None) == draft
     context = np.random.default_rng(0).standard_normal((2, 64, 2)).astype(np.float32)
     out = fc.predict(context, 40, 3, seed=0)
     assert out.shape == (2, 3, 40, 2) and np.isfinite(out).all()
