@@ -1,5 +1,6 @@
 """Forecast latency for 1 and 64 contexts with 100 sampled futures each (and for 1 context without the
-Transformer's key/value cache): one JSON line.
+Transformer's key/value cache): one JSON line. One context is timed REPEATS times (the median is
+reported: a single run varies by ±20 % on a shared CPU), the others once.
 
     python bench/forecast_latency.py [--checkpoint PATH]
 
@@ -16,10 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from common import emit, memory_mb
 
 import paths  # noqa: E402 (common puts the repository on sys.path)
 from paths import UserError  # noqa: E402
+
+REPEATS = 5
 
 
 def train_on_the_fly(tmp: Path) -> tuple[Path, Path]:
@@ -70,7 +74,8 @@ def main() -> None:
         signals = load_split("validation", fc.cfg, prepared)["signals"]
         contexts = signals[torch.arange(64) % len(signals), :ctx].clone().numpy()
         fc.predict(contexts[:1], horizon, 2)  # warm-up
-        one = timed(lambda: fc.predict(contexts[:1], horizon, args.samples, seed=0))
+        one = float(np.median([timed(lambda: fc.predict(contexts[:1], horizon, args.samples, seed=0))
+                               for _ in range(REPEATS)]))
         no_cache = timed(lambda: fc.predict(contexts[:1], horizon, args.samples, seed=0, use_cache=False))
         many = timed(lambda: fc.predict(contexts, horizon, args.samples, seed=0))
     emit({"bench": "forecast_latency", "contexts_1_s": round(one, 2), "contexts_1_no_cache_s": round(no_cache, 2),
