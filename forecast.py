@@ -40,8 +40,9 @@ def as_context(context: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 class Forecaster(ForecasterBase):
-    """VQ-VAE + code Transformer: encode the context, sample future codes, decode them together
-    with the last second of context codes (so the seam is smooth) and keep the future samples."""
+    """VQ-VAE + code Transformer: encode the context, sample future codes (reading the seasonal
+    draft when the model was trained with one), decode them together with the last second of context
+    codes (so the seam is smooth) and keep the future samples."""
 
     deterministic = False
     DECODE_MARGIN = 16  # context codes decoded with the future (16 codes = 1 s at the defaults)
