@@ -6,7 +6,12 @@ spread cost in R-peak F1? One JSON line.
 1. `oracle_f1`: beats placed every median (last, mean of the last two) reference RR interval after
    the context's last reference beat, scored against the horizon's reference beats (±100 ms, F1 per
    record, mean over records). The context beats are the annotations, not detections: this bounds
-   what a forecast that continues the context's rhythm can score.
+   what a forecast that continues the context's rhythm can score. Two more rules: `calibrated`, the
+   median rule turned into a sampler whose timing errors are the rule's own on the training patients
+   (scored on 10 paths per window, as evaluate.py scores sampled forecasts), and `learned`, a small
+   MLP fitted on the training patients' beats. For a calibrated sampler, the per-path hit rate
+   E_s P_t(|s - t| < tol) (s and t drawn from the same forecast) is at most max_s P_t(|s - t| < tol),
+   the best point rule's: timing spread that is honest about the uncertainty costs F1.
 2. `placed_beat_mse`: the point-forecast MSE (mV², first second and whole horizon) of the context's
    mean beat (the template baseline's) placed at the horizon's reference beats, `oracle_timing`, or
    at the first one and then every median RR, `oracle_first_beat`, and the same with the first beat's
@@ -20,6 +25,7 @@ spread cost in R-peak F1? One JSON line.
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 import numpy as np
 from common import emit
@@ -27,33 +33,115 @@ from common import emit
 import metrics as M  # noqa: E402 (common puts the repository on sys.path)
 
 TOL_MS = 100
+PATHS = 10          # sample paths per window a sampled rule is scored on, as evaluate.py scores forecasts
 SPREADS = (0.0, 0.02, 0.05, 0.1)
 JITTER_MS = (5, 10, 20, 40)
 
 
-def next_beats(ctx_beats: np.ndarray, rule: str, end: int) -> np.ndarray:
-    """Beat positions after the context's last beat up to `end`, one per predicted RR interval."""
-    rr = np.diff(ctx_beats)
+Rule = Callable[[np.ndarray, int], np.ndarray]      # (context RR intervals, n) -> the next n intervals
+
+RULES: dict[str, Rule] = {"median": lambda rr, n: np.full(n, np.median(rr)),
+                          "last": lambda rr, n: np.full(n, rr[-1]),
+                          "last_two": lambda rr, n: np.full(n, rr[-2:].mean())}
+
+
+def next_beats(ctx_beats: np.ndarray, rule: Rule, end: int) -> np.ndarray:
+    """Beat positions after the context's last beat up to `end`, one per interval the rule predicts."""
+    rr = np.diff(ctx_beats).astype(float)
     if len(rr) == 0:
         return np.zeros(0)
-    period = {"median": np.median(rr), "last": rr[-1], "last_two": rr[-2:].mean()}[rule]
-    return ctx_beats[-1] + period * np.arange(1, int((end - ctx_beats[-1]) / period) + 1)
+    n = int((end - ctx_beats[-1]) / rr.min()) + 1               # enough intervals to pass `end`
+    pred = ctx_beats[-1] + np.cumsum(rule(rr, n))
+    return pred[pred < end]
 
 
-def oracle_f1(w, context: int, fs: int, rule: str) -> float:
-    """Mean over annotated records of the F1 of `next_beats` against the horizon's reference beats."""
-    t, tol = w.signals.shape[1], TOL_MS / 1000 * fs
+def annotated_beats(w, i: int, context: int) -> tuple[np.ndarray, np.ndarray]:
+    """Window i's reference beats: (in the context, in the horizon)."""
+    beats = np.sort(w.beat_pos[w.beat_ptr[i]:w.beat_ptr[i + 1]]).astype(float)
+    return beats[beats < context], beats[beats >= context]
+
+
+def oracle_f1(w, context: int, fs: int, rule: Rule, paths: int = 1) -> float:
+    """Mean over annotated records of the F1 of `next_beats` against the horizon's reference beats,
+    pooled over `paths` calls of the rule per window (a sampled rule gives a path per call)."""
     sums: dict[int, np.ndarray] = {}
     for i, r in enumerate(w.record):
         if not w.annotated[r]:
             continue
-        beats = np.sort(w.beat_pos[w.beat_ptr[i]:w.beat_ptr[i + 1]])
-        ref = beats[(beats >= context) & (beats < t)]
-        pred = next_beats(beats[beats < context], rule, t)
-        pred = pred[(pred >= context) & (pred < t)]
-        tp = len(M.match_beats(ref, pred, tol)[0])
-        sums.setdefault(int(r), np.zeros(3))[:] += (tp, len(pred) - tp, len(ref) - tp)
+        ctx, ref = annotated_beats(w, i, context)
+        for _ in range(paths):
+            pred = next_beats(ctx, rule, w.signals.shape[1])
+            pred = pred[pred >= context]
+            tp = len(M.match_beats(ref, pred, TOL_MS / 1000 * fs)[0])
+            sums.setdefault(int(r), np.zeros(3))[:] += (tp, len(pred) - tp, len(ref) - tp)
     return float(np.mean([M.f1_score(*s) for s in sums.values()]))
+
+
+def horizon_ratios(w, context: int) -> list[np.ndarray]:
+    """Per annotated window with two context beats: the horizon's RR intervals (from the context's last
+    beat on) over the context's median RR, i.e. how the truth departs from the median rule."""
+    out = []
+    for i, r in enumerate(w.record):
+        ctx, ref = annotated_beats(w, i, context)
+        if w.annotated[r] and len(ctx) >= 2 and len(ref):
+            out.append(np.diff(np.r_[ctx[-1], ref]) / np.median(np.diff(ctx)))
+    return out
+
+
+def calibrated_rule(ratios: list[np.ndarray], seed: int = 0) -> Rule:
+    """The median rule made a calibrated sampler: each path takes the whole ratio sequence of a random
+    training window (its last ratio repeated when short), so its timing errors are the rule's own."""
+    rng = np.random.default_rng(seed)
+
+    def rule(rr: np.ndarray, n: int) -> np.ndarray:
+        seq = ratios[rng.integers(len(ratios))]
+        return np.median(rr) * np.r_[seq, np.full(max(0, n - len(seq)), seq[-1])][:n]
+    return rule
+
+
+def learned_rule(train, context: int, fs: int, seed: int = 0, history: int = 6, bins: int = 41) -> Rule:
+    """A small MLP fitted on the training patients' reference beats: the next RR over the context's
+    median, as a class over log-ratio bins, from the last `history` log ratios. It predicts the
+    interval whose ±100 ms neighbourhood holds the most probability (the per-path F1 optimum) and
+    continues from its own predictions."""
+    import torch
+
+    edges = np.linspace(-0.8, 0.8, bins)
+
+    def features(rr: np.ndarray) -> np.ndarray:
+        r = np.log(rr[-history:] / np.median(rr))
+        f = np.zeros(2 * history + 1, np.float32)
+        f[history - len(r):history], f[2 * history - len(r):2 * history], f[-1] = r, 1, np.log(np.median(rr))
+        return f
+
+    x, y = [], []
+    for i in range(len(train.record)):
+        rr = np.diff(np.concatenate(annotated_beats(train, i, context)))
+        for j in range(1, len(rr)):
+            x.append(features(rr[:j]))
+            y.append(np.abs(np.log(rr[j] / np.median(rr[:j])) - edges).argmin())
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(2 * history + 1, 64), torch.nn.GELU(), torch.nn.Linear(64, 64),
+                              torch.nn.GELU(), torch.nn.Linear(64, bins))
+    opt = torch.optim.AdamW(net.parameters(), 3e-3, weight_decay=1e-3)
+    xt, yt = torch.tensor(np.array(x)), torch.tensor(y)
+    for _ in range(30):
+        for idx in torch.randperm(len(xt)).split(256):
+            loss = torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    tol = TOL_MS / 1000 * fs
+
+    def rule(rr: np.ndarray, n: int) -> np.ndarray:
+        rr = list(rr)
+        for _ in range(n):
+            with torch.no_grad():
+                p = torch.softmax(net(torch.from_numpy(features(np.array(rr)))), -1).numpy()
+            cand = np.median(rr) * np.exp(edges)
+            rr.append(cand[np.argmax([p[np.abs(cand - c) <= tol].sum() for c in cand])])
+        return np.array(rr[-n:])
+    return rule
 
 
 def next_beat_error(w, context: int, fs: int) -> dict[str, float]:
@@ -62,8 +150,8 @@ def next_beat_error(w, context: int, fs: int) -> dict[str, float]:
     for i, r in enumerate(w.record):
         if not w.annotated[r]:
             continue
-        beats = np.sort(w.beat_pos[w.beat_ptr[i]:w.beat_ptr[i + 1]])
-        pred, ref = next_beats(beats[beats < context], "median", w.signals.shape[1]), beats[beats >= context]
+        ctx, ref = annotated_beats(w, i, context)
+        pred = next_beats(ctx, RULES["median"], w.signals.shape[1])
         pred = pred[pred >= context]          # as oracle_f1 scores them
         if len(pred) and len(ref):
             err.append(abs(pred[0] - ref[0]) / fs * 1000)
@@ -132,7 +220,11 @@ def main() -> None:
     cfg = load_config()
     fs, context = cfg.data.samples_per_second, cfg.data.window_samples
     w = E.limit_windows(E.load_prepared(args.split, cfg, None), None, args.max_windows_per_record)
-    oracle = {rule: round(oracle_f1(w, context, fs, rule), 3) for rule in ("median", "last", "last_two")}
+    train = E.load_prepared("train", cfg, None)
+    rules = {**RULES, "calibrated": calibrated_rule(horizon_ratios(train, context)),
+             "learned": learned_rule(train, context, fs)}
+    oracle = {name: round(oracle_f1(w, context, fs, rule, PATHS if name == "calibrated" else 1), 3)
+              for name, rule in rules.items()}
     placed = placed_beat_mse(w, context, fs)
     first_error = next_beat_error(w, context, fs)
     models: dict = {"seasonal": B.SeasonalNaive(fs)}
