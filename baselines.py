@@ -157,11 +157,30 @@ class SeasonalEnsemble(Zero):
     def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
         x = as_context(context)
         _, period, spread = context_rhythm(x, self.fs)
-        sd = np.fmax(np.nan_to_num(spread, nan=0.0), self.min_spread * period)
-        z = np.random.default_rng(seed).standard_normal((len(x), num_samples))
-        p = np.rint(period[:, None] + sd[:, None] * z).astype(np.int64)
-        p = np.clip(p, max(1, round(MIN_PERIOD_S * self.fs)), x.shape[1])
-        return repeat_last(x, p, horizon)
+        return repeat_last(x, draw_periods(period, spread, self.min_spread, num_samples, seed, self.fs, x.shape[1]),
+                           horizon)
+
+
+def draw_periods(period: np.ndarray, spread: np.ndarray, min_spread: float, num_samples: int, seed: int,
+                 fs: float, longest: int) -> np.ndarray:
+    """Beat periods [B, S] in samples, one per sample: normal around each context's period with its RR
+    standard deviation (NaN: none), but at least `min_spread` of the period (see SeasonalEnsemble)."""
+    sd = np.fmax(np.nan_to_num(spread, nan=0.0), min_spread * period)
+    z = np.random.default_rng(seed).standard_normal((len(period), num_samples))
+    p = np.rint(period[:, None] + sd[:, None] * z).astype(np.int64)
+    return np.clip(p, max(1, round(MIN_PERIOD_S * fs)), longest)
+
+
+def beat_train(template: np.ndarray, pre: int, beats: np.ndarray, start: int, length: int) -> np.ndarray:
+    """Samples start..start+length-1 [length, 2] of a beat `template` [period, 2] (R peak at sample `pre`)
+    laid at each of `beats`: a sample takes its phase in the latest beat begun by then, and a gap
+    longer than the template (or the time before the first beat) holds its last sample."""
+    p = len(template)
+    onset = np.sort(beats) - pre
+    t = start + np.arange(length)
+    k = np.searchsorted(onset, t, side="right") - 1
+    phase = np.where(k >= 0, t - onset[np.clip(k, 0, None)], p - 1)
+    return template[np.minimum(phase, p - 1).astype(np.int64)]
 
 
 BASELINES: dict[str, type[ForecasterBase]] = {

@@ -40,17 +40,18 @@ def as_context(context: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 class Forecaster(ForecasterBase):
-    """VQ-VAE + code Transformer: encode the context, sample future codes (reading the seasonal
-    draft when the model was trained with one), decode them together with the last second of context
+    """VQ-VAE + code Transformer: encode the context, sample future codes (reading a draft when the
+    model was trained with one: the seasonal-naive continuation, or with `draft_beats` the context's
+    mean beat at beat times drawn per sample), decode them together with the last second of context
     codes (so the seam is smooth) and keep the future samples."""
 
     deterministic = False
     DECODE_MARGIN = 16  # context codes decoded with the future (16 codes = 1 s at the defaults)
 
-    def __init__(self, vq, gpt, cfg, sample, device: str | torch.device | None = None):
+    def __init__(self, vq, gpt, cfg, sample, device: str | torch.device | None = None, draft_beats: bool = False):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.vq, self.gpt = vq.to(self.device).eval(), gpt.to(self.device).eval()
-        self.cfg, self.sample = cfg, sample
+        self.cfg, self.sample, self.draft_beats = cfg, sample, draft_beats
         self.fs = cfg.data.samples_per_second
         self.factor = cfg.model.downsample_factor
         self.name = "transformer"
@@ -79,7 +80,7 @@ class Forecaster(ForecasterBase):
         gpt = CodeGPT(cfg.model.codebook_size, ckpt["block_size"], arch.dim, arch.layers, arch.heads, arch.dropout,
                       arch.rope, cfg.model.num_quantizers, arch.draft)
         gpt.load_state_dict(ckpt["model"])
-        out = cls(vq, gpt, cfg, tcfg.sample, device)
+        out = cls(vq, gpt, cfg, tcfg.sample, device, arch.draft_beats)
         out.checkpoint = str(path)
         return out
 
@@ -102,7 +103,12 @@ class Forecaster(ForecasterBase):
         x = torch.from_numpy(x[:, x.shape[1] - keep * self.factor:]).to(self.device)
         unit = self.vq.unit(x)                        # the context's gain decodes the future too
         codes = self.vq.encode(x, unit)
-        draft = seasonal_draft(self.vq, x, steps, self.fs) if self.gpt.draft is not None else None
+        draft = None
+        if self.draft_beats:
+            draft = beat_draft(self.vq, x, steps, self.fs, num_samples, seed, min_spread=self.sample.draft_spread)
+        elif self.gpt.draft is not None:
+            draft = seasonal_draft(self.vq, x, steps, self.fs)
+        per = 1 if draft is None else len(draft) // len(x)        # drafts per context: 1 or num_samples
         gen = torch.Generator(self.device).manual_seed(seed)
         out = np.empty((len(x), num_samples, horizon, 2), np.float32)
         per_chunk = max(1, 2048 // num_samples)
@@ -111,7 +117,7 @@ class Forecaster(ForecasterBase):
             ctx = codes[lo:lo + per_chunk]
             future = self.gpt.generate(ctx, steps, self.sample.temperature, self.sample.top_k,
                                        self.sample.top_p, gen, use_cache=use_cache, num_samples=num_samples,
-                                       draft=None if draft is None else draft[lo:lo + per_chunk])
+                                       draft=None if draft is None else draft[lo * per:(lo + per_chunk) * per])
             # decode the future with the last second of context codes: a smooth seam at a third of the cost
             full = torch.cat([ctx[:, keep - margin:].repeat_interleave(num_samples, 0), future], 1)
             u = unit[lo:lo + per_chunk].repeat_interleave(num_samples, 0)
@@ -121,21 +127,59 @@ class Forecaster(ForecasterBase):
         return out
 
 
+
 @torch.no_grad()
-def seasonal_draft(vq, context: torch.Tensor, steps: int, fs: int, batch: int = 512) -> torch.Tensor:
+def seasonal_draft(vq, context: torch.Tensor, steps: int, fs: int) -> torch.Tensor:
     """Draft codes [B, T + steps, Q] of contexts [B, T * factor, 2] for a drafting CodeGPT: -1 over the
-    context, then the codes of its seasonal-naive continuation, a chunk coded on its own like the
-    future part of a training window."""
+    context, then the codes of its seasonal-naive continuation."""
     from baselines import SeasonalNaive
+
+    ext = SeasonalNaive(fs).predict(context.cpu().numpy(), steps * vq.factor, num_samples=1)[:, 0]
+    return code_draft(vq, ext, context.shape[1] // vq.factor, context.device)
+
+
+@torch.no_grad()
+def beat_draft(vq, context: torch.Tensor, steps: int, fs: int, num_samples: int = 1, seed: int = 0,
+               beats: list[np.ndarray] | None = None, min_spread: float = 0.05) -> torch.Tensor:
+    """Draft codes [B * num_samples, T + steps, Q]: the context's mean beat laid at beat times. Training
+    gives the times, `beats` (a window's own R peaks after the context's last one); a forecast draws
+    them, one period per sample as the seasonal ensemble draws it (with `min_spread`): beat times
+    first, then the codes given them. A context with fewer than two R peaks gets its seasonal-naive
+    continuation."""
+    import baselines as B
+
+    x, h = context.cpu().numpy(), steps * vq.factor
+    c = x.shape[1]
+    peaks, period, spread = B.context_rhythm(x, fs)
+    periods = B.draw_periods(period, spread, min_spread, num_samples, seed, fs, c)
+    fallback = B.SeasonalNaive(fs).predict(x, h, num_samples=1)[:, 0]
+    waves, index = [], np.zeros((len(x), num_samples), np.int64)    # each distinct draft is coded once
+    for i, r in enumerate(peaks):
+        if len(r) < 2:
+            index[i] = len(waves)
+            waves.append(fallback[i])
+            continue
+        p = int(period[i])
+        template, pre = B.mean_beat(x[i], r, p), int(round(B.TEMPLATE_PRE * p))
+        if beats is None:
+            drawn, which = np.unique(periods[i], return_inverse=True)
+            times = [r[-1] + q * np.arange(0, (c + h - r[-1]) / q + 1) for q in drawn]
+        else:
+            which, times = 0, [np.r_[r[-1], beats[i][beats[i] > r[-1] + B.MIN_PERIOD_S * fs]]]
+        index[i] = len(waves) + which
+        waves += [B.beat_train(template, pre, t, c, h) for t in times]
+    codes = code_draft(vq, np.stack(waves), c // vq.factor, context.device)
+    return codes[torch.from_numpy(index.reshape(-1)).to(codes.device)]
+
+
+def code_draft(vq, waves: np.ndarray, context_steps: int, device: torch.device, batch: int = 512) -> torch.Tensor:
+    """[N, context_steps + steps, Q]: -1 over the context, then the codes of each continuation [N, H, 2],
+    a chunk coded on its own like the future part of a training window."""
     from transformer import as_levels
 
-    out = []
-    for i in range(0, len(context), batch):
-        x = context[i:i + batch]
-        ext = SeasonalNaive(fs).predict(x.cpu().numpy(), steps * vq.factor, num_samples=1)[:, 0]
-        future = as_levels(vq.encode(torch.from_numpy(np.ascontiguousarray(ext)).to(x.device)), len(vq.quantizers))
-        out.append(torch.cat([torch.full_like(future[:, :1], -1).expand(-1, x.shape[1] // vq.factor, -1), future], 1))
-    return torch.cat(out)
+    w = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(device)
+    future = torch.cat([as_levels(vq.encode(w[i:i + batch]), len(vq.quantizers)) for i in range(0, len(w), batch)])
+    return torch.cat([torch.full_like(future[:, :1], -1).expand(-1, context_steps, -1), future], 1)
 
 
 def default_checkpoint(checkpoints: str | None = None) -> Path:

@@ -20,6 +20,8 @@ class GPTConfig:
     dropout: float = 0.1
     rope: bool = True            # rotary positions (relative offsets); false = learned absolute positions
     draft: bool = False          # read the seasonal-naive continuation's codes as a draft of each future step
+    draft_beats: bool = False    # the draft lays the context's mean beat at beat times instead: the true ones
+                                 # in training, drawn per sample like the seasonal ensemble's when forecasting
 
 
 @dataclass
@@ -27,6 +29,8 @@ class SampleConfig:
     temperature: float = 1.0     # 1.0 samples the learned distribution (calibrated spread)
     top_k: int = 0               # 0 = no truncation
     top_p: float = 1.0           # 1.0 = no nucleus truncation
+    draft_spread: float = 0.05   # with model.draft_beats: least SD of the drawn beat periods, as a fraction of the
+                                 # period (the context's RR SD when larger; the seasonal ensemble's is 0.05)
 
 
 @dataclass
@@ -45,9 +49,11 @@ class TransformerConfig:
             _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
         _check(m.dim % m.heads == 0, "model.heads", m.heads, f"must divide model.dim={m.dim}")
         _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
+        _check(m.draft or not m.draft_beats, "model.draft_beats", m.draft_beats, "needs model.draft true")
         _check(s.temperature >= 0, "sample.temperature", s.temperature, "must be >= 0 (0 = greedy)")
         _check(s.top_k >= 0, "sample.top_k", s.top_k, "must be >= 0")
         _check(0 < s.top_p <= 1, "sample.top_p", s.top_p, "must be in (0, 1]")
+        _check(0 <= s.draft_spread < 1, "sample.draft_spread", s.draft_spread, "must be in [0, 1)")
         self.augment.validate()
         _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
         _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")

@@ -226,14 +226,16 @@ class CodeGPT(nn.Module):
         """Sample `steps` code steps after each context [B, T(, Q)], `num_samples` times:
         [B * num_samples, steps(, Q)], a context's samples next to each other. The same generator state
         gives the same codes with or without the cache; with it the context is read once per context,
-        not once per sample. `draft` [B, T + steps(, Q)]: step t's draft, as in `forward`."""
+        not once per sample. `draft` [B, T + steps(, Q)]: step t's draft, as in `forward`, shared by a
+        context's samples; or [B * num_samples, ...], a draft per sample (same over the context)."""
         if context.shape[1] + steps > self.block_size:
             raise ValueError(f"context {context.shape[1]} + {steps} steps exceeds block_size {self.block_size}")
         levels, T = as_levels(context, self.levels), context.shape[1]
         nxt = None if draft is None else as_levels(draft, self.levels)[:, 1:]    # what position t predicts
         if nxt is not None and nxt.shape[1] < T + steps - 1:
             raise ValueError(f"draft of {draft.shape[1]} steps, expected context + steps = {T + steps}")
-        rep = None if nxt is None else nxt.repeat_interleave(num_samples, 0)
+        own = nxt is not None and num_samples > 1 and len(nxt) == len(context) * num_samples   # a draft per sample
+        rep = None if nxt is None else nxt if own else nxt.repeat_interleave(num_samples, 0)
         draw = functools.partial(self.sample_step, temperature=temperature, top_k=top_k, top_p=top_p,
                                  generator=generator)
         if not use_cache:
@@ -244,10 +246,16 @@ class CodeGPT(nn.Module):
             out = seq[:, T:]
         else:
             caches = [{"size": T + steps} for _ in self.blocks]
-            d = None if nxt is None else nxt[:, :T]
-            h = self.hidden(levels, caches, last_only=True, draft=d)[:, -1].repeat_interleave(num_samples, 0)
-            for cache in caches:
-                cache["k"], cache["v"] = (cache[key].repeat_interleave(num_samples, 0) for key in ("k", "v"))
+            shared = T - 1 if own else T          # with a draft per sample, the last context step reads its own
+            if shared:
+                d = None if nxt is None else nxt[::num_samples if own else 1, :shared]
+                h = self.hidden(levels[:, :shared], caches, last_only=True, draft=d)[:, -1]
+                h = h.repeat_interleave(num_samples, 0)
+                for cache in caches:
+                    cache["k"], cache["v"] = (cache[key].repeat_interleave(num_samples, 0) for key in ("k", "v"))
+            if own:
+                h = self.hidden(levels[:, shared:].repeat_interleave(num_samples, 0), caches, offset=shared,
+                                last_only=True, draft=rep[:, shared:T])[:, -1]
             out = torch.empty(len(h), steps, self.levels, dtype=levels.dtype, device=levels.device)
             for i in range(steps):
                 out[:, i] = draw(h)

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import paths
-from forecast import Forecaster, seasonal_draft
+from forecast import Forecaster, beat_draft, seasonal_draft
 from hyper_params import stored_config
 from hyper_params_transformer import load_transformer_config
+from metrics import detect_r_peaks
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split
 from train_results import load_checkpoint, plot_forecasts, weights_digest
 from training import Trainer, apply_train_overrides, run_parser, run_record, seed_everything, setup_runtime
@@ -42,12 +43,18 @@ def encode_split(vq: VQVAE, signals: torch.Tensor, chunk: int, batch: int = 512)
     return torch.cat(out)
 
 
-def encode_drafted(vq: VQVAE, signals: torch.Tensor, chunk: int, fs: int) -> torch.Tensor:
-    """[N, T, 2Q]: each window's codes (as encode_split), then its drafts: -1 over the context chunk and
-    the codes of the context's seasonal-naive continuation after it, as a forecast sees them."""
+def encode_drafted(vq: VQVAE, signals: torch.Tensor, chunk: int, fs: int, beats: bool = False) -> torch.Tensor:
+    """[N, T, 2Q]: each window's codes (as encode_split), then its drafts: -1 over the context chunk, then
+    the codes of the context's seasonal-naive continuation, as a forecast sees them; or with `beats`
+    the context's mean beat laid at the window's own R peaks (detected over the whole window), so that
+    the model learns to render beats where it is told they are."""
     codes = as_levels(encode_split(vq, signals, chunk), len(vq.quantizers))
-    draft = seasonal_draft(vq, signals[:, :chunk], codes.shape[1] - chunk // vq.factor, fs)
-    return torch.cat([codes, draft], -1)
+    steps = codes.shape[1] - chunk // vq.factor
+    if not beats:
+        return torch.cat([codes, seasonal_draft(vq, signals[:, :chunk], steps, fs)], -1)
+    rows, pos = detect_r_peaks(signals[:, :, 0].numpy(), fs)
+    peaks = np.split(pos, np.searchsorted(rows, np.arange(1, len(signals))))
+    return torch.cat([codes, beat_draft(vq, signals[:, :chunk], steps, fs, beats=peaks)], -1)
 
 
 def step_fn(model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
@@ -77,8 +84,9 @@ def main(argv: list[str] | None = None) -> dict:
     seed_everything(tcfg.train.seed)
     train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
     chunk, fs, arch = cfg.data.window_samples, int(train["fs"]), tcfg.model
-    kind = "drafted" if arch.draft else "codes"
-    encode = (lambda x: encode_drafted(vq, x, chunk, fs)) if arch.draft else (lambda x: encode_split(vq, x, chunk))
+    kind = "beat_drafted" if arch.draft_beats else "drafted" if arch.draft else "codes"
+    encode = ((lambda x: encode_drafted(vq, x, chunk, fs, arch.draft_beats)) if arch.draft
+              else (lambda x: encode_split(vq, x, chunk)))
     train_codes, val_codes = (
         cached_encoding(kind, f"{weights_digest(vq)}:{d['data_hash']}:{d['input_hash']}:{split}:{chunk}:steps",
                         lambda d=d: encode(d["signals"]), args.prepared)
@@ -107,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def epoch_end(m: CodeGPT, epoch: int, is_main: bool) -> dict:
         if is_main:
-            fc = Forecaster(vq, m, cfg, tcfg.sample)
+            fc = Forecaster(vq, m, cfg, tcfg.sample, draft_beats=arch.draft_beats)
             samples = fc.predict(fixed[:, :ctx_len], fixed.shape[1] - ctx_len, num_samples=20, seed=0)
             plot_forecasts(fixed, samples, fs, ctx_len, run_dir / f"forecast_epoch_{epoch:03d}.png",
                            f"epoch {epoch}: validation forecasts (20 samples)")

@@ -111,3 +111,26 @@ def test_ensemble_spread_comes_from_rr_variability_and_grows_with_the_horizon():
 def test_make_forecaster_rejects_a_missing_checkpoint(tmp_path):
     with pytest.raises(UserError, match="nope.pt"):
         make_forecaster(str(tmp_path / "nope.pt"), FS)
+
+
+def test_beat_train_lays_the_template_at_each_beat():
+    """Each beat's R peak (the template's sample `pre`) lands on its time; before the first beat and in a
+    gap longer than the template the last sample holds."""
+    template = np.stack([np.arange(10.0), -np.arange(10.0)], 1)     # [period 10, 2], R peak at pre = 3
+    out = B.beat_train(template, 3, np.array([105, 125]), 100, 40)
+    assert out.shape == (40, 2)
+    np.testing.assert_array_equal(out[[5, 25], 0], [3, 3])            # R peaks at 105 and 125
+    np.testing.assert_array_equal(out[:2, 0], [9, 9])                 # before beat 105's onset (102)
+    np.testing.assert_array_equal(out[2:12, 0], np.arange(10))        # one whole beat from its onset
+    np.testing.assert_array_equal(out[12:22, 0], [9] * 10)            # the gap until the next onset (122)
+    np.testing.assert_array_equal(out[22:32, 1], -np.arange(10))
+
+
+def test_draw_periods_centre_on_the_period_with_its_spread():
+    period, spread = np.array([100.0, 100.0]), np.array([np.nan, 20.0])
+    p = B.draw_periods(period, spread, 0.05, 4000, 0, FS, C)
+    assert p.shape == (2, 4000) and p.dtype == np.int64
+    assert abs(p.mean() - 100) < 1.5
+    assert 4 < p[0].std() < 6 and 18 < p[1].std() < 22                # at least 5 % of the period; else the RR SD
+    assert np.array_equal(p, B.draw_periods(period, spread, 0.05, 4000, 0, FS, C))
+    assert p.min() >= round(B.MIN_PERIOD_S * FS) and p.max() <= C

@@ -233,3 +233,23 @@ def test_loading_does_not_mutate_input():
     before = copy.deepcopy(raw)
     config_from_dict(raw)
     assert raw == before
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"model": {"draft_beats": True}}, "model.draft_beats"),            # beat drafts need a drafting model
+    ({"sample": {"draft_spread": 1.5}}, "sample.draft_spread"),
+    ({"sample": {"temperature": -1}}, "sample.temperature"),
+    ({"sample": {"draft_spred": 0.02}}, "draft_spred"),
+])
+def test_transformer_config_names_the_bad_key(raw, key):
+    from hyper_params_transformer import transformer_config_from_dict
+
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        transformer_config_from_dict(raw).validate()
+
+
+def test_shipped_transformer_config_loads():
+    from hyper_params_transformer import TransformerConfig, load_transformer_config
+
+    cfg = load_transformer_config(None)
+    assert cfg.model.draft and cfg.model.draft_beats and cfg != TransformerConfig()

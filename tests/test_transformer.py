@@ -1,4 +1,5 @@
 import csv
+import functools
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from forecast import Forecaster
 from hyper_params import ModelConfig
 from tiny import flags, tiny_setup
 from transformer import CodeGPT, sample_next
+from vqvae import VQVAE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,13 +177,28 @@ def test_draft_is_read_and_cached_alike() -> None:
     assert out[0].shape == (6, 7, 3) and torch.equal(out[0], out[1])
     with pytest.raises(ValueError, match="draft of 6 steps"):
         gpt.generate(ctx, 7, draft=draft[:, :6])
+    # a draft per sample: the same draft three times is the shared draft; a changed draft changes only
+    # its own sample's codes, cached or not, also after a one-step context (nothing shared to read once)
+    own = draft.repeat_interleave(3, 0)
+    gen = functools.partial(gpt.generate, steps=7, num_samples=3)
+    assert torch.equal(gen(ctx, generator=torch.Generator().manual_seed(2), draft=own), out[0])
+    with torch.no_grad():
+        gpt.draft.weight.mul_(50)        # make the draft matter to this untrained model
+    shared = gen(ctx, generator=torch.Generator().manual_seed(2), draft=draft)
+    own[1::3, 5:] = (own[1::3, 5:] + 1) % 8
+    for c in (True, False):
+        per = gen(ctx, generator=torch.Generator().manual_seed(2), use_cache=c, draft=own)
+        assert torch.equal(per[0::3], shared[0::3]) and torch.equal(per[2::3], shared[2::3])
+        assert not torch.equal(per[1::3], shared[1::3])
+    one = [gen(ctx[:, 4:], generator=torch.Generator().manual_seed(2), use_cache=c, draft=own[:, 4:]) for c in (True, False)]
+    assert torch.equal(one[0], one[1])
 
 
-@pytest.mark.parametrize("draft", [False, True])
-def test_default_codebooks_train_and_forecast(tmp_path: Path, draft: bool) -> None:
+@pytest.mark.parametrize("draft", ["none", "seasonal", "beats"])
+def test_default_codebooks_train_and_forecast(tmp_path: Path, draft: str) -> None:
     """With the default's three codebooks the Transformer reads and writes a step's codes at one position;
     with window gains a context twice as loud gets the same forecast twice as loud, also when it reads
-    the seasonal-naive draft."""
+    the seasonal-naive draft or beats drawn per sample."""
     from conftest import write_record
 
     db = tmp_path / "wfdb"
@@ -193,7 +210,8 @@ def test_default_codebooks_train_and_forecast(tmp_path: Path, draft: bool) -> No
     vqvae_train.main(flags(setup, "--device", "cpu"))
     vq = next((tmp_path / "checkpoints").glob("vqvae-*/best.pt"))
     tcfg = tmp_path / "transformer.json"
-    tcfg.write_text(json.dumps({"model": {"dim": 16, "layers": 1, "heads": 2, "dropout": 0.0, "draft": draft},
+    tcfg.write_text(json.dumps({"model": {"dim": 16, "layers": 1, "heads": 2, "dropout": 0.0, "draft": draft != "none",
+                                          "draft_beats": draft == "beats"},
                                 "train": {"epochs": 1, "batch_size": 8, "warmup_steps": 1, "max_steps_per_epoch": 4,
                                           "plot_windows": 1}}))
     transformer_train.main(flags({**setup, "config": str(tcfg)}, "--device", "cpu", "--vqvae", str(vq),
@@ -202,8 +220,31 @@ def test_default_codebooks_train_and_forecast(tmp_path: Path, draft: bool) -> No
     assert torch.load(ckpt, weights_only=True)["config"]["augment"]["copies"] == 0   # the flag beats the default 3
     fc = Forecaster.from_checkpoint(ckpt, "cpu")
     assert fc.gpt.levels == 3 and fc.gpt.codebook_size == 32 and fc.gpt.block_size == 32
-    assert (fc.gpt.draft is not None) == draft
+    assert (fc.gpt.draft is not None) == (draft != "none") and fc.draft_beats == (draft == "beats")
     context = np.random.default_rng(0).standard_normal((2, 64, 2)).astype(np.float32)
     out = fc.predict(context, 40, 3, seed=0)
     assert out.shape == (2, 3, 40, 2) and np.isfinite(out).all()
     np.testing.assert_allclose(fc.predict(2 * context, 40, 3, seed=0), 2 * out, rtol=1e-4, atol=1e-6)
+
+
+def test_beat_draft_draws_beat_times_per_sample() -> None:
+    """A beating context gets a draft per sample, each at its own drawn period, the same for the same seed;
+    one without two R peaks gets its seasonal-naive continuation in every sample; given beat times
+    replace the drawn ones."""
+    from conftest import synthetic_ecg
+    from forecast import beat_draft
+
+    torch.manual_seed(0)
+    vq = VQVAE(ModelConfig(downsample_factor=4, channels=16, res_blocks=1, latent_dim=8, codebook_size=32,
+                           num_quantizers=3, has_attention=False)).eval()
+    ecg, beats = synthetic_ecg(6.0, 128, seed=1)
+    x = torch.from_numpy(np.stack([ecg[:384], np.zeros((384, 2))]).astype(np.float32))
+    d = beat_draft(vq, x, 24, 128, num_samples=4, seed=0)
+    assert d.shape == (8, 96 + 24, 3) and (d[:, :96] == -1).all() and (d[:, 96:] >= 0).all()
+    assert torch.equal(d, beat_draft(vq, x, 24, 128, num_samples=4, seed=0))
+    assert len({tuple(row.flatten().tolist()) for row in d[:4, 96:]}) > 1        # beat trains of their own
+    assert all(torch.equal(d[4], row) for row in d[5:])                          # the flat context: one
+    given = [beats[beats >= 0], np.zeros(0)]
+    own = beat_draft(vq, x, 24, 128, beats=given)
+    later = beat_draft(vq, x, 24, 128, beats=[given[0] + 20, given[1]])
+    assert own.shape == (2, 120, 3) and not torch.equal(own[0], later[0]) and torch.equal(own[1], later[1])
