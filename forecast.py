@@ -127,7 +127,6 @@ class Forecaster(ForecasterBase):
         return out
 
 
-
 @torch.no_grad()
 def seasonal_draft(vq, context: torch.Tensor, steps: int, fs: int) -> torch.Tensor:
     """Draft codes [B, T + steps, Q] of contexts [B, T * factor, 2] for a drafting CodeGPT: -1 over the
