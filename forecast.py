@@ -151,12 +151,11 @@ def beat_draft(vq, context: torch.Tensor, steps: int, fs: int, num_samples: int 
     c = x.shape[1]
     peaks, period, spread = B.context_rhythm(x, fs)
     periods = B.draw_periods(period, spread, min_spread, num_samples, seed, fs, c)
-    fallback = B.SeasonalNaive(fs).predict(x, h, num_samples=1)[:, 0]
     waves, index = [], np.zeros((len(x), num_samples), np.int64)    # each distinct draft is coded once
     for i, r in enumerate(peaks):
-        if len(r) < 2:
+        if len(r) < 2:                        # seasonal naive, from the rhythm already detected
             index[i] = len(waves)
-            waves.append(fallback[i])
+            waves.append(B.repeat_last(x[i:i + 1], period[i:i + 1], h)[0, 0])
             continue
         p = int(period[i])
         template, pre = B.mean_beat(x[i], r, p), int(round(B.TEMPLATE_PRE * p))

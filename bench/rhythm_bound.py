@@ -191,7 +191,7 @@ def placed_beat_mse(w, context: int, fs: int) -> dict[str, dict[str, float]]:
             continue
         p = int(period[i])
         pre = int(round(B.TEMPLATE_PRE * p))
-        beats = np.sort(w.beat_pos[w.beat_ptr[i]:w.beat_ptr[i + 1]]) - context
+        beats = np.concatenate(annotated_beats(w, i, context)) - context
         beats, future = beats[beats > pre - p], beats[beats >= 0]
         first = future[:1] + p * np.arange(horizon // p + 1) if len(future) else future
         template = B.mean_beat(ctx[i], peaks[i], p) if len(peaks[i]) >= 2 else np.zeros((p, 2))
