@@ -1,4 +1,5 @@
-"""What the bench scripts share: the repository on sys.path, memory figures, one JSON line on stdout."""
+"""What the bench scripts share: the repository on sys.path, the forecaster to time, memory figures,
+one JSON line on stdout."""
 from __future__ import annotations
 
 import json
@@ -24,6 +25,50 @@ def memory_mb() -> dict:
             if key in fields:
                 out[f"{key[3:].lower()}_rss_now_mb"] = round(int(fields[key].split()[0]) / 1024)
     return out
+
+
+def train_on_the_fly(tmp: Path, kind: str) -> tuple[Path, Path]:
+    """A default-size `kind` forecaster ("transformer" or "latent_sde", on its own VQ-VAE config) after 5
+    steps of each training, on records 101 (train), 109 (validation) and 100 (test); returns
+    (checkpoint, prepared folder)."""
+    import importlib
+
+    import paths
+    import vqvae_train
+    from hyper_params import load_config
+    from prepare_mitbih import prepare
+    from vqvae_eval import latest_checkpoint
+
+    prepared, ckpts = tmp / "prepared", tmp / "checkpoints"
+    prepare(load_config(), paths.location("data"), prepared, records=["100", "101", "109"], download=False)
+    flags = ["--epochs", "1", "--max-steps", "5", "--device", "cpu", "--prepared", str(prepared),
+             "--results", str(tmp / "results"), "--checkpoints", str(ckpts)]
+    vqvae_train.main(flags + (["--config", str(ROOT / "config_vqvae_sde.json")] if kind == "latent_sde" else []))
+    vqvae = str(latest_checkpoint("vqvae", str(ckpts), "last.pt"))
+    importlib.import_module(f"{kind}_train").main(flags + ["--vqvae", vqvae])
+    return latest_checkpoint(kind, str(ckpts), "last.pt"), prepared
+
+
+def forecaster_to_time(checkpoint: str | None, kind: str, tmp: Path) -> tuple[Path, Path | None, str]:
+    """(checkpoint, prepared folder or None for the default, how it was chosen): the given one, else the
+    newest checkpoints/<kind>-*/best.pt, else the shipped model when it is a `kind`, else one trained on
+    the fly (latency depends on the model's size, not on its skill)."""
+    import torch
+
+    from paths import PRETRAINED, UserError
+    from vqvae_eval import latest_checkpoint
+
+    if checkpoint:
+        return Path(checkpoint), None, checkpoint
+    try:
+        path = latest_checkpoint(kind)
+        return path, None, str(path)
+    except UserError:
+        pass
+    if PRETRAINED.exists() and torch.load(PRETRAINED, map_location="cpu", weights_only=True)["kind"] == kind:
+        return PRETRAINED, None, f"the shipped model {PRETRAINED.name}"
+    path, prepared = train_on_the_fly(tmp, kind)
+    return path, prepared, f"trained on the fly (no checkpoints/{kind}-*/best.pt): default configs, 5 steps each"
 
 
 def cpu_name() -> str:

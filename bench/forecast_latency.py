@@ -4,9 +4,9 @@ reported: a single run varies by ±20 % on a shared CPU), the others once.
 
     python bench/forecast_latency.py [--checkpoint PATH]
 
-Uses the newest checkpoints/transformer-*/best.pt; without one it trains a forecaster on the fly in a
-temporary folder (default configs, a few steps on three records: latency depends on the model's size,
-not on its skill) and says so. Contexts are validation windows, the horizon is the model's own.
+Uses the newest checkpoints/transformer-*/best.pt, else the shipped model, else a Transformer trained
+for a few steps on the fly in a temporary folder (latency depends on the model's size, not on its
+skill), and says which. Contexts are validation windows, the horizon is the model's own.
 """
 from __future__ import annotations
 
@@ -18,30 +18,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import emit, memory_mb
+from common import emit, forecaster_to_time, memory_mb
 
 import paths  # noqa: E402 (common puts the repository on sys.path)
-from paths import UserError  # noqa: E402
 
 REPEATS = 5
-
-
-def train_on_the_fly(tmp: Path) -> tuple[Path, Path]:
-    """A default-size forecaster after 5 steps of each training, on records 101 (train), 109 (validation)
-    and 100 (test); returns (checkpoint, prepared folder)."""
-    import transformer_train
-    import vqvae_train
-    from hyper_params import load_config
-    from prepare_mitbih import prepare
-    from vqvae_eval import latest_checkpoint
-
-    prepared, ckpts = tmp / "prepared", tmp / "checkpoints"
-    prepare(load_config(), paths.location("data"), prepared, records=["100", "101", "109"], download=False)
-    flags = ["--epochs", "1", "--max-steps", "5", "--device", "cpu", "--prepared", str(prepared),
-             "--results", str(tmp / "results"), "--checkpoints", str(ckpts)]
-    vqvae_train.main(flags)
-    transformer_train.main(flags + ["--vqvae", str(latest_checkpoint("vqvae", str(ckpts), "last.pt"))])
-    return latest_checkpoint("transformer", str(ckpts), "last.pt"), prepared
 
 
 def timed(fn) -> float:
@@ -59,16 +40,9 @@ def main() -> None:
 
     from forecast import Forecaster
     from prepare_mitbih import load_split
-    from vqvae_eval import latest_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
-        prepared = None
-        try:
-            path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint("transformer")
-            source = str(path)
-        except UserError:
-            path, prepared = train_on_the_fly(Path(tmp))
-            source = "trained on the fly (no checkpoints/transformer-*/best.pt): default configs, 5 steps each"
+        path, prepared, source = forecaster_to_time(args.checkpoint, "transformer", Path(tmp))
         fc = Forecaster.from_checkpoint(path, "cpu")
         ctx, horizon = fc.cfg.data.window_samples, fc.cfg.data.window_samples * fc.cfg.data.forecast_predictions
         signals = load_split("validation", fc.cfg, prepared)["signals"]

@@ -3,19 +3,23 @@ on this CPU), one JSON line.
 
     python bench/sde_latency.py [--checkpoint PATH] [--samples 100] [--horizon 3] [--repeats 5] [--threads N]
 
-Uses the newest checkpoints/latent_sde-*/best.pt, else the shipped model (a latent SDE). The context
-is a validation window when the prepared data is there, else noise (the cost does not depend on it).
+Uses the newest checkpoints/latent_sde-*/best.pt, else the shipped model when it is a latent SDE, else
+one trained for a few steps on the fly (see common.forecaster_to_time). The context is a validation
+window when the prepared data is there, else noise (the cost does not depend on it).
 The time is the median of `repeats` calls of `predict` after one warm-up call; load_avg says how busy
 the machine was.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
+import tempfile
 import time
 from pathlib import Path
 
-from common import emit, memory_mb
+from common import emit, forecaster_to_time, memory_mb
 
 TARGET_S = 2.0
 
@@ -23,7 +27,7 @@ TARGET_S = 2.0
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="latent SDE checkpoint (default: newest checkpoints/latent_sde-*/best.pt, "
-                   "else pretrained/forecaster.pt)")
+                   "else the shipped model if it is one, else one trained on the fly)")
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--horizon", type=float, default=3.0, help="seconds")
     p.add_argument("--repeats", type=int, default=5)
@@ -34,24 +38,19 @@ def main() -> None:
     import torch
 
     from forecast import Forecaster
-    from paths import PRETRAINED, UserError
+    from paths import UserError
     from prepare_mitbih import load_split
-    from vqvae_eval import latest_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint("latent_sde")
-    except UserError:
-        if not PRETRAINED.exists():
-            raise
-        path = PRETRAINED                    # a fresh clone has no trained latent SDE, but ships one
-    fc = Forecaster.from_checkpoint(path, "cpu")
-    n = fc.cfg.data.window_samples
-    try:
-        context, source = load_split("validation", fc.cfg)["signals"][:1, :n].numpy(), "validation window"
-    except UserError:
-        context, source = np.random.default_rng(0).standard_normal((1, n, 2)).astype(np.float32) * 0.3, "noise"
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
+        path, prepared, source = forecaster_to_time(args.checkpoint, "latent_sde", Path(tmp))
+        fc = Forecaster.from_checkpoint(path, "cpu")
+        n = fc.cfg.data.window_samples
+        try:
+            context, where = load_split("validation", fc.cfg, prepared)["signals"][:1, :n].numpy(), "validation window"
+        except UserError:
+            context, where = np.random.default_rng(0).standard_normal((1, n, 2)).astype(np.float32) * 0.3, "noise"
     horizon = round(args.horizon * fc.fs)
     fc.predict(context, horizon, args.samples, seed=0)            # warm-up
     times = []
@@ -60,7 +59,7 @@ def main() -> None:
         out = fc.predict(context, horizon, args.samples, seed=r + 1)
         times.append(time.perf_counter() - t0)
     median = float(np.median(times))
-    emit({"bench": "sde_latency", "checkpoint": str(path), "context": source, "samples": args.samples,
+    emit({"bench": "sde_latency", "checkpoint": source, "context": where, "samples": args.samples,
           "horizon_s": args.horizon, "output_shape": list(out.shape), "repeats": args.repeats,
           "median_s": round(median, 3), "best_s": round(min(times), 3), "target_s": TARGET_S,
           "meets_target": median < TARGET_S, "solver": fc.scfg.solver.method, "dt_s": fc.scfg.solver.dt,
