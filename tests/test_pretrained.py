@@ -14,9 +14,10 @@ from paths import PRETRAINED
 from prepare_mitbih import DS1, DS2, PACED, config_split
 
 # Figures recorded by pretrained.py when the model was packed. Same seed on CPU gives the same numbers;
-# the tolerance only absorbs float differences between CPU instruction sets.
+# the tolerance absorbs float differences between CPU instruction sets, which can flip a sampled code and
+# so change a path or two of the 100.
 ABS_MV = 2e-3
-REL_MSE = 0.02
+REL = 0.02
 
 
 def test_shipped_checkpoint_is_small_safe_and_from_training_patients():
@@ -41,6 +42,6 @@ def test_shipped_model_reproduces_its_reference_forecasts(mitdb):
     got = pretrained.reference_figures(fc, mitdb)
     for want, have in zip(ref["cases"], got, strict=True):
         assert have["record"] == want["record"]
-        np.testing.assert_allclose(have["mean_path_rms_mV"], want["mean_path_rms_mV"], atol=ABS_MV)
-        np.testing.assert_allclose(have["sample_std_mV"], want["sample_std_mV"], atol=ABS_MV)
-        assert have["mse_of_mean_mV2"] == pytest.approx(want["mse_of_mean_mV2"], rel=REL_MSE)
+        np.testing.assert_allclose(have["mean_path_rms_mV"], want["mean_path_rms_mV"], rtol=REL, atol=ABS_MV)
+        np.testing.assert_allclose(have["sample_std_mV"], want["sample_std_mV"], rtol=REL, atol=ABS_MV)
+        assert have["mse_of_mean_mV2"] == pytest.approx(want["mse_of_mean_mV2"], rel=REL)
