@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from forecast import ForecasterBase, as_context
-from metrics import detect_r_peaks
+from metrics import detect_r_peaks, per_row
 
 MIN_PERIOD_S, MAX_PERIOD_S = 0.25, 2.5   # 240 and 24 bpm: the plausible beat periods
 TEMPLATE_PRE = 1 / 3                     # fraction of the beat period before the R peak
@@ -78,8 +78,7 @@ def context_rhythm(x: np.ndarray, fs: float) -> tuple[list[np.ndarray], np.ndarr
     The period is the median RR interval of the detected R peaks when there are at least two,
     else the autocorrelation period (`autocorr_period`); the RR spread is NaN with fewer than three.
     """
-    rows, pos = detect_r_peaks(x[:, :, 0], fs)
-    peaks = np.split(pos, np.searchsorted(rows, np.arange(1, len(x))))
+    peaks = per_row(*detect_r_peaks(x[:, :, 0], fs), len(x))
     period = autocorr_period(x, fs)
     spread = np.full(len(x), np.nan)
     for i, p in enumerate(peaks):

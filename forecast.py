@@ -150,7 +150,7 @@ def beat_draft(vq, context: torch.Tensor, steps: int, fs: int, num_samples: int 
     x, h = context.cpu().numpy(), steps * vq.factor
     c = x.shape[1]
     peaks, period, spread = B.context_rhythm(x, fs)
-    periods = B.draw_periods(period, spread, min_spread, num_samples, seed, fs, c)
+    periods = B.draw_periods(period, spread, min_spread, num_samples, seed, fs, c) if beats is None else None
     waves, index = [], np.zeros((len(x), num_samples), np.int64)    # each distinct draft is coded once
     for i, r in enumerate(peaks):
         if len(r) < 2:                        # seasonal naive, from the rhythm already detected

@@ -160,6 +160,11 @@ def detect_r_peaks(x: np.ndarray, fs: float, level_from: int | None = None) -> t
     return key // t, key % t
 
 
+def per_row(rows: np.ndarray, pos: np.ndarray, n: int) -> list[np.ndarray]:
+    """The positions of each of rows 0..n-1, from (row, position) arrays sorted by row (detect_r_peaks')."""
+    return np.split(pos, np.searchsorted(rows, np.arange(1, n)))
+
+
 def match_beats(ref: np.ndarray, det: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
     """Indices (into ref, into det) of matched beats: mutual nearest neighbours at most `tol` apart.
 
@@ -321,8 +326,8 @@ def rhythm_sums(context: np.ndarray, horizon: np.ndarray, ref_row: np.ndarray, r
     hr_err = np.zeros((b, k))
     hr_n = np.zeros((b, k))
     in_h_ref, in_h_det = ref_pos >= c, det_pos >= c
-    ref_split = np.split(ref_pos[in_h_ref], np.searchsorted(ref_row[in_h_ref], np.arange(1, b)))
-    det_split = np.split(det_pos[in_h_det], np.searchsorted(det_row[in_h_det], np.arange(1, b)))
+    ref_split = per_row(ref_row[in_h_ref], ref_pos[in_h_ref], b)
+    det_split = per_row(det_row[in_h_det], det_pos[in_h_det], b)
     for i in np.flatnonzero(annotated):
         hr_err[i, -1] = abs(heart_rate(det_split[i], fs, h / fs) - heart_rate(ref_split[i], fs, h / fs))
         hr_n[i, -1] = 1.0

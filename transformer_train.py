@@ -21,7 +21,7 @@ import paths
 from forecast import Forecaster, beat_draft, seasonal_draft
 from hyper_params import stored_config
 from hyper_params_transformer import load_transformer_config
-from metrics import detect_r_peaks
+from metrics import detect_r_peaks, per_row
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split
 from train_results import load_checkpoint, plot_forecasts, weights_digest
 from training import Trainer, apply_train_overrides, run_parser, run_record, seed_everything, setup_runtime
@@ -52,8 +52,7 @@ def encode_drafted(vq: VQVAE, signals: torch.Tensor, chunk: int, fs: int, beats:
     steps = codes.shape[1] - chunk // vq.factor
     if not beats:
         return torch.cat([codes, seasonal_draft(vq, signals[:, :chunk], steps, fs)], -1)
-    rows, pos = detect_r_peaks(signals[:, :, 0].numpy(), fs)
-    peaks = np.split(pos, np.searchsorted(rows, np.arange(1, len(signals))))
+    peaks = per_row(*detect_r_peaks(signals[:, :, 0].numpy(), fs), len(signals))
     return torch.cat([codes, beat_draft(vq, signals[:, :chunk], steps, fs, beats=peaks)], -1)
 
 

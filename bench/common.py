@@ -53,9 +53,8 @@ def forecaster_to_time(checkpoint: str | None, kind: str, tmp: Path) -> tuple[Pa
     """(checkpoint, prepared folder or None for the default, how it was chosen): the given one, else the
     newest checkpoints/<kind>-*/best.pt, else the shipped model when it is a `kind`, else one trained on
     the fly (latency depends on the model's size, not on its skill)."""
-    import torch
-
     from paths import PRETRAINED, UserError
+    from train_results import load_checkpoint
     from vqvae_eval import latest_checkpoint
 
     if checkpoint:
@@ -65,7 +64,7 @@ def forecaster_to_time(checkpoint: str | None, kind: str, tmp: Path) -> tuple[Pa
         return path, None, str(path)
     except UserError:
         pass
-    if PRETRAINED.exists() and torch.load(PRETRAINED, map_location="cpu", weights_only=True)["kind"] == kind:
+    if PRETRAINED.exists() and load_checkpoint(PRETRAINED)["kind"] == kind:
         return PRETRAINED, None, f"the shipped model {PRETRAINED.name}"
     path, prepared = train_on_the_fly(tmp, kind)
     return path, prepared, f"trained on the fly (no checkpoints/{kind}-*/best.pt): default configs, 5 steps each"
