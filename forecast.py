@@ -140,18 +140,25 @@ def seasonal_draft(vq, context: torch.Tensor, steps: int, fs: int) -> torch.Tens
 @torch.no_grad()
 def beat_draft(vq, context: torch.Tensor, steps: int, fs: int, num_samples: int = 1, seed: int = 0,
                beats: list[np.ndarray] | None = None, min_spread: float = 0.05) -> torch.Tensor:
-    """Draft codes [B * num_samples, T + steps, Q]: the context's mean beat laid at beat times. Training
-    gives the times, `beats` (a window's own R peaks after the context's last one); a forecast draws
-    them, one period per sample as the seasonal ensemble draws it (with `min_spread`): beat times
-    first, then the codes given them. A context with fewer than two R peaks gets its seasonal-naive
-    continuation."""
+    """Draft codes [B * num_samples, T + steps, Q] of `draft_waves`, each distinct draft coded once."""
+    waves, index = draft_waves(context.cpu().numpy(), steps * vq.factor, fs, num_samples, seed, beats, min_spread)
+    codes = code_draft(vq, waves, context.shape[1] // vq.factor, context.device)
+    return codes[torch.from_numpy(index).to(codes.device)]
+
+
+def draft_waves(x: np.ndarray, h: int, fs: int, num_samples: int = 1, seed: int = 0,
+                beats: list[np.ndarray] | None = None, min_spread: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct drafts [N, h, 2] of contexts x [B, C, 2] and which one each of the B * num_samples
+    samples takes: the context's mean beat laid at beat times. Training gives the times, `beats` (a
+    window's own R peaks after the context's last one); a forecast draws them, one period per sample
+    as the seasonal ensemble draws it (with `min_spread`): beat times first, then the rest given them.
+    A context with fewer than two R peaks gets its seasonal-naive continuation."""
     import baselines as B
 
-    x, h = context.cpu().numpy(), steps * vq.factor
     c = x.shape[1]
     peaks, period, spread = B.context_rhythm(x, fs)
     periods = B.draw_periods(period, spread, min_spread, num_samples, seed, fs, c) if beats is None else None
-    waves, index = [], np.zeros((len(x), num_samples), np.int64)    # each distinct draft is coded once
+    waves, index = [], np.zeros((len(x), num_samples), np.int64)
     for i, r in enumerate(peaks):
         if len(r) < 2:                        # seasonal naive, from the rhythm already detected
             index[i] = len(waves)
@@ -166,8 +173,7 @@ def beat_draft(vq, context: torch.Tensor, steps: int, fs: int, num_samples: int 
             which, times = 0, [np.r_[r[-1], beats[i][beats[i] > r[-1] + B.MIN_PERIOD_S * fs]]]
         index[i] = len(waves) + which
         waves += [B.beat_train(template, pre, t, c, h) for t in times]
-    codes = code_draft(vq, np.stack(waves), c // vq.factor, context.device)
-    return codes[torch.from_numpy(index.reshape(-1)).to(codes.device)]
+    return np.stack(waves), index.reshape(-1)
 
 
 def code_draft(vq, waves: np.ndarray, context_steps: int, device: torch.device, batch: int = 512) -> torch.Tensor:

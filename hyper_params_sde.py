@@ -16,6 +16,8 @@ NOISE_TYPES = ("diagonal", "additive")
 
 @dataclass
 class SDEModelConfig:
+    """Defaults are what checkpoints made before a key existed were trained with (a beat phase, no
+    drafts); config_sde.json holds the recipe (beat drafts, no phase)."""
     state_size: int = 32          # latent SDE state z(t)
     context_size: int = 32        # posterior features per latent step (from the GRU)
     encoder_hidden: int = 64      # GRU width (each direction) of the posterior network
@@ -30,6 +32,10 @@ class SDEModelConfig:
     min_obs_std: float = 0.05     # floor of the learned observation noise (normalised latent units)
     phase_template: bool = False  # (needs a phase) add to each emitted frame the context frames of the same
                                   # beat phase: the patient's own beat shape, copied instead of generated
+    draft_beats: bool = False     # the emission also reads a beat draft (forecast.draft_waves): the context's
+                                  # mean beat at the window's own R peaks in training, at beat times drawn
+                                  # per path in a forecast; the state then renders what the draft misses
+    draft_spread: float = 0.02    # least spread of a forecast's drawn beat period, a fraction of the period
 
 
 @dataclass
@@ -80,6 +86,9 @@ class SDEConfig:
                f"must be in [0, model.state_size={m.state_size}]")
         _check(not m.phase_template or m.phase_harmonics > 0, "model.phase_template", m.phase_template,
                "needs a beat phase (model.phase_harmonics > 0)")
+        _check(not (m.draft_beats and m.phase_template), "model.draft_beats", m.draft_beats,
+               "and model.phase_template are two ways to render the patient's beat: choose one")
+        _check(0 <= m.draft_spread < 1, "model.draft_spread", m.draft_spread, "must be in [0, 1)")
         _check(m.min_rate_hz > 0, "model.min_rate_hz", m.min_rate_hz, "must be > 0")
         _check(m.min_obs_std > 0, "model.min_obs_std", m.min_obs_std, "must be > 0")
         _check(s.method in METHODS, "solver.method", s.method, f"must be one of {', '.join(METHODS)}")

@@ -12,7 +12,13 @@ over each segment on its own (the context; in training also the future), so the 
 the posterior is the same in training and forecasting. A forecast integrates the posterior over the
 context, then the prior from there: S sampled paths. The path KL comes from torchsde's `logqp`.
 
-ECG structure, so that a CPU budget of minutes suffices (`model.phase_harmonics` > 0):
+Beat drafts (`model.draft_beats`, the recipe of config_sde.json): the emission adds, frame by frame, the
+frames of a draft of the future: the context's mean beat laid at beat times (forecast.draft_waves, as
+the Transformer's drafts). In training the times are the window's own R peaks, so the state learns to
+render what the draft misses (shape changes, amplitude, noise); a forecast draws one beat period per
+path around the context's median RR, so timing spread comes from the drafts and the rest from the SDE.
+
+Without drafts, a beat phase in the state (`model.phase_harmonics` > 0; the recipe until session 9):
 - z[0] is a beat phase (radians) and z[1] a beat rate (Hz = min_rate_hz + softplus(z[1] + offset)):
   h moves the phase at 2 pi rate (plus an MLP share); every network sees cos/sin harmonics of the
   phase, not its raw value. Beats come from a phase that keeps turning, so sampled paths keep beating.
@@ -34,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchsde
 
-from forecast import ForecasterBase, as_context
+from forecast import ForecasterBase, as_context, draft_waves
 from hyper_params import Config, stored_config
 from hyper_params_sde import SDEConfig, sde_config_from_dict
 from vqvae import VQVAE
@@ -108,7 +114,8 @@ class LatentSDE(nn.Module):
         scale = [1.0, s.rate_diffusion_scale] + [1.0] * (d - 2) if self.phase else None
         self.diffusion = DiagonalDiffusion(d, m.diffusion_hidden, s.min_diffusion, s.max_diffusion,
                                            s.noise_type == "additive", constant_first=self.phase, scale=scale)
-        self.emission = mlp(feat, m.emission_hidden, obs_size)
+        self.drafted = m.draft_beats
+        self.emission = mlp(feat + self.drafted, m.emission_hidden, obs_size)
         self.obs_logstd = nn.Parameter(torch.zeros(obs_size))
         if self.phase:
             self.rate_offset = math.log(math.expm1(max(1.2 - m.min_rate_hz, 0.05)))   # z[1] = 0 is 72 bpm
@@ -129,6 +136,7 @@ class LatentSDE(nn.Module):
         self._ctx: torch.Tensor | None = None          # [T, B, ctx] posterior features of the frames
         self._beat: torch.Tensor | None = None         # [T, B, 2] measured phase and rate (state units)
         self._tmpl: torch.Tensor | None = None         # [C, B, obs] context frames the phase template reads
+        self._draft: torch.Tensor | None = None        # [T, B, obs + 1] normalised draft frames and a flag
         self._last_h: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ the SDE (torchsde interface)
@@ -195,10 +203,26 @@ class LatentSDE(nn.Module):
         if self.template:
             self._tmpl = segments[0]
 
+    def set_draft(self, draft: torch.Tensor | None, before: int) -> None:
+        """The beat draft the emission reads: raw frames [steps, B, obs] of the frames after the first
+        `before` (the context, which has none: flag 0)."""
+        if not self.drafted:
+            return
+        if draft is None:
+            raise ValueError("this latent SDE reads beat drafts (model.draft_beats): pass the draft frames")
+        d = torch.cat([self.normalise(draft.float()), torch.ones_like(draft[..., :1], dtype=torch.float32)], -1)
+        self._draft = torch.cat([d.new_zeros(before, *d.shape[1:]), d])
+
     def emit(self, zs: torch.Tensor, first: int) -> torch.Tensor:
         """Frames of states zs [T, B, d] at frame indices first, first + 1, ...: the emission MLP, plus
-        (phase_template) the context frames of the same beat phase averaged, so beats keep the
-        patient's own shape and amplitude instead of a population average."""
+        (draft_beats) the draft frames, or (phase_template) the context frames of the same beat phase
+        averaged, so beats keep the patient's own shape and amplitude instead of a population average.
+        The emission never sees the draft, only whether there is one: it renders what the draft misses,
+        and a state drawn from the prior cannot undo the draft (an emission that read the draft learned
+        to drop the beats of patients unlike the training ones)."""
+        if self.drafted:
+            d = self._draft[first:first + len(zs)]
+            return self.emission(torch.cat([self.features(zs), d[..., -1:]], -1)) + d[..., :-1]
         out = self.emission(self.features(zs))
         if not self.template:
             return out
@@ -283,14 +307,16 @@ class LatentSDE(nn.Module):
 
     # ------------------------------------------------------------------ training
 
-    def forward(self, frames: torch.Tensor, context: int, beats: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, dict]:
+    def forward(self, frames: torch.Tensor, context: int, beats: torch.Tensor | None = None,
+                draft: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """Negative ELBO per observed number of raw frames [B, T, obs] whose first `context` are the
-        context (plus the annealed beat hint when `beats` [B, T, 2] are given); in eval mode also a
-        one-path prior forecast of the rest from the context alone."""
+        context (plus the annealed beat hint when `beats` [B, T, 2] are given; `draft` [B, T - context,
+        obs]: raw draft frames of the rest); in eval mode also a one-path prior forecast of the rest
+        from the context alone (and the draft)."""
         x = self.normalise(frames.float()).transpose(0, 1)                   # [T, B, obs]
         T, B, O = x.shape
         self.encode([x[:context], x[context:]])
+        self.set_draft(None if draft is None else draft.transpose(0, 1), context)
         mean, logstd = self.initial()
         z0 = mean + logstd.exp() * torch.randn_like(mean)
         ts = torch.arange(T, dtype=x.dtype, device=x.device) / self.rate
@@ -316,14 +342,15 @@ class LatentSDE(nn.Module):
         if self.training:
             self.steps += 1
         else:
-            metrics.update(self.forecast_check(x, context, entropy))
+            metrics.update(self.forecast_check(x, context, entropy, draft))
         return loss, metrics
 
     @torch.no_grad()
-    def forecast_check(self, x: torch.Tensor, context: int, entropy: int) -> dict:
-        """One prior path per window from the context alone: latent MSE and how much of the true
-        variation the last second keeps (a ratio near 0 means the forecast decays to a flat line)."""
-        fut = self.sample_frames(x[:context], len(x) - context, 1, entropy, normalised=True)
+    def forecast_check(self, x: torch.Tensor, context: int, entropy: int, draft: torch.Tensor | None) -> dict:
+        """One prior path per window from the context alone (and the draft at the true beats): latent MSE
+        and how much of the true variation the last second keeps (near 0: it decays to a flat line)."""
+        fut = self.sample_frames(x[:context], len(x) - context, 1, entropy, normalised=True,
+                                 draft=None if draft is None else draft.transpose(0, 1))
         truth = x[context:]
         last = max(1, int(round(self.rate)))
         ratio = fut[-last:].std(0).mean(-1) / truth[-last:].std(0).mean(-1).clamp(min=1e-6)
@@ -333,9 +360,10 @@ class LatentSDE(nn.Module):
 
     @torch.no_grad()
     def sample_frames(self, context: torch.Tensor, steps: int, num_samples: int, seed: int,
-                      normalised: bool = False) -> torch.Tensor:
+                      normalised: bool = False, draft: torch.Tensor | None = None) -> torch.Tensor:
         """Sampled future frames [steps, B * S, obs] (the S paths of a context next to each other)
-        from normalised context frames [C, B, obs]: posterior over the context, then the prior."""
+        from normalised context frames [C, B, obs]: posterior over the context, then the prior; a
+        drafting model reads raw draft frames [steps, B * S, obs], one draft per path."""
         C, B, _ = context.shape
         self.encode([context])
         self._ctx = self._ctx.repeat_interleave(num_samples, 1)
@@ -343,6 +371,7 @@ class LatentSDE(nn.Module):
             self._beat = self._beat.repeat_interleave(num_samples, 1)
         if self.template:
             self._tmpl = self._tmpl.repeat_interleave(num_samples, 1)
+        self.set_draft(draft, C)
         mean, logstd = self.initial()
         gen = torch.Generator(device=context.device).manual_seed(int(seed))
         z = mean + logstd.exp() * torch.randn(mean.shape, generator=gen, device=mean.device, dtype=mean.dtype)
@@ -399,13 +428,28 @@ class LatentSDEForecaster(ForecasterBase):
         unit = self.vq.unit(x)                                                     # the context's gain
         frames = self.sde.normalise(self.vq.encode_latent(x, unit).permute(2, 0, 1))  # [C, B, obs]
         steps = math.ceil(horizon / self.factor)
+        drafts = self.draft_frames(x, steps, num_samples, seed) if self.sde.drafted else None
         out = np.empty((len(x), num_samples, horizon, 2), np.float32)
         per_chunk = max(1, self.max_paths // num_samples)
         for n, lo in enumerate(range(0, len(x), per_chunk)):
             chunk_seed = int(np.random.SeedSequence([int(seed) % 2 ** 63, n]).generate_state(1)[0])
-            fut = self.sde.sample_frames(frames[:, lo:lo + per_chunk], steps, num_samples, chunk_seed)
+            draft = None if drafts is None else drafts[lo * num_samples:(lo + per_chunk) * num_samples].transpose(0, 1)
+            fut = self.sde.sample_frames(frames[:, lo:lo + per_chunk], steps, num_samples, chunk_seed, draft=draft)
             z = fut.permute(1, 2, 0)                                                   # [b * S, obs, steps]
             u = unit[lo:lo + per_chunk].repeat_interleave(num_samples, 0)
             wave = torch.cat([self.vq.decode_latent(z[i:i + 512], u[i:i + 512]) for i in range(0, len(z), 512)])
             out[lo:lo + per_chunk] = wave[:, :horizon].reshape(-1, num_samples, horizon, 2).cpu().numpy()
         return out
+
+    def draft_frames(self, x: torch.Tensor, steps: int, num_samples: int, seed: int) -> torch.Tensor:
+        """Raw latent frames [B * S, steps, obs] of each path's beat draft (beat times drawn per path)."""
+        waves, index = draft_waves(x.cpu().numpy(), steps * self.factor, self.fs, num_samples, seed,
+                                   min_spread=self.scfg.model.draft_spread)
+        frames = latent_frames(self.vq, torch.from_numpy(waves).to(self.device))
+        return frames[torch.from_numpy(index).to(self.device)]
+
+
+@torch.no_grad()
+def latent_frames(vq: VQVAE, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """Continuous encoder frames [N, T / factor, latent] of signals [N, T, 2], each coded on its own."""
+    return torch.cat([vq.encode_latent(x[i:i + batch].float()).transpose(1, 2) for i in range(0, len(x), batch)])

@@ -23,7 +23,9 @@ from torch.utils.data import TensorDataset
 import paths
 from hyper_params import stored_config
 from hyper_params_sde import load_sde_config
-from latent_sde import LatentSDE, LatentSDEForecaster
+from forecast import draft_waves
+from latent_sde import LatentSDE, LatentSDEForecaster, latent_frames
+from metrics import detect_r_peaks, per_row
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split
 from train_results import load_checkpoint, plot_forecasts, weights_digest
 from training import Trainer, apply_train_overrides, run_parser, run_record, seed_everything, setup_runtime
@@ -33,17 +35,23 @@ from vqvae_train import shared_run_dirs
 
 
 @torch.no_grad()
-def encode_windows(vq: VQVAE, signals: torch.Tensor, piece: int, batch: int = 128) -> torch.Tensor:
+def encode_windows(vq: VQVAE, signals: torch.Tensor, piece: int) -> torch.Tensor:
     """Frames [N, T / factor, latent] of windows [N, T, 2], each `piece` samples (context, then each
     future window) encoded on its own, so no frame has seen samples after its piece."""
     vq.eval()
-    out = []
-    for i in range(0, len(signals), batch):
-        x = signals[i:i + batch].clone().float()
-        b, t, _ = x.shape
-        z = vq.encode_latent(x.reshape(b * (t // piece), piece, 2))                 # [b * k, D, piece / f]
-        out.append(z.reshape(b, t // piece, z.shape[1], -1).permute(0, 1, 3, 2).reshape(b, -1, z.shape[1]).half())
-    return torch.cat(out)
+    b, t, _ = signals.shape
+    return latent_frames(vq, signals.reshape(b * (t // piece), piece, 2)).reshape(b, t // vq.factor, -1).half()
+
+
+@torch.no_grad()
+def encode_drafted(vq: VQVAE, signals: torch.Tensor, piece: int, fs: int) -> torch.Tensor:
+    """[N, T / factor + (T - piece) / factor, latent]: each window's frames (as encode_windows), then the
+    frames of its beat draft: the context's mean beat laid at the window's own R peaks (detected over the
+    whole window, as the Transformer's drafts), so the model learns to render beats where it is told."""
+    peaks = per_row(*detect_r_peaks(signals[:, :, 0].numpy(), fs), len(signals))
+    waves, index = draft_waves(signals[:, :piece].float().numpy(), signals.shape[1] - piece, fs, beats=peaks)
+    drafts = latent_frames(vq, torch.from_numpy(waves))[torch.from_numpy(index)]
+    return torch.cat([encode_windows(vq, signals, piece), drafts.half()], 1)
 
 
 def beat_targets(data: dict, frames: int, factor: int, fs: float, max_rr_s: float = 2.5) -> torch.Tensor:
@@ -96,20 +104,29 @@ def main(argv: list[str] | None = None) -> dict:
     seed_everything(scfg.train.seed)
     train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
     piece, factor = cfg.data.window_samples, cfg.model.downsample_factor
-    train_frames, val_frames = (
-        cached_encoding("latents", f"{weights_digest(vq)}:{d['data_hash']}:{d['input_hash']}:{split}:{piece}",
-                        lambda d=d: encode_windows(vq, d["signals"], piece), args.prepared)
-        for split, d in (("train", train), ("validation", val)))
     fs = int(train["fs"])
-    frames, sources = [train_frames], [train]      # sources: where each block's beat annotations come from
+    drafted = scfg.model.draft_beats
+    kind = "latents_drafted" if drafted else "latents"   # with drafts: frames, then the draft's frames
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return encode_drafted(vq, x, piece, fs) if drafted else encode_windows(vq, x, piece)
+
+    train_enc, val_enc = (
+        cached_encoding(kind, f"{weights_digest(vq)}:{d['data_hash']}:{d['input_hash']}:{split}:{piece}",
+                        lambda d=d: encode(d["signals"]), args.prepared)
+        for split, d in (("train", train), ("validation", val)))
+    encoded, sources = [train_enc], [train]      # sources: where each block's beat annotations come from
     aug = scfg.augment
     if aug.copies:   # stretched, rescaled copies of the training records (beats moved with them)
-        copies, extra = augmented_encoding("latents", train, aug, cfg.data, scfg.train.seed,
-                                           lambda x: encode_windows(vq, x, piece), weights_digest(vq), args.prepared)
-        frames.append(extra)
+        copies, extra = augmented_encoding(kind, train, aug, cfg.data, scfg.train.seed, encode,
+                                           weights_digest(vq), args.prepared)
+        encoded.append(extra)
         sources += copies
         if rt.is_main:
-            print(f"augmented: {len(frames[1])} windows from {aug.copies} stretched copies of the training records")
+            print(f"augmented: {len(extra)} windows from {aug.copies} stretched copies of the training records")
+    steps = train["signals"].shape[1] // factor
+    all_enc = torch.cat(encoded) if len(encoded) > 1 else train_enc
+    train_frames = train_enc[:, :steps]
     model = LatentSDE(cfg.model.latent_dim, scfg, fs / factor)
     model.set_normaliser(train_frames)           # a resumed run restores the same buffers from its checkpoint
     context = piece // factor
@@ -123,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     fixed = val["signals"][idx].clone().numpy()
 
     def step_fn(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
-        return m(*batch[:1], context, *batch[1:])
+        return m(batch[0], context, **dict(zip(names, batch[1:])))
 
     def epoch_end(m: LatentSDE, epoch: int, is_main: bool) -> dict:
         if is_main and len(fixed):
@@ -134,12 +151,17 @@ def main(argv: list[str] | None = None) -> dict:
             m.train()
         return {}
 
-    all_frames = torch.cat(frames) if len(frames) > 1 else train_frames
-    train_set, val_set = TensorDataset(all_frames), TensorDataset(val_frames)
-    if scfg.model.phase_harmonics and scfg.loss.phase_hint > 0:   # the curriculum's targets
-        steps = train_frames.shape[1]
-        train_set = TensorDataset(all_frames, torch.cat([beat_targets(d, steps, factor, fs) for d in sources]))
-        val_set = TensorDataset(val_frames, beat_targets(val, steps, factor, fs))
+    # each batch: frames, then the beat hint's targets and the drafts when the model uses them
+    hinted = bool(scfg.model.phase_harmonics and scfg.loss.phase_hint > 0)
+    names = ["beats"] * hinted + ["draft"] * drafted
+    train_parts, val_parts = [all_enc[:, :steps]], [val_enc[:, :steps]]
+    if hinted:
+        train_parts.append(torch.cat([beat_targets(d, steps, factor, fs) for d in sources]))
+        val_parts.append(beat_targets(val, steps, factor, fs))
+    if drafted:
+        train_parts.append(all_enc[:, steps:])
+        val_parts.append(val_enc[:, steps:])
+    train_set, val_set = TensorDataset(*train_parts), TensorDataset(*val_parts)
     trainer = Trainer(model, train_set, val_set, step_fn, scfg.train, run_dir,
                       ckpt_dir, config, meta, rt, kind="latent_sde", epoch_end=epoch_end,
                       shown=("val_recon", "val_kl", "val_forecast_mse", "val_late_std_ratio", "train_kl_weight",

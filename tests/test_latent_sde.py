@@ -80,6 +80,40 @@ def test_phase_template_copies_the_context_frame_of_the_same_phase_but_never_a_n
         assert not torch.allclose(sde.emit(z, first=5)[0, 0], frames[3, 0], atol=0.1)  # frame 5: 3 is too close
 
 
+def drafted_sde() -> LatentSDE:
+    torch.manual_seed(0)
+    raw = json.loads(json.dumps(TINY_SDE))
+    raw["model"].update(phase_harmonics=0, corrected_dims=0, draft_beats=True)
+    return LatentSDE(8, sde_config_from_dict(raw), 16.0)
+
+
+def test_drafted_sde_reads_the_draft_of_future_frames_only() -> None:
+    sde = drafted_sde()
+    frames, draft = torch.randn(4, 16, 8), torch.randn(4, 8, 8)
+    loss, _ = sde(frames, 8, draft=draft)
+    loss.backward()
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="draft"):
+        sde(frames, 8)
+    sde.eval()
+    ctx, d = torch.randn(8, 2, 8), torch.randn(5, 6, 8)
+    a = sde.sample_frames(ctx, 5, 3, seed=0, draft=d)
+    assert a.shape == (5, 6, 8) and torch.isfinite(a).all()
+    assert torch.equal(a, sde.sample_frames(ctx, 5, 3, seed=0, draft=d))
+    later = d.clone()
+    later[3:] += 1.0                      # a draft that differs from frame 3 on changes frames 3 on only
+    b = sde.sample_frames(ctx, 5, 3, seed=0, draft=later)
+    assert torch.equal(a[:3], b[:3]) and not torch.allclose(a[3:], b[3:])
+    sde.set_draft(d, 8)
+    assert (sde._draft[:8] == 0).all() and (sde._draft[8:, :, -1] == 1).all()   # the context has no draft
+    with torch.no_grad():           # an emission that renders nothing leaves the draft
+        sde.emission[-1].weight.zero_()
+        sde.emission[-1].bias.zero_()
+        sde.obs_mean.fill_(0.3)
+        sde.obs_std.fill_(2.0)
+    assert torch.allclose(sde.sample_frames(ctx, 5, 3, seed=0, draft=d), d, atol=1e-5)
+
+
 def test_path_kl_is_non_negative_and_zero_without_posterior_correction() -> None:
     sde = tiny_sde()
     x = sde.normalise(torch.randn(5, 32, 8)).transpose(0, 1)
@@ -124,13 +158,17 @@ def test_beat_hint_targets_follow_the_annotations() -> None:
 
 def test_config_validation_names_the_key() -> None:
     shipped, defaults = load_sde_config(DEFAULT_CONFIG), SDEConfig()
-    for section in ("model", "solver", "loss"):   # the shipped file spells out the defaults
+    for section in ("solver", "loss"):   # the shipped file spells out the defaults ...
         assert getattr(shipped, section) == getattr(defaults, section)
+    recipe = dict(phase_harmonics=0, corrected_dims=0, draft_beats=True, draft_spread=0.05)
+    assert shipped.model == dataclasses.replace(defaults.model, **recipe)   # ... but for beat drafts, not a phase
     assert sde_config_from_dict({}) == defaults
     for raw, key in (({"solver": {"method": "rk4"}}, "solver.method"), ({"solver": {"dt": 0}}, "solver.dt"),
                      ({"solver": {"noise_type": "general"}}, "solver.noise_type"),
                      ({"loss": {"kl_start": 2.0}}, "loss.kl_start"), ({"model": {"state_size": 2}}, "model.state_size"),
                      ({"model": {"stat_size": 8}}, "model.stat_size"), ({"loss": {"kl_weight": "1"}}, "loss.kl_weight"),
+                     ({"model": {"draft_spread": 1.5}}, "model.draft_spread"),
+                     ({"model": {"draft_beats": True, "phase_template": True}}, "model.draft_beats"),
                      ({"sde": {}}, "sde")):
         with pytest.raises(UserError, match=key.replace(".", r"\.")):
             sde_config_from_dict(raw)
@@ -219,3 +257,28 @@ def test_window_gain_vqvae_decodes_paths_at_the_context_gain(trained: dict) -> N
     context = np.random.default_rng(2).standard_normal((2, 64, 2)).astype(np.float32) * 0.3
     a = fc.predict(context, 40, num_samples=3, seed=0)
     np.testing.assert_allclose(fc.predict(2 * context, 40, num_samples=3, seed=0), 2 * a, rtol=1e-4, atol=1e-6)
+
+
+def test_drafted_sde_trains_then_forecasts_from_its_own_drafts(trained: dict) -> None:
+    """train → forecast with beat drafts: the training windows' drafts come from their own R peaks,
+    a forecast draws one beat period per path; same seed, same paths."""
+    tmp = trained["tmp"]
+    raw = json.loads(json.dumps(TINY_SDE))
+    raw["model"].update(phase_harmonics=0, corrected_dims=0, draft_beats=True)
+    raw["train"]["epochs"] = 2
+    cfg = tmp / "sde_draft.json"
+    cfg.write_text(json.dumps(raw))
+    vq = next((tmp / "checkpoints").glob("vqvae-*/best.pt"))
+    setup = {**trained["setup"], "config": str(cfg), "results": str(tmp / "res_draft"),
+             "checkpoints": str(tmp / "ck_draft")}
+    latent_sde_train.main(flags(setup, "--device", "cpu", "--vqvae", str(vq)))
+    run = next((tmp / "res_draft").glob("latent_sde-*"))
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
+    fc = Forecaster.from_checkpoint(tmp / "ck_draft" / run.name / "best.pt", "cpu")
+    assert isinstance(fc, LatentSDEForecaster) and fc.sde.drafted
+    from conftest import synthetic_ecg
+    context = synthetic_ecg(2, fc.fs, seed=3)[0].astype(np.float32)
+    out = fc.predict(np.stack([context, 0.5 * context]), horizon=64, num_samples=6, seed=1)
+    assert out.shape == (2, 6, 64, 2) and np.isfinite(out).all() and out.std(axis=1).mean() > 0
+    assert np.array_equal(out, fc.predict(np.stack([context, 0.5 * context]), horizon=64, num_samples=6, seed=1))
