@@ -1,6 +1,6 @@
 """Pack a trained forecaster into pretrained/ and record the reference forecasts the tests check it against.
 
-    python3 pretrained.py --checkpoint checkpoints/pretrained/transformer-<time>/best.pt
+    python3 pretrained.py --checkpoint checkpoints/pretrained/latent_sde-<time>/best.pt
 
 `make pretrained` runs this after training from scratch. The shipped file keeps the weights, configs and
 provenance (seed, git commit, data hash, commands, training minutes) and drops optimiser and RNG state,
