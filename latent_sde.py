@@ -204,8 +204,8 @@ class LatentSDE(nn.Module):
             self._tmpl = segments[0]
 
     def set_draft(self, draft: torch.Tensor | None, before: int) -> None:
-        """The beat draft the emission reads: raw frames [steps, B, obs] of the frames after the first
-        `before` (the context, which has none: flag 0)."""
+        """The beat draft added to the emission: raw frames [steps, B, obs] of the frames after the
+        first `before` (the context, which has none: flag 0)."""
         if not self.drafted:
             return
         if draft is None:

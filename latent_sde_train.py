@@ -5,8 +5,9 @@
 
 Every prepared window of the training and validation patients is encoded once by the frozen
 VQ-VAE (context and future each on their own, as at forecast time; cached next to the prepared
-tensors), and with `model.draft_beats` so is its beat draft at its own R peaks. The loss is the negative ELBO per latent number: reconstruction of context and future
-frames plus the KL of the initial state and of the posterior path, with the KL weight annealed.
+tensors), and with `model.draft_beats` so is its beat draft at its own R peaks. The loss is the
+negative ELBO per latent number: reconstruction of context and future frames plus the KL of the
+initial state and of the posterior path, with the KL weight annealed.
 The best checkpoint is the lowest validation loss (the full ELBO); it holds the VQ-VAE too, so
 forecast.py and evaluate.py need only this one file. The shipped model's VQ-VAE comes from
 `vqvae_train.py --config config_vqvae_sde.json`: on the default coder's latents the same recipe
