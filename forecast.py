@@ -146,6 +146,14 @@ def beat_draft(vq, context: torch.Tensor, steps: int, fs: int, num_samples: int 
     return codes[torch.from_numpy(index).to(codes.device)]
 
 
+def window_beats(signals: np.ndarray, fs: int) -> list[np.ndarray]:
+    """R peaks of each whole window [N, T, 2] (lead 1, context and future): the beat times a training
+    draft is laid at, so a model learns to render beats where it is told they are."""
+    from metrics import detect_r_peaks, per_row
+
+    return per_row(*detect_r_peaks(signals[:, :, 0], fs), len(signals))
+
+
 def draft_waves(x: np.ndarray, h: int, fs: int, num_samples: int = 1, seed: int = 0,
                 beats: list[np.ndarray] | None = None, min_spread: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """The distinct drafts [N, h, 2] of contexts x [B, C, 2] and which one each of the B * num_samples

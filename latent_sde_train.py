@@ -24,9 +24,8 @@ from torch.utils.data import TensorDataset
 import paths
 from hyper_params import stored_config
 from hyper_params_sde import load_sde_config
-from forecast import draft_waves
+from forecast import draft_waves, window_beats
 from latent_sde import LatentSDE, LatentSDEForecaster, latent_frames
-from metrics import detect_r_peaks, per_row
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split
 from train_results import load_checkpoint, plot_forecasts, weights_digest
 from training import Trainer, apply_train_overrides, run_parser, run_record, seed_everything, setup_runtime
@@ -49,8 +48,8 @@ def encode_drafted(vq: VQVAE, signals: torch.Tensor, piece: int, fs: int) -> tor
     """[N, T / factor + (T - piece) / factor, latent]: each window's frames (as encode_windows), then the
     frames of its beat draft: the context's mean beat laid at the window's own R peaks (detected over the
     whole window, as the Transformer's drafts), so the model learns to render beats where it is told."""
-    peaks = per_row(*detect_r_peaks(signals[:, :, 0].numpy(), fs), len(signals))
-    waves, index = draft_waves(signals[:, :piece].float().numpy(), signals.shape[1] - piece, fs, beats=peaks)
+    waves, index = draft_waves(signals[:, :piece].float().numpy(), signals.shape[1] - piece, fs,
+                               beats=window_beats(signals.numpy(), fs))
     drafts = latent_frames(vq, torch.from_numpy(waves))[torch.from_numpy(index)]
     return torch.cat([encode_windows(vq, signals, piece), drafts.half()], 1)
 

@@ -18,10 +18,9 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import paths
-from forecast import Forecaster, beat_draft, seasonal_draft
+from forecast import Forecaster, beat_draft, seasonal_draft, window_beats
 from hyper_params import stored_config
 from hyper_params_transformer import load_transformer_config
-from metrics import detect_r_peaks, per_row
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split
 from train_results import load_checkpoint, plot_forecasts, weights_digest
 from training import Trainer, apply_train_overrides, run_parser, run_record, seed_everything, setup_runtime
@@ -52,7 +51,7 @@ def encode_drafted(vq: VQVAE, signals: torch.Tensor, chunk: int, fs: int, beats:
     steps = codes.shape[1] - chunk // vq.factor
     if not beats:
         return torch.cat([codes, seasonal_draft(vq, signals[:, :chunk], steps, fs)], -1)
-    peaks = per_row(*detect_r_peaks(signals[:, :, 0].numpy(), fs), len(signals))
+    peaks = window_beats(signals.numpy(), fs)
     return torch.cat([codes, beat_draft(vq, signals[:, :chunk], steps, fs, beats=peaks)], -1)
 
 
