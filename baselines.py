@@ -2,8 +2,8 @@
 
 A trained model is only interesting if it beats these: a flat line (zero, context mean), the last
 value, a copy of the last beat period (seasonal naive), the context's average beat placed at the
-predicted rhythm (template), and a probabilistic seasonal naive whose spread comes from the
-context's RR variability (for CRPS and coverage).
+predicted rhythm (template), a probabilistic seasonal naive whose spread comes from the context's
+RR variability (for CRPS and coverage), and the template with that same drawn timing.
 """
 from __future__ import annotations
 
@@ -160,6 +160,21 @@ class SeasonalEnsemble(Zero):
                            horizon)
 
 
+class TemplateEnsemble(Zero):
+    """The mean-beat template at the seasonal ensemble's timing: one drawn period per sample. These are
+    the beat drafts the Transformer and the latent SDE start from, so a model beats this baseline only
+    if its network adds something to the draft it is given."""
+
+    name = "template_ensemble"
+    deterministic = False
+    min_spread = SeasonalEnsemble.min_spread
+
+    def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
+        x = as_context(context)
+        waves, index = draft_waves(x, horizon, self.fs, num_samples, seed, min_spread=self.min_spread)
+        return waves[index].reshape(len(x), num_samples, horizon, 2).astype(np.float32)
+
+
 def draw_periods(period: np.ndarray, spread: np.ndarray, min_spread: float, num_samples: int, seed: int,
                  fs: float, longest: int) -> np.ndarray:
     """Beat periods [B, S] in samples, one per sample: normal around each context's period with its RR
@@ -168,6 +183,34 @@ def draw_periods(period: np.ndarray, spread: np.ndarray, min_spread: float, num_
     z = np.random.default_rng(seed).standard_normal((len(period), num_samples))
     p = np.rint(period[:, None] + sd[:, None] * z).astype(np.int64)
     return np.clip(p, max(1, round(MIN_PERIOD_S * fs)), longest)
+
+
+def draft_waves(x: np.ndarray, h: int, fs: int, num_samples: int = 1, seed: int = 0,
+                beats: list[np.ndarray] | None = None, min_spread: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct drafts [N, h, 2] of contexts x [B, C, 2] and which one each of the B * num_samples
+    samples takes: the context's mean beat laid at beat times. Training gives the times, `beats` (a
+    window's own R peaks after the context's last one); a forecast draws them, one period per sample
+    as the seasonal ensemble draws it (with `min_spread`): beat times first, then the rest given them.
+    A context with fewer than two R peaks gets its seasonal-naive continuation."""
+    c = x.shape[1]
+    peaks, period, spread = context_rhythm(x, fs)
+    periods = draw_periods(period, spread, min_spread, num_samples, seed, fs, c) if beats is None else None
+    waves, index = [], np.zeros((len(x), num_samples), np.int64)
+    for i, r in enumerate(peaks):
+        if len(r) < 2:                        # seasonal naive, from the rhythm already detected
+            index[i] = len(waves)
+            waves.append(repeat_last(x[i:i + 1], period[i:i + 1], h)[0, 0])
+            continue
+        p = int(period[i])
+        template, pre = mean_beat(x[i], r, p), int(round(TEMPLATE_PRE * p))
+        if beats is None:
+            drawn, which = np.unique(periods[i], return_inverse=True)
+            times = [r[-1] + q * np.arange(0, (c + h - r[-1]) / q + 1) for q in drawn]
+        else:
+            which, times = 0, [np.r_[r[-1], beats[i][beats[i] > r[-1] + MIN_PERIOD_S * fs]]]
+        index[i] = len(waves) + which
+        waves += [beat_train(template, pre, t, c, h) for t in times]
+    return np.stack(waves), index.reshape(-1)
 
 
 def beat_train(template: np.ndarray, pre: int, beats: np.ndarray, start: int, length: int) -> np.ndarray:
@@ -183,7 +226,8 @@ def beat_train(template: np.ndarray, pre: int, beats: np.ndarray, start: int, le
 
 
 BASELINES: dict[str, type[ForecasterBase]] = {
-    cls.name: cls for cls in (Zero, ContextMean, Persistence, SeasonalNaive, MeanBeatTemplate, SeasonalEnsemble)
+    cls.name: cls for cls in (Zero, ContextMean, Persistence, SeasonalNaive, MeanBeatTemplate, SeasonalEnsemble,
+                                TemplateEnsemble)
 }
 
 

@@ -4,11 +4,11 @@
 
 Without --model: the shipped model (pretrained/forecaster.pt) and every baseline.
 
-Baselines: zero, mean, persistence, seasonal, template, seasonal_ensemble, or `baselines` for all.
-Each window's first input_signal_duration seconds are the context, the rest the truth to forecast.
-Metrics are computed per record, then averaged over records (each patient weighs the same) with
-bootstrap 95 % intervals over records. Writes report.md (one table), metrics.json, metrics.csv,
-error_curves.png and gallery_<model>.png into a fresh results/evaluate-<time> folder.
+Baselines: zero, mean, persistence, seasonal, template, seasonal_ensemble, template_ensemble, or
+`baselines` for all. Each window's first input_signal_duration seconds are the context, the rest the
+truth to forecast. Metrics are computed per record, then averaged over records (each patient weighs
+the same) with bootstrap 95 % intervals over records. Writes report.md (one table), metrics.json,
+metrics.csv, error_curves.png and gallery_<model>.png into a fresh results/evaluate-<time> folder.
 """
 from __future__ import annotations
 

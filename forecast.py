@@ -141,6 +141,8 @@ def seasonal_draft(vq, context: torch.Tensor, steps: int, fs: int) -> torch.Tens
 def beat_draft(vq, context: torch.Tensor, steps: int, fs: int, num_samples: int = 1, seed: int = 0,
                beats: list[np.ndarray] | None = None, min_spread: float = 0.05) -> torch.Tensor:
     """Draft codes [B * num_samples, T + steps, Q] of `draft_waves`, each distinct draft coded once."""
+    from baselines import draft_waves
+
     waves, index = draft_waves(context.cpu().numpy(), steps * vq.factor, fs, num_samples, seed, beats, min_spread)
     codes = code_draft(vq, waves, context.shape[1] // vq.factor, context.device)
     return codes[torch.from_numpy(index).to(codes.device)]
@@ -152,36 +154,6 @@ def window_beats(signals: np.ndarray, fs: int) -> list[np.ndarray]:
     from metrics import detect_r_peaks, per_row
 
     return per_row(*detect_r_peaks(signals[:, :, 0], fs), len(signals))
-
-
-def draft_waves(x: np.ndarray, h: int, fs: int, num_samples: int = 1, seed: int = 0,
-                beats: list[np.ndarray] | None = None, min_spread: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct drafts [N, h, 2] of contexts x [B, C, 2] and which one each of the B * num_samples
-    samples takes: the context's mean beat laid at beat times. Training gives the times, `beats` (a
-    window's own R peaks after the context's last one); a forecast draws them, one period per sample
-    as the seasonal ensemble draws it (with `min_spread`): beat times first, then the rest given them.
-    A context with fewer than two R peaks gets its seasonal-naive continuation."""
-    import baselines as B
-
-    c = x.shape[1]
-    peaks, period, spread = B.context_rhythm(x, fs)
-    periods = B.draw_periods(period, spread, min_spread, num_samples, seed, fs, c) if beats is None else None
-    waves, index = [], np.zeros((len(x), num_samples), np.int64)
-    for i, r in enumerate(peaks):
-        if len(r) < 2:                        # seasonal naive, from the rhythm already detected
-            index[i] = len(waves)
-            waves.append(B.repeat_last(x[i:i + 1], period[i:i + 1], h)[0, 0])
-            continue
-        p = int(period[i])
-        template, pre = B.mean_beat(x[i], r, p), int(round(B.TEMPLATE_PRE * p))
-        if beats is None:
-            drawn, which = np.unique(periods[i], return_inverse=True)
-            times = [r[-1] + q * np.arange(0, (c + h - r[-1]) / q + 1) for q in drawn]
-        else:
-            which, times = 0, [np.r_[r[-1], beats[i][beats[i] > r[-1] + B.MIN_PERIOD_S * fs]]]
-        index[i] = len(waves) + which
-        waves += [B.beat_train(template, pre, t, c, h) for t in times]
-    return np.stack(waves), index.reshape(-1)
 
 
 def code_draft(vq, waves: np.ndarray, context_steps: int, device: torch.device, batch: int = 512) -> torch.Tensor:

@@ -32,7 +32,7 @@ class SDEModelConfig:
     min_obs_std: float = 0.05     # floor of the learned observation noise (normalised latent units)
     phase_template: bool = False  # (needs a phase) add to each emitted frame the context frames of the same
                                   # beat phase: the patient's own beat shape, copied instead of generated
-    draft_beats: bool = False     # the emission adds a beat draft's frames (forecast.draft_waves): the context's
+    draft_beats: bool = False     # the emission adds a beat draft's frames (baselines.draft_waves): the context's
                                   # mean beat at the window's own R peaks in training, at beat times drawn
                                   # per path in a forecast; the state then renders what the draft misses
     draft_spread: float = 0.02    # least spread of a forecast's drawn beat period, a fraction of the period

@@ -13,7 +13,7 @@ the posterior is the same in training and forecasting. A forecast integrates the
 context, then the prior from there: S sampled paths. The path KL comes from torchsde's `logqp`.
 
 Beat drafts (`model.draft_beats`, the recipe of config_sde.json): the emission adds, frame by frame, the
-frames of a draft of the future: the context's mean beat laid at beat times (forecast.draft_waves, as
+frames of a draft of the future: the context's mean beat laid at beat times (baselines.draft_waves, as
 the Transformer's drafts). In training the times are the window's own R peaks, so the state learns to
 render what the draft misses (shape changes, amplitude, noise); a forecast draws one beat period per
 path around the context's median RR, so timing spread comes from the drafts and the rest from the SDE.
@@ -40,7 +40,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchsde
 
-from forecast import ForecasterBase, as_context, draft_waves
+from baselines import draft_waves
+from forecast import ForecasterBase, as_context
 from hyper_params import Config, stored_config
 from hyper_params_sde import SDEConfig, sde_config_from_dict
 from vqvae import VQVAE

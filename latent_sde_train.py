@@ -22,9 +22,10 @@ import torch
 from torch.utils.data import TensorDataset
 
 import paths
+from baselines import draft_waves
+from forecast import window_beats
 from hyper_params import stored_config
 from hyper_params_sde import load_sde_config
-from forecast import draft_waves, window_beats
 from latent_sde import LatentSDE, LatentSDEForecaster, latent_frames
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split
 from train_results import load_checkpoint, plot_forecasts, weights_digest

@@ -108,6 +108,21 @@ def test_ensemble_spread_comes_from_rr_variability_and_grows_with_the_horizon():
     assert wide > out.std(axis=1).mean()
 
 
+def test_template_ensemble_is_the_template_at_drawn_periods():
+    """Without spread it is the template; with it, its paths are the beat drafts the forecasters start from."""
+    x = periodic_ecg(3)
+    f = B.TemplateEnsemble(FS)
+    f.min_spread = 0.0
+    sharp = f.predict(x[:, :C], H, num_samples=4)
+    assert np.abs(sharp - x[:, None, C:]).max() < 1e-5
+    f.min_spread = 0.05
+    out = f.predict(x[:, :C], H, num_samples=50, seed=2)
+    waves, index = B.draft_waves(x[:, :C], H, FS, 50, 2, min_spread=0.05)
+    np.testing.assert_allclose(out.reshape(-1, H, 2), waves[index], atol=1e-6)
+    spread = out.std(axis=1).mean(axis=(0, 2))
+    assert spread[:20].mean() < spread[-100:].mean()
+
+
 def test_make_forecaster_rejects_a_missing_checkpoint(tmp_path):
     with pytest.raises(UserError, match="nope.pt"):
         make_forecaster(str(tmp_path / "nope.pt"), FS)

@@ -45,3 +45,24 @@ def test_shipped_model_reproduces_its_reference_forecasts(mitdb):
         np.testing.assert_allclose(have["mean_path_rms_mV"], want["mean_path_rms_mV"], rtol=REL, atol=ABS_MV)
         np.testing.assert_allclose(have["sample_std_mV"], want["sample_std_mV"], rtol=REL, atol=ABS_MV)
         assert have["mse_of_mean_mV2"] == pytest.approx(want["mse_of_mean_mV2"], rel=REL)
+
+
+def test_shipped_model_keeps_beating_over_a_long_horizon(mitdb):
+    """Sampled paths must not decay to a flat line: 20 s ahead (trained for 3 s), every path of a sinus
+    record still beats at least at about the context's rate and keeps the amplitude of its first
+    seconds. (They do get noisier: a path may gain a spurious peak, so only the median count is exact.)"""
+    import baselines as B
+    import metrics as M
+    from forecast import forecast_record
+
+    fc = Forecaster.from_pretrained(device="cpu")
+    res = forecast_record(fc, str(mitdb / "100"), 60.0, 20.0, 10, 0)
+    paths, fs = res["samples"][:, :, 0], fc.fs                  # lead 1 [S, H]
+    context = res["context"][None]
+    _, period, _ = B.context_rhythm(context, fs)
+    first, last = paths[:, :5 * fs], paths[:, -5 * fs:]
+    rows, _ = M.detect_r_peaks(last, fs)
+    beats = np.bincount(rows, minlength=len(last))
+    expected = 5 * fs / period[0]
+    assert np.all(beats >= 0.75 * expected - 1) and abs(np.median(beats) - expected) <= 1, (beats, expected)
+    assert np.all(last.std(axis=1) > 0.5 * first.std(axis=1))
