@@ -212,9 +212,9 @@ def check_record(path: Path, cfg: DataConfig) -> None:
                         f"{cfg.total_samples / cfg.samples_per_second:.1f} s")
 
 
-def read_record(path: Path, cfg: DataConfig) -> Record:
+def read_record(path: str | Path, cfg: DataConfig) -> Record:
     """One WFDB record as two filtered leads in mV at the target rate with its reference beats."""
-    where = str(path)
+    path, where = Path(path), str(path)
     read_header(path)
     rec = _wfdb_read(wfdb.rdrecord, path, f"{where}: cannot read the record")
     x = rec.p_signal

@@ -66,3 +66,19 @@ def test_shipped_model_keeps_beating_over_a_long_horizon(mitdb):
     expected = 5 * fs / period[0]
     assert np.all(beats >= 0.75 * expected - 1) and abs(np.median(beats) - expected) <= 1, (beats, expected)
     assert np.all(last.std(axis=1) > 0.5 * first.std(axis=1))
+
+
+def test_codes_and_latents_of_any_window(mitdb):
+    """The README's recipe: a record window's latents, codes and their decoding through `fc.vq`."""
+    from prepare_mitbih import read_record
+
+    fc = Forecaster.from_pretrained(device="cpu")
+    rec = read_record(str(mitdb / "100"), fc.cfg.data)
+    x = torch.from_numpy(rec.signal[60 * fc.fs:63 * fc.fs][None]).float()
+    with torch.no_grad():
+        unit = fc.vq.unit(x)
+        z, codes = fc.vq.encode_latent(x, unit), fc.vq.encode(x, unit)
+        back = fc.vq.decode(codes, unit)
+    steps = x.shape[1] // fc.vq.factor
+    assert z.shape == (1, fc.vq.cfg.latent_dim, steps) and codes.shape[:2] == (1, steps)
+    assert back.shape == x.shape and ((back - x) ** 2).mean() < 0.25 * (x ** 2).mean()   # one codebook: PRD ~35%
