@@ -227,7 +227,7 @@ def beat_train(template: np.ndarray, pre: int, beats: np.ndarray, start: int, le
 
 BASELINES: dict[str, type[ForecasterBase]] = {
     cls.name: cls for cls in (Zero, ContextMean, Persistence, SeasonalNaive, MeanBeatTemplate, SeasonalEnsemble,
-                                TemplateEnsemble)
+                              TemplateEnsemble)
 }
 
 

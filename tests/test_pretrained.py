@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+import baselines as B
+import metrics as M
 import pretrained
-from forecast import Forecaster
+from forecast import Forecaster, forecast_record
 from hyper_params import config_from_dict
 from paths import PRETRAINED
-from prepare_mitbih import DS1, DS2, PACED, config_split
+from prepare_mitbih import DS1, DS2, PACED, config_split, read_record
 
 # Figures recorded by pretrained.py when the model was packed. Same seed on CPU gives the same numbers;
 # the tolerance absorbs float differences between CPU instruction sets, which can flip a sampled code and
@@ -51,10 +53,6 @@ def test_shipped_model_keeps_beating_over_a_long_horizon(mitdb):
     """Sampled paths must not decay to a flat line: 20 s ahead (trained for 3 s), every path of a sinus
     record still beats at least at about the context's rate and keeps the amplitude of its first
     seconds. (They do get noisier: a path may gain a spurious peak, so only the median count is exact.)"""
-    import baselines as B
-    import metrics as M
-    from forecast import forecast_record
-
     fc = Forecaster.from_pretrained(device="cpu")
     res = forecast_record(fc, str(mitdb / "100"), 60.0, 20.0, 10, 0)
     paths, fs = res["samples"][:, :, 0], fc.fs                  # lead 1 [S, H]
@@ -70,8 +68,6 @@ def test_shipped_model_keeps_beating_over_a_long_horizon(mitdb):
 
 def test_codes_and_latents_of_any_window(mitdb):
     """The README's recipe: a record window's latents, codes and their decoding through `fc.vq`."""
-    from prepare_mitbih import read_record
-
     fc = Forecaster.from_pretrained(device="cpu")
     rec = read_record(str(mitdb / "100"), fc.cfg.data)
     x = torch.from_numpy(rec.signal[60 * fc.fs:63 * fc.fs][None]).float()
