@@ -72,13 +72,20 @@ def autocorr_period(x: np.ndarray, fs: float) -> np.ndarray:
     return (lo + first).astype(np.int64)
 
 
+def detected_beats(signals: np.ndarray, fs: float) -> list[np.ndarray]:
+    """R peaks detected in lead 1 of each window [N, T, 2], one array per window: a context's rhythm,
+    and over a whole window (context and future) the beat times a training draft is laid at, so a
+    model learns to render beats where it is told they are."""
+    return per_row(*detect_r_peaks(signals[:, :, 0], fs), len(signals))
+
+
 def context_rhythm(x: np.ndarray, fs: float) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """(R peaks of each context's lead 1, beat period in samples, RR standard deviation in samples).
 
     The period is the median RR interval of the detected R peaks when there are at least two,
     else the autocorrelation period (`autocorr_period`); the RR spread is NaN with fewer than three.
     """
-    peaks = per_row(*detect_r_peaks(x[:, :, 0], fs), len(x))
+    peaks = detected_beats(x, fs)
     period = autocorr_period(x, fs)
     spread = np.full(len(x), np.nan)
     for i, p in enumerate(peaks):

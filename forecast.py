@@ -148,14 +148,6 @@ def beat_draft(vq, context: torch.Tensor, steps: int, fs: int, num_samples: int 
     return codes[torch.from_numpy(index).to(codes.device)]
 
 
-def window_beats(signals: np.ndarray, fs: int) -> list[np.ndarray]:
-    """R peaks of each whole window [N, T, 2] (lead 1, context and future): the beat times a training
-    draft is laid at, so a model learns to render beats where it is told they are."""
-    from metrics import detect_r_peaks, per_row
-
-    return per_row(*detect_r_peaks(signals[:, :, 0], fs), len(signals))
-
-
 def code_draft(vq, waves: np.ndarray, context_steps: int, device: torch.device, batch: int = 512) -> torch.Tensor:
     """[N, context_steps + steps, Q]: -1 over the context, then the codes of each continuation [N, H, 2],
     a chunk coded on its own like the future part of a training window."""

@@ -22,8 +22,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 import paths
-from baselines import draft_waves
-from forecast import window_beats
+from baselines import detected_beats, draft_waves
 from hyper_params import stored_config
 from hyper_params_sde import load_sde_config
 from latent_sde import LatentSDE, LatentSDEForecaster, latent_frames
@@ -50,7 +49,7 @@ def encode_drafted(vq: VQVAE, signals: torch.Tensor, piece: int, fs: int) -> tor
     frames of its beat draft: the context's mean beat laid at the window's own R peaks (detected over the
     whole window, as the Transformer's drafts), so the model learns to render beats where it is told."""
     waves, index = draft_waves(signals[:, :piece].float().numpy(), signals.shape[1] - piece, fs,
-                               beats=window_beats(signals.numpy(), fs))
+                               beats=detected_beats(signals.numpy(), fs))
     drafts = latent_frames(vq, torch.from_numpy(waves))[torch.from_numpy(index)]
     return torch.cat([encode_windows(vq, signals, piece), drafts.half()], 1)
 

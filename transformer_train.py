@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import paths
-from forecast import Forecaster, beat_draft, seasonal_draft, window_beats
+from baselines import detected_beats
+from forecast import Forecaster, beat_draft, seasonal_draft
 from hyper_params import stored_config
 from hyper_params_transformer import load_transformer_config
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split
@@ -51,7 +52,7 @@ def encode_drafted(vq: VQVAE, signals: torch.Tensor, chunk: int, fs: int, beats:
     steps = codes.shape[1] - chunk // vq.factor
     if not beats:
         return torch.cat([codes, seasonal_draft(vq, signals[:, :chunk], steps, fs)], -1)
-    peaks = window_beats(signals.numpy(), fs)
+    peaks = detected_beats(signals.numpy(), fs)
     return torch.cat([codes, beat_draft(vq, signals[:, :chunk], steps, fs, beats=peaks)], -1)
 
 
