@@ -429,7 +429,7 @@ class LatentSDEForecaster(ForecasterBase):
         unit = self.vq.unit(x)                                                     # the context's gain
         frames = self.sde.normalise(self.vq.encode_latent(x, unit).permute(2, 0, 1))  # [C, B, obs]
         steps = math.ceil(horizon / self.factor)
-        drafts = self.draft_frames(x, steps, num_samples, seed) if self.sde.drafted else None
+        drafts, lost = self.draft_frames(x, steps, num_samples, seed) if self.sde.drafted else (None, None)
         out = np.empty((len(x), num_samples, horizon, 2), np.float32)
         per_chunk = max(1, self.max_paths // num_samples)
         for n, lo in enumerate(range(0, len(x), per_chunk)):
@@ -437,17 +437,32 @@ class LatentSDEForecaster(ForecasterBase):
             draft = None if drafts is None else drafts[lo * num_samples:(lo + per_chunk) * num_samples].transpose(0, 1)
             fut = self.sde.sample_frames(frames[:, lo:lo + per_chunk], steps, num_samples, chunk_seed, draft=draft)
             z = fut.permute(1, 2, 0)                                                   # [b * S, obs, steps]
-            u = unit[lo:lo + per_chunk].repeat_interleave(num_samples, 0)
-            wave = torch.cat([self.vq.decode_latent(z[i:i + 512], u[i:i + 512]) for i in range(0, len(z), 512)])
+            wave = decode_frames(self.vq, z, unit[lo:lo + per_chunk].repeat_interleave(num_samples, 0))
+            if lost is not None:
+                wave = wave + lost[lo * num_samples:(lo + per_chunk) * num_samples]
             out[lo:lo + per_chunk] = wave[:, :horizon].reshape(-1, num_samples, horizon, 2).cpu().numpy()
         return out
 
-    def draft_frames(self, x: torch.Tensor, steps: int, num_samples: int, seed: int) -> torch.Tensor:
-        """Raw latent frames [B * S, steps, obs] of each path's beat draft (beat times drawn per path)."""
+    def draft_frames(self, x: torch.Tensor, steps: int, num_samples: int, seed: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw latent frames [B * S, steps, obs] of each path's beat draft (beat times drawn per path), and
+        what decoding them at the context's gain loses of the draft, [B * S, steps * factor, 2] mV. Added
+        back to the decoded paths, a path the SDE leaves at its draft is the draft itself, not the VQ-VAE's
+        round trip of it, which cost the drafts 12% more squared error (EXPERIMENTS.md)."""
         waves, index = draft_waves(x.cpu().numpy(), steps * self.factor, self.fs, num_samples, seed,
                                    min_spread=self.scfg.model.draft_spread)
-        frames = latent_frames(self.vq, torch.from_numpy(waves).to(self.device))
-        return frames[torch.from_numpy(index).to(self.device)]
+        waves, index = torch.from_numpy(waves).to(self.device), torch.from_numpy(index).to(self.device)
+        frames = latent_frames(self.vq, waves)
+        owner = torch.empty(len(waves), dtype=torch.long, device=self.device)    # each draft's context
+        owner[index] = torch.arange(len(x), device=self.device).repeat_interleave(num_samples)
+        lost = waves - decode_frames(self.vq, frames.transpose(1, 2), self.vq.unit(x)[owner])
+        return frames[index], lost[index]
+
+
+@torch.no_grad()
+def decode_frames(vq: VQVAE, z: torch.Tensor, unit: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """Signals [N, T, 2] in mV of latent frames z [N, latent, T / factor], in batches."""
+    return torch.cat([vq.decode_latent(z[i:i + batch], unit[i:i + batch]) for i in range(0, len(z), batch)])
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import evaluate
+from baselines import TemplateEnsemble
 import latent_sde_train
 import vqvae_train
 from forecast import Forecaster
@@ -282,3 +283,13 @@ def test_drafted_sde_trains_then_forecasts_from_its_own_drafts(trained: dict) ->
     out = fc.predict(np.stack([context, 0.5 * context]), horizon=64, num_samples=6, seed=1)
     assert out.shape == (2, 6, 64, 2) and np.isfinite(out).all() and out.std(axis=1).mean() > 0
     assert np.array_equal(out, fc.predict(np.stack([context, 0.5 * context]), horizon=64, num_samples=6, seed=1))
+    with torch.no_grad():           # an emission that renders nothing leaves every path at its draft ...
+        fc.sde.emission[-1].weight.zero_()
+        fc.sde.emission[-1].bias.zero_()
+    drafts = TemplateEnsemble(fc.fs)
+    drafts.min_spread = fc.scfg.model.draft_spread
+    whole = context[-min(len(context) // fc.factor, fc.context_frames) * fc.factor:]   # what the SDE reads
+    for vq in (fc.vq, VQVAE(dataclasses.replace(fc.cfg.model, window_gain=True)).eval()):
+        fc.vq = vq                  # ... the draft itself, not the VQ-VAE's round trip of it, at any gain
+        np.testing.assert_allclose(fc.predict(whole[None], 64, num_samples=6, seed=1),
+                                   drafts.predict(whole[None], 64, num_samples=6, seed=1), atol=1e-5)
