@@ -434,12 +434,13 @@ class LatentSDEForecaster(ForecasterBase):
         per_chunk = max(1, self.max_paths // num_samples)
         for n, lo in enumerate(range(0, len(x), per_chunk)):
             chunk_seed = int(np.random.SeedSequence([int(seed) % 2 ** 63, n]).generate_state(1)[0])
-            draft = None if drafts is None else drafts[lo * num_samples:(lo + per_chunk) * num_samples].transpose(0, 1)
+            paths = slice(lo * num_samples, (lo + per_chunk) * num_samples)
+            draft = None if drafts is None else drafts[paths].transpose(0, 1)
             fut = self.sde.sample_frames(frames[:, lo:lo + per_chunk], steps, num_samples, chunk_seed, draft=draft)
             z = fut.permute(1, 2, 0)                                                   # [b * S, obs, steps]
             wave = decode_frames(self.vq, z, unit[lo:lo + per_chunk].repeat_interleave(num_samples, 0))
             if lost is not None:
-                wave = wave + lost[lo * num_samples:(lo + per_chunk) * num_samples]
+                wave = wave + lost[paths]
             out[lo:lo + per_chunk] = wave[:, :horizon].reshape(-1, num_samples, horizon, 2).cpu().numpy()
         return out
 

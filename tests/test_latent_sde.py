@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import evaluate
-from baselines import TemplateEnsemble
 import latent_sde_train
 import vqvae_train
+from baselines import TemplateEnsemble
 from forecast import Forecaster
 from hyper_params_sde import DEFAULT_CONFIG, SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster
