@@ -168,7 +168,7 @@ class SeasonalEnsemble(Zero):
 
 
 class TemplateEnsemble(Zero):
-    """The mean-beat template at the seasonal ensemble's timing: one drawn period per sample. These are
+    """The mean-beat template at drawn beat times (`draw_beat_times`), one rhythm per sample. These are
     the beat drafts the Transformer and the latent SDE start from, so a model beats this baseline only
     if its network adds something to the draft it is given."""
 
@@ -192,16 +192,32 @@ def draw_periods(period: np.ndarray, spread: np.ndarray, min_spread: float, num_
     return np.clip(p, max(1, round(MIN_PERIOD_S * fs)), longest)
 
 
+def draw_beat_times(last: int, period: int, spread: float, jitter: float, num_samples: int, until: int,
+                    fs: float, rng: np.random.Generator) -> np.ndarray:
+    """Beat times [S, K] from the context's last R peak `last` on, past sample `until`, one row per sample.
+
+    Each path keeps a rhythm of its own, normal around the median RR `period` with the context's RR SD
+    `spread` (NaN: none), and each of its intervals adds a fresh jitter of SD `jitter` of the period, so
+    its timing error grows beat by beat as a heart's does. Against one drawn period per path (the
+    seasonal ensemble's, whose error grows by a whole period's each beat) this places the near beats
+    better at the same CRPS (EXPERIMENTS.md, session 12)."""
+    shortest = max(1, round(MIN_PERIOD_S * fs))
+    k = (until - last) // shortest + 1
+    level = period + np.nan_to_num(spread, nan=0.0) * rng.standard_normal((num_samples, 1))
+    rr = np.maximum(level + jitter * period * rng.standard_normal((num_samples, k)), shortest)
+    return np.rint(last + np.cumsum(np.c_[np.zeros(num_samples), rr], axis=1)).astype(np.int64)
+
+
 def draft_waves(x: np.ndarray, h: int, fs: int, num_samples: int = 1, seed: int = 0,
                 beats: list[np.ndarray] | None = None, min_spread: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """The distinct drafts [N, h, 2] of contexts x [B, C, 2] and which one each of the B * num_samples
     samples takes: the context's mean beat laid at beat times. Training gives the times, `beats` (a
-    window's own R peaks after the context's last one); a forecast draws them, one period per sample
-    as the seasonal ensemble draws it (with `min_spread`): beat times first, then the rest given them.
+    window's own R peaks after the context's last one); a forecast draws them (`draw_beat_times`, with
+    `min_spread` the beat-to-beat jitter): beat times first, then the rest given them.
     A context with fewer than two R peaks gets its seasonal-naive continuation."""
     c = x.shape[1]
     peaks, period, spread = context_rhythm(x, fs)
-    periods = draw_periods(period, spread, min_spread, num_samples, seed, fs, c) if beats is None else None
+    rng = np.random.default_rng(seed)
     waves, index = [], np.zeros((len(x), num_samples), np.int64)
     for i, r in enumerate(peaks):
         if len(r) < 2:                        # seasonal naive, from the rhythm already detected
@@ -211,25 +227,27 @@ def draft_waves(x: np.ndarray, h: int, fs: int, num_samples: int = 1, seed: int 
         p = int(period[i])
         template, pre = mean_beat(x[i], r, p), int(round(TEMPLATE_PRE * p))
         if beats is None:
-            drawn, which = np.unique(periods[i], return_inverse=True)
-            times = [r[-1] + q * np.arange(0, (c + h - r[-1]) / q + 1) for q in drawn]
+            drawn = draw_beat_times(int(r[-1]), p, spread[i], min_spread, num_samples, c + h, fs, rng)
+            times, which = np.unique(drawn, axis=0, return_inverse=True)
         else:
-            which, times = 0, [np.r_[r[-1], beats[i][beats[i] > r[-1] + MIN_PERIOD_S * fs]]]
-        index[i] = len(waves) + which
-        waves += [beat_train(template, pre, t, c, h) for t in times]
+            which, times = 0, np.r_[r[-1], beats[i][beats[i] > r[-1] + MIN_PERIOD_S * fs]][None]
+        index[i] = len(waves) + np.reshape(which, -1)
+        waves += list(beat_train(template, pre, times, c, h))
     return np.stack(waves), index.reshape(-1)
 
 
 def beat_train(template: np.ndarray, pre: int, beats: np.ndarray, start: int, length: int) -> np.ndarray:
     """Samples start..start+length-1 [length, 2] of a beat `template` [period, 2] (R peak at sample `pre`)
-    laid at each of `beats`: a sample takes its phase in the latest beat begun by then, and a gap
-    longer than the template (or the time before the first beat) holds its last sample."""
+    laid at each of `beats` [K] ([S, K]: one train [S, length, 2] per row): a sample takes its phase in
+    the latest beat begun by then, and a gap longer than the template (or the time before the first
+    beat) holds its last sample."""
     p = len(template)
-    onset = np.sort(beats) - pre
+    onset = np.sort(np.atleast_2d(beats), axis=1) - pre                  # [S, K]
     t = start + np.arange(length)
-    k = np.searchsorted(onset, t, side="right") - 1
-    phase = np.where(k >= 0, t - onset[np.clip(k, 0, None)], p - 1)
-    return template[np.minimum(phase, p - 1).astype(np.int64)]
+    k = (onset[:, None, :] <= t[None, :, None]).sum(-1) - 1              # [S, length]: latest onset so far
+    phase = np.where(k >= 0, t - np.take_along_axis(onset, np.clip(k, 0, None), axis=1), p - 1)
+    out = template[np.minimum(phase, p - 1).astype(np.int64)]
+    return out if np.ndim(beats) == 2 else out[0]
 
 
 BASELINES: dict[str, type[ForecasterBase]] = {

@@ -35,7 +35,7 @@ class SDEModelConfig:
     draft_beats: bool = False     # the emission adds a beat draft's frames (baselines.draft_waves): the context's
                                   # mean beat at the window's own R peaks in training, at beat times drawn
                                   # per path in a forecast; the state then renders what the draft misses
-    draft_spread: float = 0.02    # least spread of a forecast's drawn beat period, a fraction of the period
+    draft_spread: float = 0.02    # a forecast draft's beat-to-beat jitter, SD as a fraction of the period
 
 
 @dataclass

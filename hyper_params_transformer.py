@@ -21,7 +21,7 @@ class GPTConfig:
     rope: bool = True            # rotary positions (relative offsets); false = learned absolute positions
     draft: bool = False          # read the seasonal-naive continuation's codes as a draft of each future step
     draft_beats: bool = False    # the draft lays the context's mean beat at beat times instead: the true ones
-                                 # in training, drawn per sample like the seasonal ensemble's when forecasting
+                                 # in training, drawn per sample when forecasting (baselines.draft_waves)
 
 
 @dataclass
@@ -29,8 +29,8 @@ class SampleConfig:
     temperature: float = 1.0     # 1.0 samples the learned distribution (calibrated spread)
     top_k: int = 0               # 0 = no truncation
     top_p: float = 1.0           # 1.0 = no nucleus truncation
-    draft_spread: float = 0.05   # with model.draft_beats: least SD of the drawn beat periods, as a fraction of the
-                                 # period (the context's RR SD when larger; the seasonal ensemble's is 0.05)
+    draft_spread: float = 0.05   # with model.draft_beats: the drafts' beat-to-beat jitter, SD as a fraction of the
+                                 # period (baselines.draw_beat_times)
 
 
 @dataclass

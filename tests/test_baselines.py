@@ -139,6 +139,25 @@ def test_beat_train_lays_the_template_at_each_beat():
     np.testing.assert_array_equal(out[2:12, 0], np.arange(10))        # one whole beat from its onset
     np.testing.assert_array_equal(out[12:22, 0], [9] * 10)            # the gap until the next onset (122)
     np.testing.assert_array_equal(out[22:32, 1], -np.arange(10))
+    rows = B.beat_train(template, 3, np.array([[105, 125], [110, 140]]), 100, 40)     # one train per row
+    assert rows.shape == (2, 40, 2)
+    np.testing.assert_array_equal(rows[0], out)
+    np.testing.assert_array_equal(rows[1], B.beat_train(template, 3, np.array([110, 140]), 100, 40))
+
+
+def test_drawn_beat_times_jitter_beat_by_beat_around_the_rhythm():
+    """Each path's intervals jitter around its own rhythm, so the spread of the k-th beat grows with k; the
+    context's RR SD moves a path's whole rhythm; a seed gives the same times."""
+    rng = np.random.default_rng(0)
+    t = B.draw_beat_times(50, 100, np.nan, 0.05, 4000, 500, FS, rng)
+    assert t.dtype == np.int64 and np.all(t[:, 0] == 50) and np.all(t[:, -1] > 500)
+    assert np.all(np.diff(t, axis=1) >= round(B.MIN_PERIOD_S * FS))
+    sd = t[:, 1:5].std(axis=0)
+    assert abs(t[:, 1].mean() - 150) < 1 and 4.5 < sd[0] < 5.5 and 9 < sd[3] < 11   # 5 % per beat, sqrt(k)
+    steady = B.draw_beat_times(50, 100, 20.0, 0.0, 4000, 500, FS, np.random.default_rng(0))
+    assert 18 < steady[:, 1].std() < 22 and 36 < steady[:, 2].std() < 44             # one drawn rhythm per path
+    again = B.draw_beat_times(50, 100, np.nan, 0.05, 4000, 500, FS, np.random.default_rng(0))
+    assert np.array_equal(t, again)
 
 
 def test_draw_periods_centre_on_the_period_with_its_spread():

@@ -228,7 +228,7 @@ def test_default_codebooks_train_and_forecast(tmp_path: Path, draft: str) -> Non
 
 
 def test_beat_draft_draws_beat_times_per_sample() -> None:
-    """A beating context gets a draft per sample, each at its own drawn period, the same for the same seed;
+    """A beating context gets a draft per sample, each at its own drawn beat times, the same for the same seed;
     one without two R peaks gets its seasonal-naive continuation in every sample; given beat times
     replace the drawn ones."""
     from conftest import synthetic_ecg
