@@ -103,11 +103,13 @@ class Forecaster(ForecasterBase):
         x = torch.from_numpy(x[:, x.shape[1] - keep * self.factor:]).to(self.device)
         unit = self.vq.unit(x)                        # the context's gain decodes the future too
         codes = self.vq.encode(x, unit)
-        draft = None
+        draft = drafted = None
         if self.draft_beats:
-            draft = beat_draft(self.vq, x, steps, self.fs, num_samples, seed, min_spread=self.sample.draft_spread)
+            draft, drafted = beat_draft(self.vq, x, steps, self.fs, num_samples, seed,
+                                        min_spread=self.sample.draft_spread, waves=True)
         elif self.gpt.draft is not None:
             draft = seasonal_draft(self.vq, x, steps, self.fs)
+        exact = drafted is not None and self.sample.draft_bias > 0
         per = 1 if draft is None else len(draft) // len(x)        # drafts per context: 1 or num_samples
         gen = torch.Generator(self.device).manual_seed(seed)
         out = np.empty((len(x), num_samples, horizon, 2), np.float32)
@@ -115,16 +117,26 @@ class Forecaster(ForecasterBase):
         margin = min(keep, self.DECODE_MARGIN)
         for lo in range(0, len(x), per_chunk):
             ctx = codes[lo:lo + per_chunk]
+            mine = None if draft is None else draft[lo * per:(lo + per_chunk) * per]
             future = self.gpt.generate(ctx, steps, self.sample.temperature, self.sample.top_k,
                                        self.sample.top_p, gen, use_cache=use_cache, num_samples=num_samples,
-                                       draft=None if draft is None else draft[lo * per:(lo + per_chunk) * per])
+                                       draft=mine, draft_bias=self.sample.draft_bias)
             # decode the future with the last second of context codes: a smooth seam at a third of the cost
-            full = torch.cat([ctx[:, keep - margin:].repeat_interleave(num_samples, 0), future], 1)
+            seam = ctx[:, keep - margin:].repeat_interleave(num_samples, 0)
             u = unit[lo:lo + per_chunk].repeat_interleave(num_samples, 0)
-            wave = torch.cat([self.vq.decode(full[i:i + 512], u[i:i + 512]) for i in range(0, len(full), 512)])
-            start = margin * self.factor
-            out[lo:lo + per_chunk] = wave[:, start:start + horizon].reshape(-1, num_samples, horizon, 2).cpu().numpy()
+            wave = self.decode_future(seam, future, u, horizon)
+            if exact:       # paths tilted to their drafts' codes: a path that takes them all is its draft
+                wave += drafted[lo * per:(lo + per_chunk) * per, :horizon] - \
+                    self.decode_future(seam, mine[:, keep:].reshape(future.shape), u, horizon)
+            out[lo:lo + per_chunk] = wave.reshape(-1, num_samples, horizon, 2).cpu().numpy()
         return out
+
+    def decode_future(self, seam: torch.Tensor, future: torch.Tensor, unit: torch.Tensor, horizon: int) -> torch.Tensor:
+        """The first `horizon` samples [N, horizon, 2] of future codes decoded after the seam's context codes."""
+        full = torch.cat([seam, future], 1)
+        wave = torch.cat([self.vq.decode(full[i:i + 512], unit[i:i + 512]) for i in range(0, len(full), 512)])
+        start = seam.shape[1] * self.factor
+        return wave[:, start:start + horizon]
 
 
 @torch.no_grad()
@@ -139,13 +151,18 @@ def seasonal_draft(vq, context: torch.Tensor, steps: int, fs: int) -> torch.Tens
 
 @torch.no_grad()
 def beat_draft(vq, context: torch.Tensor, steps: int, fs: int, num_samples: int = 1, seed: int = 0,
-               beats: list[np.ndarray] | None = None, min_spread: float = 0.05) -> torch.Tensor:
-    """Draft codes [B * num_samples, T + steps, Q] of `draft_waves`, each distinct draft coded once."""
+               beats: list[np.ndarray] | None = None, min_spread: float = 0.05,
+               waves: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Draft codes [B * num_samples, T + steps, Q] of `draft_waves`, each distinct draft coded once; with
+    `waves`, also the drafts themselves [B * num_samples, steps * factor, 2] (mV)."""
     from baselines import draft_waves
 
-    waves, index = draft_waves(context.cpu().numpy(), steps * vq.factor, fs, num_samples, seed, beats, min_spread)
-    codes = code_draft(vq, waves, context.shape[1] // vq.factor, context.device)
-    return codes[torch.from_numpy(index).to(codes.device)]
+    drafts, index = draft_waves(context.cpu().numpy(), steps * vq.factor, fs, num_samples, seed, beats, min_spread)
+    codes = code_draft(vq, drafts, context.shape[1] // vq.factor, context.device)
+    which = torch.from_numpy(index).to(codes.device)
+    if not waves:
+        return codes[which]
+    return codes[which], torch.from_numpy(drafts.astype(np.float32)).to(codes.device)[which]
 
 
 def code_draft(vq, waves: np.ndarray, context_steps: int, device: torch.device, batch: int = 512) -> torch.Tensor:

@@ -213,22 +213,28 @@ class CodeGPT(nn.Module):
         return torch.stack([self.level_logits(h, q, target[..., :q]) for q in range(self.levels)], -2)
 
     def sample_step(self, h: torch.Tensor, temperature: float, top_k: int, top_p: float,
-                    generator: torch.Generator | None) -> torch.Tensor:
-        """The next step's Q codes [N, Q] from hidden states [N, dim], coarse to fine."""
+                    generator: torch.Generator | None, prefer: torch.Tensor | None = None,
+                    bias: float = 0.0) -> torch.Tensor:
+        """The next step's Q codes [N, Q] from hidden states [N, dim], coarse to fine. `prefer` [N, Q]
+        (the step's draft codes, -1: none) gains `bias` in log-odds after the temperature."""
         codes = torch.empty(len(h), self.levels, dtype=torch.long, device=h.device)
         for q in range(self.levels):
-            codes[:, q] = sample_next(self.level_logits(h, q, codes[:, :q]), temperature, top_k, top_p, generator)
+            logits = self.level_logits(h, q, codes[:, :q])
+            if bias and prefer is not None:
+                logits = favour(logits, prefer[:, q], bias * temperature)
+            codes[:, q] = sample_next(logits, temperature, top_k, top_p, generator)
         return codes
 
     @torch.no_grad()
     def generate(self, context: torch.Tensor, steps: int, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, generator: torch.Generator | None = None, use_cache: bool = True,
-                 num_samples: int = 1, draft: torch.Tensor | None = None) -> torch.Tensor:
+                 num_samples: int = 1, draft: torch.Tensor | None = None, draft_bias: float = 0.0) -> torch.Tensor:
         """Sample `steps` code steps after each context [B, T(, Q)], `num_samples` times:
         [B * num_samples, steps(, Q)], a context's samples next to each other. The same generator state
         gives the same codes with or without the cache; with it the context is read once per context,
         not once per sample. `draft` [B, T + steps(, Q)]: step t's draft, as in `forward`, shared by a
-        context's samples; or [B * num_samples, ...], a draft per sample (same over the context)."""
+        context's samples; or [B * num_samples, ...], a draft per sample (same over the context).
+        `draft_bias` > 0 tilts each step towards its draft's codes (`sample_step`)."""
         if context.shape[1] + steps > self.block_size:
             raise ValueError(f"context {context.shape[1]} + {steps} steps exceeds block_size {self.block_size}")
         levels, T = as_levels(context, self.levels), context.shape[1]
@@ -238,12 +244,13 @@ class CodeGPT(nn.Module):
         own = nxt is not None and num_samples > 1 and len(nxt) == len(context) * num_samples   # a draft per sample
         rep = None if nxt is None else nxt if own else nxt.repeat_interleave(num_samples, 0)
         draw = functools.partial(self.sample_step, temperature=temperature, top_k=top_k, top_p=top_p,
-                                 generator=generator)
+                                 generator=generator, bias=draft_bias)
         if not use_cache:
             seq = levels.repeat_interleave(num_samples, 0)
             for _ in range(steps):
                 d = None if rep is None else rep[:, :seq.shape[1]]
-                seq = torch.cat([seq, draw(self.hidden(seq, last_only=True, draft=d)[:, -1])[:, None]], 1)
+                want = None if rep is None else rep[:, seq.shape[1] - 1]
+                seq = torch.cat([seq, draw(self.hidden(seq, last_only=True, draft=d)[:, -1], prefer=want)[:, None]], 1)
             out = seq[:, T:]
         else:
             caches = [{"size": T + steps} for _ in self.blocks]
@@ -259,11 +266,17 @@ class CodeGPT(nn.Module):
                                 last_only=True, draft=rep[:, shared:T])[:, -1]
             out = torch.empty(len(h), steps, self.levels, dtype=levels.dtype, device=levels.device)
             for i in range(steps):
-                out[:, i] = draw(h)
+                out[:, i] = draw(h, prefer=None if rep is None else rep[:, T + i - 1])
                 if i + 1 < steps:
                     d = None if rep is None else rep[:, T + i:T + i + 1]
                     h = self.hidden(out[:, i:i + 1], caches, offset=T + i, last_only=True, draft=d)[:, -1]
         return out if context.ndim == 3 else out[..., 0]
+
+
+def favour(logits: torch.Tensor, codes: torch.Tensor, bonus: float) -> torch.Tensor:
+    """logits [N, V] with `bonus` added at each row's code in codes [N] (-1: the row is left alone)."""
+    add = torch.where(codes >= 0, bonus, 0.0).to(logits.dtype)[:, None]
+    return logits.scatter_add(-1, codes.clamp(min=0)[:, None], add)
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,

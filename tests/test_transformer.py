@@ -14,7 +14,7 @@ import vqvae_train
 from forecast import Forecaster
 from hyper_params import ModelConfig
 from tiny import flags, tiny_setup
-from transformer import CodeGPT, sample_next
+from transformer import favour, CodeGPT, sample_next
 from vqvae import VQVAE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,6 +194,26 @@ def test_draft_is_read_and_cached_alike() -> None:
     assert torch.equal(one[0], one[1])
 
 
+def test_draft_bias_tilts_sampling_towards_the_draft() -> None:
+    """A bias in log-odds favours each step's draft codes, cached or not; an overwhelming one takes them
+    all; a row without a draft (-1) samples as before."""
+    torch.manual_seed(0)
+    gpt = CodeGPT(codebook_size=8, block_size=12, dim=16, layers=1, heads=2, levels=3, draft=True).eval()
+    ctx, draft = torch.randint(0, 8, (2, 5, 3)), torch.randint(0, 8, (6, 12, 3))
+    draft[:, :5] = -1
+
+    def gen(bias: float, cache: bool = True) -> torch.Tensor:
+        return gpt.generate(ctx, 7, generator=torch.Generator().manual_seed(2), use_cache=cache, num_samples=3,
+                            draft=draft, draft_bias=bias)
+    taken = [float((gen(b) == draft[:, 5:]).float().mean()) for b in (0.0, 2.0, 1e4)]
+    assert taken[0] < taken[1] < taken[2] == 1.0
+    assert torch.equal(gen(2.0), gen(2.0, cache=False))
+    logits = torch.randn(3, 8)
+    tilted = favour(logits, torch.tensor([4, -1, 0]), 1.5)
+    assert tilted[0, 4] == logits[0, 4] + 1.5 and torch.equal(tilted[1], logits[1]) and tilted[2, 0] == logits[2, 0] + 1.5
+    assert (tilted - logits).abs().sum() == 3.0
+
+
 @pytest.mark.parametrize("draft", ["none", "seasonal", "beats"])
 def test_default_codebooks_train_and_forecast(tmp_path: Path, draft: str) -> None:
     """With the default's three codebooks the Transformer reads and writes a step's codes at one position;
@@ -225,6 +245,18 @@ def test_default_codebooks_train_and_forecast(tmp_path: Path, draft: str) -> Non
     out = fc.predict(context, 40, 3, seed=0)
     assert out.shape == (2, 3, 40, 2) and np.isfinite(out).all()
     np.testing.assert_allclose(fc.predict(2 * context, 40, 3, seed=0), 2 * out, rtol=1e-4, atol=1e-6)
+    if draft == "beats":        # paths that take every draft code are their drafts: the template ensemble's
+        # (a context of 22 codes, all the model reads before a 10-code horizon, so both see the same beats)
+        from baselines import TemplateEnsemble
+        from conftest import synthetic_ecg
+
+        beating = np.stack([synthetic_ecg(88 / 64, 64, seed=s, hr_bpm=120)[0] for s in (1, 2)]).astype(np.float32)
+        fc.sample.draft_spread, fc.sample.draft_bias = 0.05, 1e4
+        drafts = TemplateEnsemble(64)
+        drafts.min_spread = 0.05
+        want = drafts.predict(beating, 40, 3, seed=0)
+        assert want.std(axis=1).max() > 0.01                     # drawn beat times that differ
+        np.testing.assert_allclose(fc.predict(beating, 40, 3, seed=0), want, atol=2e-5)
 
 
 def test_beat_draft_draws_beat_times_per_sample() -> None:
