@@ -199,7 +199,7 @@ def draw_beat_times(last: int, period: int, spread: float, jitter: float, num_sa
     Each path keeps a rhythm of its own, normal around the median RR `period` with the context's RR SD
     `spread` (NaN: none), and each of its intervals adds a fresh jitter of SD `jitter` of the period, so
     its timing error grows beat by beat as a heart's does. Against one drawn period per path (the
-    seasonal ensemble's, whose error grows by a whole period's each beat) this places the near beats
+    seasonal ensemble's, whose k-th beat errs k times as much as its first) this places the near beats
     better at the same CRPS (EXPERIMENTS.md, session 12)."""
     shortest = max(1, round(MIN_PERIOD_S * fs))
     k = (until - last) // shortest + 1

@@ -231,10 +231,11 @@ class CodeGPT(nn.Module):
                  num_samples: int = 1, draft: torch.Tensor | None = None, draft_bias: float = 0.0) -> torch.Tensor:
         """Sample `steps` code steps after each context [B, T(, Q)], `num_samples` times:
         [B * num_samples, steps(, Q)], a context's samples next to each other. The same generator state
-        gives the same codes with or without the cache; with it the context is read once per context,
-        not once per sample. `draft` [B, T + steps(, Q)]: step t's draft, as in `forward`, shared by a
-        context's samples; or [B * num_samples, ...], a draft per sample (same over the context).
-        `draft_bias` > 0 tilts each step towards its draft's codes (`sample_step`)."""
+        gives the same codes with or without the cache (up to float rounding of the logits); with it
+        the context is read once per context, not once per sample. `draft` [B, T + steps(, Q)]: step
+        t's draft, as in `forward`, shared by a context's samples; or [B * num_samples, ...], a draft
+        per sample (same over the context). `draft_bias` > 0 tilts each step towards its draft's codes
+        (`sample_step`)."""
         if context.shape[1] + steps > self.block_size:
             raise ValueError(f"context {context.shape[1]} + {steps} steps exceeds block_size {self.block_size}")
         levels, T = as_levels(context, self.levels), context.shape[1]
