@@ -104,12 +104,13 @@ class Forecaster(ForecasterBase):
         unit = self.vq.unit(x)                        # the context's gain decodes the future too
         codes = self.vq.encode(x, unit)
         draft = drafted = None
+        exact = self.draft_beats and self.sample.draft_bias > 0   # paths tilted to their drafts' codes
         if self.draft_beats:
-            draft, drafted = beat_draft(self.vq, x, steps, self.fs, num_samples, seed,
-                                        min_spread=self.sample.draft_spread, waves=True)
+            got = beat_draft(self.vq, x, steps, self.fs, num_samples, seed, min_spread=self.sample.draft_spread,
+                             waves=exact)
+            draft, drafted = got if exact else (got, None)
         elif self.gpt.draft is not None:
             draft = seasonal_draft(self.vq, x, steps, self.fs)
-        exact = drafted is not None and self.sample.draft_bias > 0
         per = 1 if draft is None else len(draft) // len(x)        # drafts per context: 1 or num_samples
         gen = torch.Generator(self.device).manual_seed(seed)
         out = np.empty((len(x), num_samples, horizon, 2), np.float32)
@@ -117,7 +118,8 @@ class Forecaster(ForecasterBase):
         margin = min(keep, self.DECODE_MARGIN)
         for lo in range(0, len(x), per_chunk):
             ctx = codes[lo:lo + per_chunk]
-            mine = None if draft is None else draft[lo * per:(lo + per_chunk) * per]
+            paths = slice(lo * per, (lo + per_chunk) * per)
+            mine = None if draft is None else draft[paths]
             future = self.gpt.generate(ctx, steps, self.sample.temperature, self.sample.top_k,
                                        self.sample.top_p, gen, use_cache=use_cache, num_samples=num_samples,
                                        draft=mine, draft_bias=self.sample.draft_bias)
@@ -125,9 +127,9 @@ class Forecaster(ForecasterBase):
             seam = ctx[:, keep - margin:].repeat_interleave(num_samples, 0)
             u = unit[lo:lo + per_chunk].repeat_interleave(num_samples, 0)
             wave = self.decode_future(seam, future, u, horizon)
-            if exact:       # paths tilted to their drafts' codes: a path that takes them all is its draft
-                wave += drafted[lo * per:(lo + per_chunk) * per, :horizon] - \
-                    self.decode_future(seam, mine[:, keep:].reshape(future.shape), u, horizon)
+            if exact:       # what decoding loses of each draft, so a path that takes all its codes is its draft
+                coded = self.decode_future(seam, mine[:, keep:].reshape(future.shape), u, horizon)
+                wave += drafted[paths, :horizon] - coded
             out[lo:lo + per_chunk] = wave.reshape(-1, num_samples, horizon, 2).cpu().numpy()
         return out
 
