@@ -8,12 +8,14 @@ RR variability (for CRPS and coverage), and the template with that same drawn ti
 from __future__ import annotations
 
 import numpy as np
+import scipy.stats
 
 from forecast import ForecasterBase, as_context
 from metrics import detect_r_peaks, per_row
 
 MIN_PERIOD_S, MAX_PERIOD_S = 0.25, 2.5   # 240 and 24 bpm: the plausible beat periods
 TEMPLATE_PRE = 1 / 3                     # fraction of the beat period before the R peak
+EVIDENCE_S, EVIDENCE_TEMPER = 0.3, 2.0   # the context's end that times its next beat (next_beat_evidence)
 
 
 class Zero(ForecasterBase):
@@ -193,19 +195,66 @@ def draw_periods(period: np.ndarray, spread: np.ndarray, min_spread: float, num_
 
 
 def draw_beat_times(last: int, period: int, spread: float, jitter: float, num_samples: int, until: int,
-                    fs: float, rng: np.random.Generator) -> np.ndarray:
+                    fs: float, rng: np.random.Generator,
+                    evidence: tuple[int, np.ndarray] | None = None) -> np.ndarray:
     """Beat times [S, K] from the context's last R peak `last` on, past sample `until`, one row per sample.
 
     Each path keeps a rhythm of its own, normal around the median RR `period` with the context's RR SD
     `spread` (NaN: none), and each of its intervals adds a fresh jitter of SD `jitter` of the period, so
     its timing error grows beat by beat as a heart's does. Against one drawn period per path (the
     seasonal ensemble's, whose k-th beat errs k times as much as its first) this places the near beats
-    better at the same CRPS (EXPERIMENTS.md, session 12)."""
+    better at the same CRPS (EXPERIMENTS.md, session 12). The first interval is drawn first, from its
+    posterior given `evidence` (`next_beat_evidence`) when there is some, and the path's rhythm given it."""
     shortest = max(1, round(MIN_PERIOD_S * fs))
     k = (until - last) // shortest + 1
-    level = period + np.nan_to_num(spread, nan=0.0) * rng.standard_normal((num_samples, 1))
-    rr = np.maximum(level + jitter * period * rng.standard_normal((num_samples, k)), shortest)
+    sd2, j2 = np.nan_to_num(spread, nan=0.0) ** 2, (jitter * period) ** 2
+    sd = np.sqrt(sd2 + j2)                        # of the first interval: rhythm and jitter together
+    if evidence is None or sd == 0:
+        first = period + sd * rng.standard_normal(num_samples)
+    else:
+        first = draw_first_interval(period, sd, *evidence, num_samples, rng)
+    share = sd2 / sd ** 2 if sd > 0 else 0.0      # of the first interval's deviation that is the rhythm's
+    level = period + share * (first - period) + np.sqrt(share * j2) * rng.standard_normal(num_samples)
+    rr = np.c_[first, level[:, None] + np.sqrt(j2) * rng.standard_normal((num_samples, k - 1))]
+    rr = np.maximum(rr, shortest)
     return np.rint(last + np.cumsum(np.c_[np.zeros(num_samples), rr], axis=1)).astype(np.int64)
+
+
+def draw_first_interval(mean: float, sd: float, shortest: int, loglik: np.ndarray, num_samples: int,
+                        rng: np.random.Generator) -> np.ndarray:
+    """First RR intervals [S] from the normal prior (mean, sd) weighed by `loglik` on the whole intervals
+    shortest, shortest + 1, ... (its last entry holds for every interval past them): exact, on a grid."""
+    g = len(loglik) - 1
+    edge = shortest + g - 0.5
+    logw = np.r_[loglik[:-1] + scipy.stats.norm.logpdf(shortest + np.arange(g), mean, sd),
+                 loglik[-1] + scipy.stats.norm.logsf(edge, mean, sd)]
+    w = np.exp(logw - logw.max())
+    pick = np.minimum(np.searchsorted(np.cumsum(w), rng.uniform(size=num_samples) * w.sum()), g)
+    later = scipy.stats.truncnorm.rvs((edge - mean) / sd, np.inf, mean, sd, size=num_samples, random_state=rng)
+    return np.where(pick < g, shortest + pick, later)
+
+
+def next_beat_evidence(x: np.ndarray, template: np.ndarray, pre: int, peaks: np.ndarray,
+                       fs: float) -> tuple[int, np.ndarray] | None:
+    """What the end of a context [C, 2] says about its next R peak: (shortest interval, log-likelihoods)
+    for `draw_first_interval`, or None when there is nothing to see.
+
+    A beat due soon has begun before the context ends (the template starts `pre` samples before its
+    R peak, with the P wave), and a beat already due would show its QRS. So each candidate interval,
+    from the shortest to the one whose beat begins at the context's end, lays the template there and is
+    scored on the last EVIDENCE_S seconds: Gaussian residuals, their mean removed (baseline drift),
+    with the variance of the template's fit to the whole context times EVIDENCE_TEMPER (neighbouring
+    samples are not independent). Settings chosen on the validation patients (EXPERIMENTS.md, session 13)."""
+    c, last = len(x), int(peaks[-1])
+    shortest = max(1, round(MIN_PERIOD_S * fs))
+    start = max(last + 1, c - round(EVIDENCE_S * fs))
+    if start >= c:
+        return None
+    nxt = np.r_[last + shortest + np.arange(max(0, c + pre - last - shortest)), c + pre]
+    noise = np.mean((x - beat_train(template, pre, peaks, 0, c)) ** 2)
+    res = x[start:] - beat_train(template, pre, np.c_[np.full(len(nxt), last), nxt], start, c - start)
+    res -= res.mean(axis=1, keepdims=True)
+    return shortest, -(res ** 2).sum(axis=(1, 2)) / (2 * EVIDENCE_TEMPER * noise + 1e-12)
 
 
 def draft_waves(x: np.ndarray, h: int, fs: int, num_samples: int = 1, seed: int = 0,
@@ -227,7 +276,8 @@ def draft_waves(x: np.ndarray, h: int, fs: int, num_samples: int = 1, seed: int 
         p = int(period[i])
         template, pre = mean_beat(x[i], r, p), int(round(TEMPLATE_PRE * p))
         if beats is None:
-            drawn = draw_beat_times(int(r[-1]), p, spread[i], min_spread, num_samples, c + h, fs, rng)
+            evidence = next_beat_evidence(x[i], template, pre, r, fs)
+            drawn = draw_beat_times(int(r[-1]), p, spread[i], min_spread, num_samples, c + h, fs, rng, evidence)
             times, which = np.unique(drawn, axis=0, return_inverse=True)
         else:
             which, times = 0, np.r_[r[-1], beats[i][beats[i] > r[-1] + MIN_PERIOD_S * fs]][None]

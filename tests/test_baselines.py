@@ -160,6 +160,50 @@ def test_drawn_beat_times_jitter_beat_by_beat_around_the_rhythm():
     assert np.array_equal(t, again)
 
 
+def test_first_interval_is_drawn_from_prior_times_likelihood():
+    """A flat likelihood leaves the normal prior (grid and tail together); a sharp one picks its interval."""
+    rng = np.random.default_rng(0)
+    flat = B.draw_first_interval(100.0, 8.0, 80, np.zeros(21), 20000, rng)    # grid 80..99, then the tail
+    assert abs(flat.mean() - 100) < 0.3 and 7.6 < flat.std() < 8.4 and flat.min() >= 80
+    assert np.all(flat[flat < 99.5] == np.rint(flat[flat < 99.5]))         # whole samples on the grid
+    sharp = np.full(21, -1e4)
+    sharp[5] = 0.0
+    assert np.all(B.draw_first_interval(100.0, 8.0, 80, sharp, 500, rng) == 85)
+    later = np.full(21, -1e4)
+    later[-1] = 0.0
+    assert B.draw_first_interval(100.0, 8.0, 80, later, 500, rng).min() >= 99.5
+
+
+def p_wave_ecg(end_before_r: int) -> tuple[np.ndarray, int]:
+    """A periodic context [1, C, 2] whose beats have a P wave, ending `end_before_r` samples before an
+    R peak, and the sample of that next R peak."""
+    t = np.arange(PERIOD) / FS
+    g = lambda mu, sd, a: a * np.exp(-0.5 * ((t - mu) / sd) ** 2)
+    lead = g(0.3, 0.012, 1.2) + g(0.19, 0.02, 0.25) + g(0.55, 0.05, 0.3)
+    beat = np.stack([lead, -0.5 * lead], axis=1)
+    r = int(np.argmax(lead))
+    x = np.tile(beat, (8, 1))
+    start = 5 * PERIOD + r - end_before_r - C                  # the context ends before beat 5's R peak
+    return x[None, start:start + C].astype(np.float32), C + end_before_r
+
+
+@pytest.mark.parametrize("end_before_r, most_sd", [(6, 1.0), (60, 6.0)])
+def test_next_beat_evidence_times_a_beat_already_begun(end_before_r, most_sd):
+    """A P wave already in the context pins the next R peak; with the beat not begun, the prior remains
+    (5 % of a 100-sample period)."""
+    x, next_r = p_wave_ecg(end_before_r)
+    peaks, period, spread = B.context_rhythm(x, FS)
+    r, p = peaks[0], int(period[0])
+    assert p == PERIOD and spread[0] == 0
+    template, pre = B.mean_beat(x[0], r, p), int(round(B.TEMPLATE_PRE * p))
+    evidence = B.next_beat_evidence(x[0], template, pre, r, FS)
+    rng = np.random.default_rng(0)
+    first = B.draw_beat_times(int(r[-1]), p, spread[0], 0.05, 2000, C + H, FS, rng, evidence)[:, 1]
+    assert abs(np.median(first) - next_r) <= 1 and first.std() < most_sd
+    blind = B.draw_beat_times(int(r[-1]), p, spread[0], 0.05, 2000, C + H, FS, rng)[:, 1]
+    assert 4.5 < blind.std() < 5.5
+
+
 def test_draw_periods_centre_on_the_period_with_its_spread():
     period, spread = np.array([100.0, 100.0]), np.array([np.nan, 20.0])
     p = B.draw_periods(period, spread, 0.05, 4000, 0, FS, C)
