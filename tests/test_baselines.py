@@ -204,6 +204,15 @@ def test_next_beat_evidence_times_a_beat_already_begun(end_before_r, most_sd):
     assert 4.5 < blind.std() < 5.5
 
 
+def test_next_beat_evidence_needs_a_context_after_the_last_beat():
+    """A last R peak on the context's final sample leaves nothing to read: the prior alone is drawn."""
+    x, _ = p_wave_ecg(6)
+    peaks = np.r_[B.context_rhythm(x, FS)[0][0][:-1], C - 1]
+    template = B.mean_beat(x[0], peaks, PERIOD)
+    assert B.next_beat_evidence(x[0], template, PERIOD // 3, peaks, FS) is None
+    assert B.next_beat_evidence(x[0], template, PERIOD // 3, peaks[:-1], FS) is not None
+
+
 def test_draw_periods_centre_on_the_period_with_its_spread():
     period, spread = np.array([100.0, 100.0]), np.array([np.nan, 20.0])
     p = B.draw_periods(period, spread, 0.05, 4000, 0, FS, C)
