@@ -18,6 +18,11 @@ TEMPLATE_PRE = 1 / 3                     # fraction of the beat period before th
 EVIDENCE_S, EVIDENCE_TEMPER = 0.3, 2.0   # the context's end that times its next beat (next_beat_evidence)
 
 
+def shortest_period(fs: float) -> int:
+    """The shortest plausible beat period in samples (MIN_PERIOD_S), at least one."""
+    return max(1, round(MIN_PERIOD_S * fs))
+
+
 class Zero(ForecasterBase):
     """Predicts 0 mV: the band-passed ECG's mean, so the MSE floor any real forecast must beat."""
 
@@ -58,7 +63,7 @@ def autocorr_period(x: np.ndarray, fs: float) -> np.ndarray:
     overlap); the first local maximum reaching 80 % of the best one wins, not a multiple of the period.
     """
     b, c, _ = x.shape
-    lo = max(1, round(MIN_PERIOD_S * fs))
+    lo = shortest_period(fs)
     if c < lo + 3:       # shorter than the shortest beat period: the whole context is the period
         return np.full(b, c, np.int64)
     z = x - x.mean(axis=1, keepdims=True)
@@ -96,7 +101,7 @@ def context_rhythm(x: np.ndarray, fs: float) -> tuple[list[np.ndarray], np.ndarr
             period[i] = int(round(np.median(rr)))
         if len(rr) >= 2:
             spread[i] = float(np.std(rr))
-    period = np.clip(period, max(1, round(MIN_PERIOD_S * fs)), x.shape[1])
+    period = np.clip(period, shortest_period(fs), x.shape[1])
     return peaks, period, spread
 
 
@@ -191,12 +196,12 @@ def draw_periods(period: np.ndarray, spread: np.ndarray, min_spread: float, num_
     sd = np.fmax(np.nan_to_num(spread, nan=0.0), min_spread * period)
     z = np.random.default_rng(seed).standard_normal((len(period), num_samples))
     p = np.rint(period[:, None] + sd[:, None] * z).astype(np.int64)
-    return np.clip(p, max(1, round(MIN_PERIOD_S * fs)), longest)
+    return np.clip(p, shortest_period(fs), longest)
 
 
 def draw_beat_times(last: int, period: int, spread: float, jitter: float, num_samples: int, until: int,
                     fs: float, rng: np.random.Generator,
-                    evidence: tuple[int, np.ndarray] | None = None) -> np.ndarray:
+                    evidence: np.ndarray | None = None) -> np.ndarray:
     """Beat times [S, K] from the context's last R peak `last` on, past sample `until`, one row per sample.
 
     Each path keeps a rhythm of its own, normal around the median RR `period` with the context's RR SD
@@ -205,14 +210,14 @@ def draw_beat_times(last: int, period: int, spread: float, jitter: float, num_sa
     seasonal ensemble's, whose k-th beat errs k times as much as its first) this places the near beats
     better at the same CRPS (EXPERIMENTS.md, session 12). The first interval is drawn first, from its
     posterior given `evidence` (`next_beat_evidence`) when there is some, and the path's rhythm given it."""
-    shortest = max(1, round(MIN_PERIOD_S * fs))
+    shortest = shortest_period(fs)
     k = (until - last) // shortest + 1
     sd2, j2 = np.nan_to_num(spread, nan=0.0) ** 2, (jitter * period) ** 2
     sd = np.sqrt(sd2 + j2)                        # of the first interval: rhythm and jitter together
     if evidence is None or sd == 0:
         first = period + sd * rng.standard_normal(num_samples)
     else:
-        first = draw_first_interval(period, sd, *evidence, num_samples, rng)
+        first = draw_first_interval(period, sd, shortest, evidence, num_samples, rng)
     share = sd2 / sd ** 2 if sd > 0 else 0.0      # of the first interval's deviation that is the rhythm's
     level = period + share * (first - period) + np.sqrt(share * j2) * rng.standard_normal(num_samples)
     rr = np.c_[first, level[:, None] + np.sqrt(j2) * rng.standard_normal((num_samples, k - 1))]
@@ -235,9 +240,9 @@ def draw_first_interval(mean: float, sd: float, shortest: int, loglik: np.ndarra
 
 
 def next_beat_evidence(x: np.ndarray, template: np.ndarray, pre: int, peaks: np.ndarray,
-                       fs: float) -> tuple[int, np.ndarray] | None:
-    """What the end of a context [C, 2] says about its next R peak: (shortest interval, log-likelihoods)
-    for `draw_first_interval`, or None when there is nothing to see.
+                       fs: float) -> np.ndarray | None:
+    """What the end of a context [C, 2] says about its next R peak: the log-likelihoods of the intervals
+    `draw_first_interval` weighs (from `shortest_period` on), or None when there is nothing to see.
 
     A beat due soon has begun before the context ends (the template starts `pre` samples before its
     R peak, with the P wave), and a beat already due would show its QRS. So each candidate interval,
@@ -246,7 +251,7 @@ def next_beat_evidence(x: np.ndarray, template: np.ndarray, pre: int, peaks: np.
     with the variance of the template's fit to the whole context times EVIDENCE_TEMPER (neighbouring
     samples are not independent). Settings chosen on the validation patients (EXPERIMENTS.md, session 13)."""
     c, last = len(x), int(peaks[-1])
-    shortest = max(1, round(MIN_PERIOD_S * fs))
+    shortest = shortest_period(fs)
     start = max(last + 1, c - round(EVIDENCE_S * fs))
     if start >= c:
         return None
@@ -254,7 +259,7 @@ def next_beat_evidence(x: np.ndarray, template: np.ndarray, pre: int, peaks: np.
     noise = np.mean((x - beat_train(template, pre, peaks, 0, c)) ** 2)
     res = x[start:] - beat_train(template, pre, np.c_[np.full(len(nxt), last), nxt], start, c - start)
     res -= res.mean(axis=1, keepdims=True)
-    return shortest, -(res ** 2).sum(axis=(1, 2)) / (2 * EVIDENCE_TEMPER * noise + 1e-12)
+    return -(res ** 2).sum(axis=(1, 2)) / (2 * EVIDENCE_TEMPER * noise + 1e-12)
 
 
 def draft_waves(x: np.ndarray, h: int, fs: int, num_samples: int = 1, seed: int = 0,
