@@ -94,6 +94,8 @@ class Forecaster(ForecasterBase):
     @torch.no_grad()
     def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
                 seed: int = 0, use_cache: bool = True) -> np.ndarray:
+        from baselines import add_noise
+
         x = as_context(context)
         steps = math.ceil(horizon / self.factor)
         keep = min(x.shape[1] // self.factor, self.gpt.block_size - steps)
@@ -131,7 +133,7 @@ class Forecaster(ForecasterBase):
                 coded = self.decode_future(seam, mine[:, keep:].reshape(future.shape), u, horizon)
                 wave += drafted[paths, :horizon] - coded
             out[lo:lo + per_chunk] = wave.reshape(-1, num_samples, horizon, 2).cpu().numpy()
-        return out
+        return add_noise(out, x.cpu().numpy(), self.fs, self.sample.draft_noise, seed)
 
     def decode_future(self, seam: torch.Tensor, future: torch.Tensor, unit: torch.Tensor, horizon: int) -> torch.Tensor:
         """The first `horizon` samples [N, horizon, 2] of future codes decoded after the seam's context codes."""

@@ -36,6 +36,8 @@ class SDEModelConfig:
                                   # mean beat at the window's own R peaks in training, at beat times drawn
                                   # per path in a forecast; the state then renders what the draft misses
     draft_spread: float = 0.02    # a forecast draft's beat-to-beat jitter, SD as a fraction of the period
+    draft_noise: float = 0.0      # white noise on each forecast path, SD this fraction of the context's residual
+                                  # from its mean beat (baselines.add_noise; 0: none)
 
 
 @dataclass
@@ -89,6 +91,7 @@ class SDEConfig:
         _check(not (m.draft_beats and m.phase_template), "model.draft_beats", m.draft_beats,
                "and model.phase_template are two ways to render the patient's beat: choose one")
         _check(0 <= m.draft_spread < 1, "model.draft_spread", m.draft_spread, "must be in [0, 1)")
+        _check(m.draft_noise >= 0, "model.draft_noise", m.draft_noise, "must be >= 0")
         _check(m.min_rate_hz > 0, "model.min_rate_hz", m.min_rate_hz, "must be > 0")
         _check(m.min_obs_std > 0, "model.min_obs_std", m.min_obs_std, "must be > 0")
         _check(s.method in METHODS, "solver.method", s.method, f"must be one of {', '.join(METHODS)}")

@@ -33,6 +33,8 @@ class SampleConfig:
                                  # period (baselines.draw_beat_times)
     draft_bias: float = 0.0      # with model.draft_beats: log-odds bonus of each step's draft codes when sampling;
                                  # > 0 also adds back what decoding loses of each path's draft (0: plain sampling)
+    draft_noise: float = 0.0     # white noise on each path, SD this fraction of the context's residual from its
+                                 # mean beat (baselines.add_noise; 0: none)
 
 
 @dataclass
@@ -57,6 +59,7 @@ class TransformerConfig:
         _check(0 < s.top_p <= 1, "sample.top_p", s.top_p, "must be in (0, 1]")
         _check(0 <= s.draft_spread < 1, "sample.draft_spread", s.draft_spread, "must be in [0, 1)")
         _check(s.draft_bias >= 0, "sample.draft_bias", s.draft_bias, "must be >= 0")
+        _check(s.draft_noise >= 0, "sample.draft_noise", s.draft_noise, "must be >= 0")
         self.augment.validate()
         _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
         _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")

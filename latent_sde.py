@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchsde
 
-from baselines import draft_waves
+from baselines import add_noise, draft_waves
 from forecast import ForecasterBase, as_context
 from hyper_params import Config, stored_config
 from hyper_params_sde import SDEConfig, sde_config_from_dict
@@ -442,7 +442,7 @@ class LatentSDEForecaster(ForecasterBase):
             if lost is not None:
                 wave = wave + lost[paths]
             out[lo:lo + per_chunk] = wave[:, :horizon].reshape(-1, num_samples, horizon, 2).cpu().numpy()
-        return out
+        return add_noise(out, x.cpu().numpy(), self.fs, self.scfg.model.draft_noise, seed)
 
     def draft_frames(self, x: torch.Tensor, steps: int, num_samples: int, seed: int
                      ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -221,3 +221,20 @@ def test_draw_periods_centre_on_the_period_with_its_spread():
     assert 4 < p[0].std() < 6 and 18 < p[1].std() < 22                # at least 5 % of the period; else the RR SD
     assert np.array_equal(p, B.draw_periods(period, spread, 0.05, 4000, 0, FS, C))
     assert p.min() >= round(B.MIN_PERIOD_S * FS) and p.max() <= C
+
+
+def test_noise_follows_the_contexts_departure_from_its_mean_beat():
+    """A clean periodic context gets no noise; a noisy one about `scale` times its residual's SD, per lead
+    and seeded; a context without two R peaks none (its seasonal-naive draft carries its own)."""
+    assert B.residual_sd(periodic_ecg(3)[:, :C], FS).max() < 1e-5
+    noisy = periodic_ecg(3, noise=0.05, seed=1)[:, :C]
+    sd = B.residual_sd(noisy, FS)
+    assert np.all((sd > 0.04) & (sd < 0.07)), sd            # and a little misfit where a peak is a sample off
+    paths = np.zeros((3, 200, H, 2), np.float32)
+    out = B.add_noise(paths, noisy, FS, 0.4, seed=0)
+    np.testing.assert_allclose(out.std(axis=(1, 2)), 0.4 * sd, rtol=0.05)
+    assert np.array_equal(out, B.add_noise(paths, noisy, FS, 0.4, seed=0))
+    assert not np.allclose(out, B.add_noise(paths, noisy, FS, 0.4, seed=1))
+    assert B.add_noise(paths, noisy, FS, 0.0, seed=0) is paths
+    flat = np.zeros((1, C, 2), np.float32)
+    assert np.array_equal(B.add_noise(paths[:1], flat, FS, 0.4, seed=0), paths[:1])

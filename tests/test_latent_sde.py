@@ -161,7 +161,7 @@ def test_config_validation_names_the_key() -> None:
     shipped, defaults = load_sde_config(DEFAULT_CONFIG), SDEConfig()
     for section in ("solver", "loss"):   # the shipped file spells out the defaults ...
         assert getattr(shipped, section) == getattr(defaults, section)
-    recipe = dict(phase_harmonics=0, corrected_dims=0, draft_beats=True, draft_spread=0.05)
+    recipe = dict(phase_harmonics=0, corrected_dims=0, draft_beats=True, draft_spread=0.06, draft_noise=0.4)
     assert shipped.model == dataclasses.replace(defaults.model, **recipe)   # ... but for beat drafts, not a phase
     assert sde_config_from_dict({}) == defaults
     for raw, key in (({"solver": {"method": "rk4"}}, "solver.method"), ({"solver": {"dt": 0}}, "solver.dt"),
@@ -169,6 +169,7 @@ def test_config_validation_names_the_key() -> None:
                      ({"loss": {"kl_start": 2.0}}, "loss.kl_start"), ({"model": {"state_size": 2}}, "model.state_size"),
                      ({"model": {"stat_size": 8}}, "model.stat_size"), ({"loss": {"kl_weight": "1"}}, "loss.kl_weight"),
                      ({"model": {"draft_spread": 1.5}}, "model.draft_spread"),
+                     ({"model": {"draft_noise": -0.1}}, "model.draft_noise"),
                      ({"model": {"draft_beats": True, "phase_template": True}}, "model.draft_beats"),
                      ({"sde": {}}, "sde")):
         with pytest.raises(UserError, match=key.replace(".", r"\.")):
@@ -286,8 +287,9 @@ def test_drafted_sde_trains_then_forecasts_from_its_own_drafts(trained: dict) ->
     with torch.no_grad():           # an emission that renders nothing leaves every path at its draft ...
         fc.sde.emission[-1].weight.zero_()
         fc.sde.emission[-1].bias.zero_()
+    fc.scfg.model.draft_noise = 0.4                     # ... with the same noise on it
     drafts = TemplateEnsemble(fc.fs)
-    drafts.min_spread = fc.scfg.model.draft_spread
+    drafts.min_spread, drafts.noise = fc.scfg.model.draft_spread, 0.4
     whole = context[-min(len(context) // fc.factor, fc.context_frames) * fc.factor:]   # what the SDE reads
     for vq in (fc.vq, VQVAE(dataclasses.replace(fc.cfg.model, window_gain=True)).eval()):
         fc.vq = vq                  # ... the draft itself, not the VQ-VAE's round trip of it, at any gain

@@ -246,15 +246,16 @@ def test_default_codebooks_train_and_forecast(tmp_path: Path, draft: str) -> Non
     out = fc.predict(context, 40, 3, seed=0)
     assert out.shape == (2, 3, 40, 2) and np.isfinite(out).all()
     np.testing.assert_allclose(fc.predict(2 * context, 40, 3, seed=0), 2 * out, rtol=1e-4, atol=1e-6)
-    if draft == "beats":        # paths that take every draft code are their drafts: the template ensemble's
-        # (a context of 22 codes, all the model reads before a 10-code horizon, so both see the same beats)
+    if draft == "beats":        # paths that take every draft code are their drafts: the template ensemble's,
+        # noise and all (a context of 22 codes, all the model reads before a 10-code horizon, so both see the
+        # same beats)
         from baselines import TemplateEnsemble
         from conftest import synthetic_ecg
 
         beating = np.stack([synthetic_ecg(88 / 64, 64, seed=s, hr_bpm=120)[0] for s in (1, 2)]).astype(np.float32)
-        fc.sample.draft_spread, fc.sample.draft_bias = 0.05, 1e4
+        fc.sample.draft_spread, fc.sample.draft_bias, fc.sample.draft_noise = 0.05, 1e4, 0.4
         drafts = TemplateEnsemble(64)
-        drafts.min_spread = 0.05
+        drafts.min_spread, drafts.noise = 0.05, 0.4
         want = drafts.predict(beating, 40, 3, seed=0)
         assert want.std(axis=1).max() > 0.01                     # drawn beat times that differ
         np.testing.assert_allclose(fc.predict(beating, 40, 3, seed=0), want, atol=2e-5)
