@@ -147,7 +147,7 @@ def learned_rule(train, context: int, fs: int, seed: int = 0, history: int = 6, 
 def next_beat_error(w, context: int, fs: int) -> dict[str, dict[str, float]]:
     """How far the horizon's first reference beat is missed (ms, pooled windows): by the median-RR rule
     (1.) on the context's reference beats, and by the median first beat of 100 beat drafts (the
-    context's detected beats, jitter 5%), without and with what the context's end already shows of
+    context's detected beats, the template ensemble's jitter), without and with what the context's end already shows of
     the next beat (`baselines.next_beat_evidence`)."""
     import baselines as B
 
@@ -163,7 +163,8 @@ def next_beat_error(w, context: int, fs: int) -> dict[str, dict[str, float]]:
             pre = int(round(B.TEMPLATE_PRE * p))
             evidence = B.next_beat_evidence(x, B.mean_beat(x, peaks[i], p), pre, peaks[i], fs)
             for name, ev in (("drafts", None), ("drafts_with_evidence", evidence)):
-                t = B.draw_beat_times(last, p, spread[i], 0.05, 100, context, fs, np.random.default_rng(i), ev)
+                t = B.draw_beat_times(last, p, spread[i], B.TemplateEnsemble.min_spread, 100, context, fs,
+                                      np.random.default_rng(i), ev)
                 guesses[name] = [np.median([row[row >= context][0] for row in t])]
         for name, g in guesses.items():
             g = np.asarray(g)[np.asarray(g) >= context]       # as oracle_f1 scores them
