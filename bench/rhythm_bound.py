@@ -147,8 +147,8 @@ def learned_rule(train, context: int, fs: int, seed: int = 0, history: int = 6, 
 def next_beat_error(w, context: int, fs: int) -> dict[str, dict[str, float]]:
     """How far the horizon's first reference beat is missed (ms, pooled windows): by the median-RR rule
     (1.) on the context's reference beats, and by the median first beat of 100 beat drafts (the
-    context's detected beats, the template ensemble's jitter), without and with what the context's end already shows of
-    the next beat (`baselines.next_beat_evidence`)."""
+    context's detected beats, the template ensemble's jitter), without and with what the context's
+    end already shows of the next beat (`baselines.next_beat_evidence`)."""
     import baselines as B
 
     peaks, period, spread = B.context_rhythm(np.asarray(w.signals[:, :context], np.float32), fs)
