@@ -25,6 +25,11 @@ def shortest_period(fs: float) -> int:
     return max(1, round(MIN_PERIOD_S * fs))
 
 
+def template_pre(period: int) -> int:
+    """Samples of a beat template before its R peak (TEMPLATE_PRE of the period): where its P wave begins."""
+    return int(round(TEMPLATE_PRE * period))
+
+
 class Zero(ForecasterBase):
     """Predicts 0 mV: the band-passed ECG's mean, so the MSE floor any real forecast must beat."""
 
@@ -143,7 +148,7 @@ class MeanBeatTemplate(Zero):
             if len(r) < 2:
                 continue
             p = int(period[i])
-            pre = int(round(TEMPLATE_PRE * p))
+            pre = template_pre(p)
             phase = (c + np.arange(horizon) - (r[-1] - pre)) % p
             out[i, 0] = mean_beat(x[i], r, p)[phase]
         return out
@@ -152,7 +157,7 @@ class MeanBeatTemplate(Zero):
 def mean_beat(x: np.ndarray, peaks: np.ndarray, period: int) -> np.ndarray:
     """The average beat [period, 2] of one context [C, 2]: one period around each R peak, starting
     TEMPLATE_PRE of a period before it; samples outside the context are left out of the average."""
-    pre = int(round(TEMPLATE_PRE * period))
+    pre = template_pre(period)
     idx = peaks[:, None] - pre + np.arange(period)
     ok = (idx >= 0) & (idx < len(x))
     beats = np.where(ok[:, :, None], x[np.clip(idx, 0, len(x) - 1)], 0.0)
@@ -284,7 +289,7 @@ def draft_waves(x: np.ndarray, h: int, fs: int, num_samples: int = 1, seed: int 
             waves.append(repeat_last(x[i:i + 1], period[i:i + 1], h)[0, 0])
             continue
         p = int(period[i])
-        template, pre = mean_beat(x[i], r, p), int(round(TEMPLATE_PRE * p))
+        template, pre = mean_beat(x[i], r, p), template_pre(p)
         if beats is None:
             evidence = next_beat_evidence(x[i], template, pre, r, fs)
             drawn = draw_beat_times(int(r[-1]), p, spread[i], min_spread, num_samples, c + h, fs, rng, evidence)
@@ -305,7 +310,7 @@ def residual_sd(x: np.ndarray, fs: float) -> np.ndarray:
     for i, r in enumerate(peaks):
         if len(r) >= 2:
             p = int(period[i])
-            pre = int(round(TEMPLATE_PRE * p))
+            pre = template_pre(p)
             fit = beat_train(mean_beat(x[i], r, p), pre, r, 0, x.shape[1])
             out[i] = (x[i] - fit)[max(0, int(r[0]) - pre):].std(axis=0)
     return out

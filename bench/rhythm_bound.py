@@ -160,7 +160,7 @@ def next_beat_error(w, context: int, fs: int) -> dict[str, dict[str, float]]:
         guesses = {"median_rule": next_beats(ctx, RULES["median"], w.signals.shape[1])}
         if len(peaks[i]) >= 2:
             x, last, p = w.signals[i, :context], int(peaks[i][-1]), int(period[i])
-            pre = int(round(B.TEMPLATE_PRE * p))
+            pre = B.template_pre(p)
             evidence = B.next_beat_evidence(x, B.mean_beat(x, peaks[i], p), pre, peaks[i], fs)
             for name, ev in (("drafts", None), ("drafts_with_evidence", evidence)):
                 t = B.draw_beat_times(last, p, spread[i], B.TemplateEnsemble.min_spread, 100, context, fs,
@@ -205,7 +205,7 @@ def placed_beat_mse(w, context: int, fs: int) -> dict[str, dict[str, float]]:
         if not w.annotated[r]:
             continue
         p = int(period[i])
-        pre = int(round(B.TEMPLATE_PRE * p))
+        pre = B.template_pre(p)
         beats = np.concatenate(annotated_beats(w, i, context)) - context
         beats, future = beats[beats > pre - p], beats[beats >= 0]
         first = future[:1] + p * np.arange(horizon // p + 1) if len(future) else future

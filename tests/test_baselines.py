@@ -195,7 +195,7 @@ def test_next_beat_evidence_times_a_beat_already_begun(end_before_r, most_sd):
     peaks, period, spread = B.context_rhythm(x, FS)
     r, p = peaks[0], int(period[0])
     assert p == PERIOD and spread[0] == 0
-    template, pre = B.mean_beat(x[0], r, p), int(round(B.TEMPLATE_PRE * p))
+    template, pre = B.mean_beat(x[0], r, p), B.template_pre(p)
     evidence = B.next_beat_evidence(x[0], template, pre, r, FS)
     rng = np.random.default_rng(0)
     first = B.draw_beat_times(int(r[-1]), p, spread[0], 0.05, 2000, C + H, FS, rng, evidence)[:, 1]
