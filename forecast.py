@@ -24,6 +24,8 @@ class ForecasterBase:
 
     def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
                 seed: int = 0) -> np.ndarray:
+        """Samples [B, S, H, 2] in mV. They must be exchangeable draws (no order among them): the harness
+        scores the rhythm of the first few paths of each window only."""
         raise NotImplementedError
 
 

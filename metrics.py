@@ -388,3 +388,17 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
         lo, hi = np.nanpercentile(boots, [50 * (1 - level), 50 * (1 + level)], axis=0)
     return mean, lo, hi
 
+
+def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> dict:
+    """Mean over records of a - b with its bootstrap interval, and on how many records a is below / above b.
+
+    Paired by record: the same patients' spread cancels, so a difference far smaller than either
+    forecaster's own interval can still be told from zero. Records where either is undefined are left out.
+    """
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    d = d[np.isfinite(d)]
+    mean, lo, hi = bootstrap_ci(d, n_boot, seed, level)
+    return {"mean": float(mean), "ci": [float(lo), float(hi)], "below": int(np.sum(d < 0)),
+            "above": int(np.sum(d > 0)), "records": len(d)}
+

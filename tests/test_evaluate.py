@@ -49,6 +49,7 @@ def test_wfdb_dir_at_250_hz_skips_bad_records_and_scores_the_rest(db250, tmp_pat
     assert sorted(skipped) == ["a04", "a05"] and all(skipped.values())
     report = (run / "report.md").read_text()
     assert "Skipped 2 record(s)" in report and "- a04: " in report and "- a05: " in report
+    assert result["paired"] == [] and "Paired against" not in report        # baselines only: nothing to pair
     per = result["per_record"]
     assert per["zero"]["mse"]["a02"] is not None and per["zero"]["f1_100"]["a02"] is None   # no annotations
     assert per["template"]["f1_100"]["a01"] > 0.3
@@ -63,6 +64,36 @@ def test_wfdb_dir_at_250_hz_skips_bad_records_and_scores_the_rest(db250, tmp_pat
     assert len(rows) == 3 * len(result["horizons"]) * len(M.METRICS)
     for png in ("error_curves.png", "gallery_zero.png", "gallery_template.png", "gallery_seasonal_ensemble.png"):
         assert (run / png).stat().st_size > 10_000
+
+
+def test_a_model_is_paired_against_the_best_baseline_on_each_score(db250):
+    cfg = load_config()
+    fs, c = cfg.data.samples_per_second, cfg.data.window_samples
+    w = evaluate.load_wfdb(db250, cfg, progress=False)
+    baselines = frozenset(["zero", "seasonal", "template_ensemble"])
+    fc = {n: evaluate.make_forecaster(n, fs) for n in baselines}
+    fc["model"] = evaluate.make_forecaster("seasonal_ensemble", fs)    # any forecaster not among the baselines
+    scores, truth = evaluate.evaluate(fc, w, c, fs, 16, 0, progress=False)
+    s = evaluate.summarize(scores, truth, w, fs, w.signals.shape[1] - c, baselines=baselines)
+    rows = {(r["metric"], r["horizon"]): r for r in s["paired"]}
+    assert sorted(rows) == [("crps", "all"), ("f1_100", "all"), ("mse", "0-1 s"), ("mse", "all")]
+    assert {r["forecaster"] for r in s["paired"]} == {"model"}
+    for (metric, horizon), r in rows.items():
+        j = s["horizons"].index(horizon)
+        value = {b: s["forecasters"][b]["metrics"][metric][j]["value"] for b in baselines}
+        assert r["baseline"] == (max if metric == "f1_100" else min)(value, key=value.get)
+        assert r["baseline_value"] == value[r["baseline"]]
+    per = s["per_record"]
+    for metric in ("crps", "f1_100"):
+        r = rows[(metric, "all")]
+        d = [per["model"][metric][k] - per[r["baseline"]][metric][k] for k in per["model"][metric]
+             if per["model"][metric][k] is not None]
+        assert r["records"] == len(d) == (3 if metric == "crps" else 2)     # a02 has no annotations: no F1
+        assert r["difference"]["value"] == pytest.approx(np.mean(d), abs=1e-5)
+        assert r["difference"]["ci"][0] <= r["difference"]["value"] <= r["difference"]["ci"][1]
+        assert r["better_on"] == sum((x < 0) if metric == "crps" else (x > 0) for x in d)
+    report = evaluate.markdown_report(s, {}, w)
+    assert "## Paired against the best baseline" in report and "| model | CRPS (mV) | all | " in report
 
 
 def test_real_mitbih_records_through_wfdb_dir(mitdb, tmp_path):

@@ -169,6 +169,20 @@ def test_waveform_sums_per_second_and_overall():
     assert m["crps"][-1] < m["mae"][-1]
 
 
+def test_paired_difference_sees_a_small_gap_that_the_spread_between_records_hides():
+    rng = np.random.default_rng(0)
+    b = rng.uniform(0.05, 0.25, 20)                              # records differ far more than the models do
+    a = b - 0.004 + rng.normal(0, 0.001, 20)
+    a[3] = np.nan                                                # undefined on one record: left out
+    d = M.paired_difference(a, b, n_boot=2000, seed=0)
+    assert d["records"] == 19 and d["below"] + d["above"] == 19 and d["below"] >= 17
+    assert d["ci"][0] < d["mean"] < d["ci"][1] < 0 and d["mean"] == pytest.approx(-0.004, abs=0.001)
+    _, lo, hi = M.bootstrap_ci(np.c_[np.delete(a, 3), np.delete(b, 3)], n_boot=2000, seed=0)
+    assert lo[0] < hi[1] and lo[1] < hi[0]                       # each one's own intervals overlap
+    same = M.paired_difference(b, b)
+    assert same["mean"] == 0 and same["ci"] == [0, 0] and same["below"] == same["above"] == 0
+
+
 def test_bootstrap_ci():
     v = np.array([1.0, 2.0, 3.0, np.nan])
     mean, lo, hi = M.bootstrap_ci(v, n_boot=500, seed=0)
