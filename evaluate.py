@@ -342,18 +342,21 @@ def paired_with_best_baseline(per_record: dict[str, dict[str, np.ndarray]], tabl
     wanted = [("mse", len(labels) - 1), ("crps", len(labels) - 1), ("f1_100", len(labels) - 1)]
     if len(labels) > 2:
         wanted.insert(1, ("mse", 0))
+    best = {}
+    for metric, j in wanted:
+        known = [b for b in tables if b in baselines and tables[b]["metrics"][metric][j]["value"] is not None]
+        if known:
+            pick = min if PAIRED[metric] == "lower" else max
+            best[metric, j] = pick(known, key=lambda b: tables[b]["metrics"][metric][j]["value"])
     rows = []
     for name in [n for n in per_record if n not in baselines]:
-        for metric, j in wanted:
-            pick = min if PAIRED[metric] == "lower" else max
-            known = [b for b in tables if b in baselines and tables[b]["metrics"][metric][j]["value"] is not None]
-            if not known or metric not in per_record[name]:
+        for (metric, j), ref in best.items():
+            if metric not in per_record[name]:
                 continue
-            best = pick(known, key=lambda b: tables[b]["metrics"][metric][j]["value"])
-            d = M.paired_difference(per_record[name][metric][:, j], per_record[best][metric][:, j], n_boot, seed)
-            base = tables[best]["metrics"][metric][j]["value"]
+            d = M.paired_difference(per_record[name][metric][:, j], per_record[ref][metric][:, j], n_boot, seed)
+            base = tables[ref]["metrics"][metric][j]["value"]
             better = d["below"] if PAIRED[metric] == "lower" else d["above"]
-            rows.append({"forecaster": name, "metric": metric, "horizon": labels[j], "baseline": best,
+            rows.append({"forecaster": name, "metric": metric, "horizon": labels[j], "baseline": ref,
                          "baseline_value": base, "value": tables[name]["metrics"][metric][j]["value"],
                          "difference": {"value": _num(d["mean"]), "ci": [_num(v) for v in d["ci"]]},
                          "change_pct": _num(100 * d["mean"] / base) if base else None,
@@ -368,13 +371,13 @@ def _num(v) -> float | None:
 
 # ----------------------------------------------------------------------------- outputs
 
-def fmt(v: float | None) -> str:
-    """Three significant digits, no exponent for ordinary magnitudes; '—' for undefined."""
+def fmt(v: float | None, digits: int = 3) -> str:
+    """`digits` significant digits, no exponent for ordinary magnitudes; '—' for undefined."""
     if v is None or not np.isfinite(v):
         return "—"
     if abs(v) >= 1000:
         return f"{v:.0f}"
-    return f"{v:.3g}" if abs(v) >= 0.001 or v == 0 else f"{v:.2e}"
+    return f"{v:.{digits}g}" if abs(v) >= 0.001 or v == 0 else f"{v:.{digits - 1}e}"
 
 
 def cell(entry: dict) -> str:
@@ -465,14 +468,9 @@ def paired_section(rows: list[dict]) -> list[str]:
     for r in rows:
         pct = "—" if r["change_pct"] is None else f"{r['change_pct']:+.1f} %"
         out.append(f"| {r['forecaster']} | {header_of(r['metric'])} | {r['horizon']} | {r['baseline']} | "
-                   f"{fmt4(r['baseline_value'])} | {fmt4(r['value'])} | {signed(r['difference'])} | {pct} | "
+                   f"{fmt(r['baseline_value'], 4)} | {fmt(r['value'], 4)} | {signed(r['difference'])} | {pct} | "
                    f"{r['better_on']} of {r['records']} |")
     return out
-
-
-def fmt4(v: float | None) -> str:
-    """Four significant digits: the values a paired row compares often agree to three."""
-    return "—" if v is None else f"{v:.4g}"
 
 
 def signed(entry: dict) -> str:
