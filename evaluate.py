@@ -298,7 +298,8 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
 def summarize(scores: dict[str, Scores], truth_sums: dict, w: Windows, fs: int, horizon: int,
               n_boot: int = N_BOOT, seed: int = 0, baselines: frozenset[str] = frozenset()) -> dict:
     """Per-record metrics, their means over records with bootstrap CIs, the detector check, and every
-    other forecaster paired against the best of `baselines` (`paired_with_best_baseline`)."""
+    other forecaster paired against the best of `baselines` (`paired_with_best_baseline`) and against each
+    other (`paired_between_models`)."""
     edges = M.segment_edges(horizon, fs)
     labels = [f"{a / fs:g}-{b / fs:g} s" for a, b in zip(edges[:-1], edges[1:])] + ["all"]
     used = np.unique(w.record)                      # records that have windows
@@ -329,21 +330,35 @@ def summarize(scores: dict[str, Scores], truth_sums: dict, w: Windows, fs: int, 
     det["annotated_records"] = int(np.sum(w.annotated[used]))
     out["detector"] = det
     out["paired"] = paired_with_best_baseline(per_record, out["forecasters"], baselines, labels, n_boot, seed)
+    out["paired_models"] = paired_between_models(per_record, out["forecasters"], baselines, labels, n_boot, seed)
     return out
+
+
+def paired_scores(horizons: int) -> list[tuple[str, int]]:
+    """(metric, horizon index) of each PAIRED score: the whole horizon, and MSE in the first second too."""
+    wanted = [(metric, horizons - 1) for metric in PAIRED]
+    if horizons > 2:
+        wanted.insert(1, ("mse", 0))
+    return wanted
+
+
+def paired_entry(a: np.ndarray, b: np.ndarray, metric: str, b_value: float | None, n_boot: int, seed: int) -> dict:
+    """Per-record scores a minus b (`metrics.paired_difference`), the change relative to b's mean, and on
+    how many records a is better."""
+    d = M.paired_difference(a, b, n_boot, seed)
+    return {"difference": {"value": _num(d["mean"]), "ci": [_num(v) for v in d["ci"]]},
+            "change_pct": _num(100 * d["mean"] / b_value) if b_value else None,
+            "better_on": d["below"] if PAIRED[metric] == "lower" else d["above"], "records": d["records"]}
 
 
 def paired_with_best_baseline(per_record: dict[str, dict[str, np.ndarray]], tables: dict, baselines: frozenset[str],
                               labels: list[str], n_boot: int, seed: int) -> list[dict]:
-    """Each forecaster that is not a baseline minus the best baseline on each PAIRED score (whole horizon,
-    and MSE in the first second too), record by record.
+    """Each forecaster that is not a baseline minus the best baseline on each PAIRED score, record by record.
 
     A model's edge over its best baseline is often far smaller than the spread between patients, so
     only the paired difference can tell it from zero; this is how the issues' targets are judged."""
-    wanted = [("mse", len(labels) - 1), ("crps", len(labels) - 1), ("f1_100", len(labels) - 1)]
-    if len(labels) > 2:
-        wanted.insert(1, ("mse", 0))
     best = {}
-    for metric, j in wanted:
+    for metric, j in paired_scores(len(labels)):
         known = [b for b in tables if b in baselines and tables[b]["metrics"][metric][j]["value"] is not None]
         if known:
             pick = min if PAIRED[metric] == "lower" else max
@@ -353,14 +368,31 @@ def paired_with_best_baseline(per_record: dict[str, dict[str, np.ndarray]], tabl
         for (metric, j), ref in best.items():
             if metric not in per_record[name]:
                 continue
-            d = M.paired_difference(per_record[name][metric][:, j], per_record[ref][metric][:, j], n_boot, seed)
             base = tables[ref]["metrics"][metric][j]["value"]
-            better = d["below"] if PAIRED[metric] == "lower" else d["above"]
             rows.append({"forecaster": name, "metric": metric, "horizon": labels[j], "baseline": ref,
                          "baseline_value": base, "value": tables[name]["metrics"][metric][j]["value"],
-                         "difference": {"value": _num(d["mean"]), "ci": [_num(v) for v in d["ci"]]},
-                         "change_pct": _num(100 * d["mean"] / base) if base else None,
-                         "better_on": better, "records": d["records"]})
+                         **paired_entry(per_record[name][metric][:, j], per_record[ref][metric][:, j], metric,
+                                        base, n_boot, seed)})
+    return rows
+
+
+def paired_between_models(per_record: dict[str, dict[str, np.ndarray]], tables: dict, baselines: frozenset[str],
+                          labels: list[str], n_boot: int, seed: int) -> list[dict]:
+    """Every two forecasters that are not baselines, the first minus the later one in run order, on each
+    PAIRED score, record by record: two models' own intervals overlap as much as a model's and a
+    baseline's do, so the side-by-side comparison needs the pairing too."""
+    models = [n for n in per_record if n not in baselines]
+    rows = []
+    for i, name in enumerate(models):
+        for other in models[i + 1:]:
+            for metric, j in paired_scores(len(labels)):
+                if metric not in per_record[name] or metric not in per_record[other]:
+                    continue
+                ref = tables[other]["metrics"][metric][j]["value"]
+                rows.append({"forecaster": name, "against": other, "metric": metric, "horizon": labels[j],
+                             "against_value": ref, "value": tables[name]["metrics"][metric][j]["value"],
+                             **paired_entry(per_record[name][metric][:, j], per_record[other][metric][:, j], metric,
+                                            ref, n_boot, seed)})
     return rows
 
 
@@ -408,7 +440,7 @@ def markdown_report(summary: dict, header: dict, w: Windows) -> str:
     for name in names:
         m = summary["forecasters"][name]["metrics"]
         lines.append(f"| {name} | " + " | ".join(cell(m[c][-1]) for c in cols) + " |")
-    lines += paired_section(summary["paired"])
+    lines += paired_section(summary["paired"]) + models_section(summary["paired_models"])
     lines += ["", "## Per horizon second", "", "Same metrics, one row per forecaster and horizon second "
               "(mean over records; intervals in metrics.json / metrics.csv).", ""]
     lines += ["| forecaster | horizon | " + " | ".join(header_of(c) for c in cols) + " |",
@@ -456,19 +488,34 @@ def markdown_report(summary: dict, header: dict, w: Windows) -> str:
 
 def paired_section(rows: list[dict]) -> list[str]:
     """report.md lines for `paired_with_best_baseline` (none when no model was scored next to baselines)."""
+    return paired_table(rows, "baseline", "Paired against the best baseline",
+                        "Each model minus the best baseline on that score (lowest MSE or CRPS, highest F1), record by "
+                        "record: mean over records [bootstrap 95 % interval of the paired differences], the change "
+                        "relative to the baseline, and on how many records the model is better. An interval that "
+                        "excludes 0 is a difference these patients show; one that includes it is not.",
+                        "best baseline | baseline")
+
+
+def models_section(rows: list[dict]) -> list[str]:
+    """report.md lines for `paired_between_models` (none with fewer than two models)."""
+    return paired_table(rows, "against", "Models paired with each other",
+                        "Each model minus each model after it, record by record, on MSE (whole horizon and first "
+                        "second), CRPS and F1: mean over records [bootstrap 95 % interval of the paired differences], "
+                        "the change relative to the other model, and on how many records the first is better.",
+                        "other model | other")
+
+
+def paired_table(rows: list[dict], key: str, title: str, text: str, columns: str) -> list[str]:
+    """A report section of paired rows, each against the forecaster named under `key` (its value: `key`_value)."""
     if not rows:
         return []
-    out = ["", "## Paired against the best baseline", "",
-           "Each model minus the best baseline on that score (lowest MSE or CRPS, highest F1), record by record: "
-           "mean over records [bootstrap 95 % interval of the paired differences], the change relative to the "
-           "baseline, and on how many records the model is better. An interval that excludes 0 is a difference "
-           "these patients show; one that includes it is not.", "",
-           "| forecaster | score | horizon | best baseline | baseline | forecaster | difference | change | better on |",
+    out = ["", f"## {title}", "", text, "",
+           f"| forecaster | score | horizon | {columns} | forecaster | difference | change | better on |",
            "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         pct = "—" if r["change_pct"] is None else f"{r['change_pct']:+.1f} %"
-        out.append(f"| {r['forecaster']} | {header_of(r['metric'])} | {r['horizon']} | {r['baseline']} | "
-                   f"{fmt(r['baseline_value'], 4)} | {fmt(r['value'], 4)} | {signed(r['difference'])} | {pct} | "
+        out.append(f"| {r['forecaster']} | {header_of(r['metric'])} | {r['horizon']} | {r[key]} | "
+                   f"{fmt(r[key + '_value'], 4)} | {fmt(r['value'], 4)} | {signed(r['difference'])} | {pct} | "
                    f"{r['better_on']} of {r['records']} |")
     return out
 

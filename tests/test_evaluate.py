@@ -96,6 +96,38 @@ def test_a_model_is_paired_against_the_best_baseline_on_each_score(db250):
     assert "## Paired against the best baseline" in report and "| model | CRPS (mV) | all | " in report
 
 
+def test_models_are_paired_with_each_other_in_run_order(db250):
+    cfg = load_config()
+    fs, c = cfg.data.samples_per_second, cfg.data.window_samples
+    w = evaluate.load_wfdb(db250, cfg, progress=False)
+    fc = {"zero": evaluate.make_forecaster("zero", fs),                     # the only baseline
+          "a": evaluate.make_forecaster("template_ensemble", fs), "b": evaluate.make_forecaster("seasonal", fs),
+          "c": evaluate.make_forecaster("mean", fs)}
+    scores, truth = evaluate.evaluate(fc, w, c, fs, 16, 0, progress=False)
+    s = evaluate.summarize(scores, truth, w, fs, w.signals.shape[1] - c, baselines=frozenset(["zero"]))
+    rows = s["paired_models"]
+    assert [(r["forecaster"], r["against"]) for r in rows[::4]] == [("a", "b"), ("a", "c"), ("b", "c")]
+    assert len(rows) == 3 * 4 and {r["forecaster"] for r in s["paired"]} == {"a", "b", "c"}
+    per = s["per_record"]
+    for r in rows:
+        j = s["horizons"].index(r["horizon"])
+        assert r["against_value"] == s["forecasters"][r["against"]]["metrics"][r["metric"]][j]["value"]
+        if r["horizon"] != "all":
+            continue
+        d = [per[r["forecaster"]][r["metric"]][k] - per[r["against"]][r["metric"]][k] for k in per["a"][r["metric"]]
+             if per["a"][r["metric"]][k] is not None]
+        assert r["records"] == len(d) and r["difference"]["value"] == pytest.approx(np.mean(d), abs=1e-5)
+        assert r["better_on"] == sum((x > 0) if r["metric"] == "f1_100" else (x < 0) for x in d)
+    # sampled drafts score a lower CRPS than a deterministic copy of the last beat, on every record
+    crps = next(r for r in rows if (r["forecaster"], r["against"], r["metric"]) == ("a", "b", "crps"))
+    assert crps["difference"]["value"] < 0 and crps["better_on"] == 3
+    report = evaluate.markdown_report(s, {}, w)
+    assert "## Models paired with each other" in report and "| a | CRPS (mV) | all | b | " in report
+    one = evaluate.summarize({k: scores[k] for k in ("zero", "a")}, truth, w, fs, w.signals.shape[1] - c,
+                             baselines=frozenset(["zero"]))
+    assert one["paired_models"] == [] and "Models paired" not in evaluate.markdown_report(one, {}, w)
+
+
 def test_real_mitbih_records_through_wfdb_dir(mitdb, tmp_path):
     run, result = _run(["--model", "baselines", "--wfdb-dir", str(mitdb), "--records", "100", "208",
                         "--max-windows-per-record", "12", "--samples", "20", "--results", str(tmp_path)])
