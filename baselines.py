@@ -3,8 +3,8 @@
 A trained model is only interesting if it beats these: a flat line (zero, context mean), the last
 value, a copy of the last beat period (seasonal naive), the context's average beat placed at the
 predicted rhythm (template), a probabilistic seasonal naive whose spread comes from the context's
-RR variability (for CRPS and coverage), and the template at drawn beat times with the context's noise
-(the drafts the models start from).
+RR variability (for CRPS and coverage), and the context's own beats at drawn beat times with some of its
+noise (the drafts the models start from).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from metrics import detect_r_peaks, per_row
 MIN_PERIOD_S, MAX_PERIOD_S = 0.25, 2.5   # 240 and 24 bpm: the plausible beat periods
 TEMPLATE_PRE = 1 / 3                     # fraction of the beat period before the R peak
 EVIDENCE_S, EVIDENCE_TEMPER = 0.3, 2.0   # the context's end that times its next beat (next_beat_evidence)
-NOISE_SCALE = 0.4                        # of residual_sd: the noise add_noise lays on each drafted path
+NOISE_SCALE = 0.2                        # of residual_sd: the noise add_noise lays on each drafted path
 
 
 def shortest_period(fs: float) -> int:
@@ -164,6 +164,12 @@ def mean_beat(x: np.ndarray, peaks: np.ndarray, period: int) -> np.ndarray:
     return beats.sum(0) / np.maximum(ok.sum(0), 1)[:, None]
 
 
+def whole_beats(x: np.ndarray, peaks: np.ndarray, period: int) -> np.ndarray:
+    """The beats [K, period, 2] of one context [C, 2] that lie wholly inside it, cut as `mean_beat` cuts them."""
+    idx = peaks[:, None] - template_pre(period) + np.arange(period)
+    return x[idx[((idx >= 0) & (idx < len(x))).all(axis=1)]]
+
+
 class SeasonalEnsemble(Zero):
     """Seasonal naive with one random period per sample, drawn around the median RR with the
     context's RR standard deviation: timing uncertainty that grows with every beat, the
@@ -182,10 +188,11 @@ class SeasonalEnsemble(Zero):
 
 
 class TemplateEnsemble(Zero):
-    """The mean-beat template at drawn beat times (`draw_beat_times`), one rhythm per sample, plus the
-    noise the context shows around it (`add_noise`). These are the beat drafts the Transformer and the
-    latent SDE start from, so a model beats this baseline only if its network adds something to the
-    draft it is given. Jitter 6% and noise 0.4: the best CRPS on the training split."""
+    """The context's own beats at drawn beat times (`draw_beat_times`, `draft_waves`), one rhythm per
+    sample, plus some of the noise the context shows around its mean beat (`add_noise`). These are the beat
+    drafts the Transformer and the latent SDE start from, so a model beats this baseline only if its
+    network adds something to the draft it is given. Jitter 6% and noise 0.2: the best CRPS on the
+    training split."""
 
     name = "template_ensemble"
     deterministic = False
@@ -274,11 +281,13 @@ def next_beat_evidence(x: np.ndarray, template: np.ndarray, pre: int, peaks: np.
 
 def draft_waves(x: np.ndarray, h: int, fs: int, num_samples: int = 1, seed: int = 0,
                 beats: list[np.ndarray] | None = None, min_spread: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct drafts [N, h, 2] of contexts x [B, C, 2] and which one each of the B * num_samples
-    samples takes: the context's mean beat laid at beat times. Training gives the times, `beats` (a
-    window's own R peaks after the context's last one); a forecast draws them (`draw_beat_times`, with
-    `min_spread` the beat-to-beat jitter): beat times first, then the rest given them.
-    A context with fewer than two R peaks gets its seasonal-naive continuation."""
+    """The drafts [N, h, 2] of contexts x [B, C, 2] and which one each of the B * num_samples samples takes:
+    beats laid at beat times. Training gives the times, `beats` (a window's own R peaks after the context's
+    last one), and lays the context's mean beat there. A forecast draws the times (`draw_beat_times`, with
+    `min_spread` the beat-to-beat jitter) and lays at each one of the context's whole beats, drawn at random
+    (the mean beat when none is whole), so its paths vary from beat to beat as the context does and show an
+    ectopic beat as often (EXPERIMENTS.md, session 16). A context with fewer than two R peaks gets its
+    seasonal-naive continuation."""
     c = x.shape[1]
     peaks, period, spread = context_rhythm(x, fs)
     rng = np.random.default_rng(seed)
@@ -293,11 +302,16 @@ def draft_waves(x: np.ndarray, h: int, fs: int, num_samples: int = 1, seed: int 
         if beats is None:
             evidence = next_beat_evidence(x[i], template, pre, r, fs)
             drawn = draw_beat_times(int(r[-1]), p, spread[i], min_spread, num_samples, c + h, fs, rng, evidence)
-            times, which = np.unique(drawn, axis=0, return_inverse=True)
-        else:
-            which, times = 0, np.r_[r[-1], beats[i][beats[i] > r[-1] + MIN_PERIOD_S * fs]][None]
-        index[i] = len(waves) + np.reshape(which, -1)
-        waves += list(beat_train(template, pre, times, c, h))
+            shapes = whole_beats(x[i], r, p)
+            index[i] = len(waves) + np.arange(num_samples)
+            if len(shapes):
+                waves += list(beat_train(shapes, pre, drawn, c, h, rng.integers(len(shapes), size=drawn.shape)))
+            else:
+                waves += list(beat_train(template, pre, drawn, c, h))
+            continue
+        times = np.r_[r[-1], beats[i][beats[i] > r[-1] + MIN_PERIOD_S * fs]]
+        index[i] = len(waves)
+        waves.append(beat_train(template, pre, times, c, h))
     return np.stack(waves), index.reshape(-1)
 
 
@@ -319,9 +333,10 @@ def residual_sd(x: np.ndarray, fs: float) -> np.ndarray:
 def add_noise(paths: np.ndarray, x: np.ndarray, fs: float, scale: float, seed: int) -> np.ndarray:
     """Paths [B, S, H, 2] of contexts x [B, C, 2] plus white Gaussian noise of SD `scale` × `residual_sd`.
 
-    Drafted paths agree on everything but beat timing, so between beats their bands were too narrow for
-    the truth's noise and drift (80% intervals covered 63%). Noise of 0.4 of the context's residual
-    restores the coverage and lowers the drafts' CRPS by 1-1.5% (EXPERIMENTS.md, session 14)."""
+    Paths of the mean beat agreed on everything but beat timing, so between beats their bands were too
+    narrow for the truth's noise and drift (80% intervals covered 63%): noise of 0.4 of the context's
+    residual restored the coverage and lowered the drafts' CRPS by 1-1.5% (EXPERIMENTS.md, session 14).
+    Drafts of the context's own beats carry part of that variation, so they take 0.2 (session 16)."""
     if scale == 0:
         return paths
     rng = np.random.default_rng([int(seed) % 2 ** 63, 1])     # a stream apart from the drafts' beat times
@@ -329,18 +344,26 @@ def add_noise(paths: np.ndarray, x: np.ndarray, fs: float, scale: float, seed: i
     return paths + sd * rng.standard_normal(paths.shape, dtype=np.float32)
 
 
-def beat_train(template: np.ndarray, pre: int, beats: np.ndarray, start: int, length: int) -> np.ndarray:
+def beat_train(template: np.ndarray, pre: int, beats: np.ndarray, start: int, length: int,
+               pick: np.ndarray | None = None) -> np.ndarray:
     """Samples start..start+length-1 [length, 2] of a beat `template` [period, 2] (R peak at sample `pre`)
     laid at each of `beats` [K] ([S, K]: one train [S, length, 2] per row): a sample takes its phase in
     the latest beat begun by then, and a gap longer than the template (or the time before the first
-    beat) holds its last sample."""
-    p = len(template)
-    onset = np.sort(np.atleast_2d(beats), axis=1) - pre                  # [S, K]
+    beat) holds its last sample. With `pick` (like `beats`), `template` is [M, period, 2] and beat k takes
+    template[pick[..., k]]."""
+    p, rows = template.shape[-2], np.ndim(beats) == 2
+    beats = np.atleast_2d(beats)
+    order = np.argsort(beats, axis=1, kind="stable")
+    onset = np.take_along_axis(beats, order, axis=1) - pre                # [S, K]
     t = start + np.arange(length)
     k = (onset[:, None, :] <= t[None, :, None]).sum(-1) - 1              # [S, length]: latest onset so far
-    phase = np.where(k >= 0, t - np.take_along_axis(onset, np.clip(k, 0, None), axis=1), p - 1)
-    out = template[np.minimum(phase, p - 1).astype(np.int64)]
-    return out if np.ndim(beats) == 2 else out[0]
+    began = np.clip(k, 0, None)
+    phase = np.minimum(np.where(k >= 0, t - np.take_along_axis(onset, began, axis=1), p - 1), p - 1).astype(np.int64)
+    if pick is None:
+        out = template[phase]
+    else:
+        out = template[np.take_along_axis(np.take_along_axis(np.atleast_2d(pick), order, axis=1), began, axis=1), phase]
+    return out if rows else out[0]
 
 
 BASELINES: dict[str, type[ForecasterBase]] = {

@@ -44,7 +44,7 @@ def as_context(context: np.ndarray | torch.Tensor) -> np.ndarray:
 class Forecaster(ForecasterBase):
     """VQ-VAE + code Transformer: encode the context, sample future codes (reading a draft when the
     model was trained with one: the seasonal-naive continuation, or with `draft_beats` the context's
-    mean beat at beat times drawn per sample), decode them together with the last second of context
+    own beats at beat times drawn per sample), decode them together with the last second of context
     codes (so the seam is smooth) and keep the future samples."""
 
     deterministic = False

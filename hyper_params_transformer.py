@@ -20,8 +20,9 @@ class GPTConfig:
     dropout: float = 0.1
     rope: bool = True            # rotary positions (relative offsets); false = learned absolute positions
     draft: bool = False          # read the seasonal-naive continuation's codes as a draft of each future step
-    draft_beats: bool = False    # the draft lays the context's mean beat at beat times instead: the true ones
-                                 # in training, drawn per sample when forecasting (baselines.draft_waves)
+    draft_beats: bool = False    # the draft lays beats at beat times instead: the mean beat at the true ones in
+                                 # training, the context's own beats at times drawn per sample when forecasting
+                                 # (baselines.draft_waves)
 
 
 @dataclass

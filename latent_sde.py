@@ -13,10 +13,11 @@ the posterior is the same in training and forecasting. A forecast integrates the
 context, then the prior from there: S sampled paths. The path KL comes from torchsde's `logqp`.
 
 Beat drafts (`model.draft_beats`, the recipe of config_sde.json): the emission adds, frame by frame, the
-frames of a draft of the future: the context's mean beat laid at beat times (baselines.draft_waves, as
-the Transformer's drafts). In training the times are the window's own R peaks, so the state learns to
-render what the draft misses (shape changes, amplitude, noise); a forecast draws beat times per path
-(baselines.draw_beat_times), so timing spread comes from the drafts and the rest from the SDE.
+frames of a draft of the future: beats laid at beat times (baselines.draft_waves, as the Transformer's
+drafts). In training the draft is the context's mean beat at the window's own R peaks, so the state learns
+to render what the draft misses (shape changes, amplitude, noise); a forecast draws beat times per path
+(baselines.draw_beat_times) and lays one of the context's own beats at each, so timing spread comes from
+the drafts and the rest from the SDE.
 
 Without drafts, a beat phase in the state (`model.phase_harmonics` > 0; the recipe until session 9):
 - z[0] is a beat phase (radians) and z[1] a beat rate (Hz = min_rate_hz + softplus(z[1] + offset)):

@@ -135,7 +135,7 @@ class CodeGPT(nn.Module):
     RQ-Transformer): a step still costs one pass of the Transformer, whatever Q is.
 
     With `draft`, each position also reads a draft of the step it predicts: codes of a guess at the
-    future (the seasonal-naive continuation of the context, or the context's mean beat at given beat
+    future (the seasonal-naive continuation of the context, or the context's beats at given or drawn beat
     times: forecast.py), or -1 where there is none. Copying the draft is then one attention-free
     step, so the model spends its capacity on where to depart from it.
     """

@@ -145,6 +145,41 @@ def test_beat_train_lays_the_template_at_each_beat():
     np.testing.assert_array_equal(rows[1], B.beat_train(template, 3, np.array([110, 140]), 100, 40))
 
 
+def test_beat_train_lays_a_template_of_its_own_at_each_beat():
+    """With `pick`, beat k takes template pick[k], in time order whatever the order of the beats given."""
+    base = np.stack([np.arange(10.0), -np.arange(10.0)], 1)
+    templates = np.stack([base, base + 100, base + 200])               # [3, 10, 2]
+    out = B.beat_train(templates, 3, np.array([[125, 105]]), 100, 40, pick=np.array([[2, 1]]))
+    np.testing.assert_array_equal(out[0, 2:12, 0], np.arange(10) + 100)      # beat 105: template 1
+    np.testing.assert_array_equal(out[0, 22:32, 0], np.arange(10) + 200)     # beat 125: template 2
+    np.testing.assert_array_equal(out[0, :2, 0], [109, 109])                 # before: the first beat's last sample
+    same = B.beat_train(templates, 3, np.array([[105, 125]]), 100, 40, pick=np.array([[0, 0]]))
+    np.testing.assert_array_equal(same[0], B.beat_train(base, 3, np.array([105, 125]), 100, 40))
+
+
+def test_forecast_drafts_are_the_contexts_own_beats():
+    """Each drafted beat is one of the context's whole beats, drawn per beat and path; training drafts (given
+    beat times) lay the mean beat."""
+    x = periodic_ecg(1)[:, :C].astype(np.float64)
+    peaks, period, _ = B.context_rhythm(x, FS)
+    r, p = peaks[0], int(period[0])
+    pre = B.template_pre(p)
+    level = np.random.default_rng(0).normal(0, 0.1, (len(r) + 1, 2))      # each beat shifted by a level of its own
+    x[0] += np.repeat(level, np.diff(np.clip(np.r_[0, r - pre, C], 0, C)), axis=0)
+    assert all(np.array_equal(a, b) for a, b in zip(B.context_rhythm(x, FS), (peaks, period, np.zeros(1))))
+    shapes = B.whole_beats(x[0], r, p)
+    assert 1 < len(shapes) < len(r) and shapes.shape[1:] == (p, 2)
+    waves, index = B.draft_waves(x, H, FS, 40, seed=1, min_spread=0.0)     # no spread: beats one period apart
+    assert waves.shape == (40, H, 2) and list(index) == list(range(40))
+    onset = r[-1] - pre + p * np.arange(1, 10)
+    o = onset[onset >= C][0] - C                                            # the first drafted beat begun in the horizon
+    first = waves[:, o:o + p]
+    assert all(np.abs(shapes - w).max(axis=(1, 2)).min() < 1e-9 for w in first)
+    assert len({tuple(np.round(w[:, 0], 6)) for w in first}) == len(shapes)     # every whole beat is drawn
+    trained, _ = B.draft_waves(x, H, FS, beats=[r[-1] + p * np.arange(1, 6)])
+    np.testing.assert_allclose(trained[0, o:o + p], B.mean_beat(x[0], r, p), atol=1e-9)
+
+
 def test_drawn_beat_times_jitter_beat_by_beat_around_the_rhythm():
     """Each path's intervals jitter around its own rhythm, so the spread of the k-th beat grows with k; the
     context's RR SD moves a path's whole rhythm; a seed gives the same times."""

@@ -161,7 +161,7 @@ def test_config_validation_names_the_key() -> None:
     shipped, defaults = load_sde_config(DEFAULT_CONFIG), SDEConfig()
     for section in ("solver", "loss"):   # the shipped file spells out the defaults ...
         assert getattr(shipped, section) == getattr(defaults, section)
-    recipe = dict(phase_harmonics=0, corrected_dims=0, draft_beats=True, draft_spread=0.06, draft_noise=0.4)
+    recipe = dict(phase_harmonics=0, corrected_dims=0, draft_beats=True, draft_spread=0.06, draft_noise=0.2)
     assert shipped.model == dataclasses.replace(defaults.model, **recipe)   # ... but for beat drafts, not a phase
     assert sde_config_from_dict({}) == defaults
     for raw, key in (({"solver": {"method": "rk4"}}, "solver.method"), ({"solver": {"dt": 0}}, "solver.dt"),
