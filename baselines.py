@@ -154,20 +154,25 @@ class MeanBeatTemplate(Zero):
         return out
 
 
+def beat_cuts(peaks: np.ndarray, period: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sample indices [K, period] of one period around each R peak, starting TEMPLATE_PRE of a period
+    before it, and which of them fall inside a context of `length` samples: how every beat is cut."""
+    idx = peaks[:, None] - template_pre(period) + np.arange(period)
+    return idx, (idx >= 0) & (idx < length)
+
+
 def mean_beat(x: np.ndarray, peaks: np.ndarray, period: int) -> np.ndarray:
-    """The average beat [period, 2] of one context [C, 2]: one period around each R peak, starting
-    TEMPLATE_PRE of a period before it; samples outside the context are left out of the average."""
-    pre = template_pre(period)
-    idx = peaks[:, None] - pre + np.arange(period)
-    ok = (idx >= 0) & (idx < len(x))
+    """The average beat [period, 2] of one context [C, 2] (`beat_cuts`); samples outside the context are
+    left out of the average."""
+    idx, ok = beat_cuts(peaks, period, len(x))
     beats = np.where(ok[:, :, None], x[np.clip(idx, 0, len(x) - 1)], 0.0)
     return beats.sum(0) / np.maximum(ok.sum(0), 1)[:, None]
 
 
 def whole_beats(x: np.ndarray, peaks: np.ndarray, period: int) -> np.ndarray:
     """The beats [K, period, 2] of one context [C, 2] that lie wholly inside it, cut as `mean_beat` cuts them."""
-    idx = peaks[:, None] - template_pre(period) + np.arange(period)
-    return x[idx[((idx >= 0) & (idx < len(x))).all(axis=1)]]
+    idx, ok = beat_cuts(peaks, period, len(x))
+    return x[idx[ok.all(axis=1)]]
 
 
 class SeasonalEnsemble(Zero):
