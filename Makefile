@@ -33,14 +33,14 @@ demo: forecast prepare
 	$(PY) forecast.py --checkpoint $(call newest,transformer) --record $(MITBIH_DIR)/100 --start 60
 	$(PY) evaluate.py --model $(call newest,transformer) baselines --split test --max-windows-per-record 10 --samples 50
 
-# Retrain the shipped model from scratch on the training patients (about 45 min on one thread of this CPU),
+# Retrain the shipped model from scratch on the training patients (about 80 min on one thread of this CPU),
 # pack it into pretrained/ with its reference forecasts, and write the model card's DS2 report. It is the
-# latent SDE recipe: the VQ-VAE of config_vqvae_sde.json, then the beat-drafted latent SDE of config_sde.json.
+# default recipe: the VQ-VAE of config_vqvae.json, then the beat-drafted Transformer of config_transformer.json.
 PRE := checkpoints/pretrained
 pretrained: prepare
-	$(PY) vqvae_train.py --config config_vqvae_sde.json --checkpoints $(PRE)
-	$(PY) latent_sde_train.py --checkpoints $(PRE) --vqvae $(call newest,vqvae,$(PRE))
-	$(PY) pretrained.py --checkpoint $(call newest,latent_sde,$(PRE))
+	$(PY) vqvae_train.py --checkpoints $(PRE)
+	$(PY) transformer_train.py --checkpoints $(PRE) --vqvae $(call newest,vqvae,$(PRE))
+	$(PY) pretrained.py --checkpoint $(call newest,transformer,$(PRE))
 	$(PY) evaluate.py --split test --max-windows-per-record 40 --results results/pretrained
 	rm -rf pretrained/evaluation && cp -r "$$(ls -td results/pretrained/evaluate-*/ | head -1)" pretrained/evaluation
 

@@ -45,7 +45,8 @@ class Forecaster(ForecasterBase):
     """VQ-VAE + code Transformer: encode the context, sample future codes (reading a draft when the
     model was trained with one: the seasonal-naive continuation, or with `draft_beats` the context's
     own beats at beat times drawn per sample), decode them together with the last second of context
-    codes (so the seam is smooth) and keep the future samples."""
+    codes (so the seam is smooth) and keep the future samples. A horizon longer than the model's block
+    (context + the future it was trained on) is drawn a block at a time (`roll`)."""
 
     deterministic = False
     DECODE_MARGIN = 16  # context codes decoded with the future (16 codes = 1 s at the defaults)
@@ -99,11 +100,13 @@ class Forecaster(ForecasterBase):
         from baselines import add_noise
 
         x = as_context(context)
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1 sample, got {horizon}")
         steps = math.ceil(horizon / self.factor)
-        keep = min(x.shape[1] // self.factor, self.gpt.block_size - steps)
+        # a horizon beyond the block rolls on from the last half block, as the model was trained to
+        keep = min(x.shape[1] // self.factor, self.gpt.block_size - min(steps, self.gpt.block_size // 2))
         if keep < 1:
-            raise ValueError(f"context of {x.shape[1]} samples is shorter than one code ({self.factor} samples) or "
-                             f"horizon {horizon} exceeds the model's {self.gpt.block_size * self.factor} samples")
+            raise ValueError(f"context of {x.shape[1]} samples is shorter than one code ({self.factor} samples)")
         x = torch.from_numpy(x[:, x.shape[1] - keep * self.factor:]).to(self.device)
         unit = self.vq.unit(x)                        # the context's gain decodes the future too
         codes = self.vq.encode(x, unit)
@@ -124,9 +127,7 @@ class Forecaster(ForecasterBase):
             ctx = codes[lo:lo + per_chunk]
             paths = slice(lo * per, (lo + per_chunk) * per)
             mine = None if draft is None else draft[paths]
-            future = self.gpt.generate(ctx, steps, self.sample.temperature, self.sample.top_k,
-                                       self.sample.top_p, gen, use_cache=use_cache, num_samples=num_samples,
-                                       draft=mine, draft_bias=self.sample.draft_bias)
+            future = self.roll(ctx, steps, gen, use_cache, num_samples, mine)
             # decode the future with the last second of context codes: a smooth seam at a third of the cost
             seam = ctx[:, keep - margin:].repeat_interleave(num_samples, 0)
             u = unit[lo:lo + per_chunk].repeat_interleave(num_samples, 0)
@@ -136,6 +137,26 @@ class Forecaster(ForecasterBase):
                 wave += drafted[paths, :horizon] - coded
             out[lo:lo + per_chunk] = wave.reshape(-1, num_samples, horizon, 2).cpu().numpy()
         return add_noise(out, x.cpu().numpy(), self.fs, self.sample.draft_noise, seed)
+
+    def roll(self, context: torch.Tensor, steps: int, gen: torch.Generator, use_cache: bool, num_samples: int,
+             draft: torch.Tensor | None) -> torch.Tensor:
+        """Future codes [B * num_samples, steps, Q] after contexts [B, T, Q], a block at a time: each block
+        after the first reads the last T codes drawn, with no draft over them, like a training window's
+        context. `draft` [B or B * num_samples, T + steps, Q] covers the whole horizon."""
+        T, span = context.shape[1], self.gpt.block_size - context.shape[1]
+        blocks, ctx, n = [], context, num_samples
+        for start in range(0, steps, span):
+            k = min(span, steps - start)
+            d = None
+            if draft is not None:
+                d = torch.cat([draft[:, :T], draft[:, T + start:T + start + k]], 1)
+                d = d if len(d) in (len(ctx), len(ctx) * n) else d.repeat_interleave(num_samples, 0)
+            blocks.append(self.gpt.generate(ctx, k, self.sample.temperature, self.sample.top_k, self.sample.top_p,
+                                            gen, use_cache=use_cache, num_samples=n, draft=d,
+                                            draft_bias=self.sample.draft_bias))
+            ctx = torch.cat([ctx.repeat_interleave(n, 0), blocks[-1]], 1)[:, -T:]
+            n = 1
+        return torch.cat(blocks, 1)
 
     def decode_future(self, seam: torch.Tensor, future: torch.Tensor, unit: torch.Tensor, horizon: int) -> torch.Tensor:
         """The first `horizon` samples [N, horizon, 2] of future codes decoded after the seam's context codes."""

@@ -1,6 +1,6 @@
 """Pack a trained forecaster into pretrained/ and record the reference forecasts the tests check it against.
 
-    python3 pretrained.py --checkpoint checkpoints/pretrained/latent_sde-<time>/best.pt
+    python3 pretrained.py --checkpoint checkpoints/pretrained/transformer-<time>/best.pt
 
 `make pretrained` runs this after training from scratch. The shipped file keeps the weights, configs and
 provenance (seed, git commit, data hash, commands, training minutes) and drops optimiser and RNG state,
@@ -32,11 +32,12 @@ def training_minutes(run_dir: str | None) -> float:
 
 
 def pack(ckpt: dict, vqvae_run_dir: str | None) -> dict:
-    """The checkpoint without training-only state, plus what the model card needs to know."""
+    """The checkpoint without training-only state, plus what the model card needs to know. A checkpoint
+    packed before (a shipped model whose sampling settings were changed) keeps the record it has."""
     out = {k: v for k, v in ckpt.items() if k not in TRAINING_ONLY}
-    out["pretrained"] = {"forecaster_minutes": round(training_minutes(ckpt.get("run_dir")), 1),
-                         "vqvae_minutes": round(training_minutes(vqvae_run_dir), 1),
-                         "packed_at_commit": paths.git_commit()}
+    out.setdefault("pretrained", {"forecaster_minutes": round(training_minutes(ckpt.get("run_dir")), 1),
+                                  "vqvae_minutes": round(training_minutes(vqvae_run_dir), 1),
+                                  "packed_at_commit": paths.git_commit()})
     return out
 
 

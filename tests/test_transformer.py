@@ -111,6 +111,11 @@ def test_same_seed_same_forecast(trained: dict) -> None:
     d = fc.predict(context, 64, num_samples=5, seed=7, use_cache=False)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     np.testing.assert_allclose(a, d, atol=1e-5)
+    long = 4 * fc.gpt.block_size * fc.factor               # drawn a block at a time
+    e = fc.predict(context, long, num_samples=5, seed=7)
+    assert e.shape == (2, 5, long, 2) and np.isfinite(e).all()
+    np.testing.assert_array_equal(e, fc.predict(context, long, num_samples=5, seed=7))
+    np.testing.assert_allclose(e, fc.predict(context, long, num_samples=5, seed=7, use_cache=False), atol=1e-5)
 
 
 def test_forecast_cli_on_a_real_record(trained: dict, mitdb: Path, tmp_path: Path) -> None:
@@ -259,6 +264,12 @@ def test_default_codebooks_train_and_forecast(tmp_path: Path, draft: str) -> Non
         want = drafts.predict(beating, 40, 3, seed=0)
         assert want.std(axis=1).max() > 0.01                     # drawn beat times that differ
         np.testing.assert_allclose(fc.predict(beating, 40, 3, seed=0), want, atol=2e-5)
+        # and so over a horizon of four blocks, each read after the last 16 codes drawn: the drafts stay
+        # in step with the blocks
+        beating = np.stack([synthetic_ecg(1.0, 64, seed=s, hr_bpm=180)[0] for s in (1, 2)]).astype(np.float32)
+        want = drafts.predict(beating, 200, 3, seed=0)
+        assert want.std(axis=1).max() > 0.01
+        np.testing.assert_allclose(fc.predict(beating, 200, 3, seed=0), want, atol=2e-5)
 
 
 def test_beat_draft_draws_beat_times_per_sample() -> None:
