@@ -147,14 +147,13 @@ class Forecaster(ForecasterBase):
         blocks, ctx, n = [], context, num_samples
         for start in range(0, steps, span):
             k = min(span, steps - start)
-            d = None
-            if draft is not None:
-                d = torch.cat([draft[:, :T], draft[:, T + start:T + start + k]], 1)
-                d = d if len(d) in (len(ctx), len(ctx) * n) else d.repeat_interleave(num_samples, 0)
+            d = None if draft is None else torch.cat([draft[:, :T], draft[:, T + start:T + start + k]], 1)
             blocks.append(self.gpt.generate(ctx, k, self.sample.temperature, self.sample.top_k, self.sample.top_p,
                                             gen, use_cache=use_cache, num_samples=n, draft=d,
                                             draft_bias=self.sample.draft_bias))
-            ctx = torch.cat([ctx.repeat_interleave(n, 0), blocks[-1]], 1)[:, -T:]
+            ctx = torch.cat([ctx.repeat_interleave(n, 0), blocks[-1]], 1)[:, -T:]     # one context per path now
+            if draft is not None and len(draft) != len(ctx):
+                draft = draft.repeat_interleave(num_samples, 0)
             n = 1
         return torch.cat(blocks, 1)
 

@@ -251,6 +251,10 @@ def test_default_codebooks_train_and_forecast(tmp_path: Path, draft: str) -> Non
     out = fc.predict(context, 40, 3, seed=0)
     assert out.shape == (2, 3, 40, 2) and np.isfinite(out).all()
     np.testing.assert_allclose(fc.predict(2 * context, 40, 3, seed=0), 2 * out, rtol=1e-4, atol=1e-6)
+    long = fc.predict(context, 200, 3, seed=0)               # four blocks, each after the last 16 codes drawn
+    assert long.shape == (2, 3, 200, 2) and np.isfinite(long).all()
+    np.testing.assert_allclose(fc.predict(2 * context, 200, 3, seed=0), 2 * long, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fc.predict(context, 200, 3, seed=0, use_cache=False), long, atol=1e-5)
     if draft == "beats":        # paths that take every draft code are their drafts: the template ensemble's,
         # noise and all (a context of 22 codes, all the model reads before a 10-code horizon, so both see the
         # same beats)
