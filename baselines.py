@@ -4,30 +4,15 @@ A trained model is only interesting if it beats these: a flat line (zero, contex
 value, a copy of the last beat period (seasonal naive), the context's average beat placed at the
 predicted rhythm (template), a probabilistic seasonal naive whose spread comes from the context's
 RR variability (for CRPS and coverage), and the context's own beats at drawn beat times with some of its
-noise (the drafts the models start from).
+noise (the drafts of `drafts.py`, which the models start from).
 """
 from __future__ import annotations
 
 import numpy as np
-import scipy.stats
 
+from drafts import (NOISE_SCALE, add_noise, context_rhythm, draft_waves, mean_beat, repeat_last,
+                    shortest_period, template_pre)
 from forecast import ForecasterBase, as_context
-from metrics import detect_r_peaks, per_row
-
-MIN_PERIOD_S, MAX_PERIOD_S = 0.25, 2.5   # 240 and 24 bpm: the plausible beat periods
-TEMPLATE_PRE = 1 / 3                     # fraction of the beat period before the R peak
-EVIDENCE_S, EVIDENCE_TEMPER = 0.3, 2.0   # the context's end that times its next beat (next_beat_evidence)
-NOISE_SCALE = 0.2                        # of residual_sd: the noise add_noise lays on each drafted path
-
-
-def shortest_period(fs: float) -> int:
-    """The shortest plausible beat period in samples (MIN_PERIOD_S), at least one."""
-    return max(1, round(MIN_PERIOD_S * fs))
-
-
-def template_pre(period: int) -> int:
-    """Samples of a beat template before its R peak (TEMPLATE_PRE of the period): where its P wave begins."""
-    return int(round(TEMPLATE_PRE * period))
 
 
 class Zero(ForecasterBase):
@@ -63,64 +48,6 @@ class Persistence(Zero):
         return np.repeat(x[:, None, -1:], horizon, axis=2)
 
 
-def autocorr_period(x: np.ndarray, fs: float) -> np.ndarray:
-    """Beat period (samples) of contexts [B, C, 2] from the autocorrelation summed over both leads.
-
-    The unbiased autocorrelation is searched from 0.25 s to 2.5 s (leaving at least 0.5 s of
-    overlap); the first local maximum reaching 80 % of the best one wins, not a multiple of the period.
-    """
-    b, c, _ = x.shape
-    lo = shortest_period(fs)
-    if c < lo + 3:       # shorter than the shortest beat period: the whole context is the period
-        return np.full(b, c, np.int64)
-    z = x - x.mean(axis=1, keepdims=True)
-    f = np.fft.rfft(z, n=2 * c, axis=1)
-    acf = np.fft.irfft(f * np.conj(f), axis=1)[:, :c].sum(-1) / (c - np.arange(c))
-    hi = max(lo + 3, min(round(MAX_PERIOD_S * fs), c - round(fs / 2)))
-    seg = acf[:, lo:hi]
-    best = seg.max(axis=1, keepdims=True)
-    local = np.zeros_like(seg, bool)
-    local[:, 1:-1] = (seg[:, 1:-1] >= seg[:, :-2]) & (seg[:, 1:-1] >= seg[:, 2:])
-    good = local & (seg >= 0.8 * best) & (best > 0)
-    first = np.where(good.any(axis=1), np.argmax(good, axis=1), np.argmax(seg, axis=1))
-    return (lo + first).astype(np.int64)
-
-
-def detected_beats(signals: np.ndarray, fs: float) -> list[np.ndarray]:
-    """R peaks detected in lead 1 of each window [N, T, 2], one array per window: a context's rhythm,
-    and over a whole window (context and future) the beat times a training draft is laid at, so a
-    model learns to render beats where it is told they are."""
-    return per_row(*detect_r_peaks(signals[:, :, 0], fs), len(signals))
-
-
-def context_rhythm(x: np.ndarray, fs: float) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """(R peaks of each context's lead 1, beat period in samples, RR standard deviation in samples).
-
-    The period is the median RR interval of the detected R peaks when there are at least two,
-    else the autocorrelation period (`autocorr_period`); the RR spread is NaN with fewer than three.
-    """
-    peaks = detected_beats(x, fs)
-    period = autocorr_period(x, fs)
-    spread = np.full(len(x), np.nan)
-    for i, p in enumerate(peaks):
-        rr = np.diff(p)
-        if len(rr) >= 1:
-            period[i] = int(round(np.median(rr)))
-        if len(rr) >= 2:
-            spread[i] = float(np.std(rr))
-    period = np.clip(period, shortest_period(fs), x.shape[1])
-    return peaks, period, spread
-
-
-def repeat_last(x: np.ndarray, period: np.ndarray, horizon: int) -> np.ndarray:
-    """Repeat the last period[i] samples of each context [B, C, 2] (period may be [B] or [B, S])."""
-    b, c = x.shape[:2]
-    p = period.reshape(b, -1).astype(np.int32)                    # [B, S]
-    start = (np.arange(b, dtype=np.int32) * c + c)[:, None, None] - p[:, :, None]
-    idx = start + np.arange(horizon, dtype=np.int32) % p[:, :, None]   # [B, S, H] into x as [B*C]
-    return x.reshape(b * c, 2)[idx]                               # [B, S, H, 2]
-
-
 class SeasonalNaive(Zero):
     """Repeats the context's last beat period (median RR of its R peaks, else autocorrelation)."""
 
@@ -154,27 +81,6 @@ class MeanBeatTemplate(Zero):
         return out
 
 
-def beat_cuts(peaks: np.ndarray, period: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sample indices [K, period] of one period around each R peak, starting TEMPLATE_PRE of a period
-    before it, and which of them fall inside a context of `length` samples: how every beat is cut."""
-    idx = peaks[:, None] - template_pre(period) + np.arange(period)
-    return idx, (idx >= 0) & (idx < length)
-
-
-def mean_beat(x: np.ndarray, peaks: np.ndarray, period: int) -> np.ndarray:
-    """The average beat [period, 2] of one context [C, 2] (`beat_cuts`); samples outside the context are
-    left out of the average."""
-    idx, ok = beat_cuts(peaks, period, len(x))
-    beats = np.where(ok[:, :, None], x[np.clip(idx, 0, len(x) - 1)], 0.0)
-    return beats.sum(0) / np.maximum(ok.sum(0), 1)[:, None]
-
-
-def whole_beats(x: np.ndarray, peaks: np.ndarray, period: int) -> np.ndarray:
-    """The beats [K, period, 2] of one context [C, 2] that lie wholly inside it, cut as `mean_beat` cuts them."""
-    idx, ok = beat_cuts(peaks, period, len(x))
-    return x[idx[ok.all(axis=1)]]
-
-
 class SeasonalEnsemble(Zero):
     """Seasonal naive with one random period per sample, drawn around the median RR with the
     context's RR standard deviation: timing uncertainty that grows with every beat, the
@@ -206,9 +112,10 @@ class TemplateEnsemble(Zero):
 
     def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
         x = as_context(context)
-        waves, index = draft_waves(x, horizon, self.fs, num_samples, seed, min_spread=self.min_spread)
+        rhythm = context_rhythm(x, self.fs)
+        waves, index = draft_waves(x, horizon, self.fs, num_samples, seed, min_spread=self.min_spread, rhythm=rhythm)
         paths = waves[index].reshape(len(x), num_samples, horizon, 2).astype(np.float32)
-        return add_noise(paths, x, self.fs, self.noise, seed)
+        return add_noise(paths, x, self.fs, self.noise, seed, rhythm)
 
 
 def draw_periods(period: np.ndarray, spread: np.ndarray, min_spread: float, num_samples: int, seed: int,
@@ -219,156 +126,6 @@ def draw_periods(period: np.ndarray, spread: np.ndarray, min_spread: float, num_
     z = np.random.default_rng(seed).standard_normal((len(period), num_samples))
     p = np.rint(period[:, None] + sd[:, None] * z).astype(np.int64)
     return np.clip(p, shortest_period(fs), longest)
-
-
-def draw_beat_times(last: int, period: int, spread: float, jitter: float, num_samples: int, until: int,
-                    fs: float, rng: np.random.Generator,
-                    evidence: np.ndarray | None = None) -> np.ndarray:
-    """Beat times [S, K] from the context's last R peak `last` on, past sample `until`, one row per sample.
-
-    Each path keeps a rhythm of its own, normal around the median RR `period` with the context's RR SD
-    `spread` (NaN: none), and each of its intervals adds a fresh jitter of SD `jitter` of the period, so
-    its timing error grows beat by beat as a heart's does. Against one drawn period per path (the
-    seasonal ensemble's, whose k-th beat errs k times as much as its first) this places the near beats
-    better at the same CRPS (EXPERIMENTS.md, session 12). The first interval is drawn first, from its
-    posterior given `evidence` (`next_beat_evidence`) when there is some, and the path's rhythm given it."""
-    shortest = shortest_period(fs)
-    k = (until - last) // shortest + 1
-    sd2, j2 = np.nan_to_num(spread, nan=0.0) ** 2, (jitter * period) ** 2
-    sd = np.sqrt(sd2 + j2)                        # of the first interval: rhythm and jitter together
-    if evidence is None or sd == 0:
-        first = period + sd * rng.standard_normal(num_samples)
-    else:
-        first = draw_first_interval(period, sd, shortest, evidence, num_samples, rng)
-    share = sd2 / sd ** 2 if sd > 0 else 0.0      # of the first interval's deviation that is the rhythm's
-    level = period + share * (first - period) + np.sqrt(share * j2) * rng.standard_normal(num_samples)
-    rr = np.c_[first, level[:, None] + np.sqrt(j2) * rng.standard_normal((num_samples, k - 1))]
-    rr = np.maximum(rr, shortest)
-    return np.rint(last + np.cumsum(np.c_[np.zeros(num_samples), rr], axis=1)).astype(np.int64)
-
-
-def draw_first_interval(mean: float, sd: float, shortest: int, loglik: np.ndarray, num_samples: int,
-                        rng: np.random.Generator) -> np.ndarray:
-    """First RR intervals [S] from the normal prior (mean, sd) weighed by `loglik` on the whole intervals
-    shortest, shortest + 1, ... (its last entry holds for every interval past them): exact, on a grid."""
-    g = len(loglik) - 1
-    edge = shortest + g - 0.5
-    logw = np.r_[loglik[:-1] + scipy.stats.norm.logpdf(shortest + np.arange(g), mean, sd),
-                 loglik[-1] + scipy.stats.norm.logsf(edge, mean, sd)]
-    w = np.exp(logw - logw.max())
-    pick = np.minimum(np.searchsorted(np.cumsum(w), rng.uniform(size=num_samples) * w.sum()), g)
-    later = scipy.stats.truncnorm.rvs((edge - mean) / sd, np.inf, mean, sd, size=num_samples, random_state=rng)
-    return np.where(pick < g, shortest + pick, later)
-
-
-def next_beat_evidence(x: np.ndarray, template: np.ndarray, pre: int, peaks: np.ndarray,
-                       fs: float) -> np.ndarray | None:
-    """What the end of a context [C, 2] says about its next R peak: the log-likelihoods of the intervals
-    `draw_first_interval` weighs (from `shortest_period` on), or None when there is nothing to see.
-
-    A beat due soon has begun before the context ends (the template starts `pre` samples before its
-    R peak, with the P wave), and a beat already due would show its QRS. So each candidate interval,
-    from the shortest to the one whose beat begins at the context's end, lays the template there and is
-    scored on the last EVIDENCE_S seconds: Gaussian residuals, their mean removed (baseline drift),
-    with the variance of the template's fit to the whole context times EVIDENCE_TEMPER (neighbouring
-    samples are not independent). Settings chosen on the validation patients (EXPERIMENTS.md, session 13)."""
-    c, last = len(x), int(peaks[-1])
-    shortest = shortest_period(fs)
-    start = max(last + 1, c - round(EVIDENCE_S * fs))
-    if start >= c:
-        return None
-    nxt = np.r_[last + shortest + np.arange(max(0, c + pre - last - shortest)), c + pre]
-    noise = np.mean((x - beat_train(template, pre, peaks, 0, c)) ** 2)
-    res = x[start:] - beat_train(template, pre, np.c_[np.full(len(nxt), last), nxt], start, c - start)
-    res -= res.mean(axis=1, keepdims=True)
-    return -(res ** 2).sum(axis=(1, 2)) / (2 * EVIDENCE_TEMPER * noise + 1e-12)
-
-
-def draft_waves(x: np.ndarray, h: int, fs: int, num_samples: int = 1, seed: int = 0,
-                beats: list[np.ndarray] | None = None, min_spread: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """The drafts [N, h, 2] of contexts x [B, C, 2] and which one each of the B * num_samples samples takes:
-    beats laid at beat times. Training gives the times, `beats` (a window's own R peaks after the context's
-    last one), and lays the context's mean beat there. A forecast draws the times (`draw_beat_times`, with
-    `min_spread` the beat-to-beat jitter) and lays at each one of the context's whole beats, drawn at random
-    (the mean beat when none is whole), so its paths vary from beat to beat as the context does and show an
-    ectopic beat as often (EXPERIMENTS.md, session 16). A context with fewer than two R peaks gets its
-    seasonal-naive continuation."""
-    c = x.shape[1]
-    peaks, period, spread = context_rhythm(x, fs)
-    rng = np.random.default_rng(seed)
-    waves, index = [], np.zeros((len(x), num_samples), np.int64)
-    for i, r in enumerate(peaks):
-        if len(r) < 2:                        # seasonal naive, from the rhythm already detected
-            index[i] = len(waves)
-            waves.append(repeat_last(x[i:i + 1], period[i:i + 1], h)[0, 0])
-            continue
-        p = int(period[i])
-        template, pre = mean_beat(x[i], r, p), template_pre(p)
-        if beats is None:
-            evidence = next_beat_evidence(x[i], template, pre, r, fs)
-            drawn = draw_beat_times(int(r[-1]), p, spread[i], min_spread, num_samples, c + h, fs, rng, evidence)
-            shapes = whole_beats(x[i], r, p)
-            index[i] = len(waves) + np.arange(num_samples)
-            if len(shapes):
-                waves += list(beat_train(shapes, pre, drawn, c, h, rng.integers(len(shapes), size=drawn.shape)))
-            else:
-                waves += list(beat_train(template, pre, drawn, c, h))
-            continue
-        times = np.r_[r[-1], beats[i][beats[i] > r[-1] + MIN_PERIOD_S * fs]]
-        index[i] = len(waves)
-        waves.append(beat_train(template, pre, times, c, h))
-    return np.stack(waves), index.reshape(-1)
-
-
-def residual_sd(x: np.ndarray, fs: float) -> np.ndarray:
-    """Per-lead SD [B, 2] of each context's departure from its mean beat laid at its own R peaks (from the
-    first beat's onset): the beat-to-beat change, noise and drift that a draft leaves out. 0 for a context
-    with fewer than two R peaks, whose seasonal-naive draft carries its own noise."""
-    peaks, period, _ = context_rhythm(x, fs)
-    out = np.zeros((len(x), 2))
-    for i, r in enumerate(peaks):
-        if len(r) >= 2:
-            p = int(period[i])
-            pre = template_pre(p)
-            fit = beat_train(mean_beat(x[i], r, p), pre, r, 0, x.shape[1])
-            out[i] = (x[i] - fit)[max(0, int(r[0]) - pre):].std(axis=0)
-    return out
-
-
-def add_noise(paths: np.ndarray, x: np.ndarray, fs: float, scale: float, seed: int) -> np.ndarray:
-    """Paths [B, S, H, 2] of contexts x [B, C, 2] plus white Gaussian noise of SD `scale` × `residual_sd`.
-
-    Paths of the mean beat agreed on everything but beat timing, so between beats their bands were too
-    narrow for the truth's noise and drift (80% intervals covered 63%): noise of 0.4 of the context's
-    residual restored the coverage and lowered the drafts' CRPS by 1-1.5% (EXPERIMENTS.md, session 14).
-    Drafts of the context's own beats carry part of that variation, so they take 0.2 (session 16)."""
-    if scale == 0:
-        return paths
-    rng = np.random.default_rng([int(seed) % 2 ** 63, 1])     # a stream apart from the drafts' beat times
-    sd = (scale * residual_sd(x, fs)).astype(np.float32)[:, None, None, :]
-    return paths + sd * rng.standard_normal(paths.shape, dtype=np.float32)
-
-
-def beat_train(template: np.ndarray, pre: int, beats: np.ndarray, start: int, length: int,
-               pick: np.ndarray | None = None) -> np.ndarray:
-    """Samples start..start+length-1 [length, 2] of a beat `template` [period, 2] (R peak at sample `pre`)
-    laid at each of `beats` [K] ([S, K]: one train [S, length, 2] per row): a sample takes its phase in
-    the latest beat begun by then, and a gap longer than the template (or the time before the first
-    beat) holds its last sample. With `pick` (like `beats`), `template` is [M, period, 2] and beat k takes
-    template[pick[..., k]]."""
-    p, rows = template.shape[-2], np.ndim(beats) == 2
-    beats = np.atleast_2d(beats)
-    order = np.argsort(beats, axis=1, kind="stable")
-    onset = np.take_along_axis(beats, order, axis=1) - pre                # [S, K]
-    t = start + np.arange(length)
-    k = (onset[:, None, :] <= t[None, :, None]).sum(-1) - 1              # [S, length]: latest onset so far
-    began = np.clip(k, 0, None)
-    phase = np.minimum(np.where(k >= 0, t - np.take_along_axis(onset, began, axis=1), p - 1), p - 1).astype(np.int64)
-    if pick is None:
-        out = template[phase]
-    else:
-        out = template[np.take_along_axis(np.take_along_axis(np.atleast_2d(pick), order, axis=1), began, axis=1), phase]
-    return out if rows else out[0]
 
 
 BASELINES: dict[str, type[ForecasterBase]] = {

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from drafts import Rhythm, add_noise, context_rhythm, draft_waves, repeat_last
 from paths import PRETRAINED, ROOT, UserError
+from transformer import as_levels
 
 
 class ForecasterBase:
@@ -97,8 +99,6 @@ class Forecaster(ForecasterBase):
     @torch.no_grad()
     def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
                 seed: int = 0, use_cache: bool = True) -> np.ndarray:
-        from baselines import add_noise
-
         x = as_context(context)
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1 sample, got {horizon}")
@@ -107,14 +107,16 @@ class Forecaster(ForecasterBase):
         keep = min(x.shape[1] // self.factor, self.gpt.block_size - min(steps, self.gpt.block_size // 2))
         if keep < 1:
             raise ValueError(f"context of {x.shape[1]} samples is shorter than one code ({self.factor} samples)")
-        x = torch.from_numpy(x[:, x.shape[1] - keep * self.factor:]).to(self.device)
+        x_np = np.ascontiguousarray(x[:, x.shape[1] - keep * self.factor:])
+        x = torch.from_numpy(x_np).to(self.device)
         unit = self.vq.unit(x)                        # the context's gain decodes the future too
         codes = self.vq.encode(x, unit)
-        draft = drafted = None
+        draft = drafted = rhythm = None
         exact = self.draft_beats and self.sample.draft_bias > 0   # paths tilted to their drafts' codes
         if self.draft_beats:
+            rhythm = context_rhythm(x_np, self.fs)     # read once, for the drafts and their noise
             got = beat_draft(self.vq, x, steps, self.fs, num_samples, seed, min_spread=self.sample.draft_spread,
-                             waves=exact)
+                             waves=exact, rhythm=rhythm)
             draft, drafted = got if exact else (got, None)
         elif self.gpt.draft is not None:
             draft = seasonal_draft(self.vq, x, steps, self.fs)
@@ -136,7 +138,7 @@ class Forecaster(ForecasterBase):
                 coded = self.decode_future(seam, mine[:, keep:].reshape(future.shape), u, horizon)
                 wave += drafted[paths, :horizon] - coded
             out[lo:lo + per_chunk] = wave.reshape(-1, num_samples, horizon, 2).cpu().numpy()
-        return add_noise(out, x.cpu().numpy(), self.fs, self.sample.draft_noise, seed)
+        return add_noise(out, x_np, self.fs, self.sample.draft_noise, seed, rhythm)
 
     def roll(self, context: torch.Tensor, steps: int, gen: torch.Generator, use_cache: bool, num_samples: int,
              draft: torch.Tensor | None) -> torch.Tensor:
@@ -169,21 +171,19 @@ class Forecaster(ForecasterBase):
 def seasonal_draft(vq, context: torch.Tensor, steps: int, fs: int) -> torch.Tensor:
     """Draft codes [B, T + steps, Q] of contexts [B, T * factor, 2] for a drafting CodeGPT: -1 over the
     context, then the codes of its seasonal-naive continuation."""
-    from baselines import SeasonalNaive
-
-    ext = SeasonalNaive(fs).predict(context.cpu().numpy(), steps * vq.factor, num_samples=1)[:, 0]
+    x = context.cpu().numpy()
+    ext = repeat_last(x, context_rhythm(x, fs)[1], steps * vq.factor)[:, 0]
     return code_draft(vq, ext, context.shape[1] // vq.factor, context.device)
 
 
 @torch.no_grad()
 def beat_draft(vq, context: torch.Tensor, steps: int, fs: int, num_samples: int = 1, seed: int = 0,
                beats: list[np.ndarray] | None = None, min_spread: float = 0.05,
-               waves: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+               waves: bool = False, rhythm: Rhythm | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Draft codes [B * num_samples, T + steps, Q] of `draft_waves`, each distinct draft coded once; with
     `waves`, also the drafts themselves [B * num_samples, steps * factor, 2] (mV)."""
-    from baselines import draft_waves
-
-    drafts, index = draft_waves(context.cpu().numpy(), steps * vq.factor, fs, num_samples, seed, beats, min_spread)
+    drafts, index = draft_waves(context.cpu().numpy(), steps * vq.factor, fs, num_samples, seed, beats, min_spread,
+                                rhythm)
     codes = code_draft(vq, drafts, context.shape[1] // vq.factor, context.device)
     which = torch.from_numpy(index).to(codes.device)
     if not waves:
@@ -194,8 +194,6 @@ def beat_draft(vq, context: torch.Tensor, steps: int, fs: int, num_samples: int 
 def code_draft(vq, waves: np.ndarray, context_steps: int, device: torch.device, batch: int = 512) -> torch.Tensor:
     """[N, context_steps + steps, Q]: -1 over the context, then the codes of each continuation [N, H, 2],
     a chunk coded on its own like the future part of a training window."""
-    from transformer import as_levels
-
     w = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(device)
     future = torch.cat([as_levels(vq.encode(w[i:i + batch]), len(vq.quantizers)) for i in range(0, len(w), batch)])
     return torch.cat([torch.full_like(future[:, :1], -1).expand(-1, context_steps, -1), future], 1)

@@ -32,12 +32,12 @@ class SDEModelConfig:
     min_obs_std: float = 0.05     # floor of the learned observation noise (normalised latent units)
     phase_template: bool = False  # (needs a phase) add to each emitted frame the context frames of the same
                                   # beat phase: the patient's own beat shape, copied instead of generated
-    draft_beats: bool = False     # the emission adds a beat draft's frames (baselines.draft_waves): the context's
+    draft_beats: bool = False     # the emission adds a beat draft's frames (drafts.draft_waves): the context's
                                   # mean beat at the window's own R peaks in training, its own beats at beat
                                   # times drawn per path in a forecast; the state renders what the draft misses
     draft_spread: float = 0.02    # a forecast draft's beat-to-beat jitter, SD as a fraction of the period
     draft_noise: float = 0.0      # white noise on each forecast path, SD this fraction of the context's residual
-                                  # from its mean beat (baselines.add_noise; 0: none)
+                                  # from its mean beat (drafts.add_noise; 0: none)
 
 
 @dataclass

@@ -22,7 +22,7 @@ class GPTConfig:
     draft: bool = False          # read the seasonal-naive continuation's codes as a draft of each future step
     draft_beats: bool = False    # the draft lays beats at beat times instead: the mean beat at the true ones in
                                  # training, the context's own beats at times drawn per sample when forecasting
-                                 # (baselines.draft_waves)
+                                 # (drafts.draft_waves)
 
 
 @dataclass
@@ -31,11 +31,11 @@ class SampleConfig:
     top_k: int = 0               # 0 = no truncation
     top_p: float = 1.0           # 1.0 = no nucleus truncation
     draft_spread: float = 0.05   # with model.draft_beats: the drafts' beat-to-beat jitter, SD as a fraction of the
-                                 # period (baselines.draw_beat_times)
+                                 # period (drafts.draw_beat_times)
     draft_bias: float = 0.0      # with model.draft_beats: log-odds bonus of each step's draft codes when sampling;
                                  # > 0 also adds back what decoding loses of each path's draft (0: plain sampling)
     draft_noise: float = 0.0     # white noise on each path, SD this fraction of the context's residual from its
-                                 # mean beat (baselines.add_noise; 0: none)
+                                 # mean beat (drafts.add_noise; 0: none)
 
 
 @dataclass

@@ -13,10 +13,10 @@ the posterior is the same in training and forecasting. A forecast integrates the
 context, then the prior from there: S sampled paths. The path KL comes from torchsde's `logqp`.
 
 Beat drafts (`model.draft_beats`, the recipe of config_sde.json): the emission adds, frame by frame, the
-frames of a draft of the future: beats laid at beat times (baselines.draft_waves, as the Transformer's
+frames of a draft of the future: beats laid at beat times (drafts.draft_waves, as the Transformer's
 drafts). In training the draft is the context's mean beat at the window's own R peaks, so the state learns
 to render what the draft misses (shape changes, amplitude, noise); a forecast draws beat times per path
-(baselines.draw_beat_times) and lays one of the context's own beats at each, so timing spread comes from
+(drafts.draw_beat_times) and lays one of the context's own beats at each, so timing spread comes from
 the drafts and the rest from the SDE.
 
 Without drafts, a beat phase in the state (`model.phase_harmonics` > 0; the recipe until session 9):
@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchsde
 
-from baselines import add_noise, draft_waves
+from drafts import Rhythm, add_noise, context_rhythm, draft_waves
 from forecast import ForecasterBase, as_context
 from hyper_params import Config, stored_config
 from hyper_params_sde import SDEConfig, sde_config_from_dict
@@ -426,11 +426,13 @@ class LatentSDEForecaster(ForecasterBase):
             raise ValueError(f"context of {x.shape[1]} samples is shorter than one latent step ({self.factor} samples)")
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1 sample, got {horizon}")
-        x = torch.from_numpy(np.ascontiguousarray(x[:, x.shape[1] - keep * self.factor:])).to(self.device)
+        x_np = np.ascontiguousarray(x[:, x.shape[1] - keep * self.factor:])
+        x = torch.from_numpy(x_np).to(self.device)
         unit = self.vq.unit(x)                                                     # the context's gain
         frames = self.sde.normalise(self.vq.encode_latent(x, unit).permute(2, 0, 1))  # [C, B, obs]
         steps = math.ceil(horizon / self.factor)
-        drafts, lost = self.draft_frames(x, steps, num_samples, seed) if self.sde.drafted else (None, None)
+        rhythm = context_rhythm(x_np, self.fs) if self.sde.drafted else None   # for the drafts and their noise
+        drafts, lost = self.draft_frames(x, steps, num_samples, seed, rhythm) if self.sde.drafted else (None, None)
         out = np.empty((len(x), num_samples, horizon, 2), np.float32)
         per_chunk = max(1, self.max_paths // num_samples)
         for n, lo in enumerate(range(0, len(x), per_chunk)):
@@ -443,16 +445,16 @@ class LatentSDEForecaster(ForecasterBase):
             if lost is not None:
                 wave = wave + lost[paths]
             out[lo:lo + per_chunk] = wave[:, :horizon].reshape(-1, num_samples, horizon, 2).cpu().numpy()
-        return add_noise(out, x.cpu().numpy(), self.fs, self.scfg.model.draft_noise, seed)
+        return add_noise(out, x_np, self.fs, self.scfg.model.draft_noise, seed, rhythm)
 
-    def draft_frames(self, x: torch.Tensor, steps: int, num_samples: int, seed: int
+    def draft_frames(self, x: torch.Tensor, steps: int, num_samples: int, seed: int, rhythm: Rhythm | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw latent frames [B * S, steps, obs] of each path's beat draft (beat times drawn per path), and
         what decoding them at the context's gain loses of the draft, [B * S, steps * factor, 2] mV. Added
         back to the decoded paths, a path the SDE leaves at its draft is the draft itself, not the VQ-VAE's
         round trip of it, which cost the drafts 12% more squared error (EXPERIMENTS.md)."""
         waves, index = draft_waves(x.cpu().numpy(), steps * self.factor, self.fs, num_samples, seed,
-                                   min_spread=self.scfg.model.draft_spread)
+                                   min_spread=self.scfg.model.draft_spread, rhythm=rhythm)
         waves, index = torch.from_numpy(waves).to(self.device), torch.from_numpy(index).to(self.device)
         frames = latent_frames(self.vq, waves)
         owner = torch.empty(len(waves), dtype=torch.long, device=self.device)    # each draft's context

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 import paths
-from baselines import detected_beats, draft_waves
+from drafts import detected_beats, draft_waves
 from hyper_params import stored_config
 from hyper_params_sde import load_sde_config
 from latent_sde import LatentSDE, LatentSDEForecaster, latent_frames

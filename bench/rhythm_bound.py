@@ -148,10 +148,11 @@ def next_beat_error(w, context: int, fs: int) -> dict[str, dict[str, float]]:
     """How far the horizon's first reference beat is missed (ms, pooled windows): by the median-RR rule
     (1.) on the context's reference beats, and by the median first beat of 100 beat drafts (the
     context's detected beats, the template ensemble's jitter), without and with what the context's
-    end already shows of the next beat (`baselines.next_beat_evidence`)."""
+    end already shows of the next beat (`drafts.next_beat_evidence`)."""
     import baselines as B
+    import drafts as D
 
-    peaks, period, spread = B.context_rhythm(np.asarray(w.signals[:, :context], np.float32), fs)
+    peaks, period, spread = D.context_rhythm(np.asarray(w.signals[:, :context], np.float32), fs)
     err: dict[str, list[float]] = {"median_rule": [], "drafts": [], "drafts_with_evidence": []}
     for i, r in enumerate(w.record):
         ctx, ref = annotated_beats(w, i, context)
@@ -160,10 +161,10 @@ def next_beat_error(w, context: int, fs: int) -> dict[str, dict[str, float]]:
         guesses = {"median_rule": next_beats(ctx, RULES["median"], w.signals.shape[1])}
         if len(peaks[i]) >= 2:
             x, last, p = w.signals[i, :context], int(peaks[i][-1]), int(period[i])
-            pre = B.template_pre(p)
-            evidence = B.next_beat_evidence(x, B.mean_beat(x, peaks[i], p), pre, peaks[i], fs)
+            pre = D.template_pre(p)
+            evidence = D.next_beat_evidence(x, D.mean_beat(x, peaks[i], p), pre, peaks[i], fs)
             for name, ev in (("drafts", None), ("drafts_with_evidence", evidence)):
-                t = B.draw_beat_times(last, p, spread[i], B.TemplateEnsemble.min_spread, 100, context, fs,
+                t = D.draw_beat_times(last, p, spread[i], B.TemplateEnsemble.min_spread, 100, context, fs,
                                       np.random.default_rng(i), ev)
                 guesses[name] = [np.median([row[row >= context][0] for row in t])]
         for name, g in guesses.items():
@@ -193,23 +194,23 @@ def placed_beat_mse(w, context: int, fs: int) -> dict[str, dict[str, float]]:
     it one median RR apart), the point forecast being the mean over the error, as a sample mean is."""
     import scipy.stats
 
-    import baselines as B
+    import drafts as D
 
     x = np.asarray(w.signals, np.float32)
     ctx, truth = x[:, :context], x[:, context:]
     horizon = truth.shape[1]
-    peaks, period, _ = B.context_rhythm(ctx, fs)
+    peaks, period, _ = D.context_rhythm(ctx, fs)
     shifts = scipy.stats.norm.ppf((np.arange(16) + 0.5) / 16)   # 16 equal-probability normal errors
     sums: dict[str, dict[int, np.ndarray]] = {}
     for i, r in enumerate(w.record):
         if not w.annotated[r]:
             continue
         p = int(period[i])
-        pre = B.template_pre(p)
+        pre = D.template_pre(p)
         beats = np.concatenate(annotated_beats(w, i, context)) - context
         beats, future = beats[beats > pre - p], beats[beats >= 0]
         first = future[:1] + p * np.arange(horizon // p + 1) if len(future) else future
-        template = B.mean_beat(ctx[i], peaks[i], p) if len(peaks[i]) >= 2 else np.zeros((p, 2))
+        template = D.mean_beat(ctx[i], peaks[i], p) if len(peaks[i]) >= 2 else np.zeros((p, 2))
         forecasts = {"zero": np.zeros((horizon, 2)), "oracle_timing": place(template, beats, pre, horizon),
                      "oracle_first_beat": place(template, first, pre, horizon)}
         for ms in JITTER_MS:

@@ -45,6 +45,23 @@ def synthetic_ecg(seconds: float, fs: float, seed: int = 0, hr_bpm: float = 72.0
     return x, (np.asarray(beats) * fs).round().astype(int)
 
 
+def periodic_ecg(n_windows: int = 3, noise: float = 0.0, seed: int = 0, period: int = 100, fs: float = 128,
+                 length: int = 768):
+    """Windows [B, length, 2] of an exactly periodic two-lead ECG (one beat per `period` samples), each at
+    another phase, plus white noise of SD `noise`."""
+    import numpy as np
+
+    t = np.arange(period) / fs
+    beat = np.stack([1.2 * np.exp(-0.5 * ((t - 0.3) / 0.012) ** 2) + 0.3 * np.exp(-0.5 * ((t - 0.55) / 0.05) ** 2),
+                     -0.6 * np.exp(-0.5 * ((t - 0.3) / 0.012) ** 2)], axis=1)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n_windows):
+        x = np.tile(beat, ((7 * i + 3 + length) // period + 1, 1))[7 * i + 3:7 * i + 3 + length]
+        out.append(x + noise * rng.standard_normal(x.shape))
+    return np.stack(out).astype(np.float32)
+
+
 def write_record(folder: Path, name: str, seconds: float = 60.0, fs: float = 360.0, seed: int = 0,
                  leads: tuple[str, str] = ("MLII", "V1"), annotate: bool = True) -> Path:
     """Write a synthetic two-lead WFDB record (with beat annotations) and return its path stem."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import baselines as B
+import drafts as D
 import metrics as M
 import pretrained
 from forecast import Forecaster, forecast_record
@@ -66,7 +66,7 @@ def test_shipped_model_keeps_beating_over_a_long_horizon(mitdb):
     res = forecast_record(fc, str(mitdb / "100"), 60.0, 20.0, 10, 0)
     paths, fs = res["samples"][:, :, 0], fc.fs                  # lead 1 [S, H]
     context = res["context"][None]
-    _, period, _ = B.context_rhythm(context, fs)
+    _, period, _ = D.context_rhythm(context, fs)
     first, last = paths[:, :5 * fs], paths[:, -5 * fs:]
     rows, _ = M.detect_r_peaks(last, fs)
     beats = np.bincount(rows, minlength=len(last))
