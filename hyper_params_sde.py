@@ -38,6 +38,8 @@ class SDEModelConfig:
     draft_spread: float = 0.02    # a forecast draft's beat-to-beat jitter, SD as a fraction of the period
     draft_noise: float = 0.0      # white noise on each forecast path, SD this fraction of the context's residual
                                   # from its mean beat (drafts.add_noise; 0: none)
+    hold_band: bool = False       # (needs draft_beats) a forecast path's departure from its draft is high-passed
+                                  # at the data's lower band edge (drafts.hold_to_band): no slow wander
 
 
 @dataclass
@@ -92,6 +94,8 @@ class SDEConfig:
                "and model.phase_template are two ways to render the patient's beat: choose one")
         _check(0 <= m.draft_spread < 1, "model.draft_spread", m.draft_spread, "must be in [0, 1)")
         _check(m.draft_noise >= 0, "model.draft_noise", m.draft_noise, "must be >= 0")
+        _check(not m.hold_band or m.draft_beats, "model.hold_band", m.hold_band,
+               "needs model.draft_beats (the departure it holds is from the draft)")
         _check(m.min_rate_hz > 0, "model.min_rate_hz", m.min_rate_hz, "must be > 0")
         _check(m.min_obs_std > 0, "model.min_obs_std", m.min_obs_std, "must be > 0")
         _check(s.method in METHODS, "solver.method", s.method, f"must be one of {', '.join(METHODS)}")

@@ -17,7 +17,9 @@ frames of a draft of the future: beats laid at beat times (drafts.draft_waves, a
 drafts). In training the draft is the context's mean beat at the window's own R peaks, so the state learns
 to render what the draft misses (shape changes, amplitude, noise); a forecast draws beat times per path
 (drafts.draw_beat_times) and lays one of the context's own beats at each, so timing spread comes from
-the drafts and the rest from the SDE.
+the drafts and the rest from the SDE. With `model.hold_band` (the recipe) what a path departs from its
+draft is high-passed at the data's lower band edge (drafts.hold_to_band): left alone, the prior's
+departure drifted below the band every recording was filtered to, by 0.2-0.3 mV over 20 s.
 
 Without drafts, a beat phase in the state (`model.phase_harmonics` > 0; the recipe until session 9):
 - z[0] is a beat phase (radians) and z[1] a beat rate (Hz = min_rate_hz + softplus(z[1] + offset)):
@@ -41,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchsde
 
-from drafts import Rhythm, add_noise, context_rhythm, draft_waves
+from drafts import Rhythm, add_noise, context_rhythm, draft_waves, hold_to_band
 from forecast import ForecasterBase, as_context
 from hyper_params import Config, stored_config
 from hyper_params_sde import SDEConfig, sde_config_from_dict
@@ -432,7 +434,10 @@ class LatentSDEForecaster(ForecasterBase):
         frames = self.sde.normalise(self.vq.encode_latent(x, unit).permute(2, 0, 1))  # [C, B, obs]
         steps = math.ceil(horizon / self.factor)
         rhythm = context_rhythm(x_np, self.fs) if self.sde.drafted else None   # for the drafts and their noise
-        drafts, lost = self.draft_frames(x, steps, num_samples, seed, rhythm) if self.sde.drafted else (None, None)
+        drafts, lost, waves = (self.draft_frames(x, steps, num_samples, seed, rhythm) if self.sde.drafted
+                               else (None, None, None))
+        low_hz, order = self.cfg.data.filter_band[0], self.cfg.data.filter_order
+        hold = self.scfg.model.hold_band and waves is not None and low_hz > 0
         out = np.empty((len(x), num_samples, horizon, 2), np.float32)
         per_chunk = max(1, self.max_paths // num_samples)
         for n, lo in enumerate(range(0, len(x), per_chunk)):
@@ -444,15 +449,18 @@ class LatentSDEForecaster(ForecasterBase):
             wave = decode_frames(self.vq, z, unit[lo:lo + per_chunk].repeat_interleave(num_samples, 0))
             if lost is not None:
                 wave = wave + lost[paths]
-            out[lo:lo + per_chunk] = wave[:, :horizon].reshape(-1, num_samples, horizon, 2).cpu().numpy()
+            wave = wave[:, :horizon].cpu().numpy()
+            if hold:
+                wave = hold_to_band(wave, waves[paths, :horizon].cpu().numpy(), x.shape[1], low_hz, order, self.fs)
+            out[lo:lo + per_chunk] = wave.reshape(-1, num_samples, horizon, 2)
         return add_noise(out, x_np, self.fs, self.scfg.model.draft_noise, seed, rhythm)
 
     def draft_frames(self, x: torch.Tensor, steps: int, num_samples: int, seed: int, rhythm: Rhythm | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw latent frames [B * S, steps, obs] of each path's beat draft (beat times drawn per path), and
-        what decoding them at the context's gain loses of the draft, [B * S, steps * factor, 2] mV. Added
-        back to the decoded paths, a path the SDE leaves at its draft is the draft itself, not the VQ-VAE's
-        round trip of it, which cost the drafts 12% more squared error (EXPERIMENTS.md)."""
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw latent frames [B * S, steps, obs] of each path's beat draft (beat times drawn per path), what
+        decoding them at the context's gain loses of the draft, and the draft, both [B * S, steps * factor, 2]
+        mV. Added back to the decoded paths, a path the SDE leaves at its draft is the draft itself, not the
+        VQ-VAE's round trip of it, which cost the drafts 12% more squared error (EXPERIMENTS.md)."""
         waves, index = draft_waves(x.cpu().numpy(), steps * self.factor, self.fs, num_samples, seed,
                                    min_spread=self.scfg.model.draft_spread, rhythm=rhythm)
         waves, index = torch.from_numpy(waves).to(self.device), torch.from_numpy(index).to(self.device)
@@ -460,7 +468,7 @@ class LatentSDEForecaster(ForecasterBase):
         owner = torch.empty(len(waves), dtype=torch.long, device=self.device)    # each draft's context
         owner[index] = torch.arange(len(x), device=self.device).repeat_interleave(num_samples)
         lost = waves - decode_frames(self.vq, frames.transpose(1, 2), self.vq.unit(x)[owner])
-        return frames[index], lost[index]
+        return frames[index], lost[index], waves[index]
 
 
 @torch.no_grad()

@@ -161,7 +161,8 @@ def test_config_validation_names_the_key() -> None:
     shipped, defaults = load_sde_config(DEFAULT_CONFIG), SDEConfig()
     for section in ("solver", "loss"):   # the shipped file spells out the defaults ...
         assert getattr(shipped, section) == getattr(defaults, section)
-    recipe = dict(phase_harmonics=0, corrected_dims=0, draft_beats=True, draft_spread=0.06, draft_noise=0.2)
+    recipe = dict(phase_harmonics=0, corrected_dims=0, draft_beats=True, draft_spread=0.06, draft_noise=0.2,
+                  hold_band=True)
     assert shipped.model == dataclasses.replace(defaults.model, **recipe)   # ... but for beat drafts, not a phase
     assert sde_config_from_dict({}) == defaults
     for raw, key in (({"solver": {"method": "rk4"}}, "solver.method"), ({"solver": {"dt": 0}}, "solver.dt"),
@@ -171,6 +172,7 @@ def test_config_validation_names_the_key() -> None:
                      ({"model": {"draft_spread": 1.5}}, "model.draft_spread"),
                      ({"model": {"draft_noise": -0.1}}, "model.draft_noise"),
                      ({"model": {"draft_beats": True, "phase_template": True}}, "model.draft_beats"),
+                     ({"model": {"hold_band": True}}, "model.hold_band"),
                      ({"sde": {}}, "sde")):
         with pytest.raises(UserError, match=key.replace(".", r"\.")):
             sde_config_from_dict(raw)
@@ -284,13 +286,23 @@ def test_drafted_sde_trains_then_forecasts_from_its_own_drafts(trained: dict) ->
     out = fc.predict(np.stack([context, 0.5 * context]), horizon=64, num_samples=6, seed=1)
     assert out.shape == (2, 6, 64, 2) and np.isfinite(out).all() and out.std(axis=1).mean() > 0
     assert np.array_equal(out, fc.predict(np.stack([context, 0.5 * context]), horizon=64, num_samples=6, seed=1))
+    drafts = TemplateEnsemble(fc.fs)
+    drafts.min_spread, drafts.noise = fc.scfg.model.draft_spread, 0.0
+    whole = context[-min(len(context) // fc.factor, fc.context_frames) * fc.factor:]   # what the SDE reads
+    fc.scfg.model.draft_noise = 0.0
+    with torch.no_grad():           # an emission that renders an offset: paths that drift from their drafts ...
+        fc.sde.emission[-1].bias.add_(3.0)
+    late_drift = {}
+    for hold in (False, True):      # ... but for a second after the context when held to the data's band
+        fc.scfg.model.hold_band = hold
+        departure = fc.predict(whole[None], 10 * fc.fs, 4, seed=1) - drafts.predict(whole[None], 10 * fc.fs, 4, seed=1)
+        late_drift[hold] = np.abs(departure[:, :, fc.fs:].mean(axis=2)).mean()
+    assert late_drift[False] > 1e-3 and late_drift[True] < 0.1 * late_drift[False], late_drift
+    fc.scfg.model.hold_band = False
     with torch.no_grad():           # an emission that renders nothing leaves every path at its draft ...
         fc.sde.emission[-1].weight.zero_()
         fc.sde.emission[-1].bias.zero_()
-    fc.scfg.model.draft_noise = 0.4                     # ... with the same noise on it
-    drafts = TemplateEnsemble(fc.fs)
-    drafts.min_spread, drafts.noise = fc.scfg.model.draft_spread, 0.4
-    whole = context[-min(len(context) // fc.factor, fc.context_frames) * fc.factor:]   # what the SDE reads
+    fc.scfg.model.draft_noise = drafts.noise = 0.4      # ... with the same noise on it
     for vq in (fc.vq, VQVAE(dataclasses.replace(fc.cfg.model, window_gain=True)).eval()):
         fc.vq = vq                  # ... the draft itself, not the VQ-VAE's round trip of it, at any gain
         np.testing.assert_allclose(fc.predict(whole[None], 64, num_samples=6, seed=1),
