@@ -6,15 +6,22 @@ context [B, C, 2] in mV at `fs`, horizon in samples, returns float32 [B, S, H, 2
 """
 from __future__ import annotations
 
+import argparse
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import paths
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, repeat_last
-from paths import PRETRAINED, ROOT, UserError
-from transformer import as_levels
+from hyper_params import stored_config
+from hyper_params_transformer import transformer_config_from_dict
+from paths import PRETRAINED, ROOT, UserError, run_main
+from train_results import load_checkpoint, plot_forecasts
+from transformer import CodeGPT, as_levels
+from vqvae import VQVAE
 
 
 class ForecasterBase:
@@ -64,15 +71,9 @@ class Forecaster(ForecasterBase):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> ForecasterBase:
         """Load any forecaster checkpoint (Transformer or latent SDE); it carries the VQ-VAE and configs."""
-        from hyper_params import stored_config
-        from hyper_params_transformer import transformer_config_from_dict
-        from train_results import load_checkpoint
-        from transformer import CodeGPT
-        from vqvae import VQVAE
-
         ckpt = load_checkpoint(path)
         if ckpt["kind"] == "latent_sde":
-            from latent_sde import LatentSDEForecaster
+            from latent_sde import LatentSDEForecaster     # it builds on this module
             return LatentSDEForecaster.from_checkpoint_dict(ckpt, path, device)
         if ckpt["kind"] != "transformer":
             raise UserError(f"{path} holds a '{ckpt['kind']}' model, not a forecaster")
@@ -127,8 +128,8 @@ class Forecaster(ForecasterBase):
         margin = min(keep, self.DECODE_MARGIN)
         for lo in range(0, len(x), per_chunk):
             ctx = codes[lo:lo + per_chunk]
-            paths = slice(lo * per, (lo + per_chunk) * per)
-            mine = None if draft is None else draft[paths]
+            span = slice(lo * per, (lo + per_chunk) * per)          # this chunk's drafts
+            mine = None if draft is None else draft[span]
             future = self.roll(ctx, steps, gen, use_cache, num_samples, mine)
             # decode the future with the last second of context codes: a smooth seam at a third of the cost
             seam = ctx[:, keep - margin:].repeat_interleave(num_samples, 0)
@@ -136,7 +137,7 @@ class Forecaster(ForecasterBase):
             wave = self.decode_future(seam, future, u, horizon)
             if exact:       # what decoding loses of each draft, so a path that takes all its codes is its draft
                 coded = self.decode_future(seam, mine[:, keep:].reshape(future.shape), u, horizon)
-                wave += drafted[paths, :horizon] - coded
+                wave += drafted[span, :horizon] - coded
             out[lo:lo + per_chunk] = wave.reshape(-1, num_samples, horizon, 2).cpu().numpy()
         return add_noise(out, x_np, self.fs, self.sample.draft_noise, seed, rhythm)
 
@@ -210,7 +211,7 @@ def default_checkpoint(checkpoints: str | None = None) -> Path:
 def forecast_record(fc: Forecaster, record: str, start_s: float, horizon_s: float | None, samples: int,
                     seed: int) -> dict:
     """Forecast a WFDB record from `start_s`, prepared exactly as the model's training data."""
-    from prepare_mitbih import read_record
+    from prepare_mitbih import read_record          # wfdb: imported when a record is read
 
     rec = read_record(Path(record), fc.cfg.data)
     fs, ctx = fc.fs, fc.cfg.data.window_samples
@@ -227,12 +228,6 @@ def forecast_record(fc: Forecaster, record: str, start_s: float, horizon_s: floa
 
 
 def main() -> None:
-    import argparse
-    import time
-
-    import paths
-    from train_results import plot_forecasts
-
     p = argparse.ArgumentParser(description="Forecast a WFDB record: PNG of context, truth, forecast and bands; "
                                 "samples as .npy.")
     p.add_argument("--checkpoint", help=f"forecaster checkpoint (default: the shipped {PRETRAINED.relative_to(ROOT)} "
@@ -267,5 +262,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from paths import run_main
     run_main(main)
