@@ -112,15 +112,16 @@ class Forecaster(ForecasterBase):
         x = torch.from_numpy(x_np).to(self.device)
         unit = self.vq.unit(x)                        # the context's gain decodes the future too
         codes = self.vq.encode(x, unit)
-        draft = drafted = rhythm = None
+        draft = drafted = None
         exact = self.draft_beats and self.sample.draft_bias > 0   # paths tilted to their drafts' codes
+        drafting = self.draft_beats or self.gpt.draft is not None
+        rhythm = context_rhythm(x_np, self.fs) if drafting else None   # read once, for the drafts and their noise
         if self.draft_beats:
-            rhythm = context_rhythm(x_np, self.fs)     # read once, for the drafts and their noise
             got = beat_draft(self.vq, x, steps, self.fs, num_samples, seed, min_spread=self.sample.draft_spread,
                              waves=exact, rhythm=rhythm)
             draft, drafted = got if exact else (got, None)
         elif self.gpt.draft is not None:
-            draft = seasonal_draft(self.vq, x, steps, self.fs)
+            draft = seasonal_draft(self.vq, x, steps, self.fs, rhythm)
         per = 1 if draft is None else len(draft) // len(x)        # drafts per context: 1 or num_samples
         gen = torch.Generator(self.device).manual_seed(seed)
         out = np.empty((len(x), num_samples, horizon, 2), np.float32)
@@ -169,11 +170,11 @@ class Forecaster(ForecasterBase):
 
 
 @torch.no_grad()
-def seasonal_draft(vq, context: torch.Tensor, steps: int, fs: int) -> torch.Tensor:
+def seasonal_draft(vq, context: torch.Tensor, steps: int, fs: int, rhythm: Rhythm | None = None) -> torch.Tensor:
     """Draft codes [B, T + steps, Q] of contexts [B, T * factor, 2] for a drafting CodeGPT: -1 over the
-    context, then the codes of its seasonal-naive continuation."""
+    context, then the codes of its seasonal-naive continuation (`rhythm`: the contexts' `context_rhythm`)."""
     x = context.cpu().numpy()
-    ext = repeat_last(x, context_rhythm(x, fs)[1], steps * vq.factor)[:, 0]
+    ext = repeat_last(x, (rhythm or context_rhythm(x, fs))[1], steps * vq.factor)[:, 0]
     return code_draft(vq, ext, context.shape[1] // vq.factor, context.device)
 
 

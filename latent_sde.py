@@ -434,8 +434,8 @@ class LatentSDEForecaster(ForecasterBase):
         frames = self.sde.normalise(self.vq.encode_latent(x, unit).permute(2, 0, 1))  # [C, B, obs]
         steps = math.ceil(horizon / self.factor)
         rhythm = context_rhythm(x_np, self.fs) if self.sde.drafted else None   # for the drafts and their noise
-        drafts, lost, waves = (self.draft_frames(x, steps, num_samples, seed, rhythm) if self.sde.drafted
-                               else (None, None, None))
+        drafts, coded, waves = (self.draft_frames(x, steps, num_samples, seed, rhythm) if self.sde.drafted
+                                else (None, None, None))
         low_hz, order = self.cfg.data.filter_band[0], self.cfg.data.filter_order
         hold = self.scfg.model.hold_band and waves is not None and low_hz > 0
         out = np.empty((len(x), num_samples, horizon, 2), np.float32)
@@ -447,28 +447,31 @@ class LatentSDEForecaster(ForecasterBase):
             fut = self.sde.sample_frames(frames[:, lo:lo + per_chunk], steps, num_samples, chunk_seed, draft=draft)
             z = fut.permute(1, 2, 0)                                                   # [b * S, obs, steps]
             wave = decode_frames(self.vq, z, unit[lo:lo + per_chunk].repeat_interleave(num_samples, 0))
-            if lost is not None:
-                wave = wave + lost[paths]
-            wave = wave[:, :horizon].cpu().numpy()
-            if hold:
-                wave = hold_to_band(wave, waves[paths, :horizon].cpu().numpy(), x.shape[1], low_hz, order, self.fs)
+            if waves is None:
+                wave = wave[:, :horizon].cpu().numpy()
+            else:           # the draft itself, plus what the SDE's frames decode to beyond the draft's
+                departure = (wave - coded[paths])[:, :horizon].cpu().numpy()
+                if hold:
+                    departure = hold_to_band(departure, x.shape[1], low_hz, order, self.fs)
+                wave = waves[paths, :horizon].cpu().numpy() + departure
             out[lo:lo + per_chunk] = wave.reshape(-1, num_samples, horizon, 2)
         return add_noise(out, x_np, self.fs, self.scfg.model.draft_noise, seed, rhythm)
 
     def draft_frames(self, x: torch.Tensor, steps: int, num_samples: int, seed: int, rhythm: Rhythm | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw latent frames [B * S, steps, obs] of each path's beat draft (beat times drawn per path), what
-        decoding them at the context's gain loses of the draft, and the draft, both [B * S, steps * factor, 2]
-        mV. Added back to the decoded paths, a path the SDE leaves at its draft is the draft itself, not the
-        VQ-VAE's round trip of it, which cost the drafts 12% more squared error (EXPERIMENTS.md)."""
+        """Raw latent frames [B * S, steps, obs] of each path's beat draft (beat times drawn per path), those
+        frames decoded at the context's gain, and the draft itself, both [B * S, steps * factor, 2] mV. A path
+        is its draft plus how its decoded frames depart from the decoded draft's, so a path the SDE leaves at
+        its draft is the draft itself, not the VQ-VAE's round trip of it, which cost the drafts 12% more
+        squared error (EXPERIMENTS.md)."""
         waves, index = draft_waves(x.cpu().numpy(), steps * self.factor, self.fs, num_samples, seed,
                                    min_spread=self.scfg.model.draft_spread, rhythm=rhythm)
         waves, index = torch.from_numpy(waves).to(self.device), torch.from_numpy(index).to(self.device)
         frames = latent_frames(self.vq, waves)
         owner = torch.empty(len(waves), dtype=torch.long, device=self.device)    # each draft's context
         owner[index] = torch.arange(len(x), device=self.device).repeat_interleave(num_samples)
-        lost = waves - decode_frames(self.vq, frames.transpose(1, 2), self.vq.unit(x)[owner])
-        return frames[index], lost[index], waves[index]
+        coded = decode_frames(self.vq, frames.transpose(1, 2), self.vq.unit(x)[owner])
+        return frames[index], coded[index], waves[index]
 
 
 @torch.no_grad()
