@@ -244,16 +244,21 @@ def add_noise(paths: np.ndarray, x: np.ndarray, fs: float, scale: float, seed: i
     return paths + sd * rng.standard_normal(paths.shape, dtype=np.float32)
 
 
-def hold_to_band(departure: np.ndarray, before: int, low_hz: float, order: int, fs: float) -> np.ndarray:
+def hold_to_band(departure: np.ndarray, before: int, low_hz: float, order: int, fs: float,
+                 rows: int = 256) -> np.ndarray:
     """Paths' departures from their drafts [N, H, 2], high-passed at `low_hz` (zero-phase Butterworth of
     `order`, as the data were filtered), each taken as 0 over the `before` samples of context. A network
     renders what its draft misses; below the band every recording was filtered to, what it renders is drift
     that no recording has: the latent SDE's 20 s paths wandered by 0.2-0.3 mV (EXPERIMENTS.md, session 18)."""
     sos = scipy.signal.butter(order, low_hz, btype="highpass", fs=fs, output="sos")
-    full = np.concatenate([np.zeros((len(departure), before, departure.shape[2])), departure], 1)
     # a mirrored second at the end: the default (odd, 15 samples) left 0.14 mV of a held offset there
-    pad = min(round(fs), full.shape[1] - 1)
-    return scipy.signal.sosfiltfilt(sos, full, axis=1, padtype="even", padlen=pad)[:, before:].astype(departure.dtype)
+    pad = min(round(fs), before + departure.shape[1] - 1)
+    out = np.empty_like(departure)
+    for i in range(0, len(departure), rows):     # scipy filters in float64: a block of paths at a time
+        part = departure[i:i + rows]
+        full = np.concatenate([np.zeros((len(part), before, part.shape[2])), part], 1)
+        out[i:i + rows] = scipy.signal.sosfiltfilt(sos, full, axis=1, padtype="even", padlen=pad)[:, before:]
+    return out
 
 
 def beat_train(template: np.ndarray, pre: int, beats: np.ndarray, start: int, length: int,

@@ -34,6 +34,7 @@ Without drafts, a beat phase in the state (`model.phase_harmonics` > 0; the reci
 """
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -43,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchsde
 
-from drafts import Rhythm, add_noise, context_rhythm, draft_waves, hold_to_band
+from drafts import Rhythm, add_noise, context_rhythm, draft_waves, hold_to_band, residual_sd
 from forecast import ForecasterBase, as_context
 from hyper_params import Config, stored_config
 from hyper_params_sde import SDEConfig, sde_config_from_dict
@@ -52,6 +53,7 @@ from vqvae import VQVAE
 
 TEMPLATE_EXCLUDE = 4  # frames: the phase template of a frame never reads the context frames this close to it
 MAX_DRIFT = 30.0   # state units per second: learned drifts are soft-clipped to this, so no state can run away
+LEARNS_CRPS = ("prior", "diffusion", "emission")   # what PathCRPS trains; the posterior keeps its ELBO weights
 
 
 def soft_clip(x: torch.Tensor, bound: float = MAX_DRIFT) -> torch.Tensor:
@@ -362,12 +364,12 @@ class LatentSDE(nn.Module):
 
     # ------------------------------------------------------------------ forecasting
 
-    @torch.no_grad()
     def sample_frames(self, context: torch.Tensor, steps: int, num_samples: int, seed: int,
                       normalised: bool = False, draft: torch.Tensor | None = None) -> torch.Tensor:
         """Sampled future frames [steps, B * S, obs] (the S paths of a context next to each other)
         from normalised context frames [C, B, obs]: posterior over the context, then the prior; a
-        drafting model reads raw draft frames [steps, B * S, obs], one draft per path."""
+        drafting model reads raw draft frames [steps, B * S, obs], one draft per path. Differentiable,
+        for the CRPS fine-tuning (PathCRPS): forecasts call it under no_grad."""
         C, B, _ = context.shape
         self.encode([context])
         self._ctx = self._ctx.repeat_interleave(num_samples, 1)
@@ -457,6 +459,29 @@ class LatentSDEForecaster(ForecasterBase):
             out[lo:lo + per_chunk] = wave.reshape(-1, num_samples, horizon, 2)
         return add_noise(out, x_np, self.fs, self.scfg.model.draft_noise, seed, rhythm)
 
+    def path_crps(self, signals: torch.Tensor, num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fair CRPS (mV) of `num_samples` forecast paths per window [B, C + H, 2] (C the model's context)
+        against the window's last H samples, differentiable in the SDE; and the same of the bare drafts with
+        the same noise, what the network's departure is measured against. Drafts and noise are drawn as in
+        `predict`; the hold (a linear filter of < 0.5 Hz) is left to forecasting."""
+        x, y = signals[:, :self.context_frames * self.factor], signals[:, self.context_frames * self.factor:]
+        steps, horizon = math.ceil(y.shape[1] / self.factor), y.shape[1]
+        x_np = x.detach().cpu().numpy()
+        rhythm = context_rhythm(x_np, self.fs)
+        with torch.no_grad():
+            unit = self.vq.unit(x)
+            frames = self.sde.normalise(self.vq.encode_latent(x, unit).permute(2, 0, 1))
+            drafts, coded, waves = self.draft_frames(x, steps, num_samples, seed, rhythm)
+        fut = self.sde.sample_frames(frames, steps, num_samples, seed, draft=drafts.transpose(0, 1))
+        wave = self.vq.decode_latent(fut.permute(1, 2, 0), unit.repeat_interleave(num_samples, 0))
+        shape = (len(x), num_samples, horizon, 2)
+        gen = torch.Generator(device=x.device).manual_seed(int(seed))
+        sd = torch.from_numpy(self.scfg.model.draft_noise * residual_sd(x_np, self.fs, rhythm)).float().to(x.device)
+        noise = sd[:, None, None, :] * torch.randn(shape, generator=gen, device=x.device)
+        drafted = waves[:, :horizon].reshape(shape) + noise
+        paths = drafted + (wave - coded)[:, :horizon].reshape(shape)
+        return fair_crps(paths, y), fair_crps(drafted, y).detach()
+
     def draft_frames(self, x: torch.Tensor, steps: int, num_samples: int, seed: int, rhythm: Rhythm | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw latent frames [B * S, steps, obs] of each path's beat draft (beat times drawn per path), those
@@ -472,6 +497,50 @@ class LatentSDEForecaster(ForecasterBase):
         owner[index] = torch.arange(len(x), device=self.device).repeat_interleave(num_samples)
         coded = decode_frames(self.vq, frames.transpose(1, 2), self.vq.unit(x)[owner])
         return frames[index], coded[index], waves[index]
+
+
+class PathCRPS(nn.Module):
+    """A latent SDE trained on what its forecasts are scored on: the fair CRPS of sampled paths in mV, from
+    forecast-time drafts (latent_sde_train.py --crps-from). The ELBO teaches the prior to explain windows the
+    posterior saw whole; this teaches it the spread and the departures from a mistimed draft that lower a
+    forecast's CRPS. Only the prior drift, the diffusion and the emission learn: with the posterior network
+    learning too, the validation patient 109's CRPS rose 3.5% (EXPERIMENTS.md, session 19). The forward is
+    the loss so that the generic trainer (DDP, DataParallel) can run it; its state is the SDE's own."""
+
+    def __init__(self, forecaster: LatentSDEForecaster, num_samples: int):
+        super().__init__()
+        if not forecaster.sde.drafted:
+            raise ValueError("CRPS fine-tuning needs a latent SDE with beat drafts (model.draft_beats)")
+        self.sde, self.vq, self.num_samples = forecaster.sde, forecaster.vq.requires_grad_(False), num_samples
+        self.forecaster = [forecaster]          # a list: its settings, not more modules
+        for name, p in self.sde.named_parameters():
+            p.requires_grad_(name.split(".")[0] in LEARNS_CRPS)
+
+    def train(self, mode: bool = True) -> "PathCRPS":
+        super().train(mode)
+        self.vq.eval()                          # in training mode its codebooks would update
+        return self
+
+    def forward(self, signals: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
+        fc = copy.copy(self.forecaster[0])      # this replica's networks and device (DataParallel copies them)
+        fc.sde, fc.vq, fc.device = self.sde, self.vq, signals.device
+        loss, drafts = fc.path_crps(signals, self.num_samples, seed)
+        return loss, {"crps": loss.detach(), "drafts_crps": drafts, "gain": drafts - loss.detach()}
+
+    def state_dict(self, *args, **kwargs) -> dict:
+        return self.sde.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False):
+        return self.sde.load_state_dict(state, strict, assign)
+
+
+def fair_crps(paths: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Mean fair CRPS of sample paths [B, S, H, 2] against truth [B, H, 2]: unbiased in S, so 8 paths a
+    window train toward the same spread as 100 would (the plain estimator rewards too little spread)."""
+    s = paths.shape[1]
+    skill = (paths - truth[:, None]).abs().mean(1)
+    spread = (paths[:, :, None] - paths[:, None]).abs().sum((1, 2)) / (2 * s * (s - 1))
+    return (skill - spread).mean()
 
 
 @torch.no_grad()

@@ -9,13 +9,22 @@ tensors), and with `model.draft_beats` so is its beat draft at its own R peaks. 
 negative ELBO per latent number: reconstruction of context and future frames plus the KL of the
 initial state and of the posterior path, with the KL weight annealed.
 The best checkpoint is the lowest validation loss (the full ELBO); it holds the VQ-VAE too, so
-forecast.py and evaluate.py need only this one file. The shipped model's VQ-VAE comes from
+forecast.py and evaluate.py need only this one file.
+
+    python3 latent_sde_train.py --crps-from checkpoints/latent_sde-<time>/best.pt
+
+then fine-tunes that model's prior, diffusion and emission on the fair CRPS of its forecast paths (the
+config's crps section; latent_sde.PathCRPS), keeping the epoch with the lowest validation CRPS: the ELBO
+alone left its forecasts' CRPS above the template ensemble's (EXPERIMENTS.md, session 19). The shipped model's VQ-VAE comes from
 `vqvae_train.py --config config_vqvae_sde.json`: on the default coder's latents the same recipe
 forecast worse and its KL term blew up (see EXPERIMENTS.md).
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,8 +33,8 @@ from torch.utils.data import TensorDataset
 import paths
 from drafts import detected_beats, draft_waves
 from hyper_params import stored_config
-from hyper_params_sde import load_sde_config
-from latent_sde import LatentSDE, LatentSDEForecaster, latent_frames
+from hyper_params_sde import load_sde_config, sde_config_from_dict
+from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split
 from train_results import load_checkpoint, plot_forecasts, weights_digest
 from training import Trainer, apply_train_overrides, run_parser, run_record, seed_everything, setup_runtime
@@ -75,19 +84,78 @@ def beat_targets(data: dict, frames: int, factor: int, fs: float, max_rr_s: floa
     return torch.from_numpy(out)
 
 
+def plot_windows(val: dict, n: int) -> np.ndarray:
+    """The fixed validation windows drawn every epoch, spread over the split."""
+    return val["signals"][np.linspace(0, len(val["signals"]) - 1, n).astype(int)].clone().numpy()
+
+
+def plot_epoch(fc: LatentSDEForecaster, fixed: np.ndarray, piece: int, run_dir: Path, epoch: int) -> None:
+    samples = fc.predict(fixed[:, :piece], fixed.shape[1] - piece, num_samples=20, seed=0)
+    plot_forecasts(fixed, samples, fc.fs, piece, run_dir / f"forecast_epoch_{epoch:03d}.png",
+                   f"epoch {epoch}: validation forecasts (20 sampled paths)")
+
+
+def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str] | None) -> dict:
+    """Fine-tune an ELBO-trained latent SDE on the fair CRPS of its forecast paths (latent_sde.PathCRPS), with
+    the generic trainer: training windows drawn at random, the best epoch by the validation patients' CRPS."""
+    source = resume["meta"]["crps_from"] if resume else args.crps_from
+    start = resume or load_checkpoint(source, "latent_sde")
+    stored = {k: v for k, v in start["config"].items() if k != "vqvae"}
+    scfg = sde_config_from_dict(stored, f"latent SDE config stored in {args.resume or source}")
+    if not resume:
+        scfg.crps = load_sde_config(args.config).crps
+    scfg.validate()
+    c = scfg.crps
+    settings = dataclasses.replace(scfg.train, epochs=c.epochs, max_steps_per_epoch=c.steps_per_epoch,
+                                   batch_size=c.batch_size, learning_rate=c.learning_rate, weight_decay=0.0,
+                                   warmup_steps=0, checkpoint_every=c.epochs)
+    apply_train_overrides(settings, args)
+    rt = setup_runtime(args.device)
+    seed_everything(settings.seed)
+    fc = LatentSDEForecaster.from_checkpoint_dict(start, source, rt.device)
+    model = PathCRPS(fc, c.samples)
+    train, val = (load_split(split, fc.cfg, args.prepared) for split in ("train", "validation"))
+    piece = fc.cfg.data.window_samples
+    run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde")
+    config = {**scfg.to_dict(), "vqvae": start["config"]["vqvae"]}
+    meta = run_record(config, settings.seed, train["data_hash"] + "/" + train["input_hash"], rt,
+                      sys.argv if argv is None else argv)
+    meta.update(crps_from=str(source), vqvae_checkpoint=start["meta"].get("vqvae_checkpoint", str(source)))
+    fixed = plot_windows(val, settings.plot_windows)
+
+    def step_fn(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
+        # fresh drafts and paths every step; the same ones for every validation
+        return m(batch[0].float(), int(torch.randint(2 ** 31 - 1, ())) if m.training else 0)
+
+    def epoch_end(m: PathCRPS, epoch: int, is_main: bool) -> dict:
+        if is_main and len(fixed):
+            plot_epoch(fc, fixed, piece, run_dir, epoch)
+            m.train()
+        return {}
+
+    trainer = Trainer(model, TensorDataset(train["signals"]), TensorDataset(val["signals"]), step_fn, settings,
+                      run_dir, ckpt_dir, config, meta, rt, kind="latent_sde", epoch_end=epoch_end,
+                      shown=("val_drafts_crps", "val_gain", "seconds"), extras={"vqvae": start["vqvae"]})
+    return trainer.run(args.resume)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = run_parser(__doc__, "latent SDE config JSON (default: config_sde.json)")
     p.add_argument("--augment-copies", type=int, help="override augment.copies (0: none, for quick runs)")
     p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: newest checkpoints/vqvae-*/best.pt; "
                    "a resumed run uses the one stored in its checkpoint). The shipped model's is trained with "
                    "vqvae_train.py --config config_vqvae_sde.json")
+    p.add_argument("--crps-from", help="an ELBO-trained latent SDE checkpoint to fine-tune on the CRPS of its forecast "
+                   "paths, with the crps section of --config (EXPERIMENTS.md, session 19)")
     args = p.parse_args(argv)
+    resume = load_checkpoint(args.resume, "latent_sde") if args.resume else None
+    if args.crps_from or (resume and "crps_from" in resume["meta"]):
+        return finetune_crps(args, resume, argv)
     scfg = load_sde_config(args.config)
     apply_train_overrides(scfg.train, args)
     if args.augment_copies is not None:
         scfg.augment.copies = args.augment_copies
     scfg.validate()
-    resume = load_checkpoint(args.resume, "latent_sde") if args.resume else None
     if resume:
         vq_ckpt = resume["vqvae"]
         vq = VQVAE(stored_config(vq_ckpt["config"], f"VQ-VAE config stored in {args.resume}").model)
@@ -136,18 +204,14 @@ def main(argv: list[str] | None = None) -> dict:
                       sys.argv if argv is None else argv)
     meta["vqvae_checkpoint"] = vq_source
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]}}
-    idx = np.linspace(0, len(val["signals"]) - 1, scfg.train.plot_windows).astype(int)
-    fixed = val["signals"][idx].clone().numpy()
+    fixed = plot_windows(val, scfg.train.plot_windows)
 
     def step_fn(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
         return m(batch[0], context, **dict(zip(names, batch[1:])))
 
     def epoch_end(m: LatentSDE, epoch: int, is_main: bool) -> dict:
         if is_main and len(fixed):
-            fc = LatentSDEForecaster(vq, m, cfg, scfg, rt.device)
-            samples = fc.predict(fixed[:, :piece], fixed.shape[1] - piece, num_samples=20, seed=0)
-            plot_forecasts(fixed, samples, fs, piece, run_dir / f"forecast_epoch_{epoch:03d}.png",
-                           f"epoch {epoch}: validation forecasts (20 sampled paths)")
+            plot_epoch(LatentSDEForecaster(vq, m, cfg, scfg, rt.device), fixed, piece, run_dir, epoch)
             m.train()
         return {}
 

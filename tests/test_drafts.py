@@ -173,3 +173,12 @@ def test_hold_to_band_keeps_a_departure_above_the_band_and_drops_its_drift():
     assert 0.1 < held[0, 0, 0] < 0.3                                           # half the offset at the seam
     assert np.abs(held[0, FS:] - wave[FS:, None]).max() < 0.02                 # none a second on; the wave kept
     assert np.abs(held[1]).max() < 1e-9
+
+
+def test_hold_to_band_filters_each_path_alone():
+    """Paths are filtered a block at a time to bound memory: the blocks must not change any path."""
+    departure = np.random.default_rng(0).standard_normal((7, 3 * FS, 2)).astype(np.float32)
+    whole = D.hold_to_band(departure, C, 0.5, 2, FS)
+    assert whole.dtype == np.float32
+    np.testing.assert_allclose(D.hold_to_band(departure, C, 0.5, 2, FS, rows=2), whole, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(D.hold_to_band(departure[3:4], C, 0.5, 2, FS), whole[3:4], rtol=0, atol=1e-6)

@@ -2,6 +2,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import vqvae_train
 from baselines import TemplateEnsemble
 from forecast import Forecaster
 from hyper_params_sde import DEFAULT_CONFIG, SDEConfig, load_sde_config, sde_config_from_dict
-from latent_sde import LatentSDE, LatentSDEForecaster
+from latent_sde import LEARNS_CRPS, LatentSDE, LatentSDEForecaster, PathCRPS, fair_crps
 from vqvae import VQVAE
 from paths import UserError
 from tiny import flags, tiny_setup
@@ -263,9 +264,9 @@ def test_window_gain_vqvae_decodes_paths_at_the_context_gain(trained: dict) -> N
     np.testing.assert_allclose(fc.predict(2 * context, 40, num_samples=3, seed=0), 2 * a, rtol=1e-4, atol=1e-6)
 
 
-def test_drafted_sde_trains_then_forecasts_from_its_own_drafts(trained: dict) -> None:
-    """train → forecast with beat drafts: the training windows' drafts come from their own R peaks,
-    a forecast draws one beat period per path; same seed, same paths."""
+@pytest.fixture(scope="module")
+def drafted(trained: dict) -> dict:
+    """A tiny latent SDE with beat drafts, trained on the same records."""
     tmp = trained["tmp"]
     raw = json.loads(json.dumps(TINY_SDE))
     raw["model"].update(phase_harmonics=0, corrected_dims=0, draft_beats=True)
@@ -277,9 +278,15 @@ def test_drafted_sde_trains_then_forecasts_from_its_own_drafts(trained: dict) ->
              "checkpoints": str(tmp / "ck_draft")}
     latent_sde_train.main(flags(setup, "--device", "cpu", "--vqvae", str(vq)))
     run = next((tmp / "res_draft").glob("latent_sde-*"))
-    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    return {"setup": setup, "run": run, "ckpt": tmp / "ck_draft" / run.name / "best.pt"}
+
+
+def test_drafted_sde_trains_then_forecasts_from_its_own_drafts(drafted: dict) -> None:
+    """train → forecast with beat drafts: the training windows' drafts come from their own R peaks,
+    a forecast draws one beat period per path; same seed, same paths."""
+    rows = list(csv.DictReader((drafted["run"] / "metrics.csv").open()))
     assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
-    fc = Forecaster.from_checkpoint(tmp / "ck_draft" / run.name / "best.pt", "cpu")
+    fc = Forecaster.from_checkpoint(drafted["ckpt"], "cpu")
     assert isinstance(fc, LatentSDEForecaster) and fc.sde.drafted
     from conftest import synthetic_ecg
     context = synthetic_ecg(2, fc.fs, seed=3)[0].astype(np.float32)
@@ -307,3 +314,80 @@ def test_drafted_sde_trains_then_forecasts_from_its_own_drafts(trained: dict) ->
         fc.vq = vq                  # ... the draft itself, not the VQ-VAE's round trip of it, at any gain
         np.testing.assert_allclose(fc.predict(whole[None], 64, num_samples=6, seed=1),
                                    drafts.predict(whole[None], 64, num_samples=6, seed=1), atol=1e-5)
+
+
+def test_fair_crps_of_known_samples() -> None:
+    """A point mass scores its absolute error; two samples straddling the truth by 1 score 0 (fair: the
+    spread term divides by S(S-1), not S^2)."""
+    y = torch.ones(1, 3, 2)
+    assert torch.isclose(fair_crps(torch.full((1, 4, 3, 2), 3.0), y), torch.tensor(2.0))
+    assert torch.isclose(fair_crps(torch.stack([0 * y, 2 * y], 1), y), torch.tensor(0.0))
+
+
+def test_crps_fine_tuning_trains_prior_diffusion_and_emission_only(drafted: dict) -> None:
+    """PathCRPS: its state is the SDE's (no prefix); gradients reach only the prior, diffusion and emission;
+    a few steps on one batch lower that batch's CRPS, the posterior and the VQ-VAE (kept in eval mode) untouched."""
+    fc = Forecaster.from_checkpoint(drafted["ckpt"], "cpu")
+    model = PathCRPS(fc, num_samples=4).train()
+    assert model.sde.training and not model.vq.training
+    vq_before = {k: v.clone() for k, v in fc.vq.state_dict().items()}
+    assert model.state_dict().keys() == fc.sde.state_dict().keys()
+    from conftest import synthetic_ecg
+    window = fc.context_frames * fc.factor + 64
+    signals = torch.from_numpy(np.stack([synthetic_ecg(3, fc.fs, seed=s)[0][:window] for s in range(3)])).float()
+    before = {k: v.clone() for k, v in fc.sde.state_dict().items()}
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    losses = []
+    for _ in range(6):
+        loss, metrics = model(signals, seed=5)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert set(metrics) == {"crps", "drafts_crps", "gain"} and np.isfinite(losses).all()
+    assert losses[-1] < losses[0], losses
+    changed = {k.split(".")[0] for k, v in fc.sde.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and changed <= set(LEARNS_CRPS), changed
+    assert all(torch.equal(v, vq_before[k]) for k, v in fc.vq.state_dict().items())
+
+
+def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_path: Path) -> None:
+    """latent_sde_train.py --crps-from: a run of the generic trainer whose checkpoint forecast.py loads, its
+    validation loss the CRPS, its source recorded; --resume continues it."""
+    setup = {**drafted["setup"], "results": str(tmp_path / "res"), "checkpoints": str(tmp_path / "ck")}
+    row = latent_sde_train.main(flags(setup, "--device", "cpu", "--crps-from", str(drafted["ckpt"]), "--epochs", "1",
+                                      "--max-steps", "2", "--batch-size", "4"))
+    assert row["epoch"] == 1 and 0 < row["val_loss"] < 1 and np.isclose(row["val_gain"], row["val_drafts_crps"] - row["val_loss"])
+    run = next((tmp_path / "res").glob("latent_sde-*"))
+    last = tmp_path / "ck" / run.name / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["meta"]["crps_from"] == str(drafted["ckpt"]) and ckpt["config"]["crps"]["samples"] >= 2
+    source = torch.load(drafted["ckpt"], weights_only=True)["model"]
+    assert torch.equal(ckpt["model"]["gru.weight_ih_l0"], source["gru.weight_ih_l0"])
+    assert not torch.equal(ckpt["model"]["prior.0.weight"], source["prior.0.weight"])
+    fc = Forecaster.from_checkpoint(tmp_path / "ck" / run.name / "best.pt", "cpu")
+    assert isinstance(fc, LatentSDEForecaster)
+    row = latent_sde_train.main(flags(setup, "--device", "cpu", "--resume", str(last), "--epochs", "2",
+                                      "--max-steps", "2", "--batch-size", "4"))
+    assert row["epoch"] == 2 and [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())] == ["1", "2"]
+
+
+def test_crps_fine_tuning_under_torchrun_keeps_the_ranks_in_step(drafted: dict, tmp_path: Path) -> None:
+    """2 CPU processes (gloo): DDP reduces the gradients of the trained networks only, so both ranks end with
+    the same weights, the posterior's still the source's."""
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    setup = {**drafted["setup"], "results": str(tmp_path / "res"), "checkpoints": str(tmp_path / "ck")}
+    args = flags(setup, "--device", "cpu", "--crps-from", str(drafted["ckpt"]), "--epochs", "1", "--max-steps", "2",
+                 "--batch-size", "4")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ECG_")}, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(root / "tests" / "train_harness.py"), "--dump-state", str(tmp_path / "ranks"),
+                        "latent_sde_train", "--", *args], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rank0, rank1 = (torch.load(tmp_path / "ranks" / f"rank{i}.pt", weights_only=True) for i in (0, 1))
+    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0), "ranks disagree"
+    source = torch.load(drafted["ckpt"], weights_only=True)["model"]
+    assert torch.equal(rank0["gru.weight_ih_l0"], source["gru.weight_ih_l0"])
+    assert not torch.equal(rank0["prior.0.weight"], source["prior.0.weight"])
