@@ -459,11 +459,13 @@ class LatentSDEForecaster(ForecasterBase):
             out[lo:lo + per_chunk] = wave.reshape(-1, num_samples, horizon, 2)
         return add_noise(out, x_np, self.fs, self.scfg.model.draft_noise, seed, rhythm)
 
-    def path_crps(self, signals: torch.Tensor, num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def path_crps(self, signals: torch.Tensor, num_samples: int, seed: int, held: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fair CRPS (mV) of `num_samples` forecast paths per window [B, C + H, 2] (C the model's context)
         against the window's last H samples, differentiable in the SDE; and the same of the bare drafts with
         the same noise, what the network's departure is measured against. Drafts and noise are drawn as in
-        `predict`; the hold (a linear filter of < 0.5 Hz) is left to forecasting."""
+        `predict`, and `held` holds the paths to the band as a forecast does (trained through, the hold
+        scored worse on validation: EXPERIMENTS.md, session 19)."""
         x, y = signals[:, :self.context_frames * self.factor], signals[:, self.context_frames * self.factor:]
         steps, horizon = math.ceil(y.shape[1] / self.factor), y.shape[1]
         x_np = x.detach().cpu().numpy()
@@ -479,8 +481,13 @@ class LatentSDEForecaster(ForecasterBase):
         sd = torch.from_numpy(self.scfg.model.draft_noise * residual_sd(x_np, self.fs, rhythm)).float().to(x.device)
         noise = sd[:, None, None, :] * torch.randn(shape, generator=gen, device=x.device)
         drafted = waves[:, :horizon].reshape(shape) + noise
-        paths = drafted + (wave - coded)[:, :horizon].reshape(shape)
-        return fair_crps(paths, y), fair_crps(drafted, y).detach()
+        departure = (wave - coded)[:, :horizon]
+        low_hz = self.cfg.data.filter_band[0]
+        if held and self.scfg.model.hold_band and low_hz > 0:     # the filter is linear: one matrix
+            band = hold_to_band(np.eye(horizon, dtype=np.float32)[:, :, None], x.shape[1], low_hz,
+                                self.cfg.data.filter_order, self.fs)[:, :, 0]
+            departure = torch.einsum("pnc,nt->ptc", departure, torch.from_numpy(band).to(x.device))
+        return fair_crps(drafted + departure.reshape(shape), y), fair_crps(drafted, y).detach()
 
     def draft_frames(self, x: torch.Tensor, steps: int, num_samples: int, seed: int, rhythm: Rhythm | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -504,7 +511,8 @@ class PathCRPS(nn.Module):
     forecast-time drafts (latent_sde_train.py --crps-from). The ELBO teaches the prior to explain windows the
     posterior saw whole; this teaches it the spread and the departures from a mistimed draft that lower a
     forecast's CRPS. Only the prior drift, the diffusion and the emission learn: with the posterior network
-    learning too, the validation patient 109's CRPS rose 3.5% (EXPERIMENTS.md, session 19). The forward is
+    learning too, the validation patient 109's CRPS rose 3.5% (EXPERIMENTS.md, session 19). In eval mode
+    (validation) the paths are held to the band, as a forecast holds them. The forward is
     the loss so that the generic trainer (DDP, DataParallel) can run it; its state is the SDE's own."""
 
     def __init__(self, forecaster: LatentSDEForecaster, num_samples: int):
@@ -524,7 +532,7 @@ class PathCRPS(nn.Module):
     def forward(self, signals: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
         fc = copy.copy(self.forecaster[0])      # this replica's networks and device (DataParallel copies them)
         fc.sde, fc.vq, fc.device = self.sde, self.vq, signals.device
-        loss, drafts = fc.path_crps(signals, self.num_samples, seed)
+        loss, drafts = fc.path_crps(signals, self.num_samples, seed, held=not self.training)
         return loss, {"crps": loss.detach(), "drafts_crps": drafts, "gain": drafts - loss.detach()}
 
     def state_dict(self, *args, **kwargs) -> dict:

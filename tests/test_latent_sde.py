@@ -160,7 +160,7 @@ def test_beat_hint_targets_follow_the_annotations() -> None:
 
 def test_config_validation_names_the_key() -> None:
     shipped, defaults = load_sde_config(DEFAULT_CONFIG), SDEConfig()
-    for section in ("solver", "loss"):   # the shipped file spells out the defaults ...
+    for section in ("solver", "loss", "crps"):   # the shipped file spells out the defaults ...
         assert getattr(shipped, section) == getattr(defaults, section)
     recipe = dict(phase_harmonics=0, corrected_dims=0, draft_beats=True, draft_spread=0.06, draft_noise=0.2,
                   hold_band=True)
@@ -174,6 +174,8 @@ def test_config_validation_names_the_key() -> None:
                      ({"model": {"draft_noise": -0.1}}, "model.draft_noise"),
                      ({"model": {"draft_beats": True, "phase_template": True}}, "model.draft_beats"),
                      ({"model": {"hold_band": True}}, "model.hold_band"),
+                     ({"crps": {"samples": 1}}, "crps.samples"), ({"crps": {"epochs": 0}}, "crps.epochs"),
+                     ({"crps": {"learning_rate": 0}}, "crps.learning_rate"), ({"crps": {"sample": 8}}, "crps.sample"),
                      ({"sde": {}}, "sde")):
         with pytest.raises(UserError, match=key.replace(".", r"\.")):
             sde_config_from_dict(raw)
@@ -349,6 +351,12 @@ def test_crps_fine_tuning_trains_prior_diffusion_and_emission_only(drafted: dict
     changed = {k.split(".")[0] for k, v in fc.sde.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and changed <= set(LEARNS_CRPS), changed
     assert all(torch.equal(v, vq_before[k]) for k, v in fc.vq.state_dict().items())
+    fc.scfg.model.hold_band = True
+    with torch.no_grad():               # validation scores paths held to the band, as forecasts are
+        free = model(signals, seed=5)[0]
+        held = model.eval()(signals, seed=5)[0]
+        fc.scfg.model.hold_band = False
+        assert torch.equal(model(signals, seed=5)[0], free) and not torch.equal(held, free)
 
 
 def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_path: Path) -> None:
