@@ -7,6 +7,8 @@ and the template-ensemble baseline is the drafts alone (EXPERIMENTS.md has how e
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import scipy.signal
 import scipy.stats
@@ -259,6 +261,15 @@ def hold_to_band(departure: np.ndarray, before: int, low_hz: float, order: int, 
         full = np.concatenate([np.zeros((len(part), before, part.shape[2])), part], 1)
         out[i:i + rows] = scipy.signal.sosfiltfilt(sos, full, axis=1, padtype="even", padlen=pad)[:, before:]
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def hold_matrix(before: int, length: int, low_hz: float, order: int, fs: float) -> np.ndarray:
+    """hold_to_band as a matrix [length, length] (departure sample → held sample): the filter is linear, so
+    a differentiable hold is one product. Cached: every validation batch of a run asks the same one."""
+    band = hold_to_band(np.eye(length, dtype=np.float32)[:, :, None], before, low_hz, order, fs)[:, :, 0]
+    band.flags.writeable = False
+    return band
 
 
 def beat_train(template: np.ndarray, pre: int, beats: np.ndarray, start: int, length: int,

@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchsde
 
-from drafts import Rhythm, add_noise, context_rhythm, draft_waves, hold_to_band, residual_sd
+from drafts import Rhythm, add_noise, context_rhythm, draft_waves, hold_matrix, hold_to_band, residual_sd
 from forecast import ForecasterBase, as_context
 from hyper_params import Config, stored_config
 from hyper_params_sde import SDEConfig, sde_config_from_dict
@@ -432,14 +432,12 @@ class LatentSDEForecaster(ForecasterBase):
             raise ValueError(f"horizon must be >= 1 sample, got {horizon}")
         x_np = np.ascontiguousarray(x[:, x.shape[1] - keep * self.factor:])
         x = torch.from_numpy(x_np).to(self.device)
-        unit = self.vq.unit(x)                                                     # the context's gain
-        frames = self.sde.normalise(self.vq.encode_latent(x, unit).permute(2, 0, 1))  # [C, B, obs]
+        unit, frames = self.encode_context(x)
         steps = math.ceil(horizon / self.factor)
         rhythm = context_rhythm(x_np, self.fs) if self.sde.drafted else None   # for the drafts and their noise
         drafts, coded, waves = (self.draft_frames(x, steps, num_samples, seed, rhythm) if self.sde.drafted
                                 else (None, None, None))
-        low_hz, order = self.cfg.data.filter_band[0], self.cfg.data.filter_order
-        hold = self.scfg.model.hold_band and waves is not None and low_hz > 0
+        hold = waves is not None and self.holds()
         out = np.empty((len(x), num_samples, horizon, 2), np.float32)
         per_chunk = max(1, self.max_paths // num_samples)
         for n, lo in enumerate(range(0, len(x), per_chunk)):
@@ -454,7 +452,8 @@ class LatentSDEForecaster(ForecasterBase):
             else:           # the draft itself, plus what the SDE's frames decode to beyond the draft's
                 departure = (wave - coded[paths])[:, :horizon].cpu().numpy()
                 if hold:
-                    departure = hold_to_band(departure, x.shape[1], low_hz, order, self.fs)
+                    departure = hold_to_band(departure, x.shape[1], self.cfg.data.filter_band[0],
+                                             self.cfg.data.filter_order, self.fs)
                 wave = waves[paths, :horizon].cpu().numpy() + departure
             out[lo:lo + per_chunk] = wave.reshape(-1, num_samples, horizon, 2)
         return add_noise(out, x_np, self.fs, self.scfg.model.draft_noise, seed, rhythm)
@@ -471,8 +470,7 @@ class LatentSDEForecaster(ForecasterBase):
         x_np = x.detach().cpu().numpy()
         rhythm = context_rhythm(x_np, self.fs)
         with torch.no_grad():
-            unit = self.vq.unit(x)
-            frames = self.sde.normalise(self.vq.encode_latent(x, unit).permute(2, 0, 1))
+            unit, frames = self.encode_context(x)
             drafts, coded, waves = self.draft_frames(x, steps, num_samples, seed, rhythm)
         fut = self.sde.sample_frames(frames, steps, num_samples, seed, draft=drafts.transpose(0, 1))
         wave = self.vq.decode_latent(fut.permute(1, 2, 0), unit.repeat_interleave(num_samples, 0))
@@ -482,12 +480,19 @@ class LatentSDEForecaster(ForecasterBase):
         noise = sd[:, None, None, :] * torch.randn(shape, generator=gen, device=x.device)
         drafted = waves[:, :horizon].reshape(shape) + noise
         departure = (wave - coded)[:, :horizon]
-        low_hz = self.cfg.data.filter_band[0]
-        if held and self.scfg.model.hold_band and low_hz > 0:     # the filter is linear: one matrix
-            band = hold_to_band(np.eye(horizon, dtype=np.float32)[:, :, None], x.shape[1], low_hz,
-                                self.cfg.data.filter_order, self.fs)[:, :, 0]
-            departure = torch.einsum("pnc,nt->ptc", departure, torch.from_numpy(band).to(x.device))
+        if held and self.holds():
+            band = hold_matrix(x.shape[1], horizon, self.cfg.data.filter_band[0], self.cfg.data.filter_order, self.fs)
+            departure = torch.einsum("pnc,nt->ptc", departure, torch.tensor(band, device=x.device))
         return fair_crps(drafted + departure.reshape(shape), y), fair_crps(drafted, y).detach()
+
+    def encode_context(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The context's gain and its normalised latent frames [C, B, obs], what every path starts from."""
+        unit = self.vq.unit(x)
+        return unit, self.sde.normalise(self.vq.encode_latent(x, unit).permute(2, 0, 1))
+
+    def holds(self) -> bool:
+        """Whether paths are held to the band: the recipe asks it and the data were high-passed."""
+        return self.scfg.model.hold_band and self.cfg.data.filter_band[0] > 0
 
     def draft_frames(self, x: torch.Tensor, steps: int, num_samples: int, seed: int, rhythm: Rhythm | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

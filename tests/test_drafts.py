@@ -182,3 +182,12 @@ def test_hold_to_band_filters_each_path_alone():
     assert whole.dtype == np.float32
     np.testing.assert_allclose(D.hold_to_band(departure, C, 0.5, 2, FS, rows=2), whole, rtol=0, atol=1e-6)
     np.testing.assert_allclose(D.hold_to_band(departure[3:4], C, 0.5, 2, FS), whole[3:4], rtol=0, atol=1e-6)
+
+
+def test_hold_matrix_is_the_hold_as_one_product():
+    """A differentiable hold (the CRPS fine-tuning's validation) relies on the filter being linear."""
+    departure = np.random.default_rng(1).standard_normal((3, 2 * FS, 2)).astype(np.float32)
+    band = D.hold_matrix(C, 2 * FS, 0.5, 2, FS)
+    np.testing.assert_allclose(np.einsum("pnc,nt->ptc", departure, band), D.hold_to_band(departure, C, 0.5, 2, FS),
+                               rtol=0, atol=1e-5)
+    assert D.hold_matrix(C, 2 * FS, 0.5, 2, FS) is band and not band.flags.writeable
