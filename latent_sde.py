@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchsde
 
-from drafts import Rhythm, add_noise, context_rhythm, draft_waves, hold_matrix, hold_to_band, residual_sd
+from drafts import Rhythm, add_noise, context_rhythm, draft_waves, hold_matrix, hold_to_band
 from forecast import ForecasterBase, as_context
 from hyper_params import Config, stored_config
 from hyper_params_sde import SDEConfig, sde_config_from_dict
@@ -462,9 +462,10 @@ class LatentSDEForecaster(ForecasterBase):
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fair CRPS (mV) of `num_samples` forecast paths per window [B, C + H, 2] (C the model's context)
         against the window's last H samples, differentiable in the SDE; and the same of the bare drafts with
-        the same noise, what the network's departure is measured against. Drafts and noise are drawn as in
-        `predict`, and `held` holds the paths to the band as a forecast does (trained through, the hold
-        scored worse on validation: EXPERIMENTS.md, session 19)."""
+        the same noise, what the network's departure is measured against: at the recipe's spread and noise, the
+        template ensemble's own paths for the same seed. Drafts and noise are drawn as in `predict`, and `held`
+        holds the paths to the band as a forecast does (trained through, the hold scored worse on validation:
+        EXPERIMENTS.md, session 19)."""
         x, y = signals[:, :self.context_frames * self.factor], signals[:, self.context_frames * self.factor:]
         steps, horizon = math.ceil(y.shape[1] / self.factor), y.shape[1]
         x_np = x.detach().cpu().numpy()
@@ -475,10 +476,8 @@ class LatentSDEForecaster(ForecasterBase):
         fut = self.sde.sample_frames(frames, steps, num_samples, seed, draft=drafts.transpose(0, 1))
         wave = self.vq.decode_latent(fut.permute(1, 2, 0), unit.repeat_interleave(num_samples, 0))
         shape = (len(x), num_samples, horizon, 2)
-        gen = torch.Generator(device=x.device).manual_seed(int(seed))
-        sd = torch.from_numpy(self.scfg.model.draft_noise * residual_sd(x_np, self.fs, rhythm)).float().to(x.device)
-        noise = sd[:, None, None, :] * torch.randn(shape, generator=gen, device=x.device)
-        drafted = waves[:, :horizon].reshape(shape) + noise
+        drafted = torch.from_numpy(add_noise(waves[:, :horizon].reshape(shape).cpu().numpy(), x_np, self.fs,
+                                             self.scfg.model.draft_noise, seed, rhythm)).to(x.device)
         departure = (wave - coded)[:, :horizon]
         if held and self.holds():
             band = hold_matrix(x.shape[1], horizon, self.cfg.data.filter_band[0], self.cfg.data.filter_order, self.fs)

@@ -1,3 +1,4 @@
+import copy
 import csv
 import dataclasses
 import json
@@ -13,6 +14,7 @@ import evaluate
 import latent_sde_train
 import vqvae_train
 from baselines import TemplateEnsemble
+from drafts import residual_sd
 from forecast import Forecaster
 from hyper_params_sde import DEFAULT_CONFIG, SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LEARNS_CRPS, LatentSDE, LatentSDEForecaster, PathCRPS, fair_crps
@@ -357,6 +359,44 @@ def test_crps_fine_tuning_trains_prior_diffusion_and_emission_only(drafted: dict
         held = model.eval()(signals, seed=5)[0]
         fc.scfg.model.hold_band = False
         assert torch.equal(model(signals, seed=5)[0], free) and not torch.equal(held, free)
+
+
+def test_crps_fine_tuning_scores_against_the_template_ensemble(drafted: dict) -> None:
+    """path_crps's bare drafts, noise included, are the template ensemble's paths for the same seed (the
+    noise is drafts.add_noise's, as a forecast lays it): the gain it logs is over the baseline the issue names."""
+    fc = Forecaster.from_checkpoint(drafted["ckpt"], "cpu")
+    fc.scfg.model.draft_noise = 0.2
+    ensemble = TemplateEnsemble(fc.fs)
+    ensemble.min_spread, ensemble.noise = fc.scfg.model.draft_spread, 0.2
+    from conftest import synthetic_ecg
+    context = fc.context_frames * fc.factor
+    signals = torch.from_numpy(np.stack([synthetic_ecg(3, fc.fs, seed=s, hr_bpm=150)[0][:context + 64]
+                                         for s in range(3)])).float()     # beats enough for a residual
+    with torch.no_grad():
+        drafts_crps = fc.path_crps(signals, num_samples=4, seed=5)[1]
+    paths = ensemble.predict(signals[:, :context].numpy(), 64, num_samples=4, seed=5)
+    assert residual_sd(signals[:, :context].numpy(), fc.fs).min() > 0     # so the noise is there to match
+    assert torch.isclose(drafts_crps, fair_crps(torch.from_numpy(paths), signals[:, context:]), rtol=1e-6, atol=0)
+
+
+def test_crps_fine_tuning_replicas_run_their_own_networks(drafted: dict) -> None:
+    """Under DataParallel each GPU runs a replica: a shallow copy (nn.Module._replicate_for_data_parallel, as
+    torch makes them) whose modules are that device's copies, sharing the forecaster's settings. A replica
+    must run its own SDE: one whose emission renders nothing scores its bare drafts; the original does not."""
+    fc = Forecaster.from_checkpoint(drafted["ckpt"], "cpu")
+    model = PathCRPS(fc, num_samples=4)
+    replica = model._replicate_for_data_parallel()
+    replica.sde = copy.deepcopy(model.sde)
+    from conftest import synthetic_ecg
+    context = fc.context_frames * fc.factor
+    signals = torch.from_numpy(np.stack([synthetic_ecg(3, fc.fs, seed=s)[0][:context + 64] for s in range(3)])).float()
+    with torch.no_grad():
+        replica.sde.emission[-1].weight.zero_()
+        replica.sde.emission[-1].bias.zero_()
+        loss, metrics = replica(signals, seed=5)
+        assert torch.isclose(loss, metrics["drafts_crps"], rtol=0, atol=1e-6)
+        loss, metrics = model(signals, seed=5)
+        assert abs(loss - metrics["drafts_crps"]) > 1e-5
 
 
 def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_path: Path) -> None:
