@@ -24,7 +24,7 @@ class Zero(ForecasterBase):
         self.fs = fs
 
     def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
-        x = as_context(context)
+        x = as_context(context, horizon, num_samples, seed)
         return np.zeros((len(x), 1, horizon, 2), np.float32)
 
 
@@ -34,7 +34,7 @@ class ContextMean(Zero):
     name = "mean"
 
     def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
-        x = as_context(context)
+        x = as_context(context, horizon, num_samples, seed)
         return np.repeat(x.mean(axis=1, keepdims=True)[:, None], horizon, axis=2)
 
 
@@ -44,7 +44,7 @@ class Persistence(Zero):
     name = "persistence"
 
     def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
-        x = as_context(context)
+        x = as_context(context, horizon, num_samples, seed)
         return np.repeat(x[:, None, -1:], horizon, axis=2)
 
 
@@ -54,7 +54,7 @@ class SeasonalNaive(Zero):
     name = "seasonal"
 
     def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
-        x = as_context(context)
+        x = as_context(context, horizon, num_samples, seed)
         _, period, _ = context_rhythm(x, self.fs)
         return repeat_last(x, period, horizon)
 
@@ -67,7 +67,7 @@ class MeanBeatTemplate(Zero):
     name = "template"
 
     def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
-        x = as_context(context)
+        x = as_context(context, horizon, num_samples, seed)
         c = x.shape[1]
         peaks, period, _ = context_rhythm(x, self.fs)
         out = repeat_last(x, period, horizon)
@@ -92,7 +92,7 @@ class SeasonalEnsemble(Zero):
     min_spread = 0.05
 
     def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
-        x = as_context(context)
+        x = as_context(context, horizon, num_samples, seed)
         _, period, spread = context_rhythm(x, self.fs)
         return repeat_last(x, draw_periods(period, spread, self.min_spread, num_samples, seed, self.fs, x.shape[1]),
                            horizon)
@@ -111,7 +111,7 @@ class TemplateEnsemble(Zero):
     noise = NOISE_SCALE
 
     def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
-        x = as_context(context)
+        x = as_context(context, horizon, num_samples, seed)
         rhythm = context_rhythm(x, self.fs)
         waves, index = draft_waves(x, horizon, self.fs, num_samples, seed, min_spread=self.min_spread, rhythm=rhythm)
         paths = waves[index].reshape(len(x), num_samples, horizon, 2).astype(np.float32)

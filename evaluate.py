@@ -67,7 +67,8 @@ def make_forecaster(spec: str, fs: int) -> ForecasterBase:
 def preparation_mismatch(model: ForecasterBase, cfg: Config) -> str:
     """How a model's own data config (if it carries one) differs from the evaluation data's, or ''."""
     own = getattr(getattr(model, "cfg", None), "data", None)
-    keys = ("samples_per_second", "filter_band", "filter_order", "first_lead")
+    keys = ("samples_per_second", "filter_band", "filter_order", "first_lead", "input_signal_duration",
+            "forecast_predictions")
     return ", ".join(f"{k} {getattr(own, k)!r} vs {getattr(cfg.data, k)!r}" for k in keys
                      if own is not None and getattr(own, k, None) != getattr(cfg.data, k))
 
@@ -144,7 +145,7 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
     """
     from prepare_mitbih import cut_windows, find_records, hash_inputs, read_record
     folder = Path(folder)
-    names = find_records(folder, download=False)
+    names = find_records(folder, download=False, flag="--wfdb-dir")
     if records:
         missing = [r for r in records if r not in names]
         if missing:
@@ -651,6 +652,8 @@ def main(argv: list[str] | None = None) -> Path:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
     cfg = load_config(args.config)
     fs, context = cfg.data.samples_per_second, cfg.data.window_samples
     if cfg.data.total_samples <= context:
@@ -676,11 +679,11 @@ def main(argv: list[str] | None = None) -> Path:
         w = limit_windows(load_prepared(args.split, cfg, args.prepared), args.records, None)
     w = limit_windows(w, None, args.max_windows_per_record)
     if len(w.record) == 0:
-        raise UserError("no windows to evaluate")
-    run = paths.new_run_dir("evaluate", args.results)
-    print(f"evaluating {', '.join(forecasters)} on {len(np.unique(w.record))} records, {len(w.record)} windows "
-          f"-> {run}")
+        raise UserError(f"no windows to evaluate in {w.source['path']}")
+    paths.check_writable(paths.location("results", args.results))     # before the work, not after
+    print(f"evaluating {', '.join(forecasters)} on {len(np.unique(w.record))} records, {len(w.record)} windows")
     scores, truth_sums = evaluate(forecasters, w, context, fs, args.samples, args.seed, args.batch_size)
+    run = paths.new_run_dir("evaluate", args.results)       # made now: a failed evaluation leaves no folder
     horizon = w.signals.shape[1] - context
     summary = summarize(scores, truth_sums, w, fs, horizon, seed=args.seed, baselines=frozenset(baselines))
     plot_error_curves(scores, summary, fs, run / "error_curves.png")

@@ -38,13 +38,21 @@ class ForecasterBase:
         raise NotImplementedError
 
 
-def as_context(context: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Validate a context batch and return it as float32 numpy [B, C, 2]."""
+def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples: int = 1, seed: int = 0
+               ) -> np.ndarray:
+    """Validate a forecast request (the context batch, horizon, samples, seed) and return the context as
+    float32 numpy [B, C, 2]. Every forecaster's predict starts here, so bad arguments fail with one message
+    naming them instead of deep in numpy."""
+    for name, value, least in (("horizon", horizon, 1), ("num_samples", num_samples, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     x = context.detach().cpu().numpy() if isinstance(context, torch.Tensor) else np.asarray(context)
     if x.ndim == 2:
         x = x[None]
-    if x.ndim != 3 or x.shape[-1] != 2:
-        raise ValueError(f"context must be [B, C, 2] (two leads), got shape {tuple(x.shape)}")
+    if x.ndim != 3 or x.shape[-1] != 2 or 0 in x.shape:
+        raise ValueError(f"context must be [B, C, 2] (two leads, B and C at least 1), got shape {tuple(x.shape)}")
+    if x.dtype == bool or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise ValueError(f"context must hold real numbers (mV), got dtype {x.dtype}")
     if not np.isfinite(x).all():
         raise ValueError("context contains NaN or inf samples")
     return x.astype(np.float32, copy=False)
@@ -100,9 +108,7 @@ class Forecaster(ForecasterBase):
     @torch.no_grad()
     def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
                 seed: int = 0, use_cache: bool = True) -> np.ndarray:
-        x = as_context(context)
-        if horizon < 1:
-            raise ValueError(f"horizon must be >= 1 sample, got {horizon}")
+        x = as_context(context, horizon, num_samples, seed)
         steps = math.ceil(horizon / self.factor)
         # a horizon beyond the block rolls on from the last half block, as the model was trained to
         keep = min(x.shape[1] // self.factor, self.gpt.block_size - min(steps, self.gpt.block_size // 2))
@@ -214,10 +220,15 @@ def forecast_record(fc: Forecaster, record: str, start_s: float, horizon_s: floa
     """Forecast a WFDB record from `start_s`, prepared exactly as the model's training data."""
     from prepare_mitbih import read_record          # wfdb: imported when a record is read
 
-    rec = read_record(Path(record), fc.cfg.data)
     fs, ctx = fc.fs, fc.cfg.data.window_samples
-    horizon = round((horizon_s or fc.cfg.data.input_signal_duration * fc.cfg.data.forecast_predictions) * fs)
-    at = round(start_s * fs)
+    if horizon_s is None:
+        horizon_s = fc.cfg.data.input_signal_duration * fc.cfg.data.forecast_predictions
+    if not math.isfinite(horizon_s) or round(horizon_s * fs) < 1:
+        raise UserError(f"--horizon {horizon_s} s must be at least one sample ({1 / fs:g} s at {fs} Hz)")
+    if not math.isfinite(start_s):
+        raise UserError(f"--start {start_s} s is not a time")
+    rec = read_record(Path(record), fc.cfg.data)
+    horizon, at = round(horizon_s * fs), round(start_s * fs)
     if at < ctx or at > len(rec.signal):
         raise UserError(f"--start {start_s} s must lie between {ctx / fs:.1f} s (one context) and the record's end "
                         f"({len(rec.signal) / fs:.1f} s) in {record}")
@@ -242,13 +253,16 @@ def main() -> None:
     p.add_argument("--out", help="output folder (default: results/forecast-<time>)")
     args = p.parse_args()
     t0 = time.time()
+    if args.samples < 1 or args.seed < 0:
+        raise UserError(f"--samples must be >= 1 and --seed >= 0, got {args.samples} and {args.seed}")
     path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
-    fc = Forecaster.from_checkpoint(path, args.device)
+    fc = Forecaster.from_checkpoint(path, paths.check_device(args.device))
+    if args.out:
+        paths.check_writable(args.out)
     res = forecast_record(fc, args.record, args.start, args.horizon, args.samples, args.seed)
     out = Path(args.out) if args.out else paths.new_run_dir("forecast")
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"{Path(args.record).name}_{args.start:g}s"
-    np.save(out / f"{stem}_samples.npy", res["samples"])
+    paths.atomic_save_npy(res["samples"], out / f"{stem}_samples.npy")
     window = np.concatenate([res["context"], np.pad(res["truth"], ((0, len(res["samples"][0]) - len(res["truth"])), (0, 0)),
                                                     constant_values=np.nan)])
     plot_forecasts(window[None], res["samples"][None], res["fs"], len(res["context"]), out / f"{stem}.png",

@@ -214,8 +214,18 @@ def build_section(base: Any, values: dict, section: str, source: str) -> Any:
 
 def read_json(path: str | Path) -> dict:
     path = Path(path)
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict:      # json would keep the last of two and say nothing
+        keys = [k for k, _ in pairs]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise UserError(f"{path}: key {twice[0]!r} is given twice in one object")
+        return dict(pairs)
+
+    def finite(name: str) -> None:
+        raise UserError(f"{path}: {name} is not a value a config takes; give a finite number")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(), object_pairs_hook=unique, parse_constant=finite)
     except FileNotFoundError as e:
         raise UserError(f"config file not found: {path}") from e
     except OSError as e:  # a folder, no permission, ...

@@ -424,12 +424,10 @@ class LatentSDEForecaster(ForecasterBase):
     @torch.no_grad()
     def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
                 seed: int = 0) -> np.ndarray:
-        x = as_context(context)
+        x = as_context(context, horizon, num_samples, seed)
         keep = min(x.shape[1] // self.factor, self.context_frames)
         if keep < 1:
             raise ValueError(f"context of {x.shape[1]} samples is shorter than one latent step ({self.factor} samples)")
-        if horizon < 1:
-            raise ValueError(f"horizon must be >= 1 sample, got {horizon}")
         x_np = np.ascontiguousarray(x[:, x.shape[1] - keep * self.factor:])
         x = torch.from_numpy(x_np).to(self.device)
         unit, frames = self.encode_context(x)

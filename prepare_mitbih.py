@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -111,13 +112,13 @@ def assign_splits(names: list[str], test: list[str], validation: list[str]) -> d
     return split
 
 
-def find_records(data_dir: Path, download: bool = True) -> list[str]:
+def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir / MITBIH_DIR") -> list[str]:
     """Record names in data_dir; download MIT-BIH there first when it has none and download is allowed."""
     names = sorted(p.stem for p in data_dir.glob("*.hea")) if data_dir.is_dir() else []
     if names:
         return names
     hint = (f"put the MIT-BIH WFDB files (NNN.hea, NNN.dat, NNN.atr) in {data_dir}, or point "
-            f"--data-dir / MITBIH_DIR at a folder that has them")
+            f"{flag} at a folder that has them")
     if not download:
         if not data_dir.exists():
             raise UserError(f"data folder {data_dir} does not exist: {hint}")
@@ -196,15 +197,38 @@ def _wfdb_read(read: Callable, path: Path, failure: str):
         raise UserError(f"{failure} ({type(e).__name__}: {_first_line(e)})") from e
 
 
+def record_path(path: str | Path) -> Path:
+    """A record's path without extension, also when given as NNN.hea, NNN.dat or NNN.atr."""
+    path = Path(path)
+    return path.with_suffix("") if path.suffix in (".hea", ".dat", ".atr") else path
+
+
 def read_header(path: Path) -> wfdb.Record:
     """The header of WFDB record `path` (no samples), with its signal files checked."""
     header = _wfdb_read(wfdb.rdheader, path, f"{path}.hea: cannot read the header")
+    check_rate_field(path)
     check_signal_files(path, header)
     return header
 
 
+def check_rate_field(path: Path) -> None:
+    """wfdb reads a sampling rate it cannot parse as the WFDB default, 250 Hz, and says nothing."""
+    lines = [ln for ln in Path(f"{path}.hea").read_text(errors="replace").splitlines()
+             if ln.strip() and not ln.lstrip().startswith("#")]
+    fields = lines[0].split() if lines else []
+    if len(fields) >= 3:
+        rate = fields[2].split("/")[0].split("(")[0]
+        try:
+            ok = float(rate) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise UserError(f"{path}.hea: the sampling frequency field {fields[2]!r} is not a positive number")
+
+
 def check_record(path: Path, cfg: DataConfig) -> None:
     """The cheap checks (header, file sizes, sampling rate, length) without reading or filtering samples."""
+    path = record_path(path)
     header = read_header(path)
     ratio = resample_ratio(float(header.fs), cfg.samples_per_second, str(path))
     if header.sig_len and math.ceil(header.sig_len * ratio) < cfg.total_samples:
@@ -214,7 +238,8 @@ def check_record(path: Path, cfg: DataConfig) -> None:
 
 def read_record(path: str | Path, cfg: DataConfig) -> Record:
     """One WFDB record as two filtered leads in mV at the target rate with its reference beats."""
-    path, where = Path(path), str(path)
+    path = record_path(path)
+    where = str(path)
     read_header(path)
     rec = _wfdb_read(wfdb.rdrecord, path, f"{where}: cannot read the record")
     x = rec.p_signal
@@ -346,6 +371,10 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     split = config_split(names, d, available, str(data_dir))
     if not split["train"]:
         raise UserError(f"no training records among {names}; check data.test_records / validation_records")
+    for held in ("validation", "test"):     # MIT-BIH's default names, none in another database
+        if not split[held] and getattr(d, f"{held}_records") is None:
+            print(f"warning: no {held} records among the {len(names)} in {data_dir} (the defaults are MIT-BIH's); "
+                  f"list this database's held-out patients in config data.{held}_records", file=sys.stderr)
     paths.check_writable(out_dir)  # before minutes of work, not after
     for name in names:  # a bad file late in the list fails now, not after reading all the others
         check_record(data_dir / name, d)
@@ -404,6 +433,9 @@ def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None) 
         raise UserError(f"{path} is unreadable ({type(e).__name__}); delete it and run prepare_mitbih.py again") from e
     if not isinstance(data, dict) or "signals" not in data:
         raise UserError(f"{path} is not a prepared split; delete it and run `python3 prepare_mitbih.py` again")
+    if len(data["signals"]) == 0:
+        raise UserError(f"{path} holds no windows: no record of the {split} split was prepared (config "
+                        f"data.{split}_records, or prepare_mitbih.py --records)")
     if data.get("data_hash") != data_hash(cfg.data):
         raise UserError(f"{path} was prepared with another data config (hash {data.get('data_hash')} != "
                         f"{data_hash(cfg.data)}); run `python3 prepare_mitbih.py` with this config")
@@ -429,8 +461,12 @@ def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     cache = paths.location("prepared", prepared_dir) / kind / f"{digest}.pt"
     if cache.exists():
-        stored = torch.load(cache, weights_only=True)
-        if stored.get("key") == key:
+        try:
+            stored = torch.load(cache, weights_only=True)
+        except Exception as e:      # cut short or foreign: it is only a cache
+            print(f"note: {cache} is unreadable ({type(e).__name__}); computing it again")
+            stored = {}
+        if isinstance(stored, dict) and stored.get("key") == key:
             return stored["tensor"]
     tensor = compute()
     paths.atomic_torch_save({"key": key, "tensor": tensor}, cache)

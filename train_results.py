@@ -5,8 +5,6 @@ import csv
 import hashlib
 import io
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import matplotlib
@@ -109,6 +107,10 @@ def save_checkpoint(state: dict, path: Path) -> None:
     paths.atomic_torch_save(state, path)
 
 
+CHECKPOINT_KEYS = {"vqvae": ("config",), "transformer": ("config", "vqvae", "block_size"),
+                   "latent_sde": ("config", "vqvae")}      # what loading each kind of model reads
+
+
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
     """Load a checkpoint safely (weights_only) with one clear error for missing, cut or foreign files."""
     path = Path(path)
@@ -116,14 +118,17 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
         raise UserError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, io.UnsupportedOperation, OSError, ValueError,
-            pickle.UnpicklingError) as e:
+    except Exception as e:      # whatever a foreign or cut file makes the unpickler raise
         raise UserError(f"checkpoint {path} is unreadable or cut short ({type(e).__name__}); "
                         f"use another checkpoint (e.g. last.pt or best.pt)") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "kind" not in ckpt:
         raise UserError(f"{path} is not an ecg-forecast checkpoint")
     if kind is not None and ckpt["kind"] != kind:
         raise UserError(f"{path} holds a '{ckpt['kind']}' model, expected '{kind}'")
+    missing = [k for k in CHECKPOINT_KEYS.get(ckpt["kind"], ()) if k not in ckpt]
+    if missing:
+        raise UserError(f"{path} is a '{ckpt['kind']}' checkpoint without {', '.join(missing)}: not one these "
+                        f"scripts wrote, or damaged")
     return ckpt
 
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import paths
 from hyper_params import TrainConfig
-from paths import UserError
+from paths import UserError, check_device
 from train_results import MetricsLog, check_same_config, load_checkpoint, plot_loss_curves, save_checkpoint
 
 StepFn = Callable[[nn.Module, object], tuple[torch.Tensor, dict]]
@@ -60,9 +60,7 @@ def setup_runtime(device: str | None = None) -> Runtime:
     """Join the torchrun process group when launched by torchrun (NCCL on GPUs, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device not in ("cpu",)
-    if device and device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for a GPU but torch.cuda.is_available() is False")
+    use_cuda = torch.cuda.is_available() and check_device(device) != "cpu"
     if world > 1:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if use_cuda else "gloo")
@@ -254,6 +252,11 @@ class Trainer:
         """Train to the last epoch; returns the final epoch's metrics row."""
         if resume:
             self.resume(resume)
+        if self.epoch >= self.s.epochs:
+            if self.rt.is_main:
+                print(f"nothing to train: {resume or 'this run'} has done {self.epoch} of {self.s.epochs} epochs; "
+                      f"pass a larger --epochs to go on")
+            return {"epoch": self.epoch, "step": self.step}
         model = self.wrapped()
         row: dict = {}
         if self.rt.is_main:

@@ -306,3 +306,37 @@ def test_one_lead_record(tmp_path):
     write_signal(tmp_path, "one", x[:, :1], leads=("MLII",))
     with pytest.raises(UserError, match="one.*two leads"):
         pm.read_record(tmp_path / "one", config_from_dict({}).data)
+
+
+def test_unreadable_sampling_rate_is_named(tmp_path):
+    """wfdb would read it as its default, 250 Hz, and stretch the record without a word."""
+    write_record(tmp_path, "r", seconds=12, seed=0)
+    hea = tmp_path / "r.hea"
+    first, *rest = hea.read_text().splitlines()
+    fields = first.split()
+    fields[2] = "abc"
+    hea.write_text("\n".join([" ".join(fields), *rest]) + "\n")
+    with pytest.raises(UserError, match="r.hea.*'abc'"):
+        pm.read_record(tmp_path / "r", config_from_dict({}).data)
+
+
+def test_an_empty_split_is_refused_by_name(tmp_path, capsys):
+    """A database without MIT-BIH's record names holds nothing out by default: say so, then refuse to load it."""
+    cfg = config_from_dict({})
+    pm.prepare(cfg, good_db(tmp_path / "db"), tmp_path / "prep", download=False)
+    assert "data.validation_records" in capsys.readouterr().err
+    with pytest.raises(UserError, match="validation.pt.*data.validation_records"):
+        pm.load_split("validation", cfg, tmp_path / "prep")
+
+
+def test_an_unreadable_cache_is_computed_again(tmp_path):
+    calls = []
+
+    def compute() -> torch.Tensor:
+        calls.append(1)
+        return torch.arange(3)
+    first = pm.cached_encoding("codes", "k", compute, tmp_path)
+    (cache,) = (tmp_path / "codes").glob("*.pt")
+    cache.write_bytes(cache.read_bytes()[:20])
+    assert torch.equal(pm.cached_encoding("codes", "k", compute, tmp_path), first) and len(calls) == 2
+    assert torch.equal(pm.cached_encoding("codes", "k", compute, tmp_path), first) and len(calls) == 2

@@ -157,6 +157,9 @@ def test_load_config_names_file(tmp_path):
     ('{"data": ', "not valid JSON"),
     ("[1, 2]", "top level"),
     ("", "not valid JSON"),
+    ('{"train": {"epochs": 1, "epochs": 2}}', "'epochs' is given twice"),
+    ('{"train": {"learning_rate": NaN}}', "NaN is not a value"),
+    ('{"train": {"learning_rate": -Infinity}}', "-Infinity is not a value"),
 ])
 def test_load_config_bad_file(tmp_path, text, why):
     path = tmp_path / "cfg.json"

@@ -237,7 +237,7 @@ def test_same_seed_same_paths_whatever_the_global_rng(trained: dict) -> None:
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
-def test_resume_continues_the_run(trained: dict) -> None:
+def test_resume_continues_the_run(trained: dict, capsys: pytest.CaptureFixture) -> None:
     row = latent_sde_train.main(flags(trained["setup_sde"], "--device", "cpu", "--resume", str(trained["last"]),
                                       "--epochs", "4"))
     assert row["epoch"] == 4
@@ -245,6 +245,12 @@ def test_resume_continues_the_run(trained: dict) -> None:
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
     ckpt = torch.load(trained["last"], weights_only=True)
     assert int(ckpt["model"]["steps"]) == 40     # the annealing schedules continued, not restarted
+    done = trained["last"].read_bytes()
+    row = latent_sde_train.main(flags(trained["setup_sde"], "--device", "cpu", "--resume", str(trained["last"]),
+                                      "--epochs", "4"))
+    assert row["epoch"] == 4 and "nothing to train" in capsys.readouterr().out   # said, not silently done
+    assert trained["last"].read_bytes() == done
+    assert len(list(csv.DictReader((trained["run"] / "metrics.csv").open()))) == 4
 
 
 def test_evaluate_takes_the_sde_checkpoint(trained: dict) -> None:

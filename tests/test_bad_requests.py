@@ -1,0 +1,162 @@
+"""Bad forecast requests get one clear message naming the argument, flag or file, and leave no half outputs:
+predict's arguments (every forecaster), forecast.py's flags, foreign checkpoint files, devices, evaluate.py."""
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+import forecast
+import paths
+from baselines import BASELINES, make_baseline
+from conftest import write_record
+from forecast import Forecaster
+from paths import PRETRAINED, UserError
+from train_results import load_checkpoint
+
+GOOD = np.zeros((1, 384, 2), np.float32)
+BAD_REQUESTS = [  # (context, horizon, num_samples, seed), the name the message must give
+    ((GOOD, 10, 0, 0), "num_samples"),
+    ((GOOD, 10, -3, 0), "num_samples"),
+    ((GOOD, 1.5, 2, 0), "horizon"),
+    ((GOOD, 0, 2, 0), "horizon"),
+    ((GOOD, 10, 2, -1), "seed"),
+    ((GOOD, 10, 2, None), "seed"),
+    ((GOOD, True, 2, 0), "horizon"),
+    ((np.zeros((0, 384, 2)), 10, 2, 0), "context"),
+    ((np.zeros((1, 0, 2)), 10, 2, 0), "context"),
+    ((np.full((1, 384, 2), "a", dtype=object), 10, 2, 0), "context"),
+    ((np.zeros((1, 384, 2), bool), 10, 2, 0), "context"),
+]
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Forecaster:
+    return Forecaster.from_checkpoint(PRETRAINED, "cpu")
+
+
+@pytest.mark.parametrize("request_, name", BAD_REQUESTS)
+def test_every_forecaster_names_the_bad_argument(shipped, request_, name):
+    for f in [shipped] + [make_baseline(b, 128) for b in BASELINES]:
+        with pytest.raises(ValueError, match=name):
+            f.predict(*request_)
+
+
+def test_integer_contexts_and_numpy_integers_are_fine():
+    out = make_baseline("template_ensemble", 128).predict(np.zeros((1, 384, 2), np.int16), np.int64(8), np.int32(3),
+                                                          np.uint8(1))
+    assert out.shape == (1, 3, 8, 2) and out.dtype == np.float32
+
+
+def run_forecast(args: list[str]) -> tuple[int, str]:
+    """forecast.py in this process, as its __main__ runs it: (exit status, stderr)."""
+    err, argv, code = io.StringIO(), sys.argv, 0
+    sys.argv = ["forecast.py", *args]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            paths.run_main(forecast.main)
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = argv
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--samples", "0"], "--samples"),
+    (["--seed", "-1"], "--seed"),
+    (["--horizon", "0"], "--horizon"),
+    (["--horizon", "nan"], "--horizon"),
+    (["--start", "nan"], "--start"),
+    (["--start", "inf"], "--start"),
+    (["--device", "bogus"], "bogus"),
+    (["--device", "cuda:7"], "cuda:7"),
+])
+def test_forecast_flags_fail_with_one_line(tmp_path, flags, needle):
+    write_record(tmp_path, "r", seconds=12, seed=0)
+    out = tmp_path / "out"
+    code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(tmp_path / "r"), "--start", "5",
+                              "--out", str(out), *flags])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_forecast_output_folder_that_is_a_file(tmp_path):
+    write_record(tmp_path, "r", seconds=12, seed=0)
+    (tmp_path / "taken").write_text("mine\n")
+    code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(tmp_path / "r"), "--start", "5",
+                              "--out", str(tmp_path / "taken")])
+    assert code == 2 and "taken" in err and "Traceback" not in err
+    assert (tmp_path / "taken").read_text() == "mine\n"
+
+
+def test_forecast_takes_a_record_named_with_its_extension(tmp_path):
+    write_record(tmp_path, "r", seconds=12, seed=0)
+    code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(tmp_path / "r.hea"), "--start", "5",
+                              "--horizon", "1", "--samples", "2", "--out", str(tmp_path / "out")])
+    assert code == 0, err
+    assert np.load(tmp_path / "out" / "r.hea_5s_samples.npy").shape == (2, 128, 2)
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b"\x80\x02}q\x00."])
+def test_foreign_files_are_not_checkpoints(tmp_path, content):
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="x.pt"):
+        load_checkpoint(path)
+
+
+def test_a_forecaster_checkpoint_missing_its_vqvae_is_named(tmp_path):
+    ckpt = torch.load(PRETRAINED, map_location="cpu", weights_only=True)
+    del ckpt["vqvae"]
+    torch.save(ckpt, tmp_path / "cut.pt")
+    with pytest.raises(UserError, match="cut.pt.*vqvae"):
+        Forecaster.from_checkpoint(tmp_path / "cut.pt")
+
+
+def test_devices_are_checked_before_work():
+    assert paths.check_device(None) is None and paths.check_device("cpu") == "cpu"
+    for bad in ("bogus", "cuda:99", "meta"):
+        with pytest.raises(UserError, match=bad):
+            paths.check_device(bad)
+
+
+def test_failed_evaluation_leaves_no_run_folder(tmp_path, monkeypatch):
+    db = tmp_path / "db"
+    write_record(db, "r", seconds=12, seed=0)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the forecaster broke")
+    monkeypatch.setattr(evaluate, "evaluate", broken)
+    results = tmp_path / "results"
+    with pytest.raises(RuntimeError, match="broke"):
+        evaluate.main(["--model", "zero", "--wfdb-dir", str(db), "--results", str(results)])
+    assert not results.exists() or not any(results.iterdir())
+    with pytest.raises(UserError, match="--seed"):
+        evaluate.main(["--model", "zero", "--wfdb-dir", str(db), "--seed", "-1", "--results", str(results)])
+
+
+def test_evaluate_hint_names_its_own_flag(tmp_path):
+    with pytest.raises(UserError, match="--wfdb-dir"):
+        evaluate.main(["--model", "zero", "--wfdb-dir", str(tmp_path), "--results", str(tmp_path / "r")])
+
+
+def test_shipped_model_scored_on_other_windows_is_warned(tmp_path):
+    cfg = tmp_path / "one_second.json"
+    cfg.write_text('{"data": {"input_signal_duration": 1.0}}')
+    assert "input_signal_duration" in evaluate.preparation_mismatch(
+        Forecaster.from_checkpoint(PRETRAINED, "cpu"), evaluate.load_config(str(cfg)))
+
+
+def test_results_are_written_whole(tmp_path):
+    target = tmp_path / "a.npy"
+    paths.atomic_save_npy(np.arange(5), target)
+    assert np.array_equal(np.load(target), np.arange(5)) and [p.name for p in tmp_path.iterdir()] == ["a.npy"]
+
