@@ -73,6 +73,15 @@ def preparation_mismatch(model: ForecasterBase, cfg: Config) -> str:
                      if own is not None and getattr(own, k, None) != getattr(cfg.data, k))
 
 
+def training_patients(model: ForecasterBase, records: list[str]) -> list[str]:
+    """The records among `records` that the model's own data config trains on, were they MIT-BIH's: scored
+    here, they would be no test (a --wfdb-dir pointed at MIT-BIH itself, or another split config)."""
+    from prepare_mitbih import DS1, DS2, PACED, config_split
+    own = getattr(getattr(model, "cfg", None), "data", None)
+    trained = config_split(DS1 + DS2 + PACED, own)["train"] if own is not None else []
+    return [r for r in records if r in trained]
+
+
 def expand_models(specs: list[str]) -> list[str]:
     """`baselines` becomes every baseline name; duplicates are dropped, order kept."""
     out: list[str] = []
@@ -635,13 +644,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="test", choices=("validation", "test"), help="prepared split (default test)")
     p.add_argument("--wfdb-dir", default=None, help="evaluate every record of this WFDB folder instead")
     p.add_argument("--records", nargs="+", default=None, help="only these records")
-    p.add_argument("--samples", type=int, default=100, help="samples per window for probabilistic forecasters")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=100, help="samples per window for probabilistic forecasters (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="of the samples and the bootstrap (default 0)")
     p.add_argument("--config", default=None, help="config JSON (default: config_vqvae.json)")
     p.add_argument("--prepared", default=None, help="prepared folder (default: $ECG_PREPARED_DIR or data/prepared)")
     p.add_argument("--results", default=None, help="results folder (default: $ECG_RESULTS_DIR or results)")
-    p.add_argument("--max-windows-per-record", type=int, default=None, help="evenly spaced windows per record")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--max-windows-per-record", type=int, default=None, help="evenly spaced windows per record (default: all)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="windows forecast at once; lower it when memory is short (default 256)")
     return p.parse_args(argv)
 
 
@@ -680,6 +690,12 @@ def main(argv: list[str] | None = None) -> Path:
     w = limit_windows(w, None, args.max_windows_per_record)
     if len(w.record) == 0:
         raise UserError(f"no windows to evaluate in {w.source['path']}")
+    scored = [w.records[i] for i in np.unique(w.record)]
+    for label, f in forecasters.items():
+        if label not in baselines and (seen := training_patients(f, scored)):
+            warnings.append(f"{label} was trained on MIT-BIH records {', '.join(seen)}, evaluated here too: if "
+                            f"these are MIT-BIH's, their scores are no test")
+            print(f"warning: {warnings[-1]}", file=sys.stderr)
     paths.check_writable(paths.location("results", args.results))     # before the work, not after
     print(f"evaluating {', '.join(forecasters)} on {len(np.unique(w.record))} records, {len(w.record)} windows")
     scores, truth_sums = evaluate(forecasters, w, context, fs, args.samples, args.seed, args.batch_size)

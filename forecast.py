@@ -247,8 +247,8 @@ def main() -> None:
     p.add_argument("--record", required=True, help="WFDB record path without extension, e.g. ../shared/data/mitdb/100")
     p.add_argument("--start", type=float, required=True, help="forecast start in seconds (context ends here)")
     p.add_argument("--horizon", type=float, help="seconds to forecast (default: the model's horizon)")
-    p.add_argument("--samples", type=int, default=100, help="sampled trajectories")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=100, help="sampled trajectories (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same forecast (default 0)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", help="output folder (default: results/forecast-<time>)")
     args = p.parse_args()
@@ -266,8 +266,9 @@ def main() -> None:
     window = np.concatenate([res["context"], np.pad(res["truth"], ((0, len(res["samples"][0]) - len(res["truth"])), (0, 0)),
                                                     constant_values=np.nan)])
     plot_forecasts(window[None], res["samples"][None], res["fs"], len(res["context"]), out / f"{stem}.png",
-                   f"record {Path(args.record).name} from {args.start:g} s: {args.samples} sampled forecasts "
-                   f"({', '.join(res['leads'])})")
+                   f"record {Path(args.record).name} from {args.start:g} s: {args.samples} sampled forecasts",
+                   start_s=(res["start_sample"] - len(res["context"])) / res["fs"],
+                   leads=tuple(f"lead {k + 1}: {name}" for k, name in enumerate(res["leads"])))
     paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "leads": res["leads"],
                              "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
                              "checkpoint": str(path), "git_commit": paths.git_commit()}, out / f"{stem}.json")

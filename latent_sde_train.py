@@ -37,9 +37,9 @@ from hyper_params_sde import load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split
 from train_results import load_checkpoint, plot_forecasts, weights_digest
-from training import Trainer, apply_train_overrides, run_parser, run_record, seed_everything, setup_runtime
+from training import Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime
 from vqvae import VQVAE
-from vqvae_eval import latest_checkpoint, load_vqvae
+from vqvae_eval import run_vqvae
 from vqvae_train import shared_run_dirs
 
 
@@ -104,12 +104,18 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     scfg = sde_config_from_dict(stored, f"latent SDE config stored in {args.resume or source}")
     if not resume:
         scfg.crps = load_sde_config(args.config).crps
-    scfg.validate()
     c = scfg.crps
+    for arg, key in (("epochs", "epochs"), ("max_steps", "steps_per_epoch"), ("batch_size", "batch_size")):
+        if getattr(args, arg) is not None:      # into the config the run stores: a resume goes on with them
+            setattr(c, key, getattr(args, arg))
+    if args.seed is not None:
+        scfg.train.seed = args.seed
+    if resume:
+        scfg.train.seed = resume["meta"]["seed"]
+    scfg.validate()
     settings = dataclasses.replace(scfg.train, epochs=c.epochs, max_steps_per_epoch=c.steps_per_epoch,
                                    batch_size=c.batch_size, learning_rate=c.learning_rate, weight_decay=0.0,
                                    warmup_steps=0, checkpoint_every=c.epochs)
-    apply_train_overrides(settings, args)
     rt = setup_runtime(args.device)
     seed_everything(settings.seed)
     fc = LatentSDEForecaster.from_checkpoint_dict(start, source, rt.device)
@@ -151,24 +157,16 @@ def main(argv: list[str] | None = None) -> dict:
     resume = load_checkpoint(args.resume, "latent_sde") if args.resume else None
     if args.crps_from or (resume and "crps_from" in resume["meta"]):
         return finetune_crps(args, resume, argv)
-    scfg = load_sde_config(args.config)
-    apply_train_overrides(scfg.train, args)
+    scfg = run_config(args, resume, load_sde_config, sde_config_from_dict)
     if args.augment_copies is not None:
         scfg.augment.copies = args.augment_copies
     scfg.validate()
-    if resume:
-        vq_ckpt = resume["vqvae"]
-        vq = VQVAE(stored_config(vq_ckpt["config"], f"VQ-VAE config stored in {args.resume}").model)
-        vq.load_state_dict(vq_ckpt["model"])
-        vq_source = resume["meta"].get("vqvae_checkpoint", args.resume)
-        scfg.train.seed = resume["meta"]["seed"]
-    else:
-        vq_path = args.vqvae or latest_checkpoint("vqvae", args.checkpoints)
-        vq, vq_ckpt = load_vqvae(vq_path)
-        vq_source = str(vq_path)
-    vq.eval().requires_grad_(False)
+    vq, vq_ckpt, vq_source = run_vqvae(args, resume)
+    vq.requires_grad_(False)
     cfg = stored_config(vq_ckpt["config"], "VQ-VAE config")
     rt = setup_runtime(args.device)
+    if rt.is_main:
+        print(f"VQ-VAE: {vq_source}")
     seed_everything(scfg.train.seed)
     train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
     piece, factor = cfg.data.window_samples, cfg.model.downsample_factor

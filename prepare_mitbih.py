@@ -468,6 +468,7 @@ def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],
             stored = {}
         if isinstance(stored, dict) and stored.get("key") == key:
             return stored["tensor"]
+    print(f"encoding the windows once ({kind}; kept in {cache.parent})")
     tensor = compute()
     paths.atomic_torch_save({"key": key, "tensor": tensor}, cache)
     return tensor

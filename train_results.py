@@ -61,6 +61,7 @@ def plot_loss_curves(log: MetricsLog, out: Path) -> None:
         if key in rows[0]:
             ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=key.replace("_", " "))
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("loss")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
@@ -143,14 +144,17 @@ def check_same_config(saved: dict, current: dict, path: Path, sections: tuple[st
                             f"{a.get(k)!r} there but {b.get(k)!r} now")
 
 
-def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context: int, out: Path, title: str) -> None:
+def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context: int, out: Path, title: str,
+                   start_s: float = 0.0, leads: tuple[str, ...] = LEADS) -> None:
     """Context, truth, sample-mean forecast and its 50% / 80% bands for lead 1 and lead 2.
 
-    windows [N, C + H, 2] (context then truth) and samples [N, S, H, 2], all in mV."""
+    windows [N, C + H, 2] (context then truth) and samples [N, S, H, 2], all in mV; time in seconds from
+    `start_s`, so a record's forecast reads in record time."""
     n, horizon = len(windows), samples.shape[2]
-    t = np.arange(windows.shape[1]) / fs
+    t = start_s + np.arange(windows.shape[1]) / fs
     tf = t[context:context + horizon]
-    fig, axes = plt.subplots(n, 2, figsize=(13, 2.4 * n), squeeze=False, sharex=True)
+    height = 2.4 * n + 0.4                  # the last 0.4 in: the legend, below every trace
+    fig, axes = plt.subplots(n, 2, figsize=(13, height), squeeze=False, sharex=True)
     for i in range(n):
         for lead in range(2):
             ax = axes[i, lead]
@@ -165,11 +169,11 @@ def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context:
             ax.axvline(t[context], color="0.3", ls=":", lw=0.8)
             ax.set_ylabel("mV")
             if i == 0:
-                ax.set_title(LEADS[lead])
+                ax.set_title(leads[lead])
     for ax in axes[-1]:
         ax.set_xlabel("time (s)")
-    axes[0, 1].legend(loc="upper left", fontsize=7, ncol=3)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", fontsize=8, ncol=5, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.4 / height, 1, 1))
     fig.savefig(out, dpi=90)
     plt.close(fig)

@@ -19,7 +19,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from train_results import MetricsLog, check_same_config, load_checkpoint, plot_l
 
 StepFn = Callable[[nn.Module, object], tuple[torch.Tensor, dict]]
 EpochEndFn = Callable[[nn.Module, int, bool], dict]
+TRAINING_SECTIONS = ("train", "crps")     # a config's training settings: a resumed run may change them
 
 
 @dataclass
@@ -175,7 +176,8 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         ckpt = load_checkpoint(path, self.kind)
-        check_same_config(ckpt["config"], self.config, Path(path), sections=tuple(k for k in self.config if k != "train"))
+        check_same_config(ckpt["config"], self.config, Path(path),    # training settings may change (--epochs)
+                          sections=tuple(k for k in self.config if k not in TRAINING_SECTIONS))
         unwrap(self.model).load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
@@ -350,6 +352,22 @@ def run_parser(doc: str | None, config_help: str) -> argparse.ArgumentParser:
     p.add_argument("--results", help="results root (default: $ECG_RESULTS_DIR or results)")
     p.add_argument("--checkpoints", help="checkpoints root (default: $ECG_CHECKPOINTS_DIR or checkpoints)")
     return p
+
+
+def run_config(args: argparse.Namespace, resume: dict | None, load: Callable[[str | None], Any],
+               from_dict: Callable[[dict, str], Any]) -> Any:
+    """The config a run trains with. A resumed run goes on with its own, stored in its checkpoint, not the
+    config file's (unless --config is given) and with its own seed; flags given now (--epochs to go further)
+    change it either way."""
+    if resume and not args.config:
+        cfg = from_dict({k: v for k, v in resume["config"].items() if k != "vqvae"},
+                        f"config stored in {args.resume}")
+    else:
+        cfg = load(args.config)
+    apply_train_overrides(cfg.train, args)
+    if resume:
+        cfg.train.seed = resume["meta"]["seed"]
+    return cfg
 
 
 def apply_train_overrides(train: TrainConfig, args: argparse.Namespace) -> None:

@@ -10,7 +10,6 @@ sequences. The checkpoint holds the VQ-VAE too, so forecast.py needs only this o
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,13 +20,13 @@ import paths
 from drafts import detected_beats
 from forecast import Forecaster, beat_draft, seasonal_draft
 from hyper_params import stored_config
-from hyper_params_transformer import load_transformer_config
+from hyper_params_transformer import load_transformer_config, transformer_config_from_dict
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split
 from train_results import load_checkpoint, plot_forecasts, weights_digest
-from training import Trainer, apply_train_overrides, run_parser, run_record, seed_everything, setup_runtime
+from training import Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
-from vqvae_eval import latest_checkpoint, load_vqvae
+from vqvae_eval import run_vqvae
 from vqvae_train import shared_run_dirs
 
 
@@ -70,16 +69,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--augment-copies", type=int, help="override augment.copies (0: none, for quick runs)")
     p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: newest checkpoints/vqvae-*/best.pt)")
     args = p.parse_args(argv)
-    tcfg = load_transformer_config(args.config)
-    apply_train_overrides(tcfg.train, args)
+    resume = load_checkpoint(args.resume, "transformer") if args.resume else None
+    tcfg = run_config(args, resume, load_transformer_config, transformer_config_from_dict)
     if args.augment_copies is not None:
         tcfg.augment.copies = args.augment_copies
     tcfg.validate()
-    resume = load_checkpoint(args.resume, "transformer") if args.resume else None
-    vq_path = Path(args.vqvae) if args.vqvae else latest_checkpoint("vqvae", args.checkpoints)
-    vq, vq_ckpt = load_vqvae(vq_path)
+    vq, vq_ckpt, vq_path = run_vqvae(args, resume)
     cfg = stored_config(vq_ckpt["config"], f"config stored in {vq_path}")
     rt = setup_runtime(args.device)
+    if rt.is_main:
+        print(f"VQ-VAE: {vq_path}")
     seed_everything(tcfg.train.seed)
     train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
     chunk, fs, arch = cfg.data.window_samples, int(train["fs"]), tcfg.model
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = {**tcfg.to_dict(), "vqvae": vq_ckpt["config"]}
     meta = run_record(config, tcfg.train.seed, train["data_hash"] + "/" + train["input_hash"], rt,
                       sys.argv if argv is None else argv)
-    meta["vqvae_checkpoint"] = str(vq_path)
+    meta["vqvae_checkpoint"] = vq_path
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]},
               "block_size": int(train_codes.shape[1])}
     idx = np.linspace(0, len(val["signals"]) - 1, tcfg.train.plot_windows).astype(int)

@@ -34,13 +34,31 @@ def latest_checkpoint(kind: str, checkpoints: str | None = None, name: str = "be
     return found[-1]
 
 
-def load_vqvae(path: str | Path) -> tuple[VQVAE, dict]:
-    """A trained VQ-VAE in eval mode and its checkpoint (config, meta)."""
-    ckpt = load_checkpoint(path, "vqvae")
+def load_vqvae(path: str | Path, inner: bool = False) -> tuple[VQVAE, dict]:
+    """A trained VQ-VAE in eval mode and its checkpoint (config, meta); with `inner`, also the one inside a
+    forecaster's checkpoint, so the shipped model's coder can be measured too."""
+    ckpt = load_checkpoint(path, None if inner else "vqvae")
+    if ckpt["kind"] != "vqvae":
+        if not isinstance(ckpt.get("vqvae"), dict):
+            raise UserError(f"{path} holds a '{ckpt['kind']}' model without a VQ-VAE")
+        ckpt = ckpt["vqvae"]
     cfg = stored_config(ckpt["config"], f"config stored in {path}")
     model = VQVAE(cfg.model)
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt
+
+
+def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dict, str]:
+    """The frozen VQ-VAE a forecaster trains on, its checkpoint and where it came from: a resumed run's own
+    (kept in its checkpoint, whatever VQ-VAE was trained since), else --vqvae, else the newest."""
+    if resume:
+        ckpt = resume["vqvae"]
+        model = VQVAE(stored_config(ckpt["config"], f"VQ-VAE config stored in {args.resume}").model)
+        model.load_state_dict(ckpt["model"])
+        return model.eval(), ckpt, str(resume["meta"].get("vqvae_checkpoint", args.resume))
+    path = args.vqvae or latest_checkpoint("vqvae", args.checkpoints)
+    model, ckpt = load_vqvae(path)
+    return model, ckpt, str(path)
 
 
 def compression(model: VQVAE, window: int, fs: float, record_fs: float | None = None) -> dict:
@@ -89,14 +107,16 @@ def reconstruction_report(model: VQVAE, data: dict, record_fs: float | None = No
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="VQ-VAE checkpoint (default: newest checkpoints/vqvae-*/best.pt)")
-    p.add_argument("--split", default="validation", choices=["train", "validation", "test"])
+    p.add_argument("--checkpoint", help="VQ-VAE checkpoint, or a forecaster's for the VQ-VAE inside it, e.g. "
+                   "pretrained/forecaster.pt (default: newest checkpoints/vqvae-*/best.pt)")
+    p.add_argument("--split", default="validation", choices=["train", "validation", "test"],
+                   help="prepared split (default validation)")
     p.add_argument("--prepared", help="prepared tensors folder")
     p.add_argument("--checkpoints", help="checkpoints root (for the default checkpoint)")
     p.add_argument("--results", help="results root")
     args = p.parse_args()
     path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint("vqvae", args.checkpoints)
-    model, ckpt = load_vqvae(path)
+    model, ckpt = load_vqvae(path, inner=True)
     cfg = stored_config(ckpt["config"], "VQ-VAE config")
     data = load_split(args.split, cfg, args.prepared)
     report = reconstruction_report(model, data, source_fs(data["records"], args.prepared))

@@ -18,10 +18,10 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 import paths
-from hyper_params import Config, load_config
+from hyper_params import Config, config_from_dict, load_config
 from prepare_mitbih import load_split, source_fs
 from train_results import load_checkpoint, plot_windows
-from training import (Runtime, Trainer, apply_train_overrides, run_parser, run_record, seed_everything,
+from training import (Runtime, Trainer, run_config, run_parser, run_record, seed_everything,
                       setup_runtime)
 from vqvae import VQVAE
 from vqvae_eval import compression
@@ -96,18 +96,11 @@ def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | N
     return Path(names[0]), Path(names[1])
 
 
-def apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
-    apply_train_overrides(cfg.train, args)
-    cfg.validate()
-    return cfg
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = run_parser(__doc__, "config JSON (default: config_vqvae.json)").parse_args(argv)
-    cfg = apply_overrides(load_config(args.config), args)
     resume_ckpt = load_checkpoint(args.resume, "vqvae") if args.resume else None
-    if resume_ckpt:
-        cfg.train.seed = resume_ckpt["meta"]["seed"]
+    cfg = run_config(args, resume_ckpt, load_config, config_from_dict)
+    cfg.validate()
     rt = setup_runtime(args.device)
     seed_everything(cfg.train.seed)
     train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)

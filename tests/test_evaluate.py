@@ -173,3 +173,15 @@ def test_cli_prints_one_error_line(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.startswith("error:") and "nope.pt" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_scoring_a_model_on_its_training_patients_is_flagged(tmp_path):
+    """A folder naming MIT-BIH training records (101 trains the shipped model; 100 is DS2): the report says
+    those scores are no test."""
+    for name in ("100", "101"):
+        write_record(tmp_path / "db", name, seconds=12, seed=int(name))
+    run, result = _run(["--model", "pretrained", "zero", "--wfdb-dir", str(tmp_path / "db"), "--samples", "2",
+                        "--max-windows-per-record", "1", "--results", str(tmp_path / "results")])
+    warning = result["header"]["warnings"]
+    assert "MIT-BIH records 101," in warning and "100" not in warning
+    assert "no test" in (run / "report.md").read_text()

@@ -421,9 +421,10 @@ def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_p
     assert not torch.equal(ckpt["model"]["prior.0.weight"], source["prior.0.weight"])
     fc = Forecaster.from_checkpoint(tmp_path / "ck" / run.name / "best.pt", "cpu")
     assert isinstance(fc, LatentSDEForecaster)
-    row = latent_sde_train.main(flags(setup, "--device", "cpu", "--resume", str(last), "--epochs", "2",
-                                      "--max-steps", "2", "--batch-size", "4"))
-    assert row["epoch"] == 2 and [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())] == ["1", "2"]
+    row = latent_sde_train.main(["--device", "cpu", "--prepared", setup["prepared"], "--resume", str(last),
+                                 "--epochs", "2"])      # its 2 steps of 4 windows kept: stored with the run
+    assert row["epoch"] == 2 and row["step"] == 4
+    assert [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())] == ["1", "2"]
 
 
 def test_crps_fine_tuning_under_torchrun_keeps_the_ranks_in_step(drafted: dict, tmp_path: Path) -> None:

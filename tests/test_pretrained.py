@@ -87,3 +87,16 @@ def test_codes_and_latents_of_any_window(mitdb):
     steps = x.shape[1] // fc.vq.factor
     assert z.shape == (1, fc.vq.cfg.latent_dim, steps) and codes.shape[:2] == (1, steps)
     assert back.shape == x.shape and ((back - x) ** 2).mean() < 0.06 * (x ** 2).mean()   # three codebooks: PRD ~17%
+
+
+def test_the_shipped_vqvae_can_be_measured_alone():
+    """vqvae_eval.py --checkpoint pretrained/forecaster.pt reads the VQ-VAE inside it; training scripts still
+    ask for a VQ-VAE checkpoint proper."""
+    from paths import UserError
+    from vqvae_eval import load_vqvae
+    model, ckpt = load_vqvae(PRETRAINED, inner=True)
+    stored = torch.load(PRETRAINED, map_location="cpu", weights_only=True)["vqvae"]
+    assert ckpt["meta"] == stored["meta"] and not model.training
+    assert all(torch.equal(v, stored["model"][k]) for k, v in model.state_dict().items())
+    with pytest.raises(UserError, match="transformer"):
+        load_vqvae(PRETRAINED)

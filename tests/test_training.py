@@ -58,8 +58,8 @@ def test_train_writes_plots_metrics_and_checkpoints(tmp_path: Path, synthetic_db
 def test_same_seed_same_numbers_and_resume_is_exact(tmp_path: Path, synthetic_db: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     setup = tiny_setup(tmp_path, synthetic_db)
-    full = _run(setup, "--epochs", "2")
-    again = _run(setup, "--epochs", "2")
+    full = _run(setup, "--epochs", "2", "--batch-size", "4")
+    again = _run(setup, "--epochs", "2", "--batch-size", "4")
     assert full["val_loss"] == again["val_loss"]
     runs = sorted((tmp_path / "checkpoints").iterdir())
     a = torch.load(runs[0] / "last.pt", weights_only=True)["model"]
@@ -75,10 +75,11 @@ def test_same_seed_same_numbers_and_resume_is_exact(tmp_path: Path, synthetic_db
 
     monkeypatch.setattr(training.Trainer, "_train_epoch", die_in_epoch_two)
     with pytest.raises(RuntimeError, match="killed"):
-        _run(setup, "--epochs", "2")
+        _run(setup, "--epochs", "2", "--batch-size", "4")
     monkeypatch.setattr(training.Trainer, "_train_epoch", real_epoch)
     first = sorted((tmp_path / "checkpoints").iterdir())[2]
-    resumed = _run(setup, "--epochs", "2", "--resume", str(first / "last.pt"))
+    # as the README resumes: no config file and no flags of the run's, which its checkpoint keeps
+    resumed = vqvae_train.main(["--device", "cpu", "--prepared", setup["prepared"], "--resume", str(first / "last.pt")])
     c = torch.load(first / "last.pt", weights_only=True)["model"]
     assert resumed["val_loss"] == full["val_loss"]
     assert all(torch.equal(a[k], c[k]) for k in a)

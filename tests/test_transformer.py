@@ -86,7 +86,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     setup_t = {**setup, "config": str(tcfg)}
     rows = transformer_train.main(flags(setup_t, "--device", "cpu", "--vqvae", str(vq)))
     ckpt = next((tmp / "checkpoints").glob("transformer-*/best.pt"))
-    return {"tmp": tmp, "ckpt": ckpt, "row": rows}
+    return {"tmp": tmp, "ckpt": ckpt, "row": rows, "setup": setup}
 
 
 def test_tiny_train_then_forecast(trained: dict) -> None:
@@ -297,3 +297,18 @@ def test_beat_draft_draws_beat_times_per_sample() -> None:
     own = beat_draft(vq, x, 24, 128, beats=given)
     later = beat_draft(vq, x, 24, 128, beats=[given[0] + 20, given[1]])
     assert own.shape == (2, 120, 3) and not torch.equal(own[0], later[0]) and torch.equal(own[1], later[1])
+
+
+def test_resume_goes_on_with_the_runs_own_vqvae(trained: dict) -> None:
+    """A VQ-VAE trained since is the newest, but a resumed Transformer keeps the codes it was trained on; the
+    run's config and flags come from its checkpoint (last in this module: it trains the shared run on)."""
+    vqvae_train.main(flags(trained["setup"], "--device", "cpu", "--epochs", "1", "--seed", "1"))
+    last = trained["ckpt"].parent / "last.pt"
+    before = torch.load(last, weights_only=True)
+    row = transformer_train.main(["--device", "cpu", "--prepared", trained["setup"]["prepared"],
+                                  "--checkpoints", trained["setup"]["checkpoints"], "--resume", str(last),
+                                  "--epochs", "4"])
+    after = torch.load(last, weights_only=True)
+    assert row["epoch"] == 4 and after["meta"]["vqvae_checkpoint"] == before["meta"]["vqvae_checkpoint"]
+    assert all(torch.equal(v, before["vqvae"]["model"][k]) for k, v in after["vqvae"]["model"].items())
+    assert after["config"]["model"] == before["config"]["model"] and after["config"]["model"]["dim"] == 32
