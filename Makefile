@@ -19,8 +19,10 @@ setup: $(VENV)/.installed
 prepare: setup
 	$(PY) prepare_mitbih.py
 
-# The fast path: the shipped model (pretrained/) forecasts record 100 from 60 s; no training, no network.
+# The fast path: the shipped model (pretrained/) forecasts record 100 from 60 s; no training, and no network
+# once MIT-BIH is there (without it, the first step downloads it, as `make prepare` would).
 forecast: setup
+	$(PY) prepare_mitbih.py --fetch-only
 	$(PY) forecast.py --record $(MITBIH_DIR)/100 --start 60
 
 # The whole pipeline in a few minutes: short trainings (far from the documented recipe; no augmented

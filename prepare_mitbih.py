@@ -540,10 +540,15 @@ def main() -> None:
     p.add_argument("--out", default=None, help="prepared folder (default: $ECG_PREPARED_DIR or data/prepared)")
     p.add_argument("--records", nargs="*", help="prepare only these records")
     p.add_argument("--no-download", action="store_true", help="never try to download from PhysioNet")
+    p.add_argument("--fetch-only", action="store_true",
+                   help="only make sure the data folder has records (downloading MIT-BIH into it if it has none)")
     args = p.parse_args()
     cfg = load_config(args.config)
     t0 = time.time()
     data_dir, out_dir = paths.location("data", args.data_dir), paths.location("prepared", args.out)
+    if args.fetch_only:      # make demo's first forecast needs a record before anything is prepared
+        print(f"{len(find_records(data_dir, not args.no_download))} WFDB records in {data_dir}")
+        return
     meta = prepare(cfg, data_dir, out_dir, args.records, download=not args.no_download)
     print(f"prepared {len(meta['records'])} records in {time.time() - t0:.1f} s -> {out_dir}")
     for s in SPLITS:

@@ -340,3 +340,16 @@ def test_an_unreadable_cache_is_computed_again(tmp_path):
     cache.write_bytes(cache.read_bytes()[:20])
     assert torch.equal(pm.cached_encoding("codes", "k", compute, tmp_path), first) and len(calls) == 2
     assert torch.equal(pm.cached_encoding("codes", "k", compute, tmp_path), first) and len(calls) == 2
+
+
+def test_fetch_only_downloads_into_an_empty_folder_and_prepares_nothing(tmp_path, monkeypatch):
+    """make demo's first forecast needs record 100 before anything is prepared: --fetch-only gets the data."""
+    def download(name, folder):
+        assert name == "mitdb"
+        write_record(Path(folder), "100", seconds=12, seed=0)
+    monkeypatch.setattr(wfdb, "dl_database", download)
+    r = run_in_process(["--data-dir", str(tmp_path / "mitdb"), "--out", str(tmp_path / "prepared"), "--fetch-only"])
+    assert r.returncode == 0 and "1 WFDB records" in r.stdout, r.stderr
+    assert (tmp_path / "mitdb" / "100.hea").exists() and not (tmp_path / "prepared").exists()
+    r = run_in_process(["--data-dir", str(tmp_path / "none"), "--fetch-only", "--no-download"])
+    assert r.returncode == 2 and "no WFDB records" not in r.stdout and str(tmp_path / "none") in r.stderr
