@@ -61,7 +61,8 @@ def setup_runtime(device: str | None = None) -> Runtime:
     """Join the torchrun process group when launched by torchrun (NCCL on GPUs, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and check_device(device) != "cpu"
+    device = check_device(device)       # before the GPU test: a typo is an error on any machine
+    use_cuda = torch.cuda.is_available() and device != "cpu"
     if world > 1:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if use_cuda else "gloo")

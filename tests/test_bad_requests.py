@@ -18,6 +18,7 @@ from conftest import write_record
 from forecast import Forecaster
 from paths import PRETRAINED, UserError
 from train_results import load_checkpoint
+from training import setup_runtime
 
 GOOD = np.zeros((1, 384, 2), np.float32)
 BAD_REQUESTS = [  # (context, horizon, num_samples, seed), the name the message must give
@@ -126,6 +127,8 @@ def test_devices_are_checked_before_work():
     for bad in ("bogus", "cuda:99", "meta"):
         with pytest.raises(UserError, match=bad):
             paths.check_device(bad)
+        with pytest.raises(UserError, match=bad):       # every training script's runtime, GPU or not
+            setup_runtime(bad)
 
 
 def test_failed_evaluation_leaves_no_run_folder(tmp_path, monkeypatch):
