@@ -644,12 +644,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="test", choices=("validation", "test"), help="prepared split (default test)")
     p.add_argument("--wfdb-dir", default=None, help="evaluate every record of this WFDB folder instead")
     p.add_argument("--records", nargs="+", default=None, help="only these records")
-    p.add_argument("--samples", type=int, default=100, help="samples per window for probabilistic forecasters (default 100)")
+    p.add_argument("--samples", type=int, default=100,
+                   help="samples per window for probabilistic forecasters (default 100)")
     p.add_argument("--seed", type=int, default=0, help="of the samples and the bootstrap (default 0)")
     p.add_argument("--config", default=None, help="config JSON (default: config_vqvae.json)")
     p.add_argument("--prepared", default=None, help="prepared folder (default: $ECG_PREPARED_DIR or data/prepared)")
     p.add_argument("--results", default=None, help="results folder (default: $ECG_RESULTS_DIR or results)")
-    p.add_argument("--max-windows-per-record", type=int, default=None, help="evenly spaced windows per record (default: all)")
+    p.add_argument("--max-windows-per-record", type=int, default=None,
+                   help="evenly spaced windows per record (default: all)")
     p.add_argument("--batch-size", type=int, default=256,
                    help="windows forecast at once; lower it when memory is short (default 256)")
     return p.parse_args(argv)
@@ -692,12 +694,12 @@ def main(argv: list[str] | None = None) -> Path:
         raise UserError(f"no windows to evaluate in {w.source['path']}")
     scored = [w.records[i] for i in np.unique(w.record)]
     for label, f in forecasters.items():
-        if label not in baselines and (seen := training_patients(f, scored)):
+        if seen := training_patients(f, scored):       # baselines carry no config, so never
             warnings.append(f"{label} was trained on MIT-BIH records {', '.join(seen)}, evaluated here too: if "
                             f"these are MIT-BIH's, their scores are no test")
             print(f"warning: {warnings[-1]}", file=sys.stderr)
     paths.check_writable(paths.location("results", args.results))     # before the work, not after
-    print(f"evaluating {', '.join(forecasters)} on {len(np.unique(w.record))} records, {len(w.record)} windows")
+    print(f"evaluating {', '.join(forecasters)} on {len(scored)} records, {len(w.record)} windows")
     scores, truth_sums = evaluate(forecasters, w, context, fs, args.samples, args.seed, args.batch_size)
     run = paths.new_run_dir("evaluate", args.results)       # made now: a failed evaluation leaves no folder
     horizon = w.signals.shape[1] - context

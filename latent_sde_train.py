@@ -15,9 +15,10 @@ forecast.py and evaluate.py need only this one file.
 
 then fine-tunes that model's prior, diffusion and emission on the fair CRPS of its forecast paths (the
 config's crps section; latent_sde.PathCRPS), keeping the epoch with the lowest validation CRPS: the ELBO
-alone left its forecasts' CRPS above the template ensemble's (EXPERIMENTS.md, session 19). The shipped model's VQ-VAE comes from
-`vqvae_train.py --config config_vqvae_sde.json`: on the default coder's latents the same recipe
-forecast worse and its KL term blew up (see EXPERIMENTS.md).
+alone left its forecasts' CRPS above the template ensemble's (EXPERIMENTS.md, session 19).
+
+The shipped model's VQ-VAE comes from `vqvae_train.py --config config_vqvae_sde.json`: on the default
+coder's latents the same recipe forecast worse and its KL term blew up (see EXPERIMENTS.md).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from hyper_params import stored_config
 from hyper_params_sde import load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split
-from train_results import load_checkpoint, plot_forecasts, weights_digest
+from train_results import fixed_windows, load_checkpoint, plot_forecasts, weights_digest
 from training import Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime
 from vqvae import VQVAE
 from vqvae_eval import run_vqvae
@@ -84,11 +85,6 @@ def beat_targets(data: dict, frames: int, factor: int, fs: float, max_rr_s: floa
     return torch.from_numpy(out)
 
 
-def plot_windows(val: dict, n: int) -> np.ndarray:
-    """The fixed validation windows drawn every epoch, spread over the split."""
-    return val["signals"][np.linspace(0, len(val["signals"]) - 1, n).astype(int)].clone().numpy()
-
-
 def plot_epoch(fc: LatentSDEForecaster, fixed: np.ndarray, piece: int, run_dir: Path, epoch: int) -> None:
     samples = fc.predict(fixed[:, :piece], fixed.shape[1] - piece, num_samples=20, seed=0)
     plot_forecasts(fixed, samples, fc.fs, piece, run_dir / f"forecast_epoch_{epoch:03d}.png",
@@ -127,7 +123,7 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     meta = run_record(config, settings.seed, train["data_hash"] + "/" + train["input_hash"], rt,
                       sys.argv if argv is None else argv)
     meta.update(crps_from=str(source), vqvae_checkpoint=start["meta"].get("vqvae_checkpoint", str(source)))
-    fixed = plot_windows(val, settings.plot_windows)
+    fixed = fixed_windows(val, settings.plot_windows).numpy()
 
     def step_fn(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
         # fresh drafts and paths every step; the same ones for every validation
@@ -202,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
                       sys.argv if argv is None else argv)
     meta["vqvae_checkpoint"] = vq_source
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]}}
-    fixed = plot_windows(val, scfg.train.plot_windows)
+    fixed = fixed_windows(val, scfg.train.plot_windows).numpy()
 
     def step_fn(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
         return m(batch[0], context, **dict(zip(names, batch[1:])))

@@ -144,6 +144,11 @@ def check_same_config(saved: dict, current: dict, path: Path, sections: tuple[st
                             f"{a.get(k)!r} there but {b.get(k)!r} now")
 
 
+def fixed_windows(split: dict, n: int) -> torch.Tensor:
+    """The `n` windows of a prepared split plotted every epoch, evenly spread over it (the same each epoch)."""
+    return split["signals"][np.linspace(0, len(split["signals"]) - 1, n).astype(int)].clone()
+
+
 def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context: int, out: Path, title: str,
                    start_s: float = 0.0, leads: tuple[str, ...] = LEADS) -> None:
     """Context, truth, sample-mean forecast and its 50% / 80% bands for lead 1 and lead 2.

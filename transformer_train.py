@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
@@ -22,7 +21,7 @@ from forecast import Forecaster, beat_draft, seasonal_draft
 from hyper_params import stored_config
 from hyper_params_transformer import load_transformer_config, transformer_config_from_dict
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split
-from train_results import load_checkpoint, plot_forecasts, weights_digest
+from train_results import fixed_windows, load_checkpoint, plot_forecasts, weights_digest
 from training import Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
@@ -107,8 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     meta["vqvae_checkpoint"] = vq_path
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]},
               "block_size": int(train_codes.shape[1])}
-    idx = np.linspace(0, len(val["signals"]) - 1, tcfg.train.plot_windows).astype(int)
-    fixed = val["signals"][idx].clone().numpy()
+    fixed = fixed_windows(val, tcfg.train.plot_windows).numpy()
     ctx_len = cfg.data.window_samples
 
     def epoch_end(m: CodeGPT, epoch: int, is_main: bool) -> dict:

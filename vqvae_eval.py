@@ -42,20 +42,22 @@ def load_vqvae(path: str | Path, inner: bool = False) -> tuple[VQVAE, dict]:
         if not isinstance(ckpt.get("vqvae"), dict):
             raise UserError(f"{path} holds a '{ckpt['kind']}' model without a VQ-VAE")
         ckpt = ckpt["vqvae"]
-    cfg = stored_config(ckpt["config"], f"config stored in {path}")
-    model = VQVAE(cfg.model)
+    return vqvae_from(ckpt, str(path)), ckpt
+
+
+def vqvae_from(ckpt: dict, source: str) -> VQVAE:
+    """The VQ-VAE in eval mode that a checkpoint (or a forecaster's stored VQ-VAE) holds."""
+    model = VQVAE(stored_config(ckpt["config"], f"VQ-VAE config stored in {source}").model)
     model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt
+    return model.eval()
 
 
 def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dict, str]:
     """The frozen VQ-VAE a forecaster trains on, its checkpoint and where it came from: a resumed run's own
     (kept in its checkpoint, whatever VQ-VAE was trained since), else --vqvae, else the newest."""
     if resume:
-        ckpt = resume["vqvae"]
-        model = VQVAE(stored_config(ckpt["config"], f"VQ-VAE config stored in {args.resume}").model)
-        model.load_state_dict(ckpt["model"])
-        return model.eval(), ckpt, str(resume["meta"].get("vqvae_checkpoint", args.resume))
+        return (vqvae_from(resume["vqvae"], args.resume), resume["vqvae"],
+                str(resume["meta"].get("vqvae_checkpoint", args.resume)))
     path = args.vqvae or latest_checkpoint("vqvae", args.checkpoints)
     model, ckpt = load_vqvae(path)
     return model, ckpt, str(path)

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 import paths
 from hyper_params import Config, config_from_dict, load_config
 from prepare_mitbih import load_split, source_fs
-from train_results import load_checkpoint, plot_windows
+from train_results import fixed_windows, load_checkpoint, plot_windows
 from training import (Runtime, Trainer, run_config, run_parser, run_record, seed_everything,
                       setup_runtime)
 from vqvae import VQVAE
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume_ckpt)
     meta = run_record(cfg.to_dict(), cfg.train.seed, train["data_hash"] + "/" + train["input_hash"], rt,
                       sys.argv if argv is None else argv)
-    fixed = val["signals"][np.linspace(0, len(val["signals"]) - 1, cfg.train.plot_windows).astype(int)].clone()
+    fixed = fixed_windows(val, cfg.train.plot_windows)
 
     def epoch_end(m: VQVAE, epoch: int, is_main: bool) -> dict:
         stats = m.end_epoch()
