@@ -39,7 +39,7 @@ RHYTHM_PATHS = 10   # sample paths per window whose R peaks are scored for a sam
 PAIRED = {"mse": "lower", "crps": "lower", "f1_100": "higher"}   # scores a model is held to against baselines
 
 
-def make_forecaster(spec: str, fs: int) -> ForecasterBase:
+def make_forecaster(spec: str, fs: int, device: str | None = None) -> ForecasterBase:
     """A baseline by name, `pretrained` (the shipped model), or a checkpoint path (forecast.Forecaster)."""
     if spec in BASELINES:
         return make_baseline(spec, fs)
@@ -54,7 +54,7 @@ def make_forecaster(spec: str, fs: int) -> ForecasterBase:
     except ImportError as e:
         raise UserError(f"cannot load {path}: forecast.Forecaster is not available ({e})") from e
     try:
-        model = Forecaster.from_checkpoint(path)
+        model = Forecaster.from_checkpoint(path, device)
     except UserError:
         raise
     except Exception as e:
@@ -654,6 +654,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="evenly spaced windows per record (default: all)")
     p.add_argument("--batch-size", type=int, default=256,
                    help="windows forecast at once; lower it when memory is short (default 256)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available); a GPU draws other samples "
+                   "than the CPU, so reproduce CPU figures with --device cpu")
     return p.parse_args(argv)
 
 
@@ -666,6 +668,7 @@ def main(argv: list[str] | None = None) -> Path:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
+    device = paths.check_device(args.device)
     cfg = load_config(args.config)
     fs, context = cfg.data.samples_per_second, cfg.data.window_samples
     if cfg.data.total_samples <= context:
@@ -675,7 +678,7 @@ def main(argv: list[str] | None = None) -> Path:
     baselines = set()
     warnings = []
     for spec in names:
-        f = make_forecaster(spec, fs)
+        f = make_forecaster(spec, fs, device)
         label = spec if spec in BASELINES else getattr(f, "name", Path(spec).stem)
         if label in forecasters:
             label = f"{label} ({Path(spec).stem})"
@@ -721,6 +724,7 @@ def main(argv: list[str] | None = None) -> Path:
         "context / horizon": f"{context / fs:g} s / {horizon / fs:g} s at {fs} Hz "
                              f"(band-pass {cfg.data.filter_band[0]:g}-{cfg.data.filter_band[1]:g} Hz)",
         "samples / seed": f"{args.samples} / {args.seed}",
+        "device": ", ".join(sorted({str(f.device) for f in forecasters.values() if hasattr(f, "device")})) or "cpu",
         "bootstrap": f"{N_BOOT} resamples of records, seed {args.seed}, 95 % percentile intervals",
         "wall time": f"{wall:.1f} s",
     }

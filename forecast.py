@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,11 @@ import torch
 
 import paths
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, repeat_last
-from hyper_params import stored_config
 from hyper_params_transformer import transformer_config_from_dict
 from paths import PRETRAINED, ROOT, UserError, run_main
 from train_results import load_checkpoint, plot_forecasts
 from transformer import CodeGPT, as_levels
-from vqvae import VQVAE
+from vqvae import vqvae_from
 
 
 class ForecasterBase:
@@ -58,6 +58,13 @@ def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples
     return x.astype(np.float32, copy=False)
 
 
+def warn_short_context(samples: int, trained: int, fs: int) -> None:
+    """Models read their context's rhythm and beats; fewer seconds than in training still forecast, but worse."""
+    if samples < trained:
+        warnings.warn(f"a context of {samples} samples ({samples / fs:g} s) is shorter than the {trained} "
+                      f"({trained / fs:g} s) the model was trained on; its forecasts may be worse", stacklevel=4)
+
+
 class Forecaster(ForecasterBase):
     """VQ-VAE + code Transformer: encode the context, sample future codes (reading a draft when the
     model was trained with one: the seasonal-naive continuation, or with `draft_beats` the context's
@@ -85,11 +92,9 @@ class Forecaster(ForecasterBase):
             return LatentSDEForecaster.from_checkpoint_dict(ckpt, path, device)
         if ckpt["kind"] != "transformer":
             raise UserError(f"{path} holds a '{ckpt['kind']}' model, not a forecaster")
-        cfg = stored_config(ckpt["vqvae"]["config"], f"VQ-VAE config stored in {path}")
+        vq, cfg = vqvae_from(ckpt["vqvae"], str(path))
         tcfg = transformer_config_from_dict({k: ckpt["config"][k] for k in ("model", "sample", "train")},
                                             f"Transformer config stored in {path}")
-        vq = VQVAE(cfg.model)
-        vq.load_state_dict(ckpt["vqvae"]["model"])
         arch = tcfg.model
         gpt = CodeGPT(cfg.model.codebook_size, ckpt["block_size"], arch.dim, arch.layers, arch.heads, arch.dropout,
                       arch.rope, cfg.model.num_quantizers, arch.draft)
@@ -109,6 +114,7 @@ class Forecaster(ForecasterBase):
     def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
                 seed: int = 0, use_cache: bool = True) -> np.ndarray:
         x = as_context(context, horizon, num_samples, seed)
+        warn_short_context(x.shape[1], self.cfg.data.window_samples, self.fs)
         steps = math.ceil(horizon / self.factor)
         # a horizon beyond the block rolls on from the last half block, as the model was trained to
         keep = min(x.shape[1] // self.factor, self.gpt.block_size - min(steps, self.gpt.block_size // 2))

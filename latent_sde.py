@@ -45,10 +45,10 @@ import torch.nn.functional as F
 import torchsde
 
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, hold_matrix, hold_to_band
-from forecast import ForecasterBase, as_context
-from hyper_params import Config, stored_config
+from forecast import ForecasterBase, as_context, warn_short_context
+from hyper_params import Config
 from hyper_params_sde import SDEConfig, sde_config_from_dict
-from vqvae import VQVAE
+from vqvae import VQVAE, vqvae_from
 
 
 TEMPLATE_EXCLUDE = 4  # frames: the phase template of a frame never reads the context frames this close to it
@@ -339,7 +339,7 @@ class LatentSDE(nn.Module):
         n = T * O
         loss = (nll + weight * (kl0 + kl_path)) / n
         metrics = {"recon": (nll / n).detach(), "kl": ((kl0 + kl_path) / n).detach(),
-                   "kl_path": (kl_path / n).detach(), "kl_weight": torch.tensor(weight),
+                   "kl_path": (kl_path / n).detach(), "kl_weight": x.new_tensor(weight),
                    "mse": F.mse_loss(pred, x).detach(), "diffusion": self.g(ts[0], zs[context]).mean().detach()}
         if self.phase and beats is not None:
             phase_err, rate_err = self.beat_errors(beats)
@@ -410,11 +410,9 @@ class LatentSDEForecaster(ForecasterBase):
     def from_checkpoint_dict(cls, ckpt: dict, path: str | Path, device: str | torch.device | None = None
                              ) -> "LatentSDEForecaster":
         """Build from a loaded latent_sde checkpoint: it carries the VQ-VAE weights and both configs."""
-        cfg = stored_config(ckpt["vqvae"]["config"], f"VQ-VAE config stored in {path}")
+        vq, cfg = vqvae_from(ckpt["vqvae"], str(path))
         scfg = sde_config_from_dict({k: ckpt["config"][k] for k in ("model", "solver", "loss", "train")},
                                     f"latent SDE config stored in {path}")
-        vq = VQVAE(cfg.model)
-        vq.load_state_dict(ckpt["vqvae"]["model"])
         sde = LatentSDE(cfg.model.latent_dim, scfg, cfg.data.samples_per_second / cfg.model.downsample_factor)
         sde.load_state_dict(ckpt["model"])
         out = cls(vq, sde, cfg, scfg, device)
@@ -425,6 +423,7 @@ class LatentSDEForecaster(ForecasterBase):
     def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
                 seed: int = 0) -> np.ndarray:
         x = as_context(context, horizon, num_samples, seed)
+        warn_short_context(x.shape[1], self.context_frames * self.factor, self.fs)
         keep = min(x.shape[1] // self.factor, self.context_frames)
         if keep < 1:
             raise ValueError(f"context of {x.shape[1]} samples is shorter than one latent step ({self.factor} samples)")

@@ -14,8 +14,9 @@ forecast.py and evaluate.py need only this one file.
     python3 latent_sde_train.py --crps-from checkpoints/latent_sde-<time>/best.pt
 
 then fine-tunes that model's prior, diffusion and emission on the fair CRPS of its forecast paths (the
-config's crps section; latent_sde.PathCRPS), keeping the epoch with the lowest validation CRPS: the ELBO
-alone left its forecasts' CRPS above the template ensemble's (EXPERIMENTS.md, session 19).
+config's crps section; latent_sde.PathCRPS) in a run of its own, latent_sde_crps-<time>, keeping the
+epoch with the lowest validation CRPS: the ELBO alone left its forecasts' CRPS above the template
+ensemble's (EXPERIMENTS.md, session 19).
 
 The shipped model's VQ-VAE comes from `vqvae_train.py --config config_vqvae_sde.json`: on the default
 coder's latents the same recipe forecast worse and its KL term blew up (see EXPERIMENTS.md).
@@ -34,11 +35,11 @@ from torch.utils.data import TensorDataset
 import paths
 from drafts import detected_beats, draft_waves
 from hyper_params import stored_config
-from hyper_params_sde import load_sde_config, sde_config_from_dict
+from hyper_params_sde import SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split
 from train_results import fixed_windows, load_checkpoint, plot_forecasts, weights_digest
-from training import Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime
+from training import Runtime, Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime
 from vqvae import VQVAE
 from vqvae_eval import run_vqvae
 from vqvae_train import shared_run_dirs
@@ -113,12 +114,13 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
                                    batch_size=c.batch_size, learning_rate=c.learning_rate, weight_decay=0.0,
                                    warmup_steps=0, checkpoint_every=c.epochs)
     rt = setup_runtime(args.device)
+    check_adjoint(scfg, rt)
     seed_everything(settings.seed)
     fc = LatentSDEForecaster.from_checkpoint_dict(start, source, rt.device)
     model = PathCRPS(fc, c.samples)
     train, val = (load_split(split, fc.cfg, args.prepared) for split in ("train", "validation"))
     piece = fc.cfg.data.window_samples
-    run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde")
+    run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde_crps")
     config = {**scfg.to_dict(), "vqvae": start["config"]["vqvae"]}
     meta = run_record(config, settings.seed, train["data_hash"] + "/" + train["input_hash"], rt,
                       sys.argv if argv is None else argv)
@@ -141,6 +143,13 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     return trainer.run(args.resume)
 
 
+def check_adjoint(scfg: SDEConfig, rt: Runtime) -> None:
+    """nn.DataParallel's replicas hold their weights as plain tensors, so the adjoint would train none of them."""
+    if scfg.solver.adjoint and rt.data_parallel:
+        raise paths.UserError("solver.adjoint cannot train on several GPUs in one process (nn.DataParallel): "
+                              "launch with torchrun, pick one card with --device cuda:0, or set solver.adjoint false")
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = run_parser(__doc__, "latent SDE config JSON (default: config_sde.json)")
     p.add_argument("--augment-copies", type=int, help="override augment.copies (0: none, for quick runs)")
@@ -161,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     vq.requires_grad_(False)
     cfg = stored_config(vq_ckpt["config"], "VQ-VAE config")
     rt = setup_runtime(args.device)
+    check_adjoint(scfg, rt)
     if rt.is_main:
         print(f"VQ-VAE: {vq_source}")
     seed_everything(scfg.train.seed)

@@ -34,6 +34,11 @@ def location(kind: str, override: str | os.PathLike | None = None) -> Path:
     return Path(override or os.environ.get(var) or default).expanduser()
 
 
+def cache_dir(prepared: str | os.PathLike | None = None) -> Path:
+    """Where encodings of the prepared windows are kept: $ECG_CACHE_DIR, else the prepared folder itself."""
+    return Path(os.environ.get("ECG_CACHE_DIR") or location("prepared", prepared)).expanduser()
+
+
 def new_run_dir(experiment: str, results: str | os.PathLike | None = None) -> Path:
     """A fresh folder results/<experiment>-<time> so runs never overwrite each other."""
     base = location("results", results)
@@ -145,11 +150,13 @@ def git_commit() -> str:
 
 
 def run_main(main: Callable[[], Any]) -> None:
-    """Run a script's main(); a UserError becomes one 'error:' line and exit status 2."""
+    """Run a script's main(); a UserError becomes one 'error:' line and exit status 2. Under torchrun every
+    rank reads the same config, data and devices and meets the same error, so only rank 0 prints it."""
     try:
         main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

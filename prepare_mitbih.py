@@ -454,12 +454,13 @@ def source_fs(records: list[str], prepared_dir: str | Path | None = None) -> flo
 
 def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],
                     prepared_dir: str | Path | None = None) -> torch.Tensor:
-    """A tensor derived from prepared data (codes, latent frames), computed once per `key` and kept
-    in the prepared folder under <kind>/; a stored file whose key differs is recomputed."""
+    """A tensor derived from prepared data (codes, latent frames), computed once per `key` and kept under
+    <kind>/ in $ECG_CACHE_DIR, else in the prepared folder; a stored file whose key differs is recomputed,
+    and a folder that can't be written only costs the encoding next time."""
     import torch
 
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    cache = paths.location("prepared", prepared_dir) / kind / f"{digest}.pt"
+    cache = paths.cache_dir(prepared_dir) / kind / f"{digest}.pt"
     if cache.exists():
         try:
             stored = torch.load(cache, weights_only=True)
@@ -470,7 +471,10 @@ def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],
             return stored["tensor"]
     print(f"encoding the windows once ({kind}; kept in {cache.parent})")
     tensor = compute()
-    paths.atomic_torch_save({"key": key, "tensor": tensor}, cache)
+    try:
+        paths.atomic_torch_save({"key": key, "tensor": tensor}, cache)
+    except paths.UserError as e:
+        print(f"note: the encoding is not kept ({e}); set ECG_CACHE_DIR to a writable folder to keep it")
     return tensor
 
 

@@ -56,6 +56,11 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world > 1
 
+    @property
+    def data_parallel(self) -> bool:
+        """One process, several GPUs, no card named: the trainer splits each batch with nn.DataParallel."""
+        return not self.distributed and self.device == torch.device("cuda") and torch.cuda.device_count() > 1
+
 
 def setup_runtime(device: str | None = None) -> Runtime:
     """Join the torchrun process group when launched by torchrun (NCCL on GPUs, gloo on CPU)."""
@@ -64,6 +69,10 @@ def setup_runtime(device: str | None = None) -> Runtime:
     device = check_device(device)       # before the GPU test: a typo is an error on any machine
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if world > 1:
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        if use_cuda and per_node > torch.cuda.device_count():   # the same test on every rank, so rank 0 says it
+            raise UserError(f"torchrun started {per_node} processes per node but only {torch.cuda.device_count()} "
+                            "GPUs are visible: lower --nproc_per_node, or pass --device cpu")
         if not dist.is_initialized():
             dist.init_process_group("nccl" if use_cuda else "gloo")
         dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
@@ -79,19 +88,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device = torch.device("cpu")) -> dict:
+    """The generators' states, with the CUDA card this process draws on (`device`)."""
     np_state = np.random.get_state()
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "cuda_card": device.index or 0,
             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                       "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
             "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()]}
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device = torch.device("cpu")) -> None:
+    """Restore the generators for a run on `device`: every card's state when one process drives them all
+    (DataParallel) on as many cards as before, else the saved process's card's state for this one. Under DDP
+    every rank draws as rank 0 does (same seed, same calls), so rank 0's state fits each rank's card, and a
+    run resumes on fewer or other cards too."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda, card = state["cuda"], state.get("cuda_card", 0)
+    if device.type == "cuda" and cuda:
+        if device.index is None and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        elif card < len(cuda):
+            torch.cuda.set_rng_state(cuda[card], device)
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     version, internal, gauss = state["python"]
@@ -124,6 +143,11 @@ def _all_reduce_mean(values: dict[str, float], weight: float, rt: Runtime) -> di
     return {k: float(v) / total for k, v in zip(keys, t[:-1])}
 
 
+def _gathered(loss: torch.Tensor, metrics: dict) -> tuple[torch.Tensor, dict]:
+    """A model under nn.DataParallel returns one value per GPU, gathered into a vector: average them."""
+    return loss.mean(), {k: v.float().mean() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+
+
 class Trainer:
     def __init__(self, model: nn.Module, train_set: Dataset, val_set: Dataset, step_fn: StepFn,
                  settings: TrainConfig, run_dir: Path, ckpt_dir: Path, config: dict, meta: dict,
@@ -139,11 +163,12 @@ class Trainer:
         per_rank = settings.batch_size // rt.world
         self.sampler = DistributedSampler(train_set, rt.world, rt.rank, shuffle=True, seed=settings.seed,
                                           drop_last=True)
+        pin = rt.device.type == "cuda"      # page-locked batches: the non_blocking copies overlap compute
         self.train_loader = DataLoader(train_set, per_rank, sampler=self.sampler, drop_last=True,
-                                       num_workers=settings.num_workers)
+                                       num_workers=settings.num_workers, pin_memory=pin)
         # every validation window exactly once over all ranks (DistributedSampler would pad with repeats)
         val_shard = Subset(val_set, range(rt.rank, len(val_set), rt.world))
-        self.val_loader = DataLoader(val_shard, per_rank, num_workers=settings.num_workers)
+        self.val_loader = DataLoader(val_shard, per_rank, num_workers=settings.num_workers, pin_memory=pin)
         if len(self.train_loader) == 0:
             raise UserError(f"{len(train_set)} training windows are fewer than one batch of {settings.batch_size}")
         self.steps_per_epoch = len(self.train_loader)
@@ -165,14 +190,14 @@ class Trainer:
         if self.rt.distributed:
             ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
             return DDP(self.model, device_ids=ids)
-        if self.rt.device.type == "cuda" and torch.cuda.device_count() > 1:
+        if self.rt.data_parallel:
             return nn.DataParallel(self.model)
         return self.model
 
     def state(self) -> dict:
         return {"kind": self.kind, "model": unwrap(self.model).state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "epoch": self.epoch,
-                "step": self.step, "best_val": self.best, "rng": rng_state(), "config": self.config,
+                "step": self.step, "best_val": self.best, "rng": rng_state(self.rt.device), "config": self.config,
                 "meta": self.meta, "run_dir": str(self.run_dir), "ckpt_dir": str(self.ckpt_dir), **self.extras}
 
     def resume(self, path: str | Path) -> None:
@@ -182,9 +207,10 @@ class Trainer:
         unwrap(self.model).load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:                  # empty when the run was made without AMP (e.g. on a CPU)
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], self.rt.device)
         if self.rt.is_main:
             self.log.drop_after(self.epoch)  # epochs after the checkpoint are redone, not listed twice
             for stale in self.ckpt_dir.glob(".*.tmp"):  # half-written by a run killed while saving
@@ -205,7 +231,7 @@ class Trainer:
                 break
             batch = _to(batch, self.rt.device)
             with torch.autocast(self.rt.device.type, enabled=self.amp):
-                loss, metrics = self.step_fn(model, batch)
+                loss, metrics = _gathered(*self.step_fn(model, batch))
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.opt)
             norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
@@ -244,7 +270,7 @@ class Trainer:
         for batch in self.val_loader:
             batch = _to(batch, self.rt.device)
             with torch.autocast(self.rt.device.type, enabled=self.amp):
-                loss, metrics = self.step_fn(model, batch)
+                loss, metrics = _gathered(*self.step_fn(model, batch))
             n = _batch_len(batch)
             seen += n
             for k, v in {"loss": loss, **metrics}.items():

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hyper_params import ModelConfig
+from hyper_params import Config, ModelConfig, stored_config
 from transformer import ConvAttention, as_levels
 
 
@@ -124,7 +124,12 @@ class VectorQuantizer(nn.Module):
         return d.argmin(1)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """z [B, D, T] -> (straight-through quantized z, codes [B, T], losses)."""
+        """z [B, D, T] -> (straight-through quantized z, codes [B, T], losses); in float32 under mixed
+        precision too, where half-precision distances and code counts would be wrong."""
+        with torch.autocast(z.device.type, enabled=False):
+            return self._quantize(z.float())
+
+    def _quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         B, D, T = z.shape
         flat = z.permute(0, 2, 1).reshape(-1, D)
         seen = _whole_batch(z.detach().permute(0, 2, 1)).reshape(-1, D) if self.training else flat
@@ -311,3 +316,12 @@ class VQVAE(nn.Module):
         code_bits = window // self.factor * len(self.quantizers) * math.log2(self.cfg.codebook_size)
         gain_bits = 2 * GAIN_BITS if self.cfg.window_gain else 0
         return 2 * bits_per_sample * window * source_ratio / (code_bits + gain_bits)
+
+
+def vqvae_from(ckpt: dict, source: str) -> tuple[VQVAE, Config]:
+    """The VQ-VAE in eval mode that a checkpoint (or a forecaster's stored VQ-VAE) holds, and its config:
+    forecasters prepare their input with the config's data settings."""
+    cfg = stored_config(ckpt["config"], f"VQ-VAE config stored in {source}")
+    model = VQVAE(cfg.model)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), cfg

@@ -20,7 +20,7 @@ import paths
 from hyper_params import stored_config
 from prepare_mitbih import load_split, source_fs
 from train_results import load_checkpoint, plot_windows
-from vqvae import VQVAE
+from vqvae import VQVAE, vqvae_from
 from paths import UserError
 
 
@@ -42,21 +42,14 @@ def load_vqvae(path: str | Path, inner: bool = False) -> tuple[VQVAE, dict]:
         if not isinstance(ckpt.get("vqvae"), dict):
             raise UserError(f"{path} holds a '{ckpt['kind']}' model without a VQ-VAE")
         ckpt = ckpt["vqvae"]
-    return vqvae_from(ckpt, str(path)), ckpt
-
-
-def vqvae_from(ckpt: dict, source: str) -> VQVAE:
-    """The VQ-VAE in eval mode that a checkpoint (or a forecaster's stored VQ-VAE) holds."""
-    model = VQVAE(stored_config(ckpt["config"], f"VQ-VAE config stored in {source}").model)
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
+    return vqvae_from(ckpt, str(path))[0], ckpt
 
 
 def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dict, str]:
     """The frozen VQ-VAE a forecaster trains on, its checkpoint and where it came from: a resumed run's own
     (kept in its checkpoint, whatever VQ-VAE was trained since), else --vqvae, else the newest."""
     if resume:
-        return (vqvae_from(resume["vqvae"], args.resume), resume["vqvae"],
+        return (vqvae_from(resume["vqvae"], args.resume)[0], resume["vqvae"],
                 str(resume["meta"].get("vqvae_checkpoint", args.resume)))
     path = args.vqvae or latest_checkpoint("vqvae", args.checkpoints)
     model, ckpt = load_vqvae(path)

@@ -353,3 +353,14 @@ def test_fetch_only_downloads_into_an_empty_folder_and_prepares_nothing(tmp_path
     assert (tmp_path / "mitdb" / "100.hea").exists() and not (tmp_path / "prepared").exists()
     r = run_in_process(["--data-dir", str(tmp_path / "none"), "--fetch-only", "--no-download"])
     assert r.returncode == 2 and "no WFDB records" not in r.stdout and str(tmp_path / "none") in r.stderr
+
+
+def test_a_cache_that_cannot_be_written_only_costs_time(tmp_path, monkeypatch, capsys):
+    """A read-only prepared folder (here: a path below a file) still trains; $ECG_CACHE_DIR moves the cache."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    got = pm.cached_encoding("codes", "k", lambda: torch.arange(3), blocker)
+    assert torch.equal(got, torch.arange(3)) and "ECG_CACHE_DIR" in capsys.readouterr().out
+    monkeypatch.setenv("ECG_CACHE_DIR", str(tmp_path / "cache"))
+    pm.cached_encoding("codes", "k", lambda: torch.arange(3), blocker)
+    assert len(list((tmp_path / "cache" / "codes").glob("*.pt"))) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -163,3 +164,21 @@ def test_results_are_written_whole(tmp_path):
     paths.atomic_save_npy(np.arange(5), target)
     assert np.array_equal(np.load(target), np.arange(5)) and [p.name for p in tmp_path.iterdir()] == ["a.npy"]
 
+
+
+def test_torchrun_with_more_processes_than_gpus_is_refused(monkeypatch):
+    """Checked on every rank before the process group forms, so rank 0 reports it (here: 2 ranks, 1 GPU)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for key, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "2")):
+        monkeypatch.setenv(key, value)
+    with pytest.raises(UserError, match="2 processes per node but only 1 GPUs"):
+        setup_runtime(None)
+
+
+def test_a_context_shorter_than_in_training_is_warned(shipped):
+    with pytest.warns(UserWarning, match="128 samples .* shorter than the 384"):
+        shipped.predict(np.zeros((1, 128, 2), np.float32), 8, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        shipped.predict(np.zeros((1, 384, 2), np.float32), 8, 2)

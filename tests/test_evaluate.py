@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import evaluate
 import metrics as M
@@ -185,3 +186,14 @@ def test_scoring_a_model_on_its_training_patients_is_flagged(tmp_path):
     warning = result["header"]["warnings"]
     assert "MIT-BIH records 101," in warning and "100" not in warning
     assert "no test" in (run / "report.md").read_text()
+    assert result["header"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_the_device_is_chosen_and_checked(tmp_path):
+    write_record(tmp_path / "db", "r", seconds=12, seed=0)
+    common = ["--model", "pretrained", "--wfdb-dir", str(tmp_path / "db"), "--samples", "2",
+              "--max-windows-per-record", "1", "--results", str(tmp_path / "results")]
+    _, result = _run(common + ["--device", "cpu"])
+    assert result["header"]["device"] == "cpu"
+    with pytest.raises(UserError, match="bogus"):
+        evaluate.main(common + ["--device", "bogus"])

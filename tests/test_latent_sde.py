@@ -220,7 +220,8 @@ def test_tiny_train_lowers_the_loss_then_forecasts(trained: dict) -> None:
     out = fc.predict(context, horizon=50, num_samples=7, seed=1)
     assert out.shape == (3, 7, 50, 2) and out.dtype == np.float32 and np.isfinite(out).all()
     assert out.std(axis=1).mean() > 0              # sampled paths differ
-    longer = fc.predict(context[:, -30:], horizon=130, num_samples=2, seed=1)   # short context, long horizon
+    with pytest.warns(UserWarning, match="30 samples .* shorter than the 64"):     # short context, long horizon
+        longer = fc.predict(context[:, -30:], horizon=130, num_samples=2, seed=1)
     assert longer.shape == (3, 2, 130, 2) and np.isfinite(longer).all()
 
 
@@ -412,7 +413,7 @@ def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_p
     row = latent_sde_train.main(flags(setup, "--device", "cpu", "--crps-from", str(drafted["ckpt"]), "--epochs", "1",
                                       "--max-steps", "2", "--batch-size", "4"))
     assert row["epoch"] == 1 and 0 < row["val_loss"] < 1 and np.isclose(row["val_gain"], row["val_drafts_crps"] - row["val_loss"])
-    run = next((tmp_path / "res").glob("latent_sde-*"))
+    (run,) = (tmp_path / "res").glob("latent_sde_crps-*")
     last = tmp_path / "ck" / run.name / "last.pt"
     ckpt = torch.load(last, weights_only=True)
     assert ckpt["meta"]["crps_from"] == str(drafted["ckpt"]) and ckpt["config"]["crps"]["samples"] >= 2
@@ -446,3 +447,13 @@ def test_crps_fine_tuning_under_torchrun_keeps_the_ranks_in_step(drafted: dict, 
     source = torch.load(drafted["ckpt"], weights_only=True)["model"]
     assert torch.equal(rank0["gru.weight_ih_l0"], source["gru.weight_ih_l0"])
     assert not torch.equal(rank0["prior.0.weight"], source["prior.0.weight"])
+
+
+def test_the_adjoint_is_refused_under_data_parallel(monkeypatch) -> None:
+    from training import Runtime
+    scfg = sde_config_from_dict({"solver": {"adjoint": True}}, "test")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UserError, match="solver.adjoint .* torchrun"):
+        latent_sde_train.check_adjoint(scfg, Runtime(torch.device("cuda")))
+    latent_sde_train.check_adjoint(scfg, Runtime(torch.device("cuda:0")))          # one named card: fine
+    latent_sde_train.check_adjoint(scfg, Runtime(torch.device("cuda:0"), 0, 2))    # DDP: fine

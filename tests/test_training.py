@@ -112,3 +112,35 @@ def test_missing_prepared_tensors_is_one_line_and_nonzero(tmp_path: Path) -> Non
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "prepare_mitbih.py" in lines[0]
     assert "nothing" in lines[0]
+
+
+def test_replica_outputs_are_averaged() -> None:
+    """nn.DataParallel gathers each GPU's scalar loss and metrics into vectors; the trainer steps on their mean."""
+    loss, metrics = training._gathered(torch.tensor([1.0, 3.0]), {"mse": torch.tensor([0.5, 1.5]), "n": 2})
+    assert loss.item() == 2.0 and metrics["mse"].item() == 1.0 and metrics["n"] == 2
+    loss, metrics = training._gathered(torch.tensor(1.5), {"acc": torch.tensor(0.25)})
+    assert loss.item() == 1.5 and metrics["acc"].item() == 0.25
+
+
+def test_data_parallel_only_without_a_named_card(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert training.Runtime(torch.device("cuda")).data_parallel
+    for rt in (training.Runtime(torch.device("cuda:1")), training.Runtime(torch.device("cuda:0"), 0, 2),
+               training.Runtime(torch.device("cpu"))):
+        assert not rt.data_parallel
+
+
+def test_cuda_generator_states_resume_on_other_cards(monkeypatch) -> None:
+    """Saved by a process on card 1 of 4: one process on all 4 cards restores them all; a DDP rank on card 3,
+    or a run on a machine with one card, restores card 1's state onto its own card."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: calls.append(("all", len(states))))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d: calls.append((int(s[0]), str(d))))
+    state = training.rng_state()
+    state.update(cuda=[torch.full((4,), i, dtype=torch.uint8) for i in range(4)], cuda_card=1)
+    for count, device, expected in ((4, "cuda", ("all", 4)), (4, "cuda:3", (1, "cuda:3")), (1, "cuda", (1, "cuda")),
+                                    (1, "cpu", None)):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        calls.clear()
+        training.set_rng_state(state, torch.device(device))
+        assert calls == ([expected] if expected else []), (count, device, calls)

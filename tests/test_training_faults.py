@@ -272,3 +272,15 @@ def test_output_folder_not_writable_cli(tmp_path: Path, tiny: dict, which: str) 
     check_error(r, str(blocker / "sub"))
     assert blocker.read_text() == "not a folder\n"
     assert not list(tmp_path.glob("*/vqvae-*"))  # no run was started
+
+
+def test_torchrun_config_error_is_printed_once(tmp_path: Path) -> None:
+    """Every rank meets the same bad key; the user reads it once, not once per process."""
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps({"train": {"epochz": 2}}))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "vqvae_train.py", "--config", str(config), "--device", "cpu"],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "train.epochz" in errors[0], r.stderr

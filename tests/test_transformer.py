@@ -299,6 +299,19 @@ def test_beat_draft_draws_beat_times_per_sample() -> None:
     assert own.shape == (2, 120, 3) and not torch.equal(own[0], later[0]) and torch.equal(own[1], later[1])
 
 
+def test_training_kept_on_the_cpu_of_a_gpu_machine_stays_there(trained: dict, tmp_path: Path, monkeypatch) -> None:
+    """--device cpu where CUDA is available: the per-epoch forecast plots must not move the model being trained
+    to the GPU (here a CPU-only build, where any move to CUDA raises)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [])
+    vq = next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt"))
+    setup = {**trained["setup"], "results": str(tmp_path / "res"), "checkpoints": str(tmp_path / "ck"),
+             "config": str(trained["tmp"] / "transformer.json")}
+    row = transformer_train.main(flags(setup, "--device", "cpu", "--vqvae", str(vq), "--epochs", "2",
+                                       "--max-steps", "2", "--augment-copies", "0"))
+    assert row["epoch"] == 2
+
+
 def test_resume_goes_on_with_the_runs_own_vqvae(trained: dict) -> None:
     """A VQ-VAE trained since is the newest, but a resumed Transformer keeps the codes it was trained on; the
     run's config and flags come from its checkpoint (last in this module: it trains the shared run on)."""

@@ -148,3 +148,17 @@ def test_window_gain_codes_quiet_and_loud_windows_alike() -> None:
         m.decode(m.encode(loud))
     # 16 code steps x 5 bits and two 6-bit gains code 64 samples x 2 leads x 11 bits
     assert m.compression_ratio(64) == pytest.approx(2 * 11 * 64 / (16 * 5 + 12))
+
+
+def test_codebook_learns_in_float32_under_mixed_precision() -> None:
+    """Under autocast the encoder hands the quantizer half-precision latents; the k-means init, distances and
+    EMA statistics still run in float32 (bfloat16 on the CPU stands in for a GPU's float16)."""
+    torch.manual_seed(0)
+    model = tiny_model().train()
+    x = 0.3 * torch.randn(4, 128, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, losses = model(x)
+    losses["loss"].mean().backward()
+    q = model.quantizers[0]
+    assert bool(q.initialized) and q.codebook.dtype == q.ema_count.dtype == torch.float32
+    assert int(q.epoch_usage.sum()) == 4 * 128 // 4       # every latent frame counted, exactly
