@@ -218,6 +218,8 @@ class Trainer:
 
     def _train_epoch(self, model: nn.Module) -> dict:
         model.train()
+        if self.rt.rank:    # rank 0 draws as one process would; the others their own, and again so on resume
+            seed_everything(int(np.random.SeedSequence([self.s.seed, self.epoch, self.rt.rank]).generate_state(1)[0]))
         self.sampler.set_epoch(self.epoch)
         if hasattr(self.train_loader.dataset, "set_epoch"):
             self.train_loader.dataset.set_epoch(self.epoch)

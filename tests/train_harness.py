@@ -7,6 +7,7 @@
 --pause-in-save E    while writing last.pt of epoch E, leave the temporary file half written, print PAUSED
                      and sleep (kill me)
 --dump-state DIR     after training, every rank saves the state_dict it holds to DIR/rank<R>.pt
+--dump-rng DIR       every rank saves its torch RNG state at each epoch's first step to DIR/rng<R>.pt
 Works under torchrun too. One CPU thread, like the in-process tests, so runs compare bit for bit.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main() -> None:
     p.add_argument("--pause-at-step", type=int)
     p.add_argument("--pause-in-save", type=int)
     p.add_argument("--dump-state")
+    p.add_argument("--dump-rng")
     p.add_argument("script", help="module name, e.g. vqvae_train")
     args, rest = p.parse_known_args()
     rest = rest[1:] if rest[:1] == ["--"] else rest
@@ -75,6 +77,26 @@ def main() -> None:
             return row
 
         training.Trainer.fit = fit_then_dump
+
+    if args.dump_rng:
+        real_epoch = training.Trainer._train_epoch
+        states = []
+
+        def epoch_noting_rng(self, model):
+            real_step = self.step_fn
+
+            def first_step(m, batch):
+                self.step_fn = real_step
+                states.append(torch.get_rng_state())     # read, not drawn: the run goes on unchanged
+                return real_step(m, batch)
+            self.step_fn = first_step
+            row = real_epoch(self, model)
+            out = Path(args.dump_rng)
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save(torch.stack(states), out / f"rng{self.rt.rank}.pt")
+            return row
+
+        training.Trainer._train_epoch = epoch_noting_rng
 
     script = importlib.import_module(args.script)
     paths.run_main(lambda: script.main(rest))
