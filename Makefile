@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 MITBIH_DIR ?= $(if $(wildcard data/mitdb/*.hea),data/mitdb,$(if $(wildcard ../shared/data/mitdb/*.hea),../shared/data/mitdb,data/mitdb))
 export MITBIH_DIR
 
-.PHONY: setup prepare forecast demo test clean-results pretrained
+.PHONY: setup prepare forecast demo test clean-results clean-cache pretrained
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -51,6 +51,10 @@ test: setup
 
 clean-results:
 	rm -rf results checkpoints
+
+# The forecasters' encodings of the prepared windows (recomputed when needed; see paths.cache_dir).
+clean-cache:
+	rm -rf "$${ECG_CACHE_DIR:-$${ECG_PREPARED_DIR:-data/prepared}}/encodings"
 
 # Benchmarks on this machine (scripts in bench/ print one JSON line each), tabulated in bench/results.md.
 .PHONY: bench

@@ -1,5 +1,11 @@
 """Forecast the next seconds of a two-lead ECG.
 
+    python3 forecast.py --record ../shared/data/mitdb/100 --start 60 [--checkpoint PATH] [--horizon SECONDS]
+                        [--samples 100] [--seed 0] [--device D] [--out DIR]
+
+writes a PNG (context, truth, sample mean, 50%/80% bands, both leads), the samples as .npy [S, H, 2] in mV and a
+JSON of what was asked. Without --checkpoint it uses the shipped model (pretrained/forecaster.pt).
+
 Every forecaster, trained model or baseline, implements `predict(context, horizon, num_samples, seed)`:
 context [B, C, 2] in mV at `fs`, horizon in samples, returns float32 [B, S, H, 2] in mV
 (S = 1 for deterministic forecasters).
@@ -265,21 +271,24 @@ def main() -> None:
     fc = Forecaster.from_checkpoint(path, paths.check_device(args.device))
     if args.out:
         paths.check_writable(args.out)
+    t_load = time.time() - t0                       # start-up: torch, the checkpoint
     res = forecast_record(fc, args.record, args.start, args.horizon, args.samples, args.seed)
     out = Path(args.out) if args.out else paths.new_run_dir("forecast")
-    stem = f"{Path(args.record).name}_{args.start:g}s"
+    from prepare_mitbih import record_path          # loaded by now, with the record
+    record = record_path(args.record).name          # 100 also for 100.hea or 100.dat
+    stem = f"{record}_{args.start:g}s"
     paths.atomic_save_npy(res["samples"], out / f"{stem}_samples.npy")
     window = np.concatenate([res["context"], np.pad(res["truth"], ((0, len(res["samples"][0]) - len(res["truth"])), (0, 0)),
                                                     constant_values=np.nan)])
     plot_forecasts(window[None], res["samples"][None], res["fs"], len(res["context"]), out / f"{stem}.png",
-                   f"record {Path(args.record).name} from {args.start:g} s: {args.samples} sampled forecasts",
+                   f"record {record} from {args.start:g} s: {args.samples} sampled forecasts",
                    start_s=(res["start_sample"] - len(res["context"])) / res["fs"],
                    leads=tuple(f"lead {k + 1}: {name}" for k, name in enumerate(res["leads"])))
     paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "leads": res["leads"],
                              "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
                              "checkpoint": str(path), "git_commit": paths.git_commit()}, out / f"{stem}.json")
     print(f"forecast of {args.record} from {args.start:g} s: {args.samples} samples x {res['samples'].shape[1]} "
-          f"samples x 2 leads at {res['fs']} Hz in {time.time() - t0:.1f} s")
+          f"samples x 2 leads at {res['fs']} Hz in {time.time() - t0:.1f} s ({t_load:.1f} s of it loading the model)")
     print(f"plot: {out / (stem + '.png')}\nsamples: {out / (stem + '_samples.npy')}")
 
 

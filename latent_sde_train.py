@@ -18,8 +18,8 @@ config's crps section; latent_sde.PathCRPS) in a run of its own, latent_sde_crps
 epoch with the lowest validation CRPS: the ELBO alone left its forecasts' CRPS above the template
 ensemble's (EXPERIMENTS.md, session 19).
 
-The shipped model's VQ-VAE comes from `vqvae_train.py --config config_vqvae_sde.json`: on the default
-coder's latents the same recipe forecast worse and its KL term blew up (see EXPERIMENTS.md).
+The recipe's VQ-VAE comes from `vqvae_train.py --config config_vqvae_sde.json` (pass it with --vqvae): on
+the default coder's latents the same recipe forecast worse and its KL term blew up (see EXPERIMENTS.md).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from prepare_mitbih import augmented_encoding, cached_encoding, load_split
 from train_results import fixed_windows, load_checkpoint, plot_forecasts, weights_digest
 from training import Runtime, Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime
 from vqvae import VQVAE
-from vqvae_eval import run_vqvae
+from vqvae_eval import run_vqvae, vqvae_choice
 from vqvae_train import shared_run_dirs
 
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = run_parser(__doc__, "latent SDE config JSON (default: config_sde.json)")
     p.add_argument("--augment-copies", type=int, help="override augment.copies (0: none, for quick runs)")
     p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: newest checkpoints/vqvae-*/best.pt; "
-                   "a resumed run uses the one stored in its checkpoint). The shipped model's is trained with "
+                   "a resumed run uses the one stored in its checkpoint). The recipe's is trained with "
                    "vqvae_train.py --config config_vqvae_sde.json")
     p.add_argument("--crps-from", help="an ELBO-trained latent SDE checkpoint to fine-tune on the CRPS of its forecast "
                    "paths, with the crps section of --config (EXPERIMENTS.md, session 19)")
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     rt = setup_runtime(args.device)
     check_adjoint(scfg, rt)
     if rt.is_main:
-        print(f"VQ-VAE: {vq_source}")
+        print(f"VQ-VAE: {vqvae_choice(args, vq_source)}")
     seed_everything(scfg.train.seed)
     train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
     piece, factor = cfg.data.window_samples, cfg.model.downsample_factor
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     train_enc, val_enc = (
         cached_encoding(kind, f"{weights_digest(vq)}:{d['data_hash']}:{d['input_hash']}:{split}:{piece}",
-                        lambda d=d: encode(d["signals"]), args.prepared)
+                        lambda d=d: encode(d["signals"]), args.prepared, split)
         for split, d in (("train", train), ("validation", val)))
     encoded, sources = [train_enc], [train]      # sources: where each block's beat annotations come from
     aug = scfg.augment

@@ -35,8 +35,9 @@ def location(kind: str, override: str | os.PathLike | None = None) -> Path:
 
 
 def cache_dir(prepared: str | os.PathLike | None = None) -> Path:
-    """Where encodings of the prepared windows are kept: $ECG_CACHE_DIR, else the prepared folder itself."""
-    return Path(os.environ.get("ECG_CACHE_DIR") or location("prepared", prepared)).expanduser()
+    """Where encodings of the prepared windows are kept: encodings/ in $ECG_CACHE_DIR, else in the prepared
+    folder; one folder of its own, so that clearing it touches nothing else."""
+    return Path(os.environ.get("ECG_CACHE_DIR") or location("prepared", prepared)).expanduser() / "encodings"
 
 
 def new_run_dir(experiment: str, results: str | os.PathLike | None = None) -> Path:

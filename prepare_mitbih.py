@@ -438,7 +438,8 @@ def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None) 
                         f"data.{split}_records, or prepare_mitbih.py --records)")
     if data.get("data_hash") != data_hash(cfg.data):
         raise UserError(f"{path} was prepared with another data config (hash {data.get('data_hash')} != "
-                        f"{data_hash(cfg.data)}); run `python3 prepare_mitbih.py` with this config")
+                        f"{data_hash(cfg.data)}); prepare with `python3 prepare_mitbih.py --config F [--out DIR]`, F holding "
+                        f"this run's data section (a forecaster's: its VQ-VAE's), and pass --prepared DIR")
     return data
 
 
@@ -453,10 +454,10 @@ def source_fs(records: list[str], prepared_dir: str | Path | None = None) -> flo
 
 
 def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],
-                    prepared_dir: str | Path | None = None) -> torch.Tensor:
+                    prepared_dir: str | Path | None = None, what: str = "") -> torch.Tensor:
     """A tensor derived from prepared data (codes, latent frames), computed once per `key` and kept under
-    <kind>/ in $ECG_CACHE_DIR, else in the prepared folder; a stored file whose key differs is recomputed,
-    and a folder that can't be written only costs the encoding next time."""
+    <kind>/ in paths.cache_dir; a stored file whose key differs is recomputed,
+    and a folder that can't be written only costs the encoding next time. `what`: which windows, for the log."""
     import torch
 
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -469,7 +470,7 @@ def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],
             stored = {}
         if isinstance(stored, dict) and stored.get("key") == key:
             return stored["tensor"]
-    print(f"encoding the windows once ({kind}; kept in {cache.parent})")
+    print(f"encoding the {what + ' ' if what else ''}windows once ({kind}; kept in {cache.parent})")
     tensor = compute()
     try:
         paths.atomic_torch_save({"key": key, "tensor": tensor}, cache)
@@ -528,7 +529,8 @@ def augmented_encoding(kind: str, data: dict, aug: AugmentConfig, cfg: DataConfi
     rng = np.random.default_rng(seed)
     copies = [stretched_copy(data, aug, cfg.stride_samples, rng) for _ in range(aug.copies)]
     key = f"{encoder_digest}:{data['data_hash']}:{data['input_hash']}:augment:{aug}:{cfg.window_samples}:{seed}"
-    return copies, cached_encoding(kind, key, lambda: torch.cat([encode(c["signals"]) for c in copies]), prepared_dir)
+    return copies, cached_encoding(kind, key, lambda: torch.cat([encode(c["signals"]) for c in copies]), prepared_dir,
+                                   f"{aug.copies} stretched copies' training")
 
 
 def window_beats(data: dict, i: int) -> np.ndarray:

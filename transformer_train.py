@@ -25,7 +25,7 @@ from train_results import fixed_windows, load_checkpoint, plot_forecasts, weight
 from training import Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
-from vqvae_eval import run_vqvae
+from vqvae_eval import run_vqvae, vqvae_choice
 from vqvae_train import shared_run_dirs
 
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = stored_config(vq_ckpt["config"], f"config stored in {vq_path}")
     rt = setup_runtime(args.device)
     if rt.is_main:
-        print(f"VQ-VAE: {vq_path}")
+        print(f"VQ-VAE: {vqvae_choice(args, vq_path)}")
     seed_everything(tcfg.train.seed)
     train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
     chunk, fs, arch = cfg.data.window_samples, int(train["fs"]), tcfg.model
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
               else (lambda x: encode_split(vq, x, chunk)))
     train_codes, val_codes = (
         cached_encoding(kind, f"{weights_digest(vq)}:{d['data_hash']}:{d['input_hash']}:{split}:{chunk}:steps",
-                        lambda d=d: encode(d["signals"]), args.prepared)
+                        lambda d=d: encode(d["signals"]), args.prepared, split)
         for split, d in (("train", train), ("validation", val)))
     aug = tcfg.augment
     if aug.copies:

@@ -56,6 +56,14 @@ def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dic
     return model, ckpt, str(path)
 
 
+def vqvae_choice(args: argparse.Namespace, source: str) -> str:
+    """Which VQ-VAE a forecaster trains on, and why: both VQ-VAE configs write checkpoints/vqvae-*, so the
+    newest may come from either."""
+    if args.resume:
+        return f"{source} (the resumed run's own, kept in {args.resume})"
+    return source if args.vqvae else f"{source} (the newest; --vqvae chooses another)"
+
+
 def compression(model: VQVAE, window: int, fs: float, record_fs: float | None = None) -> dict:
     """Compression of a window of `window` samples at the model's `fs`: against the records it came
     from (11-bit samples at `record_fs`, the ECG-coding convention; default: `fs`) and against

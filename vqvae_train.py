@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         plot_fixed_windows(model, fixed, fs, run_dir / "reconstruction_initial.png",
                            "before training: validation windows, original vs reconstruction")
     row = trainer.run(args.resume)
-    if rt.is_main and row:
+    if rt.is_main and "val_mse_mv2" in row:      # not after a resume with nothing left to train
         print(f"final validation: MSE {row['val_mse_mv2']:.5f} mV^2, PRD {row['val_prd']:.2f}%, "
               f"PRDN {row['val_prdn']:.2f}%, codebook perplexity {row['perplexity']:.1f} "
               f"(usage {100 * row['usage']:.0f}%), "

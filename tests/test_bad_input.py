@@ -336,7 +336,7 @@ def test_an_unreadable_cache_is_computed_again(tmp_path):
         calls.append(1)
         return torch.arange(3)
     first = pm.cached_encoding("codes", "k", compute, tmp_path)
-    (cache,) = (tmp_path / "codes").glob("*.pt")
+    (cache,) = (tmp_path / "encodings" / "codes").glob("*.pt")
     cache.write_bytes(cache.read_bytes()[:20])
     assert torch.equal(pm.cached_encoding("codes", "k", compute, tmp_path), first) and len(calls) == 2
     assert torch.equal(pm.cached_encoding("codes", "k", compute, tmp_path), first) and len(calls) == 2
@@ -363,4 +363,4 @@ def test_a_cache_that_cannot_be_written_only_costs_time(tmp_path, monkeypatch, c
     assert torch.equal(got, torch.arange(3)) and "ECG_CACHE_DIR" in capsys.readouterr().out
     monkeypatch.setenv("ECG_CACHE_DIR", str(tmp_path / "cache"))
     pm.cached_encoding("codes", "k", lambda: torch.arange(3), blocker)
-    assert len(list((tmp_path / "cache" / "codes").glob("*.pt"))) == 1
+    assert len(list((tmp_path / "cache" / "encodings" / "codes").glob("*.pt"))) == 1

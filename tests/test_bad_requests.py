@@ -103,7 +103,7 @@ def test_forecast_takes_a_record_named_with_its_extension(tmp_path):
     code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(tmp_path / "r.hea"), "--start", "5",
                               "--horizon", "1", "--samples", "2", "--out", str(tmp_path / "out")])
     assert code == 0, err
-    assert np.load(tmp_path / "out" / "r.hea_5s_samples.npy").shape == (2, 128, 2)
+    assert np.load(tmp_path / "out" / "r_5s_samples.npy").shape == (2, 128, 2)   # named after the record
     assert not list((tmp_path / "out").glob(".*.tmp"))
 
 

@@ -83,6 +83,8 @@ def test_same_seed_same_numbers_and_resume_is_exact(tmp_path: Path, synthetic_db
     c = torch.load(first / "last.pt", weights_only=True)["model"]
     assert resumed["val_loss"] == full["val_loss"]
     assert all(torch.equal(a[k], c[k]) for k in a)
+    done = vqvae_train.main(["--device", "cpu", "--prepared", setup["prepared"], "--resume", str(first / "last.pt")])
+    assert done == {"epoch": 2, "step": resumed["step"]}       # said so, and no final report of nothing
 
 
 def test_resume_refuses_checkpoint_of_another_model_config(tmp_path: Path, synthetic_db: Path) -> None:
