@@ -74,12 +74,14 @@ def preparation_mismatch(model: ForecasterBase, cfg: Config) -> str:
 
 
 def training_patients(model: ForecasterBase, records: list[str]) -> list[str]:
-    """The records among `records` that the model's own data config trains on, were they MIT-BIH's: scored
-    here, they would be no test (a --wfdb-dir pointed at MIT-BIH itself, or another split config)."""
+    """The records among `records` that the model trained on, as its checkpoint lists them (for older ones: that
+    its data config trains on, were they MIT-BIH's): scored here, they would be no test."""
     from prepare_mitbih import DS1, DS2, PACED, config_split
+    trained = getattr(model, "train_records", None)
     own = getattr(getattr(model, "cfg", None), "data", None)
-    trained = config_split(DS1 + DS2 + PACED, own)["train"] if own is not None else []
-    return [r for r in records if r in trained]
+    if not trained and own is not None:
+        trained = config_split(DS1 + DS2 + PACED, own)["train"]
+    return [r for r in records if r in (trained or [])]
 
 
 def expand_models(specs: list[str]) -> list[str]:
@@ -698,8 +700,8 @@ def main(argv: list[str] | None = None) -> Path:
     scored = [w.records[i] for i in np.unique(w.record)]
     for label, f in forecasters.items():
         if seen := training_patients(f, scored):       # baselines carry no config, so never
-            warnings.append(f"{label} was trained on MIT-BIH records {', '.join(seen)}, evaluated here too: if "
-                            f"these are MIT-BIH's, their scores are no test")
+            warnings.append(f"{label} was trained on records {', '.join(seen)}, evaluated here too: if these are "
+                            f"the same recordings, their scores are no test")
             print(f"warning: {warnings[-1]}", file=sys.stderr)
     paths.check_writable(paths.location("results", args.results))     # before the work, not after
     print(f"evaluating {', '.join(forecasters)} on {len(scored)} records, {len(w.record)} windows")

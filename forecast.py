@@ -64,6 +64,13 @@ def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples
     return x.astype(np.float32, copy=False)
 
 
+def train_records(ckpt: dict) -> list[str]:
+    """The records a forecaster checkpoint and its VQ-VAE were trained on, as their runs stored them (none
+    before session 21: evaluate.py then assumes MIT-BIH's split of the stored config)."""
+    found = ckpt["meta"].get("train_records", []) + ckpt["vqvae"].get("meta", {}).get("train_records", [])
+    return sorted(set(found))
+
+
 def warn_short_context(samples: int, trained: int, fs: int) -> None:
     """Models read their context's rhythm and beats; fewer seconds than in training still forecast, but worse."""
     if samples < trained:
@@ -106,7 +113,7 @@ class Forecaster(ForecasterBase):
                       arch.rope, cfg.model.num_quantizers, arch.draft)
         gpt.load_state_dict(ckpt["model"])
         out = cls(vq, gpt, cfg, tcfg.sample, device, arch.draft_beats)
-        out.checkpoint = str(path)
+        out.checkpoint, out.train_records = str(path), train_records(ckpt)
         return out
 
     @classmethod

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import wfdb
@@ -46,8 +46,9 @@ DEFAULT_VALIDATION = [r for i, r in enumerate(r for r in DS1 if r != "201") if i
 # Lead 1 when the record has no lead named cfg.first_lead: the first of these groups found, in this
 # order (lead II is the usual rhythm lead and what MIT-BIH's MLII approximates). Names are compared
 # case-insensitively, ignoring spaces, '-', '_' and a leading 'LEAD' or 'ECG' ("Lead II", "ecg-ii",
-# "ml2" all count as lead II). With none of them, lead 1 is channel 0. Lead 2 is always the first
-# other channel.
+# "ml2" all count as lead II). With none of them, lead 1 is channel 0 (and a note says so). Lead 2 is
+# V1 when the record has it (MIT-BIH's usual second lead, so 12-lead records feed the models alike),
+# else the first other channel.
 LEAD_PREFERENCE = (
     ("MLII", "II", "ML2"),     # lead II / modified lead II
     ("MLI", "I", "ML1"),       # lead I
@@ -113,12 +114,16 @@ def assign_splits(names: list[str], test: list[str], validation: list[str]) -> d
 
 
 def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir / MITBIH_DIR") -> list[str]:
-    """Record names in data_dir; download MIT-BIH there first when it has none and download is allowed."""
+    """Record names in data_dir; download MIT-BIH there first when the folder is missing or empty and download
+    is allowed (never into a folder of the user's files: records in subfolders, say)."""
     names = sorted(p.stem for p in data_dir.glob("*.hea")) if data_dir.is_dir() else []
     if names:
         return names
     hint = (f"put the MIT-BIH WFDB files (NNN.hea, NNN.dat, NNN.atr) in {data_dir}, or point "
             f"{flag} at a folder that has them")
+    if data_dir.is_dir() and any(data_dir.iterdir()):
+        raise UserError(f"no WFDB records (*.hea) directly in {data_dir}, which holds other files (records in "
+                        f"subfolders?): point {flag} at the folder with the .hea files")
     if not download:
         if not data_dir.exists():
             raise UserError(f"data folder {data_dir} does not exist: {hint}")
@@ -157,15 +162,21 @@ def order_leads(names: list[str], first: str, where: str) -> list[int]:
 
     Lead 1 is the channel named `first` (cfg.first_lead, e.g. MLII; exact name, else the same name
     compared as in LEAD_PREFERENCE); without one, the first LEAD_PREFERENCE group the record has
-    (lead II, then I, III, aVF, aVL, aVR); without any, channel 0. Lead 2 is the first other channel.
+    (lead II, then I, III, aVF, aVL, aVR); without any, channel 0. Lead 2 is V1, else the first other
+    channel.
     """
     if len(names) < 2:
         raise UserError(f"{where}: needs two leads, has {len(names)} ({', '.join(map(str, names))})")
     keys = [_lead_key(n) for n in names]
     choices = [[i for i, n in enumerate(names) if n == first]]
     choices += [[i for i, k in enumerate(keys) if k in group] for group in [(_lead_key(first),), *LEAD_PREFERENCE]]
-    lead1 = next((found[0] for found in choices if found), 0)
-    return [lead1, next(j for j in range(len(names)) if j != lead1)]
+    lead1 = next((found[0] for found in choices if found), None)
+    if lead1 is None:
+        print(f"note: {where}: no channel is {first} or a limb lead ({', '.join(map(str, names))}); lead 1 is "
+              f"channel 0, {names[0]}", file=sys.stderr)
+        lead1 = 0
+    others = [j for j in range(len(names)) if j != lead1]
+    return [lead1, next((j for j in others if keys[j] == "V1"), others[0])]
 
 
 def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str) -> np.ndarray:
@@ -227,9 +238,11 @@ def check_rate_field(path: Path) -> None:
 
 
 def check_record(path: Path, cfg: DataConfig) -> None:
-    """The cheap checks (header, file sizes, sampling rate, length) without reading or filtering samples."""
+    """The cheap checks (header, file sizes, sampling rate, leads, length) without reading or filtering samples."""
     path = record_path(path)
     header = read_header(path)
+    if header.n_sig < 2:
+        raise UserError(f"{path}: needs two leads, has {header.n_sig} ({', '.join(map(str, header.sig_name or []))})")
     ratio = resample_ratio(float(header.fs), cfg.samples_per_second, str(path))
     if header.sig_len and math.ceil(header.sig_len * ratio) < cfg.total_samples:
         raise UserError(f"{path}: {header.sig_len / header.fs:.1f} s is shorter than one window of "
@@ -299,6 +312,10 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int) -> tuple[np.ndarr
     except Exception as e:
         raise UserError(f"{path}.atr: cannot read the annotations ({type(e).__name__}: {_first_line(e)})") from e
     keep = [i for i, s in enumerate(ann.symbol) if s in BEAT_SYMBOLS]
+    if not keep:        # rhythm or noise labels only (as in AFDB): scoring R peaks against none would be wrong
+        print(f"note: {path}.atr has no beat labels; the record counts as unannotated (no R-peak scores)",
+              file=sys.stderr)
+        return np.zeros(0, np.int64), [], False
     keep.sort(key=lambda i: ann.sample[i])
     pos = np.round(np.asarray(ann.sample, np.float64)[keep] * fs_out / fs_in).astype(np.int64)
     ok = (pos >= 0) & (pos < n)
@@ -357,8 +374,9 @@ def hash_inputs(data_dir: Path, names: list[str]) -> str:
 
 
 def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | None = None,
-            download: bool = True) -> dict:
-    """Prepare every split and return the metadata written to meta.json."""
+            download: bool = True, skip_bad: bool = False) -> dict:
+    """Prepare every split and return the metadata written to meta.json. Every bad record is named at once;
+    with `skip_bad` they are left out instead."""
     d = cfg.data
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     available = find_records(data_dir, download)
@@ -368,23 +386,37 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
         if missing:
             raise UserError(f"records {missing} are not in {data_dir}")
         names = [r for r in names if r in records]
-    split = config_split(names, d, available, str(data_dir))
-    if not split["train"]:
-        raise UserError(f"no training records among {names}; check data.test_records / validation_records")
-    for held in ("validation", "test"):     # MIT-BIH's default names, none in another database
-        if not split[held] and getattr(d, f"{held}_records") is None:
+
+    def splits_of(names: list[str]) -> dict[str, list[str]]:
+        split = config_split(names, d, available, str(data_dir))
+        if not split["train"]:
+            raise UserError(f"no training records among {names}; check data.test_records / validation_records")
+        return split
+    splits_of(names)                # the config's errors before any record is read
+    paths.check_writable(out_dir)  # before minutes of work, not after
+    # the cheap checks of every record first: a bad file late in the list fails now, not after reading the others
+    names = good_records(names, lambda name: check_record(data_dir / name, d), skip_bad)
+    loaded: dict[str, Record] = {}
+
+    def load(name: str) -> None:
+        rec = read_record(data_dir / name, d)
+        if len(rec.signal) < d.total_samples:
+            raise UserError(f"{data_dir / name}: {len(rec.signal) / d.samples_per_second:.1f} s is "
+                            f"shorter than one window of {d.total_samples / d.samples_per_second:.1f} s")
+        loaded[name] = rec
+    # The progress bar only on a terminal: in logs and pipes stderr keeps just the one 'error:' line.
+    names = good_records(tqdm(names, desc="records", unit="rec", disable=None), load, skip_bad)
+    split = splits_of(names)
+    for held in ("validation", "test"):
+        listed = getattr(d, f"{held}_records")
+        if split[held]:
+            continue
+        if listed is None:      # MIT-BIH's default names, none in another database
             print(f"warning: no {held} records among the {len(names)} in {data_dir} (the defaults are MIT-BIH's); "
                   f"list this database's held-out patients in config data.{held}_records", file=sys.stderr)
-    paths.check_writable(out_dir)  # before minutes of work, not after
-    for name in names:  # a bad file late in the list fails now, not after reading all the others
-        check_record(data_dir / name, d)
-    loaded: dict[str, Record] = {}
-    # The progress bar only on a terminal: in logs and pipes stderr keeps just the one 'error:' line.
-    for name in tqdm(names, desc="records", unit="rec", disable=None):
-        loaded[name] = read_record(data_dir / name, d)
-        if len(loaded[name].signal) < d.total_samples:
-            raise UserError(f"{data_dir / name}: {len(loaded[name].signal) / d.samples_per_second:.1f} s is "
-                            f"shorter than one window of {d.total_samples / d.samples_per_second:.1f} s")
+        elif listed:
+            print(f"warning: the {held} split is empty: none of data.{held}_records {listed} is prepared "
+                  f"(left out by --records or as bad)", file=sys.stderr)
     import torch
 
     tensors = {s: cut_windows([loaded[r] for r in rs], d, overlap=(s == "train")) for s, rs in split.items()}
@@ -420,6 +452,24 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     return meta
 
 
+def good_records(names: Iterable[str], check: Callable[[str], None], skip_bad: bool) -> list[str]:
+    """The names that `check` passes. A failure of any is one error naming them all (or, with `skip_bad`, a
+    warning), so a user fixes a database in one go, not one run per bad record."""
+    good, bad = [], []
+    for name in names:
+        try:
+            check(name)
+            good.append(name)
+        except UserError as e:
+            bad.append(str(e))
+    if bad and not skip_bad:
+        raise UserError(f"{len(bad)} bad record(s), nothing prepared: {'; '.join(bad)} (repair them, or leave them "
+                        f"out with --skip-bad)")
+    for reason in bad:
+        print(f"warning: left out: {reason}", file=sys.stderr)
+    return good
+
+
 def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None) -> dict:
     """Open a prepared split memory-mapped, refusing tensors made with another data config."""
     import torch
@@ -439,7 +489,8 @@ def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None) 
     if data.get("data_hash") != data_hash(cfg.data):
         raise UserError(f"{path} was prepared with another data config (hash {data.get('data_hash')} != "
                         f"{data_hash(cfg.data)}); prepare with `python3 prepare_mitbih.py --config F [--out DIR]`, F holding "
-                        f"this run's data section (a forecaster's: its VQ-VAE's), and pass --prepared DIR")
+                        f"this run's data section (a forecaster's: its VQ-VAE's), and pass --prepared DIR (to score a model on "
+                        f"data prepared with your own record lists: evaluate.py --config F --prepared DIR)")
     return data
 
 
@@ -546,6 +597,8 @@ def main() -> None:
     p.add_argument("--out", default=None, help="prepared folder (default: $ECG_PREPARED_DIR or data/prepared)")
     p.add_argument("--records", nargs="*", help="prepare only these records")
     p.add_argument("--no-download", action="store_true", help="never try to download from PhysioNet")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out records that can't be used (too short, one lead, NaN samples...) with a warning")
     p.add_argument("--fetch-only", action="store_true",
                    help="only make sure the data folder has records (downloading MIT-BIH into it if it has none)")
     args = p.parse_args()
@@ -555,7 +608,7 @@ def main() -> None:
     if args.fetch_only:      # make demo's first forecast needs a record before anything is prepared
         print(f"{len(find_records(data_dir, not args.no_download))} WFDB records in {data_dir}")
         return
-    meta = prepare(cfg, data_dir, out_dir, args.records, download=not args.no_download)
+    meta = prepare(cfg, data_dir, out_dir, args.records, download=not args.no_download, skip_bad=args.skip_bad)
     print(f"prepared {len(meta['records'])} records in {time.time() - t0:.1f} s -> {out_dir}")
     for s in SPLITS:
         print(f"  {s:10s} {meta['windows'][s]:6d} windows  records: {' '.join(meta['splits'][s])}")

@@ -360,9 +360,11 @@ def _batch_len(batch) -> int:
     return _batch_len(batch[0])
 
 
-def run_record(cfg_dict: dict, seed: int, data_hash: str, rt: Runtime, argv: list[str]) -> dict:
-    """What every run records next to its results: config, seed, git commit, data hash, command."""
-    return {"config": cfg_dict, "seed": seed, "git_commit": paths.git_commit(), "data_hash": data_hash,
+def run_record(cfg_dict: dict, seed: int, train: dict, rt: Runtime, argv: list[str]) -> dict:
+    """What every run records next to its results: config, seed, git commit, the training split's data hash and
+    records (so evaluate.py can tell when it scores a model on its own training patients), command."""
+    return {"config": cfg_dict, "seed": seed, "git_commit": paths.git_commit(),
+            "data_hash": f"{train['data_hash']}/{train['input_hash']}", "train_records": list(train["records"]),
             "world_size": rt.world, "device": str(rt.device), "command": " ".join(argv),
             "torch": str(torch.__version__), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 

@@ -213,6 +213,17 @@ def test_no_download_never_calls_the_network(tmp_path, monkeypatch):
         pm.find_records(tmp_path, download=False)
 
 
+def test_no_download_into_a_folder_of_other_files(tmp_path, monkeypatch):
+    """Records one folder down (a database with subfolders): MIT-BIH must not land among the user's files."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("dl_database called on a folder that has files")
+
+    monkeypatch.setattr(wfdb, "dl_database", forbidden)
+    write_record(tmp_path / "db" / "patient1", "r1", seconds=12, seed=0)
+    with pytest.raises(UserError, match="directly in .*db.*subfolders"):
+        pm.find_records(tmp_path / "db", download=True)
+
+
 def test_truncated_dat(cli):
     check_error(cli["truncated_dat"], "b.dat", "truncated")
 
@@ -364,3 +375,30 @@ def test_a_cache_that_cannot_be_written_only_costs_time(tmp_path, monkeypatch, c
     monkeypatch.setenv("ECG_CACHE_DIR", str(tmp_path / "cache"))
     pm.cached_encoding("codes", "k", lambda: torch.arange(3), blocker)
     assert len(list((tmp_path / "cache" / "encodings" / "codes").glob("*.pt"))) == 1
+
+
+def test_every_bad_record_is_named_at_once_or_skipped(tmp_path, capsys):
+    """A database with two bad records (one lead; 4 s) says both in one error, writes nothing, and with
+    skip_bad prepares the rest, saying what it left out and that the test split came out empty."""
+    db = tmp_path / "db"
+    for i, name in enumerate(("a", "b", "c")):
+        write_record(db, name, seconds=12, seed=i)
+    x, _ = synthetic_ecg(20.0, 360.0, seed=5)
+    write_signal(db, "one", x[:, :1], leads=("MLII",))
+    write_record(db, "short", seconds=4, seed=6)
+    cfg = config_from_dict({"data": {"test_records": ["short"], "validation_records": ["c"]}})
+    with pytest.raises(UserError, match="2 bad record.*one.*two leads.*short.*shorter.*--skip-bad"):
+        pm.prepare(cfg, db, tmp_path / "out", download=False)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    meta = pm.prepare(cfg, db, tmp_path / "out", download=False, skip_bad=True)
+    assert meta["splits"] == {"train": ["a", "b"], "validation": ["c"], "test": []}
+    err = capsys.readouterr().err
+    assert err.count("warning: left out: ") == 2 and "test split is empty" in err
+
+
+def test_annotations_without_beats_leave_the_record_unannotated(tmp_path, capsys):
+    """An .atr of rhythm labels only (AFDB's '+' with aux notes) must not make every forecast beat a false one."""
+    write_record(tmp_path, "af", seconds=12, seed=0, annotate=False)
+    wfdb.wrann("af", "atr", np.array([10, 2000]), symbol=["+", "+"], aux_note=["(AFIB", "(N"], write_dir=str(tmp_path))
+    rec = pm.read_record(tmp_path / "af", config_from_dict({}).data)
+    assert not rec.has_annotations and len(rec.beats) == 0 and "no beat labels" in capsys.readouterr().err

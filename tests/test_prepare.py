@@ -125,6 +125,8 @@ def test_swapped_leads_end_with_mlii_first(prepared):
     (["V1", "v5", "II"], "V5", [1, 0]),        # ... compared case-insensitively
     (["II", "V1"], "V5", [0, 1]),              # first_lead absent: preference list
     (["A", "B", "C"], "MLII", [0, 1]),
+    (["I", "II", "III", "V1"], "MLII", [1, 3]),      # 12-lead order: lead 2 is V1, as in MIT-BIH
+    (["V5", "v1", "II"], "MLII", [2, 1]),
 ])
 def test_order_leads(names, first, expected):
     assert pm.order_leads(names, first, "rec") == expected

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import evaluate
 import transformer_train
 import vqvae_train
 from forecast import Forecaster
@@ -100,6 +101,13 @@ def test_tiny_train_then_forecast(trained: dict) -> None:
     out = fc.predict(context, horizon=50, num_samples=7, seed=1)
     assert out.shape == (3, 7, 50, 2) and out.dtype == np.float32 and np.isfinite(out).all()
     assert out.std(axis=1).mean() > 0  # sampled paths differ
+
+
+def test_a_checkpoint_knows_its_training_patients(trained: dict) -> None:
+    """Stored with the run (Transformer and VQ-VAE), so evaluate.py warns when it scores them, on any database."""
+    fc = Forecaster.from_checkpoint(trained["ckpt"], "cpu")
+    assert fc.train_records == ["102", "103", "104", "105"]
+    assert evaluate.training_patients(fc, ["100", "101", "103", "999"]) == ["103"]
 
 
 def test_same_seed_same_forecast(trained: dict) -> None:
