@@ -152,7 +152,8 @@ def check_adjoint(scfg: SDEConfig, rt: Runtime) -> None:
 def main(argv: list[str] | None = None) -> dict:
     p = run_parser(__doc__, "latent SDE config JSON (default: config_sde.json)")
     p.add_argument("--augment-copies", type=int, help="override augment.copies (0: none, for quick runs)")
-    p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: newest checkpoints/vqvae-*/best.pt; "
+    p.add_argument("--vqvae", help="VQ-VAE checkpoint, or a forecaster's for its VQ-VAE (default: newest "
+                   "checkpoints/vqvae-*/best.pt; "
                    "a resumed run uses the one stored in its checkpoint). The recipe's is trained with "
                    "vqvae_train.py --config config_vqvae_sde.json")
     p.add_argument("--crps-from", help="an ELBO-trained latent SDE checkpoint to fine-tune on the CRPS of its forecast "

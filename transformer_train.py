@@ -66,7 +66,8 @@ def step_fn(model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
 def main(argv: list[str] | None = None) -> dict:
     p = run_parser(__doc__, "Transformer config JSON (default: config_transformer.json)")
     p.add_argument("--augment-copies", type=int, help="override augment.copies (0: none, for quick runs)")
-    p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: newest checkpoints/vqvae-*/best.pt)")
+    p.add_argument("--vqvae", help="VQ-VAE checkpoint, or a forecaster's for its VQ-VAE, e.g. pretrained/forecaster.pt "
+                   "(default: newest checkpoints/vqvae-*/best.pt)")
     args = p.parse_args(argv)
     resume = load_checkpoint(args.resume, "transformer") if args.resume else None
     tcfg = run_config(args, resume, load_transformer_config, transformer_config_from_dict)

@@ -52,7 +52,7 @@ def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dic
         return (vqvae_from(resume["vqvae"], args.resume)[0], resume["vqvae"],
                 str(resume["meta"].get("vqvae_checkpoint", args.resume)))
     path = args.vqvae or latest_checkpoint("vqvae", args.checkpoints)
-    model, ckpt = load_vqvae(path)
+    model, ckpt = load_vqvae(path, inner=True)     # a forecaster's too: a new forecaster on the shipped codes
     return model, ckpt, str(path)
 
 

@@ -320,6 +320,17 @@ def test_training_kept_on_the_cpu_of_a_gpu_machine_stays_there(trained: dict, tm
     assert row["epoch"] == 2
 
 
+def test_a_forecaster_checkpoint_lends_its_vqvae(trained: dict, tmp_path: Path) -> None:
+    """--vqvae pretrained/forecaster.pt trains a new forecaster on the shipped codes (here: the tiny one's)."""
+    setup = {**trained["setup"], "results": str(tmp_path / "res"), "checkpoints": str(tmp_path / "ck"),
+             "config": str(trained["tmp"] / "transformer.json")}
+    transformer_train.main(flags(setup, "--device", "cpu", "--vqvae", str(trained["ckpt"]), "--epochs", "1",
+                                 "--max-steps", "1", "--augment-copies", "0"))
+    new = torch.load(next((tmp_path / "ck").glob("transformer-*/last.pt")), weights_only=True)["vqvae"]["model"]
+    lent = torch.load(trained["ckpt"], weights_only=True)["vqvae"]["model"]
+    assert new.keys() == lent.keys() and all(torch.equal(new[k], lent[k]) for k in new)
+
+
 def test_resume_goes_on_with_the_runs_own_vqvae(trained: dict) -> None:
     """A VQ-VAE trained since is the newest, but a resumed Transformer keeps the codes it was trained on; the
     run's config and flags come from its checkpoint (last in this module: it trains the shared run on)."""
