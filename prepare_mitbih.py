@@ -488,9 +488,10 @@ def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None) 
                         f"data.{split}_records, or prepare_mitbih.py --records)")
     if data.get("data_hash") != data_hash(cfg.data):
         raise UserError(f"{path} was prepared with another data config (hash {data.get('data_hash')} != "
-                        f"{data_hash(cfg.data)}); prepare with `python3 prepare_mitbih.py --config F [--out DIR]`, F holding "
-                        f"this run's data section (a forecaster's: its VQ-VAE's), and pass --prepared DIR (to score a model on "
-                        f"data prepared with your own record lists: evaluate.py --config F --prepared DIR)")
+                        f"{data_hash(cfg.data)}); prepare with `python3 prepare_mitbih.py --config F [--out DIR]`, "
+                        f"F holding this run's data section (a forecaster's: its VQ-VAE's), and pass --prepared DIR "
+                        f"(to score a model on data prepared with your own record lists: evaluate.py --config F "
+                        f"--prepared DIR)")
     return data
 
 

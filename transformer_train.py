@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     def epoch_end(m: CodeGPT, epoch: int, is_main: bool) -> dict:
         if is_main:
-            fc = Forecaster(vq, m, cfg, tcfg.sample, rt.device, draft_beats=arch.draft_beats)   # m stays where it trains
+            # on the run's device: a Forecaster moves the model it is given, and m is the one being trained
+            fc = Forecaster(vq, m, cfg, tcfg.sample, rt.device, draft_beats=arch.draft_beats)
             samples = fc.predict(fixed[:, :ctx_len], fixed.shape[1] - ctx_len, num_samples=20, seed=0)
             plot_forecasts(fixed, samples, fs, ctx_len, run_dir / f"forecast_epoch_{epoch:03d}.png",
                            f"epoch {epoch}: validation forecasts (20 samples)")
