@@ -157,6 +157,11 @@ def _lead_key(name: str) -> str:
     return re.sub(r"^(LEAD|ECG)(?=.)", "", key)
 
 
+def check_two_leads(names: list[str], where: str) -> None:
+    if len(names) < 2:
+        raise UserError(f"{where}: needs two leads, has {len(names)} ({', '.join(map(str, names))})")
+
+
 def order_leads(names: list[str], first: str, where: str) -> list[int]:
     """Channel indices [lead 1, lead 2] of a record whose channels are called `names`.
 
@@ -165,8 +170,7 @@ def order_leads(names: list[str], first: str, where: str) -> list[int]:
     (lead II, then I, III, aVF, aVL, aVR); without any, channel 0. Lead 2 is V1, else the first other
     channel.
     """
-    if len(names) < 2:
-        raise UserError(f"{where}: needs two leads, has {len(names)} ({', '.join(map(str, names))})")
+    check_two_leads(names, where)
     keys = [_lead_key(n) for n in names]
     choices = [[i for i, n in enumerate(names) if n == first]]
     choices += [[i for i, k in enumerate(keys) if k in group] for group in [(_lead_key(first),), *LEAD_PREFERENCE]]
@@ -241,8 +245,7 @@ def check_record(path: Path, cfg: DataConfig) -> None:
     """The cheap checks (header, file sizes, sampling rate, leads, length) without reading or filtering samples."""
     path = record_path(path)
     header = read_header(path)
-    if header.n_sig < 2:
-        raise UserError(f"{path}: needs two leads, has {header.n_sig} ({', '.join(map(str, header.sig_name or []))})")
+    check_two_leads(list(header.sig_name or []), str(path))
     ratio = resample_ratio(float(header.fs), cfg.samples_per_second, str(path))
     if header.sig_len and math.ceil(header.sig_len * ratio) < cfg.total_samples:
         raise UserError(f"{path}: {header.sig_len / header.fs:.1f} s is shorter than one window of "

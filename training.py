@@ -101,9 +101,9 @@ def rng_state(device: torch.device = torch.device("cpu")) -> dict:
 
 def set_rng_state(state: dict, device: torch.device = torch.device("cpu")) -> None:
     """Restore the generators for a run on `device`: every card's state when one process drives them all
-    (DataParallel) on as many cards as before, else the saved process's card's state for this one. Under DDP
-    every rank draws as rank 0 does (same seed, same calls), so rank 0's state fits each rank's card, and a
-    run resumes on fewer or other cards too."""
+    (DataParallel) on as many cards as before, else the saved process's card's state for this one, so a run
+    resumes on fewer or other cards too. Under DDP only rank 0's state matters: the other ranks reseed at
+    every epoch's start (Trainer._train_epoch)."""
     torch.set_rng_state(state["torch"])
     cuda, card = state["cuda"], state.get("cuda_card", 0)
     if device.type == "cuda" and cuda:
