@@ -151,10 +151,10 @@ def load_prepared(split: str, cfg: Config, prepared: str | None) -> Windows:
 def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None, progress: bool = True) -> Windows:
     """Every readable record of a WFDB folder: filtered, resampled, lead-ordered as for training.
 
-    Records that cannot be read (missing or truncated files, one lead, NaN samples, too short) are
-    returned in `skipped` with the reason instead of stopping the run.
+    Records that cannot be read (missing or truncated files, one lead, too short) are returned in
+    `skipped` with the reason instead of stopping the run; NaN/invalid samples are gaps no window touches.
     """
-    from prepare_mitbih import cut_windows, find_records, hash_inputs, read_record
+    from prepare_mitbih import check_windows, cut_windows, find_records, hash_inputs, read_record
     folder = Path(folder)
     names = find_records(folder, download=False, flag="--wfdb-dir")
     if records:
@@ -165,13 +165,10 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
     loaded, skipped = [], []
     for name in tqdm(names, desc="reading", unit="rec", disable=not progress):
         try:
-            rec = read_record(folder / name, cfg.data)
+            rec = read_record(folder / name, cfg.data, gaps=True)
+            check_windows(rec, cfg.data, str(folder / name))
         except Exception as e:   # UserError from read_record, or anything wfdb/scipy raise on odd files
             skipped.append((name, str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"))
-            continue
-        if len(rec.signal) < cfg.data.total_samples:
-            skipped.append((name, f"{len(rec.signal) / cfg.data.samples_per_second:.1f} s is shorter than one "
-                                  f"window of {cfg.data.total_samples / cfg.data.samples_per_second:.1f} s"))
             continue
         loaded.append(rec)
     if not loaded:
@@ -179,7 +176,8 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
         raise UserError(f"no usable record in {folder} ({reasons})")
     d = cut_windows(loaded, cfg.data, overlap=False)
     source = {"kind": "wfdb", "path": str(folder), "split": "all records",
-              "input_hash": hash_inputs(folder, [r.name for r in loaded])}
+              "input_hash": hash_inputs(folder, [r.name for r in loaded]),
+              "invalid_seconds": {r.name: r.invalid_s for r in loaded if r.invalid_s}}
     return _from_tensors(d, [r.has_annotations for r in loaded], [r.leads for r in loaded],
                          [r.fs_in for r in loaded], source, skipped)
 
@@ -491,6 +489,10 @@ def markdown_report(summary: dict, header: dict, w: Windows) -> str:
         if counts[i]:
             lines.append(f"| {name} | {', '.join(w.leads[i])} | {w.fs_in[i]:g} | "
                          f"{'yes' if w.annotated[i] else 'no'} | {counts[i]} |")
+    gaps = w.source.get("invalid_seconds") or {}
+    if gaps:
+        lines += ["", "Windows leave out the gaps (NaN/invalid samples) of "
+                  + ", ".join(f"{n} ({s:.1f} s)" for n, s in gaps.items()) + "."]
     if w.skipped:
         lines += ["", f"Skipped {len(w.skipped)} record(s):", ""] + [f"- {n}: {why}" for n, why in w.skipped]
     lines += ["", "## Plots", "", "![error per horizon time](error_curves.png)", ""]

@@ -246,16 +246,29 @@ def forecast_record(fc: Forecaster, record: str, start_s: float, horizon_s: floa
         raise UserError(f"--horizon {horizon_s} s must be at least one sample ({1 / fs:g} s at {fs} Hz)")
     if not math.isfinite(start_s):
         raise UserError(f"--start {start_s} s is not a time")
-    rec = read_record(Path(record), fc.cfg.data)
+    rec = read_record(Path(record), fc.cfg.data, gaps=True)
     horizon, at = round(horizon_s * fs), round(start_s * fs)
     if at < ctx or at > len(rec.signal):
         raise UserError(f"--start {start_s} s must lie between {ctx / fs:.1f} s (one context) and the record's end "
                         f"({len(rec.signal) / fs:.1f} s) in {record}")
     context = rec.signal[at - ctx:at]
+    if not np.isfinite(context).all():
+        raise UserError(f"{record}: the context {(at - ctx) / fs:.2f}-{start_s:g} s touches a gap of NaN/invalid "
+                        f"samples; {clean_starts(rec.signal, at, ctx, fs)}")
     truth = rec.signal[at:at + horizon]
     samples_ = fc.predict(context[None], horizon, samples, seed)[0]
     return {"context": context, "truth": truth, "samples": samples_, "fs": fs, "leads": rec.leads,
             "start_sample": at}
+
+
+def clean_starts(signal: np.ndarray, at: int, ctx: int, fs: int) -> str:
+    """The nearest forecast starts before and after `at` whose context has no gap, said for an error."""
+    from prepare_mitbih import finite_stretches
+    ok = [(a + ctx, b) for a, b in finite_stretches(signal) if b - a >= ctx]
+    before = [min(b, at) for a, b in ok if a <= at]
+    after = [max(a, at) for a, b in ok if b >= at]
+    said = [f"{s / fs:.2f} s" for s in (max(before, default=None), min(after, default=None)) if s is not None]
+    return f"the nearest clean --start: {' or '.join(said)}" if said else "no context of the record is without gaps"
 
 
 def main() -> None:

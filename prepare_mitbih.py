@@ -70,6 +70,7 @@ class Record:
     symbols: list[str]
     fs_in: float
     has_annotations: bool
+    invalid_s: float = 0.0    # seconds of NaN/invalid samples in the source, gaps (NaN) in `signal`
 
 
 def default_split(names: list[str]) -> dict[str, list[str]]:
@@ -183,8 +184,9 @@ def order_leads(names: list[str], first: str, where: str) -> list[int]:
     return [lead1, next((j for j in others if keys[j] == "V1"), others[0])]
 
 
-def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str) -> np.ndarray:
-    """Zero-phase band-pass at the source rate (removes baseline wander and noise), then resample."""
+def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str, gaps: bool = False) -> np.ndarray:
+    """Zero-phase band-pass at the source rate (removes baseline wander and noise), then resample; with
+    `gaps`, NaN samples are gaps kept as NaN (see _filter_stretches)."""
     import scipy.signal
 
     ratio = resample_ratio(fs_in, cfg.samples_per_second, where)
@@ -196,10 +198,44 @@ def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str
            else scipy.signal.butter(cfg.filter_order, hi, btype="lowpass", fs=fs_in, output="sos"))
     if len(x) <= 3 * (2 * len(sos) + 1):
         raise UserError(f"{where}: record of {len(x)} samples ({len(x) / fs_in:.3g} s) is too short to filter")
+    pad = 3 * (2 * len(sos) + 1)                      # sosfiltfilt's default padlen
+    if gaps:
+        return _filter_stretches(x, sos, pad, ratio)
+    if len(x) <= pad:
+        raise UserError(f"{where}: record of {len(x)} samples ({len(x) / fs_in:.3g} s) is too short to filter")
+    return _filter(x, sos, ratio)
+
+
+def _filter(x: np.ndarray, sos: np.ndarray, ratio: Fraction) -> np.ndarray:
+    import scipy.signal
+
     y = scipy.signal.sosfiltfilt(sos, x, axis=0)
     if ratio != 1:
         y = scipy.signal.resample_poly(y, ratio.numerator, ratio.denominator, axis=0)
     return y.astype(np.float32)
+
+
+def _filter_stretches(x: np.ndarray, sos: np.ndarray, pad: int, ratio: Fraction) -> np.ndarray:
+    """Each stretch of finite samples filtered and resampled on its own, NaN elsewhere: a gap never
+    leaks into its neighbours, stays at least one sample long, and stretches too short to filter stay NaN."""
+    n = math.ceil(len(x) * ratio)
+    y = np.full((n, x.shape[1]), np.nan, np.float32)
+    spans = finite_stretches(x)
+    for a, b in spans:
+        if b - a > pad:
+            part = _filter(x[a:b], sos, ratio)
+            at = min(round(a * ratio), n)
+            y[at:at + len(part)] = part[:n - at]
+    for (_, gap_start), (gap_end, _) in zip(spans, spans[1:]):
+        y[math.floor(gap_start * ratio):math.ceil(gap_end * ratio)] = np.nan
+    return y
+
+
+def finite_stretches(x: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of the runs of samples finite in every lead."""
+    ok = np.isfinite(x).reshape(len(x), -1).all(1)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], ok.view(np.int8), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
 def _wfdb_read(read: Callable, path: Path, failure: str):
@@ -252,8 +288,9 @@ def check_record(path: Path, cfg: DataConfig) -> None:
                         f"{cfg.total_samples / cfg.samples_per_second:.1f} s")
 
 
-def read_record(path: str | Path, cfg: DataConfig) -> Record:
-    """One WFDB record as two filtered leads in mV at the target rate with its reference beats."""
+def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False) -> Record:
+    """One WFDB record as two filtered leads in mV at the target rate with its reference beats. NaN or
+    invalid samples are an error, or with `gaps` NaN stretches of the signal (see filter_and_resample)."""
     path = record_path(path)
     where = str(path)
     read_header(path)
@@ -271,13 +308,16 @@ def read_record(path: str | Path, cfg: DataConfig) -> Record:
             raise UserError(f"{where}: lead {rec.sig_name[i]} is in '{unit}'; only mV, uV and V can be converted to mV")
         x[:, k] *= UNITS_TO_MV[unit.strip().lower()]
     bad = ~np.isfinite(x)
-    if bad.any():
+    if bad.any() and not gaps:
         i, k = (int(v) for v in np.argwhere(bad)[0])
         raise UserError(f"{where}: {int(bad.sum())} NaN/invalid samples (first at sample {i}, {i / rec.fs:.2f} s, "
-                        f"lead {rec.sig_name[order[k]]}); repair or exclude the record")
-    y = filter_and_resample(x, float(rec.fs), cfg, where)
+                        f"lead {rec.sig_name[order[k]]}); repair or exclude the record, or prepare with --allow-gaps "
+                        f"to keep its windows without them")
+    x[bad.any(1)] = np.nan                            # a sample missing in one lead is a gap in both
+    y = filter_and_resample(x, float(rec.fs), cfg, where, gaps)
     beats, symbols, has_ann = _read_beats(path, float(rec.fs), cfg.samples_per_second, len(y))
-    return Record(path.name, y, [rec.sig_name[i] for i in order], beats, symbols, float(rec.fs), has_ann)
+    return Record(path.name, y, [rec.sig_name[i] for i in order], beats, symbols, float(rec.fs), has_ann,
+                  float(bad.any(1).sum() / rec.fs))
 
 
 def _first_line(e: BaseException) -> str:
@@ -325,12 +365,12 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int) -> tuple[np.ndarr
     return pos[ok], [ann.symbol[i] for i, k in zip(keep, ok) if k], True
 
 
-def window_starts(n: int, cfg: DataConfig, overlap: bool) -> np.ndarray:
-    """Starts of context+horizon windows; evaluation splits never overlap so no sample counts twice."""
-    length = cfg.total_samples
-    if n < length:
-        return np.zeros(0, np.int64)
-    starts = np.arange(0, n - length + 1, cfg.stride_samples if overlap else length, dtype=np.int64)
+def window_starts(n: int, cfg: DataConfig, overlap: bool, spans: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """Starts of context+horizon windows; evaluation splits never overlap so no sample counts twice. With
+    `spans` (the record's stretches without gaps), windows are laid out in each stretch afresh."""
+    length, step = cfg.total_samples, cfg.stride_samples if overlap else cfg.total_samples
+    starts = np.concatenate([np.zeros(0, np.int64)] + [np.arange(a, b - length + 1, step, dtype=np.int64)
+                                                        for a, b in ([(0, n)] if spans is None else spans)])
     k = cfg.signals_per_patient or 0
     if 0 < k < len(starts):
         starts = starts[np.round(np.linspace(0, len(starts) - 1, k)).astype(np.int64)]
@@ -344,7 +384,8 @@ def cut_windows(records: list[Record], cfg: DataConfig, overlap: bool) -> dict:
     length = cfg.total_samples
     signals, rec_idx, starts, ptr, pos, sym = [], [], [], [0], [], []
     for r_i, r in enumerate(records):
-        for s in window_starts(len(r.signal), cfg, overlap):
+        spans = finite_stretches(r.signal) if r.invalid_s else None
+        for s in window_starts(len(r.signal), cfg, overlap, spans):
             signals.append(r.signal[s:s + length])
             rec_idx.append(r_i)
             starts.append(int(s))
@@ -377,9 +418,10 @@ def hash_inputs(data_dir: Path, names: list[str]) -> str:
 
 
 def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | None = None,
-            download: bool = True, skip_bad: bool = False) -> dict:
+            download: bool = True, skip_bad: bool = False, allow_gaps: bool = False) -> dict:
     """Prepare every split and return the metadata written to meta.json. Every bad record is named at once;
-    with `skip_bad` they are left out instead."""
+    with `skip_bad` they are left out instead. With `allow_gaps`, NaN/invalid samples are gaps no window
+    touches."""
     d = cfg.data
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     available = find_records(data_dir, download)
@@ -402,10 +444,8 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     loaded: dict[str, Record] = {}
 
     def load(name: str) -> None:
-        rec = read_record(data_dir / name, d)
-        if len(rec.signal) < d.total_samples:
-            raise UserError(f"{data_dir / name}: {len(rec.signal) / d.samples_per_second:.1f} s is "
-                            f"shorter than one window of {d.total_samples / d.samples_per_second:.1f} s")
+        rec = read_record(data_dir / name, d, allow_gaps)
+        check_windows(rec, d, str(data_dir / name))
         loaded[name] = rec
     # The progress bar only on a terminal: in logs and pipes stderr keeps just the one 'error:' line.
     names = good_records(tqdm(names, desc="records", unit="rec", disable=None), load, skip_bad)
@@ -442,7 +482,8 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
         "splits": split,
         "windows": {s: int(len(t["signals"])) for s, t in tensors.items()},
         "records": {n: {"fs_in": r.fs_in, "leads": r.leads, "has_annotations": r.has_annotations,
-                        "seconds": len(r.signal) / d.samples_per_second, "beats": int(len(r.beats))}
+                        "seconds": len(r.signal) / d.samples_per_second, "invalid_seconds": r.invalid_s,
+                        "beats": int(len(r.beats))}
                     for n, r in loaded.items()},
         "window_starts": {s: {n: t["start"][t["record"] == i].tolist() for i, n in enumerate(t["records"])}
                           for s, t in tensors.items()},
@@ -453,6 +494,22 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
         paths.atomic_torch_save(t, out_dir / f"{s}.pt")
     paths.atomic_write_json(meta, out_dir / "meta.json")
     return meta
+
+
+def check_windows(rec: Record, cfg: DataConfig, where: str) -> None:
+    """A record must hold one window (without gaps); a record with gaps says how much of it they take."""
+    fs, need = cfg.samples_per_second, cfg.total_samples / cfg.samples_per_second
+    if not rec.invalid_s:
+        if len(rec.signal) < cfg.total_samples:
+            raise UserError(f"{where}: {len(rec.signal) / fs:.1f} s is shorter than one window of {need:.1f} s")
+        return
+    spans = finite_stretches(rec.signal)
+    longest = max((b - a for a, b in spans), default=0)
+    if longest < cfg.total_samples:
+        raise UserError(f"{where}: no stretch without invalid samples is one window ({need:.1f} s) long "
+                        f"(the longest is {longest / fs:.1f} s)")
+    print(f"note: {where}: {rec.invalid_s:.1f} s of NaN/invalid samples; windows leave out the gaps "
+          f"({len(spans)} clean stretches)", file=sys.stderr)
 
 
 def good_records(names: Iterable[str], check: Callable[[str], None], skip_bad: bool) -> list[str]:
@@ -603,6 +660,8 @@ def main() -> None:
     p.add_argument("--no-download", action="store_true", help="never try to download from PhysioNet")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out records that can't be used (too short, one lead, NaN samples...) with a warning")
+    p.add_argument("--allow-gaps", action="store_true",
+                   help="keep records with NaN/invalid samples, cutting windows only where both leads are valid")
     p.add_argument("--fetch-only", action="store_true",
                    help="only make sure the data folder has records (downloading MIT-BIH into it if it has none)")
     args = p.parse_args()
@@ -612,7 +671,8 @@ def main() -> None:
     if args.fetch_only:      # make demo's first forecast needs a record before anything is prepared
         print(f"{len(find_records(data_dir, not args.no_download))} WFDB records in {data_dir}")
         return
-    meta = prepare(cfg, data_dir, out_dir, args.records, download=not args.no_download, skip_bad=args.skip_bad)
+    meta = prepare(cfg, data_dir, out_dir, args.records, download=not args.no_download, skip_bad=args.skip_bad,
+                   allow_gaps=args.allow_gaps)
     print(f"prepared {len(meta['records'])} records in {time.time() - t0:.1f} s -> {out_dir}")
     for s in SPLITS:
         print(f"  {s:10s} {meta['windows'][s]:6d} windows  records: {' '.join(meta['splits'][s])}")

@@ -233,7 +233,7 @@ def test_header_names_missing_dat(cli):
 
 
 def test_nan_samples(cli):
-    check_error(cli["nan_samples"], "nan/a:", "67 NaN", "first at sample 1234", "lead V1")
+    check_error(cli["nan_samples"], "nan/a:", "67 NaN", "first at sample 1234", "lead V1", "--allow-gaps")
 
 
 def test_record_shorter_than_one_window(cli):

@@ -15,7 +15,7 @@ import evaluate
 import forecast
 import paths
 from baselines import BASELINES, make_baseline
-from conftest import write_record
+from conftest import synthetic_ecg, write_record, write_signal
 from forecast import Forecaster
 from paths import PRETRAINED, UserError
 from train_results import load_checkpoint
@@ -105,6 +105,23 @@ def test_forecast_takes_a_record_named_with_its_extension(tmp_path):
     assert code == 0, err
     assert np.load(tmp_path / "out" / "r_5s_samples.npy").shape == (2, 128, 2)   # named after the record
     assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_forecast_from_a_record_with_gaps(tmp_path):
+    """A context touching a gap of invalid samples is refused with the nearest clean starts; a context
+    clear of the gap forecasts, with the gap left blank in the truth."""
+    x, _ = synthetic_ecg(30.0, 360.0, seed=1)
+    x[3600:4320, 1] = np.nan                                    # lead 2 lost from 10 s to 12 s
+    write_signal(tmp_path, "g", x)
+    code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(tmp_path / "g"), "--start", "13",
+                              "--samples", "2", "--out", str(tmp_path / "out")])
+    assert code == 2 and "g: the context 10.00-13 s touches a gap" in err, err
+    assert "nearest clean --start: 10.00 s or 15.00 s" in err
+    code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(tmp_path / "g"), "--start", "8",
+                              "--samples", "2", "--out", str(tmp_path / "out")])
+    assert code == 0, err
+    samples = np.load(tmp_path / "out" / "g_8s_samples.npy")
+    assert samples.shape == (2, 384, 2) and np.isfinite(samples).all()
 
 
 @pytest.mark.parametrize("content", [b"hello\n", b"\x80\x02}q\x00."])

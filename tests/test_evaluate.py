@@ -14,7 +14,7 @@ import torch
 
 import evaluate
 import metrics as M
-from conftest import ROOT, write_record
+from conftest import ROOT, synthetic_ecg, write_record, write_signal
 from hyper_params import load_config
 from paths import UserError
 from prepare_mitbih import cut_windows, prepare, read_record
@@ -140,6 +140,18 @@ def test_real_mitbih_records_through_wfdb_dir(mitdb, tmp_path):
     assert result["order"] == list(evaluate.BASELINES)
     assert table["persistence"]["metrics"]["prd"][-1]["value"] > table["zero"]["metrics"]["prd"][-1]["value"]
     assert table["seasonal"]["metrics"]["f1_100"][-1]["value"] > table["zero"]["metrics"]["f1_100"][-1]["value"]
+
+
+def test_wfdb_dir_scores_the_windows_between_gaps(tmp_path):
+    """A record with a dropout is scored on its clean windows, and the report says what was left out."""
+    x, _ = synthetic_ecg(30.0, 360.0, seed=1)
+    x[3600:4320, 1] = np.nan                                    # lead 2 lost from 10 s to 12 s
+    write_signal(tmp_path / "db", "g", x)
+    run, result = _run(["--model", "seasonal", "--wfdb-dir", str(tmp_path / "db"), "--samples", "4",
+                        "--results", str(tmp_path / "results")])
+    assert result["skipped"] == [] and result["record_info"][0]["windows"] == 4    # from 0, 12, 18 and 24 s
+    assert result["per_record"]["seasonal"]["mse"]["g"] is not None
+    assert "Windows leave out the gaps (NaN/invalid samples) of g (2.0 s)." in (run / "report.md").read_text()
 
 
 def test_prepared_split_and_record_filter(synthetic_db, tmp_path):

@@ -406,6 +406,65 @@ def test_cli_on_synthetic_records(synthetic_db, tmp_path):
     assert len(pm.load_split("train", cfg, out)["signals"]) == meta["windows"]["train"] == 2 * 19
 
 
+# ---------------------------------------------------------------- gaps (NaN/invalid samples)
+
+def gappy_record(folder: Path, name: str = "g") -> tuple[Path, Path]:
+    """60 s at 360 Hz losing lead 2 from 20 s to 22 s and one sample of lead 1 at 40 s, and the same
+    signal without the gaps (`name`_whole)."""
+    x, beats = synthetic_ecg(60.0, 360.0, seed=1)
+    whole = write_signal(folder, f"{name}_whole", x)
+    x[7200:7920, 1] = np.nan
+    x[14400, 0] = np.nan
+    path = write_signal(folder, name, x)
+    wfdb.wrann(name, "atr", np.asarray(beats), symbol=["N"] * len(beats), write_dir=str(folder))
+    return path, whole
+
+
+def test_gaps_are_filtered_stretch_by_stretch_and_windows_avoid_them(tmp_path):
+    path, whole = gappy_record(tmp_path)
+    cfg = make_cfg().data
+    with pytest.raises(UserError, match="721 NaN/invalid samples.*--allow-gaps"):
+        pm.read_record(path, cfg)
+    rec = pm.read_record(path, cfg, gaps=True)
+    assert rec.invalid_s == pytest.approx(721 / 360)
+    spans = pm.finite_stretches(rec.signal)
+    assert spans == [(0, 2560), (2816, 5120), (5121, 60 * FS)]
+    # between the gaps: that stretch filtered on its own, in place; far from them: the record without gaps
+    raw = wfdb.rdrecord(str(path)).p_signal
+    alone = pm.filter_and_resample(raw[7920:14400], 360.0, cfg, "stretch")
+    np.testing.assert_array_equal(rec.signal[2816:2816 + len(alone)], alone)
+    clean = pm.read_record(whole, cfg).signal
+    np.testing.assert_allclose(rec.signal[:2560 - 2 * FS], clean[:2560 - 2 * FS], atol=0.01)
+    w = pm.cut_windows([rec], cfg, overlap=False)
+    assert w["start"].tolist() == [0, 768, 1536, 2816, 3584, 4352, 5121, 5889, 6657]
+    assert torch.isfinite(w["signals"]).all()
+    beats = np.concatenate([pm.window_beats(w, i) + s for i, s in enumerate(w["start"].tolist())])
+    assert len(beats) > 50 and np.isin(beats, rec.beats).all()
+
+
+def test_prepare_allows_gaps_only_when_asked(tmp_path):
+    gappy_record(tmp_path / "db")
+    write_record(tmp_path / "db", "t", seconds=30, seed=2)
+    cfg = make_cfg(test_records=["t"], validation_records=["g_whole"])
+    with pytest.raises(UserError, match="g: 721 NaN.*--skip-bad"):
+        pm.prepare(cfg, tmp_path / "db", tmp_path / "out", download=False)
+    assert not (tmp_path / "out" / "meta.json").exists()
+    meta = pm.prepare(cfg, tmp_path / "db", tmp_path / "out", download=False, allow_gaps=True)
+    assert meta["records"]["g"]["invalid_seconds"] == pytest.approx(721 / 360)
+    assert meta["records"]["t"]["invalid_seconds"] == 0
+    train = pm.load_split("train", cfg, tmp_path / "out")
+    assert len(train["signals"]) > 0 and torch.isfinite(train["signals"]).all()
+
+
+def test_a_record_whose_stretches_are_all_shorter_than_a_window(tmp_path):
+    x, _ = synthetic_ecg(30.0, 360.0, seed=1)
+    x[::1800, 0] = np.nan                                    # every 5 s: no clean 6 s window
+    rec = pm.read_record(write_signal(tmp_path, "holes", x), make_cfg().data, gaps=True)
+    with pytest.raises(UserError, match="holes: no stretch without invalid samples is one window .6.0 s. long "
+                                        ".the longest is 5.0 s"):
+        pm.check_windows(rec, make_cfg().data, str(tmp_path / "holes"))
+
+
 # ---------------------------------------------------------------- the real database
 
 def test_two_real_records(mitdb, tmp_path):
