@@ -12,7 +12,7 @@ import numpy as np
 
 from drafts import (NOISE_SCALE, add_noise, context_rhythm, draft_waves, mean_beat, repeat_last,
                     shortest_period, template_pre)
-from forecast import ForecasterBase, as_context
+from forecast import ForecasterBase, as_context, one_by_one
 
 
 class Zero(ForecasterBase):
@@ -91,8 +91,8 @@ class SeasonalEnsemble(Zero):
     deterministic = False
     min_spread = 0.05
 
-    def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
-        x = as_context(context, horizon, num_samples, seed)
+    @one_by_one
+    def predict(self, x, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
         _, period, spread = context_rhythm(x, self.fs)
         return repeat_last(x, draw_periods(period, spread, self.min_spread, num_samples, seed, self.fs, x.shape[1]),
                            horizon)
@@ -110,8 +110,8 @@ class TemplateEnsemble(Zero):
     min_spread = 0.06
     noise = NOISE_SCALE
 
-    def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
-        x = as_context(context, horizon, num_samples, seed)
+    @one_by_one
+    def predict(self, x, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
         rhythm = context_rhythm(x, self.fs)
         waves, index = draft_waves(x, horizon, self.fs, num_samples, seed, min_spread=self.min_spread, rhythm=rhythm)
         paths = waves[index].reshape(len(x), num_samples, horizon, 2).astype(np.float32)

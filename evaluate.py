@@ -20,6 +20,7 @@ import json
 import shlex
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,17 +212,19 @@ class Scores:
     deterministic: bool = True
 
 
-def _chunks(w: Windows, batch_size: int) -> list[tuple[int, int, np.ndarray]]:
-    """(record, chunk number, window indices): the fixed batching that also fixes every seed."""
+def _chunks(w: Windows, size: int = 256) -> list[tuple[int, np.ndarray]]:
+    """(record, window indices): the windows scored together, within one record."""
     out = []
     for r in np.unique(w.record):
         idx = np.flatnonzero(w.record == r)
-        out += [(int(r), i // batch_size, idx[i:i + batch_size]) for i in range(0, len(idx), batch_size)]
+        out += [(int(r), idx[i:i + size]) for i in range(0, len(idx), size)]
     return out
 
 
-def _seed(seed: int, record: int, chunk: int) -> int:
-    return int(np.random.SeedSequence([seed, record, chunk]).generate_state(1)[0])
+def window_seed(seed: int, record: str, start: int) -> int:
+    """A window's own seed, from the record's name and the window's start: its forecast is the same whatever
+    else is evaluated with it (other records, --max-windows-per-record)."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(record.encode()), start]).generate_state(1)[0])
 
 
 def _beats(w: Windows, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -232,16 +235,21 @@ def _beats(w: Windows, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows, pos
 
 
-def predict_checked(f: ForecasterBase, name: str, context: np.ndarray, horizon: int, num_samples: int,
+def predict_windows(f: ForecasterBase, name: str, w: Windows, idx: np.ndarray, context: int, num_samples: int,
                     seed: int) -> np.ndarray:
-    """f.predict with its output checked: float [B, S, H, 2], finite."""
-    out = np.asarray(f.predict(context, horizon, num_samples=num_samples, seed=seed), np.float32)
-    if out.ndim != 4 or out.shape[0] != len(context) or out.shape[2:] != (horizon, 2) or out.shape[1] < 1:
-        raise UserError(f"{name}: predict returned shape {out.shape}, expected "
-                        f"[{len(context)}, S, {horizon}, 2]")
-    if not np.isfinite(out).all():
-        raise UserError(f"{name}: predict returned NaN or inf values")
-    return out
+    """Forecasts [len(idx), S, H, 2] of windows idx, each window forecast alone with its window_seed and
+    checked: float [1, S, H, 2], finite."""
+    horizon, out = w.signals.shape[1] - context, []
+    for i in idx:
+        x = np.asarray(w.signals[i:i + 1, :context], np.float32)
+        y = np.asarray(f.predict(x, horizon, num_samples=num_samples,
+                                 seed=window_seed(seed, w.records[w.record[i]], int(w.start[i]))), np.float32)
+        if y.ndim != 4 or y.shape[0] != 1 or y.shape[2:] != (horizon, 2) or y.shape[1] < 1:
+            raise UserError(f"{name}: predict returned shape {y.shape}, expected [1, S, {horizon}, 2]")
+        if not np.isfinite(y).all():
+            raise UserError(f"{name}: predict returned NaN or inf values")
+        out.append(y)
+    return np.concatenate(out)
 
 
 def rhythm_of_paths(context: np.ndarray, paths: np.ndarray, rows: np.ndarray, pos: np.ndarray, fs: int,
@@ -260,8 +268,8 @@ def rhythm_of_paths(context: np.ndarray, paths: np.ndarray, rows: np.ndarray, po
 
 
 def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, fs: int, num_samples: int = 100,
-             seed: int = 0, batch_size: int = 256, progress: bool = True) -> tuple[dict[str, Scores], dict]:
-    """Score every forecaster on the same windows, batch by batch within each record.
+             seed: int = 0, progress: bool = True) -> tuple[dict[str, Scores], dict]:
+    """Score every forecaster on the same windows, each window forecast alone with its own seed (window_seed).
 
     Returns each forecaster's Scores and the rhythm sums of the R-peak detector run on the true
     horizons: its own sensitivity and positive predictivity against the reference annotations.
@@ -278,9 +286,9 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
             store[key] = np.zeros(shape)
         store[key][r] += value
 
-    chunks = _chunks(w, batch_size)
+    chunks = _chunks(w)
     bar = tqdm(total=len(np.unique(w.record)), desc="records", unit="rec", disable=not progress)
-    for ci, (r, c_no, idx) in enumerate(chunks):
+    for ci, (r, idx) in enumerate(chunks):
         x = np.asarray(w.signals[idx], np.float32)
         ctx, truth = x[:, :context], x[:, context:]
         rows, pos = _beats(w, idx)
@@ -288,7 +296,7 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
         for key, v in M.rhythm_sums(ctx[..., 0], truth[..., 0], rows, pos, fs, edges, annotated).items():
             add(truth_sums, key, (r_count, k), r, v.sum(0))
         for name, f in forecasters.items():
-            out = predict_checked(f, name, ctx, horizon, num_samples, _seed(seed, r, c_no))
+            out = predict_windows(f, name, w, idx, context, num_samples, seed)
             wave, curves = M.waveform_sums(truth, out, edges)
             rhythm = rhythm_of_paths(ctx[..., 0], out[..., 0], rows, pos, fs, edges, annotated)
             s = scores[name]
@@ -593,28 +601,24 @@ def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: P
 
 
 def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: int, fs: int, num_samples: int,
-                 seed: int, batch_size: int, path: Path) -> None:
+                 seed: int, path: Path) -> None:
     """Context, truth, point forecast and 80 % band of both leads for the best, median and worst
     record (by MSE); from each, the window with the record's median MSE, forecast with the same
-    batch and seed as in the evaluation."""
+    seed as in the evaluation."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     per_rec = {r: np.nanmean(s.window_mse[w.record == r]) for r in np.unique(w.record)}
     order = sorted(per_rec, key=per_rec.get)
     picks = [("best", order[0]), ("median", order[len(order) // 2]), ("worst", order[-1])]
-    chunks = {int(i): (r, c_no, idx) for r, c_no, idx in _chunks(w, batch_size) for i in idx}
     fig, axes = plt.subplots(len(picks), 2, figsize=(13, 3.0 * len(picks)), squeeze=False)
     t = (np.arange(w.signals.shape[1]) - context) / fs
     for row, (label, r) in enumerate(picks):
         idx = np.flatnonzero(w.record == r)
         mse = s.window_mse[idx]
         i = int(idx[np.argsort(mse)[len(mse) // 2]])
-        rec, c_no, chunk = chunks[i]
-        x = np.asarray(w.signals[chunk], np.float32)
-        out = predict_checked(f, name, x[:, :context], x.shape[1] - context, num_samples, _seed(seed, rec, c_no))
-        j = int(np.flatnonzero(chunk == i)[0])
-        samples, truth = out[j], np.asarray(w.signals[i], np.float32)
+        samples = predict_windows(f, name, w, np.array([i]), context, num_samples, seed)[0]
+        truth = np.asarray(w.signals[i], np.float32)
         for lead in range(2):
             ax = axes[row, lead]
             ax.plot(t[:context], truth[:context, lead], color="0.45", lw=0.9, label="context")
@@ -656,8 +660,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", default=None, help="results folder (default: $ECG_RESULTS_DIR or results)")
     p.add_argument("--max-windows-per-record", type=int, default=None,
                    help="evenly spaced windows per record (default: all)")
-    p.add_argument("--batch-size", type=int, default=256,
-                   help="windows forecast at once; lower it when memory is short (default 256)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available); a GPU draws other samples "
                    "than the CPU, so reproduce CPU figures with --device cpu")
     return p.parse_args(argv)
@@ -666,7 +668,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     t0 = time.time()
-    for flag in ("samples", "batch_size", "max_windows_per_record"):
+    for flag in ("samples", "max_windows_per_record"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
@@ -707,13 +709,13 @@ def main(argv: list[str] | None = None) -> Path:
             print(f"warning: {warnings[-1]}", file=sys.stderr)
     paths.check_writable(paths.location("results", args.results))     # before the work, not after
     print(f"evaluating {', '.join(forecasters)} on {len(scored)} records, {len(w.record)} windows")
-    scores, truth_sums = evaluate(forecasters, w, context, fs, args.samples, args.seed, args.batch_size)
+    scores, truth_sums = evaluate(forecasters, w, context, fs, args.samples, args.seed)
     run = paths.new_run_dir("evaluate", args.results)       # made now: a failed evaluation leaves no folder
     horizon = w.signals.shape[1] - context
     summary = summarize(scores, truth_sums, w, fs, horizon, seed=args.seed, baselines=frozenset(baselines))
     plot_error_curves(scores, summary, fs, run / "error_curves.png")
     for name, f in forecasters.items():
-        plot_gallery(name, f, scores[name], w, context, fs, args.samples, args.seed, args.batch_size,
+        plot_gallery(name, f, scores[name], w, context, fs, args.samples, args.seed,
                      run / f"gallery_{_file_name(name)}.png")
     wall = time.time() - t0
     src = w.source

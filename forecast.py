@@ -13,10 +13,12 @@ context [B, C, 2] in mV at `fs`, horizon in samples, returns float32 [B, S, H, 2
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -52,16 +54,49 @@ def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples
     for name, value, least in (("horizon", horizon, 1), ("num_samples", num_samples, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-    x = context.detach().cpu().numpy() if isinstance(context, torch.Tensor) else np.asarray(context)
+    if seed >= 2 ** 63:
+        raise ValueError(f"seed must be below 2**63, got {seed}")
+    try:
+        x = context.detach().cpu().numpy() if isinstance(context, torch.Tensor) else np.asarray(context)
+    except ValueError as e:                                     # a ragged list
+        raise ValueError(f"context must be a [B, C, 2] array of numbers (mV): {e}") from e
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3 or x.shape[-1] != 2 or 0 in x.shape:
-        raise ValueError(f"context must be [B, C, 2] (two leads, B and C at least 1), got shape {tuple(x.shape)}")
+        hint = "; leads come last: transpose a [B, 2, C] context" if x.ndim == 3 and x.shape[1] == 2 else ""
+        raise ValueError(f"context must be [B, C, 2] (two leads, B and C at least 1), got shape {tuple(x.shape)}"
+                         + hint)
     if x.dtype == bool or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise ValueError(f"context must hold real numbers (mV), got dtype {x.dtype}")
+    with np.errstate(over="ignore"):                            # too large for float32: inf, refused next
+        x = x.astype(np.float32, copy=False)
     if not np.isfinite(x).all():
-        raise ValueError("context contains NaN or inf samples")
-    return x.astype(np.float32, copy=False)
+        b, t, lead = np.argwhere(~np.isfinite(x))[0]
+        raise ValueError(f"context holds {int((~np.isfinite(x)).sum())} NaN or inf samples (in float32), the first "
+                         f"at row {b}, sample {t}, lead {lead + 1}")
+    warn_units(x)
+    return x
+
+
+def warn_units(x: np.ndarray) -> None:
+    """Forecasters take millivolts; a context in microvolts or ADC units (or volts) still forecasts, in its
+    own unit, but nothing like the training data."""
+    swing = float(np.ptp(x, axis=1).max())
+    if swing > 50 or 1e-6 < swing < 0.002:
+        warnings.warn(f"the context swings {swing:.3g} units peak to peak, not the 0.1 to 10 mV of an ECG in "
+                      f"millivolts: convert it to mV (microvolts / 1000, volts * 1000)", stacklevel=4)
+
+
+def one_by_one(predict: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """A sampling predict that forecasts each context alone, with the call's seed, on the checked context
+    (as_context): a context's forecast then depends on it, the horizon, the samples and the seed only, never
+    on what else is in the batch. On a CPU that costs nothing: the samples of one context fill the batch."""
+    @functools.wraps(predict)
+    def each(self, context, horizon: int, num_samples: int = 100, seed: int = 0, **kw) -> np.ndarray:
+        x = as_context(context, horizon, num_samples, seed)
+        return np.concatenate([predict(self, x[b:b + 1], horizon, num_samples, int(seed), **kw)
+                               for b in range(len(x))])
+    return each
 
 
 def train_records(ckpt: dict) -> list[str]:
@@ -123,10 +158,10 @@ class Forecaster(ForecasterBase):
             raise UserError(f"no shipped model at {PRETRAINED}; pass --checkpoint")
         return cls.from_checkpoint(PRETRAINED, device)
 
+    @one_by_one
     @torch.no_grad()
-    def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
-                seed: int = 0, use_cache: bool = True) -> np.ndarray:
-        x = as_context(context, horizon, num_samples, seed)
+    def predict(self, x: np.ndarray, horizon: int, num_samples: int = 100, seed: int = 0,
+                use_cache: bool = True) -> np.ndarray:
         warn_short_context(x.shape[1], self.cfg.data.window_samples, self.fs)
         steps = math.ceil(horizon / self.factor)
         # a horizon beyond the block rolls on from the last half block, as the model was trained to
@@ -147,24 +182,15 @@ class Forecaster(ForecasterBase):
             draft, drafted = got if exact else (got, None)
         elif self.gpt.draft is not None:
             draft = seasonal_draft(self.vq, x, steps, self.fs, rhythm)
-        per = 1 if draft is None else len(draft) // len(x)        # drafts per context: 1 or num_samples
         gen = torch.Generator(self.device).manual_seed(seed)
-        out = np.empty((len(x), num_samples, horizon, 2), np.float32)
-        per_chunk = max(1, 2048 // num_samples)
-        margin = min(keep, self.DECODE_MARGIN)
-        for lo in range(0, len(x), per_chunk):
-            ctx = codes[lo:lo + per_chunk]
-            span = slice(lo * per, (lo + per_chunk) * per)          # this chunk's drafts
-            mine = None if draft is None else draft[span]
-            future = self.roll(ctx, steps, gen, use_cache, num_samples, mine)
-            # decode the future with the last second of context codes: a smooth seam at a third of the cost
-            seam = ctx[:, keep - margin:].repeat_interleave(num_samples, 0)
-            u = unit[lo:lo + per_chunk].repeat_interleave(num_samples, 0)
-            wave = self.decode_future(seam, future, u, horizon)
-            if exact:       # what decoding loses of each draft, so a path that takes all its codes is its draft
-                coded = self.decode_future(seam, mine[:, keep:].reshape(future.shape), u, horizon)
-                wave += drafted[span, :horizon] - coded
-            out[lo:lo + per_chunk] = wave.reshape(-1, num_samples, horizon, 2).cpu().numpy()
+        future = self.roll(codes, steps, gen, use_cache, num_samples, draft)
+        # decode the future with the last second of context codes: a smooth seam at a third of the cost
+        seam = codes[:, keep - min(keep, self.DECODE_MARGIN):].repeat_interleave(num_samples, 0)
+        u = unit.repeat_interleave(num_samples, 0)
+        wave = self.decode_future(seam, future, u, horizon)
+        if exact:       # what decoding loses of each draft, so a path that takes all its codes is its draft
+            wave += drafted[:, :horizon] - self.decode_future(seam, draft[:, keep:].reshape(future.shape), u, horizon)
+        out = wave.reshape(1, num_samples, horizon, 2).cpu().numpy()
         return add_noise(out, x_np, self.fs, self.sample.draft_noise, seed, rhythm)
 
     def roll(self, context: torch.Tensor, steps: int, gen: torch.Generator, use_cache: bool, num_samples: int,

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 import torchsde
 
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, hold_matrix, hold_to_band
-from forecast import ForecasterBase, as_context, train_records, warn_short_context
+from forecast import ForecasterBase, one_by_one, train_records, warn_short_context
 from hyper_params import Config
 from hyper_params_sde import SDEConfig, sde_config_from_dict
 from vqvae import VQVAE, vqvae_from
@@ -397,14 +397,13 @@ class LatentSDEForecaster(ForecasterBase):
     deterministic = False
 
     def __init__(self, vq: VQVAE, sde: LatentSDE, cfg: Config, scfg: SDEConfig,
-                 device: str | torch.device | None = None, max_paths: int = 8192):
+                 device: str | torch.device | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.vq, self.sde = vq.to(self.device).eval(), sde.to(self.device).eval()
         self.cfg, self.scfg = cfg, scfg
         self.fs = cfg.data.samples_per_second
         self.factor = cfg.model.downsample_factor
         self.context_frames = cfg.data.window_samples // self.factor
-        self.max_paths = max_paths
 
     @classmethod
     def from_checkpoint_dict(cls, ckpt: dict, path: str | Path, device: str | torch.device | None = None
@@ -419,10 +418,9 @@ class LatentSDEForecaster(ForecasterBase):
         out.checkpoint, out.train_records = str(path), train_records(ckpt)
         return out
 
+    @one_by_one
     @torch.no_grad()
-    def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
-                seed: int = 0) -> np.ndarray:
-        x = as_context(context, horizon, num_samples, seed)
+    def predict(self, x: np.ndarray, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
         warn_short_context(x.shape[1], self.context_frames * self.factor, self.fs)
         keep = min(x.shape[1] // self.factor, self.context_frames)
         if keep < 1:
@@ -434,33 +432,28 @@ class LatentSDEForecaster(ForecasterBase):
         rhythm = context_rhythm(x_np, self.fs) if self.sde.drafted else None   # for the drafts and their noise
         drafts, coded, waves = (self.draft_frames(x, steps, num_samples, seed, rhythm) if self.sde.drafted
                                 else (None, None, None))
-        hold = waves is not None and self.holds()
-        out = np.empty((len(x), num_samples, horizon, 2), np.float32)
-        per_chunk = max(1, self.max_paths // num_samples)
-        for n, lo in enumerate(range(0, len(x), per_chunk)):
-            chunk_seed = int(np.random.SeedSequence([int(seed) % 2 ** 63, n]).generate_state(1)[0])
-            paths = slice(lo * num_samples, (lo + per_chunk) * num_samples)
-            draft = None if drafts is None else drafts[paths].transpose(0, 1)
-            fut = self.sde.sample_frames(frames[:, lo:lo + per_chunk], steps, num_samples, chunk_seed, draft=draft)
-            z = fut.permute(1, 2, 0)                                                   # [b * S, obs, steps]
-            wave = decode_frames(self.vq, z, unit[lo:lo + per_chunk].repeat_interleave(num_samples, 0))
-            if waves is None:
-                wave = wave[:, :horizon].cpu().numpy()
-            else:           # the draft itself, plus what the SDE's frames decode to beyond the draft's
-                departure = (wave - coded[paths])[:, :horizon].cpu().numpy()
-                if hold:
-                    departure = hold_to_band(departure, x.shape[1], self.cfg.data.filter_band[0],
-                                             self.cfg.data.filter_order, self.fs)
-                wave = waves[paths, :horizon].cpu().numpy() + departure
-            out[lo:lo + per_chunk] = wave.reshape(-1, num_samples, horizon, 2)
-        return add_noise(out, x_np, self.fs, self.scfg.model.draft_noise, seed, rhythm)
+        sde_seed = int(np.random.SeedSequence([seed, 0]).generate_state(1)[0])     # apart from the drafts' stream
+        draft = None if drafts is None else drafts.transpose(0, 1)
+        z = self.sde.sample_frames(frames, steps, num_samples, sde_seed, draft=draft).permute(1, 2, 0)  # [S, obs, T]
+        wave = decode_frames(self.vq, z, unit.repeat_interleave(num_samples, 0))
+        if waves is None:
+            wave = wave[:, :horizon].cpu().numpy()
+        else:               # the draft itself, plus what the SDE's frames decode to beyond the draft's
+            departure = (wave - coded)[:, :horizon].cpu().numpy()
+            if self.holds():
+                departure = hold_to_band(departure, x.shape[1], self.cfg.data.filter_band[0],
+                                         self.cfg.data.filter_order, self.fs)
+            wave = waves[:, :horizon].cpu().numpy() + departure
+        return add_noise(wave.reshape(1, num_samples, horizon, 2), x_np, self.fs, self.scfg.model.draft_noise,
+                         seed, rhythm)
 
     def path_crps(self, signals: torch.Tensor, num_samples: int, seed: int, held: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fair CRPS (mV) of `num_samples` forecast paths per window [B, C + H, 2] (C the model's context)
         against the window's last H samples, differentiable in the SDE; and the same of the bare drafts with
         the same noise, what the network's departure is measured against: at the recipe's spread and noise, the
-        template ensemble's own paths for the same seed. Drafts and noise are drawn as in `predict`, and `held`
+        template ensemble's own paths for the same seed (for one window: a batch draws its drafts together).
+        Drafts and noise are drawn as in `predict`, and `held`
         holds the paths to the band as a forecast does (trained through, the hold scored worse on validation:
         EXPERIMENTS.md, session 19)."""
         x, y = signals[:, :self.context_frames * self.factor], signals[:, self.context_frames * self.factor:]

@@ -34,6 +34,11 @@ BAD_REQUESTS = [  # (context, horizon, num_samples, seed), the name the message 
     ((np.zeros((1, 0, 2)), 10, 2, 0), "context"),
     ((np.full((1, 384, 2), "a", dtype=object), 10, 2, 0), "context"),
     ((np.zeros((1, 384, 2), bool), 10, 2, 0), "context"),
+    ((GOOD, 10, 2, 2 ** 63), "seed"),
+    ((np.zeros((1, 2, 384)), 10, 2, 0), "transpose"),
+    (([[[0.0, 0.0]], [[0.0, 0.0], [1.0, 1.0]]], 10, 2, 0), "context"),                          # ragged
+    ((np.where(np.arange(384)[None, :, None] == 7, np.nan, GOOD), 10, 2, 0), "row 0, sample 7, lead 1"),
+    ((np.full((1, 384, 2), 1e40), 10, 2, 0), "inf samples .in float32."),
 ]
 
 
@@ -49,10 +54,29 @@ def test_every_forecaster_names_the_bad_argument(shipped, request_, name):
             f.predict(*request_)
 
 
-def test_integer_contexts_and_numpy_integers_are_fine():
-    out = make_baseline("template_ensemble", 128).predict(np.zeros((1, 384, 2), np.int16), np.int64(8), np.int32(3),
-                                                          np.uint8(1))
-    assert out.shape == (1, 3, 8, 2) and out.dtype == np.float32
+def test_integer_contexts_and_numpy_integers_are_fine(shipped):
+    for f in (shipped, make_baseline("template_ensemble", 128)):
+        out = f.predict(np.zeros((1, 384, 2), np.int16), np.int64(8), np.int32(3), np.uint8(1))
+        assert out.shape == (1, 3, 8, 2) and out.dtype == np.float32
+
+
+def test_a_context_is_forecast_alone(shipped):
+    """A context's forecast depends on it, the horizon, the samples and the seed, not on its batch mates."""
+    x = np.stack([synthetic_ecg(3, 128, seed=s)[0] for s in range(3)]).astype(np.float32)
+    for f in [shipped] + [make_baseline(b, 128) for b in BASELINES]:
+        batch = f.predict(x, 64, num_samples=3, seed=4)
+        for b in range(3):
+            np.testing.assert_array_equal(batch[b], f.predict(x[b], 64, num_samples=3, seed=4)[0], err_msg=f.name)
+    assert not np.array_equal(batch[0], f.predict(x[0], 64, num_samples=3, seed=5)[0])
+
+
+def test_a_context_in_microvolts_is_warned_about():
+    x = synthetic_ecg(3, 128, seed=0)[0]
+    with pytest.warns(UserWarning, match="convert it to mV"):
+        make_baseline("seasonal", 128).predict(x * 1000, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_baseline("seasonal", 128).predict(x, 8)
 
 
 def run_forecast(args: list[str]) -> tuple[int, str]:

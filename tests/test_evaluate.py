@@ -67,6 +67,18 @@ def test_wfdb_dir_at_250_hz_skips_bad_records_and_scores_the_rest(db250, tmp_pat
         assert (run / png).stat().st_size > 10_000
 
 
+def test_a_window_scores_the_same_whatever_else_is_evaluated(db250, tmp_path):
+    """Each window is forecast alone with a seed of its own (record name, start): a record's scores do not
+    move when other records or windows are evaluated with it."""
+    common = ["--model", "template_ensemble", "--wfdb-dir", str(db250), "--samples", "8"]
+    _, alone = _run(common + ["--records", "a03", "--results", str(tmp_path / "alone")])
+    _, among = _run(common + ["--records", "a01", "a03", "--results", str(tmp_path / "among")])
+    per = [r["per_record"]["template_ensemble"] for r in (alone, among)]
+    assert per[0]["crps"]["a03"] == per[1]["crps"]["a03"] and per[0]["f1_100"]["a03"] == per[1]["f1_100"]["a03"]
+    _, again = _run(common + ["--records", "a03", "--seed", "1", "--results", str(tmp_path / "seed1")])
+    assert again["per_record"]["template_ensemble"]["crps"]["a03"] != per[0]["crps"]["a03"]
+
+
 def test_a_model_is_paired_against_the_best_baseline_on_each_score(db250):
     cfg = load_config()
     fs, c = cfg.data.samples_per_second, cfg.data.window_samples

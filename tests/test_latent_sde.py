@@ -236,6 +236,7 @@ def test_same_seed_same_paths_whatever_the_global_rng(trained: dict) -> None:
     b = fc.predict(context, 64, num_samples=5, seed=7)
     c = fc.predict(context, 64, num_samples=5, seed=8)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert np.array_equal(a[1], fc.predict(context[1], 64, num_samples=5, seed=7)[0])    # not its batch mates'
 
 
 def test_resume_continues_the_run(trained: dict, capsys: pytest.CaptureFixture) -> None:
@@ -369,20 +370,20 @@ def test_crps_fine_tuning_trains_prior_diffusion_and_emission_only(drafted: dict
 
 
 def test_crps_fine_tuning_scores_against_the_template_ensemble(drafted: dict) -> None:
-    """path_crps's bare drafts, noise included, are the template ensemble's paths for the same seed (the
-    noise is drafts.add_noise's, as a forecast lays it): the gain it logs is over the baseline the issue names."""
+    """path_crps's bare drafts of a window, noise included, are the template ensemble's paths for the same
+    seed (the noise is drafts.add_noise's, as a forecast lays it): the gain it logs is over the baseline the
+    issue names."""
     fc = Forecaster.from_checkpoint(drafted["ckpt"], "cpu")
     fc.scfg.model.draft_noise = 0.2
     ensemble = TemplateEnsemble(fc.fs)
     ensemble.min_spread, ensemble.noise = fc.scfg.model.draft_spread, 0.2
     from conftest import synthetic_ecg
     context = fc.context_frames * fc.factor
-    signals = torch.from_numpy(np.stack([synthetic_ecg(3, fc.fs, seed=s, hr_bpm=150)[0][:context + 64]
-                                         for s in range(3)])).float()     # beats enough for a residual
+    signals = torch.from_numpy(synthetic_ecg(3, fc.fs, seed=1, hr_bpm=150)[0][None, :context + 64]).float()
     with torch.no_grad():
         drafts_crps = fc.path_crps(signals, num_samples=4, seed=5)[1]
     paths = ensemble.predict(signals[:, :context].numpy(), 64, num_samples=4, seed=5)
-    assert residual_sd(signals[:, :context].numpy(), fc.fs).min() > 0     # so the noise is there to match
+    assert residual_sd(signals[:, :context].numpy(), fc.fs).min() > 0     # beats enough for noise to match
     assert torch.isclose(drafts_crps, fair_crps(torch.from_numpy(paths), signals[:, context:]), rtol=1e-6, atol=0)
 
 
