@@ -134,6 +134,7 @@ class Forecaster(ForecasterBase):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> ForecasterBase:
         """Load any forecaster checkpoint (Transformer or latent SDE); it carries the VQ-VAE and configs."""
+        paths.check_device(None if device is None else str(device), "device")
         ckpt = load_checkpoint(path)
         if ckpt["kind"] == "latent_sde":
             from latent_sde import LatentSDEForecaster     # it builds on this module

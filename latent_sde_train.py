@@ -39,7 +39,7 @@ from hyper_params_sde import SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split
 from train_results import fixed_windows, load_checkpoint, plot_forecasts, weights_digest
-from training import Runtime, Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime
+from training import Runtime, Trainer, main_first, run_config, run_parser, run_record, seed_everything, setup_runtime
 from vqvae import VQVAE
 from vqvae_eval import run_vqvae, vqvae_choice
 from vqvae_train import shared_run_dirs
@@ -183,15 +183,20 @@ def main(argv: list[str] | None = None) -> dict:
     def encode(x: torch.Tensor) -> torch.Tensor:
         return encode_drafted(vq, x, piece, fs) if drafted else encode_windows(vq, x, piece)
 
-    train_enc, val_enc = (
-        cached_encoding(kind, f"{weights_digest(vq)}:{d['data_hash']}:{d['input_hash']}:{split}:{piece}",
-                        lambda d=d: encode(d["signals"]), args.prepared, split)
-        for split, d in (("train", train), ("validation", val)))
-    encoded, sources = [train_enc], [train]      # sources: where each block's beat annotations come from
     aug = scfg.augment
-    if aug.copies:   # stretched, rescaled copies of the training records (beats moved with them)
-        copies, extra = augmented_encoding(kind, train, aug, cfg.data, scfg.train.seed, encode,
-                                           weights_digest(vq), args.prepared)
+
+    def encodings() -> tuple[torch.Tensor, torch.Tensor, tuple[list[dict], torch.Tensor] | None]:
+        train_enc, val_enc = (
+            cached_encoding(kind, f"{weights_digest(vq)}:{d['data_hash']}:{d['input_hash']}:{split}:{piece}",
+                            lambda d=d: encode(d["signals"]), args.prepared, split)
+            for split, d in (("train", train), ("validation", val)))
+        # stretched, rescaled copies of the training records (beats moved with them)
+        return train_enc, val_enc, (augmented_encoding(kind, train, aug, cfg.data, scfg.train.seed, encode,
+                                                       weights_digest(vq), args.prepared) if aug.copies else None)
+    train_enc, val_enc, augmented = main_first(rt, encodings)
+    encoded, sources = [train_enc], [train]      # sources: where each block's beat annotations come from
+    if augmented:
+        copies, extra = augmented
         encoded.append(extra)
         sources += copies
         if rt.is_main:

@@ -112,21 +112,22 @@ def atomic_save_npy(array: Any, path: str | os.PathLike) -> None:
     _atomic(Path(path), write)
 
 
-def check_device(device: str | None) -> str | None:
-    """A --device flag checked before any model loads: one message for a typo or a GPU that is not there."""
+def check_device(device: str | None, name: str = "--device") -> str | None:
+    """A device (the --device flag, or `name`) checked before any model loads: one message for a typo or a
+    GPU that is not there."""
     if device is None:
         return None
     import torch
     try:
         dev = torch.device(device)
     except RuntimeError as e:
-        raise UserError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from e
+        raise UserError(f"{name} {device!r} is not a device: use cpu, cuda or cuda:N") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for a GPU but torch.cuda.is_available() is False")
+        raise UserError(f"{name} {device} asked for a GPU but torch.cuda.is_available() is False")
     if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+        raise UserError(f"{name} {device}: this machine has {torch.cuda.device_count()} GPU(s)")
     if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {device}: only cpu and cuda are supported")
+        raise UserError(f"{name} {device}: only cpu and cuda are supported")
     return device
 
 

@@ -82,6 +82,17 @@ def setup_runtime(device: str | None = None) -> Runtime:
     return Runtime(torch.device(device if device else ("cuda" if use_cuda else "cpu")))
 
 
+def main_first(rt: Runtime, compute: Callable[[], Any]) -> Any:
+    """`compute` on rank 0 before the other ranks start it: an encoding it caches is then made once, and the
+    other ranks read it (or, when the cache could not be written, compute it themselves)."""
+    if rt.distributed and not rt.is_main:
+        dist.barrier()
+    out = compute()
+    if rt.distributed and rt.is_main:
+        dist.barrier()
+    return out
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -22,7 +22,7 @@ from hyper_params import stored_config
 from hyper_params_transformer import load_transformer_config, transformer_config_from_dict
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split
 from train_results import fixed_windows, load_checkpoint, plot_forecasts, weights_digest
-from training import Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime
+from training import Trainer, main_first, run_config, run_parser, run_record, seed_everything, setup_runtime
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
 from vqvae_eval import run_vqvae, vqvae_choice
@@ -85,14 +85,18 @@ def main(argv: list[str] | None = None) -> dict:
     kind = "beat_drafted" if arch.draft_beats else "drafted" if arch.draft else "codes"
     encode = ((lambda x: encode_drafted(vq, x, chunk, fs, arch.draft_beats)) if arch.draft
               else (lambda x: encode_split(vq, x, chunk)))
-    train_codes, val_codes = (
-        cached_encoding(kind, f"{weights_digest(vq)}:{d['data_hash']}:{d['input_hash']}:{split}:{chunk}:steps",
-                        lambda d=d: encode(d["signals"]), args.prepared, split)
-        for split, d in (("train", train), ("validation", val)))
     aug = tcfg.augment
-    if aug.copies:
-        _, extra = augmented_encoding(kind, train, aug, cfg.data, tcfg.train.seed, encode, weights_digest(vq),
-                                      args.prepared)
+
+    def encoded() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        train_codes, val_codes = (
+            cached_encoding(kind, f"{weights_digest(vq)}:{d['data_hash']}:{d['input_hash']}:{split}:{chunk}:steps",
+                            lambda d=d: encode(d["signals"]), args.prepared, split)
+            for split, d in (("train", train), ("validation", val)))
+        extra = augmented_encoding(kind, train, aug, cfg.data, tcfg.train.seed, encode, weights_digest(vq),
+                                   args.prepared)[1] if aug.copies else None
+        return train_codes, val_codes, extra
+    train_codes, val_codes, extra = main_first(rt, encoded)
+    if extra is not None:
         if rt.is_main:
             print(f"augmented: {len(extra)} windows from {aug.copies} stretched copies of the training records")
         train_codes = torch.cat([train_codes, extra])

@@ -171,6 +171,8 @@ def test_devices_are_checked_before_work():
             paths.check_device(bad)
         with pytest.raises(UserError, match=bad):       # every training script's runtime, GPU or not
             setup_runtime(bad)
+        with pytest.raises(UserError, match=f"device '?{bad}"):    # and the Python API
+            Forecaster.from_checkpoint(PRETRAINED, bad)
 
 
 def test_failed_evaluation_leaves_no_run_folder(tmp_path, monkeypatch):

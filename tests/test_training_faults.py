@@ -143,8 +143,11 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path, tiny: dict, ti
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         HARNESS, "--dump-state", str(tmp_path / "ranks"), "--dump-rng", str(tmp_path / "rng"), script, "--",
                         *args(tmp_path / "two")],
-                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+                       cwd=ROOT, env={**ENV, "ECG_CACHE_DIR": str(tmp_path / "cache")}, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
+    if script == "transformer_train":       # rank 0 encodes the windows, rank 1 reads its cache
+        assert r.stdout.count("encoding the train windows once") == 1, r.stdout
     two = newest(tmp_path / "two" / "checkpoints")
     assert torch.load(two / "last.pt", weights_only=True)["meta"]["world_size"] == 2
     rows = {}
