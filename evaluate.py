@@ -149,13 +149,15 @@ def load_prepared(split: str, cfg: Config, prepared: str | None) -> Windows:
                          [i.get("fs_in", float("nan")) for i in info], source, [])
 
 
-def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None, progress: bool = True) -> Windows:
+def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None, progress: bool = True,
+              annotator: str = "atr") -> Windows:
     """Every readable record of a WFDB folder: filtered, resampled, lead-ordered as for training.
 
     Records that cannot be read (missing or truncated files, one lead, too short) are returned in
     `skipped` with the reason instead of stopping the run; NaN/invalid samples are gaps no window touches.
     """
-    from prepare_mitbih import check_windows, cut_windows, find_records, hash_inputs, read_record
+    from prepare_mitbih import check_annotator, check_windows, cut_windows, find_records, hash_inputs, read_record
+    check_annotator(annotator)
     folder = Path(folder)
     names = find_records(folder, download=False, flag="--wfdb-dir")
     if records:
@@ -166,7 +168,7 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
     loaded, skipped = [], []
     for name in tqdm(names, desc="reading", unit="rec", disable=not progress):
         try:
-            rec = read_record(folder / name, cfg.data, gaps=True)
+            rec = read_record(folder / name, cfg.data, gaps=True, annotator=annotator)
             check_windows(rec, cfg.data, str(folder / name))
         except Exception as e:   # UserError from read_record, or anything wfdb/scipy raise on odd files
             skipped.append((name, str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"))
@@ -177,7 +179,7 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
         raise UserError(f"no usable record in {folder} ({reasons})")
     d = cut_windows(loaded, cfg.data, overlap=False)
     source = {"kind": "wfdb", "path": str(folder), "split": "all records",
-              "input_hash": hash_inputs(folder, [r.name for r in loaded]),
+              "input_hash": hash_inputs(folder, [r.name for r in loaded], annotator), "annotator": annotator,
               "invalid_seconds": {r.name: r.invalid_s for r in loaded if r.invalid_s}}
     return _from_tensors(d, [r.has_annotations for r in loaded], [r.leads for r in loaded],
                          [r.fs_in for r in loaded], source, skipped)
@@ -651,6 +653,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    f"baselines: {', '.join(BASELINES)}, {ALL_BASELINES} (= all); default: pretrained {ALL_BASELINES}")
     p.add_argument("--split", default="test", choices=("validation", "test"), help="prepared split (default test)")
     p.add_argument("--wfdb-dir", default=None, help="evaluate every record of this WFDB folder instead")
+    p.add_argument("--annotator", default="atr", help="with --wfdb-dir: the annotation file with the reference "
+                   "beats (default atr: NNN.atr; e.g. qrs)")
     p.add_argument("--records", nargs="+", default=None, help="only these records")
     p.add_argument("--samples", type=int, default=100,
                    help="samples per window for probabilistic forecasters (default 100)")
@@ -674,6 +678,9 @@ def main(argv: list[str] | None = None) -> Path:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if args.annotator != "atr" and not args.wfdb_dir:
+        raise UserError("--annotator reads records of --wfdb-dir; a prepared split keeps the beats it was prepared "
+                        "with (prepare_mitbih.py --annotator)")
     device = paths.check_device(args.device)
     cfg = load_config(args.config)
     fs, context = cfg.data.samples_per_second, cfg.data.window_samples
@@ -695,7 +702,7 @@ def main(argv: list[str] | None = None) -> Path:
             warnings.append(f"{label} ({spec}) was trained on data prepared differently: {why}")
             print(f"warning: {warnings[-1]}", file=sys.stderr)
     if args.wfdb_dir:
-        w = load_wfdb(args.wfdb_dir, cfg, args.records)
+        w = load_wfdb(args.wfdb_dir, cfg, args.records, annotator=args.annotator)
     else:
         w = limit_windows(load_prepared(args.split, cfg, args.prepared), args.records, None)
     w = limit_windows(w, None, args.max_windows_per_record)
@@ -724,7 +731,8 @@ def main(argv: list[str] | None = None) -> Path:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "git commit": paths.git_commit(),
         "config": f"{args.config or 'config_vqvae.json'} (data hash {data_hash(cfg.data)})",
-        "data": f"{src['kind']} {src['split']}: {src['path']} (input hash {src['input_hash']})",
+        "data": f"{src['kind']} {src['split']}: {src['path']} (input hash {src['input_hash']}"
+                + (f", beats from .{src['annotator']})" if src.get("annotator", "atr") != "atr" else ")"),
         "records / windows": f"{len(np.unique(w.record))} / {len(w.record)}"
                              + (f" ({len(w.skipped)} records skipped)" if w.skipped else ""),
         "context / horizon": f"{context / fs:g} s / {horizon / fs:g} s at {fs} Hz "

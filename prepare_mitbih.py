@@ -288,9 +288,10 @@ def check_record(path: Path, cfg: DataConfig) -> None:
                         f"{cfg.total_samples / cfg.samples_per_second:.1f} s")
 
 
-def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False) -> Record:
-    """One WFDB record as two filtered leads in mV at the target rate with its reference beats. NaN or
-    invalid samples are an error, or with `gaps` NaN stretches of the signal (see filter_and_resample)."""
+def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator: str = "atr") -> Record:
+    """One WFDB record as two filtered leads in mV at the target rate with its reference beats (from the
+    `annotator` file, e.g. NNN.atr). NaN or invalid samples are an error, or with `gaps` NaN stretches of
+    the signal (see filter_and_resample)."""
     path = record_path(path)
     where = str(path)
     read_header(path)
@@ -315,7 +316,7 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False) -> Record
                         f"to keep its windows without them")
     x[bad.any(1)] = np.nan                            # a sample missing in one lead is a gap in both
     y = filter_and_resample(x, float(rec.fs), cfg, where, gaps)
-    beats, symbols, has_ann = _read_beats(path, float(rec.fs), cfg.samples_per_second, len(y))
+    beats, symbols, has_ann = _read_beats(path, float(rec.fs), cfg.samples_per_second, len(y), annotator)
     return Record(path.name, y, [rec.sig_name[i] for i in order], beats, symbols, float(rec.fs), has_ann,
                   float(bad.any(1).sum() / rec.fs))
 
@@ -347,16 +348,19 @@ def check_signal_files(path: Path, header: wfdb.Record) -> None:
                             f"(truncated file?)")
 
 
-def _read_beats(path: Path, fs_in: float, fs_out: int, n: int) -> tuple[np.ndarray, list[str], bool]:
-    if not path.parent.joinpath(path.name + ".atr").exists():
+def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = "atr"
+                ) -> tuple[np.ndarray, list[str], bool]:
+    check_annotator(annotator)
+    if not path.parent.joinpath(f"{path.name}.{annotator}").exists():
         return np.zeros(0, np.int64), [], False
     try:
-        ann = wfdb.rdann(str(path), "atr")
+        ann = wfdb.rdann(str(path), annotator)
     except Exception as e:
-        raise UserError(f"{path}.atr: cannot read the annotations ({type(e).__name__}: {_first_line(e)})") from e
+        raise UserError(f"{path}.{annotator}: cannot read the annotations ({type(e).__name__}: "
+                        f"{_first_line(e)})") from e
     keep = [i for i, s in enumerate(ann.symbol) if s in BEAT_SYMBOLS]
-    if not keep:        # rhythm or noise labels only (as in AFDB): scoring R peaks against none would be wrong
-        print(f"note: {path}.atr has no beat labels; the record counts as unannotated (no R-peak scores)",
+    if not keep:        # rhythm or noise labels only (as AFDB's .atr): scoring R peaks against none would be wrong
+        print(f"note: {path}.{annotator} has no beat labels; the record counts as unannotated (no R-peak scores)",
               file=sys.stderr)
         return np.zeros(0, np.int64), [], False
     keep.sort(key=lambda i: ann.sample[i])
@@ -405,11 +409,16 @@ def cut_windows(records: list[Record], cfg: DataConfig, overlap: bool) -> dict:
     }
 
 
-def hash_inputs(data_dir: Path, names: list[str]) -> str:
+def check_annotator(annotator: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9_]+", annotator):
+        raise UserError(f"--annotator {annotator!r} must be a WFDB annotation file extension such as atr or qrs")
+
+
+def hash_inputs(data_dir: Path, names: list[str], annotator: str = "atr") -> str:
     """sha256 over the bytes of every input file, so results can name the exact data they saw."""
     h = hashlib.sha256()
     for name in names:
-        for ext in (".hea", ".dat", ".atr"):
+        for ext in (".hea", ".dat", f".{annotator}"):
             p = data_dir / f"{name}{ext}"
             if p.exists():
                 h.update(p.name.encode())
@@ -418,7 +427,7 @@ def hash_inputs(data_dir: Path, names: list[str]) -> str:
 
 
 def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | None = None,
-            download: bool = True, skip_bad: bool = False, allow_gaps: bool = False) -> dict:
+            download: bool = True, skip_bad: bool = False, allow_gaps: bool = False, annotator: str = "atr") -> dict:
     """Prepare every split and return the metadata written to meta.json. Every bad record is named at once;
     with `skip_bad` they are left out instead. With `allow_gaps`, NaN/invalid samples are gaps no window
     touches."""
@@ -438,13 +447,14 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
             raise UserError(f"no training records among {names}; check data.test_records / validation_records")
         return split
     splits_of(names)                # the config's errors before any record is read
+    check_annotator(annotator)
     paths.check_writable(out_dir)  # before minutes of work, not after
     # the cheap checks of every record first: a bad file late in the list fails now, not after reading the others
     names = good_records(names, lambda name: check_record(data_dir / name, d), skip_bad)
     loaded: dict[str, Record] = {}
 
     def load(name: str) -> None:
-        rec = read_record(data_dir / name, d, allow_gaps)
+        rec = read_record(data_dir / name, d, allow_gaps, annotator)
         check_windows(rec, d, str(data_dir / name))
         loaded[name] = rec
     # The progress bar only on a terminal: in logs and pipes stderr keeps just the one 'error:' line.
@@ -470,7 +480,8 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "git_commit": paths.git_commit(),
         "data_dir": str(data_dir),
-        "input_hash": hash_inputs(data_dir, names),
+        "input_hash": hash_inputs(data_dir, names, annotator),
+        "annotator": annotator,
         "data_hash": data_hash(d),
         "config": asdict(d),
         "fs": d.samples_per_second,
@@ -662,6 +673,8 @@ def main() -> None:
                    help="leave out records that can't be used (too short, one lead, NaN samples...) with a warning")
     p.add_argument("--allow-gaps", action="store_true",
                    help="keep records with NaN/invalid samples, cutting windows only where both leads are valid")
+    p.add_argument("--annotator", default="atr",
+                   help="annotation file with the reference beats (default atr: NNN.atr; e.g. qrs for AFDB's beats)")
     p.add_argument("--fetch-only", action="store_true",
                    help="only make sure the data folder has records (downloading MIT-BIH into it if it has none)")
     args = p.parse_args()
@@ -672,7 +685,7 @@ def main() -> None:
         print(f"{len(find_records(data_dir, not args.no_download))} WFDB records in {data_dir}")
         return
     meta = prepare(cfg, data_dir, out_dir, args.records, download=not args.no_download, skip_bad=args.skip_bad,
-                   allow_gaps=args.allow_gaps)
+                   allow_gaps=args.allow_gaps, annotator=args.annotator)
     print(f"prepared {len(meta['records'])} records in {time.time() - t0:.1f} s -> {out_dir}")
     for s in SPLITS:
         print(f"  {s:10s} {meta['windows'][s]:6d} windows  records: {' '.join(meta['splits'][s])}")
