@@ -1,6 +1,7 @@
 """Score forecasters (trained checkpoints and baselines) side by side on identical windows.
 
-    python3 evaluate.py [--model CHECKPOINT|pretrained|BASELINE ...] [--split test] [--wfdb-dir DIR] [--records ...]
+    python3 evaluate.py [--model CHECKPOINT|pretrained|BASELINE|FILE.py:NAME ...] [--split test] [--wfdb-dir DIR]
+                        [--records ...]
 
 Without --model: the shipped model (pretrained/forecaster.pt) and every baseline.
 
@@ -15,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
+import importlib.util
 import io
 import json
+import re
 import shlex
 import sys
 import time
@@ -41,9 +45,12 @@ PAIRED = {"mse": "lower", "crps": "lower", "f1_100": "higher"}   # scores a mode
 
 
 def make_forecaster(spec: str, fs: int, device: str | None = None) -> ForecasterBase:
-    """A baseline by name, `pretrained` (the shipped model), or a checkpoint path (forecast.Forecaster)."""
+    """A baseline by name, `pretrained` (the shipped model), a checkpoint path (forecast.Forecaster), or your
+    own forecaster as FILE.py:NAME or module:NAME (see user_forecaster)."""
     if spec in BASELINES:
         return make_baseline(spec, fs)
+    if USER_SPEC.fullmatch(spec) and not Path(spec).is_file():
+        return user_forecaster(spec, fs)
     path = PRETRAINED if spec == "pretrained" else Path(spec)
     if spec == "pretrained" and not path.is_file():
         raise UserError(f"no shipped model at {path}: run `make pretrained` or pass --model CHECKPOINT")
@@ -63,6 +70,39 @@ def make_forecaster(spec: str, fs: int, device: str | None = None) -> Forecaster
     if int(model.fs) != int(fs):
         raise UserError(f"{path}: the model forecasts at {model.fs} Hz but the data is at {fs} Hz")
     return model
+
+
+USER_SPEC = re.compile(r"(?P<source>[^:]+\.py|[\w.]+):(?P<name>\w+)")
+
+
+def user_forecaster(spec: str, fs: int) -> ForecasterBase:
+    """NAME from FILE.py or an importable module, called with the data's sampling rate: a class or factory
+    whose result has `predict(context, horizon, num_samples, seed)` like every forecaster here."""
+    source, name = USER_SPEC.fullmatch(spec).group("source", "name")
+    try:
+        if source.endswith(".py"):
+            if not Path(source).is_file():
+                raise UserError(f"--model {spec}: no such file {source}")
+            found = importlib.util.spec_from_file_location(Path(source).stem, source)
+            module = importlib.util.module_from_spec(found)
+            found.loader.exec_module(module)
+        else:
+            module = importlib.import_module(source)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"--model {spec}: importing {source} failed: {type(e).__name__}: {e}") from e
+    if not callable(getattr(module, name, None)):
+        raise UserError(f"--model {spec}: {source} has no class or function {name}")
+    try:
+        f = getattr(module, name)(fs)
+    except Exception as e:
+        raise UserError(f"--model {spec}: {name}({fs}) failed: {type(e).__name__}: {e}") from e
+    if not callable(getattr(f, "predict", None)):
+        raise UserError(f"--model {spec}: {name}({fs}) has no predict(context, horizon, num_samples, seed)")
+    if int(getattr(f, "fs", fs)) != int(fs):
+        raise UserError(f"--model {spec}: it forecasts at {f.fs} Hz but the data is at {fs} Hz")
+    return f
 
 
 def preparation_mismatch(model: ForecasterBase, cfg: Config) -> str:
@@ -280,7 +320,8 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
     horizon = t - context
     edges = M.segment_edges(horizon, fs)
     r_count, k = len(w.records), len(edges)
-    scores = {name: Scores({}, {}, np.full(n, np.nan), f.deterministic) for name, f in forecasters.items()}
+    scores = {name: Scores({}, {}, np.full(n, np.nan), getattr(f, "deterministic", True))
+              for name, f in forecasters.items()}
     truth_sums: dict[str, np.ndarray] = {}
 
     def add(store: dict, key: str, shape: tuple, r: int, value: np.ndarray) -> None:
@@ -649,7 +690,8 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", nargs="+", default=["pretrained", ALL_BASELINES],
-                   help=f"checkpoint paths, pretrained (the shipped {PRETRAINED.relative_to(ROOT)}) and/or "
+                   help=f"checkpoint paths, pretrained (the shipped {PRETRAINED.relative_to(ROOT)}), your own "
+                   f"forecaster as FILE.py:NAME or module:NAME (NAME(fs) must have predict), and/or "
                    f"baselines: {', '.join(BASELINES)}, {ALL_BASELINES} (= all); default: pretrained {ALL_BASELINES}")
     p.add_argument("--split", default="test", choices=("validation", "test"), help="prepared split (default test)")
     p.add_argument("--wfdb-dir", default=None, help="evaluate every record of this WFDB folder instead")
@@ -692,7 +734,8 @@ def main(argv: list[str] | None = None) -> Path:
     warnings = []
     for spec in names:
         f = make_forecaster(spec, fs, device)
-        label = spec if spec in BASELINES else getattr(f, "name", Path(spec).stem)
+        user = None if Path(spec).is_file() else USER_SPEC.fullmatch(spec)
+        label = spec if spec in BASELINES else getattr(f, "name", user and user.group("name") or Path(spec).stem)
         if label in forecasters:
             label = f"{label} ({Path(spec).stem})"
         forecasters[label] = f

@@ -79,6 +79,34 @@ def test_a_window_scores_the_same_whatever_else_is_evaluated(db250, tmp_path):
     assert again["per_record"]["template_ensemble"]["crps"]["a03"] != per[0]["crps"]["a03"]
 
 
+USER_FORECASTER = """
+import numpy as np
+
+class HalfLastSecond:
+    def __init__(self, fs):
+        self.fs = fs
+
+    def predict(self, context, horizon, num_samples=100, seed=0):
+        x = np.asarray(context, np.float32)[:, -self.fs:]
+        return 0.5 * np.concatenate([x] * (horizon // self.fs + 1), 1)[:, None, :horizon]
+"""
+
+
+def test_your_own_forecaster_is_scored_and_paired_like_a_model(db250, tmp_path):
+    (tmp_path / "mine.py").write_text(USER_FORECASTER)
+    spec = f"{tmp_path / 'mine.py'}:HalfLastSecond"
+    run, result = _run(["--model", spec, "zero", "template_ensemble", "--wfdb-dir", str(db250), "--samples", "4",
+                        "--max-windows-per-record", "2", "--results", str(tmp_path / "results")])
+    assert result["order"] == ["HalfLastSecond", "zero", "template_ensemble"]
+    assert result["forecasters"]["HalfLastSecond"]["deterministic"] is True
+    assert {row["forecaster"] for row in result["paired"]} == {"HalfLastSecond"}
+    assert (run / "gallery_HalfLastSecond.png").is_file()
+    for bad, needle in ((f"{tmp_path / 'nope.py'}:X", "no such file"), (f"{tmp_path / 'mine.py'}:Nope", "no class"),
+                        ("numpy:pi", "numpy:pi")):
+        with pytest.raises(UserError, match=needle):
+            evaluate.main(["--model", bad, "--wfdb-dir", str(db250), "--results", str(tmp_path / "results")])
+
+
 def test_a_model_is_paired_against_the_best_baseline_on_each_score(db250):
     cfg = load_config()
     fs, c = cfg.data.samples_per_second, cfg.data.window_samples
