@@ -75,6 +75,22 @@ def make_forecaster(spec: str, fs: int, device: str | None = None) -> Forecaster
 USER_SPEC = re.compile(r"(?P<source>[^:]+\.py|[\w.]+):(?P<name>\w+)")
 
 
+def load_file(path: Path):
+    """Import a .py file as a module, as `python3 FILE.py` would see it: registered in sys.modules (dataclasses
+    look themselves up there) and with its folder importable (for the modules beside it)."""
+    name = f"user_forecaster_{path.stem}"
+    found = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(found)
+    sys.modules[name] = module
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        found.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
 def user_forecaster(spec: str, fs: int) -> ForecasterBase:
     """NAME from FILE.py or an importable module, called with the data's sampling rate: a class or factory
     whose result has `predict(context, horizon, num_samples, seed)` like every forecaster here."""
@@ -83,9 +99,7 @@ def user_forecaster(spec: str, fs: int) -> ForecasterBase:
         if source.endswith(".py"):
             if not Path(source).is_file():
                 raise UserError(f"--model {spec}: no such file {source}")
-            found = importlib.util.spec_from_file_location(Path(source).stem, source)
-            module = importlib.util.module_from_spec(found)
-            found.loader.exec_module(module)
+            module = load_file(Path(source))
         else:
             module = importlib.import_module(source)
     except UserError:
@@ -100,8 +114,13 @@ def user_forecaster(spec: str, fs: int) -> ForecasterBase:
         raise UserError(f"--model {spec}: {name}({fs}) failed: {type(e).__name__}: {e}") from e
     if not callable(getattr(f, "predict", None)):
         raise UserError(f"--model {spec}: {name}({fs}) has no predict(context, horizon, num_samples, seed)")
-    if int(getattr(f, "fs", fs)) != int(fs):
-        raise UserError(f"--model {spec}: it forecasts at {f.fs} Hz but the data is at {fs} Hz")
+    own_fs = vars(f).get("fs", getattr(type(f), "fs", fs))
+    if own_fs is ForecasterBase.fs and "fs" not in vars(f):     # ForecasterBase's default, not a choice
+        own_fs = fs
+    if int(own_fs) != int(fs):
+        raise UserError(f"--model {spec}: it forecasts at {own_fs} Hz but the data is at {fs} Hz")
+    if getattr(f, "name", ForecasterBase.name) == ForecasterBase.name:
+        f.name = name
     return f
 
 
@@ -184,7 +203,8 @@ def load_prepared(split: str, cfg: Config, prepared: str | None) -> Windows:
     names = list(d["records"])
     info = [meta.get(n, {}) for n in names]
     source = {"kind": "prepared", "path": str(folder / f"{split}.pt"), "split": split,
-              "input_hash": d.get("input_hash", "unknown")}
+              "input_hash": d.get("input_hash", "unknown"),
+              "invalid_seconds": {n: i["invalid_seconds"] for n, i in zip(names, info) if i.get("invalid_seconds")}}
     return _from_tensors(d, [i.get("has_annotations", True) for i in info], [i.get("leads", ["?", "?"]) for i in info],
                          [i.get("fs_in", float("nan")) for i in info], source, [])
 
@@ -734,8 +754,7 @@ def main(argv: list[str] | None = None) -> Path:
     warnings = []
     for spec in names:
         f = make_forecaster(spec, fs, device)
-        user = None if Path(spec).is_file() else USER_SPEC.fullmatch(spec)
-        label = spec if spec in BASELINES else getattr(f, "name", user and user.group("name") or Path(spec).stem)
+        label = spec if spec in BASELINES else getattr(f, "name", Path(spec).stem)
         if label in forecasters:
             label = f"{label} ({Path(spec).stem})"
         forecasters[label] = f

@@ -94,8 +94,10 @@ def one_by_one(predict: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     @functools.wraps(predict)
     def each(self, context, horizon: int, num_samples: int = 100, seed: int = 0, **kw) -> np.ndarray:
         x = as_context(context, horizon, num_samples, seed)
-        return np.concatenate([predict(self, x[b:b + 1], horizon, num_samples, int(seed), **kw)
-                               for b in range(len(x))])
+        out = []
+        for b in range(len(x)):     # a loop, not a comprehension: warnings' stacklevel counts on this frame
+            out.append(predict(self, x[b:b + 1], horizon, num_samples, int(seed), **kw))
+        return np.concatenate(out)
     return each
 
 
@@ -110,7 +112,7 @@ def warn_short_context(samples: int, trained: int, fs: int) -> None:
     """Models read their context's rhythm and beats; fewer seconds than in training still forecast, but worse."""
     if samples < trained:
         warnings.warn(f"a context of {samples} samples ({samples / fs:g} s) is shorter than the {trained} "
-                      f"({trained / fs:g} s) the model was trained on; its forecasts may be worse", stacklevel=4)
+                      f"({trained / fs:g} s) the model was trained on; its forecasts may be worse", stacklevel=5)
 
 
 class Forecaster(ForecasterBase):
@@ -294,7 +296,7 @@ def clean_starts(signal: np.ndarray, at: int, ctx: int, fs: int) -> str:
     ok = [(a + ctx, b) for a, b in finite_stretches(signal) if b - a >= ctx]
     before = [min(b, at) for a, b in ok if a <= at]
     after = [max(a, at) for a, b in ok if b >= at]
-    said = [f"{s / fs:.2f} s" for s in (max(before, default=None), min(after, default=None)) if s is not None]
+    said = [f"{round(s / fs, 3):g} s" for s in (max(before, default=None), min(after, default=None)) if s is not None]
     return f"the nearest clean --start: {' or '.join(said)}" if said else "no context of the record is without gaps"
 
 

@@ -453,7 +453,7 @@ class LatentSDEForecaster(ForecasterBase):
         against the window's last H samples, differentiable in the SDE; and the same of the bare drafts with
         the same noise, what the network's departure is measured against: at the recipe's spread and noise, the
         template ensemble's own paths for the same seed (for one window: a batch draws its drafts together).
-        Drafts and noise are drawn as in `predict`, and `held`
+        Drafts and noise are drawn as `predict` draws them for one window, and `held`
         holds the paths to the band as a forecast does (trained through, the hold scored worse on validation:
         EXPERIMENTS.md, session 19)."""
         x, y = signals[:, :self.context_frames * self.factor], signals[:, self.context_frames * self.factor:]

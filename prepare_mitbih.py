@@ -196,14 +196,10 @@ def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str
         raise UserError(f"{where}: sampling rate {fs_in} Hz is too low for data.filter_band {cfg.filter_band}")
     sos = (scipy.signal.butter(cfg.filter_order, [lo, hi], btype="bandpass", fs=fs_in, output="sos") if lo > 0
            else scipy.signal.butter(cfg.filter_order, hi, btype="lowpass", fs=fs_in, output="sos"))
-    if len(x) <= 3 * (2 * len(sos) + 1):
-        raise UserError(f"{where}: record of {len(x)} samples ({len(x) / fs_in:.3g} s) is too short to filter")
     pad = 3 * (2 * len(sos) + 1)                      # sosfiltfilt's default padlen
-    if gaps:
-        return _filter_stretches(x, sos, pad, ratio)
     if len(x) <= pad:
         raise UserError(f"{where}: record of {len(x)} samples ({len(x) / fs_in:.3g} s) is too short to filter")
-    return _filter(x, sos, ratio)
+    return _filter_stretches(x, sos, pad, ratio) if gaps else _filter(x, sos, ratio)
 
 
 def _filter(x: np.ndarray, sos: np.ndarray, ratio: Fraction) -> np.ndarray:
@@ -352,6 +348,9 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = 
                 ) -> tuple[np.ndarray, list[str], bool]:
     check_annotator(annotator)
     if not path.parent.joinpath(f"{path.name}.{annotator}").exists():
+        if annotator != "atr":      # asked for by name: a typo would leave every record unannotated unsaid
+            print(f"note: {path}.{annotator} is missing; the record counts as unannotated (no R-peak scores)",
+                  file=sys.stderr)
         return np.zeros(0, np.int64), [], False
     try:
         ann = wfdb.rdann(str(path), annotator)

@@ -13,6 +13,7 @@ so --resume after a kill redoes the interrupted epoch exactly as the uninterrupt
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
 import os
 import random
@@ -84,12 +85,17 @@ def setup_runtime(device: str | None = None) -> Runtime:
 
 def main_first(rt: Runtime, compute: Callable[[], Any]) -> Any:
     """`compute` on rank 0 before the other ranks start it: an encoding it caches is then made once, and the
-    other ranks read it (or, when the cache could not be written, compute it themselves)."""
-    if rt.distributed and not rt.is_main:
-        dist.barrier()
+    other ranks read it (or, when the cache could not be written, compute it themselves). They wait on a
+    group of their own with a long timeout: encoding a large database outlasts the default group's."""
+    if not rt.distributed:
+        return compute()
+    group = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=6))
+    if not rt.is_main:
+        dist.barrier(group=group)
     out = compute()
-    if rt.distributed and rt.is_main:
-        dist.barrier()
+    if rt.is_main:
+        dist.barrier(group=group)
+    dist.destroy_process_group(group)
     return out
 
 

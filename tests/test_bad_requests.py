@@ -140,7 +140,7 @@ def test_forecast_from_a_record_with_gaps(tmp_path):
     code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(tmp_path / "g"), "--start", "13",
                               "--samples", "2", "--out", str(tmp_path / "out")])
     assert code == 2 and "g: the context 10.00-13 s touches a gap" in err, err
-    assert "nearest clean --start: 10.00 s or 15.00 s" in err
+    assert "nearest clean --start: 10 s or 15 s" in err
     code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(tmp_path / "g"), "--start", "8",
                               "--samples", "2", "--out", str(tmp_path / "out")])
     assert code == 0, err

@@ -80,11 +80,16 @@ def test_a_window_scores_the_same_whatever_else_is_evaluated(db250, tmp_path):
 
 
 USER_FORECASTER = """
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 import numpy as np
 
+
+@dataclass
 class HalfLastSecond:
-    def __init__(self, fs):
-        self.fs = fs
+    fs: int
 
     def predict(self, context, horizon, num_samples=100, seed=0):
         x = np.asarray(context, np.float32)[:, -self.fs:]
