@@ -335,6 +335,7 @@ def main() -> None:
                    leads=tuple(f"lead {k + 1}: {name}" for k, name in enumerate(res["leads"])))
     paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "leads": res["leads"],
                              "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
+                             "truth_gap_samples": int((~np.isfinite(res["truth"])).any(1).sum()),
                              "checkpoint": str(path), "git_commit": paths.git_commit()}, out / f"{stem}.json")
     print(f"forecast of {args.record} from {args.start:g} s: {args.samples} samples x {res['samples'].shape[1]} "
           f"samples x 2 leads at {res['fs']} Hz in {time.time() - t0:.1f} s ({t_load:.1f} s of it loading the model)")

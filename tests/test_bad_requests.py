@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import sys
 import warnings
 
@@ -146,6 +147,7 @@ def test_forecast_from_a_record_with_gaps(tmp_path):
     assert code == 0, err
     samples = np.load(tmp_path / "out" / "g_8s_samples.npy")
     assert samples.shape == (2, 384, 2) and np.isfinite(samples).all()
+    assert json.loads((tmp_path / "out" / "g_8s.json").read_text())["truth_gap_samples"] == 128    # 10 s to 11 s
 
 
 @pytest.mark.parametrize("content", [b"hello\n", b"\x80\x02}q\x00."])
