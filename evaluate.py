@@ -197,13 +197,14 @@ def load_prepared(split: str, cfg: Config, prepared: str | None) -> Windows:
     d = load_split(split, cfg, prepared)
     folder = paths.location("prepared", prepared)
     try:
-        meta = json.loads((folder / "meta.json").read_text()).get("records", {})
+        stored = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError):
-        meta = {}
+        stored = {}
+    meta = stored.get("records", {})
     names = list(d["records"])
     info = [meta.get(n, {}) for n in names]
     source = {"kind": "prepared", "path": str(folder / f"{split}.pt"), "split": split,
-              "input_hash": d.get("input_hash", "unknown"),
+              "input_hash": d.get("input_hash", "unknown"), "annotator": stored.get("annotator", "atr"),
               "invalid_seconds": {n: i["invalid_seconds"] for n, i in zip(names, info) if i.get("invalid_seconds")}}
     return _from_tensors(d, [i.get("has_annotations", True) for i in info], [i.get("leads", ["?", "?"]) for i in info],
                          [i.get("fs_in", float("nan")) for i in info], source, [])
@@ -216,8 +217,7 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
     Records that cannot be read (missing or truncated files, one lead, too short) are returned in
     `skipped` with the reason instead of stopping the run; NaN/invalid samples are gaps no window touches.
     """
-    from prepare_mitbih import check_annotator, check_windows, cut_windows, find_records, hash_inputs, read_record
-    check_annotator(annotator)
+    from prepare_mitbih import check_annotated, check_windows, cut_windows, find_records, hash_inputs, read_record
     folder = Path(folder)
     names = find_records(folder, download=False, flag="--wfdb-dir")
     if records:
@@ -225,6 +225,7 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
         if missing:
             raise UserError(f"records {missing} are not in {folder}")
         names = [n for n in names if n in records]
+    check_annotated(folder, names, annotator)
     loaded, skipped = [], []
     for name in tqdm(names, desc="reading", unit="rec", disable=not progress):
         try:

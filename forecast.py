@@ -275,14 +275,14 @@ def forecast_record(fc: Forecaster, record: str, start_s: float, horizon_s: floa
         raise UserError(f"--horizon {horizon_s} s must be at least one sample ({1 / fs:g} s at {fs} Hz)")
     if not math.isfinite(start_s):
         raise UserError(f"--start {start_s} s is not a time")
-    rec = read_record(Path(record), fc.cfg.data, gaps=True)
+    rec = read_record(Path(record), fc.cfg.data, gaps=True, annotator=None)
     horizon, at = round(horizon_s * fs), round(start_s * fs)
     if at < ctx or at > len(rec.signal):
         raise UserError(f"--start {start_s} s must lie between {ctx / fs:.1f} s (one context) and the record's end "
                         f"({len(rec.signal) / fs:.1f} s) in {record}")
     context = rec.signal[at - ctx:at]
     if not np.isfinite(context).all():
-        raise UserError(f"{record}: the context {(at - ctx) / fs:.2f}-{start_s:g} s touches a gap of NaN/invalid "
+        raise UserError(f"{record}: the context {round((at - ctx) / fs, 3):g}-{start_s:g} s touches a gap of NaN/invalid "
                         f"samples; {clean_starts(rec.signal, at, ctx, fs)}")
     truth = rec.signal[at:at + horizon]
     samples_ = fc.predict(context[None], horizon, samples, seed)[0]
@@ -335,10 +335,15 @@ def main() -> None:
                    leads=tuple(f"lead {k + 1}: {name}" for k, name in enumerate(res["leads"])))
     paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "leads": res["leads"],
                              "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
+                             "truth_samples": len(res["truth"]),
                              "truth_gap_samples": int((~np.isfinite(res["truth"])).any(1).sum()),
                              "checkpoint": str(path), "git_commit": paths.git_commit()}, out / f"{stem}.json")
     print(f"forecast of {args.record} from {args.start:g} s: {args.samples} samples x {res['samples'].shape[1]} "
           f"samples x 2 leads at {res['fs']} Hz in {time.time() - t0:.1f} s ({t_load:.1f} s of it loading the model)")
+    gap, truth = int((~np.isfinite(res["truth"])).any(1).sum()), len(res["truth"])
+    if gap or truth < res["samples"].shape[1]:
+        print(f"note: the truth plotted covers {(truth - gap) / res['fs']:g} s of the {res['samples'].shape[1] / res['fs']:g} s "
+              f"forecast (the record's end or a gap)")
     print(f"plot: {out / (stem + '.png')}\nsamples: {out / (stem + '_samples.npy')}")
 
 

@@ -199,31 +199,49 @@ def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str
     pad = 3 * (2 * len(sos) + 1)                      # sosfiltfilt's default padlen
     if len(x) <= pad:
         raise UserError(f"{where}: record of {len(x)} samples ({len(x) / fs_in:.3g} s) is too short to filter")
-    return _filter_stretches(x, sos, pad, ratio) if gaps else _filter(x, sos, ratio)
+    return _filter_stretches(x, sos, pad, ratio, fs_in) if gaps else _filter(x, sos, ratio)
 
 
-def _filter(x: np.ndarray, sos: np.ndarray, ratio: Fraction) -> np.ndarray:
+def _filter(x: np.ndarray, sos: np.ndarray, ratio: Fraction, **pad) -> np.ndarray:
     import scipy.signal
 
-    y = scipy.signal.sosfiltfilt(sos, x, axis=0)
+    return _resample(scipy.signal.sosfiltfilt(sos, x, axis=0, **pad), ratio)
+
+
+def _resample(y: np.ndarray, ratio: Fraction) -> np.ndarray:
+    import scipy.signal
+
     if ratio != 1:
         y = scipy.signal.resample_poly(y, ratio.numerator, ratio.denominator, axis=0)
     return y.astype(np.float32)
 
 
-def _filter_stretches(x: np.ndarray, sos: np.ndarray, pad: int, ratio: Fraction) -> np.ndarray:
+GAP_PAD_S = 2.0      # each stretch is padded by its mirror image this long before filtering...
+GAP_MARGIN_S = 1.0   # ...and this much beside a gap is a gap too: what is left differs from the signal
+                     # filtered whole by < 0.03 mV (8 MIT-BIH records, 80 random gaps), where the filter's
+                     # default padding left up to 2.9 mV within a second of a gap (EXPERIMENTS.md, session 22)
+
+
+def _filter_stretches(x: np.ndarray, sos: np.ndarray, pad: int, ratio: Fraction, fs_in: float) -> np.ndarray:
     """Each stretch of finite samples filtered and resampled on its own, NaN elsewhere: a gap never
-    leaks into its neighbours, stays at least one sample long, and stretches too short to filter stay NaN."""
+    leaks into its neighbours, its edges' filter transients are cut off with it (GAP_MARGIN_S), and
+    stretches too short to filter stay NaN."""
+    import scipy.signal
+
     n = math.ceil(len(x) * ratio)
     y = np.full((n, x.shape[1]), np.nan, np.float32)
     spans = finite_stretches(x)
     for a, b in spans:
-        if b - a > pad:
-            part = _filter(x[a:b], sos, ratio)
-            at = min(round(a * ratio), n)
+        start = -(-a // ratio.denominator) * ratio.denominator     # a sample on the output grid: no sub-sample shift
+        if b - a > pad and b > start:
+            filtered = scipy.signal.sosfiltfilt(sos, x[a:b], axis=0, padtype="even",
+                                                padlen=min(round(GAP_PAD_S * fs_in), b - a - 1))
+            part = _resample(filtered[start - a:], ratio)
+            at = min(int(start * ratio), n)
             y[at:at + len(part)] = part[:n - at]
+    margin = round(GAP_MARGIN_S * fs_in * ratio)
     for (_, gap_start), (gap_end, _) in zip(spans, spans[1:]):
-        y[math.floor(gap_start * ratio):math.ceil(gap_end * ratio)] = np.nan
+        y[max(math.floor(gap_start * ratio) - margin, 0):math.ceil(gap_end * ratio) + margin] = np.nan
     return y
 
 
@@ -284,10 +302,10 @@ def check_record(path: Path, cfg: DataConfig) -> None:
                         f"{cfg.total_samples / cfg.samples_per_second:.1f} s")
 
 
-def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator: str = "atr") -> Record:
+def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator: str | None = "atr") -> Record:
     """One WFDB record as two filtered leads in mV at the target rate with its reference beats (from the
-    `annotator` file, e.g. NNN.atr). NaN or invalid samples are an error, or with `gaps` NaN stretches of
-    the signal (see filter_and_resample)."""
+    `annotator` file, e.g. NNN.atr; None: no beats). NaN or invalid samples are an error, or with `gaps`
+    NaN stretches of the signal (see filter_and_resample)."""
     path = record_path(path)
     where = str(path)
     read_header(path)
@@ -309,10 +327,11 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
         i, k = (int(v) for v in np.argwhere(bad)[0])
         raise UserError(f"{where}: {int(bad.sum())} NaN/invalid samples (first at sample {i}, {i / rec.fs:.2f} s, "
                         f"lead {rec.sig_name[order[k]]}); repair or exclude the record, or prepare with --allow-gaps "
-                        f"to keep its windows without them")
+                        f"(read_record: gaps=True) to keep its windows without them")
     x[bad.any(1)] = np.nan                            # a sample missing in one lead is a gap in both
     y = filter_and_resample(x, float(rec.fs), cfg, where, gaps)
-    beats, symbols, has_ann = _read_beats(path, float(rec.fs), cfg.samples_per_second, len(y), annotator)
+    beats, symbols, has_ann = (_read_beats(path, float(rec.fs), cfg.samples_per_second, len(y), annotator)
+                               if annotator else (np.zeros(0, np.int64), [], False))
     return Record(path.name, y, [rec.sig_name[i] for i in order], beats, symbols, float(rec.fs), has_ann,
                   float(bad.any(1).sum() / rec.fs))
 
@@ -359,8 +378,11 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = 
                         f"{_first_line(e)})") from e
     keep = [i for i, s in enumerate(ann.symbol) if s in BEAT_SYMBOLS]
     if not keep:        # rhythm or noise labels only (as AFDB's .atr): scoring R peaks against none would be wrong
-        print(f"note: {path}.{annotator} has no beat labels; the record counts as unannotated (no R-peak scores)",
-              file=sys.stderr)
+        other = [p.suffix[1:] for p in sorted(path.parent.glob(f"{path.name}.*"))
+                 if p.suffix[1:] in ("qrs", "ecg", "qrsc", "sqrs", "gqrs")]
+        hint = f" (--annotator {other[0]} reads {path.name}.{other[0]})" if other else ""
+        print(f"note: {path}.{annotator} has no beat labels; the record counts as unannotated (no R-peak scores)"
+              f"{hint}", file=sys.stderr)
         return np.zeros(0, np.int64), [], False
     keep.sort(key=lambda i: ann.sample[i])
     pos = np.round(np.asarray(ann.sample, np.float64)[keep] * fs_out / fs_in).astype(np.int64)
@@ -413,6 +435,13 @@ def check_annotator(annotator: str) -> None:
         raise UserError(f"--annotator {annotator!r} must be a WFDB annotation file extension such as atr or qrs")
 
 
+def check_annotated(data_dir: Path, names: list[str], annotator: str) -> None:
+    """An annotator asked for by name must exist for some record: a typo would leave them all unannotated."""
+    check_annotator(annotator)
+    if annotator != "atr" and not any((data_dir / f"{n}.{annotator}").exists() for n in names):
+        raise UserError(f"--annotator {annotator}: no record in {data_dir} has a .{annotator} file")
+
+
 def hash_inputs(data_dir: Path, names: list[str], annotator: str = "atr") -> str:
     """sha256 over the bytes of every input file, so results can name the exact data they saw."""
     h = hashlib.sha256()
@@ -446,7 +475,7 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
             raise UserError(f"no training records among {names}; check data.test_records / validation_records")
         return split
     splits_of(names)                # the config's errors before any record is read
-    check_annotator(annotator)
+    check_annotated(data_dir, names, annotator)
     paths.check_writable(out_dir)  # before minutes of work, not after
     # the cheap checks of every record first: a bad file late in the list fails now, not after reading the others
     names = good_records(names, lambda name: check_record(data_dir / name, d), skip_bad)
@@ -558,7 +587,8 @@ def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None) 
                         f"data.{split}_records, or prepare_mitbih.py --records)")
     if data.get("data_hash") != data_hash(cfg.data):
         raise UserError(f"{path} was prepared with another data config (hash {data.get('data_hash')} != "
-                        f"{data_hash(cfg.data)}); prepare with `python3 prepare_mitbih.py --config F [--out DIR]`, "
+                        f"{data_hash(cfg.data)}); pass the config it was prepared with (--config; its meta.json keeps "
+                        f"the data section), or prepare with `python3 prepare_mitbih.py --config F [--out DIR]`, "
                         f"F holding this run's data section (a forecaster's: its VQ-VAE's), and pass --prepared DIR "
                         f"(to score a model on data prepared with your own record lists: evaluate.py --config F "
                         f"--prepared DIR)")

@@ -405,13 +405,15 @@ def test_annotations_without_beats_leave_the_record_unannotated(tmp_path, capsys
     assert not rec.has_annotations and len(rec.beats) == 0 and "no beat labels" in capsys.readouterr().err
 
 
-def test_beats_from_another_annotator(tmp_path):
+def test_beats_from_another_annotator(tmp_path, capsys):
     """AFDB keeps rhythm in .atr and beats in .qrs: --annotator qrs scores R peaks against the .qrs beats."""
     db = tmp_path / "db"
     write_record(db, "af", seconds=30, seed=0, annotate=False)
     wfdb.wrann("af", "atr", np.array([10]), symbol=["+"], aux_note=["(AFIB"], write_dir=str(db))
     beats = np.arange(200, 30 * 360, 300)
     wfdb.wrann("af", "qrs", beats, symbol=["N"] * len(beats), write_dir=str(db))
+    assert not pm.read_record(db / "af", config_from_dict({}).data).has_annotations
+    assert "(--annotator qrs reads af.qrs)" in capsys.readouterr().err
     rec = pm.read_record(db / "af", config_from_dict({}).data, annotator="qrs")
     assert rec.has_annotations and np.array_equal(rec.beats, np.round(beats * 128 / 360).astype(int))
     run = evaluate.main(["--model", "seasonal", "--wfdb-dir", str(db), "--annotator", "qrs",
@@ -419,6 +421,7 @@ def test_beats_from_another_annotator(tmp_path):
     report = (run / "report.md").read_text()
     assert "beats from .qrs" in report and "| af | MLII, V1 | 360 | yes |" in report
     for bad, needle in ((["--annotator", "../x", "--wfdb-dir", str(db)], "'../x'"),
+                        (["--annotator", "qsr", "--wfdb-dir", str(db)], "no record in .* has a .qsr file"),
                         (["--annotator", "qrs"], "--annotator reads records of --wfdb-dir")):
         with pytest.raises(UserError, match=needle):
             evaluate.main(["--model", "seasonal", "--results", str(tmp_path / "results"), *bad])

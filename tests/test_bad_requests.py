@@ -140,14 +140,14 @@ def test_forecast_from_a_record_with_gaps(tmp_path):
     write_signal(tmp_path, "g", x)
     code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(tmp_path / "g"), "--start", "13",
                               "--samples", "2", "--out", str(tmp_path / "out")])
-    assert code == 2 and "g: the context 10.00-13 s touches a gap" in err, err
-    assert "nearest clean --start: 10 s or 15 s" in err
+    assert code == 2 and "g: the context 10-13 s touches a gap" in err, err
+    assert "nearest clean --start: 9 s or 16 s" in err
     code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(tmp_path / "g"), "--start", "8",
                               "--samples", "2", "--out", str(tmp_path / "out")])
     assert code == 0, err
     samples = np.load(tmp_path / "out" / "g_8s_samples.npy")
     assert samples.shape == (2, 384, 2) and np.isfinite(samples).all()
-    assert json.loads((tmp_path / "out" / "g_8s.json").read_text())["truth_gap_samples"] == 128    # 10 s to 11 s
+    assert json.loads((tmp_path / "out" / "g_8s.json").read_text())["truth_gap_samples"] == 256    # 9 s to 11 s: the gap and a second before it
 
 
 @pytest.mark.parametrize("content", [b"hello\n", b"\x80\x02}q\x00."])
