@@ -328,6 +328,8 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
         raise UserError(f"{where}: {int(bad.sum())} NaN/invalid samples (first at sample {i}, {i / rec.fs:.2f} s, "
                         f"lead {rec.sig_name[order[k]]}); repair or exclude the record, or prepare with --allow-gaps "
                         f"(read_record: gaps=True) to keep its windows without them")
+    if bad.all(0).any():
+        raise UserError(f"{where}: lead {rec.sig_name[order[int(np.argmax(bad.all(0)))]]} has no valid sample")
     x[bad.any(1)] = np.nan                            # a sample missing in one lead is a gap in both
     y = filter_and_resample(x, float(rec.fs), cfg, where, gaps)
     beats, symbols, has_ann = (_read_beats(path, float(rec.fs), cfg.samples_per_second, len(y), annotator)

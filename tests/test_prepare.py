@@ -454,6 +454,13 @@ def test_prepare_allows_gaps_only_when_asked(tmp_path):
     assert len(train["signals"]) > 0 and torch.isfinite(train["signals"]).all()
 
 
+def test_a_lead_without_a_valid_sample_is_named(tmp_path):
+    x, _ = synthetic_ecg(30.0, 360.0, seed=1)
+    x[:, 1] = np.nan
+    with pytest.raises(UserError, match="dead: lead V1 has no valid sample"):
+        pm.read_record(write_signal(tmp_path, "dead", x), make_cfg().data, gaps=True)
+
+
 def test_a_record_whose_stretches_are_all_shorter_than_a_window(tmp_path):
     x, _ = synthetic_ecg(30.0, 360.0, seed=1)
     x[::1800, 0] = np.nan                                    # every 5 s: no clean 6 s window
