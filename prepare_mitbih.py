@@ -186,7 +186,8 @@ def order_leads(names: list[str], first: str, where: str) -> list[int]:
 
 def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str, gaps: bool = False) -> np.ndarray:
     """Zero-phase band-pass at the source rate (removes baseline wander and noise), then resample; with
-    `gaps`, NaN samples are gaps kept as NaN (see _filter_stretches)."""
+    `gaps`, NaN samples are gaps kept as NaN (see _filter_stretches). A signal without NaN is filtered the
+    same either way, so a record reads alike in prepare_mitbih.py, forecast.py and evaluate.py."""
     import scipy.signal
 
     ratio = resample_ratio(fs_in, cfg.samples_per_second, where)
@@ -199,13 +200,9 @@ def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str
     pad = 3 * (2 * len(sos) + 1)                      # sosfiltfilt's default padlen
     if len(x) <= pad:
         raise UserError(f"{where}: record of {len(x)} samples ({len(x) / fs_in:.3g} s) is too short to filter")
-    return _filter_stretches(x, sos, pad, ratio, fs_in) if gaps else _filter(x, sos, ratio)
-
-
-def _filter(x: np.ndarray, sos: np.ndarray, ratio: Fraction, **pad) -> np.ndarray:
-    import scipy.signal
-
-    return _resample(scipy.signal.sosfiltfilt(sos, x, axis=0, **pad), ratio)
+    if gaps and not np.isfinite(x).all():
+        return _filter_stretches(x, sos, pad, ratio, fs_in)
+    return _resample(scipy.signal.sosfiltfilt(sos, x, axis=0), ratio)
 
 
 def _resample(y: np.ndarray, ratio: Fraction) -> np.ndarray:
@@ -328,14 +325,15 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
         raise UserError(f"{where}: {int(bad.sum())} NaN/invalid samples (first at sample {i}, {i / rec.fs:.2f} s, "
                         f"lead {rec.sig_name[order[k]]}); repair or exclude the record, or prepare with --allow-gaps "
                         f"(read_record: gaps=True) to keep its windows without them")
-    if bad.all(0).any():
-        raise UserError(f"{where}: lead {rec.sig_name[order[int(np.argmax(bad.all(0)))]]} has no valid sample")
-    x[bad.any(1)] = np.nan                            # a sample missing in one lead is a gap in both
+    dead, gap = bad.all(0), bad.any(1)
+    if dead.any():
+        raise UserError(f"{where}: lead {rec.sig_name[order[int(np.argmax(dead))]]} has no valid sample")
+    x[gap] = np.nan                                   # a sample missing in one lead is a gap in both
     y = filter_and_resample(x, float(rec.fs), cfg, where, gaps)
     beats, symbols, has_ann = (_read_beats(path, float(rec.fs), cfg.samples_per_second, len(y), annotator)
                                if annotator else (np.zeros(0, np.int64), [], False))
     return Record(path.name, y, [rec.sig_name[i] for i in order], beats, symbols, float(rec.fs), has_ann,
-                  float(bad.any(1).sum() / rec.fs))
+                  float(gap.sum() / rec.fs))
 
 
 def _first_line(e: BaseException) -> str:

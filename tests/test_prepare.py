@@ -430,6 +430,7 @@ def test_gaps_are_filtered_stretch_by_stretch_and_windows_avoid_them(tmp_path):
     assert pm.finite_stretches(rec.signal) == [(0, 2432), (2944, 4992), (5249, 60 * FS)]  # a second beside each gap too
     # what is kept is the signal filtered whole, to 0.03 mV (away from the record's own ends)
     clean = pm.read_record(whole, cfg).signal
+    np.testing.assert_array_equal(pm.read_record(whole, cfg, gaps=True).signal, clean)   # no gap: read alike
     kept = np.isfinite(rec.signal).all(1)
     kept[:3 * FS] = kept[-3 * FS:] = False
     np.testing.assert_allclose(rec.signal[kept], clean[kept], atol=0.03)
