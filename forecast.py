@@ -250,8 +250,9 @@ def beat_draft(vq, context: torch.Tensor, steps: int, fs: int, num_samples: int 
 def code_draft(vq, waves: np.ndarray, context_steps: int, device: torch.device, batch: int = 512) -> torch.Tensor:
     """[N, context_steps + steps, Q]: -1 over the context, then the codes of each continuation [N, H, 2],
     a chunk coded on its own like the future part of a training window."""
-    w = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(device)
-    future = torch.cat([as_levels(vq.encode(w[i:i + batch]), len(vq.quantizers)) for i in range(0, len(w), batch)])
+    w = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(vq.device)
+    future = torch.cat([as_levels(vq.encode(w[i:i + batch]), len(vq.quantizers))
+                        for i in range(0, len(w), batch)]).to(device)
     return torch.cat([torch.full_like(future[:, :1], -1).expand(-1, context_steps, -1), future], 1)
 
 

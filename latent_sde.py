@@ -553,5 +553,7 @@ def decode_frames(vq: VQVAE, z: torch.Tensor, unit: torch.Tensor, batch: int = 5
 
 @torch.no_grad()
 def latent_frames(vq: VQVAE, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """Continuous encoder frames [N, T / factor, latent] of signals [N, T, 2], each coded on its own."""
-    return torch.cat([vq.encode_latent(x[i:i + batch].float()).transpose(1, 2) for i in range(0, len(x), batch)])
+    """Continuous encoder frames [N, T / factor, latent] of signals [N, T, 2], each coded on its own on the VQ-VAE's
+    device, returned on the signals'."""
+    return torch.cat([vq.encode_latent(x[i:i + batch].float().to(vq.device)).transpose(1, 2)
+                      for i in range(0, len(x), batch)]).to(x.device)

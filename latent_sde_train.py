@@ -37,11 +37,11 @@ from drafts import detected_beats, draft_waves
 from hyper_params import stored_config
 from hyper_params_sde import SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
-from prepare_mitbih import augmented_encoding, cached_encoding, load_split
-from train_results import fixed_windows, load_checkpoint, plot_forecasts, weights_digest
-from training import Runtime, Trainer, main_first, run_config, run_parser, run_record, seed_everything, setup_runtime
+from prepare_mitbih import load_split
+from train_results import fixed_windows, load_checkpoint, plot_forecasts
+from training import Runtime, Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime
 from vqvae import VQVAE
-from vqvae_eval import run_vqvae, vqvae_choice
+from vqvae_eval import frozen_encodings, run_vqvae, vqvae_choice
 from vqvae_train import shared_run_dirs
 
 
@@ -183,24 +183,12 @@ def main(argv: list[str] | None = None) -> dict:
     def encode(x: torch.Tensor) -> torch.Tensor:
         return encode_drafted(vq, x, piece, fs) if drafted else encode_windows(vq, x, piece)
 
-    aug = scfg.augment
-
-    def encodings() -> tuple[torch.Tensor, torch.Tensor, tuple[list[dict], torch.Tensor] | None]:
-        train_enc, val_enc = (
-            cached_encoding(kind, f"{weights_digest(vq)}:{d['data_hash']}:{d['input_hash']}:{split}:{piece}",
-                            lambda d=d: encode(d["signals"]), args.prepared, split)
-            for split, d in (("train", train), ("validation", val)))
-        # stretched, rescaled copies of the training records (beats moved with them)
-        return train_enc, val_enc, (augmented_encoding(kind, train, aug, cfg.data, scfg.train.seed, encode,
-                                                       weights_digest(vq), args.prepared) if aug.copies else None)
-    train_enc, val_enc, augmented = main_first(rt, encodings)
+    train_enc, val_enc, augmented = frozen_encodings(kind, vq, encode, {"train": train, "validation": val}, str(piece),
+                                                     scfg.augment, cfg.data, scfg.train.seed, args.prepared, rt)
     encoded, sources = [train_enc], [train]      # sources: where each block's beat annotations come from
     if augmented:
-        copies, extra = augmented
-        encoded.append(extra)
-        sources += copies
-        if rt.is_main:
-            print(f"augmented: {len(extra)} windows from {aug.copies} stretched copies of the training records")
+        encoded.append(augmented[1])
+        sources += augmented[0]
     steps = train["signals"].shape[1] // factor
     all_enc = torch.cat(encoded) if len(encoded) > 1 else train_enc
     train_frames = train_enc[:, :steps]

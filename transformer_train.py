@@ -20,12 +20,12 @@ from drafts import detected_beats
 from forecast import Forecaster, beat_draft, seasonal_draft
 from hyper_params import stored_config
 from hyper_params_transformer import load_transformer_config, transformer_config_from_dict
-from prepare_mitbih import augmented_encoding, cached_encoding, load_split
-from train_results import fixed_windows, load_checkpoint, plot_forecasts, weights_digest
-from training import Trainer, main_first, run_config, run_parser, run_record, seed_everything, setup_runtime
+from prepare_mitbih import load_split
+from train_results import fixed_windows, load_checkpoint, plot_forecasts
+from training import Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
-from vqvae_eval import run_vqvae, vqvae_choice
+from vqvae_eval import frozen_encodings, run_vqvae, vqvae_choice
 from vqvae_train import shared_run_dirs
 
 
@@ -33,11 +33,11 @@ from vqvae_train import shared_run_dirs
 def encode_split(vq: VQVAE, signals: torch.Tensor, chunk: int, batch: int = 512) -> torch.Tensor:
     """Codes [N, T(, Q)] of every window, encoding each `chunk` (one context length) on its
     own: at forecast time the context is encoded without seeing the future, so training codes must
-    be made alike."""
+    be made alike. Encoded on the VQ-VAE's device, returned on the signals'."""
     out = []
     for i in range(0, len(signals), batch):
-        x = signals[i:i + batch].clone()
-        out.append(torch.cat([vq.encode(x[:, t:t + chunk]) for t in range(0, x.shape[1], chunk)], 1))
+        x = signals[i:i + batch].to(vq.device, copy=True)
+        out.append(torch.cat([vq.encode(x[:, t:t + chunk]) for t in range(0, x.shape[1], chunk)], 1).to(signals.device))
     return torch.cat(out)
 
 
@@ -85,21 +85,11 @@ def main(argv: list[str] | None = None) -> dict:
     kind = "beat_drafted" if arch.draft_beats else "drafted" if arch.draft else "codes"
     encode = ((lambda x: encode_drafted(vq, x, chunk, fs, arch.draft_beats)) if arch.draft
               else (lambda x: encode_split(vq, x, chunk)))
-    aug = tcfg.augment
-
-    def encoded() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        train_codes, val_codes = (
-            cached_encoding(kind, f"{weights_digest(vq)}:{d['data_hash']}:{d['input_hash']}:{split}:{chunk}:steps",
-                            lambda d=d: encode(d["signals"]), args.prepared, split)
-            for split, d in (("train", train), ("validation", val)))
-        extra = augmented_encoding(kind, train, aug, cfg.data, tcfg.train.seed, encode, weights_digest(vq),
-                                   args.prepared)[1] if aug.copies else None
-        return train_codes, val_codes, extra
-    train_codes, val_codes, extra = main_first(rt, encoded)
-    if extra is not None:
-        if rt.is_main:
-            print(f"augmented: {len(extra)} windows from {aug.copies} stretched copies of the training records")
-        train_codes = torch.cat([train_codes, extra])
+    train_codes, val_codes, augmented = frozen_encodings(kind, vq, encode, {"train": train, "validation": val},
+                                                         f"{chunk}:steps", tcfg.augment, cfg.data, tcfg.train.seed,
+                                                         args.prepared, rt)
+    if augmented:
+        train_codes = torch.cat([train_codes, augmented[1]])
     q = cfg.model.num_quantizers
     train_set, val_set = (TensorDataset(*(c.split(q, -1) if arch.draft else (c,))) for c in (train_codes, val_codes))
     model = CodeGPT(cfg.model.codebook_size, train_codes.shape[1], arch.dim, arch.layers, arch.heads,

@@ -231,10 +231,17 @@ class VQVAE(nn.Module):
         self.register_buffer("scale", torch.tensor(scale_mv or [1.0, 1.0], dtype=torch.float32))
 
     @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
     def factor(self) -> int:
         return self.cfg.downsample_factor
 
     def _check(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a torch tensor [B, T, 2] in mV, got {type(x).__name__}: "
+                            f"pass torch.as_tensor(x, dtype=torch.float32, device=vq.device)")
         if x.ndim != 3 or x.shape[-1] != 2 or x.shape[1] % self.factor:
             raise ValueError(f"expected [B, T, 2] with T a multiple of {self.factor}, got {tuple(x.shape)}")
 

@@ -11,15 +11,17 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 import paths
-from hyper_params import stored_config
-from prepare_mitbih import load_split, source_fs
-from train_results import load_checkpoint, plot_windows
+from hyper_params import AugmentConfig, DataConfig, stored_config
+from prepare_mitbih import augmented_encoding, cached_encoding, load_split, source_fs
+from train_results import load_checkpoint, plot_windows, weights_digest
+from training import Runtime, main_first
 from vqvae import VQVAE, vqvae_from
 from paths import UserError
 
@@ -54,6 +56,28 @@ def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dic
     path = args.vqvae or latest_checkpoint("vqvae", args.checkpoints)
     model, ckpt = load_vqvae(path, inner=True)     # a forecaster's too: a new forecaster on the shipped codes
     return model, ckpt, str(path)
+
+
+def frozen_encodings(kind: str, vq: VQVAE, encode: Callable[[torch.Tensor], torch.Tensor], splits: dict[str, dict],
+                     key: str, aug: AugmentConfig, data_cfg: DataConfig, seed: int, prepared: str | None,
+                     rt: Runtime) -> tuple[torch.Tensor, torch.Tensor, tuple[list[dict], torch.Tensor] | None]:
+    """The training and validation windows (`splits`) encoded once by the frozen `vq`, and `aug.copies` stretched
+    copies of the training records with theirs, cached under `kind` (`key`: what else the encoding depends on).
+    Rank 0 computes them first (main_first), on the run's device."""
+    digest = weights_digest(vq)
+    vq.to(rt.device)
+
+    def compute() -> tuple[torch.Tensor, torch.Tensor, tuple[list[dict], torch.Tensor] | None]:
+        train_enc, val_enc = (
+            cached_encoding(kind, f"{digest}:{d['data_hash']}:{d['input_hash']}:{split}:{key}",
+                            lambda d=d: encode(d["signals"]), prepared, split)
+            for split, d in splits.items())
+        return train_enc, val_enc, (augmented_encoding(kind, splits["train"], aug, data_cfg, seed, encode, digest,
+                                                       prepared) if aug.copies else None)
+    train_enc, val_enc, augmented = main_first(rt, compute)
+    if augmented and rt.is_main:
+        print(f"augmented: {len(augmented[1])} windows from {aug.copies} stretched copies of the training records")
+    return train_enc, val_enc, augmented
 
 
 def vqvae_choice(args: argparse.Namespace, source: str) -> str:

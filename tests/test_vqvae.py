@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,6 +34,11 @@ def test_shapes_for_any_multiple_of_the_factor(attention: bool, length: int) -> 
 def test_rejects_length_not_multiple_of_factor() -> None:
     with pytest.raises(ValueError, match="multiple of 4"):
         tiny_model().encode(torch.randn(1, 66, 2))
+
+
+def test_numpy_windows_get_a_hint() -> None:
+    with pytest.raises(TypeError, match="torch.as_tensor"):
+        tiny_model().encode(np.zeros((1, 64, 2), np.float32))
 
 
 def test_compression_ratio() -> None:
