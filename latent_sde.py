@@ -156,8 +156,10 @@ class LatentSDE(nn.Module):
 
     def f(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Posterior drift: the prior's plus a correction of z[:corrected] from the frames around t."""
-        now = min(int(math.floor(float(t) * self.rate + 1e-3)), len(self._ctx) - 1)
-        ahead = min(now + 1, len(self._ctx) - 1)
+        last = len(self._ctx) - 1
+        # the frame index stays a tensor: float(t) would wait on the GPU at every solver step
+        now = (torch.as_tensor(t).double() * self.rate + 1e-3).floor().long().clamp(max=last)
+        ahead = (now + 1).clamp(max=last)
         c = soft_clip(self.correction(torch.cat([self.features(z), self._ctx[ahead]], -1)))
         if self.phase:
             gain = torch.sigmoid(self.lock) / self.cfg.solver.dt  # gain * dt < 1: stable under Euler
