@@ -133,15 +133,16 @@ def preparation_mismatch(model: ForecasterBase, cfg: Config) -> str:
                      if own is not None and getattr(own, k, None) != getattr(cfg.data, k))
 
 
-def training_patients(model: ForecasterBase, records: list[str]) -> list[str]:
-    """The records among `records` that the model trained on, as its checkpoint lists them (for older ones: that
-    its data config trains on, were they MIT-BIH's): scored here, they would be no test."""
+def seen_patients(model: ForecasterBase, records: list[str], split: str = "train") -> list[str]:
+    """The records among `records` that the model trained on (`split` "train") or chose its checkpoint on
+    ("validation"), as its checkpoint lists them (for older ones: as its data config splits MIT-BIH):
+    scored here, they would be no test."""
     from prepare_mitbih import DS1, DS2, PACED, config_split
-    trained = getattr(model, "train_records", None)
+    listed = getattr(model, f"{split}_records", None)
     own = getattr(getattr(model, "cfg", None), "data", None)
-    if not trained and own is not None:
-        trained = config_split(DS1 + DS2 + PACED, own)["train"]
-    return [r for r in records if r in (trained or [])]
+    if not listed and own is not None:
+        listed = config_split(DS1 + DS2 + PACED, own)[split]
+    return [r for r in records if r in (listed or [])]
 
 
 def expand_models(specs: list[str]) -> list[str]:
@@ -772,11 +773,15 @@ def main(argv: list[str] | None = None) -> Path:
     if len(w.record) == 0:
         raise UserError(f"no windows to evaluate in {w.source['path']}")
     scored = [w.records[i] for i in np.unique(w.record)]
+    splits = {"train": "was trained on"}
+    if args.wfdb_dir or args.split != "validation":     # scoring the validation split is what it is for
+        splits["validation"] = "chose its checkpoint on"
     for label, f in forecasters.items():
-        if seen := training_patients(f, scored):       # baselines carry no config, so never
-            warnings.append(f"{label} was trained on records {', '.join(seen)}, evaluated here too: if these are "
-                            f"the same recordings, their scores are no test")
-            print(f"warning: {warnings[-1]}", file=sys.stderr)
+        for split, did in splits.items():
+            if seen := seen_patients(f, scored, split):       # baselines carry no config, so never
+                warnings.append(f"{label} {did} records {', '.join(seen)}, evaluated here too: if these are "
+                                f"the same recordings, their scores are no test")
+                print(f"warning: {warnings[-1]}", file=sys.stderr)
     paths.check_writable(paths.location("results", args.results))     # before the work, not after
     print(f"evaluating {', '.join(forecasters)} on {len(scored)} records, {len(w.record)} windows")
     scores, truth_sums = evaluate(forecasters, w, context, fs, args.samples, args.seed)

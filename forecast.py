@@ -45,6 +45,11 @@ class ForecasterBase:
         scores the rhythm of the first few paths of each window only."""
         raise NotImplementedError
 
+    def from_run(self, path: str | Path, ckpt: dict) -> None:
+        """Where a trained forecaster came from, and the patients it saw (evaluate.py warns when it scores them)."""
+        self.checkpoint = str(path)
+        self.train_records, self.validation_records = (seen_records(ckpt, s) for s in ("train", "validation"))
+
 
 def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples: int = 1, seed: int = 0
                ) -> np.ndarray:
@@ -101,11 +106,12 @@ def one_by_one(predict: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     return each
 
 
-def train_records(ckpt: dict) -> list[str]:
-    """The records a forecaster checkpoint and its VQ-VAE were trained on, as their runs stored them (none
-    before session 21: evaluate.py then assumes MIT-BIH's split of the stored config)."""
-    found = ckpt["meta"].get("train_records", []) + ckpt["vqvae"].get("meta", {}).get("train_records", [])
-    return sorted(set(found))
+def seen_records(ckpt: dict, split: str = "train") -> list[str]:
+    """The records a forecaster checkpoint and its VQ-VAE were trained on (`split` "train") or chose their
+    checkpoints on ("validation"), as their runs stored them (none before sessions 21 and 23: evaluate.py then
+    assumes MIT-BIH's split of the stored config)."""
+    key = f"{split}_records"
+    return sorted(set(ckpt["meta"].get(key, []) + ckpt["vqvae"].get("meta", {}).get(key, [])))
 
 
 def warn_short_context(samples: int, trained: int, fs: int) -> None:
@@ -151,7 +157,7 @@ class Forecaster(ForecasterBase):
                       arch.rope, cfg.model.num_quantizers, arch.draft)
         gpt.load_state_dict(ckpt["model"])
         out = cls(vq, gpt, cfg, tcfg.sample, device, arch.draft_beats)
-        out.checkpoint, out.train_records = str(path), train_records(ckpt)
+        out.from_run(path, ckpt)
         return out
 
     @classmethod

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 import torchsde
 
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, hold_matrix, hold_to_band
-from forecast import ForecasterBase, one_by_one, train_records, warn_short_context
+from forecast import ForecasterBase, one_by_one, warn_short_context
 from hyper_params import Config
 from hyper_params_sde import SDEConfig, sde_config_from_dict
 from vqvae import VQVAE, vqvae_from
@@ -417,7 +417,7 @@ class LatentSDEForecaster(ForecasterBase):
         sde = LatentSDE(cfg.model.latent_dim, scfg, cfg.data.samples_per_second / cfg.model.downsample_factor)
         sde.load_state_dict(ckpt["model"])
         out = cls(vq, sde, cfg, scfg, device)
-        out.checkpoint, out.train_records = str(path), train_records(ckpt)
+        out.from_run(path, ckpt)
         return out
 
     @one_by_one

@@ -122,7 +122,7 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     piece = fc.cfg.data.window_samples
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde_crps")
     config = {**scfg.to_dict(), "vqvae": start["config"]["vqvae"]}
-    meta = run_record(config, settings.seed, train, rt, sys.argv if argv is None else argv)
+    meta = run_record(config, settings.seed, train, val, rt, sys.argv if argv is None else argv)
     meta.update(crps_from=str(source), vqvae_checkpoint=start["meta"].get("vqvae_checkpoint", str(source)))
     fixed = fixed_windows(val, settings.plot_windows).numpy()
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     context = piece // factor
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde")
     config = {**scfg.to_dict(), "vqvae": vq_ckpt["config"]}
-    meta = run_record(config, scfg.train.seed, train, rt, sys.argv if argv is None else argv)
+    meta = run_record(config, scfg.train.seed, train, val, rt, sys.argv if argv is None else argv)
     meta["vqvae_checkpoint"] = vq_source
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]}}
     fixed = fixed_windows(val, scfg.train.plot_windows).numpy()

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
                     arch.dropout, arch.rope, q, arch.draft)
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "transformer")
     config = {**tcfg.to_dict(), "vqvae": vq_ckpt["config"]}
-    meta = run_record(config, tcfg.train.seed, train, rt, sys.argv if argv is None else argv)
+    meta = run_record(config, tcfg.train.seed, train, val, rt, sys.argv if argv is None else argv)
     meta["vqvae_checkpoint"] = vq_path
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]},
               "block_size": int(train_codes.shape[1])}

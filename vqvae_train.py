@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     fs = int(train["fs"])
     model = VQVAE(cfg.model, train["scale_mv"].tolist())
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume_ckpt)
-    meta = run_record(cfg.to_dict(), cfg.train.seed, train, rt, sys.argv if argv is None else argv)
+    meta = run_record(cfg.to_dict(), cfg.train.seed, train, val, rt, sys.argv if argv is None else argv)
     fixed = fixed_windows(val, cfg.train.plot_windows)
 
     def epoch_end(m: VQVAE, epoch: int, is_main: bool) -> dict:

@@ -234,14 +234,14 @@ def test_cli_prints_one_error_line(tmp_path):
 
 
 def test_scoring_a_model_on_its_training_patients_is_flagged(tmp_path):
-    """A folder naming MIT-BIH training records (101 trains the shipped model; 100 is DS2): the report says
-    those scores are no test."""
-    for name in ("100", "101"):
+    """A folder naming MIT-BIH training and validation records (101 trains the shipped model, 109 chose it; 100 is
+    DS2): the report says those scores are no test."""
+    for name in ("100", "101", "109"):
         write_record(tmp_path / "db", name, seconds=12, seed=int(name))
     run, result = _run(["--model", "pretrained", "zero", "--wfdb-dir", str(tmp_path / "db"), "--samples", "2",
                         "--max-windows-per-record", "1", "--results", str(tmp_path / "results")])
     warning = result["header"]["warnings"]
-    assert "records 101," in warning and "100" not in warning
+    assert "trained on records 101," in warning and "checkpoint on records 109," in warning and "100" not in warning
     assert "no test" in (run / "report.md").read_text()
     assert result["header"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -103,11 +103,12 @@ def test_tiny_train_then_forecast(trained: dict) -> None:
     assert out.std(axis=1).mean() > 0  # sampled paths differ
 
 
-def test_a_checkpoint_knows_its_training_patients(trained: dict) -> None:
+def test_a_checkpoint_knows_its_training_and_validation_patients(trained: dict) -> None:
     """Stored with the run (Transformer and VQ-VAE), so evaluate.py warns when it scores them, on any database."""
     fc = Forecaster.from_checkpoint(trained["ckpt"], "cpu")
-    assert fc.train_records == ["102", "103", "104", "105"]
-    assert evaluate.training_patients(fc, ["100", "101", "103", "999"]) == ["103"]
+    assert fc.train_records == ["102", "103", "104", "105"] and fc.validation_records == ["101"]
+    assert evaluate.seen_patients(fc, ["100", "101", "103", "999"]) == ["103"]
+    assert evaluate.seen_patients(fc, ["100", "101", "103", "999"], "validation") == ["101"]
 
 
 def test_same_seed_same_forecast(trained: dict) -> None:
