@@ -136,4 +136,6 @@ BASELINES: dict[str, type[ForecasterBase]] = {
 
 def make_baseline(name: str, fs: int) -> ForecasterBase:
     """A baseline by its --model name (see BASELINES)."""
+    if name not in BASELINES:
+        raise ValueError(f"no baseline {name!r}; there are {', '.join(BASELINES)}")
     return BASELINES[name](fs)

@@ -105,7 +105,10 @@ def user_forecaster(spec: str, fs: int) -> ForecasterBase:
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"--model {spec}: importing {source} failed: {type(e).__name__}: {e}") from e
+        file = source.replace(".", "/") + ".py"
+        hint = (f" (a file? --model {file}:{name} loads it by its path; a module name is looked up on "
+                f"PYTHONPATH, not in the working folder)" if isinstance(e, ModuleNotFoundError) else "")
+        raise UserError(f"--model {spec}: importing {source} failed: {type(e).__name__}: {e}{hint}") from e
     if not callable(getattr(module, name, None)):
         raise UserError(f"--model {spec}: {source} has no class or function {name}")
     try:

@@ -117,7 +117,7 @@ def assign_splits(names: list[str], test: list[str], validation: list[str]) -> d
 def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir / MITBIH_DIR") -> list[str]:
     """Record names in data_dir; download MIT-BIH there first when the folder is missing or empty and download
     is allowed (never into a folder of the user's files: records in subfolders, say)."""
-    names = sorted(p.stem for p in data_dir.glob("*.hea")) if data_dir.is_dir() else []
+    names = header_stems(data_dir)
     if names:
         return names
     hint = (f"put the MIT-BIH WFDB files (NNN.hea, NNN.dat, NNN.atr) in {data_dir}, or point "
@@ -136,10 +136,35 @@ def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir 
     except Exception as e:  # wfdb raises requests' errors, OSError, ValueError...
         first_line = (str(e).splitlines() or [type(e).__name__])[0][:160]
         raise UserError(f"no WFDB records in {data_dir} and the download failed ({first_line}): {hint}") from e
-    names = sorted(p.stem for p in data_dir.glob("*.hea"))
+    names = header_stems(data_dir)
     if not names:
         raise UserError(f"the download into {data_dir} produced no records: {hint}")
     return names
+
+
+def header_stems(data_dir: Path) -> list[str]:
+    """The records of a folder: its headers, less the segments and layouts of multi-segment records (read
+    through their master header, they would count one recording twice)."""
+    stems = sorted(p.stem for p in data_dir.glob("*.hea")) if data_dir.is_dir() else []
+    parts = {seg for name in stems for seg in segment_names(data_dir / f"{name}.hea")}
+    return [n for n in stems if n not in parts]
+
+
+def segment_names(header: Path) -> list[str]:
+    """The segments (and layout) a multi-segment master header lists, [] for any other header."""
+    lines = header_lines(header)
+    if not lines or "/" not in lines[0][0]:
+        return []
+    return [ln[0] for ln in lines[1:] if ln[0] != "~"]
+
+
+def header_lines(header: Path) -> list[list[str]]:
+    """The fields of a header's lines, comments left out ([] when it can't be read)."""
+    try:
+        return [ln.split() for ln in header.read_text(errors="replace").splitlines()
+                if ln.strip() and not ln.lstrip().startswith("#")]
+    except OSError:
+        return []
 
 
 def resample_ratio(fs_in: float, fs_out: int, where: str) -> Fraction:
@@ -158,29 +183,39 @@ def _lead_key(name: str) -> str:
     return re.sub(r"^(LEAD|ECG)(?=.)", "", key)
 
 
-def check_two_leads(names: list[str], where: str) -> None:
+def is_ecg_unit(unit: str | None) -> bool:
+    """Channels in mV, uV or V (or without units, read as mV) are ECG leads; PLETH in NU or ABP in mmHg are not."""
+    return str(unit or "mV").strip().lower() in UNITS_TO_MV
+
+
+def check_two_leads(names: list[str], where: str, others: list[str] = ()) -> None:
     if len(names) < 2:
-        raise UserError(f"{where}: needs two leads, has {len(names)} ({', '.join(map(str, names))})")
+        skipped = f"; not ECG: {', '.join(others)} (leads are in mV, uV or V)" if others else ""
+        raise UserError(f"{where}: needs two leads, has {len(names)} ({', '.join(map(str, names))}){skipped}")
 
 
-def order_leads(names: list[str], first: str, where: str) -> list[int]:
-    """Channel indices [lead 1, lead 2] of a record whose channels are called `names`.
+def order_leads(names: list[str], first: str, where: str, units: list[str | None] | None = None) -> list[int]:
+    """Channel indices [lead 1, lead 2] of a record whose channels are called `names`, among those in ECG
+    units (is_ecg_unit), so that an ICU record's PLETH or ABP is passed over.
 
     Lead 1 is the channel named `first` (cfg.first_lead, e.g. MLII; exact name, else the same name
     compared as in LEAD_PREFERENCE); without one, the first LEAD_PREFERENCE group the record has
-    (lead II, then I, III, aVF, aVL, aVR); without any, channel 0. Lead 2 is V1, else the first other
-    channel.
+    (lead II, then I, III, aVF, aVL, aVR); without any, the first ECG channel. Lead 2 is V1, else the first
+    other ECG channel.
     """
-    check_two_leads(names, where)
-    keys = [_lead_key(n) for n in names]
-    choices = [[i for i, n in enumerate(names) if n == first]]
-    choices += [[i for i, k in enumerate(keys) if k in group] for group in [(_lead_key(first),), *LEAD_PREFERENCE]]
+    units = list(units or [None] * len(names))
+    ecg = [i for i, u in enumerate(units) if is_ecg_unit(u)]
+    check_two_leads([names[i] for i in ecg], where,
+                    [f"{names[i]} in '{units[i]}'" for i in range(len(names)) if i not in ecg])
+    keys = {i: _lead_key(names[i]) for i in ecg}
+    choices = [[i for i in ecg if names[i] == first]]
+    choices += [[i for i in ecg if keys[i] in group] for group in [(_lead_key(first),), *LEAD_PREFERENCE]]
     lead1 = next((found[0] for found in choices if found), None)
     if lead1 is None:
+        lead1 = ecg[0]
         print(f"note: {where}: no channel is {first} or a limb lead ({', '.join(map(str, names))}); lead 1 is "
-              f"channel 0, {names[0]}", file=sys.stderr)
-        lead1 = 0
-    others = [j for j in range(len(names)) if j != lead1]
+              f"channel {lead1}, {names[lead1]}", file=sys.stderr)
+    others = [j for j in ecg if j != lead1]
     return [lead1, next((j for j in others if keys[j] == "V1"), others[0])]
 
 
@@ -190,9 +225,20 @@ def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str
     same either way, so a record reads alike in prepare_mitbih.py, forecast.py and evaluate.py."""
     import scipy.signal
 
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] != 2:
+        flipped = " (transposed? pass x.T)" if x.ndim == 2 and x.shape[0] == 2 else ""
+        raise UserError(f"{where}: expected samples [N, 2], time first, two leads; got {list(x.shape)}{flipped}")
+    if not gaps and not np.isfinite(x).all():
+        i = int(np.argwhere(~np.isfinite(x))[0][0])
+        raise UserError(f"{where}: {int((~np.isfinite(x)).sum())} NaN/invalid samples (first at sample {i}): they "
+                        f"would spread through the whole filtered signal; pass gaps=True to keep them as gaps")
     ratio = resample_ratio(fs_in, cfg.samples_per_second, where)
     lo, hi = cfg.filter_band
-    hi = min(hi, 0.45 * fs_in)
+    if hi > 0.45 * fs_in:
+        hi = 0.45 * fs_in
+        print(f"note: {where}: at {fs_in:g} Hz the low-pass of data.filter_band {list(cfg.filter_band)} sits at "
+              f"{hi:.3g} Hz instead: the record keeps less detail than the data models learn from", file=sys.stderr)
     if hi <= lo:
         raise UserError(f"{where}: sampling rate {fs_in} Hz is too low for data.filter_band {cfg.filter_band}")
     sos = (scipy.signal.butter(cfg.filter_order, [lo, hi], btype="bandpass", fs=fs_in, output="sos") if lo > 0
@@ -273,11 +319,20 @@ def read_header(path: Path) -> wfdb.Record:
     return header
 
 
+def header_leads(path: Path, header: wfdb.Record) -> tuple[list[str], list[str | None]]:
+    """Channel names and units of a header; a multi-segment header keeps them in its layout (or first) segment."""
+    if getattr(header, "seg_name", None):
+        first = next((n for n in header.seg_name if n != "~"), None)
+        if first is None:
+            raise UserError(f"{path}.hea: a multi-segment record without a segment")
+        header = _wfdb_read(wfdb.rdheader, path.parent / first, f"{path.parent / first}.hea: cannot read the header")
+    names = list(header.sig_name or [])
+    return names, list(header.units or [None] * len(names))
+
+
 def check_rate_field(path: Path) -> None:
     """wfdb reads a sampling rate it cannot parse as the WFDB default, 250 Hz, and says nothing."""
-    lines = [ln for ln in Path(f"{path}.hea").read_text(errors="replace").splitlines()
-             if ln.strip() and not ln.lstrip().startswith("#")]
-    fields = lines[0].split() if lines else []
+    fields = (header_lines(Path(f"{path}.hea")) or [[]])[0]
     if len(fields) >= 3:
         rate = fields[2].split("/")[0].split("(")[0]
         try:
@@ -288,15 +343,21 @@ def check_rate_field(path: Path) -> None:
             raise UserError(f"{path}.hea: the sampling frequency field {fields[2]!r} is not a positive number")
 
 
+def secs(v: float) -> str:
+    """Seconds to a tenth, or to the millisecond when a tenth would round 5.992 s up to a window's 6.0 s."""
+    return f"{v:.1f}" if abs(v - round(v, 1)) < 1e-9 else f"{v:.3f}"
+
+
 def check_record(path: Path, cfg: DataConfig) -> None:
     """The cheap checks (header, file sizes, sampling rate, leads, length) without reading or filtering samples."""
     path = record_path(path)
     header = read_header(path)
-    check_two_leads(list(header.sig_name or []), str(path))
+    names, units = header_leads(path, header)
+    order_leads(names, cfg.first_lead, str(path), units)
     ratio = resample_ratio(float(header.fs), cfg.samples_per_second, str(path))
     if header.sig_len and math.ceil(header.sig_len * ratio) < cfg.total_samples:
-        raise UserError(f"{path}: {header.sig_len / header.fs:.1f} s is shorter than one window of "
-                        f"{cfg.total_samples / cfg.samples_per_second:.1f} s")
+        raise UserError(f"{path}: {secs(header.sig_len / header.fs)} s is shorter than one window of "
+                        f"{secs(cfg.total_samples / cfg.samples_per_second)} s")
 
 
 def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator: str | None = "atr") -> Record:
@@ -312,13 +373,9 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
         raise UserError(f"{where}: the record has no samples")
     if rec.sig_len and len(x) != rec.sig_len:
         raise UserError(f"{where}: the .dat holds {len(x)} samples but the header says {rec.sig_len} (truncated?)")
-    order = order_leads(list(rec.sig_name), cfg.first_lead, where)
-    x = x[:, order]
-    for k, i in enumerate(order):
-        unit = str((rec.units or [None] * len(rec.sig_name))[i] or "mV")
-        if unit.strip().lower() not in UNITS_TO_MV:
-            raise UserError(f"{where}: lead {rec.sig_name[i]} is in '{unit}'; only mV, uV and V can be converted to mV")
-        x[:, k] *= UNITS_TO_MV[unit.strip().lower()]
+    units = list(rec.units or [None] * len(rec.sig_name))
+    order = order_leads(list(rec.sig_name), cfg.first_lead, where, units)
+    x = x[:, order] * [UNITS_TO_MV[str(units[i] or "mV").strip().lower()] for i in order]
     bad = ~np.isfinite(x)
     if bad.any() and not gaps:
         i, k = (int(v) for v in np.argwhere(bad)[0])
@@ -330,10 +387,26 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
         raise UserError(f"{where}: lead {rec.sig_name[order[int(np.argmax(dead))]]} has no valid sample")
     x[gap] = np.nan                                   # a sample missing in one lead is a gap in both
     y = filter_and_resample(x, float(rec.fs), cfg, where, gaps)
+    check_swing(y, [rec.sig_name[i] for i in order], [units[i] for i in order], where)
     beats, symbols, has_ann = (_read_beats(path, float(rec.fs), cfg.samples_per_second, len(y), annotator)
                                if annotator else (np.zeros(0, np.int64), [], False))
     return Record(path.name, y, [rec.sig_name[i] for i in order], beats, symbols, float(rec.fs), has_ann,
                   float(gap.sum() / rec.fs))
+
+
+def check_swing(y: np.ndarray, names: list[str], units: list[str | None], where: str) -> None:
+    """An ECG swings 0.1 to 10 mV: far outside that, the header's units are wrong (samples in uV labelled mV,
+    say) or the lead is flat, and every forecast and score of the record would be meaningless."""
+    ok = np.isfinite(y).all(1)
+    if not ok.any():
+        return
+    low, high = np.percentile(y[ok], [0.5, 99.5], axis=0)
+    for name, unit, swing in zip(names, units, high - low):
+        if swing > 50 or swing < 0.002:
+            guess = "samples in uV?" if swing > 50 else "samples in V, or a flat lead?"
+            raise UserError(f"{where}: lead {name} swings {swing:.3g} mV (0.5-99.5th percentile) where an ECG swings "
+                            f"0.1 to 10 mV: its header's units ('{unit or 'mV'}') look wrong ({guess}); fix them in "
+                            f"the .hea")
 
 
 def _first_line(e: BaseException) -> str:
@@ -367,8 +440,9 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = 
                 ) -> tuple[np.ndarray, list[str], bool]:
     check_annotator(annotator)
     if not path.parent.joinpath(f"{path.name}.{annotator}").exists():
-        if annotator != "atr":      # asked for by name: a typo would leave every record unannotated unsaid
-            print(f"note: {path}.{annotator} is missing; the record counts as unannotated (no R-peak scores)",
+        hint = other_annotators(path)
+        if annotator != "atr" or hint:      # asked for by name (a typo), or beats kept under another name
+            print(f"note: {path}.{annotator} is missing; the record counts as unannotated (no R-peak scores){hint}",
                   file=sys.stderr)
         return np.zeros(0, np.int64), [], False
     try:
@@ -378,16 +452,20 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = 
                         f"{_first_line(e)})") from e
     keep = [i for i, s in enumerate(ann.symbol) if s in BEAT_SYMBOLS]
     if not keep:        # rhythm or noise labels only (as AFDB's .atr): scoring R peaks against none would be wrong
-        other = [p.suffix[1:] for p in sorted(path.parent.glob(f"{path.name}.*"))
-                 if p.suffix[1:] in ("qrs", "ecg", "qrsc", "sqrs", "gqrs")]
-        hint = f" (--annotator {other[0]} reads {path.name}.{other[0]})" if other else ""
         print(f"note: {path}.{annotator} has no beat labels; the record counts as unannotated (no R-peak scores)"
-              f"{hint}", file=sys.stderr)
+              f"{other_annotators(path)}", file=sys.stderr)
         return np.zeros(0, np.int64), [], False
     keep.sort(key=lambda i: ann.sample[i])
     pos = np.round(np.asarray(ann.sample, np.float64)[keep] * fs_out / fs_in).astype(np.int64)
     ok = (pos >= 0) & (pos < n)
     return pos[ok], [ann.symbol[i] for i, k in zip(keep, ok) if k], True
+
+
+def other_annotators(path: Path) -> str:
+    """A hint naming a beat annotation file of the record under a usual other name, or ''."""
+    other = [p.suffix[1:] for p in sorted(path.parent.glob(f"{path.name}.*"))
+             if p.suffix[1:] in ("qrs", "ecg", "qrsc", "sqrs", "gqrs")]
+    return f" (--annotator {other[0]} reads {path.name}.{other[0]})" if other else ""
 
 
 def window_starts(n: int, cfg: DataConfig, overlap: bool, spans: list[tuple[int, int]] | None = None) -> np.ndarray:
@@ -439,19 +517,28 @@ def check_annotated(data_dir: Path, names: list[str], annotator: str) -> None:
     """An annotator asked for by name must exist for some record: a typo would leave them all unannotated."""
     check_annotator(annotator)
     if annotator != "atr" and not any((data_dir / f"{n}.{annotator}").exists() for n in names):
-        raise UserError(f"--annotator {annotator}: no record in {data_dir} has a .{annotator} file")
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise UserError(f"--annotator {annotator}: none of the records read from {data_dir} ({shown}) has a "
+                        f".{annotator} file")
 
 
 def hash_inputs(data_dir: Path, names: list[str], annotator: str = "atr") -> str:
     """sha256 over the bytes of every input file, so results can name the exact data they saw."""
     h = hashlib.sha256()
     for name in names:
-        for ext in (".hea", ".dat", f".{annotator}"):
-            p = data_dir / f"{name}{ext}"
+        for p in input_files(data_dir, name) + [data_dir / f"{name}.{annotator}"]:
             if p.exists():
                 h.update(p.name.encode())
                 h.update(p.read_bytes())
     return h.hexdigest()[:16]
+
+
+def input_files(data_dir: Path, name: str) -> list[Path]:
+    """A record's header and the signal files it names; a multi-segment record's are its segments'."""
+    header = data_dir / f"{name}.hea"
+    if segments := segment_names(header):
+        return [header] + [p for seg in segments for p in input_files(data_dir, seg)]
+    return [header] + [data_dir / f for f in dict.fromkeys(ln[0] for ln in header_lines(header)[1:])]
 
 
 def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | None = None,
@@ -540,7 +627,7 @@ def check_windows(rec: Record, cfg: DataConfig, where: str) -> None:
     fs, need = cfg.samples_per_second, cfg.total_samples / cfg.samples_per_second
     if not rec.invalid_s:
         if len(rec.signal) < cfg.total_samples:
-            raise UserError(f"{where}: {len(rec.signal) / fs:.1f} s is shorter than one window of {need:.1f} s")
+            raise UserError(f"{where}: {secs(len(rec.signal) / fs)} s is shorter than one window of {secs(need)} s")
         return
     spans = finite_stretches(rec.signal)
     longest = max((b - a for a, b in spans), default=0)

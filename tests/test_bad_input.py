@@ -414,6 +414,11 @@ def test_beats_from_another_annotator(tmp_path, capsys):
     wfdb.wrann("af", "qrs", beats, symbol=["N"] * len(beats), write_dir=str(db))
     assert not pm.read_record(db / "af", config_from_dict({}).data).has_annotations
     assert "(--annotator qrs reads af.qrs)" in capsys.readouterr().err
+    (db / "af.atr").rename(db / "af.atr.bak")          # beats only in .qrs: the missing .atr points there too
+    assert not pm.read_record(db / "af", config_from_dict({}).data).has_annotations
+    assert "af.atr is missing; the record counts as unannotated (no R-peak scores) (--annotator qrs reads af.qrs)" \
+        in capsys.readouterr().err
+    (db / "af.atr.bak").rename(db / "af.atr")
     rec = pm.read_record(db / "af", config_from_dict({}).data, annotator="qrs")
     assert rec.has_annotations and np.array_equal(rec.beats, np.round(beats * 128 / 360).astype(int))
     run = evaluate.main(["--model", "seasonal", "--wfdb-dir", str(db), "--annotator", "qrs",
@@ -421,7 +426,7 @@ def test_beats_from_another_annotator(tmp_path, capsys):
     report = (run / "report.md").read_text()
     assert "beats from .qrs" in report and "| af | MLII, V1 | 360 | yes |" in report
     for bad, needle in ((["--annotator", "../x", "--wfdb-dir", str(db)], "'../x'"),
-                        (["--annotator", "qsr", "--wfdb-dir", str(db)], "no record in .* has a .qsr file"),
+                        (["--annotator", "qsr", "--wfdb-dir", str(db)], "none of the records read from .* has a .qsr file"),
                         (["--annotator", "qrs"], "--annotator reads records of --wfdb-dir")):
         with pytest.raises(UserError, match=needle):
             evaluate.main(["--model", "seasonal", "--results", str(tmp_path / "results"), *bad])

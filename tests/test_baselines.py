@@ -125,3 +125,8 @@ def test_draw_periods_centre_on_the_period_with_its_spread():
     assert 4 < p[0].std() < 6 and 18 < p[1].std() < 22                # at least 5 % of the period; else the RR SD
     assert np.array_equal(p, B.draw_periods(period, spread, 0.05, 4000, 0, FS, C))
     assert p.min() >= round(D.MIN_PERIOD_S * FS) and p.max() <= C
+
+
+def test_an_unknown_baseline_names_the_ones_there_are():
+    with pytest.raises(ValueError, match="no baseline 'nope'; there are zero, "):
+        B.make_baseline("nope", 128)

@@ -160,6 +160,65 @@ def test_read_record_converts_microvolts(tmp_path):
         pm.read_record(tmp_path / "nu", cfg)
 
 
+def test_channels_in_other_units_are_not_leads(tmp_path):
+    """An ICU record (PLETH, II, V): the pulse wave is passed over; with one ECG lead left, the error names it."""
+    x, _ = synthetic_ecg(20.0, 360.0, seed=6)
+    pleth = 50 + 10 * np.sin(np.arange(len(x)) / 360.0 * 2 * np.pi)
+    for name, chans, units in (("icu", ("PLETH", "II", "V"), ("NU", "mV", "mV")), ("one", ("PLETH", "II"), ("NU", "mV"))):
+        sig = np.column_stack([pleth, x][:len(chans)]) if name == "one" else np.column_stack([pleth, x])
+        wfdb.wrsamp(name, fs=360, units=list(units), sig_name=list(chans), p_signal=sig[:, :len(chans)],
+                    fmt=["16"] * len(chans), adc_gain=[100.0] * len(chans), baseline=[0] * len(chans),
+                    write_dir=str(tmp_path))
+    cfg = make_cfg().data
+    assert pm.read_record(tmp_path / "icu", cfg).leads == ["II", "V"]
+    pm.check_record(tmp_path / "icu", cfg)
+    with pytest.raises(UserError, match=r"one: needs two leads, has 1 \(II\); not ECG: PLETH in 'NU'"):
+        pm.check_record(tmp_path / "one", cfg)
+
+
+def test_units_that_cannot_be_right_are_refused(tmp_path):
+    """Samples in uV under a header saying mV would be forecast and scored 1000 times too large."""
+    x, _ = synthetic_ecg(20.0, 360.0, seed=6)
+    write_signal(tmp_path, "wrong", x * 1000.0, units="mV", gain=1.0)
+    write_signal(tmp_path, "flat", x / 1000.0, units="mV", gain=100000.0)
+    for name, guess in (("wrong", "uV"), ("flat", "in V")):
+        with pytest.raises(UserError, match=f"{name}: lead MLII swings .* mV .*'mV'.*{guess}"):
+            pm.read_record(tmp_path / name, make_cfg().data)
+
+
+def test_multi_segment_records_are_one_record(tmp_path):
+    """A master header and its segments: read through the master, and its segments are not records of their own."""
+    x, _ = synthetic_ecg(20.0, 360.0, seed=7)
+    for k, part in enumerate((x[:3600], x[3600:]), 1):
+        write_signal(tmp_path, f"m_{k}", part)
+    (tmp_path / "m.hea").write_text(f"m/2 2 360 {len(x)}\nm_1 3600\nm_2 {len(x) - 3600}\n")
+    write_signal(tmp_path, "other", x)
+    assert pm.find_records(tmp_path, download=False) == ["m", "other"]
+    cfg = make_cfg().data
+    pm.check_record(tmp_path / "m", cfg)
+    np.testing.assert_allclose(pm.read_record(tmp_path / "m", cfg).signal,
+                               pm.read_record(tmp_path / "other", cfg).signal, atol=1e-4)
+    before = pm.hash_inputs(tmp_path, ["m"])
+    write_signal(tmp_path, "m_2", x[3600:] * 0.9)
+    assert pm.hash_inputs(tmp_path, ["m"]) != before         # the segments' samples are part of the data hash
+
+
+def test_filter_and_resample_refuses_what_it_would_spoil():
+    cfg = make_cfg().data
+    x = np.random.default_rng(0).standard_normal((3600, 2))
+    with pytest.raises(UserError, match=r"my ecg: expected samples \[N, 2\].*\[2, 3600\] \(transposed\? pass x.T\)"):
+        pm.filter_and_resample(x.T, 360, cfg, "my ecg")
+    x[100, 1] = np.nan
+    with pytest.raises(UserError, match="my ecg: 1 NaN/invalid samples .*sample 100.*gaps=True"):
+        pm.filter_and_resample(x, 360, cfg, "my ecg")
+    y = pm.filter_and_resample(x, 360, cfg, "my ecg", gaps=True)
+    assert np.isnan(y).any() and np.isfinite(y).mean() > 0.5
+
+
+def test_a_record_a_few_samples_short_says_so():
+    assert (pm.secs(5.992), pm.secs(6.0), pm.secs(4.25)) == ("5.992", "6.0", "4.250")
+
+
 def test_window_beats_match_annotations(prepared):
     total = 0
     for split, t in prepared.tensors.items():
