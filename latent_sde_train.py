@@ -118,7 +118,7 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     seed_everything(settings.seed)
     fc = LatentSDEForecaster.from_checkpoint_dict(start, source, rt.device)
     model = PathCRPS(fc, c.samples)
-    train, val = (load_split(split, fc.cfg, args.prepared) for split in ("train", "validation"))
+    train, val = (load_split(split, fc.cfg, args.prepared, any_records=True) for split in ("train", "validation"))
     piece = fc.cfg.data.window_samples
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde_crps")
     config = {**scfg.to_dict(), "vqvae": start["config"]["vqvae"]}
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     if rt.is_main:
         print(f"VQ-VAE: {vqvae_choice(args, vq_source)}")
     seed_everything(scfg.train.seed)
-    train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
+    train, val = (load_split(split, cfg, args.prepared, any_records=True) for split in ("train", "validation"))
     piece, factor = cfg.data.window_samples, cfg.model.downsample_factor
     fs = int(train["fs"])
     drafted = scfg.model.draft_beats

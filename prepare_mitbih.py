@@ -656,8 +656,10 @@ def good_records(names: Iterable[str], check: Callable[[str], None], skip_bad: b
     return good
 
 
-def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None) -> dict:
-    """Open a prepared split memory-mapped, refusing tensors made with another data config."""
+def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None, any_records: bool = False) -> dict:
+    """Open a prepared split memory-mapped, refusing tensors made with another data config. With `any_records`
+    (a forecaster trained on a frozen VQ-VAE), other record lists are fine: the VQ-VAE needs windows made alike,
+    not the patients it was trained on."""
     import torch
 
     path = paths.location("prepared", prepared_dir) / f"{split}.pt"
@@ -672,14 +674,33 @@ def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None) 
     if len(data["signals"]) == 0:
         raise UserError(f"{path} holds no windows: no record of the {split} split was prepared (config "
                         f"data.{split}_records, or prepare_mitbih.py --records)")
-    if data.get("data_hash") != data_hash(cfg.data):
-        raise UserError(f"{path} was prepared with another data config (hash {data.get('data_hash')} != "
-                        f"{data_hash(cfg.data)}); pass the config it was prepared with (--config; its meta.json keeps "
-                        f"the data section), or prepare with `python3 prepare_mitbih.py --config F [--out DIR]`, "
-                        f"F holding this run's data section (a forecaster's: its VQ-VAE's), and pass --prepared DIR "
-                        f"(to score a model on data prepared with your own record lists: evaluate.py --config F "
-                        f"--prepared DIR)")
-    return data
+    if data.get("data_hash") == data_hash(cfg.data):
+        return data
+    if any_records:
+        differ = preparation_differences(path.parent, cfg.data)
+        if not differ:
+            return data
+        raise UserError(f"{path} was prepared unlike the VQ-VAE's data ({differ}): prepare with `python3 "
+                        f"prepare_mitbih.py --config F --out DIR`, F holding the VQ-VAE's data section (its record "
+                        f"lists may be your own), and pass --prepared DIR")
+    raise UserError(f"{path} was prepared with another data config (hash {data.get('data_hash')} != "
+                    f"{data_hash(cfg.data)}); pass the config it was prepared with (--config; its meta.json keeps "
+                    f"the data section), or prepare with `python3 prepare_mitbih.py --config F [--out DIR]`, "
+                    f"F holding this run's data section (a forecaster's: its VQ-VAE's), and pass --prepared DIR "
+                    f"(to score a model on data prepared with your own record lists: evaluate.py --config F "
+                    f"--prepared DIR)")
+
+
+def preparation_differences(folder: Path, data: DataConfig) -> str:
+    """How the data section a prepared folder was made with (its meta.json) differs from `data`, record lists
+    aside: '' when its windows are made alike."""
+    try:
+        stored = json.loads((folder / "meta.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{folder / 'meta.json'} is missing or unreadable"
+    wanted = json.loads(json.dumps(asdict(data)))
+    return ", ".join(f"{k} {stored.get(k)!r}, not {v!r}" for k, v in wanted.items()
+                     if k not in ("test_records", "validation_records") and stored.get(k) != v)
 
 
 def source_fs(records: list[str], prepared_dir: str | Path | None = None) -> float | None:

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     if rt.is_main:
         print(f"VQ-VAE: {vqvae_choice(args, vq_path)}")
     seed_everything(tcfg.train.seed)
-    train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
+    train, val = (load_split(split, cfg, args.prepared, any_records=True) for split in ("train", "validation"))
     chunk, fs, arch = cfg.data.window_samples, int(train["fs"]), tcfg.model
     kind = "beat_drafted" if arch.draft_beats else "drafted" if arch.draft else "codes"
     encode = ((lambda x: encode_drafted(vq, x, chunk, fs, arch.draft_beats)) if arch.draft

@@ -436,6 +436,18 @@ def test_load_split_refuses_other_data_config(prepared):
         pm.load_split("train", other, prepared.out)
 
 
+def test_a_forecaster_may_train_on_its_own_record_lists(prepared):
+    """A Transformer on the shipped VQ-VAE (MIT-BIH's lists) trains on a database split its own way; windows made
+    otherwise are still refused, naming what differs."""
+    vq_data = make_cfg()                      # MIT-BIH's default lists, the prepared folder's own are others
+    with pytest.raises(UserError, match="another data config"):
+        pm.load_split("train", vq_data, prepared.out)
+    train = pm.load_split("train", vq_data, prepared.out, any_records=True)
+    assert train["records"] == ["103", "104", "105"]
+    with pytest.raises(UserError, match=r"prepared unlike the VQ-VAE's data \(filter_order 2, not 3\)"):
+        pm.load_split("train", make_cfg(filter_order=3), prepared.out, any_records=True)
+
+
 def test_location_precedence(monkeypatch, tmp_path):
     monkeypatch.delenv("ECG_PREPARED_DIR", raising=False)
     assert paths.location("prepared") == ROOT / "data" / "prepared"
