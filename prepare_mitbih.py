@@ -38,6 +38,7 @@ DS2 = ["100", "103", "105", "111", "113", "117", "121", "123", "200", "202", "21
        "214", "219", "221", "222", "228", "231", "232", "233", "234"]
 PACED = ["102", "104", "107", "217"]
 SAME_PATIENT = [("201", "202")]
+MITBIH_FS = 360                   # its records' rate: a database at another one is not MIT-BIH
 BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
 SPLITS = ("train", "validation", "test")
 DEFAULT_TEST = DS2 + ["201"]
@@ -109,7 +110,7 @@ def assign_splits(names: list[str], test: list[str], validation: list[str]) -> d
     where = {r: s for s, rs in split.items() for r in rs}
     for a, b in SAME_PATIENT:
         if a in where and b in where and where[a] != where[b]:
-            raise UserError(f"records {a} and {b} are the same patient but would be split between "
+            raise UserError(f"records {a} and {b} are the same patient (in MIT-BIH) but would be split between "
                             f"{where[a]} and {where[b]}; put them in the same split")
     return split
 
@@ -577,6 +578,10 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     split = splits_of(names)
     for held in ("validation", "test"):
         listed = getattr(d, f"{held}_records")
+        if split[held] and listed is None and any(loaded[r].fs_in != MITBIH_FS for r in split[held]):
+            print(f"warning: data.{held}_records is null, so MIT-BIH's record names chose the {held} split "
+                  f"({' '.join(split[held])}), but these records are not at MIT-BIH's {MITBIH_FS} Hz: list this "
+                  f"database's held-out patients in config data.{held}_records", file=sys.stderr)
         if split[held]:
             continue
         if listed is None:      # MIT-BIH's default names, none in another database

@@ -354,6 +354,16 @@ def test_same_patient_in_two_splits_raises(tmp_path):
                download=False)
 
 
+def test_mitbih_names_in_another_database_are_pointed_out(tmp_path, capsys):
+    """Records named 100, 103, 104 at 250 Hz: the default lists (MIT-BIH's) would choose their test split by name."""
+    db = tmp_path / "db"
+    for i, name in enumerate(["100", "103", "104"]):
+        write_record(db, name, seconds=8, seed=i, fs=250.0)
+    pm.prepare(make_cfg(), db, tmp_path / "out", download=False)
+    assert ("MIT-BIH's record names chose the test split (100 103), but these records are not at MIT-BIH's 360 Hz"
+            in capsys.readouterr().err)
+
+
 def test_record_in_test_and_validation_raises():
     with pytest.raises(UserError, match="109"):
         pm.assign_splits(MITBIH_48, test=["109"], validation=["109"])
