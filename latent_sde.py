@@ -525,10 +525,18 @@ class PathCRPS(nn.Module):
         self.vq.eval()                          # in training mode its codebooks would update
         return self
 
-    def forward(self, signals: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
+    def forward(self, signals: torch.Tensor, seed: int | torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """`seed`: one for the batch (training: its windows draw their drafts and paths together), or one per
+        window, each then drawn alone as a forecast is: a validation score the same whatever the batches and
+        processes."""
         fc = copy.copy(self.forecaster[0])      # this replica's networks and device (DataParallel copies them)
         fc.sde, fc.vq, fc.device = self.sde, self.vq, signals.device
-        loss, drafts = fc.path_crps(signals, self.num_samples, seed, held=not self.training)
+        if isinstance(seed, torch.Tensor):
+            each = [fc.path_crps(signals[i:i + 1], self.num_samples, int(s), held=not self.training)
+                    for i, s in enumerate(seed.tolist())]
+            loss, drafts = (torch.stack(v).mean() for v in zip(*each))
+        else:
+            loss, drafts = fc.path_crps(signals, self.num_samples, seed, held=not self.training)
         return loss, {"crps": loss.detach(), "drafts_crps": drafts, "gain": drafts - loss.detach()}
 
     def state_dict(self, *args, **kwargs) -> dict:

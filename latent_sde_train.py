@@ -39,7 +39,7 @@ from hyper_params_sde import SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from prepare_mitbih import load_split
 from train_results import fixed_windows, load_checkpoint, plot_forecasts
-from training import Runtime, Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime
+from training import Runtime, Trainer, resumed_seed, run_config, run_parser, run_record, seed_everything, setup_runtime
 from vqvae import VQVAE
 from vqvae_eval import frozen_encodings, run_vqvae, vqvae_choice
 from vqvae_train import shared_run_dirs
@@ -101,6 +101,9 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     scfg = sde_config_from_dict(stored, f"latent SDE config stored in {args.resume or source}")
     if not resume:
         scfg.crps = load_sde_config(args.config).crps
+    elif args.config:
+        paths.note(f"--config {args.config} is ignored: the resumed fine-tuning goes on with the crps settings "
+                   f"stored in {args.resume} (flags such as --epochs still change them)")
     c = scfg.crps
     for arg, key in (("epochs", "epochs"), ("max_steps", "steps_per_epoch"), ("batch_size", "batch_size")):
         if getattr(args, arg) is not None:      # into the config the run stores: a resume goes on with them
@@ -108,7 +111,7 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     if args.seed is not None:
         scfg.train.seed = args.seed
     if resume:
-        scfg.train.seed = resume["meta"]["seed"]
+        scfg.train.seed = resumed_seed(args, resume)
     scfg.validate()
     settings = dataclasses.replace(scfg.train, epochs=c.epochs, max_steps_per_epoch=c.steps_per_epoch,
                                    batch_size=c.batch_size, learning_rate=c.learning_rate, weight_decay=0.0,
@@ -121,14 +124,16 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     train, val = (load_split(split, fc.cfg, args.prepared, any_records=True) for split in ("train", "validation"))
     piece = fc.cfg.data.window_samples
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde_crps")
-    config = {**scfg.to_dict(), "vqvae": start["config"]["vqvae"]}
+    # the train section this run trains with (its crps settings over the ELBO run's), not the ELBO run's
+    config = {**scfg.to_dict(), "train": dataclasses.asdict(settings), "vqvae": start["config"]["vqvae"]}
     meta = run_record(config, settings.seed, train, val, rt, sys.argv if argv is None else argv)
     meta.update(crps_from=str(source), vqvae_checkpoint=start["meta"].get("vqvae_checkpoint", str(source)))
     fixed = fixed_windows(val, settings.plot_windows).numpy()
 
     def step_fn(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
-        # fresh drafts and paths every step; the same ones for every validation
-        return m(batch[0].float(), int(torch.randint(2 ** 31 - 1, ())) if m.training else 0)
+        # fresh drafts and paths every step; in validation each window's own, by its index, every epoch
+        signals, index = batch
+        return m(signals.float(), int(torch.randint(2 ** 31 - 1, ())) if m.training else index)
 
     def epoch_end(m: PathCRPS, epoch: int, is_main: bool) -> dict:
         if is_main and len(fixed):
@@ -136,7 +141,8 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
             m.train()
         return {}
 
-    trainer = Trainer(model, TensorDataset(train["signals"]), TensorDataset(val["signals"]), step_fn, settings,
+    train_set, val_set = (TensorDataset(d["signals"], torch.arange(len(d["signals"]))) for d in (train, val))
+    trainer = Trainer(model, train_set, val_set, step_fn, settings,
                       run_dir, ckpt_dir, config, meta, rt, kind="latent_sde", epoch_end=epoch_end,
                       shown=("val_drafts_crps", "val_gain", "seconds"), extras={"vqvae": start["vqvae"]})
     return trainer.run(args.resume)

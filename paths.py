@@ -151,6 +151,12 @@ def git_commit() -> str:
     return (head or "unknown") + ("-dirty" if dirty else "")
 
 
+def note(message: str) -> None:
+    """A note on stderr, once under torchrun (rank 0), whose ranks all meet it."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"note: {message}", file=sys.stderr)
+
+
 def run_main(main: Callable[[], Any]) -> None:
     """Run a script's main(); a UserError becomes one 'error:' line and exit status 2. Under torchrun every
     rank reads the same config, data and devices and meets the same error, so only rank 0 prints it."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import os
 import random
@@ -175,19 +176,12 @@ class Trainer:
         self.step_fn, self.epoch_end, self.summarize = step_fn, epoch_end, summarize
         self.run_dir, self.ckpt_dir = Path(run_dir), Path(ckpt_dir)
         self.config, self.meta, self.extras = config, meta, extras or {}
-        if settings.batch_size % rt.world:
-            raise UserError(f"train.batch_size={settings.batch_size} must be divisible by the {rt.world} processes")
-        per_rank = settings.batch_size // rt.world
-        self.sampler = DistributedSampler(train_set, rt.world, rt.rank, shuffle=True, seed=settings.seed,
-                                          drop_last=True)
-        pin = rt.device.type == "cuda"      # page-locked batches: the non_blocking copies overlap compute
-        self.train_loader = DataLoader(train_set, per_rank, sampler=self.sampler, drop_last=True,
-                                       num_workers=settings.num_workers, pin_memory=pin)
-        # every validation window exactly once over all ranks (DistributedSampler would pad with repeats)
-        val_shard = Subset(val_set, range(rt.rank, len(val_set), rt.world))
-        self.val_loader = DataLoader(val_shard, per_rank, num_workers=settings.num_workers, pin_memory=pin)
-        if len(self.train_loader) == 0:
-            raise UserError(f"{len(train_set)} training windows are fewer than one batch of {settings.batch_size}")
+        try:
+            self.make_loaders(train_set, val_set)
+        except UserError:
+            if rt.is_main and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()        # the fresh run folder, named before these checks: no empty leftovers
+            raise
         self.steps_per_epoch = len(self.train_loader)
         if settings.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, settings.max_steps_per_epoch)
@@ -332,14 +326,42 @@ class Trainer:
     def run(self, resume: str | Path | None = None) -> dict:
         """fit() as every entry point uses it: run.json first (fresh runs), then where plots and
         checkpoints went, and the torchrun process group closed at the end."""
-        if self.rt.is_main and not resume:
-            paths.atomic_write_json(self.meta, self.run_dir / "run.json")
+        if self.rt.is_main:
+            paths.atomic_write_json(self.resumed_record(resume) if resume else self.meta, self.run_dir / "run.json")
         row = self.fit(resume)
         if self.rt.is_main:
             print(f"plots and metrics.csv: {self.run_dir}\ncheckpoints: {self.ckpt_dir} (best.pt, last.pt)")
         if self.rt.distributed:
             dist.destroy_process_group()
         return row
+
+    def make_loaders(self, train_set: Dataset, val_set: Dataset) -> None:
+        settings, rt = self.s, self.rt
+        if settings.batch_size % rt.world:
+            raise UserError(f"train.batch_size={settings.batch_size} must be divisible by the {rt.world} processes")
+        per_rank = settings.batch_size // rt.world
+        self.sampler = DistributedSampler(train_set, rt.world, rt.rank, shuffle=True, seed=settings.seed,
+                                          drop_last=True)
+        pin = rt.device.type == "cuda"      # page-locked batches: the non_blocking copies overlap compute
+        self.train_loader = DataLoader(train_set, per_rank, sampler=self.sampler, drop_last=True,
+                                       num_workers=settings.num_workers, pin_memory=pin)
+        # every validation window exactly once over all ranks (DistributedSampler would pad with repeats)
+        val_shard = Subset(val_set, range(rt.rank, len(val_set), rt.world))
+        self.val_loader = DataLoader(val_shard, per_rank, num_workers=settings.num_workers, pin_memory=pin)
+        if len(self.train_loader) == 0:
+            raise UserError(f"{len(train_set)} training windows are fewer than one batch of {settings.batch_size}")
+
+    def resumed_record(self, resume: str | Path) -> dict:
+        """The run's run.json with this resume added to its `resumes`: the command, commit, processes and
+        training settings it went on with, the first run's record kept as it was."""
+        try:
+            record = json.loads((self.run_dir / "run.json").read_text())
+        except (OSError, ValueError):       # resumed into a new folder, or the record was lost
+            record = dict(self.meta)
+        entry = {k: self.meta[k] for k in ("command", "git_commit", "world_size", "device", "torch", "started")}
+        entry.update({"checkpoint": str(resume), **{s: self.config[s] for s in TRAINING_SECTIONS if s in self.config}})
+        record.setdefault("resumes", []).append(entry)
+        return record
 
     def _save(self, row: dict) -> None:
         improved = row["val_loss"] < self.best
@@ -416,8 +438,17 @@ def run_config(args: argparse.Namespace, resume: dict | None, load: Callable[[st
         cfg = load(args.config)
     apply_train_overrides(cfg.train, args)
     if resume:
-        cfg.train.seed = resume["meta"]["seed"]
+        cfg.train.seed = resumed_seed(args, resume)
     return cfg
+
+
+def resumed_seed(args: argparse.Namespace, resume: dict) -> int:
+    """A resumed run keeps its seed (its generators' states come back from the checkpoint); --seed is said to be
+    ignored rather than silently dropped."""
+    seed = resume["meta"]["seed"]
+    if args.seed is not None and args.seed != seed:
+        paths.note(f"--seed {args.seed} is ignored: the resumed run goes on with its own seed, {seed}")
+    return seed
 
 
 def apply_train_overrides(train: TrainConfig, args: argparse.Namespace) -> None:

@@ -51,6 +51,9 @@ def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dic
     """The frozen VQ-VAE a forecaster trains on, its checkpoint and where it came from: a resumed run's own
     (kept in its checkpoint, whatever VQ-VAE was trained since), else --vqvae, else the newest."""
     if resume:
+        if args.vqvae:
+            paths.note(f"--vqvae {args.vqvae} is ignored: the resumed run goes on with its own VQ-VAE, kept in "
+                       f"{args.resume}")
         return (vqvae_from(resume["vqvae"], args.resume)[0], resume["vqvae"],
                 str(resume["meta"].get("vqvae_checkpoint", args.resume)))
     path = args.vqvae or latest_checkpoint("vqvae", args.checkpoints)

@@ -249,8 +249,10 @@ def test_resume_continues_the_run(trained: dict, capsys: pytest.CaptureFixture) 
     assert int(ckpt["model"]["steps"]) == 40     # the annealing schedules continued, not restarted
     done = trained["last"].read_bytes()
     row = latent_sde_train.main(flags(trained["setup_sde"], "--device", "cpu", "--resume", str(trained["last"]),
-                                      "--epochs", "4"))
-    assert row["epoch"] == 4 and "nothing to train" in capsys.readouterr().out   # said, not silently done
+                                      "--epochs", "4", "--vqvae", "elsewhere.pt"))
+    out = capsys.readouterr()
+    assert row["epoch"] == 4 and "nothing to train" in out.out   # said, not silently done
+    assert "--vqvae elsewhere.pt is ignored: the resumed run goes on with its own VQ-VAE" in out.err
     assert trained["last"].read_bytes() == done
     assert len(list(csv.DictReader((trained["run"] / "metrics.csv").open()))) == 4
 
@@ -407,7 +409,24 @@ def test_crps_fine_tuning_replicas_run_their_own_networks(drafted: dict) -> None
         assert abs(loss - metrics["drafts_crps"]) > 1e-5
 
 
-def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_path: Path) -> None:
+def test_crps_validation_draws_each_window_alone(drafted: dict) -> None:
+    """Seeded per window, a validation score does not depend on which windows share a batch (or a process): it
+    chose best.pt differently at batch sizes 4 and 8 when a batch drew its drafts together."""
+    fc = Forecaster.from_checkpoint(drafted["ckpt"], "cpu")
+    model = PathCRPS(fc, num_samples=4).eval()
+    from conftest import synthetic_ecg
+    context = fc.context_frames * fc.factor
+    signals = torch.from_numpy(np.stack([synthetic_ecg(3, fc.fs, seed=s)[0][:context + 64] for s in range(3)])).float()
+    with torch.no_grad():
+        together, metrics = model(signals, torch.arange(3))
+        alone = [model(signals[i:i + 1], torch.tensor([i])) for i in range(3)]
+        shuffled = model(signals[[2, 0, 1]], torch.tensor([2, 0, 1]))[0]
+    assert torch.isclose(together, torch.stack([a[0] for a in alone]).mean(), rtol=1e-6)
+    assert torch.isclose(shuffled, together, rtol=1e-6)
+    assert torch.isclose(metrics["drafts_crps"], torch.stack([a[1]["drafts_crps"] for a in alone]).mean(), rtol=1e-6)
+
+
+def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_path: Path, capsys) -> None:
     """latent_sde_train.py --crps-from: a run of the generic trainer whose checkpoint forecast.py loads, its
     validation loss the CRPS, its source recorded; --resume continues it."""
     setup = {**drafted["setup"], "results": str(tmp_path / "res"), "checkpoints": str(tmp_path / "ck")}
@@ -418,14 +437,18 @@ def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_p
     last = tmp_path / "ck" / run.name / "last.pt"
     ckpt = torch.load(last, weights_only=True)
     assert ckpt["meta"]["crps_from"] == str(drafted["ckpt"]) and ckpt["config"]["crps"]["samples"] >= 2
+    train = ckpt["config"]["train"]              # what this run trained with, not the ELBO run's settings
+    assert (train["batch_size"], train["max_steps_per_epoch"]) == (4, 2)
+    assert (train["learning_rate"], train["warmup_steps"]) == (ckpt["config"]["crps"]["learning_rate"], 0)
     source = torch.load(drafted["ckpt"], weights_only=True)["model"]
     assert torch.equal(ckpt["model"]["gru.weight_ih_l0"], source["gru.weight_ih_l0"])
     assert not torch.equal(ckpt["model"]["prior.0.weight"], source["prior.0.weight"])
     fc = Forecaster.from_checkpoint(tmp_path / "ck" / run.name / "best.pt", "cpu")
     assert isinstance(fc, LatentSDEForecaster)
     row = latent_sde_train.main(["--device", "cpu", "--prepared", setup["prepared"], "--resume", str(last),
-                                 "--epochs", "2"])      # its 2 steps of 4 windows kept: stored with the run
+                                 "--epochs", "2", "--seed", "9"])      # its 2 steps of 4 windows kept: stored with the run
     assert row["epoch"] == 2 and row["step"] == 4
+    assert "--seed 9 is ignored: the resumed run goes on with its own seed" in capsys.readouterr().err
     assert [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())] == ["1", "2"]
 
 

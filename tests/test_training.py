@@ -85,6 +85,18 @@ def test_same_seed_same_numbers_and_resume_is_exact(tmp_path: Path, synthetic_db
     assert all(torch.equal(a[k], c[k]) for k in a)
     done = vqvae_train.main(["--device", "cpu", "--prepared", setup["prepared"], "--resume", str(first / "last.pt")])
     assert done == {"epoch": 2, "step": resumed["step"]}       # said so, and no final report of nothing
+    (run,) = [r for r in (tmp_path / "results").iterdir() if r.name == first.name]
+    record = json.loads((run / "run.json").read_text())        # the first run's record, then each resume's
+    assert "--batch-size 4" in record["command"] and record["config"]["train"]["batch_size"] == 4
+    assert [r["checkpoint"] for r in record["resumes"]] == [str(first / "last.pt")] * 2
+    assert "--resume" in record["resumes"][0]["command"] and record["resumes"][0]["train"]["epochs"] == 2
+
+
+def test_a_run_refused_before_training_leaves_no_empty_folder(tmp_path: Path, synthetic_db: Path) -> None:
+    setup = tiny_setup(tmp_path, synthetic_db)
+    with pytest.raises(UserError, match="training windows are fewer than one batch of 100000"):
+        _run(setup, "--batch-size", "100000")
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
 
 
 def test_resume_refuses_checkpoint_of_another_model_config(tmp_path: Path, synthetic_db: Path) -> None:
