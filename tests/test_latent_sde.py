@@ -446,7 +446,7 @@ def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_p
     fc = Forecaster.from_checkpoint(tmp_path / "ck" / run.name / "best.pt", "cpu")
     assert isinstance(fc, LatentSDEForecaster)
     row = latent_sde_train.main(["--device", "cpu", "--prepared", setup["prepared"], "--resume", str(last),
-                                 "--epochs", "2", "--seed", "9"])      # its 2 steps of 4 windows kept: stored with the run
+                                 "--epochs", "2", "--seed", "9"])      # its 2 steps of 4 windows: kept in the run
     assert row["epoch"] == 2 and row["step"] == 4
     assert "--seed 9 is ignored: the resumed run goes on with its own seed" in capsys.readouterr().err
     assert [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())] == ["1", "2"]

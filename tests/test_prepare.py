@@ -164,9 +164,10 @@ def test_channels_in_other_units_are_not_leads(tmp_path):
     """An ICU record (PLETH, II, V): the pulse wave is passed over; with one ECG lead left, the error names it."""
     x, _ = synthetic_ecg(20.0, 360.0, seed=6)
     pleth = 50 + 10 * np.sin(np.arange(len(x)) / 360.0 * 2 * np.pi)
-    for name, chans, units in (("icu", ("PLETH", "II", "V"), ("NU", "mV", "mV")), ("one", ("PLETH", "II"), ("NU", "mV"))):
-        sig = np.column_stack([pleth, x][:len(chans)]) if name == "one" else np.column_stack([pleth, x])
-        wfdb.wrsamp(name, fs=360, units=list(units), sig_name=list(chans), p_signal=sig[:, :len(chans)],
+    for name, chans, units in (("icu", ("PLETH", "II", "V"), ("NU", "mV", "mV")),
+                               ("one", ("PLETH", "II"), ("NU", "mV"))):
+        sig = np.column_stack([pleth, x])[:, :len(chans)]
+        wfdb.wrsamp(name, fs=360, units=list(units), sig_name=list(chans), p_signal=sig,
                     fmt=["16"] * len(chans), adc_gain=[100.0] * len(chans), baseline=[0] * len(chans),
                     write_dir=str(tmp_path))
     cfg = make_cfg().data
