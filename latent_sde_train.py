@@ -144,7 +144,8 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     train_set, val_set = (TensorDataset(d["signals"], torch.arange(len(d["signals"]))) for d in (train, val))
     trainer = Trainer(model, train_set, val_set, step_fn, settings,
                       run_dir, ckpt_dir, config, meta, rt, kind="latent_sde", epoch_end=epoch_end,
-                      shown=("val_drafts_crps", "val_gain", "seconds"), extras={"vqvae": start["vqvae"]})
+                      shown=("val_drafts_crps", "val_gain", "seconds"), extras={"vqvae": start["vqvae"]},
+                      loss_name="fair CRPS of the forecast paths (mV)")
     return trainer.run(args.resume)
 
 

@@ -51,7 +51,7 @@ class MetricsLog:
             paths.atomic_write_text(out.getvalue(), self.path)
 
 
-def plot_loss_curves(log: MetricsLog, out: Path) -> None:
+def plot_loss_curves(log: MetricsLog, out: Path, ylabel: str = "loss") -> None:
     rows = log.read()
     if not rows:
         return
@@ -62,7 +62,7 @@ def plot_loss_curves(log: MetricsLog, out: Path) -> None:
             ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=key.replace("_", " "))
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_ylabel("loss")
+    ax.set_ylabel(ylabel)
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()

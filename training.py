@@ -171,11 +171,11 @@ class Trainer:
                  settings: TrainConfig, run_dir: Path, ckpt_dir: Path, config: dict, meta: dict,
                  rt: Runtime, kind: str, epoch_end: EpochEndFn | None = None,
                  summarize: Callable[[dict], dict] | None = None, shown: tuple[str, ...] = (),
-                 extras: dict | None = None):
+                 extras: dict | None = None, loss_name: str = "loss"):
         self.s, self.rt, self.kind = settings, rt, kind
         self.step_fn, self.epoch_end, self.summarize = step_fn, epoch_end, summarize
         self.run_dir, self.ckpt_dir = Path(run_dir), Path(ckpt_dir)
-        self.config, self.meta, self.extras = config, meta, extras or {}
+        self.config, self.meta, self.extras, self.loss_name = config, meta, extras or {}, loss_name
         try:
             self.make_loaders(train_set, val_set)
         except UserError:
@@ -374,7 +374,7 @@ class Trainer:
             save_checkpoint(state, self.ckpt_dir / "best.pt")
         if self.s.checkpoint_every and self.epoch % self.s.checkpoint_every == 0:
             save_checkpoint(state, self.ckpt_dir / f"epoch_{self.epoch:03d}.pt")
-        plot_loss_curves(self.log, self.run_dir / "loss_curves.png")
+        plot_loss_curves(self.log, self.run_dir / "loss_curves.png", self.loss_name)
         shown = {k: row[k] for k in self.shown if k in row}
         print(f"epoch {self.epoch}/{self.s.epochs} " + " ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
