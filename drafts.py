@@ -18,7 +18,7 @@ from metrics import detect_r_peaks, per_row
 MIN_PERIOD_S, MAX_PERIOD_S = 0.25, 2.5   # 240 and 24 bpm: the plausible beat periods
 TEMPLATE_PRE = 1 / 3                     # fraction of the beat period before the R peak
 EVIDENCE_S, EVIDENCE_TEMPER = 0.3, 2.0   # the context's end that times its next beat (next_beat_evidence)
-NOISE_SCALE = 0.2                        # of residual_sd: the noise add_noise lays on each drafted path
+NOISE_SCALE = 0.2                        # of residual_sd: the template ensemble's noise on each drafted path
 
 Rhythm = tuple[list[np.ndarray], np.ndarray, np.ndarray]   # context_rhythm's (R peaks, period, RR SD)
 

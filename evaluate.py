@@ -136,6 +136,14 @@ def preparation_mismatch(model: ForecasterBase, cfg: Config) -> str:
                      if own is not None and getattr(own, k, None) != getattr(cfg.data, k))
 
 
+def unique_label(label: str, spec: str, taken: dict) -> str:
+    """A forecaster's name in the report, told apart from the ones before it (two checkpoints of one kind) by its
+    run folder and file, then by a number."""
+    where = Path(spec)
+    candidates = [label, f"{label} ({where.parent.name + '/' if where.parent.name else ''}{where.stem})"]
+    return next(c for c in candidates + [f"{label} #{i}" for i in range(2, len(taken) + 3)] if c not in taken)
+
+
 def seen_patients(model: ForecasterBase, records: list[str], split: str = "train") -> list[str]:
     """The records among `records` that the model trained on (`split` "train") or chose its checkpoint on
     ("validation"), as its checkpoint lists them (for older ones: as its data config splits MIT-BIH):
@@ -759,9 +767,7 @@ def main(argv: list[str] | None = None) -> Path:
     warnings = []
     for spec in names:
         f = make_forecaster(spec, fs, device)
-        label = spec if spec in BASELINES else getattr(f, "name", Path(spec).stem)
-        if label in forecasters:
-            label = f"{label} ({Path(spec).stem})"
+        label = unique_label(spec if spec in BASELINES else getattr(f, "name", Path(spec).stem), spec, forecasters)
         forecasters[label] = f
         if spec in BASELINES:
             baselines.add(label)

@@ -262,15 +262,15 @@ def code_draft(vq, waves: np.ndarray, context_steps: int, device: torch.device, 
     return torch.cat([torch.full_like(future[:, :1], -1).expand(-1, context_steps, -1), future], 1)
 
 
-def default_checkpoint(checkpoints: str | None = None) -> Path:
+def default_checkpoint() -> Path:
     """The shipped model when there is one, else the newest trained Transformer."""
     if PRETRAINED.exists():
         return PRETRAINED
     from vqvae_eval import latest_checkpoint
-    return latest_checkpoint("transformer", checkpoints)
+    return latest_checkpoint("transformer")
 
 
-def forecast_record(fc: Forecaster, record: str, start_s: float, horizon_s: float | None, samples: int,
+def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: float | None, samples: int,
                     seed: int) -> dict:
     """Forecast a WFDB record from `start_s`, prepared exactly as the model's training data."""
     from prepare_mitbih import read_record          # wfdb: imported when a record is read
@@ -321,8 +321,8 @@ def main() -> None:
     p.add_argument("--out", help="output folder (default: results/forecast-<time>)")
     args = p.parse_args()
     t0 = time.time()
-    if args.samples < 1 or args.seed < 0:
-        raise UserError(f"--samples must be >= 1 and --seed >= 0, got {args.samples} and {args.seed}")
+    if args.samples < 1 or not 0 <= args.seed < 2 ** 63:
+        raise UserError(f"--samples must be >= 1 and --seed in [0, 2**63), got {args.samples} and {args.seed}")
     path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
     fc = Forecaster.from_checkpoint(path, paths.check_device(args.device))
     if args.out:

@@ -96,6 +96,17 @@ class TrainConfig:
     plot_windows: int = 4               # fixed validation windows drawn every epoch
     max_steps_per_epoch: Optional[int] = None  # cap for quick runs; null = whole training split
 
+    def validate(self) -> None:
+        """Every model's train section: a negative grad_clip would climb the loss, a step cap of 0 is no cap."""
+        _check(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
+        _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "must be > 0")
+        for key in ("weight_decay", "warmup_steps", "grad_clip", "num_workers", "plot_windows"):
+            _check(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "must be >= 0")
+        _check(self.checkpoint_every >= 1, "train.checkpoint_every", self.checkpoint_every, "must be >= 1")
+        _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",
+               self.max_steps_per_epoch, "must be >= 1 or null")
+
 
 @dataclass
 class Config:
@@ -133,16 +144,9 @@ class Config:
         _check(m.channels % m.attention_heads == 0, "model.attention_heads", m.attention_heads,
                f"must divide model.channels={m.channels}")
         _check(0 < m.ema_decay < 1, "model.ema_decay", m.ema_decay, "must be in (0, 1)")
-        _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
-        _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
-        _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")
         for key in ("res_blocks", "attention_layers", "commitment_cost", "dead_code_threshold", "restart_every"):
             _check(getattr(m, key) >= 0, f"model.{key}", getattr(m, key), "must be >= 0")
-        for key in ("weight_decay", "warmup_steps", "grad_clip", "num_workers", "plot_windows"):
-            _check(getattr(t, key) >= 0, f"train.{key}", getattr(t, key), "must be >= 0")
-        _check(t.checkpoint_every >= 1, "train.checkpoint_every", t.checkpoint_every, "must be >= 1")
-        _check(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",
-               t.max_steps_per_epoch, "must be >= 1 or null")
+        t.validate()
 
 
 def _check(ok: bool, key: str, value: Any, why: str) -> None:

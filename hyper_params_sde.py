@@ -132,14 +132,7 @@ class SDEConfig:
             _check(getattr(c, key) >= 1, f"crps.{key}", getattr(c, key), "must be >= 1")
         _check(c.learning_rate > 0, "crps.learning_rate", c.learning_rate, "must be > 0")
         self.augment.validate()
-        _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
-        _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
-        _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")
-        for key in ("weight_decay", "warmup_steps", "grad_clip", "num_workers", "plot_windows"):
-            _check(getattr(t, key) >= 0, f"train.{key}", getattr(t, key), "must be >= 0")
-        _check(t.checkpoint_every >= 1, "train.checkpoint_every", t.checkpoint_every, "must be >= 1")
-        _check(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",
-               t.max_steps_per_epoch, "must be >= 1 or null")
+        t.validate()
 
 
 def sde_config_from_dict(raw: dict, source: str = "config") -> SDEConfig:

@@ -62,9 +62,7 @@ class TransformerConfig:
         _check(s.draft_bias >= 0, "sample.draft_bias", s.draft_bias, "must be >= 0")
         _check(s.draft_noise >= 0, "sample.draft_noise", s.draft_noise, "must be >= 0")
         self.augment.validate()
-        _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
-        _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
-        _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")
+        t.validate()
 
 
 def transformer_config_from_dict(raw: dict, source: str = "config") -> TransformerConfig:

@@ -96,6 +96,10 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     """Fine-tune an ELBO-trained latent SDE on the fair CRPS of its forecast paths (latent_sde.PathCRPS), with
     the generic trainer: training windows drawn at random, the best epoch by the validation patients' CRPS."""
     source = resume["meta"]["crps_from"] if resume else args.crps_from
+    for flag, value in (("--vqvae", args.vqvae), ("--augment-copies", args.augment_copies)):
+        if value is not None:
+            paths.note(f"{flag} {value} is ignored: CRPS fine-tuning keeps the VQ-VAE of {source} and draws its "
+                       f"windows from the training records as they are")
     start = resume or load_checkpoint(source, "latent_sde")
     stored = {k: v for k, v in start["config"].items() if k != "vqvae"}
     scfg = sde_config_from_dict(stored, f"latent SDE config stored in {args.resume or source}")
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     scfg.validate()
     vq, vq_ckpt, vq_source = run_vqvae(args, resume)
     vq.requires_grad_(False)
-    cfg = stored_config(vq_ckpt["config"], "VQ-VAE config")
+    cfg = stored_config(vq_ckpt["config"], f"config stored in {vq_source}")
     rt = setup_runtime(args.device)
     check_adjoint(scfg, rt)
     if rt.is_main:
@@ -209,6 +213,10 @@ def main(argv: list[str] | None = None) -> dict:
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]}}
     fixed = fixed_windows(val, scfg.train.plot_windows).numpy()
 
+    # each batch: frames, then the beat hint's targets and the drafts when the model uses them
+    hinted = bool(scfg.model.phase_harmonics and scfg.loss.phase_hint > 0)
+    names = ["beats"] * hinted + ["draft"] * drafted
+
     def step_fn(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
         return m(batch[0], context, **dict(zip(names, batch[1:])))
 
@@ -218,9 +226,6 @@ def main(argv: list[str] | None = None) -> dict:
             m.train()
         return {}
 
-    # each batch: frames, then the beat hint's targets and the drafts when the model uses them
-    hinted = bool(scfg.model.phase_harmonics and scfg.loss.phase_hint > 0)
-    names = ["beats"] * hinted + ["draft"] * drafted
     train_parts, val_parts = [all_enc[:, :steps]], [val_enc[:, :steps]]
     if hinted:
         train_parts.append(torch.cat([beat_targets(d, steps, factor, fs) for d in sources]))

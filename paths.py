@@ -1,7 +1,7 @@
 """Where raw data, prepared tensors, results and checkpoints live, and how files are written.
 
-Every location has a default under the repository, an environment variable, and a command-line
-flag in the scripts that use it (the flag wins, then the variable, then the default).
+Every location has a default under the repository and an environment variable, and most have a
+command-line flag in the scripts that use them (the flag wins, then the variable, then the default).
 """
 from __future__ import annotations
 

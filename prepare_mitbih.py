@@ -731,7 +731,7 @@ def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],
         try:
             stored = torch.load(cache, weights_only=True)
         except Exception as e:      # cut short or foreign: it is only a cache
-            print(f"note: {cache} is unreadable ({type(e).__name__}); computing it again")
+            print(f"note: {cache} is unreadable ({type(e).__name__}); computing it again", file=sys.stderr)
             stored = {}
         if isinstance(stored, dict) and stored.get("key") == key:
             return stored["tensor"]
@@ -740,7 +740,8 @@ def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],
     try:
         paths.atomic_torch_save({"key": key, "tensor": tensor}, cache)
     except paths.UserError as e:
-        print(f"note: the encoding is not kept ({e}); set ECG_CACHE_DIR to a writable folder to keep it")
+        print(f"note: the encoding is not kept ({e}); set ECG_CACHE_DIR to a writable folder to keep it",
+              file=sys.stderr)
     return tensor
 
 

@@ -1,4 +1,5 @@
-"""Attention building blocks: multi-head self-attention, pre-norm blocks, positional encodings."""
+"""The causal code Transformer (CodeGPT) and its sampling, with its attention building blocks: multi-head
+self-attention, pre-norm blocks, positional encodings."""
 from __future__ import annotations
 
 import functools

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     ctx_len = cfg.data.window_samples
 
     def epoch_end(m: CodeGPT, epoch: int, is_main: bool) -> dict:
-        if is_main:
+        if is_main and len(fixed):
             # on the run's device: a Forecaster moves the model it is given, and m is the one being trained
             fc = Forecaster(vq, m, cfg, tcfg.sample, rt.device, draft_beats=arch.draft_beats)
             samples = fc.predict(fixed[:, :ctx_len], fixed.shape[1] - ctx_len, num_samples=20, seed=0)

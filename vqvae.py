@@ -35,6 +35,7 @@ def _whole_batch(x: torch.Tensor) -> torch.Tensor:
 GAIN_OCTAVES = (-8, 4)    # window gains (RMS, mV) from 2^-8 to 2^4 mV ...
 GAIN_STEPS = 4            # ... in quarter octaves: 49 values,
 GAIN_BITS = 6             # so 6 bits a lead and window
+SAMPLE_BITS = 11          # an ECG sample as coding papers count it (MIT-BIH's 11-bit ADC): compression ratios
 
 
 class ResBlock(nn.Module):
@@ -316,13 +317,13 @@ class VQVAE(nn.Module):
             stats.update({(k if i == 0 else f"{k}_{i + 1}"): v for k, v in q.end_epoch().items()})
         return stats
 
-    def compression_ratio(self, window: int, source_ratio: float = 1.0, bits_per_sample: int = 11) -> float:
-        """Bits of a 2-lead window of `window` model-rate samples, stored as 11-bit samples at
+    def compression_ratio(self, window: int, source_ratio: float = 1.0) -> float:
+        """Bits of a 2-lead window of `window` model-rate samples, stored as SAMPLE_BITS-bit samples at
         `source_ratio` x the model rate (MIT-BIH records: 360 / 128), over the bits that code it: its
         codes (all levels) and, with `window_gain`, the two leads' gains."""
         code_bits = window // self.factor * len(self.quantizers) * math.log2(self.cfg.codebook_size)
         gain_bits = 2 * GAIN_BITS if self.cfg.window_gain else 0
-        return 2 * bits_per_sample * window * source_ratio / (code_bits + gain_bits)
+        return 2 * SAMPLE_BITS * window * source_ratio / (code_bits + gain_bits)
 
 
 def vqvae_from(ckpt: dict, source: str) -> tuple[VQVAE, Config]:

@@ -1,7 +1,7 @@
 """Reconstruction quality of a trained VQ-VAE on one split, averaged over records (each patient
 weighs the same).
 
-    python3 vqvae_eval.py [--checkpoint checkpoints/<run>/best.pt] [--split test|validation]
+    python3 vqvae_eval.py [--checkpoint checkpoints/<run>/best.pt] [--split test|validation|train]
 
 Prints and saves (results/vqvae_eval-<time>/reconstruction.json, .md, a PNG) MSE in mV^2, PRD and
 normalised PRD in percent, codebook perplexity and usage, and the compression ratio in bits.
@@ -22,24 +22,25 @@ from hyper_params import AugmentConfig, DataConfig, stored_config
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split, source_fs
 from train_results import load_checkpoint, plot_windows, weights_digest
 from training import Runtime, main_first
-from vqvae import VQVAE, vqvae_from
+from vqvae import SAMPLE_BITS, VQVAE, vqvae_from
 from paths import UserError
 
 
-def latest_checkpoint(kind: str, checkpoints: str | None = None, name: str = "best.pt") -> Path:
-    """The newest <kind>-<time>/<name> under the checkpoints folder."""
+def latest_checkpoint(kind: str, checkpoints: str | None = None, name: str = "best.pt",
+                      flag: str = "--checkpoint") -> Path:
+    """The newest <kind>-<time>/<name> under the checkpoints folder (`flag`: the script's way to name one)."""
     root = paths.location("checkpoints", checkpoints)
     found = sorted(root.glob(f"{kind}-*/{name}"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise UserError(f"no {kind} checkpoint in {root}; train one first (python3 {kind}_train.py) "
-                        f"or pass --checkpoint")
+                        f"or pass {flag}")
     return found[-1]
 
 
-def load_vqvae(path: str | Path, inner: bool = False) -> tuple[VQVAE, dict]:
-    """A trained VQ-VAE in eval mode and its checkpoint (config, meta); with `inner`, also the one inside a
-    forecaster's checkpoint, so the shipped model's coder can be measured too."""
-    ckpt = load_checkpoint(path, None if inner else "vqvae")
+def load_vqvae(path: str | Path) -> tuple[VQVAE, dict]:
+    """A trained VQ-VAE in eval mode and its checkpoint (config, meta), also the one inside a forecaster's
+    checkpoint, so the shipped model's coder can be measured and trained on too."""
+    ckpt = load_checkpoint(path)
     if ckpt["kind"] != "vqvae":
         if not isinstance(ckpt.get("vqvae"), dict):
             raise UserError(f"{path} holds a '{ckpt['kind']}' model without a VQ-VAE")
@@ -56,8 +57,8 @@ def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dic
                        f"{args.resume}")
         return (vqvae_from(resume["vqvae"], args.resume)[0], resume["vqvae"],
                 str(resume["meta"].get("vqvae_checkpoint", args.resume)))
-    path = args.vqvae or latest_checkpoint("vqvae", args.checkpoints)
-    model, ckpt = load_vqvae(path, inner=True)     # a forecaster's too: a new forecaster on the shipped codes
+    path = args.vqvae or latest_checkpoint("vqvae", args.checkpoints, flag="--vqvae")
+    model, ckpt = load_vqvae(path)     # a forecaster's too: a new forecaster on the shipped codes
     return model, ckpt, str(path)
 
 
@@ -99,7 +100,7 @@ def compression(model: VQVAE, window: int, fs: float, record_fs: float | None = 
     cr = model.compression_ratio(window, record_fs / fs)
     return {"compression_ratio": cr, "source_fs": record_fs,
             "compression_ratio_model_rate": model.compression_ratio(window),
-            "bits_per_second": 2 * 11 * record_fs / cr}
+            "bits_per_second": 2 * SAMPLE_BITS * record_fs / cr}
 
 
 @torch.no_grad()
@@ -146,8 +147,8 @@ def main() -> None:
     p.add_argument("--results", help="results root")
     args = p.parse_args()
     path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint("vqvae", args.checkpoints)
-    model, ckpt = load_vqvae(path, inner=True)
-    cfg = stored_config(ckpt["config"], "VQ-VAE config")
+    model, ckpt = load_vqvae(path)
+    cfg = stored_config(ckpt["config"], f"config stored in {path}")
     data = load_split(args.split, cfg, args.prepared)
     report = reconstruction_report(model, data, source_fs(data["records"], args.prepared))
     s = report["summary"]

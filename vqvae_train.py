@@ -73,6 +73,9 @@ def summarize(row: dict) -> dict:
 
 
 def plot_fixed_windows(model: VQVAE, windows: torch.Tensor, fs: int, out: Path, title: str) -> None:
+    """Original against reconstruction of the fixed validation windows (none: train.plot_windows 0)."""
+    if not len(windows):
+        return
     model.eval()
     with torch.no_grad():
         x = windows.to(model.scale.device)

@@ -372,7 +372,7 @@ def test_a_cache_that_cannot_be_written_only_costs_time(tmp_path, monkeypatch, c
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     got = pm.cached_encoding("codes", "k", lambda: torch.arange(3), blocker)
-    assert torch.equal(got, torch.arange(3)) and "ECG_CACHE_DIR" in capsys.readouterr().out
+    assert torch.equal(got, torch.arange(3)) and "ECG_CACHE_DIR" in capsys.readouterr().err
     monkeypatch.setenv("ECG_CACHE_DIR", str(tmp_path / "cache"))
     pm.cached_encoding("codes", "k", lambda: torch.arange(3), blocker)
     assert len(list((tmp_path / "cache" / "encodings" / "codes").glob("*.pt"))) == 1

@@ -245,6 +245,9 @@ def test_loading_does_not_mutate_input():
     ({"sample": {"draft_noise": -0.1}}, "sample.draft_noise"),
     ({"sample": {"temperature": -1}}, "sample.temperature"),
     ({"sample": {"draft_spred": 0.02}}, "draft_spred"),
+    ({"train": {"grad_clip": -1.0}}, "train.grad_clip"),               # would flip every gradient's sign
+    ({"train": {"max_steps_per_epoch": 0}}, "train.max_steps_per_epoch"),
+    ({"train": {"num_workers": -1}}, "train.num_workers"),
 ])
 def test_transformer_config_names_the_bad_key(raw, key):
     from hyper_params_transformer import transformer_config_from_dict

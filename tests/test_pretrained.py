@@ -90,13 +90,10 @@ def test_codes_and_latents_of_any_window(mitdb):
 
 
 def test_the_shipped_vqvae_can_be_measured_alone():
-    """vqvae_eval.py --checkpoint pretrained/forecaster.pt reads the VQ-VAE inside it; training scripts still
-    ask for a VQ-VAE checkpoint proper."""
-    from paths import UserError
+    """vqvae_eval.py --checkpoint pretrained/forecaster.pt (and --vqvae of the forecasters' trainers) reads the
+    VQ-VAE inside it."""
     from vqvae_eval import load_vqvae
-    model, ckpt = load_vqvae(PRETRAINED, inner=True)
+    model, ckpt = load_vqvae(PRETRAINED)
     stored = torch.load(PRETRAINED, map_location="cpu", weights_only=True)["vqvae"]
     assert ckpt["meta"] == stored["meta"] and not model.training
     assert all(torch.equal(v, stored["model"][k]) for k, v in model.state_dict().items())
-    with pytest.raises(UserError, match="transformer"):
-        load_vqvae(PRETRAINED)

@@ -168,3 +168,10 @@ def test_codebook_learns_in_float32_under_mixed_precision() -> None:
     q = model.quantizers[0]
     assert bool(q.initialized) and q.codebook.dtype == q.ema_count.dtype == torch.float32
     assert int(q.epoch_usage.sum()) == 4 * 128 // 4       # every latent frame counted, exactly
+
+
+def test_no_plot_windows_draw_no_plot(tmp_path) -> None:
+    """train.plot_windows 0 is allowed: the epoch's plot is left out, not a crash in matplotlib."""
+    from vqvae_train import plot_fixed_windows
+    plot_fixed_windows(tiny_model(), torch.zeros(0, 64, 2), 128, tmp_path / "r.png", "none")
+    assert not (tmp_path / "r.png").exists()
