@@ -744,9 +744,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    args = parse_args(argv)
-    t0 = time.time()
+def check_args(args: argparse.Namespace) -> None:
     for flag in ("samples", "max_windows_per_record"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -756,24 +754,49 @@ def main(argv: list[str] | None = None) -> Path:
     if args.annotator != "atr" and not args.wfdb_dir:
         raise UserError("--annotator reads records of --wfdb-dir; a prepared split keeps the beats it was prepared "
                         "with (prepare_mitbih.py --annotator)")
+
+
+def build_forecasters(specs: list[str], cfg: Config, device: str | None
+                      ) -> tuple[dict[str, ForecasterBase], set[str], list[str]]:
+    """Every --model by its report label, which of them are baselines, and a warning for each model trained on
+    data prepared otherwise."""
+    forecasters: dict[str, ForecasterBase] = {}
+    baselines, warnings = set(), []
+    for spec in expand_models(specs):
+        f = make_forecaster(spec, cfg.data.samples_per_second, device)
+        label = unique_label(spec if spec in BASELINES else getattr(f, "name", Path(spec).stem), spec, forecasters)
+        forecasters[label] = f
+        if spec in BASELINES:
+            baselines.add(label)
+        elif why := preparation_mismatch(f, cfg):
+            warnings.append(f"{label} ({spec}) was trained on data prepared differently: {why}")
+    return forecasters, baselines, warnings
+
+
+def seen_warnings(forecasters: dict[str, ForecasterBase], scored: list[str], args: argparse.Namespace) -> list[str]:
+    """A warning for each model scored on patients it trained on, or chose its checkpoint on (unless the
+    validation split is what was asked for)."""
+    splits = {"train": "was trained on"}
+    if args.wfdb_dir or args.split != "validation":
+        splits["validation"] = "chose its checkpoint on"
+    return [f"{label} {did} records {', '.join(seen)}, evaluated here too: if these are the same recordings, their "
+            f"scores are no test"
+            for label, f in forecasters.items() for split, did in splits.items()
+            if (seen := seen_patients(f, scored, split))]       # baselines carry no config, so never
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    t0 = time.time()
+    check_args(args)
     device = paths.check_device(args.device)
     cfg = load_config(args.config)
     fs, context = cfg.data.samples_per_second, cfg.data.window_samples
     if cfg.data.total_samples <= context:
         raise UserError("config data.forecast_predictions is 0: there is no horizon to forecast")
-    names = expand_models(args.model)
-    forecasters: dict[str, ForecasterBase] = {}
-    baselines = set()
-    warnings = []
-    for spec in names:
-        f = make_forecaster(spec, fs, device)
-        label = unique_label(spec if spec in BASELINES else getattr(f, "name", Path(spec).stem), spec, forecasters)
-        forecasters[label] = f
-        if spec in BASELINES:
-            baselines.add(label)
-        if spec not in BASELINES and (why := preparation_mismatch(f, cfg)):
-            warnings.append(f"{label} ({spec}) was trained on data prepared differently: {why}")
-            print(f"warning: {warnings[-1]}", file=sys.stderr)
+    forecasters, baselines, warnings = build_forecasters(args.model, cfg, device)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.wfdb_dir:
         w = load_wfdb(args.wfdb_dir, cfg, args.records, annotator=args.annotator)
     else:
@@ -782,15 +805,9 @@ def main(argv: list[str] | None = None) -> Path:
     if len(w.record) == 0:
         raise UserError(f"no windows to evaluate in {w.source['path']}")
     scored = [w.records[i] for i in np.unique(w.record)]
-    splits = {"train": "was trained on"}
-    if args.wfdb_dir or args.split != "validation":     # scoring the validation split is what it is for
-        splits["validation"] = "chose its checkpoint on"
-    for label, f in forecasters.items():
-        for split, did in splits.items():
-            if seen := seen_patients(f, scored, split):       # baselines carry no config, so never
-                warnings.append(f"{label} {did} records {', '.join(seen)}, evaluated here too: if these are "
-                                f"the same recordings, their scores are no test")
-                print(f"warning: {warnings[-1]}", file=sys.stderr)
+    for warning in seen_warnings(forecasters, scored, args):
+        warnings.append(warning)
+        print(f"warning: {warning}", file=sys.stderr)
     paths.check_writable(paths.location("results", args.results))     # before the work, not after
     print(f"evaluating {', '.join(forecasters)} on {len(scored)} records, {len(w.record)} windows")
     scores, truth_sums = evaluate(forecasters, w, context, fs, args.samples, args.seed)
@@ -802,8 +819,29 @@ def main(argv: list[str] | None = None) -> Path:
         plot_gallery(name, f, scores[name], w, context, fs, args.samples, args.seed,
                      run / f"gallery_{_file_name(name)}.png")
     wall = time.time() - t0
-    src = w.source
-    header = {
+    header = report_header(args, argv, cfg, w, forecasters, wall)
+    if warnings:
+        header["warnings"] = "; ".join(warnings)
+    result = {"header": header, "config": cfg.to_dict(), **summary,
+              "record_info": [{"record": n, "leads": w.leads[i], "fs_in": _num(w.fs_in[i]),
+                               "annotated": bool(w.annotated[i]), "windows": int(np.sum(w.record == i))}
+                              for i, n in enumerate(w.records) if np.any(w.record == i)],
+              "skipped": [{"record": n, "reason": why} for n, why in w.skipped]}
+    paths.atomic_write_json(result, run / "metrics.json")
+    paths.atomic_write_text(csv_text(summary), run / "metrics.csv")
+    paths.atomic_write_text(markdown_report(summary, header, w), run / "report.md")
+    for n, why in w.skipped:
+        print(f"skipped {n}: {why}")
+    print(f"done in {wall:.1f} s -> {run / 'report.md'}")
+    return run
+
+
+def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config, w: Windows,
+                  forecasters: dict[str, ForecasterBase], wall: float) -> dict:
+    """What the report's first table says about the run: command, commit, data, settings, device, time."""
+    fs, context, src = cfg.data.samples_per_second, cfg.data.window_samples, w.source
+    horizon = w.signals.shape[1] - context
+    return {
         "command": shlex.join(["python3", "evaluate.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "git commit": paths.git_commit(),
@@ -819,20 +857,6 @@ def main(argv: list[str] | None = None) -> Path:
         "bootstrap": f"{N_BOOT} resamples of records, seed {args.seed}, 95 % percentile intervals",
         "wall time": f"{wall:.1f} s",
     }
-    if warnings:
-        header["warnings"] = "; ".join(warnings)
-    result = {"header": header, "config": cfg.to_dict(), **summary,
-              "record_info": [{"record": n, "leads": w.leads[i], "fs_in": _num(w.fs_in[i]),
-                               "annotated": bool(w.annotated[i]), "windows": int(np.sum(w.record == i))}
-                              for i, n in enumerate(w.records) if np.any(w.record == i)],
-              "skipped": [{"record": n, "reason": why} for n, why in w.skipped]}
-    paths.atomic_write_json(result, run / "metrics.json")
-    paths.atomic_write_text(csv_text(summary), run / "metrics.csv")
-    paths.atomic_write_text(markdown_report(summary, header, w), run / "report.md")
-    for n, why in w.skipped:
-        print(f"skipped {n}: {why}")
-    print(f"done in {wall:.1f} s -> {run / 'report.md'}")
-    return run
 
 
 if __name__ == "__main__":

@@ -193,6 +193,7 @@ class Trainer:
         self.amp = settings.amp and rt.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.epoch, self.step, self.best = 0, 0, float("inf")
+        self.pending_record: dict | None = None    # a resume's run.json, written with its first epoch
         self.log = MetricsLog(self.run_dir / "metrics.csv")
         self.shown = ("train_loss", "val_loss") + tuple(shown)
 
@@ -326,8 +327,9 @@ class Trainer:
     def run(self, resume: str | Path | None = None) -> dict:
         """fit() as every entry point uses it: run.json first (fresh runs), then where plots and
         checkpoints went, and the torchrun process group closed at the end."""
-        if self.rt.is_main:
-            paths.atomic_write_json(self.resumed_record(resume) if resume else self.meta, self.run_dir / "run.json")
+        self.pending_record = self.resumed_record(resume) if resume and self.rt.is_main else None
+        if self.rt.is_main and not resume:
+            paths.atomic_write_json(self.meta, self.run_dir / "run.json")
         row = self.fit(resume)
         if self.rt.is_main:
             print(f"plots and metrics.csv: {self.run_dir}\ncheckpoints: {self.ckpt_dir} (best.pt, last.pt)")
@@ -353,7 +355,7 @@ class Trainer:
 
     def resumed_record(self, resume: str | Path) -> dict:
         """The run's run.json with this resume added to its `resumes`: the command, commit, processes and
-        training settings it went on with, the first run's record kept as it was."""
+        training settings it went on with, the first run's record kept as it was (written by _save)."""
         try:
             record = json.loads((self.run_dir / "run.json").read_text())
         except (OSError, ValueError):       # resumed into a new folder, or the record was lost
@@ -367,6 +369,9 @@ class Trainer:
         improved = row["val_loss"] < self.best
         if improved:
             self.best = row["val_loss"]
+        if self.pending_record:     # a resume is recorded once it has trained an epoch: a failed one changes nothing
+            paths.atomic_write_json(self.pending_record, self.run_dir / "run.json")
+            self.pending_record = None
         self.log.append(row)  # before the checkpoints: a kill between the two redoes this epoch on resume
         state = self.state()
         save_checkpoint(state, self.ckpt_dir / "last.pt")

@@ -233,6 +233,16 @@ def test_cli_prints_one_error_line(tmp_path):
     assert out.stderr.startswith("error:") and "nope.pt" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_every_forecaster_keeps_its_own_label():
+    """Three Transformer checkpoints (and one passed twice) get four rows, not two."""
+    taken: dict = {}
+    for spec in ("ck/transformer-a/best.pt", "ck/transformer-b/best.pt", "ck/transformer-c/best.pt",
+                 "ck/transformer-c/best.pt"):
+        taken[evaluate.unique_label("transformer", spec, taken)] = spec
+    assert list(taken) == ["transformer", "transformer (transformer-b/best)", "transformer (transformer-c/best)",
+                           "transformer #2"]
+
+
 def test_scoring_a_model_on_its_training_patients_is_flagged(tmp_path):
     """A folder naming MIT-BIH training and validation records (101 trains the shipped model, 109 chose it; 100 is
     DS2): the report says those scores are no test."""
