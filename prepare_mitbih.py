@@ -576,20 +576,7 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     # The progress bar only on a terminal: in logs and pipes stderr keeps just the one 'error:' line.
     names = good_records(tqdm(names, desc="records", unit="rec", disable=None), load, skip_bad)
     split = splits_of(names)
-    for held in ("validation", "test"):
-        listed = getattr(d, f"{held}_records")
-        if split[held] and listed is None and any(loaded[r].fs_in != MITBIH_FS for r in split[held]):
-            print(f"warning: data.{held}_records is null, so MIT-BIH's record names chose the {held} split "
-                  f"({' '.join(split[held])}), but these records are not at MIT-BIH's {MITBIH_FS} Hz: list this "
-                  f"database's held-out patients in config data.{held}_records", file=sys.stderr)
-        if split[held]:
-            continue
-        if listed is None:      # MIT-BIH's default names, none in another database
-            print(f"warning: no {held} records among the {len(names)} in {data_dir} (the defaults are MIT-BIH's); "
-                  f"list this database's held-out patients in config data.{held}_records", file=sys.stderr)
-        elif listed:
-            print(f"warning: the {held} split is empty: none of data.{held}_records {listed} is prepared "
-                  f"(left out by --records or as bad)", file=sys.stderr)
+    warn_held_out(split, loaded, d, data_dir)
     import torch
 
     tensors = {s: cut_windows([loaded[r] for r in rs], d, overlap=(s == "train")) for s, rs in split.items()}
@@ -625,6 +612,23 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
         paths.atomic_torch_save(t, out_dir / f"{s}.pt")
     paths.atomic_write_json(meta, out_dir / "meta.json")
     return meta
+
+
+def warn_held_out(split: dict[str, list[str]], loaded: dict[str, Record], d: DataConfig, data_dir: Path) -> None:
+    """An empty validation or test split, or one MIT-BIH's default names chose in another database, is legal
+    but rarely meant: say so."""
+    for held in ("validation", "test"):
+        listed = getattr(d, f"{held}_records")
+        if split[held] and listed is None and any(loaded[r].fs_in != MITBIH_FS for r in split[held]):
+            print(f"warning: data.{held}_records is null, so MIT-BIH's record names chose the {held} split "
+                  f"({' '.join(split[held])}), but these records are not at MIT-BIH's {MITBIH_FS} Hz: list this "
+                  f"database's held-out patients in config data.{held}_records", file=sys.stderr)
+        elif not split[held] and listed is None:      # MIT-BIH's default names, none in another database
+            print(f"warning: no {held} records among the {len(loaded)} in {data_dir} (the defaults are MIT-BIH's); "
+                  f"list this database's held-out patients in config data.{held}_records", file=sys.stderr)
+        elif not split[held] and listed:
+            print(f"warning: the {held} split is empty: none of data.{held}_records {listed} is prepared "
+                  f"(left out by --records or as bad)", file=sys.stderr)
 
 
 def check_windows(rec: Record, cfg: DataConfig, where: str) -> None:
