@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -247,32 +248,45 @@ class CodeGPT(nn.Module):
         rep = None if nxt is None else nxt if own else nxt.repeat_interleave(num_samples, 0)
         draw = functools.partial(self.sample_step, temperature=temperature, top_k=top_k, top_p=top_p,
                                  generator=generator, bias=draft_bias)
-        if not use_cache:
-            seq = levels.repeat_interleave(num_samples, 0)
-            for _ in range(steps):
-                d = None if rep is None else rep[:, :seq.shape[1]]
-                want = None if rep is None else rep[:, seq.shape[1] - 1]
-                seq = torch.cat([seq, draw(self.hidden(seq, last_only=True, draft=d)[:, -1], prefer=want)[:, None]], 1)
-            out = seq[:, T:]
+        if use_cache:
+            out = self._generate_cached(levels, steps, draw, num_samples, nxt, rep, own)
         else:
-            caches = [{"size": T + steps} for _ in self.blocks]
-            shared = T - 1 if own else T          # with a draft per sample, the last context step reads its own
-            if shared:
-                d = None if nxt is None else nxt[::num_samples if own else 1, :shared]
-                h = self.hidden(levels[:, :shared], caches, last_only=True, draft=d)[:, -1]
-                h = h.repeat_interleave(num_samples, 0)
-                for cache in caches:
-                    cache["k"], cache["v"] = (cache[key].repeat_interleave(num_samples, 0) for key in ("k", "v"))
-            if own:
-                h = self.hidden(levels[:, shared:].repeat_interleave(num_samples, 0), caches, offset=shared,
-                                last_only=True, draft=rep[:, shared:T])[:, -1]
-            out = torch.empty(len(h), steps, self.levels, dtype=levels.dtype, device=levels.device)
-            for i in range(steps):
-                out[:, i] = draw(h, prefer=None if rep is None else rep[:, T + i - 1])
-                if i + 1 < steps:
-                    d = None if rep is None else rep[:, T + i:T + i + 1]
-                    h = self.hidden(out[:, i:i + 1], caches, offset=T + i, last_only=True, draft=d)[:, -1]
+            out = self._generate_uncached(levels.repeat_interleave(num_samples, 0), steps, draw, rep)
         return out if context.ndim == 3 else out[..., 0]
+
+    def _generate_uncached(self, seq: torch.Tensor, steps: int, draw: Callable, rep: torch.Tensor | None
+                           ) -> torch.Tensor:
+        """Each step reads the whole sequence again: the reference the cache must match."""
+        T = seq.shape[1]
+        for _ in range(steps):
+            d = None if rep is None else rep[:, :seq.shape[1]]
+            want = None if rep is None else rep[:, seq.shape[1] - 1]
+            seq = torch.cat([seq, draw(self.hidden(seq, last_only=True, draft=d)[:, -1], prefer=want)[:, None]], 1)
+        return seq[:, T:]
+
+    def _generate_cached(self, levels: torch.Tensor, steps: int, draw: Callable, num_samples: int,
+                         nxt: torch.Tensor | None, rep: torch.Tensor | None, own: bool) -> torch.Tensor:
+        """The context read once per context into the key/value caches, copied to its samples, then one
+        position per step."""
+        T = levels.shape[1]
+        caches = [{"size": T + steps} for _ in self.blocks]
+        shared = T - 1 if own else T          # with a draft per sample, the last context step reads its own
+        if shared:
+            d = None if nxt is None else nxt[::num_samples if own else 1, :shared]
+            h = self.hidden(levels[:, :shared], caches, last_only=True, draft=d)[:, -1]
+            h = h.repeat_interleave(num_samples, 0)
+            for cache in caches:
+                cache["k"], cache["v"] = (cache[key].repeat_interleave(num_samples, 0) for key in ("k", "v"))
+        if own:
+            h = self.hidden(levels[:, shared:].repeat_interleave(num_samples, 0), caches, offset=shared,
+                            last_only=True, draft=rep[:, shared:T])[:, -1]
+        out = torch.empty(len(h), steps, self.levels, dtype=levels.dtype, device=levels.device)
+        for i in range(steps):
+            out[:, i] = draw(h, prefer=None if rep is None else rep[:, T + i - 1])
+            if i + 1 < steps:
+                d = None if rep is None else rep[:, T + i:T + i + 1]
+                h = self.hidden(out[:, i:i + 1], caches, offset=T + i, last_only=True, draft=d)[:, -1]
+        return out
 
 
 def favour(logits: torch.Tensor, codes: torch.Tensor, bonus: float) -> torch.Tensor:
