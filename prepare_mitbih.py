@@ -26,7 +26,7 @@ from tqdm import tqdm
 # then fails in about a second instead of after seconds of loading them.
 
 import paths
-from hyper_params import AugmentConfig, Config, DataConfig, data_hash, load_config
+from hyper_params import AugmentConfig, Config, DataConfig, config_from_dict, data_hash, load_config
 from paths import UserError
 
 if TYPE_CHECKING:
@@ -686,7 +686,7 @@ def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None, 
     if data.get("data_hash") == data_hash(cfg.data):
         return data
     if any_records:
-        differ = preparation_differences(path.parent, cfg.data)
+        differ = preparation_differences(path.parent, cfg.data, data.get("data_hash"))
         if not differ:
             return data
         raise UserError(f"{path} was prepared unlike the VQ-VAE's data ({differ}): prepare with `python3 "
@@ -700,13 +700,16 @@ def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None, 
                     f"--prepared DIR)")
 
 
-def preparation_differences(folder: Path, data: DataConfig) -> str:
-    """How the data section a prepared folder was made with (its meta.json) differs from `data`, record lists
-    aside: '' when its windows are made alike."""
+def preparation_differences(folder: Path, data: DataConfig, tensor_hash: str | None) -> str:
+    """How the data section a prepared folder was made with (its meta.json, if it is the tensors' own) differs
+    from `data`, record lists aside: '' when its windows are made alike."""
     try:
         stored = json.loads((folder / "meta.json").read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"{folder / 'meta.json'} is missing or unreadable"
+        own = data_hash(config_from_dict({"data": stored}).data) == tensor_hash
+    except (OSError, ValueError, KeyError, TypeError, UserError):
+        own = False
+    if not own:
+        return f"{folder / 'meta.json'} is missing, unreadable or not the tensors' own"
     wanted = json.loads(json.dumps(asdict(data)))
     return ", ".join(f"{k} {stored.get(k)!r}, not {v!r}" for k, v in wanted.items()
                      if k not in ("test_records", "validation_records") and stored.get(k) != v)

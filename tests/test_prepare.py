@@ -459,6 +459,18 @@ def test_a_forecaster_may_train_on_its_own_record_lists(prepared):
         pm.load_split("train", make_cfg(filter_order=3), prepared.out, any_records=True)
 
 
+def test_own_record_lists_are_judged_by_the_tensors_own_meta(prepared, tmp_path):
+    """A meta.json that does not describe the tensors beside it (edited, or copied from elsewhere) proves nothing."""
+    import shutil
+    copy = tmp_path / "prepared"
+    shutil.copytree(prepared.out, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["config"]["filter_order"] = 3
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="meta.json is missing, unreadable or not the tensors' own"):
+        pm.load_split("train", make_cfg(filter_order=3), copy, any_records=True)
+
+
 def test_location_precedence(monkeypatch, tmp_path):
     monkeypatch.delenv("ECG_PREPARED_DIR", raising=False)
     assert paths.location("prepared") == ROOT / "data" / "prepared"
