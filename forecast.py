@@ -25,6 +25,7 @@ import torch
 
 import paths
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, repeat_last
+from hyper_params import DataConfig
 from hyper_params_transformer import transformer_config_from_dict
 from paths import PRETRAINED, ROOT, UserError, run_main
 from train_results import load_checkpoint, plot_forecasts
@@ -48,7 +49,8 @@ class ForecasterBase:
     def from_run(self, path: str | Path, ckpt: dict) -> None:
         """Where a trained forecaster came from, and the patients it saw (evaluate.py warns when it scores them)."""
         self.checkpoint = str(path)
-        self.train_records, self.validation_records = (seen_records(ckpt, s) for s in ("train", "validation"))
+        self.train_records, self.validation_records = (seen_records(ckpt, self.cfg.data, s)
+                                                       for s in ("train", "validation"))
 
 
 def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples: int = 1, seed: int = 0
@@ -106,12 +108,16 @@ def one_by_one(predict: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     return each
 
 
-def seen_records(ckpt: dict, split: str = "train") -> list[str]:
+def seen_records(ckpt: dict, data: DataConfig, split: str = "train") -> list[str]:
     """The records a forecaster checkpoint and its VQ-VAE were trained on (`split` "train") or chose their
-    checkpoints on ("validation"), as their runs stored them (none before sessions 21 and 23: evaluate.py then
-    assumes MIT-BIH's split of the stored config)."""
-    key = f"{split}_records"
-    return sorted(set(ckpt["meta"].get(key, []) + ckpt["vqvae"].get("meta", {}).get(key, [])))
+    checkpoints on ("validation"), as their runs stored them; a run from before sessions 21 and 23 stored none,
+    and is taken to have used MIT-BIH's split of its data config, `data`."""
+    from prepare_mitbih import DS1, DS2, PACED, config_split     # wfdb: imported when a checkpoint is read
+
+    key, found = f"{split}_records", []
+    for meta in (ckpt["meta"], ckpt["vqvae"].get("meta", {})):
+        found += meta[key] if key in meta else config_split(DS1 + DS2 + PACED, data)[split]
+    return sorted(set(found))
 
 
 def warn_short_context(samples: int, trained: int, fs: int) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import evaluate
+import forecast
 import transformer_train
 import vqvae_train
 from forecast import Forecaster
@@ -109,6 +110,10 @@ def test_a_checkpoint_knows_its_training_and_validation_patients(trained: dict) 
     assert fc.train_records == ["102", "103", "104", "105"] and fc.validation_records == ["101"]
     assert evaluate.seen_patients(fc, ["100", "101", "103", "999"]) == ["103"]
     assert evaluate.seen_patients(fc, ["100", "101", "103", "999"], "validation") == ["101"]
+    ckpt = torch.load(trained["ckpt"], weights_only=True)
+    del ckpt["vqvae"]["meta"]["train_records"]          # a VQ-VAE from before session 21: MIT-BIH's split assumed
+    seen = forecast.seen_records(ckpt, fc.cfg.data)
+    assert {"102", "103", "104", "105", "230"} <= set(seen) and not {"100", "101"} & set(seen)
 
 
 def test_same_seed_same_forecast(trained: dict) -> None:
