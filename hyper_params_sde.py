@@ -133,6 +133,8 @@ class SDEConfig:
         _check(c.learning_rate > 0, "crps.learning_rate", c.learning_rate, "must be > 0")
         self.augment.validate()
         t.validate()
+        _check(not t.amp, "train.amp", t.amp, "is not for the latent SDE: it solves in float32 (its path KL divides "
+               "drift differences by a diffusion as small as model.min_diffusion)")
 
 
 def sde_config_from_dict(raw: dict, source: str = "config") -> SDEConfig:

@@ -328,7 +328,7 @@ class LatentSDE(nn.Module):
         mean, logstd = self.initial()
         z0 = mean + logstd.exp() * torch.randn_like(mean)
         ts = torch.arange(T, dtype=x.dtype, device=x.device) / self.rate
-        entropy = int(torch.randint(0, 2 ** 31 - 1, ()))
+        entropy = int(torch.randint(0, 2 ** 31 - 1, (), device=x.device))   # each GPU's own generator
         zs, log_ratio = self.solve(z0, ts, entropy, logqp=True)
         pred = self.emit(zs, 0)
         std = self.observation_std()
@@ -535,7 +535,9 @@ class PathCRPS(nn.Module):
             each = [fc.path_crps(signals[i:i + 1], self.num_samples, int(s), held=not self.training)
                     for i, s in enumerate(seed.tolist())]
             loss, drafts = (torch.stack(v).mean() for v in zip(*each))
-        else:
+        else:       # a DataParallel replica on card k > 0 draws its own share's paths, not card 0's again
+            card = signals.device.index or 0
+            seed = int(np.random.SeedSequence([seed, card]).generate_state(1)[0]) if card else seed
             loss, drafts = fc.path_crps(signals, self.num_samples, seed, held=not self.training)
         return loss, {"crps": loss.detach(), "drafts_crps": drafts, "gain": drafts - loss.detach()}
 

@@ -71,17 +71,21 @@ def setup_runtime(device: str | None = None) -> Runtime:
     device = check_device(device)       # before the GPU test: a typo is an error on any machine
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if world > 1:
-        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        if use_cuda and per_node > torch.cuda.device_count():   # the same test on every rank, so rank 0 says it
-            raise UserError(f"torchrun started {per_node} processes per node but only {torch.cuda.device_count()} "
+        per_node, visible = int(os.environ.get("LOCAL_WORLD_SIZE", world)), torch.cuda.device_count()
+        # one visible card per process is a scheduler's way (CUDA_VISIBLE_DEVICES per task): each uses its own
+        if use_cuda and visible > 1 and per_node > visible:   # the same test on every rank, so rank 0 says it
+            raise UserError(f"torchrun started {per_node} processes per node but only {visible} "
                             "GPUs are visible: lower --nproc_per_node, or pass --device cpu")
         if not dist.is_initialized():
             dist.init_process_group("nccl" if use_cuda else "gloo")
-        dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+        dev = torch.device("cuda", local if visible > 1 else 0) if use_cuda else torch.device("cpu")
         if use_cuda:
             torch.cuda.set_device(dev)
         return Runtime(dev, rank, world, local)
-    return Runtime(torch.device(device if device else ("cuda" if use_cuda else "cpu")))
+    dev = torch.device(device if device else ("cuda" if use_cuda else "cpu"))
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)      # pinned batches and new tensors on the card asked for, not card 0
+    return Runtime(dev)
 
 
 def main_first(rt: Runtime, compute: Callable[[], Any]) -> Any:

@@ -233,7 +233,7 @@ class VQVAE(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        return self.scale.device        # a buffer: nn.DataParallel's replicas keep buffers, not parameters()
 
     @property
     def factor(self) -> int:

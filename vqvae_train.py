@@ -83,6 +83,16 @@ def plot_fixed_windows(model: VQVAE, windows: torch.Tensor, fs: int, out: Path, 
     plot_windows(x.cpu().numpy(), x_hat.cpu().numpy(), fs, out, title)
 
 
+def check_not_data_parallel(rt: Runtime) -> None:
+    """nn.DataParallel's replicas update their codebook statistics and lose them: usage and dead-code restarts
+    would see the first card's share of each batch only, and restart codes the other cards use."""
+    if rt.data_parallel:
+        raise paths.UserError("the VQ-VAE does not train under nn.DataParallel (one process, several GPUs): its "
+                              "codebook statistics would come from the first card's share of each batch; launch with "
+                              "torchrun --nproc_per_node N (they are all-reduced there) or pick one card with "
+                              "--device cuda:0")
+
+
 def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | None,
                     experiment: str = "vqvae") -> tuple[Path, Path]:
     """Rank 0 names the run (or reuses the resumed one); every rank learns the same folders."""
@@ -105,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = run_config(args, resume_ckpt, load_config, config_from_dict)
     cfg.validate()
     rt = setup_runtime(args.device)
+    check_not_data_parallel(rt)
     seed_everything(cfg.train.seed)
     train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
     fs = int(train["fs"])

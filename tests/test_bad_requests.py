@@ -212,13 +212,23 @@ def test_results_are_written_whole(tmp_path):
 
 
 def test_torchrun_with_more_processes_than_gpus_is_refused(monkeypatch):
-    """Checked on every rank before the process group forms, so rank 0 reports it (here: 2 ranks, 1 GPU)."""
+    """Checked on every rank before the process group forms, so rank 0 reports it (here: 4 ranks, 3 GPUs). One
+    visible card per process is a scheduler's way of giving each its own: rank 1 then runs on its cuda:0."""
+    import torch.distributed as dist
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    for key, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "2")):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    for key, value in (("WORLD_SIZE", "4"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "4")):
         monkeypatch.setenv(key, value)
-    with pytest.raises(UserError, match="2 processes per node but only 1 GPUs"):
+    with pytest.raises(UserError, match="4 processes per node but only 3 GPUs"):
         setup_runtime(None)
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    for key, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1"), ("LOCAL_WORLD_SIZE", "2")):
+        monkeypatch.setenv(key, value)
+    rt = setup_runtime(None)
+    assert rt.device == torch.device("cuda", 0) == chosen[0] and rt.rank == 1
 
 
 def test_a_context_shorter_than_in_training_is_warned(shipped):

@@ -176,7 +176,7 @@ def test_config_validation_names_the_key() -> None:
                      ({"model": {"draft_noise": -0.1}}, "model.draft_noise"),
                      ({"model": {"draft_beats": True, "phase_template": True}}, "model.draft_beats"),
                      ({"model": {"hold_band": True}}, "model.hold_band"),
-                     ({"crps": {"samples": 1}}, "crps.samples"), ({"crps": {"epochs": 0}}, "crps.epochs"),
+                     ({"crps": {"samples": 1}}, "crps.samples"), ({"train": {"amp": True}}, "train.amp"), ({"crps": {"epochs": 0}}, "crps.epochs"),
                      ({"crps": {"learning_rate": 0}}, "crps.learning_rate"), ({"crps": {"sample": 8}}, "crps.sample"),
                      ({"sde": {}}, "sde")):
         with pytest.raises(UserError, match=key.replace(".", r"\.")):

@@ -175,3 +175,26 @@ def test_no_plot_windows_draw_no_plot(tmp_path) -> None:
     from vqvae_train import plot_fixed_windows
     plot_fixed_windows(tiny_model(), torch.zeros(0, 64, 2), 128, tmp_path / "r.png", "none")
     assert not (tmp_path / "r.png").exists()
+
+
+def test_a_data_parallel_replica_knows_its_device() -> None:
+    """nn.DataParallel's replicas hold their weights as plain tensors, not parameters(), and keep their buffers:
+    vq.device must still answer (the CRPS fine-tuning's replicas encode drafts with it)."""
+    replica = tiny_model()
+    for module in replica.modules():        # what torch.nn.parallel.replicate makes of every module
+        for name, p in list(module._parameters.items()):
+            del module._parameters[name]
+            setattr(module, name, p.detach())
+    assert next(replica.parameters(), None) is None and replica.device == torch.device("cpu")
+    assert replica.encode(torch.randn(1, 64, 2)).shape == (1, 16)
+
+
+def test_the_vqvae_does_not_train_under_data_parallel(monkeypatch) -> None:
+    from paths import UserError
+    from training import Runtime
+    from vqvae_train import check_not_data_parallel
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UserError, match="nn.DataParallel.*torchrun"):
+        check_not_data_parallel(Runtime(torch.device("cuda")))
+    check_not_data_parallel(Runtime(torch.device("cuda:0")))
+    check_not_data_parallel(Runtime(torch.device("cuda:0"), 0, 2))
