@@ -204,6 +204,24 @@ def test_multi_segment_records_are_one_record(tmp_path):
     assert pm.hash_inputs(tmp_path, ["m"]) != before         # the segments' samples are part of the data hash
 
 
+def test_a_variable_layout_record_reads_its_ecg_leads(tmp_path):
+    """MIMIC-style: a layout header, then segments with different channels (a pulse wave joins in the second)."""
+    x, _ = synthetic_ecg(20.0, 360.0, seed=3)
+    pleth = 50 + 10 * np.sin(np.arange(len(x)) / 360.0 * 2 * np.pi)
+    write_signal(tmp_path, "v_1", x[:3600], leads=("II", "V"))
+    wfdb.wrsamp("v_2", fs=360, units=["NU", "mV", "mV"], sig_name=["PLETH", "II", "V"],
+                p_signal=np.column_stack([pleth[3600:], x[3600:]]), fmt=["16"] * 3, adc_gain=[100.0, 200.0, 200.0],
+                baseline=[0] * 3, write_dir=str(tmp_path))
+    (tmp_path / "v_layout.hea").write_text("v_layout 3 360 0\n~ 0 100/NU 16 0 0 0 0 PLETH\n"
+                                           "~ 0 200/mV 16 0 0 0 0 II\n~ 0 200/mV 16 0 0 0 0 V\n")
+    (tmp_path / "v.hea").write_text(f"v/3 3 360 {len(x)}\nv_layout 0\nv_1 3600\nv_2 {len(x) - 3600}\n")
+    assert pm.find_records(tmp_path, download=False) == ["v"]
+    cfg = make_cfg().data
+    pm.check_record(tmp_path / "v", cfg)
+    rec = pm.read_record(tmp_path / "v", cfg)
+    assert rec.leads == ["II", "V"] and np.isfinite(rec.signal).all()
+
+
 def test_filter_and_resample_refuses_what_it_would_spoil():
     cfg = make_cfg().data
     x = np.random.default_rng(0).standard_normal((3600, 2))
