@@ -184,30 +184,31 @@ def _lead_key(name: str) -> str:
     return re.sub(r"^(LEAD|ECG)(?=.)", "", key)
 
 
-def is_ecg_unit(unit: str | None) -> bool:
-    """Channels in mV, uV or V (or without units, read as mV) are ECG leads; PLETH in NU or ABP in mmHg are not."""
-    return str(unit or "mV").strip().lower() in UNITS_TO_MV
+def mv_per_unit(unit: str | None) -> float | None:
+    """Millivolts per unit of a channel in mV, uV or V (no units: mV); None for PLETH in NU, ABP in mmHg..."""
+    return UNITS_TO_MV.get(str(unit or "mV").strip().lower())
 
 
-def check_two_leads(names: list[str], where: str, others: list[str] = ()) -> None:
-    if len(names) < 2:
+def ecg_channels(names: list[str], units: list[str | None], where: str) -> list[int]:
+    """The channels in ECG units, at least two of them, or one error naming the channels passed over."""
+    ecg = [i for i, u in enumerate(units) if mv_per_unit(u) is not None]
+    if len(ecg) < 2:
+        others = [f"{names[i]} in '{units[i]}'" for i in range(len(names)) if i not in ecg]
         skipped = f"; not ECG: {', '.join(others)} (leads are in mV, uV or V)" if others else ""
-        raise UserError(f"{where}: needs two leads, has {len(names)} ({', '.join(map(str, names))}){skipped}")
+        raise UserError(f"{where}: needs two leads, has {len(ecg)} ({', '.join(str(names[i]) for i in ecg)}){skipped}")
+    return ecg
 
 
 def order_leads(names: list[str], first: str, where: str, units: list[str | None] | None = None) -> list[int]:
     """Channel indices [lead 1, lead 2] of a record whose channels are called `names`, among those in ECG
-    units (is_ecg_unit), so that an ICU record's PLETH or ABP is passed over.
+    units (ecg_channels), so that an ICU record's PLETH or ABP is passed over.
 
     Lead 1 is the channel named `first` (cfg.first_lead, e.g. MLII; exact name, else the same name
     compared as in LEAD_PREFERENCE); without one, the first LEAD_PREFERENCE group the record has
     (lead II, then I, III, aVF, aVL, aVR); without any, the first ECG channel. Lead 2 is V1, else the first
     other ECG channel.
     """
-    units = list(units or [None] * len(names))
-    ecg = [i for i, u in enumerate(units) if is_ecg_unit(u)]
-    check_two_leads([names[i] for i in ecg], where,
-                    [f"{names[i]} in '{units[i]}'" for i in range(len(names)) if i not in ecg])
+    ecg = ecg_channels(names, list(units or [None] * len(names)), where)
     keys = {i: _lead_key(names[i]) for i in ecg}
     choices = [[i for i in ecg if names[i] == first]]
     choices += [[i for i in ecg if keys[i] in group] for group in [(_lead_key(first),), *LEAD_PREFERENCE]]
@@ -230,10 +231,11 @@ def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str
     if x.ndim != 2 or x.shape[1] != 2:
         flipped = " (transposed? pass x.T)" if x.ndim == 2 and x.shape[0] == 2 else ""
         raise UserError(f"{where}: expected samples [N, 2], time first, two leads; got {list(x.shape)}{flipped}")
-    if not gaps and not np.isfinite(x).all():
-        i = int(np.argwhere(~np.isfinite(x))[0][0])
-        raise UserError(f"{where}: {int((~np.isfinite(x)).sum())} NaN/invalid samples (first at sample {i}): they "
-                        f"would spread through the whole filtered signal; pass gaps=True to keep them as gaps")
+    bad = ~np.isfinite(x)
+    if not gaps and bad.any():
+        first = int(np.argwhere(bad)[0][0])
+        raise UserError(f"{where}: {int(bad.sum())} NaN/invalid samples (first at sample {first}): they would spread "
+                        f"through the whole filtered signal; pass gaps=True to keep them as gaps")
     ratio = resample_ratio(fs_in, cfg.samples_per_second, where)
     lo, hi = cfg.filter_band
     if hi > 0.45 * fs_in:
@@ -247,7 +249,7 @@ def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str
     pad = 3 * (2 * len(sos) + 1)                      # sosfiltfilt's default padlen
     if len(x) <= pad:
         raise UserError(f"{where}: record of {len(x)} samples ({len(x) / fs_in:.3g} s) is too short to filter")
-    if gaps and not np.isfinite(x).all():
+    if gaps and bad.any():
         return _filter_stretches(x, sos, pad, ratio, fs_in)
     return _resample(scipy.signal.sosfiltfilt(sos, x, axis=0), ratio)
 
@@ -353,8 +355,7 @@ def check_record(path: Path, cfg: DataConfig) -> None:
     """The cheap checks (header, file sizes, sampling rate, leads, length) without reading or filtering samples."""
     path = record_path(path)
     header = read_header(path)
-    names, units = header_leads(path, header)
-    order_leads(names, cfg.first_lead, str(path), units)
+    ecg_channels(*header_leads(path, header), str(path))      # which are leads 1 and 2 is read_record's to say
     ratio = resample_ratio(float(header.fs), cfg.samples_per_second, str(path))
     if header.sig_len and math.ceil(header.sig_len * ratio) < cfg.total_samples:
         raise UserError(f"{path}: {secs(header.sig_len / header.fs)} s is shorter than one window of "
@@ -376,7 +377,7 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
         raise UserError(f"{where}: the .dat holds {len(x)} samples but the header says {rec.sig_len} (truncated?)")
     units = list(rec.units or [None] * len(rec.sig_name))
     order = order_leads(list(rec.sig_name), cfg.first_lead, where, units)
-    x = x[:, order] * [UNITS_TO_MV[str(units[i] or "mV").strip().lower()] for i in order]
+    x = x[:, order] * [mv_per_unit(units[i]) for i in order]
     bad = ~np.isfinite(x)
     if bad.any() and not gaps:
         i, k = (int(v) for v in np.argwhere(bad)[0])
