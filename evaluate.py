@@ -146,14 +146,9 @@ def unique_label(label: str, spec: str, taken: dict) -> str:
 
 def seen_patients(model: ForecasterBase, records: list[str], split: str = "train") -> list[str]:
     """The records among `records` that the model trained on (`split` "train") or chose its checkpoint on
-    ("validation"), as its checkpoint lists them (for older ones: as its data config splits MIT-BIH):
-    scored here, they would be no test."""
-    from prepare_mitbih import DS1, DS2, PACED, config_split
-    listed = getattr(model, f"{split}_records", None)
-    own = getattr(getattr(model, "cfg", None), "data", None)
-    if not listed and own is not None:
-        listed = config_split(DS1 + DS2 + PACED, own)[split]
-    return [r for r in records if r in (listed or [])]
+    ("validation"), as its checkpoint lists them (forecast.seen_records): scored here, they would be no test."""
+    listed = getattr(model, f"{split}_records", [])
+    return [r for r in records if r in listed]
 
 
 def expand_models(specs: list[str]) -> list[str]:

@@ -346,14 +346,13 @@ def main() -> None:
                    f"record {record} from {args.start:g} s: {args.samples} sampled forecasts",
                    start_s=(res["start_sample"] - len(res["context"])) / res["fs"],
                    leads=tuple(f"lead {k + 1}: {name}" for k, name in enumerate(res["leads"])))
+    gap, truth = int((~np.isfinite(res["truth"])).any(1).sum()), len(res["truth"])
     paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "leads": res["leads"],
                              "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
-                             "truth_samples": len(res["truth"]),
-                             "truth_gap_samples": int((~np.isfinite(res["truth"])).any(1).sum()),
+                             "truth_samples": truth, "truth_gap_samples": gap,
                              "checkpoint": str(path), "git_commit": paths.git_commit()}, out / f"{stem}.json")
     print(f"forecast of {args.record} from {args.start:g} s: {args.samples} samples x {res['samples'].shape[1]} "
           f"samples x 2 leads at {res['fs']} Hz in {time.time() - t0:.1f} s ({t_load:.1f} s of it loading the model)")
-    gap, truth = int((~np.isfinite(res["truth"])).any(1).sum()), len(res["truth"])
     if gap or truth < res["samples"].shape[1]:
         print(f"note: the truth plotted covers {(truth - gap) / res['fs']:g} s of the {res['samples'].shape[1] / res['fs']:g} s "
               f"forecast (the record's end or a gap)")

@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     def encode(x: torch.Tensor) -> torch.Tensor:
         return encode_drafted(vq, x, piece, fs) if drafted else encode_windows(vq, x, piece)
 
-    train_enc, val_enc, augmented = frozen_encodings(kind, vq, encode, {"train": train, "validation": val}, str(piece),
-                                                     scfg.augment, cfg.data, scfg.train.seed, args.prepared, rt)
+    train_enc, val_enc, augmented = frozen_encodings(kind, vq, encode, train, val, str(piece), scfg.augment, cfg.data,
+                                                     scfg.train.seed, args.prepared, rt)
     encoded, sources = [train_enc], [train]      # sources: where each block's beat annotations come from
     if augmented:
         encoded.append(augmented[1])

@@ -85,9 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     kind = "beat_drafted" if arch.draft_beats else "drafted" if arch.draft else "codes"
     encode = ((lambda x: encode_drafted(vq, x, chunk, fs, arch.draft_beats)) if arch.draft
               else (lambda x: encode_split(vq, x, chunk)))
-    train_codes, val_codes, augmented = frozen_encodings(kind, vq, encode, {"train": train, "validation": val},
-                                                         f"{chunk}:steps", tcfg.augment, cfg.data, tcfg.train.seed,
-                                                         args.prepared, rt)
+    train_codes, val_codes, augmented = frozen_encodings(kind, vq, encode, train, val, f"{chunk}:steps", tcfg.augment,
+                                                         cfg.data, tcfg.train.seed, args.prepared, rt)
     if augmented:
         train_codes = torch.cat([train_codes, augmented[1]])
     q = cfg.model.num_quantizers

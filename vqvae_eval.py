@@ -62,10 +62,10 @@ def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dic
     return model, ckpt, str(path)
 
 
-def frozen_encodings(kind: str, vq: VQVAE, encode: Callable[[torch.Tensor], torch.Tensor], splits: dict[str, dict],
+def frozen_encodings(kind: str, vq: VQVAE, encode: Callable[[torch.Tensor], torch.Tensor], train: dict, val: dict,
                      key: str, aug: AugmentConfig, data_cfg: DataConfig, seed: int, prepared: str | None,
                      rt: Runtime) -> tuple[torch.Tensor, torch.Tensor, tuple[list[dict], torch.Tensor] | None]:
-    """The training and validation windows (`splits`) encoded once by the frozen `vq`, and `aug.copies` stretched
+    """The training and validation windows encoded once by the frozen `vq`, and `aug.copies` stretched
     copies of the training records with theirs, cached under `kind` (`key`: what else the encoding depends on).
     Rank 0 computes them first (main_first), on the run's device."""
     digest = weights_digest(vq)
@@ -75,8 +75,8 @@ def frozen_encodings(kind: str, vq: VQVAE, encode: Callable[[torch.Tensor], torc
         train_enc, val_enc = (
             cached_encoding(kind, f"{digest}:{d['data_hash']}:{d['input_hash']}:{split}:{key}",
                             lambda d=d: encode(d["signals"]), prepared, split)
-            for split, d in splits.items())
-        return train_enc, val_enc, (augmented_encoding(kind, splits["train"], aug, data_cfg, seed, encode, digest,
+            for split, d in (("train", train), ("validation", val)))
+        return train_enc, val_enc, (augmented_encoding(kind, train, aug, data_cfg, seed, encode, digest,
                                                        prepared) if aug.copies else None)
     train_enc, val_enc, augmented = main_first(rt, compute)
     if augmented and rt.is_main:
