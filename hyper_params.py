@@ -284,7 +284,14 @@ def load_config(path: str | Path | None = None) -> Config:
     return config_from_dict(read_json(path), str(path))
 
 
+# Raised when prepare_mitbih.py makes other tensors of the same data settings, so that the data hash tells
+# the older prepared folders apart. 2 (session 24): record edges mirror-padded, windows clear of a record's
+# last second.
+PREPARATION = 2
+
+
 def data_hash(data: DataConfig) -> str:
-    """Fingerprint of the settings that shape prepared tensors: a mismatch means re-prepare."""
-    text = json.dumps(dataclasses.asdict(data), sort_keys=True)
+    """Fingerprint of the settings, and of the preparation, that shape prepared tensors: a mismatch means
+    re-prepare."""
+    text = json.dumps({**dataclasses.asdict(data), "preparation": PREPARATION}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -26,7 +26,7 @@ from tqdm import tqdm
 # then fails in about a second instead of after seconds of loading them.
 
 import paths
-from hyper_params import AugmentConfig, Config, DataConfig, config_from_dict, data_hash, load_config
+from hyper_params import PREPARATION, AugmentConfig, Config, DataConfig, config_from_dict, data_hash, load_config
 from paths import UserError
 
 if TYPE_CHECKING:
@@ -223,8 +223,9 @@ def order_leads(names: list[str], first: str, where: str, units: list[str | None
 
 def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str, gaps: bool = False) -> np.ndarray:
     """Zero-phase band-pass at the source rate (removes baseline wander and noise), then resample; with
-    `gaps`, NaN samples are gaps kept as NaN (see _filter_stretches). A signal without NaN is filtered the
-    same either way, so a record reads alike in prepare_mitbih.py, forecast.py and evaluate.py."""
+    `gaps`, NaN samples are gaps kept as NaN. Each stretch between gaps, a whole signal without them, is
+    filtered on its own (see _filter_stretches), so a record reads alike in prepare_mitbih.py, forecast.py
+    and evaluate.py."""
     import scipy.signal
 
     x = np.asarray(x)
@@ -249,9 +250,7 @@ def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str
     pad = 3 * (2 * len(sos) + 1)                      # sosfiltfilt's default padlen
     if len(x) <= pad:
         raise UserError(f"{where}: record of {len(x)} samples ({len(x) / fs_in:.3g} s) is too short to filter")
-    if gaps and bad.any():
-        return _filter_stretches(x, sos, pad, ratio, fs_in)
-    return _resample(scipy.signal.sosfiltfilt(sos, x, axis=0), ratio)
+    return _filter_stretches(x, sos, pad, ratio, fs_in)
 
 
 def _resample(y: np.ndarray, ratio: Fraction) -> np.ndarray:
@@ -262,15 +261,18 @@ def _resample(y: np.ndarray, ratio: Fraction) -> np.ndarray:
     return y.astype(np.float32)
 
 
-GAP_PAD_S = 2.0      # each stretch is padded by its mirror image this long before filtering...
-GAP_MARGIN_S = 1.0   # ...and this much beside a gap is a gap too: what is left differs from the signal
-                     # filtered whole by < 0.03 mV (8 MIT-BIH records, 80 random gaps), where the filter's
-                     # default padding left up to 2.9 mV within a second of a gap (EXPERIMENTS.md, session 22)
+EDGE_PAD_S = 2.0     # each stretch, a record's start and end included, is padded by its mirror image this long
+                     # before filtering (sosfiltfilt's default odd padding of 15 samples turned MIT-BIH's last
+                     # sample, a step to 0 or -1.28 mV, into spikes up to 3.5 mV)...
+EDGE_MARGIN_S = 1.0  # ...and this much beside a gap, or before a record's end, is left out of windows: what is
+                     # left differs from the signal filtered whole by < 0.03 mV (8 MIT-BIH records, 80 random
+                     # gaps), where the default padding left up to 2.9 mV within a second of a gap
+                     # (EXPERIMENTS.md, sessions 22 and 24)
 
 
 def _filter_stretches(x: np.ndarray, sos: np.ndarray, pad: int, ratio: Fraction, fs_in: float) -> np.ndarray:
     """Each stretch of finite samples filtered and resampled on its own, NaN elsewhere: a gap never
-    leaks into its neighbours, its edges' filter transients are cut off with it (GAP_MARGIN_S), and
+    leaks into its neighbours, its edges' filter transients are cut off with it (EDGE_MARGIN_S), and
     stretches too short to filter stay NaN."""
     import scipy.signal
 
@@ -281,11 +283,11 @@ def _filter_stretches(x: np.ndarray, sos: np.ndarray, pad: int, ratio: Fraction,
         start = -(-a // ratio.denominator) * ratio.denominator     # a sample on the output grid: no sub-sample shift
         if b - a > pad and b > start:
             filtered = scipy.signal.sosfiltfilt(sos, x[a:b], axis=0, padtype="even",
-                                                padlen=min(round(GAP_PAD_S * fs_in), b - a - 1))
+                                                padlen=min(round(EDGE_PAD_S * fs_in), b - a - 1))
             part = _resample(filtered[start - a:], ratio)
             at = min(int(start * ratio), n)
             y[at:at + len(part)] = part[:n - at]
-    margin = round(GAP_MARGIN_S * fs_in * ratio)
+    margin = round(EDGE_MARGIN_S * fs_in * ratio)
     for (_, gap_start), (gap_end, _) in zip(spans, spans[1:]):
         y[max(math.floor(gap_start * ratio) - margin, 0):math.ceil(gap_end * ratio) + margin] = np.nan
     return y
@@ -296,6 +298,13 @@ def finite_stretches(x: np.ndarray) -> list[tuple[int, int]]:
     ok = np.isfinite(x).reshape(len(x), -1).all(1)
     edges = np.flatnonzero(np.diff(np.concatenate([[0], ok.view(np.int8), [0]])))
     return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+def window_spans(signal: np.ndarray, fs: int) -> list[tuple[int, int]]:
+    """Where windows may lie: the finite stretches, clear of the record's last EDGE_MARGIN_S (a recording's
+    last samples are where it stops; the filter's padding mirrors whatever they hold)."""
+    end = len(signal) - round(EDGE_MARGIN_S * fs)
+    return [(a, min(b, end)) for a, b in finite_stretches(signal) if a < end]
 
 
 def _wfdb_read(read: Callable, path: Path, failure: str):
@@ -470,12 +479,12 @@ def other_annotators(path: Path) -> str:
     return f" (--annotator {other[0]} reads {path.name}.{other[0]})" if other else ""
 
 
-def window_starts(n: int, cfg: DataConfig, overlap: bool, spans: list[tuple[int, int]] | None = None) -> np.ndarray:
-    """Starts of context+horizon windows; evaluation splits never overlap so no sample counts twice. With
-    `spans` (the record's stretches without gaps), windows are laid out in each stretch afresh."""
+def window_starts(spans: list[tuple[int, int]], cfg: DataConfig, overlap: bool) -> np.ndarray:
+    """Starts of context+horizon windows, laid out in each span (window_spans) afresh; evaluation splits never
+    overlap so no sample counts twice."""
     length, step = cfg.total_samples, cfg.stride_samples if overlap else cfg.total_samples
     starts = np.concatenate([np.zeros(0, np.int64)] + [np.arange(a, b - length + 1, step, dtype=np.int64)
-                                                        for a, b in ([(0, n)] if spans is None else spans)])
+                                                        for a, b in spans])
     k = cfg.signals_per_patient or 0
     if 0 < k < len(starts):
         starts = starts[np.round(np.linspace(0, len(starts) - 1, k)).astype(np.int64)]
@@ -489,8 +498,7 @@ def cut_windows(records: list[Record], cfg: DataConfig, overlap: bool) -> dict:
     length = cfg.total_samples
     signals, rec_idx, starts, ptr, pos, sym = [], [], [], [0], [], []
     for r_i, r in enumerate(records):
-        spans = finite_stretches(r.signal) if r.invalid_s else None
-        for s in window_starts(len(r.signal), cfg, overlap, spans):
+        for s in window_starts(window_spans(r.signal, cfg.samples_per_second), cfg, overlap):
             signals.append(r.signal[s:s + length])
             rec_idx.append(r_i)
             starts.append(int(s))
@@ -591,6 +599,7 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
         "input_hash": hash_inputs(data_dir, names, annotator),
         "annotator": annotator,
         "data_hash": data_hash(d),
+        "preparation": PREPARATION,
         "config": asdict(d),
         "fs": d.samples_per_second,
         "window_samples": d.window_samples,
@@ -609,7 +618,7 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     }
     for s, t in tensors.items():
         t.update(fs=d.samples_per_second, scale_mv=torch.tensor(scale, dtype=torch.float32),
-                 data_hash=meta["data_hash"], input_hash=meta["input_hash"])
+                 data_hash=meta["data_hash"], input_hash=meta["input_hash"], preparation=PREPARATION)
         paths.atomic_torch_save(t, out_dir / f"{s}.pt")
     paths.atomic_write_json(meta, out_dir / "meta.json")
     return meta
@@ -633,19 +642,20 @@ def warn_held_out(split: dict[str, list[str]], loaded: dict[str, Record], d: Dat
 
 
 def check_windows(rec: Record, cfg: DataConfig, where: str) -> None:
-    """A record must hold one window (without gaps); a record with gaps says how much of it they take."""
+    """A record must hold one window (without gaps, clear of its last second); a record with gaps says how
+    much of it they take."""
     fs, need = cfg.samples_per_second, cfg.total_samples / cfg.samples_per_second
-    if not rec.invalid_s:
-        if len(rec.signal) < cfg.total_samples:
-            raise UserError(f"{where}: {secs(len(rec.signal) / fs)} s is shorter than one window of {secs(need)} s")
-        return
-    spans = finite_stretches(rec.signal)
+    spans = window_spans(rec.signal, fs)
     longest = max((b - a for a, b in spans), default=0)
     if longest < cfg.total_samples:
+        if not rec.invalid_s:
+            raise UserError(f"{where}: {secs(len(rec.signal) / fs)} s is shorter than one window of {secs(need)} s "
+                            f"and the last {secs(EDGE_MARGIN_S)} s, which windows leave out")
         raise UserError(f"{where}: no stretch without invalid samples is one window ({need:.1f} s) long "
                         f"(the longest is {longest / fs:.1f} s)")
-    print(f"note: {where}: {rec.invalid_s:.1f} s of NaN/invalid samples; windows leave out the gaps "
-          f"({len(spans)} clean stretches)", file=sys.stderr)
+    if rec.invalid_s:
+        print(f"note: {where}: {rec.invalid_s:.1f} s of NaN/invalid samples; windows leave out the gaps "
+              f"({len(spans)} clean stretches)", file=sys.stderr)
 
 
 def good_records(names: Iterable[str], check: Callable[[str], None], skip_bad: bool) -> list[str]:
@@ -684,6 +694,10 @@ def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None, 
     if len(data["signals"]) == 0:
         raise UserError(f"{path} holds no windows: no record of the {split} split was prepared (config "
                         f"data.{split}_records, or prepare_mitbih.py --records)")
+    if data.get("preparation", 1) != PREPARATION:
+        raise UserError(f"{path} was prepared by another version of prepare_mitbih.py (preparation "
+                        f"{data.get('preparation', 1)}, this one makes {PREPARATION}: see hyper_params.PREPARATION); "
+                        f"run `python3 prepare_mitbih.py` again with the flags it was prepared with")
     if data.get("data_hash") == data_hash(cfg.data):
         return data
     if any_records:

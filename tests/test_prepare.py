@@ -419,21 +419,22 @@ def test_signals_per_patient_limits_windows(synthetic_db, tmp_path):
         assert set(per_record) == set(meta["splits"][split])
         for starts in per_record.values():
             assert len(starts) == 3  # spread over the record, first and last window kept
-            assert starts[0] == 0 and starts[-1] == 60 * FS - WINDOW
-    full = pm.window_starts(60 * FS, make_cfg().data, overlap=True)
-    assert len(full) > 3
-    assert len(pm.window_starts(60 * FS, make_cfg(signals_per_patient=1000).data, overlap=True)) == len(full)
+            step = 384 if split == "train" else WINDOW     # the last window that ends a second before the record
+            assert starts[0] == 0 and 59 * FS - step < starts[-1] + WINDOW <= 59 * FS
+    full = pm.window_starts([(0, 59 * FS)], make_cfg().data, overlap=True)
+    assert len(full) > 3 and full[-1] == (59 * FS - WINDOW) // 384 * 384
+    assert len(pm.window_starts([(0, 59 * FS)], make_cfg(signals_per_patient=1000).data, overlap=True)) == len(full)
 
 
 def test_evaluation_windows_do_not_overlap(prepared):
     for split in ("validation", "test"):
         for name, starts in prepared.meta["window_starts"][split].items():
             assert np.all(np.diff(starts) >= WINDOW), (split, name)
-            assert len(starts) == 60 * FS // WINDOW  # no overlap, but no sample thrown away either
+            assert len(starts) == 59 * FS // WINDOW  # no overlap, no sample thrown away but the record's last second
     for starts in prepared.meta["window_starts"]["train"].values():
         assert np.all(np.diff(starts) == 384)  # window_stride 3 s: training windows may overlap
     no_stride = make_cfg(window_stride=None).data
-    assert np.all(np.diff(pm.window_starts(60 * FS, no_stride, overlap=True)) == WINDOW)
+    assert np.all(np.diff(pm.window_starts([(0, 60 * FS)], no_stride, overlap=True)) == WINDOW)
 
 
 # ---------------------------------------------------------------- load_split
@@ -463,6 +464,14 @@ def test_load_split_refuses_other_data_config(prepared):
     other = make_cfg(test_records=["100", "101"], validation_records=["102"], filter_order=4)
     with pytest.raises(UserError, match="another data config"):
         pm.load_split("train", other, prepared.out)
+
+
+def test_load_split_refuses_an_older_preparation(prepared, tmp_path):
+    old = {k: v for k, v in prepared.tensors["train"].items() if k != "preparation"}
+    torch.save(old, tmp_path / "train.pt")
+    with pytest.raises(UserError, match=r"train.pt was prepared by another version of prepare_mitbih.py "
+                                        r"\(preparation 1, this one makes 2"):
+        pm.load_split("train", prepared.cfg, tmp_path)
 
 
 def test_a_forecaster_may_train_on_its_own_record_lists(prepared):
@@ -515,7 +524,7 @@ def test_cli_on_synthetic_records(synthetic_db, tmp_path):
     assert meta["splits"] == {"train": ["102", "103"], "validation": ["101"], "test": ["100"]}
     assert meta["data_dir"] == str(synthetic_db)
     cfg = config_from_dict(json.loads(config.read_text()))
-    assert len(pm.load_split("train", cfg, out)["signals"]) == meta["windows"]["train"] == 2 * 19
+    assert len(pm.load_split("train", cfg, out)["signals"]) == meta["windows"]["train"] == 2 * 18  # 60 s: starts 0, 3, ... 51 s, clear of the last second
 
 
 # ---------------------------------------------------------------- gaps (NaN/invalid samples)
@@ -540,17 +549,29 @@ def test_gaps_are_filtered_stretch_by_stretch_and_windows_avoid_them(tmp_path):
     rec = pm.read_record(path, cfg, gaps=True)
     assert rec.invalid_s == pytest.approx(721 / 360)
     assert pm.finite_stretches(rec.signal) == [(0, 2432), (2944, 4992), (5249, 60 * FS)]  # a second beside each gap too
-    # what is kept is the signal filtered whole, to 0.03 mV (away from the record's own ends)
+    # what is kept is the signal filtered whole, to 0.03 mV, the record's own ends included (padded alike)
     clean = pm.read_record(whole, cfg).signal
     np.testing.assert_array_equal(pm.read_record(whole, cfg, gaps=True).signal, clean)   # no gap: read alike
     kept = np.isfinite(rec.signal).all(1)
-    kept[:3 * FS] = kept[-3 * FS:] = False
     np.testing.assert_allclose(rec.signal[kept], clean[kept], atol=0.03)
     w = pm.cut_windows([rec], cfg, overlap=False)
-    assert w["start"].tolist() == [0, 768, 1536, 2944, 3712, 5249, 6017, 6785]
+    assert w["start"].tolist() == [0, 768, 1536, 2944, 3712, 5249, 6017]   # and clear of the record's last second
     assert torch.isfinite(w["signals"]).all()
     beats = np.concatenate([pm.window_beats(w, i) + s for i, s in enumerate(w["start"].tolist())])
     assert len(beats) > 50 and np.isin(beats, rec.beats).all()
+
+
+def test_a_records_last_sample_step_stays_in_its_last_second():
+    """MIT-BIH's last sample steps to 0 or -1.28 mV: mirror padding keeps that within the last quarter second
+    (the filter's default odd padding spread it over the last second, up to 2.2 mV here), and no window
+    reaches into the record's last second."""
+    x, _ = synthetic_ecg(20.0, 360.0, seed=3)
+    stepped = x.copy()
+    stepped[-1] = [-1.28, 0.0]
+    cfg = make_cfg().data
+    diff = np.abs(pm.filter_and_resample(stepped, 360, cfg, "x") - pm.filter_and_resample(x, 360, cfg, "x")).max(1)
+    assert diff[:-FS // 4].max() < 0.01 and diff[-FS // 4:].max() < 0.3
+    assert pm.window_spans(np.zeros((20 * FS, 2)), FS) == [(0, 19 * FS)]
 
 
 def test_prepare_allows_gaps_only_when_asked(tmp_path):
@@ -579,8 +600,8 @@ def test_a_record_whose_stretches_are_all_shorter_than_a_window(tmp_path):
     x[::1800, 0] = np.nan                                    # every 5 s: no clean 6 s window
     rec = pm.read_record(write_signal(tmp_path, "holes", x), make_cfg().data, gaps=True)
     with pytest.raises(UserError, match="holes: no stretch without invalid samples is one window .6.0 s. long "
-                                        ".the longest is 4.0 s"):   # 26-30 s: a second beside each gap goes too
-        pm.check_windows(rec, make_cfg().data, str(tmp_path / "holes"))
+                                        ".the longest is 3.9 s"):   # 0.1-4 s: a second beside each gap goes
+        pm.check_windows(rec, make_cfg().data, str(tmp_path / "holes"))  # too, and the record's last second
 
 
 # ---------------------------------------------------------------- the real database
