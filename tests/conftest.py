@@ -5,6 +5,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,8 +27,6 @@ def mitdb() -> Path:
 
 def synthetic_ecg(seconds: float, fs: float, seed: int = 0, hr_bpm: float = 72.0):
     """Two-lead ECG-like signal (P, QRS, T bumps) in mV and its beat positions in samples."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     n = int(seconds * fs)
     t = np.arange(n) / fs
@@ -60,6 +59,12 @@ def periodic_ecg(n_windows: int = 3, noise: float = 0.0, seed: int = 0, period: 
         x = np.tile(beat, ((7 * i + 3 + length) // period + 1, 1))[7 * i + 3:7 * i + 3 + length]
         out.append(x + noise * rng.standard_normal(x.shape))
     return np.stack(out).astype(np.float32)
+
+
+def spike_train(n: int, positions, width: float = 0.012, fs: float = 128) -> np.ndarray:
+    """QRS-like Gaussian spikes of 1.2 mV at the given samples."""
+    t = np.arange(n) / fs
+    return sum(1.2 * np.exp(-0.5 * ((t - p / fs) / width) ** 2) for p in positions)
 
 
 def write_record(folder: Path, name: str, seconds: float = 60.0, fs: float = 360.0, seed: int = 0,

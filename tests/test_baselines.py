@@ -130,3 +130,13 @@ def test_draw_periods_centre_on_the_period_with_its_spread():
 def test_an_unknown_baseline_names_the_ones_there_are():
     with pytest.raises(ValueError, match="no baseline 'nope'; there are zero, "):
         B.make_baseline("nope", 128)
+
+
+def test_template_ensemble_adds_the_contexts_noise():
+    x = periodic_ecg(3, noise=0.05, seed=1)[:, :C]
+    f = B.TemplateEnsemble(FS)
+    out = f.predict(x, H, num_samples=40, seed=2)
+    for b in range(len(x)):
+        waves, index = D.draft_waves(x[b:b + 1], H, FS, 40, 2, min_spread=f.min_spread)
+        added = out[b] - waves[index]
+        np.testing.assert_allclose(added.std(axis=(0, 1)), f.noise * D.residual_sd(x[b:b + 1], FS)[0], rtol=0.1)

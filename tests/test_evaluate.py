@@ -14,7 +14,7 @@ import torch
 
 import evaluate
 import metrics as M
-from conftest import ROOT, synthetic_ecg, write_record, write_signal
+from conftest import ROOT, spike_train, synthetic_ecg, write_record, write_signal
 from hyper_params import load_config
 from paths import UserError
 from prepare_mitbih import cut_windows, prepare, read_record
@@ -264,3 +264,56 @@ def test_the_device_is_chosen_and_checked(tmp_path):
     assert result["header"]["device"] == "cpu"
     with pytest.raises(UserError, match="bogus"):
         evaluate.main(common + ["--device", "bogus"])
+
+
+def test_window_seed_depends_on_the_record_start_and_seed():
+    """Two patients' windows at the same start must not draw the same noise."""
+    assert evaluate.window_seed(0, "100", 0) == evaluate.window_seed(0, "100", 0)
+    assert evaluate.window_seed(0, "100", 0) != evaluate.window_seed(0, "101", 0)
+    assert evaluate.window_seed(0, "100", 0) != evaluate.window_seed(0, "100", 768)
+    assert evaluate.window_seed(0, "100", 0) != evaluate.window_seed(1, "100", 0)
+
+
+def test_rhythm_is_averaged_over_the_first_sample_paths():
+    c = h = 384
+    beats = np.arange(30, c + h, 100)
+    truth = spike_train(c + h, beats)
+    paths = np.zeros((1, evaluate.RHYTHM_PATHS + 5, h))
+    paths[0, 0] = truth[c:]                              # one path with the beats, the others flat
+    paths[0, evaluate.RHYTHM_PATHS:] = truth[c:]         # beyond the first RHYTHM_PATHS: not scored
+    s = evaluate.rhythm_of_paths(truth[None, :c], paths, np.zeros(len(beats), np.int64), beats, 128,
+                                 M.segment_edges(h, 128), np.array([True]))
+    m = M.record_metrics({k: v.sum(0) for k, v in s.items()})
+    k = 1 / evaluate.RHYTHM_PATHS                        # TP k n, FN (1 - k) n, FP 0
+    assert m["f1_100"][-1] == pytest.approx(2 * k / (2 * k + 1 - k))
+
+
+def test_max_windows_per_record_spreads_them_over_the_record():
+    n = 10
+    w = evaluate.Windows(np.zeros((2 * n, 8, 2), np.float32), np.repeat([0, 1], n), np.tile(np.arange(n) * 8, 2),
+                         np.arange(2 * n + 1), np.zeros(2 * n, np.int64), ["a", "b"], np.ones(2, bool),
+                         [["MLII", "V1"]] * 2, [360.0] * 2)
+    got = evaluate.limit_windows(w, None, 3)
+    assert got.start.tolist() == [0, 32, 72] * 2              # first, middle, last window of each record
+    assert got.beat_ptr.tolist() == list(range(7))
+
+
+def test_each_forecaster_sees_its_windows_context_alone():
+    """The context handed to predict is the window's first `context` samples, never its horizon."""
+    rng = np.random.default_rng(0)
+    w = evaluate.Windows(rng.normal(size=(3, 12, 2)).astype(np.float32), np.zeros(3, np.int64),
+                         np.arange(3) * 12, np.zeros(4, np.int64), np.zeros(0, np.int64), ["a"], np.ones(1, bool),
+                         [["MLII", "V1"]], [360.0])
+    seen = []
+
+    class Spy:
+        def predict(self, x, horizon, num_samples=100, seed=0):
+            seen.append((x.copy(), horizon, seed))
+            return np.zeros((1, num_samples, horizon, 2), np.float32)
+
+    out = evaluate.predict_windows(Spy(), "spy", w, np.array([2, 0]), 8, 3, seed=0)
+    assert out.shape == (2, 3, 4, 2)
+    for (x, horizon, seed), i in zip(seen, (2, 0)):
+        np.testing.assert_array_equal(x, w.signals[i:i + 1, :8])
+        assert horizon == 4 and seed == evaluate.window_seed(0, "a", int(w.start[i]))
+

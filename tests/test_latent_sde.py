@@ -481,3 +481,29 @@ def test_the_adjoint_is_refused_under_data_parallel(monkeypatch) -> None:
         latent_sde_train.check_adjoint(scfg, Runtime(torch.device("cuda")))
     latent_sde_train.check_adjoint(scfg, Runtime(torch.device("cuda:0")))          # one named card: fine
     latent_sde_train.check_adjoint(scfg, Runtime(torch.device("cuda:0"), 0, 2))    # DDP: fine
+
+
+def test_loss_is_reconstruction_plus_weighted_kl():
+    sde = tiny_sde()
+    sde.train()
+    loss, m = sde(torch.randn(5, 32, 8), 16)
+    assert m["kl"] > 0
+    assert float(loss.detach()) == pytest.approx(float(m["recon"] + m["kl_weight"] * m["kl"]), rel=1e-5)
+
+
+def test_the_phase_advances_at_the_beat_rate_in_seconds():
+    """The prior's phase drift is 2 pi * rate (Hz) per second: per frame, that over the frame rate."""
+    sde = tiny_sde()
+    with torch.no_grad():
+        sde.prior[-1].weight.zero_()
+        sde.prior[-1].bias.zero_()                      # drift = the beat rate alone
+    sde.eval()
+    seen = []
+    emit = sde.emit
+    sde.emit = lambda zs, c: (seen.append(zs), emit(zs, c))[1]
+    with torch.no_grad():
+        sde.sample_frames(torch.randn(16, 2, 8), steps=32, num_samples=4, seed=0)
+    zs = seen[-1]                                       # [steps, B*S, state]
+    step = torch.diff(zs[..., 0], dim=0)
+    expect = 2 * math.pi * sde.beat_hz(zs[:-1, :, 1]) / sde.rate
+    assert float(step.mean()) == pytest.approx(float(expect.mean()), rel=0.25)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import metrics as M
-from conftest import synthetic_ecg
+from conftest import spike_train, synthetic_ecg
 
 FS = 128
 
@@ -107,20 +107,15 @@ def test_match_beats_is_one_to_one():
     assert list(ri) == [0] and list(di) == [1]
 
 
-def _spikes(n: int, positions, width: float = 0.012) -> np.ndarray:
-    t = np.arange(n) / FS
-    return sum(1.2 * np.exp(-0.5 * ((t - p / FS) / width) ** 2) for p in positions)
-
-
 def test_rhythm_sums_of_shifted_spike_trains():
     """Truth has QRS-like spikes every 100 samples; forecasts copy them shifted by 5 or 10 samples."""
     c, h = 384, 384
     beats = np.arange(30, c + h, 100)
-    truth = _spikes(c + h, beats)
+    truth = spike_train(c + h, beats)
     edges = M.segment_edges(h, FS)
     rows, pos = np.zeros(len(beats), np.int64), beats
     for shift, f1_50, f1_100 in ((0, 1.0, 1.0), (5, 1.0, 1.0), (10, 0.0, 1.0)):   # 39 ms, 78 ms
-        fc = np.concatenate([truth[:c], _spikes(c + h, beats + shift)[c:]])
+        fc = np.concatenate([truth[:c], spike_train(c + h, beats + shift)[c:]])
         s = M.rhythm_sums(fc[None, :c], fc[None, c:], rows, pos, FS, edges)
         m = M.record_metrics({k: v.sum(0) for k, v in s.items()})
         assert m["f1_50"][-1] == pytest.approx(f1_50)
@@ -189,3 +184,47 @@ def test_bootstrap_ci():
     assert mean == pytest.approx(2.0) and 1.0 <= lo < 2.0 < hi <= 3.0
     assert M.bootstrap_ci(v, n_boot=500, seed=0)[1:] == (lo, hi)          # fixed seed: reproducible
     assert np.allclose(M.bootstrap_ci(np.full((5, 2), 0.5)), 0.5)
+
+
+def test_waveform_sums_interval_widths_of_a_known_ensemble():
+    rng = np.random.default_rng(6)
+    truth = rng.normal(size=(4, 384, 2))
+    samples = truth[:, None] + rng.normal(size=(4, 400, 384, 2))
+    s, _ = M.waveform_sums(truth, samples.astype(np.float32), M.segment_edges(384, FS))
+    m = M.record_metrics({k: v.sum(0) for k, v in s.items()})
+    np.testing.assert_allclose(m["width50"], 1.349, rtol=0.03)     # N(0, 1): 2 x 0.674
+    np.testing.assert_allclose(m["width80"], 2.563, rtol=0.03)     # 2 x 1.2816
+
+
+def test_a_partial_last_horizon_second_is_its_own_segment():
+    edges = M.segment_edges(400, FS)
+    assert list(edges) == [0, 128, 256, 384, 400]
+    truth = np.random.default_rng(0).normal(size=(2, 400, 2))
+    fc = truth.copy()
+    fc[:, 384:] += 0.2
+    s, _ = M.waveform_sums(truth, fc[:, None], edges)
+    m = M.record_metrics({k: v.sum(0) for k, v in s.items()})
+    np.testing.assert_allclose(m["mse"], [0, 0, 0, 0.04, 0.04 * 16 / 400], atol=1e-12)
+
+
+def test_a_beat_annotated_just_after_the_forecast_start_is_no_miss():
+    """Its R peak lies in the context (the reference beat 6 samples, 47 ms, after it): the forecast is not
+    blamed for it at either tolerance."""
+    c, h = 384, 384
+    peaks = np.arange(81, c + h, 100)                 # 381 = c - 3
+    ref = np.where(peaks == 381, 387, peaks)          # annotated at c + 3
+    truth = spike_train(c + h, peaks)
+    s = M.rhythm_sums(truth[None, :c], truth[None, c:], np.zeros(len(ref), np.int64), ref, FS,
+                      M.segment_edges(h, FS))
+    assert s["fn50"][0, -1] == 0 and s["fn100"][0, -1] == 0
+    m = M.record_metrics({k: v.sum(0) for k, v in s.items()})
+    assert m["f1_50"][-1] == 1.0 and m["f1_100"][-1] == 1.0
+
+
+def test_bootstrap_interval_has_its_nominal_width():
+    v = np.random.default_rng(0).normal(size=400)
+    sem = v.std(ddof=1) / np.sqrt(len(v))
+    for level, z in ((0.95, 1.96), (0.8, 1.2816)):
+        mean, lo, hi = M.bootstrap_ci(v, n_boot=4000, seed=0, level=level)
+        assert hi - lo == pytest.approx(2 * z * sem, rel=0.08)
+        assert (lo + hi) / 2 == pytest.approx(mean, abs=0.1 * sem)

@@ -1,6 +1,7 @@
 """The shipped model: loads safely, stays small, and forecasts real records as recorded in its model card."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -97,3 +98,22 @@ def test_the_shipped_vqvae_can_be_measured_alone():
     stored = torch.load(PRETRAINED, map_location="cpu", weights_only=True)["vqvae"]
     assert ckpt["meta"] == stored["meta"] and not model.training
     assert all(torch.equal(v, stored["model"][k]) for k, v in model.state_dict().items())
+
+
+def test_future_codes_decode_in_place_after_the_context(mitdb):
+    """With the true future's codes in place of sampled ones (an oracle sampler), a forecast is the VQ-VAE's
+    reconstruction of the truth: aligned to the sample, seam included (no draft tilt, no noise)."""
+    fc = Forecaster.from_pretrained(device="cpu")
+    fc.sample = dataclasses.replace(fc.sample, draft_bias=0.0, draft_noise=0.0)
+    c, h = fc.cfg.data.window_samples, 2 * fc.fs
+    x = read_record(str(mitdb / "100"), fc.cfg.data).signal[60 * fc.fs - c:60 * fc.fs + h].astype(np.float32)
+    context, truth = x[:c], x[c:]
+    unit = fc.vq.unit(torch.from_numpy(context[None]))
+    with torch.no_grad():
+        oracle = fc.vq.encode(torch.from_numpy(truth[None]), unit)      # [1, steps, Q]
+    fc.roll = lambda codes, steps, gen, use_cache, n, draft: oracle[:, :steps].repeat_interleave(n, 0)
+    out = fc.predict(context[None], h, num_samples=2, seed=0)[0, 0]
+    err = ((out - truth) ** 2).mean(0) / (truth ** 2).mean(0)
+    quarter = fc.fs // 4
+    first = ((out[:quarter] - truth[:quarter]) ** 2).mean() / (truth[:quarter] ** 2).mean()
+    assert np.all(err < 0.1) and first < 0.05

@@ -158,3 +158,25 @@ def test_cuda_generator_states_resume_on_other_cards(monkeypatch) -> None:
         calls.clear()
         training.set_rng_state(state, torch.device(device))
         assert calls == ([expected] if expected else []), (count, device, calls)
+
+
+def test_best_checkpoint_follows_the_validation_loss_across_a_resume(tmp_path: Path, synthetic_db: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scripted losses: training falls every epoch, validation is best at epoch 1. best.pt stays epoch 1
+    through epochs 2 and 3, also when epoch 3 is trained after a resume (best_val comes back with it)."""
+    train_loss, val_loss = [5.0, 0.5, 0.1], [1.0, 3.0, 2.0]
+    real_train, real_val = training.Trainer._train_epoch, training.Trainer.validate
+    monkeypatch.setattr(training.Trainer, "_train_epoch",
+                        lambda self, model: {**real_train(self, model), "loss": train_loss[self.epoch]})
+    monkeypatch.setattr(training.Trainer, "validate",
+                        lambda self, model: {**real_val(self, model), "loss": val_loss[self.epoch]})
+    setup = tiny_setup(tmp_path, synthetic_db)
+    vqvae_train.main(flags(setup, "--device", "cpu", "--epochs", "2"))
+    (ckpts,) = (tmp_path / "checkpoints").iterdir()
+    best = torch.load(ckpts / "best.pt", weights_only=True)
+    assert best["epoch"] == 1 and best["best_val"] == 1.0
+    vqvae_train.main(["--device", "cpu", "--prepared", setup["prepared"], "--epochs", "3",
+                      "--resume", str(ckpts / "last.pt")])
+    best = torch.load(ckpts / "best.pt", weights_only=True)
+    assert best["epoch"] == 1 and best["best_val"] == 1.0
+    assert torch.load(ckpts / "last.pt", weights_only=True)["epoch"] == 3

@@ -198,3 +198,22 @@ def test_the_vqvae_does_not_train_under_data_parallel(monkeypatch) -> None:
         check_not_data_parallel(Runtime(torch.device("cuda")))
     check_not_data_parallel(Runtime(torch.device("cuda:0")))
     check_not_data_parallel(Runtime(torch.device("cuda:0"), 0, 2))
+
+
+def test_codes_in_use_are_not_restarted_and_perplexity_counts_codes():
+    torch.manual_seed(0)
+    q = VectorQuantizer(4, 2, decay=0.9, commitment=0.25, dead_threshold=1.0, restart_every=1)
+    centres = torch.tensor([[5.0, 0], [-5, 0], [0, 5], [0, -5]])
+    z = (centres.repeat(25, 1) + 0.1 * torch.randn(100, 2)).T[None]       # [1, 2, 100]: four clusters
+    q.train()
+    q(z)                                                                  # k-means init
+    with torch.no_grad():                                                 # one code per cluster
+        q.codebook.copy_(centres), q.ema_sum.copy_(centres), q.ema_count.fill_(1.0)
+    q.end_epoch()
+    for _ in range(3):
+        q(z)
+    stats = q.end_epoch()
+    assert stats["restarted"] == 0 and stats["usage"] == 1.0
+    assert stats["perplexity"] == pytest.approx(4.0, rel=1e-3)            # four codes used alike
+    q.epoch_usage[:2] = 10.0                                              # two of four codes, equally
+    assert q.end_epoch()["perplexity"] == pytest.approx(2.0, rel=1e-3)
