@@ -227,6 +227,10 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
         set_rng_state(ckpt["rng"], self.rt.device)
+        trained_on = ckpt.get("meta", {}).get("data_hash")
+        if trained_on and trained_on != self.meta["data_hash"]:
+            paths.note(f"{path} trained on prepared data {trained_on}, these windows are {self.meta['data_hash']} "
+                       f"(prepared again since?): the epochs after {self.epoch} train on these")
         if self.rt.is_main:
             self.log.drop_after(self.epoch)  # epochs after the checkpoint are redone, not listed twice
             for stale in self.ckpt_dir.glob(".*.tmp"):  # half-written by a run killed while saving
@@ -364,7 +368,8 @@ class Trainer:
             record = json.loads((self.run_dir / "run.json").read_text())
         except (OSError, ValueError):       # resumed into a new folder, or the record was lost
             record = dict(self.meta)
-        entry = {k: self.meta[k] for k in ("command", "git_commit", "world_size", "device", "torch", "started")}
+        entry = {k: self.meta[k] for k in ("command", "git_commit", "data_hash", "world_size", "device", "torch",
+                                           "started")}
         entry.update({"checkpoint": str(resume), **{s: self.config[s] for s in TRAINING_SECTIONS if s in self.config}})
         record.setdefault("resumes", []).append(entry)
         return record

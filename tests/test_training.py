@@ -108,6 +108,20 @@ def test_resume_refuses_checkpoint_of_another_model_config(tmp_path: Path, synth
         _run(other, "--resume", str(ckpt))
 
 
+def test_resume_on_data_prepared_again_says_so(tmp_path: Path, synthetic_db: Path, capsys) -> None:
+    setup = tiny_setup(tmp_path, synthetic_db)
+    _run(setup, "--epochs", "1")
+    run = _only_run(tmp_path / "checkpoints")
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt["meta"]["data_hash"] = "0123456789abcdef/0123456789abcdef"      # as if prepared by an older version
+    torch.save(ckpt, run / "last.pt")
+    capsys.readouterr()
+    _run(setup, "--epochs", "2", "--resume", str(run / "last.pt"))
+    assert "trained on prepared data 0123456789abcdef/0123456789abcdef, these windows are" in capsys.readouterr().err
+    record = json.loads((Path(ckpt["run_dir"]) / "run.json").read_text())
+    assert record["resumes"][-1]["data_hash"] == record["data_hash"]      # what the resumed epochs trained on
+
+
 def test_cut_checkpoint_is_a_clear_error(tmp_path: Path, synthetic_db: Path) -> None:
     setup = tiny_setup(tmp_path, synthetic_db)
     _run(setup, "--epochs", "1")
