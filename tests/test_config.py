@@ -261,3 +261,18 @@ def test_shipped_transformer_config_loads():
 
     cfg = load_transformer_config(None)
     assert cfg.model.draft and cfg.model.draft_beats and cfg != TransformerConfig()
+
+
+@pytest.mark.parametrize("maker, raw, key", [
+    ("transformer", {"augment": {"rate_range": 0.5}}, "augment.rate_range"),   # a stretch of x0.5..x1.5 or worse
+    ("transformer", {"sample": {"top_p": 0.0}}, "sample.top_p"),               # a nucleus holding no probability
+    ("transformer", {"model": {"dropout": 1.0}}, "model.dropout"),             # every activation dropped
+    ("sde", {"solver": {"min_diffusion": 0.0}}, "solver.min_diffusion"),       # the path KL divides by g
+])
+def test_out_of_range_values_are_refused_by_name(maker, raw, key):
+    from hyper_params_sde import sde_config_from_dict
+    from hyper_params_transformer import transformer_config_from_dict
+
+    build = transformer_config_from_dict if maker == "transformer" else sde_config_from_dict
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        build(raw)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import drafts as D
-from conftest import periodic_ecg
+from conftest import periodic_ecg, spike_train
 
 FS, C, H = 128, 384, 384
 PERIOD = 100
@@ -191,3 +191,55 @@ def test_hold_matrix_is_the_hold_as_one_product():
     np.testing.assert_allclose(np.einsum("pnc,nt->ptc", departure, band), D.hold_to_band(departure, C, 0.5, 2, FS),
                                rtol=0, atol=1e-5)
     assert D.hold_matrix(C, 2 * FS, 0.5, 2, FS) is band and not band.flags.writeable
+
+
+def test_a_missed_beat_does_not_lengthen_the_period():
+    """The period is the median RR: one beat the detector misses (an RR twice as long) must not move it, as
+    a mean would (80 -> 90 samples here)."""
+    n, period = 768, 80
+    beats = [20 + period * k for k in range(9) if k != 4]            # the fifth beat missing
+    lead = spike_train(n, beats)
+    x = np.stack([lead, -0.5 * lead], 1)[None].astype(np.float64)
+    peaks, got, _ = D.context_rhythm(x, FS)
+    assert len(peaks[0]) == len(beats)
+    assert got[0] == period
+
+
+def test_a_baseline_shift_over_the_evidence_window_does_not_retime_the_next_beat():
+    """The evidence removes the mean of its residuals (baseline drift): a 0.3 mV baseline step over the last
+    EVIDENCE_S seconds leaves the best candidate interval where it was, and the next R peak stays pinned by the P wave already begun."""
+    def evidence_and_first(x):
+        peaks, period, spread = D.context_rhythm(x, FS)
+        r, p = peaks[0], int(period[0])
+        ev = D.next_beat_evidence(x[0], D.mean_beat(x[0], r, p), D.template_pre(p), r, FS)
+        first = D.draw_beat_times(int(r[-1]), p, spread[0], 0.05, 2000, 2 * C, FS, np.random.default_rng(0), ev)
+        return ev, first[:, 1]
+
+    x, next_r = p_wave_ecg(6)
+    shifted = x.copy()
+    shifted[0, C - round(D.EVIDENCE_S * FS):] += 0.3
+    (ev, _), (ev_shifted, first) = evidence_and_first(x), evidence_and_first(shifted)
+    assert np.argmax(ev_shifted) == np.argmax(ev)
+    assert abs(np.median(first) - next_r) <= 1 and first.std() < 1.5
+
+
+def test_noise_level_ignores_the_samples_before_the_first_beat():
+    """A clean periodic context that starts in a T wave (before the first beat's onset, where no template is
+    laid) has no residual: noise is measured from the first beat's onset on."""
+    x = periodic_ecg(9)[8:9, :C]                     # starts 59 samples into a beat, on its T wave (sample 70)
+    assert np.ptp(x[0, :10, 0]) > 0.05               # the T wave is there
+    assert D.residual_sd(x, FS).max() < 1e-3
+
+
+def test_a_training_beat_within_the_shortest_period_of_the_last_peak_is_that_peak():
+    """Training lays the mean beat at the window's own R peaks after the context's last one; a reference beat
+    a few samples from that last peak (annotation and detector disagreeing) is the same beat, not a new one
+    that would restart the template in the middle of a beat."""
+    x = periodic_ecg(1)[:, :C].astype(np.float64)
+    peaks, period, _ = D.context_rhythm(x, FS)
+    r, p = peaks[0], int(period[0])
+    assert r[-1] - D.template_pre(p) + p > C            # the last beat runs on into the horizon
+    later = r[-1] + p * np.arange(1, 5)
+    plain, _ = D.draft_waves(x, 384, FS, beats=[later])
+    doubled, _ = D.draft_waves(x, 384, FS, beats=[np.r_[r[-1] + 3, later]])
+    np.testing.assert_array_equal(doubled, plain)

@@ -17,7 +17,7 @@ from baselines import TemplateEnsemble
 from drafts import residual_sd
 from forecast import Forecaster
 from hyper_params_sde import DEFAULT_CONFIG, SDEConfig, load_sde_config, sde_config_from_dict
-from latent_sde import LEARNS_CRPS, LatentSDE, LatentSDEForecaster, PathCRPS, fair_crps
+from latent_sde import LEARNS_CRPS, DiagonalDiffusion, LatentSDE, LatentSDEForecaster, PathCRPS, fair_crps
 from vqvae import VQVAE
 from paths import UserError
 from tiny import flags, tiny_setup
@@ -507,3 +507,76 @@ def test_the_phase_advances_at_the_beat_rate_in_seconds():
     step = torch.diff(zs[..., 0], dim=0)
     expect = 2 * math.pi * sde.beat_hz(zs[:-1, :, 1]) / sde.rate
     assert float(step.mean()) == pytest.approx(float(expect.mean()), rel=0.25)
+
+
+def test_diffusion_stays_between_its_floor_and_ceiling():
+    """g_i in scale_i * [min, max] for any state, also where the network asks for no noise at all: the floor
+    keeps the path KL, 0.5 |(f - h) / g|^2, finite."""
+    torch.manual_seed(0)
+    g = DiagonalDiffusion(3, 4, 0.05, 0.5, scale=[1.0, 0.2, 1.0])
+    z = 10 * torch.randn(256, 3)
+    for bias in (-60.0, 0.0, 60.0):                    # the network's unit output near 0, in between, near 1
+        with torch.no_grad():
+            g.b2.fill_(bias)
+        out = g(z)
+        assert torch.all(out >= g.scale * 0.05 - 1e-7) and torch.all(out <= g.scale * 0.5 + 1e-7)
+    with torch.no_grad():
+        g.b2.fill_(-60.0)
+    torch.testing.assert_close(g(z), (g.scale * 0.05).expand(256, 3))
+
+
+def untrained_drafted_forecaster(**model):
+    """A tiny untrained latent SDE with beat drafts on a tiny VQ-VAE: 64 Hz, 3 s contexts (no training needed to
+    check how its paths are assembled)."""
+    import json
+
+    from hyper_params import config_from_dict
+    from hyper_params_sde import sde_config_from_dict
+    from latent_sde import LatentSDE, LatentSDEForecaster
+    from tiny import TINY
+    from vqvae import VQVAE
+
+    torch.manual_seed(0)
+    raw = json.loads(json.dumps(TINY))
+    raw["data"].update(input_signal_duration=3.0)
+    cfg = config_from_dict(raw)
+    sraw = json.loads(json.dumps(TINY_SDE))
+    sraw["model"].update(phase_harmonics=0, corrected_dims=0, draft_beats=True, **model)
+    scfg = sde_config_from_dict(sraw)
+    sde = LatentSDE(cfg.model.latent_dim, scfg, cfg.data.samples_per_second / cfg.model.downsample_factor)
+    return LatentSDEForecaster(VQVAE(cfg.model), sde, cfg, scfg, "cpu")
+
+
+def noisy_context():
+    from conftest import periodic_ecg
+
+    return periodic_ecg(1, noise=0.05, seed=1, period=50, fs=64, length=192)
+
+
+def test_forecast_noise_is_draft_noise_times_the_contexts_residual():
+    """predict adds white noise of model.draft_noise x the context's residual from its mean beat (per lead):
+    two forecasters that differ only in draft_noise differ by exactly that noise."""
+    from drafts import residual_sd
+
+    x = noisy_context()
+    quiet = untrained_drafted_forecaster(draft_noise=0.0).predict(x, 64, 200, seed=3)
+    noisy = untrained_drafted_forecaster(draft_noise=0.4).predict(x, 64, 200, seed=3)
+    sd = residual_sd(x, 64)[0]
+    assert sd.min() > 0.03
+    np.testing.assert_allclose((noisy - quiet)[0].std(axis=(0, 1)), 0.4 * sd, rtol=0.05)
+
+
+def test_crps_validation_holds_paths_to_the_band_as_a_forecast_does():
+    """In eval mode (validation, one seed per window) PathCRPS scores the paths a forecast would make: held to the
+    band when the recipe holds them."""
+    from latent_sde import PathCRPS
+
+    fc = untrained_drafted_forecaster(hold_band=True)
+    window = torch.from_numpy(np.concatenate([noisy_context(), noisy_context()[:, :64]], 1))
+    model = PathCRPS(fc, num_samples=4).eval()
+    with torch.no_grad():
+        loss, _ = model(window, torch.tensor([5]))
+        held, _ = fc.path_crps(window, 4, 5, held=True)
+        loose, _ = fc.path_crps(window, 4, 5, held=False)
+    assert not torch.isclose(held, loose)
+    torch.testing.assert_close(loss, held)

@@ -666,3 +666,23 @@ def test_stretched_copy_changes_heart_rate_and_gain_only() -> None:
     zeros = (out["signals"][:, :, 0].abs() < 1e-6).float()
     longest_flat = torch.nn.functional.avg_pool1d(zeros[:, None], 64, 1).amax()  # 1 if 64 zero samples in a row
     assert 0 < len(out["signals"]) < len(starts) - 7 and longest_flat < 1
+
+
+def test_read_record_converts_volts(tmp_path):
+    """A record in V reads as the same millivolts as the record in mV (1 V = 1000 mV)."""
+    x, _ = synthetic_ecg(20.0, 360.0, seed=6)
+    write_signal(tmp_path, "mv", x, units="mV", gain=1000.0)
+    write_signal(tmp_path, "volts", x / 1000.0, units="V", gain=1e6)
+    cfg = config_from_dict({}).data
+    np.testing.assert_allclose(pm.read_record(tmp_path / "volts", cfg).signal,
+                               pm.read_record(tmp_path / "mv", cfg).signal, atol=2e-3)
+
+
+def test_input_hash_follows_the_reference_beats(tmp_path):
+    """The input hash names the exact data a result saw, reference beats included: other annotations (which
+    change every R-peak score) give another hash."""
+    write_record(tmp_path, "100", seconds=20.0, seed=0)
+    before = pm.hash_inputs(tmp_path, ["100"])
+    ann = wfdb.rdann(str(tmp_path / "100"), "atr")
+    wfdb.wrann("100", "atr", ann.sample[:-1], symbol=ann.symbol[:-1], write_dir=str(tmp_path))   # one beat less
+    assert pm.hash_inputs(tmp_path, ["100"]) != before

@@ -3,18 +3,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
+import matplotlib.axes
 import numpy as np
 import pytest
 import torch
 
 import drafts as D
+import forecast
 import metrics as M
 import pretrained
 from forecast import Forecaster, forecast_record
 from hyper_params import config_from_dict
 from paths import PRETRAINED
 from prepare_mitbih import DS1, DS2, PACED, config_split, read_record
+from train_results import MetricsLog
 
 # Figures recorded by pretrained.py when the model was packed. Same seed on CPU gives the same numbers;
 # the tolerance absorbs float differences between CPU instruction sets, which can flip a sampled code and
@@ -117,3 +121,39 @@ def test_future_codes_decode_in_place_after_the_context(mitdb):
     quarter = fc.fs // 4
     first = ((out[:quarter] - truth[:quarter]) ** 2).mean() / (truth[:quarter] ** 2).mean()
     assert np.all(err < 0.1) and first < 0.05
+
+
+def test_packing_records_the_training_minutes_of_the_runs_metrics(tmp_path):
+    """Two epochs of 60 s and 120 s logged in metrics.csv are 3 minutes of training on the model card."""
+    log = MetricsLog(tmp_path / "metrics.csv")
+    log.append({"epoch": 1, "val_loss": 1.0, "seconds": 60.0})
+    log.append({"epoch": 2, "val_loss": 0.9, "seconds": 120.0})
+    assert pretrained.training_minutes(str(tmp_path)) == pytest.approx(3.0)
+    ckpt = {"kind": "transformer", "model": {}, "meta": {}, "run_dir": str(tmp_path)}
+    assert pretrained.pack(ckpt, str(tmp_path))["pretrained"]["forecaster_minutes"] == 3.0
+
+
+def test_forecast_plot_marks_the_start_in_record_time(mitdb, tmp_path, monkeypatch):
+    """The dotted line where the forecast begins sits at --start seconds of the record, and the context's trace
+    ends there (the time axis is the record's, not seconds from the context's start or from --start)."""
+    lines, traces = [], []
+    real_vline, real_plot = matplotlib.axes.Axes.axvline, matplotlib.axes.Axes.plot
+
+    def vline(self, x=0, *args, **kwargs):
+        lines.append(x)
+        return real_vline(self, x, *args, **kwargs)
+
+    def plot(self, *args, **kwargs):
+        if kwargs.get("label") == "context":
+            traces.append(np.asarray(args[0]))
+        return real_plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "axvline", vline)
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    monkeypatch.setattr(sys, "argv", ["forecast.py", "--record", str(mitdb / "100"), "--start", "60", "--horizon", "1",
+                                      "--samples", "2", "--device", "cpu", "--out", str(tmp_path)])
+    forecast.main()
+    assert lines and all(x == pytest.approx(60.0) for x in lines)
+    fs = 1 / np.diff(traces[0][:2])[0]
+    assert traces[0][-1] == pytest.approx(60.0 - 1 / fs)
+    assert np.load(tmp_path / "100_60s_samples.npy").shape == (2, round(fs), 2)

@@ -2,15 +2,24 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import matplotlib.axes
+import numpy as np
 import pytest
 import torch
+import torch.nn as nn
+from torch.utils.data import TensorDataset
 
+import paths
+import train_results
 import training
 import vqvae_train
+from hyper_params import TrainConfig
 from paths import UserError
 from tiny import flags, tiny_setup
+from train_results import MetricsLog
 
 
 def _run(setup: dict, *extra: str) -> dict:
@@ -194,3 +203,92 @@ def test_best_checkpoint_follows_the_validation_loss_across_a_resume(tmp_path: P
     best = torch.load(ckpts / "best.pt", weights_only=True)
     assert best["epoch"] == 1 and best["best_val"] == 1.0
     assert torch.load(ckpts / "last.pt", weights_only=True)["epoch"] == 3
+
+
+def test_warmup_then_cosine_to_a_tenth():
+    """The first step already learns (a step at learning rate 0 is wasted), the peak is reached when the warm-up
+    ends, and the cosine falls monotonically to 10% of it at the last step."""
+    f = training.warmup_cosine(10, 110)
+    assert f(0) == pytest.approx(0.1)
+    assert [f(s) for s in range(10)] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    after = [f(s) for s in range(10, 111)]
+    assert after[0] == pytest.approx(1.0) and after[-1] == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(after, after[1:]))
+
+
+def toy_trainer(tmp_path, **train) -> training.Trainer:
+    """A linear model fitted by the generic trainer on the CPU: targets 100 x too large, so gradients are large."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    data = TensorDataset(x, 100 * x.sum(1, keepdim=True))
+
+    def step(model, batch):
+        inputs, target = batch
+        return ((model(inputs) - target) ** 2).mean(), {}
+
+    (tmp_path / "run").mkdir(parents=True)
+    settings = TrainConfig(**{"epochs": 1, "batch_size": 8, "warmup_steps": 0, "learning_rate": 0.01, **train})
+    return training.Trainer(nn.Linear(4, 1), data, data, step, settings, tmp_path / "run", tmp_path / "ckpt",
+                            {}, {}, training.Runtime(torch.device("cpu")), "toy")
+
+
+def test_every_step_takes_gradients_clipped_to_grad_clip(tmp_path):
+    trainer = toy_trainer(tmp_path, grad_clip=0.5)
+    norms = []
+    trainer.opt.register_step_pre_hook(lambda opt, *_: norms.append(float(torch.cat(
+        [p.grad.flatten() for g in opt.param_groups for p in g["params"]]).norm())))
+    trainer.fit()
+    assert len(norms) == trainer.steps_per_epoch and max(norms) <= 0.5 + 1e-5
+
+
+def test_amp_asked_for_on_a_cpu_trains_in_float32(tmp_path):
+    """train.amp is for GPUs: on a CPU the run is the float32 run, bit for bit."""
+    plain, amp = toy_trainer(tmp_path / "a"), toy_trainer(tmp_path / "b", amp=True)
+    plain.fit()
+    amp.fit()
+    assert not amp.scaler.is_enabled()
+    for a, b in zip(plain.model.parameters(), amp.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20260101-000000")
+    first = paths.new_run_dir("evaluate", tmp_path)
+    (first / "results.json").write_text("{}")
+    second = paths.new_run_dir("evaluate", tmp_path)
+    assert second != first and not any(second.iterdir())
+    assert (first / "results.json").exists()
+
+
+def test_resume_keeps_the_rows_up_to_its_checkpoints_epoch(tmp_path):
+    """A run resumed from epoch 2's checkpoint redoes epoch 3 only: rows 1 and 2 stay, row 3 goes."""
+    log = MetricsLog(tmp_path / "metrics.csv")
+    for epoch in (1, 2, 3):
+        log.append({"epoch": epoch, "val_loss": 1.0 / epoch, "seconds": 1.0})
+    log.drop_after(2)
+    assert [int(r["epoch"]) for r in log.read()] == [1, 2]
+    log.drop_after(2)                                   # nothing after it: unchanged
+    assert [int(r["epoch"]) for r in log.read()] == [1, 2]
+
+
+def test_forecast_bands_hold_the_central_50_and_80_percent_of_the_paths(tmp_path, monkeypatch):
+    fs, context, horizon = 128, 64, 32
+    rng = np.random.default_rng(0)
+    samples = rng.standard_normal((1, 2000, horizon, 2))
+    windows = np.zeros((1, context + horizon, 2))
+    bands = {}
+    real = matplotlib.axes.Axes.fill_between
+
+    def spy(self, x, lo, hi, *args, **kwargs):
+        bands.setdefault(kwargs.get("label"), (np.asarray(lo), np.asarray(hi)))
+        return real(self, x, lo, hi, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", spy)
+    train_results.plot_forecasts(windows, samples, fs, context, tmp_path / "f.png", "t")
+    assert set(bands) == {"50% band", "80% band"}
+    s = samples[0, :, :, 0]
+    for label, share in (("50% band", 0.5), ("80% band", 0.8)):
+        lo, hi = bands[label]
+        inside = ((s >= lo) & (s <= hi)).mean(0)       # per time step, over the paths
+        assert np.all(np.abs(inside - share) < 0.01), (label, inside.min(), inside.max())
+        assert np.all(lo < np.median(s, 0)) and np.all(np.median(s, 0) < hi)       # central

@@ -1,11 +1,13 @@
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+import vqvae_eval
 from hyper_params import ModelConfig
-from vqvae import VQVAE, VectorQuantizer
+from vqvae import GAIN_BITS, VQVAE, VectorQuantizer
 
 
 def tiny_model(**kw) -> VQVAE:
@@ -217,3 +219,48 @@ def test_codes_in_use_are_not_restarted_and_perplexity_counts_codes():
     assert stats["perplexity"] == pytest.approx(4.0, rel=1e-3)            # four codes used alike
     q.epoch_usage[:2] = 10.0                                              # two of four codes, equally
     assert q.end_epoch()["perplexity"] == pytest.approx(2.0, rel=1e-3)
+
+
+def test_bit_rate_is_the_codes_bits_per_second_whatever_the_records_rate():
+    """bits/s is what coding one second takes (codes and gains over the window's duration): the rate the
+    records were stored at changes the compression ratio, not the bit rate."""
+    m = tiny_model(downsample_factor=8, codebook_size=512, num_quantizers=2, window_gain=True)
+    window, fs = 384, 128
+    code_bits = window // 8 * 2 * math.log2(512) + 2 * GAIN_BITS
+    for record_fs in (None, 128.0, 360.0):
+        c = vqvae_eval.compression(m, window, fs, record_fs)
+        assert c["bits_per_second"] == pytest.approx(code_bits / (window / fs))
+    assert vqvae_eval.compression(m, window, fs, 360.0)["compression_ratio"] == pytest.approx(
+        vqvae_eval.compression(m, window, fs)["compression_ratio"] * 360 / 128)
+
+
+class OffsetCoder:
+    """A 'VQ-VAE' whose reconstruction is its input plus `offset` mV on every sample of both leads."""
+
+    def __init__(self, offset: float):
+        self.offset, self.cfg, self.quantizers = offset, SimpleNamespace(codebook_size=4), [None]
+        self.compression_ratio = lambda window, ratio=1.0: 10.0 * ratio
+
+    def unit(self, x):
+        return None
+
+    def encode(self, x, unit):
+        self.x = x
+        return torch.zeros(len(x), x.shape[1] // 8, dtype=torch.long)
+
+    def decode(self, codes, unit):
+        return self.x + self.offset
+
+
+def test_reconstruction_report_of_a_known_error():
+    """A 0.1 mV error on every sample of both leads: MSE 0.01 mV^2, PRD 0.1 mV over the signal's RMS, PRDN
+    0.1 mV over its SD about each window's mean (here 1 + 0.5 sin: RMS 1.061, SD 0.354 mV)."""
+    t = torch.arange(256) / 128
+    wave = 1 + 0.5 * torch.sin(2 * math.pi * 2 * t)          # whole periods per window: mean 1 mV exactly
+    x = torch.stack([wave, wave], -1).expand(6, -1, -1).contiguous().float()
+    data = {"signals": x, "record": torch.tensor([0, 0, 0, 1, 1, 1]), "records": ["a", "b"], "fs": 128}
+    report = vqvae_eval.reconstruction_report(OffsetCoder(0.1), data)
+    for rec in report["per_record"].values():
+        assert rec["mse_mv2"] == pytest.approx(0.01, rel=1e-4)
+        assert rec["prd"] == pytest.approx(100 * 0.1 / math.sqrt(1 + 0.125), rel=1e-3)
+        assert rec["prdn"] == pytest.approx(100 * 0.1 / math.sqrt(0.125), rel=1e-3)
