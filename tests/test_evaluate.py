@@ -1,12 +1,14 @@
 """evaluate.py end to end: any WFDB database, bad records skipped with a reason, prepared splits."""
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -317,3 +319,70 @@ def test_each_forecaster_sees_its_windows_context_alone():
         np.testing.assert_array_equal(x, w.signals[i:i + 1, :8])
         assert horizon == 4 and seed == evaluate.window_seed(0, "a", int(w.start[i]))
 
+
+def _one_record_windows(signals: np.ndarray, beats: list[np.ndarray]) -> evaluate.Windows:
+    n = len(signals)
+    return evaluate.Windows(signals.astype(np.float32), np.zeros(n, np.int64), np.arange(n) * signals.shape[1],
+                            np.concatenate([[0], np.cumsum([len(b) for b in beats])]).astype(np.int64),
+                            np.concatenate(beats).astype(np.int64), ["r1"], np.array([True]), [["MLII", "V1"]],
+                            [360.0])
+
+
+def test_detector_check_tells_sensitivity_from_positive_predictivity():
+    """True horizons with every annotated beat plus one unannotated spike each: the detector misses nothing
+    (sensitivity 100 %) but finds one beat too many per window (positive predictivity TP / (TP + FP))."""
+    c, h = 384, 384
+    beats = np.arange(30, c + h, 100)
+    x = spike_train(c + h, beats) + spike_train(c + h, [480])     # an extra spike between two beats
+    signals = np.repeat(np.stack([x, -0.5 * x], -1)[None], 3, axis=0)
+    w = _one_record_windows(signals, [beats] * 3)
+    scores, truth = evaluate.evaluate({}, w, c, 128, progress=False)
+    det = evaluate.summarize(scores, truth, w, 128, h, n_boot=10)["detector"]["100ms"]
+    assert det["fp"] == 3 and det["fn"] == 0 and det["tp"] == 3 * np.sum(beats >= c)
+    assert det["sensitivity"] == pytest.approx(1.0)
+    assert det["positive_predictivity"] == pytest.approx(det["tp"] / (det["tp"] + det["fp"]), abs=1e-6)
+    assert det["positive_predictivity"] < 1.0
+
+
+def test_scoring_on_the_patients_a_model_chose_its_checkpoint_on_is_flagged_on_a_prepared_split():
+    """A model whose checkpoint was chosen on record 109, scored on a prepared test split holding 109, is warned
+    about; on the validation split itself (asked for on purpose) only its training records are."""
+    model = SimpleNamespace(train_records=["101"], validation_records=["109"])
+    scored = ["100", "101", "109"]
+    test = evaluate.seen_warnings({"m": model}, scored, argparse.Namespace(wfdb_dir=None, split="test"))
+    assert any("101" in s and "trained on" in s for s in test)
+    assert any("109" in s and "chose its checkpoint" in s for s in test)
+    val = evaluate.seen_warnings({"m": model}, scored, argparse.Namespace(wfdb_dir=None, split="validation"))
+    assert not any("chose its checkpoint" in s for s in val) and any("101" in s for s in val)
+
+
+def test_report_header_counts_the_records_scored_not_the_records_listed():
+    """A prepared split lists three records; with --records only one of them is scored, and the report's header
+    says 1 record, not 3."""
+    from hyper_params import load_config
+
+    cfg = load_config()
+    t = cfg.data.total_samples
+    w = evaluate.Windows(np.zeros((4, t, 2), np.float32), np.array([1, 1, 1, 1]), np.arange(4) * t,
+                         np.zeros(5, np.int64), np.zeros(0, np.int64), ["100", "103", "105"],
+                         np.ones(3, bool), [["MLII", "V1"]] * 3, [360.0] * 3,
+                         {"kind": "prepared", "split": "test", "path": "x/test.pt", "input_hash": "h"})
+    args = argparse.Namespace(config=None, samples=2, seed=0)
+    header = evaluate.report_header(args, ["--records", "103"], cfg, w, {}, 1.0)
+    assert header["records / windows"] == "1 / 4"
+
+
+@pytest.mark.parametrize("key,value", [("filter_band", [1.0, 30.0]), ("filter_order", 4), ("samples_per_second", 250),
+                                       ("first_lead", "V5"), ("input_signal_duration", 2.0),
+                                       ("forecast_predictions", 2)])
+def test_a_model_trained_on_data_prepared_otherwise_is_flagged(key, value):
+    """Each preparation setting that changes what a model reads (band-pass, rate, lead, window lengths) makes
+    evaluate.py warn when the model's own data config differs from the evaluation data's."""
+    import dataclasses
+
+    from hyper_params import load_config
+
+    cfg = load_config()
+    model = SimpleNamespace(cfg=SimpleNamespace(data=dataclasses.replace(cfg.data, **{key: value})))
+    assert key in evaluate.preparation_mismatch(model, cfg)
+    assert evaluate.preparation_mismatch(SimpleNamespace(cfg=cfg), cfg) == ""

@@ -323,7 +323,8 @@ def test_drafted_sde_trains_then_forecasts_from_its_own_drafts(drafted: dict) ->
     with torch.no_grad():           # an emission that renders nothing leaves every path at its draft ...
         fc.sde.emission[-1].weight.zero_()
         fc.sde.emission[-1].bias.zero_()
-    fc.scfg.model.draft_noise = drafts.noise = 0.4      # ... with the same noise on it
+    fc.scfg.model.draft_noise = drafts.noise = 0.4      # (this short context has no residual to scale: the
+    # noise itself is test_forecast_noise_is_draft_noise_times_the_contexts_residual's)
     for vq in (fc.vq, VQVAE(dataclasses.replace(fc.cfg.model, window_gain=True)).eval()):
         fc.vq = vq                  # ... the draft itself, not the VQ-VAE's round trip of it, at any gain
         np.testing.assert_allclose(fc.predict(whole[None], 64, num_samples=6, seed=1),

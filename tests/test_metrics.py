@@ -228,3 +228,92 @@ def test_bootstrap_interval_has_its_nominal_width():
         mean, lo, hi = M.bootstrap_ci(v, n_boot=4000, seed=0, level=level)
         assert hi - lo == pytest.approx(2 * z * sem, rel=0.08)
         assert (lo + hi) / 2 == pytest.approx(mean, abs=0.1 * sem)
+
+
+def _rhythm(context, horizon, beats):
+    """Rhythm scores of one single-lead window."""
+    s = M.rhythm_sums(context[None], horizon[None], np.zeros(len(beats), np.int64), np.asarray(beats), FS,
+                      M.segment_edges(horizon.shape[-1], FS))
+    return M.record_metrics({k: v.sum(0) for k, v in s.items()})
+
+
+def test_timing_error_is_a_magnitude_early_or_late():
+    """A forecast whose beats come 5 samples (39 ms) early errs as much as one 5 samples late."""
+    c, h = 384, 384
+    beats = np.arange(30, c + h, 100)
+    truth = spike_train(c + h, beats)
+    err = {}
+    for shift in (-5, 5):
+        fc = spike_train(c + h, beats + shift)[c:]
+        err[shift] = _rhythm(truth[:c], fc, beats)["timing_ms"][-1]
+    assert err[5] == pytest.approx(5 * 1000 / FS, abs=1.0)
+    assert err[-5] == pytest.approx(err[5], abs=1.0)
+
+
+def test_windowed_pearson_r_is_the_correlation_of_each_window_and_lead():
+    """waveform_sums' r is pearson_r of each window and lead, averaged: an offset or a gain changes nothing,
+    a flipped forecast gives -1, and noisy ones match the reference function whatever the leads' means."""
+    rng = np.random.default_rng(1)
+    t = np.arange(256) / FS
+    truth = np.stack([np.sin(2 * np.pi * 1.1 * t) + 0.7, 0.5 * np.cos(2 * np.pi * 0.8 * t) - 0.4], -1)[None]
+    edges = M.segment_edges(256, FS)
+    for fc, want in ((2 * truth + 3, 1.0), (-truth + 0.2, -1.0)):
+        s, _ = M.waveform_sums(truth, fc[:, None], edges)
+        assert M.record_metrics(s)["r"][0, -1] == pytest.approx(want, abs=1e-9)
+    fc = truth + 0.5 + rng.normal(0, 0.5, truth.shape)
+    s, _ = M.waveform_sums(truth, fc[:, None], edges)
+    ref = np.mean([M.pearson_r(fc[0, :, k], truth[0, :, k]) for k in range(2)])
+    assert M.record_metrics(s)["r"][0, -1] == pytest.approx(ref, abs=1e-9)
+
+
+def test_median_scores_ignore_a_minority_of_outlying_paths():
+    """Nine paths on the truth and two 5 mV off: the sample mean errs, the sample median does not."""
+    rng = np.random.default_rng(2)
+    truth = rng.normal(size=(3, 256, 2))
+    samples = np.repeat(truth[:, None], 11, axis=1)
+    samples[:, :2] += 5.0
+    s, _ = M.waveform_sums(truth, samples.astype(np.float64), M.segment_edges(256, FS))
+    m = M.record_metrics({k: v.sum(0) for k, v in s.items()})
+    assert m["mse"][-1] == pytest.approx((10 / 11) ** 2, rel=1e-6)
+    assert m["mse_median"][-1] == pytest.approx(0.0, abs=1e-9)
+    assert m["mae_median"][-1] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_record_prd_and_prdn_are_the_reference_functions_on_one_window():
+    """With a truth whose mean is not zero, PRD (against the truth's energy) and PRDN (against its variance
+    about the mean) differ; the evaluation's sums give each its own reference value."""
+    rng = np.random.default_rng(3)
+    truth = rng.normal(0.8, 0.3, size=(1, 256, 2))
+    fc = truth + rng.normal(0, 0.1, truth.shape)
+    s, _ = M.waveform_sums(truth, fc[:, None], M.segment_edges(256, FS))
+    m = M.record_metrics({k: v.sum(0) for k, v in s.items()})
+    assert m["prd"][-1] == pytest.approx(M.prd(fc, truth), rel=1e-9)
+    centred = truth - truth.mean(axis=1, keepdims=True)             # each lead about its own mean
+    assert m["prdn"][-1] == pytest.approx(100 * np.sqrt(np.sum((fc - truth) ** 2) / np.sum(centred ** 2)), rel=1e-6)
+    assert m["prd"][-1] < m["prdn"][-1]
+
+
+def test_one_giant_artefact_in_a_forecast_does_not_hide_its_beats():
+    """Beats are found with the threshold of the context a forecast continues: a forecast with the right beats
+    and one 12 mV spike between two of them scores those beats (one false positive), not a missed rhythm."""
+    c, h = 384, 384
+    beats = np.arange(30, c + h, 100)
+    truth = spike_train(c + h, beats)
+    fc = truth[c:] + 10 * spike_train(h, [480 - c])
+    m = _rhythm(truth[:c], fc, beats)
+    assert m["f1_100"][-1] == pytest.approx(8 / 9)            # 4 beats found, 1 false positive
+    rows, pos = M.detect_r_peaks(np.concatenate([truth[:c], fc])[None], FS, level_from=c)
+    assert set(beats[beats >= c]) <= set(pos)
+
+
+def test_detector_places_inverted_r_waves_on_their_peak():
+    """A lead whose QRS points down (V1, or an inverted MLII) has its R peaks where the deflection is largest,
+    as for an upright lead: the detector reads |x - median|, not x."""
+    from conftest import synthetic_ecg
+
+    x, beats = synthetic_ecg(30.0, FS, seed=5, hr_bpm=80)
+    for sign in (1, -1):
+        rows, pos = M.detect_r_peaks(sign * x[None, :, 0], FS)
+        ri, di = M.match_beats(beats, pos, 0.05 * FS)
+        assert len(ri) == len(beats) == len(pos)
+        assert np.abs(pos[di] - beats[ri]).max() <= 2

@@ -19,7 +19,7 @@ import vqvae_train
 from hyper_params import TrainConfig
 from paths import UserError
 from tiny import flags, tiny_setup
-from train_results import MetricsLog
+from train_results import MetricsLog, check_same_config
 
 
 def _run(setup: dict, *extra: str) -> dict:
@@ -292,3 +292,60 @@ def test_forecast_bands_hold_the_central_50_and_80_percent_of_the_paths(tmp_path
         inside = ((s >= lo) & (s <= hi)).mean(0)       # per time step, over the paths
         assert np.all(np.abs(inside - share) < 0.01), (label, inside.min(), inside.max())
         assert np.all(lo < np.median(s, 0)) and np.all(np.median(s, 0) < hi)       # central
+
+
+def test_a_key_only_one_config_has_is_a_difference():
+    """A run saved before a model key existed (or with a key since dropped) was not built like the model asked
+    for now: resuming it is refused, naming the key, as for a changed value."""
+    saved = {"model": {"dim": 32, "layers": 2}, "train": {"epochs": 3}}
+    check_same_config(saved, {"model": {"dim": 32, "layers": 2}, "train": {"epochs": 9}}, Path("c.pt"))
+    with pytest.raises(UserError, match="model.draft"):
+        check_same_config(saved, {"model": {"dim": 32, "layers": 2, "draft": True}}, Path("c.pt"))
+    with pytest.raises(UserError, match="model.layers"):
+        check_same_config(saved, {"model": {"dim": 32}}, Path("c.pt"))
+
+
+def test_each_epoch_sees_the_training_windows_in_a_new_order(tmp_path):
+    """Every window once per epoch, shuffled afresh each epoch (DistributedSampler.set_epoch), the same
+    way for the same seed: a fixed order would repeat the same batches, epoch after epoch."""
+    import torch
+    import torch.nn as nn
+    from torch.utils.data import TensorDataset
+
+    import training
+    from hyper_params import TrainConfig
+
+    def run(folder: Path) -> list[list[int]]:
+        torch.manual_seed(0)
+        seen: list[int] = []
+
+        def step(model, batch):
+            (i,) = batch
+            if model.training:                  # training steps, not the validation pass
+                seen.extend(int(v) for v in i)
+            return (model(i[:, None].float()) ** 2).mean(), {}
+
+        data = TensorDataset(torch.arange(32))
+        (folder / "run").mkdir(parents=True)
+        settings = TrainConfig(epochs=2, batch_size=8, warmup_steps=0, learning_rate=0.01)
+        training.Trainer(nn.Linear(1, 1), data, data, step, settings, folder / "run", folder / "ckpt", {}, {},
+                         training.Runtime(torch.device("cpu")), "toy").fit()
+        return [seen[:32], seen[32:]]
+
+    epochs = run(tmp_path / "a")
+    assert all(sorted(e) == list(range(32)) for e in epochs)
+    assert epochs[0] != epochs[1]
+    assert epochs == run(tmp_path / "b")
+
+
+def test_seed_zero_on_the_command_line_is_the_seed_used():
+    """--seed 0 is a seed like any other: it overrides the config's, as --seed 5 does (0 is not 'not given')."""
+    import argparse
+
+    from hyper_params import TrainConfig
+    from training import apply_train_overrides
+
+    for seed in (0, 5):
+        train = TrainConfig(seed=1234)
+        apply_train_overrides(train, argparse.Namespace(epochs=None, max_steps=None, batch_size=None, seed=seed))
+        assert train.seed == seed

@@ -14,8 +14,11 @@ import forecast
 import transformer_train
 import vqvae_train
 from forecast import Forecaster
-from hyper_params import ModelConfig
-from tiny import flags, tiny_setup
+from hyper_params import ModelConfig, config_from_dict
+from hyper_params_transformer import SampleConfig
+from paths import UserError
+from tiny import TINY, flags, tiny_setup
+from transformer_train import encode_split
 from transformer import CodeGPT, favour, sample_next
 from vqvae import VQVAE
 
@@ -360,3 +363,63 @@ def test_temperature_scales_the_logits():
                             generator=torch.Generator().manual_seed(0))
         freq = torch.bincount(draws, minlength=4) / len(draws)
         assert torch.allclose(freq, probs, atol=0.015), t
+
+
+def test_a_long_context_is_read_at_its_end():
+    """A context longer than the model's block is cut to its most recent samples: whatever came long before
+    (here: noise or silence) does not change the forecast, which continues where the context ends."""
+    torch.manual_seed(0)
+    cfg = config_from_dict(TINY)
+    vq = VQVAE(cfg.model).eval()
+    gpt = CodeGPT(cfg.model.codebook_size, cfg.data.total_samples // cfg.model.downsample_factor, 32, 1, 2, 0.0)
+    fc = Forecaster(vq, gpt, cfg, SampleConfig(), "cpu")
+    rng = np.random.default_rng(0)
+    recent = 0.3 * rng.standard_normal((1, 128, 2)).astype(np.float32)
+    early = [0.3 * rng.standard_normal((1, 160, 2)).astype(np.float32), np.zeros((1, 160, 2), np.float32)]
+    a, b = (fc.predict(np.concatenate([e, recent], 1), 32, num_samples=3, seed=4) for e in early)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_vqvae_checkpoint_is_no_forecaster(tmp_path):
+    """--checkpoint / --model pointing at the VQ-VAE of a run (an easy slip: both are best.pt) is one clear error
+    saying what the file holds, not a KeyError from deep in the loader."""
+    cfg = config_from_dict(TINY)
+    path = tmp_path / "vqvae-1" / "best.pt"
+    path.parent.mkdir()
+    torch.save({"kind": "vqvae", "model": VQVAE(cfg.model).state_dict(), "config": cfg.to_dict(), "meta": {}}, path)
+    with pytest.raises(UserError, match="'vqvae' model, not a forecaster"):
+        Forecaster.from_checkpoint(path, "cpu")
+
+
+def test_the_first_forecast_start_of_a_record_is_one_context_in(tmp_path):
+    """--start may be exactly one context into a record (the context is then the record's first samples), and
+    no earlier: the bound the error message names is inclusive."""
+    from baselines import Persistence
+    from conftest import write_record
+    from forecast import forecast_record
+    from hyper_params import load_config
+
+    cfg = load_config()
+    fc = Persistence(cfg.data.samples_per_second)
+    fc.cfg = cfg
+    rec = write_record(tmp_path, "r", seconds=20, seed=1)
+    first = cfg.data.window_samples / cfg.data.samples_per_second
+    out = forecast_record(fc, str(rec), first, 1.0, 1, 0)
+    assert out["start_sample"] == cfg.data.window_samples and out["samples"].shape == (1, fc.fs, 2)
+    with pytest.raises(UserError, match="must lie between"):
+        forecast_record(fc, str(rec), first - 1 / cfg.data.samples_per_second, 1.0, 1, 0)
+
+
+def test_training_codes_of_the_context_do_not_see_its_future():
+    """A forecast encodes its context alone, with no future to read: the training windows' context codes must
+    be the codes of the context alone too (and the future's those of the future alone), not codes of the
+    whole window, which the encoder's convolutions and attention would let leak across the forecast start."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(has_attention=True, downsample_factor=4, channels=16, res_blocks=1, attention_heads=2,
+                      attention_layers=1, latent_dim=8, codebook_size=256, num_quantizers=1, window_gain=False)
+    vq = VQVAE(cfg).eval()
+    x = torch.randn(6, 128, 2)
+    codes = encode_split(vq, x, 64)
+    with torch.no_grad():
+        assert torch.equal(codes[:, :16], vq.encode(x[:, :64]))
+        assert torch.equal(codes[:, 16:], vq.encode(x[:, 64:]))
