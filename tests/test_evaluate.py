@@ -386,3 +386,62 @@ def test_a_model_trained_on_data_prepared_otherwise_is_flagged(key, value):
     model = SimpleNamespace(cfg=SimpleNamespace(data=dataclasses.replace(cfg.data, **{key: value})))
     assert key in evaluate.preparation_mismatch(model, cfg)
     assert evaluate.preparation_mismatch(SimpleNamespace(cfg=cfg), cfg) == ""
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_max_windows_per_record_below_one_is_named(tmp_path, value):
+    """0 used to evaluate anyway and -2 to end in a numpy traceback."""
+    db = tmp_path / "db"
+    write_record(db, "r", seconds=12, seed=0)
+    with pytest.raises(UserError, match=f"--max-windows-per-record must be >= 1, got {value}"):
+        evaluate.main(["--model", "zero", "--wfdb-dir", str(db), "--max-windows-per-record", value,
+                       "--results", str(tmp_path / "results")])
+    assert not (tmp_path / "results").exists()
+
+
+def test_metrics_csv_matches_metrics_json(tmp_path):
+    db = tmp_path / "db"
+    for i, name in enumerate(("a", "b", "c")):
+        write_record(db, name, seconds=20, seed=i)
+    run = evaluate.main(["--model", "zero", "seasonal_ensemble", "--wfdb-dir", str(db), "--samples", "8",
+                         "--max-windows-per-record", "2", "--results", str(tmp_path / "results")])
+    result = json.loads((run / "metrics.json").read_text())
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert list(rows[0]) == ["forecaster", "horizon", "metric", "unit", "value", "ci_low", "ci_high", "records"]
+    checked = 0
+    for row in rows:
+        i = result["horizons"].index(row["horizon"])
+        entry = result["forecasters"][row["forecaster"]]["metrics"][row["metric"]][i]
+        for column, want in (("value", entry["value"]), ("ci_low", entry["ci"][0]), ("ci_high", entry["ci"][1])):
+            assert (row[column] == "") if want is None else float(row[column]) == pytest.approx(want), (row, entry)
+        assert int(row["records"]) == entry["records"]
+        if entry["value"] is not None and entry["ci"][0] is not None:
+            assert float(row["ci_low"]) <= float(row["value"]) <= float(row["ci_high"])
+            checked += 1
+    assert checked > 10
+
+
+MINE = '''
+import numpy as np
+
+
+class At360:
+    fs = 360                       # built for the raw MIT-BIH rate, not the prepared one
+
+    def __init__(self, fs):
+        pass
+
+    def predict(self, context, horizon, num_samples=100, seed=0):
+        x = np.asarray(context, np.float32)
+        return np.repeat(x[:, None, -1:], horizon, axis=2)
+'''
+
+
+def test_a_user_forecaster_at_another_rate_is_refused(tmp_path):
+    db = tmp_path / "db"
+    write_record(db, "r", seconds=12, seed=0)
+    (tmp_path / "mine.py").write_text(MINE)
+    with pytest.raises(UserError, match=r"mine.py:At360: it forecasts at 360 Hz but the data is at 128 Hz"):
+        evaluate.main(["--model", f"{tmp_path / 'mine.py'}:At360", "--wfdb-dir", str(db),
+                       "--max-windows-per-record", "1", "--results", str(tmp_path / "results")])
+    assert not (tmp_path / "results").exists()

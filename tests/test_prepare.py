@@ -1,6 +1,8 @@
 """prepare_mitbih.py on synthetic WFDB records (and two real MIT-BIH records): leads, rates, beats, splits."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -686,3 +688,50 @@ def test_input_hash_follows_the_reference_beats(tmp_path):
     ann = wfdb.rdann(str(tmp_path / "100"), "atr")
     wfdb.wrann("100", "atr", ann.sample[:-1], symbol=ann.symbol[:-1], write_dir=str(tmp_path))   # one beat less
     assert pm.hash_inputs(tmp_path, ["100"]) != before
+
+
+def run_prepare(args):
+    out, err, argv, code = io.StringIO(), io.StringIO(), sys.argv, 0
+    sys.argv = ["prepare_mitbih.py", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            paths.run_main(pm.main)
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = argv
+    return code, err.getvalue()
+
+
+def _db(tmp_path):
+    db = tmp_path / "db"
+    for i, name in enumerate(("a", "b", "c")):
+        write_record(db, name, seconds=20, seed=i)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"data": {"test_records": ["a"], "validation_records": ["c"]}}))
+    return db, ["--data-dir", str(db), "--config", str(config), "--no-download", "--out", str(tmp_path / "out")]
+
+
+def test_skip_bad_flag_leaves_a_bad_record_out(tmp_path):
+    db, common = _db(tmp_path)
+    write_record(db, "short", seconds=4, seed=6)
+    code, err = run_prepare(common)
+    assert code == 2 and "--skip-bad" in err
+    code, err = run_prepare(common + ["--skip-bad"])
+    assert code == 0, err
+    assert "warning: left out: " in err
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert sorted(meta["records"]) == ["a", "b", "c"]
+
+
+def test_allow_gaps_flag_keeps_a_record_with_gaps(tmp_path):
+    db, common = _db(tmp_path)
+    x, _ = synthetic_ecg(30.0, 360.0, seed=4)
+    x[3600:4320, 1] = np.nan                                     # lead 2 lost from 10 s to 12 s
+    write_signal(db, "g", x)
+    code, err = run_prepare(common)
+    assert code == 2 and "--allow-gaps" in err
+    code, err = run_prepare(common + ["--allow-gaps"])
+    assert code == 0, err
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["records"]["g"]["invalid_seconds"] > 1.9 and "g" in meta["splits"]["train"]

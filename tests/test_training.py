@@ -14,10 +14,14 @@ from torch.utils.data import TensorDataset
 
 import paths
 import train_results
+import latent_sde_train
 import training
+import transformer_train
 import vqvae_train
-from hyper_params import TrainConfig
+from conftest import write_record
+from hyper_params import TrainConfig, config_from_dict
 from paths import UserError
+from prepare_mitbih import prepare
 from tiny import flags, tiny_setup
 from train_results import MetricsLog, check_same_config
 
@@ -349,3 +353,44 @@ def test_seed_zero_on_the_command_line_is_the_seed_used():
         train = TrainConfig(seed=1234)
         apply_train_overrides(train, argparse.Namespace(epochs=None, max_steps=None, batch_size=None, seed=seed))
         assert train.seed == seed
+
+
+def test_resuming_from_another_kind_of_checkpoint_is_named(tmp_path, synthetic_db):
+    setup = tiny_setup(tmp_path, synthetic_db, train={"epochs": 1, "max_steps_per_epoch": 2})
+    vqvae_train.main(flags(setup, "--device", "cpu"))
+    (last,) = (tmp_path / "checkpoints").glob("vqvae-*/last.pt")
+    common = ["--device", "cpu", "--prepared", setup["prepared"], "--results", setup["results"],
+              "--checkpoints", setup["checkpoints"]]
+    with pytest.raises(UserError, match="holds a 'vqvae' model, expected 'transformer'"):
+        transformer_train.main(common + ["--resume", str(last)])
+    with pytest.raises(UserError, match="holds a 'vqvae' model, expected 'latent_sde'"):
+        latent_sde_train.main(common + ["--resume", str(last)])
+    with pytest.raises(UserError, match="holds a 'vqvae' model, expected 'latent_sde'"):
+        latent_sde_train.main(common + ["--crps-from", str(last)])
+
+
+def test_run_json_names_the_input_records_and_a_resume_on_new_recordings_says_so(tmp_path, synthetic_db, capsys):
+    setup = tiny_setup(tmp_path, synthetic_db, train={"epochs": 1, "max_steps_per_epoch": 2})
+    meta = json.loads((tmp_path / "prepared" / "meta.json").read_text())
+    vqvae_train.main(flags(setup, "--device", "cpu"))
+    (run,) = (tmp_path / "results").iterdir()
+    record = json.loads((run / "run.json").read_text())
+    assert meta["input_hash"] in json.dumps(record) and meta["data_hash"] in json.dumps(record)
+    # same config, other recordings under the same names: prepared again, then resumed
+    write_record(synthetic_db, "105", seed=42)
+    prepare(config_from_dict(json.loads((tmp_path / "config.json").read_text())), synthetic_db,
+            tmp_path / "prepared", download=False)
+    capsys.readouterr()
+    vqvae_train.main(flags(setup, "--device", "cpu", "--resume", str(tmp_path / "checkpoints" / run.name / "last.pt"),
+                           "--epochs", "2"))
+    assert "prepared again since?" in capsys.readouterr().err
+
+
+def test_max_steps_flag_caps_the_steps_of_an_epoch(tmp_path, synthetic_db):
+    setup = tiny_setup(tmp_path, synthetic_db)                    # the config says 6 steps an epoch, 2 epochs
+    vqvae_train.main(flags(setup, "--device", "cpu", "--epochs", "1", "--max-steps", "2"))
+    (run,) = (tmp_path / "results").iterdir()
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [(r["epoch"], r["step"]) for r in rows] == [("1", "2")]
+    train = json.loads((run / "run.json").read_text())["config"]["train"]
+    assert (train["epochs"], train["max_steps_per_epoch"]) == (1, 2)

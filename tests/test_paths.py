@@ -1,0 +1,121 @@
+"""Where runs write, what they record beside their results, what they refuse before long work, and what a
+checkpoint may not do when loaded."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import evaluate
+import paths
+import vqvae_train
+from conftest import write_record
+from paths import UserError
+from tiny import flags, tiny_setup
+from train_results import load_checkpoint
+
+
+def test_evaluate_writes_into_ECG_RESULTS_DIR(tmp_path, monkeypatch):
+    db = tmp_path / "db"
+    write_record(db, "r", seconds=12, seed=0)
+    monkeypatch.setenv("ECG_RESULTS_DIR", str(tmp_path / "env_results"))
+    run = evaluate.main(["--model", "zero", "--wfdb-dir", str(db), "--max-windows-per-record", "1"])
+    assert run.parent == tmp_path / "env_results" and (run / "metrics.csv").is_file()
+
+
+def test_training_writes_into_ECG_RESULTS_DIR_and_ECG_CHECKPOINTS_DIR(tmp_path, synthetic_db, monkeypatch):
+    setup = tiny_setup(tmp_path, synthetic_db, train={"epochs": 1, "max_steps_per_epoch": 2})
+    del setup["results"], setup["checkpoints"]
+    monkeypatch.setenv("ECG_RESULTS_DIR", str(tmp_path / "env_results"))
+    monkeypatch.setenv("ECG_CHECKPOINTS_DIR", str(tmp_path / "env_ckpts"))
+    vqvae_train.main(flags(setup, "--device", "cpu"))
+    (run,) = (tmp_path / "env_results").iterdir()
+    assert (run / "run.json").is_file() and (run / "metrics.csv").is_file()
+    assert (tmp_path / "env_ckpts" / run.name / "last.pt").is_file()
+
+
+def _git(repo, *args):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_git_commit_marks_a_dirty_checkout(tmp_path, monkeypatch):
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "model.py").write_text("a = 1\n")
+    _git(tmp_path, "add", "model.py")
+    _git(tmp_path, "commit", "-q", "-m", "one")
+    head = _git(tmp_path, "rev-parse", "HEAD")
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    assert paths.git_commit() == head
+    (tmp_path / "model.py").write_text("a = 2\n")            # an uncommitted edit: results no longer match HEAD
+    assert paths.git_commit() == head + "-dirty"
+    (tmp_path / "notes.txt").write_text("untracked\n")       # untracked files do not count
+    (tmp_path / "model.py").write_text("a = 1\n")
+    assert paths.git_commit() == head
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """An existing folder no file can be created in (for root too: /proc/self refuses new files)."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+    elif sys.platform.startswith("linux") and os.path.isdir("/proc/self"):
+        yield "/proc/self"
+    else:
+        pytest.skip("no read-only folder available")
+
+
+def test_evaluate_refuses_an_unwritable_results_folder_before_scoring(tmp_path, monkeypatch, read_only_folder):
+    db = tmp_path / "db"
+    write_record(db, "r", seconds=12, seed=0)
+
+    def scored(*args, **kwargs):
+        raise AssertionError("the evaluation ran although its results could not be written")
+    monkeypatch.setattr(evaluate, "evaluate", scored)
+    with pytest.raises(UserError, match="cannot write to the output folder"):
+        evaluate.main(["--model", "zero", "--wfdb-dir", str(db), "--results", str(read_only_folder)])
+
+
+def test_forecast_refuses_an_unwritable_out_folder_before_forecasting(tmp_path, monkeypatch, read_only_folder):
+    import forecast
+    from paths import PRETRAINED
+    record = write_record(tmp_path / "db", "r", seconds=12, seed=0)
+    monkeypatch.setattr(forecast, "forecast_record",
+                        lambda *a, **k: pytest.fail("forecast although its files could not be written"))
+    monkeypatch.setattr(sys, "argv", ["forecast.py", "--checkpoint", str(PRETRAINED), "--record", str(record),
+                                      "--start", "5", "--device", "cpu", "--out", str(read_only_folder)])
+    with pytest.raises(UserError, match="cannot write to the output folder"):
+        forecast.main()
+
+
+def test_prepare_refuses_an_unwritable_out_folder_before_reading_records(tmp_path, monkeypatch, read_only_folder):
+    import prepare_mitbih as pm
+    from hyper_params import config_from_dict
+    for i, name in enumerate(("a", "b", "c")):
+        write_record(tmp_path / "db", name, seconds=20, seed=i)
+    monkeypatch.setattr(pm, "read_record", lambda *a, **k: pytest.fail("records read although nothing can be written"))
+    cfg = config_from_dict({"data": {"test_records": ["a"], "validation_records": ["c"]}})
+    with pytest.raises(UserError, match="cannot write to the output folder"):
+        pm.prepare(cfg, tmp_path / "db", read_only_folder, download=False)
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):               # what a malicious pickle does when it is unpickled
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"kind": "vqvae", "model": {}, "config": {}, "extra": Payload(marker)}, path)
+    with pytest.raises(UserError, match="evil.pt is unreadable"):
+        load_checkpoint(path, "vqvae")
+    assert not marker.exists()
