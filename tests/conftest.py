@@ -1,7 +1,10 @@
 """Shared fixtures: the real MIT-BIH copy beside the repository, synthetic WFDB records."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,6 +68,22 @@ def spike_train(n: int, positions, width: float = 0.012, fs: float = 128) -> np.
     """QRS-like Gaussian spikes of 1.2 mV at the given samples."""
     t = np.arange(n) / fs
     return sum(1.2 * np.exp(-0.5 * ((t - p / fs) / width) ** 2) for p in positions)
+
+
+def run_script(main, script: str, args: list[str]) -> subprocess.CompletedProcess:
+    """A script's main() in this process, as its __main__ runs it (paths.run_main): exit status, stdout, stderr."""
+    import paths
+
+    out, err, argv, code = io.StringIO(), io.StringIO(), sys.argv, 0
+    sys.argv = [script, *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            paths.run_main(main)
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 
 def write_record(folder: Path, name: str, seconds: float = 60.0, fs: float = 360.0, seed: int = 0,

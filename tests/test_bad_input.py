@@ -7,8 +7,6 @@ path, without the second of interpreter start-up each).
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -23,10 +21,9 @@ import pytest
 import torch
 import wfdb
 
-import paths
 import evaluate
 import prepare_mitbih as pm
-from conftest import ROOT, snapshot, synthetic_ecg, write_record, write_signal
+from conftest import ROOT, run_script, snapshot, synthetic_ecg, write_record, write_signal
 from hyper_params import config_from_dict
 from paths import UserError
 
@@ -49,17 +46,7 @@ def run_cli(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def run_in_process(args: list[str]) -> subprocess.CompletedProcess:
-    out, err = io.StringIO(), io.StringIO()
-    argv, code = sys.argv, 0
-    sys.argv = ["prepare_mitbih.py", *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            paths.run_main(pm.main)
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = argv
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+    return run_script(pm.main, "prepare_mitbih.py", args)
 
 
 def good_db(folder: Path) -> Path:

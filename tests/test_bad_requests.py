@@ -2,10 +2,7 @@
 predict's arguments (every forecaster), forecast.py's flags, foreign checkpoint files, devices, evaluate.py."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import sys
 import warnings
 
 import numpy as np
@@ -16,7 +13,7 @@ import evaluate
 import forecast
 import paths
 from baselines import BASELINES, make_baseline
-from conftest import synthetic_ecg, write_record, write_signal
+from conftest import run_script, synthetic_ecg, write_record, write_signal
 from forecast import Forecaster
 from paths import PRETRAINED, UserError
 from train_results import load_checkpoint
@@ -82,16 +79,8 @@ def test_a_context_in_microvolts_is_warned_about():
 
 def run_forecast(args: list[str]) -> tuple[int, str]:
     """forecast.py in this process, as its __main__ runs it: (exit status, stderr)."""
-    err, argv, code = io.StringIO(), sys.argv, 0
-    sys.argv = ["forecast.py", *args]
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-            paths.run_main(forecast.main)
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = argv
-    return code, err.getvalue()
+    r = run_script(forecast.main, "forecast.py", args)
+    return r.returncode, r.stderr
 
 
 @pytest.mark.parametrize("flags, needle", [

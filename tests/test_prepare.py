@@ -1,8 +1,6 @@
 """prepare_mitbih.py on synthetic WFDB records (and two real MIT-BIH records): leads, rates, beats, splits."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -19,7 +17,7 @@ import wfdb
 
 import paths
 import prepare_mitbih as pm
-from conftest import ROOT, synthetic_ecg, write_record, write_signal
+from conftest import ROOT, run_script, synthetic_ecg, write_record, write_signal
 from hyper_params import config_from_dict, data_hash
 from paths import UserError
 
@@ -691,16 +689,8 @@ def test_input_hash_follows_the_reference_beats(tmp_path):
 
 
 def run_prepare(args):
-    out, err, argv, code = io.StringIO(), io.StringIO(), sys.argv, 0
-    sys.argv = ["prepare_mitbih.py", *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            paths.run_main(pm.main)
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = argv
-    return code, err.getvalue()
+    r = run_script(pm.main, "prepare_mitbih.py", args)
+    return r.returncode, r.stderr
 
 
 def _db(tmp_path):
