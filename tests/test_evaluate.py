@@ -300,12 +300,19 @@ def test_max_windows_per_record_spreads_them_over_the_record():
     assert got.beat_ptr.tolist() == list(range(7))
 
 
+def _one_record_windows(signals: np.ndarray, beats: list[np.ndarray]) -> evaluate.Windows:
+    """Windows [N, T, 2] laid end to end in one annotated record, r1, with these reference beats each."""
+    n = len(signals)
+    return evaluate.Windows(signals.astype(np.float32), np.zeros(n, np.int64), np.arange(n) * signals.shape[1],
+                            np.concatenate([[0], np.cumsum([len(b) for b in beats])]).astype(np.int64),
+                            np.concatenate(beats).astype(np.int64), ["r1"], np.array([True]), [["MLII", "V1"]],
+                            [360.0])
+
+
 def test_each_forecaster_sees_its_windows_context_alone():
     """The context handed to predict is the window's first `context` samples, never its horizon."""
     rng = np.random.default_rng(0)
-    w = evaluate.Windows(rng.normal(size=(3, 12, 2)).astype(np.float32), np.zeros(3, np.int64),
-                         np.arange(3) * 12, np.zeros(4, np.int64), np.zeros(0, np.int64), ["a"], np.ones(1, bool),
-                         [["MLII", "V1"]], [360.0])
+    w = _one_record_windows(rng.normal(size=(3, 12, 2)), [np.zeros(0)] * 3)
     seen = []
 
     class Spy:
@@ -317,15 +324,7 @@ def test_each_forecaster_sees_its_windows_context_alone():
     assert out.shape == (2, 3, 4, 2)
     for (x, horizon, seed), i in zip(seen, (2, 0)):
         np.testing.assert_array_equal(x, w.signals[i:i + 1, :8])
-        assert horizon == 4 and seed == evaluate.window_seed(0, "a", int(w.start[i]))
-
-
-def _one_record_windows(signals: np.ndarray, beats: list[np.ndarray]) -> evaluate.Windows:
-    n = len(signals)
-    return evaluate.Windows(signals.astype(np.float32), np.zeros(n, np.int64), np.arange(n) * signals.shape[1],
-                            np.concatenate([[0], np.cumsum([len(b) for b in beats])]).astype(np.int64),
-                            np.concatenate(beats).astype(np.int64), ["r1"], np.array([True]), [["MLII", "V1"]],
-                            [360.0])
+        assert horizon == 4 and seed == evaluate.window_seed(0, "r1", int(w.start[i]))
 
 
 def test_detector_check_tells_sensitivity_from_positive_predictivity():
@@ -359,8 +358,6 @@ def test_scoring_on_the_patients_a_model_chose_its_checkpoint_on_is_flagged_on_a
 def test_report_header_counts_the_records_scored_not_the_records_listed():
     """A prepared split lists three records; with --records only one of them is scored, and the report's header
     says 1 record, not 3."""
-    from hyper_params import load_config
-
     cfg = load_config()
     t = cfg.data.total_samples
     w = evaluate.Windows(np.zeros((4, t, 2), np.float32), np.array([1, 1, 1, 1]), np.arange(4) * t,
@@ -379,8 +376,6 @@ def test_a_model_trained_on_data_prepared_otherwise_is_flagged(key, value):
     """Each preparation setting that changes what a model reads (band-pass, rate, lead, window lengths) makes
     evaluate.py warn when the model's own data config differs from the evaluation data's."""
     import dataclasses
-
-    from hyper_params import load_config
 
     cfg = load_config()
     model = SimpleNamespace(cfg=SimpleNamespace(data=dataclasses.replace(cfg.data, **{key: value})))

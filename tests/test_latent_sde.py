@@ -529,13 +529,8 @@ def test_diffusion_stays_between_its_floor_and_ceiling():
 def untrained_drafted_forecaster(**model):
     """A tiny untrained latent SDE with beat drafts on a tiny VQ-VAE: 64 Hz, 3 s contexts (no training needed to
     check how its paths are assembled)."""
-    import json
-
     from hyper_params import config_from_dict
-    from hyper_params_sde import sde_config_from_dict
-    from latent_sde import LatentSDE, LatentSDEForecaster
     from tiny import TINY
-    from vqvae import VQVAE
 
     torch.manual_seed(0)
     raw = json.loads(json.dumps(TINY))
@@ -557,8 +552,6 @@ def noisy_context():
 def test_forecast_noise_is_draft_noise_times_the_contexts_residual():
     """predict adds white noise of model.draft_noise x the context's residual from its mean beat (per lead):
     two forecasters that differ only in draft_noise differ by exactly that noise."""
-    from drafts import residual_sd
-
     x = noisy_context()
     quiet = untrained_drafted_forecaster(draft_noise=0.0).predict(x, 64, 200, seed=3)
     noisy = untrained_drafted_forecaster(draft_noise=0.4).predict(x, 64, 200, seed=3)
@@ -570,8 +563,6 @@ def test_forecast_noise_is_draft_noise_times_the_contexts_residual():
 def test_crps_validation_holds_paths_to_the_band_as_a_forecast_does():
     """In eval mode (validation, one seed per window) PathCRPS scores the paths a forecast would make: held to the
     band when the recipe holds them."""
-    from latent_sde import PathCRPS
-
     fc = untrained_drafted_forecaster(hold_band=True)
     window = torch.from_numpy(np.concatenate([noisy_context(), noisy_context()[:, :64]], 1))
     model = PathCRPS(fc, num_samples=4).eval()

@@ -309,8 +309,6 @@ def test_one_giant_artefact_in_a_forecast_does_not_hide_its_beats():
 def test_detector_places_inverted_r_waves_on_their_peak():
     """A lead whose QRS points down (V1, or an inverted MLII) has its R peaks where the deflection is largest,
     as for an upright lead: the detector reads |x - median|, not x."""
-    from conftest import synthetic_ecg
-
     x, beats = synthetic_ecg(30.0, FS, seed=5, hr_bpm=80)
     for sign in (1, -1):
         rows, pos = M.detect_r_peaks(sign * x[None, :, 0], FS)

@@ -220,20 +220,23 @@ def test_warmup_then_cosine_to_a_tenth():
     assert all(a >= b for a, b in zip(after, after[1:]))
 
 
-def toy_trainer(tmp_path, **train) -> training.Trainer:
-    """A linear model fitted by the generic trainer on the CPU: targets 100 x too large, so gradients are large."""
+def squared_error(model, batch):
+    inputs, target = batch
+    return ((model(inputs) - target) ** 2).mean(), {}
+
+
+def toy_trainer(tmp_path, model: nn.Module | None = None, data: TensorDataset | None = None, step=squared_error,
+                **train) -> training.Trainer:
+    """A small model fitted by the generic trainer on the CPU; by default a linear one on targets 100 x too large,
+    so gradients are large."""
     torch.manual_seed(0)
-    x = torch.randn(64, 4)
-    data = TensorDataset(x, 100 * x.sum(1, keepdim=True))
-
-    def step(model, batch):
-        inputs, target = batch
-        return ((model(inputs) - target) ** 2).mean(), {}
-
+    if data is None:
+        x = torch.randn(64, 4)
+        data = TensorDataset(x, 100 * x.sum(1, keepdim=True))
     (tmp_path / "run").mkdir(parents=True)
     settings = TrainConfig(**{"epochs": 1, "batch_size": 8, "warmup_steps": 0, "learning_rate": 0.01, **train})
-    return training.Trainer(nn.Linear(4, 1), data, data, step, settings, tmp_path / "run", tmp_path / "ckpt",
-                            {}, {}, training.Runtime(torch.device("cpu")), "toy")
+    return training.Trainer(model or nn.Linear(4, 1), data, data, step, settings, tmp_path / "run",
+                            tmp_path / "ckpt", {}, {}, training.Runtime(torch.device("cpu")), "toy")
 
 
 def test_every_step_takes_gradients_clipped_to_grad_clip(tmp_path):
@@ -312,15 +315,7 @@ def test_a_key_only_one_config_has_is_a_difference():
 def test_each_epoch_sees_the_training_windows_in_a_new_order(tmp_path):
     """Every window once per epoch, shuffled afresh each epoch (DistributedSampler.set_epoch), the same
     way for the same seed: a fixed order would repeat the same batches, epoch after epoch."""
-    import torch
-    import torch.nn as nn
-    from torch.utils.data import TensorDataset
-
-    import training
-    from hyper_params import TrainConfig
-
     def run(folder: Path) -> list[list[int]]:
-        torch.manual_seed(0)
         seen: list[int] = []
 
         def step(model, batch):
@@ -329,11 +324,7 @@ def test_each_epoch_sees_the_training_windows_in_a_new_order(tmp_path):
                 seen.extend(int(v) for v in i)
             return (model(i[:, None].float()) ** 2).mean(), {}
 
-        data = TensorDataset(torch.arange(32))
-        (folder / "run").mkdir(parents=True)
-        settings = TrainConfig(epochs=2, batch_size=8, warmup_steps=0, learning_rate=0.01)
-        training.Trainer(nn.Linear(1, 1), data, data, step, settings, folder / "run", folder / "ckpt", {}, {},
-                         training.Runtime(torch.device("cpu")), "toy").fit()
+        toy_trainer(folder, nn.Linear(1, 1), TensorDataset(torch.arange(32)), step, epochs=2).fit()
         return [seen[:32], seen[32:]]
 
     epochs = run(tmp_path / "a")
@@ -346,7 +337,6 @@ def test_seed_zero_on_the_command_line_is_the_seed_used():
     """--seed 0 is a seed like any other: it overrides the config's, as --seed 5 does (0 is not 'not given')."""
     import argparse
 
-    from hyper_params import TrainConfig
     from training import apply_train_overrides
 
     for seed in (0, 5):

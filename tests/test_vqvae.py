@@ -269,9 +269,7 @@ def test_reconstruction_report_of_a_known_error():
 def test_window_gain_is_the_rms_to_the_nearest_quarter_octave():
     """Each lead's gain lies on the quarter-octave grid and within an eighth of an octave of the window's RMS
     (the nearest grid value), so the shipped VQ-VAE sees its inputs at the scale it was trained at."""
-    cfg = ModelConfig(downsample_factor=4, channels=16, res_blocks=1, attention_heads=2, latent_dim=8,
-                      codebook_size=32, num_quantizers=1, window_gain=True)
-    m = VQVAE(cfg).eval()
+    m = tiny_model(window_gain=True).eval()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(200, 64, 2, generator=g) * torch.exp2(torch.rand(200, 1, 2, generator=g) * 8 - 5)
     rms = x.pow(2).mean(1, keepdim=True).sqrt()
@@ -284,14 +282,12 @@ def test_window_gain_is_the_rms_to_the_nearest_quarter_octave():
 def test_commitment_loss_is_weighted_by_the_commitment_cost():
     """The same weights with commitment_cost 0, 0.5 and 1: the loss is the reconstruction alone at 0, and its
     commitment term scales with the cost (the config's beta of van den Oord et al.)."""
-    base = dict(downsample_factor=4, channels=16, res_blocks=1, attention_heads=2, latent_dim=8, codebook_size=32,
-                num_quantizers=2, window_gain=False)
     torch.manual_seed(0)
     x = torch.randn(4, 64, 2)
     losses = {}
     for beta in (0.0, 0.5, 1.0):
         torch.manual_seed(1)
-        m = VQVAE(ModelConfig(**base, commitment_cost=beta)).eval()
+        m = tiny_model(num_quantizers=2, commitment_cost=beta).eval()
         with torch.no_grad():
             losses[beta] = m(x)[1]
     assert float(losses[0.0]["loss"]) == float(losses[0.0]["recon"])
@@ -303,9 +299,7 @@ def test_batch_perplexity_is_the_first_codebooks():
     """The perplexity a training step logs is that of the coarse (first) codebook's codes in the batch, the
     vocabulary the Transformer reads first: exp(entropy) of their histogram."""
     torch.manual_seed(0)
-    cfg = ModelConfig(downsample_factor=4, channels=16, res_blocks=1, attention_heads=2, latent_dim=8,
-                      codebook_size=32, num_quantizers=3, window_gain=False)
-    m = VQVAE(cfg)
+    m = tiny_model(num_quantizers=3)
     x = torch.randn(8, 64, 2)
     m.train()
     m(x)                       # initialises the codebooks from the data
