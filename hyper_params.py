@@ -286,8 +286,8 @@ def load_config(path: str | Path | None = None) -> Config:
 
 # Raised when prepare_mitbih.py makes other tensors of the same data settings, so that the data hash tells
 # the older prepared folders apart. 2 (session 24): record edges mirror-padded, windows clear of a record's
-# last second.
-PREPARATION = 2
+# last second. 3 (session 25): and clear of the last second before trailing NaN (MIT-BIH's tensors unchanged).
+PREPARATION = 3
 
 
 def data_hash(data: DataConfig) -> str:

@@ -301,10 +301,12 @@ def finite_stretches(x: np.ndarray) -> list[tuple[int, int]]:
 
 
 def window_spans(signal: np.ndarray, fs: int) -> list[tuple[int, int]]:
-    """Where windows may lie: the finite stretches, clear of the record's last EDGE_MARGIN_S (a recording's
-    last samples are where it stops; the filter's padding mirrors whatever they hold)."""
-    end = len(signal) - round(EDGE_MARGIN_S * fs)
-    return [(a, min(b, end)) for a, b in finite_stretches(signal) if a < end]
+    """Where windows may lie: the finite stretches, clear of the last EDGE_MARGIN_S of recorded signal (a
+    recording's last samples are where it stops, at the record's end or before trailing NaN; the filter's
+    padding mirrors whatever they hold)."""
+    spans = finite_stretches(signal)
+    end = (spans[-1][1] if spans else 0) - round(EDGE_MARGIN_S * fs)
+    return [(a, min(b, end)) for a, b in spans if a < end]
 
 
 def _wfdb_read(read: Callable, path: Path, failure: str):

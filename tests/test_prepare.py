@@ -470,7 +470,7 @@ def test_load_split_refuses_an_older_preparation(prepared, tmp_path):
     old = {k: v for k, v in prepared.tensors["train"].items() if k != "preparation"}
     torch.save(old, tmp_path / "train.pt")
     with pytest.raises(UserError, match=r"train.pt was prepared by another version of prepare_mitbih.py "
-                                        r"\(preparation 1, this one makes 2"):
+                                        r"\(preparation 1, this one makes 3"):
         pm.load_split("train", prepared.cfg, tmp_path)
 
 
@@ -572,6 +572,14 @@ def test_a_records_last_sample_step_stays_in_its_last_second():
     diff = np.abs(pm.filter_and_resample(stepped, 360, cfg, "x") - pm.filter_and_resample(x, 360, cfg, "x")).max(1)
     assert diff[:-FS // 4].max() < 0.01 and diff[-FS // 4:].max() < 0.3
     assert pm.window_spans(np.zeros((20 * FS, 2)), FS) == [(0, 19 * FS)]
+
+
+def test_windows_keep_clear_of_the_last_second_before_trailing_nan():
+    """A recording that stops into NaN stops there as it would at its end; a leading gap is its start."""
+    x = np.zeros((20 * FS, 2))
+    x[:2 * FS] = x[15 * FS:] = np.nan
+    assert pm.window_spans(x, FS) == [(2 * FS, 14 * FS)]
+    assert pm.window_spans(np.full((20 * FS, 2), np.nan), FS) == []
 
 
 def test_prepare_allows_gaps_only_when_asked(tmp_path):
