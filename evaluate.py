@@ -734,7 +734,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", default=None, help="results folder (default: $ECG_RESULTS_DIR or results)")
     p.add_argument("--max-windows-per-record", type=int, default=None,
                    help="evenly spaced windows per record (default: all)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available); a GPU draws other samples "
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available); a GPU draws other samples "
                    "than the CPU, so reproduce CPU figures with --device cpu")
     return p.parse_args(argv)
 

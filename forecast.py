@@ -323,7 +323,7 @@ def main() -> None:
     p.add_argument("--horizon", type=float, help="seconds to forecast (default: the model's horizon)")
     p.add_argument("--samples", type=int, default=100, help="sampled trajectories (default 100)")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same forecast (default 0)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--out", help="output folder (default: results/forecast-<time>)")
     args = p.parse_args()
     t0 = time.time()

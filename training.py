@@ -7,8 +7,9 @@ validation, checkpoints, exact resume, logging on rank 0) lives here once.
 Under torchrun, train.batch_size is the global batch: each of N processes takes batch_size / N windows
 of the same seeded permutation (DistributedSampler), gradients and metrics are averaged over the
 processes, and a model without dropout follows the single-process run with that batch up to float
-rounding. Every rank draws from one RNG stream, and checkpoints (end of every epoch, atomic) hold it,
-so --resume after a kill redoes the interrupted epoch exactly as the uninterrupted run did it.
+rounding. Rank 0 draws as a single process would, and checkpoints (end of every epoch, atomic) hold its
+RNG state, so --resume after a kill redoes the interrupted epoch exactly as the uninterrupted run did it;
+rank r reseeds from (seed, epoch, r) at every epoch's start.
 """
 from __future__ import annotations
 
