@@ -35,7 +35,7 @@ demo: forecast prepare
 	$(PY) forecast.py --checkpoint $(call newest,transformer) --record $(MITBIH_DIR)/100 --start 60
 	$(PY) evaluate.py --model $(call newest,transformer) baselines --split test --max-windows-per-record 10 --samples 50
 
-# Retrain the shipped model from scratch on the training patients (about 80 min on one thread of this CPU),
+# Retrain the shipped model from scratch on the training patients (60–80 min on one thread of this CPU),
 # pack it into pretrained/ with its reference forecasts, and write the model card's DS2 report. It is the
 # default recipe: the VQ-VAE of config_vqvae.json, then the beat-drafted Transformer of config_transformer.json.
 PRE := checkpoints/pretrained
