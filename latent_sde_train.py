@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,12 +35,13 @@ from torch.utils.data import TensorDataset
 
 import paths
 from drafts import detected_beats, draft_waves
-from hyper_params import stored_config
+from hyper_params import Config, TrainConfig, stored_config
 from hyper_params_sde import SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from prepare_mitbih import load_split
 from train_results import fixed_windows, load_checkpoint, plot_forecasts
-from training import Runtime, Trainer, resumed_seed, run_config, run_parser, run_record, seed_everything, setup_runtime
+from training import (EpochEndFn, Runtime, StepFn, Trainer, resumed_seed, run_config, run_parser, run_record,
+                      seed_everything, setup_runtime)
 from vqvae import VQVAE
 from vqvae_eval import frozen_encodings, run_vqvae, vqvae_choice
 from vqvae_train import shared_run_dirs
@@ -92,15 +94,38 @@ def plot_epoch(fc: LatentSDEForecaster, fixed: np.ndarray, piece: int, run_dir: 
                    f"epoch {epoch}: validation forecasts (20 sampled paths)")
 
 
-def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str] | None) -> dict:
-    """Fine-tune an ELBO-trained latent SDE on the fair CRPS of its forecast paths (latent_sde.PathCRPS), with
-    the generic trainer: training windows drawn at random, the best epoch by the validation patients' CRPS."""
-    source = resume["meta"]["crps_from"] if resume else args.crps_from
+def plotting_epoch_end(fixed: np.ndarray, piece: int, run_dir: Path,
+                       forecaster: Callable[[torch.nn.Module], LatentSDEForecaster]) -> EpochEndFn:
+    """Forecasts of the fixed validation windows after every epoch, from `forecaster(model)`; predict leaves the
+    model in eval mode, so it goes back to training."""
+    def epoch_end(m: torch.nn.Module, epoch: int, is_main: bool) -> dict:
+        if is_main and len(fixed):
+            plot_epoch(forecaster(m), fixed, piece, run_dir, epoch)
+            m.train()
+        return {}
+    return epoch_end
+
+
+def load_splits(cfg: Config, prepared: str | None) -> tuple[dict, dict]:
+    return tuple(load_split(split, cfg, prepared, any_records=True) for split in ("train", "validation"))
+
+
+def crps_step(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
+    # fresh drafts and paths every step; in validation each window's own, by its index, every epoch
+    signals, index = batch
+    return m(signals.float(), int(torch.randint(2 ** 31 - 1, ())) if m.training else index)
+
+
+def note_ignored_crps_flags(args: argparse.Namespace, source: str) -> None:
     for flag, value in (("--vqvae", args.vqvae), ("--augment-copies", args.augment_copies)):
         if value is not None:
             paths.note(f"{flag} {value} is ignored: CRPS fine-tuning keeps the VQ-VAE of {source} and draws its "
                        f"windows from the training records as they are")
-    start = resume or load_checkpoint(source, "latent_sde")
+
+
+def crps_config(args: argparse.Namespace, resume: dict | None, start: dict, source: str) -> SDEConfig:
+    """The ELBO run's config, as its weights are the start, with a crps section: the --config file's for a new run,
+    the run's own on a resume."""
     stored = {k: v for k, v in start["config"].items() if k != "vqvae"}
     scfg = sde_config_from_dict(stored, f"latent SDE config stored in {args.resume or source}")
     if not resume:
@@ -117,36 +142,40 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     if resume:
         scfg.train.seed = resumed_seed(args, resume)
     scfg.validate()
-    settings = dataclasses.replace(scfg.train, epochs=c.epochs, max_steps_per_epoch=c.steps_per_epoch,
-                                   batch_size=c.batch_size, learning_rate=c.learning_rate, weight_decay=0.0,
-                                   warmup_steps=0, checkpoint_every=c.epochs)
+    return scfg
+
+
+def crps_settings(scfg: SDEConfig) -> TrainConfig:
+    """The generic trainer reads only a train section: the ELBO run's, with the crps section's schedule over it."""
+    c = scfg.crps
+    return dataclasses.replace(scfg.train, epochs=c.epochs, max_steps_per_epoch=c.steps_per_epoch,
+                               batch_size=c.batch_size, learning_rate=c.learning_rate, weight_decay=0.0,
+                               warmup_steps=0, checkpoint_every=c.epochs)
+
+
+def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str] | None) -> dict:
+    """Fine-tune an ELBO-trained latent SDE on the fair CRPS of its forecast paths (latent_sde.PathCRPS), with
+    the generic trainer: training windows drawn at random, the best epoch by the validation patients' CRPS."""
+    source = resume["meta"]["crps_from"] if resume else args.crps_from
+    note_ignored_crps_flags(args, source)
+    start = resume or load_checkpoint(source, "latent_sde")
+    scfg = crps_config(args, resume, start, source)
+    settings = crps_settings(scfg)
     rt = setup_runtime(args.device)
     check_adjoint(scfg, rt)
     seed_everything(settings.seed)
     fc = LatentSDEForecaster.from_checkpoint_dict(start, source, rt.device)
-    model = PathCRPS(fc, c.samples)
-    train, val = (load_split(split, fc.cfg, args.prepared, any_records=True) for split in ("train", "validation"))
-    piece = fc.cfg.data.window_samples
+    model = PathCRPS(fc, scfg.crps.samples)
+    train, val = load_splits(fc.cfg, args.prepared)
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde_crps")
     # the train section this run trains with (its crps settings over the ELBO run's), not the ELBO run's
     config = {**scfg.to_dict(), "train": dataclasses.asdict(settings), "vqvae": start["config"]["vqvae"]}
     meta = run_record(config, settings.seed, train, val, rt, sys.argv if argv is None else argv)
     meta.update(crps_from=str(source), vqvae_checkpoint=start["meta"].get("vqvae_checkpoint", str(source)))
     fixed = fixed_windows(val, settings.plot_windows).numpy()
-
-    def step_fn(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
-        # fresh drafts and paths every step; in validation each window's own, by its index, every epoch
-        signals, index = batch
-        return m(signals.float(), int(torch.randint(2 ** 31 - 1, ())) if m.training else index)
-
-    def epoch_end(m: PathCRPS, epoch: int, is_main: bool) -> dict:
-        if is_main and len(fixed):
-            plot_epoch(fc, fixed, piece, run_dir, epoch)
-            m.train()
-        return {}
-
+    epoch_end = plotting_epoch_end(fixed, fc.cfg.data.window_samples, run_dir, lambda m: fc)
     train_set, val_set = (TensorDataset(d["signals"], torch.arange(len(d["signals"]))) for d in (train, val))
-    trainer = Trainer(model, train_set, val_set, step_fn, settings,
+    trainer = Trainer(model, train_set, val_set, crps_step, settings,
                       run_dir, ckpt_dir, config, meta, rt, kind="latent_sde", epoch_end=epoch_end,
                       shown=("val_drafts_crps", "val_gain", "seconds"), extras={"vqvae": start["vqvae"]},
                       loss_name="fair CRPS of the forecast paths (mV)")
@@ -160,23 +189,60 @@ def check_adjoint(scfg: SDEConfig, rt: Runtime) -> None:
                               "launch with torchrun, pick one card with --device cuda:0, or set solver.adjoint false")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = run_parser(__doc__, "latent SDE config JSON (default: config_sde.json)")
-    p.add_argument("--augment-copies", type=int, help="override augment.copies (0: none, for quick runs)")
-    p.add_argument("--vqvae", help="VQ-VAE checkpoint, or a forecaster's for its VQ-VAE (default: newest "
-                   "checkpoints/vqvae-*/best.pt; "
-                   "a resumed run uses the one stored in its checkpoint). The recipe's is trained with "
-                   "vqvae_train.py --config config_vqvae_sde.json")
-    p.add_argument("--crps-from", help="an ELBO-trained latent SDE checkpoint to fine-tune on the CRPS of its forecast "
-                   "paths, with the crps section of --config (EXPERIMENTS.md, session 19)")
-    args = p.parse_args(argv)
-    resume = load_checkpoint(args.resume, "latent_sde") if args.resume else None
-    if args.crps_from or (resume and "crps_from" in resume["meta"]):
-        return finetune_crps(args, resume, argv)
+def elbo_config(args: argparse.Namespace, resume: dict | None) -> SDEConfig:
     scfg = run_config(args, resume, load_sde_config, sde_config_from_dict)
     if args.augment_copies is not None:
         scfg.augment.copies = args.augment_copies
     scfg.validate()
+    return scfg
+
+
+def encode_splits(vq: VQVAE, scfg: SDEConfig, cfg: Config, train: dict, val: dict, prepared: str | None,
+                  rt: Runtime) -> tuple[torch.Tensor, torch.Tensor, tuple[list[dict], torch.Tensor] | None]:
+    piece, fs = cfg.data.window_samples, int(train["fs"])
+    drafted = scfg.model.draft_beats
+    kind = "latents_drafted" if drafted else "latents"   # with drafts: frames, then the draft's frames
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return encode_drafted(vq, x, piece, fs) if drafted else encode_windows(vq, x, piece)
+
+    return frozen_encodings(kind, vq, encode, train, val, str(piece), scfg.augment, cfg.data, scfg.train.seed,
+                            prepared, rt)
+
+
+def batch_names(scfg: SDEConfig) -> list[str]:
+    """LatentSDE's keyword for each tensor after a batch's frames: the beat hint's targets and the drafts, when
+    the model uses them."""
+    hinted = bool(scfg.model.phase_harmonics and scfg.loss.phase_hint > 0)
+    return ["beats"] * hinted + ["draft"] * scfg.model.draft_beats
+
+
+def elbo_datasets(train: dict, val: dict, train_enc: torch.Tensor, val_enc: torch.Tensor,
+                  augmented: tuple[list[dict], torch.Tensor] | None, names: list[str],
+                  steps: int, factor: int) -> tuple[TensorDataset, TensorDataset]:
+    fs = int(train["fs"])
+    all_enc, sources = train_enc, [train]       # sources: where each block's beat annotations come from
+    if augmented:
+        all_enc, sources = torch.cat([train_enc, augmented[1]]), sources + augmented[0]
+    train_parts, val_parts = [all_enc[:, :steps]], [val_enc[:, :steps]]
+    if "beats" in names:
+        train_parts.append(torch.cat([beat_targets(d, steps, factor, fs) for d in sources]))
+        val_parts.append(beat_targets(val, steps, factor, fs))
+    if "draft" in names:
+        train_parts.append(all_enc[:, steps:])
+        val_parts.append(val_enc[:, steps:])
+    return TensorDataset(*train_parts), TensorDataset(*val_parts)
+
+
+def elbo_step(context: int, names: list[str]) -> StepFn:
+    def step_fn(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
+        return m(batch[0], context, **dict(zip(names, batch[1:])))
+    return step_fn
+
+
+def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | None) -> dict:
+    """The checkpoints hold the frozen VQ-VAE too, so forecast.py and evaluate.py need only one file."""
+    scfg = elbo_config(args, resume)
     vq, vq_ckpt, vq_source = run_vqvae(args, resume)
     vq.requires_grad_(False)
     cfg = stored_config(vq_ckpt["config"], f"config stored in {vq_source}")
@@ -185,60 +251,46 @@ def main(argv: list[str] | None = None) -> dict:
     if rt.is_main:
         print(f"VQ-VAE: {vqvae_choice(args, vq_source)}")
     seed_everything(scfg.train.seed)
-    train, val = (load_split(split, cfg, args.prepared, any_records=True) for split in ("train", "validation"))
+    train, val = load_splits(cfg, args.prepared)
     piece, factor = cfg.data.window_samples, cfg.model.downsample_factor
-    fs = int(train["fs"])
-    drafted = scfg.model.draft_beats
-    kind = "latents_drafted" if drafted else "latents"   # with drafts: frames, then the draft's frames
-
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        return encode_drafted(vq, x, piece, fs) if drafted else encode_windows(vq, x, piece)
-
-    train_enc, val_enc, augmented = frozen_encodings(kind, vq, encode, train, val, str(piece), scfg.augment, cfg.data,
-                                                     scfg.train.seed, args.prepared, rt)
-    encoded, sources = [train_enc], [train]      # sources: where each block's beat annotations come from
-    if augmented:
-        encoded.append(augmented[1])
-        sources += augmented[0]
+    train_enc, val_enc, augmented = encode_splits(vq, scfg, cfg, train, val, args.prepared, rt)
     steps = train["signals"].shape[1] // factor
-    all_enc = torch.cat(encoded) if len(encoded) > 1 else train_enc
-    train_frames = train_enc[:, :steps]
-    model = LatentSDE(cfg.model.latent_dim, scfg, fs / factor)
-    model.set_normaliser(train_frames)           # a resumed run restores the same buffers from its checkpoint
-    context = piece // factor
+    model = LatentSDE(cfg.model.latent_dim, scfg, int(train["fs"]) / factor)
+    model.set_normaliser(train_enc[:, :steps])   # a resumed run restores the same buffers from its checkpoint
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde")
     config = {**scfg.to_dict(), "vqvae": vq_ckpt["config"]}
     meta = run_record(config, scfg.train.seed, train, val, rt, sys.argv if argv is None else argv)
     meta["vqvae_checkpoint"] = vq_source
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]}}
     fixed = fixed_windows(val, scfg.train.plot_windows).numpy()
-
-    # each batch: frames, then the beat hint's targets and the drafts when the model uses them
-    hinted = bool(scfg.model.phase_harmonics and scfg.loss.phase_hint > 0)
-    names = ["beats"] * hinted + ["draft"] * drafted
-
-    def step_fn(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
-        return m(batch[0], context, **dict(zip(names, batch[1:])))
-
-    def epoch_end(m: LatentSDE, epoch: int, is_main: bool) -> dict:
-        if is_main and len(fixed):
-            plot_epoch(LatentSDEForecaster(vq, m, cfg, scfg, rt.device), fixed, piece, run_dir, epoch)
-            m.train()
-        return {}
-
-    train_parts, val_parts = [all_enc[:, :steps]], [val_enc[:, :steps]]
-    if hinted:
-        train_parts.append(torch.cat([beat_targets(d, steps, factor, fs) for d in sources]))
-        val_parts.append(beat_targets(val, steps, factor, fs))
-    if drafted:
-        train_parts.append(all_enc[:, steps:])
-        val_parts.append(val_enc[:, steps:])
-    train_set, val_set = TensorDataset(*train_parts), TensorDataset(*val_parts)
-    trainer = Trainer(model, train_set, val_set, step_fn, scfg.train, run_dir,
+    epoch_end = plotting_epoch_end(fixed, piece, run_dir, lambda m: LatentSDEForecaster(vq, m, cfg, scfg, rt.device))
+    names = batch_names(scfg)
+    train_set, val_set = elbo_datasets(train, val, train_enc, val_enc, augmented, names, steps, factor)
+    trainer = Trainer(model, train_set, val_set, elbo_step(piece // factor, names), scfg.train, run_dir,
                       ckpt_dir, config, meta, rt, kind="latent_sde", epoch_end=epoch_end,
                       shown=("val_recon", "val_kl", "val_forecast_mse", "val_late_std_ratio", "train_kl_weight",
                              "seconds"), extras=extras)
     return trainer.run(args.resume)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = run_parser(__doc__, "latent SDE config JSON (default: config_sde.json)")
+    p.add_argument("--augment-copies", type=int, help="override augment.copies (0: none, for quick runs)")
+    p.add_argument("--vqvae", help="VQ-VAE checkpoint, or a forecaster's for its VQ-VAE (default: newest "
+                   "checkpoints/vqvae-*/best.pt; "
+                   "a resumed run uses the one stored in its checkpoint). The recipe's is trained with "
+                   "vqvae_train.py --config config_vqvae_sde.json")
+    p.add_argument("--crps-from", help="an ELBO-trained latent SDE checkpoint to fine-tune on the CRPS of its forecast "
+                   "paths, with the crps section of --config (EXPERIMENTS.md, session 19)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
+    resume = load_checkpoint(args.resume, "latent_sde") if args.resume else None
+    if args.crps_from or (resume and "crps_from" in resume["meta"]):
+        return finetune_crps(args, resume, argv)
+    return train_elbo(args, resume, argv)
 
 
 if __name__ == "__main__":
