@@ -224,14 +224,10 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
     Records that cannot be read (missing or truncated files, one lead, too short) are returned in
     `skipped` with the reason instead of stopping the run; NaN/invalid samples are gaps no window touches.
     """
-    from prepare_mitbih import check_annotated, check_windows, cut_windows, find_records, hash_inputs, read_record
+    from prepare_mitbih import (check_annotated, check_windows, cut_windows, find_records, hash_inputs, read_record,
+                                select_records)
     folder = Path(folder)
-    names = find_records(folder, download=False, flag="--wfdb-dir")
-    if records:
-        missing = [r for r in records if r not in names]
-        if missing:
-            raise UserError(f"records {missing} are not in {folder}")
-        names = [n for n in names if n in records]
+    names = select_records(find_records(folder, download=False, flag="--wfdb-dir"), records, folder)
     check_annotated(folder, names, annotator)
     loaded, skipped = [], []
     for name in tqdm(names, desc="reading", unit="rec", disable=not progress):
@@ -514,55 +510,86 @@ def header_of(metric: str) -> str:
 
 def markdown_report(summary: dict, header: dict, w: Windows) -> str:
     """report.md: run header, one table of every metric per forecaster, then per horizon second."""
-    names = summary["order"]
-    cols = list(M.METRICS)
+    lines = run_section(summary, header, w) + whole_horizon_section(summary)
+    lines += paired_section(summary["paired"]) + models_section(summary["paired_models"])
+    lines += per_second_section(summary) + detector_section(summary["detector"]) + metrics_section()
+    lines += records_section(w)
+    lines += ["", "## Plots", "", "![error per horizon time](error_curves.png)", ""]
+    lines += [f"![{name} examples](gallery_{_file_name(name)}.png)" for name in summary["order"]]
+    return "\n".join(lines) + "\n"
+
+
+def run_section(summary: dict, header: dict, w: Windows) -> list[str]:
+    """report.md's title and the run's header table."""
     lines = [f"# Forecast evaluation: {len(summary['records'])} records, {len(w.record)} windows "
              f"({w.source.get('kind')} {w.source.get('split')})", ""]
     lines += ["| | |", "|---|---|"]
-    lines += [f"| {k} | {'`' + v + '`' if k == 'command' else v} |" for k, v in header.items()] + [""]
-    lines += ["## All forecasters, whole horizon", "",
-              "Mean over records [bootstrap 95 % interval over records]; each record's value pools its "
-              "windows, so each patient weighs the same. `—`: undefined (interval scores of "
-              "deterministic forecasts).", ""]
+    return lines + [f"| {k} | {'`' + v + '`' if k == 'command' else v} |" for k, v in header.items()] + [""]
+
+
+def whole_horizon_section(summary: dict) -> list[str]:
+    """Every metric of every forecaster over the whole horizon, with its interval."""
+    cols = list(M.METRICS)
+    lines = ["## All forecasters, whole horizon", "",
+             "Mean over records [bootstrap 95 % interval over records]; each record's value pools its "
+             "windows, so each patient weighs the same. `—`: undefined (interval scores of "
+             "deterministic forecasts).", ""]
     lines += ["| forecaster | " + " | ".join(header_of(c) for c in cols) + " |",
               "|---|" + "---:|" * len(cols)]
-    for name in names:
+    for name in summary["order"]:
         m = summary["forecasters"][name]["metrics"]
         lines.append(f"| {name} | " + " | ".join(cell(m[c][-1]) for c in cols) + " |")
-    lines += paired_section(summary["paired"]) + models_section(summary["paired_models"])
-    lines += ["", "## Per horizon second", "", "Same metrics, one row per forecaster and horizon second "
-              "(mean over records; intervals in metrics.json / metrics.csv).", ""]
+    return lines
+
+
+def per_second_section(summary: dict) -> list[str]:
+    """Every metric per forecaster and horizon second; their intervals are in metrics.json / metrics.csv."""
+    cols = list(M.METRICS)
+    lines = ["", "## Per horizon second", "", "Same metrics, one row per forecaster and horizon second "
+             "(mean over records; intervals in metrics.json / metrics.csv).", ""]
     lines += ["| forecaster | horizon | " + " | ".join(header_of(c) for c in cols) + " |",
               "|---|---|" + "---:|" * len(cols)]
-    for name in names:
+    for name in summary["order"]:
         m = summary["forecasters"][name]["metrics"]
         for j, label in enumerate(summary["horizons"][:-1]):
             lines.append(f"| {name} | {label} | " + " | ".join(fmt(m[c][j]["value"]) for c in cols) + " |")
-    d = summary["detector"]
-    lines += ["", "## R-peak detector check", "",
-              f"The detector (`metrics.detect_r_peaks`) run on the true horizons (lead 1) against the reference "
-              f"beat annotations of {d['annotated_records']} annotated records (pooled over all windows):", "",
-              "| tolerance | sensitivity | positive predictivity | TP | FP | FN |", "|---|---:|---:|---:|---:|---:|"]
+    return lines
+
+
+def detector_section(d: dict) -> list[str]:
+    """The R-peak detector scored on the true horizons: what bounds every forecast's rhythm scores."""
+    lines = ["", "## R-peak detector check", "",
+             f"The detector (`metrics.detect_r_peaks`) run on the true horizons (lead 1) against the reference "
+             f"beat annotations of {d['annotated_records']} annotated records (pooled over all windows):", "",
+             "| tolerance | sensitivity | positive predictivity | TP | FP | FN |", "|---|---:|---:|---:|---:|---:|"]
     for tol in M.TOLERANCES_MS:
         e = d[f"{tol}ms"]
         se = "—" if e["sensitivity"] is None else f"{100 * e['sensitivity']:.2f} %"
         pp = "—" if e["positive_predictivity"] is None else f"{100 * e['positive_predictivity']:.2f} %"
         lines.append(f"| ±{tol} ms | {se} | {pp} | {e['tp']} | {e['fp']} | {e['fn']} |")
-    lines += ["", f"Its own timing error (±100 ms matches): {cell(d['timing_ms'])} ms; heart-rate error: "
-              f"{cell(d['hr_bpm'])} bpm. These bound what any forecast can score on the rhythm columns.", ""]
-    lines += ["## Metrics", "",
-              "- MSE, MAE: point forecast (sample mean) vs truth, both leads. PRD = 100·sqrt(Σerr²/Σtruth²), "
-              "PRDN the same against the truth's variance about its mean, energies pooled over a record's windows.",
-              "- Pearson r: per window and lead, then averaged; 0 for a constant forecast.",
-              "- CRPS from the samples (energy form, sorted samples; equals MAE for a deterministic forecast); "
-              "MSE/MAE of median: the sample median as point forecast; cover/width: fraction of true samples "
-              "inside the central 50 % / 80 % interval of the samples and its mean width.",
-              "- F1: R peaks detected in the forecast's lead 1 (continuing the true context) matched "
-              "to the reference beats in the horizon within ±50 / ±100 ms; timing err: mean |Δt| of ±100 ms "
-              "matches; HR err: |heart rate of detections − of reference beats| per window (bpm). A sampled "
-              f"forecast is scored on its first {RHYTHM_PATHS} sample paths per window (pooled; samples are "
-              "exchangeable draws): the mean of samples that disagree on timing has no sharp beats.", ""]
-    lines += ["## Records", "", "| record | leads | rate in (Hz) | annotations | windows |", "|---|---|---:|---|---:|"]
+    return lines + ["", f"Its own timing error (±100 ms matches): {cell(d['timing_ms'])} ms; heart-rate error: "
+                    f"{cell(d['hr_bpm'])} bpm. These bound what any forecast can score on the rhythm columns.", ""]
+
+
+def metrics_section() -> list[str]:
+    """How each column is computed."""
+    return ["## Metrics", "",
+            "- MSE, MAE: point forecast (sample mean) vs truth, both leads. PRD = 100·sqrt(Σerr²/Σtruth²), "
+            "PRDN the same against the truth's variance about its mean, energies pooled over a record's windows.",
+            "- Pearson r: per window and lead, then averaged; 0 for a constant forecast.",
+            "- CRPS from the samples (energy form, sorted samples; equals MAE for a deterministic forecast); "
+            "MSE/MAE of median: the sample median as point forecast; cover/width: fraction of true samples "
+            "inside the central 50 % / 80 % interval of the samples and its mean width.",
+            "- F1: R peaks detected in the forecast's lead 1 (continuing the true context) matched "
+            "to the reference beats in the horizon within ±50 / ±100 ms; timing err: mean |Δt| of ±100 ms "
+            "matches; HR err: |heart rate of detections − of reference beats| per window (bpm). A sampled "
+            f"forecast is scored on its first {RHYTHM_PATHS} sample paths per window (pooled; samples are "
+            "exchangeable draws): the mean of samples that disagree on timing has no sharp beats.", ""]
+
+
+def records_section(w: Windows) -> list[str]:
+    """The scored records, then the gaps windows left out and the records skipped."""
+    lines = ["## Records", "", "| record | leads | rate in (Hz) | annotations | windows |", "|---|---|---:|---|---:|"]
     counts = np.bincount(w.record, minlength=len(w.records))
     for i, name in enumerate(w.records):
         if counts[i]:
@@ -574,9 +601,7 @@ def markdown_report(summary: dict, header: dict, w: Windows) -> str:
                   + ", ".join(f"{n} ({s:.1f} s)" for n, s in gaps.items()) + "."]
     if w.skipped:
         lines += ["", f"Skipped {len(w.skipped)} record(s):", ""] + [f"- {n}: {why}" for n, why in w.skipped]
-    lines += ["", "## Plots", "", "![error per horizon time](error_curves.png)", ""]
-    lines += [f"![{name} examples](gallery_{_file_name(name)}.png)" for name in names]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def paired_section(rows: list[dict]) -> list[str]:

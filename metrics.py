@@ -227,35 +227,59 @@ def waveform_sums(truth: np.ndarray, forecast: np.ndarray, edges: np.ndarray,
     if s == 1:
         point = forecast[:, 0].astype(np.float64)
         median, crps, intervals = point, np.abs(point - y), None
-    else:   # sort in chunks of windows to bound memory at a few times sample_chunk floats
-        step = max(1, sample_chunk // (s * h * 2))
-        point, median, crps = (np.empty((b, h, 2)) for _ in range(3))
-        intervals = {k: np.empty((b, h, 2)) for k in ("q10", "q25", "q75", "q90")}
-        for i in range(0, b, step):
-            xs = sorted_samples(forecast[i:i + step], axis=1)
-            point[i:i + step] = xs.mean(axis=-1)
-            median[i:i + step] = quantile_sorted(xs, 0.5)
-            crps[i:i + step] = crps_sorted(xs, y[i:i + step].astype(xs.dtype))
-            for k, q in (("q10", 0.1), ("q25", 0.25), ("q75", 0.75), ("q90", 0.9)):
-                intervals[k][i:i + step] = quantile_sorted(xs, q)
+    else:
+        point, median, crps, intervals = _sample_scores(forecast, y, sample_chunk)
     err = point - y
     seg_len = np.append(np.diff(edges), h).astype(np.float64)              # K segments, then all
-    lengths = seg_len[None, :, None]
     sums = {"n": np.tile(2 * seg_len, (b, 1)),
             "se": _seg(err ** 2, edges).sum(-1), "ae": _seg(np.abs(err), edges).sum(-1),
             "tt": _seg(y ** 2, edges).sum(-1), "crps": _seg(crps, edges).sum(-1),
             "se_med": _seg((median - y) ** 2, edges).sum(-1), "ae_med": _seg(np.abs(median - y), edges).sum(-1)}
-    # centred energy and correlation per window, segment and lead, from first and second moments
+    sums.update(_correlation_sums(y, point, edges, seg_len[None, :, None]))
+    sums.update(_interval_sums(y, intervals, edges, b))
+    curves = {"se": (err ** 2).sum(-1), "ae": np.abs(err).sum(-1), "crps": crps.sum(-1)}
+    return sums, curves
+
+
+def _sample_scores(forecast: np.ndarray, y: np.ndarray, sample_chunk: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Sample mean, median, CRPS and quartiles/deciles [B, H, 2] of forecast samples [B, S, H, 2], sorted in
+    chunks of windows to bound memory at a few times sample_chunk floats."""
+    b, s, h, _ = forecast.shape
+    step = max(1, sample_chunk // (s * h * 2))
+    point, median, crps = (np.empty((b, h, 2)) for _ in range(3))
+    quantiles = (("q10", 0.1), ("q25", 0.25), ("q75", 0.75), ("q90", 0.9))
+    intervals = {k: np.empty((b, h, 2)) for k, _ in quantiles}
+    for i in range(0, b, step):
+        xs = sorted_samples(forecast[i:i + step], axis=1)
+        point[i:i + step] = xs.mean(axis=-1)
+        median[i:i + step] = quantile_sorted(xs, 0.5)
+        crps[i:i + step] = crps_sorted(xs, y[i:i + step].astype(xs.dtype))
+        for k, q in quantiles:
+            intervals[k][i:i + step] = quantile_sorted(xs, q)
+    return point, median, crps, intervals
+
+
+def _correlation_sums(y: np.ndarray, point: np.ndarray, edges: np.ndarray,
+                      lengths: np.ndarray) -> dict[str, np.ndarray]:
+    """Centred truth energy and Pearson r per window, segment and lead, from first and second moments (one
+    pass over the samples, no per-segment means)."""
     sy, sp = _seg(y, edges), _seg(point, edges)
     syy, spp, spy = _seg(y * y, edges), _seg(point * point, edges), _seg(point * y, edges)
     vy, vp, cov = syy - sy ** 2 / lengths, spp - sp ** 2 / lengths, spy - sp * sy / lengths
-    sums["tc"] = vy.sum(-1)
     ok_truth = vy > 1e-12 * lengths
     flat = vp <= 1e-12 * lengths
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(flat, 0.0, cov / np.sqrt(np.maximum(vp, 1e-300) * vy))
-    sums["r_sum"] = np.where(ok_truth, r, 0.0).sum(-1)
-    sums["r_n"] = ok_truth.sum(-1).astype(np.float64)
+    return {"tc": vy.sum(-1), "r_sum": np.where(ok_truth, r, 0.0).sum(-1),
+            "r_n": ok_truth.sum(-1).astype(np.float64)}
+
+
+def _interval_sums(y: np.ndarray, intervals: dict[str, np.ndarray] | None, edges: np.ndarray,
+                   b: int) -> dict[str, np.ndarray]:
+    """Samples inside, and width of, the central 50 % and 80 % intervals; NaN for a deterministic forecast
+    (intervals None), which has no spread to score."""
+    sums = {}
     for level, lo, hi in ((50, "q25", "q75"), (80, "q10", "q90")):
         if intervals is None:
             sums[f"in{level}"] = np.full((b, len(edges)), np.nan)
@@ -264,8 +288,7 @@ def waveform_sums(truth: np.ndarray, forecast: np.ndarray, edges: np.ndarray,
             inside = (y >= intervals[lo]) & (y <= intervals[hi])
             sums[f"in{level}"] = _seg(inside.astype(np.float64), edges).sum(-1)
             sums[f"w{level}"] = _seg(intervals[hi] - intervals[lo], edges).sum(-1)
-    curves = {"se": (err ** 2).sum(-1), "ae": np.abs(err).sum(-1), "crps": crps.sum(-1)}
-    return sums, curves
+    return sums
 
 
 def rhythm_sums(context: np.ndarray, horizon: np.ndarray, ref_row: np.ndarray, ref_pos: np.ndarray,
@@ -285,27 +308,48 @@ def rhythm_sums(context: np.ndarray, horizon: np.ndarray, ref_row: np.ndarray, r
     b, c = context.shape
     h = horizon.shape[1]
     t = c + h
-    k = len(edges)
     annotated = np.ones(b, bool) if annotated is None else np.asarray(annotated, bool)
     det_row, det_pos = detect_r_peaks(np.concatenate([context, horizon], axis=1), fs, level_from=c)
     keep = annotated[det_row]
-    det_row, det_pos = det_row[keep], det_pos[keep]
+    det = det_row[keep], det_pos[keep]
+    ref = _reference_beats(ref_row, ref_pos, annotated, t, fs)
+    sums = _match_sums(ref, det, b, c, t, fs, edges)
+    sums["hr_err"], sums["hr_n"] = _heart_rate_sums(ref, det, annotated, b, c, h, fs, len(edges))
+    return sums
+
+
+def _beat_keys(rows: np.ndarray, pos: np.ndarray, t: int, fs: int) -> np.ndarray:
+    """row·stride + sample: the beats of all windows on one sorted axis, rows so far apart that beats of two
+    windows never match."""
+    stride = t + 10 * fs
+    return rows * stride + pos
+
+
+def _reference_beats(ref_row: np.ndarray, ref_pos: np.ndarray, annotated: np.ndarray, t: int,
+                     fs: int) -> tuple[np.ndarray, np.ndarray]:
+    """The reference beats inside annotated windows of t samples, sorted as match_beats needs them."""
     ref_row, ref_pos = np.asarray(ref_row, np.int64), np.asarray(ref_pos, np.int64)
     keep = annotated[ref_row] & (ref_pos >= 0) & (ref_pos < t)
-    stride = t + 10 * fs                       # keys row·stride + sample never match across rows
-    order = np.argsort(ref_row[keep] * stride + ref_pos[keep], kind="stable")
-    ref_row, ref_pos = ref_row[keep][order], ref_pos[keep][order]
-    ref_key, det_key = ref_row * stride + ref_pos, det_row * stride + det_pos
+    order = np.argsort(_beat_keys(ref_row[keep], ref_pos[keep], t, fs), kind="stable")
+    return ref_row[keep][order], ref_pos[keep][order]
 
-    def seg_of(pos: np.ndarray) -> np.ndarray:
-        return np.searchsorted(edges, pos - c, side="right") - 1
 
-    def count(rows: np.ndarray, pos: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
-        out = np.zeros((b, k))
-        np.add.at(out, (rows, seg_of(pos)), 1.0 if weight is None else weight)
-        out[:, -1] = out[:, :-1].sum(1)
-        return out
+def _per_segment(rows: np.ndarray, pos: np.ndarray, b: int, edges: np.ndarray,
+                 weight: np.ndarray | None = None) -> np.ndarray:
+    """Beats (or their weights) summed per window and horizon segment [B, K+1] from their positions in the
+    horizon, the last column all segments."""
+    out = np.zeros((b, len(edges)))
+    np.add.at(out, (rows, np.searchsorted(edges, pos, side="right") - 1), 1.0 if weight is None else weight)
+    out[:, -1] = out[:, :-1].sum(1)
+    return out
 
+
+def _match_sums(ref: tuple[np.ndarray, np.ndarray], det: tuple[np.ndarray, np.ndarray], b: int, c: int, t: int,
+                fs: int, edges: np.ndarray) -> dict[str, np.ndarray]:
+    """TP, FN and FP at each tolerance, and the timing error of the widest one's matches. An unmatched beat
+    within the tolerance of the horizon's start or end counts as neither: its partner may lie outside."""
+    (ref_row, ref_pos), (det_row, det_pos) = ref, det
+    ref_key, det_key = _beat_keys(ref_row, ref_pos, t, fs), _beat_keys(det_row, det_pos, t, fs)
     sums: dict[str, np.ndarray] = {}
     for tol_ms in TOLERANCES_MS:
         tol = tol_ms / 1000 * fs
@@ -316,13 +360,21 @@ def rhythm_sums(context: np.ndarray, horizon: np.ndarray, ref_row: np.ndarray, r
         ref_hit[ri], det_hit[di] = True, True
         fn = ~ref_hit & (ref_pos >= c + tol) & (ref_pos < t - tol)
         fp = ~det_hit & (det_pos >= c + tol) & (det_pos < t - tol)
-        sums[f"tp{tol_ms}"] = count(ref_row[ri], ref_pos[ri])
-        sums[f"fn{tol_ms}"] = count(ref_row[fn], ref_pos[fn])
-        sums[f"fp{tol_ms}"] = count(det_row[fp], det_pos[fp])
+        sums[f"tp{tol_ms}"] = _per_segment(ref_row[ri], ref_pos[ri] - c, b, edges)
+        sums[f"fn{tol_ms}"] = _per_segment(ref_row[fn], ref_pos[fn] - c, b, edges)
+        sums[f"fp{tol_ms}"] = _per_segment(det_row[fp], det_pos[fp] - c, b, edges)
         if tol_ms == max(TOLERANCES_MS):
             err_ms = np.abs(det_pos[di] - ref_pos[ri]) * 1000.0 / fs
-            sums["terr"] = count(ref_row[ri], ref_pos[ri], err_ms)
+            sums["terr"] = _per_segment(ref_row[ri], ref_pos[ri] - c, b, edges, err_ms)
             sums["nterr"] = sums[f"tp{tol_ms}"].copy()
+    return sums
+
+
+def _heart_rate_sums(ref: tuple[np.ndarray, np.ndarray], det: tuple[np.ndarray, np.ndarray], annotated: np.ndarray,
+                     b: int, c: int, h: int, fs: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """|heart rate of the detections − of the reference beats| in each annotated window's horizon, and its
+    count, in the whole-horizon column only."""
+    (ref_row, ref_pos), (det_row, det_pos) = ref, det
     hr_err = np.zeros((b, k))
     hr_n = np.zeros((b, k))
     in_h_ref, in_h_det = ref_pos >= c, det_pos >= c
@@ -331,8 +383,7 @@ def rhythm_sums(context: np.ndarray, horizon: np.ndarray, ref_row: np.ndarray, r
     for i in np.flatnonzero(annotated):
         hr_err[i, -1] = abs(heart_rate(det_split[i], fs, h / fs) - heart_rate(ref_split[i], fs, h / fs))
         hr_n[i, -1] = 1.0
-    sums["hr_err"], sums["hr_n"] = hr_err, hr_n
-    return sums
+    return hr_err, hr_n
 
 
 # ----------------------------------------------------------------------------- records and CIs

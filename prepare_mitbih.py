@@ -561,22 +561,41 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     d = cfg.data
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     available = find_records(data_dir, download)
-    names = available
-    if records:
-        missing = [r for r in records if r not in names]
-        if missing:
-            raise UserError(f"records {missing} are not in {data_dir}")
-        names = [r for r in names if r in records]
-
-    def splits_of(names: list[str]) -> dict[str, list[str]]:
-        split = config_split(names, d, available, str(data_dir))
-        if not split["train"]:
-            raise UserError(f"no training records among {names}; check data.test_records / validation_records")
-        return split
-    splits_of(names)                # the config's errors before any record is read
+    names = select_records(available, records, data_dir)
+    training_split(names, d, available, data_dir)   # the config's errors before any record is read
     check_annotated(data_dir, names, annotator)
     paths.check_writable(out_dir)  # before minutes of work, not after
-    # the cheap checks of every record first: a bad file late in the list fails now, not after reading the others
+    loaded = load_records(names, data_dir, d, skip_bad, allow_gaps, annotator)
+    split = training_split(list(loaded), d, available, data_dir)
+    warn_held_out(split, loaded, d, data_dir)
+    tensors = {s: cut_windows([loaded[r] for r in rs], d, overlap=(s == "train")) for s, rs in split.items()}
+    meta = prepared_meta(d, data_dir, loaded, annotator, split, tensors)
+    save_prepared(tensors, meta, out_dir)
+    return meta
+
+
+def select_records(names: list[str], records: list[str] | None, folder: Path) -> list[str]:
+    """The asked-for `records` among `names`, in the folder's order (all of them when none are asked for)."""
+    if not records:
+        return names
+    missing = [r for r in records if r not in names]
+    if missing:
+        raise UserError(f"records {missing} are not in {folder}")
+    return [r for r in names if r in records]
+
+
+def training_split(names: list[str], d: DataConfig, available: list[str], data_dir: Path) -> dict[str, list[str]]:
+    """config_split, refusing a split with no record to train on."""
+    split = config_split(names, d, available, str(data_dir))
+    if not split["train"]:
+        raise UserError(f"no training records among {names}; check data.test_records / validation_records")
+    return split
+
+
+def load_records(names: list[str], data_dir: Path, d: DataConfig, skip_bad: bool, allow_gaps: bool,
+                 annotator: str) -> dict[str, Record]:
+    """The good records, read. The cheap checks of every record come first: a bad file late in the list
+    fails now, not after reading the others."""
     names = good_records(names, lambda name: check_record(data_dir / name, d), skip_bad)
     loaded: dict[str, Record] = {}
 
@@ -585,20 +604,26 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
         check_windows(rec, d, str(data_dir / name))
         loaded[name] = rec
     # The progress bar only on a terminal: in logs and pipes stderr keeps just the one 'error:' line.
-    names = good_records(tqdm(names, desc="records", unit="rec", disable=None), load, skip_bad)
-    split = splits_of(names)
-    warn_held_out(split, loaded, d, data_dir)
-    import torch
+    good_records(tqdm(names, desc="records", unit="rec", disable=None), load, skip_bad)
+    return loaded
 
-    tensors = {s: cut_windows([loaded[r] for r in rs], d, overlap=(s == "train")) for s, rs in split.items()}
-    scale = [1.0, 1.0]
-    if d.normalization == "train_std":
-        scale = tensors["train"]["signals"].double().std(dim=(0, 1)).tolist()
-    meta = {
+
+def train_scale(train: dict, d: DataConfig) -> list[float]:
+    """Per-lead SD (mV) of the training windows with data.normalization train_std, else 1: computed on the
+    training patients only, so held-out ones leak nothing into it."""
+    if d.normalization != "train_std":
+        return [1.0, 1.0]
+    return train["signals"].double().std(dim=(0, 1)).tolist()
+
+
+def prepared_meta(d: DataConfig, data_dir: Path, loaded: dict[str, Record], annotator: str,
+                  split: dict[str, list[str]], tensors: dict[str, dict]) -> dict:
+    """meta.json: what was read and how, so a result can name the exact data it saw."""
+    return {
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "git_commit": paths.git_commit(),
         "data_dir": str(data_dir),
-        "input_hash": hash_inputs(data_dir, names, annotator),
+        "input_hash": hash_inputs(data_dir, list(loaded), annotator),
         "annotator": annotator,
         "data_hash": data_hash(d),
         "preparation": PREPARATION,
@@ -608,7 +633,7 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
         "total_samples": d.total_samples,
         "filter": {"type": "butterworth band-pass, zero-phase (sosfiltfilt)", "band_hz": d.filter_band,
                    "order": d.filter_order},
-        "scale_mv": scale,
+        "scale_mv": train_scale(tensors["train"], d),
         "splits": split,
         "windows": {s: int(len(t["signals"])) for s, t in tensors.items()},
         "records": {n: {"fs_in": r.fs_in, "leads": r.leads, "has_annotations": r.has_annotations,
@@ -618,12 +643,18 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
         "window_starts": {s: {n: t["start"][t["record"] == i].tolist() for i, n in enumerate(t["records"])}
                           for s, t in tensors.items()},
     }
+
+
+def save_prepared(tensors: dict[str, dict], meta: dict, out_dir: Path) -> None:
+    """Each split's file carries the rate, scale and hashes of meta.json: a split loaded alone is checked against
+    the config asking for it."""
+    import torch
+
     for s, t in tensors.items():
-        t.update(fs=d.samples_per_second, scale_mv=torch.tensor(scale, dtype=torch.float32),
+        t.update(fs=meta["fs"], scale_mv=torch.tensor(meta["scale_mv"], dtype=torch.float32),
                  data_hash=meta["data_hash"], input_hash=meta["input_hash"], preparation=PREPARATION)
         paths.atomic_torch_save(t, out_dir / f"{s}.pt")
     paths.atomic_write_json(meta, out_dir / "meta.json")
-    return meta
 
 
 def warn_held_out(split: dict[str, list[str]], loaded: dict[str, Record], d: DataConfig, data_dir: Path) -> None:
