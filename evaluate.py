@@ -1,9 +1,10 @@
 """Score forecasters (trained checkpoints and baselines) side by side on identical windows.
 
-    python3 evaluate.py [--model CHECKPOINT|pretrained|BASELINE|FILE.py:NAME ...] [--split test] [--wfdb-dir DIR]
-                        [--records ...]
+    python3 evaluate.py [--model CHECKPOINT|pretrained|pretrained_sde|BASELINE|FILE.py:NAME ...] [--split test]
+                        [--wfdb-dir DIR] [--records ...]
 
-Without --model: the shipped model (pretrained/forecaster.pt) and every baseline.
+Without --model: the shipped Transformer (pretrained/forecaster.pt) and every baseline; `pretrained_sde` is the
+shipped latent SDE (pretrained/latent_sde.pt).
 
 Baselines: zero, mean, persistence, seasonal, template, seasonal_ensemble, template_ensemble, or
 `baselines` for all. Each window's first input_signal_duration seconds are the context, the rest the
@@ -36,24 +37,25 @@ import paths
 from baselines import BASELINES, make_baseline
 from forecast import ForecasterBase
 from hyper_params import Config, data_hash, load_config
-from paths import PRETRAINED, ROOT, UserError
+from paths import ROOT, SHIPPED, UserError
 
 ALL_BASELINES = "baselines"
 N_BOOT = 1000
 RHYTHM_PATHS = 10   # sample paths per window whose R peaks are scored for a sampled forecast (the first ones)
 PAIRED = {"mse": "lower", "crps": "lower", "f1_100": "higher"}   # scores a model is held to against baselines
+SHIPPED_SPECS = {"pretrained": "transformer", "pretrained_sde": "latent_sde"}   # --model names of paths.SHIPPED
 
 
 def make_forecaster(spec: str, fs: int, device: str | None = None) -> ForecasterBase:
-    """A baseline by name, `pretrained` (the shipped model), a checkpoint path (forecast.Forecaster), or your
-    own forecaster as FILE.py:NAME or module:NAME (see user_forecaster)."""
+    """A baseline by name, `pretrained` or `pretrained_sde` (the shipped models), a checkpoint path
+    (forecast.Forecaster), or your own forecaster as FILE.py:NAME or module:NAME (see user_forecaster)."""
     if spec in BASELINES:
         return make_baseline(spec, fs)
     if USER_SPEC.fullmatch(spec) and not Path(spec).is_file():
         return user_forecaster(spec, fs)
-    path = PRETRAINED if spec == "pretrained" else Path(spec)
-    if spec == "pretrained" and not path.is_file():
-        raise UserError(f"no shipped model at {path}: run `make pretrained` or pass --model CHECKPOINT")
+    path = SHIPPED[SHIPPED_SPECS[spec]] if spec in SHIPPED_SPECS else Path(spec)
+    if spec in SHIPPED_SPECS and not path.is_file():
+        raise UserError(f"no shipped model at {path}: run `make {spec.replace('_', '-')}` or pass --model CHECKPOINT")
     if not path.is_file():
         raise UserError(f"--model {spec}: no such checkpoint file, and not a baseline "
                         f"({', '.join(BASELINES)} or {ALL_BASELINES})")
@@ -743,7 +745,8 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", nargs="+", default=["pretrained", ALL_BASELINES],
-                   help=f"checkpoint paths, pretrained (the shipped {PRETRAINED.relative_to(ROOT)}), your own "
+                   help=f"checkpoint paths, pretrained or pretrained_sde (the shipped "
+                   f"{' and '.join(str(SHIPPED[k].relative_to(ROOT)) for k in SHIPPED_SPECS.values())}), your own "
                    f"forecaster as FILE.py:NAME or module:NAME (NAME(fs) must have predict), and/or "
                    f"baselines: {', '.join(BASELINES)}, {ALL_BASELINES} (= all); default: pretrained {ALL_BASELINES}")
     p.add_argument("--split", default="test", choices=("validation", "test"), help="prepared split (default test)")
@@ -807,7 +810,7 @@ def seen_warnings(forecasters: dict[str, ForecasterBase], scored: list[str], arg
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
-    t0 = time.time()
+    t0, started = time.time(), {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "git commit": paths.git_commit()}
     check_args(args)
     device = paths.check_device(args.device)
     cfg = load_config(args.config)
@@ -839,7 +842,7 @@ def main(argv: list[str] | None = None) -> Path:
         plot_gallery(name, f, scores[name], w, context, fs, args.samples, args.seed,
                      run / f"gallery_{_file_name(name)}.png")
     wall = time.time() - t0
-    header = report_header(args, argv, cfg, w, forecasters, wall)
+    header = report_header(args, argv, cfg, w, forecasters, wall, started)
     if warnings:
         header["warnings"] = "; ".join(warnings)
     result = {"header": header, "config": cfg.to_dict(), **summary,
@@ -857,14 +860,14 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config, w: Windows,
-                  forecasters: dict[str, ForecasterBase], wall: float) -> dict:
-    """What the report's first table says about the run: command, commit, data, settings, device, time."""
+                  forecasters: dict[str, ForecasterBase], wall: float, started: dict[str, str]) -> dict:
+    """What the report's first table says about the run: command, commit, data, settings, device, time. The date
+    and commit are the run's start (`started`): the code that ran, even if the tree changed during the run."""
     fs, context, src = cfg.data.samples_per_second, cfg.data.window_samples, w.source
     horizon = w.signals.shape[1] - context
     return {
         "command": shlex.join(["python3", "evaluate.py", *(sys.argv[1:] if argv is None else argv)]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "git commit": paths.git_commit(),
+        **started,
         "config": f"{args.config or 'config_vqvae.json'} (data hash {data_hash(cfg.data)})",
         "data": f"{src['kind']} {src['split']}: {src['path']} (input hash {src['input_hash']}"
                 + (f", beats from .{src['annotator']})" if src.get("annotator", "atr") != "atr" else ")"),

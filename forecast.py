@@ -4,7 +4,8 @@
                         [--samples 100] [--seed 0] [--device D] [--out DIR]
 
 writes a PNG (context, truth, sample mean, 50%/80% bands, both leads), the samples as .npy [S, H, 2] in mV and a
-JSON of what was asked. Without --checkpoint it uses the shipped model (pretrained/forecaster.pt).
+JSON of what was asked. Without --checkpoint it uses the shipped Transformer (pretrained/forecaster.pt); the
+shipped latent SDE is --checkpoint pretrained/latent_sde.pt.
 
 Every forecaster, trained model or baseline, implements `predict(context, horizon, num_samples, seed)`:
 context [B, C, 2] in mV at `fs`, horizon in samples, returns float32 [B, S, H, 2] in mV
@@ -27,7 +28,7 @@ import paths
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, repeat_last
 from hyper_params import DataConfig
 from hyper_params_transformer import transformer_config_from_dict
-from paths import PRETRAINED, ROOT, UserError, run_main
+from paths import PRETRAINED, ROOT, SHIPPED, UserError, run_main
 from train_results import load_checkpoint, plot_forecasts
 from transformer import CodeGPT, as_levels
 from vqvae import vqvae_from
@@ -167,11 +168,14 @@ class Forecaster(ForecasterBase):
         return out
 
     @classmethod
-    def from_pretrained(cls, device: str | torch.device | None = None) -> ForecasterBase:
-        """The model shipped in pretrained/ (trained on the training patients only; see its model card)."""
-        if not PRETRAINED.exists():
-            raise UserError(f"no shipped model at {PRETRAINED}; pass --checkpoint")
-        return cls.from_checkpoint(PRETRAINED, device)
+    def from_pretrained(cls, device: str | torch.device | None = None, model: str = "transformer") -> ForecasterBase:
+        """A model shipped in pretrained/, `transformer` or `latent_sde` (trained on the training patients only;
+        see the model card)."""
+        if model not in SHIPPED:
+            raise UserError(f"no shipped model named '{model}': choose one of {', '.join(SHIPPED)}")
+        if not SHIPPED[model].exists():
+            raise UserError(f"no shipped model at {SHIPPED[model]}; pass --checkpoint")
+        return cls.from_checkpoint(SHIPPED[model], device)
 
     @one_by_one
     @torch.no_grad()
@@ -317,7 +321,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description="Forecast a WFDB record: PNG of context, truth, forecast and bands; "
                                 "samples as .npy.")
     p.add_argument("--checkpoint", help=f"forecaster checkpoint (default: the shipped {PRETRAINED.relative_to(ROOT)} "
-                   "when present, else the newest checkpoints/transformer-*/best.pt)")
+                   "when present, else the newest checkpoints/transformer-*/best.pt; the shipped latent SDE: "
+                   f"{SHIPPED['latent_sde'].relative_to(ROOT)})")
     p.add_argument("--record", required=True, help="WFDB record path without extension, e.g. ../shared/data/mitdb/100")
     p.add_argument("--start", type=float, required=True, help="forecast start in seconds (context ends here)")
     p.add_argument("--horizon", type=float, help="seconds to forecast (default: the model's horizon)")

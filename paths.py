@@ -21,7 +21,9 @@ ENV = {
     "results": ("ECG_RESULTS_DIR", ROOT / "results"),
     "checkpoints": ("ECG_CHECKPOINTS_DIR", ROOT / "checkpoints"),
 }
-PRETRAINED = ROOT / "pretrained" / "forecaster.pt"  # the shipped model (see pretrained/README.md)
+# The shipped models (see pretrained/README.md): the Transformer is the default wherever one model is meant.
+SHIPPED = {"transformer": ROOT / "pretrained" / "forecaster.pt", "latent_sde": ROOT / "pretrained" / "latent_sde.pt"}
+PRETRAINED = SHIPPED["transformer"]
 
 
 class UserError(Exception):

@@ -1,8 +1,10 @@
 """Pack a trained forecaster into pretrained/ and record the reference forecasts the tests check it against.
 
     python3 pretrained.py --checkpoint checkpoints/pretrained/transformer-<time>/best.pt
+    python3 pretrained.py --checkpoint checkpoints/pretrained/latent_sde_crps-<time>/best.pt
 
-`make pretrained` runs this after training from scratch. The shipped file keeps the weights, configs and
+`make pretrained` and `make pretrained-sde` run this after training from scratch. A Transformer goes to
+pretrained/forecaster.pt, a latent SDE to pretrained/latent_sde.pt (paths.SHIPPED). The shipped file keeps the weights, configs and
 provenance (seed, git commit, data hash, commands, training minutes) and drops optimiser and RNG state,
 so it stays small and loads with torch.load(..., weights_only=True).
 """
@@ -15,10 +17,9 @@ import numpy as np
 
 import paths
 from forecast import Forecaster, forecast_record
-from paths import PRETRAINED
+from paths import SHIPPED
 from train_results import MetricsLog, load_checkpoint
 
-REFERENCE = PRETRAINED.with_name("reference.json")
 # Two DS2 test records and start times the test forecasts; figures are recorded at packing time.
 REFERENCE_CASES = (("100", 60.0), ("233", 300.0))
 REFERENCE_SAMPLES, REFERENCE_SEED = 100, 0
@@ -31,11 +32,18 @@ def training_minutes(run_dir: str | None) -> float:
     return sum(float(row["seconds"]) for row in rows) / 60
 
 
-def pack(ckpt: dict, vqvae_run_dir: str | None) -> dict:
+def reference_path(model: str) -> Path:
+    """Where a shipped model's reference forecasts live: beside it, named after its file."""
+    return SHIPPED[model].with_suffix(".reference.json")
+
+
+def pack(ckpt: dict, vqvae_run_dir: str | None, tuned_from_run_dir: str | None = None) -> dict:
     """The checkpoint without training-only state, plus what the model card needs to know. A checkpoint
-    packed before (a shipped model whose sampling settings were changed) keeps the record it has."""
+    packed before (a shipped model whose sampling settings were changed) keeps the record it has. The
+    forecaster's minutes include the run it was fine-tuned from (latent_sde_train.py --crps-from)."""
     out = {k: v for k, v in ckpt.items() if k not in TRAINING_ONLY}
-    out.setdefault("pretrained", {"forecaster_minutes": round(training_minutes(ckpt.get("run_dir")), 1),
+    minutes = training_minutes(ckpt.get("run_dir")) + training_minutes(tuned_from_run_dir)
+    out.setdefault("pretrained", {"forecaster_minutes": round(minutes, 1),
                                   "vqvae_minutes": round(training_minutes(vqvae_run_dir), 1),
                                   "packed_at_commit": paths.git_commit()})
     return out
@@ -57,6 +65,11 @@ def reference_figures(fc, mitdb: Path) -> list[dict]:
     return [forecast_figures(fc, mitdb / name, start) for name, start in REFERENCE_CASES]
 
 
+def run_dir_of(ckpt_path: str | None) -> str | None:
+    """The run folder a checkpoint was trained in, when the checkpoint is still there."""
+    return load_checkpoint(ckpt_path).get("run_dir") if ckpt_path and Path(ckpt_path).is_file() else None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="forecaster best.pt (Transformer or latent SDE)")
@@ -64,18 +77,18 @@ def main() -> None:
                    help="MIT-BIH folder for the reference forecasts (default: $MITBIH_DIR or data/mitdb)")
     args = p.parse_args()
     ckpt = load_checkpoint(args.checkpoint)
-    if ckpt["kind"] not in ("transformer", "latent_sde"):
+    if ckpt["kind"] not in SHIPPED:
         raise paths.UserError(f"{args.checkpoint} holds a '{ckpt['kind']}' model, not a forecaster")
-    vq_run = load_checkpoint(ckpt["meta"]["vqvae_checkpoint"]).get("run_dir") \
-        if Path(ckpt["meta"].get("vqvae_checkpoint", "")).is_file() else None
-    PRETRAINED.parent.mkdir(exist_ok=True)
-    paths.atomic_torch_save(pack(ckpt, vq_run), PRETRAINED)
-    fc = Forecaster.from_pretrained(device="cpu")
+    out, ref_path = SHIPPED[ckpt["kind"]], reference_path(ckpt["kind"])
+    packed = pack(ckpt, run_dir_of(ckpt["meta"].get("vqvae_checkpoint")), run_dir_of(ckpt["meta"].get("crps_from")))
+    out.parent.mkdir(exist_ok=True)
+    paths.atomic_torch_save(packed, out)
+    fc = Forecaster.from_pretrained(device="cpu", model=ckpt["kind"])
     ref = {"samples": REFERENCE_SAMPLES, "seed": REFERENCE_SEED, "model": fc.name,
            "cases": reference_figures(fc, Path(args.mitdb))}
-    paths.atomic_write_json(ref, REFERENCE)
-    print(f"packed {args.checkpoint} -> {PRETRAINED} ({PRETRAINED.stat().st_size / 2 ** 20:.1f} MiB), "
-          f"reference forecasts -> {REFERENCE}")
+    paths.atomic_write_json(ref, ref_path)
+    print(f"packed {args.checkpoint} -> {out} ({out.stat().st_size / 2 ** 20:.1f} MiB), "
+          f"reference forecasts -> {ref_path}")
 
 
 if __name__ == "__main__":

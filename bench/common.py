@@ -51,9 +51,9 @@ def train_on_the_fly(tmp: Path, kind: str) -> tuple[Path, Path]:
 
 def forecaster_to_time(checkpoint: str | None, kind: str, tmp: Path) -> tuple[Path, Path | None, str]:
     """(checkpoint, prepared folder or None for the default, how it was chosen): the given one, else the
-    newest checkpoints/<kind>-*/best.pt, else the shipped model when it is a `kind`, else one trained on
-    the fly (latency depends on the model's size, not on its skill)."""
-    from paths import PRETRAINED, UserError
+    newest checkpoints/<kind>-*/best.pt, else the shipped model of that kind, else one trained on the fly
+    (latency depends on the model's size, not on its skill)."""
+    from paths import SHIPPED, UserError
     from train_results import load_checkpoint
     from vqvae_eval import latest_checkpoint
 
@@ -64,8 +64,9 @@ def forecaster_to_time(checkpoint: str | None, kind: str, tmp: Path) -> tuple[Pa
         return path, None, str(path)
     except UserError:
         pass
-    if PRETRAINED.exists() and load_checkpoint(PRETRAINED)["kind"] == kind:
-        return PRETRAINED, None, f"the shipped model {PRETRAINED.name}"
+    shipped = SHIPPED.get(kind)
+    if shipped and shipped.exists() and load_checkpoint(shipped)["kind"] == kind:
+        return shipped, None, f"the shipped model {shipped.name}"
     path, prepared = train_on_the_fly(tmp, kind)
     return path, prepared, f"trained on the fly (no checkpoints/{kind}-*/best.pt): default configs, 5 steps each"
 

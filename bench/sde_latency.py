@@ -3,7 +3,7 @@ on this CPU), one JSON line.
 
     python bench/sde_latency.py [--checkpoint PATH] [--samples 100] [--horizon 3] [--repeats 5] [--threads N]
 
-Uses the newest checkpoints/latent_sde-*/best.pt, else the shipped model when it is a latent SDE, else
+Uses the newest checkpoints/latent_sde-*/best.pt, else the shipped pretrained/latent_sde.pt, else
 one trained for a few steps on the fly (see common.forecaster_to_time). The context is a validation
 window when the prepared data is there, else noise (the cost does not depend on it).
 The time is the median of `repeats` calls of `predict` after one warm-up call; load_avg says how busy
@@ -27,7 +27,7 @@ TARGET_S = 2.0
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="latent SDE checkpoint (default: newest checkpoints/latent_sde-*/best.pt, "
-                   "else the shipped model if it is one, else one trained on the fly)")
+                   "else the shipped pretrained/latent_sde.pt, else one trained on the fly)")
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--horizon", type=float, default=3.0, help="seconds")
     p.add_argument("--repeats", type=int, default=5)

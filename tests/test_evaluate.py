@@ -246,14 +246,15 @@ def test_every_forecaster_keeps_its_own_label():
 
 
 def test_scoring_a_model_on_its_training_patients_is_flagged(tmp_path):
-    """A folder naming MIT-BIH training and validation records (101 trains the shipped model, 109 chose it; 100 is
-    DS2): the report says those scores are no test."""
+    """A folder naming MIT-BIH training and validation records (101 trains the shipped models, 109 chose them; 100
+    is DS2): the report says those scores are no test."""
     for name in ("100", "101", "109"):
         write_record(tmp_path / "db", name, seconds=12, seed=int(name))
-    run, result = _run(["--model", "pretrained", "zero", "--wfdb-dir", str(tmp_path / "db"), "--samples", "2",
-                        "--max-windows-per-record", "1", "--results", str(tmp_path / "results")])
+    run, result = _run(["--model", "pretrained", "pretrained_sde", "zero", "--wfdb-dir", str(tmp_path / "db"),
+                        "--samples", "2", "--max-windows-per-record", "1", "--results", str(tmp_path / "results")])
     warning = result["header"]["warnings"]
-    assert "trained on records 101," in warning and "checkpoint on records 109," in warning and "100" not in warning
+    assert all(f"{m} was trained on records 101," in warning for m in ("transformer", "latent_sde"))
+    assert "checkpoint on records 109," in warning and "100" not in warning
     assert "no test" in (run / "report.md").read_text()
     assert result["header"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -365,8 +366,24 @@ def test_report_header_counts_the_records_scored_not_the_records_listed():
                          np.ones(3, bool), [["MLII", "V1"]] * 3, [360.0] * 3,
                          {"kind": "prepared", "split": "test", "path": "x/test.pt", "input_hash": "h"})
     args = argparse.Namespace(config=None, samples=2, seed=0)
-    header = evaluate.report_header(args, ["--records", "103"], cfg, w, {}, 1.0)
+    header = evaluate.report_header(args, ["--records", "103"], cfg, w, {}, 1.0, {"date": "d", "git commit": "c"})
     assert header["records / windows"] == "1 / 4"
+
+
+def test_report_names_the_commit_the_run_started_at(tmp_path, monkeypatch):
+    """A long evaluation outlives edits to the tree: its header names the code that ran, not the code at its end."""
+    write_record(tmp_path / "db", "r", seconds=12, seed=0)
+    tree, scoring = {"commit": "at-start"}, evaluate.evaluate
+
+    def edited_while_scoring(*args, **kwargs):
+        out = scoring(*args, **kwargs)
+        tree["commit"] = "at-end"
+        return out
+    monkeypatch.setattr(evaluate.paths, "git_commit", lambda: tree["commit"])
+    monkeypatch.setattr(evaluate, "evaluate", edited_while_scoring)
+    _, result = _run(["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), "--max-windows-per-record", "1",
+                      "--results", str(tmp_path / "results")])
+    assert result["header"]["git commit"] == "at-start"
 
 
 @pytest.mark.parametrize("key,value", [("filter_band", [1.0, 30.0]), ("filter_order", 4), ("samples_per_second", 250),

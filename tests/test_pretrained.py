@@ -17,7 +17,7 @@ import pretrained
 from forecast import Forecaster, forecast_record
 from hyper_params import config_from_dict
 from conftest import write_record
-from paths import PRETRAINED
+from paths import PRETRAINED, SHIPPED, UserError
 from prepare_mitbih import DS1, DS2, PACED, config_split, read_record
 from train_results import MetricsLog
 
@@ -28,11 +28,13 @@ ABS_MV = 2e-3
 REL = 0.02
 
 
-def test_shipped_checkpoint_is_small_safe_and_from_training_patients():
-    assert PRETRAINED.is_file(), f"{PRETRAINED} is missing: run `make pretrained`"
-    assert PRETRAINED.stat().st_size <= 25 * 2 ** 20
-    ckpt = torch.load(PRETRAINED, map_location="cpu", weights_only=True)
-    assert not set(pretrained.TRAINING_ONLY) & set(ckpt)
+@pytest.mark.parametrize("model", SHIPPED)
+def test_shipped_checkpoint_is_small_safe_and_from_training_patients(model):
+    path = SHIPPED[model]
+    assert path.is_file(), f"{path} is missing: run `make {'pretrained' if model == 'transformer' else 'pretrained-sde'}`"
+    assert path.stat().st_size <= 25 * 2 ** 20
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert ckpt["kind"] == model and not set(pretrained.TRAINING_ONLY) & set(ckpt)
     for state in (ckpt["model"], ckpt["vqvae"]["model"]):
         assert not any(k.startswith("module.") for k in state)
     for meta in (ckpt["meta"], ckpt["vqvae"]["meta"]):
@@ -52,10 +54,11 @@ def test_packing_drops_training_state_and_keeps_a_packed_record():
     assert pretrained.pack(first, None)["pretrained"]["forecaster_minutes"] == 24.0
 
 
-def test_shipped_model_reproduces_its_reference_forecasts(mitdb):
-    ref = json.loads(pretrained.REFERENCE.read_text())
-    fc = Forecaster.from_pretrained(device="cpu")
-    assert fc.name == ref["model"]
+@pytest.mark.parametrize("model", SHIPPED)
+def test_shipped_model_reproduces_its_reference_forecasts(mitdb, model):
+    ref = json.loads(pretrained.reference_path(model).read_text())
+    fc = Forecaster.from_pretrained(device="cpu", model=model)
+    assert fc.name == ref["model"] == model
     got = pretrained.reference_figures(fc, mitdb)
     for want, have in zip(ref["cases"], got, strict=True):
         assert have["record"] == want["record"]
@@ -64,11 +67,12 @@ def test_shipped_model_reproduces_its_reference_forecasts(mitdb):
         assert have["mse_of_mean_mV2"] == pytest.approx(want["mse_of_mean_mV2"], rel=REL)
 
 
-def test_shipped_model_keeps_beating_over_a_long_horizon(mitdb):
+@pytest.mark.parametrize("model", SHIPPED)
+def test_shipped_model_keeps_beating_over_a_long_horizon(mitdb, model):
     """Sampled paths must not decay to a flat line: 20 s ahead (trained for 3 s), every path of a sinus
     record still beats at least at about the context's rate and keeps the amplitude of its first
     seconds. (They do get noisier: a path may gain a spurious peak, so only the median count is exact.)"""
-    fc = Forecaster.from_pretrained(device="cpu")
+    fc = Forecaster.from_pretrained(device="cpu", model=model)
     res = forecast_record(fc, str(mitdb / "100"), 60.0, 20.0, 10, 0)
     paths, fs = res["samples"][:, :, 0], fc.fs                  # lead 1 [S, H]
     context = res["context"][None]
@@ -93,6 +97,12 @@ def test_codes_and_latents_of_any_window(mitdb):
     steps = x.shape[1] // fc.vq.factor
     assert z.shape == (1, fc.vq.cfg.latent_dim, steps) and codes.shape[:2] == (1, steps)
     assert back.shape == x.shape and ((back - x) ** 2).mean() < 0.06 * (x ** 2).mean()   # three codebooks: PRD ~17%
+
+
+def test_shipped_models_are_chosen_by_name():
+    assert type(Forecaster.from_pretrained(device="cpu", model="latent_sde")).__name__ == "LatentSDEForecaster"
+    with pytest.raises(UserError, match="'sde'.*transformer, latent_sde"):
+        Forecaster.from_pretrained(device="cpu", model="sde")
 
 
 def test_the_shipped_vqvae_can_be_measured_alone():
@@ -132,6 +142,9 @@ def test_packing_records_the_training_minutes_of_the_runs_metrics(tmp_path):
     assert pretrained.training_minutes(str(tmp_path)) == pytest.approx(3.0)
     ckpt = {"kind": "transformer", "model": {}, "meta": {}, "run_dir": str(tmp_path)}
     assert pretrained.pack(ckpt, str(tmp_path))["pretrained"]["forecaster_minutes"] == 3.0
+    # a latent SDE fine-tuned on its CRPS (--crps-from) also counts the ELBO run it started from
+    tuned = {"kind": "latent_sde", "model": {}, "meta": {}, "run_dir": str(tmp_path)}
+    assert pretrained.pack(tuned, None, str(tmp_path))["pretrained"]["forecaster_minutes"] == 6.0
 
 
 def test_forecast_plot_marks_the_start_in_record_time(mitdb, tmp_path, monkeypatch):
