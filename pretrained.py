@@ -4,9 +4,9 @@
     python3 pretrained.py --checkpoint checkpoints/pretrained/latent_sde_crps-<time>/best.pt
 
 `make pretrained` and `make pretrained-sde` run this after training from scratch. A Transformer goes to
-pretrained/forecaster.pt, a latent SDE to pretrained/latent_sde.pt (paths.SHIPPED). The shipped file keeps the weights, configs and
-provenance (seed, git commit, data hash, commands, training minutes) and drops optimiser and RNG state,
-so it stays small and loads with torch.load(..., weights_only=True).
+pretrained/forecaster.pt, a latent SDE to pretrained/latent_sde.pt (paths.SHIPPED). The shipped file keeps
+the weights, configs and provenance (seed, git commit, data hash, commands, training minutes) and drops
+optimiser and RNG state, so it stays small and loads with torch.load(..., weights_only=True).
 """
 from __future__ import annotations
 
