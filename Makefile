@@ -19,8 +19,8 @@ setup: $(VENV)/.installed
 prepare: setup
 	$(PY) prepare_mitbih.py
 
-# The fast path: the shipped model (pretrained/) forecasts record 100 from 60 s; no training, and no network
-# once MIT-BIH is there (without it, the first step downloads it, as `make prepare` would).
+# The fast path: the shipped Transformer (pretrained/forecaster.pt) forecasts record 100 from 60 s; no training,
+# and no network once MIT-BIH is there (without it, the first step downloads it, as `make prepare` would).
 forecast: setup
 	$(PY) prepare_mitbih.py --fetch-only
 	$(PY) forecast.py --record $(MITBIH_DIR)/100 --start 60
@@ -54,7 +54,7 @@ pretrained-sde: prepare
 	$(PY) pretrained.py --checkpoint $(call newest,latent_sde_crps,$(PRE))
 	$(MAKE) pretrained-report
 
-pretrained-report: setup
+pretrained-report: setup $(if $(wildcard data/prepared/test.pt),,prepare)
 	$(PY) evaluate.py --model pretrained $(if $(wildcard pretrained/latent_sde.pt),pretrained_sde) baselines \
 		--split test --max-windows-per-record 40 --results results/pretrained
 	rm -rf pretrained/evaluation && cp -r "$$(ls -td results/pretrained/evaluate-*/ | head -1)" pretrained/evaluation

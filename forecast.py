@@ -273,7 +273,7 @@ def code_draft(vq, waves: np.ndarray, context_steps: int, device: torch.device, 
 
 
 def default_checkpoint() -> Path:
-    """The shipped model when there is one, else the newest trained Transformer."""
+    """The shipped Transformer (pretrained/forecaster.pt) when there is one, else the newest trained Transformer."""
     if PRETRAINED.exists():
         return PRETRAINED
     from vqvae_eval import latest_checkpoint

@@ -1,4 +1,5 @@
-"""The shipped model: loads safely, stays small, and forecasts real records as recorded in its model card."""
+"""The shipped models (Transformer and latent SDE): load safely, stay small, and forecast real records as recorded
+in their model card."""
 from __future__ import annotations
 
 import dataclasses
@@ -31,7 +32,8 @@ REL = 0.02
 @pytest.mark.parametrize("model", SHIPPED)
 def test_shipped_checkpoint_is_small_safe_and_from_training_patients(model):
     path = SHIPPED[model]
-    assert path.is_file(), f"{path} is missing: run `make {'pretrained' if model == 'transformer' else 'pretrained-sde'}`"
+    target = "pretrained" if model == "transformer" else "pretrained-sde"
+    assert path.is_file(), f"{path} is missing: run `make {target}`"
     assert path.stat().st_size <= 25 * 2 ** 20
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert ckpt["kind"] == model and not set(pretrained.TRAINING_ONLY) & set(ckpt)
