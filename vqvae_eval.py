@@ -146,6 +146,7 @@ def main() -> None:
     p.add_argument("--checkpoints", help="checkpoints root (for the default checkpoint)")
     p.add_argument("--results", help="results root")
     args = p.parse_args()
+    commit = paths.git_commit()     # the code that runs, whatever the tree holds when the report is written
     path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint("vqvae", args.checkpoints)
     model, ckpt = load_vqvae(path)
     cfg = stored_config(ckpt["config"], f"config stored in {path}")
@@ -153,7 +154,7 @@ def main() -> None:
     report = reconstruction_report(model, data, source_fs(data["records"], args.prepared))
     s = report["summary"]
     run = paths.new_run_dir("vqvae_eval", args.results)
-    report.update(checkpoint=str(path), split=args.split, git_commit=paths.git_commit(),
+    report.update(checkpoint=str(path), split=args.split, git_commit=commit,
                   data_hash=data["data_hash"], trained=ckpt["meta"])
     paths.atomic_write_json(report, run / "reconstruction.json")
     lines = [f"# VQ-VAE reconstruction on the {args.split} split", "",
