@@ -279,6 +279,22 @@ class Scores:
     window_mse: np.ndarray              # [N] whole-horizon MSE of every window
     deterministic: bool = True
 
+    def add(self, r: int, idx: np.ndarray, sums: dict[str, np.ndarray], curves: dict[str, np.ndarray],
+            samples: int, records: int) -> None:
+        """Pool the per-window sums and curves of windows idx, all of record r, forecast with `samples` each."""
+        self.deterministic = self.deterministic and samples == 1
+        _add_sums(self.sums, sums, r, records)
+        _add_sums(self.curves, curves, r, records)
+        self.curves.setdefault("windows", np.zeros(records))[r] += len(idx)
+        self.window_mse[idx] = sums["se"][:, -1] / sums["n"][:, -1]
+
+
+def _add_sums(store: dict[str, np.ndarray], sums: dict[str, np.ndarray], r: int, records: int) -> None:
+    """Add per-window sums [B, ...] to row r of per-record totals [records, ...]: metrics are taken per record,
+    so that each patient weighs the same."""
+    for key, v in sums.items():
+        store.setdefault(key, np.zeros((records, *v.shape[1:])))[r] += v.sum(0)
+
 
 def _chunks(w: Windows, size: int = 256) -> list[tuple[int, np.ndarray]]:
     """(record, window indices): the windows scored together, within one record."""
@@ -342,44 +358,35 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
     Returns each forecaster's Scores and the rhythm sums of the R-peak detector run on the true
     horizons: its own sensitivity and positive predictivity against the reference annotations.
     """
-    n, t, _ = w.signals.shape
-    horizon = t - context
-    edges = M.segment_edges(horizon, fs)
-    r_count, k = len(w.records), len(edges)
-    scores = {name: Scores({}, {}, np.full(n, np.nan), getattr(f, "deterministic", True))
+    scores = {name: Scores({}, {}, np.full(len(w.signals), np.nan), getattr(f, "deterministic", True))
               for name, f in forecasters.items()}
     truth_sums: dict[str, np.ndarray] = {}
-
-    def add(store: dict, key: str, shape: tuple, r: int, value: np.ndarray) -> None:
-        if key not in store:
-            store[key] = np.zeros(shape)
-        store[key][r] += value
-
     chunks = _chunks(w)
     bar = tqdm(total=len(np.unique(w.record)), desc="records", unit="rec", disable=not progress)
     for ci, (r, idx) in enumerate(chunks):
-        x = np.asarray(w.signals[idx], np.float32)
-        ctx, truth = x[:, :context], x[:, context:]
-        rows, pos = _beats(w, idx)
-        annotated = np.full(len(idx), bool(w.annotated[r]))
-        for key, v in M.rhythm_sums(ctx[..., 0], truth[..., 0], rows, pos, fs, edges, annotated).items():
-            add(truth_sums, key, (r_count, k), r, v.sum(0))
-        for name, f in forecasters.items():
-            out = predict_windows(f, name, w, idx, context, num_samples, seed)
-            wave, curves = M.waveform_sums(truth, out, edges)
-            rhythm = rhythm_of_paths(ctx[..., 0], out[..., 0], rows, pos, fs, edges, annotated)
-            s = scores[name]
-            s.deterministic = s.deterministic and out.shape[1] == 1
-            for key, v in {**wave, **rhythm}.items():
-                add(s.sums, key, (r_count, k), r, v.sum(0))
-            for key, v in curves.items():
-                add(s.curves, key, (r_count, horizon), r, v.sum(0))
-            add(s.curves, "windows", (r_count,), r, len(idx))
-            s.window_mse[idx] = wave["se"][:, -1] / wave["n"][:, -1]
+        score_chunk(forecasters, w, r, idx, context, fs, num_samples, seed, scores, truth_sums)
         if ci + 1 == len(chunks) or chunks[ci + 1][0] != r:
             bar.update(1)
     bar.close()
     return scores, truth_sums
+
+
+def score_chunk(forecasters: dict[str, ForecasterBase], w: Windows, r: int, idx: np.ndarray, context: int, fs: int,
+                num_samples: int, seed: int, scores: dict[str, Scores], truth_sums: dict[str, np.ndarray]) -> None:
+    """Add windows idx, all of record r, to the detector's sums on the true horizons and to every forecaster's
+    Scores."""
+    x = np.asarray(w.signals[idx], np.float32)
+    ctx, truth = x[:, :context], x[:, context:]
+    edges = M.segment_edges(truth.shape[1], fs)
+    rows, pos = _beats(w, idx)
+    annotated = np.full(len(idx), bool(w.annotated[r]))
+    detected = M.rhythm_sums(ctx[..., 0], truth[..., 0], rows, pos, fs, edges, annotated)
+    _add_sums(truth_sums, detected, r, len(w.records))
+    for name, f in forecasters.items():
+        out = predict_windows(f, name, w, idx, context, num_samples, seed)
+        wave, curves = M.waveform_sums(truth, out, edges)
+        rhythm = rhythm_of_paths(ctx[..., 0], out[..., 0], rows, pos, fs, edges, annotated)
+        scores[name].add(r, idx, {**wave, **rhythm}, curves, out.shape[1], len(w.records))
 
 
 def summarize(scores: dict[str, Scores], truth_sums: dict, w: Windows, fs: int, horizon: int,
@@ -818,8 +825,38 @@ def main(argv: list[str] | None = None) -> Path:
     if cfg.data.total_samples <= context:
         raise UserError("config data.forecast_predictions is 0: there is no horizon to forecast")
     forecasters, baselines, warnings = build_forecasters(args.model, cfg, device)
+    print_warnings(warnings)
+    w = load_windows(args, cfg)
+    scored = [w.records[i] for i in np.unique(w.record)]
+    seen = seen_warnings(forecasters, scored, args)
+    print_warnings(seen)
+    warnings += seen
+    paths.check_writable(paths.location("results", args.results))     # before the work, not after
+    print(f"evaluating {', '.join(forecasters)} on {len(scored)} records, {len(w.record)} windows")
+    scores, truth_sums = evaluate(forecasters, w, context, fs, args.samples, args.seed)
+    run = paths.new_run_dir("evaluate", args.results)       # made now: a failed evaluation leaves no folder
+    summary = summarize(scores, truth_sums, w, fs, w.signals.shape[1] - context, seed=args.seed,
+                        baselines=frozenset(baselines))
+    plot_results(run, forecasters, scores, summary, w, cfg, args)
+    wall = time.time() - t0
+    header = report_header(args, argv, cfg, w, forecasters, wall, started)
+    if warnings:
+        header["warnings"] = "; ".join(warnings)
+    write_results(run, header, cfg, summary, w)
+    for n, why in w.skipped:
+        print(f"skipped {n}: {why}")
+    print(f"done in {wall:.1f} s -> {run / 'report.md'}")
+    return run
+
+
+def print_warnings(warnings: list[str]) -> None:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+
+
+def load_windows(args: argparse.Namespace, cfg: Config) -> Windows:
+    """The windows to score: of --wfdb-dir or the prepared --split, only --records, at most
+    --max-windows-per-record of each."""
     if args.wfdb_dir:
         w = load_wfdb(args.wfdb_dir, cfg, args.records, annotator=args.annotator)
     else:
@@ -827,36 +864,33 @@ def main(argv: list[str] | None = None) -> Path:
     w = limit_windows(w, None, args.max_windows_per_record)
     if len(w.record) == 0:
         raise UserError(f"no windows to evaluate in {w.source['path']}")
-    scored = [w.records[i] for i in np.unique(w.record)]
-    for warning in seen_warnings(forecasters, scored, args):
-        warnings.append(warning)
-        print(f"warning: {warning}", file=sys.stderr)
-    paths.check_writable(paths.location("results", args.results))     # before the work, not after
-    print(f"evaluating {', '.join(forecasters)} on {len(scored)} records, {len(w.record)} windows")
-    scores, truth_sums = evaluate(forecasters, w, context, fs, args.samples, args.seed)
-    run = paths.new_run_dir("evaluate", args.results)       # made now: a failed evaluation leaves no folder
-    horizon = w.signals.shape[1] - context
-    summary = summarize(scores, truth_sums, w, fs, horizon, seed=args.seed, baselines=frozenset(baselines))
+    return w
+
+
+def plot_results(run: Path, forecasters: dict[str, ForecasterBase], scores: dict[str, Scores], summary: dict,
+                 w: Windows, cfg: Config, args: argparse.Namespace) -> None:
+    """error_curves.png, and each forecaster's gallery_<name>.png forecast with the evaluation's seeds."""
+    fs, context = cfg.data.samples_per_second, cfg.data.window_samples
     plot_error_curves(scores, summary, fs, run / "error_curves.png")
     for name, f in forecasters.items():
         plot_gallery(name, f, scores[name], w, context, fs, args.samples, args.seed,
                      run / f"gallery_{_file_name(name)}.png")
-    wall = time.time() - t0
-    header = report_header(args, argv, cfg, w, forecasters, wall, started)
-    if warnings:
-        header["warnings"] = "; ".join(warnings)
-    result = {"header": header, "config": cfg.to_dict(), **summary,
-              "record_info": [{"record": n, "leads": w.leads[i], "fs_in": _num(w.fs_in[i]),
-                               "annotated": bool(w.annotated[i]), "windows": int(np.sum(w.record == i))}
-                              for i, n in enumerate(w.records) if np.any(w.record == i)],
+
+
+def write_results(run: Path, header: dict, cfg: Config, summary: dict, w: Windows) -> None:
+    """metrics.json (everything, with the config and the records), metrics.csv and report.md."""
+    result = {"header": header, "config": cfg.to_dict(), **summary, "record_info": record_info(w),
               "skipped": [{"record": n, "reason": why} for n, why in w.skipped]}
     paths.atomic_write_json(result, run / "metrics.json")
     paths.atomic_write_text(csv_text(summary), run / "metrics.csv")
     paths.atomic_write_text(markdown_report(summary, header, w), run / "report.md")
-    for n, why in w.skipped:
-        print(f"skipped {n}: {why}")
-    print(f"done in {wall:.1f} s -> {run / 'report.md'}")
-    return run
+
+
+def record_info(w: Windows) -> list[dict]:
+    """Each scored record's leads, input rate, annotations and window count."""
+    return [{"record": n, "leads": w.leads[i], "fs_in": _num(w.fs_in[i]), "annotated": bool(w.annotated[i]),
+             "windows": int(np.sum(w.record == i))}
+            for i, n in enumerate(w.records) if np.any(w.record == i)]
 
 
 def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config, w: Windows,

@@ -317,7 +317,7 @@ def clean_starts(signal: np.ndarray, at: int, ctx: int, fs: int) -> str:
     return f"the nearest clean --start: {' or '.join(said)}" if said else "no context of the record is without gaps"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Forecast a WFDB record: PNG of context, truth, forecast and bands; "
                                 "samples as .npy.")
     p.add_argument("--checkpoint", help=f"forecaster checkpoint (default: the shipped {PRETRAINED.relative_to(ROOT)} "
@@ -330,7 +330,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same forecast (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--out", help="output folder (default: results/forecast-<time>)")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     t0 = time.time()
     if args.samples < 1 or not 0 <= args.seed < 2 ** 63:
         raise UserError(f"--samples must be >= 1 and --seed in [0, 2**63), got {args.samples} and {args.seed}")
@@ -341,27 +345,44 @@ def main() -> None:
     t_load = time.time() - t0                       # start-up: torch, the checkpoint
     res = forecast_record(fc, args.record, args.start, args.horizon, args.samples, args.seed)
     out = Path(args.out) if args.out else paths.new_run_dir("forecast")
-    from prepare_mitbih import record_path          # loaded by now, with the record
-    record = record_path(args.record).name          # 100 also for 100.hea or 100.dat
-    stem = f"{record}_{args.start:g}s"
-    paths.atomic_save_npy(res["samples"], out / f"{stem}_samples.npy")
-    window = np.concatenate([res["context"], np.pad(res["truth"], ((0, len(res["samples"][0]) - len(res["truth"])), (0, 0)),
-                                                    constant_values=np.nan)])
-    plot_forecasts(window[None], res["samples"][None], res["fs"], len(res["context"]), out / f"{stem}.png",
-                   f"record {record} from {args.start:g} s: {args.samples} sampled forecasts",
-                   start_s=(res["start_sample"] - len(res["context"])) / res["fs"],
-                   leads=tuple(f"lead {k + 1}: {name}" for k, name in enumerate(res["leads"])))
-    gap, truth = int((~np.isfinite(res["truth"])).any(1).sum()), len(res["truth"])
-    paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "leads": res["leads"],
-                             "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
-                             "truth_samples": truth, "truth_gap_samples": gap,
-                             "checkpoint": str(path), "git_commit": paths.git_commit()}, out / f"{stem}.json")
+    stem = save_forecast(res, args, path, out)
     print(f"forecast of {args.record} from {args.start:g} s: {args.samples} samples x {res['samples'].shape[1]} "
           f"samples x 2 leads at {res['fs']} Hz in {time.time() - t0:.1f} s ({t_load:.1f} s of it loading the model)")
+    truth, gap = truth_cover(res)
     if gap or truth < res["samples"].shape[1]:
         print(f"note: the truth plotted covers {(truth - gap) / res['fs']:g} s of the {res['samples'].shape[1] / res['fs']:g} s "
               f"forecast (the record's end or a gap)")
     print(f"plot: {out / (stem + '.png')}\nsamples: {out / (stem + '_samples.npy')}")
+
+
+def truth_cover(res: dict) -> tuple[int, int]:
+    """The true samples after the start, and how many of them are gaps: the record may end, or break, early."""
+    return len(res["truth"]), int((~np.isfinite(res["truth"])).any(1).sum())
+
+
+def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Path) -> str:
+    """Write the samples (.npy), their plot (.png) and what was asked (.json) into `out`; returns their file stem."""
+    from prepare_mitbih import record_path          # loaded by now, with the record
+    record = record_path(args.record).name          # 100 also for 100.hea or 100.dat
+    stem = f"{record}_{args.start:g}s"
+    paths.atomic_save_npy(res["samples"], out / f"{stem}_samples.npy")
+    plot_record(res, record, args, out / f"{stem}.png")
+    truth, gap = truth_cover(res)
+    paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "leads": res["leads"],
+                             "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
+                             "truth_samples": truth, "truth_gap_samples": gap,
+                             "checkpoint": str(checkpoint), "git_commit": paths.git_commit()}, out / f"{stem}.json")
+    return stem
+
+
+def plot_record(res: dict, record: str, args: argparse.Namespace, path: Path) -> None:
+    """Context, truth and forecasts on the record's own clock; the truth is NaN-padded where the record ends first."""
+    window = np.concatenate([res["context"], np.pad(res["truth"], ((0, len(res["samples"][0]) - len(res["truth"])), (0, 0)),
+                                                    constant_values=np.nan)])
+    plot_forecasts(window[None], res["samples"][None], res["fs"], len(res["context"]), path,
+                   f"record {record} from {args.start:g} s: {args.samples} sampled forecasts",
+                   start_s=(res["start_sample"] - len(res["context"])) / res["fs"],
+                   leads=tuple(f"lead {k + 1}: {name}" for k, name in enumerate(res["leads"])))
 
 
 if __name__ == "__main__":
