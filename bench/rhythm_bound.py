@@ -1,7 +1,7 @@
 """How well can the horizon's beats be placed from the context's rhythm alone, and what does timing
 spread cost in R-peak F1? One JSON line.
 
-    python bench/rhythm_bound.py [--split test] [--max-windows-per-record 40]
+    python bench/rhythm_bound.py [--split test] [--max-windows-per-record 40] [--history-seconds 3 10 30]
 
 1. `oracle_f1`: beats placed every median (last, mean of the last two) reference RR interval after
    the context's last reference beat, scored against the horizon's reference beats (±100 ms, F1 per
@@ -21,16 +21,21 @@ spread cost in R-peak F1? One JSON line.
 3. `spread_frontier`: the seasonal ensemble with its minimum timing spread (fraction of the period)
    set to each value, scored by the evaluation harness: CRPS falls as the spread grows, the per-path
    R-peak F1 falls with it; the seasonal naive forecast is the no-spread end.
+4. `history`: the median rule and its calibrated sampler (1.) when they see the last 3, 6, ... s of
+   the record's annotated rhythm instead of the 3 s context (reads the WFDB records), with the
+   median miss of the horizon's first beat: would a longer context place the beats better?
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from common import emit
 
 import metrics as M  # noqa: E402 (common puts the repository on sys.path)
+import paths  # noqa: E402
 
 TOL_MS = 100
 PATHS = 10          # sample paths per window a sampled rule is scored on, as evaluate.py scores forecasts
@@ -55,20 +60,25 @@ def next_beats(ctx_beats: np.ndarray, rule: Rule, end: int) -> np.ndarray:
     return pred[pred < end]
 
 
+BeatsOf = Callable[[int], tuple[np.ndarray, np.ndarray]]   # window -> its (context, horizon) reference beats
+
+
 def annotated_beats(w, i: int, context: int) -> tuple[np.ndarray, np.ndarray]:
     """Window i's reference beats: (in the context, in the horizon)."""
     beats = np.sort(w.beat_pos[w.beat_ptr[i]:w.beat_ptr[i + 1]]).astype(float)
     return beats[beats < context], beats[beats >= context]
 
 
-def oracle_f1(w, context: int, fs: int, rule: Rule, paths: int = 1) -> float:
+def oracle_f1(w, context: int, fs: int, rule: Rule, paths: int = 1, beats_of: BeatsOf | None = None) -> float:
     """Mean over annotated records of the F1 of `next_beats` against the horizon's reference beats,
-    pooled over `paths` calls of the rule per window (a sampled rule gives a path per call)."""
+    pooled over `paths` calls of the rule per window (a sampled rule gives a path per call). The
+    context's beats are the window's own unless `beats_of` reaches further back."""
+    beats_of = beats_of or (lambda i: annotated_beats(w, i, context))
     sums: dict[int, np.ndarray] = {}
     for i, r in enumerate(w.record):
         if not w.annotated[r]:
             continue
-        ctx, ref = annotated_beats(w, i, context)
+        ctx, ref = beats_of(i)
         for _ in range(paths):
             pred = next_beats(ctx, rule, w.signals.shape[1])
             pred = pred[pred >= context]
@@ -77,15 +87,69 @@ def oracle_f1(w, context: int, fs: int, rule: Rule, paths: int = 1) -> float:
     return float(np.mean([M.f1_score(*s) for s in sums.values()]))
 
 
-def horizon_ratios(w, context: int) -> list[np.ndarray]:
+def horizon_ratios(w, context: int, beats_of: BeatsOf | None = None) -> list[np.ndarray]:
     """Per annotated window with two context beats: the horizon's RR intervals (from the context's last
     beat on) over the context's median RR, i.e. how the truth departs from the median rule."""
+    beats_of = beats_of or (lambda i: annotated_beats(w, i, context))
     out = []
     for i, r in enumerate(w.record):
-        ctx, ref = annotated_beats(w, i, context)
-        if w.annotated[r] and len(ctx) >= 2 and len(ref):
+        if not w.annotated[r]:
+            continue
+        ctx, ref = beats_of(i)
+        if len(ctx) >= 2 and len(ref):
             out.append(np.diff(np.r_[ctx[-1], ref]) / np.median(np.diff(ctx)))
     return out
+
+
+def record_beats(w, data_dir: Path, data) -> dict[int, np.ndarray]:
+    """Every annotated record's reference beats over the whole recording (samples at fs)."""
+    import prepare_mitbih as P
+
+    if not any(data_dir.glob("*.hea")):
+        raise paths.UserError(f"{data_dir} holds no WFDB records, which `history` reads: give --data-dir or "
+                              "$MITBIH_DIR, or skip it with --history-seconds and no values")
+    return {r: P.read_record(data_dir / name, data, gaps=True).beats.astype(float)
+            for r, name in enumerate(w.records) if w.annotated[r]}
+
+
+def history_beats(w, beats: dict[int, np.ndarray], context: int, seconds: float, fs: int) -> BeatsOf:
+    """Like `annotated_beats`, but the context's beats are the record's last `seconds` before the
+    forecast starts, however far that reaches before the window (positions from the window start)."""
+    def of(i: int) -> tuple[np.ndarray, np.ndarray]:
+        b = beats[int(w.record[i])] - w.start[i]
+        return b[(b < context) & (b >= context - seconds * fs)], b[(b >= context) & (b < w.signals.shape[1])]
+    return of
+
+
+def history_bound(w, train, context: int, fs: int, data_dir: Path, data, seconds: list[float]) -> dict:
+    """`oracle_f1` of the median rule and its calibrated sampler when the rule sees the last `seconds`
+    of annotated rhythm instead of the 3 s context: would a longer context place the beats better?"""
+    if not seconds:
+        return {}
+    beats, train_beats = record_beats(w, data_dir, data), record_beats(train, data_dir, data)
+    out = {}
+    for sec in seconds:
+        of = history_beats(w, beats, context, sec, fs)
+        sampler = calibrated_rule(horizon_ratios(train, context, history_beats(train, train_beats, context, sec, fs)))
+        out[f"{sec:g}s"] = {"median": round(oracle_f1(w, context, fs, RULES["median"], beats_of=of), 3),
+                            "calibrated": round(oracle_f1(w, context, fs, sampler, PATHS, of), 3),
+                            "first_beat": first_beat_error(w, context, of, fs)}
+    return out
+
+
+def first_beat_error(w, context: int, beats_of: BeatsOf, fs: int) -> dict[str, float]:
+    """How far the median-RR rule misses the horizon's first beat (ms, pooled windows): the median
+    (beat times are whole samples, so it moves in steps of 1/fs) and the share within 20 ms."""
+    err = []
+    for i, r in enumerate(w.record):
+        if not w.annotated[r]:
+            continue
+        ctx, ref = beats_of(i)
+        pred = next_beats(ctx, RULES["median"], w.signals.shape[1])
+        pred = pred[pred >= context]
+        if len(ref) and len(pred):
+            err.append(abs(pred[0] - ref[0]) / fs * 1000)
+    return {"median_ms": round(float(np.median(err)), 1), "within_20ms": round(float(np.mean(np.array(err) <= 20)), 3)}
 
 
 def calibrated_rule(ratios: list[np.ndarray], seed: int = 0) -> Rule:
@@ -227,6 +291,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--max-windows-per-record", type=int, default=40)
+    p.add_argument("--history-seconds", type=float, nargs="*", default=[3, 6, 10, 20, 30],
+                   help="rhythm history the median rule sees in `history` (none: skip it)")
+    p.add_argument("--data-dir", default=None, help="WFDB folder for `history` (default: $MITBIH_DIR or data/mitdb)")
     args = p.parse_args()
 
     import baselines as B
@@ -237,6 +304,7 @@ def main() -> None:
     fs, context = cfg.data.samples_per_second, cfg.data.window_samples
     w = E.limit_windows(E.load_prepared(args.split, cfg, None), None, args.max_windows_per_record)
     train = E.load_prepared("train", cfg, None)
+    history = history_bound(w, train, context, fs, paths.location("data", args.data_dir), cfg.data, args.history_seconds)
     rules = {**RULES, "calibrated": calibrated_rule(horizon_ratios(train, context)),
              "learned": learned_rule(train, context, fs)}
     oracle = {name: round(oracle_f1(w, context, fs, rule, PATHS if name == "calibrated" else 1), 3)
@@ -252,8 +320,9 @@ def main() -> None:
     frontier = {name: {key: round(summary["forecasters"][name]["metrics"][key][-1]["value"], 4)
                        for key in ("crps", f"f1_{TOL_MS}")} for name in models}
     emit({"bench": "rhythm_bound", "split": args.split, "windows": len(w.record),
-          "oracle_f1": oracle, "placed_beat_mse": placed, "next_beat_error": first_error, "spread_frontier": frontier})
+          "oracle_f1": oracle, "placed_beat_mse": placed, "next_beat_error": first_error, "history": history,
+          "spread_frontier": frontier})
 
 
 if __name__ == "__main__":
-    main()
+    paths.run_main(main)

@@ -48,3 +48,35 @@ def test_calibrated_spread_costs_f1():
     w = beat_windows([100])
     f1 = R.oracle_f1(w, C, FS, R.calibrated_rule(ratios, seed=1), paths=30)
     assert 0.2 < f1 < 0.8
+
+
+def record_window(beats: np.ndarray, start: int) -> tuple[SimpleNamespace, dict[int, np.ndarray]]:
+    """One window of a record whose reference beats are `beats`, starting at sample `start`."""
+    b = beats[(beats >= start) & (beats < start + T)] - start
+    w = SimpleNamespace(record=np.zeros(1, int), start=np.array([start]), annotated=[True], beat_pos=b,
+                        beat_ptr=np.array([0, len(b)]), signals=np.zeros((1, T, 2)))
+    return w, {0: beats.astype(float)}
+
+
+def test_a_history_as_long_as_the_context_is_the_windows_own_beats():
+    rng = np.random.default_rng(0)
+    w, beats = record_window(np.cumsum(rng.uniform(80, 140, 60)).round(), 2000)
+    ctx, ref = R.history_beats(w, beats, C, C / FS, FS)(0)
+    own = R.annotated_beats(w, 0, C)
+    np.testing.assert_allclose(ctx, own[0])
+    np.testing.assert_allclose(ref, own[1])
+
+
+def test_a_longer_history_sees_the_rhythm_a_slow_spell_hides():
+    """RR 100 for a minute but mostly 120 within the 3 s context, 100 again from its last beat on: the
+    context's median misses every beat, the minute's median hits them all."""
+    start, now, t = 6000, 6000 + C, [0]
+    while t[-1] < now + T:
+        t.append(t[-1] + (120 if now - C - 240 <= t[-1] < now - 110 else 100))
+    w, beats = record_window(np.array(t), start)
+    rr = np.diff(beats[0][(beats[0] >= now - C) & (beats[0] < now)])
+    assert np.median(rr) == 120 and rr[-1] == 100
+    short = R.oracle_f1(w, C, FS, R.RULES["median"], beats_of=R.history_beats(w, beats, C, 3, FS))
+    long = R.oracle_f1(w, C, FS, R.RULES["median"], beats_of=R.history_beats(w, beats, C, 60, FS))
+    assert long == 1.0 and short < 0.5
+    assert R.first_beat_error(w, C, R.history_beats(w, beats, C, 60, FS), FS) == {"median_ms": 0.0, "within_20ms": 1.0}
