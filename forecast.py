@@ -345,10 +345,10 @@ def main() -> None:
     t_load = time.time() - t0                       # start-up: torch, the checkpoint
     res = forecast_record(fc, args.record, args.start, args.horizon, args.samples, args.seed)
     out = Path(args.out) if args.out else paths.new_run_dir("forecast")
-    stem = save_forecast(res, args, path, out)
+    truth, gap = truth_cover(res)
+    stem = save_forecast(res, args, path, out, (truth, gap))
     print(f"forecast of {args.record} from {args.start:g} s: {args.samples} samples x {res['samples'].shape[1]} "
           f"samples x 2 leads at {res['fs']} Hz in {time.time() - t0:.1f} s ({t_load:.1f} s of it loading the model)")
-    truth, gap = truth_cover(res)
     if gap or truth < res["samples"].shape[1]:
         print(f"note: the truth plotted covers {(truth - gap) / res['fs']:g} s of the {res['samples'].shape[1] / res['fs']:g} s "
               f"forecast (the record's end or a gap)")
@@ -360,14 +360,15 @@ def truth_cover(res: dict) -> tuple[int, int]:
     return len(res["truth"]), int((~np.isfinite(res["truth"])).any(1).sum())
 
 
-def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Path) -> str:
-    """Write the samples (.npy), their plot (.png) and what was asked (.json) into `out`; returns their file stem."""
+def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Path, cover: tuple[int, int]) -> str:
+    """Write the samples (.npy), their plot (.png) and what was asked (.json) into `out`; returns their file stem.
+    `cover` is the result's truth_cover."""
     from prepare_mitbih import record_path          # loaded by now, with the record
     record = record_path(args.record).name          # 100 also for 100.hea or 100.dat
     stem = f"{record}_{args.start:g}s"
     paths.atomic_save_npy(res["samples"], out / f"{stem}_samples.npy")
     plot_record(res, record, args, out / f"{stem}.png")
-    truth, gap = truth_cover(res)
+    truth, gap = cover
     paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "leads": res["leads"],
                              "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
                              "truth_samples": truth, "truth_gap_samples": gap,
