@@ -361,10 +361,11 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
     scores = {name: Scores({}, {}, np.full(len(w.signals), np.nan), getattr(f, "deterministic", True))
               for name, f in forecasters.items()}
     truth_sums: dict[str, np.ndarray] = {}
+    edges = M.segment_edges(w.signals.shape[1] - context, fs)     # horizon segments, the same for every chunk
     chunks = _chunks(w)
     bar = tqdm(total=len(np.unique(w.record)), desc="records", unit="rec", disable=not progress)
     for ci, (r, idx) in enumerate(chunks):
-        score_chunk(forecasters, w, r, idx, context, fs, num_samples, seed, scores, truth_sums)
+        score_chunk(forecasters, w, r, idx, context, fs, edges, num_samples, seed, scores, truth_sums)
         if ci + 1 == len(chunks) or chunks[ci + 1][0] != r:
             bar.update(1)
     bar.close()
@@ -372,12 +373,12 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
 
 
 def score_chunk(forecasters: dict[str, ForecasterBase], w: Windows, r: int, idx: np.ndarray, context: int, fs: int,
-                num_samples: int, seed: int, scores: dict[str, Scores], truth_sums: dict[str, np.ndarray]) -> None:
+                edges: np.ndarray, num_samples: int, seed: int, scores: dict[str, Scores],
+                truth_sums: dict[str, np.ndarray]) -> None:
     """Add windows idx, all of record r, to the detector's sums on the true horizons and to every forecaster's
-    Scores."""
+    Scores, summed per horizon segment (`edges`, metrics.segment_edges)."""
     x = np.asarray(w.signals[idx], np.float32)
     ctx, truth = x[:, :context], x[:, context:]
-    edges = M.segment_edges(truth.shape[1], fs)
     rows, pos = _beats(w, idx)
     annotated = np.full(len(idx), bool(w.annotated[r]))
     detected = M.rhythm_sums(ctx[..., 0], truth[..., 0], rows, pos, fs, edges, annotated)
