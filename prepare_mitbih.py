@@ -558,6 +558,7 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     """Prepare every split and return the metadata written to meta.json. Every bad record is named at once;
     with `skip_bad` they are left out instead. With `allow_gaps`, NaN/invalid samples are gaps no window
     touches."""
+    commit = paths.git_commit()     # the code that runs, whatever the tree holds when meta.json is written
     d = cfg.data
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     available = find_records(data_dir, download)
@@ -569,7 +570,7 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     split = training_split(list(loaded), d, available, data_dir)
     warn_held_out(split, loaded, d, data_dir)
     tensors = {s: cut_windows([loaded[r] for r in rs], d, overlap=(s == "train")) for s, rs in split.items()}
-    meta = prepared_meta(d, data_dir, loaded, annotator, split, tensors)
+    meta = prepared_meta(d, data_dir, loaded, annotator, split, tensors, commit)
     save_prepared(tensors, meta, out_dir)
     return meta
 
@@ -617,11 +618,12 @@ def train_scale(train: dict, d: DataConfig) -> list[float]:
 
 
 def prepared_meta(d: DataConfig, data_dir: Path, loaded: dict[str, Record], annotator: str,
-                  split: dict[str, list[str]], tensors: dict[str, dict]) -> dict:
-    """meta.json: what was read and how, so a result can name the exact data it saw."""
+                  split: dict[str, list[str]], tensors: dict[str, dict], commit: str) -> dict:
+    """meta.json: what was read and how, so a result can name the exact data it saw; `commit` is the code's at
+    the run's start."""
     return {
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "git_commit": paths.git_commit(),
+        "git_commit": commit,
         "data_dir": str(data_dir),
         "input_hash": hash_inputs(data_dir, list(loaded), annotator),
         "annotator": annotator,

@@ -86,6 +86,21 @@ def run_script(main, script: str, args: list[str]) -> subprocess.CompletedProces
     return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 
+def edit_tree_after(monkeypatch, module, name: str) -> None:
+    """paths.git_commit says "at-start" until `module.name` has run and "at-end" after it, as when the tree is
+    edited during a long run: a run that stamps its commit late names "at-end", code that never ran."""
+    import paths
+
+    tree, step = {"commit": "at-start"}, getattr(module, name)
+
+    def then_edited(*args, **kwargs):
+        out = step(*args, **kwargs)
+        tree["commit"] = "at-end"
+        return out
+    monkeypatch.setattr(paths, "git_commit", lambda: tree["commit"])
+    monkeypatch.setattr(module, name, then_edited)
+
+
 def write_record(folder: Path, name: str, seconds: float = 60.0, fs: float = 360.0, seed: int = 0,
                  leads: tuple[str, str] = ("MLII", "V1"), annotate: bool = True) -> Path:
     """Write a synthetic two-lead WFDB record (with beat annotations) and return its path stem."""

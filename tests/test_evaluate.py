@@ -16,7 +16,7 @@ import torch
 
 import evaluate
 import metrics as M
-from conftest import ROOT, spike_train, synthetic_ecg, write_record, write_signal
+from conftest import ROOT, edit_tree_after, spike_train, synthetic_ecg, write_record, write_signal
 from hyper_params import load_config
 from paths import UserError
 from prepare_mitbih import cut_windows, prepare, read_record
@@ -373,14 +373,7 @@ def test_report_header_counts_the_records_scored_not_the_records_listed():
 def test_report_names_the_commit_the_run_started_at(tmp_path, monkeypatch):
     """A long evaluation outlives edits to the tree: its header names the code that ran, not the code at its end."""
     write_record(tmp_path / "db", "r", seconds=12, seed=0)
-    tree, scoring = {"commit": "at-start"}, evaluate.evaluate
-
-    def edited_while_scoring(*args, **kwargs):
-        out = scoring(*args, **kwargs)
-        tree["commit"] = "at-end"
-        return out
-    monkeypatch.setattr(evaluate.paths, "git_commit", lambda: tree["commit"])
-    monkeypatch.setattr(evaluate, "evaluate", edited_while_scoring)
+    edit_tree_after(monkeypatch, evaluate, "evaluate")
     _, result = _run(["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), "--max-windows-per-record", "1",
                       "--results", str(tmp_path / "results")])
     assert result["header"]["git commit"] == "at-start"

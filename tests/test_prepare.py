@@ -17,7 +17,7 @@ import wfdb
 
 import paths
 import prepare_mitbih as pm
-from conftest import ROOT, run_script, synthetic_ecg, write_record, write_signal
+from conftest import ROOT, edit_tree_after, run_script, synthetic_ecg, write_record, write_signal
 from hyper_params import config_from_dict, data_hash
 from paths import UserError
 
@@ -288,6 +288,16 @@ def test_meta_json(prepared):
     np.testing.assert_allclose(meta["scale_mv"], train.std(dim=(0, 1)).numpy(), rtol=1e-6)
     assert all(0.05 < s < 2.0 for s in meta["scale_mv"])
     assert set(meta["records"]) == {f"10{i}" for i in range(6)}
+
+
+def test_meta_names_the_commit_the_run_started_at(synthetic_db, tmp_path, monkeypatch):
+    """Reading a database takes minutes and the tree may change meanwhile: meta.json names the code that ran,
+    not the code at its end."""
+    edit_tree_after(monkeypatch, pm, "load_records")
+    meta = pm.prepare(make_cfg(test_records=["100"], validation_records=["101"]), synthetic_db, tmp_path / "out",
+                      download=False)
+    assert meta["git_commit"] == "at-start"
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["git_commit"] == "at-start"
 
 
 def test_input_hash_follows_the_bytes(prepared, tmp_path):
