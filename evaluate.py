@@ -403,15 +403,31 @@ def summarize(scores: dict[str, Scores], truth_sums: dict, w: Windows, fs: int, 
     per_record = {}
     for name, s in scores.items():
         per_rec = per_record[name] = M.record_metrics({key: v[used] for key, v in s.sums.items()})
-        table = {}
-        for metric, values in per_rec.items():
-            mean, lo, hi = M.bootstrap_ci(values, n_boot, seed)
-            n_rec = np.sum(np.isfinite(values), axis=0)
-            table[metric] = [{"value": _num(mean[j]), "ci": [_num(lo[j]), _num(hi[j])], "records": int(n_rec[j])}
-                             for j in range(len(labels))]
-        out["forecasters"][name] = {"deterministic": s.deterministic, "metrics": table}
+        out["forecasters"][name] = {"deterministic": s.deterministic,
+                                    "metrics": metric_table(per_rec, len(labels), n_boot, seed)}
         out["per_record"][name] = {metric: {w.records[i]: _num(v[j, -1]) for j, i in enumerate(used)}
                                    for metric, v in per_rec.items()}
+    out["detector"] = detector_check(truth_sums, w, used, n_boot, seed)
+    out["paired"] = paired_with_best_baseline(per_record, out["forecasters"], baselines, labels, n_boot, seed)
+    out["paired_models"] = paired_between_models(per_record, out["forecasters"], baselines, labels, n_boot, seed)
+    return out
+
+
+def metric_table(per_rec: dict[str, np.ndarray], horizons: int, n_boot: int, seed: int) -> dict[str, list[dict]]:
+    """Each metric's mean over records per horizon segment, with its bootstrap interval and how many records
+    define it."""
+    table = {}
+    for metric, values in per_rec.items():
+        mean, lo, hi = M.bootstrap_ci(values, n_boot, seed)
+        n_rec = np.sum(np.isfinite(values), axis=0)
+        table[metric] = [{"value": _num(mean[j]), "ci": [_num(lo[j]), _num(hi[j])], "records": int(n_rec[j])}
+                         for j in range(horizons)]
+    return table
+
+
+def detector_check(truth_sums: dict, w: Windows, used: np.ndarray, n_boot: int, seed: int) -> dict:
+    """The R-peak detector on the true horizons of the `used` records: its sensitivity and positive
+    predictivity per tolerance (pooled), its timing and heart-rate errors (mean over records)."""
     det = {}
     for tol in M.TOLERANCES_MS:
         tp, fp, fn = (float(truth_sums[f"{key}{tol}"][used, -1].sum()) for key in ("tp", "fp", "fn"))
@@ -423,10 +439,7 @@ def summarize(scores: dict[str, Scores], truth_sums: dict, w: Windows, fs: int, 
         mean, lo, hi = M.bootstrap_ci(truth_metrics[metric][:, -1], n_boot, seed)
         det[metric] = {"value": _num(mean), "ci": [_num(lo), _num(hi)]}
     det["annotated_records"] = int(np.sum(w.annotated[used]))
-    out["detector"] = det
-    out["paired"] = paired_with_best_baseline(per_record, out["forecasters"], baselines, labels, n_boot, seed)
-    out["paired_models"] = paired_between_models(per_record, out["forecasters"], baselines, labels, n_boot, seed)
-    return out
+    return det
 
 
 def paired_scores(horizons: int) -> list[tuple[str, int]]:
@@ -714,38 +727,52 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    per_rec = {r: np.nanmean(s.window_mse[w.record == r]) for r in np.unique(w.record)}
-    order = sorted(per_rec, key=per_rec.get)
-    picks = [("best", order[0]), ("median", order[len(order) // 2]), ("worst", order[-1])]
+    picks = gallery_picks(s, w)
     fig, axes = plt.subplots(len(picks), 2, figsize=(13, 3.0 * len(picks)), squeeze=False)
     t = (np.arange(w.signals.shape[1]) - context) / fs
-    for row, (label, r) in enumerate(picks):
-        idx = np.flatnonzero(w.record == r)
-        mse = s.window_mse[idx]
-        i = int(idx[np.argsort(mse)[len(mse) // 2]])
+    for row, (label, r, i) in enumerate(picks):
         samples = predict_windows(f, name, w, np.array([i]), context, num_samples, seed)[0]
         truth = np.asarray(w.signals[i], np.float32)
         for lead in range(2):
-            ax = axes[row, lead]
-            ax.plot(t[:context], truth[:context, lead], color="0.45", lw=0.9, label="context")
-            ax.plot(t[context:], truth[context:, lead], color="k", lw=0.9, label="truth")
-            if samples.shape[0] > 1:
-                lo, hi = np.quantile(samples[:, :, lead], [0.1, 0.9], axis=0)
-                ax.fill_between(t[context:], lo, hi, color="C0", alpha=0.25, lw=0, label="80 % band")
-                ax.plot(t[context:], samples[0, :, lead], color="C0", lw=0.7, alpha=0.8, label="one sample")
-            ax.plot(t[context:], samples[:, :, lead].mean(0), color="C3", lw=1.0,
-                    label="forecast (mean)" if samples.shape[0] > 1 else "forecast")
-            ax.axvline(0, color="0.6", lw=0.8, ls="--")
-            ax.set(xlabel="time from forecast start (s)", ylabel="mV")
             lead_name = w.leads[r][lead] if lead < len(w.leads[r]) else f"lead {lead + 1}"
-            ax.set_title(f"{label}: record {w.records[r]} {lead_name}, window at {w.start[i] / fs:.0f} s, "
-                         f"MSE {s.window_mse[i]:.3g} mV²", fontsize=9)
-            ax.grid(alpha=0.3)
+            plot_lead(axes[row, lead], t, context, truth[:, lead], samples[:, :, lead],
+                      f"{label}: record {w.records[r]} {lead_name}, window at {w.start[i] / fs:.0f} s, "
+                      f"MSE {s.window_mse[i]:.3g} mV²")
     axes[0, 0].legend(fontsize=7, loc="upper left")
     fig.suptitle(f"{name}: forecast examples", fontsize=11)
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.07, top=0.92, hspace=0.55, wspace=0.12)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def gallery_picks(s: Scores, w: Windows) -> list[tuple[str, int, int]]:
+    """(label, record, window) of the best, median and worst record by mean window MSE: from each, the window
+    with the record's median MSE."""
+    per_rec = {r: np.nanmean(s.window_mse[w.record == r]) for r in np.unique(w.record)}
+    order = sorted(per_rec, key=per_rec.get)
+    picks = []
+    for label, r in [("best", order[0]), ("median", order[len(order) // 2]), ("worst", order[-1])]:
+        idx = np.flatnonzero(w.record == r)
+        mse = s.window_mse[idx]
+        picks.append((label, r, int(idx[np.argsort(mse)[len(mse) // 2]])))
+    return picks
+
+
+def plot_lead(ax, t: np.ndarray, context: int, truth: np.ndarray, samples: np.ndarray, title: str) -> None:
+    """One lead of a window on the matplotlib Axes `ax`: context and truth [T], and the forecast samples [S, H]
+    (their 80 % band, one of them and their mean when sampled)."""
+    ax.plot(t[:context], truth[:context], color="0.45", lw=0.9, label="context")
+    ax.plot(t[context:], truth[context:], color="k", lw=0.9, label="truth")
+    if samples.shape[0] > 1:
+        lo, hi = np.quantile(samples, [0.1, 0.9], axis=0)
+        ax.fill_between(t[context:], lo, hi, color="C0", alpha=0.25, lw=0, label="80 % band")
+        ax.plot(t[context:], samples[0], color="C0", lw=0.7, alpha=0.8, label="one sample")
+    ax.plot(t[context:], samples.mean(0), color="C3", lw=1.0,
+            label="forecast (mean)" if samples.shape[0] > 1 else "forecast")
+    ax.axvline(0, color="0.6", lw=0.8, ls="--")
+    ax.set(xlabel="time from forecast start (s)", ylabel="mV")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
 
 
 # ----------------------------------------------------------------------------- main
