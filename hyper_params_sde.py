@@ -41,6 +41,30 @@ class SDEModelConfig:
     hold_band: bool = False       # (needs draft_beats) a forecast path's departure from its draft is high-passed
                                   # at the data's lower band edge (drafts.hold_to_band): no slow wander
 
+    def validate(self) -> None:
+        """Sizes, and the combinations of phase, template, drafts and hold_band that make one model."""
+        for key in ("state_size", "context_size", "encoder_hidden", "hidden_size", "emission_hidden",
+                    "diffusion_hidden"):
+            _check(getattr(self, key) >= 1, f"model.{key}", getattr(self, key), "must be >= 1")
+        _check(self.phase_harmonics >= 0, "model.phase_harmonics", self.phase_harmonics, "must be >= 0")
+        _check(self.phase_harmonics == 0 or self.state_size >= 3, "model.state_size", self.state_size,
+               "must be >= 3 with a phase (model.phase_harmonics > 0): phase, rate and at least one more")
+        _check(self.phase_harmonics == 0 or self.corrected_dims == 0 or self.corrected_dims >= 2,
+               "model.corrected_dims", self.corrected_dims,
+               "must be 0 or >= 2 with a phase (the posterior steers phase and rate)")
+        _check(0 <= self.corrected_dims <= self.state_size, "model.corrected_dims", self.corrected_dims,
+               f"must be in [0, model.state_size={self.state_size}]")
+        _check(not self.phase_template or self.phase_harmonics > 0, "model.phase_template", self.phase_template,
+               "needs a beat phase (model.phase_harmonics > 0)")
+        _check(not (self.draft_beats and self.phase_template), "model.draft_beats", self.draft_beats,
+               "and model.phase_template are two ways to render the patient's beat: choose one")
+        _check(0 <= self.draft_spread < 1, "model.draft_spread", self.draft_spread, "must be in [0, 1)")
+        _check(self.draft_noise >= 0, "model.draft_noise", self.draft_noise, "must be >= 0")
+        _check(not self.hold_band or self.draft_beats, "model.hold_band", self.hold_band,
+               "needs model.draft_beats (the departure it holds is from the draft)")
+        _check(self.min_rate_hz > 0, "model.min_rate_hz", self.min_rate_hz, "must be > 0")
+        _check(self.min_obs_std > 0, "model.min_obs_std", self.min_obs_std, "must be > 0")
+
 
 @dataclass
 class SolverConfig:
@@ -54,6 +78,17 @@ class SolverConfig:
     adjoint: bool = False         # sdeint_adjoint: memory O(1) in the steps, slower, and at dt = 1/16 its
                                   # gradients are far from backprop's; not needed at 96 steps
 
+    def validate(self) -> None:
+        _check(self.method in METHODS, "solver.method", self.method, f"must be one of {', '.join(METHODS)}")
+        _check(self.noise_type in NOISE_TYPES, "solver.noise_type", self.noise_type,
+               f"must be one of {', '.join(NOISE_TYPES)}")
+        _check(0 < self.dt <= 1, "solver.dt", self.dt, "must be in (0, 1] seconds")
+        _check(0 < self.rate_diffusion_scale <= 1, "solver.rate_diffusion_scale", self.rate_diffusion_scale,
+               "must be in (0, 1]")
+        _check(self.min_diffusion > 0, "solver.min_diffusion", self.min_diffusion, "must be > 0")
+        _check(self.max_diffusion > self.min_diffusion, "solver.max_diffusion", self.max_diffusion,
+               f"must be > solver.min_diffusion={self.min_diffusion}")
+
 
 @dataclass
 class LossConfig:
@@ -63,6 +98,14 @@ class LossConfig:
     phase_hint: float = 1.0       # curriculum (needs a phase): pull the posterior phase toward the beat
     phase_hint_steps: int = 1000  # phase of the annotated beats with this weight, falling linearly to 0
                                   # over these steps; only so the emission learns to read the phase
+
+    def validate(self) -> None:
+        _check(self.kl_weight >= 0, "loss.kl_weight", self.kl_weight, "must be >= 0")
+        _check(0 <= self.kl_start <= self.kl_weight, "loss.kl_start", self.kl_start,
+               f"must be in [0, loss.kl_weight={self.kl_weight}]")
+        _check(self.phase_hint >= 0, "loss.phase_hint", self.phase_hint, "must be >= 0")
+        _check(self.phase_hint_steps >= 0, "loss.phase_hint_steps", self.phase_hint_steps, "must be >= 0")
+        _check(self.kl_anneal_steps >= 0, "loss.kl_anneal_steps", self.kl_anneal_steps, "must be >= 0")
 
 
 @dataclass
@@ -75,6 +118,13 @@ class CRPSConfig:
     steps_per_epoch: int = 100    # 3 epochs of 100 steps of 32 windows: 9 min on one thread, validation included
     batch_size: int = 32
     learning_rate: float = 3e-4
+
+    def validate(self) -> None:
+        _check(self.samples >= 2, "crps.samples", self.samples,
+               "must be >= 2 (the CRPS's spread term needs two paths)")
+        for key in ("epochs", "steps_per_epoch", "batch_size"):
+            _check(getattr(self, key) >= 1, f"crps.{key}", getattr(self, key), "must be >= 1")
+        _check(self.learning_rate > 0, "crps.learning_rate", self.learning_rate, "must be > 0")
 
 
 @dataclass
@@ -90,51 +140,10 @@ class SDEConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        m, s, lo, t = self.model, self.solver, self.loss, self.train
-        for key in ("state_size", "context_size", "encoder_hidden", "hidden_size", "emission_hidden",
-                    "diffusion_hidden"):
-            _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
-        _check(m.phase_harmonics >= 0, "model.phase_harmonics", m.phase_harmonics, "must be >= 0")
-        _check(m.phase_harmonics == 0 or m.state_size >= 3, "model.state_size", m.state_size,
-               "must be >= 3 with a phase (model.phase_harmonics > 0): phase, rate and at least one more")
-        _check(m.phase_harmonics == 0 or m.corrected_dims == 0 or m.corrected_dims >= 2, "model.corrected_dims",
-               m.corrected_dims, "must be 0 or >= 2 with a phase (the posterior steers phase and rate)")
-        _check(0 <= m.corrected_dims <= m.state_size, "model.corrected_dims", m.corrected_dims,
-               f"must be in [0, model.state_size={m.state_size}]")
-        _check(not m.phase_template or m.phase_harmonics > 0, "model.phase_template", m.phase_template,
-               "needs a beat phase (model.phase_harmonics > 0)")
-        _check(not (m.draft_beats and m.phase_template), "model.draft_beats", m.draft_beats,
-               "and model.phase_template are two ways to render the patient's beat: choose one")
-        _check(0 <= m.draft_spread < 1, "model.draft_spread", m.draft_spread, "must be in [0, 1)")
-        _check(m.draft_noise >= 0, "model.draft_noise", m.draft_noise, "must be >= 0")
-        _check(not m.hold_band or m.draft_beats, "model.hold_band", m.hold_band,
-               "needs model.draft_beats (the departure it holds is from the draft)")
-        _check(m.min_rate_hz > 0, "model.min_rate_hz", m.min_rate_hz, "must be > 0")
-        _check(m.min_obs_std > 0, "model.min_obs_std", m.min_obs_std, "must be > 0")
-        _check(s.method in METHODS, "solver.method", s.method, f"must be one of {', '.join(METHODS)}")
-        _check(s.noise_type in NOISE_TYPES, "solver.noise_type", s.noise_type,
-               f"must be one of {', '.join(NOISE_TYPES)}")
-        _check(0 < s.dt <= 1, "solver.dt", s.dt, "must be in (0, 1] seconds")
-        _check(0 < s.rate_diffusion_scale <= 1, "solver.rate_diffusion_scale", s.rate_diffusion_scale,
-               "must be in (0, 1]")
-        _check(s.min_diffusion > 0, "solver.min_diffusion", s.min_diffusion, "must be > 0")
-        _check(s.max_diffusion > s.min_diffusion, "solver.max_diffusion", s.max_diffusion,
-               f"must be > solver.min_diffusion={s.min_diffusion}")
-        _check(lo.kl_weight >= 0, "loss.kl_weight", lo.kl_weight, "must be >= 0")
-        _check(0 <= lo.kl_start <= lo.kl_weight, "loss.kl_start", lo.kl_start,
-               f"must be in [0, loss.kl_weight={lo.kl_weight}]")
-        _check(lo.phase_hint >= 0, "loss.phase_hint", lo.phase_hint, "must be >= 0")
-        _check(lo.phase_hint_steps >= 0, "loss.phase_hint_steps", lo.phase_hint_steps, "must be >= 0")
-        _check(lo.kl_anneal_steps >= 0, "loss.kl_anneal_steps", lo.kl_anneal_steps, "must be >= 0")
-        c = self.crps
-        _check(c.samples >= 2, "crps.samples", c.samples, "must be >= 2 (the CRPS's spread term needs two paths)")
-        for key in ("epochs", "steps_per_epoch", "batch_size"):
-            _check(getattr(c, key) >= 1, f"crps.{key}", getattr(c, key), "must be >= 1")
-        _check(c.learning_rate > 0, "crps.learning_rate", c.learning_rate, "must be > 0")
-        self.augment.validate()
-        t.validate()
-        _check(not t.amp, "train.amp", t.amp, "is not for the latent SDE: it solves in float32 (its path KL divides "
-               "drift differences by a diffusion as small as model.min_diffusion)")
+        for section in (self.model, self.solver, self.loss, self.crps, self.augment, self.train):
+            section.validate()
+        _check(not self.train.amp, "train.amp", self.train.amp, "is not for the latent SDE: it solves in float32 (its "
+               "path KL divides drift differences by a diffusion as small as model.min_diffusion)")
 
 
 def sde_config_from_dict(raw: dict, source: str = "config") -> SDEConfig:
