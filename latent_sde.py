@@ -47,7 +47,7 @@ import torchsde
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, hold_matrix, hold_to_band
 from forecast import ForecasterBase, one_by_one, warn_short_context
 from hyper_params import Config
-from hyper_params_sde import SDEConfig, sde_config_from_dict
+from hyper_params_sde import SDEConfig, SDEModelConfig, sde_config_from_dict
 from vqvae import VQVAE, vqvae_from
 
 
@@ -124,16 +124,25 @@ class LatentSDE(nn.Module):
         self.emission = mlp(feat + self.drafted, m.emission_hidden, obs_size)
         self.obs_logstd = nn.Parameter(torch.zeros(obs_size))
         if self.phase:
-            self.rate_offset = math.log(math.expm1(max(1.2 - m.min_rate_hz, 0.05)))   # z[1] = 0 is 72 bpm
-            self.beat_head = nn.Linear(m.context_size, 2)     # per frame: (cos, sin) of the phase psi
-            self.lock = nn.Parameter(torch.zeros(2))           # loop gains, (0, 1 / dt) per second
-            with torch.no_grad():    # the MLP's share of the phase drift starts small; phase prior wide
-                self.prior[-1].weight[0].mul_(0.1)
-                self.pz0_logstd[0] = math.log(2.0)
+            self._add_phase_loop(m)
         self.template = self.phase and m.phase_template
         if self.template:
             self.template_kappa = nn.Parameter(torch.tensor(math.log(8.0)))   # sharpness of the phase match
             self.template_gain = nn.Parameter(torch.full((obs_size,), 0.5))
+        self._add_state(obs_size)
+
+    def _add_phase_loop(self, m: SDEModelConfig) -> None:
+        """The beat phase's rate offset, the GRU's phase readout and the loop gains that lock z[0], z[1] to it."""
+        self.rate_offset = math.log(math.expm1(max(1.2 - m.min_rate_hz, 0.05)))   # z[1] = 0 is 72 bpm
+        self.beat_head = nn.Linear(m.context_size, 2)     # per frame: (cos, sin) of the phase psi
+        self.lock = nn.Parameter(torch.zeros(2))           # loop gains, (0, 1 / dt) per second
+        with torch.no_grad():    # the MLP's share of the phase drift starts small; phase prior wide
+            self.prior[-1].weight[0].mul_(0.1)
+            self.pz0_logstd[0] = math.log(2.0)
+
+    def _add_state(self, obs_size: int) -> None:
+        """What is not learned: the frames' standardisation, the optimiser step count, and the tensors of the
+        batch being solved (set by encode, set_draft and h)."""
         # Frames are modelled standardised per dimension (statistics of the training patients).
         self.register_buffer("obs_mean", torch.zeros(obs_size))
         self.register_buffer("obs_std", torch.ones(obs_size))
