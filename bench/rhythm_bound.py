@@ -168,24 +168,50 @@ def learned_rule(train, context: int, fs: int, seed: int = 0, history: int = 6, 
     median, as a class over log-ratio bins, from the last `history` log ratios. It predicts the
     interval whose ±100 ms neighbourhood holds the most probability (the per-path F1 optimum) and
     continues from its own predictions."""
-    import torch
-
     edges = np.linspace(-0.8, 0.8, bins)
+    x, y = rr_examples(train, context, edges, history)
+    probabilities = fit_rr_classifier(x, y, 2 * history + 1, bins, seed)
+    tol = TOL_MS / 1000 * fs
 
-    def features(rr: np.ndarray) -> np.ndarray:
-        r = np.log(rr[-history:] / np.median(rr))
-        f = np.zeros(2 * history + 1, np.float32)
-        f[history - len(r):history], f[2 * history - len(r):2 * history], f[-1] = r, 1, np.log(np.median(rr))
-        return f
+    def rule(rr: np.ndarray, n: int) -> np.ndarray:
+        rr = list(rr)
+        for _ in range(n):
+            p = probabilities(rr_features(np.array(rr), history))
+            cand = np.median(rr) * np.exp(edges)
+            rr.append(cand[np.argmax([p[np.abs(cand - c) <= tol].sum() for c in cand])])
+        return np.array(rr[-n:])
+    return rule
 
+
+def rr_features(rr: np.ndarray, history: int) -> np.ndarray:
+    """Log ratios of the last `history` RR intervals to their median (zero-padded in front when fewer), a mask
+    of those present, and the log median RR."""
+    r = np.log(rr[-history:] / np.median(rr))
+    f = np.zeros(2 * history + 1, np.float32)
+    f[history - len(r):history], f[2 * history - len(r):2 * history], f[-1] = r, 1, np.log(np.median(rr))
+    return f
+
+
+def rr_examples(train, context: int, edges: np.ndarray, history: int) -> tuple[list[np.ndarray], list[int]]:
+    """Every RR interval after a window's first one: the rr_features of those before it, and the log-ratio bin
+    (`edges`) it falls in."""
     x, y = [], []
     for i in range(len(train.record)):
         rr = np.diff(np.concatenate(annotated_beats(train, i, context)))
         for j in range(1, len(rr)):
-            x.append(features(rr[:j]))
+            x.append(rr_features(rr[:j], history))
             y.append(np.abs(np.log(rr[j] / np.median(rr[:j])) - edges).argmin())
+    return x, y
+
+
+def fit_rr_classifier(x: list[np.ndarray], y: list[int], inputs: int, bins: int, seed: int
+                      ) -> Callable[[np.ndarray], np.ndarray]:
+    """An MLP from `inputs` features to `bins` classes, trained by cross-entropy on the examples (30 epochs);
+    returns features -> class probabilities."""
+    import torch
+
     torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Linear(2 * history + 1, 64), torch.nn.GELU(), torch.nn.Linear(64, 64),
+    net = torch.nn.Sequential(torch.nn.Linear(inputs, 64), torch.nn.GELU(), torch.nn.Linear(64, 64),
                               torch.nn.GELU(), torch.nn.Linear(64, bins))
     opt = torch.optim.AdamW(net.parameters(), 3e-3, weight_decay=1e-3)
     xt, yt = torch.tensor(np.array(x)), torch.tensor(y)
@@ -195,17 +221,11 @@ def learned_rule(train, context: int, fs: int, seed: int = 0, history: int = 6, 
             opt.zero_grad()
             loss.backward()
             opt.step()
-    tol = TOL_MS / 1000 * fs
 
-    def rule(rr: np.ndarray, n: int) -> np.ndarray:
-        rr = list(rr)
-        for _ in range(n):
-            with torch.no_grad():
-                p = torch.softmax(net(torch.from_numpy(features(np.array(rr)))), -1).numpy()
-            cand = np.median(rr) * np.exp(edges)
-            rr.append(cand[np.argmax([p[np.abs(cand - c) <= tol].sum() for c in cand])])
-        return np.array(rr[-n:])
-    return rule
+    def probabilities(features: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.softmax(net(torch.from_numpy(features)), -1).numpy()
+    return probabilities
 
 
 def next_beat_error(w, context: int, fs: int) -> dict[str, dict[str, float]]:
