@@ -10,6 +10,7 @@ sequences. The checkpoint holds the VQ-VAE too, so forecast.py needs only this o
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,41 @@ def step_fn(model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
     return loss, {"accuracy": acc.detach()}
 
 
+def code_datasets(vq: VQVAE, cfg, tcfg, train: dict, val: dict, args, rt) -> tuple[TensorDataset, TensorDataset, int]:
+    """The Transformer's training and validation sets: the frozen VQ-VAE's codes of the prepared windows
+    (cached; augmented copies appended to training), with their drafts for a drafting model. Also
+    returns the code sequences' length, the model's block size."""
+    chunk, fs, arch = cfg.data.window_samples, int(train["fs"]), tcfg.model
+    kind = "beat_drafted" if arch.draft_beats else "drafted" if arch.draft else "codes"
+    encode = ((lambda x: encode_drafted(vq, x, chunk, fs, arch.draft_beats)) if arch.draft
+              else (lambda x: encode_split(vq, x, chunk)))
+    train_codes, val_codes, augmented = frozen_encodings(kind, vq, encode, train, val, f"{chunk}:steps", tcfg.augment,
+                                                         cfg.data, tcfg.train.seed, args.prepared, rt)
+    if augmented:
+        train_codes = torch.cat([train_codes, augmented[1]])
+    q = cfg.model.num_quantizers
+    train_set, val_set = (TensorDataset(*(c.split(q, -1) if arch.draft else (c,))) for c in (train_codes, val_codes))
+    return train_set, val_set, int(train_codes.shape[1])
+
+
+def forecast_plotter(vq: VQVAE, cfg, tcfg, val: dict, run_dir, device: torch.device) -> Callable:
+    """The trainer's epoch_end: sampled forecasts of fixed validation windows against their truth, a PNG
+    per epoch, so a run shows what it forecasts while it learns."""
+    fixed = fixed_windows(val, tcfg.train.plot_windows).numpy()
+    ctx_len, fs = cfg.data.window_samples, int(val["fs"])
+
+    def epoch_end(m: CodeGPT, epoch: int, is_main: bool) -> dict:
+        if is_main and len(fixed):
+            # on the run's device: a Forecaster moves the model it is given, and m is the one being trained
+            fc = Forecaster(vq, m, cfg, tcfg.sample, device, draft_beats=tcfg.model.draft_beats)
+            samples = fc.predict(fixed[:, :ctx_len], fixed.shape[1] - ctx_len, num_samples=20, seed=0)
+            plot_forecasts(fixed, samples, fs, ctx_len, run_dir / f"forecast_epoch_{epoch:03d}.png",
+                           f"epoch {epoch}: validation forecasts (20 samples)")
+            m.train()
+        return {}
+    return epoch_end
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = run_parser(__doc__, "Transformer config JSON (default: config_transformer.json)")
     p.add_argument("--augment-copies", type=int, help="override augment.copies (0: none, for quick runs)")
@@ -81,39 +117,18 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"VQ-VAE: {vqvae_choice(args, vq_path)}")
     seed_everything(tcfg.train.seed)
     train, val = (load_split(split, cfg, args.prepared, any_records=True) for split in ("train", "validation"))
-    chunk, fs, arch = cfg.data.window_samples, int(train["fs"]), tcfg.model
-    kind = "beat_drafted" if arch.draft_beats else "drafted" if arch.draft else "codes"
-    encode = ((lambda x: encode_drafted(vq, x, chunk, fs, arch.draft_beats)) if arch.draft
-              else (lambda x: encode_split(vq, x, chunk)))
-    train_codes, val_codes, augmented = frozen_encodings(kind, vq, encode, train, val, f"{chunk}:steps", tcfg.augment,
-                                                         cfg.data, tcfg.train.seed, args.prepared, rt)
-    if augmented:
-        train_codes = torch.cat([train_codes, augmented[1]])
-    q = cfg.model.num_quantizers
-    train_set, val_set = (TensorDataset(*(c.split(q, -1) if arch.draft else (c,))) for c in (train_codes, val_codes))
-    model = CodeGPT(cfg.model.codebook_size, train_codes.shape[1], arch.dim, arch.layers, arch.heads,
-                    arch.dropout, arch.rope, q, arch.draft)
+    train_set, val_set, block = code_datasets(vq, cfg, tcfg, train, val, args, rt)
+    arch = tcfg.model
+    model = CodeGPT(cfg.model.codebook_size, block, arch.dim, arch.layers, arch.heads,
+                    arch.dropout, arch.rope, cfg.model.num_quantizers, arch.draft)
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "transformer")
     config = {**tcfg.to_dict(), "vqvae": vq_ckpt["config"]}
     meta = run_record(config, tcfg.train.seed, train, val, rt, sys.argv if argv is None else argv)
     meta["vqvae_checkpoint"] = vq_path
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]},
-              "block_size": int(train_codes.shape[1])}
-    fixed = fixed_windows(val, tcfg.train.plot_windows).numpy()
-    ctx_len = cfg.data.window_samples
-
-    def epoch_end(m: CodeGPT, epoch: int, is_main: bool) -> dict:
-        if is_main and len(fixed):
-            # on the run's device: a Forecaster moves the model it is given, and m is the one being trained
-            fc = Forecaster(vq, m, cfg, tcfg.sample, rt.device, draft_beats=arch.draft_beats)
-            samples = fc.predict(fixed[:, :ctx_len], fixed.shape[1] - ctx_len, num_samples=20, seed=0)
-            plot_forecasts(fixed, samples, fs, ctx_len, run_dir / f"forecast_epoch_{epoch:03d}.png",
-                           f"epoch {epoch}: validation forecasts (20 samples)")
-            m.train()
-        return {}
-
-    trainer = Trainer(model, train_set, val_set, step_fn, tcfg.train, run_dir,
-                      ckpt_dir, config, meta, rt, kind="transformer", epoch_end=epoch_end,
+              "block_size": block}
+    trainer = Trainer(model, train_set, val_set, step_fn, tcfg.train, run_dir, ckpt_dir, config, meta, rt,
+                      kind="transformer", epoch_end=forecast_plotter(vq, cfg, tcfg, val, run_dir, rt.device),
                       shown=("val_accuracy", "seconds"), extras=extras)
     return trainer.run(args.resume)
 
