@@ -136,6 +136,22 @@ def reconstruction_report(model: VQVAE, data: dict, record_fs: float | None = No
     return {"summary": summary, "per_record": per_record}
 
 
+def report_lines(report: dict, data: dict) -> list[str]:
+    """reconstruction.md: per-record errors, their mean, and the codebook's health and bit rate."""
+    s = report["summary"]
+    lines = [f"# VQ-VAE reconstruction on the {report['split']} split", "",
+             f"checkpoint `{report['checkpoint']}`, {s['records']} records, {s['windows']} windows of "
+             f"{data['signals'].shape[1] / float(data['fs']):.0f} s, git {report['git_commit']}", "",
+             "| record | MSE (mV²) | PRD (%) | PRDN (%) |", "|---|---|---|---|"]
+    lines += [f"| {r} | {v['mse_mv2']:.5f} | {v['prd']:.2f} | {v['prdn']:.2f} |" for r, v in report["per_record"].items()]
+    return lines + [f"| **mean over records** | **{s['mse_mv2']:.5f}** | **{s['prd']:.2f}** | **{s['prdn']:.2f}** |", "",
+                    f"first codebook: perplexity {s['perplexity']:.1f}, codes used {100 * s['usage']:.0f}%; "
+                    f"compression ratio {s['compression_ratio']:.1f} against the records (11-bit samples at "
+                    f"{s['source_fs']:g} Hz; {s['compression_ratio_model_rate']:.1f} against 11-bit samples at the "
+                    f"model's {int(data['fs'])} Hz), "
+                    f"{s['bits_per_second']:.0f} bit/s in {s['codebooks']} codebook(s)"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="VQ-VAE checkpoint, or a forecaster's for the VQ-VAE inside it, e.g. "
@@ -152,22 +168,11 @@ def main() -> None:
     cfg = stored_config(ckpt["config"], f"config stored in {path}")
     data = load_split(args.split, cfg, args.prepared)
     report = reconstruction_report(model, data, source_fs(data["records"], args.prepared))
-    s = report["summary"]
     run = paths.new_run_dir("vqvae_eval", args.results)
     report.update(checkpoint=str(path), split=args.split, git_commit=commit,
                   data_hash=data["data_hash"], trained=ckpt["meta"])
     paths.atomic_write_json(report, run / "reconstruction.json")
-    lines = [f"# VQ-VAE reconstruction on the {args.split} split", "",
-             f"checkpoint `{path}`, {s['records']} records, {s['windows']} windows of "
-             f"{data['signals'].shape[1] / float(data['fs']):.0f} s, git {report['git_commit']}", "",
-             "| record | MSE (mV²) | PRD (%) | PRDN (%) |", "|---|---|---|---|"]
-    lines += [f"| {r} | {v['mse_mv2']:.5f} | {v['prd']:.2f} | {v['prdn']:.2f} |" for r, v in report["per_record"].items()]
-    lines += [f"| **mean over records** | **{s['mse_mv2']:.5f}** | **{s['prd']:.2f}** | **{s['prdn']:.2f}** |", "",
-              f"first codebook: perplexity {s['perplexity']:.1f}, codes used {100 * s['usage']:.0f}%; "
-              f"compression ratio {s['compression_ratio']:.1f} against the records (11-bit samples at "
-              f"{s['source_fs']:g} Hz; {s['compression_ratio_model_rate']:.1f} against 11-bit samples at the "
-              f"model's {int(data['fs'])} Hz), "
-              f"{s['bits_per_second']:.0f} bit/s in {s['codebooks']} codebook(s)"]
+    lines = report_lines(report, data)
     paths.atomic_write_text("\n".join(lines) + "\n", run / "reconstruction.md")
     idx = np.linspace(0, len(data["signals"]) - 1, 4).astype(int)
     x = data["signals"][idx].clone()
