@@ -11,6 +11,7 @@ optimiser and RNG state, so it stays small and loads with torch.load(..., weight
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -70,22 +71,34 @@ def run_dir_of(ckpt_path: str | None) -> str | None:
     return load_checkpoint(ckpt_path).get("run_dir") if ckpt_path and Path(ckpt_path).is_file() else None
 
 
+def check_mitdb(folder: Path) -> Path:
+    """The reference forecasts read MIT-BIH records: fail before anything is written when they are not there."""
+    missing = [name for name, _ in REFERENCE_CASES if not (folder / f"{name}.hea").is_file()]
+    if missing:
+        raise paths.UserError(f"{folder} lacks MIT-BIH record(s) {', '.join(missing)} for the reference forecasts: "
+                              "give --mitdb or $MITBIH_DIR (make pretrained finds ../shared/data/mitdb itself)")
+    return folder
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="forecaster best.pt (Transformer or latent SDE)")
     p.add_argument("--mitdb", default=str(paths.location("data")),
                    help="MIT-BIH folder for the reference forecasts (default: $MITBIH_DIR or data/mitdb)")
     args = p.parse_args()
+    mitdb = check_mitdb(Path(args.mitdb))
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt["kind"] not in SHIPPED:
         raise paths.UserError(f"{args.checkpoint} holds a '{ckpt['kind']}' model, not a forecaster")
     out, ref_path = SHIPPED[ckpt["kind"]], reference_path(ckpt["kind"])
     packed = pack(ckpt, run_dir_of(ckpt["meta"].get("vqvae_checkpoint")), run_dir_of(ckpt["meta"].get("crps_from")))
+    with tempfile.TemporaryDirectory() as tmp:     # the shipped files change only once the references are made
+        paths.atomic_torch_save(packed, Path(tmp) / out.name)
+        fc = Forecaster.from_checkpoint(Path(tmp) / out.name, device="cpu")
+        ref = {"samples": REFERENCE_SAMPLES, "seed": REFERENCE_SEED, "model": fc.name,
+               "cases": reference_figures(fc, mitdb)}
     out.parent.mkdir(exist_ok=True)
     paths.atomic_torch_save(packed, out)
-    fc = Forecaster.from_pretrained(device="cpu", model=ckpt["kind"])
-    ref = {"samples": REFERENCE_SAMPLES, "seed": REFERENCE_SEED, "model": fc.name,
-           "cases": reference_figures(fc, Path(args.mitdb))}
     paths.atomic_write_json(ref, ref_path)
     print(f"packed {args.checkpoint} -> {out} ({out.stat().st_size / 2 ** 20:.1f} MiB), "
           f"reference forecasts -> {ref_path}")

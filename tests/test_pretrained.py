@@ -17,7 +17,7 @@ import metrics as M
 import pretrained
 from forecast import Forecaster, forecast_record
 from hyper_params import config_from_dict
-from conftest import write_record
+from conftest import run_script, write_record
 from paths import PRETRAINED, SHIPPED, UserError
 from prepare_mitbih import DS1, DS2, PACED, config_split, read_record
 from train_results import MetricsLog
@@ -67,6 +67,37 @@ def test_shipped_model_reproduces_its_reference_forecasts(mitdb, model):
         np.testing.assert_allclose(have["mean_path_rms_mV"], want["mean_path_rms_mV"], rtol=REL, atol=ABS_MV)
         np.testing.assert_allclose(have["sample_std_mV"], want["sample_std_mV"], rtol=REL, atol=ABS_MV)
         assert have["mse_of_mean_mV2"] == pytest.approx(want["mse_of_mean_mV2"], rel=REL)
+
+
+def shipped_in(tmp_path, monkeypatch) -> dict:
+    """paths.SHIPPED as pretrained.py sees it, moved into tmp_path, holding a stand-in for the latent SDE."""
+    moved = {k: tmp_path / "pretrained" / v.name for k, v in SHIPPED.items()}
+    moved["latent_sde"].parent.mkdir()
+    moved["latent_sde"].write_bytes(b"the model shipped before")
+    monkeypatch.setattr(pretrained, "SHIPPED", moved)
+    return moved
+
+
+def test_packing_without_the_records_leaves_the_shipped_model_alone(tmp_path, monkeypatch):
+    """The reference forecasts need MIT-BIH: without it, packing fails before the shipped file is replaced."""
+    moved = shipped_in(tmp_path, monkeypatch)
+    (tmp_path / "empty").mkdir()
+    res = run_script(pretrained.main, "pretrained.py",
+                     ["--checkpoint", str(SHIPPED["latent_sde"]), "--mitdb", str(tmp_path / "empty")])
+    assert moved["latent_sde"].read_bytes() == b"the model shipped before"
+    assert res.returncode != 0 and "100, 233" in res.stderr and "--mitdb" in res.stderr
+    assert not pretrained.reference_path("latent_sde").exists()
+
+
+def test_packing_the_shipped_model_again_reproduces_its_reference(mitdb, tmp_path, monkeypatch):
+    moved = shipped_in(tmp_path, monkeypatch)
+    res = run_script(pretrained.main, "pretrained.py", ["--checkpoint", str(SHIPPED["latent_sde"]), "--mitdb", str(mitdb)])
+    assert res.returncode == 0, res.stderr
+    assert torch.load(moved["latent_sde"], weights_only=True)["kind"] == "latent_sde"
+    want = json.loads((SHIPPED["latent_sde"].with_suffix(".reference.json")).read_text())
+    have = json.loads(pretrained.reference_path("latent_sde").read_text())
+    for w, h in zip(want["cases"], have["cases"], strict=True):
+        np.testing.assert_allclose(h["mean_path_rms_mV"], w["mean_path_rms_mV"], rtol=REL, atol=ABS_MV)
 
 
 @pytest.mark.parametrize("model", SHIPPED)
