@@ -129,7 +129,7 @@ def test_codes_and_latents_of_any_window(mitdb):
         back = fc.vq.decode(codes, unit)
     steps = x.shape[1] // fc.vq.factor
     assert z.shape == (1, fc.vq.cfg.latent_dim, steps) and codes.shape[:2] == (1, steps)
-    assert back.shape == x.shape and ((back - x) ** 2).mean() < 0.06 * (x ** 2).mean()   # three codebooks: PRD ~17%
+    assert back.shape == x.shape and ((back - x) ** 2).mean() < 0.06 * (x ** 2).mean()   # three codebooks: PRD 15.8%
 
 
 def test_shipped_models_are_chosen_by_name():
