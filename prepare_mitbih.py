@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import numpy as np
 import wfdb
 from tqdm import tqdm
-# torch and scipy.signal are imported in the functions that use them: a bad flag, config or record
+# torch and scipy.signal are imported in the functions that use them: a bad flag, config or data folder
 # then fails in about a second instead of after seconds of loading them.
 
 import paths
@@ -595,12 +595,12 @@ def training_split(names: list[str], d: DataConfig, available: list[str], data_d
 
 def load_records(names: list[str], data_dir: Path, d: DataConfig, skip_bad: bool, allow_gaps: bool,
                  annotator: str) -> dict[str, Record]:
-    """The good records, read. The cheap checks of every record come first: a bad file late in the list
-    fails now, not after reading the others."""
-    names = good_records(names, lambda name: check_record(data_dir / name, d), skip_bad)
+    """The good records, read. Each is checked whole (header, then samples) in one pass, so one error names
+    every bad record, whichever check it fails."""
     loaded: dict[str, Record] = {}
 
     def load(name: str) -> None:
+        check_record(data_dir / name, d)      # the header's reason (one lead, too short) before any sample
         rec = read_record(data_dir / name, d, allow_gaps, annotator)
         check_windows(rec, d, str(data_dir / name))
         loaded[name] = rec

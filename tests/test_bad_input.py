@@ -384,6 +384,25 @@ def test_every_bad_record_is_named_at_once_or_skipped(tmp_path, capsys):
     assert err.count("warning: left out: ") == 2 and "test split is empty" in err
 
 
+def test_header_and_signal_faults_are_named_in_one_error(tmp_path, capsys):
+    """A record bad in its header (one lead) and one bad in its samples (NaN) are named by the same run, not
+    the second only once the first is repaired; skip_bad leaves both out."""
+    db = tmp_path / "db"
+    for i, name in enumerate(("a", "b")):
+        write_record(db, name, seconds=12, seed=i)
+    x, _ = synthetic_ecg(20.0, 360.0, seed=5)
+    write_signal(db, "one", x[:, :1], leads=("MLII",))
+    x, _ = synthetic_ecg(20.0, 360.0, seed=6)
+    x[3600:4000] = np.nan
+    write_signal(db, "gap", x)
+    cfg = config_from_dict(GOOD_CONFIG)
+    with pytest.raises(UserError, match="2 bad record.*gap: 800 NaN.*one: needs two leads.*--skip-bad"):
+        pm.prepare(cfg, db, tmp_path / "out", download=False)
+    meta = pm.prepare(cfg, db, tmp_path / "out", download=False, skip_bad=True)
+    assert sorted(meta["records"]) == ["a", "b"]
+    assert capsys.readouterr().err.count("warning: left out: ") == 2
+
+
 def test_annotations_without_beats_leave_the_record_unannotated(tmp_path, capsys):
     """An .atr of rhythm labels only (AFDB's '+' with aux notes) must not make every forecast beat a false one."""
     write_record(tmp_path, "af", seconds=12, seed=0, annotate=False)
