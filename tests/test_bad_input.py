@@ -201,6 +201,18 @@ def test_no_download_never_calls_the_network(tmp_path, monkeypatch):
         pm.find_records(tmp_path, download=False)
 
 
+def test_data_dir_that_is_a_file(tmp_path, monkeypatch):
+    """A file given as the data folder is named at once, never a download target, with or without download."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("dl_database called on a file")
+
+    monkeypatch.setattr(wfdb, "dl_database", forbidden)
+    (tmp_path / "100.hea").write_text("100 2 360 650000\n")
+    for download in (True, False):
+        with pytest.raises(UserError, match="100.hea is not a directory: point --data-dir"):
+            pm.find_records(tmp_path / "100.hea", download=download)
+
+
 def test_no_download_into_a_folder_of_other_files(tmp_path, monkeypatch):
     """Records one folder down (a database with subfolders): MIT-BIH must not land among the user's files."""
     def forbidden(*args, **kwargs):
