@@ -133,16 +133,20 @@ def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir 
         if not data_dir.exists():
             raise UserError(f"data folder {data_dir} does not exist: {hint}")
         raise UserError(f"no WFDB records (*.hea) in {data_dir}: {hint}")
-    print(f"no WFDB records in {data_dir}; downloading MIT-BIH from PhysioNet ...")
+    created = not data_dir.exists()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         wfdb.dl_database("mitdb", str(data_dir))
     except Exception as e:  # wfdb raises requests' errors, OSError, ValueError...
-        first_line = (str(e).splitlines() or [type(e).__name__])[0][:160]
-        raise UserError(f"no WFDB records in {data_dir} and the download failed ({first_line}): {hint}") from e
+        raise UserError(f"no WFDB records in {data_dir}, and downloading MIT-BIH from PhysioNet there failed "
+                        f"({type(e).__name__}: {_first_line(e, 100)}): {hint}") from e
+    finally:                # a folder made for a download that brought nothing is not left behind
+        if created and data_dir.is_dir() and not any(data_dir.iterdir()):
+            data_dir.rmdir()
     names = header_stems(data_dir)
     if not names:
         raise UserError(f"the download into {data_dir} produced no records: {hint}")
+    print(f"no WFDB records were in {data_dir}: downloaded MIT-BIH from PhysioNet there ({len(names)} records)")
     return names
 
 
@@ -425,8 +429,10 @@ def check_swing(y: np.ndarray, names: list[str], units: list[str | None], where:
                             f"the .hea")
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [""])[0][:200]
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception message's first line, cut at a word (and marked '...') when longer than `limit`."""
+    line = (str(e).splitlines() or [""])[0]
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def check_signal_files(path: Path, header: wfdb.Record) -> None:

@@ -182,8 +182,25 @@ def test_empty_data_dir_download_fails(tmp_path, monkeypatch):
     with pytest.raises(UserError) as e:
         pm.find_records(tmp_path / "mitdb", download=True)
     msg = str(e.value)
-    assert "download failed" in msg and str(tmp_path / "mitdb") in msg and "Max retries" in msg
-    assert "\n" not in msg and "--data-dir" in msg  # one line that says what to do
+    assert "downloading MIT-BIH from PhysioNet there failed (ConnectionError: Max retries" in msg
+    assert str(tmp_path / "mitdb") in msg and "\n" not in msg and "--data-dir" in msg  # one line: what to do
+
+
+def test_offline_download_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch):
+    """requests' message (a repr of its causes) is cut at a word, the run prints nothing else, and the folder
+    it made for the download is gone again; a folder that was there stays."""
+    def offline(*args, **kwargs):
+        raise ConnectionError("HTTPSConnectionPool(host='physionet.org', port=443): Max retries exceeded with url: "
+                              "/content/mitdb/ (Caused by NameResolutionError(\"HTTPSConnection(host='physio\"))")
+
+    monkeypatch.setattr(wfdb, "dl_database", offline)
+    (tmp_path / "there").mkdir()
+    for folder in (tmp_path / "new" / "mitdb", tmp_path / "there"):
+        r = run_in_process(["--data-dir", str(folder), "--out", str(tmp_path / "out")])
+        assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1, (r.stdout, r.stderr)
+        assert "(ConnectionError: HTTPSConnectionPool(host='physionet.org', port=443): Max retries" in r.stderr
+        assert "/content/mitdb/ ...): put the MIT-BIH WFDB files" in r.stderr and str(folder) in r.stderr
+    assert not (tmp_path / "new" / "mitdb").exists() and (tmp_path / "there").is_dir()
 
 
 def test_download_that_brings_nothing(tmp_path, monkeypatch):
