@@ -543,6 +543,24 @@ def check_annotated(data_dir: Path, names: list[str], annotator: str) -> None:
                         f".{annotator} file")
 
 
+def check_first_lead(data_dir: Path, names: list[str], first: str) -> None:
+    """A data.first_lead of one's own must be an ECG lead of some record (compared as order_leads does): a typo
+    would leave every record in the fallback order under a data hash of its own. The default, MLII, is MIT-BIH's
+    lead; other databases fall back to LEAD_PREFERENCE by design."""
+    if first == DataConfig.first_lead:
+        return
+    leads: dict[str, None] = {}
+    for name in names:
+        try:
+            channels, units = header_leads(data_dir / name, read_header(data_dir / name))
+        except UserError:
+            continue        # a bad record, named as such when the records are read
+        leads.update((str(c), None) for c, u in zip(channels, units) if mv_per_unit(u) is not None)
+    if leads and not any(_lead_key(c) == _lead_key(first) for c in leads):
+        raise UserError(f"config key 'data.first_lead' is {first!r}, a lead none of the records in {data_dir} has "
+                        f"(they have {', '.join(leads)})")
+
+
 def hash_inputs(data_dir: Path, names: list[str], annotator: str = "atr") -> str:
     """sha256 over the bytes of every input file, so results can name the exact data they saw."""
     h = hashlib.sha256()
@@ -574,6 +592,7 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     names = select_records(available, records, data_dir)
     training_split(names, d, available, data_dir)   # the config's errors before any record is read
     check_annotated(data_dir, names, annotator)
+    check_first_lead(data_dir, names, d.first_lead)
     paths.check_writable(out_dir)  # before minutes of work, not after
     loaded = load_records(names, data_dir, d, skip_bad, allow_gaps, annotator)
     split = training_split(list(loaded), d, available, data_dir)

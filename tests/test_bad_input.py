@@ -432,6 +432,24 @@ def test_header_and_signal_faults_are_named_in_one_error(tmp_path, capsys):
     assert capsys.readouterr().err.count("warning: left out: ") == 2
 
 
+def test_first_lead_that_no_record_has(tmp_path, capsys):
+    """data.first_lead naming no lead of any record is a config error naming the leads there are, not every
+    record in the fallback order under a data hash of its own; a lead some records have, or the default MLII
+    (another database's records fall back by design), prepares as before."""
+    db = good_db(tmp_path / "db")
+    write_record(db, "b", seconds=12, seed=1, leads=("ECG1", "ECG2"))
+    ask = {"data": {**GOOD_CONFIG["data"], "first_lead": "XYZ"}}
+    with pytest.raises(UserError, match=r"'data.first_lead' is 'XYZ', .*db has \(they have MLII, V1, ECG1, ECG2\)"):
+        pm.prepare(config_from_dict(ask), db, tmp_path / "out", download=False)
+    assert not (tmp_path / "out").exists()
+    ask["data"]["first_lead"] = "ecg2"
+    assert pm.prepare(config_from_dict(ask), db, tmp_path / "out", download=False)["records"]["b"]["leads"] == \
+        ["ECG2", "ECG1"]
+    assert pm.prepare(config_from_dict(GOOD_CONFIG), db, tmp_path / "out", download=False)["records"]["b"]["leads"] \
+        == ["ECG1", "ECG2"]
+    assert "b: no channel is MLII or a limb lead (ECG1, ECG2)" in capsys.readouterr().err
+
+
 def test_annotations_without_beats_leave_the_record_unannotated(tmp_path, capsys):
     """An .atr of rhythm labels only (AFDB's '+' with aux notes) must not make every forecast beat a false one."""
     write_record(tmp_path, "af", seconds=12, seed=0, annotate=False)
