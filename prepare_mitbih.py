@@ -423,10 +423,21 @@ def check_swing(y: np.ndarray, names: list[str], units: list[str | None], where:
     low, high = np.percentile(y[ok], [0.5, 99.5], axis=0)
     for name, unit, swing in zip(names, units, high - low):
         if swing > 50 or swing < 0.002:
-            guess = "samples in uV?" if swing > 50 else "samples in V, or a flat lead?"
+            guess = unit_guess(unit, swing)
             raise UserError(f"{where}: lead {name} swings {swing:.3g} mV (0.5-99.5th percentile) where an ECG swings "
                             f"0.1 to 10 mV: its header's units ('{unit or 'mV'}') look wrong ({guess}); fix them in "
                             f"the .hea")
+
+
+def unit_guess(unit: str | None, swing: float) -> str:
+    """The hint for a lead that swings `swing` mV read in its header's `unit`: the unit (uV, mV or V) in which
+    its samples would swing most like an ECG (nearest 1 mV); a tiny swing may also be a flat lead."""
+    as_read = swing / (mv_per_unit(unit) or 1.0)          # the swing in the header's own unit
+    fits = {u: as_read * k for u, k in (("uV", 1e-3), ("mV", 1.0), ("V", 1e3)) if 0.002 <= as_read * k <= 50}
+    guess = min(fits, key=lambda u: abs(math.log10(fits[u])), default=None)
+    if swing > 50:
+        return f"samples in {guess}?" if guess else "samples in no ECG unit: not an ECG lead?"
+    return f"samples in {guess}, or a flat lead?" if guess else "a flat lead?"
 
 
 def _first_line(e: BaseException, limit: int = 200) -> str:

@@ -182,9 +182,14 @@ def test_units_that_cannot_be_right_are_refused(tmp_path):
     x, _ = synthetic_ecg(20.0, 360.0, seed=6)
     write_signal(tmp_path, "wrong", x * 1000.0, units="mV", gain=1.0)
     write_signal(tmp_path, "flat", x / 1000.0, units="mV", gain=100000.0)
-    for name, guess in (("wrong", "uV"), ("flat", "in V")):
-        with pytest.raises(UserError, match=f"{name}: lead MLII swings .* mV .*'mV'.*{guess}"):
+    write_signal(tmp_path, "volts", x, units="V", gain=200.0)     # mV under a header saying V: far too large
+    write_signal(tmp_path, "micro", x, units="uV", gain=200.0)    # mV under a header saying uV: far too small
+    for name, unit, guess in (("wrong", "mV", r"\(samples in uV\?\)"), ("flat", "mV", r"\(samples in V, or a flat"),
+                              ("volts", "V", r"\(samples in mV\?\)"), ("micro", "uV", r"\(samples in mV, or a flat")):
+        with pytest.raises(UserError, match=f"{name}: lead MLII swings .* mV .*'{unit}'.*{guess}"):
             pm.read_record(tmp_path / name, make_cfg().data)
+    assert pm.unit_guess("V", 1e-4) == "a flat lead?"                      # no unit brings it near 1 mV
+    assert pm.unit_guess("uV", 1e5).startswith("samples in no ECG unit")
 
 
 def test_multi_segment_records_are_one_record(tmp_path):
