@@ -88,11 +88,17 @@ def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples
 
 def warn_units(x: np.ndarray) -> None:
     """Forecasters take millivolts; a context in microvolts or ADC units (or volts) still forecasts, in its
-    own unit, but nothing like the training data."""
-    swing = float(np.ptp(x, axis=1).max())
+    own unit, but nothing like the training data. A flat lead (lead off, or zeros) is no ECG in any unit."""
+    swings = np.ptp(x, axis=1)
+    swing = float(swings.max())
     if swing > 50 or 1e-6 < swing < 0.002:
         warnings.warn(f"the context swings {swing:.3g} units peak to peak, not the 0.1 to 10 mV of an ECG in "
                       f"millivolts: convert it to mV (microvolts / 1000, volts * 1000)", stacklevel=4)
+    flat = np.argwhere(swings <= 1e-6)
+    if len(flat):
+        b, lead = flat[0]
+        warnings.warn(f"the context has {len(flat)} flat lead(s) (swinging at most 1e-6 mV), the first at row {b}, "
+                      f"lead {lead + 1}: lead off? Its forecast means nothing", stacklevel=4)
 
 
 def one_by_one(predict: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:

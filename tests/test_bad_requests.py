@@ -54,7 +54,7 @@ def test_every_forecaster_names_the_bad_argument(shipped, request_, name):
 
 def test_integer_contexts_and_numpy_integers_are_fine(shipped):
     for f in (shipped, make_baseline("template_ensemble", 128)):
-        out = f.predict(np.zeros((1, 384, 2), np.int16), np.int64(8), np.int32(3), np.uint8(1))
+        out = f.predict((np.arange(768).reshape(1, 384, 2) % 3).astype(np.int16), np.int64(8), np.int32(3), np.uint8(1))
         assert out.shape == (1, 3, 8, 2) and out.dtype == np.float32
 
 
@@ -75,6 +75,17 @@ def test_a_context_in_microvolts_is_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_baseline("seasonal", 128).predict(x, 8)
+
+
+def test_a_flat_lead_is_warned_about(shipped):
+    """A lead off (or a context of zeros) swings nothing, which no unit turns into an ECG."""
+    x = synthetic_ecg(3, 128, seed=0)[0]
+    x[:, 1] = 0.0
+    for f in (shipped, make_baseline("seasonal", 128)):
+        with pytest.warns(UserWarning, match=r"1 flat lead\(s\) .*row 0, lead 2: lead off\?"):
+            f.predict(x, 8, 2)
+        with pytest.warns(UserWarning, match=r"2 flat lead\(s\) .*row 0, lead 1: lead off\?"):
+            f.predict(np.zeros((384, 2), np.float32), 8, 2)
 
 
 def run_forecast(args: list[str]) -> tuple[int, str]:
@@ -222,7 +233,7 @@ def test_torchrun_with_more_processes_than_gpus_is_refused(monkeypatch):
 
 def test_a_context_shorter_than_in_training_is_warned(shipped):
     with pytest.warns(UserWarning, match="128 samples .* shorter than the 384"):
-        shipped.predict(np.zeros((1, 128, 2), np.float32), 8, 2)
+        shipped.predict(synthetic_ecg(1, 128, seed=0)[0], 8, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        shipped.predict(np.zeros((1, 384, 2), np.float32), 8, 2)
+        shipped.predict(synthetic_ecg(3, 128, seed=0)[0], 8, 2)
