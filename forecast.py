@@ -300,6 +300,9 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
         raise UserError(f"--start {start_s} s is not a time")
     rec = read_record(Path(record), fc.cfg.data, gaps=True, annotator=None)
     horizon, at = round(horizon_s * fs), round(start_s * fs)
+    if len(rec.signal) < ctx:
+        raise UserError(f"{record} lasts {len(rec.signal) / fs:.1f} s, shorter than the model's context of "
+                        f"{ctx / fs:.1f} s: no forecast can start in it")
     if at < ctx or at > len(rec.signal):
         raise UserError(f"--start {start_s} s must lie between {ctx / fs:.1f} s (one context) and the record's end "
                         f"({len(rec.signal) / fs:.1f} s) in {record}")

@@ -114,6 +114,15 @@ def test_forecast_flags_fail_with_one_line(tmp_path, flags, needle):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_forecast_of_a_record_shorter_than_one_context(tmp_path):
+    """No --start fits in a record shorter than the context: said so, not as an empty range of starts."""
+    record = write_record(tmp_path, "short", seconds=2, seed=0)
+    code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(record), "--start", "2",
+                              "--out", str(tmp_path / "out")])
+    want = f"{record} lasts 2.0 s, shorter than the model's context of 3.0 s: no forecast can start in it"
+    assert code == 2 and err.strip() == f"error: {want}", err
+
+
 def test_forecast_output_folder_that_is_a_file(tmp_path):
     write_record(tmp_path, "r", seconds=12, seed=0)
     (tmp_path / "taken").write_text("mine\n")
