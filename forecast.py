@@ -68,12 +68,13 @@ def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples
         x = context.detach().cpu().numpy() if isinstance(context, torch.Tensor) else np.asarray(context)
     except ValueError as e:                                     # a ragged list
         raise ValueError(f"context must be a [B, C, 2] array of numbers (mV): {e}") from e
+    given = x.shape                                             # the user's, for the message
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3 or x.shape[-1] != 2 or 0 in x.shape:
-        hint = "; leads come last: transpose a [B, 2, C] context" if x.ndim == 3 and x.shape[1] == 2 else ""
-        raise ValueError(f"context must be [B, C, 2] (two leads, B and C at least 1), got shape {tuple(x.shape)}"
-                         + hint)
+        hint = ("; leads come last: transpose a [2, C] context to [C, 2]" if len(given) == 2 and given[0] == 2 else
+                "; leads come last: transpose a [B, 2, C] context" if x.ndim == 3 and x.shape[1] == 2 else "")
+        raise ValueError(f"context must be [B, C, 2] (two leads, B and C at least 1), got shape {tuple(given)}" + hint)
     if x.dtype == bool or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise ValueError(f"context must hold real numbers (mV), got dtype {x.dtype}")
     with np.errstate(over="ignore"):                            # too large for float32: inf, refused next

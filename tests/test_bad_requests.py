@@ -33,7 +33,9 @@ BAD_REQUESTS = [  # (context, horizon, num_samples, seed), the name the message 
     ((np.full((1, 384, 2), "a", dtype=object), 10, 2, 0), "context"),
     ((np.zeros((1, 384, 2), bool), 10, 2, 0), "context"),
     ((GOOD, 10, 2, 2 ** 63), "seed"),
-    ((np.zeros((1, 2, 384)), 10, 2, 0), "transpose"),
+    ((np.zeros((1, 2, 384)), 10, 2, 0), r"got shape \(1, 2, 384\); leads come last: transpose a \[B, 2, C\]"),
+    ((np.zeros((2, 384)), 10, 2, 0), r"got shape \(2, 384\); leads come last: transpose a \[2, C\] context to \[C, 2\]"),
+    ((np.zeros((384, 3)), 10, 2, 0), r"got shape \(384, 3\)$"),                # the shape passed, not the batch made of it
     (([[[0.0, 0.0]], [[0.0, 0.0], [1.0, 1.0]]], 10, 2, 0), "context"),                          # ragged
     ((np.where(np.arange(384)[None, :, None] == 7, np.nan, GOOD), 10, 2, 0), "row 0, sample 7, lead 1"),
     ((np.full((1, 384, 2), 1e40), 10, 2, 0), "inf samples .in float32."),
