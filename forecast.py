@@ -8,8 +8,8 @@ JSON of what was asked. Without --checkpoint it uses the shipped Transformer (pr
 shipped latent SDE is --checkpoint pretrained/latent_sde.pt.
 
 Every forecaster, trained model or baseline, implements `predict(context, horizon, num_samples, seed)`:
-context [B, C, 2] in mV at `fs`, horizon in samples, returns float32 [B, S, H, 2] in mV
-(S = 1 for deterministic forecasters).
+context [B, C, 2] in mV at `fs` (a numpy array or torch tensor), horizon in samples, returns a numpy float32
+array [B, S, H, 2] in mV (S = 1 for deterministic forecasters).
 """
 from __future__ import annotations
 
@@ -43,8 +43,9 @@ class ForecasterBase:
 
     def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
                 seed: int = 0) -> np.ndarray:
-        """Samples [B, S, H, 2] in mV. They must be exchangeable draws (no order among them): the harness
-        scores the rhythm of the first few paths of each window only."""
+        """Samples [B, S, H, 2] in mV, a numpy float32 array on the CPU whether the context is a numpy array or a
+        torch tensor. They must be exchangeable draws (no order among them): the harness scores the rhythm of the
+        first few paths of each window only."""
         raise NotImplementedError
 
     def from_run(self, path: str | Path, ckpt: dict) -> None:

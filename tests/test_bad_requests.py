@@ -60,6 +60,16 @@ def test_integer_contexts_and_numpy_integers_are_fine(shipped):
         assert out.shape == (1, 3, 8, 2) and out.dtype == np.float32
 
 
+def test_every_forecaster_returns_numpy_float32_for_numpy_and_torch_contexts(shipped):
+    """What the README and ForecasterBase.predict promise: a numpy float32 array, whatever the context's type."""
+    x = synthetic_ecg(3, 128, seed=0)[0]
+    sde = Forecaster.from_pretrained("cpu", model="latent_sde")
+    for f in [shipped, sde] + [make_baseline(b, 128) for b in BASELINES]:
+        for context in (x, torch.from_numpy(x), torch.from_numpy(x).float()[None]):
+            out = f.predict(context, 8, 2)
+            assert type(out) is np.ndarray and out.dtype == np.float32 and out.shape[::2] == (1, 8), f.name
+
+
 def test_a_context_is_forecast_alone(shipped):
     """A context's forecast depends on it, the horizon, the samples and the seed, not on its batch mates."""
     x = np.stack([synthetic_ecg(3, 128, seed=s)[0] for s in range(3)]).astype(np.float32)
