@@ -37,13 +37,12 @@ import paths
 from baselines import BASELINES, make_baseline
 from forecast import ForecasterBase
 from hyper_params import Config, data_hash, load_config
-from paths import ROOT, SHIPPED, UserError
+from paths import ROOT, SHIPPED, SHIPPED_SPECS, UserError
 
 ALL_BASELINES = "baselines"
 N_BOOT = 1000
 RHYTHM_PATHS = 10   # sample paths per window whose R peaks are scored for a sampled forecast (the first ones)
 PAIRED = {"mse": "lower", "crps": "lower", "f1_100": "higher"}   # scores a model is held to against baselines
-SHIPPED_SPECS = {"pretrained": "transformer", "pretrained_sde": "latent_sde"}   # --model names of paths.SHIPPED
 
 
 def make_forecaster(spec: str, fs: int, device: str | None = None) -> ForecasterBase:
@@ -53,12 +52,11 @@ def make_forecaster(spec: str, fs: int, device: str | None = None) -> Forecaster
         return make_baseline(spec, fs)
     if USER_SPEC.fullmatch(spec) and not Path(spec).is_file():
         return user_forecaster(spec, fs)
-    path = SHIPPED[SHIPPED_SPECS[spec]] if spec in SHIPPED_SPECS else Path(spec)
-    if spec in SHIPPED_SPECS and not path.is_file():
-        raise UserError(f"no shipped model at {path}: run `make {spec.replace('_', '-')}` or pass --model CHECKPOINT")
+    path = paths.shipped_checkpoint(spec, "--model") if spec in SHIPPED_SPECS else Path(spec)
     if not path.is_file():
-        raise UserError(f"--model {spec}: no such checkpoint file, and not a baseline "
-                        f"({', '.join(BASELINES)} or {ALL_BASELINES})")
+        raise UserError(f"--model {spec}: no such checkpoint file; --model takes a checkpoint path (e.g. "
+                        f"checkpoints/transformer-<time>/best.pt), a shipped model ({', '.join(SHIPPED_SPECS)}), a "
+                        f"baseline ({', '.join(BASELINES)} or {ALL_BASELINES}) or your own FILE.py:NAME or module:NAME")
     try:
         from forecast import Forecaster
     except ImportError as e:

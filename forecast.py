@@ -1,11 +1,11 @@
 """Forecast the next seconds of a two-lead ECG.
 
-    python3 forecast.py --record ../shared/data/mitdb/100 --start 60 [--checkpoint PATH] [--horizon SECONDS]
-                        [--samples 100] [--seed 0] [--device D] [--out DIR]
+    python3 forecast.py --record ../shared/data/mitdb/100 --start 60 [--checkpoint PATH|pretrained|pretrained_sde]
+                        [--horizon SECONDS] [--samples 100] [--seed 0] [--device D] [--out DIR]
 
 writes a PNG (context, truth, sample mean, 50%/80% bands, both leads), the samples as .npy [S, H, 2] in mV and a
 JSON of what was asked. Without --checkpoint it uses the shipped Transformer (pretrained/forecaster.pt); the
-shipped latent SDE is --checkpoint pretrained/latent_sde.pt.
+shipped latent SDE is --checkpoint pretrained_sde (pretrained/latent_sde.pt), the names evaluate.py --model takes.
 
 Every forecaster, trained model or baseline, implements `predict(context, horizon, num_samples, seed)`:
 context [B, C, 2] in mV at `fs` (a numpy array or torch tensor), horizon in samples, returns a numpy float32
@@ -28,7 +28,7 @@ import paths
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, repeat_last
 from hyper_params import DataConfig
 from hyper_params_transformer import transformer_config_from_dict
-from paths import PRETRAINED, ROOT, SHIPPED, UserError, run_main
+from paths import PRETRAINED, ROOT, SHIPPED, SHIPPED_SPECS, UserError, run_main
 from train_results import load_checkpoint, plot_forecasts
 from transformer import CodeGPT, as_levels
 from vqvae import vqvae_from
@@ -288,6 +288,19 @@ def default_checkpoint() -> Path:
     return latest_checkpoint("transformer")
 
 
+def checkpoint_path(checkpoint: str | None) -> Path:
+    """The file --checkpoint names: a path, or a shipped model by the name evaluate.py --model gives it; without
+    the flag, default_checkpoint()."""
+    if checkpoint is None:
+        return default_checkpoint()
+    if checkpoint in SHIPPED_SPECS:
+        return paths.shipped_checkpoint(checkpoint, "--checkpoint")
+    if not Path(checkpoint).exists():
+        raise UserError(f"--checkpoint {checkpoint}: no such checkpoint file, and not a shipped model "
+                        f"({', '.join(SHIPPED_SPECS)})")
+    return Path(checkpoint)
+
+
 def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: float | None, samples: int,
                     seed: int) -> dict:
     """Forecast a WFDB record from `start_s`, prepared exactly as the model's training data."""
@@ -331,9 +344,10 @@ def clean_starts(signal: np.ndarray, at: int, ctx: int, fs: int) -> str:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Forecast a WFDB record: PNG of context, truth, forecast and bands; "
                                 "samples as .npy.")
-    p.add_argument("--checkpoint", help=f"forecaster checkpoint (default: the shipped {PRETRAINED.relative_to(ROOT)} "
-                   "when present, else the newest checkpoints/transformer-*/best.pt; the shipped latent SDE: "
-                   f"{SHIPPED['latent_sde'].relative_to(ROOT)})")
+    shipped = ", ".join(f"{name} ({SHIPPED[kind].relative_to(ROOT)})" for name, kind in SHIPPED_SPECS.items())
+    p.add_argument("--checkpoint", help=f"forecaster checkpoint, or a shipped model by name: {shipped}, as for "
+                   f"evaluate.py --model (default: the shipped {PRETRAINED.relative_to(ROOT)} when present, else the "
+                   "newest checkpoints/transformer-*/best.pt)")
     p.add_argument("--record", required=True, help="WFDB record path without extension, e.g. ../shared/data/mitdb/100")
     p.add_argument("--start", type=float, required=True, help="forecast start in seconds (context ends here)")
     p.add_argument("--horizon", type=float, help="seconds to forecast (default: the model's horizon)")
@@ -349,7 +363,7 @@ def main() -> None:
     t0 = time.time()
     if args.samples < 1 or not 0 <= args.seed < 2 ** 63:
         raise UserError(f"--samples must be >= 1 and --seed in [0, 2**63), got {args.samples} and {args.seed}")
-    path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    path = checkpoint_path(args.checkpoint)
     fc = Forecaster.from_checkpoint(path, paths.check_device(args.device))
     if args.out:
         paths.check_writable(args.out)

@@ -24,10 +24,20 @@ ENV = {
 # The shipped models (see pretrained/README.md): the Transformer is the default wherever one model is meant.
 SHIPPED = {"transformer": ROOT / "pretrained" / "forecaster.pt", "latent_sde": ROOT / "pretrained" / "latent_sde.pt"}
 PRETRAINED = SHIPPED["transformer"]
+SHIPPED_SPECS = {"pretrained": "transformer", "pretrained_sde": "latent_sde"}   # their command-line names
 
 
 class UserError(Exception):
     """A problem the user can fix (bad file, key or value); printed as one line, never a traceback."""
+
+
+def shipped_checkpoint(spec: str, flag: str) -> Path:
+    """The file of the shipped model named `spec` on the command line (SHIPPED_SPECS: evaluate.py --model and
+    forecast.py --checkpoint take the same names); `flag` is the option that takes a checkpoint path instead."""
+    path = SHIPPED[SHIPPED_SPECS[spec]]
+    if not path.is_file():
+        raise UserError(f"no shipped model at {path}: run `make {spec.replace('_', '-')}` or pass {flag} CHECKPOINT")
+    return path
 
 
 def location(kind: str, override: str | os.PathLike | None = None) -> Path:

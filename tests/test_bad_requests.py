@@ -135,6 +135,17 @@ def test_forecast_of_a_record_shorter_than_one_context(tmp_path):
     assert code == 2 and err.strip() == f"error: {want}", err
 
 
+def test_forecast_checkpoint_names_the_shipped_models(tmp_path):
+    """--checkpoint takes evaluate.py's names of the shipped models, says so in --help, and offers them for a
+    checkpoint that is not there."""
+    record = write_record(tmp_path, "r", seconds=12, seed=0)
+    code, err = run_forecast(["--checkpoint", "latent_sde", "--record", str(record), "--start", "5"])
+    assert code == 2 and err == ("error: --checkpoint latent_sde: no such checkpoint file, and not a shipped model "
+                                 "(pretrained, pretrained_sde)\n"), err
+    usage = " ".join(run_script(forecast.main, "forecast.py", ["--help"]).stdout.split())
+    assert "pretrained (pretrained/forecaster.pt), pretrained_sde (pretrained/latent_sde.pt)" in usage
+
+
 def test_forecast_output_folder_that_is_a_file(tmp_path):
     write_record(tmp_path, "r", seconds=12, seed=0)
     (tmp_path / "taken").write_text("mine\n")

@@ -118,6 +118,15 @@ def test_make_forecaster_rejects_a_missing_checkpoint(tmp_path):
         make_forecaster(str(tmp_path / "nope.pt"), FS)
 
 
+def test_an_unknown_model_is_told_every_name_evaluate_takes():
+    """latent_sde is the Python API's name; --model says it takes pretrained_sde, and every other form."""
+    with pytest.raises(UserError) as e:
+        make_forecaster("latent_sde", FS)
+    for name in ("--model latent_sde", "checkpoint path", "pretrained, pretrained_sde", *B.BASELINES, "baselines)",
+                 "FILE.py:NAME"):
+        assert name in str(e.value)
+
+
 def test_draw_periods_centre_on_the_period_with_its_spread():
     period, spread = np.array([100.0, 100.0]), np.array([np.nan, 20.0])
     p = B.draw_periods(period, spread, 0.05, 4000, 0, FS, C)

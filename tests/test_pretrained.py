@@ -18,7 +18,7 @@ import pretrained
 from forecast import Forecaster, forecast_record
 from hyper_params import config_from_dict
 from conftest import run_script, write_record
-from paths import PRETRAINED, SHIPPED, UserError
+from paths import PRETRAINED, SHIPPED, SHIPPED_SPECS, UserError
 from prepare_mitbih import DS1, DS2, PACED, config_split, read_record
 from train_results import MetricsLog
 
@@ -227,6 +227,14 @@ def test_forecast_files_are_mv_samples_and_a_png(tmp_path, monkeypatch, record):
     assert np.all((swing > 0.3) & (swing < 5.0)), swing
     png = tmp_path / "out" / "r_5s.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("name, model", SHIPPED_SPECS.items())
+def test_forecast_takes_the_shipped_models_by_name(tmp_path, monkeypatch, record, name, model):
+    """forecast.py --checkpoint pretrained or pretrained_sde: the names evaluate.py --model gives them."""
+    samples = _forecast(monkeypatch, record, tmp_path, "--checkpoint", name)
+    assert samples.shape == (4, 128, 2)
+    assert json.loads((tmp_path / "r_5s.json").read_text())["checkpoint"] == str(SHIPPED[model])
 
 
 def test_forecast_seed_flag_chooses_the_draw(tmp_path, monkeypatch, record):
