@@ -782,7 +782,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    f"{' and '.join(str(SHIPPED[k].relative_to(ROOT)) for k in SHIPPED_SPECS.values())}), your own "
                    f"forecaster as FILE.py:NAME or module:NAME (NAME(fs) must have predict), and/or "
                    f"baselines: {', '.join(BASELINES)}, {ALL_BASELINES} (= all); default: pretrained {ALL_BASELINES}")
-    p.add_argument("--split", default="test", choices=("validation", "test"), help="prepared split (default test)")
+    p.add_argument("--split", choices=("validation", "test"), help="prepared split (default test)")
     p.add_argument("--wfdb-dir", default=None, help="evaluate every record of this WFDB folder instead")
     p.add_argument("--annotator", default="atr", help="with --wfdb-dir: the annotation file with the reference "
                    "beats (default atr: NNN.atr; e.g. qrs)")
@@ -801,6 +801,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_args(args: argparse.Namespace) -> None:
+    """Refuse bad flag values, and say which flags --wfdb-dir makes pointless; --split becomes test when not given
+    (its default is None so that one given with --wfdb-dir can be noted)."""
     for flag in ("samples", "max_windows_per_record"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -810,6 +812,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.annotator != "atr" and not args.wfdb_dir:
         raise UserError("--annotator reads records of --wfdb-dir; a prepared split keeps the beats it was prepared "
                         "with (prepare_mitbih.py --annotator)")
+    if args.wfdb_dir and args.split:
+        paths.note(f"--split {args.split} is ignored: it chooses prepared tensors, and --wfdb-dir scores every record "
+                   f"of {args.wfdb_dir} (--records chooses some)")
+    args.split = args.split or "test"
 
 
 def build_forecasters(specs: list[str], cfg: Config, device: str | None

@@ -450,3 +450,13 @@ def test_a_user_forecaster_at_another_rate_is_refused(tmp_path):
         evaluate.main(["--model", f"{tmp_path / 'mine.py'}:At360", "--wfdb-dir", str(db),
                        "--max-windows-per-record", "1", "--results", str(tmp_path / "results")])
     assert not (tmp_path / "results").exists()
+
+
+def test_a_split_given_with_wfdb_dir_is_noted_as_ignored(tmp_path, capsys):
+    """--split chooses prepared tensors; --wfdb-dir scores every record of its folder, and says so of a --split."""
+    write_record(tmp_path / "db", "r", seconds=12, seed=0)
+    for split, noted in ((["--split", "validation"], True), ([], False)):
+        _, result = _run(["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), *split, "--results", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert ("note: --split validation is ignored: it chooses prepared tensors" in err) == noted, err
+        assert result["header"]["data"].startswith(f"wfdb all records: {tmp_path / 'db'}")
