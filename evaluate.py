@@ -802,7 +802,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad flag values, and say which flags --wfdb-dir makes pointless; --split becomes test when not given
-    (its default is None so that one given with --wfdb-dir can be noted)."""
+    (its default is None so that one given with --wfdb-dir can be noted, as --prepared is)."""
     for flag in ("samples", "max_windows_per_record"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -812,9 +812,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.annotator != "atr" and not args.wfdb_dir:
         raise UserError("--annotator reads records of --wfdb-dir; a prepared split keeps the beats it was prepared "
                         "with (prepare_mitbih.py --annotator)")
-    if args.wfdb_dir and args.split:
-        paths.note(f"--split {args.split} is ignored: it chooses prepared tensors, and --wfdb-dir scores every record "
-                   f"of {args.wfdb_dir} (--records chooses some)")
+    for flag in ("split", "prepared"):
+        if args.wfdb_dir and getattr(args, flag):
+            paths.note(f"--{flag} {getattr(args, flag)} is ignored: it chooses prepared tensors, and --wfdb-dir scores "
+                       f"every record of {args.wfdb_dir} (--records chooses some)")
     args.split = args.split or "test"
 
 

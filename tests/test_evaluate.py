@@ -452,11 +452,12 @@ def test_a_user_forecaster_at_another_rate_is_refused(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_a_split_given_with_wfdb_dir_is_noted_as_ignored(tmp_path, capsys):
-    """--split chooses prepared tensors; --wfdb-dir scores every record of its folder, and says so of a --split."""
+@pytest.mark.parametrize("flag,value", [("--split", "validation"), ("--prepared", "elsewhere")])
+def test_prepared_flags_given_with_wfdb_dir_are_noted_as_ignored(tmp_path, capsys, flag, value):
+    """--split and --prepared choose prepared tensors; --wfdb-dir scores every record of its folder, and says so."""
     write_record(tmp_path / "db", "r", seconds=12, seed=0)
-    for split, noted in ((["--split", "validation"], True), ([], False)):
-        _, result = _run(["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), *split, "--results", str(tmp_path)])
+    for given, noted in (([flag, value], True), ([], False)):
+        _, result = _run(["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), *given, "--results", str(tmp_path)])
         err = capsys.readouterr().err
-        assert ("note: --split validation is ignored: it chooses prepared tensors" in err) == noted, err
+        assert (f"note: {flag} {value} is ignored: it chooses prepared tensors" in err) == noted, err
         assert result["header"]["data"].startswith(f"wfdb all records: {tmp_path / 'db'}")
