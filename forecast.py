@@ -360,7 +360,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    t0 = time.time()
+    t0, commit = time.time(), paths.git_commit()    # the code that runs, whatever the tree holds when the files are written
     if args.samples < 1 or not 0 <= args.seed < 2 ** 63:
         raise UserError(f"--samples must be >= 1 and --seed in [0, 2**63), got {args.samples} and {args.seed}")
     path = checkpoint_path(args.checkpoint)
@@ -371,7 +371,7 @@ def main() -> None:
     res = forecast_record(fc, args.record, args.start, args.horizon, args.samples, args.seed)
     out = Path(args.out) if args.out else paths.new_run_dir("forecast")
     truth, gap = truth_cover(res)
-    stem = save_forecast(res, args, path, out, (truth, gap))
+    stem = save_forecast(res, args, path, out, (truth, gap), commit)
     print(f"forecast of {args.record} from {args.start:g} s: {args.samples} samples x {res['samples'].shape[1]} "
           f"samples x 2 leads at {res['fs']} Hz in {time.time() - t0:.1f} s ({t_load:.1f} s of it loading the model)")
     if gap or truth < res["samples"].shape[1]:
@@ -385,9 +385,10 @@ def truth_cover(res: dict) -> tuple[int, int]:
     return len(res["truth"]), int((~np.isfinite(res["truth"])).any(1).sum())
 
 
-def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Path, cover: tuple[int, int]) -> str:
+def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Path, cover: tuple[int, int],
+                  commit: str) -> str:
     """Write the samples (.npy), their plot (.png) and what was asked (.json) into `out`; returns their file stem.
-    `cover` is the result's truth_cover."""
+    `cover` is the result's truth_cover, `commit` the git commit the run started at."""
     from prepare_mitbih import record_path          # loaded by now, with the record
     record = record_path(args.record).name          # 100 also for 100.hea or 100.dat
     stem = f"{record}_{args.start:g}s"
@@ -397,7 +398,7 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
     paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "leads": res["leads"],
                              "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
                              "truth_samples": truth, "truth_gap_samples": gap,
-                             "checkpoint": str(checkpoint), "git_commit": paths.git_commit()}, out / f"{stem}.json")
+                             "checkpoint": str(checkpoint), "git_commit": commit}, out / f"{stem}.json")
     return stem
 
 

@@ -13,7 +13,7 @@ import evaluate
 import forecast
 import paths
 from baselines import BASELINES, make_baseline
-from conftest import run_script, synthetic_ecg, write_record, write_signal
+from conftest import edit_tree_after, run_script, synthetic_ecg, write_record, write_signal
 from forecast import Forecaster
 from paths import PRETRAINED, UserError
 from train_results import load_checkpoint
@@ -163,6 +163,16 @@ def test_forecast_takes_a_record_named_with_its_extension(tmp_path):
     assert np.load(tmp_path / "out" / "r_5s_samples.npy").shape == (2, 128, 2)   # named after the record
     assert not list((tmp_path / "out").glob(".*.tmp"))
 
+
+
+def test_forecast_json_names_the_commit_the_run_started_at(tmp_path, monkeypatch):
+    """The tree may change while a forecast runs: its .json names the code that ran, not the code at its end."""
+    write_record(tmp_path, "r", seconds=12, seed=0)
+    edit_tree_after(monkeypatch, forecast, "forecast_record")
+    code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(tmp_path / "r"), "--start", "5",
+                              "--horizon", "1", "--samples", "2", "--out", str(tmp_path / "out")])
+    assert code == 0, err
+    assert json.loads((tmp_path / "out" / "r_5s.json").read_text())["git_commit"] == "at-start"
 
 def test_forecast_from_a_record_with_gaps(tmp_path):
     """A context touching a gap of invalid samples is refused with the nearest clean starts; a context
