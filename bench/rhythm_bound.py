@@ -5,7 +5,8 @@ spread cost in R-peak F1? One JSON line.
 
 1. `oracle_f1`: beats placed every median (last, mean of the last two) reference RR interval after
    the context's last reference beat, scored against the horizon's reference beats (±100 ms, F1 per
-   record, mean over records). The context beats are the annotations, not detections: this bounds
+   record, mean over records); `last_pair` repeats the last two intervals in turn, and `alternating`
+   does so only when the context's intervals alternate short and long, as in bigeminy. The context beats are the annotations, not detections: this bounds
    what a forecast that continues the context's rhythm can score. Two more rules: `calibrated`, the
    median rule turned into a sampler whose timing errors are the rule's own on the training patients
    (scored on 10 paths per window, as evaluate.py scores sampled forecasts), and `learned`, a small
@@ -45,9 +46,22 @@ JITTER_MS = (5, 10, 20, 40)
 
 Rule = Callable[[np.ndarray, int], np.ndarray]      # (context RR intervals, n) -> the next n intervals
 
+
+
+def alternating(rr: np.ndarray, n: int) -> np.ndarray:
+    """Bigeminy's rule: when the context's intervals alternate short and long (by over 10% of their median),
+    the last two repeat; otherwise the median rule. Alternation needs three intervals to be seen at all."""
+    d = np.diff(rr)
+    if len(rr) >= 3 and np.all(d[:-1] * d[1:] < 0) and np.abs(d).min() > 0.1 * np.median(rr):
+        return np.resize(rr[-2:], n)
+    return np.full(n, np.median(rr))
+
+
 RULES: dict[str, Rule] = {"median": lambda rr, n: np.full(n, np.median(rr)),
                           "last": lambda rr, n: np.full(n, rr[-1]),
-                          "last_two": lambda rr, n: np.full(n, rr[-2:].mean())}
+                          "last_two": lambda rr, n: np.full(n, rr[-2:].mean()),
+                          "last_pair": lambda rr, n: np.resize(rr[-2:], n),
+                          "alternating": alternating}
 
 
 def next_beats(ctx_beats: np.ndarray, rule: Rule, end: int) -> np.ndarray:

@@ -35,6 +35,15 @@ def test_median_rule_is_exact_on_a_regular_rhythm():
     assert R.oracle_f1(beat_windows([100]), C, FS, R.RULES["median"]) == 1.0
 
 
+
+def test_alternating_rule_follows_bigeminy_and_only_bigeminy():
+    """Short-long pairs are continued as pairs, where the median would miss every other beat; a steady or
+    irregular rhythm gets the median rule."""
+    assert R.oracle_f1(beat_windows([40, 80]), C, FS, R.alternating) == 1.0
+    assert R.oracle_f1(beat_windows([40, 80]), C, FS, R.RULES["median"]) < 0.8
+    for rr in ([100.0, 100, 100], [90.0, 100, 110, 120]):
+        np.testing.assert_allclose(R.alternating(np.array(rr), 3), np.full(3, np.median(rr)))
+
 def test_calibrated_rule_without_error_is_the_point_rule():
     w = beat_windows([100])
     ratios = R.horizon_ratios(w, C)
