@@ -1,7 +1,7 @@
 """Score forecasters (trained checkpoints and baselines) side by side on identical windows.
 
     python3 evaluate.py [--model CHECKPOINT|pretrained|pretrained_sde|BASELINE|FILE.py:NAME ...] [--split test]
-                        [--wfdb-dir DIR] [--records ...]
+                        [--wfdb-dir DIR] [--records ...] [--horizon-beats normal|ectopic|ventricular|...]
 
 Without --model: the shipped Transformer (pretrained/forecaster.pt) and every baseline; `pretrained_sde` is the
 shipped latent SDE (pretrained/latent_sde.pt).
@@ -43,6 +43,8 @@ ALL_BASELINES = "baselines"
 N_BOOT = 1000
 RHYTHM_PATHS = 10   # sample paths per window whose R peaks are scored for a sampled forecast (the first ones)
 PAIRED = {"mse": "lower", "crps": "lower", "f1_100": "higher"}   # scores a model is held to against baselines
+AAMI = {"N": "NLRej", "S": "AaJS", "V": "VE", "F": "F", "Q": "/fQ"}   # beat symbols of each AAMI EC57 class
+HORIZON_BEATS = {"normal": "N", "ectopic": "SVF", "supraventricular": "S", "ventricular": "V"}   # --horizon-beats
 
 
 def make_forecaster(spec: str, fs: int, device: str | None = None) -> ForecasterBase:
@@ -178,6 +180,7 @@ class Windows:
     fs_in: list[float]
     source: dict = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    beat_sym: np.ndarray | None = None  # [M] uint8: each reference beat's annotation symbol (ord)
 
     def select(self, keep: np.ndarray) -> "Windows":
         """The windows `keep` (sorted indices), with their beats."""
@@ -186,7 +189,8 @@ class Windows:
                                   [np.zeros(0, np.int64)])
         return Windows(self.signals[keep], self.record[keep], self.start[keep],
                        np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), self.beat_pos[beat_idx],
-                       self.records, self.annotated, self.leads, self.fs_in, self.source, self.skipped)
+                       self.records, self.annotated, self.leads, self.fs_in, self.source, self.skipped,
+                       None if self.beat_sym is None else self.beat_sym[beat_idx])
 
 
 def _from_tensors(d: dict, annotated: list[bool], leads: list[list[str]], fs_in: list[float],
@@ -195,7 +199,7 @@ def _from_tensors(d: dict, annotated: list[bool], leads: list[list[str]], fs_in:
         return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
     return Windows(arr(d["signals"]), arr(d["record"]), arr(d["start"]), arr(d["beat_ptr"]),
                    arr(d["beat_pos"]), list(d["records"]), np.asarray(annotated, bool), leads, fs_in,
-                   source, skipped)
+                   source, skipped, arr(d["beat_sym"]) if "beat_sym" in d else None)
 
 
 def load_prepared(split: str, cfg: Config, prepared: str | None) -> Windows:
@@ -264,6 +268,31 @@ def limit_windows(w: Windows, records: list[str] | None, per_record: int | None)
             sub[idx[np.unique(np.round(np.linspace(0, len(idx) - 1, min(per_record, len(idx)))).astype(int))]] = True
         keep = sub
     return w if keep.all() else w.select(np.flatnonzero(keep))
+
+
+def horizon_classes(w: Windows, context: int) -> list[set[str]]:
+    """The AAMI classes of each window's reference beats in its horizon (a symbol of no class counts as Q)."""
+    if w.beat_sym is None:
+        raise UserError(f"{w.source.get('path')} keeps no beat symbols: prepare it again with prepare_mitbih.py")
+    of = {ord(sym): c for c, syms in AAMI.items() for sym in syms}
+    out = []
+    for i in range(len(w.record)):
+        lo, hi = w.beat_ptr[i], w.beat_ptr[i + 1]
+        out.append({of.get(int(s), "Q") for s, p in zip(w.beat_sym[lo:hi], w.beat_pos[lo:hi]) if p >= context})
+    return out
+
+
+def select_horizon_beats(w: Windows, kind: str, context: int) -> Windows:
+    """Only the windows whose horizon's reference beats are all normal (`normal`), or hold a beat of the classes
+    HORIZON_BEATS[kind]: where the rhythm breaks, the forecasters can be told apart from where it runs on.
+    Windows of records without annotations never qualify."""
+    want = set(HORIZON_BEATS[kind])
+    keep = [i for i, c in enumerate(horizon_classes(w, context)) if w.annotated[w.record[i]] and c and
+            (c == want if kind == "normal" else c & want)]
+    if not keep:
+        raise UserError(f"--horizon-beats {kind}: none of the {len(w.record)} windows of {w.source.get('path')} "
+                        f"has {'only normal beats' if kind == 'normal' else 'a ' + kind + ' beat'} in its horizon")
+    return w.select(np.array(keep))
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -795,6 +824,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", default=None, help="results folder (default: $ECG_RESULTS_DIR or results)")
     p.add_argument("--max-windows-per-record", type=int, default=None,
                    help="evenly spaced windows per record (default: all)")
+    p.add_argument("--horizon-beats", choices=list(HORIZON_BEATS), default=None,
+                   help="only windows whose horizon's reference beats are all normal, or hold an ectopic "
+                   "(supraventricular, ventricular or fusion), supraventricular or ventricular beat (AAMI classes "
+                   "of the annotations), before --max-windows-per-record (default: every window)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available); a GPU draws other samples "
                    "than the CPU, so reproduce CPU figures with --device cpu")
     return p.parse_args(argv)
@@ -888,12 +921,14 @@ def print_warnings(warnings: list[str]) -> None:
 
 
 def load_windows(args: argparse.Namespace, cfg: Config) -> Windows:
-    """The windows to score: of --wfdb-dir or the prepared --split, only --records, at most
+    """The windows to score: of --wfdb-dir or the prepared --split, only --records, only --horizon-beats, at most
     --max-windows-per-record of each."""
     if args.wfdb_dir:
         w = load_wfdb(args.wfdb_dir, cfg, args.records, annotator=args.annotator)
     else:
         w = limit_windows(load_prepared(args.split, cfg, args.prepared), args.records, None)
+    if args.horizon_beats:
+        w = select_horizon_beats(w, args.horizon_beats, cfg.data.window_samples)
     w = limit_windows(w, None, args.max_windows_per_record)
     if len(w.record) == 0:
         raise UserError(f"no windows to evaluate in {w.source['path']}")
@@ -939,7 +974,8 @@ def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config,
         "data": f"{src['kind']} {src['split']}: {src['path']} (input hash {src['input_hash']}"
                 + (f", beats from .{src['annotator']})" if src.get("annotator", "atr") != "atr" else ")"),
         "records / windows": f"{len(np.unique(w.record))} / {len(w.record)}"
-                             + (f" ({len(w.skipped)} records skipped)" if w.skipped else ""),
+                             + (f" ({len(w.skipped)} records skipped)" if w.skipped else "")
+                             + (f", {beats_asked(args.horizon_beats)}" if getattr(args, "horizon_beats", None) else ""),
         "context / horizon": f"{context / fs:g} s / {horizon / fs:g} s at {fs} Hz "
                              f"(band-pass {cfg.data.filter_band[0]:g}-{cfg.data.filter_band[1]:g} Hz)",
         "samples / seed": f"{args.samples} / {args.seed}",
@@ -947,6 +983,14 @@ def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config,
         "bootstrap": f"{N_BOOT} resamples of records, seed {args.seed}, 95 % percentile intervals",
         "wall time": f"{wall:.1f} s",
     }
+
+
+def beats_asked(kind: str) -> str:
+    """--horizon-beats in the report's words."""
+    if kind == "normal":
+        return "only windows whose horizon's beats are all normal (AAMI class N; --horizon-beats normal)"
+    return (f"only windows whose horizon holds a beat of AAMI class {' or '.join(HORIZON_BEATS[kind])} "
+            f"(--horizon-beats {kind})")
 
 
 if __name__ == "__main__":

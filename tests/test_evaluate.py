@@ -461,3 +461,55 @@ def test_prepared_flags_given_with_wfdb_dir_are_noted_as_ignored(tmp_path, capsy
         err = capsys.readouterr().err
         assert (f"note: {flag} {value} is ignored: it chooses prepared tensors" in err) == noted, err
         assert result["header"]["data"].startswith(f"wfdb all records: {tmp_path / 'db'}")
+
+
+def _beat_class_windows() -> evaluate.Windows:
+    """Seven windows told apart by their start (i * 1000): their horizon beats are normal, normal after a V in the
+    context, V, A, paced (Q), none in an unannotated record, and none at all."""
+    c, t = load_config().data.window_samples, load_config().data.total_samples
+    beats = [[(100, "N"), (c + 100, "N"), (c + 200, "N")], [(100, "V"), (c + 100, "N")], [(c + 100, "V"), (c + 200, "N")],
+             [(c + 100, "A")], [(c + 100, "/")], [], [(100, "N")]]
+    record = np.array([0, 0, 0, 0, 0, 1, 0])
+    return evaluate.Windows(np.zeros((7, t, 2), np.float32), record, np.arange(7) * 1000,
+                            np.cumsum([0] + [len(b) for b in beats]), np.array([p for b in beats for p, _ in b]),
+                            ["100", "101"], np.array([True, False]), [["MLII", "V1"]] * 2, [360.0] * 2,
+                            {"path": "x/test.pt"}, beat_sym=np.array([ord(s) for b in beats for _, s in b], np.uint8))
+
+
+@pytest.mark.parametrize("kind,starts", [("normal", [0, 1000]), ("ventricular", [2000]), ("supraventricular", [3000]),
+                                         ("ectopic", [2000, 3000])])
+def test_horizon_beats_chooses_windows_by_the_classes_of_their_horizon(kind, starts):
+    """The context's beats do not count, paced beats are neither normal nor ectopic, and an unannotated record's
+    windows never qualify."""
+    w = evaluate.select_horizon_beats(_beat_class_windows(), kind, load_config().data.window_samples)
+    assert w.start.tolist() == starts
+    assert len(w.beat_sym) == len(w.beat_pos) == w.beat_ptr[-1]
+
+
+def test_horizon_beats_in_a_database_without_them_is_named(tmp_path):
+    """Synthetic records hold normal beats only: asking for ventricular ones is refused with the flag and value,
+    and normal ones are every window."""
+    write_record(tmp_path / "db", "r", seconds=30, seed=0)
+    with pytest.raises(UserError, match=r"--horizon-beats ventricular: none of the \d+ windows .* ventricular beat"):
+        evaluate.main(["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), "--horizon-beats", "ventricular",
+                       "--results", str(tmp_path / "results")])
+    _, everything = _run(["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), "--results", str(tmp_path / "all")])
+    _, normal = _run(["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), "--horizon-beats", "normal",
+                      "--results", str(tmp_path / "normal")])
+    assert normal["header"]["records / windows"].startswith(everything["header"]["records / windows"] + ", only")
+
+
+def test_horizon_beats_on_a_real_record_count_its_annotations(mitdb, tmp_path):
+    """Record 208 (premature ventricular beats and fusions): the windows chosen as ventricular are those whose
+    horizon holds a V or E annotation, counted here from the .atr file itself (±2 for beats on a boundary)."""
+    import wfdb
+
+    _, result = _run(["--model", "zero", "--wfdb-dir", str(mitdb), "--records", "208", "--horizon-beats",
+                      "ventricular", "--results", str(tmp_path)])
+    cfg = load_config().data
+    ann = wfdb.rdann(str(mitdb / "208"), "atr")
+    fs, c, t = cfg.samples_per_second, cfg.window_samples, cfg.total_samples
+    v = np.array([s for s, sym in zip(ann.sample, ann.symbol) if sym in "VE"]) * fs / ann.fs
+    n = int(wfdb.rdheader(str(mitdb / "208")).sig_len * fs / ann.fs) // t
+    expected = sum(bool(((v >= k * t + c) & (v < (k + 1) * t)).any()) for k in range(n))
+    assert 100 < expected < n and abs(result["record_info"][0]["windows"] - expected) <= 2
