@@ -324,6 +324,18 @@ class LatentSDE(nn.Module):
 
     # ------------------------------------------------------------------ training
 
+    def observation_nll(self, x: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """Gaussian negative log-likelihood of normalised frames x [T, B, obs] around the emitted pred,
+        summed over frames and dimensions, mean over the batch: the ELBO's reconstruction term."""
+        std = self.observation_std()
+        return (0.5 * ((x - pred) / std) ** 2 + std.log() + 0.5 * math.log(2 * math.pi)).sum((0, 2)).mean()
+
+    def initial_kl(self, mean: torch.Tensor, logstd: torch.Tensor) -> torch.Tensor:
+        """KL(q(z0) || p(z0)) of the initial state, summed over its dimensions, mean over the batch."""
+        q0 = torch.distributions.Normal(mean, logstd.exp())
+        p0 = torch.distributions.Normal(self.pz0_mean, self.pz0_logstd.clamp(-6, 2).exp())
+        return torch.distributions.kl_divergence(q0, p0).sum(-1).mean()
+
     def forward(self, frames: torch.Tensor, context: int, beats: torch.Tensor | None = None,
                 draft: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """Negative ELBO per observed number of raw frames [B, T, obs] whose first `context` are the
@@ -340,11 +352,8 @@ class LatentSDE(nn.Module):
         entropy = int(torch.randint(0, 2 ** 31 - 1, (), device=x.device))   # each GPU's own generator
         zs, log_ratio = self.solve(z0, ts, entropy, logqp=True)
         pred = self.emit(zs, 0)
-        std = self.observation_std()
-        nll = (0.5 * ((x - pred) / std) ** 2 + std.log() + 0.5 * math.log(2 * math.pi)).sum((0, 2)).mean()
-        q0 = torch.distributions.Normal(mean, logstd.exp())
-        p0 = torch.distributions.Normal(self.pz0_mean, self.pz0_logstd.clamp(-6, 2).exp())
-        kl0 = torch.distributions.kl_divergence(q0, p0).sum(-1).mean()
+        nll = self.observation_nll(x, pred)
+        kl0 = self.initial_kl(mean, logstd)
         kl_path = log_ratio.sum(0).mean()
         weight = self.kl_weight()
         n = T * O
