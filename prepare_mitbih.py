@@ -754,24 +754,8 @@ def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None, 
     """Open a prepared split memory-mapped, refusing tensors made with another data config. With `any_records`
     (a forecaster trained on a frozen VQ-VAE), other record lists are fine: the VQ-VAE needs windows made alike,
     not the patients it was trained on."""
-    import torch
-
     path = paths.location("prepared", prepared_dir) / f"{split}.pt"
-    if not path.exists():
-        raise UserError(f"prepared tensors not found: {path}; run `python3 prepare_mitbih.py` first")
-    try:
-        data = torch.load(path, mmap=True, weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path} is unreadable ({type(e).__name__}); delete it and run prepare_mitbih.py again") from e
-    if not isinstance(data, dict) or "signals" not in data:
-        raise UserError(f"{path} is not a prepared split; delete it and run `python3 prepare_mitbih.py` again")
-    if len(data["signals"]) == 0:
-        raise UserError(f"{path} holds no windows: no record of the {split} split was prepared (config "
-                        f"data.{split}_records, or prepare_mitbih.py --records)")
-    if data.get("preparation", 1) != PREPARATION:
-        raise UserError(f"{path} was prepared by another version of prepare_mitbih.py (preparation "
-                        f"{data.get('preparation', 1)}, this one makes {PREPARATION}: see hyper_params.PREPARATION); "
-                        f"run `python3 prepare_mitbih.py` again with the flags it was prepared with")
+    data = read_prepared(path, split)
     if data.get("data_hash") == data_hash(cfg.data):
         return data
     if any_records:
@@ -787,6 +771,28 @@ def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None, 
                     f"F holding this run's data section (a forecaster's: its VQ-VAE's), and pass --prepared DIR "
                     f"(to score a model on data prepared with your own record lists: evaluate.py --config F "
                     f"--prepared DIR)")
+
+
+def read_prepared(path: Path, split: str) -> dict:
+    """A prepared split's file memory-mapped, refused unless it holds windows made by this preparation."""
+    import torch
+
+    if not path.exists():
+        raise UserError(f"prepared tensors not found: {path}; run `python3 prepare_mitbih.py` first")
+    try:
+        data = torch.load(path, mmap=True, weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is unreadable ({type(e).__name__}); delete it and run prepare_mitbih.py again") from e
+    if not isinstance(data, dict) or "signals" not in data:
+        raise UserError(f"{path} is not a prepared split; delete it and run `python3 prepare_mitbih.py` again")
+    if len(data["signals"]) == 0:
+        raise UserError(f"{path} holds no windows: no record of the {split} split was prepared (config "
+                        f"data.{split}_records, or prepare_mitbih.py --records)")
+    if data.get("preparation", 1) != PREPARATION:
+        raise UserError(f"{path} was prepared by another version of prepare_mitbih.py (preparation "
+                        f"{data.get('preparation', 1)}, this one makes {PREPARATION}: see hyper_params.PREPARATION); "
+                        f"run `python3 prepare_mitbih.py` again with the flags it was prepared with")
+    return data
 
 
 def preparation_differences(folder: Path, data: DataConfig, tensor_hash: str | None) -> str:
@@ -845,7 +851,6 @@ def stretched_copy(data: dict, aug: AugmentConfig, stride: int, rng: np.random.G
     """A prepared split's windows cut again from every record after a time stretch (heart rate x a)
     and a gain per lead, both drawn per record: new patients for the forecasters, on which continuing
     the previous beats still works. Returns signals, record, start, beat_ptr and beat_pos like the split."""
-    import scipy.signal
     import torch
 
     sig, rec, start = data["signals"], data["record"].numpy(), data["start"].numpy()
@@ -855,16 +860,9 @@ def stretched_copy(data: dict, aug: AugmentConfig, stride: int, rng: np.random.G
     for r in np.unique(rec):
         idx = np.flatnonzero(rec == r)
         offset = start[idx] - start[idx].min()
-        whole = np.zeros((offset.max() + n, sig.shape[2]), np.float32)
-        whole[offset[:, None] + np.arange(n)] = sig[idx].numpy()    # overlapping windows hold the same samples
-        gap = np.ones(len(whole))                                   # 1 where no window covers the record
-        gap[offset[:, None] + np.arange(n)] = 0
+        whole, gap = whole_record(sig[idx].numpy(), offset)
         beats = np.unique(np.concatenate([offset[k] + pos[ptr[i]:ptr[i + 1]] for k, i in enumerate(idx)]))
-        a = Fraction(rng.uniform(1 - aug.rate_range, 1 + aug.rate_range)).limit_denominator(32)
-        y = scipy.signal.resample_poly(whole, a.denominator, a.numerator, axis=0)   # 1 / a as long
-        y = y * rng.uniform(1 - aug.amplitude_range, 1 + aug.amplitude_range, sig.shape[2])
-        beats = np.round(beats * a.denominator / a.numerator).astype(np.int64)
-        gap = np.interp(np.arange(len(y)) * float(a), np.arange(len(whole)), gap)
+        y, beats, gap = stretch_record(whole, beats, gap, aug, rng)
         starts = np.arange(0, len(y) - n + 1, stride)
         in_gap = np.concatenate([[0.0], np.cumsum(gap)])
         starts = starts[in_gap[starts + n] == in_gap[starts]]                   # windows without a gap
@@ -879,6 +877,31 @@ def stretched_copy(data: dict, aug: AugmentConfig, stride: int, rng: np.random.G
             "start": torch.from_numpy(np.concatenate(parts["start"])),
             "beat_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(counts)])),
             "beat_pos": torch.from_numpy(np.concatenate(parts["beats"]))}
+
+
+def whole_record(windows: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A record's samples put back together from its windows [k, n, leads] starting `offset` samples in, and
+    its gaps: 1 where no window covers the record."""
+    n = windows.shape[1]
+    whole = np.zeros((offset.max() + n, windows.shape[2]), np.float32)
+    whole[offset[:, None] + np.arange(n)] = windows             # overlapping windows hold the same samples
+    gap = np.ones(len(whole))
+    gap[offset[:, None] + np.arange(n)] = 0
+    return whole, gap
+
+
+def stretch_record(whole: np.ndarray, beats: np.ndarray, gap: np.ndarray, aug: AugmentConfig,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A record [N, leads] with heart rate x a and a gain per lead, both drawn from `rng` (in that order), and
+    its beat positions and gaps moved with it."""
+    import scipy.signal
+
+    a = Fraction(rng.uniform(1 - aug.rate_range, 1 + aug.rate_range)).limit_denominator(32)
+    y = scipy.signal.resample_poly(whole, a.denominator, a.numerator, axis=0)   # 1 / a as long
+    y = y * rng.uniform(1 - aug.amplitude_range, 1 + aug.amplitude_range, whole.shape[1])
+    beats = np.round(beats * a.denominator / a.numerator).astype(np.int64)
+    gap = np.interp(np.arange(len(y)) * float(a), np.arange(len(whole)), gap)
+    return y, beats, gap
 
 
 def augmented_encoding(kind: str, data: dict, aug: AugmentConfig, cfg: DataConfig, seed: int,
