@@ -253,18 +253,7 @@ class Trainer:
             if i >= self.steps_per_epoch:
                 break
             batch = _to(batch, self.rt.device)
-            with torch.autocast(self.rt.device.type, enabled=self.amp):
-                loss, metrics = _gathered(*self.step_fn(model, batch))
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.opt)
-            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
-            # under AMP the scaler skips steps with inf gradients; without it they would poison the weights
-            self._check_finite(loss if self.amp else torch.stack([loss.detach().float(), norm.float()]))
-            self.scaler.step(self.opt)
-            self.scaler.update()
-            self.opt.zero_grad(set_to_none=True)
-            self.sched.step()
-            self.step += 1
+            loss, metrics = self._train_step(model, batch)
             n = _batch_len(batch)
             seen += n
             for k, v in {"loss": loss.detach(), **metrics}.items():
@@ -273,6 +262,22 @@ class Trainer:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         bar.close()
         return _all_reduce_mean(sums, seen, self.rt)
+
+    def _train_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict]:
+        """One optimiser step on a batch already on the device; its loss and metrics."""
+        with torch.autocast(self.rt.device.type, enabled=self.amp):
+            loss, metrics = _gathered(*self.step_fn(model, batch))
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
+        # under AMP the scaler skips steps with inf gradients; without it they would poison the weights
+        self._check_finite(loss if self.amp else torch.stack([loss.detach().float(), norm.float()]))
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        self.step += 1
+        return loss, metrics
 
     def _check_finite(self, values: torch.Tensor, what: str = "loss or gradient norm") -> None:
         """Stop every rank together when a value is NaN or inf, before a step or a checkpoint can use it."""
