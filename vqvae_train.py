@@ -21,7 +21,7 @@ import paths
 from hyper_params import Config, config_from_dict, load_config
 from prepare_mitbih import load_split, source_fs
 from train_results import fixed_windows, load_checkpoint, plot_windows
-from training import (Runtime, Trainer, run_config, run_parser, run_record, seed_everything,
+from training import (EpochEndFn, Runtime, Trainer, run_config, run_parser, run_record, seed_everything,
                       setup_runtime)
 from vqvae import VQVAE
 from vqvae_eval import compression
@@ -83,6 +83,19 @@ def plot_fixed_windows(model: VQVAE, windows: torch.Tensor, fs: int, out: Path, 
     plot_windows(x.cpu().numpy(), x_hat.cpu().numpy(), fs, out, title)
 
 
+def plotting_epoch_end(fixed: torch.Tensor, fs: int, run_dir: Path) -> EpochEndFn:
+    """The trainer's epoch end: the codebook's epoch statistics, and on rank 0 a plot of the fixed validation
+    windows' reconstructions."""
+    def epoch_end(m: VQVAE, epoch: int, is_main: bool) -> dict:
+        stats = m.end_epoch()
+        if is_main:
+            plot_fixed_windows(m, fixed, fs, run_dir / f"reconstruction_epoch_{epoch:03d}.png",
+                               f"epoch {epoch}: validation windows, original vs reconstruction")
+            m.train()
+        return stats
+    return epoch_end
+
+
 def check_not_data_parallel(rt: Runtime) -> None:
     """nn.DataParallel's replicas update their codebook statistics and lose them: usage and dead-code restarts
     would see the first card's share of each batch only, and restart codes the other cards use."""
@@ -123,18 +136,9 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume_ckpt)
     meta = run_record(cfg.to_dict(), cfg.train.seed, train, val, rt, sys.argv if argv is None else argv)
     fixed = fixed_windows(val, cfg.train.plot_windows)
-
-    def epoch_end(m: VQVAE, epoch: int, is_main: bool) -> dict:
-        stats = m.end_epoch()
-        if is_main:
-            plot_fixed_windows(m, fixed, fs, run_dir / f"reconstruction_epoch_{epoch:03d}.png",
-                               f"epoch {epoch}: validation windows, original vs reconstruction")
-            m.train()
-        return stats
-
     trainer = Trainer(model, RandomCrops(train["signals"], cfg.data.window_samples, cfg.train.seed),
                       Windows(val["signals"]), step_fn, cfg.train, run_dir, ckpt_dir, cfg.to_dict(), meta, rt,
-                      kind="vqvae", epoch_end=epoch_end, summarize=summarize,
+                      kind="vqvae", epoch_end=plotting_epoch_end(fixed, fs, run_dir), summarize=summarize,
                       shown=("val_mse_mv2", "val_prdn", "perplexity", "usage", "restarted", "seconds"))
     if rt.is_main and not resume_ckpt:
         plot_fixed_windows(model, fixed, fs, run_dir / "reconstruction_initial.png",
