@@ -24,7 +24,7 @@ from common import emit, forecaster_to_time, memory_mb
 TARGET_S = 2.0
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="latent SDE checkpoint (default: newest checkpoints/latent_sde-*/best.pt, "
                    "else the shipped pretrained/latent_sde.pt, else one trained on the fly)")
@@ -32,7 +32,11 @@ def main() -> None:
     p.add_argument("--horizon", type=float, default=3.0, help="seconds")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
 
     import numpy as np
     import torch

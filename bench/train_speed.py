@@ -44,11 +44,9 @@ def vqvae_checkpoint(tmp: Path) -> tuple[Path, str]:
         return path, "untrained (no checkpoints/vqvae-*/best.pt)"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", choices=["vqvae", "transformer", "latent_sde"])
-    p.add_argument("--steps", type=int, default=20, help="training steps to time")
-    args = p.parse_args()
+def time_train_epochs() -> dict:
+    """Make Trainer._train_epoch note its seconds, steps and batch size in the dict returned: the time of the
+    training steps alone."""
     timed: dict = {}
     real_epoch = training.Trainer._train_epoch
 
@@ -59,6 +57,15 @@ def main() -> None:
         return out
 
     training.Trainer._train_epoch = timed_epoch
+    return timed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", choices=["vqvae", "transformer", "latent_sde"])
+    p.add_argument("--steps", type=int, default=20, help="training steps to time")
+    args = p.parse_args()
+    timed = time_train_epochs()
     prepared = paths.location("prepared")
     extra = {}
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
