@@ -89,3 +89,68 @@ def test_a_longer_history_sees_the_rhythm_a_slow_spell_hides():
     long = R.oracle_f1(w, C, FS, R.RULES["median"], beats_of=R.history_beats(w, beats, C, 60, FS))
     assert long == 1.0 and short < 0.5
     assert R.first_beat_error(w, C, R.history_beats(w, beats, C, 60, FS), FS) == {"median_ms": 0.0, "within_20ms": 1.0}
+
+
+def test_a_beat_on_the_windows_first_sample_is_in_a_context_long_history():
+    """The history's oldest edge is inclusive, as the window's own context is: a beat at its sample 0 counts."""
+    w, beats = record_window(np.arange(0.0, 10000, 100), 2000)
+    ctx, _ = R.history_beats(w, beats, C, C / FS, FS)(0)
+    assert ctx[0] == 0 and len(ctx) == len(R.annotated_beats(w, 0, C)[0])
+
+
+def test_horizon_ratios_skip_unannotated_windows_and_single_beat_contexts():
+    """A ratio needs the context's median RR (two beats) and reference beats (an annotated record)."""
+    w = SimpleNamespace(record=np.array([0, 0, 1]), annotated=[True, False])
+    beats = {0: (np.array([100.0, 200, 300]), np.array([400.0])), 1: (np.array([300.0]), np.array([400.0])),
+             2: (np.array([100.0, 200, 300]), np.array([450.0]))}
+    ratios = R.horizon_ratios(w, C, beats.get)
+    assert len(ratios) == 1 and np.array_equal(ratios[0], [1.0])
+
+
+def test_first_beat_error_in_ms_of_annotated_windows_with_a_prediction():
+    """Errors of 20 (on the 20 ms edge), 30 and 40 ms; a one-beat context predicts nothing and an unannotated
+    record is not scored; a beat predicted on the horizon's first sample is the first prediction."""
+    fs, c = 100, 384
+    w = SimpleNamespace(record=np.array([0, 0, 0, 0, 1]), annotated=[True, False], signals=np.zeros((5, 768, 2)))
+    ctx = np.array([84.0, 184, 284])                   # the median rule's next beat is at c, 384
+    beats = {0: (ctx, np.array([386.0])), 1: (ctx, np.array([387.0])), 2: (ctx, np.array([388.0])),
+             3: (np.array([300.0]), np.array([400.0])), 4: (ctx, np.array([434.0]))}
+    assert R.first_beat_error(w, c, beats.get, fs) == {"median_ms": 30.0, "within_20ms": 0.333}
+
+
+def test_record_beats_reads_every_annotated_record_by_its_index(tmp_path):
+    """history_beats looks beats up by the window's record index; unannotated records are not read."""
+    from conftest import synthetic_ecg, write_record
+    from hyper_params import DataConfig
+
+    for seed, (name, annotate) in enumerate([("a", True), ("b", False), ("c", True)]):
+        write_record(tmp_path, name, seconds=20, seed=seed, annotate=annotate)
+    w = SimpleNamespace(records=["a", "b", "c"], annotated=[True, False, True])
+    beats = R.record_beats(w, tmp_path, DataConfig())
+    assert set(beats) == {0, 2}
+    np.testing.assert_array_equal(beats[2], np.round(synthetic_ecg(20, 360, 2)[1] * 128 / 360))
+
+
+def test_record_beats_without_records_names_the_flags(tmp_path):
+    """`history` reads WFDB records: a folder without any says how to give one or skip the part."""
+    import pytest
+
+    import paths
+    with pytest.raises(paths.UserError, match="--data-dir.*--history-seconds"):
+        R.record_beats(SimpleNamespace(records=["100"], annotated=[True]), tmp_path, None)
+
+
+def test_history_bound_scores_each_history_with_the_training_rhythm(tmp_path, monkeypatch):
+    """The slow spell again, and a perfectly regular training record: its sampler is the median rule, the 60 s
+    history hits every beat, and no history asked reads no record (tmp_path holds none)."""
+    assert R.history_bound(None, None, C, FS, tmp_path, None, []) == {}
+    start, now, t = 6000, 6000 + C, [0]
+    while t[-1] < now + T:
+        t.append(t[-1] + (120 if now - C - 240 <= t[-1] < now - 110 else 100))
+    w, beats = record_window(np.array(t), start)
+    train, train_beats = record_window(np.arange(0.0, 10000, 100), start)
+    monkeypatch.setattr(R, "record_beats", lambda windows, data_dir, data: train_beats if windows is train else beats)
+    out = R.history_bound(w, train, C, FS, tmp_path, None, [3.0, 60.0])   # floats, as from --history-seconds
+    assert list(out) == ["3s", "60s"] and out["60s"]["median"] == 1.0 and out["3s"]["median"] < 0.5
+    assert all(out[k]["calibrated"] == out[k]["median"] for k in out)
+    assert out["60s"]["first_beat"] == {"median_ms": 0.0, "within_20ms": 1.0}
