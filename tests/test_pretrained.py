@@ -100,6 +100,32 @@ def test_packing_the_shipped_model_again_reproduces_its_reference(mitdb, tmp_pat
         np.testing.assert_allclose(h["mean_path_rms_mV"], w["mean_path_rms_mV"], rtol=REL, atol=ABS_MV)
 
 
+def test_packing_makes_the_references_with_the_new_model_before_replacing_the_shipped_one(tmp_path, monkeypatch):
+    """The references are the new model's (not the file still shipped), made while the shipped file is the old one;
+    what is then shipped is that model without its training state."""
+    moved = shipped_in(tmp_path, monkeypatch)
+    ckpt = torch.load(SHIPPED["latent_sde"], map_location="cpu", weights_only=True)
+    key = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][key] += 1.0
+    torch.save({**ckpt, "optimizer": {}, "rng": {}}, tmp_path / "best.pt")
+    for name, _ in pretrained.REFERENCE_CASES:      # check_mitdb looks for the headers only
+        (tmp_path / "mitdb").mkdir(exist_ok=True)
+        (tmp_path / "mitdb" / f"{name}.hea").touch()
+    seen = {}
+
+    def figures(fc, mitdb):
+        seen.update(shipped=moved["latent_sde"].read_bytes(), weight=fc.sde.state_dict()[key].clone())
+        return []
+    monkeypatch.setattr(pretrained, "reference_figures", figures)
+    res = run_script(pretrained.main, "pretrained.py",
+                     ["--checkpoint", str(tmp_path / "best.pt"), "--mitdb", str(tmp_path / "mitdb")])
+    assert res.returncode == 0, res.stderr
+    assert seen["shipped"] == b"the model shipped before" and torch.equal(seen["weight"], ckpt["model"][key])
+    shipped = torch.load(moved["latent_sde"], map_location="cpu", weights_only=True)
+    assert torch.equal(shipped["model"][key], ckpt["model"][key]) and not set(pretrained.TRAINING_ONLY) & set(shipped)
+    assert json.loads(pretrained.reference_path("latent_sde").read_text())["cases"] == []
+
+
 @pytest.mark.parametrize("model", SHIPPED)
 def test_shipped_model_keeps_beating_over_a_long_horizon(mitdb, model):
     """Sampled paths must not decay to a flat line: 20 s ahead (trained for 3 s), every path of a sinus
