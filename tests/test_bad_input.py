@@ -209,6 +209,19 @@ def test_download_that_brings_nothing(tmp_path, monkeypatch):
         pm.find_records(tmp_path, download=True)
 
 
+def test_a_download_says_what_it_brought(tmp_path, monkeypatch, capsys):
+    """Only a download that worked is announced, with its count of records, on stdout."""
+    monkeypatch.setattr(wfdb, "dl_database", lambda name, folder: write_record(Path(folder), "100", seconds=12))
+    assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
+    assert "downloaded MIT-BIH from PhysioNet there (1 records)" in capsys.readouterr().out
+
+
+def test_a_reason_is_cut_at_a_word_only_when_too_long():
+    """The download error quotes at most `limit` characters of a reason, whole when it fits exactly."""
+    assert pm._first_line(ValueError("x" * 100 + "\nmore"), 100) == "x" * 100
+    assert pm._first_line(ValueError("a b" * 50), 100) == ("a b" * 50)[:100].rsplit(" ", 1)[0] + " ..."
+
+
 def test_no_download_never_calls_the_network(tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("dl_database called despite download=False")
@@ -448,6 +461,32 @@ def test_first_lead_that_no_record_has(tmp_path, capsys):
     assert pm.prepare(config_from_dict(GOOD_CONFIG), db, tmp_path / "out", download=False)["records"]["b"]["leads"] \
         == ["ECG1", "ECG2"]
     assert "b: no channel is MLII or a limb lead (ECG1, ECG2)" in capsys.readouterr().err
+
+
+def test_a_record_short_and_gapped_is_named_for_its_length(tmp_path):
+    """Each record's header is judged before its samples: the reason a repair cannot fix (too short) comes first."""
+    db = good_db(tmp_path / "db")
+    write_record(db, "b", seconds=12, seed=1)
+    x, _ = synthetic_ecg(4.0, 360.0, seed=5)
+    x[100:200] = np.nan
+    write_signal(db, "short", x)
+    with pytest.raises(UserError, match=r"1 bad record.*short: 4(\.0)? s is shorter than one window"):
+        pm.prepare(config_from_dict(GOOD_CONFIG), db, tmp_path / "out", download=False)
+
+
+def test_first_lead_is_judged_by_the_ecg_leads_of_readable_headers(tmp_path):
+    """A pulse wave is no lead to name, an unreadable header is left for the record checks to name, with no
+    readable lead there is nothing to judge by, and the default MLII is not asked of other databases."""
+    x, _ = synthetic_ecg(20.0, 360.0, seed=6)
+    pleth = 50 + 10 * np.sin(np.arange(len(x)) / 360.0 * 2 * np.pi)
+    wfdb.wrsamp("icu", fs=360, units=["NU", "mV", "mV"], sig_name=["PLETH", "II", "V"],
+                p_signal=np.column_stack([pleth, x]), fmt=["16"] * 3, adc_gain=[100.0] * 3, baseline=[0] * 3,
+                write_dir=str(tmp_path))
+    (tmp_path / "bad.hea").write_text("not a header\n")
+    with pytest.raises(UserError, match=r"'PLETH', a lead none of .* has \(they have II, V\)$"):
+        pm.check_first_lead(tmp_path, ["bad", "icu"], "PLETH")
+    pm.check_first_lead(tmp_path, ["bad"], "PLETH")
+    pm.check_first_lead(tmp_path, ["icu"], "MLII")
 
 
 def test_annotations_without_beats_leave_the_record_unannotated(tmp_path, capsys):
