@@ -35,6 +35,7 @@ BAD_REQUESTS = [  # (context, horizon, num_samples, seed), the name the message 
     ((GOOD, 10, 2, 2 ** 63), "seed"),
     ((np.zeros((1, 2, 384)), 10, 2, 0), r"got shape \(1, 2, 384\); leads come last: transpose a \[B, 2, C\]"),
     ((np.zeros((2, 384)), 10, 2, 0), r"got shape \(2, 384\); leads come last: transpose a \[2, C\] context to \[C, 2\]"),
+    ((np.zeros((2, 2, 384)), 10, 2, 0), r"got shape \(2, 2, 384\); leads come last: transpose a \[B, 2, C\] context$"),
     ((np.zeros((384, 3)), 10, 2, 0), r"got shape \(384, 3\)$"),                # the shape passed, not the batch made of it
     (([[[0.0, 0.0]], [[0.0, 0.0], [1.0, 1.0]]], 10, 2, 0), "context"),                          # ragged
     ((np.where(np.arange(384)[None, :, None] == 7, np.nan, GOOD), 10, 2, 0), "row 0, sample 7, lead 1"),
@@ -100,6 +101,20 @@ def test_a_flat_lead_is_warned_about(shipped):
             f.predict(np.zeros((384, 2), np.float32), 8, 2)
 
 
+def test_a_lead_of_tiny_noise_is_flat_and_a_flat_context_no_unit_problem():
+    """A lead off may carry noise far below 1e-6 mV: still flat. A context of zeros is told it is flat, not that
+    it is in the wrong unit."""
+    x = synthetic_ecg(3, 128, seed=0)[0]
+    x[:, 0] = 1e-7 * np.random.default_rng(0).standard_normal(len(x))
+    f = make_baseline("seasonal", 128)
+    with pytest.warns(UserWarning, match=r"1 flat lead\(s\) .*row 0, lead 1"):
+        f.predict(x, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        f.predict(np.zeros((384, 2)), 8)
+    assert [str(w.message).split(" (")[0] for w in caught] == ["the context has 2 flat lead(s)"]
+
+
 def run_forecast(args: list[str]) -> tuple[int, str]:
     """forecast.py in this process, as its __main__ runs it: (exit status, stderr)."""
     r = run_script(forecast.main, "forecast.py", args)
@@ -133,6 +148,23 @@ def test_forecast_of_a_record_shorter_than_one_context(tmp_path):
                               "--out", str(tmp_path / "out")])
     want = f"{record} lasts 2.0 s, shorter than the model's context of 3.0 s: no forecast can start in it"
     assert code == 2 and err.strip() == f"error: {want}", err
+
+
+def test_forecast_of_a_record_exactly_one_context_long(shipped, tmp_path):
+    """A record as long as the context is not too short: the forecast starts at its end, with no truth to plot."""
+    record = write_record(tmp_path, "r", seconds=3, seed=0)
+    res = forecast.forecast_record(shipped, str(record), 3.0, 1.0, 2, 0)
+    assert res["samples"].shape == (2, 128, 2) and len(res["truth"]) == 0
+
+
+def test_forecast_names_a_missing_shipped_model(tmp_path, monkeypatch):
+    """A shipped model by name whose file is gone: the make target that builds it, and the flag to use instead."""
+    gone = paths.ROOT / "pretrained" / "gone.pt"            # under ROOT, as --help shows it relative to ROOT
+    monkeypatch.setitem(paths.SHIPPED, "latent_sde", gone)
+    record = write_record(tmp_path, "r", seconds=12, seed=0)
+    code, err = run_forecast(["--checkpoint", "pretrained_sde", "--record", str(record), "--start", "5"])
+    assert code == 2 and err == (f"error: no shipped model at {gone}: run `make pretrained-sde` or pass --checkpoint "
+                                 "CHECKPOINT\n"), err
 
 
 def test_forecast_checkpoint_names_the_shipped_models(tmp_path):

@@ -263,6 +263,12 @@ def test_forecast_takes_the_shipped_models_by_name(tmp_path, monkeypatch, record
     assert json.loads((tmp_path / "r_5s.json").read_text())["checkpoint"] == str(SHIPPED[model])
 
 
+def test_forecast_uses_the_checkpoint_file_given(tmp_path, monkeypatch, record):
+    """--checkpoint PATH is the model forecast and recorded, not the default shipped Transformer."""
+    _forecast(monkeypatch, record, tmp_path, "--checkpoint", str(SHIPPED["latent_sde"]))
+    assert json.loads((tmp_path / "r_5s.json").read_text())["checkpoint"] == str(SHIPPED["latent_sde"])
+
+
 def test_forecast_seed_flag_chooses_the_draw(tmp_path, monkeypatch, record):
     a = _forecast(monkeypatch, record, tmp_path / "a", "--seed", "3")
     b = _forecast(monkeypatch, record, tmp_path / "b", "--seed", "3")
