@@ -7,6 +7,7 @@ import pytest
 import baselines as B
 import drafts as D
 import metrics as M
+import paths
 from conftest import periodic_ecg, synthetic_ecg
 from evaluate import make_forecaster
 from paths import UserError
@@ -125,6 +126,14 @@ def test_an_unknown_model_is_told_every_name_evaluate_takes():
     for name in ("--model latent_sde", "checkpoint path", "pretrained, pretrained_sde", *B.BASELINES, "baselines)",
                  "FILE.py:NAME"):
         assert name in str(e.value)
+
+
+def test_a_missing_shipped_model_says_how_to_make_it(tmp_path, monkeypatch):
+    """--model pretrained_sde whose file is gone: the make target that builds it, or --model CHECKPOINT."""
+    monkeypatch.setitem(paths.SHIPPED, "latent_sde", tmp_path / "latent_sde.pt")
+    with pytest.raises(UserError, match=r"no shipped model at .*latent_sde.pt: run `make pretrained-sde` or pass "
+                                        r"--model CHECKPOINT$"):
+        make_forecaster("pretrained_sde", FS)
 
 
 def test_draw_periods_centre_on_the_period_with_its_spread():

@@ -513,3 +513,12 @@ def test_horizon_beats_on_a_real_record_count_its_annotations(mitdb, tmp_path):
     n = int(wfdb.rdheader(str(mitdb / "208")).sig_len * fs / ann.fs) // t
     expected = sum(bool(((v >= k * t + c) & (v < (k + 1) * t)).any()) for k in range(n))
     assert 100 < expected < n and abs(result["record_info"][0]["windows"] - expected) <= 2
+
+
+def test_only_what_wfdb_dir_ignores_is_noted_and_split_defaults_to_test(capsys):
+    """No note without --wfdb-dir or without the flags it ignores; --split keeps its value, test when not given."""
+    for argv, split in ((["--wfdb-dir", "db"], "test"), (["--split", "validation", "--prepared", "p"], "validation"),
+                        (["--prepared", "p"], "test")):
+        args = evaluate.parse_args(["--model", "zero", *argv])
+        evaluate.check_args(args)
+        assert args.split == split and "ignored" not in capsys.readouterr().err, argv

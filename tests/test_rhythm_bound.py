@@ -7,6 +7,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
+
+import paths
+from conftest import synthetic_ecg, write_record
+from hyper_params import DataConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import rhythm_bound as R  # noqa: E402
@@ -120,9 +125,6 @@ def test_first_beat_error_in_ms_of_annotated_windows_with_a_prediction():
 
 def test_record_beats_reads_every_annotated_record_by_its_index(tmp_path):
     """history_beats looks beats up by the window's record index; unannotated records are not read."""
-    from conftest import synthetic_ecg, write_record
-    from hyper_params import DataConfig
-
     for seed, (name, annotate) in enumerate([("a", True), ("b", False), ("c", True)]):
         write_record(tmp_path, name, seconds=20, seed=seed, annotate=annotate)
     w = SimpleNamespace(records=["a", "b", "c"], annotated=[True, False, True])
@@ -133,9 +135,6 @@ def test_record_beats_reads_every_annotated_record_by_its_index(tmp_path):
 
 def test_record_beats_without_records_names_the_flags(tmp_path):
     """`history` reads WFDB records: a folder without any says how to give one or skip the part."""
-    import pytest
-
-    import paths
     with pytest.raises(paths.UserError, match="--data-dir.*--history-seconds"):
         R.record_beats(SimpleNamespace(records=["100"], annotated=[True]), tmp_path, None)
 
