@@ -286,6 +286,9 @@ def select_horizon_beats(w: Windows, kind: str, context: int) -> Windows:
     """Only the windows whose horizon's reference beats are all normal (`normal`), or hold a beat of the classes
     HORIZON_BEATS[kind]: where the rhythm breaks, the forecasters can be told apart from where it runs on.
     Windows of records without annotations never qualify."""
+    if not np.asarray(w.annotated)[np.unique(w.record)].any():
+        raise UserError(f"--horizon-beats {kind} reads the beat annotations, and no record of {w.source.get('path')} "
+                        f"has them (with --wfdb-dir, --annotator names the annotation file)")
     want = set(HORIZON_BEATS[kind])
     keep = [i for i, c in enumerate(horizon_classes(w, context)) if w.annotated[w.record[i]] and c and
             (c == want if kind == "normal" else c & want)]

@@ -488,7 +488,7 @@ def test_horizon_beats_chooses_windows_by_the_classes_of_their_horizon(kind, sta
 
 def test_horizon_beats_in_a_database_without_them_is_named(tmp_path):
     """Synthetic records hold normal beats only: asking for ventricular ones is refused with the flag and value,
-    and normal ones are every window."""
+    and normal ones are every window. Records without annotations are told apart from records without the class."""
     write_record(tmp_path / "db", "r", seconds=30, seed=0)
     with pytest.raises(UserError, match=r"--horizon-beats ventricular: none of the \d+ windows .* ventricular beat"):
         evaluate.main(["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), "--horizon-beats", "ventricular",
@@ -497,6 +497,10 @@ def test_horizon_beats_in_a_database_without_them_is_named(tmp_path):
     _, normal = _run(["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), "--horizon-beats", "normal",
                       "--results", str(tmp_path / "normal")])
     assert normal["header"]["records / windows"].startswith(everything["header"]["records / windows"] + ", only")
+    write_record(tmp_path / "bare", "u", seconds=30, seed=0, annotate=False)
+    with pytest.raises(UserError, match=r"--horizon-beats normal reads the beat annotations, and no record of .*bare"):
+        evaluate.main(["--model", "zero", "--wfdb-dir", str(tmp_path / "bare"), "--horizon-beats", "normal",
+                       "--results", str(tmp_path / "results")])
 
 
 def test_horizon_beats_on_a_real_record_count_its_annotations(mitdb, tmp_path):
