@@ -10,7 +10,8 @@ Baselines: zero, mean, persistence, seasonal, template, seasonal_ensemble, templ
 `baselines` for all. Each window's first input_signal_duration seconds are the context, the rest the
 truth to forecast. Metrics are computed per record, then averaged over records (each patient weighs
 the same) with bootstrap 95 % intervals over records, and each model is paired record by record against
-the best baseline on MSE, CRPS and R-peak F1. Writes report.md (the tables), metrics.json,
+the best baseline on MSE, CRPS and R-peak F1, also on the windows of each kind of horizon beats (normal,
+ectopic, supraventricular, ventricular). Writes report.md (the tables), metrics.json,
 metrics.csv, error_curves.png and gallery_<model>.png into a fresh results/evaluate-<time> folder.
 """
 from __future__ import annotations
@@ -282,20 +283,27 @@ def horizon_classes(w: Windows, context: int) -> list[set[str]]:
     return out
 
 
+def horizon_beats_masks(w: Windows, context: int) -> dict[str, np.ndarray]:
+    """For each HORIZON_BEATS kind, which windows qualify: all of the horizon's reference beats normal (`normal`),
+    or one of them of the kind's classes. Windows of records without annotations never qualify."""
+    classes = horizon_classes(w, context)
+    annotated = np.asarray(w.annotated, bool)[w.record]
+    return {kind: annotated & np.array([bool(c) and (c == set(want) if kind == "normal" else bool(c & set(want)))
+                                        for c in classes], bool)
+            for kind, want in HORIZON_BEATS.items()}
+
+
 def select_horizon_beats(w: Windows, kind: str, context: int) -> Windows:
-    """Only the windows whose horizon's reference beats are all normal (`normal`), or hold a beat of the classes
-    HORIZON_BEATS[kind]: where the rhythm breaks, the forecasters can be told apart from where it runs on.
-    Windows of records without annotations never qualify."""
+    """Only the windows of `horizon_beats_masks`' kind: where the rhythm breaks, the forecasters can be told apart
+    from where it runs on."""
     if not np.asarray(w.annotated)[np.unique(w.record)].any():
         raise UserError(f"--horizon-beats {kind} reads the beat annotations, and no record of {w.source.get('path')} "
                         f"has them (with --wfdb-dir, --annotator names the annotation file)")
-    want = set(HORIZON_BEATS[kind])
-    keep = [i for i, c in enumerate(horizon_classes(w, context)) if w.annotated[w.record[i]] and c and
-            (c == want if kind == "normal" else c & want)]
-    if not keep:
+    keep = np.flatnonzero(horizon_beats_masks(w, context)[kind])
+    if not len(keep):
         raise UserError(f"--horizon-beats {kind}: none of the {len(w.record)} windows of {w.source.get('path')} "
                         f"has {'only normal beats' if kind == 'normal' else 'a ' + kind + ' beat'} in its horizon")
-    return w.select(np.array(keep))
+    return w.select(keep)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -308,6 +316,7 @@ class Scores:
     curves: dict[str, np.ndarray]       # key -> [R, H] (summed over windows and leads)
     window_mse: np.ndarray              # [N] whole-horizon MSE of every window
     deterministic: bool = True
+    window_sums: dict[str, np.ndarray] = field(default_factory=dict)   # key -> [N, K+1]: each window's own
 
     def add(self, r: int, idx: np.ndarray, sums: dict[str, np.ndarray], curves: dict[str, np.ndarray],
             samples: int, records: int) -> None:
@@ -317,6 +326,16 @@ class Scores:
         _add_sums(self.curves, curves, r, records)
         self.curves.setdefault("windows", np.zeros(records))[r] += len(idx)
         self.window_mse[idx] = sums["se"][:, -1] / sums["n"][:, -1]
+        for key, v in sums.items():
+            self.window_sums.setdefault(key, np.zeros((len(self.window_mse), *v.shape[1:])))[idx] = v
+
+    def only(self, keep: np.ndarray, record: np.ndarray, records: int) -> "Scores":
+        """The same forecasts scored on the windows `keep` (a mask over all windows) alone, pooled per record again."""
+        sums = {}
+        for key, v in self.window_sums.items():
+            sums[key] = np.zeros((records, *v.shape[1:]))
+            np.add.at(sums[key], record[keep], v[keep])
+        return Scores(sums, {}, self.window_mse[keep], self.deterministic)
 
 
 def _add_sums(store: dict[str, np.ndarray], sums: dict[str, np.ndarray], r: int, records: int) -> None:
@@ -428,8 +447,19 @@ def summarize(scores: dict[str, Scores], truth_sums: dict, w: Windows, fs: int, 
     edges = M.segment_edges(horizon, fs)
     labels = [f"{a / fs:g}-{b / fs:g} s" for a, b in zip(edges[:-1], edges[1:])] + ["all"]
     used = np.unique(w.record)                      # records that have windows
-    out: dict = {"horizons": labels, "order": list(scores), "forecasters": {}, "per_record": {},
+    out: dict = {"horizons": labels, "order": list(scores), **scored_tables(scores, w, labels, baselines, n_boot, seed),
                  "records": [w.records[i] for i in used]}
+    out["detector"] = detector_check(truth_sums, w, used, n_boot, seed)
+    out["horizon_beats"] = by_horizon_beats(scores, w, w.signals.shape[1] - horizon, labels, baselines, n_boot, seed)
+    return out
+
+
+def scored_tables(scores: dict[str, Scores], w: Windows, labels: list[str], baselines: frozenset[str], n_boot: int,
+                  seed: int) -> dict:
+    """Every forecaster's metrics per record of `w` and their means with bootstrap intervals, and the paired
+    comparisons (against the best baseline, between models)."""
+    used = np.unique(w.record)
+    out: dict = {"forecasters": {}, "per_record": {}}
     per_record = {}
     for name, s in scores.items():
         per_rec = per_record[name] = M.record_metrics({key: v[used] for key, v in s.sums.items()})
@@ -437,9 +467,26 @@ def summarize(scores: dict[str, Scores], truth_sums: dict, w: Windows, fs: int, 
                                     "metrics": metric_table(per_rec, len(labels), n_boot, seed)}
         out["per_record"][name] = {metric: {w.records[i]: _num(v[j, -1]) for j, i in enumerate(used)}
                                    for metric, v in per_rec.items()}
-    out["detector"] = detector_check(truth_sums, w, used, n_boot, seed)
     out["paired"] = paired_with_best_baseline(per_record, out["forecasters"], baselines, labels, n_boot, seed)
     out["paired_models"] = paired_between_models(per_record, out["forecasters"], baselines, labels, n_boot, seed)
+    return out
+
+
+def by_horizon_beats(scores: dict[str, Scores], w: Windows, context: int, labels: list[str],
+                     baselines: frozenset[str], n_boot: int, seed: int) -> dict:
+    """The same forecasts scored again on the windows of each `horizon_beats_masks` kind that has any, as
+    --horizon-beats would score them alone: an ectopic beat in the horizon is where forecasts fail, and
+    the run's means hide it. Empty without beat annotations."""
+    if w.beat_sym is None or not np.asarray(w.annotated, bool)[w.record].any():
+        return {}
+    out = {}
+    for kind, keep in horizon_beats_masks(w, context).items():
+        if keep.any():
+            sub = w.select(np.flatnonzero(keep))
+            only = {name: s.only(keep, w.record, len(w.records)) for name, s in scores.items()}
+            tables = scored_tables(only, sub, labels, baselines, n_boot, seed)
+            out[kind] = {"records": [w.records[i] for i in np.unique(sub.record)], "windows": int(keep.sum()),
+                         "forecasters": tables["forecasters"], "paired": tables["paired"]}
     return out
 
 
@@ -565,6 +612,7 @@ def markdown_report(summary: dict, header: dict, w: Windows) -> str:
     """report.md: run header, one table of every metric per forecaster, then per horizon second."""
     lines = run_section(summary, header, w) + whole_horizon_section(summary)
     lines += paired_section(summary["paired"]) + models_section(summary["paired_models"])
+    lines += horizon_beats_section(summary.get("horizon_beats", {}))
     lines += per_second_section(summary) + detector_section(summary["detector"]) + metrics_section()
     lines += records_section(w)
     lines += ["", "## Plots", "", "![error per horizon time](error_curves.png)", ""]
@@ -688,6 +736,35 @@ def paired_table(rows: list[dict], key: str, title: str, text: str, columns: str
         out.append(f"| {r['forecaster']} | {header_of(r['metric'])} | {r['horizon']} | {r[key]} | "
                    f"{fmt(r[key + '_value'], 4)} | {fmt(r['value'], 4)} | {signed(r['difference'])} | {pct} | "
                    f"{r['better_on']} of {r['records']} |")
+    return out
+
+
+STRATUM_METRICS = (("mse", -1, "MSE (mV²)"), ("mse", 0, "MSE first second"), ("crps", -1, "CRPS (mV)"),
+                   ("cov80", -1, "cover 80 (%)"), ("f1_100", -1, "F1 ±100 ms"))   # (metric, horizon segment, header)
+
+
+def horizon_beats_section(strata: dict) -> list[str]:
+    """report.md lines for `by_horizon_beats`: the headline scores per kind of window, and the paired whole-horizon
+    differences against the best baseline of that kind."""
+    if not strata:
+        return []
+    out = ["", "## By the horizon's beats", "",
+           "The same forecasts, scored again on the windows whose horizon's reference beats are all normal (AAMI "
+           "class N), or hold an ectopic (S, V or F), supraventricular (S) or ventricular (V) beat, as "
+           "`--horizon-beats` scores them alone. Each kind has its own records: compare forecasters within a kind.", "",
+           "| horizon's beats | records / windows | forecaster | " + " | ".join(c[2] for c in STRATUM_METRICS) + " |",
+           "|---|---|---|" + "---:|" * len(STRATUM_METRICS)]
+    for kind, st in strata.items():
+        for name, table in st["forecasters"].items():
+            cells = [fmt(table["metrics"][m][j]["value"]) if m in table["metrics"] else "—" for m, j, _ in STRATUM_METRICS]
+            out.append(f"| {kind} | {len(st['records'])} / {st['windows']} | {name} | " + " | ".join(cells) + " |")
+    rows = [(kind, r) for kind, st in strata.items() for r in st["paired"] if r["horizon"] == "all"]
+    if rows:
+        out += ["", "Paired against the best baseline of each kind, whole horizon:", "",
+                "| horizon's beats | forecaster | score | best baseline | difference | better on |",
+                "|---|---|---|---|---:|---:|"]
+        out += [f"| {kind} | {r['forecaster']} | {header_of(r['metric'])} | {r['baseline']} | {signed(r['difference'])} "
+                f"| {r['better_on']} of {r['records']} |" for kind, r in rows]
     return out
 
 

@@ -526,3 +526,23 @@ def test_only_what_wfdb_dir_ignores_is_noted_and_split_defaults_to_test(capsys):
         args = evaluate.parse_args(["--model", "zero", *argv])
         evaluate.check_args(args)
         assert args.split == split and "ignored" not in capsys.readouterr().err, argv
+
+
+def test_one_run_scores_each_kind_of_horizon_beats_as_the_flag_does(tmp_path):
+    """The report's strata are the same forecasts scored on each kind's windows: the ventricular stratum of one run
+    equals a --horizon-beats ventricular run to the last digit, intervals included, and the report shows it."""
+    import wfdb
+
+    for i, name in enumerate(["r", "s"]):
+        write_record(tmp_path / "db", name, seconds=40, seed=i)
+        x, beats = synthetic_ecg(40, 360.0, seed=i)
+        wfdb.wrann(name, "atr", np.asarray(beats), symbol=["V" if k % 9 == 4 else "N" for k in range(len(beats))],
+                   write_dir=str(tmp_path / "db"))
+    argv = ["--model", "seasonal", "template_ensemble", "--wfdb-dir", str(tmp_path / "db"), "--samples", "8"]
+    run, everything = _run([*argv, "--results", str(tmp_path / "all")])
+    _, ventricular = _run([*argv, "--horizon-beats", "ventricular", "--results", str(tmp_path / "v")])
+    stratum = everything["horizon_beats"]["ventricular"]
+    assert 0 < stratum["windows"] < sum(r["windows"] for r in everything["record_info"])
+    assert stratum["forecasters"] == ventricular["forecasters"]
+    assert set(everything["horizon_beats"]) == {"normal", "ectopic", "ventricular"}
+    assert "| ventricular | 2 / " in (run / "report.md").read_text()
