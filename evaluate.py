@@ -288,9 +288,11 @@ def horizon_beats_masks(w: Windows, context: int) -> dict[str, np.ndarray]:
     or one of them of the kind's classes. Windows of records without annotations never qualify."""
     classes = horizon_classes(w, context)
     annotated = np.asarray(w.annotated, bool)[w.record]
-    return {kind: annotated & np.array([bool(c) and (c == set(want) if kind == "normal" else bool(c & set(want)))
-                                        for c in classes], bool)
-            for kind, want in HORIZON_BEATS.items()}
+    masks = {}
+    for kind, want in HORIZON_BEATS.items():
+        hit = [c == set(want) if kind == "normal" else bool(c & set(want)) for c in classes]
+        masks[kind] = annotated & np.array(hit, bool)
+    return masks
 
 
 def select_horizon_beats(w: Windows, kind: str, context: int) -> Windows:
@@ -756,15 +758,16 @@ def horizon_beats_section(strata: dict) -> list[str]:
            "|---|---|---|" + "---:|" * len(STRATUM_METRICS)]
     for kind, st in strata.items():
         for name, table in st["forecasters"].items():
-            cells = [fmt(table["metrics"][m][j]["value"]) if m in table["metrics"] else "—" for m, j, _ in STRATUM_METRICS]
+            cells = [fmt(table["metrics"][m][j]["value"]) if m in table["metrics"] else "—"
+                     for m, j, _ in STRATUM_METRICS]
             out.append(f"| {kind} | {len(st['records'])} / {st['windows']} | {name} | " + " | ".join(cells) + " |")
     rows = [(kind, r) for kind, st in strata.items() for r in st["paired"] if r["horizon"] == "all"]
     if rows:
         out += ["", "Paired against the best baseline of each kind, whole horizon:", "",
                 "| horizon's beats | forecaster | score | best baseline | difference | better on |",
                 "|---|---|---|---|---:|---:|"]
-        out += [f"| {kind} | {r['forecaster']} | {header_of(r['metric'])} | {r['baseline']} | {signed(r['difference'])} "
-                f"| {r['better_on']} of {r['records']} |" for kind, r in rows]
+        out += [f"| {kind} | {r['forecaster']} | {header_of(r['metric'])} | {r['baseline']} | "
+                f"{signed(r['difference'])} | {r['better_on']} of {r['records']} |" for kind, r in rows]
     return out
 
 

@@ -360,7 +360,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    t0, commit = time.time(), paths.git_commit()    # the code that runs, whatever the tree holds when the files are written
+    t0, commit = time.time(), paths.git_commit()    # the code that runs, whatever the tree holds at the end
     if args.samples < 1 or not 0 <= args.seed < 2 ** 63:
         raise UserError(f"--samples must be >= 1 and --seed in [0, 2**63), got {args.samples} and {args.seed}")
     path = checkpoint_path(args.checkpoint)

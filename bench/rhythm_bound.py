@@ -6,11 +6,12 @@ spread cost in R-peak F1? One JSON line.
 1. `oracle_f1`: beats placed every median (last, mean of the last two) reference RR interval after
    the context's last reference beat, scored against the horizon's reference beats (±100 ms, F1 per
    record, mean over records); `last_pair` repeats the last two intervals in turn, and `alternating`
-   does so only when the context's intervals alternate short and long, as in bigeminy. The context beats are the annotations, not detections: this bounds
-   what a forecast that continues the context's rhythm can score. Two more rules: `calibrated`, the
-   median rule turned into a sampler whose timing errors are the rule's own on the training patients
-   (scored on 10 paths per window, as evaluate.py scores sampled forecasts), and `learned`, a small
-   MLP fitted on the training patients' beats. For a calibrated sampler, the per-path hit rate
+   does so only when the context's intervals alternate short and long, as in bigeminy. The context
+   beats are the annotations, not detections: this bounds what a forecast that continues the
+   context's rhythm can score. Two more rules: `calibrated`, the median rule turned into a sampler
+   whose timing errors are the rule's own on the training patients (scored on 10 paths per window,
+   as evaluate.py scores sampled forecasts), and `learned`, a small MLP fitted on the training
+   patients' beats. For a calibrated sampler, the per-path hit rate
    E_s P_t(|s - t| < tol) (s and t drawn from the same forecast) is at most max_s P_t(|s - t| < tol),
    the best point rule's: timing spread that is honest about the uncertainty costs F1.
 2. `placed_beat_mse`: the point-forecast MSE (mV², first second and whole horizon) of the context's
@@ -45,7 +46,6 @@ JITTER_MS = (5, 10, 20, 40)
 
 
 Rule = Callable[[np.ndarray, int], np.ndarray]      # (context RR intervals, n) -> the next n intervals
-
 
 
 def alternating(rr: np.ndarray, n: int) -> np.ndarray:

@@ -467,8 +467,8 @@ def _beat_class_windows() -> evaluate.Windows:
     """Seven windows told apart by their start (i * 1000): their horizon beats are normal, normal after a V in the
     context, V, A, paced (Q), none in an unannotated record, and none at all."""
     c, t = load_config().data.window_samples, load_config().data.total_samples
-    beats = [[(100, "N"), (c + 100, "N"), (c + 200, "N")], [(100, "V"), (c + 100, "N")], [(c + 100, "V"), (c + 200, "N")],
-             [(c + 100, "A")], [(c + 100, "/")], [], [(100, "N")]]
+    beats = [[(100, "N"), (c + 100, "N"), (c + 200, "N")], [(100, "V"), (c + 100, "N")],
+             [(c + 100, "V"), (c + 200, "N")], [(c + 100, "A")], [(c + 100, "/")], [], [(100, "N")]]
     record = np.array([0, 0, 0, 0, 0, 1, 0])
     return evaluate.Windows(np.zeros((7, t, 2), np.float32), record, np.arange(7) * 1000,
                             np.cumsum([0] + [len(b) for b in beats]), np.array([p for b in beats for p, _ in b]),
