@@ -289,8 +289,9 @@ def horizon_beats_masks(w: Windows, context: int) -> dict[str, np.ndarray]:
     classes = horizon_classes(w, context)
     annotated = np.asarray(w.annotated, bool)[w.record]
     masks = {}
-    for kind, want in HORIZON_BEATS.items():
-        hit = [c == set(want) if kind == "normal" else bool(c & set(want)) for c in classes]
+    for kind, of_kind in HORIZON_BEATS.items():
+        want = set(of_kind)
+        hit = [c == want if kind == "normal" else bool(c & want) for c in classes]
         masks[kind] = annotated & np.array(hit, bool)
     return masks
 
@@ -298,7 +299,7 @@ def horizon_beats_masks(w: Windows, context: int) -> dict[str, np.ndarray]:
 def select_horizon_beats(w: Windows, kind: str, context: int) -> Windows:
     """Only the windows of `horizon_beats_masks`' kind: where the rhythm breaks, the forecasters can be told apart
     from where it runs on."""
-    if not np.asarray(w.annotated)[np.unique(w.record)].any():
+    if not np.asarray(w.annotated, bool)[w.record].any():
         raise UserError(f"--horizon-beats {kind} reads the beat annotations, and no record of {w.source.get('path')} "
                         f"has them (with --wfdb-dir, --annotator names the annotation file)")
     keep = np.flatnonzero(horizon_beats_masks(w, context)[kind])
@@ -312,13 +313,13 @@ def select_horizon_beats(w: Windows, kind: str, context: int) -> Windows:
 
 @dataclass
 class Scores:
-    """Sums of one forecaster over each record's windows."""
+    """Sums of one forecaster: each window's own, and pooled over each record's windows."""
 
-    sums: dict[str, np.ndarray]         # key -> [R, K+1]
-    curves: dict[str, np.ndarray]       # key -> [R, H] (summed over windows and leads)
-    window_mse: np.ndarray              # [N] whole-horizon MSE of every window
+    windows: int                        # N, the windows scored
     deterministic: bool = True
-    window_sums: dict[str, np.ndarray] = field(default_factory=dict)   # key -> [N, K+1]: each window's own
+    sums: dict[str, np.ndarray] = field(default_factory=dict)          # key -> [R, K+1]
+    curves: dict[str, np.ndarray] = field(default_factory=dict)        # key -> [R, H] (summed over windows, leads)
+    window_sums: dict[str, np.ndarray] = field(default_factory=dict)   # key -> [N, K+1]
 
     def add(self, r: int, idx: np.ndarray, sums: dict[str, np.ndarray], curves: dict[str, np.ndarray],
             samples: int, records: int) -> None:
@@ -327,17 +328,24 @@ class Scores:
         _add_sums(self.sums, sums, r, records)
         _add_sums(self.curves, curves, r, records)
         self.curves.setdefault("windows", np.zeros(records))[r] += len(idx)
-        self.window_mse[idx] = sums["se"][:, -1] / sums["n"][:, -1]
         for key, v in sums.items():
-            self.window_sums.setdefault(key, np.zeros((len(self.window_mse), *v.shape[1:])))[idx] = v
+            if key not in self.window_sums:
+                self.window_sums[key] = np.zeros((self.windows, *v.shape[1:]))
+            self.window_sums[key][idx] = v
+
+    @property
+    def window_mse(self) -> np.ndarray:
+        """[N] whole-horizon MSE of every window."""
+        return self.window_sums["se"][:, -1] / self.window_sums["n"][:, -1]
 
     def only(self, keep: np.ndarray, record: np.ndarray, records: int) -> "Scores":
         """The same forecasts scored on the windows `keep` (a mask over all windows) alone, pooled per record again."""
-        sums = {}
-        for key, v in self.window_sums.items():
-            sums[key] = np.zeros((records, *v.shape[1:]))
-            np.add.at(sums[key], record[keep], v[keep])
-        return Scores(sums, {}, self.window_mse[keep], self.deterministic)
+        out = Scores(int(keep.sum()), self.deterministic,
+                     window_sums={key: v[keep] for key, v in self.window_sums.items()})
+        for key, v in out.window_sums.items():
+            out.sums[key] = np.zeros((records, *v.shape[1:]))
+            np.add.at(out.sums[key], record[keep], v)
+        return out
 
 
 def _add_sums(store: dict[str, np.ndarray], sums: dict[str, np.ndarray], r: int, records: int) -> None:
@@ -409,7 +417,7 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
     Returns each forecaster's Scores and the rhythm sums of the R-peak detector run on the true
     horizons: its own sensitivity and positive predictivity against the reference annotations.
     """
-    scores = {name: Scores({}, {}, np.full(len(w.signals), np.nan), getattr(f, "deterministic", True))
+    scores = {name: Scores(len(w.signals), getattr(f, "deterministic", True))
               for name, f in forecasters.items()}
     truth_sums: dict[str, np.ndarray] = {}
     edges = M.segment_edges(w.signals.shape[1] - context, fs)     # horizon segments, the same for every chunk
@@ -449,25 +457,25 @@ def summarize(scores: dict[str, Scores], truth_sums: dict, w: Windows, fs: int, 
     edges = M.segment_edges(horizon, fs)
     labels = [f"{a / fs:g}-{b / fs:g} s" for a, b in zip(edges[:-1], edges[1:])] + ["all"]
     used = np.unique(w.record)                      # records that have windows
-    out: dict = {"horizons": labels, "order": list(scores), **scored_tables(scores, w, labels, baselines, n_boot, seed),
+    out: dict = {"horizons": labels, "order": list(scores),
+                 **scored_tables(scores, used, w.records, labels, baselines, n_boot, seed),
                  "records": [w.records[i] for i in used]}
     out["detector"] = detector_check(truth_sums, w, used, n_boot, seed)
     out["horizon_beats"] = by_horizon_beats(scores, w, w.signals.shape[1] - horizon, labels, baselines, n_boot, seed)
     return out
 
 
-def scored_tables(scores: dict[str, Scores], w: Windows, labels: list[str], baselines: frozenset[str], n_boot: int,
-                  seed: int) -> dict:
-    """Every forecaster's metrics per record of `w` and their means with bootstrap intervals, and the paired
-    comparisons (against the best baseline, between models)."""
-    used = np.unique(w.record)
+def scored_tables(scores: dict[str, Scores], used: np.ndarray, records: list[str], labels: list[str],
+                  baselines: frozenset[str], n_boot: int, seed: int) -> dict:
+    """Every forecaster's metrics per record (`used`: the indices into `records` that have windows) and their means
+    with bootstrap intervals, and the paired comparisons (against the best baseline, between models)."""
     out: dict = {"forecasters": {}, "per_record": {}}
     per_record = {}
     for name, s in scores.items():
         per_rec = per_record[name] = M.record_metrics({key: v[used] for key, v in s.sums.items()})
         out["forecasters"][name] = {"deterministic": s.deterministic,
                                     "metrics": metric_table(per_rec, len(labels), n_boot, seed)}
-        out["per_record"][name] = {metric: {w.records[i]: _num(v[j, -1]) for j, i in enumerate(used)}
+        out["per_record"][name] = {metric: {records[i]: _num(v[j, -1]) for j, i in enumerate(used)}
                                    for metric, v in per_rec.items()}
     out["paired"] = paired_with_best_baseline(per_record, out["forecasters"], baselines, labels, n_boot, seed)
     out["paired_models"] = paired_between_models(per_record, out["forecasters"], baselines, labels, n_boot, seed)
@@ -479,15 +487,15 @@ def by_horizon_beats(scores: dict[str, Scores], w: Windows, context: int, labels
     """The same forecasts scored again on the windows of each `horizon_beats_masks` kind that has any, as
     --horizon-beats would score them alone: an ectopic beat in the horizon is where forecasts fail, and
     the run's means hide it. Empty without beat annotations."""
-    if w.beat_sym is None or not np.asarray(w.annotated, bool)[w.record].any():
+    if w.beat_sym is None:
         return {}
     out = {}
-    for kind, keep in horizon_beats_masks(w, context).items():
+    for kind, keep in horizon_beats_masks(w, context).items():      # all empty without annotations
         if keep.any():
-            sub = w.select(np.flatnonzero(keep))
+            used = np.unique(w.record[keep])
             only = {name: s.only(keep, w.record, len(w.records)) for name, s in scores.items()}
-            tables = scored_tables(only, sub, labels, baselines, n_boot, seed)
-            out[kind] = {"records": [w.records[i] for i in np.unique(sub.record)], "windows": int(keep.sum()),
+            tables = scored_tables(only, used, w.records, labels, baselines, n_boot, seed)
+            out[kind] = {"records": [w.records[i] for i in used], "windows": int(keep.sum()),
                          "forecasters": tables["forecasters"], "paired": tables["paired"]}
     return out
 
@@ -858,12 +866,13 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
 def gallery_picks(s: Scores, w: Windows) -> list[tuple[str, int, int]]:
     """(label, record, window) of the best, median and worst record by mean window MSE: from each, the window
     with the record's median MSE."""
-    per_rec = {r: np.nanmean(s.window_mse[w.record == r]) for r in np.unique(w.record)}
+    window_mse = s.window_mse
+    per_rec = {r: np.nanmean(window_mse[w.record == r]) for r in np.unique(w.record)}
     order = sorted(per_rec, key=per_rec.get)
     picks = []
     for label, r in [("best", order[0]), ("median", order[len(order) // 2]), ("worst", order[-1])]:
         idx = np.flatnonzero(w.record == r)
-        mse = s.window_mse[idx]
+        mse = window_mse[idx]
         picks.append((label, r, int(idx[np.argsort(mse)[len(mse) // 2]])))
     return picks
 

@@ -466,7 +466,8 @@ def test_prepared_flags_given_with_wfdb_dir_are_noted_as_ignored(tmp_path, capsy
 def _beat_class_windows() -> evaluate.Windows:
     """Seven windows told apart by their start (i * 1000): their horizon beats are normal, normal after a V in the
     context, V, A, paced (Q), none in an unannotated record, and none at all."""
-    c, t = load_config().data.window_samples, load_config().data.total_samples
+    data = load_config().data
+    c, t = data.window_samples, data.total_samples
     beats = [[(100, "N"), (c + 100, "N"), (c + 200, "N")], [(100, "V"), (c + 100, "N")],
              [(c + 100, "V"), (c + 200, "N")], [(c + 100, "A")], [(c + 100, "/")], [], [(100, "N")]]
     record = np.array([0, 0, 0, 0, 0, 1, 0])
@@ -535,7 +536,7 @@ def test_one_run_scores_each_kind_of_horizon_beats_as_the_flag_does(tmp_path):
 
     for i, name in enumerate(["r", "s"]):
         write_record(tmp_path / "db", name, seconds=40, seed=i)
-        x, beats = synthetic_ecg(40, 360.0, seed=i)
+        _, beats = synthetic_ecg(40, 360.0, seed=i)
         wfdb.wrann(name, "atr", np.asarray(beats), symbol=["V" if k % 9 == 4 else "N" for k in range(len(beats))],
                    write_dir=str(tmp_path / "db"))
     argv = ["--model", "seasonal", "template_ensemble", "--wfdb-dir", str(tmp_path / "db"), "--samples", "8"]
