@@ -37,6 +37,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "hr_bpm": ("HR err", "bpm"),
 }
 TOLERANCES_MS = (50, 100)   # beat matching windows; timing error uses the wider one
+RHYTHM_PATHS = 10   # sample paths per window whose R peaks are scored for a sampled forecast (the first ones)
 DETECTOR = {"band_hz": (8.0, 20.0), "order": 2, "window_s": 0.08, "threshold": 0.3,
             "refractory_s": 0.2, "refine_s": 0.06}
 

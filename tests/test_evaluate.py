@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import evaluate
+import eval_report
 import metrics as M
 from conftest import ROOT, edit_tree_after, spike_train, synthetic_ecg, write_record, write_signal
 from hyper_params import load_config
@@ -140,7 +141,7 @@ def test_a_model_is_paired_against_the_best_baseline_on_each_score(db250):
         assert r["difference"]["value"] == pytest.approx(np.mean(d), abs=1e-5)
         assert r["difference"]["ci"][0] <= r["difference"]["value"] <= r["difference"]["ci"][1]
         assert r["better_on"] == sum((x < 0) if metric == "crps" else (x > 0) for x in d)
-    report = evaluate.markdown_report(s, {}, w)
+    report = eval_report.markdown_report(s, {}, w)
     assert "## Paired against the best baseline" in report and "| model | CRPS (mV) | all | " in report
 
 
@@ -169,11 +170,11 @@ def test_models_are_paired_with_each_other_in_run_order(db250):
     # sampled drafts score a lower CRPS than a deterministic copy of the last beat, on every record
     crps = next(r for r in rows if (r["forecaster"], r["against"], r["metric"]) == ("a", "b", "crps"))
     assert crps["difference"]["value"] < 0 and crps["better_on"] == 3
-    report = evaluate.markdown_report(s, {}, w)
+    report = eval_report.markdown_report(s, {}, w)
     assert "## Models paired with each other" in report and "| a | CRPS (mV) | all | b | " in report
     one = evaluate.summarize({k: scores[k] for k in ("zero", "a")}, truth, w, fs, w.signals.shape[1] - c,
                              baselines=frozenset(["zero"]))
-    assert one["paired_models"] == [] and "Models paired" not in evaluate.markdown_report(one, {}, w)
+    assert one["paired_models"] == [] and "Models paired" not in eval_report.markdown_report(one, {}, w)
 
 
 def test_real_mitbih_records_through_wfdb_dir(mitdb, tmp_path):
@@ -281,13 +282,13 @@ def test_rhythm_is_averaged_over_the_first_sample_paths():
     c = h = 384
     beats = np.arange(30, c + h, 100)
     truth = spike_train(c + h, beats)
-    paths = np.zeros((1, evaluate.RHYTHM_PATHS + 5, h))
+    paths = np.zeros((1, M.RHYTHM_PATHS + 5, h))
     paths[0, 0] = truth[c:]                              # one path with the beats, the others flat
-    paths[0, evaluate.RHYTHM_PATHS:] = truth[c:]         # beyond the first RHYTHM_PATHS: not scored
+    paths[0, M.RHYTHM_PATHS:] = truth[c:]         # beyond the first RHYTHM_PATHS: not scored
     s = evaluate.rhythm_of_paths(truth[None, :c], paths, np.zeros(len(beats), np.int64), beats, 128,
                                  M.segment_edges(h, 128), np.array([True]))
     m = M.record_metrics({k: v.sum(0) for k, v in s.items()})
-    k = 1 / evaluate.RHYTHM_PATHS                        # TP k n, FN (1 - k) n, FP 0
+    k = 1 / M.RHYTHM_PATHS                        # TP k n, FN (1 - k) n, FP 0
     assert m["f1_100"][-1] == pytest.approx(2 * k / (2 * k + 1 - k))
 
 

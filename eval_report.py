@@ -1,0 +1,225 @@
+"""The report of an evaluation run: report.md's sections and metrics.csv, from the summary `evaluate.summarize`
+builds. Kept apart from the scoring so that either reads alone."""
+from __future__ import annotations
+
+import csv
+import io
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+import metrics as M
+
+if TYPE_CHECKING:
+    from evaluate import Windows
+
+
+def fmt(v: float | None, digits: int = 3) -> str:
+    """`digits` significant digits, no exponent for ordinary magnitudes; '—' for undefined."""
+    if v is None or not np.isfinite(v):
+        return "—"
+    if abs(v) >= 1000:
+        return f"{v:.0f}"
+    return f"{v:.{digits}g}" if abs(v) >= 0.001 or v == 0 else f"{v:.{digits - 1}e}"
+
+
+def cell(entry: dict) -> str:
+    if entry["value"] is None:
+        return "—"
+    return f"{fmt(entry['value'])} [{fmt(entry['ci'][0])}, {fmt(entry['ci'][1])}]"
+
+
+def header_of(metric: str) -> str:
+    label, unit = M.METRICS[metric]
+    return f"{label} ({unit})" if unit else label
+
+
+def markdown_report(summary: dict, header: dict, w: Windows) -> str:
+    """report.md: run header, one table of every metric per forecaster, then per horizon second."""
+    lines = run_section(summary, header, w) + whole_horizon_section(summary)
+    lines += paired_section(summary["paired"]) + models_section(summary["paired_models"])
+    lines += horizon_beats_section(summary.get("horizon_beats", {}))
+    lines += per_second_section(summary) + detector_section(summary["detector"]) + metrics_section()
+    lines += records_section(w)
+    lines += ["", "## Plots", "", "![error per horizon time](error_curves.png)", ""]
+    lines += [f"![{name} examples](gallery_{file_name(name)}.png)" for name in summary["order"]]
+    return "\n".join(lines) + "\n"
+
+
+def run_section(summary: dict, header: dict, w: Windows) -> list[str]:
+    """report.md's title and the run's header table."""
+    lines = [f"# Forecast evaluation: {len(summary['records'])} records, {len(w.record)} windows "
+             f"({w.source.get('kind')} {w.source.get('split')})", ""]
+    lines += ["| | |", "|---|---|"]
+    return lines + [f"| {k} | {'`' + v + '`' if k == 'command' else v} |" for k, v in header.items()] + [""]
+
+
+def whole_horizon_section(summary: dict) -> list[str]:
+    """Every metric of every forecaster over the whole horizon, with its interval."""
+    cols = list(M.METRICS)
+    lines = ["## All forecasters, whole horizon", "",
+             "Mean over records [bootstrap 95 % interval over records]; each record's value pools its "
+             "windows, so each patient weighs the same. `—`: undefined (interval scores of "
+             "deterministic forecasts).", ""]
+    lines += ["| forecaster | " + " | ".join(header_of(c) for c in cols) + " |",
+              "|---|" + "---:|" * len(cols)]
+    for name in summary["order"]:
+        m = summary["forecasters"][name]["metrics"]
+        lines.append(f"| {name} | " + " | ".join(cell(m[c][-1]) for c in cols) + " |")
+    return lines
+
+
+def per_second_section(summary: dict) -> list[str]:
+    """Every metric per forecaster and horizon second; their intervals are in metrics.json / metrics.csv."""
+    cols = list(M.METRICS)
+    lines = ["", "## Per horizon second", "", "Same metrics, one row per forecaster and horizon second "
+             "(mean over records; intervals in metrics.json / metrics.csv).", ""]
+    lines += ["| forecaster | horizon | " + " | ".join(header_of(c) for c in cols) + " |",
+              "|---|---|" + "---:|" * len(cols)]
+    for name in summary["order"]:
+        m = summary["forecasters"][name]["metrics"]
+        for j, label in enumerate(summary["horizons"][:-1]):
+            lines.append(f"| {name} | {label} | " + " | ".join(fmt(m[c][j]["value"]) for c in cols) + " |")
+    return lines
+
+
+def detector_section(d: dict) -> list[str]:
+    """The R-peak detector scored on the true horizons: what bounds every forecast's rhythm scores."""
+    lines = ["", "## R-peak detector check", "",
+             f"The detector (`metrics.detect_r_peaks`) run on the true horizons (lead 1) against the reference "
+             f"beat annotations of {d['annotated_records']} annotated records (pooled over all windows):", "",
+             "| tolerance | sensitivity | positive predictivity | TP | FP | FN |", "|---|---:|---:|---:|---:|---:|"]
+    for tol in M.TOLERANCES_MS:
+        e = d[f"{tol}ms"]
+        se = "—" if e["sensitivity"] is None else f"{100 * e['sensitivity']:.2f} %"
+        pp = "—" if e["positive_predictivity"] is None else f"{100 * e['positive_predictivity']:.2f} %"
+        lines.append(f"| ±{tol} ms | {se} | {pp} | {e['tp']} | {e['fp']} | {e['fn']} |")
+    return lines + ["", f"Its own timing error (±100 ms matches): {cell(d['timing_ms'])} ms; heart-rate error: "
+                    f"{cell(d['hr_bpm'])} bpm. These bound what any forecast can score on the rhythm columns.", ""]
+
+
+def metrics_section() -> list[str]:
+    """How each column is computed."""
+    return ["## Metrics", "",
+            "- MSE, MAE: point forecast (sample mean) vs truth, both leads. PRD = 100·sqrt(Σerr²/Σtruth²), "
+            "PRDN the same against the truth's variance about its mean, energies pooled over a record's windows.",
+            "- Pearson r: per window and lead, then averaged; 0 for a constant forecast.",
+            "- CRPS from the samples (energy form, sorted samples; equals MAE for a deterministic forecast); "
+            "MSE/MAE of median: the sample median as point forecast; cover/width: fraction of true samples "
+            "inside the central 50 % / 80 % interval of the samples and its mean width.",
+            "- F1: R peaks detected in the forecast's lead 1 (continuing the true context) matched "
+            "to the reference beats in the horizon within ±50 / ±100 ms; timing err: mean |Δt| of ±100 ms "
+            "matches; HR err: |heart rate of detections − of reference beats| per window (bpm). A sampled "
+            f"forecast is scored on its first {M.RHYTHM_PATHS} sample paths per window (pooled; samples are "
+            "exchangeable draws): the mean of samples that disagree on timing has no sharp beats.", ""]
+
+
+def records_section(w: Windows) -> list[str]:
+    """The scored records, then the gaps windows left out and the records skipped."""
+    lines = ["## Records", "", "| record | leads | rate in (Hz) | annotations | windows |", "|---|---|---:|---|---:|"]
+    counts = np.bincount(w.record, minlength=len(w.records))
+    for i, name in enumerate(w.records):
+        if counts[i]:
+            lines.append(f"| {name} | {', '.join(w.leads[i])} | {w.fs_in[i]:g} | "
+                         f"{'yes' if w.annotated[i] else 'no'} | {counts[i]} |")
+    gaps = w.source.get("invalid_seconds") or {}
+    if gaps:
+        lines += ["", "Windows leave out the gaps (NaN/invalid samples) of "
+                  + ", ".join(f"{n} ({s:.1f} s)" for n, s in gaps.items()) + "."]
+    if w.skipped:
+        lines += ["", f"Skipped {len(w.skipped)} record(s):", ""] + [f"- {n}: {why}" for n, why in w.skipped]
+    return lines
+
+
+def paired_section(rows: list[dict]) -> list[str]:
+    """report.md lines for `paired_with_best_baseline` (none when no model was scored next to baselines)."""
+    return paired_table(rows, "baseline", "Paired against the best baseline",
+                        "Each model minus the best baseline on that score (lowest MSE or CRPS, highest F1), record by "
+                        "record: mean over records [bootstrap 95 % interval of the paired differences], the change "
+                        "relative to the baseline, and on how many records the model is better. An interval that "
+                        "excludes 0 is a difference these patients show; one that includes it is not.",
+                        "best baseline | baseline")
+
+
+def models_section(rows: list[dict]) -> list[str]:
+    """report.md lines for `paired_between_models` (none with fewer than two models)."""
+    return paired_table(rows, "against", "Models paired with each other",
+                        "Each model minus each model after it, record by record, on MSE (whole horizon and first "
+                        "second), CRPS and F1: mean over records [bootstrap 95 % interval of the paired differences], "
+                        "the change relative to the other model, and on how many records the first is better.",
+                        "other model | other")
+
+
+def paired_table(rows: list[dict], key: str, title: str, text: str, columns: str) -> list[str]:
+    """A report section of paired rows, each against the forecaster named under `key` (its value: `key`_value)."""
+    if not rows:
+        return []
+    out = ["", f"## {title}", "", text, "",
+           f"| forecaster | score | horizon | {columns} | forecaster | difference | change | better on |",
+           "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        pct = "—" if r["change_pct"] is None else f"{r['change_pct']:+.1f} %"
+        out.append(f"| {r['forecaster']} | {header_of(r['metric'])} | {r['horizon']} | {r[key]} | "
+                   f"{fmt(r[key + '_value'], 4)} | {fmt(r['value'], 4)} | {signed(r['difference'])} | {pct} | "
+                   f"{r['better_on']} of {r['records']} |")
+    return out
+
+
+STRATUM_METRICS = (("mse", -1, "MSE (mV²)"), ("mse", 0, "MSE first second"), ("crps", -1, "CRPS (mV)"),
+                   ("cov80", -1, "cover 80 (%)"), ("f1_100", -1, "F1 ±100 ms"))   # (metric, horizon segment, header)
+
+
+def horizon_beats_section(strata: dict) -> list[str]:
+    """report.md lines for `by_horizon_beats`: the headline scores per kind of window, and the paired whole-horizon
+    differences against the best baseline of that kind."""
+    if not strata:
+        return []
+    out = ["", "## By the horizon's beats", "",
+           "The same forecasts, scored again on the windows whose horizon's reference beats are all normal (AAMI "
+           "class N), or hold an ectopic (S, V or F), supraventricular (S) or ventricular (V) beat, as "
+           "`--horizon-beats` scores them alone. Each kind has its own records: compare forecasters within a kind.", "",
+           "| horizon's beats | records / windows | forecaster | " + " | ".join(c[2] for c in STRATUM_METRICS) + " |",
+           "|---|---|---|" + "---:|" * len(STRATUM_METRICS)]
+    for kind, st in strata.items():
+        for name, table in st["forecasters"].items():
+            cells = [fmt(table["metrics"][m][j]["value"]) if m in table["metrics"] else "—"
+                     for m, j, _ in STRATUM_METRICS]
+            out.append(f"| {kind} | {len(st['records'])} / {st['windows']} | {name} | " + " | ".join(cells) + " |")
+    rows = [(kind, r) for kind, st in strata.items() for r in st["paired"] if r["horizon"] == "all"]
+    if rows:
+        out += ["", "Paired against the best baseline of each kind, whole horizon:", "",
+                "| horizon's beats | forecaster | score | best baseline | difference | better on |",
+                "|---|---|---|---|---:|---:|"]
+        out += [f"| {kind} | {r['forecaster']} | {header_of(r['metric'])} | {r['baseline']} | "
+                f"{signed(r['difference'])} | {r['better_on']} of {r['records']} |" for kind, r in rows]
+    return out
+
+
+def signed(entry: dict) -> str:
+    """A difference and its interval with explicit signs, four decimals: paired gaps are small."""
+    if entry["value"] is None:
+        return "—"
+    lo, hi = (f"{v:+.4f}" if v is not None else "—" for v in entry["ci"])
+    return f"{entry['value']:+.4f} [{lo}, {hi}]"
+
+
+def csv_text(summary: dict) -> str:
+    """Long format: one row per forecaster, horizon segment and metric."""
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(["forecaster", "horizon", "metric", "unit", "value", "ci_low", "ci_high", "records"])
+    for name in summary["order"]:
+        for metric, entries in summary["forecasters"][name]["metrics"].items():
+            for label, e in zip(summary["horizons"], entries):
+                out.writerow([name, label, metric, M.METRICS[metric][1], _csv(e["value"]), _csv(e["ci"][0]),
+                              _csv(e["ci"][1]), e["records"]])
+    return buf.getvalue()
+
+
+def _csv(v: float | None) -> str:
+    return "" if v is None else repr(v)
+
+
+def file_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
