@@ -67,7 +67,8 @@ def step_fn(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict
 
 
 def summarize(row: dict) -> dict:
-    """PRD against the signal energy, normalised PRD against its variance (percent)."""
+    """PRD against the signal energy, normalised PRD against its variance (percent), pooled over the validation
+    windows: vqvae_eval.py's mean over records weighs each patient the same and differs from it."""
     return {"val_prd": 100 * float(np.sqrt(row["val_mse_mv2"] / row["val_signal_mv2"])),
             "val_prdn": 100 * float(np.sqrt(row["val_mse_mv2"] / row["val_deviation_mv2"]))}
 
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     row = trainer.run(args.resume)
     if rt.is_main and "val_mse_mv2" in row:      # not after a resume with nothing left to train
         print(f"final validation: MSE {row['val_mse_mv2']:.5f} mV^2, PRD {row['val_prd']:.2f}%, "
-              f"PRDN {row['val_prdn']:.2f}%, codebook perplexity {row['perplexity']:.1f} "
+              f"PRDN {row['val_prdn']:.2f}% (pooled over windows; vqvae_eval.py: mean over records), codebook perplexity {row['perplexity']:.1f} "
               f"(usage {100 * row['usage']:.0f}%), "
               f"{compression_line(model, cfg, val['records'], args.prepared)}")
     return row
