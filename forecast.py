@@ -371,18 +371,47 @@ def main() -> None:
     res = forecast_record(fc, args.record, args.start, args.horizon, args.samples, args.seed)
     out = Path(args.out) if args.out else paths.new_run_dir("forecast")
     truth, gap = truth_cover(res)
+    res["heart_rate"] = heart_rates(res)
     stem = save_forecast(res, args, path, out, (truth, gap), commit)
     print(f"forecast of {args.record} from {args.start:g} s: {args.samples} samples x {res['samples'].shape[1]} "
           f"samples x 2 leads at {res['fs']} Hz in {time.time() - t0:.1f} s ({t_load:.1f} s of it loading the model)")
     if gap or truth < res["samples"].shape[1]:
         print(f"note: the truth plotted covers {(truth - gap) / res['fs']:g} s of the {res['samples'].shape[1] / res['fs']:g} s "
               f"forecast (the record's end or a gap)")
+    print(f"{heart_rate_line(res['heart_rate'])} (lead 1 R peaks; paths: median [10th-90th percentile])")
     print(f"plot: {out / (stem + '.png')}\nsamples: {out / (stem + '_samples.npy')}")
 
 
 def truth_cover(res: dict) -> tuple[int, int]:
     """The true samples after the start, and how many of them are gaps: the record may end, or break, early."""
     return len(res["truth"]), int((~np.isfinite(res["truth"])).any(1).sum())
+
+
+def heart_rates(res: dict) -> dict:
+    """Heart rate (bpm) of the context, of each sampled path (median and 10th-90th percentile over paths) and of
+    the truth when the record covers the whole horizon, from lead 1's R peaks as evaluate.py detects them (the
+    context's threshold): a forecast whose paths lose the patient's rhythm shows it in one line."""
+    from metrics import detect_r_peaks, heart_rate, per_row
+    fs, lead = res["fs"], res["context"][:, 0]
+    c, horizon = len(lead), res["samples"].shape[1]
+
+    def rates(continuations: np.ndarray) -> list[float]:
+        x = np.concatenate([np.broadcast_to(lead, (len(continuations), c)), continuations], axis=1)
+        found = per_row(*detect_r_peaks(x, fs, level_from=c), len(x))
+        return [round(heart_rate(p[p >= c], fs, horizon / fs), 1) for p in found]
+
+    paths = rates(res["samples"][:, :, 0])
+    truth = res["truth"][:, 0]
+    whole = len(truth) == horizon and bool(np.isfinite(truth).all())
+    return {"context": round(heart_rate(detect_r_peaks(lead[None], fs)[1], fs, c / fs), 1),
+            "paths_median": float(np.median(paths)), "paths_p10": float(np.percentile(paths, 10)),
+            "paths_p90": float(np.percentile(paths, 90)), "truth": rates(truth[None])[0] if whole else None}
+
+
+def heart_rate_line(hr: dict) -> str:
+    truth = "" if hr["truth"] is None else f", truth {hr['truth']:.0f}"
+    return (f"heart rate (bpm): context {hr['context']:.0f}, paths {hr['paths_median']:.0f} "
+            f"[{hr['paths_p10']:.0f}-{hr['paths_p90']:.0f}]{truth}")
 
 
 def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Path, cover: tuple[int, int],
@@ -397,7 +426,7 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
     truth, gap = cover
     paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "leads": res["leads"],
                              "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
-                             "truth_samples": truth, "truth_gap_samples": gap,
+                             "truth_samples": truth, "truth_gap_samples": gap, "heart_rate_bpm": res["heart_rate"],
                              "checkpoint": str(checkpoint), "git_commit": commit}, out / f"{stem}.json")
     return stem
 
@@ -407,7 +436,8 @@ def plot_record(res: dict, record: str, args: argparse.Namespace, path: Path) ->
     window = np.concatenate([res["context"], np.pad(res["truth"], ((0, len(res["samples"][0]) - len(res["truth"])), (0, 0)),
                                                     constant_values=np.nan)])
     plot_forecasts(window[None], res["samples"][None], res["fs"], len(res["context"]), path,
-                   f"record {record} from {args.start:g} s: {args.samples} sampled forecasts",
+                   f"record {record} from {args.start:g} s: {args.samples} sampled forecasts; "
+                   f"{heart_rate_line(res['heart_rate'])}",
                    start_s=(res["start_sample"] - len(res["context"])) / res["fs"],
                    leads=tuple(f"lead {k + 1}: {name}" for k, name in enumerate(res["leads"])))
 

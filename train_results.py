@@ -151,7 +151,8 @@ def fixed_windows(split: dict, n: int) -> torch.Tensor:
 
 def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context: int, out: Path, title: str,
                    start_s: float = 0.0, leads: tuple[str, ...] = LEADS) -> None:
-    """Context, truth, sample-mean forecast and its 50% / 80% bands for lead 1 and lead 2.
+    """Context, truth, sample-mean forecast, its 50% / 80% bands and one sample (the mean of paths that disagree
+    on timing is smooth; a sample shows the beats) for lead 1 and lead 2.
 
     windows [N, C + H, 2] (context then truth) and samples [N, S, H, 2], all in mV; time in seconds from
     `start_s`, so a record's forecast reads in record time."""
@@ -170,6 +171,7 @@ def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context:
                 for lo, hi, alpha in ((10, 90, 0.18), (25, 75, 0.3)):
                     ax.fill_between(tf, np.percentile(s, lo, 0), np.percentile(s, hi, 0), color="tab:blue",
                                     alpha=alpha, lw=0, label=f"{hi - lo}% band")
+                ax.plot(tf, s[0], color="tab:blue", lw=0.7, alpha=0.8, label="one sample")
             ax.plot(tf, s.mean(0), color="tab:red", lw=1.0, label="forecast (mean)")
             ax.axvline(t[context], color="0.3", ls=":", lw=0.8)
             ax.set_ylabel("mV")
@@ -177,7 +179,7 @@ def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context:
                 ax.set_title(leads[lead])
     for ax in axes[-1]:
         ax.set_xlabel("time (s)")
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", fontsize=8, ncol=5, frameon=False)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", fontsize=8, ncol=6, frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.4 / height, 1, 1))
     fig.savefig(out, dpi=90)

@@ -17,7 +17,7 @@ import metrics as M
 import pretrained
 from forecast import Forecaster, forecast_record
 from hyper_params import config_from_dict
-from conftest import run_script, write_record
+from conftest import run_script, spike_train, write_record
 from paths import PRETRAINED, SHIPPED, SHIPPED_SPECS, UserError
 from prepare_mitbih import DS1, DS2, PACED, config_split, read_record
 from train_results import MetricsLog
@@ -253,6 +253,22 @@ def test_forecast_files_are_mv_samples_and_a_png(tmp_path, monkeypatch, record):
     assert np.all((swing > 0.3) & (swing < 5.0)), swing
     png = tmp_path / "out" / "r_5s.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    hr = json.loads((tmp_path / "out" / "r_5s.json").read_text())["heart_rate_bpm"]
+    assert 60 < hr["context"] < 85 and hr["paths_p10"] <= hr["paths_median"] <= hr["paths_p90"]   # a 72 bpm record
+
+
+def test_heart_rates_of_the_context_each_path_and_the_truth():
+    """forecast.py's heart-rate line: beats one period apart, counted by the evaluation's detector."""
+    ctx, horizon = np.zeros((384, 2)), 384
+    ctx[:, 0] = spike_train(384, [40, 168, 296])                                  # 60 bpm
+    paths = np.zeros((3, horizon, 2))
+    for k, beats in enumerate([range(20, 384, 64), [40, 168, 296], range(30, 384, 96)]):   # 120, 60, 80 bpm
+        paths[k, :, 0] = spike_train(horizon, beats)
+    truth = paths[1]
+    hr = forecast.heart_rates({"context": ctx, "samples": paths, "truth": truth, "fs": 128})
+    assert hr == {"context": 60.0, "paths_median": 80.0, "paths_p10": 64.0, "paths_p90": 112.0, "truth": 60.0}
+    assert forecast.heart_rates({"context": ctx, "samples": paths, "truth": truth[:200], "fs": 128})["truth"] is None
+    assert forecast.heart_rate_line(hr) == "heart rate (bpm): context 60, paths 80 [64-112], truth 60"
 
 
 @pytest.mark.parametrize("name, model", SHIPPED_SPECS.items())
