@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.signal
 
 import drafts as D
 from conftest import periodic_ecg, spike_train
@@ -243,3 +244,196 @@ def test_a_training_beat_within_the_shortest_period_of_the_last_peak_is_that_pea
     plain, _ = D.draft_waves(x, 384, FS, beats=[later])
     doubled, _ = D.draft_waves(x, 384, FS, beats=[np.r_[r[-1] + 3, later]])
     np.testing.assert_array_equal(doubled, plain)
+
+
+# --- pinned by the mutation audit of drafts.py -------------------------------------------------------------
+
+def two_leads(lead: np.ndarray) -> np.ndarray:
+    """A context [1, C, 2] of one lead and its mirror at half the amplitude."""
+    return np.stack([lead, -0.5 * lead], 1)[None].astype(np.float64)
+
+
+def test_template_pre_is_the_nearest_sample_to_a_third_of_the_period():
+    """Where every beat is cut (and a draft's beat begins) is TEMPLATE_PRE of the period, rounded, not floored."""
+    for p in range(32, 321):
+        assert abs(D.template_pre(p) - p / 3) <= 0.5, p
+    assert D.template_pre(80) == 27 and D.template_pre(100) == 33
+
+
+def test_autocorr_period_of_a_lone_context_with_an_offset():
+    """The autocorrelation removes each context's own mean (not the batch's): a lone, offset periodic context
+    gives its period, and one as long as 2.2 s is still found in 3 s (at least 0.5 s of overlap is left)."""
+    x = periodic_ecg(1) + np.float32(0.5)
+    assert D.autocorr_period(x, FS)[0] == 100
+    assert list(D.autocorr_period(periodic_ecg(2) + np.float32([[[0.5]], [[-0.5]]]), FS)) == [100, 100]
+    slow = periodic_ecg(1, period=280, length=C)                       # 384 - 280 = 104 samples of overlap
+    assert D.autocorr_period(slow, FS)[0] == 280
+    # unbiased (each lag's mean over its overlap): a biased estimate favours short lags, here by a sample
+    assert list(D.autocorr_period(periodic_ecg(6, period=200, length=C), FS)) == [200] * 6   # two R peaks each
+
+
+def test_autocorr_period_is_not_a_lesser_peak_below_80_percent():
+    """Spikes every 50 samples alternating 1.2 and 0.48 mV repeat every 100: the 50-sample peak of the
+    autocorrelation (about 0.6 of the best) is below the 80 % bar and must not win."""
+    t = np.arange(768)
+    lead = sum((1.2 if k % 2 == 0 else 0.48) * np.exp(-0.5 * ((t - p) / 1.5) ** 2)
+               for k, p in enumerate(20 + 50 * np.arange(15)))
+    assert D.autocorr_period(two_leads(lead), FS)[0] == 100
+
+
+def test_two_r_peaks_give_their_interval_as_the_period():
+    """With two R peaks their interval is the period (not the autocorrelation's guess, here out of its reach),
+    and with one interval there is no RR SD (NaN)."""
+    x = two_leads(spike_train(300, [30, 270]))
+    peaks, period, spread = D.context_rhythm(x, FS)
+    assert list(peaks[0]) == [30, 270]
+    assert period[0] == 240 and np.isnan(spread[0])
+
+
+def test_rr_spread_is_the_sd_of_the_intervals():
+    """The RR SD is the (population) SD of the RR intervals themselves: 90, 110, 90 give 9.43 samples."""
+    x = two_leads(spike_train(C, [20, 110, 220, 310]))
+    peaks, period, spread = D.context_rhythm(x, FS)
+    assert list(peaks[0]) == [20, 110, 220, 310] and period[0] == 90
+    assert spread[0] == pytest.approx(np.sqrt(((90 - 290 / 3) ** 2 * 2 + (110 - 290 / 3) ** 2) / 3))
+
+
+def test_period_is_never_below_the_shortest_plausible_one():
+    """R peaks 28 samples apart (274 bpm, which the 200 ms refractory detector still finds) give the shortest
+    plausible period, 0.25 s, not 28 samples."""
+    x = two_leads(spike_train(C, range(10, 380, 28)))
+    peaks, period, _ = D.context_rhythm(x, FS)
+    assert np.all(np.diff(peaks[0]) == 28)
+    assert period[0] == D.shortest_period(FS) == 32
+
+
+def test_a_beat_ending_on_the_contexts_last_sample_is_whole():
+    """A beat cut from TEMPLATE_PRE of a period before its R peak to the context's last sample lies inside it."""
+    length, p = 200, 60
+    pre = D.template_pre(p)
+    r = np.array([length - p + pre, length - p + pre + 1])               # ends on sample 199; one sample past
+    idx, ok = D.beat_cuts(r, p, length)
+    assert idx[0, -1] == length - 1 and ok[0].all() and not ok[1].all()
+    x = np.random.default_rng(0).standard_normal((length, 2))
+    np.testing.assert_array_equal(D.whole_beats(x, r, p), x[None, length - p:])
+
+
+def test_drawn_beat_times_reach_past_until_at_the_shortest_period():
+    """Beat times run past `until` however short the intervals: at the shortest period with no spread, the
+    last of them is the first multiple of it past `until`."""
+    t = D.draw_beat_times(0, 32, np.nan, 0.0, 3, 320, FS, np.random.default_rng(0))
+    np.testing.assert_array_equal(t, np.tile(32 * np.arange(12), (3, 1)))
+
+
+def test_drawn_intervals_are_never_shorter_than_the_shortest_period():
+    """A fast, irregular rhythm (period 40, RR SD 20) still draws no interval below the shortest plausible one."""
+    t = D.draw_beat_times(0, 40, 20.0, 0.05, 2000, 400, FS, np.random.default_rng(0))
+    rr = np.diff(t, axis=1)
+    assert rr.min() == D.shortest_period(FS)                             # clipped there, and often
+    assert np.mean(rr == D.shortest_period(FS)) > 0.2
+
+
+def test_drawn_beat_times_are_rounded_not_floored():
+    """A path's k-th beat is on average k periods after the last R peak: times are rounded to the nearest
+    sample, so they carry no half-sample lag."""
+    t = D.draw_beat_times(50, 100, 0.3, 0.0, 4000, 500, FS, np.random.default_rng(0))
+    np.testing.assert_allclose(t[:, 1:5].mean(axis=0), 50 + 100 * np.arange(1, 5), atol=0.1)
+
+
+def test_first_interval_tail_begins_half_a_sample_past_the_grid():
+    """The tail is the prior truncated at the grid's edge (half a sample past its last interval): none of the
+    prior's mass is lost between them, so about 9.5 % of tail draws fall in [99.5, 100.5)."""
+    later = np.full(21, -1e4)
+    later[-1] = 0.0
+    tail = D.draw_first_interval(100.0, 8.0, 80, later, 4000, np.random.default_rng(0))
+    assert tail.min() >= 99.5
+    assert 0.08 < np.mean(tail < 100.5) < 0.11
+
+
+def test_evidence_removes_each_leads_own_baseline():
+    """Baseline drift differs between leads: opposite steps on the two leads over the last EVIDENCE_S seconds
+    leave the best candidate interval where it was and the next R peak pinned by the P wave begun."""
+    x, next_r = p_wave_ecg(6)
+    shifted = x.copy()
+    shifted[0, C - round(D.EVIDENCE_S * FS):] += np.float32([0.3, -0.3])
+    out = []
+    for ctx in (x, shifted):
+        peaks, period, spread = D.context_rhythm(ctx, FS)
+        r, p = peaks[0], int(period[0])
+        ev = D.next_beat_evidence(ctx[0], D.mean_beat(ctx[0], r, p), D.template_pre(p), r, FS)
+        first = D.draw_beat_times(int(r[-1]), p, spread[0], 0.05, 2000, 2 * C, FS, np.random.default_rng(0), ev)
+        out.append((ev, first[:, 1]))
+    assert np.argmax(out[1][0]) == np.argmax(out[0][0])
+    assert abs(np.median(out[1][1]) - next_r) <= 1 and out[1][1].std() < 1.5
+
+
+def test_evidence_is_tempered_by_evidence_temper(monkeypatch):
+    """Neighbouring samples are not independent: the log-likelihoods are divided by EVIDENCE_TEMPER."""
+    x, _ = p_wave_ecg(20)
+    x = x + np.random.default_rng(0).normal(0, 0.02, x.shape).astype(np.float32)      # a noise to measure
+    peaks, period, _ = D.context_rhythm(x, FS)
+    r, p = peaks[0], int(period[0])
+    template, pre = D.mean_beat(x[0], r, p), D.template_pre(p)
+    tempered = D.next_beat_evidence(x[0], template, pre, r, FS)
+    monkeypatch.setattr(D, "EVIDENCE_TEMPER", 1.0)
+    plain = D.next_beat_evidence(x[0], template, pre, r, FS)
+    assert np.ptp(plain) > 1
+    np.testing.assert_allclose(tempered, plain / 2.0, rtol=1e-6)
+
+
+def test_noise_level_is_measured_per_lead():
+    """A context noisy in one lead only gets noise in that lead only."""
+    x = periodic_ecg(1)[:, :C].astype(np.float64)
+    x[0, :, 1] += 0.05 * np.random.default_rng(0).standard_normal(C)
+    sd = D.residual_sd(x, FS)[0]
+    assert sd[0] < 1e-5 and 0.04 < sd[1] < 0.06
+
+
+def test_noise_level_counts_the_first_beat_from_its_onset():
+    """The first beat counts from its onset, P wave and all, like every other: the same departure before an R
+    peak gives the same noise level in the first beat as in the third."""
+    r = 40 + PERIOD * np.arange(4)                                       # onsets 7, 107, 207, 307 (pre 33)
+    lead = spike_train(C, r)
+    sds = []
+    for beat in (0, 2):
+        x = two_leads(lead)
+        x[0, r[beat] - 33:r[beat] - 3, 1] += 0.2                         # lead 2 only: the detector reads lead 1
+        peaks, period, _ = D.context_rhythm(x, FS)
+        assert list(peaks[0]) == list(r) and period[0] == PERIOD
+        sds.append(D.residual_sd(x, FS)[0, 1])
+    assert sds[0] > 0.04
+    assert sds[0] == pytest.approx(sds[1], rel=1e-9)
+
+
+def test_training_drops_reference_beats_up_to_the_shortest_period_after_the_last_peak():
+    """A reference beat up to MIN_PERIOD_S after the context's last R peak is that peak, however far within it."""
+    x = periodic_ecg(1)[:, :C].astype(np.float64)
+    peaks, period, _ = D.context_rhythm(x, FS)
+    r, p = peaks[0], int(period[0])
+    later = r[-1] + p * np.arange(1, 5)
+    plain, _ = D.draft_waves(x, H, FS, beats=[later])
+    for gap in (1, D.shortest_period(FS) // 2, D.shortest_period(FS) - 1):
+        doubled, _ = D.draft_waves(x, H, FS, beats=[np.r_[r[-1] + gap, later]])
+        np.testing.assert_array_equal(doubled, plain)
+
+
+def test_training_draft_continues_the_contexts_last_beat():
+    """Before the first reference beat a training draft carries on the mean beat laid at the context's last R
+    peak, phase for phase, not a held sample."""
+    x = periodic_ecg(1)[:, :C].astype(np.float64)
+    peaks, period, _ = D.context_rhythm(x, FS)
+    r, p = peaks[0], int(period[0])
+    onset = r[-1] - D.template_pre(p)
+    assert onset < C < onset + p                                         # the last beat runs into the horizon
+    trained, _ = D.draft_waves(x, H, FS, beats=[r[-1] + p * np.arange(1, 5)])
+    np.testing.assert_allclose(trained[0, :onset + p - C], D.mean_beat(x[0], r, p)[C - onset:], atol=1e-12)
+
+
+def test_hold_to_band_is_the_datas_high_pass_with_a_mirrored_second():
+    """The hold is the zero-phase Butterworth high-pass of [0 over the context, departure], padded at each end
+    by one second mirrored (EXPERIMENTS.md, session 18)."""
+    departure = np.cumsum(np.random.default_rng(2).standard_normal((2, 4 * FS, 2)), axis=1) * 0.01
+    sos = scipy.signal.butter(2, 0.5, btype="highpass", fs=FS, output="sos")
+    full = np.concatenate([np.zeros((2, C, 2)), departure], 1)
+    want = scipy.signal.sosfiltfilt(sos, full, axis=1, padtype="even", padlen=FS)[:, C:]
+    np.testing.assert_allclose(D.hold_to_band(departure, C, 0.5, 2, FS), want, rtol=0, atol=1e-12)
