@@ -38,6 +38,8 @@ def autocorr_period(x: np.ndarray, fs: float) -> np.ndarray:
 
     The unbiased autocorrelation is searched from 0.25 s to 2.5 s (leaving at least 0.5 s of
     overlap); the first local maximum reaching 80 % of the best one wins, not a multiple of the period.
+    At long lags the overlap is short, and one QRS in it can still lift a multiple above that bar (a
+    150-sample period read as 300 in 3 s): context_rhythm uses it only when under two R peaks are found.
     """
     b, c, _ = x.shape
     lo = shortest_period(fs)
