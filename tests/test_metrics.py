@@ -315,3 +315,248 @@ def test_detector_places_inverted_r_waves_on_their_peak():
         ri, di = M.match_beats(beats, pos, 0.05 * FS)
         assert len(ri) == len(beats) == len(pos)
         assert np.abs(pos[di] - beats[ri]).max() <= 2
+
+
+# ----------------------------------------------------------------------------- edges the tests above leave open
+
+def test_crps_samples_reads_the_sample_axis_it_is_given():
+    """Samples on axis 1: CRPS of {0, 2} at 1 is 1 - ½·1 = 0.5, of a point mass the absolute error."""
+    samples = np.array([[2.0, 0.0], [1.0, 1.0], [0.0, 0.0]])         # 3 points, 2 samples each
+    np.testing.assert_allclose(M.crps_samples(samples, np.array([1.0, 0.0, 3.0]), axis=1), [0.5, 1.0, 3.0])
+
+
+def test_interval_coverage_counts_the_edges_and_averages_the_widths():
+    """Central 50 % of 5 samples is [x₍₂₎, x₍₄₎] (closed: a truth on either edge is covered); width is the mean
+    over points; level 1 is [min, max]; the sample axis may be any axis."""
+    samples = np.array([[3, 0, 4, 1, 2], [8, 6, 4, 2, 0], [24, 18, 12, 6, 0], [4, 3, 2, 1, 0]], float)
+    y = np.array([1.0, 6.0, 6.0, 3.5])        # lower edge, upper edge, lower edge, outside
+    cov, width = M.interval_coverage(samples, y, 0.5, axis=1)     # widths 2, 4, 12, 2
+    assert cov == pytest.approx(0.75) and width == pytest.approx(5.0)
+    assert M.interval_coverage(samples.T, y, 0.5, axis=0) == (pytest.approx(0.75), pytest.approx(5.0))
+    assert M.interval_coverage(samples, y, 1.0, axis=1) == (pytest.approx(1.0), pytest.approx(10.0))
+    assert list(M.quantile_sorted(np.sort(samples, axis=1), 1.0)) == [4, 8, 24, 4]
+
+
+def test_match_beats_accepts_a_pair_exactly_tol_apart():
+    """'At most tol apart': at 360 Hz the tolerances are whole samples (18 and 36), so the edge is reachable."""
+    ri, di = M.match_beats(np.array([100, 300]), np.array([105, 306]), 5)
+    assert list(ri) == [0] and list(di) == [0]
+
+
+def test_match_beats_uses_a_detection_once_even_between_two_references():
+    """Two references 4 samples apart and one detection between them: one true positive, not two."""
+    ri, di = M.match_beats(np.array([100, 104]), np.array([101]), 5)
+    assert list(ri) == [0] and list(di) == [0]
+    ri, di = M.match_beats(np.array([100, 104]), np.array([102]), 5)      # a tie goes to the left reference
+    assert list(ri) == [0] and list(di) == [0]
+
+
+def test_match_beats_breaks_a_tie_to_the_left_so_the_other_beat_keeps_its_partner():
+    """Detection 15 is 5 from references 10 and 20: it goes to 10 (the left one), leaving 20 for detection 20,
+    two matches; sending it right would leave reference 10 unmatched."""
+    ri, di = M.match_beats(np.array([10, 20]), np.array([15, 20]), 5)
+    assert list(ri) == [0, 1] and list(di) == [0, 1]
+
+
+def test_f1_score_is_undefined_with_nothing_to_find_and_nothing_found():
+    """A window with no beats and no detections must not count as F1 0 (nor 1) in an average."""
+    assert math.isnan(M.f1_score(0, 0, 0))
+    assert M.f1_score(0, 1, 0) == 0.0 and M.f1_score(3, 1, 1) == pytest.approx(0.75)
+
+
+def test_heart_rate_of_unsorted_beats():
+    """Positions in any order give the same rate: 3 beats over 128 samples at 128 Hz is 2 intervals/s = 120 bpm."""
+    assert M.heart_rate(np.array([128, 0, 64]), FS, 3.0) == pytest.approx(120.0)
+
+
+def test_detector_threshold_is_on_amplitude_not_energy():
+    """The envelope is the root of the smoothed squared slope, so a QRS half as tall as the largest (0.5 > 0.3)
+    is found; against an energy envelope it would be 0.25 < 0.3 and missed."""
+    beats = [50, 150, 250, 350]
+    x = sum(a * spike_train(450, [p]) for a, p in zip((1.0, 1.0, 0.5, 1.0), beats))
+    rows, pos = M.detect_r_peaks(x[None], FS)
+    assert len(pos) == 4 and np.abs(pos - beats).max() <= 1
+
+
+def test_detector_places_inverted_r_waves_on_a_baseline_offset():
+    """Downward QRS complexes on a 2 mV baseline: the R peak is the largest deflection from the median, not the
+    largest |x| (which is anywhere on the baseline)."""
+    beats = np.array([50, 150, 250, 350])
+    x = 2.0 - spike_train(450, beats)
+    rows, pos = M.detect_r_peaks(x[None], FS)
+    assert list(pos) == list(beats)
+
+
+def test_heart_rate_error_with_one_beat_in_a_one_second_horizon():
+    """One reference beat in a 1 s horizon is 60 bpm (60·n/seconds); a flat forecast has 0 bpm: error 60."""
+    c, h = 384, 128
+    beats = np.array([30, 130, 230, 330, 450])
+    truth = spike_train(c + h, beats)
+    m = _rhythm(truth[:c], np.zeros(h), beats)
+    assert m["hr_bpm"][-1] == pytest.approx(60.0)
+
+
+def test_unannotated_windows_have_no_rhythm_scores_at_all():
+    """A window without annotations (annotated False) adds nothing to the heart-rate error either."""
+    c, h = 384, 384
+    beats = np.arange(30, c + h, 100)
+    truth = spike_train(c + h, beats)
+    s = M.rhythm_sums(truth[None, :c], np.zeros((1, h)), np.zeros(len(beats), np.int64), beats, FS,
+                      M.segment_edges(h, FS), annotated=np.array([False]))
+    m = M.record_metrics({k: v.sum(0) for k, v in s.items()})
+    assert s["hr_n"].sum() == 0 and np.isnan(m["hr_bpm"][-1]) and np.isnan(m["timing_ms"][-1])
+
+
+def test_reference_beats_outside_the_window_are_ignored():
+    """Annotations at or after the window's end (sample c + h) are not horizon beats: a perfect forecast keeps
+    F1 1 and heart-rate error 0."""
+    c, h = 384, 384
+    beats = np.arange(30, c + h, 100)                                # 430 ... 730 in the horizon
+    truth = spike_train(c + h, beats)
+    m = _rhythm(truth[:c], truth[c:], np.append(beats, [c + h, c + h + 40]))
+    assert m["f1_50"][-1] == 1.0 and m["f1_100"][-1] == 1.0
+    assert m["hr_bpm"][-1] == pytest.approx(0.0, abs=0.5)
+
+
+def test_a_true_positive_is_counted_in_its_reference_beats_second():
+    """A beat annotated exactly at 1 s into the horizon belongs to the second second; its detection, 4 samples
+    (31 ms) early, lies in the first second, but the reference beat decides."""
+    c, h = 384, 384
+    beats = np.arange(12, c + h, 100)                 # horizon beats at 28, 128, 228, 328 samples
+    truth = spike_train(c + h, beats)
+    fc = spike_train(c + h, beats - 4)[c:]
+    s = M.rhythm_sums(truth[None, :c], fc[None], np.zeros(len(beats), np.int64), beats, FS, M.segment_edges(h, FS))
+    for tol in (50, 100):
+        assert list(s[f"tp{tol}"][0]) == [1, 2, 1, 4]
+        assert s[f"fp{tol}"].sum() == 0 and s[f"fn{tol}"].sum() == 0
+
+
+def test_a_match_with_one_beat_in_the_context_is_no_true_positive():
+    """A reference beat at c + 3 whose R peak is at c - 3 (and the reverse) is neither hit nor miss: the true
+    positives are the 3 pairs with both beats in the horizon."""
+    c, h = 384, 384
+    peaks = np.arange(81, c + h, 100)                 # 381 = c - 3, then 481, 581, 681
+    for signal_at, ref_at in ((381, 387), (387, 381)):
+        sig = np.where(peaks == 381, signal_at, peaks)
+        ref = np.where(peaks == 381, ref_at, peaks)
+        truth = spike_train(c + h, sig)
+        s = M.rhythm_sums(truth[None, :c], truth[None, c:], np.zeros(len(ref), np.int64), ref, FS,
+                          M.segment_edges(h, FS))
+        for tol in (50, 100):
+            assert s[f"tp{tol}"][0, -1] == 3 and s[f"fn{tol}"][0, -1] == 0 and s[f"fp{tol}"][0, -1] == 0
+
+
+def test_unmatched_beats_near_the_horizon_edges_are_neither_missed_nor_false():
+    """A reference beat 6 samples before the horizon's end that the forecast lacks, and forecast beats 4 samples
+    after its start or 3 before its end with no reference: all within ±50 ms of an edge, so not counted."""
+    c, h = 384, 384
+    beats = np.arange(30, c + h, 100)                 # 430, 530, 630, 730 in the horizon
+    truth = spike_train(c + h, beats)
+    m = _rhythm(truth[:c], truth[c:], np.append(beats, c + h - 6))           # missed at 762
+    assert m["f1_50"][-1] == 1.0 and m["f1_100"][-1] == 1.0
+    fc = spike_train(c + h, np.concatenate([beats, [c + 4, c + h - 3]]))[c:]  # extra at 388 and 765
+    m = _rhythm(truth[:c], fc, beats)
+    assert m["f1_50"][-1] == 1.0 and m["f1_100"][-1] == 1.0
+
+
+def test_crps_and_intervals_do_not_depend_on_the_chunk_size():
+    """Samples {0, 2} at truths 1, 3, 5: CRPS 1 - 0.5, 2 - 0.5, 4 - 0.5, whether windows are sorted together or
+    one at a time (sample_chunk small)."""
+    samples = np.zeros((3, 2, 4, 2))
+    samples[:, 1] = 2.0
+    truth = np.broadcast_to(np.array([1.0, 3.0, 5.0])[:, None, None], (3, 4, 2))
+    for chunk in (4_000_000, 1):
+        s, _ = M.waveform_sums(truth, samples, M.segment_edges(4, FS), sample_chunk=chunk)
+        m = M.record_metrics(s)
+        np.testing.assert_allclose(m["crps"][:, -1], [0.5, 1.5, 3.5])
+        np.testing.assert_allclose(m["mae"][:, -1], [0.0, 2.0, 4.0])
+        np.testing.assert_allclose(m["cov50"][:, -1], [100.0, 0.0, 0.0])
+
+
+def test_an_ensemble_that_collapses_on_the_truth_covers_it():
+    """Three identical sample paths equal to the truth: every interval is [y, y], which contains y (100 %)."""
+    truth = np.random.default_rng(7).normal(size=(2, 128, 2))
+    s, _ = M.waveform_sums(truth, np.repeat(truth[:, None], 3, axis=1), M.segment_edges(128, FS))
+    m = M.record_metrics({k: v.sum(0) for k, v in s.items()})
+    assert m["cov50"][-1] == 100.0 and m["cov80"][-1] == 100.0
+    assert m["width50"][-1] == 0.0 and m["crps"][-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_error_curves_sum_the_two_leads():
+    """curves[key] is [B, H] summed over leads: errors 0.2 and 0.1 give squared error 0.05, absolute 0.3."""
+    truth = np.zeros((1, 128, 2))
+    fc = truth + np.array([0.2, 0.1])
+    _, curves = M.waveform_sums(truth, fc[:, None], M.segment_edges(128, FS))
+    np.testing.assert_allclose(curves["se"], 0.05)
+    np.testing.assert_allclose(curves["ae"], 0.3)
+
+
+def test_pearson_r_skips_a_flat_truth_lead_and_zeroes_a_flat_forecast():
+    """A lead whose truth is constant has no correlation and is left out of the mean (not counted as 0); a
+    constant forecast of a varying lead has r 0, as pearson_r says."""
+    t = np.arange(256) / FS
+    truth = np.stack([np.sin(2 * np.pi * 1.1 * t) + 0.7, np.full_like(t, 0.5)], -1)[None]
+    fc = np.stack([2 * truth[0, :, 0] + 3, np.sin(2 * np.pi * 2.0 * t)], -1)[None]
+    s, _ = M.waveform_sums(truth, fc[:, None], M.segment_edges(256, FS))
+    np.testing.assert_allclose(M.record_metrics(s)["r"][0], 1.0, atol=1e-9)
+    flat = np.stack([np.full_like(t, 0.3), np.full_like(t, 0.1)], -1)[None]
+    s, _ = M.waveform_sums(truth, flat[:, None], M.segment_edges(256, FS))
+    assert list(M.record_metrics(s)["r"][0]) == [0.0, 0.0, 0.0]
+
+
+def test_bootstrap_draws_every_record():
+    """Two records 0 and 1: a quarter of the resamples are all 1 (mean 1) and a quarter all 0, so the 95 %
+    interval is [0, 1]."""
+    mean, lo, hi = M.bootstrap_ci(np.array([0.0, 1.0]), n_boot=1000, seed=0)
+    assert (mean, lo, hi) == (0.5, 0.0, 1.0)
+
+
+def test_a_beat_at_a_windows_end_is_not_matched_to_the_next_windows_first_beat():
+    """Window 0's last reference beat (3 samples before its end) has its detection 5 samples (39 ms) early;
+    window 1 has a beat at its first sample, 4 samples later on a shared axis. Windows are scored apart, so
+    window 0 keeps all 4 true positives at ±50 ms and a timing error of 5 samples."""
+    c, h = 384, 384
+    b0, b1 = np.arange(65, c + h, 100), np.arange(1, c + h, 100)           # 765 = c + h - 3; 1
+    truth = np.stack([spike_train(c + h, b0), spike_train(c + h, b1)])
+    fc = np.stack([spike_train(c + h, b0 - 5)[c:], truth[1, c:]])
+    rows = np.r_[np.zeros(len(b0), np.int64), np.ones(len(b1), np.int64)]
+    s = M.rhythm_sums(truth[:, :c], fc, rows, np.r_[b0, b1], FS, M.segment_edges(h, FS))
+    assert list(s["tp50"][:, -1]) == [4, 4] and list(s["fp50"][:, -1]) == [0, 0]
+    m = M.record_metrics(s)
+    assert m["timing_ms"][0, -1] == pytest.approx(5 * 1000 / FS)
+
+
+def test_median_scores_of_a_skewed_ensemble():
+    """Samples {0, 1, 5} at truth 3: the median 1 errs by 2 (squared 4), the mean 2 by 1."""
+    samples = np.zeros((1, 3, 128, 2))
+    samples[:, 1], samples[:, 2] = 1.0, 5.0
+    s, _ = M.waveform_sums(np.full((1, 128, 2), 3.0), samples, M.segment_edges(128, FS))
+    m = M.record_metrics(s)
+    np.testing.assert_allclose([m["mae_median"][0, -1], m["mse_median"][0, -1]], [2.0, 4.0])
+    np.testing.assert_allclose([m["mae"][0, -1], m["mse"][0, -1]], [1.0, 1.0])
+
+
+def test_a_metric_without_anything_to_average_is_nan_not_zero():
+    """No matched beats (a flat forecast) leaves the timing error undefined: NaN, which the record mean skips."""
+    c, h = 384, 384
+    beats = np.arange(30, c + h, 100)
+    truth = spike_train(c + h, beats)
+    m = _rhythm(truth[:c], np.zeros(h), beats)
+    assert np.isnan(m["timing_ms"]).all() and m["f1_100"][-1] == 0.0
+
+
+def test_detector_finds_a_qrs_cut_by_the_rows_end():
+    """A spike centred 1 to 3 samples before the end: the envelope is zero-padded, so its peak is still a peak."""
+    for last in (447, 448, 449):
+        rows, pos = M.detect_r_peaks(spike_train(450, [50, 150, 250, 350, last])[None], FS)
+        assert list(pos) == [50, 150, 250, 350, last]
+
+
+def test_reference_beats_may_come_in_any_order():
+    """Reference beats are sorted before matching: a shuffled list scores a perfect forecast as perfect."""
+    c, h = 384, 384
+    beats = np.arange(30, c + h, 100)
+    truth = spike_train(c + h, beats)
+    m = _rhythm(truth[:c], truth[c:], beats[[5, 0, 7, 2, 6, 1, 4, 3]])
+    assert m["f1_50"][-1] == 1.0 and m["f1_100"][-1] == 1.0
+    assert m["hr_bpm"][-1] == pytest.approx(0.0, abs=0.5)
