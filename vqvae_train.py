@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     row = trainer.run(args.resume)
     if rt.is_main and "val_mse_mv2" in row:      # not after a resume with nothing left to train
         print(f"final validation: MSE {row['val_mse_mv2']:.5f} mV^2, PRD {row['val_prd']:.2f}%, "
-              f"PRDN {row['val_prdn']:.2f}% (pooled over windows; vqvae_eval.py: mean over records), codebook perplexity {row['perplexity']:.1f} "
+              f"PRDN {row['val_prdn']:.2f}% (pooled over windows; vqvae_eval.py: mean over records), "
+              f"codebook perplexity {row['perplexity']:.1f} "
               f"(usage {100 * row['usage']:.0f}%), "
               f"{compression_line(model, cfg, val['records'], args.prepared)}")
     return row
