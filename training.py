@@ -366,6 +366,9 @@ class Trainer:
         self.val_loader = DataLoader(val_shard, per_rank, num_workers=settings.num_workers, pin_memory=pin)
         if len(self.train_loader) == 0:
             raise UserError(f"{len(train_set)} training windows are fewer than one batch of {settings.batch_size}")
+        if len(val_set) < rt.world:     # a rank without one would all-reduce no metrics: gloo fails, NCCL hangs
+            raise UserError(f"{len(val_set)} validation windows are fewer than the {rt.world} processes; "
+                            "run fewer processes")
 
     def resumed_record(self, resume: str | Path) -> dict:
         """The run's run.json with this resume added to its `resumes`: the command, commit, processes and

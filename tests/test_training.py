@@ -239,6 +239,18 @@ def toy_trainer(tmp_path, model: nn.Module | None = None, data: TensorDataset | 
                             tmp_path / "ckpt", {}, {}, training.Runtime(torch.device("cpu")), "toy")
 
 
+def test_fewer_validation_windows_than_processes_is_refused(tmp_path):
+    """Under torchrun a rank whose validation shard is empty would all-reduce a metrics vector of another length
+    than the other ranks' (gloo fails, NCCL hangs): refused on every rank before training."""
+    x = torch.randn(64, 4)
+    train, val = TensorDataset(x, x.sum(1, keepdim=True)), TensorDataset(x[:1], x[:1].sum(1, keepdim=True))
+    settings = TrainConfig(epochs=1, batch_size=8, warmup_steps=0)
+    for rank in (0, 1):
+        with pytest.raises(UserError, match="1 validation windows are fewer than the 2 processes"):
+            training.Trainer(nn.Linear(4, 1), train, val, squared_error, settings, tmp_path / "run", tmp_path / "ckpt",
+                             {}, {}, training.Runtime(torch.device("cpu"), rank, 2, rank), "toy")
+
+
 def test_every_step_takes_gradients_clipped_to_grad_clip(tmp_path):
     trainer = toy_trainer(tmp_path, grad_clip=0.5)
     norms = []
