@@ -166,9 +166,23 @@ def _all_reduce_mean(values: dict[str, float], weight: float, rt: Runtime) -> di
     return {k: float(v) / total for k, v in zip(keys, t[:-1])}
 
 
-def _gathered(loss: torch.Tensor, metrics: dict) -> tuple[torch.Tensor, dict]:
-    """A model under nn.DataParallel returns one value per GPU, gathered into a vector: average them."""
-    return loss.mean(), {k: v.float().mean() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+def _gathered(loss: torch.Tensor, metrics: dict, sizes: list[int] | None = None) -> tuple[torch.Tensor, dict]:
+    """A model under nn.DataParallel returns one value per GPU, gathered into a vector: average them, each
+    weighted by the windows its GPU had (`sizes`, see _replica_sizes), so an uneven split counts every window once."""
+    def mean(v: torch.Tensor) -> torch.Tensor:
+        if sizes is None or v.ndim != 1 or len(v) != len(sizes):
+            return v.float().mean()
+        w = torch.tensor(sizes, dtype=torch.float32, device=v.device)
+        return (v.float() * w).sum() / w.sum()
+    return mean(loss), {k: mean(v) if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+
+
+def _replica_sizes(model: nn.Module, batch: Any) -> list[int] | None:
+    """The windows of `batch` each GPU gets under nn.DataParallel, which splits it with torch.chunk: the last
+    share is smaller when the GPUs do not divide the batch, and a small batch fills fewer GPUs."""
+    if not isinstance(model, nn.DataParallel):
+        return None
+    return [len(c) for c in torch.empty(_batch_len(batch)).chunk(len(model.device_ids))]
 
 
 class Trainer:
@@ -266,7 +280,7 @@ class Trainer:
     def _train_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict]:
         """One optimiser step on a batch already on the device; its loss and metrics."""
         with torch.autocast(self.rt.device.type, enabled=self.amp):
-            loss, metrics = _gathered(*self.step_fn(model, batch))
+            loss, metrics = _gathered(*self.step_fn(model, batch), _replica_sizes(model, batch))
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)
         norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
@@ -298,7 +312,7 @@ class Trainer:
         for batch in self.val_loader:
             batch = _to(batch, self.rt.device)
             with torch.autocast(self.rt.device.type, enabled=self.amp):
-                loss, metrics = _gathered(*self.step_fn(model, batch))
+                loss, metrics = _gathered(*self.step_fn(model, batch), _replica_sizes(model, batch))
             n = _batch_len(batch)
             seen += n
             for k, v in {"loss": loss, **metrics}.items():

@@ -163,6 +163,22 @@ def test_replica_outputs_are_averaged() -> None:
     assert loss.item() == 1.5 and metrics["acc"].item() == 0.25
 
 
+def test_replica_outputs_of_an_uneven_split_weigh_each_window_once() -> None:
+    """DataParallel splits 10 windows over 4 GPUs as 3, 3, 3 and 1 (torch.chunk): each GPU's mean loss counts
+    by its windows, so the step's loss is the batch's mean, not the last window's x 3."""
+    dp = nn.DataParallel.__new__(nn.DataParallel)       # its constructor wants GPUs; the split needs device_ids only
+    nn.Module.__init__(dp)
+    dp.device_ids = [0, 1, 2, 3]
+    per_window = torch.arange(10.0)
+    sizes = training._replica_sizes(dp, (torch.zeros(10, 2), torch.zeros(10)))
+    assert sizes == [3, 3, 3, 1]
+    replica_means = torch.stack([c.mean() for c in per_window.chunk(4)])
+    loss, metrics = training._gathered(replica_means, {"mse": replica_means, "n": 4}, sizes)
+    assert loss.item() == per_window.mean().item() and metrics["mse"].item() == per_window.mean().item()
+    assert training._replica_sizes(nn.Linear(1, 1), torch.zeros(10)) is None
+    assert training._replica_sizes(dp, torch.zeros(2, 5)) == [1, 1]      # two windows fill two of the GPUs
+
+
 def test_data_parallel_only_without_a_named_card(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert training.Runtime(torch.device("cuda")).data_parallel
