@@ -423,3 +423,130 @@ def test_training_codes_of_the_context_do_not_see_its_future():
     with torch.no_grad():
         assert torch.equal(codes[:, :16], vq.encode(x[:, :64]))
         assert torch.equal(codes[:, 16:], vq.encode(x[:, 64:]))
+
+
+def test_rotary_scores_depend_on_the_relative_position_alone() -> None:
+    """Rotary embedding is a rotation per dimension pair: it keeps each vector's norm, and a query-key score
+    depends only on their distance, also at offsets past the first table (which must grow), as generation
+    deep into a long block needs."""
+    from transformer import rotary
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 2, 3, 10, generator=g), torch.randn(1, 2, 3, 10, generator=g)
+    assert torch.allclose(rotary(q, 5).norm(dim=-1), q.norm(dim=-1), atol=1e-5)
+    near = rotary(q, 7) @ rotary(k, 2).transpose(-1, -2)
+    far = rotary(q, 307) @ rotary(k, 302).transpose(-1, -2)
+    assert torch.allclose(near, far, atol=1e-4)
+    assert not torch.allclose(near, rotary(q, 2) @ rotary(k, 7).transpose(-1, -2), atol=1e-3)
+
+
+@pytest.mark.parametrize("rope", [True, False])
+def test_cached_chunks_see_the_past_and_themselves_not_the_future(rope: bool) -> None:
+    """Several new positions read at once after a filled cache (the masked path) give the hidden states of one
+    full causal pass: each sees every cached position and the chunk's earlier ones, never a later one; and
+    dropout stays off in eval there too."""
+    torch.manual_seed(0)
+    gpt = CodeGPT(codebook_size=16, block_size=12, dim=16, layers=2, heads=2, dropout=0.5, rope=rope).eval()
+    seq = torch.randint(0, 16, (2, 12))
+    with torch.no_grad():
+        full = gpt.hidden(seq)
+        caches = [{} for _ in gpt.blocks]
+        parts = [gpt.hidden(seq[:, :4], caches), gpt.hidden(seq[:, 4:9], caches, offset=4),
+                 gpt.hidden(seq[:, 9:], caches, offset=9)]
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+
+
+def test_a_step_embeds_each_level_with_its_own_rows() -> None:
+    """Level q's code c enters as row q * codebook_size + c of the tied embedding and leaves through the same
+    rows: code 3 at level 0 and code 3 at level 1 are different tokens."""
+    torch.manual_seed(0)
+    gpt = CodeGPT(codebook_size=8, block_size=6, dim=16, layers=1, heads=2, levels=3).eval()
+    codes = torch.tensor([[[3, 5, 1]]])
+    w = gpt.tok.weight
+    with torch.no_grad():
+        assert torch.allclose(gpt.embed(codes), w[3] + w[8 + 5] + w[16 + 1])
+        assert not torch.allclose(gpt.embed(codes), gpt.embed(codes[..., [1, 0, 2]]))
+    assert gpt.head.weight is gpt.tok.weight
+
+
+def test_draft_code_zero_is_a_draft_not_none() -> None:
+    """Only -1 marks a missing draft: a draft of code 0 (the first code, as common as any) is read as a draft."""
+    torch.manual_seed(0)
+    gpt = CodeGPT(codebook_size=8, block_size=12, dim=16, layers=1, heads=2, levels=2, draft=True).eval()
+    with torch.no_grad():
+        gpt.no_draft.normal_()
+        seq = torch.randint(0, 8, (2, 6, 2))
+        zero = torch.zeros_like(seq)
+        assert not torch.allclose(gpt(seq, zero), gpt(seq))
+        assert torch.allclose(gpt.embed_draft(zero, seq.shape), gpt.draft(gpt.embed(zero)))
+
+
+def test_draft_bias_is_in_log_odds_after_the_temperature() -> None:
+    """At temperature t the draft's code gains `bias` in log-odds over the tempered logits (not bias / t): the
+    draws follow softmax(logits / t + bias at the draft code)."""
+    torch.manual_seed(0)
+    gpt = CodeGPT(codebook_size=4, block_size=6, dim=16, layers=1, heads=2).eval()
+    h = torch.randn(1, 16).repeat(20000, 1)
+    t, bias = 4.0, 1.5
+    with torch.no_grad():
+        want = (gpt.level_logits(h[:1], 0) / t).softmax(-1)[0].log()
+    want[2] += bias
+    codes = gpt.sample_step(h, t, 0, 1.0, torch.Generator().manual_seed(0), prefer=torch.full((20000, 1), 2),
+                            bias=bias)
+    freq = torch.bincount(codes[:, 0], minlength=4) / len(codes)
+    assert torch.allclose(freq, want.softmax(-1), atol=0.015)
+
+
+def test_a_draft_one_step_short_is_refused() -> None:
+    """A draft must cover context + steps: one step short is a clear ValueError, not an IndexError mid-way."""
+    torch.manual_seed(0)
+    gpt = CodeGPT(codebook_size=8, block_size=12, dim=16, layers=1, heads=2, draft=True).eval()
+    ctx = torch.randint(0, 8, (2, 4))
+    assert gpt.generate(ctx, 5, draft=torch.randint(0, 8, (2, 9))).shape == (2, 5)
+    with pytest.raises(ValueError, match="draft of 8 steps"):
+        gpt.generate(ctx, 5, draft=torch.randint(0, 8, (2, 8)))
+
+
+def test_top_k_of_all_but_one_code_drops_the_least_likely() -> None:
+    """top_k = V - 1 still truncates: the least likely code is never drawn."""
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]]).repeat(2000, 1)
+    draws = sample_next(logits, top_k=3, generator=torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == {1, 2, 3}
+
+
+def test_conv_attention_knows_where_each_frame_is() -> None:
+    """Conv feature maps get sinusoidal positions before attention: frames of a constant input come out
+    different, as they could not from position-blind attention."""
+    from transformer import ConvAttention
+
+    torch.manual_seed(0)
+    out = ConvAttention(16, 2, 1).eval()(torch.ones(1, 16, 10))
+    assert (out - out[..., :1]).abs().amax() > 1e-3
+
+
+def test_a_shared_draft_reaches_every_sample_of_its_own_context() -> None:
+    """A draft per context [B, T + steps] is shared by that context's samples, which lie next to each other: with
+    an overwhelming bias every sample takes its own context's draft, cached or not."""
+    torch.manual_seed(0)
+    gpt = CodeGPT(codebook_size=8, block_size=12, dim=16, layers=1, heads=2, levels=2, draft=True).eval()
+    ctx, draft = torch.randint(0, 8, (2, 5, 2)), torch.randint(0, 8, (2, 12, 2))
+    for cache in (True, False):
+        out = gpt.generate(ctx, 7, generator=torch.Generator().manual_seed(0), use_cache=cache, num_samples=3,
+                           draft=draft, draft_bias=1e4)
+        assert torch.equal(out, draft[:, 5:].repeat_interleave(3, 0))
+
+
+def test_a_block_normalises_each_branch_with_its_own_norm() -> None:
+    """Pre-norm: x + attn(ln1(x)), then x + mlp(ln2(x)). A trained checkpoint's two norms differ, so reading
+    one for the other changes what it computes (the shipped forecaster's references hardly see it: its strong
+    draft bias makes paths follow the drafts)."""
+    from transformer import Block
+
+    torch.manual_seed(0)
+    block = Block(8, 2).eval()
+    with torch.no_grad():
+        for ln in (block.ln1, block.ln2):
+            ln.weight.normal_(), ln.bias.normal_()
+        x = torch.randn(2, 5, 8)
+        h = x + block.attn(block.ln1(x))
+        assert torch.allclose(block(x), h + block.mlp(block.ln2(h)), atol=1e-6)

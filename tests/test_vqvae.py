@@ -310,3 +310,116 @@ def test_batch_perplexity_is_the_first_codebooks():
     p = torch.bincount(first, minlength=32).float() / first.numel()
     want = float(torch.exp(-(p * torch.log(p + 1e-10)).sum()))
     assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_gradients_pass_the_codes_straight_through_and_every_level_commits() -> None:
+    """The code lookup has no gradient: the quantizer passes the decoder's gradient to the encoder output
+    unchanged (straight-through), and the commitment loss pulls the encoder output towards its codes, at every
+    residual level: gradient 2 beta (r_q - e_q) / N summed over the levels' residuals r_q and codes e_q."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(8, 4, decay=0.9, commitment=0.25, restart_every=0).eval()
+    z = torch.randn(2, 4, 5, requires_grad=True)
+    w = torch.randn(2, 4, 5)
+    (g,) = torch.autograd.grad((q(z)[0] * w).sum(), z)
+    assert torch.equal(g, w)
+    m = tiny_model(num_quantizers=3, commitment_cost=0.25).eval()
+    z = torch.randn(2, 8, 5, requires_grad=True)
+    (g,) = torch.autograd.grad(m.quantize(z)[1]["commitment"], z)
+    want, rest = torch.zeros_like(z), z.detach()
+    for vq in m.quantizers:
+        e = vq.codebook[vq.nearest(rest.permute(0, 2, 1).reshape(-1, 8))].view(2, 5, 8).permute(0, 2, 1)
+        want, rest = want + 2 * 0.25 * (rest - e) / z.numel(), rest - e
+    assert torch.allclose(g, want, atol=1e-7)
+
+
+def test_restarted_codes_come_from_recent_encoder_outputs_and_stay_there() -> None:
+    """A code used fewer than `threshold` times (not one used exactly that often) restarts on a recent encoder
+    output, with fresh EMA statistics, so the next update leaves it there while nothing is near; the usage
+    window starts again at each check."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(4, 2, decay=0.9, commitment=0.25, restart_every=0)
+    centres = torch.tensor([[5.0, 0], [-5, 0], [0, 5], [0, -5]])
+    z = (centres.repeat(25, 1) + 0.1 * torch.randn(100, 2)).T[None]
+    q.train()
+    q(z)
+    with torch.no_grad():
+        q.codebook.copy_(centres), q.ema_sum.copy_(centres), q.ema_count.fill_(1.0)
+        q.window_usage.copy_(torch.tensor([1.0, 0.0, 5.0, 1.0]))
+        q.recent.fill_(20.0)                              # the reservoir: far from every cluster
+    assert q.restart_dead(1.0) == 1
+    assert torch.equal(q.codebook[1], torch.tensor([20.0, 20.0])) and q.window_usage.sum() == 0
+    q(z)                                                  # nothing is near the restarted code
+    assert torch.allclose(q.codebook[1], torch.tensor([20.0, 20.0]), atol=1e-3)
+    assert q.window_usage.sum() == 100                    # the frames since the check, no more
+
+
+def test_dead_codes_are_checked_every_restart_every_updates() -> None:
+    """restart_every N: the check runs on the N-th, 2N-th, ... EMA update, not before."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(4, 2, decay=0.9, commitment=0.25, dead_threshold=1.0, restart_every=3)
+    centres = torch.tensor([[5.0, 0], [-5, 0], [0, 5], [50, 50]])
+    z = (centres[:3].repeat(20, 1) + 0.1 * torch.randn(60, 2)).T[None]     # nothing near the last code
+    q.train()
+    q(z)                                                                    # update 1 (k-means init)
+    with torch.no_grad():
+        q.codebook.copy_(centres), q.ema_sum.copy_(centres), q.ema_count.fill_(1.0), q.window_usage.zero_()
+    q.end_epoch()
+    q(z)
+    assert q.end_epoch()["restarted"] == 0                                  # update 2
+    q(z)
+    assert q.end_epoch()["restarted"] == 1                                  # update 3: the last code
+
+
+def test_the_restart_reservoir_holds_the_latest_batches_newest_first() -> None:
+    """Each update pushes the batch's encoder outputs to the front of the reservoir and keeps the older ones
+    behind them, so a restart draws from recent outputs, not from those seen at initialisation."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(4, 2, decay=0.9, commitment=0.25, restart_every=0, reservoir=8).train()
+    a, b, c = (torch.randn(1, 2, 4) + shift for shift in (0.0, 10.0, 20.0))
+    for batch in (a, b, c):
+        q(batch)
+    rows = {tuple(r) for r in q.recent.tolist()}
+    assert rows == {tuple(r) for r in torch.cat([b, c], 2)[0].T.tolist()}
+    assert (q.recent[:4] > 15).all() and (q.recent[4:] < 15).all()
+
+
+def test_the_quantizers_take_the_configs_settings() -> None:
+    """Every level's quantizer runs with the config's EMA decay, commitment cost, dead-code threshold and restart
+    period (the tiny test configs restart every 5 updates; the class default is 100)."""
+    m = tiny_model(num_quantizers=2, ema_decay=0.8, commitment_cost=0.3, dead_code_threshold=2.0, restart_every=7)
+    for q in m.quantizers:
+        assert (q.decay, q.commitment, q.dead_threshold, q.restart_every) == (0.8, 0.3, 2.0, 7)
+
+
+def test_recon_loss_is_in_normalised_units() -> None:
+    """The reconstruction loss is the MSE after dividing by each lead's scale (the training patients' SD), so a
+    quiet lead counts as much as a loud one; the reconstruction itself is in mV."""
+    torch.manual_seed(0)
+    m = tiny_model().eval()                 # scale [0.5, 0.4] mV
+    x = torch.randn(2, 64, 2)
+    with torch.no_grad():
+        x_hat, losses = m(x)
+    scale = torch.tensor([0.5, 0.4])
+    assert float(losses["recon"]) == pytest.approx(float(((x_hat - x) / scale).pow(2).mean()), rel=1e-5)
+    assert float(losses["recon"]) != pytest.approx(float((x_hat - x).pow(2).mean()), rel=1e-2)
+
+
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_has_attention_puts_attention_in_the_encoder_and_the_decoder(part: str) -> None:
+    """With has_attention both the encoder and the decoder run their attention blocks: changing a block's
+    weights changes what they compute."""
+    torch.manual_seed(0)
+    m = tiny_model(has_attention=True, attention_layers=1).eval()
+    x = torch.randn(2, 64, 2)
+    with torch.no_grad():
+        before = m.decode(m.encode(x)) if part == "decoder" else m.encode_latent(x)
+        getattr(m, part).attn.blocks[0].attn.proj.bias.add_(1.0)
+        after = m.decode(m.encode(x)) if part == "decoder" else m.encode_latent(x)
+    assert not torch.allclose(before, after)
+
+
+def test_epoch_usage_is_the_share_of_codes_used() -> None:
+    """The logged usage counts the codes used at least once in the epoch, over the codebook size."""
+    q = VectorQuantizer(4, 2, decay=0.9, commitment=0.25)
+    q.epoch_usage[1] = 3.0
+    assert q.end_epoch()["usage"] == 0.25
