@@ -298,6 +298,19 @@ def test_rr_spread_is_the_sd_of_the_intervals():
     assert spread[0] == pytest.approx(np.sqrt(((90 - 290 / 3) ** 2 * 2 + (110 - 290 / 3) ** 2) / 3))
 
 
+def test_rr_spread_leaves_out_a_premature_beat_and_its_pause():
+    """A premature beat (an interval under 80% of the median) and the pause after it are left out of the RR SD
+    when two intervals remain; when fewer remain, all of them count."""
+    assert D.rhythm_spread(np.array([80, 82, 60, 100, 78])) == pytest.approx(np.std([80, 82, 78]))
+    assert D.rhythm_spread(np.array([80, 82, 65, 100, 78])) == pytest.approx(np.std([80, 82, 65, 100, 78]))
+    assert D.rhythm_spread(np.array([101, 76, 58])) == pytest.approx(np.std([101, 76]))
+    assert D.rhythm_spread(np.array([80, 55, 105])) == pytest.approx(np.std([80, 55, 105]))
+    x = two_leads(spike_train(C, [10, 90, 172, 232, 332]))
+    peaks, period, spread = D.context_rhythm(x, FS)
+    assert list(peaks[0]) == [10, 90, 172, 232, 332] and period[0] == 81
+    assert spread[0] == pytest.approx(1.0)
+
+
 def test_period_is_never_below_the_shortest_plausible_one():
     """R peaks 28 samples apart (274 bpm, which the 200 ms refractory detector still finds) give the shortest
     plausible period, 0.25 s, not 28 samples."""
