@@ -224,6 +224,14 @@ def test_forecast_from_a_record_with_gaps(tmp_path):
     assert json.loads((tmp_path / "out" / "g_8s.json").read_text())["truth_gap_samples"] == 256    # 9 s to 11 s: the gap and a second before it
 
 
+def test_a_clean_stretch_exactly_one_context_long_offers_its_start():
+    """Between gaps at 100-110 and 494-500 (samples) lies exactly one context of 384: its end, 494 (3.859 s at
+    128 Hz), is a clean --start, the nearest after 300."""
+    signal = np.ones((1000, 2), np.float32)
+    signal[100:110] = signal[494:500] = np.nan
+    assert forecast.clean_starts(signal, 300, 384, 128) == "the nearest clean --start: 3.859 s"
+
+
 @pytest.mark.parametrize("content", [b"hello\n", b"\x80\x02}q\x00."])
 def test_foreign_files_are_not_checkpoints(tmp_path, content):
     path = tmp_path / "x.pt"

@@ -8,7 +8,7 @@ import baselines as B
 import drafts as D
 import metrics as M
 import paths
-from conftest import periodic_ecg, synthetic_ecg
+from conftest import periodic_ecg, spike_train, synthetic_ecg
 from evaluate import make_forecaster
 from paths import UserError
 
@@ -159,3 +159,36 @@ def test_template_ensemble_adds_the_contexts_noise():
         waves, index = D.draft_waves(x[b:b + 1], H, FS, 40, 2, min_spread=f.min_spread)
         added = out[b] - waves[index]
         np.testing.assert_allclose(added.std(axis=(0, 1)), f.noise * D.residual_sd(x[b:b + 1], FS)[0], rtol=0.1)
+
+
+def test_a_baseline_is_made_at_the_rate_asked():
+    """evaluate.py makes the baselines at the data's rate (64 Hz in the tiny configs), which sets the beat periods they
+    read: a baseline made for 64 Hz continues a 64 Hz rhythm exactly."""
+    for name in B.BASELINES:
+        assert B.make_baseline(name, 64).fs == 64, name
+    x = periodic_ecg(2, period=50, fs=64, length=384)
+    out = B.make_baseline("seasonal", 64).predict(x[:, :192], 192)[:, 0]
+    assert np.abs(out - x[:, 192:]).max() < 1e-5
+
+
+def test_ensemble_periods_spread_with_the_contexts_rr_variability():
+    """An irregular rhythm (RR 80 to 100 samples, SD 8.3, above the 5 % floor of 4.25) spreads the ensemble's
+    periods by its own RR SD, not by the floor alone."""
+    x = np.zeros((1, C, 2), np.float32)
+    x[0, :, 0] = spike_train(C, [20, 100, 200, 280, 370])
+    x[0, :, 1] = -0.5 * x[0, :, 0]
+    _, period, spread = D.context_rhythm(x, FS)
+    assert spread[0] > 1.5 * B.SeasonalEnsemble.min_spread * period[0]
+    out = B.SeasonalEnsemble(FS).predict(x, H, num_samples=50, seed=3)
+    want = D.repeat_last(x, B.draw_periods(period, spread, B.SeasonalEnsemble.min_spread, 50, 3, FS, C), H)
+    np.testing.assert_array_equal(out, want)
+
+
+def test_template_averages_a_context_of_two_beats():
+    """Two detected beats are enough for the mean beat (fewer fall back to the seasonal naive forecast): it halves
+    the noise a copy of the last period carries."""
+    x, clean = periodic_ecg(1, noise=0.05, seed=1)[:, :200], periodic_ecg(1)[0, 200:300]
+    assert len(D.context_rhythm(x, FS)[0][0]) == 2
+    template = B.MeanBeatTemplate(FS).predict(x, 100)[0, 0]
+    seasonal = B.SeasonalNaive(FS).predict(x, 100)[0, 0]
+    assert np.mean((template - clean) ** 2) < 0.7 * np.mean((seasonal - clean) ** 2)

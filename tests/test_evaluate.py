@@ -331,18 +331,23 @@ def test_each_forecaster_sees_its_windows_context_alone():
 
 def test_detector_check_tells_sensitivity_from_positive_predictivity():
     """True horizons with every annotated beat plus one unannotated spike each: the detector misses nothing
-    (sensitivity 100 %) but finds one beat too many per window (positive predictivity TP / (TP + FP))."""
+    (sensitivity 100 %) but finds one beat too many per window (positive predictivity TP / (TP + FP)); report.md
+    shows each in its own column."""
     c, h = 384, 384
     beats = np.arange(30, c + h, 100)
     x = spike_train(c + h, beats) + spike_train(c + h, [480])     # an extra spike between two beats
     signals = np.repeat(np.stack([x, -0.5 * x], -1)[None], 3, axis=0)
     w = _one_record_windows(signals, [beats] * 3)
     scores, truth = evaluate.evaluate({}, w, c, 128, progress=False)
-    det = evaluate.summarize(scores, truth, w, 128, h, n_boot=10)["detector"]["100ms"]
+    summary = evaluate.summarize(scores, truth, w, 128, h, n_boot=10)["detector"]
+    det = summary["100ms"]
     assert det["fp"] == 3 and det["fn"] == 0 and det["tp"] == 3 * np.sum(beats >= c)
     assert det["sensitivity"] == pytest.approx(1.0)
     assert det["positive_predictivity"] == pytest.approx(det["tp"] / (det["tp"] + det["fp"]), abs=1e-6)
     assert det["positive_predictivity"] < 1.0
+    shown = {r[0]: r[1:3] for r in _table("\n".join(eval_report.detector_section(summary)), "detector check",
+                                          "| tolerance |")}
+    assert shown["±100 ms"] == [f"{100 * det['sensitivity']:.2f} %", f"{100 * det['positive_predictivity']:.2f} %"]
 
 
 def test_scoring_on_the_patients_a_model_chose_its_checkpoint_on_is_flagged_on_a_prepared_split():
@@ -359,7 +364,7 @@ def test_scoring_on_the_patients_a_model_chose_its_checkpoint_on_is_flagged_on_a
 
 def test_report_header_counts_the_records_scored_not_the_records_listed():
     """A prepared split lists three records; with --records only one of them is scored, and the report's header
-    says 1 record, not 3."""
+    says 1 record, not 3, and its table of records lists that one only."""
     cfg = load_config()
     t = cfg.data.total_samples
     w = evaluate.Windows(np.zeros((4, t, 2), np.float32), np.array([1, 1, 1, 1]), np.arange(4) * t,
@@ -369,6 +374,7 @@ def test_report_header_counts_the_records_scored_not_the_records_listed():
     args = argparse.Namespace(config=None, samples=2, seed=0)
     header = evaluate.report_header(args, ["--records", "103"], cfg, w, {}, 1.0, {"date": "d", "git commit": "c"})
     assert header["records / windows"] == "1 / 4"
+    assert [r[0] for r in _table("\n".join(eval_report.records_section(w)), "## Records", "| record |")] == ["103"]
 
 
 def test_report_names_the_commit_the_run_started_at(tmp_path, monkeypatch):
@@ -548,3 +554,65 @@ def test_one_run_scores_each_kind_of_horizon_beats_as_the_flag_does(tmp_path):
     assert stratum["forecasters"] == ventricular["forecasters"]
     assert set(everything["horizon_beats"]) == {"normal", "ectopic", "ventricular"}
     assert "| ventricular | 2 / " in (run / "report.md").read_text()
+
+
+def _table(report: str, title: str, header: str = "| forecaster |") -> list[list[str]]:
+    """The cells of each row of the first table after `title` in report.md whose header starts with `header`."""
+    lines = report.split(title, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2:]:                    # past the header and its |---| line
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def test_report_tables_show_what_the_summary_holds(db250):
+    """report.md against its summary (metrics.json): the whole-horizon table shows each score over the whole horizon
+    with its interval low to high, the per-second table each second's score, the paired table the best baseline's
+    value under the baseline and the model's under the model, the difference's interval low to high, and the
+    horizon beats' paired table the whole-horizon rows."""
+    cfg = load_config()
+    fs, c = cfg.data.samples_per_second, cfg.data.window_samples
+    w = evaluate.load_wfdb(db250, cfg, progress=False)
+    baselines = frozenset(["zero", "seasonal"])
+    fc = {n: evaluate.make_forecaster(n, fs) for n in sorted(baselines)}
+    fc["model"] = evaluate.make_forecaster("seasonal_ensemble", fs)
+    scores, truth = evaluate.evaluate(fc, w, c, fs, 8, 0, progress=False)
+    s = evaluate.summarize(scores, truth, w, fs, w.signals.shape[1] - c, n_boot=100, baselines=baselines)
+    report, fmt, cols = eval_report.markdown_report(s, {}, w), eval_report.fmt, list(M.METRICS)
+
+    def interval(e: dict) -> str:
+        if e["value"] is not None and e["ci"][0] is not None:
+            assert e["ci"][0] <= e["value"] <= e["ci"][1]
+        return "—" if e["value"] is None else f"{fmt(e['value'])} [{fmt(e['ci'][0])}, {fmt(e['ci'][1])}]"
+    whole = _table(report, "## All forecasters, whole horizon")
+    assert [r[0] for r in whole] == s["order"]
+    for name, *cells in whole:
+        assert cells == [interval(s["forecasters"][name]["metrics"][k][-1]) for k in cols], name
+    per_second = _table(report, "## Per horizon second")
+    assert [r[:2] for r in per_second] == [[n, h] for n in s["order"] for h in s["horizons"][:-1]]
+    for name, label, *cells in per_second:
+        j = s["horizons"].index(label)
+        assert cells == [fmt(s["forecasters"][name]["metrics"][k][j]["value"]) for k in cols], (name, label)
+    paired = _table(report, "## Paired against the best baseline")
+    assert len(paired) == len(s["paired"]) > 0
+    for row, r in zip(paired, s["paired"]):
+        assert row[0] == r["forecaster"] and row[2] == r["horizon"]
+        assert row[3:6] == [r["baseline"], fmt(r["baseline_value"], 4), fmt(r["value"], 4)]
+        value, lo, hi = (float(v) for v in row[6].replace("[", "").replace("]", "").replace(",", "").split())
+        assert lo <= value <= hi
+    strata = _table(report, "Paired against the best baseline of each kind, whole horizon:", "| horizon's beats |")
+    want = [[kind, r["forecaster"], r["baseline"]] for kind, st in s["horizon_beats"].items() for r in st["paired"]
+            if r["horizon"] == "all"]
+    assert want and [[r[0], r[1], r[3]] for r in strata] == want
+
+
+def test_report_numbers_keep_three_significant_digits():
+    """report.md's numbers: three significant digits without an exponent from 0.001 to 1000, whole numbers from
+    1000, three in an exponent form below 0.001, 0 as 0 and a dash for undefined; the paired tables ask for four digits."""
+    fmt = eval_report.fmt
+    assert [fmt(v) for v in (0.012345, 12.345, 999.4, 1234.6, 0.00012345, -0.5, 0.0, None, float("nan"))] == \
+        ["0.0123", "12.3", "999", "1235", "1.23e-04", "-0.5", "0", "—", "—"]
+    assert fmt(1000.0) == "1000" and fmt(1.23456, 4) == "1.235"

@@ -17,7 +17,8 @@ from baselines import TemplateEnsemble
 from drafts import residual_sd
 from forecast import Forecaster
 from hyper_params_sde import DEFAULT_CONFIG, SDEConfig, load_sde_config, sde_config_from_dict
-from latent_sde import LEARNS_CRPS, DiagonalDiffusion, LatentSDE, LatentSDEForecaster, PathCRPS, fair_crps
+from latent_sde import (LEARNS_CRPS, DiagonalDiffusion, LatentSDE, LatentSDEForecaster, PathCRPS, fair_crps,
+                        soft_clip)
 from vqvae import VQVAE
 from paths import UserError
 from tiny import flags, tiny_setup
@@ -572,3 +573,98 @@ def test_crps_validation_holds_paths_to_the_band_as_a_forecast_does():
         loose, _ = fc.path_crps(window, 4, 5, held=False)
     assert not torch.isclose(held, loose)
     torch.testing.assert_close(loss, held)
+
+
+def test_the_first_future_frame_is_one_frame_after_the_context() -> None:
+    """The prior runs on from the posterior's last context state: the first future frame is one frame step
+    (1 / rate s) later, not that state again, which would delay every path by a frame."""
+    sde = drafted_sde().eval()
+    with torch.no_grad():
+        sde.prior[-1].weight.zero_()
+        sde.prior[-1].bias.fill_(20.0)               # a steady drift, far above the noise
+        sde.diffusion.b2.fill_(-60.0)                 # noise at its floor
+    solved, emitted = [], []
+    solve, emit = sde.solve, sde.emit
+    sde.solve = lambda *a, **k: solved.append(solve(*a, **k)) or solved[-1]
+    sde.emit = lambda zs, first: emitted.append(zs) or emit(zs, first)
+    with torch.no_grad():
+        sde.sample_frames(torch.randn(8, 1, 8), steps=4, num_samples=3, seed=0, draft=torch.randn(4, 3, 8))
+    step = float(soft_clip(torch.tensor(20.0))) / sde.rate             # the drift per frame
+    zs = torch.cat([solved[0][-1:], emitted[-1]])            # the last context state, then the future's
+    torch.testing.assert_close(torch.diff(zs, dim=0), torch.full_like(zs[1:], step), atol=0.1, rtol=0)
+
+
+def test_each_contexts_paths_come_together_and_depend_on_it_alone() -> None:
+    """sample_frames returns a context's S paths next to each other ([steps, B * S, obs]), where its drafts are laid
+    (PathCRPS trains on batches of windows): changing the second context changes its own paths only."""
+    sde = drafted_sde().eval()
+    ctx, draft = torch.randn(8, 2, 8), torch.randn(5, 6, 8)
+    other = ctx.clone()
+    other[:, 1] += 1.0
+    with torch.no_grad():
+        a, b = (sde.sample_frames(c, 5, 3, seed=0, draft=draft) for c in (ctx, other))
+    torch.testing.assert_close(a[:, :3], b[:, :3], atol=1e-6, rtol=0)
+    assert not torch.allclose(a[:, 3:], b[:, 3:])
+
+
+def test_training_reads_the_context_apart_from_its_future() -> None:
+    """The posterior's GRU reads the context and the future each on its own: what it makes of the context in
+    training does not see the future, as in a forecast, which has none."""
+    sde = tiny_sde()
+    frames = torch.randn(2, 16, 8)
+    later = frames.clone()
+    later[:, 8:] += 1.0
+    sde(frames, 8)
+    seen = sde._ctx[:8].detach().clone()
+    sde(later, 8)
+    torch.testing.assert_close(sde._ctx[:8].detach(), seen)
+
+
+def test_reconstruction_term_sums_over_frames_and_dimensions() -> None:
+    """The ELBO's Gaussian NLL of frames [T, B, obs]: summed over frames and dimensions and averaged over windows,
+    as the path KL it is weighed against is summed over the path."""
+    sde = tiny_sde()
+    x = torch.randn(10, 3, 8)
+    std = sde.observation_std().detach()
+    with torch.no_grad():
+        exact = sde.observation_nll(x, x)
+        off = sde.observation_nll(x, x + std)                # one std off everywhere: 0.5 more per frame and dim
+    torch.testing.assert_close(exact, 10 * (std.log() + 0.5 * math.log(2 * math.pi)).sum())
+    torch.testing.assert_close(off - exact, torch.tensor(0.5 * 10 * 8))
+
+
+def test_the_losss_path_kl_is_summed_over_the_path() -> None:
+    """kl_path is torchsde's log ratio summed over the solver's steps (the KL of whole paths), averaged over
+    windows, per observed number."""
+    sde = tiny_sde()
+    solved = []
+    solve = sde.solve
+    sde.solve = lambda *a, **k: solved.append(solve(*a, **k)) or solved[-1]
+    _, m = sde(torch.randn(5, 32, 8), 16)
+    whole = float(solved[0][1].detach().sum(0).mean())
+    assert whole > 0 and float(m["kl_path"]) * 32 * 8 == pytest.approx(whole, rel=1e-5)
+
+
+def test_initial_kl_is_the_posteriors_from_the_prior() -> None:
+    """KL(q(z0) || p(z0)), not the reverse: N(2, 0.5) from N(0, 1) is log 2 + (0.25 + 4) / 2 - 0.5 per dimension."""
+    sde = drafted_sde()                                      # p(z0) = N(0, 1) in each of its 6 dimensions
+    mean, logstd = torch.full((1, 6), 2.0), torch.full((1, 6), math.log(0.5))
+    assert float(sde.initial_kl(mean, logstd).detach()) == pytest.approx(6 * (math.log(2) + 4.25 / 2 - 0.5), rel=1e-5)
+
+
+def test_the_configured_solver_is_the_one_run() -> None:
+    """solver.method reaches torchsde: Euler and Milstein paths of the same seed differ (g depends on the state)."""
+    ctx = torch.randn(8, 1, 8)
+    paths = [tiny_sde(method=method).eval().sample_frames(ctx, 6, 2, seed=0) for method in ("euler", "milstein")]
+    assert not torch.allclose(*paths)
+
+
+def test_a_long_context_is_read_at_its_end_by_the_latent_sde() -> None:
+    """As for the Transformer: a context longer than the model's is cut to its most recent samples, so whatever came
+    long before does not change the forecast."""
+    fc = untrained_drafted_forecaster()
+    recent = noisy_context()                                 # 192 samples: the model's 3 s at 64 Hz
+    early = [0.3 * np.random.default_rng(0).standard_normal((1, 100, 2)).astype(np.float32),
+             np.zeros((1, 100, 2), np.float32)]
+    a, b = (fc.predict(np.concatenate([e, recent], 1), 32, 3, seed=4) for e in early)
+    np.testing.assert_array_equal(a, b)

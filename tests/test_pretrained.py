@@ -271,6 +271,29 @@ def test_heart_rates_of_the_context_each_path_and_the_truth():
     assert forecast.heart_rate_line(hr) == "heart rate (bpm): context 60, paths 80 [64-112], truth 60"
 
 
+def test_heart_rates_count_each_stretch_over_its_own_seconds():
+    """A single beat is counted over the seconds it was found in: the context's 3 s (20 bpm), not the 1 s horizon's;
+    a truth with a gap has no rate (lead 1 lost for 0.1 s), not one of its NaNs."""
+    ctx, paths = np.zeros((384, 2)), np.zeros((3, 128, 2))
+    ctx[:, 0] = spike_train(384, [200])
+    paths[:, :, 0] = spike_train(128, [30, 94])                                   # 120 bpm
+    truth = paths[0].copy()
+    hr = forecast.heart_rates({"context": ctx, "samples": paths, "truth": truth, "fs": 128})
+    assert hr["context"] == 20.0 and hr["paths_median"] == 120.0 and hr["truth"] == 120.0
+    truth[60:73, 0] = np.nan
+    assert forecast.heart_rates({"context": ctx, "samples": paths, "truth": truth, "fs": 128})["truth"] is None
+
+
+def test_heart_rates_judge_the_paths_by_the_contexts_threshold():
+    """As evaluate.py does: a path's R peaks count above 30 % of the context's envelope, so its 1.2 mV beats still
+    count after a 6 mV one (the threshold of the path's own largest beat would drop them: 60 bpm, not 120)."""
+    ctx, paths = np.zeros((384, 2)), np.zeros((2, 384, 2))
+    ctx[:, 0] = spike_train(384, [40, 168, 296])
+    paths[:, :, 0] = 5 * spike_train(384, [20, 148, 276]) + spike_train(384, [84, 212, 340])
+    hr = forecast.heart_rates({"context": ctx, "samples": paths, "truth": paths[0], "fs": 128})
+    assert hr["paths_median"] == 120.0 and hr["truth"] == 120.0
+
+
 @pytest.mark.parametrize("name, model", SHIPPED_SPECS.items())
 def test_forecast_takes_the_shipped_models_by_name(tmp_path, monkeypatch, record, name, model):
     """forecast.py --checkpoint pretrained or pretrained_sde: the names evaluate.py --model gives them."""
@@ -290,3 +313,4 @@ def test_forecast_seed_flag_chooses_the_draw(tmp_path, monkeypatch, record):
     b = _forecast(monkeypatch, record, tmp_path / "b", "--seed", "3")
     c = _forecast(monkeypatch, record, tmp_path / "c", "--seed", "4")
     assert np.array_equal(a, b) and not np.allclose(a, c)
+    assert json.loads((tmp_path / "c" / "r_5s.json").read_text())["seed"] == 4     # the draw can be made again

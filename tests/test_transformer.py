@@ -550,3 +550,25 @@ def test_a_block_normalises_each_branch_with_its_own_norm() -> None:
         x = torch.randn(2, 5, 8)
         h = x + block.attn(block.ln1(x))
         assert torch.allclose(block(x), h + block.mlp(block.ln2(h)), atol=1e-6)
+
+
+def test_each_block_of_a_long_horizon_reads_the_codes_drawn_last():
+    """A horizon beyond the block is drawn a block at a time, each block after the first reading the last codes drawn
+    (its path's previous block), not the context again: else every block would restart from the context."""
+    torch.manual_seed(0)
+    cfg = config_from_dict(TINY)
+    vq = VQVAE(cfg.model).eval()
+    gpt = CodeGPT(cfg.model.codebook_size, cfg.data.total_samples // cfg.model.downsample_factor, 32, 1, 2, 0.0)
+    fc = Forecaster(vq, gpt, cfg, SampleConfig(), "cpu")
+    calls, generate = [], gpt.generate
+
+    def spy(ctx: torch.Tensor, steps: int, *args, **kwargs) -> torch.Tensor:
+        calls.append((ctx, generate(ctx, steps, *args, **kwargs)))
+        return calls[-1][1]
+    gpt.generate = spy
+    context = 0.3 * np.random.default_rng(0).standard_normal((1, 64, 2)).astype(np.float32)
+    fc.predict(context, 4 * gpt.block_size * fc.factor, num_samples=2, seed=0)
+    assert len(calls) > 2
+    for (_, drawn), (ctx, _) in zip(calls, calls[1:]):
+        k = min(drawn.shape[1], ctx.shape[1])
+        assert ctx.shape[0] == 2 and torch.equal(ctx[:, -k:], drawn[:, -k:])
