@@ -18,7 +18,7 @@ def fmt(v: float | None, digits: int = 3) -> str:
     """`digits` significant digits, no exponent for ordinary magnitudes; '—' for undefined."""
     if v is None or not np.isfinite(v):
         return "—"
-    if abs(v) >= 1000:
+    if abs(float(f"{v:.{digits}g}")) >= 1000:      # rounded first: 999.6 is 1000, not 1e+03
         return f"{v:.0f}"
     return f"{v:.{digits}g}" if abs(v) >= 0.001 or v == 0 else f"{v:.{digits - 1}e}"
 

@@ -616,3 +616,4 @@ def test_report_numbers_keep_three_significant_digits():
     assert [fmt(v) for v in (0.012345, 12.345, 999.4, 1234.6, 0.00012345, -0.5, 0.0, None, float("nan"))] == \
         ["0.0123", "12.3", "999", "1235", "1.23e-04", "-0.5", "0", "—", "—"]
     assert fmt(1000.0) == "1000" and fmt(1.23456, 4) == "1.235"
+    assert fmt(999.6) == "1000" and fmt(-999.7) == "-1000" and fmt(9999.6, 4) == "10000"
