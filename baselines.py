@@ -84,7 +84,7 @@ class MeanBeatTemplate(Zero):
 
 class SeasonalEnsemble(Zero):
     """Seasonal naive with one random period per sample, drawn around the median RR with the
-    context's RR standard deviation: timing uncertainty that grows with every beat, the
+    context's RR standard deviation (`rhythm_spread`): timing uncertainty that grows with every beat, the
     probabilistic baseline for CRPS and interval coverage. Two to four RR intervals underestimate
     the spread, so it is at least 5 % of the period (best CRPS on the training split)."""
 
