@@ -748,3 +748,91 @@ def test_allow_gaps_flag_keeps_a_record_with_gaps(tmp_path):
     assert code == 0, err
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert meta["records"]["g"]["invalid_seconds"] > 1.9 and "g" in meta["splits"]["train"]
+
+
+# ---------------------------------------------------------------- filter, window edges, beats (mutation audit)
+
+@pytest.mark.parametrize("order,band", [(2, [0.5, 40.0]), (3, [1.0, 30.0])])
+def test_the_filter_is_the_configured_zero_phase_band_pass(order: int, band: list[float]) -> None:
+    """A sinusoid comes out scaled by |H(f)|^2 of the Butterworth band-pass that data.filter_band and
+    data.filter_order name (run forward and back), and unshifted: the band, the order and the zero phase are
+    the config's, below, inside and above the band."""
+    fs = 360.0
+    t = np.arange(int(60 * fs)) / fs
+    cfg = make_cfg(filter_order=order, filter_band=band).data
+    sos = scipy.signal.butter(order, band, btype="bandpass", fs=fs, output="sos")
+    for f in (0.25, 10.0, 50.0):
+        y = pm.filter_and_resample(np.stack([np.sin(2 * np.pi * f * t), np.cos(2 * np.pi * f * t)], 1), fs, cfg, "x")
+        ts = np.arange(10 * FS, 50 * FS) / FS                  # clear of the record's edges
+        basis = np.stack([np.sin(2 * np.pi * f * ts), np.cos(2 * np.pi * f * ts)], 1)
+        (s, c), *_ = np.linalg.lstsq(basis, y[10 * FS:50 * FS, 0], rcond=None)
+        expected = abs(scipy.signal.sosfreqz(sos, [f], fs=fs)[1][0]) ** 2
+        assert np.hypot(s, c) == pytest.approx(expected, rel=0.01, abs=1e-4), f
+        assert abs(np.degrees(np.arctan2(c, s))) < 1, f                 # zero phase: no delay
+
+
+def test_a_span_that_fits_windows_exactly_keeps_its_last_window() -> None:
+    """A window may end at the last usable sample: a span of exactly two windows holds two, not one."""
+    cfg = make_cfg().data
+    assert pm.window_starts([(0, 2 * WINDOW)], cfg, overlap=False).tolist() == [0, WINDOW]
+    assert pm.window_starts([(100, 100 + WINDOW)], cfg, overlap=True).tolist() == [100]
+    assert pm.window_starts([(0, WINDOW + 384)], cfg, overlap=True).tolist() == [0, 384]
+
+
+def test_a_window_holds_the_beats_from_its_first_sample_to_its_last() -> None:
+    """Beats on a window's first and last samples are its own; one on the next window's first sample is not."""
+    beats = np.array([0, WINDOW - 1, WINDOW, 2 * WINDOW - 1])
+    rec = pm.Record("r", np.zeros((2 * WINDOW + FS, 2), np.float32), ["MLII", "V1"], beats, list("NVAN"), 360.0, True)
+    w = pm.cut_windows([rec], make_cfg().data, overlap=False)
+    assert w["start"].tolist() == [0, WINDOW]
+    assert [pm.window_beats(w, i).tolist() for i in range(2)] == [[0, WINDOW - 1], [0, WINDOW - 1]]
+    assert bytes(w["beat_sym"].tolist()) == b"NVAN"
+
+
+def test_reference_beats_are_the_beat_labels_only(tmp_path: Path) -> None:
+    """Every beat class (normal, ventricular, paced...) is a reference beat; rhythm changes (+), noise (~) and
+    other non-beat labels are not, wherever they sit in the file."""
+    path = write_record(tmp_path, "r", seconds=20.0, annotate=False)
+    samples = np.arange(1, 13) * 500
+    symbols = ["N", "+", "V", "~", "A", "/", "|", "L", "x", "R", "F", "Q"]
+    wfdb.wrann("r", "atr", samples, symbol=symbols, write_dir=str(tmp_path))
+    rec = pm.read_record(path, make_cfg().data)
+    beat = [i for i, s in enumerate(symbols) if s in "NVA/LRFQ"]
+    assert rec.symbols == [symbols[i] for i in beat]
+    np.testing.assert_array_equal(rec.beats, np.round(samples[beat] * FS / 360).astype(int))
+
+
+def test_meta_json_is_written_after_every_split(synthetic_db: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """meta.json is the mark of a finished preparation: a run that dies writing a split leaves none behind."""
+    real = paths.atomic_torch_save
+
+    def die_on_test(obj, path):
+        if Path(path).name == "test.pt":
+            raise OSError("disk full")
+        return real(obj, path)
+
+    monkeypatch.setattr(paths, "atomic_torch_save", die_on_test)
+    with pytest.raises(OSError, match="disk full"):
+        pm.prepare(make_cfg(test_records=["100"], validation_records=["101"]), synthetic_db, tmp_path / "out",
+                   download=False)
+    assert not (tmp_path / "out" / "meta.json").exists()
+
+
+def test_normalization_none_keeps_millivolts() -> None:
+    """data.normalization 'none' scales by 1 mV per lead; 'train_std' by the training windows' SD per lead."""
+    train = {"signals": torch.stack([torch.arange(8.0), 3 * torch.arange(8.0)], 1).repeat(2, 1, 1)}
+    assert pm.train_scale(train, make_cfg(normalization="none").data) == [1.0, 1.0]
+    sd = float(torch.arange(8.0).repeat(2).std())          # over every sample of every window
+    assert pm.train_scale(train, make_cfg().data) == pytest.approx([sd, 3 * sd])
+
+
+def test_a_record_without_room_for_a_window_is_named(tmp_path: Path) -> None:
+    """6.5 s passes the header's length check (a window is 6 s) but holds no window clear of its last second:
+    prepare names it as bad rather than keeping a record that adds no window to its split."""
+    db = tmp_path / "db"
+    for i, name in enumerate(("a", "b", "c")):
+        write_record(db, name, seconds=20, seed=i)
+    write_record(db, "short", seconds=6.5, seed=3)
+    with pytest.raises(UserError, match="short: 6.5 s is shorter than one window of 6.0 s and the last 1.0 s"):
+        pm.prepare(make_cfg(test_records=["a"], validation_records=["c"]), db, tmp_path / "out", download=False)

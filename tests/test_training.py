@@ -412,3 +412,54 @@ def test_max_steps_flag_caps_the_steps_of_an_epoch(tmp_path, synthetic_db):
     assert [(r["epoch"], r["step"]) for r in rows] == [("1", "2")]
     train = json.loads((run / "run.json").read_text())["config"]["train"]
     assert (train["epochs"], train["max_steps_per_epoch"]) == (1, 2)
+
+
+def test_validation_metrics_weigh_every_window_once(tmp_path: Path) -> None:
+    """10 validation windows in batches of 8 and 2: the loss and metrics are their mean over the windows, not
+    the mean of the two batch means (which would weigh each of the last 2 windows 4 times as much)."""
+    def step(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+        (v,) = batch
+        return v.mean() + 0 * model.weight.sum(), {"double": 2 * v.mean()}
+
+    trainer = toy_trainer(tmp_path, nn.Linear(1, 1), TensorDataset(torch.arange(10.0)), step)
+    assert trainer.validate(trainer.model) == {"loss": pytest.approx(4.5), "double": pytest.approx(9.0)}
+
+
+def test_validation_in_eval_mode_training_in_train_mode(tmp_path: Path) -> None:
+    """Dropout and batch statistics are off while validating and back on for the next epoch's training."""
+    modes: list[bool] = []
+
+    def step(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+        modes.append(model.training)
+        return squared_error(model, batch)
+
+    toy_trainer(tmp_path, step=step, epochs=2).fit()
+    assert modes == ([True] * 8 + [False] * 8) * 2        # 64 windows in batches of 8, as training and validation
+
+
+def test_every_step_starts_from_fresh_gradients(tmp_path: Path) -> None:
+    """Each step's gradient is its own batch's: a loss whose gradient is always 1 shows 1 at every step, not
+    1, 2, 3... as gradients left over from the steps before would add up."""
+    grads: list[float] = []
+    trainer = toy_trainer(tmp_path, nn.Linear(1, 1), TensorDataset(torch.ones(64, 1)),
+                          lambda model, batch: (model.bias.sum() + 100, {}), grad_clip=1e9)
+    trainer.opt.register_step_pre_hook(lambda opt, *_: grads.append(float(trainer.model.bias.grad)))
+    trainer.fit()
+    assert grads == [1.0] * 8
+
+
+def test_the_learning_rate_reaches_its_floor_at_the_last_capped_step(tmp_path: Path) -> None:
+    """The cosine runs over the steps the run takes (max_steps_per_epoch caps them), stepped once per step: the
+    last step ends at 10% of the peak, as metrics.csv's lr column says."""
+    trainer = toy_trainer(tmp_path, epochs=2, max_steps_per_epoch=3, learning_rate=0.01)
+    row = trainer.fit()
+    assert trainer.step == 6 and row["lr"] == pytest.approx(0.001)
+
+
+def test_numbered_checkpoints_every_checkpoint_every_epochs(tmp_path: Path) -> None:
+    """checkpoint_every 2 over 5 epochs: epoch_002.pt and epoch_004.pt beside last.pt and best.pt."""
+    toy_trainer(tmp_path, epochs=5, checkpoint_every=2).fit()
+    numbered = sorted(p.name for p in (tmp_path / "ckpt").glob("epoch_*.pt"))
+    assert numbered == ["epoch_002.pt", "epoch_004.pt"]
+    assert torch.load(tmp_path / "ckpt" / "epoch_004.pt", weights_only=True)["epoch"] == 4
+
