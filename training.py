@@ -238,6 +238,12 @@ class Trainer:
         unwrap(self.model).load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
+        # the state dicts hold the run's learning rate and weight decay: a resume's train section (run.json records
+        # it) must win, as its epochs do; unchanged settings give the same numbers, so resumes stay exact
+        self.sched.base_lrs = [self.s.learning_rate for _ in self.opt.param_groups]
+        for group, factor in zip(self.opt.param_groups, self.sched.lr_lambdas):
+            group.update(initial_lr=self.s.learning_rate, weight_decay=self.s.weight_decay,
+                         lr=self.s.learning_rate * factor(self.sched.last_epoch))
         if ckpt["scaler"]:                  # empty when the run was made without AMP (e.g. on a CPU)
             self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
