@@ -70,6 +70,11 @@ def spike_train(n: int, positions, width: float = 0.012, fs: float = 128) -> np.
     return sum(1.2 * np.exp(-0.5 * ((t - p / fs) / width) ** 2) for p in positions)
 
 
+def two_leads(lead: np.ndarray) -> np.ndarray:
+    """A context [1, C, 2] of one lead and its mirror at half the amplitude."""
+    return np.stack([lead, -0.5 * lead], 1)[None].astype(np.float64)
+
+
 def run_script(main, script: str, args: list[str]) -> subprocess.CompletedProcess:
     """A script's main() in this process, as its __main__ runs it (paths.run_main): exit status, stdout, stderr."""
     import paths

@@ -8,7 +8,7 @@ import baselines as B
 import drafts as D
 import metrics as M
 import paths
-from conftest import periodic_ecg, spike_train, synthetic_ecg
+from conftest import periodic_ecg, spike_train, synthetic_ecg, two_leads
 from evaluate import make_forecaster
 from paths import UserError
 
@@ -174,9 +174,7 @@ def test_a_baseline_is_made_at_the_rate_asked():
 def test_ensemble_periods_spread_with_the_contexts_rr_variability():
     """An irregular rhythm (RR 80 to 100 samples, SD 8.3, above the 5 % floor of 4.25) spreads the ensemble's
     periods by its own RR SD, not by the floor alone."""
-    x = np.zeros((1, C, 2), np.float32)
-    x[0, :, 0] = spike_train(C, [20, 100, 200, 280, 370])
-    x[0, :, 1] = -0.5 * x[0, :, 0]
+    x = two_leads(spike_train(C, [20, 100, 200, 280, 370])).astype(np.float32)   # as evaluate.py passes contexts
     _, period, spread = D.context_rhythm(x, FS)
     assert spread[0] > 1.5 * B.SeasonalEnsemble.min_spread * period[0]
     out = B.SeasonalEnsemble(FS).predict(x, H, num_samples=50, seed=3)

@@ -6,7 +6,7 @@ import pytest
 import scipy.signal
 
 import drafts as D
-from conftest import periodic_ecg, spike_train
+from conftest import periodic_ecg, spike_train, two_leads
 
 FS, C, H = 128, 384, 384
 PERIOD = 100
@@ -200,7 +200,7 @@ def test_a_missed_beat_does_not_lengthen_the_period():
     n, period = 768, 80
     beats = [20 + period * k for k in range(9) if k != 4]            # the fifth beat missing
     lead = spike_train(n, beats)
-    x = np.stack([lead, -0.5 * lead], 1)[None].astype(np.float64)
+    x = two_leads(lead)
     peaks, got, _ = D.context_rhythm(x, FS)
     assert len(peaks[0]) == len(beats)
     assert got[0] == period
@@ -247,11 +247,6 @@ def test_a_training_beat_within_the_shortest_period_of_the_last_peak_is_that_pea
 
 
 # --- pinned by the mutation audit of drafts.py -------------------------------------------------------------
-
-def two_leads(lead: np.ndarray) -> np.ndarray:
-    """A context [1, C, 2] of one lead and its mirror at half the amplitude."""
-    return np.stack([lead, -0.5 * lead], 1)[None].astype(np.float64)
-
 
 def test_template_pre_is_the_nearest_sample_to_a_third_of_the_period():
     """Where every beat is cut (and a draft's beat begins) is TEMPLATE_PRE of the period, rounded, not floored."""
