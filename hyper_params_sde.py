@@ -40,6 +40,8 @@ class SDEModelConfig:
                                   # from its mean beat (drafts.add_noise; 0: none)
     hold_band: bool = False       # (needs draft_beats) a forecast path's departure from its draft is high-passed
                                   # at the data's lower band edge (drafts.hold_to_band): no slow wander
+    departure_scale: float = 1.0  # (needs draft_beats) a forecast path is its draft plus this times the (held)
+                                  # departure; a forecast-time setting, as the hold is (0: the drafts alone)
 
     def validate(self) -> None:
         """Sizes, and the combinations of phase, template, drafts and hold_band that make one model."""
@@ -62,6 +64,9 @@ class SDEModelConfig:
         _check(self.draft_noise >= 0, "model.draft_noise", self.draft_noise, "must be >= 0")
         _check(not self.hold_band or self.draft_beats, "model.hold_band", self.hold_band,
                "needs model.draft_beats (the departure it holds is from the draft)")
+        _check(self.departure_scale >= 0, "model.departure_scale", self.departure_scale, "must be >= 0")
+        _check(self.departure_scale == 1 or self.draft_beats, "model.departure_scale", self.departure_scale,
+               "needs model.draft_beats (the departure it scales is from the draft)")
         _check(self.min_rate_hz > 0, "model.min_rate_hz", self.min_rate_hz, "must be > 0")
         _check(self.min_obs_std > 0, "model.min_obs_std", self.min_obs_std, "must be > 0")
 

@@ -19,7 +19,9 @@ to render what the draft misses (shape changes, amplitude, noise); a forecast dr
 (drafts.draw_beat_times) and lays one of the context's own beats at each, so timing spread comes from
 the drafts and the rest from the SDE. With `model.hold_band` (the recipe) what a path departs from its
 draft is high-passed at the data's lower band edge (drafts.hold_to_band): left alone, the prior's
-departure drifted below the band every recording was filtered to, by 0.2-0.3 mV over 20 s.
+departure drifted below the band every recording was filtered to, by 0.2-0.3 mV over 20 s. A forecast adds
+`model.departure_scale` times that departure (the recipe: 0.5): at full scale its mean improves the drafts'
+but its spread widens their intervals past what lowers CRPS (EXPERIMENTS.md, session 31).
 
 Without drafts, a beat phase in the state (`model.phase_harmonics` > 0; the recipe until session 9):
 - z[0] is a beat phase (radians) and z[1] a beat rate (Hz = min_rate_hz + softplus(z[1] + offset)):
@@ -463,7 +465,7 @@ class LatentSDEForecaster(ForecasterBase):
             if self.holds():
                 departure = hold_to_band(departure, x.shape[1], self.cfg.data.filter_band[0],
                                          self.cfg.data.filter_order, self.fs)
-            wave = waves[:, :horizon].cpu().numpy() + departure
+            wave = waves[:, :horizon].cpu().numpy() + self.scfg.model.departure_scale * departure
         return add_noise(wave.reshape(1, num_samples, horizon, 2), x_np, self.fs, self.scfg.model.draft_noise,
                          seed, rhythm)
 
@@ -473,9 +475,9 @@ class LatentSDEForecaster(ForecasterBase):
         against the window's last H samples, differentiable in the SDE; and the same of the bare drafts with
         the same noise, what the network's departure is measured against: at the recipe's spread and noise, the
         template ensemble's own paths for the same seed (for one window: a batch draws its drafts together).
-        Drafts and noise are drawn as `predict` draws them for one window, and `held`
-        holds the paths to the band as a forecast does (trained through, the hold scored worse on validation:
-        EXPERIMENTS.md, session 19)."""
+        Drafts and noise are drawn as `predict` draws them for one window, and `held` makes the paths a
+        forecast's: held to the band and their departure scaled by `model.departure_scale` (trained through, the
+        hold scored worse on validation: EXPERIMENTS.md, session 19; trained through, a scale would be undone)."""
         x, y = signals[:, :self.context_frames * self.factor], signals[:, self.context_frames * self.factor:]
         steps, horizon = math.ceil(y.shape[1] / self.factor), y.shape[1]
         x_np = x.detach().cpu().numpy()
@@ -492,6 +494,8 @@ class LatentSDEForecaster(ForecasterBase):
         if held and self.holds():
             band = hold_matrix(x.shape[1], horizon, self.cfg.data.filter_band[0], self.cfg.data.filter_order, self.fs)
             departure = torch.einsum("pnc,nt->ptc", departure, torch.tensor(band, device=x.device))
+        if held:
+            departure = self.scfg.model.departure_scale * departure
         return fair_crps(drafted + departure.reshape(shape), y), fair_crps(drafted, y).detach()
 
     def encode_context(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -526,7 +530,7 @@ class PathCRPS(nn.Module):
     posterior saw whole; this teaches it the spread and the departures from a mistimed draft that lower a
     forecast's CRPS. Only the prior drift, the diffusion and the emission learn: with the posterior network
     learning too, the validation patient 109's CRPS rose 3.5% (EXPERIMENTS.md, session 19). In eval mode
-    (validation) the paths are held to the band, as a forecast holds them. The forward is
+    (validation) the paths are a forecast's: held to the band, their departure scaled. The forward is
     the loss so that the generic trainer (DDP, DataParallel) can run it; its state is the SDE's own."""
 
     def __init__(self, forecaster: LatentSDEForecaster, num_samples: int):

@@ -166,7 +166,7 @@ def test_config_validation_names_the_key() -> None:
     for section in ("solver", "loss", "crps"):   # the shipped file spells out the defaults ...
         assert getattr(shipped, section) == getattr(defaults, section)
     recipe = dict(phase_harmonics=0, corrected_dims=0, draft_beats=True, draft_spread=0.06, draft_noise=0.2,
-                  hold_band=True)
+                  hold_band=True, departure_scale=0.5)
     assert shipped.model == dataclasses.replace(defaults.model, **recipe)   # ... but for beat drafts, not a phase
     assert sde_config_from_dict({}) == defaults
     for raw, key in (({"solver": {"method": "rk4"}}, "solver.method"), ({"solver": {"dt": 0}}, "solver.dt"),
@@ -177,6 +177,8 @@ def test_config_validation_names_the_key() -> None:
                      ({"model": {"draft_noise": -0.1}}, "model.draft_noise"),
                      ({"model": {"draft_beats": True, "phase_template": True}}, "model.draft_beats"),
                      ({"model": {"hold_band": True}}, "model.hold_band"),
+                     ({"model": {"draft_beats": True, "departure_scale": -0.5}}, "model.departure_scale"),
+                     ({"model": {"departure_scale": 0.5}}, "model.departure_scale"),
                      ({"crps": {"samples": 1}}, "crps.samples"), ({"train": {"amp": True}}, "train.amp"), ({"crps": {"epochs": 0}}, "crps.epochs"),
                      ({"crps": {"learning_rate": 0}}, "crps.learning_rate"), ({"crps": {"sample": 8}}, "crps.sample"),
                      ({"sde": {}}, "sde")):
@@ -559,6 +561,36 @@ def test_forecast_noise_is_draft_noise_times_the_contexts_residual():
     sd = residual_sd(x, 64)[0]
     assert sd.min() > 0.03
     np.testing.assert_allclose((noisy - quiet)[0].std(axis=(0, 1)), 0.4 * sd, rtol=0.05)
+
+
+def test_departure_scale_scales_what_the_sde_adds_to_its_drafts():
+    """A forecast path is its draft plus departure_scale times the held departure, noise apart: at 0 the
+    template ensemble's paths, and the paths at 0.5 halfway between those and the paths at 1. Validation in eval
+    mode scores the scaled paths, as a forecast draws them."""
+    x = noisy_context()
+    fc = untrained_drafted_forecaster(hold_band=True)
+    paths = {}
+    for scale in (0.0, 0.5, 1.0):
+        fc.scfg.model.departure_scale = scale
+        paths[scale] = fc.predict(x, 64, 6, seed=3)
+    ensemble = TemplateEnsemble(fc.fs)
+    ensemble.min_spread, ensemble.noise = fc.scfg.model.draft_spread, fc.scfg.model.draft_noise
+    np.testing.assert_allclose(paths[0.0], ensemble.predict(x, 64, 6, seed=3), atol=1e-5)
+    assert np.abs(paths[1.0] - paths[0.0]).mean() > 1e-3
+    np.testing.assert_allclose(paths[0.5] - paths[0.0], 0.5 * (paths[1.0] - paths[0.0]), atol=1e-5)
+    window = torch.from_numpy(np.concatenate([x, x[:, :64]], 1))
+    model = PathCRPS(fc, num_samples=4).eval()
+    with torch.no_grad():
+        scored = {}
+        for scale in (0.5, 1.0):
+            fc.scfg.model.departure_scale = scale
+            scored[scale] = model(window, torch.tensor([5]))[0]
+        fc.scfg.model.departure_scale = 0.0
+        assert torch.isclose(model(window, torch.tensor([5]))[0], fc.path_crps(window, 4, 5)[1])
+        model.train()
+        fc.scfg.model.departure_scale = 0.5
+        assert torch.equal(model(window, 5)[0], fc.path_crps(window, 4, 5)[0])    # training: the full departure
+    assert not torch.isclose(scored[0.5], scored[1.0])
 
 
 def test_crps_validation_holds_paths_to_the_band_as_a_forecast_does():
