@@ -38,6 +38,11 @@ GAIN_BITS = 6             # so 6 bits a lead and window
 SAMPLE_BITS = 11          # an ECG sample as coding papers count it (MIT-BIH's 11-bit ADC): compression ratios
 
 
+def level_key(name: str, level: int) -> str:
+    """The metric name of residual level `level`'s codebook statistic: the first level's is the plain name."""
+    return name if level == 0 else f"{name}_{level + 1}"
+
+
 class ResBlock(nn.Module):
     def __init__(self, ch: int, dilation: int = 1):
         super().__init__()
@@ -316,7 +321,7 @@ class VQVAE(nn.Module):
         """Codebook health of every level; the first level's under the plain names."""
         stats = {}
         for i, q in enumerate(self.quantizers):
-            stats.update({(k if i == 0 else f"{k}_{i + 1}"): v for k, v in q.end_epoch().items()})
+            stats.update({level_key(k, i): v for k, v in q.end_epoch().items()})
         return stats
 
     def compression_ratio(self, window: int, source_ratio: float = 1.0) -> float:

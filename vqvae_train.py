@@ -23,7 +23,7 @@ from prepare_mitbih import load_split, source_fs
 from train_results import fixed_windows, load_checkpoint, plot_windows
 from training import (EpochEndFn, Runtime, Trainer, run_config, run_parser, run_record, seed_everything,
                       setup_runtime)
-from vqvae import VQVAE
+from vqvae import VQVAE, level_key
 from vqvae_eval import compression
 
 
@@ -140,18 +140,31 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = Trainer(model, RandomCrops(train["signals"], cfg.data.window_samples, cfg.train.seed),
                       Windows(val["signals"]), step_fn, cfg.train, run_dir, ckpt_dir, cfg.to_dict(), meta, rt,
                       kind="vqvae", epoch_end=plotting_epoch_end(fixed, fs, run_dir), summarize=summarize,
-                      shown=("val_mse_mv2", "val_prdn", "perplexity", "usage", "restarted", "seconds"))
+                      shown=("val_mse_mv2", "val_prdn", *levels("perplexity", cfg), "usage", "restarted", "seconds"))
     if rt.is_main and not resume_ckpt:
         plot_fixed_windows(model, fixed, fs, run_dir / "reconstruction_initial.png",
                            "before training: validation windows, original vs reconstruction")
     row = trainer.run(args.resume)
     if rt.is_main and "val_mse_mv2" in row:      # not after a resume with nothing left to train
         print(f"final validation: MSE {row['val_mse_mv2']:.5f} mV^2, PRD {row['val_prd']:.2f}%, "
-              f"PRDN {row['val_prdn']:.2f}% (pooled over windows; vqvae_eval.py: mean over records), "
-              f"codebook perplexity {row['perplexity']:.1f} "
-              f"(usage {100 * row['usage']:.0f}%), "
-              f"{compression_line(model, cfg, val['records'], args.prepared)}")
+              f"PRDN {row['val_prdn']:.2f}% (pooled over windows; vqvae_eval.py: mean over records)")
+        print(codebook_line(row, cfg))
+        print(compression_line(model, cfg, val["records"], args.prepared))
     return row
+
+
+def levels(name: str, cfg: Config) -> list[str]:
+    """The metrics.csv columns of one codebook statistic, a column per residual level."""
+    return [level_key(name, i) for i in range(cfg.model.num_quantizers)]
+
+
+def codebook_line(row: dict, cfg: Config) -> str:
+    """The codebooks' health as the last training epoch's EMA updates counted it (validation counts no codes),
+    every residual level's, coarse to fine."""
+    perplexity = "/".join(f"{row[k]:.1f}" for k in levels("perplexity", cfg))
+    usage = "/".join(f"{100 * row[k]:.0f}" for k in levels("usage", cfg))
+    return (f"codebook in the last training epoch: perplexity {perplexity}, usage {usage}% "
+            f"of {cfg.model.codebook_size} codes")
 
 
 def compression_line(model: VQVAE, cfg: Config, records: list[str], prepared: str | None) -> str:
