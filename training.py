@@ -266,21 +266,21 @@ class Trainer:
             self.train_loader.dataset.set_epoch(self.epoch)
         sums: dict[str, float] = {}
         seen = 0
-        # the bar only on rank 0 and a terminal: logs and pipes keep one line per epoch (and one 'error:' line)
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.s.epochs}",
-                   disable=None if self.rt.is_main else True, leave=False)
-        for i, batch in enumerate(self.train_loader):
-            if i >= self.steps_per_epoch:
-                break
-            batch = _to(batch, self.rt.device)
-            loss, metrics = self._train_step(model, batch)
-            n = _batch_len(batch)
-            seen += n
-            for k, v in {"loss": loss.detach(), **metrics}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * n
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        bar.close()
+        # the bar only on rank 0 and a terminal: logs and pipes keep one line per epoch (and one 'error:' line);
+        # closed on Ctrl-C too, so that the resume hint starts a line of its own
+        with tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.s.epochs}",
+                  disable=None if self.rt.is_main else True, leave=False) as bar:
+            for i, batch in enumerate(self.train_loader):
+                if i >= self.steps_per_epoch:
+                    break
+                batch = _to(batch, self.rt.device)
+                loss, metrics = self._train_step(model, batch)
+                n = _batch_len(batch)
+                seen += n
+                for k, v in {"loss": loss.detach(), **metrics}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * n
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.4f}")
         return _all_reduce_mean(sums, seen, self.rt)
 
     def _train_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict]:
@@ -364,12 +364,25 @@ class Trainer:
         self.pending_record = self.resumed_record(resume) if resume and self.rt.is_main else None
         if self.rt.is_main and not resume:
             paths.atomic_write_json(self.meta, self.run_dir / "run.json")
-        row = self.fit(resume)
+        try:
+            row = self.fit(resume)
+        except KeyboardInterrupt:
+            if self.rt.is_main:     # paths.run_main prints it after 'interrupted'
+                raise KeyboardInterrupt(self.resume_hint(resume)) from None
+            raise
         if self.rt.is_main:
             print(f"plots and metrics.csv: {self.run_dir}\ncheckpoints: {self.ckpt_dir} (best.pt, last.pt)")
         if self.rt.distributed:
             dist.destroy_process_group()
         return row
+
+    def resume_hint(self, resume: str | Path | None = None) -> str:
+        """How an interrupted run goes on: from its last.pt, else from the checkpoint it resumed, if any."""
+        last = self.ckpt_dir / "last.pt"
+        start = last if last.exists() else resume
+        if not start:
+            return "nothing was saved yet (last.pt is written at the end of every epoch)"
+        return f"resume with: python3 {self.kind}_train.py --resume {start}"
 
     def make_loaders(self, train_set: Dataset, val_set: Dataset) -> None:
         settings, rt = self.s, self.rt

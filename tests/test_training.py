@@ -18,7 +18,7 @@ import latent_sde_train
 import training
 import transformer_train
 import vqvae_train
-from conftest import write_record
+from conftest import run_script, write_record
 from hyper_params import TrainConfig, config_from_dict
 from paths import UserError
 from prepare_mitbih import prepare
@@ -485,3 +485,21 @@ def test_closing_codebook_line_is_the_last_training_epochs_for_every_level(tmp_p
     assert f"perplexity_2={row['perplexity_2']:.4g}" in out
     (final,) = [line for line in out.splitlines() if line.startswith("final validation")]
     assert "codebook" not in final and "perplexity" not in final
+
+
+
+@pytest.mark.parametrize("step, said", [
+    (10, "interrupted; resume with: python3 toy_train.py --resume {ckpt}/last.pt"),
+    (3, "interrupted; nothing was saved yet (last.pt is written at the end of every epoch)")],
+    ids=["second_epoch", "first_epoch"])
+def test_an_interrupted_run_says_how_to_resume(tmp_path: Path, step: int, said: str) -> None:
+    """Ctrl-C in the second epoch (8 steps an epoch) names the command that resumes from the first epoch's
+    last.pt; in the first epoch, that there is nothing to resume from. Exit status 130 either way."""
+    def interrupted_at_step(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+        if model.training and trainer.step == step:
+            raise KeyboardInterrupt
+        return squared_error(model, batch)
+
+    trainer = toy_trainer(tmp_path, step=interrupted_at_step, epochs=2)
+    r = run_script(trainer.run, "toy_train.py", [])
+    assert (r.returncode, r.stderr.splitlines()) == (130, [said.format(ckpt=tmp_path / "ckpt")])
