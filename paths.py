@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -169,9 +171,18 @@ def note(message: str) -> None:
         print(f"note: {message}", file=sys.stderr)
 
 
+def interruptible() -> None:
+    """A non-interactive shell starts a background job (`python3 ... &` in a script) with SIGINT ignored, so
+    `kill -INT` would not stop it: Python's handler is put back, and it stops as on Ctrl-C (a training saying
+    how to resume)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def run_main(main: Callable[[], Any]) -> None:
     """Run a script's main(); a UserError becomes one 'error:' line and exit status 2. Under torchrun every
     rank reads the same config, data and devices and meets the same error, so only rank 0 prints it."""
+    interruptible()
     try:
         main()
     except UserError as e:

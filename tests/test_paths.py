@@ -1,6 +1,7 @@
 """Where runs write, what they record beside their results, what they refuse before long work, and what a
 checkpoint may not do when loaded."""
 import os
+import signal
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import torch
 import evaluate
 import paths
 import vqvae_train
-from conftest import write_record
+from conftest import ROOT, write_record
 from paths import UserError
 from tiny import flags, tiny_setup
 from train_results import load_checkpoint
@@ -119,3 +120,19 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
     with pytest.raises(UserError, match="evil.pt is unreadable"):
         load_checkpoint(path, "vqvae")
     assert not marker.exists()
+
+
+def test_a_run_started_with_sigint_ignored_stops_on_kill_int():
+    """A background job of a non-interactive shell inherits SIGINT ignored; run_main takes it back, so
+    `kill -INT` interrupts the run (exit status 130) instead of doing nothing."""
+    script = "import paths, time; paths.run_main(lambda: (print('ready', flush=True), time.sleep(20)))"
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 130
+        assert proc.stderr.read() == "interrupted\n"
+    finally:
+        proc.kill()
+        proc.communicate()
