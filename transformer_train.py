@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
+from tqdm import tqdm
 
 import paths
 from drafts import detected_beats
@@ -29,9 +30,11 @@ from vqvae import VQVAE
 from vqvae_eval import frozen_encodings, run_vqvae, vqvae_choice
 from vqvae_train import shared_run_dirs
 
+ENCODE_BATCH = 512      # windows the frozen VQ-VAE encodes at once
+
 
 @torch.no_grad()
-def encode_split(vq: VQVAE, signals: torch.Tensor, chunk: int, batch: int = 512) -> torch.Tensor:
+def encode_split(vq: VQVAE, signals: torch.Tensor, chunk: int, batch: int = ENCODE_BATCH) -> torch.Tensor:
     """Codes [N, T(, Q)] of every window, encoding each `chunk` (one context length) on its
     own: at forecast time the context is encoded without seeing the future, so training codes must
     be made alike. Encoded on the VQ-VAE's device, returned on the signals'."""
@@ -55,6 +58,18 @@ def encode_drafted(vq: VQVAE, signals: torch.Tensor, chunk: int, fs: int, beats:
     return torch.cat([codes, beat_draft(vq, signals[:, :chunk], steps, fs, beats=peaks)], -1)
 
 
+def in_batches(encode: Callable[[torch.Tensor], torch.Tensor], show: bool,
+               batch: int = ENCODE_BATCH) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`encode` over batches of windows under a progress bar (`show`: rank 0, and tqdm's own test for a
+    terminal): encoding the training windows takes minutes on a CPU. The batches are encode_split's, so the
+    codes are the same."""
+    def encode_batches(signals: torch.Tensor) -> torch.Tensor:
+        starts = tqdm(range(0, len(signals), batch), desc="encoding", unit="batch", leave=False,
+                      disable=None if show else True)
+        return torch.cat([encode(signals[i:i + batch]) for i in starts])
+    return encode_batches
+
+
 def step_fn(model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
     codes, *draft = batch                           # draft: only for a drafting model
     logits = model(codes, *draft)                   # [B, T-1, Q, K]
@@ -70,8 +85,8 @@ def code_datasets(vq: VQVAE, cfg, tcfg, train: dict, val: dict, args, rt) -> tup
     returns the code sequences' length, the model's block size."""
     chunk, fs, arch = cfg.data.window_samples, int(train["fs"]), tcfg.model
     kind = "beat_drafted" if arch.draft_beats else "drafted" if arch.draft else "codes"
-    encode = ((lambda x: encode_drafted(vq, x, chunk, fs, arch.draft_beats)) if arch.draft
-              else (lambda x: encode_split(vq, x, chunk)))
+    encode = in_batches((lambda x: encode_drafted(vq, x, chunk, fs, arch.draft_beats)) if arch.draft
+                        else (lambda x: encode_split(vq, x, chunk)), rt.is_main)
     train_codes, val_codes, augmented = frozen_encodings(kind, vq, encode, train, val, f"{chunk}:steps", tcfg.augment,
                                                          cfg.data, tcfg.train.seed, args.prepared, rt)
     if augmented:

@@ -13,12 +13,13 @@ import evaluate
 import forecast
 import transformer_train
 import vqvae_train
+from conftest import periodic_ecg
 from forecast import Forecaster
 from hyper_params import ModelConfig, config_from_dict
 from hyper_params_transformer import SampleConfig
 from paths import UserError
 from tiny import TINY, flags, tiny_setup
-from transformer_train import encode_split
+from transformer_train import encode_drafted, encode_split, in_batches
 from transformer import CodeGPT, favour, sample_next
 from vqvae import VQVAE
 
@@ -423,6 +424,23 @@ def test_training_codes_of_the_context_do_not_see_its_future():
     with torch.no_grad():
         assert torch.equal(codes[:, :16], vq.encode(x[:, :64]))
         assert torch.equal(codes[:, 16:], vq.encode(x[:, 64:]))
+
+
+def test_encoding_under_a_progress_bar_gives_the_codes_of_one_pass(monkeypatch):
+    """The bar's batches change no code: the codes and drafts of 10 windows in batches of 4 are those of all 10
+    at once; the bar counts the 3 batches, and shows on rank 0 only."""
+    torch.manual_seed(0)
+    vq = VQVAE(ModelConfig(has_attention=True, downsample_factor=4, channels=16, res_blocks=1, attention_heads=2,
+                           attention_layers=1, latent_dim=8, codebook_size=32, num_quantizers=2,
+                           window_gain=False)).eval()
+    x = torch.from_numpy(periodic_ecg(10, noise=0.02, period=50, length=256))   # 2-3 beats a context
+    bars, real_tqdm = [], transformer_train.tqdm
+    monkeypatch.setattr(transformer_train, "tqdm", lambda it, **kw: bars.append((len(it), kw["disable"])) or
+                        real_tqdm(it, **kw))
+    for encode in (lambda s: encode_split(vq, s, 128), lambda s: encode_drafted(vq, s, 128, 128, beats=True)):
+        assert torch.equal(in_batches(encode, True, batch=4)(x), encode(x))
+    in_batches(encode, False, batch=4)(x)
+    assert bars == [(3, None), (3, None), (3, True)]
 
 
 def test_rotary_scores_depend_on_the_relative_position_alone() -> None:
