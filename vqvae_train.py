@@ -168,11 +168,12 @@ def codebook_line(row: dict, cfg: Config) -> str:
 
 
 def compression_line(model: VQVAE, cfg: Config, records: list[str], prepared: str | None) -> str:
-    """Compression against the stored records (the ECG-coding convention) and against model-rate samples."""
+    """Compression against the stored records (the ECG-coding convention) and against model-rate samples, and
+    the bit rate of the codes (and gains), which needs no convention."""
     fs = cfg.data.samples_per_second
     c = compression(model, cfg.data.total_samples, fs, source_fs(records, prepared))
     return (f"compression ratio {c['compression_ratio']:.1f} against the {c['source_fs']:g} Hz records "
-            f"({c['compression_ratio_model_rate']:.1f} against {fs} Hz samples)")
+            f"({c['compression_ratio_model_rate']:.1f} against {fs} Hz samples), {c['bits_per_second']:.0f} bit/s")
 
 
 if __name__ == "__main__":

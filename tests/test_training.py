@@ -19,11 +19,12 @@ import training
 import transformer_train
 import vqvae_train
 from conftest import run_script, write_record
-from hyper_params import TrainConfig, config_from_dict
+from hyper_params import TrainConfig, config_from_dict, load_config
 from paths import UserError
 from prepare_mitbih import prepare
 from tiny import flags, tiny_setup
 from train_results import MetricsLog, check_same_config
+from vqvae import VQVAE
 
 
 def _run(setup: dict, *extra: str) -> dict:
@@ -503,3 +504,14 @@ def test_an_interrupted_run_says_how_to_resume(tmp_path: Path, step: int, said: 
     trainer = toy_trainer(tmp_path, step=interrupted_at_step, epochs=2)
     r = run_script(trainer.run, "toy_train.py", [])
     assert (r.returncode, r.stderr.splitlines()) == (130, [said.format(ckpt=tmp_path / "ckpt")])
+
+
+@pytest.mark.parametrize("model, bits", [({}, 80), ({"num_quantizers": 2, "window_gain": True}, 166)],
+                         ids=["one_codebook", "two_codebooks_and_gains"])
+def test_compression_line_gives_the_bit_rate(tmp_path: Path, synthetic_db: Path, model: dict, bits: int) -> None:
+    """The tiny model sends 64 / 4 = 16 codes a second of 5 bits (32 codes) per codebook, and with window_gain
+    the two leads' 6-bit gains of each 2 s window (context and forecast): 80 bit/s, or 2 x 80 + 12 / 2 = 166."""
+    setup = tiny_setup(tmp_path, synthetic_db, model=model)
+    cfg = load_config(setup["config"])
+    line = vqvae_train.compression_line(VQVAE(cfg.model), cfg, ["102"], setup["prepared"])
+    assert line.endswith(f"against 64 Hz samples), {bits} bit/s") and "against the 360 Hz records" in line
