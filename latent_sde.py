@@ -20,8 +20,9 @@ to render what the draft misses (shape changes, amplitude, noise); a forecast dr
 the drafts and the rest from the SDE. With `model.hold_band` (the recipe) what a path departs from its
 draft is high-passed at the data's lower band edge (drafts.hold_to_band): left alone, the prior's
 departure drifted below the band every recording was filtered to, by 0.2-0.3 mV over 20 s. A forecast adds
-`model.departure_scale` times that departure (the recipe: 0.5): at full scale its mean improves the drafts'
-but its spread widens their intervals past what lowers CRPS (EXPERIMENTS.md, session 31).
+`model.departure_scale` times that departure (the recipe: 0.5): at full scale the mean path beats the drafts'
+but the CRPS only ties theirs, and half of it scored the lowest CRPS on the validation patients
+(EXPERIMENTS.md, session 31).
 
 Without drafts, a beat phase in the state (`model.phase_harmonics` > 0; the recipe until session 9):
 - z[0] is a beat phase (radians) and z[1] a beat rate (Hz = min_rate_hz + softplus(z[1] + offset)):
