@@ -130,10 +130,44 @@ def test_section_must_be_object(section_value):
     ({"train": {"checkpoint_every": 0}}, "train.checkpoint_every"),
     ({"train": {"num_workers": -1}}, "train.num_workers"),
     ({"train": {"max_steps_per_epoch": 0}}, "train.max_steps_per_epoch"),
+    ({"data": {"input_signal_duration": 3.001}}, "data.input_signal_duration"),   # 384.128 samples
+    ({"data": {"signals_per_patient": -1}}, "data.signals_per_patient"),
+    ({"model": {"num_quantizers": 0}}, "model.num_quantizers"),
+    ({"model": {"codebook_size": 0}}, "model.codebook_size"),
+    ({"model": {"latent_dim": 0}}, "model.latent_dim"),
+    ({"model": {"commitment_cost": -0.25}}, "model.commitment_cost"),
+    ({"model": {"dead_code_threshold": -1.0}}, "model.dead_code_threshold"),
+    ({"model": {"ema_decay": 0.0}}, "model.ema_decay"),
+    ({"train": {"batch_size": 0}}, "train.batch_size"),
+    ({"train": {"weight_decay": -1e-4}}, "train.weight_decay"),
+    ({"train": {"warmup_steps": -1}}, "train.warmup_steps"),
+    ({"train": {"plot_windows": -1}}, "train.plot_windows"),
+    ({"train": {"weight_decay": float("inf")}}, "train.weight_decay"),             # no range check would catch it
 ])
 def test_bad_value_names_key(raw, key):
     msg = error_of(raw)
     assert f"'{key}'" in msg
+
+
+def test_edge_values_that_mean_something_are_accepted():
+    """No horizon (a VQ-VAE codes contexts only), a low band edge of 0 Hz (a low-pass), greedy sampling, no dropout,
+    drafts without jitter, the latent SDE's full rate diffusion and an annealing that starts at its end."""
+    from hyper_params_sde import sde_config_from_dict
+    from hyper_params_transformer import transformer_config_from_dict
+
+    data = config_from_dict({"data": {"forecast_predictions": 0, "filter_band": [0.0, 40.0]}}).data
+    assert data.total_samples == data.window_samples and data.filter_band == [0.0, 40.0]
+    t = transformer_config_from_dict({"model": {"dropout": 0}, "sample": {"temperature": 0, "draft_spread": 0}})
+    assert (t.model.dropout, t.sample.temperature, t.sample.draft_spread) == (0, 0, 0)
+    sde = sde_config_from_dict({"solver": {"rate_diffusion_scale": 1, "dt": 1}, "loss": {"kl_start": 1.0}})
+    assert (sde.solver.rate_diffusion_scale, sde.solver.dt, sde.loss.kl_start) == (1, 1, 1)
+
+
+def test_data_hash_changes_with_the_preparation(monkeypatch):
+    """Tensors prepared by older code (a lower PREPARATION) must not pass for today's: the hash says re-prepare."""
+    before = data_hash(DataConfig())
+    monkeypatch.setattr(hyper_params, "PREPARATION", hyper_params.PREPARATION + 1)
+    assert data_hash(DataConfig()) != before
 
 
 def test_window_and_factor_message_gives_window():
@@ -268,6 +302,23 @@ def test_shipped_transformer_config_loads():
     ("transformer", {"sample": {"top_p": 0.0}}, "sample.top_p"),               # a nucleus holding no probability
     ("transformer", {"model": {"dropout": 1.0}}, "model.dropout"),             # every activation dropped
     ("sde", {"solver": {"min_diffusion": 0.0}}, "solver.min_diffusion"),       # the path KL divides by g
+    ("transformer", {"model": {"heads": 3}}, "model.heads"),                   # 128 % 3 != 0
+    ("transformer", {"model": {"layers": 0}}, "model.layers"),
+    ("transformer", {"sample": {"top_k": -1}}, "sample.top_k"),
+    ("transformer", {"sample": {"top_p": 1.5}}, "sample.top_p"),
+    ("transformer", {"augment": {"copies": -1}}, "augment.copies"),
+    ("transformer", {"augment": {"amplitude_range": 1.0}}, "augment.amplitude_range"),   # a lead scaled by 0
+    ("sde", {"model": {"corrected_dims": 1}}, "model.corrected_dims"),         # a phase without its rate
+    ("sde", {"model": {"corrected_dims": 33}}, "model.corrected_dims"),        # more than state_size=32
+    ("sde", {"model": {"phase_harmonics": -1}}, "model.phase_harmonics"),
+    ("sde", {"model": {"phase_harmonics": 0, "phase_template": True}}, "model.phase_template"),
+    ("sde", {"model": {"min_rate_hz": 0.0}}, "model.min_rate_hz"),
+    ("sde", {"model": {"min_obs_std": 0.0}}, "model.min_obs_std"),
+    ("sde", {"solver": {"dt": 2.0}}, "solver.dt"),
+    ("sde", {"solver": {"max_diffusion": 0.05}}, "solver.max_diffusion"),     # = min_diffusion: no range
+    ("sde", {"solver": {"rate_diffusion_scale": 0.0}}, "solver.rate_diffusion_scale"),
+    ("sde", {"loss": {"kl_anneal_steps": -1}}, "loss.kl_anneal_steps"),
+    ("sde", {"augment": {"rate_range": 0.5}}, "augment.rate_range"),
 ])
 def test_out_of_range_values_are_refused_by_name(maker, raw, key):
     from hyper_params_sde import sde_config_from_dict
