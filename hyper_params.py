@@ -104,6 +104,7 @@ class TrainConfig:
         for key in ("weight_decay", "warmup_steps", "grad_clip", "num_workers", "plot_windows"):
             _check(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "must be >= 0")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", self.checkpoint_every, "must be >= 1")
+        _check(0 <= self.seed < 2 ** 32, "train.seed", self.seed, "must be in [0, 2**32) (numpy's seed range)")
         _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",
                self.max_steps_per_epoch, "must be >= 1 or null")
 

@@ -143,6 +143,8 @@ def test_section_must_be_object(section_value):
     ({"train": {"warmup_steps": -1}}, "train.warmup_steps"),
     ({"train": {"plot_windows": -1}}, "train.plot_windows"),
     ({"train": {"weight_decay": float("inf")}}, "train.weight_decay"),             # no range check would catch it
+    ({"train": {"seed": -1}}, "train.seed"),                  # numpy's generators refuse it once training starts
+    ({"train": {"seed": 2 ** 32}}, "train.seed"),
 ])
 def test_bad_value_names_key(raw, key):
     msg = error_of(raw)
