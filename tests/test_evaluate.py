@@ -617,3 +617,151 @@ def test_report_numbers_keep_three_significant_digits():
         ["0.0123", "12.3", "999", "1235", "1.23e-04", "-0.5", "0", "—", "—"]
     assert fmt(1000.0) == "1000" and fmt(1.23456, 4) == "1.235"
     assert fmt(999.6) == "1000" and fmt(-999.7) == "-1000" and fmt(9999.6, 4) == "10000"
+
+
+def test_window_seeds_are_the_same_in_every_process():
+    """A window's seed comes from its record's name by a fixed hash (crc32), not Python's per-process one: a figure
+    of one run is drawn again by the next."""
+    assert evaluate.window_seed(0, "100", 0) == 933941904 and evaluate.window_seed(3, "208", 768) == 281506578
+
+
+def test_records_listed_but_not_scored_are_left_out_of_every_table():
+    """A prepared split lists records that --records leaves without windows: the scored record's numbers are its own,
+    and the detector counts only the annotated records scored."""
+    c = h = 128
+    signals = np.random.default_rng(0).normal(size=(2, c + h, 2))
+    w = _one_record_windows(signals, [np.zeros(0)] * 2)
+    w.record, w.records, w.annotated = np.ones(2, np.int64), ["a", "r1", "b"], np.array([True, True, True])
+    w.leads, w.fs_in = w.leads * 3, w.fs_in * 3
+    scores, truth = evaluate.evaluate({"zero": evaluate.make_forecaster("zero", 128)}, w, c, 128, 1, progress=False)
+    s = evaluate.summarize(scores, truth, w, 128, h, n_boot=10)
+    assert s["records"] == ["r1"]
+    assert s["per_record"]["zero"]["mse"] == {"r1": pytest.approx(np.mean(signals[:, c:] ** 2), rel=1e-5)}
+    assert s["forecasters"]["zero"]["metrics"]["mse"][-1]["records"] == 1
+    assert s["detector"]["annotated_records"] == 1
+
+
+def test_horizon_beats_strata_start_at_the_context_end_when_the_horizon_is_longer():
+    """With a horizon of two context lengths, a ventricular beat early in the horizon makes its window ventricular:
+    the strata split each window at the context's end, not at the horizon's length from its end."""
+    fs, c, h = 128, 128, 256
+    beats = [np.array([c + 20, c + 130]), np.array([c + 20, c + 130])]
+    w = _one_record_windows(np.random.default_rng(0).normal(size=(2, c + h, 2)), beats)
+    w.beat_sym = np.array([ord(s) for s in "VNNN"], np.uint8)
+    w.record, w.records, w.annotated = np.array([0, 1]), ["r1", "r2"], np.array([True, True])
+    scores, truth = evaluate.evaluate({"zero": evaluate.make_forecaster("zero", fs)}, w, c, fs, 1, progress=False)
+    strata = evaluate.summarize(scores, truth, w, fs, h, n_boot=10)["horizon_beats"]
+    assert (strata["ventricular"]["windows"], strata["ventricular"]["records"]) == (1, ["r1"])
+    assert (strata["normal"]["windows"], strata["normal"]["records"]) == (1, ["r2"])
+
+
+def test_without_annotations_a_model_is_paired_on_the_waveform_scores_only():
+    """No record has beat annotations: no baseline has an F1, so there is no best baseline on F1 to pair against,
+    and MSE and CRPS are paired as usual."""
+    c = h = 256
+    rng = np.random.default_rng(0)
+    w = _one_record_windows(rng.normal(size=(2, c + h, 2)), [np.zeros(0)] * 2)
+    w.annotated = np.array([False])
+    fc = {n: evaluate.make_forecaster(n, 128) for n in ("zero", "mean", "persistence")}
+    scores, truth = evaluate.evaluate(fc, w, c, 128, 1, progress=False)
+    s = evaluate.summarize(scores, truth, w, 128, h, n_boot=10, baselines=frozenset(["zero", "mean"]))
+    assert sorted(r["metric"] for r in s["paired"]) == ["crps", "mse", "mse"]
+    assert all(r["forecaster"] == "persistence" and r["records"] == 1 for r in s["paired"])
+
+
+def test_a_config_without_a_horizon_is_refused(tmp_path):
+    """data.forecast_predictions 0 (a VQ-VAE's config) leaves nothing to forecast: said before any work."""
+    (tmp_path / "c.json").write_text(json.dumps({"data": {"forecast_predictions": 0}}))
+    with pytest.raises(UserError, match="no horizon to forecast"):
+        evaluate.main(["--model", "zero", "--wfdb-dir", str(tmp_path), "--config", str(tmp_path / "c.json"),
+                       "--results", str(tmp_path / "results")])
+
+
+def test_a_run_reports_its_own_horizon_and_draws_its_intervals_with_its_seed(tmp_path, monkeypatch):
+    """A horizon two contexts long (6 s): the horizon seconds run to 6 s, "all" is the whole of it, and the intervals
+    are the bootstrap over records drawn with --seed, as the report's header says."""
+    for i, name in enumerate("abcdefgh"):
+        write_record(tmp_path / "db", name, seconds=12, seed=i)
+    (tmp_path / "c.json").write_text(json.dumps({"data": {"forecast_predictions": 2}}))
+    monkeypatch.setattr(evaluate, "plot_results", lambda *args: None)           # the figures are not under test
+    _, result = _run(["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), "--config", str(tmp_path / "c.json"),
+                      "--seed", "3", "--results", str(tmp_path / "results")])
+    assert result["horizons"] == [f"{k}-{k + 1} s" for k in range(6)] + ["all"]
+    mse = result["forecasters"]["zero"]["metrics"]["mse"]
+    per = np.array([[result["per_record"]["zero"]["mse"][r]] for r in "abcdefgh"])
+    _, lo, hi = M.bootstrap_ci(per, evaluate.N_BOOT, 3)
+    assert mse[-1]["ci"] == pytest.approx([lo[0], hi[0]], abs=1e-6)
+    assert mse[-1]["value"] == pytest.approx(per.mean(), abs=1e-6)
+    assert "seed 3" in result["header"]["bootstrap"]
+
+
+def test_horizon_beats_are_chosen_before_the_windows_are_thinned(tmp_path):
+    """--horizon-beats then --max-windows-per-record: the record keeps as many windows as asked for, all of the kind."""
+    import wfdb
+
+    write_record(tmp_path / "db", "r", seconds=60, seed=0)
+    _, beats = synthetic_ecg(60, 360.0, seed=0)
+    wfdb.wrann("r", "atr", np.asarray(beats), symbol=["V" if k % 9 == 4 else "N" for k in range(len(beats))],
+               write_dir=str(tmp_path / "db"))
+    cfg = load_config()
+    args = argparse.Namespace(wfdb_dir=str(tmp_path / "db"), records=None, annotator="atr", horizon_beats="ventricular")
+    every = evaluate.load_windows(argparse.Namespace(**vars(args), max_windows_per_record=None), cfg)
+    two = evaluate.load_windows(argparse.Namespace(**vars(args), max_windows_per_record=2), cfg)
+    assert len(every.start) > 2 and set(two.start) <= set(every.start) and len(two.start) == 2
+
+
+def test_a_beat_on_the_first_horizon_sample_is_a_horizon_beat():
+    """The horizon starts at sample `context`: a beat there is the horizon's, one a sample before it the context's."""
+    c = 128
+    w = _one_record_windows(np.zeros((2, 2 * c, 2)), [np.array([c - 1, c + 50]), np.array([c, c + 50])])
+    w.beat_sym = np.array([ord(s) for s in "VNVN"], np.uint8)
+    assert evaluate.horizon_classes(w, c) == [{"N"}, {"V", "N"}]
+
+
+@pytest.mark.parametrize("symbol,kinds", [("F", ["ectopic"]), ("E", ["ectopic", "ventricular"]), ("?", [])])
+def test_horizon_beats_follow_the_aami_classes_of_every_beat_symbol(symbol, kinds):
+    """A fusion (F) is ectopic but neither supraventricular nor ventricular, a ventricular escape (E) ventricular, and
+    an unclassifiable beat (?, class Q) makes its window none of the kinds, not even normal."""
+    c = 128
+    w = _one_record_windows(np.zeros((1, 2 * c, 2)), [np.array([c + 10, c + 60])])
+    w.beat_sym = np.array([ord("N"), ord(symbol)], np.uint8)
+    masks = evaluate.horizon_beats_masks(w, c)
+    assert [kind for kind in evaluate.HORIZON_BEATS if masks[kind][0]] == kinds
+
+
+def test_the_best_baseline_is_chosen_on_each_score_by_its_own_value():
+    """Baseline "early" has the lower MSE in the first second and the lower CRPS, "late" the lower MSE over the whole
+    horizon and the higher F1: each row pairs with its own best, and its change is the difference relative to that
+    baseline's mean."""
+    labels = ["0-1 s", "1-2 s", "2-3 s", "all"]
+    per = {"early": {"mse": [[1, 9, 9, 6], [1, 9, 9, 6]], "crps": [[1.2] * 4] * 2, "f1_100": [[0.5] * 4] * 2},
+           "late": {"mse": [[2, 3, 3, 3], [2, 3, 3, 3]], "crps": [[2] * 4] * 2, "f1_100": [[0.9] * 4, [0.8] * 4]},
+           "model": {"mse": [[3, 3, 3, 2], [1, 3, 3, 2]], "crps": [[1] * 4, [2] * 4], "f1_100": [[0.9] * 4, [0.9] * 4]}}
+    per = {name: {k: np.array(v, float) for k, v in d.items()} for name, d in per.items()}
+    tables = {name: {"metrics": evaluate.metric_table(d, 4, 10, 0)} for name, d in per.items()}
+    rows = evaluate.paired_with_best_baseline(per, tables, frozenset(["early", "late"]), labels, 10, 0)
+    got = {(r["metric"], r["horizon"]): (r["baseline"], r["difference"]["value"], r["change_pct"]) for r in rows}
+    assert got == {("mse", "all"): ("late", -1, pytest.approx(-100 / 3)), ("mse", "0-1 s"): ("early", 1, 100),
+                   ("crps", "all"): ("early", pytest.approx(0.3), pytest.approx(25)),
+                   ("f1_100", "all"): ("late", pytest.approx(0.05), pytest.approx(100 * 0.05 / 0.85))}
+
+
+def test_a_horizon_of_one_second_pairs_its_mse_once():
+    """With one horizon second its MSE is the whole horizon's: paired once, not twice."""
+    assert evaluate.paired_scores(2) == [("mse", 1), ("crps", 1), ("f1_100", 1)]
+    assert evaluate.paired_scores(4) == [("mse", 3), ("mse", 0), ("crps", 3), ("f1_100", 3)]
+
+
+@pytest.mark.parametrize("bad,needle", [(lambda y: y[..., :1], r"shape \(1, 2, 4, 1\), expected \[1, S, 4, 2\]"),
+                                        (lambda y: y[:, :, :3], r"shape \(1, 2, 3, 2\)"),
+                                        (lambda y: y * np.nan, "NaN or inf"), (lambda y: y + np.inf, "NaN or inf")])
+def test_a_forecast_of_the_wrong_shape_or_not_finite_is_refused_by_name(bad, needle):
+    """Your own forecaster's output is checked before it is scored: a NaN would make every mean over records NaN."""
+    w = _one_record_windows(np.random.default_rng(0).normal(size=(2, 12, 2)), [np.zeros(0)] * 2)
+
+    class Broken:
+        def predict(self, x, horizon, num_samples=100, seed=0):
+            return bad(np.ones((1, num_samples, horizon, 2), np.float32))
+
+    with pytest.raises(UserError, match=f"mine: predict returned {needle}"):
+        evaluate.predict_windows(Broken(), "mine", w, np.array([0, 1]), 8, 2, seed=0)
