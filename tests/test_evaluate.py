@@ -765,3 +765,30 @@ def test_a_forecast_of_the_wrong_shape_or_not_finite_is_refused_by_name(bad, nee
 
     with pytest.raises(UserError, match=f"mine: predict returned {needle}"):
         evaluate.predict_windows(Broken(), "mine", w, np.array([0, 1]), 8, 2, seed=0)
+
+
+def test_a_record_of_more_windows_than_one_chunk_scores_every_window():
+    """A 30-minute MIT-BIH record has more windows than one chunk of 256: its MSE is the mean over all of them."""
+    c = h = 128
+    signals = np.random.default_rng(0).normal(0, 0.3, size=(300, c + h, 2)).astype(np.float32)
+    signals[255] *= 3                                      # the first chunk's last window
+    w = _one_record_windows(signals, [np.zeros(0)] * 300)
+    scores, truth = evaluate.evaluate({"zero": evaluate.make_forecaster("zero", 128)}, w, c, 128, 1, progress=False)
+    s = evaluate.summarize(scores, truth, w, 128, h, n_boot=10)
+    assert s["per_record"]["zero"]["mse"]["r1"] == pytest.approx(np.mean(signals[:, c:] ** 2), rel=1e-5)
+
+
+def test_forecast_beats_are_read_on_lead_1():
+    """The R peaks of a forecast are detected on its first lead, as the reference beats are annotated: a forecast
+    with the true beats on lead 1 and a flat lead 2 scores F1 1."""
+    c = h = 384
+    beats = np.arange(30, c + h, 100)
+    x = spike_train(c + h, beats)
+    w = _one_record_windows(np.stack([x, -0.5 * x], -1)[None], [beats])
+
+    class Lead1:
+        def predict(self, context, horizon, num_samples=100, seed=0):
+            return np.stack([x[c:], np.zeros(h)], -1)[None, None].astype(np.float32)
+
+    scores, truth = evaluate.evaluate({"lead1": Lead1()}, w, c, 128, 1, progress=False)
+    assert evaluate.summarize(scores, truth, w, 128, h, n_boot=10)["per_record"]["lead1"]["f1_100"]["r1"] == 1
