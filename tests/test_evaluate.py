@@ -792,3 +792,16 @@ def test_forecast_beats_are_read_on_lead_1():
 
     scores, truth = evaluate.evaluate({"lead1": Lead1()}, w, c, 128, 1, progress=False)
     assert evaluate.summarize(scores, truth, w, 128, h, n_boot=10)["per_record"]["lead1"]["f1_100"]["r1"] == 1
+
+
+def test_the_detector_check_reads_lead_1():
+    """The detector is checked on the lead the beats are annotated on: a true window with clear beats on lead 1
+    and a flat lead 2 find every beat."""
+    c = h = 384
+    beats = np.arange(30, c + h, 100)
+    x = spike_train(c + h, beats)
+    w = _one_record_windows(np.stack([x, np.zeros_like(x)], -1)[None], [beats])
+    scores, truth = evaluate.evaluate({}, w, c, 128, progress=False)
+    det = evaluate.summarize(scores, truth, w, 128, h, n_boot=10)["detector"]["100ms"]
+    assert (det["tp"], det["fn"], det["fp"]) == (np.sum(beats >= c), 0, 0)
+    assert det["sensitivity"] == det["positive_predictivity"] == 1
