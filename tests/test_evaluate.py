@@ -805,3 +805,17 @@ def test_the_detector_check_reads_lead_1():
     det = evaluate.summarize(scores, truth, w, 128, h, n_boot=10)["detector"]["100ms"]
     assert (det["tp"], det["fn"], det["fp"]) == (np.sum(beats >= c), 0, 0)
     assert det["sensitivity"] == det["positive_predictivity"] == 1
+
+
+def test_each_horizon_second_counts_the_records_that_define_it():
+    """A record without beats in a horizon second has no F1 there: that second's mean and record count are of
+    the other records, while the whole horizon still counts both."""
+    c = h = 256
+    beats = [np.arange(30, c + h, 100), np.arange(30, c + 128, 100)]      # r2: none in the horizon's second second
+    signals = np.stack([np.stack([spike_train(c + h, b)] * 2, -1) for b in beats])
+    w = evaluate.Windows(signals.astype(np.float32), np.array([0, 1]), np.zeros(2, np.int64),
+                         np.array([0, len(beats[0]), len(beats[0]) + len(beats[1])]), np.concatenate(beats),
+                         ["r1", "r2"], np.array([True, True]), [["MLII", "V1"]] * 2, [360.0] * 2)
+    scores, truth = evaluate.evaluate({"zero": evaluate.make_forecaster("zero", 128)}, w, c, 128, 1, progress=False)
+    f1 = evaluate.summarize(scores, truth, w, 128, h, n_boot=10)["forecasters"]["zero"]["metrics"]["f1_100"]
+    assert [e["records"] for e in f1] == [2, 1, 2] and [e["value"] for e in f1] == [0, 0, 0]
