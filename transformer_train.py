@@ -15,7 +15,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
-from tqdm import tqdm
 
 import paths
 from drafts import detected_beats
@@ -27,10 +26,8 @@ from train_results import fixed_windows, load_checkpoint, plot_forecasts
 from training import Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
-from vqvae_eval import frozen_encodings, run_vqvae, vqvae_choice
+from vqvae_eval import ENCODE_BATCH, frozen_encodings, in_batches, run_vqvae, vqvae_choice
 from vqvae_train import shared_run_dirs
-
-ENCODE_BATCH = 512      # windows the frozen VQ-VAE encodes at once
 
 
 @torch.no_grad()
@@ -56,18 +53,6 @@ def encode_drafted(vq: VQVAE, signals: torch.Tensor, chunk: int, fs: int, beats:
         return torch.cat([codes, seasonal_draft(vq, signals[:, :chunk], steps, fs)], -1)
     peaks = detected_beats(signals.numpy(), fs)
     return torch.cat([codes, beat_draft(vq, signals[:, :chunk], steps, fs, beats=peaks)], -1)
-
-
-def in_batches(encode: Callable[[torch.Tensor], torch.Tensor], show: bool,
-               batch: int = ENCODE_BATCH) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`encode` over batches of windows under a progress bar (`show`: rank 0, and tqdm's own test for a
-    terminal): encoding the training windows takes minutes on a CPU. The batches are encode_split's, so the
-    codes are the same."""
-    def encode_batches(signals: torch.Tensor) -> torch.Tensor:
-        starts = tqdm(range(0, len(signals), batch), desc="encoding", unit="batch", leave=False,
-                      disable=None if show else True)
-        return torch.cat([encode(signals[i:i + batch]) for i in starts])
-    return encode_batches
 
 
 def step_fn(model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:

@@ -62,6 +62,21 @@ def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dic
     return model, ckpt, str(path)
 
 
+ENCODE_BATCH = 512      # windows the frozen VQ-VAE encodes at once; a multiple of latent_sde.latent_frames' batch
+
+
+def in_batches(encode: Callable[[torch.Tensor], torch.Tensor], show: bool,
+               batch: int = ENCODE_BATCH) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`encode` over batches of windows under a progress bar (`show`: rank 0, and tqdm's own test for a
+    terminal): encoding the training windows takes minutes on a CPU. The batches are the ones the encoders
+    make already (transformer_train.encode_split's windows, latent_frames' pieces), so the encodings are the same."""
+    def encode_batches(signals: torch.Tensor) -> torch.Tensor:
+        starts = tqdm(range(0, len(signals), batch), desc="encoding", unit="batch", leave=False,
+                      disable=None if show else True)
+        return torch.cat([encode(signals[i:i + batch]) for i in starts])
+    return encode_batches
+
+
 def frozen_encodings(kind: str, vq: VQVAE, encode: Callable[[torch.Tensor], torch.Tensor], train: dict, val: dict,
                      key: str, aug: AugmentConfig, data_cfg: DataConfig, seed: int, prepared: str | None,
                      rt: Runtime) -> tuple[torch.Tensor, torch.Tensor, tuple[list[dict], torch.Tensor] | None]:

@@ -5,6 +5,7 @@ import json
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -700,3 +701,31 @@ def test_a_long_context_is_read_at_its_end_by_the_latent_sde() -> None:
              np.zeros((1, 100, 2), np.float32)]
     a, b = (fc.predict(np.concatenate([e, recent], 1), 32, 3, seed=4) for e in early)
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("drafted", [False, True])
+def test_encoding_under_a_progress_bar_gives_the_frames_of_one_pass(drafted: bool, monkeypatch) -> None:
+    """encode_splits hands frozen_encodings its encoder under the bar (rank 0 only), and the bar's batches change
+    no frame, drafts' neither: 520 windows in two batches encode as all at once. The batches must be those of
+    latent_frames: the continuous frames are not the same to the last bit in batches of other sizes."""
+    import vqvae_eval
+    from conftest import periodic_ecg
+    from hyper_params import ModelConfig
+
+    torch.manual_seed(0)
+    vq = VQVAE(ModelConfig(has_attention=True, downsample_factor=4, channels=16, res_blocks=1, attention_heads=2,
+                           attention_layers=1, latent_dim=8, codebook_size=32, num_quantizers=1,
+                           window_gain=False)).eval()
+    x = torch.from_numpy(periodic_ecg(520, noise=0.02, period=50, length=256))   # 2-3 beats a context
+    one_pass = (latent_sde_train.encode_drafted(vq, x, 128, 128) if drafted
+                else latent_sde_train.encode_windows(vq, x, 128))
+    bars, real_tqdm = [], vqvae_eval.tqdm
+    monkeypatch.setattr(vqvae_eval, "tqdm", lambda it, **kw: bars.append((len(it), kw["disable"])) or
+                        real_tqdm(it, **kw))
+    monkeypatch.setattr(latent_sde_train, "frozen_encodings", lambda kind, vq, encode, *a: encode)
+    scfg = SimpleNamespace(model=SimpleNamespace(draft_beats=drafted), augment=None, train=SimpleNamespace(seed=0))
+    cfg = SimpleNamespace(data=SimpleNamespace(window_samples=128))
+    for rank0 in (True, False):
+        encode = latent_sde_train.encode_splits(vq, scfg, cfg, {"fs": 128}, {}, None, SimpleNamespace(is_main=rank0))
+        assert torch.equal(encode(x), one_pass)
+    assert bars == [(2, None), (2, True)]

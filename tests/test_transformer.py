@@ -12,6 +12,7 @@ import torch
 import evaluate
 import forecast
 import transformer_train
+import vqvae_eval
 import vqvae_train
 from conftest import periodic_ecg
 from forecast import Forecaster
@@ -19,7 +20,7 @@ from hyper_params import ModelConfig, config_from_dict
 from hyper_params_transformer import SampleConfig
 from paths import UserError
 from tiny import TINY, flags, tiny_setup
-from transformer_train import encode_drafted, encode_split, in_batches
+from transformer_train import encode_drafted, encode_split
 from transformer import CodeGPT, favour, sample_next
 from vqvae import VQVAE
 
@@ -434,12 +435,12 @@ def test_encoding_under_a_progress_bar_gives_the_codes_of_one_pass(monkeypatch):
                            attention_layers=1, latent_dim=8, codebook_size=32, num_quantizers=2,
                            window_gain=False)).eval()
     x = torch.from_numpy(periodic_ecg(10, noise=0.02, period=50, length=256))   # 2-3 beats a context
-    bars, real_tqdm = [], transformer_train.tqdm
-    monkeypatch.setattr(transformer_train, "tqdm", lambda it, **kw: bars.append((len(it), kw["disable"])) or
+    bars, real_tqdm = [], vqvae_eval.tqdm
+    monkeypatch.setattr(vqvae_eval, "tqdm", lambda it, **kw: bars.append((len(it), kw["disable"])) or
                         real_tqdm(it, **kw))
     for encode in (lambda s: encode_split(vq, s, 128), lambda s: encode_drafted(vq, s, 128, 128, beats=True)):
-        assert torch.equal(in_batches(encode, True, batch=4)(x), encode(x))
-    in_batches(encode, False, batch=4)(x)
+        assert torch.equal(vqvae_eval.in_batches(encode, True, batch=4)(x), encode(x))
+    vqvae_eval.in_batches(encode, False, batch=4)(x)
     assert bars == [(3, None), (3, None), (3, True)]
 
 
