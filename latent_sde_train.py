@@ -43,7 +43,7 @@ from train_results import fixed_windows, load_checkpoint, plot_forecasts
 from training import (EpochEndFn, Runtime, StepFn, Trainer, resumed_seed, run_config, run_parser, run_record,
                       seed_everything, setup_runtime)
 from vqvae import VQVAE
-from vqvae_eval import frozen_encodings, in_batches, run_vqvae, vqvae_choice
+from vqvae_eval import frozen_encodings, run_vqvae, vqvae_choice
 from vqvae_train import shared_run_dirs
 
 
@@ -206,8 +206,8 @@ def encode_splits(vq: VQVAE, scfg: SDEConfig, cfg: Config, train: dict, val: dic
     def encode(x: torch.Tensor) -> torch.Tensor:
         return encode_drafted(vq, x, piece, fs) if drafted else encode_windows(vq, x, piece)
 
-    return frozen_encodings(kind, vq, in_batches(encode, rt.is_main), train, val, str(piece), scfg.augment, cfg.data,
-                            scfg.train.seed, prepared, rt)
+    return frozen_encodings(kind, vq, encode, train, val, str(piece), scfg.augment, cfg.data, scfg.train.seed,
+                            prepared, rt)
 
 
 def batch_names(scfg: SDEConfig) -> list[str]:

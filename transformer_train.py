@@ -26,7 +26,7 @@ from train_results import fixed_windows, load_checkpoint, plot_forecasts
 from training import Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
-from vqvae_eval import ENCODE_BATCH, frozen_encodings, in_batches, run_vqvae, vqvae_choice
+from vqvae_eval import ENCODE_BATCH, frozen_encodings, run_vqvae, vqvae_choice
 from vqvae_train import shared_run_dirs
 
 
@@ -70,8 +70,8 @@ def code_datasets(vq: VQVAE, cfg, tcfg, train: dict, val: dict, args, rt) -> tup
     returns the code sequences' length, the model's block size."""
     chunk, fs, arch = cfg.data.window_samples, int(train["fs"]), tcfg.model
     kind = "beat_drafted" if arch.draft_beats else "drafted" if arch.draft else "codes"
-    encode = in_batches((lambda x: encode_drafted(vq, x, chunk, fs, arch.draft_beats)) if arch.draft
-                        else (lambda x: encode_split(vq, x, chunk)), rt.is_main)
+    encode = ((lambda x: encode_drafted(vq, x, chunk, fs, arch.draft_beats)) if arch.draft
+              else (lambda x: encode_split(vq, x, chunk)))
     train_codes, val_codes, augmented = frozen_encodings(kind, vq, encode, train, val, f"{chunk}:steps", tcfg.augment,
                                                          cfg.data, tcfg.train.seed, args.prepared, rt)
     if augmented:

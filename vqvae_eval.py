@@ -82,7 +82,8 @@ def frozen_encodings(kind: str, vq: VQVAE, encode: Callable[[torch.Tensor], torc
                      rt: Runtime) -> tuple[torch.Tensor, torch.Tensor, tuple[list[dict], torch.Tensor] | None]:
     """The training and validation windows encoded once by the frozen `vq`, and `aug.copies` stretched
     copies of the training records with theirs, cached under `kind` (`key`: what else the encoding depends on).
-    Rank 0 computes them first (main_first), on the run's device."""
+    Rank 0 computes them first (main_first), on the run's device, in batches under a progress bar (in_batches)."""
+    encode = in_batches(encode, rt.is_main)
     digest = weights_digest(vq)
     vq.to(rt.device)
 

@@ -705,7 +705,7 @@ def test_a_long_context_is_read_at_its_end_by_the_latent_sde() -> None:
 
 @pytest.mark.parametrize("drafted", [False, True])
 def test_encoding_under_a_progress_bar_gives_the_frames_of_one_pass(drafted: bool, monkeypatch) -> None:
-    """encode_splits hands frozen_encodings its encoder under the bar (rank 0 only), and the bar's batches change
+    """frozen_encodings runs encode_splits' encoder under the bar (rank 0 only), and the bar's batches change
     no frame, drafts' neither: 520 windows in two batches encode as all at once. The batches must be those of
     latent_frames: the continuous frames are not the same to the last bit in batches of other sizes."""
     import vqvae_eval
@@ -722,10 +722,13 @@ def test_encoding_under_a_progress_bar_gives_the_frames_of_one_pass(drafted: boo
     bars, real_tqdm = [], vqvae_eval.tqdm
     monkeypatch.setattr(vqvae_eval, "tqdm", lambda it, **kw: bars.append((len(it), kw["disable"])) or
                         real_tqdm(it, **kw))
-    monkeypatch.setattr(latent_sde_train, "frozen_encodings", lambda kind, vq, encode, *a: encode)
-    scfg = SimpleNamespace(model=SimpleNamespace(draft_beats=drafted), augment=None, train=SimpleNamespace(seed=0))
+    monkeypatch.setattr(vqvae_eval, "cached_encoding", lambda kind, key, compute, *a: compute())   # no cache
+    scfg = SimpleNamespace(model=SimpleNamespace(draft_beats=drafted), augment=SimpleNamespace(copies=0),
+                           train=SimpleNamespace(seed=0))
     cfg = SimpleNamespace(data=SimpleNamespace(window_samples=128))
+    split = {"fs": 128, "signals": x, "data_hash": "d", "input_hash": "i"}
     for rank0 in (True, False):
-        encode = latent_sde_train.encode_splits(vq, scfg, cfg, {"fs": 128}, {}, None, SimpleNamespace(is_main=rank0))
-        assert torch.equal(encode(x), one_pass)
-    assert bars == [(2, None), (2, True)]
+        rt = SimpleNamespace(is_main=rank0, distributed=False, device=torch.device("cpu"))
+        train_enc, val_enc, _ = latent_sde_train.encode_splits(vq, scfg, cfg, split, split, None, rt)
+        assert torch.equal(train_enc, one_pass) and torch.equal(val_enc, one_pass)
+    assert bars == [(2, None), (2, None), (2, True), (2, True)]
