@@ -189,6 +189,7 @@ def run_main(main: Callable[[], Any]) -> None:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt as e:     # a trainer's carries how to resume
-        print(f"interrupted; {e}" if str(e) else "interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:     # a trainer's carries how to resume; torchrun hands Ctrl-C to every rank
+        if os.environ.get("RANK", "0") == "0":
+            print(f"interrupted; {e}" if str(e) else "interrupted", file=sys.stderr)
         sys.exit(130)

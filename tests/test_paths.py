@@ -122,17 +122,20 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
     assert not marker.exists()
 
 
-def test_a_run_started_with_sigint_ignored_stops_on_kill_int():
+@pytest.mark.parametrize("rank, said", [("0", "interrupted\n"), ("1", "")])
+def test_a_run_started_with_sigint_ignored_stops_on_kill_int(rank: str, said: str):
     """A background job of a non-interactive shell inherits SIGINT ignored; run_main takes it back, so
-    `kill -INT` interrupts the run (exit status 130) instead of doing nothing."""
+    `kill -INT` interrupts the run (exit status 130) instead of doing nothing. torchrun passes a Ctrl-C on
+    to every rank, and only rank 0 says so."""
     script = "import paths, time; paths.run_main(lambda: (print('ready', flush=True), time.sleep(20)))"
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                            env={**os.environ, "RANK": rank})
     try:
         assert proc.stdout.readline() == "ready\n"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 130
-        assert proc.stderr.read() == "interrupted\n"
+        assert proc.stderr.read() == said
     finally:
         proc.kill()
         proc.communicate()
