@@ -558,9 +558,8 @@ class PathCRPS(nn.Module):
             each = [fc.path_crps(signals[i:i + 1], self.num_samples, int(s), held=not self.training)
                     for i, s in enumerate(seed.tolist())]
             loss, drafts = (torch.stack(v).mean() for v in zip(*each))
-        else:       # a DataParallel replica on card k > 0 draws its own share's paths, not card 0's again
-            card = signals.device.index or 0
-            seed = int(np.random.SeedSequence([seed, card]).generate_state(1)[0]) if card else seed
+        else:
+            seed = replica_seed(seed, signals.device, self.forecaster[0].device)
             loss, drafts = fc.path_crps(signals, self.num_samples, seed, held=not self.training)
         return loss, {"crps": loss.detach(), "drafts_crps": drafts, "gain": drafts - loss.detach()}
 
@@ -569,6 +568,13 @@ class PathCRPS(nn.Module):
 
     def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False):
         return self.sde.load_state_dict(state, strict, assign)
+
+
+def replica_seed(seed: int, device: torch.device, home: torch.device) -> int:
+    """DataParallel hands every replica the batch's seed: the replica k cards after the model's own draws its
+    share's paths from a seed of its own, not replica 0's again; a model on one card, whichever, keeps the seed."""
+    k = (device.index or 0) - (home.index or 0)
+    return int(np.random.SeedSequence([seed, k]).generate_state(1)[0]) if k else seed
 
 
 def fair_crps(paths: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from drafts import residual_sd
 from forecast import Forecaster
 from hyper_params_sde import DEFAULT_CONFIG, SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import (LEARNS_CRPS, DiagonalDiffusion, LatentSDE, LatentSDEForecaster, PathCRPS, fair_crps,
-                        soft_clip)
+                        replica_seed, soft_clip)
 from vqvae import VQVAE
 from paths import UserError
 from tiny import flags, tiny_setup
@@ -412,6 +412,17 @@ def test_crps_fine_tuning_replicas_run_their_own_networks(drafted: dict) -> None
         assert torch.isclose(loss, metrics["drafts_crps"], rtol=0, atol=1e-6)
         loss, metrics = model(signals, seed=5)
         assert abs(loss - metrics["drafts_crps"]) > 1e-5
+
+
+def test_crps_fine_tuning_replicas_draw_apart_and_one_card_draws_as_any_other() -> None:
+    """DataParallel's replicas (the model on cuda:0, replicas on 0, 1, 2) draw from seeds of their own; a run on
+    --device cuda:1 alone draws what one on cuda:0 or the CPU draws."""
+    cuda = [torch.device("cuda", k) for k in range(3)]
+    seeds = [replica_seed(7, card, torch.device("cuda")) for card in cuda]
+    assert seeds[0] == 7 and len(set(seeds)) == 3
+    cpu = torch.device("cpu")
+    assert replica_seed(7, cuda[1], cuda[1]) == replica_seed(7, cuda[0], cuda[0]) == replica_seed(7, cpu, cpu) == 7
+    assert replica_seed(7, cuda[2], cuda[1]) == seeds[1]
 
 
 def test_crps_validation_draws_each_window_alone(drafted: dict) -> None:
