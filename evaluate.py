@@ -42,7 +42,9 @@ from paths import ROOT, SHIPPED, SHIPPED_SPECS, UserError
 ALL_BASELINES = "baselines"
 N_BOOT = 1000
 PAIRED = {"mse": "lower", "crps": "lower", "f1_100": "higher"}   # scores a model is held to against baselines
-AAMI = {"N": "NLRej", "S": "AaJS", "V": "VE", "F": "F", "Q": "/fQ"}   # beat symbols of each AAMI EC57 class
+# beat symbols of each AAMI EC57 class; B (bundle branch block), n (supraventricular escape) and r (R-on-T PVC)
+# do not occur in MIT-BIH and go where their kind does: with L and R, with the escapes e and j, with V
+AAMI = {"N": "NLRejBn", "S": "AaJS", "V": "VEr", "F": "F", "Q": "/fQ"}
 HORIZON_BEATS = {"normal": "N", "ectopic": "SVF", "supraventricular": "S", "ventricular": "V"}   # --horizon-beats
 
 
@@ -270,7 +272,7 @@ def limit_windows(w: Windows, records: list[str] | None, per_record: int | None)
 
 
 def horizon_classes(w: Windows, context: int) -> list[set[str]]:
-    """The AAMI classes of each window's reference beats in its horizon (a symbol of no class counts as Q)."""
+    """The AAMI classes of each window's reference beats in its horizon (a symbol of no class, ?, counts as Q)."""
     if w.beat_sym is None:
         raise UserError(f"{w.source.get('path')} keeps no beat symbols: prepare it again with prepare_mitbih.py")
     of = {ord(sym): c for c, syms in AAMI.items() for sym in syms}

@@ -718,10 +718,13 @@ def test_a_beat_on_the_first_horizon_sample_is_a_horizon_beat():
     assert evaluate.horizon_classes(w, c) == [{"N"}, {"V", "N"}]
 
 
-@pytest.mark.parametrize("symbol,kinds", [("F", ["ectopic"]), ("E", ["ectopic", "ventricular"]), ("?", [])])
+@pytest.mark.parametrize("symbol,kinds", [("F", ["ectopic"]), ("E", ["ectopic", "ventricular"]), ("?", []),
+                                          ("r", ["ectopic", "ventricular"]), ("B", ["normal"]), ("n", ["normal"])])
 def test_horizon_beats_follow_the_aami_classes_of_every_beat_symbol(symbol, kinds):
     """A fusion (F) is ectopic but neither supraventricular nor ventricular, a ventricular escape (E) ventricular, and
-    an unclassifiable beat (?, class Q) makes its window none of the kinds, not even normal."""
+    an unclassifiable beat (?, class Q) makes its window none of the kinds, not even normal. Symbols of other
+    databases: an R-on-T PVC (r) is ventricular, a bundle branch block beat (B) and a supraventricular escape (n)
+    normal."""
     c = 128
     w = _one_record_windows(np.zeros((1, 2 * c, 2)), [np.array([c + 10, c + 60])])
     w.beat_sym = np.array([ord("N"), ord(symbol)], np.uint8)
