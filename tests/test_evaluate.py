@@ -822,3 +822,117 @@ def test_each_horizon_second_counts_the_records_that_define_it():
     scores, truth = evaluate.evaluate({"zero": evaluate.make_forecaster("zero", 128)}, w, c, 128, 1, progress=False)
     f1 = evaluate.summarize(scores, truth, w, 128, h, n_boot=10)["forecasters"]["zero"]["metrics"]["f1_100"]
     assert [e["records"] for e in f1] == [2, 1, 2] and [e["value"] for e in f1] == [0, 0, 0]
+
+
+def _records_of_beats(periods: list[int], windows: int, c: int, h: int, fs: int = 128) -> evaluate.Windows:
+    """One annotated record per beat period (samples), `windows` windows each: spikes on lead 1 plus some noise,
+    every reference beat normal (N)."""
+    rng = np.random.default_rng(0)
+    signals, beats, record = [], [], []
+    for r, period in enumerate(periods):
+        for k in range(windows):
+            b = np.arange(10 + 7 * k, c + h, period)
+            x = spike_train(c + h, b, fs=fs) + rng.normal(0, 0.05, c + h)
+            signals.append(np.stack([x, -0.5 * x], -1))
+            beats.append(b)
+            record.append(r)
+    return evaluate.Windows(np.array(signals, np.float32), np.array(record), np.tile(np.arange(windows) * (c + h),
+                            len(periods)), np.concatenate([[0], np.cumsum([len(b) for b in beats])]).astype(np.int64),
+                            np.concatenate(beats).astype(np.int64), [f"r{r}" for r in range(len(periods))],
+                            np.ones(len(periods), bool), [["MLII", "V1"]] * len(periods), [360.0] * len(periods),
+                            beat_sym=np.full(sum(len(b) for b in beats), ord("N"), np.uint8))
+
+
+def test_every_interval_is_drawn_with_the_run_seed():
+    """The header says the intervals are the bootstrap over records drawn with --seed: every metric of every
+    forecaster, every paired difference and the detector's errors resample the records with that seed, so two
+    forecasters' intervals stand on the same resampled patients; and a stratum of horizon beats that holds every
+    window scores exactly as the whole run."""
+    c, h, fs, n_boot, seed = 256, 256, 128, 20, 3
+    w = _records_of_beats([90, 100, 110, 120, 130], 2, c, h, fs)
+    fc = {n: evaluate.make_forecaster(n, fs) for n in ("zero", "mean", "persistence", "seasonal")}
+    scores, truth = evaluate.evaluate(fc, w, c, fs, 1, progress=False)
+    s = evaluate.summarize(scores, truth, w, fs, h, n_boot=n_boot, seed=seed, baselines=frozenset(["zero", "mean"]))
+    num = evaluate._num
+    per = {name: M.record_metrics(sc.sums) for name, sc in scores.items()}        # every record has windows
+    for name, table in s["forecasters"].items():
+        for metric, rows in table["metrics"].items():
+            _, lo, hi = M.bootstrap_ci(per[name][metric], n_boot, seed)
+            assert [r["ci"] for r in rows] == [[num(a), num(b)] for a, b in zip(lo, hi)], (name, metric)
+    pairs = s["paired"] + s["paired_models"]
+    assert {r["forecaster"] for r in s["paired"]} == {"persistence", "seasonal"} and s["paired_models"]
+    for r in pairs:
+        j = s["horizons"].index(r["horizon"])
+        d = M.paired_difference(per[r["forecaster"]][r["metric"]][:, j],
+                                per[r.get("baseline") or r["against"]][r["metric"]][:, j], n_boot, seed)
+        assert r["difference"]["ci"] == [num(v) for v in d["ci"]], r
+    truth_metrics = M.record_metrics(truth)
+    for metric in ("timing_ms", "hr_bpm"):
+        _, lo, hi = M.bootstrap_ci(truth_metrics[metric][:, -1], n_boot, seed)
+        assert s["detector"][metric]["ci"] == [num(lo), num(hi)]
+    normal = s["horizon_beats"]["normal"]                  # every window's horizon beats are normal
+    assert normal["windows"] == len(w.record)
+    assert normal["forecasters"] == s["forecasters"] and normal["paired"] == s["paired"]
+
+
+def test_a_model_named_twice_is_evaluated_once():
+    """`--model template template`, or `baselines` with a baseline also named on its own, scores each forecaster
+    once, where it is first named: not a second row "template (template)" of the same numbers."""
+    from baselines import BASELINES
+
+    assert evaluate.expand_models(["zero", "zero"]) == ["zero"]
+    once = ["template", *[b for b in BASELINES if b != "template"]]
+    assert evaluate.expand_models(["template", "baselines", "zero", "baselines"]) == once
+    forecasters, baselines, _ = evaluate.build_forecasters(["template", "baselines", "template"], load_config(), "cpu")
+    assert list(forecasters) == once and baselines == set(BASELINES)
+
+
+def test_a_forecaster_is_deterministic_only_when_it_says_so_and_draws_one_sample():
+    """metrics.json's `deterministic`, in the run's tables and in each horizon-beats stratum: a sampled baseline run
+    with --samples 1 is still a sampled forecaster, and one that does not say (ForecasterBase's default) but returns
+    several samples is sampled too; a baseline that returns one sample is deterministic."""
+    c, h, fs = 256, 256, 128
+    w = _records_of_beats([100, 120], 1, c, h, fs)
+
+    class Undeclared:
+        def predict(self, context, horizon, num_samples=100, seed=0):
+            return np.random.default_rng(seed).normal(size=(1, 3, horizon, 2)).astype(np.float32)
+
+    fc = {"zero": evaluate.make_forecaster("zero", fs), "ens": evaluate.make_forecaster("seasonal_ensemble", fs),
+          "undeclared": Undeclared()}
+    scores, truth = evaluate.evaluate(fc, w, c, fs, 1, progress=False)
+    s = evaluate.summarize(scores, truth, w, fs, h, n_boot=10)
+    want = {"zero": True, "ens": False, "undeclared": False}
+    assert {name: t["deterministic"] for name, t in s["forecasters"].items()} == want
+    assert {name: t["deterministic"] for name, t in s["horizon_beats"]["normal"]["forecasters"].items()} == want
+
+
+def test_each_window_keeps_its_own_reference_beats_within_a_chunk():
+    """The windows of a record are scored together, in one chunk: each window's reference beats are matched with
+    its own horizon. Three windows with beats at other times and in other numbers: the detector finds every beat
+    and nothing else on the true horizons, and a forecast of the true horizon scores F1 1."""
+    c = h = 384
+    beats = [np.arange(20, c + h, 70), np.arange(70, c + h, 130), np.arange(50, c + h, 100)]    # 11, 6, 8 beats
+    signals = np.stack([np.stack([spike_train(c + h, b), np.zeros(c + h)], -1) for b in beats]).astype(np.float32)
+    w = _one_record_windows(signals, beats)
+
+    class Oracle:           # the true horizon of the window whose context it is handed
+        def predict(self, context, horizon, num_samples=100, seed=0):
+            i = next(k for k in range(len(signals)) if np.array_equal(signals[k, :c], context[0]))
+            return signals[i, c:][None, None]
+
+    scores, truth = evaluate.evaluate({"oracle": Oracle()}, w, c, 128, 1, progress=False)
+    s = evaluate.summarize(scores, truth, w, 128, h, n_boot=10)
+    det = s["detector"]["100ms"]
+    assert (det["tp"], det["fp"], det["fn"]) == (sum(int(np.sum(b >= c)) for b in beats), 0, 0)
+    assert s["per_record"]["oracle"]["f1_100"]["r1"] == 1
+
+
+def test_the_gallery_picks_records_and_windows_by_their_whole_horizon_mse():
+    """gallery_<model>.png shows the best, median and worst record by whole-horizon MSE, and its titles give that
+    MSE: a record that forecasts its first second well but the rest badly is not the best one."""
+    first, whole = [9, 9, 0, 0, 1, 1], [1, 3, 2, 2.5, 5, 6]       # records 0, 0, 1, 1, 2, 2; n = 1 everywhere
+    s = evaluate.Scores(6, window_sums={"se": np.array([first, [0] * 6, whole], float).T, "n": np.ones((6, 3))})
+    np.testing.assert_array_equal(s.window_mse, whole)
+    picks = evaluate.gallery_picks(s, SimpleNamespace(record=np.repeat([0, 1, 2], 2)))
+    assert picks == [("best", 0, 1), ("median", 1, 3), ("worst", 2, 5)]
