@@ -35,7 +35,7 @@ import metrics as M
 import paths
 from baselines import BASELINES, make_baseline
 from eval_report import csv_text, file_name, markdown_report
-from forecast import ForecasterBase
+from forecast import Forecaster, ForecasterBase
 from hyper_params import Config, data_hash, load_config
 from paths import ROOT, SHIPPED, SHIPPED_SPECS, UserError
 
@@ -60,10 +60,6 @@ def make_forecaster(spec: str, fs: int, device: str | None = None) -> Forecaster
         raise UserError(f"--model {spec}: no such checkpoint file; --model takes a checkpoint path (e.g. "
                         f"checkpoints/transformer-<time>/best.pt), a shipped model ({', '.join(SHIPPED_SPECS)}), a "
                         f"baseline ({', '.join(BASELINES)} or {ALL_BASELINES}) or your own FILE.py:NAME or module:NAME")
-    try:
-        from forecast import Forecaster
-    except ImportError as e:
-        raise UserError(f"cannot load {path}: forecast.Forecaster is not available ({e})") from e
     try:
         model = Forecaster.from_checkpoint(path, device)
     except UserError:
