@@ -268,7 +268,7 @@ def hold_to_band(departure: np.ndarray, before: int, low_hz: float, order: int, 
     renders what its draft misses; below the band every recording was filtered to, what it renders is drift
     that no recording has: the latent SDE's 20 s paths wandered by 0.2-0.3 mV (EXPERIMENTS.md, session 18)."""
     sos = scipy.signal.butter(order, low_hz, btype="highpass", fs=fs, output="sos")
-    # a mirrored second at the end: the default (odd, 15 samples) left 0.14 mV of a held offset there
+    # a mirrored second at the end: the default (odd, 9 samples at order 2) left 0.14 mV of a held offset there
     pad = min(round(fs), before + departure.shape[1] - 1)
     out = np.empty_like(departure)
     for i in range(0, len(departure), rows):     # scipy filters in float64: a block of paths at a time

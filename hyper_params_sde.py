@@ -148,7 +148,7 @@ class SDEConfig:
         for section in (self.model, self.solver, self.loss, self.crps, self.augment, self.train):
             section.validate()
         _check(not self.train.amp, "train.amp", self.train.amp, "is not for the latent SDE: it solves in float32 (its "
-               "path KL divides drift differences by a diffusion as small as model.min_diffusion)")
+               "path KL divides drift differences by a diffusion as small as solver.min_diffusion)")
 
 
 def sde_config_from_dict(raw: dict, source: str = "config") -> SDEConfig:

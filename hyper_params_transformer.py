@@ -32,8 +32,9 @@ class SampleConfig:
     top_p: float = 1.0           # 1.0 = no nucleus truncation
     draft_spread: float = 0.05   # with model.draft_beats: the drafts' beat-to-beat jitter, SD as a fraction of the
                                  # period (drafts.draw_beat_times)
-    draft_bias: float = 0.0      # with model.draft_beats: log-odds bonus of each step's draft codes when sampling;
-                                 # > 0 also adds back what decoding loses of each path's draft (0: plain sampling)
+    draft_bias: float = 0.0      # with model.draft: log-odds bonus of each step's draft codes when sampling; with
+                                 # draft_beats, > 0 also adds back what decoding loses of each path's draft (0: plain
+                                 # sampling)
     draft_noise: float = 0.0     # white noise on each path, SD this fraction of the context's residual from its
                                  # mean beat (drafts.add_noise; 0: none)
 

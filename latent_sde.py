@@ -145,7 +145,7 @@ class LatentSDE(nn.Module):
 
     def _add_state(self, obs_size: int) -> None:
         """What is not learned: the frames' standardisation, the optimiser step count, and the tensors of the
-        batch being solved (set by encode, set_draft and h)."""
+        batch being solved (set by encode, set_draft and f)."""
         # Frames are modelled standardised per dimension (statistics of the training patients).
         self.register_buffer("obs_mean", torch.zeros(obs_size))
         self.register_buffer("obs_std", torch.ones(obs_size))
