@@ -117,8 +117,8 @@ def user_forecaster(spec: str, fs: int) -> ForecasterBase:
     if not callable(getattr(f, "predict", None)):
         raise UserError(f"--model {spec}: {name}({fs}) has no predict(context, horizon, num_samples, seed)")
     own_fs = vars(f).get("fs", getattr(type(f), "fs", fs))
-    if own_fs is ForecasterBase.fs and "fs" not in vars(f):     # ForecasterBase's default, not a choice
-        own_fs = fs
+    if "fs" not in vars(f) and next((c for c in type(f).__mro__ if "fs" in vars(c)), None) is ForecasterBase:
+        own_fs = fs                                             # ForecasterBase's default, not a choice
     if int(own_fs) != int(fs):
         raise UserError(f"--model {spec}: it forecasts at {own_fs} Hz but the data is at {fs} Hz")
     if getattr(f, "name", ForecasterBase.name) == ForecasterBase.name:

@@ -459,6 +459,17 @@ def test_a_user_forecaster_at_another_rate_is_refused(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_a_user_forecaster_that_sets_128_hz_itself_is_held_to_it(tmp_path):
+    """128 Hz is also ForecasterBase's default, but a class that sets it chose it: on data at another rate it is
+    refused as any other rate would be; one that only inherits it is not."""
+    (tmp_path / "mine.py").write_text(MINE.replace("fs = 360", "fs = 128"))
+    with pytest.raises(UserError, match=r"mine.py:At360: it forecasts at 128 Hz but the data is at 250 Hz"):
+        evaluate.user_forecaster(f"{tmp_path / 'mine.py'}:At360", 250)
+    (tmp_path / "base.py").write_text("from forecast import ForecasterBase\n\n\nclass Mine(ForecasterBase):\n"
+                                      "    def __init__(self, fs):\n        pass\n")
+    assert evaluate.user_forecaster(f"{tmp_path / 'base.py'}:Mine", 250).name == "Mine"
+
+
 @pytest.mark.parametrize("flag,value", [("--split", "validation"), ("--prepared", "elsewhere")])
 def test_prepared_flags_given_with_wfdb_dir_are_noted_as_ignored(tmp_path, capsys, flag, value):
     """--split and --prepared choose prepared tensors; --wfdb-dir scores every record of its folder, and says so."""
