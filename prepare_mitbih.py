@@ -725,8 +725,8 @@ def check_windows(rec: Record, cfg: DataConfig, where: str) -> None:
         if not rec.invalid_s:
             raise UserError(f"{where}: {secs(len(rec.signal) / fs)} s is shorter than one window of {secs(need)} s "
                             f"and the last {secs(EDGE_MARGIN_S)} s, which windows leave out")
-        raise UserError(f"{where}: no stretch without invalid samples is one window ({need:.1f} s) long "
-                        f"(the longest is {longest / fs:.1f} s)")
+        raise UserError(f"{where}: no stretch without invalid samples is one window ({secs(need)} s) long "
+                        f"(the longest is {secs(longest / fs)} s)")
     if rec.invalid_s:
         print(f"note: {where}: {rec.invalid_s:.1f} s of NaN/invalid samples; windows leave out the gaps "
               f"({len(spans)} clean stretches)", file=sys.stderr)

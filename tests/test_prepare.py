@@ -623,8 +623,16 @@ def test_a_record_whose_stretches_are_all_shorter_than_a_window(tmp_path):
     x[::1800, 0] = np.nan                                    # every 5 s: no clean 6 s window
     rec = pm.read_record(write_signal(tmp_path, "holes", x), make_cfg().data, gaps=True)
     with pytest.raises(UserError, match="holes: no stretch without invalid samples is one window .6.0 s. long "
-                                        ".the longest is 3.9 s"):   # 0.1-4 s: a second beside each gap goes
+                                        ".the longest is 3.875 s"):   # 0.1-4 s: a second beside each gap goes
         pm.check_windows(rec, make_cfg().data, str(tmp_path / "holes"))  # too, and the record's last second
+
+
+def test_a_stretch_just_short_of_a_window_is_not_called_as_long():
+    signal = np.zeros((968, 2), np.float32)
+    signal[767] = np.nan                     # 767 clean samples (5.992 s): one short of a 6 s window
+    rec = pm.Record("r", signal, ["MLII", "V1"], np.zeros(0, np.int64), [], 360.0, False, 1 / 360)
+    with pytest.raises(UserError, match=r"one window \(6.0 s\) long \(the longest is 5.992 s\)"):
+        pm.check_windows(rec, make_cfg().data, "r")
 
 
 # ---------------------------------------------------------------- the real database
