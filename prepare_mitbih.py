@@ -46,10 +46,10 @@ DEFAULT_VALIDATION = [r for i, r in enumerate(r for r in DS1 if r != "201") if i
 
 # Lead 1 when the record has no lead named cfg.first_lead: the first of these groups found, in this
 # order (lead II is the usual rhythm lead and what MIT-BIH's MLII approximates). Names are compared
-# case-insensitively, ignoring spaces, '-', '_' and a leading 'LEAD' or 'ECG' ("Lead II", "ecg-ii",
-# "ml2" all count as lead II). With none of them, lead 1 is channel 0 (and a note says so). Lead 2 is
-# V1 when the record has it (MIT-BIH's usual second lead, so 12-lead records feed the models alike),
-# else the first other channel.
+# case-insensitively, ignoring spaces, '-', '_', '.' and a leading 'LEAD' or 'ECG' ("Lead II", "ecg-ii",
+# "ml2" all count as lead II). With none of them, lead 1 is the first ECG channel (and a note says so).
+# Lead 2 is V1 when the record has it (MIT-BIH's usual second lead, so 12-lead records feed the models
+# alike), else the first other ECG channel.
 LEAD_PREFERENCE = (
     ("MLII", "II", "ML2"),     # lead II / modified lead II
     ("MLI", "I", "ML1"),       # lead I

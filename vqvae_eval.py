@@ -4,7 +4,7 @@ weighs the same).
     python3 vqvae_eval.py [--checkpoint checkpoints/<run>/best.pt] [--split test|validation|train]
 
 Prints and saves (results/vqvae_eval-<time>/reconstruction.json, .md, a PNG) MSE in mV^2, PRD and
-normalised PRD in percent, codebook perplexity and usage, and the compression ratio in bits.
+normalised PRD in percent, codebook perplexity and usage, the compression ratio and the bit rate.
 """
 from __future__ import annotations
 
