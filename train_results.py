@@ -71,8 +71,7 @@ def plot_loss_curves(log: MetricsLog, out: Path, ylabel: str = "loss") -> None:
     plt.close(fig)
 
 
-def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, title: str,
-                 label: str = "reconstruction") -> None:
+def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, title: str) -> None:
     """Lead 1 and lead 2 of a few windows [N, T, 2] in mV: original against reconstruction."""
     n = len(original)
     t = np.arange(original.shape[1]) / fs
@@ -81,7 +80,7 @@ def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, 
         for lead in range(2):
             ax = axes[i, lead]
             ax.plot(t, original[i, :, lead], color="black", lw=1.0, label="original")
-            ax.plot(t, other[i, :, lead], color="tab:red", lw=1.0, alpha=0.8, label=label)
+            ax.plot(t, other[i, :, lead], color="tab:red", lw=1.0, alpha=0.8, label="reconstruction")
             ax.set_ylabel("mV")
             if i == 0:
                 ax.set_title(LEADS[lead])
