@@ -370,7 +370,8 @@ def test_an_empty_split_is_refused_by_name(tmp_path, capsys):
         pm.load_split("validation", cfg, tmp_path / "prep")
 
 
-def test_an_unreadable_cache_is_computed_again(tmp_path):
+def test_an_unreadable_cache_is_computed_again(tmp_path, monkeypatch):
+    monkeypatch.delenv("ECG_CACHE_DIR", raising=False)      # the cache in the prepared folder, tmp_path
     calls = []
 
     def compute() -> torch.Tensor:
@@ -398,6 +399,7 @@ def test_fetch_only_downloads_into_an_empty_folder_and_prepares_nothing(tmp_path
 
 def test_a_cache_that_cannot_be_written_only_costs_time(tmp_path, monkeypatch, capsys):
     """A read-only prepared folder (here: a path below a file) still trains; $ECG_CACHE_DIR moves the cache."""
+    monkeypatch.delenv("ECG_CACHE_DIR", raising=False)
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     got = pm.cached_encoding("codes", "k", lambda: torch.arange(3), blocker)
