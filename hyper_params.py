@@ -97,11 +97,13 @@ class TrainConfig:
     max_steps_per_epoch: Optional[int] = None  # cap for quick runs; null = whole training split
 
     def validate(self) -> None:
-        """Every model's train section: a negative grad_clip would climb the loss, a step cap of 0 is no cap."""
+        """Every model's train section: a grad_clip of 0 would zero every gradient and a negative one climb the
+        loss, a step cap of 0 is no cap."""
         _check(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
         _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "must be > 0")
-        for key in ("weight_decay", "warmup_steps", "grad_clip", "num_workers", "plot_windows"):
+        _check(self.grad_clip > 0, "train.grad_clip", self.grad_clip, "must be > 0 (the largest gradient norm)")
+        for key in ("weight_decay", "warmup_steps", "num_workers", "plot_windows"):
             _check(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "must be >= 0")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", self.checkpoint_every, "must be >= 1")
         _check(0 <= self.seed < 2 ** 32, "train.seed", self.seed, "must be in [0, 2**32) (numpy's seed range)")

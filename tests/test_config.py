@@ -145,6 +145,7 @@ def test_section_must_be_object(section_value):
     ({"train": {"weight_decay": float("inf")}}, "train.weight_decay"),             # no range check would catch it
     ({"train": {"seed": -1}}, "train.seed"),                  # numpy's generators refuse it once training starts
     ({"train": {"seed": 2 ** 32}}, "train.seed"),
+    ({"train": {"grad_clip": 0.0}}, "train.grad_clip"),         # clips every gradient to 0: nothing would train
 ])
 def test_bad_value_names_key(raw, key):
     msg = error_of(raw)
