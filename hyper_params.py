@@ -102,7 +102,8 @@ class TrainConfig:
         _check(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
         _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "must be > 0")
-        _check(self.grad_clip > 0, "train.grad_clip", self.grad_clip, "must be > 0 (the largest gradient norm)")
+        _check(self.grad_clip > 0, "train.grad_clip", self.grad_clip, "must be > 0 (the largest gradient norm; 1e9 "
+               "leaves gradients unclipped)")
         for key in ("weight_decay", "warmup_steps", "num_workers", "plot_windows"):
             _check(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "must be >= 0")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", self.checkpoint_every, "must be >= 1")
