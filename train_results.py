@@ -28,7 +28,11 @@ class MetricsLog:
 
     def append(self, row: dict) -> None:
         new = not self.path.exists()
-        fields = list(row) if new else next(csv.reader(self.path.open()))
+        if new:
+            fields = list(row)
+        else:
+            with self.path.open(newline="") as f:
+                fields = next(csv.reader(f))
         with self.path.open("a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new:
@@ -38,7 +42,8 @@ class MetricsLog:
     def read(self) -> list[dict]:
         if not self.path.exists():
             return []
-        return list(csv.DictReader(self.path.open()))
+        with self.path.open(newline="") as f:
+            return list(csv.DictReader(f))
 
     def drop_after(self, epoch: int) -> None:
         """Forget the rows after `epoch`: a run resumed from that epoch's checkpoint writes them again."""
@@ -56,14 +61,15 @@ def plot_loss_curves(log: MetricsLog, out: Path, ylabel: str = "loss") -> None:
     if not rows:
         return
     epochs = [int(r["epoch"]) for r in rows]
+    curves = {key: [float(r[key]) for r in rows] for key in ("train_loss", "val_loss") if key in rows[0]}
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key in ("train_loss", "val_loss"):
-        if key in rows[0]:
-            ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=key.replace("_", " "))
+    for key, values in curves.items():
+        ax.plot(epochs, values, marker="o", label=key.replace("_", " "))
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
-    ax.set_yscale("log")
+    # a latent SDE's ELBO goes below 0 once its learned noise is small: a log axis would drop those epochs
+    ax.set_yscale("log" if all(v > 0 for values in curves.values() for v in values) else "linear")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -515,3 +515,17 @@ def test_compression_line_gives_the_bit_rate(tmp_path: Path, synthetic_db: Path,
     cfg = load_config(setup["config"])
     line = vqvae_train.compression_line(VQVAE(cfg.model), cfg, ["102"], setup["prepared"])
     assert line.endswith(f"against 64 Hz samples), {bits} bit/s") and "against the 360 Hz records" in line
+
+
+@pytest.mark.parametrize("losses, scale", [([2.0, 0.5, 0.1], "log"), ([2.0, -0.5, -1.5], "linear")])
+def test_loss_curves_keep_every_epoch_of_a_loss_below_zero(tmp_path: Path, monkeypatch, losses, scale) -> None:
+    """A latent SDE's ELBO turns negative as its learned noise shrinks; a log axis would leave those epochs out."""
+    log = train_results.MetricsLog(tmp_path / "metrics.csv")
+    for epoch, loss in enumerate(losses, 1):
+        log.append({"epoch": epoch, "train_loss": loss, "val_loss": loss + 0.1})
+    figures = []
+    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    train_results.plot_loss_curves(log, tmp_path / "loss_curves.png")
+    ax = figures[0].axes[0]
+    assert ax.get_yscale() == scale and [list(line.get_ydata()) for line in ax.lines][0] == losses
+    assert (tmp_path / "loss_curves.png").exists()
