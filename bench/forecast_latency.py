@@ -2,7 +2,7 @@
 Transformer's key/value cache): one JSON line. One context is timed REPEATS times (the median is
 reported: a single run varies by ±20 % on a shared CPU), the others once.
 
-    python bench/forecast_latency.py [--checkpoint PATH]
+    python3 bench/forecast_latency.py [--checkpoint PATH]
 
 Uses the newest checkpoints/transformer-*/best.pt, else the shipped model, else a Transformer trained
 for a few steps on the fly in a temporary folder (latency depends on the model's size, not on its

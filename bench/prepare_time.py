@@ -1,6 +1,6 @@
 """Time to prepare every MIT-BIH record with config_vqvae.json (into a temporary folder): one JSON line.
 
-    python bench/prepare_time.py        # raw records from $MITBIH_DIR or data/mitdb, never downloaded
+    python3 bench/prepare_time.py        # raw records from $MITBIH_DIR or data/mitdb, never downloaded
 """
 from __future__ import annotations
 

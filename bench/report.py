@@ -1,6 +1,6 @@
 """One JSON line per bench script (bench/results.jsonl) -> a Markdown table (bench/results.md and stdout).
 
-    python bench/report.py bench/results.jsonl bench/results.md
+    python3 bench/report.py bench/results.jsonl bench/results.md
 """
 from __future__ import annotations
 

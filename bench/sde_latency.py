@@ -1,7 +1,7 @@
 """Latency of the latent SDE forecaster: 100 sampled paths of 3 s for one context (target: under 2 s
 on this CPU), one JSON line.
 
-    python bench/sde_latency.py [--checkpoint PATH] [--samples 100] [--horizon 3] [--repeats 5] [--threads N]
+    python3 bench/sde_latency.py [--checkpoint PATH] [--samples 100] [--horizon 3] [--repeats 5] [--threads N]
 
 Uses the newest checkpoints/latent_sde-*/best.pt, else the shipped pretrained/latent_sde.pt, else
 one trained for a few steps on the fly (see common.forecaster_to_time). The context is a validation

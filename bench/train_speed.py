@@ -1,6 +1,6 @@
 """Training throughput (windows/s) and peak RSS of a *_train.py on all of MIT-BIH: one JSON line.
 
-    python bench/train_speed.py vqvae|transformer|latent_sde [--steps 20]
+    python3 bench/train_speed.py vqvae|transformer|latent_sde [--steps 20]
 
 Runs the real script with its default config on the prepared tensors ($ECG_PREPARED_DIR or data/prepared,
 memory-mapped) for one epoch capped at --steps, outputs in a temporary folder. Throughput counts the
