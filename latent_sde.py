@@ -531,9 +531,9 @@ class PathCRPS(nn.Module):
     posterior saw whole; this teaches it the spread and the departures from a mistimed draft that lower a
     forecast's CRPS. Only the prior drift, the diffusion and the emission learn: with the posterior network
     learning too, the validation patient 109's CRPS rose with every step, to 0.1483 mV against its bare drafts'
-    0.1424 (EXPERIMENTS.md, session 19). In eval mode
-    (validation) the paths are a forecast's: held to the band, their departure scaled. The forward is
-    the loss so that the generic trainer (DDP, DataParallel) can run it; its state is the SDE's own."""
+    0.1424 (EXPERIMENTS.md, session 19). In eval mode (validation) the paths are a forecast's: held to the
+    band, their departure scaled. The forward is the loss so that the generic trainer (DDP, DataParallel)
+    can run it; its state is the SDE's own."""
 
     def __init__(self, forecaster: LatentSDEForecaster, num_samples: int):
         super().__init__()
