@@ -21,6 +21,8 @@ from pathlib import Path
 
 from common import emit, forecaster_to_time, memory_mb
 
+import paths  # noqa: E402 (common puts the repository on sys.path)
+
 TARGET_S = 2.0
 
 
@@ -71,4 +73,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    paths.run_main(main)
