@@ -58,6 +58,7 @@ def forecaster_to_time(checkpoint: str | None, kind: str, tmp: Path) -> tuple[Pa
     from vqvae_eval import latest_checkpoint
 
     if checkpoint:
+        load_checkpoint(checkpoint, kind)   # the other kind would fail only after loading and a warm-up
         return Path(checkpoint), None, checkpoint
     try:
         path = latest_checkpoint(kind)
