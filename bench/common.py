@@ -40,6 +40,7 @@ def train_on_the_fly(tmp: Path, kind: str) -> tuple[Path, Path]:
     from vqvae_eval import latest_checkpoint
 
     prepared, ckpts = tmp / "prepared", tmp / "checkpoints"
+    os.environ["ECG_CACHE_DIR"] = str(tmp)     # the throwaway VQ-VAE's encodings too, not the user's cache
     prepare(load_config(), paths.location("data"), prepared, records=["100", "101", "109"], download=False)
     flags = ["--epochs", "1", "--max-steps", "5", "--device", "cpu", "--prepared", str(prepared),
              "--results", str(tmp / "results"), "--checkpoints", str(ckpts)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import sys
 import tempfile
 import time
@@ -76,13 +77,11 @@ def main() -> None:
         if args.model == "vqvae":
             script.main(flags + ["--prepared", str(prepared)])
         else:
-            # forecasters cache their encoded windows next to the prepared tensors: link those into tmp
-            linked = tmp / "prepared"
-            linked.mkdir()
-            for f in prepared.glob("*.pt"):
-                (linked / f.name).symlink_to(f.resolve())
+            # forecasters cache their encoded windows in $ECG_CACHE_DIR, else next to the prepared tensors: in tmp,
+            # so that the bench leaves nothing behind (an untrained VQ-VAE's encodings would only pile up)
+            os.environ["ECG_CACHE_DIR"] = str(tmp)
             vq, extra["vqvae"] = vqvae_checkpoint(tmp)
-            script.main(flags + ["--prepared", str(linked), "--vqvae", str(vq)])
+            script.main(flags + ["--prepared", str(prepared), "--vqvae", str(vq)])
     train_bytes = (prepared / "train.pt").stat().st_size
     emit({"bench": f"train_{args.model}", "windows_per_s": round(timed["steps"] * timed["batch"] / timed["seconds"], 1),
           "steps": timed["steps"], "batch_size": timed["batch"], "seconds": round(timed["seconds"], 1),
