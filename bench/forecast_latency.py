@@ -2,7 +2,7 @@
 Transformer's key/value cache): one JSON line. One context is timed REPEATS times (the median is
 reported: a single run varies by ±20 % on a shared CPU), the others once.
 
-    python3 bench/forecast_latency.py [--checkpoint PATH]
+    python3 bench/forecast_latency.py [--checkpoint PATH] [--samples 100]
 
 Uses the newest checkpoints/transformer-*/best.pt, else the shipped model, else a Transformer trained
 for a few steps on the fly in a temporary folder (latency depends on the model's size, not on its
@@ -33,7 +33,8 @@ def timed(fn) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="forecaster checkpoint (default: the newest transformer best.pt)")
+    p.add_argument("--checkpoint", help="Transformer checkpoint (default: newest checkpoints/transformer-*/best.pt, "
+                   "else the shipped pretrained/forecaster.pt, else one trained on the fly)")
     p.add_argument("--samples", type=int, default=100)
     args = p.parse_args()
     import torch

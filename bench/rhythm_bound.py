@@ -1,7 +1,8 @@
 """How well can the horizon's beats be placed from the context's rhythm alone, and what does timing
 spread cost in R-peak F1? One JSON line.
 
-    python3 bench/rhythm_bound.py [--split test] [--max-windows-per-record 40] [--history-seconds 3 10 30]
+    python3 bench/rhythm_bound.py [--split test] [--max-windows-per-record 40] [--history-seconds 3 6 10 20 30]
+                                  [--data-dir DIR]
 
 1. `oracle_f1`: beats placed every median (last, mean of the last two) reference RR interval after
    the context's last reference beat, scored against the horizon's reference beats (±100 ms, F1 per
