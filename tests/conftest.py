@@ -51,8 +51,6 @@ def periodic_ecg(n_windows: int = 3, noise: float = 0.0, seed: int = 0, period: 
                  length: int = 768):
     """Windows [B, length, 2] of an exactly periodic two-lead ECG (one beat per `period` samples), each at
     another phase, plus white noise of SD `noise`."""
-    import numpy as np
-
     t = np.arange(period) / fs
     beat = np.stack([1.2 * np.exp(-0.5 * ((t - 0.3) / 0.012) ** 2) + 0.3 * np.exp(-0.5 * ((t - 0.55) / 0.05) ** 2),
                      -0.6 * np.exp(-0.5 * ((t - 0.3) / 0.012) ** 2)], axis=1)
@@ -109,7 +107,6 @@ def edit_tree_after(monkeypatch, module, name: str) -> None:
 def write_record(folder: Path, name: str, seconds: float = 60.0, fs: float = 360.0, seed: int = 0,
                  leads: tuple[str, str] = ("MLII", "V1"), annotate: bool = True) -> Path:
     """Write a synthetic two-lead WFDB record (with beat annotations) and return its path stem."""
-    import numpy as np
     import wfdb
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -135,7 +132,6 @@ def synthetic_db(tmp_path: Path) -> Path:
 def write_signal(folder: Path, name: str, x, fs: float = 360.0, leads: tuple[str, ...] = ("MLII", "V1"),
                  units: str = "mV", fmt: str = "16", gain: float = 200.0) -> Path:
     """Write an arbitrary signal [N, C] (NaN allowed: fmt 16 stores it as the invalid value -32768)."""
-    import numpy as np
     import wfdb
 
     folder.mkdir(parents=True, exist_ok=True)
