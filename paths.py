@@ -165,10 +165,14 @@ def git_commit() -> str:
     return (head or "unknown") + ("-dirty" if dirty else "")
 
 
-def note(message: str) -> None:
-    """A note on stderr, once under torchrun (rank 0), whose ranks all meet it."""
+def say(text: str) -> None:
+    """A line on stderr, once under torchrun (rank 0), whose ranks all meet the same note, error or Ctrl-C."""
     if os.environ.get("RANK", "0") == "0":
-        print(f"note: {message}", file=sys.stderr)
+        print(text, file=sys.stderr)
+
+
+def note(message: str) -> None:
+    say(f"note: {message}")
 
 
 def interruptible() -> None:
@@ -186,10 +190,8 @@ def run_main(main: Callable[[], Any]) -> None:
     try:
         main()
     except UserError as e:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}")
         sys.exit(2)
     except KeyboardInterrupt as e:     # a trainer's carries how to resume; torchrun hands Ctrl-C to every rank
-        if os.environ.get("RANK", "0") == "0":
-            print(f"interrupted; {e}" if str(e) else "interrupted", file=sys.stderr)
+        say(f"interrupted; {e}" if str(e) else "interrupted")
         sys.exit(130)
