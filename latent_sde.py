@@ -492,10 +492,11 @@ class LatentSDEForecaster(ForecasterBase):
         drafted = torch.from_numpy(add_noise(waves[:, :horizon].reshape(shape).cpu().numpy(), x_np, self.fs,
                                              self.scfg.model.draft_noise, seed, rhythm)).to(x.device)
         departure = (wave - coded)[:, :horizon]
-        if held and self.holds():
-            band = hold_matrix(x.shape[1], horizon, self.cfg.data.filter_band[0], self.cfg.data.filter_order, self.fs)
-            departure = torch.einsum("pnc,nt->ptc", departure, torch.tensor(band, device=x.device))
         if held:
+            if self.holds():
+                band = hold_matrix(x.shape[1], horizon, self.cfg.data.filter_band[0], self.cfg.data.filter_order,
+                                   self.fs)
+                departure = torch.einsum("pnc,nt->ptc", departure, torch.tensor(band, device=x.device))
             departure = self.scfg.model.departure_scale * departure
         return fair_crps(drafted + departure.reshape(shape), y), fair_crps(drafted, y).detach()
 
