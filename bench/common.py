@@ -27,6 +27,12 @@ def memory_mb() -> dict:
     return out
 
 
+def keep_encodings_in(tmp: Path) -> None:
+    """Forecaster trainers cache their encoded windows in $ECG_CACHE_DIR, else beside the prepared tensors: a
+    bench's throwaway VQ-VAE's go to its temporary folder, not to pile up in the user's cache."""
+    os.environ["ECG_CACHE_DIR"] = str(tmp)
+
+
 def train_on_the_fly(tmp: Path, kind: str) -> tuple[Path, Path]:
     """A default-size `kind` forecaster ("transformer" or "latent_sde", on its own VQ-VAE config) after 5
     steps of each training, on records 101 (train), 109 (validation) and 100 (test); returns
@@ -40,7 +46,7 @@ def train_on_the_fly(tmp: Path, kind: str) -> tuple[Path, Path]:
     from vqvae_eval import latest_checkpoint
 
     prepared, ckpts = tmp / "prepared", tmp / "checkpoints"
-    os.environ["ECG_CACHE_DIR"] = str(tmp)     # the throwaway VQ-VAE's encodings too, not the user's cache
+    keep_encodings_in(tmp)
     prepare(load_config(), paths.location("data"), prepared, records=["100", "101", "109"], download=False)
     flags = ["--epochs", "1", "--max-steps", "5", "--device", "cpu", "--prepared", str(prepared),
              "--results", str(tmp / "results"), "--checkpoints", str(ckpts)]

@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import emit, memory_mb
+from common import emit, keep_encodings_in, memory_mb
 
 import paths  # noqa: E402 (common puts the repository on sys.path)
 import training  # noqa: E402
@@ -77,9 +76,7 @@ def main() -> None:
         if args.model == "vqvae":
             script.main(flags + ["--prepared", str(prepared)])
         else:
-            # forecasters cache their encoded windows in $ECG_CACHE_DIR, else next to the prepared tensors: in tmp,
-            # so that the bench leaves nothing behind (an untrained VQ-VAE's encodings would only pile up)
-            os.environ["ECG_CACHE_DIR"] = str(tmp)
+            keep_encodings_in(tmp)
             vq, extra["vqvae"] = vqvae_checkpoint(tmp)
             script.main(flags + ["--prepared", str(prepared), "--vqvae", str(vq)])
     train_bytes = (prepared / "train.pt").stat().st_size
