@@ -49,7 +49,6 @@ class Runtime:
     device: torch.device
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -82,7 +81,7 @@ def setup_runtime(device: str | None = None) -> Runtime:
         dev = torch.device("cuda", local if visible > 1 else 0) if use_cuda else torch.device("cpu")
         if use_cuda:
             torch.cuda.set_device(dev)
-        return Runtime(dev, rank, world, local)
+        return Runtime(dev, rank, world)
     dev = torch.device(device if device else ("cuda" if use_cuda else "cpu"))
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)      # pinned batches and new tensors on the card asked for, not card 0

@@ -265,7 +265,7 @@ def test_fewer_validation_windows_than_processes_is_refused(tmp_path):
     for rank in (0, 1):
         with pytest.raises(UserError, match="1 validation windows are fewer than the 2 processes"):
             training.Trainer(nn.Linear(4, 1), train, val, squared_error, settings, tmp_path / "run", tmp_path / "ckpt",
-                             {}, {}, training.Runtime(torch.device("cpu"), rank, 2, rank), "toy")
+                             {}, {}, training.Runtime(torch.device("cpu"), rank, 2), "toy")
 
 
 def test_every_step_takes_gradients_clipped_to_grad_clip(tmp_path):
