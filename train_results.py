@@ -154,6 +154,20 @@ def fixed_windows(split: dict, n: int) -> torch.Tensor:
     return split["signals"][np.linspace(0, len(split["signals"]) - 1, n).astype(int)].clone()
 
 
+LONG_PLOT_S = 12.0      # a longer window stacks its two leads, on a figure as wide as the seconds need
+
+
+def forecast_axes(n: int, seconds: float) -> tuple[plt.Figure, np.ndarray]:
+    """[n, 2] axes, one row per window and one column per lead; over LONG_PLOT_S seconds each lead gets a row of
+    its own, up to 30 in wide, so that a 30 s forecast still shows its beats one by one."""
+    if seconds <= LONG_PLOT_S:
+        height = 2.4 * n + 0.4              # the last 0.4 in: the legend, below every trace
+        return plt.subplots(n, 2, figsize=(13, height), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(2 * n, 1, figsize=(min(30.0, max(13.0, seconds)), 4.0 * n + 0.4), sharex=True,
+                             squeeze=False)
+    return fig, axes.reshape(n, 2)
+
+
 def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context: int, out: Path, title: str,
                    start_s: float = 0.0, leads: tuple[str, ...] = LEADS) -> None:
     """Context, truth, sample-mean forecast, its 50% / 80% bands and one sample (the mean of paths that disagree
@@ -164,8 +178,7 @@ def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context:
     n, horizon = len(windows), samples.shape[2]
     t = start_s + np.arange(windows.shape[1]) / fs
     tf = t[context:context + horizon]
-    height = 2.4 * n + 0.4                  # the last 0.4 in: the legend, below every trace
-    fig, axes = plt.subplots(n, 2, figsize=(13, height), squeeze=False, sharex=True)
+    fig, axes = forecast_axes(n, windows.shape[1] / fs)
     for i in range(n):
         for lead in range(2):
             ax = axes[i, lead]
@@ -182,10 +195,11 @@ def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context:
             ax.set_ylabel("mV")
             if i == 0:
                 ax.set_title(leads[lead])
-    for ax in axes[-1]:
-        ax.set_xlabel("time (s)")
+    for ax in axes.flat:
+        if ax.get_subplotspec().is_last_row():
+            ax.set_xlabel("time (s)")
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", fontsize=8, ncol=6, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.4 / height, 1, 1))
+    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
     fig.savefig(out, dpi=90)
     plt.close(fig)

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import matplotlib.axes
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -529,3 +530,15 @@ def test_loss_curves_keep_every_epoch_of_a_loss_below_zero(tmp_path: Path, monke
     ax = figures[0].axes[0]
     assert ax.get_yscale() == scale and [list(line.get_ydata()) for line in ax.lines][0] == losses
     assert (tmp_path / "loss_curves.png").exists()
+
+
+def test_a_long_forecast_stacks_its_leads_on_a_wider_figure():
+    """Side by side, a 30 s forecast's beats run together; stacked, each lead gets the figure's width."""
+    fig, axes = train_results.forecast_axes(1, 6.0)
+    assert axes.shape == (1, 2) and fig.get_figwidth() == 13
+    assert axes[0, 0].get_subplotspec().rowspan == axes[0, 1].get_subplotspec().rowspan     # side by side
+    fig, axes = train_results.forecast_axes(2, 33.0)
+    assert axes.shape == (2, 2) and fig.get_figwidth() == 30
+    rows = [ax.get_subplotspec().rowspan.start for ax in axes.flat]
+    assert rows == [0, 1, 2, 3]                                                           # one row per lead
+    plt.close("all")
