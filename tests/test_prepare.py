@@ -127,6 +127,8 @@ def test_swapped_leads_end_with_mlii_first(prepared):
     (["A", "B", "C"], "MLII", [0, 1]),
     (["I", "II", "III", "V1"], "MLII", [1, 3]),      # 12-lead order: lead 2 is V1, as in MIT-BIH
     (["V5", "v1", "II"], "MLII", [2, 1]),
+    (["V1", "aVL", "aVF"], "MLII", [2, 0]),    # aVF before aVL ...
+    (["V2", "aVR", "aVL"], "MLII", [2, 0]),    # ... and aVL before aVR
 ])
 def test_order_leads(names, first, expected):
     assert pm.order_leads(names, first, "rec") == expected
@@ -844,3 +846,182 @@ def test_a_record_without_room_for_a_window_is_named(tmp_path: Path) -> None:
     write_record(db, "short", seconds=6.5, seed=3)
     with pytest.raises(UserError, match="short: 6.5 s is shorter than one window of 6.0 s and the last 1.0 s"):
         pm.prepare(make_cfg(test_records=["a"], validation_records=["c"]), db, tmp_path / "out", download=False)
+
+
+# ---------------------------------------------------------------- units, gaps, hashes, augmentation (mutation audit)
+
+@pytest.mark.parametrize("unit,mv", [("mV", 1.0), (None, 1.0), (" MV ", 1.0), ("uV", 1e-3), ("\u00b5V", 1e-3),
+                                     ("\u03bcV", 1e-3), ("V", 1e3), ("NU", None), ("mmHg", None)])
+def test_millivolts_per_unit(unit, mv) -> None:
+    """Microvolts written with the micro sign (U+00B5) or the Greek mu (U+03BC) are microvolts too; a unit that
+    is no voltage is no lead."""
+    assert pm.mv_per_unit(unit) == mv
+
+
+def test_each_lead_keeps_its_own_unit_when_the_leads_are_reordered(tmp_path: Path) -> None:
+    """V1 stored first in uV, MLII second in mV: each channel's unit goes with it when MLII becomes lead 1, so the
+    record reads as the same millivolts as one stored all in mV."""
+    x, _ = synthetic_ecg(20.0, 360.0, seed=6)
+    write_signal(tmp_path, "mv", x, gain=1000.0)
+    wfdb.wrsamp("mixed", fs=360, units=["uV", "mV"], sig_name=["V1", "MLII"],
+                p_signal=np.column_stack([x[:, 1] * 1000.0, x[:, 0]]), fmt=["16", "16"], adc_gain=[1.0, 1000.0],
+                baseline=[0, 0], write_dir=str(tmp_path))
+    cfg = make_cfg().data
+    rec = pm.read_record(tmp_path / "mixed", cfg)
+    assert rec.leads == ["MLII", "V1"]
+    np.testing.assert_allclose(rec.signal, pm.read_record(tmp_path / "mv", cfg).signal, atol=2e-3)
+
+
+def test_a_gap_in_both_leads_is_a_gap_like_one_in_either(tmp_path: Path) -> None:
+    """Both leads lost from 10 s to 12 s is a gap (not a lead without a valid sample): kept as NaN with a second
+    beside it, counted as invalid, and no window touches it."""
+    x, _ = synthetic_ecg(30.0, 360.0, seed=2)
+    x[3600:4320] = np.nan
+    cfg = make_cfg().data
+    rec = pm.read_record(write_signal(tmp_path, "both", x), cfg, gaps=True)
+    assert rec.invalid_s == pytest.approx(2.0)
+    assert pm.finite_stretches(rec.signal) == [(0, 1152), (1664, 30 * FS)]
+    assert pm.cut_windows([rec], cfg, overlap=False)["start"].tolist() == [0, 1664, 2432]
+
+
+def test_a_record_one_window_and_one_second_long_holds_one_window(tmp_path: Path) -> None:
+    """7 s = a 6 s window and the last second windows leave out: kept, with one window. 6 s passes the header's
+    check (it is not shorter than a window) and is refused for the last second it lacks."""
+    cfg = make_cfg().data
+    rec = pm.read_record(write_record(tmp_path, "seven", seconds=7.0), cfg)
+    pm.check_windows(rec, cfg, "seven")
+    assert pm.cut_windows([rec], cfg, overlap=False)["start"].tolist() == [0]
+    pm.check_record(write_record(tmp_path, "six", seconds=6.0), cfg)
+    with pytest.raises(UserError, match="six: 6.0 s is shorter than one window of 6.0 s and the last 1.0 s"):
+        pm.check_windows(pm.read_record(tmp_path / "six", cfg), cfg, "six")
+
+
+def test_one_record_of_a_patient_alone_is_split_like_any_other() -> None:
+    """With 202 left out (--records, or skipped as bad), 201 goes where its list says: the same-patient rule
+    is about the two records together."""
+    assert pm.assign_splits(["201", "203"], test=["201"], validation=[]) == \
+        {"test": ["201"], "validation": [], "train": ["203"]}
+    assert pm.assign_splits(["202", "203"], test=[], validation=["203"])["train"] == ["202"]
+    assert "201" in pm.default_split([r for r in MITBIH_48 if r != "202"])["test"]
+
+
+def test_records_are_selected_in_the_folders_order(tmp_path: Path) -> None:
+    """--records picks records in the folder's order; --records with no names is every record."""
+    assert pm.select_records(["a", "b", "c"], ["c", "a"], tmp_path) == ["a", "c"]
+    assert pm.select_records(["a", "b", "c"], [], tmp_path) == ["a", "b", "c"]
+
+
+def test_input_hash_covers_every_signal_file_of_a_record(tmp_path: Path) -> None:
+    """A record keeping each lead in a signal file of its own: the second file's bytes are in the hash too."""
+    x, _ = synthetic_ecg(20.0, 360.0, seed=1)
+    for k, lead in enumerate(("MLII", "V1")):
+        write_signal(tmp_path, f"part{k}", x[:, k:k + 1], leads=(lead,))
+    signal_lines = [(tmp_path / f"part{k}.hea").read_text().splitlines()[1] for k in (0, 1)]
+    (tmp_path / "two.hea").write_text(f"two 2 360 {len(x)}\n" + "\n".join(signal_lines) + "\n")
+    assert pm.read_record(tmp_path / "two", make_cfg().data).leads == ["MLII", "V1"]
+    before = pm.hash_inputs(tmp_path, ["two"])
+    write_signal(tmp_path, "part1", 0.9 * x[:, 1:], leads=("V1",))
+    assert pm.hash_inputs(tmp_path, ["two"]) != before
+
+
+def test_meta_input_hash_covers_the_annotator_read(tmp_path: Path) -> None:
+    """With --annotator qrs the reference beats come from NNN.qrs: meta.json's input hash covers those bytes."""
+    db = tmp_path / "db"
+    for i, name in enumerate(("a", "b", "c")):
+        write_record(db, name, seconds=8, seed=i, annotate=False)
+        wfdb.wrann(name, "qrs", np.arange(100, 8 * 360, 300), symbol=["N"] * 10, write_dir=str(db))
+    meta = pm.prepare(make_cfg(test_records=["a"], validation_records=["c"]), db, tmp_path / "out", download=False,
+                      annotator="qrs")
+    assert meta["records"]["b"]["beats"] == 10
+    assert meta["input_hash"] == pm.hash_inputs(db, ["a", "b", "c"], "qrs") != pm.hash_inputs(db, ["a", "b", "c"])
+
+
+def test_a_cache_file_holding_another_key_is_computed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached encoding is used only for the key it was stored under (a file copied or left from elsewhere
+    under its name is computed again)."""
+    monkeypatch.setenv("ECG_CACHE_DIR", str(tmp_path / "cache"))
+    pm.cached_encoding("codes", "k1", lambda: torch.zeros(2), tmp_path)
+    pm.cached_encoding("codes", "k2", lambda: torch.ones(2), tmp_path)
+    files = {torch.load(p, weights_only=True)["key"]: p for p in (tmp_path / "cache" / "encodings" / "codes").iterdir()}
+    files["k2"].write_bytes(files["k1"].read_bytes())
+    seven = torch.full((2,), 7.0)
+    assert torch.equal(pm.cached_encoding("codes", "k2", lambda: seven, tmp_path), seven)
+
+
+def _split(records: list[np.ndarray], beats: list[np.ndarray], n: int, starts: list[np.ndarray]) -> dict:
+    """A prepared split's tensors (signals, record, start, beat_ptr, beat_pos) cut at `starts` from whole
+    records [N, 2] with their beats."""
+    sig, rec, start, per_window = [], [], [], []
+    for r, (x, b, s) in enumerate(zip(records, beats, starts)):
+        sig.append(x[s[:, None] + np.arange(n)])
+        rec += [r] * len(s)
+        start.append(s)
+        per_window += [b[(b >= s0) & (b < s0 + n)] - s0 for s0 in s]
+    return {"signals": torch.from_numpy(np.concatenate(sig).astype(np.float32)), "record": torch.tensor(rec),
+            "start": torch.from_numpy(np.concatenate(start)),
+            "beat_ptr": torch.from_numpy(np.cumsum([0] + [len(b) for b in per_window])),
+            "beat_pos": torch.from_numpy(np.concatenate(per_window).astype(np.int64)),
+            "data_hash": "d", "input_hash": "i"}
+
+
+def _sines(seconds: float, hz: float, gain: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    t = np.arange(round(seconds * FS)) / FS
+    return (gain * np.stack([np.sin(2 * np.pi * hz * t), 0.5 * np.cos(2 * np.pi * hz * t)], 1),
+            np.arange(0, len(t), FS / hz).round().astype(np.int64))
+
+
+def test_stretched_copies_keep_records_apart_and_beats_in_their_window() -> None:
+    """Unstretched (rate and gain ranges 0), the copy of a split of two records is the split itself: each window
+    names its own record, and a beat on the first sample after a window belongs to the next one only."""
+    from hyper_params import AugmentConfig
+
+    (x0, b0), (x1, b1) = _sines(30.0, 1.2), _sines(20.0, 1.5, 0.8)
+    b0 = np.unique(np.r_[b0, WINDOW])                       # on the end of window 0, the start of window 2
+    data = _split([x0, x1], [b0, b1], WINDOW, [np.arange(0, len(x) - WINDOW + 1, 384) for x in (x0, x1)])
+    same = pm.stretched_copy(data, AugmentConfig(1, 0.0, 0.0), 384, np.random.default_rng(0))
+    for key in ("signals", "record", "start", "beat_ptr", "beat_pos"):
+        assert torch.equal(same[key], data[key]), key
+    assert set(same["record"].tolist()) == {0, 1} and int(same["beat_pos"].max()) < WINDOW
+
+
+def test_a_stretched_copy_window_never_touches_a_gap() -> None:
+    """Windows at 0 and 769 leave sample 768 uncovered, a gap: at stride 1 the only windows clear of it are the
+    two, and one ending on the gap's sample is not."""
+    from hyper_params import AugmentConfig
+
+    x, b = _sines(12.1, 1.2)
+    data = _split([x], [b], WINDOW, [np.array([0, WINDOW + 1])])
+    out = pm.stretched_copy(data, AugmentConfig(1, 0.0, 0.0), 1, np.random.default_rng(0))
+    assert out["start"].tolist() == [0, WINDOW + 1]
+
+
+def test_stretched_copies_are_encoded_again_for_another_augmentation_or_seed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cached encoding of stretched copies belongs to their augmentation ranges and seed: another of either
+    encodes anew, the same again reads the cache."""
+    from hyper_params import AugmentConfig
+
+    monkeypatch.setenv("ECG_CACHE_DIR", str(tmp_path))
+    x, b = _sines(40.0, 1.2)
+    data = _split([x], [b], WINDOW, [np.arange(0, len(x) - WINDOW + 1, 384)])
+    calls = []
+
+    def encode(signals: torch.Tensor) -> torch.Tensor:
+        calls.append(len(signals))
+        return signals.mean(dim=(1, 2))
+    cfg, first = make_cfg().data, AugmentConfig(1, 0.1, 0.1)
+    copies, encoded = pm.augmented_encoding("codes", data, first, cfg, 0, encode, "vq")
+    pm.augmented_encoding("codes", data, AugmentConfig(1, 0.2, 0.1), cfg, 0, encode, "vq")
+    pm.augmented_encoding("codes", data, first, cfg, 1, encode, "vq")
+    assert len(calls) == 3
+    again, cached = pm.augmented_encoding("codes", data, first, cfg, 0, encode, "vq")
+    assert len(calls) == 3 and torch.equal(cached, encoded) and torch.equal(cached, encode(again[0]["signals"]))
+
+
+def test_a_beat_rounding_past_the_resampled_end_is_left_out(tmp_path: Path) -> None:
+    """A beat on a 20 s record's last sample (7199 at 360 Hz) lands at 2560 at 128 Hz, one past the signal's
+    last sample: every reference beat kept indexes the signal."""
+    path = write_record(tmp_path, "r", seconds=20.0, annotate=False)
+    wfdb.wrann("r", "atr", np.array([100, 7198, 7199]), symbol=["N"] * 3, write_dir=str(tmp_path))
+    rec = pm.read_record(path, make_cfg().data)
+    assert len(rec.signal) == 2560 and rec.beats.tolist() == [36, 2559] and rec.symbols == ["N", "N"]
