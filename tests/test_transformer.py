@@ -591,3 +591,105 @@ def test_each_block_of_a_long_horizon_reads_the_codes_drawn_last():
     for (_, drawn), (ctx, _) in zip(calls, calls[1:]):
         k = min(drawn.shape[1], ctx.shape[1])
         assert ctx.shape[0] == 2 and torch.equal(ctx[:, -k:], drawn[:, -k:])
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_greedy_generation_takes_the_codes_teacher_forcing_scores_highest(cache: bool) -> None:
+    """Generation and training must read a sequence alike: each code drawn greedily (temperature 0) is, at its level,
+    the top code of the teacher-forced logits of the whole drawn sequence, which condition each level on the same
+    step's coarser codes and each position on the draft of the step it predicts."""
+    torch.manual_seed(0)
+    gpt = CodeGPT(codebook_size=8, block_size=12, dim=16, layers=2, heads=2, levels=3, draft=True).eval()
+    with torch.no_grad():
+        gpt.no_draft.normal_()
+        gpt.draft.weight.mul_(50)                 # make the draft matter to this untrained model
+        for p in gpt.depth.parameters():          # and the coarser codes of a step, through the depth head
+            p.mul_(5)
+    ctx, draft = torch.randint(0, 8, (2, 5, 3)), torch.randint(0, 8, (2, 12, 3))
+    draft[:, :5] = -1
+    out = gpt.generate(ctx, 7, temperature=0.0, use_cache=cache, num_samples=2, draft=draft)
+    seq, full = torch.cat([ctx.repeat_interleave(2, 0), out], 1), draft.repeat_interleave(2, 0)
+    with torch.no_grad():
+        logits = gpt(seq, full)[:, 4:]                          # [N, 7, Q, K]: the logits of the drawn steps
+    chosen = logits.gather(-1, out[..., None])[..., 0]
+    assert (chosen >= logits.amax(-1) - 1e-5).all()
+
+
+def test_a_training_step_scores_each_position_on_the_next_code_with_its_draft() -> None:
+    """The loss is the cross-entropy of each position's logits against the codes of the step after it (not its own
+    codes, which a model would learn to copy), read with the drafts of a drafting model; the accuracy counts the
+    same targets."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    gpt = CodeGPT(codebook_size=8, block_size=10, dim=16, layers=1, heads=2, dropout=0.0, levels=2, draft=True).eval()
+    with torch.no_grad():
+        gpt.no_draft.normal_()
+        gpt.draft.weight.mul_(50)
+    codes, draft = torch.randint(0, 8, (3, 10, 2)), torch.randint(0, 8, (3, 10, 2))
+    draft[:, :4] = -1
+    loss, stats = transformer_train.step_fn(gpt, (codes, draft))
+    with torch.no_grad():
+        logits = gpt(codes, draft)                                  # [B, 9, Q, K]
+    assert torch.allclose(loss, F.cross_entropy(logits.flatten(0, -2), codes[:, 1:].flatten()), atol=1e-6)
+    assert torch.allclose(stats["accuracy"], (logits.argmax(-1) == codes[:, 1:]).float().mean())
+
+
+def test_beat_drafts_of_training_windows_lay_beats_at_the_windows_own_beats() -> None:
+    """In training the beat draft is told where the window's future beats are (its own R peaks), not drawn from the
+    context: two windows with the same context and different futures get different drafts."""
+    from conftest import synthetic_ecg
+
+    torch.manual_seed(0)
+    vq = VQVAE(ModelConfig(has_attention=False, downsample_factor=4, channels=16, res_blocks=1, latent_dim=8,
+                           codebook_size=32, num_quantizers=2, window_gain=False)).eval()
+    ecg = synthetic_ecg(6.0, 128, seed=1)[0]
+    later = synthetic_ecg(6.0, 128, seed=2, hr_bpm=110)[0]          # beats of another rhythm
+    x = np.stack([ecg[:512], np.concatenate([ecg[:256], later[256:512]])]).astype(np.float32)
+    d = torch.cat([encode_drafted(vq, torch.from_numpy(w[None]), 256, 128, beats=True) for w in x])  # each alone
+    assert d.shape == (2, 128, 4) and torch.equal(d[0, :64], d[1, :64])        # 2 codes, then 2 draft codes
+    assert (d[:, :64, 2:] == -1).all() and not torch.equal(d[0, 64:, 2:], d[1, 64:, 2:])
+
+
+def test_beat_drafts_follow_the_seed_and_the_configured_spread() -> None:
+    """A beat-drafting forecaster whose paths take every draft code gives the template ensemble's forecast with the
+    same jitter and noise, for any seed (not only 0): the seed draws the beat times and the noise, and
+    sample.draft_spread sets the jitter (here not the default)."""
+    from baselines import TemplateEnsemble
+    from conftest import synthetic_ecg
+
+    torch.manual_seed(0)
+    cfg = config_from_dict(TINY)
+    gpt = CodeGPT(cfg.model.codebook_size, cfg.data.total_samples // cfg.model.downsample_factor, 16, 1, 2, 0.0,
+                  draft=True)
+    sample = SampleConfig(draft_spread=0.15, draft_bias=1e4, draft_noise=0.4)
+    fc = Forecaster(VQVAE(cfg.model).eval(), gpt, cfg, sample, "cpu", draft_beats=True)
+    drafts = TemplateEnsemble(64)
+    drafts.min_spread, drafts.noise = 0.15, 0.4
+    beating = np.stack([synthetic_ecg(88 / 64, 64, seed=s, hr_bpm=120)[0] for s in (1, 2)]).astype(np.float32)
+    for seed in (3, 5):
+        want = drafts.predict(beating, 40, 4, seed=seed)
+        np.testing.assert_allclose(fc.predict(beating, 40, 4, seed=seed), want, atol=2e-5)
+    assert not np.allclose(want, drafts.predict(beating, 40, 4, seed=3))
+
+
+def test_a_horizon_beyond_the_block_is_drawn_after_the_last_half_block():
+    """As in training (context and future each half of the block), a long horizon is drawn after the last half block
+    of a longer context, a half block at a time; a short one after as much context as the block leaves room for."""
+    torch.manual_seed(0)
+    cfg = config_from_dict(TINY)
+    gpt = CodeGPT(cfg.model.codebook_size, cfg.data.total_samples // cfg.model.downsample_factor, 16, 1, 2, 0.0)
+    fc = Forecaster(VQVAE(cfg.model).eval(), gpt, cfg, SampleConfig(), "cpu")
+    calls, generate = [], gpt.generate
+
+    def spy(ctx: torch.Tensor, steps: int, *args, **kwargs) -> torch.Tensor:
+        calls.append((ctx.shape[1], steps))
+        return generate(ctx, steps, *args, **kwargs)
+    gpt.generate = spy
+    context = 0.3 * np.random.default_rng(0).standard_normal((1, 3 * 64, 2)).astype(np.float32)   # 48 codes
+    half = gpt.block_size // 2
+    fc.predict(context, 3 * half * fc.factor, num_samples=2, seed=0)
+    assert calls == [(half, half)] * 3
+    calls.clear()
+    fc.predict(context, 5 * fc.factor, num_samples=2, seed=0)
+    assert calls == [(gpt.block_size - 5, 5)]
