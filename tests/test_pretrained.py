@@ -314,3 +314,24 @@ def test_forecast_seed_flag_chooses_the_draw(tmp_path, monkeypatch, record):
     c = _forecast(monkeypatch, record, tmp_path / "c", "--seed", "4")
     assert np.array_equal(a, b) and not np.allclose(a, c)
     assert json.loads((tmp_path / "c" / "r_5s.json").read_text())["seed"] == 4     # the draw can be made again
+
+
+def test_shipped_transformer_scores_its_recorded_validation_loss(mitdb):
+    """The shipped weights, read by today's CodeGPT, still predict real codes as well as when they were trained: their
+    next-code loss on 60 windows spread over the validation patients' records matches the best validation loss the
+    run stored (best_val) within 1%. The sampled references hardly see the network (paths follow their drafts); this
+    sees a changed layer norm, head rows, depth head, embedding or draft reading."""
+    from transformer_train import encode_drafted, step_fn
+
+    fc = Forecaster.from_pretrained(device="cpu")
+    n, windows = fc.cfg.data.total_samples, []
+    for name in fc.validation_records:
+        signal = read_record(str(mitdb / name), fc.cfg.data).signal
+        windows += [signal[s:s + n] for s in np.linspace(0, len(signal) - n, 20).astype(int)]
+    x = torch.from_numpy(np.stack(windows).astype(np.float32))
+    drafted = encode_drafted(fc.vq, x, fc.cfg.data.window_samples, fc.fs, beats=True)   # as transformer_train.py
+    q = fc.gpt.levels
+    with torch.no_grad():
+        loss, _ = step_fn(fc.gpt, (drafted[..., :q], drafted[..., q:]))
+    best = torch.load(PRETRAINED, map_location="cpu", weights_only=True)["best_val"]
+    assert float(loss) == pytest.approx(best, rel=0.01)
