@@ -674,16 +674,19 @@ def test_beat_drafts_follow_the_seed_and_the_configured_spread() -> None:
 
 
 def test_a_horizon_beyond_the_block_is_drawn_after_the_last_half_block():
-    """As in training (context and future each half of the block), a long horizon is drawn after the last half block
-    of a longer context, a half block at a time; a short one after as much context as the block leaves room for."""
+    """As in training (context and future each half of the block, no draft over the context), a long horizon is drawn
+    after the last half block of a longer context, a half block at a time, each block with no draft over the codes
+    it reads; a short one after as much context as the block leaves room for."""
     torch.manual_seed(0)
     cfg = config_from_dict(TINY)
-    gpt = CodeGPT(cfg.model.codebook_size, cfg.data.total_samples // cfg.model.downsample_factor, 16, 1, 2, 0.0)
+    gpt = CodeGPT(cfg.model.codebook_size, cfg.data.total_samples // cfg.model.downsample_factor, 16, 1, 2, 0.0,
+                  draft=True)
     fc = Forecaster(VQVAE(cfg.model).eval(), gpt, cfg, SampleConfig(), "cpu")
     calls, generate = [], gpt.generate
 
     def spy(ctx: torch.Tensor, steps: int, *args, **kwargs) -> torch.Tensor:
         calls.append((ctx.shape[1], steps))
+        assert (kwargs["draft"][:, :ctx.shape[1]] == -1).all() and (kwargs["draft"][:, ctx.shape[1]:] >= 0).all()
         return generate(ctx, steps, *args, **kwargs)
     gpt.generate = spy
     context = 0.3 * np.random.default_rng(0).standard_normal((1, 3 * 64, 2)).astype(np.float32)   # 48 codes
@@ -693,3 +696,26 @@ def test_a_horizon_beyond_the_block_is_drawn_after_the_last_half_block():
     calls.clear()
     fc.predict(context, 5 * fc.factor, num_samples=2, seed=0)
     assert calls == [(gpt.block_size - 5, 5)]
+
+
+def test_a_seasonal_drafting_forecaster_reads_each_steps_own_draft():
+    """With an overwhelming draft bias the codes drawn are the codes of the seasonal-naive continuation, step for step:
+    the draft of each step reaches the position that predicts it, over one block and over several."""
+    from baselines import SeasonalNaive
+    from conftest import synthetic_ecg
+
+    torch.manual_seed(0)
+    cfg = config_from_dict(TINY)
+    vq = VQVAE(cfg.model).eval()
+    gpt = CodeGPT(cfg.model.codebook_size, cfg.data.total_samples // cfg.model.downsample_factor, 16, 1, 2, 0.0,
+                  draft=True)
+    fc = Forecaster(vq, gpt, cfg, SampleConfig(draft_bias=1e4), "cpu")
+    drawn, roll = [], fc.roll
+    fc.roll = lambda *args: drawn.append(roll(*args)) or drawn[-1]
+    beating = synthetic_ecg(1.0, 64, seed=1, hr_bpm=120)[0][None].astype(np.float32)     # 16 codes: all read
+    for steps in (10, 50):
+        continuation = SeasonalNaive(64).predict(beating, steps * fc.factor)[:, 0]      # [1, H, 2]
+        with torch.no_grad():
+            want = vq.encode(torch.from_numpy(continuation)).reshape(1, steps)
+        fc.predict(beating, steps * fc.factor, 2, seed=0)
+        assert torch.equal(drawn[-1].reshape(2, steps), want.expand(2, -1)), steps
