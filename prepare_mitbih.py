@@ -222,8 +222,8 @@ def order_leads(names: list[str], first: str, where: str, units: list[str | None
     lead1 = next((found[0] for found in choices if found), None)
     if lead1 is None:
         lead1 = ecg[0]
-        print(f"note: {where}: no channel is {first} or a limb lead ({', '.join(map(str, names))}); lead 1 is "
-              f"channel {lead1}, {names[lead1]}", file=sys.stderr)
+        paths.note(f"{where}: no channel is {first} or a limb lead ({', '.join(map(str, names))}); lead 1 is "
+                   f"channel {lead1}, {names[lead1]}")
     others = [j for j in ecg if j != lead1]
     return [lead1, next((j for j in others if keys[j] == "V1"), others[0])]
 
@@ -248,8 +248,8 @@ def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str
     lo, hi = cfg.filter_band
     if hi > 0.45 * fs_in:
         hi = 0.45 * fs_in
-        print(f"note: {where}: at {fs_in:g} Hz the low-pass of data.filter_band {list(cfg.filter_band)} sits at "
-              f"{hi:.3g} Hz instead: the record keeps less detail than the data models learn from", file=sys.stderr)
+        paths.note(f"{where}: at {fs_in:g} Hz the low-pass of data.filter_band {list(cfg.filter_band)} sits at "
+                   f"{hi:.3g} Hz instead: the record keeps less detail than the data models learn from")
     if hi <= lo:
         raise UserError(f"{where}: sampling rate {fs_in} Hz is too low for data.filter_band {cfg.filter_band}")
     sos = (scipy.signal.butter(cfg.filter_order, [lo, hi], btype="bandpass", fs=fs_in, output="sos") if lo > 0
@@ -475,8 +475,7 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = 
     if not path.parent.joinpath(f"{path.name}.{annotator}").exists():
         hint = other_annotators(path)
         if annotator != "atr" or hint:      # asked for by name (a typo), or beats kept under another name
-            print(f"note: {path}.{annotator} is missing; the record counts as unannotated (no R-peak scores){hint}",
-                  file=sys.stderr)
+            paths.note(f"{path}.{annotator} is missing; the record counts as unannotated (no R-peak scores){hint}")
         return np.zeros(0, np.int64), [], False
     try:
         ann = wfdb.rdann(str(path), annotator)
@@ -485,8 +484,8 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = 
                         f"{_first_line(e)})") from e
     keep = [i for i, s in enumerate(ann.symbol) if s in BEAT_SYMBOLS]
     if not keep:        # rhythm or noise labels only (as AFDB's .atr): scoring R peaks against none would be wrong
-        print(f"note: {path}.{annotator} has no beat labels; the record counts as unannotated (no R-peak scores)"
-              f"{other_annotators(path)}", file=sys.stderr)
+        paths.note(f"{path}.{annotator} has no beat labels; the record counts as unannotated (no R-peak scores)"
+                   f"{other_annotators(path)}")
         return np.zeros(0, np.int64), [], False
     keep.sort(key=lambda i: ann.sample[i])
     pos = np.round(np.asarray(ann.sample, np.float64)[keep] * fs_out / fs_in).astype(np.int64)
@@ -728,8 +727,8 @@ def check_windows(rec: Record, cfg: DataConfig, where: str) -> None:
         raise UserError(f"{where}: no stretch without invalid samples is one window ({secs(need)} s) long "
                         f"(the longest is {secs(longest / fs)} s)")
     if rec.invalid_s:
-        print(f"note: {where}: {rec.invalid_s:.1f} s of NaN/invalid samples; windows leave out the gaps "
-              f"({len(spans)} clean stretches)", file=sys.stderr)
+        paths.note(f"{where}: {rec.invalid_s:.1f} s of NaN/invalid samples; windows leave out the gaps "
+                   f"({len(spans)} clean stretches)")
 
 
 def good_records(names: Iterable[str], check: Callable[[str], None], skip_bad: bool) -> list[str]:
@@ -833,7 +832,7 @@ def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],
         try:
             stored = torch.load(cache, weights_only=True)
         except Exception as e:      # cut short or foreign: it is only a cache
-            print(f"note: {cache} is unreadable ({type(e).__name__}); computing it again", file=sys.stderr)
+            paths.note(f"{cache} is unreadable ({type(e).__name__}); computing it again")
             stored = {}
         if isinstance(stored, dict) and stored.get("key") == key:
             return stored["tensor"]
@@ -842,8 +841,7 @@ def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],
     try:
         paths.atomic_torch_save({"key": key, "tensor": tensor}, cache)
     except paths.UserError as e:
-        print(f"note: the encoding is not kept ({e}); set ECG_CACHE_DIR to a writable folder to keep it",
-              file=sys.stderr)
+        paths.note(f"the encoding is not kept ({e}); set ECG_CACHE_DIR to a writable folder to keep it")
     return tensor
 
 
