@@ -56,6 +56,9 @@ LEAD_PREFERENCE = (
     ("MLIII", "III", "ML3"),   # lead III
     ("AVF",), ("AVL",), ("AVR",),
 )
+# Channel names of other signals a record may hold in volts (sleep and ICU records): never an ECG lead.
+NOT_ECG = ("EEG", "EOG", "EMG", "RESP", "PLETH", "PPG", "SPO2", "SAO2", "ABP", "ART", "PAP", "CVP", "ICP",
+           "CO2", "FLOW", "AIRFLOW", "THOR", "ABD", "CHIN", "LEG", "SNORE", "PULSE", "TEMP")
 UNITS_TO_MV = {"mv": 1.0, "uv": 1e-3, "\u00b5v": 1e-3, "\u03bcv": 1e-3, "v": 1e3}
 # Bytes per sample of the uncompressed WFDB signal formats, to spot a truncated .dat before reading it.
 DAT_BYTES_PER_SAMPLE = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5,
@@ -196,19 +199,27 @@ def mv_per_unit(unit: str | None) -> float | None:
     return UNITS_TO_MV.get(str(unit or "mV").strip().lower())
 
 
+def not_ecg(name: str) -> bool:
+    """A channel named like an EEG, EOG, EMG or respiration signal (NOT_ECG): those come in uV or mV too, and
+    one taken for a lead forecasts nonsense without a word."""
+    return any(word.startswith(NOT_ECG) for word in re.findall(r"[A-Z0-9]+", str(name).upper()))
+
+
 def ecg_channels(names: list[str], units: list[str | None], where: str) -> list[int]:
-    """The channels in ECG units, at least two of them, or one error naming the channels passed over."""
-    ecg = [i for i, u in enumerate(units) if mv_per_unit(u) is not None]
+    """The channels in ECG units and not named as another signal (not_ecg), at least two of them, or one error
+    naming the channels passed over."""
+    ecg = [i for i, u in enumerate(units) if mv_per_unit(u) is not None and not not_ecg(names[i])]
     if len(ecg) < 2:
         others = [f"{names[i]} in '{units[i]}'" for i in range(len(names)) if i not in ecg]
-        skipped = f"; not ECG: {', '.join(others)} (leads are in mV, uV or V)" if others else ""
+        skipped = (f"; not ECG: {', '.join(others)} (leads are in mV, uV or V, and not named "
+                   f"{'/'.join(NOT_ECG[:5])}...)" if others else "")
         raise UserError(f"{where}: needs two leads, has {len(ecg)} ({', '.join(str(names[i]) for i in ecg)}){skipped}")
     return ecg
 
 
 def order_leads(names: list[str], first: str, where: str, units: list[str | None] | None = None) -> list[int]:
     """Channel indices [lead 1, lead 2] of a record whose channels are called `names`, among those in ECG
-    units (ecg_channels), so that an ICU record's PLETH or ABP is passed over.
+    units (ecg_channels), so that an ICU record's PLETH or ABP, or a sleep record's EEG, is passed over.
 
     Lead 1 is the channel named `first` (cfg.first_lead, e.g. MLII; exact name, else the same name
     compared as in LEAD_PREFERENCE); without one, the first LEAD_PREFERENCE group the record has

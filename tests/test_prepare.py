@@ -129,9 +129,16 @@ def test_swapped_leads_end_with_mlii_first(prepared):
     (["V5", "v1", "II"], "MLII", [2, 1]),
     (["V1", "aVL", "aVF"], "MLII", [2, 0]),    # aVF before aVL ...
     (["V2", "aVR", "aVL"], "MLII", [2, 0]),    # ... and aVL before aVR
+    (["II", "RESP", "V5"], "MLII", [0, 2]),    # a respiration channel in mV is not lead 2
+    (["EEG C4-A1", "EOG(L)", "ECG1", "EMG chin", "ECG2"], "MLII", [2, 4]),   # a sleep record's ECG leads
+    (["Resp", "ECG"], "MLII", None),           # one lead left: an error, not a forecast of breathing
 ])
 def test_order_leads(names, first, expected):
-    assert pm.order_leads(names, first, "rec") == expected
+    if expected is None:
+        with pytest.raises(UserError, match=r"rec: needs two leads, has 1 \(ECG\); not ECG: Resp in 'None'"):
+            pm.order_leads(names, first, "rec")
+    else:
+        assert pm.order_leads(names, first, "rec") == expected
 
 
 def test_order_leads_needs_two_leads():
