@@ -113,17 +113,29 @@ def beat_cuts(peaks: np.ndarray, period: int, length: int) -> tuple[np.ndarray, 
     return idx, (idx >= 0) & (idx < length)
 
 
+def own_columns(peaks: np.ndarray, period: int) -> np.ndarray:
+    """How many columns of each beat's cut [K] are its own: all of them, unless the next R peak lies in the cut
+    (a premature beat after it, as in bigeminy), then those before the next beat's cut begins. Whole, such a
+    cut laid two QRS complexes at every drawn beat time, and a mean beat holding a third of the next QRS made
+    the context's end read as a beat already due."""
+    rr = np.r_[np.diff(peaks), period]
+    return np.where(rr < period - template_pre(period), rr, period)
+
+
 def mean_beat(x: np.ndarray, peaks: np.ndarray, period: int) -> np.ndarray:
-    """The average beat [period, 2] of one context [C, 2] (`beat_cuts`); samples outside the context are
-    left out of the average."""
+    """The average beat [period, 2] of one context [C, 2] (`beat_cuts`); samples outside the context or of the
+    next beat (`own_columns`) are left out of the average."""
     idx, ok = beat_cuts(peaks, period, len(x))
+    ok &= np.arange(period) < own_columns(peaks, period)[:, None]
     beats = np.where(ok[:, :, None], x[np.clip(idx, 0, len(x) - 1)], 0.0)
     return beats.sum(0) / np.maximum(ok.sum(0), 1)[:, None]
 
 
 def whole_beats(x: np.ndarray, peaks: np.ndarray, period: int) -> np.ndarray:
-    """The beats [K, period, 2] of one context [C, 2] that lie wholly inside it, cut as `mean_beat` cuts them."""
+    """The beats [K, period, 2] of one context [C, 2] that lie wholly inside it, cut as `mean_beat` cuts them;
+    one that ends early (`own_columns`) holds its last own sample."""
     idx, ok = beat_cuts(peaks, period, len(x))
+    idx = np.minimum(idx, (idx[:, 0] + own_columns(peaks, period) - 1)[:, None])
     return x[idx[ok.all(axis=1)]]
 
 

@@ -323,7 +323,26 @@ def test_a_beat_ending_on_the_contexts_last_sample_is_whole():
     idx, ok = D.beat_cuts(r, p, length)
     assert idx[0, -1] == length - 1 and ok[0].all() and not ok[1].all()
     x = np.random.default_rng(0).standard_normal((length, 2))
-    np.testing.assert_array_equal(D.whole_beats(x, r, p), x[None, length - p:])
+    np.testing.assert_array_equal(D.whole_beats(x, r[:1], p), x[None, length - p:])
+    assert len(D.whole_beats(x, r[1:], p)) == 0
+
+
+def test_a_bigeminal_contexts_beats_hold_one_qrs_each():
+    """Long and short intervals in turn (bigeminy): the beat before a premature one ends where that one's cut
+    begins, so every drafted beat lays one QRS and the paths beat at the context's rate, not twice it (MIT-BIH
+    119 at 60 s forecast 130 bpm from a context of 65)."""
+    x = two_leads(spike_train(C, [20, 180, 250]))                        # RR 160, 70: median 115
+    peaks, period, _ = D.context_rhythm(x, FS)
+    r, p = peaks[0], int(period[0])
+    assert list(r) == [20, 180, 250] and list(D.own_columns(r, p)) == [p, 70, p]
+    one_qrs = lambda lead, h: len(scipy.signal.find_peaks(lead, height=h)[0]) == 1
+    shapes = D.whole_beats(x[0], r, p)
+    assert len(shapes) == 2 and all(one_qrs(s[:, 0], 0.6) for s in shapes)
+    assert np.all(shapes[0, 70:] == shapes[0, 69])                      # held past its own columns
+    assert one_qrs(D.mean_beat(x[0], r, p)[:, 0], 0.1)
+    waves, _ = D.draft_waves(x, 3 * H, FS, 20, seed=0)
+    beats = [len(scipy.signal.find_peaks(w[:, 0], height=0.6, distance=D.shortest_period(FS))[0]) for w in waves]
+    assert 8 <= np.median(beats) <= 12                                   # 9 s at a period of 115 samples: 10
 
 
 def test_drawn_beat_times_reach_past_until_at_the_shortest_period():
