@@ -390,10 +390,15 @@ def truth_cover(res: dict) -> tuple[int, int]:
 def heart_rates(res: dict) -> dict:
     """Heart rate (bpm) of the context, of each sampled path (median and 10th-90th percentile over paths) and of
     the truth when the record covers the whole horizon, from lead 1's R peaks as evaluate.py detects them (the
-    context's threshold): a forecast whose paths lose the patient's rhythm shows it in one line."""
+    context's threshold): a forecast whose paths lose the patient's rhythm shows it in one line. A horizon
+    shorter than the shortest plausible beat period (MIN_PERIOD_S) measures no rate: None, not 0 bpm."""
+    from drafts import MIN_PERIOD_S
     from metrics import detect_r_peaks, heart_rate, per_row
     fs, lead = res["fs"], res["context"][:, 0]
     c, horizon = len(lead), res["samples"].shape[1]
+    context = round(heart_rate(detect_r_peaks(lead[None], fs)[1], fs, c / fs), 1)
+    if horizon < MIN_PERIOD_S * fs:
+        return {"context": context, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None}
 
     def rates(continuations: np.ndarray) -> list[float]:
         x = np.concatenate([np.broadcast_to(lead, (len(continuations), c)), continuations], axis=1)
@@ -403,15 +408,16 @@ def heart_rates(res: dict) -> dict:
     paths = rates(res["samples"][:, :, 0])
     truth = res["truth"][:, 0]
     whole = len(truth) == horizon and bool(np.isfinite(truth).all())
-    return {"context": round(heart_rate(detect_r_peaks(lead[None], fs)[1], fs, c / fs), 1),
-            "paths_median": float(np.median(paths)), "paths_p10": float(np.percentile(paths, 10)),
+    return {"context": context, "paths_median": float(np.median(paths)), "paths_p10": float(np.percentile(paths, 10)),
             "paths_p90": float(np.percentile(paths, 90)), "truth": rates(truth[None])[0] if whole else None}
 
 
 def heart_rate_line(hr: dict) -> str:
-    truth = "" if hr["truth"] is None else f", truth {hr['truth']:.0f}"
-    return (f"heart rate (bpm): context {hr['context']:.0f}, paths {hr['paths_median']:.0f} "
-            f"[{hr['paths_p10']:.0f}-{hr['paths_p90']:.0f}]{truth}")
+    """The rates of heart_rates in one line; "—" where none could be measured (a horizon too short for a beat)."""
+    short = hr["paths_median"] is None
+    truth = ", truth —" if short else "" if hr["truth"] is None else f", truth {hr['truth']:.0f}"
+    paths = "—" if short else f"{hr['paths_median']:.0f} [{hr['paths_p10']:.0f}-{hr['paths_p90']:.0f}]"
+    return f"heart rate (bpm): context {hr['context']:.0f}, paths {paths}{truth}"
 
 
 def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Path, cover: tuple[int, int],

@@ -294,6 +294,15 @@ def test_heart_rates_judge_the_paths_by_the_contexts_threshold():
     assert hr["paths_median"] == 120.0 and hr["truth"] == 120.0
 
 
+def test_a_horizon_too_short_for_a_beat_has_no_heart_rate():
+    """A 0.01 s horizon holds no beat: its paths and truth have no rate ("—", null in the .json), not 0 bpm."""
+    ctx, paths = np.zeros((384, 2)), np.zeros((3, 2, 2))
+    ctx[:, 0] = spike_train(384, [40, 168, 296])
+    hr = forecast.heart_rates({"context": ctx, "samples": paths, "truth": paths[0], "fs": 128})
+    assert hr == {"context": 60.0, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None}
+    assert forecast.heart_rate_line(hr) == "heart rate (bpm): context 60, paths —, truth —"
+
+
 @pytest.mark.parametrize("name, model", SHIPPED_SPECS.items())
 def test_forecast_takes_the_shipped_models_by_name(tmp_path, monkeypatch, record, name, model):
     """forecast.py --checkpoint pretrained or pretrained_sde: the names evaluate.py --model gives them."""
