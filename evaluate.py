@@ -795,7 +795,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 def print_warnings(warnings: list[str]) -> None:
     for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        paths.warn(warning)
 
 
 def load_windows(args: argparse.Namespace, cfg: Config) -> Windows:

@@ -166,13 +166,20 @@ def git_commit() -> str:
 
 
 def say(text: str) -> None:
-    """A line on stderr, once under torchrun (rank 0), whose ranks all meet the same note, error or Ctrl-C."""
+    """A line on stderr, once under torchrun (rank 0), whose ranks all meet the same note, error or Ctrl-C.
+    Written by tqdm.write: a progress bar running (in a log, too) is cleared first and drawn again below it."""
     if os.environ.get("RANK", "0") == "0":
-        print(text, file=sys.stderr)
+        from tqdm import tqdm      # here: paths itself imports nothing beyond the standard library
+
+        tqdm.write(text, file=sys.stderr)
 
 
 def note(message: str) -> None:
     say(f"note: {message}")
+
+
+def warn(message: str) -> None:
+    say(f"warning: {message}")
 
 
 def interruptible() -> None:

@@ -756,7 +756,7 @@ def good_records(names: Iterable[str], check: Callable[[str], None], skip_bad: b
         raise UserError(f"{len(bad)} bad record(s), nothing prepared: {'; '.join(bad)} (repair them, or leave them "
                         f"out with --skip-bad)")
     for reason in bad:
-        print(f"warning: left out: {reason}", file=sys.stderr)
+        paths.warn(f"left out: {reason}")
     return good
 
 

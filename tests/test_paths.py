@@ -139,3 +139,20 @@ def test_a_run_started_with_sigint_ignored_stops_on_kill_int(rank: str, said: st
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_a_note_during_a_progress_bar_is_a_line_of_its_own(monkeypatch):
+    """In a log (stderr no terminal) a note used to land on the bar's line: 'reading: 0%|...| 0/2note: ...'."""
+    import io
+
+    from tqdm import tqdm
+
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    for i in tqdm(range(2), desc="reading", file=sys.stderr):
+        if i == 0:
+            paths.note("a.atr is missing")
+            paths.warn("left out: b")
+    text = err.getvalue()
+    assert "\rnote: a.atr is missing\n" in text and "\rwarning: left out: b\n" in text
+    assert "]note:" not in text and "reading: 100%" in text
