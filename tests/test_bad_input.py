@@ -243,6 +243,18 @@ def test_data_dir_that_is_a_file(tmp_path, monkeypatch):
             pm.find_records(tmp_path / "100.hea", download=download)
 
 
+def test_a_record_given_as_the_data_folder_is_named(tmp_path, monkeypatch):
+    """--wfdb-dir DIR/100 (a record, DIR/100.hea): the folder and --records to pass, not "does not exist" and no
+    download of MIT-BIH into a new folder DIR/100."""
+    monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: pytest.fail("dl_database called on a record"))
+    write_record(tmp_path, "100", seconds=12)
+    with pytest.raises(UserError, match=f"100 is a record, not a folder: pass --wfdb-dir {tmp_path} --records 100$"):
+        pm.find_records(tmp_path / "100", download=False, flag="--wfdb-dir")
+    with pytest.raises(UserError, match=f"pass --data-dir {tmp_path} --records 100$"):
+        pm.find_records(tmp_path / "100", download=True)
+    assert not (tmp_path / "100").exists()
+
+
 def test_no_download_into_a_folder_of_other_files(tmp_path, monkeypatch):
     """Records one folder down (a database with subfolders): MIT-BIH must not land among the user's files."""
     def forbidden(*args, **kwargs):
