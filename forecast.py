@@ -313,6 +313,7 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
         raise UserError(f"--horizon {horizon_s} s must be at least one sample ({1 / fs:g} s at {fs} Hz)")
     if not math.isfinite(start_s):
         raise UserError(f"--start {start_s} s is not a time")
+    check_not_folder(Path(record))
     rec = read_record(Path(record), fc.cfg.data, gaps=True, annotator=None)
     horizon, at = round(horizon_s * fs), round(start_s * fs)
     if len(rec.signal) < ctx:
@@ -329,6 +330,15 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
     samples_ = fc.predict(context[None], horizon, samples, seed)[0]
     return {"context": context, "truth": truth, "samples": samples_, "fs": fs, "leads": rec.leads,
             "start_sample": at}
+
+
+def check_not_folder(record: Path) -> None:
+    """--record DIR (a folder) would be read as the record DIR.hea: say what --record takes, with DIR's records."""
+    from prepare_mitbih import header_stems
+    if record.is_dir() and not Path(f"{record}.hea").is_file():
+        found = [str(record / name) for name in header_stems(record)[:2]]
+        some = f", e.g. {' or '.join(found)}" if found else f"; {record} holds no .hea file"
+        raise UserError(f"--record {record} is a folder: it takes one record, FOLDER/NAME without an extension{some}")
 
 
 def clean_starts(signal: np.ndarray, at: int, ctx: int, fs: int) -> str:

@@ -150,6 +150,18 @@ def test_forecast_of_a_record_shorter_than_one_context(tmp_path):
     assert code == 2 and err.strip() == f"error: {want}", err
 
 
+def test_forecast_of_a_folder_names_its_records(tmp_path):
+    """--record DIR (a folder) takes FOLDER/NAME, and names a record or two of DIR, not "missing file DIR.hea"."""
+    for name in ("b", "a", "c"):
+        write_record(tmp_path / "db", name, seconds=4, seed=0, annotate=False)
+    (tmp_path / "empty").mkdir()
+    for folder, tail in ((tmp_path / "db", f"e.g. {tmp_path / 'db' / 'a'} or {tmp_path / 'db' / 'b'}"),
+                         (tmp_path / "empty", f"{tmp_path / 'empty'} holds no .hea file")):
+        code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(folder), "--start", "3"])
+        assert code == 2 and err == (f"error: --record {folder} is a folder: it takes one record, FOLDER/NAME without "
+                                     f"an extension{', ' if 'e.g.' in tail else '; '}{tail}\n"), err
+
+
 def test_forecast_of_a_record_exactly_one_context_long(shipped, tmp_path):
     """A record as long as the context is not too short: the forecast starts at its end, with no truth to plot."""
     record = write_record(tmp_path, "r", seconds=3, seed=0)
