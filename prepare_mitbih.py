@@ -214,9 +214,10 @@ def ecg_channels(names: list[str], units: list[str | None], where: str) -> list[
     ecg = [i for i, u in enumerate(units) if mv_per_unit(u) is not None and not not_ecg(names[i])]
     if len(ecg) < 2:
         others = [f"{names[i]} in '{units[i]}'" for i in range(len(names)) if i not in ecg]
-        skipped = (f"; not ECG: {', '.join(others)} (leads are in mV, uV or V, and not named "
-                   f"{'/'.join(NOT_ECG[:5])}...)" if others else "")
-        raise UserError(f"{where}: needs two leads, has {len(ecg)} ({', '.join(str(names[i]) for i in ecg)}){skipped}")
+        skipped = (f"; not ECG: {', '.join(others)} (a lead is not named {'/'.join(NOT_ECG[:5])}..., and if one of "
+                   f"these is a lead, {where}.hea should give its units as mV, uV or V)" if others else "")
+        has = f"{len(ecg)} ({', '.join(str(names[i]) for i in ecg)})" if ecg else "none"
+        raise UserError(f"{where}: needs two leads, has {has}{skipped}")
     return ecg
 
 

@@ -186,6 +186,19 @@ def test_channels_in_other_units_are_not_leads(tmp_path):
         pm.check_record(tmp_path / "one", cfg)
 
 
+def test_leads_in_units_we_do_not_know_name_them_and_the_units_to_write(tmp_path):
+    """'millivolts' or 'nV' are no units the reader knows: the message names them and the units the .hea should say,
+    not "has 0 ()"."""
+    x, _ = synthetic_ecg(12.0, 360.0)
+    record = write_signal(tmp_path, "r", x, leads=("II", "V1"), units="millivolts")
+    with pytest.raises(UserError) as e:
+        pm.check_record(record, make_cfg().data)
+    assert str(e.value) == (f"{record}: needs two leads, has none; not ECG: II in 'millivolts', V1 in 'millivolts' "
+                            f"(a lead is not named EEG/EOG/EMG/RESP/PLETH..., and if one of these is a lead, "
+                            f"{record}.hea should give its "
+                            f"units as mV, uV or V)")
+
+
 def test_units_that_cannot_be_right_are_refused(tmp_path):
     """Samples in uV under a header saying mV would be forecast and scored 1000 times too large."""
     x, _ = synthetic_ecg(20.0, 360.0, seed=6)
