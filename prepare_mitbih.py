@@ -185,9 +185,21 @@ def resample_ratio(fs_in: float, fs_out: int, where: str) -> Fraction:
     """fs_out / fs_in as an exact small fraction, or a clear error when the rates do not divide evenly."""
     if not np.isfinite(fs_in) or fs_in <= 0:
         raise UserError(f"{where}: sampling rate {fs_in!r} Hz is not a positive number")
+    ratio = _even_ratio(fs_in, fs_out)
+    if ratio is None:
+        near = [f for f in sorted(range(max(1, math.floor(fs_in) - 5), math.ceil(fs_in) + 6),
+                                  key=lambda f: abs(f - fs_in)) if _even_ratio(f, fs_out)][:2]
+        near = near or [fs_out * max(1, round(fs_in / fs_out))]      # a multiple of fs_out always does
+        raise UserError(f"{where}: sampling rate {fs_in} Hz does not resample evenly to {fs_out} Hz: resample the "
+                        f"record to a rate that does first, such as {' or '.join(map(str, near))} Hz")
+    return ratio
+
+
+def _even_ratio(fs_in: float, fs_out: int) -> Fraction | None:
+    """fs_out / fs_in as a fraction small enough to resample by (resample_poly), None when there is none."""
     ratio = Fraction(fs_out) / Fraction(fs_in).limit_denominator(1000)
     if abs(float(Fraction(fs_in).limit_denominator(1000)) - fs_in) > 1e-6 or ratio.denominator > 10000:
-        raise UserError(f"{where}: sampling rate {fs_in} Hz does not resample evenly to {fs_out} Hz")
+        return None
     return ratio
 
 

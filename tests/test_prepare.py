@@ -91,6 +91,13 @@ def test_resample_ratio_uneven_or_invalid(fs_in):
         pm.resample_ratio(fs_in, FS, "rec7")
 
 
+@pytest.mark.parametrize("fs_in, near", [(333.333, "333 or 334"), (360.123456, "360 or 361"), (10007, "10006 or 10008")])
+def test_an_uneven_rate_says_which_nearby_rates_resample_evenly(fs_in, near):
+    with pytest.raises(UserError, match=rf"rec7: sampling rate {fs_in} Hz does not resample evenly to {FS} Hz: "
+                                        rf"resample the record to a rate that does first, such as {near} Hz$"):
+        pm.resample_ratio(fs_in, FS, "rec7")
+
+
 def test_swapped_leads_end_with_mlii_first(prepared):
     assert prepared.meta["records"]["103"]["leads"] == ["MLII", "V1"]
     assert prepared.meta["records"]["104"]["leads"] == ["MLII", "V1"]
