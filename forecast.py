@@ -336,7 +336,11 @@ def check_not_folder(record: Path) -> None:
     """--record DIR (a folder) would be read as the record DIR.hea: say what --record takes, with DIR's records."""
     from prepare_mitbih import header_stems
     if record.is_dir() and not Path(f"{record}.hea").is_file():
-        found = [str(record / name) for name in header_stems(record)[:2]]
+        try:
+            names = header_stems(record)
+        except UserError:                           # a RECORDS file naming a record not there: any header will do
+            names = sorted(p.stem for p in record.glob("*.hea"))
+        found = [str(record / name) for name in names[:2]]
         some = f", e.g. {' or '.join(found)}" if found else f"; {record} holds no .hea file"
         raise UserError(f"--record {record} is a folder: it takes one record, FOLDER/NAME without an extension{some}")
 

@@ -157,11 +157,32 @@ def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir 
 
 
 def header_stems(data_dir: Path) -> list[str]:
-    """The records of a folder: its headers, less the segments and layouts of multi-segment records (read
-    through their master header, they would count one recording twice)."""
+    """The records of a folder: those its RECORDS file lists (PhysioNet's index; a stray copy of a header is no
+    patient), else its headers, less the segments and layouts of multi-segment records (read through their
+    master header, they would count one recording twice)."""
+    if listed := records_file(data_dir):
+        return listed
     stems = sorted(p.stem for p in data_dir.glob("*.hea")) if data_dir.is_dir() else []
     parts = {seg for name in stems for seg in segment_names(data_dir / f"{name}.hea")}
     return [n for n in stems if n not in parts]
+
+
+def records_file(data_dir: Path) -> list[str]:
+    """The records a folder's RECORDS file lists, in its order ([] without one); each must have its .hea."""
+    index = data_dir / "RECORDS"
+    if not index.is_file():
+        return []
+    try:
+        names = [ln.strip() for ln in index.read_text(errors="replace").splitlines()]
+    except OSError as e:
+        raise UserError(f"cannot read {index}: {e.strerror or e}") from e
+    names = list(dict.fromkeys(n for n in names if n and not n.startswith("#")))
+    missing = [n for n in names if not (data_dir / f"{n}.hea").is_file()]
+    if missing:
+        raise UserError(f"{index} lists {len(missing)} record(s) with no .hea in {data_dir}: "
+                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; add their files or take them "
+                        f"out of RECORDS (without RECORDS, every *.hea is a record)")
+    return names
 
 
 def segment_names(header: Path) -> list[str]:

@@ -238,6 +238,21 @@ def test_multi_segment_records_are_one_record(tmp_path):
     assert pm.hash_inputs(tmp_path, ["m"]) != before         # the segments' samples are part of the data hash
 
 
+def test_a_records_file_lists_the_records_in_its_order(tmp_path):
+    """PhysioNet's RECORDS index: a stray copy of a header beside it is no second patient, the order is the file's,
+    and a listed record without its .hea is named; without RECORDS every header is a record, sorted."""
+    x, _ = synthetic_ecg(12.0, 360.0)
+    for name in ("a", "b"):
+        write_signal(tmp_path, name, x)
+    (tmp_path / "b_copy.hea").write_bytes((tmp_path / "b.hea").read_bytes())
+    assert pm.find_records(tmp_path, download=False) == ["a", "b", "b_copy"]
+    (tmp_path / "RECORDS").write_text("b\na\n\n")
+    assert pm.find_records(tmp_path, download=False) == ["b", "a"]
+    (tmp_path / "RECORDS").write_text("b\nc\na\n")
+    with pytest.raises(UserError, match=r"RECORDS lists 1 record\(s\) with no \.hea in .*: c; add their files"):
+        pm.find_records(tmp_path, download=False)
+
+
 def test_a_variable_layout_record_reads_its_ecg_leads(tmp_path):
     """MIMIC-style: a layout header, then segments with different channels (a pulse wave joins in the second)."""
     x, _ = synthetic_ecg(20.0, 360.0, seed=3)
