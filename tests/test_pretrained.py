@@ -164,6 +164,13 @@ def test_shipped_models_are_chosen_by_name():
         Forecaster.from_pretrained(device="cpu", model="sde")
 
 
+@pytest.mark.parametrize("name, model", SHIPPED_SPECS.items())
+def test_from_checkpoint_takes_the_shipped_models_command_line_names(name, model):
+    """Forecaster.from_checkpoint("pretrained") as forecast.py --checkpoint pretrained, not "checkpoint not found"."""
+    fc = Forecaster.from_checkpoint(name, "cpu")
+    assert fc.name == model and fc.checkpoint == str(SHIPPED[model])
+
+
 def test_the_shipped_vqvae_can_be_measured_alone():
     """vqvae_eval.py --checkpoint pretrained/forecaster.pt (and --vqvae of the forecasters' trainers) reads the
     VQ-VAE inside it."""
