@@ -867,6 +867,15 @@ def source_fs(records: list[str], prepared_dir: str | Path | None = None) -> flo
         return None
 
 
+def stored_leads(prepared_dir: str | Path | None = None) -> dict[str, list[str]]:
+    """Each prepared record's lead names [lead 1, lead 2] (meta.json), {} when the metadata is missing."""
+    try:
+        stored = json.loads((paths.location("prepared", prepared_dir) / "meta.json").read_text())["records"]
+        return {r: list(v["leads"]) for r, v in stored.items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],
                     prepared_dir: str | Path | None = None, what: str = "") -> torch.Tensor:
     """A tensor derived from prepared data (codes, latent frames), computed once per `key` and kept under

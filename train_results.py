@@ -77,8 +77,10 @@ def plot_loss_curves(log: MetricsLog, out: Path, ylabel: str = "loss") -> None:
     plt.close(fig)
 
 
-def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, title: str) -> None:
-    """Lead 1 and lead 2 of a few windows [N, T, 2] in mV: original against reconstruction."""
+def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, title: str,
+                 titles: list[tuple[str, str]] | None = None) -> None:
+    """Lead 1 and lead 2 of a few windows [N, T, 2] in mV: original against reconstruction. `titles`: each
+    window's two panels (its record and leads), else "lead 1", "lead 2" over the first row."""
     n = len(original)
     t = np.arange(original.shape[1]) / fs
     fig, axes = plt.subplots(n, 2, figsize=(12, 2.2 * n), squeeze=False, sharex=True)
@@ -88,7 +90,9 @@ def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, 
             ax.plot(t, original[i, :, lead], color="black", lw=1.0, label="original")
             ax.plot(t, other[i, :, lead], color="tab:red", lw=1.0, alpha=0.8, label="reconstruction")
             ax.set_ylabel("mV")
-            if i == 0:
+            if titles:
+                ax.set_title(titles[i][lead], fontsize=9)
+            elif i == 0:
                 ax.set_title(LEADS[lead])
     axes[-1, 0].set_xlabel("time (s)")
     axes[-1, 1].set_xlabel("time (s)")

@@ -423,3 +423,20 @@ def test_epoch_usage_is_the_share_of_codes_used() -> None:
     q = VectorQuantizer(4, 2, decay=0.9, commitment=0.25)
     q.epoch_usage[1] = 3.0
     assert q.end_epoch()["usage"] == 0.25
+
+
+def test_reconstruction_examples_name_their_record_time_and_leads(tmp_path, monkeypatch) -> None:
+    """reconstruction_examples.png: each panel says its record, start and lead name (meta.json), not just 'lead 1'."""
+    import matplotlib.axes
+
+    from train_results import plot_windows
+
+    data = {"records": ["109", "122"], "record": torch.tensor([0, 1]), "start": torch.tensor([0, 1536]), "fs": 128}
+    titles = vqvae_eval.example_titles(data, np.array([0, 1]), {"109": ["MLII", "V1"]})
+    assert titles == [("record 109 at 0 s, lead 1: MLII", "record 109 at 0 s, lead 2: V1"),
+                      ("record 122 at 12 s, lead 1", "record 122 at 12 s, lead 2")]
+    drawn = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda self, text, *a, **k: drawn.append(text))
+    x = np.zeros((2, 64, 2), np.float32)
+    plot_windows(x, x, 64.0, tmp_path / "r.png", "validation windows", titles)
+    assert drawn == [t for pair in titles for t in pair]
