@@ -200,9 +200,10 @@ def _from_tensors(d: dict, annotated: list[bool], leads: list[list[str]], fs_in:
 
 
 def load_prepared(split: str, cfg: Config, prepared: str | None) -> Windows:
-    """A prepared split (prepare_mitbih.py), with record details from its meta.json when present."""
+    """A prepared split (prepare_mitbih.py), with record details from its meta.json when present; its record
+    lists may be other than the config's (a split of one's own), its windows not."""
     from prepare_mitbih import load_split
-    d = load_split(split, cfg, prepared)
+    d = load_split(split, cfg, prepared, any_records=True)
     folder = paths.location("prepared", prepared)
     try:
         stored = json.loads((folder / "meta.json").read_text())

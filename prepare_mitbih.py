@@ -816,7 +816,7 @@ def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None, 
                     f"{data_hash(cfg.data)}); pass the config it was prepared with (--config; its meta.json keeps "
                     f"the data section), or prepare with `python3 prepare_mitbih.py --config F [--out DIR]`, "
                     f"F holding this run's data section (a forecaster's: its VQ-VAE's), and pass --prepared DIR "
-                    f"(to score a model on data prepared with your own record lists: evaluate.py --config F "
+                    f"(evaluate.py and vqvae_eval.py take data prepared alike with record lists of your own: "
                     f"--prepared DIR)")
 
 

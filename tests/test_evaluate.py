@@ -220,6 +220,23 @@ def test_prepared_split_and_record_filter(synthetic_db, tmp_path):
                        "--results", str(tmp_path / "results")])
 
 
+def test_a_split_of_ones_own_is_scored_without_its_config(synthetic_db, tmp_path):
+    """Data prepared alike with record lists of one's own is scored with the default config (no --config F), on
+    its own test records; data prepared otherwise (another band) is still refused."""
+    from hyper_params import config_from_dict
+
+    raw = json.loads((ROOT / "config_vqvae.json").read_text())
+    own = {**raw, "data": {**raw["data"], "test_records": ["104", "103"], "validation_records": ["105"]}}
+    prepare(config_from_dict(own), synthetic_db, tmp_path / "own", download=False)
+    _, result = _run(["--model", "zero", "--prepared", str(tmp_path / "own"), "--max-windows-per-record", "2",
+                      "--results", str(tmp_path / "results")])
+    assert [r["record"] for r in result["record_info"]] == ["103", "104"]
+    other = {**own, "data": {**own["data"], "filter_band": [0.5, 20.0]}}
+    prepare(config_from_dict(other), synthetic_db, tmp_path / "other", download=False)
+    with pytest.raises(UserError, match="prepared unlike"):
+        evaluate.main(["--model", "zero", "--prepared", str(tmp_path / "other"), "--results", str(tmp_path / "results")])
+
+
 def test_bad_arguments_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="missing.pt"):
         evaluate.main(["--model", str(tmp_path / "missing.pt"), "--results", str(tmp_path)])
