@@ -88,12 +88,16 @@ def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples
     return x
 
 
+OFFSET_MV = 1.0   # a context averaging more than this on a lead was not band-passed (warn_offset)
+
+
 def warn_units(x: np.ndarray) -> None:
     """Forecasters take millivolts; a context in microvolts or ADC units (or volts) still forecasts, in its
     own unit, but nothing like the training data. A flat lead (lead off, or zeros) is no ECG in any unit."""
     swings = np.ptp(x, axis=1)
     swing = float(swings.max())
-    if swing > 50 or 1e-6 < swing < 0.002:
+    wrong_unit = swing > 50 or 1e-6 < swing < 0.002
+    if wrong_unit:
         warnings.warn(f"the context swings {swing:.3g} units peak to peak, not the 0.1 to 10 mV of an ECG in "
                       f"millivolts: convert it to mV (microvolts / 1000, volts * 1000)", stacklevel=4)
     flat = np.argwhere(swings <= 1e-6)
@@ -101,6 +105,18 @@ def warn_units(x: np.ndarray) -> None:
         b, lead = flat[0]
         warnings.warn(f"the context has {len(flat)} flat lead(s) (swinging at most 1e-6 mV), the first at row {b}, "
                       f"lead {lead + 1}: lead off? Its forecast means nothing", stacklevel=4)
+    if not wrong_unit:
+        warn_offset(x)
+
+
+def warn_offset(x: np.ndarray) -> None:
+    """Prepared contexts are band-passed from 0.5 Hz, so 3 s of one average within 0.5 mV of zero (0.42 mV at
+    most over MIT-BIH's windows); a raw recording's offset or wander goes on into the forecast."""
+    means = np.abs(x.mean(axis=1))
+    if means.max() > OFFSET_MV:
+        b, lead = np.unravel_index(np.argmax(means), means.shape)
+        warnings.warn(f"the context's lead {lead + 1} (row {b}) averages {x[b, :, lead].mean():.3g} mV: not band-passed "
+                      f"as the training data were? Filter it first (prepare_mitbih.filter_and_resample)", stacklevel=5)
 
 
 def one_by_one(predict: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:

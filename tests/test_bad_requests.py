@@ -101,6 +101,19 @@ def test_a_flat_lead_is_warned_about(shipped):
             f.predict(np.zeros((384, 2), np.float32), 8, 2)
 
 
+def test_a_context_with_an_offset_is_warned_about():
+    """A raw recording's offset of 5 mV is no band-passed context; one within 0.5 mV of zero is (prepared
+    windows average 0.42 mV at most)."""
+    x = synthetic_ecg(3, 128, seed=0)[0]
+    x -= x.mean(axis=0)
+    f = make_baseline("seasonal", 128)
+    with pytest.warns(UserWarning, match=r"lead 2 \(row 0\) averages 5 mV: not band-passed"):
+        f.predict(x + [0.0, 5.0], 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        f.predict(x + [0.5, -0.5], 8)
+
+
 def test_a_lead_of_tiny_noise_is_flat_and_a_flat_context_no_unit_problem():
     """A lead off may carry noise far below 1e-6 mV: still flat. A context of zeros is told it is flat, not that
     it is in the wrong unit."""
