@@ -633,7 +633,7 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     picks = gallery_picks(s, w)
-    fig, axes = plt.subplots(len(picks), 2, figsize=(13, 3.0 * len(picks)), squeeze=False)
+    fig, axes = plt.subplots(len(picks), 2, figsize=(13, 3.3 * len(picks)), squeeze=False)
     t = (np.arange(w.signals.shape[1]) - context) / fs
     for row, (label, r, i) in enumerate(picks):
         samples = predict_windows(f, name, w, np.array([i]), context, num_samples, seed)[0]
@@ -641,11 +641,11 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
         for lead in range(2):
             lead_name = w.leads[r][lead] if lead < len(w.leads[r]) else f"lead {lead + 1}"
             plot_lead(axes[row, lead], t, context, truth[:, lead], samples[:, :, lead],
-                      f"{label}: record {w.records[r]} {lead_name}, window at {w.start[i] / fs:.0f} s, "
-                      f"MSE {s.window_mse[i]:.3g} mV²")
+                      f"{label}: record {w.records[r]} {lead_name}\nwindow at {w.start[i] / fs:.0f} s, "
+                      f"MSE {s.window_mse[i]:.3g} mV²")     # two lines: a long record name fits its half
     axes[0, 0].legend(fontsize=7, loc="upper left")
     fig.suptitle(f"{name}: forecast examples", fontsize=11)
-    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.07, top=0.92, hspace=0.55, wspace=0.12)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.07, top=0.9, hspace=0.7, wspace=0.12)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
