@@ -104,6 +104,27 @@ def edit_tree_after(monkeypatch, module, name: str) -> None:
     monkeypatch.setattr(module, name, then_edited)
 
 
+class Built(Exception):
+    """Raised by trainer_inputs in place of training: the run's Trainer has been built."""
+
+
+def trainer_inputs(monkeypatch, script, argv: list[str]) -> dict:
+    """A *_train module's main(argv) up to the Trainer it builds: the Trainer's arguments by name; no step is
+    trained (the run folders are made, empty)."""
+    import inspect
+
+    import training
+    seen = {}
+
+    def build(*args, **kwargs):
+        seen.update(inspect.signature(training.Trainer).bind(*args, **kwargs).arguments)
+        raise Built
+    monkeypatch.setattr(script, "Trainer", build)
+    with pytest.raises(Built):
+        script.main(argv)
+    return seen
+
+
 def write_record(folder: Path, name: str, seconds: float = 60.0, fs: float = 360.0, seed: int = 0,
                  leads: tuple[str, str] = ("MLII", "V1"), annotate: bool = True) -> Path:
     """Write a synthetic two-lead WFDB record (with beat annotations) and return its path stem."""

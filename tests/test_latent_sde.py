@@ -22,7 +22,9 @@ from latent_sde import (LEARNS_CRPS, DiagonalDiffusion, LatentSDE, LatentSDEFore
                         replica_seed, soft_clip)
 from vqvae import VQVAE
 from paths import UserError
+from conftest import trainer_inputs
 from tiny import flags, tiny_setup
+from train_results import fixed_windows
 
 TINY_SDE = {
     "model": {"state_size": 6, "context_size": 8, "encoder_hidden": 16, "hidden_size": 32, "emission_hidden": 32,
@@ -733,13 +735,118 @@ def test_encoding_under_a_progress_bar_gives_the_frames_of_one_pass(drafted: boo
     bars, real_tqdm = [], vqvae_eval.tqdm
     monkeypatch.setattr(vqvae_eval, "tqdm", lambda it, **kw: bars.append((len(it), kw["disable"])) or
                         real_tqdm(it, **kw))
-    monkeypatch.setattr(vqvae_eval, "cached_encoding", lambda kind, key, compute, *a: compute())   # no cache
+    folders = []                # no cache: where it would be kept
+    monkeypatch.setattr(vqvae_eval, "cached_encoding",
+                        lambda kind, key, compute, prepared, what: folders.append(prepared) or compute())
     scfg = SimpleNamespace(model=SimpleNamespace(draft_beats=drafted), augment=SimpleNamespace(copies=0),
                            train=SimpleNamespace(seed=0))
     cfg = SimpleNamespace(data=SimpleNamespace(window_samples=128))
     split = {"fs": 128, "signals": x, "data_hash": "d", "input_hash": "i"}
     for rank0 in (True, False):
         rt = SimpleNamespace(is_main=rank0, distributed=False, device=torch.device("cpu"))
-        train_enc, val_enc, _ = latent_sde_train.encode_splits(vq, scfg, cfg, split, split, None, rt)
+        train_enc, val_enc, _ = latent_sde_train.encode_splits(vq, scfg, cfg, split, split, "elsewhere", rt)
         assert torch.equal(train_enc, one_pass) and torch.equal(val_enc, one_pass)
     assert bars == [(2, None), (2, None), (2, True), (2, True)]
+    assert folders == ["elsewhere"] * 4          # --prepared's cache, not data/prepared's
+
+
+def plotted_windows(run: dict, monkeypatch) -> np.ndarray:
+    """The windows a run's epoch end plots."""
+    shown = []
+    monkeypatch.setattr(latent_sde_train, "plot_epoch", lambda fc, fixed, *a: shown.append(fixed))
+    run["epoch_end"](run["model"], 1, True)
+    return shown[0]
+
+
+def sandbox_splits(setup: dict, vq_path: Path) -> tuple[VQVAE, dict, dict, dict]:
+    """The VQ-VAE of a checkpoint, its stored config's prepared training and validation splits, and its checkpoint."""
+    from hyper_params import stored_config
+    from prepare_mitbih import load_split
+    from vqvae_eval import load_vqvae
+
+    vq, vq_ckpt = load_vqvae(vq_path)
+    cfg = stored_config(vq_ckpt["config"], "test")
+    train, val = (load_split(s, cfg, setup["prepared"], any_records=True) for s in ("train", "validation"))
+    return vq, train, val, vq_ckpt
+
+
+def test_elbo_run_trains_on_the_training_frames_and_validates_on_the_validation_patients(trained: dict, tmp_path: Path,
+                                                                                         monkeypatch) -> None:
+    """What train_elbo hands the trainer: the training windows' frames and beat targets, then the stretched copies';
+    the validation patients' for validation and the plots; a normaliser of the training frames alone; the beat hint
+    it is configured with; its seed and VQ-VAE recorded (each could break unnoticed by the runs' own tests)."""
+    vq_path = next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt"))
+    setup = {**trained["setup_sde"], "results": str(tmp_path / "res"), "checkpoints": str(tmp_path / "ck")}
+    argv = flags(setup, "--device", "cpu", "--vqvae", str(vq_path), "--seed", "5")
+    torch.manual_seed(1)
+    run = trainer_inputs(monkeypatch, latent_sde_train, argv)
+    vq, train, val, vq_ckpt = sandbox_splits(setup, vq_path)
+    piece, factor = 64, 4
+    steps = train["signals"].shape[1] // factor
+    train_enc, val_enc = (latent_sde_train.encode_windows(vq, d["signals"], piece) for d in (train, val))
+    frames, beats = run["train_set"].tensors        # the hint is on (phase_hint 1): its targets are the second
+    n = len(train_enc)
+    assert len(frames) > n and torch.equal(frames[:n], train_enc[:, :steps])     # the stretched copies after
+    np.testing.assert_array_equal(beats[:n], latent_sde_train.beat_targets(train, steps, factor, 64.0))
+    assert torch.equal(run["val_set"].tensors[0], val_enc[:, :steps]) and len(run["val_set"]) == len(val["signals"])
+    torch.testing.assert_close(run["model"].obs_mean, train_enc[:, :steps].float().reshape(-1, 8).mean(0))
+    assert run["meta"]["seed"] == run["settings"].seed == 5 and run["meta"]["vqvae_checkpoint"] == str(vq_path)
+    assert run["extras"]["vqvae"]["meta"] == vq_ckpt["meta"] and run["config"]["vqvae"] == vq_ckpt["config"]
+    np.testing.assert_array_equal(plotted_windows(run, monkeypatch), fixed_windows(val, 2).numpy())
+    torch.manual_seed(2)                            # another global RNG, no copies: the same seeded start
+    again = trainer_inputs(monkeypatch, latent_sde_train, argv + ["--augment-copies", "0"])
+    assert len(again["train_set"]) == n
+    start, other = run["model"].state_dict(), again["model"].state_dict()
+    assert all(torch.equal(start[k], other[k]) for k in start)
+
+
+def test_the_beat_hint_is_fed_only_when_it_has_a_weight_and_a_phase() -> None:
+    """batch_names: the targets only for a phase model whose hint weighs something, the drafts for a drafting one."""
+    for harmonics, hint, drafts, names in ((3, 1.0, False, ["beats"]), (3, 0.0, False, []), (0, 1.0, False, []),
+                                           (0, 0.0, True, ["draft"])):
+        scfg = sde_config_from_dict({"model": {"phase_harmonics": harmonics, "draft_beats": drafts},
+                                     "loss": {"phase_hint": hint}})
+        assert latent_sde_train.batch_names(scfg) == names, (harmonics, hint, drafts)
+
+
+def test_crps_steps_draw_fresh_paths_and_validation_seeds_each_window_by_its_index() -> None:
+    """crps_step: a training step's paths from a seed drawn anew from the run's generator; validation's from each
+    window's index, the same every epoch (a drawn seed would make best.pt a matter of luck)."""
+    seen = []
+    model = torch.nn.Module()
+    model.forward = lambda signals, seed: seen.append(seed) or (signals.sum(), {})
+    batch = (torch.zeros(2, 4, 2, dtype=torch.float16), torch.tensor([7, 9]))
+    torch.manual_seed(0)
+    latent_sde_train.crps_step(model.train(), batch)
+    latent_sde_train.crps_step(model, batch)
+    assert isinstance(seen[0], int) and seen[0] != seen[1]
+    latent_sde_train.crps_step(model.eval(), batch)
+    assert torch.equal(seen[2], torch.tensor([7, 9]))
+
+
+def test_crps_run_takes_its_config_and_seed_and_validates_on_the_validation_patients(drafted: dict, tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    """What finetune_crps hands the trainer: the --config file's crps section and --seed (a new run), no
+    weight decay pulling the ELBO run's weights to 0, the validation patients' windows for validation and the
+    plots, the VQ-VAE checkpoint the ELBO run named, the global generators seeded."""
+    raw = json.loads(json.dumps(TINY_SDE))
+    raw["model"].update(phase_harmonics=0, corrected_dims=0, draft_beats=True)
+    raw["crps"] = {"samples": 3, "epochs": 2, "steps_per_epoch": 3, "batch_size": 4, "learning_rate": 0.0007}
+    (tmp_path / "crps.json").write_text(json.dumps(raw))
+    setup = {**drafted["setup"], "config": str(tmp_path / "crps.json"), "results": str(tmp_path / "res"),
+             "checkpoints": str(tmp_path / "ck")}
+    torch.manual_seed(1)
+    run = trainer_inputs(monkeypatch, latent_sde_train,
+                         flags(setup, "--device", "cpu", "--crps-from", str(drafted["ckpt"]), "--seed", "5"))
+    assert torch.initial_seed() == 5
+    s = run["settings"]
+    assert (s.epochs, s.max_steps_per_epoch, s.batch_size, s.learning_rate, s.weight_decay, s.warmup_steps,
+            s.checkpoint_every, s.seed) == (2, 3, 4, 0.0007, 0.0, 0, 2, 5)
+    assert run["model"].num_samples == 3 and run["meta"]["seed"] == 5
+    source = torch.load(drafted["ckpt"], weights_only=True)
+    assert run["meta"]["vqvae_checkpoint"] == source["meta"]["vqvae_checkpoint"] != str(drafted["ckpt"])
+    vq, train, val, _ = sandbox_splits(setup, Path(source["meta"]["vqvae_checkpoint"]))
+    assert torch.equal(run["train_set"].tensors[0], train["signals"])
+    assert torch.equal(run["val_set"].tensors[0], val["signals"])
+    assert torch.equal(run["val_set"].tensors[1], torch.arange(len(val["signals"])))
+    np.testing.assert_array_equal(plotted_windows(run, monkeypatch), fixed_windows(val, 2).numpy())
