@@ -125,6 +125,19 @@ def trainer_inputs(monkeypatch, script, argv: list[str]) -> dict:
     return seen
 
 
+def vqvae_splits(prepared: str, vq_path) -> tuple:
+    """A checkpoint's VQ-VAE (eval mode), the prepared training and validation splits of its stored config, and the
+    VQ-VAE's checkpoint: what a forecaster's run reads."""
+    from hyper_params import stored_config
+    from prepare_mitbih import load_split
+    from vqvae_eval import load_vqvae
+
+    vq, vq_ckpt = load_vqvae(vq_path)
+    cfg = stored_config(vq_ckpt["config"], str(vq_path))
+    train, val = (load_split(s, cfg, prepared, any_records=True) for s in ("train", "validation"))
+    return vq, train, val, vq_ckpt
+
+
 def write_record(folder: Path, name: str, seconds: float = 60.0, fs: float = 360.0, seed: int = 0,
                  leads: tuple[str, str] = ("MLII", "V1"), annotate: bool = True) -> Path:
     """Write a synthetic two-lead WFDB record (with beat annotations) and return its path stem."""

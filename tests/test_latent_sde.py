@@ -22,7 +22,7 @@ from latent_sde import (LEARNS_CRPS, DiagonalDiffusion, LatentSDE, LatentSDEFore
                         replica_seed, soft_clip)
 from vqvae import VQVAE
 from paths import UserError
-from conftest import trainer_inputs
+from conftest import trainer_inputs, vqvae_splits
 from tiny import flags, tiny_setup
 from train_results import fixed_windows
 
@@ -751,23 +751,13 @@ def test_encoding_under_a_progress_bar_gives_the_frames_of_one_pass(drafted: boo
 
 
 def plotted_windows(run: dict, monkeypatch) -> np.ndarray:
-    """The windows a run's epoch end plots."""
+    """The windows a run's epoch end plots (on rank 0 alone: every rank would write the same files)."""
     shown = []
     monkeypatch.setattr(latent_sde_train, "plot_epoch", lambda fc, fixed, *a: shown.append(fixed))
+    run["epoch_end"](run["model"], 1, False)
+    assert not shown
     run["epoch_end"](run["model"], 1, True)
     return shown[0]
-
-
-def sandbox_splits(setup: dict, vq_path: Path) -> tuple[VQVAE, dict, dict, dict]:
-    """The VQ-VAE of a checkpoint, its stored config's prepared training and validation splits, and its checkpoint."""
-    from hyper_params import stored_config
-    from prepare_mitbih import load_split
-    from vqvae_eval import load_vqvae
-
-    vq, vq_ckpt = load_vqvae(vq_path)
-    cfg = stored_config(vq_ckpt["config"], "test")
-    train, val = (load_split(s, cfg, setup["prepared"], any_records=True) for s in ("train", "validation"))
-    return vq, train, val, vq_ckpt
 
 
 def test_elbo_run_trains_on_the_training_frames_and_validates_on_the_validation_patients(trained: dict, tmp_path: Path,
@@ -780,7 +770,7 @@ def test_elbo_run_trains_on_the_training_frames_and_validates_on_the_validation_
     argv = flags(setup, "--device", "cpu", "--vqvae", str(vq_path), "--seed", "5")
     torch.manual_seed(1)
     run = trainer_inputs(monkeypatch, latent_sde_train, argv)
-    vq, train, val, vq_ckpt = sandbox_splits(setup, vq_path)
+    vq, train, val, vq_ckpt = vqvae_splits(setup["prepared"], vq_path)
     piece, factor = 64, 4
     steps = train["signals"].shape[1] // factor
     train_enc, val_enc = (latent_sde_train.encode_windows(vq, d["signals"], piece) for d in (train, val))
@@ -845,8 +835,37 @@ def test_crps_run_takes_its_config_and_seed_and_validates_on_the_validation_pati
     assert run["model"].num_samples == 3 and run["meta"]["seed"] == 5
     source = torch.load(drafted["ckpt"], weights_only=True)
     assert run["meta"]["vqvae_checkpoint"] == source["meta"]["vqvae_checkpoint"] != str(drafted["ckpt"])
-    vq, train, val, _ = sandbox_splits(setup, Path(source["meta"]["vqvae_checkpoint"]))
+    vq, train, val, _ = vqvae_splits(setup["prepared"], Path(source["meta"]["vqvae_checkpoint"]))
     assert torch.equal(run["train_set"].tensors[0], train["signals"])
     assert torch.equal(run["val_set"].tensors[0], val["signals"])
     assert torch.equal(run["val_set"].tensors[1], torch.arange(len(val["signals"])))
     np.testing.assert_array_equal(plotted_windows(run, monkeypatch), fixed_windows(val, 2).numpy())
+
+
+def test_training_drafts_lay_beats_at_the_windows_own_future_beats() -> None:
+    """encode_drafted: a training window's draft is told where its future beats are (R peaks over the whole window),
+    not only the context's: two windows with the same context and different futures get different drafts, and the
+    same frames over their common context."""
+    from conftest import synthetic_ecg
+    from hyper_params import ModelConfig
+
+    torch.manual_seed(0)
+    vq = VQVAE(ModelConfig(has_attention=False, downsample_factor=4, channels=16, res_blocks=1, latent_dim=8,
+                           codebook_size=32, num_quantizers=1, window_gain=False)).eval()
+    ecg = synthetic_ecg(6.0, 128, seed=1)[0]
+    later = synthetic_ecg(6.0, 128, seed=2, hr_bpm=110)[0]          # beats of another rhythm
+    x = torch.from_numpy(np.stack([ecg[:512], np.concatenate([ecg[:256], later[256:512]])]).astype(np.float32))
+    d = torch.cat([latent_sde_train.encode_drafted(vq, w[None], 256, 128) for w in x])      # each window alone
+    assert d.shape == (2, 128 + 64, 8) and torch.equal(d[0, :64], d[1, :64])
+    assert not torch.allclose(d[0, 128:], d[1, 128:], atol=1e-2)
+
+
+def test_beat_hint_targets_skip_long_gaps_whatever_the_order_of_the_annotations() -> None:
+    """No phase or rate across a gap longer than max_rr_s (a pause or missing annotations is no 0.3 Hz heart),
+    and annotations stored out of order give the targets of the sorted ones."""
+    data = {"beat_ptr": torch.tensor([0, 3, 6]), "beat_pos": torch.tensor([10, 74, 300, 74, 300, 10])}
+    t = latent_sde_train.beat_targets(data, frames=80, factor=4, fs=64.0, max_rr_s=2.0)
+    centre = np.arange(80) * 4 + 1.5
+    assert torch.isfinite(t[0, (centre >= 10) & (centre < 74)]).all()
+    assert torch.isnan(t[0, centre >= 74]).all()                # 226 samples: 3.5 s > 2 s
+    np.testing.assert_array_equal(t[1], t[0])
