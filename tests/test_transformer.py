@@ -1,3 +1,4 @@
+import argparse
 import csv
 import functools
 import json
@@ -14,12 +15,13 @@ import forecast
 import transformer_train
 import vqvae_eval
 import vqvae_train
-from conftest import periodic_ecg
+from conftest import periodic_ecg, trainer_inputs, vqvae_splits
 from forecast import Forecaster
 from hyper_params import ModelConfig, config_from_dict
 from hyper_params_transformer import SampleConfig
 from paths import UserError
 from tiny import TINY, flags, tiny_setup
+from train_results import fixed_windows
 from transformer_train import encode_drafted, encode_split
 from transformer import CodeGPT, favour, sample_next
 from vqvae import VQVAE
@@ -719,3 +721,67 @@ def test_a_seasonal_drafting_forecaster_reads_each_steps_own_draft():
             want = vq.encode(torch.from_numpy(continuation)).reshape(1, steps)
         fc.predict(beating, steps * fc.factor, 2, seed=0)
         assert torch.equal(drawn[-1].reshape(2, steps), want.expand(2, -1)), steps
+
+
+def test_a_run_trains_on_the_training_codes_and_validates_on_the_validation_patients(trained: dict, tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    """What transformer_train hands the trainer: the training windows' codes then the stretched copies', the
+    validation patients' codes for validation and their windows for the plots (in seconds at the data's rate), a
+    block as long as the code sequences, its seed and VQ-VAE recorded, a seeded start whatever the global RNG."""
+    vq_path = next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt"))
+    setup = {**trained["setup"], "results": str(tmp_path / "res"), "checkpoints": str(tmp_path / "ck"),
+             "config": str(trained["tmp"] / "transformer.json")}
+    argv = flags(setup, "--device", "cpu", "--vqvae", str(vq_path), "--seed", "5")
+    torch.manual_seed(1)
+    run = trainer_inputs(monkeypatch, transformer_train, argv)
+    vq, train, val, vq_ckpt = vqvae_splits(setup["prepared"], vq_path)
+    codes, val_codes = (encode_split(vq, d["signals"], 64) for d in (train, val))
+    (got,) = run["train_set"].tensors
+    assert len(got) > len(codes) and torch.equal(got[:len(codes)], codes)      # the stretched copies after
+    assert torch.equal(run["val_set"].tensors[0], val_codes)
+    assert run["model"].block_size == run["extras"]["block_size"] == codes.shape[1] == 32
+    assert run["meta"]["seed"] == run["settings"].seed == 5 and run["meta"]["vqvae_checkpoint"] == str(vq_path)
+    assert run["extras"]["vqvae"]["meta"] == vq_ckpt["meta"] and run["config"]["vqvae"] == vq_ckpt["config"]
+    plotted = []
+    monkeypatch.setattr(transformer_train, "plot_forecasts", lambda *a: plotted.append(a))
+    run["epoch_end"](run["model"], 1, True)
+    windows, samples, fs, context = plotted[0][:4]
+    np.testing.assert_array_equal(windows, fixed_windows(val, 2).numpy())
+    assert (fs, context, samples.shape) == (64, 64, (2, 20, 64, 2))
+    torch.manual_seed(2)
+    again = trainer_inputs(monkeypatch, transformer_train, argv + ["--augment-copies", "0"])
+    assert len(again["train_set"]) == len(codes)
+    start, other = run["model"].state_dict(), again["model"].state_dict()
+    assert all(torch.equal(start[k], other[k]) for k in start)
+    raw = json.loads((trained["tmp"] / "transformer.json").read_text())      # learned positions, beat drafts:
+    raw["model"].update(rope=False, draft=True, draft_beats=True)           # the model and the plots take them
+    (tmp_path / "beats.json").write_text(json.dumps(raw))
+    beats = trainer_inputs(monkeypatch, transformer_train, flags({**setup, "config": str(tmp_path / "beats.json")},
+                                                                 "--device", "cpu", "--vqvae", str(vq_path),
+                                                                 "--augment-copies", "0"))
+    assert beats["model"].pos is not None and beats["model"].draft is not None
+    made = []
+    monkeypatch.setattr(transformer_train, "Forecaster", lambda *a, **kw: made.append(kw) or
+                        argparse.Namespace(predict=lambda x, h, **k: np.zeros((len(x), 20, h, 2), np.float32)))
+    beats["epoch_end"](beats["model"], 1, True)
+    assert made == [{"draft_beats": True}]
+
+
+def test_seasonal_and_beat_drafts_are_cached_apart(trained: dict, tmp_path: Path, monkeypatch) -> None:
+    """code_datasets: a beat-drafting run after a seasonal-drafting one on the same VQ-VAE and windows gets its own
+    drafts, not the seasonal ones from the cache (and the codes and drafts as separate tensors); the cache is kept
+    in the run's prepared folder."""
+    from hyper_params_transformer import transformer_config_from_dict
+    from training import Runtime
+
+    monkeypatch.delenv("ECG_CACHE_DIR", raising=False)       # the cache in --prepared's folder
+    vq_path = next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt"))
+    vq, train, val, vq_ckpt = vqvae_splits(trained["setup"]["prepared"], vq_path)
+    cfg = config_from_dict(vq_ckpt["config"])
+    args = argparse.Namespace(prepared=str(tmp_path / "elsewhere"))
+    for beats in (False, True):
+        tcfg = transformer_config_from_dict({"model": {"draft": True, "draft_beats": beats}, "augment": {"copies": 0}})
+        _, val_set, _ = transformer_train.code_datasets(vq, cfg, tcfg, train, val, args, Runtime(torch.device("cpu")))
+        want = encode_drafted(vq, val["signals"], 64, 64, beats=beats)
+        assert torch.equal(torch.cat(val_set.tensors, -1), want) and len(val_set.tensors) == 2
+    assert len(list((tmp_path / "elsewhere").rglob("*.pt"))) == 4        # each kind's training and validation
