@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.axes
 import matplotlib.pyplot as plt
@@ -19,11 +20,11 @@ import latent_sde_train
 import training
 import transformer_train
 import vqvae_train
-from conftest import run_script, write_record
+from conftest import run_script, trainer_inputs, write_record
 from hyper_params import TrainConfig, config_from_dict, load_config
 from paths import UserError
-from prepare_mitbih import prepare
-from tiny import flags, tiny_setup
+from prepare_mitbih import load_split, prepare
+from tiny import TINY, flags, tiny_setup
 from train_results import MetricsLog, check_same_config
 from vqvae import VQVAE
 
@@ -93,10 +94,13 @@ def test_same_seed_same_numbers_and_resume_is_exact(tmp_path: Path, synthetic_db
         _run(setup, "--epochs", "2", "--batch-size", "4")
     monkeypatch.setattr(training.Trainer, "_train_epoch", real_epoch)
     first = sorted((tmp_path / "checkpoints").iterdir())[2]
+    initial = (tmp_path / "results" / first.name / "reconstruction_initial.png").stat().st_mtime_ns
     # as the README resumes: no config file and no flags of the run's, which its checkpoint keeps
     resumed = vqvae_train.main(["--device", "cpu", "--prepared", setup["prepared"], "--resume", str(first / "last.pt")])
     c = torch.load(first / "last.pt", weights_only=True)["model"]
     assert resumed["val_loss"] == full["val_loss"]
+    # 'before training' stays the first run's plot, not the resumed model's
+    assert (tmp_path / "results" / first.name / "reconstruction_initial.png").stat().st_mtime_ns == initial
     assert all(torch.equal(a[k], c[k]) for k in a)
     done = vqvae_train.main(["--device", "cpu", "--prepared", setup["prepared"], "--resume", str(first / "last.pt")])
     assert done == {"epoch": 2, "step": resumed["step"]}       # said so, and no final report of nothing
@@ -542,3 +546,96 @@ def test_a_long_forecast_stacks_its_leads_on_a_wider_figure():
     rows = [ax.get_subplotspec().rowspan.start for ax in axes.flat]
     assert rows == [0, 1, 2, 3]                                                           # one row per lead
     plt.close("all")
+
+
+def test_a_vqvae_run_trains_on_fresh_crops_of_the_training_windows_and_validates_on_whole_validation_ones(
+        tmp_path: Path, synthetic_db: Path, monkeypatch) -> None:
+    """What vqvae_train hands the trainer: crops of a context's length from the training windows, at every offset
+    and anew each epoch from the run's seed; the validation patients' whole windows for validation and the plots
+    (on rank 0 only, the codebook statistics on every rank); the training windows' scale; the seed recorded; a
+    seeded start whatever the global RNG."""
+    setup = tiny_setup(tmp_path, synthetic_db)
+    argv = flags(setup, "--device", "cpu", "--seed", "5")
+    torch.manual_seed(1)
+    run = trainer_inputs(monkeypatch, vqvae_train, argv)
+    cfg = load_config(setup["config"])
+    train, val = (load_split(s, cfg, setup["prepared"]) for s in ("train", "validation"))
+    crops, length = run["train_set"], cfg.data.window_samples
+    span = cfg.data.total_samples - length
+
+    def offsets(epoch: int) -> list[int]:
+        crops.set_epoch(epoch)
+        return [next(o for o in range(span + 1) if torch.equal(crops[i], train["signals"][i, o:o + length]))
+                for i in range(len(crops))]
+    assert len(crops) == len(train["signals"]) and crops[0].shape == (length, 2)
+    first = offsets(0)
+    assert first != offsets(1) and set(first + offsets(1) + offsets(2)) == set(range(span + 1))
+    assert crops.seed == 5 and run["meta"]["seed"] == run["settings"].seed == 5
+    assert torch.equal(torch.stack(list(run["val_set"])), val["signals"])
+    assert torch.equal(run["model"].scale, train["scale_mv"].float()) and run["summarize"] is vqvae_train.summarize
+    plotted = []
+    monkeypatch.setattr(vqvae_train, "plot_fixed_windows", lambda m, windows, *a: plotted.append(windows))
+    assert "perplexity" in run["epoch_end"](run["model"], 1, False) and not plotted
+    run["epoch_end"](run["model"], 1, True)
+    assert torch.equal(plotted[0], train_results.fixed_windows(val, 2))
+    torch.manual_seed(2)
+    again = trainer_inputs(monkeypatch, vqvae_train, argv)["model"].state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in run["model"].state_dict().items())
+
+
+def test_vqvae_step_scores_prd_against_the_signal_and_prdn_against_each_windows_own_mean() -> None:
+    """step_fn and summarize: MSE of the reconstruction in mV², PRD against the signal's energy, PRDN against its
+    variance about each window's and lead's own mean (a baseline offset is no signal), both in percent."""
+    x = torch.zeros(2, 8, 2)
+    x[:, ::2] = 1.0                       # a square wave about 0.5 ...
+    x[1] += 10.0                          # ... and one window offset by 10 mV
+    x_hat = x + 0.1
+
+    class Fixed(nn.Module):
+        def forward(self, x):
+            one = torch.ones(1)
+            return x_hat, {"loss": one, "recon": one, "commitment": one, "perplexity": one}
+    _, m = vqvae_train.step_fn(Fixed(), x)
+    assert m["mse_mv2"] == pytest.approx(0.01, rel=1e-5) and m["deviation_mv2"] == pytest.approx(0.25)
+    assert m["signal_mv2"] == pytest.approx((x ** 2).mean().item())
+    row = vqvae_train.summarize({f"val_{k}": float(v) for k, v in m.items()})
+    assert row["val_prdn"] == pytest.approx(100 * (0.01 / 0.25) ** 0.5, rel=1e-5)
+    assert row["val_prd"] == pytest.approx(100 * (0.01 / (x ** 2).mean().item()) ** 0.5, rel=1e-5)
+
+
+def test_plotting_the_fixed_windows_leaves_the_codebooks_alone(tmp_path: Path, monkeypatch) -> None:
+    """The reconstruction plots run the validation windows through the model in eval mode: in training mode they
+    would set up and update the codebooks from validation patients (before training: initialise them)."""
+    torch.manual_seed(0)
+    model = VQVAE(config_from_dict(TINY).model).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(vqvae_train, "plot_windows", lambda *a: None)
+    vqvae_train.plot_fixed_windows(model, torch.randn(3, 64, 2), 64, tmp_path / "r.png", "t")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_resume_without_its_run_folder_starts_a_new_one(tmp_path: Path) -> None:
+    """shared_run_dirs: a resumed run writes into its own folders while its run folder exists; a checkpoint moved
+    to a machine without it gets new folders, not a metrics.csv in a folder that is not there."""
+    from training import Runtime
+
+    args = SimpleNamespace(results=str(tmp_path / "results"), checkpoints=str(tmp_path / "checkpoints"))
+    rt = Runtime(torch.device("cpu"))
+    (tmp_path / "old").mkdir()
+    own = {"run_dir": str(tmp_path / "old"), "ckpt_dir": str(tmp_path / "old_ck")}
+    assert vqvae_train.shared_run_dirs(args, rt, own) == (tmp_path / "old", tmp_path / "old_ck")
+    moved = {"run_dir": str(tmp_path / "gone"), "ckpt_dir": str(tmp_path / "gone_ck")}
+    run, ckpt = vqvae_train.shared_run_dirs(args, rt, moved)
+    assert run.is_dir() and run.parent == tmp_path / "results" and ckpt == tmp_path / "checkpoints" / run.name
+
+
+def test_vqvae_train_refuses_several_gpus_in_one_process(monkeypatch, tmp_path: Path) -> None:
+    """main checks the runtime before anything is read or written: DataParallel would lose the codebook statistics."""
+    from training import Runtime
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(vqvae_train, "setup_runtime", lambda device: Runtime(torch.device("cuda")))
+    with pytest.raises(UserError, match="DataParallel"):
+        vqvae_train.main(["--prepared", str(tmp_path / "none"), "--results", str(tmp_path / "r"),
+                          "--checkpoints", str(tmp_path / "c")])
+    assert not any(tmp_path.iterdir())
