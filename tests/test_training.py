@@ -522,12 +522,15 @@ def test_compression_line_gives_the_bit_rate(tmp_path: Path, synthetic_db: Path,
     assert line.endswith(f"against 64 Hz samples), {bits} bit/s") and "against the 360 Hz records" in line
 
 
-@pytest.mark.parametrize("losses, scale", [([2.0, 0.5, 0.1], "log"), ([2.0, -0.5, -1.5], "linear")])
-def test_loss_curves_keep_every_epoch_of_a_loss_below_zero(tmp_path: Path, monkeypatch, losses, scale) -> None:
-    """A latent SDE's ELBO turns negative as its learned noise shrinks; a log axis would leave those epochs out."""
+@pytest.mark.parametrize("losses, val_offset, scale", [([2.0, 0.5, 0.1], 0.1, "log"), ([2.0, -0.5, -1.5], 0.1, "linear"),
+                                                       ([2.0, 0.5, 0.1], -0.2, "linear")])
+def test_loss_curves_keep_every_epoch_of_a_loss_below_zero(tmp_path: Path, monkeypatch, losses, val_offset,
+                                                          scale) -> None:
+    """A latent SDE's ELBO turns negative as its learned noise shrinks, the training or only the validation one; a
+    log axis would leave those epochs out."""
     log = train_results.MetricsLog(tmp_path / "metrics.csv")
     for epoch, loss in enumerate(losses, 1):
-        log.append({"epoch": epoch, "train_loss": loss, "val_loss": loss + 0.1})
+        log.append({"epoch": epoch, "train_loss": loss, "val_loss": loss + val_offset})
     figures = []
     monkeypatch.setattr(train_results.plt, "close", figures.append)
     train_results.plot_loss_curves(log, tmp_path / "loss_curves.png")
@@ -639,3 +642,66 @@ def test_vqvae_train_refuses_several_gpus_in_one_process(monkeypatch, tmp_path: 
         vqvae_train.main(["--prepared", str(tmp_path / "none"), "--results", str(tmp_path / "r"),
                           "--checkpoints", str(tmp_path / "c")])
     assert not any(tmp_path.iterdir())
+
+
+def test_metrics_log_keeps_its_first_header_and_six_significant_digits(tmp_path: Path) -> None:
+    """A resumed run may log a column the first run had not (or lack one): the file keeps the header it was begun
+    with, rows stay under their columns, and every float is written to 6 significant digits."""
+    log = MetricsLog(tmp_path / "metrics.csv")
+    log.append({"epoch": 1, "train_loss": 0.123456789, "val_loss": 2.0})
+    log.append({"epoch": 2, "val_loss": 1234567.0, "val_new": 3.0, "train_loss": 1e-7})
+    log.append({"epoch": 3, "val_loss": 0.5})
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines == ["epoch,train_loss,val_loss", "1,0.123457,2", "2,1e-07,1.23457e+06", "3,,0.5"]
+
+
+def test_digest_of_the_frozen_weights_follows_every_parameter_and_buffer() -> None:
+    """Cached encodings are keyed by weights_digest: it must change with any parameter or buffer (the VQ-VAE's
+    codebooks and scale are buffers), and only with them."""
+    torch.manual_seed(0)
+    vq = VQVAE(config_from_dict(TINY).model)
+    digest = train_results.weights_digest(vq)
+    same = VQVAE(config_from_dict(TINY).model)
+    same.load_state_dict(vq.state_dict())
+    assert train_results.weights_digest(same) == digest and len(digest) == 16
+    for name in ("scale", next(n for n, _ in vq.named_parameters())):
+        changed = VQVAE(config_from_dict(TINY).model)
+        changed.load_state_dict(vq.state_dict())
+        weight = changed.get_buffer(name) if name == "scale" else changed.get_parameter(name)
+        with torch.no_grad():
+            weight.add_(1)
+        assert train_results.weights_digest(changed) != digest, name
+
+
+def test_plotted_windows_are_spread_over_the_split_from_its_first_to_its_last() -> None:
+    """The plots follow the same windows every epoch, spread over all the split's records, not its first one's."""
+    split = {"signals": torch.arange(10.0)[:, None, None].expand(10, 3, 2)}
+    assert train_results.fixed_windows(split, 4)[:, 0, 0].tolist() == [0, 3, 6, 9]
+    assert len(train_results.fixed_windows(split, 0)) == 0
+
+
+def test_window_and_forecast_plots_read_in_seconds_and_millivolts(tmp_path: Path, monkeypatch) -> None:
+    """Reconstructions: time in seconds from the window start; forecasts: in record seconds from `start_s`, the
+    truth and the forecast over the horizon after the context, the forecast line the mean of the paths, the sample
+    line the first path; every trace in mV as given."""
+    figures = []
+    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    fs, context, horizon = 64, 32, 16
+    rng = np.random.default_rng(0)
+    windows = rng.standard_normal((1, context + horizon, 2))
+    train_results.plot_windows(windows, 2 * windows, fs, tmp_path / "w.png", "t")
+    ax = figures[0].axes[1]                                     # lead 2
+    original, other = ax.lines
+    np.testing.assert_allclose(original.get_xdata(), np.arange(context + horizon) / fs)
+    np.testing.assert_array_equal(other.get_ydata(), 2 * windows[0, :, 1])
+    assert ax.get_ylabel() == "mV" and ax.get_xlabel() == "time (s)"
+    samples = rng.standard_normal((1, 5, horizon, 2))
+    train_results.plot_forecasts(windows, samples, fs, context, tmp_path / "f.png", "t", start_s=100.0)
+    lines = {line.get_label(): line for line in figures[1].axes[1].lines}
+    t = 100.0 + np.arange(context + horizon) / fs
+    np.testing.assert_allclose(lines["context"].get_xdata(), t[:context])
+    np.testing.assert_array_equal(lines["context"].get_ydata(), windows[0, :context, 1])
+    for label, want in (("truth", windows[0, context:, 1]), ("forecast (mean)", samples[0, :, :, 1].mean(0)),
+                        ("one sample", samples[0, 0, :, 1])):
+        np.testing.assert_allclose(lines[label].get_xdata(), t[context:])
+        np.testing.assert_allclose(lines[label].get_ydata(), want)
