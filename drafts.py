@@ -21,6 +21,8 @@ EVIDENCE_S, EVIDENCE_TEMPER = 0.3, 2.0   # the context's end that times its next
 NOISE_SCALE = 0.2                        # of residual_sd: the template ensemble's noise on each drafted path
 PREMATURE = 0.8                          # of the median RR: a shorter interval ends a premature beat (rhythm_spread)
 
+VERSION = 2    # of how drafts are made, in the cache keys of drafted encodings: 2 since own_columns (session 34)
+
 Rhythm = tuple[list[np.ndarray], np.ndarray, np.ndarray]   # context_rhythm's (R peaks, period, RR SD)
 
 

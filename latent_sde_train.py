@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 import paths
-from drafts import detected_beats, draft_waves
+from drafts import VERSION as DRAFTS_VERSION, detected_beats, draft_waves
 from hyper_params import Config, TrainConfig, stored_config
 from hyper_params_sde import SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
@@ -206,7 +206,8 @@ def encode_splits(vq: VQVAE, scfg: SDEConfig, cfg: Config, train: dict, val: dic
     def encode(x: torch.Tensor) -> torch.Tensor:
         return encode_drafted(vq, x, piece, fs) if drafted else encode_windows(vq, x, piece)
 
-    return frozen_encodings(kind, vq, encode, train, val, str(piece), scfg.augment, cfg.data, scfg.train.seed,
+    key = f"{piece}" + (f":drafts{DRAFTS_VERSION}" if drafted else "")    # new drafts, new encodings
+    return frozen_encodings(kind, vq, encode, train, val, key, scfg.augment, cfg.data, scfg.train.seed,
                             prepared, rt)
 
 

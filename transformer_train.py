@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import paths
-from drafts import detected_beats
+from drafts import VERSION as DRAFTS_VERSION, detected_beats
 from forecast import Forecaster, beat_draft, seasonal_draft
 from hyper_params import stored_config
 from hyper_params_transformer import load_transformer_config, transformer_config_from_dict
@@ -72,7 +72,8 @@ def code_datasets(vq: VQVAE, cfg, tcfg, train: dict, val: dict, args, rt) -> tup
     kind = "beat_drafted" if arch.draft_beats else "drafted" if arch.draft else "codes"
     encode = ((lambda x: encode_drafted(vq, x, chunk, fs, arch.draft_beats)) if arch.draft
               else (lambda x: encode_split(vq, x, chunk)))
-    train_codes, val_codes, augmented = frozen_encodings(kind, vq, encode, train, val, f"{chunk}:steps", tcfg.augment,
+    key = f"{chunk}:steps" + (f":drafts{DRAFTS_VERSION}" if arch.draft else "")   # new drafts, new encodings
+    train_codes, val_codes, augmented = frozen_encodings(kind, vq, encode, train, val, key, tcfg.augment,
                                                          cfg.data, tcfg.train.seed, args.prepared, rt)
     if augmented:
         train_codes = torch.cat([train_codes, augmented[1]])

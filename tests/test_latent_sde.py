@@ -735,9 +735,9 @@ def test_encoding_under_a_progress_bar_gives_the_frames_of_one_pass(drafted: boo
     bars, real_tqdm = [], vqvae_eval.tqdm
     monkeypatch.setattr(vqvae_eval, "tqdm", lambda it, **kw: bars.append((len(it), kw["disable"])) or
                         real_tqdm(it, **kw))
-    folders = []                # no cache: where it would be kept
+    folders, keys = [], set()   # no cache: where it would be kept, and under which keys
     monkeypatch.setattr(vqvae_eval, "cached_encoding",
-                        lambda kind, key, compute, prepared, what: folders.append(prepared) or compute())
+                        lambda kind, key, compute, prepared, what: folders.append(prepared) or keys.add(key) or compute())
     scfg = SimpleNamespace(model=SimpleNamespace(draft_beats=drafted), augment=SimpleNamespace(copies=0),
                            train=SimpleNamespace(seed=0))
     cfg = SimpleNamespace(data=SimpleNamespace(window_samples=128))
@@ -748,6 +748,8 @@ def test_encoding_under_a_progress_bar_gives_the_frames_of_one_pass(drafted: boo
         assert torch.equal(train_enc, one_pass) and torch.equal(val_enc, one_pass)
     assert bars == [(2, None), (2, None), (2, True), (2, True)]
     assert folders == ["elsewhere"] * 4          # --prepared's cache, not data/prepared's
+    key = f"128:drafts{latent_sde_train.DRAFTS_VERSION}" if drafted else "128"   # drafts made anew, encoded anew
+    assert {k.split(":", 4)[4] for k in keys} == {key}
 
 
 def plotted_windows(run: dict, monkeypatch) -> np.ndarray:

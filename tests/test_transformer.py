@@ -785,3 +785,6 @@ def test_seasonal_and_beat_drafts_are_cached_apart(trained: dict, tmp_path: Path
         want = encode_drafted(vq, val["signals"], 64, 64, beats=beats)
         assert torch.equal(torch.cat(val_set.tensors, -1), want) and len(val_set.tensors) == 2
     assert len(list((tmp_path / "elsewhere").rglob("*.pt"))) == 4        # each kind's training and validation
+    monkeypatch.setattr(transformer_train, "DRAFTS_VERSION", transformer_train.DRAFTS_VERSION + 1)   # drafts made anew
+    transformer_train.code_datasets(vq, cfg, tcfg, train, val, args, Runtime(torch.device("cpu")))
+    assert len(list((tmp_path / "elsewhere").rglob("*.pt"))) == 6        # encoded again, not read from the cache
