@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import math
+import numbers
 import re
 import sys
 import time
@@ -204,6 +205,9 @@ def header_lines(header: Path) -> list[list[str]]:
 
 def resample_ratio(fs_in: float, fs_out: int, where: str) -> Fraction:
     """fs_out / fs_in as an exact small fraction, or a clear error when the rates do not divide evenly."""
+    if isinstance(fs_in, bool) or not isinstance(fs_in, numbers.Real):       # '250' met numpy's TypeError
+        raise UserError(f"{where}: sampling rate {fs_in!r} is not a number of Hz (a {type(fs_in).__name__})")
+    fs_in = fs_in.item() if isinstance(fs_in, np.generic) else fs_in      # numpy's float32 is no Fraction's
     if not np.isfinite(fs_in) or fs_in <= 0:
         raise UserError(f"{where}: sampling rate {fs_in!r} Hz is not a positive number")
     ratio = _even_ratio(fs_in, fs_out)

@@ -91,6 +91,14 @@ def test_resample_ratio_uneven_or_invalid(fs_in):
         pm.resample_ratio(fs_in, FS, "rec7")
 
 
+@pytest.mark.parametrize("fs_in", ["250", None, True])
+def test_a_rate_that_is_no_number_is_named(fs_in):
+    """A rate given as text (or None, or a bool) is refused by name, not with numpy's TypeError from isfinite."""
+    with pytest.raises(UserError, match=rf"rec7: sampling rate {fs_in!r} is not a number of Hz"):
+        pm.resample_ratio(fs_in, FS, "rec7")
+    assert pm.resample_ratio(np.float32(256.0), FS, "rec7") == 0.5                       # numpy's numbers are
+
+
 @pytest.mark.parametrize("fs_in, near", [(333.333, "333 or 334"), (360.123456, "360 or 361"), (10007, "10006 or 10008")])
 def test_an_uneven_rate_says_which_nearby_rates_resample_evenly(fs_in, near):
     with pytest.raises(UserError, match=rf"rec7: sampling rate {fs_in} Hz does not resample evenly to {FS} Hz: "
