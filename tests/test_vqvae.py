@@ -266,6 +266,82 @@ def test_reconstruction_report_of_a_known_error():
         assert rec["prdn"] == pytest.approx(100 * 0.1 / math.sqrt(0.125), rel=1e-3)
 
 
+
+def test_reconstruction_summary_is_the_mean_over_the_records_with_windows():
+    """Each record weighs once in the summary (not each window, not the median); a record of the split without
+    windows is left out (it would make every mean NaN); windows land in their records across batches; PRDN takes
+    each lead about its own mean (lead 2 sits 1 mV above lead 1, so a mean over both leads would inflate it)."""
+    t = torch.arange(256) / 128
+    sine = torch.sin(2 * math.pi * 2 * t)
+    amp = (1.0, 2.0, 4.0)
+    rec = torch.tensor([0, 1, 1, 1, 2, 2, 0])          # 2, 3 and 2 windows, split over batches of 2
+    x = torch.stack([torch.stack([amp[r] * sine, 1 + amp[r] * sine], -1) for r in rec.tolist()]).float()
+    data = {"signals": x, "record": rec, "records": ["a", "b", "c", "empty"], "fs": 128}
+    report = vqvae_eval.reconstruction_report(OffsetCoder(0.1), data, batch=2)
+    assert list(report["per_record"]) == ["a", "b", "c"]
+    prdn = [100 * 0.1 / math.sqrt(a * a / 2) for a in amp]
+    prd = [100 * 0.1 / math.sqrt((1 + a * a) / 2) for a in amp]
+    for v, want_prdn, want_prd in zip(report["per_record"].values(), prdn, prd):
+        assert v["prdn"] == pytest.approx(want_prdn, rel=1e-3) and v["prd"] == pytest.approx(want_prd, rel=1e-3)
+    s = report["summary"]
+    assert s["records"] == 3 and s["windows"] == 7
+    assert s["prdn"] == pytest.approx(np.mean(prdn), rel=1e-3) and s["prd"] == pytest.approx(np.mean(prd), rel=1e-3)
+
+
+class CodeCoder(OffsetCoder):
+    """An exact 'VQ-VAE' with two codebooks whose codes are `codes` [windows, frames, 2]."""
+
+    def __init__(self, codes):
+        super().__init__(0.0)
+        self.quantizers, self.codes = [None, None], torch.tensor(codes)
+
+    def encode(self, x, unit):
+        self.x = x
+        return self.codes[:len(x)]
+
+
+@pytest.mark.parametrize("first, perplexity, usage", [
+    ([[0, 0, 1, 1], [0, 0, 1, 1]], 2.0, 0.5),                       # two of four codes, equally
+    ([[0, 0, 0, 0], [0, 0, 0, 2]], math.exp(-(7 / 8 * math.log(7 / 8) + 1 / 8 * math.log(1 / 8))), 0.5)])
+def test_reconstruction_report_codebook_health_is_the_first_codebooks(first, perplexity, usage):
+    """Perplexity (exp of the entropy in nats) and usage (codes used at least once, over the codebook size) count the
+    first codebook's codes, not the residual ones (here all code 3); codebooks counts both."""
+    codes = [[[c, 3] for c in window] for window in first]
+    x = torch.stack([torch.sin(torch.arange(32) / 3.0)] * 2, -1).expand(2, -1, -1).contiguous()
+    data = {"signals": x, "record": torch.tensor([0, 0]), "records": ["a"], "fs": 128}
+    s = vqvae_eval.reconstruction_report(CodeCoder(codes), data)["summary"]
+    assert s["perplexity"] == pytest.approx(perplexity, rel=1e-4)
+    assert s["usage"] == usage and s["codebooks"] == 2
+
+
+def test_reconstruction_md_puts_each_number_in_its_column_and_unit():
+    """reconstruction.md: per-record MSE, PRD, PRDN in that order, the mean row from the summary, the window in
+    seconds, usage in percent and both sampling rates the compression ratios are counted against."""
+    summary = {"records": 1, "windows": 3, "mse_mv2": 0.02, "prd": 11.5, "prdn": 31.25, "perplexity": 20.0,
+               "usage": 0.75, "compression_ratio": 112.5, "source_fs": 360.0, "compression_ratio_model_rate": 20.0,
+               "bits_per_second": 70.4, "codebooks": 2}
+    report = {"split": "test", "checkpoint": "c.pt", "git_commit": "abc", "summary": summary,
+              "per_record": {"109": {"mse_mv2": 0.01, "prd": 12.5, "prdn": 30.25}}}
+    lines = vqvae_eval.report_lines(report, {"signals": torch.zeros(3, 320, 2), "fs": 64})
+    assert "1 records, 3 windows of 5 s, git abc" in lines[2]
+    assert "| 109 | 0.01000 | 12.50 | 30.25 |" in lines
+    assert "| **mean over records** | **0.02000** | **11.50** | **31.25** |" in lines
+    assert ("perplexity 20.0, codes used 75%; compression ratio 112.5 against the records (11-bit samples at 360 Hz; "
+            "20.0 against 11-bit samples at the model's 64 Hz), 70 bit/s in 2 codebook(s)") in lines[-1]
+
+
+def test_the_default_checkpoint_is_the_newest_by_time_not_by_name(tmp_path):
+    """latest_checkpoint picks the run written last (its best.pt's time), whatever the folder names sort as."""
+    import os
+
+    for i, name in enumerate(("vqvae-b", "vqvae-c", "vqvae-a")):     # a written last, c in between
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "best.pt").write_bytes(b"")
+        os.utime(tmp_path / name / "best.pt", (1e9 + i, 1e9 + i))
+    assert vqvae_eval.latest_checkpoint("vqvae", str(tmp_path)) == tmp_path / "vqvae-a" / "best.pt"
+    with pytest.raises(vqvae_eval.UserError, match="no transformer checkpoint"):
+        vqvae_eval.latest_checkpoint("transformer", str(tmp_path))
+
 def test_window_gain_is_the_rms_to_the_nearest_quarter_octave():
     """Each lead's gain lies on the quarter-octave grid and within an eighth of an octave of the window's RMS
     (the nearest grid value), so the shipped VQ-VAE sees its inputs at the scale it was trained at."""
