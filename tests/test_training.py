@@ -38,7 +38,8 @@ def _only_run(folder: Path) -> Path:
     return run
 
 
-def test_train_writes_plots_metrics_and_checkpoints(tmp_path: Path, synthetic_db: Path) -> None:
+def test_train_writes_plots_metrics_and_checkpoints(tmp_path: Path, synthetic_db: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     setup = tiny_setup(tmp_path, synthetic_db)
     row = _run(setup)
     run = _only_run(tmp_path / "results")
@@ -69,6 +70,19 @@ def test_train_writes_plots_metrics_and_checkpoints(tmp_path: Path, synthetic_db
     # counted against the 360 Hz records, and against 11-bit samples at the model's 64 Hz
     assert s["source_fs"] == 360 and s["compression_ratio"] == pytest.approx(2 * 11 * 4 / 5 * 360 / 64)
     assert s["compression_ratio_model_rate"] == pytest.approx(2 * 11 * 4 / 5)
+    # in process, on another split: the split asked for is the one scored, the report keeps what the checkpoint says
+    # of its training, and the example plot shows the model's reconstruction beside the original
+    import vqvae_eval
+    drawn = {}
+    monkeypatch.setattr(vqvae_eval, "plot_windows", lambda x, y, *a: drawn.update(x=x, y=y))
+    monkeypatch.setattr(sys, "argv", ["vqvae_eval.py", "--checkpoint", str(ckpts / "best.pt"), "--split", "train",
+                                      "--prepared", setup["prepared"], "--results", str(tmp_path / "eval_train")])
+    vqvae_eval.main()
+    report = json.loads(next((tmp_path / "eval_train").glob("vqvae_eval-*/reconstruction.json")).read_text())
+    train = load_split("train", load_config(setup["config"]), setup["prepared"])
+    assert report["split"] == "train" and report["summary"]["windows"] == len(train["signals"])
+    assert report["trained"]["seed"] == 0
+    assert drawn["x"].shape == drawn["y"].shape and not np.allclose(drawn["x"], drawn["y"])
 
 
 def test_same_seed_same_numbers_and_resume_is_exact(tmp_path: Path, synthetic_db: Path,
