@@ -446,6 +446,26 @@ def test_encoding_under_a_progress_bar_gives_the_codes_of_one_pass(monkeypatch):
     assert bars == [(3, None), (3, None), (3, True)]
 
 
+
+def test_frozen_encodings_encode_each_split_under_its_own_key(monkeypatch):
+    """The validation encodings are the validation windows' (a validation loss scored on training windows would look
+    better than it is), and each split is cached under a key naming the VQ-VAE's weights, its data and the split."""
+    from types import SimpleNamespace
+
+    from train_results import weights_digest
+    vq = VQVAE(config_from_dict(TINY).model).eval()
+    keys = []
+    monkeypatch.setattr(vqvae_eval, "cached_encoding",
+                        lambda kind, key, compute, prepared, what: keys.append((what, key)) or compute())
+    train = {"signals": torch.zeros(3, 64, 2), "data_hash": "dt", "input_hash": "it"}
+    val = {"signals": torch.ones(2, 64, 2), "data_hash": "dv", "input_hash": "iv"}
+    rt = SimpleNamespace(is_main=False, distributed=False, device=torch.device("cpu"))
+    t, v, augmented = vqvae_eval.frozen_encodings("codes", vq, lambda x: x[:, 0, 0], train, val, "k",
+                                                  SimpleNamespace(copies=0), None, 0, None, rt)
+    assert torch.equal(t, torch.zeros(3)) and torch.equal(v, torch.ones(2)) and augmented is None
+    digest = weights_digest(vq)
+    assert keys == [("train", f"{digest}:dt:it:train:k"), ("validation", f"{digest}:dv:iv:validation:k")]
+
 def test_rotary_scores_depend_on_the_relative_position_alone() -> None:
     """Rotary embedding is a rotation per dimension pair: it keeps each vector's norm, and a query-key score
     depends only on their distance, also at offsets past the first table (which must grow), as generation
