@@ -365,6 +365,11 @@ def test_detector_check_tells_sensitivity_from_positive_predictivity():
     shown = {r[0]: r[1:3] for r in _table("\n".join(eval_report.detector_section(summary)), "detector check",
                                           "| tolerance |")}
     assert shown["±100 ms"] == [f"{100 * det['sensitivity']:.2f} %", f"{100 * det['positive_predictivity']:.2f} %"]
+    rows = {r[0]: r[3:] for r in _table("\n".join(eval_report.detector_section(summary)), "detector check", "| tolerance |")}
+    assert rows["±100 ms"] == [str(det["tp"]), "3", "0"]                   # TP, FP, FN each in its column
+    own = {**summary, "timing_ms": {"value": 5.0, "ci": [4.0, 6.0]}, "hr_bpm": {"value": 1.5, "ci": [1.0, 2.0]}}
+    text = "\n".join(eval_report.detector_section(own))
+    assert "timing error (±100 ms matches): 5 [4, 6] ms; heart-rate error: 1.5 [1, 2] bpm" in text
 
 
 def test_scoring_on_the_patients_a_model_chose_its_checkpoint_on_is_flagged_on_a_prepared_split():
@@ -391,6 +396,8 @@ def test_report_header_counts_the_records_scored_not_the_records_listed():
     args = argparse.Namespace(config=None, samples=2, seed=0)
     header = evaluate.report_header(args, ["--records", "103"], cfg, w, {}, 1.0, {"date": "d", "git commit": "c"})
     assert header["records / windows"] == "1 / 4"
+    title = eval_report.run_section({"records": ["103"]}, header, w)[0]
+    assert title == "# Forecast evaluation: 1 records, 4 windows (prepared test)"
     assert [r[0] for r in _table("\n".join(eval_report.records_section(w)), "## Records", "| record |")] == ["103"]
 
 
@@ -444,6 +451,7 @@ def test_metrics_csv_matches_metrics_json(tmp_path):
         for column, want in (("value", entry["value"]), ("ci_low", entry["ci"][0]), ("ci_high", entry["ci"][1])):
             assert (row[column] == "") if want is None else float(row[column]) == pytest.approx(want), (row, entry)
         assert int(row["records"]) == entry["records"]
+        assert row["unit"] == M.METRICS[row["metric"]][1]                   # the unit, not the label
         if entry["value"] is not None and entry["ci"][0] is not None:
             assert float(row["ci_low"]) <= float(row["value"]) <= float(row["ci_high"])
             checked += 1
@@ -584,6 +592,50 @@ def test_one_run_scores_each_kind_of_horizon_beats_as_the_flag_does(tmp_path):
     assert "| ventricular | 2 / " in (run / "report.md").read_text()
 
 
+
+def test_records_table_gives_each_record_its_own_leads_rate_annotations_and_windows():
+    """report.md's records table: each scored record's row holds its own lead names, input rate, whether it is
+    annotated and how many of the windows are its own."""
+    w = evaluate.Windows(np.zeros((3, 8, 2), np.float32), np.array([0, 1, 1]), np.zeros(3, np.int64),
+                         np.zeros(4, np.int64), np.zeros(0, np.int64), ["a", "b"], np.array([True, False]),
+                         [["MLII", "V1"], ["V1", "V2"]], [360.0, 250.0])
+    rows = _table("\n".join(eval_report.records_section(w)), "## Records", "| record |")
+    assert rows == [["a", "MLII, V1", "360", "yes", "1"], ["b", "V1, V2", "250", "no", "2"]]
+
+
+def _paired_row(**changes) -> dict:
+    return {"forecaster": "model", "metric": "crps", "horizon": "all", "baseline": "zero", "baseline_value": 0.25,
+            "value": 0.2, "difference": {"value": -0.05, "ci": [-0.07, -0.03]}, "change_pct": -20.0,
+            "better_on": 3, "records": 4, **changes}
+
+
+def test_paired_tables_put_each_number_in_its_column():
+    """The paired tables of report.md: the baseline (or other model) and its value, the forecaster's value, the
+    difference with its interval low to high, the relative change and 'better on <n> of <records>'."""
+    rows = _table("\n".join(eval_report.paired_section([_paired_row()])), "## Paired against the best baseline")
+    assert rows == [["model", "CRPS (mV)", "all", "zero", "0.25", "0.2", "-0.0500 [-0.0700, -0.0300]", "-20.0 %",
+                     "3 of 4"]]
+    other = _paired_row(against="b", against_value=0.5, change_pct=None)
+    rows = _table("\n".join(eval_report.models_section([other])), "## Models paired with each other")
+    assert rows[0][3:5] == ["b", "0.5"] and rows[0][7:] == ["—", "3 of 4"]
+
+
+def test_horizon_beats_table_shows_each_kinds_scores_and_paired_rows():
+    """The 'by the horizon's beats' section: per kind its records / windows and each forecaster's headline scores
+    (whole horizon and first second), a dash for a score it lacks, and the kind's whole-horizon paired rows."""
+    def entries(values):
+        return [{"value": v, "ci": [v, v], "records": 2} for v in values]
+    strata = {"ventricular": {
+        "records": ["a", "b"], "windows": 5,
+        "forecasters": {"model": {"metrics": {"mse": entries([0.5, 0.1, 0.3]), "crps": entries([0.6, 0.7, 0.2]),
+                                              "cov80": entries([70.0, 71.0, 72.0])}}},
+        "paired": [_paired_row(horizon="0-1 s", difference={"value": 9.0, "ci": [8.0, 10.0]}), _paired_row()]}}
+    text = "\n".join(eval_report.horizon_beats_section(strata))
+    rows = _table(text, "## By the horizon's beats", "| horizon's beats |")
+    assert rows == [["ventricular", "2 / 5", "model", "0.3", "0.5", "0.2", "72", "—"]]
+    paired = _table(text, "Paired against the best baseline of each kind", "| horizon's beats |")
+    assert paired == [["ventricular", "model", "CRPS (mV)", "zero", "-0.0500 [-0.0700, -0.0300]", "3 of 4"]]
+
 def _table(report: str, title: str, header: str = "| forecaster |") -> list[list[str]]:
     """The cells of each row of the first table after `title` in report.md whose header starts with `header`."""
     lines = report.split(title, 1)[1].splitlines()
@@ -635,6 +687,9 @@ def test_report_tables_show_what_the_summary_holds(db250):
     want = [[kind, r["forecaster"], r["baseline"]] for kind, st in s["horizon_beats"].items() for r in st["paired"]
             if r["horizon"] == "all"]
     assert want and [[r[0], r[1], r[3]] for r in strata] == want
+    # each forecaster's gallery, under a file name any file system takes
+    assert all(f"![{n} examples](gallery_{eval_report.file_name(n)}.png)" in report for n in s["order"])
+    assert eval_report.file_name("my model/v2.1") == "my_model_v2_1"
 
 
 def test_report_numbers_keep_three_significant_digits():
