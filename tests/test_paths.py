@@ -156,3 +156,26 @@ def test_a_note_during_a_progress_bar_is_a_line_of_its_own(monkeypatch):
     text = err.getvalue()
     assert "\rnote: a.atr is missing\n" in text and "\rwarning: left out: b\n" in text
     assert "]note:" not in text and "reading: 100%" in text
+
+
+def test_an_atomic_write_reaches_the_disk_then_renames_its_temporary_file(tmp_path, monkeypatch):
+    """atomic_write_json syncs the temporary file and then renames it over the target in one step: a copy (or a
+    rename before the sync) could leave a half or empty file after a crash or a power cut."""
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(("fsync", os.fstat(fd).st_ino)) or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: calls.append(("replace", str(a), str(b))) or real_replace(a, b))
+    target = tmp_path / "metrics.json"
+    paths.atomic_write_json({"b": 1, "a": 2}, target)
+    assert [c[0] for c in calls] == ["fsync", "replace"]
+    assert calls[1][1] != str(target) and calls[1][2] == str(target)
+    assert calls[0][1] == target.stat().st_ino                  # the file synced is the one renamed into place
+    assert target.read_text() == '{\n  "a": 2,\n  "b": 1\n}\n' and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_a_results_folder_that_cannot_be_made_is_one_error_line(read_only_folder):
+    """new_run_dir below a folder nothing can be created in raises a UserError naming the folder (run_main prints it
+    as one 'error:' line), not an OSError traceback."""
+    with pytest.raises(UserError, match="cannot create results folder .*evaluate-"):
+        paths.new_run_dir("evaluate", read_only_folder)
+
