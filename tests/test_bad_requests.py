@@ -284,6 +284,16 @@ def test_devices_are_checked_before_work():
             Forecaster.from_checkpoint(PRETRAINED, bad)
 
 
+
+def test_a_gpu_index_beyond_the_machines_gpus_is_refused(monkeypatch):
+    """On a machine with one GPU, --device cuda:1 is one clear error before any model loads; cuda:0 and cuda pass."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert paths.check_device("cuda:0") == "cuda:0" and paths.check_device("cuda") == "cuda"
+    with pytest.raises(UserError, match="cuda:1: this machine has 1 GPU"):
+        paths.check_device("cuda:1")
+
+
 def test_failed_evaluation_leaves_no_run_folder(tmp_path, monkeypatch):
     db = tmp_path / "db"
     write_record(db, "r", seconds=12, seed=0)
