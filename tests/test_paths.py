@@ -179,3 +179,39 @@ def test_a_results_folder_that_cannot_be_made_is_one_error_line(read_only_folder
     with pytest.raises(UserError, match="cannot create results folder .*evaluate-"):
         paths.new_run_dir("evaluate", read_only_folder)
 
+
+def test_locations_given_with_a_tilde_are_under_home(tmp_path, monkeypatch):
+    """A flag or variable written as ~/runs (quoted in a shell script or a .env file, so not expanded there) is the
+    home folder's runs, not a folder named '~' in the working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("ECG_RESULTS_DIR", "~/env_results")
+    assert paths.location("results") == tmp_path / "env_results"
+    assert paths.location("results", "~/flag_results") == tmp_path / "flag_results"
+
+
+def test_atomic_save_npy_writes_the_array_under_its_own_name(tmp_path):
+    """The array lands in the file named (np.save given a name would append .npy to the temporary one and rename
+    an empty file into place), and nothing else is left beside it."""
+    import numpy as np
+
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    paths.atomic_save_npy(a, tmp_path / "codes.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"), a)
+    assert [p.name for p in tmp_path.iterdir()] == ["codes.npy"]
+
+
+def test_a_write_failing_for_the_disk_is_one_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """A full disk while writing is a UserError naming the file and the reason (one 'error:' line from run_main),
+    and the file written before is left whole, with no temporary file beside it."""
+    import errno
+
+    target = tmp_path / "report.md"
+    paths.atomic_write_text("old\n", target)
+
+    def full(self, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(paths.Path, "write_text", full)
+    with pytest.raises(UserError, match=f"cannot write {target}: {os.strerror(errno.ENOSPC)}"):
+        paths.atomic_write_text("new\n", target)
+    assert target.read_bytes() == b"old\n" and [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
