@@ -180,6 +180,19 @@ def example_titles(data: dict, idx: np.ndarray, leads: dict[str, list[str]]) -> 
     return out
 
 
+def seen_warnings(meta: dict, records: list[str], split: str) -> list[str]:
+    """Records scored here that the VQ-VAE trained on, or chose its checkpoint on when the test split is scored:
+    with record lists of one's own (load_split's any_records) a 'test' split may hold them, and be no test."""
+    asked = {"validation": {"train_records": "trained on"},
+             "test": {"train_records": "trained on", "validation_records": "chose its checkpoint on"}}.get(split, {})
+    out = []
+    for key, did in asked.items():
+        if seen := [r for r in records if r in meta.get(key, [])]:
+            out.append(f"the VQ-VAE {did} records {', '.join(seen)}, scored here too: if these are the same "
+                       f"recordings, their figures are no {split} result")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="VQ-VAE checkpoint, or a forecaster's for the VQ-VAE inside it, e.g. "
@@ -195,6 +208,8 @@ def main() -> None:
     model, ckpt = load_vqvae(path)
     cfg = stored_config(ckpt["config"], f"config stored in {path}")
     data = load_split(args.split, cfg, args.prepared, any_records=True)   # a split of one's own is fine
+    for warning in seen_warnings(ckpt["meta"], list(data["records"]), args.split):
+        paths.warn(warning)
     report = reconstruction_report(model, data, source_fs(data["records"], args.prepared))
     run = paths.new_run_dir("vqvae_eval", args.results)
     report.update(checkpoint=str(path), split=args.split, git_commit=commit,

@@ -516,3 +516,16 @@ def test_reconstruction_examples_name_their_record_time_and_leads(tmp_path, monk
     x = np.zeros((2, 64, 2), np.float32)
     plot_windows(x, x, 64.0, tmp_path / "r.png", "validation windows", titles)
     assert drawn == [t for pair in titles for t in pair]
+
+
+def test_vqvae_eval_warns_of_records_the_vqvae_saw() -> None:
+    """With record lists of one's own, a 'test' split may hold the VQ-VAE's training or validation patients: said,
+    record by record; the training split scored as such is no claim of a test."""
+    from vqvae_eval import seen_warnings
+
+    meta = {"train_records": ["101", "106"], "validation_records": ["109"]}
+    test = seen_warnings(meta, ["100", "106", "109"], "test")
+    assert len(test) == 2 and "trained on records 106," in test[0] and "chose its checkpoint on records 109," in test[1]
+    assert [w.split(",")[0] for w in seen_warnings(meta, ["106", "109"], "validation")] == [
+        "the VQ-VAE trained on records 106"]
+    assert seen_warnings(meta, ["101"], "train") == [] and seen_warnings({}, ["101"], "test") == []
