@@ -13,7 +13,6 @@ import json
 import math
 import numbers
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -755,15 +754,15 @@ def warn_held_out(split: dict[str, list[str]], loaded: dict[str, Record], d: Dat
     for held in ("validation", "test"):
         listed = getattr(d, f"{held}_records")
         if split[held] and listed is None and any(loaded[r].fs_in != MITBIH_FS for r in split[held]):
-            print(f"warning: data.{held}_records is null, so MIT-BIH's record names chose the {held} split "
-                  f"({' '.join(split[held])}), but these records are not at MIT-BIH's {MITBIH_FS} Hz: list this "
-                  f"database's held-out patients in config data.{held}_records", file=sys.stderr)
+            paths.warn(f"data.{held}_records is null, so MIT-BIH's record names chose the {held} split "
+                       f"({' '.join(split[held])}), but these records are not at MIT-BIH's {MITBIH_FS} Hz: list this "
+                       f"database's held-out patients in config data.{held}_records")
         elif not split[held] and listed is None:      # MIT-BIH's default names, none in another database
-            print(f"warning: no {held} records among the {len(loaded)} in {data_dir} (the defaults are MIT-BIH's); "
-                  f"list this database's held-out patients in config data.{held}_records", file=sys.stderr)
+            paths.warn(f"no {held} records among the {len(loaded)} in {data_dir} (the defaults are MIT-BIH's); "
+                       f"list this database's held-out patients in config data.{held}_records")
         elif not split[held] and listed:
-            print(f"warning: the {held} split is empty: none of data.{held}_records {listed} is prepared "
-                  f"(left out by --records or as bad)", file=sys.stderr)
+            paths.warn(f"the {held} split is empty: none of data.{held}_records {listed} is prepared "
+                       f"(left out by --records or as bad)")
 
 
 def check_windows(rec: Record, cfg: DataConfig, where: str) -> None:
@@ -861,22 +860,32 @@ def preparation_differences(folder: Path, data: DataConfig, tensor_hash: str | N
                      if k not in ("test_records", "validation_records") and stored.get(k) != v)
 
 
+def stored_records(prepared_dir: str | Path | None = None) -> dict:
+    """Each prepared record's details (meta.json's records: fs_in, leads, ...), {} when the metadata is missing."""
+    try:
+        stored = json.loads((paths.location("prepared", prepared_dir) / "meta.json").read_text())["records"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
 def source_fs(records: list[str], prepared_dir: str | Path | None = None) -> float | None:
     """Mean sampling rate of these records as stored before resampling (meta.json), so compression
     ratios count the bits of the records themselves; None when the metadata is missing."""
+    stored = stored_records(prepared_dir)
+    if not stored:
+        return None
     try:
-        stored = json.loads((paths.location("prepared", prepared_dir) / "meta.json").read_text())["records"]
         return float(np.mean([stored[r]["fs_in"] for r in records]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return None
 
 
 def stored_leads(prepared_dir: str | Path | None = None) -> dict[str, list[str]]:
     """Each prepared record's lead names [lead 1, lead 2] (meta.json), {} when the metadata is missing."""
     try:
-        stored = json.loads((paths.location("prepared", prepared_dir) / "meta.json").read_text())["records"]
-        return {r: list(v["leads"]) for r, v in stored.items()}
-    except (OSError, ValueError, KeyError, TypeError):
+        return {r: list(v["leads"]) for r, v in stored_records(prepared_dir).items()}
+    except (KeyError, TypeError):
         return {}
 
 
