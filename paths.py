@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -190,12 +191,24 @@ def interruptible() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+    """Python's warning line, written by tqdm.write like say()'s, so that it does not land on the end of a
+    progress bar's line (every rank's: a warning may be one rank's own)."""
+    from tqdm import tqdm
+
+    text = warnings.formatwarning(message, category, filename, lineno, line).rstrip("\n")
+    tqdm.write(text, file=file or sys.stderr)
+
+
 def run_main(main: Callable[[], Any]) -> None:
     """Run a script's main(); a UserError becomes one 'error:' line and exit status 2. Under torchrun every
     rank reads the same config, data and devices and meets the same error, so only rank 0 prints it."""
     interruptible()
     try:
-        main()
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            main()
     except UserError as e:
         say(f"error: {e}")
         sys.exit(2)

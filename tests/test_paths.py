@@ -215,3 +215,20 @@ def test_a_write_failing_for_the_disk_is_one_error_and_keeps_the_old_file(tmp_pa
         paths.atomic_write_text("new\n", target)
     assert target.read_bytes() == b"old\n" and [p.name for p in tmp_path.iterdir()] == ["report.md"]
 
+
+
+def test_a_warning_under_a_progress_bar_gets_a_line_of_its_own():
+    """A forecaster's warnings.warn while evaluate.py's bar is drawn: written plainly, the warning would
+    continue the bar's line in a log; run_main writes it through tqdm.write, which clears the bar first."""
+    script = ("import warnings, paths, tqdm\n"
+              "def main():\n"
+              "    for i in tqdm.tqdm(range(2), desc='windows', mininterval=0):\n"
+              "        warnings.warn('the context is odd')\n"
+              "paths.run_main(main)\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    said = out.stderr
+    at = said.index("UserWarning: the context is odd")
+    line = said[:at].split("\n")[-1].split("\r")[-1]       # what the warning's line shows before it
+    assert "windows" not in line and "|" not in line, repr(said)
+    assert said.count("UserWarning: the context is odd") == 1      # once per place, as Python's default
