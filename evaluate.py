@@ -595,19 +595,25 @@ def _num(v) -> float | None:
 
 # ----------------------------------------------------------------------------- plots
 
-def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: Path) -> None:
-    """MSE, MAE, CRPS against horizon time (mean over records) and F1 ±100 ms per horizon second."""
+def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: Path,
+                      baselines: frozenset[str] = frozenset()) -> None:
+    """MSE, MAE, CRPS against horizon time (mean over records) and F1 ±100 ms per horizon second. The models
+    are drawn thick and on top, the baselines thin and dashed: a model close to the best baseline would
+    otherwise hide under it. One colour per forecaster in every panel, one legend below them all."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.6))
+    colour = {name: f"C{i % 10}" for i, name in enumerate(summary["order"])}
+    style = {name: dict(color=colour[name], lw=1.0, ls="--", zorder=2) if name in baselines
+             else dict(color=colour[name], lw=2.0, zorder=3) for name in summary["order"]}
     panels = (("se", "MSE (mV²)"), ("ae", "MAE (mV)"), ("crps", "CRPS (mV)"))
     for (key, label), ax in zip(panels, axes.flat):
         for name, s in scores.items():
             n = s.curves["windows"]
             used = n > 0
             curve = np.mean(s.curves[key][used] / (2 * n[used, None]), axis=0)
-            ax.plot(np.arange(1, len(curve) + 1) / fs, curve, label=name, lw=1.2)
+            ax.plot(np.arange(1, len(curve) + 1) / fs, curve, label=name, **style[name])
         ax.set(xlabel="horizon (s)", ylabel=label, title=f"{label.split()[0]} per horizon sample")
         ax.grid(alpha=0.3)
     ax = axes.flat[3]
@@ -615,11 +621,13 @@ def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: P
     for name in summary["order"]:
         f1 = summary["forecasters"][name]["metrics"]["f1_100"][:-1]
         vals = [e["value"] if e["value"] is not None else np.nan for e in f1]
-        ax.plot(np.arange(len(labels)) + 0.5, vals, "o-", label=name)
+        ax.plot(np.arange(len(labels)) + 0.5, vals, marker="o", **style[name])
     ax.set(xlabel="horizon (s)", ylabel="F1 (±100 ms)", title="beat detection F1 per horizon second", ylim=(0, 1.02))
     ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(scores), 5),
+               fontsize=9, frameon=False)
+    rows = -(-len(scores) // 5)
+    fig.tight_layout(rect=(0, (0.15 + 0.22 * rows) / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -782,7 +790,7 @@ def main(argv: list[str] | None = None) -> Path:
     run = paths.new_run_dir("evaluate", args.results)       # made now: a failed evaluation leaves no folder
     summary = summarize(scores, truth_sums, w, fs, w.signals.shape[1] - context, seed=args.seed,
                         baselines=frozenset(baselines))
-    plot_results(run, forecasters, scores, summary, w, cfg, args)
+    plot_results(run, forecasters, scores, summary, w, cfg, args, frozenset(baselines))
     wall = time.time() - t0
     header = report_header(args, argv, cfg, w, forecasters, wall, started)
     if warnings:
@@ -815,10 +823,10 @@ def load_windows(args: argparse.Namespace, cfg: Config) -> Windows:
 
 
 def plot_results(run: Path, forecasters: dict[str, ForecasterBase], scores: dict[str, Scores], summary: dict,
-                 w: Windows, cfg: Config, args: argparse.Namespace) -> None:
+                 w: Windows, cfg: Config, args: argparse.Namespace, baselines: frozenset[str] = frozenset()) -> None:
     """error_curves.png, and each forecaster's gallery_<name>.png forecast with the evaluation's seeds."""
     fs, context = cfg.data.samples_per_second, cfg.data.window_samples
-    plot_error_curves(scores, summary, fs, run / "error_curves.png")
+    plot_error_curves(scores, summary, fs, run / "error_curves.png", baselines)
     for name, f in forecasters.items():
         plot_gallery(name, f, scores[name], w, context, fs, args.samples, args.seed,
                      run / f"gallery_{file_name(name)}.png")

@@ -1019,3 +1019,28 @@ def test_the_gallery_picks_records_and_windows_by_their_whole_horizon_mse():
     np.testing.assert_array_equal(s.window_mse, whole)
     picks = evaluate.gallery_picks(s, SimpleNamespace(record=np.repeat([0, 1, 2], 2)))
     assert picks == [("best", 0, 1), ("median", 1, 3), ("worst", 2, 5)]
+
+
+def test_error_curves_draw_the_models_over_the_baselines_in_one_colour_each(tmp_path, monkeypatch):
+    """A model a hair from the best baseline was hidden under its line: models are drawn thick and on top,
+    baselines thin and dashed; each forecaster keeps its colour in all four panels; one legend, below them."""
+    import matplotlib.pyplot as plt
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    names = ["zero", "model", "template_ensemble"]
+    curve = {key: np.ones((2, 8)) for key in ("se", "ae", "crps")}
+    scores = {n: evaluate.Scores(2, curves={**curve, "windows": np.array([1.0, 1.0])}) for n in names}
+    f1 = [{"value": 0.5}, {"value": 0.4}, {"value": 0.45}]
+    summary = {"order": names, "horizons": ["0-1 s", "1-2 s", "all"],
+               "forecasters": {n: {"metrics": {"f1_100": f1}} for n in names}}
+    evaluate.plot_error_curves(scores, summary, 4, tmp_path / "e.png", frozenset({"zero", "template_ensemble"}))
+    fig = figures[0]
+    for ax in fig.axes:
+        lines = dict(zip(names, ax.lines))
+        assert lines["model"].get_linewidth() > lines["template_ensemble"].get_linewidth()
+        assert lines["model"].get_zorder() > lines["template_ensemble"].get_zorder()
+        assert lines["zero"].get_linestyle() == "--" and lines["model"].get_linestyle() == "-"
+        assert [ln.get_color() for ln in ax.lines] == [ln.get_color() for ln in fig.axes[0].lines]
+        assert ax.get_legend() is None
+    assert len(fig.legends) == 1 and [t.get_text() for t in fig.legends[0].get_texts()] == names
+    assert len({ln.get_color() for ln in fig.axes[0].lines}) == 3
