@@ -39,7 +39,7 @@ from hyper_params import Config, TrainConfig, stored_config
 from hyper_params_sde import SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from prepare_mitbih import load_split
-from train_results import fixed_windows, load_checkpoint, plot_forecasts
+from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_forecasts
 from training import (EpochEndFn, Runtime, StepFn, Trainer, resumed_seed, run_config, run_parser, run_record,
                       seed_everything, setup_runtime)
 from vqvae import VQVAE
@@ -88,19 +88,21 @@ def beat_targets(data: dict, frames: int, factor: int, fs: float, max_rr_s: floa
     return torch.from_numpy(out)
 
 
-def plot_epoch(fc: LatentSDEForecaster, fixed: np.ndarray, piece: int, run_dir: Path, epoch: int) -> None:
+def plot_epoch(fc: LatentSDEForecaster, fixed: np.ndarray, piece: int, run_dir: Path, epoch: int,
+               titles: list[tuple[str, str]] | None = None) -> None:
     samples = fc.predict(fixed[:, :piece], fixed.shape[1] - piece, num_samples=20, seed=0)
     plot_forecasts(fixed, samples, fc.fs, piece, run_dir / f"forecast_epoch_{epoch:03d}.png",
-                   f"epoch {epoch}: validation forecasts (20 sampled paths)")
+                   f"epoch {epoch}: validation forecasts (20 sampled paths)", titles=titles)
 
 
 def plotting_epoch_end(fixed: np.ndarray, piece: int, run_dir: Path,
-                       forecaster: Callable[[torch.nn.Module], LatentSDEForecaster]) -> EpochEndFn:
+                       forecaster: Callable[[torch.nn.Module], LatentSDEForecaster],
+                       titles: list[tuple[str, str]] | None = None) -> EpochEndFn:
     """Forecasts of the fixed validation windows after every epoch, from `forecaster(model)`; predict leaves the
     model in eval mode, so it goes back to training."""
     def epoch_end(m: torch.nn.Module, epoch: int, is_main: bool) -> dict:
         if is_main and len(fixed):
-            plot_epoch(forecaster(m), fixed, piece, run_dir, epoch)
+            plot_epoch(forecaster(m), fixed, piece, run_dir, epoch, titles)
             m.train()
         return {}
     return epoch_end
@@ -173,7 +175,8 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     meta = run_record(config, settings.seed, train, val, rt, sys.argv if argv is None else argv)
     meta.update(crps_from=str(source), vqvae_checkpoint=start["meta"].get("vqvae_checkpoint", str(source)))
     fixed = fixed_windows(val, settings.plot_windows).numpy()
-    epoch_end = plotting_epoch_end(fixed, fc.cfg.data.window_samples, run_dir, lambda m: fc)
+    epoch_end = plotting_epoch_end(fixed, fc.cfg.data.window_samples, run_dir, lambda m: fc,
+                                   fixed_titles(val, settings.plot_windows, args.prepared))
     train_set, val_set = (TensorDataset(d["signals"], torch.arange(len(d["signals"]))) for d in (train, val))
     trainer = Trainer(model, train_set, val_set, crps_step, settings,
                       run_dir, ckpt_dir, config, meta, rt, kind="latent_sde", epoch_end=epoch_end,
@@ -264,7 +267,8 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     meta["vqvae_checkpoint"] = vq_source
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]}}
     fixed = fixed_windows(val, scfg.train.plot_windows).numpy()
-    epoch_end = plotting_epoch_end(fixed, piece, run_dir, lambda m: LatentSDEForecaster(vq, m, cfg, scfg, rt.device))
+    epoch_end = plotting_epoch_end(fixed, piece, run_dir, lambda m: LatentSDEForecaster(vq, m, cfg, scfg, rt.device),
+                                   fixed_titles(val, scfg.train.plot_windows, args.prepared))
     names = batch_names(scfg)
     train_set, val_set = elbo_datasets(train, val, train_enc, val_enc, augmented, names, steps, factor)
     trainer = Trainer(model, train_set, val_set, elbo_step(piece // factor, names), scfg.train, run_dir,

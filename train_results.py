@@ -16,6 +16,7 @@ import torch  # noqa: E402
 
 import paths  # noqa: E402
 from paths import UserError  # noqa: E402
+from prepare_mitbih import stored_leads  # noqa: E402
 
 LEADS = ("lead 1", "lead 2")
 
@@ -153,9 +154,30 @@ def check_same_config(saved: dict, current: dict, path: Path, sections: tuple[st
                             f"{a.get(k)!r} there but {b.get(k)!r} now")
 
 
-def fixed_windows(split: dict, n: int) -> torch.Tensor:
+def fixed_indices(split: dict, n: int) -> np.ndarray:
     """The `n` windows of a prepared split plotted every epoch, evenly spread over it (the same each epoch)."""
-    return split["signals"][np.linspace(0, len(split["signals"]) - 1, n).astype(int)].clone()
+    return np.linspace(0, len(split["signals"]) - 1, n).astype(int)
+
+
+def fixed_windows(split: dict, n: int) -> torch.Tensor:
+    return split["signals"][fixed_indices(split, n)].clone()
+
+
+def window_titles(split: dict, idx: np.ndarray, leads: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """'record 109 at 12 s, lead 1: MLII' for both leads of each window plotted, so a figure says which patient
+    and moment it shows; the lead names from `leads` (prepare_mitbih.stored_leads) when the record is there."""
+    out = []
+    for i in idx:
+        record = split["records"][int(split["record"][i])]
+        at = f"record {record} at {int(split['start'][i]) / float(split['fs']):g} s"
+        names = leads.get(record, [])
+        out.append(tuple(f"{at}, lead {k + 1}" + (f": {names[k]}" if len(names) == 2 else "") for k in range(2)))
+    return out
+
+
+def fixed_titles(split: dict, n: int, prepared_dir: str | None = None) -> list[tuple[str, str]]:
+    """The panel titles of fixed_windows(split, n): a training run's epoch plots name what they show."""
+    return window_titles(split, fixed_indices(split, n), stored_leads(prepared_dir))
 
 
 LONG_PLOT_S = 12.0      # a longer window stacks its two leads, on a figure as wide as the seconds need
@@ -173,12 +195,14 @@ def forecast_axes(n: int, seconds: float) -> tuple[plt.Figure, np.ndarray]:
 
 
 def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context: int, out: Path, title: str,
-                   start_s: float = 0.0, leads: tuple[str, ...] = LEADS) -> None:
+                   start_s: float = 0.0, leads: tuple[str, ...] = LEADS,
+                   titles: list[tuple[str, str]] | None = None) -> None:
     """Context, truth, sample-mean forecast, its 50% / 80% bands and one sample (the mean of paths that disagree
     on timing is smooth; a sample shows the beats) for lead 1 and lead 2.
 
     windows [N, C + H, 2] (context then truth) and samples [N, S, H, 2], all in mV; time in seconds from
-    `start_s`, so a record's forecast reads in record time."""
+    `start_s`, so a record's forecast reads in record time. `titles`: each window's two panels (window_titles),
+    else `leads` over the first row."""
     n, horizon = len(windows), samples.shape[2]
     t = start_s + np.arange(windows.shape[1]) / fs
     tf = t[context:context + horizon]
@@ -197,7 +221,9 @@ def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context:
             ax.plot(tf, s.mean(0), color="tab:red", lw=1.0, label="forecast (mean)")
             ax.axvline(t[context], color="0.3", ls=":", lw=0.8)
             ax.set_ylabel("mV")
-            if i == 0:
+            if titles:
+                ax.set_title(titles[i][lead], fontsize=9)
+            elif i == 0:
                 ax.set_title(leads[lead])
     for ax in axes.flat:
         if ax.get_subplotspec().is_last_row():

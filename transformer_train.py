@@ -22,7 +22,7 @@ from forecast import Forecaster, beat_draft, seasonal_draft
 from hyper_params import stored_config
 from hyper_params_transformer import load_transformer_config, transformer_config_from_dict
 from prepare_mitbih import load_split
-from train_results import fixed_windows, load_checkpoint, plot_forecasts
+from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_forecasts
 from training import Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
@@ -82,10 +82,12 @@ def code_datasets(vq: VQVAE, cfg, tcfg, train: dict, val: dict, args, rt) -> tup
     return train_set, val_set, int(train_codes.shape[1])
 
 
-def forecast_plotter(vq: VQVAE, cfg, tcfg, val: dict, run_dir, device: torch.device) -> Callable:
+def forecast_plotter(vq: VQVAE, cfg, tcfg, val: dict, run_dir, device: torch.device,
+                     prepared: str | None = None) -> Callable:
     """The trainer's epoch_end: sampled forecasts of fixed validation windows against their truth, a PNG
     per epoch, so a run shows what it forecasts while it learns."""
     fixed = fixed_windows(val, tcfg.train.plot_windows).numpy()
+    titles = fixed_titles(val, tcfg.train.plot_windows, prepared)
     ctx_len, fs = cfg.data.window_samples, int(val["fs"])
 
     def epoch_end(m: CodeGPT, epoch: int, is_main: bool) -> dict:
@@ -94,7 +96,7 @@ def forecast_plotter(vq: VQVAE, cfg, tcfg, val: dict, run_dir, device: torch.dev
             fc = Forecaster(vq, m, cfg, tcfg.sample, device, draft_beats=tcfg.model.draft_beats)
             samples = fc.predict(fixed[:, :ctx_len], fixed.shape[1] - ctx_len, num_samples=20, seed=0)
             plot_forecasts(fixed, samples, fs, ctx_len, run_dir / f"forecast_epoch_{epoch:03d}.png",
-                           f"epoch {epoch}: validation forecasts (20 samples)")
+                           f"epoch {epoch}: validation forecasts (20 samples)", titles=titles)
             m.train()
         return {}
     return epoch_end
@@ -129,8 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]},
               "block_size": block}
     trainer = Trainer(model, train_set, val_set, step_fn, tcfg.train, run_dir, ckpt_dir, config, meta, rt,
-                      kind="transformer", epoch_end=forecast_plotter(vq, cfg, tcfg, val, run_dir, rt.device),
-                      shown=("val_accuracy", "seconds"), extras=extras)
+                      kind="transformer", shown=("val_accuracy", "seconds"), extras=extras,
+                      epoch_end=forecast_plotter(vq, cfg, tcfg, val, run_dir, rt.device, args.prepared))
     return trainer.run(args.resume)
 
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 import paths
 from hyper_params import AugmentConfig, DataConfig, stored_config
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split, source_fs, stored_leads
-from train_results import load_checkpoint, plot_windows, weights_digest
+from train_results import load_checkpoint, plot_windows, weights_digest, window_titles
 from training import Runtime, main_first
 from vqvae import SAMPLE_BITS, VQVAE, vqvae_from
 from paths import UserError
@@ -168,18 +168,6 @@ def report_lines(report: dict, data: dict) -> list[str]:
                     f"{s['bits_per_second']:.0f} bit/s in {s['codebooks']} codebook(s)"]
 
 
-def example_titles(data: dict, idx: np.ndarray, leads: dict[str, list[str]]) -> list[tuple[str, str]]:
-    """'record 109 at 12 s, lead 1: MLII' for both leads of each window plotted; the lead names from `leads`
-    (stored_leads) when the record is there."""
-    out = []
-    for i in idx:
-        record = data["records"][int(data["record"][i])]
-        at = f"record {record} at {int(data['start'][i]) / float(data['fs']):g} s"
-        names = leads.get(record, [])
-        out.append(tuple(f"{at}, lead {k + 1}" + (f": {names[k]}" if len(names) == 2 else "") for k in range(2)))
-    return out
-
-
 def seen_warnings(meta: dict, records: list[str], split: str) -> list[str]:
     """Records scored here that the VQ-VAE trained on, or chose its checkpoint on when the test split is scored:
     with record lists of one's own (load_split's any_records) a 'test' split may hold them, and be no test."""
@@ -222,7 +210,7 @@ def main() -> None:
     with torch.no_grad():
         plot_windows(x.numpy(), model(x)[0].numpy(), float(data["fs"]),
                      run / "reconstruction_examples.png", f"{args.split} windows, original vs reconstruction",
-                     example_titles(data, idx, stored_leads(args.prepared)))
+                     window_titles(data, idx, stored_leads(args.prepared)))
     print("\n".join(lines[-3:]))
     print(f"report: {run / 'reconstruction.md'}")
 

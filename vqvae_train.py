@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 import paths
 from hyper_params import Config, config_from_dict, load_config
 from prepare_mitbih import load_split, source_fs
-from train_results import fixed_windows, load_checkpoint, plot_windows
+from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_windows
 from training import (EpochEndFn, Runtime, Trainer, run_config, run_parser, run_record, seed_everything,
                       setup_runtime)
 from vqvae import VQVAE, level_key
@@ -73,7 +73,8 @@ def summarize(row: dict) -> dict:
             "val_prdn": 100 * float(np.sqrt(row["val_mse_mv2"] / row["val_deviation_mv2"]))}
 
 
-def plot_fixed_windows(model: VQVAE, windows: torch.Tensor, fs: int, out: Path, title: str) -> None:
+def plot_fixed_windows(model: VQVAE, windows: torch.Tensor, fs: int, out: Path, title: str,
+                       titles: list[tuple[str, str]] | None = None) -> None:
     """Original against reconstruction of the fixed validation windows (none: train.plot_windows 0)."""
     if not len(windows):
         return
@@ -81,17 +82,18 @@ def plot_fixed_windows(model: VQVAE, windows: torch.Tensor, fs: int, out: Path, 
     with torch.no_grad():
         x = windows.to(model.scale.device)
         x_hat, _ = model(x)
-    plot_windows(x.cpu().numpy(), x_hat.cpu().numpy(), fs, out, title)
+    plot_windows(x.cpu().numpy(), x_hat.cpu().numpy(), fs, out, title, titles)
 
 
-def plotting_epoch_end(fixed: torch.Tensor, fs: int, run_dir: Path) -> EpochEndFn:
+def plotting_epoch_end(fixed: torch.Tensor, fs: int, run_dir: Path,
+                       titles: list[tuple[str, str]] | None = None) -> EpochEndFn:
     """The trainer's epoch end: the codebook's epoch statistics, and on rank 0 a plot of the fixed validation
     windows' reconstructions."""
     def epoch_end(m: VQVAE, epoch: int, is_main: bool) -> dict:
         stats = m.end_epoch()
         if is_main:
             plot_fixed_windows(m, fixed, fs, run_dir / f"reconstruction_epoch_{epoch:03d}.png",
-                               f"epoch {epoch}: validation windows, original vs reconstruction")
+                               f"epoch {epoch}: validation windows, original vs reconstruction", titles)
             m.train()
         return stats
     return epoch_end
@@ -136,14 +138,14 @@ def main(argv: list[str] | None = None) -> dict:
     model = VQVAE(cfg.model, train["scale_mv"].tolist())
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume_ckpt)
     meta = run_record(cfg.to_dict(), cfg.train.seed, train, val, rt, sys.argv if argv is None else argv)
-    fixed = fixed_windows(val, cfg.train.plot_windows)
+    fixed, titles = fixed_windows(val, cfg.train.plot_windows), fixed_titles(val, cfg.train.plot_windows, args.prepared)
     trainer = Trainer(model, RandomCrops(train["signals"], cfg.data.window_samples, cfg.train.seed),
                       Windows(val["signals"]), step_fn, cfg.train, run_dir, ckpt_dir, cfg.to_dict(), meta, rt,
-                      kind="vqvae", epoch_end=plotting_epoch_end(fixed, fs, run_dir), summarize=summarize,
+                      kind="vqvae", epoch_end=plotting_epoch_end(fixed, fs, run_dir, titles), summarize=summarize,
                       shown=("val_mse_mv2", "val_prdn", *levels("perplexity", cfg), "usage", "restarted", "seconds"))
     if rt.is_main and not resume_ckpt:
         plot_fixed_windows(model, fixed, fs, run_dir / "reconstruction_initial.png",
-                           "before training: validation windows, original vs reconstruction")
+                           "before training: validation windows, original vs reconstruction", titles)
     row = trainer.run(args.resume)
     if rt.is_main and "val_mse_mv2" in row:      # not after a resume with nothing left to train
         print(f"final validation: MSE {row['val_mse_mv2']:.5f} mV^2, PRD {row['val_prd']:.2f}%, "

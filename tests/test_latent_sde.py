@@ -755,11 +755,12 @@ def test_encoding_under_a_progress_bar_gives_the_frames_of_one_pass(drafted: boo
 def plotted_windows(run: dict, monkeypatch) -> np.ndarray:
     """The windows a run's epoch end plots (on rank 0 alone: every rank would write the same files)."""
     shown = []
-    monkeypatch.setattr(latent_sde_train, "plot_epoch", lambda fc, fixed, *a: shown.append(fixed))
+    monkeypatch.setattr(latent_sde_train, "plot_epoch", lambda fc, fixed, *a: shown.append((fixed, a[-1])))
     run["epoch_end"](run["model"], 1, False)
     assert not shown
     run["epoch_end"](run["model"], 1, True)
-    return shown[0]
+    assert shown[0][1] and all("record " in t for pair in shown[0][1] for t in pair)     # each panel: its record
+    return shown[0][0]
 
 
 def test_elbo_run_trains_on_the_training_frames_and_validates_on_the_validation_patients(trained: dict, tmp_path: Path,

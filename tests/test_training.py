@@ -591,10 +591,11 @@ def test_a_vqvae_run_trains_on_fresh_crops_of_the_training_windows_and_validates
     assert torch.equal(torch.stack(list(run["val_set"])), val["signals"])
     assert torch.equal(run["model"].scale, train["scale_mv"].float()) and run["summarize"] is vqvae_train.summarize
     plotted = []
-    monkeypatch.setattr(vqvae_train, "plot_fixed_windows", lambda m, windows, *a: plotted.append(windows))
+    monkeypatch.setattr(vqvae_train, "plot_fixed_windows", lambda m, windows, *a: plotted.append((windows, a)))
     assert "perplexity" in run["epoch_end"](run["model"], 1, False) and not plotted
     run["epoch_end"](run["model"], 1, True)
-    assert torch.equal(plotted[0], train_results.fixed_windows(val, 2))
+    assert torch.equal(plotted[0][0], train_results.fixed_windows(val, 2))
+    assert plotted[0][1][-1] == train_results.fixed_titles(val, 2, setup["prepared"])     # each panel: its record
     torch.manual_seed(2)
     again = trainer_inputs(monkeypatch, vqvae_train, argv)["model"].state_dict()
     assert all(torch.equal(v, again[k]) for k, v in run["model"].state_dict().items())
@@ -692,6 +693,23 @@ def test_plotted_windows_are_spread_over_the_split_from_its_first_to_its_last() 
     split = {"signals": torch.arange(10.0)[:, None, None].expand(10, 3, 2)}
     assert train_results.fixed_windows(split, 4)[:, 0, 0].tolist() == [0, 3, 6, 9]
     assert len(train_results.fixed_windows(split, 0)) == 0
+
+
+def test_epoch_plots_name_the_record_time_and_lead_of_each_window(tmp_path: Path, monkeypatch) -> None:
+    """A training run's epoch plots title each panel with its window's record, start and lead (meta.json), as
+    vqvae_eval's do, so a forecast that goes wrong can be looked up."""
+    (tmp_path / "meta.json").write_text(json.dumps({"records": {"109": {"leads": ["MLII", "V1"]}}}))
+    split = {"signals": torch.zeros(5, 8, 2), "records": ["109", "122"], "record": torch.tensor([0, 0, 0, 1, 1]),
+             "start": torch.tensor([0, 128, 256, 0, 384]), "fs": 128}
+    assert train_results.fixed_titles(split, 2, str(tmp_path)) == [
+        ("record 109 at 0 s, lead 1: MLII", "record 109 at 0 s, lead 2: V1"),
+        ("record 122 at 3 s, lead 1", "record 122 at 3 s, lead 2")]
+    figures = []
+    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    titles = [("a1", "a2"), ("b1", "b2")]
+    train_results.plot_forecasts(np.zeros((2, 12, 2)), np.zeros((2, 3, 4, 2)), 4, 8, tmp_path / "f.png", "t",
+                                 titles=titles)
+    assert [ax.get_title() for ax in figures[0].axes] == ["a1", "a2", "b1", "b2"]
 
 
 def test_window_and_forecast_plots_read_in_seconds_and_millivolts(tmp_path: Path, monkeypatch) -> None:

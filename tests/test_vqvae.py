@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import train_results
 import vqvae_eval
 from hyper_params import ModelConfig
 from vqvae import GAIN_BITS, GAIN_STEPS, VQVAE, VectorQuantizer
@@ -508,7 +509,7 @@ def test_reconstruction_examples_name_their_record_time_and_leads(tmp_path, monk
     from train_results import plot_windows
 
     data = {"records": ["109", "122"], "record": torch.tensor([0, 1]), "start": torch.tensor([0, 1536]), "fs": 128}
-    titles = vqvae_eval.example_titles(data, np.array([0, 1]), {"109": ["MLII", "V1"]})
+    titles = train_results.window_titles(data, np.array([0, 1]), {"109": ["MLII", "V1"]})
     assert titles == [("record 109 at 0 s, lead 1: MLII", "record 109 at 0 s, lead 2: V1"),
                       ("record 122 at 12 s, lead 1", "record 122 at 12 s, lead 2")]
     drawn = []
