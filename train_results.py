@@ -78,6 +78,32 @@ def plot_loss_curves(log: MetricsLog, out: Path, ylabel: str = "loss") -> None:
     plt.close(fig)
 
 
+HEALTH = (("perplexity", "perplexity", 1), ("usage", "codes used (%)", 100), ("restarted", "dead codes restarted", 1))
+
+
+def plot_codebook_health(log: MetricsLog, out: Path) -> None:
+    """Perplexity, share of codes used and dead codes restarted in each training epoch, a line per residual
+    codebook (metrics.csv's perplexity, perplexity_2, ...): a collapsing codebook shows here before the
+    reconstructions suffer. Nothing for a run without codebooks."""
+    rows = log.read()
+    if not rows or "perplexity" not in rows[0]:
+        return
+    epochs = [int(r["epoch"]) for r in rows]
+    suffixes = [k[len("perplexity"):] for k in rows[0] if k == "perplexity" or k.startswith("perplexity_")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, (name, label, factor) in zip(axes, HEALTH):
+        for level, suffix in enumerate(suffixes):
+            ax.plot(epochs, [factor * float(r[name + suffix]) for r in rows], marker="o", label=f"codebook {level + 1}")
+        ax.set(xlabel="epoch", ylabel=label)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("codebook health in each training epoch")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
 def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, title: str,
                  titles: list[tuple[str, str]] | None = None) -> None:
     """Lead 1 and lead 2 of a few windows [N, T, 2] in mV: original against reconstruction. `titles`: each

@@ -36,7 +36,8 @@ from tqdm import tqdm
 import paths
 from hyper_params import TrainConfig
 from paths import UserError, check_device
-from train_results import MetricsLog, check_same_config, load_checkpoint, plot_loss_curves, save_checkpoint
+from train_results import (MetricsLog, check_same_config, load_checkpoint, plot_codebook_health, plot_loss_curves,
+                           save_checkpoint)
 
 StepFn = Callable[[nn.Module, object], tuple[torch.Tensor, dict]]
 EpochEndFn = Callable[[nn.Module, int, bool], dict]
@@ -430,6 +431,7 @@ class Trainer:
         if self.s.checkpoint_every and self.epoch % self.s.checkpoint_every == 0:
             save_checkpoint(state, self.ckpt_dir / f"epoch_{self.epoch:03d}.pt")
         plot_loss_curves(self.log, self.run_dir / "loss_curves.png", self.loss_name)
+        plot_codebook_health(self.log, self.run_dir / "codebook_health.png")
         shown = {k: row[k] for k in self.shown if k in row}
         print(f"epoch {self.epoch}/{self.s.epochs} " + " ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())

@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
               "block_size": block}
     trainer = Trainer(model, train_set, val_set, step_fn, tcfg.train, run_dir, ckpt_dir, config, meta, rt,
                       kind="transformer", shown=("val_accuracy", "seconds"), extras=extras,
+                      loss_name="cross-entropy of the next code (nats)",
                       epoch_end=forecast_plotter(vq, cfg, tcfg, val, run_dir, rt.device, args.prepared))
     return trainer.run(args.resume)
 

@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = Trainer(model, RandomCrops(train["signals"], cfg.data.window_samples, cfg.train.seed),
                       Windows(val["signals"]), step_fn, cfg.train, run_dir, ckpt_dir, cfg.to_dict(), meta, rt,
                       kind="vqvae", epoch_end=plotting_epoch_end(fixed, fs, run_dir, titles), summarize=summarize,
+                      loss_name="reconstruction MSE + commitment (normalised units)",
                       shown=("val_mse_mv2", "val_prdn", *levels("perplexity", cfg), "usage", "restarted", "seconds"))
     if rt.is_main and not resume_ckpt:
         plot_fixed_windows(model, fixed, fs, run_dir / "reconstruction_initial.png",

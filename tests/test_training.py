@@ -47,6 +47,7 @@ def test_train_writes_plots_metrics_and_checkpoints(tmp_path: Path, synthetic_db
     assert (run / "reconstruction_initial.png").stat().st_size > 10_000
     assert (run / "reconstruction_epoch_001.png").exists() and (run / "reconstruction_epoch_002.png").exists()
     assert (run / "loss_curves.png").exists() and (run / "run.json").exists()
+    assert (run / "codebook_health.png").stat().st_size > 10_000
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     for key in ("train_loss", "val_loss", "val_mse_mv2", "val_prd", "val_prdn", "perplexity", "usage", "restarted"):
@@ -737,3 +738,23 @@ def test_window_and_forecast_plots_read_in_seconds_and_millivolts(tmp_path: Path
                         ("one sample", samples[0, 0, :, 1])):
         np.testing.assert_allclose(lines[label].get_xdata(), t[context:])
         np.testing.assert_allclose(lines[label].get_ydata(), want)
+
+
+def test_codebook_health_is_plotted_per_codebook_and_epoch(tmp_path: Path, monkeypatch) -> None:
+    """codebook_health.png: a line per residual codebook in each of perplexity, usage (%) and restarts, from
+    metrics.csv; a run without codebooks (the forecasters') gets none."""
+    log = train_results.MetricsLog(tmp_path / "metrics.csv")
+    for epoch in (1, 2):
+        log.append({"epoch": epoch, "val_loss": 1.0, "perplexity": 100.0 * epoch, "usage": 0.5, "restarted": 3,
+                    "perplexity_2": 50.0, "usage_2": 0.25, "restarted_2": 0})
+    figures = []
+    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    train_results.plot_codebook_health(log, tmp_path / "h.png")
+    perplexity, usage, restarted = figures[0].axes
+    assert [ln.get_label() for ln in perplexity.lines] == ["codebook 1", "codebook 2"]
+    assert list(perplexity.lines[0].get_ydata()) == [100.0, 200.0] and list(usage.lines[1].get_ydata()) == [25.0, 25.0]
+    assert list(restarted.lines[0].get_ydata()) == [3.0, 3.0] and list(restarted.lines[0].get_xdata()) == [1, 2]
+    plain = train_results.MetricsLog(tmp_path / "plain.csv")
+    plain.append({"epoch": 1, "val_loss": 1.0})
+    train_results.plot_codebook_health(plain, tmp_path / "none.png")
+    assert len(figures) == 1 and not (tmp_path / "none.png").exists()
