@@ -146,8 +146,9 @@ def unique_label(label: str, spec: str, taken: dict) -> str:
 def seen_patients(model: ForecasterBase, records: list[str], split: str = "train") -> list[str]:
     """The records among `records` that the model trained on (`split` "train") or chose its checkpoint on
     ("validation"), as its checkpoint lists them (forecast.seen_records): scored here, they would be no test."""
-    listed = getattr(model, f"{split}_records", [])
-    return [r for r in records if r in listed]
+    from prepare_mitbih import patients_seen
+
+    return patients_seen(records, getattr(model, f"{split}_records", []))
 
 
 def expand_models(specs: list[str]) -> list[str]:

@@ -102,6 +102,15 @@ def config_split(names: list[str], data: DataConfig, available: list[str] | None
     return assign_splits(names, list(test), list(validation))
 
 
+def patients_seen(scored: list[str], listed: Iterable[str]) -> list[str]:
+    """The records among `scored` that a model saw (`listed`: its checkpoint's training or validation records),
+    by name or as the other record of one MIT-BIH patient (201 and 202): scored, they are no test of it."""
+    listed = set(listed)
+    partner = {a: b for pair in SAME_PATIENT for a, b in (pair, pair[::-1])}
+    return [r if r in listed else f"{r} (the patient of {partner[r]})"
+            for r in scored if r in listed or partner.get(r) in listed]
+
+
 def assign_splits(names: list[str], test: list[str], validation: list[str]) -> dict[str, list[str]]:
     """Records in neither test nor validation train; patients are never shared between splits."""
     overlap = set(test) & set(validation)

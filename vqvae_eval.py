@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 import paths
 from hyper_params import AugmentConfig, DataConfig, stored_config
-from prepare_mitbih import augmented_encoding, cached_encoding, load_split, source_fs, stored_leads
+from prepare_mitbih import augmented_encoding, cached_encoding, load_split, patients_seen, source_fs, stored_leads
 from train_results import load_checkpoint, plot_windows, weights_digest, window_titles
 from training import Runtime, main_first
 from vqvae import SAMPLE_BITS, VQVAE, vqvae_from
@@ -175,7 +175,7 @@ def seen_warnings(meta: dict, records: list[str], split: str) -> list[str]:
              "test": {"train_records": "trained on", "validation_records": "chose its checkpoint on"}}.get(split, {})
     out = []
     for key, did in asked.items():
-        if seen := [r for r in records if r in meta.get(key, [])]:
+        if seen := patients_seen(records, meta.get(key, [])):
             out.append(f"the VQ-VAE {did} records {', '.join(seen)}, scored here too: if these are the same "
                        f"recordings, their figures are no {split} result")
     return out

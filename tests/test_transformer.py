@@ -117,6 +117,8 @@ def test_a_checkpoint_knows_its_training_and_validation_patients(trained: dict) 
     assert fc.train_records == ["102", "103", "104", "105"] and fc.validation_records == ["101"]
     assert evaluate.seen_patients(fc, ["100", "101", "103", "999"]) == ["103"]
     assert evaluate.seen_patients(fc, ["100", "101", "103", "999"], "validation") == ["101"]
+    fc.train_records = ["202"]          # MIT-BIH's 201 and 202 are one patient: scoring 201 is no test of it
+    assert evaluate.seen_patients(fc, ["100", "201", "203"]) == ["201 (the patient of 202)"]
     ckpt = torch.load(trained["ckpt"], weights_only=True)
     del ckpt["vqvae"]["meta"]["train_records"]          # a VQ-VAE from before session 21: MIT-BIH's split assumed
     seen = forecast.seen_records(ckpt, fc.cfg.data)

@@ -530,3 +530,4 @@ def test_vqvae_eval_warns_of_records_the_vqvae_saw() -> None:
     assert [w.split(",")[0] for w in seen_warnings(meta, ["106", "109"], "validation")] == [
         "the VQ-VAE trained on records 106"]
     assert seen_warnings(meta, ["101"], "train") == [] and seen_warnings({}, ["101"], "test") == []
+    assert "trained on records 201 (the patient of 202)," in seen_warnings({"train_records": ["202"]}, ["201"], "test")[0]
