@@ -65,6 +65,8 @@ def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     if seed >= 2 ** 63:
         raise ValueError(f"seed must be below 2**63, got {seed}")
+    if isinstance(context, torch.Tensor) and context.dtype == torch.bfloat16:
+        context = context.float()                               # numpy has no bfloat16; float32 holds it exactly
     try:
         x = context.detach().cpu().numpy() if isinstance(context, torch.Tensor) else np.asarray(context)
     except ValueError as e:                                     # a ragged list

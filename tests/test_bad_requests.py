@@ -354,3 +354,10 @@ def test_a_context_shorter_than_in_training_is_warned(shipped):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         shipped.predict(synthetic_ecg(3, 128, seed=0)[0], 8, 2)
+
+
+def test_a_bfloat16_context_is_forecast_as_its_values(shipped):
+    """numpy has no bfloat16: such a tensor stopped in torch's .numpy() with "Got unsupported ScalarType BFloat16"."""
+    x = torch.from_numpy(synthetic_ecg(3, 128, seed=0)[0]).to(torch.bfloat16)
+    for f in (shipped, make_baseline("template_ensemble", 128)):
+        np.testing.assert_array_equal(f.predict(x, 8, 2, seed=1), f.predict(x.float(), 8, 2, seed=1), err_msg=f.name)
