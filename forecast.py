@@ -298,7 +298,8 @@ def beat_draft(vq, context: torch.Tensor, steps: int, fs: int, num_samples: int 
     if more > 0:                    # the drawn draft unchanged (the template ensemble's), only coded longer
         owner = np.empty(len(drafts), np.int64)
         owner[index] = np.repeat(np.arange(len(x)), num_samples)
-        full = np.concatenate([drafts, repeat_last(np.concatenate([x[owner], drafts], 1), rhythm[1][owner], more)[:, 0]], 1)
+        tail = repeat_last(np.concatenate([x[owner], drafts], 1), rhythm[1][owner], more)[:, 0]
+        full = np.concatenate([drafts, tail], 1)
     codes = code_draft(vq, full, T, context.device)[:, :T + steps]
     which = torch.from_numpy(index).to(codes.device)
     if not waves:

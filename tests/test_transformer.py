@@ -814,7 +814,6 @@ def test_seasonal_and_beat_drafts_are_cached_apart(trained: dict, tmp_path: Path
     assert len(list((tmp_path / "elsewhere").rglob("*.pt"))) == 6        # encoded again, not read from the cache
 
 
-
 def test_a_short_horizon_reads_the_draft_codes_of_a_trained_length_draft():
     """A draft shorter than a training window's future is coded continued, then cut: coded alone, a 2-step draft's
     codes (the encoder's edge, the gain of 16 samples) were none of the codes the same samples have in a 3 s draft,
