@@ -426,8 +426,9 @@ def main() -> None:
     print(f"forecast of {args.record} from {args.start:g} s: {args.samples} samples x {res['samples'].shape[1]} "
           f"samples x 2 leads at {res['fs']} Hz in {time.time() - t0:.1f} s ({t_load:.1f} s of it loading the model)")
     if gap or truth < res["samples"].shape[1]:
-        print(f"note: the truth plotted covers {(truth - gap) / res['fs']:g} s of the {res['samples'].shape[1] / res['fs']:g} s "
-              f"forecast (the record's end or a gap)")
+        fs, horizon = res["fs"], res["samples"].shape[1]
+        paths.note(f"the truth plotted covers {(truth - gap) / fs:g} s of the {horizon / fs:g} s forecast (the record's "
+                   f"end or a gap)")
     print(f"{heart_rate_line(res['heart_rate'])} (lead 1 R peaks; paths: median [10th-90th percentile])")
     print(f"plot: {out / (stem + '.png')}\nsamples: {out / (stem + '_samples.npy')}")
 

@@ -252,6 +252,17 @@ def record(tmp_path):
     return write_record(tmp_path / "db", "r", seconds=12, seed=0)
 
 
+def test_a_forecast_past_the_records_end_says_how_much_truth_it_plots(tmp_path, monkeypatch, record, capsys):
+    """The 12 s record ends 2 s into a 3 s forecast from 10 s: the plot's truth stops there, and a note says so."""
+    monkeypatch.setattr(sys, "argv", ["forecast.py", "--checkpoint", str(PRETRAINED), "--record", str(record),
+                                      "--start", "10", "--horizon", "3", "--samples", "2", "--device", "cpu",
+                                      "--out", str(tmp_path / "out")])
+    forecast.main()
+    said = capsys.readouterr().err
+    assert "note: the truth plotted covers 2 s of the 3 s forecast (the record's end or a gap)" in said
+    assert np.load(tmp_path / "out" / "r_10s_samples.npy").shape == (2, 384, 2)
+
+
 def test_forecast_files_are_mv_samples_and_a_png(tmp_path, monkeypatch, record):
     samples = _forecast(monkeypatch, record, tmp_path / "out")
     assert samples.shape == (4, 128, 2) and samples.dtype == np.float32
