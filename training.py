@@ -425,11 +425,13 @@ class Trainer:
             self.pending_record = None
         self.log.append(row)  # before the checkpoints: a kill between the two redoes this epoch on resume
         state = self.state()
-        save_checkpoint(state, self.ckpt_dir / "last.pt")
+        # last.pt last: a kill before it redoes this epoch, best.pt included; written first, it would carry this
+        # epoch's best_val into the resume while best.pt still held an older epoch, for good
         if improved:
             save_checkpoint(state, self.ckpt_dir / "best.pt")
         if self.s.checkpoint_every and self.epoch % self.s.checkpoint_every == 0:
             save_checkpoint(state, self.ckpt_dir / f"epoch_{self.epoch:03d}.pt")
+        save_checkpoint(state, self.ckpt_dir / "last.pt")
         plot_loss_curves(self.log, self.run_dir / "loss_curves.png", self.loss_name)
         plot_codebook_health(self.log, self.run_dir / "codebook_health.png")
         shown = {k: row[k] for k in self.shown if k in row}

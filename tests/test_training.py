@@ -485,6 +485,36 @@ def test_numbered_checkpoints_every_checkpoint_every_epochs(tmp_path: Path) -> N
     assert torch.load(tmp_path / "ckpt" / "epoch_004.pt", weights_only=True)["epoch"] == 4
 
 
+def test_a_kill_while_writing_best_pt_leaves_the_best_epoch_to_the_resume(tmp_path: Path, monkeypatch) -> None:
+    """Killed while writing best.pt of its best epoch (the last, 3): the resume must end with that epoch in best.pt,
+    as the uninterrupted run does. Were last.pt written first, it would hold epoch 3 and its best_val, the resume
+    would have nothing to redo, and best.pt would stay epoch 2 for good."""
+    toy_trainer(tmp_path / "a", epochs=3).fit()
+    assert torch.load(tmp_path / "a" / "ckpt" / "best.pt", weights_only=True)["epoch"] == 3
+
+    class Killed(Exception):
+        pass
+
+    real_save = training.save_checkpoint
+
+    def save_or_die(state: dict, path: Path) -> None:
+        if path.name == "best.pt" and state["epoch"] == 3:
+            raise Killed
+        real_save(state, path)
+
+    monkeypatch.setattr(training, "save_checkpoint", save_or_die)
+    with pytest.raises(Killed):
+        toy_trainer(tmp_path / "b", epochs=3).fit()
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    resumed = toy_trainer(tmp_path / "c", epochs=3)
+    resumed.ckpt_dir = tmp_path / "b" / "ckpt"
+    resumed.fit(resume=tmp_path / "b" / "ckpt" / "last.pt")
+    best = torch.load(tmp_path / "b" / "ckpt" / "best.pt", weights_only=True)
+    assert best["epoch"] == 3
+    uninterrupted = torch.load(tmp_path / "a" / "ckpt" / "best.pt", weights_only=True)
+    assert all(torch.equal(best["model"][k], uninterrupted["model"][k]) for k in best["model"])
+
+
 def test_a_resume_trains_with_the_learning_rate_and_weight_decay_it_is_given(tmp_path: Path) -> None:
     """--resume --config F goes on with F's train section, which run.json records for the resume: its learning
     rate and weight decay are the ones used, not the first run's kept in the optimiser's saved state."""
