@@ -159,6 +159,8 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     """Fine-tune an ELBO-trained latent SDE on the fair CRPS of its forecast paths (latent_sde.PathCRPS), with
     the generic trainer: training windows drawn at random, the best epoch by the validation patients' CRPS."""
     source = resume["meta"]["crps_from"] if resume else args.crps_from
+    if resume and args.crps_from and args.crps_from != source:
+        paths.note(f"--crps-from {args.crps_from} is ignored: the resumed fine-tuning goes on from {source}")
     note_ignored_crps_flags(args, source)
     start = resume or load_checkpoint(source, "latent_sde")
     scfg = crps_config(args, resume, start, source)
@@ -293,6 +295,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     resume = load_checkpoint(args.resume, "latent_sde") if args.resume else None
+    if args.crps_from and resume and "crps_from" not in resume["meta"]:
+        raise paths.UserError(f"--resume {args.resume} is an ELBO run's checkpoint and --crps-from starts a fine-tuning "
+                              "run of its own: resume the ELBO run without --crps-from, or fine-tune with --crps-from "
+                              "alone")
     if args.crps_from or (resume and "crps_from" in resume["meta"]):
         return finetune_crps(args, resume, argv)
     return train_elbo(args, resume, argv)

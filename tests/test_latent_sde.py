@@ -470,6 +470,20 @@ def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_p
     assert [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())] == ["1", "2"]
 
 
+def test_resume_with_crps_from_names_the_pair_of_flags(tmp_path: Path, capsys) -> None:
+    """--resume of an ELBO run with --crps-from is one clear error (was a KeyError traceback: the ELBO run's meta
+    has no crps_from); a fine-tuning run resumed with another --crps-from says it goes on from its own source."""
+    elbo, tuned = tmp_path / "elbo.pt", tmp_path / "tuned.pt"
+    common = {"kind": "latent_sde", "model": {}, "config": {}, "vqvae": {}}
+    torch.save({**common, "meta": {"seed": 0}}, elbo)
+    torch.save({**common, "meta": {"seed": 0, "crps_from": "first.pt"}}, tuned)
+    with pytest.raises(UserError, match=f"--resume {elbo} .* ELBO run .* --crps-from"):
+        latent_sde_train.main(["--device", "cpu", "--resume", str(elbo), "--crps-from", "other.pt"])
+    with pytest.raises(Exception):      # the fabricated checkpoint goes no further
+        latent_sde_train.main(["--device", "cpu", "--resume", str(tuned), "--crps-from", "other.pt"])
+    assert "--crps-from other.pt is ignored: the resumed fine-tuning goes on from first.pt" in capsys.readouterr().err
+
+
 def test_crps_fine_tuning_under_torchrun_keeps_the_ranks_in_step(drafted: dict, tmp_path: Path) -> None:
     """2 CPU processes (gloo): DDP reduces the gradients of the trained networks only, so both ranks end with
     the same weights, the posterior's still the source's."""
