@@ -150,6 +150,12 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
+def run_warmup(warmup: int, total: int) -> int:
+    """The warm-up steps of a run of `total` steps: at most a quarter of it, or a short run (make demo's 120
+    steps against the Transformer's 200) would never reach its peak learning rate, nor decay from it."""
+    return min(warmup, total // 4)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, (DDP, nn.DataParallel)) else model
 
@@ -207,8 +213,12 @@ class Trainer:
         self.model = model.to(rt.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=settings.learning_rate,
                                      weight_decay=settings.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, warmup_cosine(settings.warmup_steps, settings.epochs * self.steps_per_epoch))
+        total = settings.epochs * self.steps_per_epoch
+        warmup = run_warmup(settings.warmup_steps, total)
+        if warmup < settings.warmup_steps and rt.is_main:
+            paths.note(f"train.warmup_steps {settings.warmup_steps} is over a quarter of this run's {total} steps: "
+                       f"warming up over {warmup}, so the learning rate reaches its peak and decays")
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, warmup_cosine(warmup, total))
         self.amp = settings.amp and rt.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.epoch, self.step, self.best = 0, 0, float("inf")

@@ -276,6 +276,20 @@ def toy_trainer(tmp_path, model: nn.Module | None = None, data: TensorDataset | 
                             tmp_path / "ckpt", {}, {}, training.Runtime(torch.device("cpu")), "toy")
 
 
+def test_a_warm_up_longer_than_a_quarter_of_the_run_is_shortened_to_it(tmp_path, capsys):
+    """make demo trained the Transformer 120 steps with warmup_steps 200: its learning rate never reached the peak
+    nor decayed. A warm-up is kept to a quarter of the run, said in a note, and the run ends at a tenth of the peak."""
+    trainer = toy_trainer(tmp_path, epochs=2, warmup_steps=100)       # 2 epochs x 8 steps
+    assert "train.warmup_steps 100 is over a quarter of this run's 16 steps: warming up over 4" in capsys.readouterr().err
+    lrs = []
+    trainer.opt.register_step_pre_hook(lambda opt, *_: lrs.append(opt.param_groups[0]["lr"]))
+    trainer.fit()
+    assert lrs[:5] == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01]) and len(lrs) == 16
+    assert trainer.opt.param_groups[0]["lr"] == pytest.approx(0.001)
+    toy_trainer(tmp_path / "short", epochs=2, warmup_steps=4)                  # a quarter exactly: as configured
+    assert "warming up over" not in capsys.readouterr().err
+
+
 def test_fewer_validation_windows_than_processes_is_refused(tmp_path):
     """Under torchrun a rank whose validation shard is empty would all-reduce a metrics vector of another length
     than the other ranks' (gloo fails, NCCL hangs): refused on every rank before training."""
