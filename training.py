@@ -264,8 +264,22 @@ class Trainer:
                        f"(prepared again since?): the epochs after {self.epoch} train on these")
         if self.rt.is_main:
             self.log.drop_after(self.epoch)  # epochs after the checkpoint are redone, not listed twice
+            self.note_later_best(path)
             for stale in self.ckpt_dir.glob(".*.tmp"):  # half-written by a run killed while saving
                 stale.unlink()
+
+    def note_later_best(self, path: str | Path) -> None:
+        """A resume from an older epoch_NNN.pt finds best.pt from a later epoch of the trajectory it leaves: said,
+        since the resumed run replaces it as soon as it beats the older checkpoint's best validation loss."""
+        best = self.ckpt_dir / "best.pt"
+        if best.exists() and Path(path).resolve() != best.resolve():
+            try:
+                epoch = load_checkpoint(best)["epoch"]
+            except UserError:                   # nothing to say of a file that cannot be read
+                return
+            if epoch > self.epoch:
+                paths.note(f"{best} is epoch {epoch}'s, after this checkpoint's epoch {self.epoch}: the resumed run "
+                           f"replaces it once its validation loss is below {self.best:.6g}")
 
     def _train_epoch(self, model: nn.Module) -> dict:
         model.train()

@@ -290,6 +290,23 @@ def test_a_warm_up_longer_than_a_quarter_of_the_run_is_shortened_to_it(tmp_path,
     assert "warming up over" not in capsys.readouterr().err
 
 
+def test_a_resume_from_an_older_epoch_says_that_best_pt_is_a_later_epochs(tmp_path, capsys):
+    """best.pt of epoch 3 stays beside a resume from epoch_001.pt; the resumed run replaces it once it beats
+    epoch 1's validation loss, so best.pt may end up worse than the trajectory left behind: said."""
+    trainer = toy_trainer(tmp_path, epochs=3, checkpoint_every=1)
+    trainer.fit()
+    ckpts = tmp_path / "ckpt"
+    assert torch.load(ckpts / "best.pt", weights_only=True)["epoch"] == 3
+    again = training.Trainer(nn.Linear(4, 1), trainer.train_loader.dataset, trainer.train_loader.dataset,
+                             squared_error, trainer.s, tmp_path / "run", ckpts, {}, {},
+                             training.Runtime(torch.device("cpu")), "toy")
+    capsys.readouterr()
+    again.resume(ckpts / "epoch_001.pt")
+    assert f"{ckpts / 'best.pt'} is epoch 3's, after this checkpoint's epoch 1" in capsys.readouterr().err
+    again.resume(ckpts / "last.pt")
+    assert "is epoch 3's" not in capsys.readouterr().err
+
+
 def test_fewer_validation_windows_than_processes_is_refused(tmp_path):
     """Under torchrun a rank whose validation shard is empty would all-reduce a metrics vector of another length
     than the other ranks' (gloo fails, NCCL hangs): refused on every rank before training."""
