@@ -145,8 +145,8 @@ class Config:
                f"must divide the window of {d.window_samples} samples")
         for key in ("channels", "latent_dim", "codebook_size", "num_quantizers", "attention_heads"):
             _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
-        _check(m.channels % m.attention_heads == 0, "model.attention_heads", m.attention_heads,
-               f"must divide model.channels={m.channels}")
+        _check(not m.has_attention or m.channels % m.attention_heads == 0, "model.attention_heads",
+               m.attention_heads, f"must divide model.channels={m.channels}")
         _check(0 < m.ema_decay < 1, "model.ema_decay", m.ema_decay, "must be in (0, 1)")
         for key in ("res_blocks", "attention_layers", "commitment_cost", "dead_code_threshold", "restart_every"):
             _check(getattr(m, key) >= 0, f"model.{key}", getattr(m, key), "must be >= 0")
@@ -169,7 +169,12 @@ def _matches(value: Any, hint: Any) -> bool:
         (item,) = typing.get_args(hint)
         return isinstance(value, list) and all(_matches(v, item) for v in value)
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return False
+        try:
+            return math.isfinite(float(value))
+        except OverflowError:           # an integer literal beyond any float
+            return False
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, hint)

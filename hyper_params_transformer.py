@@ -56,6 +56,8 @@ class TransformerConfig:
         for key in ("dim", "layers", "heads"):
             _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
         _check(m.dim % m.heads == 0, "model.heads", m.heads, f"must divide model.dim={m.dim}")
+        _check(not m.rope or m.dim // m.heads % 2 == 0, "model.heads", m.heads,
+               f"must leave an even head size with model.rope (rotary embeddings turn pairs), not {m.dim // m.heads}")
         _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
         _check(m.draft or not m.draft_beats, "model.draft_beats", m.draft_beats, "needs model.draft true")
         _check(s.temperature >= 0, "sample.temperature", s.temperature, "must be >= 0 (0 = greedy)")

@@ -121,7 +121,7 @@ def test_section_must_be_object(section_value):
     ({"data": {"filter_order": 0}}, "data.filter_order"),
     ({"data": {"normalization": "zscore"}}, "data.normalization"),
     ({"data": {"first_lead": " "}}, "data.first_lead"),
-    ({"model": {"attention_heads": 3}}, "model.attention_heads"),                 # 64 % 3 != 0
+    ({"model": {"has_attention": True, "attention_heads": 3}}, "model.attention_heads"),     # 64 % 3 != 0
     ({"model": {"ema_decay": 1.0}}, "model.ema_decay"),
     ({"model": {"res_blocks": -1}}, "model.res_blocks"),
     ({"model": {"restart_every": -5}}, "model.restart_every"),
@@ -330,3 +330,17 @@ def test_out_of_range_values_are_refused_by_name(maker, raw, key):
     build = transformer_config_from_dict if maker == "transformer" else sde_config_from_dict
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
         build(raw)
+
+
+def test_reviewed_model_settings_are_checked_where_they_matter():
+    """Rotary embeddings turn pairs of a head's dimensions: an odd head size (dim 6, heads 2) trained with 4-wide
+    queries from 3-wide heads, silently. Attention heads need to divide the channels only when there is attention.
+    An integer literal beyond any float is a bad value, not an OverflowError traceback."""
+    from hyper_params_transformer import transformer_config_from_dict
+
+    with pytest.raises(UserError, match="'model.heads'.*even head size with model.rope"):
+        transformer_config_from_dict({"model": {"dim": 6, "heads": 2, "rope": True}})
+    assert transformer_config_from_dict({"model": {"dim": 6, "heads": 2, "rope": False}}).model.heads == 2
+    assert config_from_dict({"model": {"has_attention": False, "attention_heads": 3}}).model.attention_heads == 3
+    assert "'model.attention_heads'" in error_of({"model": {"has_attention": True, "attention_heads": 3}})
+    assert "'train.learning_rate'" in error_of({"train": {"learning_rate": 10 ** 400}})
