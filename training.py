@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -401,12 +402,14 @@ class Trainer:
         return row
 
     def resume_hint(self, resume: str | Path | None = None) -> str:
-        """How an interrupted run goes on: from its last.pt, else from the checkpoint it resumed, if any."""
+        """How an interrupted run goes on: from its last.pt, else from the checkpoint it resumed, if any; with the
+        script that runs (a trainer of one's own too), else the project's <kind>_train.py."""
         last = self.ckpt_dir / "last.pt"
         start = last if last.exists() else resume
         if not start:
             return "nothing was saved yet (last.pt is written at the end of every epoch)"
-        return f"resume with: python3 {self.kind}_train.py --resume {start}"
+        script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else f"{self.kind}_train.py"
+        return f"resume with: python3 {script} --resume {start}"
 
     def make_loaders(self, train_set: Dataset, val_set: Dataset) -> None:
         settings, rt = self.s, self.rt

@@ -570,20 +570,22 @@ def test_closing_codebook_line_is_the_last_training_epochs_for_every_level(tmp_p
 
 
 
-@pytest.mark.parametrize("step, said", [
-    (10, "interrupted; resume with: python3 toy_train.py --resume {ckpt}/last.pt"),
-    (3, "interrupted; nothing was saved yet (last.pt is written at the end of every epoch)")],
-    ids=["second_epoch", "first_epoch"])
-def test_an_interrupted_run_says_how_to_resume(tmp_path: Path, step: int, said: str) -> None:
+@pytest.mark.parametrize("step, script, said", [
+    (10, "toy_train.py", "interrupted; resume with: python3 toy_train.py --resume {ckpt}/last.pt"),
+    (10, "../mine/my_forecaster.py", "interrupted; resume with: python3 ../mine/my_forecaster.py --resume {ckpt}/last.pt"),
+    (3, "toy_train.py", "interrupted; nothing was saved yet (last.pt is written at the end of every epoch)")],
+    ids=["second_epoch", "a_script_of_ones_own", "first_epoch"])
+def test_an_interrupted_run_says_how_to_resume(tmp_path: Path, step: int, script: str, said: str) -> None:
     """Ctrl-C in the second epoch (8 steps an epoch) names the command that resumes from the first epoch's
-    last.pt; in the first epoch, that there is nothing to resume from. Exit status 130 either way."""
+    last.pt, with the script that runs (a trainer of one's own was told to run <kind>_train.py, which does not
+    exist); in the first epoch, that there is nothing to resume from. Exit status 130 either way."""
     def interrupted_at_step(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
         if model.training and trainer.step == step:
             raise KeyboardInterrupt
         return squared_error(model, batch)
 
     trainer = toy_trainer(tmp_path, step=interrupted_at_step, epochs=2)
-    r = run_script(trainer.run, "toy_train.py", [])
+    r = run_script(trainer.run, script, [])
     assert (r.returncode, r.stderr.splitlines()) == (130, [said.format(ckpt=tmp_path / "ckpt")])
 
 
