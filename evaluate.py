@@ -17,7 +17,9 @@ metrics.csv, error_curves.png and gallery_<model>.png into a fresh results/evalu
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
+import inspect
 import importlib.util
 import json
 import re
@@ -27,6 +29,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -54,7 +57,7 @@ def make_forecaster(spec: str, fs: int, device: str | None = None) -> Forecaster
     if spec in BASELINES:
         return make_baseline(spec, fs)
     if USER_SPEC.fullmatch(spec) and not Path(spec).is_file():
-        return user_forecaster(spec, fs)
+        return user_forecaster(spec, fs, device)
     path = paths.shipped_checkpoint(spec, "--model") if spec in SHIPPED_SPECS else Path(spec)
     if not path.is_file():
         raise UserError(f"--model {spec}: no such checkpoint file; --model takes a checkpoint path (e.g. "
@@ -71,7 +74,7 @@ def make_forecaster(spec: str, fs: int, device: str | None = None) -> Forecaster
     return model
 
 
-USER_SPEC = re.compile(r"(?P<source>[^:]+\.py|[\w.]+):(?P<name>\w+)")
+USER_SPEC = re.compile(r"(?P<source>[^:=]+\.py|[\w.]+):(?P<name>\w+)(=(?P<checkpoint>.+))?")
 
 
 def load_file(path: Path):
@@ -90,10 +93,12 @@ def load_file(path: Path):
     return module
 
 
-def user_forecaster(spec: str, fs: int) -> ForecasterBase:
+def user_forecaster(spec: str, fs: int, device: str | None = None) -> ForecasterBase:
     """NAME from FILE.py or an importable module, called with the data's sampling rate: a class or factory
-    whose result has `predict(context, horizon, num_samples, seed)` like every forecaster here."""
-    source, name = USER_SPEC.fullmatch(spec).group("source", "name")
+    whose result has `predict(context, horizon, num_samples, seed)` like every forecaster here. With
+    FILE.py:NAME=CHECKPOINT it is called with checkpoint=CHECKPOINT too, and with --device's as device= when it
+    takes one."""
+    source, name, checkpoint = USER_SPEC.fullmatch(spec).group("source", "name", "checkpoint")
     try:
         if source.endswith(".py"):
             if not Path(source).is_file():
@@ -110,10 +115,12 @@ def user_forecaster(spec: str, fs: int) -> ForecasterBase:
         raise UserError(f"--model {spec}: importing {source} failed: {type(e).__name__}: {e}{hint}") from e
     if not callable(getattr(module, name, None)):
         raise UserError(f"--model {spec}: {source} has no class or function {name}")
+    kwargs = user_arguments(spec, getattr(module, name), checkpoint, device)
     try:
-        f = getattr(module, name)(fs)
+        f = getattr(module, name)(fs, **kwargs)
     except Exception as e:
-        raise UserError(f"--model {spec}: {name}({fs}) failed: {type(e).__name__}: {e}") from e
+        call = ", ".join([str(fs), *(f"{k}={v!r}" for k, v in kwargs.items())])
+        raise UserError(f"--model {spec}: {name}({call}) failed: {type(e).__name__}: {e}") from e
     if not callable(getattr(f, "predict", None)):
         raise UserError(f"--model {spec}: {name}({fs}) has no predict(context, horizon, num_samples, seed)")
     own_fs = vars(f).get("fs", getattr(type(f), "fs", fs))
@@ -124,6 +131,35 @@ def user_forecaster(spec: str, fs: int) -> ForecasterBase:
     if getattr(f, "name", ForecasterBase.name) == ForecasterBase.name:
         f.name = name
     return f
+
+
+def user_arguments(spec: str, make: Callable, checkpoint: str | None, device: str | None) -> dict:
+    """The keyword arguments a forecaster of one's own is called with besides the rate: `checkpoint` when the
+    spec names one (refused if it takes none), `device` when it takes one and --device is given."""
+    try:
+        params = inspect.signature(make).parameters
+    except (TypeError, ValueError):         # a builtin without a signature: nothing to pass
+        params = {}
+    def takes(key: str) -> bool:
+        return key in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+    if checkpoint and not takes("checkpoint"):
+        raise UserError(f"--model {spec}: {USER_SPEC.fullmatch(spec)['name']} takes no checkpoint argument "
+                        f"(give it one, `checkpoint=None`, to be handed =CHECKPOINT)")
+    return {**({"checkpoint": checkpoint} if checkpoint else {}),
+            **({"device": device} if device and takes("device") else {})}
+
+
+def own_code(specs: list[str]) -> str:
+    """The file behind each forecaster of one's own and its SHA-256: git's commit says nothing of an untracked
+    my_model.py, so the report names the exact code it scored."""
+    out = []
+    for spec in expand_models(specs):
+        if (m := USER_SPEC.fullmatch(spec)) and not Path(spec).is_file():
+            found = m["source"] if m["source"].endswith(".py") else getattr(
+                importlib.util.find_spec(m["source"]), "origin", None)      # imported already: no side effects
+            if found and Path(found).is_file():
+                out.append(f"{spec}: {found} sha256 {hashlib.sha256(Path(found).read_bytes()).hexdigest()[:16]}")
+    return "; ".join(out)
 
 
 def preparation_mismatch(model: ForecasterBase, cfg: Config) -> str:
@@ -870,6 +906,7 @@ def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config,
         "device": ", ".join(sorted({str(f.device) for f in forecasters.values() if hasattr(f, "device")})) or "cpu",
         "bootstrap": f"{N_BOOT} resamples of records, seed {args.seed}, 95 % percentile intervals",
         "wall time": f"{wall:.1f} s",
+        **({"own forecasters": code} if (code := own_code(getattr(args, "model", None) or [])) else {}),
     }
 
 

@@ -41,10 +41,9 @@ from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from prepare_mitbih import load_split
 from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_forecasts
 from training import (EpochEndFn, Runtime, StepFn, Trainer, resumed_seed, run_config, run_parser, run_record,
-                      seed_everything, setup_runtime)
+                      seed_everything, setup_runtime, shared_run_dirs)
 from vqvae import VQVAE
 from vqvae_eval import frozen_encodings, run_vqvae, vqvae_choice
-from vqvae_train import shared_run_dirs
 
 
 @torch.no_grad()

@@ -198,6 +198,14 @@ class Trainer:
                  rt: Runtime, kind: str, epoch_end: EpochEndFn | None = None,
                  summarize: Callable[[dict], dict] | None = None, shown: tuple[str, ...] = (),
                  extras: dict | None = None, loss_name: str = "loss"):
+        """`step_fn(model, batch) -> (loss, metrics)` gets the model as wrapped for DDP or DataParallel: it must
+        call model(...) and nothing else of it (a method of the bare module would skip DDP's gradient sync).
+        `settings`: the config's train section. `config`: the whole config as a dict, stored in checkpoints;
+        a resume refuses another one, its training sections aside. `meta`: run_record's (run.json; its records
+        and data hash are checked on resume). `kind` names the model in its checkpoints (load_checkpoint(path,
+        kind) refuses another). `epoch_end(model, epoch, is_main)` gets the bare model after validation
+        (plots; metrics it returns join the row); `summarize(row)` adds metrics computed from the row; `shown`:
+        the row's keys printed each epoch; `extras`: whatever else rebuilds the model from a checkpoint."""
         self.s, self.rt, self.kind = settings, rt, kind
         self.step_fn, self.epoch_end, self.summarize = step_fn, epoch_end, summarize
         self.run_dir, self.ckpt_dir = Path(run_dir), Path(ckpt_dir)
@@ -510,6 +518,24 @@ def run_parser(doc: str | None, config_help: str) -> argparse.ArgumentParser:
     p.add_argument("--results", help="results root (default: $ECG_RESULTS_DIR or results)")
     p.add_argument("--checkpoints", help="checkpoints root (default: $ECG_CHECKPOINTS_DIR or checkpoints)")
     return p
+
+
+def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | None,
+                    experiment: str) -> tuple[Path, Path]:
+    """The run's results and checkpoint folders (results/<experiment>-<time>/, checkpoints/<same>/, from
+    run_parser's --results and --checkpoints): rank 0 names them (or reuses the resumed run's); every rank
+    learns the same."""
+    names = [None, None]
+    if rt.is_main:
+        if resume_ckpt and Path(resume_ckpt["run_dir"]).is_dir():
+            names = [resume_ckpt["run_dir"], resume_ckpt["ckpt_dir"]]
+        else:
+            ckpt_root = paths.check_writable(paths.location("checkpoints", args.checkpoints))  # before training
+            run = paths.new_run_dir(experiment, args.results)
+            names = [str(run), str(ckpt_root / run.name)]
+    if rt.distributed:
+        dist.broadcast_object_list(names, src=0)
+    return Path(names[0]), Path(names[1])
 
 
 def run_config(args: argparse.Namespace, resume: dict | None, load: Callable[[str | None], Any],

@@ -23,11 +23,10 @@ from hyper_params import stored_config
 from hyper_params_transformer import load_transformer_config, transformer_config_from_dict
 from prepare_mitbih import load_split
 from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_forecasts
-from training import Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime
+from training import Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime, shared_run_dirs
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
 from vqvae_eval import ENCODE_BATCH, frozen_encodings, run_vqvae, vqvae_choice
-from vqvae_train import shared_run_dirs
 
 
 @torch.no_grad()

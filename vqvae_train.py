@@ -8,13 +8,11 @@ every N epochs) to checkpoints/vqvae-<time>/.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import Dataset
 
 import paths
@@ -22,7 +20,7 @@ from hyper_params import Config, config_from_dict, load_config
 from prepare_mitbih import load_split, source_fs
 from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_windows
 from training import (EpochEndFn, Runtime, Trainer, run_config, run_parser, run_record, seed_everything,
-                      setup_runtime)
+                      setup_runtime, shared_run_dirs)
 from vqvae import VQVAE, level_key
 from vqvae_eval import compression
 
@@ -109,22 +107,6 @@ def check_not_data_parallel(rt: Runtime) -> None:
                               "--device cuda:0")
 
 
-def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | None,
-                    experiment: str = "vqvae") -> tuple[Path, Path]:
-    """Rank 0 names the run (or reuses the resumed one); every rank learns the same folders."""
-    names = [None, None]
-    if rt.is_main:
-        if resume_ckpt and Path(resume_ckpt["run_dir"]).is_dir():
-            names = [resume_ckpt["run_dir"], resume_ckpt["ckpt_dir"]]
-        else:
-            ckpt_root = paths.check_writable(paths.location("checkpoints", args.checkpoints))  # before training
-            run = paths.new_run_dir(experiment, args.results)
-            names = [str(run), str(ckpt_root / run.name)]
-    if rt.distributed:
-        dist.broadcast_object_list(names, src=0)
-    return Path(names[0]), Path(names[1])
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = run_parser(__doc__, "config JSON (default: config_vqvae.json)").parse_args(argv)
     resume_ckpt = load_checkpoint(args.resume, "vqvae") if args.resume else None
@@ -136,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
     fs = int(train["fs"])
     model = VQVAE(cfg.model, train["scale_mv"].tolist())
-    run_dir, ckpt_dir = shared_run_dirs(args, rt, resume_ckpt)
+    run_dir, ckpt_dir = shared_run_dirs(args, rt, resume_ckpt, "vqvae")
     meta = run_record(cfg.to_dict(), cfg.train.seed, train, val, rt, sys.argv if argv is None else argv)
     fixed, titles = fixed_windows(val, cfg.train.plot_windows), fixed_titles(val, cfg.train.plot_windows, args.prepared)
     trainer = Trainer(model, RandomCrops(train["signals"], cfg.data.window_samples, cfg.train.seed),

@@ -115,6 +115,44 @@ def test_your_own_forecaster_is_scored_and_paired_like_a_model(db250, tmp_path):
             evaluate.main(["--model", bad, "--wfdb-dir", str(db250), "--results", str(tmp_path / "results")])
 
 
+CHECKPOINTED = """
+import numpy as np
+
+
+class Loaded:
+    def __init__(self, fs, checkpoint=None, device="cpu"):
+        self.fs, self.device = fs, device
+        self.level = float(open(checkpoint).read()) if checkpoint else 0.0
+
+    def predict(self, context, horizon, num_samples=100, seed=0):
+        return np.full((len(context), 1, horizon, 2), self.level, np.float32)
+
+
+def bare(fs):
+    return Loaded(fs)
+"""
+
+
+def test_your_own_forecaster_is_handed_its_checkpoint_and_device_and_the_report_names_its_code(db250, tmp_path):
+    """FILE.py:NAME=CHECKPOINT calls NAME(fs, checkpoint=CHECKPOINT), with device= when NAME takes one; the report
+    names the file's SHA-256, since git's commit says nothing of an untracked file of one's own."""
+    import hashlib
+
+    mine, ckpt = tmp_path / "mine.py", tmp_path / "level.txt"
+    mine.write_text(CHECKPOINTED)
+    ckpt.write_text("0.25")
+    f = evaluate.make_forecaster(f"{mine}:Loaded={ckpt}", 128, "cpu")
+    assert (f.level, f.device) == (0.25, "cpu")
+    assert evaluate.make_forecaster(f"{mine}:Loaded", 128, None).level == 0.0
+    with pytest.raises(UserError, match="bare takes no checkpoint argument"):
+        evaluate.make_forecaster(f"{mine}:bare={ckpt}", 128, "cpu")
+    _, result = _run(["--model", f"{mine}:Loaded={ckpt}", "zero", "--wfdb-dir", str(db250), "--records", "a01",
+                      "--samples", "2", "--max-windows-per-record", "1", "--results", str(tmp_path / "results")])
+    digest = hashlib.sha256(mine.read_bytes()).hexdigest()[:16]
+    assert result["header"]["own forecasters"] == f"{mine}:Loaded={ckpt}: {mine} sha256 {digest}"
+    assert result["per_record"]["Loaded"]["mse"]["a01"] != result["per_record"]["zero"]["mse"]["a01"]
+
+
 def test_a_model_is_paired_against_the_best_baseline_on_each_score(db250):
     cfg = load_config()
     fs, c = cfg.data.samples_per_second, cfg.data.window_samples

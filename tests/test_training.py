@@ -705,9 +705,9 @@ def test_a_resume_without_its_run_folder_starts_a_new_one(tmp_path: Path) -> Non
     rt = Runtime(torch.device("cpu"))
     (tmp_path / "old").mkdir()
     own = {"run_dir": str(tmp_path / "old"), "ckpt_dir": str(tmp_path / "old_ck")}
-    assert vqvae_train.shared_run_dirs(args, rt, own) == (tmp_path / "old", tmp_path / "old_ck")
+    assert training.shared_run_dirs(args, rt, own, "vqvae") == (tmp_path / "old", tmp_path / "old_ck")
     moved = {"run_dir": str(tmp_path / "gone"), "ckpt_dir": str(tmp_path / "gone_ck")}
-    run, ckpt = vqvae_train.shared_run_dirs(args, rt, moved)
+    run, ckpt = training.shared_run_dirs(args, rt, moved, "vqvae")
     assert run.is_dir() and run.parent == tmp_path / "results" and ckpt == tmp_path / "checkpoints" / run.name
 
 
