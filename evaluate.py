@@ -93,16 +93,16 @@ def load_file(path: Path):
     return module
 
 
-def user_forecaster(spec: str, fs: int, device: str | None = None) -> ForecasterBase:
+def user_forecaster(spec: str, fs: int, device: str | None = None, flag: str = "--model") -> ForecasterBase:
     """NAME from FILE.py or an importable module, called with the data's sampling rate: a class or factory
     whose result has `predict(context, horizon, num_samples, seed)` like every forecaster here. With
     FILE.py:NAME=CHECKPOINT it is called with checkpoint=CHECKPOINT too, and with --device's as device= when it
-    takes one."""
+    takes one. `flag` names the option it came by in errors."""
     source, name, checkpoint = USER_SPEC.fullmatch(spec).group("source", "name", "checkpoint")
     try:
         if source.endswith(".py"):
             if not Path(source).is_file():
-                raise UserError(f"--model {spec}: no such file {source}")
+                raise UserError(f"{flag} {spec}: no such file {source}")
             module = load_file(Path(source))
         else:
             module = importlib.import_module(source)
@@ -110,30 +110,30 @@ def user_forecaster(spec: str, fs: int, device: str | None = None) -> Forecaster
         raise
     except Exception as e:
         file = source.replace(".", "/") + ".py"
-        hint = (f" (a file? --model {file}:{name} loads it by its path; a module name is looked up on "
+        hint = (f" (a file? {flag} {file}:{name} loads it by its path; a module name is looked up on "
                 f"PYTHONPATH, not in the working folder)" if isinstance(e, ModuleNotFoundError) else "")
-        raise UserError(f"--model {spec}: importing {source} failed: {type(e).__name__}: {e}{hint}") from e
+        raise UserError(f"{flag} {spec}: importing {source} failed: {type(e).__name__}: {e}{hint}") from e
     if not callable(getattr(module, name, None)):
-        raise UserError(f"--model {spec}: {source} has no class or function {name}")
-    kwargs = user_arguments(spec, getattr(module, name), checkpoint, device)
+        raise UserError(f"{flag} {spec}: {source} has no class or function {name}")
+    kwargs = user_arguments(f"{flag} {spec}", getattr(module, name), checkpoint, device)
     try:
         f = getattr(module, name)(fs, **kwargs)
     except Exception as e:
         call = ", ".join([str(fs), *(f"{k}={v!r}" for k, v in kwargs.items())])
-        raise UserError(f"--model {spec}: {name}({call}) failed: {type(e).__name__}: {e}") from e
+        raise UserError(f"{flag} {spec}: {name}({call}) failed: {type(e).__name__}: {e}") from e
     if not callable(getattr(f, "predict", None)):
-        raise UserError(f"--model {spec}: {name}({fs}) has no predict(context, horizon, num_samples, seed)")
+        raise UserError(f"{flag} {spec}: {name}({fs}) has no predict(context, horizon, num_samples, seed)")
     own_fs = vars(f).get("fs", getattr(type(f), "fs", fs))
     if "fs" not in vars(f) and next((c for c in type(f).__mro__ if "fs" in vars(c)), None) is ForecasterBase:
         own_fs = fs                                             # ForecasterBase's default, not a choice
     if int(own_fs) != int(fs):
-        raise UserError(f"--model {spec}: it forecasts at {own_fs} Hz but the data is at {fs} Hz")
+        raise UserError(f"{flag} {spec}: it forecasts at {own_fs} Hz but the data is at {fs} Hz")
     if getattr(f, "name", ForecasterBase.name) == ForecasterBase.name:
         f.name = name
     return f
 
 
-def user_arguments(spec: str, make: Callable, checkpoint: str | None, device: str | None) -> dict:
+def user_arguments(asked: str, make: Callable, checkpoint: str | None, device: str | None) -> dict:
     """The keyword arguments a forecaster of one's own is called with besides the rate: `checkpoint` when the
     spec names one (refused if it takes none), `device` when it takes one and --device is given."""
     try:
@@ -143,7 +143,7 @@ def user_arguments(spec: str, make: Callable, checkpoint: str | None, device: st
     def takes(key: str) -> bool:
         return key in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
     if checkpoint and not takes("checkpoint"):
-        raise UserError(f"--model {spec}: {USER_SPEC.fullmatch(spec)['name']} takes no checkpoint argument "
+        raise UserError(f"{asked}: {getattr(make, '__name__', 'it')} takes no checkpoint argument "
                         f"(give it one, `checkpoint=None`, to be handed =CHECKPOINT)")
     return {**({"checkpoint": checkpoint} if checkpoint else {}),
             **({"device": device} if device and takes("device") else {})}

@@ -26,7 +26,7 @@ import torch
 
 import paths
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, repeat_last
-from hyper_params import DataConfig
+from hyper_params import DataConfig, load_config
 from hyper_params_transformer import transformer_config_from_dict
 from paths import PRETRAINED, ROOT, SHIPPED, SHIPPED_SPECS, UserError, run_main
 from train_results import load_checkpoint, plot_forecasts
@@ -184,7 +184,9 @@ class Forecaster(ForecasterBase):
             from latent_sde import LatentSDEForecaster     # it builds on this module
             return LatentSDEForecaster.from_checkpoint_dict(ckpt, path, device)
         if ckpt["kind"] != "transformer":
-            raise UserError(f"{path} holds a '{ckpt['kind']}' model, not a forecaster")
+            raise UserError(f"{path} holds a '{ckpt['kind']}' model: Forecaster loads Transformer and latent SDE "
+                            f"checkpoints; a forecaster of one's own is FILE.py:NAME=CHECKPOINT, to forecast.py "
+                            f"--checkpoint and evaluate.py --model alike")
         vq, cfg = vqvae_from(ckpt["vqvae"], str(path))
         tcfg = transformer_config_from_dict({k: ckpt["config"][k] for k in ("model", "sample", "train")},
                                             f"Transformer config stored in {path}")
@@ -333,8 +335,19 @@ def checkpoint_path(checkpoint: str | None) -> Path:
         return paths.shipped_checkpoint(checkpoint, "--checkpoint")
     if not Path(checkpoint).exists():
         raise UserError(f"--checkpoint {checkpoint}: no such checkpoint file, and not a shipped model "
-                        f"({', '.join(SHIPPED_SPECS)})")
+                        f"({', '.join(SHIPPED_SPECS)}) nor a forecaster of one's own (FILE.py:NAME[=CHECKPOINT])")
     return Path(checkpoint)
+
+
+def load_forecaster(checkpoint: str | None, device: str | None) -> tuple[str | Path, ForecasterBase]:
+    """--checkpoint's forecaster and what names it: a checkpoint, a shipped model, or one's own FILE.py:NAME
+    (=CHECKPOINT), as evaluate.py --model takes them."""
+    device = paths.check_device(device)
+    from evaluate import USER_SPEC, user_forecaster           # evaluate builds on this module
+    if checkpoint and USER_SPEC.fullmatch(checkpoint) and not Path(checkpoint).is_file():
+        return checkpoint, user_forecaster(checkpoint, load_config().data.samples_per_second, device, "--checkpoint")
+    path = checkpoint_path(checkpoint)
+    return path, Forecaster.from_checkpoint(path, device)
 
 
 def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: float | None, samples: int,
@@ -342,15 +355,16 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
     """Forecast a WFDB record from `start_s`, prepared exactly as the model's training data."""
     from prepare_mitbih import read_record          # wfdb: imported when a record is read
 
-    fs, ctx = fc.fs, fc.cfg.data.window_samples
+    data = fc.cfg.data if hasattr(fc, "cfg") else load_config().data     # one's own: the project's data settings
+    fs, ctx = fc.fs, data.window_samples
     if horizon_s is None:
-        horizon_s = fc.cfg.data.input_signal_duration * fc.cfg.data.forecast_predictions
+        horizon_s = data.input_signal_duration * data.forecast_predictions
     if not math.isfinite(horizon_s) or round(horizon_s * fs) < 1:
         raise UserError(f"--horizon {horizon_s} s must be at least one sample ({1 / fs:g} s at {fs} Hz)")
     if not math.isfinite(start_s):
         raise UserError(f"--start {start_s} s is not a time")
     check_not_folder(Path(record))
-    rec = read_record(Path(record), fc.cfg.data, gaps=True, annotator=None)
+    rec = read_record(Path(record), data, gaps=True, annotator=None)
     horizon, at = round(horizon_s * fs), round(start_s * fs)
     if len(rec.signal) < ctx:
         raise UserError(f"{record} lasts {len(rec.signal) / fs:.1f} s, shorter than the model's context of "
@@ -395,9 +409,9 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Forecast a WFDB record: PNG of context, truth, forecast and bands; "
                                 "samples as .npy.")
     shipped = ", ".join(f"{name} ({SHIPPED[kind].relative_to(ROOT)})" for name, kind in SHIPPED_SPECS.items())
-    p.add_argument("--checkpoint", help=f"forecaster checkpoint, or a shipped model by name: {shipped}, as for "
-                   f"evaluate.py --model (default: the shipped {PRETRAINED.relative_to(ROOT)} when present, else the "
-                   "newest checkpoints/transformer-*/best.pt)")
+    p.add_argument("--checkpoint", help=f"forecaster checkpoint, a shipped model by name: {shipped}, or a forecaster "
+                   f"of one's own, FILE.py:NAME[=CHECKPOINT], as for evaluate.py --model (default: the shipped "
+                   f"{PRETRAINED.relative_to(ROOT)} when present, else the newest checkpoints/transformer-*/best.pt)")
     p.add_argument("--record", required=True, help="WFDB record path without extension, e.g. ../shared/data/mitdb/100")
     p.add_argument("--start", type=float, required=True, help="forecast start in seconds (context ends here)")
     p.add_argument("--horizon", type=float, help="seconds to forecast (default: the model's horizon)")
@@ -413,8 +427,7 @@ def main() -> None:
     t0, commit = time.time(), paths.git_commit()    # the code that runs, whatever the tree holds at the end
     if args.samples < 1 or not 0 <= args.seed < 2 ** 63:
         raise UserError(f"--samples must be >= 1 and --seed in [0, 2**63), got {args.samples} and {args.seed}")
-    path = checkpoint_path(args.checkpoint)
-    fc = Forecaster.from_checkpoint(path, paths.check_device(args.device))
+    path, fc = load_forecaster(args.checkpoint, args.device)
     if args.out:
         paths.check_writable(args.out)
     t_load = time.time() - t0                       # start-up: torch, the checkpoint
@@ -484,8 +497,15 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
     paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "leads": res["leads"],
                              "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
                              "truth_samples": truth, "truth_gap_samples": gap, "heart_rate_bpm": res["heart_rate"],
-                             "checkpoint": str(checkpoint), "git_commit": commit}, out / f"{stem}.json")
+                             "checkpoint": str(checkpoint), "git_commit": commit, **own_code_of(checkpoint)},
+                            out / f"{stem}.json")
     return stem
+
+
+def own_code_of(checkpoint: str | Path) -> dict:
+    """The file and SHA-256 behind a forecaster of one's own (evaluate.own_code), {} for a checkpoint."""
+    from evaluate import own_code
+    return {"own_forecaster": code} if (code := own_code([str(checkpoint)])) else {}
 
 
 def plot_record(res: dict, record: str, args: argparse.Namespace, path: Path) -> None:

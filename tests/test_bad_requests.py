@@ -198,7 +198,8 @@ def test_forecast_checkpoint_names_the_shipped_models(tmp_path):
     record = write_record(tmp_path, "r", seconds=12, seed=0)
     code, err = run_forecast(["--checkpoint", "latent_sde", "--record", str(record), "--start", "5"])
     assert code == 2 and err == ("error: --checkpoint latent_sde: no such checkpoint file, and not a shipped model "
-                                 "(pretrained, pretrained_sde)\n"), err
+                                 "(pretrained, pretrained_sde) nor a forecaster of one's own "
+                                 "(FILE.py:NAME[=CHECKPOINT])\n"), err
     usage = " ".join(run_script(forecast.main, "forecast.py", ["--help"]).stdout.split())
     assert "pretrained (pretrained/forecaster.pt), pretrained_sde (pretrained/latent_sde.pt)" in usage
 
@@ -361,3 +362,40 @@ def test_a_bfloat16_context_is_forecast_as_its_values(shipped):
     x = torch.from_numpy(synthetic_ecg(3, 128, seed=0)[0]).to(torch.bfloat16)
     for f in (shipped, make_baseline("template_ensemble", 128)):
         np.testing.assert_array_equal(f.predict(x, 8, 2, seed=1), f.predict(x.float(), 8, 2, seed=1), err_msg=f.name)
+
+
+OWN = """
+import numpy as np
+
+
+class Level:
+    def __init__(self, fs, checkpoint=None):
+        self.fs, self.level = fs, float(open(checkpoint).read()) if checkpoint else 0.0
+
+    def predict(self, context, horizon, num_samples=100, seed=0):
+        return np.full((len(context), num_samples, horizon, 2), self.level, np.float32)
+"""
+
+
+def test_forecast_py_takes_a_forecaster_of_ones_own_as_evaluate_py_does(tmp_path):
+    """--checkpoint FILE.py:NAME=CHECKPOINT forecasts a record with one's own model, plotted and saved alike, the
+    .json naming its file's SHA-256; a checkpoint of one's own given as a file says how to load it."""
+    import hashlib
+
+    record = write_record(tmp_path, "r", seconds=12, seed=0)
+    (tmp_path / "mine.py").write_text(OWN)
+    (tmp_path / "level.txt").write_text("0.5")
+    spec = f"{tmp_path / 'mine.py'}:Level={tmp_path / 'level.txt'}"
+    code, err = run_forecast(["--checkpoint", spec, "--record", str(record), "--start", "5", "--samples", "3",
+                              "--out", str(tmp_path / "out")])
+    assert code == 0, err
+    samples = np.load(tmp_path / "out" / "r_5s_samples.npy")
+    assert samples.shape == (3, 384, 2) and np.all(samples == 0.5) and (tmp_path / "out" / "r_5s.png").is_file()
+    said = json.loads((tmp_path / "out" / "r_5s.json").read_text())
+    digest = hashlib.sha256((tmp_path / "mine.py").read_bytes()).hexdigest()[:16]
+    assert said["checkpoint"] == spec and said["own_forecaster"].endswith(f"sha256 {digest}")
+    code, err = run_forecast(["--checkpoint", f"{tmp_path / 'mine.py'}:Nope", "--record", str(record), "--start", "5"])
+    assert code == 2 and err.startswith(f"error: --checkpoint {tmp_path / 'mine.py'}:Nope: ") and "no class" in err
+    torch.save({"kind": "mine", "model": {}, "config": {}}, tmp_path / "mine.pt")
+    code, err = run_forecast(["--checkpoint", str(tmp_path / "mine.pt"), "--record", str(record), "--start", "5"])
+    assert code == 2 and "a forecaster of one's own is FILE.py:NAME=CHECKPOINT" in err, err
