@@ -632,34 +632,59 @@ def _num(v) -> float | None:
 
 # ----------------------------------------------------------------------------- plots
 
+BASELINE_COLOURS = {"zero": "0.6", "mean": "0.35", "persistence": "C5", "seasonal": "C4", "template": "C6",
+                    "seasonal_ensemble": "C9", "template_ensemble": "C2"}   # the same in every run's figures
+MODEL_COLOURS = ("C0", "C3", "C1", "C8", "C7")
+
+
+def curve_colours(order: list[str], baselines: frozenset[str]) -> dict[str, str]:
+    """A baseline's colour by its name, the models' in turn from the colours no baseline takes."""
+    models = iter(MODEL_COLOURS * len(order))
+    return {name: BASELINE_COLOURS.get(name, "C7") if name in baselines else next(models) for name in order}
+
+
+def mean_curve(s: Scores, key: str) -> np.ndarray:
+    """A score per horizon step, the mean over records of each record's mean over its windows and leads."""
+    n = s.curves["windows"]
+    used = n > 0
+    return np.mean(s.curves[key][used] / (2 * n[used, None]), axis=0)
+
+
+def best_baseline_by(summary: dict, baselines: frozenset[str], metric: str = "crps") -> str | None:
+    """The baseline with the lowest whole-horizon `metric` (the one the models are paired against), or None."""
+    found = {b: summary["forecasters"][b]["metrics"][metric][-1]["value"] for b in baselines}
+    found = {b: v for b, v in found.items() if v is not None}
+    return min(found, key=found.get) if found else None
+
+
 def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: Path,
                       baselines: frozenset[str] = frozenset()) -> None:
-    """MSE, MAE, CRPS against horizon time (mean over records) and F1 ±100 ms per horizon second. The models
-    are drawn thick and on top, the baselines thin and dashed: a model close to the best baseline would
-    otherwise hide under it. One colour per forecaster in every panel, one legend below them all."""
+    """MSE and CRPS against horizon time (mean over records), each model's CRPS minus the best baseline's (the
+    differences the paired tables test are too small to see on the curves themselves), and F1 ±100 ms per horizon
+    second. Models thick and on top, baselines thin and dashed, a colour per forecaster by name, one legend."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.6))
-    colour = {name: f"C{i % 10}" for i, name in enumerate(summary["order"])}
+    colour = curve_colours(summary["order"], baselines)
     style = {name: dict(color=colour[name], lw=1.0, ls="--", zorder=2) if name in baselines
              else dict(color=colour[name], lw=2.0, zorder=3) for name in summary["order"]}
-    panels = (("se", "MSE (mV²)"), ("ae", "MAE (mV)"), ("crps", "CRPS (mV)"))
-    for (key, label), ax in zip(panels, axes.flat):
+    step_s = f"{1000 / fs:.3g} ms"
+    for (key, label), ax in zip((("se", "MSE (mV²)"), ("crps", "CRPS (mV)")), axes.flat):
         for name, s in scores.items():
-            n = s.curves["windows"]
-            used = n > 0
-            curve = np.mean(s.curves[key][used] / (2 * n[used, None]), axis=0)
+            curve = mean_curve(s, key)
             ax.plot(np.arange(1, len(curve) + 1) / fs, curve, label=name, **style[name])
-        ax.set(xlabel="horizon (s)", ylabel=label, title=f"{label.split()[0]} per horizon sample")
+        ax.set(xlabel="horizon (s)", ylabel=label, title=f"{label.split()[0]} per horizon step ({step_s})")
         ax.grid(alpha=0.3)
+    plot_crps_gain(axes.flat[2], scores, summary, fs, baselines, style)
     ax = axes.flat[3]
     labels = summary["horizons"][:-1]
     for name in summary["order"]:
         f1 = summary["forecasters"][name]["metrics"]["f1_100"][:-1]
         vals = [e["value"] if e["value"] is not None else np.nan for e in f1]
-        ax.plot(np.arange(len(labels)) + 0.5, vals, marker="o", **style[name])
-    ax.set(xlabel="horizon (s)", ylabel="F1 (±100 ms)", title="beat detection F1 per horizon second", ylim=(0, 1.02))
+        ax.plot(np.arange(len(labels)), vals, marker="o", **style[name])
+    ax.set_xticks(np.arange(len(labels)), labels)
+    ax.set(xlabel="horizon", ylabel="F1 (±100 ms)", title="beat detection F1 per horizon second", ylim=(0, 1.02))
     ax.grid(alpha=0.3)
     fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(scores), 5),
                fontsize=9, frameon=False)
@@ -669,43 +694,67 @@ def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: P
     plt.close(fig)
 
 
+def plot_crps_gain(ax, scores: dict[str, Scores], summary: dict, fs: int, baselines: frozenset[str],
+                   style: dict) -> None:
+    """Each model's CRPS minus the best baseline's per horizon step, as a 0.1 s running mean (below 0: the model
+    is better there); said so when there is no model or no baseline to subtract."""
+    best = best_baseline_by(summary, baselines)
+    models = [name for name in scores if name not in baselines]
+    if best is None or not models:
+        ax.text(0.5, 0.5, "no model and baseline to compare", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    k = max(1, round(0.1 * fs))
+    ref = mean_curve(scores[best], "crps")
+    for name in models:
+        gain = np.convolve(mean_curve(scores[name], "crps") - ref, np.ones(k) / k, mode="valid")
+        ax.plot((np.arange(len(gain)) + (k + 1) / 2) / fs, gain, **style[name])
+    ax.axhline(0, color=style[best]["color"], ls="--", lw=1.0)
+    ax.set(xlabel="horizon (s)", ylabel="CRPS difference (mV)",
+           title=f"CRPS minus {best}'s (0.1 s running mean; below 0: better)")
+    ax.grid(alpha=0.3)
+
+
 def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: int, fs: int, num_samples: int,
-                 seed: int, path: Path) -> None:
-    """Context, truth, point forecast and 80 % band of both leads for the best, median and worst
-    record (by MSE); from each, the window with the record's median MSE, forecast with the same
-    seed as in the evaluation."""
+                 seed: int, path: Path, picks: list[tuple[str, int, int]]) -> None:
+    """Context, truth, point forecast and 80 % band of both leads for the windows `picks` (gallery_picks: the same
+    for every forecaster, so their galleries compare), forecast with the same seed as in the evaluation. Titles
+    give the window's MSE and its share of the zero forecast's, which ranks the picks."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    picks = gallery_picks(s, w)
-    fig, axes = plt.subplots(len(picks), 2, figsize=(13, 3.3 * len(picks)), squeeze=False)
+    fig, axes = plt.subplots(len(picks), 2, figsize=(13, 3.3 * len(picks) + 0.5), squeeze=False)
     t = (np.arange(w.signals.shape[1]) - context) / fs
     for row, (label, r, i) in enumerate(picks):
         samples = predict_windows(f, name, w, np.array([i]), context, num_samples, seed)[0]
         truth = np.asarray(w.signals[i], np.float32)
+        share = 100 * s.window_mse[i] / max(float(np.mean(truth[context:].astype(np.float64) ** 2)), 1e-12)
         for lead in range(2):
             lead_name = w.leads[r][lead] if lead < len(w.leads[r]) else f"lead {lead + 1}"
             plot_lead(axes[row, lead], t, context, truth[:, lead], samples[:, :, lead],
-                      f"{label}: record {w.records[r]} {lead_name}\nwindow at {w.start[i] / fs:.0f} s, "
-                      f"MSE {s.window_mse[i]:.3g} mV²")     # two lines: a long record name fits its half
-    axes[0, 0].legend(fontsize=7, loc="upper left")
+                      f"{label}: record {w.records[r]} {lead_name}, forecast from {(w.start[i] + context) / fs:.0f} s"
+                      f"\nwindow MSE (both leads) {s.window_mse[i]:.3g} mV², {share:.0f}% of the zero forecast's")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=8, frameon=False)
     fig.suptitle(f"{name}: forecast examples", fontsize=11)
-    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.07, top=0.9, hspace=0.7, wspace=0.12)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.4 / fig.get_figheight() + 0.07, top=0.9, hspace=0.7,
+                        wspace=0.16)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def gallery_picks(s: Scores, w: Windows) -> list[tuple[str, int, int]]:
-    """(label, record, window) of the best, median and worst record by mean window MSE: from each, the window
-    with the record's median MSE."""
-    window_mse = s.window_mse
-    per_rec = {r: np.nanmean(window_mse[w.record == r]) for r in np.unique(w.record)}
+def gallery_picks(s: Scores, w: Windows, context: int) -> list[tuple[str, int, int]]:
+    """(label, record, window) of the records where the forecaster `s` does best, middling and worst, by their
+    mean window MSE over the zero forecast's (raw MSE would rank the records by amplitude): from each, the window
+    with the record's median such ratio."""
+    power = np.mean(np.asarray(w.signals[:, context:], np.float64) ** 2, axis=(1, 2))   # the zero forecast's MSE
+    ratio = s.window_mse / np.maximum(power, 1e-12)
+    per_rec = {r: np.nanmean(ratio[w.record == r]) for r in np.unique(w.record)}
     order = sorted(per_rec, key=per_rec.get)
     picks = []
-    for label, r in [("best", order[0]), ("median", order[len(order) // 2]), ("worst", order[-1])]:
+    for label, r in [("lowest-error record", order[0]), ("median record", order[len(order) // 2]),
+                     ("highest-error record", order[-1])]:
         idx = np.flatnonzero(w.record == r)
-        mse = window_mse[idx]
-        picks.append((label, r, int(idx[np.argsort(mse)[len(mse) // 2]])))
+        picks.append((label, r, int(idx[np.argsort(ratio[idx])[len(idx) // 2]])))
     return picks
 
 
@@ -864,9 +913,11 @@ def plot_results(run: Path, forecasters: dict[str, ForecasterBase], scores: dict
     """error_curves.png, and each forecaster's gallery_<name>.png forecast with the evaluation's seeds."""
     fs, context = cfg.data.samples_per_second, cfg.data.window_samples
     plot_error_curves(scores, summary, fs, run / "error_curves.png", baselines)
+    reference = best_baseline_by(summary, baselines) or next(iter(scores))
+    picks = gallery_picks(scores[reference], w, context)        # the same windows in every gallery
     for name, f in forecasters.items():
         plot_gallery(name, f, scores[name], w, context, fs, args.samples, args.seed,
-                     run / f"gallery_{file_name(name)}.png")
+                     run / f"gallery_{file_name(name)}.png", picks)
 
 
 def write_results(run: Path, header: dict, cfg: Config, summary: dict, w: Windows) -> None:

@@ -483,7 +483,7 @@ def heart_rate_line(hr: dict) -> str:
     short = hr["paths_median"] is None
     truth = ", truth —" if short else "" if hr["truth"] is None else f", truth {hr['truth']:.0f}"
     paths = "—" if short else f"{hr['paths_median']:.0f} [{hr['paths_p10']:.0f}-{hr['paths_p90']:.0f}]"
-    return f"heart rate (bpm): context {hr['context']:.0f}, paths {paths}{truth}"
+    return f"detected heart rate (bpm): context {hr['context']:.0f}, paths {paths}{truth}"
 
 
 def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Path, cover: tuple[int, int],
@@ -494,7 +494,7 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
     record = record_path(args.record).name          # 100 also for 100.hea or 100.dat
     stem = f"{record}_{args.start:g}s"
     paths.atomic_save_npy(res["samples"], out / f"{stem}_samples.npy")
-    plot_record(res, record, args, out / f"{stem}.png")
+    plot_record(res, record, args, out / f"{stem}.png", model_label(checkpoint))
     truth, gap = cover
     paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "leads": res["leads"],
                              "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
@@ -510,13 +510,26 @@ def own_code_of(checkpoint: str | Path) -> dict:
     return {"own_forecaster": code} if (code := own_code([str(checkpoint)])) else {}
 
 
-def plot_record(res: dict, record: str, args: argparse.Namespace, path: Path) -> None:
-    """Context, truth and forecasts on the record's own clock; the truth is NaN-padded where the record ends first."""
+def model_label(checkpoint: str | Path) -> str:
+    """What a plot calls the model: its checkpoint within the project (pretrained/forecaster.pt), else its folder
+    and file (transformer-<time>/best.pt), or one's own FILE.py:NAME as given."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        return str(checkpoint)
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return f"{path.parent.name}/{path.name}"
+
+
+def plot_record(res: dict, record: str, args: argparse.Namespace, path: Path, model: str = "") -> None:
+    """Context, truth and forecasts on the record's own clock; the truth is NaN-padded where the record ends first.
+    The title names the model: a shipped and a retrained one draw alike."""
     window = np.concatenate([res["context"], np.pad(res["truth"], ((0, len(res["samples"][0]) - len(res["truth"])), (0, 0)),
                                                     constant_values=np.nan)])
     plot_forecasts(window[None], res["samples"][None], res["fs"], len(res["context"]), path,
-                   f"record {record} from {args.start:g} s: {args.samples} sampled forecasts; "
-                   f"{heart_rate_line(res['heart_rate'])}",
+                   f"{model + ': ' if model else ''}record {record} from {args.start:g} s, {args.samples} sampled "
+                   f"forecasts\n{heart_rate_line(res['heart_rate'])}; paths: median [10th-90th percentile]",
                    start_s=(res["start_sample"] - len(res["context"])) / res["fs"],
                    leads=tuple(f"lead {k + 1}: {name}" for k, name in enumerate(res["leads"])))
 

@@ -213,10 +213,12 @@ def forecast_axes(n: int, seconds: float) -> tuple[plt.Figure, np.ndarray]:
     """[n, 2] axes, one row per window and one column per lead; over LONG_PLOT_S seconds each lead gets a row of
     its own, up to 30 in wide, so that a 30 s forecast still shows its beats one by one."""
     if seconds <= LONG_PLOT_S:
-        height = 2.4 * n + 0.4              # the last 0.4 in: the legend, below every trace
+        height = 2.6 * n + 0.9              # the last 0.9 in: the title above and the legend below every trace
         return plt.subplots(n, 2, figsize=(13, height), squeeze=False, sharex=True)
-    fig, axes = plt.subplots(2 * n, 1, figsize=(min(30.0, max(13.0, seconds)), 4.0 * n + 0.4), sharex=True,
+    fig, axes = plt.subplots(2 * n, 1, figsize=(min(30.0, max(13.0, seconds)), 5.0 * n + 0.9), sharex=True,
                              squeeze=False)
+    for ax in axes.flat:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MultipleLocator(1.0))    # a grid line a second, as on paper
     return fig, axes.reshape(n, 2)
 
 
@@ -237,8 +239,9 @@ def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context:
         for lead in range(2):
             ax = axes[i, lead]
             s = samples[i, :, :, lead]
-            ax.plot(t[:context], windows[i, :context, lead], color="black", lw=1.0, label="context")
-            ax.plot(tf, windows[i, context:context + horizon, lead], color="0.55", lw=1.0, label="truth")
+            ax.plot(t[:context], windows[i, :context, lead], color="0.45", lw=1.0, label="context")
+            ax.plot(tf, windows[i, context:context + horizon, lead], color="black", lw=1.0, label="truth",
+                    zorder=4)               # on top: the samples and bands must not hide what happened
             if s.shape[0] > 1:
                 for lo, hi, alpha in ((10, 90, 0.18), (25, 75, 0.3)):
                     ax.fill_between(tf, np.percentile(s, lo, 0), np.percentile(s, hi, 0), color="tab:blue",
@@ -247,6 +250,7 @@ def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context:
             ax.plot(tf, s.mean(0), color="tab:red", lw=1.0, label="forecast (mean)")
             ax.axvline(t[context], color="0.3", ls=":", lw=0.8)
             ax.set_ylabel("mV")
+            ax.grid(alpha=0.3)
             if titles:
                 ax.set_title(titles[i][lead], fontsize=9)
             elif i == 0:
@@ -257,5 +261,5 @@ def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context:
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", fontsize=8, ncol=6, frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -1049,36 +1049,47 @@ def test_each_window_keeps_its_own_reference_beats_within_a_chunk():
     assert s["per_record"]["oracle"]["f1_100"]["r1"] == 1
 
 
-def test_the_gallery_picks_records_and_windows_by_their_whole_horizon_mse():
-    """gallery_<model>.png shows the best, median and worst record by whole-horizon MSE, and its titles give that
-    MSE: a record that forecasts its first second well but the rest badly is not the best one."""
+def test_the_gallery_picks_records_and_windows_by_their_whole_horizon_mse_over_the_zero_forecasts():
+    """gallery_<model>.png shows the records forecast best, middling and worst by whole-horizon MSE over the zero
+    forecast's (the horizon's power): a record that forecasts its first second well but the rest badly is not the
+    best one, and a loud record is not the worst for its loudness alone."""
     first, whole = [9, 9, 0, 0, 1, 1], [1, 3, 2, 2.5, 5, 6]       # records 0, 0, 1, 1, 2, 2; n = 1 everywhere
     s = evaluate.Scores(6, window_sums={"se": np.array([first, [0] * 6, whole], float).T, "n": np.ones((6, 3))})
     np.testing.assert_array_equal(s.window_mse, whole)
-    picks = evaluate.gallery_picks(s, SimpleNamespace(record=np.repeat([0, 1, 2], 2)))
-    assert picks == [("best", 0, 1), ("median", 1, 3), ("worst", 2, 5)]
+    signals = np.ones((6, 4, 2))                                   # context 2, horizon 2: power 1 everywhere
+    picks = evaluate.gallery_picks(s, SimpleNamespace(record=np.repeat([0, 1, 2], 2), signals=signals), 2)
+    assert picks == [("lowest-error record", 0, 1), ("median record", 1, 3), ("highest-error record", 2, 5)]
+    signals[4:] *= 10                                              # record 2 ten times louder: its ratio 0.055
+    picks = evaluate.gallery_picks(s, SimpleNamespace(record=np.repeat([0, 1, 2], 2), signals=signals), 2)
+    assert [p[1] for p in picks] == [2, 0, 1]
 
 
 def test_error_curves_draw_the_models_over_the_baselines_in_one_colour_each(tmp_path, monkeypatch):
     """A model a hair from the best baseline was hidden under its line: models are drawn thick and on top,
-    baselines thin and dashed; each forecaster keeps its colour in all four panels; one legend, below them."""
+    baselines thin and dashed, a baseline's colour by its name in every run; a panel draws each model's CRPS minus
+    the best baseline's; F1's ticks name the horizon seconds; one legend, below the panels."""
     import matplotlib.pyplot as plt
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
     names = ["zero", "model", "template_ensemble"]
-    curve = {key: np.ones((2, 8)) for key in ("se", "ae", "crps")}
-    scores = {n: evaluate.Scores(2, curves={**curve, "windows": np.array([1.0, 1.0])}) for n in names}
+    crps = {"zero": 3.0, "model": 1.0, "template_ensemble": 1.5}
+    scores = {n: evaluate.Scores(2, curves={"se": np.ones((2, 32)), "ae": np.ones((2, 32)),
+                                            "crps": np.full((2, 32), 2 * crps[n]), "windows": np.array([1.0, 1.0])})
+              for n in names}
     f1 = [{"value": 0.5}, {"value": 0.4}, {"value": 0.45}]
     summary = {"order": names, "horizons": ["0-1 s", "1-2 s", "all"],
-               "forecasters": {n: {"metrics": {"f1_100": f1}} for n in names}}
-    evaluate.plot_error_curves(scores, summary, 4, tmp_path / "e.png", frozenset({"zero", "template_ensemble"}))
+               "forecasters": {n: {"metrics": {"f1_100": f1, "crps": [{"value": crps[n]}] * 3}} for n in names}}
+    evaluate.plot_error_curves(scores, summary, 16, tmp_path / "e.png", frozenset({"zero", "template_ensemble"}))
     fig = figures[0]
-    for ax in fig.axes:
+    mse, crps_ax, gain, f1_ax = fig.axes
+    for ax in (mse, crps_ax, f1_ax):
         lines = dict(zip(names, ax.lines))
         assert lines["model"].get_linewidth() > lines["template_ensemble"].get_linewidth()
         assert lines["model"].get_zorder() > lines["template_ensemble"].get_zorder()
         assert lines["zero"].get_linestyle() == "--" and lines["model"].get_linestyle() == "-"
-        assert [ln.get_color() for ln in ax.lines] == [ln.get_color() for ln in fig.axes[0].lines]
+        assert [ln.get_color() for ln in ax.lines] == [ln.get_color() for ln in mse.lines]
         assert ax.get_legend() is None
+    assert mse.lines[2].get_color() == evaluate.BASELINE_COLOURS["template_ensemble"]
+    assert "template_ensemble" in gain.get_title() and np.allclose(gain.lines[0].get_ydata(), -0.5)
+    assert [t.get_text() for t in f1_ax.get_xticklabels()] == ["0-1 s", "1-2 s"]
     assert len(fig.legends) == 1 and [t.get_text() for t in fig.legends[0].get_texts()] == names
-    assert len({ln.get_color() for ln in fig.axes[0].lines}) == 3

@@ -286,7 +286,7 @@ def test_heart_rates_of_the_context_each_path_and_the_truth():
     hr = forecast.heart_rates({"context": ctx, "samples": paths, "truth": truth, "fs": 128})
     assert hr == {"context": 60.0, "paths_median": 80.0, "paths_p10": 64.0, "paths_p90": 112.0, "truth": 60.0}
     assert forecast.heart_rates({"context": ctx, "samples": paths, "truth": truth[:200], "fs": 128})["truth"] is None
-    assert forecast.heart_rate_line(hr) == "heart rate (bpm): context 60, paths 80 [64-112], truth 60"
+    assert forecast.heart_rate_line(hr) == "detected heart rate (bpm): context 60, paths 80 [64-112], truth 60"
 
 
 def test_heart_rates_count_each_stretch_over_its_own_seconds():
@@ -318,7 +318,7 @@ def test_a_horizon_too_short_for_a_beat_has_no_heart_rate():
     ctx[:, 0] = spike_train(384, [40, 168, 296])
     hr = forecast.heart_rates({"context": ctx, "samples": paths, "truth": paths[0], "fs": 128})
     assert hr == {"context": 60.0, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None}
-    assert forecast.heart_rate_line(hr) == "heart rate (bpm): context 60, paths —, truth —"
+    assert forecast.heart_rate_line(hr) == "detected heart rate (bpm): context 60, paths —, truth —"
 
 
 @pytest.mark.parametrize("name, model", SHIPPED_SPECS.items())
