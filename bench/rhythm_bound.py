@@ -66,11 +66,14 @@ RULES: dict[str, Rule] = {"median": lambda rr, n: np.full(n, np.median(rr)),
 
 
 def next_beats(ctx_beats: np.ndarray, rule: Rule, end: int) -> np.ndarray:
-    """Beat positions after the context's last beat up to `end`, one per interval the rule predicts."""
+    """Beat positions after the context's last beat up to `end`, one per interval the rule predicts. A rule
+    whose intervals may be shorter than the context's (the calibrated and learned ones) says how short
+    (`shortest`, a share of the context's median): asked for too few, its paths stopped before `end`."""
     rr = np.diff(ctx_beats).astype(float)
     if len(rr) == 0:
         return np.zeros(0)
-    n = int((end - ctx_beats[-1]) / rr.min()) + 1               # enough intervals to pass `end`
+    shortest = min(rr.min(), getattr(rule, "shortest", 1.0) * np.median(rr))
+    n = int((end - ctx_beats[-1]) / shortest) + 1               # enough intervals to pass `end`
     pred = ctx_beats[-1] + np.cumsum(rule(rr, n))
     return pred[pred < end]
 
@@ -175,6 +178,7 @@ def calibrated_rule(ratios: list[np.ndarray], seed: int = 0) -> Rule:
     def rule(rr: np.ndarray, n: int) -> np.ndarray:
         seq = ratios[rng.integers(len(ratios))]
         return np.median(rr) * np.r_[seq, np.full(max(0, n - len(seq)), seq[-1])][:n]
+    rule.shortest = min(float(r.min()) for r in ratios)     # for next_beats
     return rule
 
 
@@ -195,6 +199,7 @@ def learned_rule(train, context: int, fs: int, seed: int = 0, history: int = 6, 
             cand = np.median(rr) * np.exp(edges)
             rr.append(cand[np.argmax([p[np.abs(cand - c) <= tol].sum() for c in cand])])
         return np.array(rr[-n:])
+    rule.shortest = float(np.exp(edges[0]))      # of the median the rule last saw; for next_beats
     return rule
 
 

@@ -36,6 +36,14 @@ def test_next_beats_continue_the_rhythm_up_to_the_end():
     np.testing.assert_allclose(pred, [310, 410])
 
 
+def test_a_sampled_path_of_intervals_shorter_than_the_contexts_reaches_the_end():
+    """The calibrated sampler scales the context's median by training ratios down to about 0.3: a path of short
+    intervals still places its beats up to the window's end (asked for intervals as long as the context's
+    shortest, it stopped at 400 after 4 of them)."""
+    rule = R.calibrated_rule([np.full(3, 0.5)])
+    np.testing.assert_allclose(R.next_beats(np.array([0.0, 100, 200]), rule, 500), [250, 300, 350, 400, 450])
+
+
 def test_median_rule_is_exact_on_a_regular_rhythm():
     assert R.oracle_f1(beat_windows([100]), C, FS, R.RULES["median"]) == 1.0
 
