@@ -147,7 +147,7 @@ def check_device(device: str | None, name: str = "--device") -> str | None:
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    _atomic(Path(path), lambda tmp: tmp.write_text(text))
+    _atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))    # reports hold Σ, −, ²: any locale
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
