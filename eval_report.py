@@ -177,8 +177,9 @@ def horizon_beats_section(strata: dict) -> list[str]:
         return []
     out = ["", "## By the horizon's beats", "",
            "The same forecasts, scored again on the windows whose horizon's reference beats are all normal (AAMI "
-           "class N), or hold an ectopic (S, V or F), supraventricular (S) or ventricular (V) beat, as "
-           "`--horizon-beats` scores them alone. Each kind has its own records: compare forecasters within a kind.", "",
+           "class N), or hold an ectopic (S, V or F), supraventricular (S) or ventricular (V) beat: a subset of "
+           "this run's windows, scored as `--horizon-beats` scores them (which picks windows of its own, so its "
+           "figures differ). Each kind has its own records: compare forecasters within a kind.", "",
            "| horizon's beats | records / windows | forecaster | " + " | ".join(c[2] for c in STRATUM_METRICS) + " |",
            "|---|---|---|" + "---:|" * len(STRATUM_METRICS)]
     for kind, st in strata.items():
