@@ -198,10 +198,11 @@ def horizon_beats_section(strata: dict) -> list[str]:
 
 
 def signed(entry: dict) -> str:
-    """A difference and its interval with explicit signs, four decimals: paired gaps are small."""
+    """A difference and its interval with explicit signs, four decimals: paired gaps are small. An end that four
+    decimals would show as ±0.0000 keeps its first significant digit, so whether the interval excludes 0 shows."""
     if entry["value"] is None:
         return "—"
-    lo, hi = (f"{v:+.4f}" if v is not None else "—" for v in entry["ci"])
+    lo, hi = ("—" if v is None else f"{v:+.1g}" if v and round(v, 4) == 0 else f"{v:+.4f}" for v in entry["ci"])
     return f"{entry['value']:+.4f} [{lo}, {hi}]"
 
 

@@ -1093,3 +1093,10 @@ def test_error_curves_draw_the_models_over_the_baselines_in_one_colour_each(tmp_
     assert "template_ensemble" in gain.get_title() and np.allclose(gain.lines[0].get_ydata(), -0.5)
     assert [t.get_text() for t in f1_ax.get_xticklabels()] == ["0-1 s", "1-2 s"]
     assert len(fig.legends) == 1 and [t.get_text() for t in fig.legends[0].get_texts()] == names
+
+def test_a_paired_interval_end_near_zero_keeps_its_sign_and_digit():
+    """−0.0000 hid whether an interval excluded 0 (the model card's latent SDE MSE: upper end −1e-6 mV²): an end
+    that rounds to zero at four decimals keeps a significant digit; an exact 0 stays +0.0000."""
+    assert eval_report.signed({"value": -0.000303, "ci": [-0.000632, -1e-06]}) == "-0.0003 [-0.0006, -1e-06]"
+    assert eval_report.signed({"value": 0.0001, "ci": [-0.0001, 0.0]}) == "+0.0001 [-0.0001, +0.0000]"
+    assert eval_report.signed({"value": None, "ci": [None, None]}) == "—"
