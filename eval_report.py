@@ -41,6 +41,7 @@ def markdown_report(summary: dict, header: dict, w: Windows) -> str:
     lines += paired_section(summary["paired"]) + models_section(summary["paired_models"])
     lines += horizon_beats_section(summary.get("horizon_beats", {}))
     lines += per_second_section(summary) + detector_section(summary["detector"]) + metrics_section()
+    lines += baselines_section(summary["order"])
     lines += records_section(w)
     lines += ["", "## Plots", "", "![error per horizon time](error_curves.png)", ""]
     lines += [f"![{name} examples](gallery_{file_name(name)}.png)" for name in summary["order"]]
@@ -115,6 +116,16 @@ def metrics_section() -> list[str]:
             "exchangeable draws): the mean of samples that disagree on timing has no sharp beats.", ""]
 
 
+def baselines_section(order: list[str]) -> list[str]:
+    """What each baseline in the run does (its class's docstring), so the report reads without the README."""
+    from baselines import BASELINES
+
+    found = [name for name in order if name in BASELINES]
+    if not found:
+        return []
+    return ["## Baselines", ""] + [f"- {name}: {' '.join(BASELINES[name].__doc__.split())}" for name in found] + [""]
+
+
 def records_section(w: Windows) -> list[str]:
     """The scored records, then the gaps windows left out and the records skipped."""
     lines = ["## Records", "", "| record | leads | rate in (Hz) | annotations | windows |", "|---|---|---:|---|---:|"]
@@ -166,7 +177,7 @@ def paired_table(rows: list[dict], key: str, title: str, text: str, columns: str
     return out
 
 
-STRATUM_METRICS = (("mse", -1, "MSE (mV²)"), ("mse", 0, "MSE first second"), ("crps", -1, "CRPS (mV)"),
+STRATUM_METRICS = (("mse", -1, "MSE (mV²)"), ("mse", 0, "MSE first second (mV²)"), ("crps", -1, "CRPS (mV)"),
                    ("cov80", -1, "cover 80 (%)"), ("f1_100", -1, "F1 ±100 ms"))   # (metric, horizon segment, header)
 
 

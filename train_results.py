@@ -69,8 +69,10 @@ def plot_loss_curves(log: MetricsLog, out: Path, ylabel: str = "loss") -> None:
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
-    # a latent SDE's ELBO goes below 0 once its learned noise is small: a log axis would drop those epochs
-    ax.set_yscale("log" if all(v > 0 for values in curves.values() for v in values) else "linear")
+    # log only over a decade or more (a VQ-VAE's first epochs); a latent SDE's ELBO goes below 0 once its learned
+    # noise is small, and a log axis would drop those epochs
+    values = [v for vs in curves.values() for v in vs]
+    ax.set_yscale("log" if min(values) > 0 and max(values) >= 10 * min(values) else "linear")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

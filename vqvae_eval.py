@@ -152,13 +152,24 @@ def reconstruction_report(model: VQVAE, data: dict, record_fs: float | None = No
     return {"summary": summary, "per_record": per_record}
 
 
+def trained_line(meta: dict) -> list[str]:
+    """How the VQ-VAE was trained (its run's command and epochs), so a briefly trained one is not read as the
+    shipped one: figures of make demo's 2 epochs sit far from the README's."""
+    train = meta.get("config", {}).get("train", {})
+    if not meta.get("command"):
+        return []
+    steps = f", at most {train['max_steps_per_epoch']} steps each" if train.get("max_steps_per_epoch") else ""
+    return [f"trained by `{meta['command']}`: {train.get('epochs', '?')} epochs{steps}", ""]
+
+
 def report_lines(report: dict, data: dict) -> list[str]:
     """reconstruction.md: per-record errors, their mean, and the codebook's health and bit rate."""
     s = report["summary"]
     lines = [f"# VQ-VAE reconstruction on the {report['split']} split", "",
              f"checkpoint `{report['checkpoint']}`, {s['records']} records, {s['windows']} windows of "
              f"{data['signals'].shape[1] / float(data['fs']):.0f} s, git {report['git_commit']}", "",
-             "| record | MSE (mV²) | PRD (%) | PRDN (%) |", "|---|---|---|---|"]
+             *trained_line(report.get("trained", {})),
+             "| record | MSE (mV²) | PRD (%) | PRDN (%) |", "|---:|---:|---:|---:|"]
     lines += [f"| {r} | {v['mse_mv2']:.5f} | {v['prd']:.2f} | {v['prdn']:.2f} |" for r, v in report["per_record"].items()]
     return lines + [f"| **mean over records** | **{s['mse_mv2']:.5f}** | **{s['prd']:.2f}** | **{s['prdn']:.2f}** |", "",
                     f"first codebook: perplexity {s['perplexity']:.1f}, codes used {100 * s['usage']:.0f}%; "

@@ -53,6 +53,7 @@ def test_wfdb_dir_at_250_hz_skips_bad_records_and_scores_the_rest(db250, tmp_pat
     assert sorted(skipped) == ["a04", "a05"] and all(skipped.values())
     report = (run / "report.md").read_text()
     assert "Skipped 2 record(s)" in report and "- a04: " in report and "- a05: " in report
+    assert "## Baselines" in report and "- zero: Predicts 0 mV" in report and "- template: Averages" in report
     assert result["paired"] == [] and "Paired against" not in report        # baselines only: nothing to pair
     per = result["per_record"]
     assert per["zero"]["mse"]["a02"] is not None and per["zero"]["f1_100"]["a02"] is None   # no annotations

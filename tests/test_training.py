@@ -601,11 +601,12 @@ def test_compression_line_gives_the_bit_rate(tmp_path: Path, synthetic_db: Path,
 
 
 @pytest.mark.parametrize("losses, val_offset, scale", [([2.0, 0.5, 0.1], 0.1, "log"), ([2.0, -0.5, -1.5], 0.1, "linear"),
-                                                       ([2.0, 0.5, 0.1], -0.2, "linear")])
+                                                       ([2.0, 0.5, 0.1], -0.2, "linear"), ([6.6, 6.0, 5.7], 0.1, "linear")])
 def test_loss_curves_keep_every_epoch_of_a_loss_below_zero(tmp_path: Path, monkeypatch, losses, val_offset,
                                                           scale) -> None:
     """A latent SDE's ELBO turns negative as its learned noise shrinks, the training or only the validation one; a
-    log axis would leave those epochs out."""
+    log axis would leave those epochs out. A loss within a decade (a Transformer's cross-entropy, 5.7-6.7) reads
+    on a linear axis, not as 6 x 10^0."""
     log = train_results.MetricsLog(tmp_path / "metrics.csv")
     for epoch, loss in enumerate(losses, 1):
         log.append({"epoch": epoch, "train_loss": loss, "val_loss": loss + val_offset})
