@@ -927,7 +927,10 @@ def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],
 def stretched_copy(data: dict, aug: AugmentConfig, stride: int, rng: np.random.Generator) -> dict:
     """A prepared split's windows cut again from every record after a time stretch (heart rate x a)
     and a gain per lead, both drawn per record: new patients for the forecasters, on which continuing
-    the previous beats still works. Returns signals, record, start, beat_ptr and beat_pos like the split."""
+    the previous beats still works. Returns signals, record, start, beat_ptr and beat_pos like the split.
+    Windows kept apart (data.signals_per_patient) are islands a window long: sped up (a > 1) one holds no
+    window, and slowed one only when the stride's grid meets it, so such a split's copies keep few windows, all of
+    records drawn slower; a copy with none is refused."""
     import torch
 
     sig, rec, start = data["signals"], data["record"].numpy(), data["start"].numpy()
@@ -948,6 +951,10 @@ def stretched_copy(data: dict, aug: AugmentConfig, stride: int, rng: np.random.G
         parts["start"].append(starts)
         lo, hi = np.searchsorted(beats, starts), np.searchsorted(beats, starts + n)
         parts["beats"] += [beats[first:last] - s0 for first, last, s0 in zip(lo, hi, starts)]
+    if not parts["beats"]:          # nothing to encode: numpy's and torch's empty-concatenation errors otherwise
+        raise UserError("a time-stretched copy of the training records holds no window: the training windows are "
+                        "kept apart (data.signals_per_patient, or gaps), and sped up each is shorter than a window; set "
+                        "augment.copies to 0, or data.signals_per_patient to 0 (the whole records)")
     counts = np.array([len(b) for b in parts["beats"]])
     return {"signals": torch.cat(parts["signals"]),
             "record": torch.from_numpy(np.concatenate(parts["record"])),

@@ -1092,3 +1092,17 @@ def test_a_beat_rounding_past_the_resampled_end_is_left_out(tmp_path: Path) -> N
     wfdb.wrann("r", "atr", np.array([100, 7198, 7199]), symbol=["N"] * 3, write_dir=str(tmp_path))
     rec = pm.read_record(path, make_cfg().data)
     assert len(rec.signal) == 2560 and rec.beats.tolist() == [36, 2559] and rec.symbols == ["N", "N"]
+
+
+def test_a_stretched_copy_of_windows_kept_apart_that_holds_no_window_says_why() -> None:
+    """Windows kept apart (data.signals_per_patient) are 6 s islands: sped up (heart rate x a > 1) each is shorter
+    than a window, so a copy of a record drawn a > 1 holds none, and one of only such records was numpy's
+    'need at least one array to concatenate' (then torch.cat's on encoding it) instead of a reason."""
+    from hyper_params import AugmentConfig
+
+    x, b = _sines(120.0, 1.2)
+    data = _split([x], [b], WINDOW, [np.array([0, 30 * FS, 60 * FS, 90 * FS])])
+    rng = np.random.default_rng(0)
+    assert rng.uniform(0.85, 1.15) > 1                  # seed 0 speeds the record up
+    with pytest.raises(UserError, match="signals_per_patient"):
+        pm.stretched_copy(data, AugmentConfig(1, 0.15, 0.2), 384, np.random.default_rng(0))
