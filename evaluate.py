@@ -1,6 +1,6 @@
 """Score forecasters (trained checkpoints and baselines) side by side on identical windows.
 
-    python3 evaluate.py [--model CHECKPOINT|pretrained|pretrained_sde|BASELINE|FILE.py:NAME ...] [--split test]
+    python3 evaluate.py [--model CHECKPOINT|pretrained|pretrained_sde|BASELINE|FILE.py:NAME[=CKPT] ...] [--split test]
                         [--wfdb-dir DIR] [--records ...] [--horizon-beats normal|ectopic|ventricular|...]
 
 Without --model: the shipped Transformer (pretrained/forecaster.pt) and every baseline; `pretrained_sde` is the
@@ -782,7 +782,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", nargs="+", default=["pretrained", ALL_BASELINES],
                    help=f"checkpoint paths, pretrained or pretrained_sde (the shipped "
                    f"{' and '.join(str(SHIPPED[k].relative_to(ROOT)) for k in SHIPPED_SPECS.values())}), your own "
-                   f"forecaster as FILE.py:NAME or module:NAME (NAME(fs) must have predict), and/or "
+                   f"forecaster as FILE.py:NAME or module:NAME (NAME(fs) must have predict; NAME=CHECKPOINT "
+                   f"passes checkpoint=CHECKPOINT too), and/or "
                    f"baselines: {', '.join(BASELINES)}, {ALL_BASELINES} (= all); default: pretrained {ALL_BASELINES}")
     p.add_argument("--split", choices=("validation", "test"), help="prepared split (default test)")
     p.add_argument("--wfdb-dir", default=None, help="evaluate every record of this WFDB folder instead")

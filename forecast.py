@@ -1,6 +1,7 @@
 """Forecast the next seconds of a two-lead ECG.
 
-    python3 forecast.py --record ../shared/data/mitdb/100 --start 60 [--checkpoint PATH|pretrained|pretrained_sde]
+    python3 forecast.py --record ../shared/data/mitdb/100 --start 60
+                        [--checkpoint PATH|pretrained|pretrained_sde|FILE.py:NAME[=CKPT]]
                         [--horizon SECONDS] [--samples 100] [--seed 0] [--device D] [--out DIR]
 
 writes a PNG (context, truth, sample mean, 50%/80% bands, both leads), the samples as .npy [S, H, 2] in mV and a
