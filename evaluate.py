@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
-import inspect
 import importlib.util
+import inspect
 import json
 import re
 import shlex
