@@ -16,7 +16,6 @@ import torch  # noqa: E402
 
 import paths  # noqa: E402
 from paths import UserError  # noqa: E402
-from prepare_mitbih import stored_leads  # noqa: E402
 
 LEADS = ("lead 1", "lead 2")
 
@@ -205,6 +204,7 @@ def window_titles(split: dict, idx: np.ndarray, leads: dict[str, list[str]]) -> 
 
 def fixed_titles(split: dict, n: int, prepared_dir: str | None = None) -> list[tuple[str, str]]:
     """The panel titles of fixed_windows(split, n): a training run's epoch plots name what they show."""
+    from prepare_mitbih import stored_leads         # here: forecast.py imports this module, and wfdb only on need
     return window_titles(split, fixed_indices(split, n), stored_leads(prepared_dir))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 import sys
 
 import matplotlib.axes
@@ -17,7 +18,7 @@ import metrics as M
 import pretrained
 from forecast import Forecaster, forecast_record
 from hyper_params import config_from_dict
-from conftest import run_script, spike_train, write_record
+from conftest import ROOT, run_script, spike_train, write_record
 from paths import PRETRAINED, SHIPPED, SHIPPED_SPECS, UserError
 from prepare_mitbih import DS1, DS2, PACED, config_split, read_record
 from train_results import MetricsLog
@@ -362,3 +363,11 @@ def test_shipped_transformer_scores_its_recorded_validation_loss(mitdb):
         loss, _ = step_fn(fc.gpt, (drafted[..., :q], drafted[..., q:]))
     best = torch.load(PRETRAINED, map_location="cpu", weights_only=True)["best_val"]
     assert float(loss) == pytest.approx(best, rel=0.01)
+
+
+def test_the_python_api_imports_without_wfdb():
+    """`from forecast import Forecaster` is the API's first line: wfdb (and the pandas it brings) is read only when a
+    record is, as forecast_record says; a plotting helper importing prepare_mitbih at module level pulled it in."""
+    code = "import sys, forecast, evaluate, train_results; print('wfdb' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
