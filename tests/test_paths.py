@@ -208,7 +208,7 @@ def test_a_write_failing_for_the_disk_is_one_error_and_keeps_the_old_file(tmp_pa
     target = tmp_path / "report.md"
     paths.atomic_write_text("old\n", target)
 
-    def full(self, text):
+    def full(self, text, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(paths.Path, "write_text", full)
     with pytest.raises(UserError, match=f"cannot write {target}: {os.strerror(errno.ENOSPC)}"):
