@@ -21,6 +21,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import itertools
 import json
 import re
 import shlex
@@ -586,12 +587,8 @@ def paired_with_best_baseline(per_record: dict[str, dict[str, np.ndarray]], tabl
 
     A model's edge over its best baseline is often far smaller than the spread between patients, so
     only the paired difference can tell it from zero; this is how the issues' targets are judged."""
-    best = {}
-    for metric, j in paired_scores(len(labels)):
-        known = [b for b in tables if b in baselines and tables[b]["metrics"][metric][j]["value"] is not None]
-        if known:
-            pick = min if PAIRED[metric] == "lower" else max
-            best[metric, j] = pick(known, key=lambda b: tables[b]["metrics"][metric][j]["value"])
+    best = {(metric, j): ref for metric, j in paired_scores(len(labels))
+            if (ref := best_baseline(tables, baselines, metric, j))}
     rows = []
     for name in [n for n in per_record if n not in baselines]:
         for (metric, j), ref in best.items():
@@ -603,6 +600,16 @@ def paired_with_best_baseline(per_record: dict[str, dict[str, np.ndarray]], tabl
                          **paired_entry(per_record[name][metric][:, j], per_record[ref][metric][:, j], metric,
                                         base, n_boot, seed)})
     return rows
+
+
+def best_baseline(tables: dict, baselines: frozenset[str], metric: str, j: int = -1) -> str | None:
+    """The baseline with the best `metric` in horizon segment `j` (lowest, or highest for F1) among `tables`
+    (summary["forecasters"]), the one models are paired against; None when no baseline has a value."""
+    known = [b for b in tables if b in baselines and tables[b]["metrics"][metric][j]["value"] is not None]
+    if not known:
+        return None
+    pick = min if PAIRED[metric] == "lower" else max
+    return pick(known, key=lambda b: tables[b]["metrics"][metric][j]["value"])
 
 
 def paired_between_models(per_record: dict[str, dict[str, np.ndarray]], tables: dict, baselines: frozenset[str],
@@ -639,7 +646,7 @@ MODEL_COLOURS = ("C0", "C3", "C1", "C8", "C7")
 
 def curve_colours(order: list[str], baselines: frozenset[str]) -> dict[str, str]:
     """A baseline's colour by its name, the models' in turn from the colours no baseline takes."""
-    models = iter(MODEL_COLOURS * len(order))
+    models = itertools.cycle(MODEL_COLOURS)
     return {name: BASELINE_COLOURS.get(name, "C7") if name in baselines else next(models) for name in order}
 
 
@@ -648,13 +655,6 @@ def mean_curve(s: Scores, key: str) -> np.ndarray:
     n = s.curves["windows"]
     used = n > 0
     return np.mean(s.curves[key][used] / (2 * n[used, None]), axis=0)
-
-
-def best_baseline_by(summary: dict, baselines: frozenset[str], metric: str = "crps") -> str | None:
-    """The baseline with the lowest whole-horizon `metric` (the one the models are paired against), or None."""
-    found = {b: summary["forecasters"][b]["metrics"][metric][-1]["value"] for b in baselines}
-    found = {b: v for b, v in found.items() if v is not None}
-    return min(found, key=found.get) if found else None
 
 
 def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: Path,
@@ -698,7 +698,7 @@ def plot_crps_gain(ax, scores: dict[str, Scores], summary: dict, fs: int, baseli
                    style: dict) -> None:
     """Each model's CRPS minus the best baseline's per horizon step, as a 0.1 s running mean (below 0: the model
     is better there); said so when there is no model or no baseline to subtract."""
-    best = best_baseline_by(summary, baselines)
+    best = best_baseline(summary["forecasters"], baselines, "crps")
     models = [name for name in scores if name not in baselines]
     if best is None or not models:
         ax.text(0.5, 0.5, "no model and baseline to compare", ha="center", va="center", transform=ax.transAxes)
@@ -716,10 +716,10 @@ def plot_crps_gain(ax, scores: dict[str, Scores], summary: dict, fs: int, baseli
 
 
 def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: int, fs: int, num_samples: int,
-                 seed: int, path: Path, picks: list[tuple[str, int, int]]) -> None:
+                 seed: int, path: Path, picks: list[tuple[str, int, int]], zero_mse: np.ndarray) -> None:
     """Context, truth, point forecast and 80 % band of both leads for the windows `picks` (gallery_picks: the same
     for every forecaster, so their galleries compare), forecast with the same seed as in the evaluation. Titles
-    give the window's MSE and its share of the zero forecast's, which ranks the picks."""
+    give the window's MSE and its share of the zero forecast's (`zero_mse`, per window), which ranks the picks."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -728,7 +728,7 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
     for row, (label, r, i) in enumerate(picks):
         samples = predict_windows(f, name, w, np.array([i]), context, num_samples, seed)[0]
         truth = np.asarray(w.signals[i], np.float32)
-        share = 100 * s.window_mse[i] / max(float(np.mean(truth[context:].astype(np.float64) ** 2)), 1e-12)
+        share = 100 * s.window_mse[i] / zero_mse[i]
         for lead in range(2):
             lead_name = w.leads[r][lead] if lead < len(w.leads[r]) else f"lead {lead + 1}"
             plot_lead(axes[row, lead], t, context, truth[:, lead], samples[:, :, lead],
@@ -742,12 +742,16 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
     plt.close(fig)
 
 
-def gallery_picks(s: Scores, w: Windows, context: int) -> list[tuple[str, int, int]]:
+def zero_forecast_mse(w: Windows, context: int) -> np.ndarray:
+    """[N] each window's horizon power, the zero forecast's MSE (floored above 0, as a divisor)."""
+    return np.maximum(np.mean(np.asarray(w.signals[:, context:], np.float64) ** 2, axis=(1, 2)), 1e-12)
+
+
+def gallery_picks(s: Scores, w: Windows, zero_mse: np.ndarray) -> list[tuple[str, int, int]]:
     """(label, record, window) of the records where the forecaster `s` does best, middling and worst, by their
-    mean window MSE over the zero forecast's (raw MSE would rank the records by amplitude): from each, the window
-    with the record's median such ratio."""
-    power = np.mean(np.asarray(w.signals[:, context:], np.float64) ** 2, axis=(1, 2))   # the zero forecast's MSE
-    ratio = s.window_mse / np.maximum(power, 1e-12)
+    mean window MSE over the zero forecast's (`zero_mse`; raw MSE would rank the records by amplitude): from
+    each, the window with the record's median such ratio."""
+    ratio = s.window_mse / zero_mse
     per_rec = {r: np.nanmean(ratio[w.record == r]) for r in np.unique(w.record)}
     order = sorted(per_rec, key=per_rec.get)
     picks = []
@@ -914,11 +918,12 @@ def plot_results(run: Path, forecasters: dict[str, ForecasterBase], scores: dict
     """error_curves.png, and each forecaster's gallery_<name>.png forecast with the evaluation's seeds."""
     fs, context = cfg.data.samples_per_second, cfg.data.window_samples
     plot_error_curves(scores, summary, fs, run / "error_curves.png", baselines)
-    reference = best_baseline_by(summary, baselines) or next(iter(scores))
-    picks = gallery_picks(scores[reference], w, context)        # the same windows in every gallery
+    reference = best_baseline(summary["forecasters"], baselines, "crps") or next(iter(scores))
+    zero_mse = zero_forecast_mse(w, context)
+    picks = gallery_picks(scores[reference], w, zero_mse)      # the same windows in every gallery
     for name, f in forecasters.items():
         plot_gallery(name, f, scores[name], w, context, fs, args.samples, args.seed,
-                     run / f"gallery_{file_name(name)}.png", picks)
+                     run / f"gallery_{file_name(name)}.png", picks, zero_mse)
 
 
 def write_results(run: Path, header: dict, cfg: Config, summary: dict, w: Windows) -> None:

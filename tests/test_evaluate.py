@@ -1058,10 +1058,11 @@ def test_the_gallery_picks_records_and_windows_by_their_whole_horizon_mse_over_t
     s = evaluate.Scores(6, window_sums={"se": np.array([first, [0] * 6, whole], float).T, "n": np.ones((6, 3))})
     np.testing.assert_array_equal(s.window_mse, whole)
     signals = np.ones((6, 4, 2))                                   # context 2, horizon 2: power 1 everywhere
-    picks = evaluate.gallery_picks(s, SimpleNamespace(record=np.repeat([0, 1, 2], 2), signals=signals), 2)
+    w = SimpleNamespace(record=np.repeat([0, 1, 2], 2), signals=signals)
+    picks = evaluate.gallery_picks(s, w, evaluate.zero_forecast_mse(w, 2))
     assert picks == [("lowest-error record", 0, 1), ("median record", 1, 3), ("highest-error record", 2, 5)]
     signals[4:] *= 10                                              # record 2 ten times louder: its ratio 0.055
-    picks = evaluate.gallery_picks(s, SimpleNamespace(record=np.repeat([0, 1, 2], 2), signals=signals), 2)
+    picks = evaluate.gallery_picks(s, w, evaluate.zero_forecast_mse(w, 2))
     assert [p[1] for p in picks] == [2, 0, 1]
 
 
