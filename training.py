@@ -280,8 +280,9 @@ class Trainer:
     def note_later_best(self, path: str | Path) -> None:
         """A resume from an older epoch_NNN.pt finds best.pt from a later epoch of the trajectory it leaves: said,
         since the resumed run replaces it as soon as it beats the older checkpoint's best validation loss."""
-        best = self.ckpt_dir / "best.pt"
-        if best.exists() and Path(path).resolve() != best.resolve():
+        best, resumed = self.ckpt_dir / "best.pt", Path(path).resolve()
+        # last.pt is written after best.pt: resumed from it (the usual case), best.pt is no later, and not read
+        if best.exists() and resumed not in (best.resolve(), (self.ckpt_dir / "last.pt").resolve()):
             try:
                 epoch = load_checkpoint(best)["epoch"]
             except UserError:                   # nothing to say of a file that cannot be read
