@@ -56,33 +56,42 @@ def run_section(summary: dict, header: dict, w: Windows) -> list[str]:
     return lines + [f"| {k} | {'`' + v + '`' if k == 'command' else v} |" for k, v in header.items()] + [""]
 
 
+# report.md's tables of every metric: three narrow ones instead of one of sixteen columns
+METRIC_GROUPS = (("Point forecast (the sample mean)", ("mse", "mae", "prd", "prdn", "r")),
+                 ("Samples: accuracy and calibration", ("crps", "mse_median", "mae_median", "cov50", "width50",
+                                                        "cov80", "width80")),
+                 ("Rhythm (R peaks of lead 1)", ("f1_50", "f1_100", "timing_ms", "hr_bpm")))
+
+
 def whole_horizon_section(summary: dict) -> list[str]:
     """Every metric of every forecaster over the whole horizon, with its interval."""
-    cols = list(M.METRICS)
     lines = ["## All forecasters, whole horizon", "",
              "Mean over records [bootstrap 95 % interval over records]; each record's value pools its "
              "windows, so each patient weighs the same. `—`: undefined (interval scores of "
              "deterministic forecasts).", ""]
-    lines += ["| forecaster | " + " | ".join(header_of(c) for c in cols) + " |",
-              "|---|" + "---:|" * len(cols)]
-    for name in summary["order"]:
-        m = summary["forecasters"][name]["metrics"]
-        lines.append(f"| {name} | " + " | ".join(cell(m[c][-1]) for c in cols) + " |")
-    return lines
+    for title, cols in METRIC_GROUPS:
+        lines += [f"### {title}", "", "| forecaster | " + " | ".join(header_of(c) for c in cols) + " |",
+                  "|---|" + "---:|" * len(cols)]
+        for name in summary["order"]:
+            m = summary["forecasters"][name]["metrics"]
+            lines.append(f"| {name} | " + " | ".join(cell(m[c][-1]) for c in cols) + " |")
+        lines.append("")
+    return lines[:-1]
 
 
 def per_second_section(summary: dict) -> list[str]:
     """Every metric per forecaster and horizon second; their intervals are in metrics.json / metrics.csv."""
-    cols = list(M.METRICS)
     lines = ["", "## Per horizon second", "", "Same metrics, one row per forecaster and horizon second "
              "(mean over records; intervals in metrics.json / metrics.csv).", ""]
-    lines += ["| forecaster | horizon | " + " | ".join(header_of(c) for c in cols) + " |",
-              "|---|---|" + "---:|" * len(cols)]
-    for name in summary["order"]:
-        m = summary["forecasters"][name]["metrics"]
-        for j, label in enumerate(summary["horizons"][:-1]):
-            lines.append(f"| {name} | {label} | " + " | ".join(fmt(m[c][j]["value"]) for c in cols) + " |")
-    return lines
+    for title, cols in METRIC_GROUPS:
+        lines += [f"### {title}", "", "| forecaster | horizon | " + " | ".join(header_of(c) for c in cols) + " |",
+                  "|---|---|" + "---:|" * len(cols)]
+        for name in summary["order"]:
+            m = summary["forecasters"][name]["metrics"]
+            for j, label in enumerate(summary["horizons"][:-1]):
+                lines.append(f"| {name} | {label} | " + " | ".join(fmt(m[c][j]["value"]) for c in cols) + " |")
+        lines.append("")
+    return lines[:-1]
 
 
 def detector_section(d: dict) -> list[str]:

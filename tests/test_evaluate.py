@@ -706,15 +706,18 @@ def test_report_tables_show_what_the_summary_holds(db250):
         if e["value"] is not None and e["ci"][0] is not None:
             assert e["ci"][0] <= e["value"] <= e["ci"][1]
         return "—" if e["value"] is None else f"{fmt(e['value'])} [{fmt(e['ci'][0])}, {fmt(e['ci'][1])}]"
-    whole = _table(report, "## All forecasters, whole horizon")
-    assert [r[0] for r in whole] == s["order"]
-    for name, *cells in whole:
-        assert cells == [interval(s["forecasters"][name]["metrics"][k][-1]) for k in cols], name
-    per_second = _table(report, "## Per horizon second")
-    assert [r[:2] for r in per_second] == [[n, h] for n in s["order"] for h in s["horizons"][:-1]]
-    for name, label, *cells in per_second:
-        j = s["horizons"].index(label)
-        assert cells == [fmt(s["forecasters"][name]["metrics"][k][j]["value"]) for k in cols], (name, label)
+    whole_part, per_second_part = report.split("## Per horizon second", 1)
+    assert sorted(k for _, keys in eval_report.METRIC_GROUPS for k in keys) == sorted(cols)
+    for title, keys in eval_report.METRIC_GROUPS:
+        whole = _table(whole_part.split("## All forecasters, whole horizon", 1)[1], f"### {title}")
+        assert [r[0] for r in whole] == s["order"]
+        for name, *cells in whole:
+            assert cells == [interval(s["forecasters"][name]["metrics"][k][-1]) for k in keys], name
+        per_second = _table(per_second_part, f"### {title}")
+        assert [r[:2] for r in per_second] == [[n, h] for n in s["order"] for h in s["horizons"][:-1]]
+        for name, label, *cells in per_second:
+            j = s["horizons"].index(label)
+            assert cells == [fmt(s["forecasters"][name]["metrics"][k][j]["value"]) for k in keys], (name, label)
     paired = _table(report, "## Paired against the best baseline")
     assert len(paired) == len(s["paired"]) > 0
     for row, r in zip(paired, s["paired"]):
