@@ -17,10 +17,12 @@ metrics.csv, error_curves.png and gallery_<model>.png into a fresh results/evalu
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import importlib
 import importlib.util
 import inspect
+import io
 import itertools
 import json
 import re
@@ -694,6 +696,19 @@ def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: P
     plt.close(fig)
 
 
+def error_curves_csv(scores: dict[str, Scores], order: list[str], fs: int) -> str:
+    """The curves error_curves.png draws, one row per horizon step, so they can be plotted again or compared across
+    runs without the windows."""
+    cols = {f"{name} {label}": mean_curve(scores[name], key) for name in order
+            for key, label in (("se", "MSE (mV²)"), ("crps", "CRPS (mV)"))}
+    steps = np.arange(1, len(next(iter(cols.values()))) + 1) / fs
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["horizon (s)", *cols])
+    writer.writerows([f"{t:.6g}", *(f"{v[i]:.6g}" for v in cols.values())] for i, t in enumerate(steps))
+    return out.getvalue()
+
+
 def plot_crps_gain(ax, scores: dict[str, Scores], summary: dict, fs: int, baselines: frozenset[str],
                    style: dict) -> None:
     """Each model's CRPS minus the best baseline's per horizon step, as a 0.1 s running mean (below 0: the model
@@ -918,6 +933,7 @@ def plot_results(run: Path, forecasters: dict[str, ForecasterBase], scores: dict
     """error_curves.png, and each forecaster's gallery_<name>.png forecast with the evaluation's seeds."""
     fs, context = cfg.data.samples_per_second, cfg.data.window_samples
     plot_error_curves(scores, summary, fs, run / "error_curves.png", baselines)
+    paths.atomic_write_text(error_curves_csv(scores, summary["order"], fs), run / "error_curves.csv")
     reference = best_baseline(summary["forecasters"], baselines, "crps") or next(iter(scores))
     zero_mse = zero_forecast_mse(w, context)
     picks = gallery_picks(scores[reference], w, zero_mse)      # the same windows in every gallery

@@ -69,6 +69,13 @@ def test_wfdb_dir_at_250_hz_skips_bad_records_and_scores_the_rest(db250, tmp_pat
     assert len(rows) == 3 * len(result["horizons"]) * len(M.METRICS)
     for png in ("error_curves.png", "gallery_zero.png", "gallery_template.png", "gallery_seasonal_ensemble.png"):
         assert (run / png).stat().st_size > 10_000
+    # the plotted curves: one row per horizon step; a curve's mean over the steps is the whole horizon's score
+    curves = list(csv.DictReader((run / "error_curves.csv").open()))
+    assert len(curves) == len(w[0]) - cfg.data.window_samples and float(curves[0]["horizon (s)"]) == pytest.approx(1 / cfg.data.samples_per_second)
+    for name in ("zero", "template", "seasonal_ensemble"):
+        for key, col in (("mse", "MSE (mV²)"), ("crps", "CRPS (mV)")):
+            whole = result["forecasters"][name]["metrics"][key][-1]["value"]
+            assert np.mean([float(r[f"{name} {col}"]) for r in curves]) == pytest.approx(whole, rel=1e-4), (name, key)
 
 
 def test_a_window_scores_the_same_whatever_else_is_evaluated(db250, tmp_path):
