@@ -145,7 +145,7 @@ def records_section(w: Windows) -> list[str]:
                          f"{'yes' if w.annotated[i] else 'no'} | {counts[i]} |")
     gaps = w.source.get("invalid_seconds") or {}
     if gaps:
-        lines += ["", "Windows leave out the gaps (NaN/invalid samples) of "
+        lines += ["", "Windows leave out the gaps (NaN/invalid or flat samples) of "
                   + ", ".join(f"{n} ({s:.1f} s)" for n, s in gaps.items()) + "."]
     if w.skipped:
         lines += ["", f"Skipped {len(w.skipped)} record(s):", ""] + [f"- {n}: {why}" for n, why in w.skipped]

@@ -378,7 +378,7 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
     context = rec.signal[at - ctx:at]
     if not np.isfinite(context).all():
         raise UserError(f"{record}: the context {round((at - ctx) / fs, 3):g}-{start_s:g} s touches a gap of NaN/invalid "
-                        f"samples; {clean_starts(rec.signal, at, ctx, fs)}")
+                        f"or flat samples; {clean_starts(rec.signal, at, ctx, fs)}")
     truth = rec.signal[at:at + horizon]
     samples_ = fc.predict(context[None], horizon, samples, seed)[0]
     return {"context": context, "truth": truth, "samples": samples_, "fs": fs, "leads": rec.leads,

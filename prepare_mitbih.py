@@ -74,7 +74,7 @@ class Record:
     symbols: list[str]
     fs_in: float
     has_annotations: bool
-    invalid_s: float = 0.0    # seconds of NaN/invalid samples in the source, gaps (NaN) in `signal`
+    invalid_s: float = 0.0    # seconds of NaN/invalid or flat samples in the source, gaps (NaN) in `signal`
 
 
 def default_split(names: list[str]) -> dict[str, list[str]]:
@@ -442,8 +442,8 @@ def check_record(path: Path, cfg: DataConfig) -> None:
 
 def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator: str | None = "atr") -> Record:
     """One WFDB record as two filtered leads in mV at the target rate with its reference beats (from the
-    `annotator` file, e.g. NNN.atr; None: no beats). NaN or invalid samples are an error, or with `gaps`
-    NaN stretches of the signal (see filter_and_resample)."""
+    `annotator` file, e.g. NNN.atr; None: no beats). NaN or invalid samples, and a lead holding one value for
+    FLAT_S or more (lead off), are an error, or with `gaps` NaN stretches of the signal (see filter_and_resample)."""
     path = record_path(path)
     where = str(path)
     read_header(path)
@@ -462,6 +462,16 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
         raise UserError(f"{where}: {int(bad.sum())} NaN/invalid samples (first at sample {i}, {i / rec.fs:.2f} s, "
                         f"lead {rec.sig_name[order[k]]}); repair or exclude the record, or prepare with --allow-gaps "
                         f"(read_record: gaps=True) to keep its windows without them")
+    flat = flat_runs(x, float(rec.fs))
+    if flat.all(0).any():
+        raise UserError(f"{where}: lead {rec.sig_name[order[int(np.argmax(flat.all(0)))]]} holds one value throughout: "
+                        f"lead off?")
+    if flat.any() and not gaps:
+        i, k = (int(v) for v in np.argwhere(flat)[0])
+        raise UserError(f"{where}: lead {rec.sig_name[order[k]]} holds one value for {flat[:, k].sum() / rec.fs:.1f} s "
+                        f"(first from {i / rec.fs:.2f} s): lead off? Repair or exclude the record, or prepare with "
+                        f"--allow-gaps (read_record: gaps=True) to keep its windows without those stretches")
+    bad |= flat
     dead, gap = bad.all(0), bad.any(1)
     if dead.any():
         raise UserError(f"{where}: lead {rec.sig_name[order[int(np.argmax(dead))]]} has no valid sample")
@@ -472,6 +482,23 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
                                if annotator else (np.zeros(0, np.int64), [], False))
     return Record(path.name, y, [rec.sig_name[i] for i in order], beats, symbols, float(rec.fs), has_ann,
                   float(gap.sum() / rec.fs))
+
+
+FLAT_S = 2.0     # a lead that holds one value this long is off (a dropout stored as a constant, not as NaN): a gap;
+                 # MIT-BIH's longest such run is 0.74 s (record 116)
+
+
+def flat_runs(x: np.ndarray, fs: float) -> np.ndarray:
+    """Mask [N, leads] of the samples in runs of one unchanging value lasting FLAT_S or more: filtered, such a
+    stretch is a near-zero line that would be forecast and scored as ECG (or told it is in the wrong units)."""
+    x = np.asarray(x)
+    out = np.zeros(x.shape, bool)
+    for k in range(x.shape[1]):
+        edges = np.concatenate([[0], np.flatnonzero(x[1:, k] != x[:-1, k]) + 1, [len(x)]])
+        long = np.flatnonzero(np.diff(edges) >= FLAT_S * fs)
+        for a, b in zip(edges[long], edges[long + 1]):
+            out[a:b, k] = np.isfinite(x[a, k])
+    return out
 
 
 def check_swing(y: np.ndarray, names: list[str], units: list[str | None], where: str) -> None:
@@ -787,7 +814,7 @@ def check_windows(rec: Record, cfg: DataConfig, where: str) -> None:
         raise UserError(f"{where}: no stretch without invalid samples is one window ({secs(need)} s) long "
                         f"(the longest is {secs(longest / fs)} s)")
     if rec.invalid_s:
-        paths.note(f"{where}: {rec.invalid_s:.1f} s of NaN/invalid samples; windows leave out the gaps "
+        paths.note(f"{where}: {rec.invalid_s:.1f} s of NaN/invalid or flat samples; windows leave out the gaps "
                    f"({len(spans)} clean stretches)")
 
 
@@ -1028,8 +1055,8 @@ def main() -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out records that can't be used (too short, one lead, NaN samples...) with a warning")
     p.add_argument("--allow-gaps", action="store_true",
-                   help="keep records with NaN/invalid samples, cutting windows only where both leads are valid "
-                   "(a second clear of each gap)")
+                   help="keep records with NaN/invalid samples or flat stretches (lead off), cutting windows only where "
+                   "both leads are valid (a second clear of each gap)")
     p.add_argument("--annotator", default="atr",
                    help="annotation file with the reference beats (default atr: NNN.atr; e.g. qrs for AFDB's beats)")
     p.add_argument("--fetch-only", action="store_true",

@@ -245,7 +245,7 @@ def test_wfdb_dir_scores_the_windows_between_gaps(tmp_path):
                         "--results", str(tmp_path / "results")])
     assert result["skipped"] == [] and result["record_info"][0]["windows"] == 3    # from 0, 13 and 19 s
     assert result["per_record"]["seasonal"]["mse"]["g"] is not None
-    assert "Windows leave out the gaps (NaN/invalid samples) of g (2.0 s)." in (run / "report.md").read_text()
+    assert "Windows leave out the gaps (NaN/invalid or flat samples) of g (2.0 s)." in (run / "report.md").read_text()
 
 
 def test_prepared_split_and_record_filter(synthetic_db, tmp_path):

@@ -663,6 +663,29 @@ def test_prepare_allows_gaps_only_when_asked(tmp_path):
     assert len(train["signals"]) > 0 and torch.isfinite(train["signals"]).all()
 
 
+def test_a_flat_stretch_is_a_gap_not_ecg(tmp_path):
+    """A lead off stored as one value (zeros at 250 Hz, not NaN) was windowed, forecast and scored as ECG, and the
+    forecasters told the user to convert a near-zero context from microvolts; it is a gap like NaN now, and a lead
+    flat throughout is named."""
+    x, _ = synthetic_ecg(40.0, 250.0, seed=1)
+    x[20 * 250:25 * 250, 1] = 0.0
+    path = write_signal(tmp_path, "off", x, fs=250.0)
+    cfg = make_cfg().data
+    with pytest.raises(UserError, match=r"off: lead V1 holds one value for 5.0 s \(first from 20.00 s\): lead off\?.*"
+                                        r"--allow-gaps"):
+        pm.read_record(path, cfg)
+    rec = pm.read_record(path, cfg, gaps=True)
+    assert rec.invalid_s == pytest.approx(5.0, abs=0.01)     # give or take a neighbour quantised to 0 too
+    (a, b), (c, d) = pm.finite_stretches(rec.signal)        # a second beside the gap goes too
+    assert (a, d) == (0, 40 * FS) and abs(b - 19 * FS) <= 1 and abs(c - 26 * FS) <= 1
+    x[:, 0] = 0.5
+    with pytest.raises(UserError, match="lead MLII holds one value throughout: lead off"):
+        pm.read_record(write_signal(tmp_path, "dead_flat", x, fs=250.0), cfg, gaps=True)
+    x, _ = synthetic_ecg(40.0, 250.0, seed=1)
+    x[20 * 250:int(21.9 * 250)] = 0.0            # shorter than FLAT_S: a pause, kept (MIT-BIH's longest is 0.74 s)
+    assert pm.read_record(write_signal(tmp_path, "pause", x, fs=250.0), cfg).invalid_s == 0
+
+
 def test_a_lead_without_a_valid_sample_is_named(tmp_path):
     x, _ = synthetic_ecg(30.0, 360.0, seed=1)
     x[:, 1] = np.nan
