@@ -382,7 +382,7 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
     truth = rec.signal[at:at + horizon]
     samples_ = fc.predict(context[None], horizon, samples, seed)[0]
     return {"context": context, "truth": truth, "samples": samples_, "fs": fs, "leads": rec.leads,
-            "start_sample": at}
+            "start_sample": at, "fs_in": rec.fs_in}
 
 
 def check_not_folder(record: Path) -> None:
@@ -440,7 +440,8 @@ def main() -> None:
     res["heart_rate"] = heart_rates(res)
     stem = save_forecast(res, args, path, out, (truth, gap), commit)
     print(f"forecast of {args.record} from {args.start:g} s: {args.samples} samples x {res['samples'].shape[1]} "
-          f"samples x 2 leads at {res['fs']} Hz in {time.time() - t0:.1f} s ({t_load:.1f} s of it loading the model)")
+          f"samples x 2 leads at {res['fs']} Hz{resampled(res)} in {time.time() - t0:.1f} s ({t_load:.1f} s of it "
+          f"loading the model)")
     if gap or truth < res["samples"].shape[1]:
         fs, horizon = res["fs"], res["samples"].shape[1]
         paths.note(f"the truth plotted covers {(truth - gap) / fs:g} s of the {horizon / fs:g} s forecast (the record's "
@@ -487,6 +488,11 @@ def heart_rate_line(hr: dict) -> str:
     return f"detected heart rate (bpm): context {hr['context']:.0f}, paths {paths}{truth}"
 
 
+def resampled(res: dict) -> str:
+    """' (the record's 250 Hz resampled)' for a record not at the model's rate: what was forecast is not its samples."""
+    return f" (the record's {res['fs_in']:g} Hz resampled)" if res["fs_in"] != res["fs"] else ""
+
+
 def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Path, cover: tuple[int, int],
                   commit: str) -> str:
     """Write the samples (.npy), their plot (.png) and what was asked (.json) into `out`; returns their file stem.
@@ -497,7 +503,8 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
     paths.atomic_save_npy(res["samples"], out / f"{stem}_samples.npy")
     plot_record(res, record, args, out / f"{stem}.png", model_label(checkpoint))
     truth, gap = cover
-    paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "leads": res["leads"],
+    paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "fs_in": res["fs_in"],
+                             "leads": res["leads"],
                              "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
                              "truth_samples": truth, "truth_gap_samples": gap, "heart_rate_bpm": res["heart_rate"],
                              "checkpoint": str(checkpoint), "git_commit": commit, **own_code_of(checkpoint)},

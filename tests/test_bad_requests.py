@@ -242,12 +242,15 @@ def test_forecast_from_a_record_with_gaps(tmp_path):
                               "--samples", "2", "--out", str(tmp_path / "out")])
     assert code == 2 and "g: the context 10-13 s touches a gap" in err, err
     assert "nearest clean --start: 9 s or 16 s" in err
-    code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(tmp_path / "g"), "--start", "8",
-                              "--samples", "2", "--out", str(tmp_path / "out")])
-    assert code == 0, err
+    r = run_script(forecast.main, "forecast.py", ["--checkpoint", str(PRETRAINED), "--record", str(tmp_path / "g"),
+                                                  "--start", "8", "--samples", "2", "--out", str(tmp_path / "out")])
+    assert r.returncode == 0, r.stderr
+    assert "2 leads at 128 Hz (the record's 360 Hz resampled) in" in r.stdout
     samples = np.load(tmp_path / "out" / "g_8s_samples.npy")
     assert samples.shape == (2, 384, 2) and np.isfinite(samples).all()
-    assert json.loads((tmp_path / "out" / "g_8s.json").read_text())["truth_gap_samples"] == 256    # 9 s to 11 s: the gap and a second before it
+    saved = json.loads((tmp_path / "out" / "g_8s.json").read_text())
+    assert saved["truth_gap_samples"] == 256    # 9 s to 11 s: the gap and a second before it
+    assert (saved["fs"], saved["fs_in"]) == (128, 360)             # the record's own rate, and what it was resampled to
 
 
 def test_a_clean_stretch_exactly_one_context_long_offers_its_start():
