@@ -47,7 +47,7 @@ DEFAULT_VALIDATION = [r for i, r in enumerate(r for r in DS1 if r != "201") if i
 # Lead 1 when the record has no lead named cfg.first_lead: the first of these groups found, in this
 # order (lead II is the usual rhythm lead and what MIT-BIH's MLII approximates). Names are compared
 # case-insensitively, ignoring spaces, '-', '_', '.' and a leading 'LEAD' or 'ECG' ("Lead II", "ecg-ii",
-# "ml2" all count as lead II). With none of them, lead 1 is the first ECG channel (and a note says so).
+# "ml2" all count as lead II). With none of them, lead 1 is the first ECG channel other than V1 (and a note says so).
 # Lead 2 is V1 when the record has it (MIT-BIH's usual second lead, so 12-lead records feed the models
 # alike), else the first other ECG channel.
 LEAD_PREFERENCE = (
@@ -272,16 +272,16 @@ def order_leads(names: list[str], first: str, where: str, units: list[str | None
 
     Lead 1 is the channel named `first` (cfg.first_lead, e.g. MLII; exact name, else the same name
     compared as in LEAD_PREFERENCE); without one, the first LEAD_PREFERENCE group the record has
-    (lead II, then I, III, aVF, aVL, aVR); without any, the first ECG channel. Lead 2 is V1, else the first
-    other ECG channel.
+    (lead II, then I, III, aVF, aVL, aVR); without any, the first ECG channel other than V1. Lead 2 is V1,
+    else the first other ECG channel.
     """
     ecg = ecg_channels(names, list(units or [None] * len(names)), where)
     keys = {i: _lead_key(names[i]) for i in ecg}
     choices = [[i for i in ecg if names[i] == first]]
     choices += [[i for i in ecg if keys[i] in group] for group in [(_lead_key(first),), *LEAD_PREFERENCE]]
     lead1 = next((found[0] for found in choices if found), None)
-    if lead1 is None:
-        lead1 = ecg[0]
+    if lead1 is None:      # V1 is lead 2's (the models' second lead), so it leads only a record of V1 and nothing else
+        lead1 = next((i for i in ecg if keys[i] != "V1"), ecg[0])
         paths.note(f"{where}: no channel is {first} or a limb lead ({', '.join(map(str, names))}); lead 1 is "
                    f"channel {lead1}, {names[lead1]}")
     others = [j for j in ecg if j != lead1]

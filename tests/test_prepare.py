@@ -140,6 +140,8 @@ def test_swapped_leads_end_with_mlii_first(prepared):
     (["V1", "v5", "II"], "V5", [1, 0]),        # ... compared case-insensitively
     (["II", "V1"], "V5", [0, 1]),              # first_lead absent: preference list
     (["A", "B", "C"], "MLII", [0, 1]),
+    (["V1", "V2", "V5", "V6"], "MLII", [1, 0]),   # no limb lead: V1 is still lead 2, not lead 1 beside V2
+    (["v1", "ECG2"], "MLII", [1, 0]),
     (["I", "II", "III", "V1"], "MLII", [1, 3]),      # 12-lead order: lead 2 is V1, as in MIT-BIH
     (["V5", "v1", "II"], "MLII", [2, 1]),
     (["V1", "aVL", "aVF"], "MLII", [2, 0]),    # aVF before aVL ...
