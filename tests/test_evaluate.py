@@ -48,7 +48,7 @@ def test_wfdb_dir_at_250_hz_skips_bad_records_and_scores_the_rest(db250, tmp_pat
     info = {r["record"]: r for r in result["record_info"]}
     assert sorted(info) == ["a01", "a02", "a03"]
     assert all(r["fs_in"] == 250 and r["windows"] == 6 for r in info.values())
-    assert info["a02"]["annotated"] is False and info["a03"]["leads"] == ["V1", "V2"]
+    assert info["a02"]["annotated"] is False and info["a03"]["leads"] == ["V2", "V1"]   # V1 is lead 2
     skipped = {s["record"]: s["reason"] for s in result["skipped"]}
     assert sorted(skipped) == ["a04", "a05"] and all(skipped.values())
     report = (run / "report.md").read_text()
