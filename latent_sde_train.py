@@ -129,6 +129,9 @@ def crps_config(args: argparse.Namespace, resume: dict | None, start: dict, sour
     the run's own on a resume."""
     stored = {k: v for k, v in start["config"].items() if k != "vqvae"}
     scfg = sde_config_from_dict(stored, f"latent SDE config stored in {args.resume or source}")
+    if not scfg.model.draft_beats:      # latent_sde.PathCRPS draws the forecasts' drafts
+        raise paths.UserError(f"--crps-from {source}: CRPS fine-tuning needs a latent SDE with beat drafts "
+                              f"(model.draft_beats true, as in config_sde.json); this one was trained without them")
     if not resume:
         scfg.crps = load_sde_config(args.config).crps
     elif args.config:

@@ -444,6 +444,15 @@ def test_crps_validation_draws_each_window_alone(drafted: dict) -> None:
     assert torch.isclose(metrics["drafts_crps"], torch.stack([a[1]["drafts_crps"] for a in alone]).mean(), rtol=1e-6)
 
 
+def test_crps_fine_tuning_of_a_latent_sde_without_drafts_is_one_clear_error(trained: dict, tmp_path: Path) -> None:
+    """--crps-from a latent SDE trained without beat drafts: one error naming the file and the key, before any run
+    folder is made (was PathCRPS's ValueError traceback)."""
+    setup = {**trained["setup_sde"], "results": str(tmp_path / "res"), "checkpoints": str(tmp_path / "ck")}
+    with pytest.raises(UserError, match=f"--crps-from {trained['ckpt']}: .*model.draft_beats"):
+        latent_sde_train.main(flags(setup, "--device", "cpu", "--crps-from", str(trained["ckpt"])))
+    assert not (tmp_path / "res").exists()
+
+
 def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_path: Path, capsys) -> None:
     """latent_sde_train.py --crps-from: a run of the generic trainer whose checkpoint forecast.py loads, its
     validation loss the CRPS, its source recorded; --resume continues it."""
