@@ -83,6 +83,8 @@ def test_train_writes_plots_metrics_and_checkpoints(tmp_path: Path, synthetic_db
     train = load_split("train", load_config(setup["config"]), setup["prepared"])
     assert report["split"] == "train" and report["summary"]["windows"] == len(train["signals"])
     assert report["trained"]["seed"] == 0
+    # the data it read, named as the training run names its own (the same preparation here): config and input files
+    assert report["data_hash"] == f"{train['data_hash']}/{train['input_hash']}" == report["trained"]["data_hash"]
     assert drawn["x"].shape == drawn["y"].shape and not np.allclose(drawn["x"], drawn["y"])
 
 
