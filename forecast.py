@@ -356,7 +356,7 @@ def load_forecaster(checkpoint: str | None, device: str | None) -> tuple[str | P
 def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: float | None, samples: int,
                     seed: int) -> dict:
     """Forecast a WFDB record from `start_s`, prepared exactly as the model's training data."""
-    from prepare_mitbih import read_record          # wfdb: imported when a record is read
+    from prepare_mitbih import hash_inputs, read_record, record_path     # wfdb: imported when a record is read
 
     data = fc.cfg.data if hasattr(fc, "cfg") else load_config().data     # one's own: the project's data settings
     fs, ctx = fc.fs, data.window_samples
@@ -368,6 +368,8 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
         raise UserError(f"--start {start_s} s is not a time")
     check_not_folder(Path(record))
     rec = read_record(Path(record), data, gaps=True, annotator=None)
+    where = record_path(record)
+    input_hash = hash_inputs(where.parent, [where.name], annotator=None)    # the files just read, beats not among them
     horizon, at = round(horizon_s * fs), round(start_s * fs)
     if len(rec.signal) < ctx:
         raise UserError(f"{record} lasts {len(rec.signal) / fs:.1f} s, shorter than the model's context of "
@@ -382,7 +384,8 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
     truth = rec.signal[at:at + horizon]
     samples_ = fc.predict(context[None], horizon, samples, seed)[0]
     return {"context": context, "truth": truth, "samples": samples_, "fs": fs, "leads": rec.leads,
-            "start_sample": at, "fs_in": rec.fs_in}
+            "start_sample": at, "fs_in": rec.fs_in, "device": str(getattr(fc, "device", "cpu")),
+            "input_hash": input_hash}
 
 
 def check_not_folder(record: Path) -> None:
@@ -431,6 +434,7 @@ def main() -> None:
     if args.samples < 1 or not 0 <= args.seed < 2 ** 63:
         raise UserError(f"--samples must be >= 1 and --seed in [0, 2**63), got {args.samples} and {args.seed}")
     path, fc = load_forecaster(args.checkpoint, args.device)
+    run = {"git_commit": commit, **checkpoint_sha256(path)}    # the code and weights that ran, taken at the start
     if args.out:
         paths.check_writable(args.out)
     t_load = time.time() - t0                       # start-up: torch, the checkpoint
@@ -438,7 +442,7 @@ def main() -> None:
     out = Path(args.out) if args.out else paths.new_run_dir("forecast")
     truth, gap = truth_cover(res)
     res["heart_rate"] = heart_rates(res)
-    stem = save_forecast(res, args, path, out, (truth, gap), commit)
+    stem = save_forecast(res, args, path, out, (truth, gap), run)
     print(f"forecast of {args.record} from {args.start:g} s: {args.samples} samples x {res['samples'].shape[1]} "
           f"samples x 2 leads at {res['fs']} Hz{resampled(res)} in {time.time() - t0:.1f} s ({t_load:.1f} s of it "
           f"loading the model)")
@@ -494,9 +498,9 @@ def resampled(res: dict) -> str:
 
 
 def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Path, cover: tuple[int, int],
-                  commit: str) -> str:
+                  run: dict) -> str:
     """Write the samples (.npy), their plot (.png) and what was asked (.json) into `out`; returns their file stem.
-    `cover` is the result's truth_cover, `commit` the git commit the run started at."""
+    `cover` is the result's truth_cover, `run` the git commit the run started at and the checkpoint's digest."""
     from prepare_mitbih import record_path          # loaded by now, with the record
     record = record_path(args.record).name          # 100 also for 100.hea or 100.dat
     stem = f"{record}_{args.start:g}s"
@@ -507,9 +511,15 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
                              "leads": res["leads"],
                              "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
                              "truth_samples": truth, "truth_gap_samples": gap, "heart_rate_bpm": res["heart_rate"],
-                             "checkpoint": str(checkpoint), "git_commit": commit, **own_code_of(checkpoint)},
+                             "input_hash": res["input_hash"], "device": res["device"],
+                             "checkpoint": str(checkpoint), **run, **own_code_of(checkpoint)},
                             out / f"{stem}.json")
     return stem
+
+
+def checkpoint_sha256(checkpoint: str | Path) -> dict:
+    """The checkpoint file's digest (paths.file_sha256), {} for a forecaster of one's own (own_code_of names it)."""
+    return {"checkpoint_sha256": paths.file_sha256(checkpoint)} if Path(checkpoint).is_file() else {}
 
 
 def own_code_of(checkpoint: str | Path) -> dict:

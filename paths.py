@@ -5,6 +5,7 @@ command-line flag in the scripts that use them (the flag wins, then the variable
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -152,6 +153,16 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
 
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The first 16 hex digits of a file's SHA-256: a result names the exact checkpoint it used, which a path
+    alone does not (best.pt changes while its run goes on)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def git_commit() -> str:

@@ -658,11 +658,12 @@ def check_first_lead(data_dir: Path, names: list[str], first: str) -> None:
                         f"(they have {', '.join(leads)})")
 
 
-def hash_inputs(data_dir: Path, names: list[str], annotator: str = "atr") -> str:
-    """sha256 over the bytes of every input file, so results can name the exact data they saw."""
+def hash_inputs(data_dir: Path, names: list[str], annotator: str | None = "atr") -> str:
+    """sha256 over the bytes of every input file, so results can name the exact data they saw (annotator None:
+    the signals alone, for a reader that reads no beats)."""
     h = hashlib.sha256()
     for name in names:
-        for p in input_files(data_dir, name) + [data_dir / f"{name}.{annotator}"]:
+        for p in input_files(data_dir, name) + ([data_dir / f"{name}.{annotator}"] if annotator else []):
             if p.exists():
                 h.update(p.name.encode())
                 h.update(p.read_bytes())

@@ -232,6 +232,26 @@ def test_forecast_json_names_the_commit_the_run_started_at(tmp_path, monkeypatch
     assert code == 0, err
     assert json.loads((tmp_path / "out" / "r_5s.json").read_text())["git_commit"] == "at-start"
 
+def test_forecast_json_names_the_data_weights_and_device_it_used(tmp_path):
+    """Next to its seed and commit, a forecast's .json names the record's files by hash (another recording under
+    the same name is told apart), the checkpoint by its SHA-256 (best.pt changes while its run goes on) and the
+    device (a GPU draws other numbers)."""
+    import hashlib
+
+    from prepare_mitbih import hash_inputs
+    asked = ["--checkpoint", str(PRETRAINED), "--start", "5", "--horizon", "1", "--samples", "2", "--device", "cpu"]
+    said = []
+    for seed in (0, 1):
+        folder = tmp_path / f"db{seed}"
+        write_record(folder, "r", seconds=12, seed=seed)
+        code, err = run_forecast([*asked, "--record", str(folder / "r"), "--out", str(folder / "out")])
+        assert code == 0, err
+        said.append(json.loads((folder / "out" / "r_5s.json").read_text()))
+    assert said[0]["input_hash"] == hash_inputs(tmp_path / "db0", ["r"], annotator=None) != said[1]["input_hash"]
+    assert said[0]["checkpoint_sha256"] == hashlib.sha256(PRETRAINED.read_bytes()).hexdigest()[:16]
+    assert said[0]["device"] == "cpu" and said[0]["seed"] == 0
+
+
 def test_forecast_from_a_record_with_gaps(tmp_path):
     """A context touching a gap of invalid samples is refused with the nearest clean starts; a context
     clear of the gap forecasts, with the gap left blank in the truth."""
