@@ -165,6 +165,16 @@ def own_code(specs: list[str]) -> str:
     return "; ".join(out)
 
 
+def checkpoint_digests(specs: list[str]) -> dict[str, str]:
+    """{"checkpoints": each checkpoint scored, with its file's SHA-256 (paths.file_sha256)}, or {} when none is: a
+    path alone does not say which weights were scored (best.pt changes while its run goes on, a shipped model
+    when it is packed again)."""
+    files = {spec: paths.SHIPPED[SHIPPED_SPECS[spec]] if spec in SHIPPED_SPECS else Path(spec)
+             for spec in expand_models(specs) if spec not in BASELINES}
+    found = [f"{spec}: {path} sha256 {paths.file_sha256(path)}" for spec, path in files.items() if path.is_file()]
+    return {"checkpoints": "; ".join(found)} if found else {}
+
+
 def preparation_mismatch(model: ForecasterBase, cfg: Config) -> str:
     """How a model's own data config (if it carries one) differs from the evaluation data's, or ''."""
     own = getattr(getattr(model, "cfg", None), "data", None)
@@ -253,7 +263,7 @@ def load_prepared(split: str, cfg: Config, prepared: str | None) -> Windows:
     names = list(d["records"])
     info = [meta.get(n, {}) for n in names]
     source = {"kind": "prepared", "path": str(folder / f"{split}.pt"), "split": split,
-              "input_hash": d.get("input_hash", "unknown"), "annotator": stored.get("annotator", "atr"),
+              "data_hash": d.get("data_hash", "unknown"), "input_hash": d.get("input_hash", "unknown"), "annotator": stored.get("annotator", "atr"),
               "invalid_seconds": {n: i["invalid_seconds"] for n, i in zip(names, info) if i.get("invalid_seconds")}}
     return _from_tensors(d, [i.get("has_annotations", True) for i in info], [i.get("leads", ["?", "?"]) for i in info],
                          [i.get("fs_in", float("nan")) for i in info], source, [])
@@ -284,7 +294,7 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
         reasons = "; ".join(f"{n}: {why}" for n, why in skipped[:5])
         raise UserError(f"no usable record in {folder} ({reasons})")
     d = cut_windows(loaded, cfg.data, overlap=False)
-    source = {"kind": "wfdb", "path": str(folder), "split": "all records",
+    source = {"kind": "wfdb", "path": str(folder), "split": "all records", "data_hash": data_hash(cfg.data),
               "input_hash": hash_inputs(folder, [r.name for r in loaded], annotator), "annotator": annotator,
               "invalid_seconds": {r.name: r.invalid_s for r in loaded if r.invalid_s}}
     return _from_tensors(d, [r.has_annotations for r in loaded], [r.leads for r in loaded],
@@ -884,6 +894,7 @@ def main(argv: list[str] | None = None) -> Path:
     if cfg.data.total_samples <= context:
         raise UserError("config data.forecast_predictions is 0: there is no horizon to forecast")
     forecasters, baselines, warnings = build_forecasters(args.model, cfg, device)
+    started.update(checkpoint_digests(args.model))      # the weights just loaded
     print_warnings(warnings)
     w = load_windows(args, cfg)
     scored = [w.records[i] for i in np.unique(w.record)]
@@ -968,7 +979,8 @@ def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config,
         "command": shlex.join(["python3", "evaluate.py", *(sys.argv[1:] if argv is None else argv)]),
         **started,
         "config": f"{args.config or 'config_vqvae.json'} (data hash {data_hash(cfg.data)})",
-        "data": f"{src['kind']} {src['split']}: {src['path']} (input hash {src['input_hash']}"
+        # the tensors' own data hash: with record lists of one's own it is not the config's above
+        "data": f"{src['kind']} {src['split']}: {src['path']} (data hash {src['data_hash']}, input hash {src['input_hash']}"
                 + (f", beats from .{src['annotator']})" if src.get("annotator", "atr") != "atr" else ")"),
         "records / windows": f"{len(np.unique(w.record))} / {len(w.record)}"
                              + (f" ({len(w.skipped)} records skipped)" if w.skipped else "")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ import eval_report
 import metrics as M
 from conftest import ROOT, edit_tree_after, spike_train, synthetic_ecg, write_record, write_signal
 from hyper_params import load_config
-from paths import UserError
+from paths import SHIPPED, UserError
 from prepare_mitbih import cut_windows, prepare, read_record
 
 
@@ -158,6 +159,7 @@ def test_your_own_forecaster_is_handed_its_checkpoint_and_device_and_the_report_
                       "--samples", "2", "--max-windows-per-record", "1", "--results", str(tmp_path / "results")])
     digest = hashlib.sha256(mine.read_bytes()).hexdigest()[:16]
     assert result["header"]["own forecasters"] == f"{mine}:Loaded={ckpt}: {mine} sha256 {digest}"
+    assert "checkpoints" not in result["header"]        # one's own forecaster is named above, baselines have none
     assert result["per_record"]["Loaded"]["mse"]["a01"] != result["per_record"]["zero"]["mse"]["a01"]
 
 
@@ -269,7 +271,7 @@ def test_prepared_split_and_record_filter(synthetic_db, tmp_path):
 def test_a_split_of_ones_own_is_scored_without_its_config(synthetic_db, tmp_path):
     """Data prepared alike with record lists of one's own is scored with the default config (no --config F), on
     its own test records; data prepared otherwise (another band) is still refused."""
-    from hyper_params import config_from_dict
+    from hyper_params import config_from_dict, data_hash
 
     raw = json.loads((ROOT / "config_vqvae.json").read_text())
     own = {**raw, "data": {**raw["data"], "test_records": ["104", "103"], "validation_records": ["105"]}}
@@ -277,6 +279,10 @@ def test_a_split_of_ones_own_is_scored_without_its_config(synthetic_db, tmp_path
     _, result = _run(["--model", "zero", "--prepared", str(tmp_path / "own"), "--max-windows-per-record", "2",
                       "--results", str(tmp_path / "results")])
     assert [r["record"] for r in result["record_info"]] == ["103", "104"]
+    # the header names the hash of the tensors scored, not only the default config's (which lists other records)
+    tensors = torch.load(tmp_path / "own" / "test.pt", weights_only=True)
+    assert f"(data hash {tensors['data_hash']}, input hash {tensors['input_hash']})" in result["header"]["data"]
+    assert tensors["data_hash"] != data_hash(config_from_dict(raw).data)
     other = {**own, "data": {**own["data"], "filter_band": [0.5, 20.0]}}
     prepare(config_from_dict(other), synthetic_db, tmp_path / "other", download=False)
     with pytest.raises(UserError, match="prepared unlike"):
@@ -321,6 +327,10 @@ def test_scoring_a_model_on_its_training_patients_is_flagged(tmp_path):
     assert "checkpoint on records 109," in warning and "100" not in warning
     assert "no test" in (run / "report.md").read_text()
     assert result["header"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    # which weights were scored: each checkpoint's file and SHA-256, not its name alone
+    assert result["header"]["checkpoints"] == "; ".join(
+        f"{spec}: {path} sha256 {hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+        for spec, path in (("pretrained", SHIPPED["transformer"]), ("pretrained_sde", SHIPPED["latent_sde"])))
 
 
 def test_the_device_is_chosen_and_checked(tmp_path):
@@ -438,7 +448,7 @@ def test_report_header_counts_the_records_scored_not_the_records_listed():
     w = evaluate.Windows(np.zeros((4, t, 2), np.float32), np.array([1, 1, 1, 1]), np.arange(4) * t,
                          np.zeros(5, np.int64), np.zeros(0, np.int64), ["100", "103", "105"],
                          np.ones(3, bool), [["MLII", "V1"]] * 3, [360.0] * 3,
-                         {"kind": "prepared", "split": "test", "path": "x/test.pt", "input_hash": "h"})
+                         {"kind": "prepared", "split": "test", "path": "x/test.pt", "data_hash": "d", "input_hash": "h"})
     args = argparse.Namespace(config=None, samples=2, seed=0)
     header = evaluate.report_header(args, ["--records", "103"], cfg, w, {}, 1.0, {"date": "d", "git commit": "c"})
     assert header["records / windows"] == "1 / 4"
