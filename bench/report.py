@@ -35,7 +35,7 @@ def main(src: str, dst: str) -> None:
         details = "; ".join(f"{k}: {cell(v)}" for k, v in r.items() if k not in MACHINE + ("bench", "peak_rss_mb"))
         lines.append(f"| {r['bench']} | {r.get('peak_rss_mb', '')} | {details} |")
     text = "\n".join(lines) + "\n"
-    Path(dst).write_text(text)
+    paths.atomic_write_text(text, dst)     # a run cut short keeps the table before it
     print(text, end="")
 
 

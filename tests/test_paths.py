@@ -217,6 +217,29 @@ def test_a_write_failing_for_the_disk_is_one_error_and_keeps_the_old_file(tmp_pa
 
 
 
+def test_bench_report_keeps_the_old_table_when_its_write_fails(tmp_path, monkeypatch):
+    """bench/report.py writes results.md atomically like every report: a write cut short (here by a full disk
+    after half the text) leaves the table before it whole, and is one error (it truncated the old table)."""
+    import errno
+    import json
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import report
+
+    src, dst = tmp_path / "results.jsonl", tmp_path / "results.md"
+    src.write_text(json.dumps({"bench": "b", "cpu": "c", "cores": 2, "torch_threads": 1, "torch": "t", "x": 1}) + "\n")
+    dst.write_text("old table\n")
+    real = paths.Path.write_text
+
+    def half_then_full(self, text, **kwargs):
+        real(self, text[:len(text) // 2], **kwargs)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(paths.Path, "write_text", half_then_full)
+    with pytest.raises(UserError, match=f"cannot write {dst}"):
+        report.main(str(src), str(dst))
+    assert dst.read_text() == "old table\n" and sorted(p.name for p in tmp_path.iterdir()) == [src.name, dst.name]
+
+
 def test_a_warning_under_a_progress_bar_gets_a_line_of_its_own():
     """A forecaster's warnings.warn while evaluate.py's bar is drawn: written plainly, the warning would
     continue the bar's line in a log; run_main writes it through tqdm.write, which clears the bar first."""
