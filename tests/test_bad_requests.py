@@ -81,6 +81,21 @@ def test_a_context_is_forecast_alone(shipped):
     assert not np.array_equal(batch[0], f.predict(x[0], 64, num_samples=3, seed=5)[0])
 
 
+def test_a_read_only_context_is_forecast_without_a_warning(shipped):
+    """A broadcast or read-only array (np.broadcast_to, a memory map opened "r") made torch.from_numpy warn that
+    "writing to this tensor will result in undefined behavior" from inside the models' predict."""
+    x = synthetic_ecg(3, 128, seed=0)[0].astype(np.float32)
+    frozen = x[None].copy()
+    frozen.setflags(write=False)
+    for context in (np.broadcast_to(x, (2,) + x.shape), frozen):
+        assert forecast.as_context(context).flags.writeable
+        for f in (shipped, Forecaster.from_pretrained("cpu", model="latent_sde")):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                out = f.predict(context, 8, 2, seed=1)
+            np.testing.assert_array_equal(out, f.predict(np.array(context), 8, 2, seed=1), err_msg=f.name)
+
+
 def test_a_context_in_microvolts_is_warned_about():
     x = synthetic_ecg(3, 128, seed=0)[0]
     with pytest.warns(UserWarning, match="convert it to mV"):
