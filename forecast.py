@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import math
 import time
 import warnings
@@ -135,7 +136,16 @@ def one_by_one(predict: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
         for b in range(len(x)):     # a loop, not a comprehension: warnings' stacklevel counts on this frame
             out.append(predict(self, x[b:b + 1], horizon, num_samples, int(seed), **kw))
         return np.concatenate(out)
+    each.__signature__ = public_signature(predict)
     return each
+
+
+def public_signature(predict: Callable[..., np.ndarray]) -> inspect.Signature:
+    """The wrapped predict's signature with its checked context `x` named and typed as callers pass it: wraps
+    alone showed help() and inspect `x: np.ndarray`, and predict(x=...) is a TypeError."""
+    sig = inspect.signature(predict)
+    self_, x, *rest = sig.parameters.values()
+    return sig.replace(parameters=[self_, x.replace(name="context", annotation="np.ndarray | torch.Tensor"), *rest])
 
 
 def seen_records(ckpt: dict, data: DataConfig, split: str = "train") -> list[str]:

@@ -2,6 +2,7 @@
 predict's arguments (every forecaster), forecast.py's flags, foreign checkpoint files, devices, evaluate.py."""
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 
@@ -69,6 +70,18 @@ def test_every_forecaster_returns_numpy_float32_for_numpy_and_torch_contexts(shi
         for context in (x, torch.from_numpy(x), torch.from_numpy(x).float()[None]):
             out = f.predict(context, 8, 2)
             assert type(out) is np.ndarray and out.dtype == np.float32 and out.shape[::2] == (1, 8), f.name
+
+
+def test_every_predict_shows_the_signature_it_takes(shipped):
+    """help(fc.predict) showed the wrapped predict's `x: np.ndarray`, and predict(x=...) failed: every predict
+    names its context `context`, and keywords as inspect shows them are taken."""
+    x = synthetic_ecg(3, 128, seed=0)[0]
+    sde = Forecaster.from_pretrained("cpu", model="latent_sde")
+    for f in [shipped, sde] + [make_baseline(b, 128) for b in BASELINES]:
+        names = list(inspect.signature(f.predict).parameters)
+        assert names[:4] == ["context", "horizon", "num_samples", "seed"], (f.name, names)
+        by_name = f.predict(**dict(zip(names, (x, 8, 2, 1))))
+        np.testing.assert_array_equal(by_name, f.predict(x, 8, 2, 1), err_msg=f.name)
 
 
 def test_a_context_is_forecast_alone(shipped):
