@@ -263,7 +263,8 @@ def load_prepared(split: str, cfg: Config, prepared: str | None) -> Windows:
     names = list(d["records"])
     info = [meta.get(n, {}) for n in names]
     source = {"kind": "prepared", "path": str(folder / f"{split}.pt"), "split": split,
-              "data_hash": d.get("data_hash", "unknown"), "input_hash": d.get("input_hash", "unknown"), "annotator": stored.get("annotator", "atr"),
+              "data_hash": d.get("data_hash", "unknown"), "input_hash": d.get("input_hash", "unknown"),
+              "annotator": stored.get("annotator", "atr"),
               "invalid_seconds": {n: i["invalid_seconds"] for n, i in zip(names, info) if i.get("invalid_seconds")}}
     return _from_tensors(d, [i.get("has_annotations", True) for i in info], [i.get("leads", ["?", "?"]) for i in info],
                          [i.get("fs_in", float("nan")) for i in info], source, [])
@@ -980,7 +981,8 @@ def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config,
         **started,
         "config": f"{args.config or 'config_vqvae.json'} (data hash {data_hash(cfg.data)})",
         # the tensors' own data hash: with record lists of one's own it is not the config's above
-        "data": f"{src['kind']} {src['split']}: {src['path']} (data hash {src['data_hash']}, input hash {src['input_hash']}"
+        "data": f"{src['kind']} {src['split']}: {src['path']} (data hash {src['data_hash']}, "
+                f"input hash {src['input_hash']}"
                 + (f", beats from .{src['annotator']})" if src.get("annotator", "atr") != "atr" else ")"),
         "records / windows": f"{len(np.unique(w.record))} / {len(w.record)}"
                              + (f" ({len(w.skipped)} records skipped)" if w.skipped else "")

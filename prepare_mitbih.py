@@ -1056,8 +1056,8 @@ def main() -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out records that can't be used (too short, one lead, NaN samples...) with a warning")
     p.add_argument("--allow-gaps", action="store_true",
-                   help="keep records with NaN/invalid samples or flat stretches (lead off), cutting windows only where "
-                   "both leads are valid (a second clear of each gap)")
+                   help="keep records with NaN/invalid samples or flat stretches (lead off), cutting windows only "
+                   "where both leads are valid (a second clear of each gap)")
     p.add_argument("--annotator", default="atr",
                    help="annotation file with the reference beats (default atr: NNN.atr; e.g. qrs for AFDB's beats)")
     p.add_argument("--fetch-only", action="store_true",

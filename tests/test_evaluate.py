@@ -72,7 +72,8 @@ def test_wfdb_dir_at_250_hz_skips_bad_records_and_scores_the_rest(db250, tmp_pat
         assert (run / png).stat().st_size > 10_000
     # the plotted curves: one row per horizon step; a curve's mean over the steps is the whole horizon's score
     curves = list(csv.DictReader((run / "error_curves.csv").open()))
-    assert len(curves) == len(w[0]) - cfg.data.window_samples and float(curves[0]["horizon (s)"]) == pytest.approx(1 / cfg.data.samples_per_second)
+    assert len(curves) == len(w[0]) - cfg.data.window_samples
+    assert float(curves[0]["horizon (s)"]) == pytest.approx(1 / cfg.data.samples_per_second)
     for name in ("zero", "template", "seasonal_ensemble"):
         for key, col in (("mse", "MSE (mV²)"), ("crps", "CRPS (mV)")):
             whole = result["forecasters"][name]["metrics"][key][-1]["value"]
