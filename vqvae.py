@@ -287,12 +287,22 @@ class VQVAE(nn.Module):
             rest = rest - q.codebook[codes[-1]]
         return codes[0].view(B, T) if len(codes) == 1 else torch.stack(codes, 1).view(B, T, len(codes))
 
+    def _check_codes(self, codes: torch.Tensor) -> None:
+        """Codes must index the codebooks: a negative one would silently pick a code from the end, and one too
+        large fails deep in indexing without saying which codebook size was asked."""
+        if codes.dtype.is_floating_point or codes.dtype == torch.bool:
+            raise ValueError(f"codes must be integers (torch.long), got {codes.dtype}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cfg.codebook_size):
+            raise ValueError(f"codes must be in 0..{self.cfg.codebook_size - 1} (codebook_size "
+                             f"{self.cfg.codebook_size}), got {int(codes.min())}..{int(codes.max())}")
+
     def decode_latent(self, zq: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         return self.decoder(zq).transpose(1, 2) * self._decode_unit(unit)
 
     def decode(self, codes: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         """Codes [B, T'] or [B, T', Q] -> signals [B, T' * factor, 2] in mV (`unit`: see `unit`)."""
         levels = as_levels(codes, len(self.quantizers))
+        self._check_codes(levels)
         z = sum(q.codebook[levels[..., i]] for i, q in enumerate(self.quantizers))
         return self.decode_latent(z.permute(0, 2, 1), unit)
 

@@ -543,3 +543,18 @@ def test_the_reconstruction_report_says_how_its_vqvae_was_trained() -> None:
     assert trained_line(meta) == ["trained by `vqvae_train.py --epochs 2 --max-steps 60`: 2 epochs, at most 60 steps "
                                   "each", ""]
     assert trained_line({}) == []
+
+
+@pytest.mark.parametrize("bad", [-1, 32])
+def test_decode_refuses_codes_outside_the_codebook(bad: int) -> None:
+    """-1 used to decode silently as the last code, 32 to fail as a bare IndexError."""
+    m = tiny_model().eval()
+    codes = torch.zeros(1, 16, dtype=torch.long)
+    codes[0, 3] = bad
+    with pytest.raises(ValueError, match=r"codes must be in 0\.\.31 \(codebook_size 32\)"):
+        m.decode(codes)
+
+
+def test_decode_refuses_float_codes() -> None:
+    with pytest.raises(ValueError, match="integers"):
+        tiny_model().eval().decode(torch.zeros(1, 16))
