@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
                       Windows(val["signals"]), step_fn, cfg.train, run_dir, ckpt_dir, cfg.to_dict(), meta, rt,
                       kind="vqvae", epoch_end=plotting_epoch_end(fixed, fs, run_dir, titles), summarize=summarize,
                       loss_name="reconstruction MSE + commitment (normalised units)",
-                      shown=("val_mse_mv2", "val_prdn", *levels("perplexity", cfg), "usage", "restarted", "seconds"))
+                      shown=("val_mse_mv2", "val_prdn", *(k for name in ("perplexity", "usage", "restarted")
+                                                                for k in levels(name, cfg)), "seconds"))
     if rt.is_main and not resume_ckpt:
         plot_fixed_windows(model, fixed, fs, run_dir / "reconstruction_initial.png",
                            "before training: validation windows, original vs reconstruction", titles)

@@ -560,13 +560,15 @@ def test_a_resume_trains_with_the_learning_rate_and_weight_decay_it_is_given(tmp
 
 def test_closing_codebook_line_is_the_last_training_epochs_for_every_level(tmp_path, synthetic_db, capsys):
     """Codes are counted by the training steps' EMA updates, never in validation: the closing line says so, and
-    gives every residual level (as the epoch lines give their perplexities), not the first level's alone."""
+    gives every residual level (as the epoch lines give their perplexities, usage and restarts), not the first
+    level's alone."""
     setup = tiny_setup(tmp_path, synthetic_db, model={"num_quantizers": 2})
     row = vqvae_train.main(flags(setup, "--device", "cpu", "--epochs", "1"))
     out = capsys.readouterr().out
     assert (f"codebook in the last training epoch: perplexity {row['perplexity']:.1f}/{row['perplexity_2']:.1f}, "
             f"usage {100 * row['usage']:.0f}/{100 * row['usage_2']:.0f}% of 32 codes") in out
-    assert f"perplexity_2={row['perplexity_2']:.4g}" in out
+    for key in ("perplexity", "usage", "restarted", "perplexity_2", "usage_2", "restarted_2"):  # every epoch
+        assert f" {key}={row[key]:.4g}" in out
     (final,) = [line for line in out.splitlines() if line.startswith("final validation")]
     assert "codebook" not in final and "perplexity" not in final
 
