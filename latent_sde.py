@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -455,20 +456,43 @@ class LatentSDEForecaster(ForecasterBase):
         rhythm = context_rhythm(x_np, self.fs) if self.sde.drafted else None   # for the drafts and their noise
         drafts, coded, waves = (self.draft_frames(x, steps, num_samples, seed, rhythm) if self.sde.drafted
                                 else (None, None, None))
-        sde_seed = int(np.random.SeedSequence([seed, 0]).generate_state(1)[0])     # apart from the drafts' stream
-        draft = None if drafts is None else drafts.transpose(0, 1)
-        z = self.sde.sample_frames(frames, steps, num_samples, sde_seed, draft=draft).permute(1, 2, 0)  # [S, obs, T]
-        wave = decode_frames(self.vq, z, unit.repeat_interleave(num_samples, 0))
+        wave = self.roll(x, unit, frames, steps, num_samples, seed, drafts, coded, waves)
         if waves is None:
             wave = wave[:, :horizon].cpu().numpy()
         else:               # the draft itself, plus what the SDE's frames decode to beyond the draft's
-            departure = (wave - coded)[:, :horizon].cpu().numpy()
+            departure = wave[:, :horizon].cpu().numpy()
             if self.holds():
                 departure = hold_to_band(departure, x.shape[1], self.cfg.data.filter_band[0],
                                          self.cfg.data.filter_order, self.fs)
             wave = waves[:, :horizon].cpu().numpy() + self.scfg.model.departure_scale * departure
         return add_noise(wave.reshape(1, num_samples, horizon, 2), x_np, self.fs, self.scfg.model.draft_noise,
                          seed, rhythm)
+
+    def roll(self, x: torch.Tensor, unit: torch.Tensor, frames: torch.Tensor, steps: int, num_samples: int,
+             seed: int, drafts: torch.Tensor | None, coded: torch.Tensor | None, waves: torch.Tensor | None
+             ) -> torch.Tensor:
+        """The paths' decoded frames [S, steps * factor, 2] (a drafting model's: their departures from the decoded
+        drafts), a trained horizon at a time. Each block after the first starts from the posterior over the last
+        context of its own path, as a training window does: one SDE run over a long horizon drifted from the data
+        and faded its paths (a 60 s forecast's last second at half the recording's size, EXPERIMENTS.md)."""
+        u = unit.repeat_interleave(num_samples, 0)
+        block = self.context_frames * max(1, self.cfg.data.forecast_predictions)
+        ctx = self.context_frames * self.factor
+        history, out, n = x, [], num_samples
+        for k, start in enumerate(range(0, steps, block)):
+            m, span = min(block, steps - start), slice(start * self.factor, (start + block) * self.factor)
+            sde_seed = int(np.random.SeedSequence([seed, 0, *([k] if k else [])]).generate_state(1)[0])
+            draft = None if drafts is None else drafts[:, start:start + m].transpose(0, 1)
+            out.append(self.sde.sample_frames(frames, m, n, sde_seed, draft=draft).permute(1, 2, 0))  # [S, obs, m]
+            if start + m < steps:        # the next block's context: the paths so far, as they come out
+                path = decode_frames(self.vq, out[-1], u, self.context_frames)
+                if waves is not None:
+                    path = waves[:, span] + self.scfg.model.departure_scale * (path - coded[:, span])
+                history = torch.cat([history.expand(num_samples, -1, -1), path.float()], 1)[:, -ctx:]
+                frames = self.sde.normalise(self.vq.encode_latent(history, u).permute(2, 0, 1))
+                n = 1
+        wave = decode_frames(self.vq, torch.cat(out, 2), u, self.context_frames)
+        return wave if coded is None else wave - coded
 
     def path_crps(self, signals: torch.Tensor, num_samples: int, seed: int, held: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -519,10 +543,10 @@ class LatentSDEForecaster(ForecasterBase):
         waves, index = draft_waves(x.cpu().numpy(), steps * self.factor, self.fs, num_samples, seed,
                                    min_spread=self.scfg.model.draft_spread, rhythm=rhythm)
         waves, index = torch.from_numpy(waves).to(self.device), torch.from_numpy(index).to(self.device)
-        frames = latent_frames(self.vq, waves)
+        frames = latent_frames(self.vq, waves, self.context_frames * self.factor)
         owner = torch.empty(len(waves), dtype=torch.long, device=self.device)    # each draft's context
         owner[index] = torch.arange(len(x), device=self.device).repeat_interleave(num_samples)
-        coded = decode_frames(self.vq, frames.transpose(1, 2), self.vq.unit(x)[owner])
+        coded = decode_frames(self.vq, frames.transpose(1, 2), self.vq.unit(x)[owner], self.context_frames)
         return frames[index], coded[index], waves[index]
 
 
@@ -589,14 +613,43 @@ def fair_crps(paths: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_frames(vq: VQVAE, z: torch.Tensor, unit: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """Signals [N, T, 2] in mV of latent frames z [N, latent, T / factor], in batches."""
+def decode_frames(vq: VQVAE, z: torch.Tensor, unit: torch.Tensor, piece: int | None = None,
+                  batch: int = 512) -> torch.Tensor:
+    """Signals [N, T, 2] in mV of latent frames z [N, latent, T / factor], in batches; with `piece`, a longer z
+    in overlapping runs of `piece` frames, as the VQ-VAE was trained (overlap_add): its attention over a long
+    horizon rendered even the first beats smaller (a 60 s forecast's first second at two thirds of a 3 s one's)."""
+    if piece and z.shape[2] > piece:
+        return overlap_add(lambda part: decode_frames(vq, part.transpose(1, 2), unit, None, batch),
+                           z.transpose(1, 2), piece, vq.factor)
     return torch.cat([vq.decode_latent(z[i:i + batch], unit[i:i + batch]) for i in range(0, len(z), batch)])
 
 
 @torch.no_grad()
-def latent_frames(vq: VQVAE, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+def latent_frames(vq: VQVAE, x: torch.Tensor, piece: int | None = None, batch: int = 512) -> torch.Tensor:
     """Continuous encoder frames [N, T / factor, latent] of signals [N, T, 2], each coded on its own on the VQ-VAE's
-    device, returned on the signals'."""
+    device, returned on the signals'; with `piece`, a longer signal in overlapping runs of `piece` samples
+    (see decode_frames)."""
+    if piece and x.shape[1] > piece:
+        return overlap_add(lambda part: latent_frames(vq, part, None, batch), x, piece, 1 / vq.factor)
     return torch.cat([vq.encode_latent(x[i:i + batch].float().to(vq.device)).transpose(1, 2)
                       for i in range(0, len(x), batch)]).to(x.device)
+
+
+def overlap_add(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, piece: int, ratio: float
+                ) -> torch.Tensor:
+    """fn of x [N, T, ...] (time on dim 1; fn's output has `ratio` steps per input step) over windows of `piece`
+    steps half a window apart, blended with triangular weights: each output step comes mostly from windows that
+    hold it far from their edges, so the windows' seams do not show as steps in the signal."""
+    t = x.shape[1]
+    starts = sorted(set(range(0, t - piece, piece // 2)) | {t - piece})
+    parts = [fn(x[:, a:a + piece]) for a in starts]
+    n = parts[0].shape[1]
+    ramp = torch.arange(n, device=parts[0].device, dtype=parts[0].dtype)
+    w = torch.minimum(ramp + 0.5, n - ramp - 0.5).view(1, n, *[1] * (parts[0].dim() - 2))
+    out = parts[0].new_zeros((parts[0].shape[0], round(t * ratio), *parts[0].shape[2:]))
+    total = torch.zeros_like(out[:1])
+    for a, part in zip(starts, parts):
+        at = round(a * ratio)
+        out[:, at:at + n] += w * part
+        total[:, at:at + n] += w
+    return out / total

@@ -19,7 +19,7 @@ from drafts import residual_sd
 from forecast import Forecaster
 from hyper_params_sde import DEFAULT_CONFIG, SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import (LEARNS_CRPS, DiagonalDiffusion, LatentSDE, LatentSDEForecaster, PathCRPS, fair_crps,
-                        replica_seed, soft_clip)
+                        overlap_add, replica_seed, soft_clip)
 from vqvae import VQVAE
 from paths import UserError
 from conftest import trainer_inputs, vqvae_splits
@@ -229,6 +229,19 @@ def test_tiny_train_lowers_the_loss_then_forecasts(trained: dict) -> None:
     with pytest.warns(UserWarning, match="30 samples .* shorter than the 64"):     # short context, long horizon
         longer = fc.predict(context[:, -30:], horizon=130, num_samples=2, seed=1)
     assert longer.shape == (3, 2, 130, 2) and np.isfinite(longer).all()
+
+
+def test_overlap_add_blends_windows_into_one_signal() -> None:
+    """A long horizon coded and decoded in overlapping windows: a map without edge effects comes back whole (at
+    its own rate), and one whose output shifts from window to window blends without a step at any window's edge."""
+    x = torch.randn(3, 100, 2, dtype=torch.float64)
+    assert torch.allclose(overlap_add(lambda part: part, x, 32, 1), x)
+    assert torch.allclose(overlap_add(lambda part: part.repeat_interleave(4, 1), x, 32, 4), x.repeat_interleave(4, 1))
+    assert torch.allclose(overlap_add(lambda part: part[:, ::4], x, 32, 1 / 4), x[:, ::4])
+    ramp = torch.arange(100, dtype=torch.float64)[None, :, None]
+    blended = overlap_add(lambda part: torch.full_like(part, float(part[0, 0, 0])), ramp, 32, 1)[0, :, 0]
+    # windows start 16 samples apart (0, 16, ..., 64, then 68): end to end they would step by 16
+    assert blended.diff().abs().max() < 4 and blended[0] == 0 and blended[-1] == 68
 
 
 def test_same_seed_same_paths_whatever_the_global_rng(trained: dict) -> None:
