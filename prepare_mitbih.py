@@ -879,7 +879,21 @@ def read_prepared(path: Path, split: str) -> dict:
         raise UserError(f"{path} was prepared by another version of prepare_mitbih.py (preparation "
                         f"{data.get('preparation', 1)}, this one makes {PREPARATION}: see hyper_params.PREPARATION); "
                         f"run `python3 prepare_mitbih.py` again with the flags it was prepared with")
+    check_one_preparation(path, data)
     return data
+
+
+def check_one_preparation(path: Path, data: dict) -> None:
+    """Refuses a split whose input hash is not its folder's meta.json's: each file is written atomically, but a
+    preparation stopped between files leaves splits of new inputs beside splits (and meta.json) of old ones."""
+    try:
+        stored = json.loads((path.parent / "meta.json").read_text()).get("input_hash")
+    except (OSError, ValueError, AttributeError):
+        return                                  # no meta.json to hold it to (a split copied alone)
+    if stored is not None and data.get("input_hash") not in (None, stored):
+        raise UserError(f"{path} (input hash {data.get('input_hash')}) and {path.parent / 'meta.json'} ({stored}) come "
+                        f"from two preparations, one stopped part way: run `python3 prepare_mitbih.py` again into "
+                        f"{path.parent}")
 
 
 def preparation_differences(folder: Path, data: DataConfig, tensor_hash: str | None) -> str:

@@ -543,6 +543,18 @@ def test_load_split_refuses_an_older_preparation(prepared, tmp_path):
         pm.load_split("train", prepared.cfg, tmp_path)
 
 
+def test_load_split_refuses_splits_of_two_preparations(prepared, tmp_path):
+    """A preparation stopped between its files leaves a split of new inputs beside a meta.json of old ones."""
+    import shutil
+    shutil.copytree(prepared.out, tmp_path / "p")
+    assert pm.load_split("train", prepared.cfg, tmp_path / "p")["input_hash"] == prepared.meta["input_hash"]
+    torch.save({**prepared.tensors["validation"], "input_hash": "0123456789abcdef"}, tmp_path / "p" / "validation.pt")
+    with pytest.raises(UserError, match=r"validation.pt \(input hash 0123456789abcdef\) and .*meta.json \("
+                                        + prepared.meta["input_hash"] + r"\) come from two preparations"):
+        pm.load_split("validation", prepared.cfg, tmp_path / "p")
+    pm.load_split("train", prepared.cfg, tmp_path / "p")            # the other splits still load
+
+
 def test_a_forecaster_may_train_on_its_own_record_lists(prepared):
     """A Transformer on the shipped VQ-VAE (MIT-BIH's lists) trains on a database split its own way; windows made
     otherwise are still refused, naming what differs."""
