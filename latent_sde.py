@@ -639,9 +639,15 @@ def overlap_add(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, pie
                 ) -> torch.Tensor:
     """fn of x [N, T, ...] (time on dim 1; fn's output has `ratio` steps per input step) over windows of `piece`
     steps half a window apart, blended with triangular weights: each output step comes mostly from windows that
-    hold it far from their edges, so the windows' seams do not show as steps in the signal."""
-    t = x.shape[1]
-    starts = sorted(set(range(0, t - piece, piece // 2)) | {t - piece})
+    hold it far from their edges, so the windows' seams do not show as steps in the signal. With fewer output than
+    input steps (an encoder's frames of samples), windows start on whole output steps: half of an odd number of
+    frames' samples (360 Hz x 3 s at factor 8) would start one between two frames and blend frames of shifted
+    samples into the grid's."""
+    t, stride = x.shape[1], max(1, round(1 / ratio))
+    if t % stride or piece % stride:
+        raise ValueError(f"overlap_add: {t} and {piece} steps must be whole output steps of {stride}")
+    hop = max(stride, piece // 2 // stride * stride)
+    starts = sorted(set(range(0, t - piece, hop)) | {t - piece})
     parts = [fn(x[:, a:a + piece]) for a in starts]
     n = parts[0].shape[1]
     ramp = torch.arange(n, device=parts[0].device, dtype=parts[0].dtype)

@@ -244,6 +244,16 @@ def test_overlap_add_blends_windows_into_one_signal() -> None:
     assert blended.diff().abs().max() < 4 and blended[0] == 0 and blended[-1] == 68
 
 
+def test_overlap_add_starts_windows_on_whole_frames() -> None:
+    """An encoder's frames of windows of an odd number of frames (9 frames of 4 samples: half a window is 4.5
+    frames): every window starts on a frame, so each frame is the one of its own samples, not of samples half a
+    frame later."""
+    x = torch.randn(2, 36 * 3 + 8, 2, dtype=torch.float64)
+    torch.testing.assert_close(overlap_add(lambda part: part[:, ::4], x, 36, 1 / 4), x[:, ::4])
+    with pytest.raises(ValueError, match="whole output steps of 4"):
+        overlap_add(lambda part: part[:, ::4], x[:, :-2], 36, 1 / 4)
+
+
 def test_same_seed_same_paths_whatever_the_global_rng(trained: dict) -> None:
     fc = Forecaster.from_checkpoint(trained["ckpt"], "cpu")
     context = np.random.default_rng(1).standard_normal((2, 64, 2)).astype(np.float32) * 0.3
