@@ -491,7 +491,8 @@ class LatentSDEForecaster(ForecasterBase):
                 history = torch.cat([history.expand(num_samples, -1, -1), path.float()], 1)[:, -ctx:]
                 frames = self.sde.normalise(self.vq.encode_latent(history, u).permute(2, 0, 1))
                 n = 1
-        wave = decode_frames(self.vq, torch.cat(out, 2), u, self.context_frames)
+        # one block as it came: torch.cat's copy of it changes its strides, and the decoder's rounding with them
+        wave = decode_frames(self.vq, out[0] if len(out) == 1 else torch.cat(out, 2), u, self.context_frames)
         return wave if coded is None else wave - coded
 
     def path_crps(self, signals: torch.Tensor, num_samples: int, seed: int, held: bool = False

@@ -15,7 +15,7 @@ import evaluate
 import latent_sde_train
 import vqvae_train
 from baselines import TemplateEnsemble
-from drafts import residual_sd
+from drafts import context_rhythm, hold_to_band, residual_sd
 from forecast import Forecaster
 from hyper_params_sde import DEFAULT_CONFIG, SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import (LEARNS_CRPS, DiagonalDiffusion, LatentSDE, LatentSDEForecaster, PathCRPS, fair_crps,
@@ -358,6 +358,30 @@ def test_drafted_sde_trains_then_forecasts_from_its_own_drafts(drafted: dict) ->
         fc.vq = vq                  # ... the draft itself, not the VQ-VAE's round trip of it, at any gain
         np.testing.assert_allclose(fc.predict(whole[None], 64, num_samples=6, seed=1),
                                    drafts.predict(whole[None], 64, num_samples=6, seed=1), atol=1e-5)
+
+
+def test_a_forecast_within_the_trained_horizon_is_one_sde_run_decoded_whole(drafted: dict) -> None:
+    """Up to the trained horizon a forecast is what it was before long horizons ran a block at a time, to the
+    bit: one SDE run from the seed's stream, its frames decoded in one pass (even one frame for one path)."""
+    fc = Forecaster.from_checkpoint(drafted["ckpt"], "cpu")
+    fc.scfg.model.draft_noise = 0.0
+    from conftest import synthetic_ecg
+    x_np = synthetic_ecg(2, fc.fs, seed=3)[0][-fc.context_frames * fc.factor:][None].astype(np.float32)
+    for horizon, n in ((1, 1), (fc.factor + 1, 3), (fc.context_frames * fc.factor, 2)):
+        steps = math.ceil(horizon / fc.factor)
+        with torch.no_grad():
+            x = torch.from_numpy(x_np)
+            unit, frames = fc.encode_context(x)
+            drafts, coded, waves = fc.draft_frames(x, steps, n, 5, context_rhythm(x_np, fc.fs))
+            sde_seed = int(np.random.SeedSequence([5, 0]).generate_state(1)[0])
+            z = fc.sde.sample_frames(frames, steps, n, sde_seed, draft=drafts.transpose(0, 1)).permute(1, 2, 0)
+            wave = fc.vq.decode_latent(z, unit.repeat_interleave(n, 0))
+        departure = (wave - coded)[:, :horizon].numpy()
+        if fc.holds():
+            departure = hold_to_band(departure, x.shape[1], fc.cfg.data.filter_band[0], fc.cfg.data.filter_order,
+                                     fc.fs)
+        expected = waves[:, :horizon].numpy() + fc.scfg.model.departure_scale * departure
+        assert np.array_equal(fc.predict(x_np, horizon, n, seed=5)[0], expected), (horizon, n)
 
 
 def test_fair_crps_of_known_samples() -> None:
