@@ -475,12 +475,11 @@ class LatentSDEForecaster(ForecasterBase):
         drafts), a trained horizon at a time. Each block after the first starts from the posterior over the last
         context of its own path, as a training window does: one SDE run over a long horizon drifted from the data
         and faded its paths (a 60 s forecast's last second at half the recording's size, EXPERIMENTS.md). That
-        context is the draft plus `departure_scale` times the block's departure, coded at the first context's gain,
-        without the noise and the hold to the band that predict adds to the whole horizon at the end: the hold
-        changes a block's departure little (its mean stays within 0.015 mV over 30 s of record 100), and white noise
-        is not what the SDE renders. Its frames are decoded alone, so its last samples carry the decoder's edge
-        (up to 0.3 mV against the overlapped decode's); measuring the departure against the draft decoded alone
-        too took that away but changed no forecast's seams or beat size and cost a sixth more time."""
+        context is the draft plus `departure_scale` times the block's departure at the first context's gain, without
+        the noise and the hold that predict adds at the end (the hold moves a block's departure by 0.015 mV at most
+        over 30 s of record 100; white noise is not what the SDE renders). Decoded alone, its last samples carry the
+        decoder's edge (up to 0.3 mV); a draft decoded alone too would remove it at a sixth more time, and changed
+        no forecast's seams or beat size."""
         u = unit.repeat_interleave(num_samples, 0)
         block = self.context_frames * max(1, self.cfg.data.forecast_predictions)
         ctx = self.context_frames * self.factor
