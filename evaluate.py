@@ -169,10 +169,17 @@ def checkpoint_digests(specs: list[str]) -> dict[str, str]:
     """{"checkpoints": each checkpoint scored, with its file's SHA-256 (paths.file_sha256)}, or {} when none is: a
     path alone does not say which weights were scored (best.pt changes while its run goes on, a shipped model
     when it is packed again)."""
-    files = {spec: paths.SHIPPED[SHIPPED_SPECS[spec]] if spec in SHIPPED_SPECS else Path(spec)
-             for spec in expand_models(specs) if spec not in BASELINES}
+    files = {spec: checkpoint_file(spec) for spec in expand_models(specs) if spec not in BASELINES}
     found = [f"{spec}: {path} sha256 {paths.file_sha256(path)}" for spec, path in files.items() if path.is_file()]
     return {"checkpoints": "; ".join(found)} if found else {}
+
+
+def checkpoint_file(spec: str) -> Path:
+    """The weights file of a --model spec: a shipped model's, a checkpoint path, or FILE.py:NAME=CHECKPOINT's."""
+    if spec in SHIPPED_SPECS:
+        return paths.SHIPPED[SHIPPED_SPECS[spec]]
+    m = USER_SPEC.fullmatch(spec)
+    return Path(m["checkpoint"]) if m and m["checkpoint"] and not Path(spec).is_file() else Path(spec)
 
 
 def preparation_mismatch(model: ForecasterBase, cfg: Config) -> str:

@@ -20,7 +20,7 @@ import eval_report
 import metrics as M
 from conftest import ROOT, edit_tree_after, spike_train, synthetic_ecg, write_record, write_signal
 from hyper_params import load_config
-from paths import SHIPPED, UserError
+from paths import SHIPPED, UserError, file_sha256
 from prepare_mitbih import cut_windows, prepare, read_record
 
 
@@ -145,7 +145,8 @@ def bare(fs):
 
 def test_your_own_forecaster_is_handed_its_checkpoint_and_device_and_the_report_names_its_code(db250, tmp_path):
     """FILE.py:NAME=CHECKPOINT calls NAME(fs, checkpoint=CHECKPOINT), with device= when NAME takes one; the report
-    names the file's SHA-256, since git's commit says nothing of an untracked file of one's own."""
+    names the file's SHA-256, since git's commit says nothing of an untracked file of one's own, and the
+    checkpoint's."""
     import hashlib
 
     mine, ckpt = tmp_path / "mine.py", tmp_path / "level.txt"
@@ -160,7 +161,8 @@ def test_your_own_forecaster_is_handed_its_checkpoint_and_device_and_the_report_
                       "--samples", "2", "--max-windows-per-record", "1", "--results", str(tmp_path / "results")])
     digest = hashlib.sha256(mine.read_bytes()).hexdigest()[:16]
     assert result["header"]["own forecasters"] == f"{mine}:Loaded={ckpt}: {mine} sha256 {digest}"
-    assert "checkpoints" not in result["header"]        # one's own forecaster is named above, baselines have none
+    # its weights too: the code's hash says nothing of which checkpoint it loaded
+    assert result["header"]["checkpoints"] == f"{mine}:Loaded={ckpt}: {ckpt} sha256 {file_sha256(ckpt)}"
     assert result["per_record"]["Loaded"]["mse"]["a01"] != result["per_record"]["zero"]["mse"]["a01"]
 
 
