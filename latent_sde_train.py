@@ -196,6 +196,17 @@ def check_adjoint(scfg: SDEConfig, rt: Runtime) -> None:
                               "launch with torchrun, pick one card with --device cuda:0, or set solver.adjoint false")
 
 
+def check_solver_step(scfg: SDEConfig, frames_per_second: float) -> None:
+    """Warn of a solver step longer than one VQ-VAE latent frame: torchsde draws the frames between its steps on
+    a straight line, and the posterior reads only the context frames at its steps. solver.dt is in seconds, so
+    a VQ-VAE at a higher rate or a smaller downsample_factor than the default's 128 Hz / 8 needs a smaller one."""
+    frame = 1 / frames_per_second
+    if scfg.solver.dt > frame * (1 + 1e-6):
+        paths.warn(f"solver.dt {scfg.solver.dt:g} s is longer than one latent frame of the VQ-VAE ({frame:g} s: "
+                   f"{frames_per_second:g} frames a second): the frames between solver steps come out on straight "
+                   f"lines; set solver.dt to at most {frame:g} in the latent SDE config")
+
+
 def elbo_config(args: argparse.Namespace, resume: dict | None) -> SDEConfig:
     scfg = run_config(args, resume, load_sde_config, sde_config_from_dict)
     if args.augment_copies is not None:
@@ -263,6 +274,8 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     piece, factor = cfg.data.window_samples, cfg.model.downsample_factor
     train_enc, val_enc, augmented = encode_splits(vq, scfg, cfg, train, val, args.prepared, rt)
     steps = train["signals"].shape[1] // factor
+    if rt.is_main:
+        check_solver_step(scfg, int(train["fs"]) / factor)
     model = LatentSDE(cfg.model.latent_dim, scfg, int(train["fs"]) / factor)
     model.set_normaliser(train_enc[:, :steps])   # a resumed run restores the same buffers from its checkpoint
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde")

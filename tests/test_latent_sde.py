@@ -942,3 +942,17 @@ def test_beat_hint_targets_skip_long_gaps_whatever_the_order_of_the_annotations(
     assert torch.isfinite(t[0, (centre >= 10) & (centre < 74)]).all()
     assert torch.isnan(t[0, centre >= 74]).all()                # 226 samples: 3.5 s > 2 s
     np.testing.assert_array_equal(t[1], t[0])
+
+
+def test_a_solver_step_longer_than_a_latent_frame_is_warned_of(capsys) -> None:
+    """At 128 Hz / 4 (or 250 Hz / 8) the default 1/16 s step spans two frames, and torchsde draws the one between
+    on a straight line: the training says so, naming the key and the step that fits."""
+    scfg = sde_config_from_dict({}, "test")
+    sde = LatentSDE(obs_size=8, cfg=sde_config_from_dict(TINY_SDE), steps_per_second=32.0).eval()
+    z = sde.solve(torch.randn(2, 6), torch.arange(5.0) / 32, 0, prior=True).detach()
+    assert torch.allclose(z[1], (z[0] + z[2]) / 2)                  # the premise: an interpolated frame
+    latent_sde_train.check_solver_step(scfg, 128 / 8)               # the defaults: one step a frame, no word
+    assert capsys.readouterr().err == ""
+    latent_sde_train.check_solver_step(scfg, 128 / 4)
+    err = capsys.readouterr().err
+    assert "solver.dt 0.0625 s is longer than one latent frame" in err and "at most 0.03125" in err
