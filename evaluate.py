@@ -73,7 +73,9 @@ def make_forecaster(spec: str, fs: int, device: str | None = None) -> Forecaster
     except Exception as e:
         raise UserError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
     if int(model.fs) != int(fs):
-        raise UserError(f"{path}: the model forecasts at {model.fs} Hz but the data is at {fs} Hz")
+        raise UserError(f"{path}: the model forecasts at {model.fs} Hz but the data is at {fs} Hz (--config's "
+                        f"data.samples_per_second; the default is config_vqvae.json's): pass the VQ-VAE config the "
+                        f"model was trained with as --config")
     return model
 
 
@@ -260,7 +262,7 @@ def load_prepared(split: str, cfg: Config, prepared: str | None) -> Windows:
     """A prepared split (prepare_mitbih.py), with record details from its meta.json when present; its record
     lists may be other than the config's (a split of one's own), its windows not."""
     from prepare_mitbih import load_split
-    d = load_split(split, cfg, prepared, any_records=True)
+    d = load_split(split, cfg, prepared, any_records=True, config_flag=True)
     folder = paths.location("prepared", prepared)
     try:
         stored = json.loads((folder / "meta.json").read_text())

@@ -837,10 +837,12 @@ def good_records(names: Iterable[str], check: Callable[[str], None], skip_bad: b
     return good
 
 
-def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None, any_records: bool = False) -> dict:
+def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None, any_records: bool = False,
+               config_flag: bool = False) -> dict:
     """Open a prepared split memory-mapped, refusing tensors made with another data config. With `any_records`
     (a forecaster trained on a frozen VQ-VAE), other record lists are fine: the VQ-VAE needs windows made alike,
-    not the patients it was trained on."""
+    not the patients it was trained on. `config_flag`: `cfg` is the --config of evaluate.py, whose error then
+    says to pass the config the folder was prepared with (a 250 Hz folder is no reason to prepare again)."""
     path = paths.location("prepared", prepared_dir) / f"{split}.pt"
     data = read_prepared(path, split)
     if data.get("data_hash") == data_hash(cfg.data):
@@ -849,6 +851,9 @@ def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None, 
         differ = preparation_differences(path.parent, cfg.data, data.get("data_hash"))
         if not differ:
             return data
+        if config_flag:
+            raise UserError(f"{path} was prepared unlike the data section of --config ({differ}): pass the config "
+                            f"it was prepared with as --config (the default is config_vqvae.json)")
         raise UserError(f"{path} was prepared unlike the VQ-VAE's data ({differ}): prepare with `python3 "
                         f"prepare_mitbih.py --config F --out DIR`, F holding the VQ-VAE's data section (its record "
                         f"lists may be your own), and pass --prepared DIR")

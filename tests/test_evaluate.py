@@ -288,8 +288,19 @@ def test_a_split_of_ones_own_is_scored_without_its_config(synthetic_db, tmp_path
     assert tensors["data_hash"] != data_hash(config_from_dict(raw).data)
     other = {**own, "data": {**own["data"], "filter_band": [0.5, 20.0]}}
     prepare(config_from_dict(other), synthetic_db, tmp_path / "other", download=False)
-    with pytest.raises(UserError, match="prepared unlike"):
+    with pytest.raises(UserError, match=r"prepared unlike the data section of --config \(filter_band .*\): pass the "
+                                        r"config it was prepared with as --config"):
         evaluate.main(["--model", "zero", "--prepared", str(tmp_path / "other"), "--results", str(tmp_path / "results")])
+
+
+def test_a_checkpoint_at_another_rate_than_the_config_names_config(tmp_path, monkeypatch):
+    """A model trained at 250 Hz scored with the default config: the 128 Hz is --config's, not the data's, and
+    the error says which flag to set."""
+    (tmp_path / "best.pt").write_bytes(b"")
+    monkeypatch.setattr(evaluate.Forecaster, "from_checkpoint", lambda path, device=None: SimpleNamespace(fs=250))
+    with pytest.raises(UserError, match=r"forecasts at 250 Hz but the data is at 128 Hz \(--config's "
+                                        r"data.samples_per_second.*pass the VQ-VAE config the model was trained with"):
+        evaluate.make_forecaster(str(tmp_path / "best.pt"), 128)
 
 
 def test_bad_arguments_are_user_errors(tmp_path):
