@@ -1047,14 +1047,16 @@ def bridge_gaps(whole: np.ndarray, gap: np.ndarray) -> np.ndarray:
 
 def augmented_encoding(kind: str, data: dict, aug: AugmentConfig, cfg: DataConfig, seed: int,
                        encode: Callable[[torch.Tensor], torch.Tensor], encoder_digest: str,
-                       prepared_dir: str | Path | None = None) -> tuple[list[dict], torch.Tensor]:
+                       prepared_dir: str | Path | None = None, what_else: str = "") -> tuple[list[dict], torch.Tensor]:
     """`aug.copies` stretched copies of a training split (stretched_copy, seeded) and their windows
-    encoded by `encode`, cached like the plain windows (see cached_encoding)."""
+    encoded by `encode`, cached like the plain windows (see cached_encoding); `what_else`: what else the
+    encoding depends on, as for the plain windows (the drafts' version: new drafts, new encodings)."""
     import torch
 
     rng = np.random.default_rng(seed)
     copies = [stretched_copy(data, aug, cfg.stride_samples, rng) for _ in range(aug.copies)]
-    key = f"{encoder_digest}:{data['data_hash']}:{data['input_hash']}:augment:{aug}:{cfg.window_samples}:{seed}"
+    key = (f"{encoder_digest}:{data['data_hash']}:{data['input_hash']}:augment:{aug}:{cfg.window_samples}:{seed}"
+           f":{what_else}")
     return copies, cached_encoding(kind, key, lambda: torch.cat([encode(c["signals"]) for c in copies]), prepared_dir,
                                    f"{aug.copies} stretched copies' training")
 

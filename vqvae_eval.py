@@ -93,7 +93,7 @@ def frozen_encodings(kind: str, vq: VQVAE, encode: Callable[[torch.Tensor], torc
                             lambda d=d: encode(d["signals"]), prepared, split)
             for split, d in (("train", train), ("validation", val)))
         return train_enc, val_enc, (augmented_encoding(kind, train, aug, data_cfg, seed, encode, digest,
-                                                       prepared) if aug.copies else None)
+                                                       prepared, key) if aug.copies else None)
     train_enc, val_enc, augmented = main_first(rt, compute)
     if augmented and rt.is_main:
         print(f"augmented: {len(augmented[1])} windows from {aug.copies} stretched copies of the training records")

@@ -1101,8 +1101,9 @@ def test_a_stretched_copy_beside_a_gap_matches_the_whole_record_stretched() -> N
 
 def test_stretched_copies_are_encoded_again_for_another_augmentation_or_seed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The cached encoding of stretched copies belongs to their augmentation ranges and seed: another of either
-    encodes anew, the same again reads the cache."""
+    """The cached encoding of stretched copies belongs to their augmentation ranges, seed and what else their
+    encoder depends on (the drafts' version, as for the plain windows): another of any encodes anew, the same
+    again reads the cache."""
     from hyper_params import AugmentConfig
 
     monkeypatch.setenv("ECG_CACHE_DIR", str(tmp_path))
@@ -1119,7 +1120,9 @@ def test_stretched_copies_are_encoded_again_for_another_augmentation_or_seed(
     pm.augmented_encoding("codes", data, first, cfg, 1, encode, "vq")
     assert len(calls) == 3
     again, cached = pm.augmented_encoding("codes", data, first, cfg, 0, encode, "vq")
-    assert len(calls) == 3 and torch.equal(cached, encoded) and torch.equal(cached, encode(again[0]["signals"]))
+    assert len(calls) == 3
+    pm.augmented_encoding("codes", data, first, cfg, 0, encode, "vq", what_else="384:steps:drafts3")   # new drafts
+    assert len(calls) == 4 and torch.equal(cached, encoded) and torch.equal(cached, encode(again[0]["signals"]))
 
 
 def test_a_beat_rounding_past_the_resampled_end_is_left_out(tmp_path: Path) -> None:

@@ -468,6 +468,22 @@ def test_frozen_encodings_encode_each_split_under_its_own_key(monkeypatch):
     digest = weights_digest(vq)
     assert keys == [("train", f"{digest}:dt:it:train:k"), ("validation", f"{digest}:dv:iv:validation:k")]
 
+
+def test_stretched_copies_are_cached_under_the_splits_key_too(monkeypatch):
+    """The augmented copies' encodings name what the plain windows' do (drafts.VERSION with drafts): they were
+    cached without it, so copies drafted the old way were read back after the drafts changed."""
+    from types import SimpleNamespace
+
+    vq = VQVAE(config_from_dict(TINY).model).eval()
+    asked = []
+    monkeypatch.setattr(vqvae_eval, "cached_encoding", lambda kind, key, compute, prepared, what: compute())
+    monkeypatch.setattr(vqvae_eval, "augmented_encoding", lambda *a: asked.append(a) or ([], torch.zeros(0)))
+    split = {"signals": torch.zeros(3, 64, 2), "data_hash": "d", "input_hash": "i"}
+    rt = SimpleNamespace(is_main=False, distributed=False, device=torch.device("cpu"))
+    vqvae_eval.frozen_encodings("codes", vq, lambda x: x[:, 0, 0], split, split, "64:steps:drafts9",
+                                SimpleNamespace(copies=1), None, 0, None, rt)
+    assert asked and asked[0][-1] == "64:steps:drafts9"
+
 def test_rotary_scores_depend_on_the_relative_position_alone() -> None:
     """Rotary embedding is a rotation per dimension pair: it keeps each vector's norm, and a query-key score
     depends only on their distance, also at offsets past the first table (which must grow), as generation
