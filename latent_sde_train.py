@@ -35,7 +35,7 @@ from torch.utils.data import TensorDataset
 
 import paths
 from drafts import VERSION as DRAFTS_VERSION, detected_beats, draft_waves
-from hyper_params import Config, TrainConfig, stored_config
+from hyper_params import Config, TrainConfig
 from hyper_params_sde import SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from prepare_mitbih import load_split
@@ -43,7 +43,7 @@ from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_for
 from training import (EpochEndFn, Runtime, StepFn, Trainer, resumed_seed, run_config, run_parser, run_record,
                       seed_everything, setup_runtime, shared_run_dirs)
 from vqvae import VQVAE
-from vqvae_eval import frozen_encodings, run_vqvae, vqvae_choice
+from vqvae_eval import forecasting_config, frozen_encodings, run_vqvae, vqvae_choice
 
 
 @torch.no_grad()
@@ -264,7 +264,7 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     scfg = elbo_config(args, resume)
     vq, vq_ckpt, vq_source = run_vqvae(args, resume)
     vq.requires_grad_(False)
-    cfg = stored_config(vq_ckpt["config"], f"config stored in {vq_source}")
+    cfg = forecasting_config(vq_ckpt, vq_source)
     rt = setup_runtime(args.device)
     check_adjoint(scfg, rt)
     if rt.is_main:

@@ -19,14 +19,13 @@ from torch.utils.data import TensorDataset
 import paths
 from drafts import VERSION as DRAFTS_VERSION, detected_beats
 from forecast import Forecaster, beat_draft, seasonal_draft
-from hyper_params import stored_config
 from hyper_params_transformer import load_transformer_config, transformer_config_from_dict
 from prepare_mitbih import load_split
 from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_forecasts
 from training import Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime, shared_run_dirs
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
-from vqvae_eval import ENCODE_BATCH, frozen_encodings, run_vqvae, vqvae_choice
+from vqvae_eval import forecasting_config, ENCODE_BATCH, frozen_encodings, run_vqvae, vqvae_choice
 
 
 @torch.no_grad()
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         tcfg.augment.copies = args.augment_copies
     tcfg.validate()
     vq, vq_ckpt, vq_path = run_vqvae(args, resume)
-    cfg = stored_config(vq_ckpt["config"], f"config stored in {vq_path}")
+    cfg = forecasting_config(vq_ckpt, vq_path)
     rt = setup_runtime(args.device)
     if rt.is_main:
         print(f"VQ-VAE: {vqvae_choice(args, vq_path)}")

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 import paths
-from hyper_params import AugmentConfig, DataConfig, stored_config
+from hyper_params import AugmentConfig, Config, DataConfig, stored_config
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split, patients_seen, source_fs, stored_leads
 from train_results import load_checkpoint, plot_windows, weights_digest, window_titles
 from training import Runtime, main_first
@@ -60,6 +60,17 @@ def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dic
     path = args.vqvae or latest_checkpoint("vqvae", args.checkpoints, flag="--vqvae")
     model, ckpt = load_vqvae(path)     # a forecaster's too: a new forecaster on the shipped codes
     return model, ckpt, str(path)
+
+
+def forecasting_config(vq_ckpt: dict, source: str) -> Config:
+    """The data and model config a forecaster trains with: its VQ-VAE's, which must give windows a future (with
+    data.forecast_predictions 0 the encoders met windows too short for their kernels, in a traceback)."""
+    cfg = stored_config(vq_ckpt["config"], f"config stored in {source}")
+    if cfg.data.forecast_predictions < 1:
+        raise UserError(f"{source}: the VQ-VAE's data.forecast_predictions is 0, so its windows hold no future "
+                              f"for a forecaster to learn; train the VQ-VAE with a config whose "
+                              f"data.forecast_predictions is 1 or more (on data prepared with it)")
+    return cfg
 
 
 ENCODE_BATCH = 512      # windows the frozen VQ-VAE encodes at once; a multiple of latent_sde.latent_frames' batch

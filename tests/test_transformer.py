@@ -849,3 +849,18 @@ def test_a_short_horizon_reads_the_draft_codes_of_a_trained_length_draft():
     T = 384 // fc.factor
     assert drafts[0].shape[1] == T + 2 and torch.equal(drafts[0][:, T:], drafts[1][:, T:T + 2])
     assert short.shape == (1, 2, 16, 2) and full.shape == (1, 2, 384, 2)
+
+
+@pytest.mark.parametrize("script", ["transformer_train", "latent_sde_train"])
+def test_a_vqvae_of_windows_without_a_future_is_one_clear_error(script, monkeypatch, tmp_path):
+    """data.forecast_predictions 0 trains a VQ-VAE fine, but its windows hold nothing to forecast: both forecasters'
+    trainers say so and name the checkpoint (they ended in a convolution's traceback while encoding)."""
+    import importlib
+
+    module = importlib.import_module(script)
+    raw = json.loads(json.dumps(TINY))
+    raw["data"] = {**raw.get("data", {}), "forecast_predictions": 0}
+    vq = VQVAE(config_from_dict(raw).model)
+    monkeypatch.setattr(module, "run_vqvae", lambda args, resume: (vq, {"config": raw}, "vq0.pt"))
+    with pytest.raises(UserError, match=r"vq0.pt: the VQ-VAE's data.forecast_predictions is 0"):
+        module.main(["--prepared", str(tmp_path), "--results", str(tmp_path), "--checkpoints", str(tmp_path)])
