@@ -68,8 +68,8 @@ def forecasting_config(vq_ckpt: dict, source: str) -> Config:
     cfg = stored_config(vq_ckpt["config"], f"config stored in {source}")
     if cfg.data.forecast_predictions < 1:
         raise UserError(f"{source}: the VQ-VAE's data.forecast_predictions is 0, so its windows hold no future "
-                              f"for a forecaster to learn; train the VQ-VAE with a config whose "
-                              f"data.forecast_predictions is 1 or more (on data prepared with it)")
+                        f"for a forecaster to learn; train the VQ-VAE with a config whose "
+                        f"data.forecast_predictions is 1 or more (on data prepared with it)")
     return cfg
 
 

@@ -462,7 +462,8 @@ def test_report_header_counts_the_records_scored_not_the_records_listed():
     w = evaluate.Windows(np.zeros((4, t, 2), np.float32), np.array([1, 1, 1, 1]), np.arange(4) * t,
                          np.zeros(5, np.int64), np.zeros(0, np.int64), ["100", "103", "105"],
                          np.ones(3, bool), [["MLII", "V1"]] * 3, [360.0] * 3,
-                         {"kind": "prepared", "split": "test", "path": "x/test.pt", "data_hash": "d", "input_hash": "h"})
+                         {"kind": "prepared", "split": "test", "path": "x/test.pt", "data_hash": "d",
+                          "input_hash": "h"})
     args = argparse.Namespace(config=None, samples=2, seed=0)
     header = evaluate.report_header(args, ["--records", "103"], cfg, w, {}, 1.0, {"date": "d", "git commit": "c"})
     assert header["records / windows"] == "1 / 4"
