@@ -74,10 +74,13 @@ def setup_runtime(device: str | None = None) -> Runtime:
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if world > 1:
         per_node, visible = int(os.environ.get("LOCAL_WORLD_SIZE", world)), torch.cuda.device_count()
-        # one visible card per process is a scheduler's way (CUDA_VISIBLE_DEVICES per task): each uses its own
-        if use_cuda and visible > 1 and per_node > visible:   # the same test on every rank, so rank 0 says it
+        # one visible card per process is a scheduler's way (CUDA_VISIBLE_DEVICES per task): each uses its own;
+        # without CUDA_VISIBLE_DEVICES a single card is the node's only one, and NCCL refuses two ranks on it
+        # ('Duplicate GPU detected') at the first collective, in a traceback per rank
+        shared = visible > 1 or "CUDA_VISIBLE_DEVICES" not in os.environ
+        if use_cuda and shared and per_node > visible:   # the same test on every rank, so rank 0 says it
             raise UserError(f"torchrun started {per_node} processes per node but only {visible} "
-                            "GPUs are visible: lower --nproc_per_node, or pass --device cpu")
+                            "GPU(s) are visible: lower --nproc_per_node, or pass --device cpu")
         if not dist.is_initialized():
             dist.init_process_group("nccl" if use_cuda else "gloo")
         dev = torch.device("cuda", local if visible > 1 else 0) if use_cuda else torch.device("cpu")

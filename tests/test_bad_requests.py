@@ -381,14 +381,15 @@ def test_results_are_written_whole(tmp_path):
 
 
 def test_torchrun_with_more_processes_than_gpus_is_refused(monkeypatch):
-    """Checked on every rank before the process group forms, so rank 0 reports it (here: 4 ranks, 3 GPUs). One
-    visible card per process is a scheduler's way of giving each its own: rank 1 then runs on its cuda:0."""
+    """Checked on every rank before the process group forms, so rank 0 reports it (here: 4 ranks, 3 GPUs; 2 ranks on
+    a node's only GPU). One visible card per process, set by CUDA_VISIBLE_DEVICES, is a scheduler's way of giving
+    each its own: rank 1 then runs on its cuda:0."""
     import torch.distributed as dist
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     for key, value in (("WORLD_SIZE", "4"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "4")):
         monkeypatch.setenv(key, value)
-    with pytest.raises(UserError, match="4 processes per node but only 3 GPUs"):
+    with pytest.raises(UserError, match=r"4 processes per node but only 3 GPU\(s\)"):
         setup_runtime(None)
     chosen = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -396,6 +397,11 @@ def test_torchrun_with_more_processes_than_gpus_is_refused(monkeypatch):
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     for key, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1"), ("LOCAL_WORLD_SIZE", "2")):
         monkeypatch.setenv(key, value)
+    # a node's only GPU (no CUDA_VISIBLE_DEVICES): both ranks would land on it, and NCCL refuses that
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(UserError, match=r"2 processes per node but only 1 GPU\(s\)"):
+        setup_runtime(None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")     # the scheduler gave this rank a card of its own
     rt = setup_runtime(None)
     assert rt.device == torch.device("cuda", 0) == chosen[0] and rt.rank == 1
 
