@@ -41,7 +41,7 @@ import metrics as M
 import paths
 from baselines import BASELINES, make_baseline
 from eval_report import csv_text, file_name, markdown_report
-from forecast import Forecaster, ForecasterBase
+from forecast import Forecaster, ForecasterBase, host_array
 from hyper_params import Config, data_hash, load_config
 from paths import ROOT, SHIPPED, SHIPPED_SPECS, UserError
 
@@ -442,8 +442,8 @@ def predict_windows(f: ForecasterBase, name: str, w: Windows, idx: np.ndarray, c
     horizon, out = w.signals.shape[1] - context, []
     for i in idx:
         x = np.asarray(w.signals[i:i + 1, :context], np.float32)
-        y = np.asarray(f.predict(x, horizon, num_samples=num_samples,
-                                 seed=window_seed(seed, w.records[w.record[i]], int(w.start[i]))), np.float32)
+        y = host_array(f.predict(x, horizon, num_samples=num_samples,
+                                 seed=window_seed(seed, w.records[w.record[i]], int(w.start[i]))))
         if y.ndim != 4 or y.shape[0] != 1 or y.shape[2:] != (horizon, 2) or y.shape[1] < 1:
             raise UserError(f"{name}: predict returned shape {y.shape}, expected [1, S, {horizon}, 2]")
         if not np.isfinite(y).all():

@@ -94,6 +94,14 @@ def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples
     return x
 
 
+def host_array(forecast: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A forecaster's output as a float32 numpy array. A forecaster of one's own, handed --device's GPU, may return
+    a torch tensor there (or in bfloat16): numpy reads neither, and np.asarray stopped in a TypeError traceback."""
+    if isinstance(forecast, torch.Tensor):
+        forecast = forecast.detach().cpu().float()
+    return np.asarray(forecast, np.float32)
+
+
 OFFSET_MV = 1.0   # a context averaging more than this on a lead was not band-passed (warn_offset)
 
 
@@ -394,7 +402,7 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
         raise UserError(f"{record}: the context {round((at - ctx) / fs, 3):g}-{start_s:g} s touches a gap of NaN/invalid "
                         f"or flat samples; {clean_starts(rec.signal, at, ctx, fs)}")
     truth = rec.signal[at:at + horizon]
-    samples_ = fc.predict(context[None], horizon, samples, seed)[0]
+    samples_ = host_array(fc.predict(context[None], horizon, samples, seed))[0]
     return {"context": context, "truth": truth, "samples": samples_, "fs": fs, "leads": rec.leads,
             "start_sample": at, "fs_in": rec.fs_in, "device": str(getattr(fc, "device", "cpu")),
             "input_hash": input_hash}

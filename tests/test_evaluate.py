@@ -927,6 +927,32 @@ def test_a_forecast_of_the_wrong_shape_or_not_finite_is_refused_by_name(bad, nee
         evaluate.predict_windows(Broken(), "mine", w, np.array([0, 1]), 8, 2, seed=0)
 
 
+class OnGpu(torch.Tensor):
+    """A tensor numpy cannot read until it is copied to the CPU, as a CUDA tensor is."""
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to "
+                        "host memory first.")
+
+    def cpu(self, *args, **kwargs) -> torch.Tensor:
+        return self.as_subclass(torch.Tensor)
+
+
+@pytest.mark.parametrize("as_tensor", [lambda y: torch.from_numpy(y).as_subclass(OnGpu),
+                                       lambda y: torch.from_numpy(y).bfloat16()], ids=["on_a_gpu", "bfloat16"])
+def test_a_forecast_returned_as_a_torch_tensor_is_scored_as_its_numbers(as_tensor):
+    """A forecaster of one's own handed --device's GPU may return its paths there, or in bfloat16: both are read on
+    the CPU as float32, as a numpy array of the same numbers would be."""
+    w = _one_record_windows(np.random.default_rng(0).normal(size=(2, 12, 2)), [np.zeros(0)] * 2)
+
+    class OnDevice:
+        def predict(self, x, horizon, num_samples=100, seed=0):
+            return as_tensor(np.full((1, num_samples, horizon, 2), 0.25, np.float32))
+
+    y = evaluate.predict_windows(OnDevice(), "mine", w, np.array([0, 1]), 8, 2, seed=0)
+    assert y.dtype == np.float32 and y.shape == (2, 2, 4, 2) and (y == 0.25).all()
+
+
 def test_a_record_of_more_windows_than_one_chunk_scores_every_window():
     """A 30-minute MIT-BIH record has more windows than one chunk of 256: its MSE is the mean over all of them."""
     c = h = 128
