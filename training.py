@@ -86,6 +86,9 @@ def setup_runtime(device: str | None = None) -> Runtime:
         dev = torch.device("cuda", local if visible > 1 else 0) if use_cuda else torch.device("cpu")
         if use_cuda:
             torch.cuda.set_device(dev)
+            if rank == 0 and torch.device(device or "cuda").index is not None:
+                paths.note(f"--device {device}: under torchrun each process takes the card of its local rank "
+                           f"(rank 0: {dev}); CUDA_VISIBLE_DEVICES chooses which cards a node offers")
         return Runtime(dev, rank, world)
     dev = torch.device(device if device else ("cuda" if use_cuda else "cpu"))
     if dev.type == "cuda" and dev.index is not None:

@@ -406,6 +406,27 @@ def test_torchrun_with_more_processes_than_gpus_is_refused(monkeypatch):
     assert rt.device == torch.device("cuda", 0) == chosen[0] and rt.rank == 1
 
 
+def test_a_card_named_under_torchrun_is_said_to_be_overruled(monkeypatch, capsys):
+    """Under torchrun each rank takes its local rank's card: --device cuda:1 would silently mean nothing, so rank 0
+    says so (once: the other ranks say nothing)."""
+    import torch.distributed as dist
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    for rank in ("0", "1"):
+        for key, value in (("WORLD_SIZE", "2"), ("RANK", rank), ("LOCAL_RANK", rank), ("LOCAL_WORLD_SIZE", "2")):
+            monkeypatch.setenv(key, value)
+        assert setup_runtime("cuda:1").device == torch.device("cuda", int(rank))
+        said = capsys.readouterr().err
+        assert ("--device cuda:1: under torchrun each process takes the card of its local rank (rank 0: cuda:0)" in said
+                ) == (rank == "0"), said
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    setup_runtime("cuda")                               # no card named: nothing to say
+    assert "under torchrun" not in capsys.readouterr().err
+
+
 def test_a_context_shorter_than_in_training_is_warned(shipped):
     with pytest.warns(UserWarning, match="128 samples .* shorter than the 384"):
         shipped.predict(synthetic_ecg(1, 128, seed=0)[0], 8, 2)
