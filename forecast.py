@@ -94,6 +94,13 @@ def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples
     return x
 
 
+def model_device(device: str | torch.device | None) -> torch.device:
+    """The device a forecaster runs on, checked as --device is (paths.check_device): built directly with
+    device="cuda" on a machine without one, a model stopped in torch's own 'not compiled with CUDA' error."""
+    paths.check_device(None if device is None else str(device), "device")
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def host_array(forecast: np.ndarray | torch.Tensor) -> np.ndarray:
     """A forecaster's output as a float32 numpy array. A forecaster of one's own, handed --device's GPU, may return
     a torch tensor there (or in bfloat16): numpy reads neither, and np.asarray stopped in a TypeError traceback."""
@@ -186,7 +193,7 @@ class Forecaster(ForecasterBase):
     DECODE_MARGIN = 16  # context codes decoded with the future (16 codes = 1 s at the defaults)
 
     def __init__(self, vq, gpt, cfg, sample, device: str | torch.device | None = None, draft_beats: bool = False):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = model_device(device)
         self.vq, self.gpt = vq.to(self.device).eval(), gpt.to(self.device).eval()
         self.cfg, self.sample, self.draft_beats = cfg, sample, draft_beats
         self.fs = cfg.data.samples_per_second

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 import torchsde
 
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, hold_matrix, hold_to_band
-from forecast import ForecasterBase, one_by_one, warn_short_context
+from forecast import ForecasterBase, model_device, one_by_one, warn_short_context
 from hyper_params import Config
 from hyper_params_sde import SDEConfig, SDEModelConfig, sde_config_from_dict
 from vqvae import VQVAE, vqvae_from
@@ -422,7 +422,7 @@ class LatentSDEForecaster(ForecasterBase):
 
     def __init__(self, vq: VQVAE, sde: LatentSDE, cfg: Config, scfg: SDEConfig,
                  device: str | torch.device | None = None):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = model_device(device)
         self.vq, self.sde = vq.to(self.device).eval(), sde.to(self.device).eval()
         self.cfg, self.scfg = cfg, scfg
         self.fs = cfg.data.samples_per_second

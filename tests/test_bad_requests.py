@@ -16,6 +16,7 @@ import paths
 from baselines import BASELINES, make_baseline
 from conftest import edit_tree_after, run_script, synthetic_ecg, write_record, write_signal
 from forecast import Forecaster
+from latent_sde import LatentSDEForecaster
 from paths import PRETRAINED, UserError
 from train_results import load_checkpoint
 from training import setup_runtime
@@ -334,7 +335,11 @@ def test_devices_are_checked_before_work():
             setup_runtime(bad)
         with pytest.raises(UserError, match=f"device '?{bad}"):    # and the Python API
             Forecaster.from_checkpoint(PRETRAINED, bad)
-
+    shipped = Forecaster.from_pretrained(device="cpu")
+    for build in (lambda d: Forecaster(shipped.vq, shipped.gpt, shipped.cfg, shipped.sample, d),
+                  lambda d: LatentSDEForecaster(shipped.vq, None, shipped.cfg, None, d)):
+        with pytest.raises(UserError, match="device cuda:99"):     # a model built directly, too
+            build("cuda:99")
 
 
 def test_a_gpu_index_beyond_the_machines_gpus_is_refused(monkeypatch):
