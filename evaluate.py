@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -59,7 +58,7 @@ def make_forecaster(spec: str, fs: int, device: str | None = None) -> Forecaster
     (forecast.Forecaster), or your own forecaster as FILE.py:NAME or module:NAME (see user_forecaster)."""
     if spec in BASELINES:
         return make_baseline(spec, fs)
-    if USER_SPEC.fullmatch(spec) and not Path(spec).is_file():
+    if own_spec(spec):
         return user_forecaster(spec, fs, device)
     path = paths.shipped_checkpoint(spec, "--model") if spec in SHIPPED_SPECS else Path(spec)
     if not path.is_file():
@@ -80,6 +79,12 @@ def make_forecaster(spec: str, fs: int, device: str | None = None) -> Forecaster
 
 
 USER_SPEC = re.compile(r"(?P<source>[^:=]+\.py|[\w.]+):(?P<name>\w+)(=(?P<checkpoint>.+))?")
+
+
+def own_spec(spec: str) -> re.Match | None:
+    """FILE.py:NAME[=CHECKPOINT] or module:NAME parsed, when `spec` names one's own forecaster: a checkpoint file
+    of that very name is a checkpoint."""
+    return None if Path(spec).is_file() else USER_SPEC.fullmatch(spec)
 
 
 def load_file(path: Path):
@@ -159,11 +164,11 @@ def own_code(specs: list[str]) -> str:
     my_model.py, so the report names the exact code it scored."""
     out = []
     for spec in expand_models(specs):
-        if (m := USER_SPEC.fullmatch(spec)) and not Path(spec).is_file():
+        if m := own_spec(spec):
             found = m["source"] if m["source"].endswith(".py") else getattr(
                 importlib.util.find_spec(m["source"]), "origin", None)      # imported already: no side effects
             if found and Path(found).is_file():
-                out.append(f"{spec}: {found} sha256 {hashlib.sha256(Path(found).read_bytes()).hexdigest()[:16]}")
+                out.append(f"{spec}: {found} sha256 {paths.file_sha256(found)}")
     return "; ".join(out)
 
 
@@ -180,8 +185,8 @@ def checkpoint_file(spec: str) -> Path:
     """The weights file of a --model spec: a shipped model's, a checkpoint path, or FILE.py:NAME=CHECKPOINT's."""
     if spec in SHIPPED_SPECS:
         return paths.SHIPPED[SHIPPED_SPECS[spec]]
-    m = USER_SPEC.fullmatch(spec)
-    return Path(m["checkpoint"]) if m and m["checkpoint"] and not Path(spec).is_file() else Path(spec)
+    m = own_spec(spec)
+    return Path(m["checkpoint"]) if m and m["checkpoint"] else Path(spec)
 
 
 def preparation_mismatch(model: ForecasterBase, cfg: Config) -> str:

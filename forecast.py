@@ -373,8 +373,8 @@ def load_forecaster(checkpoint: str | None, device: str | None) -> tuple[str | P
     """--checkpoint's forecaster and what names it: a checkpoint, a shipped model, or one's own FILE.py:NAME
     (=CHECKPOINT), as evaluate.py --model takes them."""
     device = paths.check_device(device)
-    from evaluate import USER_SPEC, user_forecaster           # evaluate builds on this module
-    if checkpoint and USER_SPEC.fullmatch(checkpoint) and not Path(checkpoint).is_file():
+    from evaluate import own_spec, user_forecaster           # evaluate builds on this module
+    if checkpoint and own_spec(checkpoint):
         return checkpoint, user_forecaster(checkpoint, load_config().data.samples_per_second, device, "--checkpoint")
     path = checkpoint_path(checkpoint)
     return path, Forecaster.from_checkpoint(path, device)
@@ -475,8 +475,8 @@ def main() -> None:
           f"loading the model)")
     if gap or truth < res["samples"].shape[1]:
         fs, horizon = res["fs"], res["samples"].shape[1]
-        paths.note(f"the truth plotted covers {(truth - gap) / fs:g} s of the {horizon / fs:g} s forecast (the record's "
-                   f"end or a gap)")
+        paths.note(f"the truth plotted covers {(truth - gap) / fs:g} s of the {horizon / fs:g} s forecast "
+                   f"(the record's end or a gap)")
     print(f"{heart_rate_line(res['heart_rate'])} (lead 1 R peaks; paths: median [10th-90th percentile])")
     print(f"plot: {out / (stem + '.png')}\nsamples: {out / (stem + '_samples.npy')}")
 

@@ -25,7 +25,7 @@ from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_for
 from training import Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime, shared_run_dirs
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
-from vqvae_eval import forecasting_config, ENCODE_BATCH, frozen_encodings, run_vqvae, vqvae_choice
+from vqvae_eval import ENCODE_BATCH, forecasting_config, frozen_encodings, run_vqvae, vqvae_choice
 
 
 @torch.no_grad()
