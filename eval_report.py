@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -65,33 +65,33 @@ METRIC_GROUPS = (("Point forecast (the sample mean)", ("mse", "mae", "prd", "prd
 
 def whole_horizon_section(summary: dict) -> list[str]:
     """Every metric of every forecaster over the whole horizon, with its interval."""
-    lines = ["## All forecasters, whole horizon", "",
-             "Mean over records [bootstrap 95 % interval over records]; each record's value pools its "
-             "windows, so each patient weighs the same. `—`: undefined (interval scores of "
-             "deterministic forecasts).", ""]
-    for title, cols in METRIC_GROUPS:
-        lines += [f"### {title}", "", "| forecaster | " + " | ".join(header_of(c) for c in cols) + " |",
-                  "|---|" + "---:|" * len(cols)]
-        for name in summary["order"]:
-            m = summary["forecasters"][name]["metrics"]
-            lines.append(f"| {name} | " + " | ".join(cell(m[c][-1]) for c in cols) + " |")
-        lines.append("")
-    return lines[:-1]
+    order, tables = summary["order"], summary["forecasters"]
+    return ["## All forecasters, whole horizon", "",
+            "Mean over records [bootstrap 95 % interval over records]; each record's value pools its "
+            "windows, so each patient weighs the same. `—`: undefined (interval scores of "
+            "deterministic forecasts)."] + grouped_tables(
+        ["forecaster"], lambda cols: [f"| {name} | " + " | ".join(cell(tables[name]["metrics"][c][-1]) for c in cols)
+                                      + " |" for name in order])
 
 
 def per_second_section(summary: dict) -> list[str]:
     """Every metric per forecaster and horizon second; their intervals are in metrics.json / metrics.csv."""
-    lines = ["", "## Per horizon second", "", "Same metrics, one row per forecaster and horizon second "
-             "(mean over records; intervals in metrics.json / metrics.csv).", ""]
+    order, tables, seconds = summary["order"], summary["forecasters"], summary["horizons"][:-1]
+    return ["", "## Per horizon second", "", "Same metrics, one row per forecaster and horizon second "
+            "(mean over records; intervals in metrics.json / metrics.csv)."] + grouped_tables(
+        ["forecaster", "horizon"],
+        lambda cols: [f"| {name} | {label} | " + " | ".join(fmt(tables[name]["metrics"][c][j]["value"]) for c in cols)
+                      + " |" for name in order for j, label in enumerate(seconds)])
+
+
+def grouped_tables(lead: list[str], rows: Callable[[tuple[str, ...]], list[str]]) -> list[str]:
+    """A table per METRIC_GROUPS group under its own heading: the `lead` columns, then the group's metrics;
+    `rows(metrics)` gives its rows."""
+    lines = []
     for title, cols in METRIC_GROUPS:
-        lines += [f"### {title}", "", "| forecaster | horizon | " + " | ".join(header_of(c) for c in cols) + " |",
-                  "|---|---|" + "---:|" * len(cols)]
-        for name in summary["order"]:
-            m = summary["forecasters"][name]["metrics"]
-            for j, label in enumerate(summary["horizons"][:-1]):
-                lines.append(f"| {name} | {label} | " + " | ".join(fmt(m[c][j]["value"]) for c in cols) + " |")
-        lines.append("")
-    return lines[:-1]
+        lines += ["", f"### {title}", "", "| " + " | ".join([*lead, *(header_of(c) for c in cols)]) + " |",
+                  "|---" * len(lead) + "|" + "---:|" * len(cols), *rows(cols)]
+    return lines
 
 
 def detector_section(d: dict) -> list[str]:
