@@ -545,8 +545,11 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
 
 
 def checkpoint_sha256(checkpoint: str | Path) -> dict:
-    """The checkpoint file's digest (paths.file_sha256), {} for a forecaster of one's own (own_code_of names it)."""
-    return {"checkpoint_sha256": paths.file_sha256(checkpoint)} if Path(checkpoint).is_file() else {}
+    """The weights file's digest (paths.file_sha256), FILE.py:NAME=CHECKPOINT's too, as evaluate.py's report
+    gives it; {} when there is no file (own_code_of names one's own code)."""
+    from evaluate import checkpoint_file
+    path = checkpoint_file(str(checkpoint))
+    return {"checkpoint_sha256": paths.file_sha256(path)} if path.is_file() else {}
 
 
 def own_code_of(checkpoint: str | Path) -> dict:

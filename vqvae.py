@@ -292,9 +292,12 @@ class VQVAE(nn.Module):
         large fails deep in indexing without saying which codebook size was asked."""
         if codes.dtype.is_floating_point or codes.dtype == torch.bool:
             raise ValueError(f"codes must be integers (torch.long), got {codes.dtype}")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cfg.codebook_size):
+        if not codes.numel():
+            return
+        lo, hi = torch.stack(torch.aminmax(codes)).tolist()  # one device sync per decode, not two
+        if lo < 0 or hi >= self.cfg.codebook_size:
             raise ValueError(f"codes must be in 0..{self.cfg.codebook_size - 1} (codebook_size "
-                             f"{self.cfg.codebook_size}), got {int(codes.min())}..{int(codes.max())}")
+                             f"{self.cfg.codebook_size}), got {lo}..{hi}")
 
     def decode_latent(self, zq: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         return self.decoder(zq).transpose(1, 2) * self._decode_unit(unit)

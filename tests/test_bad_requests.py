@@ -477,6 +477,7 @@ def test_forecast_py_takes_a_forecaster_of_ones_own_as_evaluate_py_does(tmp_path
     said = json.loads((tmp_path / "out" / "r_5s.json").read_text())
     digest = hashlib.sha256((tmp_path / "mine.py").read_bytes()).hexdigest()[:16]
     assert said["checkpoint"] == spec and said["own_forecaster"].endswith(f"sha256 {digest}")
+    assert said["checkpoint_sha256"] == hashlib.sha256(b"0.5").hexdigest()[:16]     # the weights it was handed
     code, err = run_forecast(["--checkpoint", f"{tmp_path / 'mine.py'}:Nope", "--record", str(record), "--start", "5"])
     assert code == 2 and err.startswith(f"error: --checkpoint {tmp_path / 'mine.py'}:Nope: ") and "no class" in err
     torch.save({"kind": "mine", "model": {}, "config": {}}, tmp_path / "mine.pt")
