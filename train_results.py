@@ -21,38 +21,49 @@ LEADS = ("lead 1", "lead 2")
 
 
 class MetricsLog:
-    """One CSV row per epoch; resumed runs append to the same file."""
+    """One CSV row per epoch; resumed runs append to the same file. Each append replaces the file atomically, so a
+    run killed while logging leaves whole rows only."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
+    def _text(self) -> tuple[str, str]:
+        """The file's whole lines, and a last line without its newline: half a row, left by a run of older code
+        killed while appending it in place."""
+        if not self.path.exists():
+            return "", ""
+        with self.path.open(newline="", encoding="utf-8") as f:    # newline="": the rows' \r\n kept as written
+            text = f.read()
+        end = text.rfind("\n") + 1
+        return text[:end], text[end:]
+
     def append(self, row: dict) -> None:
-        new = not self.path.exists()
-        if new:
-            fields = list(row)
-        else:
-            with self.path.open(newline="") as f:
-                fields = next(csv.reader(f))
-        with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        text = self._text()[0]
+        fields = next(csv.reader(io.StringIO(text))) if text else list(row)
+        out = io.StringIO()
+        w = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
+        if not text:
+            w.writeheader()
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        paths.atomic_write_text(text + out.getvalue(), self.path)
 
     def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        with self.path.open(newline="") as f:
-            return list(csv.DictReader(f))
+        return list(csv.DictReader(io.StringIO(self._text()[0])))
 
     def drop_after(self, epoch: int) -> None:
-        """Forget the rows after `epoch`: a run resumed from that epoch's checkpoint writes them again."""
-        rows = self.read()
-        if any(int(r["epoch"]) > epoch for r in rows):
+        """Forget the rows after `epoch`, and a half-written last row: a run resumed from that epoch's checkpoint
+        writes them again."""
+        text, cut = self._text()
+        reader = csv.DictReader(io.StringIO(text))
+        rows = list(reader)
+        if cut:
+            paths.note(f"{self.path} ended in half a row ({cut[:40]!r}), from a run killed while writing it: dropped")
+        if cut or any(int(r["epoch"]) > epoch for r in rows):
             out = io.StringIO()
-            w = csv.DictWriter(out, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(r for r in rows if int(r["epoch"]) <= epoch)
+            if reader.fieldnames:
+                w = csv.DictWriter(out, fieldnames=reader.fieldnames)
+                w.writeheader()
+                w.writerows(r for r in rows if int(r["epoch"]) <= epoch)
             paths.atomic_write_text(out.getvalue(), self.path)
 
 

@@ -360,6 +360,40 @@ def test_resume_keeps_the_rows_up_to_its_checkpoints_epoch(tmp_path):
     assert [int(r["epoch"]) for r in log.read()] == [1, 2]
 
 
+def test_a_resume_drops_a_half_written_last_row_of_metrics_csv(tmp_path, capsys):
+    """Killed while appending epoch 10's row in place (older code), metrics.csv ended in '1': the resume from
+    epoch 9 appended '10,...' to it, an epoch 110. The half row is dropped, with a note, and each epoch has one row."""
+    toy_trainer(tmp_path / "a", epochs=10, checkpoint_every=1).fit()
+    log = tmp_path / "a" / "run" / "metrics.csv"
+    with log.open(newline="") as f:
+        lines = f.read().splitlines(keepends=True)
+    log.write_bytes("".join(lines[:-1] + [lines[-1][:1]]).encode())
+    resumed = toy_trainer(tmp_path / "b", epochs=10)
+    resumed.log, resumed.ckpt_dir = MetricsLog(log), tmp_path / "a" / "ckpt"
+    resumed.fit(resume=tmp_path / "a" / "ckpt" / "epoch_009.pt")
+    assert f"{log} ended in half a row ('1')" in capsys.readouterr().err
+    with log.open(newline="") as f:
+        text = f.read()
+    assert [int(r["epoch"]) for r in csv.DictReader(text.splitlines())] == list(range(1, 11))
+    assert text.count("\r\n") == 11                      # header and rows end alike
+
+
+def test_a_kill_while_appending_to_metrics_csv_leaves_its_rows_whole(tmp_path, monkeypatch):
+    """Each row is appended by replacing the file atomically: a write that fails (a kill, a full disk) leaves the
+    rows before it as they were, never half a row."""
+    log = MetricsLog(tmp_path / "metrics.csv")
+    log.append({"epoch": 1, "val_loss": 1.0})
+    before = log.path.read_bytes()
+
+    def killed(text: str, path) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(paths, "atomic_write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        log.append({"epoch": 2, "val_loss": 0.5})
+    assert log.path.read_bytes() == before
+
+
 def test_forecast_bands_hold_the_central_50_and_80_percent_of_the_paths(tmp_path, monkeypatch):
     fs, context, horizon = 128, 64, 32
     rng = np.random.default_rng(0)
