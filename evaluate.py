@@ -717,7 +717,7 @@ def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: P
                fontsize=9, frameon=False)
     rows = -(-len(scores) // 5)
     fig.tight_layout(rect=(0, (0.15 + 0.22 * rows) / fig.get_figheight(), 1, 1))
-    fig.savefig(path, dpi=110)
+    paths.atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -778,7 +778,7 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
     fig.suptitle(f"{name}: forecast examples", fontsize=11)
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.4 / fig.get_figheight() + 0.07, top=0.9, hspace=0.7,
                         wspace=0.16)
-    fig.savefig(path, dpi=100)
+    paths.atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -128,6 +128,13 @@ def atomic_save_npy(array: Any, path: str | os.PathLike) -> None:
     _atomic(Path(path), write)
 
 
+def atomic_savefig(fig: Any, path: str | os.PathLike, **kwargs: Any) -> None:
+    """A matplotlib figure saved atomically (a run killed while plotting keeps the previous PNG, never half of one);
+    the format is named from `path`, since matplotlib would read it from the temporary file's .tmp."""
+    path = Path(path)
+    _atomic(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs))
+
+
 def check_device(device: str | None, name: str = "--device") -> str | None:
     """A device (the --device flag, or `name`) checked before any model loads: one message for a typo or a
     GPU that is not there."""

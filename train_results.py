@@ -86,7 +86,7 @@ def plot_loss_curves(log: MetricsLog, out: Path, ylabel: str = "loss") -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    paths.atomic_savefig(fig, out, dpi=100)
     plt.close(fig)
 
 
@@ -112,7 +112,7 @@ def plot_codebook_health(log: MetricsLog, out: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle("codebook health in each training epoch")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    paths.atomic_savefig(fig, out, dpi=100)
     plt.close(fig)
 
 
@@ -138,7 +138,7 @@ def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, 
     axes[0, 1].legend(loc="upper right", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
+    paths.atomic_savefig(fig, out, dpi=90)
     plt.close(fig)
 
 
@@ -274,5 +274,5 @@ def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context:
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", fontsize=8, ncol=6, frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
-    fig.savefig(out, dpi=100)
+    paths.atomic_savefig(fig, out, dpi=100)
     plt.close(fig)

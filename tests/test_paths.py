@@ -255,3 +255,47 @@ def test_a_warning_under_a_progress_bar_gets_a_line_of_its_own():
     line = said[:at].split("\n")[-1].split("\r")[-1]       # what the warning's line shows before it
     assert "windows" not in line and "|" not in line, repr(said)
     assert said.count("UserWarning: the context is odd") == 1      # once per place, as Python's default
+
+
+def test_a_plot_killed_while_written_keeps_the_previous_png(tmp_path, monkeypatch):
+    """A run killed while writing a plot (here half the PNG's bytes, then Ctrl-C) leaves the plot of the epoch
+    before whole, with no temporary file beside it; written whole, the PNG is the one savefig writes by name."""
+    import io
+
+    import matplotlib.pyplot as plt
+    import PIL.Image
+
+    from train_results import MetricsLog, plot_loss_curves
+
+    log = MetricsLog(tmp_path / "metrics.csv")
+    for epoch in (1, 2):
+        log.append({"epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": 2.0 / epoch})
+    out = tmp_path / "loss_curves.png"
+    plot_loss_curves(log, out)
+    before = out.read_bytes()
+    fig, _ = plt.subplots()
+    fig.savefig(tmp_path / "direct.png", dpi=50)
+    paths.atomic_savefig(fig, tmp_path / "atomic.png", dpi=50)
+    plt.close(fig)
+    assert (tmp_path / "atomic.png").read_bytes() == (tmp_path / "direct.png").read_bytes()
+    real = PIL.Image.Image.save
+
+    def half_then_killed(self, fp, *args, **kwargs):
+        buf = io.BytesIO()
+        real(self, buf, *args, **kwargs)
+        (fp.write if hasattr(fp, "write") else paths.Path(fp).write_bytes)(buf.getvalue()[:len(buf.getvalue()) // 2])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(PIL.Image.Image, "save", half_then_killed)
+    log.append({"epoch": 3, "train_loss": 0.3, "val_loss": 0.6})
+    with pytest.raises(KeyboardInterrupt):
+        plot_loss_curves(log, out)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["atomic.png", "direct.png", "loss_curves.png", "metrics.csv"]
+
+
+def test_every_figure_is_saved_through_atomic_savefig():
+    """Plots are written like checkpoints and reports: no script saves a figure in place."""
+    scripts = sorted(ROOT.glob("*.py")) + sorted((ROOT / "bench").glob("*.py"))
+    in_place = [f"{p.name}:{n}" for p in scripts if p.name != "paths.py"
+                for n, line in enumerate(p.read_text().splitlines(), 1) if ".savefig(" in line]
+    assert in_place == []
