@@ -172,6 +172,13 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
+def run_data_hash(split: dict[str, Any]) -> str:
+    """The prepared data a run read, as run.json and reconstruction.json name it: the data config's hash and the
+    input files' ("config/files"), the config's alone being the same for any database prepared with it. One
+    format, so a training run and an evaluation of its model compare equal on the same data."""
+    return f"{split['data_hash']}/{split['input_hash']}"
+
+
 def git_commit() -> str:
     """The commit of this checkout (with '-dirty' when files differ), recorded next to every result."""
     try:

@@ -505,7 +505,7 @@ def run_record(cfg_dict: dict, seed: int, train: dict, val: dict, rt: Runtime, a
     training and validation records (so evaluate.py can tell when it scores a model on patients it trained or
     chose its checkpoint on), command."""
     return {"config": cfg_dict, "seed": seed, "git_commit": paths.git_commit(),
-            "data_hash": f"{train['data_hash']}/{train['input_hash']}", "train_records": list(train["records"]),
+            "data_hash": paths.run_data_hash(train), "train_records": list(train["records"]),
             "validation_records": list(val["records"]),
             "world_size": rt.world, "device": str(rt.device), "command": " ".join(argv),
             "torch": str(torch.__version__), "started": time.strftime("%Y-%m-%d %H:%M:%S")}

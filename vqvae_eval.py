@@ -222,10 +222,9 @@ def main() -> None:
         paths.warn(warning)
     report = reconstruction_report(model, data, source_fs(data["records"], args.prepared))
     run = paths.new_run_dir("vqvae_eval", args.results)
-    # the data hash as a training run's run.json gives it (config/input files): the config's alone is the same for
-    # any database prepared with it
+    # the data hash as a training run's run.json gives it
     report.update(checkpoint=str(path), split=args.split, git_commit=commit,
-                  data_hash=f"{data['data_hash']}/{data['input_hash']}", trained=ckpt["meta"])
+                  data_hash=paths.run_data_hash(data), trained=ckpt["meta"])
     paths.atomic_write_json(report, run / "reconstruction.json")
     lines = report_lines(report, data)
     paths.atomic_write_text("\n".join(lines) + "\n", run / "reconstruction.md")

@@ -84,7 +84,7 @@ def test_train_writes_plots_metrics_and_checkpoints(tmp_path: Path, synthetic_db
     assert report["split"] == "train" and report["summary"]["windows"] == len(train["signals"])
     assert report["trained"]["seed"] == 0
     # the data it read, named as the training run names its own (the same preparation here): config and input files
-    assert report["data_hash"] == f"{train['data_hash']}/{train['input_hash']}" == report["trained"]["data_hash"]
+    assert report["data_hash"] == paths.run_data_hash(train) == report["trained"]["data_hash"]
     assert drawn["x"].shape == drawn["y"].shape and not np.allclose(drawn["x"], drawn["y"])
 
 
@@ -392,6 +392,16 @@ def test_a_kill_while_appending_to_metrics_csv_leaves_its_rows_whole(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         log.append({"epoch": 2, "val_loss": 0.5})
     assert log.path.read_bytes() == before
+
+
+def test_run_json_names_its_data_as_paths_run_data_hash_does(monkeypatch):
+    """run.json's data hash is formatted by paths.run_data_hash alone (vqvae_eval's reconstruction.json too, above):
+    'config hash/input hash', so the two cannot drift apart."""
+    split = {"data_hash": "d0", "input_hash": "i0", "records": ["100"]}
+    assert paths.run_data_hash(split) == "d0/i0"
+    monkeypatch.setattr(paths, "run_data_hash", lambda s: f"<{s['data_hash']}>")
+    record = training.run_record({}, 0, split, split, training.Runtime(torch.device("cpu")), ["x"])
+    assert record["data_hash"] == "<d0>"
 
 
 def test_forecast_bands_hold_the_central_50_and_80_percent_of_the_paths(tmp_path, monkeypatch):
