@@ -39,7 +39,7 @@ def markdown_report(summary: dict, header: dict, w: Windows) -> str:
     beats, then per horizon second, the detector check, the metrics' definitions, the records and the plots."""
     lines = run_section(summary, header, w) + whole_horizon_section(summary)
     lines += paired_section(summary["paired"]) + models_section(summary["paired_models"])
-    lines += horizon_beats_section(summary.get("horizon_beats", {}))
+    lines += horizon_beats_section(summary.get("horizon_beats", {}), summary["horizons"])
     lines += per_second_section(summary) + detector_section(summary["detector"]) + metrics_section()
     lines += baselines_section(summary["order"])
     lines += records_section(w)
@@ -186,13 +186,20 @@ def paired_table(rows: list[dict], key: str, title: str, text: str, columns: str
     return out
 
 
-STRATUM_METRICS = (("mse", -1, "MSE (mV²)"), ("mse", 0, "MSE first second (mV²)"), ("crps", -1, "CRPS (mV)"),
+STRATUM_METRICS = (("mse", -1, "MSE (mV²)"), ("mse", 0, "MSE {first} (mV²)"), ("crps", -1, "CRPS (mV)"),
                    ("cov80", -1, "cover 80 (%)"), ("f1_100", -1, "F1 ±100 ms"))   # (metric, horizon segment, header)
 
 
-def horizon_beats_section(strata: dict) -> list[str]:
+def stratum_headers(horizons: list[str]) -> list[str]:
+    """STRATUM_METRICS' column headers; the first segment is named by its span unless it is a whole second: a
+    horizon under 1 s has one segment, the whole horizon, and 'first second' would claim a second it lacks."""
+    first = "first second" if horizons[0] == "0-1 s" else horizons[0]
+    return [header.format(first=first) for _, _, header in STRATUM_METRICS]
+
+
+def horizon_beats_section(strata: dict, horizons: list[str]) -> list[str]:
     """report.md lines for `by_horizon_beats`: the headline scores per kind of window, and the paired whole-horizon
-    differences against the best baseline of that kind."""
+    differences against the best baseline of that kind; `horizons`: the summary's segment labels."""
     if not strata:
         return []
     out = ["", "## By the horizon's beats", "",
@@ -200,7 +207,7 @@ def horizon_beats_section(strata: dict) -> list[str]:
            "class N), or hold an ectopic (S, V or F), supraventricular (S) or ventricular (V) beat: a subset of "
            "this run's windows, scored as `--horizon-beats` scores them (which picks windows of its own, so its "
            "figures differ). Each kind has its own records: compare forecasters within a kind.", "",
-           "| horizon's beats | records / windows | forecaster | " + " | ".join(c[2] for c in STRATUM_METRICS) + " |",
+           "| horizon's beats | records / windows | forecaster | " + " | ".join(stratum_headers(horizons)) + " |",
            "|---|---|---|" + "---:|" * len(STRATUM_METRICS)]
     for kind, st in strata.items():
         for name, table in st["forecasters"].items():

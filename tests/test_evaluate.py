@@ -701,11 +701,21 @@ def test_horizon_beats_table_shows_each_kinds_scores_and_paired_rows():
         "forecasters": {"model": {"metrics": {"mse": entries([0.5, 0.1, 0.3]), "crps": entries([0.6, 0.7, 0.2]),
                                               "cov80": entries([70.0, 71.0, 72.0])}}},
         "paired": [_paired_row(horizon="0-1 s", difference={"value": 9.0, "ci": [8.0, 10.0]}), _paired_row()]}}
-    text = "\n".join(eval_report.horizon_beats_section(strata))
+    text = "\n".join(eval_report.horizon_beats_section(strata, ["0-1 s", "1-2 s", "all"]))
     rows = _table(text, "## By the horizon's beats", "| horizon's beats |")
     assert rows == [["ventricular", "2 / 5", "model", "0.3", "0.5", "0.2", "72", "—"]]
+    assert "| MSE (mV²) | MSE first second (mV²) | CRPS (mV) |" in text
     paired = _table(text, "Paired against the best baseline of each kind", "| horizon's beats |")
     assert paired == [["ventricular", "model", "CRPS (mV)", "zero", "-0.0500 [-0.0700, -0.0300]", "3 of 4"]]
+
+def test_horizon_beats_table_names_a_first_segment_under_a_second_by_its_span():
+    """A 0.5 s horizon has one segment, the whole horizon: its column is 'MSE 0-0.5 s', not 'MSE first second'
+    (it read the same as the whole horizon's MSE beside it, under a name claiming a second)."""
+    strata = {"normal": {"records": ["a"], "windows": 1, "paired": [],
+                         "forecasters": {"zero": {"metrics": {"mse": [{"value": 0.4, "ci": [0.4, 0.4]}] * 2}}}}}
+    text = "\n".join(eval_report.horizon_beats_section(strata, ["0-0.5 s", "all"]))
+    assert "| MSE (mV²) | MSE 0-0.5 s (mV²) | CRPS (mV) |" in text and "first second" not in text
+
 
 def _table(report: str, title: str, header: str = "| forecaster |") -> list[list[str]]:
     """The cells of each row of the first table after `title` in report.md whose header starts with `header`."""
