@@ -28,6 +28,7 @@ import re
 import shlex
 import sys
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -441,20 +442,34 @@ def _beats(w: Windows, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def predict_windows(f: ForecasterBase, name: str, w: Windows, idx: np.ndarray, context: int, num_samples: int,
-                    seed: int) -> np.ndarray:
+                    seed: int, fs: int, said: set | None = None) -> np.ndarray:
     """Forecasts [len(idx), S, H, 2] of windows idx, each window forecast alone with its window_seed and
-    checked: float [1, S, H, 2], finite."""
-    horizon, out = w.signals.shape[1] - context, []
+    checked: float [1, S, H, 2], finite. The forecaster's warnings are said naming their window (say_warnings;
+    `said`: those said before in this evaluation)."""
+    horizon, out, said = w.signals.shape[1] - context, [], set() if said is None else said
     for i in idx:
         x = np.asarray(w.signals[i:i + 1, :context], np.float32)
-        y = host_array(f.predict(x, horizon, num_samples=num_samples,
-                                 seed=window_seed(seed, w.records[w.record[i]], int(w.start[i]))))
+        with warnings.catch_warnings(record=True) as caught:
+            y = host_array(f.predict(x, horizon, num_samples=num_samples,
+                                     seed=window_seed(seed, w.records[w.record[i]], int(w.start[i]))))
+        say_warnings(caught, f"{name} on record {w.records[w.record[i]]} at {int(w.start[i]) / fs:g} s", said)
         if y.ndim != 4 or y.shape[0] != 1 or y.shape[2:] != (horizon, 2) or y.shape[1] < 1:
             raise UserError(f"{name}: predict returned shape {y.shape}, expected [1, S, {horizon}, 2]")
         if not np.isfinite(y).all():
             raise UserError(f"{name}: predict returned NaN or inf values")
         out.append(y)
     return np.concatenate(out)
+
+
+def say_warnings(caught: list[warnings.WarningMessage], where: str, said: set) -> None:
+    """Warnings given while forecasting one window, again with `where` (forecaster, record, window start) in front:
+    bare, one of a whole evaluation named no window. Each is said at its first window only, as Python says a
+    warning repeated from one line once, and `said` keeps it."""
+    for c in caught:
+        key = (c.category, str(c.message), c.filename, c.lineno)
+        if key not in said:
+            said.add(key)
+            warnings.warn_explicit(f"{where}: {c.message}", c.category, c.filename, c.lineno)
 
 
 def rhythm_of_paths(context: np.ndarray, paths: np.ndarray, rows: np.ndarray, pos: np.ndarray, fs: int,
@@ -485,8 +500,9 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
     edges = M.segment_edges(w.signals.shape[1] - context, fs)     # horizon segments, the same for every chunk
     chunks = _chunks(w)
     bar = tqdm(total=len(np.unique(w.record)), desc="records", unit="rec", disable=not progress)
+    said: set = set()
     for ci, (r, idx) in enumerate(chunks):
-        score_chunk(forecasters, w, r, idx, context, fs, edges, num_samples, seed, scores, truth_sums)
+        score_chunk(forecasters, w, r, idx, context, fs, edges, num_samples, seed, scores, truth_sums, said)
         if ci + 1 == len(chunks) or chunks[ci + 1][0] != r:
             bar.update(1)
     bar.close()
@@ -495,9 +511,9 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
 
 def score_chunk(forecasters: dict[str, ForecasterBase], w: Windows, r: int, idx: np.ndarray, context: int, fs: int,
                 edges: np.ndarray, num_samples: int, seed: int, scores: dict[str, Scores],
-                truth_sums: dict[str, np.ndarray]) -> None:
+                truth_sums: dict[str, np.ndarray], said: set) -> None:
     """Add windows idx, all of record r, to the detector's sums on the true horizons and to every forecaster's
-    Scores, summed per horizon segment (`edges`, metrics.segment_edges)."""
+    Scores, summed per horizon segment (`edges`, metrics.segment_edges); `said`: predict_windows'."""
     x = np.asarray(w.signals[idx], np.float32)
     ctx, truth = x[:, :context], x[:, context:]
     rows, pos = _beats(w, idx)
@@ -505,7 +521,7 @@ def score_chunk(forecasters: dict[str, ForecasterBase], w: Windows, r: int, idx:
     detected = M.rhythm_sums(ctx[..., 0], truth[..., 0], rows, pos, fs, edges, annotated)
     _add_sums(truth_sums, detected, r, len(w.records))
     for name, f in forecasters.items():
-        out = predict_windows(f, name, w, idx, context, num_samples, seed)
+        out = predict_windows(f, name, w, idx, context, num_samples, seed, fs, said)
         wave, curves = M.waveform_sums(truth, out, edges)
         rhythm = rhythm_of_paths(ctx[..., 0], out[..., 0], rows, pos, fs, edges, annotated)
         scores[name].add(r, idx, {**wave, **rhythm}, curves, out.shape[1], len(w.records))
@@ -766,7 +782,9 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
     fig, axes = plt.subplots(len(picks), 2, figsize=(13, 3.3 * len(picks) + 0.5), squeeze=False)
     t = (np.arange(w.signals.shape[1]) - context) / fs
     for row, (label, r, i) in enumerate(picks):
-        samples = predict_windows(f, name, w, np.array([i]), context, num_samples, seed)[0]
+        with warnings.catch_warnings():      # the window's forecast of the evaluation again: its warnings were said
+            warnings.simplefilter("ignore")
+            samples = predict_windows(f, name, w, np.array([i]), context, num_samples, seed, fs)[0]
         truth = np.asarray(w.signals[i], np.float32)
         share = 100 * s.window_mse[i] / zero_mse[i]
         for lead in range(2):

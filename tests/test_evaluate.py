@@ -398,6 +398,34 @@ def _one_record_windows(signals: np.ndarray, beats: list[np.ndarray]) -> evaluat
                             [360.0])
 
 
+def test_a_forecasters_warnings_name_the_record_and_window_they_came_from():
+    """A warning given while forecasting one window of an evaluation is said with the forecaster, record and window
+    start in front (bare, it named none); one repeated word for word (a model's own, as a short context's) is said
+    at its first window only, over the whole evaluation (`said` is shared by its calls)."""
+    import warnings
+
+    w = _one_record_windows(np.zeros((3, 12, 2)), [np.zeros(0)] * 3)       # windows start at 0, 12 and 24 samples
+
+    class Warns:
+        def predict(self, x, horizon, num_samples=100, seed=0):
+            warnings.warn(f"odd context (seed {seed % 7})")
+            warnings.warn("this model was trained on longer contexts")
+            return np.zeros((1, num_samples, horizon, 2), np.float32)
+
+    said: set = set()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluate.predict_windows(Warns(), "mine", w, np.array([1, 2]), 8, 2, seed=0, fs=6, said=said)
+        evaluate.predict_windows(Warns(), "mine", w, np.array([0]), 8, 2, seed=0, fs=6, said=said)
+    seeds = [evaluate.window_seed(0, "r1", start) % 7 for start in (12, 24, 0)]
+    assert [str(c.message) for c in caught] == [
+        f"mine on record r1 at 2 s: odd context (seed {seeds[0]})",
+        "mine on record r1 at 2 s: this model was trained on longer contexts",
+        f"mine on record r1 at 4 s: odd context (seed {seeds[1]})",
+        f"mine on record r1 at 0 s: odd context (seed {seeds[2]})"]
+    assert all(c.category is UserWarning and c.filename == __file__ for c in caught)
+
+
 def test_each_forecaster_sees_its_windows_context_alone():
     """The context handed to predict is the window's first `context` samples, never its horizon."""
     rng = np.random.default_rng(0)
@@ -409,7 +437,7 @@ def test_each_forecaster_sees_its_windows_context_alone():
             seen.append((x.copy(), horizon, seed))
             return np.zeros((1, num_samples, horizon, 2), np.float32)
 
-    out = evaluate.predict_windows(Spy(), "spy", w, np.array([2, 0]), 8, 3, seed=0)
+    out = evaluate.predict_windows(Spy(), "spy", w, np.array([2, 0]), 8, 3, seed=0, fs=8)
     assert out.shape == (2, 3, 4, 2)
     for (x, horizon, seed), i in zip(seen, (2, 0)):
         np.testing.assert_array_equal(x, w.signals[i:i + 1, :8])
@@ -934,7 +962,7 @@ def test_a_forecast_of_the_wrong_shape_or_not_finite_is_refused_by_name(bad, nee
             return bad(np.ones((1, num_samples, horizon, 2), np.float32))
 
     with pytest.raises(UserError, match=f"mine: predict returned {needle}"):
-        evaluate.predict_windows(Broken(), "mine", w, np.array([0, 1]), 8, 2, seed=0)
+        evaluate.predict_windows(Broken(), "mine", w, np.array([0, 1]), 8, 2, seed=0, fs=8)
 
 
 class OnGpu(torch.Tensor):
@@ -959,7 +987,7 @@ def test_a_forecast_returned_as_a_torch_tensor_is_scored_as_its_numbers(as_tenso
         def predict(self, x, horizon, num_samples=100, seed=0):
             return as_tensor(np.full((1, num_samples, horizon, 2), 0.25, np.float32))
 
-    y = evaluate.predict_windows(OnDevice(), "mine", w, np.array([0, 1]), 8, 2, seed=0)
+    y = evaluate.predict_windows(OnDevice(), "mine", w, np.array([0, 1]), 8, 2, seed=0, fs=8)
     assert y.dtype == np.float32 and y.shape == (2, 2, 4, 2) and (y == 0.25).all()
 
 
