@@ -893,7 +893,7 @@ def build_forecasters(specs: list[str], cfg: Config, device: str | None
     """Every --model by its report label, which of them are baselines, and a warning for each model trained on
     data prepared otherwise."""
     forecasters: dict[str, ForecasterBase] = {}
-    baselines, warnings = set(), []
+    baselines, cautions = set(), []
     for spec in expand_models(specs):
         f = make_forecaster(spec, cfg.data.samples_per_second, device)
         label = unique_label(spec if spec in BASELINES else getattr(f, "name", Path(spec).stem), spec, forecasters)
@@ -901,8 +901,8 @@ def build_forecasters(specs: list[str], cfg: Config, device: str | None
         if spec in BASELINES:
             baselines.add(label)
         elif why := preparation_mismatch(f, cfg):
-            warnings.append(f"{label} ({spec}) was trained on data prepared differently: {why}")
-    return forecasters, baselines, warnings
+            cautions.append(f"{label} ({spec}) was trained on data prepared differently: {why}")
+    return forecasters, baselines, cautions
 
 
 def seen_warnings(forecasters: dict[str, ForecasterBase], scored: list[str], args: argparse.Namespace) -> list[str]:
@@ -926,14 +926,14 @@ def main(argv: list[str] | None = None) -> Path:
     fs, context = cfg.data.samples_per_second, cfg.data.window_samples
     if cfg.data.total_samples <= context:
         raise UserError("config data.forecast_predictions is 0: there is no horizon to forecast")
-    forecasters, baselines, warnings = build_forecasters(args.model, cfg, device)
+    forecasters, baselines, cautions = build_forecasters(args.model, cfg, device)
     started.update(checkpoint_digests(args.model))      # the weights just loaded
-    print_warnings(warnings)
+    print_warnings(cautions)
     w = load_windows(args, cfg)
     scored = [w.records[i] for i in np.unique(w.record)]
     seen = seen_warnings(forecasters, scored, args)
     print_warnings(seen)
-    warnings += seen
+    cautions += seen
     paths.check_writable(paths.location("results", args.results))     # before the work, not after
     print(f"evaluating {', '.join(forecasters)} on {len(scored)} records, {len(w.record)} windows")
     scores, truth_sums = evaluate(forecasters, w, context, fs, args.samples, args.seed)
@@ -943,8 +943,8 @@ def main(argv: list[str] | None = None) -> Path:
     plot_results(run, forecasters, scores, summary, w, cfg, args, frozenset(baselines))
     wall = time.time() - t0
     header = report_header(args, argv, cfg, w, forecasters, wall, started)
-    if warnings:
-        header["warnings"] = "; ".join(warnings)
+    if cautions:
+        header["warnings"] = "; ".join(cautions)
     write_results(run, header, cfg, summary, w)
     for n, why in w.skipped:
         print(f"skipped {n}: {why}")
@@ -952,8 +952,8 @@ def main(argv: list[str] | None = None) -> Path:
     return run
 
 
-def print_warnings(warnings: list[str]) -> None:
-    for warning in warnings:
+def print_warnings(cautions: list[str]) -> None:
+    for warning in cautions:
         paths.warn(warning)
 
 
