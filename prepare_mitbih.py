@@ -453,35 +453,42 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
         raise UserError(f"{where}: the record has no samples")
     if rec.sig_len and len(x) != rec.sig_len:
         raise UserError(f"{where}: the .dat holds {len(x)} samples but the header says {rec.sig_len} (truncated?)")
-    units = list(rec.units or [None] * len(rec.sig_name))
-    order = order_leads(list(rec.sig_name), cfg.first_lead, where, units)
-    x = x[:, order] * [mv_per_unit(units[i]) for i in order]
+    all_units = list(rec.units or [None] * len(rec.sig_name))
+    order = order_leads(list(rec.sig_name), cfg.first_lead, where, all_units)
+    names, units = [rec.sig_name[i] for i in order], [all_units[i] for i in order]
+    x = x[:, order] * [mv_per_unit(u) for u in units]
+    gap = gap_mask(x, float(rec.fs), names, where, gaps)
+    x[gap] = np.nan                                   # a sample missing in one lead is a gap in both
+    y = filter_and_resample(x, float(rec.fs), cfg, where, gaps)
+    check_swing(y, names, units, where)
+    beats, symbols, has_ann = (_read_beats(path, float(rec.fs), cfg.samples_per_second, len(y), annotator)
+                               if annotator else (np.zeros(0, np.int64), [], False))
+    return Record(path.name, y, names, beats, symbols, float(rec.fs), has_ann, float(gap.sum() / rec.fs))
+
+
+def gap_mask(x: np.ndarray, fs: float, names: list[str], where: str, gaps: bool) -> np.ndarray:
+    """[N] the samples of leads x [N, 2] (mV, named `names`) that are NaN/invalid or flat for FLAT_S or more in
+    either lead: without `gaps` any is an error naming the first, since filtering would spread it or score a lead
+    off as ECG; a lead with no valid sample at all is an error either way."""
     bad = ~np.isfinite(x)
     if bad.any() and not gaps:
         i, k = (int(v) for v in np.argwhere(bad)[0])
-        raise UserError(f"{where}: {int(bad.sum())} NaN/invalid samples (first at sample {i}, {i / rec.fs:.2f} s, "
-                        f"lead {rec.sig_name[order[k]]}); repair or exclude the record, or prepare with --allow-gaps "
+        raise UserError(f"{where}: {int(bad.sum())} NaN/invalid samples (first at sample {i}, {i / fs:.2f} s, "
+                        f"lead {names[k]}); repair or exclude the record, or prepare with --allow-gaps "
                         f"(read_record: gaps=True) to keep its windows without them")
-    flat = flat_runs(x, float(rec.fs))
+    flat = flat_runs(x, fs)
     if flat.all(0).any():
-        raise UserError(f"{where}: lead {rec.sig_name[order[int(np.argmax(flat.all(0)))]]} holds one value throughout: "
-                        f"lead off?")
+        raise UserError(f"{where}: lead {names[int(np.argmax(flat.all(0)))]} holds one value throughout: lead off?")
     if flat.any() and not gaps:
         i, k = (int(v) for v in np.argwhere(flat)[0])
-        raise UserError(f"{where}: lead {rec.sig_name[order[k]]} holds one value for {flat[:, k].sum() / rec.fs:.1f} s "
-                        f"(first from {i / rec.fs:.2f} s): lead off? Repair or exclude the record, or prepare with "
+        raise UserError(f"{where}: lead {names[k]} holds one value for {flat[:, k].sum() / fs:.1f} s "
+                        f"(first from {i / fs:.2f} s): lead off? Repair or exclude the record, or prepare with "
                         f"--allow-gaps (read_record: gaps=True) to keep its windows without those stretches")
     bad |= flat
-    dead, gap = bad.all(0), bad.any(1)
+    dead = bad.all(0)
     if dead.any():
-        raise UserError(f"{where}: lead {rec.sig_name[order[int(np.argmax(dead))]]} has no valid sample")
-    x[gap] = np.nan                                   # a sample missing in one lead is a gap in both
-    y = filter_and_resample(x, float(rec.fs), cfg, where, gaps)
-    check_swing(y, [rec.sig_name[i] for i in order], [units[i] for i in order], where)
-    beats, symbols, has_ann = (_read_beats(path, float(rec.fs), cfg.samples_per_second, len(y), annotator)
-                               if annotator else (np.zeros(0, np.int64), [], False))
-    return Record(path.name, y, [rec.sig_name[i] for i in order], beats, symbols, float(rec.fs), has_ann,
-                  float(gap.sum() / rec.fs))
+        raise UserError(f"{where}: lead {names[int(np.argmax(dead))]} has no valid sample")
+    return bad.any(1)
 
 
 FLAT_S = 2.0     # a lead that holds one value this long is off (a dropout stored as a constant, not as NaN): a gap;
