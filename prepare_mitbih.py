@@ -293,8 +293,6 @@ def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str
     `gaps`, NaN samples are gaps kept as NaN. Each stretch between gaps, a whole signal without them, is
     filtered on its own (see _filter_stretches), so a record reads alike in prepare_mitbih.py, forecast.py
     and evaluate.py."""
-    import scipy.signal
-
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] != 2:
         flipped = " (transposed? pass x.T)" if x.ndim == 2 and x.shape[0] == 2 else ""
@@ -305,6 +303,19 @@ def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str
         raise UserError(f"{where}: {int(bad.sum())} NaN/invalid samples (first at sample {first}): they would spread "
                         f"through the whole filtered signal; pass gaps=True to keep them as gaps")
     ratio = resample_ratio(fs_in, cfg.samples_per_second, where)
+    sos = band_pass(cfg, fs_in, where)
+    pad = 3 * (2 * len(sos) + 1)                      # sosfiltfilt's default padlen
+    if len(x) <= pad:
+        raise UserError(f"{where}: record of {len(x)} samples ({len(x) / fs_in:.3g} s) is too short to filter")
+    return _filter_stretches(x, sos, pad, ratio, fs_in)
+
+
+def band_pass(cfg: DataConfig, fs_in: float, where: str) -> np.ndarray:
+    """The Butterworth sections of data.filter_band at the source rate; a low-pass edge too close to its
+    Nyquist rate is lowered (with a note) rather than refused: a slowly sampled record still reads, with less
+    detail."""
+    import scipy.signal
+
     lo, hi = cfg.filter_band
     if hi > 0.45 * fs_in:
         hi = 0.45 * fs_in
@@ -312,12 +323,9 @@ def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str
                    f"{hi:.3g} Hz instead: the record keeps less detail than the data models learn from")
     if hi <= lo:
         raise UserError(f"{where}: sampling rate {fs_in} Hz is too low for data.filter_band {cfg.filter_band}")
-    sos = (scipy.signal.butter(cfg.filter_order, [lo, hi], btype="bandpass", fs=fs_in, output="sos") if lo > 0
-           else scipy.signal.butter(cfg.filter_order, hi, btype="lowpass", fs=fs_in, output="sos"))
-    pad = 3 * (2 * len(sos) + 1)                      # sosfiltfilt's default padlen
-    if len(x) <= pad:
-        raise UserError(f"{where}: record of {len(x)} samples ({len(x) / fs_in:.3g} s) is too short to filter")
-    return _filter_stretches(x, sos, pad, ratio, fs_in)
+    if lo > 0:
+        return scipy.signal.butter(cfg.filter_order, [lo, hi], btype="bandpass", fs=fs_in, output="sos")
+    return scipy.signal.butter(cfg.filter_order, hi, btype="lowpass", fs=fs_in, output="sos")
 
 
 def _resample(y: np.ndarray, ratio: Fraction) -> np.ndarray:
