@@ -148,6 +148,12 @@ def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir 
         if not data_dir.exists():
             raise UserError(f"data folder {data_dir} does not exist: {hint}")
         raise UserError(f"no WFDB records (*.hea) in {data_dir}: {hint}")
+    return download_mitbih(data_dir, hint)
+
+
+def download_mitbih(data_dir: Path, hint: str) -> list[str]:
+    """MIT-BIH from PhysioNet into data_dir, its record names; a failure is one line ending in `hint` (what to
+    do instead), and leaves no empty folder behind."""
     created = not data_dir.exists()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
