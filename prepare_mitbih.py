@@ -41,6 +41,8 @@ SAME_PATIENT = [("201", "202")]
 MITBIH_FS = 360                   # its records' rate: a database at another one is not MIT-BIH
 BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
 SPLITS = ("train", "validation", "test")
+# The split of null data.test_records / validation_records (config_split): DS2 and 201 (202's patient) test, every
+# 7th remaining DS1 record from the 4th validation, the rest train.
 DEFAULT_TEST = DS2 + ["201"]
 DEFAULT_VALIDATION = [r for i, r in enumerate(r for r in DS1 if r != "201") if i % 7 == 3]
 
@@ -75,11 +77,6 @@ class Record:
     fs_in: float
     has_annotations: bool
     invalid_s: float = 0.0    # seconds of NaN/invalid or flat samples in the source, gaps (NaN) in `signal`
-
-
-def default_split(names: list[str]) -> dict[str, list[str]]:
-    """DS2 + 201 test, every 7th remaining DS1 record from the 4th validation, the rest train."""
-    return assign_splits(names, DEFAULT_TEST, DEFAULT_VALIDATION)
 
 
 def config_split(names: list[str], data: DataConfig, available: list[str] | None = None,
@@ -1080,12 +1077,6 @@ def augmented_encoding(kind: str, data: dict, aug: AugmentConfig, cfg: DataConfi
            f":{what_else}")
     return copies, cached_encoding(kind, key, lambda: torch.cat([encode(c["signals"]) for c in copies]), prepared_dir,
                                    f"{aug.copies} stretched copies' training")
-
-
-def window_beats(data: dict, i: int) -> np.ndarray:
-    """Reference beat positions (samples from the window start) of window i."""
-    lo, hi = int(data["beat_ptr"][i]), int(data["beat_ptr"][i + 1])
-    return data["beat_pos"][lo:hi].numpy()
 
 
 def main() -> None:

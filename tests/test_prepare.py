@@ -34,6 +34,12 @@ def corr(a, b) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def window_beats(data: dict, i: int) -> np.ndarray:
+    """Reference beat positions (samples from the window start) of window i, read from the CSR layout."""
+    lo, hi = int(data["beat_ptr"][i]), int(data["beat_ptr"][i + 1])
+    return data["beat_pos"][lo:hi].numpy()
+
+
 def annotated_beats(path: Path, fs_in: float) -> np.ndarray:
     """The beats written to <path>.atr, at the target rate."""
     ann = wfdb.rdann(str(path), "atr")
@@ -305,7 +311,7 @@ def test_window_beats_match_annotations(prepared):
             start = int(t["start"][i])
             beats = annotated_beats(prepared.db / name, prepared.meta["records"][name]["fs_in"])
             expected = beats[(beats >= start) & (beats < start + WINDOW)] - start
-            got = pm.window_beats(t, i)
+            got = window_beats(t, i)
             np.testing.assert_array_equal(got, expected, err_msg=f"{split} window {i} of {name}")
             lo, hi = int(t["beat_ptr"][i]), int(t["beat_ptr"][i + 1])
             assert bytes(t["beat_sym"][lo:hi].tolist()) == b"N" * len(got)
@@ -412,7 +418,7 @@ def test_splits_are_disjoint(prepared):
 
 def test_default_split_on_mitbih_names():
     assert len(MITBIH_48) == 48
-    split = pm.default_split(MITBIH_48)
+    split = pm.config_split(MITBIH_48, make_cfg().data)       # null record lists: the default split
     seen = [r for s in pm.SPLITS for r in split[s]]
     assert sorted(seen) == MITBIH_48  # every record assigned, none twice
     assert {"201", "202"} <= set(split["test"])
@@ -465,7 +471,6 @@ def test_each_null_split_list_keeps_its_default():
     assert split["test"] == ["100", "109"] and split["validation"] == ["122", "215"]
     split = pm.config_split(MITBIH_48, make_cfg(validation_records=["100"]).data, MITBIH_48)
     assert split["validation"] == ["100"] and "100" not in split["test"] and "103" in split["test"]
-    assert pm.config_split(MITBIH_48, make_cfg().data, MITBIH_48) == pm.default_split(MITBIH_48)
 
 
 @pytest.mark.parametrize("key", ["test_records", "validation_records"])
@@ -638,7 +643,7 @@ def test_gaps_are_filtered_stretch_by_stretch_and_windows_avoid_them(tmp_path):
     w = pm.cut_windows([rec], cfg, overlap=False)
     assert w["start"].tolist() == [0, 768, 1536, 2944, 3712, 5249, 6017]   # and clear of the record's last second
     assert torch.isfinite(w["signals"]).all()
-    beats = np.concatenate([pm.window_beats(w, i) + s for i, s in enumerate(w["start"].tolist())])
+    beats = np.concatenate([window_beats(w, i) + s for i, s in enumerate(w["start"].tolist())])
     assert len(beats) > 50 and np.isin(beats, rec.beats).all()
 
 
@@ -882,7 +887,7 @@ def test_a_window_holds_the_beats_from_its_first_sample_to_its_last() -> None:
     rec = pm.Record("r", np.zeros((2 * WINDOW + FS, 2), np.float32), ["MLII", "V1"], beats, list("NVAN"), 360.0, True)
     w = pm.cut_windows([rec], make_cfg().data, overlap=False)
     assert w["start"].tolist() == [0, WINDOW]
-    assert [pm.window_beats(w, i).tolist() for i in range(2)] == [[0, WINDOW - 1], [0, WINDOW - 1]]
+    assert [window_beats(w, i).tolist() for i in range(2)] == [[0, WINDOW - 1], [0, WINDOW - 1]]
     assert bytes(w["beat_sym"].tolist()) == b"NVAN"
 
 
@@ -989,7 +994,7 @@ def test_one_record_of_a_patient_alone_is_split_like_any_other() -> None:
     assert pm.assign_splits(["201", "203"], test=["201"], validation=[]) == \
         {"test": ["201"], "validation": [], "train": ["203"]}
     assert pm.assign_splits(["202", "203"], test=[], validation=["203"])["train"] == ["202"]
-    assert "201" in pm.default_split([r for r in MITBIH_48 if r != "202"])["test"]
+    assert "201" in pm.config_split([r for r in MITBIH_48 if r != "202"], make_cfg().data)["test"]
 
 
 def test_records_are_selected_in_the_folders_order(tmp_path: Path) -> None:
