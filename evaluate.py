@@ -615,12 +615,16 @@ def paired_scores(horizons: int) -> list[tuple[str, int]]:
     return wanted
 
 
-def paired_entry(a: np.ndarray, b: np.ndarray, metric: str, b_value: float | None, n_boot: int, seed: int) -> dict:
-    """Per-record scores a minus b (`metrics.paired_difference`), the change relative to b's mean, and on
-    how many records a is better."""
-    d = M.paired_difference(a, b, n_boot, seed)
-    return {"difference": {"value": _num(d["mean"]), "ci": [_num(v) for v in d["ci"]]},
-            "change_pct": _num(100 * d["mean"] / b_value) if b_value else None,
+def paired_entry(per_record: dict[str, dict[str, np.ndarray]], tables: dict, name: str, ref: str, metric: str,
+                 j: int, n_boot: int, seed: int) -> dict:
+    """`name`'s value of `metric` in horizon segment j, and its per-record scores minus `ref`'s
+    (`metrics.paired_difference`): the difference, the change relative to ref's mean, and on how many records
+    `name` is better."""
+    ref_value = tables[ref]["metrics"][metric][j]["value"]
+    d = M.paired_difference(per_record[name][metric][:, j], per_record[ref][metric][:, j], n_boot, seed)
+    return {"value": tables[name]["metrics"][metric][j]["value"],
+            "difference": {"value": _num(d["mean"]), "ci": [_num(v) for v in d["ci"]]},
+            "change_pct": _num(100 * d["mean"] / ref_value) if ref_value else None,
             "better_on": d["below"] if PAIRED[metric] == "lower" else d["above"], "records": d["records"]}
 
 
@@ -637,11 +641,9 @@ def paired_with_best_baseline(per_record: dict[str, dict[str, np.ndarray]], tabl
         for (metric, j), ref in best.items():
             if metric not in per_record[name]:
                 continue
-            base = tables[ref]["metrics"][metric][j]["value"]
             rows.append({"forecaster": name, "metric": metric, "horizon": labels[j], "baseline": ref,
-                         "baseline_value": base, "value": tables[name]["metrics"][metric][j]["value"],
-                         **paired_entry(per_record[name][metric][:, j], per_record[ref][metric][:, j], metric,
-                                        base, n_boot, seed)})
+                         "baseline_value": tables[ref]["metrics"][metric][j]["value"],
+                         **paired_entry(per_record, tables, name, ref, metric, j, n_boot, seed)})
     return rows
 
 
@@ -667,11 +669,9 @@ def paired_between_models(per_record: dict[str, dict[str, np.ndarray]], tables: 
             for metric, j in paired_scores(len(labels)):
                 if metric not in per_record[name] or metric not in per_record[other]:
                     continue
-                ref = tables[other]["metrics"][metric][j]["value"]
                 rows.append({"forecaster": name, "against": other, "metric": metric, "horizon": labels[j],
-                             "against_value": ref, "value": tables[name]["metrics"][metric][j]["value"],
-                             **paired_entry(per_record[name][metric][:, j], per_record[other][metric][:, j], metric,
-                                            ref, n_boot, seed)})
+                             "against_value": tables[other]["metrics"][metric][j]["value"],
+                             **paired_entry(per_record, tables, name, other, metric, j, n_boot, seed)})
     return rows
 
 
