@@ -32,6 +32,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import numpy as np
@@ -88,7 +89,7 @@ def own_spec(spec: str) -> re.Match | None:
     return None if Path(spec).is_file() else USER_SPEC.fullmatch(spec)
 
 
-def load_file(path: Path):
+def load_file(path: Path) -> ModuleType:
     """Import a .py file as a module, as `python3 FILE.py` would see it: registered in sys.modules (dataclasses
     look themselves up there) and with its folder importable (for the modules beside it)."""
     name = f"user_forecaster_{path.stem}"
@@ -110,20 +111,7 @@ def user_forecaster(spec: str, fs: int, device: str | None = None, flag: str = "
     FILE.py:NAME=CHECKPOINT it is called with checkpoint=CHECKPOINT too, and with --device's as device= when it
     takes one. `flag` names the option it came by in errors."""
     source, name, checkpoint = USER_SPEC.fullmatch(spec).group("source", "name", "checkpoint")
-    try:
-        if source.endswith(".py"):
-            if not Path(source).is_file():
-                raise UserError(f"{flag} {spec}: no such file {source}")
-            module = load_file(Path(source))
-        else:
-            module = importlib.import_module(source)
-    except UserError:
-        raise
-    except Exception as e:
-        file = source.replace(".", "/") + ".py"
-        hint = (f" (a file? {flag} {file}:{name} loads it by its path; a module name is looked up on "
-                f"PYTHONPATH, not in the working folder)" if isinstance(e, ModuleNotFoundError) else "")
-        raise UserError(f"{flag} {spec}: importing {source} failed: {type(e).__name__}: {e}{hint}") from e
+    module = import_source(spec, flag)
     if not callable(getattr(module, name, None)):
         raise UserError(f"{flag} {spec}: {source} has no class or function {name}")
     kwargs = user_arguments(f"{flag} {spec}", getattr(module, name), checkpoint, device)
@@ -134,14 +122,40 @@ def user_forecaster(spec: str, fs: int, device: str | None = None, flag: str = "
         raise UserError(f"{flag} {spec}: {name}({call}) failed: {type(e).__name__}: {e}") from e
     if not callable(getattr(f, "predict", None)):
         raise UserError(f"{flag} {spec}: {name}({fs}) has no predict(context, horizon, num_samples, seed)")
-    own_fs = vars(f).get("fs", getattr(type(f), "fs", fs))
-    if "fs" not in vars(f) and next((c for c in type(f).__mro__ if "fs" in vars(c)), None) is ForecasterBase:
-        own_fs = fs                                             # ForecasterBase's default, not a choice
+    own_fs = declared_fs(f, fs)
     if int(own_fs) != int(fs):
         raise UserError(f"{flag} {spec}: it forecasts at {own_fs} Hz but the data is at {fs} Hz")
     if getattr(f, "name", ForecasterBase.name) == ForecasterBase.name:
         f.name = name
     return f
+
+
+def import_source(spec: str, flag: str) -> ModuleType:
+    """The FILE.py (loaded by its path) or module (imported by name) of a FILE.py:NAME or module:NAME spec; a
+    failure is one line, which says how to load a module name's file by its path when the name is not found."""
+    source, name = USER_SPEC.fullmatch(spec).group("source", "name")
+    try:
+        if source.endswith(".py"):
+            if not Path(source).is_file():
+                raise UserError(f"{flag} {spec}: no such file {source}")
+            return load_file(Path(source))
+        return importlib.import_module(source)
+    except UserError:
+        raise
+    except Exception as e:
+        file = source.replace(".", "/") + ".py"
+        hint = (f" (a file? {flag} {file}:{name} loads it by its path; a module name is looked up on "
+                f"PYTHONPATH, not in the working folder)" if isinstance(e, ModuleNotFoundError) else "")
+        raise UserError(f"{flag} {spec}: importing {source} failed: {type(e).__name__}: {e}{hint}") from e
+
+
+def declared_fs(f: ForecasterBase, fs: int) -> float:
+    """The rate a forecaster of one's own says it forecasts at (its own or its class's `fs`), else `fs`:
+    ForecasterBase's default is no choice of its."""
+    own_fs = vars(f).get("fs", getattr(type(f), "fs", fs))
+    if "fs" not in vars(f) and next((c for c in type(f).__mro__ if "fs" in vars(c)), None) is ForecasterBase:
+        own_fs = fs
+    return own_fs
 
 
 def user_arguments(asked: str, make: Callable, checkpoint: str | None, device: str | None) -> dict:
