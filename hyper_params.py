@@ -143,8 +143,10 @@ class Config:
         _check(f >= 1 and f & (f - 1) == 0, "model.downsample_factor", f, "must be a power of 2")
         _check(d.window_samples % f == 0, "model.downsample_factor", f,
                f"must divide the window of {d.window_samples} samples")
-        for key in ("channels", "latent_dim", "codebook_size", "num_quantizers", "attention_heads"):
+        for key in ("channels", "latent_dim", "num_quantizers", "attention_heads"):
             _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
+        _check(m.codebook_size >= 2, "model.codebook_size", m.codebook_size,
+               "must be >= 2: one code carries log2(1) = 0 bits (residual codebooks are model.num_quantizers)")
         _check(not m.has_attention or m.channels % m.attention_heads == 0, "model.attention_heads",
                m.attention_heads, f"must divide model.channels={m.channels}")
         _check(0 < m.ema_decay < 1, "model.ema_decay", m.ema_decay, "must be in (0, 1)")

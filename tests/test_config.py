@@ -134,6 +134,7 @@ def test_section_must_be_object(section_value):
     ({"data": {"signals_per_patient": -1}}, "data.signals_per_patient"),
     ({"model": {"num_quantizers": 0}}, "model.num_quantizers"),
     ({"model": {"codebook_size": 0}}, "model.codebook_size"),
+    ({"model": {"codebook_size": 1}}, "model.codebook_size"),     # 0 bits: training ended in a ZeroDivisionError
     ({"model": {"latent_dim": 0}}, "model.latent_dim"),
     ({"model": {"commitment_cost": -0.25}}, "model.commitment_cost"),
     ({"model": {"dead_code_threshold": -1.0}}, "model.dead_code_threshold"),
