@@ -63,7 +63,7 @@ def make_forecaster(spec: str, fs: int, device: str | None = None) -> Forecaster
     if own_spec(spec):
         return user_forecaster(spec, fs, device)
     path = paths.shipped_checkpoint(spec, "--model") if spec in SHIPPED_SPECS else Path(spec)
-    if not path.is_file():
+    if not path.exists():               # a folder is said to be one by load_checkpoint
         raise UserError(f"--model {spec}: no such checkpoint file; --model takes a checkpoint path (e.g. "
                         f"checkpoints/transformer-<time>/best.pt), a shipped model ({', '.join(SHIPPED_SPECS)}), a "
                         f"baseline ({', '.join(BASELINES)} or {ALL_BASELINES}) or your own FILE.py:NAME or module:NAME")

@@ -318,6 +318,20 @@ def test_foreign_files_are_not_checkpoints(tmp_path, content):
         load_checkpoint(path)
 
 
+def test_a_run_folder_given_for_a_checkpoint_is_called_a_folder(tmp_path):
+    """A run's checkpoint folder passed to --checkpoint, --model, --resume or --vqvae was 'not found' (forecast.py,
+    every trainer) or 'no such checkpoint file' (evaluate.py), though it is there."""
+    run = tmp_path / "transformer-1"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"")
+    with pytest.raises(UserError, match=r"transformer-1 is a folder \(best.pt\): pass one checkpoint file"):
+        load_checkpoint(run)
+    with pytest.raises(UserError, match="is a folder"):
+        evaluate.make_forecaster(str(run), 128)
+    with pytest.raises(UserError, match="is a folder"):
+        forecast.load_forecaster(str(run), "cpu")
+
+
 def test_a_forecaster_checkpoint_missing_its_vqvae_is_named(tmp_path):
     ckpt = torch.load(PRETRAINED, map_location="cpu", weights_only=True)
     del ckpt["vqvae"]
