@@ -209,8 +209,6 @@ def check_solver_step(scfg: SDEConfig, frames_per_second: float) -> None:
 
 def elbo_config(args: argparse.Namespace, resume: dict | None) -> SDEConfig:
     scfg = run_config(args, resume, load_sde_config, sde_config_from_dict)
-    if args.augment_copies is not None:
-        scfg.augment.copies = args.augment_copies
     scfg.validate()
     return scfg
 

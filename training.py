@@ -549,15 +549,21 @@ def run_config(args: argparse.Namespace, resume: dict | None, load: Callable[[st
                from_dict: Callable[[dict, str], Any]) -> Any:
     """The config a run trains with. A resumed run goes on with its own, stored in its checkpoint, not the
     config file's (unless --config is given) and with its own seed; flags given now (--epochs to go further)
-    change it either way."""
+    change it either way. A resume whose config differs beyond the training sections is refused here, before
+    the data is loaded and encoded (Trainer.resume checks it again, with the VQ-VAE's)."""
     if resume and not args.config:
         cfg = from_dict({k: v for k, v in resume["config"].items() if k != "vqvae"},
                         f"config stored in {args.resume}")
     else:
         cfg = load(args.config)
     apply_train_overrides(cfg.train, args)
+    if getattr(args, "augment_copies", None) is not None:      # the forecasters' --augment-copies
+        cfg.augment.copies = args.augment_copies
     if resume:
         cfg.train.seed = resumed_seed(args, resume)
+        current = cfg.to_dict()
+        check_same_config(resume["config"], current, Path(args.resume),
+                          sections=tuple(k for k in current if k not in TRAINING_SECTIONS))
     return cfg
 
 

@@ -108,8 +108,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     resume = load_checkpoint(args.resume, "transformer") if args.resume else None
     tcfg = run_config(args, resume, load_transformer_config, transformer_config_from_dict)
-    if args.augment_copies is not None:
-        tcfg.augment.copies = args.augment_copies
     tcfg.validate()
     vq, vq_ckpt, vq_path = run_vqvae(args, resume)
     cfg = forecasting_config(vq_ckpt, vq_path)

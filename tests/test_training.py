@@ -438,6 +438,38 @@ def test_a_key_only_one_config_has_is_a_difference():
         check_same_config(saved, {"model": {"dim": 32}}, Path("c.pt"))
 
 
+@pytest.mark.parametrize("script, kind, change, first_work", [
+    (vqvae_train, "vqvae", {"model": {"channels": 32}}, "load_split"),
+    (transformer_train, "transformer", {"model": {"dropout": 0.2}}, "run_vqvae"),
+    (transformer_train, "transformer", "--augment-copies", "run_vqvae"),
+    (latent_sde_train, "latent_sde", {"model": {"draft_noise": 0.3}}, "run_vqvae"),
+])
+def test_a_resume_with_another_config_is_refused_before_the_data(tmp_path, monkeypatch, script, kind, change,
+                                                                  first_work):
+    """A changed model or augment section (--config, --augment-copies) was refused by Trainer.resume, after the
+    data was loaded and every window (and augmented copy) encoded: minutes on MIT-BIH before the error."""
+    from hyper_params import Config
+    from hyper_params_sde import SDEConfig
+    from hyper_params_transformer import TransformerConfig
+
+    config = {"vqvae": Config, "transformer": TransformerConfig, "latent_sde": SDEConfig}[kind]().to_dict()
+    ckpt = tmp_path / "last.pt"
+    torch.save({"kind": kind, "model": {}, "config": config, "vqvae": {}, "block_size": 96, "meta": {"seed": 0}}, ckpt)
+    args = ["--resume", str(ckpt), "--device", "cpu"]
+    if change == "--augment-copies":
+        args += ["--augment-copies", "2"]
+        changed = "'augment.copies' is 0 there but 2 now"
+    else:
+        (section, values), = change.items()
+        (key, value), = values.items()
+        (tmp_path / "new.json").write_text(json.dumps({section: values}))
+        args += ["--config", str(tmp_path / "new.json")]
+        changed = f"'{section}.{key}' is {config[section][key]!r} there but {value!r} now"
+    monkeypatch.setattr(script, first_work, lambda *a, **k: pytest.fail(f"{first_work} ran before the refusal"))
+    with pytest.raises(UserError, match=f"{ckpt} was made with another config: {changed}"):
+        script.main(args)
+
+
 def test_each_epoch_sees_the_training_windows_in_a_new_order(tmp_path):
     """Every window once per epoch, shuffled afresh each epoch (DistributedSampler.set_epoch), the same
     way for the same seed: a fixed order would repeat the same batches, epoch after epoch."""
