@@ -133,7 +133,9 @@ def crps_config(args: argparse.Namespace, resume: dict | None, start: dict, sour
         raise paths.UserError(f"--crps-from {source}: CRPS fine-tuning needs a latent SDE with beat drafts "
                               f"(model.draft_beats true, as in config_sde.json); this one was trained without them")
     if not resume:
-        scfg.crps = load_sde_config(args.config).crps
+        given = load_sde_config(args.config)
+        note_ignored_sections(given, scfg, args.config, source)
+        scfg.crps = given.crps
     elif args.config:
         paths.note(f"--config {args.config} is ignored: the resumed fine-tuning goes on with the crps settings "
                    f"stored in {args.resume} (flags such as --epochs still change them)")
@@ -147,6 +149,17 @@ def crps_config(args: argparse.Namespace, resume: dict | None, start: dict, sour
         scfg.train.seed = resumed_seed(args, resume)
     scfg.validate()
     return scfg
+
+
+def note_ignored_sections(given: SDEConfig, run: SDEConfig, config: str | None, source: str) -> None:
+    """Fine-tuning takes only the crps section of --config: a model or solver setting there (a forecast-time one such
+    as model.departure_scale too) other than the ELBO run's is said to be ignored, not dropped in silence."""
+    differ = [f"{section}.{key} {value!r} (the run's {getattr(getattr(run, section), key)!r})"
+              for section in ("model", "solver") for key, value in dataclasses.asdict(getattr(given, section)).items()
+              if getattr(getattr(run, section), key) != value]
+    if differ:
+        paths.note(f"--config {config or 'config_sde.json'}: {', '.join(differ)} ignored: CRPS fine-tuning keeps the "
+                   f"model and solver of {source} and takes only the crps section")
 
 
 def crps_settings(scfg: SDEConfig) -> TrainConfig:

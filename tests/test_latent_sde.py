@@ -526,6 +526,27 @@ def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_p
     assert [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())] == ["1", "2"]
 
 
+def test_crps_fine_tuning_says_which_settings_of_config_it_ignores(tmp_path: Path, capsys) -> None:
+    """--crps-from takes the crps section of --config and the ELBO run's model and solver: a departure_scale or dt
+    edited in --config was dropped in silence, the fine-tuned model forecasting with the run's."""
+    import argparse
+
+    run = SDEConfig()
+    run.model.draft_beats = True
+    given = {"model": {"draft_beats": True, "departure_scale": 0.3}, "solver": {"dt": 0.125}, "crps": {"epochs": 2}}
+    (tmp_path / "c.json").write_text(json.dumps(given))
+    args = argparse.Namespace(config=str(tmp_path / "c.json"), resume=None, epochs=None, max_steps=None,
+                              batch_size=None, seed=None)
+    scfg = latent_sde_train.crps_config(args, None, {"config": run.to_dict()}, "elbo.pt")
+    assert (scfg.model, scfg.solver, scfg.crps.epochs) == (run.model, run.solver, 2)
+    err = capsys.readouterr().err
+    assert "model.departure_scale 0.3 (the run's 1.0), solver.dt 0.125 (the run's 0.0625) ignored" in err
+    assert "model and solver of elbo.pt" in err
+    (tmp_path / "c.json").write_text(json.dumps({"model": {"draft_beats": True}, "crps": {"epochs": 2}}))
+    latent_sde_train.crps_config(args, None, {"config": run.to_dict()}, "elbo.pt")
+    assert "ignored" not in capsys.readouterr().err
+
+
 def test_resume_with_crps_from_names_the_pair_of_flags(tmp_path: Path, capsys) -> None:
     """--resume of an ELBO run with --crps-from is one clear error (was a KeyError traceback: the ELBO run's meta
     has no crps_from); a fine-tuning run resumed with another --crps-from says it goes on from its own source."""
