@@ -240,7 +240,8 @@ def read_json(path: str | Path) -> dict:
     def finite(name: str) -> None:
         raise UserError(f"{path}: {name} is not a value a config takes; give a finite number")
     try:
-        raw = json.loads(path.read_text(), object_pairs_hook=unique, parse_constant=finite)
+        # utf-8-sig: a byte-order mark (Windows Notepad's UTF-8) is read past, not 'Unexpected UTF-8 BOM'
+        raw = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=unique, parse_constant=finite)
     except FileNotFoundError as e:
         raise UserError(f"config file not found: {path}") from e
     except OSError as e:  # a folder, no permission, ...

@@ -207,6 +207,13 @@ def test_load_config_bad_file(tmp_path, text, why):
     assert str(path) in str(e.value)
 
 
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
+    """Notepad's UTF-8 begins with a BOM: it was 'not valid JSON: Unexpected UTF-8 BOM (decode using utf-8-sig)'."""
+    path = tmp_path / "cfg.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"train": {"epochs": 2}}).encode())
+    assert load_config(path).train.epochs == 2
+
+
 def test_load_config_missing_file_or_folder(tmp_path):
     with pytest.raises(UserError, match="not found") as e:
         load_config(tmp_path / "nope.json")
