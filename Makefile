@@ -5,6 +5,10 @@ PY := $(VENV)/bin/python
 # else data/mitdb (prepare_mitbih.py then downloads it from PhysioNet).
 MITBIH_DIR ?= $(if $(wildcard data/mitdb/*.hea),data/mitdb,$(if $(wildcard ../shared/data/mitdb/*.hea),../shared/data/mitdb,data/mitdb))
 export MITBIH_DIR
+# Where the trainers keep checkpoints and preparation writes its tensors: $ECG_CHECKPOINTS_DIR and $ECG_PREPARED_DIR
+# when set, as paths.py reads them, so that the targets below find what the scripts wrote.
+CHECKPOINTS := $(or $(ECG_CHECKPOINTS_DIR),checkpoints)
+PREPARED := $(or $(ECG_PREPARED_DIR),data/prepared)
 
 .PHONY: setup prepare forecast demo test clean-results clean-cache pretrained pretrained-sde pretrained-report
 
@@ -27,7 +31,7 @@ forecast: setup
 
 # The whole pipeline in a few minutes: short trainings (far from the documented recipe; no augmented
 # copies), then a forecast plot of record 100 and the evaluation report against every baseline.
-newest = "$$(ls -td $(or $(2),checkpoints)/$(1)-*/ | head -1)best.pt"
+newest = "$$(ls -td $(or $(2),$(CHECKPOINTS))/$(1)-*/ | head -1)best.pt"
 demo: forecast prepare
 	$(PY) vqvae_train.py --epochs 2 --max-steps 60
 	$(PY) vqvae_eval.py --split validation
@@ -54,7 +58,7 @@ pretrained-sde: prepare
 	$(PY) pretrained.py --checkpoint $(call newest,latent_sde_crps,$(PRE))
 	$(MAKE) pretrained-report
 
-pretrained-report: setup $(if $(wildcard data/prepared/test.pt),,prepare)
+pretrained-report: setup $(if $(wildcard $(PREPARED)/test.pt),,prepare)
 	$(PY) evaluate.py --model pretrained $(if $(wildcard pretrained/latent_sde.pt),pretrained_sde) baselines \
 		--split test --max-windows-per-record 40 --results results/pretrained
 	rm -rf pretrained/evaluation && cp -r "$$(ls -td results/pretrained/evaluate-*/ | head -1)" pretrained/evaluation
@@ -67,11 +71,11 @@ clean-results:
 
 # The forecasters' encodings of the prepared windows (recomputed when needed; see paths.cache_dir).
 clean-cache:
-	rm -rf "$${ECG_CACHE_DIR:-$${ECG_PREPARED_DIR:-data/prepared}}/encodings"
+	rm -rf "$${ECG_CACHE_DIR:-$(PREPARED)}/encodings"
 
 # Benchmarks on this machine (scripts in bench/ print one JSON line each), tabulated in bench/results.md.
 .PHONY: bench
-bench: setup $(if $(wildcard data/prepared/train.pt),,prepare)
+bench: setup $(if $(wildcard $(PREPARED)/train.pt),,prepare)
 	rm -f bench/results.jsonl
 	$(PY) bench/prepare_time.py >> bench/results.jsonl
 	$(PY) bench/train_speed.py vqvae >> bench/results.jsonl

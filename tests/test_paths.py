@@ -1,6 +1,7 @@
 """Where runs write, what they record beside their results, what they refuse before long work, and what a
 checkpoint may not do when loaded."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +36,32 @@ def test_training_writes_into_ECG_RESULTS_DIR_and_ECG_CHECKPOINTS_DIR(tmp_path, 
     assert (run / "run.json").is_file() and (run / "metrics.csv").is_file()
     assert (tmp_path / "env_ckpts" / run.name / "last.pt").is_file()
 
+
+
+def _make_dry_run(target, **env):
+    """The commands `make -n target` would run with these environment variables (the venv's own, so no install)."""
+    if not shutil.which("make"):
+        pytest.skip("make is not installed")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ECG_")}, **env}
+    run = subprocess.run(["make", "-n", target, f"VENV={os.path.dirname(os.path.dirname(sys.executable))}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def test_make_demo_reads_its_checkpoints_from_ECG_CHECKPOINTS_DIR(tmp_path):
+    """The trainers write into $ECG_CHECKPOINTS_DIR: the demo's forecast and evaluation must look there, not in
+    checkpoints/ (an older run's model, or none)."""
+    out = _make_dry_run("demo", ECG_CHECKPOINTS_DIR=str(tmp_path / "ck"))
+    lines = [line for line in out.splitlines() if "forecast.py --checkpoint" in line or "evaluate.py --model" in line]
+    assert len(lines) == 2 and all(f"{tmp_path / 'ck'}/transformer-*/" in line for line in lines), out
+
+
+def test_make_bench_finds_tensors_in_ECG_PREPARED_DIR(tmp_path):
+    """Prepared tensors in $ECG_PREPARED_DIR are not prepared again; a folder without them is."""
+    (tmp_path / "train.pt").write_bytes(b"")
+    assert "prepare_mitbih.py" not in _make_dry_run("bench", ECG_PREPARED_DIR=str(tmp_path))
+    assert "prepare_mitbih.py" in _make_dry_run("bench", ECG_PREPARED_DIR=str(tmp_path / "none"))
 
 def _git(repo, *args):
     return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
