@@ -209,9 +209,10 @@ def main() -> None:
                    "pretrained/forecaster.pt (default: newest checkpoints/vqvae-*/best.pt)")
     p.add_argument("--split", default="validation", choices=["train", "validation", "test"],
                    help="prepared split (default validation)")
-    p.add_argument("--prepared", help="prepared tensors folder")
-    p.add_argument("--checkpoints", help="checkpoints root (for the default checkpoint)")
-    p.add_argument("--results", help="results root")
+    p.add_argument("--prepared", help="prepared tensors folder (default: $ECG_PREPARED_DIR or data/prepared)")
+    p.add_argument("--checkpoints", help="checkpoints root for the default checkpoint (default: $ECG_CHECKPOINTS_DIR "
+                   "or checkpoints)")
+    p.add_argument("--results", help="results root (default: $ECG_RESULTS_DIR or results)")
     args = p.parse_args()
     commit = paths.git_commit()     # the code that runs, whatever the tree holds when the report is written
     path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint("vqvae", args.checkpoints)

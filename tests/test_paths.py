@@ -326,3 +326,14 @@ def test_every_figure_is_saved_through_atomic_savefig():
     in_place = [f"{p.name}:{n}" for p in scripts if p.name != "paths.py"
                 for n, line in enumerate(p.read_text().splitlines(), 1) if ".savefig(" in line]
     assert in_place == []
+
+
+@pytest.mark.parametrize("script", ["vqvae_eval.py", "vqvae_train.py", "evaluate.py"])
+def test_help_names_the_location_variables(script):
+    """Each --prepared / --results / --checkpoints in a script's --help names the variable used without it."""
+    out = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    options = " ".join(out.stdout.split()).split(" options: ", 1)[1]
+    for flag, var in (("--prepared", "$ECG_PREPARED_DIR"), ("--results", "$ECG_RESULTS_DIR"),
+                      ("--checkpoints", "$ECG_CHECKPOINTS_DIR")):
+        _, found, rest = options.partition(f" {flag} {flag[2:].upper()} ")
+        assert not found or var in rest.split(" --", 1)[0], (script, flag, rest)
