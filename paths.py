@@ -200,6 +200,24 @@ def say(text: str) -> None:
         tqdm.write(text, file=sys.stderr)
 
 
+RANK_ERROR_GRACE_S = 5.0     # torchrun stops the other ranks within its monitor interval (0.1 s) of a failure
+
+
+def say_error(message: str) -> None:
+    """The 'error:' line of a failed run. Under torchrun rank 0 says it at once; another rank says its own only
+    after a grace period, in which rank 0, meeting the same error, says it and torchrun stops this rank: so an
+    error of that rank alone (a checkpoint or prepared folder missing on one node) is not lost, and a rank
+    failing first no longer gets rank 0 stopped before it has said anything."""
+    rank = os.environ.get("RANK", "0")
+    if rank == "0":
+        say(f"error: {message}")
+        return
+    from tqdm import tqdm
+
+    time.sleep(RANK_ERROR_GRACE_S)
+    tqdm.write(f"error: rank {rank}: {message}", file=sys.stderr)
+
+
 def note(message: str) -> None:
     say(f"note: {message}")
 
@@ -227,15 +245,15 @@ def show_warning(message: Warning | str, category: type[Warning], filename: str,
 
 
 def run_main(main: Callable[[], Any]) -> None:
-    """Run a script's main(); a UserError becomes one 'error:' line and exit status 2. Under torchrun every
-    rank reads the same config, data and devices and meets the same error, so only rank 0 prints it."""
+    """Run a script's main(); a UserError becomes one 'error:' line and exit status 2. Under torchrun the ranks
+    usually meet the same error, and rank 0 says it (say_error)."""
     interruptible()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
             main()
     except UserError as e:
-        say(f"error: {e}")
+        say_error(str(e))
         sys.exit(2)
     except KeyboardInterrupt as e:     # a trainer's carries how to resume; torchrun hands Ctrl-C to every rank
         say(f"interrupted; {e}" if str(e) else "interrupted")

@@ -337,3 +337,20 @@ def test_help_names_the_location_variables(script):
                       ("--checkpoints", "$ECG_CHECKPOINTS_DIR")):
         _, found, rest = options.partition(f" {flag} {flag[2:].upper()} ")
         assert not found or var in rest.split(" --", 1)[0], (script, flag, rest)
+
+@pytest.mark.parametrize("rank, said", [("0", "error: no such checkpoint\n"),
+                                        ("1", "error: rank 1: no such checkpoint\n")])
+def test_an_error_of_a_rank_other_than_0_is_said_after_a_grace_period(monkeypatch, capsys, rank: str, said: str):
+    """Under torchrun only rank 0 used to say an error: one that rank 1 alone met (its node had no copy of last.pt)
+    ended in torchrun's 'exitcode: 2' with no word of why. Rank 0 says it at once, another rank after a grace
+    period in which torchrun stops it when rank 0 meets the same error."""
+    slept = []
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setattr(paths.time, "sleep", slept.append)
+
+    def fails() -> None:
+        raise UserError("no such checkpoint")
+    with pytest.raises(SystemExit) as e:
+        paths.run_main(fails)
+    assert e.value.code == 2 and capsys.readouterr().err == said
+    assert slept == ([] if rank == "0" else [paths.RANK_ERROR_GRACE_S])
