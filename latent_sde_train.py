@@ -182,6 +182,7 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     settings = crps_settings(scfg)
     rt = setup_runtime(args.device)
     check_adjoint(scfg, rt)
+    check_crps_batch(scfg, rt)
     seed_everything(settings.seed)
     fc = LatentSDEForecaster.from_checkpoint_dict(start, source, rt.device)
     model = PathCRPS(fc, scfg.crps.samples)
@@ -207,6 +208,14 @@ def check_adjoint(scfg: SDEConfig, rt: Runtime) -> None:
     if scfg.solver.adjoint and rt.data_parallel:
         raise paths.UserError("solver.adjoint cannot train on several GPUs in one process (nn.DataParallel): "
                               "launch with torchrun, pick one card with --device cuda:0, or set solver.adjoint false")
+
+
+def check_crps_batch(scfg: SDEConfig, rt: Runtime) -> None:
+    """The fine-tuning's global batch is crps.batch_size (or --batch-size): the trainer's own check would name
+    train.batch_size, which the user did not set and which does not change it."""
+    if scfg.crps.batch_size % rt.world:
+        raise paths.UserError(f"crps.batch_size={scfg.crps.batch_size} (--batch-size) must be divisible by the "
+                              f"{rt.world} processes")
 
 
 def check_solver_step(scfg: SDEConfig, frames_per_second: float) -> None:

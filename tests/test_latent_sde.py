@@ -977,3 +977,18 @@ def test_a_solver_step_longer_than_a_latent_frame_is_warned_of(capsys) -> None:
     latent_sde_train.check_solver_step(scfg, 128 / 4)
     err = capsys.readouterr().err
     assert "solver.dt 0.0625 s is longer than one latent frame" in err and "at most 0.03125" in err
+
+
+def test_an_odd_crps_batch_under_torchrun_names_the_crps_key(tmp_path: Path, monkeypatch) -> None:
+    """--crps-from --batch-size 3 with two processes said 'train.batch_size=3 must be divisible', a key the user
+    never set (the fine-tuning's batch is crps.batch_size)."""
+    import latent_sde_train
+    from training import Runtime
+    raw = json.loads(json.dumps(TINY_SDE))
+    raw["model"].update(phase_harmonics=0, corrected_dims=0, draft_beats=True)
+    elbo = tmp_path / "elbo.pt"
+    torch.save({"kind": "latent_sde", "model": {}, "config": {**raw, "vqvae": {}}, "meta": {"seed": 0}, "vqvae": {}},
+               elbo)
+    monkeypatch.setattr(latent_sde_train, "setup_runtime", lambda device: Runtime(torch.device("cpu"), 0, 2))
+    with pytest.raises(UserError, match=r"^crps\.batch_size=3 \(--batch-size\) must be divisible by the 2 processes$"):
+        latent_sde_train.main(["--device", "cpu", "--crps-from", str(elbo), "--batch-size", "3"])
