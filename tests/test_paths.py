@@ -338,6 +338,7 @@ def test_help_names_the_location_variables(script):
         _, found, rest = options.partition(f" {flag} {flag[2:].upper()} ")
         assert not found or var in rest.split(" --", 1)[0], (script, flag, rest)
 
+
 @pytest.mark.parametrize("rank, said", [("0", "error: no such checkpoint\n"),
                                         ("1", "error: rank 1: no such checkpoint\n")])
 def test_an_error_of_a_rank_other_than_0_is_said_after_a_grace_period(monkeypatch, capsys, rank: str, said: str):
