@@ -155,7 +155,9 @@ def check_device(device: str | None, name: str = "--device") -> str | None:
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    _atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))    # reports hold Σ, −, ²: any locale
+    """`text` written as it is, in UTF-8 (reports hold Σ, −, ²: any locale) and with no newline translation:
+    on Windows metrics.csv's CRLF rows, rewritten whole at every epoch, would gain a CR each time."""
+    _atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8", newline=""))
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:

@@ -227,6 +227,31 @@ def test_atomic_save_npy_writes_the_array_under_its_own_name(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["codes.npy"]
 
 
+def test_metrics_csv_rows_end_in_one_crlf_where_text_files_translate_newlines(tmp_path, monkeypatch):
+    """On Windows a text file opened without newline='' writes each LF as CRLF: metrics.csv, read back and rewritten
+    whole at every epoch, gained a CR on every row each time (CR CR CR LF after three epochs). Emulated here by
+    opening text files for writing as Windows does."""
+    import builtins
+    import io
+
+    from train_results import MetricsLog
+
+    def windows(real):
+        def open_(file, mode="r", buffering=-1, encoding=None, errors=None, newline=None, *a, **k):
+            if "w" in mode and "b" not in mode and newline is None:
+                newline = "\r\n"
+            return real(file, mode, buffering, encoding, errors, newline, *a, **k)
+        return open_
+
+    monkeypatch.setattr(builtins, "open", windows(builtins.open))
+    monkeypatch.setattr(io, "open", windows(io.open))
+    log = MetricsLog(tmp_path / "metrics.csv")
+    for epoch in (1, 2, 3):
+        log.append({"epoch": epoch, "val_loss": 0.5})
+    monkeypatch.undo()
+    assert (tmp_path / "metrics.csv").read_bytes() == b"epoch,val_loss\r\n1,0.5\r\n2,0.5\r\n3,0.5\r\n"
+
+
 def test_a_write_failing_for_the_disk_is_one_error_and_keeps_the_old_file(tmp_path, monkeypatch):
     """A full disk while writing is a UserError naming the file and the reason (one 'error:' line from run_main),
     and the file written before is left whole, with no temporary file beside it."""
