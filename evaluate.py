@@ -483,7 +483,17 @@ def say_warnings(caught: list[warnings.WarningMessage], where: str, said: set) -
         key = (c.category, str(c.message), c.filename, c.lineno)
         if key not in said:
             said.add(key)
-            warnings.warn_explicit(f"{where}: {c.message}", c.category, c.filename, c.lineno)
+            warnings.warn_explicit(said_again(c, where), c.category, c.filename, c.lineno)
+
+
+def said_again(c: warnings.WarningMessage, where: str) -> Warning:
+    """Warning `c` again with `where` in front, of its own category; one whose constructor takes more than a message
+    (one's own forecaster's, or a library's) is said as a UserWarning naming it: calling it with the new message
+    stopped the evaluation in a TypeError traceback."""
+    try:
+        return c.category(f"{where}: {c.message}")
+    except Exception:
+        return UserWarning(f"{where}: {c.category.__name__}: {c.message}")
 
 
 def rhythm_of_paths(context: np.ndarray, paths: np.ndarray, rows: np.ndarray, pos: np.ndarray, fs: int,

@@ -426,6 +426,30 @@ def test_a_forecasters_warnings_name_the_record_and_window_they_came_from():
     assert all(c.category is UserWarning and c.filename == __file__ for c in caught)
 
 
+def test_a_warning_whose_class_takes_more_than_a_message_is_said_again_not_a_crash():
+    """A forecaster's warning of a class built from more than a message (CodeWarning(code, text)) stopped the
+    evaluation in a TypeError traceback when it was said again with its window; it is said as a UserWarning naming
+    its class, and the forecast goes on."""
+    import warnings
+
+    class CodeWarning(UserWarning):
+        def __init__(self, code: int, text: str):
+            super().__init__(f"code {code}: {text}")
+
+    class Warns:
+        def predict(self, x, horizon, num_samples=100, seed=0):
+            warnings.warn(CodeWarning(7, "odd context"))
+            return np.zeros((1, num_samples, horizon, 2), np.float32)
+
+    w = _one_record_windows(np.zeros((2, 12, 2)), [np.zeros(0)] * 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = evaluate.predict_windows(Warns(), "mine", w, np.array([0, 1]), 8, 2, seed=0, fs=6)
+    assert out.shape == (2, 2, 4, 2)
+    assert [(c.category, str(c.message)) for c in caught] == [
+        (UserWarning, "mine on record r1 at 0 s: CodeWarning: code 7: odd context")]
+
+
 def test_each_forecaster_sees_its_windows_context_alone():
     """The context handed to predict is the window's first `context` samples, never its horizon."""
     rng = np.random.default_rng(0)
