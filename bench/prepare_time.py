@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 import tempfile
@@ -18,6 +19,8 @@ from prepare_mitbih import prepare  # noqa: E402
 
 
 def main() -> None:
+    # no options, but --help says so rather than starting to prepare all 48 records
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     data = paths.location("data")
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
         t0 = time.perf_counter()

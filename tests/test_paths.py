@@ -380,3 +380,12 @@ def test_an_error_of_a_rank_other_than_0_is_said_after_a_grace_period(monkeypatc
         paths.run_main(fails)
     assert e.value.code == 2 and capsys.readouterr().err == said
     assert slept == ([] if rank == "0" else [paths.RANK_ERROR_GRACE_S])
+
+
+def test_bench_prepare_time_help_prepares_nothing(tmp_path):
+    """bench/prepare_time.py took no options and ignored --help: it started preparing every record of $MITBIH_DIR
+    (minutes), or with none there stopped in a 'data folder does not exist' error. --help now says what it does."""
+    env = {**os.environ, "MITBIH_DIR": str(tmp_path / "no_records")}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "prepare_time.py"), "--help"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage: prepare_time.py" in done.stdout and not done.stderr
