@@ -130,6 +130,23 @@ def test_rhythm_sums_of_shifted_spike_trains():
     assert np.isnan(M.record_metrics({k: v.sum(0) for k, v in none.items()})["f1_100"]).all()
 
 
+def test_a_beat_at_the_horizons_edge_counts_neither_hit_nor_missed():
+    """A reference beat within the tolerance of the horizon's end may have its partner past the end: its miss
+    never counted, and its hit did, which raised every F1. Now neither counts: a forecast that hits it and one
+    that leaves it out score the same."""
+    c, h = 384, 384
+    beats = np.array([100, 250, 450, 600, c + h - 5])                # the last 39 ms before the horizon's end
+    truth = spike_train(c + h, beats)
+    edges = M.segment_edges(h, FS)
+    rows, pos = np.zeros(len(beats), np.int64), beats
+    scores = []
+    for fc_beats in (beats, beats[:-1]):
+        fc = np.concatenate([truth[:c], spike_train(c + h, fc_beats)[c:]])
+        s = M.rhythm_sums(fc[None, :c], fc[None, c:], rows, pos, FS, edges)
+        scores.append((s["tp100"][0, -1], s["fn100"][0, -1], s["fp100"][0, -1]))
+    assert scores[0] == scores[1] == (2.0, 0.0, 0.0)
+
+
 def test_detector_finds_the_beats_of_a_synthetic_ecg():
     x, beats = synthetic_ecg(60.0, FS, seed=5, hr_bpm=80)
     rows, pos = M.detect_r_peaks(x[None, :, 0], FS)
@@ -514,14 +531,15 @@ def test_bootstrap_draws_every_record():
 def test_a_beat_at_a_windows_end_is_not_matched_to_the_next_windows_first_beat():
     """Window 0's last reference beat (3 samples before its end) has its detection 5 samples (39 ms) early;
     window 1 has a beat at its first sample, 4 samples later on a shared axis. Windows are scored apart, so
-    window 0 keeps all 4 true positives at ±50 ms and a timing error of 5 samples."""
+    window 0's last detection is its own beat's, no false positive (that beat, within the tolerance of the
+    horizon's end, counts in no score), and its 3 other true positives keep a timing error of 5 samples."""
     c, h = 384, 384
     b0, b1 = np.arange(65, c + h, 100), np.arange(1, c + h, 100)           # 765 = c + h - 3; 1
     truth = np.stack([spike_train(c + h, b0), spike_train(c + h, b1)])
     fc = np.stack([spike_train(c + h, b0 - 5)[c:], truth[1, c:]])
     rows = np.r_[np.zeros(len(b0), np.int64), np.ones(len(b1), np.int64)]
     s = M.rhythm_sums(truth[:, :c], fc, rows, np.r_[b0, b1], FS, M.segment_edges(h, FS))
-    assert list(s["tp50"][:, -1]) == [4, 4] and list(s["fp50"][:, -1]) == [0, 0]
+    assert list(s["tp50"][:, -1]) == [3, 4] and list(s["fp50"][:, -1]) == [0, 0] and list(s["fn50"][:, -1]) == [0, 0]
     m = M.record_metrics(s)
     assert m["timing_ms"][0, -1] == pytest.approx(5 * 1000 / FS)
 
