@@ -51,7 +51,8 @@ class ForecasterBase:
         raise NotImplementedError
 
     def from_run(self, path: str | Path, ckpt: dict) -> None:
-        """Where a trained forecaster came from, and the patients it saw (evaluate.py warns when it scores them)."""
+        """Where a trained forecaster came from, and the patients it saw (evaluate.py warns when it scores them).
+        A forecaster of one's own calls it with its training.Trainer checkpoint once `self.cfg.data` is set."""
         self.checkpoint = str(path)
         self.train_records, self.validation_records = (seen_records(ckpt, self.cfg.data, s)
                                                        for s in ("train", "validation"))
@@ -166,11 +167,13 @@ def public_signature(predict: Callable[..., np.ndarray]) -> inspect.Signature:
 def seen_records(ckpt: dict, data: DataConfig, split: str = "train") -> list[str]:
     """The records a forecaster checkpoint and its VQ-VAE were trained on (`split` "train") or chose their
     checkpoints on ("validation"), as their runs stored them; a run from before sessions 21 and 23 stored none,
-    and is taken to have used MIT-BIH's split of its data config, `data`."""
+    and is taken to have used MIT-BIH's split of its data config, `data`. A checkpoint of one's own from
+    training.Trainer has no VQ-VAE: its run's records alone."""
     from prepare_mitbih import DS1, DS2, PACED, config_split     # wfdb: imported when a checkpoint is read
 
     key, found = f"{split}_records", []
-    for meta in (ckpt["meta"], ckpt["vqvae"].get("meta", {})):
+    runs = [ckpt["meta"]] + ([ckpt["vqvae"].get("meta", {})] if "vqvae" in ckpt else [])
+    for meta in runs:
         found += meta[key] if key in meta else config_split(DS1 + DS2 + PACED, data)[split]
     return sorted(set(found))
 

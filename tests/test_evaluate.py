@@ -166,6 +166,19 @@ def test_your_own_forecaster_is_handed_its_checkpoint_and_device_and_the_report_
     assert result["per_record"]["Loaded"]["mse"]["a01"] != result["per_record"]["zero"]["mse"]["a01"]
 
 
+def test_a_forecaster_of_ones_own_learns_its_patients_from_a_trainer_checkpoint_without_a_vqvae():
+    """ForecasterBase.from_run on what training.Trainer saves for a model of one's own (no 'vqvae' key): it read
+    ckpt['vqvae'] and failed with KeyError: 'vqvae'."""
+    from forecast import ForecasterBase
+
+    mine = ForecasterBase()
+    mine.cfg = load_config()
+    ckpt = {"kind": "mine", "model": {}, "meta": {"train_records": ["101", "106"], "validation_records": ["109"]}}
+    mine.from_run("mine/best.pt", ckpt)
+    assert (mine.checkpoint, mine.train_records, mine.validation_records) == ("mine/best.pt", ["101", "106"], ["109"])
+    assert evaluate.seen_patients(mine, ["100", "106", "109"]) == ["106"]
+
+
 def test_a_model_is_paired_against_the_best_baseline_on_each_score(db250):
     cfg = load_config()
     fs, c = cfg.data.samples_per_second, cfg.data.window_samples
