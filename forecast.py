@@ -473,7 +473,8 @@ def main() -> None:
     truth, gap = truth_cover(res)
     res["heart_rate"] = heart_rates(res)
     stem = save_forecast(res, args, path, out, (truth, gap), run)
-    print(f"forecast of {args.record} from {args.start:g} s: {args.samples} samples x {res['samples'].shape[1]} "
+    n_paths, steps = res["samples"].shape[:2]     # a deterministic forecaster gives one path whatever --samples asks
+    print(f"forecast of {args.record} from {args.start:g} s: {n_paths} sample{'s' * (n_paths != 1)} x {steps} "
           f"samples x 2 leads at {res['fs']} Hz{resampled(res)} in {time.time() - t0:.1f} s ({t_load:.1f} s of it "
           f"loading the model)")
     if gap or truth < res["samples"].shape[1]:

@@ -471,6 +471,11 @@ class Level:
 
     def predict(self, context, horizon, num_samples=100, seed=0):
         return np.full((len(context), num_samples, horizon, 2), self.level, np.float32)
+
+
+class One(Level):
+    def predict(self, context, horizon, num_samples=100, seed=0):
+        return super().predict(context, horizon, 1, seed)
 """
 
 
@@ -492,6 +497,10 @@ def test_forecast_py_takes_a_forecaster_of_ones_own_as_evaluate_py_does(tmp_path
     digest = hashlib.sha256((tmp_path / "mine.py").read_bytes()).hexdigest()[:16]
     assert said["checkpoint"] == spec and said["own_forecaster"].endswith(f"sha256 {digest}")
     assert said["checkpoint_sha256"] == hashlib.sha256(b"0.5").hexdigest()[:16]     # the weights it was handed
+    one = f"{tmp_path / 'mine.py'}:One"         # deterministic: one path, whatever --samples asks
+    r = run_script(forecast.main, "forecast.py", ["--checkpoint", one, "--record", str(record), "--start", "5",
+                                                  "--samples", "3", "--out", str(tmp_path / "one")])
+    assert r.returncode == 0 and ": 1 sample x 384 samples x 2 leads" in r.stdout, r.stdout + r.stderr
     code, err = run_forecast(["--checkpoint", f"{tmp_path / 'mine.py'}:Nope", "--record", str(record), "--start", "5"])
     assert code == 2 and err.startswith(f"error: --checkpoint {tmp_path / 'mine.py'}:Nope: ") and "no class" in err
     torch.save({"kind": "mine", "model": {}, "config": {}}, tmp_path / "mine.pt")
