@@ -300,6 +300,8 @@ class VQVAE(nn.Module):
                              f"{self.cfg.codebook_size}), got {lo}..{hi}")
 
     def decode_latent(self, zq: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents [B, latent_dim, T'] -> signals [B, T' * factor, 2] in mV: quantised ones (decode sums them from
+        the codes) or encode_latent's continuous ones, unquantised, as the latent SDE decodes its paths."""
         return self.decoder(zq).transpose(1, 2) * self._decode_unit(unit)
 
     def decode(self, codes: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:

@@ -163,9 +163,11 @@ def test_codes_and_latents_of_any_window(mitdb):
         unit = fc.vq.unit(x)
         z, codes = fc.vq.encode_latent(x, unit), fc.vq.encode(x, unit)
         back = fc.vq.decode(codes, unit)
+        smooth = fc.vq.decode_latent(z, unit)       # the continuous latents decoded, without quantisation
     steps = x.shape[1] // fc.vq.factor
     assert z.shape == (1, fc.vq.cfg.latent_dim, steps) and codes.shape[:2] == (1, steps)
     assert back.shape == x.shape and ((back - x) ** 2).mean() < 0.06 * (x ** 2).mean()   # three codebooks: PRD 15.8%
+    assert smooth.shape == x.shape and ((smooth - x) ** 2).mean() < ((back - x) ** 2).mean()
 
 
 def test_shipped_models_are_chosen_by_name():
