@@ -20,7 +20,7 @@ import latent_sde_train
 import training
 import transformer_train
 import vqvae_train
-from conftest import run_script, trainer_inputs, write_record
+from conftest import ROOT, run_script, trainer_inputs, write_record
 from hyper_params import TrainConfig, config_from_dict, load_config
 from paths import UserError
 from prepare_mitbih import load_split, prepare
@@ -902,3 +902,38 @@ def test_codebook_health_is_plotted_per_codebook_and_epoch(tmp_path: Path, monke
     plain.append({"epoch": 1, "val_loss": 1.0})
     train_results.plot_codebook_health(plain, tmp_path / "none.png")
     assert len(figures) == 1 and not (tmp_path / "none.png").exists()
+
+
+def readme_block(needle: str) -> str:
+    """The README's python code block that holds `needle`, as written there."""
+    blocks = (ROOT / "README.md").read_text().split("```python\n")[1:]
+    (found,) = [b.split("\n```")[0] for b in blocks if needle in b]
+    return found
+
+
+def test_the_readmes_model_of_ones_own_trains_resumes_and_is_scored_by_evaluate(
+        tmp_path: Path, synthetic_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README "Training your own model": its my_model.py, run exactly as written on tiny data, trains with
+    metrics.csv and checkpoints, resumes, and loads as FILE.py:NAME=CHECKPOINT in evaluate.py, knowing its
+    patients (the example stopped in ForecasterBase.from_run's KeyError: 'vqvae' before)."""
+    import evaluate
+
+    setup = tiny_setup(tmp_path, synthetic_db)
+    raw = json.loads(Path(setup["config"]).read_text())
+    Path(setup["config"]).write_text(json.dumps({"data": raw["data"], "train": raw["train"], "model": {"hidden": 8}}))
+    mine = tmp_path / "my_model.py"
+    mine.write_text(readme_block("class MyForecaster"))
+    monkeypatch.setattr(sys, "argv", ["my_model.py"])
+    module = evaluate.load_file(mine)
+    row = module.main(flags(setup, "--device", "cpu"))
+    run = _only_run(tmp_path / "results")
+    ckpts = tmp_path / "checkpoints" / run.name
+    assert row["epoch"] == 2 and [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())] == ["1", "2"]
+    assert (run / "loss_curves.png").is_file() and (ckpts / "best.pt").is_file()
+    assert module.main(["--resume", str(ckpts / "last.pt"), "--epochs", "3", "--prepared", setup["prepared"],
+                        "--device", "cpu"])["epoch"] == 3
+    fc = evaluate.make_forecaster(f"{mine}:MyForecaster={ckpts / 'best.pt'}", 64, "cpu")
+    assert (fc.name, fc.train_records, fc.validation_records) == ("gru", ["102", "103", "104", "105"], ["101"])
+    context = np.random.default_rng(0).standard_normal((3, 64, 2)).astype(np.float32) * 0.3
+    out = fc.predict(context, 40, num_samples=5)
+    assert out.shape == (3, 1, 40, 2) and out.dtype == np.float32 and np.isfinite(out).all()
