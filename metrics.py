@@ -89,8 +89,8 @@ def crps_sorted(xs: np.ndarray, y: np.ndarray) -> np.ndarray:
     so the cost is O(S) after an O(S log S) sort and no S×S matrix. A point mass gives |x−y| (MAE).
     """
     s = xs.shape[-1]
-    weights = (2 * np.arange(1, s + 1) - s - 1) / s ** 2
-    return np.mean(np.abs(xs - y[..., None]), axis=-1) - xs @ weights.astype(xs.dtype)
+    weights = (2 * np.arange(1, s + 1) - s - 1) / s ** 2       # in xs' precision, but never cut to integers
+    return np.mean(np.abs(xs - y[..., None]), axis=-1) - xs @ weights.astype(np.result_type(xs.dtype, np.float32))
 
 
 def crps_samples(samples: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:

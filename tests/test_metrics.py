@@ -578,3 +578,10 @@ def test_reference_beats_may_come_in_any_order():
     m = _rhythm(truth[:c], truth[c:], beats[[5, 0, 7, 2, 6, 1, 4, 3]])
     assert m["f1_50"][-1] == 1.0 and m["f1_100"][-1] == 1.0
     assert m["hr_bpm"][-1] == pytest.approx(0.0, abs=0.5)
+
+
+def test_crps_of_integer_samples_is_not_cut_to_their_mean_absolute_error():
+    """Samples {0, 2} as integers at 1: CRPS 1 - ½·1 = 0.5. The spread term's weights (±¼) were cast to the samples'
+    integer dtype, to 0, so the CRPS came out as E|X - y| = 1; float32 samples keep float32 weights."""
+    np.testing.assert_allclose(M.crps_samples(np.array([[0], [2]]), np.array([1])), [0.5])
+    assert M.crps_samples(np.array([[0], [2]], np.float32), np.array([1], np.float32)).dtype == np.float32
