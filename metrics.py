@@ -60,10 +60,16 @@ def prd(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(100 * np.sqrt(np.sum((pred - truth) ** 2) / np.sum(truth ** 2)))
 
 
-def prdn(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Normalised PRD: as PRD but against the truth's variance about its mean, so offsets do not flatter."""
+def prdn(pred: np.ndarray, truth: np.ndarray, axis: int = 0) -> float:
+    """Normalised PRD: as PRD but against the truth's variance about its mean, so offsets do not flatter.
+
+    Each lead (window) is centred about its own mean along the time axis `axis` (0 for [H] or [H, leads], 1 for
+    [B, H, leads]), as the evaluation and vqvae_eval.py do: one mean over two leads of different offsets would
+    count the offsets as signal.
+    """
     truth = np.asarray(truth, np.float64)
-    return float(100 * np.sqrt(np.sum((pred - truth) ** 2) / np.sum((truth - truth.mean()) ** 2)))
+    centred = truth - truth.mean(axis=axis, keepdims=True)
+    return float(100 * np.sqrt(np.sum((pred - truth) ** 2) / np.sum(centred ** 2)))
 
 
 def pearson_r(pred: np.ndarray, truth: np.ndarray) -> float:

@@ -305,8 +305,7 @@ def test_record_prd_and_prdn_are_the_reference_functions_on_one_window():
     s, _ = M.waveform_sums(truth, fc[:, None], M.segment_edges(256, FS))
     m = M.record_metrics({k: v.sum(0) for k, v in s.items()})
     assert m["prd"][-1] == pytest.approx(M.prd(fc, truth), rel=1e-9)
-    centred = truth - truth.mean(axis=1, keepdims=True)             # each lead about its own mean
-    assert m["prdn"][-1] == pytest.approx(100 * np.sqrt(np.sum((fc - truth) ** 2) / np.sum(centred ** 2)), rel=1e-6)
+    assert m["prdn"][-1] == pytest.approx(M.prdn(fc, truth, axis=1), rel=1e-6)    # each lead about its own mean
     assert m["prd"][-1] < m["prdn"][-1]
 
 
@@ -585,3 +584,14 @@ def test_crps_of_integer_samples_is_not_cut_to_their_mean_absolute_error():
     integer dtype, to 0, so the CRPS came out as E|X - y| = 1; float32 samples keep float32 weights."""
     np.testing.assert_allclose(M.crps_samples(np.array([[0], [2]]), np.array([1])), [0.5])
     assert M.crps_samples(np.array([[0], [2]], np.float32), np.array([1], np.float32)).dtype == np.float32
+
+
+def test_prdn_centres_each_lead_about_its_own_mean():
+    """Two leads at +0.4 and -0.4 mV: one mean over both counted the offsets as signal, and PRDN came out 20 %
+    where the evaluation's sums (each window and lead about its own mean) give 35 %."""
+    t = np.arange(384) / FS
+    truth = np.stack([0.5 * np.sin(2 * np.pi * 1.2 * t) + 0.4, 0.3 * np.sin(2 * np.pi * 1.2 * t + 1) - 0.4], -1)
+    fc = truth + np.random.default_rng(0).normal(0, 0.1, truth.shape)
+    s, _ = M.waveform_sums(truth[None], fc[None, None], M.segment_edges(384, FS))
+    assert M.prdn(fc, truth) == pytest.approx(M.record_metrics(s)["prdn"][0, -1], rel=1e-9)
+    assert M.prdn(fc, truth) == pytest.approx(M.prdn(fc[None], truth[None], axis=1))
