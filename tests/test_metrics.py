@@ -1,6 +1,7 @@
 """Every metric on hand-made signals whose value is known."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -595,3 +596,26 @@ def test_prdn_centres_each_lead_about_its_own_mean():
     s, _ = M.waveform_sums(truth[None], fc[None, None], M.segment_edges(384, FS))
     assert M.prdn(fc, truth) == pytest.approx(M.record_metrics(s)["prdn"][0, -1], rel=1e-9)
     assert M.prdn(fc, truth) == pytest.approx(M.prdn(fc[None], truth[None], axis=1))
+
+
+def _most_matches(ref: np.ndarray, det: np.ndarray, tol: float) -> int:
+    """The largest one-to-one matching within tol, by brute force over which detection each reference takes."""
+    best = 0
+    for choice in itertools.product(*[[None, *np.flatnonzero(np.abs(det - r) <= tol)] for r in ref]):
+        taken = [c for c in choice if c is not None]
+        if len(set(taken)) == len(taken):
+            best = max(best, len(taken))
+    return best
+
+
+def test_match_beats_finds_the_most_pairs_when_the_references_are_apart():
+    """References more than 2·tol apart, detections crowded (as refined detections can be): mutual nearest
+    neighbours match as many beats as any one-to-one matching can, and each pair is within tol."""
+    rng = np.random.default_rng(8)
+    tol = 12.8                                                    # 100 ms at 128 Hz
+    for _ in range(300):
+        ref = np.cumsum(rng.integers(26, 60, rng.integers(1, 5)))
+        det = np.sort(rng.choice(np.arange(ref[-1] + 30), rng.integers(0, 7), replace=False))
+        ri, di = M.match_beats(ref, det, tol)
+        assert len(ri) == _most_matches(ref, det, tol)
+        assert len(set(di)) == len(di) and np.all(np.abs(ref[ri] - det[di]) <= tol)
