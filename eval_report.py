@@ -117,7 +117,9 @@ def metrics_section() -> list[str]:
             "- Pearson r: per window and lead, then averaged; 0 for a constant forecast.",
             "- CRPS from the samples (energy form, sorted samples; equals MAE for a deterministic forecast); "
             "MSE/MAE of median: the sample median as point forecast; cover/width: fraction of true samples "
-            "inside the central 50 % / 80 % interval of the samples and its mean width.",
+            "inside the central 50 % / 80 % interval of the samples and its mean width. Its ends interpolate "
+            "linearly between sorted samples (numpy's default), so with S samples even a calibrated forecast covers "
+            "about (S−1)/(S+1) of the level: 78.4 % at 80 % with 100 samples, 65 % with 10.",
             "- F1: R peaks detected in the forecast's lead 1 (continuing the true context) matched "
             "to the reference beats in the horizon within ±50 / ±100 ms; timing err: mean |Δt| of ±100 ms "
             "matches; HR err: |heart rate of detections − of reference beats| per window (bpm). A sampled "

@@ -619,3 +619,13 @@ def test_match_beats_finds_the_most_pairs_when_the_references_are_apart():
         ri, di = M.match_beats(ref, det, tol)
         assert len(ri) == _most_matches(ref, det, tol)
         assert len(set(di)) == len(di) and np.all(np.abs(ref[ri] - det[di]) <= tol)
+
+
+@pytest.mark.parametrize("samples", [10, 100])
+def test_a_calibrated_ensemble_covers_a_share_below_the_level_with_few_samples(samples):
+    """The truth drawn like the samples: the central interval of linearly interpolated quantiles holds it about
+    level·(S−1)/(S+1) of the time (78.4 % for 80 % with 100 samples, 65 % with 10), as report.md says."""
+    draws = np.random.default_rng(9).standard_normal((samples + 1, 40000))
+    for level in (0.5, 0.8):
+        cov, _ = M.interval_coverage(draws[:-1], draws[-1], level, axis=0)
+        assert cov == pytest.approx(level * (samples - 1) / (samples + 1), abs=0.012)
