@@ -179,6 +179,15 @@ def _all_reduce_mean(values: dict[str, float], weight: float, rt: Runtime) -> di
     return {k: float(v) / total for k, v in zip(keys, t[:-1])}
 
 
+def _add_batch(sums: dict[str, float], batch: Any, loss: torch.Tensor, metrics: dict) -> int:
+    """Add a batch's loss and metrics to the epoch's sums, each weighted by the batch's windows (so an epoch's
+    mean counts every window once, a short last batch too); returns how many windows that was."""
+    n = _batch_len(batch)
+    for k, v in {"loss": loss, **metrics}.items():
+        sums[k] = sums.get(k, 0.0) + float(v) * n
+    return n
+
+
 def _gathered(loss: torch.Tensor, metrics: dict, sizes: list[int] | None = None) -> tuple[torch.Tensor, dict]:
     """A model under nn.DataParallel returns one value per GPU, gathered into a vector: average them, each
     weighted by the windows its GPU had (`sizes`, see _replica_sizes), so an uneven split counts every window once."""
@@ -315,10 +324,7 @@ class Trainer:
                     break
                 batch = _to(batch, self.rt.device)
                 loss, metrics = self._train_step(model, batch)
-                n = _batch_len(batch)
-                seen += n
-                for k, v in {"loss": loss.detach(), **metrics}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * n
+                seen += _add_batch(sums, batch, loss.detach(), metrics)
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         return _all_reduce_mean(sums, seen, self.rt)
@@ -359,10 +365,7 @@ class Trainer:
             batch = _to(batch, self.rt.device)
             with torch.autocast(self.rt.device.type, enabled=self.amp):
                 loss, metrics = _gathered(*self.step_fn(model, batch), _replica_sizes(model, batch))
-            n = _batch_len(batch)
-            seen += n
-            for k, v in {"loss": loss, **metrics}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * n
+            seen += _add_batch(sums, batch, loss, metrics)
         return _all_reduce_mean(sums, seen, self.rt)
 
     def fit(self, resume: str | Path | None = None) -> dict:
