@@ -266,18 +266,14 @@ class Trainer:
                 "meta": self.meta, "run_dir": str(self.run_dir), "ckpt_dir": str(self.ckpt_dir), **self.extras}
 
     def resume(self, path: str | Path) -> None:
+        """Go on from a checkpoint exactly where it stopped: weights, optimiser, schedule, counters and generators."""
         ckpt = load_checkpoint(path, self.kind)
         check_same_config(ckpt["config"], self.config, Path(path),    # training settings may change (--epochs)
                           sections=tuple(k for k in self.config if k not in TRAINING_SECTIONS))
         unwrap(self.model).load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
-        # the state dicts hold the run's learning rate and weight decay: a resume's train section (run.json records
-        # it) must win, as its epochs do; unchanged settings give the same numbers, so resumes stay exact
-        self.sched.base_lrs = [self.s.learning_rate for _ in self.opt.param_groups]
-        for group, factor in zip(self.opt.param_groups, self.sched.lr_lambdas):
-            group.update(initial_lr=self.s.learning_rate, weight_decay=self.s.weight_decay,
-                         lr=self.s.learning_rate * factor(self.sched.last_epoch))
+        self._take_settings()
         if ckpt["scaler"]:                  # empty when the run was made without AMP (e.g. on a CPU)
             self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
@@ -287,10 +283,23 @@ class Trainer:
             paths.note(f"{path} trained on prepared data {trained_on}, these windows are {self.meta['data_hash']} "
                        f"(prepared again since?): the epochs after {self.epoch} train on these")
         if self.rt.is_main:
-            self.log.drop_after(self.epoch)  # epochs after the checkpoint are redone, not listed twice
-            self.note_later_best(path)
-            for stale in self.ckpt_dir.glob(".*.tmp"):  # half-written by a run killed while saving
-                stale.unlink()
+            self._tidy_resumed(path)
+
+    def _take_settings(self) -> None:
+        """The loaded state dicts hold the run's learning rate and weight decay: a resume's train section (run.json
+        records it) must win, as its epochs do; unchanged settings give the same numbers, so resumes stay exact."""
+        self.sched.base_lrs = [self.s.learning_rate for _ in self.opt.param_groups]
+        for group, factor in zip(self.opt.param_groups, self.sched.lr_lambdas):
+            group.update(initial_lr=self.s.learning_rate, weight_decay=self.s.weight_decay,
+                         lr=self.s.learning_rate * factor(self.sched.last_epoch))
+
+    def _tidy_resumed(self, path: str | Path) -> None:
+        """Rank 0's files after a resume: metrics.csv loses the epochs about to be redone, a later best.pt is said,
+        and temporary files half written by a run killed while saving go."""
+        self.log.drop_after(self.epoch)
+        self.note_later_best(path)
+        for stale in self.ckpt_dir.glob(".*.tmp"):
+            stale.unlink()
 
     def note_later_best(self, path: str | Path) -> None:
         """A resume from an older epoch_NNN.pt finds best.pt from a later epoch of the trajectory it leaves: said,
