@@ -178,6 +178,14 @@ def seen_records(ckpt: dict, data: DataConfig, split: str = "train") -> list[str
     return sorted(set(found))
 
 
+def context_tail(x: np.ndarray, keep: int, factor: int, step: str) -> np.ndarray:
+    """The context's last `keep` steps of `factor` samples, what a model reads of it, contiguous for torch; a context
+    shorter than one `step` is refused by name."""
+    if keep < 1:
+        raise ValueError(f"context of {x.shape[1]} samples is shorter than one {step} ({factor} samples)")
+    return np.ascontiguousarray(x[:, x.shape[1] - keep * factor:])
+
+
 def warn_short_context(samples: int, trained: int, fs: int) -> None:
     """Models read their context's rhythm and beats; fewer seconds than in training still forecast, but worse."""
     if samples < trained:
@@ -249,9 +257,7 @@ class Forecaster(ForecasterBase):
         steps = math.ceil(horizon / self.factor)
         # a horizon beyond the block rolls on from the last half block, as the model was trained to
         keep = min(x.shape[1] // self.factor, self.gpt.block_size - min(steps, self.gpt.block_size // 2))
-        if keep < 1:
-            raise ValueError(f"context of {x.shape[1]} samples is shorter than one code ({self.factor} samples)")
-        x_np = np.ascontiguousarray(x[:, x.shape[1] - keep * self.factor:])
+        x_np = context_tail(x, keep, self.factor, "code")
         x = torch.from_numpy(x_np).to(self.device)
         unit = self.vq.unit(x)                        # the context's gain decodes the future too
         codes = self.vq.encode(x, unit)

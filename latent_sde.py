@@ -49,7 +49,7 @@ import torch.nn.functional as F
 import torchsde
 
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, hold_matrix, hold_to_band
-from forecast import ForecasterBase, model_device, one_by_one, warn_short_context
+from forecast import ForecasterBase, context_tail, model_device, one_by_one, warn_short_context
 from hyper_params import Config
 from hyper_params_sde import SDEConfig, SDEModelConfig, sde_config_from_dict
 from vqvae import VQVAE, vqvae_from
@@ -446,10 +446,7 @@ class LatentSDEForecaster(ForecasterBase):
     @torch.no_grad()
     def predict(self, x: np.ndarray, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
         warn_short_context(x.shape[1], self.context_frames * self.factor, self.fs)
-        keep = min(x.shape[1] // self.factor, self.context_frames)
-        if keep < 1:
-            raise ValueError(f"context of {x.shape[1]} samples is shorter than one latent step ({self.factor} samples)")
-        x_np = np.ascontiguousarray(x[:, x.shape[1] - keep * self.factor:])
+        x_np = context_tail(x, min(x.shape[1] // self.factor, self.context_frames), self.factor, "latent step")
         x = torch.from_numpy(x_np).to(self.device)
         unit, frames = self.encode_context(x)
         steps = math.ceil(horizon / self.factor)
