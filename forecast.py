@@ -261,27 +261,35 @@ class Forecaster(ForecasterBase):
         x = torch.from_numpy(x_np).to(self.device)
         unit = self.vq.unit(x)                        # the context's gain decodes the future too
         codes = self.vq.encode(x, unit)
-        draft = drafted = None
-        exact = self.draft_beats and self.sample.draft_bias > 0   # paths tilted to their drafts' codes
         drafting = self.draft_beats or self.gpt.draft is not None
         rhythm = context_rhythm(x_np, self.fs) if drafting else None   # read once, for the drafts and their noise
-        least = (self.cfg.data.total_samples - self.cfg.data.window_samples) // self.factor  # a training draft's steps
-        if self.draft_beats:
-            got = beat_draft(self.vq, x, steps, self.fs, num_samples, seed, min_spread=self.sample.draft_spread,
-                             waves=exact, rhythm=rhythm, least=least)
-            draft, drafted = got if exact else (got, None)
-        elif self.gpt.draft is not None:
-            draft = seasonal_draft(self.vq, x, steps, self.fs, rhythm, least)
+        draft, drafted = self.draft_codes(x, steps, num_samples, seed, rhythm)
         gen = torch.Generator(self.device).manual_seed(seed)
         future = self.roll(codes, steps, gen, use_cache, num_samples, draft)
         # decode the future with the last second of context codes: a smooth seam at a third of the cost
         seam = codes[:, keep - min(keep, self.DECODE_MARGIN):].repeat_interleave(num_samples, 0)
         u = unit.repeat_interleave(num_samples, 0)
         wave = self.decode_future(seam, future, u, horizon)
-        if exact:       # what decoding loses of each draft, so a path that takes all its codes is its draft
+        if drafted is not None:     # what decoding loses of each draft, so a path that takes all its codes is its draft
             wave += drafted[:, :horizon] - self.decode_future(seam, draft[:, keep:].reshape(future.shape), u, horizon)
         out = wave.reshape(1, num_samples, horizon, 2).cpu().numpy()
         return add_noise(out, x_np, self.fs, self.sample.draft_noise, seed, rhythm)
+
+    def draft_codes(self, x: torch.Tensor, steps: int, num_samples: int, seed: int, rhythm: Rhythm | None
+                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The draft codes [B or B * S, T + steps, Q] a drafting model reads (None for one that reads none) and, when
+        sampling is tilted towards beat drafts (draft_bias > 0), the drafts themselves in mV [B * S, steps * factor,
+        2], so that predict can add back what decoding loses of them. Both kinds are coded over at least a training
+        draft's steps (beat_draft says why)."""
+        least = (self.cfg.data.total_samples - self.cfg.data.window_samples) // self.factor
+        if self.draft_beats:
+            exact = self.sample.draft_bias > 0
+            got = beat_draft(self.vq, x, steps, self.fs, num_samples, seed, min_spread=self.sample.draft_spread,
+                             waves=exact, rhythm=rhythm, least=least)
+            return got if exact else (got, None)
+        if self.gpt.draft is not None:
+            return seasonal_draft(self.vq, x, steps, self.fs, rhythm, least), None
+        return None, None
 
     def roll(self, context: torch.Tensor, steps: int, gen: torch.Generator, use_cache: bool, num_samples: int,
              draft: torch.Tensor | None) -> torch.Tensor:
