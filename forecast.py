@@ -28,12 +28,12 @@ import torch
 
 import paths
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, repeat_last
-from hyper_params import DataConfig, load_config
-from hyper_params_transformer import transformer_config_from_dict
+from hyper_params import Config, DataConfig, load_config
+from hyper_params_transformer import SampleConfig, transformer_config_from_dict
 from paths import PRETRAINED, ROOT, SHIPPED, SHIPPED_SPECS, UserError, run_main
 from train_results import load_checkpoint, plot_forecasts
 from transformer import CodeGPT, as_levels
-from vqvae import vqvae_from
+from vqvae import VQVAE, vqvae_from
 
 
 class ForecasterBase:
@@ -200,16 +200,17 @@ class Forecaster(ForecasterBase):
     codes (so the seam is smooth) and keep the future samples. A horizon longer than the model's block
     (context + the future it was trained on) is drawn a block at a time (`roll`)."""
 
+    name = "transformer"
     deterministic = False
     DECODE_MARGIN = 16  # context codes decoded with the future (16 codes = 1 s at the defaults)
 
-    def __init__(self, vq, gpt, cfg, sample, device: str | torch.device | None = None, draft_beats: bool = False):
+    def __init__(self, vq: VQVAE, gpt: CodeGPT, cfg: Config, sample: SampleConfig,
+                 device: str | torch.device | None = None, draft_beats: bool = False):
         self.device = model_device(device)
         self.vq, self.gpt = vq.to(self.device).eval(), gpt.to(self.device).eval()
         self.cfg, self.sample, self.draft_beats = cfg, sample, draft_beats
         self.fs = cfg.data.samples_per_second
         self.factor = cfg.model.downsample_factor
-        self.name = "transformer"
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> ForecasterBase:
@@ -319,7 +320,7 @@ class Forecaster(ForecasterBase):
 
 
 @torch.no_grad()
-def seasonal_draft(vq, context: torch.Tensor, steps: int, fs: int, rhythm: Rhythm | None = None,
+def seasonal_draft(vq: VQVAE, context: torch.Tensor, steps: int, fs: int, rhythm: Rhythm | None = None,
                    least: int = 0) -> torch.Tensor:
     """Draft codes [B, T + steps, Q] of contexts [B, T * factor, 2] for a drafting CodeGPT: -1 over the
     context, then the codes of its seasonal-naive continuation (`rhythm`: the contexts' `context_rhythm`),
@@ -331,7 +332,7 @@ def seasonal_draft(vq, context: torch.Tensor, steps: int, fs: int, rhythm: Rhyth
 
 
 @torch.no_grad()
-def beat_draft(vq, context: torch.Tensor, steps: int, fs: int, num_samples: int = 1, seed: int = 0,
+def beat_draft(vq: VQVAE, context: torch.Tensor, steps: int, fs: int, num_samples: int = 1, seed: int = 0,
                beats: list[np.ndarray] | None = None, min_spread: float = 0.05,
                waves: bool = False, rhythm: Rhythm | None = None, least: int = 0
                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -356,7 +357,7 @@ def beat_draft(vq, context: torch.Tensor, steps: int, fs: int, num_samples: int 
     return codes[which], torch.from_numpy(drafts.astype(np.float32)).to(codes.device)[which]
 
 
-def code_draft(vq, waves: np.ndarray, context_steps: int, device: torch.device, batch: int = 512) -> torch.Tensor:
+def code_draft(vq: VQVAE, waves: np.ndarray, context_steps: int, device: torch.device, batch: int = 512) -> torch.Tensor:
     """[N, context_steps + steps, Q]: -1 over the context, then the codes of each continuation [N, H, 2],
     a chunk coded on its own like the future part of a training window."""
     w = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(vq.device)
