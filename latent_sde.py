@@ -57,11 +57,13 @@ from vqvae import VQVAE, vqvae_from
 
 TEMPLATE_EXCLUDE = 4  # frames: the phase template of a frame never reads the context frames this close to it
 MAX_DRIFT = 30.0   # state units per second: learned drifts are soft-clipped to this, so no state can run away
+DIFFUSION_START = 0.15   # each g_i starts this fraction of the way from its floor to its ceiling
 LEARNS_CRPS = ("prior", "diffusion", "emission")   # what PathCRPS trains; the posterior keeps its ELBO weights
 
 
-def soft_clip(x: torch.Tensor, bound: float = MAX_DRIFT) -> torch.Tensor:
-    return bound * torch.tanh(x / bound)
+def soft_clip(x: torch.Tensor) -> torch.Tensor:
+    """x soft-clipped to (-MAX_DRIFT, MAX_DRIFT): tanh keeps a gradient where a hard clip would have none."""
+    return MAX_DRIFT * torch.tanh(x / MAX_DRIFT)
 
 
 def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
@@ -79,7 +81,7 @@ class DiagonalDiffusion(nn.Module):
     raw value grows without bound)."""
 
     def __init__(self, size: int, hidden: int, min_value: float, max_value: float, additive: bool = False,
-                 constant_first: bool = False, scale: list[float] | None = None, init: float = 0.15):
+                 constant_first: bool = False, scale: list[float] | None = None):
         super().__init__()
         self.min_value, self.max_value = min_value, max_value
         self.additive, self.constant_first = additive, constant_first
@@ -87,7 +89,7 @@ class DiagonalDiffusion(nn.Module):
         self.w1 = nn.Parameter(torch.randn(size, hidden))
         self.b1 = nn.Parameter(torch.randn(size, hidden) * 0.1)
         self.w2 = nn.Parameter(torch.randn(size, hidden) / math.sqrt(hidden) * 0.1)
-        self.b2 = nn.Parameter(torch.full((size,), math.log(init / (1 - init))))
+        self.b2 = nn.Parameter(torch.full((size,), math.log(DIFFUSION_START / (1 - DIFFUSION_START))))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.additive:
@@ -347,7 +349,7 @@ class LatentSDE(nn.Module):
         obs]: raw draft frames of the rest); in eval mode also a one-path prior forecast of the rest
         from the context alone (and the draft)."""
         x = self.normalise(frames.float()).transpose(0, 1)                   # [T, B, obs]
-        T, B, O = x.shape
+        T, _, O = x.shape
         self.encode([x[:context], x[context:]])
         self.set_draft(None if draft is None else draft.transpose(0, 1), context)
         mean, logstd = self.initial()
@@ -394,7 +396,7 @@ class LatentSDE(nn.Module):
         from normalised context frames [C, B, obs]: posterior over the context, then the prior; a
         drafting model reads raw draft frames [steps, B * S, obs], one draft per path. Differentiable,
         for the CRPS fine-tuning (PathCRPS): forecasts call it under no_grad."""
-        C, B, _ = context.shape
+        C = len(context)
         self.encode([context])
         self._ctx = self._ctx.repeat_interleave(num_samples, 1)
         if self.phase:
