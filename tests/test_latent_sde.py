@@ -556,7 +556,8 @@ def test_resume_with_crps_from_names_the_pair_of_flags(tmp_path: Path, capsys) -
     torch.save({**common, "meta": {"seed": 0, "crps_from": "first.pt"}}, tuned)
     with pytest.raises(UserError, match=f"--resume {elbo} .* ELBO run .* --crps-from"):
         latent_sde_train.main(["--device", "cpu", "--resume", str(elbo), "--crps-from", "other.pt"])
-    with pytest.raises(Exception):      # the fabricated checkpoint goes no further
+    # the run goes on from its own source, first.pt, and stops at the fabricated checkpoint's config (no drafts)
+    with pytest.raises(UserError, match="^--crps-from first.pt: CRPS fine-tuning needs a latent SDE with beat drafts"):
         latent_sde_train.main(["--device", "cpu", "--resume", str(tuned), "--crps-from", "other.pt"])
     assert "--crps-from other.pt is ignored: the resumed fine-tuning goes on from first.pt" in capsys.readouterr().err
 
