@@ -18,6 +18,16 @@ sys.path.insert(0, str(ROOT))
 MITDB = Path(os.environ.get("MITBIH_DIR") or ROOT.parent / "shared" / "data" / "mitdb").resolve()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_folders():
+    """Every test and module fixture writes where its flags say (tmp_path), never into the caller's
+    $ECG_CACHE_DIR, results or checkpoints: a cache shared with other runs hands a test their encodings."""
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("ECG_CACHE_DIR", "ECG_PREPARED_DIR", "ECG_RESULTS_DIR", "ECG_CHECKPOINTS_DIR"):
+            mp.delenv(var, raising=False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def mitdb() -> Path:
     """The real database; in CI its absence is a failure, elsewhere a skip."""
