@@ -268,22 +268,28 @@ def test_same_seed_same_paths_whatever_the_global_rng(trained: dict) -> None:
     assert np.array_equal(a[1], fc.predict(context[1], 64, num_samples=5, seed=7)[0])    # not its batch mates'
 
 
-def test_resume_continues_the_run(trained: dict, capsys: pytest.CaptureFixture) -> None:
-    row = latent_sde_train.main(flags(trained["setup_sde"], "--device", "cpu", "--resume", str(trained["last"]),
-                                      "--epochs", "4"))
-    assert row["epoch"] == 4
-    rows = list(csv.DictReader((trained["run"] / "metrics.csv").open()))
-    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
-    ckpt = torch.load(trained["last"], weights_only=True)
-    assert int(ckpt["model"]["steps"]) == 40     # the annealing schedules continued, not restarted
-    done = trained["last"].read_bytes()
-    row = latent_sde_train.main(flags(trained["setup_sde"], "--device", "cpu", "--resume", str(trained["last"]),
-                                      "--epochs", "4", "--vqvae", "elsewhere.pt"))
+def test_resume_continues_the_run(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run of its own (resuming the module's shared run would change the model the other tests read)."""
+    vq = next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt"))
+    setup = {**trained["setup_sde"], "results": str(tmp_path / "res"), "checkpoints": str(tmp_path / "ck")}
+    latent_sde_train.main(flags(setup, "--device", "cpu", "--vqvae", str(vq), "--epochs", "2", "--max-steps", "3"))
+    (run,) = (tmp_path / "res").iterdir()
+    last = tmp_path / "ck" / run.name / "last.pt"
+    row = latent_sde_train.main(flags(setup, "--device", "cpu", "--resume", str(last), "--epochs", "3",
+                                      "--max-steps", "3"))
+    assert row["epoch"] == 3
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    ckpt = torch.load(last, weights_only=True)
+    assert int(ckpt["model"]["steps"]) == 9     # the annealing schedules continued, not restarted
+    done = last.read_bytes()
+    row = latent_sde_train.main(flags(setup, "--device", "cpu", "--resume", str(last), "--epochs", "3",
+                                      "--vqvae", "elsewhere.pt"))
     out = capsys.readouterr()
-    assert row["epoch"] == 4 and "nothing to train" in out.out   # said, not silently done
+    assert row["epoch"] == 3 and "nothing to train" in out.out   # said, not silently done
     assert "--vqvae elsewhere.pt is ignored: the resumed run goes on with its own VQ-VAE" in out.err
-    assert trained["last"].read_bytes() == done
-    assert len(list(csv.DictReader((trained["run"] / "metrics.csv").open()))) == 4
+    assert last.read_bytes() == done
+    assert len(list(csv.DictReader((run / "metrics.csv").open()))) == 3
 
 
 def test_evaluate_takes_the_sde_checkpoint(trained: dict) -> None:
