@@ -364,11 +364,9 @@ def _match_sums(ref: tuple[np.ndarray, np.ndarray], det: tuple[np.ndarray, np.nd
     for tol_ms in TOLERANCES_MS:
         tol = tol_ms / 1000 * fs
         ri, di = match_beats(ref_key, det_key, tol)
-        both = (ref_pos[ri] >= c) & (det_pos[di] >= c)
-        ri, di = ri[both], di[both]
         ref_hit, det_hit = np.zeros(len(ref_key), bool), np.zeros(len(det_key), bool)
         ref_hit[ri], det_hit[di] = True, True
-        inner = (ref_pos >= c + tol) & (ref_pos < t - tol)
+        inner = (ref_pos >= c + tol) & (ref_pos < t - tol)     # an inner beat's partner is in the horizon too
         ri, di = ri[inner[ri]], di[inner[ri]]
         fn = ~ref_hit & inner
         fp = ~det_hit & (det_pos >= c + tol) & (det_pos < t - tol)
