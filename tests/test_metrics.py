@@ -629,3 +629,16 @@ def test_a_calibrated_ensemble_covers_a_share_below_the_level_with_few_samples(s
     for level in (0.5, 0.8):
         cov, _ = M.interval_coverage(draws[:-1], draws[-1], level, axis=0)
         assert cov == pytest.approx(level * (samples - 1) / (samples + 1), abs=0.012)
+
+
+def test_the_edge_rule_at_the_horizons_start_and_its_bounds():
+    """At 128 Hz ±100 ms is 12.8 samples. A reference beat 2 samples into the horizon counts in no score, and the
+    detection 12 samples after it, its ±100 ms hit, is no false positive (at ±50 ms, 6.4 samples, it is one: the
+    detection is inside and unmatched). A reference 13 samples before the horizon's end is inside both: missed."""
+    c, h = 384, 384
+    beats = np.array([100, 250, c + 2, c + 150, c + 300, c + h - 13])
+    truth = spike_train(c + h, beats)
+    fc = spike_train(c + h, np.array([c + 14, c + 150, c + 300]))[c:]
+    s = M.rhythm_sums(truth[None, :c], fc[None], np.zeros(len(beats), np.int64), beats, FS, M.segment_edges(h, FS))
+    assert [tuple(s[f"{k}{tol}"][0, -1] for k in ("tp", "fn", "fp")) for tol in (50, 100)] == [(2, 1, 1), (2, 1, 0)]
+    assert s["nterr"][0, -1] == 2 and s["terr"][0, -1] == 0
