@@ -640,13 +640,13 @@ def paired_scores(horizons: int) -> list[tuple[str, int]]:
 
 
 def paired_entry(per_record: dict[str, dict[str, np.ndarray]], tables: dict, name: str, ref: str, metric: str,
-                 j: int, n_boot: int, seed: int) -> dict:
-    """`name`'s value of `metric` in horizon segment j, and its per-record scores minus `ref`'s
-    (`metrics.paired_difference`): the difference, the change relative to ref's mean, and on how many records
-    `name` is better."""
+                 j: int, n_boot: int, seed: int, ref_key: str) -> dict:
+    """`ref`'s value of `metric` in horizon segment j (as `ref_key`) and `name`'s, and `name`'s per-record scores
+    minus `ref`'s (`metrics.paired_difference`): the difference, the change relative to ref's mean, and on how
+    many records `name` is better."""
     ref_value = tables[ref]["metrics"][metric][j]["value"]
     d = M.paired_difference(per_record[name][metric][:, j], per_record[ref][metric][:, j], n_boot, seed)
-    return {"value": tables[name]["metrics"][metric][j]["value"],
+    return {ref_key: ref_value, "value": tables[name]["metrics"][metric][j]["value"],
             "difference": {"value": _num(d["mean"]), "ci": [_num(v) for v in d["ci"]]},
             "change_pct": _num(100 * d["mean"] / ref_value) if ref_value else None,
             "better_on": d["below"] if PAIRED[metric] == "lower" else d["above"], "records": d["records"]}
@@ -666,8 +666,7 @@ def paired_with_best_baseline(per_record: dict[str, dict[str, np.ndarray]], tabl
             if metric not in per_record[name]:
                 continue
             rows.append({"forecaster": name, "metric": metric, "horizon": labels[j], "baseline": ref,
-                         "baseline_value": tables[ref]["metrics"][metric][j]["value"],
-                         **paired_entry(per_record, tables, name, ref, metric, j, n_boot, seed)})
+                         **paired_entry(per_record, tables, name, ref, metric, j, n_boot, seed, "baseline_value")})
     return rows
 
 
@@ -694,8 +693,8 @@ def paired_between_models(per_record: dict[str, dict[str, np.ndarray]], tables: 
                 if metric not in per_record[name] or metric not in per_record[other]:
                     continue
                 rows.append({"forecaster": name, "against": other, "metric": metric, "horizon": labels[j],
-                             "against_value": tables[other]["metrics"][metric][j]["value"],
-                             **paired_entry(per_record, tables, name, other, metric, j, n_boot, seed)})
+                             **paired_entry(per_record, tables, name, other, metric, j, n_boot, seed,
+                                            "against_value")})
     return rows
 
 
