@@ -642,3 +642,18 @@ def test_the_edge_rule_at_the_horizons_start_and_its_bounds():
     s = M.rhythm_sums(truth[None, :c], fc[None], np.zeros(len(beats), np.int64), beats, FS, M.segment_edges(h, FS))
     assert [tuple(s[f"{k}{tol}"][0, -1] for k in ("tp", "fn", "fp")) for tol in (50, 100)] == [(2, 1, 1), (2, 1, 0)]
     assert s["nterr"][0, -1] == 2 and s["terr"][0, -1] == 0
+
+
+@pytest.mark.parametrize("tol_ms, outside, inside", [(100, 11, 12), (50, 5, 6)])
+def test_the_edge_rule_leaves_out_exactly_the_beats_that_may_have_a_partner_outside(tol_ms, outside, inside):
+    """At 128 Hz ±100 ms is 12.8 samples: a missed reference 11 samples into the horizon may have its partner at
+    c − 1 (12 samples, 94 ms, away) and counts in no score; one 12 samples in cannot (c − 1 is 13 samples, 102
+    ms, away) and is a miss. At ±50 ms (6.4 samples) the bound is 5 and 6 samples; at the end, likewise."""
+    c, h = 384, 384
+    last = c + h - 1
+    for ref, fn in (((c + outside, last - outside), 0), ((c + inside, last - inside), 2)):
+        beats = np.array([100, 250, *ref])
+        truth = spike_train(c + h, beats)
+        s = M.rhythm_sums(truth[None, :c], np.zeros((1, h)), np.zeros(len(beats), np.int64), beats, FS,
+                          M.segment_edges(h, FS))
+        assert s[f"fn{tol_ms}"][0, -1] == fn
