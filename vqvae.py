@@ -43,12 +43,16 @@ def level_key(name: str, level: int) -> str:
     return name if level == 0 else f"{name}_{level + 1}"
 
 
+def _norm(ch: int) -> nn.GroupNorm:
+    """Group norm of eight groups, or of one (all channels and time together) when eight do not divide `ch`."""
+    return nn.GroupNorm(8 if ch % 8 == 0 else 1, ch)
+
+
 class ResBlock(nn.Module):
     def __init__(self, ch: int, dilation: int = 1):
         super().__init__()
-        self.net = nn.Sequential(nn.GroupNorm(8 if ch % 8 == 0 else 1, ch), nn.SiLU(),
-                                 nn.Conv1d(ch, ch, 3, padding=dilation, dilation=dilation),
-                                 nn.GroupNorm(8 if ch % 8 == 0 else 1, ch), nn.SiLU(), nn.Conv1d(ch, ch, 1))
+        self.net = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv1d(ch, ch, 3, padding=dilation, dilation=dilation),
+                                 _norm(ch), nn.SiLU(), nn.Conv1d(ch, ch, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.net(x)
@@ -70,7 +74,7 @@ class Encoder(nn.Module):
             layers += _stage(ch, cfg.res_blocks)
         self.net = nn.Sequential(*layers)
         self.attn = ConvAttention(ch, cfg.attention_heads, cfg.attention_layers) if cfg.has_attention else None
-        self.out = nn.Sequential(nn.GroupNorm(8 if ch % 8 == 0 else 1, ch), nn.SiLU(), nn.Conv1d(ch, cfg.latent_dim, 1))
+        self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv1d(ch, cfg.latent_dim, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.net(x)
@@ -91,7 +95,7 @@ class Decoder(nn.Module):
             layers.append(nn.ConvTranspose1d(ch, ch, 4, stride=2, padding=1))
         if levels == 0:
             layers += _stage(ch, cfg.res_blocks)
-        layers += [nn.GroupNorm(8 if ch % 8 == 0 else 1, ch), nn.SiLU(), nn.Conv1d(ch, 2, 7, padding=3)]
+        layers += [_norm(ch), nn.SiLU(), nn.Conv1d(ch, 2, 7, padding=3)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
