@@ -38,6 +38,12 @@ GAIN_BITS = 6             # so 6 bits a lead and window
 SAMPLE_BITS = 11          # an ECG sample as coding papers count it (MIT-BIH's 11-bit ADC): compression ratios
 
 
+def perplexity(counts: torch.Tensor) -> torch.Tensor:
+    """exp of the entropy of code counts [K]: how many codes are in effective use (1 for no counts at all)."""
+    p = counts / counts.sum().clamp(min=1)
+    return torch.exp(-(p * torch.log(p + 1e-10)).sum())
+
+
 def level_key(name: str, level: int) -> str:
     """The metric name of residual level `level`'s codebook statistic: the first level's is the plain name."""
     return name if level == 0 else f"{name}_{level + 1}"
@@ -152,10 +158,9 @@ class VectorQuantizer(nn.Module):
             self._ema_update(flat.detach(), codes, counts, seen)
         commit = F.mse_loss(flat, zq.detach())
         zq_st = flat + (zq - flat).detach()
-        p = counts / counts.sum()
-        perplexity = torch.exp(-(p * torch.log(p + 1e-10)).sum())
         out = zq_st.view(B, T, D).permute(0, 2, 1)
-        return out, codes.view(B, T), {"commitment": self.commitment * commit, "perplexity": perplexity.detach()}
+        losses = {"commitment": self.commitment * commit, "perplexity": perplexity(counts).detach()}
+        return out, codes.view(B, T), losses
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor, seen: torch.Tensor) -> None:
@@ -221,8 +226,7 @@ class VectorQuantizer(nn.Module):
     def end_epoch(self) -> dict:
         """Codebook health over the epoch: perplexity, share of codes used, codes restarted."""
         usage = self.epoch_usage
-        p = usage / usage.sum().clamp(min=1)
-        stats = {"perplexity": float(torch.exp(-(p * torch.log(p + 1e-10)).sum())),
+        stats = {"perplexity": float(perplexity(usage)),
                  "usage": float((usage > 0).float().mean()), "restarted": int(self.restarted)}
         self.epoch_usage.zero_()
         self.restarted.zero_()

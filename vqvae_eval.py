@@ -22,7 +22,7 @@ from hyper_params import AugmentConfig, Config, DataConfig, stored_config
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split, patients_seen, source_fs, stored_leads
 from train_results import load_checkpoint, plot_windows, weights_digest, window_titles
 from training import Runtime, main_first
-from vqvae import SAMPLE_BITS, VQVAE, vqvae_from
+from vqvae import SAMPLE_BITS, VQVAE, perplexity, vqvae_from
 from paths import UserError
 
 
@@ -153,9 +153,8 @@ def reconstruction_report(model: VQVAE, data: dict, record_fs: float | None = No
     per_record = {names[i]: {"mse_mv2": sums[i, 0] / n_per_record[i], "prd": 100 * math.sqrt(sums[i, 0] / sums[i, 1]),
                              "prdn": 100 * math.sqrt(sums[i, 0] / sums[i, 2])}
                   for i in range(len(names)) if n_per_record[i]}
-    p = usage / usage.sum()
     summary = {k: float(np.mean([r[k] for r in per_record.values()])) for k in ("mse_mv2", "prd", "prdn")}
-    summary.update(perplexity=float(torch.exp(-(p * torch.log(p + 1e-10)).sum())),
+    summary.update(perplexity=float(perplexity(usage)),
                    usage=float((usage > 0).float().mean()),
                    **compression(model, sig.shape[1], float(data["fs"]), record_fs),
                    codebooks=len(model.quantizers),
