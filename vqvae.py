@@ -206,10 +206,11 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def restart_dead(self, threshold: float) -> int:
         """Codes used fewer than `threshold` times since the last check restart on recent encoder
-        outputs (picked on rank 0 and broadcast, so every rank keeps the same codebook)."""
+        outputs (picked on rank 0 and broadcast, so every rank keeps the same codebook); none before the k-means
+        init has filled that reservoir. Returns how many restarted."""
         dead = self.window_usage < threshold
-        n_dead = int(dead.sum())
-        if n_dead and bool(self.initialized):
+        n_dead = int(dead.sum()) if bool(self.initialized) else 0
+        if n_dead:
             pick = self.recent[torch.randint(len(self.recent), (n_dead,), device=dead.device)]
             pick = pick + 1e-3 * pick.std() * torch.randn_like(pick)
             self.codebook[dead] = pick

@@ -558,3 +558,13 @@ def test_decode_refuses_codes_outside_the_codebook(bad: int) -> None:
 def test_decode_refuses_float_codes() -> None:
     with pytest.raises(ValueError, match="integers"):
         tiny_model().eval().decode(torch.zeros(1, 16))
+
+
+def test_restart_before_the_codebook_is_initialised_restarts_and_counts_nothing() -> None:
+    """Before k-means init there is no reservoir to restart from: the codebook is kept, and no restart is reported."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(8, 4, decay=0.9, commitment=0.25)
+    before = q.codebook.clone()
+    assert q.restart_dead(1.0) == 0
+    assert torch.equal(q.codebook, before)
+    assert q.end_epoch()["restarted"] == 0
