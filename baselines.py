@@ -9,11 +9,16 @@ ForecasterBase.predict says: a numpy float32 array [B, S, H, 2] in mV, with S = 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from drafts import (NOISE_SCALE, add_noise, context_rhythm, draft_waves, mean_beat, repeat_last,
                     shortest_period, template_pre)
 from forecast import ForecasterBase, as_context, one_by_one
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Zero(ForecasterBase):
@@ -24,7 +29,8 @@ class Zero(ForecasterBase):
     def __init__(self, fs: int = 128):
         self.fs = fs
 
-    def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
+    def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
+                seed: int = 0) -> np.ndarray:
         x = as_context(context, horizon, num_samples, seed)
         return np.zeros((len(x), 1, horizon, 2), np.float32)
 
@@ -34,7 +40,8 @@ class ContextMean(Zero):
 
     name = "mean"
 
-    def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
+    def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
+                seed: int = 0) -> np.ndarray:
         x = as_context(context, horizon, num_samples, seed)
         return np.repeat(x.mean(axis=1, keepdims=True)[:, None], horizon, axis=2)
 
@@ -44,7 +51,8 @@ class Persistence(Zero):
 
     name = "persistence"
 
-    def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
+    def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
+                seed: int = 0) -> np.ndarray:
         x = as_context(context, horizon, num_samples, seed)
         return np.repeat(x[:, None, -1:], horizon, axis=2)
 
@@ -54,7 +62,8 @@ class SeasonalNaive(Zero):
 
     name = "seasonal"
 
-    def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
+    def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
+                seed: int = 0) -> np.ndarray:
         x = as_context(context, horizon, num_samples, seed)
         _, period, _ = context_rhythm(x, self.fs)
         return repeat_last(x, period, horizon)
@@ -67,7 +76,8 @@ class MeanBeatTemplate(Zero):
 
     name = "template"
 
-    def predict(self, context, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
+    def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
+                seed: int = 0) -> np.ndarray:
         x = as_context(context, horizon, num_samples, seed)
         c = x.shape[1]
         peaks, period, _ = context_rhythm(x, self.fs)
@@ -93,7 +103,7 @@ class SeasonalEnsemble(Zero):
     min_spread = 0.05
 
     @one_by_one
-    def predict(self, x, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
+    def predict(self, x: np.ndarray, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
         _, period, spread = context_rhythm(x, self.fs)
         return repeat_last(x, draw_periods(period, spread, self.min_spread, num_samples, seed, self.fs, x.shape[1]),
                            horizon)
@@ -112,7 +122,7 @@ class TemplateEnsemble(Zero):
     noise = NOISE_SCALE
 
     @one_by_one
-    def predict(self, x, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
+    def predict(self, x: np.ndarray, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
         rhythm = context_rhythm(x, self.fs)
         waves, index = draft_waves(x, horizon, self.fs, num_samples, seed, min_spread=self.min_spread, rhythm=rhythm)
         paths = waves[index].reshape(len(x), num_samples, horizon, 2).astype(np.float32)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import paths
-from forecast import Forecaster, forecast_record
+from forecast import Forecaster, ForecasterBase, forecast_record
 from paths import SHIPPED
 from train_results import MetricsLog, load_checkpoint
 
@@ -50,7 +50,7 @@ def pack(ckpt: dict, vqvae_run_dir: str | None, tuned_from_run_dir: str | None =
     return out
 
 
-def forecast_figures(fc, record: Path, start_s: float) -> dict:
+def forecast_figures(fc: ForecasterBase, record: Path, start_s: float) -> dict:
     """Summary figures of one seeded forecast: what the shipped-model test compares."""
     res = forecast_record(fc, str(record), start_s, None, REFERENCE_SAMPLES, REFERENCE_SEED)
     samples, truth = res["samples"], res["truth"]
@@ -62,7 +62,8 @@ def forecast_figures(fc, record: Path, start_s: float) -> dict:
             "mse_of_mean_mV2": round(float(((mean - truth) ** 2).mean()), 6)}
 
 
-def reference_figures(fc, mitdb: Path) -> list[dict]:
+def reference_figures(fc: ForecasterBase, mitdb: Path) -> list[dict]:
+    """The figures of every REFERENCE_CASES forecast, from the MIT-BIH records in `mitdb`."""
     return [forecast_figures(fc, mitdb / name, start) for name, start in REFERENCE_CASES]
 
 
