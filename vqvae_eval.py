@@ -5,6 +5,10 @@ weighs the same).
 
 Prints and saves (results/vqvae_eval-<time>/reconstruction.json, .md, a PNG) MSE in mV^2, PRD and
 normalised PRD in percent, codebook perplexity and usage, the compression ratio and the bit rate.
+
+It also holds what the forecaster trainers (transformer_train.py, latent_sde_train.py) share about the frozen
+VQ-VAE they train on: finding and loading it (latest_checkpoint, load_vqvae, run_vqvae, vqvae_choice), its
+config (forecasting_config) and the cached encodings of the training windows (frozen_encodings).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from tqdm import tqdm
 import paths
 from hyper_params import AugmentConfig, Config, DataConfig, stored_config
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split, patients_seen, source_fs, stored_leads
-from train_results import load_checkpoint, plot_windows, weights_digest, window_titles
+from train_results import fixed_indices, load_checkpoint, plot_windows, weights_digest, window_titles
 from training import Runtime, main_first
 from vqvae import SAMPLE_BITS, VQVAE, perplexity, vqvae_from
 from paths import UserError
@@ -202,6 +206,15 @@ def seen_warnings(meta: dict, records: list[str], split: str) -> list[str]:
     return out
 
 
+@torch.no_grad()
+def plot_examples(model: VQVAE, data: dict, split: str, prepared: str | None, out: Path) -> None:
+    """Four windows spread over the split against their reconstructions, each panel naming its record and lead."""
+    idx = fixed_indices(data, 4)
+    x = data["signals"][idx].clone()
+    plot_windows(x.numpy(), model(x)[0].numpy(), float(data["fs"]), out,
+                 f"{split} windows, original vs reconstruction", window_titles(data, idx, stored_leads(prepared)))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="VQ-VAE checkpoint, or a forecaster's for the VQ-VAE inside it, e.g. "
@@ -228,12 +241,7 @@ def main() -> None:
     paths.atomic_write_json(report, run / "reconstruction.json")
     lines = report_lines(report, data)
     paths.atomic_write_text("\n".join(lines) + "\n", run / "reconstruction.md")
-    idx = np.linspace(0, len(data["signals"]) - 1, 4).astype(int)
-    x = data["signals"][idx].clone()
-    with torch.no_grad():
-        plot_windows(x.numpy(), model(x)[0].numpy(), float(data["fs"]),
-                     run / "reconstruction_examples.png", f"{args.split} windows, original vs reconstruction",
-                     window_titles(data, idx, stored_leads(args.prepared)))
+    plot_examples(model, data, args.split, args.prepared, run / "reconstruction_examples.png")
     print("\n".join(lines[-3:]))
     print(f"report: {run / 'reconstruction.md'}")
 
