@@ -36,7 +36,8 @@ def header_of(metric: str) -> str:
 
 def markdown_report(summary: dict, header: dict, w: Windows) -> str:
     """report.md: run header, every metric per forecaster, the paired comparisons and the windows by their horizon's
-    beats, then per horizon second, the detector check, the metrics' definitions, the records and the plots."""
+    beats, then per horizon second, the detector check, the metrics' definitions, the baselines', the records and
+    the plots."""
     lines = run_section(summary, header, w) + whole_horizon_section(summary)
     lines += paired_section(summary["paired"]) + models_section(summary["paired_models"])
     lines += horizon_beats_section(summary.get("horizon_beats", {}), summary["horizons"])

@@ -1,7 +1,9 @@
-"""VQ-VAE settings: `config_vqvae.json` loaded into typed dataclasses.
+"""VQ-VAE and data settings: `config_vqvae.json` loaded into typed dataclasses.
 
 Unknown keys, wrong types and bad values are rejected with a message naming the key, so a typo
-never silently falls back to a default.
+never silently falls back to a default. The other models' configs (hyper_params_transformer.py,
+hyper_params_sde.py) are read and checked with this module's read_json, build_config and _check, and share
+its train and augment sections. data_hash ties prepared tensors to the data settings they were made with.
 """
 from __future__ import annotations
 
