@@ -238,6 +238,25 @@ def forecast_axes(n: int, seconds: float) -> tuple[plt.Figure, np.ndarray]:
     return fig, axes.reshape(n, 2)
 
 
+def forecast_panel(ax: plt.Axes, t: np.ndarray, window: np.ndarray, samples: np.ndarray, context: int) -> None:
+    """One lead of one window (plot_forecasts): `window` [C + H] is context then truth at times `t` (s), `samples`
+    [S, H] the forecast paths, all in mV."""
+    horizon = samples.shape[1]
+    tf = t[context:context + horizon]
+    ax.plot(t[:context], window[:context], color="0.45", lw=1.0, label="context")
+    ax.plot(tf, window[context:context + horizon], color="black", lw=1.0, label="truth",
+            zorder=4)               # on top: the samples and bands must not hide what happened
+    if len(samples) > 1:
+        for lo, hi, alpha in ((10, 90, 0.18), (25, 75, 0.3)):
+            ax.fill_between(tf, np.percentile(samples, lo, 0), np.percentile(samples, hi, 0), color="tab:blue",
+                            alpha=alpha, lw=0, label=f"{hi - lo}% band")
+        ax.plot(tf, samples[0], color="tab:blue", lw=0.7, alpha=0.8, label="one sample")
+    ax.plot(tf, samples.mean(0), color="tab:red", lw=1.0, label="forecast (mean)")
+    ax.axvline(t[context], color="0.3", ls=":", lw=0.8)
+    ax.set_ylabel("mV")
+    ax.grid(alpha=0.3)
+
+
 def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context: int, out: Path, title: str,
                    start_s: float = 0.0, leads: tuple[str, ...] = LEADS,
                    titles: list[tuple[str, str]] | None = None) -> None:
@@ -247,26 +266,12 @@ def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context:
     windows [N, C + H, 2] (context then truth) and samples [N, S, H, 2], all in mV; time in seconds from
     `start_s`, so a record's forecast reads in record time. `titles`: each window's two panels (window_titles),
     else `leads` over the first row."""
-    n, horizon = len(windows), samples.shape[2]
     t = start_s + np.arange(windows.shape[1]) / fs
-    tf = t[context:context + horizon]
-    fig, axes = forecast_axes(n, windows.shape[1] / fs)
-    for i in range(n):
+    fig, axes = forecast_axes(len(windows), windows.shape[1] / fs)
+    for i in range(len(windows)):
         for lead in range(2):
             ax = axes[i, lead]
-            s = samples[i, :, :, lead]
-            ax.plot(t[:context], windows[i, :context, lead], color="0.45", lw=1.0, label="context")
-            ax.plot(tf, windows[i, context:context + horizon, lead], color="black", lw=1.0, label="truth",
-                    zorder=4)               # on top: the samples and bands must not hide what happened
-            if s.shape[0] > 1:
-                for lo, hi, alpha in ((10, 90, 0.18), (25, 75, 0.3)):
-                    ax.fill_between(tf, np.percentile(s, lo, 0), np.percentile(s, hi, 0), color="tab:blue",
-                                    alpha=alpha, lw=0, label=f"{hi - lo}% band")
-                ax.plot(tf, s[0], color="tab:blue", lw=0.7, alpha=0.8, label="one sample")
-            ax.plot(tf, s.mean(0), color="tab:red", lw=1.0, label="forecast (mean)")
-            ax.axvline(t[context], color="0.3", ls=":", lw=0.8)
-            ax.set_ylabel("mV")
-            ax.grid(alpha=0.3)
+            forecast_panel(ax, t, windows[i, :, lead], samples[i, :, :, lead], context)
             if titles:
                 ax.set_title(titles[i][lead], fontsize=9)
             elif i == 0:
@@ -279,3 +284,4 @@ def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context:
     fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
     paths.atomic_savefig(fig, out, dpi=100)
     plt.close(fig)
+
