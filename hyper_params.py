@@ -51,6 +51,25 @@ class DataConfig:
             return self.total_samples
         return max(1, round(self.window_stride * self.samples_per_second))
 
+    def validate(self) -> None:
+        _check(self.samples_per_second > 0, "data.samples_per_second", self.samples_per_second, "must be > 0")
+        _check(self.input_signal_duration > 0, "data.input_signal_duration", self.input_signal_duration, "must be > 0")
+        _check(abs(self.input_signal_duration * self.samples_per_second - self.window_samples) < 1e-6,
+               "data.input_signal_duration", self.input_signal_duration,
+               f"times samples_per_second={self.samples_per_second} must be a whole number of samples")
+        _check(self.forecast_predictions >= 0, "data.forecast_predictions", self.forecast_predictions, "must be >= 0")
+        _check(self.signals_per_patient is None or self.signals_per_patient >= 0, "data.signals_per_patient",
+               self.signals_per_patient, "must be >= 0 or null")
+        _check(self.window_stride is None or self.window_stride > 0, "data.window_stride", self.window_stride,
+               "must be > 0 or null")
+        lo_hi, nyquist = self.filter_band, self.samples_per_second / 2
+        _check(len(lo_hi) == 2 and 0 <= lo_hi[0] < lo_hi[1] < nyquist, "data.filter_band", lo_hi,
+               f"must be [low, high] Hz with 0 <= low < high < {nyquist} (Nyquist)")
+        _check(self.filter_order >= 1, "data.filter_order", self.filter_order, "must be >= 1")
+        _check(self.normalization in ("train_std", "none"), "data.normalization", self.normalization,
+               "must be 'train_std' or 'none'")
+        _check(self.first_lead.strip() != "", "data.first_lead", self.first_lead, "must name a lead")
+
 
 @dataclass
 class ModelConfig:
@@ -68,6 +87,22 @@ class ModelConfig:
     ema_decay: float = 0.99
     dead_code_threshold: float = 1.0    # a code used fewer times than this in restart_every steps restarts
     restart_every: int = 100            # training steps between dead-code checks (0 = never)
+
+    def validate(self, window_samples: int) -> None:
+        """`window_samples`: the data's window, which downsample_factor must divide."""
+        f = self.downsample_factor
+        _check(f >= 1 and f & (f - 1) == 0, "model.downsample_factor", f, "must be a power of 2")
+        _check(window_samples % f == 0, "model.downsample_factor", f,
+               f"must divide the window of {window_samples} samples")
+        for key in ("channels", "latent_dim", "num_quantizers", "attention_heads"):
+            _check(getattr(self, key) >= 1, f"model.{key}", getattr(self, key), "must be >= 1")
+        _check(self.codebook_size >= 2, "model.codebook_size", self.codebook_size,
+               "must be >= 2: one code carries log2(1) = 0 bits (residual codebooks are model.num_quantizers)")
+        _check(not self.has_attention or self.channels % self.attention_heads == 0, "model.attention_heads",
+               self.attention_heads, f"must divide model.channels={self.channels}")
+        _check(0 < self.ema_decay < 1, "model.ema_decay", self.ema_decay, "must be in (0, 1)")
+        for key in ("res_blocks", "attention_layers", "commitment_cost", "dead_code_threshold", "restart_every"):
+            _check(getattr(self, key) >= 0, f"model.{key}", getattr(self, key), "must be >= 0")
 
 
 @dataclass
@@ -124,37 +159,9 @@ class Config:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        d, m, t = self.data, self.model, self.train
-        _check(d.samples_per_second > 0, "data.samples_per_second", d.samples_per_second, "must be > 0")
-        _check(d.input_signal_duration > 0, "data.input_signal_duration", d.input_signal_duration, "must be > 0")
-        _check(abs(d.input_signal_duration * d.samples_per_second - d.window_samples) < 1e-6,
-               "data.input_signal_duration", d.input_signal_duration,
-               f"times samples_per_second={d.samples_per_second} must be a whole number of samples")
-        _check(d.forecast_predictions >= 0, "data.forecast_predictions", d.forecast_predictions, "must be >= 0")
-        _check(d.signals_per_patient is None or d.signals_per_patient >= 0, "data.signals_per_patient",
-               d.signals_per_patient, "must be >= 0 or null")
-        _check(d.window_stride is None or d.window_stride > 0, "data.window_stride", d.window_stride, "must be > 0 or null")
-        lo_hi = d.filter_band
-        _check(len(lo_hi) == 2 and 0 <= lo_hi[0] < lo_hi[1] < d.samples_per_second / 2, "data.filter_band",
-               lo_hi, f"must be [low, high] Hz with 0 <= low < high < {d.samples_per_second / 2} (Nyquist)")
-        _check(d.filter_order >= 1, "data.filter_order", d.filter_order, "must be >= 1")
-        _check(d.normalization in ("train_std", "none"), "data.normalization", d.normalization,
-               "must be 'train_std' or 'none'")
-        _check(d.first_lead.strip() != "", "data.first_lead", d.first_lead, "must name a lead")
-        f = m.downsample_factor
-        _check(f >= 1 and f & (f - 1) == 0, "model.downsample_factor", f, "must be a power of 2")
-        _check(d.window_samples % f == 0, "model.downsample_factor", f,
-               f"must divide the window of {d.window_samples} samples")
-        for key in ("channels", "latent_dim", "num_quantizers", "attention_heads"):
-            _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
-        _check(m.codebook_size >= 2, "model.codebook_size", m.codebook_size,
-               "must be >= 2: one code carries log2(1) = 0 bits (residual codebooks are model.num_quantizers)")
-        _check(not m.has_attention or m.channels % m.attention_heads == 0, "model.attention_heads",
-               m.attention_heads, f"must divide model.channels={m.channels}")
-        _check(0 < m.ema_decay < 1, "model.ema_decay", m.ema_decay, "must be in (0, 1)")
-        for key in ("res_blocks", "attention_layers", "commitment_cost", "dead_code_threshold", "restart_every"):
-            _check(getattr(m, key) >= 0, f"model.{key}", getattr(m, key), "must be >= 0")
-        t.validate()
+        self.data.validate()
+        self.model.validate(self.data.window_samples)
+        self.train.validate()
 
 
 def _check(ok: bool, key: str, value: Any, why: str) -> None:
