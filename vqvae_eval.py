@@ -181,7 +181,7 @@ def report_lines(report: dict, data: dict) -> list[str]:
     s = report["summary"]
     lines = [f"# VQ-VAE reconstruction on the {report['split']} split", "",
              f"checkpoint `{report['checkpoint']}`, {s['records']} records, {s['windows']} windows of "
-             f"{data['signals'].shape[1] / float(data['fs']):.0f} s, git {report['git_commit']}", "",
+             f"{data['signals'].shape[1] / float(data['fs']):g} s, git {report['git_commit']}", "",
              *trained_line(report.get("trained", {})),
              "| record | MSE (mV²) | PRD (%) | PRDN (%) |", "|---:|---:|---:|---:|"]
     lines += [f"| {r} | {v['mse_mv2']:.5f} | {v['prd']:.2f} | {v['prdn']:.2f} |" for r, v in report["per_record"].items()]

@@ -331,6 +331,16 @@ def test_reconstruction_md_puts_each_number_in_its_column_and_unit():
             "20.0 against 11-bit samples at the model's 64 Hz), 70 bit/s in 2 codebook(s)") in lines[-1]
 
 
+def test_reconstruction_md_gives_a_window_of_a_fraction_of_a_second_as_it_is():
+    """A 250 Hz config takes a 3.2 s context (README, Configuration): its 6.4 s windows are not called 6 s."""
+    summary = {"records": 1, "windows": 3, "mse_mv2": 0.02, "prd": 11.5, "prdn": 31.25, "perplexity": 20.0,
+               "usage": 0.75, "compression_ratio": 16.0, "source_fs": 250.0, "compression_ratio_model_rate": 16.0,
+               "bits_per_second": 70.4, "codebooks": 2}
+    report = {"split": "test", "checkpoint": "c.pt", "git_commit": "abc", "summary": summary, "per_record": {}}
+    lines = vqvae_eval.report_lines(report, {"signals": torch.zeros(3, 1600, 2), "fs": 250})
+    assert "3 windows of 6.4 s," in lines[2]
+
+
 def test_the_default_checkpoint_is_the_newest_by_time_not_by_name(tmp_path):
     """latest_checkpoint picks the run written last (its best.pt's time), whatever the folder names sort as."""
     import os
