@@ -38,14 +38,15 @@ class MetricsLog:
         return text[:end], text[end:]
 
     def append(self, row: dict) -> None:
-        text = self._text()[0]
-        fields = next(csv.reader(io.StringIO(text))) if text else list(row)
+        """A column the file lacks (a run resumed by code that logs more) is added, blank in the earlier rows:
+        dropping it would lose that metric for the rest of the run."""
+        rows = self.read()
         out = io.StringIO()
-        w = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
-        if not text:
-            w.writeheader()
+        w = csv.DictWriter(out, fieldnames=list(dict.fromkeys([*(rows[0] if rows else {}), *row])))
+        w.writeheader()
+        w.writerows(rows)
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        paths.atomic_write_text(text + out.getvalue(), self.path)
+        paths.atomic_write_text(out.getvalue(), self.path)
 
     def read(self) -> list[dict]:
         return list(csv.DictReader(io.StringIO(self._text()[0])))

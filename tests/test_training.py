@@ -360,6 +360,18 @@ def test_resume_keeps_the_rows_up_to_its_checkpoints_epoch(tmp_path):
     assert [int(r["epoch"]) for r in log.read()] == [1, 2]
 
 
+def test_a_column_new_to_metrics_csv_is_added_not_dropped(tmp_path):
+    """A run resumed by code that logs one metric more: the column is added, blank in the earlier rows, and a row
+    without a column the file has leaves it blank."""
+    log = MetricsLog(tmp_path / "metrics.csv")
+    log.append({"epoch": 1, "val_loss": 1.0})
+    log.append({"epoch": 2, "val_loss": 0.5, "perplexity": 7.25})
+    log.append({"epoch": 3, "perplexity": 8.0})
+    assert log.read() == [{"epoch": "1", "val_loss": "1", "perplexity": ""},
+                          {"epoch": "2", "val_loss": "0.5", "perplexity": "7.25"},
+                          {"epoch": "3", "val_loss": "", "perplexity": "8"}]
+
+
 def test_a_resume_drops_a_half_written_last_row_of_metrics_csv(tmp_path, capsys):
     """Killed while appending epoch 10's row in place (older code), metrics.csv ended in '1': the resume from
     epoch 9 appended '10,...' to it, an epoch 110. The half row is dropped, with a note, and each epoch has one row."""
