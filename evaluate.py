@@ -28,6 +28,7 @@ import re
 import shlex
 import sys
 import time
+import traceback
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ import metrics as M
 import paths
 from baselines import BASELINES, make_baseline
 from eval_report import csv_text, file_name, markdown_report
-from forecast import Forecaster, ForecasterBase, host_array
+from forecast import Forecaster, ForecasterBase, checked_samples
 from hyper_params import Config, data_hash, load_config
 from paths import ROOT, SHIPPED, SHIPPED_SPECS, UserError
 
@@ -127,7 +128,28 @@ def user_forecaster(spec: str, fs: int, device: str | None = None, flag: str = "
         raise UserError(f"{flag} {spec}: it forecasts at {own_fs} Hz but the data is at {fs} Hz")
     if getattr(f, "name", ForecasterBase.name) == ForecasterBase.name:
         f.name = name
-    return f
+    return OwnForecaster(f, f"{flag} {spec}")
+
+
+class OwnForecaster:
+    """A forecaster of one's own as both scripts call it: every attribute is the object's, but an exception its
+    predict raises becomes a UserError (exit status 2) naming it (`said`: FLAG FILE.py:NAME), with the exception and
+    the traceback of its frames only. The bug is in code the user can change, and where in it shows in those frames
+    (an IndexError deep in their numpy code says nothing alone); the script's frames above them would only bury them
+    and read as a crash of the script."""
+
+    def __init__(self, own: object, said: str):
+        vars(self).update(_own=own, _said=said)     # underscored: the object's own attributes keep their names
+
+    def __getattr__(self, key: str):
+        return getattr(vars(self)["_own"], key)
+
+    def predict(self, *args, **kwargs) -> np.ndarray:
+        try:
+            return self._own.predict(*args, **kwargs)
+        except Exception as e:
+            frames = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next)).rstrip()
+            raise UserError(f"{self._said}: its predict raised {type(e).__name__}: {e}\n{frames}") from e
 
 
 def import_source(spec: str, flag: str) -> ModuleType:
@@ -464,14 +486,10 @@ def predict_windows(f: ForecasterBase, name: str, w: Windows, idx: np.ndarray, c
     for i in idx:
         x = np.asarray(w.signals[i:i + 1, :context], np.float32)
         with warnings.catch_warnings(record=True) as caught:
-            y = host_array(f.predict(x, horizon, num_samples=num_samples,
-                                     seed=window_seed(seed, w.records[w.record[i]], int(w.start[i]))))
+            y = f.predict(x, horizon, num_samples=num_samples,
+                          seed=window_seed(seed, w.records[w.record[i]], int(w.start[i])))
         say_warnings(caught, f"{name} on record {w.records[w.record[i]]} at {int(w.start[i]) / fs:g} s", said)
-        if y.ndim != 4 or y.shape[0] != 1 or y.shape[2:] != (horizon, 2) or y.shape[1] < 1:
-            raise UserError(f"{name}: predict returned shape {y.shape}, expected [1, S, {horizon}, 2]")
-        if not np.isfinite(y).all():
-            raise UserError(f"{name}: predict returned NaN or inf values")
-        out.append(y)
+        out.append(checked_samples(y, name, horizon))
     return np.concatenate(out)
 
 

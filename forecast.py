@@ -110,6 +110,21 @@ def host_array(forecast: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.asarray(forecast, np.float32)
 
 
+def checked_samples(forecast: np.ndarray | torch.Tensor, who: str, horizon: int) -> np.ndarray:
+    """One context's forecast as host_array gives it, checked to be [1, S, horizon, 2] and finite. A forecaster of
+    one's own returning another shape or NaNs is named here, not met as numpy's error deep in the scoring or the plot,
+    or saved as a forecast of NaNs."""
+    try:
+        y = host_array(forecast)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{who}: predict returned a {type(forecast).__name__}, not an array of numbers: {e}") from e
+    if y.ndim != 4 or y.shape[0] != 1 or y.shape[2:] != (horizon, 2) or y.shape[1] < 1:
+        raise UserError(f"{who}: predict returned shape {y.shape}, expected [1, S, {horizon}, 2]")
+    if not np.isfinite(y).all():
+        raise UserError(f"{who}: predict returned NaN or inf values")
+    return y
+
+
 OFFSET_MV = 1.0   # a context averaging more than this on a lead was not band-passed (warn_offset)
 
 
@@ -427,7 +442,7 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
         raise UserError(f"{record}: the context {round((at - ctx) / fs, 3):g}-{start_s:g} s touches a gap of NaN/invalid "
                         f"or flat samples; {clean_starts(rec.signal, at, ctx, fs)}")
     truth = rec.signal[at:at + horizon]
-    samples_ = host_array(fc.predict(context[None], horizon, samples, seed))[0]
+    samples_ = checked_samples(fc.predict(context[None], horizon, samples, seed), fc.name, horizon)[0]
     return {"context": context, "truth": truth, "samples": samples_, "fs": fs, "leads": rec.leads,
             "start_sample": at, "fs_in": rec.fs_in, "device": str(getattr(fc, "device", "cpu")),
             "input_hash": input_hash}

@@ -476,6 +476,25 @@ class Level:
 class One(Level):
     def predict(self, context, horizon, num_samples=100, seed=0):
         return super().predict(context, horizon, 1, seed)
+
+
+def refuse(horizon):
+    raise ValueError(f"cannot forecast {horizon} samples")
+
+
+class Raises(Level):
+    def predict(self, context, horizon, num_samples=100, seed=0):
+        return refuse(horizon)
+
+
+class Flat(Level):
+    def predict(self, context, horizon, num_samples=100, seed=0):
+        return super().predict(context, horizon, num_samples, seed)[0]
+
+
+class Nan(Level):
+    def predict(self, context, horizon, num_samples=100, seed=0):
+        return super().predict(context, horizon, num_samples, seed) * np.nan
 """
 
 
@@ -506,3 +525,24 @@ def test_forecast_py_takes_a_forecaster_of_ones_own_as_evaluate_py_does(tmp_path
     torch.save({"kind": "mine", "model": {}, "config": {}}, tmp_path / "mine.pt")
     code, err = run_forecast(["--checkpoint", str(tmp_path / "mine.pt"), "--record", str(record), "--start", "5"])
     assert code == 2 and "a forecaster of one's own is FILE.py:NAME=CHECKPOINT" in err, err
+
+
+def test_forecast_py_names_a_forecaster_of_ones_own_that_fails(tmp_path):
+    """One's own predict raising is their bug: exit status 2, an error naming FILE.py:NAME and the exception, and
+    the traceback of their frames alone (forecast.py's frames were all it showed before). A wrong shape or NaNs are
+    refused by name as evaluate.py refuses them (a numpy traceback in the plot before, and a plot of NaNs)."""
+    record = write_record(tmp_path, "r", seconds=12, seed=0)
+    mine = tmp_path / "mine.py"
+    mine.write_text(OWN)
+    errors = {}
+    for name, said in (("Raises", f"error: --checkpoint {mine}:Raises: its predict raised ValueError: cannot forecast "
+                                  f"384 samples\nTraceback"),
+                       ("Flat", "error: Flat: predict returned shape (3, 384, 2), expected [1, S, 384, 2]\n"),
+                       ("Nan", "error: Nan: predict returned NaN or inf values\n")):
+        out = tmp_path / name
+        code, errors[name] = run_forecast(["--checkpoint", f"{mine}:{name}", "--record", str(record), "--start", "5",
+                                           "--samples", "3", "--out", str(out)])
+        assert code == 2 and errors[name].startswith(said), errors[name]
+        assert not any(out.iterdir())
+    frames = [line.split(",")[0] for line in errors["Raises"].splitlines() if line.startswith("  File")]
+    assert frames == [f'  File "{mine}"'] * 2            # its predict, then refuse: no frame of ours

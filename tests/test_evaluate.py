@@ -125,6 +125,20 @@ def test_your_own_forecaster_is_scored_and_paired_like_a_model(db250, tmp_path):
             evaluate.main(["--model", bad, "--wfdb-dir", str(db250), "--results", str(tmp_path / "results")])
 
 
+def test_your_own_forecaster_that_raises_is_named_with_its_own_frames(db250, tmp_path):
+    """One's own predict raising is said as forecast.py says it: a UserError (exit status 2) naming FILE.py:NAME and
+    the exception, with the traceback of its frames alone; before, evaluate.py stopped in a traceback of its own."""
+    mine = tmp_path / "mine.py"
+    mine.write_text(USER_FORECASTER.replace("x = np.asarray", "x = np.asarray(context)[9]  # a bug\n        x = np.asarray"))
+    with pytest.raises(UserError) as caught:
+        evaluate.main(["--model", f"{mine}:HalfLastSecond", "--wfdb-dir", str(db250), "--records", "a01",
+                       "--max-windows-per-record", "1", "--results", str(tmp_path / "results")])
+    said = str(caught.value)
+    assert said.startswith(f"--model {mine}:HalfLastSecond: its predict raised IndexError: index 9 is out of bounds")
+    assert [line.split(",")[0] for line in said.splitlines() if line.startswith("  File")] == [f'  File "{mine}"']
+    assert not any((tmp_path / "results").iterdir())                 # no run folder
+
+
 CHECKPOINTED = """
 import numpy as np
 
