@@ -17,6 +17,7 @@ metrics.csv, error_curves.png and gallery_<model>.png into a fresh results/evalu
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import importlib
 import importlib.util
@@ -27,6 +28,7 @@ import json
 import re
 import shlex
 import sys
+import sysconfig
 import time
 import traceback
 import warnings
@@ -197,16 +199,83 @@ def user_arguments(asked: str, make: Callable, checkpoint: str | None, device: s
 
 
 def own_code(specs: list[str]) -> str:
-    """The file behind each forecaster of one's own and its SHA-256: git's commit says nothing of an untracked
-    my_model.py, so the report names the exact code it scored."""
+    """The files behind each forecaster of one's own and their SHA-256 (own_files: its file and the local modules it
+    imports): git's commit says nothing of an untracked my_model.py or of the helper module it imports, so the
+    report names the exact code it scored."""
     out = []
     for spec in expand_models(specs):
         if m := own_spec(spec):
             found = m["source"] if m["source"].endswith(".py") else getattr(
                 importlib.util.find_spec(m["source"]), "origin", None)      # imported already: no side effects
             if found and Path(found).is_file():
-                out.append(f"{spec}: {found} sha256 {paths.file_sha256(found)}")
+                files = own_files(Path(found), m["source"])
+                out.append(f"{spec}: " + ", ".join(f"{f} sha256 {paths.file_sha256(f)}" for f in files))
     return "; ".join(out)
+
+
+def own_files(path: Path, source: str) -> list[Path]:
+    """One's own forecaster's file, then (sorted) every module it imports that lies under the folder it is imported
+    from (FILE.py's own folder, or module:NAME's sys.path entry), and those they import in turn. Imports are read
+    from the import statements, not from what ran: the same files whichever script asks, and a module imported by
+    importlib or exec is not seen. The standard library and installed packages are the environment's, not followed;
+    a FILE.py in this project's folder takes the project's modules it imports along."""
+    root = import_root(path, source)
+    found, todo = [path], [path]
+    while todo:
+        for f in imported_files(todo.pop(), root):
+            if f not in found and not in_environment(f):
+                found.append(f)
+                todo.append(f)
+    return [path, *sorted(found[1:])]
+
+
+def import_root(path: Path, source: str) -> Path:
+    """The folder the absolute imports of one's own code are found in: FILE.py's (load_file puts it on sys.path),
+    or the sys.path entry module:NAME came from (pkg.mod's file /x/pkg/mod.py: /x)."""
+    if source.endswith(".py"):
+        return path.parent
+    return path.parents[source.count(".") + (path.name == "__init__.py")]
+
+
+def imported_files(file: Path, root: Path) -> list[Path]:
+    """The files under `root` (absolute imports) or `file`'s package (relative ones) that `file`'s import statements
+    name; a module found nowhere there (numpy, os) gives none, and so does a file that does not parse (edited while
+    the run went on: its hash says so, and the report is not lost to a SyntaxError at its end)."""
+    try:
+        tree = ast.parse(file.read_bytes(), str(file))
+    except (SyntaxError, ValueError):
+        return []
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [f for alias in node.names for f in module_files(root, alias.name)]
+        elif isinstance(node, ast.ImportFrom):
+            base = file.parents[node.level - 1] if node.level else root
+            module = [node.module] if node.module else []
+            out += module_files(base, ".".join(module)) if module else []
+            out += [f for alias in node.names for f in module_files(base, ".".join([*module, alias.name]))]
+    return out
+
+
+def module_files(base: Path, dotted: str) -> list[Path]:
+    """The files `import dotted` runs when found in folder `base`: each package's __init__.py on the way, then the
+    module's file (`from pkg import name` asks for pkg.name too, which is a file only when name is a module); a
+    folder without __init__.py is a namespace package, looked into."""
+    found, folder = [], base
+    for part in dotted.split("."):
+        here = [f for f in (folder / part / "__init__.py", folder / f"{part}.py") if f.is_file()]
+        if not here and not (folder / part).is_dir():
+            break
+        found += here[:1]
+        folder = folder / part
+    return found
+
+
+def in_environment(file: Path) -> bool:
+    """Whether a file is the standard library's or an installed package's: its version is the environment's, which
+    no hash of one's own code should follow."""
+    where, folders = file.resolve(), sysconfig.get_paths()
+    return any(where.is_relative_to(Path(folders[k]).resolve()) for k in ("stdlib", "platstdlib", "purelib", "platlib"))
 
 
 def checkpoint_digests(specs: list[str]) -> dict[str, str]:

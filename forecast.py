@@ -587,7 +587,8 @@ def checkpoint_sha256(checkpoint: str | Path) -> dict:
 
 
 def own_code_of(checkpoint: str | Path) -> dict:
-    """The file and SHA-256 behind a forecaster of one's own (evaluate.own_code), {} for a checkpoint."""
+    """The files and SHA-256s behind a forecaster of one's own, its file and the local modules it imports
+    (evaluate.own_code), {} for a checkpoint."""
     from evaluate import own_code
     return {"own_forecaster": code} if (code := own_code([str(checkpoint)])) else {}
 

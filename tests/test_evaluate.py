@@ -180,6 +180,33 @@ def test_your_own_forecaster_is_handed_its_checkpoint_and_device_and_the_report_
     assert result["per_record"]["Loaded"]["mse"]["a01"] != result["per_record"]["zero"]["mse"]["a01"]
 
 
+def test_the_report_names_the_modules_ones_own_forecaster_imports(tmp_path, monkeypatch):
+    """A change in a helper module of one's own changes what is recorded: own_code hashes FILE.py and the modules
+    its import statements name under its folder (packages, relative imports, theirs in turn), not numpy's, nor a
+    module imported from elsewhere. It named FILE.py alone before, so an edited helper went unrecorded."""
+    for folder in ("own_pkg", "ns/deep"):
+        (tmp_path / folder).mkdir(parents=True)
+    files = {"mine.py": "import numpy as np\nimport helper\nfrom own_pkg import sub\nimport forecast\n",
+             "helper.py": "import os\nLEVEL = 0.5\n", "own_pkg/__init__.py": "",
+             "own_pkg/sub.py": "from . import leaf\nfrom ns.deep import broken\n", "own_pkg/leaf.py": "STEP = 1\n",
+             "ns/deep/broken.py": "this does not parse\n", "unused.py": "NOTHING = 0\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+
+    def hashed(*names: Path | str) -> str:
+        return ", ".join(f"{Path(name)} sha256 {file_sha256(name)}" for name in names)
+
+    said = evaluate.own_code(["mine.py:Mine", "zero"])
+    assert said == "mine.py:Mine: " + hashed("mine.py", "helper.py", "ns/deep/broken.py", "own_pkg/__init__.py",
+                                             "own_pkg/leaf.py", "own_pkg/sub.py")    # a file that does not parse too
+    (tmp_path / "helper.py").write_text("import os\nLEVEL = 0.25\n")
+    assert evaluate.own_code(["mine.py:Mine"]) != said
+    monkeypatch.syspath_prepend(str(tmp_path))                  # module:NAME, found on sys.path
+    assert evaluate.own_code(["own_pkg.sub:Mine"]) == "own_pkg.sub:Mine: " + hashed(*(
+        tmp_path / name for name in ("own_pkg/sub.py", "ns/deep/broken.py", "own_pkg/leaf.py")))
+
+
 def test_a_forecaster_of_ones_own_learns_its_patients_from_a_trainer_checkpoint_without_a_vqvae():
     """ForecasterBase.from_run on what training.Trainer saves for a model of one's own (no 'vqvae' key): it read
     ckpt['vqvae'] and failed with KeyError: 'vqvae'."""
