@@ -45,6 +45,8 @@ from training import (EpochEndFn, Runtime, StepFn, Trainer, resumed_seed, run_co
 from vqvae import VQVAE
 from vqvae_eval import forecasting_config, frozen_encodings, run_vqvae, vqvae_choice
 
+CONFIG_FLAGS = {"augment_copies": "augment.copies"}    # --augment-copies sets a config key (run_config)
+
 
 @torch.no_grad()
 def encode_windows(vq: VQVAE, signals: torch.Tensor, piece: int) -> torch.Tensor:
@@ -230,7 +232,7 @@ def check_solver_step(scfg: SDEConfig, frames_per_second: float) -> None:
 
 
 def elbo_config(args: argparse.Namespace, resume: dict | None) -> SDEConfig:
-    scfg = run_config(args, resume, load_sde_config, sde_config_from_dict)
+    scfg = run_config(args, resume, load_sde_config, sde_config_from_dict, CONFIG_FLAGS)
     scfg.validate()
     return scfg
 

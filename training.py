@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -558,10 +558,11 @@ def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | N
 
 
 def run_config(args: argparse.Namespace, resume: dict | None, load: Callable[[str | None], Any],
-               from_dict: Callable[[dict, str], Any]) -> Any:
+               from_dict: Callable[[dict, str], Any], flags: Mapping[str, str] | None = None) -> Any:
     """The config a run trains with. A resumed run goes on with its own, stored in its checkpoint, not the
     config file's (unless --config is given) and with its own seed; flags given now (--epochs to go further)
-    change it either way. A resume whose config differs beyond the training sections is refused here, before
+    change it either way: run_parser's, and the script's own that `flags` declares ({args attribute: "section.key"},
+    as apply_flags takes them). A resume whose config differs beyond the training sections is refused here, before
     the data is loaded and encoded (Trainer.resume checks it again, with the VQ-VAE's)."""
     if resume and not args.config:
         cfg = from_dict({k: v for k, v in resume["config"].items() if k != "vqvae"},
@@ -569,8 +570,7 @@ def run_config(args: argparse.Namespace, resume: dict | None, load: Callable[[st
     else:
         cfg = load(args.config)
     apply_train_overrides(cfg.train, args)
-    if getattr(args, "augment_copies", None) is not None:      # the forecasters' --augment-copies
-        cfg.augment.copies = args.augment_copies
+    apply_flags(cfg, args, flags or {})
     if resume:
         cfg.train.seed = resumed_seed(args, resume)
         current = cfg.to_dict()
@@ -586,6 +586,15 @@ def resumed_seed(args: argparse.Namespace, resume: dict) -> int:
     if args.seed is not None and args.seed != seed:
         paths.note(f"--seed {args.seed} is ignored: the resumed run goes on with its own seed, {seed}")
     return seed
+
+
+def apply_flags(cfg: Any, args: argparse.Namespace, flags: Mapping[str, str]) -> None:
+    """A script's own command-line overrides of config keys, declared where it adds the flags, {args attribute:
+    "section.key"} (None = keep the config's value): the generic code knows no script's flags."""
+    for arg, key in flags.items():
+        if (value := getattr(args, arg)) is not None:
+            section, name = key.split(".")
+            setattr(getattr(cfg, section), name, value)
 
 
 def apply_train_overrides(train: TrainConfig, args: argparse.Namespace) -> None:

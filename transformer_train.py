@@ -27,6 +27,8 @@ from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
 from vqvae_eval import ENCODE_BATCH, forecasting_config, frozen_encodings, run_vqvae, vqvae_choice
 
+CONFIG_FLAGS = {"augment_copies": "augment.copies"}    # --augment-copies sets a config key (run_config)
+
 
 @torch.no_grad()
 def encode_split(vq: VQVAE, signals: torch.Tensor, chunk: int, batch: int = ENCODE_BATCH) -> torch.Tensor:
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "(default: newest checkpoints/vqvae-*/best.pt)")
     args = p.parse_args(argv)
     resume = load_checkpoint(args.resume, "transformer") if args.resume else None
-    tcfg = run_config(args, resume, load_transformer_config, transformer_config_from_dict)
+    tcfg = run_config(args, resume, load_transformer_config, transformer_config_from_dict, CONFIG_FLAGS)
     tcfg.validate()
     vq, vq_ckpt, vq_path = run_vqvae(args, resume)
     cfg = forecasting_config(vq_ckpt, vq_path)

@@ -515,6 +515,25 @@ def test_seed_zero_on_the_command_line_is_the_seed_used():
         assert train.seed == seed
 
 
+def test_a_scripts_own_flags_set_the_config_keys_it_declares():
+    """run_config applies the flags a script declares ({args attribute: "section.key"}, the forecasters'
+    CONFIG_FLAGS) and no other: it read args.augment_copies of any script by name, declared nowhere."""
+    import argparse
+
+    from hyper_params_transformer import load_transformer_config, transformer_config_from_dict
+
+    def copies(augment_copies: int | None, flags: dict | None) -> int:
+        args = argparse.Namespace(config=None, epochs=None, max_steps=None, batch_size=None, seed=None,
+                                  augment_copies=augment_copies)
+        cfg = training.run_config(args, None, load_transformer_config, transformer_config_from_dict, flags)
+        return cfg.augment.copies
+
+    default = load_transformer_config(None).augment.copies
+    assert transformer_train.CONFIG_FLAGS == latent_sde_train.CONFIG_FLAGS == {"augment_copies": "augment.copies"}
+    assert copies(0, transformer_train.CONFIG_FLAGS) == 0 != default        # 0 is a value, not "not given"
+    assert copies(None, transformer_train.CONFIG_FLAGS) == default == copies(0, None)
+
+
 def test_resuming_from_another_kind_of_checkpoint_is_named(tmp_path, synthetic_db):
     setup = tiny_setup(tmp_path, synthetic_db, train={"epochs": 1, "max_steps_per_epoch": 2})
     vqvae_train.main(flags(setup, "--device", "cpu"))
