@@ -1037,7 +1037,8 @@ def main(argv: list[str] | None = None) -> Path:
     if cfg.data.total_samples <= context:
         raise UserError("config data.forecast_predictions is 0: there is no horizon to forecast")
     forecasters, baselines, cautions = build_forecasters(args.model, cfg, device)
-    started.update(checkpoint_digests(args.model))      # the weights just loaded
+    started.update(checkpoint_digests(args.model))      # the weights just loaded, and one's own code
+    started.update({"own forecasters": code} if (code := own_code(args.model)) else {})
     print_warnings(cautions)
     w = load_windows(args, cfg)
     scored = [w.records[i] for i in np.unique(w.record)]
@@ -1114,8 +1115,9 @@ def record_info(w: Windows) -> list[dict]:
 
 def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config, w: Windows,
                   forecasters: dict[str, ForecasterBase], wall: float, started: dict[str, str]) -> dict:
-    """What the report's first table says about the run: command, commit, data, settings, device, time. The date
-    and commit are the run's start (`started`): the code that ran, even if the tree changed during the run."""
+    """What the report's first table says about the run: command, commit, data, settings, device, time. The date,
+    commit, checkpoints and own forecasters' code are the run's start (`started`): the code that ran, even if the
+    tree changed during the run."""
     fs, context, src = cfg.data.samples_per_second, cfg.data.window_samples, w.source
     horizon = w.signals.shape[1] - context
     return {
@@ -1135,7 +1137,6 @@ def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config,
         "device": ", ".join(sorted({str(f.device) for f in forecasters.values() if hasattr(f, "device")})) or "cpu",
         "bootstrap": f"{N_BOOT} resamples of records, seed {args.seed}, 95 % percentile intervals",
         "wall time": f"{wall:.1f} s",
-        **({"own forecasters": code} if (code := own_code(getattr(args, "model", None) or [])) else {}),
     }
 
 

@@ -494,7 +494,7 @@ def main() -> None:
     if args.samples < 1 or not 0 <= args.seed < 2 ** 63:
         raise UserError(f"--samples must be >= 1 and --seed in [0, 2**63), got {args.samples} and {args.seed}")
     path, fc = load_forecaster(args.checkpoint, args.device)
-    run = {"git_commit": commit, **checkpoint_sha256(path)}    # the code and weights that ran, taken at the start
+    run = {"git_commit": commit, **checkpoint_sha256(path), **own_code_of(path)}   # what ran, taken at the start
     if args.out:
         paths.check_writable(args.out)
     t_load = time.time() - t0                       # start-up: torch, the checkpoint
@@ -561,7 +561,8 @@ def resampled(res: dict) -> str:
 def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Path, cover: tuple[int, int],
                   run: dict) -> str:
     """Write the samples (.npy), their plot (.png) and what was asked (.json) into `out`; returns their file stem.
-    `cover` is the result's truth_cover, `run` the git commit the run started at and the checkpoint's digest."""
+    `cover` is the result's truth_cover, `run` the git commit the run started at, the checkpoint's digest and one's
+    own code's (own_code_of)."""
     from prepare_mitbih import record_path          # loaded by now, with the record
     record = record_path(args.record).name          # 100 also for 100.hea or 100.dat
     stem = f"{record}_{args.start:g}s"
@@ -573,7 +574,7 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
                              "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
                              "truth_samples": truth, "truth_gap_samples": gap, "heart_rate_bpm": res["heart_rate"],
                              "input_hash": res["input_hash"], "device": res["device"],
-                             "checkpoint": str(checkpoint), **run, **own_code_of(checkpoint)},
+                             "checkpoint": str(checkpoint), **run},
                             out / f"{stem}.json")
     return stem
 

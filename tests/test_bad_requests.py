@@ -546,3 +546,25 @@ def test_forecast_py_names_a_forecaster_of_ones_own_that_fails(tmp_path):
         assert not any(out.iterdir())
     frames = [line.split(",")[0] for line in errors["Raises"].splitlines() if line.startswith("  File")]
     assert frames == [f'  File "{mine}"'] * 2            # its predict, then refuse: no frame of ours
+
+
+def test_forecast_json_names_ones_own_code_as_it_ran(tmp_path, monkeypatch):
+    """One's own file edited while the forecast runs: the .json names the code that ran, taken at the start as the
+    commit and checkpoint are (it hashed the file at the end)."""
+    import hashlib
+
+    record, mine = write_record(tmp_path, "r", seconds=12, seed=0), tmp_path / "mine.py"
+    mine.write_text(OWN)
+    digest = hashlib.sha256(mine.read_bytes()).hexdigest()[:16]
+    forecast_record = forecast.forecast_record
+
+    def then_edited(*args, **kwargs):
+        out = forecast_record(*args, **kwargs)
+        mine.write_text(OWN + "# edited\n")
+        return out
+    monkeypatch.setattr(forecast, "forecast_record", then_edited)
+    code, err = run_forecast(["--checkpoint", f"{mine}:One", "--record", str(record), "--start", "5",
+                              "--out", str(tmp_path / "out")])
+    assert code == 0, err
+    said = json.loads((tmp_path / "out" / "r_5s.json").read_text())["own_forecaster"]
+    assert said == f"{mine}:One: {mine} sha256 {digest}"

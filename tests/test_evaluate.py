@@ -129,7 +129,8 @@ def test_your_own_forecaster_that_raises_is_named_with_its_own_frames(db250, tmp
     """One's own predict raising is said as forecast.py says it: a UserError (exit status 2) naming FILE.py:NAME and
     the exception, with the traceback of its frames alone; before, evaluate.py stopped in a traceback of its own."""
     mine = tmp_path / "mine.py"
-    mine.write_text(USER_FORECASTER.replace("x = np.asarray", "x = np.asarray(context)[9]  # a bug\n        x = np.asarray"))
+    bug = "x = np.asarray(context)[9]\n        x = np.asarray"             # index 9 of a batch of one
+    mine.write_text(USER_FORECASTER.replace("x = np.asarray", bug))
     with pytest.raises(UserError) as caught:
         evaluate.main(["--model", f"{mine}:HalfLastSecond", "--wfdb-dir", str(db250), "--records", "a01",
                        "--max-windows-per-record", "1", "--results", str(tmp_path / "results")])
@@ -205,6 +206,26 @@ def test_the_report_names_the_modules_ones_own_forecaster_imports(tmp_path, monk
     monkeypatch.syspath_prepend(str(tmp_path))                  # module:NAME, found on sys.path
     assert evaluate.own_code(["own_pkg.sub:Mine"]) == "own_pkg.sub:Mine: " + hashed(*(
         tmp_path / name for name in ("own_pkg/sub.py", "ns/deep/broken.py", "own_pkg/leaf.py")))
+
+
+def test_the_report_names_ones_own_code_as_it_ran(db250, tmp_path, monkeypatch):
+    """A helper module of one's own edited while the evaluation runs: the report names the code that ran, taken at
+    the start as the commit and checkpoints are (it hashed the files at the end)."""
+    mine, helper = tmp_path / "mine.py", tmp_path / "mine_helper.py"
+    mine.write_text(USER_FORECASTER.replace("import numpy as np\n", "import mine_helper\nimport numpy as np\n"))
+    helper.write_text("LEVEL = 0.5\n")
+    said = evaluate.own_code([f"{mine}:HalfLastSecond"])
+    scored = evaluate.evaluate
+
+    def then_edited(*args, **kwargs):
+        out = scored(*args, **kwargs)
+        helper.write_text("LEVEL = 0.25\n")
+        return out
+    monkeypatch.setattr(evaluate, "evaluate", then_edited)
+    _, result = _run(["--model", f"{mine}:HalfLastSecond", "--wfdb-dir", str(db250), "--records", "a01",
+                      "--max-windows-per-record", "1", "--results", str(tmp_path / "results")])
+    assert result["header"]["own forecasters"] == said and f"{helper} sha256" in said
+    assert evaluate.own_code([f"{mine}:HalfLastSecond"]) != said
 
 
 def test_a_forecaster_of_ones_own_learns_its_patients_from_a_trainer_checkpoint_without_a_vqvae():
