@@ -43,6 +43,7 @@ from train_results import (MetricsLog, check_same_config, load_checkpoint, plot_
 StepFn = Callable[[nn.Module, object], tuple[torch.Tensor, dict]]
 EpochEndFn = Callable[[nn.Module, int, bool], dict]
 TRAINING_SECTIONS = ("train", "crps")     # a config's training settings: a resumed run may change them
+DIST_TIMEOUT_ENV, DIST_TIMEOUT_DEFAULT_S = "ECG_DIST_TIMEOUT", 600
 
 
 @dataclass
@@ -82,7 +83,7 @@ def setup_runtime(device: str | None = None) -> Runtime:
             raise UserError(f"torchrun started {per_node} processes per node but only {visible} "
                             "GPU(s) are visible: lower --nproc_per_node, or pass --device cpu")
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if use_cuda else "gloo")
+            join_process_group("nccl" if use_cuda else "gloo", rank, world)
         dev = torch.device("cuda", local if visible > 1 else 0) if use_cuda else torch.device("cpu")
         if use_cuda:
             torch.cuda.set_device(dev)
@@ -94,6 +95,32 @@ def setup_runtime(device: str | None = None) -> Runtime:
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)      # pinned batches and new tensors on the card asked for, not card 0
     return Runtime(dev)
+
+
+def dist_timeout() -> datetime.timedelta:
+    """How long a process waits for the others to join or to meet it in a collective ($ECG_DIST_TIMEOUT seconds,
+    default 10 minutes): a rank that failed before joining, or stopped short of a collective, then ends the others'
+    wait with an error instead of torch's 30 minutes (gloo), or for ever when no torchrun agent stops them (a
+    launcher of a scheduler's, or a rank on another node)."""
+    raw = os.environ.get(DIST_TIMEOUT_ENV, str(DIST_TIMEOUT_DEFAULT_S))
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise UserError(f"{DIST_TIMEOUT_ENV}={raw!r}: give the seconds a process waits for the others, e.g. "
+                        f"{DIST_TIMEOUT_DEFAULT_S}")
+    return datetime.timedelta(seconds=seconds)
+
+
+def join_process_group(backend: str, rank: int, world: int) -> None:
+    """init_process_group with dist_timeout(): a process whose partners never come says so, and stops."""
+    timeout = dist_timeout()
+    try:
+        dist.init_process_group(backend, timeout=timeout)
+    except dist.DistError as e:
+        raise UserError(f"rank {rank}: not all {world} processes joined within {timeout.total_seconds():g} s "
+                        f"({DIST_TIMEOUT_ENV}); did another one fail before joining? ({str(e).splitlines()[0]})") from e
 
 
 def main_first(rt: Runtime, compute: Callable[[], Any]) -> Any:

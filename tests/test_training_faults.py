@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import training
 import vqvae_train
 from conftest import ROOT, snapshot, write_record
 from paths import UserError
@@ -293,3 +295,27 @@ def test_torchrun_config_error_is_printed_once(tmp_path: Path) -> None:
     assert r.returncode != 0
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "train.epochz" in errors[0], r.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_rank_whose_partner_never_joins_stops_after_the_timeout(tmp_path: Path) -> None:
+    """Rank 0 of 2 launched as a scheduler would (env://, no torchrun agent to stop it) while rank 1 failed before
+    joining: it stops after $ECG_DIST_TIMEOUT seconds with one error line, not after torch's 30 minutes."""
+    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", "RANK": "0",
+           "LOCAL_RANK": "0", "ECG_DIST_TIMEOUT": "2", "ECG_RESULTS_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "vqvae_train.py", "--device", "cpu"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    check_error(r, "rank 0: not all 2 processes joined within 2 s", "ECG_DIST_TIMEOUT")
+    assert not list(tmp_path.iterdir())     # no run was started
+
+
+@pytest.mark.parametrize("value", ["ten", "0", "-5", "inf"])
+def test_bad_dist_timeout_is_named(monkeypatch, value: str) -> None:
+    monkeypatch.setenv("ECG_DIST_TIMEOUT", value)
+    with pytest.raises(UserError, match=f"ECG_DIST_TIMEOUT={value!r}: give the seconds"):
+        training.dist_timeout()
