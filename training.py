@@ -194,24 +194,48 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, (DDP, nn.DataParallel)) else model
 
 
-def _all_reduce_mean(values: dict[str, float], weight: float, rt: Runtime) -> dict[str, float]:
-    """Weighted average of metric sums over ranks (weight = samples seen on this rank)."""
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys] + [weight], dtype=torch.float64)
+@dataclass(frozen=True)
+class Pooled:
+    """A metric of counts pooled over the epoch's batches and all ranks, then `figure(counts)` (e.g. the perplexity
+    of the codes used): a mean of per-batch figures would change with the batches, hence with the processes."""
+    counts: torch.Tensor
+    figure: Callable[[torch.Tensor], torch.Tensor | float]
+
+    def __add__(self, other: Pooled) -> Pooled:
+        return Pooled(self.counts.double() + other.counts.double(), self.figure)     # float32 counts stop at 2**24
+
+
+def _all_reduce_mean(values: dict[str, float | Pooled], weight: float, rt: Runtime) -> dict[str, float]:
+    """Weighted average of metric sums over ranks (weight = samples seen on this rank); a Pooled metric's figure
+    of its counts summed over ranks."""
+    keys = sorted(k for k, v in values.items() if not isinstance(v, Pooled))
+    pooled = sorted(k for k, v in values.items() if isinstance(v, Pooled))
+    t = torch.cat([torch.tensor([values[k] for k in keys] + [weight], dtype=torch.float64),
+                   *(values[k].counts.detach().double().cpu().flatten() for k in pooled)])
     if rt.distributed:
         t = t.to(rt.device) if rt.device.type == "cuda" else t
         dist.all_reduce(t)
         t = t.cpu()
-    total = max(float(t[-1]), 1e-12)
-    return {k: float(v) / total for k, v in zip(keys, t[:-1])}
+    total = max(float(t[len(keys)]), 1e-12)
+    out = {k: float(v) / total for k, v in zip(keys, t[:len(keys)])}
+    start = len(keys) + 1
+    for k in pooled:
+        size = values[k].counts.numel()
+        out[k] = float(values[k].figure(t[start:start + size]))
+        start += size
+    return out
 
 
-def _add_batch(sums: dict[str, float], batch: Any, loss: torch.Tensor, metrics: dict) -> int:
+def _add_batch(sums: dict[str, float | Pooled], batch: Any, loss: torch.Tensor, metrics: dict) -> int:
     """Add a batch's loss and metrics to the epoch's sums, each weighted by the batch's windows (so an epoch's
-    mean counts every window once, a short last batch too); returns how many windows that was."""
+    mean counts every window once, a short last batch too), a Pooled metric's counts as they are; returns how
+    many windows that was."""
     n = _batch_len(batch)
     for k, v in {"loss": loss, **metrics}.items():
-        sums[k] = sums.get(k, 0.0) + float(v) * n
+        if isinstance(v, Pooled):
+            sums[k] = sums[k] + v if k in sums else v
+        else:
+            sums[k] = sums.get(k, 0.0) + float(v) * n
     return n
 
 

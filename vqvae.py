@@ -159,8 +159,9 @@ class VectorQuantizer(nn.Module):
         commit = F.mse_loss(flat, zq.detach())
         zq_st = flat + (zq - flat).detach()
         out = zq_st.view(B, T, D).permute(0, 2, 1)
-        losses = {"commitment": self.commitment * commit, "perplexity": perplexity(counts).detach()}
-        return out, codes.view(B, T), losses
+        # in training `counts` are the global batch's (_ema_update all-reduces them in place), else this batch's
+        return out, codes.view(B, T), {"commitment": self.commitment * commit,
+                                       "perplexity": perplexity(counts).detach(), "counts": counts.detach()}
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor, seen: torch.Tensor) -> None:
@@ -322,7 +323,8 @@ class VQVAE(nn.Module):
 
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Residual quantisation of z [B, D, T]: the sum of the levels' straight-through outputs, the
-        levels' commitment losses summed and the first level's perplexity (the coarse vocabulary). Each level
+        levels' commitment losses summed, and the first level's (the coarse vocabulary's) perplexity and code
+        counts. Each level
         passes the decoder's gradient on to z, so z gets it once per level, as it gets each level's commitment
         gradient (the shipped VQ-VAEs were trained so)."""
         total, rest, levels = torch.zeros_like(z), z, []
@@ -330,7 +332,8 @@ class VQVAE(nn.Module):
             zq, _, losses = q(rest)
             total, rest = total + zq, rest - zq.detach()
             levels.append(losses)
-        return total, {"commitment": sum(lv["commitment"] for lv in levels), "perplexity": levels[0]["perplexity"]}
+        return total, {"commitment": sum(lv["commitment"] for lv in levels), "perplexity": levels[0]["perplexity"],
+                       "counts": levels[0]["counts"]}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Reconstruction in mV and losses (reconstruction MSE in normalised units + commitment)."""

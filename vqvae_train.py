@@ -19,9 +19,9 @@ import paths
 from hyper_params import Config, config_from_dict, load_config
 from prepare_mitbih import load_split, source_fs
 from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_windows
-from training import (EpochEndFn, Runtime, Trainer, run_config, run_parser, run_record, seed_everything,
+from training import (EpochEndFn, Pooled, Runtime, Trainer, run_config, run_parser, run_record, seed_everything,
                       setup_runtime, shared_run_dirs)
-from vqvae import VQVAE, level_key
+from vqvae import VQVAE, level_key, perplexity
 from vqvae_eval import compression
 
 
@@ -56,10 +56,14 @@ class Windows(Dataset):
 
 
 def step_fn(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Loss and metrics of a batch. batch_perplexity is the first codebook's: in training that of each step's
+    global batch (its counts are all-reduced), averaged over the steps; in validation that of the codes of all
+    validation windows pooled (training.Pooled), so neither changes with the number of processes."""
     x_hat, losses = model(x)
     return losses["loss"].mean(), {
         "recon": losses["recon"].mean().detach(), "commitment": losses["commitment"].mean().detach(),
-        "batch_perplexity": losses["perplexity"].float().mean(),
+        "batch_perplexity": (losses["perplexity"].float().mean() if model.training
+                             else Pooled(losses["counts"], perplexity)),
         "mse_mv2": ((x_hat.detach() - x) ** 2).mean(), "signal_mv2": (x ** 2).mean(),
         "deviation_mv2": ((x - x.mean(1, keepdim=True)) ** 2).mean()}
 

@@ -21,7 +21,7 @@ import training
 import transformer_train
 import vqvae_train
 from conftest import ROOT, run_script, trainer_inputs, write_record
-from hyper_params import TrainConfig, config_from_dict, load_config
+from hyper_params import ModelConfig, TrainConfig, config_from_dict, load_config
 from paths import UserError
 from prepare_mitbih import load_split, prepare
 from tiny import TINY, flags, tiny_setup
@@ -584,6 +584,26 @@ def test_validation_metrics_weigh_every_window_once(tmp_path: Path) -> None:
 
     trainer = toy_trainer(tmp_path, nn.Linear(1, 1), TensorDataset(torch.arange(10.0)), step)
     assert trainer.validate(trainer.model) == {"loss": pytest.approx(4.5), "double": pytest.approx(9.0)}
+
+
+@pytest.mark.parametrize("batch_size", [12, 4, 1])
+def test_vqvae_validation_perplexity_is_of_the_codes_of_all_windows_pooled(tmp_path: Path, batch_size: int) -> None:
+    """val_batch_perplexity is exp(entropy) of the first codebook's codes over every validation window, whatever
+    the batches: under torchrun each rank validates batch_size / N windows a batch, and a mean of per-batch
+    perplexities (the old figure) fell with the batch, so it changed with the number of processes."""
+    torch.manual_seed(0)
+    model = VQVAE(ModelConfig(downsample_factor=4, channels=16, res_blocks=1, attention_heads=2, latent_dim=8,
+                              codebook_size=32, num_quantizers=2, window_gain=False), [0.5, 0.4])
+    x = torch.randn(12, 64, 2)
+    model(x)                                # training mode: the codebooks start from these windows' latents
+    model.eval()
+    with torch.no_grad():
+        codes = model.encode(x)[..., 0].flatten()
+    p = torch.bincount(codes, minlength=32).double() / codes.numel()
+    pooled = float(torch.exp(-(p * torch.log(p + 1e-10)).sum()))
+    assert pooled > 4           # many codes in use, so that small batches would see fewer of them
+    trainer = toy_trainer(tmp_path, model, vqvae_train.Windows(x), vqvae_train.step_fn, batch_size=batch_size)
+    assert trainer.validate(model)["batch_perplexity"] == pytest.approx(pooled, rel=1e-6)
 
 
 def test_validation_in_eval_mode_training_in_train_mode(tmp_path: Path) -> None:

@@ -118,7 +118,8 @@ def assert_same_training_state(a: dict, b: dict) -> None:
 TINY_GPT = {"model": {"dim": 16, "layers": 1, "heads": 2, "dropout": 0.0},
             "train": {"epochs": 2, "batch_size": 8, "learning_rate": 0.003, "warmup_steps": 2, "plot_windows": 2,
                       "max_steps_per_epoch": 6}}
-COMPARED = {"vqvae_train": ("train_loss", "train_recon", "train_commitment", "val_loss", "val_mse_mv2", "perplexity"),
+COMPARED = {"vqvae_train": ("train_loss", "train_recon", "train_commitment", "train_batch_perplexity", "val_loss",
+                            "val_mse_mv2", "val_batch_perplexity", "perplexity"),
             "transformer_train": ("train_loss", "train_accuracy", "val_loss", "val_accuracy")}
 
 
