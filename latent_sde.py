@@ -59,6 +59,7 @@ TEMPLATE_EXCLUDE = 4  # frames: the phase template of a frame never reads the co
 MAX_DRIFT = 30.0   # state units per second: learned drifts are soft-clipped to this, so no state can run away
 DIFFUSION_START = 0.15   # each g_i starts this fraction of the way from its floor to its ceiling
 LEARNS_CRPS = ("prior", "diffusion", "emission")   # what PathCRPS trains; the posterior keeps its ELBO weights
+Seeds = int | list[int]     # one for a batch drawn together, or one per row, each row then drawn alone
 
 
 def soft_clip(x: torch.Tensor) -> torch.Tensor:
@@ -99,6 +100,79 @@ class DiagonalDiffusion(nn.Module):
         h = F.silu(z[..., None] * self.w1 + self.b1)
         unit = torch.sigmoid((h * self.w2).sum(-1) + self.b2)
         return self.scale * (self.min_value + (self.max_value - self.min_value) * unit)
+
+
+def window_seeds(windows: torch.Tensor, use: int) -> list[int]:
+    """A seed per window from its index in the split alone, one stream per `use` (initial state, posterior path,
+    forecast check): validation draws the same numbers for a window in any batch, on any number of processes."""
+    return [int(np.random.SeedSequence([int(i), use]).generate_state(1)[0]) for i in windows.tolist()]
+
+
+def normal_like(like: torch.Tensor, seed: Seeds) -> torch.Tensor:
+    """Standard normal noise shaped like `like` from `seed`: one generator for the whole tensor, or one per row."""
+    def draw(shape: torch.Size, s: int) -> torch.Tensor:
+        gen = torch.Generator(device=like.device).manual_seed(int(s))
+        return torch.randn(shape, generator=gen, device=like.device, dtype=like.dtype)
+    if isinstance(seed, list):
+        return torch.stack([draw(like.shape[1:], s) for s in seed])
+    return draw(like.shape, seed)
+
+
+class RowBrownian(torchsde.BaseBrownian):
+    """Brownian motion [B, channels] on a fixed-step solver's grid t0, t0 + dt, ..., t1 whose row i is drawn from
+    seeds[i] alone, so a row's path does not depend on the rows beside it (validation, seeded per window). One
+    generator per row, drawn once: a torchsde.BrownianInterval per row made validation 8 times slower. Its values
+    at grid points are exact; a time off the grid (an adaptive solver's) is an error."""
+
+    def __init__(self, t0: float, t1: float, dt: float, channels: int, like: torch.Tensor, seeds: list[int],
+                 space_time: bool):
+        steps = max(1, math.ceil((t1 - t0) / dt - 1e-6))
+        self.t0, self.dt, self.space_time, self.channels = t0, dt, space_time, channels
+        self.times = [t0 + j * dt for j in range(steps)] + [t1]
+        h = torch.tensor([b - a for a, b in zip(self.times, self.times[1:])], dtype=like.dtype, device=like.device)
+        noise = normal_like(like.new_empty(len(seeds), 1 + space_time, steps, channels), seeds)
+        increments = noise[:, 0] * h.sqrt()[:, None]
+        self.W = torch.cat([torch.zeros_like(increments[:, :1]), increments.cumsum(1)], 1)   # [B, steps + 1, channels]
+        self.H = noise[:, 1] * (h / 12).sqrt()[:, None] if space_time else None      # space-time Levy area per step
+
+    def index(self, t) -> int:
+        j = min(max(round((float(t) - self.t0) / self.dt), 0), len(self.times) - 1)
+        if abs(self.times[j] - float(t)) > 1e-3 * self.dt:
+            j = len(self.times) - 1         # the last, shorter step ends at t1
+            if abs(self.times[j] - float(t)) > 1e-3 * self.dt:
+                raise ValueError(f"RowBrownian: time {float(t)} is not on the solver's grid of step {self.dt}")
+        return j
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        if return_A or (return_U and not self.space_time):
+            raise ValueError("RowBrownian gives the space-time Levy area of the srk method only")
+        a, b = (0, self.index(ta)) if tb is None else (self.index(ta), self.index(tb))
+        w = self.W[:, b] - self.W[:, a]
+        if not return_U:
+            return w
+        if b != a + 1:
+            raise ValueError("RowBrownian: a Levy area over more than one solver step")
+        h = self.times[b] - self.times[a]
+        return w, h * (0.5 * w + self.H[:, a])      # torchsde's U from H
+
+    def __repr__(self) -> str:
+        return f"RowBrownian({len(self.W)} rows, {self.channels} channels, t {self.t0}..{self.times[-1]}, dt {self.dt})"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.W.device
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.W), self.channels
+
+    @property
+    def levy_area_approximation(self) -> str:
+        return "space-time" if self.space_time else "none"
 
 
 class LatentSDE(nn.Module):
@@ -283,13 +357,16 @@ class LatentSDE(nn.Module):
         return self.cfg.model.min_obs_std + F.softplus(self.obs_logstd)
 
     def brownian(self, t0: float, t1: float, size: tuple[int, int], like: torch.Tensor,
-                 entropy: int) -> torchsde.BrownianInterval:
-        """Brownian motion fixed by `entropy` alone (its own generators: the global RNG is untouched)."""
-        levy = "space-time" if self.cfg.solver.method == "srk" else "none"
-        return torchsde.BrownianInterval(t0, t1, size, like.dtype, like.device, entropy=entropy,
-                                         dt=self.cfg.solver.dt, levy_area_approximation=levy)
+                 entropy: Seeds) -> torchsde.BaseBrownian:
+        """Brownian motion fixed by `entropy` alone (its own generators: the global RNG is untouched); a list gives
+        every row a path of its own seed's (RowBrownian)."""
+        dt, srk = self.cfg.solver.dt, self.cfg.solver.method == "srk"
+        if isinstance(entropy, list):
+            return RowBrownian(t0, t1, dt, size[1], like, entropy, srk)
+        return torchsde.BrownianInterval(t0, t1, size, like.dtype, like.device, entropy=entropy, dt=dt,
+                                         levy_area_approximation="space-time" if srk else "none")
 
-    def solve(self, z0: torch.Tensor, ts: torch.Tensor, entropy: int, logqp: bool = False, prior: bool = False):
+    def solve(self, z0: torch.Tensor, ts: torch.Tensor, entropy: Seeds, logqp: bool = False, prior: bool = False):
         """torchsde.sdeint (or sdeint_adjoint) of the posterior, or of the prior with `prior`."""
         # logqp appends the running KL to the state, and torchsde wants noise for it too
         bm = self.brownian(float(ts[0]), float(ts[-1]), (len(z0), z0.shape[1] + int(logqp)), z0, entropy)
@@ -343,19 +420,25 @@ class LatentSDE(nn.Module):
         return torch.distributions.kl_divergence(q0, p0).sum(-1).mean()
 
     def forward(self, frames: torch.Tensor, context: int, beats: torch.Tensor | None = None,
-                draft: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                draft: torch.Tensor | None = None, windows: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """Negative ELBO per observed number of raw frames [B, T, obs] whose first `context` are the
         context (plus the annealed beat hint when `beats` [B, T, 2] are given; `draft` [B, T - context,
         obs]: raw draft frames of the rest); in eval mode also a one-path prior forecast of the rest
-        from the context alone (and the draft)."""
+        from the context alone (and the draft). The noise comes from the global generator, or with `windows`
+        (the frames' indices in their split: validation) from each window's own seeds (window_seeds), so the
+        validation loss of given weights is the same after any draws, in any batches, on any number of processes."""
         x = self.normalise(frames.float()).transpose(0, 1)                   # [T, B, obs]
         T, _, O = x.shape
         self.encode([x[:context], x[context:]])
         self.set_draft(None if draft is None else draft.transpose(0, 1), context)
         mean, logstd = self.initial()
-        z0 = mean + logstd.exp() * torch.randn_like(mean)
+        if windows is None:
+            z0 = mean + logstd.exp() * torch.randn_like(mean)
+            entropy = check = int(torch.randint(0, 2 ** 31 - 1, (), device=x.device))   # each GPU's own generator
+        else:
+            z0 = mean + logstd.exp() * normal_like(mean, window_seeds(windows, 0))
+            entropy, check = window_seeds(windows, 1), window_seeds(windows, 2)
         ts = torch.arange(T, dtype=x.dtype, device=x.device) / self.rate
-        entropy = int(torch.randint(0, 2 ** 31 - 1, (), device=x.device))   # each GPU's own generator
         zs, log_ratio = self.solve(z0, ts, entropy, logqp=True)
         pred = self.emit(zs, 0)
         nll = self.observation_nll(x, pred)
@@ -374,11 +457,11 @@ class LatentSDE(nn.Module):
         if self.training:
             self.steps += 1
         else:
-            metrics.update(self.forecast_check(x, context, entropy, draft))
+            metrics.update(self.forecast_check(x, context, check, draft))
         return loss, metrics
 
     @torch.no_grad()
-    def forecast_check(self, x: torch.Tensor, context: int, entropy: int, draft: torch.Tensor | None) -> dict:
+    def forecast_check(self, x: torch.Tensor, context: int, entropy: Seeds, draft: torch.Tensor | None) -> dict:
         """One prior path per window from the context alone (and the draft at the true beats): latent MSE
         and how much of the true variation the last second keeps (near 0: it decays to a flat line)."""
         fut = self.sample_frames(x[:context], len(x) - context, 1, entropy, normalised=True,
@@ -390,12 +473,13 @@ class LatentSDE(nn.Module):
 
     # ------------------------------------------------------------------ forecasting
 
-    def sample_frames(self, context: torch.Tensor, steps: int, num_samples: int, seed: int,
+    def sample_frames(self, context: torch.Tensor, steps: int, num_samples: int, seed: Seeds,
                       normalised: bool = False, draft: torch.Tensor | None = None) -> torch.Tensor:
         """Sampled future frames [steps, B * S, obs] (the S paths of a context next to each other)
         from normalised context frames [C, B, obs]: posterior over the context, then the prior; a
         drafting model reads raw draft frames [steps, B * S, obs], one draft per path. Differentiable,
-        for the CRPS fine-tuning (PathCRPS): forecasts call it under no_grad."""
+        for the CRPS fine-tuning (PathCRPS): forecasts call it under no_grad. A list of seeds, one per path, draws
+        each path from its own seed alone (RowBrownian), whatever paths are beside it."""
         C = len(context)
         self.encode([context])
         self._ctx = self._ctx.repeat_interleave(num_samples, 1)
@@ -405,15 +489,23 @@ class LatentSDE(nn.Module):
             self._tmpl = self._tmpl.repeat_interleave(num_samples, 1)
         self.set_draft(draft, C)
         mean, logstd = self.initial()
-        gen = torch.Generator(device=context.device).manual_seed(int(seed))
-        z = mean + logstd.exp() * torch.randn(mean.shape, generator=gen, device=mean.device, dtype=mean.dtype)
-        seeds = np.random.SeedSequence([int(seed) % 2 ** 63, 1]).generate_state(2)
+        z = mean + logstd.exp() * normal_like(mean, seed)
+        posterior, prior = path_seeds(seed)
         ts = torch.arange(C + steps, dtype=context.dtype, device=context.device) / self.rate
         if C > 1:
-            z = self.solve(z, ts[:C], int(seeds[0]))[-1]
-        zs = self.solve(z, ts[C - 1:], int(seeds[1]), prior=True)[1:]
+            z = self.solve(z, ts[:C], posterior)[-1]
+        zs = self.solve(z, ts[C - 1:], prior, prior=True)[1:]
         out = self.emit(zs, C)
         return out if normalised else self.denormalise(out)
+
+
+def path_seeds(seed: Seeds) -> tuple[Seeds, Seeds]:
+    """The Brownian entropies of a sample's posterior (context) and prior (future) paths, from its seed(s)."""
+    if isinstance(seed, list):
+        pairs = [path_seeds(s) for s in seed]
+        return [p for p, _ in pairs], [q for _, q in pairs]
+    posterior, prior = np.random.SeedSequence([int(seed) % 2 ** 63, 1]).generate_state(2)
+    return int(posterior), int(prior)
 
 
 class LatentSDEForecaster(ForecasterBase):

@@ -8,8 +8,9 @@ VQ-VAE (context and future each on their own, as at forecast time; cached next t
 tensors), and with `model.draft_beats` so is its beat draft at its own R peaks. The loss is the
 negative ELBO per latent number: reconstruction of context and future frames plus the KL of the
 initial state and of the posterior path, with the KL weight annealed.
-The best checkpoint is the lowest validation loss (the full ELBO); it holds the VQ-VAE too, so
-forecast.py and evaluate.py need only this one file.
+The best checkpoint is the lowest validation loss (the full ELBO, its noise drawn from each validation
+window's own seed: the same weights score the same after any draws, on any number of processes); it holds
+the VQ-VAE too, so forecast.py and evaluate.py need only this one file.
 
     python3 latent_sde_train.py --crps-from checkpoints/latent_sde-<time>/best.pt
 
@@ -261,6 +262,8 @@ def batch_names(scfg: SDEConfig) -> list[str]:
 def elbo_datasets(train: dict, val: dict, train_enc: torch.Tensor, val_enc: torch.Tensor,
                   augmented: tuple[list[dict], torch.Tensor] | None, names: list[str],
                   steps: int, factor: int) -> tuple[TensorDataset, TensorDataset]:
+    """Frames, then the tensors `names` asks for, then each window's index in its split (validation seeds its
+    noise from it: LatentSDE.forward)."""
     fs = int(train["fs"])
     all_enc, sources = train_enc, [train]       # sources: where each block's beat annotations come from
     if augmented:
@@ -272,12 +275,14 @@ def elbo_datasets(train: dict, val: dict, train_enc: torch.Tensor, val_enc: torc
     if "draft" in names:
         train_parts.append(all_enc[:, steps:])
         val_parts.append(val_enc[:, steps:])
-    return TensorDataset(*train_parts), TensorDataset(*val_parts)
+    return tuple(TensorDataset(*parts, torch.arange(len(parts[0]))) for parts in (train_parts, val_parts))
 
 
 def elbo_step(context: int, names: list[str]) -> StepFn:
+    """The ELBO of a batch of elbo_datasets'; in validation with every window's noise from its own index."""
     def step_fn(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
-        return m(batch[0], context, **dict(zip(names, batch[1:])))
+        frames, *named, windows = batch
+        return m(frames, context, **dict(zip(names, named)), windows=None if m.training else windows)
     return step_fn
 
 

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import os
+import runpy
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,8 +19,8 @@ from baselines import TemplateEnsemble
 from drafts import context_rhythm, hold_to_band, residual_sd
 from forecast import Forecaster
 from hyper_params_sde import DEFAULT_CONFIG, SDEConfig, load_sde_config, sde_config_from_dict
-from latent_sde import (LEARNS_CRPS, DiagonalDiffusion, LatentSDE, LatentSDEForecaster, PathCRPS, fair_crps,
-                        overlap_add, replica_seed, soft_clip)
+from latent_sde import (LEARNS_CRPS, DiagonalDiffusion, LatentSDE, LatentSDEForecaster, PathCRPS, RowBrownian,
+                        fair_crps, overlap_add, replica_seed, soft_clip)
 from vqvae import VQVAE
 from paths import UserError
 from conftest import trainer_inputs, vqvae_splits
@@ -607,6 +608,112 @@ def test_loss_is_reconstruction_plus_weighted_kl():
     assert float(loss.detach()) == pytest.approx(float(m["recon"] + m["kl_weight"] * m["kl"]), rel=1e-5)
 
 
+@pytest.mark.parametrize("method", ["euler", "srk"])
+def test_validation_loss_of_given_weights_depends_on_the_windows_alone(method: str) -> None:
+    """Seeded by window (LatentSDE.forward's `windows`), the ELBO and the forecast check of the same weights are the
+    same twice, after the global generator moved on, and whatever windows share a batch: so DDP's shards of a
+    batch_size / N give what one process gives. From the global generator they were not."""
+    sde = tiny_sde(method=method).eval()
+    frames = torch.randn(5, 32, 8)
+
+    def score(index: list[int]) -> dict:
+        with torch.no_grad():
+            loss, m = sde(frames[index], 16, windows=torch.tensor(index))
+        return {"loss": loss, **{k: m[k] for k in ("recon", "kl", "forecast_mse", "late_std_ratio")}}
+
+    def mean(scores: list[dict], weights: list[int]) -> dict:
+        return {k: sum(w * s[k] for s, w in zip(scores, weights)) / sum(weights) for k in scores[0]}
+
+    together = score([0, 1, 2, 3, 4])
+    torch.manual_seed(123)
+    torch.randn(1000)
+    assert score([0, 1, 2, 3, 4]) == together
+    shards = mean([score([0, 2, 4]), score([1, 3])], [3, 2])        # two ranks' strided shards
+    alone = mean([score([i]) for i in range(5)], [1] * 5)
+    for k in together:
+        assert float(shards[k]) == pytest.approx(float(together[k]), rel=1e-5), k
+        assert float(alone[k]) == pytest.approx(float(together[k]), rel=1e-5), k
+    with torch.no_grad():
+        assert sde(frames, 16)[0] != sde(frames, 16)[0]        # training's draws: the global generator's
+
+
+VALIDATE = """
+import json, sys
+import torch
+sys.path[:0] = [{root!r}, {tests!r}]
+import latent_sde_train, training
+from hyper_params import TrainConfig
+from test_latent_sde import tiny_sde
+from torch.utils.data import TensorDataset
+
+rt = training.setup_runtime("cpu")
+sde = tiny_sde()                            # the same weights on every rank
+torch.manual_seed(100 + rt.rank)            # and generators apart
+frames = torch.randn(10, 32, 8, generator=torch.Generator().manual_seed(1))
+data = TensorDataset(frames, torch.arange(10))
+trainer = training.Trainer(sde, data, data, latent_sde_train.elbo_step(16, []), TrainConfig(batch_size={batch}),
+                           {out!r}, {out!r}, {{}}, {{}}, rt, "toy")
+scores = [trainer.validate(sde), trainer.validate(sde)]
+if rt.is_main:
+    json.dump(scores, open({out!r} + "/val.json", "w"))
+"""
+
+
+def validation_scores(tmp_path: Path, batch: int, processes: int) -> list[dict]:
+    """Trainer.validate of the tiny SDE's weights on 10 windows, twice: in this process, or under torchrun with
+    `processes` (gloo)."""
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / f"{processes}x{batch}"
+    out.mkdir()
+    script = out / "validate.py"
+    script.write_text(VALIDATE.format(root=str(root), tests=str(root / "tests"), out=str(out), batch=batch))
+    if processes == 1:
+        runpy.run_path(str(script))
+    else:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("ECG_")}, "OMP_NUM_THREADS": "1"}
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                            str(processes), str(script)], cwd=root, env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads((out / "val.json").read_text())
+
+
+def test_validation_of_given_weights_is_the_same_on_one_process_and_two(tmp_path: Path) -> None:
+    """ELBO validation through the trainer (elbo_step, windows' indices last) of the same weights: the same twice
+    in a row, at global batches of 4 and 2, and on 2 processes (gloo; shards of 2 and 1 windows a batch) as on
+    one, each process's global generator seeded apart. From the global generator best.pt could differ."""
+    one, two = validation_scores(tmp_path, 4, 1), validation_scores(tmp_path, 4, 2)
+    small = validation_scores(tmp_path, 2, 1)
+    assert one[0] == one[1] and two[0] == two[1]
+    for other in (two[0], small[0]):
+        assert other.keys() == one[0].keys()
+        for k, v in one[0].items():
+            assert other[k] == pytest.approx(v, rel=1e-5), k
+
+
+@pytest.mark.parametrize("method", ["euler", "milstein", "srk"])
+def test_per_path_seeds_draw_each_path_from_its_own_seed_alone(method: str) -> None:
+    """sample_frames with a seed per path (validation's forecast check) gives a path the same numbers whatever
+    paths are beside it; the Brownian increments over two solver steps are the sum of the two steps' (RowBrownian);
+    a single seed keeps drawing the batch together, as forecasts do."""
+    sde = tiny_sde(method=method).eval()
+    context = torch.randn(16, 3, 8)
+    with torch.no_grad():
+        rows = sde.sample_frames(context, 8, 1, [11, 12, 13], normalised=True)
+        alone = torch.cat([sde.sample_frames(context[:, i:i + 1], 8, 1, [11 + i], normalised=True)
+                           for i in range(3)], 1)
+        batch = sde.sample_frames(context, 8, 1, 11, normalised=True)
+    assert torch.isfinite(rows).all() and torch.allclose(rows, alone, atol=1e-6)
+    assert not torch.allclose(batch, rows, atol=1e-3)
+    bm = RowBrownian(0.0, 1.0, 0.25, 4, context, [5, 6], space_time=True)
+    assert torch.allclose(bm(0.0, 0.5), bm(0.0, 0.25) + bm(0.25, 0.5))
+    assert bm(0.0, 0.25, return_U=True)[1].shape == (2, 4)
+    with pytest.raises(ValueError, match="time 0.1 is not on the solver's grid of step 0.25"):
+        bm(0.1, 0.25)
+
+
 def test_the_phase_advances_at_the_beat_rate_in_seconds():
     """The prior's phase drift is 2 pi * rate (Hz) per second: per frame, that over the frame rate."""
     sde = tiny_sde()
@@ -875,11 +982,13 @@ def test_elbo_run_trains_on_the_training_frames_and_validates_on_the_validation_
     piece, factor = 64, 4
     steps = train["signals"].shape[1] // factor
     train_enc, val_enc = (latent_sde_train.encode_windows(vq, d["signals"], piece) for d in (train, val))
-    frames, beats = run["train_set"].tensors        # the hint is on (phase_hint 1): its targets are the second
+    frames, beats, windows = run["train_set"].tensors    # the hint is on (phase_hint 1): its targets are the second
     n = len(train_enc)
+    assert torch.equal(windows, torch.arange(len(frames)))     # the windows' indices last: validation's seeds
     assert len(frames) > n and torch.equal(frames[:n], train_enc[:, :steps])     # the stretched copies after
     np.testing.assert_array_equal(beats[:n], latent_sde_train.beat_targets(train, steps, factor, 64.0))
     assert torch.equal(run["val_set"].tensors[0], val_enc[:, :steps]) and len(run["val_set"]) == len(val["signals"])
+    assert torch.equal(run["val_set"].tensors[-1], torch.arange(len(val["signals"])))
     torch.testing.assert_close(run["model"].obs_mean, train_enc[:, :steps].float().reshape(-1, 8).mean(0))
     assert run["meta"]["seed"] == run["settings"].seed == 5 and run["meta"]["vqvae_checkpoint"] == str(vq_path)
     assert run["extras"]["vqvae"]["meta"] == vq_ckpt["meta"] and run["config"]["vqvae"] == vq_ckpt["config"]
