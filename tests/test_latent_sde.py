@@ -651,11 +651,14 @@ sde = tiny_sde()                            # the same weights on every rank
 torch.manual_seed(100 + rt.rank)            # and generators apart
 frames = torch.randn(10, 32, 8, generator=torch.Generator().manual_seed(1))
 data = TensorDataset(frames, torch.arange(10))
-trainer = training.Trainer(sde, data, data, latent_sde_train.elbo_step(16, []), TrainConfig(batch_size={batch}),
-                           {out!r}, {out!r}, {{}}, {{}}, rt, "toy")
+settings = TrainConfig(batch_size={batch}, warmup_steps=0)
+trainer = training.Trainer(sde, data, data, latent_sde_train.elbo_step(16, []), settings, {out!r}, {out!r}, {{}}, {{}},
+                           rt, "toy")
 scores = [trainer.validate(sde), trainer.validate(sde)]
 if rt.is_main:
     json.dump(scores, open({out!r} + "/val.json", "w"))
+if rt.distributed:                          # as Trainer.run ends: gloo may abort a process that leaves without it
+    torch.distributed.destroy_process_group()
 """
 
 
