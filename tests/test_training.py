@@ -360,18 +360,6 @@ def test_resume_keeps_the_rows_up_to_its_checkpoints_epoch(tmp_path):
     assert [int(r["epoch"]) for r in log.read()] == [1, 2]
 
 
-def test_a_column_new_to_metrics_csv_is_added_not_dropped(tmp_path):
-    """A run resumed by code that logs one metric more: the column is added, blank in the earlier rows, and a row
-    without a column the file has leaves it blank."""
-    log = MetricsLog(tmp_path / "metrics.csv")
-    log.append({"epoch": 1, "val_loss": 1.0})
-    log.append({"epoch": 2, "val_loss": 0.5, "perplexity": 7.25})
-    log.append({"epoch": 3, "perplexity": 8.0})
-    assert log.read() == [{"epoch": "1", "val_loss": "1", "perplexity": ""},
-                          {"epoch": "2", "val_loss": "0.5", "perplexity": "7.25"},
-                          {"epoch": "3", "val_loss": "", "perplexity": "8"}]
-
-
 def test_a_resume_drops_a_half_written_last_row_of_metrics_csv(tmp_path, capsys):
     """Killed while appending epoch 10's row in place (older code), metrics.csv ended in '1': the resume from
     epoch 9 appended '10,...' to it, an epoch 110. The half row is dropped, with a note, and each epoch has one row."""
@@ -855,15 +843,16 @@ def test_vqvae_train_refuses_several_gpus_in_one_process(monkeypatch, tmp_path: 
     assert not any(tmp_path.iterdir())
 
 
-def test_metrics_log_keeps_its_first_header_and_six_significant_digits(tmp_path: Path) -> None:
-    """A resumed run may log a column the first run had not (or lack one): the file keeps the header it was begun
-    with, rows stay under their columns, and every float is written to 6 significant digits."""
+def test_metrics_log_adds_a_new_column_and_writes_six_significant_digits(tmp_path: Path) -> None:
+    """A resumed run may log a column the first run had not (or lack one): the column is added, blank in the earlier
+    rows (it was dropped for the rest of the run), rows stay under their columns, and every float is written to 6
+    significant digits."""
     log = MetricsLog(tmp_path / "metrics.csv")
     log.append({"epoch": 1, "train_loss": 0.123456789, "val_loss": 2.0})
     log.append({"epoch": 2, "val_loss": 1234567.0, "val_new": 3.0, "train_loss": 1e-7})
     log.append({"epoch": 3, "val_loss": 0.5})
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert lines == ["epoch,train_loss,val_loss", "1,0.123457,2", "2,1e-07,1.23457e+06", "3,,0.5"]
+    assert lines == ["epoch,train_loss,val_loss,val_new", "1,0.123457,2,", "2,1e-07,1.23457e+06,3", "3,,0.5,"]
 
 
 def test_digest_of_the_frozen_weights_follows_every_parameter_and_buffer() -> None:
