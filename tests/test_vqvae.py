@@ -578,3 +578,16 @@ def test_restart_before_the_codebook_is_initialised_restarts_and_counts_nothing(
     assert q.restart_dead(1.0) == 0
     assert torch.equal(q.codebook, before)
     assert q.end_epoch()["restarted"] == 0
+
+
+def test_nearest_takes_the_first_of_equally_near_codes_and_argmins_codes() -> None:
+    """nearest reads its distances with min: the codes of argmin over |x|^2 - 2 x.c + |c|^2 summed in that order
+    (the codes shipped models were trained and evaluated on), and of two equal codes the first."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(64, 8, decay=0.9, commitment=0.25, restart_every=0)
+    q.codebook[40] = q.codebook[7]
+    flat = torch.cat([torch.randn(3000, 8) * 0.1, q.codebook[7] + 1e-4 * torch.randn(50, 8)])
+    d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ q.codebook.t() + q.codebook.pow(2).sum(1)[None]
+    codes = q.nearest(flat)
+    assert torch.equal(codes, d.argmin(1))
+    assert (codes[3000:] == 7).all()
