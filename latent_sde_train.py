@@ -318,7 +318,8 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     trainer = Trainer(model, train_set, val_set, elbo_step(piece // factor, names), scfg.train, run_dir,
                       ckpt_dir, config, meta, rt, kind="latent_sde", epoch_end=epoch_end,
                       shown=("val_recon", "val_kl", "val_forecast_mse", "val_late_std_ratio", "train_kl_weight",
-                             "seconds"), extras=extras)
+                             "seconds"), extras=extras,
+                      loss_name="negative ELBO per latent number (nats, KL weight annealed)")
     return trainer.run(args.resume)
 
 
