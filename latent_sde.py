@@ -37,6 +37,7 @@ Without drafts, a beat phase in the state (`model.phase_harmonics` > 0; the reci
 """
 from __future__ import annotations
 
+import bisect
 import copy
 import math
 from pathlib import Path
@@ -118,17 +119,28 @@ def normal_like(like: torch.Tensor, seed: Seeds) -> torch.Tensor:
     return draw(like.shape, seed)
 
 
+def solver_times(t0: float, t1: float, dt: float, dtype: torch.dtype) -> list[float]:
+    """The times a fixed-step torchsde solver steps through from t0 to t1, summed as it sums them (its
+    integrate: t = min(t + dt, t1) in the dtype of ts): in float32 they drift off t0 + j·dt at a dt that is not a
+    power of two (at 0.01 s, 4.4875 s came out 1e-5 s later), by whole steps at a small one."""
+    t, end, out = torch.tensor(t0, dtype=dtype), torch.tensor(t1, dtype=dtype), [t0]
+    while t < end:
+        t = min(t + dt, end)
+        out.append(float(t))
+    return out
+
+
 class RowBrownian(torchsde.BaseBrownian):
-    """Brownian motion [B, channels] on a fixed-step solver's grid t0, t0 + dt, ..., t1 whose row i is drawn from
+    """Brownian motion [B, channels] on a fixed-step solver's grid (solver_times: t0, t0 + dt, ..., t1) whose row i is drawn from
     seeds[i] alone, so a row's path does not depend on the rows beside it (validation, seeded per window). One
     generator per row, drawn once: a torchsde.BrownianInterval per row made validation 8 times slower. Its values
     at grid points are exact; a time off the grid (an adaptive solver's) is an error."""
 
     def __init__(self, t0: float, t1: float, dt: float, channels: int, like: torch.Tensor, seeds: list[int],
-                 space_time: bool):
-        steps = max(1, math.ceil((t1 - t0) / dt - 1e-6))
+                 space_time: bool, time_dtype: torch.dtype = torch.float32):
         self.t0, self.dt, self.space_time, self.channels = t0, dt, space_time, channels
-        self.times = [t0 + j * dt for j in range(steps)] + [t1]
+        self.times = solver_times(t0, t1, dt, time_dtype)
+        steps = len(self.times) - 1
         h = torch.tensor([b - a for a, b in zip(self.times, self.times[1:])], dtype=like.dtype, device=like.device)
         noise = normal_like(like.new_empty(len(seeds), 1 + space_time, steps, channels), seeds)
         increments = noise[:, 0] * h.sqrt()[:, None]
@@ -136,11 +148,12 @@ class RowBrownian(torchsde.BaseBrownian):
         self.H = noise[:, 1] * (h / 12).sqrt()[:, None] if space_time else None      # space-time Levy area per step
 
     def index(self, t) -> int:
-        j = min(max(round((float(t) - self.t0) / self.dt), 0), len(self.times) - 1)
-        if abs(self.times[j] - float(t)) > 1e-3 * self.dt:
-            j = len(self.times) - 1         # the last, shorter step ends at t1
-            if abs(self.times[j] - float(t)) > 1e-3 * self.dt:
-                raise ValueError(f"RowBrownian: time {float(t)} is not on the solver's grid of step {self.dt}")
+        """The grid point at time `t`: the nearest, which must be within a thousandth of a step."""
+        t = float(t)
+        j = bisect.bisect_left(self.times, t)
+        j = min((k for k in (j - 1, j) if 0 <= k < len(self.times)), key=lambda k: abs(self.times[k] - t))
+        if abs(self.times[j] - t) > 1e-3 * self.dt:
+            raise ValueError(f"RowBrownian: time {t} is not on the solver's grid of step {self.dt}")
         return j
 
     def __call__(self, ta, tb=None, return_U=False, return_A=False):
@@ -357,19 +370,19 @@ class LatentSDE(nn.Module):
         return self.cfg.model.min_obs_std + F.softplus(self.obs_logstd)
 
     def brownian(self, t0: float, t1: float, size: tuple[int, int], like: torch.Tensor,
-                 entropy: Seeds) -> torchsde.BaseBrownian:
+                 entropy: Seeds, time_dtype: torch.dtype = torch.float32) -> torchsde.BaseBrownian:
         """Brownian motion fixed by `entropy` alone (its own generators: the global RNG is untouched); a list gives
-        every row a path of its own seed's (RowBrownian)."""
+        every row a path of its own seed's (RowBrownian, on the grid of solver steps from times of `time_dtype`)."""
         dt, srk = self.cfg.solver.dt, self.cfg.solver.method == "srk"
         if isinstance(entropy, list):
-            return RowBrownian(t0, t1, dt, size[1], like, entropy, srk)
+            return RowBrownian(t0, t1, dt, size[1], like, entropy, srk, time_dtype)
         return torchsde.BrownianInterval(t0, t1, size, like.dtype, like.device, entropy=entropy, dt=dt,
                                          levy_area_approximation="space-time" if srk else "none")
 
     def solve(self, z0: torch.Tensor, ts: torch.Tensor, entropy: Seeds, logqp: bool = False, prior: bool = False):
         """torchsde.sdeint (or sdeint_adjoint) of the posterior, or of the prior with `prior`."""
         # logqp appends the running KL to the state, and torchsde wants noise for it too
-        bm = self.brownian(float(ts[0]), float(ts[-1]), (len(z0), z0.shape[1] + int(logqp)), z0, entropy)
+        bm = self.brownian(float(ts[0]), float(ts[-1]), (len(z0), z0.shape[1] + int(logqp)), z0, entropy, ts.dtype)
         s = self.cfg.solver
         kw = dict(dt=s.dt, method=s.method, bm=bm, names={"drift": "h"} if prior else None)
         self._last_h = None
