@@ -91,6 +91,12 @@ def plot_loss_curves(log: MetricsLog, out: Path, ylabel: str = "loss") -> None:
     plt.close(fig)
 
 
+def logged(value: str) -> float:
+    """A metrics.csv cell as a number; NaN for a blank one, which MetricsLog.append leaves in the rows before a
+    column was added (a run resumed by code that logs more)."""
+    return float(value) if value else float("nan")
+
+
 HEALTH = (("perplexity", "perplexity", 1), ("usage", "codes used (%)", 100), ("restarted", "dead codes restarted", 1))
 
 
@@ -106,7 +112,7 @@ def plot_codebook_health(log: MetricsLog, out: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, (name, label, factor) in zip(axes, HEALTH):
         for level, suffix in enumerate(suffixes):
-            ax.plot(epochs, [factor * float(r[name + suffix]) for r in rows], marker="o", label=f"codebook {level + 1}")
+            ax.plot(epochs, [factor * logged(r[name + suffix]) for r in rows], marker="o", label=f"codebook {level + 1}")
         ax.set(xlabel="epoch", ylabel=label)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

@@ -944,6 +944,20 @@ def test_codebook_health_is_plotted_per_codebook_and_epoch(tmp_path: Path, monke
     assert len(figures) == 1 and not (tmp_path / "none.png").exists()
 
 
+def test_codebook_health_plots_a_column_added_on_resume_from_the_epoch_it_starts(tmp_path: Path, monkeypatch) -> None:
+    """MetricsLog.append adds a column a resumed run logs that the file lacks, blank in the earlier rows: the plot
+    leaves those epochs out of its line (NaN), where float('') stopped the run's _save with a ValueError."""
+    log = train_results.MetricsLog(tmp_path / "metrics.csv")
+    log.append({"epoch": 1, "val_loss": 1.0})
+    log.append({"epoch": 2, "val_loss": 0.5, "perplexity": 80.0, "usage": 0.5, "restarted": 2})
+    figures = []
+    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    train_results.plot_codebook_health(log, tmp_path / "h.png")
+    perplexity, usage, _ = figures[0].axes
+    np.testing.assert_array_equal(perplexity.lines[0].get_ydata(), [np.nan, 80.0])
+    np.testing.assert_array_equal(usage.lines[0].get_ydata(), [np.nan, 50.0])
+
+
 def readme_block(needle: str) -> str:
     """The README's python code block that holds `needle`, as written there."""
     blocks = (ROOT / "README.md").read_text().split("```python\n")[1:]
