@@ -250,6 +250,8 @@ def imported_files(file: Path, root: Path) -> list[Path]:
         if isinstance(node, ast.Import):
             out += [f for alias in node.names for f in module_files(root, alias.name)]
         elif isinstance(node, ast.ImportFrom):
+            if node.level > len(file.parents):      # above the folder it was given in: FILE.py has no package
+                continue
             base = file.parents[node.level - 1] if node.level else root
             module = [node.module] if node.module else []
             out += module_files(base, ".".join(module)) if module else []

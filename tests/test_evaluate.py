@@ -208,6 +208,15 @@ def test_the_report_names_the_modules_ones_own_forecaster_imports(tmp_path, monk
         tmp_path / name for name in ("own_pkg/sub.py", "ns/deep/broken.py", "own_pkg/leaf.py")))
 
 
+def test_a_relative_import_above_ones_own_files_folder_is_not_followed(tmp_path, monkeypatch):
+    """FILE.py given by a relative path whose import statements climb above its folder (`from ..pkg import x` in a
+    function never called: run, it could not import, FILE.py being no package's): nothing of its own is named
+    there; own_code read file.parents[1] of 'mine.py' and stopped evaluate.py and forecast.py in an IndexError."""
+    (tmp_path / "mine.py").write_text("import numpy as np\n\n\ndef later():\n    from ..pkg import thing\n")
+    monkeypatch.chdir(tmp_path)
+    assert evaluate.own_code(["mine.py:Mine"]) == f"mine.py:Mine: mine.py sha256 {file_sha256('mine.py')}"
+
+
 def test_the_report_names_ones_own_code_as_it_ran(db250, tmp_path, monkeypatch):
     """A helper module of one's own edited while the evaluation runs: the report names the code that ran, taken at
     the start as the commit and checkpoints are (it hashed the files at the end)."""
