@@ -131,10 +131,10 @@ def solver_times(t0: float, t1: float, dt: float, dtype: torch.dtype) -> list[fl
 
 
 class RowBrownian(torchsde.BaseBrownian):
-    """Brownian motion [B, channels] on a fixed-step solver's grid (solver_times: t0, t0 + dt, ..., t1) whose row i is drawn from
-    seeds[i] alone, so a row's path does not depend on the rows beside it (validation, seeded per window). One
-    generator per row, drawn once: a torchsde.BrownianInterval per row made validation 8 times slower. Its values
-    at grid points are exact; a time off the grid (an adaptive solver's) is an error."""
+    """Brownian motion [B, channels] on a fixed-step solver's grid (solver_times: t0, t0 + dt, ..., t1) whose row i
+    is drawn from seeds[i] alone, so a row's path does not depend on the rows beside it (validation, seeded per
+    window). One generator per row, drawn once: a torchsde.BrownianInterval per row made validation 8 times slower.
+    Its values at grid points are exact; a time off the grid (an adaptive solver's) is an error."""
 
     def __init__(self, t0: float, t1: float, dt: float, channels: int, like: torch.Tensor, seeds: list[int],
                  space_time: bool, time_dtype: torch.dtype = torch.float32):

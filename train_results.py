@@ -112,7 +112,8 @@ def plot_codebook_health(log: MetricsLog, out: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, (name, label, factor) in zip(axes, HEALTH):
         for level, suffix in enumerate(suffixes):
-            ax.plot(epochs, [factor * logged(r[name + suffix]) for r in rows], marker="o", label=f"codebook {level + 1}")
+            ax.plot(epochs, [factor * logged(r[name + suffix]) for r in rows], marker="o",
+                    label=f"codebook {level + 1}")
         ax.set(xlabel="epoch", ylabel=label)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
