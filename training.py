@@ -118,9 +118,14 @@ def join_process_group(backend: str, rank: int, world: int) -> None:
     timeout = dist_timeout()
     try:
         dist.init_process_group(backend, timeout=timeout)
-    except dist.DistError as e:
+    except dist.DistStoreError as e:        # the wait timed out
         raise UserError(f"rank {rank}: not all {world} processes joined within {timeout.total_seconds():g} s "
                         f"({DIST_TIMEOUT_ENV}); did another one fail before joining? ({str(e).splitlines()[0]})") from e
+    except dist.DistError as e:             # no wait at all: the address is taken or unreachable
+        where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+        raise UserError(f"rank {rank}: could not set up the process group at MASTER_ADDR:MASTER_PORT {where} "
+                        f"({str(e).splitlines()[0]}); another run may hold the port: give torchrun another "
+                        f"--master-port") from e
 
 
 def main_first(rt: Runtime, compute: Callable[[], Any]) -> Any:

@@ -315,6 +315,22 @@ def test_rank_whose_partner_never_joins_stops_after_the_timeout(tmp_path: Path) 
     assert not list(tmp_path.iterdir())     # no run was started
 
 
+def test_rank_whose_port_is_taken_is_not_said_to_have_waited(tmp_path: Path) -> None:
+    """MASTER_PORT held by another program: rank 0 stops at once, naming the address; it said 'not all 2 processes
+    joined within 30 s ... did another one fail before joining?' after 2 s (any DistError was read as the timeout)."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": "0",
+               "LOCAL_RANK": "0", "ECG_DIST_TIMEOUT": "30", "ECG_RESULTS_DIR": str(tmp_path)}
+        r = subprocess.run([sys.executable, "vqvae_train.py", "--device", "cpu"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    check_error(r, f"rank 0: could not set up the process group at MASTER_ADDR:MASTER_PORT 127.0.0.1:{port}",
+                "EADDRINUSE", "--master-port")
+    assert "joined" not in r.stderr and not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("value", ["ten", "0", "-5", "inf"])
 def test_bad_dist_timeout_is_named(monkeypatch, value: str) -> None:
     monkeypatch.setenv("ECG_DIST_TIMEOUT", value)
