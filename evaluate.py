@@ -144,6 +144,8 @@ class OwnForecaster:
         vars(self).update(_own=own, _said=said)     # underscored: the object's own attributes keep their names
 
     def __getattr__(self, key: str):
+        if "_own" not in vars(self):        # copy and pickle look up __setstate__ before restoring __dict__
+            raise AttributeError(key)
         return getattr(vars(self)["_own"], key)
 
     def predict(self, *args, **kwargs) -> np.ndarray:

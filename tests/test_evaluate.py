@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import baselines
 import evaluate
 import eval_report
 import metrics as M
@@ -138,6 +139,19 @@ def test_your_own_forecaster_that_raises_is_named_with_its_own_frames(db250, tmp
     assert said.startswith(f"--model {mine}:HalfLastSecond: its predict raised IndexError: index 9 is out of bounds")
     assert [line.split(",")[0] for line in said.splitlines() if line.startswith("  File")] == [f'  File "{mine}"']
     assert not any((tmp_path / "results").iterdir())                 # no run folder
+
+
+def test_ones_own_forecaster_as_wrapped_copies_and_pickles():
+    """OwnForecaster passes every attribute on to the object inside; copy.copy and pickle ask the bare wrapper
+    for __setstate__ before its __dict__ is back, and got KeyError '_own' where the protocol wants AttributeError."""
+    import copy
+    import pickle
+
+    f = evaluate.OwnForecaster(baselines.Zero(250), "--model mine.py:Zero")
+    context = np.sin(np.arange(500) / 9.0)[None, :, None].repeat(2, 2).astype(np.float32)
+    for again in (copy.copy(f), pickle.loads(pickle.dumps(f))):
+        assert again.fs == 250 and again.predict(context, 3, 1).shape == (1, 1, 3, 2)
+    assert not hasattr(evaluate.OwnForecaster.__new__(evaluate.OwnForecaster), "predict_anything")
 
 
 CHECKPOINTED = """
