@@ -115,6 +115,8 @@ def normal_like(like: torch.Tensor, seed: Seeds) -> torch.Tensor:
         gen = torch.Generator(device=like.device).manual_seed(int(s))
         return torch.randn(shape, generator=gen, device=like.device, dtype=like.dtype)
     if isinstance(seed, list):
+        if len(seed) != len(like):      # one seed would broadcast to every row, and torchsde says only 'Batch sizes'
+            raise ValueError(f"{len(seed)} seeds for {len(like)} rows: give one seed per row")
         return torch.stack([draw(like.shape[1:], s) for s in seed])
     return draw(like.shape, seed)
 

@@ -1134,3 +1134,11 @@ def test_per_path_seeds_follow_the_solvers_float32_steps_at_any_dt(method: str) 
         alone = torch.cat([sde.sample_frames(context[:, i:i + 1], 48, 1, [11 + i], normalised=True)
                            for i in range(3)], 1)
     assert torch.isfinite(rows).all() and torch.allclose(rows, alone, atol=1e-6)
+
+
+def test_per_row_seeds_must_be_one_per_row() -> None:
+    from latent_sde import normal_like
+    like = torch.zeros(3, 4)
+    assert normal_like(like, [1, 2, 3]).shape == (3, 4)
+    with pytest.raises(ValueError, match="1 seeds for 3 rows"):
+        normal_like(like, [1])
