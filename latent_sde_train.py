@@ -44,9 +44,8 @@ from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_for
 from training import (EpochEndFn, Runtime, StepFn, Trainer, resumed_seed, run_config, run_parser, run_record,
                       seed_everything, setup_runtime, shared_run_dirs)
 from vqvae import VQVAE
-from vqvae_eval import forecasting_config, frozen_encodings, run_vqvae, vqvae_choice
-
-CONFIG_FLAGS = {"augment_copies": "augment.copies"}    # --augment-copies sets a config key (run_config)
+from vqvae_eval import (FORECASTER_FLAGS, add_forecaster_flags, forecasting_config, frozen_encodings, run_vqvae,
+                        vqvae_choice)
 
 
 @torch.no_grad()
@@ -233,7 +232,7 @@ def check_solver_step(scfg: SDEConfig, frames_per_second: float) -> None:
 
 
 def elbo_config(args: argparse.Namespace, resume: dict | None) -> SDEConfig:
-    scfg = run_config(args, resume, load_sde_config, sde_config_from_dict, CONFIG_FLAGS)
+    scfg = run_config(args, resume, load_sde_config, sde_config_from_dict, FORECASTER_FLAGS)
     scfg.validate()
     return scfg
 
@@ -325,7 +324,7 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
 
 def parser() -> argparse.ArgumentParser:
     p = run_parser(__doc__, "latent SDE config JSON (default: config_sde.json)")
-    p.add_argument("--augment-copies", type=int, help="override augment.copies (0: none, for quick runs)")
+    add_forecaster_flags(p)
     p.add_argument("--vqvae", help="VQ-VAE checkpoint, or a forecaster's for its VQ-VAE (default: newest "
                    "checkpoints/vqvae-*/best.pt; "
                    "a resumed run uses the one stored in its checkpoint). The recipe's is trained with "

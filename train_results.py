@@ -292,4 +292,3 @@ def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context:
     fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
     paths.atomic_savefig(fig, out, dpi=100)
     plt.close(fig)
-

@@ -25,9 +25,8 @@ from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_for
 from training import Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime, shared_run_dirs
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
-from vqvae_eval import ENCODE_BATCH, forecasting_config, frozen_encodings, run_vqvae, vqvae_choice
-
-CONFIG_FLAGS = {"augment_copies": "augment.copies"}    # --augment-copies sets a config key (run_config)
+from vqvae_eval import (ENCODE_BATCH, FORECASTER_FLAGS, add_forecaster_flags, forecasting_config, frozen_encodings,
+                        run_vqvae, vqvae_choice)
 
 
 @torch.no_grad()
@@ -104,12 +103,12 @@ def forecast_plotter(vq: VQVAE, cfg, tcfg, val: dict, run_dir, device: torch.dev
 
 def main(argv: list[str] | None = None) -> dict:
     p = run_parser(__doc__, "Transformer config JSON (default: config_transformer.json)")
-    p.add_argument("--augment-copies", type=int, help="override augment.copies (0: none, for quick runs)")
+    add_forecaster_flags(p)
     p.add_argument("--vqvae", help="VQ-VAE checkpoint, or a forecaster's for its VQ-VAE, e.g. pretrained/forecaster.pt "
                    "(default: newest checkpoints/vqvae-*/best.pt)")
     args = p.parse_args(argv)
     resume = load_checkpoint(args.resume, "transformer") if args.resume else None
-    tcfg = run_config(args, resume, load_transformer_config, transformer_config_from_dict, CONFIG_FLAGS)
+    tcfg = run_config(args, resume, load_transformer_config, transformer_config_from_dict, FORECASTER_FLAGS)
     tcfg.validate()
     vq, vq_ckpt, vq_path = run_vqvae(args, resume)
     cfg = forecasting_config(vq_ckpt, vq_path)

@@ -328,9 +328,8 @@ class VQVAE(nn.Module):
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Residual quantisation of z [B, D, T]: the sum of the levels' straight-through outputs, the
         levels' commitment losses summed, and the first level's (the coarse vocabulary's) perplexity and code
-        counts. Each level
-        passes the decoder's gradient on to z, so z gets it once per level, as it gets each level's commitment
-        gradient (the shipped VQ-VAEs were trained so)."""
+        counts. Each level passes the decoder's gradient on to z, so z gets it once per level, as it gets each
+        level's commitment gradient (the shipped VQ-VAEs were trained so)."""
         total, rest, levels = torch.zeros_like(z), z, []
         for q in self.quantizers:
             zq, _, losses = q(rest)

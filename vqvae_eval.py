@@ -77,6 +77,14 @@ def forecasting_config(vq_ckpt: dict, source: str) -> Config:
     return cfg
 
 
+FORECASTER_FLAGS = {"augment_copies": "augment.copies"}   # the forecaster trainers' flags that set a config key
+
+
+def add_forecaster_flags(p: argparse.ArgumentParser) -> None:
+    """The forecaster trainers' own flags that set a config key: run_config applies them by FORECASTER_FLAGS."""
+    p.add_argument("--augment-copies", type=int, help="override augment.copies (0: none, for quick runs)")
+
+
 ENCODE_BATCH = 512      # windows the frozen VQ-VAE encodes at once; a multiple of latent_sde.latent_frames' batch
 
 

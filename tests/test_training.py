@@ -505,7 +505,7 @@ def test_seed_zero_on_the_command_line_is_the_seed_used():
 
 def test_a_scripts_own_flags_set_the_config_keys_it_declares():
     """run_config applies the flags a script declares ({args attribute: "section.key"}, the forecasters'
-    CONFIG_FLAGS) and no other: it read args.augment_copies of any script by name, declared nowhere."""
+    vqvae_eval.FORECASTER_FLAGS) and no other: it read args.augment_copies of any script by name, declared nowhere."""
     import argparse
 
     from hyper_params_transformer import load_transformer_config, transformer_config_from_dict
@@ -517,9 +517,10 @@ def test_a_scripts_own_flags_set_the_config_keys_it_declares():
         return cfg.augment.copies
 
     default = load_transformer_config(None).augment.copies
-    assert transformer_train.CONFIG_FLAGS == latent_sde_train.CONFIG_FLAGS == {"augment_copies": "augment.copies"}
-    assert copies(0, transformer_train.CONFIG_FLAGS) == 0 != default        # 0 is a value, not "not given"
-    assert copies(None, transformer_train.CONFIG_FLAGS) == default == copies(0, None)
+    flags = transformer_train.FORECASTER_FLAGS
+    assert flags is latent_sde_train.FORECASTER_FLAGS and flags == {"augment_copies": "augment.copies"}
+    assert copies(0, flags) == 0 != default        # 0 is a value, not "not given"
+    assert copies(None, flags) == default == copies(0, None)
 
 
 def test_resuming_from_another_kind_of_checkpoint_is_named(tmp_path, synthetic_db):
