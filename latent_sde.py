@@ -654,7 +654,9 @@ class LatentSDEForecaster(ForecasterBase):
         squared error (EXPERIMENTS.md)."""
         waves, index = draft_waves(x.cpu().numpy(), steps * self.factor, self.fs, num_samples, seed,
                                    min_spread=self.scfg.model.draft_spread, rhythm=rhythm)
-        waves, index = torch.from_numpy(waves).to(self.device), torch.from_numpy(index).to(self.device)
+        # float32: drafts of the mean beat (a context without a whole beat) come in float64, and so did the forecast
+        waves = torch.from_numpy(waves.astype(np.float32, copy=False)).to(self.device)
+        index = torch.from_numpy(index).to(self.device)
         frames = latent_frames(self.vq, waves, self.context_frames * self.factor)
         owner = torch.empty(len(waves), dtype=torch.long, device=self.device)    # each draft's context
         owner[index] = torch.arange(len(x), device=self.device).repeat_interleave(num_samples)

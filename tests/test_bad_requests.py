@@ -15,6 +15,7 @@ import forecast
 import paths
 from baselines import BASELINES, make_baseline
 from conftest import edit_tree_after, run_script, synthetic_ecg, write_record, write_signal
+from drafts import context_rhythm, whole_beats
 from forecast import Forecaster
 from latent_sde import LatentSDEForecaster
 from paths import PRETRAINED, UserError
@@ -568,3 +569,15 @@ def test_forecast_json_names_ones_own_code_as_it_ran(tmp_path, monkeypatch):
     assert code == 0, err
     said = json.loads((tmp_path / "out" / "r_5s.json").read_text())["own_forecaster"]
     assert said == f"{mine}:One: {mine} sha256 {digest}"
+
+
+def test_a_context_without_a_whole_beat_is_forecast_in_float32(shipped):
+    """Two R peaks 2.3 s apart (26 bpm, near the slowest plausible rhythm) leave no beat whole in 3 s: the drafts are
+    laid from the mean beat, which numpy averaged to float64, and the latent SDE returned its forecast in float64."""
+    x = synthetic_ecg(3, 128, seed=0, hr_bpm=26)[0].astype(np.float32)
+    (peaks,), (period,), _ = context_rhythm(x[None], 128)
+    assert len(peaks) == 2 and len(whole_beats(x, peaks, int(period))) == 0
+    sde = Forecaster.from_pretrained("cpu", model="latent_sde")
+    for f in [shipped, sde] + [make_baseline(b, 128) for b in BASELINES]:
+        out = f.predict(x, 64, 2)
+        assert out.dtype == np.float32 and np.isfinite(out).all(), (f.name, out.dtype)
