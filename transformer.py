@@ -298,9 +298,11 @@ def favour(logits: torch.Tensor, codes: torch.Tensor, bonus: float) -> torch.Ten
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """One code per row from logits [B, V] with temperature, top-k and nucleus (top-p) truncation."""
+    greedy = logits.argmax(-1)
     if temperature <= 0:
-        return logits.argmax(-1)
+        return greedy
     logits = logits.float() / temperature
+    overflow = torch.isposinf(logits).any(-1)   # a temperature so small that logits reach inf: its limit, greedy
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -313,4 +315,5 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
     # right=True: codes of probability 0 (masked) are never picked, even for u = 0
     cdf = logits.softmax(-1).cumsum(-1)
     u = torch.rand(len(cdf), 1, generator=generator, device=cdf.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+    drawn = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+    return torch.where(overflow, greedy, drawn)

@@ -377,6 +377,15 @@ def test_temperature_scales_the_logits():
         assert torch.allclose(freq, probs, atol=0.015), t
 
 
+def test_a_vanishing_temperature_draws_the_likeliest_code():
+    """Temperature 0 is greedy and a small one nearly so; below ~1e-37 the tempered logits overflowed float32 to
+    inf, their softmax was NaN and every row drew the last code."""
+    logits = torch.randn(50, 16, generator=torch.Generator().manual_seed(0)) * 10
+    for t in (1e-6, 1e-30, 1e-40, 1e-45):
+        draws = sample_next(logits, temperature=t, top_p=0.9, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(draws, logits.argmax(-1)), t
+
+
 def test_a_long_context_is_read_at_its_end():
     """A context longer than the model's block is cut to its most recent samples: whatever came long before
     (here: noise or silence) does not change the forecast, which continues where the context ends."""
