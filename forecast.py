@@ -212,8 +212,8 @@ class Forecaster(ForecasterBase):
     """VQ-VAE + code Transformer: encode the context, sample future codes (reading a draft when the
     model was trained with one: the seasonal-naive continuation, or with `draft_beats` the context's
     own beats at beat times drawn per sample), decode them together with the last second of context
-    codes (so the seam is smooth) and keep the future samples. A horizon longer than the model's block
-    (context + the future it was trained on) is drawn a block at a time (`roll`)."""
+    codes (so the seam is smooth) and keep the future samples. A horizon longer than the future the model's
+    block holds after the context (the shipped model's: 3 s of 6 s) is drawn a block at a time (`roll`)."""
 
     name = "transformer"
     deterministic = False
