@@ -173,9 +173,11 @@ def one_by_one(predict: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
 
 def public_signature(predict: Callable[..., np.ndarray]) -> inspect.Signature:
     """The wrapped predict's signature with its checked context `x` named and typed as callers pass it: wraps
-    alone showed help() and inspect `x: np.ndarray`, and predict(x=...) is a TypeError."""
+    alone showed help() and inspect `x: np.ndarray`, and predict(x=...) is a TypeError. Arguments after the seed
+    (the Transformer's use_cache) are keyword-only, as one_by_one passes them: shown positional, they failed so."""
     sig = inspect.signature(predict)
     self_, x, *rest = sig.parameters.values()
+    rest = [p if i < 3 else p.replace(kind=p.KEYWORD_ONLY) for i, p in enumerate(rest)]   # after horizon, samples, seed
     return sig.replace(parameters=[self_, x.replace(name="context", annotation="np.ndarray | torch.Tensor"), *rest])
 
 

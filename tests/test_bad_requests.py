@@ -86,6 +86,18 @@ def test_every_predict_shows_the_signature_it_takes(shipped):
         np.testing.assert_array_equal(by_name, f.predict(x, 8, 2, 1), err_msg=f.name)
 
 
+def test_every_argument_predict_shows_as_positional_is_taken_so(shipped):
+    """inspect showed the Transformer's use_cache as positional, and predict(x, 8, 2, 1, False) was a TypeError:
+    what one_by_one passes on after the seed is keyword-only, in the signature too."""
+    sde = Forecaster.from_pretrained("cpu", model="latent_sde")
+    for f in [shipped, sde] + [make_baseline(b, 128) for b in BASELINES]:
+        params = inspect.signature(f.predict).parameters.values()
+        assert [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD] == ["context", "horizon", "num_samples",
+                                                                                 "seed"], f.name
+    assert [p.name for p in inspect.signature(shipped.predict).parameters.values()
+            if p.kind is p.KEYWORD_ONLY] == ["use_cache"]
+
+
 def test_a_context_is_forecast_alone(shipped):
     """A context's forecast depends on it, the horizon, the samples and the seed, not on its batch mates."""
     x = np.stack([synthetic_ecg(3, 128, seed=s)[0] for s in range(3)]).astype(np.float32)
