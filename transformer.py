@@ -244,6 +244,9 @@ class CodeGPT(nn.Module):
         nxt = None if draft is None else as_levels(draft, self.levels)[:, 1:]    # what position t predicts
         if nxt is not None and nxt.shape[1] < T + steps - 1:
             raise ValueError(f"draft of {draft.shape[1]} steps, expected context + steps = {T + steps}")
+        if nxt is not None and len(nxt) not in (len(context), len(context) * num_samples):
+            raise ValueError(f"draft of {len(nxt)} rows, expected one per context ({len(context)}) or per sample "
+                             f"({len(context) * num_samples})")
         own = nxt is not None and num_samples > 1 and len(nxt) == len(context) * num_samples   # a draft per sample
         rep = None if nxt is None else nxt if own else nxt.repeat_interleave(num_samples, 0)
         draw = functools.partial(self.sample_step, temperature=temperature, top_k=top_k, top_p=top_p,

@@ -581,6 +581,19 @@ def test_a_draft_one_step_short_is_refused() -> None:
         gpt.generate(ctx, 5, draft=torch.randint(0, 8, (2, 8)))
 
 
+def test_a_draft_of_neither_one_row_per_context_nor_per_sample_is_refused() -> None:
+    """A draft has a row per context or one per sample; any other count stopped in torch's 'The size of tensor a
+    (2) must match the size of tensor b (4)'."""
+    torch.manual_seed(0)
+    gpt = CodeGPT(codebook_size=8, block_size=12, dim=16, layers=1, heads=2, draft=True).eval()
+    ctx = torch.randint(0, 8, (2, 4))
+    for rows in (2, 6):
+        assert gpt.generate(ctx, 3, num_samples=3, draft=torch.randint(0, 8, (rows, 7))).shape == (6, 3)
+    for rows, samples in ((4, 3), (3, 1)):
+        with pytest.raises(ValueError, match=f"draft of {rows} rows"):
+            gpt.generate(ctx, 3, num_samples=samples, draft=torch.randint(0, 8, (rows, 7)))
+
+
 def test_top_k_of_all_but_one_code_drops_the_least_likely() -> None:
     """top_k = V - 1 still truncates: the least likely code is never drawn."""
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]]).repeat(2000, 1)
