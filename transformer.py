@@ -300,7 +300,8 @@ def favour(logits: torch.Tensor, codes: torch.Tensor, bonus: float) -> torch.Ten
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """One code per row from logits [B, V] with temperature, top-k and nucleus (top-p) truncation."""
+    """One code per row from logits [B, V] with temperature (0: the likeliest code), top-k and nucleus (top-p)
+    truncation."""
     greedy = logits.argmax(-1)
     if temperature <= 0:
         return greedy
