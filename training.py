@@ -604,6 +604,7 @@ def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | N
     if rt.is_main:
         if resume_ckpt and Path(resume_ckpt["run_dir"]).is_dir():
             names = [resume_ckpt["run_dir"], resume_ckpt["ckpt_dir"]]
+            note_ignored_roots(args, *names)
         else:
             ckpt_root = paths.check_writable(paths.location("checkpoints", args.checkpoints))  # before training
             run = paths.new_run_dir(experiment, args.results)
@@ -611,6 +612,14 @@ def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | N
     if rt.distributed:
         dist.broadcast_object_list(names, src=0)
     return Path(names[0]), Path(names[1])
+
+
+def note_ignored_roots(args: argparse.Namespace, run_dir: str, ckpt_dir: str) -> None:
+    """--results and --checkpoints name where a new run's folders go; a resumed run goes on in its own, so a root
+    other than theirs is said to be ignored rather than silently dropped."""
+    for flag, root, folder in (("--results", args.results, run_dir), ("--checkpoints", args.checkpoints, ckpt_dir)):
+        if root and Path(root).resolve() != Path(folder).resolve().parent:
+            paths.note(f"{flag} {root} is ignored: the resumed run goes on in its own folder, {folder}")
 
 
 def run_config(args: argparse.Namespace, resume: dict | None, load: Callable[[str | None], Any],

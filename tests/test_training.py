@@ -832,6 +832,26 @@ def test_a_resume_without_its_run_folder_starts_a_new_one(tmp_path: Path) -> Non
     assert run.is_dir() and run.parent == tmp_path / "results" and ckpt == tmp_path / "checkpoints" / run.name
 
 
+def test_a_resume_says_that_results_and_checkpoints_roots_other_than_its_own_are_ignored(tmp_path: Path,
+                                                                                        capsys) -> None:
+    """shared_run_dirs: a resumed run keeps its own folders, so --results or --checkpoints naming other roots is said
+    to be ignored (nothing is made there); the run's own roots given again, as a script repeats its flags, are not."""
+    from training import Runtime
+
+    rt = Runtime(torch.device("cpu"))
+    (tmp_path / "results" / "vqvae-1").mkdir(parents=True)
+    own = {"run_dir": str(tmp_path / "results" / "vqvae-1"), "ckpt_dir": str(tmp_path / "checkpoints" / "vqvae-1")}
+    same = SimpleNamespace(results=str(tmp_path / "results"), checkpoints=str(tmp_path / "checkpoints"))
+    assert training.shared_run_dirs(same, rt, own, "vqvae") == (Path(own["run_dir"]), Path(own["ckpt_dir"]))
+    assert "ignored" not in capsys.readouterr().err
+    other = SimpleNamespace(results=str(tmp_path / "r2"), checkpoints=str(tmp_path / "c2"))
+    assert training.shared_run_dirs(other, rt, own, "vqvae") == (Path(own["run_dir"]), Path(own["ckpt_dir"]))
+    err = capsys.readouterr().err
+    assert f"--results {tmp_path / 'r2'} is ignored: the resumed run goes on in its own folder, {own['run_dir']}" in err
+    assert f"--checkpoints {tmp_path / 'c2'} is ignored" in err and own["ckpt_dir"] in err
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "c2").exists()
+
+
 def test_vqvae_train_refuses_several_gpus_in_one_process(monkeypatch, tmp_path: Path) -> None:
     """main checks the runtime before anything is read or written: DataParallel would lose the codebook statistics."""
     from training import Runtime
