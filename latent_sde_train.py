@@ -330,7 +330,8 @@ def parser() -> argparse.ArgumentParser:
                    "a resumed run uses the one stored in its checkpoint). The recipe's is trained with "
                    "vqvae_train.py --config config_vqvae_sde.json")
     p.add_argument("--crps-from", help="an ELBO-trained latent SDE checkpoint to fine-tune on the CRPS of its forecast "
-                   "paths, with the crps section of --config (EXPERIMENTS.md, session 19)")
+                   "paths, with the crps section of --config (EXPERIMENTS.md, session 19); with it --epochs, "
+                   "--max-steps and --batch-size set crps.epochs, crps.steps_per_epoch and crps.batch_size")
     return p
 
 

@@ -554,6 +554,24 @@ def test_crps_fine_tuning_says_which_settings_of_config_it_ignores(tmp_path: Pat
     assert "ignored" not in capsys.readouterr().err
 
 
+def test_crps_from_help_names_the_crps_keys_the_schedule_flags_set(tmp_path: Path) -> None:
+    """With --crps-from, --epochs, --max-steps and --batch-size set crps keys, not the train.* their own help names:
+    --crps-from's help says which, as crps_config sets them."""
+    import argparse
+
+    run = SDEConfig()
+    run.model.draft_beats = True
+    (tmp_path / "c.json").write_text(json.dumps({"model": {"draft_beats": True}}))
+    args = argparse.Namespace(config=str(tmp_path / "c.json"), resume=None, epochs=3, max_steps=2, batch_size=4,
+                              seed=None)
+    scfg = latent_sde_train.crps_config(args, None, {"config": run.to_dict()}, "elbo.pt")
+    assert (scfg.crps.epochs, scfg.crps.steps_per_epoch, scfg.crps.batch_size) == (3, 2, 4)
+    assert (scfg.train.epochs, scfg.train.batch_size) == (run.train.epochs, run.train.batch_size)
+    help_text = " ".join(latent_sde_train.parser().format_help().split())
+    assert ("--crps-from CRPS_FROM an ELBO-trained" in help_text and "with it --epochs, --max-steps and --batch-size "
+            "set crps.epochs, crps.steps_per_epoch and crps.batch_size" in help_text)
+
+
 def test_resume_with_crps_from_names_the_pair_of_flags(tmp_path: Path, capsys) -> None:
     """--resume of an ELBO run with --crps-from is one clear error (was a KeyError traceback: the ELBO run's meta
     has no crps_from); a fine-tuning run resumed with another --crps-from says it goes on from its own source."""
