@@ -41,8 +41,8 @@ from hyper_params_sde import SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from prepare_mitbih import load_split
 from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_forecasts
-from training import (EpochEndFn, Runtime, StepFn, Trainer, resumed_seed, run_config, run_parser, run_record,
-                      seed_everything, setup_runtime, shared_run_dirs)
+from training import (EpochEndFn, Runtime, StepFn, Trainer, check_run_flags, resumed_seed, run_config, run_parser,
+                      run_record, seed_everything, setup_runtime, shared_run_dirs)
 from vqvae import VQVAE
 from vqvae_eval import (FORECASTER_FLAGS, add_forecaster_flags, forecasting_config, frozen_encodings, run_vqvae,
                         vqvae_choice)
@@ -129,6 +129,7 @@ def note_ignored_crps_flags(args: argparse.Namespace, source: str) -> None:
 def crps_config(args: argparse.Namespace, resume: dict | None, start: dict, source: str) -> SDEConfig:
     """The ELBO run's config, as its weights are the start, with a crps section: the --config file's for a new run,
     the run's own on a resume."""
+    check_run_flags(args)
     stored = {k: v for k, v in start["config"].items() if k != "vqvae"}
     scfg = sde_config_from_dict(stored, f"latent SDE config stored in {args.resume or source}")
     if not scfg.model.draft_beats:      # latent_sde.PathCRPS draws the forecasts' drafts

@@ -629,6 +629,7 @@ def run_config(args: argparse.Namespace, resume: dict | None, load: Callable[[st
     change it either way: run_parser's, and the script's own that `flags` declares ({args attribute: "section.key"},
     as apply_flags takes them). A resume whose config differs beyond the training sections is refused here, before
     the data is loaded and encoded (Trainer.resume checks it again, with the VQ-VAE's)."""
+    check_run_flags(args)
     if resume and not args.config:
         cfg = from_dict({k: v for k, v in resume["config"].items() if k != "vqvae"},
                         f"config stored in {args.resume}")
@@ -642,6 +643,16 @@ def run_config(args: argparse.Namespace, resume: dict | None, load: Callable[[st
         check_same_config(resume["config"], current, Path(args.resume),
                           sections=tuple(k for k in current if k not in TRAINING_SECTIONS))
     return cfg
+
+
+def check_run_flags(args: argparse.Namespace) -> None:
+    """run_parser's numbers refused by the flag's name and value: the config key a flag sets (train.epochs, or
+    crps.epochs when fine-tuning a latent SDE) is not what was typed."""
+    for flag in ("epochs", "max_steps", "batch_size"):
+        if (value := getattr(args, flag)) is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.seed is not None and not 0 <= args.seed < 2 ** 32:
+        raise UserError(f"--seed must be in [0, 2**32) (numpy's seed range), got {args.seed}")
 
 
 def resumed_seed(args: argparse.Namespace, resume: dict) -> int:

@@ -523,6 +523,35 @@ def test_a_scripts_own_flags_set_the_config_keys_it_declares():
     assert copies(None, flags) == default == copies(0, None)
 
 
+BAD_NUMBERS = [("--epochs", "0", "must be >= 1, got 0"), ("--max-steps", "-1", "must be >= 1, got -1"),
+               ("--batch-size", "0", "must be >= 1, got 0"),
+               ("--seed", "-1", "must be in [0, 2**32) (numpy's seed range), got -1")]
+
+
+@pytest.mark.parametrize("script", [vqvae_train, transformer_train, latent_sde_train])
+@pytest.mark.parametrize("flag, value, said", BAD_NUMBERS)
+def test_a_bad_number_is_refused_by_its_flags_name(tmp_path: Path, script, flag: str, value: str, said: str) -> None:
+    """A bad --epochs, --max-steps, --batch-size or --seed is named as typed, before anything is read or made: the
+    config key it sets was named instead ('train.epochs')."""
+    r = run_script(script.main, f"{script.__name__}.py", [flag, value, "--results", str(tmp_path / "r")])
+    assert r.returncode == 2 and r.stderr == f"error: {flag} {said}\n"
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("flag, value, said", BAD_NUMBERS)
+def test_a_bad_number_for_crps_fine_tuning_is_refused_by_its_flags_name(flag: str, value: str, said: str) -> None:
+    """With --crps-from the flags set crps keys: 'crps.epochs' was named, a key neither typed nor in --help."""
+    import argparse
+    import re
+
+    sde = latent_sde_train.SDEConfig()
+    sde.model.draft_beats = True
+    given = {"epochs": None, "max_steps": None, "batch_size": None, "seed": None, flag[2:].replace("-", "_"): int(value)}
+    with pytest.raises(UserError, match=f"^{re.escape(f'{flag} {said}')}$"):
+        latent_sde_train.crps_config(argparse.Namespace(config=None, resume=None, **given), None,
+                                     {"config": sde.to_dict()}, "elbo.pt")
+
+
 def test_resuming_from_another_kind_of_checkpoint_is_named(tmp_path, synthetic_db):
     setup = tiny_setup(tmp_path, synthetic_db, train={"epochs": 1, "max_steps_per_epoch": 2})
     vqvae_train.main(flags(setup, "--device", "cpu"))
