@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -571,11 +572,11 @@ def _batch_len(batch) -> int:
 def run_record(cfg_dict: dict, seed: int, train: dict, val: dict, rt: Runtime, argv: list[str]) -> dict:
     """What every run records next to its results: config, seed, git commit, the training split's data hash, the
     training and validation records (so evaluate.py can tell when it scores a model on patients it trained or
-    chose its checkpoint on), command."""
+    chose its checkpoint on), command (quoted as a shell needs it to run it again)."""
     return {"config": cfg_dict, "seed": seed, "git_commit": paths.git_commit(),
             "data_hash": paths.run_data_hash(train), "train_records": list(train["records"]),
             "validation_records": list(val["records"]),
-            "world_size": rt.world, "device": str(rt.device), "command": " ".join(argv),
+            "world_size": rt.world, "device": str(rt.device), "command": shlex.join(argv),
             "torch": str(torch.__version__), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 

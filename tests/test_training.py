@@ -404,6 +404,17 @@ def test_run_json_names_its_data_as_paths_run_data_hash_does(monkeypatch):
     assert record["data_hash"] == "<d0>"
 
 
+def test_run_json_keeps_a_command_a_shell_can_run_again():
+    """A path with a space was joined bare ('--results my runs'), a command that names another folder when run
+    again; quoted, it splits back into the arguments given."""
+    import shlex
+
+    split = {"data_hash": "d0", "input_hash": "i0", "records": ["100"]}
+    argv = ["vqvae_train.py", "--results", "my runs", "--epochs", "2"]
+    record = training.run_record({}, 0, split, split, training.Runtime(torch.device("cpu")), argv)
+    assert record["command"] == "vqvae_train.py --results 'my runs' --epochs 2" and shlex.split(record["command"]) == argv
+
+
 def test_forecast_bands_hold_the_central_50_and_80_percent_of_the_paths(tmp_path, monkeypatch):
     fs, context, horizon = 128, 64, 32
     rng = np.random.default_rng(0)
