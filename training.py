@@ -596,6 +596,20 @@ def run_parser(doc: str | None, config_help: str) -> argparse.ArgumentParser:
     return p
 
 
+def run_splits(load: Callable[[str], dict], resume: dict | None) -> tuple[dict, dict]:
+    """The training and validation splits, `load(split)`. A resume refused its data most often because the run's
+    --prepared was not given again (the checkpoint keeps the run's config, not where its tensors are): said so, with
+    the command that wrote the checkpoint, rather than only the advice to pass another --config, which a resume
+    refuses."""
+    try:
+        return load("train"), load("validation")
+    except UserError as e:
+        if not resume:
+            raise
+        raise UserError(f"{e}; a resume reads the tensors its run trained on: pass that run's --prepared again "
+                        f"(this checkpoint was written by `{resume['meta'].get('command', '?')}`)") from e
+
+
 def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | None,
                     experiment: str) -> tuple[Path, Path]:
     """The run's results and checkpoint folders (results/<experiment>-<time>/, checkpoints/<same>/, from

@@ -19,8 +19,8 @@ import paths
 from hyper_params import Config, config_from_dict, load_config
 from prepare_mitbih import load_split, source_fs
 from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_windows
-from training import (EpochEndFn, Pooled, Runtime, Trainer, run_config, run_parser, run_record, seed_everything,
-                      setup_runtime, shared_run_dirs)
+from training import (EpochEndFn, Pooled, Runtime, Trainer, run_config, run_parser, run_record, run_splits,
+                      seed_everything, setup_runtime, shared_run_dirs)
 from vqvae import VQVAE, level_key, perplexity
 from vqvae_eval import compression
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     rt = setup_runtime(args.device)
     check_not_data_parallel(rt)
     seed_everything(cfg.train.seed)
-    train, val = load_split("train", cfg, args.prepared), load_split("validation", cfg, args.prepared)
+    train, val = run_splits(lambda split: load_split(split, cfg, args.prepared), resume_ckpt)
     fs = int(train["fs"])
     model = VQVAE(cfg.model, train["scale_mv"].tolist())
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume_ckpt, "vqvae")

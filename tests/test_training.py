@@ -158,6 +158,25 @@ def test_resume_on_data_prepared_again_says_so(tmp_path: Path, synthetic_db: Pat
     assert record["resumes"][-1]["data_hash"] == record["data_hash"]      # what the resumed epochs trained on
 
 
+def test_a_resume_on_other_prepared_tensors_says_to_pass_the_runs_prepared_again(tmp_path: Path,
+                                                                                 synthetic_db: Path) -> None:
+    """A resume without the run's --prepared read the default folder, whose error advised another --config, which a
+    resume refuses: it now names the run's --prepared, from the command that wrote the checkpoint. A new run's error
+    is as it was."""
+    setup = tiny_setup(tmp_path, synthetic_db)
+    _run(setup, "--epochs", "1")
+    last = _only_run(tmp_path / "checkpoints") / "last.pt"
+    other = tiny_setup(tmp_path / "other", synthetic_db, data={"samples_per_second": 128})
+    with pytest.raises(UserError, match="was prepared with another data config") as refused:
+        _run({**setup, "prepared": other["prepared"]}, "--resume", str(last), "--epochs", "2")
+    said = str(refused.value)
+    assert "a resume reads the tensors its run trained on: pass that run's --prepared again" in said
+    assert f"--prepared {setup['prepared']} " in said.split("this checkpoint was written by")[1]
+    with pytest.raises(UserError, match="was prepared with another data config") as fresh:
+        _run({**setup, "prepared": other["prepared"]}, "--epochs", "1")
+    assert "--prepared again" not in str(fresh.value)
+
+
 def test_cut_checkpoint_is_a_clear_error(tmp_path: Path, synthetic_db: Path) -> None:
     setup = tiny_setup(tmp_path, synthetic_db)
     _run(setup, "--epochs", "1")
