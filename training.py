@@ -653,7 +653,7 @@ def run_config(args: argparse.Namespace, resume: dict | None, load: Callable[[st
     apply_train_overrides(cfg.train, args)
     apply_flags(cfg, args, flags or {})
     if resume:
-        cfg.train.seed = resumed_seed(args, resume)
+        cfg.train.seed = resumed_seed(args, resume, cfg.train.seed if args.config else None)
         current = cfg.to_dict()
         check_same_config(resume["config"], current, Path(args.resume),
                           sections=tuple(k for k in current if k not in TRAINING_SECTIONS))
@@ -670,12 +670,15 @@ def check_run_flags(args: argparse.Namespace) -> None:
         raise UserError(f"--seed must be in [0, 2**32) (numpy's seed range), got {args.seed}")
 
 
-def resumed_seed(args: argparse.Namespace, resume: dict) -> int:
-    """A resumed run keeps its seed (its generators' states come back from the checkpoint); --seed is said to be
-    ignored rather than silently dropped."""
+def resumed_seed(args: argparse.Namespace, resume: dict, config_seed: int | None = None) -> int:
+    """A resumed run keeps its seed (its generators' states come back from the checkpoint); --seed, or the train.seed
+    of a --config given again (`config_seed`), is said to be ignored rather than silently dropped."""
     seed = resume["meta"]["seed"]
     if args.seed is not None and args.seed != seed:
         paths.note(f"--seed {args.seed} is ignored: the resumed run goes on with its own seed, {seed}")
+    elif args.seed is None and config_seed is not None and config_seed != seed:
+        paths.note(f"train.seed {config_seed} of --config {args.config} is ignored: the resumed run goes on with its "
+                   f"own seed, {seed}")
     return seed
 
 

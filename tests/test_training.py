@@ -533,6 +533,26 @@ def test_seed_zero_on_the_command_line_is_the_seed_used():
         assert train.seed == seed
 
 
+def test_a_resume_says_a_seed_of_config_given_again_is_ignored(tmp_path: Path, capsys) -> None:
+    """A resume keeps its seed: --config F given again took F's train section but dropped F's train.seed in silence,
+    where --seed is said to be ignored; both are said now, and an equal seed is not."""
+    import argparse
+
+    stored = load_config(None)
+    resume = {"config": stored.to_dict(), "meta": {"seed": stored.train.seed}}
+    for seed, said in ((stored.train.seed + 7, True), (stored.train.seed, False)):
+        raw = stored.to_dict()
+        raw["train"]["seed"] = seed
+        (tmp_path / "f.json").write_text(json.dumps(raw))
+        args = argparse.Namespace(config=str(tmp_path / "f.json"), resume="last.pt", epochs=None, max_steps=None,
+                                  batch_size=None, seed=None)
+        cfg = training.run_config(args, resume, load_config, config_from_dict)
+        assert cfg.train.seed == stored.train.seed
+        note = (f"train.seed {seed} of --config {tmp_path / 'f.json'} is ignored: the resumed run goes on with its own "
+                f"seed, {stored.train.seed}")
+        assert (note in capsys.readouterr().err) == said
+
+
 def test_a_scripts_own_flags_set_the_config_keys_it_declares():
     """run_config applies the flags a script declares ({args attribute: "section.key"}, the forecasters'
     vqvae_eval.FORECASTER_FLAGS) and no other: it read args.augment_copies of any script by name, declared nowhere."""
