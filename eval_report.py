@@ -69,8 +69,8 @@ def whole_horizon_section(summary: dict) -> list[str]:
     order, tables = summary["order"], summary["forecasters"]
     return ["## All forecasters, whole horizon", "",
             "Mean over records [bootstrap 95 % interval over records]; each record's value pools its "
-            "windows, so each patient weighs the same. `—`: undefined (interval scores of "
-            "deterministic forecasts)."] + grouped_tables(
+            "windows, so each patient weighs the same. `—`: undefined (interval scores of deterministic "
+            "forecasts or of one sample; an interval where fewer than two records define the value)."] + grouped_tables(
         ["forecaster"], lambda cols: [f"| {name} | " + " | ".join(cell(tables[name]["metrics"][c][-1]) for c in cols)
                                       + " |" for name in order])
 
@@ -161,7 +161,8 @@ def paired_section(rows: list[dict]) -> list[str]:
                         "Each model minus the best baseline on that score (lowest MSE or CRPS, highest F1), record by "
                         "record: mean over records [bootstrap 95 % interval of the paired differences], the change "
                         "relative to the baseline, and on how many records the model is better. An interval that "
-                        "excludes 0 is a difference these patients show; one that includes it is not.",
+                        "excludes 0 is a difference these patients show; one that includes it is not (`—`: fewer "
+                        "than two records, no interval).",
                         "best baseline | baseline")
 
 

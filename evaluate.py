@@ -908,7 +908,8 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
                       f"\nwindow MSE (both leads) {s.window_mse[i]:.3g} mV², {share:.0f}% of the zero forecast's")
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=8, frameon=False)
     fig.suptitle(f"{name}: forecast examples", fontsize=11)
-    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.4 / fig.get_figheight() + 0.07, top=0.9, hspace=0.7,
+    height = fig.get_figheight()        # margins in inches: the legend below, the titles above, for any rows
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=1.13 / height, top=1 - 1.04 / height, hspace=0.7,
                         wspace=0.16)
     paths.atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
@@ -922,13 +923,17 @@ def zero_forecast_mse(w: Windows, context: int) -> np.ndarray:
 def gallery_picks(s: Scores, w: Windows, zero_mse: np.ndarray) -> list[tuple[str, int, int]]:
     """(label, record, window) of the records where the forecaster `s` does best, middling and worst, by their
     mean window MSE over the zero forecast's (`zero_mse`; raw MSE would rank the records by amplitude): from
-    each, the window with the record's median such ratio."""
+    each, the window with the record's median such ratio. Each record once: with one or two records the same
+    window drawn thrice under three ranks would show a spread there is not."""
     ratio = s.window_mse / zero_mse
     per_rec = {r: np.nanmean(ratio[w.record == r]) for r in np.unique(w.record)}
     order = sorted(per_rec, key=per_rec.get)
+    ranked = [("lowest-error record", order[0]), ("median record", order[len(order) // 2]),
+              ("highest-error record", order[-1])]
+    if len(order) < 3:
+        ranked = [("the only record", order[0])] if len(order) == 1 else [ranked[0], ranked[2]]
     picks = []
-    for label, r in [("lowest-error record", order[0]), ("median record", order[len(order) // 2]),
-                     ("highest-error record", order[-1])]:
+    for label, r in ranked:
         idx = np.flatnonzero(w.record == r)
         picks.append((label, r, int(idx[np.argsort(ratio[idx])[len(idx) // 2]])))
     return picks

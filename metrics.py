@@ -484,7 +484,8 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
     """Mean over records (axis 0, NaN records skipped) and its percentile bootstrap interval.
 
     Records are resampled with replacement with a fixed seed, so every forecaster is scored on the
-    same resamples and intervals are reproducible.
+    same resamples and intervals are reproducible. Where fewer than two records define a value its
+    interval is NaN: resampling one record gives [mean, mean], which would read as a certain value.
     """
     v = np.asarray(values, np.float64)
     if v.shape[0] == 0:
@@ -496,7 +497,8 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
         mean = np.nanmean(v, axis=0)
         boots = np.nanmean(v[idx], axis=1)
         lo, hi = np.nanpercentile(boots, [50 * (1 - level), 50 * (1 + level)], axis=0)
-    return mean, lo, hi
+    few = np.sum(np.isfinite(v), axis=0) < 2
+    return mean, np.where(few, np.nan, lo)[()], np.where(few, np.nan, hi)[()]
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0,

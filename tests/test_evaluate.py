@@ -1292,6 +1292,35 @@ def test_the_gallery_picks_records_and_windows_by_their_whole_horizon_mse_over_t
     assert [p[1] for p in picks] == [2, 0, 1]
 
 
+def test_the_gallery_draws_each_record_once_when_there_are_fewer_than_three():
+    """One record was drawn three times, the same window as its lowest-, median- and highest-error record."""
+    s = evaluate.Scores(4, window_sums={"se": np.array([[1, 2, 5, 3]], float).T, "n": np.ones((4, 1))})
+    w = SimpleNamespace(record=np.array([0, 0, 1, 1]), signals=np.ones((4, 4, 2)))
+    assert evaluate.gallery_picks(s, w, evaluate.zero_forecast_mse(w, 2)) == [
+        ("lowest-error record", 0, 1), ("highest-error record", 1, 2)]
+    w.record[:] = 0
+    assert evaluate.gallery_picks(s, w, evaluate.zero_forecast_mse(w, 2)) == [("the only record", 0, 3)]
+
+
+def test_a_run_on_one_record_shows_no_intervals_and_draws_it_once(tmp_path, monkeypatch):
+    """Bootstrapping one record gives [v, v]: the report showed intervals of no width, and a model paired with a
+    baseline on one patient an interval that excludes 0."""
+    write_record(tmp_path / "one", "r1", seconds=30, fs=250, seed=1)
+    own = tmp_path / "own.py"
+    own.write_text("from baselines import make_baseline\n\n\ndef Mine(fs):\n    return make_baseline('template', fs)\n")
+    drawn = []
+    monkeypatch.setattr(evaluate, "plot_gallery", lambda *a: drawn.append(a[-2]))
+    run, result = _run(["--model", f"{own}:Mine", "zero", "--wfdb-dir", str(tmp_path / "one"),
+                        "--results", str(tmp_path / "results")])
+    mse = result["forecasters"]["zero"]["metrics"]["mse"][-1]
+    assert mse["value"] > 0 and mse["ci"] == [None, None] and mse["records"] == 1
+    assert result["paired"] and all(r["difference"]["ci"] == [None, None] for r in result["paired"])
+    assert result["detector"]["timing_ms"]["ci"] == [None, None]
+    report = (run / "report.md").read_text()
+    assert f"| zero | {eval_report.fmt(mse['value'])} [—, —] |" in report and "0 [0, 0]" not in report
+    assert [[p[0] for p in picks] for picks in drawn] == [["the only record"]] * 2
+
+
 def test_error_curves_draw_the_models_over_the_baselines_in_one_colour_each(tmp_path, monkeypatch):
     """A model a hair from the best baseline was hidden under its line: models are drawn thick and on top,
     baselines thin and dashed, a baseline's colour by its name in every run; a panel draws each model's CRPS minus

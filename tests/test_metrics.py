@@ -555,6 +555,18 @@ def test_pearson_r_skips_a_flat_truth_lead_and_zeroes_a_flat_forecast():
     assert list(M.record_metrics(s)["r"][0]) == [0.0, 0.0, 0.0]
 
 
+def test_a_value_of_fewer_than_two_records_has_no_interval():
+    """One record resampled is that record every time: its interval [v, v] would read as a certain value, and a
+    paired difference over one patient as one that excludes 0. Each column is judged by its own defined records."""
+    mean, lo, hi = M.bootstrap_ci(np.array([[0.2, 1.0], [np.nan, 3.0], [np.nan, np.nan]]), n_boot=200, seed=0)
+    assert mean[0] == pytest.approx(0.2) and np.isnan(lo[0]) and np.isnan(hi[0])
+    assert 1.0 <= lo[1] < hi[1] <= 3.0
+    mean, lo, hi = M.bootstrap_ci(np.array([0.5]))
+    assert mean == 0.5 and np.isnan(lo) and np.isnan(hi)
+    d = M.paired_difference(np.array([1.0]), np.array([2.0]))
+    assert d["mean"] == -1.0 and all(np.isnan(d["ci"])) and (d["below"], d["records"]) == (1, 1)
+
+
 def test_bootstrap_draws_every_record():
     """Two records 0 and 1: a quarter of the resamples are all 1 (mean 1) and a quarter all 0, so the 95 %
     interval is [0, 1]."""
