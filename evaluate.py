@@ -840,6 +840,10 @@ def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: P
         f1 = summary["forecasters"][name]["metrics"]["f1_100"][:-1]
         vals = [e["value"] if e["value"] is not None else np.nan for e in f1]
         ax.plot(np.arange(len(labels)), vals, marker="o", **style[name])
+    if not any(e["value"] is not None for name in summary["order"]
+               for e in summary["forecasters"][name]["metrics"]["f1_100"][:-1]):
+        ax.text(0.5, 0.5, "no reference beats in any horizon: F1 is undefined", ha="center", va="center",
+                transform=ax.transAxes)
     ax.set_xticks(np.arange(len(labels)), labels)
     ax.set(xlabel="horizon", ylabel="F1 (±100 ms)", title="beat detection F1 per horizon second", ylim=(0, 1.02))
     ax.grid(alpha=0.3)

@@ -1351,6 +1351,23 @@ def test_error_curves_draw_the_models_over_the_baselines_in_one_colour_each(tmp_
     assert [t.get_text() for t in f1_ax.get_xticklabels()] == ["0-1 s", "1-2 s"]
     assert len(fig.legends) == 1 and [t.get_text() for t in fig.legends[0].get_texts()] == names
 
+def test_an_f1_panel_without_reference_beats_says_why_it_is_empty(tmp_path, monkeypatch):
+    """Records without beat annotations left the F1 panel blank, like a plot that failed to draw."""
+    import matplotlib.pyplot as plt
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    scores = {"zero": evaluate.Scores(1, curves={"se": np.ones((1, 32)), "crps": np.ones((1, 32)),
+                                                 "windows": np.array([1.0])})}
+    summary = {"order": ["zero"], "horizons": ["0-1 s", "1-2 s", "all"],
+               "forecasters": {"zero": {"metrics": {"f1_100": [{"value": None}] * 3, "crps": [{"value": 1.0}] * 3}}}}
+    evaluate.plot_error_curves(scores, summary, 16, tmp_path / "e.png", frozenset({"zero"}))
+    f1_ax = figures[0].axes[-1]
+    assert [t.get_text() for t in f1_ax.texts] == ["no reference beats in any horizon: F1 is undefined"]
+    summary["forecasters"]["zero"]["metrics"]["f1_100"] = [{"value": 0.5}] * 3
+    evaluate.plot_error_curves(scores, summary, 16, tmp_path / "e.png", frozenset({"zero"}))
+    assert len(figures[1].axes[-1].texts) == 0
+
+
 def test_a_paired_interval_end_near_zero_keeps_its_sign_and_digit():
     """−0.0000 hid whether an interval excluded 0 (the model card's latent SDE MSE: upper end −1e-6 mV²): an end
     that rounds to zero at four decimals keeps a significant digit; an exact 0 stays +0.0000."""
