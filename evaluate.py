@@ -33,7 +33,7 @@ import time
 import traceback
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -470,15 +470,19 @@ def horizon_beats_masks(w: Windows, context: int) -> dict[str, np.ndarray]:
 
 def select_horizon_beats(w: Windows, kind: str, context: int) -> Windows:
     """Only the windows of `horizon_beats_masks`' kind: where the rhythm breaks, the forecasters can be told apart
-    from where it runs on."""
+    from where it runs on. A record left without windows is skipped with the reason, not dropped unsaid."""
     if not np.asarray(w.annotated, bool)[w.record].any():
         raise UserError(f"--horizon-beats {kind} reads the beat annotations, and no record of {w.source.get('path')} "
                         f"has them (with --wfdb-dir, --annotator names the annotation file)")
     keep = np.flatnonzero(horizon_beats_masks(w, context)[kind])
+    wanted = "only normal beats" if kind == "normal" else f"a {kind} beat"
     if not len(keep):
         raise UserError(f"--horizon-beats {kind}: none of the {len(w.record)} windows of {w.source.get('path')} "
-                        f"has {'only normal beats' if kind == 'normal' else 'a ' + kind + ' beat'} in its horizon")
-    return w.select(keep)
+                        f"has {wanted} in its horizon")
+    left_out = [(w.records[r], "no beat annotations, which --horizon-beats reads" if not w.annotated[r] else
+                 f"none of its {np.sum(w.record == r)} windows has {wanted} in its horizon (--horizon-beats {kind})")
+                for r in np.setdiff1d(w.record, w.record[keep])]
+    return replace(w.select(keep), skipped=w.skipped + left_out)
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -1032,6 +1032,27 @@ def test_horizon_beats_are_chosen_before_the_windows_are_thinned(tmp_path):
     assert len(every.start) > 2 and set(two.start) <= set(every.start) and len(two.start) == 2
 
 
+def test_records_horizon_beats_leaves_without_windows_are_named_with_the_reason(tmp_path):
+    """--records a b --horizon-beats ventricular scored only a, and the report's header and records said nothing
+    of b: a record without annotations, or without such a beat in any horizon, is skipped with its reason."""
+    import wfdb
+
+    write_record(tmp_path / "db", "v", seconds=40, seed=0)
+    _, beats = synthetic_ecg(40, 360.0, seed=0)
+    wfdb.wrann("v", "atr", np.asarray(beats), symbol=["V" if k % 9 == 4 else "N" for k in range(len(beats))],
+               write_dir=str(tmp_path / "db"))
+    write_record(tmp_path / "db", "n", seconds=40, seed=1)
+    write_record(tmp_path / "db", "u", seconds=40, seed=2, annotate=False)
+    run, result = _run(["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), "--horizon-beats", "ventricular",
+                        "--results", str(tmp_path / "results")])
+    assert [r["record"] for r in result["record_info"]] == ["v"]
+    skipped = {s["record"]: s["reason"] for s in result["skipped"]}
+    assert skipped == {"n": "none of its 6 windows has a ventricular beat in its horizon (--horizon-beats ventricular)",
+                       "u": "no beat annotations, which --horizon-beats reads"}
+    report = (run / "report.md").read_text()
+    assert "(2 records skipped)" in report and "- n: none of its 6 windows" in report
+
+
 def test_a_beat_on_the_first_horizon_sample_is_a_horizon_beat():
     """The horizon starts at sample `context`: a beat there is the horizon's, one a sample before it the context's."""
     c = 128
