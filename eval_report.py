@@ -144,8 +144,9 @@ def records_section(w: Windows) -> list[str]:
     counts = np.bincount(w.record, minlength=len(w.records))
     for i, name in enumerate(w.records):
         if counts[i]:
-            lines.append(f"| {name} | {', '.join(w.leads[i])} | {w.fs_in[i]:g} | "
-                         f"{'yes' if w.annotated[i] else 'no'} | {counts[i]} |")
+            rate = f"{w.fs_in[i]:g}" if np.isfinite(w.fs_in[i]) else "—"     # unknown without meta.json
+            lines.append(f"| {name} | {', '.join(w.leads[i])} | {rate} | {'yes' if w.annotated[i] else 'no'} | "
+                         f"{counts[i]} |")
     gaps = w.source.get("invalid_seconds") or {}
     if gaps:
         lines += ["", "Windows leave out the gaps (NaN/invalid or flat samples) of "

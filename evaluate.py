@@ -375,7 +375,9 @@ def _from_tensors(d: dict, annotated: list[bool], leads: list[list[str]], fs_in:
 
 def load_prepared(split: str, cfg: Config, prepared: str | None) -> Windows:
     """A prepared split (prepare_mitbih.py), with record details from its meta.json when present; its record
-    lists may be other than the config's (a split of one's own), its windows not."""
+    lists may be other than the config's (a split of one's own), its windows not. Without them a record is
+    annotated when its windows hold reference beats: one taken for annotated without any would score its
+    forecasts' every beat a false positive, F1 0 where it is undefined."""
     from prepare_mitbih import load_split
     d = load_split(split, cfg, prepared, any_records=True, config_flag=True)
     folder = paths.location("prepared", prepared)
@@ -390,8 +392,11 @@ def load_prepared(split: str, cfg: Config, prepared: str | None) -> Windows:
               "data_hash": d.get("data_hash", "unknown"), "input_hash": d.get("input_hash", "unknown"),
               "annotator": stored.get("annotator", "atr"),
               "invalid_seconds": {n: i["invalid_seconds"] for n, i in zip(names, info) if i.get("invalid_seconds")}}
-    return _from_tensors(d, [i.get("has_annotations", True) for i in info], [i.get("leads", ["?", "?"]) for i in info],
-                         [i.get("fs_in", float("nan")) for i in info], source, [])
+    beats = np.asarray(d["beat_ptr"])
+    with_beats = np.bincount(np.asarray(d["record"])[np.diff(beats) > 0], minlength=len(names)) > 0
+    return _from_tensors(d, [i.get("has_annotations", bool(b)) for i, b in zip(info, with_beats)],
+                         [i.get("leads", ["?", "?"]) for i in info], [i.get("fs_in", float("nan")) for i in info],
+                         source, [])
 
 
 def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None, progress: bool = True,

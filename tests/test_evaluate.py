@@ -369,6 +369,22 @@ def test_prepared_split_and_record_filter(synthetic_db, tmp_path):
                        "--results", str(tmp_path / "results")])
 
 
+def test_a_prepared_split_without_its_meta_json_says_what_it_does_not_know(synthetic_db, tmp_path):
+    """test.pt copied without meta.json: its records' input rates showed as `nan` in the records table, and every
+    record counted as annotated, so one without annotations scored each forecast beat a false positive (F1 0,
+    not undefined). The rate is `—`, and a record is annotated when its windows hold reference beats."""
+    (synthetic_db / "103.atr").unlink()         # 100, 103 and 105 are the test records (MIT-BIH's DS2)
+    prepare(load_config(), synthetic_db, tmp_path / "prepared", download=False)
+    (tmp_path / "prepared" / "meta.json").unlink()
+    run, result = _run(["--model", "template", "--prepared", str(tmp_path / "prepared"), "--max-windows-per-record",
+                        "3", "--results", str(tmp_path / "results")])
+    assert {r["record"]: r["annotated"] for r in result["record_info"]} == {"100": True, "103": False, "105": True}
+    f1 = result["per_record"]["template"]["f1_100"]
+    assert f1["100"] > 0.3 and f1["103"] is None
+    rows = _table((run / "report.md").read_text(), "## Records", "| record |")
+    assert [row[2] for row in rows] == ["—"] * 3
+
+
 def test_a_split_of_ones_own_is_scored_without_its_config(synthetic_db, tmp_path):
     """Data prepared alike with record lists of one's own is scored with the default config (no --config F), on
     its own test records; data prepared otherwise (another band) is still refused."""
