@@ -720,12 +720,14 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
 
 
 def select_records(names: list[str], records: list[str] | None, folder: Path) -> list[str]:
-    """The asked-for `records` among `names`, in the folder's order (all of them when none are asked for)."""
+    """The asked-for `records` among `names`, in the folder's order (all of them when none are asked for); a name
+    not found is refused with the names there are (the first 20), as a prepared split's are."""
     if not records:
         return names
     missing = [r for r in records if r not in names]
     if missing:
-        raise UserError(f"records {missing} are not in {folder}")
+        shown = ", ".join(names[:20]) + (f", ... ({len(names)} records)" if len(names) > 20 else "")
+        raise UserError(f"records {missing} are not in {folder} (it has {shown})")
     return [r for r in names if r in records]
 
 

@@ -385,6 +385,14 @@ def test_a_prepared_split_without_its_meta_json_says_what_it_does_not_know(synth
     assert [row[2] for row in rows] == ["—"] * 3
 
 
+def test_a_record_not_in_the_wfdb_dir_is_named_with_the_records_there_are(synthetic_db, tmp_path):
+    """--records 999 on a folder said only that 999 is not there; a prepared split's error lists its records."""
+    with pytest.raises(UserError, match=r"records \['999'\] are not in .*wfdb \(it has 100, 101, 102, 103, 104, "
+                                        r"105\)$"):
+        evaluate.main(["--model", "zero", "--wfdb-dir", str(synthetic_db), "--records", "100", "999",
+                       "--results", str(tmp_path / "results")])
+
+
 def test_a_split_of_ones_own_is_scored_without_its_config(synthetic_db, tmp_path):
     """Data prepared alike with record lists of one's own is scored with the default config (no --config F), on
     its own test records; data prepared otherwise (another band) is still refused."""
