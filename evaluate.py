@@ -473,6 +473,11 @@ def horizon_beats_masks(w: Windows, context: int) -> dict[str, np.ndarray]:
     return masks
 
 
+def beats_unclassified(w: Windows) -> bool:
+    """Whether every reference beat reads N: a QRS detector's annotations do, and tell no beat's class."""
+    return w.beat_sym is not None and len(w.beat_sym) > 0 and bool((np.asarray(w.beat_sym) == ord("N")).all())
+
+
 def select_horizon_beats(w: Windows, kind: str, context: int) -> Windows:
     """Only the windows of `horizon_beats_masks`' kind: where the rhythm breaks, the forecasters can be told apart
     from where it runs on. A record left without windows is skipped with the reason, not dropped unsaid."""
@@ -481,9 +486,14 @@ def select_horizon_beats(w: Windows, kind: str, context: int) -> Windows:
                         f"has them (with --wfdb-dir, --annotator names the annotation file)")
     keep = np.flatnonzero(horizon_beats_masks(w, context)[kind])
     wanted = "only normal beats" if kind == "normal" else f"a {kind} beat"
+    unclassified = ("its reference beats all read N, as a QRS detector's annotations do (--annotator qrs): they "
+                    "carry no beat class") if beats_unclassified(w) else ""
     if not len(keep):
         raise UserError(f"--horizon-beats {kind}: none of the {len(w.record)} windows of {w.source.get('path')} "
-                        f"has {wanted} in its horizon")
+                        f"has {wanted} in its horizon" + (f"; {unclassified}" if unclassified else ""))
+    if unclassified:
+        paths.note(f"--horizon-beats {kind}: {w.source.get('path')}: {unclassified}, so every annotated window "
+                   f"counts as normal")
     left_out = [(w.records[r], "no beat annotations, which --horizon-beats reads" if not w.annotated[r] else
                  f"none of its {np.sum(w.record == r)} windows has {wanted} in its horizon (--horizon-beats {kind})")
                 for r in np.setdiff1d(w.record, w.record[keep])]

@@ -1077,6 +1077,18 @@ def test_records_horizon_beats_leaves_without_windows_are_named_with_the_reason(
     assert "(2 records skipped)" in report and "- n: none of its 6 windows" in report
 
 
+def test_horizon_beats_on_unclassified_beats_says_they_carry_no_class(tmp_path, capsys):
+    """A QRS detector's annotations (--annotator qrs) label every beat N: --horizon-beats ventricular said only that
+    no window has such a beat, and normal took every window as normal, both without saying why."""
+    write_record(tmp_path / "db", "d", seconds=40, seed=0)
+    with pytest.raises(UserError, match="has a ventricular beat in its horizon; its reference beats all read N"):
+        evaluate.main(["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), "--horizon-beats", "ventricular",
+                       "--results", str(tmp_path / "results")])
+    _run(["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), "--horizon-beats", "normal",
+          "--results", str(tmp_path / "results")])
+    assert "reference beats all read N" in capsys.readouterr().err
+
+
 def test_a_beat_on_the_first_horizon_sample_is_a_horizon_beat():
     """The horizon starts at sample `context`: a beat there is the horizon's, one a sample before it the context's."""
     c = 128
