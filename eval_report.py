@@ -107,7 +107,9 @@ def detector_section(d: dict) -> list[str]:
         pp = "—" if e["positive_predictivity"] is None else f"{100 * e['positive_predictivity']:.2f} %"
         lines.append(f"| ±{tol} ms | {se} | {pp} | {e['tp']} | {e['fp']} | {e['fn']} |")
     return lines + ["", f"Its own timing error (±100 ms matches): {cell(d['timing_ms'])} ms; heart-rate error: "
-                    f"{cell(d['hr_bpm'])} bpm. These bound what any forecast can score on the rhythm columns.", ""]
+                    f"{cell(d['hr_bpm'])} bpm. These bound what any forecast can score on the rhythm columns. A beat "
+                    f"within the tolerance of the horizon's ends counts in no score (its partner may lie outside), so "
+                    f"the wider tolerance can count fewer beats.", ""]
 
 
 def metrics_section() -> list[str]:
