@@ -353,6 +353,16 @@ def test_the_default_checkpoint_is_the_newest_by_time_not_by_name(tmp_path):
     with pytest.raises(vqvae_eval.UserError, match="no transformer checkpoint"):
         vqvae_eval.latest_checkpoint("transformer", str(tmp_path))
 
+def test_nearest_is_the_first_code_at_the_least_exact_distance() -> None:
+    """nearest's in-place distances pick what exact (float64) distances pick, and among equal codes the first."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(64, 8, decay=0.9, commitment=0.25, restart_every=0)
+    q.codebook[40] = q.codebook[7]                              # a duplicate: the first of the two wins
+    flat = torch.cat([torch.randn(500, 8) * 0.1, q.codebook[[7, 40, 3]] + 1e-4])
+    assert torch.equal(q.nearest(flat), torch.cdist(flat.double(), q.codebook.double()).argmin(1))
+    assert q.nearest(flat)[-3:].tolist() == [7, 7, 3]
+
+
 def test_window_gain_is_the_rms_to_the_nearest_quarter_octave():
     """Each lead's gain lies on the quarter-octave grid and within an eighth of an octave of the window's RMS
     (the nearest grid value), so the shipped VQ-VAE sees its inputs at the scale it was trained at."""
