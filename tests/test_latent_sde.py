@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torchsde
 
 import evaluate
 import latent_sde_train
@@ -616,6 +617,35 @@ def test_the_adjoint_is_refused_under_data_parallel(monkeypatch) -> None:
         latent_sde_train.check_adjoint(scfg, Runtime(torch.device("cuda")))
     latent_sde_train.check_adjoint(scfg, Runtime(torch.device("cuda:0")))          # one named card: fine
     latent_sde_train.check_adjoint(scfg, Runtime(torch.device("cuda:0"), 0, 2))    # DDP: fine
+
+
+def test_the_adjoint_is_used_and_its_gradients_are_backprops(monkeypatch) -> None:
+    """solver.adjoint trains through torchsde.sdeint_adjoint, with backprop's gradients up to the solver's error (it
+    shrinks with dt; at dt = 1/128 every group below is within 0.2%). Given the GRU as adjoint parameters besides the
+    context features it makes, torchsde counted the encoder's share of the path twice: 7.8% off at any dt."""
+    groups = {"encoder": ("gru", "ctx_out"), "q(z0)": ("qz0",), "drifts": ("prior", "correction"),
+              "diffusion": ("diffusion",)}
+    calls = []
+    real = torchsde.sdeint_adjoint
+    monkeypatch.setattr(torchsde, "sdeint_adjoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def gradients(adjoint: bool) -> dict:
+        raw = json.loads(json.dumps(TINY_SDE))
+        raw["model"].update(phase_harmonics=0, corrected_dims=0)
+        raw["solver"] = {"adjoint": adjoint, "dt": 1 / 64}
+        torch.manual_seed(0)
+        sde = LatentSDE(8, sde_config_from_dict(raw), 16.0).double()
+        torch.manual_seed(1)
+        sde(torch.randn(4, 16, 8, dtype=torch.float64), 8)[0].backward()
+        return {g: torch.cat([p.grad.flatten() for n, p in sde.named_parameters() if n.split(".")[0] in names])
+                for g, names in groups.items()}
+
+    direct = gradients(False)
+    assert not calls
+    adjoint = gradients(True)
+    assert len(calls) == 1
+    for g in groups:
+        assert float((adjoint[g] - direct[g]).norm() / direct[g].norm()) < 0.01, g
 
 
 def test_loss_is_reconstruction_plus_weighted_kl():
