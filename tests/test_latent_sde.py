@@ -611,7 +611,7 @@ def test_crps_fine_tuning_under_torchrun_keeps_the_ranks_in_step(drafted: dict, 
 
 def test_the_adjoint_is_refused_under_data_parallel(monkeypatch) -> None:
     from training import Runtime
-    scfg = sde_config_from_dict({"solver": {"adjoint": True}}, "test")
+    scfg = sde_config_from_dict({"model": {"phase_harmonics": 0}, "solver": {"adjoint": True}}, "test")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(UserError, match="solver.adjoint .* torchrun"):
         latent_sde_train.check_adjoint(scfg, Runtime(torch.device("cuda")))
