@@ -100,6 +100,9 @@ class ModelConfig:
                "must be >= 2: one code carries log2(1) = 0 bits (residual codebooks are model.num_quantizers)")
         _check(not self.has_attention or self.channels % self.attention_heads == 0, "model.attention_heads",
                self.attention_heads, f"must divide model.channels={self.channels}")
+        _check(not self.has_attention or self.attention_layers >= 1, "model.attention_layers", self.attention_layers,
+               "must be >= 1 with model.has_attention true (0 layers add positions and no attention; set "
+               "has_attention false for none)")
         _check(0 < self.ema_decay < 1, "model.ema_decay", self.ema_decay, "must be in (0, 1)")
         for key in ("res_blocks", "attention_layers", "commitment_cost", "dead_code_threshold", "restart_every"):
             _check(getattr(self, key) >= 0, f"model.{key}", getattr(self, key), "must be >= 0")

@@ -352,4 +352,7 @@ def test_reviewed_model_settings_are_checked_where_they_matter():
     assert transformer_config_from_dict({"model": {"dim": 6, "heads": 2, "rope": False}}).model.heads == 2
     assert config_from_dict({"model": {"has_attention": False, "attention_heads": 3}}).model.attention_heads == 3
     assert "'model.attention_heads'" in error_of({"model": {"has_attention": True, "attention_heads": 3}})
+    # attention asked for with no attention layers ran none: only the blocks' sinusoidal positions were added
+    assert "'model.attention_layers' = 0" in error_of({"model": {"has_attention": True, "attention_layers": 0}})
+    assert config_from_dict({"model": {"has_attention": False, "attention_layers": 0}}).model.attention_layers == 0
     assert "'train.learning_rate'" in error_of({"train": {"learning_rate": 10 ** 400}})
