@@ -1086,7 +1086,7 @@ def main() -> None:
     p.add_argument("--config", default=None, help="VQ-VAE config JSON (default: config_vqvae.json)")
     p.add_argument("--data-dir", default=None, help="WFDB folder (default: $MITBIH_DIR or data/mitdb)")
     p.add_argument("--out", default=None, help="prepared folder (default: $ECG_PREPARED_DIR or data/prepared)")
-    p.add_argument("--records", nargs="*", help="prepare only these records")
+    p.add_argument("--records", nargs="+", help="prepare only these records")
     p.add_argument("--no-download", action="store_true", help="never try to download from PhysioNet")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out records that can't be used (too short, one lead, NaN samples...) with a warning")

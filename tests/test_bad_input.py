@@ -536,3 +536,12 @@ def test_beats_from_another_annotator(tmp_path, capsys):
                         (["--annotator", "qrs"], "--annotator reads records of --wfdb-dir")):
         with pytest.raises(UserError, match=needle):
             evaluate.main(["--model", "seasonal", "--results", str(tmp_path / "results"), *bad])
+
+
+def test_records_without_a_name_is_refused(tmp_path):
+    """--records with no name after it (an empty shell list, say) prepared every record, as if it were not given."""
+    good_db(tmp_path / "db")
+    r = run_in_process(["--data-dir", str(tmp_path / "db"), "--out", str(tmp_path / "out"), "--no-download",
+                        "--records"])
+    assert r.returncode == 2 and "argument --records: expected at least one argument" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
