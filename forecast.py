@@ -613,9 +613,10 @@ def plot_record(res: dict, record: str, args: argparse.Namespace, path: Path, mo
     The title names the model: a shipped and a retrained one draw alike."""
     window = np.concatenate([res["context"], np.pad(res["truth"], ((0, len(res["samples"][0]) - len(res["truth"])), (0, 0)),
                                                     constant_values=np.nan)])
+    n = len(res["samples"])         # a deterministic forecaster gives one path whatever --samples asks
     plot_forecasts(window[None], res["samples"][None], res["fs"], len(res["context"]), path,
-                   f"{model + ': ' if model else ''}record {record} from {args.start:g} s, {args.samples} sampled "
-                   f"forecasts\n{heart_rate_line(res['heart_rate'])}; paths: median [10th-90th percentile]",
+                   f"{model + ': ' if model else ''}record {record} from {args.start:g} s, {n} sampled "
+                   f"forecast{'s' * (n != 1)}\n{heart_rate_line(res['heart_rate'])}; paths: median [10th-90th percentile]",
                    start_s=(res["start_sample"] - len(res["context"])) / res["fs"],
                    leads=tuple(f"lead {k + 1}: {name}" for k, name in enumerate(res["leads"])))
 

@@ -540,6 +540,19 @@ def test_forecast_py_takes_a_forecaster_of_ones_own_as_evaluate_py_does(tmp_path
     assert code == 2 and "a forecaster of one's own is FILE.py:NAME=CHECKPOINT" in err, err
 
 
+def test_forecast_plot_title_counts_the_paths_drawn(tmp_path, monkeypatch):
+    """A deterministic forecaster draws one path whatever --samples asks: its plot was titled '3 sampled forecasts'."""
+    titles = []
+    monkeypatch.setattr(forecast, "plot_forecasts", lambda *a, **k: titles.append(a[5]))
+    record = write_record(tmp_path, "r", seconds=12, seed=0)
+    (tmp_path / "mine.py").write_text(OWN)
+    for name, want in (("One", "1 sampled forecast\n"), ("Level", "3 sampled forecasts\n")):
+        r = run_script(forecast.main, "forecast.py", ["--checkpoint", f"{tmp_path / 'mine.py'}:{name}", "--record",
+                                                      str(record), "--start", "5", "--samples", "3",
+                                                      "--out", str(tmp_path / name)])
+        assert r.returncode == 0 and want in titles[-1], (r.stderr, titles)
+
+
 def test_forecast_py_names_a_forecaster_of_ones_own_that_fails(tmp_path):
     """One's own predict raising is their bug: exit status 2, an error naming FILE.py:NAME and the exception, and
     the traceback of their frames alone (forecast.py's frames were all it showed before). A wrong shape or NaNs are
