@@ -582,6 +582,7 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = 
         if annotator != "atr" or hint:      # asked for by name (a typo), or beats kept under another name
             paths.note(f"{path}.{annotator} is missing; the record counts as unannotated (no R-peak scores){hint}")
         return np.zeros(0, np.int64), [], False
+    check_annotation_end(path.parent / f"{path.name}.{annotator}")
     try:
         ann = wfdb.rdann(str(path), annotator)
     except Exception as e:
@@ -596,6 +597,22 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = 
     pos = np.round(np.asarray(ann.sample, np.float64)[keep] * fs_out / fs_in).astype(np.int64)
     ok = (pos >= 0) & (pos < n)
     return pos[ok], [ann.symbol[i] for i, k in zip(keep, ok) if k], True
+
+
+def check_annotation_end(file: Path) -> None:
+    """A WFDB annotation file ends in a zero byte pair; wfdb.rdann drops the last pair unread, so a file cut short
+    lost its last annotation and every one after the cut without a word (the windows there scored against no beats)."""
+    try:
+        with open(file, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(size - 2, 0))
+            end = f.read(2)
+    except OSError as e:
+        raise UserError(f"{file}: cannot read the annotations ({e.strerror or e})") from e
+    if size % 2 or end != b"\0\0":
+        raise UserError(f"{file}: {size} bytes not ending in WFDB's end-of-file marker (a zero byte pair): cut short? "
+                        f"Its annotations after the cut would be missing")
 
 
 def other_annotators(path: Path) -> str:

@@ -545,3 +545,18 @@ def test_records_without_a_name_is_refused(tmp_path):
                         "--records"])
     assert r.returncode == 2 and "argument --records: expected at least one argument" in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_annotation_file_cut_short_is_a_bad_record(tmp_path):
+    """wfdb.rdann reads a .atr cut short without a word (it drops the last byte pair, taken for the end marker):
+    the record's beats stopped at the cut, and its later windows were scored against none."""
+    db = good_db(tmp_path / "db")
+    whole = pm.read_record(db / "a", pm.DataConfig())
+    write_record(db, "b", seconds=12, seed=1)
+    atr = (db / "b.atr").read_bytes()
+    (db / "b.atr").write_bytes(atr[:len(atr) // 2 // 2 * 2])       # an even cut: rdann reads it, fewer beats
+    with pytest.raises(UserError, match=r"b\.atr: \d+ bytes not ending in WFDB's end-of-file marker"):
+        pm.read_record(db / "b", pm.DataConfig())
+    r = run_in_process(["--data-dir", str(db), "--out", str(tmp_path / "out"), "--no-download"])
+    assert r.returncode == 2 and "1 bad record(s), nothing prepared" in r.stderr and "b.atr" in r.stderr, r.stderr
+    assert len(whole.beats) > 10 and not list((tmp_path / "out").glob("*"))
