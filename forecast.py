@@ -429,6 +429,7 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
     if not math.isfinite(start_s):
         raise UserError(f"--start {start_s} s is not a time")
     check_not_folder(Path(record))
+    check_header(Path(record))
     rec = read_record(Path(record), data, gaps=True, annotator=None)
     where = record_path(record)
     input_hash = hash_inputs(where.parent, [where.name], annotator=None)    # the files just read, beats not among them
@@ -461,6 +462,19 @@ def check_not_folder(record: Path) -> None:
         found = [str(record / name) for name in names[:2]]
         some = f", e.g. {' or '.join(found)}" if found else f"; {record} holds no .hea file"
         raise UserError(f"--record {record} is a folder: it takes one record, FOLDER/NAME without an extension{some}")
+
+
+def check_header(record: Path) -> None:
+    """--record 100 (a name without its folder) was 'missing file 100.hea': say what --record takes, with the record
+    of that name in the data folder (--data-dir's: $MITBIH_DIR, else data/mitdb) when there is one."""
+    from prepare_mitbih import record_path
+    where = record_path(record)
+    if Path(f"{where}.hea").is_file():
+        return
+    there = paths.location("data") / where.name
+    hint = f", such as {there}" if Path(f"{there}.hea").is_file() and where != there else ""
+    raise UserError(f"--record {record}: no header {where}.hea; --record takes a WFDB record's path without an "
+                    f"extension, FOLDER/NAME{hint}")
 
 
 def clean_starts(signal: np.ndarray, at: int, ctx: int, fs: int) -> str:

@@ -217,6 +217,19 @@ def test_forecast_of_a_folder_names_its_records(tmp_path):
                                      f"an extension{', ' if 'e.g.' in tail else '; '}{tail}\n"), err
 
 
+def test_forecast_of_a_record_named_without_its_folder(tmp_path, monkeypatch):
+    """--record NAME (no folder) was 'NAME: missing file NAME.hea': now it says what --record takes, and offers the
+    data folder's record of that name ($MITBIH_DIR, as prepare_mitbih.py reads it) when there is one."""
+    write_record(tmp_path / "db", "zz9", seconds=12, seed=0)
+    monkeypatch.chdir(tmp_path)
+    want = "error: --record zz9: no header zz9.hea; --record takes a WFDB record's path without an extension, FOLDER/NAME"
+    monkeypatch.setenv("MITBIH_DIR", str(tmp_path / "elsewhere"))
+    assert run_forecast(["--checkpoint", str(PRETRAINED), "--record", "zz9", "--start", "5"]) == (2, want + "\n")
+    monkeypatch.setenv("MITBIH_DIR", str(tmp_path / "db"))
+    assert run_forecast(["--checkpoint", str(PRETRAINED), "--record", "zz9", "--start", "5"]) == (
+        2, f"{want}, such as {tmp_path / 'db' / 'zz9'}\n")
+
+
 def test_forecast_of_a_record_exactly_one_context_long(shipped, tmp_path):
     """A record as long as the context is not too short: the forecast starts at its end, with no truth to plot."""
     record = write_record(tmp_path, "r", seconds=3, seed=0)
