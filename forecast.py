@@ -582,6 +582,8 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
     from prepare_mitbih import record_path          # loaded by now, with the record
     record = record_path(args.record).name          # 100 also for 100.hea or 100.dat
     stem = f"{record}_{args.start:g}s"
+    if taken := [p.name for p in (out / f"{stem}_samples.npy", out / f"{stem}.png", out / f"{stem}.json") if p.exists()]:
+        paths.note(f"replacing {', '.join(taken)} in {out}, an earlier forecast of {record} from {args.start:g} s")
     paths.atomic_save_npy(res["samples"], out / f"{stem}_samples.npy")
     plot_record(res, record, args, out / f"{stem}.png", model_label(checkpoint))
     truth, gap = cover

@@ -815,6 +815,8 @@ def save_prepared(tensors: dict[str, dict], meta: dict, out_dir: Path) -> None:
     the config asking for it."""
     import torch
 
+    if taken := [f"{s}.pt" for s in SPLITS if (out_dir / f"{s}.pt").exists()]:
+        paths.note(f"replacing the prepared data in {out_dir} ({', '.join(taken)})")
     for s, t in tensors.items():
         t.update(fs=meta["fs"], scale_mv=torch.tensor(meta["scale_mv"], dtype=torch.float32),
                  data_hash=meta["data_hash"], input_hash=meta["input_hash"], preparation=PREPARATION)

@@ -278,6 +278,20 @@ def test_forecast_takes_a_record_named_with_its_extension(tmp_path):
 
 
 
+def test_a_forecast_over_an_earlier_one_says_so(tmp_path):
+    """--out names a folder of one's own, and a forecast of the same record and start (another seed, another model)
+    replaced the earlier one's files without a word."""
+    record = write_record(tmp_path, "r", seconds=12, seed=0)
+    asked = ["--checkpoint", str(PRETRAINED), "--record", str(record), "--start", "5", "--horizon", "1", "--samples",
+             "2", "--out", str(tmp_path / "out")]
+    code, err = run_forecast(asked)
+    assert code == 0 and "replacing" not in err, err
+    code, err = run_forecast(asked + ["--seed", "1"])
+    assert code == 0 and (f"note: replacing r_5s_samples.npy, r_5s.png, r_5s.json in {tmp_path / 'out'}, an earlier "
+                          "forecast of r from 5 s") in err, err
+    assert json.loads((tmp_path / "out" / "r_5s.json").read_text())["seed"] == 1
+
+
 def test_forecast_json_names_the_commit_the_run_started_at(tmp_path, monkeypatch):
     """The tree may change while a forecast runs: its .json names the code that ran, not the code at its end."""
     write_record(tmp_path, "r", seconds=12, seed=0)

@@ -1151,3 +1151,17 @@ def test_a_stretched_copy_of_windows_kept_apart_that_holds_no_window_says_why() 
     assert rng.uniform(0.85, 1.15) > 1                  # seed 0 speeds the record up
     with pytest.raises(UserError, match="signals_per_patient"):
         pm.stretched_copy(data, AugmentConfig(1, 0.15, 0.2), 384, np.random.default_rng(0))
+
+
+def test_preparing_over_a_preparation_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The prepared folder is what every trainer reads: preparing a few records into it replaced a whole preparation
+    without a word."""
+    for name, seed in (("a", 0), ("b", 1)):
+        write_record(tmp_path / "db", name, seconds=12, seed=seed)
+    cfg = config_from_dict({"data": {"test_records": ["a"], "validation_records": []}})
+    pm.prepare(cfg, tmp_path / "db", tmp_path / "out", download=False)
+    assert "replacing" not in capsys.readouterr().err
+    pm.prepare(cfg, tmp_path / "db", tmp_path / "out", ["b"], download=False)
+    assert (f"note: replacing the prepared data in {tmp_path / 'out'} (train.pt, validation.pt, test.pt)"
+            in capsys.readouterr().err)
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["splits"]["train"] == ["b"]
