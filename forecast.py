@@ -491,16 +491,16 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Forecast a WFDB record: PNG of context, truth, forecast and bands; "
                                 "samples as .npy.")
     shipped = ", ".join(f"{name} ({SHIPPED[kind].relative_to(ROOT)})" for name, kind in SHIPPED_SPECS.items())
-    p.add_argument("--checkpoint", help=f"forecaster checkpoint, a shipped model by name: {shipped}, or a forecaster "
+    p.add_argument("--checkpoint", type=paths.given_path, help=f"forecaster checkpoint, a shipped model by name: {shipped}, or a forecaster "
                    f"of one's own, FILE.py:NAME[=CHECKPOINT], as for evaluate.py --model (default: the shipped "
                    f"{PRETRAINED.relative_to(ROOT)} when present, else the newest checkpoints/transformer-*/best.pt)")
-    p.add_argument("--record", required=True, help="WFDB record path without extension, e.g. ../shared/data/mitdb/100")
+    p.add_argument("--record", required=True, type=paths.given_path, help="WFDB record path without extension, e.g. ../shared/data/mitdb/100")
     p.add_argument("--start", type=float, required=True, help="forecast start in seconds (context ends here)")
     p.add_argument("--horizon", type=float, help="seconds to forecast (default: the model's horizon)")
     p.add_argument("--samples", type=int, default=100, help="sampled trajectories (default 100)")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same forecast (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--out", help="output folder (default: results/forecast-<time>)")
+    p.add_argument("--out", type=paths.given_path, help="output folder (default: results/forecast-<time>)")
     return p.parse_args()
 
 

@@ -5,6 +5,7 @@ command-line flag in the scripts that use them (the flag wins, then the variable
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -42,6 +43,14 @@ def shipped_checkpoint(spec: str, flag: str) -> Path:
     if not path.is_file():
         raise UserError(f"no shipped model at {path}: run `make {spec.replace('_', '-')}` or pass {flag} CHECKPOINT")
     return path
+
+
+def given_path(value: str) -> str:
+    """argparse type of every file and folder flag: an empty value (`--out "$DIR"` with DIR unset) meant the flag's
+    default without a word, data/prepared or a fresh training instead of --resume's."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
+    return value
 
 
 def location(kind: str, override: str | os.PathLike | None = None) -> Path:

@@ -1102,9 +1102,9 @@ def augmented_encoding(kind: str, data: dict, aug: AugmentConfig, cfg: DataConfi
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help="VQ-VAE config JSON (default: config_vqvae.json)")
-    p.add_argument("--data-dir", default=None, help="WFDB folder (default: $MITBIH_DIR or data/mitdb)")
-    p.add_argument("--out", default=None, help="prepared folder (default: $ECG_PREPARED_DIR or data/prepared)")
+    p.add_argument("--config", default=None, type=paths.given_path, help="VQ-VAE config JSON (default: config_vqvae.json)")
+    p.add_argument("--data-dir", default=None, type=paths.given_path, help="WFDB folder (default: $MITBIH_DIR or data/mitdb)")
+    p.add_argument("--out", default=None, type=paths.given_path, help="prepared folder (default: $ECG_PREPARED_DIR or data/prepared)")
     p.add_argument("--records", nargs="+", help="prepare only these records")
     p.add_argument("--no-download", action="store_true", help="never try to download from PhysioNet")
     p.add_argument("--skip-bad", action="store_true",

@@ -416,3 +416,35 @@ def test_bench_prepare_time_help_prepares_nothing(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "prepare_time.py"), "--help"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "usage: prepare_time.py" in done.stdout and not done.stderr
+
+
+@pytest.mark.parametrize("script, flag", [
+    ("prepare_mitbih", "--out"), ("prepare_mitbih", "--data-dir"), ("prepare_mitbih", "--config"),
+    ("forecast", "--out"), ("forecast", "--record"), ("forecast", "--checkpoint"),
+    ("vqvae_train", "--resume"), ("vqvae_train", "--prepared"), ("vqvae_train", "--checkpoints"),
+    ("transformer_train", "--vqvae"), ("latent_sde_train", "--crps-from"),
+    ("evaluate", "--wfdb-dir"), ("evaluate", "--results"), ("vqvae_eval", "--prepared"), ("pretrained", "--mitdb"),
+])
+def test_an_empty_path_flag_is_refused(script, flag, monkeypatch):
+    """`--out "$DIR"` with DIR unset meant the flag's default without a word: prepare_mitbih.py wrote into
+    data/prepared (or $ECG_PREPARED_DIR), --resume '' trained from scratch, --wfdb-dir '' scored the prepared split.
+    Nothing runs past the parsing: a flag the parser takes stops the script there (Parsed)."""
+    import argparse
+    import importlib
+
+    from conftest import run_script
+
+    class Parsed(Exception):
+        pass
+
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_only(self, *args, **kwargs):
+        parse(self, *args, **kwargs)
+        raise Parsed(f"{flag} '' was taken")
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
+    module = importlib.import_module(script)
+    needed = {"forecast": ["--record", "r", "--start", "5"], "pretrained": ["--checkpoint", "c.pt"]}.get(script, [])
+    r = run_script(module.main, f"{script}.py", [*needed, flag, ""])
+    assert r.returncode == 2 and f"error: argument {flag}: an empty path (an unset shell variable?)" in r.stderr, (
+        r.returncode, r.stderr)
