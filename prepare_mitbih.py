@@ -13,6 +13,8 @@ import json
 import math
 import numbers
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -150,15 +152,22 @@ def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir 
 
 def download_mitbih(data_dir: Path, hint: str) -> list[str]:
     """MIT-BIH from PhysioNet into data_dir, its record names; a failure is one line ending in `hint` (what to
-    do instead), and leaves no empty folder behind."""
+    do instead), and leaves no empty folder behind. The files arrive in a folder beside data_dir and are moved in
+    once all are there: a download cut short left some records, and the next run prepared them as the database."""
     created = not data_dir.exists()
+    part = None
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        wfdb.dl_database("mitdb", str(data_dir))
+        part = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.download-", dir=data_dir.parent))
+        wfdb.dl_database("mitdb", str(part))
+        for f in sorted(part.iterdir()):
+            f.replace(data_dir / f.name)
     except Exception as e:  # wfdb raises requests' errors, OSError, ValueError...
         raise UserError(f"no WFDB records in {data_dir}, and downloading MIT-BIH from PhysioNet there failed "
                         f"({type(e).__name__}: {_first_line(e, 100)}): {hint}") from e
-    finally:                # a folder made for a download that brought nothing is not left behind
+    finally:                # neither a part of a download nor a folder made for one that brought nothing is left
+        if part is not None:
+            shutil.rmtree(part, ignore_errors=True)
         if created and data_dir.is_dir() and not any(data_dir.iterdir()):
             data_dir.rmdir()
     names = header_stems(data_dir)

@@ -203,6 +203,23 @@ def test_offline_download_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch
     assert not (tmp_path / "new" / "mitdb").exists() and (tmp_path / "there").is_dir()
 
 
+def test_a_download_cut_short_leaves_no_records(tmp_path, monkeypatch):
+    """A download that fails part way left the records it had brought, and the next run prepared them as the
+    database (here 2 of MIT-BIH's 48, without a word): the folder stays as it was, and no part of the download stays
+    beside it."""
+    def cut_short(name, folder):
+        write_record(Path(folder), "100", seconds=12)
+        write_record(Path(folder), "101", seconds=12)
+        raise ConnectionError("Connection reset by peer")
+
+    monkeypatch.setattr(wfdb, "dl_database", cut_short)
+    (tmp_path / "there").mkdir()
+    for folder in (tmp_path / "new", tmp_path / "there"):
+        with pytest.raises(UserError, match="failed \\(ConnectionError: Connection reset by peer\\)"):
+            pm.find_records(folder, download=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["there"] and not any((tmp_path / "there").iterdir())
+
+
 def test_download_that_brings_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: None)
     with pytest.raises(UserError, match="produced no records"):
