@@ -445,7 +445,12 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
         raise UserError(f"{record}: the context {round((at - ctx) / fs, 3):g}-{start_s:g} s touches a gap of NaN/invalid "
                         f"or flat samples; {clean_starts(rec.signal, at, ctx, fs)}")
     truth = rec.signal[at:at + horizon]
-    samples_ = checked_samples(fc.predict(context[None], horizon, samples, seed), fc.name, horizon)[0]
+    try:
+        forecast = fc.predict(context[None], horizon, samples, seed)
+    except MemoryError as e:        # --horizon 1e7 (115 days) stopped in numpy's traceback
+        raise UserError(f"--horizon {horizon_s:g} s with --samples {samples}: {samples} paths of {horizon} samples do "
+                        f"not fit in memory ({type(e).__name__}: {e})") from e
+    samples_ = checked_samples(forecast, fc.name, horizon)[0]
     return {"context": context, "truth": truth, "samples": samples_, "fs": fs, "leads": rec.leads,
             "start_sample": at, "fs_in": rec.fs_in, "device": str(getattr(fc, "device", "cpu")),
             "input_hash": input_hash}

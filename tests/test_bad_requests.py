@@ -196,6 +196,20 @@ def test_forecast_flags_fail_with_one_line(tmp_path, flags, needle):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_forecast_too_long_for_memory_is_one_line(tmp_path, monkeypatch):
+    """--horizon 1e7 (115 days) stopped in numpy's MemoryError traceback; the allocation is faked here."""
+    def too_long(self, context, horizon, num_samples=100, seed=0):
+        raise MemoryError(f"Unable to allocate 9.54 GiB for an array with shape ({horizon},) and data type int64")
+    monkeypatch.setattr(Forecaster, "predict", too_long)
+    record = write_record(tmp_path, "r", seconds=12, seed=0)
+    code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(record), "--start", "5", "--horizon",
+                              "1e7", "--samples", "2", "--out", str(tmp_path / "out")])
+    assert code == 2 and err == ("error: --horizon 1e+07 s with --samples 2: 2 paths of 1280000000 samples do not fit in "
+                                 "memory (MemoryError: Unable to allocate 9.54 GiB for an array with shape "
+                                 "(1280000000,) and data type int64)\n"), err
+    assert not any((tmp_path / "out").iterdir())
+
+
 def test_forecast_of_a_record_shorter_than_one_context(tmp_path):
     """No --start fits in a record shorter than the context: said so, not as an empty range of starts."""
     record = write_record(tmp_path, "short", seconds=2, seed=0)
