@@ -737,7 +737,7 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     check_first_lead(data_dir, names, d.first_lead)
     paths.check_writable(out_dir)  # before minutes of work, not after
     loaded = load_records(names, data_dir, d, skip_bad, allow_gaps, annotator)
-    split = training_split(list(loaded), d, available, data_dir)
+    split = training_split(list(loaded), d, available, data_dir, [n for n in names if n not in loaded])
     warn_held_out(split, loaded, d, data_dir)
     tensors = {s: cut_windows([loaded[r] for r in rs], d, overlap=(s == "train")) for s, rs in split.items()}
     meta = prepared_meta(d, data_dir, loaded, annotator, split, tensors, commit)
@@ -757,9 +757,14 @@ def select_records(names: list[str], records: list[str] | None, folder: Path) ->
     return [r for r in names if r in records]
 
 
-def training_split(names: list[str], d: DataConfig, available: list[str], data_dir: Path) -> dict[str, list[str]]:
-    """config_split, refusing a split with no record to train on."""
+def training_split(names: list[str], d: DataConfig, available: list[str], data_dir: Path,
+                   left_out: list[str] | None = None) -> dict[str, list[str]]:
+    """config_split, refusing a split with no record to train on; `left_out`: the records --skip-bad left out,
+    which may have been the training records (the config is then not what to check)."""
     split = config_split(names, d, available, str(data_dir))
+    if not split["train"] and left_out:
+        raise UserError(f"no training records among {names}: --skip-bad left out {left_out} as bad (the warnings "
+                        f"above say why)")
     if not split["train"]:
         raise UserError(f"no training records among {names}; check data.test_records / validation_records")
     return split

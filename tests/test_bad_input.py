@@ -577,3 +577,11 @@ def test_an_annotation_file_cut_short_is_a_bad_record(tmp_path):
     r = run_in_process(["--data-dir", str(db), "--out", str(tmp_path / "out"), "--no-download"])
     assert r.returncode == 2 and "1 bad record(s), nothing prepared" in r.stderr and "b.atr" in r.stderr, r.stderr
     assert len(whole.beats) > 10 and not list((tmp_path / "out").glob("*"))
+
+
+def test_skip_bad_leaving_no_training_record_says_so(tmp_path):
+    """--skip-bad leaving out the only training record was 'no training records among ['a']; check
+    data.test_records / validation_records': the config was fine, the record was bad."""
+    db = with_bad_b(tmp_path / "db", seconds=4)          # 'a' is the test record, 'b' (too short) would train
+    with pytest.raises(UserError, match=r"^no training records among \['a'\]: --skip-bad left out \['b'\] as bad"):
+        pm.prepare(config_from_dict(GOOD_CONFIG), db, tmp_path / "out", download=False, skip_bad=True)
