@@ -1114,6 +1114,17 @@ def augmented_encoding(kind: str, data: dict, aug: AugmentConfig, cfg: DataConfi
                                    f"{aug.copies} stretched copies' training")
 
 
+def check_fetch_only(args: argparse.Namespace) -> None:
+    """--fetch-only prepares nothing: a flag of the preparation beside it (--records 100, expecting one record
+    fetched) was passed over without a word."""
+    given = [flag for flag, on in (("--records", args.records), ("--out", args.out), ("--config", args.config),
+                                   ("--skip-bad", args.skip_bad), ("--allow-gaps", args.allow_gaps),
+                                   ("--annotator", args.annotator != "atr")) if on]
+    if args.fetch_only and given:
+        raise UserError(f"--fetch-only prepares nothing (it fetches all of MIT-BIH when the data folder has no records), "
+                        f"so {', '.join(given)} would do nothing: drop {'it' if len(given) == 1 else 'them'} or --fetch-only")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, type=paths.given_path, help="VQ-VAE config JSON (default: config_vqvae.json)")
@@ -1131,6 +1142,7 @@ def main() -> None:
     p.add_argument("--fetch-only", action="store_true",
                    help="only make sure the data folder has records (downloading MIT-BIH into it if it has none)")
     args = p.parse_args()
+    check_fetch_only(args)
     cfg = load_config(args.config)
     t0 = time.time()
     data_dir, out_dir = paths.location("data", args.data_dir), paths.location("prepared", args.out)

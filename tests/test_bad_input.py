@@ -419,7 +419,8 @@ def test_fetch_only_downloads_into_an_empty_folder_and_prepares_nothing(tmp_path
         assert name == "mitdb"
         write_record(Path(folder), "100", seconds=12, seed=0)
     monkeypatch.setattr(wfdb, "dl_database", download)
-    r = run_in_process(["--data-dir", str(tmp_path / "mitdb"), "--out", str(tmp_path / "prepared"), "--fetch-only"])
+    monkeypatch.setenv("ECG_PREPARED_DIR", str(tmp_path / "prepared"))
+    r = run_in_process(["--data-dir", str(tmp_path / "mitdb"), "--fetch-only"])
     assert r.returncode == 0 and "1 WFDB records" in r.stdout, r.stderr
     assert (tmp_path / "mitdb" / "100.hea").exists() and not (tmp_path / "prepared").exists()
     r = run_in_process(["--data-dir", str(tmp_path / "none"), "--fetch-only", "--no-download"])
@@ -585,3 +586,13 @@ def test_skip_bad_leaving_no_training_record_says_so(tmp_path):
     db = with_bad_b(tmp_path / "db", seconds=4)          # 'a' is the test record, 'b' (too short) would train
     with pytest.raises(UserError, match=r"^no training records among \['a'\]: --skip-bad left out \['b'\] as bad"):
         pm.prepare(config_from_dict(GOOD_CONFIG), db, tmp_path / "out", download=False, skip_bad=True)
+
+
+def test_fetch_only_refuses_the_flags_of_a_preparation(tmp_path, monkeypatch):
+    """--fetch-only --records 100 fetched all of MIT-BIH and prepared nothing, --records passed over without a word."""
+    monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: pytest.fail("fetched despite flags it passes over"))
+    r = run_in_process(["--data-dir", str(tmp_path / "mitdb"), "--fetch-only", "--records", "100", "--skip-bad"])
+    assert r.returncode == 2 and r.stderr == ("error: --fetch-only prepares nothing (it fetches all of MIT-BIH when the "
+                                              "data folder has no records), so --records, --skip-bad would do nothing: "
+                                              "drop them or --fetch-only\n"), r.stderr
+    assert not (tmp_path / "mitdb").exists()
