@@ -738,7 +738,7 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     paths.check_writable(out_dir)  # before minutes of work, not after
     loaded = load_records(names, data_dir, d, skip_bad, allow_gaps, annotator)
     split = training_split(list(loaded), d, available, data_dir, [n for n in names if n not in loaded])
-    warn_held_out(split, loaded, d, data_dir)
+    warn_held_out(split, loaded, d, data_dir, config_split(available, d))
     tensors = {s: cut_windows([loaded[r] for r in rs], d, overlap=(s == "train")) for s, rs in split.items()}
     meta = prepared_meta(d, data_dir, loaded, annotator, split, tensors, commit)
     save_prepared(tensors, meta, out_dir)
@@ -838,21 +838,23 @@ def save_prepared(tensors: dict[str, dict], meta: dict, out_dir: Path) -> None:
     paths.atomic_write_json(meta, out_dir / "meta.json")
 
 
-def warn_held_out(split: dict[str, list[str]], loaded: dict[str, Record], d: DataConfig, data_dir: Path) -> None:
+def warn_held_out(split: dict[str, list[str]], loaded: dict[str, Record], d: DataConfig, data_dir: Path,
+                  whole: dict[str, list[str]]) -> None:
     """An empty validation or test split, or one MIT-BIH's default names chose in another database, is legal
-    but rarely meant: say so."""
+    but rarely meant: say so. `whole`: the split of every record in the folder, to tell a split emptied by
+    --records (or --skip-bad) from one whose records the folder does not have."""
     for held in ("validation", "test"):
         listed = getattr(d, f"{held}_records")
-        if split[held] and listed is None and any(loaded[r].fs_in != MITBIH_FS for r in split[held]):
+        if not split[held] and whole[held]:
+            paths.warn(f"the {held} split is empty: its records in {data_dir} ({' '.join(whole[held])}) are not "
+                       f"prepared (left out by --records or as bad)")
+        elif split[held] and listed is None and any(loaded[r].fs_in != MITBIH_FS for r in split[held]):
             paths.warn(f"data.{held}_records is null, so MIT-BIH's record names chose the {held} split "
                        f"({' '.join(split[held])}), but these records are not at MIT-BIH's {MITBIH_FS} Hz: list this "
                        f"database's held-out patients in config data.{held}_records")
         elif not split[held] and listed is None:      # MIT-BIH's default names, none in another database
             paths.warn(f"no {held} records among the {len(loaded)} in {data_dir} (the defaults are MIT-BIH's); "
                        f"list this database's held-out patients in config data.{held}_records")
-        elif not split[held] and listed:
-            paths.warn(f"the {held} split is empty: none of data.{held}_records {listed} is prepared "
-                       f"(left out by --records or as bad)")
 
 
 def check_windows(rec: Record, cfg: DataConfig, where: str) -> None:

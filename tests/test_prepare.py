@@ -1165,3 +1165,14 @@ def test_preparing_over_a_preparation_says_so(tmp_path: Path, capsys: pytest.Cap
     assert (f"note: replacing the prepared data in {tmp_path / 'out'} (train.pt, validation.pt, test.pt)"
             in capsys.readouterr().err)
     assert json.loads((tmp_path / "out" / "meta.json").read_text())["splits"]["train"] == ["b"]
+
+
+def test_a_held_out_split_emptied_by_records_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--records leaving out MIT-BIH's validation records warned 'no validation records among the 2 in DIR (the
+    defaults are MIT-BIH's); list this database's held-out patients in config': the config was fine."""
+    for i, name in enumerate(("100", "101", "109")):        # test, train and validation by MIT-BIH's default split
+        write_record(tmp_path / "db", name, seconds=12, seed=i)
+    pm.prepare(config_from_dict({}), tmp_path / "db", tmp_path / "out", ["100", "101"], download=False)
+    err = capsys.readouterr().err
+    assert (f"warning: the validation split is empty: its records in {tmp_path / 'db'} (109) are not prepared (left "
+            "out by --records or as bad)") in err and "config" not in err, err
