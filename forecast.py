@@ -442,7 +442,7 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
                         f"({len(rec.signal) / fs:.1f} s) in {record}")
     context = rec.signal[at - ctx:at]
     if not np.isfinite(context).all():
-        raise UserError(f"{record}: the context {round((at - ctx) / fs, 3):g}-{start_s:g} s touches a gap of NaN/invalid "
+        raise UserError(f"{record}: the context {round((at - ctx) / fs, 3):g}-{start_s:.15g} s touches a gap of NaN/invalid "
                         f"or flat samples; {clean_starts(rec.signal, at, ctx, fs)}")
     truth = rec.signal[at:at + horizon]
     try:
@@ -525,7 +525,7 @@ def main() -> None:
     res["heart_rate"] = heart_rates(res)
     stem = save_forecast(res, args, path, out, (truth, gap), run)
     n_paths, steps = res["samples"].shape[:2]     # a deterministic forecaster gives one path whatever --samples asks
-    print(f"forecast of {args.record} from {args.start:g} s: {n_paths} sample{'s' * (n_paths != 1)} x {steps} "
+    print(f"forecast of {args.record} from {args.start:.15g} s: {n_paths} sample{'s' * (n_paths != 1)} x {steps} "
           f"samples x 2 leads at {res['fs']} Hz{resampled(res)} in {time.time() - t0:.1f} s ({t_load:.1f} s of it "
           f"loading the model)")
     if gap or truth < res["samples"].shape[1]:
@@ -586,9 +586,9 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
     own code's (own_code_of)."""
     from prepare_mitbih import record_path          # loaded by now, with the record
     record = record_path(args.record).name          # 100 also for 100.hea or 100.dat
-    stem = f"{record}_{args.start:g}s"
+    stem = f"{record}_{args.start:.15g}s"
     if taken := [p.name for p in (out / f"{stem}_samples.npy", out / f"{stem}.png", out / f"{stem}.json") if p.exists()]:
-        paths.note(f"replacing {', '.join(taken)} in {out}, an earlier forecast of {record} from {args.start:g} s")
+        paths.note(f"replacing {', '.join(taken)} in {out}, an earlier forecast of {record} from {args.start:.15g} s")
     paths.atomic_save_npy(res["samples"], out / f"{stem}_samples.npy")
     plot_record(res, record, args, out / f"{stem}.png", model_label(checkpoint))
     truth, gap = cover
@@ -636,7 +636,7 @@ def plot_record(res: dict, record: str, args: argparse.Namespace, path: Path, mo
                                                     constant_values=np.nan)])
     n = len(res["samples"])         # a deterministic forecaster gives one path whatever --samples asks
     plot_forecasts(window[None], res["samples"][None], res["fs"], len(res["context"]), path,
-                   f"{model + ': ' if model else ''}record {record} from {args.start:g} s, {n} sampled "
+                   f"{model + ': ' if model else ''}record {record} from {args.start:.15g} s, {n} sampled "
                    f"forecast{'s' * (n != 1)}\n{heart_rate_line(res['heart_rate'])}; paths: median [10th-90th percentile]",
                    start_s=(res["start_sample"] - len(res["context"])) / res["fs"],
                    leads=tuple(f"lead {k + 1}: {name}" for k, name in enumerate(res["leads"])))

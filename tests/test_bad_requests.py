@@ -306,6 +306,18 @@ def test_a_forecast_over_an_earlier_one_says_so(tmp_path):
     assert json.loads((tmp_path / "out" / "r_5s.json").read_text())["seed"] == 1
 
 
+def test_forecasts_from_nearby_starts_are_kept_apart(tmp_path):
+    """Files were named by the start to 6 digits: in a long (Holter) record 12345.67 s and 12345.71 s, five samples
+    apart, both wrote 12345.7s files, the second over the first, and the plot said 'from 12345.7 s'."""
+    x, _ = synthetic_ecg(10.0, 128.0, seed=0)
+    record = write_signal(tmp_path, "long", np.tile(x, (1236, 1)), fs=128.0)       # 12360 s
+    for start in ("12345.67", "12345.71"):
+        code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(record), "--start", start,
+                                  "--horizon", "0.5", "--samples", "1", "--out", str(tmp_path / "out")])
+        assert code == 0 and "replacing" not in err, err
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.json")) == ["long_12345.67s.json", "long_12345.71s.json"]
+
+
 def test_forecast_json_names_the_commit_the_run_started_at(tmp_path, monkeypatch):
     """The tree may change while a forecast runs: its .json names the code that ran, not the code at its end."""
     write_record(tmp_path, "r", seconds=12, seed=0)
