@@ -65,6 +65,8 @@ class TransformerConfig:
         _check(0 < s.top_p <= 1, "sample.top_p", s.top_p, "must be in (0, 1]")
         _check(0 <= s.draft_spread < 1, "sample.draft_spread", s.draft_spread, "must be in [0, 1)")
         _check(s.draft_bias >= 0, "sample.draft_bias", s.draft_bias, "must be >= 0")
+        _check(m.draft or s.draft_bias == 0, "sample.draft_bias", s.draft_bias,
+               "needs model.draft true: a model without drafts has no draft codes to favour (0 for none)")
         _check(s.draft_noise >= 0, "sample.draft_noise", s.draft_noise, "must be >= 0")
         self.augment.validate()
         t.validate()

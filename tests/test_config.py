@@ -287,6 +287,7 @@ def test_loading_does_not_mutate_input():
     ({"model": {"draft_beats": True}}, "model.draft_beats"),            # beat drafts need a drafting model
     ({"sample": {"draft_spread": 1.5}}, "sample.draft_spread"),
     ({"sample": {"draft_bias": -1.0}}, "sample.draft_bias"),
+    ({"sample": {"draft_bias": 10.0}}, "sample.draft_bias"),            # no draft to favour: sampled as if 0
     ({"sample": {"draft_noise": -0.1}}, "sample.draft_noise"),
     ({"sample": {"temperature": -1}}, "sample.temperature"),
     ({"sample": {"draft_spred": 0.02}}, "draft_spred"),
