@@ -238,6 +238,8 @@ class CodeGPT(nn.Module):
         t's draft, as in `forward`, shared by a context's samples; or [B * num_samples, ...], a draft
         per sample (same over the context). `draft_bias` > 0 tilts each step towards its draft's codes
         (`sample_step`)."""
+        if context.shape[1] < 1:        # the first step is drawn from the context's last position
+            raise ValueError("generate needs a context of at least one code step, got none")
         if context.shape[1] + steps > self.block_size:
             raise ValueError(f"context {context.shape[1]} + {steps} steps exceeds block_size {self.block_size}")
         levels, T = as_levels(context, self.levels), context.shape[1]

@@ -581,6 +581,15 @@ def test_a_draft_one_step_short_is_refused() -> None:
         gpt.generate(ctx, 5, draft=torch.randint(0, 8, (2, 8)))
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_an_empty_context_is_refused_by_name(cache: bool) -> None:
+    """The first step is drawn from the context's last position: without one, generate failed in a traceback
+    (UnboundLocalError with the cache, IndexError without)."""
+    gpt = CodeGPT(codebook_size=8, block_size=16, dim=8, layers=1, heads=2).eval()
+    with pytest.raises(ValueError, match="at least one code step"):
+        gpt.generate(torch.empty(2, 0, dtype=torch.long), 3, use_cache=cache)
+
+
 def test_a_draft_of_neither_one_row_per_context_nor_per_sample_is_refused() -> None:
     """A draft has a row per context or one per sample; any other count stopped in torch's 'The size of tensor a
     (2) must match the size of tensor b (4)'."""
