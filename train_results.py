@@ -204,8 +204,10 @@ def check_same_config(saved: dict, current: dict, path: Path, sections: tuple[st
 
 
 def fixed_indices(split: dict, n: int) -> np.ndarray:
-    """The `n` windows of a prepared split plotted every epoch, evenly spread over it (the same each epoch)."""
-    return np.linspace(0, len(split["signals"]) - 1, n).astype(int)
+    """The `n` windows of a prepared split plotted every epoch, evenly spread over it (the same each epoch); all of
+    them, each once, when it has fewer."""
+    size = len(split["signals"])
+    return np.linspace(0, size - 1, min(n, size)).astype(int)
 
 
 def fixed_windows(split: dict, n: int) -> torch.Tensor:

@@ -978,6 +978,8 @@ def test_plotted_windows_are_spread_over_the_split_from_its_first_to_its_last() 
     split = {"signals": torch.arange(10.0)[:, None, None].expand(10, 3, 2)}
     assert train_results.fixed_windows(split, 4)[:, 0, 0].tolist() == [0, 3, 6, 9]
     assert len(train_results.fixed_windows(split, 0)) == 0
+    # more windows asked than the split has: each once (plot_windows 1000 drew 1000 rows of ten windows repeated)
+    assert train_results.fixed_windows(split, 25)[:, 0, 0].tolist() == list(range(10))
 
 
 def test_epoch_plots_name_the_record_time_and_lead_of_each_window(tmp_path: Path, monkeypatch) -> None:
