@@ -308,7 +308,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
     if temperature <= 0:
         return greedy
     logits = logits.float() / temperature
-    overflow = torch.isposinf(logits).any(-1)   # a temperature so small that logits reach inf: its limit, greedy
+    overflow = torch.isinf(logits.amax(-1))    # a temperature so small that logits reach ±inf: its limit, greedy
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

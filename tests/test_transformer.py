@@ -379,8 +379,10 @@ def test_temperature_scales_the_logits():
 
 def test_a_vanishing_temperature_draws_the_likeliest_code():
     """Temperature 0 is greedy and a small one nearly so; below ~1e-37 the tempered logits overflowed float32 to
-    inf, their softmax was NaN and every row drew the last code."""
+    inf, their softmax was NaN and every row drew the last code. Rows whose logits are all negative overflow to
+    -inf instead, with the same NaN."""
     logits = torch.randn(50, 16, generator=torch.Generator().manual_seed(0)) * 10
+    logits[:25] -= 100              # all negative: a head's logits need not reach 0
     for t in (1e-6, 1e-30, 1e-40, 1e-45):
         draws = sample_next(logits, temperature=t, top_p=0.9, generator=torch.Generator().manual_seed(0))
         assert torch.equal(draws, logits.argmax(-1)), t
