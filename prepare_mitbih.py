@@ -43,6 +43,7 @@ SAME_PATIENT = [("201", "202")]
 MITBIH_FS = 360                   # its records' rate: a database at another one is not MIT-BIH
 BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
 SPLITS = ("train", "validation", "test")
+DOWNLOAD_PART = ".download-"   # the hidden folder in the data folder that a download arrives in
 # The split of null data.test_records / validation_records (config_split): DS2 and 201 (202's patient) test, every
 # 7th remaining DS1 record from the 4th validation, the rest train.
 DEFAULT_TEST = DS2 + ["201"]
@@ -140,7 +141,7 @@ def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir 
         return names
     hint = (f"put the MIT-BIH WFDB files (NNN.hea, NNN.dat, NNN.atr) in {data_dir}, or point "
             f"{flag} at a folder that has them")
-    if data_dir.is_dir() and any(data_dir.iterdir()):
+    if data_dir.is_dir() and any(not p.name.startswith(DOWNLOAD_PART) for p in data_dir.iterdir()):
         raise UserError(f"no WFDB records (*.hea) directly in {data_dir}, which holds other files (records in "
                         f"subfolders?): point {flag} at the folder with the .hea files")
     if not download:
@@ -152,13 +153,15 @@ def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir 
 
 def download_mitbih(data_dir: Path, hint: str) -> list[str]:
     """MIT-BIH from PhysioNet into data_dir, its record names; a failure is one line ending in `hint` (what to
-    do instead), and leaves no empty folder behind. The files arrive in a folder beside data_dir and are moved in
-    once all are there: a download cut short left some records, and the next run prepared them as the database."""
+    do instead), and leaves no empty folder behind. The files arrive in a hidden folder in data_dir and are moved
+    out of it once all are there: a download cut short left some records, and the next run prepared them as the
+    database. In data_dir, not beside it: a data folder that is a mount (a container's volume) or whose parent is
+    not writable took no download beside it. A part left by a killed download is not the user's files."""
     created = not data_dir.exists()
     part = None
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        part = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.download-", dir=data_dir.parent))
+        part = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PART, dir=data_dir))
         wfdb.dl_database("mitdb", str(part))
         for f in sorted(part.iterdir()):
             f.replace(data_dir / f.name)

@@ -220,6 +220,19 @@ def test_a_download_cut_short_leaves_no_records(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["there"] and not any((tmp_path / "there").iterdir())
 
 
+def test_a_download_arrives_in_the_data_folder_and_a_killed_ones_part_blocks_none(tmp_path, monkeypatch):
+    """The download arrives in the data folder itself: one beside it failed where the data folder is a mount (a
+    container's volume: 'Invalid cross-device link' on moving the files in) or its parent is not writable. A part
+    a killed download left there is not the user's files, which would refuse the next download."""
+    given = []
+    monkeypatch.setattr(wfdb, "dl_database", lambda name, folder: given.append(Path(folder)) or
+                        write_record(Path(folder), "100", seconds=12))
+    data = tmp_path / "mitdb"
+    write_record(data / f"{pm.DOWNLOAD_PART}killed", "101", seconds=12)
+    assert pm.find_records(data, download=True) == ["100"]
+    assert given[0].parent == data and sorted(p.name for p in tmp_path.iterdir()) == ["mitdb"]
+
+
 def test_download_that_brings_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: None)
     with pytest.raises(UserError, match="produced no records"):
