@@ -209,8 +209,9 @@ def draft_waves(x: np.ndarray, h: int, fs: int, num_samples: int = 1, seed: int 
                 rhythm: Rhythm | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The drafts [N, h, 2] of contexts x [B, C, 2] and which one each of the B * num_samples samples takes:
     beats laid at beat times. Training gives the times, `beats` (a window's own R peaks), and lays the context's
-    mean beat at those more than MIN_PERIOD_S after the context's last peak (a nearer one is that peak again). A forecast draws the times (`draw_beat_times`, with
-    `min_spread` the beat-to-beat jitter) and lays at each one of the context's whole beats, drawn at random
+    mean beat at those more than MIN_PERIOD_S after the context's last peak (a nearer one is that peak again). A
+    forecast draws the times (`draw_beat_times`, with `min_spread` the beat-to-beat jitter) and lays at each one of
+    the context's whole beats, drawn at random
     (the mean beat when none is whole), so its paths vary from beat to beat as the context does and show an
     ectopic beat as often (EXPERIMENTS.md, session 16). A context with fewer than two R peaks gets its
     seasonal-naive continuation. `rhythm` is x's `context_rhythm` when the caller has it already."""

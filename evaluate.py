@@ -990,7 +990,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    f"passes checkpoint=CHECKPOINT too), and/or "
                    f"baselines: {', '.join(BASELINES)}, {ALL_BASELINES} (= all); default: pretrained {ALL_BASELINES}")
     p.add_argument("--split", choices=("validation", "test"), help="prepared split (default test)")
-    p.add_argument("--wfdb-dir", default=None, type=paths.given_path, help="evaluate every record of this WFDB folder instead")
+    p.add_argument("--wfdb-dir", default=None, type=paths.given_path,
+                   help="evaluate every record of this WFDB folder instead")
     p.add_argument("--annotator", default="atr", help="with --wfdb-dir: the annotation file with the reference "
                    "beats (default atr: NNN.atr; e.g. qrs)")
     p.add_argument("--records", nargs="+", default=None, help="only these records")
@@ -998,8 +999,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="samples per window for probabilistic forecasters (default 100)")
     p.add_argument("--seed", type=int, default=0, help="of the samples and the bootstrap (default 0)")
     p.add_argument("--config", default=None, type=paths.given_path, help="config JSON (default: config_vqvae.json)")
-    p.add_argument("--prepared", default=None, type=paths.given_path, help="prepared folder (default: $ECG_PREPARED_DIR or data/prepared)")
-    p.add_argument("--results", default=None, type=paths.given_path, help="results folder (default: $ECG_RESULTS_DIR or results)")
+    p.add_argument("--prepared", default=None, type=paths.given_path,
+                   help="prepared folder (default: $ECG_PREPARED_DIR or data/prepared)")
+    p.add_argument("--results", default=None, type=paths.given_path,
+                   help="results folder (default: $ECG_RESULTS_DIR or results)")
     p.add_argument("--max-windows-per-record", type=int, default=None,
                    help="evenly spaced windows per record (default: all)")
     p.add_argument("--horizon-beats", choices=list(HORIZON_BEATS), default=None,

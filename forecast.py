@@ -442,8 +442,8 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
                         f"({len(rec.signal) / fs:.1f} s) in {record}")
     context = rec.signal[at - ctx:at]
     if not np.isfinite(context).all():
-        raise UserError(f"{record}: the context {round((at - ctx) / fs, 3):g}-{start_s:.15g} s touches a gap of NaN/invalid "
-                        f"or flat samples; {clean_starts(rec.signal, at, ctx, fs)}")
+        raise UserError(f"{record}: the context {round((at - ctx) / fs, 3):g}-{start_s:.15g} s touches a gap of "
+                        f"NaN/invalid or flat samples; {clean_starts(rec.signal, at, ctx, fs)}")
     truth = rec.signal[at:at + horizon]
     try:
         forecast = fc.predict(context[None], horizon, samples, seed)
@@ -496,10 +496,12 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Forecast a WFDB record: PNG of context, truth, forecast and bands; "
                                 "samples as .npy.")
     shipped = ", ".join(f"{name} ({SHIPPED[kind].relative_to(ROOT)})" for name, kind in SHIPPED_SPECS.items())
-    p.add_argument("--checkpoint", type=paths.given_path, help=f"forecaster checkpoint, a shipped model by name: {shipped}, or a forecaster "
+    p.add_argument("--checkpoint", type=paths.given_path,
+                   help=f"forecaster checkpoint, a shipped model by name: {shipped}, or a forecaster "
                    f"of one's own, FILE.py:NAME[=CHECKPOINT], as for evaluate.py --model (default: the shipped "
                    f"{PRETRAINED.relative_to(ROOT)} when present, else the newest checkpoints/transformer-*/best.pt)")
-    p.add_argument("--record", required=True, type=paths.given_path, help="WFDB record path without extension, e.g. ../shared/data/mitdb/100")
+    p.add_argument("--record", required=True, type=paths.given_path,
+                   help="WFDB record path without extension, e.g. ../shared/data/mitdb/100")
     p.add_argument("--start", type=float, required=True, help="forecast start in seconds (context ends here)")
     p.add_argument("--horizon", type=float, help="seconds to forecast (default: the model's horizon)")
     p.add_argument("--samples", type=int, default=100, help="sampled trajectories (default 100)")
@@ -587,7 +589,8 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
     from prepare_mitbih import record_path          # loaded by now, with the record
     record = record_path(args.record).name          # 100 also for 100.hea or 100.dat
     stem = f"{record}_{args.start:.15g}s"
-    if taken := [p.name for p in (out / f"{stem}_samples.npy", out / f"{stem}.png", out / f"{stem}.json") if p.exists()]:
+    if taken := [p.name for p in (out / f"{stem}_samples.npy", out / f"{stem}.png", out / f"{stem}.json")
+                 if p.exists()]:
         paths.note(f"replacing {', '.join(taken)} in {out}, an earlier forecast of {record} from {args.start:.15g} s")
     paths.atomic_save_npy(res["samples"], out / f"{stem}_samples.npy")
     plot_record(res, record, args, out / f"{stem}.png", model_label(checkpoint))
@@ -637,7 +640,8 @@ def plot_record(res: dict, record: str, args: argparse.Namespace, path: Path, mo
     n = len(res["samples"])         # a deterministic forecaster gives one path whatever --samples asks
     plot_forecasts(window[None], res["samples"][None], res["fs"], len(res["context"]), path,
                    f"{model + ': ' if model else ''}record {record} from {args.start:.15g} s, {n} sampled "
-                   f"forecast{'s' * (n != 1)}\n{heart_rate_line(res['heart_rate'])}; paths: median [10th-90th percentile]",
+                   f"forecast{'s' * (n != 1)}\n{heart_rate_line(res['heart_rate'])}; paths: median "
+                   f"[10th-90th percentile]",
                    start_s=(res["start_sample"] - len(res["context"])) / res["fs"],
                    leads=tuple(f"lead {k + 1}: {name}" for k, name in enumerate(res["leads"])))
 

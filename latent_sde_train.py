@@ -326,11 +326,13 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
 def parser() -> argparse.ArgumentParser:
     p = run_parser(__doc__, "latent SDE config JSON (default: config_sde.json)")
     add_forecaster_flags(p)
-    p.add_argument("--vqvae", type=paths.given_path, help="VQ-VAE checkpoint, or a forecaster's for its VQ-VAE (default: newest "
+    p.add_argument("--vqvae", type=paths.given_path,
+                   help="VQ-VAE checkpoint, or a forecaster's for its VQ-VAE (default: newest "
                    "checkpoints/vqvae-*/best.pt; "
                    "a resumed run uses the one stored in its checkpoint). The recipe's is trained with "
                    "vqvae_train.py --config config_vqvae_sde.json")
-    p.add_argument("--crps-from", type=paths.given_path, help="an ELBO-trained latent SDE checkpoint to fine-tune on the CRPS of its forecast "
+    p.add_argument("--crps-from", type=paths.given_path,
+                   help="an ELBO-trained latent SDE checkpoint to fine-tune on the CRPS of its forecast "
                    "paths, with the crps section of --config (EXPERIMENTS.md, session 19); with it --epochs, "
                    "--max-steps and --batch-size set crps.epochs, crps.steps_per_epoch and crps.batch_size")
     return p

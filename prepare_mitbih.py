@@ -1126,15 +1126,19 @@ def check_fetch_only(args: argparse.Namespace) -> None:
                                    ("--skip-bad", args.skip_bad), ("--allow-gaps", args.allow_gaps),
                                    ("--annotator", args.annotator != "atr")) if on]
     if args.fetch_only and given:
-        raise UserError(f"--fetch-only prepares nothing (it fetches all of MIT-BIH when the data folder has no records), "
-                        f"so {', '.join(given)} would do nothing: drop {'it' if len(given) == 1 else 'them'} or --fetch-only")
+        raise UserError(f"--fetch-only prepares nothing (it fetches all of MIT-BIH when the data folder has no "
+                        f"records), so {', '.join(given)} would do nothing: drop "
+                        f"{'it' if len(given) == 1 else 'them'} or --fetch-only")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, type=paths.given_path, help="VQ-VAE config JSON (default: config_vqvae.json)")
-    p.add_argument("--data-dir", default=None, type=paths.given_path, help="WFDB folder (default: $MITBIH_DIR or data/mitdb)")
-    p.add_argument("--out", default=None, type=paths.given_path, help="prepared folder (default: $ECG_PREPARED_DIR or data/prepared)")
+    p.add_argument("--config", default=None, type=paths.given_path,
+                   help="VQ-VAE config JSON (default: config_vqvae.json)")
+    p.add_argument("--data-dir", default=None, type=paths.given_path,
+                   help="WFDB folder (default: $MITBIH_DIR or data/mitdb)")
+    p.add_argument("--out", default=None, type=paths.given_path,
+                   help="prepared folder (default: $ECG_PREPARED_DIR or data/prepared)")
     p.add_argument("--records", nargs="+", help="prepare only these records")
     p.add_argument("--no-download", action="store_true", help="never try to download from PhysioNet")
     p.add_argument("--skip-bad", action="store_true",

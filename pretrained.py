@@ -83,7 +83,8 @@ def check_mitdb(folder: Path) -> Path:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, type=paths.given_path, help="forecaster best.pt (Transformer or latent SDE)")
+    p.add_argument("--checkpoint", required=True, type=paths.given_path,
+                   help="forecaster best.pt (Transformer or latent SDE)")
     p.add_argument("--mitdb", default=str(paths.location("data")), type=paths.given_path,
                    help="MIT-BIH folder for the reference forecasts (default: $MITBIH_DIR or data/mitdb)")
     args = p.parse_args()

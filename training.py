@@ -588,11 +588,14 @@ def run_parser(doc: str | None, config_help: str) -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="override train.max_steps_per_epoch (quick runs)")
     p.add_argument("--batch-size", type=int, help="override train.batch_size (global, over all processes)")
     p.add_argument("--seed", type=int, help="override train.seed")
-    p.add_argument("--resume", type=paths.given_path, help="checkpoint to continue from (e.g. checkpoints/<run>/last.pt)")
+    p.add_argument("--resume", type=paths.given_path,
+                   help="checkpoint to continue from (e.g. checkpoints/<run>/last.pt)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--prepared", type=paths.given_path, help="prepared tensors folder (default: $ECG_PREPARED_DIR or data/prepared)")
+    p.add_argument("--prepared", type=paths.given_path,
+                   help="prepared tensors folder (default: $ECG_PREPARED_DIR or data/prepared)")
     p.add_argument("--results", type=paths.given_path, help="results root (default: $ECG_RESULTS_DIR or results)")
-    p.add_argument("--checkpoints", type=paths.given_path, help="checkpoints root (default: $ECG_CHECKPOINTS_DIR or checkpoints)")
+    p.add_argument("--checkpoints", type=paths.given_path,
+                   help="checkpoints root (default: $ECG_CHECKPOINTS_DIR or checkpoints)")
     return p
 
 

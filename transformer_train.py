@@ -105,7 +105,8 @@ def forecast_plotter(vq: VQVAE, cfg, tcfg, val: dict, run_dir, device: torch.dev
 def main(argv: list[str] | None = None) -> dict:
     p = run_parser(__doc__, "Transformer config JSON (default: config_transformer.json)")
     add_forecaster_flags(p)
-    p.add_argument("--vqvae", type=paths.given_path, help="VQ-VAE checkpoint, or a forecaster's for its VQ-VAE, e.g. pretrained/forecaster.pt "
+    p.add_argument("--vqvae", type=paths.given_path,
+                   help="VQ-VAE checkpoint, or a forecaster's for its VQ-VAE, e.g. pretrained/forecaster.pt "
                    "(default: newest checkpoints/vqvae-*/best.pt)")
     args = p.parse_args(argv)
     resume = load_checkpoint(args.resume, "transformer") if args.resume else None

@@ -225,12 +225,15 @@ def plot_examples(model: VQVAE, data: dict, split: str, prepared: str | None, ou
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=paths.given_path, help="VQ-VAE checkpoint, or a forecaster's for the VQ-VAE inside it, e.g. "
+    p.add_argument("--checkpoint", type=paths.given_path,
+                   help="VQ-VAE checkpoint, or a forecaster's for the VQ-VAE inside it, e.g. "
                    "pretrained/forecaster.pt (default: newest checkpoints/vqvae-*/best.pt)")
     p.add_argument("--split", default="validation", choices=["train", "validation", "test"],
                    help="prepared split (default validation)")
-    p.add_argument("--prepared", type=paths.given_path, help="prepared tensors folder (default: $ECG_PREPARED_DIR or data/prepared)")
-    p.add_argument("--checkpoints", type=paths.given_path, help="checkpoints root for the default checkpoint (default: $ECG_CHECKPOINTS_DIR "
+    p.add_argument("--prepared", type=paths.given_path,
+                   help="prepared tensors folder (default: $ECG_PREPARED_DIR or data/prepared)")
+    p.add_argument("--checkpoints", type=paths.given_path,
+                   help="checkpoints root for the default checkpoint (default: $ECG_CHECKPOINTS_DIR "
                    "or checkpoints)")
     p.add_argument("--results", type=paths.given_path, help="results root (default: $ECG_RESULTS_DIR or results)")
     args = p.parse_args()

@@ -333,7 +333,8 @@ def main() -> None:
     p.add_argument("--max-windows-per-record", type=int, default=40)
     p.add_argument("--history-seconds", type=float, nargs="*", default=[3, 6, 10, 20, 30],
                    help="rhythm history the median rule sees in `history` (none: skip it)")
-    p.add_argument("--data-dir", default=None, type=paths.given_path, help="WFDB folder for `history` (default: $MITBIH_DIR or data/mitdb)")
+    p.add_argument("--data-dir", default=None, type=paths.given_path,
+                   help="WFDB folder for `history` (default: $MITBIH_DIR or data/mitdb)")
     args = p.parse_args()
 
     import baselines as B
