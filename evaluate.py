@@ -474,7 +474,8 @@ def horizon_beats_masks(w: Windows, context: int) -> dict[str, np.ndarray]:
 
 
 def beats_unclassified(w: Windows) -> bool:
-    """Whether every reference beat reads N: a QRS detector's annotations do, and tell no beat's class."""
+    """Whether every reference beat reads N: a QRS detector's annotations do, and tell no beat's class (so do a
+    cardiologist's of patients whose beats are all normal, MIT-BIH's 115 and 122)."""
     return w.beat_sym is not None and len(w.beat_sym) > 0 and bool((np.asarray(w.beat_sym) == ord("N")).all())
 
 
@@ -486,8 +487,8 @@ def select_horizon_beats(w: Windows, kind: str, context: int) -> Windows:
                         f"has them (with --wfdb-dir, --annotator names the annotation file)")
     keep = np.flatnonzero(horizon_beats_masks(w, context)[kind])
     wanted = "only normal beats" if kind == "normal" else f"a {kind} beat"
-    unclassified = ("its reference beats all read N, as a QRS detector's annotations do (--annotator qrs): they "
-                    "carry no beat class") if beats_unclassified(w) else ""
+    unclassified = ("its reference beats all read N: the patients' beats are all normal, or the annotations carry no "
+                    "beat class, as a QRS detector's do (--annotator qrs)") if beats_unclassified(w) else ""
     if not len(keep):
         raise UserError(f"--horizon-beats {kind}: none of the {len(w.record)} windows of {w.source.get('path')} "
                         f"has {wanted} in its horizon" + (f"; {unclassified}" if unclassified else ""))

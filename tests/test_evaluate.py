@@ -1079,9 +1079,11 @@ def test_records_horizon_beats_leaves_without_windows_are_named_with_the_reason(
 
 def test_horizon_beats_on_unclassified_beats_says_they_carry_no_class(tmp_path, capsys):
     """A QRS detector's annotations (--annotator qrs) label every beat N: --horizon-beats ventricular said only that
-    no window has such a beat, and normal took every window as normal, both without saying why."""
+    no window has such a beat, and normal took every window as normal, both without saying why. A cardiologist's of
+    patients with normal beats alone (MIT-BIH's 115 and 122) read N too: they were said to carry no beat class."""
     write_record(tmp_path / "db", "d", seconds=40, seed=0)
-    with pytest.raises(UserError, match="has a ventricular beat in its horizon; its reference beats all read N"):
+    with pytest.raises(UserError, match="has a ventricular beat in its horizon; its reference beats all read N: the "
+                                        "patients' beats are all normal, or the annotations carry no beat class"):
         evaluate.main(["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), "--horizon-beats", "ventricular",
                        "--results", str(tmp_path / "results")])
     _run(["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), "--horizon-beats", "normal",

@@ -353,6 +353,7 @@ def test_the_default_checkpoint_is_the_newest_by_time_not_by_name(tmp_path):
     with pytest.raises(vqvae_eval.UserError, match="no transformer checkpoint"):
         vqvae_eval.latest_checkpoint("transformer", str(tmp_path))
 
+
 def test_nearest_is_the_first_code_at_the_least_exact_distance() -> None:
     """nearest's in-place distances pick what exact (float64) distances pick, and among equal codes the first."""
     torch.manual_seed(0)
