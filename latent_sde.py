@@ -59,7 +59,8 @@ from vqvae import VQVAE, vqvae_from
 TEMPLATE_EXCLUDE = 4  # frames: the phase template of a frame never reads the context frames this close to it
 MAX_DRIFT = 30.0   # state units per second: learned drifts are soft-clipped to this, so no state can run away
 DIFFUSION_START = 0.15   # each g_i starts this fraction of the way from its floor to its ceiling
-SOLVED = ("prior", "correction", "lock", "diffusion")   # what f, g and h read besides the encoded frames
+SOLVED = ("prior", "correction", "diffusion")   # what f, g and h read besides the encoded frames (no beat phase: the
+                                                  # adjoint refuses one, hyper_params_sde)
 LEARNS_CRPS = ("prior", "diffusion", "emission")   # what PathCRPS trains; the posterior keeps its ELBO weights
 Seeds = int | list[int]     # one for a batch drawn together, or one per row, each row then drawn alone
 
@@ -392,9 +393,8 @@ class LatentSDE(nn.Module):
         if s.adjoint and torch.is_grad_enabled():
             # the drift's inputs and the networks of f, g and h only: torchsde differentiates f in every adjoint
             # parameter, so the GRU behind self._ctx given too had its share counted twice (once through self._ctx)
-            extra = (self._ctx,) + ((self._beat,) if self.phase else ())
-            params = extra + tuple(p for name, p in self.named_parameters()
-                                   if name.split(".")[0] in SOLVED and p.requires_grad)
+            params = (self._ctx,) + tuple(p for name, p in self.named_parameters()
+                                          if name.split(".")[0] in SOLVED and p.requires_grad)
             return torchsde.sdeint_adjoint(self, z0, ts, logqp=logqp, adjoint_params=params, **kw)
         return torchsde.sdeint(self, z0, ts, logqp=logqp, **kw)
 

@@ -33,7 +33,8 @@ def timed(fn) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="Transformer checkpoint (default: newest checkpoints/transformer-*/best.pt, "
+    p.add_argument("--checkpoint", type=paths.given_path,
+                   help="Transformer checkpoint (default: newest checkpoints/transformer-*/best.pt, "
                    "else the shipped pretrained/forecaster.pt, else one trained on the fly)")
     p.add_argument("--samples", type=int, default=100)
     args = p.parse_args()

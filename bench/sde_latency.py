@@ -28,7 +28,8 @@ TARGET_S = 2.0
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="latent SDE checkpoint (default: newest checkpoints/latent_sde-*/best.pt, "
+    p.add_argument("--checkpoint", type=paths.given_path,
+                   help="latent SDE checkpoint (default: newest checkpoints/latent_sde-*/best.pt, "
                    "else the shipped pretrained/latent_sde.pt, else one trained on the fly)")
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--horizon", type=float, default=3.0, help="seconds")
