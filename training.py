@@ -402,8 +402,11 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)
         norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
-        # under AMP the scaler skips steps with inf gradients; without it they would poison the weights
-        self._check_finite(loss if self.amp else torch.stack([loss.detach().float(), norm.float()]))
+        # under AMP the scaler skips a step whose scaled gradients overflow, and halves its scale; at a scale of 1 or
+        # less nothing was scaled up, so non-finite gradients are the model's own: they stop the run, as without AMP
+        # (skipped for good, they would leave the weights as they are while the run went on and saved them)
+        own = not self.amp or self.scaler.get_scale() <= 1
+        self._check_finite(torch.stack([loss.detach().float(), norm.float()]) if own else loss)
         self.scaler.step(self.opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)

@@ -359,6 +359,31 @@ def test_amp_asked_for_on_a_cpu_trains_in_float32(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_under_amp_gradients_the_scaler_cannot_mend_stop_the_run(tmp_path):
+    """train.amp's loss scaler skips a step whose scaled gradients overflow and halves its scale: a NaN gradient of
+    the model's own was so skipped at every step, and the run went on, its weights unchanged, saving checkpoints.
+    Once the scale is down to 1 the run stops, as without AMP; an overflow at a larger scale is only skipped.
+    (GPU-only in the trainer: the CPU's GradScaler and autocast stand in for CUDA's.)"""
+    def nan_gradient_at(steps: set[int]):
+        def step(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+            loss, metrics = squared_error(model, batch)
+            if trainer.step in steps:       # a finite loss whose gradient is NaN: sqrt at 0
+                loss = loss + torch.sqrt(model.weight.abs() * 0).sum()
+            return loss, metrics
+        return step
+
+    for steps, stops in ((set(range(16)), True), ({0}, False)):
+        trainer = toy_trainer(tmp_path / str(stops), step=nan_gradient_at(steps), epochs=2)
+        trainer.amp, trainer.scaler = True, torch.amp.GradScaler("cpu", init_scale=4.0)
+        if stops:                           # steps 0 and 1 skipped at scales 4 and 2, step 2 at scale 1 stops
+            with pytest.raises(UserError, match=r"loss or gradient norm is \[[-+.e0-9]+, nan\] in epoch 1 after 2 steps"):
+                trainer.fit()
+            assert not (tmp_path / "True" / "ckpt").exists()
+        else:
+            weights = trainer.model.weight.detach().clone()
+            assert trainer.fit()["step"] == 16 and not torch.equal(weights, trainer.model.weight)
+
+
 def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
     monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20260101-000000")
     first = paths.new_run_dir("evaluate", tmp_path)
