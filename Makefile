@@ -5,10 +5,15 @@ PY := $(VENV)/bin/python
 # else data/mitdb (prepare_mitbih.py then downloads it from PhysioNet).
 MITBIH_DIR ?= $(if $(wildcard data/mitdb/*.hea),data/mitdb,$(if $(wildcard ../shared/data/mitdb/*.hea),../shared/data/mitdb,data/mitdb))
 export MITBIH_DIR
-# Where the trainers keep checkpoints and preparation writes its tensors: $ECG_CHECKPOINTS_DIR and $ECG_PREPARED_DIR
-# when set, as paths.py reads them, so that the targets below find what the scripts wrote.
+# Where the trainers keep checkpoints, preparation writes its tensors and runs their results: $ECG_CHECKPOINTS_DIR,
+# $ECG_PREPARED_DIR and $ECG_RESULTS_DIR when set, as paths.py reads them, so that the targets below find what the
+# scripts wrote. Recipes quote these paths, and `exists` escapes spaces for make's wildcard (a folder named
+# "my data" is two names to it).
 CHECKPOINTS := $(or $(ECG_CHECKPOINTS_DIR),checkpoints)
 PREPARED := $(or $(ECG_PREPARED_DIR),data/prepared)
+RESULTS := $(or $(ECG_RESULTS_DIR),results)
+space := $(subst ,, )
+exists = $(wildcard $(subst $(space),\$(space),$(1)))
 
 .PHONY: setup prepare forecast demo test clean-results clean-cache pretrained pretrained-sde pretrained-report
 
@@ -27,16 +32,16 @@ prepare: setup
 # and no network once MIT-BIH is there (without it, the first step downloads it, as `make prepare` would).
 forecast: setup
 	$(PY) prepare_mitbih.py --fetch-only
-	$(PY) forecast.py --record $(MITBIH_DIR)/100 --start 60
+	$(PY) forecast.py --record "$(MITBIH_DIR)/100" --start 60
 
 # The whole pipeline in a few minutes: short trainings (far from the documented recipe; no augmented
 # copies), then a forecast plot of record 100 and the evaluation report against every baseline.
-newest = "$$(ls -td $(or $(2),$(CHECKPOINTS))/$(1)-*/ | head -1)best.pt"
+newest = "$$(ls -td "$(or $(2),$(CHECKPOINTS))"/$(1)-*/ | head -1)best.pt"
 demo: forecast prepare
 	$(PY) vqvae_train.py --epochs 2 --max-steps 60
 	$(PY) vqvae_eval.py --split validation
 	$(PY) transformer_train.py --epochs 2 --max-steps 60 --augment-copies 0
-	$(PY) forecast.py --checkpoint $(call newest,transformer) --record $(MITBIH_DIR)/100 --start 60
+	$(PY) forecast.py --checkpoint $(call newest,transformer) --record "$(MITBIH_DIR)/100" --start 60
 	$(PY) evaluate.py --model $(call newest,transformer) baselines --split test --max-windows-per-record 10 --samples 50
 
 # Retrain a shipped model from scratch on the training patients, pack it into pretrained/ with its reference
@@ -44,24 +49,24 @@ demo: forecast prepare
 # of this CPU): the VQ-VAE of config_vqvae.json, then the beat-drafted Transformer of config_transformer.json.
 # `pretrained-sde` is the latent SDE's (about 35 min of training on one thread, then the report): the VQ-VAE of
 # config_vqvae_sde.json, the latent SDE of config_sde.json, then its fine-tuning on its forecasts' CRPS.
-PRE := checkpoints/pretrained
+PRE := $(CHECKPOINTS)/pretrained
 pretrained: prepare
-	$(PY) vqvae_train.py --checkpoints $(PRE)
-	$(PY) transformer_train.py --checkpoints $(PRE) --vqvae $(call newest,vqvae,$(PRE))
+	$(PY) vqvae_train.py --checkpoints "$(PRE)"
+	$(PY) transformer_train.py --checkpoints "$(PRE)" --vqvae $(call newest,vqvae,$(PRE))
 	$(PY) pretrained.py --checkpoint $(call newest,transformer,$(PRE))
 	$(MAKE) pretrained-report
 
 pretrained-sde: prepare
-	$(PY) vqvae_train.py --config config_vqvae_sde.json --checkpoints $(PRE)
-	$(PY) latent_sde_train.py --checkpoints $(PRE) --vqvae $(call newest,vqvae,$(PRE))
-	$(PY) latent_sde_train.py --checkpoints $(PRE) --crps-from $(call newest,latent_sde,$(PRE))
+	$(PY) vqvae_train.py --config config_vqvae_sde.json --checkpoints "$(PRE)"
+	$(PY) latent_sde_train.py --checkpoints "$(PRE)" --vqvae $(call newest,vqvae,$(PRE))
+	$(PY) latent_sde_train.py --checkpoints "$(PRE)" --crps-from $(call newest,latent_sde,$(PRE))
 	$(PY) pretrained.py --checkpoint $(call newest,latent_sde_crps,$(PRE))
 	$(MAKE) pretrained-report
 
-pretrained-report: setup $(if $(wildcard $(PREPARED)/test.pt),,prepare)
+pretrained-report: setup $(if $(call exists,$(PREPARED)/test.pt),,prepare)
 	$(PY) evaluate.py --model pretrained $(if $(wildcard pretrained/latent_sde.pt),pretrained_sde) baselines \
-		--split test --max-windows-per-record 40 --results results/pretrained
-	rm -rf pretrained/evaluation && cp -r "$$(ls -td results/pretrained/evaluate-*/ | head -1)" pretrained/evaluation
+		--split test --max-windows-per-record 40 --results "$(RESULTS)/pretrained"
+	rm -rf pretrained/evaluation && cp -r "$$(ls -td "$(RESULTS)/pretrained"/evaluate-*/ | head -1)" pretrained/evaluation
 
 test: setup
 	$(PY) -m pytest -q tests
@@ -75,7 +80,7 @@ clean-cache:
 
 # Benchmarks on this machine (scripts in bench/ print one JSON line each), tabulated in bench/results.md.
 .PHONY: bench
-bench: setup $(if $(wildcard $(PREPARED)/train.pt),,prepare)
+bench: setup $(if $(call exists,$(PREPARED)/train.pt),,prepare)
 	rm -f bench/results.jsonl
 	$(PY) bench/prepare_time.py >> bench/results.jsonl
 	$(PY) bench/train_speed.py vqvae >> bench/results.jsonl

@@ -49,19 +49,59 @@ def _make_dry_run(target, **env):
     return run.stdout
 
 
+def _make_argv(target, script, **env):
+    """The arguments `make target` would give `script`, as its shell splits them (in a folder with a space too):
+    the dry run's command, run by bash with the venv's python replaced by printf."""
+    out = _make_dry_run(target, **env).replace("\\\n\t", " ")
+    python = os.path.join(os.path.dirname(os.path.dirname(sys.executable)), "bin", "python")
+    line = next(line for line in out.splitlines() if line.startswith(f"{python} {script}"))
+    run = subprocess.run(["bash", "-c", "printf '%s\\0' " + line[len(python):]], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    return run.stdout.split("\0")[1:-1]
+
+
 def test_make_demo_reads_its_checkpoints_from_ECG_CHECKPOINTS_DIR(tmp_path):
     """The trainers write into $ECG_CHECKPOINTS_DIR: the demo's forecast and evaluation must look there, not in
     checkpoints/ (an older run's model, or none)."""
-    out = _make_dry_run("demo", ECG_CHECKPOINTS_DIR=str(tmp_path / "ck"))
-    lines = [line for line in out.splitlines() if "forecast.py --checkpoint" in line or "evaluate.py --model" in line]
-    assert len(lines) == 2 and all(f"{tmp_path / 'ck'}/transformer-*/" in line for line in lines), out
+    run = tmp_path / "my checkpoints" / "transformer-20260101-000000"
+    run.mkdir(parents=True)
+    env = {"ECG_CHECKPOINTS_DIR": str(run.parent)}
+    assert _make_argv("demo", "forecast.py --checkpoint", **env)[:2] == ["--checkpoint", f"{run}/best.pt"]
+    assert _make_argv("demo", "evaluate.py", **env)[:2] == ["--model", f"{run}/best.pt"]
 
 
-def test_make_bench_finds_tensors_in_ECG_PREPARED_DIR(tmp_path):
-    """Prepared tensors in $ECG_PREPARED_DIR are not prepared again; a folder without them is."""
-    (tmp_path / "train.pt").write_bytes(b"")
-    assert "prepare_mitbih.py" not in _make_dry_run("bench", ECG_PREPARED_DIR=str(tmp_path))
-    assert "prepare_mitbih.py" in _make_dry_run("bench", ECG_PREPARED_DIR=str(tmp_path / "none"))
+@pytest.mark.parametrize("target, split", [("bench", "train"), ("pretrained-report", "test")])
+@pytest.mark.parametrize("folder", ["prepared", "my prepared"])
+def test_make_finds_tensors_in_ECG_PREPARED_DIR(tmp_path, target, split, folder):
+    """Prepared tensors in $ECG_PREPARED_DIR are not prepared again, in a folder whose name has a space too (make's
+    wildcard split it in two, and the user's own preparation was redone with the default config); a folder without
+    them is."""
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / f"{split}.pt").write_bytes(b"")
+    assert "prepare_mitbih.py" not in _make_dry_run(target, ECG_PREPARED_DIR=str(tmp_path / folder))
+    assert "prepare_mitbih.py" in _make_dry_run(target, ECG_PREPARED_DIR=str(tmp_path / "none"))
+
+
+def test_make_forecast_reads_a_MITBIH_DIR_with_a_space(tmp_path):
+    db = tmp_path / "mit db"
+    assert _make_argv("forecast", "forecast.py", MITBIH_DIR=str(db)) == ["--record", f"{db}/100", "--start", "60"]
+
+
+def test_make_pretrained_keeps_its_runs_in_ECG_CHECKPOINTS_DIR_and_ECG_RESULTS_DIR(tmp_path):
+    """`make pretrained` trained into checkpoints/ and reported into results/ whatever the variables said, unlike
+    every script and the demo; and a folder whose name has a space split the newest run's path in two."""
+    ck, res = tmp_path / "my checkpoints", tmp_path / "my results"
+    pre = ck / "pretrained"
+    for kind in ("vqvae", "transformer", "latent_sde_crps"):
+        (pre / f"{kind}-20260101-000000").mkdir(parents=True)
+    env = {"ECG_CHECKPOINTS_DIR": str(ck), "ECG_RESULTS_DIR": str(res)}
+    assert _make_argv("pretrained", "vqvae_train.py", **env) == ["--checkpoints", str(pre)]
+    assert _make_argv("pretrained", "transformer_train.py", **env) == [
+        "--checkpoints", str(pre), "--vqvae", f"{pre}/vqvae-20260101-000000/best.pt"]
+    for target, kind in (("pretrained", "transformer"), ("pretrained-sde", "latent_sde_crps")):
+        assert _make_argv(target, "pretrained.py", **env) == ["--checkpoint", f"{pre}/{kind}-20260101-000000/best.pt"]
+    assert _make_argv("pretrained-report", "evaluate.py", **env)[-2:] == ["--results", f"{res}/pretrained"]
+    assert f'ls -td "{res}/pretrained"/evaluate-*/' in _make_dry_run("pretrained-report", **env)
 
 def _git(repo, *args):
     return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
