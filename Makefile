@@ -2,8 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Raw MIT-BIH: $MITBIH_DIR, else data/mitdb if it has records, else the shared copy beside the repo,
-# else data/mitdb (prepare_mitbih.py then downloads it from PhysioNet).
-MITBIH_DIR ?= $(if $(wildcard data/mitdb/*.hea),data/mitdb,$(if $(wildcard ../shared/data/mitdb/*.hea),../shared/data/mitdb,data/mitdb))
+# else data/mitdb (prepare_mitbih.py then downloads it from PhysioNet). Set but empty is unset, as in paths.py.
+override MITBIH_DIR := $(or $(MITBIH_DIR),$(if $(wildcard data/mitdb/*.hea),data/mitdb,$(if \
+	$(wildcard ../shared/data/mitdb/*.hea),../shared/data/mitdb,data/mitdb)))
 export MITBIH_DIR
 # Where the trainers keep checkpoints, preparation writes its tensors and runs their results: $ECG_CHECKPOINTS_DIR,
 # $ECG_PREPARED_DIR and $ECG_RESULTS_DIR when set, as paths.py reads them, so that the targets below find what the

@@ -39,10 +39,12 @@ def test_training_writes_into_ECG_RESULTS_DIR_and_ECG_CHECKPOINTS_DIR(tmp_path, 
 
 
 def _make_dry_run(target, **env):
-    """The commands `make -n target` would run with these environment variables (the venv's own, so no install)."""
+    """The commands `make -n target` would run with these environment variables (the venv's own, so no install;
+    a variable given as None is unset)."""
     if not shutil.which("make"):
         pytest.skip("make is not installed")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ECG_")}, **env}
+    env = {k: v for k, v in {**{k: v for k, v in os.environ.items() if not k.startswith("ECG_")}, **env}.items()
+           if v is not None}
     run = subprocess.run(["make", "-n", target, f"VENV={os.path.dirname(os.path.dirname(sys.executable))}"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
@@ -85,6 +87,12 @@ def test_make_finds_tensors_in_ECG_PREPARED_DIR(tmp_path, target, split, folder)
 def test_make_forecast_reads_a_MITBIH_DIR_with_a_space(tmp_path):
     db = tmp_path / "mit db"
     assert _make_argv("forecast", "forecast.py", MITBIH_DIR=str(db)) == ["--record", f"{db}/100", "--start", "60"]
+
+
+def test_make_takes_an_empty_MITBIH_DIR_for_unset():
+    """As the scripts do (paths.location): `MITBIH_DIR= make forecast` forecast record /100, after fetching into
+    data/mitdb rather than finding the shared copy."""
+    assert _make_argv("forecast", "forecast.py", MITBIH_DIR="") == _make_argv("forecast", "forecast.py", MITBIH_DIR=None)
 
 
 def test_make_pretrained_keeps_its_runs_in_ECG_CHECKPOINTS_DIR_and_ECG_RESULTS_DIR(tmp_path):
