@@ -90,6 +90,21 @@ def test_packing_without_the_records_leaves_the_shipped_model_alone(tmp_path, mo
     assert not pretrained.reference_path("latent_sde").exists()
 
 
+def test_packing_a_vqvae_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """Only a forecaster can be shipped: a VQ-VAE's best.pt (the other run of `make pretrained`) is named as such."""
+    moved = shipped_in(tmp_path, monkeypatch)
+    vqvae = {**torch.load(SHIPPED["transformer"], map_location="cpu", weights_only=True)["vqvae"], "kind": "vqvae"}
+    torch.save(vqvae, tmp_path / "best.pt")
+    (tmp_path / "mitdb").mkdir()
+    for name, _ in pretrained.REFERENCE_CASES:
+        (tmp_path / "mitdb" / f"{name}.hea").touch()
+    res = run_script(pretrained.main, "pretrained.py",
+                     ["--checkpoint", str(tmp_path / "best.pt"), "--mitdb", str(tmp_path / "mitdb")])
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"error: {tmp_path / 'best.pt'} holds a 'vqvae' model, not a forecaster"
+    assert sorted(p.name for p in moved["latent_sde"].parent.iterdir()) == ["latent_sde.pt"]
+
+
 def test_packing_the_shipped_model_again_reproduces_its_reference(mitdb, tmp_path, monkeypatch):
     moved = shipped_in(tmp_path, monkeypatch)
     res = run_script(pretrained.main, "pretrained.py", ["--checkpoint", str(SHIPPED["latent_sde"]), "--mitdb", str(mitdb)])
