@@ -1,18 +1,21 @@
 # ecg-forecast: `make demo` runs the main job end to end, `make test` runs the tests.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# A path from the environment with its leading ~/ made $HOME/, as paths.py expands it: recipes quote paths, and
+# the shell expands no ~ inside quotes.
+home = $(if $(filter ~/%,$(firstword $(1))),$(subst ~/,$(HOME)/,$(1)),$(1))
 # Raw MIT-BIH: $MITBIH_DIR, else data/mitdb if it has records, else the shared copy beside the repo,
 # else data/mitdb (prepare_mitbih.py then downloads it from PhysioNet). Set but empty is unset, as in paths.py.
-override MITBIH_DIR := $(or $(MITBIH_DIR),$(if $(wildcard data/mitdb/*.hea),data/mitdb,$(if \
-	$(wildcard ../shared/data/mitdb/*.hea),../shared/data/mitdb,data/mitdb)))
+override MITBIH_DIR := $(call home,$(or $(MITBIH_DIR),$(if $(wildcard data/mitdb/*.hea),data/mitdb,$(if \
+	$(wildcard ../shared/data/mitdb/*.hea),../shared/data/mitdb,data/mitdb))))
 export MITBIH_DIR
 # Where the trainers keep checkpoints, preparation writes its tensors and runs their results: $ECG_CHECKPOINTS_DIR,
 # $ECG_PREPARED_DIR and $ECG_RESULTS_DIR when set, as paths.py reads them, so that the targets below find what the
 # scripts wrote. Recipes quote these paths, and `exists` escapes spaces for make's wildcard (a folder named
 # "my data" is two names to it).
-CHECKPOINTS := $(or $(ECG_CHECKPOINTS_DIR),checkpoints)
-PREPARED := $(or $(ECG_PREPARED_DIR),data/prepared)
-RESULTS := $(or $(ECG_RESULTS_DIR),results)
+CHECKPOINTS := $(call home,$(or $(ECG_CHECKPOINTS_DIR),checkpoints))
+PREPARED := $(call home,$(or $(ECG_PREPARED_DIR),data/prepared))
+RESULTS := $(call home,$(or $(ECG_RESULTS_DIR),results))
 space := $(subst ,, )
 exists = $(wildcard $(subst $(space),\$(space),$(1)))
 
@@ -77,7 +80,7 @@ clean-results:
 
 # The forecasters' encodings of the prepared windows (recomputed when needed; see paths.cache_dir).
 clean-cache:
-	rm -rf "$${ECG_CACHE_DIR:-$(PREPARED)}/encodings"
+	rm -rf "$(call home,$(or $(ECG_CACHE_DIR),$(PREPARED)))/encodings"
 
 # Benchmarks on this machine (scripts in bench/ print one JSON line each), tabulated in bench/results.md.
 .PHONY: bench

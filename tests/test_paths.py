@@ -92,7 +92,25 @@ def test_make_forecast_reads_a_MITBIH_DIR_with_a_space(tmp_path):
 def test_make_takes_an_empty_MITBIH_DIR_for_unset():
     """As the scripts do (paths.location): `MITBIH_DIR= make forecast` forecast record /100, after fetching into
     data/mitdb rather than finding the shared copy."""
-    assert _make_argv("forecast", "forecast.py", MITBIH_DIR="") == _make_argv("forecast", "forecast.py", MITBIH_DIR=None)
+    unset = _make_argv("forecast", "forecast.py", MITBIH_DIR=None)
+    assert _make_argv("forecast", "forecast.py", MITBIH_DIR="") == unset
+
+
+def test_make_expands_a_leading_tilde_as_the_scripts_do(tmp_path):
+    """paths.location expands ECG_CHECKPOINTS_DIR="~/..." (quoted, so the shell left it): make must find the same
+    folders, though its recipes quote paths, and clean-cache must clear the cache the scripts use."""
+    run = tmp_path / "my checkpoints" / "transformer-20260101-000000"
+    run.mkdir(parents=True)
+    env = {"HOME": str(tmp_path), "ECG_CHECKPOINTS_DIR": "~/my checkpoints", "MITBIH_DIR": "~/mit db"}
+    assert _make_argv("demo", "forecast.py --checkpoint", **env) == [
+        "--checkpoint", f"{run}/best.pt", "--record", f"{tmp_path}/mit db/100", "--start", "60"]
+    cache = tmp_path / "my cache"
+    (cache / "encodings" / "vqvae-x").mkdir(parents=True)
+    (cache / "other").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECG_")}
+    subprocess.run(["make", "clean-cache"], cwd=ROOT, env={**env, "HOME": str(tmp_path), "ECG_CACHE_DIR": "~/my cache"},
+                   check=True, capture_output=True, timeout=60)
+    assert sorted(p.name for p in cache.iterdir()) == ["other"]
 
 
 def test_make_pretrained_keeps_its_runs_in_ECG_CHECKPOINTS_DIR_and_ECG_RESULTS_DIR(tmp_path):
