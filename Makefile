@@ -75,6 +75,8 @@ pretrained-report: setup $(if $(call exists,$(PREPARED)/test.pt),,prepare)
 test: setup
 	$(PY) -m pytest -q tests
 
+# The repository's own results/ and checkpoints/ only: never a folder that $ECG_RESULTS_DIR or
+# $ECG_CHECKPOINTS_DIR names (it may hold more than these runs).
 clean-results:
 	rm -rf results checkpoints
 
