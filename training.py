@@ -22,6 +22,7 @@ import random
 import shlex
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -405,14 +406,24 @@ class Trainer:
         # under AMP the scaler skips a step whose scaled gradients overflow, and halves its scale; at a scale of 1 or
         # less nothing was scaled up, so non-finite gradients are the model's own: they stop the run, as without AMP
         # (skipped for good, they would leave the weights as they are while the run went on and saved them)
-        own = not self.amp or self.scaler.get_scale() <= 1
-        self._check_finite(torch.stack([loss.detach().float(), norm.float()]) if own else loss)
+        scale = self.scaler.get_scale()     # 1.0 without AMP
+        self._check_finite(torch.stack([loss.detach().float(), norm.float()]) if scale <= 1 else loss)
         self.scaler.step(self.opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
-        self.sched.step()
+        self._step_schedule(skipped=self.scaler.get_scale() < scale)
         self.step += 1
         return loss, metrics
+
+    def _step_schedule(self, skipped: bool) -> None:
+        """The schedule moves at every step, one the loss scaler skipped too; torch then says the scheduler stepped
+        before the optimiser (at a run's first step), which is not so here."""
+        if not skipped:
+            self.sched.step()
+            return
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.sched.step()
 
     def _check_finite(self, values: torch.Tensor, what: str = "loss or gradient norm") -> None:
         """Stop every rank together when a value is NaN or inf, before a step or a checkpoint can use it."""
