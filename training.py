@@ -45,6 +45,8 @@ from train_results import (MetricsLog, check_same_config, load_checkpoint, plot_
 StepFn = Callable[[nn.Module, object], tuple[torch.Tensor, dict]]
 EpochEndFn = Callable[[nn.Module, int, bool], dict]
 TRAINING_SECTIONS = ("train", "crps")     # a config's training settings: a resumed run may change them
+TRAIN_FLAGS = {"epochs": "train.epochs", "max_steps": "train.max_steps_per_epoch",     # run_parser's overrides
+               "batch_size": "train.batch_size", "seed": "train.seed"}
 DIST_TIMEOUT_ENV, DIST_TIMEOUT_DEFAULT_S = "ECG_DIST_TIMEOUT", 600
 
 
@@ -667,8 +669,7 @@ def run_config(args: argparse.Namespace, resume: dict | None, load: Callable[[st
                         f"config stored in {args.resume}")
     else:
         cfg = load(args.config)
-    apply_train_overrides(cfg.train, args)
-    apply_flags(cfg, args, flags or {})
+    apply_flags(cfg, args, {**TRAIN_FLAGS, **(flags or {})})
     if resume:
         cfg.train.seed = resumed_seed(args, resume, cfg.train.seed if args.config else None)
         current = cfg.to_dict()
@@ -700,17 +701,11 @@ def resumed_seed(args: argparse.Namespace, resume: dict, config_seed: int | None
 
 
 def apply_flags(cfg: Any, args: argparse.Namespace, flags: Mapping[str, str]) -> None:
-    """A script's own command-line overrides of config keys, declared where it adds the flags, {args attribute:
-    "section.key"} (None = keep the config's value): the generic code knows no script's flags."""
+    """Command-line overrides of config keys, {args attribute: "section.key"} (None = keep the config's value):
+    run_parser's (TRAIN_FLAGS) and a script's own, declared where it adds the flags."""
     for arg, key in flags.items():
         if (value := getattr(args, arg)) is not None:
             section, name = key.split(".")
             setattr(getattr(cfg, section), name, value)
 
 
-def apply_train_overrides(train: TrainConfig, args: argparse.Namespace) -> None:
-    """Command-line overrides of the config's train section (None = keep the config's value)."""
-    for arg, key in (("epochs", "epochs"), ("max_steps", "max_steps_per_epoch"), ("batch_size", "batch_size"),
-                     ("seed", "seed")):
-        if getattr(args, arg) is not None:
-            setattr(train, key, getattr(args, arg))

@@ -554,12 +554,12 @@ def test_seed_zero_on_the_command_line_is_the_seed_used():
     """--seed 0 is a seed like any other: it overrides the config's, as --seed 5 does (0 is not 'not given')."""
     import argparse
 
-    from training import apply_train_overrides
+    from training import TRAIN_FLAGS, apply_flags
 
     for seed in (0, 5):
-        train = TrainConfig(seed=1234)
-        apply_train_overrides(train, argparse.Namespace(epochs=None, max_steps=None, batch_size=None, seed=seed))
-        assert train.seed == seed
+        cfg = SimpleNamespace(train=TrainConfig(seed=1234))
+        apply_flags(cfg, argparse.Namespace(epochs=None, max_steps=None, batch_size=None, seed=seed), TRAIN_FLAGS)
+        assert cfg.train.seed == seed
 
 
 def test_a_resume_says_a_seed_of_config_given_again_is_ignored(tmp_path: Path, capsys) -> None:
