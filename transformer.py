@@ -304,22 +304,22 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """One code per row from logits [B, V] with temperature (0: the likeliest code), top-k and nucleus (top-p)
     truncation."""
-    greedy = logits.argmax(-1)
     if temperature <= 0:
-        return greedy
+        return logits.argmax(-1)
+    best = logits.max(-1)           # the first likeliest code: the limit sampling tends to as the temperature shrinks
     logits = logits.float() / temperature
-    overflow = torch.isinf(logits.amax(-1))    # a temperature so small that logits reach ±inf: its limit, greedy
+    overflow = torch.isinf(best.values.float() / temperature)    # so small a temperature that logits reach ±inf
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest set reaching top_p
+        p = sorted_logits.softmax(-1)
+        drop = p.cumsum(-1) - p > top_p  # keep the smallest set reaching top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     # inverse CDF, one uniform per row (torch.multinomial draws one exponential per code and row);
     # right=True: codes of probability 0 (masked) are never picked, even for u = 0
     cdf = logits.softmax(-1).cumsum(-1)
     u = torch.rand(len(cdf), 1, generator=generator, device=cdf.device) * cdf[:, -1:]
     drawn = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
-    return torch.where(overflow, greedy, drawn)
+    return torch.where(overflow, best.indices, drawn)
