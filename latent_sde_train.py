@@ -39,13 +39,12 @@ from drafts import VERSION as DRAFTS_VERSION, detected_beats, draft_waves
 from hyper_params import Config, TrainConfig
 from hyper_params_sde import SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
-from prepare_mitbih import load_split
 from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_forecasts
 from training import (EpochEndFn, Runtime, StepFn, Trainer, check_run_flags, resumed_seed, run_config, run_parser,
-                      run_record, run_splits, seed_everything, setup_runtime, shared_run_dirs)
+                      run_record, seed_everything, setup_runtime, shared_run_dirs)
 from vqvae import VQVAE
-from vqvae_eval import (FORECASTER_FLAGS, add_forecaster_flags, forecasting_config, frozen_encodings, run_vqvae,
-                        vqvae_choice)
+from vqvae_eval import (FORECASTER_FLAGS, add_forecaster_flags, forecaster_splits, forecasting_config, frozen_encodings,
+                        run_vqvae, vqvae_choice)
 
 
 @torch.no_grad()
@@ -107,10 +106,6 @@ def plotting_epoch_end(fixed: np.ndarray, piece: int, run_dir: Path,
             m.train()
         return {}
     return epoch_end
-
-
-def load_splits(cfg: Config, prepared: str | None, resume: dict | None) -> tuple[dict, dict]:
-    return run_splits(lambda split: load_split(split, cfg, prepared, any_records=True), resume)
 
 
 def crps_step(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
@@ -189,7 +184,7 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     seed_everything(settings.seed)
     fc = LatentSDEForecaster.from_checkpoint_dict(start, source, rt.device)
     model = PathCRPS(fc, scfg.crps.samples)
-    train, val = load_splits(fc.cfg, args.prepared, resume)
+    train, val = forecaster_splits(fc.cfg, args.prepared, resume)
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde_crps")
     # the train section this run trains with (its crps settings over the ELBO run's), not the ELBO run's
     config = {**scfg.to_dict(), "train": dataclasses.asdict(settings), "vqvae": start["config"]["vqvae"]}
@@ -297,7 +292,7 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     if rt.is_main:
         print(f"VQ-VAE: {vqvae_choice(args, vq_source)}")
     seed_everything(scfg.train.seed)
-    train, val = load_splits(cfg, args.prepared, resume)
+    train, val = forecaster_splits(cfg, args.prepared, resume)
     piece, factor = cfg.data.window_samples, cfg.model.downsample_factor
     train_enc, val_enc, augmented = encode_splits(vq, scfg, cfg, train, val, args.prepared, rt)
     steps = train["signals"].shape[1] // factor

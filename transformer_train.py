@@ -20,14 +20,12 @@ import paths
 from drafts import VERSION as DRAFTS_VERSION, detected_beats
 from forecast import Forecaster, beat_draft, seasonal_draft
 from hyper_params_transformer import load_transformer_config, transformer_config_from_dict
-from prepare_mitbih import load_split
 from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_forecasts
-from training import (Trainer, run_config, run_parser, run_record, run_splits, seed_everything, setup_runtime,
-                      shared_run_dirs)
+from training import Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime, shared_run_dirs
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
-from vqvae_eval import (ENCODE_BATCH, FORECASTER_FLAGS, add_forecaster_flags, forecasting_config, frozen_encodings,
-                        run_vqvae, vqvae_choice)
+from vqvae_eval import (ENCODE_BATCH, FORECASTER_FLAGS, add_forecaster_flags, forecaster_splits, forecasting_config,
+                        frozen_encodings, run_vqvae, vqvae_choice)
 
 
 @torch.no_grad()
@@ -118,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     if rt.is_main:
         print(f"VQ-VAE: {vqvae_choice(args, vq_path)}")
     seed_everything(tcfg.train.seed)
-    train, val = run_splits(lambda split: load_split(split, cfg, args.prepared, any_records=True), resume)
+    train, val = forecaster_splits(cfg, args.prepared, resume)
     train_set, val_set, block = code_datasets(vq, cfg, tcfg, train, val, args, rt)
     arch = tcfg.model
     model = CodeGPT(cfg.model.codebook_size, block, arch.dim, arch.layers, arch.heads,

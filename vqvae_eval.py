@@ -25,7 +25,7 @@ import paths
 from hyper_params import AugmentConfig, Config, DataConfig, stored_config
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split, patients_seen, source_fs, stored_leads
 from train_results import fixed_indices, load_checkpoint, plot_windows, weights_digest, window_titles
-from training import Runtime, main_first
+from training import Runtime, main_first, run_splits
 from vqvae import SAMPLE_BITS, VQVAE, perplexity, vqvae_from
 from paths import UserError
 
@@ -83,6 +83,12 @@ FORECASTER_FLAGS = {"augment_copies": "augment.copies"}   # the forecaster train
 def add_forecaster_flags(p: argparse.ArgumentParser) -> None:
     """The forecaster trainers' own flags that set a config key: run_config applies them by FORECASTER_FLAGS."""
     p.add_argument("--augment-copies", type=int, help="override augment.copies (0: none, for quick runs)")
+
+
+def forecaster_splits(cfg: Config, prepared: str | None, resume: dict | None) -> tuple[dict, dict]:
+    """The training and validation splits the forecaster trainers read: their records may be other than the
+    config's (a VQ-VAE's own split), and a resume's refusal says to pass the run's --prepared (run_splits)."""
+    return run_splits(lambda split: load_split(split, cfg, prepared, any_records=True), resume)
 
 
 ENCODE_BATCH = 512      # windows the frozen VQ-VAE encodes at once; a multiple of latent_sde.latent_frames' batch
