@@ -36,7 +36,7 @@ import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -48,6 +48,9 @@ from eval_report import csv_text, file_name, markdown_report
 from forecast import Forecaster, ForecasterBase, checked_samples
 from hyper_params import Config, data_hash, load_config
 from paths import ROOT, SHIPPED, SHIPPED_SPECS, UserError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 ALL_BASELINES = "baselines"
 N_BOOT = 1000
@@ -888,7 +891,7 @@ def error_curves_csv(scores: dict[str, Scores], order: list[str], fs: int) -> st
     return out.getvalue()
 
 
-def plot_crps_gain(ax, scores: dict[str, Scores], summary: dict, fs: int, baselines: frozenset[str],
+def plot_crps_gain(ax: Axes, scores: dict[str, Scores], summary: dict, fs: int, baselines: frozenset[str],
                    style: dict) -> None:
     """Each model's CRPS minus the best baseline's per horizon step, as a 0.1 s running mean (below 0: the model
     is better there); said so when there is no model or no baseline to subtract."""
@@ -963,7 +966,7 @@ def gallery_picks(s: Scores, w: Windows, zero_mse: np.ndarray) -> list[tuple[str
     return picks
 
 
-def plot_lead(ax, t: np.ndarray, context: int, truth: np.ndarray, samples: np.ndarray, title: str) -> None:
+def plot_lead(ax: Axes, t: np.ndarray, context: int, truth: np.ndarray, samples: np.ndarray, title: str) -> None:
     """One lead of a window on the matplotlib Axes `ax`: context and truth [T], and the forecast samples [S, H]
     (their 80 % band, one of them and their mean when sampled)."""
     ax.plot(t[:context], truth[:context], color="0.45", lw=0.9, label="context")

@@ -151,7 +151,7 @@ class RowBrownian(torchsde.BaseBrownian):
         self.W = torch.cat([torch.zeros_like(increments[:, :1]), increments.cumsum(1)], 1)   # [B, steps + 1, channels]
         self.H = noise[:, 1] * (h / 12).sqrt()[:, None] if space_time else None      # space-time Levy area per step
 
-    def index(self, t) -> int:
+    def index(self, t: float | torch.Tensor) -> int:
         """The grid point at time `t`: the nearest, which must be within a thousandth of a step."""
         t = float(t)
         j = bisect.bisect_left(self.times, t)

@@ -9,7 +9,9 @@ sequences. The checkpoint holds the VQ-VAE too, so forecast.py needs only this o
 """
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -19,9 +21,10 @@ from torch.utils.data import TensorDataset
 import paths
 from drafts import VERSION as DRAFTS_VERSION, detected_beats
 from forecast import Forecaster, beat_draft, seasonal_draft
-from hyper_params_transformer import load_transformer_config, transformer_config_from_dict
+from hyper_params import Config
+from hyper_params_transformer import TransformerConfig, load_transformer_config, transformer_config_from_dict
 from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_forecasts
-from training import Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime, shared_run_dirs
+from training import Runtime, Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime, shared_run_dirs
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
 from vqvae_eval import (ENCODE_BATCH, FORECASTER_FLAGS, add_forecaster_flags, forecaster_splits, forecasting_config,
@@ -62,7 +65,8 @@ def step_fn(model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
     return loss, {"accuracy": acc.detach()}
 
 
-def code_datasets(vq: VQVAE, cfg, tcfg, train: dict, val: dict, args, rt) -> tuple[TensorDataset, TensorDataset, int]:
+def code_datasets(vq: VQVAE, cfg: Config, tcfg: TransformerConfig, train: dict, val: dict, args: argparse.Namespace,
+                  rt: Runtime) -> tuple[TensorDataset, TensorDataset, int]:
     """The Transformer's training and validation sets: the frozen VQ-VAE's codes of the prepared windows
     (cached; augmented copies appended to training), with their drafts for a drafting model. Also
     returns the code sequences' length, the model's block size."""
@@ -80,7 +84,7 @@ def code_datasets(vq: VQVAE, cfg, tcfg, train: dict, val: dict, args, rt) -> tup
     return train_set, val_set, int(train_codes.shape[1])
 
 
-def forecast_plotter(vq: VQVAE, cfg, tcfg, val: dict, run_dir, device: torch.device,
+def forecast_plotter(vq: VQVAE, cfg: Config, tcfg: TransformerConfig, val: dict, run_dir: Path, device: torch.device,
                      prepared: str | None = None) -> Callable:
     """The trainer's epoch_end: sampled forecasts of fixed validation windows against their truth, a PNG
     per epoch, so a run shows what it forecasts while it learns."""
