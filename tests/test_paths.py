@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -67,6 +68,7 @@ def test_make_demo_reads_its_checkpoints_from_ECG_CHECKPOINTS_DIR(tmp_path):
     checkpoints/ (an older run's model, or none)."""
     run = tmp_path / "my checkpoints" / "transformer-20260101-000000"
     run.mkdir(parents=True)
+    (run / "best.pt").touch()
     env = {"ECG_CHECKPOINTS_DIR": str(run.parent)}
     assert _make_argv("demo", "forecast.py --checkpoint", **env)[:2] == ["--checkpoint", f"{run}/best.pt"]
     assert _make_argv("demo", "evaluate.py", **env)[:2] == ["--model", f"{run}/best.pt"]
@@ -101,6 +103,7 @@ def test_make_expands_a_leading_tilde_as_the_scripts_do(tmp_path):
     folders, though its recipes quote paths, and clean-cache must clear the cache the scripts use."""
     run = tmp_path / "my checkpoints" / "transformer-20260101-000000"
     run.mkdir(parents=True)
+    (run / "best.pt").touch()
     env = {"HOME": str(tmp_path), "ECG_CHECKPOINTS_DIR": "~/my checkpoints", "MITBIH_DIR": "~/mit db"}
     assert _make_argv("demo", "forecast.py --checkpoint", **env) == [
         "--checkpoint", f"{run}/best.pt", "--record", f"{tmp_path}/mit db/100", "--start", "60"]
@@ -115,11 +118,16 @@ def test_make_expands_a_leading_tilde_as_the_scripts_do(tmp_path):
 
 def test_make_pretrained_keeps_its_runs_in_ECG_CHECKPOINTS_DIR_and_ECG_RESULTS_DIR(tmp_path):
     """`make pretrained` trained into checkpoints/ and reported into results/ whatever the variables said, unlike
-    every script and the demo; and a folder whose name has a space split the newest run's path in two."""
+    every script and the demo; a folder whose name has a space split the newest run's path in two; and the newest run
+    folder was taken even without a best.pt, where the scripts take the newest best.pt (vqvae_eval.latest_checkpoint)."""
     ck, res = tmp_path / "my checkpoints", tmp_path / "my results"
     pre = ck / "pretrained"
     for kind in ("vqvae", "transformer", "latent_sde_crps"):
         (pre / f"{kind}-20260101-000000").mkdir(parents=True)
+        (pre / f"{kind}-20260101-000000" / "best.pt").touch()
+    stopped = pre / "transformer-20260102-000000"        # a later run stopped before its first best.pt: passed over
+    stopped.mkdir()
+    os.utime(stopped, (time.time() + 60, time.time() + 60))
     env = {"ECG_CHECKPOINTS_DIR": str(ck), "ECG_RESULTS_DIR": str(res)}
     assert _make_argv("pretrained", "vqvae_train.py", **env) == ["--checkpoints", str(pre)]
     assert _make_argv("pretrained", "transformer_train.py", **env) == [
