@@ -290,7 +290,8 @@ def checkpoint_digests(specs: list[str]) -> dict[str, str]:
     path alone does not say which weights were scored (best.pt changes while its run goes on, a shipped model
     when it is packed again)."""
     files = {spec: checkpoint_file(spec) for spec in expand_models(specs) if spec not in BASELINES}
-    found = [f"{spec}: {path} sha256 {paths.file_sha256(path)}" for spec, path in files.items() if path.is_file()]
+    found = [f"{spec}: {paths.shown(path)} sha256 {paths.file_sha256(path)}"
+             for spec, path in files.items() if path.is_file()]
     return {"checkpoints": "; ".join(found)} if found else {}
 
 
@@ -1164,7 +1165,7 @@ def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config,
         **started,
         "config": f"{args.config or 'config_vqvae.json'} (data hash {data_hash(cfg.data)})",
         # the tensors' own data hash: with record lists of one's own it is not the config's above
-        "data": f"{src['kind']} {src['split']}: {src['path']} (data hash {src['data_hash']}, "
+        "data": f"{src['kind']} {src['split']}: {paths.shown(src['path'])} (data hash {src['data_hash']}, "
                 f"input hash {src['input_hash']}"
                 + (f", beats from .{src['annotator']})" if src.get("annotator", "atr") != "atr" else ")"),
         "records / windows": f"{len(np.unique(w.record))} / {len(w.record)}"

@@ -53,6 +53,15 @@ def given_path(value: str) -> str:
     return value
 
 
+def shown(path: str | os.PathLike) -> str:
+    """A path as reports print it: relative to the project when inside it (pretrained/forecaster.pt), so a report
+    made in one checkout reads the same in every other; else as it is."""
+    for where in (Path(os.path.abspath(path)), Path(path).resolve()):    # as given (a linked data/prepared), as stored
+        if where.is_relative_to(ROOT):
+            return str(where.relative_to(ROOT))
+    return str(path)
+
+
 def location(kind: str, override: str | os.PathLike | None = None) -> Path:
     """Resolve one of 'data', 'prepared', 'results', 'checkpoints': flag, then env var, then default."""
     var, default = ENV[kind]

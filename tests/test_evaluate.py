@@ -463,10 +463,12 @@ def test_scoring_a_model_on_its_training_patients_is_flagged(tmp_path):
     assert "checkpoint on records 109," in warning and "100" not in warning
     assert "no test" in (run / "report.md").read_text()
     assert result["header"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
-    # which weights were scored: each checkpoint's file and SHA-256, not its name alone
+    # which weights were scored: each checkpoint's file (within the project: from its root, the same in every
+    # checkout) and SHA-256, not its name alone
     assert result["header"]["checkpoints"] == "; ".join(
-        f"{spec}: {path} sha256 {hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
-        for spec, path in (("pretrained", SHIPPED["transformer"]), ("pretrained_sde", SHIPPED["latent_sde"])))
+        f"{spec}: {name} sha256 {hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+        for spec, name, path in (("pretrained", "pretrained/forecaster.pt", SHIPPED["transformer"]),
+                                 ("pretrained_sde", "pretrained/latent_sde.pt", SHIPPED["latent_sde"])))
 
 
 def test_the_device_is_chosen_and_checked(tmp_path):

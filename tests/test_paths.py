@@ -522,3 +522,14 @@ def test_an_empty_path_flag_is_refused(script, flag, monkeypatch):
     r = run_script(module.main, f"{script}.py", [*needed, flag, ""])
     assert r.returncode == 2 and f"error: argument {flag}: an empty path (an unset shell variable?)" in r.stderr, (
         r.returncode, r.stderr)
+
+
+def test_reports_show_paths_within_the_project_from_its_root(tmp_path):
+    """A report made in one checkout named /tmp/eval/main/pretrained/forecaster.pt; from the root it reads the same
+    in every checkout. Paths elsewhere stay whole."""
+    assert paths.shown(paths.ROOT / "pretrained" / "forecaster.pt") == "pretrained/forecaster.pt"
+    assert paths.shown(paths.ROOT / "results" / ".." / "data" / "prepared" / "test.pt") == "data/prepared/test.pt"
+    link = tmp_path / "link"
+    link.symlink_to(paths.ROOT / "pretrained")
+    assert paths.shown(link / "forecaster.pt") == "pretrained/forecaster.pt"
+    assert paths.shown(tmp_path / "best.pt") == str(tmp_path / "best.pt")
