@@ -30,6 +30,7 @@ import paths
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, repeat_last
 from hyper_params import Config, DataConfig, load_config
 from hyper_params_transformer import SampleConfig, transformer_config_from_dict
+from metrics import FLAT_MV
 from paths import PRETRAINED, ROOT, SHIPPED, SHIPPED_SPECS, UserError, run_main
 from train_results import load_checkpoint, plot_forecasts
 from transformer import CodeGPT, as_levels
@@ -133,15 +134,15 @@ def warn_units(x: np.ndarray) -> None:
     own unit, but nothing like the training data. A flat lead (lead off, or zeros) is no ECG in any unit."""
     swings = np.ptp(x, axis=1)
     swing = float(swings.max())
-    wrong_unit = swing > 50 or 1e-6 < swing < 0.002
+    wrong_unit = swing > 50 or FLAT_MV < swing < 0.002
     if wrong_unit:
         warnings.warn(f"the context swings {swing:.3g} units peak to peak, not the 0.1 to 10 mV of an ECG in "
                       f"millivolts: convert it to mV (microvolts / 1000, volts * 1000)", stacklevel=4)
-    flat = np.argwhere(swings <= 1e-6)
+    flat = np.argwhere(swings <= FLAT_MV)
     if len(flat):
         b, lead = flat[0]
-        warnings.warn(f"the context has {len(flat)} flat lead(s) (swinging at most 1e-6 mV), the first at row {b}, "
-                      f"lead {lead + 1}: lead off? Its forecast means nothing", stacklevel=4)
+        warnings.warn(f"the context has {len(flat)} flat lead(s) (swinging at most {FLAT_MV:g} mV), the first at "
+                      f"row {b}, lead {lead + 1}: lead off? Its forecast means nothing", stacklevel=4)
     if not wrong_unit:
         warn_offset(x)
 

@@ -190,3 +190,17 @@ def test_template_averages_a_context_of_two_beats():
     template = B.MeanBeatTemplate(FS).predict(x, 100)[0, 0]
     seasonal = B.SeasonalNaive(FS).predict(x, 100)[0, 0]
     assert np.mean((template - clean) ** 2) < 0.7 * np.mean((seasonal - clean) ** 2)
+
+
+@pytest.mark.parametrize("level", [0.0, 0.3, -1.0])
+@pytest.mark.filterwarnings("ignore:the context has .* flat lead")
+def test_a_flat_first_lead_has_no_beats_whatever_its_level(level):
+    """Lead 1 off (flat) and lead 2 beating every 100 samples: the period comes from the autocorrelation of both
+    leads, so the seasonal forecast continues lead 2 exactly. Flat at 0.3 mV, the detector once read the filter's
+    rounding dust (1e-16 mV/s) as 13 beats and repeated the last 32 samples: 1.2 mV off at lead 2's beats."""
+    lead2 = spike_train(C + H, range(20, C + H + PERIOD, PERIOD))
+    x = np.stack([np.full(C + H, level), lead2], 1)[None].astype(np.float32)
+    peaks, period, _ = D.context_rhythm(x[:, :C], FS)
+    assert len(peaks[0]) == 0 and period[0] == PERIOD
+    out = B.SeasonalNaive(FS).predict(x[:, :C], H)[0, 0]
+    assert np.abs(out - x[0, C:]).max() < 1e-5
