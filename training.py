@@ -306,6 +306,7 @@ class Trainer:
         self.amp = settings.amp and rt.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.epoch, self.step, self.best = 0, 0, float("inf")
+        self.step_lr = settings.learning_rate      # the learning rate the last step took (metrics.csv's lr)
         self.pending_record: dict | None = None    # a resume's run.json, written with its first epoch
         self.log = MetricsLog(self.run_dir / "metrics.csv")
         self.shown = ("train_loss", "val_loss") + tuple(shown)
@@ -410,6 +411,7 @@ class Trainer:
         # (skipped for good, they would leave the weights as they are while the run went on and saved them)
         scale = self.scaler.get_scale()     # 1.0 without AMP
         self._check_finite(torch.stack([loss.detach().float(), norm.float()]) if scale <= 1 else loss)
+        self.step_lr = self.opt.param_groups[0]["lr"]      # the scheduler's, after this step, is the next step's
         self.scaler.step(self.opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
@@ -472,7 +474,7 @@ class Trainer:
             self._check_finite(torch.tensor([train["loss"], val["loss"]]), "train/validation loss")
             self.epoch += 1
             extra = self.epoch_end(unwrap(self.model), self.epoch, self.rt.is_main) if self.epoch_end else {}
-            row = {"epoch": self.epoch, "step": self.step, "lr": self.sched.get_last_lr()[0],
+            row = {"epoch": self.epoch, "step": self.step, "lr": self.step_lr,
                    **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
                    **extra, "seconds": time.time() - t0}
             if self.summarize:

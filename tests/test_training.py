@@ -726,12 +726,43 @@ def test_every_step_starts_from_fresh_gradients(tmp_path: Path) -> None:
     assert grads == [1.0] * 8
 
 
-def test_the_learning_rate_reaches_its_floor_at_the_last_capped_step(tmp_path: Path) -> None:
-    """The cosine runs over the steps the run takes (max_steps_per_epoch caps them), stepped once per step: the
-    last step ends at 10% of the peak, as metrics.csv's lr column says."""
+def test_the_learning_rate_reaches_its_floor_after_the_last_capped_step(tmp_path: Path) -> None:
+    """The cosine runs over the steps the run takes (max_steps_per_epoch caps them), stepped once per step: after
+    the last step the schedule stands at 10% of the peak."""
     trainer = toy_trainer(tmp_path, epochs=2, max_steps_per_epoch=3, learning_rate=0.01)
-    row = trainer.fit()
-    assert trainer.step == 6 and row["lr"] == pytest.approx(0.001)
+    trainer.fit()
+    assert trainer.step == 6 and trainer.opt.param_groups[0]["lr"] == pytest.approx(0.001)
+
+
+def test_metrics_csv_lr_is_the_one_each_epochs_last_step_took_across_a_resume(tmp_path: Path, monkeypatch) -> None:
+    """metrics.csv's lr was the scheduler's after the epoch, the next epoch's first step's (epoch 1 of a warm-up said
+    0.00955 where its steps took 0.005, 0.01, 0.01; the last row said the floor, which no step took). Each row holds
+    the learning rate of its epoch's last step, a resumed run's rows too."""
+    def trained(folder: Path, resume: Path | None = None) -> tuple[list[float], list[float]]:
+        trainer = toy_trainer(folder, epochs=3, max_steps_per_epoch=3, warmup_steps=2)
+        took: list[float] = []
+        trainer.opt.register_step_pre_hook(lambda opt, *_: took.append(opt.param_groups[0]["lr"]))
+        if resume:
+            trainer.log, trainer.ckpt_dir = MetricsLog(resume / "run" / "metrics.csv"), resume / "ckpt"
+        trainer.fit(resume=resume / "ckpt" / "last.pt" if resume else None)
+        return took, [float(r["lr"]) for r in trainer.log.read()]
+
+    took, logged = trained(tmp_path / "a")
+    assert took[:3] == pytest.approx([0.005, 0.01, 0.01]) and len(took) == 9
+    assert logged == pytest.approx(took[2::3], rel=1e-5)
+    real_epoch = training.Trainer._train_epoch
+
+    def die_in_epoch_three(self, model):
+        if self.epoch == 2:
+            raise RuntimeError("killed")
+        return real_epoch(self, model)
+
+    monkeypatch.setattr(training.Trainer, "_train_epoch", die_in_epoch_three)
+    with pytest.raises(RuntimeError, match="killed"):
+        trained(tmp_path / "b")
+    monkeypatch.setattr(training.Trainer, "_train_epoch", real_epoch)
+    resumed_took, resumed_logged = trained(tmp_path / "c", resume=tmp_path / "b")
+    assert resumed_took == pytest.approx(took[6:]) and resumed_logged == pytest.approx(logged, rel=1e-5)
 
 
 def test_numbered_checkpoints_every_checkpoint_every_epochs(tmp_path: Path) -> None:
@@ -778,7 +809,7 @@ def test_a_resume_trains_with_the_learning_rate_and_weight_decay_it_is_given(tmp
     toy_trainer(tmp_path / "a", epochs=2).fit()
     resumed = toy_trainer(tmp_path / "b", epochs=4, learning_rate=0.1, weight_decay=0.5)
     row = resumed.fit(resume=tmp_path / "a" / "ckpt" / "last.pt")
-    assert row["lr"] == pytest.approx(0.01)                 # the cosine's floor, 10% of the new peak
+    assert resumed.opt.param_groups[0]["lr"] == pytest.approx(0.01)     # the cosine's floor, 10% of the new peak
     assert [g["weight_decay"] for g in resumed.opt.param_groups] == [0.5]
 
 
