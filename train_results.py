@@ -5,6 +5,7 @@ import csv
 import hashlib
 import io
 import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -79,7 +80,7 @@ def plot_loss_curves(log: MetricsLog, out: Path, ylabel: str = "loss") -> None:
         ax.plot(epochs, values, marker="o", label=key.replace("_", " "))
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(textwrap.fill(ylabel, 40))   # a trainer's loss name, e.g. the latent SDE's, is longer than 4 in
     # log only over a decade or more (a VQ-VAE's first epochs); a latent SDE's ELBO goes below 0 once its learned
     # noise is small, and a log axis would drop those epochs
     values = [v for vs in curves.values() for v in vs]

@@ -1059,6 +1059,25 @@ def test_epoch_plots_name_the_record_time_and_lead_of_each_window(tmp_path: Path
     assert [ax.get_title() for ax in figures[0].axes] == ["a1", "a2", "b1", "b2"]
 
 
+@pytest.mark.parametrize("loss_name", ["negative ELBO per latent number (nats, KL weight annealed)",
+                                       "reconstruction MSE + commitment (normalised units)", "loss"])
+def test_loss_curves_show_the_whole_name_of_the_loss(tmp_path: Path, monkeypatch, loss_name: str) -> None:
+    """The trainers' loss names ran past the 4 in figure's edge: the latent SDE's read 'negative ELBO per latent
+    number (nats, KL weight anne', the VQ-VAE's lost its 'units)'. The label is wrapped to fit, every word kept."""
+    log = train_results.MetricsLog(tmp_path / "metrics.csv")
+    for epoch in (1, 2):
+        log.append({"epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": 1.2 / epoch})
+    figures = []
+    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    train_results.plot_loss_curves(log, tmp_path / "loss_curves.png", loss_name)
+    fig = figures[0]
+    fig.canvas.draw()
+    label = fig.axes[0].yaxis.label
+    box = label.get_window_extent()
+    assert label.get_text().split() == loss_name.split()
+    assert 0 <= box.y0 and box.y1 <= fig.bbox.height and 0 <= box.x0, (box, fig.bbox)
+
+
 def test_window_and_forecast_plots_read_in_seconds_and_millivolts(tmp_path: Path, monkeypatch) -> None:
     """Reconstructions: time in seconds from the window start; forecasts: in record seconds from `start_s`, the
     truth and the forecast over the horizon after the context, the forecast line the mean of the paths, the sample
