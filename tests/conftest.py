@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,16 @@ def spike_train(n: int, positions, width: float = 0.012, fs: float = 128) -> np.
 def two_leads(lead: np.ndarray) -> np.ndarray:
     """A context [1, C, 2] of one lead and its mirror at half the amplitude."""
     return np.stack([lead, -0.5 * lead], 1)[None].astype(np.float64)
+
+
+def undocumented_columns(metrics_csv: Path) -> list[str]:
+    """The columns of a run's metrics.csv that README's metrics.csv paragraph does not name: each as it is, or as
+    train_<metric> / val_<metric>, or a finer codebook's <name>_<level>."""
+    text = (ROOT / "README.md").read_text()
+    paragraph = text[text.index("- `metrics.csv`: one row per epoch"):text.index("- `loss_curves.png`")]
+    named = set(re.findall(r"`([a-z_0-9]+)`", paragraph))
+    header = metrics_csv.read_text().splitlines()[0].split(",")
+    return [c for c in header if c not in named and re.sub(r"^(train|val)_|_\d+$", "", c) not in named]
 
 
 def run_script(main, script: str, args: list[str]) -> subprocess.CompletedProcess:

@@ -24,7 +24,7 @@ from latent_sde import (LEARNS_CRPS, DiagonalDiffusion, LatentSDE, LatentSDEFore
                         fair_crps, overlap_add, replica_seed, soft_clip)
 from vqvae import VQVAE
 from paths import UserError
-from conftest import trainer_inputs, vqvae_splits
+from conftest import trainer_inputs, undocumented_columns, vqvae_splits
 from tiny import flags, tiny_setup
 from train_results import fixed_windows
 
@@ -218,6 +218,7 @@ def test_tiny_train_lowers_the_loss_then_forecasts(trained: dict) -> None:
     val = [float(r["val_loss"]) for r in rows]        # the full ELBO every epoch: comparable
     recon = [float(r["train_recon"]) for r in rows]
     assert val[-1] < val[0] and recon[-1] < recon[0]
+    assert not undocumented_columns(trained["run"] / "metrics.csv")
     assert (trained["run"] / "forecast_epoch_003.png").stat().st_size > 10_000
     ckpt = torch.load(trained["ckpt"], weights_only=True)
     assert ckpt["kind"] == "latent_sde" and "vqvae" in ckpt and int(ckpt["model"]["steps"]) > 0
@@ -532,6 +533,7 @@ def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_p
     assert row["epoch"] == 2 and row["step"] == 4
     assert "--seed 9 is ignored: the resumed run goes on with its own seed" in capsys.readouterr().err
     assert [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())] == ["1", "2"]
+    assert not undocumented_columns(run / "metrics.csv")
 
 
 def test_crps_fine_tuning_says_which_settings_of_config_it_ignores(tmp_path: Path, capsys) -> None:

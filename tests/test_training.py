@@ -21,7 +21,7 @@ import latent_sde_train
 import training
 import transformer_train
 import vqvae_train
-from conftest import ROOT, run_script, trainer_inputs, write_record
+from conftest import ROOT, run_script, trainer_inputs, undocumented_columns, write_record
 from hyper_params import ModelConfig, TrainConfig, config_from_dict, load_config
 from paths import UserError
 from prepare_mitbih import load_split, prepare
@@ -54,6 +54,7 @@ def test_train_writes_plots_metrics_and_checkpoints(tmp_path: Path, synthetic_db
     for key in ("train_loss", "val_loss", "val_mse_mv2", "val_prd", "val_prdn", "perplexity", "usage", "restarted"):
         assert key in rows[0], key
     assert float(rows[1]["perplexity"]) >= 1 and 0 < float(rows[1]["usage"]) <= 1
+    assert not undocumented_columns(run / "metrics.csv")
     assert row["epoch"] == 2
     for name in ("last.pt", "best.pt", "epoch_001.pt", "epoch_002.pt"):
         ckpt = torch.load(ckpts / name, weights_only=True)

@@ -15,7 +15,7 @@ import forecast
 import transformer_train
 import vqvae_eval
 import vqvae_train
-from conftest import periodic_ecg, trainer_inputs, vqvae_splits
+from conftest import periodic_ecg, trainer_inputs, undocumented_columns, vqvae_splits
 from forecast import Forecaster
 from hyper_params import ModelConfig, config_from_dict
 from hyper_params_transformer import SampleConfig
@@ -103,6 +103,7 @@ def test_tiny_train_then_forecast(trained: dict) -> None:
     losses = [float(r["train_loss"]) for r in csv.DictReader((run / "metrics.csv").open())]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert (run / "forecast_epoch_003.png").exists()
+    assert not undocumented_columns(run / "metrics.csv")
     fc = Forecaster.from_checkpoint(trained["ckpt"], "cpu")
     assert fc.fs == 64
     context = np.random.default_rng(0).standard_normal((3, 64, 2)).astype(np.float32) * 0.3
