@@ -73,7 +73,9 @@ def context_rhythm(x: np.ndarray, fs: float) -> Rhythm:
 
     The period is the median RR interval of the detected R peaks when there are at least two,
     else the autocorrelation period (`autocorr_period`); the RR spread (`rhythm_spread`) is NaN with fewer
-    than three.
+    than three. With one R peak that period may be shorter than the beat-free stretch the context shows around
+    it; searching only above that stretch was not better on the training and validation patients: in 12 of
+    their 13 such contexts the detector had missed a beat, and seasonal naive's MSE rose 9 % (F1 +0.03).
     """
     peaks = detected_beats(x, fs)
     period = autocorr_period(x, fs)
