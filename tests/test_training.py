@@ -271,7 +271,7 @@ def test_best_checkpoint_follows_the_validation_loss_across_a_resume(tmp_path: P
 
 def test_warmup_then_cosine_to_a_tenth():
     """The first step already learns (a step at learning rate 0 is wasted), the peak is reached when the warm-up
-    ends, and the cosine falls monotonically to 10% of it at the last step."""
+    ends, and the cosine falls monotonically to 10% of it at step `total` (one past a run's last step) and stays."""
     f = training.warmup_cosine(10, 110)
     assert f(0) == pytest.approx(0.1)
     assert [f(s) for s in range(10)] == pytest.approx([(s + 1) / 10 for s in range(10)])
