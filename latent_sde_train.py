@@ -314,7 +314,7 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
                       ckpt_dir, config, meta, rt, kind="latent_sde", epoch_end=epoch_end,
                       shown=("val_recon", "val_kl", "val_forecast_mse", "val_late_std_ratio", "train_kl_weight",
                              "seconds"), extras=extras,
-                      loss_name="negative ELBO per latent number (nats, KL weight annealed)")
+                      loss_name="negative ELBO per latent number (nats; training: KL weight annealed)")
     return trainer.run(args.resume)
 
 

@@ -1060,7 +1060,7 @@ def test_epoch_plots_name_the_record_time_and_lead_of_each_window(tmp_path: Path
     assert [ax.get_title() for ax in figures[0].axes] == ["a1", "a2", "b1", "b2"]
 
 
-@pytest.mark.parametrize("loss_name", ["negative ELBO per latent number (nats, KL weight annealed)",
+@pytest.mark.parametrize("loss_name", ["negative ELBO per latent number (nats; training: KL weight annealed)",
                                        "reconstruction MSE + commitment (normalised units)", "loss"])
 def test_loss_curves_show_the_whole_name_of_the_loss(tmp_path: Path, monkeypatch, loss_name: str) -> None:
     """The trainers' loss names ran past the 4 in figure's edge: the latent SDE's read 'negative ELBO per latent
