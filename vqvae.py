@@ -266,11 +266,16 @@ class VQVAE(nn.Module):
                             f"pass torch.as_tensor(x, dtype=torch.float32, device=vq.device)")
         if x.ndim != 3 or x.shape[-1] != 2 or x.shape[1] % self.factor:
             raise ValueError(f"expected [B, T, 2] with T a multiple of {self.factor}, got {tuple(x.shape)}")
+        if not x.shape[1]:
+            raise ValueError(f"got an empty window {tuple(x.shape)}: a slice that starts at or past the record's end?")
+        if x.dtype != self.scale.dtype:
+            raise ValueError(f"expected {self.scale.dtype} windows, the model's, got {x.dtype}: pass x.float()")
 
     def unit(self, x: torch.Tensor) -> torch.Tensor:
         """What each window [B, T, 2] is divided by before coding, [B, 1, 2]: the training patients' std
         per lead, or with `window_gain` the window's own RMS per lead on a quarter-octave grid (sent
         with the codes), so quiet and loud patients are coded at the same relative precision."""
+        self._check(x)
         if not self.cfg.window_gain:
             return self.scale.expand(len(x), 1, 2)
         rms = x.pow(2).mean(1, keepdim=True).sqrt().clamp(2.0 ** GAIN_OCTAVES[0], 2.0 ** GAIN_OCTAVES[1])

@@ -44,6 +44,19 @@ def test_numpy_windows_get_a_hint() -> None:
         tiny_model().encode(np.zeros((1, 64, 2), np.float32))
 
 
+@pytest.mark.parametrize("step", ["unit", "encode_latent", "encode"])
+def test_windows_the_readme_recipe_cannot_code_are_named_at_its_first_step(step: str) -> None:
+    """A numpy window met the gain's x.pow (AttributeError), a float64 one torch's 'Input type (double) and bias
+    type (float)', and an empty one (a slice past the record's end) a convolution's kernel size."""
+    m = tiny_model(window_gain=True)
+    with pytest.raises(TypeError, match="torch.as_tensor"):
+        getattr(m, step)(np.zeros((1, 64, 2), np.float32))
+    with pytest.raises(ValueError, match="float64.*x.float()"):
+        getattr(m, step)(torch.ones(1, 64, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="empty window.*past the record's end"):
+        getattr(m, step)(torch.ones(1, 0, 2))
+
+
 def test_compression_ratio() -> None:
     m = tiny_model(downsample_factor=8, codebook_size=512)
     assert m.compression_ratio(384) == pytest.approx(2 * 11 * 8 / 9)
