@@ -242,7 +242,8 @@ class Forecaster(ForecasterBase):
             from latent_sde import LatentSDEForecaster     # it builds on this module
             return LatentSDEForecaster.from_checkpoint_dict(ckpt, path, device)
         if ckpt["kind"] == "vqvae":
-            raise UserError(f"{path} holds a 'vqvae' model, not a forecaster: pass a Transformer's or latent SDE's")
+            raise UserError(f"{path} holds a 'vqvae' model, not a forecaster: pass a Transformer's or latent SDE's "
+                            f"(vqvae_eval.load_vqvae(path) loads a VQ-VAE for its codes and latents)")
         if ckpt["kind"] != "transformer":
             raise UserError(f"{path} holds a '{ckpt['kind']}' model: Forecaster loads Transformer and latent SDE "
                             f"checkpoints; a forecaster of one's own is FILE.py:NAME=CHECKPOINT, to forecast.py "

@@ -17,7 +17,7 @@ import vqvae_eval
 import vqvae_train
 from conftest import periodic_ecg, trainer_inputs, undocumented_columns, vqvae_splits
 from forecast import Forecaster
-from hyper_params import ModelConfig, config_from_dict
+from hyper_params import ModelConfig, config_from_dict, stored_config
 from hyper_params_transformer import SampleConfig
 from paths import UserError
 from tiny import TINY, flags, tiny_setup
@@ -411,8 +411,11 @@ def test_a_vqvae_checkpoint_is_no_forecaster(tmp_path):
     path = tmp_path / "vqvae-1" / "best.pt"
     path.parent.mkdir()
     torch.save({"kind": "vqvae", "model": VQVAE(cfg.model).state_dict(), "config": cfg.to_dict(), "meta": {}}, path)
-    with pytest.raises(UserError, match="'vqvae' model, not a forecaster"):
+    with pytest.raises(UserError, match=r"'vqvae' model, not a forecaster.*vqvae_eval.load_vqvae\(path\) loads a VQ-VAE"):
         Forecaster.from_checkpoint(path, "cpu")
+    vq, ckpt = vqvae_eval.load_vqvae(path)          # the README's way to a VQ-VAE checkpoint's codes and latents
+    assert vq.encode(torch.zeros(1, 8 * vq.factor, 2)).shape[:2] == (1, 8)
+    assert stored_config(ckpt["config"], str(path)).data == cfg.data
 
 
 def test_the_first_forecast_start_of_a_record_is_one_context_in(tmp_path):
