@@ -173,8 +173,10 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
     """Load a checkpoint safely (weights_only) with one clear error for missing, cut or foreign files."""
     path = Path(path)
     if path.is_dir():                   # a run's checkpoint folder, passed for one of its files
-        held = ", ".join(sorted(p.name for p in path.glob("*.pt"))[:5]) or "no .pt files"
-        raise UserError(f"checkpoint {path} is a folder ({held}): pass one checkpoint file, e.g. {path / 'best.pt'}")
+        held = sorted(p.name for p in path.glob("*.pt"))
+        example = path / ("best.pt" if "best.pt" in held or not held else held[0])     # pretrained/ holds no best.pt
+        raise UserError(f"checkpoint {path} is a folder ({', '.join(held[:5]) or 'no .pt files'}): pass one checkpoint "
+                        f"file, e.g. {example}")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:

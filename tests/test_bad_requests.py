@@ -396,6 +396,10 @@ def test_a_run_folder_given_for_a_checkpoint_is_called_a_folder(tmp_path):
         evaluate.make_forecaster(str(run), 128)
     with pytest.raises(UserError, match="is a folder"):
         forecast.load_forecaster(str(run), "cpu")
+    (run / "best.pt").unlink()
+    (run / "forecaster.pt").write_bytes(b"")         # as pretrained/ holds: vqvae_eval.py --checkpoint pretrained
+    with pytest.raises(UserError, match=r"\(forecaster.pt\): pass one checkpoint file, e.g. \S+forecaster.pt$"):
+        load_checkpoint(run)
 
 
 def test_a_forecaster_checkpoint_missing_its_vqvae_is_named(tmp_path):
