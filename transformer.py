@@ -123,7 +123,8 @@ def as_levels(codes: torch.Tensor, levels: int) -> torch.Tensor:
     the VQ-VAE and the code Transformer both take either layout."""
     out = codes.unsqueeze(-1) if codes.ndim == 2 else codes
     if out.shape[-1] != levels:
-        raise ValueError(f"codes have {out.shape[-1]} codebook levels, the model {levels}")
+        raise ValueError(f"codes {list(codes.shape)} have {out.shape[-1]} codebook levels, the model {levels}: "
+                         f"codes are [B, T] (one codebook) or [B, T, Q]")
     return out
 
 

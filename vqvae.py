@@ -311,6 +311,9 @@ class VQVAE(nn.Module):
     def _check_codes(self, codes: torch.Tensor) -> None:
         """Codes must index the codebooks: a negative one would silently pick a code from the end, and one too
         large fails deep in indexing without saying which codebook size was asked."""
+        if not isinstance(codes, torch.Tensor):
+            raise TypeError(f"expected codes as a torch tensor, got {type(codes).__name__}: "
+                            f"pass torch.as_tensor(codes, device=vq.device)")
         if codes.dtype.is_floating_point or codes.dtype == torch.bool:
             raise ValueError(f"codes must be integers (torch.long), got {codes.dtype}")
         if not codes.numel():
@@ -327,8 +330,8 @@ class VQVAE(nn.Module):
 
     def decode(self, codes: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         """Codes [B, T'] or [B, T', Q] -> signals [B, T' * factor, 2] in mV (`unit`: see `unit`)."""
+        self._check_codes(codes)
         levels = as_levels(codes, len(self.quantizers))
-        self._check_codes(levels)
         z = sum(q.codebook[levels[..., i]] for i, q in enumerate(self.quantizers))
         return self.decode_latent(z.permute(0, 2, 1), unit)
 

@@ -594,6 +594,17 @@ def test_decode_refuses_float_codes() -> None:
         tiny_model().eval().decode(torch.zeros(1, 16))
 
 
+def test_decode_names_codes_saved_as_numpy_or_without_their_batch() -> None:
+    """Codes saved with np.save and loaded back met 'Int64DType' object has no attribute 'is_floating_point', and a
+    step's three codes without the batch axis, [T, 3], were said to have '1 codebook levels'."""
+    m = tiny_model(num_quantizers=3).eval()
+    codes = m.encode(torch.randn(1, 64, 2))
+    with pytest.raises(TypeError, match="torch.as_tensor"):
+        m.decode(codes.numpy())
+    with pytest.raises(ValueError, match=r"codes \[16, 3\] have 1 codebook levels.*\[B, T\] .* or \[B, T, Q\]"):
+        m.decode(codes[0])
+
+
 def test_restart_before_the_codebook_is_initialised_restarts_and_counts_nothing() -> None:
     """Before k-means init there is no reservoir to restart from: the codebook is kept, and no restart is reported."""
     torch.manual_seed(0)
