@@ -270,6 +270,8 @@ class VQVAE(nn.Module):
             raise ValueError(f"got an empty window {tuple(x.shape)}: a slice that starts at or past the record's end?")
         if x.dtype != self.scale.dtype:
             raise ValueError(f"expected {self.scale.dtype} windows, the model's, got {x.dtype}: pass x.float()")
+        if x.device != self.device:
+            raise ValueError(f"the window is on {x.device}, the model on {self.device}: pass x.to(vq.device)")
 
     def unit(self, x: torch.Tensor) -> torch.Tensor:
         """What each window [B, T, 2] is divided by before coding, [B, 1, 2]: the training patients' std

@@ -47,7 +47,8 @@ def test_numpy_windows_get_a_hint() -> None:
 @pytest.mark.parametrize("step", ["unit", "encode_latent", "encode"])
 def test_windows_the_readme_recipe_cannot_code_are_named_at_its_first_step(step: str) -> None:
     """A numpy window met the gain's x.pow (AttributeError), a float64 one torch's 'Input type (double) and bias
-    type (float)', and an empty one (a slice past the record's end) a convolution's kernel size."""
+    type (float)', an empty one (a slice past the record's end) a convolution's kernel size, and one on another
+    device than the model (the README's CPU window, the forecaster on the GPU) torch's 'Input type ... weight type'."""
     m = tiny_model(window_gain=True)
     with pytest.raises(TypeError, match="torch.as_tensor"):
         getattr(m, step)(np.zeros((1, 64, 2), np.float32))
@@ -55,6 +56,8 @@ def test_windows_the_readme_recipe_cannot_code_are_named_at_its_first_step(step:
         getattr(m, step)(torch.ones(1, 64, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="empty window.*past the record's end"):
         getattr(m, step)(torch.ones(1, 0, 2))
+    with pytest.raises(ValueError, match=r"on meta, the model on cpu: pass x.to\(vq.device\)"):
+        getattr(m, step)(torch.ones(1, 64, 2, device="meta"))    # as a CPU window met a forecaster on the GPU
 
 
 def test_compression_ratio() -> None:
