@@ -21,7 +21,7 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from paths import PRETRAINED, ROOT, SHIPPED, SHIPPED_SPECS, UserError, run_main
 from train_results import load_checkpoint, plot_forecasts
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE, vqvae_from
+
+if TYPE_CHECKING:
+    from prepare_mitbih import Record
 
 
 class ForecasterBase:
@@ -420,7 +423,7 @@ def load_forecaster(checkpoint: str | None, device: str | None) -> tuple[str | P
 def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: float | None, samples: int,
                     seed: int) -> dict:
     """Forecast a WFDB record from `start_s`, prepared exactly as the model's training data."""
-    from prepare_mitbih import hash_inputs, read_record, record_path     # wfdb: imported when a record is read
+    from prepare_mitbih import hash_inputs, record_path     # wfdb: imported when a record is read
 
     data = fc.cfg.data if hasattr(fc, "cfg") else load_config().data     # one's own: the project's data settings
     fs, ctx = fc.fs, data.window_samples
@@ -430,9 +433,7 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
         raise UserError(f"--horizon {horizon_s} s must be at least one sample ({1 / fs:g} s at {fs} Hz)")
     if not math.isfinite(start_s):
         raise UserError(f"--start {start_s} s is not a time")
-    check_not_folder(Path(record))
-    check_header(Path(record))
-    rec = read_record(Path(record), data, gaps=True, annotator=None)
+    rec = read_model_record(record, data)
     where = record_path(record)
     input_hash = hash_inputs(where.parent, [where.name], annotator=None)    # the files just read, beats not among them
     horizon, at = round(horizon_s * fs), round(start_s * fs)
@@ -456,6 +457,15 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
     return {"context": context, "truth": truth, "samples": samples_, "fs": fs, "leads": rec.leads,
             "start_sample": at, "fs_in": rec.fs_in, "device": str(getattr(fc, "device", "cpu")),
             "input_hash": input_hash}
+
+
+def read_model_record(record: str, data: DataConfig) -> Record:
+    """--record read as the model's training data were (`data`: rate, band, leads), gaps as NaN and no beats;
+    a folder or a name without its header is refused with what --record takes (vqvae_eval.py --record reads so too)."""
+    from prepare_mitbih import read_record
+    check_not_folder(Path(record))
+    check_header(Path(record))
+    return read_record(Path(record), data, gaps=True, annotator=None)
 
 
 def check_not_folder(record: Path) -> None:

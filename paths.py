@@ -146,6 +146,15 @@ def atomic_save_npy(array: Any, path: str | os.PathLike) -> None:
     _atomic(Path(path), write)
 
 
+def atomic_save_npz(path: str | os.PathLike, **arrays: Any) -> None:
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:      # a file object: np.savez would append .npz to a name
+            np.savez(f, **arrays)
+    _atomic(Path(path), write)
+
+
 def atomic_savefig(fig: Any, path: str | os.PathLike, **kwargs: Any) -> None:
     """A matplotlib figure saved atomically (a run killed while plotting keeps the previous PNG, never half of one);
     the format is named from `path`, since matplotlib would read it from the temporary file's .tmp."""

@@ -6,6 +6,15 @@ weighs the same).
 Prints and saves (results/vqvae_eval-<time>/reconstruction.json, .md, a PNG) MSE in mV^2, PRD and
 normalised PRD in percent, codebook perplexity and usage, the compression ratio and the bit rate.
 
+    python3 vqvae_eval.py [--checkpoint C] --record ../shared/data/mitdb/100 [--start 60] [--seconds 30|end]
+
+codes a WFDB record instead (any rate; read as forecast.py reads it): consecutive windows of the model's length
+from --start (default 0 s) for --seconds (default one window; 'end': to the record's end), each coded alone as the
+forecaster codes its context. Writes results/vqvae_eval-<time>/<record>_<start>s.npz: codes [W, T', Q] int,
+latents [W, T', D] float32 (the encoder's output before quantisation, time before channel), gain [W, 2] mV (what
+each window is divided by before coding), reconstruction and signal [W, T, 2] mV, start_s [W], fs, leads, record,
+checkpoint; and a PNG of the first windows against their reconstructions.
+
 It also holds what the forecaster trainers (transformer_train.py, latent_sde_train.py) share about the frozen
 VQ-VAE they train on: finding and loading it (latest_checkpoint, load_vqvae, run_vqvae, vqvae_choice), its
 config (forecasting_config) and the cached encodings of the training windows (frozen_encodings).
@@ -26,6 +35,7 @@ from hyper_params import AugmentConfig, Config, DataConfig, stored_config
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split, patients_seen, source_fs, stored_leads
 from train_results import fixed_indices, load_checkpoint, plot_windows, weights_digest, window_titles
 from training import Runtime, main_first, run_splits
+from transformer import as_levels
 from vqvae import SAMPLE_BITS, VQVAE, perplexity, vqvae_from
 from paths import UserError
 
@@ -229,13 +239,109 @@ def plot_examples(model: VQVAE, data: dict, split: str, prepared: str | None, ou
                  f"{split} windows, original vs reconstruction", window_titles(data, idx, stored_leads(prepared)))
 
 
+PLOTTED = 4     # windows drawn against their reconstructions
+
+
+def record_windows(signal: np.ndarray, start_s: float, seconds: float | None, window: int, fs: int,
+                   record: str) -> tuple[np.ndarray, np.ndarray]:
+    """Consecutive windows [W, window, 2] of a record's `signal` from `start_s` for `seconds` (None: one window,
+    inf: every whole window to the end; a part window left over is left out, said) and their starts in seconds."""
+    n, at = len(signal), round(start_s * fs) if math.isfinite(start_s) else -1
+    if at < 0:
+        raise UserError(f"--start {start_s:g} s is not a time in the record (seconds from its beginning)")
+    if n < window:
+        raise UserError(f"{record} lasts {n / fs:.1f} s, shorter than the model's window of {window / fs:g} s")
+    if n - at < window:
+        raise UserError(f"--start {start_s:g} s leaves less than one window ({window / fs:g} s) of {record}, which "
+                        f"lasts {n / fs:.1f} s; the last window starts at {(n - window) / fs:g} s")
+    if seconds is not None and not seconds > 0:
+        raise UserError(f"--seconds {seconds:g} must be positive, or 'end'")
+    fit = (n - at) // window
+    count = 1 if seconds is None else fit if math.isinf(seconds) else round(seconds * fs) // window
+    if count < 1:
+        raise UserError(f"--seconds {seconds:g} is shorter than one window of {window / fs:g} s")
+    if count > fit:
+        raise UserError(f"--seconds {seconds:g} from --start {start_s:g} s runs past the end of {record} "
+                        f"({n / fs:.1f} s): {fit} window(s) of {window / fs:g} s fit, --seconds end takes them")
+    if seconds is not None and math.isfinite(seconds) and round(seconds * fs) % window:
+        paths.note(f"--seconds {seconds:g} is no whole number of {window / fs:g} s windows: coding {count}, "
+                   f"{count * window / fs:g} s")
+    windows = signal[at:at + count * window].reshape(count, window, 2)
+    if gaps := np.flatnonzero(~np.isfinite(windows).all((1, 2))).tolist():
+        s = (at + gaps[0] * window) / fs
+        raise UserError(f"{record}: the window {s:g}-{s + window / fs:g} s touches a gap of NaN/invalid or flat "
+                        f"samples; choose another --start or --seconds")
+    return windows, (at + window * np.arange(count)) / fs
+
+
+@torch.no_grad()
+def code_windows(model: VQVAE, windows: np.ndarray) -> dict[str, np.ndarray]:
+    """Each window [T, 2] in mV coded alone, as the forecaster codes a context and the README's recipe a window:
+    codes [T', Q], continuous latents [T', D], gain [2] and reconstruction [T, 2] in mV, stacked over windows."""
+    out: dict[str, list[np.ndarray]] = {"codes": [], "latents": [], "gain": [], "reconstruction": []}
+    for w in windows:
+        x = torch.from_numpy(w[None]).to(model.device)
+        unit = model.unit(x)
+        codes = model.encode(x, unit)
+        for key, v in (("codes", as_levels(codes, len(model.quantizers))),
+                       ("latents", model.encode_latent(x, unit).transpose(1, 2)),
+                       ("gain", unit[:, 0]), ("reconstruction", model.decode(codes, unit))):
+            out[key].append(v[0].cpu().numpy())
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def prd(signal: np.ndarray, reconstruction: np.ndarray) -> tuple[float, float]:
+    """PRD and normalised PRD in percent of windows [W, T, 2] taken together, as reconstruction_report's of a record."""
+    x, err = signal.astype(np.float64), float(((reconstruction.astype(np.float64) - signal) ** 2).sum())
+    return (100 * math.sqrt(err / (x ** 2).sum()),
+            100 * math.sqrt(err / ((x - x.mean(1, keepdims=True)) ** 2).sum()))
+
+
+def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkpoint: Path, commit: str) -> None:
+    """--record: its windows coded one by one into one .npz (codes, latents, gains, reconstructions, the windows)
+    and the first ones drawn against their reconstructions."""
+    from forecast import read_model_record
+    rec = read_model_record(args.record, data)
+    fs = data.samples_per_second
+    windows, starts = record_windows(rec.signal, args.start or 0.0, args.seconds, data.window_samples, fs, args.record)
+    coded = code_windows(model, windows)
+    run = paths.new_run_dir("vqvae_eval", args.results)
+    stem = f"{rec.name}_{starts[0]:.15g}s"
+    paths.atomic_save_npz(run / f"{stem}.npz", **coded, signal=windows, start_s=starts, fs=fs, leads=rec.leads,
+                          record=args.record, checkpoint=str(checkpoint), git_commit=commit)
+    titles = [tuple(f"record {rec.name} at {s:g} s, lead {k + 1}: {lead}" for k, lead in enumerate(rec.leads))
+              for s in starts[:PLOTTED]]
+    plot_windows(windows[:PLOTTED], coded["reconstruction"][:PLOTTED], fs, run / f"{stem}.png",
+                 f"the VQ-VAE of {paths.shown(checkpoint)}: record {rec.name}, original vs reconstruction", titles)
+    resampled = f", its {rec.fs_in:g} Hz resampled to {fs} Hz" if rec.fs_in != fs else ""
+    error, normalised = prd(windows, coded["reconstruction"])
+    print(f"record {args.record}{resampled}: {len(windows)} window(s) of {data.window_samples / fs:g} s from "
+          f"{starts[0]:g} s, reconstructed at PRD {error:.1f}%, PRDN {normalised:.1f}%")
+    print(f"codes {list(coded['codes'].shape)}, latents {list(coded['latents'].shape)}: {run / (stem + '.npz')}\n"
+          f"plot: {run / (stem + '.png')}")
+
+
+def parse_seconds(value: str) -> float:
+    """--seconds: a duration, or 'end' for every whole window to the record's end."""
+    try:
+        return math.inf if value == "end" else float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither seconds nor 'end'") from None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=paths.given_path,
                    help="VQ-VAE checkpoint, or a forecaster's for the VQ-VAE inside it, e.g. "
                    "pretrained/forecaster.pt (default: newest checkpoints/vqvae-*/best.pt)")
-    p.add_argument("--split", default="validation", choices=["train", "validation", "test"],
-                   help="prepared split (default validation)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--split", default="validation", choices=["train", "validation", "test"],
+                      help="prepared split (default validation)")
+    what.add_argument("--record", type=paths.given_path,
+                      help="code a WFDB record instead, its path without extension, e.g. ../shared/data/mitdb/100")
+    p.add_argument("--start", type=float, help="with --record: the first window's start in seconds (default 0)")
+    p.add_argument("--seconds", type=parse_seconds,
+                   help="with --record: seconds to code in windows of the model's length, or 'end' (default: one window)")
     p.add_argument("--prepared", type=paths.given_path,
                    help="prepared tensors folder (default: $ECG_PREPARED_DIR or data/prepared)")
     p.add_argument("--checkpoints", type=paths.given_path,
@@ -243,10 +349,17 @@ def main() -> None:
                    "or checkpoints)")
     p.add_argument("--results", type=paths.given_path, help="results root (default: $ECG_RESULTS_DIR or results)")
     args = p.parse_args()
+    if args.record is None and (args.start is not None or args.seconds is not None):
+        p.error("--start and --seconds go with --record")
+    if args.record and args.prepared:
+        p.error("--prepared goes with --split: --record reads the record itself")
     commit = paths.git_commit()     # the code that runs, whatever the tree holds when the report is written
     path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint("vqvae", args.checkpoints)
     model, ckpt = load_vqvae(path)
     cfg = stored_config(ckpt["config"], f"config stored in {path}")
+    if args.record:
+        code_record(args, model, cfg.data, path, commit)
+        return
     data = load_split(args.split, cfg, args.prepared, any_records=True)   # a split of one's own is fine
     for warning in seen_warnings(ckpt["meta"], list(data["records"]), args.split):
         paths.warn(warning)

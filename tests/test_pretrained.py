@@ -185,6 +185,24 @@ def test_codes_and_latents_of_any_window(mitdb):
     assert smooth.shape == x.shape and ((smooth - x) ** 2).mean() < ((back - x) ** 2).mean()
 
 
+def test_vqvae_eval_codes_the_readmes_window_of_a_record(mitdb, tmp_path):
+    """vqvae_eval.py --record, the command-line way to the recipe above: the same codes of record 100's 60-63 s
+    window, reconstructed at the README's PRD of 15.8%."""
+    import vqvae_eval
+
+    res = run_script(vqvae_eval.main, "vqvae_eval.py", ["--checkpoint", str(PRETRAINED), "--record",
+                                                        str(mitdb / "100"), "--start", "60", "--results", str(tmp_path)])
+    assert res.returncode == 0, res.stderr
+    assert "1 window(s) of 3 s from 60 s, reconstructed at PRD 15.8%" in res.stdout
+    saved = np.load(next(tmp_path.glob("vqvae_eval-*/100_60s.npz")))
+    fc = Forecaster.from_pretrained(device="cpu")
+    x = torch.from_numpy(read_record(str(mitdb / "100"), fc.cfg.data).signal[60 * fc.fs:63 * fc.fs][None])
+    with torch.no_grad():
+        codes = fc.vq.encode(x, fc.vq.unit(x))
+    assert saved["codes"].shape == (1, 48, 3) and saved["latents"].shape == (1, 48, 64)
+    np.testing.assert_array_equal(saved["codes"], codes.numpy())
+
+
 def test_shipped_models_are_chosen_by_name():
     assert type(Forecaster.from_pretrained(device="cpu", model="latent_sde")).__name__ == "LatentSDEForecaster"
     with pytest.raises(UserError, match="'sde'.*transformer, latent_sde"):

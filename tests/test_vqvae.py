@@ -1,4 +1,5 @@
 import math
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 import train_results
 import vqvae_eval
 from hyper_params import ModelConfig
+from paths import UserError
 from vqvae import GAIN_BITS, GAIN_STEPS, VQVAE, VectorQuantizer
 
 
@@ -629,3 +631,102 @@ def test_nearest_takes_the_first_of_equally_near_codes_and_argmins_codes() -> No
     codes = q.nearest(flat)
     assert torch.equal(codes, d.argmin(1))
     assert (codes[3000:] == 7).all()
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """A VQ-VAE checkpoint as vqvae_train.py writes one, of the tiny config (64 Hz, 1 s windows), with two codebooks
+    and each window's gain, so every array vqvae_eval.py --record saves has its full shape."""
+    from hyper_params import config_from_dict
+    from tiny import TINY
+
+    cfg = config_from_dict({**TINY, "model": {**TINY["model"], "num_quantizers": 2, "window_gain": True}})
+    torch.manual_seed(0)
+    path = tmp_path / "vqvae-1" / "best.pt"
+    path.parent.mkdir()
+    torch.save({"kind": "vqvae", "model": VQVAE(cfg.model).state_dict(), "config": cfg.to_dict(), "meta": {}}, path)
+    return path
+
+
+def code_record(checkpoint, record, tmp_path, *flags: str):
+    from conftest import run_script
+
+    return run_script(vqvae_eval.main, "vqvae_eval.py", ["--checkpoint", str(checkpoint), "--record", str(record),
+                                                         "--results", str(tmp_path / "results"), *flags])
+
+
+def test_vqvae_eval_record_saves_the_readme_recipes_codes_and_latents(tiny_checkpoint, tmp_path) -> None:
+    """vqvae_eval.py --record on a 250 Hz record: windows of the model's 1 s at its 64 Hz, each coded as the README's
+    recipe codes one; the saved codes and gains decode to the saved reconstruction."""
+    from conftest import write_record
+    from hyper_params import stored_config
+    from prepare_mitbih import read_record
+
+    record = write_record(tmp_path / "db", "r", seconds=20, fs=250)
+    res = code_record(tiny_checkpoint, record, tmp_path, "--start", "2.5", "--seconds", "3")
+    assert res.returncode == 0, res.stderr
+    assert "its 250 Hz resampled to 64 Hz: 3 window(s) of 1 s from 2.5 s, reconstructed at PRD" in res.stdout
+    run = next((tmp_path / "results").glob("vqvae_eval-*"))
+    assert sorted(p.name for p in run.iterdir()) == ["r_2.5s.npz", "r_2.5s.png"]
+    saved = np.load(run / "r_2.5s.npz")             # strings too, without pickles
+    assert saved["codes"].shape == (3, 16, 2) and saved["codes"].dtype == np.int64
+    assert saved["latents"].shape == (3, 16, 8) and saved["latents"].dtype == np.float32
+    assert saved["gain"].shape == (3, 2) and saved["reconstruction"].shape == saved["signal"].shape == (3, 64, 2)
+    np.testing.assert_array_equal(saved["start_s"], [2.5, 3.5, 4.5])
+    assert (saved["fs"], str(saved["record"]), str(saved["checkpoint"])) == (64, str(record), str(tiny_checkpoint))
+    vq, ckpt = vqvae_eval.load_vqvae(tiny_checkpoint)
+    rec = read_record(str(record), stored_config(ckpt["config"], str(tiny_checkpoint)).data)
+    for i, start in enumerate(saved["start_s"]):
+        x = torch.from_numpy(rec.signal[round(start * 64):round(start * 64) + 64][None])
+        with torch.no_grad():
+            unit = vq.unit(x)
+            z, codes = vq.encode_latent(x, unit), vq.encode(x, unit)
+        np.testing.assert_array_equal(saved["signal"][i], x[0].numpy())
+        np.testing.assert_array_equal(saved["codes"][i], codes[0].numpy())
+        np.testing.assert_array_equal(saved["latents"][i], z[0].T.numpy())
+        np.testing.assert_array_equal(saved["gain"][i], unit[0, 0].numpy())
+    with torch.no_grad():
+        back = vq.decode(torch.as_tensor(saved["codes"]), torch.as_tensor(saved["gain"])[:, None])
+    np.testing.assert_allclose(saved["reconstruction"], back.numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(saved["reconstruction"], saved["signal"], atol=0.01)
+    res = code_record(tiny_checkpoint, record, tmp_path, "--start", "15.5", "--seconds", "end")
+    assert res.returncode == 0 and "4 window(s) of 1 s from 15.5 s" in res.stdout, res.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--start", "19.5"], r"--start 19.5 s leaves less than one window \(1 s\) of .*r, which lasts 20.0 s; the last "
+                          r"window starts at 19 s"),
+    (["--start", "40"], r"--start 40 s leaves less than one window"),
+    (["--start", "-1"], r"--start -1 s is not a time in the record"),
+    (["--start", "10", "--seconds", "30"], r"--seconds 30 from --start 10 s runs past the end of .*r \(20.0 s\): 10 "
+                                           r"window\(s\) of 1 s fit, --seconds end takes them"),
+    (["--seconds", "0.5"], r"--seconds 0.5 is shorter than one window of 1 s"),
+    (["--split", "test"], r"argument --split: not allowed with argument --record"),
+])
+def test_vqvae_eval_record_refuses_windows_it_cannot_cut(tiny_checkpoint, tmp_path, flags, message) -> None:
+    from conftest import write_record
+
+    record = write_record(tmp_path / "db", "r", seconds=20, fs=250, annotate=False)
+    res = code_record(tiny_checkpoint, record, tmp_path, *flags)
+    assert res.returncode != 0 and re.search(message, res.stderr), res.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_vqvae_eval_record_names_a_record_missing_or_shorter_than_a_window(tiny_checkpoint, tmp_path) -> None:
+    from conftest import write_record
+
+    res = code_record(tiny_checkpoint, tmp_path / "nowhere" / "r", tmp_path)
+    assert res.returncode != 0 and f"--record {tmp_path / 'nowhere' / 'r'}: no header" in res.stderr
+    short = write_record(tmp_path / "db", "short", seconds=0.8, fs=250, annotate=False)
+    res = code_record(tiny_checkpoint, short, tmp_path)
+    assert res.returncode != 0 and f"{short} lasts 0.8 s, shorter than the model's window of 1 s" in res.stderr
+
+
+def test_record_windows_name_a_window_over_a_gap_and_the_seconds_left_out(capsys) -> None:
+    signal = np.zeros((640, 2), np.float32)
+    windows, starts = vqvae_eval.record_windows(signal, 1.0, 2.5, 64, 64, "r")
+    assert windows.shape == (2, 64, 2) and starts.tolist() == [1.0, 2.0]
+    assert "--seconds 2.5 is no whole number of 1 s windows: coding 2, 2 s" in capsys.readouterr().err
+    signal[200] = np.nan
+    with pytest.raises(UserError, match=r"r: the window 3-4 s touches a gap"):
+        vqvae_eval.record_windows(signal, 0.0, math.inf, 64, 64, "r")
