@@ -88,6 +88,12 @@ def test_train_writes_plots_metrics_and_checkpoints(tmp_path: Path, synthetic_db
     # the data it read, named as the training run names its own (the same preparation here): config and input files
     assert report["data_hash"] == paths.run_data_hash(train) == report["trained"]["data_hash"]
     assert drawn["x"].shape == drawn["y"].shape and not np.allclose(drawn["x"], drawn["y"])
+    # a record's codes and latents by the trained checkpoint: the 360 Hz record at its 64 Hz, to the record's end
+    res = run_script(vqvae_eval.main, "vqvae_eval.py", ["--checkpoint", str(ckpts / "best.pt"), "--record",
+                                                        str(synthetic_db / "100"), "--start", "55", "--seconds", "end",
+                                                        "--results", str(tmp_path / "eval_record")])
+    assert res.returncode == 0 and "its 360 Hz resampled to 64 Hz: 5 window(s) of 1 s from 55 s" in res.stdout, res.stderr
+    assert np.load(next((tmp_path / "eval_record").glob("vqvae_eval-*/100_55s.npz")))["codes"].shape == (5, 16, 1)
 
 
 def test_same_seed_same_numbers_and_resume_is_exact(tmp_path: Path, synthetic_db: Path,
