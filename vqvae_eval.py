@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 import paths
 from hyper_params import AugmentConfig, Config, DataConfig, stored_config
+from metrics import prd, prdn
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split, patients_seen, source_fs, stored_leads
 from train_results import fixed_indices, load_checkpoint, plot_windows, weights_digest, window_titles
 from training import Runtime, main_first, run_splits
@@ -290,13 +291,6 @@ def code_windows(model: VQVAE, windows: np.ndarray) -> dict[str, np.ndarray]:
     return {k: np.stack(v) for k, v in out.items()}
 
 
-def prd(signal: np.ndarray, reconstruction: np.ndarray) -> tuple[float, float]:
-    """PRD and normalised PRD in percent of windows [W, T, 2] taken together, as reconstruction_report's of a record."""
-    x, err = signal.astype(np.float64), float(((reconstruction.astype(np.float64) - signal) ** 2).sum())
-    return (100 * math.sqrt(err / (x ** 2).sum()),
-            100 * math.sqrt(err / ((x - x.mean(1, keepdims=True)) ** 2).sum()))
-
-
 def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkpoint: Path, commit: str) -> None:
     """--record: its windows coded one by one into one .npz (codes, latents, gains, reconstructions, the windows)
     and the first ones drawn against their reconstructions."""
@@ -314,7 +308,7 @@ def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkp
     plot_windows(windows[:PLOTTED], coded["reconstruction"][:PLOTTED], fs, run / f"{stem}.png",
                  f"the VQ-VAE of {paths.shown(checkpoint)}: record {rec.name}, original vs reconstruction", titles)
     resampled = f", its {rec.fs_in:g} Hz resampled to {fs} Hz" if rec.fs_in != fs else ""
-    error, normalised = prd(windows, coded["reconstruction"])
+    error, normalised = prd(coded["reconstruction"], windows), prdn(coded["reconstruction"], windows, axis=1)
     print(f"record {args.record}{resampled}: {len(windows)} window(s) of {data.window_samples / fs:g} s from "
           f"{starts[0]:g} s, reconstructed at PRD {error:.1f}%, PRDN {normalised:.1f}%")
     print(f"codes {list(coded['codes'].shape)}, latents {list(coded['latents'].shape)}: {run / (stem + '.npz')}\n"
