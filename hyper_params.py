@@ -132,7 +132,8 @@ class TrainConfig:
     amp: bool = False                   # mixed precision, GPU only
     seed: int = 0
     checkpoint_every: int = 5           # epochs between numbered checkpoints (last/best always)
-    num_workers: int = 0
+    num_workers: int = 0                # DataLoader processes: 0 is fastest, the windows are in memory (each epoch
+                                        # starts them anew; spawned, as on macOS and Windows, in seconds)
     plot_windows: int = 4               # fixed validation windows drawn every epoch
     max_steps_per_epoch: Optional[int] = None  # cap for quick runs; null = whole training split
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 import paths
 import train_results
@@ -291,7 +291,7 @@ def squared_error(model, batch):
     return ((model(inputs) - target) ** 2).mean(), {}
 
 
-def toy_trainer(tmp_path, model: nn.Module | None = None, data: TensorDataset | None = None, step=squared_error,
+def toy_trainer(tmp_path, model: nn.Module | None = None, data: Dataset | None = None, step=squared_error,
                 **train) -> training.Trainer:
     """A small model fitted by the generic trainer on the CPU; by default a linear one on targets 100 x too large,
     so gradients are large."""
@@ -555,6 +555,26 @@ def test_each_epoch_sees_the_training_windows_in_a_new_order(tmp_path):
     assert all(sorted(e) == list(range(32)) for e in epochs)
     assert epochs[0] != epochs[1]
     assert epochs == run(tmp_path / "b")
+
+
+def test_data_loader_workers_see_the_same_crops_as_the_main_process(tmp_path):
+    """train.num_workers > 0: each epoch's workers crop as the main process would (the epoch set before they start,
+    the offset from (seed, epoch, index), no worker RNG), so the run is the same as with none."""
+    def run(folder: Path, workers: int) -> list[torch.Tensor]:
+        seen: list[torch.Tensor] = []
+
+        def step(model, batch):
+            if model.training:
+                seen.append(batch)
+            return (model(batch) ** 2).mean(), {}
+
+        crops = vqvae_train.RandomCrops(torch.randn(16, 12, 2, generator=torch.Generator().manual_seed(0)), 4, seed=3)
+        toy_trainer(folder, nn.Linear(2, 1), crops, step, epochs=2, num_workers=workers).fit()
+        return seen
+
+    alone, workers = run(tmp_path / "a", 0), run(tmp_path / "b", 2)
+    assert len(alone) == 4 and not torch.equal(alone[0], alone[2])     # the epochs crop anew
+    assert all(torch.equal(a, b) for a, b in zip(alone, workers, strict=True))
 
 
 def test_seed_zero_on_the_command_line_is_the_seed_used():
