@@ -208,14 +208,12 @@ def _type_name(hint: Any) -> str:
 
 
 def _as_declared(value: Any, hint: Any) -> Any:
-    """An int given for a float field becomes a float, so 3 and 3.0 give the same config (and data hash)."""
+    """An int given for a float field becomes a float, so 3 and 3.0 give the same config (and data hash). `value`
+    fits `hint` (build_section checks _matches first), so one member of a union does."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        for h in typing.get_args(hint):
-            if _matches(value, h):
-                return _as_declared(value, h)
-        return value
-    if origin is list and isinstance(value, list):
+        return next(_as_declared(value, h) for h in typing.get_args(hint) if _matches(value, h))
+    if origin is list:
         (item,) = typing.get_args(hint)
         return [_as_declared(v, item) for v in value]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
