@@ -46,16 +46,6 @@ FLAT_MV = 1e-6      # a lead swinging at most this is flat (lead off): no beats,
 
 # ----------------------------------------------------------------------------- point metrics
 
-def mse(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Mean squared error (mV² for signals in mV)."""
-    return float(np.mean((np.asarray(pred, np.float64) - truth) ** 2))
-
-
-def mae(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Mean absolute error (mV)."""
-    return float(np.mean(np.abs(np.asarray(pred, np.float64) - truth)))
-
-
 def prd(pred: np.ndarray, truth: np.ndarray) -> float:
     """Percentage root-mean-square difference, 100·sqrt(Σ(x̂−x)² / Σx²): error relative to signal energy."""
     truth = np.asarray(truth, np.float64)
