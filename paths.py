@@ -134,7 +134,17 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     import torch  # here, not at the top: a script that stops at a bad flag or config never waits for torch
 
-    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+    def write(tmp: Path) -> None:
+        # through a Python file: torch's own writer reports a full disk as a RuntimeError of its own ('unexpected
+        # pos 704 vs 598'), a traceback naming neither the file nor the cause; a file's failed write is the OSError
+        with open(tmp, "wb") as f:
+            try:
+                torch.save(obj, f)
+            except RuntimeError as e:
+                if isinstance(e.__context__, OSError):
+                    raise e.__context__ from None
+                raise
+    _atomic(Path(path), write)
 
 
 def atomic_save_npy(array: Any, path: str | os.PathLike) -> None:

@@ -343,6 +343,22 @@ def test_a_write_failing_for_the_disk_is_one_error_and_keeps_the_old_file(tmp_pa
 
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs a POSIX file size limit")
+def test_a_checkpoint_that_does_not_fit_is_one_error_and_keeps_the_old_one(tmp_path):
+    """torch.save's own writer, stopped by the disk (here a file size limit: the same failed write(2)), raised a
+    RuntimeError traceback ('unexpected pos 704 vs 598') naming neither the file nor the cause. Now it is the
+    one 'error:' line of every other write, and the checkpoint before it is left whole."""
+    target = tmp_path / "best.pt"
+    code = (f"import resource, torch, paths; target = {str(target)!r}\n"
+            "paths.atomic_torch_save({'w': torch.ones(10)}, target)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+            "paths.run_main(lambda: paths.atomic_torch_save({'w': torch.zeros(1 << 16)}, target))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == f"error: cannot write {target}: {os.strerror(27)}"     # EFBIG: File too large
+    assert torch.equal(torch.load(target)["w"], torch.ones(10)) and [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+
+
 def test_bench_report_keeps_the_old_table_when_its_write_fails(tmp_path, monkeypatch):
     """bench/report.py writes results.md atomically like every report: a write cut short (here by a full disk
     after half the text) leaves the table before it whole, and is one error (it truncated the old table)."""

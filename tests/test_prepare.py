@@ -396,7 +396,7 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
     before = target.read_bytes()
 
     def crash(obj, f):
-        Path(f).write_bytes(b"half a file")
+        f.write(b"half a file")
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)

@@ -59,9 +59,10 @@ def main() -> None:
 
         def save_half_then_pause(obj, f, *a, **k):
             real_save(obj, f, *a, **k)
-            if isinstance(obj, dict) and obj.get("epoch") == args.pause_in_save and ".last.pt." in str(f):
-                with open(f, "r+b") as fh:
-                    fh.truncate(os.path.getsize(f) // 2)
+            name = str(getattr(f, "name", f))       # atomic_torch_save hands torch.save an open file
+            if isinstance(obj, dict) and obj.get("epoch") == args.pause_in_save and ".last.pt." in name:
+                f.flush()
+                os.truncate(name, os.path.getsize(name) // 2)
                 pause()
 
         torch.save = save_half_then_pause
