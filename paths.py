@@ -74,20 +74,32 @@ def cache_dir(prepared: str | os.PathLike | None = None) -> Path:
     return Path(os.environ.get("ECG_CACHE_DIR") or location("prepared", prepared)).expanduser() / "encodings"
 
 
-def new_run_dir(experiment: str, results: str | os.PathLike | None = None) -> Path:
-    """A fresh folder results/<experiment>-<time> so runs never overwrite each other."""
+def new_run_dir(experiment: str, results: str | os.PathLike | None = None,
+                checkpoints: Path | None = None) -> Path:
+    """A fresh folder results/<experiment>-<time> so runs never overwrite each other. With `checkpoints` (a
+    training's root) the name is taken there too, its folder made: two runs of their own --results and one
+    checkpoints root, started in the same second, wrote into one checkpoint folder, each over the other's best.pt."""
     base = location("results", results)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for n in range(1000):
         run = base / (f"{experiment}-{stamp}" + (f"-{n}" if n else ""))
-        try:
-            run.mkdir(parents=True, exist_ok=False)
-            return run
-        except FileExistsError:
+        if not _made(run, "results"):
             continue
-        except OSError as e:
-            raise UserError(f"cannot create results folder {run}: {e.strerror}") from e
+        if checkpoints is None or _made(checkpoints / run.name, "checkpoint"):
+            return run
+        run.rmdir()             # made just now, so empty: the name is taken in the checkpoints root
     raise UserError(f"too many runs named {experiment}-{stamp} in {base}")
+
+
+def _made(folder: Path, what: str) -> bool:
+    """`folder` created by this call (False: it exists already); one that cannot be made is a UserError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=False)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise UserError(f"cannot create {what} folder {folder}: {e.strerror}") from e
 
 
 def _umask() -> int:

@@ -289,8 +289,9 @@ class Trainer:
         try:
             self.make_loaders(train_set, val_set)
         except UserError:
-            if rt.is_main and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
-                self.run_dir.rmdir()        # the fresh run folder, named before these checks: no empty leftovers
+            for folder in (self.run_dir, self.ckpt_dir):   # the fresh run's, made before these checks: no empty
+                if rt.is_main and folder.is_dir() and not any(folder.iterdir()):      # leftovers
+                    folder.rmdir()
             raise
         self.steps_per_epoch = len(self.train_loader)
         if settings.max_steps_per_epoch:
@@ -644,7 +645,7 @@ def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | N
             note_ignored_roots(args, *names)
         else:
             ckpt_root = paths.check_writable(paths.location("checkpoints", args.checkpoints))  # before training
-            run = paths.new_run_dir(experiment, args.results)
+            run = paths.new_run_dir(experiment, args.results, ckpt_root)
             names = [str(run), str(ckpt_root / run.name)]
     if rt.distributed:
         dist.broadcast_object_list(names, src=0)

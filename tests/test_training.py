@@ -140,7 +140,8 @@ def test_a_run_refused_before_training_leaves_no_empty_folder(tmp_path: Path, sy
     setup = tiny_setup(tmp_path, synthetic_db)
     with pytest.raises(UserError, match="training windows are fewer than one batch of 100000"):
         _run(setup, "--batch-size", "100000")
-    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+    for root in ("results", "checkpoints"):
+        assert not (tmp_path / root).exists() or not any((tmp_path / root).iterdir())
 
 
 def test_resume_refuses_checkpoint_of_another_model_config(tmp_path: Path, synthetic_db: Path) -> None:
@@ -402,6 +403,20 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monk
     second = paths.new_run_dir("evaluate", tmp_path)
     assert second != first and not any(second.iterdir())
     assert (first / "results.json").exists()
+
+
+def test_runs_of_their_own_results_started_in_the_same_second_keep_their_own_checkpoints(tmp_path, monkeypatch):
+    """Two trainings with --results of their own and one checkpoints root, started in the same second, were given
+    one checkpoint folder (checkpoints/<run name>, free in either results root): each wrote over the other's
+    best.pt and last.pt, and both printed that folder as theirs."""
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20260101-000000")
+    rank0 = SimpleNamespace(is_main=True, distributed=False)
+    dirs = [training.shared_run_dirs(SimpleNamespace(results=str(tmp_path / r), checkpoints=str(tmp_path / "ck")),
+                                     rank0, None, "vqvae") for r in ("a", "b")]
+    (run_a, ckpt_a), (run_b, ckpt_b) = dirs
+    assert ckpt_a != ckpt_b and (ckpt_a.name, ckpt_b.name) == (run_a.name, run_b.name)
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [run_a.name, run_b.name]
+    assert [p.name for p in (tmp_path / "b").iterdir()] == [run_b.name]     # the name tried first is not left empty
 
 
 def test_resume_keeps_the_rows_up_to_its_checkpoints_epoch(tmp_path):
