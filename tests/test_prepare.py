@@ -921,6 +921,29 @@ def test_meta_json_is_written_after_every_split(synthetic_db: Path, tmp_path: Pa
     assert not (tmp_path / "out" / "meta.json").exists()
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), UserError("cannot write train.pt: No space left on device")],
+                         ids=["ctrl_c", "disk_full"])
+def test_a_preparation_stopped_between_its_files_says_what_it_left(synthetic_db: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch, stop) -> None:
+    """Ctrl-C or a full disk after one split's file was replaced left the folder with it beside the earlier
+    preparation's other files, and said only 'interrupted' (or the file it could not write)."""
+    real, written = paths.atomic_torch_save, []
+
+    def stop_at_the_second(obj, path):
+        if written:
+            raise stop
+        written.append(Path(path).name)
+        return real(obj, path)
+
+    monkeypatch.setattr(paths, "atomic_torch_save", stop_at_the_second)
+    out = tmp_path / "out"
+    with pytest.raises(type(stop)) as said:
+        pm.prepare(make_cfg(test_records=["100"], validation_records=["101"]), synthetic_db, out, download=False)
+    assert str(said.value).startswith(str(stop))
+    assert str(said.value).endswith(f"{out} holds only {written[0]} of this preparation, beside what was there "
+                                    f"before: run prepare_mitbih.py again before reading it")
+
+
 def test_normalization_none_keeps_millivolts() -> None:
     """data.normalization 'none' scales by 1 mV per lead; 'train_std' by the training windows' SD per lead."""
     train = {"signals": torch.stack([torch.arange(8.0), 3 * torch.arange(8.0)], 1).repeat(2, 1, 1)}
