@@ -27,6 +27,7 @@ import itertools
 import json
 import re
 import shlex
+import shutil
 import sys
 import sysconfig
 import time
@@ -1089,14 +1090,18 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"evaluating {', '.join(forecasters)} on {len(scored)} records, {len(w.record)} windows")
     scores, truth_sums = evaluate(forecasters, w, context, fs, args.samples, args.seed)
     run = paths.new_run_dir("evaluate", args.results)       # made now: a failed evaluation leaves no folder
-    summary = summarize(scores, truth_sums, w, fs, w.signals.shape[1] - context, seed=args.seed,
-                        baselines=frozenset(baselines))
-    plot_results(run, forecasters, scores, summary, w, cfg, args, frozenset(baselines))
-    wall = time.time() - t0
-    header = report_header(args, argv, cfg, w, forecasters, wall, started)
-    if cautions:
-        header["warnings"] = "; ".join(cautions)
-    write_results(run, header, cfg, summary, w)
+    try:
+        summary = summarize(scores, truth_sums, w, fs, w.signals.shape[1] - context, seed=args.seed,
+                            baselines=frozenset(baselines))
+        plot_results(run, forecasters, scores, summary, w, cfg, args, frozenset(baselines))
+        wall = time.time() - t0
+        header = report_header(args, argv, cfg, w, forecasters, wall, started)
+        if cautions:
+            header["warnings"] = "; ".join(cautions)
+        write_results(run, header, cfg, summary, w)
+    except BaseException:       # Ctrl-C or an error in the galleries' forecasts or a write: plots without scores
+        shutil.rmtree(run, ignore_errors=True)
+        raise
     for n, why in w.skipped:
         print(f"skipped {n}: {why}")
     print(f"done in {wall:.1f} s -> {run / 'report.md'}")

@@ -141,6 +141,20 @@ def test_your_own_forecaster_that_raises_is_named_with_its_own_frames(db250, tmp
     assert not any((tmp_path / "results").iterdir())                 # no run folder
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, UserError], ids=["ctrl_c", "disk_full"])
+def test_an_evaluation_stopped_while_writing_leaves_no_folder(db250, tmp_path, monkeypatch, stop):
+    """Ctrl-C or a failed write while the galleries were drawn (each forecaster forecasts its picks again) left
+    results/evaluate-<time>/ with error_curves.png and some galleries, and no metrics.json or report.md: a run
+    folder without its scores. A failed evaluation leaves no folder, wherever it stops."""
+    def stopped(*args, **kwargs):
+        raise stop()
+    monkeypatch.setattr(evaluate, "plot_gallery", stopped)
+    with pytest.raises(stop):
+        evaluate.main(["--model", "zero", "--wfdb-dir", str(db250), "--records", "a01", "--max-windows-per-record",
+                       "1", "--results", str(tmp_path / "results")])
+    assert not any((tmp_path / "results").iterdir())
+
+
 def test_ones_own_forecaster_as_wrapped_copies_and_pickles():
     """OwnForecaster passes every attribute on to the object inside; copy.copy and pickle ask the bare wrapper
     for __setstate__ before its __dict__ is back, and got KeyError '_own' where the protocol wants AttributeError."""
