@@ -548,6 +548,12 @@ class Trainer:
         return record
 
     def _save(self, row: dict) -> None:
+        try:
+            self._write_epoch(row)
+        except UserError as e:      # a full disk: every file is whole, last.pt the epoch before's
+            raise UserError(f"{e}; {self.resume_hint()}") from e
+
+    def _write_epoch(self, row: dict) -> None:
         improved = row["val_loss"] < self.best
         if improved:
             self.best = row["val_loss"]

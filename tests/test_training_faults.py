@@ -226,7 +226,8 @@ def test_nan_loss_stops_with_one_line_and_keeps_last_checkpoint(tmp_path: Path, 
 
 def test_save_failing_half_way_keeps_previous_checkpoint(tmp_path: Path, tiny: dict, one_epoch: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """A write that dies half-way (disk full) is one clear error; last.pt still holds epoch 1."""
+    """A write that dies half-way (disk full) is one clear error, which says how to go on once there is room (it
+    said only which file it could not write); last.pt still holds epoch 1."""
     real_save = torch.save
     before = one_epoch.read_bytes()
 
@@ -238,7 +239,8 @@ def test_save_failing_half_way_keeps_previous_checkpoint(tmp_path: Path, tiny: d
             raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", half_then_disk_full)
-    with pytest.raises(UserError, match=re.escape(f"cannot write {one_epoch}: No space left on device")):
+    with pytest.raises(UserError, match=re.escape(f"cannot write {one_epoch}: No space left on device; resume with: "
+                                                  f"python3 ") + rf"\S+ --resume {re.escape(str(one_epoch))}$"):
         train(outputs(tiny, tmp_path), "--epochs", "2", "--resume", str(one_epoch))
     monkeypatch.undo()
     assert one_epoch.read_bytes() == before and load_checkpoint(one_epoch, "vqvae")["epoch"] == 1
