@@ -956,16 +956,20 @@ def read_prepared(path: Path, split: str) -> dict:
 
 
 def check_one_preparation(path: Path, data: dict) -> None:
-    """Refuses a split whose input hash is not its folder's meta.json's: each file is written atomically, but a
-    preparation stopped between files leaves splits of new inputs beside splits (and meta.json) of old ones."""
+    """Refuses a split whose input or data hash is not its folder's meta.json's: each file is written atomically,
+    but a preparation stopped between files (or two into one folder at once) leaves splits of new inputs or another
+    data config beside splits (and meta.json) of old ones. Without the data hash here, a split of another config
+    was refused as prepared with 'another data config', told to pass the config meta.json keeps: the one passed."""
     try:
-        stored = json.loads((path.parent / "meta.json").read_text()).get("input_hash")
+        meta = json.loads((path.parent / "meta.json").read_text())
+        stored = {key: meta.get(key) for key in ("input_hash", "data_hash")}
     except (OSError, ValueError, AttributeError):
         return                                  # no meta.json to hold it to (a split copied alone)
-    if stored is not None and data.get("input_hash") not in (None, stored):
-        raise UserError(f"{path} (input hash {data.get('input_hash')}) and {path.parent / 'meta.json'} ({stored}) come "
-                        f"from two preparations, one stopped part way: run `python3 prepare_mitbih.py` again into "
-                        f"{path.parent}")
+    for key, value in stored.items():
+        if value is not None and data.get(key) not in (None, value):
+            raise UserError(f"{path} ({key.replace('_', ' ')} {data.get(key)}) and {path.parent / 'meta.json'} "
+                            f"({value}) come from two preparations, one stopped part way: run `python3 "
+                            f"prepare_mitbih.py` again into {path.parent}")
 
 
 def preparation_differences(folder: Path, data: DataConfig, tensor_hash: str | None) -> str:

@@ -560,6 +560,18 @@ def test_load_split_refuses_splits_of_two_preparations(prepared, tmp_path):
     pm.load_split("train", prepared.cfg, tmp_path / "p")            # the other splits still load
 
 
+def test_load_split_refuses_a_split_of_another_config_beside_meta_json(prepared, tmp_path):
+    """The same records prepared with another data config, stopped after its first split (or run at the same time
+    into the folder): that split was refused as made with 'another data config', to be read with the config
+    its meta.json keeps, which is the config passed. It is named as one of two preparations."""
+    import shutil
+    shutil.copytree(prepared.out, tmp_path / "p")
+    torch.save({**prepared.tensors["validation"], "data_hash": "fedcba9876543210"}, tmp_path / "p" / "validation.pt")
+    with pytest.raises(UserError, match=r"validation.pt \(data hash fedcba9876543210\) and .*meta.json \("
+                                        + prepared.meta["data_hash"] + r"\) come from two preparations"):
+        pm.load_split("validation", prepared.cfg, tmp_path / "p")
+
+
 def test_a_forecaster_may_train_on_its_own_record_lists(prepared):
     """A Transformer on the shipped VQ-VAE (MIT-BIH's lists) trains on a database split its own way; windows made
     otherwise are still refused, naming what differs."""
