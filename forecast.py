@@ -604,16 +604,19 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
     if taken := [p.name for p in (out / f"{stem}_samples.npy", out / f"{stem}.png", out / f"{stem}.json")
                  if p.exists()]:
         paths.note(f"replacing {', '.join(taken)} in {out}, an earlier forecast of {record} from {args.start:.15g} s")
-    paths.atomic_save_npy(res["samples"], out / f"{stem}_samples.npy")
-    plot_record(res, record, args, out / f"{stem}.png", model_label(checkpoint))
     truth, gap = cover
-    paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "fs_in": res["fs_in"],
-                             "leads": res["leads"],
-                             "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
-                             "truth_samples": truth, "truth_gap_samples": gap, "heart_rate_bpm": res["heart_rate"],
-                             "input_hash": res["input_hash"], "device": res["device"],
-                             "checkpoint": str(checkpoint), **run},
-                            out / f"{stem}.json")
+    with paths.written_together(out, "run forecast.py again") as written:
+        paths.atomic_save_npy(res["samples"], out / f"{stem}_samples.npy")
+        written.append(f"{stem}_samples.npy")
+        plot_record(res, record, args, out / f"{stem}.png", model_label(checkpoint))
+        written.append(f"{stem}.png")
+        paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "fs_in": res["fs_in"],
+                                 "leads": res["leads"],
+                                 "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
+                                 "truth_samples": truth, "truth_gap_samples": gap, "heart_rate_bpm": res["heart_rate"],
+                                 "input_hash": res["input_hash"], "device": res["device"],
+                                 "checkpoint": str(checkpoint), **run},
+                                out / f"{stem}.json")
     return stem
 
 

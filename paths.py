@@ -6,6 +6,7 @@ command-line flag in the scripts that use them (the flag wins, then the variable
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent
 ENV = {
@@ -201,6 +202,21 @@ def check_device(device: str | None, name: str = "--device") -> str | None:
     if dev.type not in ("cpu", "cuda"):
         raise UserError(f"{name} {device}: only cpu and cuda are supported")
     return device
+
+
+@contextlib.contextmanager
+def written_together(folder: Path, again: str) -> Iterator[list[str]]:
+    """The files of one result, each written atomically, the names of those written appended to the list yielded:
+    stopped between two (Ctrl-C, a full disk), the message says which are this run's, beside what was there
+    before, and `again` how to go on."""
+    written: list[str] = []
+    try:
+        yield written
+    except (KeyboardInterrupt, UserError) as e:
+        if not written:
+            raise
+        part = f"{folder} holds only {', '.join(written)} of this run, beside what was there before: {again}"
+        raise type(e)(f"{e}; {part}" if str(e) else part) from None
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:

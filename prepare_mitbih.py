@@ -834,20 +834,13 @@ def save_prepared(tensors: dict[str, dict], meta: dict, out_dir: Path) -> None:
 
     if taken := [f"{s}.pt" for s in SPLITS if (out_dir / f"{s}.pt").exists()]:
         paths.note(f"replacing the prepared data in {out_dir} ({', '.join(taken)})")
-    written: list[str] = []
-    try:
+    with paths.written_together(out_dir, "run prepare_mitbih.py again before reading it") as written:
         for s, t in tensors.items():
             t.update(fs=meta["fs"], scale_mv=torch.tensor(meta["scale_mv"], dtype=torch.float32),
                      data_hash=meta["data_hash"], input_hash=meta["input_hash"], preparation=PREPARATION)
             paths.atomic_torch_save(t, out_dir / f"{s}.pt")
             written.append(f"{s}.pt")
         paths.atomic_write_json(meta, out_dir / "meta.json")
-    except (KeyboardInterrupt, UserError) as e:     # Ctrl-C or a full disk between two files: say what is there
-        if not written:
-            raise
-        part = (f"{out_dir} holds only {', '.join(written)} of this preparation, beside what was there before: "
-                f"run prepare_mitbih.py again before reading it")
-        raise type(e)(f"{e}; {part}" if str(e) else part) from None
 
 
 def warn_held_out(split: dict[str, list[str]], loaded: dict[str, Record], d: DataConfig, data_dir: Path,

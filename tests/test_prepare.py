@@ -952,8 +952,8 @@ def test_a_preparation_stopped_between_its_files_says_what_it_left(synthetic_db:
     with pytest.raises(type(stop)) as said:
         pm.prepare(make_cfg(test_records=["100"], validation_records=["101"]), synthetic_db, out, download=False)
     assert str(said.value).startswith(str(stop))
-    assert str(said.value).endswith(f"{out} holds only {written[0]} of this preparation, beside what was there "
-                                    f"before: run prepare_mitbih.py again before reading it")
+    assert str(said.value).endswith(f"{out} holds only {written[0]} of this run, beside what was there before: "
+                                    f"run prepare_mitbih.py again before reading it")
 
 
 def test_normalization_none_keeps_millivolts() -> None:

@@ -308,6 +308,21 @@ def test_a_forecast_past_the_records_end_says_how_much_truth_it_plots(tmp_path, 
     assert np.load(tmp_path / "out" / "r_10s_samples.npy").shape == (2, 384, 2)
 
 
+def test_a_forecast_stopped_between_its_files_says_which_are_new(tmp_path, monkeypatch, record):
+    """A forecast again into the same --out, stopped by a full disk (or Ctrl-C) at its plot, left its new samples
+    beside the earlier forecast's plot and .json (another seed, maybe another model), naming only the plot."""
+    _forecast(monkeypatch, record, tmp_path / "out")
+
+    def disk_full(*args, **kwargs):
+        raise UserError(f"cannot write {tmp_path / 'out' / 'r_5s.png'}: No space left on device")
+    monkeypatch.setattr(forecast, "plot_record", disk_full)
+    with pytest.raises(UserError) as said:
+        _forecast(monkeypatch, record, tmp_path / "out", "--seed", "1")
+    assert str(said.value) == (f"cannot write {tmp_path / 'out' / 'r_5s.png'}: No space left on device; "
+                               f"{tmp_path / 'out'} holds only r_5s_samples.npy of this run, beside what was there "
+                               f"before: run forecast.py again")
+
+
 def test_forecast_files_are_mv_samples_and_a_png(tmp_path, monkeypatch, record):
     samples = _forecast(monkeypatch, record, tmp_path / "out")
     assert samples.shape == (4, 128, 2) and samples.dtype == np.float32
