@@ -289,8 +289,8 @@ class Trainer:
         try:
             self.make_loaders(train_set, val_set)
         except UserError:
-            for folder in (self.run_dir, self.ckpt_dir):   # the fresh run's, made before these checks: no empty
-                if rt.is_main and folder.is_dir() and not any(folder.iterdir()):      # leftovers
+            for folder in (self.run_dir, self.ckpt_dir):    # the fresh run's, made before these checks: none left empty
+                if rt.is_main and folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
             raise
         self.steps_per_epoch = len(self.train_loader)
@@ -550,7 +550,7 @@ class Trainer:
     def _save(self, row: dict) -> None:
         try:
             self._write_epoch(row)
-        except UserError as e:      # a full disk: every file is whole, last.pt the epoch before's
+        except UserError as e:      # a failed write (a full disk): every file is whole, last.pt the epoch before's
             raise UserError(f"{e}; {self.resume_hint()}") from e
 
     def _write_epoch(self, row: dict) -> None:
