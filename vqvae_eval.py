@@ -49,7 +49,21 @@ def latest_checkpoint(kind: str, checkpoints: str | None = None, name: str = "be
     if not found:
         raise UserError(f"no {kind} checkpoint in {root}; train one first (python3 {kind}_train.py) "
                         f"or pass {flag}")
+    note_unfinished(found[-1], flag)
     return found[-1]
+
+
+def note_unfinished(path: Path, flag: str) -> None:
+    """The newest checkpoint may be a run's that is still training (another one, started since), whose best.pt
+    changes while this one reads it: said when its last.pt has trained fewer epochs than its train.epochs."""
+    try:
+        last = torch.load(path.parent / "last.pt", map_location="cpu", weights_only=True)
+        epoch, epochs = int(last["epoch"]), int(last["config"]["train"]["epochs"])
+    except Exception:           # no last.pt, or not one of ours: nothing to tell
+        return
+    if epoch < epochs:
+        paths.note(f"{path} is of a run at epoch {epoch} of {epochs}: still training, or stopped; {flag} names "
+                   f"another checkpoint")
 
 
 def load_vqvae(path: str | Path) -> tuple[VQVAE, dict]:

@@ -359,6 +359,25 @@ def test_reconstruction_md_gives_a_window_of_a_fraction_of_a_second_as_it_is():
     assert "3 windows of 6.4 s," in lines[2]
 
 
+def test_the_newest_checkpoint_of_a_run_still_training_is_said(tmp_path, capsys):
+    """A VQ-VAE training started after the last finished one writes the newest best.pt from its first epoch on: a
+    forecaster trained meanwhile without --vqvae took that model, half trained and changing, without a word."""
+    import os
+
+    for i, (name, epoch) in enumerate((("vqvae-done", 5), ("vqvae-running", 2))):
+        (tmp_path / name).mkdir()
+        for file in ("last.pt", "best.pt"):
+            torch.save({"epoch": epoch, "config": {"train": {"epochs": 5}}}, tmp_path / name / file)
+        os.utime(tmp_path / name / "best.pt", (1e9 + i, 1e9 + i))
+    running = tmp_path / "vqvae-running" / "best.pt"
+    assert vqvae_eval.latest_checkpoint("vqvae", str(tmp_path), flag="--vqvae") == running
+    assert capsys.readouterr().err.strip() == (f"note: {running} is of a run at epoch 2 of 5: still training, or "
+                                               f"stopped; --vqvae names another checkpoint")
+    os.utime(tmp_path / "vqvae-done" / "best.pt")           # the finished run's, newest: nothing to say
+    assert vqvae_eval.latest_checkpoint("vqvae", str(tmp_path)) == tmp_path / "vqvae-done" / "best.pt"
+    assert capsys.readouterr().err == ""
+
+
 def test_the_default_checkpoint_is_the_newest_by_time_not_by_name(tmp_path):
     """latest_checkpoint picks the run written last (its best.pt's time), whatever the folder names sort as."""
     import os
