@@ -850,7 +850,7 @@ def test_a_resume_trains_with_the_learning_rate_and_weight_decay_it_is_given(tmp
     rate and weight decay are the ones used, not the first run's kept in the optimiser's saved state."""
     toy_trainer(tmp_path / "a", epochs=2).fit()
     resumed = toy_trainer(tmp_path / "b", epochs=4, learning_rate=0.1, weight_decay=0.5)
-    row = resumed.fit(resume=tmp_path / "a" / "ckpt" / "last.pt")
+    resumed.fit(resume=tmp_path / "a" / "ckpt" / "last.pt")
     assert resumed.opt.param_groups[0]["lr"] == pytest.approx(0.01)     # the cosine's floor, 10% of the new peak
     assert [g["weight_decay"] for g in resumed.opt.param_groups] == [0.5]
 
