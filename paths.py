@@ -301,6 +301,16 @@ def interruptible() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a cluster scheduler's time limit) raised as Ctrl-C is: the script stops the same way,
+    its temporary files removed and a training's resume command said, where the signal's default ended it on the
+    spot, leaving them."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                  file: Any = None, line: str | None = None) -> None:
     """Python's warning line, written by tqdm.write like say()'s, so that it does not land on the end of a
@@ -313,8 +323,13 @@ def show_warning(message: Warning | str, category: type[Warning], filename: str,
 
 def run_main(main: Callable[[], Any]) -> None:
     """Run a script's main(); a UserError becomes one 'error:' line and exit status 2. Under torchrun the ranks
-    usually meet the same error, and rank 0 says it (say_error)."""
+    usually meet the same error, and rank 0 says it (say_error). Ctrl-C exits with 130, SIGTERM (Terminated) with
+    143, as the shell counts a signal's death."""
     interruptible()
+    main_thread = threading.current_thread() is threading.main_thread()
+    default_term = main_thread and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    if default_term:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
@@ -323,5 +338,9 @@ def run_main(main: Callable[[], Any]) -> None:
         say_error(str(e))
         sys.exit(2)
     except KeyboardInterrupt as e:     # a trainer's carries how to resume; torchrun hands Ctrl-C to every rank
-        say(f"interrupted; {e}" if str(e) else "interrupted")
-        sys.exit(130)
+        word = "terminated" if isinstance(e, Terminated) else "interrupted"
+        say(f"{word}; {e}" if str(e) else word)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
+    finally:
+        if default_term:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -495,9 +495,9 @@ class Trainer:
             paths.atomic_write_json(self.meta, self.run_dir / "run.json")
         try:
             row = self.fit(resume)
-        except KeyboardInterrupt:
-            if self.rt.is_main:     # paths.run_main prints it after 'interrupted'
-                raise KeyboardInterrupt(self.resume_hint(resume)) from None
+        except KeyboardInterrupt as e:      # Ctrl-C, or SIGTERM (paths.Terminated)
+            if self.rt.is_main:     # paths.run_main prints it after 'interrupted' or 'terminated'
+                raise type(e)(self.resume_hint(resume)) from None
             raise
         if self.rt.is_main:
             print(f"plots and metrics.csv: {self.run_dir}\ncheckpoints: {self.ckpt_dir} (best.pt, last.pt)")

@@ -1,5 +1,7 @@
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -888,6 +890,23 @@ def test_an_interrupted_run_says_how_to_resume(tmp_path: Path, step: int, script
     trainer = toy_trainer(tmp_path, step=interrupted_at_step, epochs=2)
     r = run_script(trainer.run, script, [])
     assert (r.returncode, r.stderr.splitlines()) == (130, [said.format(ckpt=tmp_path / "ckpt")])
+
+
+def test_a_run_terminated_by_a_scheduler_stops_as_on_ctrl_c(tmp_path: Path) -> None:
+    """SIGTERM (kill, timeout, a cluster's time limit) ended a training on the spot, saying nothing and leaving a
+    half-written checkpoint's temporary file; it now stops as Ctrl-C does, with the resume command, exit status 143,
+    and the handler run_main put in is taken out again."""
+    def terminated_at_step(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+        if model.training and trainer.step == 10:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return squared_error(model, batch)
+
+    trainer = toy_trainer(tmp_path, step=terminated_at_step, epochs=2)
+    r = run_script(trainer.run, "toy_train.py", [])
+    assert (r.returncode, r.stderr.splitlines()) == (
+        143, [f"terminated; resume with: python3 toy_train.py --resume {tmp_path / 'ckpt'}/last.pt"])
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert not list(tmp_path.rglob(".*.tmp"))
 
 
 @pytest.mark.parametrize("model, bits", [({}, 80), ({"num_quantizers": 2, "window_gain": True}, 166)],
