@@ -470,14 +470,18 @@ def test_every_figure_is_saved_through_atomic_savefig():
     assert in_place == []
 
 
-@pytest.mark.parametrize("script", ["vqvae_eval.py", "vqvae_train.py", "evaluate.py"])
-def test_help_names_the_location_variables(script):
-    """Each --prepared / --results / --checkpoints in a script's --help names the variable used without it."""
+@pytest.mark.parametrize("script, flags", [("vqvae_eval.py", ["--prepared", "--results", "--checkpoints"]),
+                                           ("vqvae_train.py", ["--prepared", "--results", "--checkpoints"]),
+                                           ("evaluate.py", ["--prepared", "--results"])])
+def test_help_names_the_location_variables(script, flags):
+    """Each --prepared / --results / --checkpoints in a script's --help names the variable used without it (the
+    flags each script has are listed: a flag missing from --help, or shown another way, is no pass)."""
     out = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     options = " ".join(out.stdout.split()).split(" options: ", 1)[1]
     for flag, var in (("--prepared", "$ECG_PREPARED_DIR"), ("--results", "$ECG_RESULTS_DIR"),
                       ("--checkpoints", "$ECG_CHECKPOINTS_DIR")):
         _, found, rest = options.partition(f" {flag} {flag[2:].upper()} ")
+        assert bool(found) == (flag in flags), (script, flag)
         assert not found or var in rest.split(" --", 1)[0], (script, flag, rest)
 
 
