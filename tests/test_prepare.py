@@ -400,7 +400,7 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="disk full"):          # the failed write, not another error
         paths.atomic_torch_save({"new": 2}, target)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["train.pt"]
