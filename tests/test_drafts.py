@@ -129,7 +129,9 @@ def test_next_beat_evidence_needs_a_context_after_the_last_beat():
     peaks = np.r_[D.context_rhythm(x, FS)[0][0][:-1], C - 1]
     template = D.mean_beat(x[0], peaks, PERIOD)
     assert D.next_beat_evidence(x[0], template, PERIOD // 3, peaks, FS) is None
-    assert D.next_beat_evidence(x[0], template, PERIOD // 3, peaks[:-1], FS) is not None
+    seen = D.next_beat_evidence(x[0], template, PERIOD // 3, peaks[:-1], FS)
+    last = int(peaks[-2])           # one log-likelihood per interval, from the shortest to a beat begun at the end
+    assert seen.shape == (C + PERIOD // 3 - last - D.shortest_period(FS) + 1,) and np.isfinite(seen).all()
 
 
 def test_noise_follows_the_contexts_departure_from_its_mean_beat():
