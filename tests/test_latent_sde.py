@@ -295,10 +295,10 @@ def test_resume_continues_the_run(trained: dict, tmp_path: Path, capsys: pytest.
     assert len(list(csv.DictReader((run / "metrics.csv").open()))) == 3
 
 
-def test_evaluate_takes_the_sde_checkpoint(trained: dict) -> None:
+def test_evaluate_takes_the_sde_checkpoint(trained: dict, tmp_path: Path) -> None:
     s = trained["setup"]
     run = evaluate.main(["--model", str(trained["ckpt"]), "seasonal", "--config", s["config"], "--prepared",
-                         s["prepared"], "--results", str(trained["tmp"] / "eval"), "--samples", "4",
+                         s["prepared"], "--results", str(tmp_path / "eval"), "--samples", "4",
                          "--max-windows-per-record", "3"])
     report = (Path(run) / "report.md").read_text()
     assert "| latent_sde |" in report and "| seasonal |" in report
