@@ -22,9 +22,12 @@ MITDB = Path(os.environ.get("MITBIH_DIR") or ROOT.parent / "shared" / "data" / "
 @pytest.fixture(scope="session", autouse=True)
 def own_folders():
     """Every test and module fixture writes where its flags say (tmp_path), never into the caller's
-    $ECG_CACHE_DIR, results or checkpoints: a cache shared with other runs hands a test their encodings."""
+    $ECG_CACHE_DIR, results or checkpoints: a cache shared with other runs hands a test their encodings.
+    Nor does a test run as a torchrun rank because the caller's shell has RANK or WORLD_SIZE set (RANK=1 silenced
+    every note and delayed and renamed every error; the tests that want a rank set it themselves)."""
     with pytest.MonkeyPatch.context() as mp:
-        for var in ("ECG_CACHE_DIR", "ECG_PREPARED_DIR", "ECG_RESULTS_DIR", "ECG_CHECKPOINTS_DIR"):
+        for var in ("ECG_CACHE_DIR", "ECG_PREPARED_DIR", "ECG_RESULTS_DIR", "ECG_CHECKPOINTS_DIR", "ECG_DIST_TIMEOUT",
+                    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
             mp.delenv(var, raising=False)
         yield
 
