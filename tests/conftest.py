@@ -17,6 +17,7 @@ torch.set_num_threads(1)  # tiny models: one thread is faster and stable when ot
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 MITDB = Path(os.environ.get("MITBIH_DIR") or ROOT.parent / "shared" / "data" / "mitdb").resolve()
+TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -27,7 +28,7 @@ def own_folders():
     every note and delayed and renamed every error; the tests that want a rank set it themselves)."""
     with pytest.MonkeyPatch.context() as mp:
         for var in ("ECG_CACHE_DIR", "ECG_PREPARED_DIR", "ECG_RESULTS_DIR", "ECG_CHECKPOINTS_DIR", "ECG_DIST_TIMEOUT",
-                    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+                    *TORCHRUN_VARS):
             mp.delenv(var, raising=False)
         yield
 

@@ -24,13 +24,15 @@ import torch
 
 import training
 import vqvae_train
-from conftest import ROOT, snapshot, write_record
+from conftest import ROOT, TORCHRUN_VARS, snapshot, write_record
 from paths import UserError
 from tiny import flags, tiny_setup
 from train_results import load_checkpoint
 
 HARNESS = str(ROOT / "tests" / "train_harness.py")
-ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("ECG_")}, "OMP_NUM_THREADS": "1"}
+# read at import, before conftest's own_folders clears the caller's variables: the same ones left out here
+ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("ECG_") and k not in TORCHRUN_VARS},
+       "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
