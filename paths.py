@@ -335,7 +335,10 @@ def run_main(main: Callable[[], Any]) -> None:
             warnings.showwarning = show_warning
             main()
     except UserError as e:
-        say_error(str(e))
+        try:
+            say_error(str(e))
+        except KeyboardInterrupt as stop:   # torchrun stopping a rank in its grace period: rank 0 said the error
+            sys.exit(143 if isinstance(stop, Terminated) else 130)
         sys.exit(2)
     except KeyboardInterrupt as e:     # a trainer's carries how to resume; torchrun hands Ctrl-C to every rank
         word = "terminated" if isinstance(e, Terminated) else "interrupted"

@@ -503,6 +503,21 @@ def test_an_error_of_a_rank_other_than_0_is_said_after_a_grace_period(monkeypatc
     assert slept == ([] if rank == "0" else [paths.RANK_ERROR_GRACE_S])
 
 
+def test_a_rank_stopped_by_torchrun_in_its_grace_period_says_nothing_more(monkeypatch, capsys):
+    """Rank 0 met the same error, said it and exited; torchrun then sends SIGTERM to the rank waiting out its grace
+    period. Since SIGTERM is paths.Terminated, that rank printed two tracebacks (the UserError's and, 'during handling
+    of the above exception', Terminated's) where the signal's default had ended it silently."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(paths.time, "sleep", lambda s: os.kill(os.getpid(), signal.SIGTERM))
+
+    def fails() -> None:
+        raise UserError("no such checkpoint")
+    with pytest.raises(SystemExit) as e:
+        paths.run_main(fails)
+    assert e.value.code == 143 and capsys.readouterr().err == ""
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 def test_bench_prepare_time_help_prepares_nothing(tmp_path):
     """bench/prepare_time.py took no options and ignored --help: it started preparing every record of $MITBIH_DIR
     (minutes), or with none there stopped in a 'data folder does not exist' error. --help now says what it does."""
