@@ -86,7 +86,9 @@ def new_run_dir(experiment: str, results: str | os.PathLike | None = None,
         run = base / (f"{experiment}-{stamp}" + (f"-{n}" if n else ""))
         if not _made(run, "results"):
             continue
-        if checkpoints is None or _made(checkpoints / run.name, "checkpoint"):
+        if checkpoints is None or Path(checkpoints).resolve() == base.resolve():   # one root: one folder for both
+            return run
+        if _made(checkpoints / run.name, "checkpoint"):
             return run
         run.rmdir()             # made just now, so empty: the name is taken in the checkpoints root
     raise UserError(f"too many runs named {experiment}-{stamp} in {base}")

@@ -421,6 +421,17 @@ def test_runs_of_their_own_results_started_in_the_same_second_keep_their_own_che
     assert [p.name for p in (tmp_path / "b").iterdir()] == [run_b.name]     # the name tried first is not left empty
 
 
+def test_one_root_for_results_and_checkpoints_is_one_run_folder(tmp_path):
+    """--results and --checkpoints naming one folder gave a run one folder for both; taking the run's name in the
+    checkpoints root too found it taken there (the results folder just made) at every try, and every training was
+    refused with 'too many runs named vqvae-<time>'."""
+    rank0 = SimpleNamespace(is_main=True, distributed=False)
+    root = tmp_path / "out"
+    run, ckpt = training.shared_run_dirs(SimpleNamespace(results=str(root), checkpoints=f"{root}/."), rank0, None,
+                                         "vqvae")
+    assert ckpt == run and [p.name for p in root.iterdir()] == [run.name]
+
+
 def test_resume_keeps_the_rows_up_to_its_checkpoints_epoch(tmp_path):
     """A run resumed from epoch 2's checkpoint redoes epoch 3 only: rows 1 and 2 stay, row 3 goes."""
     log = MetricsLog(tmp_path / "metrics.csv")
