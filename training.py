@@ -310,6 +310,7 @@ class Trainer:
         self.epoch, self.step, self.best = 0, 0, float("inf")
         self.step_lr = settings.learning_rate      # the learning rate the last step took (metrics.csv's lr)
         self.pending_record: dict | None = None    # a resume's run.json, written with its first epoch
+        self.resumed_from: str | Path | None = None     # the checkpoint fit() went on from (resume_hint's fallback)
         self.log = MetricsLog(self.run_dir / "metrics.csv")
         self.shown = ("train_loss", "val_loss") + tuple(shown)
 
@@ -456,6 +457,7 @@ class Trainer:
 
     def fit(self, resume: str | Path | None = None) -> dict:
         """Train to the last epoch; returns the final epoch's metrics row."""
+        self.resumed_from = resume
         if resume:
             self.resume(resume)
         if self.epoch >= self.s.epochs:
@@ -497,7 +499,7 @@ class Trainer:
             row = self.fit(resume)
         except KeyboardInterrupt as e:      # Ctrl-C, or SIGTERM (paths.Terminated)
             if self.rt.is_main:     # paths.run_main prints it after 'interrupted' or 'terminated'
-                raise type(e)(self.resume_hint(resume)) from None
+                raise type(e)(self.resume_hint()) from None
             raise
         if self.rt.is_main:
             print(f"plots and metrics.csv: {self.run_dir}\ncheckpoints: {self.ckpt_dir} (best.pt, last.pt)")
@@ -505,11 +507,12 @@ class Trainer:
             dist.destroy_process_group()
         return row
 
-    def resume_hint(self, resume: str | Path | None = None) -> str:
-        """How an interrupted run goes on: from its last.pt, else from the checkpoint it resumed, if any; with the
-        script that runs (a trainer of one's own too), else the project's <kind>_train.py."""
+    def resume_hint(self) -> str:
+        """How an interrupted or failed run goes on: from its last.pt, else from the checkpoint it resumed, if any
+        (into folders of its own, its run's being gone); with the script that runs (a trainer of one's own too), else
+        the project's <kind>_train.py."""
         last = self.ckpt_dir / "last.pt"
-        start = last if last.exists() else resume
+        start = last if last.exists() else self.resumed_from
         if not start:
             return "nothing was saved yet (last.pt is written at the end of every epoch)"
         script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else f"{self.kind}_train.py"

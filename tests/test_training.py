@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -918,6 +919,21 @@ def test_a_run_terminated_by_a_scheduler_stops_as_on_ctrl_c(tmp_path: Path) -> N
         143, [f"terminated; resume with: python3 toy_train.py --resume {tmp_path / 'ckpt'}/last.pt"])
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_a_failed_save_of_a_run_resumed_into_folders_of_its_own_names_the_checkpoint_it_went_on_from(
+        tmp_path: Path, monkeypatch) -> None:
+    """A resume whose run folders are gone (another machine) trains into new ones. Its first save failing (a full
+    disk) said 'nothing was saved yet', where Ctrl-C at the same point names the checkpoint it resumed, whole."""
+    toy_trainer(tmp_path / "a", epochs=2).fit()
+
+    def disk_full(obj, path):
+        raise UserError(f"cannot write {path}: No space left on device")
+    monkeypatch.setattr(paths, "atomic_torch_save", disk_full)
+    resumed = tmp_path / "a" / "ckpt" / "last.pt"
+    with pytest.raises(UserError, match=re.escape("No space left on device; resume with: python3 ") +
+                       rf"\S+ --resume {re.escape(str(resumed))}$"):
+        toy_trainer(tmp_path / "b", epochs=4).fit(resume=resumed)
 
 
 @pytest.mark.parametrize("model, bits", [({}, 80), ({"num_quantizers": 2, "window_gain": True}, 166)],
