@@ -13,7 +13,7 @@ from --start (default 0 s) for --seconds (default one window; 'end': to the reco
 forecaster codes its context. Writes results/vqvae_eval-<time>/<record>_<start>s.npz: codes [W, T', Q] int,
 latents [W, T', D] float32 (the encoder's output before quantisation, time before channel), gain [W, 2] mV (what
 each window is divided by before coding), reconstruction and signal [W, T, 2] mV, start_s [W], fs, leads, record,
-checkpoint; and a PNG of the first windows against their reconstructions.
+checkpoint, git_commit; and a PNG of the first windows against their reconstructions.
 
 It also holds what the forecaster trainers (transformer_train.py, latent_sde_train.py) share about the frozen
 VQ-VAE they train on: finding and loading it (latest_checkpoint, load_vqvae, run_vqvae, vqvae_choice), its

@@ -727,7 +727,7 @@ def test_vqvae_eval_record_refuses_windows_it_cannot_cut(tiny_checkpoint, tmp_pa
 
     record = write_record(tmp_path / "db", "r", seconds=20, fs=250, annotate=False)
     res = code_record(tiny_checkpoint, record, tmp_path, *flags)
-    assert res.returncode != 0 and re.search(message, res.stderr), res.stderr
+    assert res.returncode == 2 and re.search(message, res.stderr), res.stderr
     assert not (tmp_path / "results").exists()
 
 
@@ -735,10 +735,10 @@ def test_vqvae_eval_record_names_a_record_missing_or_shorter_than_a_window(tiny_
     from conftest import write_record
 
     res = code_record(tiny_checkpoint, tmp_path / "nowhere" / "r", tmp_path)
-    assert res.returncode != 0 and f"--record {tmp_path / 'nowhere' / 'r'}: no header" in res.stderr
+    assert res.returncode == 2 and f"--record {tmp_path / 'nowhere' / 'r'}: no header" in res.stderr
     short = write_record(tmp_path / "db", "short", seconds=0.8, fs=250, annotate=False)
     res = code_record(tiny_checkpoint, short, tmp_path)
-    assert res.returncode != 0 and f"{short} lasts 0.8 s, shorter than the model's window of 1 s" in res.stderr
+    assert res.returncode == 2 and f"{short} lasts 0.8 s, shorter than the model's window of 1 s" in res.stderr
 
 
 def test_record_windows_name_a_window_over_a_gap_and_the_seconds_left_out(capsys) -> None:
