@@ -40,7 +40,7 @@ forecast: setup
 
 # The whole pipeline in a few minutes: short trainings (far from the documented recipe; no augmented
 # copies), then a forecast plot of record 100 and the evaluation report against every baseline.
-newest = "$$(ls -t "$(or $(2),$(CHECKPOINTS))"/$(1)-*/best.pt | head -1)"
+newest = "$$(ls -t "$(or $(2),$(CHECKPOINTS))"/$(1)-*/best.pt 2>/dev/null | head -1 | grep . || echo "$(or $(2),$(CHECKPOINTS))/$(1)-*/best.pt")"
 demo: forecast prepare
 	$(PY) vqvae_train.py --epochs 2 --max-steps 60
 	$(PY) vqvae_eval.py --split validation

@@ -98,6 +98,13 @@ def test_make_takes_an_empty_MITBIH_DIR_for_unset():
     assert _make_argv("forecast", "forecast.py", MITBIH_DIR="") == unset
 
 
+def test_make_names_the_checkpoint_it_did_not_find(tmp_path):
+    """With no trained run, the newest checkpoint was an empty argument, which the scripts call "an empty path (an
+    unset shell variable?)": they are given the pattern that found nothing, and say that no such checkpoint exists."""
+    env = {"ECG_CHECKPOINTS_DIR": str(tmp_path / "my checkpoints")}
+    assert _make_argv("demo", "evaluate.py", **env)[:2] == ["--model", f"{tmp_path}/my checkpoints/transformer-*/best.pt"]
+
+
 def test_make_expands_a_leading_tilde_as_the_scripts_do(tmp_path):
     """paths.location expands ECG_CHECKPOINTS_DIR="~/..." (quoted, so the shell left it): make must find the same
     folders, though its recipes quote paths, and clean-cache must clear the cache the scripts use."""
