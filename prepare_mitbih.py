@@ -28,7 +28,7 @@ from tqdm import tqdm
 # then fails in about a second instead of after seconds of loading them.
 
 import paths
-from hyper_params import PREPARATION, AugmentConfig, Config, DataConfig, config_from_dict, data_hash, load_config
+from hyper_params import PREPARATION, AugmentConfig, Config, DataConfig, build_section, data_hash, load_config
 from paths import UserError
 
 if TYPE_CHECKING:
@@ -970,7 +970,9 @@ def preparation_differences(folder: Path, data: DataConfig, tensor_hash: str | N
     from `data`, record lists aside: '' when its windows are made alike."""
     try:
         stored = json.loads((folder / "meta.json").read_text())["config"]
-        own = data_hash(config_from_dict({"data": stored}).data) == tensor_hash
+        stored_data = build_section(DataConfig(), stored, "data", str(folder / "meta.json"))
+        stored_data.validate()          # the data alone: a whole config's default model need not fit its window
+        own = data_hash(stored_data) == tensor_hash
     except (OSError, ValueError, KeyError, TypeError, UserError):
         own = False
     if not own:

@@ -596,6 +596,17 @@ def test_own_record_lists_are_judged_by_the_tensors_own_meta(prepared, tmp_path)
         pm.load_split("train", make_cfg(filter_order=3), copy, any_records=True)
 
 
+def test_a_folder_prepared_at_250_hz_is_named_by_what_differs(tmp_path):
+    """A folder whose window (2 s at 250 Hz, 500 samples) the default model's downsample_factor 8 does not divide
+    was 'missing, unreadable or not the tensors' own': its data section was read as a whole config, default model
+    and all, which refused it. It is read as a data section, and the error names the rate and the context."""
+    from hyper_params import DataConfig
+    data = DataConfig(samples_per_second=250, input_signal_duration=2.0)
+    (tmp_path / "meta.json").write_text(json.dumps({"config": asdict(data)}))
+    differ = pm.preparation_differences(tmp_path, make_cfg().data, data_hash(data))
+    assert differ == "samples_per_second 250, not 128, input_signal_duration 2.0, not 3.0"
+
+
 def test_location_precedence(monkeypatch, tmp_path):
     monkeypatch.delenv("ECG_PREPARED_DIR", raising=False)
     assert paths.location("prepared") == ROOT / "data" / "prepared"
