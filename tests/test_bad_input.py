@@ -508,6 +508,17 @@ def test_first_lead_that_no_record_has(tmp_path, capsys):
     assert "b: no channel is MLII or a limb lead (ECG1, ECG2)" in capsys.readouterr().err
 
 
+def test_first_lead_of_some_records_prepares_a_selection_without_it(tmp_path):
+    """A first_lead the database has (V5, in b) prepares --records that lack it, each in the fallback order as a
+    whole preparation would: it was refused as 'a lead none of the records in <db> has', judged by the selection."""
+    db = good_db(tmp_path / "db")
+    write_record(db, "b", seconds=12, seed=1, leads=("V5", "MLII"))
+    write_record(db, "c", seconds=12, seed=2)
+    ask = {"data": {**GOOD_CONFIG["data"], "first_lead": "V5"}}
+    meta = pm.prepare(config_from_dict(ask), db, tmp_path / "out", records=["a", "c"], download=False)
+    assert meta["records"]["a"]["leads"] == ["MLII", "V1"]
+
+
 def test_a_record_short_and_gapped_is_named_for_its_length(tmp_path):
     """Each record's header is judged before its samples: the reason a repair cannot fix (too short) comes first."""
     db = good_db(tmp_path / "db")
