@@ -46,7 +46,7 @@ import metrics as M
 import paths
 from baselines import BASELINES, make_baseline
 from eval_report import csv_text, file_name, markdown_report
-from forecast import Forecaster, ForecasterBase, checked_samples
+from forecast import Forecaster, ForecasterBase, checked_samples, own_data
 from hyper_params import Config, data_hash, load_config
 from paths import ROOT, SHIPPED, SHIPPED_SPECS, UserError
 
@@ -112,11 +112,13 @@ def load_file(path: Path) -> ModuleType:
     return module
 
 
-def user_forecaster(spec: str, fs: int, device: str | None = None, flag: str = "--model") -> ForecasterBase:
+def user_forecaster(spec: str, fs: int, device: str | None = None, flag: str = "--model",
+                    own_rate: bool = False) -> ForecasterBase:
     """NAME from FILE.py or an importable module, called with the data's sampling rate: a class or factory
     whose result has `predict(context, horizon, num_samples, seed)` like every forecaster here. With
     FILE.py:NAME=CHECKPOINT it is called with checkpoint=CHECKPOINT too, and with --device's as device= when it
-    takes one. `flag` names the option it came by in errors."""
+    takes one. `flag` names the option it came by in errors. `own_rate` (forecast.py, which reads the record by a
+    forecaster's own data settings, forecast.own_data): one carrying them is held to their rate, not `fs`."""
     source, name, checkpoint = USER_SPEC.fullmatch(spec).group("source", "name", "checkpoint")
     module = import_source(spec, flag)
     if not callable(getattr(module, name, None)):
@@ -129,6 +131,8 @@ def user_forecaster(spec: str, fs: int, device: str | None = None, flag: str = "
         raise UserError(f"{flag} {spec}: {name}({call}) failed: {type(e).__name__}: {e}") from e
     if not callable(getattr(f, "predict", None)):
         raise UserError(f"{flag} {spec}: {name}({fs}) has no predict(context, horizon, num_samples, seed)")
+    if own_rate and (data := own_data(f)) is not None:
+        fs = data.samples_per_second
     own_fs = declared_fs(f, fs)
     if int(own_fs) != int(fs):
         raise UserError(f"{flag} {spec}: it forecasts at {own_fs} Hz but the data is at {fs} Hz")

@@ -415,9 +415,16 @@ def load_forecaster(checkpoint: str | None, device: str | None) -> tuple[str | P
     device = paths.check_device(device)
     from evaluate import own_spec, user_forecaster           # evaluate builds on this module
     if checkpoint and own_spec(checkpoint):
-        return checkpoint, user_forecaster(checkpoint, load_config().data.samples_per_second, device, "--checkpoint")
+        return checkpoint, user_forecaster(checkpoint, load_config().data.samples_per_second, device, "--checkpoint",
+                                           own_rate=True)
     path = checkpoint_path(checkpoint)
     return path, Forecaster.from_checkpoint(path, device)
+
+
+def own_data(fc: object) -> DataConfig | None:
+    """The data settings a forecaster carries (a checkpoint's, or one's own forecaster's `cfg.data`), else None."""
+    data = getattr(getattr(fc, "cfg", None), "data", None)
+    return data if isinstance(data, DataConfig) else None
 
 
 def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: float | None, samples: int,
@@ -425,7 +432,7 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
     """Forecast a WFDB record from `start_s`, prepared exactly as the model's training data."""
     from prepare_mitbih import hash_inputs, record_path     # wfdb: imported when a record is read
 
-    data = fc.cfg.data if hasattr(fc, "cfg") else load_config().data     # one's own: the project's data settings
+    data = own_data(fc) or load_config().data     # one's own without data settings: the project's
     fs, ctx = fc.fs, data.window_samples
     if horizon_s is None:
         horizon_s = data.input_signal_duration * data.forecast_predictions

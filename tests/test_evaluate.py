@@ -141,6 +141,42 @@ def test_your_own_forecaster_that_raises_is_named_with_its_own_frames(db250, tmp
     assert not any((tmp_path / "results").iterdir())                 # no run folder
 
 
+OWN_DATA_FORECASTER = """
+import numpy as np
+
+from hyper_params import Config, DataConfig
+
+
+class Own250:          # as the README's MyForecaster: the data settings of its checkpoint, whatever fs it is given
+    def __init__(self, fs):
+        self.cfg = Config(data=DataConfig(samples_per_second=250, input_signal_duration=2.0))
+        self.fs = 250
+
+    def predict(self, context, horizon, num_samples=100, seed=0):
+        return np.zeros((len(context), 1, horizon, 2), np.float32)
+
+
+class Bare250(Own250):
+    def __init__(self, fs):
+        self.fs = 250
+"""
+
+
+def test_forecast_py_takes_ones_own_forecaster_at_the_rate_of_its_own_data(db250, tmp_path):
+    """forecast.py has no --config: one's own forecaster with data settings of its own (cfg.data), by which
+    forecast_record reads the record, was refused as 'it forecasts at 250 Hz but the data is at 128 Hz' (the
+    project's config_vqvae.json). It forecasts at its own rate; one declaring 250 Hz with no data settings is still
+    refused, since its record would be read at 128 Hz."""
+    import forecast
+
+    (tmp_path / "own.py").write_text(OWN_DATA_FORECASTER)
+    _, fc = forecast.load_forecaster(f"{tmp_path / 'own.py'}:Own250", "cpu")
+    got = forecast.forecast_record(fc, str(db250 / "a01"), 5.0, None, 1, 0)
+    assert got["fs"] == 250 and got["context"].shape == (500, 2) and got["samples"].shape == (1, 500, 2)
+    with pytest.raises(UserError, match="Bare250: it forecasts at 250 Hz but the data is at 128 Hz"):
+        forecast.load_forecaster(f"{tmp_path / 'own.py'}:Bare250", "cpu")
+
+
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, UserError], ids=["ctrl_c", "disk_full"])
 def test_an_evaluation_stopped_while_writing_leaves_no_folder(db250, tmp_path, monkeypatch, stop):
     """Ctrl-C or a failed write while the galleries were drawn (each forecaster forecasts its picks again) left
