@@ -433,7 +433,8 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
         reasons = "; ".join(f"{n}: {why}" for n, why in skipped[:5])
         raise UserError(f"no usable record in {folder} ({reasons})")
     d = cut_windows(loaded, cfg.data, overlap=False)
-    source = {"kind": "wfdb", "path": str(folder), "split": "all records", "data_hash": data_hash(cfg.data),
+    chosen = "all records" if records is None else f"records {', '.join(names)}"
+    source = {"kind": "wfdb", "path": str(folder), "split": chosen, "data_hash": data_hash(cfg.data),
               "input_hash": hash_inputs(folder, [r.name for r in loaded], annotator), "annotator": annotator,
               "invalid_seconds": {r.name: r.invalid_s for r in loaded if r.invalid_s}}
     return _from_tensors(d, [r.has_annotations for r in loaded], [r.leads for r in loaded],

@@ -88,6 +88,7 @@ def test_a_window_scores_the_same_whatever_else_is_evaluated(db250, tmp_path):
     _, alone = _run(common + ["--records", "a03", "--results", str(tmp_path / "alone")])
     _, among = _run(common + ["--records", "a01", "a03", "--results", str(tmp_path / "among")])
     per = [r["per_record"]["template_ensemble"] for r in (alone, among)]
+    assert among["header"]["data"].startswith(f"wfdb records a01, a03: {db250}")    # not "all records"
     assert per[0]["crps"]["a03"] == per[1]["crps"]["a03"] and per[0]["f1_100"]["a03"] == per[1]["f1_100"]["a03"]
     _, again = _run(common + ["--records", "a03", "--seed", "1", "--results", str(tmp_path / "seed1")])
     assert again["per_record"]["template_ensemble"]["crps"]["a03"] != per[0]["crps"]["a03"]
