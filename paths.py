@@ -309,8 +309,20 @@ class Terminated(KeyboardInterrupt):
     spot, leaving them."""
 
 
+_terminating = threading.Event()
+
+
 def _terminate(signum: int, frame: Any) -> None:
+    _terminating.set()
     raise Terminated()
+
+
+def raise_if_terminated() -> None:
+    """Terminated again, when SIGTERM came while Python ran a __del__ or a weakref callback (a DataLoader's
+    iterator shutting down its workers at every epoch's end): raised there, it was only printed ('Exception
+    ignored in') and a training went on until the scheduler's SIGKILL. The trainer asks before every step."""
+    if _terminating.is_set():
+        raise Terminated()
 
 
 def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -349,3 +361,4 @@ def run_main(main: Callable[[], Any]) -> None:
     finally:
         if default_term:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _terminating.clear()

@@ -936,6 +936,29 @@ def test_a_failed_save_of_a_run_resumed_into_folders_of_its_own_names_the_checkp
         toy_trainer(tmp_path / "b", epochs=4).fit(resume=resumed)
 
 
+class SignalsWhenCollected:
+    """SIGTERM sent from a __del__, where Python swallows what the handler raises: the signal as it lands while a
+    DataLoader's iterator shuts down its workers at an epoch's end."""
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")     # the swallowed one, printed
+def test_a_sigterm_swallowed_by_a_finalizer_still_stops_the_run(tmp_path: Path) -> None:
+    """The Terminated raised in a __del__ was only printed ('Exception ignored in') and the run trained on to its
+    end, exit status 0; it stops at the next step."""
+    def terminated_in_a_finalizer(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+        if model.training and trainer.step == 10:
+            SignalsWhenCollected()
+        return squared_error(model, batch)
+
+    trainer = toy_trainer(tmp_path, step=terminated_in_a_finalizer, epochs=3)
+    r = run_script(trainer.run, "toy_train.py", [])
+    assert (r.returncode, r.stderr.splitlines()[-1:]) == (
+        143, [f"terminated; resume with: python3 toy_train.py --resume {tmp_path / 'ckpt'}/last.pt"])
+    assert trainer.step == 11 and trainer.epoch == 1
+
+
 @pytest.mark.parametrize("model, bits", [({}, 80), ({"num_quantizers": 2, "window_gain": True}, 166)],
                          ids=["one_codebook", "two_codebooks_and_gains"])
 def test_compression_line_gives_the_bit_rate(tmp_path: Path, synthetic_db: Path, model: dict, bits: int) -> None:
