@@ -313,8 +313,12 @@ _terminating = threading.Event()
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    _terminating.set()
-    raise Terminated()
+    """Terminated, raised once: a scheduler (SLURM) signals every process of a job and torchrun's agent forwards its
+    own SIGTERM to the workers, so a second one came in the first one's cleanup, and cut it short (the resume
+    command lost, a traceback, a temporary file left)."""
+    if not _terminating.is_set():
+        _terminating.set()
+        raise Terminated()
 
 
 def raise_if_terminated() -> None:

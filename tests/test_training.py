@@ -959,6 +959,29 @@ def test_a_sigterm_swallowed_by_a_finalizer_still_stops_the_run(tmp_path: Path) 
     assert trainer.step == 11 and trainer.epoch == 1
 
 
+def test_a_second_sigterm_does_not_cut_the_first_ones_cleanup_short(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """SLURM signals every process of a job and torchrun's agent forwards its own SIGTERM: the second one, landing
+    while the first was handled, raised a bare Terminated and the resume command was lost ('terminated')."""
+    def terminated_at_step(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+        if model.training and trainer.step == 10:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return squared_error(model, batch)
+
+    trainer = toy_trainer(tmp_path, step=terminated_at_step, epochs=2)
+    hint = trainer.resume_hint
+
+    def signalled_again(*args) -> str:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return hint(*args)
+
+    monkeypatch.setattr(trainer, "resume_hint", signalled_again)
+    r = run_script(trainer.run, "toy_train.py", [])
+    assert (r.returncode, r.stderr.splitlines()) == (
+        143, [f"terminated; resume with: python3 toy_train.py --resume {tmp_path / 'ckpt'}/last.pt"])
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 @pytest.mark.parametrize("model, bits", [({}, 80), ({"num_quantizers": 2, "window_gain": True}, 166)],
                          ids=["one_codebook", "two_codebooks_and_gains"])
 def test_compression_line_gives_the_bit_rate(tmp_path: Path, synthetic_db: Path, model: dict, bits: int) -> None:
