@@ -309,15 +309,17 @@ class Terminated(KeyboardInterrupt):
     spot, leaving them."""
 
 
-_terminating = threading.Event()
+# a SIGTERM came; its Terminated is on its way up (cleared when Python swallowed it)
+_terminating, _stopping = threading.Event(), threading.Event()
 
 
 def _terminate(signum: int, frame: Any) -> None:
     """Terminated, raised once: a scheduler (SLURM) signals every process of a job and torchrun's agent forwards its
     own SIGTERM to the workers, so a second one came in the first one's cleanup, and cut it short (the resume
     command lost, a traceback, a temporary file left)."""
-    if not _terminating.is_set():
-        _terminating.set()
+    _terminating.set()
+    if not _stopping.is_set():
+        _stopping.set()
         raise Terminated()
 
 
@@ -327,6 +329,16 @@ def raise_if_terminated() -> None:
     ignored in') and a training went on until the scheduler's SIGKILL. The trainer asks before every step."""
     if _terminating.is_set():
         raise Terminated()
+
+
+def _note_swallowed(hook: Callable[[Any], Any]) -> Callable[[Any], None]:
+    """sys.unraisablehook that notes a Terminated Python swallowed (see raise_if_terminated): a later SIGTERM
+    raises it again in any script, rather than being ignored as a second one."""
+    def note(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, Terminated):
+            _stopping.clear()
+        hook(unraisable)
+    return note
 
 
 def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -348,6 +360,8 @@ def run_main(main: Callable[[], Any]) -> None:
     default_term = main_thread and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     if default_term:
         signal.signal(signal.SIGTERM, _terminate)
+    unraisable_hook = sys.unraisablehook
+    sys.unraisablehook = _note_swallowed(unraisable_hook)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
@@ -363,6 +377,8 @@ def run_main(main: Callable[[], Any]) -> None:
         say(f"{word}; {e}" if str(e) else word)
         sys.exit(143 if isinstance(e, Terminated) else 130)
     finally:
+        sys.unraisablehook = unraisable_hook
         if default_term:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             _terminating.clear()
+            _stopping.clear()

@@ -249,6 +249,23 @@ def test_a_run_started_with_sigint_ignored_stops_on_kill_int(rank: str, said: st
         proc.communicate()
 
 
+def test_a_sigterm_after_one_a_finalizer_swallowed_stops_the_script():
+    """A second SIGTERM is ignored while the first one's Terminated goes up, but not when Python swallowed that one
+    in a __del__ (printed 'Exception ignored in'): evaluate.py, say, went on to its end, exit status 0."""
+    script = ("import os, signal, time, paths\n"
+              "class SignalsWhenCollected:\n"
+              "    def __del__(self): os.kill(os.getpid(), signal.SIGTERM)\n"
+              "def main():\n"
+              "    SignalsWhenCollected()\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    time.sleep(1)\n"
+              "paths.run_main(main)\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env={k: v for k, v in os.environ.items() if k != "RANK"})
+    assert (r.returncode, r.stderr.splitlines()[-1:]) == (143, ["terminated"]), r.stderr
+    assert "Exception ignored in" in r.stderr
+
+
 def test_a_note_during_a_progress_bar_is_a_line_of_its_own(monkeypatch):
     """In a log (stderr no terminal) a note used to land on the bar's line: 'reading: 0%|...| 0/2note: ...'."""
     import io
