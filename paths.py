@@ -151,12 +151,14 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
     def write(tmp: Path) -> None:
         # through a Python file: torch's own writer reports a full disk as a RuntimeError of its own ('unexpected
-        # pos 704 vs 598'), a traceback naming neither the file nor the cause; a file's failed write is the OSError
+        # pos 704 vs 598'), a traceback naming neither the file nor the cause; a file's failed write is the OSError.
+        # So too a Ctrl-C or SIGTERM in the middle of the write: closing the cut archive raised that RuntimeError
+        # over it, and a training stopped with a traceback instead of its resume command
         with open(tmp, "wb") as f:
             try:
                 torch.save(obj, f)
             except RuntimeError as e:
-                if isinstance(e.__context__, OSError):
+                if isinstance(e.__context__, (OSError, KeyboardInterrupt)):
                     raise e.__context__ from None
                 raise
     _atomic(Path(path), write)

@@ -13,7 +13,7 @@ import torch
 import evaluate
 import paths
 import vqvae_train
-from conftest import ROOT, write_record
+from conftest import ROOT, run_script, write_record
 from paths import UserError
 from tiny import flags, tiny_setup
 from train_results import load_checkpoint
@@ -381,6 +381,26 @@ def test_a_checkpoint_that_does_not_fit_is_one_error_and_keeps_the_old_one(tmp_p
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip() == f"error: cannot write {target}: {os.strerror(27)}"     # EFBIG: File too large
     assert torch.equal(torch.load(target)["w"], torch.ones(10)) and [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+
+
+def test_a_sigterm_in_the_middle_of_torch_save_stops_as_terminated(tmp_path, monkeypatch):
+    """SIGTERM (or Ctrl-C) landing inside torch.save's archive writer: closing the cut archive raised its own
+    RuntimeError ('unexpected pos 115328 vs 115217') over the Terminated, so a training under torchrun stopped with a
+    traceback, exit status 1, and no resume command. It stops as terminated, the checkpoint before it whole."""
+    import io
+
+    target = tmp_path / "last.pt"
+    paths.atomic_torch_save({"w": torch.ones(10)}, target)
+
+    class SignalledMidway(io.FileIO):
+        def write(self, data) -> int:
+            if self.tell() > 4096:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().write(data)
+    monkeypatch.setattr(paths, "open", lambda path, mode: SignalledMidway(path, mode), raising=False)
+    r = run_script(lambda: paths.atomic_torch_save({"w": torch.zeros(1 << 16)}, target), "save.py", [])
+    assert (r.returncode, r.stderr) == (143, "terminated\n")
+    assert torch.equal(torch.load(target)["w"], torch.ones(10)) and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
 def test_bench_report_keeps_the_old_table_when_its_write_fails(tmp_path, monkeypatch):
