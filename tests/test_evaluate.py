@@ -19,6 +19,7 @@ import baselines
 import evaluate
 import eval_report
 import metrics as M
+import paths
 from conftest import ROOT, edit_tree_after, spike_train, synthetic_ecg, write_record, write_signal
 from hyper_params import load_config
 from paths import SHIPPED, UserError, file_sha256
@@ -1487,3 +1488,13 @@ def test_a_paired_interval_end_near_zero_keeps_its_sign_and_digit():
     assert eval_report.signed({"value": -0.000303, "ci": [-0.000632, -1e-06]}) == "-0.0003 [-0.0006, -1e-06]"
     assert eval_report.signed({"value": 0.0001, "ci": [-0.0001, 0.0]}) == "+0.0001 [-0.0001, +0.0000]"
     assert eval_report.signed({"value": None, "ci": [None, None]}) == "—"
+
+
+def test_a_sigterm_python_swallowed_stops_the_evaluation_at_its_next_record(db250, tmp_path, monkeypatch):
+    """A SIGTERM that lands in a finalizer is only printed by Python; noted by the handler (paths._terminating), it
+    stops a long evaluation before its next record rather than letting it run to the scheduler's SIGKILL."""
+    monkeypatch.setattr(paths._terminating, "is_set", lambda: True)
+    with pytest.raises(paths.Terminated):
+        evaluate.main(["--model", "zero", "--wfdb-dir", str(db250), "--records", "a01",
+                       "--results", str(tmp_path / "results")])
+    assert not (tmp_path / "results").exists()
