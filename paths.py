@@ -311,7 +311,7 @@ class Terminated(KeyboardInterrupt):
     spot, leaving them."""
 
 
-# a SIGTERM came; its Terminated is on its way up (cleared when Python swallowed it)
+# _terminating: a SIGTERM came; _stopping: its Terminated is on its way up (cleared when Python swallowed it)
 _terminating, _stopping = threading.Event(), threading.Event()
 
 
@@ -321,15 +321,16 @@ def _terminate(signum: int, frame: Any) -> None:
     command lost, a traceback, a temporary file left)."""
     _terminating.set()
     if not _stopping.is_set():
-        _stopping.set()
-        raise Terminated()
+        raise_if_terminated()
 
 
 def raise_if_terminated() -> None:
     """Terminated again, when SIGTERM came while Python ran a __del__ or a weakref callback (a DataLoader's
     iterator shutting down its workers at every epoch's end): raised there, it was only printed ('Exception
-    ignored in') and a training went on until the scheduler's SIGKILL. The trainer asks before every step."""
+    ignored in') and a training went on until the scheduler's SIGKILL. The trainer asks before every step. A later
+    SIGTERM is ignored while this one goes up, as while the first one does."""
     if _terminating.is_set():
+        _stopping.set()
         raise Terminated()
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -1493,7 +1494,10 @@ def test_a_paired_interval_end_near_zero_keeps_its_sign_and_digit():
 def test_a_sigterm_python_swallowed_stops_the_evaluation_at_its_next_record(db250, tmp_path, monkeypatch):
     """A SIGTERM that lands in a finalizer is only printed by Python; noted by the handler (paths._terminating), it
     stops a long evaluation before its next record rather than letting it run to the scheduler's SIGKILL."""
-    monkeypatch.setattr(paths._terminating, "is_set", lambda: True)
+    came = threading.Event()
+    came.set()
+    monkeypatch.setattr(paths, "_terminating", came)
+    monkeypatch.setattr(paths, "_stopping", threading.Event())     # set as it goes up: this test's own
     with pytest.raises(paths.Terminated):
         evaluate.main(["--model", "zero", "--wfdb-dir", str(db250), "--records", "a01",
                        "--results", str(tmp_path / "results")])

@@ -1306,3 +1306,27 @@ def test_the_readmes_model_of_ones_own_trains_resumes_and_is_scored_by_evaluate(
     context = np.random.default_rng(0).standard_normal((3, 64, 2)).astype(np.float32) * 0.3
     out = fc.predict(context, 40, num_samples=5)
     assert out.shape == (3, 1, 40, 2) and out.dtype == np.float32 and np.isfinite(out).all()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")     # the swallowed one, printed
+def test_a_second_sigterm_after_a_swallowed_one_does_not_cut_the_cleanup_short(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first SIGTERM lands in a finalizer (swallowed), the trainer raises it again at its next step; the second
+    one (SLURM's, or torchrun's forwarded) lands in that Terminated's cleanup and must be ignored there as after a
+    first one that was not swallowed: it raised a bare Terminated, and the resume command was lost."""
+    def terminated_in_a_finalizer(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+        if model.training and trainer.step == 10:
+            SignalsWhenCollected()
+        return squared_error(model, batch)
+
+    trainer = toy_trainer(tmp_path, step=terminated_in_a_finalizer, epochs=3)
+    hint = trainer.resume_hint
+
+    def signalled_again(*args) -> str:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return hint(*args)
+
+    monkeypatch.setattr(trainer, "resume_hint", signalled_again)
+    r = run_script(trainer.run, "toy_train.py", [])
+    assert (r.returncode, r.stderr.splitlines()[-1:]) == (
+        143, [f"terminated; resume with: python3 toy_train.py --resume {tmp_path / 'ckpt'}/last.pt"])
