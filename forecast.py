@@ -433,7 +433,7 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
     from prepare_mitbih import hash_inputs, record_path     # wfdb: imported when a record is read
 
     data = own_data(fc) or load_config().data     # one's own without data settings: the project's
-    fs, ctx = fc.fs, data.window_samples
+    fs, ctx = data.samples_per_second, data.window_samples     # the record's rate, which the forecaster's must be
     if horizon_s is None:
         horizon_s = data.input_signal_duration * data.forecast_predictions
     if not math.isfinite(horizon_s) or round(horizon_s * fs) < 1:

@@ -147,6 +147,7 @@ def test_your_own_forecaster_that_raises_is_named_with_its_own_frames(db250, tmp
 OWN_DATA_FORECASTER = """
 import numpy as np
 
+from forecast import ForecasterBase
 from hyper_params import Config, DataConfig
 
 
@@ -162,6 +163,22 @@ class Own250:          # as the README's MyForecaster: the data settings of its 
 class Bare250(Own250):
     def __init__(self, fs):
         self.fs = 250
+
+
+class Undeclared250(ForecasterBase):     # ForecasterBase's fs is no choice of its: the rate of its data
+    def __init__(self, fs):
+        self.cfg = Config(data=DataConfig(samples_per_second=250, input_signal_duration=2.0))
+
+    def predict(self, context, horizon, num_samples=100, seed=0):
+        return np.zeros((len(context), 1, horizon, 2), np.float32)
+
+
+class Undeclared:               # neither: the project's data settings and rate
+    def __init__(self, fs):
+        pass
+
+    def predict(self, context, horizon, num_samples=100, seed=0):
+        return np.zeros((len(context), 1, horizon, 2), np.float32)
 """
 
 
@@ -178,6 +195,20 @@ def test_forecast_py_takes_ones_own_forecaster_at_the_rate_of_its_own_data(db250
     assert got["fs"] == 250 and got["context"].shape == (500, 2) and got["samples"].shape == (1, 500, 2)
     with pytest.raises(UserError, match="Bare250: it forecasts at 250 Hz but the data is at 128 Hz"):
         forecast.load_forecaster(f"{tmp_path / 'own.py'}:Bare250", "cpu")
+
+
+@pytest.mark.parametrize("name, fs, context", [("Undeclared250", 250, 500), ("Undeclared", 128, 384)])
+def test_forecast_py_times_ones_own_forecaster_by_the_rate_it_reads_the_record_at(db250, tmp_path, name, fs, context):
+    """`fs` is optional for one's own forecaster (the data's rate): forecast.py took it from the forecaster, so one
+    with 250 Hz data settings and no `fs` was timed at ForecasterBase's 128 Hz on a record read at 250 Hz (--start
+    5 s at sample 640, the horizon cut to 256 samples), and one with neither stopped in an AttributeError."""
+    import forecast
+
+    (tmp_path / "own.py").write_text(OWN_DATA_FORECASTER)
+    _, fc = forecast.load_forecaster(f"{tmp_path / 'own.py'}:{name}", "cpu")
+    got = forecast.forecast_record(fc, str(db250 / "a01"), 5.0, 2.0, 1, 0)
+    assert (got["fs"], got["start_sample"], got["context"].shape, got["samples"].shape) == (
+        fs, 5 * fs, (context, 2), (1, 2 * fs, 2))
 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, UserError], ids=["ctrl_c", "disk_full"])
