@@ -361,10 +361,10 @@ def run_main(main: Callable[[], Any]) -> None:
     interruptible()
     main_thread = threading.current_thread() is threading.main_thread()
     default_term = main_thread and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    unraisable_hook = sys.unraisablehook
     if default_term:
         signal.signal(signal.SIGTERM, _terminate)
-    unraisable_hook = sys.unraisablehook
-    sys.unraisablehook = _note_swallowed(unraisable_hook)
+        sys.unraisablehook = _note_swallowed(unraisable_hook)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
@@ -380,8 +380,8 @@ def run_main(main: Callable[[], Any]) -> None:
         say(f"{word}; {e}" if str(e) else word)
         sys.exit(143 if isinstance(e, Terminated) else 130)
     finally:
-        sys.unraisablehook = unraisable_hook
         if default_term:
+            sys.unraisablehook = unraisable_hook
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             _terminating.clear()
             _stopping.clear()

@@ -547,6 +547,24 @@ def test_an_error_of_a_rank_other_than_0_is_said_after_a_grace_period(monkeypatc
     assert slept == ([] if rank == "0" else [paths.RANK_ERROR_GRACE_S])
 
 
+def test_run_main_in_threads_leaves_the_process_wide_unraisable_hook_as_it_was():
+    """run_main installs its unraisable hook with the SIGTERM handler it serves, in the main thread only: two
+    run_mains in threads, the first ending first, each put back the hook it had found, and the first one's wrapper
+    stayed installed for the rest of the process."""
+    import threading
+
+    before = sys.unraisablehook
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    a = threading.Thread(target=paths.run_main, args=(lambda: (a_in.set(), b_in.wait(10)),))
+    b = threading.Thread(target=paths.run_main, args=(lambda: (a_in.wait(10), b_in.set(), a_out.wait(10)),))
+    a.start()
+    b.start()
+    a.join(10)
+    a_out.set()
+    b.join(10)
+    assert sys.unraisablehook is before
+
+
 def test_a_rank_stopped_by_torchrun_in_its_grace_period_says_nothing_more(monkeypatch, capsys):
     """Rank 0 met the same error, said it and exited; torchrun then sends SIGTERM to the rank waiting out its grace
     period. Since SIGTERM is paths.Terminated, that rank printed two tracebacks (the UserError's and, 'during handling
