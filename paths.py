@@ -380,8 +380,8 @@ def run_main(main: Callable[[], Any]) -> None:
         say(f"{word}; {e}" if str(e) else word)
         sys.exit(143 if isinstance(e, Terminated) else 130)
     finally:
-        if default_term:
-            sys.unraisablehook = unraisable_hook
+        if default_term:        # the default first: a SIGTERM from here on ends the process, none escapes as a traceback
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            sys.unraisablehook = unraisable_hook
             _terminating.clear()
             _stopping.clear()
