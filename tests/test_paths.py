@@ -380,7 +380,8 @@ def test_a_checkpoint_that_does_not_fit_is_one_error_and_keeps_the_old_one(tmp_p
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip() == f"error: cannot write {target}: {os.strerror(27)}"     # EFBIG: File too large
-    assert torch.equal(torch.load(target)["w"], torch.ones(10)) and [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(10))
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
 
 
 def test_a_sigterm_in_the_middle_of_torch_save_stops_as_terminated(tmp_path, monkeypatch):
@@ -400,7 +401,8 @@ def test_a_sigterm_in_the_middle_of_torch_save_stops_as_terminated(tmp_path, mon
     monkeypatch.setattr(paths, "open", lambda path, mode: SignalledMidway(path, mode), raising=False)
     r = run_script(lambda: paths.atomic_torch_save({"w": torch.zeros(1 << 16)}, target), "save.py", [])
     assert (r.returncode, r.stderr) == (143, "terminated\n")
-    assert torch.equal(torch.load(target)["w"], torch.ones(10)) and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(10))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
 def test_bench_report_keeps_the_old_table_when_its_write_fails(tmp_path, monkeypatch):
