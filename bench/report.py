@@ -4,8 +4,8 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -39,7 +39,13 @@ def main(src: str, dst: str) -> None:
     print(text, end="")
 
 
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", type=paths.given_path, help="the bench scripts' JSON lines, e.g. bench/results.jsonl")
+    p.add_argument("dst", type=paths.given_path, help="the Markdown table to write, e.g. bench/results.md")
+    return p.parse_args()
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit(__doc__)
-    paths.run_main(lambda: main(sys.argv[1], sys.argv[2]))
+    args = parse_args()
+    paths.run_main(lambda: main(args.src, args.dst))

@@ -591,6 +591,15 @@ def test_bench_prepare_time_help_prepares_nothing(tmp_path):
     assert done.returncode == 0 and "usage: prepare_time.py" in done.stdout and not done.stderr
 
 
+def test_bench_report_answers_help_and_names_what_it_lacks(tmp_path):
+    """bench/report.py read sys.argv itself: --help printed its docstring and exited 1, as an error."""
+    run = [sys.executable, str(ROOT / "bench" / "report.py")]
+    done = subprocess.run(run + ["--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage: report.py [-h] src dst" in done.stdout and not done.stderr
+    done = subprocess.run(run + [str(tmp_path / "results.jsonl")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "the following arguments are required: dst" in done.stderr
+
+
 @pytest.mark.parametrize("script, flag", [
     ("prepare_mitbih", "--out"), ("prepare_mitbih", "--data-dir"), ("prepare_mitbih", "--config"),
     ("forecast", "--out"), ("forecast", "--record"), ("forecast", "--checkpoint"),
