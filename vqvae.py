@@ -292,8 +292,11 @@ class VQVAE(nn.Module):
 
     def encode_latent(self, x: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         """Continuous encoder output before quantisation, [B, latent_dim, T / factor]."""
-        self._check(x)
-        return self.encoder((x / (self.unit(x) if unit is None else unit)).transpose(1, 2))
+        if unit is None:
+            unit = self.unit(x)         # which checks x
+        else:
+            self._check(x)
+        return self.encoder((x / unit).transpose(1, 2))
 
     @property
     def quantizers(self) -> list[VectorQuantizer]:
@@ -301,7 +304,10 @@ class VQVAE(nn.Module):
 
     def encode(self, x: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         """Signals [B, T, 2] in mV -> codes [B, T / factor] (Q = 1) or [B, T / factor, Q]."""
-        z = self.encode_latent(x, unit)
+        return self.nearest_codes(self.encode_latent(x, unit))
+
+    def nearest_codes(self, z: torch.Tensor) -> torch.Tensor:
+        """encode's codes of latents z [B, latent_dim, T'] that encode_latent gave: who needs both encodes once."""
         B, D, T = z.shape
         rest = z.permute(0, 2, 1).reshape(-1, D)
         codes = []

@@ -297,9 +297,9 @@ def code_windows(model: VQVAE, windows: np.ndarray) -> dict[str, np.ndarray]:
     for w in windows:
         x = torch.from_numpy(w[None]).to(model.device)
         unit = model.unit(x)
-        codes = model.encode(x, unit)
-        for key, v in (("codes", as_levels(codes, len(model.quantizers))),
-                       ("latents", model.encode_latent(x, unit).transpose(1, 2)),
+        z = model.encode_latent(x, unit)
+        codes = model.nearest_codes(z)
+        for key, v in (("codes", as_levels(codes, len(model.quantizers))), ("latents", z.transpose(1, 2)),
                        ("gain", unit[:, 0]), ("reconstruction", model.decode(codes, unit))):
             out[key].append(v[0].cpu().numpy())
     return {k: np.stack(v) for k, v in out.items()}
