@@ -648,10 +648,7 @@ def model_label(checkpoint: str | Path) -> str:
     path = Path(checkpoint)
     if not path.is_file():
         return str(checkpoint)
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return f"{path.parent.name}/{path.name}"
+    return paths.in_project(path) or f"{path.parent.name}/{path.name}"
 
 
 def plot_record(res: dict, record: str, args: argparse.Namespace, path: Path, model: str = "") -> None:

@@ -54,13 +54,19 @@ def given_path(value: str) -> str:
     return value
 
 
-def shown(path: str | os.PathLike) -> str:
-    """A path as reports print it: relative to the project when inside it (pretrained/forecaster.pt), so a report
-    made in one checkout reads the same in every other; else as it is."""
-    for where in (Path(os.path.abspath(path)), Path(path).resolve()):    # as given (a linked data/prepared), as stored
+def in_project(path: str | os.PathLike) -> str | None:
+    """`path` relative to the project when inside it (pretrained/forecaster.pt), as given (a linked data/prepared)
+    or as stored; else None."""
+    for where in (Path(os.path.abspath(path)), Path(path).resolve()):
         if where.is_relative_to(ROOT):
             return str(where.relative_to(ROOT))
-    return str(path)
+    return None
+
+
+def shown(path: str | os.PathLike) -> str:
+    """A path as reports print it: from the project's root when inside it, so a report made in one checkout reads
+    the same in every other; else as it is."""
+    return in_project(path) or str(path)
 
 
 def location(kind: str, override: str | os.PathLike | None = None) -> Path:
