@@ -57,7 +57,8 @@ def note_unfinished(path: Path, flag: str) -> None:
     """The newest checkpoint may be a run's that is still training (another one, started since), whose best.pt
     changes while this one reads it: said when its last.pt has trained fewer epochs than its train.epochs."""
     try:
-        last = torch.load(path.parent / "last.pt", map_location="cpu", weights_only=True)
+        # mapped, not read: two numbers of a file whose weights and optimiser state may be large
+        last = torch.load(path.parent / "last.pt", map_location="cpu", weights_only=True, mmap=True)
         epoch, epochs = int(last["epoch"]), int(last["config"]["train"]["epochs"])
     except Exception:           # no last.pt, or not one of ours: nothing to tell
         return
