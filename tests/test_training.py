@@ -1,3 +1,4 @@
+import contextlib
 import csv
 import json
 import os
@@ -35,6 +36,22 @@ from vqvae import VQVAE
 
 def _run(setup: dict, *extra: str) -> dict:
     return vqvae_train.main(flags(setup, "--device", "cpu", *extra))
+
+
+@contextlib.contextmanager
+def killed_in_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int):
+    """The run within dies as the trainer starts `epoch` (1-based), after the epoch before's checkpoint."""
+    real_epoch = training.Trainer._train_epoch
+
+    def die(self, model):
+        if self.epoch == epoch - 1:
+            raise RuntimeError("killed")
+        return real_epoch(self, model)
+
+    monkeypatch.setattr(training.Trainer, "_train_epoch", die)
+    with pytest.raises(RuntimeError, match="killed"):
+        yield
+    monkeypatch.setattr(training.Trainer, "_train_epoch", real_epoch)
 
 
 def _only_run(folder: Path) -> Path:
@@ -110,17 +127,8 @@ def test_same_seed_same_numbers_and_resume_is_exact(tmp_path: Path, synthetic_db
     b = torch.load(runs[1] / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     # die at the start of epoch 2 (after epoch 1's checkpoint), resume: the same weights, bit for bit
-    real_epoch = training.Trainer._train_epoch
-
-    def die_in_epoch_two(self, model):
-        if self.epoch == 1:
-            raise RuntimeError("killed")
-        return real_epoch(self, model)
-
-    monkeypatch.setattr(training.Trainer, "_train_epoch", die_in_epoch_two)
-    with pytest.raises(RuntimeError, match="killed"):
+    with killed_in_epoch(monkeypatch, 2):
         _run(setup, "--epochs", "2", "--batch-size", "4")
-    monkeypatch.setattr(training.Trainer, "_train_epoch", real_epoch)
     first = sorted((tmp_path / "checkpoints").iterdir())[2]
     initial = (tmp_path / "results" / first.name / "reconstruction_initial.png").stat().st_mtime_ns
     # as the README resumes: no config file and no flags of the run's, which its checkpoint keeps
@@ -806,17 +814,8 @@ def test_metrics_csv_lr_is_the_one_each_epochs_last_step_took_across_a_resume(tm
     took, logged = trained(tmp_path / "a")
     assert took[:3] == pytest.approx([0.005, 0.01, 0.01]) and len(took) == 9
     assert logged == pytest.approx(took[2::3], rel=1e-5)
-    real_epoch = training.Trainer._train_epoch
-
-    def die_in_epoch_three(self, model):
-        if self.epoch == 2:
-            raise RuntimeError("killed")
-        return real_epoch(self, model)
-
-    monkeypatch.setattr(training.Trainer, "_train_epoch", die_in_epoch_three)
-    with pytest.raises(RuntimeError, match="killed"):
+    with killed_in_epoch(monkeypatch, 3):
         trained(tmp_path / "b")
-    monkeypatch.setattr(training.Trainer, "_train_epoch", real_epoch)
     resumed_took, resumed_logged = trained(tmp_path / "c", resume=tmp_path / "b")
     assert resumed_took == pytest.approx(took[6:]) and resumed_logged == pytest.approx(logged, rel=1e-5)
 
