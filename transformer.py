@@ -304,8 +304,12 @@ def favour(logits: torch.Tensor, codes: torch.Tensor, bonus: float) -> torch.Ten
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """One code per row from logits [B, V] with temperature (0: the likeliest code), top-k and nucleus (top-p)
-    truncation."""
-    if temperature <= 0:
+    truncation. Top-p keeps the fewest likeliest codes reaching top_p and, as top-k does, every code tied with the
+    last of them: the kept set does not depend on code order."""
+    if not temperature >= 0 or top_k < 0 or not 0 < top_p <= 1:     # `not >=`: a NaN is refused too
+        raise ValueError(f"sampling takes temperature >= 0, top_k >= 0 and top_p in (0, 1], got temperature "
+                         f"{temperature}, top_k {top_k}, top_p {top_p}")
+    if temperature == 0:
         return logits.argmax(-1)
     best = logits.max(-1)           # the first likeliest code: the limit sampling tends to as the temperature shrinks
     logits = logits.float() / temperature
@@ -314,10 +318,11 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        sorted_logits = torch.sort(logits, descending=True, dim=-1).values
         p = sorted_logits.softmax(-1)
-        drop = p.cumsum(-1) - p > top_p  # keep the smallest set reaching top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        before = F.pad(p.cumsum(-1)[:, :-1], (1, 0))        # the probability of the likelier codes
+        kept = (before < top_p).sum(-1, keepdim=True)      # the smallest set reaching top_p (at least one code)
+        logits = logits.masked_fill(logits < sorted_logits.gather(-1, kept - 1), float("-inf"))
     # inverse CDF, one uniform per row (torch.multinomial draws one exponential per code and row);
     # right=True: codes of probability 0 (masked) are never picked, even for u = 0
     cdf = logits.softmax(-1).cumsum(-1)

@@ -616,6 +616,45 @@ def test_top_k_of_all_but_one_code_drops_the_least_likely() -> None:
     assert set(draws.tolist()) == {1, 2, 3}
 
 
+def test_top_p_keeps_the_fewest_codes_reaching_it_and_the_codes_tied_with_them() -> None:
+    """Nucleus sampling keeps the fewest likeliest codes whose probability reaches top_p: a code whose likelier
+    codes already hold exactly top_p was kept too (uniform logits at top_p 0.5: three codes of four). Codes tied
+    with the last one kept are all kept, as top-k keeps ties with the k-th: a code's index means nothing, and the
+    sort's order of ties kept the lower codes."""
+    g = torch.Generator().manual_seed(0)
+
+    def kept(logits: torch.Tensor, top_p: float) -> set[int]:
+        return set(sample_next(logits.repeat(4000, 1), top_p=top_p, generator=g).tolist())
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    reached = logits.softmax(-1).cumsum(-1)[0].tolist()
+    assert [kept(logits, p) for p in reached[:3]] == [{0}, {0, 1}, {0, 1, 2}]
+    assert kept(logits, 0.01) == {0}
+    assert kept(torch.zeros(1, 4), 0.5) == {0, 1, 2, 3}
+    ties = torch.tensor([[0.0, 1.0, 0.0, 1.0, 0.0, 1.0]])
+    assert kept(ties, 0.3) == {1, 3, 5} and kept(ties.flip(-1), 0.3) == {0, 2, 4}
+
+
+@pytest.mark.parametrize("setting", [{"temperature": -1.0}, {"temperature": float("nan")}, {"top_k": -1},
+                                     {"top_p": 0.0}, {"top_p": 1.5}])
+def test_sampling_refuses_settings_the_config_refuses(setting: dict) -> None:
+    """A negative or NaN temperature drew greedily or the last code, top_k -1 failed in torch.topk ('selected index
+    k out of range'), top_p 0 drew greedily: what the config refuses (sample.*), sampling refuses by name."""
+    name, value = next(iter(setting.items()))
+    with pytest.raises(ValueError, match=f"{name} {value}"):
+        sample_next(torch.zeros(2, 4), **setting)
+
+
+def test_sampling_extremes_draw_what_they_mean() -> None:
+    """top_k beyond the codebook and top_p 1 truncate nothing (the same draws as no truncation); a huge temperature
+    draws every code alike."""
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]]).repeat(4000, 1)
+    plain = sample_next(logits, generator=torch.Generator().manual_seed(0))
+    for setting in ({"top_k": 5}, {"top_k": 1000}, {"top_p": 1.0}):
+        assert torch.equal(sample_next(logits, generator=torch.Generator().manual_seed(0), **setting), plain)
+    hot = sample_next(logits, temperature=1e6, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(torch.bincount(hot, minlength=4) / len(hot), torch.full((4,), 0.25), atol=0.03)
+
+
 def test_conv_attention_knows_where_each_frame_is() -> None:
     """Conv feature maps get sinusoidal positions before attention: frames of a constant input come out
     different, as they could not from position-blind attention."""
