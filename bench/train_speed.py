@@ -1,9 +1,10 @@
 """Training throughput (windows/s) and peak RSS of a *_train.py on all of MIT-BIH: one JSON line.
 
-    python3 bench/train_speed.py vqvae|transformer|latent_sde [--steps 20]
+    python3 bench/train_speed.py vqvae|transformer|latent_sde [--steps 20] [--config PATH]
 
-Runs the real script with its default config on the prepared tensors ($ECG_PREPARED_DIR or data/prepared,
-memory-mapped) for one epoch capped at --steps, outputs in a temporary folder. Throughput counts the
+Runs the real script with its default config, or with --config (passed on: the script checks it), on the prepared
+tensors ($ECG_PREPARED_DIR or data/prepared, memory-mapped) for one epoch capped at --steps, outputs in a temporary
+folder; the JSON line names the config. Throughput counts the
 training steps after the first only (not start-up, the first step's one-off work such as the VQ-VAE's k-means start
 of its codebooks, validation or a forecaster's one-off encoding of every window).
 The forecasters use the newest checkpoints/vqvae-*/best.pt, else an untrained VQ-VAE of the default
@@ -70,10 +71,18 @@ def time_train_epochs() -> dict:
     return timed
 
 
+def default_config(model: str) -> Path:
+    """The config file `model`'s script trains with when given no --config."""
+    module = {"vqvae": "hyper_params", "transformer": "hyper_params_transformer", "latent_sde": "hyper_params_sde"}
+    return importlib.import_module(module[model]).DEFAULT_CONFIG
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", choices=["vqvae", "transformer", "latent_sde"])
     p.add_argument("--steps", type=int, default=20, help="training steps to run (the first is not timed)")
+    p.add_argument("--config", type=paths.given_path, help="the timed script's config JSON, as its --config "
+                   "(default: its own, config_vqvae.json, config_transformer.json or config_sde.json)")
     args = p.parse_args()
     if args.steps < 2:
         p.error(f"--steps {args.steps}: give at least 2 (the first step is not timed)")
@@ -84,6 +93,7 @@ def main() -> None:
         tmp = Path(tmp)
         flags = ["--epochs", "1", "--max-steps", str(args.steps), "--device", "cpu",
                  "--results", str(tmp / "results"), "--checkpoints", str(tmp / "checkpoints")]
+        flags += ["--config", args.config] if args.config else []
         script = importlib.import_module(f"{args.model}_train")
         if args.model == "vqvae":
             script.main(flags + ["--prepared", str(prepared)])
@@ -92,7 +102,8 @@ def main() -> None:
             vq, extra["vqvae"] = vqvae_checkpoint(tmp)
             script.main(flags + ["--prepared", str(prepared), "--vqvae", str(vq)])
     train_bytes = (prepared / "train.pt").stat().st_size
-    emit({"bench": f"train_{args.model}", "windows_per_s": round(timed["steps"] * timed["batch"] / timed["seconds"], 1),
+    emit({"bench": f"train_{args.model}", "config": paths.shown(args.config or default_config(args.model)),
+          "windows_per_s": round(timed["steps"] * timed["batch"] / timed["seconds"], 1),
           "steps": timed["steps"], "batch_size": timed["batch"], "seconds": round(timed["seconds"], 1),
           "first_step_s": round(timed["first_step_s"], 2),
           **memory_mb(), "train_pt_mb": round(train_bytes / 2 ** 20), **extra})

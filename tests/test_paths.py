@@ -455,6 +455,149 @@ def test_train_speed_times_the_steps_after_the_first(monkeypatch):
     assert timed == {"seconds": 3.0, "steps": 3, "batch": 8, "first_step_s": 3.0}
 
 
+class Stop(Exception):
+    """Raised by a patched step to end a script where the test has seen what it needs."""
+
+
+def own_config(tmp_path, model: str, batch_size: int = 7):
+    """A copy of `model`'s default config with another batch size, written to tmp_path/mine.json."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_speed
+
+    raw = json.loads(train_speed.default_config(model).read_text())
+    raw["train"]["batch_size"] = batch_size
+    (tmp_path / "mine.json").write_text(json.dumps(raw))
+    return tmp_path / "mine.json"
+
+
+@pytest.mark.parametrize("model", ["vqvae", "transformer", "latent_sde"])
+def test_train_speed_times_the_script_with_the_given_config(tmp_path, monkeypatch, model):
+    """bench/train_speed.py timed each script's default config only: --config reaches the timed script, which reads
+    it as it reads its own --config. The script is stopped once its config is read."""
+    import importlib
+
+    import training
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_speed
+
+    for name in ("_train_step", "_train_epoch"):        # train_speed wraps them: put back after the test
+        monkeypatch.setattr(training.Trainer, name, getattr(training.Trainer, name))
+    monkeypatch.setenv("ECG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ECG_CHECKPOINTS_DIR", str(tmp_path / "no_checkpoints"))
+    script, seen = importlib.import_module(f"{model}_train"), {}
+    real = script.run_config
+
+    def read_then_stop(*args, **kwargs):
+        seen["config"] = real(*args, **kwargs)
+        raise Stop
+    monkeypatch.setattr(script, "run_config", read_then_stop)
+    monkeypatch.setattr(sys, "argv", ["train_speed.py", model, "--config", str(own_config(tmp_path, model))])
+    with pytest.raises(Stop):
+        train_speed.main()
+    assert seen["config"].train.batch_size == 7
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_train_speed_names_the_config_it_timed(tmp_path, monkeypatch, given):
+    """The JSON line says which config was timed: --config's path, or the script's default from the project's root
+    (bench/results.jsonl's older lines, without the key, timed the default)."""
+    import json
+    from types import SimpleNamespace
+
+    import training
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_speed
+
+    monkeypatch.setattr(training.Trainer, "_train_epoch", lambda self, model: [self._train_step(model, b) for b in
+                                                                                range(self.steps_per_epoch)])
+    monkeypatch.setattr(training.Trainer, "_train_step", lambda self, model, batch: None)
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "train.pt").write_bytes(b"0" * 2 ** 20)
+    monkeypatch.setenv("ECG_PREPARED_DIR", str(tmp_path / "prepared"))
+    argvs = []
+
+    class Fake(training.Trainer):
+        def __init__(self):
+            self.steps_per_epoch, self.s = 3, SimpleNamespace(batch_size=8)
+
+    def one_epoch(argv):
+        argvs.append(argv)
+        Fake()._train_epoch(None)
+    monkeypatch.setattr(vqvae_train, "main", one_epoch)
+    config = own_config(tmp_path, "vqvae")
+    r = run_script(train_speed.main, "train_speed.py", ["vqvae", *(["--config", str(config)] if given else [])])
+    assert r.returncode == 0, r.stderr
+    assert ("--config" in argvs[0]) == given and (not given or argvs[0][argvs[0].index("--config") + 1] == str(config))
+    assert json.loads(r.stdout)["config"] == (str(config) if given else "config_vqvae.json")
+
+
+def test_prepare_time_prepares_with_the_given_config(tmp_path, monkeypatch):
+    """bench/prepare_time.py timed config_vqvae.json's data section only: --config's is the one prepared, and the
+    JSON line names it."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import prepare_time
+
+    raw = json.loads((ROOT / "config_vqvae.json").read_text())
+    raw["data"]["window_stride"] = 1.5
+    (tmp_path / "mine.json").write_text(json.dumps(raw))
+    seen = []
+
+    def prepare(cfg, data, out, download):
+        seen.append(cfg)
+        return {"records": ["100"], "windows": {"train": 1}}
+    monkeypatch.setattr(prepare_time, "prepare", prepare)
+    r = run_script(prepare_time.main, "prepare_time.py", ["--config", str(tmp_path / "mine.json")])
+    assert r.returncode == 0, r.stderr
+    assert seen[0].data.window_stride == 1.5
+    assert json.loads(r.stdout)["config"] == str(tmp_path / "mine.json")
+
+
+@pytest.mark.parametrize("bench, script", [("train_speed", "vqvae_train"), ("train_speed", "transformer_train"),
+                                           ("train_speed", "latent_sde_train"), ("prepare_time", "prepare_mitbih")])
+@pytest.mark.parametrize("config", ["missing.json", "unknown_key.json", ""])
+def test_bench_scripts_refuse_a_bad_config_as_the_script_they_time(tmp_path, monkeypatch, bench, script, config):
+    """A missing config file, an unknown key or an empty path: the bench script's error is the timed script's own."""
+    import importlib
+
+    import training
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    for name in ("_train_step", "_train_epoch"):
+        monkeypatch.setattr(training.Trainer, name, getattr(training.Trainer, name))
+    monkeypatch.setenv("ECG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ECG_CHECKPOINTS_DIR", str(tmp_path / "no_checkpoints"))
+    (tmp_path / "unknown_key.json").write_text('{"train": {"batch_sise": 8}}' if script != "prepare_mitbih"
+                                               else '{"data": {"window_sekonds": 8}}')
+    path = str(tmp_path / config) if config else ""
+    model = [script.removesuffix("_train")] if bench == "train_speed" else []
+    ours = run_script(importlib.import_module(bench).main, f"{bench}.py", [*model, "--config", path])
+    theirs = run_script(importlib.import_module(script).main, f"{script}.py", ["--config", path])
+    assert ours.returncode == theirs.returncode == 2
+    said = theirs.stderr.split("error: ", 1)[1]
+    assert ours.stderr.split("error: ", 1)[1] == said and ("config" in said or "empty path" in said), said
+
+
+def test_bench_report_reads_lines_with_and_without_a_config(tmp_path):
+    """bench/results.jsonl's lines from before --config have no "config" key: the table takes old and new lines."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import report
+
+    old = (ROOT / "bench" / "results.jsonl").read_text().splitlines()[:2]
+    new = {**json.loads(old[1]), "config": "mine.json"}
+    (tmp_path / "results.jsonl").write_text("\n".join(old + [json.dumps(new)]) + "\n")
+    report.main(str(tmp_path / "results.jsonl"), str(tmp_path / "results.md"))
+    rows = [line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| train_vqvae")]
+    assert len(rows) == 2 and "config" not in rows[0] and "config: mine.json" in rows[1]
+
+
 def test_a_warning_under_a_progress_bar_gets_a_line_of_its_own():
     """A forecaster's warnings.warn while evaluate.py's bar is drawn: written plainly, the warning would
     continue the bar's line in a log; run_main writes it through tqdm.write, which clears the bar first."""
