@@ -1,14 +1,15 @@
 """Training throughput (windows/s) and peak RSS of a *_train.py on all of MIT-BIH: one JSON line.
 
-    python3 bench/train_speed.py vqvae|transformer|latent_sde [--steps 20] [--config PATH]
+    python3 bench/train_speed.py vqvae|transformer|latent_sde [--steps 20] [--config PATH] [--vqvae PATH]
 
 Runs the real script with its default config, or with --config (passed on: the script checks it), on the prepared
 tensors ($ECG_PREPARED_DIR or data/prepared, memory-mapped) for one epoch capped at --steps, outputs in a temporary
 folder; the JSON line names the config. Throughput counts the
 training steps after the first only (not start-up, the first step's one-off work such as the VQ-VAE's k-means start
 of its codebooks, validation or a forecaster's one-off encoding of every window).
-The forecasters use the newest checkpoints/vqvae-*/best.pt, else an untrained VQ-VAE of the default
-config (the speed of a step does not depend on what the VQ-VAE learned).
+The forecasters use --vqvae, else the newest checkpoints/vqvae-*/best.pt, else an untrained VQ-VAE of the default
+config (the speed of a step does not depend on what the VQ-VAE learned, but on its compression factor: the code
+sequence's length).
 """
 from __future__ import annotations
 
@@ -83,7 +84,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="training steps to run (the first is not timed)")
     p.add_argument("--config", type=paths.given_path, help="the timed script's config JSON, as its --config "
                    "(default: its own, config_vqvae.json, config_transformer.json or config_sde.json)")
+    p.add_argument("--vqvae", type=paths.given_path, help="the forecasters' VQ-VAE checkpoint, as their --vqvae "
+                   "(default: the newest checkpoints/vqvae-*/best.pt, else an untrained one)")
     args = p.parse_args()
+    if args.vqvae and args.model == "vqvae":
+        p.error("--vqvae is the forecasters' VQ-VAE: the vqvae bench trains one (give its --config)")
     if args.steps < 2:
         p.error(f"--steps {args.steps}: give at least 2 (the first step is not timed)")
     timed = time_train_epochs()
@@ -99,7 +104,7 @@ def main() -> None:
             script.main(flags + ["--prepared", str(prepared)])
         else:
             keep_encodings_in(tmp)
-            vq, extra["vqvae"] = vqvae_checkpoint(tmp)
+            vq, extra["vqvae"] = (Path(args.vqvae), args.vqvae) if args.vqvae else vqvae_checkpoint(tmp)
             script.main(flags + ["--prepared", str(prepared), "--vqvae", str(vq)])
     train_bytes = (prepared / "train.pt").stat().st_size
     emit({"bench": f"train_{args.model}", "config": paths.shown(args.config or default_config(args.model)),

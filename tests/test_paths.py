@@ -535,6 +535,43 @@ def test_train_speed_names_the_config_it_timed(tmp_path, monkeypatch, given):
     assert json.loads(r.stdout)["config"] == (str(config) if given else "config_vqvae.json")
 
 
+def test_train_speed_times_the_forecasters_on_the_given_vqvae(tmp_path, monkeypatch):
+    """A forecaster's step time depends on its VQ-VAE's compression factor (the code sequence's length): --vqvae
+    reaches the timed script as its own --vqvae and the JSON line names it; the VQ-VAE bench refuses it by name."""
+    import json
+    from types import SimpleNamespace
+
+    import training
+    import transformer_train
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_speed
+
+    monkeypatch.setattr(training.Trainer, "_train_epoch", lambda self, model: [self._train_step(model, b) for b in
+                                                                                range(self.steps_per_epoch)])
+    monkeypatch.setattr(training.Trainer, "_train_step", lambda self, model, batch: None)
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "train.pt").write_bytes(b"0" * 2 ** 20)
+    monkeypatch.setenv("ECG_PREPARED_DIR", str(tmp_path / "prepared"))
+    argvs = []
+
+    class Fake(training.Trainer):
+        def __init__(self):
+            self.steps_per_epoch, self.s = 3, SimpleNamespace(batch_size=8)
+
+    def one_epoch(argv):
+        argvs.append(argv)
+        Fake()._train_epoch(None)
+    monkeypatch.setattr(transformer_train, "main", one_epoch)
+    mine = str(tmp_path / "my_vqvae.pt")
+    r = run_script(train_speed.main, "train_speed.py", ["transformer", "--vqvae", mine])
+    assert r.returncode == 0, r.stderr
+    assert argvs[0][argvs[0].index("--vqvae") + 1] == mine
+    assert json.loads(r.stdout)["vqvae"] == mine
+    r = run_script(train_speed.main, "train_speed.py", ["vqvae", "--vqvae", mine])
+    assert r.returncode == 2 and "--vqvae is the forecasters' VQ-VAE" in r.stderr
+
+
 def test_prepare_time_prepares_with_the_given_config(tmp_path, monkeypatch):
     """bench/prepare_time.py timed config_vqvae.json's data section only: --config's is the one prepared, and the
     JSON line names it."""
