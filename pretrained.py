@@ -11,6 +11,9 @@ optimiser and RNG state, so it stays small and loads with torch.load(..., weight
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import sys
 import tempfile
 from pathlib import Path
 
@@ -94,14 +97,20 @@ def main() -> None:
         raise paths.UserError(f"{args.checkpoint} holds a '{ckpt['kind']}' model, not a forecaster")
     out, ref_path = SHIPPED[ckpt["kind"]], reference_path(ckpt["kind"])
     packed = pack(ckpt, run_dir_of(ckpt["meta"].get("vqvae_checkpoint")), run_dir_of(ckpt["meta"].get("crps_from")))
-    with tempfile.TemporaryDirectory() as tmp:     # the shipped files change only once the references are made
-        paths.atomic_torch_save(packed, Path(tmp) / out.name)
-        fc = Forecaster.from_checkpoint(Path(tmp) / out.name, device="cpu")
-        ref = {"samples": REFERENCE_SAMPLES, "seed": REFERENCE_SEED, "model": fc.name,
-               "cases": reference_figures(fc, mitdb)}
     out.parent.mkdir(exist_ok=True)
-    paths.atomic_torch_save(packed, out)
-    paths.atomic_write_json(ref, ref_path)
+    # both files made whole beside the shipped pair, then renamed over it: a stop while writing them (Ctrl-C, a full
+    # disk) left new weights beside the old model's references; now it leaves the shipped pair as it was
+    with tempfile.TemporaryDirectory(prefix=".packing-", dir=out.parent) as tmp:
+        new, new_ref = Path(tmp) / out.name, Path(tmp) / ref_path.name
+        paths.atomic_torch_save(packed, new)
+        fc = Forecaster.from_checkpoint(new, device="cpu")
+        paths.atomic_write_json({"samples": REFERENCE_SAMPLES, "seed": REFERENCE_SEED, "model": fc.name,
+                                 "cases": reference_figures(fc, mitdb)}, new_ref)
+        again = f"run {shlex.join(['python3', 'pretrained.py', *sys.argv[1:]])} again"
+        with paths.written_together(out.parent, again) as written:
+            os.replace(new, out)
+            written.append(out.name)
+            os.replace(new_ref, ref_path)
     print(f"packed {args.checkpoint} -> {out} ({out.stat().st_size / 2 ** 20:.1f} MiB), "
           f"reference forecasts -> {ref_path}")
 

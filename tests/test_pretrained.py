@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib.axes
 import numpy as np
@@ -140,6 +142,56 @@ def test_packing_makes_the_references_with_the_new_model_before_replacing_the_sh
     shipped = torch.load(moved["latent_sde"], map_location="cpu", weights_only=True)
     assert torch.equal(shipped["model"][key], ckpt["model"][key]) and not set(pretrained.TRAINING_ONLY) & set(shipped)
     assert json.loads(pretrained.reference_path("latent_sde").read_text())["cases"] == []
+
+
+def packing_a_changed_model(tmp_path, monkeypatch) -> tuple[dict, list[str]]:
+    """The shipped pair moved into tmp_path (shipped_in, with its references), and the flags that pack the latent SDE
+    with a weight changed, its references made in no time."""
+    moved = shipped_in(tmp_path, monkeypatch)
+    pretrained.reference_path("latent_sde").write_text("the references shipped before")
+    ckpt = torch.load(SHIPPED["latent_sde"], map_location="cpu", weights_only=True)
+    key = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][key] += 1.0
+    torch.save(ckpt, tmp_path / "best.pt")
+    (tmp_path / "mitdb").mkdir()
+    for name, _ in pretrained.REFERENCE_CASES:
+        (tmp_path / "mitdb" / f"{name}.hea").touch()
+    monkeypatch.setattr(pretrained, "reference_figures", lambda fc, mitdb: [])
+    return moved, ["--checkpoint", str(tmp_path / "best.pt"), "--mitdb", str(tmp_path / "mitdb")]
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), UserError("cannot write latent_sde.reference.json: No space "
+                                                                 "left on device")], ids=["ctrl_c", "disk_full"])
+def test_packing_stopped_at_the_references_leaves_the_shipped_pair_as_it_was(tmp_path, monkeypatch, stop):
+    """The weights were written over the shipped ones, then the references: a stop in between left the new model
+    beside the old one's references, which its test then failed to reproduce. Both are now made whole first."""
+    moved, argv = packing_a_changed_model(tmp_path, monkeypatch)
+
+    def stopped(obj, path):
+        raise stop
+    monkeypatch.setattr(pretrained.paths, "atomic_write_json", stopped)
+    res = run_script(pretrained.main, "pretrained.py", argv)
+    assert res.returncode in (2, 130) and str(stop) in res.stderr and "holds only" not in res.stderr
+    assert moved["latent_sde"].read_bytes() == b"the model shipped before"
+    assert pretrained.reference_path("latent_sde").read_text() == "the references shipped before"
+    assert sorted(p.name for p in moved["latent_sde"].parent.iterdir()) == ["latent_sde.pt",
+                                                                            "latent_sde.reference.json"]
+
+
+def test_packing_stopped_between_its_renames_says_which_file_is_new(tmp_path, monkeypatch):
+    """Ctrl-C between the two renames, the one moment the pair is split: said, with the command that packs again."""
+    moved, argv = packing_a_changed_model(tmp_path, monkeypatch)
+    real = os.replace
+
+    def stopped(src, dst):
+        if Path(dst) == pretrained.reference_path("latent_sde"):
+            raise KeyboardInterrupt
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", stopped)
+    res = run_script(pretrained.main, "pretrained.py", argv)
+    assert res.returncode == 130 and res.stderr.strip() == (
+        f"interrupted; {moved['latent_sde'].parent} holds only latent_sde.pt of this run, beside what was there "
+        f"before: run python3 pretrained.py {' '.join(argv)} again")
 
 
 @pytest.mark.parametrize("model", SHIPPED)
