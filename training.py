@@ -20,6 +20,7 @@ import math
 import os
 import random
 import shlex
+import shutil
 import sys
 import time
 import warnings
@@ -286,12 +287,12 @@ class Trainer:
         self.step_fn, self.epoch_end, self.summarize = step_fn, epoch_end, summarize
         self.run_dir, self.ckpt_dir = Path(run_dir), Path(ckpt_dir)
         self.config, self.meta, self.extras, self.loss_name = config, meta, extras or {}, loss_name
+        # folders made for this run (shared_run_dirs), empty until it writes: a resumed run's own hold its files
+        self.fresh = rt.is_main and not any(f.is_dir() and any(f.iterdir()) for f in (self.run_dir, self.ckpt_dir))
         try:
             self.make_loaders(train_set, val_set)
         except UserError:
-            for folder in (self.run_dir, self.ckpt_dir):    # the fresh run's, made before these checks: none left empty
-                if rt.is_main and folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
+            self.drop_unused_folders()
             raise
         self.steps_per_epoch = len(self.train_loader)
         if settings.max_steps_per_epoch:
@@ -498,8 +499,9 @@ class Trainer:
             paths.atomic_write_json(self.meta, self.run_dir / "run.json")
         try:
             row = self.fit(resume)
-        except KeyboardInterrupt as e:      # Ctrl-C, or SIGTERM (paths.Terminated)
-            if self.rt.is_main:     # paths.run_main prints it after 'interrupted' or 'terminated'
+        except BaseException as e:      # Ctrl-C, SIGTERM (paths.Terminated), or an error (a NaN loss, a bug)
+            self.drop_unused_folders()
+            if isinstance(e, KeyboardInterrupt) and self.rt.is_main:     # run_main prints it after 'interrupted'
                 raise type(e)(self.resume_hint()) from None
             raise
         if self.rt.is_main:
@@ -507,6 +509,18 @@ class Trainer:
         if self.rt.distributed:
             dist.destroy_process_group()
         return row
+
+    def drop_unused_folders(self) -> None:
+        """A fresh run stopped before its first epoch was logged leaves no folders: its checkpoint folder is empty,
+        its results folder holds only run.json and the plots before training, nothing to resume or compare, and the
+        reason it stopped is the error printed. Left, they were the newest runs that `ls -t` and a --resume typed
+        from them found. Once metrics.csv is there, the results folder stays (an epoch's figures)."""
+        if not self.fresh:
+            return
+        if self.run_dir.is_dir() and not (self.run_dir / "metrics.csv").exists():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self.ckpt_dir.is_dir() and not any(self.ckpt_dir.iterdir()):
+            self.ckpt_dir.rmdir()
 
     def resume_hint(self) -> str:
         """How an interrupted or failed run goes on: from its last.pt, else from the checkpoint it resumed, if any

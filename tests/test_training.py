@@ -155,6 +155,23 @@ def test_a_run_refused_before_training_leaves_no_empty_folder(tmp_path: Path, sy
         assert not (tmp_path / root).exists() or not any((tmp_path / root).iterdir())
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), paths.Terminated(), UserError("loss is [nan]"),
+                                  RuntimeError("a bug")], ids=["ctrl_c", "sigterm", "nan_loss", "traceback"])
+def test_a_run_stopped_in_its_first_epoch_leaves_no_folders(tmp_path: Path, synthetic_db: Path, monkeypatch,
+                                                            stop: BaseException) -> None:
+    """Stopped before its first epoch ended, a run left an empty checkpoint folder and a results folder of run.json
+    and the plot before training: the newest runs, with nothing to resume or compare (with a root for both too).
+    Stopped in a later epoch, both stay (test_same_seed_same_numbers_and_resume_is_exact resumes one)."""
+    setup = tiny_setup(tmp_path, synthetic_db)
+    monkeypatch.setattr(training.Trainer, "_train_epoch", lambda self, model: (_ for _ in ()).throw(stop))
+    with pytest.raises(type(stop)):
+        _run(setup)
+    with pytest.raises(type(stop)):
+        _run(setup, "--results", str(tmp_path / "both"), "--checkpoints", str(tmp_path / "both"))
+    for root in ("results", "checkpoints", "both"):
+        assert not any((tmp_path / root).iterdir())
+
+
 def test_resume_refuses_checkpoint_of_another_model_config(tmp_path: Path, synthetic_db: Path) -> None:
     setup = tiny_setup(tmp_path, synthetic_db)
     _run(setup, "--epochs", "1")
