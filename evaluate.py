@@ -391,7 +391,7 @@ def load_prepared(split: str, cfg: Config, prepared: str | None) -> Windows:
     d = load_split(split, cfg, prepared, any_records=True, config_flag=True)
     folder = paths.location("prepared", prepared)
     try:
-        stored = json.loads((folder / "meta.json").read_text())
+        stored = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         stored = {}
     meta = stored.get("records", {})

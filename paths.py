@@ -236,7 +236,9 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
-    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+    """UTF-8 as it is, not escaped: run.json's command with a folder named 'données' read '\\u00e9', and copied
+    into a shell named another folder. Read back with encoding="utf-8", whatever the locale."""
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", path)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

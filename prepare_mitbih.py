@@ -954,7 +954,7 @@ def check_one_preparation(path: Path, data: dict) -> None:
     data config beside splits (and meta.json) of old ones. Without the data hash here, a split of another config
     was refused as prepared with 'another data config', told to pass the config meta.json keeps: the one passed."""
     try:
-        meta = json.loads((path.parent / "meta.json").read_text())
+        meta = json.loads((path.parent / "meta.json").read_text(encoding="utf-8"))
         stored = {key: meta.get(key) for key in ("input_hash", "data_hash")}
     except (OSError, ValueError, AttributeError):
         return                                  # no meta.json to hold it to (a split copied alone)
@@ -969,7 +969,7 @@ def preparation_differences(folder: Path, data: DataConfig, tensor_hash: str | N
     """How the data section a prepared folder was made with (its meta.json, if it is the tensors' own) differs
     from `data`, record lists aside: '' when its windows are made alike."""
     try:
-        stored = json.loads((folder / "meta.json").read_text())["config"]
+        stored = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["config"]
         stored_data = build_section(DataConfig(), stored, "data", str(folder / "meta.json"))
         stored_data.validate()          # the data alone: a whole config's default model need not fit its window
         own = data_hash(stored_data) == tensor_hash
@@ -985,7 +985,8 @@ def preparation_differences(folder: Path, data: DataConfig, tensor_hash: str | N
 def stored_records(prepared_dir: str | Path | None = None) -> dict:
     """Each prepared record's details (meta.json's records: fs_in, leads, ...), {} when the metadata is missing."""
     try:
-        stored = json.loads((paths.location("prepared", prepared_dir) / "meta.json").read_text())["records"]
+        meta = paths.location("prepared", prepared_dir) / "meta.json"
+        stored = json.loads(meta.read_text(encoding="utf-8"))["records"]
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     return stored if isinstance(stored, dict) else {}

@@ -556,7 +556,7 @@ class Trainer:
         """The run's run.json with this resume added to its `resumes`: the command, commit, processes and
         training settings it went on with, the first run's record kept as it was (written by _save)."""
         try:
-            record = json.loads((self.run_dir / "run.json").read_text())
+            record = json.loads((self.run_dir / "run.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):       # resumed into a new folder, or the record was lost
             record = dict(self.meta)
         entry = {k: self.meta[k] for k in ("command", "git_commit", "data_hash", "world_size", "device", "torch",

@@ -39,6 +39,27 @@ def test_training_writes_into_ECG_RESULTS_DIR_and_ECG_CHECKPOINTS_DIR(tmp_path, 
 
 
 
+def test_run_json_keeps_a_non_ascii_folder_name_as_typed(tmp_path, synthetic_db):
+    """run.json's command, shell-quoted to be copied into a shell, held '\\u00e9' for an é in a folder's name: copied,
+    it named another folder. Every JSON is UTF-8 now, as it is."""
+    setup = tiny_setup(tmp_path, synthetic_db, train={"epochs": 1, "max_steps_per_epoch": 2})
+    setup["results"] = str(tmp_path / "my runs é")
+    vqvae_train.main(flags(setup, "--device", "cpu"))
+    (run,) = (tmp_path / "my runs é").iterdir()
+    assert f"--results '{tmp_path}/my runs é' " in (run / "run.json").read_text(encoding="utf-8")
+
+
+def test_json_files_are_read_as_utf_8_in_any_locale(tmp_path):
+    """A prepared folder's meta.json naming a folder 'données' is read as UTF-8 in any locale: in an ASCII one
+    (LC_ALL=C) its records' details were {}, without a word (and Windows' cp1252 would read 'donnÃ©es')."""
+    paths.atomic_write_json({"data_dir": "/data/données", "records": {"100": {"leads": ["MLII", "V5"]}}},
+                            tmp_path / "meta.json")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    code = f"import prepare_mitbih; print(prepare_mitbih.stored_records({str(tmp_path)!r}))"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "{'100': {'leads': ['MLII', 'V5']}}", run.stderr
+
+
 def _make_dry_run(target, **env):
     """The commands `make -n target` would run with these environment variables (the venv's own, so no install;
     a variable given as None is unset)."""
