@@ -531,7 +531,7 @@ class Trainer:
         if not start:
             return "nothing was saved yet (last.pt is written at the end of every epoch)"
         script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else f"{self.kind}_train.py"
-        return f"resume with: python3 {script} --resume {start}"
+        return f"resume with: {shlex.join(['python3', script, '--resume', str(start)])}"     # a folder 'my runs' too
 
     def make_loaders(self, train_set: Dataset, val_set: Dataset) -> None:
         settings, rt = self.s, self.rt

@@ -920,6 +920,19 @@ def test_an_interrupted_run_says_how_to_resume(tmp_path: Path, step: int, script
     assert (r.returncode, r.stderr.splitlines()) == (130, [said.format(ckpt=tmp_path / "ckpt")])
 
 
+def test_the_resume_command_is_quoted_as_a_shell_needs_it(tmp_path: Path) -> None:
+    """In a folder with a space (and an é), the resume command, copied into a shell, was split at the space."""
+    def interrupted_in_the_second_epoch(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+        if model.training and trainer.step == 10:
+            raise KeyboardInterrupt
+        return squared_error(model, batch)
+
+    trainer = toy_trainer(tmp_path / "my runs é", step=interrupted_in_the_second_epoch, epochs=2)
+    r = run_script(trainer.run, "toy_train.py", [])
+    assert r.stderr.splitlines() == [f"interrupted; resume with: python3 toy_train.py --resume "
+                                     f"'{tmp_path}/my runs é/ckpt/last.pt'"]
+
+
 def test_a_run_terminated_by_a_scheduler_stops_as_on_ctrl_c(tmp_path: Path) -> None:
     """SIGTERM (kill, timeout, a cluster's time limit) ended a training on the spot, saying nothing and leaving a
     half-written checkpoint's temporary file; it now stops as Ctrl-C does, with the resume command, exit status 143,
