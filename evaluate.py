@@ -647,7 +647,7 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
     bar = tqdm(total=len(np.unique(w.record)), desc="records", unit="rec", disable=not progress)
     said: set = set()
     for ci, (r, idx) in enumerate(chunks):
-        paths.raise_if_terminated()     # a SIGTERM Python swallowed in a finalizer still stops a long evaluation
+        paths.raise_if_signalled()     # a SIGTERM or Ctrl-C Python swallowed in a finalizer still stops it
         score_chunk(forecasters, w, r, idx, context, fs, edges, num_samples, seed, scores, truth_sums, said)
         if ci + 1 == len(chunks) or chunks[ci + 1][0] != r:
             bar.update(1)

@@ -319,8 +319,9 @@ class Terminated(KeyboardInterrupt):
     spot, leaving them."""
 
 
-# _terminating: a SIGTERM came; _stopping: its Terminated is on its way up (cleared when Python swallowed it)
-_terminating, _stopping = threading.Event(), threading.Event()
+# _terminating: a SIGTERM came; _stopping: its Terminated is on its way up (cleared when Python swallowed it);
+# _interrupted: a Ctrl-C's KeyboardInterrupt Python swallowed
+_terminating, _stopping, _interrupted = threading.Event(), threading.Event(), threading.Event()
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -329,25 +330,32 @@ def _terminate(signum: int, frame: Any) -> None:
     command lost, a traceback, a temporary file left)."""
     _terminating.set()
     if not _stopping.is_set():
-        raise_if_terminated()
+        raise_if_signalled()
 
 
-def raise_if_terminated() -> None:
+def raise_if_signalled() -> None:
     """Terminated again, when SIGTERM came while Python ran a __del__ or a weakref callback (a DataLoader's
     iterator shutting down its workers at every epoch's end): raised there, it was only printed ('Exception
-    ignored in') and a training went on until the scheduler's SIGKILL. The trainer asks before every step. A later
-    SIGTERM is ignored while this one goes up, as while the first one does."""
+    ignored in') and a training went on until the scheduler's SIGKILL; and KeyboardInterrupt again when Ctrl-C
+    came there, which a training trained on to its end. The trainer asks before every step. A later SIGTERM is
+    ignored while this one goes up, as while the first one does."""
     if _terminating.is_set():
         _stopping.set()
         raise Terminated()
+    if _interrupted.is_set():
+        _interrupted.clear()
+        raise KeyboardInterrupt()
 
 
 def _note_swallowed(hook: Callable[[Any], Any]) -> Callable[[Any], None]:
-    """sys.unraisablehook that notes a Terminated Python swallowed (see raise_if_terminated): a later SIGTERM
-    raises it again in any script, rather than being ignored as a second one."""
+    """sys.unraisablehook that notes a Terminated or KeyboardInterrupt Python swallowed (see raise_if_signalled): a
+    Ctrl-C's is raised again at the next step, and a later SIGTERM raises Terminated again in any script, rather
+    than being ignored as a second one."""
     def note(unraisable: Any) -> None:
         if isinstance(unraisable.exc_value, Terminated):
             _stopping.clear()
+        elif isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _interrupted.set()
         hook(unraisable)
     return note
 
@@ -393,3 +401,4 @@ def run_main(main: Callable[[], Any]) -> None:
             sys.unraisablehook = unraisable_hook
             _terminating.clear()
             _stopping.clear()
+            _interrupted.clear()

@@ -396,7 +396,7 @@ class Trainer:
             for i, batch in enumerate(self.train_loader):
                 if i >= self.steps_per_epoch:
                     break
-                paths.raise_if_terminated()
+                paths.raise_if_signalled()
                 batch = _to(batch, self.rt.device)
                 loss, metrics = self._train_step(model, batch)
                 seen += _add_batch(sums, batch, loss.detach(), metrics)

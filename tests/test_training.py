@@ -966,26 +966,33 @@ def test_a_failed_save_of_a_run_resumed_into_folders_of_its_own_names_the_checkp
 
 
 class SignalsWhenCollected:
-    """SIGTERM sent from a __del__, where Python swallows what the handler raises: the signal as it lands while a
-    DataLoader's iterator shuts down its workers at an epoch's end."""
+    """A signal (SIGTERM, or Ctrl-C's SIGINT) sent from a __del__, where Python swallows what the handler raises: the
+    signal as it lands while a DataLoader's iterator shuts down its workers at an epoch's end."""
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        self.signum = signum
+
     def __del__(self) -> None:
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), self.signum)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")     # the swallowed one, printed
-def test_a_sigterm_swallowed_by_a_finalizer_still_stops_the_run(tmp_path: Path) -> None:
-    """The Terminated raised in a __del__ was only printed ('Exception ignored in') and the run trained on to its
-    end, exit status 0; it stops at the next step."""
-    def terminated_in_a_finalizer(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+@pytest.mark.parametrize("signum, status, word", [(signal.SIGTERM, 143, "terminated"),
+                                                  (signal.SIGINT, 130, "interrupted")], ids=["sigterm", "ctrl_c"])
+def test_a_signal_swallowed_by_a_finalizer_still_stops_the_run(tmp_path: Path, signum: int, status: int,
+                                                               word: str) -> None:
+    """The Terminated, or Ctrl-C's KeyboardInterrupt, raised in a __del__ was only printed ('Exception ignored in')
+    and the run trained on to its end, exit status 0; it stops at the next step."""
+    def signalled_in_a_finalizer(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
         if model.training and trainer.step == 10:
-            SignalsWhenCollected()
+            SignalsWhenCollected(signum)
         return squared_error(model, batch)
 
-    trainer = toy_trainer(tmp_path, step=terminated_in_a_finalizer, epochs=3)
+    trainer = toy_trainer(tmp_path, step=signalled_in_a_finalizer, epochs=3)
     r = run_script(trainer.run, "toy_train.py", [])
     assert (r.returncode, r.stderr.splitlines()[-1:]) == (
-        143, [f"terminated; resume with: python3 toy_train.py --resume {tmp_path / 'ckpt'}/last.pt"])
+        status, [f"{word}; resume with: python3 toy_train.py --resume {tmp_path / 'ckpt'}/last.pt"])
     assert trainer.step == 11 and trainer.epoch == 1
+    assert not list(tmp_path.rglob(".*.tmp"))
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")     # the swallowed one, printed
