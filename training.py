@@ -498,8 +498,10 @@ class Trainer:
         if self.rt.is_main and not resume:
             paths.atomic_write_json(self.meta, self.run_dir / "run.json")
         try:
-            row = self.fit(resume)
+            row = self._fit_beside_the_others(resume)
         except BaseException as e:      # Ctrl-C, SIGTERM (paths.Terminated), or an error (a NaN loss, a bug)
+            if isinstance(e, KeyboardInterrupt) and self.rt.distributed:
+                say_stopped(self.rt.rank, e)        # first: the other ranks' next collective fails once it exits
             self.drop_unused_folders()
             if isinstance(e, KeyboardInterrupt) and self.rt.is_main:     # run_main prints it after 'interrupted'
                 raise type(e)(self.resume_hint()) from None
@@ -521,6 +523,18 @@ class Trainer:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         if self.ckpt_dir.is_dir() and not any(self.ckpt_dir.iterdir()):
             self.ckpt_dir.rmdir()
+
+    def _fit_beside_the_others(self, resume: str | Path | None) -> dict:
+        """fit(); under torchrun a rank stopped alone (Ctrl-C or SIGTERM to its process) closed its connections, and
+        the others failed in their next collective with torch's traceback ('Connection closed by peer'): when that rank
+        left word (say_stopped), they say so in one line, with how to resume. Any other failure keeps its traceback."""
+        try:
+            return self.fit(resume)
+        except RuntimeError as e:
+            stopped = stopped_rank() if self.rt.distributed else None
+            if stopped is None:
+                raise
+            raise UserError(f"another rank stopped ({stopped}); {self.resume_hint()}") from e
 
     def resume_hint(self) -> str:
         """How an interrupted or failed run goes on: from its last.pt, else from the checkpoint it resumed, if any
@@ -593,6 +607,29 @@ class Trainer:
         print(f"epoch {self.epoch}/{self.s.epochs} " + " ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
             + (" (best)" if improved else ""))
+
+
+STOPPED_KEY = "ecg-forecast/stopped"     # in the process group's store: which rank stopped on a signal, and how
+
+
+def say_stopped(rank: int, stop: KeyboardInterrupt) -> None:
+    """Leave word in the process group's store (torchrun's agent keeps it) that this rank stops on a signal, for the
+    others to find when their next collective fails (stopped_rank). _get_default_store is torch's own, not public:
+    requirements.txt pins the torch it is tested with."""
+    word = "terminated" if isinstance(stop, paths.Terminated) else "interrupted"
+    try:
+        dist.distributed_c10d._get_default_store().set(STOPPED_KEY, f"rank {rank} {word}")
+    except (AttributeError, RuntimeError, ValueError):     # no store (or torch's private API moved) to reach: the others show torch's traceback, as before
+        pass
+
+
+def stopped_rank() -> str | None:
+    """What say_stopped left ('rank 1 terminated'), else None."""
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        return store.get(STOPPED_KEY).decode() if store.check([STOPPED_KEY]) else None
+    except (AttributeError, RuntimeError, ValueError):     # the store went with the rank that kept it (no torchrun agent)
+        return None
 
 
 def _to(batch, device: torch.device):

@@ -8,6 +8,7 @@
                      and sleep (kill me)
 --dump-state DIR     after training, every rank saves the state_dict it holds to DIR/rank<R>.pt
 --dump-rng DIR       every rank saves its torch RNG state at each epoch's first step to DIR/rng<R>.pt
+--signal-at-step R N SIG   rank R alone sends itself SIG (SIGTERM, SIGINT) after N optimiser steps, in the next one
 Works under torchrun too. One CPU thread, like the in-process tests, so runs compare bit for bit.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -39,6 +41,7 @@ def main() -> None:
     p.add_argument("--pause-in-save", type=int)
     p.add_argument("--dump-state")
     p.add_argument("--dump-rng")
+    p.add_argument("--signal-at-step", nargs=3, metavar=("RANK", "STEP", "SIGNAL"))
     p.add_argument("script", help="module name, e.g. vqvae_train")
     args, rest = p.parse_known_args()
     rest = rest[1:] if rest[:1] == ["--"] else rest
@@ -53,6 +56,17 @@ def main() -> None:
                 pause()
 
         training.Trainer._check_finite = check_then_pause
+
+    if args.signal_at_step:
+        rank, step, name = args.signal_at_step
+        real_check_finite = training.Trainer._check_finite
+
+        def check_then_signal(self, values, what="loss or gradient norm"):
+            real_check_finite(self, values, what)
+            if self.rt.rank == int(rank) and self.step == int(step) and what.startswith("loss"):
+                os.kill(os.getpid(), getattr(signal, name))
+
+        training.Trainer._check_finite = check_then_signal
 
     if args.pause_in_save is not None:
         real_save = torch.save
