@@ -619,8 +619,8 @@ def say_stopped(rank: int, stop: KeyboardInterrupt) -> None:
     word = "terminated" if isinstance(stop, paths.Terminated) else "interrupted"
     try:
         dist.distributed_c10d._get_default_store().set(STOPPED_KEY, f"rank {rank} {word}")
-    except (AttributeError, RuntimeError, ValueError):     # no store (or torch's private API moved) to reach: the others show torch's traceback, as before
-        pass
+    except (AttributeError, RuntimeError, ValueError):     # no store to reach (or the private API moved): the others
+        pass                                                # show torch's traceback, as before
 
 
 def stopped_rank() -> str | None:
