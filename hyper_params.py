@@ -231,7 +231,8 @@ def build_section(base: Any, values: dict, section: str, source: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     for key, value in values.items():
         if key not in known:
-            raise UserError(f"{source}: unknown config key '{section}.{key}' (known: {', '.join(sorted(known))})")
+            raise UserError(f"{source}: unknown config key '{section}.{key}' = {value!r} "
+                            f"(known: {', '.join(sorted(known))})")
         if not _matches(value, hints[key]):
             raise UserError(f"{source}: config key '{section}.{key}' = {value!r} has the wrong type "
                             f"(expected {_type_name(hints[key])})")

@@ -16,6 +16,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import paths  # noqa: E402
+from hyper_params import stored_config  # noqa: E402
+from hyper_params_sde import sde_config_from_dict  # noqa: E402
+from hyper_params_transformer import transformer_config_from_dict  # noqa: E402
 from paths import UserError  # noqa: E402
 
 LEADS = ("lead 1", "lead 2")
@@ -170,7 +173,8 @@ CHECKPOINT_KEYS = {"vqvae": ("config",), "transformer": ("config", "vqvae", "blo
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
-    """Load a checkpoint safely (weights_only) with one clear error for missing, cut or foreign files."""
+    """Load a checkpoint safely (weights_only) with one clear error for missing, cut or foreign files; its stored
+    configs come back checked and complete (built_configs)."""
     path = Path(path)
     if path.is_dir():                   # a run's checkpoint folder, passed for one of its files
         held = sorted(p.name for p in path.glob("*.pt"))
@@ -192,7 +196,31 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
     if missing:
         raise UserError(f"{path} is a '{ckpt['kind']}' checkpoint without {', '.join(missing)}: not one these "
                         f"scripts wrote, or damaged")
+    if ckpt["kind"] in STORED_CONFIG:
+        built_configs(ckpt, path)
     return ckpt
+
+
+# each kind's config as its checkpoints store it: a VQ-VAE's keys it predates mean what they meant then (PREDATED);
+# the forecasters' defaults are what their checkpoints made before a key existed were built with
+STORED_CONFIG = {"vqvae": stored_config, "transformer": transformer_config_from_dict,
+                 "latent_sde": sde_config_from_dict}
+
+
+def built_configs(ckpt: dict, path: Path) -> None:
+    """Replace a checkpoint's stored configs (its own, and the VQ-VAE's a forecaster carries) with the configs its
+    model was built with, checked like a config file: unknown keys (a newer version's), wrong types and bad values
+    are named with the file, and the keys it predates are filled in, so that a resume or a new run compares like
+    with like. In place."""
+    source = f"config stored in {path}"
+    raw = ckpt["config"]
+    own = {k: v for k, v in raw.items() if k != "vqvae"} if isinstance(raw, dict) else raw
+    ckpt["config"] = STORED_CONFIG[ckpt["kind"]](own, source).to_dict()
+    if isinstance(raw, dict) and "vqvae" in raw:
+        ckpt["config"]["vqvae"] = stored_config(raw["vqvae"], f"VQ-VAE {source}").to_dict()
+    carried = ckpt.get("vqvae")
+    if isinstance(carried, dict) and "config" in carried:
+        ckpt["vqvae"] = {**carried, "config": stored_config(carried["config"], f"VQ-VAE {source}").to_dict()}
 
 
 def check_same_config(saved: dict, current: dict, path: Path, sections: tuple[str, ...] = ("model",)) -> None:

@@ -548,8 +548,8 @@ def test_forecast_bands_hold_the_central_50_and_80_percent_of_the_paths(tmp_path
 
 
 def test_a_key_only_one_config_has_is_a_difference():
-    """A run saved before a model key existed (or with a key since dropped) was not built like the model asked
-    for now: resuming it is refused, naming the key, as for a changed value."""
+    """A key only one of two configs has (a model key since dropped, or one a checkpoint predates whose absence
+    load_checkpoint did not fill in) means another model: refused, naming the key, as for a changed value."""
     saved = {"model": {"dim": 32, "layers": 2}, "train": {"epochs": 3}}
     check_same_config(saved, {"model": {"dim": 32, "layers": 2}, "train": {"epochs": 9}}, Path("c.pt"))
     with pytest.raises(UserError, match="model.draft"):
@@ -710,6 +710,76 @@ def test_a_bad_number_for_crps_fine_tuning_is_refused_by_its_flags_name(flag: st
     with pytest.raises(UserError, match=f"^{re.escape(f'{flag} {said}')}$"):
         latent_sde_train.crps_config(argparse.Namespace(config=None, resume=None, **given), None,
                                      {"config": sde.to_dict()}, "elbo.pt")
+
+
+class Reached(Exception):
+    """Raised by a script's first piece of work after its config checks: the resume was accepted."""
+
+
+def old_checkpoint(tmp_path: Path, kind: str, drop: dict[str, tuple[str, ...]], **extra) -> Path:
+    """A `kind` checkpoint of today's default config without the `drop` keys ({section: keys}), as one saved
+    before they existed; `extra` replaces top-level entries."""
+    from hyper_params import Config
+    from hyper_params_sde import SDEConfig
+    from hyper_params_transformer import TransformerConfig
+
+    config = {"vqvae": Config, "transformer": TransformerConfig, "latent_sde": SDEConfig}[kind]().to_dict()
+    for section, keys in drop.items():
+        for key in keys:
+            del config[section][key]
+    path = tmp_path / f"{kind}.pt"
+    torch.save({"kind": kind, "model": {}, "config": config, "vqvae": {}, "block_size": 96, "meta": {"seed": 0},
+                **extra}, path)
+    return path
+
+
+@pytest.mark.parametrize("script, kind, first_work, drop", [
+    (vqvae_train, "vqvae", "load_split", {"model": ("commitment_cost",)}),
+    (transformer_train, "transformer", "run_vqvae", {"model": ("dropout",), "sample": ("draft_noise",)}),
+    (latent_sde_train, "latent_sde", "run_vqvae", {"model": ("hold_band", "departure_scale")}),
+])
+def test_a_checkpoint_from_before_a_key_existed_resumes_as_the_model_it_is(tmp_path, monkeypatch, script, kind,
+                                                                          first_work, drop):
+    """A run saved before a config key existed was built with what the key's absence means (its default), so it
+    resumes, with or without --config; it was refused: "'model.dropout' is None there but 0.1 now"."""
+    ckpt = old_checkpoint(tmp_path, kind, drop)
+    (tmp_path / "same.json").write_text("{}")
+    monkeypatch.setattr(script, first_work, lambda *a, **k: (_ for _ in ()).throw(Reached()))
+    for given in ([], ["--config", str(tmp_path / "same.json")]):
+        with pytest.raises(Reached):
+            script.main(["--resume", str(ckpt), "--device", "cpu", *given])
+
+
+def test_a_key_a_checkpoint_predates_set_otherwise_now_is_named_with_both_values(tmp_path, monkeypatch):
+    """The absence means the value a key had before it existed: VQ-VAE keys older checkpoints lack mean their
+    PREDATED values (one codebook), not today's defaults (three), so a config of three is another model."""
+    from hyper_params import PREDATED
+    ckpt = old_checkpoint(tmp_path, "vqvae", {"model": tuple(PREDATED["model"])})
+    monkeypatch.setattr(vqvae_train, "load_split", lambda *a, **k: (_ for _ in ()).throw(Reached()))
+    with pytest.raises(Reached):
+        vqvae_train.main(["--resume", str(ckpt), "--device", "cpu"])
+    (tmp_path / "three.json").write_text(json.dumps({"model": {"num_quantizers": 3}}))
+    with pytest.raises(UserError, match=f"^checkpoint {ckpt} was made with another config: 'model.num_quantizers' is "
+                                        f"1 there but 3 now$"):
+        vqvae_train.main(["--resume", str(ckpt), "--device", "cpu", "--config", str(tmp_path / "three.json")])
+
+
+@pytest.mark.parametrize("edit, said", [
+    (("model", "layers", "4"), r"'model.layers' = '4' has the wrong type \(expected int\)"),
+    (("model", "heads", 3), r"'model.heads' = 3 must divide model.dim=128"),
+    (("model", "mixture", 4), r"unknown config key 'model.mixture' = 4 \(known: "),      # a newer version's
+])
+def test_a_stored_config_is_checked_like_a_config_file(tmp_path, edit, said):
+    """A checkpoint's config, hand-edited or of a newer version, is validated on load, whatever reads it: a resume
+    with --config given compared it raw ("'model.layers' is '4' there but 4 now")."""
+    section, key, value = edit
+    from hyper_params_transformer import TransformerConfig
+    config = TransformerConfig().to_dict()
+    config[section][key] = value
+    ckpt = old_checkpoint(tmp_path, "transformer", {}, config=config)
+    (tmp_path / "same.json").write_text("{}")
+    with pytest.raises(UserError, match=f"^config stored in {ckpt}: .*{said}"):
+        transformer_train.main(["--resume", str(ckpt), "--device", "cpu", "--config", str(tmp_path / "same.json")])
 
 
 def test_resuming_from_another_kind_of_checkpoint_is_named(tmp_path, synthetic_db):
