@@ -32,7 +32,7 @@ from hyper_params import Config, DataConfig, load_config
 from hyper_params_transformer import SampleConfig, transformer_config_from_dict
 from metrics import FLAT_MV
 from paths import PRETRAINED, ROOT, SHIPPED, SHIPPED_SPECS, UserError, run_main
-from train_results import load_checkpoint, plot_forecasts
+from train_results import load_checkpoint, load_weights, plot_forecasts
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE, vqvae_from
 
@@ -257,7 +257,7 @@ class Forecaster(ForecasterBase):
         arch = tcfg.model
         gpt = CodeGPT(cfg.model.codebook_size, ckpt["block_size"], arch.dim, arch.layers, arch.heads, arch.dropout,
                       arch.rope, cfg.model.num_quantizers, arch.draft)
-        gpt.load_state_dict(ckpt["model"])
+        load_weights(gpt, ckpt["model"], path)
         out = cls(vq, gpt, cfg, tcfg.sample, device, arch.draft_beats)
         out.from_run(path, ckpt)
         return out

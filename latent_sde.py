@@ -53,6 +53,7 @@ from drafts import Rhythm, add_noise, context_rhythm, draft_waves, hold_matrix, 
 from forecast import ForecasterBase, context_tail, model_device, one_by_one, warn_short_context
 from hyper_params import Config
 from hyper_params_sde import SDEConfig, SDEModelConfig, sde_config_from_dict
+from train_results import load_weights
 from vqvae import VQVAE, vqvae_from
 
 
@@ -550,7 +551,7 @@ class LatentSDEForecaster(ForecasterBase):
         scfg = sde_config_from_dict({k: ckpt["config"][k] for k in ("model", "solver", "loss", "train")},
                                     f"latent SDE config stored in {path}")
         sde = LatentSDE(cfg.model.latent_dim, scfg, cfg.data.samples_per_second / cfg.model.downsample_factor)
-        sde.load_state_dict(ckpt["model"])
+        load_weights(sde, ckpt["model"], path)
         out = cls(vq, sde, cfg, scfg, device)
         out.from_run(path, ckpt)
         return out

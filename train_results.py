@@ -168,6 +168,22 @@ def save_checkpoint(state: dict, path: Path) -> None:
     paths.atomic_torch_save(state, path)
 
 
+def load_weights(model: torch.nn.Module, state: dict, path: str | os.PathLike) -> None:
+    """A checkpoint's weights into the model its config builds. Weights the model lacks, lacks room for or has
+    in another shape (a checkpoint of an older layout of the code, or an edited one) are one error naming the
+    file and the first few tensors, not torch's traceback listing them all."""
+    own = model.state_dict()
+    state = state if isinstance(state, dict) else {}
+    odd = ([f"{k} missing" for k in own if k not in state] + [f"{k} unexpected" for k in state if k not in own]
+           + [f"{k} is {list(v.shape)}, the model's {list(own[k].shape)}" for k, v in state.items()
+              if k in own and getattr(v, "shape", None) != own[k].shape])
+    if odd:
+        raise UserError(f"{path}: its weights do not fit the {type(model).__name__} its config builds "
+                        f"({'; '.join(odd[:3])}{'; ...' if len(odd) > 3 else ''}): saved by another version of the "
+                        f"code (run.json's git_commit), or edited")
+    model.load_state_dict(state)
+
+
 CHECKPOINT_KEYS = {"vqvae": ("config",), "transformer": ("config", "vqvae", "block_size"),
                    "latent_sde": ("config", "vqvae")}      # what loading each kind of model reads
 

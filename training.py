@@ -40,8 +40,8 @@ from tqdm import tqdm
 import paths
 from hyper_params import TrainConfig
 from paths import UserError, check_device
-from train_results import (MetricsLog, check_same_config, load_checkpoint, plot_codebook_health, plot_loss_curves,
-                           save_checkpoint)
+from train_results import (MetricsLog, check_same_config, load_checkpoint, load_weights, plot_codebook_health,
+                           plot_loss_curves, save_checkpoint)
 
 StepFn = Callable[[nn.Module, object], tuple[torch.Tensor, dict]]
 EpochEndFn = Callable[[nn.Module, int, bool], dict]
@@ -335,7 +335,7 @@ class Trainer:
         ckpt = load_checkpoint(path, self.kind)
         check_same_config(ckpt["config"], self.config, Path(path),    # training settings may change (--epochs)
                           sections=tuple(k for k in self.config if k not in TRAINING_SECTIONS))
-        unwrap(self.model).load_state_dict(ckpt["model"])
+        load_weights(unwrap(self.model), ckpt["model"], path)
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
         self._take_settings()

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hyper_params import Config, ModelConfig, stored_config
+from train_results import load_weights
 from transformer import ConvAttention, as_levels
 
 
@@ -386,5 +387,5 @@ def vqvae_from(ckpt: dict, source: str) -> tuple[VQVAE, Config]:
     forecasters prepare their input with the config's data settings."""
     cfg = stored_config(ckpt["config"], f"VQ-VAE config stored in {source}")
     model = VQVAE(cfg.model)
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], source)
     return model.eval(), cfg

@@ -410,6 +410,24 @@ def test_a_forecaster_checkpoint_missing_its_vqvae_is_named(tmp_path):
         Forecaster.from_checkpoint(tmp_path / "cut.pt")
 
 
+@pytest.mark.parametrize("model, edit, said", [
+    ("transformer", ("config", "layers", 3), r"CodeGPT its config builds \(blocks\.3\.\S+ unexpected; "),
+    ("latent_sde", ("config", "hidden_size", 64),
+     r"LatentSDE its config builds \(prior\.0\.weight is \[128, 32\], the model's \[64, 32\]; "),
+    ("transformer", ("vqvae", "channels", 32),
+     r"VQVAE its config builds \(\S+ is \[64, 2, 7\], the model's \[32, 2, 7\]; "),
+])
+def test_weights_that_do_not_fit_their_config_are_named(tmp_path, model, edit, said):
+    """Weights of another layout than the model the stored config builds (a checkpoint of another version of the
+    code, or an edited one) were torch's RuntimeError traceback listing every tensor."""
+    ckpt = torch.load(paths.SHIPPED[model], map_location="cpu", weights_only=True)
+    where, key, value = edit
+    (ckpt[where] if where == "config" else ckpt[where]["config"])["model"][key] = value
+    torch.save(ckpt, tmp_path / "other.pt")
+    with pytest.raises(UserError, match=f"^{tmp_path / 'other.pt'}: its weights do not fit the {said}"):
+        Forecaster.from_checkpoint(tmp_path / "other.pt")
+
+
 def test_devices_are_checked_before_work():
     assert paths.check_device(None) is None and paths.check_device("cpu") == "cpu"
     for bad in ("bogus", "cuda:99", "meta"):
