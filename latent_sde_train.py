@@ -40,8 +40,8 @@ from hyper_params import Config, TrainConfig
 from hyper_params_sde import SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_forecasts
-from training import (EpochEndFn, Runtime, StepFn, Trainer, check_run_flags, resumed_seed, run_config, run_parser,
-                      run_record, seed_everything, setup_runtime, shared_run_dirs)
+from training import (EpochEndFn, Runtime, StepFn, Trainer, check_run_flags, load_resume, resumed_seed, run_config,
+                      run_parser, run_record, seed_everything, setup_runtime, shared_run_dirs)
 from vqvae import VQVAE
 from vqvae_eval import (FORECASTER_FLAGS, add_forecaster_flags, forecaster_splits, forecasting_config, frozen_encodings,
                         run_vqvae, vqvae_choice)
@@ -335,7 +335,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
-    resume = load_checkpoint(args.resume, "latent_sde") if args.resume else None
+    resume = load_resume(args.resume, "latent_sde") if args.resume else None
     if args.crps_from and resume and "crps_from" not in resume["meta"]:
         raise paths.UserError(f"--resume {args.resume} is an ELBO run's checkpoint and --crps-from starts a fine-tuning "
                               "run of its own: resume the ELBO run without --crps-from, or fine-tune with --crps-from "

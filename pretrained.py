@@ -22,12 +22,12 @@ import numpy as np
 import paths
 from forecast import Forecaster, ForecasterBase, forecast_record
 from paths import SHIPPED
-from train_results import MetricsLog, load_checkpoint
+from train_results import TRAINING_STATE, MetricsLog, load_checkpoint
 
 # Two DS2 test records and start times the test forecasts; figures are recorded at packing time.
 REFERENCE_CASES = (("100", 60.0), ("233", 300.0))
 REFERENCE_SAMPLES, REFERENCE_SEED = 100, 0
-TRAINING_ONLY = ("optimizer", "scheduler", "scaler", "rng", "run_dir", "ckpt_dir")
+TRAINING_ONLY = TRAINING_STATE
 
 
 def training_minutes(run_dir: str | None) -> float:

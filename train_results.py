@@ -184,6 +184,7 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | os.PathLike) -
     model.load_state_dict(state)
 
 
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng", "run_dir", "ckpt_dir")    # what only a resume reads
 CHECKPOINT_KEYS = {"vqvae": ("config",), "transformer": ("config", "vqvae", "block_size"),
                    "latent_sde": ("config", "vqvae")}      # what loading each kind of model reads
 

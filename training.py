@@ -40,8 +40,8 @@ from tqdm import tqdm
 import paths
 from hyper_params import TrainConfig
 from paths import UserError, check_device
-from train_results import (MetricsLog, check_same_config, load_checkpoint, load_weights, plot_codebook_health,
-                           plot_loss_curves, save_checkpoint)
+from train_results import (TRAINING_STATE, MetricsLog, check_same_config, load_checkpoint, load_weights,
+                           plot_codebook_health, plot_loss_curves, save_checkpoint)
 
 StepFn = Callable[[nn.Module, object], tuple[torch.Tensor, dict]]
 EpochEndFn = Callable[[nn.Module, int, bool], dict]
@@ -332,7 +332,7 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         """Go on from a checkpoint exactly where it stopped: weights, optimiser, schedule, counters and generators."""
-        ckpt = load_checkpoint(path, self.kind)
+        ckpt = load_resume(path, self.kind)
         check_same_config(ckpt["config"], self.config, Path(path),    # training settings may change (--epochs)
                           sections=tuple(k for k in self.config if k not in TRAINING_SECTIONS))
         load_weights(unwrap(self.model), ckpt["model"], path)
@@ -648,6 +648,17 @@ def _batch_len(batch) -> int:
     if isinstance(batch, dict):
         return _batch_len(next(iter(batch.values())))
     return _batch_len(batch[0])
+
+
+def load_resume(path: str | Path, kind: str) -> dict:
+    """The checkpoint --resume goes on from. A packed model (pretrained/'s) keeps its weights but not the optimiser,
+    schedule, generators and run folders a resume restores: it was a KeyError traceback once the data was loaded."""
+    ckpt = load_checkpoint(path, kind)
+    missing = [k for k in TRAINING_STATE if k not in ckpt]
+    if missing:
+        raise UserError(f"{path} holds no training state ({', '.join(missing)}), as a packed model such as "
+                        f"pretrained/'s: --resume takes a run's checkpoint, e.g. checkpoints/{kind}-<time>/last.pt")
+    return ckpt
 
 
 def run_record(cfg_dict: dict, seed: int, train: dict, val: dict, rt: Runtime, argv: list[str]) -> dict:

@@ -23,8 +23,9 @@ from drafts import VERSION as DRAFTS_VERSION, detected_beats
 from forecast import Forecaster, beat_draft, seasonal_draft
 from hyper_params import Config
 from hyper_params_transformer import TransformerConfig, load_transformer_config, transformer_config_from_dict
-from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_forecasts
-from training import Runtime, Trainer, run_config, run_parser, run_record, seed_everything, setup_runtime, shared_run_dirs
+from train_results import fixed_titles, fixed_windows, plot_forecasts
+from training import (Runtime, Trainer, load_resume, run_config, run_parser, run_record, seed_everything, setup_runtime,
+                      shared_run_dirs)
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
 from vqvae_eval import (ENCODE_BATCH, FORECASTER_FLAGS, add_forecaster_flags, forecaster_splits, forecasting_config,
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="VQ-VAE checkpoint, or a forecaster's for its VQ-VAE, e.g. pretrained/forecaster.pt "
                    "(default: newest checkpoints/vqvae-*/best.pt)")
     args = p.parse_args(argv)
-    resume = load_checkpoint(args.resume, "transformer") if args.resume else None
+    resume = load_resume(args.resume, "transformer") if args.resume else None
     tcfg = run_config(args, resume, load_transformer_config, transformer_config_from_dict, FORECASTER_FLAGS)
     tcfg.validate()
     vq, vq_ckpt, vq_path = run_vqvae(args, resume)

@@ -18,9 +18,9 @@ from torch.utils.data import Dataset
 import paths
 from hyper_params import Config, config_from_dict, load_config
 from prepare_mitbih import load_split, source_fs
-from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_windows
-from training import (EpochEndFn, Pooled, Runtime, Trainer, run_config, run_parser, run_record, run_splits,
-                      seed_everything, setup_runtime, shared_run_dirs)
+from train_results import fixed_titles, fixed_windows, plot_windows
+from training import (EpochEndFn, Pooled, Runtime, Trainer, load_resume, run_config, run_parser, run_record,
+                      run_splits, seed_everything, setup_runtime, shared_run_dirs)
 from vqvae import VQVAE, level_key, perplexity
 from vqvae_eval import compression
 
@@ -113,7 +113,7 @@ def check_not_data_parallel(rt: Runtime) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = run_parser(__doc__, "config JSON (default: config_vqvae.json)").parse_args(argv)
-    resume_ckpt = load_checkpoint(args.resume, "vqvae") if args.resume else None
+    resume_ckpt = load_resume(args.resume, "vqvae") if args.resume else None
     cfg = run_config(args, resume_ckpt, load_config, config_from_dict)
     cfg.validate()
     rt = setup_runtime(args.device)

@@ -26,7 +26,7 @@ from vqvae import VQVAE
 from paths import UserError
 from conftest import trainer_inputs, undocumented_columns, vqvae_splits
 from tiny import flags, tiny_setup
-from train_results import fixed_windows
+from train_results import TRAINING_STATE, fixed_windows
 
 TINY_SDE = {
     "model": {"state_size": 6, "context_size": 8, "encoder_hidden": 16, "hidden_size": 32, "emission_hidden": 32,
@@ -579,7 +579,7 @@ def test_resume_with_crps_from_names_the_pair_of_flags(tmp_path: Path, capsys) -
     """--resume of an ELBO run with --crps-from is one clear error (was a KeyError traceback: the ELBO run's meta
     has no crps_from); a fine-tuning run resumed with another --crps-from says it goes on from its own source."""
     elbo, tuned = tmp_path / "elbo.pt", tmp_path / "tuned.pt"
-    common = {"kind": "latent_sde", "model": {}, "config": {}, "vqvae": {}}
+    common = {"kind": "latent_sde", "model": {}, "config": {}, "vqvae": {}, **dict.fromkeys(TRAINING_STATE)}
     torch.save({**common, "meta": {"seed": 0}}, elbo)
     torch.save({**common, "meta": {"seed": 0, "crps_from": "first.pt"}}, tuned)
     with pytest.raises(UserError, match=f"--resume {elbo} .* ELBO run .* --crps-from"):

@@ -30,7 +30,7 @@ from hyper_params import ModelConfig, TrainConfig, config_from_dict, load_config
 from paths import UserError
 from prepare_mitbih import load_split, prepare
 from tiny import TINY, flags, tiny_setup
-from train_results import MetricsLog, check_same_config
+from train_results import TRAINING_STATE, MetricsLog, check_same_config
 from vqvae import VQVAE
 
 
@@ -574,7 +574,8 @@ def test_a_resume_with_another_config_is_refused_before_the_data(tmp_path, monke
 
     config = {"vqvae": Config, "transformer": TransformerConfig, "latent_sde": SDEConfig}[kind]().to_dict()
     ckpt = tmp_path / "last.pt"
-    torch.save({"kind": kind, "model": {}, "config": config, "vqvae": {}, "block_size": 96, "meta": {"seed": 0}}, ckpt)
+    torch.save({"kind": kind, "model": {}, "config": config, "vqvae": {}, "block_size": 96, "meta": {"seed": 0},
+                **dict.fromkeys(TRAINING_STATE)}, ckpt)
     args = ["--resume", str(ckpt), "--device", "cpu"]
     if change == "--augment-copies":
         args += ["--augment-copies", "2"]
@@ -729,7 +730,7 @@ def old_checkpoint(tmp_path: Path, kind: str, drop: dict[str, tuple[str, ...]], 
             del config[section][key]
     path = tmp_path / f"{kind}.pt"
     torch.save({"kind": kind, "model": {}, "config": config, "vqvae": {}, "block_size": 96, "meta": {"seed": 0},
-                **extra}, path)
+                **dict.fromkeys(TRAINING_STATE), **extra}, path)
     return path
 
 
@@ -780,6 +781,16 @@ def test_a_stored_config_is_checked_like_a_config_file(tmp_path, edit, said):
     (tmp_path / "same.json").write_text("{}")
     with pytest.raises(UserError, match=f"^config stored in {ckpt}: .*{said}"):
         transformer_train.main(["--resume", str(ckpt), "--device", "cpu", "--config", str(tmp_path / "same.json")])
+
+
+@pytest.mark.parametrize("script, model", [(transformer_train, "transformer"), (latent_sde_train, "latent_sde")])
+def test_resuming_a_packed_model_is_named_before_the_data(tmp_path, monkeypatch, script, model):
+    """pretrained/'s models keep their weights, not their training state: --resume of one loaded (and encoded) the
+    data, then stopped at a KeyError traceback ('run_dir')."""
+    monkeypatch.setattr(script, "forecaster_splits", lambda *a, **k: pytest.fail("the data was loaded"))
+    with pytest.raises(UserError, match=f"^{re.escape(str(paths.SHIPPED[model]))} holds no training state "
+                                        r"\(optimizer, .*\), as a packed model .*: --resume takes a run's checkpoint"):
+        script.main(["--resume", str(paths.SHIPPED[model]), "--device", "cpu"])
 
 
 def test_resuming_from_another_kind_of_checkpoint_is_named(tmp_path, synthetic_db):
