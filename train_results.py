@@ -134,7 +134,7 @@ def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, 
     window's two panels (its record and leads), else "lead 1", "lead 2" over the first row."""
     n = len(original)
     t = np.arange(original.shape[1]) / fs
-    fig, axes = plt.subplots(n, 2, figsize=(12, 2.2 * n), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(n, 2, figsize=(12, 2.2 * n + 0.4), squeeze=False, sharex=True)
     for i in range(n):
         for lead in range(2):
             ax = axes[i, lead]
@@ -147,9 +147,10 @@ def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, 
                 ax.set_title(LEADS[lead])
     axes[-1, 0].set_xlabel("time (s)")
     axes[-1, 1].set_xlabel("time (s)")
-    axes[0, 1].legend(loc="upper right", fontsize=8)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", fontsize=8, ncol=2,
+               frameon=False)      # below the panels: inside one it hid the last beat of the top right window
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))
     paths.atomic_savefig(fig, out, dpi=90)
     plt.close(fig)
 

@@ -1334,6 +1334,30 @@ def test_loss_curves_show_the_whole_name_of_the_loss(tmp_path: Path, monkeypatch
     assert 0 <= box.y0 and box.y1 <= fig.bbox.height and 0 <= box.x0, (box, fig.bbox)
 
 
+def legend_boxes_over_panels(fig: plt.Figure) -> list:
+    """The (legend, axes) pairs whose boxes overlap on the drawn figure: a legend there hides data."""
+    fig.canvas.draw()
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    return [(leg.get_texts()[0].get_text(), ax.get_title()) for leg in legends for ax in fig.axes
+            if leg.get_window_extent().overlaps(ax.get_window_extent())]
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_reconstruction_legend_hides_no_trace(tmp_path: Path, monkeypatch, n: int) -> None:
+    """The reconstructions' legend sat inside the top right panel, over its last beat (vqvae_eval.py --record's
+    PNG and every reconstruction_epoch_*.png): it is below the panels now, inside the figure."""
+    figures = []
+    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    windows = np.sin(np.linspace(0, 40, 384))[None, :, None].repeat(n, 0).repeat(2, 2)
+    train_results.plot_windows(windows, 0.9 * windows, 128, tmp_path / "w.png", "t")
+    fig = figures[0]
+    assert legend_boxes_over_panels(fig) == []
+    [legend] = fig.legends
+    box = legend.get_window_extent()
+    assert [t.get_text() for t in legend.get_texts()] == ["original", "reconstruction"]
+    assert 0 <= box.y0 and box.x0 >= 0 and box.x1 <= fig.bbox.width, (box, fig.bbox)
+
+
 def test_window_and_forecast_plots_read_in_seconds_and_millivolts(tmp_path: Path, monkeypatch) -> None:
     """Reconstructions: time in seconds from the window start; forecasts: in record seconds from `start_s`, the
     truth and the forecast over the horizon after the context, the forecast line the mean of the paths, the sample
