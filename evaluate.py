@@ -49,6 +49,7 @@ from eval_report import csv_text, file_name, markdown_report
 from forecast import Forecaster, ForecasterBase, checked_samples, own_data
 from hyper_params import Config, data_hash, load_config
 from paths import ROOT, SHIPPED, SHIPPED_SPECS, UserError
+from train_results import forecast_panel
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -922,8 +923,8 @@ def plot_crps_gain(ax: Axes, scores: dict[str, Scores], summary: dict, fs: int, 
 
 def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: int, fs: int, num_samples: int,
                  seed: int, path: Path, picks: list[tuple[str, int, int]], zero_mse: np.ndarray) -> None:
-    """Context, truth, point forecast and 80 % band of both leads for the windows `picks` (gallery_picks: the same
-    for every forecaster, so their galleries compare), forecast with the same seed as in the evaluation. Titles
+    """Context, truth, point forecast and 50% / 80% bands of both leads for the windows `picks` (gallery_picks: the
+    same for every forecaster, so their galleries compare), forecast with the same seed as in the evaluation. Titles
     give the window's MSE and its share of the zero forecast's (`zero_mse`, per window), which ranks the picks."""
     import matplotlib
     matplotlib.use("Agg")
@@ -941,7 +942,7 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
             plot_lead(axes[row, lead], t, context, truth[:, lead], samples[:, :, lead],
                       f"{label}: record {w.records[r]} {lead_name}, forecast from {(w.start[i] + context) / fs:.0f} s"
                       f"\nwindow MSE (both leads) {s.window_mse[i]:.3g} mV², {share:.0f}% of the zero forecast's")
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=6, fontsize=8, frameon=False)
     fig.suptitle(f"{name}: forecast examples", fontsize=11)
     height = fig.get_figheight()        # margins in inches: the legend below, the titles above, for any rows
     fig.subplots_adjust(left=0.06, right=0.99, bottom=1.13 / height, top=1 - 1.04 / height, hspace=0.7,
@@ -975,20 +976,12 @@ def gallery_picks(s: Scores, w: Windows, zero_mse: np.ndarray) -> list[tuple[str
 
 
 def plot_lead(ax: Axes, t: np.ndarray, context: int, truth: np.ndarray, samples: np.ndarray, title: str) -> None:
-    """One lead of a window on the matplotlib Axes `ax`: context and truth [T], and the forecast samples [S, H]
-    (their 80 % band, one of them and their mean when sampled)."""
-    ax.plot(t[:context], truth[:context], color="0.45", lw=0.9, label="context")
-    ax.plot(t[context:], truth[context:], color="k", lw=0.9, label="truth")
-    if samples.shape[0] > 1:
-        lo, hi = np.quantile(samples, [0.1, 0.9], axis=0)
-        ax.fill_between(t[context:], lo, hi, color="C0", alpha=0.25, lw=0, label="80 % band")
-        ax.plot(t[context:], samples[0], color="C0", lw=0.7, alpha=0.8, label="one sample")
-    ax.plot(t[context:], samples.mean(0), color="C3", lw=1.0,
-            label="forecast (mean)" if samples.shape[0] > 1 else "forecast")
-    ax.axvline(0, color="0.6", lw=0.8, ls="--")
-    ax.set(xlabel="time from forecast start (s)", ylabel="mV")
+    """One lead of a window on the matplotlib Axes `ax`: context and truth [T] and the forecast samples [S, H],
+    drawn as forecast.py and the trainers draw them (train_results.forecast_panel: the truth on top, the 50% and
+    80% bands, one sample and the mean when sampled)."""
+    forecast_panel(ax, t, truth, samples, context)
+    ax.set_xlabel("time from forecast start (s)")
     ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
 
 
 # ----------------------------------------------------------------------------- main

@@ -310,7 +310,7 @@ def forecast_panel(ax: plt.Axes, t: np.ndarray, window: np.ndarray, samples: np.
             ax.fill_between(tf, np.percentile(samples, lo, 0), np.percentile(samples, hi, 0), color="tab:blue",
                             alpha=alpha, lw=0, label=f"{hi - lo}% band")
         ax.plot(tf, samples[0], color="tab:blue", lw=0.7, alpha=0.8, label="one sample")
-    ax.plot(tf, samples.mean(0), color="tab:red", lw=1.0, label="forecast (mean)")
+    ax.plot(tf, samples.mean(0), color="tab:red", lw=1.0, label="forecast (mean)" if len(samples) > 1 else "forecast")
     ax.axvline(t[context], color="0.3", ls=":", lw=0.8)
     ax.set_ylabel("mV")
     ax.grid(alpha=0.3)

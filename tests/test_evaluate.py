@@ -1448,6 +1448,27 @@ def test_the_gallery_draws_each_record_once_when_there_are_fewer_than_three():
     assert evaluate.gallery_picks(s, w, evaluate.zero_forecast_mse(w, 2)) == [("the only record", 0, 3)]
 
 
+def test_a_gallery_panel_draws_the_truth_on_top_with_both_bands_as_forecast_py_does():
+    """The galleries drew the truth first, under the 80 % band and the sample path, where forecast.py's PNG and the
+    trainers' draw it on top; they had no 50% band. A gallery panel is forecast.py's panel now: the truth above
+    every band and sample, the 50% and 80% bands, and a point forecast labelled as no mean."""
+    import matplotlib.pyplot as plt
+    context, horizon = 8, 16
+    t = (np.arange(context + horizon) - context) / 16
+    truth = np.sin(np.arange(context + horizon, dtype=float))
+    samples = np.random.default_rng(0).standard_normal((50, horizon))
+    fig, ax = plt.subplots()
+    evaluate.plot_lead(ax, t, context, truth, samples, "record r1 MLII")
+    drawn = {a.get_label(): a for a in ax.lines + ax.collections}
+    assert {"context", "truth", "50% band", "80% band", "one sample", "forecast (mean)"} <= set(drawn)
+    assert all(drawn["truth"].get_zorder() > drawn[k].get_zorder() for k in ("50% band", "80% band", "one sample"))
+    assert ax.get_ylabel() == "mV" and ax.get_xlabel() == "time from forecast start (s)"
+    fig, ax = plt.subplots()
+    evaluate.plot_lead(ax, t, context, truth, samples[:1], "record r1 MLII")
+    assert [ln.get_label() for ln in ax.lines if not ln.get_label().startswith("_")] == ["context", "truth", "forecast"]
+    plt.close("all")
+
+
 def test_a_run_on_one_record_shows_no_intervals_and_draws_it_once(tmp_path, monkeypatch):
     """Bootstrapping one record gives [v, v]: the report showed intervals of no width, and a model paired with a
     baseline on one patient an interval that excludes 0."""
