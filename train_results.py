@@ -117,10 +117,12 @@ def plot_codebook_health(log: MetricsLog, out: Path) -> None:
     for ax, (name, label, factor) in zip(axes, HEALTH):
         for level, suffix in enumerate(suffixes):
             ax.plot(epochs, [factor * logged(r[name + suffix]) for r in rows], marker="o",
-                    label=f"codebook {level + 1}")
+                    label=f"codebook {level + 1}", clip_on=False)      # a 0 on the axis keeps its marker
         ax.set(xlabel="epoch", ylabel=label)
+        ax.set_ylim(0, max(1.0, ax.get_ylim()[1]))      # counts and shares: none below 0, and no -0.04 restarts
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+    axes[2].yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))      # whole codes
     axes[0].legend(fontsize=8)
     fig.suptitle("codebook health in each training epoch")
     fig.tight_layout()

@@ -1405,6 +1405,22 @@ def test_codebook_health_is_plotted_per_codebook_and_epoch(tmp_path: Path, monke
     assert len(figures) == 1 and not (tmp_path / "none.png").exists()
 
 
+def test_codebook_health_with_no_restarts_counts_from_zero_in_whole_codes(tmp_path: Path, monkeypatch) -> None:
+    """A run that restarted no code drew its restarts on an axis from -0.04 to 0.04: each panel starts at 0 now,
+    and the restarts' ticks are whole numbers."""
+    log = train_results.MetricsLog(tmp_path / "metrics.csv")
+    for epoch in (1, 2):
+        log.append({"epoch": epoch, "val_loss": 1.0, "perplexity": 300.0 / epoch, "usage": 0.9 / epoch, "restarted": 0})
+    figures = []
+    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    train_results.plot_codebook_health(log, tmp_path / "h.png")
+    perplexity, usage, restarted = figures[0].axes
+    assert [ax.get_ylim()[0] for ax in figures[0].axes] == [0, 0, 0]
+    assert perplexity.get_ylim()[1] >= 300 and usage.get_ylim()[1] >= 90
+    ticks = [t for t in restarted.get_yticks() if restarted.get_ylim()[0] <= t <= restarted.get_ylim()[1]]
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+
+
 def test_codebook_health_plots_a_column_added_on_resume_from_the_epoch_it_starts(tmp_path: Path, monkeypatch) -> None:
     """MetricsLog.append adds a column a resumed run logs that the file lacks, blank in the earlier rows: the plot
     leaves those epochs out of its line (NaN), where float('') stopped the run's _save with a ValueError."""
