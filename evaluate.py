@@ -938,9 +938,9 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
         truth = np.asarray(w.signals[i], np.float32)
         share = 100 * s.window_mse[i] / zero_mse[i]
         for lead in range(2):
-            lead_name = w.leads[r][lead] if lead < len(w.leads[r]) else f"lead {lead + 1}"
+            lead_name = f"lead {lead + 1}" + (f": {w.leads[r][lead]}" if lead < len(w.leads[r]) else "")
             plot_lead(axes[row, lead], t, context, truth[:, lead], samples[:, :, lead],
-                      f"{label}: record {w.records[r]} {lead_name}, forecast from {(w.start[i] + context) / fs:.0f} s"
+                      f"{label}: record {w.records[r]}, {lead_name}, forecast from {(w.start[i] + context) / fs:.0f} s"
                       f"\nwindow MSE (both leads) {s.window_mse[i]:.3g} mV², {share:.0f}% of the zero forecast's")
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=6, fontsize=8, frameon=False)
     fig.suptitle(f"{name}: forecast examples", fontsize=11)

@@ -1469,6 +1469,24 @@ def test_a_gallery_panel_draws_the_truth_on_top_with_both_bands_as_forecast_py_d
     plt.close("all")
 
 
+def test_gallery_panels_name_the_lead_by_number_and_name(tmp_path, monkeypatch):
+    """A gallery panel said 'record 117 MLII' where every other figure says 'lead 1: MLII': both are said now, and
+    a record without lead names still says which lead."""
+    drawn = []
+    monkeypatch.setattr(evaluate, "plot_lead", lambda *a: drawn.append(a[-1]))
+    w = SimpleNamespace(signals=np.zeros((2, 48, 2), np.float32), record=np.array([0, 1]), records=["117", "r2"],
+                        start=np.array([0, 128]), leads=[["MLII", "V2"], []])
+    s = evaluate.Scores(2, window_sums={"se": np.ones((2, 1)), "n": np.ones((2, 1))})
+    picks = [("lowest-error record", 0, 0), ("highest-error record", 1, 1)]
+    evaluate.plot_gallery("zero", evaluate.make_baseline("zero", 16), s, w, 32, 16, 1, 0, tmp_path / "g.png", picks,
+                          np.ones(2))
+    assert [t.split("\n")[0] for t in drawn] == [
+        "lowest-error record: record 117, lead 1: MLII, forecast from 2 s",
+        "lowest-error record: record 117, lead 2: V2, forecast from 2 s",
+        "highest-error record: record r2, lead 1, forecast from 10 s",
+        "highest-error record: record r2, lead 2, forecast from 10 s"]
+
+
 def test_a_run_on_one_record_shows_no_intervals_and_draws_it_once(tmp_path, monkeypatch):
     """Bootstrapping one record gives [v, v]: the report showed intervals of no width, and a model paired with a
     baseline on one patient an interval that excludes 0."""
