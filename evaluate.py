@@ -922,10 +922,12 @@ def plot_crps_gain(ax: Axes, scores: dict[str, Scores], summary: dict, fs: int, 
 
 
 def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: int, fs: int, num_samples: int,
-                 seed: int, path: Path, picks: list[tuple[str, int, int]], zero_mse: np.ndarray) -> None:
+                 seed: int, path: Path, picks: list[tuple[str, int, int]], zero_mse: np.ndarray,
+                 ranked_by: str | None = None) -> None:
     """Context, truth, point forecast and 50% / 80% bands of both leads for the windows `picks` (gallery_picks: the
     same for every forecaster, so their galleries compare), forecast with the same seed as in the evaluation. Titles
-    give the window's MSE and its share of the zero forecast's (`zero_mse`, per window), which ranks the picks."""
+    give the window's MSE and its share of the zero forecast's (`zero_mse`, per window), which ranks the picks; the
+    figure's title says whose ranking it is (`ranked_by`), as another forecaster's shares need not follow it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -943,7 +945,8 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
                       f"{label}: record {w.records[r]}, {lead_name}, forecast from {(w.start[i] + context) / fs:.0f} s"
                       f"\nwindow MSE (both leads) {s.window_mse[i]:.3g} mV², {share:.0f}% of the zero forecast's")
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=6, fontsize=8, frameon=False)
-    fig.suptitle(f"{name}: forecast examples", fontsize=11)
+    ranking = f" (records ranked by {ranked_by}'s MSE over the zero forecast's)" if ranked_by and len(picks) > 1 else ""
+    fig.suptitle(f"{name}: forecast examples{ranking}", fontsize=11)
     height = fig.get_figheight()        # margins in inches: the legend below, the titles above, for any rows
     fig.subplots_adjust(left=0.06, right=0.99, bottom=1.13 / height, top=1 - 1.04 / height, hspace=0.7,
                         wspace=0.16)
@@ -1138,7 +1141,7 @@ def plot_results(run: Path, forecasters: dict[str, ForecasterBase], scores: dict
     picks = gallery_picks(scores[reference], w, zero_mse)      # the same windows in every gallery
     for name, f in forecasters.items():
         plot_gallery(name, f, scores[name], w, context, fs, args.samples, args.seed,
-                     run / f"gallery_{file_name(name)}.png", picks, zero_mse)
+                     run / f"gallery_{file_name(name)}.png", picks, zero_mse, ranked_by=reference)
 
 
 def write_results(run: Path, header: dict, cfg: Config, summary: dict, w: Windows) -> None:

@@ -1469,18 +1469,28 @@ def test_a_gallery_panel_draws_the_truth_on_top_with_both_bands_as_forecast_py_d
     plt.close("all")
 
 
-def test_gallery_panels_name_the_lead_by_number_and_name(tmp_path, monkeypatch):
+def test_gallery_panels_name_the_lead_by_number_and_name_and_the_figure_whose_ranking(tmp_path, monkeypatch):
     """A gallery panel said 'record 117 MLII' where every other figure says 'lead 1: MLII': both are said now, and
-    a record without lead names still says which lead."""
+    a record without lead names still says which lead. The records are ranked by the best baseline's MSE for every
+    gallery, so gallery_persistence.png's 'lowest-error record' could be its worst (125% of the zero forecast's
+    against 101%): the figure's title says whose ranking it is."""
     drawn = []
     monkeypatch.setattr(evaluate, "plot_lead", lambda *a: drawn.append(a[-1]))
+    import matplotlib.pyplot as plt
+    plt_titles = []
+    monkeypatch.setattr(plt, "close", lambda fig: plt_titles.append(fig._suptitle.get_text()))
     w = SimpleNamespace(signals=np.zeros((2, 48, 2), np.float32), record=np.array([0, 1]), records=["117", "r2"],
                         start=np.array([0, 128]), leads=[["MLII", "V2"], []])
     s = evaluate.Scores(2, window_sums={"se": np.ones((2, 1)), "n": np.ones((2, 1))})
     picks = [("lowest-error record", 0, 0), ("highest-error record", 1, 1)]
     evaluate.plot_gallery("zero", evaluate.make_baseline("zero", 16), s, w, 32, 16, 1, 0, tmp_path / "g.png", picks,
                           np.ones(2))
-    assert [t.split("\n")[0] for t in drawn] == [
+    assert "ranked by" not in plt_titles[0]         # no one's ranking: the test passes none
+    evaluate.plot_gallery("zero", evaluate.make_baseline("zero", 16), s, w, 32, 16, 1, 0, tmp_path / "g.png", picks,
+                          np.ones(2), ranked_by="template_ensemble")
+    assert plt_titles[1] == ("zero: forecast examples (records ranked by template_ensemble's MSE over the zero "
+                             "forecast's)")
+    assert [t.split("\n")[0] for t in drawn[:4]] == [
         "lowest-error record: record 117, lead 1: MLII, forecast from 2 s",
         "lowest-error record: record 117, lead 2: V2, forecast from 2 s",
         "highest-error record: record r2, lead 1, forecast from 10 s",
@@ -1494,7 +1504,7 @@ def test_a_run_on_one_record_shows_no_intervals_and_draws_it_once(tmp_path, monk
     own = tmp_path / "own.py"
     own.write_text("from baselines import make_baseline\n\n\ndef Mine(fs):\n    return make_baseline('template', fs)\n")
     drawn = []
-    monkeypatch.setattr(evaluate, "plot_gallery", lambda *a: drawn.append(a[-2]))
+    monkeypatch.setattr(evaluate, "plot_gallery", lambda *a, **k: drawn.append(a[-2]))
     run, result = _run(["--model", f"{own}:Mine", "zero", "--wfdb-dir", str(tmp_path / "one"),
                         "--results", str(tmp_path / "results")])
     mse = result["forecasters"]["zero"]["metrics"]["mse"][-1]
