@@ -247,12 +247,14 @@ def seen_warnings(meta: dict, records: list[str], split: str) -> list[str]:
 
 
 @torch.no_grad()
-def plot_examples(model: VQVAE, data: dict, split: str, prepared: str | None, out: Path) -> None:
-    """Four windows spread over the split against their reconstructions, each panel naming its record and lead."""
+def plot_examples(model: VQVAE, data: dict, split: str, prepared: str | None, out: Path, checkpoint: Path) -> None:
+    """Four windows spread over the split against their reconstructions, each panel naming its record and lead, the
+    title the checkpoint (as --record's figure names it)."""
     idx = fixed_indices(data, 4)
     x = data["signals"][idx].clone()
     plot_windows(x.numpy(), model(x)[0].numpy(), float(data["fs"]), out,
-                 f"{split} windows, original vs reconstruction", window_titles(data, idx, stored_leads(prepared)))
+                 f"the VQ-VAE of {paths.shown(checkpoint)}: {split} windows, original vs reconstruction",
+                 window_titles(data, idx, stored_leads(prepared)))
 
 
 PLOTTED = 4     # windows drawn against their reconstructions
@@ -380,7 +382,7 @@ def main() -> None:
     paths.atomic_write_json(report, run / "reconstruction.json")
     lines = report_lines(report, data)
     paths.atomic_write_text("\n".join(lines) + "\n", run / "reconstruction.md")
-    plot_examples(model, data, args.split, args.prepared, run / "reconstruction_examples.png")
+    plot_examples(model, data, args.split, args.prepared, run / "reconstruction_examples.png", path)
     print("\n".join(lines[-3:]))
     print(f"report: {run / 'reconstruction.md'}")
 

@@ -577,6 +577,19 @@ def test_reconstruction_examples_name_their_record_time_and_leads(tmp_path, monk
     assert drawn == [t for pair in titles for t in pair]
 
 
+def test_split_reconstruction_examples_name_the_checkpoint(tmp_path, monkeypatch) -> None:
+    """vqvae_eval.py --split's reconstruction_examples.png was titled 'validation windows, original vs reconstruction'
+    whichever VQ-VAE drew it; --record's names it, and so does this one now."""
+    drawn = []
+    monkeypatch.setattr(vqvae_eval, "plot_windows", lambda *a: drawn.append(a[4]))
+    data = {"signals": torch.zeros(2, 64, 2), "records": ["109"], "record": torch.tensor([0, 0]),
+            "start": torch.tensor([0, 64]), "fs": 64}
+    vqvae_eval.plot_examples(tiny_model(), data, "validation", str(tmp_path), tmp_path / "r.png",
+                             tmp_path / "vqvae-1" / "best.pt")
+    checkpoint = tmp_path / "vqvae-1" / "best.pt"
+    assert drawn == [f"the VQ-VAE of {checkpoint}: validation windows, original vs reconstruction"]
+
+
 def test_vqvae_eval_warns_of_records_the_vqvae_saw() -> None:
     """With record lists of one's own, a 'test' split may hold the VQ-VAE's training or validation patients: said,
     record by record; the training split scored as such is no claim of a test."""
