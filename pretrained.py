@@ -27,7 +27,6 @@ from train_results import TRAINING_STATE, MetricsLog, load_checkpoint
 # Two DS2 test records and start times the test forecasts; figures are recorded at packing time.
 REFERENCE_CASES = (("100", 60.0), ("233", 300.0))
 REFERENCE_SAMPLES, REFERENCE_SEED = 100, 0
-TRAINING_ONLY = TRAINING_STATE
 
 
 def training_minutes(run_dir: str | None) -> float:
@@ -45,7 +44,7 @@ def pack(ckpt: dict, vqvae_run_dir: str | None, tuned_from_run_dir: str | None =
     """The checkpoint without training-only state, plus what the model card needs to know. A checkpoint
     packed before (a shipped model whose sampling settings were changed) keeps the record it has. The
     forecaster's minutes include the run it was fine-tuned from (latent_sde_train.py --crps-from)."""
-    out = {k: v for k, v in ckpt.items() if k not in TRAINING_ONLY}
+    out = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
     minutes = training_minutes(ckpt.get("run_dir")) + training_minutes(tuned_from_run_dir)
     out.setdefault("pretrained", {"forecaster_minutes": round(minutes, 1),
                                   "vqvae_minutes": round(training_minutes(vqvae_run_dir), 1),

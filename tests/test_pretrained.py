@@ -23,7 +23,7 @@ from hyper_params import config_from_dict
 from conftest import ROOT, run_script, spike_train, write_record
 from paths import PRETRAINED, SHIPPED, SHIPPED_SPECS, UserError
 from prepare_mitbih import DS1, DS2, PACED, config_split, read_record
-from train_results import MetricsLog
+from train_results import TRAINING_STATE, MetricsLog
 
 # Figures recorded by pretrained.py when the model was packed. Same seed on CPU gives the same numbers;
 # the tolerance absorbs float differences between CPU instruction sets, which can flip a sampled code and
@@ -39,7 +39,7 @@ def test_shipped_checkpoint_is_small_safe_and_from_training_patients(model):
     assert path.is_file(), f"{path} is missing: run `make {target}`"
     assert path.stat().st_size <= 25 * 2 ** 20
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    assert ckpt["kind"] == model and not set(pretrained.TRAINING_ONLY) & set(ckpt)
+    assert ckpt["kind"] == model and not set(TRAINING_STATE) & set(ckpt)
     for state in (ckpt["model"], ckpt["vqvae"]["model"]):
         assert not any(k.startswith("module.") for k in state)
     for meta in (ckpt["meta"], ckpt["vqvae"]["meta"]):
@@ -54,7 +54,7 @@ def test_packing_drops_training_state_and_keeps_a_packed_record():
     """Packing again (after changing a shipped model's sampling settings) must not reset its training record."""
     ckpt = {"kind": "transformer", "model": {}, "meta": {}, "optimizer": {}, "rng": {}, "run_dir": None}
     first = pretrained.pack(ckpt, None)
-    assert not set(pretrained.TRAINING_ONLY) & set(first) and first["pretrained"]["forecaster_minutes"] == 0
+    assert not set(TRAINING_STATE) & set(first) and first["pretrained"]["forecaster_minutes"] == 0
     first["pretrained"]["forecaster_minutes"] = 24.0
     assert pretrained.pack(first, None)["pretrained"]["forecaster_minutes"] == 24.0
 
@@ -140,7 +140,7 @@ def test_packing_makes_the_references_with_the_new_model_before_replacing_the_sh
     assert res.returncode == 0, res.stderr
     assert seen["shipped"] == b"the model shipped before" and torch.equal(seen["weight"], ckpt["model"][key])
     shipped = torch.load(moved["latent_sde"], map_location="cpu", weights_only=True)
-    assert torch.equal(shipped["model"][key], ckpt["model"][key]) and not set(pretrained.TRAINING_ONLY) & set(shipped)
+    assert torch.equal(shipped["model"][key], ckpt["model"][key]) and not set(TRAINING_STATE) & set(shipped)
     assert json.loads(pretrained.reference_path("latent_sde").read_text())["cases"] == []
 
 
