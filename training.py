@@ -333,6 +333,8 @@ class Trainer:
     def resume(self, path: str | Path) -> None:
         """Go on from a checkpoint exactly where it stopped: weights, optimiser, schedule, counters and generators."""
         ckpt = load_resume(path, self.kind)
+        if self.rt.distributed:
+            check_same_checkpoint(path, ckpt)
         check_same_config(ckpt["config"], self.config, Path(path),    # training settings may change (--epochs)
                           sections=tuple(k for k in self.config if k not in TRAINING_SECTIONS))
         load_weights(unwrap(self.model), ckpt["model"], path)
@@ -607,6 +609,21 @@ class Trainer:
         print(f"epoch {self.epoch}/{self.s.epochs} " + " ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
             + (" (best)" if improved else ""))
+
+
+def check_same_checkpoint(path: str | Path, ckpt: dict) -> None:
+    """Every rank reads --resume on its own node: a node without the shared file system keeps a copy, which may be an
+    older one. Ranks resumed from different epochs trained on with their optimisers apart, for unequal numbers of
+    epochs: rank 0 saved the mixed state as the finished run, and another rank ended in gloo's traceback."""
+    mine = (ckpt["epoch"], ckpt["step"], paths.file_sha256(path))
+    ranks: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(ranks, mine)
+    apart = [r for r, theirs in enumerate(ranks) if theirs != ranks[0]]
+    if apart:
+        said = ", ".join(f"rank {r}'s epoch {ranks[r][0]} (step {ranks[r][1]}, sha256 {ranks[r][2]})" for r in apart)
+        raise UserError(f"--resume {path} is not the same checkpoint on every rank: rank 0's is epoch {ranks[0][0]} "
+                        f"(step {ranks[0][1]}, sha256 {ranks[0][2]}), {said}; copy rank 0's file to every node, or "
+                        "keep checkpoints/ on a shared file system")
 
 
 STOPPED_KEY = "ecg-forecast/stopped"     # in the process group's store: which rank stopped on a signal, and how

@@ -363,3 +363,28 @@ def test_bad_dist_timeout_is_named(monkeypatch, value: str) -> None:
     monkeypatch.setenv("ECG_DIST_TIMEOUT", value)
     with pytest.raises(UserError, match=f"ECG_DIST_TIMEOUT={value!r}: give the seconds"):
         training.dist_timeout()
+
+
+def test_ranks_resuming_from_different_copies_of_last_pt_are_stopped(tmp_path: Path, tiny: dict) -> None:
+    """Two nodes without a shared file system, launched as a scheduler would (env://, LOCAL_RANK 0 on both), each
+    resuming from its own copy of ckpt/last.pt: node 1's copy was a stale epoch 1 while node 0's was epoch 2. Rank 0
+    trained one epoch and rank 1 two, their optimisers' moments apart: rank 0 saved a checkpoint of the mixed state
+    as the finished run, and rank 1 ended in gloo's traceback. Now every rank stops before training, saying both."""
+    setup = outputs(tiny, tmp_path)
+    ckpt_dir = train(setup, "--epochs", "2")
+    for node, epoch in (("node0", 2), ("node1", 1)):
+        (tmp_path / node / "ckpt").mkdir(parents=True)
+        shutil.copy(ckpt_dir / f"epoch_{epoch:03d}.pt", tmp_path / node / "ckpt" / "last.pt")
+    before = snapshot(ckpt_dir)
+    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+           "ECG_DIST_TIMEOUT": "60"}
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "vqvae_train.py"), "--prepared", setup["prepared"],
+                               "--device", "cpu", "--epochs", "3", "--resume", "ckpt/last.pt"],
+                              cwd=tmp_path / f"node{rank}", env={**env, "RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True) for rank in (0, 1)]
+    (out0, err0), (out1, err1) = (p.communicate(timeout=120) for p in procs)
+    check_error(subprocess.CompletedProcess([], procs[0].returncode, out0, err0),
+                "--resume ckpt/last.pt is not the same checkpoint on every rank: rank 0's is epoch 2 (step 12, sha256 ",
+                "rank 1's epoch 1 (step 6, sha256 ", "copy rank 0's file to every node", "shared file system")
+    assert procs[1].returncode == 2 and err1.startswith("error: rank 1: --resume ckpt/last.pt is not the same"), err1
+    assert snapshot(ckpt_dir) == before
