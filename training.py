@@ -79,14 +79,17 @@ def setup_runtime(device: str | None = None) -> Runtime:
     device = check_device(device)       # before the GPU test: a typo is an error on any machine
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if world > 1:
-        per_node, visible = int(os.environ.get("LOCAL_WORLD_SIZE", world)), torch.cuda.device_count()
+        per_node, visible = os.environ.get("LOCAL_WORLD_SIZE"), torch.cuda.device_count()
         # one visible card per process is a scheduler's way (CUDA_VISIBLE_DEVICES per task): each uses its own;
         # without CUDA_VISIBLE_DEVICES a single card is the node's only one, and NCCL refuses two ranks on it
         # ('Duplicate GPU detected') at the first collective, in a traceback per rank
         shared = visible > 1 or "CUDA_VISIBLE_DEVICES" not in os.environ
-        if use_cuda and shared and per_node > visible:   # the same test on every rank, so rank 0 says it
+        if use_cuda and shared and per_node and int(per_node) > visible:   # the same on every rank: rank 0 says it
             raise UserError(f"torchrun started {per_node} processes per node but only {visible} "
                             "GPU(s) are visible: lower --nproc_per_node, or pass --device cpu")
+        if use_cuda and shared and local >= visible:    # a launcher without LOCAL_WORLD_SIZE (srun): this rank's own
+            raise UserError(f"local rank {local} has no GPU of its own: its node shows {visible}; start fewer "
+                            "processes per node, or pass --device cpu")
         if not dist.is_initialized():
             join_process_group("nccl" if use_cuda else "gloo", rank, world)
         dev = torch.device("cuda", local if visible > 1 else 0) if use_cuda else torch.device("cpu")

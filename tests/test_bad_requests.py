@@ -513,6 +513,26 @@ def test_torchrun_with_more_processes_than_gpus_is_refused(monkeypatch):
     assert rt.device == torch.device("cuda", 0) == chosen[0] and rt.rank == 1
 
 
+def test_a_scheduler_launch_without_local_world_size_takes_its_local_rank_card(monkeypatch):
+    """srun sets RANK, WORLD_SIZE and LOCAL_RANK (a job script's exports), not torchrun's LOCAL_WORLD_SIZE: the
+    processes per node were taken to be the world's, so 2 nodes of 8 GPUs (16 ranks) were refused as '16 processes per
+    node but only 8 GPU(s)'. Without it, a rank is refused only when its own local rank has no card."""
+    import torch.distributed as dist
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
+    for key, value in (("WORLD_SIZE", "16"), ("RANK", "15"), ("LOCAL_RANK", "7")):
+        monkeypatch.setenv(key, value)
+    rt = setup_runtime(None)
+    assert rt.device == torch.device("cuda", 7) and (rt.rank, rt.world) == (15, 16)
+    monkeypatch.setenv("LOCAL_RANK", "8")       # a ninth process on a node of 8 cards
+    with pytest.raises(UserError, match=r"local rank 8 has no GPU of its own: its node shows 8"):
+        setup_runtime(None)
+
+
 def test_a_card_named_under_torchrun_is_said_to_be_overruled(monkeypatch, capsys):
     """Under torchrun each rank takes its local rank's card: --device cuda:1 would silently mean nothing, so rank 0
     says so (once: the other ranks say nothing)."""
