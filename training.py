@@ -614,14 +614,19 @@ class Trainer:
             + (" (best)" if improved else ""))
 
 
+def ranks_apart(mine: Any) -> tuple[list, list[int]]:
+    """Every rank's `mine`, and the ranks whose differs from rank 0's: what each node reads for itself (--resume, a
+    forecaster's VQ-VAE) must be the same on all of them."""
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return every, [r for r, theirs in enumerate(every) if theirs != every[0]]
+
+
 def check_same_checkpoint(path: str | Path, ckpt: dict) -> None:
     """Every rank reads --resume on its own node: a node without the shared file system keeps a copy, which may be an
     older one. Ranks resumed from different epochs trained on with their optimisers apart, for unequal numbers of
     epochs: rank 0 saved the mixed state as the finished run, and another rank ended in gloo's traceback."""
-    mine = (ckpt["epoch"], ckpt["step"], paths.file_sha256(path))
-    ranks: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(ranks, mine)
-    apart = [r for r, theirs in enumerate(ranks) if theirs != ranks[0]]
+    ranks, apart = ranks_apart((ckpt["epoch"], ckpt["step"], paths.file_sha256(path)))
     if apart:
         said = ", ".join(f"rank {r}'s epoch {ranks[r][0]} (step {ranks[r][1]}, sha256 {ranks[r][2]})" for r in apart)
         raise UserError(f"--resume {path} is not the same checkpoint on every rank: rank 0's is epoch {ranks[0][0]} "

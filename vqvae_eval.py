@@ -35,7 +35,7 @@ from hyper_params import AugmentConfig, Config, DataConfig, stored_config
 from metrics import prd, prdn
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split, patients_seen, source_fs, stored_leads
 from train_results import fixed_indices, load_checkpoint, plot_windows, weights_digest, window_titles
-from training import Runtime, main_first, run_splits
+from training import Runtime, main_first, ranks_apart, run_splits
 from transformer import as_levels
 from vqvae import SAMPLE_BITS, VQVAE, perplexity, vqvae_from
 from paths import UserError
@@ -132,6 +132,17 @@ def in_batches(encode: Callable[[torch.Tensor], torch.Tensor], show: bool,
     return encode_batches
 
 
+def check_same_vqvae(digest: str) -> None:
+    """Every rank loads the VQ-VAE on its own node: a stale copy there, a best.pt rewritten by a run still training
+    between the ranks' reads, or the newest of each node's own checkpoints/ (no --vqvae) gave the ranks codes of
+    different VQ-VAEs, and the forecaster trained on a mix of them without a word."""
+    ranks, apart = ranks_apart(digest)
+    if apart:
+        said = ", ".join(f"rank {r}'s {ranks[r]}" for r in apart)
+        raise UserError(f"the ranks loaded different VQ-VAEs (weights digest: rank 0's {ranks[0]}, {said}): give every "
+                        "node the same --vqvae file, not a best.pt of a run still training")
+
+
 def frozen_encodings(kind: str, vq: VQVAE, encode: Callable[[torch.Tensor], torch.Tensor], train: dict, val: dict,
                      key: str, aug: AugmentConfig, data_cfg: DataConfig, seed: int, prepared: str | None,
                      rt: Runtime) -> tuple[torch.Tensor, torch.Tensor, tuple[list[dict], torch.Tensor] | None]:
@@ -140,6 +151,8 @@ def frozen_encodings(kind: str, vq: VQVAE, encode: Callable[[torch.Tensor], torc
     Rank 0 computes them first (main_first), on the run's device, in batches under a progress bar (in_batches)."""
     encode = in_batches(encode, rt.is_main)
     digest = weights_digest(vq)
+    if rt.distributed:
+        check_same_vqvae(digest)
     vq.to(rt.device)
 
     def compute() -> tuple[torch.Tensor, torch.Tensor, tuple[list[dict], torch.Tensor] | None]:

@@ -388,3 +388,31 @@ def test_ranks_resuming_from_different_copies_of_last_pt_are_stopped(tmp_path: P
                 "rank 1's epoch 1 (step 6, sha256 ", "copy rank 0's file to every node", "shared file system")
     assert procs[1].returncode == 2 and err1.startswith("error: rank 1: --resume ckpt/last.pt is not the same"), err1
     assert snapshot(ckpt_dir) == before
+
+
+def test_ranks_loading_different_vqvaes_are_stopped(tmp_path: Path, tiny: dict, tiny_vqvae: Path) -> None:
+    """A forecaster's ranks each load --vqvae on their own node (here: two nodes without a shared file system, LOCAL_RANK 0
+    on both, node 1's copy of another VQ-VAE): they encoded the windows with different VQ-VAEs and the Transformer
+    trained on a mix of their codes, without a word. Now every rank stops before encoding, naming both digests."""
+    other = torch.load(tiny_vqvae, weights_only=True)
+    other["model"]["quantizer.codebook"] += 0.01
+    for node, ckpt in (("node0", None), ("node1", other)):
+        (tmp_path / node).mkdir()
+        if ckpt is None:
+            shutil.copy(tiny_vqvae, tmp_path / node / "vq.pt")
+        else:
+            torch.save(ckpt, tmp_path / node / "vq.pt")
+    config = tmp_path / "gpt.json"
+    config.write_text(json.dumps(TINY_GPT))
+    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+           "ECG_DIST_TIMEOUT": "60", "ECG_CACHE_DIR": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "transformer_train.py"),
+                               *flags(dict(outputs(tiny, tmp_path), config=str(config))), "--vqvae", "vq.pt",
+                               "--device", "cpu"],
+                              cwd=tmp_path / f"node{rank}", env={**env, "RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True) for rank in (0, 1)]
+    (out0, err0), (out1, err1) = (p.communicate(timeout=120) for p in procs)
+    check_error(subprocess.CompletedProcess([], procs[0].returncode, out0, err0),
+                "the ranks loaded different VQ-VAEs (weights digest: rank 0's ", ", rank 1's ", "same --vqvae file")
+    assert procs[1].returncode == 2 and err1.startswith("error: rank 1: the ranks loaded different VQ-VAEs"), err1
+    assert "encoding" not in out0 + out1 and not (tmp_path / "results").exists()
