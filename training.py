@@ -293,6 +293,8 @@ class Trainer:
         # folders made for this run (shared_run_dirs), empty until it writes: a resumed run's own hold its files
         self.fresh = rt.is_main and not any(f.is_dir() and any(f.iterdir()) for f in (self.run_dir, self.ckpt_dir))
         try:
+            if rt.distributed:
+                check_same_data(meta["data_hash"], len(train_set), len(val_set))
             self.make_loaders(train_set, val_set)
         except UserError:
             self.drop_unused_folders()
@@ -620,6 +622,17 @@ def ranks_apart(mine: Any) -> tuple[list, list[int]]:
     every: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(every, mine)
     return every, [r for r, theirs in enumerate(every) if theirs != every[0]]
+
+
+def check_same_data(data_hash: str, train: int, val: int) -> None:
+    """Every rank reads the prepared tensors on its own node: another node's prepared from other records (or by other
+    code) trained the model on a mix of both, and run.json named rank 0's data alone."""
+    ranks, apart = ranks_apart((data_hash, train, val))
+    if apart:
+        said = "; ".join(f"rank {r}'s {ranks[r][0]}, {ranks[r][1]}/{ranks[r][2]}" for r in apart)
+        raise UserError(f"the ranks read different prepared data (data hash, training/validation windows: rank 0's "
+                        f"{ranks[0][0]}, {ranks[0][1]}/{ranks[0][2]}; {said}): every node needs the same prepared "
+                        "tensors at the same path")
 
 
 def check_same_checkpoint(path: str | Path, ckpt: dict) -> None:

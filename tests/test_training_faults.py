@@ -416,3 +416,29 @@ def test_ranks_loading_different_vqvaes_are_stopped(tmp_path: Path, tiny: dict, 
                 "the ranks loaded different VQ-VAEs (weights digest: rank 0's ", ", rank 1's ", "same --vqvae file")
     assert procs[1].returncode == 2 and err1.startswith("error: rank 1: the ranks loaded different VQ-VAEs"), err1
     assert "encoding" not in out0 + out1 and not (tmp_path / "results").exists()
+
+
+def test_ranks_reading_different_prepared_data_are_stopped(tmp_path: Path, tiny: dict) -> None:
+    """Two nodes without a shared file system (env://, LOCAL_RANK 0 on both), node 1's prepared folder made from other
+    records: the model trained on a mix of both and run.json named rank 0's data alone. Now every rank stops before
+    training, and the run's folders go."""
+    other = tmp_path / "other"
+    for i, name in enumerate(["100", "101", "102", "103", "104", "105"]):
+        write_record(other / "wfdb", name, seed=10 + i, seconds=50.0)
+    prepared = [tiny["prepared"], tiny_setup(other / "setup", other / "wfdb")["prepared"]]
+    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+           "ECG_DIST_TIMEOUT": "60"}
+    procs = []
+    for rank in (0, 1):
+        (tmp_path / f"node{rank}").mkdir()
+        (tmp_path / f"node{rank}" / "prep").symlink_to(prepared[rank])
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "vqvae_train.py"),
+                                       *flags(dict(outputs(tiny, tmp_path), prepared="prep")), "--device", "cpu"],
+                                      cwd=tmp_path / f"node{rank}", env={**env, "RANK": str(rank)},
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True))
+    (out0, err0), (out1, err1) = (p.communicate(timeout=120) for p in procs)
+    check_error(subprocess.CompletedProcess([], procs[0].returncode, out0, err0),
+                "the ranks read different prepared data (data hash, training/validation windows: rank 0's ",
+                "rank 1's ", "every node needs the same prepared tensors")
+    assert procs[1].returncode == 2 and err1.startswith("error: rank 1: the ranks read different prepared data"), err1
+    assert not list((tmp_path / "results").iterdir()) and not list((tmp_path / "checkpoints").iterdir())
