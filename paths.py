@@ -238,7 +238,11 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
     """UTF-8 as it is, not escaped: run.json's command with a folder named 'données' read '\\u00e9', and copied
     into a shell named another folder. Read back with encoding="utf-8", whatever the locale."""
-    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", path)
+    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False)
+    # a name of undecodable bytes (a Latin-1 'données' on a UTF-8 system: Python's lone surrogates) has no UTF-8:
+    # it stays escaped ('\udce9', as before); unescaped, it stopped prepare_mitbih.py before meta.json in a traceback
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    atomic_write_text(text + "\n", path)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -60,6 +60,18 @@ def test_json_files_are_read_as_utf_8_in_any_locale(tmp_path):
     assert run.stdout.strip() == "{'100': {'leads': ['MLII', 'V5']}}", run.stderr
 
 
+def test_json_keeps_a_folder_name_of_undecodable_bytes_escaped(tmp_path):
+    """A folder named in Latin-1 on a UTF-8 system ('donn\\xe9es') reaches Python as a lone surrogate, which has no
+    UTF-8: written unescaped, prepare_mitbih.py stopped in a UnicodeEncodeError after the tensors, before meta.json.
+    It stays escaped, as before, and reads back as the name it was."""
+    import json
+    name = os.fsdecode(b"/data/donn\xe9es")
+    paths.atomic_write_json({"data_dir": name, "note": "données"}, tmp_path / "meta.json")
+    text = (tmp_path / "meta.json").read_text(encoding="utf-8")
+    assert '"/data/donn\\udce9es"' in text and '"données"' in text
+    assert json.loads(text) == {"data_dir": name, "note": "données"}
+
+
 def _make_dry_run(target, **env):
     """The commands `make -n target` would run with these environment variables (the venv's own, so no install;
     a variable given as None is unset)."""
