@@ -72,6 +72,12 @@ class MetricsLog:
             paths.atomic_write_text(out.getvalue(), self.path)
 
 
+def whole_ticks() -> matplotlib.ticker.MaxNLocator:
+    """Ticks at whole numbers (epochs, codes) only: MaxNLocator(integer=True) alone falls back to fractions when
+    fewer than two fit, and a run's plots after its first epoch read epochs 0.945, 0.96, ..., 1.05."""
+    return matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1)
+
+
 def plot_loss_curves(log: MetricsLog, out: Path, ylabel: str = "loss") -> None:
     rows = log.read()
     if not rows:
@@ -82,7 +88,7 @@ def plot_loss_curves(log: MetricsLog, out: Path, ylabel: str = "loss") -> None:
     for key, values in curves.items():
         ax.plot(epochs, values, marker="o", label=key.replace("_", " "))
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(whole_ticks())      # after the first epoch too
     ax.set_ylabel(textwrap.fill(ylabel, 40))   # a trainer's loss name, e.g. the latent SDE's, is longer than 4 in
     # log only over a decade or more (a VQ-VAE's first epochs); a latent SDE's ELBO goes below 0 once its learned
     # noise is small, and a log axis would drop those epochs
@@ -120,9 +126,9 @@ def plot_codebook_health(log: MetricsLog, out: Path) -> None:
                     label=f"codebook {level + 1}", clip_on=False)      # a 0 on the axis keeps its marker
         ax.set(xlabel="epoch", ylabel=label)
         ax.set_ylim(0, max(1.0, ax.get_ylim()[1]))      # counts and shares: none below 0, and no -0.04 restarts
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(whole_ticks())
         ax.grid(alpha=0.3)
-    axes[2].yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))      # whole codes
+    axes[2].yaxis.set_major_locator(whole_ticks())      # whole codes
     axes[0].legend(fontsize=8)
     fig.suptitle("codebook health in each training epoch")
     fig.tight_layout()

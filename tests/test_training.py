@@ -1421,6 +1421,24 @@ def test_codebook_health_with_no_restarts_counts_from_zero_in_whole_codes(tmp_pa
     assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
 
 
+def test_plots_after_the_first_epoch_tick_whole_epochs(tmp_path: Path, monkeypatch) -> None:
+    """After one epoch (and at the end of a one-epoch run) the loss curves and codebook health read epochs 0.945,
+    0.96, ..., 1.05: the integer locator fell back to fractions with fewer than two whole numbers in view."""
+    log = train_results.MetricsLog(tmp_path / "metrics.csv")
+    log.append({"epoch": 1, "train_loss": 1.0, "val_loss": 1.2, "perplexity": 300.0, "usage": 0.9, "restarted": 2})
+    figures = []
+    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    train_results.plot_loss_curves(log, tmp_path / "loss.png")
+    train_results.plot_codebook_health(log, tmp_path / "h.png")
+    for fig in figures:
+        fig.canvas.draw()
+        for ax in fig.axes:
+            lo, hi = ax.get_xlim()
+            assert [t for t in ax.get_xticks() if lo <= t <= hi] == [1.0], ax.get_ylabel()
+    lo, hi = figures[1].axes[2].get_ylim()
+    assert all(float(t).is_integer() for t in figures[1].axes[2].get_yticks() if lo <= t <= hi)
+
+
 def test_codebook_health_plots_a_column_added_on_resume_from_the_epoch_it_starts(tmp_path: Path, monkeypatch) -> None:
     """MetricsLog.append adds a column a resumed run logs that the file lacks, blank in the earlier rows: the plot
     leaves those epochs out of its line (NaN), where float('') stopped the run's _save with a ValueError."""
