@@ -533,17 +533,12 @@ def test_train_speed_times_the_script_with_the_given_config(tmp_path, monkeypatc
     assert seen["config"].train.batch_size == 7
 
 
-@pytest.mark.parametrize("given", [True, False])
-def test_train_speed_names_the_config_it_timed(tmp_path, monkeypatch, given):
-    """The JSON line says which config was timed: --config's path, or the script's default from the project's root
-    (bench/results.jsonl's older lines, without the key, timed the default)."""
-    import json
+def one_fake_epoch(tmp_path, monkeypatch, script) -> list:
+    """`script`.main replaced by one epoch of three steps that do nothing (batch size 8) on a stand-in train.pt, for
+    train_speed to time; returns the argv lists it is called with."""
     from types import SimpleNamespace
 
     import training
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    import train_speed
 
     monkeypatch.setattr(training.Trainer, "_train_epoch", lambda self, model: [self._train_step(model, b) for b in
                                                                                 range(self.steps_per_epoch)])
@@ -560,7 +555,20 @@ def test_train_speed_names_the_config_it_timed(tmp_path, monkeypatch, given):
     def one_epoch(argv):
         argvs.append(argv)
         Fake()._train_epoch(None)
-    monkeypatch.setattr(vqvae_train, "main", one_epoch)
+    monkeypatch.setattr(script, "main", one_epoch)
+    return argvs
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_train_speed_names_the_config_it_timed(tmp_path, monkeypatch, given):
+    """The JSON line says which config was timed: --config's path, or the script's default from the project's root
+    (bench/results.jsonl's older lines, without the key, timed the default)."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_speed
+
+    argvs = one_fake_epoch(tmp_path, monkeypatch, vqvae_train)
     config = own_config(tmp_path, "vqvae")
     r = run_script(train_speed.main, "train_speed.py", ["vqvae", *(["--config", str(config)] if given else [])])
     assert r.returncode == 0, r.stderr
@@ -572,30 +580,13 @@ def test_train_speed_times_the_forecasters_on_the_given_vqvae(tmp_path, monkeypa
     """A forecaster's step time depends on its VQ-VAE's compression factor (the code sequence's length): --vqvae
     reaches the timed script as its own --vqvae and the JSON line names it; the VQ-VAE bench refuses it by name."""
     import json
-    from types import SimpleNamespace
 
-    import training
     import transformer_train
 
     sys.path.insert(0, str(ROOT / "bench"))
     import train_speed
 
-    monkeypatch.setattr(training.Trainer, "_train_epoch", lambda self, model: [self._train_step(model, b) for b in
-                                                                                range(self.steps_per_epoch)])
-    monkeypatch.setattr(training.Trainer, "_train_step", lambda self, model, batch: None)
-    (tmp_path / "prepared").mkdir()
-    (tmp_path / "prepared" / "train.pt").write_bytes(b"0" * 2 ** 20)
-    monkeypatch.setenv("ECG_PREPARED_DIR", str(tmp_path / "prepared"))
-    argvs = []
-
-    class Fake(training.Trainer):
-        def __init__(self):
-            self.steps_per_epoch, self.s = 3, SimpleNamespace(batch_size=8)
-
-    def one_epoch(argv):
-        argvs.append(argv)
-        Fake()._train_epoch(None)
-    monkeypatch.setattr(transformer_train, "main", one_epoch)
+    argvs = one_fake_epoch(tmp_path, monkeypatch, transformer_train)
     mine = str(tmp_path / "my_vqvae.pt")
     r = run_script(train_speed.main, "train_speed.py", ["transformer", "--vqvae", mine])
     assert r.returncode == 0, r.stderr
