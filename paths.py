@@ -231,18 +231,17 @@ def written_together(folder: Path, again: str) -> Iterator[list[str]]:
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     """`text` written as it is, in UTF-8 (reports hold Σ, −, ²: any locale) and with no newline translation:
-    on Windows metrics.csv's CRLF rows, rewritten whole at every epoch, would gain a CR each time."""
-    _atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8", newline=""))
+    on Windows metrics.csv's CRLF rows, rewritten whole at every epoch, would gain a CR each time. A name of
+    undecodable bytes (a Latin-1 'données' on a UTF-8 system, Python's lone surrogate '\\udce9') has no UTF-8: it is
+    written escaped, which in a JSON file is the JSON escape; it stopped evaluate.py's report.md and
+    prepare_mitbih.py's meta.json in a UnicodeEncodeError after all their work."""
+    _atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8", errors="backslashreplace", newline=""))
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
     """UTF-8 as it is, not escaped: run.json's command with a folder named 'données' read '\\u00e9', and copied
     into a shell named another folder. Read back with encoding="utf-8", whatever the locale."""
-    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False)
-    # a name of undecodable bytes (a Latin-1 'données' on a UTF-8 system: Python's lone surrogates) has no UTF-8:
-    # it stays escaped ('\udce9', as before); unescaped, it stopped prepare_mitbih.py before meta.json in a traceback
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    atomic_write_text(text + "\n", path)
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", path)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

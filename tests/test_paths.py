@@ -72,6 +72,13 @@ def test_json_keeps_a_folder_name_of_undecodable_bytes_escaped(tmp_path):
     assert json.loads(text) == {"data_dir": name, "note": "données"}
 
 
+def test_a_report_naming_a_folder_of_undecodable_bytes_is_written(tmp_path):
+    """evaluate.py --wfdb-dir on a folder named in Latin-1 scored every window, then stopped in a UnicodeEncodeError
+    writing report.md, which names the folder: the name is written escaped, the rest as it is."""
+    paths.atomic_write_text(f"data: {os.fsdecode(b'/data/donn' + bytes([0xe9]) + b'es')}, 0.1 mV²\n", tmp_path / "r.md")
+    assert (tmp_path / "r.md").read_text(encoding="utf-8") == "data: /data/donn\\udce9es, 0.1 mV²\n"
+
+
 def _make_dry_run(target, **env):
     """The commands `make -n target` would run with these environment variables (the venv's own, so no install;
     a variable given as None is unset)."""
