@@ -1136,12 +1136,20 @@ def plot_results(run: Path, forecasters: dict[str, ForecasterBase], scores: dict
     fs, context = cfg.data.samples_per_second, cfg.data.window_samples
     plot_error_curves(scores, summary, fs, run / "error_curves.png", baselines)
     paths.atomic_write_text(error_curves_csv(scores, summary["order"], fs), run / "error_curves.csv")
-    reference = best_baseline(summary["forecasters"], baselines, "crps") or next(iter(scores))
+    reference = gallery_reference(summary, scores, baselines)
     zero_mse = zero_forecast_mse(w, context)
     picks = gallery_picks(scores[reference], w, zero_mse)      # the same windows in every gallery
     for name, f in forecasters.items():
         plot_gallery(name, f, scores[name], w, context, fs, args.samples, args.seed,
                      run / f"gallery_{file_name(name)}.png", picks, zero_mse, ranked_by=reference)
+
+
+def gallery_reference(summary: dict, scores: dict[str, Scores], baselines: frozenset[str]) -> str:
+    """Whose MSE over the zero forecast's ranks the galleries' records: the best baseline's, else the first
+    forecaster's. Never the zero forecast's own, 100% in every window, unless it is all there is: as the best
+    baseline of a small run (zero persistence) its 'lowest-error' and 'highest-error records' were float noise."""
+    others = [n for n in scores if n != "zero"]
+    return best_baseline(summary["forecasters"], baselines - {"zero"}, "crps") or (others or list(scores))[0]
 
 
 def write_results(run: Path, header: dict, cfg: Config, summary: dict, w: Windows) -> None:

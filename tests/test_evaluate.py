@@ -1582,3 +1582,25 @@ def test_a_sigterm_python_swallowed_stops_the_evaluation_at_its_next_record(db25
         evaluate.main(["--model", "zero", "--wfdb-dir", str(db250), "--records", "a01",
                        "--results", str(tmp_path / "results")])
     assert not list((tmp_path / "results").glob("evaluate-*"))
+
+
+def test_the_galleries_are_never_ranked_by_the_zero_forecasts_share_of_itself(tmp_path, monkeypatch):
+    """The zero forecast's MSE is 100% of its own in every window: as the best baseline of a run (zero against
+    persistence, whose CRPS is higher), it ranked the galleries' records by float noise, and the figures called
+    them lowest- and highest-error. The next best baseline ranks them, or the first forecaster other than zero."""
+    for k in range(3):
+        write_record(tmp_path / "db", f"r{k}", seconds=40, fs=250, seed=k)
+    drawn = []
+    monkeypatch.setattr(evaluate, "plot_gallery", lambda *a, **k: drawn.append((a[0], k["ranked_by"], a[-2])))
+    _, result = _run(["--model", "zero", "persistence", "--wfdb-dir", str(tmp_path / "db"),
+                      "--results", str(tmp_path / "results")])
+    crps = {n: result["forecasters"][n]["metrics"]["crps"][-1]["value"] for n in ("zero", "persistence")}
+    assert crps["zero"] < crps["persistence"]        # zero is the best baseline on the paired tables
+    assert [(name, by) for name, by, _ in drawn] == [("zero", "persistence"), ("persistence", "persistence")]
+    own = tmp_path / "own.py"
+    own.write_text("from baselines import make_baseline\n\n\ndef Mine(fs):\n    return make_baseline('template', fs)\n")
+    drawn.clear()
+    _, result = _run(["--model", "zero", f"{own}:Mine", "--wfdb-dir", str(tmp_path / "db"),
+                      "--results", str(tmp_path / "results")])
+    (mine,) = set(result["forecasters"]) - {"zero"}
+    assert {by for _, by, _ in drawn} == {mine}
