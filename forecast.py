@@ -440,20 +440,21 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
         raise UserError(f"--horizon {horizon_s} s must be at least one sample ({1 / fs:g} s at {fs} Hz)")
     if not math.isfinite(start_s):
         raise UserError(f"--start {start_s} s is not a time")
-    rec = read_model_record(record, data)
+    horizon, at = round(horizon_s * fs), round(start_s * fs)
+    rec = read_model_record(record, data, (max(at - ctx, 0), at + horizon))     # the context and truth, not all
     where = record_path(record)
     input_hash = hash_inputs(where.parent, [where.name], annotator=None)    # the files just read, beats not among them
-    horizon, at = round(horizon_s * fs), round(start_s * fs)
-    if len(rec.signal) < ctx:
-        raise UserError(f"{record} lasts {len(rec.signal) / fs:.1f} s, shorter than the model's context of "
+    if rec.length < ctx:
+        raise UserError(f"{record} lasts {rec.length / fs:.1f} s, shorter than the model's context of "
                         f"{ctx / fs:.1f} s: no forecast can start in it")
-    if at < ctx or at > len(rec.signal):
+    if at < ctx or at > rec.length:
         raise UserError(f"--start {start_s} s must lie between {ctx / fs:.1f} s (one context) and the record's end "
-                        f"({len(rec.signal) / fs:.1f} s) in {record}")
+                        f"({rec.length / fs:.1f} s) in {record}")
+    at -= rec.offset
     context = rec.signal[at - ctx:at]
     if not np.isfinite(context).all():
-        raise UserError(f"{record}: the context {round((at - ctx) / fs, 3):g}-{start_s:.15g} s touches a gap of "
-                        f"NaN/invalid or flat samples; {clean_starts(rec.signal, at, ctx, fs)}")
+        raise UserError(f"{record}: the context {round((at + rec.offset - ctx) / fs, 3):g}-{start_s:.15g} s touches "
+                        f"a gap of NaN/invalid or flat samples; {clean_starts(rec.signal, at, ctx, fs, rec.offset)}")
     truth = rec.signal[at:at + horizon]
     try:
         forecast = fc.predict(context[None], horizon, samples, seed)
@@ -466,13 +467,14 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
             "input_hash": input_hash}
 
 
-def read_model_record(record: str, data: DataConfig) -> Record:
-    """--record read as the model's training data were (`data`: rate, band, leads), gaps as NaN and no beats;
-    a folder or a name without its header is refused with what --record takes (vqvae_eval.py --record reads so too)."""
+def read_model_record(record: str, data: DataConfig, span: tuple[int, int] | None = None) -> Record:
+    """--record read as the model's training data were (`data`: rate, band, leads), gaps as NaN and no beats,
+    only the samples `span` (and a margin, prepare_mitbih.read_record) when given; a folder or a name without its
+    header is refused with what --record takes (vqvae_eval.py --record reads so too)."""
     from prepare_mitbih import read_record
     check_not_folder(Path(record))
     check_header(Path(record))
-    return read_record(Path(record), data, gaps=True, annotator=None)
+    return read_record(Path(record), data, gaps=True, annotator=None, span=span)
 
 
 def check_not_folder(record: Path) -> None:
@@ -501,14 +503,16 @@ def check_header(record: Path) -> None:
                     f"extension, FOLDER/NAME{hint}")
 
 
-def clean_starts(signal: np.ndarray, at: int, ctx: int, fs: int) -> str:
-    """The nearest forecast starts before and after `at` whose context has no gap, said for an error."""
+def clean_starts(signal: np.ndarray, at: int, ctx: int, fs: int, offset: int = 0) -> str:
+    """The nearest forecast starts before and after `at` whose context has no gap, said for an error (`signal`:
+    the record's samples from `offset` on, read around `at`)."""
     from prepare_mitbih import finite_stretches
     ok = [(a + ctx, b) for a, b in finite_stretches(signal) if b - a >= ctx]
     before = [min(b, at) for a, b in ok if a <= at]
     after = [max(a, at) for a, b in ok if b >= at]
-    said = [f"{round(s / fs, 3):g} s" for s in (max(before, default=None), min(after, default=None)) if s is not None]
-    return f"the nearest clean --start: {' or '.join(said)}" if said else "no context of the record is without gaps"
+    said = [f"{round((s + offset) / fs, 3):g} s" for s in (max(before, default=None), min(after, default=None))
+            if s is not None]
+    return f"the nearest clean --start: {' or '.join(said)}" if said else "no context around it is without gaps"
 
 
 def parse_args() -> argparse.Namespace:

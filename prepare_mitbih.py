@@ -8,6 +8,7 @@ meta.json into the prepared folder. Every write is atomic.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -80,6 +81,8 @@ class Record:
     fs_in: float
     has_annotations: bool
     invalid_s: float = 0.0    # seconds of NaN/invalid or flat samples in the source, gaps (NaN) in `signal`
+    offset: int = 0           # read_record(span=...): the record's samples before signal[0] (target rate)...
+    length: int = 0           # ...and all of its samples, of which signal holds [offset, offset + len(signal))
 
 
 def config_split(names: list[str], data: DataConfig, available: list[str] | None = None,
@@ -463,14 +466,27 @@ def check_record(path: Path, cfg: DataConfig) -> None:
                         f"{secs(cfg.total_samples / cfg.samples_per_second)} s")
 
 
-def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator: str | None = "atr") -> Record:
+SPAN_MARGIN_S = 30.0     # read_record(span=...) reads this much more of the record on either side: the band-pass's
+                         # transients from the read's edges die out within it (< 1e-5 mV where the span begins)
+
+
+def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator: str | None = "atr",
+                span: tuple[int, int] | None = None) -> Record:
     """One WFDB record as two filtered leads in mV at the target rate with its reference beats (from the
     `annotator` file, e.g. NNN.atr; None: no beats). NaN or invalid samples, and a lead holding one value for
-    FLAT_S or more (lead off), are an error, or with `gaps` NaN stretches of the signal (see filter_and_resample)."""
+    FLAT_S or more (lead off), are an error, or with `gaps` NaN stretches of the signal (see filter_and_resample).
+    `span` [a, b) (target-rate samples): only that part and SPAN_MARGIN_S around it is read, the same samples as
+    read whole (signal[0] is the record's sample Record.offset): a forecast 6 s long near the end of a 24 h
+    Holter record read all of it (25 s, 2.2 GB)."""
     path = record_path(path)
     where = str(path)
-    read_header(path)
-    rec = _wfdb_read(wfdb.rdrecord, path, f"{where}: cannot read the record")
+    header = read_header(path)
+    read, sampfrom, ratio = wfdb.rdrecord, 0, Fraction(1)
+    if span:
+        ratio = resample_ratio(float(header.fs), cfg.samples_per_second, where)
+        sampfrom, sampto = source_span(span, float(header.fs), ratio, header.sig_len)
+        read = functools.partial(wfdb.rdrecord, sampfrom=sampfrom, sampto=sampto)
+    rec = _wfdb_read(read, path, f"{where}: cannot read the record")
     x = rec.p_signal
     if x is None or x.ndim != 2 or len(x) == 0:
         raise UserError(f"{where}: the record has no samples")
@@ -484,9 +500,23 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     x[gap] = np.nan                                   # a sample missing in one lead is a gap in both
     y = filter_and_resample(x, float(rec.fs), cfg, where, gaps)
     check_swing(y, names, units, where)
-    beats, symbols, has_ann = (_read_beats(path, float(rec.fs), cfg.samples_per_second, len(y), annotator)
+    offset = int(sampfrom * ratio)
+    beats, symbols, has_ann = (_read_beats(path, float(rec.fs), cfg.samples_per_second, len(y), annotator, offset)
                                if annotator else (np.zeros(0, np.int64), [], False))
-    return Record(path.name, y, names, beats, symbols, float(rec.fs), has_ann, float(gap.sum() / rec.fs))
+    length = math.ceil(header.sig_len * ratio) if span and header.sig_len else offset + len(y)
+    return Record(path.name, y, names, beats, symbols, float(rec.fs), has_ann, float(gap.sum() / rec.fs), offset,
+                  length)
+
+
+def source_span(span: tuple[int, int], fs_in: float, ratio: Fraction, sig_len: int | None) -> tuple[int, int | None]:
+    """The source samples [sampfrom, sampto) to read for target samples `span`, SPAN_MARGIN_S wider on either side;
+    sampfrom is on the resampled grid (a multiple of the ratio's denominator), so the span's samples fall where the
+    whole record's do."""
+    margin, first = round(SPAN_MARGIN_S * fs_in), math.floor(span[0] / ratio)
+    first = min(first, sig_len) if sig_len else first      # a span past the end reads the end, to say so
+    sampfrom = max(first - margin, 0) // ratio.denominator * ratio.denominator
+    sampto = max(math.ceil(span[1] / ratio), first) + margin
+    return sampfrom, (sampto if sig_len and sampto < sig_len else None)
 
 
 def gap_mask(x: np.ndarray, fs: float, names: list[str], where: str, gaps: bool) -> np.ndarray:
@@ -586,7 +616,7 @@ def check_signal_files(path: Path, header: wfdb.Record) -> None:
                             f"(truncated file?)")
 
 
-def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = "atr"
+def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = "atr", offset: int = 0
                 ) -> tuple[np.ndarray, list[str], bool]:
     check_annotator(annotator)
     if not path.parent.joinpath(f"{path.name}.{annotator}").exists():
@@ -606,7 +636,7 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = 
                    f"{other_annotators(path)}")
         return np.zeros(0, np.int64), [], False
     keep.sort(key=lambda i: ann.sample[i])
-    pos = np.round(np.asarray(ann.sample, np.float64)[keep] * fs_out / fs_in).astype(np.int64)
+    pos = np.round(np.asarray(ann.sample, np.float64)[keep] * fs_out / fs_in).astype(np.int64) - offset
     ok = (pos >= 0) & (pos < n)
     return pos[ok], [ann.symbol[i] for i, k in zip(keep, ok) if k], True
 

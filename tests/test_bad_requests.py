@@ -368,6 +368,28 @@ def test_forecast_from_a_record_with_gaps(tmp_path):
     assert (saved["fs"], saved["fs_in"]) == (128, 360)             # the record's own rate, and what it was resampled to
 
 
+def test_forecast_reads_only_its_context_and_horizon(tmp_path, monkeypatch):
+    """A forecast near the end of a long record asks wfdb for its context and horizon and a margin, not the whole
+    record (6 s near the end of a 24 h Holter record took 25 s and 2.2 GB), and forecasts from the samples the
+    whole record gives there; a gap's nearest clean starts are said in the record's seconds."""
+    import wfdb
+
+    from prepare_mitbih import read_record
+    x, _ = synthetic_ecg(400.0, 250.0, seed=3)
+    x[350 * 250:352 * 250, 1] = np.nan
+    write_signal(tmp_path, "long", x, fs=250.0)
+    asked, read = [], wfdb.rdrecord
+    monkeypatch.setattr(wfdb, "rdrecord", lambda *a, **k: asked.append(k) or read(*a, **k))
+    res = forecast.forecast_record(make_baseline("zero", 128), str(tmp_path / "long"), 390.0, 3.0, 1, 0)
+    assert len(asked) == 1 and 350 * 250 <= asked[0].get("sampfrom", 0) and asked[0].get("sampto") is None
+    monkeypatch.setattr(wfdb, "rdrecord", read)
+    whole = read_record(tmp_path / "long", forecast.load_config().data, gaps=True, annotator=None).signal
+    np.testing.assert_allclose(res["context"], whole[390 * 128 - 384:390 * 128], atol=1e-5)
+    np.testing.assert_allclose(res["truth"], whole[390 * 128:393 * 128], atol=1e-5)
+    with pytest.raises(UserError, match="nearest clean --start: 349 s or 356 s"):
+        forecast.forecast_record(make_baseline("zero", 128), str(tmp_path / "long"), 353.0, 3.0, 1, 0)
+
+
 def test_a_clean_stretch_exactly_one_context_long_offers_its_start():
     """Between gaps at 100-110 and 494-500 (samples) lies exactly one context of 384: its end, 494 (3.859 s at
     128 Hz), is a clean --start, the nearest after 300."""

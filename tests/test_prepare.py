@@ -180,6 +180,25 @@ def test_read_record_other_database_leads(tmp_path):
     assert corr(rec.signal[:, 0], scipy.signal.resample_poly(x[:, 0], 16, 45)) > 0.95
 
 
+@pytest.mark.parametrize("fs", [250.0, 360.0])
+def test_read_record_of_a_span_reads_only_it_and_the_same_samples(tmp_path, monkeypatch, fs):
+    """read_record(span=...) asks wfdb for the span and SPAN_MARGIN_S around it, from a sample on the resampled
+    grid, and gives the samples the whole record gives there (a forecast near the end of a 24 h record read all
+    of it); a span past the end reads the record's end, whose length it gives."""
+    write_record(tmp_path, "r", seconds=200.0, fs=fs, seed=2)
+    cfg = make_cfg().data
+    whole = pm.read_record(tmp_path / "r", cfg, gaps=True, annotator=None)
+    asked, read = [], wfdb.rdrecord
+    monkeypatch.setattr(wfdb, "rdrecord", lambda *a, **k: asked.append(k) or read(*a, **k))
+    for a, b in [(100 * 128, 106 * 128), (190 * 128, 200 * 128), (0, 6 * 128), (300 * 128, 306 * 128)]:
+        part = pm.read_record(tmp_path / "r", cfg, gaps=True, annotator=None, span=(a, b))
+        sampfrom, sampto = asked[-1]["sampfrom"], asked[-1]["sampto"] or 200 * fs
+        assert sampto - sampfrom <= (b - a) / 128 * fs + 2 * pm.SPAN_MARGIN_S * fs + fs, (a, b, asked[-1])
+        assert part.length == len(whole.signal) and part.offset == sampfrom * 128 / fs
+        lo, hi = max(min(a, part.length - 1), part.offset), min(b, part.length)
+        np.testing.assert_allclose(part.signal[lo - part.offset:hi - part.offset], whole.signal[lo:hi], atol=1e-5)
+
+
 def test_read_record_converts_microvolts(tmp_path):
     x, _ = synthetic_ecg(20.0, 360.0, seed=6)
     write_signal(tmp_path, "mv", x, units="mV", gain=1000.0)
