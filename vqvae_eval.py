@@ -274,10 +274,11 @@ PLOTTED = 4     # windows drawn against their reconstructions
 
 
 def record_windows(signal: np.ndarray, start_s: float, seconds: float | None, window: int, fs: int,
-                   record: str) -> tuple[np.ndarray, np.ndarray]:
+                   record: str, offset: int = 0, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Consecutive windows [W, window, 2] of a record's `signal` from `start_s` for `seconds` (None: one window,
-    inf: every whole window to the end; a part window left over is left out, said) and their starts in seconds."""
-    n, at = len(signal), round(start_s * fs) if math.isfinite(start_s) else -1
+    inf: every whole window to the end; a part window left over is left out, said) and their starts in seconds;
+    `signal` may hold the record's `length` samples from `offset` on only (read_record's span)."""
+    n, at = length or len(signal), round(start_s * fs) if math.isfinite(start_s) else -1
     if at < 0:
         raise UserError(f"--start {start_s:g} s is not a time in the record (seconds from its beginning)")
     if n < window:
@@ -297,7 +298,7 @@ def record_windows(signal: np.ndarray, start_s: float, seconds: float | None, wi
     if seconds is not None and math.isfinite(seconds) and round(seconds * fs) % window:
         paths.note(f"--seconds {seconds:g} is no whole number of {window / fs:g} s windows: coding {count}, "
                    f"{count * window / fs:g} s")
-    windows = signal[at:at + count * window].reshape(count, window, 2)
+    windows = signal[at - offset:at - offset + count * window].reshape(count, window, 2)
     if gaps := np.flatnonzero(~np.isfinite(windows).all((1, 2))).tolist():
         s = (at + gaps[0] * window) / fs
         raise UserError(f"{record}: the window {s:g}-{s + window / fs:g} s touches a gap of NaN/invalid or flat "
@@ -310,7 +311,7 @@ def code_windows(model: VQVAE, windows: np.ndarray) -> dict[str, np.ndarray]:
     """Each window [T, 2] in mV coded alone, as the forecaster codes a context and the README's recipe a window:
     codes [T', Q], continuous latents [T', D], gain [2] and reconstruction [T, 2] in mV, stacked over windows."""
     out: dict[str, list[np.ndarray]] = {"codes": [], "latents": [], "gain": [], "reconstruction": []}
-    for w in windows:
+    for w in tqdm(windows, desc="coding", unit="window", disable=None if len(windows) > 1 else True):
         x = torch.from_numpy(w[None]).to(model.device)
         unit = model.unit(x)
         z = model.encode_latent(x, unit)
@@ -325,9 +326,13 @@ def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkp
     """--record: its windows coded one by one into one .npz (codes, latents, gains, reconstructions, the windows)
     and the first ones drawn against their reconstructions."""
     from forecast import read_model_record
-    rec = read_model_record(args.record, data)
-    fs = data.samples_per_second
-    windows, starts = record_windows(rec.signal, args.start or 0.0, args.seconds, data.window_samples, fs, args.record)
+    fs, start, seconds = data.samples_per_second, args.start or 0.0, args.seconds
+    at = round(start * fs) if math.isfinite(start) else 0
+    end = at + (data.window_samples if seconds is None else round(seconds * fs) if math.isfinite(seconds)
+                else 2 ** 62)       # 'end': past any record's end, which read_record reads to
+    rec = read_model_record(args.record, data, (max(at, 0), max(end, 0)))     # the windows asked for, not all
+    windows, starts = record_windows(rec.signal, start, seconds, data.window_samples, fs, args.record, rec.offset,
+                                     rec.length)
     coded = code_windows(model, windows)
     run = paths.new_run_dir("vqvae_eval", args.results)
     stem = f"{rec.name}_{starts[0]:.15g}s"

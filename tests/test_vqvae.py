@@ -725,6 +725,28 @@ def test_vqvae_eval_record_saves_the_readme_recipes_codes_and_latents(tiny_check
     assert res.returncode == 0 and "4 window(s) of 1 s from 15.5 s" in res.stdout, res.stderr
 
 
+def test_vqvae_eval_record_reads_only_the_windows_asked_for(tiny_checkpoint, tmp_path, monkeypatch) -> None:
+    """--record with --start and --seconds asks wfdb for those seconds and a margin, not the whole record (an hour of
+    a 24 h Holter record read all of it: 2.2 GB), and codes the samples the whole record gives there."""
+    import wfdb
+
+    from conftest import write_record
+    from hyper_params import stored_config
+    from prepare_mitbih import read_record
+
+    record = write_record(tmp_path / "db", "r", seconds=200, fs=250, annotate=False)
+    asked, read = [], wfdb.rdrecord
+    monkeypatch.setattr(wfdb, "rdrecord", lambda *a, **k: asked.append(k) or read(*a, **k))
+    res = code_record(tiny_checkpoint, record, tmp_path, "--start", "150", "--seconds", "3")
+    assert res.returncode == 0, res.stderr
+    assert len(asked) == 1 and (150 - 31) * 250 <= asked[0]["sampfrom"] and asked[0]["sampto"] <= (153 + 31) * 250
+    monkeypatch.setattr(wfdb, "rdrecord", read)
+    _, ckpt = vqvae_eval.load_vqvae(tiny_checkpoint)
+    whole = read_record(str(record), stored_config(ckpt["config"], str(tiny_checkpoint)).data).signal
+    saved = np.load(next((tmp_path / "results").glob("vqvae_eval-*")) / "r_150s.npz")
+    np.testing.assert_allclose(saved["signal"], whole[150 * 64:153 * 64].reshape(3, 64, 2), atol=1e-5)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--start", "19.5"], r"--start 19.5 s leaves less than one window \(1 s\) of .*r, which lasts 20.0 s; the last "
                           r"window starts at 19 s"),
