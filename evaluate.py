@@ -37,7 +37,7 @@ import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -53,6 +53,8 @@ from train_results import forecast_panel
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+
+    from prepare_mitbih import Record
 
 ALL_BASELINES = "baselines"
 N_BOOT = 1000
@@ -410,11 +412,14 @@ def load_prepared(split: str, cfg: Config, prepared: str | None) -> Windows:
 
 
 def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None, progress: bool = True,
-              annotator: str = "atr") -> Windows:
-    """Every readable record of a WFDB folder: filtered, resampled, lead-ordered as for training.
+              annotator: str = "atr", per_record: int | None = None) -> Windows:
+    """Every readable record of a WFDB folder: filtered, resampled, lead-ordered as for training; at most
+    `per_record` evenly spaced windows of each (as limit_windows keeps).
 
     Records that cannot be read (missing or truncated files, one lead, too short) are returned in
     `skipped` with the reason instead of stopping the run; NaN/invalid samples are gaps no window touches.
+    Each record's windows are cut as it is read, and its signal let go: a folder of 24 h records held every
+    record and all of its windows (176 MB a record at 128 Hz) before keeping a few of them.
     """
     from prepare_mitbih import (check_annotated, check_windows, cut_windows, find_records, hash_inputs, read_record,
                                 select_records)
@@ -422,18 +427,22 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
     names = select_records(find_records(folder, download=False, flag="--wfdb-dir"), records, folder)
     check_annotated(folder, names, annotator)
     loaded, skipped = [], []
-    for name in tqdm(names, desc="reading", unit="rec", disable=not progress):
-        try:
-            rec = read_record(folder / name, cfg.data, gaps=True, annotator=annotator)
-            check_windows(rec, cfg.data, str(folder / name))
-        except Exception as e:   # UserError from read_record, or anything wfdb/scipy raise on odd files
-            skipped.append((name, str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"))
-            continue
-        loaded.append(rec)
+
+    def read() -> Iterator[Record]:
+        for name in tqdm(names, desc="reading", unit="rec", disable=not progress):
+            try:
+                rec = read_record(folder / name, cfg.data, gaps=True, annotator=annotator)
+                check_windows(rec, cfg.data, str(folder / name))
+            except Exception as e:   # UserError from read_record, or anything wfdb/scipy raise on odd files
+                skipped.append((name, str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"))
+                continue
+            loaded.append(replace(rec, signal=rec.signal[:0].copy()))     # what is said of it, not its samples
+            yield rec
+            del rec
+    d = cut_windows(read(), cfg.data, overlap=False, most=per_record)
     if not loaded:
         reasons = "; ".join(f"{n}: {why}" for n, why in skipped[:5])
         raise UserError(f"no usable record in {folder} ({reasons})")
-    d = cut_windows(loaded, cfg.data, overlap=False)
     chosen = "all records" if records is None else f"records {', '.join(names)}"
     source = {"kind": "wfdb", "path": str(folder), "split": chosen, "data_hash": data_hash(cfg.data),
               "input_hash": hash_inputs(folder, [r.name for r in loaded], annotator), "annotator": annotator,
@@ -444,6 +453,7 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
 
 def limit_windows(w: Windows, records: list[str] | None, per_record: int | None) -> Windows:
     """Keep only some records, and at most `per_record` evenly spaced windows of each."""
+    from prepare_mitbih import evenly_spaced
     keep = np.ones(len(w.record), bool)
     if records:
         missing = [r for r in records if r not in w.records]
@@ -454,7 +464,7 @@ def limit_windows(w: Windows, records: list[str] | None, per_record: int | None)
         sub = np.zeros(len(w.record), bool)
         for r in np.unique(w.record[keep]):
             idx = np.flatnonzero(keep & (w.record == r))
-            sub[idx[np.unique(np.round(np.linspace(0, len(idx) - 1, min(per_record, len(idx)))).astype(int))]] = True
+            sub[idx[evenly_spaced(len(idx), per_record)]] = True
         keep = sub
     return w if keep.all() else w.select(np.flatnonzero(keep))
 
@@ -1118,8 +1128,9 @@ def print_warnings(cautions: list[str]) -> None:
 def load_windows(args: argparse.Namespace, cfg: Config) -> Windows:
     """The windows to score: of --wfdb-dir or the prepared --split, only --records, only --horizon-beats, at most
     --max-windows-per-record of each."""
-    if args.wfdb_dir:
-        w = load_wfdb(args.wfdb_dir, cfg, args.records, annotator=args.annotator)
+    if args.wfdb_dir:       # --horizon-beats picks among all windows, and only then keeps some
+        most = None if args.horizon_beats else args.max_windows_per_record
+        w = load_wfdb(args.wfdb_dir, cfg, args.records, annotator=args.annotator, per_record=most)
     else:
         w = limit_windows(load_prepared(args.split, cfg, args.prepared), args.records, None)
     if args.horizon_beats:

@@ -664,27 +664,35 @@ def other_annotators(path: Path) -> str:
     return f" (--annotator {other[0]} reads {path.name}.{other[0]})" if other else ""
 
 
-def window_starts(spans: list[tuple[int, int]], cfg: DataConfig, overlap: bool) -> np.ndarray:
+def window_starts(spans: list[tuple[int, int]], cfg: DataConfig, overlap: bool, most: int | None = None
+                  ) -> np.ndarray:
     """Starts of context+horizon windows, laid out in each span (window_spans) afresh; evaluation splits never
-    overlap so no sample counts twice."""
+    overlap so no sample counts twice. data.signals_per_patient, then `most`, keep that many evenly spaced."""
     length, step = cfg.total_samples, cfg.stride_samples if overlap else cfg.total_samples
     starts = np.concatenate([np.zeros(0, np.int64)] + [np.arange(a, b - length + 1, step, dtype=np.int64)
                                                         for a, b in spans])
-    k = cfg.signals_per_patient or 0
-    if 0 < k < len(starts):
-        starts = starts[np.round(np.linspace(0, len(starts) - 1, k)).astype(np.int64)]
+    for k in (cfg.signals_per_patient or 0, most or 0):
+        if 0 < k < len(starts):
+            starts = starts[evenly_spaced(len(starts), k)]
     return starts
 
 
-def cut_windows(records: list[Record], cfg: DataConfig, overlap: bool) -> dict:
-    """Stack the windows of several records with their reference beats in CSR form (beat_ptr)."""
+def evenly_spaced(n: int, k: int) -> np.ndarray:
+    """k indices of n evenly spaced, the first and the last among them (all n when k >= n)."""
+    return np.unique(np.round(np.linspace(0, n - 1, min(k, n))).astype(np.int64))
+
+
+def cut_windows(records: Iterable[Record], cfg: DataConfig, overlap: bool, most: int | None = None) -> dict:
+    """Stack the windows of several records with their reference beats in CSR form (beat_ptr); at most `most` of
+    each, evenly spaced. `records` are taken one at a time: a generator reading them keeps one record in memory."""
     import torch
 
     length = cfg.total_samples
-    signals, rec_idx, starts, ptr, pos, sym = [], [], [], [0], [], []
+    signals, rec_idx, starts, ptr, pos, sym, names = [], [], [], [0], [], [], []
     for r_i, r in enumerate(records):
-        for s in window_starts(window_spans(r.signal, cfg.samples_per_second), cfg, overlap):
-            signals.append(r.signal[s:s + length])
+        names.append(r.name)
+        for s in window_starts(window_spans(r.signal, cfg.samples_per_second), cfg, overlap, most):
+            signals.append(r.signal[s:s + length].copy())     # not a view, which would keep the whole record
             rec_idx.append(r_i)
             starts.append(int(s))
             lo, hi = np.searchsorted(r.beats, [s, s + length])
@@ -699,7 +707,7 @@ def cut_windows(records: list[Record], cfg: DataConfig, overlap: bool) -> dict:
         "beat_ptr": torch.tensor(ptr, dtype=torch.int64),
         "beat_pos": torch.tensor(pos, dtype=torch.int64),
         "beat_sym": torch.tensor(sym, dtype=torch.uint8),
-        "records": [r.name for r in records],
+        "records": names,
     }
 
 

@@ -348,6 +348,33 @@ def test_a_forecaster_of_ones_own_learns_its_patients_from_a_trainer_checkpoint_
     assert evaluate.seen_patients(mine, ["100", "106", "109"]) == ["106"]
 
 
+def test_wfdb_dir_holds_one_record_at_a_time_and_keeps_the_same_windows(tmp_path, monkeypatch):
+    """--wfdb-dir with --max-windows-per-record cuts each record's windows as it is read and lets its signal go: a
+    folder of 24 h records held every record and all its windows (176 MB a record) before keeping a few. The
+    windows kept are those limit_windows keeps of all of them."""
+    import weakref
+
+    import prepare_mitbih as pm
+    for i in range(4):
+        write_record(tmp_path / "db", f"r{i}", seconds=60, fs=250, seed=i)
+    cfg, alive, held, read = load_config(), [], [], pm.read_record
+
+    def reading(*args, **kwargs):
+        held.append(sum(ref() is not None for ref in alive))        # earlier records' signals still in memory
+        rec = read(*args, **kwargs)
+        alive.append(weakref.ref(rec.signal))
+        return rec
+    monkeypatch.setattr(pm, "read_record", reading)
+    w = evaluate.load_wfdb(tmp_path / "db", cfg, progress=False, per_record=3)
+    assert len(held) == 4 and max(held) <= 1, held
+    monkeypatch.setattr(pm, "read_record", read)
+    every = evaluate.limit_windows(evaluate.load_wfdb(tmp_path / "db", cfg, progress=False), None, 3)
+    assert len(w.record) == 12 and w.records == every.records == ["r0", "r1", "r2", "r3"]
+    for key in ("signals", "record", "start", "beat_ptr", "beat_pos", "beat_sym"):
+        np.testing.assert_array_equal(getattr(w, key), getattr(every, key))
+    assert w.leads == every.leads and w.source == every.source
+
+
 def test_a_model_is_paired_against_the_best_baseline_on_each_score(db250):
     cfg = load_config()
     fs, c = cfg.data.samples_per_second, cfg.data.window_samples
