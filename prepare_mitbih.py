@@ -689,16 +689,17 @@ def cut_windows(records: Iterable[Record], cfg: DataConfig, overlap: bool, most:
 
     length = cfg.total_samples
     signals, rec_idx, starts, ptr, pos, sym, names = [], [], [], [0], [], [], []
-    for r_i, r in enumerate(records):
-        names.append(r.name)
+    for r in records:       # not enumerate, whose last pair holds the record while the next is read
         for s in window_starts(window_spans(r.signal, cfg.samples_per_second), cfg, overlap, most):
             signals.append(r.signal[s:s + length].copy())     # not a view, which would keep the whole record
-            rec_idx.append(r_i)
+            rec_idx.append(len(names))
             starts.append(int(s))
             lo, hi = np.searchsorted(r.beats, [s, s + length])
             pos.extend((r.beats[lo:hi] - s).tolist())
             sym.extend(ord(c) for c in r.symbols[lo:hi])
             ptr.append(len(pos))
+        names.append(r.name)
+        del r
     sig = np.stack(signals) if signals else np.zeros((0, length, 2), np.float32)
     return {
         "signals": torch.from_numpy(np.ascontiguousarray(sig, dtype=np.float32)),
