@@ -691,7 +691,8 @@ def cut_windows(records: Iterable[Record], cfg: DataConfig, overlap: bool, most:
     signals, rec_idx, starts, ptr, pos, sym, names = [], [], [], [0], [], [], []
     for r in records:       # not enumerate, whose last pair holds the record while the next is read
         for s in window_starts(window_spans(r.signal, cfg.samples_per_second), cfg, overlap, most):
-            signals.append(r.signal[s:s + length].copy())     # not a view, which would keep the whole record
+            # copied when only some are kept (a view keeps the whole record), not the overlapping training windows
+            signals.append(r.signal[s:s + length].copy() if most else r.signal[s:s + length])
             rec_idx.append(len(names))
             starts.append(int(s))
             lo, hi = np.searchsorted(r.beats, [s, s + length])
