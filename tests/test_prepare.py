@@ -199,6 +199,25 @@ def test_read_record_of_a_span_reads_only_it_and_the_same_samples(tmp_path, monk
         np.testing.assert_allclose(part.signal[lo - part.offset:hi - part.offset], whole.signal[lo:hi], atol=1e-5)
 
 
+def test_read_record_of_a_long_record_keeps_its_memory_down(tmp_path):
+    """Reading a long record peaks at under 4.5 times its samples as float64 (3.6 now; 5.5 when wfdb's samples were
+    kept to the end and both leads filtered at once: 1.95 GB for a 24 h record at 250 Hz, now 1.34 GB), with the
+    same samples (the leads are filtered one at a time, each as before)."""
+    import tracemalloc
+
+    x, _ = synthetic_ecg(60.0, 250.0, seed=0)
+    write_signal(tmp_path, "h", np.tile(x, (60, 1)), fs=250.0)        # an hour
+    tracemalloc.start()
+    try:
+        rec = pm.read_record(tmp_path / "h", make_cfg().data, gaps=True, annotator=None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4.5 * 3600 * 250 * 2 * 8, peak / (3600 * 250 * 2 * 8)
+    whole = pm.filter_and_resample(np.tile(x, (60, 1)), 250.0, make_cfg().data, "h")
+    np.testing.assert_allclose(rec.signal, whole, atol=0.01)      # the stored 16-bit samples, filtered alike
+
+
 def test_read_record_converts_microvolts(tmp_path):
     x, _ = synthetic_ecg(20.0, 360.0, seed=6)
     write_signal(tmp_path, "mv", x, units="mV", gain=1000.0)
