@@ -654,14 +654,13 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
               for name, f in forecasters.items()}
     truth_sums: dict[str, np.ndarray] = {}
     edges = M.segment_edges(w.signals.shape[1] - context, fs)     # horizon segments, the same for every chunk
-    chunks = _chunks(w)
-    bar = tqdm(total=len(np.unique(w.record)), desc="records", unit="rec", disable=not progress)
+    # windows, not records: one 24 h record's 14400 windows stood at 0/1 records for hours
+    bar = tqdm(total=len(w.record), desc="windows", unit="win", disable=not progress)
     said: set = set()
-    for ci, (r, idx) in enumerate(chunks):
+    for r, idx in _chunks(w):
         paths.raise_if_signalled()     # a SIGTERM or Ctrl-C Python swallowed in a finalizer still stops it
         score_chunk(forecasters, w, r, idx, context, fs, edges, num_samples, seed, scores, truth_sums, said)
-        if ci + 1 == len(chunks) or chunks[ci + 1][0] != r:
-            bar.update(1)
+        bar.update(len(idx))
     bar.close()
     return scores, truth_sums
 

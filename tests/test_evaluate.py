@@ -1302,6 +1302,26 @@ def test_a_record_of_more_windows_than_one_chunk_scores_every_window():
     assert s["per_record"]["zero"]["mse"]["r1"] == pytest.approx(np.mean(signals[:, c:] ** 2), rel=1e-5)
 
 
+def test_the_progress_bar_counts_windows(monkeypatch):
+    """The bar moves with every chunk of windows scored: counted in records, one 24 h record's 14400 windows (hours
+    with a model) stood at 0/1 until the end."""
+    moved = []
+
+    class Bar:
+        def __init__(self, total, **kwargs):
+            moved.append(total)
+
+        def update(self, n):
+            moved.append(n)
+
+        def close(self):
+            pass
+    monkeypatch.setattr(evaluate, "tqdm", Bar)
+    w = _one_record_windows(np.random.default_rng(0).normal(0, 0.3, size=(300, 256, 2)), [np.zeros(0)] * 300)
+    evaluate.evaluate({"zero": evaluate.make_forecaster("zero", 128)}, w, 128, 128, 1)
+    assert moved == [300, 256, 44]
+
+
 def test_forecast_beats_are_read_on_lead_1():
     """The R peaks of a forecast are detected on its first lead, as the reference beats are annotated: a forecast
     with the true beats on lead 1 and a flat lead 2 scores F1 1."""
