@@ -310,16 +310,18 @@ def record_windows(signal: np.ndarray, start_s: float, seconds: float | None, wi
 def code_windows(model: VQVAE, windows: np.ndarray) -> dict[str, np.ndarray]:
     """Each window [T, 2] in mV coded alone, as the forecaster codes a context and the README's recipe a window:
     codes [T', Q], continuous latents [T', D], gain [2] and reconstruction [T, 2] in mV, stacked over windows."""
-    out: dict[str, list[np.ndarray]] = {"codes": [], "latents": [], "gain": [], "reconstruction": []}
-    for w in tqdm(windows, desc="coding", unit="window", disable=None if len(windows) > 1 else True):
+    out: dict[str, np.ndarray] = {}
+    for i, w in enumerate(tqdm(windows, desc="coding", unit="window", disable=None if len(windows) > 1 else True)):
         x = torch.from_numpy(w[None]).to(model.device)
         unit = model.unit(x)
         z = model.encode_latent(x, unit)
         codes = model.nearest_codes(z)
         for key, v in (("codes", as_levels(codes, len(model.quantizers))), ("latents", z.transpose(1, 2)),
                        ("gain", unit[:, 0]), ("reconstruction", model.decode(codes, unit))):
-            out[key].append(v[0].cpu().numpy())
-    return {k: np.stack(v) for k, v in out.items()}
+            if key not in out:      # filled in place: stacking a list of 28800 windows' held them twice
+                out[key] = np.empty((len(windows), *v.shape[1:]), v.cpu().numpy().dtype)
+            out[key][i] = v[0].cpu().numpy()
+    return out
 
 
 def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkpoint: Path, commit: str) -> None:
