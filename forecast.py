@@ -450,12 +450,12 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
     if at < ctx or at > rec.length:
         raise UserError(f"--start {start_s} s must lie between {ctx / fs:.1f} s (one context) and the record's end "
                         f"({rec.length / fs:.1f} s) in {record}")
-    at -= rec.offset
-    context = rec.signal[at - ctx:at]
+    i = at - rec.offset                                     # where the record's sample `at` is in what was read
+    context = rec.signal[i - ctx:i]
     if not np.isfinite(context).all():
-        raise UserError(f"{record}: the context {round((at + rec.offset - ctx) / fs, 3):g}-{start_s:.15g} s touches "
-                        f"a gap of NaN/invalid or flat samples; {clean_starts(rec.signal, at, ctx, fs, rec.offset)}")
-    truth = rec.signal[at:at + horizon]
+        raise UserError(f"{record}: the context {round((at - ctx) / fs, 3):g}-{start_s:.15g} s touches a gap of "
+                        f"NaN/invalid or flat samples; {clean_starts(rec.signal, i, ctx, fs, rec.offset)}")
+    truth = rec.signal[i:i + horizon]
     try:
         forecast = fc.predict(context[None], horizon, samples, seed)
     except MemoryError as e:        # --horizon 1e7 (115 days) stopped in numpy's traceback

@@ -386,6 +386,7 @@ def test_forecast_reads_only_its_context_and_horizon(tmp_path, monkeypatch):
     whole = read_record(tmp_path / "long", forecast.load_config().data, gaps=True, annotator=None).signal
     np.testing.assert_allclose(res["context"], whole[390 * 128 - 384:390 * 128], atol=1e-5)
     np.testing.assert_allclose(res["truth"], whole[390 * 128:393 * 128], atol=1e-5)
+    assert res["start_sample"] == 390 * 128                 # the record's sample, which the plot's time axis takes
     with pytest.raises(UserError, match="nearest clean --start: 349 s or 356 s"):
         forecast.forecast_record(make_baseline("zero", 128), str(tmp_path / "long"), 353.0, 3.0, 1, 0)
 
