@@ -478,7 +478,7 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     FLAT_S or more (lead off), are an error, or with `gaps` NaN stretches of the signal (see filter_and_resample).
     `span` [a, b) (target-rate samples): only that part and SPAN_MARGIN_S around it is read, the same samples as
     read whole (signal[0] is the record's sample Record.offset): a forecast 6 s long near the end of a 24 h
-    Holter record read all of it (25 s, 2.2 GB)."""
+    Holter record read all of it (9 s, 2.2 GB)."""
     path = record_path(path)
     where = str(path)
     header = read_header(path)

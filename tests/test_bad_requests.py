@@ -370,7 +370,7 @@ def test_forecast_from_a_record_with_gaps(tmp_path):
 
 def test_forecast_reads_only_its_context_and_horizon(tmp_path, monkeypatch):
     """A forecast near the end of a long record asks wfdb for its context and horizon and a margin, not the whole
-    record (6 s near the end of a 24 h Holter record took 25 s and 2.2 GB), and forecasts from the samples the
+    record (6 s near the end of a 24 h Holter record took 9 s and 2.2 GB), and forecasts from the samples the
     whole record gives there; a gap's nearest clean starts are said in the record's seconds."""
     import wfdb
 
