@@ -296,10 +296,13 @@ def config_from_dict(raw: dict, source: str = "config") -> Config:
 PREDATED = {"model": {"num_quantizers": 1, "window_gain": False}}
 
 
-def stored_config(raw: dict, source: str) -> Config:
-    """The config a checkpoint was trained with (older checkpoints lack the PREDATED keys)."""
-    filled = {section: {**keys, **raw.get(section, {})} for section, keys in PREDATED.items()}
-    return config_from_dict({**raw, **filled}, source)
+def stored_config(raw: Any, source: str) -> Config:
+    """The config a checkpoint was trained with (older checkpoints lack the PREDATED keys). One that is not an object,
+    or whose section is none, goes to config_from_dict as it is, to be named there rather than fail filling in."""
+    if isinstance(raw, dict):
+        raw = {**raw, **{section: {**keys, **raw.get(section, {})} for section, keys in PREDATED.items()
+                         if isinstance(raw.get(section, {}), dict)}}
+    return config_from_dict(raw, source)
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -783,6 +783,23 @@ def test_a_stored_config_is_checked_like_a_config_file(tmp_path, edit, said):
         transformer_train.main(["--resume", str(ckpt), "--device", "cpu", "--config", str(tmp_path / "same.json")])
 
 
+@pytest.mark.parametrize("kind, config, said", [
+    ("vqvae", [1], "the top level must be an object"),
+    ("vqvae", {"model": 5}, "section 'model' must be an object, got int"),
+    ("transformer", "vqvae: None", "the top level must be an object"),
+], ids=["vqvae_not_an_object", "vqvae_section_not_an_object", "carried_vqvae_none"])
+def test_a_stored_vqvae_config_that_is_no_object_is_named(tmp_path, kind, config, said):
+    """load_checkpoint builds every stored VQ-VAE config (a forecaster's carried one too): a damaged one, not an
+    object or with a section that is none, was an AttributeError or TypeError traceback, as it is one error now."""
+    from hyper_params_transformer import TransformerConfig
+    if config == "vqvae: None":
+        config = {**TransformerConfig().to_dict(), "vqvae": None}
+    ckpt = old_checkpoint(tmp_path, kind, {}, config=config)
+    with pytest.raises(UserError, match=f"^VQ-VAE config stored in {ckpt}: {said}" if kind != "vqvae"
+                       else f"^config stored in {ckpt}: {said}"):
+        train_results.load_checkpoint(ckpt, kind)
+
+
 @pytest.mark.parametrize("script, model", [(transformer_train, "transformer"), (latent_sde_train, "latent_sde")])
 def test_resuming_a_packed_model_is_named_before_the_data(tmp_path, monkeypatch, script, model):
     """pretrained/'s models keep their weights, not their training state: --resume of one loaded (and encoded) the
