@@ -296,7 +296,7 @@ class Trainer:
             if rt.distributed:
                 check_same_data(meta["data_hash"], len(train_set), len(val_set))
             self.make_loaders(train_set, val_set)
-        except UserError:
+        except BaseException:       # a refusal, or a stop while waiting for the other ranks (as run() drops them)
             self.drop_unused_folders()
             raise
         self.steps_per_epoch = len(self.train_loader)

@@ -379,6 +379,25 @@ def test_fewer_validation_windows_than_processes_is_refused(tmp_path, monkeypatc
                              {}, {"data_hash": "h"}, training.Runtime(torch.device("cpu"), rank, 2), "toy")
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), RuntimeError("Connection closed by peer")],
+                         ids=["ctrl_c", "peer_failed"])
+def test_a_run_stopped_while_the_ranks_compare_their_data_leaves_no_folders(tmp_path, monkeypatch, stop):
+    """Rank 0 waits in check_same_data for a slower rank: stopped there (Ctrl-C, SIGTERM, or that rank failing
+    alone), the fresh run's empty folders stayed, where the same stop a moment later, in training, removed them."""
+    def waiting(*a) -> None:
+        raise stop
+    monkeypatch.setattr(training, "check_same_data", waiting)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "ckpt").mkdir()
+    x = torch.randn(64, 4)
+    data = TensorDataset(x, x.sum(1, keepdim=True))
+    with pytest.raises(type(stop)):
+        training.Trainer(nn.Linear(4, 1), data, data, squared_error, TrainConfig(epochs=1, batch_size=8),
+                         tmp_path / "run", tmp_path / "ckpt", {}, {"data_hash": "h"},
+                         training.Runtime(torch.device("cpu"), 0, 2), "toy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_every_step_takes_gradients_clipped_to_grad_clip(tmp_path):
     trainer = toy_trainer(tmp_path, grad_clip=0.5)
     norms = []
