@@ -647,7 +647,11 @@ def check_same_checkpoint(path: str | Path, ckpt: dict) -> None:
                         "keep checkpoints/ on a shared file system")
 
 
-STOPPED_KEY = "ecg-forecast/stopped"     # in the process group's store: which rank stopped on a signal, and how
+def stopped_key() -> str:
+    """Where say_stopped leaves its word in the process group's store: one key per torchrun attempt, since
+    --max-restarts starts the workers again on the same agent's store, and a word of the attempt before would name a
+    stop the new one never had."""
+    return f"ecg-forecast/stopped/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
 
 
 def say_stopped(rank: int, stop: KeyboardInterrupt) -> None:
@@ -656,7 +660,7 @@ def say_stopped(rank: int, stop: KeyboardInterrupt) -> None:
     requirements.txt pins the torch it is tested with."""
     word = "terminated" if isinstance(stop, paths.Terminated) else "interrupted"
     try:
-        dist.distributed_c10d._get_default_store().set(STOPPED_KEY, f"rank {rank} {word}")
+        dist.distributed_c10d._get_default_store().set(stopped_key(), f"rank {rank} {word}")
     except (AttributeError, RuntimeError, ValueError):     # no store to reach (or the private API moved): the others
         pass                                                # show torch's traceback, as before
 
@@ -665,7 +669,8 @@ def stopped_rank() -> str | None:
     """What say_stopped left ('rank 1 terminated'), else None."""
     try:
         store = dist.distributed_c10d._get_default_store()
-        return store.get(STOPPED_KEY).decode() if store.check([STOPPED_KEY]) else None
+        key = stopped_key()
+        return store.get(key).decode() if store.check([key]) else None
     except (AttributeError, RuntimeError, ValueError):     # the store went with the rank that kept it (no torchrun agent)
         return None
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import paths
 import training
 import vqvae_train
 from conftest import ROOT, TORCHRUN_VARS, snapshot, write_record
@@ -323,6 +324,23 @@ def test_a_rank_stopped_alone_leaves_the_other_one_line_not_a_traceback(tmp_path
     workers = [line for line in r.stderr.splitlines() if re.match(r"(error|terminated|interrupted|\[rank)", line)]
     assert workers == [said.format(harness=HARNESS, last=last)], r.stderr
     assert "Connection closed" not in r.stderr and r.stderr.count("Traceback") == 1, r.stderr    # torchrun's own
+
+
+def test_a_stop_said_in_one_torchrun_attempt_is_not_found_in_the_next(monkeypatch) -> None:
+    """torchrun --max-restarts starts the workers again on its agent's store, keys and all: a rank's word that it
+    stopped, left in attempt 0, was found by attempt 1, whose next failing collective (another rank's crash) was
+    then said to be 'another rank stopped (rank 1 terminated)' instead of its own traceback."""
+    import torch.distributed as dist
+    store = dist.HashStore()
+    monkeypatch.setattr(dist.distributed_c10d, "_get_default_store", lambda: store)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert training.stopped_rank() is None
+    training.say_stopped(1, paths.Terminated())
+    assert training.stopped_rank() == "rank 1 terminated"
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert training.stopped_rank() is None
+    training.say_stopped(0, KeyboardInterrupt())
+    assert training.stopped_rank() == "rank 0 interrupted"
 
 
 def free_port() -> int:
