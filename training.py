@@ -294,7 +294,7 @@ class Trainer:
         self.fresh = rt.is_main and not any(f.is_dir() and any(f.iterdir()) for f in (self.run_dir, self.ckpt_dir))
         try:
             if rt.distributed:
-                check_same_data(meta["data_hash"], len(train_set), len(val_set))
+                check_same_data(meta.get("data_hash"), len(train_set), len(val_set))
             self.make_loaders(train_set, val_set)
         except BaseException:       # a refusal, or a stop while waiting for the other ranks (as run() drops them)
             self.drop_unused_folders()
@@ -624,9 +624,10 @@ def ranks_apart(mine: Any) -> tuple[list, list[int]]:
     return every, [r for r, theirs in enumerate(every) if theirs != every[0]]
 
 
-def check_same_data(data_hash: str, train: int, val: int) -> None:
+def check_same_data(data_hash: str | None, train: int, val: int) -> None:
     """Every rank reads the prepared tensors on its own node: another node's prepared from other records (or by other
-    code) trained the model on a mix of both, and run.json named rank 0's data alone."""
+    code) trained the model on a mix of both, and run.json named rank 0's data alone. No hash (a trainer of one's own
+    whose meta has none): the window counts alone."""
     ranks, apart = ranks_apart((data_hash, train, val))
     if apart:
         said = "; ".join(f"rank {r}'s {ranks[r][0]}, {ranks[r][1]}/{ranks[r][2]}" for r in apart)

@@ -368,15 +368,18 @@ def test_a_resume_from_an_older_epoch_says_that_best_pt_is_a_later_epochs(tmp_pa
 def test_fewer_validation_windows_than_processes_is_refused(tmp_path, monkeypatch):
     """Under torchrun a rank whose validation shard is empty would all-reduce a metrics vector of another length
     than the other ranks' (gloo fails, NCCL hangs): refused on every rank before training (after the ranks compared
-    their data, a collective this test has no process group for)."""
-    monkeypatch.setattr(training, "check_same_data", lambda *a: None)
+    their data, a collective this test has no process group for). A meta without a data hash (a trainer of one's own
+    that records none) compares the window counts alone: it was a KeyError."""
+    compared = []
+    monkeypatch.setattr(training, "check_same_data", lambda *a: compared.append(a))
     x = torch.randn(64, 4)
     train, val = TensorDataset(x, x.sum(1, keepdim=True)), TensorDataset(x[:1], x[:1].sum(1, keepdim=True))
     settings = TrainConfig(epochs=1, batch_size=8, warmup_steps=0)
     for rank in (0, 1):
         with pytest.raises(UserError, match="1 validation windows are fewer than the 2 processes"):
             training.Trainer(nn.Linear(4, 1), train, val, squared_error, settings, tmp_path / "run", tmp_path / "ckpt",
-                             {}, {"data_hash": "h"}, training.Runtime(torch.device("cpu"), rank, 2), "toy")
+                             {}, {}, training.Runtime(torch.device("cpu"), rank, 2), "toy")
+    assert compared == [(None, 64, 1)] * 2
 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt(), RuntimeError("Connection closed by peer")],
