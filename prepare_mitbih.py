@@ -478,15 +478,37 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     FLAT_S or more (lead off), are an error, or with `gaps` NaN stretches of the signal (see filter_and_resample).
     `span` [a, b) (target-rate samples): only that part and SPAN_MARGIN_S around it is read, the same samples as
     read whole (signal[0] is the record's sample Record.offset): a forecast 6 s long near the end of a 24 h
-    Holter record read all of it (9 s, 2.2 GB)."""
+    Holter record read all of it (9 s, 2.2 GB). A read that begins or ends inside a gap is widened until it
+    does not: cut there, the gap lost the margin NaN beside it (EDGE_MARGIN_S) and a lead off for longer than
+    the read was refused as off throughout."""
     path = record_path(path)
     where = str(path)
     header = read_header(path)
-    read, sampfrom, ratio = wfdb.rdrecord, 0, Fraction(1)
-    if span:
-        ratio = resample_ratio(float(header.fs), cfg.samples_per_second, where)
-        sampfrom, sampto = source_span(span, float(header.fs), ratio, header.sig_len)
-        read = functools.partial(wfdb.rdrecord, sampfrom=sampfrom, sampto=sampto)
+    sampfrom, sampto, ratio, margin_s = 0, None, Fraction(1), SPAN_MARGIN_S
+    while True:
+        if span:
+            ratio = resample_ratio(float(header.fs), cfg.samples_per_second, where)
+            sampfrom, sampto = source_span(span, float(header.fs), ratio, header.sig_len, margin_s)
+        x, fs_in, names, units = _read_leads(path, cfg, sampfrom, sampto)
+        gap = gap_mask(x, fs_in, names, where, gaps, whole=not sampfrom and sampto is None)
+        if not (sampfrom and gap[0] or sampto is not None and gap[-1]):
+            break
+        x, margin_s = None, 4 * margin_s
+    x[gap] = np.nan                                   # a sample missing in one lead is a gap in both
+    y = filter_and_resample(x, fs_in, cfg, where, gaps)
+    check_swing(y, names, units, where)
+    offset = int(sampfrom * ratio)
+    beats, symbols, has_ann = (_read_beats(path, fs_in, cfg.samples_per_second, len(y), annotator, offset)
+                               if annotator else (np.zeros(0, np.int64), [], False))
+    length = math.ceil(header.sig_len * ratio) if span and header.sig_len else offset + len(y)
+    return Record(path.name, y, names, beats, symbols, fs_in, has_ann, float(gap.sum() / fs_in), offset, length)
+
+
+def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None
+                ) -> tuple[np.ndarray, float, list[str], list[str | None]]:
+    """The source samples [sampfrom, sampto) of leads 1 and 2 in mV, the source rate, the leads' names and units."""
+    where = str(path)
+    read = functools.partial(wfdb.rdrecord, sampfrom=sampfrom, sampto=sampto) if sampfrom or sampto else wfdb.rdrecord
     rec = _wfdb_read(read, path, f"{where}: cannot read the record")
     x = rec.p_signal
     if x is None or x.ndim != 2 or len(x) == 0:
@@ -498,33 +520,25 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     names, units = [rec.sig_name[i] for i in order], [all_units[i] for i in order]
     x = x[:, order] * [mv_per_unit(u) for u in units]
     rec.p_signal = None                               # the samples as read: 0.33 GB of a 24 h record at 250 Hz
-    gap = gap_mask(x, float(rec.fs), names, where, gaps)
-    x[gap] = np.nan                                   # a sample missing in one lead is a gap in both
-    y = filter_and_resample(x, float(rec.fs), cfg, where, gaps)
-    check_swing(y, names, units, where)
-    offset = int(sampfrom * ratio)
-    beats, symbols, has_ann = (_read_beats(path, float(rec.fs), cfg.samples_per_second, len(y), annotator, offset)
-                               if annotator else (np.zeros(0, np.int64), [], False))
-    length = math.ceil(header.sig_len * ratio) if span and header.sig_len else offset + len(y)
-    return Record(path.name, y, names, beats, symbols, float(rec.fs), has_ann, float(gap.sum() / rec.fs), offset,
-                  length)
+    return x, float(rec.fs), names, units
 
 
-def source_span(span: tuple[int, int], fs_in: float, ratio: Fraction, sig_len: int | None) -> tuple[int, int | None]:
-    """The source samples [sampfrom, sampto) to read for target samples `span`, SPAN_MARGIN_S wider on either side;
+def source_span(span: tuple[int, int], fs_in: float, ratio: Fraction, sig_len: int | None,
+                margin_s: float = SPAN_MARGIN_S) -> tuple[int, int | None]:
+    """The source samples [sampfrom, sampto) to read for target samples `span`, `margin_s` wider on either side;
     sampfrom is on the resampled grid (a multiple of the ratio's denominator), so the span's samples fall where the
     whole record's do."""
-    margin, first = round(SPAN_MARGIN_S * fs_in), math.floor(span[0] / ratio)
+    margin, first = round(margin_s * fs_in), math.floor(span[0] / ratio)
     first = min(first, sig_len) if sig_len else first      # a span past the end reads the end, to say so
     sampfrom = max(first - margin, 0) // ratio.denominator * ratio.denominator
     sampto = max(math.ceil(span[1] / ratio), first) + margin
     return sampfrom, (sampto if sig_len and sampto < sig_len else None)
 
 
-def gap_mask(x: np.ndarray, fs: float, names: list[str], where: str, gaps: bool) -> np.ndarray:
+def gap_mask(x: np.ndarray, fs: float, names: list[str], where: str, gaps: bool, whole: bool = True) -> np.ndarray:
     """[N] the samples of leads x [N, 2] (mV, named `names`) that are NaN/invalid or flat for FLAT_S or more in
     either lead: without `gaps` any is an error naming the first, since filtering would spread it or score a lead
-    off as ECG; a lead with no valid sample at all is an error either way."""
+    off as ECG; a lead with no valid sample at all is an error either way, when `x` is the `whole` record."""
     bad = ~np.isfinite(x)
     if bad.any() and not gaps:
         i, k = (int(v) for v in np.argwhere(bad)[0])
@@ -532,7 +546,7 @@ def gap_mask(x: np.ndarray, fs: float, names: list[str], where: str, gaps: bool)
                         f"lead {names[k]}); repair or exclude the record, or prepare with --allow-gaps "
                         f"(read_record: gaps=True) to keep its windows without them")
     flat = flat_runs(x, fs)
-    if flat.all(0).any():
+    if whole and flat.all(0).any():
         raise UserError(f"{where}: lead {names[int(np.argmax(flat.all(0)))]} holds one value throughout: lead off?")
     if flat.any() and not gaps:
         i, k = (int(v) for v in np.argwhere(flat)[0])
@@ -541,7 +555,7 @@ def gap_mask(x: np.ndarray, fs: float, names: list[str], where: str, gaps: bool)
                         f"--allow-gaps (read_record: gaps=True) to keep its windows without those stretches")
     bad |= flat
     dead = bad.all(0)
-    if dead.any():
+    if whole and dead.any():
         raise UserError(f"{where}: lead {names[int(np.argmax(dead))]} has no valid sample")
     return bad.any(1)
 

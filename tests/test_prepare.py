@@ -199,6 +199,23 @@ def test_read_record_of_a_span_reads_only_it_and_the_same_samples(tmp_path, monk
         np.testing.assert_allclose(part.signal[lo - part.offset:hi - part.offset], whole.signal[lo:hi], atol=1e-5)
 
 
+def test_read_record_of_a_span_beside_a_long_gap_reads_past_it(tmp_path):
+    """A read that begins or ends inside a gap longer than SPAN_MARGIN_S is widened until it does not: cut there, the
+    gap lost its second of NaN (EDGE_MARGIN_S), so a forecast's context 170.5-173.5 s after a gap ending at 170 s was
+    made of the filter's edge, and a lead off for all of the read was refused as off throughout the record."""
+    x, _ = synthetic_ecg(300.0, 360.0, seed=2)
+    x[100 * 360:170 * 360, 1] = np.nan
+    x[200 * 360:290 * 360, 0] = 0.25                  # lead 1 off, held at one value
+    write_signal(tmp_path, "g", x, fs=360.0)
+    cfg = make_cfg().data
+    whole = pm.read_record(tmp_path / "g", cfg, gaps=True, annotator=None)
+    for start_s in (170.5, 96.0, 150.0, 245.0):
+        a, b = round(start_s * 128), round(start_s * 128) + 3 * 128
+        part = pm.read_record(tmp_path / "g", cfg, gaps=True, annotator=None, span=(a, b))
+        np.testing.assert_array_equal(part.signal[a - part.offset:b - part.offset], whole.signal[a:b], str(start_s))
+    assert np.isnan(whole.signal[round(170.5 * 128)]).all() and np.isnan(whole.signal[round(99.5 * 128)]).all()
+
+
 def test_read_record_of_a_long_record_keeps_its_memory_down(tmp_path):
     """Reading a long record peaks at under 4.5 times its samples as float64 (3.6 now; 5.5 when wfdb's samples were
     kept to the end and both leads filtered at once: 1.95 GB for a 24 h record at 250 Hz, now 1.34 GB), with the
