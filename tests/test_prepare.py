@@ -436,6 +436,25 @@ def test_input_hash_follows_the_bytes(prepared, tmp_path):
     assert pm.hash_inputs(copy, names) != h
 
 
+def test_input_hash_reads_a_long_record_a_little_at_a_time(tmp_path):
+    """The hash of a record's files is the sha256 of their names and bytes, read a MB at a time: read whole, a 24 h
+    record's .dat (86 MB) sat in memory beside forecast.py, which reads only the seconds it forecasts from."""
+    import hashlib
+    import tracemalloc
+
+    x, _ = synthetic_ecg(60.0, 250.0, seed=0)
+    write_signal(tmp_path, "h", np.tile(x, (80, 1)), fs=250.0)      # 80 min, a .dat of 4.8 MB
+    want = hashlib.sha256(b"h.hea" + (tmp_path / "h.hea").read_bytes() + b"h.dat" + (tmp_path / "h.dat").read_bytes())
+    tracemalloc.start()
+    try:
+        got = pm.hash_inputs(tmp_path, ["h"], annotator=None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got == want.hexdigest()[:16]
+    assert peak < (tmp_path / "h.dat").stat().st_size / 2, peak
+
+
 def test_written_files_are_atomic(prepared):
     files = sorted(p.name for p in prepared.out.iterdir())
     assert files == ["meta.json", "test.pt", "train.pt", "validation.pt"]  # no temp files left
