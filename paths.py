@@ -300,6 +300,85 @@ def say_error(message: str) -> None:
     tqdm.write(f"error: rank {rank}: {message}", file=sys.stderr)
 
 
+def _process_group() -> Any:
+    """torch.distributed when this process has joined a process group (training.setup_runtime), else None; never
+    imported here: a script that joined one has."""
+    dist = sys.modules.get("torch.distributed")
+    return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
+
+
+def _word_key() -> str:
+    """Where leave_word puts its word in the process group's store: one key per torchrun attempt, since
+    --max-restarts starts the workers again on the same agent's store, and a word of the attempt before would name an
+    end the new one never had."""
+    return f"ecg-forecast/ended/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+
+
+@contextlib.contextmanager
+def _quiet_store() -> Iterator[None]:
+    """torch's store client writes a failed call's C++ stack frames to the process's stderr before it raises (rank 0's
+    process, keeping the store without a torchrun agent, has ended): 17 lines before a rank's one 'error:' line. They
+    go to /dev/null while a store call runs, its failure being handled."""
+    sys.stderr.flush()
+    stderr = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(stderr, 2)
+        os.close(stderr)
+
+
+def leave_word(end: BaseException) -> None:
+    """In a process group, leave word in its store (torchrun's agent keeps it; without one, rank 0's process) that
+    this rank ends on a signal or a UserError, for the others to say when their next collective fails on its closed
+    connections (word_left). The first word stays: a rank that fails on another's end leaves none of its own.
+    _get_default_store is torch's own, not public: requirements.txt pins the torch it is tested with."""
+    dist = _process_group()
+    if dist is None:
+        return
+    rank, first_line = dist.get_rank(), str(end).partition("\n")[0]
+    if isinstance(end, KeyboardInterrupt):
+        word = f"another rank stopped (rank {rank} {'terminated' if isinstance(end, Terminated) else 'interrupted'})"
+    else:
+        word = f"another rank failed (rank {rank}: {first_line})"
+    try:
+        with _quiet_store():
+            dist.distributed_c10d._get_default_store().compare_set(_word_key(), "", word)
+    except (AttributeError, RuntimeError, ValueError):     # no store to reach (or the private API moved): the others
+        pass                                                # show torch's traceback, as before
+
+
+def word_left() -> str | None:
+    """What leave_word left ('another rank failed (rank 1: ...)'), else None."""
+    dist = _process_group()
+    if dist is None:
+        return None
+    try:
+        store, key = dist.distributed_c10d._get_default_store(), _word_key()
+        with _quiet_store():
+            return store.get(key).decode() if store.check([key]) else None
+    except (AttributeError, RuntimeError, ValueError):     # the store went with the rank that kept it (no torchrun agent)
+        return None
+
+
+def _beside_the_others(main: Callable[[], Any]) -> None:
+    """main(); in a process group a rank that fails alone (its node lacks a file) or is stopped alone closes its
+    connections, and the others failed in their next collective with torch's traceback ('Connection closed by peer'):
+    it leaves word, and they say it as their error. Any other failure keeps its traceback."""
+    try:
+        main()
+    except (UserError, KeyboardInterrupt) as e:
+        leave_word(e)
+        raise
+    except RuntimeError as e:
+        word = word_left()
+        if word is None:
+            raise
+        raise UserError(word) from e
+
+
 def note(message: str) -> None:
     say(f"note: {message}")
 
@@ -375,8 +454,9 @@ def show_warning(message: Warning | str, category: type[Warning], filename: str,
 
 def run_main(main: Callable[[], Any]) -> None:
     """Run a script's main(); a UserError becomes one 'error:' line and exit status 2. Under torchrun the ranks
-    usually meet the same error, and rank 0 says it (say_error). Ctrl-C exits with 130, SIGTERM (Terminated) with
-    143, as the shell counts a signal's death."""
+    usually meet the same error, and rank 0 says it (say_error); one met by a rank alone is said by the others as
+    theirs (_beside_the_others). Ctrl-C exits with 130, SIGTERM (Terminated) with 143, as the shell counts a signal's
+    death."""
     interruptible()
     main_thread = threading.current_thread() is threading.main_thread()
     default_term = main_thread and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
@@ -387,7 +467,7 @@ def run_main(main: Callable[[], Any]) -> None:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
-            main()
+            _beside_the_others(main)
     except UserError as e:
         try:
             say_error(str(e))

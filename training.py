@@ -14,6 +14,7 @@ rank r reseeds from (seed, epoch, r) at every epoch's start.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -507,8 +508,6 @@ class Trainer:
         try:
             row = self._fit_beside_the_others(resume)
         except BaseException as e:      # Ctrl-C, SIGTERM (paths.Terminated), or an error (a NaN loss, a bug)
-            if isinstance(e, KeyboardInterrupt) and self.rt.distributed:
-                say_stopped(self.rt.rank, e)        # first: the other ranks' next collective fails once it exits
             self.drop_unused_folders()
             if isinstance(e, KeyboardInterrupt) and self.rt.is_main:     # run_main prints it after 'interrupted'
                 raise type(e)(self.resume_hint()) from None
@@ -532,16 +531,17 @@ class Trainer:
             self.ckpt_dir.rmdir()
 
     def _fit_beside_the_others(self, resume: str | Path | None) -> dict:
-        """fit(); under torchrun a rank stopped alone (Ctrl-C or SIGTERM to its process) closed its connections, and
-        the others failed in their next collective with torch's traceback ('Connection closed by peer'): when that rank
-        left word (say_stopped), they say so in one line, with how to resume. Any other failure keeps its traceback."""
+        """fit(); under torchrun a rank stopped or failing alone (Ctrl-C or SIGTERM to its process, a failed write)
+        closed its connections, and the others failed in their next collective with torch's traceback ('Connection
+        closed by peer'): when that rank left word (paths.leave_word), they say it in one line, with how to resume.
+        Any other failure keeps its traceback."""
         try:
             return self.fit(resume)
         except RuntimeError as e:
-            stopped = stopped_rank() if self.rt.distributed else None
-            if stopped is None:
+            word = paths.word_left() if self.rt.distributed else None
+            if word is None:
                 raise
-            raise UserError(f"another rank stopped ({stopped}); {self.resume_hint()}") from e
+            raise UserError(f"{word}; {self.resume_hint()}") from e
 
     def resume_hint(self) -> str:
         """How an interrupted or failed run goes on: from its last.pt, else from the checkpoint it resumed, if any
@@ -648,34 +648,6 @@ def check_same_checkpoint(path: str | Path, ckpt: dict) -> None:
                         "keep checkpoints/ on a shared file system")
 
 
-def stopped_key() -> str:
-    """Where say_stopped leaves its word in the process group's store: one key per torchrun attempt, since
-    --max-restarts starts the workers again on the same agent's store, and a word of the attempt before would name a
-    stop the new one never had."""
-    return f"ecg-forecast/stopped/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-
-
-def say_stopped(rank: int, stop: KeyboardInterrupt) -> None:
-    """Leave word in the process group's store (torchrun's agent keeps it) that this rank stops on a signal, for the
-    others to find when their next collective fails (stopped_rank). _get_default_store is torch's own, not public:
-    requirements.txt pins the torch it is tested with."""
-    word = "terminated" if isinstance(stop, paths.Terminated) else "interrupted"
-    try:
-        dist.distributed_c10d._get_default_store().set(stopped_key(), f"rank {rank} {word}")
-    except (AttributeError, RuntimeError, ValueError):     # no store to reach (or the private API moved): the others
-        pass                                                # show torch's traceback, as before
-
-
-def stopped_rank() -> str | None:
-    """What say_stopped left ('rank 1 terminated'), else None."""
-    try:
-        store = dist.distributed_c10d._get_default_store()
-        key = stopped_key()
-        return store.get(key).decode() if store.check([key]) else None
-    except (AttributeError, RuntimeError, ValueError):     # the store went with the rank that kept it (no torchrun agent)
-        return None
-
-
 def _to(batch, device: torch.device):
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -754,7 +726,7 @@ def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | N
     """The run's results and checkpoint folders (results/<experiment>-<time>/, checkpoints/<same>/, from
     run_parser's --results and --checkpoints): rank 0 names them (or reuses the resumed run's); every rank
     learns the same."""
-    names = [None, None]
+    names, made = [None, None], []
     if rt.is_main:
         if resume_ckpt and Path(resume_ckpt["run_dir"]).is_dir():
             names = [resume_ckpt["run_dir"], resume_ckpt["ckpt_dir"]]
@@ -763,8 +735,15 @@ def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | N
             ckpt_root = paths.check_writable(paths.location("checkpoints", args.checkpoints))  # before training
             run = paths.new_run_dir(experiment, args.results, ckpt_root)
             names = [str(run), str(ckpt_root / run.name)]
+            made = [run, ckpt_root / run.name]
     if rt.distributed:
-        dist.broadcast_object_list(names, src=0)
+        try:
+            dist.broadcast_object_list(names, src=0)
+        except BaseException:   # another rank failed before it (its node lacks the data): the folders, made now, go
+            for folder in made:
+                with contextlib.suppress(OSError):      # empty, or already gone (one root for both)
+                    folder.rmdir()
+            raise
     return Path(names[0]), Path(names[1])
 
 

@@ -326,21 +326,70 @@ def test_a_rank_stopped_alone_leaves_the_other_one_line_not_a_traceback(tmp_path
     assert "Connection closed" not in r.stderr and r.stderr.count("Traceback") == 1, r.stderr    # torchrun's own
 
 
-def test_a_stop_said_in_one_torchrun_attempt_is_not_found_in_the_next(monkeypatch) -> None:
+@pytest.fixture
+def group_of_rank(monkeypatch) -> list[int]:
+    """This process as a rank (the list's one value, to change) of a process group whose store is a HashStore."""
+    import torch.distributed as dist
+    store, rank = dist.HashStore(), [1]
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: rank[0])
+    monkeypatch.setattr(dist.distributed_c10d, "_get_default_store", lambda: store)
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    return rank
+
+
+def test_a_stop_said_in_one_torchrun_attempt_is_not_found_in_the_next(group_of_rank, monkeypatch) -> None:
     """torchrun --max-restarts starts the workers again on its agent's store, keys and all: a rank's word that it
     stopped, left in attempt 0, was found by attempt 1, whose next failing collective (another rank's crash) was
     then said to be 'another rank stopped (rank 1 terminated)' instead of its own traceback."""
-    import torch.distributed as dist
-    store = dist.HashStore()
-    monkeypatch.setattr(dist.distributed_c10d, "_get_default_store", lambda: store)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
-    assert training.stopped_rank() is None
-    training.say_stopped(1, paths.Terminated())
-    assert training.stopped_rank() == "rank 1 terminated"
+    assert paths.word_left() is None
+    paths.leave_word(paths.Terminated())
+    assert paths.word_left() == "another rank stopped (rank 1 terminated)"
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert training.stopped_rank() is None
-    training.say_stopped(0, KeyboardInterrupt())
-    assert training.stopped_rank() == "rank 0 interrupted"
+    assert paths.word_left() is None
+    group_of_rank[0] = 0
+    paths.leave_word(KeyboardInterrupt())
+    assert paths.word_left() == "another rank stopped (rank 0 interrupted)"
+
+
+def test_the_first_rank_to_fail_keeps_its_word(group_of_rank) -> None:
+    """A rank failing alone leaves its error's first line; the rank whose collective then fails on it ends in a
+    UserError too (saying that word), whose word, left over the first, would have named it to a third rank."""
+    paths.leave_word(UserError("prepared tensors not found: x/train.pt\nsecond line"))
+    group_of_rank[0] = 0
+    paths.leave_word(UserError(paths.word_left()))
+    assert paths.word_left() == "another rank failed (rank 1: prepared tensors not found: x/train.pt)"
+
+
+def test_a_failed_collective_is_said_from_the_word_left_and_a_bug_keeps_its_traceback(group_of_rank, capsys) -> None:
+    """run_main: a RuntimeError with no word left (a bug, or another rank's crash) goes up as it is; with one, it is
+    the error line (rank 0: at once)."""
+    def collective_fails() -> None:
+        raise RuntimeError("Connection closed by peer")
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):
+        paths.run_main(collective_fails)
+    paths.leave_word(UserError("no such checkpoint"))       # as rank 1
+    group_of_rank[0] = 0
+    with pytest.raises(SystemExit) as e:
+        paths.run_main(collective_fails)
+    assert e.value.code == 2 and capsys.readouterr().err == "error: another rank failed (rank 1: no such checkpoint)\n"
+
+
+def test_a_rank_ending_after_the_store_went_writes_only_its_error(group_of_rank, monkeypatch, capfd) -> None:
+    """Without a torchrun agent the store lives in rank 0's process: a rank leaving word after rank 0 had ended (the
+    same error, met later) got 17 lines of torch's C++ stack frames on stderr above its one 'error:' line."""
+    import datetime
+    import torch.distributed as dist
+    port = free_port()
+    keeper = subprocess.Popen([sys.executable, "-c", "import torch.distributed as d; "
+                               f"s = d.TCPStore('127.0.0.1', {port}, 2, True)"], env=ENV)
+    client = dist.TCPStore("127.0.0.1", port, 2, False, timeout=datetime.timedelta(seconds=30))
+    assert keeper.wait(timeout=30) == 0
+    monkeypatch.setattr(dist.distributed_c10d, "_get_default_store", lambda: client)
+    paths.leave_word(UserError("the same error on every rank"))
+    assert paths.word_left() is None
+    assert capfd.readouterr().err == ""
 
 
 def free_port() -> int:
@@ -459,4 +508,25 @@ def test_ranks_reading_different_prepared_data_are_stopped(tmp_path: Path, tiny:
                 "the ranks read different prepared data (data hash, training/validation windows: rank 0's ",
                 "rank 1's ", "every node needs the same prepared tensors")
     assert procs[1].returncode == 2 and err1.startswith("error: rank 1: the ranks read different prepared data"), err1
+    assert not list((tmp_path / "results").iterdir()) and not list((tmp_path / "checkpoints").iterdir())
+
+
+def test_a_rank_failing_alone_before_the_trainer_leaves_the_others_one_line(tmp_path: Path, tiny: dict) -> None:
+    """Two nodes (env://, LOCAL_RANK 0 on both), node 1 without the prepared tensors: rank 1 said its error and exited,
+    while rank 0, waiting in shared_run_dirs' broadcast, ended in gloo's traceback ('Connection closed by peer') and
+    left its run folders, just made, empty. Rank 1 leaves word in the store; rank 0 says it in one line, folders gone."""
+    (tmp_path / "empty").mkdir()
+    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+           "ECG_DIST_TIMEOUT": "60"}
+    setup = {k: v for k, v in outputs(tiny, tmp_path).items() if k != "prepared"}
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "vqvae_train.py"), *flags(setup), "--device", "cpu"], cwd=ROOT,
+                              env={**env, "RANK": str(rank),
+                                   "ECG_PREPARED_DIR": tiny["prepared"] if rank == 0 else str(tmp_path / "empty")},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+             for rank in (0, 1)]
+    (out0, err0), (out1, err1) = (p.communicate(timeout=120) for p in procs)
+    missing = f"prepared tensors not found: {tmp_path / 'empty' / 'train.pt'}"
+    check_error(subprocess.CompletedProcess([], procs[0].returncode, out0, err0),
+                f"error: another rank failed (rank 1: {missing}")
+    assert procs[1].returncode == 2 and err1.startswith(f"error: rank 1: {missing}"), err1
     assert not list((tmp_path / "results").iterdir()) and not list((tmp_path / "checkpoints").iterdir())
