@@ -437,6 +437,29 @@ def test_the_first_forecast_start_of_a_record_is_one_context_in(tmp_path):
         forecast_record(fc, str(rec), first - 1 / cfg.data.samples_per_second, 1.0, 1, 0)
 
 
+
+def test_a_start_past_the_end_of_a_record_without_a_length_is_said_by_forecast(tmp_path):
+    """A header may leave out the signal length (wfdb reads it from the .dat's size): --start past such a record's
+    end got wfdb's 'cannot read the record (sampfrom must be shorter than the signal length)' from the span read,
+    not forecast's bounds; the length is inferred as wfdb does, and the bounds name the record's end."""
+    from baselines import Persistence
+    from conftest import write_record
+    from forecast import forecast_record
+    from hyper_params import load_config
+
+    cfg = load_config()
+    fc = Persistence(cfg.data.samples_per_second)
+    fc.cfg = cfg
+    rec = write_record(tmp_path, "r", seconds=20, seed=1)
+    hea = tmp_path / "r.hea"
+    first, *rest = hea.read_text().splitlines()
+    assert first.split() == ["r", "2", "360", "7200"]
+    hea.write_text("\n".join(["r 2 360", *rest]) + "\n")          # no signal length
+    assert forecast_record(fc, str(rec), 19.0, 1.0, 1, 0)["truth"].shape == (cfg.data.samples_per_second, 2)
+    for start in (30.0, 100.0, 1000.0):
+        with pytest.raises(UserError, match=r"--start .* must lie between .* and the record's end \(20\.0 s\)"):
+            forecast_record(fc, str(rec), start, 1.0, 1, 0)
+
 def test_training_codes_of_the_context_do_not_see_its_future():
     """A forecast encodes its context alone, with no future to read: the training windows' context codes must
     be the codes of the context alone too (and the future's those of the future alone), not codes of the
