@@ -39,7 +39,7 @@ from drafts import VERSION as DRAFTS_VERSION, detected_beats, draft_waves
 from hyper_params import Config, TrainConfig
 from hyper_params_sde import SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
-from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_forecasts
+from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_epoch_forecasts
 from training import (EpochEndFn, Runtime, StepFn, Trainer, check_run_flags, load_resume, resumed_seed, run_config,
                       run_parser, run_record, seed_everything, setup_runtime, shared_run_dirs)
 from vqvae import VQVAE
@@ -91,8 +91,7 @@ def beat_targets(data: dict, frames: int, factor: int, fs: float, max_rr_s: floa
 def plot_epoch(fc: LatentSDEForecaster, fixed: np.ndarray, piece: int, run_dir: Path, epoch: int,
                titles: list[tuple[str, str]] | None = None) -> None:
     samples = fc.predict(fixed[:, :piece], fixed.shape[1] - piece, num_samples=20, seed=0)
-    plot_forecasts(fixed, samples, fc.fs, piece, run_dir / f"forecast_epoch_{epoch:03d}.png",
-                   f"epoch {epoch}: validation forecasts (20 sampled paths)", titles=titles)
+    plot_epoch_forecasts(fixed, samples, fc.fs, piece, run_dir, epoch, titles)
 
 
 def plotting_epoch_end(fixed: np.ndarray, piece: int, run_dir: Path,
@@ -192,7 +191,7 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     meta.update(crps_from=str(source), vqvae_checkpoint=start["meta"].get("vqvae_checkpoint", str(source)))
     fixed = fixed_windows(val, settings.plot_windows).numpy()
     epoch_end = plotting_epoch_end(fixed, fc.cfg.data.window_samples, run_dir, lambda m: fc,
-                                   fixed_titles(val, settings.plot_windows, args.prepared))
+                                   fixed_titles(val, settings.plot_windows, args.prepared, fc.cfg.data.window_samples))
     train_set, val_set = (TensorDataset(d["signals"], torch.arange(len(d["signals"]))) for d in (train, val))
     trainer = Trainer(model, train_set, val_set, crps_step, settings,
                       run_dir, ckpt_dir, config, meta, rt, kind="latent_sde", epoch_end=epoch_end,
@@ -307,7 +306,7 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]}}
     fixed = fixed_windows(val, scfg.train.plot_windows).numpy()
     epoch_end = plotting_epoch_end(fixed, piece, run_dir, lambda m: LatentSDEForecaster(vq, m, cfg, scfg, rt.device),
-                                   fixed_titles(val, scfg.train.plot_windows, args.prepared))
+                                   fixed_titles(val, scfg.train.plot_windows, args.prepared, piece))
     names = batch_names(scfg)
     train_set, val_set = elbo_datasets(train, val, train_enc, val_enc, augmented, names, steps, factor)
     trainer = Trainer(model, train_set, val_set, elbo_step(piece // factor, names), scfg.train, run_dir,

@@ -271,22 +271,27 @@ def fixed_windows(split: dict, n: int) -> torch.Tensor:
     return split["signals"][fixed_indices(split, n)].clone()
 
 
-def window_titles(split: dict, idx: np.ndarray, leads: dict[str, list[str]]) -> list[tuple[str, str]]:
+def window_titles(split: dict, idx: np.ndarray, leads: dict[str, list[str]],
+                  context: int = 0) -> list[tuple[str, str]]:
     """'record 109 at 12 s, lead 1: MLII' for both leads of each window plotted, so a figure says which patient
-    and moment it shows; the lead names from `leads` (prepare_mitbih.stored_leads) when the record is there."""
+    and moment it shows; the lead names from `leads` (prepare_mitbih.stored_leads) when the record is there. With a
+    `context` (samples), a forecast's: 'record 109, lead 1: MLII, forecast from 15 s', the time its axis counts from
+    (plot_epoch_forecasts), as evaluate.py's galleries say it."""
     out = []
     for i in idx:
-        record = split["records"][int(split["record"][i])]
-        at = f"record {record} at {int(split['start'][i]) / float(split['fs']):g} s"
+        record, fs = split["records"][int(split["record"][i])], float(split["fs"])
         names = leads.get(record, [])
-        out.append(tuple(f"{at}, lead {k + 1}" + (f": {names[k]}" if len(names) == 2 else "") for k in range(2)))
+        lead = [f"lead {k + 1}" + (f": {names[k]}" if len(names) == 2 else "") for k in range(2)]
+        start = int(split["start"][i])
+        out.append(tuple(f"record {record}, {name}, forecast from {(start + context) / fs:g} s" if context else
+                         f"record {record} at {start / fs:g} s, {name}" for name in lead))
     return out
 
 
-def fixed_titles(split: dict, n: int, prepared_dir: str | None = None) -> list[tuple[str, str]]:
+def fixed_titles(split: dict, n: int, prepared_dir: str | None = None, context: int = 0) -> list[tuple[str, str]]:
     """The panel titles of fixed_windows(split, n): a training run's epoch plots name what they show."""
     from prepare_mitbih import stored_leads         # here: forecast.py imports this module, and wfdb only on need
-    return window_titles(split, fixed_indices(split, n), stored_leads(prepared_dir))
+    return window_titles(split, fixed_indices(split, n), stored_leads(prepared_dir), context)
 
 
 LONG_PLOT_S = 12.0      # a longer window stacks its two leads, on a figure as wide as the seconds need
@@ -326,7 +331,7 @@ def forecast_panel(ax: plt.Axes, t: np.ndarray, window: np.ndarray, samples: np.
 
 def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context: int, out: Path, title: str,
                    start_s: float = 0.0, leads: tuple[str, ...] = LEADS,
-                   titles: list[tuple[str, str]] | None = None) -> None:
+                   titles: list[tuple[str, str]] | None = None, xlabel: str = "time (s)") -> None:
     """Context, truth, sample-mean forecast, its 50% / 80% bands and one sample (the mean of paths that disagree
     on timing is smooth; a sample shows the beats) for lead 1 and lead 2.
 
@@ -345,9 +350,19 @@ def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context:
                 ax.set_title(leads[lead])
     for ax in axes.flat:
         if ax.get_subplotspec().is_last_row():
-            ax.set_xlabel("time (s)")
+            ax.set_xlabel(xlabel)
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", fontsize=8, ncol=6, frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
     paths.atomic_savefig(fig, out, dpi=100)
     plt.close(fig)
+
+
+def plot_epoch_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context: int, run_dir: Path,
+                         epoch: int, titles: list[tuple[str, str]] | None = None) -> None:
+    """A forecaster trainer's forecast_epoch_NNN.png (plot_forecasts): the same words for the Transformer's and the
+    latent SDE's, and time from the forecast start, the context negative, as in evaluate.py's galleries
+    (`titles`: fixed_titles(..., context=context), which give that start in record time)."""
+    plot_forecasts(windows, samples, fs, context, run_dir / f"forecast_epoch_{epoch:03d}.png",
+                   f"epoch {epoch}: validation forecasts ({samples.shape[1]} sampled paths)", start_s=-context / fs,
+                   titles=titles, xlabel="time from forecast start (s)")

@@ -23,7 +23,7 @@ from drafts import VERSION as DRAFTS_VERSION, detected_beats
 from forecast import Forecaster, beat_draft, seasonal_draft
 from hyper_params import Config
 from hyper_params_transformer import TransformerConfig, load_transformer_config, transformer_config_from_dict
-from train_results import fixed_titles, fixed_windows, plot_forecasts
+from train_results import fixed_titles, fixed_windows, plot_epoch_forecasts
 from training import (Runtime, Trainer, load_resume, run_config, run_parser, run_record, seed_everything, setup_runtime,
                       shared_run_dirs)
 from transformer import CodeGPT, as_levels
@@ -90,16 +90,15 @@ def forecast_plotter(vq: VQVAE, cfg: Config, tcfg: TransformerConfig, val: dict,
     """The trainer's epoch_end: sampled forecasts of fixed validation windows against their truth, a PNG
     per epoch, so a run shows what it forecasts while it learns."""
     fixed = fixed_windows(val, tcfg.train.plot_windows).numpy()
-    titles = fixed_titles(val, tcfg.train.plot_windows, prepared)
     ctx_len, fs = cfg.data.window_samples, int(val["fs"])
+    titles = fixed_titles(val, tcfg.train.plot_windows, prepared, ctx_len)
 
     def epoch_end(m: CodeGPT, epoch: int, is_main: bool) -> dict:
         if is_main and len(fixed):
             # on the run's device: a Forecaster moves the model it is given, and m is the one being trained
             fc = Forecaster(vq, m, cfg, tcfg.sample, device, draft_beats=tcfg.model.draft_beats)
             samples = fc.predict(fixed[:, :ctx_len], fixed.shape[1] - ctx_len, num_samples=20, seed=0)
-            plot_forecasts(fixed, samples, fs, ctx_len, run_dir / f"forecast_epoch_{epoch:03d}.png",
-                           f"epoch {epoch}: validation forecasts (20 samples)", titles=titles)
+            plot_epoch_forecasts(fixed, samples, fs, ctx_len, run_dir, epoch, titles)
             m.train()
         return {}
     return epoch_end

@@ -1426,6 +1426,40 @@ def test_window_and_forecast_plots_read_in_seconds_and_millivolts(tmp_path: Path
         np.testing.assert_allclose(lines[label].get_ydata(), want)
 
 
+
+def test_both_forecaster_trainers_plot_their_epochs_alike_from_the_forecast_start(tmp_path: Path, monkeypatch) -> None:
+    """The Transformer's epoch plots said '(20 samples)' and the latent SDE's '(20 sampled paths)' of the same
+    thing, and both counted time from the window's start (the forecast at 1 s) beside a title giving the window's
+    start in record time. Both now say it alike and count from the forecast start, the context negative, under
+    titles giving that start in record time, as evaluate.py's galleries do."""
+    (tmp_path / "meta.json").write_text(json.dumps({"records": {"109": {"leads": ["MLII", "V1"]}}}))
+    fs, context, horizon = 16, 16, 8
+    val = {"signals": torch.randn(3, context + horizon, 2), "records": ["109"], "fs": fs,
+           "record": torch.zeros(3, dtype=torch.long), "start": torch.tensor([0, 160, 320])}
+
+    def predict(x: np.ndarray, h: int, num_samples: int, seed: int) -> np.ndarray:
+        return np.zeros((len(x), num_samples, h, 2), np.float32)
+    figures = []
+    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    monkeypatch.setattr(transformer_train, "Forecaster", lambda *a, **k: SimpleNamespace(predict=predict))
+    tcfg = SimpleNamespace(train=SimpleNamespace(plot_windows=2), sample=None, model=SimpleNamespace(draft_beats=False))
+    cfg = SimpleNamespace(data=SimpleNamespace(window_samples=context))
+    transformer_train.forecast_plotter(None, cfg, tcfg, val, tmp_path, torch.device("cpu"), str(tmp_path))(
+        nn.Linear(1, 1), 1, True)
+    fixed = train_results.fixed_windows(val, 2).numpy()
+    latent_sde_train.plot_epoch(SimpleNamespace(predict=predict, fs=fs), fixed, context, tmp_path, 1,
+                                train_results.fixed_titles(val, 2, str(tmp_path), context))
+    assert len(figures) == 2
+    for fig in figures:
+        assert fig._suptitle.get_text() == "epoch 1: validation forecasts (20 sampled paths)"
+        assert [ax.get_title() for ax in fig.axes[:3]] == [
+            "record 109, lead 1: MLII, forecast from 1 s", "record 109, lead 2: V1, forecast from 1 s",
+            "record 109, lead 1: MLII, forecast from 21 s"]
+        assert fig.axes[-1].get_xlabel() == "time from forecast start (s)"
+        lines = {line.get_label(): line for line in fig.axes[0].lines}
+        np.testing.assert_allclose(lines["context"].get_xdata(), np.arange(-context, 0) / fs)
+        np.testing.assert_allclose(lines["truth"].get_xdata(), np.arange(horizon) / fs)
+
 def test_codebook_health_is_plotted_per_codebook_and_epoch(tmp_path: Path, monkeypatch) -> None:
     """codebook_health.png: a line per residual codebook in each of perplexity, usage (%) and restarts, from
     metrics.csv; a run without codebooks (the forecasters') gets none."""

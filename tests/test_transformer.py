@@ -887,11 +887,11 @@ def test_a_run_trains_on_the_training_codes_and_validates_on_the_validation_pati
     assert run["meta"]["seed"] == run["settings"].seed == 5 and run["meta"]["vqvae_checkpoint"] == str(vq_path)
     assert run["extras"]["vqvae"]["meta"] == vq_ckpt["meta"] and run["config"]["vqvae"] == vq_ckpt["config"]
     plotted = []
-    monkeypatch.setattr(transformer_train, "plot_forecasts", lambda *a, **k: plotted.append((a, k)))
+    monkeypatch.setattr(transformer_train, "plot_epoch_forecasts", lambda *a, **k: plotted.append((a, k)))
     run["epoch_end"](run["model"], 1, True)
     windows, samples, fs, context = plotted[0][0][:4]
     np.testing.assert_array_equal(windows, fixed_windows(val, 2).numpy())
-    assert plotted[0][1]["titles"] == fixed_titles(val, 2, setup["prepared"])       # each panel: its record
+    assert plotted[0][0][-1] == fixed_titles(val, 2, setup["prepared"], 64)       # each panel: its record
     assert (fs, context, samples.shape) == (64, 64, (2, 20, 64, 2))
     torch.manual_seed(2)
     again = trainer_inputs(monkeypatch, transformer_train, argv + ["--augment-copies", "0"])
