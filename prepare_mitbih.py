@@ -476,7 +476,8 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     """One WFDB record as two filtered leads in mV at the target rate with its reference beats (from the
     `annotator` file, e.g. NNN.atr; None: no beats). NaN or invalid samples, and a lead holding one value for
     FLAT_S or more (lead off), are an error, or with `gaps` NaN stretches of the signal (see filter_and_resample).
-    `span` [a, b) (target-rate samples): only that part and SPAN_MARGIN_S around it is read, the same samples as
+    `span` [a, b) (target-rate samples): only that part and SPAN_MARGIN_S around it is read (all of a record whose
+    header leaves its length out, so that a span past its end is known to be), the same samples as
     read whole (signal[0] is the record's sample Record.offset): a forecast 6 s long near the end of a 24 h
     Holter record read all of it (9 s, 2.2 GB). A read that begins or ends inside a gap is widened until it
     does not: cut there, the gap lost the margin NaN beside it (EDGE_MARGIN_S) and a lead off for longer than
@@ -484,12 +485,12 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     path = record_path(path)
     where = str(path)
     header = read_header(path)
-    sig_len = signal_length(path, header) if span else header.sig_len
+    span = span if header.sig_len else None     # a header may leave its length out: read whole, its end is known then
     sampfrom, sampto, ratio, margin_s = 0, None, Fraction(1), SPAN_MARGIN_S
     while True:
         if span:
             ratio = resample_ratio(float(header.fs), cfg.samples_per_second, where)
-            sampfrom, sampto = source_span(span, float(header.fs), ratio, sig_len, margin_s)
+            sampfrom, sampto = source_span(span, float(header.fs), ratio, header.sig_len, margin_s)
         x, fs_in, names, units = _read_leads(path, cfg, sampfrom, sampto)
         gap = gap_mask(x, fs_in, names, where, gaps, whole=not sampfrom and sampto is None)
         if not (sampfrom and gap[0] or sampto is not None and gap[-1]):
@@ -501,19 +502,8 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     offset = int(sampfrom * ratio)
     beats, symbols, has_ann = (_read_beats(path, fs_in, cfg.samples_per_second, len(y), annotator, offset)
                                if annotator else (np.zeros(0, np.int64), [], False))
-    length = math.ceil(sig_len * ratio) if span and sig_len else offset + len(y)
+    length = math.ceil(header.sig_len * ratio) if span else offset + len(y)
     return Record(path.name, y, names, beats, symbols, fs_in, has_ann, float(gap.sum() / fs_in), offset, length)
-
-
-def signal_length(path: Path, header: wfdb.Record) -> int | None:
-    """The header's samples per lead, else (a header may leave them out) the first signal file's, inferred from its
-    size as wfdb.rdrecord does: a span read past the end of such a record must know where the end is."""
-    files = getattr(header, "file_name", None) or []
-    if header.sig_len or not files or str(header.fmt[0]) not in wfdb.io._signal.BYTES_PER_SAMPLE:
-        return header.sig_len
-    frame = sum(spf or 1 for name, spf in zip(files, header.samps_per_frame or [1] * len(files)) if name == files[0])
-    return wfdb.io._signal._infer_sig_len(files[0], str(header.fmt[0]), frame, (header.byte_offset or [0])[0],
-                                         str(path.parent))
 
 
 def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None
