@@ -366,7 +366,8 @@ def word_left() -> str | None:
 def _beside_the_others(main: Callable[[], Any]) -> None:
     """main(); in a process group a rank that fails alone (its node lacks a file) or is stopped alone closes its
     connections, and the others failed in their next collective with torch's traceback ('Connection closed by peer'):
-    it leaves word, and they say it as their error. Any other failure keeps its traceback."""
+    it leaves word, and they say it as their error. Any other failure keeps its traceback. The group is left on the
+    way out (_leave_group)."""
     try:
         main()
     except (UserError, KeyboardInterrupt) as e:
@@ -377,6 +378,18 @@ def _beside_the_others(main: Callable[[], Any]) -> None:
         if word is None:
             raise
         raise UserError(word) from e
+    finally:
+        _leave_group()
+
+
+def _leave_group() -> None:
+    """Close a process group a script ended in (an error, a signal) rather than leave it to the interpreter's exit:
+    launched without torchrun (srun), rank 0's process keeps the store, and torn down at exit while the other ranks
+    were still connected it aborted ('terminate called without an active exception', exit -6, not 2)."""
+    dist = _process_group()
+    if dist is not None:
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
 
 
 def note(message: str) -> None:

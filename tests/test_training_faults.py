@@ -353,6 +353,25 @@ def test_a_stop_said_in_one_torchrun_attempt_is_not_found_in_the_next(group_of_r
     assert paths.word_left() == "another rank stopped (rank 0 interrupted)"
 
 
+def test_a_script_ending_in_an_error_leaves_its_process_group(capsys) -> None:
+    """Left to the interpreter's exit, the group of a rank launched without torchrun (srun: rank 0's process keeps the
+    store) was torn down while the other ranks were still connected, and rank 0 aborted ('terminate called without an
+    active exception', exit -6, not 2; once in a CI run of test_ranks_loading_different_vqvaes_are_stopped)."""
+    import torch.distributed as dist
+
+    def fails() -> None:
+        raise UserError("the ranks loaded different VQ-VAEs")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with pytest.raises(SystemExit) as e:
+            paths.run_main(fails)
+        assert e.value.code == 2 and not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert capsys.readouterr().err == "error: the ranks loaded different VQ-VAEs\n"
+
+
 def test_the_first_rank_to_fail_keeps_its_word(group_of_rank) -> None:
     """A rank failing alone leaves its error's first line; the rank whose collective then fails on it ends in a
     UserError too (saying that word), whose word, left over the first, would have named it to a third rank."""
