@@ -374,12 +374,18 @@ def _beside_the_others(main: Callable[[], Any]) -> None:
         leave_word(e)
         raise
     except RuntimeError as e:
-        word = word_left()
-        if word is None:
-            raise
-        raise UserError(word) from e
+        raise_word_left(e)
+        raise
     finally:
         _leave_group()
+
+
+def raise_word_left(failed: RuntimeError, then: str = "") -> None:
+    """A collective that `failed` on another rank's end (the word it left, word_left) as this rank's UserError, with
+    `then` (a trainer's resume command) after it; with no word left, nothing: the failure keeps its traceback."""
+    word = word_left()
+    if word is not None:
+        raise UserError(f"{word}; {then}" if then else word) from failed
 
 
 def _leave_group() -> None:

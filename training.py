@@ -538,10 +538,9 @@ class Trainer:
         try:
             return self.fit(resume)
         except RuntimeError as e:
-            word = paths.word_left() if self.rt.distributed else None
-            if word is None:
-                raise
-            raise UserError(f"{word}; {self.resume_hint()}") from e
+            if self.rt.distributed:
+                paths.raise_word_left(e, self.resume_hint())
+            raise
 
     def resume_hint(self) -> str:
         """How an interrupted or failed run goes on: from its last.pt, else from the checkpoint it resumed, if any
