@@ -76,7 +76,7 @@ class Runtime:
 def setup_runtime(device: str | None = None) -> Runtime:
     """Join the torchrun process group when launched by torchrun (NCCL on GPUs, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local = int(os.environ.get("RANK", "0")), local_rank()
     device = check_device(device)       # before the GPU test: a typo is an error on any machine
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if world > 1:
@@ -104,6 +104,13 @@ def setup_runtime(device: str | None = None) -> Runtime:
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)      # pinned batches and new tensors on the card asked for, not card 0
     return Runtime(dev)
+
+
+def local_rank() -> int:
+    """The process's index on its node: torchrun's LOCAL_RANK, else srun's SLURM_LOCALID. A job script that exports
+    RANK and WORLD_SIZE for srun but not LOCAL_RANK put every rank of a node on its first card (NCCL: 'Duplicate
+    GPU detected')."""
+    return int(os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or "0")
 
 
 def dist_timeout() -> datetime.timedelta:

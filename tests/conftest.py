@@ -17,7 +17,7 @@ torch.set_num_threads(1)  # tiny models: one thread is faster and stable when ot
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 MITDB = Path(os.environ.get("MITBIH_DIR") or ROOT.parent / "shared" / "data" / "mitdb").resolve()
-TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_LOCALID")
 
 
 @pytest.fixture(scope="session", autouse=True)

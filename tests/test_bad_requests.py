@@ -556,6 +556,21 @@ def test_a_scheduler_launch_without_local_world_size_takes_its_local_rank_card(m
         setup_runtime(None)
 
 
+def test_an_srun_launch_without_local_rank_takes_its_slurm_local_id_card(monkeypatch):
+    """A job script exporting RANK and WORLD_SIZE for srun but not LOCAL_RANK: srun's SLURM_LOCALID says which card is
+    the rank's (it took cuda:0 on every rank); torchrun's LOCAL_RANK, when set, comes first."""
+    import torch.distributed as dist
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    for key, value in (("WORLD_SIZE", "8"), ("RANK", "6"), ("SLURM_LOCALID", "2")):
+        monkeypatch.setenv(key, value)
+    assert setup_runtime(None).device == torch.device("cuda", 2)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert setup_runtime(None).device == torch.device("cuda", 3)
+
+
 def test_a_card_named_under_torchrun_is_said_to_be_overruled(monkeypatch, capsys):
     """Under torchrun each rank takes its local rank's card: --device cuda:1 would silently mean nothing, so rank 0
     says so (once: the other ranks say nothing)."""
