@@ -84,7 +84,8 @@ def crps_sorted(xs: np.ndarray, y: np.ndarray) -> np.ndarray:
     """CRPS of the empirical distribution of sorted samples xs [..., S] at observations y [...].
 
     Energy form E|X−y| − ½E|X−X'|; with samples sorted ascending ½E|X−X'| = Σᵢ (2i−S−1)·x₍ᵢ₎ / S²,
-    so the cost is O(S) after an O(S log S) sort and no S×S matrix. A point mass gives |x−y| (MAE).
+    so the cost is O(S) after an O(S log S) sort and no S×S matrix. A point mass gives |x−y| (MAE). This is the
+    CRPS of the S samples as issued, not the fair estimator (÷ S(S−1), latent_sde.fair_crps), lower by ½E|X−X'|/(S−1).
     """
     s = xs.shape[-1]
     weights = (2 * np.arange(1, s + 1) - s - 1) / s ** 2       # in xs' precision, but never cut to integers

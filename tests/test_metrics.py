@@ -55,6 +55,27 @@ def test_crps_sorted_form_matches_the_quadratic_definition():
     np.testing.assert_allclose(M.crps_samples(samples, y, axis=0), brute, atol=1e-12)
 
 
+def test_evaluation_scores_the_samples_own_crps_not_the_fair_one_and_the_report_says_which():
+    """Two samples {0, 1} at 0: their own CRPS is 0.5 − ½·½ = 0.25 (the ½ of two equal pairs counted), the fair one
+    (latent_sde.fair_crps, what the latent SDE trains on) 0.5 − ½·1 = 0; in general they differ by ½E|X−X'|/(S−1).
+    report.md named neither, and the README called the training loss what forecasts are scored on."""
+    import torch
+
+    import eval_report
+    from latent_sde import fair_crps
+    s, _ = M.waveform_sums(np.zeros((1, 1, 2)), np.array([0.0, 1.0]).reshape(1, 2, 1, 1).repeat(2, -1),
+                           np.array([0, 1]))
+    assert s["crps"][0, -1] / s["n"][0, -1] == pytest.approx(0.25)
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(4, 10, 6, 2)), rng.normal(size=(4, 6, 2))
+    own = M.crps_samples(x, y, axis=1)
+    spread = 0.5 * np.abs(x[:, :, None] - x[:, None]).mean((1, 2))
+    fair = float(fair_crps(torch.from_numpy(x), torch.from_numpy(y)))
+    assert fair == pytest.approx(float(np.mean(own - spread / 9)), abs=1e-12)
+    text = " ".join(eval_report.metrics_section())
+    assert "all S² pairs" in text and "Not the fair CRPS" in text and "½E|X−X'|/(S−1)" in text
+
+
 def test_crps_of_gaussian_samples_matches_the_closed_form():
     rng = np.random.default_rng(2)
     sigma, y = 0.7, np.array([-1.0, 0.0, 0.4, 2.0])
