@@ -620,6 +620,20 @@ def test_rhythm_is_averaged_over_the_first_sample_paths():
     assert m["f1_100"][-1] == pytest.approx(2 * k / (2 * k + 1 - k))
 
 
+def test_a_records_f1_pools_its_windows_beat_counts_and_each_record_weighs_the_same():
+    """As the README says: record 0's windows hit 1 of 1 beats and 0 of 3, so its F1 is 2·1 / (2·1 + 3) = 0.4 from
+    the summed counts (not 0.5, the mean of its windows' F1s); record 1's one window hits 1 of 1; the table's F1 is
+    the mean over records, 0.7 (not 2/3 over the three windows, nor 0.5 from pooling all beats)."""
+    s = evaluate.Scores(3)
+    zeros = np.zeros((1, 2))
+    for r, idx, tp, fn in ((0, [0], 1, 0), (0, [1], 0, 3), (1, [2], 1, 0)):
+        sums = {f"{k}{tol}": v + zeros for tol in M.TOLERANCES_MS for k, v in (("tp", tp), ("fn", fn), ("fp", 0))}
+        s.add(r, np.array(idx), sums, {}, 1, 2)
+    tables = evaluate.scored_tables({"f": s}, np.array([0, 1]), ["a", "b"], ["0-1 s", "all"], frozenset(), 100, 0)
+    assert tables["per_record"]["f"]["f1_100"] == {"a": 0.4, "b": 1.0}
+    assert tables["forecasters"]["f"]["metrics"]["f1_100"][-1]["value"] == pytest.approx(0.7)
+
+
 def test_max_windows_per_record_spreads_them_over_the_record():
     n = 10
     w = evaluate.Windows(np.zeros((2 * n, 8, 2), np.float32), np.repeat([0, 1], n), np.tile(np.arange(n) * 8, 2),
