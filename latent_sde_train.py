@@ -60,10 +60,11 @@ def encode_windows(vq: VQVAE, signals: torch.Tensor, piece: int) -> torch.Tensor
 def encode_drafted(vq: VQVAE, signals: torch.Tensor, piece: int, fs: int) -> torch.Tensor:
     """[N, T / factor + (T - piece) / factor, latent]: each window's frames (as encode_windows), then the
     frames of its beat draft: the context's mean beat laid at the window's own R peaks (detected over the
-    whole window, as the Transformer's drafts), so the model learns to render beats where it is told."""
+    whole window, as the Transformer's drafts), so the model learns to render beats where it is told. A draft
+    longer than a piece is coded in overlapping pieces, as a forecast codes its drafts (draft_frames)."""
     waves, index = draft_waves(signals[:, :piece].float().numpy(), signals.shape[1] - piece, fs,
                                beats=detected_beats(signals.numpy(), fs))
-    drafts = latent_frames(vq, torch.from_numpy(waves))[torch.from_numpy(index)]
+    drafts = latent_frames(vq, torch.from_numpy(waves), piece)[torch.from_numpy(index)]
     return torch.cat([encode_windows(vq, signals, piece), drafts.half()], 1)
 
 
@@ -242,6 +243,8 @@ def encode_splits(vq: VQVAE, scfg: SDEConfig, cfg: Config, train: dict, val: dic
         return encode_drafted(vq, x, piece, fs) if drafted else encode_windows(vq, x, piece)
 
     key = f"{piece}" + (f":drafts{DRAFTS_VERSION}" if drafted else "")    # new drafts, new encodings
+    if drafted and train["signals"].shape[1] > 2 * piece:     # drafts of several pieces, once coded whole
+        key += ":pieces"
     return frozen_encodings(kind, vq, encode, train, val, key, scfg.augment, cfg.data, scfg.train.seed,
                             prepared, rt)
 

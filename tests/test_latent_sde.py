@@ -1192,3 +1192,35 @@ def test_per_row_seeds_must_be_one_per_row() -> None:
     assert normal_like(like, [1, 2, 3]).shape == (3, 4)
     with pytest.raises(ValueError, match="1 seeds for 3 rows"):
         normal_like(like, [1])
+
+
+def test_a_training_draft_longer_than_a_piece_is_coded_as_a_forecasts(monkeypatch) -> None:
+    """With data.forecast_predictions > 1 a training draft spans several pieces: encode_drafted codes it as a forecast
+    codes its drafts (latent_frames in overlapping pieces, LatentSDEForecaster.draft_frames), so the emission adds
+    at forecast time the frames it learned with. Coded whole, the encoder's attention over the longer draft gave other
+    frames (8% of the shipped VQ-VAE's over 6 s)."""
+    import vqvae_eval
+    from conftest import periodic_ecg
+    from drafts import detected_beats, draft_waves
+    from hyper_params import ModelConfig
+    from latent_sde import latent_frames
+
+    torch.manual_seed(0)
+    vq = VQVAE(ModelConfig(has_attention=True, downsample_factor=4, channels=16, res_blocks=1, attention_heads=2,
+                           attention_layers=1, latent_dim=8, codebook_size=32, num_quantizers=1,
+                           window_gain=False)).eval()
+    piece = 128
+    x = torch.from_numpy(periodic_ecg(2, noise=0.02, seed=1, period=90, fs=64, length=3 * piece)).float()
+    waves, index = draft_waves(x[:, :piece].numpy(), 2 * piece, 64, beats=detected_beats(x.numpy(), 64))
+    forecast_coded = latent_frames(vq, torch.from_numpy(waves), piece)[torch.from_numpy(index)]
+    drafts = latent_sde_train.encode_drafted(vq, x, piece, 64)[:, 3 * piece // 4:].float()
+    torch.testing.assert_close(drafts, forecast_coded.half().float())
+    keys = []       # and not read from a cache of drafts coded whole
+    monkeypatch.setattr(vqvae_eval, "cached_encoding", lambda kind, key, compute, *a: keys.append(key) or compute())
+    scfg = SimpleNamespace(model=SimpleNamespace(draft_beats=True), augment=SimpleNamespace(copies=0),
+                           train=SimpleNamespace(seed=0))
+    split = {"fs": 64, "signals": x, "data_hash": "d", "input_hash": "i"}
+    rt = SimpleNamespace(is_main=True, distributed=False, device=torch.device("cpu"))
+    latent_sde_train.encode_splits(vq, scfg, SimpleNamespace(data=SimpleNamespace(window_samples=piece)), split, split,
+                                   None, rt)
+    assert {k.split(":", 4)[4] for k in keys} == {f"{piece}:drafts{latent_sde_train.DRAFTS_VERSION}:pieces"}
