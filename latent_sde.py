@@ -628,7 +628,8 @@ class LatentSDEForecaster(ForecasterBase):
             unit, frames = self.encode_context(x)
             drafts, coded, waves = self.draft_frames(x, steps, num_samples, seed, rhythm)
         fut = self.sde.sample_frames(frames, steps, num_samples, seed, draft=drafts.transpose(0, 1))
-        wave = self.vq.decode_latent(fut.permute(1, 2, 0), unit.repeat_interleave(num_samples, 0))
+        wave = decode_frames(self.vq, fut.permute(1, 2, 0), unit.repeat_interleave(num_samples, 0),
+                             self.context_frames)          # as coded: in pieces past one, as a forecast decodes
         shape = (len(x), num_samples, horizon, 2)
         drafted = torch.from_numpy(add_noise(waves[:, :horizon].reshape(shape).cpu().numpy(), x_np, self.fs,
                                              self.scfg.model.draft_noise, seed, rhythm)).to(x.device)
@@ -731,12 +732,12 @@ def fair_crps(paths: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return (skill - spread).mean()
 
 
-@torch.no_grad()
 def decode_frames(vq: VQVAE, z: torch.Tensor, unit: torch.Tensor, piece: int | None = None,
                   batch: int = 512) -> torch.Tensor:
     """Signals [N, T, 2] in mV of latent frames z [N, latent, T / factor], in batches; with `piece`, a longer z
     in overlapping runs of `piece` frames, as the VQ-VAE was trained (overlap_add): its attention over a long
-    horizon rendered even the first beats smaller (a 60 s forecast's first second at two thirds of a 3 s one's)."""
+    horizon rendered even the first beats smaller (a 60 s forecast's first second at two thirds of a 3 s one's).
+    Differentiable in z: PathCRPS trains through it."""
     if piece and z.shape[2] > piece:
         return overlap_add(lambda part: decode_frames(vq, part.transpose(1, 2), unit, None, batch),
                            z.transpose(1, 2), piece, vq.factor)
