@@ -149,23 +149,30 @@ def crps_config(args: argparse.Namespace, resume: dict | None, start: dict, sour
     return scfg
 
 
+CRPS_TRAIN_KEYS = ("epochs", "max_steps_per_epoch", "batch_size", "learning_rate", "weight_decay", "warmup_steps",
+                   "checkpoint_every")      # the train keys crps_settings sets from the crps section
+
+
 def note_ignored_sections(given: SDEConfig, run: SDEConfig, config: str | None, source: str) -> None:
     """Fine-tuning takes only the crps section of --config: a model or solver setting there (a forecast-time one such
-    as model.departure_scale too) other than the ELBO run's is said to be ignored, not dropped in silence."""
+    as model.departure_scale too), or a train setting it runs with (grad_clip, amp, seed), other than the ELBO run's
+    is said to be ignored, not dropped in silence."""
     differ = [f"{section}.{key} {value!r} (the run's {getattr(getattr(run, section), key)!r})"
-              for section in ("model", "solver") for key, value in dataclasses.asdict(getattr(given, section)).items()
-              if getattr(getattr(run, section), key) != value]
+              for section in ("model", "solver", "train")
+              for key, value in dataclasses.asdict(getattr(given, section)).items()
+              if getattr(getattr(run, section), key) != value and not (section == "train" and key in CRPS_TRAIN_KEYS)]
     if differ:
         paths.note(f"--config {config or 'config_sde.json'}: {', '.join(differ)} ignored: CRPS fine-tuning keeps the "
-                   f"model and solver of {source} and takes only the crps section")
+                   f"model, solver and training settings of {source} and takes only the crps section")
 
 
 def crps_settings(scfg: SDEConfig) -> TrainConfig:
     """The generic trainer reads only a train section: the ELBO run's, with the crps section's schedule over it."""
     c = scfg.crps
-    return dataclasses.replace(scfg.train, epochs=c.epochs, max_steps_per_epoch=c.steps_per_epoch,
-                               batch_size=c.batch_size, learning_rate=c.learning_rate, weight_decay=0.0,
-                               warmup_steps=0, checkpoint_every=c.epochs)
+    crps = dict(epochs=c.epochs, max_steps_per_epoch=c.steps_per_epoch, batch_size=c.batch_size,
+                learning_rate=c.learning_rate, weight_decay=0.0, warmup_steps=0, checkpoint_every=c.epochs)
+    assert set(crps) == set(CRPS_TRAIN_KEYS)
+    return dataclasses.replace(scfg.train, **crps)
 
 
 def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str] | None) -> dict:

@@ -551,7 +551,14 @@ def test_crps_fine_tuning_says_which_settings_of_config_it_ignores(tmp_path: Pat
     assert (scfg.model, scfg.solver, scfg.crps.epochs) == (run.model, run.solver, 2)
     err = capsys.readouterr().err
     assert "model.departure_scale 0.3 (the run's 1.0), solver.dt 0.125 (the run's 0.0625) ignored" in err
-    assert "model and solver of elbo.pt" in err
+    assert "model, solver and training settings of elbo.pt" in err
+    # a train setting fine-tuning runs with (grad_clip) is the run's; one the crps section sets (epochs) is not said
+    given = {"model": {"draft_beats": True}, "train": {"grad_clip": 0.25, "epochs": 3}, "crps": {"epochs": 2}}
+    (tmp_path / "c.json").write_text(json.dumps(given))
+    scfg = latent_sde_train.crps_config(args, None, {"config": run.to_dict()}, "elbo.pt")
+    assert latent_sde_train.crps_settings(scfg).grad_clip == run.train.grad_clip
+    err = capsys.readouterr().err
+    assert "train.grad_clip 0.25 (the run's 1.0) ignored" in err and "train.epochs" not in err
     (tmp_path / "c.json").write_text(json.dumps({"model": {"draft_beats": True}, "crps": {"epochs": 2}}))
     latent_sde_train.crps_config(args, None, {"config": run.to_dict()}, "elbo.pt")
     assert "ignored" not in capsys.readouterr().err
