@@ -628,17 +628,17 @@ def said_again(c: warnings.WarningMessage, where: str) -> Warning:
         return UserWarning(f"{where}: {c.category.__name__}: {c.message}")
 
 
-def rhythm_of_paths(context: np.ndarray, paths: np.ndarray, rows: np.ndarray, pos: np.ndarray, fs: int,
+def rhythm_of_paths(context: np.ndarray, sample_paths: np.ndarray, rows: np.ndarray, pos: np.ndarray, fs: int,
                     edges: np.ndarray, annotated: np.ndarray) -> dict[str, np.ndarray]:
     """Rhythm sums of lead-1 forecasts [B, S, H], averaged over the first M.RHYTHM_PATHS sample paths.
 
     Beats are a property of a trajectory: the mean of samples that disagree on timing has no sharp
     beats, so a sampled forecast is scored on its sample paths (a deterministic one on its forecast).
     """
-    m = min(paths.shape[1], M.RHYTHM_PATHS)
+    m = min(sample_paths.shape[1], M.RHYTHM_PATHS)
     total: dict[str, np.ndarray] = {}
     for j in range(m):
-        for key, v in M.rhythm_sums(context, paths[:, j], rows, pos, fs, edges, annotated).items():
+        for key, v in M.rhythm_sums(context, sample_paths[:, j], rows, pos, fs, edges, annotated).items():
             total[key] = total.get(key, 0) + v / m
     return total
 
