@@ -636,6 +636,9 @@ def check_signal_files(path: Path, header: wfdb.Record) -> None:
 
 def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = "atr", offset: int = 0
                 ) -> tuple[np.ndarray, list[str], bool]:
+    """The reference beats of the `annotator` file at the target rate fs_out, as samples from `offset` within the
+    n read, their symbols, and whether the record counts as annotated (a missing file, or one of rhythm or noise
+    labels only, does not)."""
     check_annotator(annotator)
     if not path.parent.joinpath(f"{path.name}.{annotator}").exists():
         hint = other_annotators(path)
@@ -643,11 +646,8 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = 
             paths.note(f"{path}.{annotator} is missing; the record counts as unannotated (no R-peak scores){hint}")
         return np.zeros(0, np.int64), [], False
     check_annotation_end(path.parent / f"{path.name}.{annotator}")
-    try:
-        ann = wfdb.rdann(str(path), annotator)
-    except Exception as e:
-        raise UserError(f"{path}.{annotator}: cannot read the annotations ({type(e).__name__}: "
-                        f"{_first_line(e)})") from e
+    ann = _wfdb_read(functools.partial(wfdb.rdann, extension=annotator), path,
+                     f"{path}.{annotator}: cannot read the annotations")
     keep = [i for i, s in enumerate(ann.symbol) if s in BEAT_SYMBOLS]
     if not keep:        # rhythm or noise labels only (as AFDB's .atr): scoring R peaks against none would be wrong
         paths.note(f"{path}.{annotator} has no beat labels; the record counts as unannotated (no R-peak scores)"

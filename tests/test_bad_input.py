@@ -604,6 +604,14 @@ def test_an_annotation_file_cut_short_is_a_bad_record(tmp_path):
     assert len(whole.beats) > 10 and not list((tmp_path / "out").glob("*"))
 
 
+def test_an_annotation_file_wfdb_cannot_parse_is_named_in_one_line(tmp_path):
+    """A .atr that ends in the end marker but holds garbage: wfdb.rdann's IndexError is one line naming the file."""
+    db = good_db(tmp_path / "db")
+    (db / "a.atr").write_bytes(b"\xff\xff" * 7 + b"\0\0")
+    with pytest.raises(UserError, match=r"a\.atr: cannot read the annotations \(IndexError: [^\n]*\)$"):
+        pm.read_record(db / "a", pm.DataConfig())
+
+
 def test_skip_bad_leaving_no_training_record_says_so(tmp_path):
     """--skip-bad leaving out the only training record was 'no training records among ['a']; check
     data.test_records / validation_records': the config was fine, the record was bad."""
