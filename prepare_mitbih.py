@@ -846,7 +846,7 @@ def load_records(names: list[str], data_dir: Path, d: DataConfig, skip_bad: bool
         check_windows(rec, d, str(data_dir / name))
         loaded[name] = rec
     # The progress bar only on a terminal: in logs and pipes stderr keeps just the one 'error:' line.
-    good_records(tqdm(names, desc="records", unit="rec", disable=None), load, skip_bad)
+    check_every_record(tqdm(names, desc="records", unit="rec", disable=None), load, skip_bad)
     return loaded
 
 
@@ -940,14 +940,13 @@ def check_windows(rec: Record, cfg: DataConfig, where: str) -> None:
                    f"({len(spans)} clean stretches)")
 
 
-def good_records(names: Iterable[str], check: Callable[[str], None], skip_bad: bool) -> list[str]:
-    """The names that `check` passes. A failure of any is one error naming them all (or, with `skip_bad`, a
-    warning), so a user fixes a database in one go, not one run per bad record."""
-    good, bad = [], []
+def check_every_record(names: Iterable[str], check: Callable[[str], None], skip_bad: bool) -> None:
+    """Run `check` on every name; the failures of all are one error naming them (or, with `skip_bad`, a warning
+    each), so a user fixes a database in one go, not one run per bad record."""
+    bad = []
     for name in names:
         try:
             check(name)
-            good.append(name)
         except UserError as e:
             bad.append(str(e))
     if bad and not skip_bad:
@@ -955,7 +954,6 @@ def good_records(names: Iterable[str], check: Callable[[str], None], skip_bad: b
                         f"out with --skip-bad)")
     for reason in bad:
         paths.warn(f"left out: {reason}")
-    return good
 
 
 def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None, any_records: bool = False,
