@@ -248,10 +248,9 @@ def resample_ratio(fs_in: float, fs_out: int, where: str) -> Fraction:
 
 def _even_ratio(fs_in: float, fs_out: int) -> Fraction | None:
     """fs_out / fs_in as a fraction small enough to resample by (resample_poly), None when there is none."""
-    ratio = Fraction(fs_out) / Fraction(fs_in).limit_denominator(1000)
-    if abs(float(Fraction(fs_in).limit_denominator(1000)) - fs_in) > 1e-6 or ratio.denominator > 10000:
-        return None
-    return ratio
+    rate = Fraction(fs_in).limit_denominator(1000)      # 360.0 -> 360, 333.333... -> 1000/3
+    ratio = Fraction(fs_out) / rate
+    return ratio if abs(float(rate) - fs_in) <= 1e-6 and ratio.denominator <= 10000 else None
 
 
 def _lead_key(name: str) -> str:
