@@ -187,12 +187,11 @@ def import_source(spec: str, flag: str) -> ModuleType:
 
 
 def declared_fs(f: ForecasterBase, fs: int) -> float:
-    """The rate a forecaster of one's own says it forecasts at (its own or its class's `fs`), else `fs`:
-    ForecasterBase's default is no choice of its."""
-    own_fs = vars(f).get("fs", getattr(type(f), "fs", fs))
-    if "fs" not in vars(f) and next((c for c in type(f).__mro__ if "fs" in vars(c)), None) is ForecasterBase:
-        own_fs = fs
-    return own_fs
+    """The rate a forecaster of one's own says it forecasts at (its own or its class's `fs`, a property's value
+    too), else `fs`: ForecasterBase's default is no choice of its."""
+    owner = next((c for c in type(f).__mro__ if "fs" in vars(c)), None)
+    chosen = "fs" in getattr(f, "__dict__", {}) or owner not in (None, ForecasterBase)
+    return getattr(f, "fs", fs) if chosen else fs
 
 
 def user_arguments(asked: str, make: Callable, checkpoint: str | None, device: str | None) -> dict:

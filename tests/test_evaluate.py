@@ -873,6 +873,22 @@ def test_a_user_forecaster_that_sets_128_hz_itself_is_held_to_it(tmp_path):
     assert evaluate.user_forecaster(f"{tmp_path / 'base.py'}:Mine", 250).name == "Mine"
 
 
+def test_a_user_forecaster_whose_rate_is_a_property_is_held_to_it(tmp_path):
+    """declared_fs took the rate from the instance's __dict__, else from the class: a property's rate was the
+    property object itself, and int() of it a TypeError traceback instead of the check of the rate it returns."""
+    (tmp_path / "mine.py").write_text(MINE + '''
+
+class Property(At360):
+    fs = property(lambda self: self.rate)
+
+    def __init__(self, fs):
+        self.rate = 360
+''')
+    with pytest.raises(UserError, match=r"mine.py:Property: it forecasts at 360 Hz but the data is at 128 Hz"):
+        evaluate.user_forecaster(f"{tmp_path / 'mine.py'}:Property", 128)
+    assert evaluate.user_forecaster(f"{tmp_path / 'mine.py'}:Property", 360).name == "Property"
+
+
 @pytest.mark.parametrize("flag,value", [("--split", "validation"), ("--prepared", "elsewhere")])
 def test_prepared_flags_given_with_wfdb_dir_are_noted_as_ignored(tmp_path, capsys, flag, value):
     """--split and --prepared choose prepared tensors; --wfdb-dir scores every record of its folder, and says so."""
