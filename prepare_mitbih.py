@@ -321,10 +321,10 @@ def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str
                         f"through the whole filtered signal; pass gaps=True to keep them as gaps")
     ratio = resample_ratio(fs_in, cfg.samples_per_second, where)
     sos = band_pass(cfg, fs_in, where)
-    pad = 3 * (2 * len(sos) + 1)                      # sosfiltfilt's default padlen
-    if len(x) <= pad:
+    too_short = 3 * (2 * len(sos) + 1)     # this many samples or fewer: not filtered (sosfiltfilt's default padlen)
+    if len(x) <= too_short:
         raise UserError(f"{where}: record of {len(x)} samples ({len(x) / fs_in:.3g} s) is too short to filter")
-    return _filter_stretches(x, sos, pad, ratio, fs_in)
+    return _filter_stretches(x, sos, too_short, ratio, fs_in)
 
 
 def band_pass(cfg: DataConfig, fs_in: float, where: str) -> np.ndarray:
@@ -362,10 +362,10 @@ EDGE_MARGIN_S = 1.0  # ...and this much beside a gap, or before a record's end, 
                      # (EXPERIMENTS.md, sessions 22 and 24)
 
 
-def _filter_stretches(x: np.ndarray, sos: np.ndarray, pad: int, ratio: Fraction, fs_in: float) -> np.ndarray:
+def _filter_stretches(x: np.ndarray, sos: np.ndarray, too_short: int, ratio: Fraction, fs_in: float) -> np.ndarray:
     """Each stretch of finite samples filtered and resampled on its own, NaN elsewhere: a gap never
     leaks into its neighbours, its edges' filter transients are cut off with it (EDGE_MARGIN_S), and
-    stretches too short to filter stay NaN."""
+    stretches of `too_short` samples or fewer stay NaN. Each is padded by its mirror image, EDGE_PAD_S at most."""
     import scipy.signal
 
     n = math.ceil(len(x) * ratio)
@@ -373,7 +373,7 @@ def _filter_stretches(x: np.ndarray, sos: np.ndarray, pad: int, ratio: Fraction,
     spans = finite_stretches(x)
     for a, b in spans:
         start = -(-a // ratio.denominator) * ratio.denominator     # a sample on the output grid: no sub-sample shift
-        if b - a > pad and b > start:
+        if b - a > too_short and b > start:
             at = min(int(start * ratio), n)
             for k in range(x.shape[1]):     # lead by lead: the filter's float64 copies of a 24 h record take GBs
                 filtered = scipy.signal.sosfiltfilt(sos, x[a:b, k], padtype="even",
