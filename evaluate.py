@@ -874,19 +874,7 @@ def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: P
         ax.set(xlabel="horizon (s)", ylabel=label, title=f"{label.split()[0]} per horizon step ({step_s})")
         ax.grid(alpha=0.3)
     plot_crps_gain(axes.flat[2], scores, summary, fs, baselines, style)
-    ax = axes.flat[3]
-    labels = summary["horizons"][:-1]
-    for name in summary["order"]:
-        f1 = summary["forecasters"][name]["metrics"]["f1_100"][:-1]
-        vals = [e["value"] if e["value"] is not None else np.nan for e in f1]
-        ax.plot(np.arange(len(labels)), vals, marker="o", **style[name])
-    if not any(e["value"] is not None for name in summary["order"]
-               for e in summary["forecasters"][name]["metrics"]["f1_100"][:-1]):
-        ax.text(0.5, 0.5, "no reference beats in any horizon: F1 is undefined", ha="center", va="center",
-                transform=ax.transAxes)
-    ax.set_xticks(np.arange(len(labels)), labels)
-    ax.set(xlabel="horizon", ylabel="F1 (±100 ms)", title="beat detection F1 per horizon second", ylim=(0, 1.02))
-    ax.grid(alpha=0.3)
+    plot_f1_per_segment(axes.flat[3], summary, style)
     fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(scores), 5),
                fontsize=9, frameon=False)
     rows = -(-len(scores) // 5)
@@ -926,6 +914,22 @@ def plot_crps_gain(ax: Axes, scores: dict[str, Scores], summary: dict, fs: int, 
     ax.axhline(0, color=style[best]["color"], ls="--", lw=1.0)
     ax.set(xlabel="horizon (s)", ylabel="CRPS difference (mV)",
            title=f"CRPS minus {best}'s (0.1 s running mean; below 0: better)")
+    ax.grid(alpha=0.3)
+
+
+def plot_f1_per_segment(ax: Axes, summary: dict, style: dict) -> None:
+    """Each forecaster's F1 (±100 ms) in every horizon segment (summary["horizons"], a second each), or a word
+    that it is undefined when no horizon holds a reference beat."""
+    labels = summary["horizons"][:-1]
+    f1 = {name: [e["value"] for e in summary["forecasters"][name]["metrics"]["f1_100"][:-1]]
+          for name in summary["order"]}
+    for name, values in f1.items():
+        ax.plot(np.arange(len(labels)), [np.nan if v is None else v for v in values], marker="o", **style[name])
+    if all(v is None for values in f1.values() for v in values):
+        ax.text(0.5, 0.5, "no reference beats in any horizon: F1 is undefined", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_xticks(np.arange(len(labels)), labels)
+    ax.set(xlabel="horizon", ylabel="F1 (±100 ms)", title="beat detection F1 per horizon second", ylim=(0, 1.02))
     ax.grid(alpha=0.3)
 
 
