@@ -1011,12 +1011,8 @@ def check_one_preparation(path: Path, data: dict) -> None:
     but a preparation stopped between files (or two into one folder at once) leaves splits of new inputs or another
     data config beside splits (and meta.json) of old ones. Without the data hash here, a split of another config
     was refused as prepared with 'another data config', told to pass the config meta.json keeps: the one passed."""
-    try:
-        meta = json.loads((path.parent / "meta.json").read_text(encoding="utf-8"))
-        stored = {key: meta.get(key) for key in ("input_hash", "data_hash")}
-    except (OSError, ValueError, AttributeError):
-        return                                  # no meta.json to hold it to (a split copied alone)
-    for key, value in stored.items():
+    meta = stored_meta(path.parent)             # {}: no meta.json to hold it to (a split copied alone)
+    for key, value in {key: meta.get(key) for key in ("input_hash", "data_hash")}.items():
         if value is not None and data.get(key) not in (None, value):
             raise UserError(f"{path} ({key.replace('_', ' ')} {data.get(key)}) and {path.parent / 'meta.json'} "
                             f"({value}) come from two preparations, one stopped part way: run `python3 "
@@ -1040,13 +1036,19 @@ def preparation_differences(folder: Path, data: DataConfig, tensor_hash: str | N
                      if k not in ("test_records", "validation_records") and stored.get(k) != v)
 
 
+def stored_meta(prepared_dir: str | Path | None = None) -> dict:
+    """A prepared folder's meta.json, {} when it is missing, unreadable or not an object: the tensors carry what
+    their use needs, and the metadata only names more."""
+    try:
+        meta = json.loads((paths.location("prepared", prepared_dir) / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def stored_records(prepared_dir: str | Path | None = None) -> dict:
     """Each prepared record's details (meta.json's records: fs_in, leads, ...), {} when the metadata is missing."""
-    try:
-        meta = paths.location("prepared", prepared_dir) / "meta.json"
-        stored = json.loads(meta.read_text(encoding="utf-8"))["records"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
+    stored = stored_meta(prepared_dir).get("records")
     return stored if isinstance(stored, dict) else {}
 
 

@@ -481,13 +481,17 @@ def test_prepared_split_and_record_filter(synthetic_db, tmp_path):
                        "--results", str(tmp_path / "results")])
 
 
-def test_a_prepared_split_without_its_meta_json_says_what_it_does_not_know(synthetic_db, tmp_path):
+@pytest.mark.parametrize("meta", [None, "[]", '{"records": []}'])
+def test_a_prepared_split_without_its_meta_json_says_what_it_does_not_know(synthetic_db, tmp_path, meta):
     """test.pt copied without meta.json: its records' input rates showed as `nan` in the records table, and every
     record counted as annotated, so one without annotations scored each forecast beat a false positive (F1 0,
-    not undefined). The rate is `—`, and a record is annotated when its windows hold reference beats."""
+    not undefined). The rate is `—`, and a record is annotated when its windows hold reference beats. A meta.json
+    that is not an object, or whose records are not, is as good as none (it was an AttributeError traceback)."""
     (synthetic_db / "103.atr").unlink()         # 100, 103 and 105 are the test records (MIT-BIH's DS2)
     prepare(load_config(), synthetic_db, tmp_path / "prepared", download=False)
     (tmp_path / "prepared" / "meta.json").unlink()
+    if meta is not None:
+        (tmp_path / "prepared" / "meta.json").write_text(meta)
     run, result = _run(["--model", "template", "--prepared", str(tmp_path / "prepared"), "--max-windows-per-record",
                         "3", "--results", str(tmp_path / "results")])
     assert {r["record"]: r["annotated"] for r in result["record_info"]} == {"100": True, "103": False, "105": True}
