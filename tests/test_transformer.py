@@ -280,12 +280,11 @@ def test_default_codebooks_train_and_forecast(tmp_path: Path, draft: str) -> Non
     np.testing.assert_allclose(fc.predict(2 * context, 200, 3, seed=0), 2 * long, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(fc.predict(context, 200, 3, seed=0, use_cache=False), long, atol=1e-5)
     if draft == "beats":        # paths that take every draft code are their drafts: the template ensemble's,
-        # noise and all (a context of 22 codes, all the model reads before a 10-code horizon, so both see the
-        # same beats)
+        # noise and all (a context of 16 codes, all the model reads, so both see the same beats)
         from baselines import TemplateEnsemble
         from conftest import synthetic_ecg
 
-        beating = np.stack([synthetic_ecg(88 / 64, 64, seed=s, hr_bpm=120)[0] for s in (1, 2)]).astype(np.float32)
+        beating = np.stack([synthetic_ecg(3, 64, seed=s, hr_bpm=120)[0][96:160] for s in (1, 2)]).astype(np.float32)
         fc.sample.draft_spread, fc.sample.draft_bias, fc.sample.draft_noise = 0.05, 1e4, 0.4
         drafts = TemplateEnsemble(64)
         drafts.min_spread, drafts.noise = 0.05, 0.4
@@ -811,7 +810,7 @@ def test_beat_drafts_follow_the_seed_and_the_configured_spread() -> None:
     fc = Forecaster(VQVAE(cfg.model).eval(), gpt, cfg, sample, "cpu", draft_beats=True)
     drafts = TemplateEnsemble(64)
     drafts.min_spread, drafts.noise = 0.15, 0.4
-    beating = np.stack([synthetic_ecg(88 / 64, 64, seed=s, hr_bpm=120)[0] for s in (1, 2)]).astype(np.float32)
+    beating = np.stack([synthetic_ecg(3, 64, seed=s, hr_bpm=120)[0][96:160] for s in (1, 2)]).astype(np.float32)
     for seed in (3, 5):
         want = drafts.predict(beating, 40, 4, seed=seed)
         np.testing.assert_allclose(fc.predict(beating, 40, 4, seed=seed), want, atol=2e-5)
@@ -819,9 +818,10 @@ def test_beat_drafts_follow_the_seed_and_the_configured_spread() -> None:
 
 
 def test_a_horizon_beyond_the_block_is_drawn_after_the_last_half_block():
-    """As in training (context and future each half of the block, no draft over the context), a long horizon is drawn
-    after the last half block of a longer context, a half block at a time, each block with no draft over the codes
-    it reads; a short one after as much context as the block leaves room for."""
+    """As in training (context and future each half of the block, no draft over the context), a horizon is drawn
+    after the last half block of a longer context, a long one a half block at a time, each block with no draft over
+    the codes it reads. A short one read as much context as the block left room for, in positions training drafted
+    (validation CRPS 1.5-3% worse for 5-6 s contexts and a 1 s horizon)."""
     torch.manual_seed(0)
     cfg = config_from_dict(TINY)
     gpt = CodeGPT(cfg.model.codebook_size, cfg.data.total_samples // cfg.model.downsample_factor, 16, 1, 2, 0.0,
@@ -840,7 +840,7 @@ def test_a_horizon_beyond_the_block_is_drawn_after_the_last_half_block():
     assert calls == [(half, half)] * 3
     calls.clear()
     fc.predict(context, 5 * fc.factor, num_samples=2, seed=0)
-    assert calls == [(gpt.block_size - 5, 5)]
+    assert calls == [(half, 5)]
 
 
 def test_a_seasonal_drafting_forecaster_reads_each_steps_own_draft():
