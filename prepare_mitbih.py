@@ -301,8 +301,24 @@ def order_leads(names: list[str], first: str, where: str, units: list[str | None
         lead1 = next((i for i in ecg if keys[i] != "V1"), ecg[0])
         paths.note(f"{where}: no channel is {first} or a limb lead ({', '.join(map(str, names))}); lead 1 is "
                    f"channel {lead1}, {names[lead1]}")
+    else:
+        only_channel(lead1, ecg, keys, names, "lead 1", where)
     others = [j for j in ecg if j != lead1]
-    return [lead1, next((j for j in others if keys[j] == "V1"), others[0])]
+    lead2 = next((j for j in others if keys[j] == "V1"), others[0])
+    if keys[lead2] == "V1":
+        only_channel(lead2, others, keys, names, "lead 2", where)
+    return [lead1, lead2]
+
+
+def only_channel(lead: int, among: list[int], keys: dict[int, str], names: list[str], role: str, where: str) -> None:
+    """A lead chosen by its name must be the only channel `among` of that name: of two (a hand-edited or merged
+    header; wfdb writes none), the first was taken without a word, though it may be another recording of it."""
+    twins = [j for j in among if keys[j] == keys[lead]]
+    if len(twins) > 1:
+        which = f"{', '.join(map(str, twins[:-1]))} and {twins[-1]} are {'both' if len(twins) == 2 else 'all'}"
+        named = ", ".join(repr(str(names[j])) for j in twins)
+        raise UserError(f"{where}: channels {which} lead {names[lead]} ({named}): which one is {role} would be a "
+                        f"guess; rename or remove all but one in {where}.hea")
 
 
 def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str, gaps: bool = False) -> np.ndarray:

@@ -164,6 +164,23 @@ def test_order_leads(names, first, expected):
         assert pm.order_leads(names, first, "rec") == expected
 
 
+@pytest.mark.parametrize("names,twins,role", [
+    (["II", "II", "V1"], "0 and 1 are both lead II", "lead 1"),
+    (["V5", "II", "ii", "ECG II"], "1, 2 and 3 are all lead II", "lead 1"),
+    (["V1", "MLII", "v1"], "0 and 2 are both lead V1", "lead 2"),
+])
+def test_order_leads_refuses_two_channels_of_the_lead_it_names(names, twins, role):
+    """Two channels named as one lead (a hand-edited header): the first was taken without a word."""
+    with pytest.raises(UserError, match=rf"rec: channels {twins} .*which one is {role} would be a guess"):
+        pm.order_leads(names, "MLII", "rec")
+
+
+@pytest.mark.parametrize("names,expected", [(["ECG", "ECG"], [0, 1]), (["V1", "V1"], [0, 1]),
+                                            (["II", "V1", "V5", "V5"], [0, 1])])
+def test_order_leads_takes_same_named_channels_it_does_not_choose_by_name(names, expected):
+    assert pm.order_leads(names, "MLII", "rec") == expected
+
+
 def test_order_leads_needs_two_leads():
     with pytest.raises(UserError, match="rec9.*two leads"):
         pm.order_leads(["MLII"], "MLII", "rec9")
