@@ -425,7 +425,7 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
     def read() -> Iterator[Record]:
         for name in tqdm(names, desc="reading", unit="rec", disable=not progress):
             try:
-                rec = read_record(folder / name, cfg.data, gaps=True, annotator=annotator)
+                rec = replace(read_record(folder / name, cfg.data, gaps=True, annotator=annotator), name=name)
                 check_windows(rec, cfg.data, str(folder / name))
             except Exception as e:   # UserError from read_record, or anything wfdb/scipy raise on odd files
                 skipped.append((name, str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"))

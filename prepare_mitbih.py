@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
@@ -857,7 +857,7 @@ def load_records(names: list[str], data_dir: Path, d: DataConfig, skip_bad: bool
 
     def load(name: str) -> None:
         check_record(data_dir / name, d)      # the header's reason (one lead, too short) before any sample
-        rec = read_record(data_dir / name, d, allow_gaps, annotator)
+        rec = replace(read_record(data_dir / name, d, allow_gaps, annotator), name=name)   # RECORDS' sub/NAME
         check_windows(rec, d, str(data_dir / name))
         loaded[name] = rec
     # The progress bar only on a terminal: in logs and pipes stderr keeps just the one 'error:' line.

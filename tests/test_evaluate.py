@@ -375,6 +375,18 @@ def test_wfdb_dir_holds_one_record_at_a_time_and_keeps_the_same_windows(tmp_path
     assert w.leads == every.leads and w.source == every.source
 
 
+def test_records_listed_in_subfolders_are_named_and_hashed_as_listed(tmp_path):
+    """PhysioNet's RECORDS may list records in subfolders (PTB-XL: records500/00000/00001_hr): named by their file
+    name alone, their files were looked for in the folder itself, and the report's input hash was of no file."""
+    from prepare_mitbih import hash_inputs
+    for i, name in enumerate(("a", "b")):
+        write_record(tmp_path / "db" / "sub", name, seconds=20, fs=250, seed=i)
+    (tmp_path / "db" / "RECORDS").write_text("sub/a\nsub/b\n")
+    w = evaluate.load_wfdb(tmp_path / "db", load_config(), progress=False)
+    assert w.records == ["sub/a", "sub/b"]
+    assert w.source["input_hash"] == hash_inputs(tmp_path / "db", ["sub/a", "sub/b"]) != hash_inputs(tmp_path, [])
+
+
 def test_a_model_is_paired_against_the_best_baseline_on_each_score(db250):
     cfg = load_config()
     fs, c = cfg.data.samples_per_second, cfg.data.window_samples

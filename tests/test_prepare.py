@@ -341,6 +341,19 @@ def test_a_records_file_lists_the_records_in_its_order(tmp_path):
         pm.find_records(tmp_path, download=False)
 
 
+def test_records_listed_in_subfolders_keep_the_names_records_gives_them(tmp_path):
+    """PhysioNet's RECORDS may list records in subfolders (PTB-XL: records500/00000/00001_hr): their windows are
+    named as listed, as the splits and the records of meta.json name them, not by the file name alone."""
+    for i, name in enumerate(("a", "b", "c")):
+        write_record(tmp_path / "db" / "sub", name, seconds=20.0, seed=i)
+    (tmp_path / "db" / "RECORDS").write_text("sub/a\nsub/b\nsub/c\n")
+    meta = pm.prepare(make_cfg(test_records=["sub/a"], validation_records=["sub/b"]), tmp_path / "db",
+                      tmp_path / "out", download=False)
+    assert meta["splits"] == {"test": ["sub/a"], "validation": ["sub/b"], "train": ["sub/c"]}
+    assert {s: list(starts) for s, starts in meta["window_starts"].items()} == meta["splits"]
+    assert torch.load(tmp_path / "out" / "test.pt", weights_only=True)["records"] == ["sub/a"]
+
+
 def test_a_variable_layout_record_reads_its_ecg_leads(tmp_path):
     """MIMIC-style: a layout header, then segments with different channels (a pulse wave joins in the second)."""
     x, _ = synthetic_ecg(20.0, 360.0, seed=3)
