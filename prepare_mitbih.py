@@ -435,10 +435,11 @@ def record_path(path: str | Path) -> Path:
 
 
 def read_header(path: Path) -> wfdb.Record:
-    """The header of WFDB record `path` (no samples), with its signal files checked."""
+    """The header of WFDB record `path` (no samples), with its signal files (or segments) checked."""
     header = _wfdb_read(wfdb.rdheader, path, f"{path}.hea: cannot read the header")
     check_rate_field(path)
     check_signal_files(path, header)
+    check_segments(path, header)
     return header
 
 
@@ -448,9 +449,42 @@ def header_leads(path: Path, header: wfdb.Record) -> tuple[list[str], list[str |
         first = next((n for n in header.seg_name if n != "~"), None)
         if first is None:
             raise UserError(f"{path}.hea: a multi-segment record without a segment")
-        header = _wfdb_read(wfdb.rdheader, path.parent / first, f"{path.parent / first}.hea: cannot read the header")
+        header = segment_header(path, first)
     names = list(header.sig_name or [])
     return names, list(header.units or [None] * len(names))
+
+
+def segment_header(path: Path, segment: str) -> wfdb.Record:
+    """The header of a segment of multi-segment record `path` (beside it)."""
+    return _wfdb_read(wfdb.rdheader, path.parent / segment, f"{path.parent / segment}.hea: cannot read the header")
+
+
+def check_segments(path: Path, header: wfdb.Record) -> None:
+    """Each segment of a multi-segment record has its signal files (check_signal_files) and holds the channels of
+    its layout (or, without one, of its first segment) in the same units: wfdb joins a fixed layout's segments by
+    position and keeps the first one's units, so a segment storing V1 before MLII, or in uV, was read as the other
+    lead or 1000 times too large."""
+    segments = [n for n in getattr(header, "seg_name", None) or [] if n != "~"]
+    if not segments:
+        return
+    first = segment_header(path, segments[0])
+    fixed = bool(first.sig_len)                         # a layout header has no samples
+    names = list(first.sig_name or [])
+    units = list(first.units or [None] * len(names))
+    unit_of = dict(zip(names, (mv_per_unit(u) for u in units)))
+    for segment in segments[0 if fixed else 1:]:
+        seg = segment_header(path, segment)
+        check_signal_files(path.parent / segment, seg)
+        seg_names, seg_units = list(seg.sig_name or []), list(seg.units or [None] * len(seg.sig_name or []))
+        if fixed and seg_names != names:
+            raise UserError(f"{path.parent / segment}.hea: channels {', '.join(map(str, seg_names))} where the first "
+                            f"segment of {path.name} has {', '.join(map(str, names))}: a record whose segments differ "
+                            f"needs a layout header (a segment of length 0) naming its channels")
+        for name, unit in zip(seg_names, seg_units):
+            if name in unit_of and mv_per_unit(unit) != unit_of[name]:
+                raise UserError(f"{path.parent / segment}.hea: channel {name} in '{unit or 'mV'}', where the "
+                                f"{'first segment' if fixed else 'layout'} of {path.name} has it in "
+                                f"'{units[names.index(name)] or 'mV'}': give every segment the same units")
 
 
 def check_rate_field(path: Path) -> None:
@@ -506,7 +540,7 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
         if span:
             ratio = resample_ratio(float(header.fs), cfg.samples_per_second, where)
             sampfrom, sampto = source_span(span, float(header.fs), ratio, header.sig_len, margin_s)
-        x, fs_in, names, units = _read_leads(path, cfg, sampfrom, sampto)
+        x, fs_in, names, units = _read_leads(path, cfg, sampfrom, sampto, header_leads(path, header)[1])
         gap = gap_mask(x, fs_in, names, where, gaps, whole=not sampfrom and sampto is None)
         if not (sampfrom and gap[0] or sampto is not None and gap[-1]):
             break
@@ -521,9 +555,11 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     return Record(path.name, y, names, beats, symbols, fs_in, has_ann, float(gap.sum() / fs_in), offset, length)
 
 
-def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None
+def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None, header_units: list[str | None]
                 ) -> tuple[np.ndarray, float, list[str], list[str | None]]:
-    """The source samples [sampfrom, sampto) of leads 1 and 2 in mV, the source rate, the leads' names and units."""
+    """The source samples [sampfrom, sampto) of leads 1 and 2 in mV, the source rate, the leads' names and units
+    (`header_units` when wfdb gives none: it drops every channel's of a variable-layout record whose segments give
+    one channel, such as PLETH, different units, and an ABP channel then passed for a lead in mV)."""
     where = str(path)
     read = functools.partial(wfdb.rdrecord, sampfrom=sampfrom, sampto=sampto) if sampfrom or sampto else wfdb.rdrecord
     rec = _wfdb_read(read, path, f"{where}: cannot read the record")
@@ -532,7 +568,7 @@ def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None
         raise UserError(f"{where}: the record has no samples")
     if rec.sig_len and len(x) != rec.sig_len:
         raise UserError(f"{where}: the .dat holds {len(x)} samples but the header says {rec.sig_len} (truncated?)")
-    all_units = list(rec.units or [None] * len(rec.sig_name))
+    all_units = list(rec.units or header_units)
     order = order_leads(list(rec.sig_name), cfg.first_lead, where, all_units)
     names, units = [rec.sig_name[i] for i in order], [all_units[i] for i in order]
     x = x[:, order] * [mv_per_unit(u) for u in units]

@@ -372,6 +372,67 @@ def test_a_variable_layout_record_reads_its_ecg_leads(tmp_path):
     assert rec.leads == ["II", "V"] and np.isfinite(rec.signal).all()
 
 
+@pytest.mark.parametrize("leads,units,error", [
+    (("V1", "MLII"), "mV", r"m_2\.hea: channels V1, MLII where the first segment of m has MLII, V1: .*layout header"),
+    (("MLII", "V1"), "uV", r"m_2\.hea: channel MLII in 'uV', where the first segment of m has it in 'mV'"),
+])
+def test_a_fixed_layout_record_whose_segments_differ_is_refused(tmp_path, leads, units, error):
+    """wfdb joins a fixed layout's segments by position in the first one's units: a second segment storing V1 first
+    was read as MLII, one in uV 1000 times too large."""
+    x, _ = synthetic_ecg(20.0, 360.0, seed=3)
+    write_signal(tmp_path, "m_1", x[:3600])
+    second = x[3600:, ::-1] if leads[0] == "V1" else x[3600:]
+    write_signal(tmp_path, "m_2", second * (1000 if units == "uV" else 1), leads=leads, units=units,
+                 gain=1.0 if units == "uV" else 200.0)
+    (tmp_path / "m.hea").write_text(f"m/2 2 360 {len(x)}\nm_1 3600\nm_2 {len(x) - 3600}\n")
+    with pytest.raises(UserError, match=error):
+        pm.read_record(tmp_path / "m", make_cfg().data)
+
+
+def test_a_segment_cut_short_is_named(tmp_path):
+    """wfdb said 'Samples were not loaded correctly' of the record, naming no file."""
+    x, _ = synthetic_ecg(20.0, 360.0, seed=3)
+    write_signal(tmp_path, "m_1", x[:3600])
+    write_signal(tmp_path, "m_2", x[3600:])
+    (tmp_path / "m.hea").write_text(f"m/2 2 360 {len(x)}\nm_1 3600\nm_2 {len(x) - 3600}\n")
+    os.truncate(tmp_path / "m_2.dat", 2000)
+    with pytest.raises(UserError, match=r"m_2\.dat: 2000 bytes, but the header's 3600 samples need 14400 \(truncated"):
+        pm.read_record(tmp_path / "m", make_cfg().data)
+
+
+def write_variable_layout(folder: Path, segment_units: list[list[str]], seconds: float = 20.0) -> None:
+    """A MIMIC-style record `v` at 125 Hz: layout II (mV), AOBP (mmHg), PLETH (NU), V (mV), and a segment of those
+    channels in each list of units."""
+    x, _ = synthetic_ecg(seconds, 125.0, seed=3)
+    n, t = len(x) // len(segment_units), np.arange(len(x)) / 125.0
+    wave = 90 + 20 * np.sin(2 * np.pi * 1.2 * t)
+    for i, units in enumerate(segment_units):
+        part = slice(i * n, (i + 1) * n)
+        mv = [1000.0 if u == "uV" else 1.0 for u in (units[0], units[3])]
+        wfdb.wrsamp(f"v_{i + 1}", fs=125, units=units, sig_name=["II", "AOBP", "PLETH", "V"],
+                    p_signal=np.column_stack([mv[0] * x[part, 0], wave[part], wave[part] / 2, mv[1] * x[part, 1]]),
+                    fmt=["16"] * 4, adc_gain=[200.0 / mv[0], 100.0, 100.0, 200.0 / mv[1]], baseline=[0] * 4,
+                    write_dir=str(folder))
+    (folder / "v_layout.hea").write_text("v_layout 4 125 0\n~ 0 200/mV 16 0 0 0 0 II\n~ 0 100/mmHg 16 0 0 0 0 AOBP\n"
+                                         "~ 0 100/NU 16 0 0 0 0 PLETH\n~ 0 200/mV 16 0 0 0 0 V\n")
+    segments = "".join(f"v_{i + 1} {n}\n" for i in range(len(segment_units)))
+    (folder / "v.hea").write_text(f"v/{len(segment_units) + 1} 4 125 {n * len(segment_units)}\nv_layout 0\n{segments}")
+
+
+def test_a_variable_layout_record_keeps_its_layouts_units_when_wfdb_drops_them(tmp_path):
+    """PLETH in NU in one segment and in % in the next: wfdb gives no channel's units, and AOBP (mmHg) was read as
+    lead 2 in mV."""
+    write_variable_layout(tmp_path, [["mV", "mmHg", "NU", "mV"], ["mV", "mmHg", "%", "mV"]])
+    assert wfdb.rdrecord(str(tmp_path / "v")).units is None
+    assert pm.read_record(tmp_path / "v", make_cfg().data).leads == ["II", "V"]
+
+
+def test_a_variable_layout_segment_in_other_units_than_its_layout_is_refused(tmp_path):
+    write_variable_layout(tmp_path, [["mV", "mmHg", "NU", "mV"], ["mV", "mmHg", "NU", "uV"]])
+    with pytest.raises(UserError, match=r"v_2\.hea: channel V in 'uV', where the layout of v has it in 'mV'"):
+        pm.read_record(tmp_path / "v", make_cfg().data)
+
+
 def test_filter_and_resample_refuses_what_it_would_spoil():
     cfg = make_cfg().data
     x = np.random.default_rng(0).standard_normal((3600, 2))
