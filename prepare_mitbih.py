@@ -52,8 +52,9 @@ DEFAULT_VALIDATION = [r for i, r in enumerate(r for r in DS1 if r != "201") if i
 
 # Lead 1 when the record has no lead named cfg.first_lead: the first of these groups found, in this
 # order (lead II is the usual rhythm lead and what MIT-BIH's MLII approximates). Names are compared
-# case-insensitively, ignoring spaces, '-', '_', '.' and a leading 'LEAD' or 'ECG' ("Lead II", "ecg-ii",
-# "ml2" all count as lead II). With none of them, lead 1 is the first ECG channel other than V1 (and a note says so).
+# case-insensitively, ignoring all but letters and digits and a leading 'LEAD' or 'ECG' ("Lead II", "ecg-ii",
+# "ml2", BIDMC's "II," all count as lead II). With none of them, lead 1 is the first ECG channel other than V1
+# (and a note says so).
 # Lead 2 is V1 when the record has it (MIT-BIH's usual second lead, so 12-lead records feed the models
 # alike), else the first other ECG channel.
 LEAD_PREFERENCE = (
@@ -254,8 +255,8 @@ def _even_ratio(fs_in: float, fs_out: int) -> Fraction | None:
 
 
 def _lead_key(name: str) -> str:
-    """'Lead II', 'ecg-ii', 'II ' -> 'II': upper case without separators or a 'LEAD'/'ECG' prefix."""
-    key = re.sub(r"[\s_\-.]+", "", str(name)).upper()
+    """'Lead II', 'ecg-ii', 'II,' -> 'II': upper case, letters and digits only, without a 'LEAD'/'ECG' prefix."""
+    key = re.sub(r"[^0-9A-Za-z]+", "", str(name)).upper()
     return re.sub(r"^(LEAD|ECG)(?=.)", "", key)
 
 

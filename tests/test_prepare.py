@@ -137,6 +137,7 @@ def test_swapped_leads_end_with_mlii_first(prepared):
     (["V1", "ML2"], "MLII", [1, 0]),
     (["V1", "Lead II"], "MLII", [1, 0]),
     (["V1", "ECG-II"], "MLII", [1, 0]),
+    (["RESP,", "PLETH,", "V,", "AVR,", "II,"], "MLII", [4, 2]),     # BIDMC's names end in a comma
     (["I", "II"], "MLII", [1, 0]),             # lead II before lead I
     (["V1", "I", "III"], "MLII", [1, 0]),      # lead I before lead III
     (["V2", "III", "aVF"], "MLII", [1, 0]),
