@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import warnings
 
 import numpy as np
@@ -401,9 +402,20 @@ def test_a_clean_stretch_exactly_one_context_long_offers_its_start():
 
 @pytest.mark.parametrize("content", [b"hello\n", b"\x80\x02}q\x00."])
 def test_foreign_files_are_not_checkpoints(tmp_path, content):
+    """Said to be unreadable, by name (any error naming x.pt passed, 'checkpoint not found' too)."""
     path = tmp_path / "x.pt"
     path.write_bytes(content)
-    with pytest.raises(UserError, match="x.pt"):
+    with pytest.raises(UserError, match=re.escape(f"checkpoint {path} is unreadable or cut short (")):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("saved", [{"weight": torch.zeros(2)}, {"model": {}}, [torch.zeros(2)]],
+                         ids=["state_dict", "no_kind", "list"])
+def test_a_torch_file_of_another_program_is_not_a_checkpoint(tmp_path, saved):
+    """A readable torch file that no script here wrote (a bare state_dict): one line naming it, not a KeyError."""
+    path = tmp_path / "x.pt"
+    torch.save(saved, path)
+    with pytest.raises(UserError, match=f"^{re.escape(str(path))} is not an ecg-forecast checkpoint$"):
         load_checkpoint(path)
 
 
