@@ -60,9 +60,12 @@ def test_every_forecaster_names_the_bad_argument(shipped, request_, name):
 
 
 def test_integer_contexts_and_numpy_integers_are_fine(shipped):
+    """Forecast as the same numbers in float and Python ints (the shape and dtype alone passed whatever was drawn)."""
+    context = (np.arange(768).reshape(1, 384, 2) % 3).astype(np.int16)
     for f in (shipped, make_baseline("template_ensemble", 128)):
-        out = f.predict((np.arange(768).reshape(1, 384, 2) % 3).astype(np.int16), np.int64(8), np.int32(3), np.uint8(1))
+        out = f.predict(context, np.int64(8), np.int32(3), np.uint8(1))
         assert out.shape == (1, 3, 8, 2) and out.dtype == np.float32
+        np.testing.assert_array_equal(out, f.predict(context.astype(np.float32), 8, 3, 1), err_msg=f.name)
 
 
 def test_every_forecaster_returns_numpy_float32_for_numpy_and_torch_contexts(shipped):
