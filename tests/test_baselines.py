@@ -1,6 +1,8 @@
 """Baselines: interface, shapes, and exact answers on signals whose future is known."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -115,8 +117,12 @@ def test_template_ensemble_is_the_template_at_drawn_periods():
 
 
 def test_make_forecaster_rejects_a_missing_checkpoint(tmp_path):
-    with pytest.raises(UserError, match="nope.pt"):
-        make_forecaster(str(tmp_path / "nope.pt"), FS)
+    """Named with the flag and what --model takes (any error naming nope.pt passed, load_checkpoint's bare 'checkpoint
+    not found' too)."""
+    missing = str(tmp_path / "nope.pt")
+    with pytest.raises(UserError, match=f"^--model {re.escape(missing)}: no such checkpoint file; --model takes a "
+                                        r"checkpoint path \(e\.g\. "):
+        make_forecaster(missing, FS)
 
 
 def test_an_unknown_model_is_told_every_name_evaluate_takes():
