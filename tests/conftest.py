@@ -9,9 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# tqdm takes a TQDM_* variable (TQDM_DISABLE=1, kept in many a CI config) as the default of that argument once, on
+# import, which torch makes: the caller's shell then hid the bars whose lines the tests read. Gone before that import,
+# here and in every subprocess a test starts.
+for _var in [v for v in os.environ if v.startswith("TQDM_")]:
+    del os.environ[_var]
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(1)  # tiny models: one thread is faster and stable when other jobs share the cores
 ROOT = Path(__file__).resolve().parents[1]
