@@ -31,11 +31,14 @@ def own_folders():
     """Every test and module fixture writes where its flags say (tmp_path), never into the caller's
     $ECG_CACHE_DIR, results or checkpoints: a cache shared with other runs hands a test their encodings.
     Nor does a test run as a torchrun rank because the caller's shell has RANK or WORLD_SIZE set (RANK=1 silenced
-    every note and delayed and renamed every error; the tests that want a rank set it themselves)."""
+    every note and delayed and renamed every error; the tests that want a rank set it themselves). --help is wrapped
+    at 80 columns, as where no terminal is (CI): argparse takes the width from $COLUMNS, and an exported COLUMNS=40
+    broke the file names the tests read in it."""
     with pytest.MonkeyPatch.context() as mp:
         for var in ("ECG_CACHE_DIR", "ECG_PREPARED_DIR", "ECG_RESULTS_DIR", "ECG_CHECKPOINTS_DIR", "ECG_DIST_TIMEOUT",
                     *TORCHRUN_VARS):
             mp.delenv(var, raising=False)
+        mp.setenv("COLUMNS", "80")
         yield
 
 
