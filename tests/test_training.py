@@ -226,9 +226,9 @@ def test_cut_checkpoint_is_a_clear_error(tmp_path: Path, synthetic_db: Path) -> 
 
 def test_missing_prepared_tensors_is_one_line_and_nonzero(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "vqvae_train.py", "--prepared", str(tmp_path / "nothing"),
-                           "--results", str(tmp_path / "r"), "--device", "cpu"],
+                           "--results", str(tmp_path / "r"), "--checkpoints", str(tmp_path / "c"), "--device", "cpu"],
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
+    assert proc.returncode == 2 and sorted(p.name for p in tmp_path.iterdir()) == []
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "prepare_mitbih.py" in lines[0]
     assert "nothing" in lines[0]

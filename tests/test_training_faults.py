@@ -421,11 +421,12 @@ def test_rank_whose_partner_never_joins_stops_after_the_timeout(tmp_path: Path) 
     """Rank 0 of 2 launched as a scheduler would (env://, no torchrun agent to stop it) while rank 1 failed before
     joining: it stops after $ECG_DIST_TIMEOUT seconds with one error line, not after torch's 30 minutes."""
     env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", "RANK": "0",
-           "LOCAL_RANK": "0", "ECG_DIST_TIMEOUT": "2", "ECG_RESULTS_DIR": str(tmp_path)}
+           "LOCAL_RANK": "0", "ECG_DIST_TIMEOUT": "2", "ECG_RESULTS_DIR": str(tmp_path),
+           "ECG_CHECKPOINTS_DIR": str(tmp_path)}
     r = subprocess.run([sys.executable, "vqvae_train.py", "--device", "cpu"], cwd=ROOT, env=env,
                        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
     check_error(r, "rank 0: not all 2 processes joined within 2 s", "ECG_DIST_TIMEOUT")
-    assert not list(tmp_path.iterdir())     # no run was started
+    assert not list(tmp_path.iterdir())     # no run was started: no results or checkpoints folder
 
 
 def test_rank_whose_port_is_taken_is_not_said_to_have_waited(tmp_path: Path) -> None:
@@ -436,7 +437,8 @@ def test_rank_whose_port_is_taken_is_not_said_to_have_waited(tmp_path: Path) -> 
         held.listen()
         port = held.getsockname()[1]
         env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": "0",
-               "LOCAL_RANK": "0", "ECG_DIST_TIMEOUT": "30", "ECG_RESULTS_DIR": str(tmp_path)}
+               "LOCAL_RANK": "0", "ECG_DIST_TIMEOUT": "30", "ECG_RESULTS_DIR": str(tmp_path),
+               "ECG_CHECKPOINTS_DIR": str(tmp_path)}
         r = subprocess.run([sys.executable, "vqvae_train.py", "--device", "cpu"], cwd=ROOT, env=env,
                            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
     check_error(r, f"rank 0: could not set up the process group at MASTER_ADDR:MASTER_PORT 127.0.0.1:{port}",
