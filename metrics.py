@@ -46,8 +46,17 @@ FLAT_MV = 1e-6      # a lead swinging at most this is flat (lead off): no beats,
 
 # ----------------------------------------------------------------------------- point metrics
 
+def check_pair(pred: np.ndarray, truth: np.ndarray, what: str = "pred") -> None:
+    """A forecast and its truth must have one shape: numpy broadcast a truth [H, 2] against forecasts [S, H, 2] (or
+    a [1, H, 2] batch) into a number that was no score, without a word."""
+    if np.shape(pred) != np.shape(truth):
+        raise ValueError(f"{what} has shape {np.shape(pred)} and the truth {np.shape(truth)}: they must be the same "
+                         f"(one path of predict's [B, S, H, 2] against a truth [B, H, 2] is samples[:, s])")
+
+
 def prd(pred: np.ndarray, truth: np.ndarray) -> float:
     """Percentage root-mean-square difference, 100·sqrt(Σ(x̂−x)² / Σx²): error relative to signal energy."""
+    check_pair(pred, truth)
     truth = np.asarray(truth, np.float64)
     return float(100 * np.sqrt(np.sum((pred - truth) ** 2) / np.sum(truth ** 2)))
 
@@ -59,6 +68,7 @@ def prdn(pred: np.ndarray, truth: np.ndarray, axis: int = 0) -> float:
     [B, H, leads]), as the evaluation and vqvae_eval.py do: one mean over two leads of different offsets would
     count the offsets as signal.
     """
+    check_pair(pred, truth)
     truth = np.asarray(truth, np.float64)
     centred = truth - truth.mean(axis=axis, keepdims=True)
     return float(100 * np.sqrt(np.sum((pred - truth) ** 2) / np.sum(centred ** 2)))
@@ -66,6 +76,7 @@ def prdn(pred: np.ndarray, truth: np.ndarray, axis: int = 0) -> float:
 
 def pearson_r(pred: np.ndarray, truth: np.ndarray) -> float:
     """Correlation of forecast and truth; 0 for a constant forecast (it explains none of the shape)."""
+    check_pair(pred, truth)
     p, t = np.asarray(pred, np.float64).ravel(), np.asarray(truth, np.float64).ravel()
     p, t = p - p.mean(), t - t.mean()
     if np.sum(p * p) <= 1e-12 * len(p):
@@ -93,12 +104,26 @@ def crps_sorted(xs: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def crps_samples(samples: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:
-    """CRPS of samples (sample dimension `axis`) at observations y (the other dimensions)."""
-    return crps_sorted(sorted_samples(samples, axis), np.asarray(y))
+    """CRPS of samples (sample dimension `axis`) at observations y (the other dimensions): predict's samples
+    [B, S, H, 2] take axis=1 and y [B, H, 2]."""
+    xs = sorted_samples(samples, axis)
+    y = np.asarray(y)
+    check_observations(xs, y, axis)
+    return crps_sorted(xs, y)
+
+
+def check_observations(xs: np.ndarray, y: np.ndarray, axis: int) -> None:
+    """Observations y must have the samples' shape without their sample axis: predict's [1, S, H, 2] read with the
+    default axis 0 against y [H, 2] broadcast into S CRPS of a single sample each (or a coverage of 0), silently."""
+    if y.shape != xs.shape[:-1]:
+        raise ValueError(f"y has shape {y.shape} but the samples without their axis {axis} have {xs.shape[:-1]}: "
+                         f"they must be the same (predict's samples [B, S, H, 2] take axis=1 and y [B, H, 2])")
 
 
 def quantile_sorted(xs: np.ndarray, q: float) -> np.ndarray:
     """Quantile q of sorted samples along the last axis, linear interpolation (numpy's default)."""
+    if not 0 <= q <= 1:
+        raise ValueError(f"quantile q must be in [0, 1], got {q}")
     pos = q * (xs.shape[-1] - 1)
     lo = int(np.floor(pos))
     hi = min(lo + 1, xs.shape[-1] - 1)
@@ -106,8 +131,13 @@ def quantile_sorted(xs: np.ndarray, q: float) -> np.ndarray:
 
 
 def interval_coverage(samples: np.ndarray, y: np.ndarray, level: float, axis: int = 0) -> tuple[float, float]:
-    """(fraction of y inside the central `level` interval of the samples, mean interval width)."""
+    """(fraction of y inside the central `level` interval of the samples, mean interval width); `level` is a
+    fraction, 0.8 for the 80 % interval, and y has the samples' shape without their axis (crps_samples)."""
+    if not 0 <= level <= 1:
+        raise ValueError(f"level must be in [0, 1] (0.8 for the 80 % interval), got {level}")
     xs = sorted_samples(samples, axis)
+    y = np.asarray(y)
+    check_observations(xs, y, axis)
     lo, hi = quantile_sorted(xs, (1 - level) / 2), quantile_sorted(xs, (1 + level) / 2)
     return float(np.mean((y >= lo) & (y <= hi))), float(np.mean(hi - lo))
 
@@ -140,7 +170,10 @@ def detect_r_peaks(x: np.ndarray, fs: float, level_from: int | None = None) -> t
     positive predictivity against the annotations on the evaluated horizons.
     """
     x = np.asarray(x, np.float64)
-    if x.ndim != 2 or x.shape[1] < 32:
+    if x.ndim != 2 or (x.shape[1] == 2 and x.shape[0] >= 32):     # [T], or a [T, 2] two-lead signal
+        raise ValueError(f"x must be single-lead rows [B, T], got shape {x.shape}: lead 1 of a context [C, 2] is "
+                         f"context[None, :, 0]")
+    if x.shape[1] < 32:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     env = np.pad(_envelope(x, fs), ((0, 0), (1, 1)))
     centred = np.abs(x - np.median(x, axis=1, keepdims=True))
@@ -270,6 +303,7 @@ def waveform_sums(truth: np.ndarray, forecast: np.ndarray, edges: np.ndarray,
     """
     b, s, h, _ = forecast.shape
     y = np.asarray(truth, np.float64)
+    check_pair(forecast[:, 0], y, "forecast without its sample axis")
     if s == 1:
         point = forecast[:, 0].astype(np.float64)
         median, crps, intervals = point, np.abs(point - y), None

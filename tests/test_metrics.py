@@ -718,3 +718,40 @@ def test_the_edge_rule_leaves_out_exactly_the_beats_that_may_have_a_partner_outs
         s = M.rhythm_sums(truth[None, :c], np.zeros((1, h)), np.zeros(len(beats), np.int64), beats, FS,
                           M.segment_edges(h, FS))
         assert s[f"fn{tol_ms}"][0, -1] == fn
+
+
+def test_scores_refuse_a_truth_that_only_broadcasts_against_the_forecast():
+    """predict's samples [1, S, H, 2] against a truth [H, 2]: with the default sample axis 0, crps_samples returned
+    S CRPS of one sample each [S, H, 2] and interval_coverage (0.0, 0.0); prd and pearson_r of all S paths against
+    one truth a number that was no score. Each now names both shapes."""
+    rng = np.random.default_rng(0)
+    samples, truth = rng.standard_normal((1, 20, 64, 2)), rng.standard_normal((64, 2))
+    for score in (lambda: M.crps_samples(samples, truth), lambda: M.interval_coverage(samples, truth, 0.8),
+                  lambda: M.crps_samples(samples, truth, axis=1)):
+        with pytest.raises(ValueError, match=r"y has shape \(64, 2\).*take axis=1 and y \[B, H, 2\]"):
+            score()
+    for score in (M.prd, M.prdn, M.pearson_r):
+        with pytest.raises(ValueError, match=r"pred has shape \(20, 64, 2\) and the truth \(64, 2\)"):
+            score(samples[0], truth)
+    with pytest.raises(ValueError, match="forecast without its sample axis has shape"):
+        M.waveform_sums(truth, samples, M.segment_edges(64, FS))
+    assert M.crps_samples(samples, truth[None], axis=1).shape == (1, 64, 2)      # the right call
+    assert M.interval_coverage(samples[0], truth, 0.8)[1] > 0
+
+
+def test_a_level_or_quantile_outside_0_to_1_is_refused_by_name():
+    """interval_coverage(..., 80) meant 80 % and stopped in an IndexError from quantile_sorted's indexing."""
+    samples, y = np.zeros((10, 3)), np.zeros(3)
+    with pytest.raises(ValueError, match=r"level must be in \[0, 1\] \(0.8 for the 80 % interval\), got 80"):
+        M.interval_coverage(samples, y, 80)
+    with pytest.raises(ValueError, match=r"quantile q must be in \[0, 1\], got 1.5"):
+        M.quantile_sorted(samples.T, 1.5)
+
+
+def test_detect_r_peaks_refuses_a_signal_that_is_not_single_lead_rows():
+    """A lead [T] or a two-lead context [T, 2] (rows of two samples) found no beats, silently."""
+    x, _ = synthetic_ecg(6, FS)
+    assert len(M.detect_r_peaks(x[None, :, 0], FS)[1]) > 3
+    for wrong in (x[:, 0], x):
+        with pytest.raises(ValueError, match=r"single-lead rows \[B, T\].*context\[None, :, 0\]"):
+            M.detect_r_peaks(wrong, FS)
