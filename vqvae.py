@@ -284,8 +284,21 @@ class VQVAE(nn.Module):
         rms = x.pow(2).mean(1, keepdim=True).sqrt().clamp(2.0 ** GAIN_OCTAVES[0], 2.0 ** GAIN_OCTAVES[1])
         return torch.exp2(torch.round(torch.log2(rms) * GAIN_STEPS) / GAIN_STEPS)
 
-    def _decode_unit(self, unit: torch.Tensor | None) -> torch.Tensor:
+    @staticmethod
+    def _check_unit(unit: torch.Tensor, batch: int) -> None:
+        """A unit must be one gain per lead of each window, [B, 1, 2] (or one for all, [2]): [3, 1, 2] for one window
+        broadcast it into three codings, and [B, 2, 1] stopped in torch's size mismatch."""
+        try:
+            fits = torch.broadcast_shapes(unit.shape, (batch, 1, 2)) == (batch, 1, 2)
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"unit has shape {tuple(unit.shape)}, not [{batch}, 1, 2] (a gain per window and lead): "
+                             f"pass unit=vq.unit(x) of the same windows")
+
+    def _decode_unit(self, unit: torch.Tensor | None, batch: int) -> torch.Tensor:
         if unit is not None:
+            self._check_unit(unit, batch)
             return unit
         if self.cfg.window_gain:
             raise ValueError("this VQ-VAE codes each window's gain: pass unit=vq.unit(window) to decode")
@@ -297,6 +310,7 @@ class VQVAE(nn.Module):
             unit = self.unit(x)         # which checks x
         else:
             self._check(x)
+            self._check_unit(unit, len(x))
         return self.encoder((x / unit).transpose(1, 2))
 
     @property
@@ -335,7 +349,11 @@ class VQVAE(nn.Module):
     def decode_latent(self, zq: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         """Latents [B, latent_dim, T'] -> signals [B, T' * factor, 2] in mV: quantised ones (decode sums them from
         the codes) or encode_latent's continuous ones, unquantised, as the latent SDE decodes its paths."""
-        return self.decoder(zq).transpose(1, 2) * self._decode_unit(unit)
+        if zq.ndim != 3 or zq.shape[1] != self.cfg.latent_dim:
+            raise ValueError(f"latents must be [B, {self.cfg.latent_dim}, T'] (latent_dim second), got "
+                             f"{tuple(zq.shape)}: vqvae_eval.py's .npz keeps them time first, [W, T', "
+                             f"{self.cfg.latent_dim}]: pass z.transpose(1, 2)")
+        return self.decoder(zq).transpose(1, 2) * self._decode_unit(unit, len(zq))
 
     def decode(self, codes: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         """Codes [B, T'] or [B, T', Q] -> signals [B, T' * factor, 2] in mV (`unit`: see `unit`)."""

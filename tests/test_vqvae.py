@@ -62,6 +62,25 @@ def test_windows_the_readme_recipe_cannot_code_are_named_at_its_first_step(step:
         getattr(m, step)(torch.ones(1, 64, 2, device="meta"))    # as a CPU window met a forecaster on the GPU
 
 
+def test_a_unit_of_other_windows_or_latents_time_first_are_refused_by_name() -> None:
+    """encode(x, unit) with a unit of three windows for one coded the one three times, silently; a unit [B, 2, 1]
+    and decode_latent of latents time first (vqvae_eval.py's .npz layout) stopped in torch's size and channel
+    errors."""
+    m = tiny_model(window_gain=True).eval()
+    x = torch.randn(1, 64, 2)
+    unit = m.unit(x)
+    with torch.no_grad():
+        z = m.encode_latent(x, unit)
+        assert m.decode_latent(z, unit[0, 0]).shape == (1, 64, 2)          # one gain per lead for all: fine
+        for wrong in (unit.repeat(3, 1, 1), unit.transpose(1, 2)):
+            for step in (lambda: m.encode(x, wrong), lambda: m.decode_latent(z, wrong),
+                         lambda: m.decode(m.encode(x, unit), wrong)):
+                with pytest.raises(ValueError, match=r"unit has shape .*, not \[1, 1, 2\].*vq.unit\(x\)"):
+                    step()
+        with pytest.raises(ValueError, match=r"latents must be \[B, 8, T'\].*got \(1, 16, 8\).*z.transpose\(1, 2\)"):
+            m.decode_latent(z.transpose(1, 2), unit)
+
+
 def test_compression_ratio() -> None:
     m = tiny_model(downsample_factor=8, codebook_size=512)
     assert m.compression_ratio(384) == pytest.approx(2 * 11 * 8 / 9)
