@@ -27,6 +27,8 @@ class Zero(ForecasterBase):
     name = "zero"
 
     def __init__(self, fs: int = 128):
+        if isinstance(fs, bool) or not isinstance(fs, (int, float, np.integer, np.floating)) or not 0 < fs < np.inf:
+            raise ValueError(f"fs must be the contexts' sampling rate in Hz, a positive number, got {fs!r}")
         self.fs = fs
 
     def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,

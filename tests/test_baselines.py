@@ -177,6 +177,14 @@ def test_a_baseline_is_made_at_the_rate_asked():
     assert np.abs(out - x[:, 192:]).max() < 1e-5
 
 
+@pytest.mark.parametrize("fs", [0, -128, float("nan"), "128", None])
+def test_a_baseline_at_no_rate_is_refused_by_name(fs):
+    """make_baseline("seasonal", 0) was made, and its predict stopped in scipy's 'Wn[0] must be less than Wn[1]'
+    (a string or None in a TypeError of numpy's)."""
+    with pytest.raises(ValueError, match="fs must be the contexts' sampling rate in Hz, a positive number"):
+        B.make_baseline("seasonal", fs)
+
+
 def test_ensemble_periods_spread_with_the_contexts_rr_variability():
     """An irregular rhythm (RR 80 to 100 samples, SD 8.3, above the 5 % floor of 4.25) spreads the ensemble's
     periods by its own RR SD, not by the floor alone."""
