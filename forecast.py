@@ -54,6 +54,13 @@ class ForecasterBase:
         first few paths of each window only."""
         raise NotImplementedError
 
+    def __repr__(self) -> str:
+        """What a notebook shows of a forecaster: its kind and rate, and a trained one's checkpoint and device (the
+        default said only '<forecast.Forecaster object at 0x...>')."""
+        said = [f"name={self.name!r}", f"fs={self.fs}"] + [f"{key}={str(value)!r}" for key in ("checkpoint", "device")
+                                                          if (value := getattr(self, key, None)) is not None]
+        return f"{type(self).__name__}({', '.join(said)})"
+
     def from_run(self, path: str | Path, ckpt: dict) -> None:
         """Where a trained forecaster came from, and the patients it saw (evaluate.py warns when it scores them).
         A forecaster of one's own calls it with its training.Trainer checkpoint once `self.cfg.data` is set."""

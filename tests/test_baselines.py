@@ -26,6 +26,7 @@ def test_every_baseline_follows_the_interface(name):
     s = 1 if f.deterministic else 7
     assert out.shape == (4, s, H, 2) and out.dtype == np.float32 and np.isfinite(out).all()
     assert f.name == name and f.fs == FS
+    assert repr(f) == f"{type(f).__name__}(name='{name}', fs={FS})"
     np.testing.assert_array_equal(out, f.predict(x[:, :C], H, num_samples=7, seed=1))   # seeded
 
 

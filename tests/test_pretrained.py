@@ -266,6 +266,8 @@ def test_from_checkpoint_takes_the_shipped_models_command_line_names(name, model
     """Forecaster.from_checkpoint("pretrained") as forecast.py --checkpoint pretrained, not "checkpoint not found"."""
     fc = Forecaster.from_checkpoint(name, "cpu")
     assert fc.name == model and fc.checkpoint == str(SHIPPED[model])
+    assert repr(fc) == (f"{type(fc).__name__}(name='{model}', fs=128, checkpoint='{SHIPPED[model]}', "
+                        f"device='cpu')")            # a notebook's view of it, not '<... object at 0x...>'
 
 
 def test_the_shipped_vqvae_can_be_measured_alone():
