@@ -644,6 +644,7 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
     Returns each forecaster's Scores and the rhythm sums of the R-peak detector run on the true
     horizons: its own sensitivity and positive predictivity against the reference annotations.
     """
+    check_request(forecasters, w, context, fs)
     scores = {name: Scores(len(w.signals), getattr(f, "deterministic", True))
               for name, f in forecasters.items()}
     truth_sums: dict[str, np.ndarray] = {}
@@ -657,6 +658,19 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
         bar.update(len(idx))
     bar.close()
     return scores, truth_sums
+
+
+def check_request(forecasters: dict[str, ForecasterBase], w: Windows, context: int, fs: int) -> None:
+    """evaluate's arguments as a script of one's own gives them: a context as long as the windows stopped in a
+    ZeroDivisionError deep in the scores, one of 0 in numpy's 'zero-size array', and a forecaster at another rate
+    than the windows' (make_baseline(name, 360) on 128 Hz windows) was scored without a word."""
+    total = w.signals.shape[1]
+    if isinstance(context, bool) or not isinstance(context, (int, np.integer)) or not 0 < context < total:
+        raise ValueError(f"context must be an integer from 1 to {total - 1} (the windows' {total} samples less a "
+                         f"horizon), got {context!r}")
+    for name, f in forecasters.items():
+        if float(own := declared_fs(f, fs)) != float(fs):
+            raise ValueError(f"forecaster {name!r} forecasts at {own} Hz but the windows are at fs={fs} Hz")
 
 
 def score_chunk(forecasters: dict[str, ForecasterBase], w: Windows, r: int, idx: np.ndarray, context: int, fs: int,

@@ -1697,3 +1697,22 @@ def test_the_galleries_are_never_ranked_by_the_zero_forecasts_share_of_itself(tm
                       "--results", str(tmp_path / "results")])
     (mine,) = set(result["forecasters"]) - {"zero"}
     assert {by for _, by, _ in drawn} == {mine}
+
+
+def test_evaluate_refuses_a_context_that_leaves_no_horizon_and_a_forecaster_at_another_rate():
+    """evaluate() called from a script of one's own: a context as long as the windows stopped in a ZeroDivisionError
+    deep in the scores, one of 0 in numpy's 'zero-size array', and a baseline made for 360 Hz was scored on 128 Hz
+    windows without a word. A forecaster that says no rate (no `fs`) is taken at the windows'."""
+    w = _one_record_windows(np.random.default_rng(0).normal(0, 0.3, size=(2, 256, 2)), [np.zeros(0)] * 2)
+    zero = {"zero": evaluate.make_forecaster("zero", 128)}
+    for context in (0, 256, 900, 128.0):
+        with pytest.raises(ValueError, match=rf"context must be an integer from 1 to 255 .*got {context}"):
+            evaluate.evaluate(zero, w, context, 128, 1, progress=False)
+    with pytest.raises(ValueError, match="forecaster 'seasonal' forecasts at 360 Hz but the windows are at fs=128 Hz"):
+        evaluate.evaluate({"seasonal": evaluate.make_forecaster("seasonal", 360)}, w, 128, 128, 1, progress=False)
+
+    class NoRate:
+        def predict(self, context, horizon, num_samples=100, seed=0):
+            return np.zeros((1, 1, horizon, 2), np.float32)
+    scores, _ = evaluate.evaluate({**zero, "mine": NoRate()}, w, 128, 128, 1, progress=False)
+    assert scores["mine"].windows == 2
