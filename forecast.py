@@ -273,6 +273,9 @@ class Forecaster(ForecasterBase):
     def from_pretrained(cls, device: str | torch.device | None = None, model: str = "transformer") -> ForecasterBase:
         """A model shipped in pretrained/, `transformer` or `latent_sde` (trained on the training patients only;
         see the model card)."""
+        if str(device) in {*SHIPPED, *SHIPPED_SPECS, "sde"}:   # from_pretrained("latent_sde") was 'not a device'
+            raise UserError(f"from_pretrained's first argument is the device: the model is asked by name, "
+                            f"from_pretrained(model=...) with one of {', '.join(SHIPPED)}, got {device!r}")
         if model not in SHIPPED:
             raise UserError(f"no shipped model named '{model}': choose one of {', '.join(SHIPPED)}")
         if not SHIPPED[model].exists():

@@ -259,6 +259,9 @@ def test_shipped_models_are_chosen_by_name():
     assert type(Forecaster.from_pretrained(device="cpu", model="latent_sde")).__name__ == "LatentSDEForecaster"
     with pytest.raises(UserError, match="'sde'.*transformer, latent_sde"):
         Forecaster.from_pretrained(device="cpu", model="sde")
+    for model in ("latent_sde", "sde", "pretrained_sde"):       # was "device 'latent_sde' is not a device"
+        with pytest.raises(UserError, match=f"first argument is the device.*latent_sde, got '{model}'"):
+            Forecaster.from_pretrained(model)
 
 
 @pytest.mark.parametrize("name, model", SHIPPED_SPECS.items())
