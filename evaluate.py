@@ -868,8 +868,6 @@ def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: P
     """MSE and CRPS against horizon time (mean over records), each model's CRPS minus the best baseline's (the
     differences the paired tables test are too small to see on the curves themselves), and F1 ±100 ms per horizon
     second. Models thick and on top, baselines thin and dashed, a colour per forecaster by name, one legend."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.6))
     colour = curve_colours(summary["order"], baselines)
@@ -949,8 +947,6 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
     same for every forecaster, so their galleries compare), forecast with the same seed as in the evaluation. Titles
     give the window's MSE and its share of the zero forecast's (`zero_mse`, per window), which ranks the picks; the
     figure's title says whose ranking it is (`ranked_by`), as another forecaster's shares need not follow it."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(len(picks), 2, figsize=(13, 3.3 * len(picks) + 0.5), squeeze=False)
     t = (np.arange(w.signals.shape[1]) - context) / fs

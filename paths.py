@@ -471,11 +471,21 @@ def show_warning(message: Warning | str, category: type[Warning], filename: str,
     tqdm.write(text, file=file or sys.stderr)
 
 
+def script_backend() -> None:
+    """Scripts draw into files, with matplotlib's Agg unless $MPLBACKEND chooses. Chosen here, not when a module is
+    imported: `import forecast` in a notebook or a Python session switched the session's backend to Agg, so its own
+    figures (inline plots, plt.show) were no longer shown."""
+    if "MPLBACKEND" not in os.environ:
+        import matplotlib
+        matplotlib.use("Agg")
+
+
 def run_main(main: Callable[[], Any]) -> None:
     """Run a script's main(); a UserError becomes one 'error:' line and exit status 2. Under torchrun the ranks
     usually meet the same error, and rank 0 says it (say_error); one met by a rank alone is said by the others as
     theirs (_beside_the_others). Ctrl-C exits with 130, SIGTERM (Terminated) with 143, as the shell counts a signal's
     death."""
+    script_backend()
     interruptible()
     main_thread = threading.current_thread() is threading.main_thread()
     default_term = main_thread and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -9,15 +9,13 @@ import textwrap
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import paths  # noqa: E402
-from hyper_params import stored_config  # noqa: E402
-from hyper_params_sde import sde_config_from_dict  # noqa: E402
+import paths
+from hyper_params import stored_config
+from hyper_params_sde import sde_config_from_dict
 from hyper_params_transformer import transformer_config_from_dict  # noqa: E402
 from paths import UserError  # noqa: E402
 

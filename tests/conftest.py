@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+os.environ.setdefault("MPLBACKEND", "Agg")  # the tests' plots go to files, as the scripts' do (run_main)
 torch.set_num_threads(1)  # tiny models: one thread is faster and stable when other jobs share the cores
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -852,3 +852,21 @@ def test_reports_show_paths_within_the_project_from_its_root(tmp_path):
     link.symlink_to(paths.ROOT / "pretrained")
     assert paths.shown(link / "forecaster.pt") == "pretrained/forecaster.pt"
     assert paths.shown(tmp_path / "best.pt") == str(tmp_path / "best.pt")
+
+
+
+def test_importing_the_modules_leaves_the_sessions_matplotlib_backend_and_scripts_draw_with_agg():
+    """train_results switched matplotlib to Agg when imported, so `from forecast import Forecaster` in a notebook or
+    Python session took the session's own backend (inline plots, plt.show) away. A module leaves it now; a script's
+    run_main picks Agg, unless $MPLBACKEND chooses another."""
+    def run(code: str, **env: str) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"} | env
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.lower().split()
+    modules = "import matplotlib; import forecast, evaluate, vqvae_eval, latent_sde_train, paths; "
+    script = "paths.run_main(lambda: print(matplotlib.get_backend()))"
+    assert run("import matplotlib; matplotlib.use('pdf'); " + modules + "print(matplotlib.get_backend()); "
+               + script) == ["pdf", "agg"]
+    assert run(modules + script, MPLBACKEND="svg") == ["svg"]
