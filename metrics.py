@@ -537,6 +537,9 @@ def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: in
     Paired by record: the same patients' spread cancels, so a difference far smaller than either
     forecaster's own interval can still be told from zero. Records where either is undefined are left out.
     """
+    if np.shape(a) != np.shape(b):      # a [R] and b [1] broadcast: every record paired with one
+        raise ValueError(f"a and b must hold one value per record each, the same records: got shapes {np.shape(a)} "
+                         f"and {np.shape(b)}")
     d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
     d = d[np.isfinite(d)]
     mean, lo, hi = bootstrap_ci(d, n_boot, seed, level)

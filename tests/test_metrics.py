@@ -755,3 +755,10 @@ def test_detect_r_peaks_refuses_a_signal_that_is_not_single_lead_rows():
     for wrong in (x[:, 0], x):
         with pytest.raises(ValueError, match=r"single-lead rows \[B, T\].*context\[None, :, 0\]"):
             M.detect_r_peaks(wrong, FS)
+
+
+def test_paired_difference_refuses_values_of_other_records():
+    """a of three records and b of one were paired by broadcasting, every record against b's one value."""
+    with pytest.raises(ValueError, match=r"one value per record each.*shapes \(3,\) and \(1,\)"):
+        M.paired_difference(np.array([1.0, 2.0, 3.0]), np.array([2.0]))
+    assert M.paired_difference(np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 2.0]), n_boot=10)["below"] == 1
