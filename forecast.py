@@ -247,6 +247,12 @@ class Forecaster(ForecasterBase):
         paths.check_device(None if device is None else str(device), "device")
         if str(path) in SHIPPED_SPECS:
             path = paths.shipped_checkpoint(str(path), "Forecaster.from_checkpoint")
+        with torch.random.fork_rng(devices=[]):     # building the modules drew their first weights from torch's global
+            return cls._load(path, device)          # generator: a session's seeded draws moved with a model loaded
+
+    @classmethod
+    def _load(cls, path: str | Path, device: str | torch.device | None) -> ForecasterBase:
+        """from_checkpoint's forecaster of the checkpoint file `path`."""
         ckpt = load_checkpoint(path)
         if ckpt["kind"] == "latent_sde":
             from latent_sde import LatentSDEForecaster     # it builds on this module

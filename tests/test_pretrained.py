@@ -273,6 +273,17 @@ def test_from_checkpoint_takes_the_shipped_models_command_line_names(name, model
                         f"device='cpu')")            # a notebook's view of it, not '<... object at 0x...>'
 
 
+@pytest.mark.parametrize("model", SHIPPED)
+def test_loading_a_forecaster_leaves_torchs_global_random_numbers(model):
+    """Building the modules drew their first weights (replaced on load) from torch's global generator: a session that
+    seeded torch drew other numbers after loading a forecaster than without it."""
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    Forecaster.from_pretrained(device="cpu", model=model)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_the_shipped_vqvae_can_be_measured_alone():
     """vqvae_eval.py --checkpoint pretrained/forecaster.pt (and --vqvae of the forecasters' trainers) reads the
     VQ-VAE inside it."""
