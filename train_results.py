@@ -16,8 +16,8 @@ import torch
 import paths
 from hyper_params import stored_config
 from hyper_params_sde import sde_config_from_dict
-from hyper_params_transformer import transformer_config_from_dict  # noqa: E402
-from paths import UserError  # noqa: E402
+from hyper_params_transformer import transformer_config_from_dict
+from paths import UserError
 
 LEADS = ("lead 1", "lead 2")
 
