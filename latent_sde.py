@@ -40,6 +40,7 @@ from __future__ import annotations
 import bisect
 import copy
 import math
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -64,6 +65,8 @@ SOLVED = ("prior", "correction", "diffusion")   # what f, g and h read besides t
                                                   # adjoint refuses one, hyper_params_sde)
 LEARNS_CRPS = ("prior", "diffusion", "emission")   # what PathCRPS trains; the posterior keeps its ELBO weights
 Seeds = int | list[int]     # one for a batch drawn together, or one per row, each row then drawn alone
+SAMPLING = threading.Lock()     # sample_frames keeps its call's context on the model (torchsde's f(t, z) is told no
+                                # more): forecasts from several threads at once read each other's, and were wrong
 
 
 def soft_clip(x: torch.Tensor) -> torch.Tensor:
@@ -501,21 +504,22 @@ class LatentSDE(nn.Module):
         for the CRPS fine-tuning (PathCRPS): forecasts call it under no_grad. A list of seeds, one per path, draws
         each path from its own seed alone (RowBrownian), whatever paths are beside it."""
         C = len(context)
-        self.encode([context])
-        self._ctx = self._ctx.repeat_interleave(num_samples, 1)
-        if self.phase:
-            self._beat = self._beat.repeat_interleave(num_samples, 1)
-        if self.template:
-            self._tmpl = self._tmpl.repeat_interleave(num_samples, 1)
-        self.set_draft(draft, C)
-        mean, logstd = self.initial()
-        z = mean + logstd.exp() * normal_like(mean, seed)
-        posterior, prior = path_seeds(seed)
-        ts = torch.arange(C + steps, dtype=context.dtype, device=context.device) / self.rate
-        if C > 1:
-            z = self.solve(z, ts[:C], posterior)[-1]
-        zs = self.solve(z, ts[C - 1:], prior, prior=True)[1:]
-        out = self.emit(zs, C)
+        with SAMPLING:
+            self.encode([context])
+            self._ctx = self._ctx.repeat_interleave(num_samples, 1)
+            if self.phase:
+                self._beat = self._beat.repeat_interleave(num_samples, 1)
+            if self.template:
+                self._tmpl = self._tmpl.repeat_interleave(num_samples, 1)
+            self.set_draft(draft, C)
+            mean, logstd = self.initial()
+            z = mean + logstd.exp() * normal_like(mean, seed)
+            posterior, prior = path_seeds(seed)
+            ts = torch.arange(C + steps, dtype=context.dtype, device=context.device) / self.rate
+            if C > 1:
+                z = self.solve(z, ts[:C], posterior)[-1]
+            zs = self.solve(z, ts[C - 1:], prior, prior=True)[1:]
+            out = self.emit(zs, C)
         return out if normalised else self.denormalise(out)
 
 

@@ -284,6 +284,30 @@ def test_loading_a_forecaster_leaves_torchs_global_random_numbers(model):
     assert torch.equal(torch.rand(3), expected)
 
 
+@pytest.mark.parametrize("model", SHIPPED)
+def test_forecasts_from_several_threads_are_each_their_own(model):
+    """The latent SDE kept a call's encoded context and draft on the model while sampling (torchsde's f(t, z) is told
+    no more): four threads forecasting four contexts at once read each other's, and their paths were up to 0.8 mV
+    off their forecasts made one after another, or stopped in torch's 'Sizes of tensors must match'."""
+    import threading
+
+    from conftest import synthetic_ecg
+    fc = Forecaster.from_pretrained(device="cpu", model=model)
+    contexts = [synthetic_ecg(3, fc.fs, seed=i, hr_bpm=60 + 15 * i)[0].astype(np.float32) for i in range(4)]
+    alone = [fc.predict(x, 128, 4, i) for i, x in enumerate(contexts)]
+    together = [None] * 4
+
+    def forecast(i: int) -> None:
+        together[i] = fc.predict(contexts[i], 128, 4, i)
+    threads = [threading.Thread(target=forecast, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(alone, together):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_the_shipped_vqvae_can_be_measured_alone():
     """vqvae_eval.py --checkpoint pretrained/forecaster.pt (and --vqvae of the forecasters' trainers) reads the
     VQ-VAE inside it."""
