@@ -15,13 +15,14 @@ array [B, S, H, 2] in mV (S = 1 for deterministic forecasters).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import inspect
 import math
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -104,6 +105,19 @@ def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples
                          f"at row {b}, sample {t}, lead {lead + 1}")
     warn_units(x)
     return x
+
+
+@contextlib.contextmanager
+def float32_default() -> Iterator[None]:
+    """torch's default dtype float32 for a while: the models are float32, and a session that set float64 (as
+    scientific code does) built float64 modules and tensors, whose forecasts stopped in torch's 'Input type (float) and
+    bias type (double) should be the same'."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
 
 
 def model_device(device: str | torch.device | None) -> torch.device:
@@ -247,8 +261,8 @@ class Forecaster(ForecasterBase):
         paths.check_device(None if device is None else str(device), "device")
         if str(path) in SHIPPED_SPECS:
             path = paths.shipped_checkpoint(str(path), "Forecaster.from_checkpoint")
-        with torch.random.fork_rng(devices=[]):     # building the modules drew their first weights from torch's global
-            return cls._load(path, device)          # generator: a session's seeded draws moved with a model loaded
+        with torch.random.fork_rng(devices=[]), float32_default():   # building the modules drew their first weights
+            return cls._load(path, device)          # from torch's global generator: a session's seeded draws moved
 
     @classmethod
     def _load(cls, path: str | Path, device: str | torch.device | None) -> ForecasterBase:

@@ -326,6 +326,6 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
     # inverse CDF, one uniform per row (torch.multinomial draws one exponential per code and row);
     # right=True: codes of probability 0 (masked) are never picked, even for u = 0
     cdf = logits.softmax(-1).cumsum(-1)
-    u = torch.rand(len(cdf), 1, generator=generator, device=cdf.device) * cdf[:, -1:]
+    u = torch.rand(len(cdf), 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
     drawn = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
     return torch.where(overflow, best.indices, drawn)

@@ -308,6 +308,24 @@ def test_forecasts_from_several_threads_are_each_their_own(model):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("model", SHIPPED)
+def test_a_session_in_float64_gets_the_same_forecasts(model):
+    """torch.set_default_dtype(torch.float64), as scientific code sets it: loading built float64 modules and the
+    forecast stopped in torch's 'Input type (float) and bias type (double)'; built float32, the Transformer drew its
+    codes' uniforms in float64, other numbers from the same seed (paths up to 0.5 mV apart). The default is kept."""
+    from conftest import synthetic_ecg
+    x = synthetic_ecg(3, 128)[0]
+    expected = Forecaster.from_pretrained(device="cpu", model=model).predict(x, 256, 4, 3)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = Forecaster.from_pretrained(device="cpu", model=model).predict(x, 256, 4, 3)
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(before)
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_the_shipped_vqvae_can_be_measured_alone():
     """vqvae_eval.py --checkpoint pretrained/forecaster.pt (and --vqvae of the forecasters' trainers) reads the
     VQ-VAE inside it."""
