@@ -402,8 +402,9 @@ class VQVAE(nn.Module):
 
 def vqvae_from(ckpt: dict, source: str) -> tuple[VQVAE, Config]:
     """The VQ-VAE in eval mode that a checkpoint (or a forecaster's stored VQ-VAE) holds, and its config:
-    forecasters prepare their input with the config's data settings."""
+    forecasters prepare their input with the config's data settings. float32 as trained, whatever torch's default
+    dtype: built in a float64 session, its windows met float64 weights ('Input type (float) and bias type (double)')."""
     cfg = stored_config(ckpt["config"], f"VQ-VAE config stored in {source}")
     model = VQVAE(cfg.model)
     load_weights(model, ckpt["model"], source)
-    return model.eval(), cfg
+    return model.float().eval(), cfg

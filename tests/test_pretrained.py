@@ -336,6 +336,22 @@ def test_the_shipped_vqvae_can_be_measured_alone():
     assert all(torch.equal(v, stored["model"][k]) for k, v in model.state_dict().items())
 
 
+def test_load_vqvae_in_a_float64_session_codes_float32_windows():
+    """Built under torch's default float64, the VQ-VAE's weights were float64 and its first window stopped in torch's
+    'Input type (float) and bias type (double)'; it is float32 as trained, its codes those of a float32 session."""
+    from vqvae_eval import load_vqvae
+    x = torch.from_numpy(spike_train(384, [50, 150, 250, 350])[:, None].repeat(2, 1)).float()[None]
+    expected = load_vqvae(PRETRAINED)[0].encode(x)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = load_vqvae(PRETRAINED)[0]
+    finally:
+        torch.set_default_dtype(before)
+    with torch.no_grad():
+        assert torch.equal(model.encode(x), expected)
+
+
 def test_future_codes_decode_in_place_after_the_context(mitdb):
     """With the true future's codes in place of sampled ones (an oracle sampler), a forecast is the VQ-VAE's
     reconstruction of the truth: aligned to the sample, seam included (no draft tilt, no noise)."""
