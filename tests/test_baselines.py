@@ -56,9 +56,26 @@ def test_seasonal_and_template_continue_a_periodic_signal_exactly():
     _, period, _ = D.context_rhythm(x[:, :C], FS)
     assert list(period) == [PERIOD] * 3
     assert list(D.autocorr_period(x[:, :C], FS)) == [PERIOD] * 3
-    for f in (B.SeasonalNaive(FS), B.MeanBeatTemplate(FS)):
+    for f in (B.SeasonalNaive(FS), B.Analog(FS), B.MeanBeatTemplate(FS)):
         out = f.predict(x[:, :C], H)[:, 0]
         assert np.abs(out - x[:, C:]).max() < 1e-5, f.name
+
+
+def test_analog_takes_the_latest_rhythm_where_the_median_rr_takes_the_usual_one():
+    """Beats 120 samples apart, then 90: seasonal naive repeats the median RR (120); the analog method matches the
+    last 0.5 s one beat back (90), the smallest lag on a tie, so the next beat comes 90 samples after the last."""
+    x = two_leads(spike_train(C, [10, 130, 250, 340])).astype(np.float32)
+    assert list(D.context_rhythm(x, FS)[1]) == [120]
+    assert list(B.analog_lags(x, 64, D.shortest_period(FS))) == [90]
+    out = B.Analog(FS).predict(x, H)[0, 0, :, 0]
+    assert C + np.argmax(out[:100]) == 430
+    longer = np.tile(x, (1, 3, 1))          # lags 90 and 90 + 384 match alike: the smallest wins
+    assert list(B.analog_lags(longer, 64, 32)) == [90]
+
+
+def test_analog_repeats_a_context_too_short_to_search():
+    x = periodic_ecg(2)[:, :90]             # 90 - 64 samples: under the shortest period of 32
+    np.testing.assert_array_equal(B.Analog(FS).predict(x, 200)[:, 0], np.concatenate([x, x, x[:, :20]], 1))
 
 
 def test_template_averages_noise_away():
