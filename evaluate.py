@@ -845,8 +845,8 @@ def _num(v) -> float | None:
 
 # ----------------------------------------------------------------------------- plots
 
-BASELINE_COLOURS = {"zero": "0.6", "mean": "0.35", "persistence": "C5", "seasonal": "C4", "template": "C6",
-                    "seasonal_ensemble": "C9", "template_ensemble": "C2"}   # the same in every run's figures
+BASELINE_COLOURS = {"zero": "0.6", "mean": "0.35", "persistence": "C5", "seasonal": "C4", "analog": "darkgoldenrod",
+                    "template": "C6", "seasonal_ensemble": "C9", "template_ensemble": "C2"}   # the same in every figure
 MODEL_COLOURS = ("C0", "C3", "C1", "C8", "C7")
 
 
