@@ -220,7 +220,8 @@ class VectorQuantizer(nn.Module):
         n_dead = int(dead.sum()) if bool(self.initialized) else 0
         if n_dead:
             pick = self.recent[torch.randint(len(self.recent), (n_dead,), device=dead.device)]
-            pick = pick + 1e-3 * pick.std() * torch.randn_like(pick)
+            spread = pick.std() if pick.numel() > 1 else pick.new_zeros(())  # std() of one number is NaN
+            pick = pick + 1e-3 * spread * torch.randn_like(pick)
             self.codebook[dead] = pick
             self.ema_sum[dead] = pick
             self.ema_count[dead] = 1.0

@@ -524,6 +524,19 @@ def test_dead_codes_are_checked_every_restart_every_updates() -> None:
     assert q.end_epoch()["restarted"] == 1                                  # update 3: the last code
 
 
+def test_a_single_restarted_number_is_no_nan() -> None:
+    """With latent_dim 1 one dead code restarts on one number, whose std() (the spread of the restart noise) is
+    NaN: the code became NaN, nearest picked it for every frame, and training stopped on a NaN loss."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(4, 1, decay=0.9, commitment=0.25, restart_every=0).train()
+    q(torch.randn(2, 1, 20))
+    q.window_usage.fill_(5.0)
+    q.window_usage[2] = 0.0
+    assert q.restart_dead(1.0) == 1
+    assert torch.isfinite(q.codebook).all() and torch.isfinite(q.ema_sum).all()
+    assert torch.isfinite(q(torch.randn(2, 1, 20))[0]).all()
+
+
 def test_the_restart_reservoir_holds_the_latest_batches_newest_first() -> None:
     """Each update pushes the batch's encoder outputs to the front of the reservoir and keeps the older ones
     behind them, so a restart draws from recent outputs, not from those seen at initialisation."""
