@@ -1,5 +1,6 @@
 import math
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 
 import train_results
 import vqvae_eval
-from hyper_params import ModelConfig
+from hyper_params import ModelConfig, load_config
 from paths import UserError
 from vqvae import GAIN_BITS, GAIN_STEPS, VQVAE, VectorQuantizer
 
@@ -270,6 +271,23 @@ def test_bit_rate_is_the_codes_bits_per_second_whatever_the_records_rate():
         assert c["bits_per_second"] == pytest.approx(code_bits / (window / fs))
     assert vqvae_eval.compression(m, window, fs, 360.0)["compression_ratio"] == pytest.approx(
         vqvae_eval.compression(m, window, fs)["compression_ratio"] * 360 / 128)
+
+
+def test_the_readmes_compression_and_bit_rate_are_the_default_configs():
+    """README and EXPERIMENTS report the default coder at CR 16.4 against the 360 Hz records and 482 bit/s on 6 s
+    windows (16.36 and 484 on 3 s, 5.8 against 128 Hz samples): 16 code steps a second of 3 x 10 bits, and two
+    6-bit gains a window. Worked out from config_vqvae.json, so a changed default cannot leave them standing."""
+    cfg = load_config()
+    m = VQVAE(cfg.model)
+    six, three = (vqvae_eval.compression(m, n, cfg.data.samples_per_second, 360.0)
+                  for n in (cfg.data.total_samples, cfg.data.window_samples))
+    assert cfg.data.total_samples / cfg.data.samples_per_second == 6.0
+    assert (round(six["compression_ratio"], 1), round(six["bits_per_second"]), round(six["compression_ratio_model_rate"], 1)
+            ) == (16.4, 482, 5.8)
+    assert (round(three["compression_ratio"], 2), round(three["bits_per_second"])) == (16.36, 484)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "compression ratio of 16.4 against the 360 Hz records (482 bit/s)" in readme
+    assert "16.4 for the defaults on 6 s\nwindows (16.36 on 3 s windows" in readme
 
 
 class OffsetCoder:
