@@ -100,6 +100,32 @@ def test_decode_of_encode_matches_forward_in_eval() -> None:
         assert torch.allclose(m.decode(m.encode(x)), x_hat, atol=1e-5)
 
 
+def test_coding_leaves_the_codebooks_as_they_are_and_only_training_moves_them() -> None:
+    """Only a training-mode forward (quantize) updates codebooks, EMA statistics, usage and the restart reservoir:
+    an eval-mode forward, and encode/decode in either mode (nearest codes, no EMA), leave every buffer as it was,
+    so coding a forecast's context never moves the shipped codebooks."""
+    torch.manual_seed(0)
+    m = tiny_model(num_quantizers=2, window_gain=True, restart_every=1)
+    x = torch.randn(4, 64, 2)
+    m.train()
+    m(x)
+    before = {k: v.clone() for k, v in m.named_buffers()}
+
+    def changed() -> list[str]:
+        return [k for k, v in m.named_buffers() if not torch.equal(v, before[k])]
+    for mode in (m.eval, m.train):
+        mode()
+        unit = m.unit(x)
+        m.decode(m.encode(x, unit), unit), m.decode_latent(m.encode_latent(x, unit), unit)
+        assert changed() == [], mode
+    m.eval()
+    m(x)
+    assert changed() == []
+    m.train()
+    m(x)
+    assert {"quantizer.codebook", "quantizer.ema_count", "residual.0.codebook", "quantizer.recent"} <= set(changed())
+
+
 def test_a_few_steps_lower_the_loss() -> None:
     torch.manual_seed(0)
     m = tiny_model()
