@@ -702,6 +702,27 @@ def test_decode_refuses_codes_outside_the_codebook(bad: int) -> None:
         m.decode(codes)
 
 
+def test_a_unit_is_one_divisor_per_window_and_lead() -> None:
+    """The gain vqvae_eval.py --record saves is [W, 2]: passed as the unit, it broadcast along time, each sample t
+    of a window scaled by window t's gain (silently when W is the window's length), or failed in torch's words.
+    It is refused naming the shape wanted; [B, 1, 2] and one that broadcasts to it ([1, 1, 2], [2]) code alike."""
+    torch.manual_seed(0)
+    m = tiny_model(num_quantizers=2, window_gain=True).eval()
+    x = torch.randn(16, 16, 2) * torch.exp(torch.randn(16, 1, 2))
+    with torch.no_grad():
+        unit = m.unit(x)
+        codes, z = m.encode(x, unit), m.encode_latent(x, unit)
+        gain = unit[:, 0]                                       # [W, 2], as saved; W = 16 = the window's samples
+        for step, args in (("decode", (codes, gain)), ("decode_latent", (z, gain)), ("encode", (x, gain)),
+                           ("encode_latent", (x, gain)), ("decode", (codes[:3], gain[:3]))):
+            with pytest.raises(ValueError, match=r"unit has shape \((16|3), 2\), not \[(16|3), 1, 2\].*gain\[:, None\]"):
+                getattr(m, step)(*args)
+        assert torch.equal(m.decode(codes, gain[:, None]), m.decode(codes, unit))
+        one = unit[:1]
+        assert torch.equal(m.decode(codes, one), m.decode(codes, one.expand(16, 1, 2)))
+        assert torch.equal(m.encode(x, one[0, 0]), m.encode(x, one.expand(16, 1, 2)))
+
+
 def test_decode_refuses_float_codes() -> None:
     with pytest.raises(ValueError, match="integers"):
         tiny_model().eval().decode(torch.zeros(1, 16))
