@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 import metrics as M
 import paths
+import running
 from baselines import BASELINES, make_baseline
 from eval_report import csv_text, file_name, markdown_report
 from forecast import Forecaster, ForecasterBase, checked_samples, own_data
@@ -508,7 +509,7 @@ def select_horizon_beats(w: Windows, kind: str, context: int) -> Windows:
         raise UserError(f"--horizon-beats {kind}: none of the {len(w.record)} windows of {w.source.get('path')} "
                         f"has {wanted} in its horizon" + (f"; {unclassified}" if unclassified else ""))
     if unclassified:
-        paths.note(f"--horizon-beats {kind}: {w.source.get('path')}: {unclassified}, so every annotated window "
+        running.note(f"--horizon-beats {kind}: {w.source.get('path')}: {unclassified}, so every annotated window "
                    f"counts as normal")
     left_out = [(w.records[r], "no beat annotations, which --horizon-beats reads" if not w.annotated[r] else
                  f"none of its {np.sum(w.record == r)} windows has {wanted} in its horizon (--horizon-beats {kind})")
@@ -653,7 +654,7 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
     bar = tqdm(total=len(w.record), desc="windows", unit="win", disable=not progress)
     said: set = set()
     for r, idx in _chunks(w):
-        paths.raise_if_signalled()     # a SIGTERM or Ctrl-C Python swallowed in a finalizer still stops it
+        running.raise_if_signalled()     # a SIGTERM or Ctrl-C Python swallowed in a finalizer still stops it
         score_chunk(forecasters, w, r, idx, context, fs, edges, num_samples, seed, scores, truth_sums, said)
         bar.update(len(idx))
     bar.close()
@@ -1053,7 +1054,7 @@ def check_args(args: argparse.Namespace) -> None:
                         "with (prepare_mitbih.py --annotator)")
     for flag in ("split", "prepared"):
         if args.wfdb_dir and getattr(args, flag):
-            paths.note(f"--{flag} {getattr(args, flag)} is ignored: it chooses prepared tensors, and --wfdb-dir scores "
+            running.note(f"--{flag} {getattr(args, flag)} is ignored: it chooses prepared tensors, and --wfdb-dir scores "
                        f"every record of {args.wfdb_dir} (--records chooses some)")
     args.split = args.split or "test"
 
@@ -1129,7 +1130,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 def print_warnings(cautions: list[str]) -> None:
     for warning in cautions:
-        paths.warn(warning)
+        running.warn(warning)
 
 
 def load_windows(args: argparse.Namespace, cfg: Config) -> Windows:
@@ -1222,4 +1223,4 @@ def beats_asked(kind: str) -> str:
 
 
 if __name__ == "__main__":
-    paths.run_main(main)
+    running.run_main(main)

@@ -28,11 +28,12 @@ import numpy as np
 import torch
 
 import paths
+import running
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, repeat_last
 from hyper_params import Config, DataConfig, load_config
 from hyper_params_transformer import SampleConfig, transformer_config_from_dict
 from metrics import FLAT_MV
-from paths import PRETRAINED, ROOT, SHIPPED, SHIPPED_SPECS, UserError, run_main
+from paths import PRETRAINED, ROOT, SHIPPED, SHIPPED_SPECS, UserError
 from train_results import load_checkpoint, load_weights, plot_forecasts
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE, vqvae_from
@@ -586,7 +587,7 @@ def main() -> None:
           f"loading the model)")
     if gap or truth < res["samples"].shape[1]:
         fs, horizon = res["fs"], res["samples"].shape[1]
-        paths.note(f"the truth plotted covers {(truth - gap) / fs:g} s of the {horizon / fs:g} s forecast "
+        running.note(f"the truth plotted covers {(truth - gap) / fs:g} s of the {horizon / fs:g} s forecast "
                    f"(the record's end or a gap)")
     print(f"{heart_rate_line(res['heart_rate'])} (lead 1 R peaks; paths: median [10th-90th percentile])")
     print(f"plot: {out / (stem + '.png')}\nsamples: {out / (stem + '_samples.npy')}")
@@ -645,7 +646,7 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
     stem = f"{record}_{args.start:.15g}s"
     if taken := [p.name for p in (out / f"{stem}_samples.npy", out / f"{stem}.png", out / f"{stem}.json")
                  if p.exists()]:
-        paths.note(f"replacing {', '.join(taken)} in {out}, an earlier forecast of {record} from {args.start:.15g} s")
+        running.note(f"replacing {', '.join(taken)} in {out}, an earlier forecast of {record} from {args.start:.15g} s")
     truth, gap = cover
     with paths.written_together(out, "run forecast.py again") as written:
         paths.atomic_save_npy(res["samples"], out / f"{stem}_samples.npy")
@@ -701,4 +702,4 @@ def plot_record(res: dict, record: str, args: argparse.Namespace, path: Path, mo
 
 
 if __name__ == "__main__":
-    run_main(main)
+    running.run_main(main)

@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 import paths
+import running
 from drafts import VERSION as DRAFTS_VERSION, detected_beats, draft_waves
 from hyper_params import Config, TrainConfig
 from hyper_params_sde import SDEConfig, load_sde_config, sde_config_from_dict
@@ -117,7 +118,7 @@ def crps_step(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
 def note_ignored_crps_flags(args: argparse.Namespace, source: str) -> None:
     for flag, value in (("--vqvae", args.vqvae), ("--augment-copies", args.augment_copies)):
         if value is not None:
-            paths.note(f"{flag} {value} is ignored: CRPS fine-tuning keeps the VQ-VAE of {source} and draws its "
+            running.note(f"{flag} {value} is ignored: CRPS fine-tuning keeps the VQ-VAE of {source} and draws its "
                        f"windows from the training records as they are")
 
 
@@ -135,7 +136,7 @@ def crps_config(args: argparse.Namespace, resume: dict | None, start: dict, sour
         note_ignored_sections(given, scfg, args.config, source)
         scfg.crps = given.crps
     elif args.config:
-        paths.note(f"--config {args.config} is ignored: the resumed fine-tuning goes on with the crps settings "
+        running.note(f"--config {args.config} is ignored: the resumed fine-tuning goes on with the crps settings "
                    f"stored in {args.resume} (flags such as --epochs still change them)")
     c = scfg.crps
     for arg, key in (("epochs", "epochs"), ("max_steps", "steps_per_epoch"), ("batch_size", "batch_size")):
@@ -162,7 +163,7 @@ def note_ignored_sections(given: SDEConfig, run: SDEConfig, config: str | None, 
               for key, value in dataclasses.asdict(getattr(given, section)).items()
               if getattr(getattr(run, section), key) != value and not (section == "train" and key in CRPS_TRAIN_KEYS)]
     if differ:
-        paths.note(f"--config {config or 'config_sde.json'}: {', '.join(differ)} ignored: CRPS fine-tuning keeps the "
+        running.note(f"--config {config or 'config_sde.json'}: {', '.join(differ)} ignored: CRPS fine-tuning keeps the "
                    f"model, solver and training settings of {source} and takes only the crps section")
 
 
@@ -180,7 +181,7 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     the generic trainer: training windows drawn at random, the best epoch by the validation patients' CRPS."""
     source = resume["meta"]["crps_from"] if resume else args.crps_from
     if resume and args.crps_from and args.crps_from != source:
-        paths.note(f"--crps-from {args.crps_from} is ignored: the resumed fine-tuning goes on from {source}")
+        running.note(f"--crps-from {args.crps_from} is ignored: the resumed fine-tuning goes on from {source}")
     note_ignored_crps_flags(args, source)
     start = resume or load_checkpoint(source, "latent_sde")
     scfg = crps_config(args, resume, start, source)
@@ -229,7 +230,7 @@ def check_solver_step(scfg: SDEConfig, frames_per_second: float) -> None:
     a VQ-VAE at a higher rate or a smaller downsample_factor than the default's 128 Hz / 8 needs a smaller one."""
     frame = 1 / frames_per_second
     if scfg.solver.dt > frame * (1 + 1e-6):
-        paths.warn(f"solver.dt {scfg.solver.dt:g} s is longer than one latent frame of the VQ-VAE ({frame:g} s: "
+        running.warn(f"solver.dt {scfg.solver.dt:g} s is longer than one latent frame of the VQ-VAE ({frame:g} s: "
                    f"{frames_per_second:g} frames a second): the frames between solver steps come out on straight "
                    f"lines; set solver.dt to at most {frame:g} in the latent SDE config")
 
@@ -355,4 +356,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    paths.run_main(main)
+    running.run_main(main)

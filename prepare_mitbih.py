@@ -29,6 +29,7 @@ from tqdm import tqdm
 # then fails in about a second instead of after seconds of loading them.
 
 import paths
+import running
 from hyper_params import PREPARATION, AugmentConfig, Config, DataConfig, build_section, data_hash, load_config
 from paths import UserError
 
@@ -300,7 +301,7 @@ def order_leads(names: list[str], first: str, where: str, units: list[str | None
     lead1 = next((found[0] for found in choices if found), None)
     if lead1 is None:      # V1 is lead 2's (the models' second lead), so it leads only a record of V1 and nothing else
         lead1 = next((i for i in ecg if keys[i] != "V1"), ecg[0])
-        paths.note(f"{where}: no channel is {first} or a limb lead ({', '.join(map(str, names))}); lead 1 is "
+        running.note(f"{where}: no channel is {first} or a limb lead ({', '.join(map(str, names))}); lead 1 is "
                    f"channel {lead1}, {names[lead1]}")
     else:
         only_channel(lead1, ecg, keys, names, "lead 1", where)
@@ -353,7 +354,7 @@ def band_pass(cfg: DataConfig, fs_in: float, where: str) -> np.ndarray:
     lo, hi = cfg.filter_band
     if hi > 0.45 * fs_in:
         hi = 0.45 * fs_in
-        paths.note(f"{where}: at {fs_in:g} Hz the low-pass of data.filter_band {list(cfg.filter_band)} sits at "
+        running.note(f"{where}: at {fs_in:g} Hz the low-pass of data.filter_band {list(cfg.filter_band)} sits at "
                    f"{hi:.3g} Hz instead: the record keeps less detail than the data models learn from")
     if hi <= lo:
         raise UserError(f"{where}: sampling rate {fs_in} Hz is too low for data.filter_band {cfg.filter_band}")
@@ -695,14 +696,14 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = 
     if not path.parent.joinpath(f"{path.name}.{annotator}").exists():
         hint = other_annotators(path)
         if annotator != "atr" or hint:      # asked for by name (a typo), or beats kept under another name
-            paths.note(f"{path}.{annotator} is missing; the record counts as unannotated (no R-peak scores){hint}")
+            running.note(f"{path}.{annotator} is missing; the record counts as unannotated (no R-peak scores){hint}")
         return np.zeros(0, np.int64), [], False
     check_annotation_end(path.parent / f"{path.name}.{annotator}")
     ann = _wfdb_read(functools.partial(wfdb.rdann, extension=annotator), path,
                      f"{path}.{annotator}: cannot read the annotations")
     keep = [i for i, s in enumerate(ann.symbol) if s in BEAT_SYMBOLS]
     if not keep:        # rhythm or noise labels only (as AFDB's .atr): scoring R peaks against none would be wrong
-        paths.note(f"{path}.{annotator} has no beat labels; the record counts as unannotated (no R-peak scores)"
+        running.note(f"{path}.{annotator} has no beat labels; the record counts as unannotated (no R-peak scores)"
                    f"{other_annotators(path)}")
         return np.zeros(0, np.int64), [], False
     keep.sort(key=lambda i: ann.sample[i])
@@ -946,7 +947,7 @@ def save_prepared(tensors: dict[str, dict], meta: dict, out_dir: Path) -> None:
     import torch
 
     if taken := [f"{s}.pt" for s in SPLITS if (out_dir / f"{s}.pt").exists()]:
-        paths.note(f"replacing the prepared data in {out_dir} ({', '.join(taken)})")
+        running.note(f"replacing the prepared data in {out_dir} ({', '.join(taken)})")
     with paths.written_together(out_dir, "run prepare_mitbih.py again before reading it") as written:
         for s, t in tensors.items():
             t.update(fs=meta["fs"], scale_mv=torch.tensor(meta["scale_mv"], dtype=torch.float32),
@@ -964,14 +965,14 @@ def warn_held_out(split: dict[str, list[str]], loaded: dict[str, Record], d: Dat
     for held in ("validation", "test"):
         listed = getattr(d, f"{held}_records")
         if not split[held] and whole[held]:
-            paths.warn(f"the {held} split is empty: its records in {data_dir} ({' '.join(whole[held])}) are not "
+            running.warn(f"the {held} split is empty: its records in {data_dir} ({' '.join(whole[held])}) are not "
                        f"prepared (left out by --records or as bad)")
         elif split[held] and listed is None and any(loaded[r].fs_in != MITBIH_FS for r in split[held]):
-            paths.warn(f"data.{held}_records is null, so MIT-BIH's record names chose the {held} split "
+            running.warn(f"data.{held}_records is null, so MIT-BIH's record names chose the {held} split "
                        f"({' '.join(split[held])}), but these records are not at MIT-BIH's {MITBIH_FS} Hz: list this "
                        f"database's held-out patients in config data.{held}_records")
         elif not split[held] and listed is None:      # MIT-BIH's default names, none in another database
-            paths.warn(f"no {held} records among the {len(loaded)} in {data_dir} (the defaults are MIT-BIH's); "
+            running.warn(f"no {held} records among the {len(loaded)} in {data_dir} (the defaults are MIT-BIH's); "
                        f"list this database's held-out patients in config data.{held}_records")
 
 
@@ -988,7 +989,7 @@ def check_windows(rec: Record, cfg: DataConfig, where: str) -> None:
         raise UserError(f"{where}: no stretch without invalid samples is one window ({secs(need)} s) long "
                         f"(the longest is {secs(longest / fs)} s)")
     if rec.invalid_s:
-        paths.note(f"{where}: {rec.invalid_s:.1f} s of NaN/invalid or flat samples; windows leave out the gaps "
+        running.note(f"{where}: {rec.invalid_s:.1f} s of NaN/invalid or flat samples; windows leave out the gaps "
                    f"({len(spans)} clean stretches)")
 
 
@@ -1005,7 +1006,7 @@ def check_every_record(names: Iterable[str], check: Callable[[str], None], skip_
         raise UserError(f"{len(bad)} bad record(s), nothing prepared: {'; '.join(bad)} (repair them, or leave them "
                         f"out with --skip-bad)")
     for reason in bad:
-        paths.warn(f"left out: {reason}")
+        running.warn(f"left out: {reason}")
 
 
 def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None, any_records: bool = False,
@@ -1138,7 +1139,7 @@ def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],
         try:
             stored = torch.load(cache, weights_only=True)
         except Exception as e:      # cut short or foreign: it is only a cache
-            paths.note(f"{cache} is unreadable ({type(e).__name__}); computing it again")
+            running.note(f"{cache} is unreadable ({type(e).__name__}); computing it again")
             stored = {}
         if isinstance(stored, dict) and stored.get("key") == key:
             return stored["tensor"]
@@ -1147,7 +1148,7 @@ def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],
     try:
         paths.atomic_torch_save({"key": key, "tensor": tensor}, cache)
     except paths.UserError as e:
-        paths.note(f"the encoding is not kept ({e}); set ECG_CACHE_DIR to a writable folder to keep it")
+        running.note(f"the encoding is not kept ({e}); set ECG_CACHE_DIR to a writable folder to keep it")
     return tensor
 
 
@@ -1289,4 +1290,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    paths.run_main(main)
+    running.run_main(main)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import paths
+import running
 from forecast import Forecaster, ForecasterBase, forecast_record
 from paths import SHIPPED
 from train_results import TRAINING_STATE, MetricsLog, load_checkpoint
@@ -115,4 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    paths.run_main(main)
+    running.run_main(main)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 import paths
+import running
 from hyper_params import stored_config
 from hyper_params_sde import sde_config_from_dict
 from hyper_params_transformer import transformer_config_from_dict
@@ -60,7 +61,7 @@ class MetricsLog:
         reader = csv.DictReader(io.StringIO(text))
         rows = list(reader)
         if cut:
-            paths.note(f"{self.path} ended in half a row ({cut[:40]!r}), from a run killed while writing it: dropped")
+            running.note(f"{self.path} ended in half a row ({cut[:40]!r}), from a run killed while writing it: dropped")
         if cut or any(int(r["epoch"]) > epoch for r in rows):
             out = io.StringIO()
             if reader.fieldnames:

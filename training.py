@@ -39,6 +39,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 import paths
+import running
 from hyper_params import TrainConfig
 from paths import UserError, check_device
 from train_results import (TRAINING_STATE, MetricsLog, check_same_config, load_checkpoint, load_weights,
@@ -97,7 +98,7 @@ def setup_runtime(device: str | None = None) -> Runtime:
         if use_cuda:
             torch.cuda.set_device(dev)
             if rank == 0 and torch.device(device or "cuda").index is not None:
-                paths.note(f"--device {device}: under torchrun each process takes the card of its local rank "
+                running.note(f"--device {device}: under torchrun each process takes the card of its local rank "
                            f"(rank 0: {dev}); CUDA_VISIBLE_DEVICES chooses which cards a node offers")
         return Runtime(dev, rank, world)
     dev = torch.device(device if device else ("cuda" if use_cuda else "cpu"))
@@ -316,7 +317,7 @@ class Trainer:
         total = settings.epochs * self.steps_per_epoch
         warmup = run_warmup(settings.warmup_steps, total)
         if warmup < settings.warmup_steps and rt.is_main:
-            paths.note(f"train.warmup_steps {settings.warmup_steps} is over a quarter of this run's {total} steps: "
+            running.note(f"train.warmup_steps {settings.warmup_steps} is over a quarter of this run's {total} steps: "
                        f"warming up over {warmup}, so the learning rate reaches its peak and decays")
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, warmup_cosine(warmup, total))
         self.amp = settings.amp and rt.device.type == "cuda"
@@ -360,7 +361,7 @@ class Trainer:
         set_rng_state(ckpt["rng"], self.rt.device)
         trained_on = ckpt.get("meta", {}).get("data_hash")
         if trained_on and trained_on != self.meta["data_hash"]:
-            paths.note(f"{path} trained on prepared data {trained_on}, these windows are {self.meta['data_hash']} "
+            running.note(f"{path} trained on prepared data {trained_on}, these windows are {self.meta['data_hash']} "
                        f"(prepared again since?): the epochs after {self.epoch} train on these")
         if self.rt.is_main:
             self._tidy_resumed(path)
@@ -392,7 +393,7 @@ class Trainer:
             except UserError:                   # nothing to say of a file that cannot be read
                 return
             if epoch > self.epoch:
-                paths.note(f"{best} is epoch {epoch}'s, after this checkpoint's epoch {self.epoch}: the resumed run "
+                running.note(f"{best} is epoch {epoch}'s, after this checkpoint's epoch {self.epoch}: the resumed run "
                            f"replaces it once its validation loss is below {self.best:.6g}")
 
     def _train_epoch(self, model: nn.Module) -> dict:
@@ -411,7 +412,7 @@ class Trainer:
             for i, batch in enumerate(self.train_loader):
                 if i >= self.steps_per_epoch:
                     break
-                paths.raise_if_signalled()
+                running.raise_if_signalled()
                 batch = _to(batch, self.rt.device)
                 loss, metrics = self._train_step(model, batch)
                 seen += _add_batch(sums, batch, loss.detach(), metrics)
@@ -514,7 +515,7 @@ class Trainer:
             paths.atomic_write_json(self.meta, self.run_dir / "run.json")
         try:
             row = self._fit_beside_the_others(resume)
-        except BaseException as e:      # Ctrl-C, SIGTERM (paths.Terminated), or an error (a NaN loss, a bug)
+        except BaseException as e:      # Ctrl-C, SIGTERM (running.Terminated), or an error (a NaN loss, a bug)
             self.drop_unused_folders()
             if isinstance(e, KeyboardInterrupt) and self.rt.is_main:     # run_main prints it after 'interrupted'
                 raise type(e)(self.resume_hint()) from None
@@ -540,13 +541,13 @@ class Trainer:
     def _fit_beside_the_others(self, resume: str | Path | None) -> dict:
         """fit(); under torchrun a rank stopped or failing alone (Ctrl-C or SIGTERM to its process, a failed write)
         closed its connections, and the others failed in their next collective with torch's traceback ('Connection
-        closed by peer'): when that rank left word (paths.leave_word), they say it in one line, with how to resume.
+        closed by peer'): when that rank left word (running.leave_word), they say it in one line, with how to resume.
         Any other failure keeps its traceback."""
         try:
             return self.fit(resume)
         except RuntimeError as e:
             if self.rt.distributed:
-                paths.raise_word_left(e, self.resume_hint())
+                running.raise_word_left(e, self.resume_hint())
             raise
 
     def resume_hint(self) -> str:
@@ -758,7 +759,7 @@ def note_ignored_roots(args: argparse.Namespace, run_dir: str, ckpt_dir: str) ->
     other than theirs is said to be ignored rather than silently dropped."""
     for flag, root, folder in (("--results", args.results, run_dir), ("--checkpoints", args.checkpoints, ckpt_dir)):
         if root and Path(root).resolve() != Path(folder).resolve().parent:
-            paths.note(f"{flag} {root} is ignored: the resumed run goes on in its own folder, {folder}")
+            running.note(f"{flag} {root} is ignored: the resumed run goes on in its own folder, {folder}")
 
 
 def run_config(args: argparse.Namespace, resume: dict | None, load: Callable[[str | None], Any],
@@ -798,9 +799,9 @@ def resumed_seed(args: argparse.Namespace, resume: dict, config_seed: int | None
     of a --config given again (`config_seed`), is said to be ignored rather than silently dropped."""
     seed = resume["meta"]["seed"]
     if args.seed is not None and args.seed != seed:
-        paths.note(f"--seed {args.seed} is ignored: the resumed run goes on with its own seed, {seed}")
+        running.note(f"--seed {args.seed} is ignored: the resumed run goes on with its own seed, {seed}")
     elif args.seed is None and config_seed is not None and config_seed != seed:
-        paths.note(f"train.seed {config_seed} of --config {args.config} is ignored: the resumed run goes on with its "
+        running.note(f"train.seed {config_seed} of --config {args.config} is ignored: the resumed run goes on with its "
                    f"own seed, {seed}")
     return seed
 

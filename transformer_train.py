@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import paths
+import running
 from drafts import VERSION as DRAFTS_VERSION, detected_beats
 from forecast import Forecaster, beat_draft, seasonal_draft
 from hyper_params import Config
@@ -139,4 +140,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    paths.run_main(main)
+    running.run_main(main)

@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 import paths
+import running
 from hyper_params import AugmentConfig, Config, DataConfig, stored_config
 from metrics import prd, prdn
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split, patients_seen, source_fs, stored_leads
@@ -63,7 +64,7 @@ def note_unfinished(path: Path, flag: str) -> None:
     except Exception:           # no last.pt, or not one of ours: nothing to tell
         return
     if epoch < epochs:
-        paths.note(f"{path} is of a run at epoch {epoch} of {epochs}: still training, or stopped; {flag} names "
+        running.note(f"{path} is of a run at epoch {epoch} of {epochs}: still training, or stopped; {flag} names "
                    f"another checkpoint")
 
 
@@ -83,7 +84,7 @@ def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dic
     (kept in its checkpoint, whatever VQ-VAE was trained since), else --vqvae, else the newest."""
     if resume:
         if args.vqvae:
-            paths.note(f"--vqvae {args.vqvae} is ignored: the resumed run goes on with its own VQ-VAE, kept in "
+            running.note(f"--vqvae {args.vqvae} is ignored: the resumed run goes on with its own VQ-VAE, kept in "
                        f"{args.resume}")
         return (vqvae_from(resume["vqvae"], args.resume)[0], resume["vqvae"],
                 str(resume["meta"].get("vqvae_checkpoint", args.resume)))
@@ -296,7 +297,7 @@ def record_windows(signal: np.ndarray, start_s: float, seconds: float | None, wi
         raise UserError(f"--seconds {seconds:g} from --start {start_s:g} s runs past the end of {record} "
                         f"({n / fs:.1f} s): {fit} window(s) of {window / fs:g} s fit, --seconds end takes them")
     if seconds is not None and math.isfinite(seconds) and round(seconds * fs) % window:
-        paths.note(f"--seconds {seconds:g} is no whole number of {window / fs:g} s windows: coding {count}, "
+        running.note(f"--seconds {seconds:g} is no whole number of {window / fs:g} s windows: coding {count}, "
                    f"{count * window / fs:g} s")
     windows = signal[at - offset:at - offset + count * window].reshape(count, window, 2)
     if gaps := np.flatnonzero(~np.isfinite(windows).all((1, 2))).tolist():
@@ -393,7 +394,7 @@ def main() -> None:
         return
     data = load_split(args.split, cfg, args.prepared, any_records=True)   # a split of one's own is fine
     for warning in seen_warnings(ckpt["meta"], list(data["records"]), args.split):
-        paths.warn(warning)
+        running.warn(warning)
     report = reconstruction_report(model, data, source_fs(data["records"], args.prepared))
     run = paths.new_run_dir("vqvae_eval", args.results)
     # the data hash as a training run's run.json gives it
@@ -408,4 +409,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    paths.run_main(main)
+    running.run_main(main)

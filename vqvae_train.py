@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 import paths
+import running
 from hyper_params import Config, config_from_dict, load_config
 from prepare_mitbih import load_split, source_fs
 from train_results import fixed_titles, fixed_windows, plot_windows
@@ -167,4 +168,4 @@ def compression_line(model: VQVAE, cfg: Config, records: list[str], prepared: st
 
 
 if __name__ == "__main__":
-    paths.run_main(main)
+    running.run_main(main)

@@ -21,6 +21,7 @@ import numpy as np
 from common import emit, forecaster_to_time, memory_mb
 
 import paths  # noqa: E402 (common puts the repository on sys.path)
+import running  # noqa: E402
 
 REPEATS = 5
 
@@ -61,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    paths.run_main(main)
+    running.run_main(main)

@@ -15,6 +15,7 @@ from pathlib import Path
 from common import emit, memory_mb
 
 import paths  # noqa: E402 (common puts the repository on sys.path)
+import running  # noqa: E402
 from hyper_params import DEFAULT_CONFIG, load_config  # noqa: E402
 from prepare_mitbih import prepare  # noqa: E402
 
@@ -34,4 +35,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    paths.run_main(main)
+    running.run_main(main)

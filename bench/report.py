@@ -12,6 +12,7 @@ from pathlib import Path
 import common  # noqa: F401 (puts the repository on sys.path)
 
 import paths  # noqa: E402 (common puts the repository on sys.path)
+import running  # noqa: E402
 
 MACHINE = ("cpu", "cores", "torch_threads", "torch")
 
@@ -48,4 +49,4 @@ def parse_args() -> argparse.Namespace:
 
 if __name__ == "__main__":
     args = parse_args()
-    paths.run_main(lambda: main(args.src, args.dst))
+    running.run_main(lambda: main(args.src, args.dst))

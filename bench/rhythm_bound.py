@@ -39,6 +39,7 @@ from common import emit
 
 import metrics as M  # noqa: E402 (common puts the repository on sys.path)
 import paths  # noqa: E402
+import running  # noqa: E402
 
 TOL_MS = 100
 PATHS = 10          # sample paths per window a sampled rule is scored on, as evaluate.py scores forecasts
@@ -366,4 +367,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    paths.run_main(main)
+    running.run_main(main)

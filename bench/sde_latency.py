@@ -22,6 +22,7 @@ from pathlib import Path
 from common import emit, forecaster_to_time, memory_mb
 
 import paths  # noqa: E402 (common puts the repository on sys.path)
+import running  # noqa: E402
 
 TARGET_S = 2.0
 
@@ -74,4 +75,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    paths.run_main(main)
+    running.run_main(main)

@@ -24,6 +24,7 @@ from pathlib import Path
 from common import emit, keep_encodings_in, memory_mb
 
 import paths  # noqa: E402 (common puts the repository on sys.path)
+import running  # noqa: E402
 import training  # noqa: E402
 from paths import UserError  # noqa: E402
 
@@ -115,4 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    paths.run_main(main)
+    running.run_main(main)

@@ -109,14 +109,14 @@ def undocumented_columns(metrics_csv: Path) -> list[str]:
 
 
 def run_script(main, script: str, args: list[str]) -> subprocess.CompletedProcess:
-    """A script's main() in this process, as its __main__ runs it (paths.run_main): exit status, stdout, stderr."""
-    import paths
+    """A script's main() in this process, as its __main__ runs it (running.run_main): exit status, stdout, stderr."""
+    import running
 
     out, err, argv, code = io.StringIO(), io.StringIO(), sys.argv, 0
     sys.argv = [script, *args]
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            paths.run_main(main)
+            running.run_main(main)
     except SystemExit as e:
         code = e.code
     finally:

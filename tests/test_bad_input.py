@@ -2,7 +2,7 @@
 
 Each case runs `python prepare_mitbih.py ...` as a real process; the processes start together in a small
 pool when the module begins and each test waits for its own result. The few cases in IN_PROCESS, which
-fail before any record is read, run main() through paths.run_main in this process instead (same code
+fail before any record is read, run main() through running.run_main in this process instead (same code
 path, without the second of interpreter start-up each).
 """
 from __future__ import annotations

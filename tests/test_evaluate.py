@@ -20,7 +20,7 @@ import baselines
 import evaluate
 import eval_report
 import metrics as M
-import paths
+import running
 from conftest import ROOT, edit_tree_after, spike_train, synthetic_ecg, write_record, write_signal
 from hyper_params import load_config
 from paths import SHIPPED, UserError, file_sha256
@@ -1665,13 +1665,13 @@ def test_a_paired_interval_end_near_zero_keeps_its_sign_and_digit():
 
 
 def test_a_sigterm_python_swallowed_stops_the_evaluation_at_its_next_record(db250, tmp_path, monkeypatch):
-    """A SIGTERM that lands in a finalizer is only printed by Python; noted by the handler (paths._terminating), it
+    """A SIGTERM that lands in a finalizer is only printed by Python; noted by the handler (running._terminating), it
     stops a long evaluation before its next record rather than letting it run to the scheduler's SIGKILL."""
     came = threading.Event()
     came.set()
-    monkeypatch.setattr(paths, "_terminating", came)
-    monkeypatch.setattr(paths, "_stopping", threading.Event())     # set as it goes up: this test's own
-    with pytest.raises(paths.Terminated):
+    monkeypatch.setattr(running, "_terminating", came)
+    monkeypatch.setattr(running, "_stopping", threading.Event())     # set as it goes up: this test's own
+    with pytest.raises(running.Terminated):
         evaluate.main(["--model", "zero", "--wfdb-dir", str(db250), "--records", "a01",
                        "--results", str(tmp_path / "results")])
     assert not list((tmp_path / "results").glob("evaluate-*"))

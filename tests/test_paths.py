@@ -12,6 +12,7 @@ import torch
 
 import evaluate
 import paths
+import running
 import vqvae_train
 from conftest import ROOT, run_script, write_record
 from paths import UserError
@@ -275,7 +276,7 @@ def test_a_run_started_with_sigint_ignored_stops_on_kill_int(rank: str, said: st
     """A background job of a non-interactive shell inherits SIGINT ignored; run_main takes it back, so
     `kill -INT` interrupts the run (exit status 130) instead of doing nothing. torchrun passes a Ctrl-C on
     to every rank, and only rank 0 says so."""
-    script = "import paths, time; paths.run_main(lambda: (print('ready', flush=True), time.sleep(20)))"
+    script = "import running, time; running.run_main(lambda: (print('ready', flush=True), time.sleep(20)))"
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
                             env={**os.environ, "RANK": rank})
@@ -292,14 +293,14 @@ def test_a_run_started_with_sigint_ignored_stops_on_kill_int(rank: str, said: st
 def test_a_sigterm_after_one_a_finalizer_swallowed_stops_the_script():
     """A second SIGTERM is ignored while the first one's Terminated goes up, but not when Python swallowed that one
     in a __del__ (printed 'Exception ignored in'): evaluate.py, say, went on to its end, exit status 0."""
-    script = ("import os, signal, time, paths\n"
+    script = ("import os, signal, time, running\n"
               "class SignalsWhenCollected:\n"
               "    def __del__(self): os.kill(os.getpid(), signal.SIGTERM)\n"
               "def main():\n"
               "    SignalsWhenCollected()\n"
               "    os.kill(os.getpid(), signal.SIGTERM)\n"
               "    time.sleep(1)\n"
-              "paths.run_main(main)\n")
+              "running.run_main(main)\n")
     r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
                        env={k: v for k, v in os.environ.items() if k != "RANK"})
     assert (r.returncode, r.stderr.splitlines()[-1:]) == (143, ["terminated"]), r.stderr
@@ -316,8 +317,8 @@ def test_a_note_during_a_progress_bar_is_a_line_of_its_own(monkeypatch):
     monkeypatch.setattr(sys, "stderr", err)
     for i in tqdm(range(2), desc="reading", file=sys.stderr):
         if i == 0:
-            paths.note("a.atr is missing")
-            paths.warn("left out: b")
+            running.note("a.atr is missing")
+            running.warn("left out: b")
     text = err.getvalue()
     assert "\rnote: a.atr is missing\n" in text and "\rwarning: left out: b\n" in text
     assert "]note:" not in text and "reading: 100%" in text
@@ -413,10 +414,10 @@ def test_a_checkpoint_that_does_not_fit_is_one_error_and_keeps_the_old_one(tmp_p
     RuntimeError traceback ('unexpected pos 704 vs 598') naming neither the file nor the cause. Now it is the
     one 'error:' line of every other write, and the checkpoint before it is left whole."""
     target = tmp_path / "best.pt"
-    code = (f"import resource, torch, paths; target = {str(target)!r}\n"
+    code = (f"import resource, torch, paths, running; target = {str(target)!r}\n"
             "paths.atomic_torch_save({'w': torch.ones(10)}, target)\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
-            "paths.run_main(lambda: paths.atomic_torch_save({'w': torch.zeros(1 << 16)}, target))\n")
+            "running.run_main(lambda: paths.atomic_torch_save({'w': torch.zeros(1 << 16)}, target))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip() == f"error: cannot write {target}: {os.strerror(27)}"     # EFBIG: File too large
@@ -669,11 +670,11 @@ def test_bench_report_reads_lines_with_and_without_a_config(tmp_path):
 def test_a_warning_under_a_progress_bar_gets_a_line_of_its_own():
     """A forecaster's warnings.warn while evaluate.py's bar is drawn: written plainly, the warning would
     continue the bar's line in a log; run_main writes it through tqdm.write, which clears the bar first."""
-    script = ("import warnings, paths, tqdm\n"
+    script = ("import warnings, running, tqdm\n"
               "def main():\n"
               "    for i in tqdm.tqdm(range(2), desc='windows', mininterval=0):\n"
               "        warnings.warn('the context is odd')\n"
-              "paths.run_main(main)\n")
+              "running.run_main(main)\n")
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
     said = out.stderr
@@ -750,14 +751,14 @@ def test_an_error_of_a_rank_other_than_0_is_said_after_a_grace_period(monkeypatc
     period in which torchrun stops it when rank 0 meets the same error."""
     slept = []
     monkeypatch.setenv("RANK", rank)
-    monkeypatch.setattr(paths.time, "sleep", slept.append)
+    monkeypatch.setattr(running.time, "sleep", slept.append)
 
     def fails() -> None:
         raise UserError("no such checkpoint")
     with pytest.raises(SystemExit) as e:
-        paths.run_main(fails)
+        running.run_main(fails)
     assert e.value.code == 2 and capsys.readouterr().err == said
-    assert slept == ([] if rank == "0" else [paths.RANK_ERROR_GRACE_S])
+    assert slept == ([] if rank == "0" else [running.RANK_ERROR_GRACE_S])
 
 
 def test_run_main_in_threads_leaves_the_process_wide_unraisable_hook_as_it_was():
@@ -768,8 +769,8 @@ def test_run_main_in_threads_leaves_the_process_wide_unraisable_hook_as_it_was()
 
     before = sys.unraisablehook
     a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
-    a = threading.Thread(target=paths.run_main, args=(lambda: (a_in.set(), b_in.wait(10)),))
-    b = threading.Thread(target=paths.run_main, args=(lambda: (a_in.wait(10), b_in.set(), a_out.wait(10)),))
+    a = threading.Thread(target=running.run_main, args=(lambda: (a_in.set(), b_in.wait(10)),))
+    b = threading.Thread(target=running.run_main, args=(lambda: (a_in.wait(10), b_in.set(), a_out.wait(10)),))
     a.start()
     b.start()
     a.join(10)
@@ -780,15 +781,15 @@ def test_run_main_in_threads_leaves_the_process_wide_unraisable_hook_as_it_was()
 
 def test_a_rank_stopped_by_torchrun_in_its_grace_period_says_nothing_more(monkeypatch, capsys):
     """Rank 0 met the same error, said it and exited; torchrun then sends SIGTERM to the rank waiting out its grace
-    period. Since SIGTERM is paths.Terminated, that rank printed two tracebacks (the UserError's and, 'during handling
+    period. Since SIGTERM is running.Terminated, that rank printed two tracebacks (the UserError's and, 'during handling
     of the above exception', Terminated's) where the signal's default had ended it silently."""
     monkeypatch.setenv("RANK", "1")
-    monkeypatch.setattr(paths.time, "sleep", lambda s: os.kill(os.getpid(), signal.SIGTERM))
+    monkeypatch.setattr(running.time, "sleep", lambda s: os.kill(os.getpid(), signal.SIGTERM))
 
     def fails() -> None:
         raise UserError("no such checkpoint")
     with pytest.raises(SystemExit) as e:
-        paths.run_main(fails)
+        running.run_main(fails)
     assert e.value.code == 143 and capsys.readouterr().err == ""
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
@@ -865,8 +866,8 @@ def test_importing_the_modules_leaves_the_sessions_matplotlib_backend_and_script
                              timeout=120)
         assert out.returncode == 0, out.stderr
         return out.stdout.lower().split()
-    modules = "import matplotlib; import forecast, evaluate, vqvae_eval, latent_sde_train, paths; "
-    script = "paths.run_main(lambda: print(matplotlib.get_backend()))"
+    modules = "import matplotlib; import forecast, evaluate, vqvae_eval, latent_sde_train, running; "
+    script = "running.run_main(lambda: print(matplotlib.get_backend()))"
     assert run("import matplotlib; matplotlib.use('pdf'); " + modules + "print(matplotlib.get_backend()); "
                + script) == ["pdf", "agg"]
     assert run(modules + script, MPLBACKEND="svg") == ["svg"]

@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset, TensorDataset
 
 import paths
+import running
 import train_results
 import latent_sde_train
 import training
@@ -155,7 +156,7 @@ def test_a_run_refused_before_training_leaves_no_empty_folder(tmp_path: Path, sy
         assert not (tmp_path / root).exists() or not any((tmp_path / root).iterdir())
 
 
-@pytest.mark.parametrize("stop", [KeyboardInterrupt(), paths.Terminated(), UserError("loss is [nan]"),
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), running.Terminated(), UserError("loss is [nan]"),
                                   RuntimeError("a bug")], ids=["ctrl_c", "sigterm", "nan_loss", "traceback"])
 def test_a_run_stopped_in_its_first_epoch_leaves_no_folders(tmp_path: Path, synthetic_db: Path, monkeypatch,
                                                             stop: BaseException) -> None:

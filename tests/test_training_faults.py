@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import paths
+import running
 import training
 import vqvae_train
 from conftest import ROOT, TORCHRUN_VARS, snapshot, write_record
@@ -343,14 +343,14 @@ def test_a_stop_said_in_one_torchrun_attempt_is_not_found_in_the_next(group_of_r
     stopped, left in attempt 0, was found by attempt 1, whose next failing collective (another rank's crash) was
     then said to be 'another rank stopped (rank 1 terminated)' instead of its own traceback."""
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
-    assert paths.word_left() is None
-    paths.leave_word(paths.Terminated())
-    assert paths.word_left() == "another rank stopped (rank 1 terminated)"
+    assert running.word_left() is None
+    running.leave_word(running.Terminated())
+    assert running.word_left() == "another rank stopped (rank 1 terminated)"
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert paths.word_left() is None
+    assert running.word_left() is None
     group_of_rank[0] = 0
-    paths.leave_word(KeyboardInterrupt())
-    assert paths.word_left() == "another rank stopped (rank 0 interrupted)"
+    running.leave_word(KeyboardInterrupt())
+    assert running.word_left() == "another rank stopped (rank 0 interrupted)"
 
 
 def test_a_script_ending_in_an_error_leaves_its_process_group(capsys) -> None:
@@ -364,7 +364,7 @@ def test_a_script_ending_in_an_error_leaves_its_process_group(capsys) -> None:
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         with pytest.raises(SystemExit) as e:
-            paths.run_main(fails)
+            running.run_main(fails)
         assert e.value.code == 2 and not dist.is_initialized()
     finally:
         if dist.is_initialized():
@@ -375,10 +375,10 @@ def test_a_script_ending_in_an_error_leaves_its_process_group(capsys) -> None:
 def test_the_first_rank_to_fail_keeps_its_word(group_of_rank) -> None:
     """A rank failing alone leaves its error's first line; the rank whose collective then fails on it ends in a
     UserError too (saying that word), whose word, left over the first, would have named it to a third rank."""
-    paths.leave_word(UserError("prepared tensors not found: x/train.pt\nsecond line"))
+    running.leave_word(UserError("prepared tensors not found: x/train.pt\nsecond line"))
     group_of_rank[0] = 0
-    paths.leave_word(UserError(paths.word_left()))
-    assert paths.word_left() == "another rank failed (rank 1: prepared tensors not found: x/train.pt)"
+    running.leave_word(UserError(running.word_left()))
+    assert running.word_left() == "another rank failed (rank 1: prepared tensors not found: x/train.pt)"
 
 
 def test_a_failed_collective_is_said_from_the_word_left_and_a_bug_keeps_its_traceback(group_of_rank, capsys) -> None:
@@ -387,11 +387,11 @@ def test_a_failed_collective_is_said_from_the_word_left_and_a_bug_keeps_its_trac
     def collective_fails() -> None:
         raise RuntimeError("Connection closed by peer")
     with pytest.raises(RuntimeError, match="Connection closed by peer"):
-        paths.run_main(collective_fails)
-    paths.leave_word(UserError("no such checkpoint"))       # as rank 1
+        running.run_main(collective_fails)
+    running.leave_word(UserError("no such checkpoint"))       # as rank 1
     group_of_rank[0] = 0
     with pytest.raises(SystemExit) as e:
-        paths.run_main(collective_fails)
+        running.run_main(collective_fails)
     assert e.value.code == 2 and capsys.readouterr().err == "error: another rank failed (rank 1: no such checkpoint)\n"
 
 
@@ -406,8 +406,8 @@ def test_a_rank_ending_after_the_store_went_writes_only_its_error(group_of_rank,
     client = dist.TCPStore("127.0.0.1", port, 2, False, timeout=datetime.timedelta(seconds=30))
     assert keeper.wait(timeout=30) == 0
     monkeypatch.setattr(dist.distributed_c10d, "_get_default_store", lambda: client)
-    paths.leave_word(UserError("the same error on every rank"))
-    assert paths.word_left() is None
+    running.leave_word(UserError("the same error on every rank"))
+    assert running.word_left() is None
     assert capfd.readouterr().err == ""
 
 

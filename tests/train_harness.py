@@ -25,7 +25,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import paths  # noqa: E402
+import running  # noqa: E402
 import training  # noqa: E402
 
 
@@ -114,7 +114,7 @@ def main() -> None:
         training.Trainer._train_epoch = epoch_noting_rng
 
     script = importlib.import_module(args.script)
-    paths.run_main(lambda: script.main(rest))
+    running.run_main(lambda: script.main(rest))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,258 @@
+"""How a script runs and speaks: its notes, warnings and one-line errors (once under torchrun), Ctrl-C and SIGTERM
+as clean stops, the word a rank that ends alone leaves the others, and run_main, which every script's main goes through.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from typing import Any, Callable, Iterator
+
+from paths import UserError
+
+
+def say(text: str) -> None:
+    """A line on stderr, once under torchrun (rank 0), whose ranks all meet the same note, error or Ctrl-C.
+    Written by tqdm.write: a progress bar running (in a log, too) is cleared first and drawn again below it."""
+    if os.environ.get("RANK", "0") == "0":
+        from tqdm import tqdm      # here: this module imports nothing beyond the standard library
+
+        tqdm.write(text, file=sys.stderr)
+
+
+RANK_ERROR_GRACE_S = 5.0     # torchrun stops the other ranks within its monitor interval (0.1 s) of a failure
+
+
+def say_error(message: str) -> None:
+    """The 'error:' line of a failed run. Under torchrun rank 0 says it at once; another rank says its own only
+    after a grace period, in which rank 0, meeting the same error, says it and torchrun stops this rank: so an
+    error of that rank alone (a checkpoint or prepared folder missing on one node) is not lost, and a rank
+    failing first no longer gets rank 0 stopped before it has said anything."""
+    rank = os.environ.get("RANK", "0")
+    if rank == "0":
+        say(f"error: {message}")
+        return
+    from tqdm import tqdm
+
+    time.sleep(RANK_ERROR_GRACE_S)
+    tqdm.write(f"error: rank {rank}: {message}", file=sys.stderr)
+
+
+def _process_group() -> Any:
+    """torch.distributed when this process has joined a process group (training.setup_runtime), else None; never
+    imported here: a script that joined one has."""
+    dist = sys.modules.get("torch.distributed")
+    return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
+
+
+def _word_key() -> str:
+    """Where leave_word puts its word in the process group's store: one key per torchrun attempt, since
+    --max-restarts starts the workers again on the same agent's store, and a word of the attempt before would name an
+    end the new one never had."""
+    return f"ecg-forecast/ended/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+
+
+@contextlib.contextmanager
+def _quiet_store() -> Iterator[None]:
+    """torch's store client writes a failed call's C++ stack frames to the process's stderr before it raises (rank 0's
+    process, keeping the store without a torchrun agent, has ended): 17 lines before a rank's one 'error:' line. They
+    go to /dev/null while a store call runs, its failure being handled."""
+    sys.stderr.flush()
+    stderr = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(stderr, 2)
+        os.close(stderr)
+
+
+def leave_word(end: BaseException) -> None:
+    """In a process group, leave word in its store (torchrun's agent keeps it; without one, rank 0's process) that
+    this rank ends on a signal or a UserError, for the others to say when their next collective fails on its closed
+    connections (word_left). The first word stays: a rank that fails on another's end leaves none of its own.
+    _get_default_store is torch's own, not public: requirements.txt pins the torch it is tested with."""
+    dist = _process_group()
+    if dist is None:
+        return
+    rank, first_line = dist.get_rank(), str(end).partition("\n")[0]
+    if isinstance(end, KeyboardInterrupt):
+        word = f"another rank stopped (rank {rank} {'terminated' if isinstance(end, Terminated) else 'interrupted'})"
+    else:
+        word = f"another rank failed (rank {rank}: {first_line})"
+    try:
+        with _quiet_store():
+            dist.distributed_c10d._get_default_store().compare_set(_word_key(), "", word)
+    except (AttributeError, RuntimeError, ValueError):     # no store to reach (or the private API moved): the others
+        pass                                                # show torch's traceback, as before
+
+
+def word_left() -> str | None:
+    """What leave_word left ('another rank failed (rank 1: ...)'), else None."""
+    dist = _process_group()
+    if dist is None:
+        return None
+    try:
+        store, key = dist.distributed_c10d._get_default_store(), _word_key()
+        with _quiet_store():
+            return store.get(key).decode() if store.check([key]) else None
+    except (AttributeError, RuntimeError, ValueError):     # the store went with the rank that kept it (no torchrun agent)
+        return None
+
+
+def _beside_the_others(main: Callable[[], Any]) -> None:
+    """main(); in a process group a rank that fails alone (its node lacks a file) or is stopped alone closes its
+    connections, and the others failed in their next collective with torch's traceback ('Connection closed by peer'):
+    it leaves word, and they say it as their error. Any other failure keeps its traceback. The group is left on the
+    way out (_leave_group)."""
+    try:
+        main()
+    except (UserError, KeyboardInterrupt) as e:
+        leave_word(e)
+        raise
+    except RuntimeError as e:
+        raise_word_left(e)
+        raise
+    finally:
+        _leave_group()
+
+
+def raise_word_left(failed: RuntimeError, then: str = "") -> None:
+    """A collective that `failed` on another rank's end (the word it left, word_left) as this rank's UserError, with
+    `then` (a trainer's resume command) after it; with no word left, nothing: the failure keeps its traceback."""
+    word = word_left()
+    if word is not None:
+        raise UserError(f"{word}; {then}" if then else word) from failed
+
+
+def _leave_group() -> None:
+    """Close a process group a script ended in (an error, a signal) rather than leave it to the interpreter's exit:
+    launched without torchrun (srun), rank 0's process keeps the store, and torn down at exit while the other ranks
+    were still connected it aborted ('terminate called without an active exception', exit -6, not 2)."""
+    dist = _process_group()
+    if dist is not None:
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+def note(message: str) -> None:
+    say(f"note: {message}")
+
+
+def warn(message: str) -> None:
+    say(f"warning: {message}")
+
+
+def interruptible() -> None:
+    """A non-interactive shell starts a background job (`python3 ... &` in a script) with SIGINT ignored, so
+    `kill -INT` would not stop it: Python's handler is put back, and it stops as on Ctrl-C (a training saying
+    how to resume)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a cluster scheduler's time limit) raised as Ctrl-C is: the script stops the same way,
+    its temporary files removed and a training's resume command said, where the signal's default ended it on the
+    spot, leaving them."""
+
+
+# _terminating: a SIGTERM came; _stopping: its Terminated is on its way up (cleared when Python swallowed it);
+# _interrupted: a Ctrl-C's KeyboardInterrupt Python swallowed
+_terminating, _stopping, _interrupted = threading.Event(), threading.Event(), threading.Event()
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """Terminated, raised once: a scheduler (SLURM) signals every process of a job and torchrun's agent forwards its
+    own SIGTERM to the workers, so a second one came in the first one's cleanup, and cut it short (the resume
+    command lost, a traceback, a temporary file left)."""
+    _terminating.set()
+    if not _stopping.is_set():
+        raise_if_signalled()
+
+
+def raise_if_signalled() -> None:
+    """Terminated again, when SIGTERM came while Python ran a __del__ or a weakref callback (a DataLoader's
+    iterator shutting down its workers at every epoch's end): raised there, it was only printed ('Exception
+    ignored in') and a training went on until the scheduler's SIGKILL; and KeyboardInterrupt again when Ctrl-C
+    came there, which a training trained on to its end. The trainer asks before every step. A later SIGTERM is
+    ignored while this one goes up, as while the first one does."""
+    if _terminating.is_set():
+        _stopping.set()
+        raise Terminated()
+    if _interrupted.is_set():
+        _interrupted.clear()
+        raise KeyboardInterrupt()
+
+
+def _note_swallowed(hook: Callable[[Any], Any]) -> Callable[[Any], None]:
+    """sys.unraisablehook that notes a Terminated or KeyboardInterrupt Python swallowed (see raise_if_signalled): a
+    Ctrl-C's is raised again at the next step, and a later SIGTERM raises Terminated again in any script, rather
+    than being ignored as a second one."""
+    def note(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, Terminated):
+            _stopping.clear()
+        elif isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _interrupted.set()
+        hook(unraisable)
+    return note
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+    """Python's warning line, written by tqdm.write like say()'s, so that it does not land on the end of a
+    progress bar's line (every rank's: a warning may be one rank's own)."""
+    from tqdm import tqdm
+
+    text = warnings.formatwarning(message, category, filename, lineno, line).rstrip("\n")
+    tqdm.write(text, file=file or sys.stderr)
+
+
+def script_backend() -> None:
+    """Scripts draw into files, with matplotlib's Agg unless $MPLBACKEND chooses. Chosen here, not when a module is
+    imported: `import forecast` in a notebook or a Python session switched the session's backend to Agg, so its own
+    figures (inline plots, plt.show) were no longer shown."""
+    if "MPLBACKEND" not in os.environ:
+        import matplotlib
+        matplotlib.use("Agg")
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run a script's main(); a UserError becomes one 'error:' line and exit status 2. Under torchrun the ranks
+    usually meet the same error, and rank 0 says it (say_error); one met by a rank alone is said by the others as
+    theirs (_beside_the_others). Ctrl-C exits with 130, SIGTERM (Terminated) with 143, as the shell counts a signal's
+    death."""
+    script_backend()
+    interruptible()
+    main_thread = threading.current_thread() is threading.main_thread()
+    default_term = main_thread and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    unraisable_hook = sys.unraisablehook
+    if default_term:
+        signal.signal(signal.SIGTERM, _terminate)
+        sys.unraisablehook = _note_swallowed(unraisable_hook)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            _beside_the_others(main)
+    except UserError as e:
+        try:
+            say_error(str(e))
+        except KeyboardInterrupt as stop:   # torchrun stopping a rank in its grace period: rank 0 said the error
+            sys.exit(143 if isinstance(stop, Terminated) else 130)
+        sys.exit(2)
+    except KeyboardInterrupt as e:     # a trainer's carries how to resume; torchrun hands Ctrl-C to every rank
+        word = "terminated" if isinstance(e, Terminated) else "interrupted"
+        say(f"{word}; {e}" if str(e) else word)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
+    finally:
+        if default_term:        # the default first: a SIGTERM from here on ends the process, none escapes as a traceback
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            sys.unraisablehook = unraisable_hook
+            _terminating.clear()
+            _stopping.clear()
+            _interrupted.clear()
