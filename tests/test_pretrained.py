@@ -2,9 +2,11 @@
 in their model card."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -556,3 +558,60 @@ def test_the_python_api_imports_without_wfdb():
     code = "import sys, forecast, evaluate, train_results; print('wfdb' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+CARD_COLUMNS = {"MSE (mV²)": ("mse", "all"), "MSE 0–1 s (mV²)": ("mse", "0-1 s"), "CRPS (mV)": ("crps", "all"),
+                "cover 80 (%)": ("cov80", "all"), "F1 ±100 ms": ("f1_100", "all"),
+                "timing err (ms)": ("timing_ms", "all"), "HR err (bpm)": ("hr_bpm", "all")}
+
+
+def shown_matches(cell: str, value: str) -> bool:
+    """A figure as the card shows it (`—` for none) is `value` of metrics.csv rounded to the digits shown."""
+    if cell == "—":
+        return value == ""
+    digits = len(cell.partition(".")[2])
+    return value != "" and abs(float(value) - float(cell)) <= 0.5 * 10 ** -digits + 1e-9
+
+
+def test_model_card_table_is_its_evaluation():
+    """Every figure and interval of the model card's DS2 table is pretrained/evaluation/metrics.csv's, rounded as
+    shown: the card is written by hand after `make pretrained-report`, and the README quotes it."""
+    rows = list(csv.DictReader((ROOT / "pretrained/evaluation/metrics.csv").open(encoding="utf-8")))
+    got = {(r["forecaster"], r["metric"], r["horizon"]): r for r in rows}
+    card = (ROOT / "pretrained/README.md").read_text(encoding="utf-8")
+    lines = card[card.index("| forecaster | MSE (mV²) |"):].splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    checked = 0
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        label, *cells = [c.strip().replace("*", "") for c in line.strip("|").split("|")]
+        name = re.sub(r"\s*\(.*\)", "", label).replace("latent SDE", "latent_sde").lower().replace(" ", "_")
+        for column, cell in zip(header[1:], cells):
+            value, _, interval = cell.partition(" [")
+            row = got[(name, *CARD_COLUMNS[column])]
+            assert shown_matches(value, row["value"]), (name, column, cell, row["value"])
+            if interval:
+                low, high = interval.rstrip("]").split(", ")
+                assert shown_matches(low, row["ci_low"]) and shown_matches(high, row["ci_high"]), (name, column, cell, row)
+            checked += 1
+    assert checked == 9 * len(CARD_COLUMNS)
+
+
+def test_model_card_crps_by_horizon_second_is_its_evaluation():
+    """"Where the gain lies": the card's CRPS per horizon second of both models and the template ensemble are
+    metrics.csv's (the latent SDE's second second was given as 0.1032 mV, its 0.103146 rounded up)."""
+    crps = {(r["forecaster"], r["horizon"]): r["value"] for r in
+            csv.DictReader((ROOT / "pretrained/evaluation/metrics.csv").open(encoding="utf-8")) if r["metric"] == "crps"}
+    card = " ".join((ROOT / "pretrained/README.md").read_text(encoding="utf-8").split())
+    number = r"(\d\.\d+)"
+    ours = re.search(rf"CRPS {number} against {number} mV in the first second, {number} against {number} in the "
+                     rf"second, {number} against {number} in the third\)", card)
+    sde = re.search(rf"the latent SDE's is spread over the horizon \({number}, {number}, {number}\)", card)
+    assert ours and sde, "the card's sentence on where each model's CRPS gain lies has changed: update this test"
+    seconds = ("0-1 s", "1-2 s", "2-3 s")
+    quoted = {("transformer", s): ours.group(1 + 2 * i) for i, s in enumerate(seconds)}
+    quoted |= {("template_ensemble", s): ours.group(2 + 2 * i) for i, s in enumerate(seconds)}
+    quoted |= {("latent_sde", s): sde.group(1 + i) for i, s in enumerate(seconds)}
+    for key, shown in quoted.items():
+        assert shown_matches(shown, crps[key]), (key, shown, crps[key])
