@@ -41,6 +41,7 @@ import bisect
 import copy
 import math
 import threading
+import weakref
 from pathlib import Path
 from typing import Callable
 
@@ -65,8 +66,10 @@ SOLVED = ("prior", "correction", "diffusion")   # what f, g and h read besides t
                                                   # adjoint refuses one, hyper_params_sde)
 LEARNS_CRPS = ("prior", "diffusion", "emission")   # what PathCRPS trains; the posterior keeps its ELBO weights
 Seeds = int | list[int]     # one for a batch drawn together, or one per row, each row then drawn alone
-SAMPLING = threading.Lock()     # sample_frames keeps its call's context on the model (torchsde's f(t, z) is told no
-                                # more): forecasts from several threads at once read each other's, and were wrong
+# sample_frames keeps its call's context on the model (torchsde's f(t, z) is told no more): forecasts from several
+# threads at once read each other's, so a model samples for one at a time; other models (DataParallel's replicas,
+# one per card) beside it, each under a lock of its own
+SAMPLING: weakref.WeakKeyDictionary[LatentSDE, threading.Lock] = weakref.WeakKeyDictionary()
 
 
 def soft_clip(x: torch.Tensor) -> torch.Tensor:
@@ -504,7 +507,7 @@ class LatentSDE(nn.Module):
         for the CRPS fine-tuning (PathCRPS): forecasts call it under no_grad. A list of seeds, one per path, draws
         each path from its own seed alone (RowBrownian), whatever paths are beside it."""
         C = len(context)
-        with SAMPLING:
+        with SAMPLING.setdefault(self, threading.Lock()):
             self.encode([context])
             self._ctx = self._ctx.repeat_interleave(num_samples, 1)
             if self.phase:

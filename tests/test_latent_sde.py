@@ -66,6 +66,36 @@ def test_sde_integrates_to_finite_paths_of_the_right_shape(method: str, phase: i
     assert out.std(0).mean() > 0   # paths move
 
 
+def test_two_models_sample_at_once() -> None:
+    """sample_frames keeps its call's context on the model, so calls on one model wait for each other; two models
+    (nn.DataParallel's replicas in CRPS fine-tuning, one per card) keep their own and must not: with one lock for
+    every model, a replica's SDE solve waited for the others' and the cards took turns."""
+    import threading
+
+    held, solving = threading.Event(), threading.Event()
+    a, b = tiny_sde().eval(), tiny_sde().eval()
+    solve = a.solve
+
+    def held_solve(*args, **kwargs):
+        solving.set()
+        held.wait(60)
+        return solve(*args, **kwargs)
+    a.solve = held_solve
+    first = threading.Thread(target=a.sample_frames, args=(torch.randn(8, 1, 8), 4, 2, 0))
+    second = threading.Thread(target=b.sample_frames, args=(torch.randn(8, 1, 8), 4, 2, 0))
+    first.start()
+    try:
+        assert solving.wait(60)
+        second.start()
+        second.join(20)
+        assert not second.is_alive(), "b waited for a's sampling"
+    finally:
+        held.set()
+        first.join()
+        if second.ident is not None:        # started
+            second.join()
+
+
 def test_phase_template_copies_the_context_frame_of_the_same_phase_but_never_a_neighbour() -> None:
     raw = json.loads(json.dumps(TINY_SDE))
     raw["model"]["phase_template"] = True
