@@ -13,7 +13,7 @@ import numpy as np
 import scipy.signal
 import scipy.stats
 
-from metrics import detect_r_peaks, per_row
+from metrics import per_row, row_r_peaks
 
 MIN_PERIOD_S, MAX_PERIOD_S = 0.25, 2.5   # 240 and 24 bpm: the plausible beat periods
 TEMPLATE_PRE = 1 / 3                     # fraction of the beat period before the R peak
@@ -65,7 +65,7 @@ def detected_beats(signals: np.ndarray, fs: float) -> list[np.ndarray]:
     """R peaks detected in lead 1 of each window [N, T, 2], one array per window: a context's rhythm,
     and over a whole window (context and future) the beat times a training draft is laid at, so a
     model learns to render beats where it is told they are."""
-    return per_row(*detect_r_peaks(signals[:, :, 0], fs), len(signals))
+    return per_row(*row_r_peaks(signals[:, :, 0], fs), len(signals))
 
 
 def context_rhythm(x: np.ndarray, fs: float) -> Rhythm:

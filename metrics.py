@@ -173,6 +173,13 @@ def detect_r_peaks(x: np.ndarray, fs: float, level_from: int | None = None) -> t
     if x.ndim != 2 or (x.shape[1] == 2 and x.shape[0] >= 32):     # [T], or a [T, 2] two-lead signal
         raise ValueError(f"x must be single-lead rows [B, T], got shape {x.shape}: lead 1 of a context [C, 2] is "
                          f"context[None, :, 0]")
+    return row_r_peaks(x, fs, level_from)
+
+
+def row_r_peaks(x: np.ndarray, fs: float, level_from: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """detect_r_peaks without its check, for rows [B, T] that its caller built: 32 or more rows of two samples
+    (contexts of two) have the shape of the two-lead signal [T, 2] it refuses."""
+    x = np.asarray(x, np.float64)
     if x.shape[1] < 32:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     env = np.pad(_envelope(x, fs), ((0, 0), (1, 1)))
@@ -389,7 +396,7 @@ def rhythm_sums(context: np.ndarray, horizon: np.ndarray, ref_row: np.ndarray, r
     h = horizon.shape[1]
     t = c + h
     annotated = np.ones(b, bool) if annotated is None else np.asarray(annotated, bool)
-    det_row, det_pos = detect_r_peaks(np.concatenate([context, horizon], axis=1), fs, level_from=c)
+    det_row, det_pos = row_r_peaks(np.concatenate([context, horizon], axis=1), fs, level_from=c)
     keep = annotated[det_row]
     det = det_row[keep], det_pos[keep]
     ref = _reference_beats(ref_row, ref_pos, annotated, t, fs)

@@ -236,3 +236,15 @@ def test_a_flat_first_lead_has_no_beats_whatever_its_level(level):
     assert len(peaks[0]) == 0 and period[0] == PERIOD
     out = B.SeasonalNaive(FS).predict(x[:, :C], H)[0, 0]
     assert np.abs(out - x[0, C:]).max() < 1e-5
+
+
+def test_a_batch_of_two_sample_contexts_is_no_two_lead_signal():
+    """detect_r_peaks refuses a two-lead signal [T, 2], and the lead 1 of 32 or more contexts of two samples has that
+    shape: seasonal and template stopped in its 'x must be single-lead rows' where 31 contexts forecast. The rhythm
+    sums of windows of two samples alike."""
+    x = 0.01 * np.random.default_rng(0).standard_normal((40, 2, 2)).astype(np.float32)
+    for name, cls in B.BASELINES.items():
+        assert cls(128).predict(x, 10, num_samples=4).shape[:3:2] == (40, 10), name
+    sums = M.rhythm_sums(x[:, :1, 0], x[:, 1:, 0], np.zeros(0, np.int64), np.zeros(0, np.int64), 128,
+                         M.segment_edges(1, 128), np.ones(40, bool))
+    assert all(v.shape[0] == 40 for v in sums.values())
