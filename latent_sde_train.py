@@ -38,7 +38,7 @@ import paths
 import running
 from drafts import VERSION as DRAFTS_VERSION, detected_beats, draft_waves
 from hyper_params import Config, TrainConfig
-from hyper_params_sde import SDEConfig, load_sde_config, sde_config_from_dict
+from hyper_params_sde import CRPSConfig, SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_epoch_forecasts
 from training import (EpochEndFn, Runtime, StepFn, Trainer, check_run_flags, load_resume, resumed_seed, run_config,
@@ -150,30 +150,29 @@ def crps_config(args: argparse.Namespace, resume: dict | None, start: dict, sour
     return scfg
 
 
-CRPS_TRAIN_KEYS = ("epochs", "max_steps_per_epoch", "batch_size", "learning_rate", "weight_decay", "warmup_steps",
-                   "checkpoint_every")      # the train keys crps_settings sets from the crps section
-
-
 def note_ignored_sections(given: SDEConfig, run: SDEConfig, config: str | None, source: str) -> None:
     """Fine-tuning takes only the crps section of --config: a model or solver setting there (a forecast-time one such
     as model.departure_scale too), or a train setting it runs with (grad_clip, amp, seed), other than the ELBO run's
     is said to be ignored, not dropped in silence."""
+    scheduled = crps_schedule(given.crps)
     differ = [f"{section}.{key} {value!r} (the run's {getattr(getattr(run, section), key)!r})"
               for section in ("model", "solver", "train")
               for key, value in dataclasses.asdict(getattr(given, section)).items()
-              if getattr(getattr(run, section), key) != value and not (section == "train" and key in CRPS_TRAIN_KEYS)]
+              if getattr(getattr(run, section), key) != value and not (section == "train" and key in scheduled)]
     if differ:
         running.note(f"--config {config or 'config_sde.json'}: {', '.join(differ)} ignored: CRPS fine-tuning keeps the "
                    f"model, solver and training settings of {source} and takes only the crps section")
 
 
+def crps_schedule(c: CRPSConfig) -> dict:
+    """The train settings the crps section (or fine-tuning itself) sets."""
+    return dict(epochs=c.epochs, max_steps_per_epoch=c.steps_per_epoch, batch_size=c.batch_size,
+                learning_rate=c.learning_rate, weight_decay=0.0, warmup_steps=0, checkpoint_every=c.epochs)
+
+
 def crps_settings(scfg: SDEConfig) -> TrainConfig:
     """The generic trainer reads only a train section: the ELBO run's, with the crps section's schedule over it."""
-    c = scfg.crps
-    crps = dict(epochs=c.epochs, max_steps_per_epoch=c.steps_per_epoch, batch_size=c.batch_size,
-                learning_rate=c.learning_rate, weight_decay=0.0, warmup_steps=0, checkpoint_every=c.epochs)
-    assert set(crps) == set(CRPS_TRAIN_KEYS)
-    return dataclasses.replace(scfg.train, **crps)
+    return dataclasses.replace(scfg.train, **crps_schedule(scfg.crps))
 
 
 def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str] | None) -> dict:
