@@ -295,7 +295,8 @@ class VQVAE(nn.Module):
             fits = False
         if not fits:
             raise ValueError(f"unit has shape {tuple(unit.shape)}, not [{batch}, 1, 2] (a gain per window and lead): "
-                             f"pass unit=vq.unit(x) of the same windows, or a gain [W, 2] that vqvae_eval.py saved as gain[:, None]")
+                             f"pass unit=vq.unit(x) of the same windows, or a gain [W, 2] that vqvae_eval.py saved "
+                             f"as gain[:, None]")
 
     def _decode_unit(self, unit: torch.Tensor | None, batch: int) -> torch.Tensor:
         if unit is not None:
