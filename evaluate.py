@@ -510,7 +510,7 @@ def select_horizon_beats(w: Windows, kind: str, context: int) -> Windows:
                         f"has {wanted} in its horizon" + (f"; {unclassified}" if unclassified else ""))
     if unclassified:
         running.note(f"--horizon-beats {kind}: {w.source.get('path')}: {unclassified}, so every annotated window "
-                   f"counts as normal")
+                     f"counts as normal")
     left_out = [(w.records[r], "no beat annotations, which --horizon-beats reads" if not w.annotated[r] else
                  f"none of its {np.sum(w.record == r)} windows has {wanted} in its horizon (--horizon-beats {kind})")
                 for r in np.setdiff1d(w.record, w.record[keep])]
@@ -1054,8 +1054,8 @@ def check_args(args: argparse.Namespace) -> None:
                         "with (prepare_mitbih.py --annotator)")
     for flag in ("split", "prepared"):
         if args.wfdb_dir and getattr(args, flag):
-            running.note(f"--{flag} {getattr(args, flag)} is ignored: it chooses prepared tensors, and --wfdb-dir scores "
-                       f"every record of {args.wfdb_dir} (--records chooses some)")
+            running.note(f"--{flag} {getattr(args, flag)} is ignored: it chooses prepared tensors, and --wfdb-dir "
+                         f"scores every record of {args.wfdb_dir} (--records chooses some)")
     args.split = args.split or "test"
 
 

@@ -588,7 +588,7 @@ def main() -> None:
     if gap or truth < res["samples"].shape[1]:
         fs, horizon = res["fs"], res["samples"].shape[1]
         running.note(f"the truth plotted covers {(truth - gap) / fs:g} s of the {horizon / fs:g} s forecast "
-                   f"(the record's end or a gap)")
+                     f"(the record's end or a gap)")
     print(f"{heart_rate_line(res['heart_rate'])} (lead 1 R peaks; paths: median [10th-90th percentile])")
     print(f"plot: {out / (stem + '.png')}\nsamples: {out / (stem + '_samples.npy')}")
 

@@ -119,7 +119,7 @@ def note_ignored_crps_flags(args: argparse.Namespace, source: str) -> None:
     for flag, value in (("--vqvae", args.vqvae), ("--augment-copies", args.augment_copies)):
         if value is not None:
             running.note(f"{flag} {value} is ignored: CRPS fine-tuning keeps the VQ-VAE of {source} and draws its "
-                       f"windows from the training records as they are")
+                         f"windows from the training records as they are")
 
 
 def crps_config(args: argparse.Namespace, resume: dict | None, start: dict, source: str) -> SDEConfig:
@@ -137,7 +137,7 @@ def crps_config(args: argparse.Namespace, resume: dict | None, start: dict, sour
         scfg.crps = given.crps
     elif args.config:
         running.note(f"--config {args.config} is ignored: the resumed fine-tuning goes on with the crps settings "
-                   f"stored in {args.resume} (flags such as --epochs still change them)")
+                     f"stored in {args.resume} (flags such as --epochs still change them)")
     c = scfg.crps
     for arg, key in (("epochs", "epochs"), ("max_steps", "steps_per_epoch"), ("batch_size", "batch_size")):
         if getattr(args, arg) is not None:      # into the config the run stores: a resume goes on with them
@@ -161,7 +161,7 @@ def note_ignored_sections(given: SDEConfig, run: SDEConfig, config: str | None, 
               if getattr(getattr(run, section), key) != value and not (section == "train" and key in scheduled)]
     if differ:
         running.note(f"--config {config or 'config_sde.json'}: {', '.join(differ)} ignored: CRPS fine-tuning keeps the "
-                   f"model, solver and training settings of {source} and takes only the crps section")
+                     f"model, solver and training settings of {source} and takes only the crps section")
 
 
 def crps_schedule(c: CRPSConfig) -> dict:
@@ -230,8 +230,8 @@ def check_solver_step(scfg: SDEConfig, frames_per_second: float) -> None:
     frame = 1 / frames_per_second
     if scfg.solver.dt > frame * (1 + 1e-6):
         running.warn(f"solver.dt {scfg.solver.dt:g} s is longer than one latent frame of the VQ-VAE ({frame:g} s: "
-                   f"{frames_per_second:g} frames a second): the frames between solver steps come out on straight "
-                   f"lines; set solver.dt to at most {frame:g} in the latent SDE config")
+                     f"{frames_per_second:g} frames a second): the frames between solver steps come out on straight "
+                     f"lines; set solver.dt to at most {frame:g} in the latent SDE config")
 
 
 def elbo_config(args: argparse.Namespace, resume: dict | None) -> SDEConfig:

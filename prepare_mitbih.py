@@ -302,7 +302,7 @@ def order_leads(names: list[str], first: str, where: str, units: list[str | None
     if lead1 is None:      # V1 is lead 2's (the models' second lead), so it leads only a record of V1 and nothing else
         lead1 = next((i for i in ecg if keys[i] != "V1"), ecg[0])
         running.note(f"{where}: no channel is {first} or a limb lead ({', '.join(map(str, names))}); lead 1 is "
-                   f"channel {lead1}, {names[lead1]}")
+                     f"channel {lead1}, {names[lead1]}")
     else:
         only_channel(lead1, ecg, keys, names, "lead 1", where)
     others = [j for j in ecg if j != lead1]
@@ -355,7 +355,7 @@ def band_pass(cfg: DataConfig, fs_in: float, where: str) -> np.ndarray:
     if hi > 0.45 * fs_in:
         hi = 0.45 * fs_in
         running.note(f"{where}: at {fs_in:g} Hz the low-pass of data.filter_band {list(cfg.filter_band)} sits at "
-                   f"{hi:.3g} Hz instead: the record keeps less detail than the data models learn from")
+                     f"{hi:.3g} Hz instead: the record keeps less detail than the data models learn from")
     if hi <= lo:
         raise UserError(f"{where}: sampling rate {fs_in} Hz is too low for data.filter_band {cfg.filter_band}")
     if lo > 0:
@@ -704,7 +704,7 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = 
     keep = [i for i, s in enumerate(ann.symbol) if s in BEAT_SYMBOLS]
     if not keep:        # rhythm or noise labels only (as AFDB's .atr): scoring R peaks against none would be wrong
         running.note(f"{path}.{annotator} has no beat labels; the record counts as unannotated (no R-peak scores)"
-                   f"{other_annotators(path)}")
+                     f"{other_annotators(path)}")
         return np.zeros(0, np.int64), [], False
     keep.sort(key=lambda i: ann.sample[i])
     pos = np.round(np.asarray(ann.sample, np.float64)[keep] * fs_out / fs_in).astype(np.int64) - offset
@@ -966,14 +966,14 @@ def warn_held_out(split: dict[str, list[str]], loaded: dict[str, Record], d: Dat
         listed = getattr(d, f"{held}_records")
         if not split[held] and whole[held]:
             running.warn(f"the {held} split is empty: its records in {data_dir} ({' '.join(whole[held])}) are not "
-                       f"prepared (left out by --records or as bad)")
+                         f"prepared (left out by --records or as bad)")
         elif split[held] and listed is None and any(loaded[r].fs_in != MITBIH_FS for r in split[held]):
             running.warn(f"data.{held}_records is null, so MIT-BIH's record names chose the {held} split "
-                       f"({' '.join(split[held])}), but these records are not at MIT-BIH's {MITBIH_FS} Hz: list this "
-                       f"database's held-out patients in config data.{held}_records")
+                         f"({' '.join(split[held])}), but these records are not at MIT-BIH's {MITBIH_FS} Hz: list this "
+                         f"database's held-out patients in config data.{held}_records")
         elif not split[held] and listed is None:      # MIT-BIH's default names, none in another database
             running.warn(f"no {held} records among the {len(loaded)} in {data_dir} (the defaults are MIT-BIH's); "
-                       f"list this database's held-out patients in config data.{held}_records")
+                         f"list this database's held-out patients in config data.{held}_records")
 
 
 def check_windows(rec: Record, cfg: DataConfig, where: str) -> None:
@@ -990,7 +990,7 @@ def check_windows(rec: Record, cfg: DataConfig, where: str) -> None:
                         f"(the longest is {secs(longest / fs)} s)")
     if rec.invalid_s:
         running.note(f"{where}: {rec.invalid_s:.1f} s of NaN/invalid or flat samples; windows leave out the gaps "
-                   f"({len(spans)} clean stretches)")
+                     f"({len(spans)} clean stretches)")
 
 
 def check_every_record(names: Iterable[str], check: Callable[[str], None], skip_bad: bool) -> None:

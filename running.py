@@ -19,7 +19,7 @@ def say(text: str) -> None:
     """A line on stderr, once under torchrun (rank 0), whose ranks all meet the same note, error or Ctrl-C.
     Written by tqdm.write: a progress bar running (in a log, too) is cleared first and drawn again below it."""
     if os.environ.get("RANK", "0") == "0":
-        from tqdm import tqdm      # here: this module imports nothing beyond the standard library
+        from tqdm import tqdm      # here: this module imports nothing beyond the standard library and paths
 
         tqdm.write(text, file=sys.stderr)
 

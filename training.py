@@ -99,7 +99,7 @@ def setup_runtime(device: str | None = None) -> Runtime:
             torch.cuda.set_device(dev)
             if rank == 0 and torch.device(device or "cuda").index is not None:
                 running.note(f"--device {device}: under torchrun each process takes the card of its local rank "
-                           f"(rank 0: {dev}); CUDA_VISIBLE_DEVICES chooses which cards a node offers")
+                             f"(rank 0: {dev}); CUDA_VISIBLE_DEVICES chooses which cards a node offers")
         return Runtime(dev, rank, world)
     dev = torch.device(device if device else ("cuda" if use_cuda else "cpu"))
     if dev.type == "cuda" and dev.index is not None:
@@ -318,7 +318,7 @@ class Trainer:
         warmup = run_warmup(settings.warmup_steps, total)
         if warmup < settings.warmup_steps and rt.is_main:
             running.note(f"train.warmup_steps {settings.warmup_steps} is over a quarter of this run's {total} steps: "
-                       f"warming up over {warmup}, so the learning rate reaches its peak and decays")
+                         f"warming up over {warmup}, so the learning rate reaches its peak and decays")
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, warmup_cosine(warmup, total))
         self.amp = settings.amp and rt.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -362,7 +362,7 @@ class Trainer:
         trained_on = ckpt.get("meta", {}).get("data_hash")
         if trained_on and trained_on != self.meta["data_hash"]:
             running.note(f"{path} trained on prepared data {trained_on}, these windows are {self.meta['data_hash']} "
-                       f"(prepared again since?): the epochs after {self.epoch} train on these")
+                         f"(prepared again since?): the epochs after {self.epoch} train on these")
         if self.rt.is_main:
             self._tidy_resumed(path)
 
@@ -394,7 +394,7 @@ class Trainer:
                 return
             if epoch > self.epoch:
                 running.note(f"{best} is epoch {epoch}'s, after this checkpoint's epoch {self.epoch}: the resumed run "
-                           f"replaces it once its validation loss is below {self.best:.6g}")
+                             f"replaces it once its validation loss is below {self.best:.6g}")
 
     def _train_epoch(self, model: nn.Module) -> dict:
         model.train()
@@ -802,7 +802,7 @@ def resumed_seed(args: argparse.Namespace, resume: dict, config_seed: int | None
         running.note(f"--seed {args.seed} is ignored: the resumed run goes on with its own seed, {seed}")
     elif args.seed is None and config_seed is not None and config_seed != seed:
         running.note(f"train.seed {config_seed} of --config {args.config} is ignored: the resumed run goes on with its "
-                   f"own seed, {seed}")
+                     f"own seed, {seed}")
     return seed
 
 

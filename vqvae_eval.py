@@ -65,7 +65,7 @@ def note_unfinished(path: Path, flag: str) -> None:
         return
     if epoch < epochs:
         running.note(f"{path} is of a run at epoch {epoch} of {epochs}: still training, or stopped; {flag} names "
-                   f"another checkpoint")
+                     f"another checkpoint")
 
 
 def load_vqvae(path: str | Path) -> tuple[VQVAE, dict]:
@@ -85,7 +85,7 @@ def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dic
     if resume:
         if args.vqvae:
             running.note(f"--vqvae {args.vqvae} is ignored: the resumed run goes on with its own VQ-VAE, kept in "
-                       f"{args.resume}")
+                         f"{args.resume}")
         return (vqvae_from(resume["vqvae"], args.resume)[0], resume["vqvae"],
                 str(resume["meta"].get("vqvae_checkpoint", args.resume)))
     path = args.vqvae or latest_checkpoint("vqvae", args.checkpoints, flag="--vqvae")
@@ -298,7 +298,7 @@ def record_windows(signal: np.ndarray, start_s: float, seconds: float | None, wi
                         f"({n / fs:.1f} s): {fit} window(s) of {window / fs:g} s fit, --seconds end takes them")
     if seconds is not None and math.isfinite(seconds) and round(seconds * fs) % window:
         running.note(f"--seconds {seconds:g} is no whole number of {window / fs:g} s windows: coding {count}, "
-                   f"{count * window / fs:g} s")
+                     f"{count * window / fs:g} s")
     windows = signal[at - offset:at - offset + count * window].reshape(count, window, 2)
     if gaps := np.flatnonzero(~np.isfinite(windows).all((1, 2))).tolist():
         s = (at + gaps[0] * window) / fs
