@@ -1,10 +1,10 @@
 """Baseline forecasters that need no training, all behind forecast.ForecasterBase.
 
-A trained model is only interesting if it beats these: a flat line (zero, context mean), the last
-value, a copy of the last beat period (seasonal naive), the context's average beat placed at the
-predicted rhythm (template), a probabilistic seasonal naive whose spread comes from the context's
-RR variability (for CRPS and coverage), and the context's own beats at drawn beat times with some of its
-noise (the drafts of `drafts.py`, which the models start from). Their `predict` returns what
+A trained model is only interesting if it beats these: a flat line (zero, context mean), the last value, a copy of the
+last beat period (seasonal naive) or of a period found by matching the context's end to its past (analog), the
+context's average beat placed at the predicted rhythm (template), a probabilistic seasonal naive whose spread comes
+from the context's RR variability (for CRPS and coverage), and the context's own beats at drawn beat times with some
+of its noise (the drafts of `drafts.py`, which the models start from). Their `predict` returns what
 ForecasterBase.predict says: a numpy float32 array [B, S, H, 2] in mV, with S = 1 for the deterministic ones.
 """
 from __future__ import annotations

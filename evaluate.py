@@ -6,7 +6,7 @@
 Without --model: the shipped Transformer (pretrained/forecaster.pt) and every baseline; `pretrained_sde` is the
 shipped latent SDE (pretrained/latent_sde.pt).
 
-Baselines: zero, mean, persistence, seasonal, template, seasonal_ensemble, template_ensemble, or
+Baselines: zero, mean, persistence, seasonal, analog, template, seasonal_ensemble, template_ensemble, or
 `baselines` for all. Each window's first input_signal_duration seconds are the context, the rest the
 truth to forecast. Metrics are computed per record, then averaged over records (each patient weighs
 the same) with bootstrap 95 % intervals over records, and each model is paired record by record against

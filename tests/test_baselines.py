@@ -152,6 +152,13 @@ def test_an_unknown_model_is_told_every_name_evaluate_takes():
         assert name in str(e.value)
 
 
+def test_evaluates_docstring_lists_every_baseline():
+    """evaluate.py's own description of --model names the baselines by hand (the analog one was left out of it)."""
+    import evaluate
+    listed = " ".join(evaluate.__doc__.split("Baselines: ", 1)[1].split()).split(", or `baselines` for all", 1)[0]
+    assert listed.split(", ") == list(B.BASELINES)
+
+
 def test_a_missing_shipped_model_says_how_to_make_it(tmp_path, monkeypatch):
     """--model pretrained_sde whose file is gone: the make target that builds it, or --model CHECKPOINT."""
     monkeypatch.setitem(paths.SHIPPED, "latent_sde", tmp_path / "latent_sde.pt")
