@@ -2,6 +2,8 @@
 
 Every location has a default under the repository and an environment variable, and most have a
 command-line flag in the scripts that use them (the flag wins, then the variable, then the default).
+UserError, a problem the user can fix, is here too (running imports it; paths imports nothing of the project):
+running.run_main says it in one line.
 """
 from __future__ import annotations
 
