@@ -316,7 +316,9 @@ def beat_train(template: np.ndarray, pre: int, beats: np.ndarray, start: int, le
     order = np.argsort(beats, axis=1, kind="stable")
     onset = np.take_along_axis(beats, order, axis=1) - pre                # [S, K]
     t = start + np.arange(length)
-    k = (onset[:, None, :] <= t[None, :, None]).sum(-1) - 1              # [S, length]: latest onset so far
+    # [S, length]: latest onset so far, searched row by row (comparing every sample with every onset took
+    # S × length × K bytes: 190 MB for 100 paths of 60 s, quadratic in the horizon)
+    k = np.stack([np.searchsorted(row, t, side="right") for row in onset]) - 1
     began = np.clip(k, 0, None)
     phase = np.minimum(np.where(k >= 0, t - np.take_along_axis(onset, began, axis=1), p - 1), p - 1).astype(np.int64)
     if pick is None:

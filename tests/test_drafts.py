@@ -1,6 +1,8 @@
 """Beat drafts: beat trains, drawn beat times, the next beat read from the context's end, noise."""
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import scipy.signal
@@ -28,6 +30,19 @@ def test_beat_train_lays_the_template_at_each_beat():
     np.testing.assert_array_equal(rows[0], out)
     np.testing.assert_array_equal(rows[1], D.beat_train(template, 3, np.array([110, 140]), 100, 40))
 
+
+def test_beat_train_memory_grows_with_the_samples_not_with_samples_times_beats():
+    """100 paths of 60 s hold some 250 beats each: finding each sample's latest onset must not compare every
+    sample with every beat (190 MB here, quadratic in the horizon), only the train itself and its indices."""
+    template = np.random.default_rng(0).standard_normal((PERIOD, 2))
+    beats = np.sort(np.random.default_rng(1).integers(C - PERIOD, C + 60 * FS, (100, 250)), axis=1)
+    tracemalloc.start()
+    try:
+        out = D.beat_train(template, 33, beats, C, 60 * FS)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (100, 60 * FS, 2) and peak < 4 * out.nbytes, peak
 
 def test_beat_train_lays_a_template_of_its_own_at_each_beat():
     """With `pick`, beat k takes template pick[k], in time order whatever the order of the beats given."""
