@@ -75,21 +75,28 @@ def whole_horizon_section(summary: dict) -> list[str]:
                                       + " |" for name in order])
 
 
+WHOLE_HORIZON_ONLY = ("hr_bpm",)    # scored on the whole horizon alone (metrics._heart_rate_sums): no column per second
+
+
 def per_second_section(summary: dict) -> list[str]:
-    """Every metric per forecaster and horizon second; their intervals are in metrics.json / metrics.csv."""
+    """Every metric per forecaster and horizon second but WHOLE_HORIZON_ONLY's, whose column would be all '—';
+    their intervals are in metrics.json / metrics.csv."""
     order, tables, seconds = summary["order"], summary["forecasters"], summary["horizons"][:-1]
     return ["", "## Per horizon second", "", "Same metrics, one row per forecaster and horizon second "
-            "(mean over records; intervals in metrics.json / metrics.csv)."] + grouped_tables(
+            "(mean over records; intervals in metrics.json / metrics.csv); HR err is scored on the whole horizon "
+            "only."] + grouped_tables(
         ["forecaster", "horizon"],
         lambda cols: [f"| {name} | {label} | " + " | ".join(fmt(tables[name]["metrics"][c][j]["value"]) for c in cols)
-                      + " |" for name in order for j, label in enumerate(seconds)])
+                      + " |" for name in order for j, label in enumerate(seconds)], skip=WHOLE_HORIZON_ONLY)
 
 
-def grouped_tables(lead: list[str], rows: Callable[[tuple[str, ...]], list[str]]) -> list[str]:
-    """A table per METRIC_GROUPS group under its own heading: the `lead` columns, then the group's metrics;
-    `rows(metrics)` gives its rows."""
+def grouped_tables(lead: list[str], rows: Callable[[tuple[str, ...]], list[str]],
+                   skip: tuple[str, ...] = ()) -> list[str]:
+    """A table per METRIC_GROUPS group under its own heading: the `lead` columns, then the group's metrics but
+    `skip`'s; `rows(metrics)` gives its rows."""
     lines = []
-    for title, cols in METRIC_GROUPS:
+    for title, group in METRIC_GROUPS:
+        cols = tuple(c for c in group if c not in skip)
         lines += ["", f"### {title}", "", "| " + " | ".join([*lead, *(header_of(c) for c in cols)]) + " |",
                   "|---" * len(lead) + "|" + "---:|" * len(cols), *rows(cols)]
     return lines

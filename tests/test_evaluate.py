@@ -1096,9 +1096,15 @@ def test_report_tables_show_what_the_summary_holds(db250):
             assert cells == [interval(s["forecasters"][name]["metrics"][k][-1]) for k in keys], name
         per_second = _table(per_second_part, f"### {title}")
         assert [r[:2] for r in per_second] == [[n, h] for n in s["order"] for h in s["horizons"][:-1]]
+        shown = [k for k in keys if k not in eval_report.WHOLE_HORIZON_ONLY]
         for name, label, *cells in per_second:
             j = s["horizons"].index(label)
-            assert cells == [fmt(s["forecasters"][name]["metrics"][k][j]["value"]) for k in keys], (name, label)
+            assert cells == [fmt(s["forecasters"][name]["metrics"][k][j]["value"]) for k in shown], (name, label)
+    # HR err has no per-second score: a column of dashes there said nothing, so it is left out, and only it
+    assert eval_report.WHOLE_HORIZON_ONLY == ("hr_bpm",)
+    assert all(e["value"] is None for t in s["forecasters"].values() for e in t["metrics"]["hr_bpm"][:-1])
+    assert any(t["metrics"]["hr_bpm"][-1]["value"] is not None for t in s["forecasters"].values())
+    assert "| HR err (bpm) |" in whole_part and "HR err (bpm)" not in per_second_part.split("## R-peak")[0]
     paired = _table(report, "## Paired against the best baseline")
     assert len(paired) == len(s["paired"]) > 0
     for row, r in zip(paired, s["paired"]):
