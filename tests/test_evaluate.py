@@ -795,6 +795,21 @@ def test_report_header_counts_the_records_scored_not_the_records_listed():
     assert [r[0] for r in _table("\n".join(eval_report.records_section(w)), "## Records", "| record |")] == ["103"]
 
 
+def test_report_header_says_how_the_windows_were_chosen(tmp_path):
+    """The header says how the scored windows were cut from each record: side by side without overlap, and with
+    --max-windows-per-record that many evenly spaced (the report said '1 / 3' windows and no more, so which
+    stretches of a record were scored, and whether they overlap, was for the reader to guess)."""
+    write_record(tmp_path / "db", "r", seconds=40, seed=0)
+    common = ["--model", "zero", "--wfdb-dir", str(tmp_path / "db")]
+    _, every = _run(common + ["--results", str(tmp_path / "all")])
+    _, some = _run(common + ["--max-windows-per-record", "3", "--results", str(tmp_path / "some")])
+    assert every["record_info"][0]["windows"] == 6 and some["record_info"][0]["windows"] == 3       # 40 s: six 6 s windows, three kept
+    assert every["header"]["windows"] == ("6 s each, context then horizon, side by side without overlap, none across "
+                                          "a gap; all of each record")
+    assert some["header"]["windows"].endswith("; 3 evenly spaced per record, its first and last among them "
+                                              "(--max-windows-per-record)")
+
+
 def test_report_names_the_commit_the_run_started_at(tmp_path, monkeypatch):
     """A long evaluation outlives edits to the tree: its header names the code that ran, not the code at its end."""
     write_record(tmp_path / "db", "r", seconds=12, seed=0)
