@@ -170,12 +170,13 @@ def records_section(w: Windows) -> list[str]:
 def paired_section(rows: list[dict]) -> list[str]:
     """report.md lines for `paired_with_best_baseline` (none when no model was scored next to baselines)."""
     return paired_table(rows, "baseline", "Paired against the best baseline",
-                        "Each model minus the best baseline on that score (lowest MSE or CRPS, highest F1), record by "
-                        "record: mean over records [bootstrap 95 % interval of the paired differences], the change "
+                        "Each model minus the best baseline on that score and horizon among this run's baselines "
+                        "(lowest MSE or CRPS, highest F1: each score may have its own), record by record: mean over "
+                        "records [bootstrap 95 % interval of the paired differences], the change "
                         "relative to the baseline, and on how many records the model is better. An interval that "
                         "excludes 0 is a difference these patients show; one that includes it is not (`—`: fewer "
                         "than two records, no interval).",
-                        "best baseline | baseline")
+                        "best baseline | baseline's value")
 
 
 def models_section(rows: list[dict]) -> list[str]:
@@ -184,7 +185,7 @@ def models_section(rows: list[dict]) -> list[str]:
                         "Each model minus each model after it, record by record, on MSE (whole horizon and first "
                         "second), CRPS and F1: mean over records [bootstrap 95 % interval of the paired differences], "
                         "the change relative to the other model, and on how many records the first is better.",
-                        "other model | other")
+                        "other model | other's value")
 
 
 def paired_table(rows: list[dict], key: str, title: str, text: str, columns: str) -> list[str]:
@@ -192,7 +193,7 @@ def paired_table(rows: list[dict], key: str, title: str, text: str, columns: str
     if not rows:
         return []
     out = ["", f"## {title}", "", text, "",
-           f"| forecaster | score | horizon | {columns} | forecaster | difference | change | better on |",
+           f"| forecaster | score | horizon | {columns} | forecaster's value | difference | change | better on |",
            "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         pct = "—" if r["change_pct"] is None else f"{r['change_pct']:+.1f} %"
@@ -222,7 +223,8 @@ def horizon_beats_section(strata: dict, horizons: list[str]) -> list[str]:
            "The same forecasts, scored again on the windows whose horizon's reference beats are all normal (AAMI "
            "class N), or hold an ectopic (S, V or F), supraventricular (S) or ventricular (V) beat: a subset of "
            "this run's windows, scored as `--horizon-beats` scores them (which picks windows of its own, so its "
-           "figures differ). Each kind has its own records: compare forecasters within a kind.", "",
+           "figures differ). Each kind has its own records: compare forecasters within a kind. Means over the kind's "
+           "records; their intervals are in metrics.json.", "",
            "| horizon's beats | records / windows | forecaster | " + " | ".join(stratum_headers(horizons)) + " |",
            "|---|---|---|" + "---:|" * len(STRATUM_METRICS)]
     for kind, st in strata.items():

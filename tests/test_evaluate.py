@@ -803,7 +803,8 @@ def test_report_header_says_how_the_windows_were_chosen(tmp_path):
     common = ["--model", "zero", "--wfdb-dir", str(tmp_path / "db")]
     _, every = _run(common + ["--results", str(tmp_path / "all")])
     _, some = _run(common + ["--max-windows-per-record", "3", "--results", str(tmp_path / "some")])
-    assert every["record_info"][0]["windows"] == 6 and some["record_info"][0]["windows"] == 3       # 40 s: six 6 s windows, three kept
+    # 40 s: six 6 s windows, three kept
+    assert every["record_info"][0]["windows"] == 6 and some["record_info"][0]["windows"] == 3
     assert every["header"]["windows"] == ("6 s each, context then horizon, side by side without overlap, none across "
                                           "a gap; all of each record")
     assert some["header"]["windows"].endswith("; 3 evenly spaced per record, its first and last among them "
