@@ -1118,7 +1118,7 @@ def main(argv: list[str] | None = None) -> Path:
         header = report_header(args, argv, cfg, w, forecasters, wall, started)
         if cautions:
             header["warnings"] = "; ".join(cautions)
-        write_results(run, header, cfg, summary, w)
+        write_results(run, header, cfg, summary, w, args.samples)
     except BaseException:       # Ctrl-C or an error in the galleries' forecasts or a write: plots without scores
         shutil.rmtree(run, ignore_errors=True)
         raise
@@ -1171,13 +1171,15 @@ def gallery_reference(summary: dict, scores: dict[str, Scores], baselines: froze
     return best_baseline(summary["forecasters"], baselines - {"zero"}, "crps") or (others or list(scores))[0]
 
 
-def write_results(run: Path, header: dict, cfg: Config, summary: dict, w: Windows) -> None:
-    """metrics.json (everything, with the config and the records), metrics.csv and report.md."""
+def write_results(run: Path, header: dict, cfg: Config, summary: dict, w: Windows, samples: int | None = None
+                  ) -> None:
+    """metrics.json (everything, with the config and the records), metrics.csv and report.md (`samples`: per
+    window, what the cover columns are read against)."""
     result = {"header": header, "config": cfg.to_dict(), **summary, "record_info": record_info(w),
               "skipped": [{"record": n, "reason": why} for n, why in w.skipped]}
     paths.atomic_write_json(result, run / "metrics.json")
     paths.atomic_write_text(csv_text(summary), run / "metrics.csv")
-    paths.atomic_write_text(markdown_report(summary, header, w), run / "report.md")
+    paths.atomic_write_text(markdown_report(summary, header, w, samples), run / "report.md")
 
 
 def record_info(w: Windows) -> list[dict]:

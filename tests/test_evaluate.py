@@ -811,6 +811,19 @@ def test_report_header_says_how_the_windows_were_chosen(tmp_path):
                                               "(--max-windows-per-record)")
 
 
+def test_report_says_what_a_calibrated_forecast_of_the_runs_samples_covers(tmp_path):
+    """The cover columns are read against level·(S−1)/(S+1), not the level: report.md gave it for 100 and 10
+    samples only, so a run of --samples 4 left its reader to work out that 48 % at 80 % is calibrated. It now says
+    so for the run's own S, and nothing of it when no forecaster samples (no cover column has a value)."""
+    write_record(tmp_path / "db", "r", seconds=40, seed=0)
+    common = ["--wfdb-dir", str(tmp_path / "db"), "--samples", "4"]
+    sampled, _ = _run(common + ["--model", "seasonal_ensemble", "zero", "--results", str(tmp_path / "s")])
+    assert "With this run's 4 samples: 30.0 % at 50 %, 48.0 % at 80 %." in (sampled / "report.md").read_text()
+    point, _ = _run(common + ["--model", "zero", "--results", str(tmp_path / "p")])
+    assert "samples: " not in (point / "report.md").read_text()
+    assert eval_report.calibrated_cover(0.8, 100) == pytest.approx(78.4, abs=0.05)      # the text's own example
+
+
 def test_report_names_the_commit_the_run_started_at(tmp_path, monkeypatch):
     """A long evaluation outlives edits to the tree: its header names the code that ran, not the code at its end."""
     write_record(tmp_path / "db", "r", seconds=12, seed=0)
