@@ -46,7 +46,13 @@ def markdown_report(summary: dict, header: dict, w: Windows, samples: int | None
     lines += metrics_section(samples if sampled else None)
     lines += baselines_section(summary["order"])
     lines += records_section(w)
-    lines += ["", "## Plots", "", "![error per horizon time](error_curves.png)", ""]
+    lines += ["", "## Plots", "", "MSE and CRPS per horizon step (each record's mean over its windows and both "
+              "leads, then the mean over records; the curves are in error_curves.csv), each model's CRPS minus the "
+              "best CRPS baseline's, and F1 ±100 ms per horizon second; models solid, baselines dashed.", "",
+              "![error per horizon time](error_curves.png)", "",
+              "Each forecaster's forecasts of the same windows, one from each of the records ranked lowest, median and "
+              "highest by the MSE over the zero forecast's of the forecaster the titles name, with the 50 % and 80 % "
+              "bands of a sampled forecast.", ""]
     lines += [f"![{name} examples](gallery_{file_name(name)}.png)" for name in summary["order"]]
     return "\n".join(lines) + "\n"
 
