@@ -72,13 +72,27 @@ METRIC_GROUPS = (("Point forecast (the sample mean)", ("mse", "mae", "prd", "prd
                  ("Rhythm (R peaks of lead 1)", ("f1_50", "f1_100", "timing_ms", "hr_bpm")))
 
 
+FEW_RECORDS = 10    # below it the report says its bootstrap intervals over records are these records' spread
+
+
+def few_records_caution(records: int) -> str:
+    """What a percentile bootstrap over few records is worth, said when there are fewer than FEW_RECORDS (from 2):
+    its resampled means never pass the extreme records, so with 2 records the '95 %' interval is their range."""
+    if not 2 <= records < FEW_RECORDS:
+        return ""
+    return (f" Only {records} records: a bootstrap over so few cannot reach past the most extreme record and covers "
+            f"less than 95 % (with 2 it is their range), here and in the paired tables; read its intervals as these "
+            f"records' spread, not as what other patients would show.")
+
+
 def whole_horizon_section(summary: dict) -> list[str]:
     """Every metric of every forecaster over the whole horizon, with its interval."""
     order, tables = summary["order"], summary["forecasters"]
     return ["## All forecasters, whole horizon", "",
             "Mean over records [bootstrap 95 % interval over records]; each record's value pools its "
             "windows, so each patient weighs the same. `—`: undefined (interval scores of deterministic "
-            "forecasts or of one sample; an interval where fewer than two records define the value)."] + grouped_tables(
+            "forecasts or of one sample; an interval where fewer than two records define the value)."
+            + few_records_caution(len(summary["records"]))] + grouped_tables(
         ["forecaster"], lambda cols: [f"| {name} | " + " | ".join(cell(tables[name]["metrics"][c][-1]) for c in cols)
                                       + " |" for name in order])
 

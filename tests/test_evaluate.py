@@ -1150,6 +1150,20 @@ def test_report_tables_show_what_the_summary_holds(db250):
     assert eval_report.file_name("my model/v2.1") == "my_model_v2_1"
 
 
+@pytest.mark.parametrize("records, cautioned", [(1, False), (2, True), (9, True), (10, False), (23, False)])
+def test_report_says_an_interval_over_few_records_is_their_spread(records, cautioned):
+    """A percentile bootstrap over two records gives their range as the '95 %' interval (it cannot pass the extreme
+    records), which the report called a 95 % interval all the same; under FEW_RECORDS records it says what it is.
+    One record has no interval ('—') and needs no word."""
+    lo, hi = M.bootstrap_ci(np.array([[0.2], [0.5]]), 1000, 0)[1:]
+    assert (lo[0], hi[0]) == (0.2, 0.5)
+    entry = [{"value": 0.1, "ci": [0.0, 0.2], "records": records}]
+    summary = {"order": ["zero"], "records": [str(i) for i in range(records)],
+               "forecasters": {"zero": {"metrics": {k: entry for k in M.METRICS}}}}
+    text = "\n".join(eval_report.whole_horizon_section(summary))
+    assert (f"Only {records} records: a bootstrap over so few" in text) == cautioned
+
+
 def test_report_numbers_keep_three_significant_digits():
     """report.md's numbers: three significant digits without an exponent from 0.001 to 1000, whole numbers from
     1000, three in an exponent form below 0.001, 0 as 0 and a dash for undefined; the paired tables ask for four digits."""
