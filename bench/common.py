@@ -2,6 +2,7 @@
 one JSON line on stdout."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -11,6 +12,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+def positive_int(value: str) -> int:
+    """argparse type of a count (samples, repeats, threads, windows): 0 or less is a usage error naming the flag,
+    not a traceback from deep in the run (or, for a falsy 0, a silent default)."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number}: give at least 1")
+    return number
+
+
+def positive_seconds(value: str) -> float:
+    """argparse type of a duration in seconds: 0 or less is a usage error naming the flag."""
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value}: give seconds above 0")
+    return number
 
 
 def memory_mb() -> dict:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import emit, forecaster_to_time, memory_mb
+from common import emit, forecaster_to_time, memory_mb, positive_int
 
 import paths  # noqa: E402 (common puts the repository on sys.path)
 import running  # noqa: E402
@@ -37,7 +37,7 @@ def main() -> None:
     p.add_argument("--checkpoint", type=paths.given_path,
                    help="Transformer checkpoint (default: newest checkpoints/transformer-*/best.pt, "
                    "else the shipped pretrained/forecaster.pt, else one trained on the fly)")
-    p.add_argument("--samples", type=int, default=100)
+    p.add_argument("--samples", type=positive_int, default=100)
     args = p.parse_args()
     import torch
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from common import emit
+from common import emit, positive_int, positive_seconds
 
 import metrics as M  # noqa: E402 (common puts the repository on sys.path)
 import paths  # noqa: E402
@@ -331,8 +331,8 @@ def placed_beat_mse(w, context: int, fs: int) -> dict[str, dict[str, float]]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    p.add_argument("--max-windows-per-record", type=int, default=40)
-    p.add_argument("--history-seconds", type=float, nargs="*", default=[3, 6, 10, 20, 30],
+    p.add_argument("--max-windows-per-record", type=positive_int, default=40)
+    p.add_argument("--history-seconds", type=positive_seconds, nargs="*", default=[3, 6, 10, 20, 30],
                    help="rhythm history the median rule sees in `history` (none: skip it)")
     p.add_argument("--data-dir", default=None, type=paths.given_path,
                    help="WFDB folder for `history` (default: $MITBIH_DIR or data/mitdb)")

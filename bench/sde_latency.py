@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import emit, forecaster_to_time, memory_mb
+from common import emit, forecaster_to_time, memory_mb, positive_int, positive_seconds
 
 import paths  # noqa: E402 (common puts the repository on sys.path)
 import running  # noqa: E402
@@ -32,10 +32,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--checkpoint", type=paths.given_path,
                    help="latent SDE checkpoint (default: newest checkpoints/latent_sde-*/best.pt, "
                    "else the shipped pretrained/latent_sde.pt, else one trained on the fly)")
-    p.add_argument("--samples", type=int, default=100)
-    p.add_argument("--horizon", type=float, default=3.0, help="seconds")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--samples", type=positive_int, default=100)
+    p.add_argument("--horizon", type=positive_seconds, default=3.0, help="seconds")
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     return p.parse_args()
 
 

@@ -652,6 +652,29 @@ def test_bench_scripts_refuse_a_bad_config_as_the_script_they_time(tmp_path, mon
     assert ours.stderr.split("error: ", 1)[1] == said and ("config" in said or "empty path" in said), said
 
 
+@pytest.mark.parametrize("bench, flag, value", [
+    ("forecast_latency", "--samples", "0"), ("sde_latency", "--samples", "-1"), ("sde_latency", "--repeats", "0"),
+    ("sde_latency", "--threads", "0"), ("sde_latency", "--threads", "-2"), ("sde_latency", "--horizon", "0"),
+    ("rhythm_bound", "--max-windows-per-record", "0"), ("rhythm_bound", "--max-windows-per-record", "-1"),
+    ("rhythm_bound", "--history-seconds", "-6")])
+def test_bench_scripts_refuse_a_count_or_duration_below_one_by_its_flag(monkeypatch, bench, flag, value):
+    """The timing flags went unchecked: sde_latency --repeats 0 ended in an UnboundLocalError, --threads -2 in torch's
+    RuntimeError, --samples 0 in predict's ValueError after the model was loaded; --threads 0 and rhythm_bound
+    --max-windows-per-record 0 silently meant the default and every window. Each is a usage error naming its flag."""
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    module = importlib.import_module(bench)
+
+    def went_on(*args, **kwargs):
+        raise UserError("went past the flags")
+    monkeypatch.setattr(module, "forecaster_to_time", went_on, raising=False)
+    monkeypatch.setattr(evaluate, "load_prepared", went_on)
+    r = run_script(module.main, f"{bench}.py", [flag, value])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.splitlines()[-1].startswith(f"{bench}.py: error: argument {flag}: {value}"), r.stderr
+
+
 def test_bench_report_reads_lines_with_and_without_a_config(tmp_path):
     """bench/results.jsonl's lines from before --config have no "config" key: the table takes old and new lines."""
     import json
