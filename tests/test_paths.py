@@ -690,6 +690,17 @@ def test_bench_report_reads_lines_with_and_without_a_config(tmp_path):
     assert len(rows) == 2 and "config" not in rows[0] and "config: mine.json" in rows[1]
 
 
+def test_bench_results_md_is_the_table_of_results_jsonl(tmp_path):
+    """bench/results.md is bench/report.py's table of bench/results.jsonl: session 38's run of the spread frontier went
+    into the table only, and tabulating the lines again brought back the F1s it had replaced."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import report
+
+    report.main(str(ROOT / "bench" / "results.jsonl"), str(tmp_path / "results.md"))
+    table = [line for line in (ROOT / "bench" / "results.md").read_text().splitlines() if line.startswith("|")]
+    assert [line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("|")] == table
+
+
 def test_a_warning_under_a_progress_bar_gets_a_line_of_its_own():
     """A forecaster's warnings.warn while evaluate.py's bar is drawn: written plainly, the warning would
     continue the bar's line in a log; run_main writes it through tqdm.write, which clears the bar first."""
