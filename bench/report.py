@@ -33,7 +33,8 @@ def main(src: str, dst: str) -> None:
              f"torch {m['torch']} on {m['torch_threads']} threads. Made by `make bench` from `{src}`.", "",
              "| bench | peak RSS (MB) | results |", "|---|---:|---|"]
     for r in rows:
-        details = "; ".join(f"{k}: {cell(v)}" for k, v in r.items() if k not in MACHINE + ("bench", "peak_rss_mb"))
+        details = "; ".join(f"{k}: {cell(v)}" for k, v in r.items() if k not in ("bench", "peak_rss_mb")
+                            and not (k in MACHINE and v == m.get(k)))     # the header's machine, unless it differs
         lines.append(f"| {r['bench']} | {r.get('peak_rss_mb', '')} | {details} |")
     text = "\n".join(lines) + "\n"
     paths.atomic_write_text(text, dst)     # a run cut short keeps the table before it

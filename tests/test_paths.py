@@ -690,6 +690,23 @@ def test_bench_report_reads_lines_with_and_without_a_config(tmp_path):
     assert len(rows) == 2 and "config" not in rows[0] and "config: mine.json" in rows[1]
 
 
+def test_bench_report_names_a_rows_machine_where_it_is_not_the_headers(tmp_path):
+    """The header names the first line's CPU and threads and every row left them out: a line from
+    `sde_latency.py --threads 1` (or another machine) read as if run on the header's 2 threads."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import report
+
+    machine = {"cpu": "c", "cores": 2, "torch_threads": 2, "torch": "t"}
+    lines = [{"bench": "a", "x": 1, **machine}, {"bench": "b", "x": 2, **machine, "torch_threads": 1}]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    report.main(str(tmp_path / "results.jsonl"), str(tmp_path / "results.md"))
+    rows = (tmp_path / "results.md").read_text().splitlines()[-2:]
+    assert "on 2 threads" in (tmp_path / "results.md").read_text()
+    assert rows == ["| a |  | x: 1 |", "| b |  | x: 2; torch_threads: 1 |"]
+
+
 def test_bench_results_md_is_the_table_of_results_jsonl(tmp_path):
     """bench/results.md is bench/report.py's table of bench/results.jsonl: session 38's run of the spread frontier went
     into the table only, and tabulating the lines again brought back the F1s it had replaced."""
