@@ -27,7 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -527,16 +527,9 @@ class Trainer:
         return row
 
     def drop_unused_folders(self) -> None:
-        """A fresh run stopped before its first epoch was logged leaves no folders: its checkpoint folder is empty,
-        its results folder holds only run.json and the plots before training, nothing to resume or compare, and the
-        reason it stopped is the error printed. Left, they were the newest runs that `ls -t` and a --resume typed
-        from them found. Once metrics.csv is there, the results folder stays (an epoch's figures)."""
-        if not self.fresh:
-            return
-        if self.run_dir.is_dir() and not (self.run_dir / "metrics.csv").exists():
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-        if self.ckpt_dir.is_dir() and not any(self.ckpt_dir.iterdir()):
-            self.ckpt_dir.rmdir()
+        """A fresh run's folders, when it stops before its first epoch is logged (drop_unused_folders)."""
+        if self.fresh:
+            drop_unused_folders(self.run_dir, self.ckpt_dir)
 
     def _fit_beside_the_others(self, resume: str | Path | None) -> dict:
         """fit(); under torchrun a rank stopped or failing alone (Ctrl-C or SIGTERM to its process, a failed write)
@@ -555,11 +548,7 @@ class Trainer:
         (into folders of its own, its run's being gone); with the script that runs (a trainer of one's own too), else
         the project's <kind>_train.py."""
         last = self.ckpt_dir / "last.pt"
-        start = last if last.exists() else self.resumed_from
-        if not start:
-            return "nothing was saved yet (last.pt is written at the end of every epoch)"
-        script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else f"{self.kind}_train.py"
-        return f"resume with: {shlex.join(['python3', script, '--resume', str(start)])}"     # a folder 'my runs' too
+        return resume_hint(last if last.exists() else self.resumed_from, self.kind)
 
     def make_loaders(self, train_set: Dataset, val_set: Dataset) -> None:
         settings, rt = self.s, self.rt
@@ -621,6 +610,44 @@ class Trainer:
         print(f"epoch {self.epoch}/{self.s.epochs} " + " ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
             + (" (best)" if improved else ""))
+
+
+def drop_unused_folders(run_dir: Path, ckpt_dir: Path) -> bool:
+    """A fresh run stopped before its first epoch was logged leaves no folders: its checkpoint folder is empty, its
+    results folder holds only run.json and the plots before training, nothing to resume or compare, and the reason
+    it stopped is the error printed. Left, they were the newest runs that `ls -t` and a --resume typed from them
+    found. Once metrics.csv is there, the results folder stays (an epoch's figures), as does a checkpoint folder
+    holding anything. True when no epoch was logged."""
+    unused = not (run_dir / "metrics.csv").exists()
+    if unused and run_dir.is_dir():
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
+        ckpt_dir.rmdir()
+    return unused
+
+
+def resume_hint(start: str | Path | None, kind: str) -> str:
+    """How a stopped run goes on from checkpoint `start` (none: nothing was saved yet), with the script that runs (a
+    trainer of one's own too), else the project's <kind>_train.py."""
+    if not start:
+        return "nothing was saved yet (last.pt is written at the end of every epoch)"
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else f"{kind}_train.py"
+    return f"resume with: {shlex.join(['python3', script, '--resume', str(start)])}"     # a folder 'my runs' too
+
+
+@contextlib.contextmanager
+def _dropped_if_unused(run_dir: Path, ckpt_dir: Path, resume: str | Path | None, kind: str) -> Iterator[None]:
+    """The folders shared_run_dirs made, from then to the script's end (running.until_main_ends): a stop before the
+    first epoch is logged drops them as the Trainer does once it has them (drop_unused_folders), so a stop before it
+    exists (run.json's record, the VQ-VAE's plot before training) leaves none either; a Ctrl-C or SIGTERM says
+    how the run goes on as the Trainer's does: nothing was saved yet, or the resume it began, again."""
+    try:
+        yield
+    except BaseException as e:
+        unused = drop_unused_folders(run_dir, ckpt_dir)
+        if unused and isinstance(e, KeyboardInterrupt) and not str(e):     # the Trainer's carries its resume hint
+            raise type(e)(resume_hint(resume, kind)) from None
+        raise
 
 
 def ranks_apart(mine: Any) -> tuple[list, list[int]]:
@@ -732,8 +759,9 @@ def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | N
                     experiment: str) -> tuple[Path, Path]:
     """The run's results and checkpoint folders (results/<experiment>-<time>/, checkpoints/<same>/, from
     run_parser's --results and --checkpoints): rank 0 names them (or reuses the resumed run's); every rank
-    learns the same."""
-    names, made = [None, None], []
+    learns the same. Folders made here go again if the script stops before its first epoch is logged
+    (_dropped_if_unused), a resumed run's own never."""
+    names = [None, None]
     if rt.is_main:
         if resume_ckpt and Path(resume_ckpt["run_dir"]).is_dir():
             names = [resume_ckpt["run_dir"], resume_ckpt["ckpt_dir"]]
@@ -741,16 +769,12 @@ def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | N
         else:
             ckpt_root = paths.check_writable(paths.location("checkpoints", args.checkpoints))  # before training
             run = paths.new_run_dir(experiment, args.results, ckpt_root)
-            names = [str(run), str(ckpt_root / run.name)]
-            made = [run, ckpt_root / run.name]
-    if rt.distributed:
-        try:
-            dist.broadcast_object_list(names, src=0)
-        except BaseException:   # another rank failed before it (its node lacks the data): the folders, made now, go
-            for folder in made:
-                with contextlib.suppress(OSError):      # empty, or already gone (one root for both)
-                    folder.rmdir()
-            raise
+            ckpt_dir = ckpt_root / run.name
+            names = [str(run), str(ckpt_dir)]
+            resumed = (args.resume, resume_ckpt["kind"]) if resume_ckpt else (None, experiment)
+            running.until_main_ends(_dropped_if_unused(run, ckpt_dir, *resumed))
+    if rt.distributed:      # another rank failing before it (its node lacks the data) ends this one here
+        dist.broadcast_object_list(names, src=0)
     return Path(names[0]), Path(names[1])
 
 

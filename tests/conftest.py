@@ -124,6 +124,16 @@ def run_script(main, script: str, args: list[str]) -> subprocess.CompletedProces
     return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 
+def stopped_at(monkeypatch, module, name: str, stop: BaseException, script: str,
+               args: list[str]) -> subprocess.CompletedProcess:
+    """module.main(args) as `script` runs it (run_script), stopped by `stop` where it calls module.`name` (run_record:
+    its run folders just made, no Trainer yet)."""
+    def stopped(*a, **k):
+        raise stop
+    monkeypatch.setattr(module, name, stopped)
+    return run_script(lambda: module.main(args), script, args)
+
+
 def edit_tree_after(monkeypatch, module, name: str) -> None:
     """paths.git_commit says "at-start" until `module.name` has run and "at-end" after it, as when the tree is
     edited during a long run: a run that stamps its commit late names "at-end", code that never ran."""

@@ -24,7 +24,7 @@ from latent_sde import (LEARNS_CRPS, DiagonalDiffusion, LatentSDE, LatentSDEFore
                         fair_crps, overlap_add, replica_seed, soft_clip)
 from vqvae import VQVAE
 from paths import UserError
-from conftest import trainer_inputs, undocumented_columns, vqvae_splits
+from conftest import stopped_at, trainer_inputs, undocumented_columns, vqvae_splits
 from tiny import flags, tiny_setup
 from train_results import TRAINING_STATE, fixed_windows
 
@@ -537,6 +537,22 @@ def test_crps_fine_tuning_of_a_latent_sde_without_drafts_is_one_clear_error(trai
     with pytest.raises(UserError, match=f"--crps-from {trained['ckpt']}: .*model.draft_beats"):
         latent_sde_train.main(flags(setup, "--device", "cpu", "--crps-from", str(trained["ckpt"])))
     assert not (tmp_path / "res").exists()
+
+
+@pytest.mark.parametrize("run", ["elbo", "crps"])
+def test_a_run_stopped_before_its_trainer_leaves_no_folders(trained: dict, drafted: dict, tmp_path: Path,
+                                                            monkeypatch, run: str) -> None:
+    """Ctrl-C between making its folders and building its Trainer (run.json's record), in an ELBO run or a
+    --crps-from fine-tuning: they go, and it says that nothing was saved yet, as vqvae_train.py."""
+    vq = next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt"))
+    setup, source = ((trained["setup_sde"], ["--vqvae", str(vq)]) if run == "elbo"
+                     else (drafted["setup"], ["--crps-from", str(drafted["ckpt"])]))
+    setup = {**setup, "results": str(tmp_path / "r"), "checkpoints": str(tmp_path / "c")}
+    r = stopped_at(monkeypatch, latent_sde_train, "run_record", KeyboardInterrupt(), "latent_sde_train.py",
+                   flags(setup, "--device", "cpu", *source))
+    assert (r.returncode, r.stderr.splitlines()[-1]) == (
+        130, "interrupted; nothing was saved yet (last.pt is written at the end of every epoch)")
+    assert not any((tmp_path / "r").iterdir()) and not any((tmp_path / "c").iterdir())
 
 
 def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_path: Path, capsys) -> None:

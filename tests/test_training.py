@@ -26,7 +26,7 @@ import latent_sde_train
 import training
 import transformer_train
 import vqvae_train
-from conftest import ROOT, run_script, trainer_inputs, undocumented_columns, write_record
+from conftest import ROOT, run_script, snapshot, stopped_at, trainer_inputs, undocumented_columns, write_record
 from hyper_params import ModelConfig, TrainConfig, config_from_dict, load_config
 from paths import UserError
 from prepare_mitbih import load_split, prepare
@@ -171,6 +171,77 @@ def test_a_run_stopped_in_its_first_epoch_leaves_no_folders(tmp_path: Path, synt
         _run(setup, "--results", str(tmp_path / "both"), "--checkpoints", str(tmp_path / "both"))
     for root in ("results", "checkpoints", "both"):
         assert not any((tmp_path / root).iterdir())
+
+
+NOTHING_SAVED = "nothing was saved yet (last.pt is written at the end of every epoch)"
+STOPS_BEFORE_TRAINING = [(KeyboardInterrupt(), 130, f"interrupted; {NOTHING_SAVED}"),
+                         (running.Terminated(), 143, f"terminated; {NOTHING_SAVED}"),
+                         (UserError("cannot read the git commit"), 2, "error: cannot read the git commit")]
+
+
+@pytest.mark.parametrize("stop, status, said", STOPS_BEFORE_TRAINING, ids=["ctrl_c", "sigterm", "error"])
+@pytest.mark.parametrize("at", ["run_record", "plot_fixed_windows"])
+def test_a_run_stopped_before_its_trainer_runs_leaves_no_folders(tmp_path: Path, synthetic_db: Path, monkeypatch,
+                                                                 stop: BaseException, status: int, said: str,
+                                                                 at: str) -> None:
+    """Stopped after its folders were made but before its Trainer ran (run.json's record; the plot before training,
+    half drawn), a fresh run left both, empty or nearly, and Ctrl-C said only 'interrupted': they go, as a stop in
+    the first epoch drops them, and it says that nothing was saved yet (with a root for both too)."""
+    def half_drawn(model, windows, fs, out: Path, *rest) -> None:
+        out.write_bytes(b"\x89PNG")
+        raise stop
+
+    setup = tiny_setup(tmp_path, synthetic_db)
+    for roots in ({}, {"results": str(tmp_path / "both"), "checkpoints": str(tmp_path / "both")}):
+        args = flags({**setup, **roots}, "--device", "cpu")
+        if at == "run_record":
+            r = stopped_at(monkeypatch, vqvae_train, at, stop, "vqvae_train.py", args)
+        else:
+            monkeypatch.setattr(vqvae_train, at, half_drawn)
+            r = run_script(lambda: vqvae_train.main(args), "vqvae_train.py", args)
+        assert (r.returncode, r.stderr.splitlines()) == (status, [said])
+    for root in ("results", "checkpoints", "both"):
+        assert not any((tmp_path / root).iterdir())
+
+
+def test_a_stop_after_training_or_before_a_resume_leaves_the_runs_folders(tmp_path: Path, synthetic_db: Path,
+                                                                          monkeypatch) -> None:
+    """Folders go only when a new run stops before its first epoch is logged: not a finished run's stopped in its
+    closing report (nor said to have saved nothing), nor a resumed run's own; a resume into new folders (its run's
+    gone) says how it goes on, as the Trainer does."""
+    setup = tiny_setup(tmp_path, synthetic_db)
+    r = stopped_at(monkeypatch, vqvae_train, "compression_line", KeyboardInterrupt(), "vqvae_train.py",
+                   flags(setup, "--device", "cpu", "--epochs", "1"))
+    assert (r.returncode, r.stderr.splitlines()[-1]) == (130, "interrupted")
+    run = _only_run(tmp_path / "results")
+    last = tmp_path / "checkpoints" / run.name / "last.pt"
+    assert (run / "metrics.csv").is_file() and last.is_file()
+    kept = [snapshot(tmp_path / root) for root in ("results", "checkpoints")]
+    resume = flags({k: v for k, v in setup.items() if k != "config"}, "--device", "cpu", "--resume", str(last))
+    r = stopped_at(monkeypatch, vqvae_train, "run_record", KeyboardInterrupt(), "vqvae_train.py", resume)
+    assert r.returncode == 130 and [snapshot(tmp_path / root) for root in ("results", "checkpoints")] == kept
+    run.rename(tmp_path / "elsewhere")
+    r = stopped_at(monkeypatch, vqvae_train, "run_record", KeyboardInterrupt(), "vqvae_train.py", resume)
+    assert r.stderr.splitlines()[-1] == f"interrupted; resume with: python3 vqvae_train.py --resume {last}"
+    assert not any((tmp_path / "results").iterdir()) and snapshot(tmp_path / "checkpoints") == kept[1]
+
+
+def test_the_readmes_model_of_ones_own_stopped_before_training_leaves_no_folders(tmp_path: Path, synthetic_db: Path,
+                                                                                monkeypatch) -> None:
+    """README's my_model.py, stopped between its shared_run_dirs and its Trainer, as vqvae_train.py."""
+    import evaluate
+
+    setup = tiny_setup(tmp_path, synthetic_db)
+    raw = json.loads(Path(setup["config"]).read_text())
+    Path(setup["config"]).write_text(json.dumps({"data": raw["data"], "train": raw["train"], "model": {"hidden": 8}}))
+    mine = tmp_path / "my_model.py"
+    mine.write_text(readme_block("class MyForecaster"))
+    monkeypatch.setattr(sys, "argv", ["my_model.py"])
+    module = evaluate.load_file(mine)
+    r = stopped_at(monkeypatch, module, "run_record", KeyboardInterrupt(), "my_model.py",
+                   flags(setup, "--device", "cpu"))
+    assert (r.returncode, r.stderr.splitlines()) == (130, [f"interrupted; {NOTHING_SAVED}"])
+    assert not any((tmp_path / "results").iterdir()) and not any((tmp_path / "checkpoints").iterdir())
 
 
 def test_resume_refuses_checkpoint_of_another_model_config(tmp_path: Path, synthetic_db: Path) -> None:
@@ -1259,12 +1330,13 @@ def test_a_resume_without_its_run_folder_starts_a_new_one(tmp_path: Path) -> Non
     to a machine without it gets new folders, not a metrics.csv in a folder that is not there."""
     from training import Runtime
 
-    args = SimpleNamespace(results=str(tmp_path / "results"), checkpoints=str(tmp_path / "checkpoints"))
+    args = SimpleNamespace(results=str(tmp_path / "results"), checkpoints=str(tmp_path / "checkpoints"),
+                           resume=str(tmp_path / "last.pt"))
     rt = Runtime(torch.device("cpu"))
     (tmp_path / "old").mkdir()
     own = {"run_dir": str(tmp_path / "old"), "ckpt_dir": str(tmp_path / "old_ck")}
     assert training.shared_run_dirs(args, rt, own, "vqvae") == (tmp_path / "old", tmp_path / "old_ck")
-    moved = {"run_dir": str(tmp_path / "gone"), "ckpt_dir": str(tmp_path / "gone_ck")}
+    moved = {"run_dir": str(tmp_path / "gone"), "ckpt_dir": str(tmp_path / "gone_ck"), "kind": "vqvae"}
     run, ckpt = training.shared_run_dirs(args, rt, moved, "vqvae")
     assert run.is_dir() and run.parent == tmp_path / "results" and ckpt == tmp_path / "checkpoints" / run.name
 

@@ -12,10 +12,11 @@ import torch
 
 import evaluate
 import forecast
+import running
 import transformer_train
 import vqvae_eval
 import vqvae_train
-from conftest import periodic_ecg, trainer_inputs, undocumented_columns, vqvae_splits
+from conftest import periodic_ecg, stopped_at, trainer_inputs, undocumented_columns, vqvae_splits
 from forecast import Forecaster
 from hyper_params import ModelConfig, config_from_dict, stored_config
 from hyper_params_transformer import SampleConfig
@@ -96,6 +97,19 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     rows = transformer_train.main(flags(setup_t, "--device", "cpu", "--vqvae", str(vq)))
     ckpt = next((tmp / "checkpoints").glob("transformer-*/best.pt"))
     return {"tmp": tmp, "ckpt": ckpt, "row": rows, "setup": setup}
+
+
+def test_a_run_stopped_before_its_trainer_leaves_no_folders(trained: dict, tmp_path: Path, monkeypatch) -> None:
+    """SIGTERM between making its folders and building its Trainer (run.json's record): they go, and it says that
+    nothing was saved yet, as vqvae_train.py (test_training's test_a_run_stopped_before_its_trainer_...)."""
+    vq = next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt"))
+    setup = {**trained["setup"], "config": str(trained["tmp"] / "transformer.json"), "results": str(tmp_path / "r"),
+             "checkpoints": str(tmp_path / "c")}
+    r = stopped_at(monkeypatch, transformer_train, "run_record", running.Terminated(), "transformer_train.py",
+                   flags(setup, "--device", "cpu", "--vqvae", str(vq)))
+    assert (r.returncode, r.stderr.splitlines()[-1]) == (
+        143, "terminated; nothing was saved yet (last.pt is written at the end of every epoch)")
+    assert not any((tmp_path / "r").iterdir()) and not any((tmp_path / "c").iterdir())
 
 
 def test_tiny_train_then_forecast(trained: dict) -> None:
