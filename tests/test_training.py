@@ -9,7 +9,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import matplotlib.axes
 import matplotlib.pyplot as plt
@@ -21,8 +21,8 @@ from torch.utils.data import Dataset, TensorDataset
 
 import paths
 import running
-import train_results
 import latent_sde_train
+import train_results
 import training
 import transformer_train
 import vqvae_train
@@ -229,15 +229,7 @@ def test_a_stop_after_training_or_before_a_resume_leaves_the_runs_folders(tmp_pa
 def test_the_readmes_model_of_ones_own_stopped_before_training_leaves_no_folders(tmp_path: Path, synthetic_db: Path,
                                                                                 monkeypatch) -> None:
     """README's my_model.py, stopped between its shared_run_dirs and its Trainer, as vqvae_train.py."""
-    import evaluate
-
-    setup = tiny_setup(tmp_path, synthetic_db)
-    raw = json.loads(Path(setup["config"]).read_text())
-    Path(setup["config"]).write_text(json.dumps({"data": raw["data"], "train": raw["train"], "model": {"hidden": 8}}))
-    mine = tmp_path / "my_model.py"
-    mine.write_text(readme_block("class MyForecaster"))
-    monkeypatch.setattr(sys, "argv", ["my_model.py"])
-    module = evaluate.load_file(mine)
+    setup, module = readme_model(tmp_path, synthetic_db, monkeypatch)
     r = stopped_at(monkeypatch, module, "run_record", KeyboardInterrupt(), "my_model.py",
                    flags(setup, "--device", "cpu"))
     assert (r.returncode, r.stderr.splitlines()) == (130, [f"interrupted; {NOTHING_SAVED}"])
@@ -1601,6 +1593,19 @@ def test_codebook_health_plots_a_column_added_on_resume_from_the_epoch_it_starts
     np.testing.assert_array_equal(usage.lines[0].get_ydata(), [np.nan, 50.0])
 
 
+def readme_model(tmp_path: Path, synthetic_db: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, ModuleType]:
+    """The tiny setup's flags and the README's my_model.py, written as given and imported as evaluate.py imports it."""
+    import evaluate
+
+    setup = tiny_setup(tmp_path, synthetic_db)
+    raw = json.loads(Path(setup["config"]).read_text())
+    Path(setup["config"]).write_text(json.dumps({"data": raw["data"], "train": raw["train"], "model": {"hidden": 8}}))
+    mine = tmp_path / "my_model.py"
+    mine.write_text(readme_block("class MyForecaster"))
+    monkeypatch.setattr(sys, "argv", ["my_model.py"])
+    return setup, evaluate.load_file(mine)
+
+
 def readme_block(needle: str) -> str:
     """The README's python code block that holds `needle`, as written there."""
     blocks = (ROOT / "README.md").read_text().split("```python\n")[1:]
@@ -1615,13 +1620,7 @@ def test_the_readmes_model_of_ones_own_trains_resumes_and_is_scored_by_evaluate(
     patients (the example stopped in ForecasterBase.from_run's KeyError: 'vqvae' before)."""
     import evaluate
 
-    setup = tiny_setup(tmp_path, synthetic_db)
-    raw = json.loads(Path(setup["config"]).read_text())
-    Path(setup["config"]).write_text(json.dumps({"data": raw["data"], "train": raw["train"], "model": {"hidden": 8}}))
-    mine = tmp_path / "my_model.py"
-    mine.write_text(readme_block("class MyForecaster"))
-    monkeypatch.setattr(sys, "argv", ["my_model.py"])
-    module = evaluate.load_file(mine)
+    setup, module = readme_model(tmp_path, synthetic_db, monkeypatch)
     row = module.main(flags(setup, "--device", "cpu"))
     run = _only_run(tmp_path / "results")
     ckpts = tmp_path / "checkpoints" / run.name
@@ -1629,7 +1628,7 @@ def test_the_readmes_model_of_ones_own_trains_resumes_and_is_scored_by_evaluate(
     assert (run / "loss_curves.png").is_file() and (ckpts / "best.pt").is_file()
     assert module.main(["--resume", str(ckpts / "last.pt"), "--epochs", "3", "--prepared", setup["prepared"],
                         "--device", "cpu"])["epoch"] == 3
-    fc = evaluate.make_forecaster(f"{mine}:MyForecaster={ckpts / 'best.pt'}", 64, "cpu")
+    fc = evaluate.make_forecaster(f"{tmp_path / 'my_model.py'}:MyForecaster={ckpts / 'best.pt'}", 64, "cpu")
     assert (fc.name, fc.train_records, fc.validation_records) == ("gru", ["102", "103", "104", "105"], ["101"])
     context = np.random.default_rng(0).standard_normal((3, 64, 2)).astype(np.float32) * 0.3
     out = fc.predict(context, 40, num_samples=5)
