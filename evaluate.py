@@ -389,10 +389,11 @@ def load_prepared(split: str, cfg: Config, prepared: str | None) -> Windows:
     lists may be other than the config's (a split of one's own), its windows not. Without them a record is
     annotated when its windows hold reference beats: one taken for annotated without any would score its
     forecasts' every beat a false positive, F1 0 where it is undefined."""
-    from prepare_mitbih import load_split, stored_meta, stored_records
+    from prepare_mitbih import load_split, records_of, stored_meta
     d = load_split(split, cfg, prepared, any_records=True, config_flag=True)
     folder = paths.location("prepared", prepared)
-    stored, meta = stored_meta(folder), stored_records(folder)
+    stored = stored_meta(folder)
+    meta = records_of(stored)
     names = list(d["records"])
     info = [meta.get(n, {}) for n in names]
     source = {"kind": "prepared", "path": str(folder / f"{split}.pt"), "split": split,

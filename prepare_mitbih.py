@@ -538,11 +538,12 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     header = read_header(path)
     span = span if header.sig_len else None     # a header may leave its length out: read whole, its end is known then
     sampfrom, sampto, ratio, margin_s = 0, None, Fraction(1), SPAN_MARGIN_S
+    header_units = header_leads(path, header)[1]
     while True:
         if span:
             ratio = resample_ratio(float(header.fs), cfg.samples_per_second, where)
             sampfrom, sampto = source_span(span, float(header.fs), ratio, header.sig_len, margin_s)
-        x, fs_in, names, units = _read_leads(path, cfg, sampfrom, sampto, header_leads(path, header)[1])
+        x, fs_in, names, units = _read_leads(path, cfg, sampfrom, sampto, header_units)
         gap = gap_mask(x, fs_in, names, where, gaps, whole=not sampfrom and sampto is None)
         if not (sampfrom and gap[0] or sampto is not None and gap[-1]):
             break
@@ -818,16 +819,13 @@ def check_first_lead(data_dir: Path, names: list[str], first: str) -> None:
 
 def hash_inputs(data_dir: Path, names: list[str], annotator: str | None = "atr") -> str:
     """sha256 over the bytes of every input file, so results can name the exact data they saw (annotator None:
-    the signals alone, for a reader that reads no beats). Files are hashed a MB at a time: read whole, a 24 h
-    record's .dat (86 MB at 250 Hz) sat in memory beside a forecast that reads only its seconds."""
+    the signals alone, for a reader that reads no beats)."""
     h = hashlib.sha256()
     for name in names:
         for p in input_files(data_dir, name) + ([data_dir / f"{name}.{annotator}"] if annotator else []):
             if p.exists():
                 h.update(p.name.encode())
-                with p.open("rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
+                paths.hash_file(h, p)
     return h.hexdigest()[:16]
 
 
@@ -1102,7 +1100,12 @@ def stored_meta(prepared_dir: str | Path | None = None) -> dict:
 
 def stored_records(prepared_dir: str | Path | None = None) -> dict:
     """Each prepared record's details (meta.json's records: fs_in, leads, ...), {} when the metadata is missing."""
-    stored = stored_meta(prepared_dir).get("records")
+    return records_of(stored_meta(prepared_dir))
+
+
+def records_of(meta: dict) -> dict:
+    """The records of a meta.json read (stored_meta), {} when it has none that are an object."""
+    stored = meta.get("records")
     return stored if isinstance(stored, dict) else {}
 
 
