@@ -24,6 +24,7 @@ import importlib.util
 import inspect
 import io
 import itertools
+import numbers
 import re
 import shlex
 import shutil
@@ -83,10 +84,8 @@ def make_forecaster(spec: str, fs: int, device: str | None = None) -> Forecaster
         raise
     except Exception as e:
         raise UserError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
-    if int(model.fs) != int(fs):
-        raise UserError(f"{path}: the model forecasts at {model.fs} Hz but the data is at {fs} Hz (--config's "
-                        f"data.samples_per_second; the default is config_vqvae.json's): pass the VQ-VAE config the "
-                        f"model was trained with as --config")
+    check_rate(str(path), model, fs, " (--config's data.samples_per_second; the default is config_vqvae.json's): "
+                                     "pass the VQ-VAE config the model was trained with as --config")
     return model
 
 
@@ -136,9 +135,7 @@ def user_forecaster(spec: str, fs: int, device: str | None = None, flag: str = "
         raise UserError(f"{flag} {spec}: {name}({fs}) has no predict(context, horizon, num_samples, seed)")
     if own_rate and (data := own_data(f)) is not None:
         fs = data.samples_per_second
-    own_fs = declared_fs(f, fs)
-    if int(own_fs) != int(fs):
-        raise UserError(f"{flag} {spec}: it forecasts at {own_fs} Hz but the data is at {fs} Hz")
+    check_rate(f"{flag} {spec}", f, fs)
     if getattr(f, "name", ForecasterBase.name) == ForecasterBase.name:
         f.name = name
     return OwnForecaster(f, f"{flag} {spec}")
@@ -186,12 +183,22 @@ def import_source(spec: str, flag: str) -> ModuleType:
         raise UserError(f"{flag} {spec}: importing {source} failed: {type(e).__name__}: {e}{hint}") from e
 
 
-def declared_fs(f: ForecasterBase, fs: int) -> float:
+def declared_fs(f: ForecasterBase, fs: int) -> object:
     """The rate a forecaster of one's own says it forecasts at (its own or its class's `fs`, a property's value
-    too), else `fs`: ForecasterBase's default is no choice of its."""
+    too), else `fs`: ForecasterBase's default is no choice of its. An OwnForecaster's is the object's it wraps."""
+    f = vars(f)["_own"] if isinstance(f, OwnForecaster) else f
     owner = next((c for c in type(f).__mro__ if "fs" in vars(c)), None)
     chosen = "fs" in getattr(f, "__dict__", {}) or owner not in (None, ForecasterBase)
     return getattr(f, "fs", fs) if chosen else fs
+
+
+def check_rate(who: str, f: ForecasterBase, fs: int, hint: str = "") -> None:
+    """Refuse a forecaster (`who` names it) whose declared_fs is not a number equal to the data's rate `fs`, in
+    one UserError line whatever loaded it: int() of both let 128.4 Hz pass as 128, and None stopped in a TypeError."""
+    rate = declared_fs(f, fs)
+    number = isinstance(rate, numbers.Real) and not isinstance(rate, bool)
+    if not number or rate != fs:
+        raise UserError(f"{who}: it forecasts at {rate if number else repr(rate)} Hz but the data is at {fs} Hz{hint}")
 
 
 def user_arguments(asked: str, make: Callable, checkpoint: str | None, device: str | None) -> dict:
@@ -671,8 +678,7 @@ def check_request(forecasters: dict[str, ForecasterBase], w: Windows, context: i
         raise ValueError(f"context must be an integer from 1 to {total - 1} (the windows' {total} samples less a "
                          f"horizon), got {context!r}")
     for name, f in forecasters.items():
-        if float(own := declared_fs(f, fs)) != float(fs):
-            raise ValueError(f"forecaster {name!r} forecasts at {own} Hz but the windows are at fs={fs} Hz")
+        check_rate(f"forecaster {name!r}", f, fs)
 
 
 def score_chunk(forecasters: dict[str, ForecasterBase], w: Windows, r: int, idx: np.ndarray, context: int, fs: int,

@@ -934,6 +934,27 @@ class Property(At360):
     assert evaluate.user_forecaster(f"{tmp_path / 'mine.py'}:Property", 360).name == "Property"
 
 
+@pytest.mark.parametrize("rate, shown", [("128.4", "128.4"), ("None", "None"), ("'128'", "'128'")])
+def test_a_user_forecaster_at_a_rate_that_is_not_the_datas_number_is_one_error_line(tmp_path, rate, shown):
+    """evaluate.py compared the rates as int() (128.4 Hz passed as 128, None stopped in a TypeError traceback), and
+    evaluate()'s own check as float() saw no rate on the OwnForecaster wrapping it: 128.4 Hz was scored, and
+    forecast.py forecast with it, without a word. One check (evaluate.check_rate) refuses it everywhere."""
+    import forecast
+
+    write_record(tmp_path / "db", "r", seconds=12, seed=0)
+    (tmp_path / "mine.py").write_text(MINE.replace("fs = 360", f"fs = {rate}"))
+    said = rf"mine.py:At360: it forecasts at {shown} Hz but the data is at 128 Hz$"
+    with pytest.raises(UserError, match=rf"--model .*{said}"):
+        evaluate.main(["--model", f"{tmp_path / 'mine.py'}:At360", "--wfdb-dir", str(tmp_path / "db"),
+                       "--results", str(tmp_path / "results")])
+    with pytest.raises(UserError, match=rf"--checkpoint .*{said}"):
+        forecast.load_forecaster(f"{tmp_path / 'mine.py'}:At360", "cpu")
+    w = _one_record_windows(np.zeros((1, 256, 2)), [np.zeros(0)])
+    own = evaluate.OwnForecaster(evaluate.load_file(tmp_path / "mine.py").At360(128), "--model mine.py:At360")
+    with pytest.raises(UserError, match=rf"forecaster 'mine': it forecasts at {shown} Hz but the data is at 128 Hz"):
+        evaluate.evaluate({"mine": own}, w, 128, 128, 1, progress=False)
+
+
 @pytest.mark.parametrize("flag,value", [("--split", "validation"), ("--prepared", "elsewhere")])
 def test_prepared_flags_given_with_wfdb_dir_are_noted_as_ignored(tmp_path, capsys, flag, value):
     """--split and --prepared choose prepared tensors; --wfdb-dir scores every record of its folder, and says so."""
@@ -1757,7 +1778,7 @@ def test_evaluate_refuses_a_context_that_leaves_no_horizon_and_a_forecaster_at_a
     for context in (0, 256, 900, 128.0):
         with pytest.raises(ValueError, match=rf"context must be an integer from 1 to 255 .*got {context}"):
             evaluate.evaluate(zero, w, context, 128, 1, progress=False)
-    with pytest.raises(ValueError, match="forecaster 'seasonal' forecasts at 360 Hz but the windows are at fs=128 Hz"):
+    with pytest.raises(UserError, match="forecaster 'seasonal': it forecasts at 360 Hz but the data is at 128 Hz"):
         evaluate.evaluate({"seasonal": evaluate.make_forecaster("seasonal", 360)}, w, 128, 128, 1, progress=False)
 
     class NoRate:
