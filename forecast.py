@@ -15,14 +15,13 @@ array [B, S, H, 2] in mV (S = 1 for deterministic forecasters).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import inspect
 import math
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -34,7 +33,7 @@ from hyper_params import Config, DataConfig, load_config
 from hyper_params_transformer import SampleConfig, transformer_config_from_dict
 from metrics import FLAT_MV
 from paths import PRETRAINED, ROOT, SHIPPED, SHIPPED_SPECS, UserError
-from train_results import load_checkpoint, load_weights, plot_forecasts
+from train_results import float32_default, load_checkpoint, load_weights, plot_forecasts
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE, vqvae_from
 
@@ -106,19 +105,6 @@ def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples
                          f"at row {b}, sample {t}, lead {lead + 1}")
     warn_units(x)
     return x
-
-
-@contextlib.contextmanager
-def float32_default() -> Iterator[None]:
-    """torch's default dtype float32 for a while: the models are float32, and a session that set float64 (as
-    scientific code does) built float64 modules and tensors, whose forecasts stopped in torch's 'Input type (float) and
-    bias type (double) should be the same'."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
 
 
 def model_device(device: str | torch.device | None) -> torch.device:
@@ -262,10 +248,11 @@ class Forecaster(ForecasterBase):
         paths.check_device(None if device is None else str(device), "device")
         if str(path) in SHIPPED_SPECS:
             path = paths.shipped_checkpoint(str(path), "Forecaster.from_checkpoint")
-        with torch.random.fork_rng(devices=[]), float32_default():   # building the modules drew their first weights
-            return cls._load(path, device)          # from torch's global generator: a session's seeded draws moved
+        with torch.random.fork_rng(devices=[]):     # building the modules drew their first weights from torch's
+            return cls._load(path, device)          # global generator: a session's seeded draws moved
 
     @classmethod
+    @float32_default()
     def _load(cls, path: str | Path, device: str | torch.device | None) -> ForecasterBase:
         """from_checkpoint's forecaster of the checkpoint file `path`."""
         ckpt = load_checkpoint(path)

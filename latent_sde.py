@@ -55,7 +55,7 @@ from drafts import Rhythm, add_noise, context_rhythm, draft_waves, hold_matrix, 
 from forecast import ForecasterBase, context_tail, model_device, one_by_one, warn_short_context
 from hyper_params import Config
 from hyper_params_sde import SDEConfig, SDEModelConfig, sde_config_from_dict
-from train_results import load_weights
+from train_results import float32_default, load_weights
 from vqvae import VQVAE, vqvae_from
 
 
@@ -551,6 +551,7 @@ class LatentSDEForecaster(ForecasterBase):
         self.context_frames = cfg.data.window_samples // self.factor
 
     @classmethod
+    @float32_default()
     def from_checkpoint_dict(cls, ckpt: dict, path: str | Path, device: str | torch.device | None = None
                              ) -> "LatentSDEForecaster":
         """Build from a loaded latent_sde checkpoint: it carries the VQ-VAE weights and both configs."""

@@ -1,12 +1,14 @@
 """What a training run leaves behind: metrics.csv, plots (PNG, physical units) and checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import os
 import textwrap
 from pathlib import Path
+from typing import Iterator
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -174,6 +176,20 @@ def weights_digest(model: torch.nn.Module) -> str:
 def save_checkpoint(state: dict, path: Path) -> None:
     """Atomic: a kill during the save leaves the previous file intact."""
     paths.atomic_torch_save(state, path)
+
+
+@contextlib.contextmanager
+def float32_default() -> Iterator[None]:
+    """torch's default dtype float32 for a while (a decorator too), for every loader that builds a model from a
+    checkpoint: the models are float32, and a session that set float64 (as scientific code does) built float64
+    modules and tensors, whose forecasts stopped in torch's 'Input type (float) and bias type (double) should be
+    the same'."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
 
 
 def load_weights(model: torch.nn.Module, state: dict, path: str | os.PathLike) -> None:

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hyper_params import Config, ModelConfig, stored_config
-from train_results import load_weights
+from train_results import float32_default, load_weights
 from transformer import ConvAttention, as_levels
 
 
@@ -402,6 +402,7 @@ class VQVAE(nn.Module):
         return 2 * SAMPLE_BITS * window * source_ratio / (code_bits + gain_bits)
 
 
+@float32_default()
 def vqvae_from(ckpt: dict, source: str) -> tuple[VQVAE, Config]:
     """The VQ-VAE in eval mode that a checkpoint (or a forecaster's stored VQ-VAE) holds, and its config:
     forecasters prepare their input with the config's data settings. float32 as trained, whatever torch's default
@@ -409,4 +410,4 @@ def vqvae_from(ckpt: dict, source: str) -> tuple[VQVAE, Config]:
     cfg = stored_config(ckpt["config"], f"VQ-VAE config stored in {source}")
     model = VQVAE(cfg.model)
     load_weights(model, ckpt["model"], source)
-    return model.float().eval(), cfg
+    return model.eval(), cfg

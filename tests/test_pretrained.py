@@ -328,6 +328,29 @@ def test_a_session_in_float64_gets_the_same_forecasts(model):
     np.testing.assert_array_equal(got, expected)
 
 
+def test_a_latent_sde_built_from_its_checkpoint_dict_in_a_float64_session_forecasts_as_in_float32():
+    """LatentSDEForecaster.from_checkpoint_dict (by which latent_sde_train.py's CRPS fine-tuning builds the forecaster
+    it trains) was reached by neither float32 mechanism, Forecaster.from_checkpoint's float32_default nor
+    vqvae_from's .float(): under torch's default float64 its SDE was float64 beside a float32 VQ-VAE, and the
+    forecast stopped in torch's 'Input type (double) and bias type (float)'."""
+    from conftest import synthetic_ecg
+    from latent_sde import LatentSDEForecaster
+    from train_results import load_checkpoint
+    x = synthetic_ecg(3, 128)[0]
+    ckpt = load_checkpoint(SHIPPED["latent_sde"])
+    expected = LatentSDEForecaster.from_checkpoint_dict(ckpt, SHIPPED["latent_sde"], "cpu").predict(x, 128, 2, 1)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        fc = LatentSDEForecaster.from_checkpoint_dict(ckpt, SHIPPED["latent_sde"], "cpu")
+        assert torch.get_default_dtype() == torch.float64
+        got = fc.predict(x, 128, 2, 1)
+    finally:
+        torch.set_default_dtype(before)
+    assert {p.dtype for p in [*fc.sde.parameters(), *fc.vq.parameters()]} == {torch.float32}
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_the_shipped_vqvae_can_be_measured_alone():
     """vqvae_eval.py --checkpoint pretrained/forecaster.pt (and --vqvae of the forecasters' trainers) reads the
     VQ-VAE inside it."""
