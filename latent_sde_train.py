@@ -133,7 +133,6 @@ def crps_config(args: argparse.Namespace, resume: dict | None, start: dict, sour
                               f"(model.draft_beats true, as in config_sde.json); this one was trained without them")
     if not resume:
         given = load_sde_config(args.config)
-        note_ignored_sections(given, scfg, args.config, source)
         scfg.crps = given.crps
     elif args.config:
         running.note(f"--config {args.config} is ignored: the resumed fine-tuning goes on with the crps settings "
@@ -142,6 +141,8 @@ def crps_config(args: argparse.Namespace, resume: dict | None, start: dict, sour
     for arg, key in (("epochs", "epochs"), ("max_steps", "steps_per_epoch"), ("batch_size", "batch_size")):
         if getattr(args, arg) is not None:      # into the config the run stores: a resume goes on with them
             setattr(c, key, getattr(args, arg))
+    if not resume:      # with the flags' crps values, before --seed sets the run's seed
+        note_ignored_sections(given, scfg, args.config, source, elbo="crps_from" not in start.get("meta", {}))
     if args.seed is not None:
         scfg.train.seed = args.seed
     if resume:
@@ -150,10 +151,13 @@ def crps_config(args: argparse.Namespace, resume: dict | None, start: dict, sour
     return scfg
 
 
-def note_ignored_sections(given: SDEConfig, run: SDEConfig, config: str | None, source: str) -> None:
+def note_ignored_sections(given: SDEConfig, run: SDEConfig, config: str | None, source: str,
+                          elbo: bool = True) -> None:
     """Fine-tuning takes only the crps section of --config: a model or solver setting there (a forecast-time one such
     as model.departure_scale too), or a train setting it runs with (grad_clip, amp, seed), other than the ELBO run's
-    is said to be ignored, not dropped in silence."""
+    is said to be ignored, not dropped in silence; a train setting the crps section replaces (learning_rate, epochs,
+    ...) other than the ELBO run's is named with the crps key to set instead (unless `run` is a fine-tuned model, not
+    `elbo`: its train section is its own crps schedule, not settings a user wrote)."""
     scheduled = crps_schedule(given.crps)
     differ = [f"{section}.{key} {value!r} (the run's {getattr(getattr(run, section), key)!r})"
               for section in ("model", "solver", "train")
@@ -162,6 +166,19 @@ def note_ignored_sections(given: SDEConfig, run: SDEConfig, config: str | None, 
     if differ:
         running.note(f"--config {config or 'config_sde.json'}: {', '.join(differ)} ignored: CRPS fine-tuning keeps the "
                      f"model, solver and training settings of {source} and takes only the crps section")
+    replaced = [f"train.{key} {value!r} (the run's {getattr(run.train, key)!r}; fine-tuning runs "
+                f"{SCHEDULED_BY[key] + ' ' if key in SCHEDULED_BY else ''}{scheduled[key]!r})"
+                for key, value in dataclasses.asdict(given.train).items()
+                if elbo and key in scheduled and getattr(run.train, key) != value]
+    if replaced:
+        running.note(f"--config {config or 'config_sde.json'}: {', '.join(replaced)} not used: CRPS fine-tuning "
+                     f"trains for crps.epochs of crps.steps_per_epoch batches of crps.batch_size at "
+                     f"crps.learning_rate, without warm-up or weight decay: set those crps keys instead")
+
+
+# the crps key that sets each train setting of crps_schedule's (the others fine-tuning fixes itself)
+SCHEDULED_BY = {"epochs": "crps.epochs", "max_steps_per_epoch": "crps.steps_per_epoch", "batch_size": "crps.batch_size",
+                "learning_rate": "crps.learning_rate", "checkpoint_every": "crps.epochs"}
 
 
 def crps_schedule(c: CRPSConfig) -> dict:

@@ -598,16 +598,48 @@ def test_crps_fine_tuning_says_which_settings_of_config_it_ignores(tmp_path: Pat
     err = capsys.readouterr().err
     assert "model.departure_scale 0.3 (the run's 1.0), solver.dt 0.125 (the run's 0.0625) ignored" in err
     assert "model, solver and training settings of elbo.pt" in err
-    # a train setting fine-tuning runs with (grad_clip) is the run's; one the crps section sets (epochs) is not said
+    # a train setting fine-tuning runs with (grad_clip) is the run's; one the crps section sets (epochs) is not among
     given = {"model": {"draft_beats": True}, "train": {"grad_clip": 0.25, "epochs": 3}, "crps": {"epochs": 2}}
     (tmp_path / "c.json").write_text(json.dumps(given))
     scfg = latent_sde_train.crps_config(args, None, {"config": run.to_dict()}, "elbo.pt")
     assert latent_sde_train.crps_settings(scfg).grad_clip == run.train.grad_clip
     err = capsys.readouterr().err
-    assert "train.grad_clip 0.25 (the run's 1.0) ignored" in err and "train.epochs" not in err
+    (ignored,) = (line for line in err.splitlines() if "ignored" in line)
+    assert "train.grad_clip 0.25 (the run's 1.0) ignored" in ignored and "train.epochs" not in ignored
     (tmp_path / "c.json").write_text(json.dumps({"model": {"draft_beats": True}, "crps": {"epochs": 2}}))
     latent_sde_train.crps_config(args, None, {"config": run.to_dict()}, "elbo.pt")
-    assert "ignored" not in capsys.readouterr().err
+    assert "ignored" not in (err := capsys.readouterr().err) and "not used" not in err
+
+
+def test_crps_fine_tuning_names_the_crps_key_that_replaces_a_train_setting_of_config(tmp_path: Path, capsys) -> None:
+    """A train.learning_rate or train.epochs edited in --config was replaced by the crps section's in silence, the run
+    training at crps.learning_rate: it is named with the crps key (and value, --epochs' too) that sets it."""
+    import argparse
+
+    run = SDEConfig()
+    run.model.draft_beats = True
+    given = {"model": {"draft_beats": True}, "train": {"learning_rate": 1e-3, "epochs": 7, "weight_decay": 0.01},
+             "crps": {"learning_rate": 2e-4}}
+    (tmp_path / "c.json").write_text(json.dumps(given))
+    args = argparse.Namespace(config=str(tmp_path / "c.json"), resume=None, epochs=5, max_steps=None,
+                              batch_size=None, seed=None)
+    scfg = latent_sde_train.crps_config(args, None, {"config": run.to_dict()}, "elbo.pt")
+    settings = latent_sde_train.crps_settings(scfg)
+    assert (settings.learning_rate, settings.epochs, settings.weight_decay) == (2e-4, 5, 0.0)
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("train.epochs 7 (the run's 10; fine-tuning runs crps.epochs 5), train.learning_rate 0.001 (the run's "
+            "0.002; fine-tuning runs crps.learning_rate 0.0002), train.weight_decay 0.01 (the run's 0.0001; "
+            "fine-tuning runs 0.0) not used" in err and "set those crps keys instead" in err and "ignored" not in err)
+    # the ELBO run's own schedule in --config (one file for both steps) is not news
+    (tmp_path / "c.json").write_text(json.dumps({"model": {"draft_beats": True}, "train": run.to_dict()["train"]}))
+    latent_sde_train.crps_config(args, None, {"config": run.to_dict()}, "elbo.pt")
+    assert "not used" not in capsys.readouterr().err
+    # nor config_sde.json's against a fine-tuned model's train section (its own crps schedule), tuned further
+    tuned = dataclasses.replace(run, train=latent_sde_train.crps_settings(run))
+    shipped = {"model": {"draft_beats": True}, "train": SDEConfig().to_dict()["train"]}
+    (tmp_path / "c.json").write_text(json.dumps(shipped))
+    latent_sde_train.crps_config(args, None, {"config": tuned.to_dict(), "meta": {"crps_from": "elbo.pt"}}, "tuned.pt")
+    assert "not used" not in capsys.readouterr().err
 
 
 def test_crps_from_help_names_the_crps_keys_the_schedule_flags_set(tmp_path: Path) -> None:
