@@ -154,18 +154,20 @@ def crps_config(args: argparse.Namespace, resume: dict | None, start: dict, sour
 def note_ignored_sections(given: SDEConfig, run: SDEConfig, config: str | None, source: str,
                           elbo: bool = True) -> None:
     """Fine-tuning takes only the crps section of --config: a model or solver setting there (a forecast-time one such
-    as model.departure_scale too), or a train setting it runs with (grad_clip, amp, seed), other than the ELBO run's
-    is said to be ignored, not dropped in silence; a train setting the crps section replaces (learning_rate, epochs,
-    ...) other than the ELBO run's is named with the crps key to set instead (unless `run` is a fine-tuned model, not
-    `elbo`: its train section is its own crps schedule, not settings a user wrote)."""
+    as model.departure_scale too), a loss or augment one (it trains on the CRPS of unaugmented windows), or a train
+    setting it runs with (grad_clip, amp, seed), other than the ELBO run's is said to be ignored, not dropped in
+    silence; a train setting the crps section replaces (learning_rate, epochs, ...) other than the ELBO run's is named
+    with the crps key to set instead (unless `run` is a fine-tuned model, not `elbo`: its train section is its own crps
+    schedule, not settings a user wrote)."""
     scheduled = crps_schedule(given.crps)
     differ = [f"{section}.{key} {value!r} (the run's {getattr(getattr(run, section), key)!r})"
-              for section in ("model", "solver", "train")
+              for section in ("model", "solver", "loss", "augment", "train")
               for key, value in dataclasses.asdict(getattr(given, section)).items()
               if getattr(getattr(run, section), key) != value and not (section == "train" and key in scheduled)]
     if differ:
         running.note(f"--config {config or 'config_sde.json'}: {', '.join(differ)} ignored: CRPS fine-tuning keeps the "
-                     f"model, solver and training settings of {source} and takes only the crps section")
+                     f"model, solver and training settings of {source}, trains on the CRPS of the training windows as "
+                     f"they are (no ELBO loss, no augmented copies) and takes only the crps section")
     replaced = [f"train.{key} {value!r} (the run's {getattr(run.train, key)!r}; fine-tuning runs "
                 f"{SCHEDULED_BY[key] + ' ' if key in SCHEDULED_BY else ''}{scheduled[key]!r})"
                 for key, value in dataclasses.asdict(given.train).items()

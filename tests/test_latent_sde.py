@@ -606,6 +606,14 @@ def test_crps_fine_tuning_says_which_settings_of_config_it_ignores(tmp_path: Pat
     err = capsys.readouterr().err
     (ignored,) = (line for line in err.splitlines() if "ignored" in line)
     assert "train.grad_clip 0.25 (the run's 1.0) ignored" in ignored and "train.epochs" not in ignored
+    # as --augment-copies is: an augment.copies (or a loss setting) of --config's was dropped in silence
+    given = {"model": {"draft_beats": True}, "augment": {"copies": 3}, "loss": {"kl_weight": 0.5}}
+    (tmp_path / "c.json").write_text(json.dumps(given))
+    scfg = latent_sde_train.crps_config(args, None, {"config": run.to_dict()}, "elbo.pt")
+    assert (scfg.augment, scfg.loss) == (run.augment, run.loss)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "loss.kl_weight 0.5 (the run's 1.0), augment.copies 3 (the run's 0) ignored" in err
+    assert "training windows as they are (no ELBO loss, no augmented copies)" in err
     (tmp_path / "c.json").write_text(json.dumps({"model": {"draft_beats": True}, "crps": {"epochs": 2}}))
     latent_sde_train.crps_config(args, None, {"config": run.to_dict()}, "elbo.pt")
     assert "ignored" not in (err := capsys.readouterr().err) and "not used" not in err
