@@ -149,12 +149,16 @@ def frozen_encodings(kind: str, vq: VQVAE, encode: Callable[[torch.Tensor], torc
                      rt: Runtime) -> tuple[torch.Tensor, torch.Tensor, tuple[list[dict], torch.Tensor] | None]:
     """The training and validation windows encoded once by the frozen `vq`, and `aug.copies` stretched
     copies of the training records with theirs, cached under `kind` (`key`: what else the encoding depends on).
-    Rank 0 computes them first (main_first), on the run's device, in batches under a progress bar (in_batches)."""
+    Rank 0 computes them first (main_first), on the run's device, in batches under a progress bar (in_batches).
+    A GPU's are kept apart from a CPU's: its convolutions (TF32 on Ampere and later, torch's default for cuDNN)
+    move some codes, and a CPU run that read them trained on other codes than a CPU run does."""
     encode = in_batches(encode, rt.is_main)
     digest = weights_digest(vq)
     if rt.distributed:
         check_same_vqvae(digest)
     vq.to(rt.device)
+    if rt.device.type != "cpu":
+        key += f":{rt.device.type}"
 
     def compute() -> tuple[torch.Tensor, torch.Tensor, tuple[list[dict], torch.Tensor] | None]:
         train_enc, val_enc = (
