@@ -79,7 +79,7 @@ def setup_runtime(device: str | None = None) -> Runtime:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), local_rank()
     device = check_device(device)       # before the GPU test: a typo is an error on any machine
-    use_cuda = torch.cuda.is_available() and device != "cpu"
+    use_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")   # cpu:0 too
     if world > 1:
         per_node, visible = os.environ.get("LOCAL_WORLD_SIZE"), torch.cuda.device_count()
         # one visible card per process is a scheduler's way (CUDA_VISIBLE_DEVICES per task): each uses its own;

@@ -607,6 +607,21 @@ def test_a_card_named_under_torchrun_is_said_to_be_overruled(monkeypatch, capsys
     assert "under torchrun" not in capsys.readouterr().err
 
 
+def test_a_cpu_named_with_an_index_under_torchrun_is_the_cpu(monkeypatch):
+    """--device cpu:0 is the CPU (paths.check_device takes it) under torchrun too: taken for 'not cpu', it ran every
+    rank on its GPU over NCCL."""
+    import torch.distributed as dist
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    for key, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1"), ("LOCAL_WORLD_SIZE", "2")):
+        monkeypatch.setenv(key, value)
+    for device in ("cpu", "cpu:0"):
+        assert setup_runtime(device).device.type == "cpu"
+    assert setup_runtime(None).device == setup_runtime("cuda").device == torch.device("cuda", 1)
+
+
 def test_a_context_shorter_than_in_training_is_warned(shipped):
     with pytest.warns(UserWarning, match="128 samples .* shorter than the 384"):
         shipped.predict(synthetic_ecg(1, 128, seed=0)[0], 8, 2)
