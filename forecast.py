@@ -448,11 +448,17 @@ def own_data(fc: object) -> DataConfig | None:
 
 def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: float | None, samples: int,
                     seed: int) -> dict:
-    """Forecast a WFDB record from `start_s`, prepared exactly as the model's training data."""
+    """Forecast a WFDB record from `start_s`, prepared exactly as the model's training data. A forecaster at another
+    rate than the record is read at is refused (evaluate.check_rate), as forecast.py refuses it: called from Python,
+    make_baseline("template_ensemble", 360) forecast a record read at 128 Hz without a word."""
+    from evaluate import check_rate                          # evaluate builds on this module
     from prepare_mitbih import hash_inputs, record_path     # wfdb: imported when a record is read
 
     data = own_data(fc) or load_config().data     # one's own without data settings: the project's
     fs, ctx = data.samples_per_second, data.window_samples     # the record's rate, which the forecaster's must be
+    check_rate(f"forecaster {getattr(fc, 'name', type(fc).__name__)!r}", fc, fs,
+               " (the record is read by the forecaster's own cfg.data)" if own_data(fc) else " (the record is read by "
+               "config_vqvae.json's data section; a forecaster at another rate carries its own as cfg.data)")
     if horizon_s is None:
         horizon_s = data.input_signal_duration * data.forecast_predictions
     if not math.isfinite(horizon_s) or round(horizon_s * fs) < 1:

@@ -395,6 +395,26 @@ def test_forecast_reads_only_its_context_and_horizon(tmp_path, monkeypatch):
         forecast.forecast_record(make_baseline("zero", 128), str(tmp_path / "long"), 353.0, 3.0, 1, 0)
 
 
+class At250(forecast.ForecasterBase):
+    """One's own forecaster at 250 Hz with no data settings of its own, as a notebook would write it."""
+
+    fs = 250
+
+    def predict(self, context, horizon, num_samples=100, seed=0):
+        return make_baseline("seasonal", self.fs).predict(context, horizon, num_samples, seed)
+
+
+@pytest.mark.parametrize("fc, rate", [(make_baseline("template_ensemble", 360), 360), (At250(), 250)],
+                         ids=["baseline", "own"])
+def test_forecast_record_refuses_a_forecaster_at_another_rate_than_the_record_is_read_at(tmp_path, fc, rate):
+    """forecast.py checks its forecaster's rate (evaluate.check_rate); forecast_record called from Python did not:
+    make_baseline("template_ensemble", 360) forecast record 100 read at 128 Hz with its rhythm and noise timed at
+    360 Hz (up to 1.3 mV from the 128 Hz baseline's), without a word."""
+    write_signal(tmp_path, "r", synthetic_ecg(20.0, 250.0, seed=0)[0], fs=250.0)
+    with pytest.raises(UserError, match=rf"forecaster '\w+': it forecasts at {rate} Hz but the data is at 128 Hz"):
+        forecast.forecast_record(fc, str(tmp_path / "r"), 10.0, 3.0, 2, 0)
+
+
 def test_a_clean_stretch_exactly_one_context_long_offers_its_start():
     """Between gaps at 100-110 and 494-500 (samples) lies exactly one context of 384: its end, 494 (3.859 s at
     128 Hz), is a clean --start, the nearest after 300."""
