@@ -97,8 +97,8 @@ def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples
         raise ValueError(f"context must hold real numbers (mV), got dtype {x.dtype}")
     with np.errstate(over="ignore"):                            # too large for float32: inf, refused next
         x = x.astype(np.float32, copy=False)
-    if not x.flags.writeable:       # a broadcast or read-only array: torch.from_numpy warns of undefined behaviour
-        x = x.copy()
+    if not (x.flags.writeable and x.flags.c_contiguous):   # a broadcast or read-only array: torch.from_numpy warns
+        x = np.array(x, order="C")  # of undefined behaviour; a transposed view's mean summed otherwise (1 ulp off)
     if not np.isfinite(x).all():
         b, t, lead = np.argwhere(~np.isfinite(x))[0]
         raise ValueError(f"context holds {int((~np.isfinite(x)).sum())} NaN or inf samples (in float32), the first "

@@ -102,6 +102,17 @@ def test_every_argument_predict_shows_as_positional_is_taken_so(shipped):
             if p.kind is p.KEYWORD_ONLY] == ["use_cache"]
 
 
+def test_a_transposed_view_is_forecast_as_its_values(shipped):
+    """A [B, 2, C] array (or tensor) transposed to [B, C, 2] is a view whose samples lie a lead apart: the context
+    mean baseline summed them in another order and forecast 1 ulp off the same values laid out plainly."""
+    x = np.stack([synthetic_ecg(3, 128, seed=s)[0] for s in range(2)]).astype(np.float32)
+    leads_first = np.ascontiguousarray(x.transpose(0, 2, 1))
+    sde = Forecaster.from_pretrained("cpu", model="latent_sde")
+    for f in [shipped, sde] + [make_baseline(b, 128) for b in BASELINES]:
+        for view in (leads_first.transpose(0, 2, 1), torch.from_numpy(leads_first).transpose(1, 2)):
+            np.testing.assert_array_equal(f.predict(view, 8, 2), f.predict(x, 8, 2), err_msg=f.name)
+
+
 def test_a_context_is_forecast_alone(shipped):
     """A context's forecast depends on it, the horizon, the samples and the seed, not on its batch mates."""
     x = np.stack([synthetic_ecg(3, 128, seed=s)[0] for s in range(3)]).astype(np.float32)
