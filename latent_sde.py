@@ -567,8 +567,8 @@ class LatentSDEForecaster(ForecasterBase):
     @one_by_one
     @torch.no_grad()
     def predict(self, x: np.ndarray, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
-        warn_short_context(x.shape[1], self.context_frames * self.factor, self.fs)
         x_np = context_tail(x, min(x.shape[1] // self.factor, self.context_frames), self.factor, "latent step")
+        warn_short_context(x.shape[1], self.context_frames * self.factor, self.fs)   # once it can forecast at all
         x = torch.from_numpy(x_np).to(self.device)
         unit, frames = self.encode_context(x)
         steps = math.ceil(horizon / self.factor)

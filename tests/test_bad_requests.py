@@ -661,6 +661,16 @@ def test_a_context_shorter_than_in_training_is_warned(shipped):
         shipped.predict(synthetic_ecg(3, 128, seed=0)[0], 8, 2)
 
 
+def test_a_context_shorter_than_one_code_is_one_error_not_a_warning_first(shipped):
+    """A context the models cannot forecast from at all (less than one code or latent step) was first warned about as
+    shorter than in training, and then refused: two messages for one fault, the warning with the wrong advice."""
+    for f, step in ((shipped, "code"), (Forecaster.from_pretrained("cpu", model="latent_sde"), "latent step")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ValueError, match=f"context of 7 samples is shorter than one {step} .8 samples.$"):
+                f.predict(synthetic_ecg(3, 128, seed=0)[0][:7], 8, 2)
+
+
 def test_a_bfloat16_context_is_forecast_as_its_values(shipped):
     """numpy has no bfloat16: such a tensor stopped in torch's .numpy() with "Got unsupported ScalarType BFloat16"."""
     x = torch.from_numpy(synthetic_ecg(3, 128, seed=0)[0]).to(torch.bfloat16)
