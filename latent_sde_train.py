@@ -42,7 +42,7 @@ from hyper_params_sde import CRPSConfig, SDEConfig, load_sde_config, sde_config_
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_epoch_forecasts
 from training import (EpochEndFn, Runtime, StepFn, Trainer, check_run_flags, load_resume, resumed_seed, run_config,
-                      run_parser, run_record, seed_everything, setup_runtime, shared_run_dirs)
+                      run_parser, run_record, seed_everything, setup_runtime, shared_run_dirs, training_main)
 from vqvae import VQVAE
 from vqvae_eval import (FORECASTER_FLAGS, add_forecaster_flags, forecaster_splits, forecasting_config, frozen_encodings,
                         run_vqvae, vqvae_choice)
@@ -361,6 +361,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@training_main
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     resume = load_resume(args.resume, "latent_sde") if args.resume else None

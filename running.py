@@ -222,28 +222,6 @@ def script_backend() -> None:
         matplotlib.use("Agg")
 
 
-_main_exits: list[contextlib.ExitStack] = []     # run_main's, the innermost last
-
-
-def until_main_ends(cm: contextlib.AbstractContextManager) -> None:
-    """`cm` entered now and exited when the main() that run_main runs ends, with the exception it ends on (which `cm`
-    may replace): a training's fresh folders, made before anything that would remove them on a stop (its Trainer)
-    exists. Outside run_main (a main() called from Python) it is not entered."""
-    if _main_exits:
-        _main_exits[-1].enter_context(cm)
-
-
-@contextlib.contextmanager
-def _exits() -> Iterator[None]:
-    """The stack until_main_ends enters into, for the main() within."""
-    with contextlib.ExitStack() as stack:
-        _main_exits.append(stack)
-        try:
-            yield
-        finally:
-            _main_exits.pop()
-
-
 def run_main(main: Callable[[], Any]) -> None:
     """Run a script's main(); a UserError becomes one 'error:' line and exit status 2. Under torchrun the ranks
     usually meet the same error, and rank 0 says it (say_error); one met by a rank alone is said by the others as
@@ -260,8 +238,7 @@ def run_main(main: Callable[[], Any]) -> None:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
-            with _exits():
-                _beside_the_others(main)
+            _beside_the_others(main)
     except UserError as e:
         try:
             say_error(str(e))

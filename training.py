@@ -14,8 +14,8 @@ rank r reseeds from (seed, epoch, r) at every epoch's start.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
+import functools
 import json
 import math
 import os
@@ -27,7 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -299,15 +299,9 @@ class Trainer:
         self.step_fn, self.epoch_end, self.summarize = step_fn, epoch_end, summarize
         self.run_dir, self.ckpt_dir = Path(run_dir), Path(ckpt_dir)
         self.config, self.meta, self.extras, self.loss_name = config, meta, extras or {}, loss_name
-        # folders made for this run (shared_run_dirs), empty until it writes: a resumed run's own hold its files
-        self.fresh = rt.is_main and not any(f.is_dir() and any(f.iterdir()) for f in (self.run_dir, self.ckpt_dir))
-        try:
-            if rt.distributed:
-                check_same_data(meta.get("data_hash"), len(train_set), len(val_set))
-            self.make_loaders(train_set, val_set)
-        except BaseException:       # a refusal, or a stop while waiting for the other ranks (as run() drops them)
-            self.drop_unused_folders()
-            raise
+        if rt.distributed:
+            check_same_data(meta.get("data_hash"), len(train_set), len(val_set))
+        self.make_loaders(train_set, val_set)
         self.steps_per_epoch = len(self.train_loader)
         if settings.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, settings.max_steps_per_epoch)
@@ -509,15 +503,15 @@ class Trainer:
 
     def run(self, resume: str | Path | None = None) -> dict:
         """fit() as every entry point uses it: run.json first (fresh runs), then where plots and
-        checkpoints went, and the torchrun process group closed at the end."""
+        checkpoints went, and the torchrun process group closed at the end. A Ctrl-C or SIGTERM says how to resume
+        (the entry point's training_main drops a new run's folders when no epoch was logged)."""
         self.pending_record = self.resumed_record(resume) if resume and self.rt.is_main else None
         if self.rt.is_main and not resume:
             paths.atomic_write_json(self.meta, self.run_dir / "run.json")
         try:
             row = self._fit_beside_the_others(resume)
-        except BaseException as e:      # Ctrl-C, SIGTERM (running.Terminated), or an error (a NaN loss, a bug)
-            self.drop_unused_folders()
-            if isinstance(e, KeyboardInterrupt) and self.rt.is_main:     # run_main prints it after 'interrupted'
+        except KeyboardInterrupt as e:      # Ctrl-C or SIGTERM (running.Terminated)
+            if self.rt.is_main:             # run_main prints it after 'interrupted'
                 raise type(e)(self.resume_hint()) from None
             raise
         if self.rt.is_main:
@@ -525,11 +519,6 @@ class Trainer:
         if self.rt.distributed:
             dist.destroy_process_group()
         return row
-
-    def drop_unused_folders(self) -> None:
-        """A fresh run's folders, when it stops before its first epoch is logged (drop_unused_folders)."""
-        if self.fresh:
-            drop_unused_folders(self.run_dir, self.ckpt_dir)
 
     def _fit_beside_the_others(self, resume: str | Path | None) -> dict:
         """fit(); under torchrun a rank stopped or failing alone (Ctrl-C or SIGTERM to its process, a failed write)
@@ -635,19 +624,45 @@ def resume_hint(start: str | Path | None, kind: str) -> str:
     return f"resume with: {shlex.join(['python3', script, '--resume', str(start)])}"     # a folder 'my runs' too
 
 
-@contextlib.contextmanager
-def _dropped_if_unused(run_dir: Path, ckpt_dir: Path, resume: str | Path | None, kind: str) -> Iterator[None]:
-    """The folders shared_run_dirs made, from then to the script's end (running.until_main_ends): a stop before the
-    first epoch is logged drops them as the Trainer does once it has them (drop_unused_folders), so a stop before it
-    exists (run.json's record, the VQ-VAE's plot before training) leaves none either; a Ctrl-C or SIGTERM says
-    how the run goes on as the Trainer's does: nothing was saved yet, or the resume it began, again."""
-    try:
-        yield
-    except BaseException as e:
-        unused = drop_unused_folders(run_dir, ckpt_dir)
-        if unused and isinstance(e, KeyboardInterrupt) and not str(e):     # the Trainer's carries its resume hint
-            raise type(e)(resume_hint(resume, kind)) from None
-        raise
+@dataclass
+class _Begun:
+    """What a training's main (training_main) has begun, for what a stop of it leaves and says."""
+    resume: str | Path | None = None                # the checkpoint it goes on from (load_resume), and its kind
+    kind: str = ""
+    folders: tuple[Path, Path] | None = None        # a new run's results and checkpoint folders (shared_run_dirs)
+
+    def stopped(self, e: BaseException) -> None:
+        """Drops a new run's folders when no epoch was logged, and raises a bare Ctrl-C or SIGTERM of such a run again
+        saying how it goes on, as the Trainer's does (whose own says it already)."""
+        unused = self.folders is not None and drop_unused_folders(*self.folders)
+        if unused and isinstance(e, KeyboardInterrupt) and not str(e):
+            raise type(e)(resume_hint(self.resume, self.kind)) from None
+
+
+_mains: list[_Begun] = []       # the training mains running, the innermost last
+
+
+def _begun() -> _Begun:
+    """The running training main's record; outside one (a Trainer used on its own), one nothing reads."""
+    return _mains[-1] if _mains else _Begun()
+
+
+def training_main(main: Callable[[list[str] | None], dict]) -> Callable[[list[str] | None], dict]:
+    """A *_train.py's main(), run by its script (running.run_main) or called from Python alike: a new run stopped
+    (Ctrl-C, SIGTERM or an error) before its first epoch is logged, its Trainer built or not (run.json's record, the
+    VQ-VAE's plot before training), leaves no folders, and a Ctrl-C or SIGTERM then says what the Trainer's would:
+    nothing was saved yet, or, resumed into new folders, how to resume the checkpoint it was given."""
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> dict:
+        _mains.append(begun := _Begun())
+        try:
+            return main(argv)
+        except BaseException as e:
+            begun.stopped(e)
+            raise
+        finally:
+            _mains.pop()
+    return run
 
 
 def ranks_apart(mine: Any) -> tuple[list, list[int]]:
@@ -702,7 +717,9 @@ def _batch_len(batch) -> int:
 
 def load_resume(path: str | Path, kind: str) -> dict:
     """The checkpoint --resume goes on from. A packed model (pretrained/'s) keeps its weights but not the optimiser,
-    schedule, generators and run folders a resume restores: it was a KeyError traceback once the data was loaded."""
+    schedule, generators and run folders a resume restores: it was a KeyError traceback once the data was loaded. A
+    stop of the training's main from here on says how to resume it (training_main)."""
+    _begun().resume, _begun().kind = path, kind
     ckpt = load_checkpoint(path, kind)
     missing = [k for k in TRAINING_STATE if k not in ckpt]
     if missing:
@@ -759,8 +776,8 @@ def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | N
                     experiment: str) -> tuple[Path, Path]:
     """The run's results and checkpoint folders (results/<experiment>-<time>/, checkpoints/<same>/, from
     run_parser's --results and --checkpoints): rank 0 names them (or reuses the resumed run's); every rank
-    learns the same. Folders made here go again if the script stops before its first epoch is logged
-    (_dropped_if_unused), a resumed run's own never."""
+    learns the same. Folders made here go again if the training's main stops before its first epoch is logged
+    (training_main), a resumed run's own never."""
     names = [None, None]
     if rt.is_main:
         if resume_ckpt and Path(resume_ckpt["run_dir"]).is_dir():
@@ -771,8 +788,7 @@ def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | N
             run = paths.new_run_dir(experiment, args.results, ckpt_root)
             ckpt_dir = ckpt_root / run.name
             names = [str(run), str(ckpt_dir)]
-            resumed = (args.resume, resume_ckpt["kind"]) if resume_ckpt else (None, experiment)
-            running.until_main_ends(_dropped_if_unused(run, ckpt_dir, *resumed))
+            _begun().folders = (run, ckpt_dir)
     if rt.distributed:      # another rank failing before it (its node lacks the data) ends this one here
         dist.broadcast_object_list(names, src=0)
     return Path(names[0]), Path(names[1])

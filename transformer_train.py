@@ -26,7 +26,7 @@ from hyper_params import Config
 from hyper_params_transformer import TransformerConfig, load_transformer_config, transformer_config_from_dict
 from train_results import fixed_titles, fixed_windows, plot_epoch_forecasts
 from training import (Runtime, Trainer, load_resume, run_config, run_parser, run_record, seed_everything, setup_runtime,
-                      shared_run_dirs)
+                      shared_run_dirs, training_main)
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
 from vqvae_eval import (ENCODE_BATCH, FORECASTER_FLAGS, add_forecaster_flags, forecaster_splits, forecasting_config,
@@ -105,6 +105,7 @@ def forecast_plotter(vq: VQVAE, cfg: Config, tcfg: TransformerConfig, val: dict,
     return epoch_end
 
 
+@training_main
 def main(argv: list[str] | None = None) -> dict:
     p = run_parser(__doc__, "Transformer config JSON (default: config_transformer.json)")
     add_forecaster_flags(p)

@@ -21,7 +21,7 @@ from hyper_params import Config, config_from_dict, load_config
 from prepare_mitbih import load_split, source_fs
 from train_results import fixed_titles, fixed_windows, plot_windows
 from training import (EpochEndFn, Pooled, Runtime, Trainer, load_resume, run_config, run_parser, run_record,
-                      run_splits, seed_everything, setup_runtime, shared_run_dirs)
+                      run_splits, seed_everything, setup_runtime, shared_run_dirs, training_main)
 from vqvae import VQVAE, level_key, perplexity
 from vqvae_eval import compression
 
@@ -112,6 +112,7 @@ def check_not_data_parallel(rt: Runtime) -> None:
                               "--device cuda:0")
 
 
+@training_main
 def main(argv: list[str] | None = None) -> dict:
     args = run_parser(__doc__, "config JSON (default: config_vqvae.json)").parse_args(argv)
     resume_ckpt = load_resume(args.resume, "vqvae") if args.resume else None

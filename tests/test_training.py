@@ -204,6 +204,23 @@ def test_a_run_stopped_before_its_trainer_runs_leaves_no_folders(tmp_path: Path,
         assert not any((tmp_path / root).iterdir())
 
 
+@pytest.mark.parametrize("stop, said", [(KeyboardInterrupt(), NOTHING_SAVED), (running.Terminated(), NOTHING_SAVED),
+                                       (UserError("cannot read the git commit"), "cannot read the git commit")],
+                         ids=["ctrl_c", "sigterm", "error"])
+def test_a_main_called_from_python_stopped_before_its_trainer_leaves_no_folders(tmp_path: Path, synthetic_db: Path,
+                                                                                monkeypatch, stop: BaseException,
+                                                                                said: str) -> None:
+    """vqvae_train.main() called from Python (a notebook, a test), not by its script (run_main): stopped before its
+    Trainer was built, it left both folders, and its Ctrl-C said nothing. Now it drops them and says what the script
+    says."""
+    monkeypatch.setattr(vqvae_train, "run_record", lambda *a, **k: (_ for _ in ()).throw(stop))
+    with pytest.raises(type(stop)) as raised:
+        _run(tiny_setup(tmp_path, synthetic_db))
+    assert type(raised.value) is type(stop) and str(raised.value) == said
+    for root in ("results", "checkpoints"):
+        assert not any((tmp_path / root).iterdir())
+
+
 def test_a_stop_after_training_or_before_a_resume_leaves_the_runs_folders(tmp_path: Path, synthetic_db: Path,
                                                                           monkeypatch) -> None:
     """Folders go only when a new run stops before its first epoch is logged: not a finished run's stopped in its
@@ -454,15 +471,20 @@ def test_a_run_stopped_while_the_ranks_compare_their_data_leaves_no_folders(tmp_
     def waiting(*a) -> None:
         raise stop
     monkeypatch.setattr(training, "check_same_data", waiting)
-    (tmp_path / "run").mkdir()
-    (tmp_path / "ckpt").mkdir()
     x = torch.randn(64, 4)
     data = TensorDataset(x, x.sum(1, keepdim=True))
+
+    @training.training_main
+    def main(argv: list[str] | None) -> dict:
+        args = SimpleNamespace(results=str(tmp_path / "results"), checkpoints=str(tmp_path / "checkpoints"))
+        run, ckpt = training.shared_run_dirs(args, SimpleNamespace(is_main=True, distributed=False), None, "toy")
+        training.Trainer(nn.Linear(4, 1), data, data, squared_error, TrainConfig(epochs=1, batch_size=8), run, ckpt,
+                         {}, {"data_hash": "h"}, training.Runtime(torch.device("cpu"), 0, 2), "toy")
+        return {}
+
     with pytest.raises(type(stop)):
-        training.Trainer(nn.Linear(4, 1), data, data, squared_error, TrainConfig(epochs=1, batch_size=8),
-                         tmp_path / "run", tmp_path / "ckpt", {}, {"data_hash": "h"},
-                         training.Runtime(torch.device("cpu"), 0, 2), "toy")
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+        main(None)
+    assert not any((tmp_path / "results").iterdir()) and not any((tmp_path / "checkpoints").iterdir())
 
 
 def test_every_step_takes_gradients_clipped_to_grad_clip(tmp_path):
