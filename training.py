@@ -505,6 +505,7 @@ class Trainer:
         """fit() as every entry point uses it: run.json first (fresh runs), then where plots and
         checkpoints went, and the torchrun process group closed at the end. A Ctrl-C or SIGTERM says how to resume
         (the entry point's training_main drops a new run's folders when no epoch was logged)."""
+        _begun().trainer_ran = True
         self.pending_record = self.resumed_record(resume) if resume and self.rt.is_main else None
         if self.rt.is_main and not resume:
             paths.atomic_write_json(self.meta, self.run_dir / "run.json")
@@ -630,12 +631,14 @@ class _Begun:
     resume: str | Path | None = None                # the checkpoint it goes on from (load_resume), and its kind
     kind: str = ""
     folders: tuple[Path, Path] | None = None        # a new run's results and checkpoint folders (shared_run_dirs)
+    trainer_ran: bool = False                       # Trainer.run began: it says how to resume from then on
 
     def stopped(self, e: BaseException) -> None:
-        """Drops a new run's folders when no epoch was logged, and raises a bare Ctrl-C or SIGTERM of such a run again
-        saying how it goes on, as the Trainer's does (whose own says it already)."""
+        """Drops a new run's folders when no epoch was logged, and raises a bare Ctrl-C or SIGTERM of such a run, or
+        of a resumed one before its Trainer ran (encoding, building loaders), again saying how it goes on, as the
+        Trainer's does (whose own says it already)."""
         unused = self.folders is not None and drop_unused_folders(*self.folders)
-        if unused and isinstance(e, KeyboardInterrupt) and not str(e):
+        if isinstance(e, KeyboardInterrupt) and not str(e) and (unused or (self.resume and not self.trainer_ran)):
             raise type(e)(resume_hint(self.resume, self.kind)) from None
 
 
@@ -650,8 +653,9 @@ def _begun() -> _Begun:
 def training_main(main: Callable[[list[str] | None], dict]) -> Callable[[list[str] | None], dict]:
     """A *_train.py's main(), run by its script (running.run_main) or called from Python alike: a new run stopped
     (Ctrl-C, SIGTERM or an error) before its first epoch is logged, its Trainer built or not (run.json's record, the
-    VQ-VAE's plot before training), leaves no folders, and a Ctrl-C or SIGTERM then says what the Trainer's would:
-    nothing was saved yet, or, resumed into new folders, how to resume the checkpoint it was given."""
+    VQ-VAE's plot before training), leaves no folders; a Ctrl-C or SIGTERM then, or in a resumed run before its
+    Trainer runs, says what the Trainer's would: nothing was saved yet, or how to resume the checkpoint it was given
+    (a resumed run's own folders stay)."""
     @functools.wraps(main)
     def run(argv: list[str] | None = None) -> dict:
         _mains.append(begun := _Begun())

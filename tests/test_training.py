@@ -243,6 +243,28 @@ def test_a_stop_after_training_or_before_a_resume_leaves_the_runs_folders(tmp_pa
     assert not any((tmp_path / "results").iterdir()) and snapshot(tmp_path / "checkpoints") == kept[1]
 
 
+@pytest.mark.parametrize("stop, status, word", [(KeyboardInterrupt(), 130, "interrupted"),
+                                               (running.Terminated(), 143, "terminated")], ids=["ctrl_c", "sigterm"])
+def test_a_resumed_run_stopped_before_its_trainer_says_how_to_resume(tmp_path: Path, synthetic_db: Path, monkeypatch,
+                                                                     stop: BaseException, status: int,
+                                                                     word: str) -> None:
+    """A resumed run stopped before its Trainer ran (reading its tensors; encoding, in a forecaster's) said only
+    'interrupted', where the same stop in training names the resume command: it names it too, and its folders stay.
+    Stopped once its Trainer has run to the end, it says nothing more: there is nothing left to resume."""
+    setup = tiny_setup(tmp_path, synthetic_db)
+    _run(setup, "--epochs", "1")
+    last = tmp_path / "checkpoints" / _only_run(tmp_path / "results").name / "last.pt"
+    kept = [snapshot(tmp_path / root) for root in ("results", "checkpoints")]
+    resume = flags({"prepared": setup["prepared"]}, "--device", "cpu", "--resume", str(last))
+    r = stopped_at(monkeypatch, vqvae_train, "run_splits", stop, "vqvae_train.py", resume)
+    assert (r.returncode, r.stderr.splitlines()) == (status, [f"{word}; resume with: python3 vqvae_train.py "
+                                                              f"--resume {last}"])
+    assert [snapshot(tmp_path / root) for root in ("results", "checkpoints")] == kept
+    monkeypatch.undo()
+    r = stopped_at(monkeypatch, vqvae_train, "compression_line", stop, "vqvae_train.py", [*resume, "--epochs", "2"])
+    assert (r.returncode, r.stderr.splitlines()[-1]) == (status, word)
+
+
 def test_the_readmes_model_of_ones_own_stopped_before_training_leaves_no_folders(tmp_path: Path, synthetic_db: Path,
                                                                                 monkeypatch) -> None:
     """README's my_model.py, stopped between its shared_run_dirs and its Trainer, as vqvae_train.py."""

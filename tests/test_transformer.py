@@ -112,6 +112,16 @@ def test_a_run_stopped_before_its_trainer_leaves_no_folders(trained: dict, tmp_p
     assert not any((tmp_path / "r").iterdir()) and not any((tmp_path / "c").iterdir())
 
 
+def test_a_resumed_run_stopped_while_encoding_says_how_to_resume(trained: dict, monkeypatch) -> None:
+    """Ctrl-C while a resumed run encodes its windows, before its Trainer exists: the resume command, as a stop in
+    training says it (test_training's test_a_resumed_run_stopped_before_its_trainer_says_how_to_resume)."""
+    last = trained["ckpt"].parent / "last.pt"
+    r = stopped_at(monkeypatch, transformer_train, "code_datasets", KeyboardInterrupt(), "transformer_train.py",
+                   flags({"prepared": trained["setup"]["prepared"]}, "--device", "cpu", "--resume", str(last)))
+    assert (r.returncode, r.stderr.splitlines()[-1]) == (
+        130, f"interrupted; resume with: python3 transformer_train.py --resume {last}")
+
+
 def test_tiny_train_then_forecast(trained: dict) -> None:
     run = next((trained["tmp"] / "results").glob("transformer-*"))
     losses = [float(r["train_loss"]) for r in csv.DictReader((run / "metrics.csv").open())]
