@@ -224,7 +224,7 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
                       run_dir, ckpt_dir, config, meta, rt, kind="latent_sde", epoch_end=epoch_end,
                       shown=("val_drafts_crps", "val_gain", "seconds"), extras={"vqvae": start["vqvae"]},
                       loss_name="fair CRPS of the forecast paths (mV)")
-    return trainer.run(args.resume)
+    return trainer.run(args.resume, resume)
 
 
 def check_adjoint(scfg: SDEConfig, rt: Runtime) -> None:
@@ -343,7 +343,7 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
                       shown=("val_recon", "val_kl", "val_forecast_mse", "val_late_std_ratio", "train_kl_weight",
                              "seconds"), extras=extras,
                       loss_name="negative ELBO per latent number (nats; training: KL weight annealed)")
-    return trainer.run(args.resume)
+    return trainer.run(args.resume, resume)
 
 
 def parser() -> argparse.ArgumentParser:

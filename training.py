@@ -338,9 +338,11 @@ class Trainer:
                 "step": self.step, "best_val": self.best, "rng": rng_state(self.rt.device), "config": self.config,
                 "meta": self.meta, "run_dir": str(self.run_dir), "ckpt_dir": str(self.ckpt_dir), **self.extras}
 
-    def resume(self, path: str | Path) -> None:
-        """Go on from a checkpoint exactly where it stopped: weights, optimiser, schedule, counters and generators."""
-        ckpt = load_resume(path, self.kind)
+    def resume(self, path: str | Path, ckpt: dict | None = None) -> None:
+        """Go on from a checkpoint exactly where it stopped: weights, optimiser, schedule, counters and generators.
+        `ckpt`: path's, as the entry point read it (load_resume): read again, it was read twice, and on a shared disk
+        the second read could find a file another run had written since."""
+        ckpt = ckpt if ckpt is not None else load_resume(path, self.kind)
         if self.rt.distributed:
             check_same_checkpoint(path, ckpt)
         check_same_config(ckpt["config"], self.config, Path(path),    # training settings may change (--epochs)
@@ -467,11 +469,12 @@ class Trainer:
             seen += _add_batch(sums, batch, loss, metrics)
         return _all_reduce_mean(sums, seen, self.rt)
 
-    def fit(self, resume: str | Path | None = None) -> dict:
-        """Train to the last epoch; returns the final epoch's metrics row."""
+    def fit(self, resume: str | Path | None = None, ckpt: dict | None = None) -> dict:
+        """Train to the last epoch (from checkpoint `resume`, `ckpt` if read: resume()); returns the final epoch's
+        metrics row."""
         self.resumed_from = resume
         if resume:
-            self.resume(resume)
+            self.resume(resume, ckpt)
         if self.epoch >= self.s.epochs:
             if self.rt.is_main:
                 print(f"nothing to train: {resume or 'this run'} has done {self.epoch} of {self.s.epochs} epochs; "
@@ -501,7 +504,7 @@ class Trainer:
                 dist.barrier()
         return row
 
-    def run(self, resume: str | Path | None = None) -> dict:
+    def run(self, resume: str | Path | None = None, ckpt: dict | None = None) -> dict:
         """fit() as every entry point uses it: run.json first (fresh runs), then where plots and
         checkpoints went, and the torchrun process group closed at the end. A Ctrl-C or SIGTERM says how to resume
         (the entry point's training_main drops a new run's folders when no epoch was logged)."""
@@ -510,7 +513,7 @@ class Trainer:
         if self.rt.is_main and not resume:
             paths.atomic_write_json(self.meta, self.run_dir / "run.json")
         try:
-            row = self._fit_beside_the_others(resume)
+            row = self._fit_beside_the_others(resume, ckpt)
         except KeyboardInterrupt as e:      # Ctrl-C or SIGTERM (running.Terminated)
             if self.rt.is_main:             # run_main prints it after 'interrupted'
                 raise type(e)(self.resume_hint()) from None
@@ -521,13 +524,13 @@ class Trainer:
             dist.destroy_process_group()
         return row
 
-    def _fit_beside_the_others(self, resume: str | Path | None) -> dict:
+    def _fit_beside_the_others(self, resume: str | Path | None, ckpt: dict | None) -> dict:
         """fit(); under torchrun a rank stopped or failing alone (Ctrl-C or SIGTERM to its process, a failed write)
         closed its connections, and the others failed in their next collective with torch's traceback ('Connection
         closed by peer'): when that rank left word (running.leave_word), they say it in one line, with how to resume.
         Any other failure keeps its traceback."""
         try:
-            return self.fit(resume)
+            return self.fit(resume, ckpt)
         except RuntimeError as e:
             if self.rt.distributed:
                 running.raise_word_left(e, self.resume_hint())

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
                       kind="transformer", shown=("val_accuracy", "seconds"), extras=extras,
                       loss_name="cross-entropy of the next code (nats)",
                       epoch_end=forecast_plotter(vq, cfg, tcfg, val, run_dir, rt.device, args.prepared))
-    return trainer.run(args.resume)
+    return trainer.run(args.resume, resume)
 
 
 if __name__ == "__main__":

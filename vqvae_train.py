@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     if rt.is_main and not resume_ckpt:
         plot_fixed_windows(model, fixed, fs, run_dir / "reconstruction_initial.png",
                            "before training: validation windows, original vs reconstruction", titles)
-    row = trainer.run(args.resume)
+    row = trainer.run(args.resume, resume_ckpt)
     if rt.is_main and "val_mse_mv2" in row:      # not after a resume with nothing left to train
         print(f"final validation: MSE {row['val_mse_mv2']:.5f} mV^2, PRD {row['val_prd']:.2f}%, "
               f"PRDN {row['val_prdn']:.2f}% (pooled over windows; vqvae_eval.py: mean over records)")

@@ -134,6 +134,21 @@ def stopped_at(monkeypatch, module, name: str, stop: BaseException, script: str,
     return run_script(lambda: module.main(args), script, args)
 
 
+def loads_of(monkeypatch, path: Path) -> list[Path]:
+    """Every torch.load of `path` from now on: a resume reads its checkpoint once (a second read, on a shared disk,
+    may find another file)."""
+    import torch
+
+    loads, load = [], torch.load
+
+    def counted(f, *a, **k):
+        if Path(f).resolve() == Path(path).resolve():
+            loads.append(Path(f))
+        return load(f, *a, **k)
+    monkeypatch.setattr(torch, "load", counted)
+    return loads
+
+
 def edit_tree_after(monkeypatch, module, name: str) -> None:
     """paths.git_commit says "at-start" until `module.name` has run and "at-end" after it, as when the tree is
     edited during a long run: a run that stamps its commit late names "at-end", code that never ran."""

@@ -24,7 +24,7 @@ from latent_sde import (LEARNS_CRPS, DiagonalDiffusion, LatentSDE, LatentSDEFore
                         fair_crps, overlap_add, replica_seed, soft_clip)
 from vqvae import VQVAE
 from paths import UserError
-from conftest import stopped_at, trainer_inputs, undocumented_columns, vqvae_splits
+from conftest import loads_of, stopped_at, trainer_inputs, undocumented_columns, vqvae_splits
 from tiny import flags, tiny_setup
 from train_results import TRAINING_STATE, fixed_windows
 
@@ -301,16 +301,18 @@ def test_same_seed_same_paths_whatever_the_global_rng(trained: dict) -> None:
     assert np.array_equal(a[1], fc.predict(context[1], 64, num_samples=5, seed=7)[0])    # not its batch mates'
 
 
-def test_resume_continues_the_run(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_resume_continues_the_run(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                   monkeypatch) -> None:
     """A run of its own (resuming the module's shared run would change the model the other tests read)."""
     vq = next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt"))
     setup = {**trained["setup_sde"], "results": str(tmp_path / "res"), "checkpoints": str(tmp_path / "ck")}
     latent_sde_train.main(flags(setup, "--device", "cpu", "--vqvae", str(vq), "--epochs", "2", "--max-steps", "3"))
     (run,) = (tmp_path / "res").iterdir()
     last = tmp_path / "ck" / run.name / "last.pt"
+    loads = loads_of(monkeypatch, last)
     row = latent_sde_train.main(flags(setup, "--device", "cpu", "--resume", str(last), "--epochs", "3",
                                       "--max-steps", "3"))
-    assert row["epoch"] == 3
+    assert row["epoch"] == 3 and len(loads) == 1      # its checkpoint read once
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     ckpt = torch.load(last, weights_only=True)
@@ -555,7 +557,8 @@ def test_a_run_stopped_before_its_trainer_leaves_no_folders(trained: dict, draft
     assert not any((tmp_path / "r").iterdir()) and not any((tmp_path / "c").iterdir())
 
 
-def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_path: Path, capsys) -> None:
+def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_path: Path, capsys,
+                                                            monkeypatch) -> None:
     """latent_sde_train.py --crps-from: a run of the generic trainer whose checkpoint forecast.py loads, its
     validation loss the CRPS, its source recorded; --resume continues it."""
     setup = {**drafted["setup"], "results": str(tmp_path / "res"), "checkpoints": str(tmp_path / "ck")}
@@ -574,9 +577,10 @@ def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_p
     assert not torch.equal(ckpt["model"]["prior.0.weight"], source["prior.0.weight"])
     fc = Forecaster.from_checkpoint(tmp_path / "ck" / run.name / "best.pt", "cpu")
     assert isinstance(fc, LatentSDEForecaster)
+    loads = loads_of(monkeypatch, last)
     row = latent_sde_train.main(["--device", "cpu", "--prepared", setup["prepared"], "--resume", str(last),
                                  "--epochs", "2", "--seed", "9"])      # its 2 steps of 4 windows: kept in the run
-    assert row["epoch"] == 2 and row["step"] == 4
+    assert row["epoch"] == 2 and row["step"] == 4 and len(loads) == 1
     assert "--seed 9 is ignored: the resumed run goes on with its own seed" in capsys.readouterr().err
     assert [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())] == ["1", "2"]
     assert not undocumented_columns(run / "metrics.csv")

@@ -26,7 +26,8 @@ import train_results
 import training
 import transformer_train
 import vqvae_train
-from conftest import ROOT, run_script, snapshot, stopped_at, trainer_inputs, undocumented_columns, write_record
+from conftest import (ROOT, loads_of, run_script, snapshot, stopped_at, trainer_inputs, undocumented_columns,
+                      write_record)
 from hyper_params import ModelConfig, TrainConfig, config_from_dict, load_config
 from paths import UserError
 from prepare_mitbih import load_split, prepare
@@ -133,7 +134,9 @@ def test_same_seed_same_numbers_and_resume_is_exact(tmp_path: Path, synthetic_db
     first = sorted((tmp_path / "checkpoints").iterdir())[2]
     initial = (tmp_path / "results" / first.name / "reconstruction_initial.png").stat().st_mtime_ns
     # as the README resumes: no config file and no flags of the run's, which its checkpoint keeps
+    loads = loads_of(monkeypatch, first / "last.pt")
     resumed = vqvae_train.main(["--device", "cpu", "--prepared", setup["prepared"], "--resume", str(first / "last.pt")])
+    assert len(loads) == 1      # read once, by main (load_resume), not again by the Trainer
     c = torch.load(first / "last.pt", weights_only=True)["model"]
     assert resumed["val_loss"] == full["val_loss"]
     # 'before training' stays the first run's plot, not the resumed model's

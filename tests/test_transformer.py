@@ -16,7 +16,7 @@ import running
 import transformer_train
 import vqvae_eval
 import vqvae_train
-from conftest import periodic_ecg, stopped_at, trainer_inputs, undocumented_columns, vqvae_splits
+from conftest import loads_of, periodic_ecg, stopped_at, trainer_inputs, undocumented_columns, vqvae_splits
 from forecast import Forecaster
 from hyper_params import ModelConfig, config_from_dict, stored_config
 from hyper_params_transformer import SampleConfig
@@ -370,7 +370,7 @@ def test_a_forecaster_checkpoint_lends_its_vqvae(trained: dict, tmp_path: Path) 
     assert new.keys() == lent.keys() and all(torch.equal(new[k], lent[k]) for k in new)
 
 
-def test_resume_goes_on_with_the_runs_own_vqvae(trained: dict, tmp_path: Path) -> None:
+def test_resume_goes_on_with_the_runs_own_vqvae(trained: dict, tmp_path: Path, monkeypatch) -> None:
     """A VQ-VAE trained since is the newest, but a resumed Transformer keeps the codes it was trained on; the
     run's config and flags come from its checkpoint. A run of its own: resuming the module's shared run would
     change the model the other tests read."""
@@ -383,8 +383,10 @@ def test_resume_goes_on_with_the_runs_own_vqvae(trained: dict, tmp_path: Path) -
     vqvae_train.main(flags({**trained["setup"], "results": setup["results"], "checkpoints": setup["checkpoints"]},
                            "--device", "cpu", "--epochs", "1", "--seed", "1"))
     before = torch.load(last, weights_only=True)
+    loads = loads_of(monkeypatch, last)
     row = transformer_train.main(["--device", "cpu", "--prepared", setup["prepared"],
                                   "--checkpoints", setup["checkpoints"], "--resume", str(last), "--epochs", "2"])
+    assert len(loads) == 1      # read once
     after = torch.load(last, weights_only=True)
     assert row["epoch"] == 2 and after["meta"]["vqvae_checkpoint"] == before["meta"]["vqvae_checkpoint"] == str(vq)
     assert all(torch.equal(v, before["vqvae"]["model"][k]) for k, v in after["vqvae"]["model"].items())

@@ -84,8 +84,8 @@ def main() -> None:
     if args.dump_state:
         real_fit = training.Trainer.fit
 
-        def fit_then_dump(self, resume=None):
-            row = real_fit(self, resume)
+        def fit_then_dump(self, resume=None, ckpt=None):
+            row = real_fit(self, resume, ckpt)
             out = Path(args.dump_state)
             out.mkdir(parents=True, exist_ok=True)
             torch.save(training.unwrap(self.model).state_dict(), out / f"rank{self.rt.rank}.pt")
