@@ -107,9 +107,12 @@ def cpu_name() -> str:
 
 
 def emit(record: dict) -> None:
-    """Print the result as one JSON line (everything else the scripts print goes to stderr)."""
+    """Print the result as one JSON line (everything else the scripts print goes to stderr), with the machine and
+    the commit it ran at: bench/report.py, run later, maybe at another commit, reports the lines' own."""
     import torch
 
+    import paths
+
     record.update(cpu=cpu_name(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                  torch=str(torch.__version__))
+                  torch=str(torch.__version__), git_commit=paths.git_commit())
     print(json.dumps(record), flush=True)

@@ -14,7 +14,7 @@ import common  # noqa: F401 (puts the repository on sys.path)
 import paths  # noqa: E402 (common puts the repository on sys.path)
 import running  # noqa: E402
 
-MACHINE = ("cpu", "cores", "torch_threads", "torch")
+MACHINE = ("cpu", "cores", "torch_threads", "torch", "git_commit")     # said once in the header
 
 
 def cell(value) -> str:
@@ -29,7 +29,7 @@ def main(src: str, dst: str) -> None:
         raise paths.UserError(f"{src} holds no results")
     m = rows[0]
     lines = ["# Benchmarks", "",
-             f"{time.strftime('%Y-%m-%d')}, commit {paths.git_commit()}: {m['cpu']}, {m['cores']} cores, "
+             f"{time.strftime('%Y-%m-%d')}, commit {m.get('git_commit', 'not recorded')}: {m['cpu']}, {m['cores']} cores, "
              f"torch {m['torch']} on {m['torch_threads']} threads. Made by `make bench` from `{src}`.", "",
              "| bench | peak RSS (MB) | results |", "|---|---:|---|"]
     for r in rows:

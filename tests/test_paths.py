@@ -469,6 +469,28 @@ def test_bench_report_keeps_the_old_table_when_its_write_fails(tmp_path, monkeyp
     assert dst.read_text() == "old table\n" and sorted(p.name for p in tmp_path.iterdir()) == [src.name, dst.name]
 
 
+def test_bench_lines_carry_their_commit_and_the_report_gives_theirs(tmp_path, monkeypatch, capsys):
+    """A bench line records the commit it ran at, and bench/report.py reports the lines' commit, not its own: the
+    table named the commit of whatever checkout tabulated results.jsonl, later, maybe after edits."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import common
+    import report
+
+    monkeypatch.setattr(paths, "git_commit", lambda: "aaaa-dirty")
+    common.emit({"bench": "b", "x": 1})
+    line = json.loads(capsys.readouterr().out)
+    assert line["git_commit"] == "aaaa-dirty"
+    src, dst = tmp_path / "results.jsonl", tmp_path / "results.md"
+    src.write_text(json.dumps(line) + "\n" + json.dumps({**line, "bench": "c", "git_commit": "bbbb"}) + "\n")
+    monkeypatch.setattr(paths, "git_commit", lambda: "cccc")       # the checkout at report time
+    report.main(str(src), str(dst))
+    table = dst.read_text()
+    assert "commit aaaa-dirty:" in table and "cccc" not in table
+    assert "| c |" in table and "git_commit: bbbb" in table.split("| c |")[1]   # a line of another commit says so
+
+
 def test_train_speed_times_the_steps_after_the_first(monkeypatch):
     """bench/train_speed.py leaves the first step out of its throughput: its one-off work (the VQ-VAE's k-means start
     of its codebooks took two steps' time) made a 20-step bench report 5% fewer windows/s than training runs at."""
