@@ -3,8 +3,9 @@ weighs the same).
 
     python3 vqvae_eval.py [--checkpoint checkpoints/<run>/best.pt] [--split test|validation|train]
 
-Prints and saves (results/vqvae_eval-<time>/reconstruction.json, .md, a PNG) MSE in mV^2, PRD and
-normalised PRD in percent, codebook perplexity and usage, the compression ratio and the bit rate.
+Prints and saves (results/vqvae_eval-<time>/reconstruction.json, .md, a PNG; with the checkpoint's SHA-256, the
+data hash and the git commit) MSE in mV^2, PRD and normalised PRD in percent, codebook perplexity and usage, the
+compression ratio and the bit rate.
 
     python3 vqvae_eval.py [--checkpoint C] --record ../shared/data/mitdb/100 [--start 60] [--seconds 30|end]
 
@@ -13,7 +14,8 @@ from --start (default 0 s) for --seconds (default one window; 'end': to the reco
 forecaster codes its context. Writes results/vqvae_eval-<time>/<record>_<start>s.npz: codes [W, T', Q] int,
 latents [W, T', D] float32 (the encoder's output before quantisation, time before channel), gain [W, 2] mV (what
 each window is divided by before coding), reconstruction and signal [W, T, 2] mV, start_s [W], fs, leads, record,
-checkpoint, git_commit; and a PNG of the first windows against their reconstructions.
+checkpoint, checkpoint_sha256, input_hash (the record's files), git_commit; and a PNG of the first windows against
+their reconstructions.
 
 It also holds what the forecaster trainers (transformer_train.py, latent_sde_train.py) share about the frozen
 VQ-VAE they train on: finding and loading it (latest_checkpoint, load_vqvae, run_vqvae, vqvae_choice), its
@@ -238,7 +240,8 @@ def report_lines(report: dict, data: dict) -> list[str]:
     """reconstruction.md: per-record errors, their mean, and the codebook's health and bit rate."""
     s = report["summary"]
     lines = [f"# VQ-VAE reconstruction on the {report['split']} split", "",
-             f"checkpoint `{report['checkpoint']}`, {s['records']} records, {s['windows']} windows of "
+             f"checkpoint `{report['checkpoint']}` (sha256 {report['checkpoint_sha256']}), {s['records']} records, "
+             f"{s['windows']} windows of "
              f"{data['signals'].shape[1] / float(data['fs']):g} s, git {report['git_commit']}", "",
              *trained_line(report.get("trained", {})),
              "| record | MSE (mV²) | PRD (%) | PRDN (%) |", "|---:|---:|---:|---:|"]
@@ -329,10 +332,13 @@ def code_windows(model: VQVAE, windows: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkpoint: Path, commit: str) -> None:
+def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkpoint: Path,
+                run_record: dict) -> None:
     """--record: its windows coded one by one into one .npz (codes, latents, gains, reconstructions, the windows)
-    and the first ones drawn against their reconstructions."""
+    and the first ones drawn against their reconstructions. `run_record` (the checkpoint's digest and the commit,
+    taken at the start) goes into the .npz with the record files' input hash, as forecast.py's .json gives them."""
     from forecast import read_model_record
+    from prepare_mitbih import hash_inputs, record_path
     fs, start, seconds = data.samples_per_second, args.start or 0.0, args.seconds
     at = round(start * fs) if math.isfinite(start) else 0
     end = at + (data.window_samples if seconds is None else round(seconds * fs) if math.isfinite(seconds)
@@ -340,11 +346,13 @@ def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkp
     rec = read_model_record(args.record, data, (max(at, 0), max(end, 0)))     # the windows asked for, not all
     windows, starts = record_windows(rec.signal, start, seconds, data.window_samples, fs, args.record, rec.offset,
                                      rec.length)
+    where = record_path(args.record)
+    input_hash = hash_inputs(where.parent, [where.name], annotator=None)   # the files just read
     coded = code_windows(model, windows)
     run = paths.new_run_dir("vqvae_eval", args.results)
     stem = f"{rec.name}_{starts[0]:.15g}s"
     paths.atomic_save_npz(run / f"{stem}.npz", **coded, signal=windows, start_s=starts, fs=fs, leads=rec.leads,
-                          record=args.record, checkpoint=str(checkpoint), git_commit=commit)
+                          record=args.record, checkpoint=str(checkpoint), input_hash=input_hash, **run_record)
     titles = [tuple(f"record {rec.name} at {s:g} s, lead {k + 1}: {lead}" for k, lead in enumerate(rec.leads))
               for s in starts[:PLOTTED]]
     plot_windows(windows[:PLOTTED], coded["reconstruction"][:PLOTTED], fs, run / f"{stem}.png",
@@ -392,9 +400,10 @@ def main() -> None:
     commit = paths.git_commit()     # the code that runs, whatever the tree holds when the report is written
     path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint("vqvae", args.checkpoints)
     model, ckpt = load_vqvae(path)
+    digest = paths.file_sha256(path)    # the weights coded with: best.pt changes while its run goes on
     cfg = stored_config(ckpt["config"], f"config stored in {path}")
     if args.record:
-        code_record(args, model, cfg.data, path, commit)
+        code_record(args, model, cfg.data, path, {"checkpoint_sha256": digest, "git_commit": commit})
         return
     data = load_split(args.split, cfg, args.prepared, any_records=True)   # a split of one's own is fine
     for warning in seen_warnings(ckpt["meta"], list(data["records"]), args.split):
@@ -402,7 +411,7 @@ def main() -> None:
     report = reconstruction_report(model, data, source_fs(data["records"], args.prepared))
     run = paths.new_run_dir("vqvae_eval", args.results)
     # the data hash as a training run's run.json gives it
-    report.update(checkpoint=str(path), split=args.split, git_commit=commit,
+    report.update(checkpoint=str(path), checkpoint_sha256=digest, split=args.split, git_commit=commit,
                   data_hash=paths.run_data_hash(data), trained=ckpt["meta"])
     paths.atomic_write_json(report, run / "reconstruction.json")
     lines = report_lines(report, data)

@@ -255,6 +255,11 @@ def test_vqvae_eval_codes_the_readmes_window_of_a_record(mitdb, tmp_path):
         codes = fc.vq.encode(x, fc.vq.unit(x))
     assert saved["codes"].shape == (1, 48, 3) and saved["latents"].shape == (1, 48, 64)
     np.testing.assert_array_equal(saved["codes"], codes.numpy())
+    # what coded which files, as forecast.py's .json names them: a path alone (best.pt) changes while its run goes on
+    from paths import file_sha256
+    from prepare_mitbih import hash_inputs
+    assert saved["checkpoint_sha256"] == file_sha256(PRETRAINED)
+    assert saved["input_hash"] == hash_inputs(mitdb, ["100"], annotator=None) and saved["git_commit"]
 
 
 def test_shipped_models_are_chosen_by_name():

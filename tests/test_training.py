@@ -106,6 +106,7 @@ def test_train_writes_plots_metrics_and_checkpoints(tmp_path: Path, synthetic_db
     report = json.loads(next((tmp_path / "eval_train").glob("vqvae_eval-*/reconstruction.json")).read_text())
     train = load_split("train", load_config(setup["config"]), setup["prepared"])
     assert report["split"] == "train" and report["summary"]["windows"] == len(train["signals"])
+    assert report["checkpoint_sha256"] == paths.file_sha256(ckpts / "best.pt")     # the weights, not only their path
     assert report["trained"]["seed"] == 0
     # the data it read, named as the training run names its own (the same preparation here): config and input files
     assert report["data_hash"] == paths.run_data_hash(train) == report["trained"]["data_hash"]

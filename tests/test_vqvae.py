@@ -418,10 +418,10 @@ def test_reconstruction_md_puts_each_number_in_its_column_and_unit():
     summary = {"records": 1, "windows": 3, "mse_mv2": 0.02, "prd": 11.5, "prdn": 31.25, "perplexity": 20.0,
                "usage": 0.75, "compression_ratio": 112.5, "source_fs": 360.0, "compression_ratio_model_rate": 20.0,
                "bits_per_second": 70.4, "codebooks": 2}
-    report = {"split": "test", "checkpoint": "c.pt", "git_commit": "abc", "summary": summary,
-              "per_record": {"109": {"mse_mv2": 0.01, "prd": 12.5, "prdn": 30.25}}}
+    report = {"split": "test", "checkpoint": "c.pt", "checkpoint_sha256": "0123", "git_commit": "abc",
+              "summary": summary, "per_record": {"109": {"mse_mv2": 0.01, "prd": 12.5, "prdn": 30.25}}}
     lines = vqvae_eval.report_lines(report, {"signals": torch.zeros(3, 320, 2), "fs": 64})
-    assert "1 records, 3 windows of 5 s, git abc" in lines[2]
+    assert "`c.pt` (sha256 0123), 1 records, 3 windows of 5 s, git abc" in lines[2]
     assert "| 109 | 0.01000 | 12.50 | 30.25 |" in lines
     assert "| **mean over records** | **0.02000** | **11.50** | **31.25** |" in lines
     assert ("perplexity 20.0, codes used 75%; compression ratio 112.5 against the records (11-bit samples at 360 Hz; "
@@ -433,7 +433,8 @@ def test_reconstruction_md_gives_a_window_of_a_fraction_of_a_second_as_it_is():
     summary = {"records": 1, "windows": 3, "mse_mv2": 0.02, "prd": 11.5, "prdn": 31.25, "perplexity": 20.0,
                "usage": 0.75, "compression_ratio": 16.0, "source_fs": 250.0, "compression_ratio_model_rate": 16.0,
                "bits_per_second": 70.4, "codebooks": 2}
-    report = {"split": "test", "checkpoint": "c.pt", "git_commit": "abc", "summary": summary, "per_record": {}}
+    report = {"split": "test", "checkpoint": "c.pt", "checkpoint_sha256": "0123", "git_commit": "abc",
+              "summary": summary, "per_record": {}}
     lines = vqvae_eval.report_lines(report, {"signals": torch.zeros(3, 1600, 2), "fs": 250})
     assert "3 windows of 6.4 s," in lines[2]
 
