@@ -45,7 +45,7 @@ from training import (EpochEndFn, Runtime, StepFn, Trainer, check_run_flags, loa
                       run_parser, run_record, seed_everything, setup_runtime, shared_run_dirs, training_main)
 from vqvae import VQVAE
 from vqvae_eval import (FORECASTER_FLAGS, add_forecaster_flags, forecaster_splits, forecasting_config, frozen_encodings,
-                        run_vqvae, vqvae_choice)
+                        run_vqvae, started_from, vqvae_choice)
 
 
 @torch.no_grad()
@@ -215,7 +215,10 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     # the train section this run trains with (its crps settings over the ELBO run's), not the ELBO run's
     config = {**scfg.to_dict(), "train": dataclasses.asdict(settings), "vqvae": start["config"]["vqvae"]}
     meta = run_record(config, settings.seed, train, val, rt, sys.argv if argv is None else argv)
-    meta.update(crps_from=str(source), vqvae_checkpoint=start["meta"].get("vqvae_checkpoint", str(source)))
+    meta.update(crps_from=str(source), **started_from(resume, "crps_from_sha256", source),
+                vqvae_checkpoint=start["meta"].get("vqvae_checkpoint", str(source)))
+    if "vqvae_sha256" in start["meta"]:     # the ELBO run's VQ-VAE (a resume's start is the run's own checkpoint)
+        meta["vqvae_sha256"] = start["meta"]["vqvae_sha256"]
     fixed = fixed_windows(val, settings.plot_windows).numpy()
     epoch_end = plotting_epoch_end(fixed, fc.cfg.data.window_samples, run_dir, lambda m: fc,
                                    fixed_titles(val, settings.plot_windows, args.prepared, fc.cfg.data.window_samples))
@@ -331,7 +334,7 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde")
     config = {**scfg.to_dict(), "vqvae": vq_ckpt["config"]}
     meta = run_record(config, scfg.train.seed, train, val, rt, sys.argv if argv is None else argv)
-    meta["vqvae_checkpoint"] = vq_source
+    meta.update(vqvae_checkpoint=vq_source, **started_from(resume, "vqvae_sha256", vq_source))
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]}}
     fixed = fixed_windows(val, scfg.train.plot_windows).numpy()
     epoch_end = plotting_epoch_end(fixed, piece, run_dir, lambda m: LatentSDEForecaster(vq, m, cfg, scfg, rt.device),

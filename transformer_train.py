@@ -30,7 +30,7 @@ from training import (Runtime, Trainer, load_resume, run_config, run_parser, run
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
 from vqvae_eval import (ENCODE_BATCH, FORECASTER_FLAGS, add_forecaster_flags, forecaster_splits, forecasting_config,
-                        frozen_encodings, run_vqvae, vqvae_choice)
+                        frozen_encodings, run_vqvae, started_from, vqvae_choice)
 
 
 @torch.no_grad()
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "transformer")
     config = {**tcfg.to_dict(), "vqvae": vq_ckpt["config"]}
     meta = run_record(config, tcfg.train.seed, train, val, rt, sys.argv if argv is None else argv)
-    meta["vqvae_checkpoint"] = vq_path
+    meta.update(vqvae_checkpoint=vq_path, **started_from(resume, "vqvae_sha256", vq_path))
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]},
               "block_size": block}
     trainer = Trainer(model, train_set, val_set, step_fn, tcfg.train, run_dir, ckpt_dir, config, meta, rt,

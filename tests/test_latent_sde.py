@@ -23,7 +23,7 @@ from hyper_params_sde import DEFAULT_CONFIG, SDEConfig, load_sde_config, sde_con
 from latent_sde import (LEARNS_CRPS, DiagonalDiffusion, LatentSDE, LatentSDEForecaster, PathCRPS, RowBrownian,
                         fair_crps, overlap_add, replica_seed, soft_clip)
 from vqvae import VQVAE
-from paths import UserError
+from paths import UserError, file_sha256
 from conftest import loads_of, stopped_at, trainer_inputs, undocumented_columns, vqvae_splits
 from tiny import flags, tiny_setup
 from train_results import TRAINING_STATE, fixed_windows
@@ -1150,6 +1150,7 @@ def test_elbo_run_trains_on_the_training_frames_and_validates_on_the_validation_
     assert torch.equal(run["val_set"].tensors[-1], torch.arange(len(val["signals"])))
     torch.testing.assert_close(run["model"].obs_mean, train_enc[:, :steps].float().reshape(-1, 8).mean(0))
     assert run["meta"]["seed"] == run["settings"].seed == 5 and run["meta"]["vqvae_checkpoint"] == str(vq_path)
+    assert run["meta"]["vqvae_sha256"] == file_sha256(vq_path)       # the weights: best.pt changes in its run
     assert run["extras"]["vqvae"]["meta"] == vq_ckpt["meta"] and run["config"]["vqvae"] == vq_ckpt["config"]
     np.testing.assert_array_equal(plotted_windows(run, monkeypatch), fixed_windows(val, 2).numpy())
     torch.manual_seed(2)                            # another global RNG, no copies: the same seeded start
@@ -1204,6 +1205,8 @@ def test_crps_run_takes_its_config_and_seed_and_validates_on_the_validation_pati
     assert run["model"].num_samples == 3 and run["meta"]["seed"] == 5
     source = torch.load(drafted["ckpt"], weights_only=True)
     assert run["meta"]["vqvae_checkpoint"] == source["meta"]["vqvae_checkpoint"] != str(drafted["ckpt"])
+    assert run["meta"]["crps_from_sha256"] == file_sha256(drafted["ckpt"])     # the weights it starts from
+    assert run["meta"]["vqvae_sha256"] == source["meta"]["vqvae_sha256"]
     vq, train, val, _ = vqvae_splits(setup["prepared"], Path(source["meta"]["vqvae_checkpoint"]))
     assert torch.equal(run["train_set"].tensors[0], train["signals"])
     assert torch.equal(run["val_set"].tensors[0], val["signals"])

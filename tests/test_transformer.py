@@ -20,7 +20,7 @@ from conftest import loads_of, periodic_ecg, stopped_at, trainer_inputs, undocum
 from forecast import Forecaster
 from hyper_params import ModelConfig, config_from_dict, stored_config
 from hyper_params_transformer import SampleConfig
-from paths import UserError
+from paths import UserError, file_sha256
 from tiny import TINY, flags, tiny_setup
 from train_results import fixed_titles, fixed_windows
 from transformer_train import encode_drafted, encode_split
@@ -389,6 +389,7 @@ def test_resume_goes_on_with_the_runs_own_vqvae(trained: dict, tmp_path: Path, m
     assert len(loads) == 1      # read once
     after = torch.load(last, weights_only=True)
     assert row["epoch"] == 2 and after["meta"]["vqvae_checkpoint"] == before["meta"]["vqvae_checkpoint"] == str(vq)
+    assert after["meta"]["vqvae_sha256"] == before["meta"]["vqvae_sha256"] == file_sha256(vq)
     assert all(torch.equal(v, before["vqvae"]["model"][k]) for k, v in after["vqvae"]["model"].items())
     assert after["config"]["model"] == before["config"]["model"] and after["config"]["model"]["dim"] == 32
 
@@ -935,6 +936,7 @@ def test_a_run_trains_on_the_training_codes_and_validates_on_the_validation_pati
     assert torch.equal(run["val_set"].tensors[0], val_codes)
     assert run["model"].block_size == run["extras"]["block_size"] == codes.shape[1] == 32
     assert run["meta"]["seed"] == run["settings"].seed == 5 and run["meta"]["vqvae_checkpoint"] == str(vq_path)
+    assert run["meta"]["vqvae_sha256"] == file_sha256(vq_path)       # the weights: best.pt changes in its run
     assert run["extras"]["vqvae"]["meta"] == vq_ckpt["meta"] and run["config"]["vqvae"] == vq_ckpt["config"]
     plotted = []
     monkeypatch.setattr(transformer_train, "plot_epoch_forecasts", lambda *a, **k: plotted.append((a, k)))
