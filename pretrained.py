@@ -91,6 +91,7 @@ def main() -> None:
     p.add_argument("--mitdb", default=str(paths.location("data")), type=paths.given_path,
                    help="MIT-BIH folder for the reference forecasts (default: $MITBIH_DIR or data/mitdb)")
     args = p.parse_args()
+    commit = paths.git_commit()     # the code that runs, whatever the tree holds when the references are written
     mitdb = check_mitdb(Path(args.mitdb))
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt["kind"] not in SHIPPED:
@@ -104,7 +105,9 @@ def main() -> None:
         new, new_ref = Path(tmp) / out.name, Path(tmp) / ref_path.name
         paths.atomic_torch_save(packed, new)
         fc = Forecaster.from_checkpoint(new, device="cpu")
+        # which weights and code made the figures: the shipped file may be packed again (its sampling settings)
         paths.atomic_write_json({"samples": REFERENCE_SAMPLES, "seed": REFERENCE_SEED, "model": fc.name,
+                                 "checkpoint_sha256": paths.file_sha256(new), "git_commit": commit,
                                  "cases": reference_figures(fc, mitdb)}, new_ref)
         again = f"run {shlex.join(['python3', 'pretrained.py', *sys.argv[1:]])} again"
         with paths.written_together(out.parent, again) as written:

@@ -23,7 +23,7 @@ import pretrained
 from forecast import Forecaster, forecast_record
 from hyper_params import config_from_dict
 from conftest import ROOT, run_script, spike_train, write_record
-from paths import PRETRAINED, SHIPPED, SHIPPED_SPECS, UserError
+from paths import PRETRAINED, SHIPPED, SHIPPED_SPECS, UserError, file_sha256
 from prepare_mitbih import DS1, DS2, PACED, config_split, read_record
 from train_results import TRAINING_STATE, MetricsLog
 
@@ -143,7 +143,9 @@ def test_packing_makes_the_references_with_the_new_model_before_replacing_the_sh
     assert seen["shipped"] == b"the model shipped before" and torch.equal(seen["weight"], ckpt["model"][key])
     shipped = torch.load(moved["latent_sde"], map_location="cpu", weights_only=True)
     assert torch.equal(shipped["model"][key], ckpt["model"][key]) and not set(TRAINING_STATE) & set(shipped)
-    assert json.loads(pretrained.reference_path("latent_sde").read_text())["cases"] == []
+    ref = json.loads(pretrained.reference_path("latent_sde").read_text())
+    assert ref["cases"] == [] and ref["git_commit"]
+    assert ref["checkpoint_sha256"] == file_sha256(moved["latent_sde"])    # the references name the weights they are of
 
 
 def packing_a_changed_model(tmp_path, monkeypatch) -> tuple[dict, list[str]]:
@@ -256,7 +258,6 @@ def test_vqvae_eval_codes_the_readmes_window_of_a_record(mitdb, tmp_path):
     assert saved["codes"].shape == (1, 48, 3) and saved["latents"].shape == (1, 48, 64)
     np.testing.assert_array_equal(saved["codes"], codes.numpy())
     # what coded which files, as forecast.py's .json names them: a path alone (best.pt) changes while its run goes on
-    from paths import file_sha256
     from prepare_mitbih import hash_inputs
     assert saved["checkpoint_sha256"] == file_sha256(PRETRAINED)
     assert saved["input_hash"] == hash_inputs(mitdb, ["100"], annotator=None) and saved["git_commit"]
