@@ -29,8 +29,8 @@ def main(src: str, dst: str) -> None:
         raise paths.UserError(f"{src} holds no results")
     m = rows[0]
     lines = ["# Benchmarks", "",
-             f"{time.strftime('%Y-%m-%d')}, commit {m.get('git_commit', 'not recorded')}: {m['cpu']}, {m['cores']} cores, "
-             f"torch {m['torch']} on {m['torch_threads']} threads. Made by `make bench` from `{src}`.", "",
+             f"{time.strftime('%Y-%m-%d')}, commit {m.get('git_commit', 'not recorded')}: {m['cpu']}, {m['cores']} "
+             f"cores, torch {m['torch']} on {m['torch_threads']} threads. Made by `make bench` from `{src}`.", "",
              "| bench | peak RSS (MB) | results |", "|---|---:|---|"]
     for r in rows:
         details = "; ".join(f"{k}: {cell(v)}" for k, v in r.items() if k not in ("bench", "peak_rss_mb")
