@@ -582,7 +582,7 @@ def main() -> None:
         fs, horizon = res["fs"], res["samples"].shape[1]
         running.note(f"the truth plotted covers {(truth - gap) / fs:g} s of the {horizon / fs:g} s forecast "
                      f"(the record's end or a gap)")
-    print(f"{heart_rate_line(res['heart_rate'])} (lead 1 R peaks; paths: median [10th-90th percentile])")
+    print(f"{heart_rate_line(res['heart_rate'], n_paths)} (lead 1 R peaks{'; ' + PATHS_KEY if n_paths > 1 else ''})")
     print(f"plot: {out / (stem + '.png')}\nsamples: {out / (stem + '_samples.npy')}")
 
 
@@ -616,12 +616,19 @@ def heart_rates(res: dict) -> dict:
             "paths_p90": float(np.percentile(paths, 90)), "truth": rates(truth[None])[0] if whole else None}
 
 
-def heart_rate_line(hr: dict) -> str:
-    """The rates of heart_rates in one line; "—" where none could be measured (a horizon too short for a beat)."""
+def heart_rate_line(hr: dict, n_paths: int = 2) -> str:
+    """The rates of heart_rates in one line; "—" where none could be measured (a horizon too short for a beat).
+    One path (a deterministic forecaster's) has its rate alone: 'paths 74 [74-74]' said a spread there is not."""
     short = hr["paths_median"] is None
     truth = ", truth —" if short else "" if hr["truth"] is None else f", truth {hr['truth']:.0f}"
-    paths = "—" if short else f"{hr['paths_median']:.0f} [{hr['paths_p10']:.0f}-{hr['paths_p90']:.0f}]"
-    return f"detected heart rate (bpm): context {hr['context']:.0f}, paths {paths}{truth}"
+    rate = "—" if short else f"{hr['paths_median']:.0f}"
+    if n_paths == 1:
+        return f"detected heart rate (bpm): context {hr['context']:.0f}, forecast {rate}{truth}"
+    spread = "" if short else f" [{hr['paths_p10']:.0f}-{hr['paths_p90']:.0f}]"
+    return f"detected heart rate (bpm): context {hr['context']:.0f}, paths {rate}{spread}{truth}"
+
+
+PATHS_KEY = "paths: median [10th-90th percentile]"      # what heart_rate_line's paths give, for many
 
 
 def resampled(res: dict) -> str:
@@ -686,10 +693,11 @@ def plot_record(res: dict, record: str, args: argparse.Namespace, path: Path, mo
     window = np.concatenate([res["context"], np.pad(res["truth"], ((0, len(res["samples"][0]) - len(res["truth"])), (0, 0)),
                                                     constant_values=np.nan)])
     n = len(res["samples"])         # a deterministic forecaster gives one path whatever --samples asks
+    drawn = f"{n} sampled forecasts" if n > 1 else "1 forecast path"
     plot_forecasts(window[None], res["samples"][None], res["fs"], len(res["context"]), path,
-                   f"{model + ': ' if model else ''}record {record} from {args.start:.15g} s, {n} sampled "
-                   f"forecast{'s' * (n != 1)}\n{heart_rate_line(res['heart_rate'])}; paths: median "
-                   f"[10th-90th percentile]",
+                   f"{model + ': ' if model else ''}record {record} from {args.start:.15g} s, "
+                   f"{drawn}\n{heart_rate_line(res['heart_rate'], n)}"
+                   f"{'; ' + PATHS_KEY if n > 1 else ''}",
                    start_s=(res["start_sample"] - len(res["context"])) / res["fs"],
                    leads=tuple(f"lead {k + 1}: {name}" for k, name in enumerate(res["leads"])))
 

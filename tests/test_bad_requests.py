@@ -745,16 +745,21 @@ def test_forecast_py_takes_a_forecaster_of_ones_own_as_evaluate_py_does(tmp_path
 
 
 def test_forecast_plot_title_counts_the_paths_drawn(tmp_path, monkeypatch):
-    """A deterministic forecaster draws one path whatever --samples asks: its plot was titled '3 sampled forecasts'."""
+    """A deterministic forecaster draws one path whatever --samples asks: its plot was titled '3 sampled forecasts',
+    then '1 sampled forecast' with its heart rate as 'paths 74 [74-74]' under a key of percentiles over paths; now
+    '1 forecast path' and its one rate, and the title and the printed line agree."""
     titles = []
     monkeypatch.setattr(forecast, "plot_forecasts", lambda *a, **k: titles.append(a[5]))
     record = write_record(tmp_path, "r", seconds=12, seed=0)
     (tmp_path / "mine.py").write_text(OWN)
-    for name, want in (("One", "1 sampled forecast\n"), ("Level", "3 sampled forecasts\n")):
+    for name, want, key in (("One", "1 forecast path\n", False), ("Level", "3 sampled forecasts\n", True)):
         r = run_script(forecast.main, "forecast.py", ["--checkpoint", f"{tmp_path / 'mine.py'}:{name}", "--record",
                                                       str(record), "--start", "5", "--samples", "3",
                                                       "--out", str(tmp_path / name)])
         assert r.returncode == 0 and want in titles[-1], (r.stderr, titles)
+        assert ("10th-90th percentile" in titles[-1]) == key and ("10th-90th percentile" in r.stdout) == key
+        assert ("forecast " if not key else "paths ") in titles[-1].split("\n")[1], titles[-1]
+        assert (" [" in titles[-1].split("\n")[1].split(";")[0]) == key, titles[-1]
 
 
 def test_forecast_py_names_a_forecaster_of_ones_own_that_fails(tmp_path):
