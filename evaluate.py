@@ -872,10 +872,11 @@ def mean_curve(s: Scores, key: str) -> np.ndarray:
 
 
 def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: Path,
-                      baselines: frozenset[str] = frozenset()) -> None:
+                      baselines: frozenset[str] = frozenset(), title: str = "") -> None:
     """MSE and CRPS against horizon time (mean over records), each model's CRPS minus the best baseline's (the
     differences the paired tables test are too small to see on the curves themselves), and F1 ±100 ms per horizon
-    second. Models thick and on top, baselines thin and dashed, a colour per forecaster by name, one legend."""
+    second. Models thick and on top, baselines thin and dashed, a colour per forecaster by name, one legend;
+    `title` (curves_title) says which windows."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.6))
     colour = curve_colours(summary["order"], baselines)
@@ -892,10 +893,23 @@ def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: P
     plot_f1_per_segment(axes.flat[3], summary, style)
     fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(scores), 5),
                fontsize=9, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
     rows = -(-len(scores) // 5)
     fig.tight_layout(rect=(0, (0.15 + 0.22 * rows) / fig.get_figheight(), 1, 1))
     paths.atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
+
+
+def curves_title(w: Windows, samples: int, horizon_beats: str | None = None) -> str:
+    """What error_curves.png averages: the split or folder, its windows and records, the paths per sampled
+    forecast. Seen without its report the figure said none of it, and 3 windows' curves look like 920's."""
+    src = w.source
+    where = f"{src['split']} split" if src["kind"] == "prepared" else f"{paths.shown(src['path'])}, {src['split']}"
+    beats = f" (--horizon-beats {horizon_beats})" if horizon_beats else ""
+    windows, records = len(w.record), len(np.unique(w.record))
+    return (f"{where}: {windows} window{'s' * (windows != 1)}{beats} from {records} record{'s' * (records != 1)}, "
+            f"{samples} paths per sampled forecast; means over records")
 
 
 def error_curves_csv(scores: dict[str, Scores], order: list[str], fs: int) -> str:
@@ -1160,7 +1174,8 @@ def plot_results(run: Path, forecasters: dict[str, ForecasterBase], scores: dict
                  w: Windows, cfg: Config, args: argparse.Namespace, baselines: frozenset[str] = frozenset()) -> None:
     """error_curves.png, and each forecaster's gallery_<name>.png forecast with the evaluation's seeds."""
     fs, context = cfg.data.samples_per_second, cfg.data.window_samples
-    plot_error_curves(scores, summary, fs, run / "error_curves.png", baselines)
+    plot_error_curves(scores, summary, fs, run / "error_curves.png", baselines,
+                      curves_title(w, args.samples, getattr(args, "horizon_beats", None)))
     paths.atomic_write_text(error_curves_csv(scores, summary["order"], fs), run / "error_curves.csv")
     reference = gallery_reference(summary, scores, baselines)
     zero_mse = zero_forecast_mse(w, context)

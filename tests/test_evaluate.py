@@ -1709,6 +1709,29 @@ def test_error_curves_draw_the_models_over_the_baselines_in_one_colour_each(tmp_
     assert [t.get_text() for t in f1_ax.get_xticklabels()] == ["0-1 s", "1-2 s"]
     assert len(fig.legends) == 1 and [t.get_text() for t in fig.legends[0].get_texts()] == names
 
+
+def test_error_curves_say_which_windows_they_average(tmp_path, monkeypatch):
+    """error_curves.png had no title: seen without its report, 3 validation windows' curves read like the model
+    card's 920 test windows. It names the split (or folder and records), windows, records and paths now."""
+    import matplotlib.pyplot as plt
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    w = SimpleNamespace(record=np.array([0, 0, 1]), source={"kind": "prepared", "split": "validation"})
+    title = evaluate.curves_title(w, 20)
+    assert title == "validation split: 3 windows from 2 records, 20 paths per sampled forecast; means over records"
+    w.source = {"kind": "wfdb", "split": "records 100, 101", "path": str(tmp_path / "db")}
+    assert evaluate.curves_title(w, 5, "ventricular").startswith(
+        f"{tmp_path / 'db'}, records 100, 101: 3 windows (--horizon-beats ventricular) from 2 records, 5 paths")
+    w.record = np.array([0])
+    assert evaluate.curves_title(w, 5).split(", 5 paths")[0].endswith(": 1 window from 1 record")
+    scores = {"zero": evaluate.Scores(1, curves={"se": np.ones((1, 32)), "crps": np.ones((1, 32)),
+                                                 "windows": np.array([1.0])})}
+    summary = {"order": ["zero"], "horizons": ["0-1 s", "1-2 s", "all"],
+               "forecasters": {"zero": {"metrics": {"f1_100": [{"value": 0.5}] * 3, "crps": [{"value": 1.0}] * 3}}}}
+    evaluate.plot_error_curves(scores, summary, 16, tmp_path / "e.png", frozenset({"zero"}), title)
+    assert figures[0].get_suptitle() == title
+
+
 def test_an_f1_panel_without_reference_beats_says_why_it_is_empty(tmp_path, monkeypatch):
     """Records without beat annotations left the F1 panel blank, like a plot that failed to draw."""
     import matplotlib.pyplot as plt
