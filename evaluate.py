@@ -968,7 +968,8 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
     """Context, truth, point forecast and 50% / 80% bands of both leads for the windows `picks` (gallery_picks: the
     same for every forecaster, so their galleries compare), forecast with the same seed as in the evaluation. Titles
     give the window's MSE and its share of the zero forecast's (`zero_mse`, per window), which ranks the picks; the
-    figure's title says whose ranking it is (`ranked_by`), as another forecaster's shares need not follow it."""
+    figure's title says whose ranking it is (`ranked_by`), as another forecaster's shares need not follow it, and how
+    many paths each window drew (the bands' width depends on it), as forecast.py's and the trainers' plots say."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(len(picks), 2, figsize=(13, 3.3 * len(picks) + 0.5), squeeze=False)
     t = (np.arange(w.signals.shape[1]) - context) / fs
@@ -984,8 +985,10 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
                       f"{label}: record {w.records[r]}, {lead_name}, forecast from {(w.start[i] + context) / fs:.0f} s"
                       f"\nwindow MSE (both leads) {s.window_mse[i]:.3g} mV², {share:.0f}% of the zero forecast's")
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=6, fontsize=8, frameon=False)
-    ranking = f" (records ranked by {ranked_by}'s MSE over the zero forecast's)" if ranked_by and len(picks) > 1 else ""
-    fig.suptitle(f"{name}: forecast examples{ranking}", fontsize=11)
+    said = [f"{len(samples)} sampled paths" if len(samples) > 1 else "1 forecast path"]
+    if ranked_by and len(picks) > 1:
+        said.append(f"records ranked by {ranked_by}'s MSE over the zero forecast's")
+    fig.suptitle(f"{name}: forecast examples ({'; '.join(said)})", fontsize=11)
     height = fig.get_figheight()        # margins in inches: the legend below, the titles above, for any rows
     fig.subplots_adjust(left=0.06, right=0.99, bottom=1.13 / height, top=1 - 1.04 / height, hspace=0.7,
                         wspace=0.16)

@@ -1636,7 +1636,8 @@ def test_gallery_panels_name_the_lead_by_number_and_name_and_the_figure_whose_ra
     """A gallery panel said 'record 117 MLII' where every other figure says 'lead 1: MLII': both are said now, and
     a record without lead names still says which lead. The records are ranked by the best baseline's MSE for every
     gallery, so gallery_persistence.png's 'lowest-error record' could be its worst (125% of the zero forecast's
-    against 101%): the figure's title says whose ranking it is."""
+    against 101%): the figure's title says whose ranking it is, and how many paths each window drew (it said none,
+    where forecast.py's and the trainers' plots say theirs)."""
     drawn = []
     monkeypatch.setattr(evaluate, "plot_lead", lambda *a: drawn.append(a[-1]))
     import matplotlib.pyplot as plt
@@ -1648,11 +1649,14 @@ def test_gallery_panels_name_the_lead_by_number_and_name_and_the_figure_whose_ra
     picks = [("lowest-error record", 0, 0), ("highest-error record", 1, 1)]
     evaluate.plot_gallery("zero", evaluate.make_baseline("zero", 16), s, w, 32, 16, 1, 0, tmp_path / "g.png", picks,
                           np.ones(2))
-    assert "ranked by" not in plt_titles[0]         # no one's ranking: the test passes none
+    assert plt_titles[0] == "zero: forecast examples (1 forecast path)"      # no one's ranking: the test passes none
     evaluate.plot_gallery("zero", evaluate.make_baseline("zero", 16), s, w, 32, 16, 1, 0, tmp_path / "g.png", picks,
                           np.ones(2), ranked_by="template_ensemble")
-    assert plt_titles[1] == ("zero: forecast examples (records ranked by template_ensemble's MSE over the zero "
-                             "forecast's)")
+    assert plt_titles[1] == ("zero: forecast examples (1 forecast path; records ranked by template_ensemble's MSE over "
+                             "the zero forecast's)")
+    monkeypatch.setattr(evaluate, "predict_windows", lambda *a: np.zeros((1, 7, 16, 2), np.float32))
+    evaluate.plot_gallery("sampler", None, s, w, 32, 16, 7, 0, tmp_path / "g.png", picks, np.ones(2))
+    assert plt_titles[2] == "sampler: forecast examples (7 sampled paths)"       # the paths behind its bands
     assert [t.split("\n")[0] for t in drawn[:4]] == [
         "lowest-error record: record 117, lead 1: MLII, forecast from 2 s",
         "lowest-error record: record 117, lead 2: V2, forecast from 2 s",
