@@ -91,19 +91,19 @@ def beat_targets(data: dict, frames: int, factor: int, fs: float, max_rr_s: floa
 
 
 def plot_epoch(fc: LatentSDEForecaster, fixed: np.ndarray, piece: int, run_dir: Path, epoch: int,
-               titles: list[tuple[str, str]] | None = None) -> None:
+               model_name: str, titles: list[tuple[str, str]] | None = None) -> None:
     samples = fc.predict(fixed[:, :piece], fixed.shape[1] - piece, num_samples=20, seed=0)
-    plot_epoch_forecasts(fixed, samples, fc.fs, piece, run_dir, epoch, titles)
+    plot_epoch_forecasts(fixed, samples, fc.fs, piece, run_dir, epoch, model_name, titles)
 
 
 def plotting_epoch_end(fixed: np.ndarray, piece: int, run_dir: Path,
-                       forecaster: Callable[[torch.nn.Module], LatentSDEForecaster],
+                       forecaster: Callable[[torch.nn.Module], LatentSDEForecaster], model_name: str,
                        titles: list[tuple[str, str]] | None = None) -> EpochEndFn:
     """Forecasts of the fixed validation windows after every epoch, from `forecaster(model)`; predict leaves the
     model in eval mode, so it goes back to training."""
     def epoch_end(m: torch.nn.Module, epoch: int, is_main: bool) -> dict:
         if is_main and len(fixed):
-            plot_epoch(forecaster(m), fixed, piece, run_dir, epoch, titles)
+            plot_epoch(forecaster(m), fixed, piece, run_dir, epoch, model_name, titles)
             m.train()
         return {}
     return epoch_end
@@ -221,6 +221,7 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
         meta["vqvae_sha256"] = start["meta"]["vqvae_sha256"]
     fixed = fixed_windows(val, settings.plot_windows).numpy()
     epoch_end = plotting_epoch_end(fixed, fc.cfg.data.window_samples, run_dir, lambda m: fc,
+                                   "latent SDE, CRPS fine-tuning",
                                    fixed_titles(val, settings.plot_windows, args.prepared, fc.cfg.data.window_samples))
     train_set, val_set = (TensorDataset(d["signals"], torch.arange(len(d["signals"]))) for d in (train, val))
     trainer = Trainer(model, train_set, val_set, crps_step, settings,
@@ -338,7 +339,7 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]}}
     fixed = fixed_windows(val, scfg.train.plot_windows).numpy()
     epoch_end = plotting_epoch_end(fixed, piece, run_dir, lambda m: LatentSDEForecaster(vq, m, cfg, scfg, rt.device),
-                                   fixed_titles(val, scfg.train.plot_windows, args.prepared, piece))
+                                   "latent SDE", fixed_titles(val, scfg.train.plot_windows, args.prepared, piece))
     names = batch_names(scfg)
     train_set, val_set = elbo_datasets(train, val, train_enc, val_enc, augmented, names, steps, factor)
     trainer = Trainer(model, train_set, val_set, elbo_step(piece // factor, names), scfg.train, run_dir,

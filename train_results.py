@@ -374,10 +374,12 @@ def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context:
 
 
 def plot_epoch_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context: int, run_dir: Path,
-                         epoch: int, titles: list[tuple[str, str]] | None = None) -> None:
+                         epoch: int, model_name: str, titles: list[tuple[str, str]] | None = None) -> None:
     """A forecaster trainer's forecast_epoch_NNN.png (plot_forecasts): the same words for the Transformer's and the
-    latent SDE's, and time from the forecast start, the context negative, as in evaluate.py's galleries
-    (`titles`: fixed_titles(..., context=context), which give that start in record time)."""
+    latent SDE's but `model_name` (their plots look alike, and were titled alike), and time from the forecast start,
+    the context negative, as in evaluate.py's galleries (`titles`: fixed_titles(..., context=context), which give
+    that start in record time)."""
     plot_forecasts(windows, samples, fs, context, run_dir / f"forecast_epoch_{epoch:03d}.png",
-                   f"epoch {epoch}: validation forecasts ({samples.shape[1]} sampled paths)", start_s=-context / fs,
+                   f"{model_name}, epoch {epoch}: validation forecasts ({samples.shape[1]} sampled paths)",
+                   start_s=-context / fs,
                    titles=titles, xlabel="time from forecast start (s)")

@@ -99,7 +99,7 @@ def forecast_plotter(vq: VQVAE, cfg: Config, tcfg: TransformerConfig, val: dict,
             # on the run's device: a Forecaster moves the model it is given, and m is the one being trained
             fc = Forecaster(vq, m, cfg, tcfg.sample, device, draft_beats=tcfg.model.draft_beats)
             samples = fc.predict(fixed[:, :ctx_len], fixed.shape[1] - ctx_len, num_samples=20, seed=0)
-            plot_epoch_forecasts(fixed, samples, fs, ctx_len, run_dir, epoch, titles)
+            plot_epoch_forecasts(fixed, samples, fs, ctx_len, run_dir, epoch, "Transformer", titles)
             m.train()
         return {}
     return epoch_end
