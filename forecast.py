@@ -7,6 +7,8 @@
 writes a PNG (context, truth, sample mean, 50%/80% bands, both leads), the samples as .npy [S, H, 2] in mV and a
 JSON of what was asked. Without --checkpoint it uses the shipped Transformer (pretrained/forecaster.pt); the
 shipped latent SDE is --checkpoint pretrained_sde (pretrained/latent_sde.pt), the names evaluate.py --model takes.
+From Python, main(["--record", ..., "--start", "60"]) takes the flags as a list and returns the forecast: context,
+truth and samples [S, H, 2] in mV, fs, leads, heart_rate and the files written (files).
 
 Every forecaster, trained model or baseline, implements `predict(context, horizon, num_samples, seed)`:
 context [B, C, 2] in mV at `fs` (a numpy array or torch tensor), horizon in samples, returns a numpy float32
@@ -540,7 +542,7 @@ def clean_starts(signal: np.ndarray, at: int, ctx: int, fs: int, offset: int = 0
     return f"the nearest clean --start: {' or '.join(said)}" if said else "no context around it is without gaps"
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Forecast a WFDB record: PNG of context, truth, forecast and bands; "
                                 "samples as .npy.")
     shipped = ", ".join(f"{name} ({SHIPPED[kind].relative_to(ROOT)})" for name, kind in SHIPPED_SPECS.items())
@@ -556,11 +558,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same forecast (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--out", type=paths.given_path, help="output folder (default: results/forecast-<time>)")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     t0, commit = time.time(), paths.git_commit()    # the code that runs, whatever the tree holds at the end
     if args.samples < 1 or not 0 <= args.seed < 2 ** 63:
         raise UserError(f"--samples must be >= 1 and --seed in [0, 2**63), got {args.samples} and {args.seed}")
@@ -584,6 +586,7 @@ def main() -> None:
                      f"(the record's end or a gap)")
     print(f"{heart_rate_line(res['heart_rate'], n_paths)} (lead 1 R peaks{'; ' + PATHS_KEY if n_paths > 1 else ''})")
     print(f"plot: {out / (stem + '.png')}\nsamples: {out / (stem + '_samples.npy')}")
+    return {**res, "files": [out / f"{stem}{end}" for end in ("_samples.npy", ".png", ".json")]}
 
 
 def truth_cover(res: dict) -> tuple[int, int]:

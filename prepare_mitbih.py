@@ -3,7 +3,8 @@
     python3 prepare_mitbih.py [--data-dir DIR] [--out DIR] [--config config_vqvae.json]
 
 Writes train.pt / validation.pt / test.pt (signals in mV, window starts, reference beats) and
-meta.json into the prepared folder. Every write is atomic.
+meta.json into the prepared folder. Every write is atomic. From Python, main(["--records", "100", ...]) takes
+the flags as a list and returns meta.json's dict (None with --fetch-only).
 """
 from __future__ import annotations
 
@@ -1257,7 +1258,7 @@ def check_fetch_only(args: argparse.Namespace) -> None:
                         f"{'it' if len(given) == 1 else 'them'} or --fetch-only")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict | None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, type=paths.given_path,
                    help="VQ-VAE config JSON (default: config_vqvae.json)")
@@ -1276,20 +1277,21 @@ def main() -> None:
                    help="annotation file with the reference beats (default atr: NNN.atr; e.g. qrs for AFDB's beats)")
     p.add_argument("--fetch-only", action="store_true",
                    help="only make sure the data folder has records (downloading MIT-BIH into it if it has none)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     check_fetch_only(args)
     cfg = load_config(args.config)
     t0 = time.time()
     data_dir, out_dir = paths.location("data", args.data_dir), paths.location("prepared", args.out)
     if args.fetch_only:      # make demo's first forecast needs a record before anything is prepared
         print(f"{len(find_records(data_dir, not args.no_download))} WFDB records in {data_dir}")
-        return
+        return None
     meta = prepare(cfg, data_dir, out_dir, args.records, download=not args.no_download, skip_bad=args.skip_bad,
                    allow_gaps=args.allow_gaps, annotator=args.annotator)
     print(f"prepared {len(meta['records'])} records in {time.time() - t0:.1f} s -> {out_dir}")
     for s in SPLITS:
         print(f"  {s:10s} {meta['windows'][s]:6d} windows  records: {' '.join(meta['splits'][s])}")
     print(f"  scale (mV, per lead): {', '.join(f'{v:.3f}' for v in meta['scale_mv'])}  data hash {meta['data_hash']}")
+    return meta
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 `make pretrained` and `make pretrained-sde` run this after training from scratch. A Transformer goes to
 pretrained/forecaster.pt, a latent SDE to pretrained/latent_sde.pt (paths.SHIPPED). The shipped file keeps
 the weights, configs and provenance (seed, git commit, data hash, commands, training minutes) and drops
-optimiser and RNG state, so it stays small and loads with torch.load(..., weights_only=True).
+optimiser and RNG state, so it stays small and loads with torch.load(..., weights_only=True). From Python,
+main(["--checkpoint", ...]) takes the flags as a list and returns the shipped file's path.
 """
 from __future__ import annotations
 
@@ -84,13 +85,13 @@ def check_mitdb(folder: Path) -> Path:
     return folder
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, type=paths.given_path,
                    help="forecaster best.pt (Transformer or latent SDE)")
     p.add_argument("--mitdb", default=str(paths.location("data")), type=paths.given_path,
                    help="MIT-BIH folder for the reference forecasts (default: $MITBIH_DIR or data/mitdb)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     commit = paths.git_commit()     # the code that runs, whatever the tree holds when the references are written
     mitdb = check_mitdb(Path(args.mitdb))
     ckpt = load_checkpoint(args.checkpoint)
@@ -109,13 +110,14 @@ def main() -> None:
         paths.atomic_write_json({"samples": REFERENCE_SAMPLES, "seed": REFERENCE_SEED, "model": fc.name,
                                  "checkpoint_sha256": paths.file_sha256(new), "git_commit": commit,
                                  "cases": reference_figures(fc, mitdb)}, new_ref)
-        again = f"run {shlex.join(['python3', 'pretrained.py', *sys.argv[1:]])} again"
+        again = f"run {shlex.join(['python3', 'pretrained.py', *(sys.argv[1:] if argv is None else argv)])} again"
         with paths.written_together(out.parent, again) as written:
             os.replace(new, out)
             written.append(out.name)
             os.replace(new_ref, ref_path)
     print(f"packed {args.checkpoint} -> {out} ({out.stat().st_size / 2 ** 20:.1f} MiB), "
           f"reference forecasts -> {ref_path}")
+    return out
 
 
 if __name__ == "__main__":

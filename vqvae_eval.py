@@ -17,6 +17,9 @@ each window is divided by before coding), reconstruction and signal [W, T, 2] mV
 checkpoint, checkpoint_sha256, input_hash (the record's files), git_commit; and a PNG of the first windows against
 their reconstructions.
 
+From Python, main(["--split", "test", ...]) takes the flags as a list and returns the report (reconstruction.json's
+dict), or with --record the .npz's path.
+
 It also holds what the forecaster trainers (transformer_train.py, latent_sde_train.py) share about the frozen
 VQ-VAE they train on: finding and loading it (latest_checkpoint, load_vqvae, run_vqvae, vqvae_choice), its
 config (forecasting_config) and the cached encodings of the training windows (frozen_encodings).
@@ -342,10 +345,11 @@ def code_windows(model: VQVAE, windows: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkpoint: Path,
-                run_record: dict) -> None:
+                run_record: dict) -> Path:
     """--record: its windows coded one by one into one .npz (codes, latents, gains, reconstructions, the windows)
     and the first ones drawn against their reconstructions. `run_record` (the checkpoint's digest and the commit,
-    taken at the start) goes into the .npz with the record files' input hash, as forecast.py's .json gives them."""
+    taken at the start) goes into the .npz with the record files' input hash, as forecast.py's .json gives them.
+    Returns the .npz's path."""
     from forecast import read_model_record
     from prepare_mitbih import hash_inputs, record_path
     fs, start, seconds = data.samples_per_second, args.start or 0.0, args.seconds
@@ -372,6 +376,7 @@ def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkp
           f"{starts[0]:g} s, reconstructed at PRD {error:.1f}%, PRDN {normalised:.1f}%")
     print(f"codes {list(coded['codes'].shape)}, latents {list(coded['latents'].shape)}: {run / (stem + '.npz')}\n"
           f"plot: {run / (stem + '.png')}")
+    return run / f"{stem}.npz"
 
 
 def parse_seconds(value: str) -> float:
@@ -382,7 +387,7 @@ def parse_seconds(value: str) -> float:
         raise argparse.ArgumentTypeError(f"{value!r} is neither seconds nor 'end'") from None
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict | Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=paths.given_path,
                    help="VQ-VAE checkpoint, or a forecaster's for the VQ-VAE inside it, e.g. "
@@ -401,7 +406,7 @@ def main() -> None:
                    help="checkpoints root for the default checkpoint (default: $ECG_CHECKPOINTS_DIR "
                    "or checkpoints)")
     p.add_argument("--results", type=paths.given_path, help="results root (default: $ECG_RESULTS_DIR or results)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.record is None and (args.start is not None or args.seconds is not None):
         p.error("--start and --seconds go with --record")
     if args.record and args.prepared:
@@ -412,8 +417,7 @@ def main() -> None:
     digest = paths.file_sha256(path)    # the weights coded with: best.pt changes while its run goes on
     cfg = stored_config(ckpt["config"], f"config stored in {path}")
     if args.record:
-        code_record(args, model, cfg.data, path, {"checkpoint_sha256": digest, "git_commit": commit})
-        return
+        return code_record(args, model, cfg.data, path, {"checkpoint_sha256": digest, "git_commit": commit})
     data = load_split(args.split, cfg, args.prepared, any_records=True)   # a split of one's own is fine
     for warning in seen_warnings(ckpt["meta"], list(data["records"]), args.split):
         running.warn(warning)
@@ -428,6 +432,7 @@ def main() -> None:
     plot_examples(model, data, args.split, args.prepared, run / "reconstruction_examples.png", path)
     print("\n".join(lines[-3:]))
     print(f"report: {run / 'reconstruction.md'}")
+    return report
 
 
 if __name__ == "__main__":

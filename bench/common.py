@@ -106,9 +106,10 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def emit(record: dict) -> None:
+def emit(record: dict) -> dict:
     """Print the result as one JSON line (everything else the scripts print goes to stderr), with the machine and
-    the commit it ran at: bench/report.py, run later, maybe at another commit, reports the lines' own."""
+    the commit it ran at: bench/report.py, run later, maybe at another commit, reports the lines' own. Returns the
+    line's dict, what a bench script's main(argv) returns when called from Python."""
     import torch
 
     import paths
@@ -116,3 +117,4 @@ def emit(record: dict) -> None:
     record.update(cpu=cpu_name(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
                   torch=str(torch.__version__), git_commit=paths.git_commit())
     print(json.dumps(record), flush=True)
+    return record

@@ -32,13 +32,13 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=paths.given_path,
                    help="Transformer checkpoint (default: newest checkpoints/transformer-*/best.pt, "
                    "else the shipped pretrained/forecaster.pt, else one trained on the fly)")
     p.add_argument("--samples", type=positive_int, default=100)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     import torch
 
     from forecast import Forecaster
@@ -55,10 +55,10 @@ def main() -> None:
                                for _ in range(REPEATS)]))
         no_cache = timed(lambda: fc.predict(contexts[:1], horizon, args.samples, seed=0, use_cache=False))
         many = timed(lambda: fc.predict(contexts, horizon, args.samples, seed=0))
-    emit({"bench": "forecast_latency", "contexts_1_s": round(one, 2), "contexts_1_no_cache_s": round(no_cache, 2),
-          "contexts_64_s": round(many, 2),
-          "samples": args.samples, "context_s": ctx / fc.fs, "horizon_s": horizon / fc.fs, "checkpoint": source,
-          **memory_mb()})
+    return emit({"bench": "forecast_latency", "contexts_1_s": round(one, 2),
+                 "contexts_1_no_cache_s": round(no_cache, 2), "contexts_64_s": round(many, 2),
+                 "samples": args.samples, "context_s": ctx / fc.fs, "horizon_s": horizon / fc.fs,
+                 "checkpoint": source, **memory_mb()})
 
 
 if __name__ == "__main__":

@@ -20,18 +20,19 @@ from hyper_params import DEFAULT_CONFIG, load_config  # noqa: E402
 from prepare_mitbih import prepare  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=paths.given_path, help="VQ-VAE config JSON (default: config_vqvae.json)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     cfg = load_config(args.config)
     data = paths.location("data")
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
         t0 = time.perf_counter()
         meta = prepare(cfg, data, Path(tmp), download=False)
         seconds = time.perf_counter() - t0
-    emit({"bench": "prepare", "config": paths.shown(args.config or DEFAULT_CONFIG), "records": len(meta["records"]),
-          "seconds": round(seconds, 1), "windows": meta["windows"], **memory_mb()})
+    return emit({"bench": "prepare", "config": paths.shown(args.config or DEFAULT_CONFIG),
+                 "records": len(meta["records"]), "seconds": round(seconds, 1), "windows": meta["windows"],
+                 **memory_mb()})
 
 
 if __name__ == "__main__":

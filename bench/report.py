@@ -23,7 +23,7 @@ def cell(value) -> str:
     return str(value)
 
 
-def main(src: str, dst: str) -> None:
+def main(src: str, dst: str) -> str:
     rows = [json.loads(line) for line in Path(src).read_text().splitlines() if line.strip()]
     if not rows:
         raise paths.UserError(f"{src} holds no results")
@@ -39,6 +39,7 @@ def main(src: str, dst: str) -> None:
     text = "\n".join(lines) + "\n"
     paths.atomic_write_text(text, dst)     # a run cut short keeps the table before it
     print(text, end="")
+    return text
 
 
 def parse_args() -> argparse.Namespace:

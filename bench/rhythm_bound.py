@@ -328,7 +328,7 @@ def placed_beat_mse(w, context: int, fs: int) -> dict[str, dict[str, float]]:
                    "mse": round(float(np.mean([v[1] / v[2] for v in d.values()])), 4)} for name, d in sums.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--max-windows-per-record", type=positive_int, default=40)
@@ -336,7 +336,7 @@ def main() -> None:
                    help="rhythm history the median rule sees in `history` (none: skip it)")
     p.add_argument("--data-dir", default=None, type=paths.given_path,
                    help="WFDB folder for `history` (default: $MITBIH_DIR or data/mitdb)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     import baselines as B
     import evaluate as E
@@ -361,9 +361,9 @@ def main() -> None:
     summary = E.summarize(scores, truth, w, fs, w.signals.shape[1] - context, n_boot=1)
     frontier = {name: {key: round(summary["forecasters"][name]["metrics"][key][-1]["value"], 4)
                        for key in ("crps", f"f1_{TOL_MS}")} for name in models}
-    emit({"bench": "rhythm_bound", "split": args.split, "windows": len(w.record),
-          "oracle_f1": oracle, "placed_beat_mse": placed, "next_beat_error": first_error, "history": history,
-          "spread_frontier": frontier})
+    return emit({"bench": "rhythm_bound", "split": args.split, "windows": len(w.record),
+                 "oracle_f1": oracle, "placed_beat_mse": placed, "next_beat_error": first_error, "history": history,
+                 "spread_frontier": frontier})
 
 
 if __name__ == "__main__":

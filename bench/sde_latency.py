@@ -27,7 +27,7 @@ import running  # noqa: E402
 TARGET_S = 2.0
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=paths.given_path,
                    help="latent SDE checkpoint (default: newest checkpoints/latent_sde-*/best.pt, "
@@ -36,11 +36,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--horizon", type=positive_seconds, default=3.0, help="seconds")
     p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
 
     import numpy as np
     import torch
@@ -67,11 +67,11 @@ def main() -> None:
         out = fc.predict(context, horizon, args.samples, seed=r + 1)
         times.append(time.perf_counter() - t0)
     median = float(np.median(times))
-    emit({"bench": "sde_latency", "checkpoint": source, "context": where, "samples": args.samples,
-          "horizon_s": args.horizon, "output_shape": list(out.shape), "repeats": args.repeats,
-          "median_s": round(median, 3), "best_s": round(min(times), 3), "target_s": TARGET_S,
-          "meets_target": median < TARGET_S, "solver": fc.scfg.solver.method, "dt_s": fc.scfg.solver.dt,
-          "state_size": fc.scfg.model.state_size, "load_avg": round(os.getloadavg()[0], 2), **memory_mb()})
+    return emit({"bench": "sde_latency", "checkpoint": source, "context": where, "samples": args.samples,
+                 "horizon_s": args.horizon, "output_shape": list(out.shape), "repeats": args.repeats,
+                 "median_s": round(median, 3), "best_s": round(min(times), 3), "target_s": TARGET_S,
+                 "meets_target": median < TARGET_S, "solver": fc.scfg.solver.method, "dt_s": fc.scfg.solver.dt,
+                 "state_size": fc.scfg.model.state_size, "load_avg": round(os.getloadavg()[0], 2), **memory_mb()})
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def default_config(model: str) -> Path:
     return importlib.import_module(module[model]).DEFAULT_CONFIG
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", choices=["vqvae", "transformer", "latent_sde"])
     p.add_argument("--steps", type=int, default=20, help="training steps to run (the first is not timed)")
@@ -87,7 +87,7 @@ def main() -> None:
                    "(default: its own, config_vqvae.json, config_transformer.json or config_sde.json)")
     p.add_argument("--vqvae", type=paths.given_path, help="the forecasters' VQ-VAE checkpoint, as their --vqvae "
                    "(default: the newest checkpoints/vqvae-*/best.pt, else an untrained one)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.vqvae and args.model == "vqvae":
         p.error("--vqvae is the forecasters' VQ-VAE: the vqvae bench trains one (give its --config)")
     if args.steps < 2:
@@ -108,11 +108,11 @@ def main() -> None:
             vq, extra["vqvae"] = (Path(args.vqvae), args.vqvae) if args.vqvae else vqvae_checkpoint(tmp)
             script.main(flags + ["--prepared", str(prepared), "--vqvae", str(vq)])
     train_bytes = (prepared / "train.pt").stat().st_size
-    emit({"bench": f"train_{args.model}", "config": paths.shown(args.config or default_config(args.model)),
-          "windows_per_s": round(timed["steps"] * timed["batch"] / timed["seconds"], 1),
-          "steps": timed["steps"], "batch_size": timed["batch"], "seconds": round(timed["seconds"], 1),
-          "first_step_s": round(timed["first_step_s"], 2),
-          **memory_mb(), "train_pt_mb": round(train_bytes / 2 ** 20), **extra})
+    return emit({"bench": f"train_{args.model}", "config": paths.shown(args.config or default_config(args.model)),
+                 "windows_per_s": round(timed["steps"] * timed["batch"] / timed["seconds"], 1),
+                 "steps": timed["steps"], "batch_size": timed["batch"], "seconds": round(timed["seconds"], 1),
+                 "first_step_s": round(timed["first_step_s"], 2),
+                 **memory_mb(), "train_pt_mb": round(train_bytes / 2 ** 20), **extra})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""Every entry point's main called from Python (a notebook, a script of one's own), as the trainers' are: the flags
+as a list, the session's sys.argv never read (a notebook's are the kernel's), and what it made returned."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import forecast
+import prepare_mitbih
+import pretrained
+import vqvae_eval
+import vqvae_train
+from conftest import ROOT, write_record
+from paths import PRETRAINED, UserError
+from test_pretrained import packing_a_changed_model
+from tiny import TINY, flags, tiny_setup
+
+KERNEL_ARGV = ["/opt/conda/lib/python3.11/site-packages/ipykernel_launcher.py", "-f", "/root/kernel-1.json"]
+
+
+@pytest.fixture
+def notebook(monkeypatch):
+    """sys.argv as Jupyter leaves it: a main that parsed it would stop at the kernel's -f."""
+    monkeypatch.setattr(sys, "argv", list(KERNEL_ARGV))
+
+
+def test_prepare_returns_its_meta(notebook, synthetic_db, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(TINY))
+    meta = prepare_mitbih.main(["--config", str(config), "--data-dir", str(synthetic_db), "--out",
+                                str(tmp_path / "prepared"), "--no-download"])
+    assert meta == json.loads((tmp_path / "prepared" / "meta.json").read_text())
+    assert meta["splits"]["test"] == ["100"] and meta["windows"]["train"] > 0
+
+
+def test_vqvae_eval_returns_its_report_or_the_records_codes(notebook, synthetic_db, tmp_path):
+    setup = tiny_setup(tmp_path, synthetic_db)
+    vqvae_train.main(flags(setup, "--epochs", "1", "--max-steps", "2"))
+    (best,) = Path(setup["checkpoints"]).glob("vqvae-*/best.pt")
+    report = vqvae_eval.main(["--checkpoint", str(best), "--split", "validation", "--prepared", setup["prepared"],
+                              "--results", str(tmp_path / "eval")])
+    assert report["split"] == "validation" and report["summary"]["records"] == 1
+    assert report == json.loads(next((tmp_path / "eval").glob("vqvae_eval-*/reconstruction.json")).read_text())
+    npz = vqvae_eval.main(["--checkpoint", str(best), "--record", str(synthetic_db / "100"), "--start", "5",
+                           "--results", str(tmp_path / "eval")])
+    assert npz.name == "100_5s.npz" and np.load(npz)["codes"].shape == (1, 16, 1)
+
+
+def test_forecast_returns_the_samples_and_its_files(notebook, tmp_path):
+    record = write_record(tmp_path / "db", "r", seconds=12)
+    res = forecast.main(["--checkpoint", str(PRETRAINED), "--record", str(record), "--start", "5", "--horizon", "1",
+                         "--samples", "3", "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert res["samples"].shape == (3, 128, 2) and res["truth"].shape == (128, 2) and res["fs"] == 128
+    assert [p.name for p in res["files"]] == ["r_5s_samples.npy", "r_5s.png", "r_5s.json"]
+    np.testing.assert_array_equal(np.load(res["files"][0]), res["samples"])
+
+
+def test_packing_returns_the_shipped_file_and_names_its_own_flags(notebook, tmp_path, monkeypatch):
+    """Packing stopped between its renames says how to pack again with the flags it was given, not the kernel's."""
+    moved, argv = packing_a_changed_model(tmp_path, monkeypatch)
+    assert pretrained.main(argv) == moved["latent_sde"]
+    real = os.replace
+
+    def stopped(src, dst):
+        if Path(dst) == pretrained.reference_path("latent_sde"):
+            raise KeyboardInterrupt
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", stopped)
+    with pytest.raises(KeyboardInterrupt, match=re.escape(f"run python3 pretrained.py {' '.join(argv)} again")):
+        pretrained.main(argv)
+
+
+def test_a_bench_returns_its_json_line(notebook, capsys):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import sde_latency
+
+    line = sde_latency.main(["--checkpoint", str(ROOT / "pretrained" / "latent_sde.pt"), "--samples", "2",
+                             "--horizon", "0.5", "--repeats", "1"])
+    assert line["bench"] == "sde_latency" and line["output_shape"] == [1, 2, 64, 2]
+    assert json.loads(capsys.readouterr().out) == line
