@@ -16,7 +16,7 @@ import prepare_mitbih
 import pretrained
 import vqvae_eval
 import vqvae_train
-from conftest import ROOT, write_record
+from conftest import ROOT, run_script, write_record
 from paths import PRETRAINED, UserError
 from test_pretrained import packing_a_changed_model
 from tiny import TINY, flags, tiny_setup
@@ -59,6 +59,19 @@ def test_forecast_returns_the_samples_and_its_files(notebook, tmp_path):
     assert res["samples"].shape == (3, 128, 2) and res["truth"].shape == (128, 2) and res["fs"] == 128
     assert [p.name for p in res["files"]] == ["r_5s_samples.npy", "r_5s.png", "r_5s.json"]
     np.testing.assert_array_equal(np.load(res["files"][0]), res["samples"])
+
+
+def test_a_bad_request_from_python_raises_its_user_error(notebook, tmp_path):
+    """run_main turns a UserError into one 'error:' line and exit status 2 for the script; called from Python, the
+    error itself comes up, to be caught or read."""
+    record = write_record(tmp_path / "db", "r", seconds=12)
+    argv = ["--checkpoint", str(PRETRAINED), "--record", str(record), "--start", "30", "--device", "cpu",
+            "--out", str(tmp_path / "out")]
+    said = r"--start 30.0 s must lie between 3.0 s .* and the record's end \(12.0 s\)"
+    with pytest.raises(UserError, match=said):
+        forecast.main(argv)
+    res = run_script(forecast.main, "forecast.py", argv)
+    assert res.returncode == 2 and re.fullmatch(f"error: {said} in {re.escape(str(record))}\n", res.stderr)
 
 
 def test_packing_returns_the_shipped_file_and_names_its_own_flags(notebook, tmp_path, monkeypatch):
