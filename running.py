@@ -222,6 +222,15 @@ def script_backend() -> None:
         matplotlib.use("Agg")
 
 
+_scripts: list[str] = []      # sys.argv[0] of each run_main running: a script runs, not Python calling a main
+
+
+def script_running() -> str | None:
+    """The script run_main runs (its sys.argv[0]), None when a main was called from Python (a notebook, whose
+    sys.argv[0] is its kernel's ipykernel_launcher.py)."""
+    return _scripts[-1] if _scripts else None
+
+
 def run_main(main: Callable[[], Any]) -> None:
     """Run a script's main(); a UserError becomes one 'error:' line and exit status 2. Under torchrun the ranks
     usually meet the same error, and rank 0 says it (say_error); one met by a rank alone is said by the others as
@@ -235,6 +244,7 @@ def run_main(main: Callable[[], Any]) -> None:
     if default_term:
         signal.signal(signal.SIGTERM, _terminate)
         sys.unraisablehook = _note_swallowed(unraisable_hook)
+    _scripts.append(sys.argv[0] if sys.argv else "")
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
@@ -250,6 +260,7 @@ def run_main(main: Callable[[], Any]) -> None:
         say(f"{word}; {e}" if str(e) else word)
         sys.exit(143 if isinstance(e, Terminated) else 130)
     finally:
+        _scripts.pop()
         if default_term:        # the default first: a SIGTERM from here on ends the process, none escapes as a traceback
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             sys.unraisablehook = unraisable_hook

@@ -22,7 +22,6 @@ import os
 import random
 import shlex
 import shutil
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -538,8 +537,7 @@ class Trainer:
 
     def resume_hint(self) -> str:
         """How an interrupted or failed run goes on: from its last.pt, else from the checkpoint it resumed, if any
-        (into folders of its own, its run's being gone); with the script that runs (a trainer of one's own too), else
-        the project's <kind>_train.py."""
+        (into folders of its own, its run's being gone), as resume_hint says it."""
         last = self.ckpt_dir / "last.pt"
         return resume_hint(last if last.exists() else self.resumed_from, self.kind)
 
@@ -620,11 +618,16 @@ def drop_unused_folders(run_dir: Path, ckpt_dir: Path) -> bool:
 
 
 def resume_hint(start: str | Path | None, kind: str) -> str:
-    """How a stopped run goes on from checkpoint `start` (none: nothing was saved yet), with the script that runs (a
-    trainer of one's own too), else the project's <kind>_train.py."""
+    """How a stopped run goes on from checkpoint `start` (none: nothing was saved yet): with the script that runs it
+    (running.run_main; a trainer of one's own too, else the project's <kind>_train.py), or called from Python, its
+    training main again (a Trainer alone: fit). From a notebook, sys.argv[0] named the kernel's launcher."""
     if not start:
         return "nothing was saved yet (last.pt is written at the end of every epoch)"
-    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else f"{kind}_train.py"
+    if (script := running.script_running()) is None:
+        module = _begun().module
+        return (f"resume with: {'' if module == '__main__' else module + '.'}main({['--resume', str(start)]!r})"
+                if module else f"resume with: fit(resume={str(start)!r})")
+    script = script if script.endswith(".py") else f"{kind}_train.py"
     return f"resume with: {shlex.join(['python3', script, '--resume', str(start)])}"     # a folder 'my runs' too
 
 
@@ -633,6 +636,7 @@ class _Begun:
     """What a training's main (training_main) has begun, for what a stop of it leaves and says."""
     resume: str | Path | None = None                # the checkpoint it goes on from (load_resume), and its kind
     kind: str = ""
+    module: str = ""                                # the module of the main, which a call from Python resumes
     folders: tuple[Path, Path] | None = None        # a new run's results and checkpoint folders (shared_run_dirs)
     trainer_ran: bool = False                       # Trainer.run began: it says how to resume from then on
 
@@ -661,7 +665,7 @@ def training_main(main: Callable[[list[str] | None], dict]) -> Callable[[list[st
     (a resumed run's own folders stay)."""
     @functools.wraps(main)
     def run(argv: list[str] | None = None) -> dict:
-        _mains.append(begun := _Begun())
+        _mains.append(begun := _Begun(module=main.__module__))
         try:
             return main(argv)
         except BaseException as e:

@@ -97,3 +97,22 @@ def test_a_bench_returns_its_json_line(notebook, capsys):
                              "--horizon", "0.5", "--repeats", "1"])
     assert line["bench"] == "sde_latency" and line["output_shape"] == [1, 2, 64, 2]
     assert json.loads(capsys.readouterr().out) == line
+
+
+def test_a_trainer_stopped_in_a_notebook_says_how_to_resume_from_python(notebook, synthetic_db, tmp_path,
+                                                                        monkeypatch):
+    """A trainer's main called from Python and stopped said `python3 .../ipykernel_launcher.py --resume ...`, the
+    kernel's launcher, which trains nothing: it names the main to call again (a script still names itself)."""
+    setup = tiny_setup(tmp_path, synthetic_db)
+    vqvae_train.main(flags(setup, "--epochs", "1", "--max-steps", "2"))
+    (last,) = Path(setup["checkpoints"]).glob("vqvae-*/last.pt")
+    resume = ["--prepared", setup["prepared"], "--resume", str(last), "--epochs", "2"]
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(vqvae_train, "run_splits", stopped)
+    with pytest.raises(KeyboardInterrupt) as said:
+        vqvae_train.main(resume)
+    assert str(said.value) == f"resume with: vqvae_train.main(['--resume', {str(last)!r}])"
+    r = run_script(lambda: vqvae_train.main(resume), "vqvae_train.py", resume)
+    assert r.stderr.splitlines() == [f"interrupted; resume with: python3 vqvae_train.py --resume {last}"]
