@@ -194,7 +194,7 @@ def crps_settings(scfg: SDEConfig) -> TrainConfig:
     return dataclasses.replace(scfg.train, **crps_schedule(scfg.crps))
 
 
-def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str] | None) -> dict:
+def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str] | None, rt: Runtime) -> dict:
     """Fine-tune an ELBO-trained latent SDE on the fair CRPS of its forecast paths (latent_sde.PathCRPS), with
     the generic trainer: training windows drawn at random, the best epoch by the validation patients' CRPS."""
     source = resume["meta"]["crps_from"] if resume else args.crps_from
@@ -204,7 +204,6 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     start = resume or load_checkpoint(source, "latent_sde")
     scfg = crps_config(args, resume, start, source)
     settings = crps_settings(scfg)
-    rt = setup_runtime(args.device)
     check_adjoint(scfg, rt)
     check_crps_batch(scfg, rt)
     seed_everything(settings.seed)
@@ -313,13 +312,12 @@ def elbo_step(context: int, names: list[str]) -> StepFn:
     return step_fn
 
 
-def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | None) -> dict:
+def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | None, rt: Runtime) -> dict:
     """The checkpoints hold the frozen VQ-VAE too, so forecast.py and evaluate.py need only one file."""
     scfg = elbo_config(args, resume)
     vq, vq_ckpt, vq_source = run_vqvae(args, resume)
     vq.requires_grad_(False)
     cfg = forecasting_config(vq_ckpt, vq_source)
-    rt = setup_runtime(args.device)
     check_adjoint(scfg, rt)
     if rt.is_main:
         print(f"VQ-VAE: {vqvae_choice(args, vq_source)}")
@@ -368,14 +366,15 @@ def parser() -> argparse.ArgumentParser:
 @training_main
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
+    rt = setup_runtime(args.device)     # first: see training.setup_runtime
     resume = load_resume(args.resume, "latent_sde") if args.resume else None
     if args.crps_from and resume and "crps_from" not in resume["meta"]:
         raise paths.UserError(f"--resume {args.resume} is an ELBO run's checkpoint and --crps-from starts a fine-tuning "
                               "run of its own: resume the ELBO run without --crps-from, or fine-tune with --crps-from "
                               "alone")
     if args.crps_from or (resume and "crps_from" in resume["meta"]):
-        return finetune_crps(args, resume, argv)
-    return train_elbo(args, resume, argv)
+        return finetune_crps(args, resume, argv, rt)
+    return train_elbo(args, resume, argv, rt)
 
 
 if __name__ == "__main__":

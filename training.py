@@ -74,7 +74,10 @@ class Runtime:
 
 
 def setup_runtime(device: str | None = None) -> Runtime:
-    """Join the torchrun process group when launched by torchrun (NCCL on GPUs, gloo on CPU)."""
+    """Join the torchrun process group when launched by torchrun (NCCL on GPUs, gloo on CPU). A script calls it
+    before it reads a file (--resume, --vqvae, --config): a rank whose node lacks one failed before joining, and
+    the others waited in init_process_group for $ECG_DIST_TIMEOUT (10 minutes) when no torchrun agent stops them
+    (srun); failing in the group, it leaves them word (running.leave_word), which they say at their next collective."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), local_rank()
     device = check_device(device)       # before the GPU test: a typo is an error on any machine

@@ -113,12 +113,12 @@ def main(argv: list[str] | None = None) -> dict:
                    help="VQ-VAE checkpoint, or a forecaster's for its VQ-VAE, e.g. pretrained/forecaster.pt "
                    "(default: newest checkpoints/vqvae-*/best.pt)")
     args = p.parse_args(argv)
+    rt = setup_runtime(args.device)     # first: see training.setup_runtime
     resume = load_resume(args.resume, "transformer") if args.resume else None
     tcfg = run_config(args, resume, load_transformer_config, transformer_config_from_dict, FORECASTER_FLAGS)
     tcfg.validate()
     vq, vq_ckpt, vq_path = run_vqvae(args, resume)
     cfg = forecasting_config(vq_ckpt, vq_path)
-    rt = setup_runtime(args.device)
     if rt.is_main:
         print(f"VQ-VAE: {vqvae_choice(args, vq_path)}")
     seed_everything(tcfg.train.seed)

@@ -115,10 +115,10 @@ def check_not_data_parallel(rt: Runtime) -> None:
 @training_main
 def main(argv: list[str] | None = None) -> dict:
     args = run_parser(__doc__, "config JSON (default: config_vqvae.json)").parse_args(argv)
+    rt = setup_runtime(args.device)     # first: see training.setup_runtime
     resume_ckpt = load_resume(args.resume, "vqvae") if args.resume else None
     cfg = run_config(args, resume_ckpt, load_config, config_from_dict)
     cfg.validate()
-    rt = setup_runtime(args.device)
     check_not_data_parallel(rt)
     seed_everything(cfg.train.seed)
     train, val = run_splits(lambda split: load_split(split, cfg, args.prepared), resume_ckpt)

@@ -478,6 +478,30 @@ def test_ranks_resuming_from_different_copies_of_last_pt_are_stopped(tmp_path: P
     assert snapshot(ckpt_dir) == before
 
 
+def test_a_rank_whose_node_lacks_the_resumed_checkpoint_stops_the_others(tmp_path: Path, tiny: dict) -> None:
+    """Two nodes without a shared file system (env://, LOCAL_RANK 0 on both), node 1 without a copy of ckpt/last.pt:
+    rank 1 read --resume before joining the process group and stopped, and rank 0 waited in init_process_group for
+    $ECG_DIST_TIMEOUT (10 minutes by default) before saying that not all processes joined. Now the ranks join
+    first: rank 0 says rank 1's error at its first collective."""
+    setup = outputs(tiny, tmp_path)
+    ckpt_dir = train(setup, "--epochs", "1")
+    (tmp_path / "node0" / "ckpt").mkdir(parents=True)
+    (tmp_path / "node1").mkdir()
+    shutil.copy(ckpt_dir / "last.pt", tmp_path / "node0" / "ckpt" / "last.pt")
+    before = snapshot(ckpt_dir)
+    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+           "ECG_DIST_TIMEOUT": "60"}
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "vqvae_train.py"), "--prepared", setup["prepared"],
+                               "--device", "cpu", "--epochs", "2", "--resume", "ckpt/last.pt"],
+                              cwd=tmp_path / f"node{rank}", env={**env, "RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True) for rank in (0, 1)]
+    (out0, err0), (out1, err1) = (p.communicate(timeout=120) for p in procs)
+    check_error(subprocess.CompletedProcess([], procs[0].returncode, out0, err0),
+                "another rank failed (rank 1: checkpoint not found: ckpt/last.pt)")
+    assert procs[1].returncode == 2 and err1 == "error: rank 1: checkpoint not found: ckpt/last.pt\n", err1
+    assert snapshot(ckpt_dir) == before
+
+
 def test_ranks_loading_different_vqvaes_are_stopped(tmp_path: Path, tiny: dict, tiny_vqvae: Path) -> None:
     """A forecaster's ranks each load --vqvae on their own node (here: two nodes without a shared file system, LOCAL_RANK 0
     on both, node 1's copy of another VQ-VAE): they encoded the windows with different VQ-VAEs and the Transformer
