@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NoReturn
 
 from paths import UserError
 
@@ -131,13 +131,25 @@ def raise_word_left(failed: RuntimeError, then: str = "") -> None:
 
 
 def _leave_group() -> None:
-    """Close a process group a script ended in (an error, a signal) rather than leave it to the interpreter's exit:
-    launched without torchrun (srun), rank 0's process keeps the store, and torn down at exit while the other ranks
-    were still connected it aborted ('terminate called without an active exception', exit -6, not 2)."""
+    """Close a process group a script ended in (an error, a signal), its connections to the other ranks with it, rather
+    than leave it to the process's exit (_exit)."""
     dist = _process_group()
     if dist is not None:
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
+
+
+def _exit(code: int) -> NoReturn:
+    """sys.exit(code); a rank of several processes ends with os._exit after flushing its output. torch's objects keep
+    the process group (gloo's threads, and rank 0's store when launched without torchrun, as by srun) running past
+    destroy_process_group, and torn down in the interpreter's exit while the other ranks were still connected it now
+    and then aborted ('terminate called without an active exception', exit -6, not 2). Folders and files to remove
+    went before this (until_main_ends, the Trainer's own handlers)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "torch.distributed" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def note(message: str) -> None:
@@ -253,12 +265,12 @@ def run_main(main: Callable[[], Any]) -> None:
         try:
             say_error(str(e))
         except KeyboardInterrupt as stop:   # torchrun stopping a rank in its grace period: rank 0 said the error
-            sys.exit(143 if isinstance(stop, Terminated) else 130)
-        sys.exit(2)
+            _exit(143 if isinstance(stop, Terminated) else 130)
+        _exit(2)
     except KeyboardInterrupt as e:     # a trainer's carries how to resume; torchrun hands Ctrl-C to every rank
         word = "terminated" if isinstance(e, Terminated) else "interrupted"
         say(f"{word}; {e}" if str(e) else word)
-        sys.exit(143 if isinstance(e, Terminated) else 130)
+        _exit(143 if isinstance(e, Terminated) else 130)
     finally:
         _scripts.pop()
         if default_term:        # the default first: a SIGTERM from here on ends the process, none escapes as a traceback

@@ -372,6 +372,23 @@ def test_a_script_ending_in_an_error_leaves_its_process_group(capsys) -> None:
     assert capsys.readouterr().err == "error: the ranks loaded different VQ-VAEs\n"
 
 
+def test_a_rank_ending_in_an_error_skips_the_interpreters_teardown() -> None:
+    """Launched without torchrun (srun), rank 0's process keeps the store, which torch's objects keep past
+    destroy_process_group; torn down in the interpreter's exit while the other ranks were still connected, it now and
+    then aborted ('terminate called without an active exception', exit -6, not 2; twice in CI runs of
+    test_ranks_resuming_from_different_copies_of_last_pt_are_stopped). An exit handler that aborts stands in for it:
+    a rank of several ends with its error's status, its line said."""
+    script = ("import atexit, os, running, torch.distributed\n"
+              "from paths import UserError\n"
+              "atexit.register(os.abort)\n"
+              "def fails():\n"
+              "    raise UserError('the ranks resumed from different checkpoints')\n"
+              "running.run_main(fails)\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**ENV, "WORLD_SIZE": "2", "RANK": "0"},
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    check_error(r, "the ranks resumed from different checkpoints")
+
+
 def test_the_first_rank_to_fail_keeps_its_word(group_of_rank) -> None:
     """A rank failing alone leaves its error's first line; the rank whose collective then fails on it ends in a
     UserError too (saying that word), whose word, left over the first, would have named it to a third rank."""
