@@ -144,7 +144,7 @@ def _exit(code: int) -> NoReturn:
     the process group (gloo's threads, and rank 0's store when launched without torchrun, as by srun) running past
     destroy_process_group, and torn down in the interpreter's exit while the other ranks were still connected it now
     and then aborted ('terminate called without an active exception', exit -6, not 2). Folders and files to remove
-    went before this (until_main_ends, the Trainer's own handlers)."""
+    went before this (training.training_main)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "torch.distributed" in sys.modules:
         sys.stdout.flush()
         sys.stderr.flush()
