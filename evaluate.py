@@ -11,9 +11,9 @@ Baselines: zero, mean, persistence, seasonal, analog, template, seasonal_ensembl
 truth to forecast. Metrics are computed per record, then averaged over records (each patient weighs
 the same) with bootstrap 95 % intervals over records, and each model is paired record by record against
 the best baseline on MSE, CRPS and R-peak F1, also on the windows of each kind of horizon beats (normal,
-ectopic, supraventricular, ventricular). Writes report.md (the tables), metrics.json,
-metrics.csv, error_curves.png and gallery_<model>.png into a fresh results/evaluate-<time> folder. From Python,
-main(["--model", "zero", ...]) takes the flags as a list and returns that folder.
+ectopic, supraventricular, ventricular). Writes report.md (the tables), metrics.json, metrics.csv,
+error_curves.png (and .csv, the curves it draws) and gallery_<model>.png into a fresh results/evaluate-<time> folder.
+From Python, main(["--model", "zero", ...]) takes the flags as a list and returns that folder.
 """
 from __future__ import annotations
 

@@ -10,6 +10,10 @@ processes, and a model without dropout follows the single-process run with that 
 rounding. Rank 0 draws as a single process would, and checkpoints (end of every epoch, atomic) hold its
 RNG state, so --resume after a kill redoes the interrupted epoch exactly as the uninterrupted run did it;
 rank r reseeds from (seed, epoch, r) at every epoch's start.
+
+It also holds what every *_train.py's main shares: its flags (run_parser), joining the process group before any
+file is read (setup_runtime), the checkpoint it resumes (load_resume), its folders and run.json record, and
+training_main, which drops a new run's unused folders and says how to resume a stopped run.
 """
 from __future__ import annotations
 
