@@ -910,7 +910,7 @@ def curves_title(w: Windows, samples: int, horizon_beats: str | None = None) -> 
     beats = f" (--horizon-beats {horizon_beats})" if horizon_beats else ""
     windows, records = len(w.record), len(np.unique(w.record))
     return (f"{where}: {windows} window{'s' * (windows != 1)}{beats} from {records} record{'s' * (records != 1)}, "
-            f"{samples} paths per sampled forecast; means over records")
+            f"{samples} path{'s' * (samples != 1)} per sampled forecast; means over records")
 
 
 def error_curves_csv(scores: dict[str, Scores], order: list[str], fs: int) -> str:

@@ -1728,6 +1728,7 @@ def test_error_curves_say_which_windows_they_average(tmp_path, monkeypatch):
         f"{tmp_path / 'db'}, records 100, 101: 3 windows (--horizon-beats ventricular) from 2 records, 5 paths")
     w.record = np.array([0])
     assert evaluate.curves_title(w, 5).split(", 5 paths")[0].endswith(": 1 window from 1 record")
+    assert ", 1 path per sampled forecast;" in evaluate.curves_title(w, 1)       # --samples 1 said '1 paths'
     scores = {"zero": evaluate.Scores(1, curves={"se": np.ones((1, 32)), "crps": np.ones((1, 32)),
                                                  "windows": np.array([1.0])})}
     summary = {"order": ["zero"], "horizons": ["0-1 s", "1-2 s", "all"],
