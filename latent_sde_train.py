@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -213,7 +212,7 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde_crps")
     # the train section this run trains with (its crps settings over the ELBO run's), not the ELBO run's
     config = {**scfg.to_dict(), "train": dataclasses.asdict(settings), "vqvae": start["config"]["vqvae"]}
-    meta = run_record(config, settings.seed, train, val, rt, sys.argv if argv is None else argv)
+    meta = run_record(config, settings.seed, train, val, rt, argv)
     meta.update(crps_from=str(source), **started_from(resume, "crps_from_sha256", source),
                 vqvae_checkpoint=start["meta"].get("vqvae_checkpoint", str(source)))
     if "vqvae_sha256" in start["meta"]:     # the ELBO run's VQ-VAE (a resume's start is the run's own checkpoint)
@@ -332,7 +331,7 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     model.set_normaliser(train_enc[:, :steps])   # a resumed run restores the same buffers from its checkpoint
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde")
     config = {**scfg.to_dict(), "vqvae": vq_ckpt["config"]}
-    meta = run_record(config, scfg.train.seed, train, val, rt, sys.argv if argv is None else argv)
+    meta = run_record(config, scfg.train.seed, train, val, rt, argv)
     meta.update(vqvae_checkpoint=vq_source, **started_from(resume, "vqvae_sha256", vq_source))
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]}}
     fixed = fixed_windows(val, scfg.train.plot_windows).numpy()

@@ -26,6 +26,7 @@ import os
 import random
 import shlex
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -631,11 +632,17 @@ def resume_hint(start: str | Path | None, kind: str) -> str:
     if not start:
         return "nothing was saved yet (last.pt is written at the end of every epoch)"
     if (script := running.script_running()) is None:
-        module = _begun().module
-        return (f"resume with: {'' if module == '__main__' else module + '.'}main({['--resume', str(start)]!r})"
-                if module else f"resume with: fit(resume={str(start)!r})")
+        return (f"resume with: {_main_call(['--resume', str(start)])}" if _begun().module
+                else f"resume with: fit(resume={str(start)!r})")
     script = script if script.endswith(".py") else f"{kind}_train.py"
     return f"resume with: {shlex.join(['python3', script, '--resume', str(start)])}"     # a folder 'my runs' too
+
+
+def _main_call(argv: list[str]) -> str:
+    """The running training main called from Python with `argv`, as it is called again: vqvae_train.main([...]),
+    or main([...]) from its own script's __main__."""
+    module = _begun().module
+    return f"{'' if module in ('__main__', '') else module + '.'}main({list(argv)!r})"
 
 
 @dataclass
@@ -746,14 +753,21 @@ def load_resume(path: str | Path, kind: str) -> dict:
     return ckpt
 
 
-def run_record(cfg_dict: dict, seed: int, train: dict, val: dict, rt: Runtime, argv: list[str]) -> dict:
+def _run_command(argv: list[str] | None) -> str:
+    """What ran, to run it again: a main given no list parsed the command line (`python3 <script> ...`, quoted as a
+    shell needs it); one given a list was called from Python, and is that call (_main_call), as its resume_hint says.
+    The list alone ('--epochs 1') named no script."""
+    return shlex.join(["python3", *sys.argv]) if argv is None else _main_call(argv)
+
+
+def run_record(cfg_dict: dict, seed: int, train: dict, val: dict, rt: Runtime, argv: list[str] | None) -> dict:
     """What every run records next to its results: config, seed, git commit, the training split's data hash, the
     training and validation records (so evaluate.py can tell when it scores a model on patients it trained or
-    chose its checkpoint on), command (quoted as a shell needs it to run it again)."""
+    chose its checkpoint on), command (_run_command; `argv`: the main's own, None when it parsed sys.argv)."""
     return {"config": cfg_dict, "seed": seed, "git_commit": paths.git_commit(),
             "data_hash": paths.run_data_hash(train), "train_records": list(train["records"]),
             "validation_records": list(val["records"]),
-            "world_size": rt.world, "device": str(rt.device), "command": shlex.join(argv),
+            "world_size": rt.world, "device": str(rt.device), "command": _run_command(argv),
             "torch": str(torch.__version__), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 

@@ -10,7 +10,6 @@ sequences. The checkpoint holds the VQ-VAE too, so forecast.py needs only this o
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
                     arch.dropout, arch.rope, cfg.model.num_quantizers, arch.draft)
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "transformer")
     config = {**tcfg.to_dict(), "vqvae": vq_ckpt["config"]}
-    meta = run_record(config, tcfg.train.seed, train, val, rt, sys.argv if argv is None else argv)
+    meta = run_record(config, tcfg.train.seed, train, val, rt, argv)
     meta.update(vqvae_checkpoint=vq_path, **started_from(resume, "vqvae_sha256", vq_path))
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]},
               "block_size": block}

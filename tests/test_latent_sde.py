@@ -315,6 +315,8 @@ def test_resume_continues_the_run(trained: dict, tmp_path: Path, capsys: pytest.
     assert row["epoch"] == 3 and len(loads) == 1      # its checkpoint read once
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    record = json.loads((run / "run.json").read_text())      # the calls that ran, not their flags alone
+    assert [r["command"][:25] for r in (record, *record["resumes"])] == ["latent_sde_train.main(['-"] * 2
     ckpt = torch.load(last, weights_only=True)
     assert int(ckpt["model"]["steps"]) == 9     # the annealing schedules continued, not restarted
     done = last.read_bytes()

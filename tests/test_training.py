@@ -147,7 +147,7 @@ def test_same_seed_same_numbers_and_resume_is_exact(tmp_path: Path, synthetic_db
     assert done == {"epoch": 2, "step": resumed["step"]}       # said so, and no final report of nothing
     (run,) = [r for r in (tmp_path / "results").iterdir() if r.name == first.name]
     record = json.loads((run / "run.json").read_text())        # the first run's record, then each resume's
-    assert "--batch-size 4" in record["command"] and record["config"]["train"]["batch_size"] == 4
+    assert "'--batch-size', '4'" in record["command"] and record["config"]["train"]["batch_size"] == 4
     assert [r["checkpoint"] for r in record["resumes"]] == [str(first / "last.pt")]   # not the one with nothing to do
     assert "--resume" in record["resumes"][0]["command"] and record["resumes"][0]["train"]["epochs"] == 2
 
@@ -315,7 +315,7 @@ def test_a_resume_on_other_prepared_tensors_says_to_pass_the_runs_prepared_again
         _run({**setup, "prepared": other["prepared"]}, "--resume", str(last), "--epochs", "2")
     said = str(refused.value)
     assert "a resume reads the tensors its run trained on: pass that run's --prepared again" in said
-    assert f"--prepared {setup['prepared']} " in said.split("this checkpoint was written by")[1]
+    assert f"'--prepared', {setup['prepared']!r}" in said.split("this checkpoint was written by `vqvae_train.main(")[1]
     with pytest.raises(UserError, match="was prepared with another data config") as fresh:
         _run({**setup, "prepared": other["prepared"]}, "--epochs", "1")
     assert "--prepared again" not in str(fresh.value)
@@ -649,15 +649,34 @@ def test_run_json_names_its_data_as_paths_run_data_hash_does(monkeypatch):
     assert record["data_hash"] == "<d0>"
 
 
-def test_run_json_keeps_a_command_a_shell_can_run_again():
+def test_run_json_keeps_a_command_a_shell_can_run_again(monkeypatch):
     """A path with a space was joined bare ('--results my runs'), a command that names another folder when run
-    again; quoted, it splits back into the arguments given."""
+    again; quoted, it splits back into the arguments given, after the python3 and script that ran them."""
     import shlex
 
     split = {"data_hash": "d0", "input_hash": "i0", "records": ["100"]}
     argv = ["vqvae_train.py", "--results", "my runs", "--epochs", "2"]
-    record = training.run_record({}, 0, split, split, training.Runtime(torch.device("cpu")), argv)
-    assert record["command"] == "vqvae_train.py --results 'my runs' --epochs 2" and shlex.split(record["command"]) == argv
+    monkeypatch.setattr(sys, "argv", argv)
+    record = training.run_record({}, 0, split, split, training.Runtime(torch.device("cpu")), None)
+    assert record["command"] == "python3 vqvae_train.py --results 'my runs' --epochs 2"
+    assert shlex.split(record["command"]) == ["python3", *argv]
+
+
+def test_run_json_names_a_main_called_from_python_as_that_call(monkeypatch):
+    """vqvae_train.main([...]) from Python recorded its flags alone ('--epochs 1 --max-steps 2'), no script before
+    them: neither runnable nor clear, and vqvae_eval's report said 'trained by `--epochs 1 ...`'. It is the call now,
+    as resume_hint says it; a script run of the same main, its command line."""
+    split = {"data_hash": "d0", "input_hash": "i0", "records": ["100"]}
+    rt = training.Runtime(torch.device("cpu"))
+
+    @training.training_main
+    def main(argv: list[str] | None = None) -> dict:
+        return training.run_record({}, 0, split, split, rt, argv)
+    main.__wrapped__.__module__ = "vqvae_train"
+    monkeypatch.setattr(sys, "argv", ["/home/me/vqvae_train.py", "--epochs", "3"])
+    called = main(["--epochs", "1", "--max-steps", "2"])["command"]
+    assert called == "vqvae_train.main(['--epochs', '1', '--max-steps', '2'])"
+    assert running.script_running() is None and main()["command"] == "python3 /home/me/vqvae_train.py --epochs 3"
 
 
 def test_forecast_bands_hold_the_central_50_and_80_percent_of_the_paths(tmp_path, monkeypatch):
