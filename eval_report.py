@@ -34,6 +34,12 @@ def header_of(metric: str) -> str:
     return f"{label} ({unit})" if unit else label
 
 
+def sampled_paths(summary: dict, samples: int | None) -> int | None:
+    """The paths a sampled forecast was scored on, None when every forecaster scored was deterministic (one path
+    each, whatever --samples asked): report.md and error_curves.png speak of paths only then."""
+    return samples if any(not t["deterministic"] for t in summary["forecasters"].values()) else None
+
+
 def markdown_report(summary: dict, header: dict, w: Windows, samples: int | None = None) -> str:
     """report.md: run header, every metric per forecaster, the paired comparisons and the windows by their horizon's
     beats, then per horizon second, the detector check, the metrics' definitions (with what a calibrated forecast of
@@ -41,9 +47,8 @@ def markdown_report(summary: dict, header: dict, w: Windows, samples: int | None
     lines = run_section(summary, header, w) + whole_horizon_section(summary)
     lines += paired_section(summary["paired"]) + models_section(summary["paired_models"])
     lines += horizon_beats_section(summary.get("horizon_beats", {}), summary["horizons"])
-    sampled = any(not t["deterministic"] for t in summary["forecasters"].values())
     lines += per_second_section(summary) + detector_section(summary["detector"])
-    lines += metrics_section(samples if sampled else None)
+    lines += metrics_section(sampled_paths(summary, samples))
     lines += baselines_section(summary["order"])
     lines += records_section(w)
     lines += ["", "## Plots", "", "MSE and CRPS per horizon step (each record's mean over its windows and both "

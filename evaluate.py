@@ -47,7 +47,7 @@ import metrics as M
 import paths
 import running
 from baselines import BASELINES, make_baseline
-from eval_report import csv_text, file_name, markdown_report
+from eval_report import csv_text, file_name, markdown_report, sampled_paths
 from forecast import Forecaster, ForecasterBase, checked_samples, own_data
 from hyper_params import Config, data_hash, load_config
 from paths import ROOT, SHIPPED, SHIPPED_SPECS, UserError
@@ -902,15 +902,17 @@ def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: P
     plt.close(fig)
 
 
-def curves_title(w: Windows, samples: int, horizon_beats: str | None = None) -> str:
+def curves_title(w: Windows, samples: int | None, horizon_beats: str | None = None) -> str:
     """What error_curves.png averages: the split or folder, its windows and records, the paths per sampled
-    forecast. Seen without its report the figure said none of it, and 3 windows' curves look like 920's."""
+    forecast (sampled_paths; None: none was sampled). Seen without its report the figure said none of it, and 3
+    windows' curves look like 920's."""
     src = w.source
     where = f"{src['split']} split" if src["kind"] == "prepared" else f"{paths.shown(src['path'])}, {src['split']}"
     beats = f" (--horizon-beats {horizon_beats})" if horizon_beats else ""
     windows, records = len(w.record), len(np.unique(w.record))
-    return (f"{where}: {windows} window{'s' * (windows != 1)}{beats} from {records} record{'s' * (records != 1)}, "
-            f"{samples} path{'s' * (samples != 1)} per sampled forecast; means over records")
+    paths_said = f", {samples} path{'s' * (samples != 1)} per sampled forecast" if samples else ""
+    return (f"{where}: {windows} window{'s' * (windows != 1)}{beats} from {records} record{'s' * (records != 1)}"
+            f"{paths_said}; means over records")
 
 
 def error_curves_csv(scores: dict[str, Scores], order: list[str], fs: int) -> str:
@@ -1179,7 +1181,7 @@ def plot_results(run: Path, forecasters: dict[str, ForecasterBase], scores: dict
     """error_curves.png, and each forecaster's gallery_<name>.png forecast with the evaluation's seeds."""
     fs, context = cfg.data.samples_per_second, cfg.data.window_samples
     plot_error_curves(scores, summary, fs, run / "error_curves.png", baselines,
-                      curves_title(w, args.samples, getattr(args, "horizon_beats", None)))
+                      curves_title(w, sampled_paths(summary, args.samples), getattr(args, "horizon_beats", None)))
     paths.atomic_write_text(error_curves_csv(scores, summary["order"], fs), run / "error_curves.csv")
     reference = gallery_reference(summary, scores, baselines)
     zero_mse = zero_forecast_mse(w, context)

@@ -1737,6 +1737,21 @@ def test_error_curves_say_which_windows_they_average(tmp_path, monkeypatch):
     assert figures[0].get_suptitle() == title
 
 
+def test_error_curves_speak_of_paths_only_when_a_forecaster_scored_was_sampled(db250, tmp_path, monkeypatch):
+    """The title said '8 paths per sampled forecast' when every forecaster scored was deterministic (--model zero
+    mean seasonal): a sampled one there was none of. It says the paths when one was, as report.md decides it."""
+    titles = []
+    monkeypatch.setattr(evaluate, "plot_error_curves", lambda *a: titles.append(a[-1]))
+    monkeypatch.setattr(evaluate, "plot_gallery", lambda *a, **k: None)
+    common = ["--wfdb-dir", str(db250), "--records", "a01", "--max-windows-per-record", "2", "--samples", "8",
+              "--results", str(tmp_path / "results")]
+    evaluate.main(["--model", "zero", "mean", "seasonal", *common])
+    evaluate.main(["--model", "zero", "seasonal_ensemble", *common])
+    assert [t.split(": ", 1)[1] for t in titles] == ["2 windows from 1 record; means over records",
+                                                   "2 windows from 1 record, 8 paths per sampled forecast; means over "
+                                                   "records"]
+
+
 def test_an_f1_panel_without_reference_beats_says_why_it_is_empty(tmp_path, monkeypatch):
     """Records without beat annotations left the F1 panel blank, like a plot that failed to draw."""
     import matplotlib.pyplot as plt
