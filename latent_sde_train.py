@@ -201,6 +201,7 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
         running.note(f"--crps-from {args.crps_from} is ignored: the resumed fine-tuning goes on from {source}")
     note_ignored_crps_flags(args, source)
     start = resume or load_checkpoint(source, "latent_sde")
+    source_digest = started_from(resume, "crps_from_sha256", source)    # now: its best.pt may be replaced meanwhile
     scfg = crps_config(args, resume, start, source)
     settings = crps_settings(scfg)
     check_adjoint(scfg, rt)
@@ -213,7 +214,7 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     # the train section this run trains with (its crps settings over the ELBO run's), not the ELBO run's
     config = {**scfg.to_dict(), "train": dataclasses.asdict(settings), "vqvae": start["config"]["vqvae"]}
     meta = run_record(config, settings.seed, train, val, rt, argv)
-    meta.update(crps_from=str(source), **started_from(resume, "crps_from_sha256", source),
+    meta.update(crps_from=str(source), **source_digest,
                 vqvae_checkpoint=start["meta"].get("vqvae_checkpoint", str(source)))
     if "vqvae_sha256" in start["meta"]:     # the ELBO run's VQ-VAE (a resume's start is the run's own checkpoint)
         meta["vqvae_sha256"] = start["meta"]["vqvae_sha256"]
@@ -317,6 +318,7 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     vq, vq_ckpt, vq_source = run_vqvae(args, resume)
     vq.requires_grad_(False)
     cfg = forecasting_config(vq_ckpt, vq_source)
+    vq_digest = started_from(resume, "vqvae_sha256", vq_source)    # now: best.pt may be replaced while this encodes
     check_adjoint(scfg, rt)
     if rt.is_main:
         print(f"VQ-VAE: {vqvae_choice(args, vq_source)}")
@@ -332,7 +334,7 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde")
     config = {**scfg.to_dict(), "vqvae": vq_ckpt["config"]}
     meta = run_record(config, scfg.train.seed, train, val, rt, argv)
-    meta.update(vqvae_checkpoint=vq_source, **started_from(resume, "vqvae_sha256", vq_source))
+    meta.update(vqvae_checkpoint=vq_source, **vq_digest)
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]}}
     fixed = fixed_windows(val, scfg.train.plot_windows).numpy()
     epoch_end = plotting_epoch_end(fixed, piece, run_dir, lambda m: LatentSDEForecaster(vq, m, cfg, scfg, rt.device),

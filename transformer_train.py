@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     tcfg.validate()
     vq, vq_ckpt, vq_path = run_vqvae(args, resume)
     cfg = forecasting_config(vq_ckpt, vq_path)
+    vq_digest = started_from(resume, "vqvae_sha256", vq_path)   # now: best.pt may be replaced while this run encodes
     if rt.is_main:
         print(f"VQ-VAE: {vqvae_choice(args, vq_path)}")
     seed_everything(tcfg.train.seed)
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "transformer")
     config = {**tcfg.to_dict(), "vqvae": vq_ckpt["config"]}
     meta = run_record(config, tcfg.train.seed, train, val, rt, argv)
-    meta.update(vqvae_checkpoint=vq_path, **started_from(resume, "vqvae_sha256", vq_path))
+    meta.update(vqvae_checkpoint=vq_path, **vq_digest)
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]},
               "block_size": block}
     trainer = Trainer(model, train_set, val_set, step_fn, tcfg.train, run_dir, ckpt_dir, config, meta, rt,

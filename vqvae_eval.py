@@ -100,8 +100,9 @@ def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dic
 
 def started_from(resume: dict | None, key: str, path: str) -> dict:
     """{key: the SHA-256 of the checkpoint a forecaster's run starts from (its VQ-VAE, the ELBO run it fine-tunes)},
-    for run.json beside the path: best.pt changes while its run goes on. A resume keeps its first run's digest, as
-    the file may have changed since (resumed runs made before it was recorded: none)."""
+    for run.json beside the path: best.pt changes while its run goes on, so it is taken as the file is read, not once
+    the windows are encoded. A resume keeps its first run's digest, as the file may have changed since (resumed runs
+    made before it was recorded: none)."""
     if resume:
         return {key: resume["meta"][key]} if key in resume["meta"] else {}
     return {key: paths.file_sha256(path)}

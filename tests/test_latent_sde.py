@@ -1162,6 +1162,29 @@ def test_elbo_run_trains_on_the_training_frames_and_validates_on_the_validation_
     assert all(torch.equal(start[k], other[k]) for k in start)
 
 
+@pytest.mark.parametrize("step, read_after", [("elbo", "encode_splits"), ("crps", "forecaster_splits")])
+def test_run_json_names_the_weights_it_started_from_though_best_pt_is_replaced_meanwhile(
+        trained: dict, drafted: dict, tmp_path: Path, monkeypatch, step: str, read_after: str) -> None:
+    """vqvae_sha256 (an ELBO run's VQ-VAE) and crps_from_sha256 (a fine-tuning's ELBO run) are the files the run
+    read: taken once the windows were loaded and encoded, they named a best.pt its run, still going, had saved
+    meanwhile, weights this run never started from."""
+    start = tmp_path / "best.pt"
+    copy_of = next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt")) if step == "elbo" else drafted["ckpt"]
+    start.write_bytes(copy_of.read_bytes())
+    read, key = file_sha256(start), "vqvae_sha256" if step == "elbo" else "crps_from_sha256"
+    reading = getattr(latent_sde_train, read_after)
+
+    def replaced_meanwhile(*a, **k):
+        start.write_bytes(b"its run's next best.pt")
+        return reading(*a, **k)
+    monkeypatch.setattr(latent_sde_train, read_after, replaced_meanwhile)
+    setup = {**(trained["setup_sde"] if step == "elbo" else drafted["setup"]), "results": str(tmp_path / "res"),
+             "checkpoints": str(tmp_path / "ck")}
+    run = trainer_inputs(monkeypatch, latent_sde_train,
+                         flags(setup, "--device", "cpu", "--vqvae" if step == "elbo" else "--crps-from", str(start)))
+    assert run["meta"][key] == read != file_sha256(start)
+
+
 def test_the_beat_hint_is_fed_only_when_it_has_a_weight_and_a_phase() -> None:
     """batch_names: the targets only for a phase model whose hint weighs something, the drafts for a drafting one."""
     for harmonics, hint, drafts, names in ((3, 1.0, False, ["beats"]), (3, 0.0, False, []), (0, 1.0, False, []),

@@ -2,6 +2,7 @@ import argparse
 import csv
 import functools
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,25 @@ def test_a_run_stopped_before_its_trainer_leaves_no_folders(trained: dict, tmp_p
     assert (r.returncode, r.stderr.splitlines()[-1]) == (
         143, "terminated; nothing was saved yet (last.pt is written at the end of every epoch)")
     assert not any((tmp_path / "r").iterdir()) and not any((tmp_path / "c").iterdir())
+
+
+def test_run_json_names_the_vqvae_weights_it_read_though_best_pt_is_replaced_while_it_encodes(
+        trained: dict, tmp_path: Path, monkeypatch) -> None:
+    """vqvae_sha256 is the file the run read: taken once the windows were encoded (minutes, on MIT-BIH), it named a
+    best.pt the VQ-VAE's run, still going, had saved meanwhile, weights this run never trained on."""
+    vq_path = tmp_path / "best.pt"
+    shutil.copy(next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt")), vq_path)
+    read = file_sha256(vq_path)
+    code_datasets = transformer_train.code_datasets
+
+    def replaced_meanwhile(*a, **k):
+        vq_path.write_bytes(b"the VQ-VAE run's next best.pt")
+        return code_datasets(*a, **k)
+    monkeypatch.setattr(transformer_train, "code_datasets", replaced_meanwhile)
+    setup = {**trained["setup"], "results": str(tmp_path / "res"), "checkpoints": str(tmp_path / "ck"),
+             "config": str(trained["tmp"] / "transformer.json")}
+    run = trainer_inputs(monkeypatch, transformer_train, flags(setup, "--device", "cpu", "--vqvae", str(vq_path)))
+    assert run["meta"]["vqvae_sha256"] == read != file_sha256(vq_path)
 
 
 def test_a_resumed_run_stopped_while_encoding_says_how_to_resume(trained: dict, monkeypatch) -> None:
