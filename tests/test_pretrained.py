@@ -182,9 +182,8 @@ def test_packing_stopped_at_the_references_leaves_the_shipped_pair_as_it_was(tmp
                                                                             "latent_sde.reference.json"]
 
 
-def test_packing_stopped_between_its_renames_says_which_file_is_new(tmp_path, monkeypatch):
-    """Ctrl-C between the two renames, the one moment the pair is split: said, with the command that packs again."""
-    moved, argv = packing_a_changed_model(tmp_path, monkeypatch)
+def stopped_between_the_renames(monkeypatch) -> None:
+    """Ctrl-C from now on where packing moves the references, the model's file moved already."""
     real = os.replace
 
     def stopped(src, dst):
@@ -192,6 +191,12 @@ def test_packing_stopped_between_its_renames_says_which_file_is_new(tmp_path, mo
             raise KeyboardInterrupt
         return real(src, dst)
     monkeypatch.setattr(os, "replace", stopped)
+
+
+def test_packing_stopped_between_its_renames_says_which_file_is_new(tmp_path, monkeypatch):
+    """Ctrl-C between the two renames, the one moment the pair is split: said, with the command that packs again."""
+    moved, argv = packing_a_changed_model(tmp_path, monkeypatch)
+    stopped_between_the_renames(monkeypatch)
     res = run_script(pretrained.main, "pretrained.py", argv)
     assert res.returncode == 130 and res.stderr.strip() == (
         f"interrupted; {moved['latent_sde'].parent} holds only latent_sde.pt of this run, beside what was there "

@@ -3,7 +3,6 @@ as a list, the session's sys.argv never read (a notebook's are the kernel's), an
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import vqvae_eval
 import vqvae_train
 from conftest import ROOT, run_script, write_record
 from paths import PRETRAINED, UserError
-from test_pretrained import packing_a_changed_model
+from test_pretrained import packing_a_changed_model, stopped_between_the_renames
 from tiny import TINY, flags, tiny_setup
 
 KERNEL_ARGV = ["/opt/conda/lib/python3.11/site-packages/ipykernel_launcher.py", "-f", "/root/kernel-1.json"]
@@ -78,13 +77,7 @@ def test_packing_returns_the_shipped_file_and_names_its_own_flags(notebook, tmp_
     """Packing stopped between its renames says how to pack again with the flags it was given, not the kernel's."""
     moved, argv = packing_a_changed_model(tmp_path, monkeypatch)
     assert pretrained.main(argv) == moved["latent_sde"]
-    real = os.replace
-
-    def stopped(src, dst):
-        if Path(dst) == pretrained.reference_path("latent_sde"):
-            raise KeyboardInterrupt
-        return real(src, dst)
-    monkeypatch.setattr(os, "replace", stopped)
+    stopped_between_the_renames(monkeypatch)
     with pytest.raises(KeyboardInterrupt, match=re.escape(f"run python3 pretrained.py {' '.join(argv)} again")):
         pretrained.main(argv)
 

@@ -470,6 +470,20 @@ def test_bad_dist_timeout_is_named(monkeypatch, value: str) -> None:
         training.dist_timeout()
 
 
+def resumed_on_two_nodes(tmp_path: Path, setup: dict, epochs: str) -> list[subprocess.CompletedProcess]:
+    """vqvae_train.py --resume ckpt/last.pt as ranks 0 and 1 of two nodes without a shared file system, launched as a
+    scheduler would (env://, LOCAL_RANK 0 on both), each in its node's folder tmp_path/node<rank>."""
+    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+           "ECG_DIST_TIMEOUT": "60"}
+    argv = [sys.executable, str(ROOT / "vqvae_train.py"), "--prepared", setup["prepared"], "--device", "cpu",
+            "--epochs", epochs, "--resume", "ckpt/last.pt"]
+    procs = [subprocess.Popen(argv, cwd=tmp_path / f"node{rank}", env={**env, "RANK": str(rank)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+             for rank in (0, 1)]
+    said = [p.communicate(timeout=120) for p in procs]
+    return [subprocess.CompletedProcess(argv, p.returncode, *out) for p, out in zip(procs, said)]
+
+
 def test_ranks_resuming_from_different_copies_of_last_pt_are_stopped(tmp_path: Path, tiny: dict) -> None:
     """Two nodes without a shared file system, launched as a scheduler would (env://, LOCAL_RANK 0 on both), each
     resuming from its own copy of ckpt/last.pt: node 1's copy was a stale epoch 1 while node 0's was epoch 2. Rank 0
@@ -481,17 +495,12 @@ def test_ranks_resuming_from_different_copies_of_last_pt_are_stopped(tmp_path: P
         (tmp_path / node / "ckpt").mkdir(parents=True)
         shutil.copy(ckpt_dir / f"epoch_{epoch:03d}.pt", tmp_path / node / "ckpt" / "last.pt")
     before = snapshot(ckpt_dir)
-    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", "LOCAL_RANK": "0",
-           "ECG_DIST_TIMEOUT": "60"}
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "vqvae_train.py"), "--prepared", setup["prepared"],
-                               "--device", "cpu", "--epochs", "3", "--resume", "ckpt/last.pt"],
-                              cwd=tmp_path / f"node{rank}", env={**env, "RANK": str(rank)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True) for rank in (0, 1)]
-    (out0, err0), (out1, err1) = (p.communicate(timeout=120) for p in procs)
-    check_error(subprocess.CompletedProcess([], procs[0].returncode, out0, err0),
-                "--resume ckpt/last.pt is not the same checkpoint on every rank: rank 0's is epoch 2 (step 12, sha256 ",
-                "rank 1's epoch 1 (step 6, sha256 ", "copy rank 0's file to every node", "shared file system")
-    assert procs[1].returncode == 2 and err1.startswith("error: rank 1: --resume ckpt/last.pt is not the same"), err1
+    rank0, rank1 = resumed_on_two_nodes(tmp_path, setup, "3")
+    check_error(rank0, "--resume ckpt/last.pt is not the same checkpoint on every rank: rank 0's is epoch 2 (step 12, "
+                "sha256 ", "rank 1's epoch 1 (step 6, sha256 ", "copy rank 0's file to every node",
+                "shared file system")
+    assert rank1.returncode == 2 and rank1.stderr.startswith("error: rank 1: --resume ckpt/last.pt is not the same"), \
+        rank1.stderr
     assert snapshot(ckpt_dir) == before
 
 
@@ -506,16 +515,9 @@ def test_a_rank_whose_node_lacks_the_resumed_checkpoint_stops_the_others(tmp_pat
     (tmp_path / "node1").mkdir()
     shutil.copy(ckpt_dir / "last.pt", tmp_path / "node0" / "ckpt" / "last.pt")
     before = snapshot(ckpt_dir)
-    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", "LOCAL_RANK": "0",
-           "ECG_DIST_TIMEOUT": "60"}
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "vqvae_train.py"), "--prepared", setup["prepared"],
-                               "--device", "cpu", "--epochs", "2", "--resume", "ckpt/last.pt"],
-                              cwd=tmp_path / f"node{rank}", env={**env, "RANK": str(rank)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True) for rank in (0, 1)]
-    (out0, err0), (out1, err1) = (p.communicate(timeout=120) for p in procs)
-    check_error(subprocess.CompletedProcess([], procs[0].returncode, out0, err0),
-                "another rank failed (rank 1: checkpoint not found: ckpt/last.pt)")
-    assert procs[1].returncode == 2 and err1 == "error: rank 1: checkpoint not found: ckpt/last.pt\n", err1
+    rank0, rank1 = resumed_on_two_nodes(tmp_path, setup, "2")
+    check_error(rank0, "another rank failed (rank 1: checkpoint not found: ckpt/last.pt)")
+    assert rank1.returncode == 2 and rank1.stderr == "error: rank 1: checkpoint not found: ckpt/last.pt\n", rank1.stderr
     assert snapshot(ckpt_dir) == before
 
 

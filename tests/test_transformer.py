@@ -598,6 +598,7 @@ def test_encodings_made_on_a_gpu_are_cached_apart_from_a_cpus(monkeypatch):
     assert keys["cpu"] == [f"{digest}:d:i:train:k", f"{digest}:d:i:validation:k", "k"]
     assert len(keys["cuda"]) == 3 and not set(keys["cuda"]) & set(keys["cpu"])
 
+
 def test_rotary_scores_depend_on_the_relative_position_alone() -> None:
     """Rotary embedding is a rotation per dimension pair: it keeps each vector's norm, and a query-key score
     depends only on their distance, also at offsets past the first table (which must grow), as generation
