@@ -626,16 +626,26 @@ def drop_unused_folders(run_dir: Path, ckpt_dir: Path) -> bool:
 
 
 def resume_hint(start: str | Path | None, kind: str) -> str:
-    """How a stopped run goes on from checkpoint `start` (none: nothing was saved yet): with the script that runs it
-    (running.run_main; a trainer of one's own too, else the project's <kind>_train.py), or called from Python, its
-    training main again (a Trainer alone: fit). From a notebook, sys.argv[0] named the kernel's launcher."""
+    """How a stopped run goes on from checkpoint `start` (none: nothing was saved yet): as its training main was
+    started (_from_command_line), with the script (a trainer of one's own too, else the project's <kind>_train.py) or
+    the call from Python; a Trainer alone, with its script when one runs (running.run_main), else fit. From a
+    notebook, sys.argv[0] named the kernel's launcher; from a sweep script, the sweep, which passes no --resume on."""
     if not start:
         return "nothing was saved yet (last.pt is written at the end of every epoch)"
-    if (script := running.script_running()) is None:
-        return (f"resume with: {_main_call(['--resume', str(start)])}" if _begun().module
-                else f"resume with: fit(resume={str(start)!r})")
-    script = script if script.endswith(".py") else f"{kind}_train.py"
+    begun = _begun()
+    if begun.module and not _from_command_line(begun.argv):
+        return f"resume with: {_main_call(['--resume', str(start)])}"
+    if not begun.module and running.script_running() is None:
+        return f"resume with: fit(resume={str(start)!r})"
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else f"{kind}_train.py"
     return f"resume with: {shlex.join(['python3', script, '--resume', str(start)])}"     # a folder 'my runs' too
+
+
+def _from_command_line(argv: list[str] | None) -> bool:
+    """Whether a training main given `argv` runs its script's command line: given none (it parsed sys.argv), or the
+    command line's own flags under its script (running.run_main passes them on); any other list is a call from
+    Python (a notebook, a sweep script), which the call, not the command line, runs again."""
+    return argv is None or (running.script_running() is not None and list(argv) == sys.argv[1:])
 
 
 def _main_call(argv: list[str]) -> str:
@@ -651,6 +661,7 @@ class _Begun:
     resume: str | Path | None = None                # the checkpoint it goes on from (load_resume), and its kind
     kind: str = ""
     module: str = ""                                # the module of the main, which a call from Python resumes
+    argv: list[str] | None = None                   # what the main was given (_from_command_line)
     folders: tuple[Path, Path] | None = None        # a new run's results and checkpoint folders (shared_run_dirs)
     trainer_ran: bool = False                       # Trainer.run began: it says how to resume from then on
 
@@ -679,7 +690,7 @@ def training_main(main: Callable[[list[str] | None], dict]) -> Callable[[list[st
     (a resumed run's own folders stay)."""
     @functools.wraps(main)
     def run(argv: list[str] | None = None) -> dict:
-        _mains.append(begun := _Begun(module=main.__module__))
+        _mains.append(begun := _Begun(module=main.__module__, argv=argv))
         try:
             return main(argv)
         except BaseException as e:
@@ -754,10 +765,9 @@ def load_resume(path: str | Path, kind: str) -> dict:
 
 
 def _run_command(argv: list[str] | None) -> str:
-    """What ran, to run it again: a main given no list parsed the command line (`python3 <script> ...`, quoted as a
-    shell needs it); one given a list was called from Python, and is that call (_main_call), as its resume_hint says.
-    The list alone ('--epochs 1') named no script."""
-    return shlex.join(["python3", *sys.argv]) if argv is None else _main_call(argv)
+    """What ran, to run it again, as resume_hint says it: the command line (`python3 <script> ...`, quoted as a shell
+    needs it) or the call from Python (_main_call). The list alone ('--epochs 1') named no script."""
+    return shlex.join(["python3", *sys.argv]) if _from_command_line(argv) else _main_call(argv)
 
 
 def run_record(cfg_dict: dict, seed: int, train: dict, val: dict, rt: Runtime, argv: list[str] | None) -> dict:
