@@ -95,7 +95,9 @@ def test_a_bench_returns_its_json_line(notebook, capsys):
 def test_a_trainer_stopped_in_a_notebook_says_how_to_resume_from_python(notebook, synthetic_db, tmp_path,
                                                                         monkeypatch):
     """A trainer's main called from Python and stopped said `python3 .../ipykernel_launcher.py --resume ...`, the
-    kernel's launcher, which trains nothing: it names the main to call again (a script still names itself)."""
+    kernel's launcher, which trains nothing: it names the main to call again (a script still names itself). So does
+    a sweep script of one's own (run_main) calling it with a list of its own: it was told `python3 sweep.py --resume
+    ...`, which passes no --resume on; the sweep's own command line passed on still names the sweep."""
     setup = tiny_setup(tmp_path, synthetic_db)
     vqvae_train.main(flags(setup, "--epochs", "1", "--max-steps", "2"))
     (last,) = Path(setup["checkpoints"]).glob("vqvae-*/last.pt")
@@ -109,20 +111,6 @@ def test_a_trainer_stopped_in_a_notebook_says_how_to_resume_from_python(notebook
     assert str(said.value) == f"resume with: vqvae_train.main(['--resume', {str(last)!r}])"
     r = run_script(lambda: vqvae_train.main(resume), "vqvae_train.py", resume)
     assert r.stderr.splitlines() == [f"interrupted; resume with: python3 vqvae_train.py --resume {last}"]
-
-
-def test_a_trainer_a_sweep_script_calls_says_how_to_resume_that_call(notebook, synthetic_db, tmp_path, monkeypatch):
-    """A script of one's own (run_main) calling vqvae_train.main with a list of its own, stopped: the hint named the
-    sweep's command line, `python3 sweep.py --resume ...`, which passes no --resume on; it names the call, as run.json's
-    command does. The script's own command line passed on (main() or main(sys.argv[1:])) still names the script."""
-    setup = tiny_setup(tmp_path, synthetic_db)
-    vqvae_train.main(flags(setup, "--epochs", "1", "--max-steps", "2"))
-    (last,) = Path(setup["checkpoints"]).glob("vqvae-*/last.pt")
-    resume = ["--prepared", setup["prepared"], "--resume", str(last), "--epochs", "2"]
-
-    def stopped(*args, **kwargs):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(vqvae_train, "run_splits", stopped)
     r = run_script(lambda: vqvae_train.main(resume), "sweep.py", ["--lr", "1e-3"])
     assert r.stderr.splitlines() == [f"interrupted; resume with: vqvae_train.main(['--resume', {str(last)!r}])"]
     r = run_script(vqvae_train.main, "sweep.py", resume)
