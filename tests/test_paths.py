@@ -45,7 +45,8 @@ def test_run_json_keeps_a_non_ascii_folder_name_as_typed(tmp_path, synthetic_db)
     it named another folder. Every JSON is UTF-8 now, as it is."""
     setup = tiny_setup(tmp_path, synthetic_db, train={"epochs": 1, "max_steps_per_epoch": 2})
     setup["results"] = str(tmp_path / "my runs é")
-    vqvae_train.main(flags(setup, "--device", "cpu"))
+    r = run_script(vqvae_train.main, "vqvae_train.py", flags(setup, "--device", "cpu"))    # the shell's command line
+    assert r.returncode == 0, r.stderr
     (run,) = (tmp_path / "my runs é").iterdir()
     assert f"--results '{tmp_path}/my runs é' " in (run / "run.json").read_text(encoding="utf-8")
 
