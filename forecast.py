@@ -454,12 +454,13 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
     rate than the record is read at is refused (evaluate.check_rate), as forecast.py refuses it: called from Python,
     make_baseline("template_ensemble", 360) forecast a record read at 128 Hz without a word."""
     from evaluate import check_rate                          # evaluate builds on this module
-    from prepare_mitbih import hash_inputs, record_path     # wfdb: imported when a record is read
+    from prepare_mitbih import record_hash     # wfdb: imported when a record is read
 
-    data = own_data(fc) or load_config().data     # one's own without data settings: the project's
+    own = own_data(fc)
+    data = own or load_config().data     # one's own without data settings: the project's
     fs, ctx = data.samples_per_second, data.window_samples     # the record's rate, which the forecaster's must be
     check_rate(f"forecaster {getattr(fc, 'name', type(fc).__name__)!r}", fc, fs,
-               " (the record is read by the forecaster's own cfg.data)" if own_data(fc) else " (the record is read by "
+               " (the record is read by the forecaster's own cfg.data)" if own else " (the record is read by "
                "config_vqvae.json's data section; a forecaster at another rate carries its own as cfg.data)")
     if horizon_s is None:
         horizon_s = data.input_signal_duration * data.forecast_predictions
@@ -469,8 +470,7 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
         raise UserError(f"--start {start_s} s is not a time")
     horizon, at = round(horizon_s * fs), round(start_s * fs)
     rec = read_model_record(record, data, (max(at - ctx, 0), at + horizon))     # the context and truth, not all
-    where = record_path(record)
-    input_hash = hash_inputs(where.parent, [where.name], annotator=None)    # the files just read, beats not among them
+    input_hash = record_hash(record)    # the files just read
     if rec.length < ctx:
         raise UserError(f"{record} lasts {rec.length / fs:.1f} s, shorter than the model's context of "
                         f"{ctx / fs:.1f} s: no forecast can start in it")

@@ -830,6 +830,13 @@ def hash_inputs(data_dir: Path, names: list[str], annotator: str | None = "atr")
     return h.hexdigest()[:16]
 
 
+def record_hash(record: str | Path) -> str:
+    """hash_inputs of one record's signal files (its beats not among them), named as forecast.py and vqvae_eval.py
+    take it: a path without extension, or as NNN.hea."""
+    where = record_path(record)
+    return hash_inputs(where.parent, [where.name], annotator=None)
+
+
 def input_files(data_dir: Path, name: str) -> list[Path]:
     """A record's header and the signal files it names; a multi-segment record's are its segments'."""
     header = data_dir / f"{name}.hea"

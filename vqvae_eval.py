@@ -352,7 +352,7 @@ def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkp
     taken at the start) goes into the .npz with the record files' input hash, as forecast.py's .json gives them.
     Returns the .npz's path."""
     from forecast import read_model_record
-    from prepare_mitbih import hash_inputs, record_path
+    from prepare_mitbih import record_hash
     fs, start, seconds = data.samples_per_second, args.start or 0.0, args.seconds
     at = round(start * fs) if math.isfinite(start) else 0
     end = at + (data.window_samples if seconds is None else round(seconds * fs) if math.isfinite(seconds)
@@ -360,8 +360,7 @@ def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkp
     rec = read_model_record(args.record, data, (max(at, 0), max(end, 0)))     # the windows asked for, not all
     windows, starts = record_windows(rec.signal, start, seconds, data.window_samples, fs, args.record, rec.offset,
                                      rec.length)
-    where = record_path(args.record)
-    input_hash = hash_inputs(where.parent, [where.name], annotator=None)   # the files just read
+    input_hash = record_hash(args.record)   # the files just read
     coded = code_windows(model, windows)
     run = paths.new_run_dir("vqvae_eval", args.results)
     stem = f"{rec.name}_{starts[0]:.15g}s"
