@@ -324,7 +324,8 @@ class VQVAE(nn.Module):
         too, as the codes the Transformer learnt were made (a bfloat16 encoder and distances changed 9% of the shipped
         forecaster's codes of validation windows)."""
         with torch.autocast(self.device.type, enabled=False):     # the model's device: x is checked in encode_latent
-            return self.nearest_codes(self.encode_latent(x, unit))
+            z = self.encode_latent(x, unit)
+        return self.nearest_codes(z)                               # which codes in float32 itself
 
     def nearest_codes(self, z: torch.Tensor) -> torch.Tensor:
         """encode's codes of latents z [B, latent_dim, T'] that encode_latent gave: who needs both encodes once.
