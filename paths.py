@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent
 ENV = {
@@ -245,8 +245,16 @@ def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
 def file_sha256(path: str | os.PathLike) -> str:
     """The first 16 hex digits of a file's SHA-256: a result names the exact checkpoint it used, which a path
     alone does not (best.pt changes while its run goes on)."""
+    with open(path, "rb") as f:
+        return opened_sha256(f)
+
+
+def opened_sha256(f: BinaryIO) -> str:
+    """file_sha256 of an open file, which is left at its start again: a checkpoint hashed and then loaded through
+    one handle is hashed as loaded, even if its path is given another file meanwhile (atomic_torch_save's rename)."""
     h = hashlib.sha256()
-    hash_file(h, path)
+    hash_stream(h, f)
+    f.seek(0)
     return h.hexdigest()[:16]
 
 
@@ -254,8 +262,13 @@ def hash_file(h: Any, path: str | os.PathLike) -> None:
     """Feed a file's bytes to hash `h` a MB at a time: read whole, a 24 h record's .dat (86 MB at 250 Hz) sat in
     memory beside a forecast that reads only seconds of it."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+        hash_stream(h, f)
+
+
+def hash_stream(h: Any, f: BinaryIO) -> None:
+    """hash_file's loop on an open file, from where it is to its end."""
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
 
 
 def run_data_hash(split: dict[str, Any]) -> str:

@@ -216,6 +216,12 @@ CHECKPOINT_KEYS = {"vqvae": ("config",), "transformer": ("config", "vqvae", "blo
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
     """Load a checkpoint safely (weights_only) with one clear error for missing, cut or foreign files; its stored
     configs come back checked and complete (built_configs)."""
+    return read_checkpoint(path, kind)[0]
+
+
+def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> tuple[dict, str]:
+    """load_checkpoint's checkpoint and the SHA-256 (paths.file_sha256's digits) of the bytes it was loaded from:
+    the file hashed again after loading could be another one by then (a later best.pt, an edited --resume)."""
     path = Path(path)
     if path.is_dir():                   # a run's checkpoint folder, passed for one of its files
         held = sorted(p.name for p in path.glob("*.pt"))
@@ -225,7 +231,9 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            digest = paths.opened_sha256(f)
+            ckpt = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:      # whatever a foreign or cut file makes the unpickler raise
         raise UserError(f"checkpoint {path} is unreadable or cut short ({type(e).__name__}); "
                         f"use another checkpoint (e.g. last.pt or best.pt)") from e
@@ -239,7 +247,7 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
                         f"scripts wrote, or damaged")
     if ckpt["kind"] in STORED_CONFIG:
         built_configs(ckpt, path)
-    return ckpt
+    return ckpt, digest
 
 
 # each kind's config as its checkpoints store it: a VQ-VAE's keys it predates mean what they meant then (PREDATED);

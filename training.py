@@ -47,7 +47,7 @@ import running
 from hyper_params import TrainConfig
 from paths import UserError, check_device
 from train_results import (TRAINING_STATE, MetricsLog, check_same_config, load_checkpoint, load_weights,
-                           plot_codebook_health, plot_loss_curves, save_checkpoint)
+                           plot_codebook_health, plot_loss_curves, read_checkpoint, save_checkpoint)
 
 StepFn = Callable[[nn.Module, object], tuple[torch.Tensor, dict]]
 EpochEndFn = Callable[[nn.Module, int, bool], dict]
@@ -725,7 +725,7 @@ def check_same_checkpoint(path: str | Path, ckpt: dict) -> None:
     """Every rank reads --resume on its own node: a node without the shared file system keeps a copy, which may be an
     older one. Ranks resumed from different epochs trained on with their optimisers apart, for unequal numbers of
     epochs: rank 0 saved the mixed state as the finished run, and another rank ended in gloo's traceback."""
-    ranks, apart = ranks_apart((ckpt["epoch"], ckpt["step"], paths.file_sha256(path)))
+    ranks, apart = ranks_apart((ckpt["epoch"], ckpt["step"], ckpt["file_sha256"]))     # as loaded (load_resume)
     if apart:
         said = ", ".join(f"rank {r}'s epoch {ranks[r][0]} (step {ranks[r][1]}, sha256 {ranks[r][2]})" for r in apart)
         raise UserError(f"--resume {path} is not the same checkpoint on every rank: rank 0's is epoch {ranks[0][0]} "
@@ -754,9 +754,11 @@ def _batch_len(batch) -> int:
 def load_resume(path: str | Path, kind: str) -> dict:
     """The checkpoint --resume goes on from. A packed model (pretrained/'s) keeps its weights but not the optimiser,
     schedule, generators and run folders a resume restores: it was a KeyError traceback once the data was loaded. A
-    stop of the training's main from here on says how to resume it (training_main)."""
+    stop of the training's main from here on says how to resume it (training_main). Its "file_sha256" is the bytes
+    loaded (read_checkpoint), which check_same_checkpoint compares across ranks."""
     _begun().resume, _begun().kind = path, kind
-    ckpt = load_checkpoint(path, kind)
+    ckpt, digest = read_checkpoint(path, kind)
+    ckpt["file_sha256"] = digest
     missing = [k for k in TRAINING_STATE if k not in ckpt]
     if missing:
         raise UserError(f"{path} holds no training state ({', '.join(missing)}), as a packed model such as "

@@ -142,8 +142,9 @@ def loads_of(monkeypatch, path: Path) -> list[Path]:
     loads, load = [], torch.load
 
     def counted(f, *a, **k):
-        if Path(f).resolve() == Path(path).resolve():
-            loads.append(Path(f))
+        name = Path(getattr(f, "name", f))      # a path, or the file load_checkpoint opened to hash what it loads
+        if name.resolve() == Path(path).resolve():
+            loads.append(name)
         return load(f, *a, **k)
     monkeypatch.setattr(torch, "load", counted)
     return loads

@@ -8,6 +8,7 @@ thread, so runs compare bit for bit.
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib
 import json
 import os
@@ -26,7 +27,7 @@ import running
 import training
 import vqvae_train
 from conftest import ROOT, TORCHRUN_VARS, snapshot, write_record
-from paths import UserError
+from paths import UserError, file_sha256
 from tiny import flags, tiny_setup
 from train_results import load_checkpoint
 
@@ -504,6 +505,22 @@ def test_ranks_resuming_from_different_copies_of_last_pt_are_stopped(tmp_path: P
     assert rank1.returncode == 2 and rank1.stderr.startswith("error: rank 1: --resume ckpt/last.pt is not the same"), \
         rank1.stderr
     assert snapshot(ckpt_dir) == before
+
+
+def test_ranks_compare_the_resumed_checkpoint_as_loaded_not_its_file_read_again(tmp_path: Path, monkeypatch) -> None:
+    """check_same_checkpoint hashed the --resume file again, after load_resume had loaded it: a file replaced in
+    between (another run's save, a copy from another node) was compared in place of the weights this rank goes on
+    from. Now each rank says the SHA-256 of the bytes it loaded."""
+    path = tmp_path / "last.pt"
+    state = {"kind": "x", "model": {}, "epoch": 2, "step": 12, **{k: {} for k in training.TRAINING_STATE}}
+    torch.save(state, path)
+    loaded = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    ckpt = training.load_resume(path, "x")
+    torch.save({**state, "epoch": 3}, path)                 # replaced after it was read
+    said = []
+    monkeypatch.setattr(training, "ranks_apart", lambda mine: (said.append(mine), ([mine], []))[1])
+    training.check_same_checkpoint(path, ckpt)
+    assert said == [(2, 12, loaded)] and loaded != file_sha256(path)
 
 
 def test_a_rank_whose_node_lacks_the_resumed_checkpoint_stops_the_others(tmp_path: Path, tiny: dict) -> None:
