@@ -363,7 +363,20 @@ def main(argv: list[str] | None = None) -> dict:
                        for key in ("crps", f"f1_{TOL_MS}")} for name in models}
     return emit({"bench": "rhythm_bound", "split": args.split, "windows": len(w.record),
                  "oracle_f1": oracle, "placed_beat_mse": placed, "next_beat_error": first_error, "history": history,
-                 "spread_frontier": frontier})
+                 "spread_frontier": frontier, **data_read(w, train, paths.location("data", args.data_dir), history)})
+
+
+def data_read(w, train, data_dir: Path, history: dict) -> dict:
+    """The data the line's numbers came from: the prepared windows' hash as run.json gives it (paths.run_data_hash;
+    the training split, which calibrates the rules, is of the same preparation) and, when `history` read the WFDB
+    records, their files' (prepare_mitbih.hash_inputs): a line without it named no data at all."""
+    from prepare_mitbih import hash_inputs
+
+    out = {"data_hash": paths.run_data_hash(w.source)}
+    if history:
+        read = sorted({name for split in (w, train) for r, name in enumerate(split.records) if split.annotated[r]})
+        out["history_input_hash"] = hash_inputs(data_dir, read)
+    return out
 
 
 if __name__ == "__main__":

@@ -161,3 +161,26 @@ def test_history_bound_scores_each_history_with_the_training_rhythm(tmp_path, mo
     assert list(out) == ["3s", "60s"] and out["60s"]["median"] == 1.0 and out["3s"]["median"] < 0.5
     assert all(out[k]["calibrated"] == out[k]["median"] for k in out)
     assert out["60s"]["first_beat"] == {"median_ms": 0.0, "within_20ms": 1.0}
+
+
+def test_the_line_names_the_prepared_data_and_the_records_history_read(tmp_path, synthetic_db, monkeypatch, capsys):
+    """Every other result names the data it came from (run.json's data_hash): the rhythm_bound line named none, neither
+    the prepared windows its rules are scored and calibrated on nor the WFDB records `history` reads."""
+    import json
+
+    import hyper_params
+    from prepare_mitbih import hash_inputs
+    from tiny import tiny_setup
+
+    setup = tiny_setup(tmp_path, synthetic_db)
+    cfg = hyper_params.load_config(setup["config"])
+    monkeypatch.setattr(hyper_params, "load_config", lambda *a, **k: cfg)
+    monkeypatch.setenv("ECG_PREPARED_DIR", setup["prepared"])
+    meta = json.loads((Path(setup["prepared"]) / "meta.json").read_text())
+    line = R.main(["--history-seconds", "3", "--data-dir", str(synthetic_db)])
+    assert line["data_hash"] == f"{meta['data_hash']}/{meta['input_hash']}"
+    # the test split's record and the training split's, which calibrate the samplers; not the validation one's (101)
+    assert line["history_input_hash"] == hash_inputs(synthetic_db, ["100", "102", "103", "104", "105"])
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == line
+    line = R.main(["--history-seconds", "--data-dir", str(synthetic_db)])
+    assert line["data_hash"] == f"{meta['data_hash']}/{meta['input_hash']}" and "history_input_hash" not in line
