@@ -35,7 +35,7 @@ from hyper_params import Config, DataConfig, load_config
 from hyper_params_transformer import SampleConfig, transformer_config_from_dict
 from metrics import FLAT_MV
 from paths import PRETRAINED, ROOT, SHIPPED, SHIPPED_SPECS, UserError
-from train_results import float32_default, load_checkpoint, load_weights, plot_forecasts
+from train_results import float32_default, load_weights, plot_forecasts, read_checkpoint
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE, vqvae_from
 
@@ -251,13 +251,20 @@ class Forecaster(ForecasterBase):
         if str(path) in SHIPPED_SPECS:
             path = paths.shipped_checkpoint(str(path), "Forecaster.from_checkpoint")
         with torch.random.fork_rng(devices=[]):     # building the modules drew their first weights from torch's
-            return cls._load(path, device)          # global generator: a session's seeded draws moved
+            fc, digest = cls._load(path, device)    # global generator: a session's seeded draws moved
+        fc.checkpoint_sha256 = digest               # of the bytes loaded: the file may be replaced since (best.pt)
+        return fc
+
+    @classmethod
+    def _load(cls, path: str | Path, device: str | torch.device | None) -> tuple[ForecasterBase, str]:
+        """from_checkpoint's forecaster of the checkpoint file `path`, and the SHA-256 of what was loaded."""
+        ckpt, digest = read_checkpoint(path)
+        return cls._built(ckpt, path, device), digest
 
     @classmethod
     @float32_default()
-    def _load(cls, path: str | Path, device: str | torch.device | None) -> ForecasterBase:
-        """from_checkpoint's forecaster of the checkpoint file `path`."""
-        ckpt = load_checkpoint(path)
+    def _built(cls, ckpt: dict, path: str | Path, device: str | torch.device | None) -> ForecasterBase:
+        """The forecaster of a loaded checkpoint (`path`'s, named in its errors)."""
         if ckpt["kind"] == "latent_sde":
             from latent_sde import LatentSDEForecaster     # it builds on this module
             return LatentSDEForecaster.from_checkpoint_dict(ckpt, path, device)
@@ -567,7 +574,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.samples < 1 or not 0 <= args.seed < 2 ** 63:
         raise UserError(f"--samples must be >= 1 and --seed in [0, 2**63), got {args.samples} and {args.seed}")
     path, fc = load_forecaster(args.checkpoint, args.device)
-    run = {"git_commit": commit, **checkpoint_sha256(path), **own_code_of(path)}   # what ran, taken at the start
+    run = {"git_commit": commit, **checkpoint_sha256(path, fc), **own_code_of(path)}   # what ran, taken at the start
     if args.out:
         paths.check_writable(args.out)
     t_load = time.time() - t0                       # start-up: torch, the checkpoint
@@ -666,10 +673,13 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
     return stem
 
 
-def checkpoint_sha256(checkpoint: str | Path) -> dict:
+def checkpoint_sha256(checkpoint: str | Path, fc: ForecasterBase) -> dict:
     """The weights file's digest (paths.file_sha256), FILE.py:NAME=CHECKPOINT's too, as evaluate.py's report
-    gives it; {} when there is no file (own_code_of names one's own code)."""
-    from evaluate import checkpoint_file
+    gives it; {} when there is no file (own_code_of names one's own code). A checkpoint's Forecaster (`fc`) has the
+    digest of the bytes it loaded: the file hashed again could be a later best.pt."""
+    from evaluate import checkpoint_file, own_spec
+    if not own_spec(str(checkpoint)):
+        return {"checkpoint_sha256": fc.checkpoint_sha256}
     path = checkpoint_file(str(checkpoint))
     return {"checkpoint_sha256": paths.file_sha256(path)} if path.is_file() else {}
 

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     return emit({"bench": "forecast_latency", "contexts_1_s": round(one, 2),
                  "contexts_1_no_cache_s": round(no_cache, 2), "contexts_64_s": round(many, 2),
                  "samples": args.samples, "context_s": ctx / fc.fs, "horizon_s": horizon / fc.fs,
-                 "checkpoint": source, **memory_mb()})
+                 "checkpoint": source, "checkpoint_sha256": fc.checkpoint_sha256, **memory_mb()})
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
         out = fc.predict(context, horizon, args.samples, seed=r + 1)
         times.append(time.perf_counter() - t0)
     median = float(np.median(times))
-    return emit({"bench": "sde_latency", "checkpoint": source, "context": where, "samples": args.samples,
+    return emit({"bench": "sde_latency", "checkpoint": source, "checkpoint_sha256": fc.checkpoint_sha256,
+                 "context": where, "samples": args.samples,
                  "horizon_s": args.horizon, "output_shape": list(out.shape), "repeats": args.repeats,
                  "median_s": round(median, 3), "best_s": round(min(times), 3), "target_s": TARGET_S,
                  "meets_target": median < TARGET_S, "solver": fc.scfg.solver.method, "dt_s": fc.scfg.solver.dt,

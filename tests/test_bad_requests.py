@@ -362,6 +362,27 @@ def test_forecast_json_names_the_data_weights_and_device_it_used(tmp_path):
     assert said[0]["device"] == "cpu" and said[0]["seed"] == 0
 
 
+def test_forecast_json_names_the_weights_loaded_though_the_file_is_replaced_after(tmp_path, monkeypatch):
+    """The checkpoint was hashed again once loaded: a best.pt its run replaced in between was named in place of the
+    weights that forecast. Forecaster.from_checkpoint keeps the digest of the bytes it loaded, which the .json gives."""
+    import shutil
+
+    ckpt, other = tmp_path / "best.pt", paths.SHIPPED["latent_sde"]
+    shutil.copy(PRETRAINED, ckpt)
+    load = forecast.load_forecaster
+
+    def then_replaced(*a, **k):
+        out = load(*a, **k)
+        shutil.copy(other, ckpt)        # the run saves a new best.pt
+        return out
+    monkeypatch.setattr(forecast, "load_forecaster", then_replaced)
+    write_record(tmp_path / "db", "r", seconds=12)
+    code, err = run_forecast(["--checkpoint", str(ckpt), "--record", str(tmp_path / "db" / "r"), "--start", "5",
+                              "--horizon", "1", "--samples", "2", "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert code == 0, err
+    said = json.loads((tmp_path / "out" / "r_5s.json").read_text())["checkpoint_sha256"]
+    assert said == paths.file_sha256(PRETRAINED) != paths.file_sha256(ckpt)
+
 def test_forecast_from_a_record_with_gaps(tmp_path):
     """A context touching a gap of invalid samples is refused with the nearest clean starts; a context
     clear of the gap forecasts, with the gap left blank in the truth."""

@@ -16,7 +16,7 @@ import pretrained
 import vqvae_eval
 import vqvae_train
 from conftest import ROOT, run_script, write_record
-from paths import PRETRAINED, UserError
+from paths import PRETRAINED, UserError, file_sha256
 from test_pretrained import packing_a_changed_model, stopped_between_the_renames
 from tiny import TINY, flags, tiny_setup
 
@@ -89,6 +89,19 @@ def test_a_bench_returns_its_json_line(notebook, capsys):
     line = sde_latency.main(["--checkpoint", str(ROOT / "pretrained" / "latent_sde.pt"), "--samples", "2",
                              "--horizon", "0.5", "--repeats", "1"])
     assert line["bench"] == "sde_latency" and line["output_shape"] == [1, 2, 64, 2]
+    assert json.loads(capsys.readouterr().out) == line
+    # the weights timed, not only their path (the newest best.pt is replaced while its run goes on)
+    assert line["checkpoint_sha256"] == file_sha256(ROOT / "pretrained" / "latent_sde.pt")
+
+
+def test_the_forecast_latency_line_names_the_weights_it_timed(notebook, capsys):
+    """forecast_latency's line named its checkpoint by path ("the shipped model forecaster.pt") alone: which weights
+    were timed was not said, the newest best.pt being replaced while its run goes on."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import forecast_latency
+
+    line = forecast_latency.main(["--checkpoint", str(PRETRAINED), "--samples", "1"])
+    assert line["checkpoint"] == str(PRETRAINED) and line["checkpoint_sha256"] == file_sha256(PRETRAINED)
     assert json.loads(capsys.readouterr().out) == line
 
 
