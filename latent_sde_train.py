@@ -39,7 +39,7 @@ from drafts import VERSION as DRAFTS_VERSION, detected_beats, draft_waves
 from hyper_params import Config, TrainConfig
 from hyper_params_sde import CRPSConfig, SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
-from train_results import fixed_titles, fixed_windows, load_checkpoint, plot_epoch_forecasts
+from train_results import fixed_titles, fixed_windows, plot_epoch_forecasts, read_checkpoint
 from training import (EpochEndFn, Runtime, StepFn, Trainer, check_run_flags, load_resume, resumed_seed, run_config,
                       run_parser, run_record, seed_everything, setup_runtime, shared_run_dirs, training_main)
 from vqvae import VQVAE
@@ -200,8 +200,8 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     if resume and args.crps_from and args.crps_from != source:
         running.note(f"--crps-from {args.crps_from} is ignored: the resumed fine-tuning goes on from {source}")
     note_ignored_crps_flags(args, source)
-    start = resume or load_checkpoint(source, "latent_sde")
-    source_digest = started_from(resume, "crps_from_sha256", source)    # now: its best.pt may be replaced meanwhile
+    start, read = (resume, "") if resume else read_checkpoint(source, "latent_sde")
+    source_digest = started_from(resume, "crps_from_sha256", read)    # as read: its best.pt may be replaced meanwhile
     scfg = crps_config(args, resume, start, source)
     settings = crps_settings(scfg)
     check_adjoint(scfg, rt)
@@ -315,10 +315,10 @@ def elbo_step(context: int, names: list[str]) -> StepFn:
 def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | None, rt: Runtime) -> dict:
     """The checkpoints hold the frozen VQ-VAE too, so forecast.py and evaluate.py need only one file."""
     scfg = elbo_config(args, resume)
-    vq, vq_ckpt, vq_source = run_vqvae(args, resume)
+    vq, vq_ckpt, vq_source, vq_read = run_vqvae(args, resume)
     vq.requires_grad_(False)
     cfg = forecasting_config(vq_ckpt, vq_source)
-    vq_digest = started_from(resume, "vqvae_sha256", vq_source)    # now: best.pt may be replaced while this encodes
+    vq_digest = started_from(resume, "vqvae_sha256", vq_read)    # as read: best.pt may be replaced while this encodes
     check_adjoint(scfg, rt)
     if rt.is_main:
         print(f"VQ-VAE: {vqvae_choice(args, vq_source)}")

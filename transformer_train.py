@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
     resume = load_resume(args.resume, "transformer") if args.resume else None
     tcfg = run_config(args, resume, load_transformer_config, transformer_config_from_dict, FORECASTER_FLAGS)
     tcfg.validate()
-    vq, vq_ckpt, vq_path = run_vqvae(args, resume)
+    vq, vq_ckpt, vq_path, vq_read = run_vqvae(args, resume)
     cfg = forecasting_config(vq_ckpt, vq_path)
-    vq_digest = started_from(resume, "vqvae_sha256", vq_path)   # now: best.pt may be replaced while this run encodes
+    vq_digest = started_from(resume, "vqvae_sha256", vq_read)   # as read: best.pt may be replaced while this run encodes
     if rt.is_main:
         print(f"VQ-VAE: {vqvae_choice(args, vq_path)}")
     seed_everything(tcfg.train.seed)

@@ -40,7 +40,7 @@ import running
 from hyper_params import AugmentConfig, Config, DataConfig, stored_config
 from metrics import prd, prdn
 from prepare_mitbih import augmented_encoding, cached_encoding, load_split, patients_seen, source_fs, stored_leads
-from train_results import fixed_indices, load_checkpoint, plot_windows, weights_digest, window_titles
+from train_results import fixed_indices, plot_windows, read_checkpoint, weights_digest, window_titles
 from training import Runtime, main_first, ranks_apart, run_splits
 from transformer import as_levels
 from vqvae import SAMPLE_BITS, VQVAE, perplexity, vqvae_from
@@ -76,36 +76,43 @@ def note_unfinished(path: Path, flag: str) -> None:
 def load_vqvae(path: str | Path) -> tuple[VQVAE, dict]:
     """A trained VQ-VAE in eval mode and its checkpoint (config, meta), also the one inside a forecaster's
     checkpoint, so the shipped model's coder can be measured and trained on too."""
-    ckpt = load_checkpoint(path)
+    return read_vqvae(path)[:2]
+
+
+def read_vqvae(path: str | Path) -> tuple[VQVAE, dict, str]:
+    """load_vqvae's VQ-VAE and checkpoint, and the SHA-256 of the file's bytes it was loaded from (read_checkpoint):
+    best.pt changes while its run goes on, so a result names the weights by the digest taken as they were read."""
+    ckpt, digest = read_checkpoint(path)
     if ckpt["kind"] != "vqvae":
         if not isinstance(ckpt.get("vqvae"), dict):
             raise UserError(f"{path} holds a '{ckpt['kind']}' model without a VQ-VAE")
         ckpt = ckpt["vqvae"]
-    return vqvae_from(ckpt, str(path))[0], ckpt
+    return vqvae_from(ckpt, str(path))[0], ckpt, digest
 
 
-def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dict, str]:
-    """The frozen VQ-VAE a forecaster trains on, its checkpoint and where it came from: a resumed run's own
-    (kept in its checkpoint, whatever VQ-VAE was trained since), else --vqvae, else the newest."""
+def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dict, str, str]:
+    """The frozen VQ-VAE a forecaster trains on, its checkpoint, where it came from and the SHA-256 of the file read
+    (read_vqvae; "" on resume, which reads none): a resumed run's own (kept in its checkpoint, whatever VQ-VAE was
+    trained since), else --vqvae, else the newest."""
     if resume:
         if args.vqvae:
             running.note(f"--vqvae {args.vqvae} is ignored: the resumed run goes on with its own VQ-VAE, kept in "
                          f"{args.resume}")
         return (vqvae_from(resume["vqvae"], args.resume)[0], resume["vqvae"],
-                str(resume["meta"].get("vqvae_checkpoint", args.resume)))
+                str(resume["meta"].get("vqvae_checkpoint", args.resume)), "")
     path = args.vqvae or latest_checkpoint("vqvae", args.checkpoints, flag="--vqvae")
-    model, ckpt = load_vqvae(path)     # a forecaster's too: a new forecaster on the shipped codes
-    return model, ckpt, str(path)
+    model, ckpt, digest = read_vqvae(path)     # a forecaster's too: a new forecaster on the shipped codes
+    return model, ckpt, str(path), digest
 
 
-def started_from(resume: dict | None, key: str, path: str) -> dict:
+def started_from(resume: dict | None, key: str, digest: str) -> dict:
     """{key: the SHA-256 of the checkpoint a forecaster's run starts from (its VQ-VAE, the ELBO run it fine-tunes)},
-    for run.json beside the path: best.pt changes while its run goes on, so it is taken as the file is read, not once
-    the windows are encoded. A resume keeps its first run's digest, as the file may have changed since (resumed runs
-    made before it was recorded: none)."""
+    for run.json beside the path: best.pt changes while its run goes on, so it is the digest of the bytes loaded
+    (read_checkpoint), not of the file hashed again later. A resume keeps its first run's digest, as the file may
+    have changed since (resumed runs made before it was recorded: none)."""
     if resume:
         return {key: resume["meta"][key]} if key in resume["meta"] else {}
-    return {key: paths.file_sha256(path)}
+    return {key: digest}
 
 
 def forecasting_config(vq_ckpt: dict, source: str) -> Config:
@@ -413,8 +420,7 @@ def main(argv: list[str] | None = None) -> dict | Path:
         p.error("--prepared goes with --split: --record reads the record itself")
     commit = paths.git_commit()     # the code that runs, whatever the tree holds when the report is written
     path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint("vqvae", args.checkpoints)
-    model, ckpt = load_vqvae(path)
-    digest = paths.file_sha256(path)    # the weights coded with: best.pt changes while its run goes on
+    model, ckpt, digest = read_vqvae(path)      # the weights coded with: best.pt changes while its run goes on
     cfg = stored_config(ckpt["config"], f"config stored in {path}")
     if args.record:
         return code_record(args, model, cfg.data, path, {"checkpoint_sha256": digest, "git_commit": commit})

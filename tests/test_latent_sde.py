@@ -1185,6 +1185,29 @@ def test_run_json_names_the_weights_it_started_from_though_best_pt_is_replaced_m
     assert run["meta"][key] == read != file_sha256(start)
 
 
+@pytest.mark.parametrize("step", ["elbo", "crps"])
+def test_run_json_names_the_weights_loaded_not_the_file_hashed_again_after(
+        trained: dict, drafted: dict, tmp_path: Path, monkeypatch, step: str) -> None:
+    """vqvae_sha256 and crps_from_sha256 hashed the file again right after loading it: a best.pt its run saved in
+    between was named in place of the weights this run started from. They are the digest of the bytes loaded."""
+    start = tmp_path / "best.pt"
+    copy_of = next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt")) if step == "elbo" else drafted["ckpt"]
+    start.write_bytes(copy_of.read_bytes())
+    read, key = file_sha256(start), "vqvae_sha256" if step == "elbo" else "crps_from_sha256"
+    load = torch.load
+
+    def then_replaced(f, *a, **k):
+        out = load(f, *a, **k)
+        if Path(getattr(f, "name", f)) == start:
+            start.write_bytes(b"its run's next best.pt")
+        return out
+    monkeypatch.setattr(torch, "load", then_replaced)
+    setup = {**(trained["setup_sde"] if step == "elbo" else drafted["setup"]), "results": str(tmp_path / "res"),
+             "checkpoints": str(tmp_path / "ck")}
+    run = trainer_inputs(monkeypatch, latent_sde_train,
+                         flags(setup, "--device", "cpu", "--vqvae" if step == "elbo" else "--crps-from", str(start)))
+    assert run["meta"][key] == read != file_sha256(start)
+
 def test_the_beat_hint_is_fed_only_when_it_has_a_weight_and_a_phase() -> None:
     """batch_names: the targets only for a phase model whose hint weighs something, the drafts for a drafting one."""
     for harmonics, hint, drafts, names in ((3, 1.0, False, ["beats"]), (3, 0.0, False, []), (0, 1.0, False, []),

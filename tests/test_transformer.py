@@ -1039,6 +1039,6 @@ def test_a_vqvae_of_windows_without_a_future_is_one_clear_error(script, monkeypa
     raw = json.loads(json.dumps(TINY))
     raw["data"] = {**raw.get("data", {}), "forecast_predictions": 0}
     vq = VQVAE(config_from_dict(raw).model)
-    monkeypatch.setattr(module, "run_vqvae", lambda args, resume: (vq, {"config": raw}, "vq0.pt"))
+    monkeypatch.setattr(module, "run_vqvae", lambda args, resume: (vq, {"config": raw}, "vq0.pt", ""))
     with pytest.raises(UserError, match=r"vq0.pt: the VQ-VAE's data.forecast_predictions is 0"):
         module.main(["--prepared", str(tmp_path), "--results", str(tmp_path), "--checkpoints", str(tmp_path)])
