@@ -300,13 +300,17 @@ def in_environment(file: Path) -> bool:
     return any(where.is_relative_to(Path(folders[k]).resolve()) for k in ("stdlib", "platstdlib", "purelib", "platlib"))
 
 
-def checkpoint_digests(specs: list[str]) -> dict[str, str]:
-    """{"checkpoints": each checkpoint scored, with its file's SHA-256 (paths.file_sha256)}, or {} when none is: a
-    path alone does not say which weights were scored (best.pt changes while its run goes on, a shipped model
-    when it is packed again)."""
-    files = {spec: checkpoint_file(spec) for spec in expand_models(specs) if spec not in BASELINES}
-    found = [f"{spec}: {paths.shown(path)} sha256 {paths.file_sha256(path)}"
-             for spec, path in files.items() if path.is_file()]
+def checkpoint_digests(specs: list[str], loaded: list[ForecasterBase]) -> dict[str, str]:
+    """{"checkpoints": each checkpoint scored, with its SHA-256 (paths.file_sha256)}, or {} when none is: a path
+    alone does not say which weights were scored (best.pt changes while its run goes on, a shipped model when it is
+    packed again). A Forecaster's is the digest of the bytes it loaded (`loaded`, build_forecasters' forecasters in
+    the order of expand_models(specs)): the file hashed after loading could be a later best.pt."""
+    found = []
+    for spec, f in zip(expand_models(specs), loaded):
+        path = checkpoint_file(spec)
+        if spec not in BASELINES and path.is_file():
+            digest = getattr(f, "checkpoint_sha256", None) or paths.file_sha256(path)
+            found.append(f"{spec}: {paths.shown(path)} sha256 {digest}")
     return {"checkpoints": "; ".join(found)} if found else {}
 
 
@@ -1125,7 +1129,7 @@ def main(argv: list[str] | None = None) -> Path:
     if cfg.data.total_samples <= context:
         raise UserError("config data.forecast_predictions is 0: there is no horizon to forecast")
     forecasters, baselines, cautions = build_forecasters(args.model, cfg, device)
-    started.update(checkpoint_digests(args.model))      # the weights just loaded, and one's own code
+    started.update(checkpoint_digests(args.model, list(forecasters.values())))     # the weights loaded, own code
     started.update({"own forecasters": code} if (code := own_code(args.model)) else {})
     print_warnings(cautions)
     w = load_windows(args, cfg)

@@ -383,6 +383,7 @@ def test_forecast_json_names_the_weights_loaded_though_the_file_is_replaced_afte
     said = json.loads((tmp_path / "out" / "r_5s.json").read_text())["checkpoint_sha256"]
     assert said == paths.file_sha256(PRETRAINED) != paths.file_sha256(ckpt)
 
+
 def test_forecast_from_a_record_with_gaps(tmp_path):
     """A context touching a gap of invalid samples is refused with the nearest clean starts; a context
     clear of the gap forecasts, with the gap left blank in the truth."""

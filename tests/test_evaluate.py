@@ -599,6 +599,27 @@ def test_scoring_a_model_on_its_training_patients_is_flagged(tmp_path):
                                  ("pretrained_sde", "pretrained/latent_sde.pt", SHIPPED["latent_sde"])))
 
 
+def test_the_report_names_the_weights_loaded_though_the_file_is_replaced_after(tmp_path, monkeypatch):
+    """evaluate.py hashed each checkpoint file once its forecasters were built: a best.pt its run saved in between
+    was named in place of the weights scored. A Forecaster's digest is of the bytes it loaded."""
+    import shutil
+
+    ckpt = tmp_path / "best.pt"
+    shutil.copy(SHIPPED["transformer"], ckpt)
+    build = evaluate.build_forecasters
+
+    def then_replaced(*a, **k):
+        out = build(*a, **k)
+        shutil.copy(SHIPPED["latent_sde"], ckpt)        # the run saves a new best.pt
+        return out
+    monkeypatch.setattr(evaluate, "build_forecasters", then_replaced)
+    write_record(tmp_path / "db", "r", seconds=12, seed=0)
+    _, result = _run(["--model", str(ckpt), "zero", "--wfdb-dir", str(tmp_path / "db"), "--samples", "2",
+                      "--max-windows-per-record", "1", "--results", str(tmp_path / "results")])
+    assert result["header"]["checkpoints"] == f"{ckpt}: {ckpt} sha256 {file_sha256(SHIPPED['transformer'])}"
+    assert file_sha256(ckpt) != file_sha256(SHIPPED["transformer"])
+
+
 def test_the_device_is_chosen_and_checked(tmp_path):
     write_record(tmp_path / "db", "r", seconds=12, seed=0)
     common = ["--model", "pretrained", "--wfdb-dir", str(tmp_path / "db"), "--samples", "2",
