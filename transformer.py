@@ -31,9 +31,12 @@ def rotary(x: torch.Tensor, offset: int) -> torch.Tensor:
     key = (D, x.device, x.dtype)
     if key not in _ROPE or _ROPE[key][0].shape[0] < offset + T:  # tables grow on demand, reused afterwards
         n = max(2 * (offset + T), 256)
-        freq = 1.0 / (10000 ** (torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D))
-        angle = torch.arange(n, device=x.device, dtype=torch.float32)[:, None] * freq
-        _ROPE[key] = (angle.cos().to(x.dtype), angle.sin().to(x.dtype))
+        # ordinary tensors even when first built under torch.inference_mode: autograd cannot save inference
+        # tensors, so a forecast made so would stop every later training step of the session
+        with torch.inference_mode(False):
+            freq = 1.0 / (10000 ** (torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D))
+            angle = torch.arange(n, device=x.device, dtype=torch.float32)[:, None] * freq
+            _ROPE[key] = (angle.cos().to(x.dtype), angle.sin().to(x.dtype))
     cos, sin = (t[offset:offset + T] for t in _ROPE[key])
     x1, x2 = x[..., : D // 2], x[..., D // 2:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)

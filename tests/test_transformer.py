@@ -614,6 +614,22 @@ def test_rotary_scores_depend_on_the_relative_position_alone() -> None:
     assert not torch.allclose(near, rotary(q, 2) @ rotary(k, 7).transpose(-1, -2), atol=1e-3)
 
 
+def test_a_forecast_under_inference_mode_leaves_training_possible(monkeypatch) -> None:
+    """The rotary tables are built once and shared: first built by a forecast under torch.inference_mode, they were
+    inference tensors, and every later training step of the session stopped in autograd's 'Inference tensors cannot
+    be saved for backward'."""
+    import transformer
+
+    monkeypatch.setattr(transformer, "_ROPE", {})          # as in a fresh session: this forecast builds the tables
+    torch.manual_seed(0)
+    gpt = CodeGPT(codebook_size=16, block_size=12, dim=16, layers=1, heads=2).eval()
+    with torch.inference_mode():
+        gpt.generate(torch.randint(0, 16, (1, 3)), 4, generator=torch.Generator().manual_seed(0))
+    loss, _ = transformer_train.step_fn(gpt.train(), (torch.randint(0, 16, (2, 12)),))
+    loss.backward()
+    assert gpt.tok.weight.grad is not None and gpt.tok.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("rope", [True, False])
 def test_cached_chunks_see_the_past_and_themselves_not_the_future(rope: bool) -> None:
     """Several new positions read at once after a filled cache (the masked path) give the hidden states of one
