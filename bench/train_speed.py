@@ -4,7 +4,7 @@
 
 Runs the real script with its default config, or with --config (passed on: the script checks it), on the prepared
 tensors ($ECG_PREPARED_DIR or data/prepared, memory-mapped) for one epoch capped at --steps, outputs in a temporary
-folder; the JSON line names the config. Throughput counts the
+folder; the JSON line names the config, and the data and VQ-VAE the run read. Throughput counts the
 training steps after the first only (not start-up, the first step's one-off work such as the VQ-VAE's k-means start
 of its codebooks, validation or a forecaster's one-off encoding of every window).
 The forecasters use --vqvae, else the newest checkpoints/vqvae-*/best.pt, else an untrained VQ-VAE of the default
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import sys
 import tempfile
 import time
@@ -73,6 +74,13 @@ def time_train_epochs() -> dict:
     return timed
 
 
+def read_by_run(results: Path) -> dict:
+    """The data hash and VQ-VAE digest the timed run's run.json gives, as the line's own: the run's folder goes with
+    the temporary one."""
+    run = json.loads(next(results.glob("*/run.json")).read_text())
+    return {k: run[k] for k in ("data_hash", "vqvae_sha256") if k in run}
+
+
 def default_config(model: str) -> Path:
     """The config file `model`'s script trains with when given no --config."""
     module = {"vqvae": "hyper_params", "transformer": "hyper_params_transformer", "latent_sde": "hyper_params_sde"}
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
             keep_encodings_in(tmp)
             vq, extra["vqvae"] = (Path(args.vqvae), args.vqvae) if args.vqvae else vqvae_checkpoint(tmp)
             script.main(flags + ["--prepared", str(prepared), "--vqvae", str(vq)])
+        extra.update(read_by_run(tmp / "results"))
     train_bytes = (prepared / "train.pt").stat().st_size
     return emit({"bench": f"train_{args.model}", "config": paths.shown(args.config or default_config(args.model)),
                  "windows_per_s": round(timed["steps"] * timed["batch"] / timed["seconds"], 1),

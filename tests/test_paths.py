@@ -1,11 +1,13 @@
 """Where runs write, what they record beside their results, what they refuse before long work, and what a
 checkpoint may not do when loaded."""
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -66,7 +68,6 @@ def test_json_keeps_a_folder_name_of_undecodable_bytes_escaped(tmp_path):
     """A folder named in Latin-1 on a UTF-8 system ('donn\\xe9es') reaches Python as a lone surrogate, which has no
     UTF-8: written unescaped, prepare_mitbih.py stopped in a UnicodeEncodeError after the tensors, before meta.json.
     It stays escaped, as before, and reads back as the name it was."""
-    import json
     name = os.fsdecode(b"/data/donn\xe9es")
     paths.atomic_write_json({"data_dir": name, "note": "données"}, tmp_path / "meta.json")
     text = (tmp_path / "meta.json").read_text(encoding="utf-8")
@@ -451,8 +452,6 @@ def test_bench_report_keeps_the_old_table_when_its_write_fails(tmp_path, monkeyp
     """bench/report.py writes results.md atomically like every report: a write cut short (here by a full disk
     after half the text) leaves the table before it whole, and is one error (it truncated the old table)."""
     import errno
-    import json
-
     sys.path.insert(0, str(ROOT / "bench"))
     import report
 
@@ -473,8 +472,6 @@ def test_bench_report_keeps_the_old_table_when_its_write_fails(tmp_path, monkeyp
 def test_bench_lines_carry_their_commit_and_the_report_gives_theirs(tmp_path, monkeypatch, capsys):
     """A bench line records the commit it ran at, and bench/report.py reports the lines' commit, not its own: the
     table named the commit of whatever checkout tabulated results.jsonl, later, maybe after edits."""
-    import json
-
     sys.path.insert(0, str(ROOT / "bench"))
     import common
     import report
@@ -525,8 +522,6 @@ class Stop(Exception):
 
 def own_config(tmp_path, model: str, batch_size: int = 7):
     """A copy of `model`'s default config with another batch size, written to tmp_path/mine.json."""
-    import json
-
     sys.path.insert(0, str(ROOT / "bench"))
     import train_speed
 
@@ -586,6 +581,10 @@ def one_fake_epoch(tmp_path, monkeypatch, script) -> list:
     def one_epoch(argv):
         argvs.append(argv)
         Fake()._train_epoch(None)
+        run = Path(argv[argv.index("--results") + 1]) / "run"
+        run.mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({"data_hash": "config/files", "vqvae_sha256": "0123",
+                                                  "seed": 1337}))
     monkeypatch.setattr(script, "main", one_epoch)
     return argvs
 
@@ -594,8 +593,6 @@ def one_fake_epoch(tmp_path, monkeypatch, script) -> list:
 def test_train_speed_names_the_config_it_timed(tmp_path, monkeypatch, given):
     """The JSON line says which config was timed: --config's path, or the script's default from the project's root
     (bench/results.jsonl's older lines, without the key, timed the default)."""
-    import json
-
     sys.path.insert(0, str(ROOT / "bench"))
     import train_speed
 
@@ -604,14 +601,14 @@ def test_train_speed_names_the_config_it_timed(tmp_path, monkeypatch, given):
     r = run_script(train_speed.main, "train_speed.py", ["vqvae", *(["--config", str(config)] if given else [])])
     assert r.returncode == 0, r.stderr
     assert ("--config" in argvs[0]) == given and (not given or argvs[0][argvs[0].index("--config") + 1] == str(config))
-    assert json.loads(r.stdout)["config"] == (str(config) if given else "config_vqvae.json")
+    line = json.loads(r.stdout)
+    assert line["config"] == (str(config) if given else "config_vqvae.json")
+    assert line["data_hash"] == "config/files" and "seed" not in line     # what the run read, from its run.json
 
 
 def test_train_speed_times_the_forecasters_on_the_given_vqvae(tmp_path, monkeypatch):
     """A forecaster's step time depends on its VQ-VAE's compression factor (the code sequence's length): --vqvae
     reaches the timed script as its own --vqvae and the JSON line names it; the VQ-VAE bench refuses it by name."""
-    import json
-
     import transformer_train
 
     sys.path.insert(0, str(ROOT / "bench"))
@@ -622,7 +619,7 @@ def test_train_speed_times_the_forecasters_on_the_given_vqvae(tmp_path, monkeypa
     r = run_script(train_speed.main, "train_speed.py", ["transformer", "--vqvae", mine])
     assert r.returncode == 0, r.stderr
     assert argvs[0][argvs[0].index("--vqvae") + 1] == mine
-    assert json.loads(r.stdout)["vqvae"] == mine
+    assert json.loads(r.stdout)["vqvae"] == mine and json.loads(r.stdout)["vqvae_sha256"] == "0123"
     r = run_script(train_speed.main, "train_speed.py", ["vqvae", "--vqvae", mine])
     assert r.returncode == 2 and "--vqvae is the forecasters' VQ-VAE" in r.stderr
 
@@ -630,8 +627,6 @@ def test_train_speed_times_the_forecasters_on_the_given_vqvae(tmp_path, monkeypa
 def test_prepare_time_prepares_with_the_given_config(tmp_path, monkeypatch):
     """bench/prepare_time.py timed config_vqvae.json's data section only: --config's is the one prepared, and the
     JSON line names it."""
-    import json
-
     sys.path.insert(0, str(ROOT / "bench"))
     import prepare_time
 
@@ -700,8 +695,6 @@ def test_bench_scripts_refuse_a_count_or_duration_below_one_by_its_flag(monkeypa
 
 def test_bench_report_reads_lines_with_and_without_a_config(tmp_path):
     """bench/results.jsonl's lines from before --config have no "config" key: the table takes old and new lines."""
-    import json
-
     sys.path.insert(0, str(ROOT / "bench"))
     import report
 
@@ -716,8 +709,6 @@ def test_bench_report_reads_lines_with_and_without_a_config(tmp_path):
 def test_bench_report_names_a_rows_machine_where_it_is_not_the_headers(tmp_path):
     """The header names the first line's CPU and threads and every row left them out: a line from
     `sde_latency.py --threads 1` (or another machine) read as if run on the header's 2 threads."""
-    import json
-
     sys.path.insert(0, str(ROOT / "bench"))
     import report
 
