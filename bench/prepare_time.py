@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
         seconds = time.perf_counter() - t0
     return emit({"bench": "prepare", "config": paths.shown(args.config or DEFAULT_CONFIG),
                  "records": len(meta["records"]), "seconds": round(seconds, 1), "windows": meta["windows"],
-                 **memory_mb()})
+                 "data_hash": paths.run_data_hash(meta), **memory_mb()})
 
 
 if __name__ == "__main__":

@@ -637,12 +637,13 @@ def test_prepare_time_prepares_with_the_given_config(tmp_path, monkeypatch):
 
     def prepare(cfg, data, out, download):
         seen.append(cfg)
-        return {"records": ["100"], "windows": {"train": 1}}
+        return {"records": ["100"], "windows": {"train": 1}, "data_hash": "config", "input_hash": "files"}
     monkeypatch.setattr(prepare_time, "prepare", prepare)
     r = run_script(prepare_time.main, "prepare_time.py", ["--config", str(tmp_path / "mine.json")])
     assert r.returncode == 0, r.stderr
     assert seen[0].data.window_stride == 1.5
-    assert json.loads(r.stdout)["config"] == str(tmp_path / "mine.json")
+    line = json.loads(r.stdout)
+    assert line["config"] == str(tmp_path / "mine.json") and line["data_hash"] == "config/files"   # as run.json's
 
 
 @pytest.mark.parametrize("bench, script", [("train_speed", "vqvae_train"), ("train_speed", "transformer_train"),
