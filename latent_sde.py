@@ -450,20 +450,13 @@ class LatentSDE(nn.Module):
         """Negative ELBO per observed number of raw frames [B, T, obs] whose first `context` are the
         context (plus the annealed beat hint when `beats` [B, T, 2] are given; `draft` [B, T - context,
         obs]: raw draft frames of the rest); in eval mode also a one-path prior forecast of the rest
-        from the context alone (and the draft). The noise comes from the global generator, or with `windows`
-        (the frames' indices in their split: validation) from each window's own seeds (window_seeds), so the
-        validation loss of given weights is the same after any draws, in any batches, on any number of processes."""
+        from the context alone (and the draft); `windows`: the frames' indices in their split (see draws)."""
         x = self.normalise(frames.float()).transpose(0, 1)                   # [T, B, obs]
         T, _, O = x.shape
         self.encode([x[:context], x[context:]])
         self.set_draft(None if draft is None else draft.transpose(0, 1), context)
         mean, logstd = self.initial()
-        if windows is None:
-            z0 = mean + logstd.exp() * torch.randn_like(mean)
-            entropy = check = int(torch.randint(0, 2 ** 31 - 1, (), device=x.device))   # each GPU's own generator
-        else:
-            z0 = mean + logstd.exp() * normal_like(mean, window_seeds(windows, 0))
-            entropy, check = window_seeds(windows, 1), window_seeds(windows, 2)
+        z0, entropy, check = self.draws(mean, logstd, windows)
         ts = torch.arange(T, dtype=x.dtype, device=x.device) / self.rate
         zs, log_ratio = self.solve(z0, ts, entropy, logqp=True)
         pred = self.emit(zs, 0)
@@ -485,6 +478,20 @@ class LatentSDE(nn.Module):
         else:
             metrics.update(self.forecast_check(x, context, check, draft))
         return loss, metrics
+
+    @staticmethod
+    def draws(mean: torch.Tensor, logstd: torch.Tensor, windows: torch.Tensor | None
+              ) -> tuple[torch.Tensor, Seeds, Seeds]:
+        """z0 drawn from q(z0), and the Brownian seeds of the posterior path and of the forecast check: from the
+        global generator in training; with `windows` (validation) from each window's own seeds (window_seeds), so
+        the validation loss of given weights is the same after any draws, in any batches, on any number of
+        processes."""
+        if windows is None:
+            z0 = mean + logstd.exp() * torch.randn_like(mean)
+            seed = int(torch.randint(0, 2 ** 31 - 1, (), device=mean.device))   # each GPU's own generator
+            return z0, seed, seed
+        z0 = mean + logstd.exp() * normal_like(mean, window_seeds(windows, 0))
+        return z0, window_seeds(windows, 1), window_seeds(windows, 2)
 
     @torch.no_grad()
     def forecast_check(self, x: torch.Tensor, context: int, entropy: Seeds, draft: torch.Tensor | None) -> dict:
