@@ -91,6 +91,7 @@ def beat_targets(data: dict, frames: int, factor: int, fs: float, max_rr_s: floa
 
 def plot_epoch(fc: LatentSDEForecaster, fixed: np.ndarray, piece: int, run_dir: Path, epoch: int,
                model_name: str, titles: list[tuple[str, str]] | None = None) -> None:
+    """Forecasts of the fixed validation windows from seed 0 every epoch: the figures change with the weights alone."""
     samples = fc.predict(fixed[:, :piece], fixed.shape[1] - piece, num_samples=20, seed=0)
     plot_epoch_forecasts(fixed, samples, fc.fs, piece, run_dir, epoch, model_name, titles)
 
@@ -115,6 +116,7 @@ def crps_step(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
 
 
 def note_ignored_crps_flags(args: argparse.Namespace, source: str) -> None:
+    """Flags that shape an ELBO run's data, said to be ignored by a fine-tuning run rather than dropped in silence."""
     for flag, value in (("--vqvae", args.vqvae), ("--augment-copies", args.augment_copies)):
         if value is not None:
             running.note(f"{flag} {value} is ignored: CRPS fine-tuning keeps the VQ-VAE of {source} and draws its "
