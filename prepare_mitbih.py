@@ -226,7 +226,7 @@ def segment_names(header: Path) -> list[str]:
 def header_lines(header: Path) -> list[list[str]]:
     """The fields of a header's lines, comments left out ([] when it can't be read)."""
     try:
-        return [ln.split() for ln in header.read_text(errors="replace").splitlines()
+        return [ln.split() for ln in header.read_text("utf-8", errors="replace").splitlines()
                 if ln.strip() and not ln.lstrip().startswith("#")]
     except OSError:
         return []
@@ -452,9 +452,22 @@ def header_leads(path: Path, header: wfdb.Record) -> tuple[list[str], list[str |
         first = next((n for n in header.seg_name if n != "~"), None)
         if first is None:
             raise UserError(f"{path}.hea: a multi-segment record without a segment")
-        header = segment_header(path, first)
+        path, header = path.parent / first, segment_header(path, first)
     names = list(header.sig_name or [])
-    return names, list(header.units or [None] * len(names))
+    return names, spelled_units(path, list(header.units or [None] * len(names)))
+
+
+def spelled_units(path: Path, units: list[str | None]) -> list[str | None]:
+    """`units` as header `path`.hea spells them: wfdb reads a header as ASCII and drops the rest, so 'µV' came out
+    as 'V' and a record in microvolts read 10**6 times too large."""
+    lines = header_lines(Path(f"{path}.hea"))[1:1 + len(units)]
+    return as_spelled(units, [ln[2].partition("/")[2] if len(ln) > 2 else None for ln in lines])
+
+
+def as_spelled(units: list[str | None], spelled: list[str | None]) -> list[str | None]:
+    """Each of wfdb's `units` as `spelled` where that is it with its non-ASCII characters dropped."""
+    return [s if u and s and s.encode("ascii", "ignore").decode() == u else u
+            for u, s in zip(units, spelled + [None] * (len(units) - len(spelled)))]
 
 
 def segment_header(path: Path, segment: str) -> wfdb.Record:
@@ -572,7 +585,7 @@ def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None, 
         raise UserError(f"{where}: the record has no samples")
     if rec.sig_len and len(x) != rec.sig_len:
         raise UserError(f"{where}: the .dat holds {len(x)} samples but the header says {rec.sig_len} (truncated?)")
-    all_units = list(rec.units or header_units)
+    all_units = as_spelled(list(rec.units or header_units), header_units)     # 'µV', which wfdb reads as 'V'
     order = order_leads(list(rec.sig_name), cfg.first_lead, where, all_units)
     names, units = [rec.sig_name[i] for i in order], [all_units[i] for i in order]
     x = x[:, order] * [mv_per_unit(u) for u in units]

@@ -253,13 +253,19 @@ def test_read_record_of_a_long_record_keeps_its_memory_down(tmp_path):
     np.testing.assert_allclose(rec.signal, whole, atol=0.01)      # the stored 16-bit samples, filtered alike
 
 
-def test_read_record_converts_microvolts(tmp_path):
+@pytest.mark.parametrize("micro", ["uV", "\u00b5V", "\u03bcV"])
+def test_read_record_converts_microvolts(tmp_path, micro):
+    """Microvolts spelled with the micro sign or the Greek mu too: wfdb reads a header as ASCII and drops them,
+    'V', which read the record 10**6 times too large and refused it as mislabelled."""
     x, _ = synthetic_ecg(20.0, 360.0, seed=6)
     write_signal(tmp_path, "mv", x, units="mV", gain=1000.0)
-    write_signal(tmp_path, "uv", x * 1000.0, units="uV", gain=1.0)
+    write_signal(tmp_path, "uv", x * 1000.0, units=micro, gain=1.0)
     cfg = make_cfg().data
-    np.testing.assert_allclose(pm.read_record(tmp_path / "uv", cfg).signal,
-                               pm.read_record(tmp_path / "mv", cfg).signal, atol=2e-3)
+    rec = pm.read_record(tmp_path / "uv", cfg)
+    np.testing.assert_allclose(rec.signal, pm.read_record(tmp_path / "mv", cfg).signal, atol=2e-3)
+    pm.check_record(tmp_path / "uv", cfg)
+    span = pm.read_record(tmp_path / "uv", cfg, span=(640, 1408))
+    np.testing.assert_allclose(span.signal[640 - span.offset:1408 - span.offset], rec.signal[640:1408], atol=1e-6)
     write_signal(tmp_path, "nu", x, units="NU", gain=1000.0)
     with pytest.raises(UserError, match="nu.*'NU'"):
         pm.read_record(tmp_path / "nu", cfg)
