@@ -576,7 +576,7 @@ def main(argv: list[str] | None = None) -> dict:
     path, fc = load_forecaster(args.checkpoint, args.device)
     run = {"git_commit": commit, **checkpoint_sha256(path, fc), **own_code_of(path)}   # what ran, taken at the start
     if args.out:
-        paths.check_writable(args.out)
+        paths.check_writable(args.out, keep=False)
     t_load = time.time() - t0                       # start-up: torch, the checkpoint
     res = forecast_record(fc, args.record, args.start, args.horizon, args.samples, args.seed)
     out = Path(args.out) if args.out else paths.new_run_dir("forecast")

@@ -115,15 +115,24 @@ def _umask() -> int:
     return mask
 
 
-def check_writable(folder: str | os.PathLike) -> Path:
-    """Create `folder` if needed and prove a file can be written there, before any long work starts."""
+def check_writable(folder: str | os.PathLike, keep: bool = True) -> Path:
+    """Create `folder` if needed and prove a file can be written there, before any long work starts. `keep=False`
+    removes the folders made for the proof again (the atomic writes make them): a run refused for its input after
+    it, forecast.py's or prepare_mitbih.py's into a new --out, left that folder empty."""
     folder = Path(folder)
+    made = [f for f in (folder, *folder.parents) if not f.exists()]      # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(prefix=".write-test.", dir=folder):
             pass
     except OSError as e:
         raise UserError(f"cannot write to the output folder {folder}: {e.strerror or e}") from e
+    finally:
+        for f in made if not keep else ():
+            try:
+                f.rmdir()
+            except OSError:         # not made after all, or no longer empty: another's now
+                break
     return folder
 
 

@@ -871,7 +871,7 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     training_split(names, d, available, data_dir)   # the config's errors before any record is read
     check_annotated(data_dir, names, annotator)
     check_first_lead(data_dir, available, d.first_lead)     # the folder's leads: --records may lack it
-    paths.check_writable(out_dir)  # before minutes of work, not after
+    paths.check_writable(out_dir, keep=False)  # before minutes of work, not after
     loaded = load_records(names, data_dir, d, skip_bad, allow_gaps, annotator)
     split = training_split(list(loaded), d, available, data_dir, [n for n in names if n not in loaded])
     warn_held_out(split, loaded, d, data_dir, config_split(available, d))
