@@ -439,7 +439,7 @@ def record_path(path: str | Path) -> Path:
 
 def read_header(path: Path) -> wfdb.Record:
     """The header of WFDB record `path` (no samples), with its signal files (or segments) checked."""
-    header = _wfdb_read(wfdb.rdheader, path, f"{path}.hea: cannot read the header")
+    header = spelled(_wfdb_read(wfdb.rdheader, path, f"{path}.hea: cannot read the header"), path)
     check_rate_field(path)
     check_signal_files(path, header)
     check_segments(path, header)
@@ -452,27 +452,30 @@ def header_leads(path: Path, header: wfdb.Record) -> tuple[list[str], list[str |
         first = next((n for n in header.seg_name if n != "~"), None)
         if first is None:
             raise UserError(f"{path}.hea: a multi-segment record without a segment")
-        path, header = path.parent / first, segment_header(path, first)
+        header = segment_header(path, first)
     names = list(header.sig_name or [])
-    return names, spelled_units(path, list(header.units or [None] * len(names)))
+    return names, list(header.units or [None] * len(names))
 
 
-def spelled_units(path: Path, units: list[str | None]) -> list[str | None]:
-    """`units` as header `path`.hea spells them: wfdb reads a header as ASCII and drops the rest, so 'µV' came out
-    as 'V' and a record in microvolts read 10**6 times too large."""
-    lines = header_lines(Path(f"{path}.hea"))[1:1 + len(units)]
-    return as_spelled(units, [ln[2].partition("/")[2] if len(ln) > 2 else None for ln in lines])
+def spelled(header: wfdb.Record, path: Path) -> wfdb.Record:
+    """`header` (of `path`.hea) with its units as the file spells them: wfdb reads a header as ASCII and drops the
+    rest, so 'µV' came out as 'V' and a record in microvolts read 10**6 times too large."""
+    if getattr(header, "units", None):
+        lines = header_lines(Path(f"{path}.hea"))[1:1 + len(header.units)]
+        header.units = as_spelled(header.units, [ln[2].partition("/")[2] if len(ln) > 2 else None for ln in lines])
+    return header
 
 
-def as_spelled(units: list[str | None], spelled: list[str | None]) -> list[str | None]:
-    """Each of wfdb's `units` as `spelled` where that is it with its non-ASCII characters dropped."""
+def as_spelled(units: list[str | None], written: list[str | None]) -> list[str | None]:
+    """Each of wfdb's `units` as `written` where that is it with its non-ASCII characters dropped."""
     return [s if u and s and s.encode("ascii", "ignore").decode() == u else u
-            for u, s in zip(units, spelled + [None] * (len(units) - len(spelled)))]
+            for u, s in zip(units, written + [None] * (len(units) - len(written)))]
 
 
 def segment_header(path: Path, segment: str) -> wfdb.Record:
     """The header of a segment of multi-segment record `path` (beside it)."""
-    return _wfdb_read(wfdb.rdheader, path.parent / segment, f"{path.parent / segment}.hea: cannot read the header")
+    where = path.parent / segment
+    return spelled(_wfdb_read(wfdb.rdheader, where, f"{where}.hea: cannot read the header"), where)
 
 
 def check_segments(path: Path, header: wfdb.Record) -> None:

@@ -396,6 +396,19 @@ def test_a_fixed_layout_record_whose_segments_differ_is_refused(tmp_path, leads,
         pm.read_record(tmp_path / "m", make_cfg().data)
 
 
+def test_a_record_whose_segments_spell_microvolts_two_ways_is_one_record(tmp_path):
+    """A first segment in 'uV' and a second in 'µV' are the same units: wfdb read the second's as 'V', and the record
+    was refused as segments in different units."""
+    x, _ = synthetic_ecg(20.0, 360.0, seed=3)
+    write_signal(tmp_path, "m_1", x[:3600] * 1000, units="uV", gain=1.0)
+    write_signal(tmp_path, "m_2", x[3600:] * 1000, units="\u00b5V", gain=1.0)
+    (tmp_path / "m.hea").write_text(f"m/2 2 360 {len(x)}\nm_1 3600\nm_2 {len(x) - 3600}\n")
+    write_signal(tmp_path, "mv", x, gain=1000.0)
+    cfg = make_cfg().data
+    np.testing.assert_allclose(pm.read_record(tmp_path / "m", cfg).signal, pm.read_record(tmp_path / "mv", cfg).signal,
+                               atol=2e-3)
+
+
 def test_a_segment_cut_short_is_named(tmp_path):
     """wfdb said 'Samples were not loaded correctly' of the record, naming no file."""
     x, _ = synthetic_ecg(20.0, 360.0, seed=3)
