@@ -875,11 +875,11 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     check_annotated(data_dir, names, annotator)
     check_first_lead(data_dir, available, d.first_lead)     # the folder's leads: --records may lack it
     paths.check_writable(out_dir, keep=False)  # before minutes of work, not after
-    loaded = load_records(names, data_dir, d, skip_bad, allow_gaps, annotator)
-    split = training_split(list(loaded), d, available, data_dir, [n for n in names if n not in loaded])
+    loaded, left_out = load_records(names, data_dir, d, skip_bad, allow_gaps, annotator)
+    split = training_split(list(loaded), d, available, data_dir, list(left_out))
     warn_held_out(split, loaded, d, data_dir, config_split(available, d))
     tensors = {s: cut_windows([loaded[r] for r in rs], d, overlap=(s == "train")) for s, rs in split.items()}
-    meta = prepared_meta(d, data_dir, loaded, annotator, split, tensors, commit)
+    meta = prepared_meta(d, data_dir, loaded, annotator, split, tensors, commit, left_out)
     save_prepared(tensors, meta, out_dir)
     return meta
 
@@ -910,9 +910,9 @@ def training_split(names: list[str], d: DataConfig, available: list[str], data_d
 
 
 def load_records(names: list[str], data_dir: Path, d: DataConfig, skip_bad: bool, allow_gaps: bool,
-                 annotator: str) -> dict[str, Record]:
-    """The good records, read. Each is checked whole (header, then samples) in one pass, so one error names
-    every bad record, whichever check it fails."""
+                 annotator: str) -> tuple[dict[str, Record], dict[str, str]]:
+    """The good records, read, and why each bad one was left out (`skip_bad`). Each is checked whole (header, then
+    samples) in one pass, so one error names every bad record, whichever check it fails."""
     loaded: dict[str, Record] = {}
 
     def load(name: str) -> None:
@@ -921,8 +921,8 @@ def load_records(names: list[str], data_dir: Path, d: DataConfig, skip_bad: bool
         check_windows(rec, d, str(data_dir / name))
         loaded[name] = rec
     # The progress bar only on a terminal: in logs and pipes stderr keeps just the one 'error:' line.
-    check_every_record(tqdm(names, desc="records", unit="rec", disable=None), load, skip_bad)
-    return loaded
+    left_out = check_every_record(tqdm(names, desc="records", unit="rec", disable=None), load, skip_bad)
+    return loaded, left_out
 
 
 def train_scale(train: dict, d: DataConfig) -> list[float]:
@@ -934,9 +934,10 @@ def train_scale(train: dict, d: DataConfig) -> list[float]:
 
 
 def prepared_meta(d: DataConfig, data_dir: Path, loaded: dict[str, Record], annotator: str,
-                  split: dict[str, list[str]], tensors: dict[str, dict], commit: str) -> dict:
+                  split: dict[str, list[str]], tensors: dict[str, dict], commit: str,
+                  left_out: dict[str, str]) -> dict:
     """meta.json: what was read and how, so a result can name the exact data it saw; `commit` is the code's at
-    the run's start."""
+    the run's start, `left_out` why each record --skip-bad left out was bad."""
     return {
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "git_commit": commit,
@@ -958,6 +959,7 @@ def prepared_meta(d: DataConfig, data_dir: Path, loaded: dict[str, Record], anno
                         "seconds": len(r.signal) / d.samples_per_second, "invalid_seconds": r.invalid_s,
                         "beats": int(len(r.beats))}
                     for n, r in loaded.items()},
+        "left_out": left_out,
         "window_starts": {s: {n: t["start"][t["record"] == i].tolist() for i, n in enumerate(t["records"])}
                           for s, t in tensors.items()},
     }
@@ -1015,20 +1017,22 @@ def check_windows(rec: Record, cfg: DataConfig, where: str) -> None:
                      f"({len(spans)} clean stretches)")
 
 
-def check_every_record(names: Iterable[str], check: Callable[[str], None], skip_bad: bool) -> None:
+def check_every_record(names: Iterable[str], check: Callable[[str], None], skip_bad: bool) -> dict[str, str]:
     """Run `check` on every name; the failures of all are one error naming them (or, with `skip_bad`, a warning
-    each), so a user fixes a database in one go, not one run per bad record."""
-    bad = []
+    each, and returned by name for meta.json: a preparation said what it left out only on the console), so a user
+    fixes a database in one go, not one run per bad record."""
+    bad = {}
     for name in names:
         try:
             check(name)
         except UserError as e:
-            bad.append(str(e))
+            bad[name] = str(e)
     if bad and not skip_bad:
-        raise UserError(f"{len(bad)} bad record(s), nothing prepared: {'; '.join(bad)} (repair them, or leave them "
-                        f"out with --skip-bad)")
-    for reason in bad:
+        raise UserError(f"{len(bad)} bad record(s), nothing prepared: {'; '.join(bad.values())} (repair them, or "
+                        f"leave them out with --skip-bad)")
+    for reason in bad.values():
         running.warn(f"left out: {reason}")
+    return bad
 
 
 def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None, any_records: bool = False,

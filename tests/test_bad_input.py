@@ -469,6 +469,8 @@ def test_every_bad_record_is_named_at_once_or_skipped(tmp_path, capsys):
     assert meta["splits"] == {"train": ["a", "b"], "validation": ["c"], "test": []}
     err = capsys.readouterr().err
     assert err.count("warning: left out: ") == 2 and "test split is empty" in err
+    saved = json.loads((tmp_path / "out" / "meta.json").read_text(encoding="utf-8"))["left_out"]
+    assert list(saved) == ["one", "short"] and "needs two leads" in saved["one"] and "shorter" in saved["short"]
 
 
 def test_header_and_signal_faults_are_named_in_one_error(tmp_path, capsys):
