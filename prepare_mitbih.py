@@ -709,7 +709,7 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = 
                 ) -> tuple[np.ndarray, list[str], bool]:
     """The reference beats of the `annotator` file at the target rate fs_out, as samples from `offset` within the
     n read, their symbols, and whether the record counts as annotated (a missing file, or one of rhythm or noise
-    labels only, does not)."""
+    labels only, does not). A file with a time resolution of its own counts its samples at that rate, not fs_in."""
     check_annotator(annotator)
     if not path.parent.joinpath(f"{path.name}.{annotator}").exists():
         hint = other_annotators(path)
@@ -725,7 +725,8 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = 
                      f"{other_annotators(path)}")
         return np.zeros(0, np.int64), [], False
     keep.sort(key=lambda i: ann.sample[i])
-    pos = np.round(np.asarray(ann.sample, np.float64)[keep] * fs_out / fs_in).astype(np.int64) - offset
+    fs_ann = float(ann.fs) if ann.fs else fs_in     # the file's own time resolution, else (wfdb) the record's rate
+    pos = np.round(np.asarray(ann.sample, np.float64)[keep] * fs_out / fs_ann).astype(np.int64) - offset
     ok = (pos >= 0) & (pos < n)
     return pos[ok], [ann.symbol[i] for i, k in zip(keep, ok) if k], True
 

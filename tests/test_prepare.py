@@ -1112,6 +1112,18 @@ def test_reference_beats_are_the_beat_labels_only(tmp_path: Path) -> None:
     np.testing.assert_array_equal(rec.beats, np.round(samples[beat] * FS / 360).astype(int))
 
 
+def test_an_annotation_file_counts_its_beats_at_its_own_time_resolution(tmp_path: Path) -> None:
+    """An annotation file may keep a time resolution of its own (wrann's fs; a QRS detector run on a resampled copy
+    writes one): its sample numbers count at that rate. Read at the record's, the beats of a 360 Hz record annotated
+    at 720 Hz lay at twice their times, those of its second half past its end, and scored every forecast against
+    beats that were not there without a word."""
+    path = write_record(tmp_path, "r", seconds=20.0, annotate=False)
+    samples = np.arange(1, 14) * 500
+    wfdb.wrann("r", "atr", samples * 2, symbol=["N"] * len(samples), fs=720, write_dir=str(tmp_path))
+    rec = pm.read_record(path, make_cfg().data)
+    np.testing.assert_array_equal(rec.beats, np.round(samples * FS / 360).astype(int))
+
+
 def test_meta_json_is_written_after_every_split(synthetic_db: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """meta.json is the mark of a finished preparation: a run that dies writing a split leaves none behind."""
