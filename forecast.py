@@ -432,16 +432,21 @@ def checkpoint_path(checkpoint: str | None) -> Path:
     if checkpoint in SHIPPED_SPECS:
         return paths.shipped_checkpoint(checkpoint, "--checkpoint")
     if not Path(checkpoint).exists():
+        from baselines import BASELINES
         raise UserError(f"--checkpoint {checkpoint}: no such checkpoint file, and not a shipped model "
-                        f"({', '.join(SHIPPED_SPECS)}) nor a forecaster of one's own (FILE.py:NAME[=CHECKPOINT])")
+                        f"({', '.join(SHIPPED_SPECS)}), a baseline ({', '.join(BASELINES)}) nor a forecaster of "
+                        f"one's own (FILE.py:NAME[=CHECKPOINT])")
     return Path(checkpoint)
 
 
 def load_forecaster(checkpoint: str | None, device: str | None) -> tuple[str | Path, ForecasterBase]:
-    """--checkpoint's forecaster and what names it: a checkpoint, a shipped model, or one's own FILE.py:NAME
-    (=CHECKPOINT), as evaluate.py --model takes them."""
+    """--checkpoint's forecaster and what names it: a checkpoint, a shipped model, a baseline by name, or one's own
+    FILE.py:NAME(=CHECKPOINT), as evaluate.py --model takes them: a record's forecast set beside a baseline's."""
     device = paths.check_device(device)
-    from evaluate import own_spec, user_forecaster           # evaluate builds on this module
+    from baselines import BASELINES, make_baseline          # both build on this module
+    from evaluate import own_spec, user_forecaster
+    if checkpoint in BASELINES:
+        return checkpoint, make_baseline(checkpoint, load_config().data.samples_per_second)
     if checkpoint and own_spec(checkpoint):
         return checkpoint, user_forecaster(checkpoint, load_config().data.samples_per_second, device, "--checkpoint",
                                            own_rate=True)
@@ -554,7 +559,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 "samples as .npy.")
     shipped = ", ".join(f"{name} ({SHIPPED[kind].relative_to(ROOT)})" for name, kind in SHIPPED_SPECS.items())
     p.add_argument("--checkpoint", type=paths.given_path,
-                   help=f"forecaster checkpoint, a shipped model by name: {shipped}, or a forecaster "
+                   help=f"forecaster checkpoint, a shipped model by name: {shipped}, a baseline by name "
+                   f"(seasonal, template_ensemble, ...: evaluate.py's), or a forecaster "
                    f"of one's own, FILE.py:NAME[=CHECKPOINT], as for evaluate.py --model (default: the shipped "
                    f"{PRETRAINED.relative_to(ROOT)} when present, else the newest checkpoints/transformer-*/best.pt)")
     p.add_argument("--record", required=True, type=paths.given_path,
@@ -675,9 +681,12 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
 
 def checkpoint_sha256(checkpoint: str | Path, fc: ForecasterBase) -> dict:
     """The weights file's digest (paths.file_sha256), FILE.py:NAME=CHECKPOINT's too, as evaluate.py's report
-    gives it; {} when there is no file (own_code_of names one's own code). A checkpoint's Forecaster (`fc`) has the
-    digest of the bytes it loaded: the file hashed again could be a later best.pt."""
+    gives it; {} when there is no file (a baseline; own_code_of names one's own code). A checkpoint's Forecaster
+    (`fc`) has the digest of the bytes it loaded: the file hashed again could be a later best.pt."""
+    from baselines import BASELINES
     from evaluate import checkpoint_file, own_spec
+    if str(checkpoint) in BASELINES:
+        return {}
     if not own_spec(str(checkpoint)):
         return {"checkpoint_sha256": fc.checkpoint_sha256}
     path = checkpoint_file(str(checkpoint))

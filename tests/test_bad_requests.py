@@ -282,8 +282,9 @@ def test_forecast_checkpoint_names_the_shipped_models(tmp_path):
     record = write_record(tmp_path, "r", seconds=12, seed=0)
     code, err = run_forecast(["--checkpoint", "latent_sde", "--record", str(record), "--start", "5"])
     assert code == 2 and err == ("error: --checkpoint latent_sde: no such checkpoint file, and not a shipped model "
-                                 "(pretrained, pretrained_sde) nor a forecaster of one's own "
-                                 "(FILE.py:NAME[=CHECKPOINT])\n"), err
+                                 "(pretrained, pretrained_sde), a baseline (zero, mean, persistence, seasonal, "
+                                 "analog, template, seasonal_ensemble, template_ensemble) nor a forecaster of one's "
+                                 "own (FILE.py:NAME[=CHECKPOINT])\n"), err
     usage = " ".join(run_script(forecast.main, "forecast.py", ["--help"]).stdout.split())
     assert "pretrained (pretrained/forecaster.pt), pretrained_sde (pretrained/latent_sde.pt)" in usage
 
@@ -382,6 +383,20 @@ def test_forecast_json_names_the_weights_loaded_though_the_file_is_replaced_afte
     assert code == 0, err
     said = json.loads((tmp_path / "out" / "r_5s.json").read_text())["checkpoint_sha256"]
     assert said == paths.file_sha256(PRETRAINED) != paths.file_sha256(ckpt)
+
+
+@pytest.mark.parametrize("name", ["seasonal", "template_ensemble"])
+def test_forecast_py_forecasts_a_record_with_a_baseline_by_name(tmp_path, name):
+    """forecast.py took evaluate.py's shipped-model names but not its baselines', refused as 'no such checkpoint
+    file': a record's forecast is set beside a baseline's with the same flags. Its paths are the baseline's own."""
+    write_record(tmp_path / "db", "r", seconds=12)
+    out = forecast.main(["--checkpoint", name, "--record", str(tmp_path / "db" / "r"), "--start", "5",
+                         "--horizon", "1", "--samples", "3", "--device", "cpu", "--out", str(tmp_path / "out")])
+    expected = make_baseline(name, 128).predict(out["context"][None], 128, num_samples=3, seed=0)[0]
+    assert np.array_equal(out["samples"], expected) and out["samples"].shape == (len(expected), 128, 2)
+    said = json.loads((tmp_path / "out" / "r_5s.json").read_text())
+    assert said["checkpoint"] == name and "checkpoint_sha256" not in said
+    assert all(f.is_file() for f in out["files"])
 
 
 def test_forecast_from_a_record_with_gaps(tmp_path):
