@@ -658,7 +658,7 @@ def _main_call(argv: list[str]) -> str:
 @dataclass
 class _Begun:
     """What a training's main (training_main) has begun, for what a stop of it leaves and says."""
-    resume: str | Path | None = None                # the checkpoint it goes on from (load_resume), and its kind
+    resume: str | Path | None = None                # the checkpoint it goes on from (--resume, load_resume), its kind
     kind: str = ""
     module: str = ""                                # the module of the main, which a call from Python resumes
     argv: list[str] | None = None                   # what the main was given (_from_command_line)
@@ -667,10 +667,10 @@ class _Begun:
 
     def stopped(self, e: BaseException) -> None:
         """Drops a new run's folders when no epoch was logged, and raises a bare Ctrl-C or SIGTERM of such a run, or
-        of a resumed one before its Trainer ran (encoding, building loaders), again saying how it goes on, as the
-        Trainer's does (whose own says it already)."""
+        of any run before its Trainer ran (joining the process group, encoding, building loaders), again saying how
+        it goes on, as the Trainer's does (whose own says it already)."""
         unused = self.folders is not None and drop_unused_folders(*self.folders)
-        if isinstance(e, KeyboardInterrupt) and not str(e) and (unused or (self.resume and not self.trainer_ran)):
+        if isinstance(e, KeyboardInterrupt) and not str(e) and (unused or not self.trainer_ran):
             raise type(e)(resume_hint(self.resume, self.kind)) from None
 
 
@@ -685,9 +685,9 @@ def _begun() -> _Begun:
 def training_main(main: Callable[[list[str] | None], dict]) -> Callable[[list[str] | None], dict]:
     """A *_train.py's main(), run by its script (running.run_main) or called from Python alike: a new run stopped
     (Ctrl-C, SIGTERM or an error) before its first epoch is logged, its Trainer built or not (run.json's record, the
-    VQ-VAE's plot before training), leaves no folders; a Ctrl-C or SIGTERM then, or in a resumed run before its
-    Trainer runs, says what the Trainer's would: nothing was saved yet, or how to resume the checkpoint it was given
-    (a resumed run's own folders stay)."""
+    VQ-VAE's plot before training), leaves no folders; a Ctrl-C or SIGTERM then, or in any run before its Trainer
+    runs, says what the Trainer's would: nothing was saved yet, or how to resume the checkpoint it was given (a
+    resumed run's own folders stay)."""
     @functools.wraps(main)
     def run(argv: list[str] | None = None) -> dict:
         _mains.append(begun := _Begun(module=main.__module__, argv=argv))
@@ -754,8 +754,8 @@ def _batch_len(batch) -> int:
 def load_resume(path: str | Path, kind: str) -> dict:
     """The checkpoint --resume goes on from. A packed model (pretrained/'s) keeps its weights but not the optimiser,
     schedule, generators and run folders a resume restores: it was a KeyError traceback once the data was loaded. A
-    stop of the training's main from here on says how to resume it (training_main). Its "file_sha256" is the bytes
-    loaded (read_checkpoint), which check_same_checkpoint compares across ranks."""
+    stop of the training's main says how to resume it (training_main) from the flag's parsing on (_ResumeFlag). Its
+    "file_sha256" is the bytes loaded (read_checkpoint), which check_same_checkpoint compares across ranks."""
     _begun().resume, _begun().kind = path, kind
     ckpt, digest = read_checkpoint(path, kind)
     ckpt["file_sha256"] = digest
@@ -791,7 +791,7 @@ def run_parser(doc: str | None, config_help: str) -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="override train.max_steps_per_epoch (quick runs)")
     p.add_argument("--batch-size", type=int, help="override train.batch_size (global, over all processes)")
     p.add_argument("--seed", type=int, help="override train.seed")
-    p.add_argument("--resume", type=paths.given_path,
+    p.add_argument("--resume", type=paths.given_path, action=_ResumeFlag,
                    help="checkpoint to continue from (e.g. checkpoints/<run>/last.pt)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--prepared", type=paths.given_path,
@@ -800,6 +800,16 @@ def run_parser(doc: str | None, config_help: str) -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", type=paths.given_path,
                    help="checkpoints root (default: $ECG_CHECKPOINTS_DIR or checkpoints)")
     return p
+
+
+class _ResumeFlag(argparse.Action):
+    """--resume, noted for the training main as it is parsed: a stop while the main joins the process group
+    (setup_runtime, before load_resume reads the file) says how to resume, as a stop after it does."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        _begun().resume = values
 
 
 def run_splits(load: Callable[[str], dict], resume: dict | None) -> tuple[dict, dict]:

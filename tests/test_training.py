@@ -269,6 +269,24 @@ def test_a_resumed_run_stopped_before_its_trainer_says_how_to_resume(tmp_path: P
     assert (r.returncode, r.stderr.splitlines()[-1]) == (status, word)
 
 
+@pytest.mark.parametrize("stop, status, word", [(KeyboardInterrupt(), 130, "interrupted"),
+                                               (running.Terminated(), 143, "terminated")], ids=["ctrl_c", "sigterm"])
+@pytest.mark.parametrize("module", [vqvae_train, transformer_train, latent_sde_train],
+                         ids=["vqvae", "transformer", "latent_sde"])
+def test_a_run_stopped_while_it_joins_the_process_group_says_how_it_goes_on(tmp_path: Path, monkeypatch,
+                                                                            module: ModuleType, stop: BaseException,
+                                                                            status: int, word: str) -> None:
+    """Under torchrun a main joins the process group (setup_runtime) before load_resume reads --resume: stopped
+    while it waits there for the other ranks, a resumed run said only 'interrupted' (its checkpoint not yet noted),
+    and so did a new run, where README says that nothing was saved yet; they say what a stop later says."""
+    script, last = f"{module.__name__}.py", tmp_path / "checkpoints" / "run" / "last.pt"
+    r = stopped_at(monkeypatch, module, "setup_runtime", stop, script, ["--device", "cpu", "--resume", str(last)])
+    said = f"{word}; resume with: python3 {script} --resume {last}"
+    assert (r.returncode, r.stderr.splitlines()) == (status, [said])
+    r = stopped_at(monkeypatch, module, "setup_runtime", stop, script, ["--device", "cpu"])
+    assert (r.returncode, r.stderr.splitlines()) == (status, [f"{word}; {NOTHING_SAVED}"])
+
+
 def test_the_readmes_model_of_ones_own_stopped_before_training_leaves_no_folders(tmp_path: Path, synthetic_db: Path,
                                                                                 monkeypatch) -> None:
     """README's my_model.py, stopped between its shared_run_dirs and its Trainer, as vqvae_train.py."""
