@@ -139,13 +139,18 @@ def _leave_group() -> None:
             dist.destroy_process_group()
 
 
+def _of_several() -> bool:
+    """Whether this process is a rank of several, which may have joined their process group."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "torch.distributed" in sys.modules
+
+
 def _exit(code: int) -> NoReturn:
     """sys.exit(code); a rank of several processes ends with os._exit after flushing its output. torch's objects keep
     the process group (gloo's threads, and rank 0's store when launched without torchrun, as by srun) running past
     destroy_process_group, and torn down in the interpreter's exit while the other ranks were still connected it now
     and then aborted ('terminate called without an active exception', exit -6, not 2). Folders and files to remove
     went before this (training.training_main)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "torch.distributed" in sys.modules:
+    if _of_several():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -247,7 +252,8 @@ def run_main(main: Callable[[], Any]) -> None:
     """Run a script's main(); a UserError becomes one 'error:' line and exit status 2. Under torchrun the ranks
     usually meet the same error, and rank 0 says it (say_error); one met by a rank alone is said by the others as
     theirs (_beside_the_others). Ctrl-C exits with 130, SIGTERM (Terminated) with 143, as the shell counts a signal's
-    death."""
+    death. Any other failure keeps its traceback and exit status 1; a rank of several prints it and leaves by _exit
+    too, not by the interpreter's exit."""
     script_backend()
     interruptible()
     main_thread = threading.current_thread() is threading.main_thread()
@@ -271,6 +277,11 @@ def run_main(main: Callable[[], Any]) -> None:
         word = "terminated" if isinstance(e, Terminated) else "interrupted"
         say(f"{word}; {e}" if str(e) else word)
         _exit(143 if isinstance(e, Terminated) else 130)
+    except Exception:
+        if not _of_several():
+            raise
+        sys.excepthook(*sys.exc_info())     # as the interpreter prints it (torch's hook: each line after its rank)
+        _exit(1)
     finally:
         _scripts.pop()
         if default_term:        # the default first: a SIGTERM from here on ends the process, none escapes as a traceback

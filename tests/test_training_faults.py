@@ -392,6 +392,32 @@ def test_a_rank_ending_in_an_error_skips_the_interpreters_teardown() -> None:
     check_error(r, "the ranks resumed from different checkpoints")
 
 
+def test_ranks_ending_in_a_traceback_skip_the_interpreters_teardown() -> None:
+    """A failure that keeps its traceback (a bug: not a UserError, not a stop) left run_main to the interpreter, which
+    printed it and tore the process group down in its exit, where UserErrors and signals skip that teardown (it now
+    and then aborted, see above). Two env:// ranks (gloo): rank 1 fails on its own, rank 0 in its next collective;
+    with an exit handler that aborts standing in for the teardown, each ends with its traceback and exit status 1."""
+    script = ("import atexit, os, running, training, torch.distributed as dist\n"
+              "atexit.register(os.abort)\n"
+              "def fails():\n"
+              "    training.setup_runtime('cpu')\n"
+              "    if dist.get_rank() == 1:\n"
+              "        raise ValueError('a bug of rank 1')\n"
+              "    dist.barrier()\n"
+              "running.run_main(fails)\n")
+    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
+           "ECG_DIST_TIMEOUT": "60"}
+    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env={**env, "RANK": str(rank)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+             for rank in (0, 1)]
+    (_, rank0), (_, rank1) = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], (rank0, rank1)
+    rank0, rank1 = rank0.splitlines(), rank1.splitlines()     # as the interpreter prints them (torch's hook: the rank)
+    assert rank1[0] == "[rank1]: Traceback (most recent call last):", rank1
+    assert rank1[-1] == "[rank1]: ValueError: a bug of rank 1", rank1
+    assert rank0[0] == "[rank0]: Traceback (most recent call last):" and "RuntimeError" in rank0[-1], rank0
+
+
 def test_the_first_rank_to_fail_keeps_its_word(group_of_rank) -> None:
     """A rank failing alone leaves its error's first line; the rank whose collective then fails on it ends in a
     UserError too (saying that word), whose word, left over the first, would have named it to a third rank."""
