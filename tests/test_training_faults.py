@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -463,6 +464,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def test_rank_whose_partner_never_joins_stops_after_the_timeout(tmp_path: Path) -> None:
     """Rank 0 of 2 launched as a scheduler would (env://, no torchrun agent to stop it) while rank 1 failed before
     joining: it stops after $ECG_DIST_TIMEOUT seconds with one error line, not after torch's 30 minutes."""
@@ -473,6 +479,30 @@ def test_rank_whose_partner_never_joins_stops_after_the_timeout(tmp_path: Path) 
                        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
     check_error(r, "rank 0: not all 2 processes joined within 2 s", "ECG_DIST_TIMEOUT")
     assert not list(tmp_path.iterdir())     # no run was started: no results or checkpoints folder
+
+
+@pytest.mark.parametrize("signum, said", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")],
+                         ids=["ctrl_c", "sigterm"])
+def test_a_rank_waiting_for_its_partner_stops_on_a_signal(signum: int, said: str) -> None:
+    """torch waits for the other ranks to join in C++, where Python's signal handlers do not run: rank 0 of 2 (env://,
+    rank 1 not yet started) stopped by Ctrl-C or SIGTERM went on waiting out $ECG_DIST_TIMEOUT (10 minutes by
+    default) before it stopped. It stops at once, saying how to resume."""
+    port = free_port()
+    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": "0",
+           "LOCAL_RANK": "0", "ECG_DIST_TIMEOUT": "60"}
+    proc = subprocess.Popen([sys.executable, "vqvae_train.py", "--device", "cpu", "--resume", "ckpt/last.pt"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        while not listening(port):      # rank 0 keeps the store: it listens as it waits
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert (proc.returncode, err) == (128 + signum, f"{said}; resume with: python3 vqvae_train.py --resume "
+                                                    "ckpt/last.pt\n")
 
 
 def test_rank_whose_port_is_taken_is_not_said_to_have_waited(tmp_path: Path) -> None:
