@@ -169,8 +169,7 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
         data_dir.mkdir(parents=True, exist_ok=True)
         part = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PART, dir=data_dir))
         wfdb.dl_database("mitdb", str(part))
-        for f in sorted(part.iterdir()):
-            f.replace(data_dir / f.name)
+        move_in(part, data_dir)
     except Exception as e:  # wfdb raises requests' errors, OSError, ValueError...
         raise UserError(f"no WFDB records in {data_dir}, and downloading MIT-BIH from PhysioNet there failed "
                         f"({type(e).__name__}: {_first_line(e, 100)}): {hint}") from e
@@ -184,6 +183,26 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
         raise UserError(f"the download into {data_dir} produced no records: {hint}")
     print(f"no WFDB records were in {data_dir}: downloaded MIT-BIH from PhysioNet there ({len(names)} records)")
     return names
+
+
+def move_in(part: Path, data_dir: Path) -> None:
+    """A finished download's files moved from `part` into data_dir, all or none: a move stopped part way (Ctrl-C)
+    left the records moved so far, which the next run prepared as the database. A RECORDS index of them all comes
+    first and the headers last, so that even a killed move leaves a folder refused as incomplete (records_file)."""
+    files = sorted(part.iterdir(), key=lambda f: (f.suffix == ".hea", f.name))
+    names = header_stems(part)
+    moved = []
+    try:
+        if names:
+            paths.atomic_write_text("".join(f"{n}\n" for n in names), data_dir / "RECORDS")
+            moved.append(data_dir / "RECORDS")
+        for f in files:
+            f.replace(data_dir / f.name)
+            moved.append(data_dir / f.name)
+    except BaseException:
+        for f in moved:
+            f.unlink(missing_ok=True)
+        raise
 
 
 def header_stems(data_dir: Path) -> list[str]:

@@ -220,6 +220,35 @@ def test_a_download_cut_short_leaves_no_records(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["there"] and not any((tmp_path / "there").iterdir())
 
 
+def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypatch):
+    """Ctrl-C while a finished download's files were moved into the data folder left the records moved so far (here
+    100 of 3), which the next run prepared as the database: none stay. A kill there (no clean-up) leaves a RECORDS
+    index naming all three, so the next run refuses the folder as incomplete rather than read a smaller one."""
+    monkeypatch.setattr(wfdb, "dl_database", lambda name, folder: [write_record(Path(folder), n, seconds=12)
+                                                                   for n in ("100", "101", "102")])
+    replace, calls = Path.replace, []
+
+    def stopped(self, target):
+        calls.append(target)
+        if len(calls) == 8:         # the signals, annotations and 100.hea in: the state a kill here would leave
+            with pytest.raises(UserError, match=r"RECORDS lists 2 record\(s\) with no \.hea in .*: 101, 102;"):
+                pm.header_stems(Path(target).parent)
+            raise KeyboardInterrupt
+        return replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", stopped)
+    (tmp_path / "there").mkdir()
+    for folder in (tmp_path / "mitdb", tmp_path / "there"):
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            pm.find_records(folder, download=True)
+        assert len(calls) == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["there"] and not any((tmp_path / "there").iterdir())
+    monkeypatch.setattr(Path, "replace", replace)
+    assert pm.find_records(tmp_path / "mitdb", download=True) == ["100", "101", "102"]
+    assert (tmp_path / "mitdb" / "RECORDS").read_text() == "100\n101\n102\n"
+
+
 def test_a_download_arrives_in_the_data_folder_and_a_killed_ones_part_blocks_none(tmp_path, monkeypatch):
     """The download arrives in the data folder itself: one beside it failed where the data folder is a mount (a
     container's volume: 'Invalid cross-device link' on moving the files in) or its parent is not writable. A part
