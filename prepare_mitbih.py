@@ -932,13 +932,22 @@ def training_split(names: list[str], d: DataConfig, available: list[str], data_d
 def load_records(names: list[str], data_dir: Path, d: DataConfig, skip_bad: bool, allow_gaps: bool,
                  annotator: str) -> tuple[dict[str, Record], dict[str, str]]:
     """The good records, read, and why each bad one was left out (`skip_bad`). Each is checked whole (header, then
-    samples) in one pass, so one error names every bad record, whichever check it fails."""
+    samples) in one pass, so one error names every bad record, whichever check it fails. A record without the
+    annotation file others have is said to be unannotated: a lost .atr went unnoticed, and the record's beats
+    unscored."""
     loaded: dict[str, Record] = {}
+    have = sum((data_dir / f"{n}.{annotator}").exists() for n in names)
+    # no .atr where others have one: unannotated as _read_beats has it, which notes only a named annotator's missing
+    lost = {n for n in names if have and annotator == "atr" and not (data_dir / f"{n}.atr").exists()
+            and not other_annotators(data_dir / n)}
 
     def load(name: str) -> None:
         check_record(data_dir / name, d)      # the header's reason (one lead, too short) before any sample
         rec = replace(read_record(data_dir / name, d, allow_gaps, annotator), name=name)   # RECORDS' sub/NAME
         check_windows(rec, d, str(data_dir / name))
+        if name in lost:
+            running.warn(f"{data_dir / name}.atr is missing, where {have} other record(s) have theirs: {name} counts "
+                         f"as unannotated (no R-peak scores); restore the file if it was lost")
         loaded[name] = rec
     # The progress bar only on a terminal: in logs and pipes stderr keeps just the one 'error:' line.
     left_out = check_every_record(tqdm(names, desc="records", unit="rec", disable=None), load, skip_bad)

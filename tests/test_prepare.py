@@ -488,13 +488,20 @@ def test_window_beats_match_annotations(prepared):
     assert total > 6 * 60  # about 72 beats per minute per record
 
 
-def test_records_without_annotations(tmp_path):
+def test_records_without_annotations(tmp_path, capsys):
+    """A record without the .atr another has is prepared as unannotated, and said to be: a lost .atr (a test record's,
+    say) took its beats out of the R-peak scores without a word. A folder with no .atr at all is no news."""
     db = tmp_path / "db"
     write_record(db, "a", seed=0)
     write_record(db, "b", seed=1, annotate=False)
     meta = pm.prepare(make_cfg(test_records=["a"], validation_records=[]), db, tmp_path / "out", download=False)
     assert meta["records"]["b"]["has_annotations"] is False and meta["records"]["b"]["beats"] == 0
     assert meta["records"]["a"]["has_annotations"] is True
+    err = capsys.readouterr().err
+    assert f"warning: {db / 'b'}.atr is missing, where 1 other record(s) have theirs: b counts as unannotated" in err
+    (db / "a.atr").unlink()
+    meta = pm.prepare(make_cfg(test_records=["a"], validation_records=[]), db, tmp_path / "out", download=False)
+    assert not any(r["has_annotations"] for r in meta["records"].values()) and ".atr" not in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- meta.json and files
