@@ -504,6 +504,25 @@ def test_records_without_annotations(tmp_path, capsys):
     assert not any(r["has_annotations"] for r in meta["records"].values()) and ".atr" not in capsys.readouterr().err
 
 
+def test_a_record_whose_header_is_lost_is_named(tmp_path, capsys):
+    """Without its .hea a record's .dat and .atr were passed over in silence, and the database prepared without it
+    (a test record lost from the test split): its files are named. Not with a RECORDS index (the database is the
+    records it lists, a missing .hea of one of them an error there) nor with --records (the records asked for)."""
+    db = tmp_path / "db"
+    for i, name in enumerate(("a", "b", "c")):
+        write_record(db, name, seconds=20, seed=i)
+    (db / "c.hea").unlink()
+    cfg = make_cfg(test_records=["a"], validation_records=[])
+    meta = pm.prepare(cfg, db, tmp_path / "out", download=False)
+    assert list(meta["records"]) == ["a", "b"]
+    assert f"warning: c.atr, c.dat in {db} belong to no record's header (a lost .hea?): they are not prepared" \
+        in capsys.readouterr().err
+    pm.prepare(cfg, db, tmp_path / "out", records=["a", "b"], download=False)
+    (db / "RECORDS").write_text("a\nb\n")
+    pm.prepare(cfg, db, tmp_path / "out", download=False)
+    assert "c.dat" not in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- meta.json and files
 
 def test_meta_json(prepared):
