@@ -933,11 +933,15 @@ def select_records(names: list[str], records: list[str] | None, folder: Path) ->
 def training_split(names: list[str], d: DataConfig, available: list[str], data_dir: Path,
                    left_out: list[str] | None = None) -> dict[str, list[str]]:
     """config_split, refusing a split with no record to train on; `left_out`: the records --skip-bad left out,
-    which may have been the training records (the config is then not what to check)."""
+    which may have been the training records (the config is then not what to check), as may --records have
+    (`names` fewer than `available`)."""
     split = config_split(names, d, available, str(data_dir))
     if not split["train"] and left_out:
         raise UserError(f"no training records among {names}: --skip-bad left out {left_out} as bad (the warnings "
                         f"above say why)")
+    if not split["train"] and config_split(available, d, available, str(data_dir))["train"]:
+        raise UserError(f"no training records among {names}: --records names only held-out ones (test "
+                        f"{split['test']}, validation {split['validation']}); add some that train to it")
     if not split["train"]:
         raise UserError(f"no training records among {names}; check data.test_records / validation_records")
     return split

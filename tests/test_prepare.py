@@ -697,6 +697,19 @@ def test_no_training_records_raises(tmp_path):
         pm.prepare(make_cfg(test_records=["a"], validation_records=[]), db, tmp_path / "out", download=False)
 
 
+def test_records_of_held_out_patients_alone_are_named_as_the_cause(tmp_path):
+    """--records naming test records only was told to 'check data.test_records / validation_records', a config that
+    was fine: the flag is named, with the split of the records it gave."""
+    db = tmp_path / "db"
+    for name in ("a", "b", "c"):
+        write_record(db, name, seconds=8)
+    with pytest.raises(UserError, match=r"no training records among \['a', 'b'\]: --records names only held-out ones "
+                                        r"\(test \['a'\], validation \['b'\]\); add some that train to it$"):
+        pm.prepare(make_cfg(test_records=["a"], validation_records=["b"]), db, tmp_path / "out", records=["a", "b"],
+                   download=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_signals_per_patient_limits_windows(synthetic_db, tmp_path):
     cfg = make_cfg(signals_per_patient=3, test_records=["100", "101"], validation_records=["102"])
     meta = pm.prepare(cfg, synthetic_db, tmp_path / "out", download=False)
