@@ -147,7 +147,8 @@ def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir 
         return names
     hint = (f"put the MIT-BIH WFDB files (NNN.hea, NNN.dat, NNN.atr) in {data_dir}, or point "
             f"{flag} at a folder that has them")
-    if data_dir.is_dir() and any(not p.name.startswith(DOWNLOAD_PART) for p in data_dir.iterdir()):
+    # hidden files are no one's records: a killed download's part, or a .DS_Store or .gitkeep that refused the download
+    if data_dir.is_dir() and any(not p.name.startswith(".") for p in data_dir.iterdir()):
         raise UserError(f"no WFDB records (*.hea) directly in {data_dir}, which holds other files (records in "
                         f"subfolders?): point {flag} at the folder with the .hea files")
     if not download:

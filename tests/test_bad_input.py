@@ -262,6 +262,16 @@ def test_a_download_arrives_in_the_data_folder_and_a_killed_ones_part_blocks_non
     assert given[0].parent == data and sorted(p.name for p in tmp_path.iterdir()) == ["mitdb"]
 
 
+def test_hidden_files_do_not_refuse_the_download(tmp_path, monkeypatch):
+    """A folder made in a file manager (.DS_Store) or kept in git (.gitkeep) holds no one's records: the download
+    was refused as into 'other files (records in subfolders?)' that the user could not see."""
+    monkeypatch.setattr(wfdb, "dl_database", lambda name, folder: write_record(Path(folder), "100", seconds=12))
+    (tmp_path / "mitdb").mkdir()
+    (tmp_path / "mitdb" / ".DS_Store").write_bytes(b"\0")
+    (tmp_path / "mitdb" / ".gitkeep").touch()
+    assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
+
+
 def test_download_that_brings_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: None)
     with pytest.raises(UserError, match="produced no records"):
