@@ -697,6 +697,22 @@ def test_no_training_records_raises(tmp_path):
         pm.prepare(make_cfg(test_records=["a"], validation_records=[]), db, tmp_path / "out", download=False)
 
 
+def test_data_and_prepared_folders_come_from_the_flag_then_the_variable(tmp_path, monkeypatch):
+    """--data-dir and --out win over $MITBIH_DIR and $ECG_PREPARED_DIR, which win over data/ (never touched here)."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"data": {"test_records": ["a"], "validation_records": []}}))
+    for db in ("env_db", "flag_db"):
+        for i, name in enumerate(("a", "b")):
+            write_record(tmp_path / db, name, seconds=12, seed=i)
+    monkeypatch.setenv("MITBIH_DIR", str(tmp_path / "env_db"))
+    monkeypatch.setenv("ECG_PREPARED_DIR", str(tmp_path / "env_out"))
+    assert pm.main(["--config", str(config), "--no-download"])["data_dir"] == str(tmp_path / "env_db")
+    assert (tmp_path / "env_out" / "meta.json").is_file()
+    meta = pm.main(["--config", str(config), "--no-download", "--data-dir", str(tmp_path / "flag_db"),
+                    "--out", str(tmp_path / "flag_out")])
+    assert meta["data_dir"] == str(tmp_path / "flag_db") and (tmp_path / "flag_out" / "train.pt").is_file()
+
+
 def test_records_of_held_out_patients_alone_are_named_as_the_cause(tmp_path):
     """--records naming test records only was told to 'check data.test_records / validation_records', a config that
     was fine: the flag is named, with the split of the records it gave."""
