@@ -223,7 +223,8 @@ def test_a_download_cut_short_leaves_no_records(tmp_path, monkeypatch):
 def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypatch):
     """Ctrl-C while a finished download's files were moved into the data folder left the records moved so far (here
     100 of 3), which the next run prepared as the database: none stay. A kill there (no clean-up) leaves a RECORDS
-    index naming all three, so the next run refuses the folder as incomplete rather than read a smaller one."""
+    index naming all three, and the download's part, so the next run refuses the folder as a download killed (not
+    'take them out of RECORDS', which would make it a smaller database) rather than read a smaller one."""
     monkeypatch.setattr(wfdb, "dl_database", lambda name, folder: [write_record(Path(folder), n, seconds=12)
                                                                    for n in ("100", "101", "102")])
     replace, calls = Path.replace, []
@@ -231,7 +232,8 @@ def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypat
     def stopped(self, target):
         calls.append(target)
         if len(calls) == 8:         # the signals, annotations and 100.hea in: the state a kill here would leave
-            with pytest.raises(UserError, match=r"RECORDS lists 2 record\(s\) with no \.hea in .*: 101, 102;"):
+            with pytest.raises(UserError, match=r"killed while its files were moved in \(.*RECORDS lists 2 record\(s\) "
+                                                r"with no \.hea\): empty the folder and run again"):
                 pm.header_stems(Path(target).parent)
             raise KeyboardInterrupt
         return replace(self, target)
