@@ -139,6 +139,9 @@ def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir 
     if data_dir.exists() and not data_dir.is_dir():
         raise UserError(f"data folder {data_dir} is not a directory: point {flag} at the folder with the WFDB "
                         f"files (NNN.hea, NNN.dat, NNN.atr)")
+    if data_dir.is_symlink() and not data_dir.exists():     # a link to shared data not there: no download makes it
+        raise UserError(f"data folder {data_dir} is a link to {data_dir.readlink()}, which does not exist: make or "
+                        f"mount that folder, or point {flag} at the folder with the WFDB files")
     if not data_dir.exists() and Path(f"{data_dir}.hea").is_file():     # DIR/NAME: never a download target
         raise UserError(f"{data_dir} is a record, not a folder: pass {flag.split()[0]} {data_dir.parent} "
                         f"--records {data_dir.name}")

@@ -274,6 +274,17 @@ def test_hidden_files_do_not_refuse_the_download(tmp_path, monkeypatch):
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
 
 
+def test_a_data_folder_linked_to_nowhere_is_named(tmp_path, monkeypatch):
+    """A data folder that is a link to a folder not there (shared data not mounted): the download failed with
+    'FileExistsError: File exists', and --no-download said the folder did not exist; the link is named."""
+    monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: pytest.fail("dl_database called on a dangling link"))
+    (tmp_path / "mitdb").symlink_to(tmp_path / "shared" / "mitdb")
+    for download in (True, False):
+        with pytest.raises(UserError, match=f"mitdb is a link to {tmp_path / 'shared' / 'mitdb'}, which does not "
+                                            "exist: make or mount that folder, or point --data-dir / MITBIH_DIR at"):
+            pm.find_records(tmp_path / "mitdb", download=download)
+
+
 def test_download_that_brings_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: None)
     with pytest.raises(UserError, match="produced no records"):
