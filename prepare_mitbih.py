@@ -195,14 +195,14 @@ def move_in(part: Path, data_dir: Path) -> None:
     first and the headers last, so that even a killed move leaves a folder refused as incomplete (records_file)."""
     files = sorted(part.iterdir(), key=lambda f: (f.suffix == ".hea", f.name))
     names = header_stems(part)
-    moved = []
+    moved = []          # each named before it is made: a Ctrl-C just after leaves none behind
     try:
         if names:
-            paths.atomic_write_text("".join(f"{n}\n" for n in names), data_dir / "RECORDS")
             moved.append(data_dir / "RECORDS")
+            paths.atomic_write_text("".join(f"{n}\n" for n in names), data_dir / "RECORDS")
         for f in files:
-            f.replace(data_dir / f.name)
             moved.append(data_dir / f.name)
+            f.replace(data_dir / f.name)
     except BaseException:
         for f in moved:
             f.unlink(missing_ok=True)

@@ -247,6 +247,16 @@ def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypat
         assert len(calls) == 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["there"] and not any((tmp_path / "there").iterdir())
     monkeypatch.setattr(Path, "replace", replace)
+    write_text = pm.paths.atomic_write_text
+
+    def written_then_stopped(*args):        # Ctrl-C just after the index is written, before it is counted as moved
+        write_text(*args)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pm.paths, "atomic_write_text", written_then_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        pm.find_records(tmp_path / "mitdb", download=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["there"]
+    monkeypatch.setattr(pm.paths, "atomic_write_text", write_text)
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100", "101", "102"]
     assert (tmp_path / "mitdb" / "RECORDS").read_text() == "100\n101\n102\n"
 
