@@ -118,7 +118,8 @@ def _umask() -> int:
 def check_writable(folder: str | os.PathLike, keep: bool = True) -> Path:
     """Create `folder` if needed and prove a file can be written there, before any long work starts. `keep=False`
     removes the folders made for the proof again (the atomic writes make them): a run refused for its input after
-    it, forecast.py's or prepare_mitbih.py's into a new --out, left that folder empty."""
+    it, forecast.py's or prepare_mitbih.py's into a new --out, left that folder empty. A link to a folder not there
+    (shared data not mounted) is named as such: mkdir said only 'File exists'."""
     folder = Path(folder)
     made = [f for f in (folder, *folder.parents) if not f.exists()]      # deepest first
     try:
@@ -126,7 +127,9 @@ def check_writable(folder: str | os.PathLike, keep: bool = True) -> Path:
         with tempfile.TemporaryFile(prefix=".write-test.", dir=folder):
             pass
     except OSError as e:
-        raise UserError(f"cannot write to the output folder {folder}: {e.strerror or e}") from e
+        dangling = folder.is_symlink() and not folder.exists()
+        why = f"it is a link to {folder.readlink()}, which does not exist" if dangling else e.strerror or e
+        raise UserError(f"cannot write to the output folder {folder}: {why}") from e
     finally:
         for f in made if not keep else ():
             try:

@@ -341,6 +341,15 @@ def test_an_atomic_write_reaches_the_disk_then_renames_its_temporary_file(tmp_pa
     assert target.read_text() == '{\n  "a": 2,\n  "b": 1\n}\n' and [p.name for p in tmp_path.iterdir()] == [target.name]
 
 
+def test_an_output_folder_linked_to_nowhere_is_named(tmp_path):
+    """--out (or $ECG_PREPARED_DIR) a link to a folder not there, as a clone's data/prepared is to a shared one:
+    'cannot write to the output folder ...: File exists' named neither the link nor what is missing."""
+    (tmp_path / "prepared").symlink_to(tmp_path / "shared" / "prepared")
+    with pytest.raises(UserError, match=f"output folder {tmp_path / 'prepared'}: it is a link to "
+                                        f"{tmp_path / 'shared' / 'prepared'}, which does not exist$"):
+        paths.check_writable(tmp_path / "prepared")
+
+
 def test_a_results_folder_that_cannot_be_made_is_one_error_line(read_only_folder):
     """new_run_dir below a folder nothing can be created in raises a UserError naming the folder (run_main prints it
     as one 'error:' line), not an OSError traceback."""
