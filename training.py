@@ -512,7 +512,7 @@ class Trainer:
         row: dict = {}
         if self.rt.is_main:
             print(f"training {self.kind} on {self.rt.device} x{self.rt.world}: epochs {self.epoch + 1}..{self.s.epochs}, "
-                  f"{self.steps_per_epoch} steps/epoch, run folder {self.run_dir}")
+                  f"{self.steps_per_epoch} steps/epoch, run folder {self.run_dir}", flush=True)
         while self.epoch < self.s.epochs:
             t0 = time.time()
             train = self._train_epoch(model)
@@ -629,7 +629,7 @@ class Trainer:
         shown = {k: row[k] for k in self.shown if k in row}
         print(f"epoch {self.epoch}/{self.s.epochs} " + " ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
-            + (" (best)" if improved else ""))
+            + (" (best)" if improved else ""), flush=True)      # a log file or pipe gets it now, not at the run's end
 
 
 def drop_unused_folders(run_dir: Path, ckpt_dir: Path) -> bool:

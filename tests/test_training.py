@@ -1,5 +1,6 @@
 import contextlib
 import csv
+import io
 import json
 import os
 import re
@@ -538,6 +539,20 @@ def test_every_step_takes_gradients_clipped_to_grad_clip(tmp_path):
         [p.grad.flatten() for g in opt.param_groups for p in g["params"]]).norm())))
     trainer.fit()
     assert len(norms) == trainer.steps_per_epoch and max(norms) <= 0.5 + 1e-5
+
+
+def test_each_epochs_line_reaches_a_log_file_as_the_epoch_ends(tmp_path, monkeypatch):
+    """stdout into a file or a pipe (nohup, a SLURM job's --output, | tee) is block-buffered: a run's epoch lines
+    reached its log only at its end, or with 8 KB of them, after its notes on stderr, and a killed job lost them.
+    Each reaches the file as its epoch ends."""
+    log = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(log, encoding="utf-8"))    # buffered, as for a file
+    trainer = toy_trainer(tmp_path, epochs=2)
+    seen: list[str] = []
+    trainer.epoch_end = lambda model, epoch, is_main: seen.append(log.getvalue().decode()) or {}
+    trainer.fit()
+    assert seen[0].startswith("training toy on cpu x1: epochs 1..2")
+    assert "epoch 1/2 train_loss=" in seen[1]
 
 
 def test_amp_asked_for_on_a_cpu_trains_in_float32(tmp_path):
