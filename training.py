@@ -400,11 +400,11 @@ class Trainer:
 
     def _tidy_resumed(self, path: str | Path) -> None:
         """Rank 0's files after a resume: metrics.csv loses the epochs about to be redone, a later best.pt is said,
-        and temporary files half written by a run killed while saving go."""
+        and temporary files half written by a run killed while saving go: checkpoints, and metrics.csv and plots."""
         self.log.drop_after(self.epoch)
         self.note_later_best(path)
-        for stale in self.ckpt_dir.glob(".*.tmp"):
-            stale.unlink()
+        for stale in [*self.ckpt_dir.glob(".*.tmp"), *self.run_dir.glob(".*.tmp")]:
+            stale.unlink(missing_ok=True)       # found twice when --results and --checkpoints are one folder
 
     def note_later_best(self, path: str | Path) -> None:
         """A resume from an older epoch_NNN.pt finds best.pt from a later epoch of the trajectory it leaves: said,

@@ -491,6 +491,27 @@ def test_a_resume_from_an_older_epoch_says_that_best_pt_is_a_later_epochs(tmp_pa
     assert "is epoch 3's" not in capsys.readouterr().err
 
 
+def test_a_resume_removes_what_a_kill_half_wrote_beside_the_plots_too(tmp_path):
+    """A kill (SIGKILL, a node lost) while metrics.csv or an epoch's plot was replaced left its hidden temporary file
+    in the results folder, where a resume, which removed the checkpoint folder's, left it for good."""
+    trainer = toy_trainer(tmp_path)
+    trainer.fit()
+    stale = [tmp_path / "run" / ".metrics.csv.k1ll3d.tmp", tmp_path / "run" / ".loss_curves.png.k1ll3d.tmp",
+             tmp_path / "ckpt" / ".last.pt.k1ll3d.tmp"]
+    for f in stale:
+        f.write_bytes(b"half")
+    training.Trainer(nn.Linear(4, 1), trainer.train_loader.dataset, trainer.train_loader.dataset, squared_error,
+                     trainer.s, tmp_path / "run", tmp_path / "ckpt", {}, {}, training.Runtime(torch.device("cpu")),
+                     "toy").resume(tmp_path / "ckpt" / "last.pt")
+    assert [f.name for f in stale if f.exists()] == []
+    assert (tmp_path / "run" / "metrics.csv").exists() and (tmp_path / "run" / "loss_curves.png").exists()
+    (tmp_path / "run" / ".last.pt.k1ll3d.tmp").write_bytes(b"half")      # --results and --checkpoints one folder
+    training.Trainer(nn.Linear(4, 1), trainer.train_loader.dataset, trainer.train_loader.dataset, squared_error,
+                     trainer.s, tmp_path / "run", tmp_path / "run", {}, {}, training.Runtime(torch.device("cpu")),
+                     "toy").resume(tmp_path / "ckpt" / "last.pt")
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
 def test_fewer_validation_windows_than_processes_is_refused(tmp_path, monkeypatch):
     """Under torchrun a rank whose validation shard is empty would all-reduce a metrics vector of another length
     than the other ranks' (gloo fails, NCCL hangs): refused on every rank before training (after the ranks compared
