@@ -274,6 +274,12 @@ class VQVAE(nn.Module):
             raise ValueError(f"expected {self.scale.dtype} windows, the model's, got {x.dtype}: pass x.float()")
         if x.device != self.device:
             raise ValueError(f"the window is on {x.device}, the model on {self.device}: pass x.to(vq.device)")
+        bad = ~torch.isfinite(x)
+        if bad.any():       # NaN distances make every code of the window code 0, and the reconstruction NaN
+            b, t, lead = bad.nonzero()[0].tolist()
+            raise ValueError(f"the window holds {int(bad.sum())} NaN or inf samples, the first at window {b}, sample "
+                             f"{t}, lead {lead + 1}: code windows of finite samples (read_record(..., gaps=True) "
+                             f"gives a record's gaps as NaN)")
 
     def unit(self, x: torch.Tensor) -> torch.Tensor:
         """What each window [B, T, 2] is divided by before coding, [B, 1, 2]: the training patients' std

@@ -63,6 +63,19 @@ def test_windows_the_readme_recipe_cannot_code_are_named_at_its_first_step(step:
         getattr(m, step)(torch.ones(1, 64, 2, device="meta"))    # as a CPU window met a forecaster on the GPU
 
 
+@pytest.mark.parametrize("step", ["unit", "encode_latent", "encode"])
+@pytest.mark.parametrize("gain", [True, False])
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_window_with_nan_or_inf_samples_is_named_not_coded(step: str, gain: bool, value: float) -> None:
+    """A window over a record's gap (read_record(..., gaps=True)) or a dropout was coded without a word: NaN distances
+    made every code of it code 0, and its reconstruction NaN."""
+    m = tiny_model(window_gain=gain)
+    x = torch.randn(2, 64, 2)
+    x[1, 10, 1], x[1, 30, 0] = value, value
+    with pytest.raises(ValueError, match=r"2 NaN or inf samples, the first at window 1, sample 10, lead 2"):
+        getattr(m, step)(x)
+
+
 def test_a_unit_of_other_windows_or_latents_time_first_are_refused_by_name() -> None:
     """encode(x, unit) with a unit of three windows for one coded the one three times, silently; a unit [B, 2, 1]
     and decode_latent of latents time first (vqvae_eval.py's .npz layout) stopped in torch's size and channel
