@@ -101,6 +101,15 @@ def test_compression_ratio() -> None:
     assert m.compression_ratio(384, 360 / 128) == pytest.approx(2 * 11 * 8 / 9 * 360 / 128)  # the MIT-BIH record
 
 
+@pytest.mark.parametrize("window", [100, 7, 0])
+def test_compression_ratio_of_a_window_encode_cannot_code_is_refused(window: int) -> None:
+    """100 samples at a factor of 8 were counted as 12 codes, a ratio of 20.4 for a window no coding gives (encode
+    refuses it; 96 and 104 samples code at 19.6); fewer than 8 samples divided by zero codes."""
+    m = tiny_model(downsample_factor=8, codebook_size=512)
+    with pytest.raises(ValueError, match=f"positive multiple of 8 samples \\(downsample_factor\\), got {window}"):
+        m.compression_ratio(window)
+
+
 def test_decode_of_encode_matches_forward_in_eval() -> None:
     torch.manual_seed(0)
     m = tiny_model()
