@@ -248,6 +248,22 @@ def script_running() -> str | None:
     return _scripts[-1] if _scripts else None
 
 
+@contextlib.contextmanager
+def _lines_as_printed() -> Iterator[None]:
+    """stdout written at each line's end, as on a terminal: to a log file or pipe (nohup, a SLURM job's --output,
+    | tee) Python held a script's lines in an 8 KB buffer, so a line said before minutes of work ('encoding the
+    windows once') came after it, and a job killed outright lost them. As it was after."""
+    out = sys.stdout
+    switch = getattr(out, "line_buffering", None) is False and hasattr(out, "reconfigure")
+    if switch:
+        out.reconfigure(line_buffering=True)
+    try:
+        yield
+    finally:
+        if switch:
+            out.reconfigure(line_buffering=False)
+
+
 def run_main(main: Callable[[], Any]) -> None:
     """Run a script's main(); a UserError becomes one 'error:' line and exit status 2. Under torchrun the ranks
     usually meet the same error, and rank 0 says it (say_error); one met by a rank alone is said by the others as
@@ -264,7 +280,7 @@ def run_main(main: Callable[[], Any]) -> None:
         sys.unraisablehook = _note_swallowed(unraisable_hook)
     _scripts.append(sys.argv[0] if sys.argv else "")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _lines_as_printed():
             warnings.showwarning = show_warning
             _beside_the_others(main)
     except UserError as e:

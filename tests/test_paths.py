@@ -292,6 +292,24 @@ def test_a_run_started_with_sigint_ignored_stops_on_kill_int(rank: str, said: st
         proc.communicate()
 
 
+def test_a_scripts_lines_reach_a_log_file_as_printed(tmp_path):
+    """Printed to a file (nohup, a SLURM job's --output), a script's lines sat in Python's 8 KB buffer: the line
+    before minutes of work reached the log after them. run_main writes each at its line's end, then leaves stdout
+    as it was. The script reads its own log after its first line."""
+    log = tmp_path / "log.txt"
+    script = ("import sys, running\n"
+              "def main():\n"
+              "    print('encoding the windows once')\n"
+              f"    sys.stderr.write(open({str(log)!r}).read())\n"
+              "running.run_main(main)\n"
+              "print('after', sys.stdout.line_buffering, file=sys.stderr)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open(log, "w") as out:
+        r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, stdout=out, stderr=subprocess.PIPE, text=True,
+                           env=env, timeout=60)
+    assert r.returncode == 0 and r.stderr == "encoding the windows once\nafter False\n", r.stderr
+
+
 def test_a_sigterm_after_one_a_finalizer_swallowed_stops_the_script():
     """A second SIGTERM is ignored while the first one's Terminated goes up, but not when Python swallowed that one
     in a __del__ (printed 'Exception ignored in'): evaluate.py, say, went on to its end, exit status 0."""
