@@ -1303,6 +1303,25 @@ def test_a_signal_swallowed_by_a_finalizer_still_stops_the_run(tmp_path: Path, s
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")     # the swallowed one, printed
+def test_a_signal_swallowed_in_validation_stops_it_at_the_next_batch(tmp_path: Path) -> None:
+    """Validation asked for a swallowed signal only at the next training step: the whole split (the latent SDE's CRPS
+    validation takes minutes) was validated first. It stops at the next of its 8 batches."""
+    validated = []
+
+    def signalled_in_validation(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+        if not model.training:
+            validated.append(len(batch[0]))
+            if len(validated) == 1:
+                SignalsWhenCollected()
+        return squared_error(model, batch)
+
+    trainer = toy_trainer(tmp_path, step=signalled_in_validation, epochs=2)
+    r = run_script(trainer.run, "toy_train.py", [])
+    assert r.returncode == 143 and r.stderr.splitlines()[-1].startswith("terminated; nothing was saved yet")
+    assert validated == [8]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")     # the swallowed one, printed
 @pytest.mark.parametrize("swallowed", [False, True], ids=["first_raised", "first_swallowed_by_a_finalizer"])
 def test_a_second_sigterm_does_not_cut_the_first_ones_cleanup_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                     swallowed: bool) -> None:
