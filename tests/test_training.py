@@ -1302,6 +1302,22 @@ def test_a_signal_swallowed_by_a_finalizer_still_stops_the_run(tmp_path: Path, s
     assert not list(tmp_path.rglob(".*.tmp"))
 
 
+def test_validation_runs_in_float32_with_amp(tmp_path: Path) -> None:
+    """With train.amp the validation ran under autocast too, while forecasts and vqvae_eval run the model in float32:
+    best.pt was chosen by a slightly different model (a float16 encoder changed 0.7% of a VQ-VAE's codes). Training
+    steps stay under autocast. AMP is a GPU setting; forced here on the CPU, whose autocast is bfloat16."""
+    under = {True: [], False: []}
+
+    def noted(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+        under[model.training].append(torch.is_autocast_enabled("cpu"))
+        return squared_error(model, batch)
+
+    trainer = toy_trainer(tmp_path, step=noted)
+    trainer.amp = True
+    trainer.fit()
+    assert under[True] == [True] * 8 and under[False] == [False] * 8
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")     # the swallowed one, printed
 def test_a_signal_swallowed_in_validation_stops_it_at_the_next_batch(tmp_path: Path) -> None:
     """Validation asked for a swallowed signal only at the next training step: the whole split (the latent SDE's CRPS
