@@ -262,7 +262,7 @@ class VQVAE(nn.Module):
     def factor(self) -> int:
         return self.cfg.downsample_factor
 
-    def _check(self, x: torch.Tensor) -> None:
+    def _check(self, x: torch.Tensor, finite: bool = True) -> None:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"expected a torch tensor [B, T, 2] in mV, got {type(x).__name__}: "
                             f"pass torch.as_tensor(x, dtype=torch.float32, device=vq.device)")
@@ -274,8 +274,8 @@ class VQVAE(nn.Module):
             raise ValueError(f"expected {self.scale.dtype} windows, the model's, got {x.dtype}: pass x.float()")
         if x.device != self.device:
             raise ValueError(f"the window is on {x.device}, the model on {self.device}: pass x.to(vq.device)")
-        bad = ~torch.isfinite(x)
-        if bad.any():       # NaN distances make every code of the window code 0, and the reconstruction NaN
+        bad = ~torch.isfinite(x) if finite else None
+        if bad is not None and bad.any():   # NaN distances code every code of the window 0, the reconstruction NaN
             b, t, lead = bad.nonzero()[0].tolist()
             raise ValueError(f"the window holds {int(bad.sum())} NaN or inf samples, the first at window {b}, sample "
                              f"{t}, lead {lead + 1}: code windows of finite samples (read_record(..., gaps=True) "
@@ -286,6 +286,10 @@ class VQVAE(nn.Module):
         per lead, or with `window_gain` the window's own RMS per lead on a quarter-octave grid (sent
         with the codes), so quiet and loud patients are coded at the same relative precision."""
         self._check(x)
+        return self._gain(x)
+
+    def _gain(self, x: torch.Tensor) -> torch.Tensor:
+        """unit's gains of windows already checked."""
         if not self.cfg.window_gain:
             return self.scale.expand(len(x), 1, 2)
         rms = x.pow(2).mean(1, keepdim=True).sqrt().clamp(2.0 ** GAIN_OCTAVES[0], 2.0 ** GAIN_OCTAVES[1])
@@ -390,9 +394,12 @@ class VQVAE(nn.Module):
                        "counts": levels[0]["counts"]}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Reconstruction in mV and losses (reconstruction MSE in normalised units + commitment)."""
-        unit = self.unit(x)
-        zq, losses = self.quantize(self.encode_latent(x, unit))
+        """Reconstruction in mV and losses (reconstruction MSE in normalised units + commitment). The windows are
+        checked as encode's, but for NaN: it makes the loss NaN, which the trainer stops on naming the last good
+        checkpoint, and a scan of every batch would cost each training step."""
+        self._check(x, finite=False)
+        unit = self._gain(x)
+        zq, losses = self.quantize(self.encoder((x / unit).transpose(1, 2)))
         x_hat = self.decode_latent(zq, unit)
         recon = F.mse_loss(x_hat / unit, x / unit)
         losses.update(recon=recon, loss=recon + losses["commitment"])
