@@ -90,14 +90,27 @@ def few_records_caution(records: int) -> str:
             f"records' spread, not as what other patients would show.")
 
 
+def same_patient_caution(records: list[str]) -> str:
+    """What the record means are worth where two scored records are one patient's (prepare_mitbih.SAME_PATIENT:
+    MIT-BIH's 201 and 202, both in the default test split): that patient weighs twice, and the bootstrap
+    resamples the two records as two patients."""
+    from prepare_mitbih import SAME_PATIENT
+
+    pairs = [f"{a} and {b}" for a, b in SAME_PATIENT if a in records and b in records]
+    if not pairs:
+        return ""
+    return (f" In MIT-BIH, records {'; '.join(pairs)} are one patient's: that patient weighs twice here, and the "
+            f"bootstrap resamples the two records as two patients.")
+
+
 def whole_horizon_section(summary: dict) -> list[str]:
     """Every metric of every forecaster over the whole horizon, with its interval."""
-    order, tables = summary["order"], summary["forecasters"]
+    order, tables, records = summary["order"], summary["forecasters"], summary["records"]
     return ["## All forecasters, whole horizon", "",
             "Mean over records [bootstrap 95 % interval over records]; each record's value pools its "
-            "windows, so each patient weighs the same. `—`: undefined (interval scores of deterministic "
+            "windows, so each record weighs the same. `—`: undefined (interval scores of deterministic "
             "forecasts or of one sample; an interval where fewer than two records define the value)."
-            + few_records_caution(len(summary["records"]))] + grouped_tables(
+            + same_patient_caution(records) + few_records_caution(len(records))] + grouped_tables(
         ["forecaster"], lambda cols: [f"| {name} | " + " | ".join(cell(tables[name]["metrics"][c][-1]) for c in cols)
                                       + " |" for name in order])
 

@@ -8,7 +8,7 @@ shipped latent SDE (pretrained/latent_sde.pt).
 
 Baselines: zero, mean, persistence, seasonal, analog, template, seasonal_ensemble, template_ensemble, or
 `baselines` for all. Each window's first input_signal_duration seconds are the context, the rest the
-truth to forecast. Metrics are computed per record, then averaged over records (each patient weighs
+truth to forecast. Metrics are computed per record, then averaged over records (each record weighs
 the same) with bootstrap 95 % intervals over records, and each model is paired record by record against
 the best baseline on MSE, CRPS and R-peak F1, also on the windows of each kind of horizon beats (normal,
 ectopic, supraventricular, ventricular). Writes report.md (the tables), metrics.json, metrics.csv,
@@ -571,7 +571,7 @@ class Scores:
 
 def _add_sums(store: dict[str, np.ndarray], sums: dict[str, np.ndarray], r: int, records: int) -> None:
     """Add per-window sums [B, ...] to row r of per-record totals [records, ...]: metrics are taken per record,
-    so that each patient weighs the same."""
+    so that each record weighs the same."""
     for key, v in sums.items():
         store.setdefault(key, np.zeros((records, *v.shape[1:])))[r] += v.sum(0)
 

@@ -7,7 +7,7 @@ reference beat annotations) and the calibration of sampled forecasts (CRPS, inte
 Evaluation works on sums: `waveform_sums` and `rhythm_sums` turn a batch of windows into per-window
 sums for every horizon segment (one column per horizon second, then one for the whole horizon);
 summing them over a record's windows and calling `record_metrics` gives that record's metrics,
-which `bootstrap_ci` averages over records (each patient weighs the same).
+which `bootstrap_ci` averages over records (each record weighs the same).
 """
 from __future__ import annotations
 

@@ -1206,6 +1206,20 @@ def test_report_says_an_interval_over_few_records_is_their_spread(records, cauti
     assert (f"Only {records} records: a bootstrap over so few" in text) == cautioned
 
 
+@pytest.mark.parametrize("records, cautioned", [(["201", "202", "100"], True), (["201", "100"], False),
+                                               (["202"], False)])
+def test_report_says_two_records_of_one_patient_weigh_twice(records, cautioned):
+    """MIT-BIH's 201 and 202 are one patient, both in the default test split: the report said 'each patient weighs
+    the same' of means over records, where that patient weighs twice and the bootstrap resamples the two as two
+    patients. It says 'each record' now, and what the two records are when both are scored."""
+    entry = [{"value": 0.1, "ci": [0.0, 0.2], "records": len(records)}]
+    summary = {"order": ["zero"], "records": records,
+               "forecasters": {"zero": {"metrics": {k: entry for k in M.METRICS}}}}
+    text = "\n".join(eval_report.whole_horizon_section(summary))
+    assert "each patient weighs the same" not in text and "each record weighs the same" in text
+    assert ("records 201 and 202 are one patient's: that patient weighs twice" in text) == cautioned
+
+
 def test_report_numbers_keep_three_significant_digits():
     """report.md's numbers: three significant digits without an exponent from 0.001 to 1000, whole numbers from
     1000, three in an exponent form below 0.001, 0 as 0 and a dash for undefined; the paired tables ask for four digits."""
