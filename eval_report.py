@@ -289,6 +289,11 @@ def horizon_beats_section(strata: dict, horizons: list[str]) -> list[str]:
                 "|---|---|---|---|---:|---:|"]
         out += [f"| {kind} | {r['forecaster']} | {header_of(r['metric'])} | {r['baseline']} | "
                 f"{signed(r['difference'])} | {r['better_on']} of {r['records']} |" for kind, r in rows]
+    few = [f"{kind} ({len(st['records'])})" for kind, st in strata.items() if few_records_caution(len(st["records"]))]
+    if few:
+        out += ["", f"Under {FEW_RECORDS} records in {', '.join(few)}: a bootstrap over so few cannot reach past the "
+                f"most extreme record and covers less than 95 % (with 2 it is their range); read those kinds' "
+                f"intervals as these records' spread, not as what other patients would show."]
     return out
 
 

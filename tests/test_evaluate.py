@@ -1118,6 +1118,21 @@ def test_horizon_beats_table_shows_each_kinds_scores_and_paired_rows():
     paired = _table(text, "Paired against the best baseline of each kind", "| horizon's beats |")
     assert paired == [["ventricular", "model", "CRPS (mV)", "zero", "-0.0500 [-0.0700, -0.0300]", "3 of 4"]]
 
+@pytest.mark.parametrize("records, cautioned", [(1, False), (2, True), (9, True), (10, False)])
+def test_horizon_beats_section_says_an_interval_over_few_records_is_their_spread(records, cautioned):
+    """A kind of horizon beats has records of its own, often few (2 supraventricular of 23 in a run of 2 windows per
+    record): its paired intervals were given as 95 % intervals with no word, where the whole-horizon table says what
+    a bootstrap over under FEW_RECORDS records is worth. The section says it of those kinds, by name."""
+    entry = [{"value": 0.1, "ci": [0.0, 0.2], "records": records}] * 2
+    strata = {"normal": {"records": [str(i) for i in range(23)], "windows": 30, "paired": [],
+                         "forecasters": {"zero": {"metrics": {"mse": entry}}}},
+              "ventricular": {"records": [str(i) for i in range(records)], "windows": 5, "paired": [_paired_row()],
+                              "forecasters": {"zero": {"metrics": {"mse": entry}}}}}
+    text = "\n".join(eval_report.horizon_beats_section(strata, ["0-1 s", "all"]))
+    assert (f"records in ventricular ({records}): a bootstrap over so few" in text) == cautioned
+    assert "normal (23)" not in text
+
+
 def test_horizon_beats_table_names_a_first_segment_under_a_second_by_its_span():
     """A 0.5 s horizon has one segment, the whole horizon: its column is 'MSE 0-0.5 s', not 'MSE first second'
     (it read the same as the whole horizon's MSE beside it, under a name claiming a second)."""
