@@ -1239,7 +1239,8 @@ def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config,
         "records / windows": f"{len(np.unique(w.record))} / {len(w.record)}"
                              + (f" ({len(w.skipped)} records skipped)" if w.skipped else "")
                              + (f", {beats_asked(args.horizon_beats)}" if getattr(args, "horizon_beats", None) else ""),
-        "windows": windows_chosen(cfg, getattr(args, "max_windows_per_record", None)),
+        "windows": windows_chosen(cfg, getattr(args, "max_windows_per_record", None),
+                                  getattr(args, "horizon_beats", None)),
         "context / horizon": f"{context / fs:g} s / {horizon / fs:g} s at {fs} Hz "
                              f"(band-pass {cfg.data.filter_band[0]:g}-{cfg.data.filter_band[1]:g} Hz)",
         "samples / seed": f"{args.samples} / {args.seed}",
@@ -1249,14 +1250,17 @@ def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config,
     }
 
 
-def windows_chosen(cfg: Config, per_record: int | None) -> str:
+def windows_chosen(cfg: Config, per_record: int | None, horizon_beats: str | None = None) -> str:
     """How the scored windows were cut from each record (prepare_mitbih.window_starts), in the report's words: which
-    stretches of a record were scored is otherwise told by the command alone."""
-    most = [f"{k} evenly spaced per record, its first and last among them ({flag})"
-            for k, flag in ((cfg.data.signals_per_patient, "data.signals_per_patient"),
-                            (per_record, "--max-windows-per-record")) if k]
+    stretches of a record were scored is otherwise told by the command alone. --horizon-beats picks before
+    --max-windows-per-record, which then spaces its windows over the ones picked, not over the record."""
+    picked = f"the windows --horizon-beats {horizon_beats} keeps" if horizon_beats else ""
+    steps = [f"{cfg.data.signals_per_patient} evenly spaced per record, its first and last among them "
+             f"(data.signals_per_patient)" if cfg.data.signals_per_patient else "", picked,
+             f"{per_record} evenly spaced per record{' among those' if picked else ''}, its first and last among them "
+             f"(--max-windows-per-record)" if per_record else ""]
     return (f"{cfg.data.total_samples / cfg.data.samples_per_second:g} s each, context then horizon, side by side "
-            f"without overlap, none across a gap; " + ("; then ".join(most) or "all of each record"))
+            f"without overlap, none across a gap; " + ("; then ".join(s for s in steps if s) or "all of each record"))
 
 
 def beats_asked(kind: str) -> str:

@@ -832,6 +832,21 @@ def test_report_header_says_how_the_windows_were_chosen(tmp_path):
                                               "(--max-windows-per-record)")
 
 
+def test_report_header_says_max_windows_are_spaced_over_the_windows_horizon_beats_keeps():
+    """--horizon-beats picks windows before --max-windows-per-record spaces its K over them (load_windows): the header
+    said '3 evenly spaced per record, its first and last among them', which reads as the record's first and last
+    window, where they were the first and last of the windows with a ventricular beat."""
+    cfg = load_config()
+    t = cfg.data.total_samples
+    w = evaluate.Windows(np.zeros((2, t, 2), np.float32), np.array([0, 0]), np.arange(2) * t, np.zeros(3, np.int64),
+                         np.zeros(0, np.int64), ["100"], np.ones(1, bool), [["MLII", "V1"]], [360.0],
+                         {"kind": "prepared", "split": "test", "path": "x/test.pt", "data_hash": "d", "input_hash": "h"})
+    args = argparse.Namespace(config=None, samples=2, seed=0, max_windows_per_record=3, horizon_beats="ventricular")
+    header = evaluate.report_header(args, [], cfg, w, {}, 1.0, {"date": "d", "git commit": "c"})
+    assert header["windows"].endswith("; the windows --horizon-beats ventricular keeps; then 3 evenly spaced per "
+                                      "record among those, its first and last among them (--max-windows-per-record)")
+
+
 def test_report_says_what_a_calibrated_forecast_of_the_runs_samples_covers(tmp_path):
     """The cover columns are read against level·(S−1)/(S+1), not the level: report.md gave it for 100 and 10
     samples only, so a run of --samples 4 left its reader to work out that 48 % at 80 % is calibrated. It now says
