@@ -252,7 +252,7 @@ def paired_table(rows: list[dict], key: str, title: str, text: str, columns: str
         pct = "—" if r["change_pct"] is None else f"{r['change_pct']:+.1f} %"
         out.append(f"| {r['forecaster']} | {header_of(r['metric'])} | {r['horizon']} | {r[key]} | "
                    f"{fmt(r[key + '_value'], 4)} | {fmt(r['value'], 4)} | {signed(r['difference'])} | {pct} | "
-                   f"{r['better_on']} of {r['records']} |")
+                   f"{better_on(r)} |")
     return out
 
 
@@ -291,13 +291,20 @@ def horizon_beats_section(strata: dict, horizons: list[str]) -> list[str]:
                 "| horizon's beats | forecaster | score | best baseline | difference | better on |",
                 "|---|---|---|---|---:|---:|"]
         out += [f"| {kind} | {r['forecaster']} | {header_of(r['metric'])} | {r['baseline']} | "
-                f"{signed(r['difference'])} | {r['better_on']} of {r['records']} |" for kind, r in rows]
+                f"{signed(r['difference'])} | {better_on(r)} |" for kind, r in rows]
     few = [f"{kind} ({len(st['records'])})" for kind, st in strata.items() if few_records_caution(len(st["records"]))]
     if few:
         out += ["", f"Under {FEW_RECORDS} records in {', '.join(few)}: a bootstrap over so few cannot reach past the "
                 f"most extreme record and covers less than 95 % (with 2 it is their range); read those kinds' "
                 f"intervals as these records' spread, not as what other patients would show."]
     return out
+
+
+def better_on(row: dict) -> str:
+    """'<n> of <records>' of a paired row, with its ties: 'better on 2 of 23' read as worse on 21 where 16 were
+    ties (two models of the same beat drafts find the same beats)."""
+    tied = row["records"] - row["better_on"] - row["worse_on"]
+    return f"{row['better_on']} of {row['records']}" + (f", {tied} tied" if tied else "")
 
 
 def signed(entry: dict) -> str:

@@ -796,13 +796,15 @@ def paired_entry(per_record: dict[str, dict[str, np.ndarray]], tables: dict, nam
                  j: int, n_boot: int, seed: int, ref_key: str) -> dict:
     """`ref`'s value of `metric` in horizon segment j (as `ref_key`) and `name`'s, and `name`'s per-record scores
     minus `ref`'s (`metrics.paired_difference`): the difference, the change relative to ref's mean, and on how
-    many records `name` is better."""
+    many records `name` is better and worse (the rest are ties: two forecasters reading the same drafts often find
+    the same beats)."""
     ref_value = tables[ref]["metrics"][metric][j]["value"]
     d = M.paired_difference(per_record[name][metric][:, j], per_record[ref][metric][:, j], n_boot, seed)
     return {ref_key: ref_value, "value": tables[name]["metrics"][metric][j]["value"],
             "difference": {"value": _num(d["mean"]), "ci": [_num(v) for v in d["ci"]]},
             "change_pct": _num(100 * d["mean"] / ref_value) if ref_value else None,
-            "better_on": d["below"] if PAIRED[metric] == "lower" else d["above"], "records": d["records"]}
+            "better_on": d["below"] if PAIRED[metric] == "lower" else d["above"],
+            "worse_on": d["above"] if PAIRED[metric] == "lower" else d["below"], "records": d["records"]}
 
 
 def paired_with_best_baseline(per_record: dict[str, dict[str, np.ndarray]], tables: dict, baselines: frozenset[str],

@@ -413,6 +413,7 @@ def test_a_model_is_paired_against_the_best_baseline_on_each_score(db250):
         assert r["difference"]["value"] == pytest.approx(np.mean(d), abs=1e-5)
         assert r["difference"]["ci"][0] <= r["difference"]["value"] <= r["difference"]["ci"][1]
         assert r["better_on"] == sum((x < 0) if metric == "crps" else (x > 0) for x in d)
+        assert r["worse_on"] == sum((x > 0) if metric == "crps" else (x < 0) for x in d)
     report = eval_report.markdown_report(s, {}, w)
     assert "## Paired against the best baseline" in report and "| model | CRPS (mV) | all | " in report
 
@@ -1116,7 +1117,7 @@ def test_records_table_gives_each_record_its_own_leads_rate_annotations_and_wind
 def _paired_row(**changes) -> dict:
     return {"forecaster": "model", "metric": "crps", "horizon": "all", "baseline": "zero", "baseline_value": 0.25,
             "value": 0.2, "difference": {"value": -0.05, "ci": [-0.07, -0.03]}, "change_pct": -20.0,
-            "better_on": 3, "records": 4, **changes}
+            "better_on": 3, "worse_on": 1, "records": 4, **changes}
 
 
 def test_paired_tables_put_each_number_in_its_column():
@@ -1128,6 +1129,24 @@ def test_paired_tables_put_each_number_in_its_column():
     other = _paired_row(against="b", against_value=0.5, change_pct=None)
     rows = _table("\n".join(eval_report.models_section([other])), "## Models paired with each other")
     assert rows[0][3:5] == ["b", "0.5"] and rows[0][7:] == ["—", "3 of 4"]
+
+
+def test_paired_tables_count_the_ties():
+    """Two models reading the same beat drafts often find the same beats: on 23 records one F1 was higher on 2, lower
+    on 5 and the same on 16, which the tables gave as 'better on 2 of 23', read as worse on 21. Ties are said now,
+    in both paired tables and the horizon beats' one."""
+    tied = _paired_row(better_on=2, worse_on=5, records=23)
+    for text, title in ((eval_report.paired_section([tied]), "## Paired against the best baseline"),
+                        (eval_report.models_section([_paired_row(against="b", against_value=0.5, better_on=2,
+                                                                 worse_on=5, records=23)]),
+                         "## Models paired with each other")):
+        assert _table("\n".join(text), title)[0][-1] == "2 of 23, 16 tied"
+    strata = {"normal": {"records": ["a", "b"], "windows": 2, "paired": [tied],
+                         "forecasters": {"model": {"metrics": {}}}}}
+    text = "\n".join(eval_report.horizon_beats_section(strata, ["0-1 s", "all"]))
+    assert _table(text, "Paired against the best baseline of each kind", "| horizon's beats |")[0][-1] == \
+        "2 of 23, 16 tied"
+    assert _table("\n".join(eval_report.paired_section([_paired_row()])), "## Paired")[0][-1] == "3 of 4"
 
 
 def test_horizon_beats_table_shows_each_kinds_scores_and_paired_rows():
