@@ -1247,9 +1247,20 @@ def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config,
                              f"(band-pass {cfg.data.filter_band[0]:g}-{cfg.data.filter_band[1]:g} Hz)",
         "samples / seed": f"{args.samples} / {args.seed}",
         "device": ", ".join(sorted({str(f.device) for f in forecasters.values() if hasattr(f, "device")})) or "cpu",
+        "software": software(),
         "bootstrap": f"{N_BOOT} resamples of records, seed {args.seed}, 95 % percentile intervals",
         "wall time": f"{wall:.1f} s",
     }
+
+
+def software() -> str:
+    """The versions a run's numbers depend on: a model's samples are torch's random streams and kernels, which a
+    commit does not pin (the trainers record torch's version too, training.run_record)."""
+    import scipy
+    import torch
+
+    return (f"python {sys.version.split()[0]}, torch {torch.__version__}, numpy {np.__version__}, "
+            f"scipy {scipy.__version__}")
 
 
 def windows_chosen(cfg: Config, per_record: int | None, horizon_beats: str | None = None) -> str:
