@@ -220,6 +220,11 @@ def records_section(w: Windows) -> list[str]:
     return lines
 
 
+COMMON_SEEDS = ("Every forecaster forecasts a window with that window's seed (evaluate.window_seed), so the pairs "
+                "share their random draws as well as their windows: the shipped models and the template ensemble draw "
+                "the same beat times, and often tie on F1.")
+
+
 def paired_section(rows: list[dict]) -> list[str]:
     """report.md lines for `paired_with_best_baseline` (none when no model was scored next to baselines)."""
     return paired_table(rows, "baseline", "Paired against the best baseline",
@@ -228,7 +233,7 @@ def paired_section(rows: list[dict]) -> list[str]:
                         "records [bootstrap 95 % interval of the paired differences], the change "
                         "relative to the baseline, and on how many records the model is better. An interval that "
                         "excludes 0 is a difference these patients show; one that includes it is not (`—`: fewer "
-                        "than two records, no interval).",
+                        "than two records, no interval). " + COMMON_SEEDS,
                         "best baseline | baseline's value")
 
 
@@ -237,7 +242,8 @@ def models_section(rows: list[dict]) -> list[str]:
     return paired_table(rows, "against", "Models paired with each other",
                         "Each model minus each model after it, record by record, on MSE (whole horizon and first "
                         "second), CRPS and F1: mean over records [bootstrap 95 % interval of the paired differences], "
-                        "the change relative to the other model, and on how many records the first is better.",
+                        "the change relative to the other model, and on how many records the first is better. "
+                        + COMMON_SEEDS,
                         "other model | other's value")
 
 

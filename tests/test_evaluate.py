@@ -1151,6 +1151,32 @@ def test_paired_tables_count_the_ties():
     assert _table("\n".join(eval_report.paired_section([_paired_row()])), "## Paired")[0][-1] == "3 of 4"
 
 
+def test_paired_tables_say_the_forecasters_share_each_windows_seed():
+    """Every forecaster forecasts a window with the window's own seed, the same for all of them: the pairs share
+    their random draws (the shipped models and the template ensemble draw the same beat times, hence their ties on
+    F1), which the paired tables did not say."""
+    class Seeds:
+        fs = 128
+
+        def __init__(self):
+            self.seeds = []
+
+        def predict(self, context, horizon, num_samples=1, seed=0):
+            self.seeds.append(seed)
+            return np.zeros((1, 1, horizon, 2), np.float32)
+    cfg = load_config()
+    t = cfg.data.total_samples
+    w = evaluate.Windows(np.zeros((2, t, 2), np.float32), np.array([0, 0]), np.arange(2) * t, np.zeros(3, np.int64),
+                         np.zeros(0, np.int64), ["100"], np.ones(1, bool), [["MLII", "V1"]], [360.0])
+    a, b = Seeds(), Seeds()
+    for f in (a, b):
+        evaluate.predict_windows(f, "f", w, np.arange(2), cfg.data.window_samples, 1, 0, 128)
+    assert a.seeds == b.seeds and len(set(a.seeds)) == 2
+    for text in (eval_report.paired_section([_paired_row()]), eval_report.models_section([_paired_row(against="b",
+                                                                                                     against_value=1)])):
+        assert "Every forecaster forecasts a window with that window's seed" in "\n".join(text)
+
+
 def test_horizon_beats_table_shows_each_kinds_scores_and_paired_rows():
     """The 'by the horizon's beats' section: per kind its records / windows and each forecaster's headline scores
     (whole horizon and first second), a dash for a score it lacks, and the kind's whole-horizon paired rows."""
