@@ -854,8 +854,10 @@ def paired_between_models(per_record: dict[str, dict[str, np.ndarray]], tables: 
 
 
 def _num(v) -> float | None:
+    """metrics.json's number: 7 significant digits (6 decimals kept 1.2e-05 of 1.234e-05, and an interval's end
+    under 5e-7 as 0), None for undefined."""
     v = float(v)
-    return round(v, 6) if np.isfinite(v) else None
+    return float(f"{v:.7g}") if np.isfinite(v) else None
 
 
 # ----------------------------------------------------------------------------- plots

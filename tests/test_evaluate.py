@@ -1486,6 +1486,14 @@ def test_the_best_baseline_is_chosen_on_each_score_by_its_own_value():
                    ("f1_100", "all"): ("late", pytest.approx(0.05), pytest.approx(100 * 0.05 / 0.85))}
 
 
+def test_metrics_json_keeps_small_numbers_to_their_significant_digits():
+    """metrics.json rounded to 6 decimals: an MSE difference of 1.234e-05 was kept as 1.2e-05, which the report then
+    printed as '1.20e-05', and an interval's end under 5e-7 as 0."""
+    assert evaluate._num(1.234567e-05) == 1.234567e-05 and evaluate._num(-4e-07) == -4e-07
+    assert evaluate._num(-100 / 3) == -33.33333 and evaluate._num(0.0849123456) == 0.08491235
+    assert evaluate._num(np.nan) is None and evaluate._num(np.float32(np.inf)) is None
+
+
 def test_a_horizon_of_one_second_pairs_its_mse_once():
     """With one horizon second its MSE is the whole horizon's: paired once, not twice."""
     assert evaluate.paired_scores(2) == [("mse", 1), ("crps", 1), ("f1_100", 1)]
