@@ -11,6 +11,7 @@ which `bootstrap_ci` averages over records (each record weighs the same).
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -144,12 +145,18 @@ def interval_coverage(samples: np.ndarray, y: np.ndarray, level: float, axis: in
 
 # ----------------------------------------------------------------------------- R peaks and beats
 
+@functools.lru_cache(maxsize=16)
+def _band_sos(order: int, lo: float, hi: float, fs: float) -> np.ndarray:
+    """The detector's band-pass, designed once per rate: the design took more than sosfiltfilt on an evaluation's
+    few paths, and evaluate.py detects beats in every window's. Shared by every call: not to be written to (scipy's
+    sosfilt takes no read-only array)."""
+    return scipy.signal.butter(order, [lo, hi], btype="bandpass", fs=fs, output="sos")
+
+
 def _envelope(x: np.ndarray, fs: float) -> np.ndarray:
     """Root of the moving-average squared slope of the 8-20 Hz band: large on QRS complexes only."""
     lo, hi = DETECTOR["band_hz"]
-    sos = scipy.signal.butter(DETECTOR["order"], [lo, min(hi, 0.45 * fs)], btype="bandpass", fs=fs,
-                              output="sos")
-    y = scipy.signal.sosfiltfilt(sos, x, axis=-1)
+    y = scipy.signal.sosfiltfilt(_band_sos(DETECTOR["order"], lo, min(hi, 0.45 * fs), fs), x, axis=-1)
     slope2 = (np.gradient(y, axis=-1) * fs) ** 2
     width = max(1, round(DETECTOR["window_s"] * fs))
     return np.sqrt(np.maximum(scipy.ndimage.uniform_filter1d(slope2, width, axis=-1, mode="nearest"), 0))
