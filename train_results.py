@@ -8,10 +8,8 @@ import io
 import os
 import textwrap
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
@@ -21,6 +19,11 @@ from hyper_params import stored_config
 from hyper_params_sde import sde_config_from_dict
 from hyper_params_transformer import transformer_config_from_dict
 from paths import UserError
+
+if TYPE_CHECKING:       # matplotlib is imported by the plots that draw: `from forecast import Forecaster` waited 0.3 s
+    import matplotlib.ticker
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 LEADS = ("lead 1", "lead 2")
 
@@ -76,6 +79,7 @@ class MetricsLog:
 def whole_ticks() -> matplotlib.ticker.MaxNLocator:
     """Ticks at whole numbers (epochs, codes) only: MaxNLocator(integer=True) alone falls back to fractions when
     fewer than two fit, and a run's plots after its first epoch read epochs 0.945, 0.96, ..., 1.05."""
+    import matplotlib.ticker
     return matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1)
 
 
@@ -83,6 +87,7 @@ def plot_loss_curves(log: MetricsLog, out: Path, ylabel: str = "loss") -> None:
     rows = log.read()
     if not rows:
         return
+    import matplotlib.pyplot as plt
     epochs = [int(r["epoch"]) for r in rows]
     curves = {key: [float(r[key]) for r in rows] for key in ("train_loss", "val_loss") if key in rows[0]}
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -118,6 +123,7 @@ def plot_codebook_health(log: MetricsLog, out: Path) -> None:
     rows = log.read()
     if not rows or "perplexity" not in rows[0]:
         return
+    import matplotlib.pyplot as plt
     epochs = [int(r["epoch"]) for r in rows]
     suffixes = [k[len("perplexity"):] for k in rows[0] if k == "perplexity" or k.startswith("perplexity_")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -141,6 +147,7 @@ def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, 
                  titles: list[tuple[str, str]] | None = None) -> None:
     """Lead 1 and lead 2 of a few windows [N, T, 2] in mV: original against reconstruction. `titles`: each
     window's two panels (its record and leads), else "lead 1", "lead 2" over the first row."""
+    import matplotlib.pyplot as plt
     n = len(original)
     t = np.arange(original.shape[1]) / fs
     fig, axes = plt.subplots(n, 2, figsize=(12, 2.2 * n + 0.4), squeeze=False, sharex=True)
@@ -320,9 +327,11 @@ def fixed_titles(split: dict, n: int, prepared_dir: str | None = None, context: 
 LONG_PLOT_S = 12.0      # a longer window stacks its two leads, on a figure as wide as the seconds need
 
 
-def forecast_axes(n: int, seconds: float) -> tuple[plt.Figure, np.ndarray]:
+def forecast_axes(n: int, seconds: float) -> tuple[Figure, np.ndarray]:
     """[n, 2] axes, one row per window and one column per lead; over LONG_PLOT_S seconds each lead gets a row of
     its own, up to 30 in wide, so that a 30 s forecast still shows its beats one by one."""
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
     if seconds <= LONG_PLOT_S:
         height = 2.6 * n + 0.9              # the last 0.9 in: the title above and the legend below every trace
         return plt.subplots(n, 2, figsize=(13, height), squeeze=False, sharex=True)
@@ -333,7 +342,7 @@ def forecast_axes(n: int, seconds: float) -> tuple[plt.Figure, np.ndarray]:
     return fig, axes.reshape(n, 2)
 
 
-def forecast_panel(ax: plt.Axes, t: np.ndarray, window: np.ndarray, samples: np.ndarray, context: int) -> None:
+def forecast_panel(ax: Axes, t: np.ndarray, window: np.ndarray, samples: np.ndarray, context: int) -> None:
     """One lead of one window (plot_forecasts): `window` [C + H] is context then truth at times `t` (s), `samples`
     [S, H] the forecast paths, all in mV."""
     horizon = samples.shape[1]
@@ -361,6 +370,7 @@ def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context:
     windows [N, C + H, 2] (context then truth) and samples [N, S, H, 2], all in mV; time in seconds from
     `start_s`, so a record's forecast reads in record time. `titles`: each window's two panels (window_titles),
     else `leads` over the first row."""
+    import matplotlib.pyplot as plt
     t = start_s + np.arange(windows.shape[1]) / fs
     fig, axes = forecast_axes(len(windows), windows.shape[1] / fs)
     for i in range(len(windows)):

@@ -1387,7 +1387,7 @@ def test_loss_curves_keep_every_epoch_of_a_loss_below_zero(tmp_path: Path, monke
     for epoch, loss in enumerate(losses, 1):
         log.append({"epoch": epoch, "train_loss": loss, "val_loss": loss + val_offset})
     figures = []
-    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    monkeypatch.setattr(plt, "close", figures.append)
     train_results.plot_loss_curves(log, tmp_path / "loss_curves.png")
     ax = figures[0].axes[0]
     assert ax.get_yscale() == scale and [list(line.get_ydata()) for line in ax.lines][0] == losses
@@ -1570,7 +1570,7 @@ def test_epoch_plots_name_the_record_time_and_lead_of_each_window(tmp_path: Path
         ("record 109 at 0 s, lead 1: MLII", "record 109 at 0 s, lead 2: V1"),
         ("record 122 at 3 s, lead 1", "record 122 at 3 s, lead 2")]
     figures = []
-    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    monkeypatch.setattr(plt, "close", figures.append)
     titles = [("a1", "a2"), ("b1", "b2")]
     train_results.plot_forecasts(np.zeros((2, 12, 2)), np.zeros((2, 3, 4, 2)), 4, 8, tmp_path / "f.png", "t",
                                  titles=titles)
@@ -1586,7 +1586,7 @@ def test_loss_curves_show_the_whole_name_of_the_loss(tmp_path: Path, monkeypatch
     for epoch in (1, 2):
         log.append({"epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": 1.2 / epoch})
     figures = []
-    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    monkeypatch.setattr(plt, "close", figures.append)
     train_results.plot_loss_curves(log, tmp_path / "loss_curves.png", loss_name)
     fig = figures[0]
     fig.canvas.draw()
@@ -1609,7 +1609,7 @@ def test_reconstruction_legend_hides_no_trace(tmp_path: Path, monkeypatch, n: in
     """The reconstructions' legend sat inside the top right panel, over its last beat (vqvae_eval.py --record's
     PNG and every reconstruction_epoch_*.png): it is below the panels now, inside the figure."""
     figures = []
-    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    monkeypatch.setattr(plt, "close", figures.append)
     windows = np.sin(np.linspace(0, 40, 384))[None, :, None].repeat(n, 0).repeat(2, 2)
     train_results.plot_windows(windows, 0.9 * windows, 128, tmp_path / "w.png", "t")
     fig = figures[0]
@@ -1625,7 +1625,7 @@ def test_window_and_forecast_plots_read_in_seconds_and_millivolts(tmp_path: Path
     truth and the forecast over the horizon after the context, the forecast line the mean of the paths, the sample
     line the first path; every trace in mV as given."""
     figures = []
-    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    monkeypatch.setattr(plt, "close", figures.append)
     fs, context, horizon = 64, 32, 16
     rng = np.random.default_rng(0)
     windows = rng.standard_normal((1, context + horizon, 2))
@@ -1661,7 +1661,7 @@ def test_both_forecaster_trainers_plot_their_epochs_alike_from_the_forecast_star
     def predict(x: np.ndarray, h: int, num_samples: int, seed: int) -> np.ndarray:
         return np.zeros((len(x), num_samples, h, 2), np.float32)
     figures = []
-    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    monkeypatch.setattr(plt, "close", figures.append)
     monkeypatch.setattr(transformer_train, "Forecaster", lambda *a, **k: SimpleNamespace(predict=predict))
     tcfg = SimpleNamespace(train=SimpleNamespace(plot_windows=2), sample=None, model=SimpleNamespace(draft_beats=False))
     cfg = SimpleNamespace(data=SimpleNamespace(window_samples=context))
@@ -1692,7 +1692,7 @@ def test_codebook_health_is_plotted_per_codebook_and_epoch(tmp_path: Path, monke
         log.append({"epoch": epoch, "val_loss": 1.0, "perplexity": 100.0 * epoch, "usage": 0.5, "restarted": 3,
                     "perplexity_2": 50.0, "usage_2": 0.25, "restarted_2": 0})
     figures = []
-    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    monkeypatch.setattr(plt, "close", figures.append)
     train_results.plot_codebook_health(log, tmp_path / "h.png")
     perplexity, usage, restarted = figures[0].axes
     assert [ln.get_label() for ln in perplexity.lines] == ["codebook 1", "codebook 2"]
@@ -1711,7 +1711,7 @@ def test_codebook_health_with_no_restarts_counts_from_zero_in_whole_codes(tmp_pa
     for epoch in (1, 2):
         log.append({"epoch": epoch, "val_loss": 1.0, "perplexity": 300.0 / epoch, "usage": 0.9 / epoch, "restarted": 0})
     figures = []
-    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    monkeypatch.setattr(plt, "close", figures.append)
     train_results.plot_codebook_health(log, tmp_path / "h.png")
     perplexity, usage, restarted = figures[0].axes
     assert [ax.get_ylim()[0] for ax in figures[0].axes] == [0, 0, 0]
@@ -1726,7 +1726,7 @@ def test_plots_after_the_first_epoch_tick_whole_epochs(tmp_path: Path, monkeypat
     log = train_results.MetricsLog(tmp_path / "metrics.csv")
     log.append({"epoch": 1, "train_loss": 1.0, "val_loss": 1.2, "perplexity": 300.0, "usage": 0.9, "restarted": 2})
     figures = []
-    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    monkeypatch.setattr(plt, "close", figures.append)
     train_results.plot_loss_curves(log, tmp_path / "loss.png")
     train_results.plot_codebook_health(log, tmp_path / "h.png")
     for fig in figures:
@@ -1745,7 +1745,7 @@ def test_codebook_health_plots_a_column_added_on_resume_from_the_epoch_it_starts
     log.append({"epoch": 1, "val_loss": 1.0})
     log.append({"epoch": 2, "val_loss": 0.5, "perplexity": 80.0, "usage": 0.5, "restarted": 2})
     figures = []
-    monkeypatch.setattr(train_results.plt, "close", figures.append)
+    monkeypatch.setattr(plt, "close", figures.append)
     train_results.plot_codebook_health(log, tmp_path / "h.png")
     perplexity, usage, _ = figures[0].axes
     np.testing.assert_array_equal(perplexity.lines[0].get_ydata(), [np.nan, 80.0])
