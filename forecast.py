@@ -200,7 +200,7 @@ def seen_records(ckpt: dict, data: DataConfig, split: str = "train") -> list[str
     checkpoints on ("validation"), as their runs stored them; a run from before sessions 21 and 23 stored none,
     and is taken to have used MIT-BIH's split of its data config, `data`. A checkpoint of one's own from
     training.Trainer has no VQ-VAE: its run's records alone."""
-    from prepare_mitbih import DS1, DS2, PACED, config_split     # wfdb: imported when a checkpoint is read
+    from prepare_mitbih import DS1, DS2, PACED, config_split
 
     key, found = f"{split}_records", []
     runs = [ckpt["meta"]] + ([ckpt["vqvae"].get("meta", {})] if "vqvae" in ckpt else [])

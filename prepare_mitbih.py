@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
-import wfdb
 from tqdm import tqdm
-# torch and scipy.signal are imported in the functions that use them: a bad flag, config or data folder
-# then fails in about a second instead of after seconds of loading them.
+# torch, scipy.signal and wfdb are imported in the functions that use them: a bad flag, config or data folder
+# then fails in about a second instead of after seconds of loading them, and a script that reads prepared tensors
+# or a checkpoint (evaluate.py --split, Forecaster.from_pretrained) never waits 0.35 s for wfdb and pandas.
 
 import paths
 import running
@@ -36,6 +36,7 @@ from paths import UserError
 
 if TYPE_CHECKING:
     import torch
+    import wfdb
 
 DS1 = ["101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122", "124", "201",
        "203", "205", "207", "208", "209", "215", "220", "223", "230"]
@@ -172,6 +173,7 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         part = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PART, dir=data_dir))
+        import wfdb
         wfdb.dl_database("mitdb", str(part))
         move_in(part, data_dir)
     except Exception as e:  # wfdb raises requests' errors, OSError, ValueError...
@@ -465,6 +467,7 @@ def record_path(path: str | Path) -> Path:
 
 def read_header(path: Path) -> wfdb.Record:
     """The header of WFDB record `path` (no samples), with its signal files (or segments) checked."""
+    import wfdb
     header = spelled(_wfdb_read(wfdb.rdheader, path, f"{path}.hea: cannot read the header"), path)
     check_rate_field(path)
     check_signal_files(path, header)
@@ -500,6 +503,7 @@ def as_spelled(units: list[str | None], written: list[str | None]) -> list[str |
 
 def segment_header(path: Path, segment: str) -> wfdb.Record:
     """The header of a segment of multi-segment record `path` (beside it)."""
+    import wfdb
     where = path.parent / segment
     return spelled(_wfdb_read(wfdb.rdheader, where, f"{where}.hea: cannot read the header"), where)
 
@@ -606,6 +610,7 @@ def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None, 
     """The source samples [sampfrom, sampto) of leads 1 and 2 in mV, the source rate, the leads' names and units
     (`header_units` when wfdb gives none: it drops every channel's of a variable-layout record whose segments give
     one channel, such as PLETH, different units, and an ABP channel then passed for a lead in mV)."""
+    import wfdb
     where = str(path)
     read = functools.partial(wfdb.rdrecord, sampfrom=sampfrom, sampto=sampto) if sampfrom or sampto else wfdb.rdrecord
     rec = _wfdb_read(read, path, f"{where}: cannot read the record")
@@ -743,6 +748,7 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = 
             running.note(f"{path}.{annotator} is missing; the record counts as unannotated (no R-peak scores){hint}")
         return np.zeros(0, np.int64), [], False
     check_annotation_end(path.parent / f"{path.name}.{annotator}")
+    import wfdb
     ann = _wfdb_read(functools.partial(wfdb.rdann, extension=annotator), path,
                      f"{path}.{annotator}: cannot read the annotations")
     keep = [i for i, s in enumerate(ann.symbol) if s in BEAT_SYMBOLS]

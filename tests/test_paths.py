@@ -966,11 +966,12 @@ def test_importing_the_modules_leaves_the_sessions_matplotlib_backend_and_script
     assert run("import matplotlib, running; " + script, MPLBACKEND="svg") == ["svg"]   # the modules: the run above
 
 
-def test_the_forecasting_api_and_the_scripts_help_import_no_matplotlib():
-    """train_results imported matplotlib.pyplot at the top, so `from forecast import Forecaster`, and every script's
-    --help, waited about 0.3 s of CPU for plots it never drew; the plotting functions import it now."""
-    code = ("import sys, forecast, latent_sde, evaluate; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))")
+def test_the_forecasting_api_and_the_scripts_help_import_neither_matplotlib_nor_wfdb():
+    """train_results imported matplotlib.pyplot at the top, and prepare_mitbih wfdb (and with it pandas), so
+    `Forecaster.from_pretrained()`, and every script's --help, waited for plots they never drew and records they never
+    read (0.3 s of CPU each); the functions that plot or read records import them now."""
+    code = ("import sys, forecast, latent_sde, evaluate, prepare_mitbih; forecast.Forecaster.from_pretrained('cpu'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'wfdb')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["[]"]
