@@ -643,11 +643,16 @@ def rhythm_of_paths(context: np.ndarray, sample_paths: np.ndarray, rows: np.ndar
     Beats are a property of a trajectory: the mean of samples that disagree on timing has no sharp
     beats, so a sampled forecast is scored on its sample paths (a deterministic one on its forecast).
     """
-    m = min(sample_paths.shape[1], M.RHYTHM_PATHS)
+    b, m = len(context), min(sample_paths.shape[1], M.RHYTHM_PATHS)
+    # the m paths scored in one call, as m * B windows (path j of window i is row j * B + i): rhythm_sums scores
+    # each row alone, and a call per path spent most of its time in each call's own overheads, on a few rows
+    paths = sample_paths[:, :m].transpose(1, 0, 2).reshape(m * b, -1)
+    sums = M.rhythm_sums(np.tile(context, (m, 1)), paths, np.concatenate([rows + j * b for j in range(m)]),
+                         np.tile(pos, m), fs, edges, np.tile(annotated, m))
     total: dict[str, np.ndarray] = {}
     for j in range(m):
-        for key, v in M.rhythm_sums(context, sample_paths[:, j], rows, pos, fs, edges, annotated).items():
-            total[key] = total.get(key, 0) + v / m
+        for key, v in sums.items():
+            total[key] = total.get(key, 0) + v[j * b:(j + 1) * b] / m
     return total
 
 

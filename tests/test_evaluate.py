@@ -658,6 +658,29 @@ def test_rhythm_is_averaged_over_the_first_sample_paths():
     assert m["f1_100"][-1] == pytest.approx(2 * k / (2 * k + 1 - k))
 
 
+
+def test_rhythm_of_paths_scores_all_paths_at_once_exactly_as_one_path_at_a_time():
+    """rhythm_of_paths scores its paths in one rhythm_sums call, as m * B windows: each window's sums must be the
+    same numbers, to the bit, as scoring the paths one at a time, windows unannotated, flat or with no beats
+    included, and windows' beats never matched to another window's."""
+    c = h = 384
+    rng = np.random.default_rng(3)
+    windows = [np.arange(30, c + h, 100), np.arange(50, c + h, 70), np.arange(10, c + h, 120)]
+    truth = np.stack([spike_train(c + h, b) for b in windows]) + 0.02 * rng.standard_normal((3, c + h))
+    paths = np.stack([spike_train(h, np.sort(rng.choice(h, size=rng.integers(0, 6), replace=False)))
+                      + 0.02 * rng.standard_normal(h) for _ in range(3 * 14)]).reshape(3, 14, h)
+    paths[1, 2] = 0.0                                               # a flat path
+    rows = np.concatenate([np.full(len(b), i) for i, b in enumerate(windows)])
+    pos, edges, annotated = np.concatenate(windows), M.segment_edges(h, 128), np.array([True, False, True])
+    got = evaluate.rhythm_of_paths(truth[:, :c], paths, rows, pos, 128, edges, annotated)
+    want: dict[str, np.ndarray] = {}
+    for j in range(M.RHYTHM_PATHS):
+        for key, v in M.rhythm_sums(truth[:, :c], paths[:, j], rows, pos, 128, edges, annotated).items():
+            want[key] = want.get(key, 0) + v / M.RHYTHM_PATHS
+    assert list(got) == list(want)
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+    assert want["tp100"].sum() > 0 and want["fp100"].sum() > 0 and want["fn100"].sum() > 0
+
 def test_a_records_f1_pools_its_windows_beat_counts_and_each_record_weighs_the_same():
     """As the README says: record 0's windows hit 1 of 1 beats and 0 of 3, so its F1 is 2·1 / (2·1 + 3) = 0.4 from
     the summed counts (not 0.5, the mean of its windows' F1s); record 1's one window hits 1 of 1; the table's F1 is
