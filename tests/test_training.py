@@ -733,6 +733,34 @@ def test_run_json_names_a_main_called_from_python_as_that_call(monkeypatch):
     assert running.script_running() is None and main()["command"] == "python3 /home/me/vqvae_train.py --epochs 3"
 
 
+def test_a_main_called_from_python_after_a_script_ran_is_named_as_the_call(monkeypatch):
+    """run_main's script runs no longer once it ends: a main called from Python after it (a session that ran a script
+    through run_main, then a sweep) with the same flags is named as that call, not as the script's command line."""
+    split = {"data_hash": "d0", "input_hash": "i0", "records": ["100"]}
+    rt = training.Runtime(torch.device("cpu"))
+
+    @training.training_main
+    def main(argv: list[str] | None = None) -> dict:
+        return training.run_record({}, 0, split, split, rt, argv)
+    main.__wrapped__.__module__ = "vqvae_train"
+    monkeypatch.setattr(sys, "argv", ["/home/me/vqvae_train.py", "--epochs", "3"])
+    ran = []
+    running.run_main(lambda: ran.append(main(["--epochs", "3"])["command"]))
+    assert ran == ["python3 /home/me/vqvae_train.py --epochs 3"] and running.script_running() is None
+    assert main(["--epochs", "3"])["command"] == "vqvae_train.main(['--epochs', '3'])"
+
+
+def test_a_trainer_used_alone_after_a_training_main_ended_says_fit(monkeypatch):
+    """A training main's record ends with it: a Trainer used alone afterwards (a notebook that ran vqvae_train.main
+    first) says how to resume as one used alone does, fit(resume=...), not as that main's call."""
+    @training.training_main
+    def main(argv: list[str] | None = None) -> dict:
+        return {}
+    main.__wrapped__.__module__ = "vqvae_train"
+    main(["--epochs", "1"])
+    assert training.resume_hint("runs/last.pt", "vqvae") == "resume with: fit(resume='runs/last.pt')"
+
+
 def test_forecast_bands_hold_the_central_50_and_80_percent_of_the_paths(tmp_path, monkeypatch):
     fs, context, horizon = 128, 64, 32
     rng = np.random.default_rng(0)

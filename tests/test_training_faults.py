@@ -393,6 +393,21 @@ def test_a_rank_ending_in_an_error_skips_the_interpreters_teardown() -> None:
     check_error(r, "the ranks resumed from different checkpoints")
 
 
+def test_a_process_in_no_group_exits_through_the_interpreter_whatever_WORLD_SIZE_says() -> None:
+    """os._exit is for a rank that may have joined a process group (torch.distributed imported): a script that never
+    imported it (a WORLD_SIZE left in a job's environment) is a single process, whose exit handlers still run."""
+    script = ("import atexit, running\n"
+              "from paths import UserError\n"
+              "atexit.register(lambda: print('exit handlers ran'))\n"
+              "def fails():\n"
+              "    raise UserError('no such record')\n"
+              "running.run_main(fails)\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**ENV, "WORLD_SIZE": "2", "RANK": "0"},
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    check_error(r, "no such record")
+    assert r.stdout == "exit handlers ran\n"
+
+
 def test_ranks_ending_in_a_traceback_skip_the_interpreters_teardown() -> None:
     """A failure that keeps its traceback (a bug: not a UserError, not a stop) left run_main to the interpreter, which
     printed it and tore the process group down in its exit, where UserErrors and signals skip that teardown (it now
@@ -577,6 +592,28 @@ def test_ranks_compare_the_resumed_checkpoint_as_loaded_not_its_file_read_again(
     monkeypatch.setattr(training, "ranks_apart", lambda mine: (said.append(mine), ([mine], []))[1])
     training.check_same_checkpoint(path, ckpt)
     assert said == [(2, 12, loaded)] and loaded != file_sha256(path)
+
+
+def test_a_resumed_checkpoint_replaced_as_it_is_loaded_is_named_by_the_bytes_loaded(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    """load_resume's file_sha256 is the digest of the bytes torch.load read (read_checkpoint hashes them through the
+    same open file): the file hashed again once loaded is another one when a run's save renamed a new last.pt in
+    place meanwhile, and the ranks would compare weights none of them goes on from."""
+    path = tmp_path / "last.pt"
+    state = {"kind": "x", "model": {}, "epoch": 2, "step": 12, **{k: {} for k in training.TRAINING_STATE}}
+    torch.save(state, path)
+    loaded = file_sha256(path)
+    real_load = torch.load
+
+    def load_then_replaced(f, *args, **kwargs):
+        out = real_load(f, *args, **kwargs)
+        torch.save({**state, "epoch": 3}, tmp_path / "new.pt")
+        os.replace(tmp_path / "new.pt", path)               # as atomic_torch_save renames the next epoch's in
+        return out
+
+    monkeypatch.setattr(torch, "load", load_then_replaced)
+    ckpt = training.load_resume(path, "x")
+    assert (ckpt["epoch"], ckpt["file_sha256"]) == (2, loaded) and file_sha256(path) != loaded
 
 
 def test_a_rank_whose_node_lacks_the_resumed_checkpoint_stops_the_others(tmp_path: Path, tiny: dict) -> None:
