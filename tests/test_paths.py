@@ -368,6 +368,19 @@ def test_an_output_folder_linked_to_nowhere_is_named(tmp_path):
         paths.check_writable(tmp_path / "prepared")
 
 
+def test_check_writable_keep_false_removes_every_folder_it_made_and_none_it_found(tmp_path):
+    """keep=False (forecast.py's and prepare_mitbih.py's --out) removes the folders made for the proof, the parents
+    made for it too (--out runs/today/r100 in a new runs/), but never a folder that was there, empty or not."""
+    assert paths.check_writable(tmp_path / "runs" / "today" / "r100", keep=False) == tmp_path / "runs" / "today" / "r100"
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "there").mkdir()
+    paths.check_writable(tmp_path / "there", keep=False)
+    paths.check_writable(tmp_path / "there" / "new", keep=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["there"] and list((tmp_path / "there").iterdir()) == []
+    paths.check_writable(tmp_path / "kept" / "out")
+    assert (tmp_path / "kept" / "out").is_dir()
+
+
 def test_a_results_folder_that_cannot_be_made_is_one_error_line(read_only_folder):
     """new_run_dir below a folder nothing can be created in raises a UserError naming the folder (run_main prints it
     as one 'error:' line), not an OSError traceback."""

@@ -1330,6 +1330,34 @@ def test_a_signal_swallowed_by_a_finalizer_still_stops_the_run(tmp_path: Path, s
     assert not list(tmp_path.rglob(".*.tmp"))
 
 
+def test_a_nan_loss_names_the_last_good_checkpoint_or_that_none_was_written(tmp_path: Path) -> None:
+    """A NaN loss stops the run saying where it can go on from: last.pt once an epoch saved it, else that none was
+    written yet (not a last.pt that is not there)."""
+    def nan_loss_from(first: int):
+        def step(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+            loss, metrics = squared_error(model, batch)
+            return (loss * float("nan") if model.training and trainer.step >= first else loss), metrics
+        return step
+
+    for first, said in ((2, r"in epoch 1 after 2 steps; stopped, no checkpoint was written yet"),
+                        (10, rf"in epoch 2 after 10 steps; stopped, the last good checkpoint is "
+                             rf"{re.escape(str(tmp_path / '10' / 'ckpt' / 'last.pt'))} ")):
+        trainer = toy_trainer(tmp_path / str(first), step=nan_loss_from(first), epochs=2)
+        with pytest.raises(UserError, match=r"loss or gradient norm is \[nan, [-+.e0-9a-z]+\] " + said):
+            trainer.fit()
+
+
+def test_validation_shows_its_progress_bar_on_a_terminal(tmp_path: Path, monkeypatch) -> None:
+    """The latent SDE's CRPS validation takes minutes: on a terminal it has a bar, as training has."""
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    toy_trainer(tmp_path).fit()
+    assert "\rvalidation:   0%|" in sys.stderr.getvalue()
+
+
 def test_validation_runs_in_float32_with_amp(tmp_path: Path) -> None:
     """With train.amp the validation ran under autocast too, while forecasts and vqvae_eval run the model in float32:
     best.pt was chosen by a slightly different model (a float16 encoder changed 0.7% of a VQ-VAE's codes). Training
