@@ -381,6 +381,15 @@ def test_check_writable_keep_false_removes_every_folder_it_made_and_none_it_foun
     assert (tmp_path / "kept" / "out").is_dir()
 
 
+def test_an_output_folder_linked_to_an_unwritable_folder_is_not_said_to_be_missing(tmp_path, read_only_folder):
+    """Only a link whose folder is not there is named as one: a link to a folder that is there but takes no files
+    says why it cannot be written, not 'which does not exist'."""
+    (tmp_path / "out").symlink_to(read_only_folder)
+    with pytest.raises(UserError, match=f"cannot write to the output folder {tmp_path / 'out'}: ") as refused:
+        paths.check_writable(tmp_path / "out")
+    assert "does not exist" not in str(refused.value)
+
+
 def test_a_results_folder_that_cannot_be_made_is_one_error_line(read_only_folder):
     """new_run_dir below a folder nothing can be created in raises a UserError naming the folder (run_main prints it
     as one 'error:' line), not an OSError traceback."""
