@@ -261,6 +261,23 @@ def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypat
     assert (tmp_path / "mitdb" / "RECORDS").read_text() == "100\n101\n102\n"
 
 
+def test_a_download_stopped_just_after_a_file_arrived_leaves_none(tmp_path, monkeypatch):
+    """Ctrl-C just after a file was moved into the data folder, before it was counted as moved: it goes too (each is
+    named before it is made), and the folder is left as it was found."""
+    monkeypatch.setattr(wfdb, "dl_database", lambda name, folder: [write_record(Path(folder), n, seconds=12)
+                                                                   for n in ("100", "101")])
+    replace = Path.replace
+
+    def moved_then_stopped(self, target):
+        replace(self, target)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Path, "replace", moved_then_stopped)
+    (tmp_path / "mitdb").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        pm.find_records(tmp_path / "mitdb", download=True)
+    assert not any((tmp_path / "mitdb").iterdir())
+
+
 def test_a_download_arrives_in_the_data_folder_and_a_killed_ones_part_blocks_none(tmp_path, monkeypatch):
     """The download arrives in the data folder itself: one beside it failed where the data folder is a mount (a
     container's volume: 'Invalid cross-device link' on moving the files in) or its parent is not writable. A part

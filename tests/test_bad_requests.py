@@ -444,6 +444,17 @@ def test_forecast_reads_only_its_context_and_horizon(tmp_path, monkeypatch):
         forecast.forecast_record(make_baseline("zero", 128), str(tmp_path / "long"), 353.0, 3.0, 1, 0)
 
 
+def test_a_forecast_may_start_at_the_records_end_and_not_after(tmp_path):
+    """--start at the record's last sample's end forecasts past the record (a monitor's last seconds: no truth to
+    score it by); a start past the end is refused."""
+    write_signal(tmp_path, "r", synthetic_ecg(20.0, 360.0, seed=0)[0])
+    res = forecast.forecast_record(make_baseline("seasonal", 128), str(tmp_path / "r"), 20.0, 3.0, 1, 0)
+    assert res["start_sample"] == 20 * 128 and res["truth"].shape == (0, 2) and res["samples"].shape == (1, 384, 2)
+    with pytest.raises(UserError, match=r"--start 20.01 s must lie between 3.0 s \(one context\) and the record's end "
+                                        r"\(20.0 s\)"):
+        forecast.forecast_record(make_baseline("seasonal", 128), str(tmp_path / "r"), 20.01, 3.0, 1, 0)
+
+
 class At250(forecast.ForecasterBase):
     """One's own forecaster at 250 Hz with no data settings of its own, as a notebook would write it."""
 
