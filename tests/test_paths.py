@@ -371,7 +371,8 @@ def test_an_output_folder_linked_to_nowhere_is_named(tmp_path):
 def test_check_writable_keep_false_removes_every_folder_it_made_and_none_it_found(tmp_path):
     """keep=False (forecast.py's and prepare_mitbih.py's --out) removes the folders made for the proof, the parents
     made for it too (--out runs/today/r100 in a new runs/), but never a folder that was there, empty or not."""
-    assert paths.check_writable(tmp_path / "runs" / "today" / "r100", keep=False) == tmp_path / "runs" / "today" / "r100"
+    out = tmp_path / "runs" / "today" / "r100"
+    assert paths.check_writable(out, keep=False) == out
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "there").mkdir()
     paths.check_writable(tmp_path / "there", keep=False)
