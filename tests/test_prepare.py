@@ -488,6 +488,20 @@ def test_window_beats_match_annotations(prepared):
     assert total > 6 * 60  # about 72 beats per minute per record
 
 
+def test_a_record_annotated_under_another_name_is_said_once(tmp_path, capsys):
+    """A record whose beats are in b.qrs, not b.atr, is noted once, with the --annotator that reads them: the warning
+    of a lost .atr (other records have theirs) would say the same twice, and call the file lost."""
+    db = tmp_path / "db"
+    write_record(db, "a", seed=0)
+    write_record(db, "b", seed=1)
+    (db / "b.atr").rename(db / "b.qrs")
+    meta = pm.prepare(make_cfg(test_records=["a"], validation_records=[]), db, tmp_path / "out", download=False)
+    assert meta["records"]["b"]["has_annotations"] is False
+    said = [line for line in capsys.readouterr().err.splitlines() if "b.atr" in line]
+    assert said == [f"note: {db / 'b'}.atr is missing; the record counts as unannotated (no R-peak scores) "
+                    f"(--annotator qrs reads b.qrs)"]
+
+
 def test_records_without_annotations(tmp_path, capsys):
     """A record without the .atr another has is prepared as unannotated, and said to be: a lost .atr (a test record's,
     say) took its beats out of the R-peak scores without a word. A folder with no .atr at all is no news."""
@@ -693,7 +707,8 @@ def test_listed_record_not_in_folder_raises(key):
 def test_no_training_records_raises(tmp_path):
     db = tmp_path / "db"
     write_record(db, "a", seconds=8)
-    with pytest.raises(UserError, match="no training records"):
+    with pytest.raises(UserError, match=r"^no training records among \['a'\]; check data.test_records / "
+                                        r"validation_records$"):      # the config's doing: --records is not named
         pm.prepare(make_cfg(test_records=["a"], validation_records=[]), db, tmp_path / "out", download=False)
 
 
