@@ -121,20 +121,24 @@ def check_writable(folder: str | os.PathLike, keep: bool = True) -> Path:
     it, forecast.py's or prepare_mitbih.py's into a new --out, left that folder empty. A link to a folder not there
     (shared data not mounted) is named as such: mkdir said only 'File exists'."""
     folder = Path(folder)
-    made = [f for f in (folder, *folder.parents) if not f.exists()]      # deepest first
+    # os.path's tests, not Path's: those raise where a path cannot be looked at (a name too long, a folder that may
+    # not be read), a traceback in place of the error below naming the folder
+    made = [f for f in (folder, *folder.parents) if not os.path.lexists(f)]      # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(prefix=".write-test.", dir=folder):
             pass
     except OSError as e:
-        dangling = folder.is_symlink() and not folder.exists()
+        dangling = os.path.islink(folder) and not os.path.exists(folder)
         why = f"it is a link to {folder.readlink()}, which does not exist" if dangling else e.strerror or e
         raise UserError(f"cannot write to the output folder {folder}: {why}") from e
     finally:
         for f in made if not keep else ():
+            if not os.path.isdir(f):
+                continue            # not made: mkdir stopped above it
             try:
                 f.rmdir()
-            except OSError:         # not made after all, or no longer empty: another's now
+            except OSError:         # no longer empty: another's now
                 break
     return folder
 

@@ -382,6 +382,17 @@ def test_check_writable_keep_false_removes_every_folder_it_made_and_none_it_foun
     assert (tmp_path / "kept" / "out").is_dir()
 
 
+def test_an_output_folder_whose_name_the_system_refuses_is_one_error(tmp_path):
+    """A --out whose last name is too long for the file system: looking for the folders to make, and for a link,
+    raised the OSError as a traceback, where mkdir's refusal is the error naming the folder; keep=False removes
+    the parents it made before mkdir stopped."""
+    long = "x" * 300
+    for out, keep in ((tmp_path / long, True), (tmp_path / "new" / long, False)):
+        with pytest.raises(UserError, match=f"cannot write to the output folder {out}: File name too long$"):
+            paths.check_writable(out, keep=keep)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_output_folder_linked_to_an_unwritable_folder_is_not_said_to_be_missing(tmp_path, read_only_folder):
     """Only a link whose folder is not there is named as one: a link to a folder that is there but takes no files
     says why it cannot be written, not 'which does not exist'."""
