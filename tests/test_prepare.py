@@ -537,6 +537,19 @@ def test_a_record_whose_header_is_lost_is_named(tmp_path, capsys):
     assert "c.dat" not in capsys.readouterr().err
 
 
+def test_a_signal_file_named_otherwise_than_its_record_is_not_warned_of(tmp_path, capsys):
+    """The files of a folder without RECORDS that no header accounts for are warned of as a lost .hea's: a .dat
+    named otherwise than its record (b.hea naming b_signals.dat, as WFDB allows) is its header's, and no warning."""
+    db = tmp_path / "db"
+    for i, name in enumerate(("a", "b")):
+        write_record(db, name, seconds=20, seed=i)
+    (db / "b.dat").rename(db / "b_signals.dat")
+    header = db / "b.hea"
+    header.write_text(header.read_text().replace("b.dat ", "b_signals.dat "))
+    meta = pm.prepare(make_cfg(test_records=["a"], validation_records=[]), db, tmp_path / "out", download=False)
+    assert list(meta["records"]) == ["a", "b"] and "belong to no record's header" not in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- meta.json and files
 
 def test_meta_json(prepared):
