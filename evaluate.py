@@ -646,8 +646,8 @@ def rhythm_of_paths(context: np.ndarray, sample_paths: np.ndarray, rows: np.ndar
     b, m = len(context), min(sample_paths.shape[1], M.RHYTHM_PATHS)
     # the m paths scored in one call, as m * B windows (path j of window i is row j * B + i): rhythm_sums scores
     # each row alone, and a call per path spent most of its time in each call's own overheads, on a few rows
-    paths = sample_paths[:, :m].transpose(1, 0, 2).reshape(m * b, -1)
-    sums = M.rhythm_sums(np.tile(context, (m, 1)), paths, np.concatenate([rows + j * b for j in range(m)]),
+    stacked = sample_paths[:, :m].transpose(1, 0, 2).reshape(m * b, -1)
+    sums = M.rhythm_sums(np.tile(context, (m, 1)), stacked, np.concatenate([rows + j * b for j in range(m)]),
                          np.tile(pos, m), fs, edges, np.tile(annotated, m))
     total: dict[str, np.ndarray] = {}
     for j in range(m):

@@ -1,12 +1,13 @@
 """Forecast the next seconds of a two-lead ECG.
 
     python3 forecast.py --record ../shared/data/mitdb/100 --start 60
-                        [--checkpoint PATH|pretrained|pretrained_sde|FILE.py:NAME[=CKPT]]
+                        [--checkpoint PATH|pretrained|pretrained_sde|BASELINE|FILE.py:NAME[=CKPT]]
                         [--horizon SECONDS] [--samples 100] [--seed 0] [--device D] [--out DIR]
 
 writes a PNG (context, truth, sample mean, 50%/80% bands, both leads), the samples as .npy [S, H, 2] in mV and a
 JSON of what was asked. Without --checkpoint it uses the shipped Transformer (pretrained/forecaster.pt); the
-shipped latent SDE is --checkpoint pretrained_sde (pretrained/latent_sde.pt), the names evaluate.py --model takes.
+shipped latent SDE is --checkpoint pretrained_sde (pretrained/latent_sde.pt), and a baseline is its name (seasonal,
+template_ensemble, ...): the names evaluate.py --model takes.
 From Python, main(["--record", ..., "--start", "60"]) takes the flags as a list and returns the forecast: context,
 truth and samples [S, H, 2] in mV, fs, leads, heart_rate and the files written (files).
 
@@ -466,7 +467,7 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
     rate than the record is read at is refused (evaluate.check_rate), as forecast.py refuses it: called from Python,
     make_baseline("template_ensemble", 360) forecast a record read at 128 Hz without a word."""
     from evaluate import check_rate                          # evaluate builds on this module
-    from prepare_mitbih import record_hash     # wfdb: imported when a record is read
+    from prepare_mitbih import record_hash
 
     own = own_data(fc)
     data = own or load_config().data     # one's own without data settings: the project's

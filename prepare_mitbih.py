@@ -135,8 +135,8 @@ def assign_splits(names: list[str], test: list[str], validation: list[str]) -> d
 
 
 def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir / MITBIH_DIR") -> list[str]:
-    """Record names in data_dir; download MIT-BIH there first when the folder is missing or empty and download
-    is allowed (never into a folder of the user's files: records in subfolders, say)."""
+    """Record names in data_dir; download MIT-BIH there first when the folder is missing or empty (hidden files
+    aside) and download is allowed (never into a folder of the user's files: records in subfolders, say)."""
     if data_dir.exists() and not data_dir.is_dir():
         raise UserError(f"data folder {data_dir} is not a directory: point {flag} at the folder with the WFDB "
                         f"files (NNN.hea, NNN.dat, NNN.atr)")

@@ -320,7 +320,7 @@ def window_titles(split: dict, idx: np.ndarray, leads: dict[str, list[str]],
 
 def fixed_titles(split: dict, n: int, prepared_dir: str | None = None, context: int = 0) -> list[tuple[str, str]]:
     """The panel titles of fixed_windows(split, n): a training run's epoch plots name what they show."""
-    from prepare_mitbih import stored_leads         # here: forecast.py imports this module, and wfdb only on need
+    from prepare_mitbih import stored_leads         # here: `from forecast import Forecaster` loads no prepare_mitbih
     return window_titles(split, fixed_indices(split, n), stored_leads(prepared_dir), context)
 
 

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     tcfg.validate()
     vq, vq_ckpt, vq_path, vq_read = run_vqvae(args, resume)
     cfg = forecasting_config(vq_ckpt, vq_path)
-    vq_digest = started_from(resume, "vqvae_sha256", vq_read)   # as read: best.pt may be replaced while this run encodes
+    vq_digest = started_from(resume, "vqvae_sha256", vq_read)   # as read: best.pt may be replaced while this encodes
     if rt.is_main:
         print(f"VQ-VAE: {vqvae_choice(args, vq_path)}")
     seed_everything(tcfg.train.seed)

@@ -1,5 +1,5 @@
-"""Reconstruction quality of a trained VQ-VAE on one split, averaged over records (each patient
-weighs the same).
+"""Reconstruction quality of a trained VQ-VAE on one split, averaged over records (each record weighs the same:
+MIT-BIH's 201 and 202 are one patient).
 
     python3 vqvae_eval.py [--checkpoint checkpoints/<run>/best.pt] [--split test|validation|train]
 

@@ -70,7 +70,7 @@ def step_fn(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict
 
 def summarize(row: dict) -> dict:
     """PRD against the signal energy, normalised PRD against its variance (percent), pooled over the validation
-    windows: vqvae_eval.py's mean over records weighs each patient the same and differs from it."""
+    windows: vqvae_eval.py's mean over records weighs each record the same and differs from it."""
     return {"val_prd": 100 * float(np.sqrt(row["val_mse_mv2"] / row["val_signal_mv2"])),
             "val_prdn": 100 * float(np.sqrt(row["val_mse_mv2"] / row["val_deviation_mv2"]))}
 

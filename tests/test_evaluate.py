@@ -866,7 +866,8 @@ def test_report_header_says_max_windows_are_spaced_over_the_windows_horizon_beat
     t = cfg.data.total_samples
     w = evaluate.Windows(np.zeros((2, t, 2), np.float32), np.array([0, 0]), np.arange(2) * t, np.zeros(3, np.int64),
                          np.zeros(0, np.int64), ["100"], np.ones(1, bool), [["MLII", "V1"]], [360.0],
-                         {"kind": "prepared", "split": "test", "path": "x/test.pt", "data_hash": "d", "input_hash": "h"})
+                         {"kind": "prepared", "split": "test", "path": "x/test.pt", "data_hash": "d",
+                          "input_hash": "h"})
     args = argparse.Namespace(config=None, samples=2, seed=0, max_windows_per_record=3, horizon_beats="ventricular")
     header = evaluate.report_header(args, [], cfg, w, {}, 1.0, {"date": "d", "git commit": "c"})
     assert header["windows"].endswith("; the windows --horizon-beats ventricular keeps; then 3 evenly spaced per "
@@ -1195,8 +1196,8 @@ def test_paired_tables_say_the_forecasters_share_each_windows_seed():
     for f in (a, b):
         evaluate.predict_windows(f, "f", w, np.arange(2), cfg.data.window_samples, 1, 0, 128)
     assert a.seeds == b.seeds and len(set(a.seeds)) == 2
-    for text in (eval_report.paired_section([_paired_row()]), eval_report.models_section([_paired_row(against="b",
-                                                                                                     against_value=1)])):
+    for text in (eval_report.paired_section([_paired_row()]),
+                 eval_report.models_section([_paired_row(against="b", against_value=1)])):
         assert "Every forecaster forecasts a window with that window's seed" in "\n".join(text)
 
 
