@@ -247,7 +247,8 @@ class Forecaster(ForecasterBase):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> ForecasterBase:
         """Load any forecaster checkpoint (Transformer or latent SDE); it carries the VQ-VAE and configs. The
-        shipped models' command-line names, `pretrained` and `pretrained_sde`, are taken too, as the CLIs take them."""
+        shipped models' command-line names, `pretrained` and `pretrained_sde`, are taken too, as the CLIs take them.
+        `fc.checkpoint_sha256` names the weights: the digest of the bytes loaded (paths.file_sha256's digits)."""
         paths.check_device(None if device is None else str(device), "device")
         if str(path) in SHIPPED_SPECS:
             path = paths.shipped_checkpoint(str(path), "Forecaster.from_checkpoint")
