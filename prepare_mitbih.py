@@ -905,8 +905,10 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     available = find_records(data_dir, download)
     names = select_records(available, records, data_dir)
     if not records and (headless := headless_files(data_dir, available, annotator)):
-        running.warn(f"{', '.join(headless[:5])}{' ...' if len(headless) > 5 else ''} in {data_dir} belong to no "
-                     f"record's header (a lost .hea?): {'they are' if len(headless) > 1 else 'it is'} not prepared")
+        one = len(headless) == 1
+        running.warn(f"{', '.join(headless[:5])}{' ...' if len(headless) > 5 else ''} in {data_dir} "
+                     f"belong{'s' if one else ''} to no record's header (a lost .hea?): "
+                     f"{'it is' if one else 'they are'} not prepared")
     training_split(names, d, available, data_dir)   # the config's errors before any record is read
     check_annotated(data_dir, names, annotator)
     check_first_lead(data_dir, available, d.first_lead)     # the folder's leads: --records may lack it
