@@ -396,6 +396,15 @@ def test_a_fixed_layout_record_whose_segments_differ_is_refused(tmp_path, leads,
         pm.read_record(tmp_path / "m", make_cfg().data)
 
 
+def test_units_are_taken_as_spelled_only_where_wfdb_dropped_their_non_ascii():
+    """The header's spelling replaces wfdb's unit only where it is that unit with its µ or μ dropped: a unit of
+    another channel or segment ('uV' where wfdb read 'mV') is no spelling of it, and read as such it scaled the lead
+    by 1000."""
+    assert pm.as_spelled(["V", "V", "mV", "mV", None], ["\u00b5V", "\u03bcV", "uV", None, "mV"]) == \
+        ["\u00b5V", "\u03bcV", "mV", "mV", None]
+    assert pm.as_spelled(["V", "mV"], ["\u00b5V"]) == ["\u00b5V", "mV"]       # fewer spelled than read
+
+
 def test_a_record_whose_segments_spell_microvolts_two_ways_is_one_record(tmp_path):
     """A first segment in 'uV' and a second in 'µV' are the same units: wfdb read the second's as 'V', and the record
     was refused as segments in different units."""
