@@ -511,6 +511,20 @@ def test_a_record_annotated_under_another_name_is_said_once(tmp_path, capsys):
                     f"(--annotator qrs reads b.qrs)"]
 
 
+def test_a_record_without_the_annotators_file_is_said_once_by_that_file(tmp_path, capsys):
+    """With --annotator qrs a record without its .qrs is noted as such (a named annotator's missing file always is):
+    the lost-.atr warning, for the default annotator, would name a b.atr that was never asked for."""
+    db = tmp_path / "db"
+    write_record(db, "a", seed=0)
+    write_record(db, "b", seed=1, annotate=False)
+    (db / "a.atr").rename(db / "a.qrs")
+    meta = pm.prepare(make_cfg(test_records=["a"], validation_records=[]), db, tmp_path / "out", download=False,
+                      annotator="qrs")
+    assert meta["records"]["b"]["has_annotations"] is False and meta["records"]["a"]["has_annotations"] is True
+    said = [line for line in capsys.readouterr().err.splitlines() if f"{db / 'b'}." in line]
+    assert said == [f"note: {db / 'b'}.qrs is missing; the record counts as unannotated (no R-peak scores)"]
+
+
 def test_records_without_annotations(tmp_path, capsys):
     """A record without the .atr another has is prepared as unannotated, and said to be: a lost .atr (a test record's,
     say) took its beats out of the R-peak scores without a word. A folder with no .atr at all is no news."""
