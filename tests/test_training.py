@@ -11,6 +11,7 @@ import time
 import warnings
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
+from typing import Callable
 
 import matplotlib.axes
 import matplotlib.pyplot as plt
@@ -716,10 +717,9 @@ def test_run_json_keeps_a_command_a_shell_can_run_again(monkeypatch):
     assert shlex.split(record["command"]) == ["python3", *argv]
 
 
-def test_run_json_names_a_main_called_from_python_as_that_call(monkeypatch):
-    """vqvae_train.main([...]) from Python recorded its flags alone ('--epochs 1 --max-steps 2'), no script before
-    them: neither runnable nor clear, and vqvae_eval's report said 'trained by `--epochs 1 ...`'. It is the call now,
-    as resume_hint says it; a script run of the same main, its command line."""
+def recording_main(monkeypatch) -> Callable[[list[str] | None], dict]:
+    """A training main of vqvae_train's that returns its run.json record, in a script run as
+    `/home/me/vqvae_train.py --epochs 3`."""
     split = {"data_hash": "d0", "input_hash": "i0", "records": ["100"]}
     rt = training.Runtime(torch.device("cpu"))
 
@@ -728,6 +728,14 @@ def test_run_json_names_a_main_called_from_python_as_that_call(monkeypatch):
         return training.run_record({}, 0, split, split, rt, argv)
     main.__wrapped__.__module__ = "vqvae_train"
     monkeypatch.setattr(sys, "argv", ["/home/me/vqvae_train.py", "--epochs", "3"])
+    return main
+
+
+def test_run_json_names_a_main_called_from_python_as_that_call(monkeypatch):
+    """vqvae_train.main([...]) from Python recorded its flags alone ('--epochs 1 --max-steps 2'), no script before
+    them: neither runnable nor clear, and vqvae_eval's report said 'trained by `--epochs 1 ...`'. It is the call now,
+    as resume_hint says it; a script run of the same main, its command line."""
+    main = recording_main(monkeypatch)
     called = main(["--epochs", "1", "--max-steps", "2"])["command"]
     assert called == "vqvae_train.main(['--epochs', '1', '--max-steps', '2'])"
     assert running.script_running() is None and main()["command"] == "python3 /home/me/vqvae_train.py --epochs 3"
@@ -736,14 +744,7 @@ def test_run_json_names_a_main_called_from_python_as_that_call(monkeypatch):
 def test_a_main_called_from_python_after_a_script_ran_is_named_as_the_call(monkeypatch):
     """run_main's script runs no longer once it ends: a main called from Python after it (a session that ran a script
     through run_main, then a sweep) with the same flags is named as that call, not as the script's command line."""
-    split = {"data_hash": "d0", "input_hash": "i0", "records": ["100"]}
-    rt = training.Runtime(torch.device("cpu"))
-
-    @training.training_main
-    def main(argv: list[str] | None = None) -> dict:
-        return training.run_record({}, 0, split, split, rt, argv)
-    main.__wrapped__.__module__ = "vqvae_train"
-    monkeypatch.setattr(sys, "argv", ["/home/me/vqvae_train.py", "--epochs", "3"])
+    main = recording_main(monkeypatch)
     ran = []
     running.run_main(lambda: ran.append(main(["--epochs", "3"])["command"]))
     assert ran == ["python3 /home/me/vqvae_train.py --epochs 3"] and running.script_running() is None
