@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import numbers
+import os
 import re
 import shutil
 import tempfile
@@ -137,29 +138,48 @@ def assign_splits(names: list[str], test: list[str], validation: list[str]) -> d
 def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir / MITBIH_DIR") -> list[str]:
     """Record names in data_dir; download MIT-BIH there first when the folder is missing or empty (hidden files
     aside) and download is allowed (never into a folder of the user's files: records in subfolders, say)."""
-    if data_dir.exists() and not data_dir.is_dir():
+    # os.path's tests below, not Path's, which raise where a folder cannot be looked at (a name too long, a parent
+    # that may not be searched): a traceback in place of an error naming the folder, as os.stat's is here
+    try:
+        os.stat(data_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        pass        # not there: a link to nowhere is named below, a missing folder is downloaded into
+    except OSError as e:
+        raise unreadable(data_dir, e, flag) from e
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise UserError(f"data folder {data_dir} is not a directory: point {flag} at the folder with the WFDB "
                         f"files (NNN.hea, NNN.dat, NNN.atr)")
-    if data_dir.is_symlink() and not data_dir.exists():     # a link to shared data not there: no download makes it
+    if os.path.islink(data_dir) and not os.path.exists(data_dir):   # a link to shared data not there: no download
         raise UserError(f"data folder {data_dir} is a link to {data_dir.readlink()}, which does not exist: make or "
                         f"mount that folder, or point {flag} at the folder with the WFDB files")
-    if not data_dir.exists() and Path(f"{data_dir}.hea").is_file():     # DIR/NAME: never a download target
+    if not os.path.exists(data_dir) and os.path.isfile(f"{data_dir}.hea"):     # DIR/NAME: never a download target
         raise UserError(f"{data_dir} is a record, not a folder: pass {flag.split()[0]} {data_dir.parent} "
                         f"--records {data_dir.name}")
-    names = header_stems(data_dir)
+    try:
+        names = header_stems(data_dir)
+        # hidden files are no one's records: a killed download's part, or a .DS_Store or .gitkeep that refused the
+        # download
+        others = os.path.isdir(data_dir) and any(not p.name.startswith(".") for p in data_dir.iterdir())
+    except OSError as e:        # a folder that may not be read or searched
+        raise unreadable(data_dir, e, flag) from e
     if names:
         return names
     hint = (f"put the MIT-BIH WFDB files (NNN.hea, NNN.dat, NNN.atr) in {data_dir}, or point "
             f"{flag} at a folder that has them")
-    # hidden files are no one's records: a killed download's part, or a .DS_Store or .gitkeep that refused the download
-    if data_dir.is_dir() and any(not p.name.startswith(".") for p in data_dir.iterdir()):
+    if others:
         raise UserError(f"no WFDB records (*.hea) directly in {data_dir}, which holds other files (records in "
                         f"subfolders?): point {flag} at the folder with the .hea files")
     if not download:
-        if not data_dir.exists():
+        if not os.path.exists(data_dir):
             raise UserError(f"data folder {data_dir} does not exist: {hint}")
         raise UserError(f"no WFDB records (*.hea) in {data_dir}: {hint}")
     return download_mitbih(data_dir, hint)
+
+
+def unreadable(data_dir: Path, e: OSError, flag: str) -> UserError:
+    """find_records' error for a data folder the system will not let it look at or into."""
+    return UserError(f"cannot look in the data folder {data_dir}: {e.strerror or e}: point {flag} at a folder that "
+                     f"can be read, with the WFDB files (NNN.hea, NNN.dat, NNN.atr)")
 
 
 def download_mitbih(data_dir: Path, hint: str) -> list[str]:
@@ -168,7 +188,7 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
     out of it once all are there: a download cut short left some records, and the next run prepared them as the
     database. In data_dir, not beside it: a data folder that is a mount (a container's volume) or whose parent is
     not writable took no download beside it. A part left by a killed download is not the user's files."""
-    created = not data_dir.exists()
+    created = not os.path.exists(data_dir)
     part = None
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -182,7 +202,7 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
     finally:                # neither a part of a download nor a folder made for one that brought nothing is left
         if part is not None:
             shutil.rmtree(part, ignore_errors=True)
-        if created and data_dir.is_dir() and not any(data_dir.iterdir()):
+        if created and os.path.isdir(data_dir) and not any(data_dir.iterdir()):
             data_dir.rmdir()
     names = header_stems(data_dir)
     if not names:

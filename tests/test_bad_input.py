@@ -312,6 +312,30 @@ def test_a_data_folder_linked_to_nowhere_is_named(tmp_path, monkeypatch):
             pm.find_records(tmp_path / "mitdb", download=download)
 
 
+def test_a_data_folder_the_system_will_not_look_at_is_one_error(tmp_path, monkeypatch):
+    """A data folder whose name is too long for the file system (as one under a folder that may not be searched), or
+    that may not be read: Path.exists and iterdir raised the OSError as a traceback where the error names the folder;
+    a name that fits but whose record header (NAME.hea) would not was a traceback too, not 'does not exist'."""
+    monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: pytest.fail("dl_database called"))
+    for folder in (tmp_path / ("x" * 300), tmp_path / ("x" * 300) / "mitdb"):
+        for download in (True, False):
+            with pytest.raises(UserError, match=f"cannot look in the data folder {folder}: File name too long: point "
+                                                "--wfdb-dir at a folder that can be read, with the WFDB files"):
+                pm.find_records(folder, download=download, flag="--wfdb-dir")
+    with pytest.raises(UserError, match=f"data folder {tmp_path / ('x' * 253)} does not exist"):
+        pm.find_records(tmp_path / ("x" * 253), download=False)
+    assert list(tmp_path.iterdir()) == []
+    iterdir = Path.iterdir
+
+    def refused(self):          # a folder that may not be read (chmod a-r), which root never meets
+        if self == tmp_path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+    monkeypatch.setattr(Path, "iterdir", refused)
+    with pytest.raises(UserError, match=f"cannot look in the data folder {tmp_path}: Permission denied: point"):
+        pm.find_records(tmp_path, download=True)
+
+
 def test_download_that_brings_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: None)
     with pytest.raises(UserError, match="produced no records"):
