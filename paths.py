@@ -119,7 +119,7 @@ def check_writable(folder: str | os.PathLike, keep: bool = True) -> Path:
     """Create `folder` if needed and prove a file can be written there, before any long work starts. `keep=False`
     removes the folders made for the proof again (the atomic writes make them): a run refused for its input after
     it, forecast.py's or prepare_mitbih.py's into a new --out, left that folder empty. A link to a folder not there
-    (shared data not mounted) is named as such: mkdir said only 'File exists'."""
+    (shared data not mounted), or one above it, is named as such (broken_link)."""
     folder = Path(folder)
     # os.path's tests, not Path's: those raise where a path cannot be looked at (a name too long, a folder that may
     # not be read), a traceback in place of the error below naming the folder
@@ -129,8 +129,9 @@ def check_writable(folder: str | os.PathLike, keep: bool = True) -> Path:
         with tempfile.TemporaryFile(prefix=".write-test.", dir=folder):
             pass
     except OSError as e:
-        dangling = os.path.islink(folder) and not os.path.exists(folder)
-        why = f"it is a link to {folder.readlink()}, which does not exist" if dangling else e.strerror or e
+        link = broken_link(folder)
+        why = (f"{'it' if link == folder else link} is a link to {link.readlink()}, which does not exist" if link
+               else e.strerror or e)
         raise UserError(f"cannot write to the output folder {folder}: {why}") from e
     finally:
         for f in made if not keep else ():
@@ -141,6 +142,13 @@ def check_writable(folder: str | os.PathLike, keep: bool = True) -> Path:
             except OSError:         # no longer empty: another's now
                 break
     return folder
+
+
+def broken_link(path: str | os.PathLike) -> Path | None:
+    """The link to nothing (shared data not mounted) that `path` is or is below, else None: under it no folder can be
+    made, and mkdir said only 'File exists', which named neither the link nor what is missing."""
+    path = Path(path)
+    return next((f for f in (*reversed(path.parents), path) if os.path.islink(f) and not os.path.exists(f)), None)
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:

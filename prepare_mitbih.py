@@ -149,8 +149,9 @@ def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir 
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise UserError(f"data folder {data_dir} is not a directory: point {flag} at the folder with the WFDB "
                         f"files (NNN.hea, NNN.dat, NNN.atr)")
-    if os.path.islink(data_dir) and not os.path.exists(data_dir):   # a link to shared data not there: no download
-        raise UserError(f"data folder {data_dir} is a link to {data_dir.readlink()}, which does not exist: make or "
+    if link := paths.broken_link(data_dir):         # a link to shared data not there: no download makes it
+        where = "is" if link == data_dir else f"is in {link}, which is"
+        raise UserError(f"data folder {data_dir} {where} a link to {link.readlink()}, which does not exist: make or "
                         f"mount that folder, or point {flag} at the folder with the WFDB files")
     if not os.path.exists(data_dir) and os.path.isfile(f"{data_dir}.hea"):     # DIR/NAME: never a download target
         raise UserError(f"{data_dir} is a record, not a folder: pass {flag.split()[0]} {data_dir.parent} "

@@ -312,6 +312,19 @@ def test_a_data_folder_linked_to_nowhere_is_named(tmp_path, monkeypatch):
             pm.find_records(tmp_path / "mitdb", download=download)
 
 
+def test_a_data_folder_below_a_link_to_nowhere_is_named(tmp_path, monkeypatch):
+    """--data-dir link/mitdb, the link to a folder not there: the download failed with 'File exists', and
+    --no-download said the folder did not exist; the link and its missing target are named, as for the folder itself."""
+    monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: pytest.fail("dl_database called below a dangling link"))
+    (tmp_path / "shared").symlink_to(tmp_path / "mounted")
+    for download in (True, False):
+        with pytest.raises(UserError, match=f"data folder {tmp_path / 'shared' / 'mitdb'} is in {tmp_path / 'shared'}, "
+                                            f"which is a link to {tmp_path / 'mounted'}, which does not exist: make or "
+                                            "mount that folder, or point --data-dir / MITBIH_DIR at"):
+            pm.find_records(tmp_path / "shared" / "mitdb", download=download)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]
+
+
 def test_a_data_folder_the_system_will_not_look_at_is_one_error(tmp_path, monkeypatch):
     """A data folder whose name is too long for the file system (as one under a folder that may not be searched), or
     that may not be read: Path.exists and iterdir raised the OSError as a traceback where the error names the folder;

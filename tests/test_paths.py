@@ -368,6 +368,18 @@ def test_an_output_folder_linked_to_nowhere_is_named(tmp_path):
         paths.check_writable(tmp_path / "prepared")
 
 
+def test_an_output_folder_below_a_link_to_nowhere_is_named(tmp_path):
+    """--out link/sub, the link to a folder not there: mkdir said only 'File exists'; the link and its missing
+    target are named, as for --out link."""
+    (tmp_path / "shared").symlink_to(tmp_path / "mounted")
+    out = tmp_path / "shared" / "runs" / "prepared"
+    for keep in (True, False):
+        with pytest.raises(UserError, match=f"output folder {out}: {tmp_path / 'shared'} is a link to "
+                                            f"{tmp_path / 'mounted'}, which does not exist$"):
+            paths.check_writable(out, keep=keep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]
+
+
 def test_check_writable_keep_false_removes_every_folder_it_made_and_none_it_found(tmp_path):
     """keep=False (forecast.py's and prepare_mitbih.py's --out) removes the folders made for the proof, the parents
     made for it too (--out runs/today/r100 in a new runs/), but never a folder that was there, empty or not."""
