@@ -254,9 +254,13 @@ def records_file(data_dir: Path) -> list[str]:
         raise UserError(f"cannot read {index}: {e.strerror or e}") from e
     names = list(dict.fromkeys(n for n in names if n and not n.startswith("#")))
     missing = [n for n in names if not (data_dir / f"{n}.hea").is_file()]
-    if missing and any(data_dir.glob(f"{DOWNLOAD_PART}*")):     # move_in's index, and the part a kill left
+    # move_in's index, and the part a kill left holding the headers not yet moved: a part alone is no such evidence
+    # (a download killed before its move left one, and the user's own RECORDS then lacks a record)
+    parts = [p for p in data_dir.glob(f"{DOWNLOAD_PART}*") if all((p / f"{n}.hea").is_file() for n in missing)]
+    if missing and parts:
         raise UserError(f"{data_dir} holds a download of MIT-BIH killed while its files were moved in ({index} lists "
-                        f"{len(missing)} record(s) with no .hea): empty the folder and run again to download it anew")
+                        f"{len(missing)} record(s) with no .hea, still in {parts[0].name}): empty the folder and run "
+                        f"again to download it anew")
     if missing:
         raise UserError(f"{index} lists {len(missing)} record(s) with no .hea in {data_dir}: "
                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; add their files or take them "

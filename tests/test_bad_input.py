@@ -233,7 +233,7 @@ def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypat
         calls.append(target)
         if len(calls) == 8:         # the signals, annotations and 100.hea in: the state a kill here would leave
             with pytest.raises(UserError, match=r"killed while its files were moved in \(.*RECORDS lists 2 record\(s\) "
-                                                r"with no \.hea\): empty the folder and run again"):
+                                                r"with no \.hea, still in \.download-\w+\): empty the folder and run again"):
                 pm.header_stems(Path(target).parent)
             raise KeyboardInterrupt
         return replace(self, target)
@@ -347,6 +347,22 @@ def test_a_data_folder_the_system_will_not_look_at_is_one_error(tmp_path, monkey
     monkeypatch.setattr(Path, "iterdir", refused)
     with pytest.raises(UserError, match=f"cannot look in the data folder {tmp_path}: Permission denied: point"):
         pm.find_records(tmp_path, download=True)
+
+
+def test_a_killed_downloads_part_is_no_killed_move_of_the_users_records(tmp_path):
+    """A part an earlier download left (killed before its move) made any record the user's RECORDS lacks a 'download
+    of MIT-BIH killed while its files were moved in', to be emptied and downloaded anew: only a part holding the
+    headers RECORDS lacks is that, and the user is told which record lacks its files."""
+    write_record(tmp_path, "a", seconds=12)
+    (tmp_path / "RECORDS").write_text("a\nb\n")
+    (tmp_path / f"{pm.DOWNLOAD_PART}old").mkdir()
+    write_record(tmp_path / f"{pm.DOWNLOAD_PART}old", "100", seconds=12)
+    with pytest.raises(UserError, match=r"RECORDS lists 1 record\(s\) with no \.hea in .*: b; add their files"):
+        pm.find_records(tmp_path, download=False)
+    write_record(tmp_path / f"{pm.DOWNLOAD_PART}old", "b", seconds=12)
+    with pytest.raises(UserError, match=rf"killed while its files were moved in \(.*no \.hea, still in "
+                                        rf"{pm.DOWNLOAD_PART}old\): empty the folder"):
+        pm.find_records(tmp_path, download=False)
 
 
 def test_download_that_brings_nothing(tmp_path, monkeypatch):
