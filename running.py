@@ -233,10 +233,14 @@ def show_warning(message: Warning | str, category: type[Warning], filename: str,
 def script_backend() -> None:
     """Scripts draw into files, with matplotlib's Agg unless $MPLBACKEND chooses. Chosen here, not when a module is
     imported: `import forecast` in a notebook or a Python session switched the session's backend to Agg, so its own
-    figures (inline plots, plt.show) were no longer shown."""
-    if "MPLBACKEND" not in os.environ:
-        import matplotlib
-        matplotlib.use("Agg")
+    figures (inline plots, plt.show) were no longer shown. Through $MPLBACKEND, which matplotlib reads when first
+    imported: importing it here to choose made every script's --help wait 0.4 s for plots it never draws."""
+    if "MPLBACKEND" in os.environ:
+        return
+    if "matplotlib" in sys.modules:         # imported already: it reads $MPLBACKEND no more
+        sys.modules["matplotlib"].use("Agg")
+    else:
+        os.environ["MPLBACKEND"] = "Agg"
 
 
 _scripts: list[str] = []      # sys.argv[0] of each run_main running: a script runs, not Python calling a main

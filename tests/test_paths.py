@@ -1010,14 +1010,33 @@ def test_importing_the_modules_leaves_the_sessions_matplotlib_backend_and_script
     assert run("import matplotlib; matplotlib.use('pdf'); " + modules + "print(matplotlib.get_backend()); "
                + script) == ["pdf", "agg"]
     assert run("import matplotlib, running; " + script, MPLBACKEND="svg") == ["svg"]   # the modules: the run above
+    # matplotlib first imported in the script, as the scripts do: Agg still, not chosen only at the first plot (None),
+    # which on a machine with a display is a window's backend
+    assert run("import running; running.run_main(lambda: print(__import__('matplotlib').rcParams."
+               "_get_backend_or_none()))") == ["agg"]
 
 
 def test_the_forecasting_api_and_the_scripts_help_import_neither_matplotlib_nor_wfdb():
     """train_results imported matplotlib.pyplot at the top, and prepare_mitbih wfdb (and with it pandas), so
     `Forecaster.from_pretrained()`, and every script's --help, waited for plots they never drew and records they never
-    read (0.3 s of CPU each); the functions that plot or read records import them now."""
+    read (0.3 s of CPU each); the functions that plot or read records import them now, and run_main chooses Agg
+    without importing matplotlib. The scripts' --help run in one process (torch is imported once), each as a user's
+    is, without $MPLBACKEND (which conftest sets and run_main may have set for the script before)."""
     code = ("import sys, forecast, latent_sde, evaluate, prepare_mitbih; forecast.Forecaster.from_pretrained('cpu'); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'wfdb')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["[]"]
+    helps = ("import contextlib, io, os, runpy, sys; sys.path.insert(0, '.')\n"
+             "for script in sys.argv[1:]:\n"
+             "    sys.argv = [script, '--help']; os.environ.pop('MPLBACKEND', None)\n"
+             "    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+             "        runpy.run_path(script, run_name='__main__')\n"
+             "    print(script, 'usage:' in out.getvalue(), *sorted({m.split('.')[0] for m in sys.modules}\n"
+             "                                                    & {'matplotlib', 'wfdb'}))\n")
+    scripts = ["forecast.py", "evaluate.py", "prepare_mitbih.py", "vqvae_train.py", "vqvae_eval.py",
+               "transformer_train.py", "latent_sde_train.py", "pretrained.py"]
+    out = subprocess.run([sys.executable, "-c", helps, *scripts], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"{s} True" for s in scripts]
