@@ -21,6 +21,7 @@ import argparse
 import functools
 import inspect
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -521,7 +522,9 @@ def read_model_record(record: str, data: DataConfig, span: tuple[int, int] | Non
 def check_not_folder(record: Path) -> None:
     """--record DIR (a folder) would be read as the record DIR.hea: say what --record takes, with DIR's records."""
     from prepare_mitbih import header_stems
-    if record.is_dir() and not Path(f"{record}.hea").is_file():
+    # os.path's tests: Path's raise where a path cannot be looked at (a name too long), a traceback for check_header's
+    # error naming the record
+    if os.path.isdir(record) and not os.path.isfile(f"{record}.hea"):
         try:
             names = header_stems(record)
         except UserError:                           # a RECORDS file naming a record not there: any header will do
@@ -536,10 +539,10 @@ def check_header(record: Path) -> None:
     of that name in the data folder (--data-dir's: $MITBIH_DIR, else data/mitdb) when there is one."""
     from prepare_mitbih import record_path
     where = record_path(record)
-    if Path(f"{where}.hea").is_file():
+    if os.path.isfile(f"{where}.hea"):        # os.path's, as check_not_folder's
         return
     there = paths.location("data") / where.name
-    hint = f", such as {there}" if Path(f"{there}.hea").is_file() and where != there else ""
+    hint = f", such as {there}" if os.path.isfile(f"{there}.hea") and where != there else ""
     raise UserError(f"--record {record}: no header {where}.hea; --record takes a WFDB record's path without an "
                     f"extension, FOLDER/NAME{hint}")
 

@@ -259,6 +259,16 @@ def test_forecast_of_a_record_named_without_its_folder(tmp_path, monkeypatch):
         2, f"{want}, such as {tmp_path / 'db' / 'zz9'}\n")
 
 
+def test_forecast_of_a_record_whose_name_the_system_refuses(tmp_path, monkeypatch):
+    """--record whose folder's name is too long for the file system: Path.is_dir raised the OSError as a traceback
+    (Python 3.11), where check_header's error names the record and what --record takes."""
+    record = tmp_path / ("x" * 300) / "zz9"
+    monkeypatch.setenv("MITBIH_DIR", str(tmp_path / ("x" * 300)))
+    code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(record), "--start", "5"])
+    assert code == 2 and err == (f"error: --record {record}: no header {record}.hea; --record takes a WFDB record's "
+                                 "path without an extension, FOLDER/NAME\n"), err
+
+
 def test_forecast_of_a_record_exactly_one_context_long(shipped, tmp_path):
     """A record as long as the context is not too short: the forecast starts at its end, with no truth to plot."""
     record = write_record(tmp_path, "r", seconds=3, seed=0)
