@@ -1154,7 +1154,7 @@ def read_prepared(path: Path, split: str) -> dict:
     """A prepared split's file memory-mapped, refused unless it holds windows made by this preparation."""
     import torch
 
-    if not path.exists():
+    if not os.path.exists(path):        # os.path's: Path's raises where a path cannot be looked at (a name too long)
         raise UserError(f"prepared tensors not found: {path}; run `python3 prepare_mitbih.py` first")
     try:
         data = torch.load(path, mmap=True, weights_only=True)

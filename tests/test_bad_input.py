@@ -349,6 +349,14 @@ def test_a_data_folder_the_system_will_not_look_at_is_one_error(tmp_path, monkey
         pm.find_records(tmp_path, download=True)
 
 
+def test_a_prepared_folder_whose_name_the_system_refuses_is_one_error(tmp_path):
+    """--prepared (or $ECG_PREPARED_DIR) too long a name for the file system: Path.exists raised the OSError as a
+    traceback in every script that reads a split, where the error names the file and what to run."""
+    path = tmp_path / ("x" * 300) / "train.pt"
+    with pytest.raises(UserError, match=f"prepared tensors not found: {path}; run `python3 prepare_mitbih.py` first"):
+        pm.read_prepared(path, "train")
+
+
 def test_a_killed_downloads_part_is_no_killed_move_of_the_users_records(tmp_path):
     """A part an earlier download left (killed before its move) made any record the user's RECORDS lacks a 'download
     of MIT-BIH killed while its files were moved in', to be emptied and downloaded anew: only a part holding the
