@@ -434,7 +434,7 @@ def checkpoint_path(checkpoint: str | None) -> Path:
         return default_checkpoint()
     if checkpoint in SHIPPED_SPECS:
         return paths.shipped_checkpoint(checkpoint, "--checkpoint")
-    if not Path(checkpoint).exists():
+    if not os.path.exists(checkpoint):      # os.path's: Path's raises where a path cannot be looked at (too long)
         from baselines import BASELINES
         raise UserError(f"--checkpoint {checkpoint}: no such checkpoint file, and not a shipped model "
                         f"({', '.join(SHIPPED_SPECS)}), a baseline ({', '.join(BASELINES)}) nor a forecaster of "

@@ -269,6 +269,18 @@ def test_forecast_of_a_record_whose_name_the_system_refuses(tmp_path, monkeypatc
                                  "path without an extension, FOLDER/NAME\n"), err
 
 
+def test_a_checkpoint_whose_name_the_system_refuses_is_one_error(tmp_path):
+    """A checkpoint path too long for the file system (--model, --checkpoint, --vqvae, --resume): Path.exists,
+    is_file and is_dir raised the OSError as a traceback, where the errors name the path."""
+    path = tmp_path / ("x" * 300) / "best.pt"
+    with pytest.raises(UserError, match=f"^checkpoint not found: {path}$"):
+        load_checkpoint(path)
+    with pytest.raises(UserError, match=f"^--model {path}: no such checkpoint file; "):
+        evaluate.make_forecaster(str(path), 128)
+    with pytest.raises(UserError, match=f"^--checkpoint {path}: no such checkpoint file, and not a shipped model"):
+        forecast.checkpoint_path(str(path))
+
+
 def test_forecast_of_a_record_exactly_one_context_long(shipped, tmp_path):
     """A record as long as the context is not too short: the forecast starts at its end, with no truth to plot."""
     record = write_record(tmp_path, "r", seconds=3, seed=0)
