@@ -160,7 +160,7 @@ def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir 
         names = header_stems(data_dir)
         # hidden files are no one's records: a killed download's part, or a .DS_Store or .gitkeep that refused the
         # download
-        others = os.path.isdir(data_dir) and any(not p.name.startswith(".") for p in data_dir.iterdir())
+        others = not names and os.path.isdir(data_dir) and any(not p.name.startswith(".") for p in data_dir.iterdir())
     except OSError as e:        # a folder that may not be read or searched
         raise unreadable(data_dir, e, flag) from e
     if names:

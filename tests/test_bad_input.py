@@ -347,6 +347,9 @@ def test_a_data_folder_the_system_will_not_look_at_is_one_error(tmp_path, monkey
     monkeypatch.setattr(Path, "iterdir", refused)
     with pytest.raises(UserError, match=f"cannot look in the data folder {tmp_path}: Permission denied: point"):
         pm.find_records(tmp_path, download=True)
+    write_record(tmp_path, "100", seconds=12)       # its records found without a listing (RECORDS): no error
+    (tmp_path / "RECORDS").write_text("100\n")
+    assert pm.find_records(tmp_path, download=False) == ["100"]
 
 
 def test_a_prepared_folder_whose_name_the_system_refuses_is_one_error(tmp_path):
