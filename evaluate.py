@@ -1276,12 +1276,19 @@ def windows_chosen(cfg: Config, per_record: int | None, horizon_beats: str | Non
     stretches of a record were scored is otherwise told by the command alone. --horizon-beats picks before
     --max-windows-per-record, which then spaces its windows over the ones picked, not over the record."""
     picked = f"the windows --horizon-beats {horizon_beats} keeps" if horizon_beats else ""
-    steps = [f"{cfg.data.signals_per_patient} evenly spaced per record, its first and last among them "
-             f"(data.signals_per_patient)" if cfg.data.signals_per_patient else "", picked,
-             f"{per_record} evenly spaced per record{' among those' if picked else ''}, its first and last among them "
-             f"(--max-windows-per-record)" if per_record else ""]
+    steps = [f"{spaced(cfg.data.signals_per_patient)} (data.signals_per_patient)" if cfg.data.signals_per_patient
+             else "", picked,
+             f"{spaced(per_record, ' among those' if picked else '')} (--max-windows-per-record)" if per_record else ""]
     return (f"{cfg.data.total_samples / cfg.data.samples_per_second:g} s each, context then horizon, side by side "
             f"without overlap, none across a gap; " + ("; then ".join(s for s in steps if s) or "all of each record"))
+
+
+def spaced(k: int, among: str = "") -> str:
+    """k windows kept of a record's (prepare_mitbih.evenly_spaced) in words: one is its first alone, which 'its first
+    and last among them' would misstate."""
+    if k == 1:
+        return f"the first per record{among}"
+    return f"{k} evenly spaced per record{among}, its first and last among them"
 
 
 def beats_asked(kind: str) -> str:

@@ -24,7 +24,7 @@ import running
 from conftest import ROOT, edit_tree_after, spike_train, synthetic_ecg, write_record, write_signal
 from hyper_params import load_config
 from paths import SHIPPED, UserError, file_sha256
-from prepare_mitbih import cut_windows, prepare, read_record
+from prepare_mitbih import cut_windows, evenly_spaced, prepare, read_record
 
 
 def _run(argv: list[str]) -> tuple[Path, dict]:
@@ -872,6 +872,23 @@ def test_report_header_says_max_windows_are_spaced_over_the_windows_horizon_beat
     header = evaluate.report_header(args, [], cfg, w, {}, 1.0, {"date": "d", "git commit": "c"})
     assert header["windows"].endswith("; the windows --horizon-beats ventricular keeps; then 3 evenly spaced per "
                                       "record among those, its first and last among them (--max-windows-per-record)")
+
+
+def test_report_header_says_one_window_per_record_is_its_first():
+    """--max-windows-per-record 1 keeps each record's first window (evenly_spaced's linspace of one point): the header
+    said '1 evenly spaced per record, its first and last among them', a first and last that one window is not."""
+    cfg = load_config()
+    t = cfg.data.total_samples
+    w = evaluate.Windows(np.zeros((1, t, 2), np.float32), np.array([0]), np.zeros(1, np.int64), np.zeros(2, np.int64),
+                         np.zeros(0, np.int64), ["100"], np.ones(1, bool), [["MLII", "V1"]], [360.0],
+                         {"kind": "prepared", "split": "test", "path": "x/test.pt", "data_hash": "d",
+                          "input_hash": "h"})
+    assert list(evenly_spaced(5, 1)) == [0]
+    for beats, said in ((None, "; the first per record (--max-windows-per-record)"),
+                        ("ventricular", "; then the first per record among those (--max-windows-per-record)")):
+        args = argparse.Namespace(config=None, samples=2, seed=0, max_windows_per_record=1, horizon_beats=beats)
+        header = evaluate.report_header(args, [], cfg, w, {}, 1.0, {"date": "d", "git commit": "c"})
+        assert header["windows"].endswith(said)
 
 
 def test_report_says_what_a_calibrated_forecast_of_the_runs_samples_covers(tmp_path):
