@@ -231,9 +231,9 @@ def paired_section(rows: list[dict]) -> list[str]:
                         "Each model minus the best baseline on that score and horizon among this run's baselines "
                         "(lowest MSE or CRPS, highest F1: each score may have its own), record by record: mean over "
                         "records [bootstrap 95 % interval of the paired differences], the change "
-                        "relative to the baseline, and on how many records the model is better. An interval that "
-                        "excludes 0 is a difference these patients show; one that includes it is not (`—`: fewer "
-                        "than two records, no interval). " + COMMON_SEEDS,
+                        "relative to the baseline, and on how many records the model is better (and how many tie). "
+                        "An interval that excludes 0 is a difference these patients show; one that includes it is "
+                        "not (`—`: fewer than two records, no interval). " + COMMON_SEEDS,
                         "best baseline | baseline's value")
 
 
@@ -242,8 +242,8 @@ def models_section(rows: list[dict]) -> list[str]:
     return paired_table(rows, "against", "Models paired with each other",
                         "Each model minus each model after it, record by record, on MSE (whole horizon and first "
                         "second), CRPS and F1: mean over records [bootstrap 95 % interval of the paired differences], "
-                        "the change relative to the other model, and on how many records the first is better. "
-                        + COMMON_SEEDS,
+                        "the change relative to the other model, and on how many records the first is better (and "
+                        "how many tie). " + COMMON_SEEDS,
                         "other model | other's value")
 
 
