@@ -15,7 +15,7 @@ import prepare_mitbih
 import pretrained
 import vqvae_eval
 import vqvae_train
-from conftest import ROOT, run_script, write_record
+from conftest import ROOT, run_script, synthetic_ecg, write_record
 from paths import PRETRAINED, UserError, file_sha256
 from test_pretrained import packing_a_changed_model, stopped_between_the_renames
 from tiny import TINY, flags, tiny_setup
@@ -94,12 +94,17 @@ def test_a_bench_returns_its_json_line(notebook, capsys):
     assert line["checkpoint_sha256"] == file_sha256(ROOT / "pretrained" / "latent_sde.pt")
 
 
-def test_the_forecast_latency_line_names_the_weights_it_timed(notebook, capsys):
+def test_the_forecast_latency_line_names_the_weights_it_timed(notebook, capsys, monkeypatch):
     """forecast_latency's line named its checkpoint by path ("the shipped model forecaster.pt") alone: which weights
-    were timed was not said, the newest best.pt being replaced while its run goes on."""
+    were timed was not said, the newest best.pt being replaced while its run goes on. Its validation contexts are
+    synthetic here: a clean checkout has no prepared tensors."""
+    import torch
+
     sys.path.insert(0, str(ROOT / "bench"))
     import forecast_latency
 
+    ecg = torch.as_tensor(synthetic_ecg(6, 128)[0], dtype=torch.float32)       # one 6 s window
+    monkeypatch.setattr(prepare_mitbih, "load_split", lambda *a, **k: {"signals": ecg[None]})
     line = forecast_latency.main(["--checkpoint", str(PRETRAINED), "--samples", "1"])
     assert line["checkpoint"] == str(PRETRAINED) and line["checkpoint_sha256"] == file_sha256(PRETRAINED)
     assert json.loads(capsys.readouterr().out) == line
