@@ -306,13 +306,19 @@ def checkpoint_digests(specs: list[str], loaded: list[ForecasterBase]) -> dict[s
     alone does not say which weights were scored (best.pt changes while its run goes on, a shipped model when it is
     packed again). A Forecaster's is the digest of the bytes it loaded (`loaded`, build_forecasters' forecasters in
     the order of expand_models(specs)): the file hashed after loading could be a later best.pt."""
-    found = []
-    for spec, f in zip(expand_models(specs), loaded):
-        path = checkpoint_file(spec)
-        if spec not in BASELINES and path.is_file():
-            digest = getattr(f, "checkpoint_sha256", None) or paths.file_sha256(path)
-            found.append(f"{spec}: {paths.shown(path)} sha256 {digest}")
+    found = [f"{spec}: {paths.shown(checkpoint_file(spec))} sha256 {digest}"
+             for spec, f in zip(expand_models(specs), loaded) if (digest := weights_sha256(spec, f))]
     return {"checkpoints": "; ".join(found)} if found else {}
+
+
+def weights_sha256(spec: str, f: ForecasterBase) -> str | None:
+    """The SHA-256 (paths.file_sha256's digits) of the weights file a --model or --checkpoint spec names, None without
+    one (a baseline, one's own forecaster without CHECKPOINT). A Forecaster's is the digest of the bytes it loaded
+    (`f`): the file hashed again could be a later best.pt."""
+    path = checkpoint_file(spec)
+    if spec in BASELINES or not path.is_file():
+        return None
+    return getattr(f, "checkpoint_sha256", None) or paths.file_sha256(path)
 
 
 def checkpoint_file(spec: str) -> Path:

@@ -685,17 +685,11 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
 
 
 def checkpoint_sha256(checkpoint: str | Path, fc: ForecasterBase) -> dict:
-    """The weights file's digest (paths.file_sha256), FILE.py:NAME=CHECKPOINT's too, as evaluate.py's report
-    gives it; {} when there is no file (a baseline; own_code_of names one's own code). A checkpoint's Forecaster
-    (`fc`) has the digest of the bytes it loaded: the file hashed again could be a later best.pt."""
-    from baselines import BASELINES
-    from evaluate import checkpoint_file, own_spec
-    if str(checkpoint) in BASELINES:
-        return {}
-    if not own_spec(str(checkpoint)):
-        return {"checkpoint_sha256": fc.checkpoint_sha256}
-    path = checkpoint_file(str(checkpoint))
-    return {"checkpoint_sha256": paths.file_sha256(path)} if path.is_file() else {}
+    """The weights' digest as evaluate.py's report gives it (evaluate.weights_sha256: the bytes `fc` loaded);
+    {} when there is no file (a baseline; own_code_of names one's own code)."""
+    from evaluate import weights_sha256
+    digest = weights_sha256(str(checkpoint), fc)
+    return {"checkpoint_sha256": digest} if digest else {}
 
 
 def own_code_of(checkpoint: str | Path) -> dict:
