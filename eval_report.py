@@ -80,14 +80,22 @@ METRIC_GROUPS = (("Point forecast (the sample mean)", ("mse", "mae", "prd", "prd
 FEW_RECORDS = 10    # below it the report says its bootstrap intervals over records are these records' spread
 
 
+FEW_RECORDS_BOOTSTRAP = ("a bootstrap over so few cannot reach past the most extreme record and covers less than "
+                         "95 % (with 2 it is their range)")
+
+
+def few_records(records: int) -> bool:
+    """Fewer than FEW_RECORDS records (from 2, which have an interval): a percentile bootstrap's resampled means never
+    pass the extreme records, so with 2 records the '95 %' interval is their range."""
+    return 2 <= records < FEW_RECORDS
+
+
 def few_records_caution(records: int) -> str:
-    """What a percentile bootstrap over few records is worth, said when there are fewer than FEW_RECORDS (from 2):
-    its resampled means never pass the extreme records, so with 2 records the '95 %' interval is their range."""
-    if not 2 <= records < FEW_RECORDS:
+    """What a bootstrap over few records is worth, said when there are few (few_records)."""
+    if not few_records(records):
         return ""
-    return (f" Only {records} records: a bootstrap over so few cannot reach past the most extreme record and covers "
-            f"less than 95 % (with 2 it is their range), here and in the paired tables; read its intervals as these "
-            f"records' spread, not as what other patients would show.")
+    return (f" Only {records} records: {FEW_RECORDS_BOOTSTRAP}, here and in the paired tables; read its intervals as "
+            f"these records' spread, not as what other patients would show.")
 
 
 def same_patient_caution(records: list[str]) -> str:
@@ -298,10 +306,9 @@ def horizon_beats_section(strata: dict, horizons: list[str]) -> list[str]:
                 "|---|---|---|---|---:|---:|"]
         out += [f"| {kind} | {r['forecaster']} | {header_of(r['metric'])} | {r['baseline']} | "
                 f"{signed(r['difference'])} | {better_on(r)} |" for kind, r in rows]
-    few = [f"{kind} ({len(st['records'])})" for kind, st in strata.items() if few_records_caution(len(st["records"]))]
+    few = [f"{kind} ({len(st['records'])})" for kind, st in strata.items() if few_records(len(st["records"]))]
     if few:
-        out += ["", f"Under {FEW_RECORDS} records in {', '.join(few)}: a bootstrap over so few cannot reach past the "
-                f"most extreme record and covers less than 95 % (with 2 it is their range); read those kinds' "
+        out += ["", f"Under {FEW_RECORDS} records in {', '.join(few)}: {FEW_RECORDS_BOOTSTRAP}; read those kinds' "
                 f"intervals as these records' spread, not as what other patients would show."]
     return out
 
