@@ -150,6 +150,21 @@ def loads_of(monkeypatch, path: Path) -> list[Path]:
     return loads
 
 
+def replaced_once_loaded(monkeypatch, path: Path) -> None:
+    """torch.load writes other bytes into `path` right after loading it: its run saved its next best.pt between the
+    loading and a later hash of the file."""
+    import torch
+
+    load = torch.load
+
+    def then_replaced(f, *a, **k):
+        out = load(f, *a, **k)
+        if Path(getattr(f, "name", f)) == path:
+            path.write_bytes(b"its run's next best.pt")
+        return out
+    monkeypatch.setattr(torch, "load", then_replaced)
+
+
 def edit_tree_after(monkeypatch, module, name: str) -> None:
     """paths.git_commit says "at-start" until `module.name` has run and "at-end" after it, as when the tree is
     edited during a long run: a run that stamps its commit late names "at-end", code that never ran."""

@@ -24,7 +24,8 @@ from latent_sde import (LEARNS_CRPS, DiagonalDiffusion, LatentSDE, LatentSDEFore
                         fair_crps, overlap_add, replica_seed, soft_clip)
 from vqvae import VQVAE
 from paths import UserError, file_sha256
-from conftest import loads_of, stopped_at, trainer_inputs, undocumented_columns, vqvae_splits
+from conftest import (loads_of, replaced_once_loaded, stopped_at, trainer_inputs, undocumented_columns,
+                      vqvae_splits)
 from tiny import flags, tiny_setup
 from train_results import TRAINING_STATE, fixed_windows
 
@@ -1194,14 +1195,7 @@ def test_run_json_names_the_weights_loaded_not_the_file_hashed_again_after(
     copy_of = next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt")) if step == "elbo" else drafted["ckpt"]
     start.write_bytes(copy_of.read_bytes())
     read, key = file_sha256(start), "vqvae_sha256" if step == "elbo" else "crps_from_sha256"
-    load = torch.load
-
-    def then_replaced(f, *a, **k):
-        out = load(f, *a, **k)
-        if Path(getattr(f, "name", f)) == start:
-            start.write_bytes(b"its run's next best.pt")
-        return out
-    monkeypatch.setattr(torch, "load", then_replaced)
+    replaced_once_loaded(monkeypatch, start)
     setup = {**(trained["setup_sde"] if step == "elbo" else drafted["setup"]), "results": str(tmp_path / "res"),
              "checkpoints": str(tmp_path / "ck")}
     run = trainer_inputs(monkeypatch, latent_sde_train,

@@ -827,17 +827,11 @@ def test_vqvae_eval_names_the_weights_it_loaded_though_the_file_is_replaced_afte
                                                                                   monkeypatch) -> None:
     """vqvae_eval.py hashed the checkpoint again after loading it: a best.pt its run saved in between was named in
     place of the weights that coded the record. checkpoint_sha256 is the digest of the bytes loaded."""
-    from conftest import write_record
+    from conftest import replaced_once_loaded, write_record
     from paths import file_sha256
 
-    read, load = file_sha256(tiny_checkpoint), torch.load
-
-    def then_replaced(f, *a, **k):
-        out = load(f, *a, **k)
-        if Path(getattr(f, "name", f)) == tiny_checkpoint:
-            tiny_checkpoint.write_bytes(b"its run's next best.pt")
-        return out
-    monkeypatch.setattr(torch, "load", then_replaced)
+    read = file_sha256(tiny_checkpoint)
+    replaced_once_loaded(monkeypatch, tiny_checkpoint)
     res = code_record(tiny_checkpoint, write_record(tmp_path / "db", "r", seconds=5), tmp_path)
     assert res.returncode == 0, res.stderr
     saved = np.load(next((tmp_path / "results").glob("vqvae_eval-*/r_0s.npz")))
