@@ -382,28 +382,27 @@ def test_a_rank_ending_in_an_error_skips_the_interpreters_teardown() -> None:
     then aborted ('terminate called without an active exception', exit -6, not 2; twice in CI runs of
     test_ranks_resuming_from_different_copies_of_last_pt_are_stopped). An exit handler that aborts stands in for it:
     a rank of several ends with its error's status, its line said."""
-    script = ("import atexit, os, running, torch.distributed\n"
-              "from paths import UserError\n"
-              "atexit.register(os.abort)\n"
-              "def fails():\n"
-              "    raise UserError('the ranks resumed from different checkpoints')\n"
-              "running.run_main(fails)\n")
-    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**ENV, "WORLD_SIZE": "2", "RANK": "0"},
-                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    r = rank_0_failing("os, running, torch.distributed", "os.abort", "the ranks resumed from different checkpoints")
     check_error(r, "the ranks resumed from different checkpoints")
+
+
+def rank_0_failing(imports: str, at_exit: str, message: str) -> subprocess.CompletedProcess:
+    """A script, rank 0 of 2 by its environment, that imports `imports`, registers the exit handler `at_exit` and
+    whose main fails with UserError(`message`) under run_main."""
+    script = (f"import atexit, {imports}\n"
+              "from paths import UserError\n"
+              f"atexit.register({at_exit})\n"
+              "def fails():\n"
+              f"    raise UserError({message!r})\n"
+              "running.run_main(fails)\n")
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**ENV, "WORLD_SIZE": "2", "RANK": "0"},
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
 
 
 def test_a_process_in_no_group_exits_through_the_interpreter_whatever_WORLD_SIZE_says() -> None:
     """os._exit is for a rank that may have joined a process group (torch.distributed imported): a script that never
     imported it (a WORLD_SIZE left in a job's environment) is a single process, whose exit handlers still run."""
-    script = ("import atexit, running\n"
-              "from paths import UserError\n"
-              "atexit.register(lambda: print('exit handlers ran'))\n"
-              "def fails():\n"
-              "    raise UserError('no such record')\n"
-              "running.run_main(fails)\n")
-    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**ENV, "WORLD_SIZE": "2", "RANK": "0"},
-                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    r = rank_0_failing("running", "lambda: print('exit handlers ran')", "no such record")
     check_error(r, "no such record")
     assert r.stdout == "exit handlers ran\n"
 
