@@ -649,3 +649,22 @@ def test_model_card_crps_by_horizon_second_is_its_evaluation():
     quoted |= {("latent_sde", s): sde.group(1 + i) for i, s in enumerate(seconds)}
     for key, shown in quoted.items():
         assert shown_matches(shown, crps[key]), (key, shown, crps[key])
+
+
+def test_model_card_supraventricular_limit_is_its_evaluation():
+    """Limits, "Rhythm": the windows whose horizon holds a supraventricular beat, as metrics.json's `horizon_beats`
+    scores them (the card said both models were 11% below the zero forecast's MSE; the latent SDE is 10.4%)."""
+    strata = json.loads((ROOT / "pretrained/evaluation/metrics.json").read_text(encoding="utf-8"))["horizon_beats"]
+    card = " ".join((ROOT / "pretrained/README.md").read_text(encoding="utf-8").split())
+    found = re.search(r"With a supraventricular beat \((\d+) windows, (\d+) records\) the Transformer is (\d+)% below "
+                      r"the zero forecast's MSE and the latent SDE (\d+)% \((\d\.\d+) and (\d\.\d+) against (\d\.\d+) "
+                      r"mV²\), with (\d+)% coverage", card)
+    assert found, "the card's sentence on supraventricular windows has changed: update this test"
+    windows, records, below_ours, below_sde, mse_ours, mse_sde, mse_zero, cover = found.groups()
+    s = strata["supraventricular"]
+    value = {name: {k: v[-1]["value"] for k, v in f["metrics"].items()} for name, f in s["forecasters"].items()}
+    assert (int(windows), int(records)) == (s["windows"], len(s["records"]))
+    for name, below, mse in (("transformer", below_ours, mse_ours), ("latent_sde", below_sde, mse_sde)):
+        assert shown_matches(below, str(100 * (1 - value[name]["mse"] / value["zero"]["mse"]))), (name, below)
+        assert shown_matches(mse, str(value[name]["mse"])) and shown_matches(cover, str(value[name]["cov80"])), name
+    assert shown_matches(mse_zero, str(value["zero"]["mse"]))
