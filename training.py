@@ -383,12 +383,20 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
         set_rng_state(ckpt["rng"], self.rt.device)
-        trained_on = ckpt.get("meta", {}).get("data_hash")
-        if trained_on and trained_on != self.meta["data_hash"]:
-            running.note(f"{path} trained on prepared data {trained_on}, these windows are {self.meta['data_hash']} "
-                         f"(prepared again since?): the epochs after {self.epoch} train on these")
+        self._start_best_over_on_other_data(path, ckpt)
         if self.rt.is_main:
             self._tidy_resumed(path)
+
+    def _start_best_over_on_other_data(self, path: str | Path, ckpt: dict) -> None:
+        """A checkpoint's best_val is a loss on the validation windows it was trained with: on data prepared again
+        (another data hash) those may be other windows, against which best.pt could never (or wrongly) be replaced,
+        so best.pt starts over with the resumed run's first epoch. The same data keeps it: resumes stay exact."""
+        trained_on, now = ckpt.get("meta", {}).get("data_hash"), self.meta.get("data_hash")
+        if trained_on and trained_on != now:
+            running.note(f"{path} trained on prepared data {trained_on}, these windows are {now} (prepared again "
+                         f"since?): the epochs after {self.epoch} train on these, and best.pt starts over: its "
+                         f"validation loss {self.best:.6g} was on the windows prepared before")
+            self.best = float("inf")
 
     def _take_settings(self) -> None:
         """The loaded state dicts hold the run's learning rate and weight decay: a resume's train section (run.json
@@ -416,7 +424,7 @@ class Trainer:
                 epoch = load_checkpoint(best)["epoch"]
             except UserError:                   # nothing to say of a file that cannot be read
                 return
-            if epoch > self.epoch:
+            if epoch > self.epoch and self.best < float("inf"):    # else best.pt starts over (resume says why)
                 running.note(f"{best} is epoch {epoch}'s, after this checkpoint's epoch {self.epoch}: the resumed run "
                              f"replaces it once its validation loss is below {self.best:.6g}")
 

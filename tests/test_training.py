@@ -448,9 +448,9 @@ def squared_error(model, batch):
 
 
 def toy_trainer(tmp_path, model: nn.Module | None = None, data: Dataset | None = None, step=squared_error,
-                **train) -> training.Trainer:
+                meta: dict | None = None, **train) -> training.Trainer:
     """A small model fitted by the generic trainer on the CPU; by default a linear one on targets 100 x too large,
-    so gradients are large."""
+    so gradients are large. `meta`: run.json's record (its data hash)."""
     torch.manual_seed(0)
     if data is None:
         x = torch.randn(64, 4)
@@ -458,7 +458,7 @@ def toy_trainer(tmp_path, model: nn.Module | None = None, data: Dataset | None =
     (tmp_path / "run").mkdir(parents=True)
     settings = TrainConfig(**{"epochs": 1, "batch_size": 8, "warmup_steps": 0, "learning_rate": 0.01, **train})
     return training.Trainer(model or nn.Linear(4, 1), data, data, step, settings, tmp_path / "run",
-                            tmp_path / "ckpt", {}, {}, training.Runtime(torch.device("cpu")), "toy")
+                            tmp_path / "ckpt", {}, meta or {}, training.Runtime(torch.device("cpu")), "toy")
 
 
 def test_a_warm_up_longer_than_a_quarter_of_the_run_is_shortened_to_it(tmp_path, capsys):
@@ -490,6 +490,27 @@ def test_a_resume_from_an_older_epoch_says_that_best_pt_is_a_later_epochs(tmp_pa
     assert f"{ckpts / 'best.pt'} is epoch 3's, after this checkpoint's epoch 1" in capsys.readouterr().err
     again.resume(ckpts / "last.pt")
     assert "is epoch 3's" not in capsys.readouterr().err
+
+
+def test_a_resume_on_data_prepared_again_starts_best_pt_over(tmp_path, monkeypatch, capsys):
+    """best_val is a loss on the validation windows the checkpoint was trained with: a resume on data prepared again
+    (another data hash) compared its windows' losses with it, so best.pt could stay a model chosen on other windows
+    for good. The resumed run's first epoch starts best.pt over, as the note says; on the same data best.pt stays."""
+    real_val = training.Trainer.validate
+    monkeypatch.setattr(training.Trainer, "validate",
+                        lambda self, model: {**real_val(self, model), "loss": [1.0, 3.0][self.epoch]})
+    for folder, hash_now, best_epoch in (("same", "d0/i0", 1), ("again", "d0/i1", 2)):
+        toy_trainer(tmp_path / folder / "a", meta={"data_hash": "d0/i0"}).fit()
+        ckpts = tmp_path / folder / "a" / "ckpt"
+        resumed = toy_trainer(tmp_path / folder / "b", meta={"data_hash": hash_now}, epochs=2)
+        resumed.ckpt_dir = ckpts
+        capsys.readouterr()
+        resumed.fit(resume=ckpts / "last.pt")
+        best = torch.load(ckpts / "best.pt", weights_only=True)
+        assert (best["epoch"], best["best_val"]) == (best_epoch, [1.0, 3.0][best_epoch - 1]), folder
+        said = capsys.readouterr().err
+        assert ("best.pt starts over: its validation loss 1 was on the windows prepared before" in said) == \
+            (folder == "again"), said
 
 
 def test_a_resume_removes_what_a_kill_half_wrote_beside_the_plots_too(tmp_path):
