@@ -336,12 +336,7 @@ class Trainer:
         self.model = model.to(rt.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=settings.learning_rate,
                                      weight_decay=settings.weight_decay)
-        total = settings.epochs * self.steps_per_epoch
-        warmup = run_warmup(settings.warmup_steps, total)
-        if warmup < settings.warmup_steps and rt.is_main:
-            running.note(f"train.warmup_steps {settings.warmup_steps} is over a quarter of this run's {total} steps: "
-                         f"warming up over {warmup}, so the learning rate reaches its peak and decays")
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, warmup_cosine(warmup, total))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._schedule(settings.epochs * self.steps_per_epoch))
         self.amp = settings.amp and rt.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.epoch, self.step, self.best = 0, 0, float("inf")
@@ -350,6 +345,14 @@ class Trainer:
         self.resumed_from: str | Path | None = None     # the checkpoint fit() went on from (resume_hint's fallback)
         self.log = MetricsLog(self.run_dir / "metrics.csv")
         self.shown = ("train_loss", "val_loss") + tuple(shown)
+
+    def _schedule(self, total: int) -> Callable[[int], float]:
+        """The learning-rate factor of each step of a run of `total` steps, its warm-up cut to a quarter of them."""
+        warmup = run_warmup(self.s.warmup_steps, total)
+        if warmup < self.s.warmup_steps and self.rt.is_main:
+            running.note(f"train.warmup_steps {self.s.warmup_steps} is over a quarter of this run's {total} steps: "
+                         f"warming up over {warmup}, so the learning rate reaches its peak and decays")
+        return warmup_cosine(warmup, total)
 
     def wrapped(self) -> nn.Module:
         """The model as the forward pass sees it: DDP under torchrun, DataParallel on several GPUs."""
@@ -378,10 +381,11 @@ class Trainer:
         load_weights(unwrap(self.model), ckpt["model"], path)
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
+        self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
+        self._lay_out_the_steps_left()
         self._take_settings()
         if ckpt["scaler"]:                  # empty when the run was made without AMP (e.g. on a CPU)
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
         set_rng_state(ckpt["rng"], self.rt.device)
         self._start_best_over_on_other_data(path, ckpt)
         if self.rt.is_main:
@@ -397,6 +401,14 @@ class Trainer:
                          f"since?): the epochs after {self.epoch} train on these, and best.pt starts over: its "
                          f"validation loss {self.best:.6g} was on the windows prepared before")
             self.best = float("inf")
+
+    def _lay_out_the_steps_left(self) -> None:
+        """The schedule over the steps taken and the epochs left at this run's steps per epoch: with other steps per
+        epoch than the checkpoint's (--max-steps, --batch-size, data prepared again), epochs x steps per epoch ended
+        the cosine before or after the run's last step. With its own, that is the same number of steps."""
+        total = self.step + max(0, self.s.epochs - self.epoch) * self.steps_per_epoch
+        if total != self.s.epochs * self.steps_per_epoch:
+            self.sched.lr_lambdas = [self._schedule(total) for _ in self.opt.param_groups]
 
     def _take_settings(self) -> None:
         """The loaded state dicts hold the run's learning rate and weight decay: a resume's train section (run.json

@@ -1172,6 +1172,24 @@ def test_the_learning_rate_reaches_its_floor_after_the_last_capped_step(tmp_path
     assert trainer.step == 6 and trainer.opt.param_groups[0]["lr"] == pytest.approx(0.001)
 
 
+def test_a_resume_with_other_steps_per_epoch_still_ends_at_the_floor(tmp_path: Path) -> None:
+    """The schedule was laid out over epochs x the resume's steps per epoch but went on from the step the run had
+    reached with its own: 2 epochs of 2 steps resumed to 4 epochs of 8 ended at 45% of the peak, 4 of 8 resumed to 6
+    of 2 trained all its steps at the floor. It is laid out over the steps taken and those left: the last step is the
+    run's, and a resume with its run's own steps per epoch is laid out as before."""
+    for first, then, left in (((2, 2), (4, 8), 16), ((4, 8), (6, 2), 4)):
+        toy_trainer(tmp_path / f"{first}", epochs=first[0], max_steps_per_epoch=first[1], warmup_steps=0).fit()
+        resumed = toy_trainer(tmp_path / f"{first}{then}", epochs=then[0], max_steps_per_epoch=then[1],
+                              warmup_steps=0)
+        took: list[float] = []
+        resumed.opt.register_step_pre_hook(lambda opt, *_: took.append(opt.param_groups[0]["lr"]))
+        resumed.fit(resume=tmp_path / f"{first}" / "ckpt" / "last.pt")
+        total = first[0] * first[1] + left
+        assert len(took) == left and took == pytest.approx([0.01 * training.warmup_cosine(0, total)(s)
+                                                            for s in range(total - left, total)]), (first, then)
+        assert resumed.opt.param_groups[0]["lr"] == pytest.approx(0.001)
+
+
 def test_metrics_csv_lr_is_the_one_each_epochs_last_step_took_across_a_resume(tmp_path: Path, monkeypatch) -> None:
     """metrics.csv's lr was the scheduler's after the epoch, the next epoch's first step's (epoch 1 of a warm-up said
     0.00955 where its steps took 0.005, 0.01, 0.01; the last row said the floor, which no step took). Each row holds
