@@ -495,6 +495,40 @@ def test_rank_whose_partner_never_joins_stops_after_the_timeout(tmp_path: Path) 
     assert not list(tmp_path.iterdir())     # no run was started: no results or checkpoints folder
 
 
+STALLED_PEER = """
+import os, sys, time
+sys.path.insert(0, os.getcwd())
+import torch, torch.distributed as dist
+import training
+training.join_process_group("gloo", int(os.environ["RANK"]), 2)
+dist.all_reduce(torch.ones(1))
+if dist.get_rank() == 1:
+    time.sleep(60)
+t0 = time.time()
+try:
+    dist.all_reduce(torch.ones(1))
+except RuntimeError:
+    print(f"stopped after {time.time() - t0:.1f} s")
+"""
+
+
+def test_a_rank_whose_partner_stalls_in_a_collective_stops_after_the_timeout() -> None:
+    """$ECG_DIST_TIMEOUT bounds a collective's wait too, not only the join: a rank whose partner hangs (a stuck
+    node, a scheduler's launcher with no torchrun agent to stop the rest) stops, not after gloo's 30 minutes."""
+    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
+           "ECG_DIST_TIMEOUT": "2"}
+    procs = [subprocess.Popen([sys.executable, "-c", STALLED_PEER], cwd=ROOT, env={**env, "RANK": str(rank)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    try:
+        out, err = procs[0].communicate(timeout=40)
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+    waited = re.fullmatch(r"stopped after ([\d.]+) s\n", out)
+    assert waited and 1.5 < float(waited[1]) < 10, out + err
+
+
 @pytest.mark.parametrize("signum, said", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")],
                          ids=["ctrl_c", "sigterm"])
 def test_a_rank_waiting_for_its_partner_stops_on_a_signal(signum: int, said: str) -> None:
