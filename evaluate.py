@@ -383,11 +383,15 @@ class Windows:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     beat_sym: np.ndarray | None = None  # [M] uint8: each reference beat's annotation symbol (ord)
 
+    def beat_indices(self, idx: np.ndarray) -> np.ndarray:
+        """The indices into beat_pos of the beats of windows idx, window by window."""
+        return np.concatenate([np.arange(self.beat_ptr[i], self.beat_ptr[i + 1]) for i in idx] or
+                              [np.zeros(0, np.int64)])
+
     def select(self, keep: np.ndarray) -> "Windows":
         """The windows `keep` (sorted indices), with their beats."""
         counts = np.diff(self.beat_ptr)[keep]
-        beat_idx = np.concatenate([np.arange(self.beat_ptr[i], self.beat_ptr[i + 1]) for i in keep] or
-                                  [np.zeros(0, np.int64)])
+        beat_idx = self.beat_indices(keep)
         return Windows(self.signals[keep], self.record[keep], self.start[keep],
                        np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), self.beat_pos[beat_idx],
                        self.records, self.annotated, self.leads, self.fs_in, self.source, self.skipped,
@@ -600,10 +604,8 @@ def window_seed(seed: int, record: str, start: int) -> int:
 
 def _beats(w: Windows, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Reference beats of windows idx as (row in idx, sample from the window start)."""
-    lo, hi = w.beat_ptr[idx], w.beat_ptr[idx + 1]
-    rows = np.repeat(np.arange(len(idx)), hi - lo)
-    pos = np.concatenate([w.beat_pos[a:b] for a, b in zip(lo, hi)] or [np.zeros(0, np.int64)])
-    return rows, pos
+    rows = np.repeat(np.arange(len(idx)), w.beat_ptr[idx + 1] - w.beat_ptr[idx])
+    return rows, w.beat_pos[w.beat_indices(idx)]
 
 
 def predict_windows(f: ForecasterBase, name: str, w: Windows, idx: np.ndarray, context: int, num_samples: int,
