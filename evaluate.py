@@ -613,7 +613,8 @@ def predict_windows(f: ForecasterBase, name: str, w: Windows, idx: np.ndarray, c
     """Forecasts [len(idx), S, H, 2] of windows idx, each window forecast alone with its window_seed and
     checked: float [1, S, H, 2], finite. The forecaster's warnings are said naming their window (say_warnings;
     `said`: those said before in this evaluation)."""
-    horizon, out, said = w.signals.shape[1] - context, [], set() if said is None else said
+    horizon, out = w.signals.shape[1] - context, []
+    said = set() if said is None else said
     for i in idx:
         x = np.asarray(w.signals[i:i + 1, :context], np.float32)
         with warnings.catch_warnings(record=True) as caught:
@@ -658,11 +659,7 @@ def rhythm_of_paths(context: np.ndarray, sample_paths: np.ndarray, rows: np.ndar
     stacked = sample_paths[:, :m].transpose(1, 0, 2).reshape(m * b, -1)
     sums = M.rhythm_sums(np.tile(context, (m, 1)), stacked, np.concatenate([rows + j * b for j in range(m)]),
                          np.tile(pos, m), fs, edges, np.tile(annotated, m))
-    total: dict[str, np.ndarray] = {}
-    for j in range(m):
-        for key, v in sums.items():
-            total[key] = total.get(key, 0) + v[j * b:(j + 1) * b] / m
-    return total
+    return {key: sum(v[j * b:(j + 1) * b] / m for j in range(m)) for key, v in sums.items()}
 
 
 def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, fs: int, num_samples: int = 100,
@@ -726,12 +723,11 @@ def summarize(scores: dict[str, Scores], truth_sums: dict, w: Windows, fs: int, 
     edges = M.segment_edges(horizon, fs)
     labels = [f"{a / fs:g}-{b / fs:g} s" for a, b in zip(edges[:-1], edges[1:])] + ["all"]
     used = np.unique(w.record)                      # records that have windows
-    out: dict = {"horizons": labels, "order": list(scores),
-                 **scored_tables(scores, used, w.records, labels, baselines, n_boot, seed),
-                 "records": [w.records[i] for i in used]}
-    out["detector"] = detector_check(truth_sums, w, used, n_boot, seed)
-    out["horizon_beats"] = by_horizon_beats(scores, w, w.signals.shape[1] - horizon, labels, baselines, n_boot, seed)
-    return out
+    return {"horizons": labels, "order": list(scores),
+            **scored_tables(scores, used, w.records, labels, baselines, n_boot, seed),
+            "records": [w.records[i] for i in used],
+            "detector": detector_check(truth_sums, w, used, n_boot, seed),
+            "horizon_beats": by_horizon_beats(scores, w, w.signals.shape[1] - horizon, labels, baselines, n_boot, seed)}
 
 
 def scored_tables(scores: dict[str, Scores], used: np.ndarray, records: list[str], labels: list[str],
@@ -1148,7 +1144,8 @@ def main(argv: list[str] | None = None) -> Path:
         raise UserError("config data.forecast_predictions is 0: there is no horizon to forecast")
     forecasters, baselines, cautions = build_forecasters(args.model, cfg, device)
     started.update(checkpoint_digests(args.model, list(forecasters.values())))     # the weights loaded, own code
-    started.update({"own forecasters": code} if (code := own_code(args.model)) else {})
+    if code := own_code(args.model):
+        started["own forecasters"] = code
     print_warnings(cautions)
     w = load_windows(args, cfg)
     scored = [w.records[i] for i in np.unique(w.record)]
@@ -1178,6 +1175,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def print_warnings(cautions: list[str]) -> None:
+    """Each caution on stderr as a warning line, before the scoring: they are in report.md's header too."""
     for warning in cautions:
         running.warn(warning)
 
@@ -1245,7 +1243,7 @@ def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config,
     commit, checkpoints and own forecasters' code are the run's start (`started`): the code that ran, even if the
     tree changed during the run."""
     fs, context, src = cfg.data.samples_per_second, cfg.data.window_samples, w.source
-    horizon = w.signals.shape[1] - context
+    horizon, beats = w.signals.shape[1] - context, getattr(args, "horizon_beats", None)
     return {
         "command": shlex.join(["python3", "evaluate.py", *(sys.argv[1:] if argv is None else argv)]),
         **started,
@@ -1256,9 +1254,8 @@ def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config,
                 + (f", beats from .{src['annotator']})" if src.get("annotator", "atr") != "atr" else ")"),
         "records / windows": f"{len(np.unique(w.record))} / {len(w.record)}"
                              + (f" ({len(w.skipped)} records skipped)" if w.skipped else "")
-                             + (f", {beats_asked(args.horizon_beats)}" if getattr(args, "horizon_beats", None) else ""),
-        "windows": windows_chosen(cfg, getattr(args, "max_windows_per_record", None),
-                                  getattr(args, "horizon_beats", None)),
+                             + (f", {beats_asked(beats)}" if beats else ""),
+        "windows": windows_chosen(cfg, getattr(args, "max_windows_per_record", None), beats),
         "context / horizon": f"{context / fs:g} s / {horizon / fs:g} s at {fs} Hz "
                              f"(band-pass {cfg.data.filter_band[0]:g}-{cfg.data.filter_band[1]:g} Hz)",
         "samples / seed": f"{args.samples} / {args.seed}",
