@@ -50,15 +50,7 @@ def markdown_report(summary: dict, header: dict, w: Windows, samples: int | None
     lines += per_second_section(summary) + detector_section(summary["detector"])
     lines += metrics_section(sampled_paths(summary, samples))
     lines += baselines_section(summary["order"])
-    lines += records_section(w)
-    lines += ["", "## Plots", "", "MSE and CRPS per horizon step (each record's mean over its windows and both "
-              "leads, then the mean over records; the curves are in error_curves.csv), each model's CRPS minus the "
-              "best CRPS baseline's, and F1 ±100 ms per horizon second; models solid, baselines dashed.", "",
-              "![error per horizon time](error_curves.png)", "",
-              "Each forecaster's forecasts of the same windows, one from each of the records ranked lowest, median and "
-              "highest by the MSE over the zero forecast's of the forecaster the titles name, with the 50 % and 80 % "
-              "bands of a sampled forecast.", ""]
-    lines += [f"![{name} examples](gallery_{file_name(name)}.png)" for name in summary["order"]]
+    lines += records_section(w) + plots_section(summary["order"])
     return "\n".join(lines) + "\n"
 
 
@@ -158,8 +150,7 @@ def detector_section(d: dict) -> list[str]:
              "| tolerance | sensitivity | positive predictivity | TP | FP | FN |", "|---|---:|---:|---:|---:|---:|"]
     for tol in M.TOLERANCES_MS:
         e = d[f"{tol}ms"]
-        se = "—" if e["sensitivity"] is None else f"{100 * e['sensitivity']:.2f} %"
-        pp = "—" if e["positive_predictivity"] is None else f"{100 * e['positive_predictivity']:.2f} %"
+        se, pp = ("—" if v is None else f"{100 * v:.2f} %" for v in (e["sensitivity"], e["positive_predictivity"]))
         lines.append(f"| ±{tol} ms | {se} | {pp} | {e['tp']} | {e['fp']} | {e['fn']} |")
     return lines + ["", f"Its own timing error (±100 ms matches): {cell(d['timing_ms'])} ms; heart-rate error: "
                     f"{cell(d['hr_bpm'])} bpm. These bound what any forecast can score on the rhythm columns. A beat "
@@ -226,6 +217,18 @@ def records_section(w: Windows) -> list[str]:
     if w.skipped:
         lines += ["", f"Skipped {len(w.skipped)} record(s):", ""] + [f"- {n}: {why}" for n, why in w.skipped]
     return lines
+
+
+def plots_section(order: list[str]) -> list[str]:
+    """What error_curves.png and each forecaster's gallery show."""
+    return ["", "## Plots", "", "MSE and CRPS per horizon step (each record's mean over its windows and both "
+            "leads, then the mean over records; the curves are in error_curves.csv), each model's CRPS minus the "
+            "best CRPS baseline's, and F1 ±100 ms per horizon second; models solid, baselines dashed.", "",
+            "![error per horizon time](error_curves.png)", "",
+            "Each forecaster's forecasts of the same windows, one from each of the records ranked lowest, median and "
+            "highest by the MSE over the zero forecast's of the forecaster the titles name, with the 50 % and 80 % "
+            "bands of a sampled forecast.", "",
+            *(f"![{name} examples](gallery_{file_name(name)}.png)" for name in order)]
 
 
 COMMON_SEEDS = ("Every forecaster forecasts a window with that window's seed (evaluate.window_seed), so the pairs "
@@ -299,18 +302,24 @@ def horizon_beats_section(strata: dict, horizons: list[str]) -> list[str]:
             cells = [fmt(table["metrics"][m][j]["value"]) if m in table["metrics"] else "—"
                      for m, j, _ in STRATUM_METRICS]
             out.append(f"| {kind} | {len(st['records'])} / {st['windows']} | {name} | " + " | ".join(cells) + " |")
-    rows = [(kind, r) for kind, st in strata.items() for r in st["paired"] if r["horizon"] == "all"]
-    if rows:
-        out += ["", "Paired against the best baseline of each kind, whole horizon:", "",
-                "| horizon's beats | forecaster | score | best baseline | difference | better on |",
-                "|---|---|---|---|---:|---:|"]
-        out += [f"| {kind} | {r['forecaster']} | {header_of(r['metric'])} | {r['baseline']} | "
-                f"{signed(r['difference'])} | {better_on(r)} |" for kind, r in rows]
+    out += horizon_beats_paired(strata)
     few = [f"{kind} ({len(st['records'])})" for kind, st in strata.items() if few_records(len(st["records"]))]
     if few:
         out += ["", f"Under {FEW_RECORDS} records in {', '.join(few)}: {FEW_RECORDS_BOOTSTRAP}; read those kinds' "
                 f"intervals as these records' spread, not as what other patients would show."]
     return out
+
+
+def horizon_beats_paired(strata: dict) -> list[str]:
+    """The whole-horizon rows of each kind's pairing against its best baseline, as one table (none without rows)."""
+    rows = [(kind, r) for kind, st in strata.items() for r in st["paired"] if r["horizon"] == "all"]
+    if not rows:
+        return []
+    head = ["", "Paired against the best baseline of each kind, whole horizon:", "",
+            "| horizon's beats | forecaster | score | best baseline | difference | better on |",
+            "|---|---|---|---|---:|---:|"]
+    return head + [f"| {kind} | {r['forecaster']} | {header_of(r['metric'])} | {r['baseline']} | "
+                   f"{signed(r['difference'])} | {better_on(r)} |" for kind, r in rows]
 
 
 def better_on(row: dict) -> str:
