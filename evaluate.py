@@ -302,10 +302,9 @@ def in_environment(file: Path) -> bool:
 
 
 def checkpoint_digests(specs: list[str], loaded: list[ForecasterBase]) -> dict[str, str]:
-    """{"checkpoints": each checkpoint scored, with its SHA-256 (paths.file_sha256)}, or {} when none is: a path
-    alone does not say which weights were scored (best.pt changes while its run goes on, a shipped model when it is
-    packed again). A Forecaster's is the digest of the bytes it loaded (`loaded`, build_forecasters' forecasters in
-    the order of expand_models(specs)): the file hashed after loading could be a later best.pt."""
+    """{"checkpoints": each checkpoint scored with its weights_sha256}, or {} when none is: a path alone does not
+    say which weights were scored (best.pt changes while its run goes on, a shipped model when it is packed again).
+    `loaded`: build_forecasters' forecasters, in the order of expand_models(specs)."""
     found = [f"{spec}: {paths.shown(checkpoint_file(spec))} sha256 {digest}"
              for spec, f in zip(expand_models(specs), loaded) if (digest := weights_sha256(spec, f))]
     return {"checkpoints": "; ".join(found)} if found else {}
@@ -400,6 +399,7 @@ class Windows:
 
 def _from_tensors(d: dict, annotated: list[bool], leads: list[list[str]], fs_in: list[float],
                   source: dict, skipped: list[tuple[str, str]]) -> Windows:
+    """Windows of the tensors cut_windows or load_split gives (torch or numpy) and the records' details."""
     def arr(x):
         return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
     return Windows(arr(d["signals"]), arr(d["record"]), arr(d["start"]), arr(d["beat_ptr"]),
@@ -987,10 +987,10 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
                  seed: int, path: Path, picks: list[tuple[str, int, int]], zero_mse: np.ndarray,
                  ranked_by: str | None = None) -> None:
     """Context, truth, point forecast and 50% / 80% bands of both leads for the windows `picks` (gallery_picks: the
-    same for every forecaster, so their galleries compare), forecast with the same seed as in the evaluation. Titles
-    give the window's MSE and its share of the zero forecast's (`zero_mse`, per window), which ranks the picks; the
-    figure's title says whose ranking it is (`ranked_by`), as another forecaster's shares need not follow it, and how
-    many paths each window drew (the bands' width depends on it), as forecast.py's and the trainers' plots say."""
+    same in every gallery, so they compare), forecast with the evaluation's seeds. Titles give each window's MSE and
+    its share of the zero forecast's (`zero_mse`); the figure's title says whose shares ranked the picks
+    (`ranked_by`: another forecaster's need not follow them) and how many paths each window drew (the bands' width
+    depends on it)."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(len(picks), 2, figsize=(13, 3.3 * len(picks) + 0.5), squeeze=False)
     t = (np.arange(w.signals.shape[1]) - context) / fs
