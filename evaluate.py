@@ -1105,7 +1105,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def build_forecasters(specs: list[str], cfg: Config, device: str | None
-                      ) -> tuple[dict[str, ForecasterBase], set[str], list[str]]:
+                      ) -> tuple[dict[str, ForecasterBase], frozenset[str], list[str]]:
     """Every --model by its report label, which of them are baselines, and a warning for each model trained on
     data prepared otherwise."""
     forecasters: dict[str, ForecasterBase] = {}
@@ -1118,7 +1118,7 @@ def build_forecasters(specs: list[str], cfg: Config, device: str | None
             baselines.add(label)
         elif why := preparation_mismatch(f, cfg):
             cautions.append(f"{label} ({spec}) was trained on data prepared differently: {why}")
-    return forecasters, baselines, cautions
+    return forecasters, frozenset(baselines), cautions
 
 
 def seen_warnings(forecasters: dict[str, ForecasterBase], scored: list[str], args: argparse.Namespace) -> list[str]:
@@ -1143,7 +1143,7 @@ def main(argv: list[str] | None = None) -> Path:
     if cfg.data.total_samples <= context:
         raise UserError("config data.forecast_predictions is 0: there is no horizon to forecast")
     forecasters, baselines, cautions = build_forecasters(args.model, cfg, device)
-    started.update(checkpoint_digests(args.model, list(forecasters.values())))     # the weights loaded, own code
+    started.update(checkpoint_digests(args.model, list(forecasters.values())))     # the weights loaded
     if code := own_code(args.model):
         started["own forecasters"] = code
     print_warnings(cautions)
@@ -1158,8 +1158,8 @@ def main(argv: list[str] | None = None) -> Path:
     run = paths.new_run_dir("evaluate", args.results)       # made now: a failed evaluation leaves no folder
     try:
         summary = summarize(scores, truth_sums, w, fs, w.signals.shape[1] - context, seed=args.seed,
-                            baselines=frozenset(baselines))
-        plot_results(run, forecasters, scores, summary, w, cfg, args, frozenset(baselines))
+                            baselines=baselines)
+        plot_results(run, forecasters, scores, summary, w, cfg, args, baselines)
         wall = time.time() - t0
         header = report_header(args, argv, cfg, w, forecasters, wall, started)
         if cautions:
