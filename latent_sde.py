@@ -112,10 +112,15 @@ class DiagonalDiffusion(nn.Module):
         return self.scale * (self.min_value + (self.max_value - self.min_value) * unit)
 
 
+def derived_seed(*keys: int) -> int:
+    """A seed of its own for these keys (numpy's SeedSequence): streams that share no draws."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
 def window_seeds(windows: torch.Tensor, use: int) -> list[int]:
     """A seed per window from its index in the split alone, one stream per `use` (initial state, posterior path,
     forecast check): validation draws the same numbers for a window in any batch, on any number of processes."""
-    return [int(np.random.SeedSequence([int(i), use]).generate_state(1)[0]) for i in windows.tolist()]
+    return [derived_seed(int(i), use) for i in windows.tolist()]
 
 
 def normal_like(like: torch.Tensor, seed: Seeds) -> torch.Tensor:
@@ -612,7 +617,7 @@ class LatentSDEForecaster(ForecasterBase):
         history, out, n = x, [], num_samples
         for k, start in enumerate(range(0, steps, block)):
             m, span = min(block, steps - start), slice(start * self.factor, (start + block) * self.factor)
-            sde_seed = int(np.random.SeedSequence([seed, 0, *([k] if k else [])]).generate_state(1)[0])
+            sde_seed = derived_seed(seed, 0, *([k] if k else []))
             draft = None if drafts is None else drafts[:, start:start + m].transpose(0, 1)
             out.append(self.sde.sample_frames(frames, m, n, sde_seed, draft=draft).permute(1, 2, 0))  # [S, obs, m]
             if start + m < steps:        # the next block's context: the paths so far, as they come out
@@ -735,7 +740,7 @@ def replica_seed(seed: int, device: torch.device, home: torch.device) -> int:
     """DataParallel hands every replica the batch's seed: the replica k cards after the model's own draws its
     share's paths from a seed of its own, not replica 0's again; a model on one card, whichever, keeps the seed."""
     k = (device.index or 0) - (home.index or 0)
-    return int(np.random.SeedSequence([seed, k]).generate_state(1)[0]) if k else seed
+    return derived_seed(seed, k) if k else seed
 
 
 def fair_crps(paths: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
