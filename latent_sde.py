@@ -584,18 +584,16 @@ class LatentSDEForecaster(ForecasterBase):
         x = torch.from_numpy(x_np).to(self.device)
         unit, frames = self.encode_context(x)
         steps = math.ceil(horizon / self.factor)
-        rhythm = context_rhythm(x_np, self.fs) if self.sde.drafted else None   # for the drafts and their noise
-        drafts, coded, waves = (self.draft_frames(x, steps, num_samples, seed, rhythm) if self.sde.drafted
-                                else (None, None, None))
-        wave = self.roll(x, unit, frames, steps, num_samples, seed, drafts, coded, waves)
-        if waves is None:
-            wave = wave[:, :horizon].cpu().numpy()
-        else:               # the draft itself, plus what the SDE's frames decode to beyond the draft's
-            departure = wave[:, :horizon].cpu().numpy()
+        rhythm = drafts = coded = waves = None
+        if self.sde.drafted:
+            rhythm = context_rhythm(x_np, self.fs)      # for the drafts and their noise
+            drafts, coded, waves = self.draft_frames(x, steps, num_samples, seed, rhythm)
+        wave = self.roll(x, unit, frames, steps, num_samples, seed, drafts, coded, waves)[:, :horizon].cpu().numpy()
+        if waves is not None:   # the draft itself, plus what the SDE's frames decode to beyond the draft's
             if self.holds():
-                departure = hold_to_band(departure, x.shape[1], self.cfg.data.filter_band[0],
-                                         self.cfg.data.filter_order, self.fs)
-            wave = waves[:, :horizon].cpu().numpy() + self.scfg.model.departure_scale * departure
+                wave = hold_to_band(wave, x.shape[1], self.cfg.data.filter_band[0], self.cfg.data.filter_order,
+                                    self.fs)
+            wave = waves[:, :horizon].cpu().numpy() + self.scfg.model.departure_scale * wave
         return add_noise(wave.reshape(1, num_samples, horizon, 2), x_np, self.fs, self.scfg.model.draft_noise,
                          seed, rhythm)
 
