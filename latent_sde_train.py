@@ -110,7 +110,7 @@ def plotting_epoch_end(fixed: np.ndarray, piece: int, run_dir: Path,
 
 
 def crps_step(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
-    # fresh drafts and paths every step; in validation each window's own, by its index, every epoch
+    """Fresh drafts and paths every training step; in validation each window's own, by its index, every epoch."""
     signals, index = batch
     return m(signals.float(), int(torch.randint(2 ** 31 - 1, ())) if m.training else index)
 
@@ -154,12 +154,10 @@ def crps_config(args: argparse.Namespace, resume: dict | None, start: dict, sour
 
 def note_ignored_sections(given: SDEConfig, run: SDEConfig, config: str | None, source: str,
                           elbo: bool = True) -> None:
-    """Fine-tuning takes only the crps section of --config: a model or solver setting there (a forecast-time one such
-    as model.departure_scale too), a loss or augment one (it trains on the CRPS of unaugmented windows), or a train
-    setting it runs with (grad_clip, amp, seed), other than the ELBO run's is said to be ignored, not dropped in
-    silence; a train setting the crps section replaces (learning_rate, epochs, ...) other than the ELBO run's is named
-    with the crps key to set instead (unless `run` is a fine-tuned model, not `elbo`: its train section is its own crps
-    schedule, not settings a user wrote)."""
+    """Fine-tuning takes only the crps section of --config: say which other settings there differ from the run's and
+    are ignored (model, solver, loss, augment, and train settings such as grad_clip or seed), and name the crps key
+    that sets a train setting it schedules (learning_rate, epochs, ...; unless `run` is already fine-tuned, not
+    `elbo`: its train section is its own crps schedule, not settings a user wrote)."""
     scheduled = crps_schedule(given.crps)
     differ = [f"{section}.{key} {value!r} (the run's {getattr(getattr(run, section), key)!r})"
               for section in ("model", "solver", "loss", "augment", "train")
@@ -266,6 +264,7 @@ def elbo_config(args: argparse.Namespace, resume: dict | None) -> SDEConfig:
 
 def encode_splits(vq: VQVAE, scfg: SDEConfig, cfg: Config, train: dict, val: dict, prepared: str | None,
                   rt: Runtime) -> tuple[torch.Tensor, torch.Tensor, tuple[list[dict], torch.Tensor] | None]:
+    """The splits' frames (and drafts' frames) and the augmented copies', encoded once and cached per VQ-VAE."""
     piece, fs = cfg.data.window_samples, int(train["fs"])
     drafted = scfg.model.draft_beats
     kind = "latents_drafted" if drafted else "latents"   # with drafts: frames, then the draft's frames
@@ -315,7 +314,7 @@ def elbo_step(context: int, names: list[str]) -> StepFn:
 
 
 def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | None, rt: Runtime) -> dict:
-    """The checkpoints hold the frozen VQ-VAE too, so forecast.py and evaluate.py need only one file."""
+    """Train on the ELBO; the checkpoints hold the frozen VQ-VAE too, so forecast.py and evaluate.py need only them."""
     scfg = elbo_config(args, resume)
     vq, vq_ckpt, vq_source, vq_read = run_vqvae(args, resume)
     vq.requires_grad_(False)
