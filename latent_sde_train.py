@@ -144,10 +144,10 @@ def crps_config(args: argparse.Namespace, resume: dict | None, start: dict, sour
             setattr(c, key, getattr(args, arg))
     if not resume:      # with the flags' crps values, before --seed sets the run's seed
         note_ignored_sections(given, scfg, args.config, source, elbo="crps_from" not in start.get("meta", {}))
-    if args.seed is not None:
-        scfg.train.seed = args.seed
     if resume:
         scfg.train.seed = resumed_seed(args, resume)
+    elif args.seed is not None:
+        scfg.train.seed = args.seed
     scfg.validate()
     return scfg
 
