@@ -66,9 +66,8 @@ SOLVED = ("prior", "correction", "diffusion")   # what f, g and h read besides t
                                                   # adjoint refuses one, hyper_params_sde)
 LEARNS_CRPS = ("prior", "diffusion", "emission")   # what PathCRPS trains; the posterior keeps its ELBO weights
 Seeds = int | list[int]     # one for a batch drawn together, or one per row, each row then drawn alone
-# sample_frames keeps its call's context on the model (torchsde's f(t, z) is told no more): forecasts from several
-# threads at once read each other's, so a model samples for one at a time; other models (DataParallel's replicas,
-# one per card) beside it, each under a lock of its own
+# sample_frames keeps its call's context on the model (torchsde's f(t, z) is told no more), so a model samples for
+# one thread at a time; each model (DataParallel's replicas too) under a lock of its own
 SAMPLING: weakref.WeakKeyDictionary[LatentSDE, threading.Lock] = weakref.WeakKeyDictionary()
 
 
@@ -602,17 +601,16 @@ class LatentSDEForecaster(ForecasterBase):
              ) -> torch.Tensor:
         """The paths' decoded frames [S, steps * factor, 2] (a drafting model's: their departures from the decoded
         drafts), a trained horizon at a time. Each block after the first starts from the posterior over the last
-        context of its own path, as a training window does: one SDE run over a long horizon drifted from the data
-        and faded its paths (a 60 s forecast's last second at half the recording's size, EXPERIMENTS.md). That
-        context is the draft plus `departure_scale` times the block's departure at the first context's gain, without
-        the noise and the hold that predict adds at the end (the hold moves a block's departure by 0.015 mV at most
-        over 30 s of record 100; white noise is not what the SDE renders). Decoded alone, its last samples carry the
-        decoder's edge (up to 0.3 mV); a draft decoded alone too would remove it at a sixth more time, and changed
-        no forecast's seams or beat size."""
+        context of its own path, as a training window does (one SDE run over 60 s faded its paths to half the
+        recording's size, EXPERIMENTS.md, session 36). That context is the draft plus `departure_scale` times the
+        departure at the first context's gain, without predict's noise (not what the SDE renders) and hold (which
+        moves a block's departure by 0.015 mV at most over 30 s of record 100). Its last samples carry the decoder's
+        edge (up to 0.3 mV); decoding the draft alone too would remove it at a sixth more time, and changed no
+        forecast's seams or beat size."""
         u = unit.repeat_interleave(num_samples, 0)
         block = self.context_frames * max(1, self.cfg.data.forecast_predictions)
         ctx = self.context_frames * self.factor
-        history, out, n = x, [], num_samples
+        history, out, n = x, [], num_samples     # n: paths per context; after the first block each path is one
         for k, start in enumerate(range(0, steps, block)):
             m, span = min(block, steps - start), slice(start * self.factor, (start + block) * self.factor)
             sde_seed = derived_seed(seed, 0, *([k] if k else []))
@@ -631,14 +629,14 @@ class LatentSDEForecaster(ForecasterBase):
 
     def path_crps(self, signals: torch.Tensor, num_samples: int, seed: int, held: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fair CRPS (mV) of `num_samples` forecast paths per window [B, C + H, 2] (C the model's context)
-        against the window's last H samples, differentiable in the SDE; and the same of the bare drafts with
-        the same noise, what the network's departure is measured against: at the recipe's spread and noise, the
-        template ensemble's own paths for the same seed (for one window: a batch draws its drafts together).
-        Drafts and noise are drawn as `predict` draws them for one window, and `held` makes the paths a
-        forecast's: held to the band and their departure scaled by `model.departure_scale` (trained through, the
-        hold scored worse on validation: EXPERIMENTS.md, session 19; trained through, a scale would be undone)."""
-        x, y = signals[:, :self.context_frames * self.factor], signals[:, self.context_frames * self.factor:]
+        """Fair CRPS (mV) of `num_samples` paths per window [B, C + H, 2] (C the model's context) against its last
+        H samples, differentiable in the SDE, and that of the bare drafts with the same noise (for one window, at
+        the recipe's spread and noise: the template ensemble's paths of the same seed). Drafts and noise are drawn
+        as `predict` draws them for one window; `held` makes the paths a forecast's, held to the band and their
+        departure scaled (not in training: trained through, the hold scored worse on validation, EXPERIMENTS.md,
+        session 19, and a scale would be undone)."""
+        c = self.context_frames * self.factor
+        x, y = signals[:, :c], signals[:, c:]
         steps, horizon = math.ceil(y.shape[1] / self.factor), y.shape[1]
         x_np = x.detach().cpu().numpy()
         rhythm = context_rhythm(x_np, self.fs)
