@@ -158,13 +158,13 @@ def note_ignored_sections(given: SDEConfig, run: SDEConfig, config: str | None, 
     are ignored (model, solver, loss, augment, and train settings such as grad_clip or seed), and name the crps key
     that sets a train setting it schedules (learning_rate, epochs, ...; unless `run` is already fine-tuned, not
     `elbo`: its train section is its own crps schedule, not settings a user wrote)."""
-    scheduled = crps_schedule(given.crps)
+    scheduled, config = crps_schedule(given.crps), config or "config_sde.json"
     differ = [f"{section}.{key} {value!r} (the run's {getattr(getattr(run, section), key)!r})"
               for section in ("model", "solver", "loss", "augment", "train")
               for key, value in dataclasses.asdict(getattr(given, section)).items()
               if getattr(getattr(run, section), key) != value and not (section == "train" and key in scheduled)]
     if differ:
-        running.note(f"--config {config or 'config_sde.json'}: {', '.join(differ)} ignored: CRPS fine-tuning keeps the "
+        running.note(f"--config {config}: {', '.join(differ)} ignored: CRPS fine-tuning keeps the "
                      f"model, solver and training settings of {source}, trains on the CRPS of the training windows as "
                      f"they are (no ELBO loss, no augmented copies) and takes only the crps section")
     replaced = [f"train.{key} {value!r} (the run's {getattr(run.train, key)!r}; fine-tuning runs "
@@ -172,7 +172,7 @@ def note_ignored_sections(given: SDEConfig, run: SDEConfig, config: str | None, 
                 for key, value in dataclasses.asdict(given.train).items()
                 if elbo and key in scheduled and getattr(run.train, key) != value]
     if replaced:
-        running.note(f"--config {config or 'config_sde.json'}: {', '.join(replaced)} not used: CRPS fine-tuning "
+        running.note(f"--config {config}: {', '.join(replaced)} not used: CRPS fine-tuning "
                      f"trains for crps.epochs of crps.steps_per_epoch batches of crps.batch_size at "
                      f"crps.learning_rate, without warm-up or weight decay: set those crps keys instead")
 
