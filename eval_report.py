@@ -103,6 +103,18 @@ def same_patient_caution(records: list[str]) -> str:
             f"bootstrap resamples the two records as two patients.")
 
 
+def unannotated_caution(annotated: int, records: int) -> str:
+    """Why the rhythm columns are empty, or over fewer records than the others, when records lack beat annotations:
+    a bare `—` read as a failed forecast."""
+    if annotated == records:
+        return ""
+    if not annotated:
+        return (" No record scored here has beat annotations (an .atr file, or --annotator's), so the rhythm columns "
+                "(R-peak F1, timing and heart-rate error) are empty.")
+    return (f" Only {annotated} of the {records} records have beat annotations (the Records table says which): the "
+            f"rhythm columns are means over those {annotated}.")
+
+
 def whole_horizon_section(summary: dict) -> list[str]:
     """Every metric of every forecaster over the whole horizon, with its interval."""
     order, tables, records = summary["order"], summary["forecasters"], summary["records"]
@@ -110,7 +122,8 @@ def whole_horizon_section(summary: dict) -> list[str]:
             "Mean over records [bootstrap 95 % interval over records]; each record's value pools its "
             "windows, so each record weighs the same. `—`: undefined (interval scores of deterministic "
             "forecasts or of one sample; an interval where fewer than two records define the value)."
-            + same_patient_caution(records) + few_records_caution(len(records))] + grouped_tables(
+            + same_patient_caution(records) + few_records_caution(len(records))
+            + unannotated_caution(summary["detector"]["annotated_records"], len(records))] + grouped_tables(
         ["forecaster"], lambda cols: [f"| {name} | " + " | ".join(cell(tables[name]["metrics"][c][-1]) for c in cols)
                                       + " |" for name in order])
 

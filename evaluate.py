@@ -462,6 +462,11 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
     if not loaded:
         reasons = "; ".join(f"{n}: {why}" for n, why in skipped[:5])
         raise UserError(f"no usable record in {folder} ({reasons})")
+    bare = [r.name for r in loaded if not r.has_annotations]
+    if bare:
+        shown = ", ".join(bare[:5]) + (", ..." if len(bare) > 5 else "")
+        running.note(f"{len(bare)} of {len(loaded)} records in {folder} have no beat annotations (.{annotator}): "
+                     f"{shown}; their R-peak scores (F1, timing, heart rate) stay empty")
     chosen = "all records" if records is None else f"records {', '.join(names)}"
     source = {"kind": "wfdb", "path": str(folder), "split": chosen, "data_hash": data_hash(cfg.data),
               "input_hash": hash_inputs(folder, [r.name for r in loaded], annotator), "annotator": annotator,

@@ -46,9 +46,10 @@ def db250(tmp_path: Path) -> Path:
     return folder
 
 
-def test_wfdb_dir_at_250_hz_skips_bad_records_and_scores_the_rest(db250, tmp_path):
+def test_wfdb_dir_at_250_hz_skips_bad_records_and_scores_the_rest(db250, tmp_path, capsys):
     run, result = _run(["--model", "zero", "template", "seasonal_ensemble", "--wfdb-dir", str(db250),
                         "--results", str(tmp_path / "results"), "--samples", "16"])
+    assert f"note: 1 of 3 records in {db250} have no beat annotations (.atr): a02;" in capsys.readouterr().err
     info = {r["record"]: r for r in result["record_info"]}
     assert sorted(info) == ["a01", "a02", "a03"]
     assert all(r["fs_in"] == 250 and r["windows"] == 6 for r in info.values())
@@ -61,6 +62,7 @@ def test_wfdb_dir_at_250_hz_skips_bad_records_and_scores_the_rest(db250, tmp_pat
     assert result["paired"] == [] and "Paired against" not in report        # baselines only: nothing to pair
     per = result["per_record"]
     assert per["zero"]["mse"]["a02"] is not None and per["zero"]["f1_100"]["a02"] is None   # no annotations
+    assert "Only 2 of the 3 records have beat annotations" in report       # why F1 is over fewer records
     assert per["template"]["f1_100"]["a01"] > 0.3
     # the zero forecast's MSE is the mean square of the truth, recomputed here from the raw record
     cfg = load_config()
@@ -1333,6 +1335,7 @@ def test_report_says_an_interval_over_few_records_is_their_spread(records, cauti
     assert (lo[0], hi[0]) == (0.2, 0.5)
     entry = [{"value": 0.1, "ci": [0.0, 0.2], "records": records}]
     summary = {"order": ["zero"], "records": [str(i) for i in range(records)],
+               "detector": {"annotated_records": records},
                "forecasters": {"zero": {"metrics": {k: entry for k in M.METRICS}}}}
     text = "\n".join(eval_report.whole_horizon_section(summary))
     assert (f"Only {records} records: a bootstrap over so few" in text) == cautioned
@@ -1345,7 +1348,7 @@ def test_report_says_two_records_of_one_patient_weigh_twice(records, cautioned):
     the same' of means over records, where that patient weighs twice and the bootstrap resamples the two as two
     patients. It says 'each record' now, and what the two records are when both are scored."""
     entry = [{"value": 0.1, "ci": [0.0, 0.2], "records": len(records)}]
-    summary = {"order": ["zero"], "records": records,
+    summary = {"order": ["zero"], "records": records, "detector": {"annotated_records": len(records)},
                "forecasters": {"zero": {"metrics": {k: entry for k in M.METRICS}}}}
     text = "\n".join(eval_report.whole_horizon_section(summary))
     assert "each patient weighs the same" not in text and "each record weighs the same" in text
@@ -1396,6 +1399,18 @@ def test_horizon_beats_strata_start_at_the_context_end_when_the_horizon_is_longe
     strata = evaluate.summarize(scores, truth, w, fs, h, n_boot=10)["horizon_beats"]
     assert (strata["ventricular"]["windows"], strata["ventricular"]["records"]) == (1, ["r1"])
     assert (strata["normal"]["windows"], strata["normal"]["records"]) == (1, ["r2"])
+
+
+def test_the_report_says_why_the_rhythm_columns_are_empty_or_over_fewer_records():
+    """Records without beat annotations leave the rhythm columns `—`, or means over the others: the report says so
+    rather than leave a bare `—` to be read as a failed forecast."""
+    entry = [{"value": 0.1, "ci": [0.0, 0.2], "records": 2}]
+    for annotated, said in ((2, None), (0, "No record scored here has beat annotations"),
+                            (1, "Only 1 of the 2 records have beat annotations")):
+        summary = {"order": ["zero"], "records": ["a", "b"], "detector": {"annotated_records": annotated},
+                   "forecasters": {"zero": {"metrics": {k: entry for k in M.METRICS}}}}
+        text = "\n".join(eval_report.whole_horizon_section(summary))
+        assert (said in text) if said else "beat annotations" not in text
 
 
 def test_without_annotations_a_model_is_paired_on_the_waveform_scores_only():
