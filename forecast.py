@@ -633,8 +633,9 @@ def heart_rates(res: dict) -> dict:
     paths = rates(res["samples"][:, :, 0])
     truth = res["truth"][:, 0]
     whole = len(truth) == horizon and bool(np.isfinite(truth).all())
-    return {"context": context, "paths_median": float(np.median(paths)), "paths_p10": float(np.percentile(paths, 10)),
-            "paths_p90": float(np.percentile(paths, 90)), "truth": rates(truth[None])[0] if whole else None}
+    return {"context": context, "paths_median": round(float(np.median(paths)), 1),      # 72.2, not 72.19999999999999
+            "paths_p10": round(float(np.percentile(paths, 10)), 1),
+            "paths_p90": round(float(np.percentile(paths, 90)), 1), "truth": rates(truth[None])[0] if whole else None}
 
 
 def heart_rate_line(hr: dict, n_paths: int = 2) -> str:
