@@ -367,6 +367,9 @@ class VQVAE(nn.Module):
     def decode_latent(self, zq: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         """Latents [B, latent_dim, T'] -> signals [B, T' * factor, 2] in mV: quantised ones (decode sums them from
         the codes) or encode_latent's continuous ones, unquantised, as the latent SDE decodes its paths."""
+        if not isinstance(zq, torch.Tensor):      # a .npz's array met conv1d's list of every signature it takes
+            raise TypeError(f"expected latents as a torch tensor, got {type(zq).__name__}: "
+                            f"pass torch.as_tensor(z, dtype=torch.float32, device=vq.device)")
         if zq.ndim != 3 or zq.shape[1] != self.cfg.latent_dim:
             raise ValueError(f"latents must be [B, {self.cfg.latent_dim}, T'] (latent_dim second), got "
                              f"{tuple(zq.shape)}: vqvae_eval.py's .npz keeps them time first, [W, T', "

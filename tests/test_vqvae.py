@@ -778,6 +778,16 @@ def test_decode_names_codes_saved_as_numpy_or_without_their_batch() -> None:
         m.decode(codes[0])
 
 
+def test_decode_latent_names_latents_saved_as_numpy() -> None:
+    """A .npz's latents passed as they load (numpy) met conv1d's list of every signature it takes; encode and decode
+    name a numpy input, and so does decode_latent now."""
+    m = tiny_model().eval()
+    x = torch.randn(1, 64, 2)
+    z = m.encode_latent(x, m.unit(x))
+    with pytest.raises(TypeError, match=r"expected latents as a torch tensor, got ndarray: pass torch.as_tensor"):
+        m.decode_latent(z.detach().numpy(), m.unit(x))
+
+
 def test_restart_before_the_codebook_is_initialised_restarts_and_counts_nothing() -> None:
     """Before k-means init there is no reservoir to restart from: the codebook is kept, and no restart is reported."""
     torch.manual_seed(0)
