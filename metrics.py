@@ -115,10 +115,14 @@ def crps_samples(samples: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarra
 
 def check_observations(xs: np.ndarray, y: np.ndarray, axis: int) -> None:
     """Observations y must have the samples' shape without their sample axis: predict's [1, S, H, 2] read with the
-    default axis 0 against y [H, 2] broadcast into S CRPS of a single sample each (or a coverage of 0), silently."""
+    default axis 0 against y [H, 2] broadcast into S CRPS of a single sample each (or a coverage of 0), silently.
+    Both must be finite: a NaN sample sorts last, as if it were +inf, and a NaN y falls outside every interval."""
     if y.shape != xs.shape[:-1]:
         raise ValueError(f"y has shape {y.shape} but the samples without their axis {axis} have {xs.shape[:-1]}: "
                          f"they must be the same (predict's samples [B, S, H, 2] take axis=1 and y [B, H, 2])")
+    for what, a in (("the samples", xs), ("y", y)):
+        if not np.isfinite(a).all():
+            raise ValueError(f"{what} must be finite, got {np.sum(~np.isfinite(a))} NaN or inf")
 
 
 def quantile_sorted(xs: np.ndarray, q: float) -> np.ndarray:

@@ -739,6 +739,22 @@ def test_scores_refuse_a_truth_that_only_broadcasts_against_the_forecast():
     assert M.interval_coverage(samples[0], truth, 0.8)[1] > 0
 
 
+def test_sampled_scores_refuse_nan_or_inf_by_name():
+    """A NaN sample sorted last, as if it were +inf, and a NaN truth fell outside every interval: interval_coverage
+    of 100 samples, 5 of them NaN, gave a coverage without a word (crps_samples a NaN), and a truth of inf lowered it."""
+    rng = np.random.default_rng(0)
+    samples, y = rng.standard_normal((100, 4)), np.zeros(4)
+    bad = samples.copy()
+    bad[:5, 2] = np.nan
+    for score in (lambda: M.interval_coverage(bad, y, 0.8), lambda: M.crps_samples(bad, y)):
+        with pytest.raises(ValueError, match="the samples must be finite, got 5 NaN or inf"):
+            score()
+    y[1] = np.inf
+    for score in (lambda: M.interval_coverage(samples, y, 0.8), lambda: M.crps_samples(samples, y)):
+        with pytest.raises(ValueError, match="y must be finite, got 1 NaN or inf"):
+            score()
+
+
 def test_a_level_or_quantile_outside_0_to_1_is_refused_by_name():
     """interval_coverage(..., 80) meant 80 % and stopped in an IndexError from quantile_sorted's indexing."""
     samples, y = np.zeros((10, 3)), np.zeros(3)
