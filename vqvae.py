@@ -45,6 +45,11 @@ def perplexity(counts: torch.Tensor) -> torch.Tensor:
     return torch.exp(-(p * torch.log(p + 1e-10)).sum())
 
 
+def codebook_health(counts: torch.Tensor) -> dict[str, float]:
+    """Perplexity of code counts [K] and the share of codes used at all."""
+    return {"perplexity": float(perplexity(counts)), "usage": float((counts > 0).float().mean())}
+
+
 def level_key(name: str, level: int) -> str:
     """The metric name of residual level `level`'s codebook statistic: the first level's is the plain name."""
     return name if level == 0 else f"{name}_{level + 1}"
@@ -235,9 +240,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def end_epoch(self) -> dict:
         """Codebook health over the epoch: perplexity, share of codes used, codes restarted."""
-        usage = self.epoch_usage
-        stats = {"perplexity": float(perplexity(usage)),
-                 "usage": float((usage > 0).float().mean()), "restarted": int(self.restarted)}
+        stats = {**codebook_health(self.epoch_usage), "restarted": int(self.restarted)}
         self.epoch_usage.zero_()
         self.restarted.zero_()
         return stats

@@ -43,7 +43,7 @@ from prepare_mitbih import augmented_encoding, cached_encoding, load_split, pati
 from train_results import fixed_indices, plot_windows, read_checkpoint, weights_digest, window_titles
 from training import Runtime, main_first, ranks_apart, run_splits
 from transformer import as_levels
-from vqvae import SAMPLE_BITS, VQVAE, perplexity, vqvae_from
+from vqvae import SAMPLE_BITS, VQVAE, codebook_health, vqvae_from
 from paths import UserError
 
 
@@ -238,9 +238,7 @@ def reconstruction_report(model: VQVAE, data: dict, record_fs: float | None = No
                              "prdn": 100 * math.sqrt(sums[i, 0] / sums[i, 2])}
                   for i in range(len(names)) if n_per_record[i]}
     summary = {k: float(np.mean([r[k] for r in per_record.values()])) for k in ("mse_mv2", "prd", "prdn")}
-    summary.update(perplexity=float(perplexity(usage)),
-                   usage=float((usage > 0).float().mean()),
-                   **compression(model, sig.shape[1], float(data["fs"]), record_fs),
+    summary.update(**codebook_health(usage), **compression(model, sig.shape[1], float(data["fs"]), record_fs),
                    codebooks=len(model.quantizers),
                    records=len(per_record), windows=int(len(sig)))
     return {"summary": summary, "per_record": per_record}
