@@ -74,6 +74,10 @@ def _stage(ch: int, blocks: int) -> list[nn.Module]:
     return [ResBlock(ch, dilation=3 ** (i % 3)) for i in range(blocks)]
 
 
+def _attention(cfg: ModelConfig) -> ConvAttention | None:
+    return ConvAttention(cfg.channels, cfg.attention_heads, cfg.attention_layers) if cfg.has_attention else None
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -85,7 +89,7 @@ class Encoder(nn.Module):
         if levels == 0:
             layers += _stage(ch, cfg.res_blocks)
         self.net = nn.Sequential(*layers)
-        self.attn = ConvAttention(ch, cfg.attention_heads, cfg.attention_layers) if cfg.has_attention else None
+        self.attn = _attention(cfg)
         self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv1d(ch, cfg.latent_dim, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +104,7 @@ class Decoder(nn.Module):
         super().__init__()
         ch, levels = cfg.channels, int(math.log2(cfg.downsample_factor))
         self.inp = nn.Conv1d(cfg.latent_dim, ch, 3, padding=1)
-        self.attn = ConvAttention(ch, cfg.attention_heads, cfg.attention_layers) if cfg.has_attention else None
+        self.attn = _attention(cfg)
         layers: list[nn.Module] = []
         for _ in range(levels):
             layers += _stage(ch, cfg.res_blocks)
