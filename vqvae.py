@@ -270,6 +270,7 @@ class VQVAE(nn.Module):
         return self.cfg.downsample_factor
 
     def _check(self, x: torch.Tensor, finite: bool = True) -> None:
+        """Windows encode can code, or an error saying what to pass instead (`finite`: also refuse NaN and inf)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"expected a torch tensor [B, T, 2] in mV, got {type(x).__name__}: "
                             f"pass torch.as_tensor(x, dtype=torch.float32, device=vq.device)")
@@ -281,8 +282,14 @@ class VQVAE(nn.Module):
             raise ValueError(f"expected {self.scale.dtype} windows, the model's, got {x.dtype}: pass x.float()")
         if x.device != self.device:
             raise ValueError(f"the window is on {x.device}, the model on {self.device}: pass x.to(vq.device)")
-        bad = ~torch.isfinite(x) if finite else None
-        if bad is not None and bad.any():   # NaN distances code every code of the window 0, the reconstruction NaN
+        if finite:
+            self._check_finite(x)
+
+    @staticmethod
+    def _check_finite(x: torch.Tensor) -> None:
+        """NaN distances code every code of the window 0, and the reconstruction NaN."""
+        bad = ~torch.isfinite(x)
+        if bad.any():
             b, t, lead = bad.nonzero()[0].tolist()
             raise ValueError(f"the window holds {int(bad.sum())} NaN or inf samples, the first at window {b}, sample "
                              f"{t}, lead {lead + 1}: code windows of finite samples (read_record(..., gaps=True) "
