@@ -269,6 +269,10 @@ class VQVAE(nn.Module):
     def factor(self) -> int:
         return self.cfg.downsample_factor
 
+    @property
+    def quantizers(self) -> list[VectorQuantizer]:
+        return [self.quantizer, *self.residual]
+
     def _check(self, x: torch.Tensor, finite: bool = True) -> None:
         """Windows encode can code, or an error saying what to pass instead (`finite`: also refuse NaN and inf)."""
         if not isinstance(x, torch.Tensor):
@@ -338,10 +342,6 @@ class VQVAE(nn.Module):
             self._check(x)
             self._check_unit(unit, len(x))
         return self.encoder((x / unit).transpose(1, 2))
-
-    @property
-    def quantizers(self) -> list[VectorQuantizer]:
-        return [self.quantizer, *self.residual]
 
     def encode(self, x: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         """Signals [B, T, 2] in mV -> codes [B, T / factor] (Q = 1) or [B, T / factor, Q]; in float32 under autocast
