@@ -182,8 +182,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor, seen: torch.Tensor) -> None:
         """EMA of this rank's code sums and counts (all-reduced); the reservoir takes `seen`, the global batch."""
-        sums = torch.zeros_like(self.ema_sum).index_add_(0, codes, flat.float())
-        counts = counts.float()
+        sums = torch.zeros_like(self.ema_sum).index_add_(0, codes, flat)
         if _distributed():
             dist.all_reduce(counts)
             dist.all_reduce(sums)
