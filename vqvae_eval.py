@@ -39,7 +39,8 @@ import paths
 import running
 from hyper_params import AugmentConfig, Config, DataConfig, stored_config
 from metrics import prd, prdn
-from prepare_mitbih import augmented_encoding, cached_encoding, load_split, patients_seen, source_fs, stored_leads
+from prepare_mitbih import (augmented_encoding, cached_encoding, load_split, patients_seen, record_hash, source_fs,
+                            stored_leads)
 from train_results import fixed_indices, plot_windows, read_checkpoint, weights_digest, window_titles
 from training import Runtime, main_first, ranks_apart, run_splits
 from transformer import as_levels
@@ -350,6 +351,15 @@ def code_windows(model: VQVAE, windows: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+def record_span(start: float, seconds: float | None, data: DataConfig) -> tuple[int, int]:
+    """The samples --start and --seconds ask for, so that only they are read ('end': past any record's end, which
+    read_record reads to); record_windows checks them."""
+    fs = data.samples_per_second
+    at = round(start * fs) if math.isfinite(start) else 0
+    end = at + (data.window_samples if seconds is None else round(seconds * fs) if math.isfinite(seconds) else 2 ** 62)
+    return max(at, 0), max(end, 0)
+
+
 def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkpoint: Path,
                 run_record: dict) -> Path:
     """--record: its windows coded one by one into one .npz (codes, latents, gains, reconstructions, the windows)
@@ -357,31 +367,27 @@ def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkp
     taken at the start) goes into the .npz with the record files' input hash, as forecast.py's .json gives them.
     Returns the .npz's path."""
     from forecast import read_model_record
-    from prepare_mitbih import record_hash
     fs, start, seconds = data.samples_per_second, args.start or 0.0, args.seconds
-    at = round(start * fs) if math.isfinite(start) else 0
-    end = at + (data.window_samples if seconds is None else round(seconds * fs) if math.isfinite(seconds)
-                else 2 ** 62)       # 'end': past any record's end, which read_record reads to
-    rec = read_model_record(args.record, data, (max(at, 0), max(end, 0)))     # the windows asked for, not all
+    rec = read_model_record(args.record, data, record_span(start, seconds, data))
     windows, starts = record_windows(rec.signal, start, seconds, data.window_samples, fs, args.record, rec.offset,
                                      rec.length)
     input_hash = record_hash(args.record)   # the files just read
     coded = code_windows(model, windows)
     run = paths.new_run_dir("vqvae_eval", args.results)
     stem = f"{rec.name}_{starts[0]:.15g}s"
-    paths.atomic_save_npz(run / f"{stem}.npz", **coded, signal=windows, start_s=starts, fs=fs, leads=rec.leads,
+    npz, png = run / f"{stem}.npz", run / f"{stem}.png"
+    paths.atomic_save_npz(npz, **coded, signal=windows, start_s=starts, fs=fs, leads=rec.leads,
                           record=args.record, checkpoint=str(checkpoint), input_hash=input_hash, **run_record)
     titles = [tuple(f"record {rec.name} at {s:g} s, lead {k + 1}: {lead}" for k, lead in enumerate(rec.leads))
               for s in starts[:PLOTTED]]
-    plot_windows(windows[:PLOTTED], coded["reconstruction"][:PLOTTED], fs, run / f"{stem}.png",
+    plot_windows(windows[:PLOTTED], coded["reconstruction"][:PLOTTED], fs, png,
                  f"the VQ-VAE of {paths.shown(checkpoint)}: record {rec.name}, original vs reconstruction", titles)
     resampled = f", its {rec.fs_in:g} Hz resampled to {fs} Hz" if rec.fs_in != fs else ""
     error, normalised = prd(coded["reconstruction"], windows), prdn(coded["reconstruction"], windows, axis=1)
     print(f"record {args.record}{resampled}: {len(windows)} window(s) of {data.window_samples / fs:g} s from "
           f"{starts[0]:g} s, reconstructed at PRD {error:.1f}%, PRDN {normalised:.1f}%")
-    print(f"codes {list(coded['codes'].shape)}, latents {list(coded['latents'].shape)}: {run / (stem + '.npz')}\n"
-          f"plot: {run / (stem + '.png')}")
-    return run / f"{stem}.npz"
+    print(f"codes {list(coded['codes'].shape)}, latents {list(coded['latents'].shape)}: {npz}\nplot: {png}")
+    return npz
 
 
 def parse_seconds(value: str) -> float:
