@@ -398,7 +398,28 @@ def parse_seconds(value: str) -> float:
         raise argparse.ArgumentTypeError(f"{value!r} is neither seconds nor 'end'") from None
 
 
-def main(argv: list[str] | None = None) -> dict | Path:
+def evaluate_split(args: argparse.Namespace, model: VQVAE, ckpt: dict, cfg: Config, checkpoint: Path, digest: str,
+                   commit: str) -> dict:
+    """--split: reconstruction.json and .md, naming the checkpoint by the `digest` of the bytes loaded and the code
+    by the `commit` at the start, and a PNG of examples. Returns the report."""
+    data = load_split(args.split, cfg, args.prepared, any_records=True)   # a split of one's own is fine
+    for warning in seen_warnings(ckpt["meta"], list(data["records"]), args.split):
+        running.warn(warning)
+    report = reconstruction_report(model, data, source_fs(data["records"], args.prepared))
+    run = paths.new_run_dir("vqvae_eval", args.results)
+    # the data hash as a training run's run.json gives it
+    report.update(checkpoint=str(checkpoint), checkpoint_sha256=digest, split=args.split, git_commit=commit,
+                  data_hash=paths.run_data_hash(data), trained=ckpt["meta"])
+    paths.atomic_write_json(report, run / "reconstruction.json")
+    lines = report_lines(report, data)
+    paths.atomic_write_text("\n".join(lines) + "\n", run / "reconstruction.md")
+    plot_examples(model, data, args.split, args.prepared, run / "reconstruction_examples.png", checkpoint)
+    print("\n".join(lines[-3:]))
+    print(f"report: {run / 'reconstruction.md'}")
+    return report
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=paths.given_path,
                    help="VQ-VAE checkpoint, or a forecaster's for the VQ-VAE inside it, e.g. "
@@ -422,27 +443,18 @@ def main(argv: list[str] | None = None) -> dict | Path:
         p.error("--start and --seconds go with --record")
     if args.record and args.prepared:
         p.error("--prepared goes with --split: --record reads the record itself")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict | Path:
+    args = parse_args(argv)
     commit = paths.git_commit()     # the code that runs, whatever the tree holds when the report is written
     path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint("vqvae", args.checkpoints)
     model, ckpt, digest = read_vqvae(path)      # the weights coded with: best.pt changes while its run goes on
     cfg = stored_config(ckpt["config"], f"config stored in {path}")
     if args.record:
         return code_record(args, model, cfg.data, path, {"checkpoint_sha256": digest, "git_commit": commit})
-    data = load_split(args.split, cfg, args.prepared, any_records=True)   # a split of one's own is fine
-    for warning in seen_warnings(ckpt["meta"], list(data["records"]), args.split):
-        running.warn(warning)
-    report = reconstruction_report(model, data, source_fs(data["records"], args.prepared))
-    run = paths.new_run_dir("vqvae_eval", args.results)
-    # the data hash as a training run's run.json gives it
-    report.update(checkpoint=str(path), checkpoint_sha256=digest, split=args.split, git_commit=commit,
-                  data_hash=paths.run_data_hash(data), trained=ckpt["meta"])
-    paths.atomic_write_json(report, run / "reconstruction.json")
-    lines = report_lines(report, data)
-    paths.atomic_write_text("\n".join(lines) + "\n", run / "reconstruction.md")
-    plot_examples(model, data, args.split, args.prepared, run / "reconstruction_examples.png", path)
-    print("\n".join(lines[-3:]))
-    print(f"report: {run / 'reconstruction.md'}")
-    return report
+    return evaluate_split(args, model, ckpt, cfg, path, digest, commit)
 
 
 if __name__ == "__main__":
