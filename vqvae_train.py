@@ -45,6 +45,8 @@ class RandomCrops(Dataset):
 
 
 class Windows(Dataset):
+    """The validation windows, whole."""
+
     def __init__(self, signals: torch.Tensor):
         self.signals = signals
 
@@ -82,7 +84,7 @@ def plot_fixed_windows(model: VQVAE, windows: torch.Tensor, fs: int, out: Path, 
         return
     model.eval()
     with torch.no_grad():
-        x = windows.to(model.scale.device)
+        x = windows.to(model.device)
         x_hat, _ = model(x)
     plot_windows(x.cpu().numpy(), x_hat.cpu().numpy(), fs, out, title, titles)
 
@@ -130,8 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
                       Windows(val["signals"]), step_fn, cfg.train, run_dir, ckpt_dir, cfg.to_dict(), meta, rt,
                       kind="vqvae", epoch_end=plotting_epoch_end(fixed, fs, run_dir, titles), summarize=summarize,
                       loss_name="reconstruction MSE + commitment (normalised units)",
-                      shown=("val_mse_mv2", "val_prdn", *(k for name in ("perplexity", "usage", "restarted")
-                                                                for k in levels(name, cfg)), "seconds"))
+                      shown=shown_columns(cfg))
     if rt.is_main and not resume_ckpt:
         plot_fixed_windows(model, fixed, fs, run_dir / "reconstruction_initial.png",
                            "before training: validation windows, original vs reconstruction", titles)
@@ -142,6 +143,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(codebook_line(row, cfg))
         print(compression_line(model, cfg, val["records"], args.prepared))
     return row
+
+
+def shown_columns(cfg: Config) -> tuple[str, ...]:
+    """The metrics printed each epoch: validation error, every level's codebook health, time."""
+    health = [k for name in ("perplexity", "usage", "restarted") for k in levels(name, cfg)]
+    return ("val_mse_mv2", "val_prdn", *health, "seconds")
 
 
 def levels(name: str, cfg: Config) -> list[str]:
