@@ -430,9 +430,8 @@ class VQVAE(nn.Module):
     def compression_ratio(self, window: int, source_ratio: float = 1.0) -> float:
         """Bits of a 2-lead window of `window` model-rate samples, stored as SAMPLE_BITS-bit samples at
         `source_ratio` x the model rate (MIT-BIH records: 360 / 128), over the bits that code it: its
-        codes (all levels) and, with `window_gain`, the two leads' gains. `window` must be one encode takes: 100
-        samples at a factor of 8 were counted as 12 codes (a ratio 4% too high), and fewer than one code step
-        divided by 0."""
+        codes (all levels) and, with `window_gain`, the two leads' gains. `window` must be one encode takes, a positive
+        multiple of the factor."""
         if window < self.factor or window % self.factor:
             raise ValueError(f"window must be a positive multiple of {self.factor} samples (downsample_factor), got "
                              f"{window}")
