@@ -61,16 +61,11 @@ class SelfAttention(nn.Module):
             q, k = rotary(q, offset), rotary(k, offset)
         if cache is not None:
             k, v = self._cached(cache, k, v, offset)
-        causal = self.causal and q.shape[2] > 1
-        if causal and k.shape[2] != q.shape[2]:
-            # new queries attend to every cached key and causally among themselves
-            past = k.shape[2] - q.shape[2]
-            mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=x.device).tril(past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                               dropout_p=self.dropout if self.training else 0.0)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
-                                               dropout_p=self.dropout if self.training else 0.0)
+        causal, mask = self.causal and T > 1, None
+        if causal and k.shape[2] != T:      # new queries attend to every cached key and causally among themselves
+            mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - T)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                           dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
     @staticmethod
