@@ -233,23 +233,14 @@ class CodeGPT(nn.Module):
         """Sample `steps` code steps after each context [B, T(, Q)], `num_samples` times:
         [B * num_samples, steps(, Q)], a context's samples next to each other. The same generator state
         gives the same codes with or without the cache (up to float rounding of the logits); with it
-        the context is read once per context, not once per sample. `draft` [B, T + steps(, Q)]: step
-        t's draft, as in `forward`, shared by a context's samples; or [B * num_samples, ...], a draft
-        per sample (same over the context). `draft_bias` > 0 tilts each step towards its draft's codes
-        (`sample_step`)."""
+        the context is read once per context, not once per sample. `draft`: see `_next_drafts`;
+        `draft_bias` > 0 tilts each step towards its draft's codes (`sample_step`)."""
         if context.shape[1] < 1:        # the first step is drawn from the context's last position
             raise ValueError("generate needs a context of at least one code step, got none")
         if context.shape[1] + steps > self.block_size:
             raise ValueError(f"context {context.shape[1]} + {steps} steps exceeds block_size {self.block_size}")
-        levels, T = as_levels(context, self.levels), context.shape[1]
-        nxt = None if draft is None else as_levels(draft, self.levels)[:, 1:]    # what position t predicts
-        if nxt is not None and nxt.shape[1] < T + steps - 1:
-            raise ValueError(f"draft of {draft.shape[1]} steps, expected context + steps = {T + steps}")
-        if nxt is not None and len(nxt) not in (len(context), len(context) * num_samples):
-            raise ValueError(f"draft of {len(nxt)} rows, expected one per context ({len(context)}) or per sample "
-                             f"({len(context) * num_samples})")
-        own = nxt is not None and num_samples > 1 and len(nxt) == len(context) * num_samples   # a draft per sample
-        rep = None if nxt is None else nxt if own else nxt.repeat_interleave(num_samples, 0)
+        levels = as_levels(context, self.levels)
+        nxt, rep, own = self._next_drafts(draft, len(context), context.shape[1] + steps, num_samples)
         draw = functools.partial(self.sample_step, temperature=temperature, top_k=top_k, top_p=top_p,
                                  generator=generator, bias=draft_bias)
         if use_cache:
@@ -257,6 +248,22 @@ class CodeGPT(nn.Module):
         else:
             out = self._generate_uncached(levels.repeat_interleave(num_samples, 0), steps, draw, rep)
         return out if context.ndim == 3 else out[..., 0]
+
+    def _next_drafts(self, draft: torch.Tensor | None, contexts: int, length: int, num_samples: int
+                    ) -> tuple[torch.Tensor | None, torch.Tensor | None, bool]:
+        """A checked `draft` [B, length(, Q)] (step t's draft, as in `forward`, shared by a context's samples) or
+        [B * num_samples, ...] (one per sample, the same over the context), shifted to what each position predicts:
+        as given, repeated for every sample, and whether it came one per sample."""
+        if draft is None:
+            return None, None, False
+        nxt = as_levels(draft, self.levels)[:, 1:]
+        if nxt.shape[1] < length - 1:
+            raise ValueError(f"draft of {draft.shape[1]} steps, expected context + steps = {length}")
+        if len(nxt) not in (contexts, contexts * num_samples):
+            raise ValueError(f"draft of {len(nxt)} rows, expected one per context ({contexts}) or per sample "
+                             f"({contexts * num_samples})")
+        own = num_samples > 1 and len(nxt) == contexts * num_samples
+        return nxt, nxt if own else nxt.repeat_interleave(num_samples, 0), own
 
     def _generate_uncached(self, seq: torch.Tensor, steps: int, draw: Callable, rep: torch.Tensor | None
                            ) -> torch.Tensor:
