@@ -137,7 +137,7 @@ class CodeGPT(nn.Module):
 
     With `draft`, each position also reads a draft of the step it predicts: codes of a guess at the
     future (the seasonal-naive continuation of the context, or the context's beats at given or drawn beat
-    times: forecast.py), or -1 where there is none. Copying the draft is then one attention-free
+    times: drafts.py, coded in forecast.py), or -1 where there is none. Copying the draft is then one attention-free
     step, so the model spends its capacity on where to depart from it.
     """
 
