@@ -50,14 +50,16 @@ def encode_drafted(vq: VQVAE, signals: torch.Tensor, chunk: int, fs: int, beats:
     the context's mean beat laid at the window's own R peaks (detected over the whole window), so that
     the model learns to render beats where it is told they are."""
     codes = as_levels(encode_split(vq, signals, chunk), len(vq.quantizers))
-    steps = codes.shape[1] - chunk // vq.factor
-    if not beats:
-        return torch.cat([codes, seasonal_draft(vq, signals[:, :chunk], steps, fs)], -1)
-    peaks = detected_beats(signals.numpy(), fs)
-    return torch.cat([codes, beat_draft(vq, signals[:, :chunk], steps, fs, beats=peaks)], -1)
+    steps, context = codes.shape[1] - chunk // vq.factor, signals[:, :chunk]
+    if beats:
+        draft = beat_draft(vq, context, steps, fs, beats=detected_beats(signals.numpy(), fs))
+    else:
+        draft = seasonal_draft(vq, context, steps, fs)
+    return torch.cat([codes, draft], -1)
 
 
 def step_fn(model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
+    """Next-code cross-entropy over every position and level, and how often the likeliest code is the right one."""
     codes, *draft = batch                           # draft: only for a drafting model
     logits = model(codes, *draft)                   # [B, T-1, Q, K]
     target = codes[:, 1:].reshape(logits.shape[:-1])
