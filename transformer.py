@@ -309,16 +309,27 @@ def favour(logits: torch.Tensor, codes: torch.Tensor, bonus: float) -> torch.Ten
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """One code per row from logits [B, V] with temperature (0: the likeliest code), top-k and nucleus (top-p)
-    truncation. Top-p keeps the fewest likeliest codes reaching top_p and, as top-k does, every code tied with the
-    last of them: the kept set does not depend on code order."""
+    truncation (`truncated`)."""
     if not temperature >= 0 or top_k < 0 or not 0 < top_p <= 1:     # `not >=`: a NaN is refused too
         raise ValueError(f"sampling takes temperature >= 0, top_k >= 0 and top_p in (0, 1], got temperature "
                          f"{temperature}, top_k {top_k}, top_p {top_p}")
     if temperature == 0:
         return logits.argmax(-1)
     best = logits.max(-1)           # the first likeliest code: the limit sampling tends to as the temperature shrinks
-    logits = logits.float() / temperature
+    logits = truncated(logits.float() / temperature, top_k, top_p)
     overflow = torch.isinf(best.values.float() / temperature)    # so small a temperature that logits reach ±inf
+    # inverse CDF, one uniform per row (torch.multinomial draws one exponential per code and row);
+    # right=True: codes of probability 0 (masked) are never picked, even for u = 0
+    cdf = logits.softmax(-1).cumsum(-1)
+    u = torch.rand(len(cdf), 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+    drawn = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+    return torch.where(overflow, best.indices, drawn)
+
+
+def truncated(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """logits [B, V] with -inf outside the top_k likeliest codes (0: all) and outside the nucleus: the fewest
+    likeliest codes reaching top_p. Both keep every code tied with the last kept: the set does not depend on
+    code order."""
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -328,9 +339,4 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
         before = F.pad(p.cumsum(-1)[:, :-1], (1, 0))        # the probability of the likelier codes
         kept = (before < top_p).sum(-1, keepdim=True)      # the smallest set reaching top_p (at least one code)
         logits = logits.masked_fill(logits < sorted_logits.gather(-1, kept - 1), float("-inf"))
-    # inverse CDF, one uniform per row (torch.multinomial draws one exponential per code and row);
-    # right=True: codes of probability 0 (masked) are never picked, even for u = 0
-    cdf = logits.softmax(-1).cumsum(-1)
-    u = torch.rand(len(cdf), 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
-    drawn = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
-    return torch.where(overflow, best.indices, drawn)
+    return logits
