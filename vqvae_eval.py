@@ -52,7 +52,11 @@ def latest_checkpoint(kind: str, checkpoints: str | None = None, name: str = "be
                       flag: str = "--checkpoint") -> Path:
     """The newest <kind>-<time>/<name> under the checkpoints folder (`flag`: the script's way to name one)."""
     root = paths.location("checkpoints", checkpoints)
-    found = sorted(root.glob(f"{kind}-*/{name}"), key=lambda p: p.stat().st_mtime)
+    try:
+        found = sorted(root.glob(f"{kind}-*/{name}"), key=lambda p: p.stat().st_mtime)
+    except OSError as e:        # a root the system will not look in (a name too long): a traceback, not the error
+        raise UserError(f"cannot look for {kind} checkpoints in {root}: {e.strerror or e}; pass {flag}, or a "
+                        f"checkpoints root that can be read") from e
     if not found:
         raise UserError(f"no {kind} checkpoint in {root}; train one first (python3 {kind}_train.py) "
                         f"or pass {flag}")

@@ -281,6 +281,17 @@ def test_a_checkpoint_whose_name_the_system_refuses_is_one_error(tmp_path):
         forecast.checkpoint_path(str(path))
 
 
+def test_a_checkpoints_root_whose_name_the_system_refuses_is_one_error(tmp_path):
+    """A checkpoints root too long for the file system (vqvae_eval.py --checkpoints, $ECG_CHECKPOINTS_DIR): looking
+    for its newest checkpoint raised the OSError as a traceback, where the error names the root and the flag."""
+    import vqvae_eval
+
+    root = tmp_path / ("x" * 300)
+    r = run_script(vqvae_eval.main, "vqvae_eval.py", ["--checkpoints", str(root)])
+    assert r.returncode == 2 and r.stderr == (f"error: cannot look for vqvae checkpoints in {root}: File name too long; "
+                                              "pass --checkpoint, or a checkpoints root that can be read\n"), r.stderr
+
+
 def test_forecast_of_a_record_exactly_one_context_long(shipped, tmp_path):
     """A record as long as the context is not too short: the forecast starts at its end, with no truth to plot."""
     record = write_record(tmp_path, "r", seconds=3, seed=0)
