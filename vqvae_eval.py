@@ -456,6 +456,7 @@ def main(argv: list[str] | None = None) -> dict | Path:
     path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint("vqvae", args.checkpoints)
     model, ckpt, digest = read_vqvae(path)      # the weights coded with: best.pt changes while its run goes on
     cfg = stored_config(ckpt["config"], f"config stored in {path}")
+    paths.check_writable(paths.location("results", args.results), keep=False)     # before the coding, not after
     if args.record:
         return code_record(args, model, cfg.data, path, {"checkpoint_sha256": digest, "git_commit": commit})
     return evaluate_split(args, model, ckpt, cfg, path, digest, commit)

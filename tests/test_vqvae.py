@@ -957,3 +957,19 @@ def test_record_windows_name_a_window_over_a_gap_and_the_seconds_left_out(capsys
     signal[200] = np.nan
     with pytest.raises(UserError, match=r"r: the window 3-4 s touches a gap"):
         vqvae_eval.record_windows(signal, 0.0, math.inf, 64, 64, "r")
+
+
+def test_vqvae_eval_refuses_a_results_folder_it_cannot_write_before_the_coding(tiny_checkpoint, tmp_path,
+                                                                               monkeypatch) -> None:
+    """--results that takes no folder (a name too long, a read-only one) was found only when the report was written,
+    after the whole split or record was coded; now before any of it, with the error naming the folder."""
+    from conftest import run_script
+
+    monkeypatch.setattr(vqvae_eval, "load_split", lambda *a, **k: pytest.fail("the split was read"))
+    monkeypatch.setattr(vqvae_eval, "code_record", lambda *a, **k: pytest.fail("the record was coded"))
+    out = tmp_path / ("x" * 300)
+    for what in (["--split", "validation"], ["--record", str(tmp_path / "100")]):
+        r = run_script(vqvae_eval.main, "vqvae_eval.py", ["--checkpoint", str(tiny_checkpoint), "--results", str(out),
+                                                          *what])
+        assert r.returncode == 2 and r.stderr == f"error: cannot write to the output folder {out}: File name too long\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["vqvae-1"]
