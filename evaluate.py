@@ -76,7 +76,7 @@ def make_forecaster(spec: str, fs: int, device: str | None = None) -> Forecaster
     if own_spec(spec):
         return user_forecaster(spec, fs, device)
     path = paths.shipped_checkpoint(spec, "--model") if spec in SHIPPED_SPECS else Path(spec)
-    if not os.path.exists(path):        # a folder is said to be one by load_checkpoint
+    if not os.path.exists(path):        # a folder is said to be one by load_checkpoint; os.path's: see paths
         raise UserError(f"--model {spec}: no such checkpoint file; --model takes a checkpoint path (e.g. "
                         f"checkpoints/transformer-<time>/best.pt), a shipped model ({', '.join(SHIPPED_SPECS)}), a "
                         f"baseline ({', '.join(BASELINES)} or {ALL_BASELINES}) or your own FILE.py:NAME or module:NAME")
@@ -97,7 +97,7 @@ USER_SPEC = re.compile(r"(?P<source>[^:=]+\.py|[\w.]+):(?P<name>\w+)(=(?P<checkp
 def own_spec(spec: str) -> re.Match | None:
     """FILE.py:NAME[=CHECKPOINT] or module:NAME parsed, when `spec` names one's own forecaster: a checkpoint file
     of that very name is a checkpoint."""
-    return None if os.path.isfile(spec) else USER_SPEC.fullmatch(spec)     # os.path's: Path's raises (too long)
+    return None if os.path.isfile(spec) else USER_SPEC.fullmatch(spec)     # os.path's: see paths
 
 
 def load_file(path: Path) -> ModuleType:

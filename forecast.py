@@ -434,7 +434,7 @@ def checkpoint_path(checkpoint: str | None) -> Path:
         return default_checkpoint()
     if checkpoint in SHIPPED_SPECS:
         return paths.shipped_checkpoint(checkpoint, "--checkpoint")
-    if not os.path.exists(checkpoint):      # os.path's: Path's raises where a path cannot be looked at (too long)
+    if not os.path.exists(checkpoint):      # os.path's: see paths
         from baselines import BASELINES
         raise UserError(f"--checkpoint {checkpoint}: no such checkpoint file, and not a shipped model "
                         f"({', '.join(SHIPPED_SPECS)}), a baseline ({', '.join(BASELINES)}) nor a forecaster of "
@@ -522,9 +522,7 @@ def read_model_record(record: str, data: DataConfig, span: tuple[int, int] | Non
 def check_not_folder(record: Path) -> None:
     """--record DIR (a folder) would be read as the record DIR.hea: say what --record takes, with DIR's records."""
     from prepare_mitbih import header_stems
-    # os.path's tests: Path's raise where a path cannot be looked at (a name too long), a traceback for check_header's
-    # error naming the record
-    if os.path.isdir(record) and not os.path.isfile(f"{record}.hea"):
+    if os.path.isdir(record) and not os.path.isfile(f"{record}.hea"):      # os.path's: see paths
         try:
             names = header_stems(record)
         except UserError:                           # a RECORDS file naming a record not there: any header will do
@@ -539,7 +537,7 @@ def check_header(record: Path) -> None:
     of that name in the data folder (--data-dir's: $MITBIH_DIR, else data/mitdb) when there is one."""
     from prepare_mitbih import record_path
     where = record_path(record)
-    if os.path.isfile(f"{where}.hea"):        # os.path's, as check_not_folder's
+    if os.path.isfile(f"{where}.hea"):        # os.path's: see paths
         return
     there = paths.location("data") / where.name
     hint = f", such as {there}" if os.path.isfile(f"{there}.hea") and where != there else ""

@@ -4,6 +4,10 @@ Every location has a default under the repository and an environment variable, a
 command-line flag in the scripts that use them (the flag wins, then the variable, then the default).
 UserError, a problem the user can fix, is here too (running imports it; paths imports nothing of the project):
 running.run_main says it in one line.
+
+Whether a user's path exists, or is a file or a folder, is asked of os.path throughout, not of Path: Python 3.11's
+Path.exists, is_file, is_dir (and glob) raise the OSError where a path cannot be looked at (a name too long, a
+folder that may not be searched), a traceback in place of the error naming the path, where os.path's say False.
 """
 from __future__ import annotations
 
@@ -121,9 +125,7 @@ def check_writable(folder: str | os.PathLike, keep: bool = True) -> Path:
     it, forecast.py's or prepare_mitbih.py's into a new --out, left that folder empty. A link to a folder not there
     (shared data not mounted), or one above it, is named as such (broken_link)."""
     folder = Path(folder)
-    # os.path's tests, not Path's: those raise where a path cannot be looked at (a name too long, a folder that may
-    # not be read), a traceback in place of the error below naming the folder
-    made = [f for f in (folder, *folder.parents) if not os.path.lexists(f)]      # deepest first
+    made = [f for f in (folder, *folder.parents) if not os.path.lexists(f)]      # deepest first; os.path's: see above
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(prefix=".write-test.", dir=folder):

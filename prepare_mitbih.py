@@ -138,8 +138,7 @@ def assign_splits(names: list[str], test: list[str], validation: list[str]) -> d
 def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir / MITBIH_DIR") -> list[str]:
     """Record names in data_dir; download MIT-BIH there first when the folder is missing or empty (hidden files
     aside) and download is allowed (never into a folder of the user's files: records in subfolders, say)."""
-    # os.path's tests below, not Path's, which raise where a folder cannot be looked at (a name too long, a parent
-    # that may not be searched): a traceback in place of an error naming the folder, as os.stat's is here
+    # os.path's tests below (see paths), and os.stat's error for a folder that cannot be looked at named here
     try:
         os.stat(data_dir)
     except (FileNotFoundError, NotADirectoryError):
@@ -1154,7 +1153,7 @@ def read_prepared(path: Path, split: str) -> dict:
     """A prepared split's file memory-mapped, refused unless it holds windows made by this preparation."""
     import torch
 
-    if not os.path.exists(path):        # os.path's: Path's raises where a path cannot be looked at (a name too long)
+    if not os.path.exists(path):        # os.path's: see paths
         raise UserError(f"prepared tensors not found: {path}; run `python3 prepare_mitbih.py` first")
     try:
         data = torch.load(path, mmap=True, weights_only=True)

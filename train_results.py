@@ -230,8 +230,7 @@ def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> tuple[d
     """load_checkpoint's checkpoint and the SHA-256 (paths.file_sha256's digits) of the bytes it was loaded from:
     the file hashed again after loading could be another one by then (a later best.pt, an edited --resume)."""
     path = Path(path)
-    # os.path's tests: Path's raise where a path cannot be looked at (a name too long), a traceback for the error below
-    if os.path.isdir(path):             # a run's checkpoint folder, passed for one of its files
+    if os.path.isdir(path):             # a run's checkpoint folder, passed for one of its files; os.path's: see paths
         held = sorted(p.name for p in path.glob("*.pt"))
         example = path / ("best.pt" if "best.pt" in held or not held else held[0])     # pretrained/ holds no best.pt
         raise UserError(f"checkpoint {path} is a folder ({', '.join(held[:5]) or 'no .pt files'}): pass one checkpoint "
