@@ -172,7 +172,7 @@ def import_source(spec: str, flag: str) -> ModuleType:
     source, name = USER_SPEC.fullmatch(spec).group("source", "name")
     try:
         if source.endswith(".py"):
-            if not Path(source).is_file():
+            if not os.path.isfile(source):      # os.path's: see paths
                 raise UserError(f"{flag} {spec}: no such file {source}")
             return load_file(Path(source))
         return importlib.import_module(source)

@@ -5,9 +5,9 @@ command-line flag in the scripts that use them (the flag wins, then the variable
 UserError, a problem the user can fix, is here too (running imports it; paths imports nothing of the project):
 running.run_main says it in one line.
 
-Whether a user's path exists, or is a file or a folder, is asked of os.path throughout, not of Path: Python 3.11's
-Path.exists, is_file, is_dir (and glob) raise the OSError where a path cannot be looked at (a name too long, a
-folder that may not be searched), a traceback in place of the error naming the path, where os.path's say False.
+Whether a path as the user gave it exists, or is a file or a folder, is asked of os.path, not of Path: Python
+3.11's Path.exists, is_file, is_dir (and glob) raise the OSError where a path cannot be looked at (a name too long,
+a folder that may not be searched), a traceback in place of the error naming the path, where os.path's say False.
 """
 from __future__ import annotations
 

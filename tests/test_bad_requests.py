@@ -279,6 +279,8 @@ def test_a_checkpoint_whose_name_the_system_refuses_is_one_error(tmp_path):
         evaluate.make_forecaster(str(path), 128)
     with pytest.raises(UserError, match=f"^--checkpoint {path}: no such checkpoint file, and not a shipped model"):
         forecast.checkpoint_path(str(path))
+    with pytest.raises(UserError, match=f"^--model {path}.py:F: no such file {path}.py$"):     # one's own FILE.py
+        evaluate.make_forecaster(f"{path}.py:F", 128)
 
 
 def test_a_checkpoints_root_whose_name_the_system_refuses_is_one_error(tmp_path):
