@@ -40,8 +40,9 @@ from hyper_params import Config, TrainConfig
 from hyper_params_sde import CRPSConfig, SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from train_results import fixed_titles, fixed_windows, plot_epoch_forecasts, read_checkpoint
-from training import (EpochEndFn, Runtime, StepFn, Trainer, check_run_flags, load_resume, resumed_seed, run_config,
-                      run_parser, run_record, seed_everything, setup_runtime, shared_run_dirs, training_main)
+from training import (EpochEndFn, Runtime, StepFn, Trainer, check_run_flags, check_run_roots, load_resume, resumed_seed,
+                      run_config, run_parser, run_record, seed_everything, setup_runtime, shared_run_dirs,
+                      training_main)
 from vqvae import VQVAE
 from vqvae_eval import (FORECASTER_FLAGS, add_forecaster_flags, forecaster_splits, forecasting_config, frozen_encodings,
                         run_vqvae, started_from, vqvae_choice)
@@ -326,6 +327,7 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     seed_everything(scfg.train.seed)
     train, val = forecaster_splits(cfg, args.prepared, resume)
     piece, factor = cfg.data.window_samples, cfg.model.downsample_factor
+    check_run_roots(args, rt, resume)
     train_enc, val_enc, augmented = encode_splits(vq, scfg, cfg, train, val, args.prepared, rt)
     steps = train["signals"].shape[1] // factor
     if rt.is_main:

@@ -893,6 +893,14 @@ def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | N
     return Path(names[0]), Path(names[1])
 
 
+def check_run_roots(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | None) -> None:
+    """A new run's --results and --checkpoints roots proven writable before a forecaster's windows are encoded
+    (minutes with a cold cache), where shared_run_dirs found them only after; nothing is left made here."""
+    if rt.is_main and not (resume_ckpt and Path(resume_ckpt["run_dir"]).is_dir()):
+        for kind in ("results", "checkpoints"):
+            paths.check_writable(paths.location(kind, getattr(args, kind)), keep=False)
+
+
 def note_ignored_roots(args: argparse.Namespace, run_dir: str, ckpt_dir: str) -> None:
     """--results and --checkpoints name where a new run's folders go; a resumed run goes on in its own, so a root
     other than theirs is said to be ignored rather than silently dropped."""

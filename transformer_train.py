@@ -24,8 +24,8 @@ from forecast import Forecaster, beat_draft, seasonal_draft
 from hyper_params import Config
 from hyper_params_transformer import TransformerConfig, load_transformer_config, transformer_config_from_dict
 from train_results import fixed_titles, fixed_windows, plot_epoch_forecasts
-from training import (Runtime, Trainer, load_resume, run_config, run_parser, run_record, seed_everything, setup_runtime,
-                      shared_run_dirs, training_main)
+from training import (Runtime, Trainer, check_run_roots, load_resume, run_config, run_parser, run_record,
+                      seed_everything, setup_runtime, shared_run_dirs, training_main)
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
 from vqvae_eval import (ENCODE_BATCH, FORECASTER_FLAGS, add_forecaster_flags, forecaster_splits, forecasting_config,
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"VQ-VAE: {vqvae_choice(args, vq_path)}")
     seed_everything(tcfg.train.seed)
     train, val = forecaster_splits(cfg, args.prepared, resume)
+    check_run_roots(args, rt, resume)
     train_set, val_set, block = code_datasets(vq, cfg, tcfg, train, val, args, rt)
     arch = tcfg.model
     model = CodeGPT(cfg.model.codebook_size, block, arch.dim, arch.layers, arch.heads,

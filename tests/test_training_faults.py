@@ -739,3 +739,21 @@ def test_a_rank_failing_alone_before_the_trainer_leaves_the_others_one_line(tmp_
                 f"error: another rank failed (rank 1: {missing}")
     assert procs[1].returncode == 2 and err1.startswith(f"error: rank 1: {missing}"), err1
     assert not list((tmp_path / "results").iterdir()) and not list((tmp_path / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("script, shipped", [("transformer_train", "transformer"), ("latent_sde_train", "latent_sde")])
+def test_a_forecasters_run_roots_are_checked_before_its_data_is_encoded(script, shipped, tmp_path, monkeypatch):
+    """A --results that takes no folder (a name too long, a read-only folder) was found after every training window
+    had been encoded by the VQ-VAE (minutes with a cold cache); now before the encoding, the error naming it."""
+    import paths
+    from conftest import run_script
+
+    module = importlib.import_module(script)
+    monkeypatch.setattr(module, "forecaster_splits", lambda *a, **k: ({}, {}))     # no prepared data needed
+    monkeypatch.setattr(module, "code_datasets" if script == "transformer_train" else "encode_splits",
+                        lambda *a, **k: pytest.fail("the training data was encoded"))
+    results = tmp_path / ("x" * 300)
+    r = run_script(module.main, f"{script}.py", ["--device", "cpu", "--vqvae", str(paths.SHIPPED[shipped]),
+                                                 "--results", str(results), "--checkpoints", str(tmp_path / "ckpt")])
+    assert r.returncode == 2 and r.stderr == f"error: cannot write to the output folder {results}: File name too long\n"
+    assert list(tmp_path.iterdir()) == []
