@@ -293,7 +293,7 @@ def test_bootstrap_interval_has_its_nominal_width():
     sem = v.std(ddof=1) / np.sqrt(len(v))
     for level, z in ((0.95, 1.96), (0.8, 1.2816)):
         mean, lo, hi = M.bootstrap_ci(v, n_boot=4000, seed=0, level=level)
-        assert hi - lo == pytest.approx(2 * z * sem, rel=0.08)
+        assert hi - lo == pytest.approx(2 * z * sem, rel=0.03)    # 0.999 and 1.018 of it; at 8% a 93% interval passed
         assert (lo + hi) / 2 == pytest.approx(mean, abs=0.1 * sem)
 
 
