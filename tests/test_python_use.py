@@ -105,6 +105,7 @@ def test_the_forecast_latency_line_names_the_weights_it_timed(notebook, capsys, 
 
     ecg = torch.as_tensor(synthetic_ecg(6, 128)[0], dtype=torch.float32)       # one 6 s window
     monkeypatch.setattr(prepare_mitbih, "load_split", lambda *a, **k: {"signals": ecg[None]})
+    monkeypatch.setattr(forecast_latency, "timed", lambda fn: 0.0)    # the line, not its timings (2 min)
     line = forecast_latency.main(["--checkpoint", str(PRETRAINED), "--samples", "1"])
     assert line["checkpoint"] == str(PRETRAINED) and line["checkpoint_sha256"] == file_sha256(PRETRAINED)
     assert json.loads(capsys.readouterr().out) == line
