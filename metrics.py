@@ -100,17 +100,23 @@ def crps_sorted(xs: np.ndarray, y: np.ndarray) -> np.ndarray:
     CRPS of the S samples as issued, not the fair estimator (÷ S(S−1), latent_sde.fair_crps), lower by ½E|X−X'|/(S−1).
     """
     s = xs.shape[-1]
-    weights = (2 * np.arange(1, s + 1) - s - 1) / s ** 2       # in xs' precision, but never cut to integers
-    return np.mean(np.abs(xs - y[..., None]), axis=-1) - xs @ weights.astype(np.result_type(xs.dtype, np.float32))
+    weights = (2 * np.arange(1, s + 1) - s - 1) / s ** 2
+    weights = weights.astype(np.result_type(xs.dtype, np.float32))     # xs' precision, but never cut to integers
+    return np.mean(np.abs(xs - y[..., None]), axis=-1) - xs @ weights
 
 
 def crps_samples(samples: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:
     """CRPS of samples (sample dimension `axis`) at observations y (the other dimensions): predict's samples
     [B, S, H, 2] take axis=1 and y [B, H, 2]."""
-    xs = sorted_samples(samples, axis)
-    y = np.asarray(y)
-    check_observations(xs, y, axis)
+    xs, y = _sorted_and_checked(samples, y, axis)
     return crps_sorted(xs, y)
+
+
+def _sorted_and_checked(samples: np.ndarray, y: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted_samples, y as an array), once check_observations found them fit to score together."""
+    xs, y = sorted_samples(samples, axis), np.asarray(y)
+    check_observations(xs, y, axis)
+    return xs, y
 
 
 def check_observations(xs: np.ndarray, y: np.ndarray, axis: int) -> None:
@@ -140,9 +146,7 @@ def interval_coverage(samples: np.ndarray, y: np.ndarray, level: float, axis: in
     fraction, 0.8 for the 80 % interval, and y has the samples' shape without their axis (crps_samples)."""
     if not 0 <= level <= 1:
         raise ValueError(f"level must be in [0, 1] (0.8 for the 80 % interval), got {level}")
-    xs = sorted_samples(samples, axis)
-    y = np.asarray(y)
-    check_observations(xs, y, axis)
+    xs, y = _sorted_and_checked(samples, y, axis)
     lo, hi = quantile_sorted(xs, (1 - level) / 2), quantile_sorted(xs, (1 + level) / 2)
     return float(np.mean((y >= lo) & (y <= hi))), float(np.mean(hi - lo))
 
