@@ -504,30 +504,35 @@ def record_metrics(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     Only the metrics whose sums are present are returned (e.g. rhythm sums alone give the rhythm
     metrics); a zero denominator gives NaN.
     """
-    def div(a: str, b: str, scale: float = 1.0) -> np.ndarray:
-        num, den = s[a], s[b]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return scale * np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+    def ratio(num: str, den: str, scale: float = 1.0, root: bool = False) -> np.ndarray | None:
+        if num not in s or den not in s:
+            return None
+        r = _ratio(s[num], s[den])
+        return scale * (np.sqrt(r) if root else r)
 
-    def f1(tol: int) -> np.ndarray:
+    def f1(tol: int) -> np.ndarray | None:
+        if not all(f"{k}{tol}" in s for k in ("tp", "fp", "fn")):
+            return None
         tp, fp, fn = s[f"tp{tol}"], s[f"fp{tol}"], s[f"fn{tol}"]
-        den = 2 * tp + fp + fn
-        return np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), np.nan)
+        return _ratio(2 * tp, 2 * tp + fp + fn)
 
-    recipes = {
-        "mse": (("se", "n"), lambda: div("se", "n")), "mae": (("ae", "n"), lambda: div("ae", "n")),
-        "prd": (("se", "tt"), lambda: 100 * np.sqrt(div("se", "tt"))),
-        "prdn": (("se", "tc"), lambda: 100 * np.sqrt(div("se", "tc"))),
-        "r": (("r_sum", "r_n"), lambda: div("r_sum", "r_n")), "crps": (("crps", "n"), lambda: div("crps", "n")),
-        "mse_median": (("se_med", "n"), lambda: div("se_med", "n")),
-        "mae_median": (("ae_med", "n"), lambda: div("ae_med", "n")),
-        "cov50": (("in50", "n"), lambda: div("in50", "n", 100)), "width50": (("w50", "n"), lambda: div("w50", "n")),
-        "cov80": (("in80", "n"), lambda: div("in80", "n", 100)), "width80": (("w80", "n"), lambda: div("w80", "n")),
-        "f1_50": (("tp50", "fp50", "fn50"), lambda: f1(50)), "f1_100": (("tp100", "fp100", "fn100"), lambda: f1(100)),
-        "timing_ms": (("terr", "nterr"), lambda: div("terr", "nterr")),
-        "hr_bpm": (("hr_err", "hr_n"), lambda: div("hr_err", "hr_n")),
+    found = {
+        "mse": ratio("se", "n"), "mae": ratio("ae", "n"),
+        "prd": ratio("se", "tt", 100, root=True), "prdn": ratio("se", "tc", 100, root=True),
+        "r": ratio("r_sum", "r_n"), "crps": ratio("crps", "n"),
+        "mse_median": ratio("se_med", "n"), "mae_median": ratio("ae_med", "n"),
+        "cov50": ratio("in50", "n", 100), "width50": ratio("w50", "n"),
+        "cov80": ratio("in80", "n", 100), "width80": ratio("w80", "n"),
+        "f1_50": f1(50), "f1_100": f1(100),
+        "timing_ms": ratio("terr", "nterr"), "hr_bpm": ratio("hr_err", "hr_n"),
     }
-    return {name: make() for name, (keys, make) in recipes.items() if all(k in s for k in keys)}
+    return {name: v for name, v in found.items() if v is not None}
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, NaN where den is 0 (nothing to score in that record and segment)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
