@@ -315,6 +315,11 @@ def _seg(a: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.concatenate([parts, a.sum(axis=1, keepdims=True)], axis=1)
 
 
+def _seg_sum(a: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """_seg summed over the leads too: one sum per window and segment [B, K+1]."""
+    return _seg(a, edges).sum(-1)
+
+
 def waveform_sums(truth: np.ndarray, forecast: np.ndarray, edges: np.ndarray,
                   sample_chunk: int = 4_000_000) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per-window sums of the waveform scores of forecast [B, S, H, 2] against truth [B, H, 2].
@@ -331,15 +336,15 @@ def waveform_sums(truth: np.ndarray, forecast: np.ndarray, edges: np.ndarray,
         median, crps, intervals = point, np.abs(point - y), None
     else:
         point, median, crps, intervals = _sample_scores(forecast, y, sample_chunk)
-    err = point - y
+    se, ae = (point - y) ** 2, np.abs(point - y)
     seg_len = np.append(np.diff(edges), h).astype(np.float64)              # K segments, then all
     sums = {"n": np.tile(2 * seg_len, (b, 1)),
-            "se": _seg(err ** 2, edges).sum(-1), "ae": _seg(np.abs(err), edges).sum(-1),
-            "tt": _seg(y ** 2, edges).sum(-1), "crps": _seg(crps, edges).sum(-1),
-            "se_med": _seg((median - y) ** 2, edges).sum(-1), "ae_med": _seg(np.abs(median - y), edges).sum(-1)}
+            "se": _seg_sum(se, edges), "ae": _seg_sum(ae, edges),
+            "tt": _seg_sum(y ** 2, edges), "crps": _seg_sum(crps, edges),
+            "se_med": _seg_sum((median - y) ** 2, edges), "ae_med": _seg_sum(np.abs(median - y), edges)}
     sums.update(_correlation_sums(y, point, edges, seg_len[None, :, None]))
     sums.update(_interval_sums(y, intervals, edges, b))
-    curves = {"se": (err ** 2).sum(-1), "ae": np.abs(err).sum(-1), "crps": crps.sum(-1)}
+    curves = {"se": se.sum(-1), "ae": ae.sum(-1), "crps": crps.sum(-1)}
     return sums, curves
 
 
@@ -388,8 +393,8 @@ def _interval_sums(y: np.ndarray, intervals: dict[str, np.ndarray] | None, edges
             sums[f"w{level}"] = np.full((b, len(edges)), np.nan)
         else:
             inside = (y >= intervals[lo]) & (y <= intervals[hi])
-            sums[f"in{level}"] = _seg(inside.astype(np.float64), edges).sum(-1)
-            sums[f"w{level}"] = _seg(intervals[hi] - intervals[lo], edges).sum(-1)
+            sums[f"in{level}"] = _seg_sum(inside.astype(np.float64), edges)
+            sums[f"w{level}"] = _seg_sum(intervals[hi] - intervals[lo], edges)
     return sums
 
 
