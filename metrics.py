@@ -43,6 +43,7 @@ RHYTHM_PATHS = 10   # sample paths per window whose R peaks are scored for a sam
 DETECTOR = {"band_hz": (8.0, 20.0), "order": 2, "window_s": 0.08, "threshold": 0.3,
             "refractory_s": 0.2, "refine_s": 0.06}
 FLAT_MV = 1e-6      # a lead swinging at most this is flat (lead off): no beats, and forecast.py warns of it
+SHORTEST_ROW = 32   # samples: shorter rows have no beats (sosfiltfilt needs more than 15 at order 2)
 
 
 # ----------------------------------------------------------------------------- point metrics
@@ -162,7 +163,8 @@ def _band_sos(order: int, lo: float, hi: float, fs: float) -> np.ndarray:
 
 
 def _envelope(x: np.ndarray, fs: float) -> np.ndarray:
-    """Root of the moving-average squared slope of the 8-20 Hz band: large on QRS complexes only."""
+    """Root of the 80 ms moving average of the squared slope of the zero-phase 8-20 Hz band: large on QRS
+    complexes only, and in mV/s, so that thresholds scale with amplitude, not energy."""
     lo, hi = DETECTOR["band_hz"]
     y = scipy.signal.sosfiltfilt(_band_sos(DETECTOR["order"], lo, min(hi, 0.45 * fs), fs), x, axis=-1)
     slope2 = (np.gradient(y, axis=-1) * fs) ** 2
@@ -173,47 +175,54 @@ def _envelope(x: np.ndarray, fs: float) -> np.ndarray:
 def detect_r_peaks(x: np.ndarray, fs: float, level_from: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """R peaks of single-lead signals x [B, T] (mV) as (row, sample) arrays sorted by row then sample.
 
-    A Pan-Tompkins-style detector on scipy.signal: zero-phase 2nd-order Butterworth band-pass
-    8-20 Hz (`sosfiltfilt`), derivative, squared, 80 ms moving average, square root (an envelope in
-    mV/s, so thresholds scale with amplitude, not energy). `find_peaks` keeps envelope peaks at least
-    200 ms apart and higher than 30 % of the envelope's maximum over the first `level_from`
-    samples (the true context, so a forecast is judged with the threshold of the signal it continues;
-    None = the whole row); a row flat over those samples (FLAT_MV) has none, where the filter's rounding
-    dust once made a beat every 200 ms. Each peak moves to the largest |x − median| within ±60 ms, the R
-    wave where MIT-BIH annotates beats. The envelope is zero-padded so a QRS cut by the row's end is still found.
-    Parameters were chosen on the training split (DS1); `evaluate.py` reports its own sensitivity and
+    Pan-Tompkins-style, on scipy.signal: peaks of the QRS envelope (`_envelope`) at least 200 ms apart and above
+    30 % of its maximum over the first `level_from` samples (the true context, so that a forecast is judged with
+    the threshold of the signal it continues; None = the whole row), each moved to the R wave within ±60 ms.
+    Parameters (DETECTOR) were chosen on the training split (DS1); `evaluate.py` reports its own sensitivity and
     positive predictivity against the annotations on the evaluated horizons.
     """
     x = np.asarray(x, np.float64)
-    if x.ndim != 2 or (x.shape[1] == 2 and x.shape[0] >= 32):     # [T], or a [T, 2] two-lead signal
+    if x.ndim != 2 or (x.shape[1] == 2 and x.shape[0] >= SHORTEST_ROW):     # [T], or a [T, 2] two-lead signal
         raise ValueError(f"x must be single-lead rows [B, T], got shape {x.shape}: lead 1 of a context [C, 2] is "
                          f"context[None, :, 0]")
     return row_r_peaks(x, fs, level_from)
 
 
 def row_r_peaks(x: np.ndarray, fs: float, level_from: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """detect_r_peaks without its check, for rows [B, T] that its caller built: 32 or more rows of two samples
-    (contexts of two) have the shape of the two-lead signal [T, 2] it refuses."""
+    """detect_r_peaks without its check, for rows [B, T] that its caller built: SHORTEST_ROW or more rows of two
+    samples (contexts of two) have the shape of the two-lead signal [T, 2] it refuses."""
     x = np.asarray(x, np.float64)
-    if x.shape[1] < 32:
+    if x.shape[1] < SHORTEST_ROW:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rows, peaks = _envelope_peaks(x, fs, level_from)
+    return _move_to_r(x, rows, peaks, round(DETECTOR["refine_s"] * fs))
+
+
+def _envelope_peaks(x: np.ndarray, fs: float, level_from: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(row, sample) of the envelope peaks detect_r_peaks keeps. A row flat over the first `level_from` samples
+    (FLAT_MV) has none: its envelope is the filter's rounding dust, in which a relative threshold finds a beat
+    every 200 ms. The envelope is zero-padded so that a QRS cut by the row's end still peaks."""
     env = np.pad(_envelope(x, fs), ((0, 0), (1, 1)))
-    centred = np.abs(x - np.median(x, axis=1, keepdims=True))
-    distance = max(1, round(DETECTOR["refractory_s"] * fs))
-    w = round(DETECTOR["refine_s"] * fs)
     stop = x.shape[1] + 2 if level_from is None else level_from + 1    # in padded samples
     level = DETECTOR["threshold"] * env[:, :stop].max(axis=1)
-    level[np.ptp(x[:, :stop - 1], axis=1) <= FLAT_MV] = 0     # its envelope is rounding dust, not beats
+    level[np.ptp(x[:, :stop - 1], axis=1) <= FLAT_MV] = 0
+    distance = max(1, round(DETECTOR["refractory_s"] * fs))
     rows, peaks = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for b in np.flatnonzero(level > 0):
         p, _ = scipy.signal.find_peaks(env[b], height=level[b], distance=distance)
         rows.append(np.full(len(p), b, np.int64))
         peaks.append(p - 1)
-    rows_all, p = np.concatenate(rows), np.concatenate(peaks)
+    return np.concatenate(rows), np.concatenate(peaks)
+
+
+def _move_to_r(x: np.ndarray, rows: np.ndarray, peaks: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each peak moved to the largest |x − median| within ±w samples, the R wave where MIT-BIH annotates beats;
+    sorted by row, then sample, with peaks that moved onto one another merged."""
     t = x.shape[1]
-    idx = np.clip(p[:, None] + np.arange(-w, w + 1), 0, t - 1)
-    p = idx[np.arange(len(p)), np.argmax(centred[rows_all[:, None], idx], axis=1)]
-    key = np.unique(rows_all * t + p)              # sorted by row, then sample; merged duplicates
+    centred = np.abs(x - np.median(x, axis=1, keepdims=True))
+    idx = np.clip(peaks[:, None] + np.arange(-w, w + 1), 0, t - 1)
+    p = idx[np.arange(len(peaks)), np.argmax(centred[rows[:, None], idx], axis=1)]
+    key = np.unique(rows * t + p)
     return key // t, key % t
 
 
