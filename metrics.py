@@ -49,8 +49,8 @@ SHORTEST_ROW = 32   # samples: shorter rows have no beats (sosfiltfilt needs mor
 # ----------------------------------------------------------------------------- point metrics
 
 def check_pair(pred: np.ndarray, truth: np.ndarray, what: str = "pred") -> None:
-    """A forecast and its truth must have one shape: numpy broadcast a truth [H, 2] against forecasts [S, H, 2] (or
-    a [1, H, 2] batch) into a number that was no score, without a word."""
+    """A forecast and its truth must have one shape: numpy would broadcast a truth [H, 2] against forecasts
+    [S, H, 2] (or a [1, H, 2] batch) into a number that is no score, silently."""
     if np.shape(pred) != np.shape(truth):
         raise ValueError(f"{what} has shape {np.shape(pred)} and the truth {np.shape(truth)}: they must be the same "
                          f"(one path of predict's [B, S, H, 2] against a truth [B, H, 2] is samples[:, s])")
@@ -122,8 +122,9 @@ def _sorted_and_checked(samples: np.ndarray, y: np.ndarray, axis: int) -> tuple[
 
 def check_observations(xs: np.ndarray, y: np.ndarray, axis: int) -> None:
     """Observations y must have the samples' shape without their sample axis: predict's [1, S, H, 2] read with the
-    default axis 0 against y [H, 2] broadcast into S CRPS of a single sample each (or a coverage of 0), silently.
-    Both must be finite: a NaN sample sorts last, as if it were +inf, and a NaN y falls outside every interval."""
+    default axis 0 against y [H, 2] would broadcast into S CRPS of a single sample each (or a coverage of 0),
+    silently. Both must be finite: a NaN sample sorts last, as if it were +inf, and a NaN y falls outside every
+    interval."""
     if y.shape != xs.shape[:-1]:
         raise ValueError(f"y has shape {y.shape} but the samples without their axis {axis} have {xs.shape[:-1]}: "
                          f"they must be the same (predict's samples [B, S, H, 2] take axis=1 and y [B, H, 2])")
