@@ -83,7 +83,8 @@ class Analog(Zero):
     def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
                 seed: int = 0) -> np.ndarray:
         x = as_context(context, horizon, num_samples, seed)
-        return repeat_last(x, analog_lags(x, round(self.match_s * self.fs), shortest_period(self.fs)), horizon)
+        lags = analog_lags(x, round(self.match_s * self.fs), shortest_period(self.fs))
+        return repeat_last(x, lags, horizon)
 
 
 def analog_lags(x: np.ndarray, length: int, shortest: int) -> np.ndarray:
@@ -134,8 +135,8 @@ class SeasonalEnsemble(Zero):
     @one_by_one
     def predict(self, x: np.ndarray, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
         _, period, spread = context_rhythm(x, self.fs)
-        return repeat_last(x, draw_periods(period, spread, self.min_spread, num_samples, seed, self.fs, x.shape[1]),
-                           horizon)
+        periods = draw_periods(period, spread, self.min_spread, num_samples, seed, self.fs, x.shape[1])
+        return repeat_last(x, periods, horizon)
 
 
 class TemplateEnsemble(Zero):
