@@ -58,6 +58,11 @@ TRAIN_FLAGS = {"epochs": "train.epochs", "max_steps": "train.max_steps_per_epoch
 DIST_TIMEOUT_ENV, DIST_TIMEOUT_DEFAULT_S = "ECG_DIST_TIMEOUT", 600
 
 
+def _model_sections(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The sections a resume must keep as they were: the training ones (--epochs to go further) may change."""
+    return tuple(k for k in config if k not in TRAINING_SECTIONS)
+
+
 @dataclass
 class Runtime:
     """Where this process runs: rank and world size under torchrun, else a single process."""
@@ -277,6 +282,24 @@ def _all_reduce_mean(values: dict[str, float | Pooled], weight: float, rt: Runti
     return out
 
 
+def _to(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _batch_len(batch) -> int:
+    if isinstance(batch, torch.Tensor):
+        return len(batch)
+    if isinstance(batch, dict):
+        return _batch_len(next(iter(batch.values())))
+    return _batch_len(batch[0])
+
+
 def _add_batch(sums: dict[str, float | Pooled], batch: Any, loss: torch.Tensor, metrics: dict) -> int:
     """Add a batch's loss and metrics to the epoch's sums, each weighted by the batch's windows (so an epoch's
     mean counts every window once, a short last batch too), a Pooled metric's counts as they are; returns how
@@ -376,8 +399,7 @@ class Trainer:
         ckpt = ckpt if ckpt is not None else load_resume(path, self.kind)
         if self.rt.distributed:
             check_same_checkpoint(path, ckpt)
-        check_same_config(ckpt["config"], self.config, Path(path),    # training settings may change (--epochs)
-                          sections=tuple(k for k in self.config if k not in TRAINING_SECTIONS))
+        check_same_config(ckpt["config"], self.config, Path(path), sections=_model_sections(self.config))
         load_weights(unwrap(self.model), ckpt["model"], path)
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
@@ -778,24 +800,6 @@ def check_same_checkpoint(path: str | Path, ckpt: dict) -> None:
                         "keep checkpoints/ on a shared file system")
 
 
-def _to(batch, device: torch.device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    return batch
-
-
-def _batch_len(batch) -> int:
-    if isinstance(batch, torch.Tensor):
-        return len(batch)
-    if isinstance(batch, dict):
-        return _batch_len(next(iter(batch.values())))
-    return _batch_len(batch[0])
-
-
 def load_resume(path: str | Path, kind: str) -> dict:
     """The checkpoint --resume goes on from. A packed model (pretrained/'s) keeps its weights but not the optimiser,
     schedule, generators and run folders a resume restores: it was a KeyError traceback once the data was loaded. A
@@ -926,8 +930,7 @@ def run_config(args: argparse.Namespace, resume: dict | None, load: Callable[[st
     if resume:
         cfg.train.seed = resumed_seed(args, resume, cfg.train.seed if args.config else None)
         current = cfg.to_dict()
-        check_same_config(resume["config"], current, Path(args.resume),
-                          sections=tuple(k for k in current if k not in TRAINING_SECTIONS))
+        check_same_config(resume["config"], current, Path(args.resume), sections=_model_sections(current))
     return cfg
 
 
