@@ -94,30 +94,36 @@ def setup_runtime(device: str | None = None) -> Runtime:
     device = check_device(device)       # before the GPU test: a typo is an error on any machine
     use_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")   # cpu:0 too
     if world > 1:
-        per_node, visible = os.environ.get("LOCAL_WORLD_SIZE"), torch.cuda.device_count()
-        # one visible card per process is a scheduler's way (CUDA_VISIBLE_DEVICES per task): each uses its own;
-        # without CUDA_VISIBLE_DEVICES a single card is the node's only one, and NCCL refuses two ranks on it
-        # ('Duplicate GPU detected') at the first collective, in a traceback per rank
-        shared = visible > 1 or "CUDA_VISIBLE_DEVICES" not in os.environ
-        if use_cuda and shared and per_node and int(per_node) > visible:   # the same on every rank: rank 0 says it
-            raise UserError(f"torchrun started {per_node} processes per node but only {visible} "
-                            "GPU(s) are visible: lower --nproc_per_node, or pass --device cpu")
-        if use_cuda and shared and local >= visible:    # a launcher without LOCAL_WORLD_SIZE (srun): this rank's own
-            raise UserError(f"local rank {local} has no GPU of its own: its node shows {visible}; start fewer "
-                            "processes per node, or pass --device cpu")
-        if not dist.is_initialized():
-            join_process_group("nccl" if use_cuda else "gloo", rank, world)
-        dev = torch.device("cuda", local if visible > 1 else 0) if use_cuda else torch.device("cpu")
-        if use_cuda:
-            torch.cuda.set_device(dev)
-            if rank == 0 and torch.device(device or "cuda").index is not None:
-                running.note(f"--device {device}: under torchrun each process takes the card of its local rank "
-                             f"(rank 0: {dev}); CUDA_VISIBLE_DEVICES chooses which cards a node offers")
-        return Runtime(dev, rank, world)
+        return Runtime(_rank_device(device, use_cuda, rank, local, world), rank, world)
     dev = torch.device(device if device else ("cuda" if use_cuda else "cpu"))
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)      # pinned batches and new tensors on the card asked for, not card 0
     return Runtime(dev)
+
+
+def _rank_device(device: str | None, use_cuda: bool, rank: int, local: int, world: int) -> torch.device:
+    """A torchrun rank's device, the process group joined: the GPU of its local rank, or the CPU."""
+    per_node, visible = os.environ.get("LOCAL_WORLD_SIZE"), torch.cuda.device_count()
+    # one visible card per process is a scheduler's way (CUDA_VISIBLE_DEVICES per task): each uses its own;
+    # without CUDA_VISIBLE_DEVICES a single card is the node's only one, and NCCL refuses two ranks on it
+    # ('Duplicate GPU detected') at the first collective, in a traceback per rank
+    shared = visible > 1 or "CUDA_VISIBLE_DEVICES" not in os.environ
+    if use_cuda and shared and per_node and int(per_node) > visible:   # the same on every rank: rank 0 says it
+        raise UserError(f"torchrun started {per_node} processes per node but only {visible} "
+                        "GPU(s) are visible: lower --nproc_per_node, or pass --device cpu")
+    if use_cuda and shared and local >= visible:    # a launcher without LOCAL_WORLD_SIZE (srun): this rank's own
+        raise UserError(f"local rank {local} has no GPU of its own: its node shows {visible}; start fewer "
+                        "processes per node, or pass --device cpu")
+    if not dist.is_initialized():
+        join_process_group("nccl" if use_cuda else "gloo", rank, world)
+    if not use_cuda:
+        return torch.device("cpu")
+    dev = torch.device("cuda", local if visible > 1 else 0)
+    torch.cuda.set_device(dev)
+    if rank == 0 and torch.device(device or "cuda").index is not None:
+        running.note(f"--device {device}: under torchrun each process takes the card of its local rank "
+                     f"(rank 0: {dev}); CUDA_VISIBLE_DEVICES chooses which cards a node offers")
+    return dev
 
 
 def local_rank() -> int:
