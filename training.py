@@ -566,22 +566,27 @@ class Trainer:
             print(f"training {self.kind} on {self.rt.device} x{self.rt.world}: epochs {self.epoch + 1}..{self.s.epochs}, "
                   f"{self.steps_per_epoch} steps/epoch, run folder {self.run_dir}", flush=True)
         while self.epoch < self.s.epochs:
-            t0 = time.time()
-            train = self._train_epoch(model)
-            # DDP would sync buffers in every forward, so ranks with unequal validation shards validate unwrapped
-            val = self.validate(unwrap(model) if self.rt.distributed else model)
-            self._check_finite(torch.tensor([train["loss"], val["loss"]]), "train/validation loss")
-            self.epoch += 1
-            extra = self.epoch_end(unwrap(self.model), self.epoch, self.rt.is_main) if self.epoch_end else {}
-            row = {"epoch": self.epoch, "step": self.step, "lr": self.step_lr,
-                   **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
-                   **extra, "seconds": time.time() - t0}
-            if self.summarize:
-                row.update(self.summarize(row))
+            row = self._epoch(model)
             if self.rt.is_main:
                 self._save(row)
             if self.rt.distributed:
                 dist.barrier()
+        return row
+
+    def _epoch(self, model: nn.Module) -> dict:
+        """Train and validate one epoch; its metrics.csv row."""
+        t0 = time.time()
+        train = self._train_epoch(model)
+        # DDP would sync buffers in every forward, so ranks with unequal validation shards validate unwrapped
+        val = self.validate(unwrap(model) if self.rt.distributed else model)
+        self._check_finite(torch.tensor([train["loss"], val["loss"]]), "train/validation loss")
+        self.epoch += 1
+        extra = self.epoch_end(unwrap(self.model), self.epoch, self.rt.is_main) if self.epoch_end else {}
+        row = {"epoch": self.epoch, "step": self.step, "lr": self.step_lr,
+               **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
+               **extra, "seconds": time.time() - t0}
+        if self.summarize:
+            row.update(self.summarize(row))
         return row
 
     def run(self, resume: str | Path | None = None, ckpt: dict | None = None) -> dict:
@@ -678,10 +683,13 @@ class Trainer:
         save_checkpoint(state, self.ckpt_dir / "last.pt")
         plot_loss_curves(self.log, self.run_dir / "loss_curves.png", self.loss_name)
         plot_codebook_health(self.log, self.run_dir / "codebook_health.png")
+        self._print_epoch(row, improved)
+
+    def _print_epoch(self, row: dict, improved: bool) -> None:
+        """The row's `shown` metrics, flushed: a log file or pipe gets the line now, not at the run's end."""
         shown = {k: row[k] for k in self.shown if k in row}
-        print(f"epoch {self.epoch}/{self.s.epochs} " + " ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
-            + (" (best)" if improved else ""), flush=True)      # a log file or pipe gets it now, not at the run's end
+        text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+        print(f"epoch {self.epoch}/{self.s.epochs} {text}" + (" (best)" if improved else ""), flush=True)
 
 
 def drop_unused_folders(run_dir: Path, ckpt_dir: Path) -> bool:
