@@ -610,10 +610,9 @@ class Trainer:
         return row
 
     def _fit_beside_the_others(self, resume: str | Path | None, ckpt: dict | None) -> dict:
-        """fit(); under torchrun a rank stopped or failing alone (Ctrl-C or SIGTERM to its process, a failed write)
-        closed its connections, and the others failed in their next collective with torch's traceback ('Connection
-        closed by peer'): when that rank left word (running.leave_word), they say it in one line, with how to resume.
-        Any other failure keeps its traceback."""
+        """fit(); under torchrun a rank stopped or failing alone closes its connections, and the others fail in their
+        next collective with torch's traceback: when it left word (running.leave_word), they say it in one line, with
+        how to resume. Any other failure keeps its traceback."""
         try:
             return self.fit(resume, ckpt)
         except RuntimeError as e:
@@ -648,7 +647,7 @@ class Trainer:
 
     def resumed_record(self, resume: str | Path) -> dict:
         """The run's run.json with this resume added to its `resumes`: the command, commit, processes and
-        training settings it went on with, the first run's record kept as it was (written by _save)."""
+        training settings it went on with, the first run's record kept as it was (written with its first epoch)."""
         try:
             record = json.loads((self.run_dir / "run.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):       # resumed into a new folder, or the record was lost
@@ -693,11 +692,9 @@ class Trainer:
 
 
 def drop_unused_folders(run_dir: Path, ckpt_dir: Path) -> bool:
-    """A fresh run stopped before its first epoch was logged leaves no folders: its checkpoint folder is empty, its
-    results folder holds only run.json and the plots before training, nothing to resume or compare, and the reason
-    it stopped is the error printed. Left, they were the newest runs that `ls -t` and a --resume typed from them
-    found. Once metrics.csv is there, the results folder stays (an epoch's figures), as does a checkpoint folder
-    holding anything. True when no epoch was logged."""
+    """A fresh run stopped before its first epoch was logged left nothing to resume or compare, yet its folders were
+    the newest that `ls -t` and a --resume typed from them found: the results folder goes unless metrics.csv is
+    there, the checkpoint folder when empty. True when no epoch was logged."""
     unused = not (run_dir / "metrics.csv").exists()
     if unused and run_dir.is_dir():
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -764,11 +761,9 @@ def _begun() -> _Begun:
 
 
 def training_main(main: Callable[[list[str] | None], dict]) -> Callable[[list[str] | None], dict]:
-    """A *_train.py's main(), run by its script (running.run_main) or called from Python alike: a new run stopped
-    (Ctrl-C, SIGTERM or an error) before its first epoch is logged, its Trainer built or not (run.json's record, the
-    VQ-VAE's plot before training), leaves no folders; a Ctrl-C or SIGTERM then, or in any run before its Trainer
-    runs, says what the Trainer's would: nothing was saved yet, or how to resume the checkpoint it was given (a
-    resumed run's own folders stay)."""
+    """A *_train.py's main(), run by its script or called from Python: a new run stopped (Ctrl-C, SIGTERM or an
+    error) before its first epoch is logged leaves no folders, and a Ctrl-C or SIGTERM then, or in any run before its
+    Trainer runs, says how it goes on, as the Trainer's would (_Begun.stopped)."""
     @functools.wraps(main)
     def run(argv: list[str] | None = None) -> dict:
         _mains.append(begun := _Begun(module=main.__module__, argv=argv))
@@ -815,10 +810,9 @@ def check_same_checkpoint(path: str | Path, ckpt: dict) -> None:
 
 
 def load_resume(path: str | Path, kind: str) -> dict:
-    """The checkpoint --resume goes on from. A packed model (pretrained/'s) keeps its weights but not the optimiser,
-    schedule, generators and run folders a resume restores: it was a KeyError traceback once the data was loaded. A
-    stop of the training's main says how to resume it (training_main) from the flag's parsing on (_ResumeFlag). Its
-    "file_sha256" is the bytes loaded (read_checkpoint), which check_same_checkpoint compares across ranks."""
+    """The checkpoint --resume goes on from, refused before the data is loaded when it holds no training state (a
+    packed model, as pretrained/'s). Its "file_sha256" is the bytes loaded, which check_same_checkpoint compares
+    across ranks; noted for training_main, so that a stop from here on says how to resume it."""
     _begun().resume, _begun().kind = path, kind
     ckpt, digest = read_checkpoint(path, kind)
     ckpt["file_sha256"] = digest
