@@ -49,12 +49,8 @@ class MetricsLog:
         """A column the file lacks (a run resumed by code that logs more) is added, blank in the earlier rows:
         dropping it would lose that metric for the rest of the run."""
         rows = self.read()
-        out = io.StringIO()
-        w = csv.DictWriter(out, fieldnames=list(dict.fromkeys([*(rows[0] if rows else {}), *row])))
-        w.writeheader()
-        w.writerows(rows)
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        paths.atomic_write_text(out.getvalue(), self.path)
+        self._write(list(dict.fromkeys([*(rows[0] if rows else {}), *row])),
+                    [*rows, {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}])
 
     def read(self) -> list[dict]:
         return list(csv.DictReader(io.StringIO(self._text()[0])))
@@ -68,12 +64,16 @@ class MetricsLog:
         if cut:
             running.note(f"{self.path} ended in half a row ({cut[:40]!r}), from a run killed while writing it: dropped")
         if cut or any(int(r["epoch"]) > epoch for r in rows):
-            out = io.StringIO()
-            if reader.fieldnames:
-                w = csv.DictWriter(out, fieldnames=reader.fieldnames)
-                w.writeheader()
-                w.writerows(r for r in rows if int(r["epoch"]) <= epoch)
-            paths.atomic_write_text(out.getvalue(), self.path)
+            self._write(reader.fieldnames, [r for r in rows if int(r["epoch"]) <= epoch])
+
+    def _write(self, fields: list[str] | None, rows: list[dict]) -> None:
+        """The whole file anew, atomically (no fields: empty)."""
+        out = io.StringIO()
+        if fields:
+            w = csv.DictWriter(out, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        paths.atomic_write_text(out.getvalue(), self.path)
 
 
 def whole_ticks() -> matplotlib.ticker.MaxNLocator:
@@ -143,6 +143,15 @@ def plot_codebook_health(log: MetricsLog, out: Path) -> None:
     plt.close(fig)
 
 
+def panel_title(ax: Axes, titles: list[tuple[str, str]] | None, i: int, lead: int,
+                leads: tuple[str, ...] = LEADS) -> None:
+    """Window i's own title for each lead's panel (window_titles), else the lead's name over the first row."""
+    if titles:
+        ax.set_title(titles[i][lead], fontsize=9)
+    elif i == 0:
+        ax.set_title(leads[lead])
+
+
 def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, title: str,
                  titles: list[tuple[str, str]] | None = None) -> None:
     """Lead 1 and lead 2 of a few windows [N, T, 2] in mV: original against reconstruction. `titles`: each
@@ -157,10 +166,7 @@ def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, 
             ax.plot(t, original[i, :, lead], color="black", lw=1.0, label="original")
             ax.plot(t, other[i, :, lead], color="tab:red", lw=1.0, alpha=0.8, label="reconstruction")
             ax.set_ylabel("mV")
-            if titles:
-                ax.set_title(titles[i][lead], fontsize=9)
-            elif i == 0:
-                ax.set_title(LEADS[lead])
+            panel_title(ax, titles, i, lead)
     axes[-1, 0].set_xlabel("time (s)")
     axes[-1, 1].set_xlabel("time (s)")
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", fontsize=8, ncol=2,
@@ -377,10 +383,7 @@ def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context:
         for lead in range(2):
             ax = axes[i, lead]
             forecast_panel(ax, t, windows[i, :, lead], samples[i, :, :, lead], context)
-            if titles:
-                ax.set_title(titles[i][lead], fontsize=9)
-            elif i == 0:
-                ax.set_title(leads[lead])
+            panel_title(ax, titles, i, lead, leads)
     for ax in axes.flat:
         if ax.get_subplotspec().is_last_row():
             ax.set_xlabel(xlabel)
