@@ -276,34 +276,49 @@ def run_main(main: Callable[[], Any]) -> None:
     too, not by the interpreter's exit."""
     script_backend()
     interruptible()
+    with _sigterm_as_stop():
+        _scripts.append(sys.argv[0] if sys.argv else "")
+        try:
+            with warnings.catch_warnings(), _lines_as_printed():
+                warnings.showwarning = show_warning
+                _beside_the_others(main)
+        except UserError as e:
+            try:
+                say_error(str(e))
+            except KeyboardInterrupt as stop:   # torchrun stopping a rank in its grace period: rank 0 said the error
+                _exit(_stop_status(stop))
+            _exit(2)
+        except KeyboardInterrupt as e:     # a trainer's carries how to resume; torchrun hands Ctrl-C to every rank
+            word = "terminated" if isinstance(e, Terminated) else "interrupted"
+            say(f"{word}; {e}" if str(e) else word)
+            _exit(_stop_status(e))
+        except Exception:
+            if not _of_several():
+                raise
+            sys.excepthook(*sys.exc_info())     # as the interpreter prints it (torch's hook: each line after its rank)
+            _exit(1)
+        finally:
+            _scripts.pop()
+
+
+def _stop_status(stop: KeyboardInterrupt) -> int:
+    """The exit status of a death by SIGTERM (Terminated) or SIGINT, as the shell counts it: 128 + the signal."""
+    return 143 if isinstance(stop, Terminated) else 130
+
+
+@contextlib.contextmanager
+def _sigterm_as_stop() -> Iterator[None]:
+    """SIGTERM raised as Terminated while a script's main runs, and a stop Python swallowed noted (_note_swallowed);
+    only where SIGTERM has its default handler in the main thread: a caller's own handler is left alone."""
     main_thread = threading.current_thread() is threading.main_thread()
     default_term = main_thread and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     unraisable_hook = sys.unraisablehook
     if default_term:
         signal.signal(signal.SIGTERM, _terminate)
         sys.unraisablehook = _note_swallowed(unraisable_hook)
-    _scripts.append(sys.argv[0] if sys.argv else "")
     try:
-        with warnings.catch_warnings(), _lines_as_printed():
-            warnings.showwarning = show_warning
-            _beside_the_others(main)
-    except UserError as e:
-        try:
-            say_error(str(e))
-        except KeyboardInterrupt as stop:   # torchrun stopping a rank in its grace period: rank 0 said the error
-            _exit(143 if isinstance(stop, Terminated) else 130)
-        _exit(2)
-    except KeyboardInterrupt as e:     # a trainer's carries how to resume; torchrun hands Ctrl-C to every rank
-        word = "terminated" if isinstance(e, Terminated) else "interrupted"
-        say(f"{word}; {e}" if str(e) else word)
-        _exit(143 if isinstance(e, Terminated) else 130)
-    except Exception:
-        if not _of_several():
-            raise
-        sys.excepthook(*sys.exc_info())     # as the interpreter prints it (torch's hook: each line after its rank)
-        _exit(1)
+        yield
     finally:
-        _scripts.pop()
         if default_term:        # the default first: a SIGTERM from here on ends the process, none escapes as a traceback
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             sys.unraisablehook = unraisable_hook
