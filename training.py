@@ -375,6 +375,26 @@ class Trainer:
         self.log = MetricsLog(self.run_dir / "metrics.csv")
         self.shown = ("train_loss", "val_loss") + tuple(shown)
 
+    def make_loaders(self, train_set: Dataset, val_set: Dataset) -> None:
+        """Each rank's share of the global batch, drawn from one seeded permutation of the training windows."""
+        settings, rt = self.s, self.rt
+        if settings.batch_size % rt.world:
+            raise UserError(f"train.batch_size={settings.batch_size} must be divisible by the {rt.world} processes")
+        per_rank = settings.batch_size // rt.world
+        self.sampler = DistributedSampler(train_set, rt.world, rt.rank, shuffle=True, seed=settings.seed,
+                                          drop_last=True)
+        pin = rt.device.type == "cuda"      # page-locked batches: the non_blocking copies overlap compute
+        self.train_loader = DataLoader(train_set, per_rank, sampler=self.sampler, drop_last=True,
+                                       num_workers=settings.num_workers, pin_memory=pin)
+        # every validation window exactly once over all ranks (DistributedSampler would pad with repeats)
+        val_shard = Subset(val_set, range(rt.rank, len(val_set), rt.world))
+        self.val_loader = DataLoader(val_shard, per_rank, num_workers=settings.num_workers, pin_memory=pin)
+        if len(self.train_loader) == 0:
+            raise UserError(f"{len(train_set)} training windows are fewer than one batch of {settings.batch_size}")
+        if len(val_set) < rt.world:     # a rank without one would all-reduce no metrics: gloo fails, NCCL hangs
+            raise UserError(f"{len(val_set)} validation windows are fewer than the {rt.world} processes; "
+                            "run fewer processes")
+
     def _schedule(self, total: int) -> Callable[[int], float]:
         """The learning-rate factor of each step of a run of `total` steps, its warm-up cut to a quarter of them."""
         warmup = run_warmup(self.s.warmup_steps, total)
@@ -625,25 +645,6 @@ class Trainer:
         (into folders of its own, its run's being gone), as resume_hint says it."""
         last = self.ckpt_dir / "last.pt"
         return resume_hint(last if last.exists() else self.resumed_from, self.kind)
-
-    def make_loaders(self, train_set: Dataset, val_set: Dataset) -> None:
-        settings, rt = self.s, self.rt
-        if settings.batch_size % rt.world:
-            raise UserError(f"train.batch_size={settings.batch_size} must be divisible by the {rt.world} processes")
-        per_rank = settings.batch_size // rt.world
-        self.sampler = DistributedSampler(train_set, rt.world, rt.rank, shuffle=True, seed=settings.seed,
-                                          drop_last=True)
-        pin = rt.device.type == "cuda"      # page-locked batches: the non_blocking copies overlap compute
-        self.train_loader = DataLoader(train_set, per_rank, sampler=self.sampler, drop_last=True,
-                                       num_workers=settings.num_workers, pin_memory=pin)
-        # every validation window exactly once over all ranks (DistributedSampler would pad with repeats)
-        val_shard = Subset(val_set, range(rt.rank, len(val_set), rt.world))
-        self.val_loader = DataLoader(val_shard, per_rank, num_workers=settings.num_workers, pin_memory=pin)
-        if len(self.train_loader) == 0:
-            raise UserError(f"{len(train_set)} training windows are fewer than one batch of {settings.batch_size}")
-        if len(val_set) < rt.world:     # a rank without one would all-reduce no metrics: gloo fails, NCCL hangs
-            raise UserError(f"{len(val_set)} validation windows are fewer than the {rt.world} processes; "
-                            "run fewer processes")
 
     def resumed_record(self, resume: str | Path) -> dict:
         """The run's run.json with this resume added to its `resumes`: the command, commit, processes and
