@@ -705,10 +705,9 @@ def drop_unused_folders(run_dir: Path, ckpt_dir: Path) -> bool:
 
 
 def resume_hint(start: str | Path | None, kind: str) -> str:
-    """How a stopped run goes on from checkpoint `start` (none: nothing was saved yet): as its training main was
-    started (_from_command_line), with the script (a trainer of one's own too, else the project's <kind>_train.py) or
-    the call from Python; a Trainer alone, with its script when one runs (running.run_main), else fit. From a
-    notebook, sys.argv[0] named the kernel's launcher; from a sweep script, the sweep, which passes no --resume on."""
+    """How a stopped run goes on from checkpoint `start` (none: nothing was saved yet), said as it was started: its
+    script's command line, or the call from Python (_from_command_line), since a notebook's sys.argv[0] is the
+    kernel's launcher and a sweep's the sweep; a Trainer used outside a script, fit(resume=...)."""
     if not start:
         return "nothing was saved yet (last.pt is written at the end of every epoch)"
     begun = _begun()
