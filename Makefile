@@ -67,14 +67,14 @@ pretrained-sde: prepare
 	$(PY) pretrained.py --checkpoint $(call newest,latent_sde_crps,$(PRE))
 	$(MAKE) pretrained-report
 
-# The model card's run (40 windows per record) and the README's Results table's (10 per record, 100 paths).
+# The model card's run (40 windows per record), then the README's Results table's (10 per record, 100 paths).
+SHIPPED := pretrained $(if $(wildcard pretrained/latent_sde.pt),pretrained_sde) baselines --split test --samples 100
+newest_report = "$$(ls -td "$(RESULTS)/pretrained"/evaluate-*/ | head -1)"
 pretrained-report: setup $(if $(call exists,$(PREPARED)/test.pt),,prepare)
-	$(call shipped_report,40,pretrained/evaluation)
-	$(call shipped_report,10,pretrained/evaluation-readme)
-
-shipped_report = $(PY) evaluate.py --model pretrained $(if $(wildcard pretrained/latent_sde.pt),pretrained_sde) \
-	baselines --split test --max-windows-per-record $(1) --samples 100 --results "$(RESULTS)/pretrained" && \
-	rm -rf $(2) && cp -r "$$(ls -td "$(RESULTS)/pretrained"/evaluate-*/ | head -1)" $(2)
+	$(PY) evaluate.py --model $(SHIPPED) --max-windows-per-record 40 --results "$(RESULTS)/pretrained"
+	rm -rf pretrained/evaluation && cp -r $(newest_report) pretrained/evaluation
+	$(PY) evaluate.py --model $(SHIPPED) --max-windows-per-record 10 --results "$(RESULTS)/pretrained"
+	rm -rf pretrained/evaluation-readme && cp -r $(newest_report) pretrained/evaluation-readme
 
 test: setup
 	$(PY) -m pytest -q tests
