@@ -8,6 +8,7 @@ import os
 import platform
 import resource
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,14 +108,14 @@ def cpu_name() -> str:
 
 
 def emit(record: dict) -> dict:
-    """Print the result as one JSON line (everything else the scripts print goes to stderr), with the machine and
-    the commit it ran at: bench/report.py, run later, maybe at another commit, reports the lines' own. Returns the
+    """Print the result as one JSON line (everything else the scripts print goes to stderr), with the date, machine
+    and commit it ran at: bench/report.py, run later, maybe at another commit, reports the lines' own. Returns the
     line's dict, what a bench script's main(argv) returns when called from Python."""
     import torch
 
     import paths
 
-    record.update(cpu=cpu_name(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                  torch=str(torch.__version__), git_commit=paths.git_commit())
+    record.update(date=time.strftime("%Y-%m-%d"), cpu=cpu_name(), cores=os.cpu_count(),
+                  torch_threads=torch.get_num_threads(), torch=str(torch.__version__), git_commit=paths.git_commit())
     print(json.dumps(record), flush=True)
     return record

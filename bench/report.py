@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import common  # noqa: F401 (puts the repository on sys.path)
@@ -14,7 +13,7 @@ import common  # noqa: F401 (puts the repository on sys.path)
 import paths  # noqa: E402 (common puts the repository on sys.path)
 import running  # noqa: E402
 
-MACHINE = ("cpu", "cores", "torch_threads", "torch", "git_commit")     # said once in the header
+MACHINE = ("date", "cpu", "cores", "torch_threads", "torch", "git_commit")     # said once in the header
 
 
 def cell(value) -> str:
@@ -23,19 +22,25 @@ def cell(value) -> str:
     return str(value)
 
 
+def machine_differences(row: dict, header: dict) -> list[str]:
+    """The row's machine fields that are not the header's, a missing one as not recorded: an older line without
+    git_commit or date read as run at the header's."""
+    return [f"{k}: {row.get(k, 'not recorded')}" for k in MACHINE if row.get(k) != header.get(k)]
+
+
 def main(src: str, dst: str) -> str:
     rows = [json.loads(line) for line in Path(src).read_text().splitlines() if line.strip()]
     if not rows:
         raise paths.UserError(f"{src} holds no results")
     m = rows[0]
     lines = ["# Benchmarks", "",
-             f"{time.strftime('%Y-%m-%d')}, commit {m.get('git_commit', 'not recorded')}: {m['cpu']}, {m['cores']} "
-             f"cores, torch {m['torch']} on {m['torch_threads']} threads. Made by `make bench` from `{src}`.", "",
-             "| bench | peak RSS (MB) | results |", "|---|---:|---|"]
+             f"{m.get('date', 'Date not recorded')}, commit {m.get('git_commit', 'not recorded')}: {m['cpu']}, "
+             f"{m['cores']} cores, torch {m['torch']} on {m['torch_threads']} threads. Made by `make bench` from "
+             f"`{src}`.", "", "| bench | peak RSS (MB) | results |", "|---|---:|---|"]
     for r in rows:
-        details = "; ".join(f"{k}: {cell(v)}" for k, v in r.items() if k not in ("bench", "peak_rss_mb")
-                            and not (k in MACHINE and v == m.get(k)))     # the header's machine, unless it differs
-        lines.append(f"| {r['bench']} | {r.get('peak_rss_mb', '')} | {details} |")
+        details = [f"{k}: {cell(v)}" for k, v in r.items() if k not in ("bench", "peak_rss_mb", *MACHINE)]
+        details += machine_differences(r, m)     # the header's machine, unless it differs
+        lines.append(f"| {r['bench']} | {r.get('peak_rss_mb', '')} | {'; '.join(details)} |")
     text = "\n".join(lines) + "\n"
     paths.atomic_write_text(text, dst)     # a run cut short keeps the table before it
     print(text, end="")

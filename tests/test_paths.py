@@ -562,6 +562,27 @@ def test_bench_lines_carry_their_commit_and_the_report_gives_theirs(tmp_path, mo
     assert "| c |" in table and "git_commit: bbbb" in table.split("| c |")[1]   # a line of another commit says so
 
 
+def test_bench_report_says_which_rows_lack_the_headers_commit_and_date(tmp_path, monkeypatch, capsys):
+    """The header gave the first line's commit and the day of tabulating: a line without git_commit (results.jsonl's
+    older ones) read as run at the header's commit, and a table made again today dated session 36's figures today.
+    A line records its date, the header gives the first line's, and a row lacking either says so."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import common
+    import report
+
+    monkeypatch.setattr(common.time, "strftime", lambda fmt: "2020-01-02")
+    common.emit({"bench": "a", "x": 1})
+    line = json.loads(capsys.readouterr().out)
+    assert line["date"] == "2020-01-02"
+    old = {k: v for k, v in line.items() if k not in ("date", "git_commit")}
+    src, dst = tmp_path / "results.jsonl", tmp_path / "results.md"
+    src.write_text(json.dumps(line) + "\n" + json.dumps({**old, "bench": "b"}) + "\n")
+    report.main(str(src), str(dst))
+    table = dst.read_text().splitlines()
+    assert table[2].startswith(f"2020-01-02, commit {line['git_commit']}:")
+    assert table[-2:] == ["| a |  | x: 1 |", "| b |  | x: 1; date: not recorded; git_commit: not recorded |"]
+
+
 def test_train_speed_times_the_steps_after_the_first(monkeypatch):
     """bench/train_speed.py leaves the first step out of its throughput: its one-off work (the VQ-VAE's k-means start
     of its codebooks took two steps' time) made a 20-step bench report 5% fewer windows/s than training runs at."""
