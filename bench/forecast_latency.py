@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
                                for _ in range(REPEATS)]))
         no_cache = timed(lambda: fc.predict(contexts[:1], horizon, args.samples, seed=0, use_cache=False))
         many = timed(lambda: fc.predict(contexts, horizon, args.samples, seed=0))
-    return emit({"bench": "forecast_latency", "contexts_1_s": round(one, 2),
+    return emit({"bench": "forecast_latency", "contexts_1_s": round(one, 2), "contexts_1_repeats": REPEATS,
                  "contexts_1_no_cache_s": round(no_cache, 2), "contexts_64_s": round(many, 2),
                  "samples": args.samples, "context_s": ctx / fc.fs, "horizon_s": horizon / fc.fs,
                  "checkpoint": source, "checkpoint_sha256": fc.checkpoint_sha256, **memory_mb()})

@@ -361,7 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = E.summarize(scores, truth, w, fs, w.signals.shape[1] - context, n_boot=1)
     frontier = {name: {key: round(summary["forecasters"][name]["metrics"][key][-1]["value"], 4)
                        for key in ("crps", f"f1_{TOL_MS}")} for name in models}
-    return emit({"bench": "rhythm_bound", "split": args.split, "windows": len(w.record),
+    return emit({"bench": "rhythm_bound", "split": args.split, "max_windows_per_record": args.max_windows_per_record,
+                 "windows": len(w.record),
                  "oracle_f1": oracle, "placed_beat_mse": placed, "next_beat_error": first_error, "history": history,
                  "spread_frontier": frontier, **data_read(w, train, paths.location("data", args.data_dir), history)})
 

@@ -96,8 +96,9 @@ def test_a_bench_returns_its_json_line(notebook, capsys):
 
 def test_the_forecast_latency_line_names_the_weights_it_timed(notebook, capsys, monkeypatch):
     """forecast_latency's line named its checkpoint by path ("the shipped model forecaster.pt") alone: which weights
-    were timed was not said, the newest best.pt being replaced while its run goes on. Its validation contexts are
-    synthetic here: a clean checkout has no prepared tensors."""
+    were timed was not said, the newest best.pt being replaced while its run goes on. Nor did it say that one
+    context's time is a median of repeats, the others one run. Its validation contexts are synthetic here: a clean
+    checkout has no prepared tensors."""
     import torch
 
     sys.path.insert(0, str(ROOT / "bench"))
@@ -108,6 +109,7 @@ def test_the_forecast_latency_line_names_the_weights_it_timed(notebook, capsys, 
     monkeypatch.setattr(forecast_latency, "timed", lambda fn: 0.0)    # the line, not its timings (2 min)
     line = forecast_latency.main(["--checkpoint", str(PRETRAINED), "--samples", "1"])
     assert line["checkpoint"] == str(PRETRAINED) and line["checkpoint_sha256"] == file_sha256(PRETRAINED)
+    assert line["contexts_1_repeats"] == 5
     assert json.loads(capsys.readouterr().out) == line
 
 

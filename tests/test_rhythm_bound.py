@@ -165,7 +165,8 @@ def test_history_bound_scores_each_history_with_the_training_rhythm(tmp_path, mo
 
 def test_the_line_names_the_prepared_data_and_the_records_history_read(tmp_path, synthetic_db, monkeypatch, capsys):
     """Every other result names the data it came from (run.json's data_hash): the rhythm_bound line named none, neither
-    the prepared windows its rules are scored and calibrated on nor the WFDB records `history` reads."""
+    the prepared windows its rules are scored and calibrated on nor the WFDB records `history` reads. Nor did it name
+    --max-windows-per-record, which picks the windows scored (its `windows` is their count, not the cap)."""
     import json
 
     import hyper_params
@@ -178,9 +179,10 @@ def test_the_line_names_the_prepared_data_and_the_records_history_read(tmp_path,
     monkeypatch.setenv("ECG_PREPARED_DIR", setup["prepared"])
     meta = json.loads((Path(setup["prepared"]) / "meta.json").read_text())
     line = R.main(["--history-seconds", "3", "--data-dir", str(synthetic_db)])
-    assert line["data_hash"] == f"{meta['data_hash']}/{meta['input_hash']}"
+    assert line["data_hash"] == f"{meta['data_hash']}/{meta['input_hash']}" and line["max_windows_per_record"] == 40
     # the test split's record and the training split's, which calibrate the samplers; not the validation one's (101)
     assert line["history_input_hash"] == hash_inputs(synthetic_db, ["100", "102", "103", "104", "105"])
     assert json.loads(capsys.readouterr().out.splitlines()[-1]) == line
-    line = R.main(["--history-seconds", "--data-dir", str(synthetic_db)])
+    line = R.main(["--history-seconds", "--data-dir", str(synthetic_db), "--max-windows-per-record", "2"])
     assert line["data_hash"] == f"{meta['data_hash']}/{meta['input_hash']}" and "history_input_hash" not in line
+    assert line["max_windows_per_record"] == 2
