@@ -14,6 +14,7 @@ import paths  # noqa: E402 (common puts the repository on sys.path)
 import running  # noqa: E402
 
 MACHINE = ("date", "cpu", "cores", "torch_threads", "torch", "git_commit")     # said once in the header
+REQUIRED = ("bench", "cpu", "cores", "torch_threads", "torch")     # in every line (date and git_commit came later)
 
 
 def cell(value) -> str:
@@ -28,8 +29,26 @@ def machine_differences(row: dict, header: dict) -> list[str]:
     return [f"{k}: {row.get(k, 'not recorded')}" for k in MACHINE if row.get(k) != header.get(k)]
 
 
+def read_lines(src: str) -> list[dict]:
+    """The JSON lines of `src`; a line that is not a bench script's (a stray print, a cut-off write) is an error
+    naming the file and line, not a traceback from json or a KeyError."""
+    rows = []
+    for n, line in enumerate(Path(src).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise paths.UserError(f"{src}, line {n}: not JSON ({e.msg})") from None
+        missing = [k for k in REQUIRED if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise paths.UserError(f"{src}, line {n}: not a bench script's line (no {', '.join(missing)})")
+        rows.append(row)
+    return rows
+
+
 def main(src: str, dst: str) -> str:
-    rows = [json.loads(line) for line in Path(src).read_text().splitlines() if line.strip()]
+    rows = read_lines(src)
     if not rows:
         raise paths.UserError(f"{src} holds no results")
     m = rows[0]

@@ -2,6 +2,7 @@
 checkpoint may not do when loaded."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -581,6 +582,24 @@ def test_bench_report_says_which_rows_lack_the_headers_commit_and_date(tmp_path,
     table = dst.read_text().splitlines()
     assert table[2].startswith(f"2020-01-02, commit {line['git_commit']}:")
     assert table[-2:] == ["| a |  | x: 1 |", "| b |  | x: 1; date: not recorded; git_commit: not recorded |"]
+
+
+@pytest.mark.parametrize("text, said", [('{"bench": "a", "cpu": "c", "cores": 2, "torch_threads": 1, "torch": "t"}\n'
+                                          "not json\n", "line 2: not JSON"),
+                                         ('{"cpu": "c", "cores": 2}\n', "line 1: not a bench script's line (no bench, "
+                                          "torch_threads, torch)"),
+                                         ("[1, 2]\n", "line 1: not a bench script's line (no bench, cpu")])
+def test_bench_report_names_the_line_that_is_not_a_bench_scripts(tmp_path, text, said):
+    """A results.jsonl line that is not JSON, or not a bench script's dict, ended bench/report.py in a traceback from
+    json (JSONDecodeError), a KeyError or an AttributeError; it is an error naming the file and line."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import report
+
+    src = tmp_path / "results.jsonl"
+    src.write_text(text)
+    with pytest.raises(UserError, match=re.escape(f"{src}, {said}")):
+        report.main(str(src), str(tmp_path / "results.md"))
+    assert not (tmp_path / "results.md").exists()
 
 
 def test_train_speed_times_the_steps_after_the_first(monkeypatch):
