@@ -107,15 +107,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def emit(record: dict) -> dict:
+def emit(record: dict, commit: str) -> dict:
     """Print the result as one JSON line (everything else the scripts print goes to stderr), with the date, machine
-    and commit it ran at: bench/report.py, run later, maybe at another commit, reports the lines' own. Returns the
-    line's dict, what a bench script's main(argv) returns when called from Python."""
+    and `commit` it ran at (paths.git_commit at the script's start): bench/report.py, run later, maybe at another
+    commit, reports the lines' own. Returns the line's dict, what a bench script's main(argv) returns when called
+    from Python."""
     import torch
 
-    import paths
-
     record.update(date=time.strftime("%Y-%m-%d"), cpu=cpu_name(), cores=os.cpu_count(),
-                  torch_threads=torch.get_num_threads(), torch=str(torch.__version__), git_commit=paths.git_commit())
+                  torch_threads=torch.get_num_threads(), torch=str(torch.__version__), git_commit=commit)
     print(json.dumps(record), flush=True)
     return record

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "else the shipped pretrained/forecaster.pt, else one trained on the fly)")
     p.add_argument("--samples", type=positive_int, default=100)
     args = p.parse_args(argv)
+    commit = paths.git_commit()     # at the start: the code that runs is the checkout of now, not of the end
     import torch
 
     from forecast import Forecaster
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     return emit({"bench": "forecast_latency", "contexts_1_s": round(one, 2), "contexts_1_repeats": REPEATS,
                  "contexts_1_no_cache_s": round(no_cache, 2), "contexts_64_s": round(many, 2),
                  "samples": args.samples, "context_s": ctx / fc.fs, "horizon_s": horizon / fc.fs,
-                 "checkpoint": source, "checkpoint_sha256": fc.checkpoint_sha256, **memory_mb()})
+                 "checkpoint": source, "checkpoint_sha256": fc.checkpoint_sha256, **memory_mb()}, commit)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=paths.given_path, help="VQ-VAE config JSON (default: config_vqvae.json)")
     args = p.parse_args(argv)
+    commit = paths.git_commit()     # at the start: the code that runs is the checkout of now, not of the end
     cfg = load_config(args.config)
     data = paths.location("data")
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
         seconds = time.perf_counter() - t0
     return emit({"bench": "prepare", "config": paths.shown(args.config or DEFAULT_CONFIG),
                  "records": len(meta["records"]), "seconds": round(seconds, 1), "windows": meta["windows"],
-                 "data_hash": paths.run_data_hash(meta), **memory_mb()})
+                 "data_hash": paths.run_data_hash(meta), **memory_mb()}, commit)
 
 
 if __name__ == "__main__":

@@ -337,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data-dir", default=None, type=paths.given_path,
                    help="WFDB folder for `history` (default: $MITBIH_DIR or data/mitdb)")
     args = p.parse_args(argv)
+    commit = paths.git_commit()     # at the start: the code that runs is the checkout of now, not of the end
 
     import baselines as B
     import evaluate as E
@@ -362,9 +363,9 @@ def main(argv: list[str] | None = None) -> dict:
     frontier = {name: {key: round(summary["forecasters"][name]["metrics"][key][-1]["value"], 4)
                        for key in ("crps", f"f1_{TOL_MS}")} for name in models}
     return emit({"bench": "rhythm_bound", "split": args.split, "max_windows_per_record": args.max_windows_per_record,
-                 "windows": len(w.record),
-                 "oracle_f1": oracle, "placed_beat_mse": placed, "next_beat_error": first_error, "history": history,
-                 "spread_frontier": frontier, **data_read(w, train, paths.location("data", args.data_dir), history)})
+                 "windows": len(w.record), "oracle_f1": oracle, "placed_beat_mse": placed,
+                 "next_beat_error": first_error, "history": history, "spread_frontier": frontier,
+                 **data_read(w, train, paths.location("data", args.data_dir), history)}, commit)
 
 
 def data_read(w, train, data_dir: Path, history: dict) -> dict:

@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    commit = paths.git_commit()     # at the start: the code that runs is the checkout of now, not of the end
 
     import numpy as np
     import torch
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
                  "horizon_s": args.horizon, "output_shape": list(out.shape), "repeats": args.repeats,
                  "median_s": round(median, 3), "best_s": round(min(times), 3), "target_s": TARGET_S,
                  "meets_target": median < TARGET_S, "solver": fc.scfg.solver.method, "dt_s": fc.scfg.solver.dt,
-                 "state_size": fc.scfg.model.state_size, "load_avg": round(os.getloadavg()[0], 2), **memory_mb()})
+                 "state_size": fc.scfg.model.state_size, "load_avg": round(os.getloadavg()[0], 2), **memory_mb()},
+                commit)
 
 
 if __name__ == "__main__":

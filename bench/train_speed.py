@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--vqvae", type=paths.given_path, help="the forecasters' VQ-VAE checkpoint, as their --vqvae "
                    "(default: the newest checkpoints/vqvae-*/best.pt, else an untrained one)")
     args = p.parse_args(argv)
+    commit = paths.git_commit()     # at the start: the code that runs is the checkout of now, not of the end
     if args.vqvae and args.model == "vqvae":
         p.error("--vqvae is the forecasters' VQ-VAE: the vqvae bench trains one (give its --config)")
     if args.steps < 2:
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "windows_per_s": round(timed["steps"] * timed["batch"] / timed["seconds"], 1),
                  "steps": timed["steps"], "batch_size": timed["batch"], "seconds": round(timed["seconds"], 1),
                  "first_step_s": round(timed["first_step_s"], 2),
-                 **memory_mb(), "train_pt_mb": round(train_bytes / 2 ** 20), **extra})
+                 **memory_mb(), "train_pt_mb": round(train_bytes / 2 ** 20), **extra}, commit)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import evaluate
 import paths
 import running
 import vqvae_train
-from conftest import ROOT, run_script, write_record
+from conftest import ROOT, edit_tree_after, run_script, write_record
 from paths import UserError
 from tiny import flags, tiny_setup
 from train_results import load_checkpoint
@@ -550,8 +550,7 @@ def test_bench_lines_carry_their_commit_and_the_report_gives_theirs(tmp_path, mo
     import common
     import report
 
-    monkeypatch.setattr(paths, "git_commit", lambda: "aaaa-dirty")
-    common.emit({"bench": "b", "x": 1})
+    common.emit({"bench": "b", "x": 1}, "aaaa-dirty")
     line = json.loads(capsys.readouterr().out)
     assert line["git_commit"] == "aaaa-dirty"
     src, dst = tmp_path / "results.jsonl", tmp_path / "results.md"
@@ -563,6 +562,18 @@ def test_bench_lines_carry_their_commit_and_the_report_gives_theirs(tmp_path, mo
     assert "| c |" in table and "git_commit: bbbb" in table.split("| c |")[1]   # a line of another commit says so
 
 
+def test_a_bench_line_names_the_commit_it_started_at(monkeypatch, capsys):
+    """A bench line took its commit when it printed, after the run: a tree edited or committed meanwhile (rhythm_bound
+    runs for minutes) named code that never ran. It is the commit of the script's start, as evaluate.py's."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import sde_latency
+
+    edit_tree_after(monkeypatch, sde_latency, "forecaster_to_time")
+    line = sde_latency.main(["--checkpoint", str(ROOT / "pretrained" / "latent_sde.pt"), "--samples", "2",
+                             "--horizon", "0.5", "--repeats", "1"])
+    assert line["git_commit"] == "at-start" and paths.git_commit() == "at-end"
+
+
 def test_bench_report_says_which_rows_lack_the_headers_commit_and_date(tmp_path, monkeypatch, capsys):
     """The header gave the first line's commit and the day of tabulating: a line without git_commit (results.jsonl's
     older ones) read as run at the header's commit, and a table made again today dated session 36's figures today.
@@ -572,7 +583,7 @@ def test_bench_report_says_which_rows_lack_the_headers_commit_and_date(tmp_path,
     import report
 
     monkeypatch.setattr(common.time, "strftime", lambda fmt: "2020-01-02")
-    common.emit({"bench": "a", "x": 1})
+    common.emit({"bench": "a", "x": 1}, "aaaa")
     line = json.loads(capsys.readouterr().out)
     assert line["date"] == "2020-01-02"
     old = {k: v for k, v in line.items() if k not in ("date", "git_commit")}
@@ -580,7 +591,7 @@ def test_bench_report_says_which_rows_lack_the_headers_commit_and_date(tmp_path,
     src.write_text(json.dumps(line) + "\n" + json.dumps({**old, "bench": "b"}) + "\n")
     report.main(str(src), str(dst))
     table = dst.read_text().splitlines()
-    assert table[2].startswith(f"2020-01-02, commit {line['git_commit']}:")
+    assert table[2].startswith("2020-01-02, commit aaaa:")
     assert table[-2:] == ["| a |  | x: 1 |", "| b |  | x: 1; date: not recorded; git_commit: not recorded |"]
 
 
