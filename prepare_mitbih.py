@@ -138,23 +138,7 @@ def assign_splits(names: list[str], test: list[str], validation: list[str]) -> d
 def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir / MITBIH_DIR") -> list[str]:
     """Record names in data_dir; download MIT-BIH there first when the folder is missing or empty (hidden files
     aside) and download is allowed (never into a folder of the user's files: records in subfolders, say)."""
-    # os.path's tests below (see paths), and os.stat's error for a folder that cannot be looked at named here
-    try:
-        os.stat(data_dir)
-    except (FileNotFoundError, NotADirectoryError):
-        pass        # not there: a link to nowhere is named below, a missing folder is downloaded into
-    except OSError as e:
-        raise unreadable(data_dir, e, flag) from e
-    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise UserError(f"data folder {data_dir} is not a directory: point {flag} at the folder with the WFDB "
-                        f"files (NNN.hea, NNN.dat, NNN.atr)")
-    if link := paths.broken_link(data_dir):         # a link to shared data not there: no download makes it
-        where = "is" if link == data_dir else f"is in {link}, which is"
-        raise UserError(f"data folder {data_dir} {where} a link to {link.readlink()}, which does not exist: make or "
-                        f"mount that folder, or point {flag} at the folder with the WFDB files")
-    if not os.path.exists(data_dir) and os.path.isfile(f"{data_dir}.hea"):     # DIR/NAME: never a download target
-        raise UserError(f"{data_dir} is a record, not a folder: pass {flag.split()[0]} {data_dir.parent} "
-                        f"--records {data_dir.name}")
+    check_data_folder(data_dir, flag)
     try:
         names = header_stems(data_dir)
         # hidden files are no one's records: a killed download's part, or a .DS_Store or .gitkeep that refused the
@@ -174,6 +158,28 @@ def find_records(data_dir: Path, download: bool = True, flag: str = "--data-dir 
             raise UserError(f"data folder {data_dir} does not exist: {hint}")
         raise UserError(f"no WFDB records (*.hea) in {data_dir}: {hint}")
     return download_mitbih(data_dir, hint)
+
+
+def check_data_folder(data_dir: Path, flag: str) -> None:
+    """A data folder that is missing (to download into) or a folder; a file, a broken link or a record's path
+    (DIR/NAME) is an error, never a download target."""
+    # os.path's tests below (see paths), and os.stat's error for a folder that cannot be looked at named here
+    try:
+        os.stat(data_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        pass        # not there: a link to nowhere is named below, a missing folder is downloaded into
+    except OSError as e:
+        raise unreadable(data_dir, e, flag) from e
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise UserError(f"data folder {data_dir} is not a directory: point {flag} at the folder with the WFDB "
+                        f"files (NNN.hea, NNN.dat, NNN.atr)")
+    if link := paths.broken_link(data_dir):         # a link to shared data not there: no download makes it
+        where = "is" if link == data_dir else f"is in {link}, which is"
+        raise UserError(f"data folder {data_dir} {where} a link to {link.readlink()}, which does not exist: make or "
+                        f"mount that folder, or point {flag} at the folder with the WFDB files")
+    if not os.path.exists(data_dir) and os.path.isfile(f"{data_dir}.hea"):     # DIR/NAME: never a download target
+        raise UserError(f"{data_dir} is a record, not a folder: pass {flag.split()[0]} {data_dir.parent} "
+                        f"--records {data_dir.name}")
 
 
 def unreadable(data_dir: Path, e: OSError, flag: str) -> UserError:
