@@ -497,8 +497,7 @@ def record_path(path: str | Path) -> Path:
 
 def read_header(path: Path) -> wfdb.Record:
     """The header of WFDB record `path` (no samples), with its signal files (or segments) checked."""
-    import wfdb
-    header = spelled(_wfdb_read(wfdb.rdheader, path, f"{path}.hea: cannot read the header"), path)
+    header = wfdb_header(path)
     check_rate_field(path)
     check_signal_files(path, header)
     check_segments(path, header)
@@ -508,12 +507,21 @@ def read_header(path: Path) -> wfdb.Record:
 def header_leads(path: Path, header: wfdb.Record) -> tuple[list[str], list[str | None]]:
     """Channel names and units of a header; a multi-segment header keeps them in its layout (or first) segment."""
     if getattr(header, "seg_name", None):
-        first = next((n for n in header.seg_name if n != "~"), None)
-        if first is None:
+        if not (parts := segments_of(header)):
             raise UserError(f"{path}.hea: a multi-segment record without a segment")
-        header = segment_header(path, first)
+        header = wfdb_header(path.parent / parts[0])
+    return channels(header)
+
+
+def channels(header: wfdb.Record) -> tuple[list[str], list[str | None]]:
+    """A header's channel names and their units (None each when it gives none)."""
     names = list(header.sig_name or [])
     return names, list(header.units or [None] * len(names))
+
+
+def segments_of(header: wfdb.Record) -> list[str]:
+    """The segments a multi-segment header lists, without its empty ones ('~'); [] for any other header."""
+    return [n for n in getattr(header, "seg_name", None) or [] if n != "~"]
 
 
 def spelled(header: wfdb.Record, path: Path) -> wfdb.Record:
@@ -531,11 +539,10 @@ def as_spelled(units: list[str | None], written: list[str | None]) -> list[str |
             for u, s in zip(units, written + [None] * (len(units) - len(written)))]
 
 
-def segment_header(path: Path, segment: str) -> wfdb.Record:
-    """The header of a segment of multi-segment record `path` (beside it)."""
+def wfdb_header(path: Path) -> wfdb.Record:
+    """The header of `path`.hea as wfdb reads it, its units as spelled, unchecked (read_header checks it)."""
     import wfdb
-    where = path.parent / segment
-    return spelled(_wfdb_read(wfdb.rdheader, where, f"{where}.hea: cannot read the header"), where)
+    return spelled(_wfdb_read(wfdb.rdheader, path, f"{path}.hea: cannot read the header"), path)
 
 
 def check_segments(path: Path, header: wfdb.Record) -> None:
@@ -543,25 +550,25 @@ def check_segments(path: Path, header: wfdb.Record) -> None:
     its layout (or, without one, of its first segment) in the same units: wfdb joins a fixed layout's segments by
     position and keeps the first one's units, so a segment storing V1 before MLII, or in uV, was read as the other
     lead or 1000 times too large."""
-    segments = [n for n in getattr(header, "seg_name", None) or [] if n != "~"]
+    segments = segments_of(header)
     if not segments:
         return
-    first = segment_header(path, segments[0])
+    first = wfdb_header(path.parent / segments[0])
     fixed = bool(first.sig_len)                         # a layout header has no samples
-    names = list(first.sig_name or [])
-    units = list(first.units or [None] * len(names))
+    names, units = channels(first)
     unit_of = dict(zip(names, (mv_per_unit(u) for u in units)))
     for segment in segments[0 if fixed else 1:]:
-        seg = segment_header(path, segment)
-        check_signal_files(path.parent / segment, seg)
-        seg_names, seg_units = list(seg.sig_name or []), list(seg.units or [None] * len(seg.sig_name or []))
+        where = path.parent / segment
+        seg = wfdb_header(where)
+        check_signal_files(where, seg)
+        seg_names, seg_units = channels(seg)
         if fixed and seg_names != names:
-            raise UserError(f"{path.parent / segment}.hea: channels {', '.join(map(str, seg_names))} where the first "
+            raise UserError(f"{where}.hea: channels {', '.join(map(str, seg_names))} where the first "
                             f"segment of {path.name} has {', '.join(map(str, names))}: a record whose segments differ "
                             f"needs a layout header (a segment of length 0) naming its channels")
         for name, unit in zip(seg_names, seg_units):
             if name in unit_of and mv_per_unit(unit) != unit_of[name]:
-                raise UserError(f"{path.parent / segment}.hea: channel {name} in '{unit or 'mV'}', where the "
+                raise UserError(f"{where}.hea: channel {name} in '{unit or 'mV'}', where the "
                                 f"{'first segment' if fixed else 'layout'} of {path.name} has it in "
                                 f"'{units[names.index(name)] or 'mV'}': give every segment the same units")
 
