@@ -611,21 +611,19 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     """One WFDB record as two filtered leads in mV at the target rate with its reference beats (from the
     `annotator` file, e.g. NNN.atr; None: no beats). NaN or invalid samples, and a lead holding one value for
     FLAT_S or more (lead off), are an error, or with `gaps` NaN stretches of the signal (see filter_and_resample).
-    `span` [a, b) (target-rate samples): only that part and SPAN_MARGIN_S around it is read (all of a record whose
-    header leaves its length out, so that a span past its end is known to be), the same samples as
-    read whole (signal[0] is the record's sample Record.offset): a forecast 6 s long near the end of a 24 h
-    Holter record read all of it (9 s, 2.2 GB). A read that begins or ends inside a gap is widened until it
-    does not: cut there, the gap lost the margin NaN beside it (EDGE_MARGIN_S) and a lead off for longer than
-    the read was refused as off throughout."""
+    `span` [a, b) (target-rate samples) reads only that part and SPAN_MARGIN_S around it, giving the samples the
+    whole record gives (signal[0] is its sample Record.offset): a forecast near the end of a 24 h Holter record
+    read all of it (2.2 GB). A read that would begin or end inside a gap is widened: cut there, the gap lost the
+    margin beside it (EDGE_MARGIN_S), and a lead off for longer than the read was refused as off throughout."""
     path = record_path(path)
     where = str(path)
     header = read_header(path)
     span = span if header.sig_len else None     # a header may leave its length out: read whole, its end is known then
-    sampfrom, sampto, ratio, margin_s = 0, None, Fraction(1), SPAN_MARGIN_S
+    sampfrom, sampto, margin_s = 0, None, SPAN_MARGIN_S
     header_units = header_leads(path, header)[1]
+    ratio = resample_ratio(float(header.fs), cfg.samples_per_second, where) if span else Fraction(1)
     while True:
         if span:
-            ratio = resample_ratio(float(header.fs), cfg.samples_per_second, where)
             sampfrom, sampto = source_span(span, float(header.fs), ratio, header.sig_len, margin_s)
         x, fs_in, names, units = _read_leads(path, cfg, sampfrom, sampto, header_units)
         gap = gap_mask(x, fs_in, names, where, gaps, whole=not sampfrom and sampto is None)
@@ -636,8 +634,7 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     y = filter_and_resample(x, fs_in, cfg, where, gaps)
     check_swing(y, names, units, where)
     offset = int(sampfrom * ratio)
-    beats, symbols, has_ann = (_read_beats(path, fs_in, cfg.samples_per_second, len(y), annotator, offset)
-                               if annotator else (np.zeros(0, np.int64), [], False))
+    beats, symbols, has_ann = _read_beats(path, fs_in, cfg.samples_per_second, len(y), annotator, offset)
     length = math.ceil(header.sig_len * ratio) if span else offset + len(y)
     return Record(path.name, y, names, beats, symbols, fs_in, has_ann, float(gap.sum() / fs_in), offset, length)
 
@@ -773,17 +770,20 @@ def check_signal_files(path: Path, header: wfdb.Record) -> None:
                             f"(truncated file?)")
 
 
-def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = "atr", offset: int = 0
+def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str | None = "atr", offset: int = 0
                 ) -> tuple[np.ndarray, list[str], bool]:
     """The reference beats of the `annotator` file at the target rate fs_out, as samples from `offset` within the
-    n read, their symbols, and whether the record counts as annotated (a missing file, or one of rhythm or noise
-    labels only, does not). A file with a time resolution of its own counts its samples at that rate, not fs_in."""
+    n read, their symbols, and whether the record counts as annotated (no annotator, a missing file, or one of
+    rhythm or noise labels only, does not). A file with a time resolution of its own counts its samples at that
+    rate, not fs_in."""
+    if not annotator:
+        return _no_beats()
     check_annotator(annotator)
     if not path.parent.joinpath(f"{path.name}.{annotator}").exists():
         hint = other_annotators(path)
         if annotator != "atr" or hint:      # asked for by name (a typo), or beats kept under another name
             running.note(f"{path}.{annotator} is missing; the record counts as unannotated (no R-peak scores){hint}")
-        return np.zeros(0, np.int64), [], False
+        return _no_beats()
     check_annotation_end(path.parent / f"{path.name}.{annotator}")
     import wfdb
     ann = _wfdb_read(functools.partial(wfdb.rdann, extension=annotator), path,
@@ -792,12 +792,16 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str = 
     if not keep:        # rhythm or noise labels only (as AFDB's .atr): scoring R peaks against none would be wrong
         running.note(f"{path}.{annotator} has no beat labels; the record counts as unannotated (no R-peak scores)"
                      f"{other_annotators(path)}")
-        return np.zeros(0, np.int64), [], False
+        return _no_beats()
     keep.sort(key=lambda i: ann.sample[i])
     fs_ann = float(ann.fs) if ann.fs else fs_in     # the file's own time resolution, else (wfdb) the record's rate
     pos = np.round(np.asarray(ann.sample, np.float64)[keep] * fs_out / fs_ann).astype(np.int64) - offset
     ok = (pos >= 0) & (pos < n)
     return pos[ok], [ann.symbol[i] for i, k in zip(keep, ok) if k], True
+
+
+def _no_beats() -> tuple[np.ndarray, list[str], bool]:
+    return np.zeros(0, np.int64), [], False
 
 
 def check_annotation_end(file: Path) -> None:
