@@ -945,11 +945,8 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     available = find_records(data_dir, download)
     names = select_records(available, records, data_dir)
-    if not records and (headless := headless_files(data_dir, available, annotator)):
-        one = len(headless) == 1
-        running.warn(f"{', '.join(headless[:5])}{' ...' if len(headless) > 5 else ''} in {data_dir} "
-                     f"belong{'s' if one else ''} to no record's header (a lost .hea?): "
-                     f"{'it is' if one else 'they are'} not prepared")
+    if not records:
+        warn_headless(data_dir, available, annotator)
     training_split(names, d, available, data_dir)   # the config's errors before any record is read
     check_annotated(data_dir, names, annotator)
     check_first_lead(data_dir, available, d.first_lead)     # the folder's leads: --records may lack it
@@ -963,15 +960,20 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     return meta
 
 
-def headless_files(data_dir: Path, names: list[str], annotator: str) -> list[str]:
-    """The .dat and annotation files of a folder without a RECORDS index that no header of its records `names` (or
-    their segments) accounts for: a record whose .hea was lost was left out of the database without a word."""
+def warn_headless(data_dir: Path, names: list[str], annotator: str) -> None:
+    """Warns of the .dat and annotation files of a folder without a RECORDS index that no header of its records
+    `names` (or their segments) accounts for: a record whose .hea was lost was left out without a word."""
     if records_file(data_dir):
-        return []       # the index is the database: a listed record without its .hea is refused there
+        return          # the index is the database: a listed record without its .hea is refused there
     named = {p.name for n in names for p in input_files(data_dir, n)}
     headers = {p.stem for p in data_dir.glob("*.hea")}
-    return [p.name for p in sorted(data_dir.glob("*")) if p.suffix in (".dat", f".{annotator}")
-            and p.name not in named and p.stem not in headers]
+    headless = [p.name for p in sorted(data_dir.glob("*")) if p.suffix in (".dat", f".{annotator}")
+                and p.name not in named and p.stem not in headers]
+    if headless:
+        one = len(headless) == 1
+        running.warn(f"{', '.join(headless[:5])}{' ...' if len(headless) > 5 else ''} in {data_dir} "
+                     f"belong{'s' if one else ''} to no record's header (a lost .hea?): "
+                     f"{'it is' if one else 'they are'} not prepared")
 
 
 def select_records(names: list[str], records: list[str] | None, folder: Path) -> list[str]:
