@@ -190,10 +190,9 @@ def unreadable(data_dir: Path, e: OSError, flag: str) -> UserError:
 
 def download_mitbih(data_dir: Path, hint: str) -> list[str]:
     """MIT-BIH from PhysioNet into data_dir, its record names; a failure is one line ending in `hint` (what to
-    do instead), and leaves no empty folder behind. The files arrive in a hidden folder in data_dir and are moved
-    out of it once all are there: a download cut short left some records, and the next run prepared them as the
-    database. In data_dir, not beside it: a data folder that is a mount (a container's volume) or whose parent is
-    not writable took no download beside it. A part left by a killed download is not the user's files."""
+    do instead), and leaves no empty folder behind. The files arrive in a hidden folder in data_dir (beside it, a
+    mount or a read-only parent took none) and move out once all are there: a download cut short left some
+    records, and the next run prepared them as the database."""
     created = not os.path.exists(data_dir)
     part = None
     try:
@@ -345,14 +344,10 @@ def ecg_channels(names: list[str], units: list[str | None], where: str) -> list[
 
 
 def order_leads(names: list[str], first: str, where: str, units: list[str | None] | None = None) -> list[int]:
-    """Channel indices [lead 1, lead 2] of a record whose channels are called `names`, among those in ECG
-    units (ecg_channels), so that an ICU record's PLETH or ABP, or a sleep record's EEG, is passed over.
-
-    Lead 1 is the channel named `first` (cfg.first_lead, e.g. MLII; exact name, else the same name
-    compared as in LEAD_PREFERENCE); without one, the first LEAD_PREFERENCE group the record has
-    (lead II, then I, III, aVF, aVL, aVR); without any, the first ECG channel other than V1. Lead 2 is V1,
-    else the first other ECG channel.
-    """
+    """Channel indices [lead 1, lead 2] among the channels in ECG units (ecg_channels), so that an ICU record's
+    PLETH or ABP, or a sleep record's EEG, is passed over. Lead 1 is the channel named `first` (cfg.first_lead;
+    exact name, else compared as in LEAD_PREFERENCE), else chosen as LEAD_PREFERENCE's comment says; lead 2 is V1,
+    else the first other ECG channel."""
     ecg = ecg_channels(names, list(units or [None] * len(names)), where)
     keys = {i: _lead_key(names[i]) for i in ecg}
     choices = [[i for i in ecg if names[i] == first]]
@@ -423,6 +418,7 @@ def band_pass(cfg: DataConfig, fs_in: float, where: str) -> np.ndarray:
 
 
 def _resample(y: np.ndarray, ratio: Fraction) -> np.ndarray:
+    """`y` resampled by `ratio` along time (polyphase: resample_poly), as float32."""
     import scipy.signal
 
     if ratio != 1:
@@ -877,6 +873,7 @@ def cut_windows(records: Iterable[Record], cfg: DataConfig, overlap: bool, most:
 
 
 def check_annotator(annotator: str) -> None:
+    """An annotator is a bare file extension: a path or pattern in it would read some other file."""
     if not re.fullmatch(r"[A-Za-z0-9_]+", annotator):
         raise UserError(f"--annotator {annotator!r} must be a WFDB annotation file extension such as atr or qrs")
 
