@@ -2,8 +2,9 @@
 
 Unknown keys, wrong types and bad values are rejected with a message naming the key, so a typo
 never silently falls back to a default. The other models' configs (hyper_params_transformer.py,
-hyper_params_sde.py) are read and checked with this module's read_json, build_config and _check, and share
-its train and augment sections. data_hash ties prepared tensors to the data settings they were made with.
+hyper_params_sde.py) are read and checked with this module's read_json, build_config, _check and
+_at_least, and share its train and augment sections. data_hash ties prepared tensors to the data
+settings they were made with.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ class DataConfig:
         _check(abs(self.input_signal_duration * self.samples_per_second - self.window_samples) < 1e-6,
                "data.input_signal_duration", self.input_signal_duration,
                f"times samples_per_second={self.samples_per_second} must be a whole number of samples")
-        _check(self.forecast_predictions >= 0, "data.forecast_predictions", self.forecast_predictions, "must be >= 0")
+        _at_least(0, "data", self, "forecast_predictions")
         _check(self.signals_per_patient is None or self.signals_per_patient >= 0, "data.signals_per_patient",
                self.signals_per_patient, "must be >= 0 or null")
         _check(self.window_stride is None or self.window_stride > 0, "data.window_stride", self.window_stride,
@@ -65,7 +66,7 @@ class DataConfig:
         lo_hi, nyquist = self.filter_band, self.samples_per_second / 2
         _check(len(lo_hi) == 2 and 0 <= lo_hi[0] < lo_hi[1] < nyquist, "data.filter_band", lo_hi,
                f"must be [low, high] Hz with 0 <= low < high < {nyquist} (Nyquist)")
-        _check(self.filter_order >= 1, "data.filter_order", self.filter_order, "must be >= 1")
+        _at_least(1, "data", self, "filter_order")
         _check(self.normalization in ("train_std", "none"), "data.normalization", self.normalization,
                "must be 'train_std' or 'none'")
         _check(self.first_lead.strip() != "", "data.first_lead", self.first_lead, "must name a lead")
@@ -94,8 +95,7 @@ class ModelConfig:
         _check(f >= 1 and f & (f - 1) == 0, "model.downsample_factor", f, "must be a power of 2")
         _check(window_samples % f == 0, "model.downsample_factor", f,
                f"must divide the window of {window_samples} samples")
-        for key in ("channels", "latent_dim", "num_quantizers", "attention_heads"):
-            _check(getattr(self, key) >= 1, f"model.{key}", getattr(self, key), "must be >= 1")
+        _at_least(1, "model", self, "channels", "latent_dim", "num_quantizers", "attention_heads")
         _check(self.codebook_size >= 2, "model.codebook_size", self.codebook_size,
                "must be >= 2: one code carries log2(1) = 0 bits (residual codebooks are model.num_quantizers)")
         _check(not self.has_attention or self.channels % self.attention_heads == 0, "model.attention_heads",
@@ -104,8 +104,8 @@ class ModelConfig:
                "must be >= 1 with model.has_attention true (0 layers add positions and no attention; set "
                "has_attention false for none)")
         _check(0 < self.ema_decay < 1, "model.ema_decay", self.ema_decay, "must be in (0, 1)")
-        for key in ("res_blocks", "attention_layers", "commitment_cost", "dead_code_threshold", "restart_every"):
-            _check(getattr(self, key) >= 0, f"model.{key}", getattr(self, key), "must be >= 0")
+        _at_least(0, "model", self, "res_blocks", "attention_layers", "commitment_cost", "dead_code_threshold",
+                  "restart_every")
 
 
 @dataclass
@@ -116,7 +116,7 @@ class AugmentConfig:
     amplitude_range: float = 0.2  # each lead x U[1 - a, 1 + a] per record and copy
 
     def validate(self) -> None:
-        _check(self.copies >= 0, "augment.copies", self.copies, "must be >= 0")
+        _at_least(0, "augment", self, "copies")
         _check(0 <= self.rate_range < 0.5, "augment.rate_range", self.rate_range, "must be in [0, 0.5)")
         _check(0 <= self.amplitude_range < 1, "augment.amplitude_range", self.amplitude_range, "must be in [0, 1)")
 
@@ -140,14 +140,12 @@ class TrainConfig:
     def validate(self) -> None:
         """Every model's train section: a grad_clip of 0 would zero every gradient and a negative one climb the
         loss, a step cap of 0 is no cap."""
-        _check(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
-        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
+        _at_least(1, "train", self, "epochs", "batch_size")
         _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "must be > 0")
         _check(self.grad_clip > 0, "train.grad_clip", self.grad_clip, "must be > 0 (the largest gradient norm; 1e9 "
                "leaves gradients unclipped)")
-        for key in ("weight_decay", "warmup_steps", "num_workers", "plot_windows"):
-            _check(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "must be >= 0")
-        _check(self.checkpoint_every >= 1, "train.checkpoint_every", self.checkpoint_every, "must be >= 1")
+        _at_least(0, "train", self, "weight_decay", "warmup_steps", "num_workers", "plot_windows")
+        _at_least(1, "train", self, "checkpoint_every")
         _check(0 <= self.seed < 2 ** 32, "train.seed", self.seed, "must be in [0, 2**32) (numpy's seed range)")
         _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",
                self.max_steps_per_epoch, "must be >= 1 or null")
@@ -171,6 +169,12 @@ class Config:
 def _check(ok: bool, key: str, value: Any, why: str) -> None:
     if not ok:
         raise UserError(f"config key '{key}' = {value!r} {why}")
+
+
+def _at_least(low: int, section: str, settings: Any, *keys: str) -> None:
+    """The commonest check, for sizes, counts and weights: each of `keys` >= low."""
+    for key in keys:
+        _check(getattr(settings, key) >= low, f"{section}.{key}", getattr(settings, key), f"must be >= {low}")
 
 
 def _matches(value: Any, hint: Any) -> bool:

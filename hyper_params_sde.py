@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hyper_params import AugmentConfig, TrainConfig, _check, build_config, read_json
+from hyper_params import AugmentConfig, TrainConfig, _at_least, _check, build_config, read_json
 from paths import ROOT
 
 DEFAULT_CONFIG = ROOT / "config_sde.json"
@@ -45,10 +45,9 @@ class SDEModelConfig:
 
     def validate(self) -> None:
         """Sizes, and the combinations of phase, template, drafts and hold_band that make one model."""
-        for key in ("state_size", "context_size", "encoder_hidden", "hidden_size", "emission_hidden",
-                    "diffusion_hidden"):
-            _check(getattr(self, key) >= 1, f"model.{key}", getattr(self, key), "must be >= 1")
-        _check(self.phase_harmonics >= 0, "model.phase_harmonics", self.phase_harmonics, "must be >= 0")
+        _at_least(1, "model", self, "state_size", "context_size", "encoder_hidden", "hidden_size", "emission_hidden",
+                  "diffusion_hidden")
+        _at_least(0, "model", self, "phase_harmonics")
         _check(self.phase_harmonics == 0 or self.state_size >= 3, "model.state_size", self.state_size,
                "must be >= 3 with a phase (model.phase_harmonics > 0): phase, rate and at least one more")
         _check(self.phase_harmonics == 0 or self.corrected_dims == 0 or self.corrected_dims >= 2,
@@ -61,10 +60,10 @@ class SDEModelConfig:
         _check(not (self.draft_beats and self.phase_template), "model.draft_beats", self.draft_beats,
                "and model.phase_template are two ways to render the patient's beat: choose one")
         _check(0 <= self.draft_spread < 1, "model.draft_spread", self.draft_spread, "must be in [0, 1)")
-        _check(self.draft_noise >= 0, "model.draft_noise", self.draft_noise, "must be >= 0")
+        _at_least(0, "model", self, "draft_noise")
         _check(not self.hold_band or self.draft_beats, "model.hold_band", self.hold_band,
                "needs model.draft_beats (the departure it holds is from the draft)")
-        _check(self.departure_scale >= 0, "model.departure_scale", self.departure_scale, "must be >= 0")
+        _at_least(0, "model", self, "departure_scale")
         _check(self.departure_scale == 1 or self.draft_beats, "model.departure_scale", self.departure_scale,
                "needs model.draft_beats (the departure it scales is from the draft)")
         _check(self.min_rate_hz > 0, "model.min_rate_hz", self.min_rate_hz, "must be > 0")
@@ -106,12 +105,10 @@ class LossConfig:
                                   # over these steps; only so the emission learns to read the phase
 
     def validate(self) -> None:
-        _check(self.kl_weight >= 0, "loss.kl_weight", self.kl_weight, "must be >= 0")
+        _at_least(0, "loss", self, "kl_weight")
         _check(0 <= self.kl_start <= self.kl_weight, "loss.kl_start", self.kl_start,
                f"must be in [0, loss.kl_weight={self.kl_weight}]")
-        _check(self.phase_hint >= 0, "loss.phase_hint", self.phase_hint, "must be >= 0")
-        _check(self.phase_hint_steps >= 0, "loss.phase_hint_steps", self.phase_hint_steps, "must be >= 0")
-        _check(self.kl_anneal_steps >= 0, "loss.kl_anneal_steps", self.kl_anneal_steps, "must be >= 0")
+        _at_least(0, "loss", self, "phase_hint", "phase_hint_steps", "kl_anneal_steps")
 
 
 @dataclass
@@ -128,8 +125,7 @@ class CRPSConfig:
     def validate(self) -> None:
         _check(self.samples >= 2, "crps.samples", self.samples,
                "must be >= 2 (the CRPS's spread term needs two paths)")
-        for key in ("epochs", "steps_per_epoch", "batch_size"):
-            _check(getattr(self, key) >= 1, f"crps.{key}", getattr(self, key), "must be >= 1")
+        _at_least(1, "crps", self, "epochs", "steps_per_epoch", "batch_size")
         _check(self.learning_rate > 0, "crps.learning_rate", self.learning_rate, "must be > 0")
 
 

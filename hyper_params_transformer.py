@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hyper_params import AugmentConfig, TrainConfig, _check, build_config, read_json
+from hyper_params import AugmentConfig, TrainConfig, _at_least, _check, build_config, read_json
 from paths import ROOT
 
 DEFAULT_CONFIG = ROOT / "config_transformer.json"
@@ -53,21 +53,20 @@ class TransformerConfig:
 
     def validate(self) -> None:
         m, s, t = self.model, self.sample, self.train
-        for key in ("dim", "layers", "heads"):
-            _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
+        _at_least(1, "model", m, "dim", "layers", "heads")
         _check(m.dim % m.heads == 0, "model.heads", m.heads, f"must divide model.dim={m.dim}")
         _check(not m.rope or m.dim // m.heads % 2 == 0, "model.heads", m.heads,
                f"must leave an even head size with model.rope (rotary embeddings turn pairs), not {m.dim // m.heads}")
         _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
         _check(m.draft or not m.draft_beats, "model.draft_beats", m.draft_beats, "needs model.draft true")
         _check(s.temperature >= 0, "sample.temperature", s.temperature, "must be >= 0 (0 = greedy)")
-        _check(s.top_k >= 0, "sample.top_k", s.top_k, "must be >= 0")
+        _at_least(0, "sample", s, "top_k")
         _check(0 < s.top_p <= 1, "sample.top_p", s.top_p, "must be in (0, 1]")
         _check(0 <= s.draft_spread < 1, "sample.draft_spread", s.draft_spread, "must be in [0, 1)")
-        _check(s.draft_bias >= 0, "sample.draft_bias", s.draft_bias, "must be >= 0")
+        _at_least(0, "sample", s, "draft_bias")
         _check(m.draft or s.draft_bias == 0, "sample.draft_bias", s.draft_bias,
                "needs model.draft true: a model without drafts has no draft codes to favour (0 for none)")
-        _check(s.draft_noise >= 0, "sample.draft_noise", s.draft_noise, "must be >= 0")
+        _at_least(0, "sample", s, "draft_noise")
         self.augment.validate()
         t.validate()
 
