@@ -24,6 +24,15 @@ class GPTConfig:
                                  # training, the context's own beats at times drawn per sample when forecasting
                                  # (drafts.draft_waves)
 
+    def validate(self) -> None:
+        _at_least(1, "model", self, "dim", "layers", "heads")
+        _check(self.dim % self.heads == 0, "model.heads", self.heads, f"must divide model.dim={self.dim}")
+        head = self.dim // self.heads
+        _check(not self.rope or head % 2 == 0, "model.heads", self.heads,
+               f"must leave an even head size with model.rope (rotary embeddings turn pairs), not {head}")
+        _check(0 <= self.dropout < 1, "model.dropout", self.dropout, "must be in [0, 1)")
+        _check(self.draft or not self.draft_beats, "model.draft_beats", self.draft_beats, "needs model.draft true")
+
 
 @dataclass
 class SampleConfig:
@@ -40,6 +49,17 @@ class SampleConfig:
     draft_noise: float = 0.0     # white noise on each path, SD this fraction of the context's residual from its
                                  # mean beat (drafts.add_noise; 0: none)
 
+    def validate(self, draft: bool) -> None:
+        """`draft`: model.draft, without which a draft_bias has nothing to favour."""
+        _check(self.temperature >= 0, "sample.temperature", self.temperature, "must be >= 0 (0 = greedy)")
+        _at_least(0, "sample", self, "top_k")
+        _check(0 < self.top_p <= 1, "sample.top_p", self.top_p, "must be in (0, 1]")
+        _check(0 <= self.draft_spread < 1, "sample.draft_spread", self.draft_spread, "must be in [0, 1)")
+        _at_least(0, "sample", self, "draft_bias")
+        _check(draft or self.draft_bias == 0, "sample.draft_bias", self.draft_bias,
+               "needs model.draft true: a model without drafts has no draft codes to favour (0 for none)")
+        _at_least(0, "sample", self, "draft_noise")
+
 
 @dataclass
 class TransformerConfig:
@@ -52,23 +72,10 @@ class TransformerConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        m, s, t = self.model, self.sample, self.train
-        _at_least(1, "model", m, "dim", "layers", "heads")
-        _check(m.dim % m.heads == 0, "model.heads", m.heads, f"must divide model.dim={m.dim}")
-        _check(not m.rope or m.dim // m.heads % 2 == 0, "model.heads", m.heads,
-               f"must leave an even head size with model.rope (rotary embeddings turn pairs), not {m.dim // m.heads}")
-        _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
-        _check(m.draft or not m.draft_beats, "model.draft_beats", m.draft_beats, "needs model.draft true")
-        _check(s.temperature >= 0, "sample.temperature", s.temperature, "must be >= 0 (0 = greedy)")
-        _at_least(0, "sample", s, "top_k")
-        _check(0 < s.top_p <= 1, "sample.top_p", s.top_p, "must be in (0, 1]")
-        _check(0 <= s.draft_spread < 1, "sample.draft_spread", s.draft_spread, "must be in [0, 1)")
-        _at_least(0, "sample", s, "draft_bias")
-        _check(m.draft or s.draft_bias == 0, "sample.draft_bias", s.draft_bias,
-               "needs model.draft true: a model without drafts has no draft codes to favour (0 for none)")
-        _at_least(0, "sample", s, "draft_noise")
+        self.model.validate()
+        self.sample.validate(self.model.draft)
         self.augment.validate()
-        t.validate()
+        self.train.validate()
 
 
 def transformer_config_from_dict(raw: dict, source: str = "config") -> TransformerConfig:
