@@ -2,7 +2,7 @@
 
 Unknown keys, wrong types and bad values are rejected with a message naming the key, so a typo
 never silently falls back to a default. The other models' configs (hyper_params_transformer.py,
-hyper_params_sde.py) are read and checked with this module's read_json, build_config, _check and
+hyper_params_sde.py) are read and checked with this module's read_config, build_config, _check and
 _at_least, and share its train and augment sections. data_hash ties prepared tensors to the data
 settings they were made with.
 """
@@ -291,6 +291,11 @@ def build_config(cls: type, raw: dict, source: str) -> Any:
     return cfg
 
 
+def read_config(cls: type, path: str | Path) -> Any:
+    """A config file read into `cls` by build_config, every error naming the file."""
+    return build_config(cls, read_json(path), str(Path(path)))
+
+
 def config_from_dict(raw: dict, source: str = "config") -> Config:
     return build_config(Config, raw, source)
 
@@ -311,8 +316,7 @@ def stored_config(raw: Any, source: str) -> Config:
 
 def load_config(path: str | Path | None = None) -> Config:
     """Load and validate a VQ-VAE config; None means the repository's config_vqvae.json."""
-    path = Path(path or DEFAULT_CONFIG)
-    return config_from_dict(read_json(path), str(path))
+    return read_config(Config, path or DEFAULT_CONFIG)
 
 
 # Raised when prepare_mitbih.py makes other tensors of the same data settings, so that the data hash tells

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hyper_params import AugmentConfig, TrainConfig, _at_least, _check, build_config, read_json
+from hyper_params import AugmentConfig, TrainConfig, _at_least, _check, build_config, read_config
 from paths import ROOT
 
 DEFAULT_CONFIG = ROOT / "config_sde.json"
@@ -157,5 +157,4 @@ def sde_config_from_dict(raw: dict, source: str = "config") -> SDEConfig:
 
 
 def load_sde_config(path: str | Path | None = None) -> SDEConfig:
-    path = Path(path or DEFAULT_CONFIG)
-    return sde_config_from_dict(read_json(path), str(path))
+    return read_config(SDEConfig, path or DEFAULT_CONFIG)

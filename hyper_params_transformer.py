@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hyper_params import AugmentConfig, TrainConfig, _at_least, _check, build_config, read_json
+from hyper_params import AugmentConfig, TrainConfig, _at_least, _check, build_config, read_config
 from paths import ROOT
 
 DEFAULT_CONFIG = ROOT / "config_transformer.json"
@@ -83,5 +83,4 @@ def transformer_config_from_dict(raw: dict, source: str = "config") -> Transform
 
 
 def load_transformer_config(path: str | Path | None = None) -> TransformerConfig:
-    path = Path(path or DEFAULT_CONFIG)
-    return transformer_config_from_dict(read_json(path), str(path))
+    return read_config(TransformerConfig, path or DEFAULT_CONFIG)
