@@ -244,9 +244,11 @@ def build_section(base: Any, values: dict, section: str, source: str) -> Any:
 
 
 def read_json(path: str | Path) -> dict:
+    """A config file's top-level object. A key given twice and NaN or Infinity are errors here: json would keep
+    the last of two keys, and read NaN, without a word."""
     path = Path(path)
 
-    def unique(pairs: list[tuple[str, Any]]) -> dict:      # json would keep the last of two and say nothing
+    def unique(pairs: list[tuple[str, Any]]) -> dict:
         keys = [k for k, _ in pairs]
         twice = sorted({k for k in keys if keys.count(k) > 1})
         if twice:
@@ -255,6 +257,7 @@ def read_json(path: str | Path) -> dict:
 
     def finite(name: str) -> None:
         raise UserError(f"{path}: {name} is not a value a config takes; give a finite number")
+
     try:
         # utf-8-sig: a byte-order mark (Windows Notepad's UTF-8) is read past, not 'Unexpected UTF-8 BOM'
         raw = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=unique, parse_constant=finite)
@@ -306,8 +309,8 @@ PREDATED = {"model": {"num_quantizers": 1, "window_gain": False}}
 
 
 def stored_config(raw: Any, source: str) -> Config:
-    """The config a checkpoint was trained with (older checkpoints lack the PREDATED keys). One that is not an object,
-    or whose section is none, goes to config_from_dict as it is, to be named there rather than fail filling in."""
+    """The config a checkpoint was trained with (older checkpoints lack the PREDATED keys). A config or section
+    that is not an object is passed on as it is, for config_from_dict to name rather than fail here filling in."""
     if isinstance(raw, dict):
         raw = {**raw, **{section: {**keys, **raw.get(section, {})} for section, keys in PREDATED.items()
                          if isinstance(raw.get(section, {}), dict)}}
