@@ -54,6 +54,8 @@ class DataConfig:
 
     def validate(self) -> None:
         _check(self.samples_per_second > 0, "data.samples_per_second", self.samples_per_second, "must be > 0")
+        _check(self.samples_per_second < 2 ** 53, "data.samples_per_second", self.samples_per_second,
+               "must be < 2**53 (the window's length is worked out in floats)")
         _check(self.input_signal_duration > 0, "data.input_signal_duration", self.input_signal_duration, "must be > 0")
         _check(abs(self.input_signal_duration * self.samples_per_second - self.window_samples) < 1e-6,
                "data.input_signal_duration", self.input_signal_duration,

@@ -153,6 +153,11 @@ def test_bad_value_names_key(raw, key):
     assert f"'{key}'" in msg
 
 
+def test_a_sampling_rate_beyond_any_float_is_a_bad_value():
+    """The window's length is worked out in floats: an integer literal beyond them was an OverflowError traceback."""
+    assert "'data.samples_per_second'" in error_of({"data": {"samples_per_second": 10 ** 400}})
+
+
 def test_edge_values_that_mean_something_are_accepted():
     """No horizon (a VQ-VAE codes contexts only), a low band edge of 0 Hz (a low-pass), greedy sampling, no dropout,
     drafts without jitter, the latent SDE's full rate diffusion and an annealing that starts at its end."""
