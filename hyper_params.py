@@ -179,6 +179,10 @@ def _at_least(low: int, section: str, settings: Any, *keys: str) -> None:
         _check(getattr(settings, key) >= low, f"{section}.{key}", getattr(settings, key), f"must be >= {low}")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)     # JSON's true is a Python int
+
+
 def _matches(value: Any, hint: Any) -> bool:
     """Does a JSON value fit a dataclass field's type hint (ints accepted for floats)?"""
     origin = typing.get_origin(hint)
@@ -189,15 +193,15 @@ def _matches(value: Any, hint: Any) -> bool:
     if origin is list:
         (item,) = typing.get_args(hint)
         return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if hint is int:
+        return _is_int(value)
     if hint is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if not (_is_int(value) or isinstance(value, float)):
             return False
         try:
             return math.isfinite(float(value))
         except OverflowError:           # an integer literal beyond any float
             return False
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, hint)
 
 
@@ -222,7 +226,7 @@ def _as_declared(value: Any, hint: Any) -> Any:
     if origin is list:
         (item,) = typing.get_args(hint)
         return [_as_declared(v, item) for v in value]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+    if hint is float and _is_int(value):
         return float(value)
     return value
 
