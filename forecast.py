@@ -118,20 +118,15 @@ def model_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def host_array(forecast: np.ndarray | torch.Tensor) -> np.ndarray:
-    """A forecaster's output as a float32 numpy array. A forecaster of one's own, handed --device's GPU, may return
-    a torch tensor there (or in bfloat16): numpy reads neither, and np.asarray stopped in a TypeError traceback."""
+def checked_samples(forecast: np.ndarray | torch.Tensor, who: str, horizon: int) -> np.ndarray:
+    """One context's forecast as a float32 numpy array, checked to be [1, S, horizon, 2] and finite. A forecaster of
+    one's own returning another shape or NaNs is named here, not met as numpy's error deep in the scoring or the plot,
+    or saved as a forecast of NaNs; one handed --device's GPU may return a torch tensor there, or in bfloat16, which
+    numpy reads neither of."""
     if isinstance(forecast, torch.Tensor):
         forecast = forecast.detach().cpu().float()
-    return np.asarray(forecast, np.float32)
-
-
-def checked_samples(forecast: np.ndarray | torch.Tensor, who: str, horizon: int) -> np.ndarray:
-    """One context's forecast as host_array gives it, checked to be [1, S, horizon, 2] and finite. A forecaster of
-    one's own returning another shape or NaNs is named here, not met as numpy's error deep in the scoring or the plot,
-    or saved as a forecast of NaNs."""
     try:
-        y = host_array(forecast)
+        y = np.asarray(forecast, np.float32)
     except (TypeError, ValueError) as e:
         raise UserError(f"{who}: predict returned a {type(forecast).__name__}, not an array of numbers: {e}") from e
     if y.ndim != 4 or y.shape[0] != 1 or y.shape[2:] != (horizon, 2) or y.shape[1] < 1:
