@@ -248,16 +248,11 @@ class Forecaster(ForecasterBase):
         paths.check_device(None if device is None else str(device), "device")
         if str(path) in SHIPPED_SPECS:
             path = paths.shipped_checkpoint(str(path), "Forecaster.from_checkpoint")
+        ckpt, digest = read_checkpoint(path)
         with torch.random.fork_rng(devices=[]):     # building the modules drew their first weights from torch's
-            fc, digest = cls._load(path, device)    # global generator: a session's seeded draws moved
+            fc = cls._built(ckpt, path, device)     # global generator: a session's seeded draws moved
         fc.checkpoint_sha256 = digest               # of the bytes loaded: the file may be replaced since (best.pt)
         return fc
-
-    @classmethod
-    def _load(cls, path: str | Path, device: str | torch.device | None) -> tuple[ForecasterBase, str]:
-        """from_checkpoint's forecaster of the checkpoint file `path`, and the SHA-256 of what was loaded."""
-        ckpt, digest = read_checkpoint(path)
-        return cls._built(ckpt, path, device), digest
 
     @classmethod
     @float32_default()
