@@ -579,20 +579,19 @@ def main(argv: list[str] | None = None) -> dict:
     t_load = time.time() - t0                       # start-up: torch, the checkpoint
     res = forecast_record(fc, args.record, args.start, args.horizon, args.samples, args.seed)
     out = Path(args.out) if args.out else paths.new_run_dir("forecast")
-    truth, gap = truth_cover(res)
     res["heart_rate"] = heart_rates(res)
-    stem = save_forecast(res, args, path, out, (truth, gap), run)
+    files = save_forecast(res, args, path, out, run)
     n_paths, steps = res["samples"].shape[:2]     # a deterministic forecaster gives one path whatever --samples asks
     print(f"forecast of {args.record} from {args.start:.15g} s: {n_paths} sample{'s' * (n_paths != 1)} x {steps} "
           f"samples x 2 leads at {res['fs']} Hz{resampled(res)} in {time.time() - t0:.1f} s ({t_load:.1f} s of it "
           f"loading the model)")
-    if gap or truth < res["samples"].shape[1]:
-        fs, horizon = res["fs"], res["samples"].shape[1]
-        running.note(f"the truth plotted covers {(truth - gap) / fs:g} s of the {horizon / fs:g} s forecast "
-                     f"(the record's end or a gap)")
+    truth, gap = truth_cover(res)
+    if gap or truth < steps:
+        running.note(f"the truth plotted covers {(truth - gap) / res['fs']:g} s of the {steps / res['fs']:g} s "
+                     f"forecast (the record's end or a gap)")
     print(f"{heart_rate_line(res['heart_rate'], n_paths)} (lead 1 R peaks{'; ' + PATHS_KEY if n_paths > 1 else ''})")
-    print(f"plot: {out / (stem + '.png')}\nsamples: {out / (stem + '_samples.npy')}")
-    return {**res, "files": [out / f"{stem}{end}" for end in ("_samples.npy", ".png", ".json")]}
+    print(f"plot: {files[1]}\nsamples: {files[0]}")
+    return {**res, "files": files}
 
 
 def truth_cover(res: dict) -> tuple[int, int]:
@@ -646,31 +645,27 @@ def resampled(res: dict) -> str:
     return f" (the record's {res['fs_in']:g} Hz resampled)" if res["fs_in"] != res["fs"] else ""
 
 
-def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Path, cover: tuple[int, int],
-                  run: dict) -> str:
-    """Write the samples (.npy), their plot (.png) and what was asked (.json) into `out`; returns their file stem.
-    `cover` is the result's truth_cover, `run` the git commit the run started at, the checkpoint's digest and one's
-    own code's (own_code_of)."""
+def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Path, run: dict) -> list[Path]:
+    """Write the samples (.npy), their plot (.png) and what was asked (.json) into `out`; returns the three files.
+    `run` is the git commit the run started at, the checkpoint's digest and one's own code's (own_code_of)."""
     from prepare_mitbih import record_path          # loaded by now, with the record
     record = record_path(args.record).name          # 100 also for 100.hea or 100.dat
-    stem = f"{record}_{args.start:.15g}s"
-    if taken := [p.name for p in (out / f"{stem}_samples.npy", out / f"{stem}.png", out / f"{stem}.json")
-                 if p.exists()]:
+    files = [out / f"{record}_{args.start:.15g}s{end}" for end in ("_samples.npy", ".png", ".json")]
+    npy, png, js = files
+    if taken := [p.name for p in files if p.exists()]:
         running.note(f"replacing {', '.join(taken)} in {out}, an earlier forecast of {record} from {args.start:.15g} s")
-    truth, gap = cover
+    truth, gap = truth_cover(res)
     with paths.written_together(out, "run forecast.py again") as written:
-        paths.atomic_save_npy(res["samples"], out / f"{stem}_samples.npy")
-        written.append(f"{stem}_samples.npy")
-        plot_record(res, record, args, out / f"{stem}.png", model_label(checkpoint))
-        written.append(f"{stem}.png")
+        paths.atomic_save_npy(res["samples"], npy)
+        written.append(npy.name)
+        plot_record(res, record, args, png, model_label(checkpoint))
+        written.append(png.name)
         paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "fs_in": res["fs_in"],
-                                 "leads": res["leads"],
-                                 "samples_shape": list(res["samples"].shape), "units": "mV", "seed": args.seed,
-                                 "truth_samples": truth, "truth_gap_samples": gap, "heart_rate_bpm": res["heart_rate"],
-                                 "input_hash": res["input_hash"], "device": res["device"],
-                                 "checkpoint": str(checkpoint), **run},
-                                out / f"{stem}.json")
-    return stem
+                                 "leads": res["leads"], "samples_shape": list(res["samples"].shape), "units": "mV",
+                                 "seed": args.seed, "truth_samples": truth, "truth_gap_samples": gap,
+                                 "heart_rate_bpm": res["heart_rate"], "input_hash": res["input_hash"],
+                                 "device": res["device"], "checkpoint": str(checkpoint), **run}, js)
+    return files
 
 
 def checkpoint_sha256(checkpoint: str | Path, fc: ForecasterBase) -> dict:
