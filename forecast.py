@@ -455,18 +455,10 @@ def own_data(fc: object) -> DataConfig | None:
 
 def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: float | None, samples: int,
                     seed: int) -> dict:
-    """Forecast a WFDB record from `start_s`, prepared exactly as the model's training data. A forecaster at another
-    rate than the record is read at is refused (evaluate.check_rate), as forecast.py refuses it: called from Python,
-    make_baseline("template_ensemble", 360) forecast a record read at 128 Hz without a word."""
-    from evaluate import check_rate                          # evaluate builds on this module
+    """Forecast a WFDB record from `start_s`, prepared exactly as the model's training data (record_data)."""
     from prepare_mitbih import record_hash
-
-    own = own_data(fc)
-    data = own or load_config().data     # one's own without data settings: the project's
-    fs, ctx = data.samples_per_second, data.window_samples     # the record's rate, which the forecaster's must be
-    check_rate(f"forecaster {getattr(fc, 'name', type(fc).__name__)!r}", fc, fs,
-               " (the record is read by the forecaster's own cfg.data)" if own else " (the record is read by "
-               "config_vqvae.json's data section; a forecaster at another rate carries its own as cfg.data)")
+    data = record_data(fc)
+    fs, ctx = data.samples_per_second, data.window_samples
     if horizon_s is None:
         horizon_s = data.input_signal_duration * data.forecast_predictions
     if not math.isfinite(horizon_s) or round(horizon_s * fs) < 1:
@@ -476,6 +468,36 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
     horizon, at = round(horizon_s * fs), round(start_s * fs)
     rec = read_model_record(record, data, (max(at - ctx, 0), at + horizon))     # the context and truth, not all
     input_hash = record_hash(record)    # the files just read
+    context, truth = record_window(rec, record, data, start_s, horizon)
+    try:
+        forecast = fc.predict(context[None], horizon, samples, seed)
+    except MemoryError as e:        # --horizon 1e7 (115 days) stopped in numpy's traceback
+        raise UserError(f"--horizon {horizon_s:g} s with --samples {samples}: {samples} paths of {horizon} samples do "
+                        f"not fit in memory ({type(e).__name__}: {e})") from e
+    samples_ = checked_samples(forecast, fc.name, horizon)[0]
+    return {"context": context, "truth": truth, "samples": samples_, "fs": fs, "leads": rec.leads,
+            "start_sample": at, "fs_in": rec.fs_in, "device": str(getattr(fc, "device", "cpu")),
+            "input_hash": input_hash}
+
+
+def record_data(fc: ForecasterBase) -> DataConfig:
+    """How a record is read for `fc`: by its own data settings, else the project's. A forecaster at another rate is
+    refused (evaluate.check_rate), called from Python as by forecast.py, not handed samples at the wrong rate."""
+    from evaluate import check_rate                          # evaluate builds on this module
+    own = own_data(fc)
+    data = own or load_config().data     # one's own without data settings: the project's
+    check_rate(f"forecaster {getattr(fc, 'name', type(fc).__name__)!r}", fc, data.samples_per_second,
+               " (the record is read by the forecaster's own cfg.data)" if own else " (the record is read by "
+               "config_vqvae.json's data section; a forecaster at another rate carries its own as cfg.data)")
+    return data
+
+
+def record_window(rec: Record, record: str, data: DataConfig, start_s: float, horizon: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The context before `start_s` (a training window's) and the `horizon` true samples after it, fewer at the
+    record's end; refused by name when `rec`, read from `record`, has no whole context without gaps there."""
+    fs, ctx = data.samples_per_second, data.window_samples
+    at = round(start_s * fs)
     if rec.length < ctx:
         raise UserError(f"{record} lasts {rec.length / fs:.1f} s, shorter than the model's context of "
                         f"{ctx / fs:.1f} s: no forecast can start in it")
@@ -487,16 +509,7 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
     if not np.isfinite(context).all():
         raise UserError(f"{record}: the context {round((at - ctx) / fs, 3):g}-{start_s:.15g} s touches a gap of "
                         f"NaN/invalid or flat samples; {clean_starts(rec.signal, i, ctx, fs, rec.offset)}")
-    truth = rec.signal[i:i + horizon]
-    try:
-        forecast = fc.predict(context[None], horizon, samples, seed)
-    except MemoryError as e:        # --horizon 1e7 (115 days) stopped in numpy's traceback
-        raise UserError(f"--horizon {horizon_s:g} s with --samples {samples}: {samples} paths of {horizon} samples do "
-                        f"not fit in memory ({type(e).__name__}: {e})") from e
-    samples_ = checked_samples(forecast, fc.name, horizon)[0]
-    return {"context": context, "truth": truth, "samples": samples_, "fs": fs, "leads": rec.leads,
-            "start_sample": at, "fs_in": rec.fs_in, "device": str(getattr(fc, "device", "cpu")),
-            "input_hash": input_hash}
+    return context, rec.signal[i:i + horizon]
 
 
 def read_model_record(record: str, data: DataConfig, span: tuple[int, int] | None = None) -> Record:
