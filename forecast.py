@@ -357,7 +357,7 @@ class Forecaster(ForecasterBase):
     def decode_future(self, seam: torch.Tensor, future: torch.Tensor, unit: torch.Tensor, horizon: int) -> torch.Tensor:
         """The first `horizon` samples [N, horizon, 2] of future codes decoded after the seam's context codes."""
         full = torch.cat([seam, future], 1)
-        wave = torch.cat([self.vq.decode(full[i:i + 512], unit[i:i + 512]) for i in range(0, len(full), 512)])
+        wave = torch.cat([self.vq.decode(f, u) for f, u in zip(full.split(512), unit.split(512))])
         start = seam.shape[1] * self.factor
         return wave[:, start:start + horizon]
 
@@ -404,8 +404,7 @@ def code_draft(vq: VQVAE, waves: np.ndarray, context_steps: int, device: torch.d
     """[N, context_steps + steps, Q]: -1 over the context, then the codes of each continuation [N, H, 2],
     a chunk coded on its own like the future part of a training window."""
     w = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(vq.device)
-    future = torch.cat([as_levels(vq.encode(w[i:i + batch]), len(vq.quantizers))
-                        for i in range(0, len(w), batch)]).to(device)
+    future = torch.cat([as_levels(vq.encode(chunk), len(vq.quantizers)) for chunk in w.split(batch)]).to(device)
     return torch.cat([torch.full_like(future[:, :1], -1).expand(-1, context_steps, -1), future], 1)
 
 
