@@ -84,6 +84,18 @@ def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     if seed >= 2 ** 63:
         raise ValueError(f"seed must be below 2**63, got {seed}")
+    x = context_array(context)
+    if not np.isfinite(x).all():
+        b, t, lead = np.argwhere(~np.isfinite(x))[0]
+        raise ValueError(f"context holds {int((~np.isfinite(x)).sum())} NaN or inf samples (in float32), the first "
+                         f"at row {b}, sample {t}, lead {lead + 1}")
+    warn_units(x)
+    return x
+
+
+def context_array(context: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The context as float32 numpy [B, C, 2] (a [C, 2] one is one row), C-contiguous and writable for torch;
+    refused by name when it is no such array of real numbers."""
     if isinstance(context, torch.Tensor) and context.dtype == torch.bfloat16:
         context = context.float()                               # numpy has no bfloat16; float32 holds it exactly
     try:
@@ -99,15 +111,10 @@ def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples
         raise ValueError(f"context must be [B, C, 2] (two leads, B and C at least 1), got shape {tuple(given)}" + hint)
     if x.dtype == bool or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise ValueError(f"context must hold real numbers (mV), got dtype {x.dtype}")
-    with np.errstate(over="ignore"):                            # too large for float32: inf, refused next
+    with np.errstate(over="ignore"):                            # too large for float32: inf, as_context refuses it
         x = x.astype(np.float32, copy=False)
     if not (x.flags.writeable and x.flags.c_contiguous):   # a broadcast or read-only array: torch.from_numpy warns
         x = np.array(x, order="C")  # of undefined behaviour; a transposed view's mean summed otherwise (1 ulp off)
-    if not np.isfinite(x).all():
-        b, t, lead = np.argwhere(~np.isfinite(x))[0]
-        raise ValueError(f"context holds {int((~np.isfinite(x)).sum())} NaN or inf samples (in float32), the first "
-                         f"at row {b}, sample {t}, lead {lead + 1}")
-    warn_units(x)
     return x
 
 
