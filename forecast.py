@@ -714,14 +714,13 @@ def model_label(checkpoint: str | Path) -> str:
 def plot_record(res: dict, record: str, args: argparse.Namespace, path: Path, model: str = "") -> None:
     """Context, truth and forecasts on the record's own clock; the truth is NaN-padded where the record ends first.
     The title names the model: a shipped and a retrained one draw alike."""
-    window = np.concatenate([res["context"], np.pad(res["truth"], ((0, len(res["samples"][0]) - len(res["truth"])), (0, 0)),
-                                                    constant_values=np.nan)])
-    n = len(res["samples"])         # a deterministic forecaster gives one path whatever --samples asks
+    n, horizon = res["samples"].shape[:2]       # a deterministic forecaster gives one path whatever --samples asks
+    truth = np.pad(res["truth"], ((0, horizon - len(res["truth"])), (0, 0)), constant_values=np.nan)
+    window = np.concatenate([res["context"], truth])
     drawn = f"{n} sampled forecasts" if n > 1 else "1 forecast path"
-    plot_forecasts(window[None], res["samples"][None], res["fs"], len(res["context"]), path,
-                   f"{model + ': ' if model else ''}record {record} from {args.start:.15g} s, "
-                   f"{drawn}\n{heart_rate_line(res['heart_rate'], n)}"
-                   f"{'; ' + PATHS_KEY if n > 1 else ''}",
+    title = (f"{model + ': ' if model else ''}record {record} from {args.start:.15g} s, {drawn}\n"
+             f"{heart_rate_line(res['heart_rate'], n)}{'; ' + PATHS_KEY if n > 1 else ''}")
+    plot_forecasts(window[None], res["samples"][None], res["fs"], len(res["context"]), path, title,
                    start_s=(res["start_sample"] - len(res["context"])) / res["fs"],
                    leads=tuple(f"lead {k + 1}: {name}" for k, name in enumerate(res["leads"])))
 
