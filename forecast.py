@@ -119,8 +119,8 @@ def context_array(context: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def model_device(device: str | torch.device | None) -> torch.device:
-    """The device a forecaster runs on, checked as --device is (paths.check_device): built directly with
-    device="cuda" on a machine without one, a model stopped in torch's own 'not compiled with CUDA' error."""
+    """The device a forecaster runs on, checked as --device is (paths.check_device): device="cuda" on a machine
+    without one is named here, not met as torch's 'not compiled with CUDA' error."""
     paths.check_device(None if device is None else str(device), "device")
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -191,8 +191,8 @@ def one_by_one(predict: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
 
 def public_signature(predict: Callable[..., np.ndarray]) -> inspect.Signature:
     """The wrapped predict's signature with its checked context `x` named and typed as callers pass it: wraps
-    alone showed help() and inspect `x: np.ndarray`, and predict(x=...) is a TypeError. Arguments after the seed
-    (the Transformer's use_cache) are keyword-only, as one_by_one passes them: shown positional, they failed so."""
+    alone would show `x: np.ndarray`, a name predict(x=...) refuses. Arguments after the seed (the Transformer's
+    use_cache) are keyword-only, as one_by_one passes them: passed by position, they fail."""
     sig = inspect.signature(predict)
     self_, x, *rest = sig.parameters.values()
     rest = [p if i < 3 else p.replace(kind=p.KEYWORD_ONLY) for i, p in enumerate(rest)]   # after horizon, samples, seed
@@ -256,8 +256,8 @@ class Forecaster(ForecasterBase):
         if str(path) in SHIPPED_SPECS:
             path = paths.shipped_checkpoint(str(path), "Forecaster.from_checkpoint")
         ckpt, digest = read_checkpoint(path)
-        with torch.random.fork_rng(devices=[]):     # building the modules drew their first weights from torch's
-            fc = cls._built(ckpt, path, device)     # global generator: a session's seeded draws moved
+        with torch.random.fork_rng(devices=[]):     # the modules' first weights, replaced on load, come from torch's
+            fc = cls._built(ckpt, path, device)     # global generator: a session's seeded draws must not move
         fc.checkpoint_sha256 = digest               # of the bytes loaded: the file may be replaced since (best.pt)
         return fc
 

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> Path:
     packed = pack(ckpt, run_dir_of(ckpt["meta"].get("vqvae_checkpoint")), run_dir_of(ckpt["meta"].get("crps_from")))
     out.parent.mkdir(exist_ok=True)
     # both files made whole beside the shipped pair, then renamed over it: a stop while writing them (Ctrl-C, a full
-    # disk) left new weights beside the old model's references; now it leaves the shipped pair as it was
+    # disk) leaves the shipped pair as it was, never new weights beside the old model's references
     with tempfile.TemporaryDirectory(prefix=".packing-", dir=out.parent) as tmp:
         new, new_ref = Path(tmp) / out.name, Path(tmp) / ref_path.name
         paths.atomic_torch_save(packed, new)
