@@ -622,8 +622,9 @@ def heart_rates(res: dict) -> dict:
     """Heart rate (bpm) of the context, of each sampled path (median and 10th-90th percentile over paths) and of
     the truth when the record covers the whole horizon, from lead 1's R peaks as evaluate.py detects them (the
     context's threshold): a forecast whose paths lose the patient's rhythm shows it in one line. A horizon
-    shorter than the shortest plausible beat period (MIN_PERIOD_S) measures no rate: None, not 0 bpm."""
-    from drafts import MIN_PERIOD_S
+    shorter than the shortest plausible beat period (MIN_PERIOD_S) measures no rate: None, not 0 bpm; one shorter
+    than the longest (MAX_PERIOD_S) measures none from a single beat (counted, one beat in 0.25 s read 240 bpm)."""
+    from drafts import MAX_PERIOD_S, MIN_PERIOD_S
     from metrics import detect_r_peaks, heart_rate, per_row
     fs, lead = res["fs"], res["context"][:, 0]
     c, horizon = len(lead), res["samples"].shape[1]
@@ -631,17 +632,21 @@ def heart_rates(res: dict) -> dict:
     if horizon < MIN_PERIOD_S * fs:
         return {"context": context, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None}
 
-    def rates(continuations: np.ndarray) -> list[float]:
+    def rates(continuations: np.ndarray) -> np.ndarray:
         x = np.concatenate([np.broadcast_to(lead, (len(continuations), c)), continuations], axis=1)
-        found = per_row(*detect_r_peaks(x, fs, level_from=c), len(x))
-        return [round(heart_rate(p[p >= c], fs, horizon / fs), 1) for p in found]
+        found = [p[p >= c] for p in per_row(*detect_r_peaks(x, fs, level_from=c), len(x))]
+        counted = horizon >= MAX_PERIOD_S * fs
+        return np.array([round(heart_rate(p, fs, horizon / fs), 1) if counted or len(p) >= 2 else np.nan
+                         for p in found])
 
-    paths = rates(res["samples"][:, :, 0])
-    truth = res["truth"][:, 0]
-    whole = len(truth) == horizon and bool(np.isfinite(truth).all())
-    return {"context": context, "paths_median": round(float(np.median(paths)), 1),      # 72.2, not 72.19999999999999
-            "paths_p10": round(float(np.percentile(paths, 10)), 1),
-            "paths_p90": round(float(np.percentile(paths, 90)), 1), "truth": rates(truth[None])[0] if whole else None}
+    paths, truth = rates(res["samples"][:, :, 0]), res["truth"][:, 0]
+    truth_rate = rates(truth[None])[0] if len(truth) == horizon and np.isfinite(truth).all() else np.nan
+    if np.isnan(paths).all():
+        return {"context": context, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None}
+    return {"context": context, "paths_median": round(float(np.nanmedian(paths)), 1),   # 72.2, not 72.19999999999999
+            "paths_p10": round(float(np.nanpercentile(paths, 10)), 1),
+            "paths_p90": round(float(np.nanpercentile(paths, 90)), 1),
+            "truth": None if np.isnan(truth_rate) else float(truth_rate)}
 
 
 def heart_rate_line(hr: dict, n_paths: int = 2) -> str:

@@ -486,8 +486,8 @@ def test_a_forecast_stopped_between_its_files_says_which_are_new(tmp_path, monke
 
 
 def test_forecast_files_are_mv_samples_and_a_png(tmp_path, monkeypatch, record):
-    samples = _forecast(monkeypatch, record, tmp_path / "out")
-    assert samples.shape == (4, 128, 2) and samples.dtype == np.float32
+    samples = _forecast(monkeypatch, record, tmp_path / "out", "--horizon", "3")   # 1 s holds one beat: no rate
+    assert samples.shape == (4, 384, 2) and samples.dtype == np.float32
     # the synthetic record's QRS is 1.2 mV on lead 1: a forecast in mV swings by a similar amount
     swing = np.ptp(samples[:, :, 0], axis=1)
     assert np.all((swing > 0.3) & (swing < 5.0)), swing
@@ -551,6 +551,19 @@ def test_a_horizon_too_short_for_a_beat_has_no_heart_rate():
     hr = forecast.heart_rates({"context": ctx, "samples": paths, "truth": paths[0], "fs": 128})
     assert hr == {"context": 60.0, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None}
     assert forecast.heart_rate_line(hr) == "detected heart rate (bpm): context 60, paths —, truth —"
+
+
+def test_a_single_beat_in_less_than_the_longest_period_has_no_heart_rate():
+    """Counted over a 0.25 s horizon, one beat read 240 bpm: under MAX_PERIOD_S a single beat gives no rate, and the
+    paths that hold two beats alone give the median; with none, no rate for the paths or the truth ("—")."""
+    ctx, paths = np.zeros((384, 2)), np.zeros((3, 64, 2))
+    ctx[:, 0] = spike_train(384, [40, 168, 296])
+    paths[0, :, 0] = spike_train(64, [10, 42])                                    # 240 bpm, measured from two
+    paths[1:, :, 0] = spike_train(64, [20])
+    hr = forecast.heart_rates({"context": ctx, "samples": paths, "truth": paths[1], "fs": 128})
+    assert hr == {"context": 60.0, "paths_median": 240.0, "paths_p10": 240.0, "paths_p90": 240.0, "truth": None}
+    hr = forecast.heart_rates({"context": ctx, "samples": paths[1:], "truth": paths[0], "fs": 128})
+    assert hr == {"context": 60.0, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None}
 
 
 @pytest.mark.parametrize("name, model", SHIPPED_SPECS.items())
