@@ -397,11 +397,20 @@ class Trainer:
 
     def _schedule(self, total: int) -> Callable[[int], float]:
         """The learning-rate factor of each step of a run of `total` steps, its warm-up cut to a quarter of them."""
+        return warmup_cosine(run_warmup(self.s.warmup_steps, total), total)
+
+    def _run_steps(self) -> int:
+        """The steps the run's schedule spans: those taken and the epochs left at this run's steps per epoch."""
+        return self.step + max(0, self.s.epochs - self.epoch) * self.steps_per_epoch
+
+    def _note_short_warmup(self) -> None:
+        """Said as fit starts, of the steps it trains over: said when the Trainer was built, a resume at other steps
+        per epoch, whose schedule is laid out anew (_lay_out_the_steps_left), was told of a run it was not."""
+        total = self._run_steps()
         warmup = run_warmup(self.s.warmup_steps, total)
         if warmup < self.s.warmup_steps and self.rt.is_main:
             running.note(f"train.warmup_steps {self.s.warmup_steps} is over a quarter of this run's {total} steps: "
                          f"warming up over {warmup}, so the learning rate reaches its peak and decays")
-        return warmup_cosine(warmup, total)
 
     def wrapped(self) -> nn.Module:
         """The model as the forward pass sees it: DDP under torchrun, DataParallel on several GPUs."""
@@ -454,7 +463,7 @@ class Trainer:
         """The schedule over the steps taken and the epochs left at this run's steps per epoch: with other steps per
         epoch than the checkpoint's (--max-steps, --batch-size, data prepared again), epochs x steps per epoch ended
         the cosine before or after the run's last step. With its own, that is the same number of steps."""
-        total = self.step + max(0, self.s.epochs - self.epoch) * self.steps_per_epoch
+        total = self._run_steps()
         if total != self.s.epochs * self.steps_per_epoch:
             self.sched.lr_lambdas = [self._schedule(total) for _ in self.opt.param_groups]
 
@@ -580,6 +589,7 @@ class Trainer:
                 print(f"nothing to train: {resume or 'this run'} has done {self.epoch} of {self.s.epochs} epochs; "
                       f"pass a larger --epochs to go on")
             return {"epoch": self.epoch, "step": self.step}
+        self._note_short_warmup()
         model = self.wrapped()
         row: dict = {}
         if self.rt.is_main:

@@ -465,14 +465,29 @@ def test_a_warm_up_longer_than_a_quarter_of_the_run_is_shortened_to_it(tmp_path,
     """make demo trained the Transformer 120 steps with warmup_steps 200: its learning rate never reached the peak
     nor decayed. A warm-up is kept to a quarter of the run, said in a note, and the run ends at a tenth of the peak."""
     trainer = toy_trainer(tmp_path, epochs=2, warmup_steps=100)       # 2 epochs x 8 steps
-    assert "train.warmup_steps 100 is over a quarter of this run's 16 steps: warming up over 4" in capsys.readouterr().err
     lrs = []
     trainer.opt.register_step_pre_hook(lambda opt, *_: lrs.append(opt.param_groups[0]["lr"]))
     trainer.fit()
+    assert "train.warmup_steps 100 is over a quarter of this run's 16 steps: warming up over 4" in capsys.readouterr().err
     assert lrs[:5] == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01]) and len(lrs) == 16
     assert trainer.opt.param_groups[0]["lr"] == pytest.approx(0.001)
-    toy_trainer(tmp_path / "short", epochs=2, warmup_steps=4)                  # a quarter exactly: as configured
+    toy_trainer(tmp_path / "short", epochs=2, warmup_steps=4).fit()            # a quarter exactly: as configured
     assert "warming up over" not in capsys.readouterr().err
+
+
+def test_a_resume_at_other_steps_per_epoch_notes_the_warm_up_it_trains_with(tmp_path, capsys):
+    """The warm-up note was said when the Trainer was built, of epochs x the resume's steps per epoch: 4 epochs of 8
+    resumed to 6 of 2 with warmup_steps 5 said 'this run's 12 steps: warming up over 3', while the schedule it trained
+    with is laid out over the 36 steps taken and left, the warm-up kept at 5. 2 of 2 resumed to 4 of 8 with 6: 20."""
+    for first, then, warmup, said in (((4, 8), (6, 2), 5, None), ((2, 2), (4, 8), 6, "20 steps: warming up over 5")):
+        toy_trainer(tmp_path / f"{first}", epochs=first[0], max_steps_per_epoch=first[1], warmup_steps=warmup).fit()
+        capsys.readouterr()
+        resumed = toy_trainer(tmp_path / f"{first}{then}", epochs=then[0], max_steps_per_epoch=then[1],
+                              warmup_steps=warmup)
+        resumed.fit(resume=tmp_path / f"{first}" / "ckpt" / "last.pt")
+        notes = [line for line in capsys.readouterr().err.splitlines() if "warming up over" in line]
+        assert notes == ([] if said is None else [f"note: train.warmup_steps {warmup} is over a quarter of this "
+                                                  f"run's {said}, so the learning rate reaches its peak and decays"])
 
 
 def test_a_resume_from_an_older_epoch_says_that_best_pt_is_a_later_epochs(tmp_path, capsys):
