@@ -290,8 +290,9 @@ def test_a_checkpoints_root_whose_name_the_system_refuses_is_one_error(tmp_path)
 
     root = tmp_path / ("x" * 300)
     r = run_script(vqvae_eval.main, "vqvae_eval.py", ["--checkpoints", str(root)])
-    assert r.returncode == 2 and r.stderr == (f"error: cannot look for vqvae checkpoints in {root}: File name too long; "
-                                              "pass --checkpoint, or a checkpoints root that can be read\n"), r.stderr
+    said = (f"error: cannot look for vqvae checkpoints in {root}: File name too long; pass --checkpoint, or a "
+            "checkpoints root that can be read\n")
+    assert r.returncode == 2 and r.stderr == said, r.stderr
 
 
 def test_forecast_of_a_record_exactly_one_context_long(shipped, tmp_path):

@@ -741,7 +741,8 @@ def test_scores_refuse_a_truth_that_only_broadcasts_against_the_forecast():
 
 def test_sampled_scores_refuse_nan_or_inf_by_name():
     """A NaN sample sorted last, as if it were +inf, and a NaN truth fell outside every interval: interval_coverage
-    of 100 samples, 5 of them NaN, gave a coverage without a word (crps_samples a NaN), and a truth of inf lowered it."""
+    of 100 samples, 5 of them NaN, gave a coverage without a word (crps_samples a NaN), and a truth of inf lowered
+    it."""
     rng = np.random.default_rng(0)
     samples, y = rng.standard_normal((100, 4)), np.zeros(4)
     bad = samples.copy()
