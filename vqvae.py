@@ -350,8 +350,9 @@ class VQVAE(nn.Module):
         return self.nearest_codes(z)                               # which codes in float32 itself
 
     def nearest_codes(self, z: torch.Tensor) -> torch.Tensor:
-        """encode's codes of latents z [B, latent_dim, T'] from encode_latent: who wants both encodes only once.
-        Distances in float32, as the quantizer's (bfloat16 ones changed 6% of the codes of the same latents)."""
+        """encode's codes of latents z [B, latent_dim, T'] from encode_latent, so that a caller wanting both (as
+        vqvae_eval.code_windows) encodes only once. Distances in float32, as the quantizer's (bfloat16 ones changed
+        6% of the codes of the same latents)."""
         B, D, T = z.shape
         rest = z.float().permute(0, 2, 1).reshape(-1, D)
         codes = []
