@@ -1151,11 +1151,10 @@ def main(argv: list[str] | None = None) -> Path:
     started.update(checkpoint_digests(args.model, list(forecasters.values())))     # the weights loaded
     if code := own_code(args.model):
         started["own forecasters"] = code
-    print_warnings(cautions)
-    w = load_windows(args, cfg)
+    w = load_windows(args, cfg)     # first: prepared unlike --config is the error, not the models' warnings of it
     scored = [w.records[i] for i in np.unique(w.record)]
     seen = seen_warnings(forecasters, scored, args)
-    print_warnings(seen)
+    print_warnings(cautions + seen)
     cautions += seen
     paths.check_writable(paths.location("results", args.results))     # before the work, not after
     print(f"evaluating {', '.join(forecasters)} on {len(scored)} records, {len(w.record)} windows")

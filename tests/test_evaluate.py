@@ -546,6 +546,23 @@ def test_a_split_of_ones_own_is_scored_without_its_config(synthetic_db, tmp_path
         evaluate.main(["--model", "zero", "--prepared", str(tmp_path / "other"), "--results", str(tmp_path / "results")])
 
 
+def test_data_prepared_unlike_config_is_the_error_without_the_models_warning(synthetic_db, tmp_path, monkeypatch,
+                                                                              capsys):
+    """A model scored on the data it was trained on, prepared otherwise, without --config: the error (pass the
+    config as --config) came after a warning that the model was trained on data prepared differently, which it
+    was not; the models' warnings wait for the windows now."""
+    from hyper_params import config_from_dict
+
+    raw = json.loads((ROOT / "config_vqvae.json").read_text())
+    other = {**raw, "data": {**raw["data"], "filter_band": [0.5, 20.0], "test_records": ["104"],
+                             "validation_records": ["105"]}}
+    prepare(config_from_dict(other), synthetic_db, tmp_path / "other", download=False)
+    monkeypatch.setattr(evaluate, "make_forecaster", lambda *args: SimpleNamespace(cfg=config_from_dict(other)))
+    with pytest.raises(UserError, match=r"prepared unlike the data section of --config \(filter_band"):
+        evaluate.main(["--model", "mine.pt", "--prepared", str(tmp_path / "other"), "--results", str(tmp_path / "r")])
+    assert "prepared differently" not in capsys.readouterr().err
+
+
 def test_a_checkpoint_at_another_rate_than_the_config_names_config(tmp_path, monkeypatch):
     """A model trained at 250 Hz scored with the default config: the 128 Hz is --config's, not the data's, and
     the error says which flag to set."""
