@@ -276,9 +276,15 @@ def next_beat_error(w, context: int, fs: int) -> dict[str, dict[str, float]]:
             g = np.asarray(g)[np.asarray(g) >= context]       # as oracle_f1 scores them
             if len(g):
                 err[name].append(abs(g[0] - ref[0]) / fs * 1000)
-    return {name: {"windows": len(e), "median_ms": round(float(np.median(e)), 1),
-                   "within_20ms": round(float(np.mean(np.array(e) <= 20)), 3),
-                   "within_100ms": round(float(np.mean(np.array(e) <= 100)), 3)} for name, e in err.items()}
+    return {name: miss_summary(np.array(e)) for name, e in err.items()}
+
+
+def miss_summary(e: np.ndarray) -> dict[str, float | None]:
+    """next_beat_error's figures of one guess; None where no window counts (a small split): NaN is no JSON."""
+    if not len(e):
+        return {"windows": 0, "median_ms": None, "within_20ms": None, "within_100ms": None}
+    return {"windows": len(e), "median_ms": round(float(np.median(e)), 1),
+            "within_20ms": round(float(np.mean(e <= 20)), 3), "within_100ms": round(float(np.mean(e <= 100)), 3)}
 
 
 def place(template: np.ndarray, beats: np.ndarray, pre: int, horizon: int) -> np.ndarray:

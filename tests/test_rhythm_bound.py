@@ -186,3 +186,4 @@ def test_the_line_names_the_prepared_data_and_the_records_history_read(tmp_path,
     line = R.main(["--history-seconds", "--data-dir", str(synthetic_db), "--max-windows-per-record", "2"])
     assert line["data_hash"] == f"{meta['data_hash']}/{meta['input_hash']}" and "history_input_hash" not in line
     assert line["max_windows_per_record"] == 2
+    json.dumps(line, allow_nan=False)           # strict JSON: a guess that no window scores is null, not NaN
