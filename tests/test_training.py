@@ -468,7 +468,8 @@ def test_a_warm_up_longer_than_a_quarter_of_the_run_is_shortened_to_it(tmp_path,
     lrs = []
     trainer.opt.register_step_pre_hook(lambda opt, *_: lrs.append(opt.param_groups[0]["lr"]))
     trainer.fit()
-    assert "train.warmup_steps 100 is over a quarter of this run's 16 steps: warming up over 4" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "train.warmup_steps 100 is over a quarter of this run's 16 steps: warming up over 4" in said
     assert lrs[:5] == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01]) and len(lrs) == 16
     assert trainer.opt.param_groups[0]["lr"] == pytest.approx(0.001)
     toy_trainer(tmp_path / "short", epochs=2, warmup_steps=4).fit()            # a quarter exactly: as configured
