@@ -13,6 +13,8 @@ the same) with bootstrap 95 % intervals over records, and each model is paired r
 the best baseline on MSE, CRPS and R-peak F1, also on the windows of each kind of horizon beats (normal,
 ectopic, supraventricular, ventricular). Writes report.md (the tables), metrics.json, metrics.csv,
 error_curves.png (and .csv, the curves it draws) and gallery_<model>.png into a fresh results/evaluate-<time> folder.
+Stopped (Ctrl-C, SIGTERM, a failure), the same command goes on from the windows it scored, kept in the results
+root's .evaluate-partial-<key>.npz, with the same numbers (each window is forecast alone with its own seed).
 From Python, main(["--model", "zero", ...]) takes the flags as a list and returns that folder.
 """
 from __future__ import annotations
@@ -20,11 +22,13 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import hashlib
 import importlib
 import importlib.util
 import inspect
 import io
 import itertools
+import json
 import numbers
 import os
 import re
@@ -35,11 +39,12 @@ import sysconfig
 import time
 import traceback
 import warnings
+import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, NoReturn
 
 import numpy as np
 from tqdm import tqdm
@@ -668,25 +673,42 @@ def rhythm_of_paths(context: np.ndarray, sample_paths: np.ndarray, rows: np.ndar
 
 
 def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, fs: int, num_samples: int = 100,
-             seed: int = 0, progress: bool = True) -> tuple[dict[str, Scores], dict]:
+             seed: int = 0, progress: bool = True, partial: Partial | None = None) -> tuple[dict[str, Scores], dict]:
     """Score every forecaster on the same windows, each window forecast alone with its own seed (window_seed).
 
     Returns each forecaster's Scores and the rhythm sums of the R-peak detector run on the true
-    horizons: its own sensitivity and positive predictivity against the reference annotations.
+    horizons: its own sensitivity and positive predictivity against the reference annotations. With `partial`
+    (main's) the sums are kept in its file as the chunks are scored, and a run stopped or failed goes on from them.
     """
     check_request(forecasters, w, context, fs)
     scores = {name: Scores(len(w.signals), getattr(f, "deterministic", True))
               for name, f in forecasters.items()}
     truth_sums: dict[str, np.ndarray] = {}
     edges = M.segment_edges(w.signals.shape[1] - context, fs)     # horizon segments, the same for every chunk
+    chunks = _chunks(w)
+    done = load_partial(partial, scores, truth_sums, chunks) if partial else 0
     # windows, not records: one 24 h record's 14400 windows stood at 0/1 records for hours
-    bar = tqdm(total=len(w.record), desc="windows", unit="win", disable=not progress)
+    bar = tqdm(total=len(w.record), initial=sum(len(idx) for _, idx in chunks[:done]), desc="windows", unit="win",
+               disable=not progress)
     said: set = set()
-    for r, idx in _chunks(w):
-        running.raise_if_signalled()     # a SIGTERM or Ctrl-C Python swallowed in a finalizer still stops it
-        score_chunk(forecasters, w, r, idx, context, fs, edges, num_samples, seed, scores, truth_sums, said)
-        bar.update(len(idx))
-    bar.close()
+    adding = False      # True while a chunk's sums are added: stopped then, the sums are of no whole chunk
+    try:
+        for r, idx in chunks[done:]:
+            running.raise_if_signalled()     # a SIGTERM or Ctrl-C Python swallowed in a finalizer still stops it
+            scored = score_chunk(forecasters, w, r, idx, context, fs, edges, num_samples, seed, said)
+            adding = True
+            add_chunk(scored, r, idx, scores, truth_sums, len(w.records))
+            done, adding = done + 1, False
+            bar.update(len(idx))
+            if partial:
+                save_partial(partial, scores, truth_sums, done, now=done == len(chunks))
+    except (KeyboardInterrupt, Exception) as e:
+        if not partial or adding or not done:
+            raise
+        save_partial(partial, scores, truth_sums, done, now=True)
+        raise_kept(e, partial, sum(len(idx) for _, idx in chunks[:done]))
+    finally:
+        bar.close()
     return scores, truth_sums
 
 
@@ -703,21 +725,134 @@ def check_request(forecasters: dict[str, ForecasterBase], w: Windows, context: i
 
 
 def score_chunk(forecasters: dict[str, ForecasterBase], w: Windows, r: int, idx: np.ndarray, context: int, fs: int,
-                edges: np.ndarray, num_samples: int, seed: int, scores: dict[str, Scores],
-                truth_sums: dict[str, np.ndarray], said: set) -> None:
-    """Add windows idx, all of record r, to the detector's sums on the true horizons and to every forecaster's
-    Scores, summed per horizon segment (`edges`, metrics.segment_edges); `said`: predict_windows'."""
+                edges: np.ndarray, num_samples: int, seed: int, said: set) -> dict:
+    """The sums of windows idx, all of record r, for add_chunk: the detector's on the true horizons ("truth") and
+    every forecaster's per horizon segment (`edges`, metrics.segment_edges) with the paths it drew; `said`:
+    predict_windows'. Nothing is added here: a run stopped while the chunk is forecast keeps sums of whole chunks."""
     x = np.asarray(w.signals[idx], np.float32)
     ctx, truth = x[:, :context], x[:, context:]
     rows, pos = _beats(w, idx)
     annotated = np.full(len(idx), bool(w.annotated[r]))
-    detected = M.rhythm_sums(ctx[..., 0], truth[..., 0], rows, pos, fs, edges, annotated)
-    _add_sums(truth_sums, detected, r, len(w.records))
+    out: dict = {"truth": M.rhythm_sums(ctx[..., 0], truth[..., 0], rows, pos, fs, edges, annotated), "forecasters": {}}
     for name, f in forecasters.items():
-        out = predict_windows(f, name, w, idx, context, num_samples, seed, fs, said)
-        wave, curves = M.waveform_sums(truth, out, edges)
-        rhythm = rhythm_of_paths(ctx[..., 0], out[..., 0], rows, pos, fs, edges, annotated)
-        scores[name].add(r, idx, {**wave, **rhythm}, curves, out.shape[1], len(w.records))
+        paths_drawn = predict_windows(f, name, w, idx, context, num_samples, seed, fs, said)
+        wave, curves = M.waveform_sums(truth, paths_drawn, edges)
+        rhythm = rhythm_of_paths(ctx[..., 0], paths_drawn[..., 0], rows, pos, fs, edges, annotated)
+        out["forecasters"][name] = ({**wave, **rhythm}, curves, paths_drawn.shape[1])
+    return out
+
+
+def add_chunk(scored: dict, r: int, idx: np.ndarray, scores: dict[str, Scores], truth_sums: dict[str, np.ndarray],
+              records: int) -> None:
+    """score_chunk's sums of windows idx (record r) added to the detector's and each forecaster's Scores."""
+    _add_sums(truth_sums, scored["truth"], r, records)
+    for name, (sums, curves, samples) in scored["forecasters"].items():
+        scores[name].add(r, idx, sums, curves, samples, records)
+
+
+# ----------------------------------------------------------------------------- going on from an interrupted run
+
+PARTIAL_EVERY_S = 10.0      # the running sums are saved at most this often (and on a stop or failure, and at the end)
+
+
+@dataclass
+class Partial:
+    """The file evaluate keeps its running sums in, and the key they are kept under (partial_key: everything an
+    evaluation's numbers depend on); `resumed`: the windows this run found scored there."""
+
+    path: Path
+    key: str
+    resumed: int = 0
+    saved_at: float = -np.inf       # time.monotonic() of the last save
+    save_s: float = 0.0             # how long it took
+
+
+def raise_kept(e: BaseException, partial: Partial, windows: int) -> NoReturn:
+    """Raise the stop or UserError `e` again saying that the scores of `windows` windows are kept for the same command
+    to go on from; a crash keeps its traceback, the word said as a note before it."""
+    kept = (f"the {windows} window{'s' * (windows != 1)} scored {'are' if windows != 1 else 'is'} kept in "
+            f"{partial.path}: the same command goes on from them")
+    if isinstance(e, (KeyboardInterrupt, UserError)):
+        raise type(e)(f"{e}; {kept}" if str(e) else kept).with_traceback(e.__traceback__) from None
+    running.note(kept)
+    raise e
+
+
+def partial_key(forecasters: dict[str, ForecasterBase], specs: list[str], started: dict[str, str], w: Windows,
+                cfg: Config, samples: int, seed: int) -> str:
+    """Everything the scores depend on, as JSON: the forecasters (labels, specs, weights' and own code's SHA-256s,
+    devices), the windows themselves (their samples, beats and records hashed, so every flag that picks them is
+    covered), the data config, samples and seed, the versions of Python's libraries, and the project's own code:
+    the hash of its *.py files, since a commit says nothing of a tree edited since (-dirty)."""
+    h = hashlib.sha256()
+    for a in (w.signals, w.record, w.start, w.beat_ptr, w.beat_pos, w.annotated,
+              np.zeros(0, np.uint8) if w.beat_sym is None else w.beat_sym):
+        h.update(np.ascontiguousarray(a).tobytes())
+    code = hashlib.sha256()
+    for f in sorted(ROOT.glob("*.py")):
+        code.update(f.name.encode())
+        paths.hash_file(code, f)
+    return json.dumps({"forecasters": list(forecasters), "specs": expand_models(specs),
+                       "weights": started.get("checkpoints", ""), "own code": started.get("own forecasters", ""),
+                       "devices": sorted(str(getattr(f, "device", "cpu")) for f in forecasters.values()),
+                       "windows": h.hexdigest(), "records": w.records, "source": w.source,
+                       "data": cfg.to_dict()["data"], "samples": samples, "seed": seed, "software": software(),
+                       "code": code.hexdigest()}, sort_keys=True, default=str)
+
+
+def partial_file(results: Path, key: str) -> Path:
+    """The hidden file in the results root that keeps the running sums of an evaluation of this key."""
+    return results / f".evaluate-partial-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+
+def save_partial(partial: Partial, scores: dict[str, Scores], truth_sums: dict[str, np.ndarray], done: int,
+                 now: bool = False) -> None:
+    """Keep the sums of the first `done` chunks in partial.path (atomically, as plain arrays: np.load reads them
+    without pickle); unless `now`, only PARTIAL_EVERY_S after the last save, or ten times the save's own time."""
+    if not now and time.monotonic() - partial.saved_at < max(PARTIAL_EVERY_S, 10 * partial.save_s):
+        return
+    t = time.monotonic()
+    arrays = {"key": np.array(partial.key), "done": np.array(done), **{f"truth/{k}": v for k, v in truth_sums.items()}}
+    for i, s in enumerate(scores.values()):
+        arrays[f"{i}/deterministic"] = np.array(s.deterministic)
+        for part in ("sums", "curves", "window_sums"):
+            arrays.update({f"{i}/{part}/{k}": v for k, v in getattr(s, part).items()})
+    paths.atomic_save_npz(partial.path, **arrays)
+    partial.saved_at, partial.save_s = time.monotonic(), time.monotonic() - t
+
+
+def load_partial(partial: Partial, scores: dict[str, Scores], truth_sums: dict[str, np.ndarray],
+                 chunks: list[tuple[int, np.ndarray]]) -> int:
+    """The chunks an interrupted run of the same key scored, their sums put into `scores` and `truth_sums`; 0 when
+    there is no such file. One of another key is never read into them (its name is another key's, or it says so)."""
+    if not partial.path.is_file():
+        return 0
+    try:
+        with np.load(partial.path, allow_pickle=False) as z:
+            if str(z["key"]) != partial.key:
+                running.warn(f"{partial.path} keeps another evaluation's scores: starting over, it is replaced")
+                return 0
+            kept = {name: z[name] for name in z.files}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        running.warn(f"cannot read {partial.path} ({type(e).__name__}: {e}): starting over, it is replaced")
+        return 0
+    done = int(kept.pop("done"))
+    names = list(scores)
+    for name, v in kept.items():
+        where, _, key = name.partition("/")
+        if where == "truth":
+            truth_sums[key] = v
+        elif where != "key":
+            part, _, key = key.partition("/")
+            s = scores[names[int(where)]]
+            if part == "deterministic":
+                s.deterministic = bool(v)
+            else:
+                getattr(s, part)[key] = v
+    partial.resumed = sum(len(idx) for _, idx in chunks[:done])
+    running.note(f"going on from an interrupted run: {partial.resumed} of {sum(len(idx) for _, idx in chunks)} "
+                 f"windows scored ({partial.path})")
+    return done
 
 
 def summarize(scores: dict[str, Scores], truth_sums: dict, w: Windows, fs: int, horizon: int,
@@ -1156,9 +1291,11 @@ def main(argv: list[str] | None = None) -> Path:
     seen = seen_warnings(forecasters, scored, args)
     print_warnings(cautions + seen)
     cautions += seen
-    paths.check_writable(paths.location("results", args.results))     # before the work, not after
+    results = paths.check_writable(paths.location("results", args.results))     # before the work, not after
+    key = partial_key(forecasters, args.model, started, w, cfg, args.samples, args.seed)
+    partial = Partial(partial_file(results, key), key)
     print(f"evaluating {', '.join(forecasters)} on {len(scored)} records, {len(w.record)} windows")
-    scores, truth_sums = evaluate(forecasters, w, context, fs, args.samples, args.seed)
+    scores, truth_sums = evaluate(forecasters, w, context, fs, args.samples, args.seed, partial=partial)
     run = paths.new_run_dir("evaluate", args.results)       # made now: a failed evaluation leaves no folder
     try:
         summary = summarize(scores, truth_sums, w, fs, w.signals.shape[1] - context, seed=args.seed,
@@ -1168,10 +1305,16 @@ def main(argv: list[str] | None = None) -> Path:
         header = report_header(args, argv, cfg, w, forecasters, wall, started)
         if cautions:
             header["warnings"] = "; ".join(cautions)
+        if partial.resumed:
+            header["resumed"] = (f"went on from an interrupted run's {partial.resumed} of {len(w.record)} windows; "
+                                 f"the wall time is this part's")
         write_results(run, header, cfg, summary, w, args.samples)
-    except BaseException:       # Ctrl-C or an error in the galleries' forecasts or a write: plots without scores
+    except BaseException as e:      # Ctrl-C or an error in the galleries' forecasts or a write: plots without scores
         shutil.rmtree(run, ignore_errors=True)
-        raise
+        if not isinstance(e, (KeyboardInterrupt, Exception)):
+            raise
+        raise_kept(e, partial, len(w.record))
+    partial.path.unlink(missing_ok=True)
     for n, why in w.skipped:
         print(f"skipped {n}: {why}")
     print(f"done in {wall:.1f} s -> {run / 'report.md'}")

@@ -217,14 +217,15 @@ def test_forecast_py_times_ones_own_forecaster_by_the_rate_it_reads_the_record_a
 def test_an_evaluation_stopped_while_writing_leaves_no_folder(db250, tmp_path, monkeypatch, stop):
     """Ctrl-C or a failed write while the galleries were drawn (each forecaster forecasts its picks again) left
     results/evaluate-<time>/ with error_curves.png and some galleries, and no metrics.json or report.md: a run
-    folder without its scores. A failed evaluation leaves no folder, wherever it stops."""
+    folder without its scores. A failed evaluation leaves no folder, wherever it stops: only its scores, for the
+    same command to go on from."""
     def stopped(*args, **kwargs):
         raise stop()
     monkeypatch.setattr(evaluate, "plot_gallery", stopped)
-    with pytest.raises(stop):
+    with pytest.raises(stop, match="the 1 window scored is kept in .*evaluate-partial-"):
         evaluate.main(["--model", "zero", "--wfdb-dir", str(db250), "--records", "a01", "--max-windows-per-record",
                        "1", "--results", str(tmp_path / "results")])
-    assert not any((tmp_path / "results").iterdir())
+    assert [p.name[:18] for p in (tmp_path / "results").iterdir()] == [".evaluate-partial-"]
 
 
 def test_ones_own_forecaster_as_wrapped_copies_and_pickles():
@@ -2036,3 +2037,100 @@ def test_evaluate_refuses_a_context_that_leaves_no_horizon_and_a_forecaster_at_a
             return np.zeros((1, 1, horizon, 2), np.float32)
     scores, _ = evaluate.evaluate({**zero, "mine": NoRate()}, w, 128, 128, 1, progress=False)
     assert scores["mine"].windows == 2
+
+
+def _stop_at_call(monkeypatch, k: int, stop: BaseException) -> None:
+    """predict_windows raising `stop` at its k-th call (a forecaster's forecasts of one chunk), as a Ctrl-C, SIGTERM
+    or a failing forecaster would in the middle of an evaluation."""
+    calls = iter(range(1, 10**6))
+    real = evaluate.predict_windows
+
+    def predict(*args, **kwargs):
+        if next(calls) == k:
+            raise stop
+        return real(*args, **kwargs)
+    monkeypatch.setattr(evaluate, "predict_windows", predict)
+
+
+def _same_numbers(a: Path, b: Path) -> None:
+    """Two runs' metrics.json and metrics.csv alike but for the header's date, wall time, resumed note and command
+    (its --results)."""
+    ja, jb = (json.loads((run / "metrics.json").read_text()) for run in (a, b))
+    for j in (ja, jb):
+        for k in ("date", "wall time", "resumed", "command"):
+            j["header"].pop(k, None)
+    assert ja == jb
+    assert (a / "metrics.csv").read_text() == (b / "metrics.csv").read_text()
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), running.Terminated(), RuntimeError("out of memory")],
+                         ids=["ctrl_c", "sigterm", "crash"])
+def test_an_interrupted_evaluation_goes_on_where_it_stopped_with_the_same_numbers(db250, tmp_path, monkeypatch,
+                                                                                  capsys, stop):
+    """A DS2 evaluation of both shipped models takes 15-25 min: stopped or failed, the chunks it scored are kept in
+    the results root, and the same command goes on from them. Each window is forecast alone with its own seed, so the
+    numbers are those of a run never stopped. Stopped in the third record's chunk (between its two forecasters),
+    after the first two's: the second's sums, not due by the 10 s between saves, are saved on the stop."""
+    common = ["--model", "zero", "seasonal_ensemble", "--wfdb-dir", str(db250), "--samples", "4",
+              "--max-windows-per-record", "3"]
+    whole = evaluate.main(common + ["--results", str(tmp_path / "whole")])
+    results = tmp_path / "results"
+    _stop_at_call(monkeypatch, 6, stop)
+    with pytest.raises(type(stop)) as stopped:
+        evaluate.main(common + ["--results", str(results)])
+    kept = list(results.glob(".evaluate-partial-*.npz"))
+    assert len(kept) == 1 and not list(results.glob("evaluate-*"))
+    if not isinstance(stop, RuntimeError):
+        assert f"the 6 windows scored are kept in {kept[0]}: the same command goes on" in str(stopped.value)
+    monkeypatch.undo()
+    capsys.readouterr()
+    run = evaluate.main(common + ["--results", str(results)])
+    assert f"going on from an interrupted run: 6 of 9 windows scored ({kept[0]})" in capsys.readouterr().err
+    _same_numbers(run, whole)
+    header = json.loads((run / "metrics.json").read_text())["header"]
+    assert header["resumed"] == "went on from an interrupted run's 6 of 9 windows; the wall time is this part's"
+    assert "| resumed | went on from" in (run / "report.md").read_text()
+    assert not list(results.glob(".evaluate-*"))        # gone with the success
+
+
+def test_a_stop_while_a_chunks_sums_are_added_keeps_the_last_whole_chunks(db250, tmp_path, monkeypatch):
+    """Stopped between adding one forecaster's sums of a chunk and the next's, the sums are of no whole chunk: the
+    file keeps those saved before, and going on from them gives the numbers of a run never stopped."""
+    common = ["--model", "zero", "persistence", "--wfdb-dir", str(db250), "--max-windows-per-record", "2"]
+    whole = evaluate.main(common + ["--results", str(tmp_path / "whole")])
+    calls = iter(range(1, 10**6))
+    real = evaluate.Scores.add
+
+    def add(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        if next(calls) == 5:         # the third record's first forecaster added, not the second
+            raise KeyboardInterrupt
+    monkeypatch.setattr(evaluate.Scores, "add", add)
+    results = tmp_path / "results"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.main(common + ["--results", str(results)])
+    monkeypatch.undo()
+    with np.load(next(results.glob(".evaluate-partial-*.npz"))) as kept:
+        assert int(kept["done"]) == 1       # saved after the first chunk (the second's not due), not the third's half
+    _same_numbers(evaluate.main(common + ["--results", str(results)]), whole)
+
+
+def test_an_interrupted_evaluations_scores_are_not_used_by_another(db250, tmp_path, monkeypatch, capsys):
+    """The scores kept are an evaluation's of its own forecasters, windows, samples and seed: a run with another seed
+    starts over, leaving them for their own command."""
+    common = ["--model", "zero", "seasonal_ensemble", "--wfdb-dir", str(db250), "--samples", "4",
+              "--max-windows-per-record", "2"]
+    whole = evaluate.main(common + ["--results", str(tmp_path / "whole")])
+    results = tmp_path / "results"
+    _stop_at_call(monkeypatch, 5, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.main(common + ["--seed", "1", "--results", str(results)])
+    monkeypatch.undo()
+    kept = list(results.glob(".evaluate-partial-*.npz"))
+    before = kept[0].read_bytes()
+    capsys.readouterr()
+    _same_numbers(evaluate.main(common + ["--results", str(results)]), whole)
+    assert "going on" not in capsys.readouterr().err
+    assert list(results.glob(".evaluate-partial-*.npz")) == kept and kept[0].read_bytes() == before
+    evaluate.main(common + ["--seed", "1", "--results", str(results)])
+    assert "going on from an interrupted run: 4 of 6 windows scored" in capsys.readouterr().err
