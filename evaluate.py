@@ -833,7 +833,7 @@ def load_partial(partial: Partial, scores: dict[str, Scores], truth_sums: dict[s
                 running.warn(f"{partial.path} keeps another evaluation's scores: starting over, it is replaced")
                 return 0
             kept = {name: z[name] for name in z.files}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:     # EOFError: an empty file
         running.warn(f"cannot read {partial.path} ({type(e).__name__}: {e}): starting over, it is replaced")
         return 0
     done = int(kept.pop("done"))

@@ -2134,3 +2134,20 @@ def test_an_interrupted_evaluations_scores_are_not_used_by_another(db250, tmp_pa
     assert list(results.glob(".evaluate-partial-*.npz")) == kept and kept[0].read_bytes() == before
     evaluate.main(common + ["--seed", "1", "--results", str(results)])
     assert "going on from an interrupted run: 4 of 6 windows scored" in capsys.readouterr().err
+
+
+def test_an_unreadable_kept_file_is_started_over_not_a_traceback(db250, tmp_path, monkeypatch, capsys):
+    """The kept scores emptied (a full disk, a copy that failed): np.load raised EOFError, a traceback that every run of
+    the same command met again until the hidden file was found and deleted. It is started over, with a warning."""
+    common = ["--model", "zero", "--wfdb-dir", str(db250), "--max-windows-per-record", "1",
+              "--results", str(tmp_path / "results")]
+    _stop_at_call(monkeypatch, 2, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.main(common)
+    monkeypatch.undo()
+    (kept,) = (tmp_path / "results").glob(".evaluate-partial-*.npz")
+    kept.write_bytes(b"")
+    capsys.readouterr()
+    evaluate.main(common)
+    assert f"warning: cannot read {kept} (EOFError: No data left in file): starting over" in capsys.readouterr().err
+    assert not kept.exists()
