@@ -2151,3 +2151,20 @@ def test_an_unreadable_kept_file_is_started_over_not_a_traceback(db250, tmp_path
     evaluate.main(common)
     assert f"warning: cannot read {kept} (EOFError: No data left in file): starting over" in capsys.readouterr().err
     assert not kept.exists()
+
+
+def test_the_kept_scores_are_said_on_a_line_of_their_own_after_ones_own_forecasters_frames(db250, tmp_path):
+    """One's own forecaster raising in the second record ends its error with its frames and its exception's line: the
+    word of the scores kept was glued to that line ('ValueError: cannot forecast; the 1 window scored is kept in'),
+    as if the forecaster had said it. It is a line of its own."""
+    mine = tmp_path / "mine.py"
+    mine.write_text("import numpy as np\ncalls = 0\n\n\nclass Second:\n    def __init__(self, fs):\n        self.fs = fs\n\n"
+                    "    def predict(self, context, horizon, num_samples=100, seed=0):\n        global calls\n"
+                    "        calls += 1\n        if calls == 2:\n            raise ValueError('cannot forecast')\n"
+                    "        return np.zeros((1, 1, horizon, 2), np.float32)\n")
+    with pytest.raises(UserError) as caught:
+        evaluate.main(["--model", f"{mine}:Second", "--wfdb-dir", str(db250), "--max-windows-per-record", "1",
+                       "--results", str(tmp_path / "results")])
+    *_, raised, kept = str(caught.value).splitlines()
+    assert raised == "ValueError: cannot forecast"
+    assert kept.startswith("the 1 window scored is kept in ") and kept.endswith(": the same command goes on from them")
