@@ -1303,6 +1303,7 @@ def main(argv: list[str] | None = None) -> Path:
         summary = summarize(scores, truth_sums, w, fs, w.signals.shape[1] - context, seed=args.seed,
                             baselines=baselines)
         plot_results(run, forecasters, scores, summary, w, cfg, args, baselines)
+        running.raise_if_signalled()        # one swallowed while the last gallery was drawn: not a finished run
         wall = time.time() - t0
         header = report_header(args, argv, cfg, w, forecasters, wall, started)
         if cautions:
@@ -1356,6 +1357,7 @@ def plot_results(run: Path, forecasters: dict[str, ForecasterBase], scores: dict
     zero_mse = zero_forecast_mse(w, context)
     picks = gallery_picks(scores[reference], w, zero_mse)      # the same windows in every gallery
     for name, f in forecasters.items():
+        running.raise_if_signalled()    # a Ctrl-C or SIGTERM Python swallowed in matplotlib's finalizers stops it
         plot_gallery(name, f, scores[name], w, context, fs, args.samples, args.seed,
                      run / f"gallery_{file_name(name)}.png", picks, zero_mse, ranked_by=reference)
 

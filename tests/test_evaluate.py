@@ -2168,3 +2168,23 @@ def test_the_kept_scores_are_said_on_a_line_of_their_own_after_ones_own_forecast
     *_, raised, kept = str(caught.value).splitlines()
     assert raised == "ValueError: cannot forecast"
     assert kept.startswith("the 1 window scored is kept in ") and kept.endswith(": the same command goes on from them")
+
+
+@pytest.mark.parametrize("where", ["plot_error_curves", "plot_gallery"])
+def test_a_stop_python_swallowed_while_drawing_still_stops_the_evaluation(db250, tmp_path, monkeypatch, where):
+    """Ctrl-C while the figures were drawn landed in a matplotlib weakref callback, where Python only printed it
+    ('Exception ignored in'): the evaluation wrote its report and exited 0. The stop noted (running's unraisable hook)
+    stops it before the next gallery or the report, its scores kept."""
+    real = getattr(evaluate, where)
+
+    def swallowed(*args, **kwargs):
+        real(*args, **kwargs)
+        running._interrupted.set()
+    monkeypatch.setattr(evaluate, where, swallowed)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="the 2 windows scored are kept in"):
+            evaluate.main(["--model", "zero", "--wfdb-dir", str(db250), "--records", "a01", "--max-windows-per-record",
+                           "2", "--results", str(tmp_path / "results")])
+    finally:
+        running._interrupted.clear()
+    assert not list((tmp_path / "results").glob("evaluate-*"))
