@@ -770,12 +770,13 @@ class Partial:
 def raise_kept(e: BaseException, partial: Partial, windows: int) -> NoReturn:
     """Raise the stop or UserError `e` again saying that the scores of `windows` windows are kept for the same command
     to go on from (on a line of its own after a message of several: one's own forecaster's frames end in its
-    exception's line, not to be read as its words); a crash keeps its traceback, the word said as a note before it."""
+    exception's line, not to be read as its words), and from the same cause (that exception, for a debugger); a crash
+    keeps its traceback, the word said as a note before it."""
     kept = (f"the {windows} window{'s' * (windows != 1)} scored {'are' if windows != 1 else 'is'} kept in "
             f"{partial.path}: the same command goes on from them")
     if isinstance(e, (KeyboardInterrupt, UserError)):
         then = "\n" if "\n" in str(e) else "; "
-        raise type(e)(f"{e}{then}{kept}" if str(e) else kept).with_traceback(e.__traceback__) from None
+        raise type(e)(f"{e}{then}{kept}" if str(e) else kept).with_traceback(e.__traceback__) from e.__cause__
     running.note(kept)
     raise e
 

@@ -2168,6 +2168,7 @@ def test_the_kept_scores_are_said_on_a_line_of_their_own_after_ones_own_forecast
     *_, raised, kept = str(caught.value).splitlines()
     assert raised == "ValueError: cannot forecast"
     assert kept.startswith("the 1 window scored is kept in ") and kept.endswith(": the same command goes on from them")
+    assert repr(caught.value.__cause__) == "ValueError('cannot forecast')"      # as raised without scores kept
 
 
 @pytest.mark.parametrize("where", ["plot_error_curves", "plot_gallery"])
