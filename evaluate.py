@@ -39,7 +39,6 @@ import sysconfig
 import time
 import traceback
 import warnings
-import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -786,11 +785,11 @@ def partial_key(forecasters: dict[str, ForecasterBase], specs: list[str], starte
     """Everything the scores depend on, as JSON: the forecasters (labels, specs, weights' and own code's SHA-256s,
     devices), the windows themselves (their samples, beats and records hashed, so every flag that picks them is
     covered), the data config, samples and seed, the versions of Python's libraries, and the project's own code:
-    the hash of its *.py files, since a commit says nothing of a tree edited since (-dirty)."""
+    the hash of its *.py files, since a commit says nothing of a tree edited since (-dirty); and torch's threads."""
     h = hashlib.sha256()
     for a in (w.signals, w.record, w.start, w.beat_ptr, w.beat_pos, w.annotated,
               np.zeros(0, np.uint8) if w.beat_sym is None else w.beat_sym):
-        h.update(np.ascontiguousarray(a).tobytes())
+        h.update(np.ascontiguousarray(a))
     code = hashlib.sha256()
     for f in sorted(ROOT.glob("*.py")):
         code.update(f.name.encode())
@@ -800,7 +799,14 @@ def partial_key(forecasters: dict[str, ForecasterBase], specs: list[str], starte
                        "devices": sorted(str(getattr(f, "device", "cpu")) for f in forecasters.values()),
                        "windows": h.hexdigest(), "records": w.records, "source": w.source,
                        "data": cfg.to_dict()["data"], "samples": samples, "seed": seed, "software": software(),
-                       "code": code.hexdigest()}, sort_keys=True, default=str)
+                       "threads": torch_threads(), "code": code.hexdigest()}, sort_keys=True, default=str)
+
+
+def torch_threads() -> int:
+    """torch's CPU threads: a model's sums on the CPU may differ in their last bits with another count."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def partial_file(results: Path, key: str) -> Path:
@@ -836,7 +842,7 @@ def load_partial(partial: Partial, scores: dict[str, Scores], truth_sums: dict[s
                 running.warn(f"{partial.path} keeps another evaluation's scores: starting over, it is replaced")
                 return 0
             kept = {name: z[name] for name in z.files}
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:     # EOFError: an empty file
+    except Exception as e:      # any file np.load cannot read whole (empty, cut, a flipped byte: a dozen kinds)
         running.warn(f"cannot read {partial.path} ({type(e).__name__}: {e}): starting over, it is replaced")
         return 0
     done = int(kept.pop("done"))

@@ -2136,6 +2136,21 @@ def test_an_interrupted_evaluations_scores_are_not_used_by_another(db250, tmp_pa
     assert "going on from an interrupted run: 4 of 6 windows scored" in capsys.readouterr().err
 
 
+def test_kept_scores_are_of_their_torch_thread_count(db250, tmp_path, monkeypatch, capsys):
+    """A model's CPU sums may differ in their last bits with torch's thread count: scores kept under one count are not
+    gone on from under another, which could match neither run never stopped."""
+    common = ["--model", "zero", "--wfdb-dir", str(db250), "--max-windows-per-record", "1",
+              "--results", str(tmp_path / "results")]
+    _stop_at_call(monkeypatch, 2, KeyboardInterrupt())
+    monkeypatch.setattr(evaluate, "torch_threads", lambda: 7)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.main(common)
+    monkeypatch.undo()
+    capsys.readouterr()
+    evaluate.main(common)
+    assert "going on" not in capsys.readouterr().err
+
+
 def test_an_unreadable_kept_file_is_started_over_not_a_traceback(db250, tmp_path, monkeypatch, capsys):
     """The kept scores emptied (a full disk, a copy that failed): np.load raised EOFError, a traceback that every run of
     the same command met again until the hidden file was found and deleted. It is started over, with a warning."""
