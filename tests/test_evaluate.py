@@ -2173,7 +2173,8 @@ def test_the_kept_scores_are_said_on_a_line_of_their_own_after_ones_own_forecast
     word of the scores kept was glued to that line ('ValueError: cannot forecast; the 1 window scored is kept in'),
     as if the forecaster had said it. It is a line of its own."""
     mine = tmp_path / "mine.py"
-    mine.write_text("import numpy as np\ncalls = 0\n\n\nclass Second:\n    def __init__(self, fs):\n        self.fs = fs\n\n"
+    mine.write_text("import numpy as np\ncalls = 0\n\n\nclass Second:\n    def __init__(self, fs):\n"
+                    "        self.fs = fs\n\n"
                     "    def predict(self, context, horizon, num_samples=100, seed=0):\n        global calls\n"
                     "        calls += 1\n        if calls == 2:\n            raise ValueError('cannot forecast')\n"
                     "        return np.zeros((1, 1, horizon, 2), np.float32)\n")
