@@ -687,7 +687,7 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
     chunks = _chunks(w)
     done = load_partial(partial, scores, truth_sums, chunks) if partial else 0
     # windows, not records: one 24 h record's 14400 windows stood at 0/1 records for hours
-    bar = tqdm(total=len(w.record), initial=sum(len(idx) for _, idx in chunks[:done]), desc="windows", unit="win",
+    bar = tqdm(total=len(w.record), initial=_windows_in(chunks[:done]), desc="windows", unit="win",
                disable=not progress)
     said: set = set()
     adding = False      # True while a chunk's sums are added: stopped then, the sums are of no whole chunk
@@ -705,7 +705,7 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
         if not partial or adding or not done:
             raise
         save_partial(partial, scores, truth_sums, done, now=True)
-        raise_kept(e, partial, sum(len(idx) for _, idx in chunks[:done]))
+        raise_kept(e, partial, _windows_in(chunks[:done]))
     finally:
         bar.close()
     return scores, truth_sums
@@ -739,6 +739,11 @@ def score_chunk(forecasters: dict[str, ForecasterBase], w: Windows, r: int, idx:
         rhythm = rhythm_of_paths(ctx[..., 0], paths_drawn[..., 0], rows, pos, fs, edges, annotated)
         out["forecasters"][name] = ({**wave, **rhythm}, curves, paths_drawn.shape[1])
     return out
+
+
+def _windows_in(chunks: list[tuple[int, np.ndarray]]) -> int:
+    """The windows of record chunks (_chunks')."""
+    return sum(len(idx) for _, idx in chunks)
 
 
 def add_chunk(scored: dict, r: int, idx: np.ndarray, scores: dict[str, Scores], truth_sums: dict[str, np.ndarray],
@@ -858,8 +863,8 @@ def load_partial(partial: Partial, scores: dict[str, Scores], truth_sums: dict[s
                 s.deterministic = bool(v)
             else:
                 getattr(s, part)[key] = v
-    partial.resumed = sum(len(idx) for _, idx in chunks[:done])
-    running.note(f"going on from an interrupted run: {partial.resumed} of {sum(len(idx) for _, idx in chunks)} "
+    partial.resumed = _windows_in(chunks[:done])
+    running.note(f"going on from an interrupted run: {partial.resumed} of {_windows_in(chunks)} "
                  f"windows scored ({partial.path})")
     return done
 
