@@ -901,7 +901,7 @@ def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | N
     (training_main), a resumed run's own never."""
     names = [None, None]
     if rt.is_main:
-        if resume_ckpt and Path(resume_ckpt["run_dir"]).is_dir():
+        if resumes_in_place(resume_ckpt):
             names = [resume_ckpt["run_dir"], resume_ckpt["ckpt_dir"]]
             note_ignored_roots(args, *names)
         else:
@@ -915,10 +915,15 @@ def shared_run_dirs(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | N
     return Path(names[0]), Path(names[1])
 
 
+def resumes_in_place(resume_ckpt: dict | None) -> bool:
+    """A resumed run goes on in its own folders while they are there; else its run is a new one's."""
+    return bool(resume_ckpt) and Path(resume_ckpt["run_dir"]).is_dir()
+
+
 def check_run_roots(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict | None) -> None:
     """A new run's --results and --checkpoints roots proven writable before a forecaster's windows are encoded
     (minutes with a cold cache), where shared_run_dirs found them only after; nothing is left made here."""
-    if rt.is_main and not (resume_ckpt and Path(resume_ckpt["run_dir"]).is_dir()):
+    if rt.is_main and not resumes_in_place(resume_ckpt):
         for kind in ("results", "checkpoints"):
             paths.check_writable(paths.location(kind, getattr(args, kind)), keep=False)
 
