@@ -629,8 +629,9 @@ def heart_rates(res: dict) -> dict:
     fs, lead = res["fs"], res["context"][:, 0]
     c, horizon = len(lead), res["samples"].shape[1]
     context = round(heart_rate(detect_r_peaks(lead[None], fs)[1], fs, c / fs), 1)
+    none = {"context": context, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None}
     if horizon < MIN_PERIOD_S * fs:
-        return {"context": context, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None}
+        return none
 
     def rates(continuations: np.ndarray) -> np.ndarray:
         x = np.concatenate([np.broadcast_to(lead, (len(continuations), c)), continuations], axis=1)
@@ -642,7 +643,7 @@ def heart_rates(res: dict) -> dict:
     paths, truth = rates(res["samples"][:, :, 0]), res["truth"][:, 0]
     truth_rate = rates(truth[None])[0] if len(truth) == horizon and np.isfinite(truth).all() else np.nan
     if np.isnan(paths).all():
-        return {"context": context, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None}
+        return none
     return {"context": context, "paths_median": round(float(np.nanmedian(paths)), 1),   # 72.2, not 72.19999999999999
             "paths_p10": round(float(np.nanpercentile(paths, 10)), 1),
             "paths_p90": round(float(np.nanpercentile(paths, 90)), 1),
