@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import itertools
 import json
 import math
 import os
@@ -453,7 +454,7 @@ class Trainer:
         (another data hash) those may be other windows, against which best.pt could never (or wrongly) be replaced,
         so best.pt starts over with the resumed run's first epoch. The same data keeps it: resumes stay exact."""
         trained_on, now = ckpt.get("meta", {}).get("data_hash"), self.meta.get("data_hash")
-        if trained_on and trained_on != now:
+        if trained_on and now and trained_on != now:    # a run that names no data (a Trainer of one's own) cannot tell
             running.note(f"{path} trained on prepared data {trained_on}, these windows are {now} (prepared again "
                          f"since?): the epochs after {self.epoch} train on these, and best.pt starts over: its "
                          f"validation loss {self.best:.6g} was on the windows prepared before")
@@ -510,9 +511,7 @@ class Trainer:
         # closed on Ctrl-C too, so that the resume hint starts a line of its own
         with tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.s.epochs}",
                   disable=None if self.rt.is_main else True, leave=False) as bar:
-            for i, batch in enumerate(self.train_loader):
-                if i >= self.steps_per_epoch:
-                    break
+            for batch in itertools.islice(self.train_loader, self.steps_per_epoch):   # no batch loaded past the cap
                 running.raise_if_signalled()
                 batch = _to(batch, self.rt.device)
                 loss, metrics = self._train_step(model, batch)

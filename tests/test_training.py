@@ -515,10 +515,10 @@ def test_a_resume_on_data_prepared_again_starts_best_pt_over(tmp_path, monkeypat
     real_val = training.Trainer.validate
     monkeypatch.setattr(training.Trainer, "validate",
                         lambda self, model: {**real_val(self, model), "loss": [1.0, 3.0][self.epoch]})
-    for folder, hash_now, best_epoch in (("same", "d0/i0", 1), ("again", "d0/i1", 2)):
+    for folder, hash_now, best_epoch in (("same", "d0/i0", 1), ("again", "d0/i1", 2), ("unnamed", None, 1)):
         toy_trainer(tmp_path / folder / "a", meta={"data_hash": "d0/i0"}).fit()
         ckpts = tmp_path / folder / "a" / "ckpt"
-        resumed = toy_trainer(tmp_path / folder / "b", meta={"data_hash": hash_now}, epochs=2)
+        resumed = toy_trainer(tmp_path / folder / "b", meta=hash_now and {"data_hash": hash_now}, epochs=2)
         resumed.ckpt_dir = ckpts
         capsys.readouterr()
         resumed.fit(resume=ckpts / "last.pt")
@@ -527,6 +527,24 @@ def test_a_resume_on_data_prepared_again_starts_best_pt_over(tmp_path, monkeypat
         said = capsys.readouterr().err
         assert ("best.pt starts over: its validation loss 1 was on the windows prepared before" in said) == \
             (folder == "again"), said
+        assert "None" not in said, said        # a Trainer of one's own names no data: no claim about it
+
+
+def test_an_epoch_capped_at_max_steps_loads_no_batch_past_the_cap(tmp_path):
+    """The loop broke out on the batch after the last step: each capped epoch loaded (and with workers, augmented
+    or read from disk) one batch it never trained on."""
+    x = torch.randn(64, 4)
+
+    class Counted(TensorDataset):
+        fetched = 0
+
+        def __getitem__(self, i):
+            Counted.fetched += 1
+            return super().__getitem__(i)
+
+    trainer = toy_trainer(tmp_path, data=Counted(x, x.sum(1, keepdim=True)), max_steps_per_epoch=2)
+    trainer._train_epoch(trainer.model)
+    assert Counted.fetched == 2 * 8
 
 
 def test_a_resume_removes_what_a_kill_half_wrote_beside_the_plots_too(tmp_path):
