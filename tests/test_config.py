@@ -158,6 +158,28 @@ def test_a_sampling_rate_beyond_any_float_is_a_bad_value():
     assert "'data.samples_per_second'" in error_of({"data": {"samples_per_second": 10 ** 400}})
 
 
+@pytest.mark.parametrize("name", ["config_vqvae.json", "config_transformer.json", "config_sde.json"])
+def test_an_integer_beyond_any_setting_is_refused_by_key(name):
+    """A huge integer passed the checks that bound it from below: model.res_blocks 10**30 built blocks for ever,
+    model.channels failed in torch's allocator, train.num_workers would start processes without end."""
+    from hyper_params_sde import sde_config_from_dict
+    from hyper_params_transformer import transformer_config_from_dict
+
+    read = {"config_vqvae.json": config_from_dict, "config_transformer.json": transformer_config_from_dict,
+            "config_sde.json": sde_config_from_dict}[name]
+    base = json.loads((hyper_params.ROOT / name).read_text())
+    keys = [(s, k) for s in base for k, v in base[s].items() if type(v) is int]
+    assert len(keys) > 5
+    for section, key in keys:
+        raw = copy.deepcopy(base)
+        raw[section][key] = 2 ** 32
+        with pytest.raises(UserError, match=f"'{section}.{key}' = 4294967296 is out of range"):
+            read(raw)
+    raw = copy.deepcopy(base)
+    raw["train"]["seed"] = 2 ** 32 - 1      # the largest seed numpy takes is still one
+    assert read(raw).train.seed == 2 ** 32 - 1
+
+
 def test_edge_values_that_mean_something_are_accepted():
     """No horizon (a VQ-VAE codes contexts only), a low band edge of 0 Hz (a low-pass), greedy sampling, no dropout,
     drafts without jitter, the latent SDE's full rate diffusion and an annealing that starts at its end."""
