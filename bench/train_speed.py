@@ -7,9 +7,9 @@ tensors ($ECG_PREPARED_DIR or data/prepared, memory-mapped) for one epoch capped
 folder; the JSON line names the config, and the data and VQ-VAE the run read. Throughput counts the
 training steps after the first only (not start-up, the first step's one-off work such as the VQ-VAE's k-means start
 of its codebooks, validation or a forecaster's one-off encoding of every window).
-The forecasters use --vqvae, else the newest checkpoints/vqvae-*/best.pt, else an untrained VQ-VAE of the default
-config (the speed of a step does not depend on what the VQ-VAE learned, but on its compression factor: the code
-sequence's length).
+The forecasters use --vqvae, else the newest checkpoints/vqvae-*/best.pt, else an untrained VQ-VAE of the config
+their recipe trains it with (the speed of a step does not depend on what the VQ-VAE learned, but on its compression
+factor and codebooks: the code sequence's length).
 """
 from __future__ import annotations
 
@@ -30,7 +30,12 @@ import training  # noqa: E402
 from paths import UserError  # noqa: E402
 
 
-def vqvae_checkpoint(tmp: Path) -> tuple[Path, str]:
+RECIPE_VQVAE = {"transformer": "config_vqvae.json", "latent_sde": "config_vqvae_sde.json"}   # as the Makefile trains
+
+
+def vqvae_checkpoint(tmp: Path, model: str) -> tuple[Path, str]:
+    """The newest VQ-VAE checkpoint, else an untrained one of the config `model`'s recipe trains it with: the
+    latent SDE's bench ran on config_vqvae.json's (three codebooks of 1024), its recipe's has one of 512."""
     from vqvae_eval import latest_checkpoint
 
     try:
@@ -42,11 +47,11 @@ def vqvae_checkpoint(tmp: Path) -> tuple[Path, str]:
         from hyper_params import load_config
         from vqvae import VQVAE
 
-        cfg = load_config()
+        cfg = load_config(paths.ROOT / RECIPE_VQVAE[model])
         path = tmp / "untrained_vqvae.pt"
         torch.save({"kind": "vqvae", "model": VQVAE(cfg.model).state_dict(), "config": cfg.to_dict(),
                     "meta": {"note": "untrained, for benchmarking"}}, path)
-        return path, "untrained (no checkpoints/vqvae-*/best.pt)"
+        return path, f"untrained, of {RECIPE_VQVAE[model]} (no checkpoints/vqvae-*/best.pt)"
 
 
 def time_train_epochs() -> dict:
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
             script.main(flags + ["--prepared", str(prepared)])
         else:
             keep_encodings_in(tmp)
-            vq, extra["vqvae"] = (Path(args.vqvae), args.vqvae) if args.vqvae else vqvae_checkpoint(tmp)
+            vq, extra["vqvae"] = (Path(args.vqvae), args.vqvae) if args.vqvae else vqvae_checkpoint(tmp, args.model)
             script.main(flags + ["--prepared", str(prepared), "--vqvae", str(vq)])
         extra.update(read_by_run(tmp / "results"))
     train_bytes = (prepared / "train.pt").stat().st_size

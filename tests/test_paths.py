@@ -683,6 +683,23 @@ def test_train_speed_times_the_script_with_the_given_config(tmp_path, monkeypatc
     assert seen["config"].train.batch_size == 7
 
 
+@pytest.mark.parametrize("model, config", [("transformer", "config_vqvae.json"), ("latent_sde", "config_vqvae_sde.json")])
+def test_train_speed_without_a_vqvae_checkpoint_uses_the_recipes_vqvae(tmp_path, monkeypatch, model, config):
+    """With no VQ-VAE checkpoint the latent SDE's bench ran on an untrained VQ-VAE of config_vqvae.json (three
+    codebooks of 1024), not of config_vqvae_sde.json's one of 512 that its recipe trains it on."""
+    import torch
+
+    from hyper_params import load_config
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_speed
+
+    monkeypatch.setenv("ECG_CHECKPOINTS_DIR", str(tmp_path / "no_checkpoints"))
+    path, said = train_speed.vqvae_checkpoint(tmp_path, model)
+    assert torch.load(path, weights_only=True)["config"] == load_config(ROOT / config).to_dict()
+    assert config in said
+
+
 def one_fake_epoch(tmp_path, monkeypatch, script) -> list:
     """`script`.main replaced by one epoch of three steps that do nothing (batch size 8) on a stand-in train.pt, for
     train_speed to time; returns the argv lists it is called with."""
