@@ -683,7 +683,8 @@ def test_train_speed_times_the_script_with_the_given_config(tmp_path, monkeypatc
     assert seen["config"].train.batch_size == 7
 
 
-@pytest.mark.parametrize("model, config", [("transformer", "config_vqvae.json"), ("latent_sde", "config_vqvae_sde.json")])
+@pytest.mark.parametrize("model, config", [("transformer", "config_vqvae.json"),
+                                           ("latent_sde", "config_vqvae_sde.json")])
 def test_train_speed_without_a_vqvae_checkpoint_uses_the_recipes_vqvae(tmp_path, monkeypatch, model, config):
     """With no VQ-VAE checkpoint the latent SDE's bench ran on an untrained VQ-VAE of config_vqvae.json (three
     codebooks of 1024), not of config_vqvae_sde.json's one of 512 that its recipe trains it on."""
