@@ -835,6 +835,18 @@ def save_partial(partial: Partial, scores: dict[str, Scores], truth_sums: dict[s
     partial.saved_at, partial.save_s = time.monotonic(), time.monotonic() - t
 
 
+def note_other_partials(results: Path) -> None:
+    """Scores kept by interrupted runs of other commands (or of weights or code since changed) stay until their
+    command runs again, unseen in a hidden file each: say they are there, and what they weigh."""
+    others = sorted(results.glob(".evaluate-partial-*.npz"))
+    if others:
+        mb = sum(p.stat().st_size for p in others) / 2 ** 20
+        many = len(others) > 1
+        running.note(f"{len(others)} interrupted evaluation{'s' * many} of other settings "
+                     f"{'keep their' if many else 'keeps its'} scores in {results}/.evaluate-partial-*.npz "
+                     f"({mb:.1f} MB): each goes on when its command runs again; delete those you will not run again")
+
+
 def load_partial(partial: Partial, scores: dict[str, Scores], truth_sums: dict[str, np.ndarray],
                  chunks: list[tuple[int, np.ndarray]]) -> int:
     """The chunks an interrupted run of the same key scored, their sums put into `scores` and `truth_sums`; 0 when
@@ -1330,6 +1342,7 @@ def main(argv: list[str] | None = None) -> Path:
             raise
         raise_kept(e, partial, len(w.record))
     partial.path.unlink(missing_ok=True)
+    note_other_partials(results)
     for n, why in w.skipped:
         print(f"skipped {n}: {why}")
     print(f"done in {wall:.1f} s -> {run / 'report.md'}")

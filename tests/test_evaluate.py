@@ -2130,10 +2130,13 @@ def test_an_interrupted_evaluations_scores_are_not_used_by_another(db250, tmp_pa
     before = kept[0].read_bytes()
     capsys.readouterr()
     _same_numbers(evaluate.main(common + ["--results", str(results)]), whole)
-    assert "going on" not in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "going on" not in said
+    assert f"1 interrupted evaluation of other settings keeps its scores in {results}/.evaluate-partial-" in said
     assert list(results.glob(".evaluate-partial-*.npz")) == kept and kept[0].read_bytes() == before
     evaluate.main(common + ["--seed", "1", "--results", str(results)])
-    assert "going on from an interrupted run: 4 of 6 windows scored" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "going on from an interrupted run: 4 of 6 windows scored" in said and "interrupted evaluation" not in said
 
 
 def test_kept_scores_are_of_their_torch_thread_count(db250, tmp_path, monkeypatch, capsys):
