@@ -555,8 +555,10 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
     """Mean over records (axis 0, NaN records skipped) and its percentile bootstrap interval.
 
     Records are resampled with replacement with a fixed seed, so every forecaster is scored on the
-    same resamples and intervals are reproducible. Where fewer than two records define a value its
-    interval is NaN: resampling one record gives [mean, mean], which would read as a certain value.
+    same resamples and intervals are reproducible. Records that leave a value undefined are resampled too, so how
+    many define it varies as it would between samples of patients (a ratio estimator's bootstrap). Where fewer
+    than two records define a value its interval is NaN: resampling one record gives [mean, mean], which would
+    read as a certain value.
     """
     v = np.asarray(values, np.float64)
     if v.shape[0] == 0:
