@@ -188,10 +188,11 @@ def _interruptibly(call: Callable[[], None]) -> None:
 def main_first(rt: Runtime, compute: Callable[[], Any]) -> Any:
     """`compute` on rank 0 before the other ranks start it: an encoding it caches is then made once, and the
     other ranks read it (or, when the cache could not be written, compute it themselves). They wait on a
-    group of their own with a long timeout: encoding a large database outlasts the default group's."""
+    group of their own with a long timeout: encoding a large database outlasts the default group's. A longer
+    $ECG_DIST_TIMEOUT is kept: a database that takes longer to encode stopped the other ranks at 6 h."""
     if not rt.distributed:
         return compute()
-    group = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=6))
+    group = dist.new_group(backend="gloo", timeout=max(datetime.timedelta(hours=6), dist_timeout()))
     if not rt.is_main:
         dist.barrier(group=group)
     out = compute()

@@ -530,6 +530,22 @@ def test_a_resume_on_data_prepared_again_starts_best_pt_over(tmp_path, monkeypat
         assert "None" not in said, said        # a Trainer of one's own names no data: no claim about it
 
 
+@pytest.mark.parametrize("env, hours", [(None, 6), ("600", 6), ("36000", 10)])
+def test_the_ranks_wait_for_rank_0s_encoding_6_hours_or_the_longer_dist_timeout(monkeypatch, env, hours):
+    """The other ranks waited 6 h for rank 0 to encode whatever $ECG_DIST_TIMEOUT said: a database that takes
+    longer to encode could not be trained on more than one process."""
+    waits = []
+    monkeypatch.setattr(training.dist, "new_group", lambda backend, timeout: waits.append(timeout))
+    monkeypatch.setattr(training.dist, "barrier", lambda group: None)
+    monkeypatch.setattr(training.dist, "destroy_process_group", lambda group: None)
+    if env is None:
+        monkeypatch.delenv(training.DIST_TIMEOUT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(training.DIST_TIMEOUT_ENV, env)
+    assert training.main_first(training.Runtime(torch.device("cpu"), 0, 2), lambda: "codes") == "codes"
+    assert [w.total_seconds() for w in waits] == [hours * 3600]
+
+
 def test_an_epoch_capped_at_max_steps_loads_no_batch_past_the_cap(tmp_path):
     """The loop broke out on the batch after the last step: each capped epoch loaded (and with workers, augmented
     or read from disk) one batch it never trained on."""
