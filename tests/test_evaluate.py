@@ -2053,14 +2053,15 @@ def _stop_at_call(monkeypatch, k: int, stop: BaseException) -> None:
 
 
 def _same_numbers(a: Path, b: Path) -> None:
-    """Two runs' metrics.json and metrics.csv alike but for the header's date, wall time, resumed note and command
-    (its --results)."""
+    """Two runs' metrics.json, metrics.csv and error_curves.csv alike but for the header's date, wall time, resumed
+    note and command (its --results)."""
     ja, jb = (json.loads((run / "metrics.json").read_text()) for run in (a, b))
     for j in (ja, jb):
         for k in ("date", "wall time", "resumed", "command"):
             j["header"].pop(k, None)
     assert ja == jb
-    assert (a / "metrics.csv").read_text() == (b / "metrics.csv").read_text()
+    for name in ("metrics.csv", "error_curves.csv"):
+        assert (a / name).read_text() == (b / name).read_text()
 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt(), running.Terminated(), RuntimeError("out of memory")],
@@ -2152,6 +2153,75 @@ def test_kept_scores_are_of_their_torch_thread_count(db250, tmp_path, monkeypatc
     capsys.readouterr()
     evaluate.main(common)
     assert "going on" not in capsys.readouterr().err
+
+
+def test_the_kept_scores_key_changes_with_everything_the_scores_depend_on(monkeypatch, tmp_path):
+    """Scores kept under one key are gone on from by a run of the same key only: the samples, the seed, the weights,
+    one's own code, the windows' samples and beats, the data config, torch's threads and the project's code each
+    make another key (one left out would add a run's sums to another's)."""
+    from dataclasses import replace
+
+    monkeypatch.setattr(evaluate, "ROOT", tmp_path)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    cfg = load_config(None)
+    started = {"checkpoints": "w1", "own forecasters": "o1"}
+    w = evaluate.Windows(np.zeros((2, 10, 2), np.float32), np.array([0, 0]), np.array([0, 5]), np.array([0, 1, 1]),
+                         np.array([3]), ["a"], np.array([True]), [["MLII", "V1"]], [250.0])
+
+    def key(w=w, cfg=cfg, started=started, samples=4, seed=0) -> str:
+        return evaluate.partial_key({"zero": baselines.Zero(250)}, ["zero"], started, w, cfg, samples, seed)
+
+    same = key()
+    keys = {"samples": key(samples=5), "seed": key(seed=1), "weights": key(started={**started, "checkpoints": "w2"}),
+            "own code": key(started={**started, "own forecasters": "o2"}),
+            "signals": key(replace(w, signals=w.signals + 1e-3)), "beats": key(replace(w, beat_pos=w.beat_pos + 1)),
+            "data": key(cfg=replace(cfg, data=replace(cfg.data, filter_order=3)))}
+    with monkeypatch.context() as m:
+        m.setattr(evaluate, "torch_threads", lambda: 99)
+        keys["threads"] = key()
+    (tmp_path / "a.py").write_text("x = 2\n")
+    keys["code"] = key()
+    (tmp_path / "a.py").write_text("x = 1\n")
+    assert key() == same
+    assert [k for k, v in keys.items() if v == same] == [] and len(set(keys.values())) == len(keys)
+
+
+def test_a_stop_before_any_window_is_scored_keeps_nothing(db250, tmp_path, monkeypatch):
+    """Stopped in the first chunk there is nothing to go on from: no kept file, and no word of 0 windows kept."""
+    _stop_at_call(monkeypatch, 1, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        evaluate.main(["--model", "zero", "--wfdb-dir", str(db250), "--max-windows-per-record", "1",
+                       "--results", str(tmp_path / "results")])
+    assert "kept" not in str(stopped.value) and not list((tmp_path / "results").iterdir())
+
+
+def test_a_stop_after_the_last_window_goes_on_with_every_window_scored(db250, tmp_path, monkeypatch, capsys):
+    """Stopped while the galleries were drawn, every window's sums are kept (the last chunk's saved whatever the time
+    since the last save), and the same command scores none again; a forecaster that draws paths without saying it
+    is not deterministic is reported so after the resume as before."""
+    (tmp_path / "own.py").write_text(
+        "import numpy as np\n\n\nclass Noisy:\n    def __init__(self, fs):\n        self.fs = fs\n\n"
+        "    def predict(self, context, horizon, num_samples=100, seed=0):\n"
+        "        rng = np.random.default_rng(seed)\n"
+        "        return rng.normal(0, 0.1, (len(context), num_samples, horizon, 2)).astype(np.float32)\n")
+    common = ["--model", f"{tmp_path / 'own.py'}:Noisy", "--wfdb-dir", str(db250), "--samples", "3",
+              "--max-windows-per-record", "1"]
+    whole = evaluate.main(common + ["--results", str(tmp_path / "whole")])
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(evaluate, "plot_gallery", stopped)
+    results = tmp_path / "results"
+    with pytest.raises(KeyboardInterrupt, match="the 3 windows scored are kept in"):
+        evaluate.main(common + ["--results", str(results)])
+    monkeypatch.undo()
+    calls = []
+    real = evaluate.score_chunk
+    monkeypatch.setattr(evaluate, "score_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    capsys.readouterr()
+    run = evaluate.main(common + ["--results", str(results)])
+    assert "going on from an interrupted run: 3 of 3 windows scored" in capsys.readouterr().err and not calls
+    _same_numbers(run, whole)
 
 
 def test_an_unreadable_kept_file_is_started_over_not_a_traceback(db250, tmp_path, monkeypatch, capsys):
