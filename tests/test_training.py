@@ -1635,6 +1635,25 @@ def test_a_resume_without_its_run_folder_starts_a_new_one(tmp_path: Path) -> Non
     assert run.is_dir() and run.parent == tmp_path / "results" and ckpt == tmp_path / "checkpoints" / run.name
 
 
+def test_check_run_roots_proves_both_roots_of_a_new_run_and_leaves_nothing_made(tmp_path: Path) -> None:
+    """check_run_roots: a new run's --results and --checkpoints are each proven writable (a checkpoints root that
+    takes no folder is named before the encoding, not after it), the roots made for the proof go again, and a run
+    resumed in its own folders is not refused for roots it ignores."""
+    from training import Runtime
+
+    rt = Runtime(torch.device("cpu"))
+    new = SimpleNamespace(results=str(tmp_path / "r" / "results"), checkpoints=str(tmp_path / "c" / "checkpoints"))
+    training.check_run_roots(new, rt, None)
+    assert list(tmp_path.iterdir()) == []
+    bad = tmp_path / ("x" * 300)
+    with pytest.raises(UserError, match=re.escape(f"cannot write to the output folder {bad}: File name too long")):
+        training.check_run_roots(SimpleNamespace(results=new.results, checkpoints=str(bad)), rt, None)
+    (tmp_path / "own").mkdir()
+    own = {"run_dir": str(tmp_path / "own"), "ckpt_dir": str(tmp_path / "own_ck")}
+    training.check_run_roots(SimpleNamespace(results=str(bad), checkpoints=str(bad)), rt, own)
+    assert [p.name for p in tmp_path.iterdir()] == ["own"]
+
+
 def test_a_resume_says_that_results_and_checkpoints_roots_other_than_its_own_are_ignored(tmp_path: Path,
                                                                                         capsys) -> None:
     """shared_run_dirs: a resumed run keeps its own folders, so --results or --checkpoints naming other roots is said
