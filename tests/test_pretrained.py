@@ -566,6 +566,17 @@ def test_a_single_beat_in_less_than_the_longest_period_has_no_heart_rate():
     assert hr == {"context": 60.0, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None}
 
 
+@pytest.mark.parametrize("horizon, rate", [(384, 20.0), (320, 24.0), (319, None)])
+def test_a_single_beat_counts_over_a_horizon_of_the_longest_period_or_more(horizon, rate):
+    """The rule's edge: one beat is counted over a horizon of MAX_PERIOD_S (2.5 s, 320 samples at 128 Hz) or more, as
+    every 3 s horizon was before the rule (20 bpm); one sample less, it measures no rate."""
+    ctx, paths = np.zeros((384, 2)), np.zeros((2, horizon, 2))
+    ctx[:, 0] = spike_train(384, [40, 168, 296])
+    paths[:, :, 0] = spike_train(horizon, [100])
+    hr = forecast.heart_rates({"context": ctx, "samples": paths, "truth": paths[0], "fs": 128})
+    assert (hr["paths_median"], hr["truth"]) == (rate, rate)
+
+
 @pytest.mark.parametrize("name, model", SHIPPED_SPECS.items())
 def test_forecast_takes_the_shipped_models_by_name(tmp_path, monkeypatch, record, name, model):
     """forecast.py --checkpoint pretrained or pretrained_sde: the names evaluate.py --model gives them."""
