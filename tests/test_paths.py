@@ -582,13 +582,14 @@ def test_bench_report_says_which_rows_lack_the_headers_commit_and_date(tmp_path,
     import common
     import report
 
-    monkeypatch.setattr(common.time, "strftime", lambda fmt: "2020-01-02")
-    common.emit({"bench": "a", "x": 1}, "aaaa")
+    with monkeypatch.context() as m:
+        m.setattr(common.time, "strftime", lambda fmt: "2020-01-02")
+        common.emit({"bench": "a", "x": 1}, "aaaa")
     line = json.loads(capsys.readouterr().out)
     assert line["date"] == "2020-01-02"
     old = {k: v for k, v in line.items() if k not in ("date", "git_commit")}
     src, dst = tmp_path / "results.jsonl", tmp_path / "results.md"
-    src.write_text(json.dumps(line) + "\n" + json.dumps({**old, "bench": "b"}) + "\n")
+    src.write_text(json.dumps(line) + "\n\n" + json.dumps({**old, "bench": "b"}) + "\n")     # tabulated on another day
     report.main(str(src), str(dst))
     table = dst.read_text().splitlines()
     assert table[2].startswith("2020-01-02, commit aaaa:")
@@ -781,11 +782,13 @@ def test_prepare_time_prepares_with_the_given_config(tmp_path, monkeypatch):
         seen.append(cfg)
         return {"records": ["100"], "windows": {"train": 1}, "data_hash": "config", "input_hash": "files"}
     monkeypatch.setattr(prepare_time, "prepare", prepare)
+    edit_tree_after(monkeypatch, prepare_time, "prepare")       # its line names the commit it started at
     r = run_script(prepare_time.main, "prepare_time.py", ["--config", str(tmp_path / "mine.json")])
     assert r.returncode == 0, r.stderr
     assert seen[0].data.window_stride == 1.5
     line = json.loads(r.stdout)
     assert line["config"] == str(tmp_path / "mine.json") and line["data_hash"] == "config/files"   # as run.json's
+    assert line["git_commit"] == "at-start"
 
 
 @pytest.mark.parametrize("bench, script", [("train_speed", "vqvae_train"), ("train_speed", "transformer_train"),

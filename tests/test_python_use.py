@@ -15,7 +15,7 @@ import prepare_mitbih
 import pretrained
 import vqvae_eval
 import vqvae_train
-from conftest import ROOT, run_script, synthetic_ecg, write_record
+from conftest import ROOT, edit_tree_after, run_script, synthetic_ecg, write_record
 from paths import PRETRAINED, UserError, file_sha256
 from test_pretrained import packing_a_changed_model, stopped_between_the_renames
 from tiny import TINY, flags, tiny_setup
@@ -97,8 +97,8 @@ def test_a_bench_returns_its_json_line(notebook, capsys):
 def test_the_forecast_latency_line_names_the_weights_it_timed(notebook, capsys, monkeypatch):
     """forecast_latency's line named its checkpoint by path ("the shipped model forecaster.pt") alone: which weights
     were timed was not said, the newest best.pt being replaced while its run goes on. Nor did it say that one
-    context's time is a median of repeats, the others one run. Its validation contexts are synthetic here: a clean
-    checkout has no prepared tensors."""
+    context's time is a median of repeats, the others one run, nor (taken at the end) the commit it started at. Its
+    validation contexts are synthetic here: a clean checkout has no prepared tensors."""
     import torch
 
     sys.path.insert(0, str(ROOT / "bench"))
@@ -107,8 +107,10 @@ def test_the_forecast_latency_line_names_the_weights_it_timed(notebook, capsys, 
     ecg = torch.as_tensor(synthetic_ecg(6, 128)[0], dtype=torch.float32)       # one 6 s window
     monkeypatch.setattr(prepare_mitbih, "load_split", lambda *a, **k: {"signals": ecg[None]})
     monkeypatch.setattr(forecast_latency, "timed", lambda fn: 0.0)    # the line, not its timings (2 min)
+    edit_tree_after(monkeypatch, forecast_latency, "timed")         # the commit of the start, not of the end
     line = forecast_latency.main(["--checkpoint", str(PRETRAINED), "--samples", "1"])
     assert line["checkpoint"] == str(PRETRAINED) and line["checkpoint_sha256"] == file_sha256(PRETRAINED)
+    assert line["git_commit"] == "at-start"
     assert line["contexts_1_repeats"] == 5
     assert json.loads(capsys.readouterr().out) == line
 

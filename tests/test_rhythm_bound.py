@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import paths
-from conftest import synthetic_ecg, write_record
+from conftest import edit_tree_after, synthetic_ecg, write_record
 from hyper_params import DataConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -178,8 +178,10 @@ def test_the_line_names_the_prepared_data_and_the_records_history_read(tmp_path,
     monkeypatch.setattr(hyper_params, "load_config", lambda *a, **k: cfg)
     monkeypatch.setenv("ECG_PREPARED_DIR", setup["prepared"])
     meta = json.loads((Path(setup["prepared"]) / "meta.json").read_text())
+    edit_tree_after(monkeypatch, R, "next_beat_error")     # its line names the commit it started at, not ended at
     line = R.main(["--history-seconds", "3", "--data-dir", str(synthetic_db)])
     assert line["data_hash"] == f"{meta['data_hash']}/{meta['input_hash']}" and line["max_windows_per_record"] == 40
+    assert line["git_commit"] == "at-start"
     # the test split's record and the training split's, which calibrate the samplers; not the validation one's (101)
     assert line["history_input_hash"] == hash_inputs(synthetic_db, ["100", "102", "103", "104", "105"])
     assert json.loads(capsys.readouterr().out.splitlines()[-1]) == line
