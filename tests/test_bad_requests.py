@@ -285,7 +285,8 @@ def test_a_checkpoint_whose_name_the_system_refuses_is_one_error(tmp_path):
 
 def test_a_checkpoints_root_whose_name_the_system_refuses_is_one_error(tmp_path):
     """A checkpoints root too long for the file system (vqvae_eval.py --checkpoints, $ECG_CHECKPOINTS_DIR): looking
-    for its newest checkpoint raised the OSError as a traceback, where the error names the root and the flag."""
+    for its newest checkpoint raised the OSError as a traceback, where the error names the root and the flag (a
+    trainer's is --vqvae)."""
     import vqvae_eval
 
     root = tmp_path / ("x" * 300)
@@ -293,6 +294,10 @@ def test_a_checkpoints_root_whose_name_the_system_refuses_is_one_error(tmp_path)
     said = (f"error: cannot look for vqvae checkpoints in {root}: File name too long; pass --checkpoint, or a "
             "checkpoints root that can be read\n")
     assert r.returncode == 2 and r.stderr == said, r.stderr
+    import transformer_train        # a trainer's default VQ-VAE: the flag to pass is its --vqvae
+
+    r = run_script(transformer_train.main, "transformer_train.py", ["--device", "cpu", "--checkpoints", str(root)])
+    assert r.returncode == 2 and r.stderr == said.replace("--checkpoint,", "--vqvae,"), r.stderr
 
 
 def test_forecast_of_a_record_exactly_one_context_long(shipped, tmp_path):
