@@ -2264,7 +2264,10 @@ def test_the_kept_scores_are_said_on_a_line_of_their_own_after_ones_own_forecast
 def test_a_stop_python_swallowed_while_drawing_still_stops_the_evaluation(db250, tmp_path, monkeypatch, where):
     """Ctrl-C while the figures were drawn landed in a matplotlib weakref callback, where Python only printed it
     ('Exception ignored in'): the evaluation wrote its report and exited 0. The stop noted (running's unraisable hook)
-    stops it before the next gallery or the report, its scores kept."""
+    stops it before the next gallery (each forecasts its picks again) or the report, its scores kept."""
+    drawn = []
+    gallery = evaluate.plot_gallery
+    monkeypatch.setattr(evaluate, "plot_gallery", lambda *a, **k: drawn.append(a[0]) or gallery(*a, **k))
     real = getattr(evaluate, where)
 
     def swallowed(*args, **kwargs):
@@ -2273,8 +2276,29 @@ def test_a_stop_python_swallowed_while_drawing_still_stops_the_evaluation(db250,
     monkeypatch.setattr(evaluate, where, swallowed)
     try:
         with pytest.raises(KeyboardInterrupt, match="the 2 windows scored are kept in"):
-            evaluate.main(["--model", "zero", "--wfdb-dir", str(db250), "--records", "a01", "--max-windows-per-record",
-                           "2", "--results", str(tmp_path / "results")])
+            evaluate.main(["--model", "zero", "persistence", "--wfdb-dir", str(db250), "--records", "a01",
+                           "--max-windows-per-record", "2", "--results", str(tmp_path / "results")])
     finally:
         running._interrupted.clear()
     assert not list((tmp_path / "results").glob("evaluate-*"))
+    assert drawn == ([] if where == "plot_error_curves" else ["zero"])
+
+
+def test_a_stop_python_swallowed_while_scoring_stops_before_the_next_chunk(db250, tmp_path, monkeypatch):
+    """A Ctrl-C or SIGTERM Python swallowed in a finalizer while a chunk was forecast stops the evaluation before the
+    next chunk, not after every window was scored; the scores of the chunks done are kept."""
+    calls = []
+    real = evaluate.predict_windows
+
+    def swallowed(*args, **kwargs):
+        calls.append(1)
+        running._interrupted.set()
+        return real(*args, **kwargs)
+    monkeypatch.setattr(evaluate, "predict_windows", swallowed)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="the 1 window scored is kept in"):
+            evaluate.main(["--model", "zero", "--wfdb-dir", str(db250), "--max-windows-per-record", "1",
+                           "--results", str(tmp_path / "results")])
+    finally:
+        running._interrupted.clear()
+    assert len(calls) == 1
