@@ -159,7 +159,7 @@ def test_a_sampling_rate_beyond_any_float_is_a_bad_value():
     assert "'data.samples_per_second'" in error_of({"data": {"samples_per_second": 10 ** 400}})
     for rate in (2 ** 32, 10 ** 310):
         assert error_of({"data": {"samples_per_second": rate}}).endswith(
-            f"'data.samples_per_second' = {rate} is out of range: no setting takes an integer of 2**32 or more")
+            f"'data.samples_per_second' = {rate} is out of range: no setting takes an integer of size 2**32 or more")
 
 
 @pytest.mark.parametrize("name", ["config_vqvae.json", "config_transformer.json", "config_sde.json"])
