@@ -304,12 +304,14 @@ def run_data_hash(split: dict[str, Any]) -> str:
     return f"{split['data_hash']}/{split['input_hash']}"
 
 
-def git_commit() -> str:
-    """The commit of this checkout (with '-dirty' when files differ), recorded next to every result."""
+def git_commit(besides: tuple[str, ...] = ()) -> str:
+    """The commit of this checkout (with '-dirty' when files differ, files `besides` aside), recorded next to every
+    result."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":(exclude){p}" for p in besides)], cwd=ROOT,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -15,6 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+OUTPUTS = ("bench/results.jsonl", "bench/results.md")     # what `make bench` rewrites while its scripts run
+
+
+def bench_commit() -> str:
+    """The checkout's commit at a bench script's start. The files `make bench` is writing are left out of the
+    '-dirty' test: the line that deleted or appended to results.jsonl made every later line of a clean checkout
+    read '-dirty'."""
+    import paths
+
+    return paths.git_commit(besides=OUTPUTS)
+
+
 def positive_int(value: str) -> int:
     """argparse type of a count (samples, repeats, threads, windows): 0 or less is a usage error naming the flag,
     not a traceback from deep in the run (or, for a falsy 0, a silent default)."""

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import emit, forecaster_to_time, memory_mb, positive_int
+from common import bench_commit, emit, forecaster_to_time, memory_mb, positive_int
 
 import paths  # noqa: E402 (common puts the repository on sys.path)
 import running  # noqa: E402
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "else the shipped pretrained/forecaster.pt, else one trained on the fly)")
     p.add_argument("--samples", type=positive_int, default=100)
     args = p.parse_args(argv)
-    commit = paths.git_commit()     # at the start: the code that runs is the checkout of now, not of the end
+    commit = bench_commit()     # at the start: the code that runs is the checkout of now, not of the end
     import torch
 
     from forecast import Forecaster

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import emit, memory_mb
+from common import bench_commit, emit, memory_mb
 
 import paths  # noqa: E402 (common puts the repository on sys.path)
 import running  # noqa: E402
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=paths.given_path, help="VQ-VAE config JSON (default: config_vqvae.json)")
     args = p.parse_args(argv)
-    commit = paths.git_commit()     # at the start: the code that runs is the checkout of now, not of the end
+    commit = bench_commit()     # at the start: the code that runs is the checkout of now, not of the end
     cfg = load_config(args.config)
     data = paths.location("data")
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):

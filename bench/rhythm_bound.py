@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from common import emit, positive_int, positive_seconds
+from common import bench_commit, emit, positive_int, positive_seconds
 
 import metrics as M  # noqa: E402 (common puts the repository on sys.path)
 import paths  # noqa: E402
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data-dir", default=None, type=paths.given_path,
                    help="WFDB folder for `history` (default: $MITBIH_DIR or data/mitdb)")
     args = p.parse_args(argv)
-    commit = paths.git_commit()     # at the start: the code that runs is the checkout of now, not of the end
+    commit = bench_commit()     # at the start: the code that runs is the checkout of now, not of the end
 
     import baselines as B
     import evaluate as E

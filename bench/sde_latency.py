@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import emit, forecaster_to_time, memory_mb, positive_int, positive_seconds
+from common import bench_commit, emit, forecaster_to_time, memory_mb, positive_int, positive_seconds
 
 import paths  # noqa: E402 (common puts the repository on sys.path)
 import running  # noqa: E402
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    commit = paths.git_commit()     # at the start: the code that runs is the checkout of now, not of the end
+    commit = bench_commit()     # at the start: the code that runs is the checkout of now, not of the end
 
     import numpy as np
     import torch

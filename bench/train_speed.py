@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import emit, keep_encodings_in, memory_mb
+from common import bench_commit, emit, keep_encodings_in, memory_mb
 
 import paths  # noqa: E402 (common puts the repository on sys.path)
 import running  # noqa: E402
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--vqvae", type=paths.given_path, help="the forecasters' VQ-VAE checkpoint, as their --vqvae "
                    "(default: the newest checkpoints/vqvae-*/best.pt, else an untrained one)")
     args = p.parse_args(argv)
-    commit = paths.git_commit()     # at the start: the code that runs is the checkout of now, not of the end
+    commit = bench_commit()     # at the start: the code that runs is the checkout of now, not of the end
     if args.vqvae and args.model == "vqvae":
         p.error("--vqvae is the forecasters' VQ-VAE: the vqvae bench trains one (give its --config)")
     if args.steps < 2:

@@ -176,7 +176,7 @@ def edit_tree_after(monkeypatch, module, name: str) -> None:
         out = step(*args, **kwargs)
         tree["commit"] = "at-end"
         return out
-    monkeypatch.setattr(paths, "git_commit", lambda: tree["commit"])
+    monkeypatch.setattr(paths, "git_commit", lambda besides=(): tree["commit"])
     monkeypatch.setattr(module, name, then_edited)
 
 

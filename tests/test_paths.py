@@ -208,6 +208,28 @@ def test_git_commit_marks_a_dirty_checkout(tmp_path, monkeypatch):
     assert paths.git_commit() == head
 
 
+
+def test_a_bench_line_of_a_clean_checkout_is_not_dirty_for_the_files_make_bench_writes(tmp_path, monkeypatch):
+    """`make bench` deletes bench/results.jsonl, then appends a line per script: every line after the first read
+    '<commit>-dirty' on a clean checkout (results.md's header too). Any other edit still counts."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import common
+
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "bench").mkdir()
+    for name in ("bench/results.jsonl", "bench/results.md", "model.py"):
+        (tmp_path / name).write_text("one\n")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-q", "-m", "one")
+    head = _git(tmp_path, "rev-parse", "HEAD")
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    (tmp_path / "bench" / "results.jsonl").unlink()
+    (tmp_path / "bench" / "results.md").write_text("two\n")
+    assert common.bench_commit() == head and paths.git_commit() == head + "-dirty"
+    (tmp_path / "model.py").write_text("two\n")
+    assert common.bench_commit() == head + "-dirty"
+
+
 @pytest.fixture
 def read_only_folder(tmp_path):
     """An existing folder no file can be created in (for root too: /proc/self refuses new files)."""
