@@ -866,9 +866,10 @@ def test_bench_report_reads_lines_with_and_without_a_config(tmp_path):
     sys.path.insert(0, str(ROOT / "bench"))
     import report
 
-    old = (ROOT / "bench" / "results.jsonl").read_text().splitlines()[:2]
-    new = {**json.loads(old[1]), "config": "mine.json"}
-    (tmp_path / "results.jsonl").write_text("\n".join(old + [json.dumps(new)]) + "\n")
+    lines = [json.loads(line) for line in (ROOT / "bench" / "results.jsonl").read_text().splitlines()[:2]]
+    old = [{k: v for k, v in line.items() if k != "config"} for line in lines]     # as written before --config
+    new = {**lines[1], "config": "mine.json"}
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in old + [new]))
     report.main(str(tmp_path / "results.jsonl"), str(tmp_path / "results.md"))
     rows = [line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| train_vqvae")]
     assert len(rows) == 2 and "config" not in rows[0] and "config: mine.json" in rows[1]
