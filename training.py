@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 import paths
 import running
-from hyper_params import TrainConfig
+from hyper_params import INT_LIMIT, TrainConfig
 from paths import UserError, check_device
 from train_results import (TRAINING_STATE, MetricsLog, check_same_config, load_checkpoint, load_weights,
                            plot_codebook_health, plot_loss_curves, read_checkpoint, save_checkpoint)
@@ -959,12 +959,17 @@ def run_config(args: argparse.Namespace, resume: dict | None, load: Callable[[st
 
 def check_run_flags(args: argparse.Namespace) -> None:
     """run_parser's numbers refused by the flag's name and value: the config key a flag sets (train.epochs, or
-    crps.epochs when fine-tuning a latent SDE) is not what was typed."""
+    crps.epochs when fine-tuning a latent SDE) is not what was typed. A size of 2**32 or more is refused here as the
+    config's is: a run given one trained, and its checkpoints could then be neither resumed nor used."""
     for flag in ("epochs", "max_steps", "batch_size"):
         if (value := getattr(args, flag)) is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     if args.seed is not None and not 0 <= args.seed < 2 ** 32:
         raise UserError(f"--seed must be in [0, 2**32) (numpy's seed range), got {args.seed}")
+    for flag in ("epochs", "max_steps", "batch_size", "augment_copies"):
+        if (value := getattr(args, flag, None)) is not None and value >= INT_LIMIT:
+            raise UserError(f"--{flag.replace('_', '-')} must be < 2**32 (no setting takes an integer of size 2**32 "
+                            f"or more), got {value}")
 
 
 def resumed_seed(args: argparse.Namespace, resume: dict, config_seed: int | None = None) -> int:
