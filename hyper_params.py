@@ -245,7 +245,8 @@ def build_section(base: Any, values: dict, section: str, source: str) -> Any:
         if not _matches(value, hints[key]):
             raise UserError(f"{source}: config key '{section}.{key}' = {value!r} has the wrong type "
                             f"(expected {_type_name(hints[key])})")
-        if _is_int(value) and not -INT_LIMIT < value < INT_LIMIT:    # res_blocks 10**30 built blocks for ever
+        declared = _as_declared(value, hints[key])      # an int for a float key is a float: grad_clip 10**10 is fine
+        if _is_int(declared) and not -INT_LIMIT < declared < INT_LIMIT:    # res_blocks 10**30 built blocks for ever
             raise UserError(f"{source}: config key '{section}.{key}' = {value!r} is out of range: no setting "
                             f"takes an integer of size 2**32 or more")
     return dataclasses.replace(base, **{key: _as_declared(value, hints[key]) for key, value in values.items()})

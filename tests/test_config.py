@@ -182,6 +182,8 @@ def test_an_integer_beyond_any_setting_is_refused_by_key(name):
     raw = copy.deepcopy(base)
     raw["train"]["seed"] = 2 ** 32 - 1      # the largest seed numpy takes is still one
     assert read(raw).train.seed == 2 ** 32 - 1
+    raw["train"]["grad_clip"] = 10 ** 10    # a number key written as an integer is a float, as 1e10 is
+    assert read(raw).train.grad_clip == 1e10
 
 
 def test_edge_values_that_mean_something_are_accepted():
