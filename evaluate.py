@@ -838,13 +838,22 @@ def save_partial(partial: Partial, scores: dict[str, Scores], truth_sums: dict[s
 def note_other_partials(results: Path) -> None:
     """Scores kept by interrupted runs of other commands (or of weights or code since changed) stay until their
     command runs again, unseen in a hidden file each: say they are there, and what they weigh."""
-    others = sorted(results.glob(".evaluate-partial-*.npz"))
+    others = [size for p in sorted(results.glob(".evaluate-partial-*.npz")) if (size := _size(p)) is not None]
     if others:
-        mb = sum(p.stat().st_size for p in others) / 2 ** 20
+        mb = sum(others) / 2 ** 20
         many = len(others) > 1
         running.note(f"{len(others)} interrupted evaluation{'s' * many} of other settings "
                      f"{'keep their' if many else 'keeps its'} scores in {results}/.evaluate-partial-*.npz "
                      f"({mb:.1f} MB): each goes on when its command runs again; delete those you will not run again")
+
+
+def _size(path: Path) -> int | None:
+    """A kept file's bytes; None when it went (another run finished meanwhile) or is a link to nothing: the run whose
+    report is written does not end in a traceback over it."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def load_partial(partial: Partial, scores: dict[str, Scores], truth_sums: dict[str, np.ndarray],

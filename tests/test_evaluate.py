@@ -2116,6 +2116,23 @@ def test_a_stop_while_a_chunks_sums_are_added_keeps_the_last_whole_chunks(db250,
     _same_numbers(evaluate.main(common + ["--results", str(results)]), whole)
 
 
+def test_other_runs_kept_scores_are_counted_and_one_gone_or_dangling_is_left_out(tmp_path, capsys):
+    """A finished run names the scores other runs kept: a file that went between listing and reading (another run
+    finishing) or a link to nothing was a FileNotFoundError traceback after the report was written."""
+    (tmp_path / ".evaluate-partial-a.npz").write_bytes(b"x" * 2 ** 20)
+    (tmp_path / ".evaluate-partial-b.npz").write_bytes(b"x" * 2 ** 19)
+    (tmp_path / ".evaluate-partial-c.npz").symlink_to(tmp_path / "gone")
+    (tmp_path / "..evaluate-partial-d.npz.1.tmp").write_bytes(b"x")    # atomic_save_npz's file being written
+    evaluate.note_other_partials(tmp_path)
+    assert capsys.readouterr().err == (
+        f"note: 2 interrupted evaluations of other settings keep their scores in {tmp_path}/.evaluate-partial-*.npz "
+        f"(1.5 MB): each goes on when its command runs again; delete those you will not run again\n")
+    for name in "ab":
+        (tmp_path / f".evaluate-partial-{name}.npz").unlink()
+    evaluate.note_other_partials(tmp_path)
+    assert capsys.readouterr().err == ""
+
+
 def test_an_interrupted_evaluations_scores_are_not_used_by_another(db250, tmp_path, monkeypatch, capsys):
     """The scores kept are an evaluation's of its own forecasters, windows, samples and seed: a run with another seed
     starts over, leaving them for their own command."""
