@@ -144,10 +144,13 @@ def dist_timeout() -> datetime.timedelta:
         seconds = float(raw)
     except ValueError:
         seconds = float("nan")
-    if not 0 < seconds < float("inf"):
-        raise UserError(f"{DIST_TIMEOUT_ENV}={raw!r}: give the seconds a process waits for the others, e.g. "
-                        f"{DIST_TIMEOUT_DEFAULT_S}")
-    return datetime.timedelta(seconds=seconds)
+    try:
+        if 0 < seconds < float("inf"):
+            return datetime.timedelta(seconds=seconds)
+    except OverflowError:       # beyond timedelta's 10**9 days
+        pass
+    raise UserError(f"{DIST_TIMEOUT_ENV}={raw!r}: give the seconds a process waits for the others, e.g. "
+                    f"{DIST_TIMEOUT_DEFAULT_S}")
 
 
 def join_process_group(backend: str, rank: int, world: int) -> None:

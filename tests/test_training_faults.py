@@ -570,8 +570,9 @@ def test_rank_whose_port_is_taken_is_not_said_to_have_waited(tmp_path: Path) -> 
     assert "joined" not in r.stderr and not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("value", ["ten", "0", "-5", "inf"])
+@pytest.mark.parametrize("value", ["ten", "0", "-5", "inf", "1e14"])
 def test_bad_dist_timeout_is_named(monkeypatch, value: str) -> None:
+    """1e14 s is beyond a timedelta: an OverflowError traceback, now read by main_first too."""
     monkeypatch.setenv("ECG_DIST_TIMEOUT", value)
     with pytest.raises(UserError, match=f"ECG_DIST_TIMEOUT={value!r}: give the seconds"):
         training.dist_timeout()
