@@ -21,7 +21,7 @@ from typing import Any, Optional
 from paths import ROOT, UserError
 
 DEFAULT_CONFIG = ROOT / "config_vqvae.json"
-INT_LIMIT = 2 ** 32      # above any size, count or seed (numpy's seeds are < 2**32); torch and floats fail beyond it
+INT_LIMIT = 2 ** 63      # a 64-bit integer's range: torch's sizes and numpy's ints overflow beyond it
 
 
 @dataclass
@@ -248,7 +248,7 @@ def build_section(base: Any, values: dict, section: str, source: str) -> Any:
         declared = _as_declared(value, hints[key])      # an int for a float key is a float: grad_clip 10**10 is fine
         if _is_int(declared) and not -INT_LIMIT < declared < INT_LIMIT:    # res_blocks 10**30 built blocks for ever
             raise UserError(f"{source}: config key '{section}.{key}' = {value!r} is out of range: no setting "
-                            f"takes an integer of size 2**32 or more")
+                            f"takes an integer of size 2**63 or more")
     return dataclasses.replace(base, **{key: _as_declared(value, hints[key]) for key, value in values.items()})
 
 

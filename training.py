@@ -962,7 +962,7 @@ def run_config(args: argparse.Namespace, resume: dict | None, load: Callable[[st
 
 def check_run_flags(args: argparse.Namespace) -> None:
     """run_parser's numbers refused by the flag's name and value: the config key a flag sets (train.epochs, or
-    crps.epochs when fine-tuning a latent SDE) is not what was typed. A size of 2**32 or more is refused here as the
+    crps.epochs when fine-tuning a latent SDE) is not what was typed. A size of 2**63 or more is refused here as the
     config's is: a run given one trained, and its checkpoints could then be neither resumed nor used."""
     for flag in ("epochs", "max_steps", "batch_size"):
         if (value := getattr(args, flag)) is not None and value < 1:
@@ -971,7 +971,7 @@ def check_run_flags(args: argparse.Namespace) -> None:
         raise UserError(f"--seed must be in [0, 2**32) (numpy's seed range), got {args.seed}")
     for flag in ("epochs", "max_steps", "batch_size", "augment_copies"):
         if (value := getattr(args, flag, None)) is not None and value >= INT_LIMIT:
-            raise UserError(f"--{flag.replace('_', '-')} must be < 2**32 (no setting takes an integer of size 2**32 "
+            raise UserError(f"--{flag.replace('_', '-')} must be < 2**63 (no setting takes an integer of size 2**63 "
                             f"or more), got {value}")
 
 

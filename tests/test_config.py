@@ -157,9 +157,9 @@ def test_a_sampling_rate_beyond_any_float_is_a_bad_value():
     """The window's length is worked out in floats: an integer literal beyond them was an OverflowError traceback. The
     bound the error names holds from it, and just beyond the largest float too."""
     assert "'data.samples_per_second'" in error_of({"data": {"samples_per_second": 10 ** 400}})
-    for rate in (2 ** 32, 10 ** 310):
+    for rate in (2 ** 63, 10 ** 310):
         assert error_of({"data": {"samples_per_second": rate}}).endswith(
-            f"'data.samples_per_second' = {rate} is out of range: no setting takes an integer of size 2**32 or more")
+            f"'data.samples_per_second' = {rate} is out of range: no setting takes an integer of size 2**63 or more")
 
 
 @pytest.mark.parametrize("name", ["config_vqvae.json", "config_transformer.json", "config_sde.json"])
@@ -176,14 +176,16 @@ def test_an_integer_beyond_any_setting_is_refused_by_key(name):
     assert len(keys) > 5
     for section, key in keys:
         raw = copy.deepcopy(base)
-        raw[section][key] = 2 ** 32
-        with pytest.raises(UserError, match=f"'{section}.{key}' = 4294967296 is out of range"):
+        raw[section][key] = 2 ** 63
+        with pytest.raises(UserError, match=f"'{section}.{key}' = 9223372036854775808 is out of range"):
             read(raw)
     raw = copy.deepcopy(base)
     raw["train"]["seed"] = 2 ** 32 - 1      # the largest seed numpy takes is still one
     assert read(raw).train.seed == 2 ** 32 - 1
     raw["train"]["grad_clip"] = 10 ** 10    # a number key written as an integer is a float, as 1e10 is
     assert read(raw).train.grad_clip == 1e10
+    raw["train"]["max_steps_per_epoch"] = 10 ** 11     # "no cap" written large: checkpoints stored with it still load
+    assert read(raw).train.max_steps_per_epoch == 10 ** 11
 
 
 def test_edge_values_that_mean_something_are_accepted():

@@ -996,7 +996,7 @@ def test_a_scripts_own_flags_set_the_config_keys_it_declares():
 BAD_NUMBERS = [("--epochs", "0", "must be >= 1, got 0"), ("--max-steps", "-1", "must be >= 1, got -1"),
                ("--batch-size", "0", "must be >= 1, got 0"),
                ("--seed", "-1", "must be in [0, 2**32) (numpy's seed range), got -1")] + [
-    (flag, "4294967296", "must be < 2**32 (no setting takes an integer of size 2**32 or more), got 4294967296")
+    (flag, str(2 ** 63), f"must be < 2**63 (no setting takes an integer of size 2**63 or more), got {2 ** 63}")
     for flag in ("--epochs", "--max-steps", "--batch-size")]
 
 
@@ -1012,12 +1012,12 @@ def test_a_bad_number_is_refused_by_its_flags_name(tmp_path: Path, script, flag:
 
 @pytest.mark.parametrize("script", [transformer_train, latent_sde_train])
 def test_augment_copies_beyond_any_setting_is_refused_by_its_flags_name(tmp_path: Path, script) -> None:
-    """A run given --epochs or --augment-copies of 2**32 trained, and its checkpoints' stored config was then refused
+    """A run given --epochs or --augment-copies of 2**63 trained, and its checkpoints' stored config was then refused
     on --resume and as a --vqvae ('train.epochs = ... is out of range'): a flag is bounded as the config is."""
-    r = run_script(script.main, f"{script.__name__}.py", ["--augment-copies", "4294967296", "--results",
+    r = run_script(script.main, f"{script.__name__}.py", ["--augment-copies", str(2 ** 63), "--results",
                                                           str(tmp_path / "r")])
-    assert r.returncode == 2 and r.stderr == ("error: --augment-copies must be < 2**32 (no setting takes an integer of "
-                                              "size 2**32 or more), got 4294967296\n")
+    assert r.returncode == 2 and r.stderr == ("error: --augment-copies must be < 2**63 (no setting takes an integer of "
+                                              f"size 2**63 or more), got {2 ** 63}\n")
     assert not (tmp_path / "r").exists()
 
 
