@@ -837,12 +837,13 @@ def save_partial(partial: Partial, scores: dict[str, Scores], truth_sums: dict[s
 
 def note_other_partials(results: Path) -> None:
     """Scores kept by interrupted runs of other commands (or of weights or code since changed) stay until their
-    command runs again, unseen in a hidden file each: say they are there, and what they weigh."""
+    command runs again, unseen in a hidden file each: say they are there, and what they weigh. A run going on
+    beside this one in the same results root keeps its file there too, so the note does not call them all stopped."""
     others = [size for p in sorted(results.glob(".evaluate-partial-*.npz")) if (size := _size(p)) is not None]
     if others:
         mb = sum(others) / 2 ** 20
         many = len(others) > 1
-        running.note(f"{len(others)} interrupted evaluation{'s' * many} of other settings "
+        running.note(f"{len(others)} evaluation{'s' * many} of other settings, interrupted or still running, "
                      f"{'keep their' if many else 'keeps its'} scores in {results}/.evaluate-partial-*.npz "
                      f"({mb:.1f} MB): each goes on when its command runs again; delete those you will not run again")
 

@@ -2125,8 +2125,9 @@ def test_other_runs_kept_scores_are_counted_and_one_gone_or_dangling_is_left_out
     (tmp_path / "..evaluate-partial-d.npz.1.tmp").write_bytes(b"x")    # atomic_save_npz's file being written
     evaluate.note_other_partials(tmp_path)
     assert capsys.readouterr().err == (
-        f"note: 2 interrupted evaluations of other settings keep their scores in {tmp_path}/.evaluate-partial-*.npz "
-        f"(1.5 MB): each goes on when its command runs again; delete those you will not run again\n")
+        f"note: 2 evaluations of other settings, interrupted or still running, keep their scores in {tmp_path}/"
+        f".evaluate-partial-*.npz (1.5 MB): each goes on when its command runs again; delete those you will not run "
+        f"again\n")
     for name in "ab":
         (tmp_path / f".evaluate-partial-{name}.npz").unlink()
     evaluate.note_other_partials(tmp_path)
@@ -2150,11 +2151,12 @@ def test_an_interrupted_evaluations_scores_are_not_used_by_another(db250, tmp_pa
     _same_numbers(evaluate.main(common + ["--results", str(results)]), whole)
     said = capsys.readouterr().err
     assert "going on" not in said
-    assert f"1 interrupted evaluation of other settings keeps its scores in {results}/.evaluate-partial-" in said
+    assert f"1 evaluation of other settings, interrupted or still running, keeps its scores in {results}/" in said
     assert list(results.glob(".evaluate-partial-*.npz")) == kept and kept[0].read_bytes() == before
     evaluate.main(common + ["--seed", "1", "--results", str(results)])
     said = capsys.readouterr().err
-    assert "going on from an interrupted run: 4 of 6 windows scored" in said and "interrupted evaluation" not in said
+    assert "going on from an interrupted run: 4 of 6 windows scored" in said
+    assert "interrupted or still running" not in said
 
 
 def test_kept_scores_are_of_their_torch_thread_count(db250, tmp_path, monkeypatch, capsys):
