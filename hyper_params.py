@@ -22,6 +22,7 @@ from paths import ROOT, UserError
 
 DEFAULT_CONFIG = ROOT / "config_vqvae.json"
 INT_LIMIT = 2 ** 63      # a 64-bit integer's range: torch's sizes and numpy's ints overflow beyond it
+BEYOND_INT_LIMIT = "no setting takes an integer of size 2**63 or more"    # the config's words, and its flags'
 
 
 @dataclass
@@ -238,6 +239,7 @@ def build_section(base: Any, values: dict, section: str, source: str) -> Any:
         raise UserError(f"{source}: section '{section}' must be an object, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
+    declared = {}
     for key, value in values.items():
         if key not in known:
             raise UserError(f"{source}: unknown config key '{section}.{key}' = {value!r} "
@@ -245,11 +247,11 @@ def build_section(base: Any, values: dict, section: str, source: str) -> Any:
         if not _matches(value, hints[key]):
             raise UserError(f"{source}: config key '{section}.{key}' = {value!r} has the wrong type "
                             f"(expected {_type_name(hints[key])})")
-        declared = _as_declared(value, hints[key])      # an int for a float key is a float: grad_clip 10**10 is fine
-        if _is_int(declared) and not -INT_LIMIT < declared < INT_LIMIT:    # res_blocks 10**30 built blocks for ever
-            raise UserError(f"{source}: config key '{section}.{key}' = {value!r} is out of range: no setting "
-                            f"takes an integer of size 2**63 or more")
-    return dataclasses.replace(base, **{key: _as_declared(value, hints[key]) for key, value in values.items()})
+        # an int for a float key is a float (grad_clip 10**10 is fine); res_blocks 10**30 built blocks for ever
+        declared[key] = v = _as_declared(value, hints[key])
+        if _is_int(v) and not -INT_LIMIT < v < INT_LIMIT:
+            raise UserError(f"{source}: config key '{section}.{key}' = {value!r} is out of range: {BEYOND_INT_LIMIT}")
+    return dataclasses.replace(base, **declared)
 
 
 def read_json(path: str | Path) -> dict:

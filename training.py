@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 import paths
 import running
-from hyper_params import INT_LIMIT, TrainConfig
+from hyper_params import BEYOND_INT_LIMIT, INT_LIMIT, TrainConfig
 from paths import UserError, check_device
 from train_results import (TRAINING_STATE, MetricsLog, check_same_config, load_checkpoint, load_weights,
                            plot_codebook_health, plot_loss_curves, read_checkpoint, save_checkpoint)
@@ -971,8 +971,7 @@ def check_run_flags(args: argparse.Namespace) -> None:
         raise UserError(f"--seed must be in [0, 2**32) (numpy's seed range), got {args.seed}")
     for flag in ("epochs", "max_steps", "batch_size", "augment_copies"):
         if (value := getattr(args, flag, None)) is not None and value >= INT_LIMIT:
-            raise UserError(f"--{flag.replace('_', '-')} must be < 2**63 (no setting takes an integer of size 2**63 "
-                            f"or more), got {value}")
+            raise UserError(f"--{flag.replace('_', '-')} must be < 2**63 ({BEYOND_INT_LIMIT}), got {value}")
 
 
 def resumed_seed(args: argparse.Namespace, resume: dict, config_seed: int | None = None) -> int:
