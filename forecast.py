@@ -628,7 +628,7 @@ def heart_rates(res: dict) -> dict:
     from metrics import detect_r_peaks, heart_rate, per_row
     fs, lead = res["fs"], res["context"][:, 0]
     c, horizon = len(lead), res["samples"].shape[1]
-    context = round(heart_rate(detect_r_peaks(lead[None], fs)[1], fs, c / fs), 1)
+    context = heart_rate(detect_r_peaks(lead[None], fs)[1], fs, c / fs)
     none = {"context": context, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None}
     if horizon < MIN_PERIOD_S * fs:
         return none
@@ -637,17 +637,22 @@ def heart_rates(res: dict) -> dict:
         x = np.concatenate([np.broadcast_to(lead, (len(continuations), c)), continuations], axis=1)
         found = [p[p >= c] for p in per_row(*detect_r_peaks(x, fs, level_from=c), len(x))]
         counted = horizon >= MAX_PERIOD_S * fs
-        return np.array([round(heart_rate(p, fs, horizon / fs), 1) if counted or len(p) >= 2 else np.nan
+        return np.array([heart_rate(p, fs, horizon / fs) if counted or len(p) >= 2 else np.nan
                          for p in found])
 
     paths, truth = rates(res["samples"][:, :, 0]), res["truth"][:, 0]
     truth_rate = rates(truth[None])[0] if len(truth) == horizon and np.isfinite(truth).all() else np.nan
     if np.isnan(paths).all():
         return none
-    return {"context": context, "paths_median": round(float(np.nanmedian(paths)), 1),   # 72.2, not 72.19999999999999
-            "paths_p10": round(float(np.nanpercentile(paths, 10)), 1),
-            "paths_p90": round(float(np.nanpercentile(paths, 90)), 1),
+    return {"context": context, "paths_median": float(np.nanmedian(paths)),
+            "paths_p10": float(np.nanpercentile(paths, 10)), "paths_p90": float(np.nanpercentile(paths, 90)),
             "truth": None if np.isnan(truth_rate) else float(truth_rate)}
+
+
+def one_decimal(hr: dict) -> dict:
+    """heart_rates to 0.1 bpm for the .json (72.2, not 72.19999999999999). The line rounds the unrounded rates: 73.45
+    kept as 73.5 would read 74."""
+    return {key: None if v is None else round(v, 1) for key, v in hr.items()}
 
 
 def heart_rate_line(hr: dict, n_paths: int = 2) -> str:
@@ -688,7 +693,7 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
         paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "fs_in": res["fs_in"],
                                  "leads": res["leads"], "samples_shape": list(res["samples"].shape), "units": "mV",
                                  "seed": args.seed, "truth_samples": truth, "truth_gap_samples": gap,
-                                 "heart_rate_bpm": res["heart_rate"], "input_hash": res["input_hash"],
+                                 "heart_rate_bpm": one_decimal(res["heart_rate"]), "input_hash": res["input_hash"],
                                  "device": res["device"], "checkpoint": str(checkpoint), **run}, js)
     return files
 

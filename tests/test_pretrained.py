@@ -511,14 +511,17 @@ def test_heart_rates_of_the_context_each_path_and_the_truth():
     assert forecast.heart_rate_line(hr) == "detected heart rate (bpm): context 60, paths 80 [64-112], truth 60"
 
 
-def test_heart_rates_of_the_paths_keep_one_decimal_like_the_others(monkeypatch):
-    """The median and percentiles of rates rounded to 0.1 bpm are rounded too: the .json said 72.19999999999999."""
+def test_heart_rates_keep_one_decimal_in_the_json_and_round_once_in_the_line(monkeypatch):
+    """The .json keeps 0.1 bpm (it said 72.19999999999999); the line rounds the rates themselves: 73.45 bpm stored
+    as 73.5 first read 74."""
     import metrics
-    rates = iter([73.8, 72.1, 72.3, 75.1])                  # the context's, two paths', the truth's
+    rates = iter([73.45, 72.1, 72.3, 75.1])                  # the context's, two paths', the truth's
     monkeypatch.setattr(metrics, "heart_rate", lambda *args: next(rates))
     ctx, paths = np.zeros((384, 2)), np.zeros((2, 384, 2))
     hr = forecast.heart_rates({"context": ctx, "samples": paths, "truth": paths[0], "fs": 128})
-    assert hr == {"context": 73.8, "paths_median": 72.2, "paths_p10": 72.1, "paths_p90": 72.3, "truth": 75.1}
+    assert forecast.one_decimal(hr) == {"context": 73.5, "paths_median": 72.2, "paths_p10": 72.1, "paths_p90": 72.3,
+                                        "truth": 75.1}
+    assert forecast.heart_rate_line(hr) == "detected heart rate (bpm): context 73, paths 72 [72-72], truth 75"
 
 
 def test_heart_rates_count_each_stretch_over_its_own_seconds():
