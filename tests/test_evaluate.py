@@ -1507,6 +1507,30 @@ def test_records_horizon_beats_leaves_without_windows_are_named_with_the_reason(
     assert "(2 records skipped)" in report and "- n: none of its 6 windows" in report
 
 
+def test_a_record_horizon_beats_leaves_unscored_counts_nowhere(tmp_path):
+    """--horizon-beats ventricular loads n (annotated, all beats N) but scores none of its windows: the detector's
+    counts, its annotated records and every table are those of scoring v alone, and n is only named as skipped."""
+    import wfdb
+
+    write_record(tmp_path / "db", "v", seconds=40, seed=0)
+    _, beats = synthetic_ecg(40, 360.0, seed=0)
+    wfdb.wrann("v", "atr", np.asarray(beats), symbol=["V" if k % 9 == 4 else "N" for k in range(len(beats))],
+               write_dir=str(tmp_path / "db"))
+    write_record(tmp_path / "db", "n", seconds=40, seed=1)
+    argv = ["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), "--horizon-beats", "ventricular"]
+    run, both = _run(argv + ["--results", str(tmp_path / "both")])
+    _, alone = _run(argv + ["--records", "v", "--results", str(tmp_path / "alone")])
+    assert both["detector"] == alone["detector"] and both["detector"]["annotated_records"] == 1
+    assert both["detector"]["100ms"]["tp"] > 0
+    assert both["records"] == alone["records"] == ["v"]
+    assert both["per_record"] == alone["per_record"] and both["forecasters"] == alone["forecasters"]
+    assert [r["record"] for r in both["record_info"]] == ["v"]
+    assert both["horizon_beats"]["ventricular"]["records"] == ["v"]
+    assert [s["record"] for s in both["skipped"]] == ["n"]
+    report = (run / "report.md").read_text()
+    assert "of 1 annotated records" in report and "| n |" not in report and "- n: none of its" in report
+
+
 def test_horizon_beats_on_unclassified_beats_says_they_carry_no_class(tmp_path, capsys):
     """A QRS detector's annotations (--annotator qrs) label every beat N: --horizon-beats ventricular said only that
     no window has such a beat, and normal took every window as normal, both without saying why. A cardiologist's of
