@@ -492,7 +492,8 @@ def test_prepared_split_and_record_filter(synthetic_db, tmp_path):
     _, one = _run(["--model", "zero", "--prepared", str(prepared), "--records", test_records[-1],
                    "--results", str(tmp_path / "results")])
     assert [r["record"] for r in one["record_info"]] == test_records[-1:]
-    with pytest.raises(UserError, match="999"):
+    with pytest.raises(UserError, match=r"records \['999'\] are not in .*prepared/test\.pt \(it has "
+                                        + ", ".join(test_records) + r"\)$"):        # the split's file and records
         evaluate.main(["--model", "zero", "--prepared", str(prepared), "--records", "999",
                        "--results", str(tmp_path / "results")])
 

@@ -91,9 +91,14 @@ def test_resample_ratio_exact(fs_in, ratio):
     assert (r.numerator, r.denominator) == ratio
 
 
-@pytest.mark.parametrize("fs_in", [333.333, 0.0, -360.0, float("nan"), float("inf")])
-def test_resample_ratio_uneven_or_invalid(fs_in):
-    with pytest.raises(UserError, match="rec7"):
+@pytest.mark.parametrize("fs_in, why", [(333.333, "333.333 Hz does not resample evenly to 128 Hz"),
+                                        (0.0, "0.0 Hz is not a positive number"),
+                                        (-360.0, "-360.0 Hz is not a positive number"),
+                                        (float("nan"), "nan Hz is not a positive number"),
+                                        (float("inf"), "inf Hz is not a positive number")])
+def test_resample_ratio_uneven_or_invalid(fs_in, why):
+    """Named with the record, the rate and what is wrong with it (any error naming rec7 passed)."""
+    with pytest.raises(UserError, match=f"^rec7: sampling rate {why}"):
         pm.resample_ratio(fs_in, FS, "rec7")
 
 
@@ -720,7 +725,7 @@ def test_mitbih_names_in_another_database_are_pointed_out(tmp_path, capsys):
 
 
 def test_record_in_test_and_validation_raises():
-    with pytest.raises(UserError, match="109"):
+    with pytest.raises(UserError, match=r"^records \['109'\] are in both test_records and validation_records$"):
         pm.assign_splits(MITBIH_48, test=["109"], validation=["109"])
 
 
