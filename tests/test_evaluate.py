@@ -126,7 +126,8 @@ def test_your_own_forecaster_is_scored_and_paired_like_a_model(db250, tmp_path):
     assert {row["forecaster"] for row in result["paired"]} == {"HalfLastSecond"}
     assert (run / "gallery_HalfLastSecond.png").is_file()
     for bad, needle in ((f"{tmp_path / 'nope.py'}:X", "no such file"), (f"{tmp_path / 'mine.py'}:Nope", "no class"),
-                        ("numpy:pi", "numpy:pi"), ("my_models:Mine", "my_models.py:Mine loads it by its path")):
+                        ("numpy:pi", "numpy:pi: numpy has no class or function pi$"),   # not called, as pi(128)
+                        ("my_models:Mine", "my_models.py:Mine loads it by its path")):
         with pytest.raises(UserError, match=needle):
             evaluate.main(["--model", bad, "--wfdb-dir", str(db250), "--results", str(tmp_path / "results")])
 
