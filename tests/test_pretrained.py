@@ -590,8 +590,10 @@ def test_forecast_takes_the_shipped_models_by_name(tmp_path, monkeypatch, record
 
 def test_forecast_uses_the_checkpoint_file_given(tmp_path, monkeypatch, record):
     """--checkpoint PATH is the model forecast and recorded, not the default shipped Transformer."""
-    _forecast(monkeypatch, record, tmp_path, "--checkpoint", str(SHIPPED["latent_sde"]))
+    samples = _forecast(monkeypatch, record, tmp_path, "--checkpoint", str(SHIPPED["latent_sde"]))
     assert json.loads((tmp_path / "r_5s.json").read_text())["checkpoint"] == str(SHIPPED["latent_sde"])
+    own = forecast_record(Forecaster.from_checkpoint(SHIPPED["latent_sde"], "cpu"), str(record), 5, 1, 4, 0)
+    np.testing.assert_array_equal(samples, own["samples"])          # its paths, not only its name in the .json
 
 
 def test_forecast_seed_flag_chooses_the_draw(tmp_path, monkeypatch, record):
