@@ -639,10 +639,20 @@ def test_shipped_model_scored_on_other_windows_is_warned(tmp_path):
         Forecaster.from_checkpoint(PRETRAINED, "cpu"), evaluate.load_config(str(cfg)))
 
 
-def test_results_are_written_whole(tmp_path):
+def test_results_are_written_whole(tmp_path, monkeypatch):
+    """A write that fails part way (a full disk) keeps the earlier file whole and leaves no part of its own."""
     target = tmp_path / "a.npy"
     paths.atomic_save_npy(np.arange(5), target)
     assert np.array_equal(np.load(target), np.arange(5)) and [p.name for p in tmp_path.iterdir()] == ["a.npy"]
+    before = target.read_bytes()
+
+    def disk_full(f, array):
+        f.write(b"half an array")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(np, "save", disk_full)
+    with pytest.raises(UserError, match=f"cannot write {target}: No space left on device"):
+        paths.atomic_save_npy(np.arange(7), target)
+    assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["a.npy"]
 
 
 
