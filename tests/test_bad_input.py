@@ -490,7 +490,10 @@ def test_listed_test_record_missing(cli):
 
 
 def test_output_not_writable(cli):
-    check_error(cli["out_not_writable"], "somefile.txt")
+    """Refused before any record is read: any error naming somefile.txt passed, the failed write of train.pt after
+    every record was read and filtered ('cannot write to .../somefile.txt/sub') too."""
+    check_error(cli["out_not_writable"], "cannot write to the output folder ",
+                f"{Path('somefile.txt', 'sub')}: Not a directory")
 
 
 def test_prepared_tensors_missing(tmp_path):
