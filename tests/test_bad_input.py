@@ -442,11 +442,13 @@ def test_no_download_into_a_folder_of_other_files(tmp_path, monkeypatch):
 
 
 def test_truncated_dat(cli):
-    check_error(cli["truncated_dat"], "b.dat", "truncated")
+    """What is wrong, not 'truncated', which the case's folder (.../truncated/b.dat) gave any error naming b.dat."""
+    check_error(cli["truncated_dat"], "b.dat: ", "bytes, but the header's 4320 samples need", "(truncated file?)")
 
 
 def test_header_names_missing_dat(cli):
-    check_error(cli["missing_dat"], "b.hea", "b_signals.dat", "missing")
+    """What is wrong, not 'missing', which the case's folder (.../missing_dat/b) gave any error naming the files."""
+    check_error(cli["missing_dat"], "b.hea names the signal file b_signals.dat, which is missing from")
 
 
 def test_nan_samples(cli):
