@@ -507,9 +507,10 @@ def record_window(rec: Record, record: str, data: DataConfig, start_s: float, ho
     if rec.length < ctx:
         raise UserError(f"{record} lasts {rec.length / fs:.1f} s, shorter than the model's context of "
                         f"{ctx / fs:.1f} s: no forecast can start in it")
-    if at < ctx or at > rec.length:
+    if at < ctx or at > rec.length:       # the end rounded down: 1805.6 s, rounded up, read as a start refused at it
+        end = f"{math.floor(rec.length / fs * 100 + 1e-6) / 100:.2f}".removesuffix("0")
         raise UserError(f"--start {start_s} s must lie between {ctx / fs:.1f} s (one context) and the record's end "
-                        f"({rec.length / fs:.1f} s) in {record}")
+                        f"({end} s) in {record}")
     i = at - rec.offset                                     # where the record's sample `at` is in what was read
     context = rec.signal[i - ctx:i]
     if not np.isfinite(context).all():

@@ -506,6 +506,24 @@ def test_a_start_past_the_end_of_a_record_without_a_length_is_said_by_forecast(t
         with pytest.raises(UserError, match=r"--start .* must lie between .* and the record's end \(20\.0 s\)"):
             forecast_record(fc, str(rec), start, 1.0, 1, 0)
 
+
+def test_a_start_just_past_the_end_is_refused_with_an_end_before_it(tmp_path):
+    """MIT-BIH's 100 ends at 1805.56 s: --start 1805.6 was refused as outside '... and the record's end (1805.6 s)',
+    the end rounded up to the very start refused. The end is rounded down, so a start the message allows works."""
+    from baselines import Persistence
+    from conftest import write_record
+    from forecast import forecast_record
+    from hyper_params import load_config
+
+    cfg = load_config()
+    fc = Persistence(cfg.data.samples_per_second)
+    fc.cfg = cfg
+    rec = write_record(tmp_path, "r", seconds=19.96, seed=1)       # 2555 samples at 128 Hz: 19.9609 s
+    with pytest.raises(UserError, match=r"--start 19\.97 s must lie .* and the record's end \(19\.96 s\)"):
+        forecast_record(fc, str(rec), 19.97, 1.0, 1, 0)
+    assert forecast_record(fc, str(rec), 19.96, 1.0, 1, 0)["truth"].shape == (0, 2)
+
+
 def test_training_codes_of_the_context_do_not_see_its_future():
     """A forecast encodes its context alone, with no future to read: the training windows' context codes must
     be the codes of the context alone too (and the future's those of the future alone), not codes of the
