@@ -255,6 +255,9 @@ class Forecaster(ForecasterBase):
         paths.check_device(None if device is None else str(device), "device")
         if str(path) in SHIPPED_SPECS:
             path = paths.shipped_checkpoint(str(path), "Forecaster.from_checkpoint")
+        elif str(path) in SHIPPED and not Path(path).exists():     # from_pretrained's name was 'checkpoint not found'
+            raise UserError(f"Forecaster.from_checkpoint({str(path)!r}): no such file; it takes the shipped models as "
+                            f"{' or '.join(SHIPPED_SPECS)}, from_pretrained(model={str(path)!r}) loads this one")
         ckpt, digest = read_checkpoint(path)
         with torch.random.fork_rng(devices=[]):     # the modules' first weights, replaced on load, come from torch's
             fc = cls._built(ckpt, path, device)     # global generator: a session's seeded draws must not move

@@ -287,6 +287,16 @@ def test_from_checkpoint_takes_the_shipped_models_command_line_names(name, model
 
 
 @pytest.mark.parametrize("model", SHIPPED)
+def test_from_checkpoint_given_from_pretrained_s_name_says_which_names_it_takes(model, tmp_path, monkeypatch):
+    """The README names the shipped models latent_sde and transformer in from_pretrained, pretrained_sde and
+    pretrained elsewhere: from_checkpoint("latent_sde") said only 'checkpoint not found: latent_sde'."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=f"from_checkpoint\\('{model}'\\): no such file; .* pretrained or "
+                                        f"pretrained_sde, from_pretrained\\(model='{model}'\\) loads this one"):
+        Forecaster.from_checkpoint(model, "cpu")
+
+
+@pytest.mark.parametrize("model", SHIPPED)
 def test_loading_a_forecaster_leaves_torchs_global_random_numbers(model):
     """Building the modules drew their first weights (replaced on load) from torch's global generator: a session that
     seeded torch drew other numbers after loading a forecaster than without it."""
