@@ -42,7 +42,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Callable, Iterator, NoReturn
 
 import numpy as np
@@ -166,8 +166,19 @@ class OwnForecaster:
         try:
             return self._own.predict(*args, **kwargs)
         except Exception as e:
-            frames = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next)).rstrip()
+            tb = own_frames(e.__traceback__.tb_next, self._own.predict)
+            frames = "".join(traceback.format_exception(type(e), e, tb)).rstrip()
             raise UserError(f"{self._said}: its predict raised {type(e).__name__}: {e}\n{frames}") from e
+
+
+def own_frames(tb: TracebackType, predict: Callable) -> TracebackType:
+    """The traceback from `predict`'s own frame on: a decorator's wrapper above it (torch.no_grad's, as the README's
+    MyForecaster has) is no frame of theirs. All of `tb` when that frame is not in it (it failed in the wrapper)."""
+    code = getattr(inspect.unwrap(predict), "__code__", None)
+    own = tb
+    while own is not None and own.tb_frame.f_code is not code:
+        own = own.tb_next
+    return own or tb
 
 
 def import_source(spec: str, flag: str) -> ModuleType:

@@ -147,6 +147,20 @@ def test_your_own_forecaster_that_raises_is_named_with_its_own_frames(db250, tmp
     assert not any((tmp_path / "results").iterdir())                 # no run folder
 
 
+def test_your_own_forecasters_frames_leave_out_a_decorator_around_its_predict(tmp_path):
+    """The README's MyForecaster decorates predict with @torch.no_grad(): the traceback of 'its own frames only'
+    began in torch's _contextlib.py, the decorator's wrapper; it begins at predict now."""
+    mine = tmp_path / "mine.py"
+    mine.write_text("import torch\n\n\nclass Raises:\n    @torch.no_grad()\n    def predict(self, context, horizon, "
+                    "num_samples=100, seed=0):\n        raise ValueError('no')\n\n\ndef make(fs):\n    r = Raises()"
+                    "\n    r.fs = fs\n    return r\n")
+    fc = evaluate.user_forecaster(f"{mine}:make", 128)
+    with pytest.raises(UserError) as caught:
+        fc.predict(np.zeros((1, 384, 2)), 10, 1, 0)
+    assert [line.split(",")[0] for line in str(caught.value).splitlines() if line.startswith("  File")] == [
+        f'  File "{mine}"']
+
+
 OWN_DATA_FORECASTER = """
 import numpy as np
 
