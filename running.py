@@ -207,6 +207,27 @@ def raise_if_signalled() -> None:
         raise KeyboardInterrupt()
 
 
+_watching = threading.Event()     # stop_when_orphaned's watch started: once a process
+
+
+def stop_when_orphaned(poll_s: float = 1.0) -> None:
+    """torchrun starts each worker in a session of its own, so a kill -9 of torchrun left its workers training and
+    writing the run's files, beside a resume of the same run: a worker whose launcher is gone sends itself SIGTERM,
+    and stops as on a scheduler's (Terminated), saying how to resume."""
+    if _watching.is_set():
+        return
+    _watching.set()
+    launcher = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(poll_s)
+        note(f"the process that started this one (torchrun, pid {launcher}) is gone: stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop_when_orphaned", daemon=True).start()
+
+
 def _note_swallowed(hook: Callable[[Any], Any]) -> Callable[[Any], None]:
     """sys.unraisablehook that notes a Terminated or KeyboardInterrupt Python swallowed (see raise_if_signalled): a
     Ctrl-C's is raised again at the next step, and a later SIGTERM raises Terminated again in any script, rather

@@ -95,6 +95,8 @@ def setup_runtime(device: str | None = None) -> Runtime:
     device = check_device(device)       # before the GPU test: a typo is an error on any machine
     use_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")   # cpu:0 too
     if world > 1:
+        if "TORCHELASTIC_RUN_ID" in os.environ:     # set by torchrun for its workers
+            running.stop_when_orphaned()
         return Runtime(_rank_device(device, use_cuda, rank, local, world), rank, world)
     dev = torch.device(device if device else ("cuda" if use_cuda else "cpu"))
     if dev.type == "cuda" and dev.index is not None:

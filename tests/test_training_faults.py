@@ -7,6 +7,7 @@ thread, so runs compare bit for bit.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import importlib
@@ -758,3 +759,57 @@ def test_a_forecasters_run_roots_are_checked_before_its_data_is_encoded(script, 
                                                  "--results", str(results), "--checkpoints", str(tmp_path / "ckpt")])
     assert r.returncode == 2 and r.stderr == f"error: cannot write to the output folder {results}: File name too long\n"
     assert list(tmp_path.iterdir()) == []
+
+
+ORPHAN = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", '''
+import time, running
+def main():
+    running.stop_when_orphaned(0.05)
+    print("ready", flush=True)
+    while True:
+        time.sleep(0.01)
+running.run_main(main)
+'''], start_new_session=True, stdout=sys.stdout, stderr=open(sys.argv[1], "w"))
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_torchrun_worker_whose_torchrun_is_killed_stops(tmp_path: Path) -> None:
+    """torchrun starts its workers in sessions of their own: a kill -9 of torchrun left them training and writing the
+    run's files. A worker that outlives the process that started it stops as on SIGTERM, saying why."""
+    err = tmp_path / "err"
+    launcher = subprocess.Popen([sys.executable, "-c", ORPHAN, str(err)], cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)},
+                                stdout=subprocess.PIPE, text=True)
+    worker = int(launcher.stdout.readline())
+    try:
+        assert launcher.stdout.readline() == "ready\n"
+        launcher.kill()
+        launcher.wait()
+        for _ in range(200):
+            if "terminated" in err.read_text():
+                break
+            time.sleep(0.05)
+        assert err.read_text() == (f"note: the process that started this one (torchrun, pid {launcher.pid}) is gone: "
+                                   "stopping\nterminated\n")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("elastic", [True, False], ids=["torchrun", "other_launcher"])
+def test_only_torchruns_workers_watch_their_launcher(monkeypatch, elastic: bool) -> None:
+    """torchrun's workers (TORCHELASTIC_RUN_ID) watch it; srun's ranks and a lone process, whose launchers do not
+    start them in sessions of their own, do not."""
+    watched = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    if elastic:
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    else:
+        monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setattr(training, "_rank_device", lambda *a: torch.device("cpu"))
+    monkeypatch.setattr(running, "stop_when_orphaned", lambda: watched.append(True))
+    assert training.setup_runtime("cpu").world == 2 and watched == [True] * elastic
