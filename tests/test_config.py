@@ -4,13 +4,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
+import subprocess
 
 import pytest
 
 import hyper_params
 from hyper_params import (PREDATED, Config, DataConfig, ModelConfig, config_from_dict, data_hash,
                           load_config, stored_config)
-from paths import UserError
+from paths import ROOT, UserError
 
 
 def error_of(raw: dict) -> str:
@@ -392,3 +394,47 @@ def test_reviewed_model_settings_are_checked_where_they_matter():
     assert "'model.attention_layers' = 0" in error_of({"model": {"has_attention": True, "attention_layers": 0}})
     assert config_from_dict({"model": {"has_attention": False, "attention_layers": 0}}).model.attention_layers == 0
     assert "'train.learning_rate'" in error_of({"train": {"learning_rate": 10 ** 400}})
+
+
+def readme_section(title: str) -> str:
+    """The README's section under `## {title}`, up to the next `## ` heading."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index(f"\n## {title}\n")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def test_readme_configuration_table_names_every_key_with_its_default():
+    """Every key config_vqvae.json takes is in a row of the README's table that shows its default: the rows of network
+    size, VQ losses, dead-code restarts and train.* showed none, though the table's header promises them."""
+    table = readme_section("Configuration (`config_vqvae.json`)")
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    words = {None: "null", False: "false", True: "true"}
+    for section, keys in Config().to_dict().items():
+        for key, default in keys.items():
+            row = next((r for r in rows if f"`{section}.{key}`" in r.split("|")[1]
+                        or (section == "train" and f" {key} (" in r)), None)
+            assert row, f"{section}.{key} is not in the README's configuration table"
+            shown = [words.get(v, v) if isinstance(v, bool) or v is None else v
+                     for v in (default if isinstance(default, list) else [default])]
+            for value in shown:
+                whole = isinstance(value, float) and value.is_integer()      # 40.0 may read 40
+                text = rf"{int(value)}(\.0)?" if whole else re.escape(str(value))
+                pattern = rf"\b{key} \([^)]*?\b{text}\b" if section == "train" else rf"(?<![\w.]){text}(?![\w]|\.\d)"
+                assert re.search(pattern, row), f"{section}.{key}'s default {value} is not in its row: {row[:80]}"
+
+
+def test_readme_layout_names_every_file_at_the_root():
+    """A reader learns what each file is for from the Layout table: Makefile, requirements.txt, environment.yml
+    and .ci/run were missing from it."""
+    try:
+        tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    except OSError:
+        pytest.skip("no git: the files at the root are the ones git tracks")
+    if tracked.returncode:
+        pytest.skip("not a git clone: the files at the root are the ones git tracks")
+    layout = readme_section("Layout")
+    names = {path.split("/")[0] for path in tracked.stdout.splitlines() if not path.startswith(".ci/")}
+    names |= {path for path in tracked.stdout.splitlines() if path.startswith(".ci/")}
+    missing = sorted(n for n in names - {"README.md", ".gitignore"}
+                     if f"`{n}`" not in layout and f"`{n}/`" not in layout)
+    assert not missing, f"README's Layout leaves out {missing}"
