@@ -963,12 +963,15 @@ def run_config(args: argparse.Namespace, resume: dict | None, load: Callable[[st
 
 
 def check_run_flags(args: argparse.Namespace) -> None:
-    """run_parser's numbers refused by the flag's name and value: the config key a flag sets (train.epochs, or
-    crps.epochs when fine-tuning a latent SDE) is not what was typed. A size of 2**63 or more is refused here as the
-    config's is: a run given one trained, and its checkpoints could then be neither resumed nor used."""
+    """run_parser's numbers and the forecasters' --augment-copies refused by the flag's name and value: the config
+    key a flag sets (train.epochs, augment.copies, or crps.epochs when fine-tuning a latent SDE) is not what was
+    typed. A size of 2**63 or more is refused here as the config's is: a run given one trained, and its checkpoints
+    could then be neither resumed nor used."""
     for flag in ("epochs", "max_steps", "batch_size"):
         if (value := getattr(args, flag)) is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if (value := getattr(args, "augment_copies", None)) is not None and value < 0:
+        raise UserError(f"--augment-copies must be >= 0 (0: none), got {value}")
     if args.seed is not None and not 0 <= args.seed < 2 ** 32:
         raise UserError(f"--seed must be in [0, 2**32) (numpy's seed range), got {args.seed}")
     for flag in ("epochs", "max_steps", "batch_size", "augment_copies"):

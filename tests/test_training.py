@@ -1021,6 +1021,14 @@ def test_augment_copies_beyond_any_setting_is_refused_by_its_flags_name(tmp_path
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("script", [transformer_train, latent_sde_train])
+def test_negative_augment_copies_is_refused_by_its_flags_name(tmp_path: Path, script) -> None:
+    """--augment-copies -1 was refused as "config key 'augment.copies' = -1 must be >= 0": a key not typed."""
+    r = run_script(script.main, f"{script.__name__}.py", ["--augment-copies", "-1", "--results", str(tmp_path / "r")])
+    assert r.returncode == 2 and r.stderr == "error: --augment-copies must be >= 0 (0: none), got -1\n"
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("flag, value, said", BAD_NUMBERS)
 def test_a_bad_number_for_crps_fine_tuning_is_refused_by_its_flags_name(flag: str, value: str, said: str) -> None:
     """With --crps-from the flags set crps keys: 'crps.epochs' was named, a key neither typed nor in --help."""
