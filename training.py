@@ -591,8 +591,10 @@ class Trainer:
             self.resume(resume, ckpt)
         if self.epoch >= self.s.epochs:
             if self.rt.is_main:
-                print(f"nothing to train: {resume or 'this run'} has done {self.epoch} of {self.s.epochs} epochs; "
-                      f"pass a larger --epochs to go on")
+                done = (f"{self.epoch} of {self.s.epochs} epochs" if self.epoch == self.s.epochs
+                        else f"{self.epoch} epochs, more than the {self.s.epochs} asked for")
+                print(f"nothing to train: {resume or 'this run'} has done {done}; pass --epochs above {self.epoch} "
+                      f"to go on")
             return {"epoch": self.epoch, "step": self.step}
         self._note_short_warmup()
         model = self.wrapped()

@@ -491,6 +491,16 @@ def test_a_resume_at_other_steps_per_epoch_notes_the_warm_up_it_trains_with(tmp_
                                                   f"run's {said}, so the learning rate reaches its peak and decays"])
 
 
+def test_a_resume_of_a_run_that_has_done_its_epochs_says_how_to_go_on(tmp_path, capsys):
+    """--resume of a 3-epoch run with --epochs 2 said 'has done 3 of 2 epochs; pass a larger --epochs'."""
+    toy_trainer(tmp_path, epochs=3, max_steps_per_epoch=1).fit()
+    last = tmp_path / "ckpt" / "last.pt"
+    for epochs, said in ((3, "has done 3 of 3 epochs"), (2, "has done 3 epochs, more than the 2 asked for")):
+        capsys.readouterr()
+        toy_trainer(tmp_path / f"again{epochs}", epochs=epochs, max_steps_per_epoch=1).fit(resume=last)
+        assert capsys.readouterr().out == f"nothing to train: {last} {said}; pass --epochs above 3 to go on\n"
+
+
 def test_a_resume_from_an_older_epoch_says_that_best_pt_is_a_later_epochs(tmp_path, capsys):
     """best.pt of epoch 3 stays beside a resume from epoch_001.pt; the resumed run replaces it once it beats
     epoch 1's validation loss, so best.pt may end up worse than the trajectory left behind: said."""
