@@ -1,15 +1,20 @@
 """config_vqvae.json -> typed dataclasses: defaults, unknown keys, wrong types, bad values, data hash."""
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
+import importlib
 import json
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 import hyper_params
+from conftest import run_script
 from hyper_params import (PREDATED, Config, DataConfig, ModelConfig, config_from_dict, data_hash,
                           load_config, stored_config)
 from paths import ROOT, UserError
@@ -438,3 +443,64 @@ def test_readme_layout_names_every_file_at_the_root():
     missing = sorted(n for n in names - {"README.md", ".gitignore"}
                      if f"`{n}`" not in layout and f"`{n}/`" not in layout)
     assert not missing, f"README's Layout leaves out {missing}"
+
+
+DOCS_WITH_COMMANDS = ("README.md", "EXPERIMENTS.md")
+OWN_SCRIPTS = {"my_model.py"}     # the README's example forecaster, which a reader writes
+
+
+def doc_commands(text: str, docstring: bool = False) -> list[str]:
+    """The commands a reader may copy from a Markdown text: inline code that starts by running a script
+    (`python3 X.py`, `X.py --flag ...`, wrapped lines joined) or make (`make T`), and the lines of fenced blocks
+    that do; from a script, its docstring's usage lines (`    python3 X.py [--flag ...]`)."""
+    if docstring:
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        return [" ".join(line.split("  #")[0].split()) for line in doc.splitlines() if line.startswith("    python3 ")]
+    fenced = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.M | re.S)
+    inline = re.findall(r"(?<!`)`([^`]+)`(?!`)", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S))
+    lines = [line.split("  #")[0] for block in fenced for line in block.splitlines()]
+    commands = (" ".join(c.split()) for c in inline + lines)
+    return [c for c in commands if re.match(r"(python3 |torchrun .*?)[\w/]+\.py( |$)|[\w/]+\.py |make \w", c)]
+
+
+def script_usage(script: str) -> str:
+    """The usage line of `python3 {script} --help`, run in this process (bench scripts import `common` from bench/):
+    every flag the script takes, and none that its description (often the docstring checked) names."""
+    folder = str((ROOT / script).parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    module = importlib.import_module(Path(script).stem)
+    done = run_script(module.main, script, ["--help"])
+    assert done.returncode == 0 and done.stdout.startswith("usage:"), f"{script} --help: {done.stderr}"
+    return done.stdout.split("\n\n")[0]
+
+
+def test_docs_commands_name_scripts_flags_models_and_make_targets_that_exist():
+    """A reader reproduces a figure by copying a command from EXPERIMENTS.md, the README or a script's docstring (the
+    bench scripts' among them): every script such a command runs is there and takes every flag the command gives
+    it, evaluate.py's --model names are ones it knows, and every `make` target is the Makefile's."""
+    from baselines import BASELINES
+
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(encoding="utf-8"), flags=re.M))
+    usages: dict[str, str] = {}
+    checked = 0
+    sources = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("*.py"), *ROOT.glob("bench/*.py")])
+    for doc in [*DOCS_WITH_COMMANDS, *sources]:
+        for command in doc_commands((ROOT / doc).read_text(encoding="utf-8"), docstring=Path(doc).suffix == ".py"):
+            for target in re.findall(r"(?:^|\s)make ([\w-]+)", command):
+                assert target in targets, f"{doc}: `{command}` runs make {target}, which the Makefile has not"
+            scripts = re.findall(r"(?:^|\s)((?:bench/)?\w+\.py)(?=\s|$)", command)
+            if not scripts or scripts[0] in OWN_SCRIPTS:
+                continue
+            script, rest = scripts[0], re.sub(r"<[^>]*>", "<>", command.split(scripts[0], 1)[1])   # <best.pt> etc.
+            assert (ROOT / script).is_file(), f"{doc}: `{command}` runs {script}, which is not there"
+            usages.setdefault(script, script_usage(script))
+            for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", rest):
+                assert re.search(rf"(?<![\w-]){flag}(?![\w-])", usages[script]), \
+                    f"{doc}: `{command}` gives {script} {flag}, which it does not take"
+            models = re.search(r"--model((?:\s+[^-\[\s]\S*)+)", rest) if script == "evaluate.py" else None
+            for name in models.group(1).split() if models else []:
+                assert (name in {"pretrained", "pretrained_sde", "baselines", *BASELINES} or "<" in name
+                        or re.search(r"[/.:]", name)), f"{doc}: `{command}`: evaluate.py knows no --model {name}"
+            checked += 1
+    assert checked > 40, f"only {checked} commands found: doc_commands no longer reads the docs"
