@@ -547,7 +547,7 @@ def check_not_folder(record: Path) -> None:
 
 def check_header(record: Path) -> None:
     """--record 100 (a name without its folder) was 'missing file 100.hea': say what --record takes, with the record
-    of that name in the data folder (--data-dir's: $MITBIH_DIR, else data/mitdb) when there is one."""
+    of that name in the data folder (paths.location's) when there is one."""
     from prepare_mitbih import record_path
     where = record_path(record)
     if os.path.isfile(f"{where}.hea"):        # os.path's: see paths

@@ -71,10 +71,29 @@ def shown(path: str | os.PathLike) -> str:
     return in_project(path) or str(path)
 
 
+SHARED_MITDB = ROOT.parent / "shared" / "data" / "mitdb"      # where the project's machines keep MIT-BIH
+DATA_DEFAULT = "$MITBIH_DIR, else data/mitdb (../shared/data/mitdb when only it has records)"    # location's, said
+
+
 def location(kind: str, override: str | os.PathLike | None = None) -> Path:
-    """Resolve one of 'data', 'prepared', 'results', 'checkpoints': flag, then env var, then default."""
+    """Resolve one of 'data', 'prepared', 'results', 'checkpoints': flag, then env var, then default. The data's
+    default is the Makefile's too: data/mitdb, or the shared copy beside the repository when only it has records
+    (`python3 prepare_mitbih.py` tried a download into an empty data/mitdb where `make prepare` read that copy)."""
     var, default = ENV[kind]
-    return Path(override or os.environ.get(var) or default).expanduser()
+    given = override or os.environ.get(var)
+    if given:
+        return Path(given).expanduser()
+    if kind == "data" and not has_records(default) and has_records(SHARED_MITDB):
+        return SHARED_MITDB
+    return default
+
+
+def has_records(folder: Path) -> bool:
+    """Whether `folder` holds a WFDB header; a folder that is missing or cannot be read holds none."""
+    try:
+        return any(folder.glob("*.hea"))
+    except OSError:
+        return False
 
 
 def cache_dir(prepared: str | os.PathLike | None = None) -> Path:

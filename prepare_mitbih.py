@@ -1392,7 +1392,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--config", default=None, type=paths.given_path,
                    help="VQ-VAE config JSON (default: config_vqvae.json)")
     p.add_argument("--data-dir", default=None, type=paths.given_path,
-                   help="WFDB folder (default: $MITBIH_DIR or data/mitdb)")
+                   help=f"WFDB folder (default: {paths.DATA_DEFAULT})")
     p.add_argument("--out", default=None, type=paths.given_path,
                    help="prepared folder (default: $ECG_PREPARED_DIR or data/prepared)")
     p.add_argument("--records", nargs="+", help="prepare only these records")
@@ -1416,7 +1416,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
     meta = prepare(cfg, data_dir, out_dir, args.records, download=not args.no_download, skip_bad=args.skip_bad,
                    allow_gaps=args.allow_gaps, annotator=args.annotator)
-    print(f"prepared {len(meta['records'])} records in {time.time() - t0:.1f} s -> {out_dir}")
+    print(f"prepared {len(meta['records'])} records of {data_dir} in {time.time() - t0:.1f} s -> {out_dir}")
     for s in SPLITS:
         print(f"  {s:10s} {meta['windows'][s]:6d} windows  records: {' '.join(meta['splits'][s])}")
     print(f"  scale (mV, per lead): {', '.join(f'{v:.3f}' for v in meta['scale_mv'])}  data hash {meta['data_hash']}")

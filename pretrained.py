@@ -81,7 +81,7 @@ def check_mitdb(folder: Path) -> Path:
     missing = [name for name, _ in REFERENCE_CASES if not (folder / f"{name}.hea").is_file()]
     if missing:
         raise paths.UserError(f"{folder} lacks MIT-BIH record(s) {', '.join(missing)} for the reference forecasts: "
-                              "give --mitdb or $MITBIH_DIR (make pretrained finds ../shared/data/mitdb itself)")
+                              "give --mitdb or $MITBIH_DIR")
     return folder
 
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--checkpoint", required=True, type=paths.given_path,
                    help="forecaster best.pt (Transformer or latent SDE)")
     p.add_argument("--mitdb", default=str(paths.location("data")), type=paths.given_path,
-                   help="MIT-BIH folder for the reference forecasts (default: $MITBIH_DIR or data/mitdb)")
+                   help=f"MIT-BIH folder for the reference forecasts (default: {paths.DATA_DEFAULT})")
     args = p.parse_args(argv)
     commit = paths.git_commit()     # the code that runs, whatever the tree holds when the references are written
     mitdb = check_mitdb(Path(args.mitdb))

@@ -1,7 +1,7 @@
 """Time to prepare every MIT-BIH record with config_vqvae.json's data section, or --config's as prepare_mitbih.py
 takes it (into a temporary folder): one JSON line.
 
-    python3 bench/prepare_time.py [--config PATH]   # raw records from $MITBIH_DIR or data/mitdb, never downloaded
+    python3 bench/prepare_time.py [--config PATH]   # raw records as prepare_mitbih.py finds them, never downloaded
 """
 from __future__ import annotations
 

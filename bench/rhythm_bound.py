@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--history-seconds", type=positive_seconds, nargs="*", default=[3, 6, 10, 20, 30],
                    help="rhythm history the median rule sees in `history` (none: skip it)")
     p.add_argument("--data-dir", default=None, type=paths.given_path,
-                   help="WFDB folder for `history` (default: $MITBIH_DIR or data/mitdb)")
+                   help=f"WFDB folder for `history` (default: {paths.DATA_DEFAULT})")
     args = p.parse_args(argv)
     commit = bench_commit()     # at the start: the code that runs is the checkout of now, not of the end
 

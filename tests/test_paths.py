@@ -1135,3 +1135,20 @@ def test_the_forecasting_api_and_the_scripts_help_import_neither_matplotlib_nor_
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [f"{s} True" for s in scripts]
+
+
+def test_the_data_folder_is_the_shared_copy_when_only_it_has_records(tmp_path, monkeypatch):
+    """As make reads it: data/mitdb, else ../shared/data/mitdb when only it has records (`python3 prepare_mitbih.py`
+    tried a download into an empty data/mitdb where `make prepare` read the shared copy); $MITBIH_DIR and the flag
+    still win, and with records in neither, data/mitdb is where a download goes."""
+    own, shared = tmp_path / "repo" / "data" / "mitdb", tmp_path / "shared" / "data" / "mitdb"
+    monkeypatch.setitem(paths.ENV, "data", ("MITBIH_DIR", own))
+    monkeypatch.setattr(paths, "SHARED_MITDB", shared)
+    monkeypatch.delenv("MITBIH_DIR", raising=False)
+    assert paths.location("data") == own
+    write_record(shared, "100", seconds=8)
+    assert paths.location("data") == shared
+    write_record(own, "101", seconds=8)
+    assert paths.location("data") == own
+    monkeypatch.setenv("MITBIH_DIR", str(tmp_path / "env"))
+    assert paths.location("data") == tmp_path / "env" and paths.location("data", "flag") == Path("flag")
