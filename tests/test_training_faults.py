@@ -209,6 +209,109 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, tiny: dict, un
     assert not list(ckpt_dir.glob("*.tmp"))  # the half-written file is gone
 
 
+def torchrun(*args: str) -> list[str]:
+    """The command that runs `args` under torchrun as 2 CPU processes (gloo) on this machine."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every living process below `pid` (torchrun's workers: in sessions of their own, so not in its group)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
+    below, todo = [], [pid]
+    while todo:
+        above = todo.pop()
+        children = [p for p, parent in parents.items() if parent == above]
+        below += children
+        todo += children
+    return below
+
+
+def gone(pid: int) -> bool:
+    """Dead, or a zombie not yet reaped (a SIGKILLed worker's parent, torchrun, is dead too)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def kill_torchrun_when_paused(hook: list[str], args: list[str], paused: int) -> None:
+    """Run the training in the harness under torchrun; once `paused` ranks report PAUSED, SIGKILL every worker, then
+    torchrun: no worker says a word or saves a file (a kill of torchrun alone lets them stop as on SIGTERM)."""
+    proc = subprocess.Popen(torchrun(HARNESS, *hook, "vqvae_train", "--", *args), cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen, workers = [], []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            # counted in the stream, not by lines: the workers write unbuffered (python -u), so two ranks' words and
+            # newlines interleave ('PAUSEDPAUSED')
+            if "".join(seen).count("PAUSED") == paused:
+                workers = descendants(proc.pid)
+                for pid in workers:
+                    os.kill(pid, signal.SIGKILL)
+                proc.send_signal(signal.SIGKILL)
+                break
+        assert proc.wait(timeout=120) == -signal.SIGKILL, "".join(seen)
+        assert len(workers) >= 2, workers
+        deadline = time.monotonic() + 30
+        while not all(gone(pid) for pid in workers):
+            assert time.monotonic() < deadline, "a worker outlived its SIGKILL"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+
+
+def metrics_rows(last: Path) -> list[dict]:
+    """The rows of the run's metrics.csv, but for each epoch's seconds (the one column a rerun cannot repeat)."""
+    run = Path(torch.load(last, weights_only=True)["run_dir"])
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader((run / "metrics.csv").open())]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_ddp(tmp_path_factory, tiny: dict) -> tuple[dict, list[dict]]:
+    """A 2-epoch run on 2 processes that nobody killed: its final last.pt and metrics.csv rows."""
+    setup = outputs(tiny, tmp_path_factory.mktemp("uninterrupted_ddp"))
+    r = subprocess.run(torchrun("vqvae_train.py", *flags(setup, "--device", "cpu")), cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    last = newest(Path(setup["checkpoints"])) / "last.pt"
+    return torch.load(last, weights_only=True), metrics_rows(last)
+
+
+@pytest.mark.parametrize("hook, paused", [(["--pause-at-step", "8"], 2), (["--pause-in-save", "2"], 1)],
+                         ids=["mid_step", "mid_save"])
+def test_sigkill_under_torchrun_then_resume_equals_uninterrupted(tmp_path: Path, tiny: dict, uninterrupted_ddp: tuple,
+                                                                 hook: list[str], paused: int) -> None:
+    """Under DDP (2 CPU processes, 2 epochs of 6 steps) every worker and torchrun SIGKILLed once epoch 1's
+    checkpoint is written: both ranks in step 9, or rank 0 half-way through writing epoch 2's last.pt (its
+    metrics.csv row written) while rank 1 waits. The same torchrun command with --resume last.pt then ends with the
+    uninterrupted 2-process run's weights, codebook, optimiser moments, schedule and RNG state bit for bit, and its
+    metrics.csv, each epoch once. The single-process test cannot see a resume that restores a state on rank 0 alone
+    (its optimiser moments, say): DDP keeps the ranks' weights in step only while every rank's optimiser is."""
+    setup = outputs(tiny, tmp_path)
+    kill_torchrun_when_paused(hook, flags(setup, "--device", "cpu"), paused)
+    ckpt_dir = newest(Path(setup["checkpoints"]))
+    last = ckpt_dir / "last.pt"
+    assert load_checkpoint(last, "vqvae")["epoch"] == 1
+    assert bool(list(ckpt_dir.glob(".last.pt.*.tmp"))) == ("--pause-in-save" in hook)
+    r = subprocess.run(torchrun("vqvae_train.py", *flags(setup, "--device", "cpu", "--resume", str(last))), cwd=ROOT,
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["epoch"] == 2 and resumed["meta"]["world_size"] == 2
+    final, rows = uninterrupted_ddp
+    assert_same_training_state(resumed, final)
+    assert [row["epoch"] for row in metrics_rows(last)] == ["1", "2"]
+    assert metrics_rows(last) == rows
+    assert not list(ckpt_dir.glob("*.tmp"))
+
+
 @pytest.fixture
 def one_epoch(tmp_path: Path, tiny: dict) -> Path:
     """last.pt after one epoch, in this test's own folders."""
