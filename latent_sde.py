@@ -424,16 +424,17 @@ class LatentSDE(nn.Module):
         frac = min(1.0, int(self.steps) / lo.kl_anneal_steps)
         return lo.kl_start + (lo.kl_weight - lo.kl_start) * frac
 
-    def beat_errors(self, beats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def beat_errors(self, beats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """How far the measured phase (1 - cos) and rate (squared log ratio) are from the annotated
-        beats [B, T, 2] (phase in radians, rate in Hz; NaN where unknown), mean over known frames."""
+        beats [B, T, 2] (phase in radians, rate in Hz; NaN where unknown), mean over known frames; and how many
+        frames are known, to pool the means over batches by."""
         target = beats.transpose(0, 1)
         known = torch.isfinite(target[..., 0])
         n = known.sum().clamp(min=1)
         phase_miss = 1 - torch.cos(self._beat[..., 0] - torch.nan_to_num(target[..., 0]))
         hz = torch.nan_to_num(target[..., 1], 1.0)
         rate_miss = (torch.log(self.beat_hz(self._beat[..., 1])) - torch.log(hz)) ** 2
-        return (phase_miss * known).sum() / n, (rate_miss * known).sum() / n
+        return (phase_miss * known).sum() / n, (rate_miss * known).sum() / n, known.sum().float()
 
     # ------------------------------------------------------------------ training
 
@@ -474,9 +475,9 @@ class LatentSDE(nn.Module):
                    "kl_path": (kl_path / n).detach(), "kl_weight": x.new_tensor(weight),
                    "mse": F.mse_loss(pred, x).detach(), "diffusion": self.g(ts[0], zs[context]).mean().detach()}
         if self.phase and beats is not None:
-            phase_err, rate_err = self.beat_errors(beats)
+            phase_err, rate_err, known = self.beat_errors(beats)
             loss = loss + self.hint_weight() * (phase_err + rate_err)
-            metrics.update(phase_err=phase_err.detach(), rate_err=rate_err.detach())
+            metrics.update(phase_err=phase_err.detach(), rate_err=rate_err.detach(), beat_frames=known)
         if self.training:
             self.steps += 1
         else:

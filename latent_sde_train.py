@@ -40,9 +40,9 @@ from hyper_params import Config, TrainConfig
 from hyper_params_sde import CRPSConfig, SDEConfig, load_sde_config, sde_config_from_dict
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from train_results import fixed_titles, fixed_windows, plot_epoch_forecasts, read_checkpoint
-from training import (EpochEndFn, Runtime, StepFn, Trainer, check_run_flags, check_run_roots, load_resume, resumed_seed,
-                      run_config, run_parser, run_record, seed_everything, setup_runtime, shared_run_dirs,
-                      training_main)
+from training import (EpochEndFn, Pooled, Runtime, StepFn, Trainer, check_run_flags, check_run_roots, load_resume,
+                      resumed_seed, run_config, run_parser, run_record, seed_everything, setup_runtime,
+                      shared_run_dirs, training_main)
 from vqvae import VQVAE
 from vqvae_eval import (FORECASTER_FLAGS, add_forecaster_flags, forecaster_splits, forecasting_config, frozen_encodings,
                         run_vqvae, started_from, vqvae_choice)
@@ -307,11 +307,23 @@ def elbo_datasets(train: dict, val: dict, train_enc: torch.Tensor, val_enc: torc
 
 
 def elbo_step(context: int, names: list[str]) -> StepFn:
-    """The ELBO of a batch of elbo_datasets'; in validation with every window's noise from its own index."""
+    """The ELBO of a batch of elbo_datasets'; in validation with every window's noise from its own index, and the
+    beat hint's errors pooled over the annotated frames of all windows (training.Pooled): a mean of the batches'
+    means moved with the batches, so with the processes."""
     def step_fn(m: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
         frames, *named, windows = batch
-        return m(frames, context, **dict(zip(names, named)), windows=None if m.training else windows)
+        loss, metrics = m(frames, context, **dict(zip(names, named)), windows=None if m.training else windows)
+        known = metrics.pop("beat_frames", None)
+        if known is not None and not m.training:     # one value per GPU under nn.DataParallel: summed
+            for key in ("phase_err", "rate_err"):
+                metrics[key] = Pooled(torch.stack([(metrics[key] * known).sum(), known.sum()]), pooled_mean)
+        return loss, metrics
     return step_fn
+
+
+def pooled_mean(counts: torch.Tensor) -> float:
+    """A Pooled (sum, count)'s mean; 0 with nothing counted."""
+    return float(counts[0] / counts[1].clamp(min=1))
 
 
 def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | None, rt: Runtime) -> dict:

@@ -750,10 +750,10 @@ def test_elbo_training_under_torchrun_saves_a_plain_checkpoint_that_validates_al
     monkeypatch.setattr(training.Trainer, "fit", validate_only)
     one = latent_sde_train.main(flags(setup, "--device", "cpu", "--resume", str(last)))
     assert {f"val_{k}" for k in one} == {k for k in two if k.startswith("val_")}
-    # the beat hint's errors are means over each batch's annotated frames, so they change with the batches (0.06%
-    # here): not what the README claims, nor do they rank the epochs (the validation loss leaves the hint out)
-    scores = [k for k in two if k.startswith("val_") and k not in ("val_phase_err", "val_rate_err")]
-    assert len(scores) == 9
+    # the beat hint's errors too: pooled over the annotated frames, where a mean of each batch's means moved with the
+    # batches (0.06% here)
+    scores = [k for k in two if k.startswith("val_")]
+    assert len(scores) == 11 and {"val_phase_err", "val_rate_err"} <= set(scores)
     for k in scores:
         assert float(two[k]) == pytest.approx(one[k.removeprefix("val_")], rel=1e-5), k
 
