@@ -470,6 +470,9 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
     fs, ctx = data.samples_per_second, data.window_samples
     if horizon_s is None:
         horizon_s = data.input_signal_duration * data.forecast_predictions
+    for flag, seconds in (("--start", start_s), ("--horizon", horizon_s)):
+        if math.isfinite(seconds) and not math.isfinite(seconds * fs):    # 1e308 s: round(inf)'s OverflowError
+            raise UserError(f"{flag} {seconds:g} s is more samples than any record or memory holds")
     if not math.isfinite(horizon_s) or round(horizon_s * fs) < 1:
         raise UserError(f"--horizon {horizon_s} s must be at least one sample ({1 / fs:g} s at {fs} Hz)")
     if not math.isfinite(start_s):
@@ -508,18 +511,24 @@ def record_window(rec: Record, record: str, data: DataConfig, start_s: float, ho
     fs, ctx = data.samples_per_second, data.window_samples
     at = round(start_s * fs)
     if rec.length < ctx:
-        raise UserError(f"{record} lasts {rec.length / fs:.1f} s, shorter than the model's context of "
-                        f"{ctx / fs:.1f} s: no forecast can start in it")
-    if at < ctx or at > rec.length:       # the end rounded down: 1805.6 s, rounded up, read as a start refused at it
-        end = f"{math.floor(rec.length / fs * 100 + 1e-6) / 100:.2f}".removesuffix("0")
-        raise UserError(f"--start {start_s} s must lie between {ctx / fs:.1f} s (one context) and the record's end "
-                        f"({end} s) in {record}")
+        raise UserError(f"{record} lasts {hundredths(rec.length / fs, up=False)} s, shorter than the model's "
+                        f"context of {hundredths(ctx / fs, up=True)} s: no forecast can start in it")
+    if at < ctx or at > rec.length:
+        raise UserError(f"--start {start_s} s must lie between {hundredths(ctx / fs, up=True)} s (one context) and "
+                        f"the record's end ({hundredths(rec.length / fs, up=False)} s) in {record}")
     i = at - rec.offset                                     # where the record's sample `at` is in what was read
     context = rec.signal[i - ctx:i]
     if not np.isfinite(context).all():
         raise UserError(f"{record}: the context {round((at - ctx) / fs, 3):g}-{start_s:.15g} s touches a gap of "
                         f"NaN/invalid or flat samples; {clean_starts(rec.signal, i, ctx, fs, rec.offset)}")
     return context, rec.signal[i:i + horizon]
+
+
+def hundredths(seconds: float, up: bool) -> str:
+    """`seconds` to 0.01 s, rounded up for a first start, down for an end, so the bound said is a start allowed:
+    1805.56 s read 1805.6, beyond the start refused there; a 2.25 s context 2.2, before the first start."""
+    n = math.ceil(seconds * 100 - 1e-6) if up else math.floor(seconds * 100 + 1e-6)
+    return f"{n / 100:.2f}".removesuffix("0")
 
 
 def read_model_record(record: str, data: DataConfig, span: tuple[int, int] | None = None) -> Record:

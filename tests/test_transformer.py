@@ -524,6 +524,44 @@ def test_a_start_just_past_the_end_is_refused_with_an_end_before_it(tmp_path):
     assert forecast_record(fc, str(rec), 19.96, 1.0, 1, 0)["truth"].shape == (0, 2)
 
 
+def test_a_context_not_of_whole_tenths_is_named_at_the_first_start_it_allows(tmp_path):
+    """A 2.25 s context (a config's, or one's own forecaster's) was said as 2.2 s, rounded to the nearest tenth:
+    '--start 2.2 s must lie between 2.2 s (one context) and ...', and 'lasts 2.2 s, shorter than the model's context
+    of 2.2 s'. The first start allowed is rounded up, a record's length down, to 0.01 s."""
+    import dataclasses
+
+    from baselines import Persistence
+    from conftest import write_record
+    from forecast import forecast_record
+    from hyper_params import load_config
+
+    cfg = load_config()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, input_signal_duration=2.25))
+    fc = Persistence(cfg.data.samples_per_second)
+    fc.cfg = cfg
+    rec = write_record(tmp_path, "r", seconds=20, seed=1)
+    with pytest.raises(UserError, match=r"--start 2\.2 s must lie between 2\.25 s \(one context\) and the record's end "
+                                        r"\(20\.0 s\)"):
+        forecast_record(fc, str(rec), 2.2, 1.0, 1, 0)
+    assert forecast_record(fc, str(rec), 2.25, 1.0, 1, 0)["start_sample"] == 288
+    short = write_record(tmp_path, "s", seconds=2.24, seed=1)
+    with pytest.raises(UserError, match=r"s lasts 2\.24 s, shorter than the model's context of 2\.25 s"):
+        forecast_record(fc, str(short), 2.0, 1.0, 1, 0)
+
+
+@pytest.mark.parametrize("flag", ["--start", "--horizon"])
+def test_a_start_or_horizon_beyond_any_number_of_samples_is_refused(tmp_path, flag):
+    """--start 1e308 (or --horizon 1e308) passed the check for a time, then its sample, 1e308 s times 128 Hz, was
+    infinity: OverflowError's traceback."""
+    from conftest import run_script, write_record
+
+    write_record(tmp_path, "r", seconds=12, seed=0)
+    times = {"--start": "5", "--horizon": "1", flag: "1e308"}
+    r = run_script(forecast.main, "forecast.py", ["--checkpoint", "persistence", "--record", str(tmp_path / "r"),
+                                                  "--out", str(tmp_path), *(f"{k}={v}" for k, v in times.items())])
+    assert r.returncode == 2 and r.stderr == f"error: {flag} 1e+308 s is more samples than any record or memory holds\n"
+
+
 def test_training_codes_of_the_context_do_not_see_its_future():
     """A forecast encodes its context alone, with no future to read: the training windows' context codes must
     be the codes of the context alone too (and the future's those of the future alone), not codes of the
