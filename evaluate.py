@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -173,8 +174,14 @@ class OwnForecaster:
 
 def own_frames(tb: TracebackType, predict: Callable) -> TracebackType:
     """The traceback from `predict`'s own frame on: a decorator's wrapper above it (torch.no_grad's, as the README's
-    MyForecaster has) is no frame of theirs. All of `tb` when that frame is not in it (it failed in the wrapper)."""
-    code = getattr(inspect.unwrap(predict), "__code__", None)
+    MyForecaster has) is no frame of theirs. All of `tb` when that frame is not in it (it failed in the wrapper).
+    A functools.partial is its function's, an object with no code of its own its __call__'s."""
+    fn = inspect.unwrap(predict)
+    while isinstance(fn, functools.partial):
+        fn = inspect.unwrap(fn.func)
+    if not hasattr(fn, "__code__"):
+        fn = inspect.unwrap(getattr(type(fn), "__call__", fn))
+    code = getattr(fn, "__code__", None)
     own = tb
     while own is not None and own.tb_frame.f_code is not code:
         own = own.tb_next

@@ -161,6 +161,44 @@ def test_your_own_forecasters_frames_leave_out_a_decorator_around_its_predict(tm
         f'  File "{mine}"']
 
 
+OWN_PREDICTS = """
+import functools
+import torch
+
+
+@torch.no_grad()
+def forecast(context, horizon, num_samples=100, seed=0, scale=1.0):
+    raise ValueError('no')
+
+
+class Predicts:
+    @torch.no_grad()
+    def __call__(self, context, horizon, num_samples=100, seed=0):
+        raise ValueError('no')
+
+
+class Partial:
+    predict = staticmethod(functools.partial(forecast, scale=2.0))
+
+
+class CallsAnObject:
+    predict = Predicts()
+"""
+
+
+@pytest.mark.parametrize("name", ["Partial", "CallsAnObject"])
+def test_your_own_predict_as_a_partial_or_an_object_has_its_own_frames_only(tmp_path, name):
+    """A predict that is a functools.partial of a decorated function, or an object whose decorated __call__ does
+    the work, had no code of its own to find: its traceback began in torch's decorator, as before."""
+    mine = tmp_path / "mine.py"
+    mine.write_text(OWN_PREDICTS)
+    fc = evaluate.OwnForecaster(getattr(evaluate.import_source(f"{mine}:{name}", "--model"), name)(), "--model")
+    with pytest.raises(UserError) as caught:
+        fc.predict(np.zeros((1, 384, 2)), 10, 1, 0)
+    assert [line.split(",")[0] for line in str(caught.value).splitlines() if line.startswith("  File")] == [
+        f'  File "{mine}"']
+
+
 OWN_DATA_FORECASTER = """
 import numpy as np
 
