@@ -255,7 +255,7 @@ class Forecaster(ForecasterBase):
         paths.check_device(None if device is None else str(device), "device")
         if str(path) in SHIPPED_SPECS:
             path = paths.shipped_checkpoint(str(path), "Forecaster.from_checkpoint")
-        elif str(path) in SHIPPED and not Path(path).exists():     # from_pretrained's name was 'checkpoint not found'
+        elif str(path) in SHIPPED and not os.path.exists(path):     # from_pretrained's name was 'checkpoint not found'
             raise UserError(f"Forecaster.from_checkpoint({str(path)!r}): no such file; it takes the shipped models as "
                             f"{' or '.join(SHIPPED_SPECS)}, from_pretrained(model={str(path)!r}) loads this one")
         ckpt, digest = read_checkpoint(path)

@@ -296,6 +296,21 @@ def test_from_checkpoint_given_from_pretrained_s_name_says_which_names_it_takes(
         Forecaster.from_checkpoint(model, "cpu")
 
 
+def test_from_checkpoint_of_a_shipped_name_in_a_folder_that_may_not_be_searched(tmp_path, monkeypatch):
+    """Whether 'latent_sde' is a file is asked of os.path (see paths): Path.exists raised the PermissionError of a
+    working folder that may not be searched, a traceback in place of the names from_checkpoint takes."""
+    real_stat = os.stat
+
+    def unsearchable(path, *args, **kwargs):
+        if os.fspath(path) == "latent_sde":
+            raise PermissionError(13, "Permission denied", "latent_sde")
+        return real_stat(path, *args, **kwargs)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "stat", unsearchable)
+    with pytest.raises(UserError, match=r"from_checkpoint\('latent_sde'\): no such file"):
+        Forecaster.from_checkpoint("latent_sde", "cpu")
+
+
 @pytest.mark.parametrize("model", SHIPPED)
 def test_loading_a_forecaster_leaves_torchs_global_random_numbers(model):
     """Building the modules drew their first weights (replaced on load) from torch's global generator: a session that
