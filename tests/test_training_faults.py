@@ -884,8 +884,8 @@ def test_a_torchrun_worker_whose_torchrun_is_killed_stops(tmp_path: Path) -> Non
     """torchrun starts its workers in sessions of their own: a kill -9 of torchrun left them training and writing the
     run's files. A worker that outlives the process that started it stops as on SIGTERM, saying why."""
     err = tmp_path / "err"
-    launcher = subprocess.Popen([sys.executable, "-c", ORPHAN, str(err)], cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)},
-                                stdout=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen([sys.executable, "-c", ORPHAN, str(err)], cwd=ROOT,
+                                env={**ENV, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
     worker = int(launcher.stdout.readline())
     try:
         assert launcher.stdout.readline() == "ready\n"
