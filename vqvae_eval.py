@@ -38,6 +38,7 @@ from tqdm import tqdm
 import paths
 import running
 from hyper_params import AugmentConfig, Config, DataConfig, stored_config
+from forecast import hundredths
 from metrics import prd, prdn
 from prepare_mitbih import (augmented_encoding, cached_encoding, load_split, patients_seen, record_hash, source_fs,
                             stored_leads)
@@ -313,10 +314,11 @@ def record_windows(signal: np.ndarray, start_s: float, seconds: float | None, wi
     if at < 0:
         raise UserError(f"--start {start_s:g} s is not a time in the record (seconds from its beginning)")
     if n < window:
-        raise UserError(f"{record} lasts {n / fs:.1f} s, shorter than the model's window of {window / fs:g} s")
+        raise UserError(f"{record} lasts {hundredths(n / fs, up=False)} s, shorter than the model's window of "
+                        f"{window / fs:g} s")
     if n - at < window:
         raise UserError(f"--start {start_s:g} s leaves less than one window ({window / fs:g} s) of {record}, which "
-                        f"lasts {n / fs:.1f} s; the last window starts at {(n - window) / fs:g} s")
+                        f"lasts {hundredths(n / fs, up=False)} s; the last window starts at {(n - window) / fs:g} s")
     if seconds is not None and not seconds > 0:
         raise UserError(f"--seconds {seconds:g} must be positive, or 'end'")
     fit = (n - at) // window

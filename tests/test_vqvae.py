@@ -949,7 +949,8 @@ def test_vqvae_eval_record_names_a_record_missing_or_shorter_than_a_window(tiny_
     assert res.returncode == 2 and f"--record {tmp_path / 'nowhere' / 'r'}: no header" in res.stderr
     short = write_record(tmp_path / "db", "short", seconds=0.8, fs=250, annotate=False)
     res = code_record(tiny_checkpoint, short, tmp_path)
-    assert res.returncode == 2 and f"{short} lasts 0.8 s, shorter than the model's window of 1 s" in res.stderr
+    # 0.8 s at 250 Hz is 104 samples at 128 Hz, 0.8125 s
+    assert res.returncode == 2 and f"{short} lasts 0.81 s, shorter than the model's window of 1 s" in res.stderr
 
 
 def test_record_windows_name_a_window_over_a_gap_and_the_seconds_left_out(capsys) -> None:
@@ -976,3 +977,10 @@ def test_vqvae_eval_refuses_a_results_folder_it_cannot_write_before_the_coding(t
                                                           *what])
         assert r.returncode == 2 and r.stderr == f"error: cannot write to the output folder {out}: File name too long\n"
     assert [p.name for p in tmp_path.iterdir()] == ["vqvae-1"]
+
+
+def test_a_record_just_short_of_a_window_is_not_said_to_last_one() -> None:
+    """0.96 s at 128 Hz read 'lasts 1.0 s, shorter than the model's window of 1 s': the length is said to 0.01 s,
+    rounded down, as forecast.py says a record's end."""
+    with pytest.raises(UserError, match=r"^r lasts 0\.96 s, shorter than the model's window of 1 s$"):
+        vqvae_eval.record_windows(np.zeros((123, 2), np.float32), 0.0, None, 128, 128, "r")
