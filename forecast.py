@@ -481,11 +481,14 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
     rec = read_model_record(record, data, (max(at - ctx, 0), at + horizon))     # the context and truth, not all
     input_hash = record_hash(record)    # the files just read
     context, truth = record_window(rec, record, data, start_s, horizon)
+    too_many = (f"--horizon {horizon_s:g} s with --samples {samples}: {samples} paths of {horizon} samples do not "
+                "fit in memory")
+    if horizon * samples * 8 >= 2 ** 63:    # numpy refuses such an array with a ValueError, not a MemoryError
+        raise UserError(too_many)
     try:
         forecast = fc.predict(context[None], horizon, samples, seed)
     except MemoryError as e:        # --horizon 1e7 (115 days) stopped in numpy's traceback
-        raise UserError(f"--horizon {horizon_s:g} s with --samples {samples}: {samples} paths of {horizon} samples do "
-                        f"not fit in memory ({type(e).__name__}: {e})") from e
+        raise UserError(f"{too_many} ({type(e).__name__}: {e})") from e
     samples_ = checked_samples(forecast, fc.name, horizon)[0]
     return {"context": context, "truth": truth, "samples": samples_, "fs": fs, "leads": rec.leads,
             "start_sample": at, "fs_in": rec.fs_in, "device": str(getattr(fc, "device", "cpu")),

@@ -225,6 +225,17 @@ def test_forecast_too_long_for_memory_is_one_line(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+def test_forecast_of_more_bytes_than_an_array_holds_is_one_line(tmp_path):
+    """--horizon 1e20 s: numpy refuses an array of 2**63 bytes or more with a ValueError ('Maximum allowed size
+    exceeded'), a traceback that the MemoryError's line did not catch; said before anything is drawn."""
+    record = write_record(tmp_path, "r", seconds=12, seed=0)
+    code, err = run_forecast(["--checkpoint", "seasonal", "--record", str(record), "--start", "5", "--horizon",
+                              "1e20", "--out", str(tmp_path / "out")])
+    assert code == 2 and err == ("error: --horizon 1e+20 s with --samples 100: 100 paths of 12800000000000000000000 "
+                                 "samples do not fit in memory\n"), err
+    assert not (tmp_path / "out").exists()
+
+
 def test_forecast_of_a_record_shorter_than_one_context(tmp_path):
     """No --start fits in a record shorter than the context: said so, not as an empty range of starts."""
     record = write_record(tmp_path, "short", seconds=2, seed=0)
