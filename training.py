@@ -207,6 +207,15 @@ def main_first(rt: Runtime, compute: Callable[[], Any]) -> Any:
     return out
 
 
+def barrier(rt: Runtime) -> None:
+    """Every rank waits here for the others. Under NCCL on this rank's card, named: unnamed, torch guesses the card
+    and warns on rank 0 ('barrier(): using the device under current context'), a line in every GPU run's output."""
+    if rt.device.type == "cuda":
+        dist.barrier(device_ids=[rt.device.index])
+    else:
+        dist.barrier()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -607,7 +616,7 @@ class Trainer:
             if self.rt.is_main:
                 self._save(row)
             if self.rt.distributed:
-                dist.barrier()
+                barrier(self.rt)
         return row
 
     def _epoch(self, model: nn.Module) -> dict:

@@ -409,6 +409,37 @@ def test_cuda_generator_states_resume_on_other_cards(monkeypatch) -> None:
         assert calls == ([expected] if expected else []), (count, device, calls)
 
 
+def test_ranks_wait_for_each_other_on_their_own_card(tmp_path, monkeypatch) -> None:
+    """Each epoch ends with the ranks waiting for each other: under NCCL on the rank's card, named (unnamed, torch
+    guessed it and warned on rank 0, 'barrier(): using the device under current context', in every GPU run's
+    output); gloo takes no card."""
+    calls = []
+    monkeypatch.setattr(training.dist, "barrier", lambda **kw: calls.append(kw))
+    training.barrier(training.Runtime(torch.device("cuda", 1), 1, 2))
+    training.barrier(training.Runtime(torch.device("cpu"), 1, 2))
+    assert calls == [{"device_ids": [1]}, {}]
+
+    class OneRankDDP(nn.Module):        # DDP without a process group: this rank alone
+        def __init__(self, module: nn.Module, device_ids: list[int] | None) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args):
+            return self.module(*args)
+    waited = []
+    monkeypatch.setattr(training, "check_same_data", lambda *a: None)
+    monkeypatch.setattr(training, "DDP", OneRankDDP)
+    monkeypatch.setattr(training.dist, "all_reduce", lambda t, op=None: None)
+    monkeypatch.setattr(training, "barrier", waited.append)
+    x = torch.randn(64, 4)
+    data = TensorDataset(x, x.sum(1, keepdim=True))
+    rt = training.Runtime(torch.device("cpu"), 0, 2)
+    (tmp_path / "run").mkdir()
+    training.Trainer(nn.Linear(4, 1), data, data, squared_error, TrainConfig(epochs=2, batch_size=8, warmup_steps=0),
+                     tmp_path / "run", tmp_path / "ckpt", {}, {}, rt, "toy").fit()
+    assert waited == [rt, rt]
+
+
 def test_best_checkpoint_follows_the_validation_loss_across_a_resume(tmp_path: Path, synthetic_db: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Scripted losses: training falls every epoch, validation is best at epoch 1. best.pt stays epoch 1
