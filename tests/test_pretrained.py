@@ -754,3 +754,32 @@ def test_model_card_supraventricular_limit_is_its_evaluation():
         assert shown_matches(below, str(100 * (1 - value[name]["mse"] / value["zero"]["mse"]))), (name, below)
         assert shown_matches(mse, str(value[name]["mse"])) and shown_matches(cover, str(value[name]["cov80"])), name
     assert shown_matches(mse_zero, str(value["zero"]["mse"]))
+
+
+def test_the_heart_rate_line_rounds_each_rate_once_paths_and_truth_too(monkeypatch):
+    """The paths' median and percentiles and the truth's rate reach the line unrounded: 73.45 bpm kept as 73.5
+    first (a path's rate, or their median) would read 74."""
+    import metrics
+    rates = iter([72.0, 73.45, 73.45, 73.45])                # the context's, two paths', the truth's
+    monkeypatch.setattr(metrics, "heart_rate", lambda *args: next(rates))
+    ctx, paths = np.zeros((384, 2)), np.zeros((2, 384, 2))
+    hr = forecast.heart_rates({"context": ctx, "samples": paths, "truth": paths[0], "fs": 128})
+    assert forecast.heart_rate_line(hr) == "detected heart rate (bpm): context 72, paths 73 [73-73], truth 73"
+
+
+def test_forecast_json_keeps_the_heart_rate_to_one_decimal(tmp_path, monkeypatch, record):
+    """forecast.py's .json had 72.19999999999999 where 72.2 bpm was measured."""
+    import metrics
+    monkeypatch.setattr(metrics, "heart_rate", lambda *args: 72.19999999999999)
+    _forecast(monkeypatch, record, tmp_path / "out")
+    hr = json.loads((tmp_path / "out" / "r_5s.json").read_text())["heart_rate_bpm"]
+    assert hr["context"] == 72.2
+
+
+@pytest.mark.parametrize("model", SHIPPED)
+def test_from_checkpoint_loads_a_file_named_as_a_shipped_model(model, tmp_path, monkeypatch):
+    """from_pretrained's names are refused only when no such file is there: a checkpoint one saved as ./latent_sde
+    is loaded, as any path."""
+    (tmp_path / model).write_bytes(SHIPPED[model].read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert Forecaster.from_checkpoint(model, "cpu").name == model
