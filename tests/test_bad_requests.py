@@ -929,3 +929,30 @@ def test_a_context_without_a_whole_beat_is_forecast_in_float32(shipped):
     for f in [shipped, sde] + [make_baseline(b, 128) for b in BASELINES]:
         out = f.predict(x, 64, 2)
         assert out.dtype == np.float32 and np.isfinite(out).all(), (f.name, out.dtype)
+
+
+def test_paths_of_just_2_to_the_63_bytes_are_refused_before_predict(tmp_path, monkeypatch):
+    """2 paths of 2**59 samples (--horizon 2**52 s at 128 Hz) are 2**63 bytes of float64, one past what numpy
+    allocates: said as not fitting, with the paths counted, before the forecaster is asked."""
+    record = write_record(tmp_path, "r", seconds=12, seed=0)
+    fc = make_baseline("seasonal", 128)
+    monkeypatch.setattr(fc, "predict", lambda *a, **k: pytest.fail("predict was asked"))
+    said = f"--horizon {2.0 ** 52:g} s with --samples 2: 2 paths of {2 ** 59} samples do not fit in memory"
+    with pytest.raises(UserError, match=f"^{re.escape(said)}$"):
+        forecast.forecast_record(fc, str(record), 5.0, 2.0 ** 52, 2, 0)
+
+
+@pytest.mark.parametrize("flag, seconds, said", [
+    ("--start", float("nan"), "--start nan s is not a time"),
+    ("--start", float("inf"), "--start inf s is not a time"),
+    ("--horizon", float("nan"), "--horizon nan s must be at least one sample"),
+    ("--horizon", float("inf"), "--horizon inf s must be at least one sample"),
+])
+def test_a_start_or_horizon_that_is_no_number_of_seconds_is_not_said_to_be_too_many_samples(tmp_path, flag, seconds,
+                                                                                            said):
+    """nan and inf are no time at all: said so, not as 'more samples than any record or memory holds' (1e308 s's)."""
+    record = write_record(tmp_path, "r", seconds=12, seed=0)
+    times = {"--start": 5.0, "--horizon": 1.0, flag: seconds}
+    with pytest.raises(UserError, match=f"^{re.escape(said)}"):
+        forecast.forecast_record(make_baseline("seasonal", 128), str(record), times["--start"], times["--horizon"],
+                                 1, 0)

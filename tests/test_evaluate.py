@@ -199,6 +199,20 @@ def test_your_own_predict_as_a_partial_or_an_object_has_its_own_frames_only(tmp_
         f'  File "{mine}"']
 
 
+def test_your_own_predict_that_fails_in_its_decorator_has_the_decorators_frame(tmp_path):
+    """A decorator of one's own that raises before predict runs: predict's frame is not in the traceback, so all of
+    one's own frames are shown (the wrapper's), none of evaluate.py's, and not an empty traceback."""
+    mine = tmp_path / "mine.py"
+    mine.write_text("import functools\n\n\ndef checked(f):\n    @functools.wraps(f)\n    def wrapper(*a, **k):\n"
+                    "        raise ValueError('checked')\n    return wrapper\n\n\nclass FailsEarly:\n    @checked\n"
+                    "    def predict(self, context, horizon, num_samples=100, seed=0):\n        return None\n")
+    fc = evaluate.OwnForecaster(evaluate.import_source(f"{mine}:FailsEarly", "--model").FailsEarly(), "--model")
+    with pytest.raises(UserError) as caught:
+        fc.predict(np.zeros((1, 384, 2)), 10, 1, 0)
+    assert [line.split(",")[0] for line in str(caught.value).splitlines() if line.startswith("  File")] == [
+        f'  File "{mine}"']
+
+
 OWN_DATA_FORECASTER = """
 import numpy as np
 

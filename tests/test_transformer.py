@@ -1114,3 +1114,27 @@ def test_a_vqvae_of_windows_without_a_future_is_one_clear_error(script, monkeypa
     monkeypatch.setattr(module, "run_vqvae", lambda args, resume: (vq, {"config": raw}, "vq0.pt", ""))
     with pytest.raises(UserError, match=r"vq0.pt: the VQ-VAE's data.forecast_predictions is 0"):
         module.main(["--prepared", str(tmp_path), "--results", str(tmp_path), "--checkpoints", str(tmp_path)])
+
+
+def test_a_context_and_an_end_between_hundredths_are_said_at_a_start_allowed(tmp_path):
+    """A context of 289 samples at 128 Hz (2.2578 s) is said as 2.26 s, the first start allowed, and a record of
+    2559 samples (19.9922 s) ends at 19.99 s: rounded the other way, 2.25 s and 20.0 s are starts refused."""
+    import dataclasses
+
+    from baselines import Persistence
+    from conftest import write_record
+    from forecast import forecast_record
+    from hyper_params import load_config
+
+    cfg = load_config()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, samples_per_second=128,
+                                                            input_signal_duration=289 / 128))
+    fc = Persistence(128)
+    fc.cfg = cfg
+    rec = write_record(tmp_path, "r", seconds=2559 / 128, fs=128, seed=1)
+    with pytest.raises(UserError, match=r"--start 2\.25 s must lie between 2\.26 s \(one context\) and the record's "
+                                        r"end \(19\.99 s\)"):
+        forecast_record(fc, str(rec), 2.25, 1.0, 1, 0)
+    short = write_record(tmp_path, "s", seconds=2.25, fs=128, seed=1)
+    with pytest.raises(UserError, match=r"s lasts 2\.25 s, shorter than the model's context of 2\.26 s"):
+        forecast_record(fc, str(short), 2.0, 1.0, 1, 0)
