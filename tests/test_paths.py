@@ -1152,3 +1152,16 @@ def test_the_data_folder_is_the_shared_copy_when_only_it_has_records(tmp_path, m
     assert paths.location("data") == own
     monkeypatch.setenv("MITBIH_DIR", str(tmp_path / "env"))
     assert paths.location("data") == tmp_path / "env" and paths.location("data", "flag") == Path("flag")
+
+
+def test_an_empty_variable_or_an_empty_data_folder_is_no_location(tmp_path, monkeypatch):
+    """MITBIH_DIR= (set, empty) is unset, not the working folder; an empty data/mitdb (a download's folder made,
+    nothing in it) holds no records, so the shared copy is read."""
+    own, shared = tmp_path / "repo" / "data" / "mitdb", tmp_path / "shared" / "data" / "mitdb"
+    monkeypatch.setitem(paths.ENV, "data", ("MITBIH_DIR", own))
+    monkeypatch.setattr(paths, "SHARED_MITDB", shared)
+    monkeypatch.setenv("MITBIH_DIR", "")
+    own.mkdir(parents=True)
+    assert paths.location("data") == own
+    write_record(shared, "100", seconds=8)
+    assert paths.location("data") == shared

@@ -2019,3 +2019,10 @@ def test_the_readmes_model_of_ones_own_trains_resumes_and_is_scored_by_evaluate(
     context = np.random.default_rng(0).standard_normal((3, 64, 2)).astype(np.float32) * 0.3
     out = fc.predict(context, 40, num_samples=5)
     assert out.shape == (3, 1, 40, 2) and out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def test_augment_copies_0_is_taken_as_no_augmentation() -> None:
+    """--augment-copies 0 is augmentation off (the config's augment.copies 0), not a bad number."""
+    import argparse
+    training.check_run_flags(argparse.Namespace(epochs=None, max_steps=None, batch_size=None, augment_copies=0,
+                                                seed=None))

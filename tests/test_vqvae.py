@@ -984,3 +984,11 @@ def test_a_record_just_short_of_a_window_is_not_said_to_last_one() -> None:
     rounded down, as forecast.py says a record's end."""
     with pytest.raises(UserError, match=r"^r lasts 0\.96 s, shorter than the model's window of 1 s$"):
         vqvae_eval.record_windows(np.zeros((123, 2), np.float32), 0.0, None, 128, 128, "r")
+
+
+def test_a_start_too_late_for_a_window_says_the_records_length_rounded_down() -> None:
+    """2559 samples at 128 Hz (19.992 s) last 19.99 s, not 20.0 s, in the message of a start that leaves less
+    than one window, as in the message of a record shorter than one."""
+    with pytest.raises(UserError, match=r"leaves less than one window \(1 s\) of r, which lasts 19\.99 s; the last "
+                                        r"window starts at 18\.99"):
+        vqvae_eval.record_windows(np.zeros((2559, 2), np.float32), 19.5, None, 128, 128, "r")
