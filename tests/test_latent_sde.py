@@ -1430,3 +1430,22 @@ def test_crps_paths_of_an_emission_that_renders_nothing_are_their_drafts_over_se
         with torch.no_grad():
             paths, drafts = fc.path_crps(window.float(), 4, 5)
         torch.testing.assert_close(paths, drafts, atol=1e-6, rtol=0)
+
+
+def test_validations_beat_errors_pool_over_the_annotated_frames_alone() -> None:
+    """elbo_step's beat-hint errors in validation are (sum, frames) pooled over batches: a batch with no annotated
+    frame adds nothing, so the pooled error is the annotated batch's own, and alone it reads 0, not NaN."""
+    sde = tiny_sde().eval()
+    step = latent_sde_train.elbo_step(16, ["beats"])
+    frames = torch.randn(2, 32, 8, generator=torch.Generator().manual_seed(1))
+    none = torch.full((2, 32, 2), float("nan"))
+    some = none.clone()
+    some[0, :10] = torch.tensor([1.0, 1.2])
+    with torch.no_grad():
+        unannotated = step(sde, (frames, none, torch.arange(2)))[1]
+        annotated = step(sde, (frames, some, torch.arange(2)))[1]
+    for key in ("phase_err", "rate_err"):
+        empty, own = unannotated[key], annotated[key]
+        assert empty.figure(empty.counts) == 0 and own.figure(own.counts) > 0
+        both = empty + own
+        assert both.figure(both.counts) == pytest.approx(own.figure(own.counts), rel=1e-6), key
