@@ -916,3 +916,15 @@ def test_only_torchruns_workers_watch_their_launcher(monkeypatch, elastic: bool)
     monkeypatch.setattr(training, "_rank_device", lambda *a: torch.device("cpu"))
     monkeypatch.setattr(running, "stop_when_orphaned", lambda: watched.append(True))
     assert training.setup_runtime("cpu").world == 2 and watched == [True] * elastic
+
+
+def test_a_process_watches_its_launcher_once(monkeypatch) -> None:
+    """A second call (a second setup_runtime in one process) starts no second watch, which would say the note and
+    send SIGTERM twice."""
+    started = []
+    monkeypatch.setattr(running, "_watching", running.threading.Event())
+    thread = type("Thread", (), {"start": lambda self: None})
+    monkeypatch.setattr(running.threading, "Thread", lambda **kw: started.append(kw) or thread())
+    running.stop_when_orphaned()
+    running.stop_when_orphaned()
+    assert [kw["name"] for kw in started] == ["stop_when_orphaned"]
