@@ -150,9 +150,9 @@ def check_writable(folder: str | os.PathLike, keep: bool = True) -> Path:
         with tempfile.TemporaryFile(prefix=".write-test.", dir=folder):
             pass
     except OSError as e:
-        link = broken_link(folder)
+        link, file = broken_link(folder), next((f for f in (folder, *folder.parents) if os.path.isfile(f)), None)
         why = (f"{'it' if link == folder else link} is a link to {link.readlink()}, which does not exist" if link
-               else e.strerror or e)
+               else f"{'it' if file == folder else file} is a file" if file else e.strerror or e)
         raise UserError(f"cannot write to the output folder {folder}: {why}") from e
     finally:
         for f in made if not keep else ():

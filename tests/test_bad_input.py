@@ -495,7 +495,7 @@ def test_output_not_writable(cli):
     """Refused before any record is read: any error naming somefile.txt passed, the failed write of train.pt after
     every record was read and filtered ('cannot write to .../somefile.txt/sub') too."""
     check_error(cli["out_not_writable"], "cannot write to the output folder ",
-                f"{Path('somefile.txt', 'sub')}: Not a directory")
+                f"{Path('somefile.txt', 'sub')}: ", "somefile.txt is a file")
 
 
 def test_prepared_tensors_missing(tmp_path):

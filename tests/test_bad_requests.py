@@ -342,14 +342,15 @@ def test_forecast_checkpoint_names_the_shipped_models(tmp_path):
 
 
 def test_forecast_output_folder_that_is_a_file(tmp_path, monkeypatch):
-    """Refused as an output folder before any forecast is made: any error naming 'taken' passed, the forecast's
-    own failed write after all its work ('cannot write to .../taken') too."""
+    """Refused as an output folder before any forecast is made, saying it is a file (mkdir's 'File exists' said
+    what is there, not that it is no folder): any error naming 'taken' passed, the forecast's own failed write after
+    all its work ('cannot write to .../taken') too."""
     write_record(tmp_path, "r", seconds=12, seed=0)
     (tmp_path / "taken").write_text("mine\n")
     monkeypatch.setattr(forecast, "forecast_record", lambda *a, **k: pytest.fail("forecast before --out was checked"))
     code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(tmp_path / "r"), "--start", "5",
                               "--out", str(tmp_path / "taken")])
-    assert code == 2 and err == f"error: cannot write to the output folder {tmp_path / 'taken'}: File exists\n", err
+    assert code == 2 and err == f"error: cannot write to the output folder {tmp_path / 'taken'}: it is a file\n", err
     assert (tmp_path / "taken").read_text() == "mine\n"
 
 
