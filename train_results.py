@@ -232,13 +232,14 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
     return read_checkpoint(path, kind)[0]
 
 
-def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> tuple[dict, str]:
+def read_checkpoint(path: str | os.PathLike, kind: str | None = None, example: str = "best.pt") -> tuple[dict, str]:
     """load_checkpoint's checkpoint and the SHA-256 (paths.file_sha256's digits) of the bytes it was loaded from:
-    the file hashed again after loading could be another one by then (a later best.pt, an edited --resume)."""
+    the file hashed again after loading could be another one by then (a later best.pt, an edited --resume).
+    `example`: the file a run's folder, given instead, is told to pass (--resume's is last.pt)."""
     path = Path(path)
     if os.path.isdir(path):             # a run's checkpoint folder, passed for one of its files; os.path's: see paths
         held = sorted(p.name for p in path.glob("*.pt"))
-        example = path / ("best.pt" if "best.pt" in held or not held else held[0])     # pretrained/ holds no best.pt
+        example = path / (example if example in held or not held else held[0])     # pretrained/ holds no best.pt
         raise UserError(f"checkpoint {path} is a folder ({', '.join(held[:5]) or 'no .pt files'}): pass one checkpoint "
                         f"file, e.g. {example}")
     if not os.path.isfile(path):

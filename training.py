@@ -840,7 +840,7 @@ def load_resume(path: str | Path, kind: str) -> dict:
     packed model, as pretrained/'s). Its "file_sha256" is the bytes loaded, which check_same_checkpoint compares
     across ranks; noted for training_main, so that a stop from here on says how to resume it."""
     _begun().resume, _begun().kind = path, kind
-    ckpt, digest = read_checkpoint(path, kind)
+    ckpt, digest = read_checkpoint(path, kind, example="last.pt")
     ckpt["file_sha256"] = digest
     missing = [k for k in TRAINING_STATE if k not in ckpt]
     if missing:

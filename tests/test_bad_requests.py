@@ -576,6 +576,18 @@ def test_a_run_folder_given_for_a_checkpoint_is_called_a_folder(tmp_path):
         load_checkpoint(run)
 
 
+def test_a_run_folder_given_to_resume_is_told_its_last_pt(tmp_path):
+    """--resume of a run's folder named best.pt as the file to pass, which resumes the best epoch, not the last."""
+    import training
+    run = tmp_path / "vqvae-1"
+    run.mkdir()
+    for name in ("best.pt", "last.pt"):
+        (run / name).write_bytes(b"")
+    with pytest.raises(UserError, match=rf"vqvae-1 is a folder \(best.pt, last.pt\): pass one checkpoint file, e.g. "
+                                        rf"{re.escape(str(run / 'last.pt'))}$"):
+        training.load_resume(run, "vqvae")
+
+
 def test_a_forecaster_checkpoint_missing_its_vqvae_is_named(tmp_path):
     ckpt = torch.load(PRETRAINED, map_location="cpu", weights_only=True)
     del ckpt["vqvae"]
