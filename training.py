@@ -650,7 +650,8 @@ class Trainer:
                 raise type(e)(self.resume_hint()) from None
             raise
         if self.rt.is_main:
-            print(f"plots and metrics.csv: {self.run_dir}\ncheckpoints: {self.ckpt_dir} (best.pt, last.pt)")
+            held = ", ".join(sorted(p.name for p in self.ckpt_dir.glob("*.pt")))     # epoch_NNN.pt too
+            print(f"plots and metrics.csv: {self.run_dir}\ncheckpoints: {self.ckpt_dir} ({held})")
         if self.rt.distributed:
             dist.destroy_process_group()
         return row

@@ -1324,11 +1324,14 @@ def test_metrics_csv_lr_is_the_one_each_epochs_last_step_took_across_a_resume(tm
     assert resumed_took == pytest.approx(took[6:]) and resumed_logged == pytest.approx(logged, rel=1e-5)
 
 
-def test_numbered_checkpoints_every_checkpoint_every_epochs(tmp_path: Path) -> None:
-    """checkpoint_every 2 over 5 epochs: epoch_002.pt and epoch_004.pt beside last.pt and best.pt."""
-    toy_trainer(tmp_path, epochs=5, checkpoint_every=2).fit()
+def test_numbered_checkpoints_every_checkpoint_every_epochs(tmp_path: Path, capsys) -> None:
+    """checkpoint_every 2 over 5 epochs: epoch_002.pt and epoch_004.pt beside last.pt and best.pt, all named where
+    the run ends (the line named best.pt and last.pt alone)."""
+    toy_trainer(tmp_path, epochs=5, checkpoint_every=2).run()
     numbered = sorted(p.name for p in (tmp_path / "ckpt").glob("epoch_*.pt"))
     assert numbered == ["epoch_002.pt", "epoch_004.pt"]
+    said = f"checkpoints: {tmp_path / 'ckpt'} (best.pt, epoch_002.pt, epoch_004.pt, last.pt)\n"
+    assert capsys.readouterr().out.endswith(said)
     assert torch.load(tmp_path / "ckpt" / "epoch_004.pt", weights_only=True)["epoch"] == 4
 
 
