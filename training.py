@@ -425,8 +425,9 @@ class Trainer:
         total = self._run_steps()
         warmup = run_warmup(self.s.warmup_steps, total)
         if warmup < self.s.warmup_steps and self.rt.is_main:
+            over = f"warming up over {warmup} steps" if warmup else "with no warm-up"     # 'over 0' for 3 steps
             running.note(f"train.warmup_steps {self.s.warmup_steps} is over a quarter of this run's {total} steps: "
-                         f"warming up over {warmup}, so the learning rate reaches its peak and decays")
+                         f"{over}, so the learning rate reaches its peak and decays")
 
     def wrapped(self) -> nn.Module:
         """The model as the forward pass sees it: DDP under torchrun, DataParallel on several GPUs."""

@@ -505,13 +505,16 @@ def test_a_warm_up_longer_than_a_quarter_of_the_run_is_shortened_to_it(tmp_path,
     assert trainer.opt.param_groups[0]["lr"] == pytest.approx(0.001)
     toy_trainer(tmp_path / "short", epochs=2, warmup_steps=4).fit()            # a quarter exactly: as configured
     assert "warming up over" not in capsys.readouterr().err
+    toy_trainer(tmp_path / "three", epochs=1, max_steps_per_epoch=3, warmup_steps=100).fit()
+    assert "this run's 3 steps: with no warm-up, so" in capsys.readouterr().err      # not 'warming up over 0'
 
 
 def test_a_resume_at_other_steps_per_epoch_notes_the_warm_up_it_trains_with(tmp_path, capsys):
     """The warm-up note was said when the Trainer was built, of epochs x the resume's steps per epoch: 4 epochs of 8
     resumed to 6 of 2 with warmup_steps 5 said 'this run's 12 steps: warming up over 3', while the schedule it trained
     with is laid out over the 36 steps taken and left, the warm-up kept at 5. 2 of 2 resumed to 4 of 8 with 6: 20."""
-    for first, then, warmup, said in (((4, 8), (6, 2), 5, None), ((2, 2), (4, 8), 6, "20 steps: warming up over 5")):
+    for first, then, warmup, said in (((4, 8), (6, 2), 5, None),
+                                      ((2, 2), (4, 8), 6, "20 steps: warming up over 5 steps")):
         toy_trainer(tmp_path / f"{first}", epochs=first[0], max_steps_per_epoch=first[1], warmup_steps=warmup).fit()
         capsys.readouterr()
         resumed = toy_trainer(tmp_path / f"{first}{then}", epochs=then[0], max_steps_per_epoch=then[1],
