@@ -651,8 +651,7 @@ class Trainer:
                 raise type(e)(self.resume_hint()) from None
             raise
         if self.rt.is_main:
-            held = ", ".join(sorted(p.name for p in self.ckpt_dir.glob("*.pt")))     # epoch_NNN.pt too
-            print(f"plots and metrics.csv: {self.run_dir}\ncheckpoints: {self.ckpt_dir} ({held})")
+            print(f"plots and metrics.csv: {self.run_dir}\ncheckpoints: {self.ckpt_dir} ({kept(self.ckpt_dir)})")
         if self.rt.distributed:
             dist.destroy_process_group()
         return row
@@ -835,6 +834,15 @@ def check_same_checkpoint(path: str | Path, ckpt: dict) -> None:
         raise UserError(f"--resume {path} is not the same checkpoint on every rank: rank 0's is epoch {ranks[0][0]} "
                         f"(step {ranks[0][1]}, sha256 {ranks[0][2]}), {said}; copy rank 0's file to every node, or "
                         "keep checkpoints/ on a shared file system")
+
+
+def kept(ckpt_dir: Path) -> str:
+    """The checkpoints a run's folder holds, its epoch_NNN.pt too; more than three of those are counted."""
+    names = sorted(p.name for p in ckpt_dir.glob("*.pt"))
+    numbered = [n for n in names if n.startswith("epoch_")]
+    if len(numbered) > 3:
+        names = [n for n in names if n not in numbered] + [f"{len(numbered)} epoch_NNN.pt"]
+    return ", ".join(names)
 
 
 def load_resume(path: str | Path, kind: str) -> dict:

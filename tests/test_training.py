@@ -4,6 +4,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -1335,6 +1336,9 @@ def test_numbered_checkpoints_every_checkpoint_every_epochs(tmp_path: Path, caps
     assert numbered == ["epoch_002.pt", "epoch_004.pt"]
     said = f"checkpoints: {tmp_path / 'ckpt'} (best.pt, epoch_002.pt, epoch_004.pt, last.pt)\n"
     assert capsys.readouterr().out.endswith(said)
+    for epoch in (6, 8):
+        shutil.copy(tmp_path / "ckpt" / "epoch_004.pt", tmp_path / "ckpt" / f"epoch_{epoch:03d}.pt")
+    assert training.kept(tmp_path / "ckpt") == "best.pt, last.pt, 4 epoch_NNN.pt"     # counted past three
     assert torch.load(tmp_path / "ckpt" / "epoch_004.pt", weights_only=True)["epoch"] == 4
 
 
