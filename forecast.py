@@ -511,6 +511,7 @@ def record_window(rec: Record, record: str, data: DataConfig, start_s: float, ho
                   ) -> tuple[np.ndarray, np.ndarray]:
     """The context before `start_s` (a training window's) and the `horizon` true samples after it, fewer at the
     record's end; refused by name when `rec`, read from `record`, has no whole context without gaps there."""
+    from prepare_mitbih import hundredths           # loaded by now, with the record
     fs, ctx = data.samples_per_second, data.window_samples
     at = round(start_s * fs)
     if rec.length < ctx:
@@ -525,13 +526,6 @@ def record_window(rec: Record, record: str, data: DataConfig, start_s: float, ho
         raise UserError(f"{record}: the context {round((at - ctx) / fs, 3):g}-{start_s:.15g} s touches a gap of "
                         f"NaN/invalid or flat samples; {clean_starts(rec.signal, i, ctx, fs, rec.offset)}")
     return context, rec.signal[i:i + horizon]
-
-
-def hundredths(seconds: float, up: bool) -> str:
-    """`seconds` to 0.01 s, rounded up for a first start, down for an end, so the bound said is a start allowed:
-    1805.56 s read 1805.6, beyond the start refused there; a 2.25 s context 2.2, before the first start."""
-    n = math.ceil(seconds * 100 - 1e-6) if up else math.floor(seconds * 100 + 1e-6)
-    return f"{n / 100:.2f}".removesuffix("0")
 
 
 def read_model_record(record: str, data: DataConfig, span: tuple[int, int] | None = None) -> Record:

@@ -587,6 +587,13 @@ def secs(v: float) -> str:
     return f"{v:.1f}" if abs(v - round(v, 1)) < 1e-9 else f"{v:.3f}"
 
 
+def hundredths(seconds: float, up: bool) -> str:
+    """`seconds` to 0.01 s, rounded up for a first start, down for an end, so the bound said is a start allowed:
+    1805.56 s read 1805.6, beyond the start refused there; a 2.25 s context 2.2, before the first start."""
+    n = math.ceil(seconds * 100 - 1e-6) if up else math.floor(seconds * 100 + 1e-6)
+    return f"{n / 100:.2f}".removesuffix("0")
+
+
 def check_record(path: Path, cfg: DataConfig) -> None:
     """The cheap checks (header, file sizes, sampling rate, leads, length) without reading or filtering samples."""
     path = record_path(path)

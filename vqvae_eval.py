@@ -38,10 +38,9 @@ from tqdm import tqdm
 import paths
 import running
 from hyper_params import AugmentConfig, Config, DataConfig, stored_config
-from forecast import hundredths
 from metrics import prd, prdn
-from prepare_mitbih import (augmented_encoding, cached_encoding, load_split, patients_seen, record_hash, source_fs,
-                            stored_leads)
+from prepare_mitbih import (augmented_encoding, cached_encoding, hundredths, load_split, patients_seen, record_hash,
+                            source_fs, stored_leads)
 from train_results import fixed_indices, plot_windows, read_checkpoint, weights_digest, window_titles
 from training import Runtime, main_first, ranks_apart, run_splits
 from transformer import as_levels
