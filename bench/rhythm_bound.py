@@ -124,7 +124,7 @@ def record_beats(w, data_dir: Path, data) -> dict[int, np.ndarray]:
     """Every annotated record's reference beats over the whole recording (samples at fs)."""
     import prepare_mitbih as P
 
-    if not any(data_dir.glob("*.hea")):
+    if not paths.has_records(data_dir):
         raise paths.UserError(f"{data_dir} holds no WFDB records, which `history` reads: give --data-dir or "
                               "$MITBIH_DIR, or skip it with --history-seconds and no values")
     return {r: P.read_record(data_dir / name, data, gaps=True).beats.astype(float)
