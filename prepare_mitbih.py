@@ -17,8 +17,11 @@ import numbers
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -49,6 +52,7 @@ MITBIH_FS = 360                   # its records' rate: a database at another one
 BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
 SPLITS = ("train", "validation", "test")
 DOWNLOAD_PART = ".download-"   # the hidden folder in the data folder that a download arrives in
+CONNECT_TIMEOUT = 20.0         # seconds PhysioNet (or the proxy) has to answer before a download starts
 # The split of null data.test_records / validation_records (config_split): DS2 and 201 (202's patient) test, every
 # 7th remaining DS1 record from the 4th validation, the rest train.
 DEFAULT_TEST = DS2 + ["201"]
@@ -199,6 +203,7 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
         data_dir.mkdir(parents=True, exist_ok=True)
         part = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PART, dir=data_dir))
         import wfdb
+        reach_physionet(wfdb.io.download.config.db_index_url)
         wfdb.dl_database("mitdb", str(part))
         move_in(part, data_dir)
     except Exception as e:  # wfdb raises requests' errors, OSError, ValueError...
@@ -214,6 +219,22 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
         raise UserError(f"the download into {data_dir} produced no records: {hint}")
     print(f"no WFDB records were in {data_dir}: downloaded MIT-BIH from PhysioNet there ({len(names)} records)")
     return names
+
+
+def reach_physionet(url: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Connect once to the host (or proxy) that `url` is fetched from: wfdb's requests have no timeout, so on a
+    network that drops packets (a firewall) the download hung for ever instead of failing."""
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = via.hostname or "", via.port or (443 if via.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        why = f"no answer within {timeout:g} s" if isinstance(e, TimeoutError) else e.strerror or str(e)
+        raise ConnectionError(f"cannot connect to {host}:{port}: {why}") from e
 
 
 def move_in(part: Path, data_dir: Path) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,18 @@ def run_cli(args: list[str]) -> subprocess.CompletedProcess:
 
 def run_in_process(args: list[str]) -> subprocess.CompletedProcess:
     return run_script(pm.main, "prepare_mitbih.py", args)
+
+
+REACH_PHYSIONET = pm.reach_physionet
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """The in-process downloads here are wfdb.dl_database stubs: the connect that precedes them never leaves the
+    machine (the tests of that connect put it back, with socket's stubbed)."""
+    monkeypatch.setattr(pm, "reach_physionet", lambda url, timeout=pm.CONNECT_TIMEOUT: None)
+    for var in [v for v in os.environ if v.lower().endswith("_proxy")]:
+        monkeypatch.delenv(var)
 
 
 def good_db(folder: Path) -> Path:
@@ -202,6 +216,46 @@ def test_offline_download_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch
         assert "(ConnectionError: HTTPSConnectionPool(host='physionet.org', port=443): Max retries" in r.stderr
         assert "/content/mitdb/ ...): put the MIT-BIH WFDB files" in r.stderr and str(folder) in r.stderr
     assert not (tmp_path / "new" / "mitdb").exists() and (tmp_path / "there").is_dir()
+
+
+def test_a_network_that_drops_packets_fails_at_connect(tmp_path, monkeypatch):
+    """wfdb's requests have no timeout: behind a firewall that drops packets the download hung for ever. A connect
+    to PhysioNet with a timeout comes first, and its failure is the download's one line naming host and timeout."""
+    connects = []
+
+    def dropped(address, timeout=None):
+        connects.append((address, timeout))
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(pm, "reach_physionet", REACH_PHYSIONET)
+    monkeypatch.setattr(socket, "create_connection", dropped)
+    monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: pytest.fail("dl_database called after no connect"))
+    start = time.monotonic()
+    with pytest.raises(UserError) as e:
+        pm.find_records(tmp_path / "mitdb", download=True)
+    assert time.monotonic() - start < 5 and connects == [(("physionet.org", 443), pm.CONNECT_TIMEOUT)]
+    msg = str(e.value)
+    assert "failed (ConnectionError: cannot connect to physionet.org:443: no answer within 20 s): put the " in msg
+    assert "--data-dir" in msg and "\n" not in msg and not (tmp_path / "mitdb").exists()
+
+
+def test_a_download_connects_first(tmp_path, monkeypatch):
+    """PhysioNet answering, the download goes on as before; through a proxy (as requests does) it is the proxy that
+    is asked."""
+    connects = []
+
+    class Connection:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(pm, "reach_physionet", REACH_PHYSIONET)
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: connects.append(address) or
+                        Connection())
+    monkeypatch.setattr(wfdb, "dl_database", lambda name, folder: write_record(Path(folder), "100", seconds=12))
+    assert pm.find_records(tmp_path / "direct", download=True) == ["100"]
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    assert pm.find_records(tmp_path / "proxied", download=True) == ["100"]
+    assert connects == [("physionet.org", 443), ("proxy.example", 3128)]
 
 
 def test_a_download_cut_short_leaves_no_records(tmp_path, monkeypatch):
