@@ -82,6 +82,7 @@ def make_forecaster(spec: str, fs: int, device: str | None = None) -> Forecaster
         return user_forecaster(spec, fs, device)
     path = paths.shipped_checkpoint(spec, "--model") if spec in SHIPPED_SPECS else Path(spec)
     if not os.path.exists(path):        # a folder is said to be one by load_checkpoint; os.path's: see paths
+        paths.check_python_name(spec, "--model")
         raise UserError(f"--model {spec}: no such checkpoint file; --model takes a checkpoint path (e.g. "
                         f"checkpoints/transformer-<time>/best.pt), a shipped model ({', '.join(SHIPPED_SPECS)}), a "
                         f"baseline ({', '.join(BASELINES)} or {ALL_BASELINES}) or your own FILE.py:NAME or module:NAME")

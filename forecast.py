@@ -434,6 +434,7 @@ def checkpoint_path(checkpoint: str | None) -> Path:
     if checkpoint in SHIPPED_SPECS:
         return paths.shipped_checkpoint(checkpoint, "--checkpoint")
     if not os.path.exists(checkpoint):      # os.path's: see paths
+        paths.check_python_name(checkpoint, "--checkpoint")
         from baselines import BASELINES
         raise UserError(f"--checkpoint {checkpoint}: no such checkpoint file, and not a shipped model "
                         f"({', '.join(SHIPPED_SPECS)}), a baseline ({', '.join(BASELINES)}) nor a forecaster of "

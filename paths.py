@@ -48,6 +48,14 @@ def shipped_checkpoint(spec: str, flag: str) -> Path:
     return path
 
 
+def check_python_name(spec: str, flag: str) -> None:
+    """A missing checkpoint `spec` that is a shipped model's Python name (from_pretrained's 'latent_sde') is refused
+    with its command-line name: the list of every name the flag takes left the user to match the two up."""
+    if cli := {model: name for name, model in SHIPPED_SPECS.items()}.get(spec):
+        raise UserError(f"{flag} {spec}: no such checkpoint file; the shipped {spec} model is {flag} {cli} on the "
+                        f"command line ('{spec}' is its name in Forecaster.from_pretrained(model=...))")
+
+
 def given_path(value: str) -> str:
     """argparse type of every file and folder flag: an empty value (`--out "$DIR"` with DIR unset) meant the flag's
     default without a word, data/prepared or a fresh training instead of --resume's."""

@@ -332,13 +332,27 @@ def test_forecast_checkpoint_names_the_shipped_models(tmp_path):
     """--checkpoint takes evaluate.py's names of the shipped models, says so in --help, and offers them for a
     checkpoint that is not there."""
     record = write_record(tmp_path, "r", seconds=12, seed=0)
-    code, err = run_forecast(["--checkpoint", "latent_sde", "--record", str(record), "--start", "5"])
-    assert code == 2 and err == ("error: --checkpoint latent_sde: no such checkpoint file, and not a shipped model "
+    code, err = run_forecast(["--checkpoint", "latent", "--record", str(record), "--start", "5"])
+    assert code == 2 and err == ("error: --checkpoint latent: no such checkpoint file, and not a shipped model "
                                  "(pretrained, pretrained_sde), a baseline (zero, mean, persistence, seasonal, "
                                  "analog, template, seasonal_ensemble, template_ensemble) nor a forecaster of one's "
                                  "own (FILE.py:NAME[=CHECKPOINT])\n"), err
     usage = " ".join(run_script(forecast.main, "forecast.py", ["--help"]).stdout.split())
     assert "pretrained (pretrained/forecaster.pt), pretrained_sde (pretrained/latent_sde.pt)" in usage
+
+
+def test_a_shipped_models_python_name_is_answered_with_its_cli_name(tmp_path):
+    """`latent_sde` or `transformer` (Forecaster.from_pretrained's names) to --checkpoint or --model listed every name
+    the flag takes, pretrained_sde among them, and left the user to match the two up: the error says which it is."""
+    record = write_record(tmp_path, "r", seconds=12, seed=0)
+    for python, cli in (("latent_sde", "pretrained_sde"), ("transformer", "pretrained")):
+        code, err = run_forecast(["--checkpoint", python, "--record", str(record), "--start", "5"])
+        assert code == 2 and err == (f"error: --checkpoint {python}: no such checkpoint file; the shipped {python} "
+                                     f"model is --checkpoint {cli} on the command line ('{python}' is its name in "
+                                     f"Forecaster.from_pretrained(model=...))\n"), err
+        with pytest.raises(UserError, match=f"^--model {python}: no such checkpoint file; the shipped {python} model "
+                                            f"is --model {cli} on the command line "):
+            evaluate.make_forecaster(python, 128)
 
 
 def test_forecast_output_folder_that_is_a_file(tmp_path, monkeypatch):

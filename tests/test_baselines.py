@@ -144,10 +144,11 @@ def test_make_forecaster_rejects_a_missing_checkpoint(tmp_path):
 
 
 def test_an_unknown_model_is_told_every_name_evaluate_takes():
-    """latent_sde is the Python API's name; --model says it takes pretrained_sde, and every other form."""
+    """--model says it takes pretrained_sde, and every other form (a shipped model's Python name, latent_sde, is
+    told its command-line name: test_bad_requests)."""
     with pytest.raises(UserError) as e:
-        make_forecaster("latent_sde", FS)
-    for name in ("--model latent_sde", "checkpoint path", "pretrained, pretrained_sde", *B.BASELINES, "baselines)",
+        make_forecaster("latent", FS)
+    for name in ("--model latent", "checkpoint path", "pretrained, pretrained_sde", *B.BASELINES, "baselines)",
                  "FILE.py:NAME"):
         assert name in str(e.value)
 
