@@ -76,16 +76,6 @@ def prdn(pred: np.ndarray, truth: np.ndarray, axis: int = 0) -> float:
     return float(100 * np.sqrt(np.sum((pred - truth) ** 2) / np.sum(centred ** 2)))
 
 
-def pearson_r(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Correlation of forecast and truth; 0 for a constant forecast (it explains none of the shape)."""
-    check_pair(pred, truth)
-    p, t = np.asarray(pred, np.float64).ravel(), np.asarray(truth, np.float64).ravel()
-    p, t = p - p.mean(), t - t.mean()
-    if np.sum(p * p) <= 1e-12 * len(p):
-        return 0.0
-    return float(np.sum(p * t) / np.sqrt(np.sum(p * p) * np.sum(t * t)))
-
-
 # ----------------------------------------------------------------------------- sampled forecasts
 
 def sorted_samples(samples: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -106,33 +96,6 @@ def crps_sorted(xs: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.mean(np.abs(xs - y[..., None]), axis=-1) - xs @ weights
 
 
-def crps_samples(samples: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:
-    """CRPS of samples (sample dimension `axis`) at observations y (the other dimensions): predict's samples
-    [B, S, H, 2] take axis=1 and y [B, H, 2]."""
-    xs, y = _sorted_and_checked(samples, y, axis)
-    return crps_sorted(xs, y)
-
-
-def _sorted_and_checked(samples: np.ndarray, y: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted_samples, y as an array), once check_observations found them fit to score together."""
-    xs, y = sorted_samples(samples, axis), np.asarray(y)
-    check_observations(xs, y, axis)
-    return xs, y
-
-
-def check_observations(xs: np.ndarray, y: np.ndarray, axis: int) -> None:
-    """Observations y must have the samples' shape without their sample axis: predict's [1, S, H, 2] read with the
-    default axis 0 against y [H, 2] would broadcast into S CRPS of a single sample each (or a coverage of 0),
-    silently. Both must be finite: a NaN sample sorts last, as if it were +inf, and a NaN y falls outside every
-    interval."""
-    if y.shape != xs.shape[:-1]:
-        raise ValueError(f"y has shape {y.shape} but the samples without their axis {axis} have {xs.shape[:-1]}: "
-                         f"they must be the same (predict's samples [B, S, H, 2] take axis=1 and y [B, H, 2])")
-    for what, a in (("the samples", xs), ("y", y)):
-        if not np.isfinite(a).all():
-            raise ValueError(f"{what} must be finite, got {np.sum(~np.isfinite(a))} NaN or inf")
-
-
 def quantile_sorted(xs: np.ndarray, q: float) -> np.ndarray:
     """Quantile q of sorted samples along the last axis, linear interpolation (numpy's default)."""
     if not 0 <= q <= 1:
@@ -141,16 +104,6 @@ def quantile_sorted(xs: np.ndarray, q: float) -> np.ndarray:
     lo = int(np.floor(pos))
     hi = min(lo + 1, xs.shape[-1] - 1)
     return xs[..., lo] + (pos - lo) * (xs[..., hi] - xs[..., lo])
-
-
-def interval_coverage(samples: np.ndarray, y: np.ndarray, level: float, axis: int = 0) -> tuple[float, float]:
-    """(fraction of y inside the central `level` interval of the samples, mean interval width); `level` is a
-    fraction, 0.8 for the 80 % interval, and y has the samples' shape without their axis (crps_samples)."""
-    if not 0 <= level <= 1:
-        raise ValueError(f"level must be in [0, 1] (0.8 for the 80 % interval), got {level}")
-    xs, y = _sorted_and_checked(samples, y, axis)
-    lo, hi = quantile_sorted(xs, (1 - level) / 2), quantile_sorted(xs, (1 + level) / 2)
-    return float(np.mean((y >= lo) & (y <= hi))), float(np.mean(hi - lo))
 
 
 # ----------------------------------------------------------------------------- R peaks and beats
