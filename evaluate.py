@@ -1405,7 +1405,7 @@ def plot_results(run: Path, forecasters: dict[str, ForecasterBase], scores: dict
     """error_curves.png, and each forecaster's gallery_<name>.png forecast with the evaluation's seeds."""
     fs, context = cfg.data.samples_per_second, cfg.data.window_samples
     plot_error_curves(scores, summary, fs, run / "error_curves.png", baselines,
-                      curves_title(w, sampled_paths(summary, args.samples), getattr(args, "horizon_beats", None)))
+                      curves_title(w, sampled_paths(summary, args.samples), args.horizon_beats))
     paths.atomic_write_text(error_curves_csv(scores, summary["order"], fs), run / "error_curves.csv")
     reference = gallery_reference(summary, scores, baselines)
     zero_mse = zero_forecast_mse(w, context)
@@ -1448,7 +1448,7 @@ def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config,
     commit, checkpoints and own forecasters' code are the run's start (`started`): the code that ran, even if the
     tree changed during the run."""
     fs, context, src = cfg.data.samples_per_second, cfg.data.window_samples, w.source
-    horizon, beats = w.signals.shape[1] - context, getattr(args, "horizon_beats", None)
+    horizon, beats = w.signals.shape[1] - context, args.horizon_beats
     return {
         "command": shlex.join(["python3", "evaluate.py", *(sys.argv[1:] if argv is None else argv)]),
         **started,
@@ -1460,7 +1460,7 @@ def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config,
         "records / windows": f"{len(np.unique(w.record))} / {len(w.record)}"
                              + (f" ({len(w.skipped)} records skipped)" if w.skipped else "")
                              + (f", {beats_asked(beats)}" if beats else ""),
-        "windows": windows_chosen(cfg, getattr(args, "max_windows_per_record", None), beats),
+        "windows": windows_chosen(cfg, args.max_windows_per_record, beats),
         "context / horizon": f"{context / fs:g} s / {horizon / fs:g} s at {fs} Hz "
                              f"(band-pass {cfg.data.filter_band[0]:g}-{cfg.data.filter_band[1]:g} Hz)",
         "samples / seed": f"{args.samples} / {args.seed}",

@@ -920,7 +920,7 @@ def test_report_header_counts_the_records_scored_not_the_records_listed():
                          np.ones(3, bool), [["MLII", "V1"]] * 3, [360.0] * 3,
                          {"kind": "prepared", "split": "test", "path": "x/test.pt", "data_hash": "d",
                           "input_hash": "h"})
-    args = argparse.Namespace(config=None, samples=2, seed=0)
+    args = argparse.Namespace(config=None, samples=2, seed=0, max_windows_per_record=None, horizon_beats=None)
     header = evaluate.report_header(args, ["--records", "103"], cfg, w, {}, 1.0, {"date": "d", "git commit": "c"})
     assert header["records / windows"] == "1 / 4"
     # the versions its forecasts depend on, which the commit does not pin (the trainers record torch's too)
