@@ -336,8 +336,8 @@ def horizon_beats_paired(strata: dict) -> list[str]:
 
 
 def better_on(row: dict) -> str:
-    """'<n> of <records>' of a paired row, with its ties: 'better on 2 of 23' read as worse on 21 where 16 were
-    ties (two models of the same beat drafts find the same beats)."""
+    """'<n> of <records>' of a paired row, with its ties: 'better on 2 of 23' alone reads as worse on 21 where 16 may
+    be ties (two models of the same beat drafts find the same beats)."""
     tied = row["records"] - row["better_on"] - row["worse_on"]
     return f"{row['better_on']} of {row['records']}" + (f", {tied} tied" if tied else "")
 

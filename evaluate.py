@@ -731,9 +731,9 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
 
 
 def check_request(forecasters: dict[str, ForecasterBase], w: Windows, context: int, fs: int) -> None:
-    """evaluate's arguments as a script of one's own gives them: a context as long as the windows stopped in a
-    ZeroDivisionError deep in the scores, one of 0 in numpy's 'zero-size array', and a forecaster at another rate
-    than the windows' (make_baseline(name, 360) on 128 Hz windows) was scored without a word."""
+    """evaluate's arguments as a script of one's own gives them, checked first: a context as long as the windows would
+    stop in a ZeroDivisionError deep in the scores, one of 0 in numpy's 'zero-size array', and a forecaster at another
+    rate than the windows' (make_baseline(name, 360) on 128 Hz windows) would be scored without a word."""
     total = w.signals.shape[1]
     if isinstance(context, bool) or not isinstance(context, (int, np.integer)) or not 0 < context < total:
         raise ValueError(f"context must be an integer from 1 to {total - 1} (the windows' {total} samples less a "
@@ -1117,8 +1117,8 @@ def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: P
 
 def curves_title(w: Windows, samples: int | None, horizon_beats: str | None = None) -> str:
     """What error_curves.png averages: the split or folder, its windows and records, the paths per sampled
-    forecast (sampled_paths; None: none was sampled). Seen without its report the figure said none of it, and 3
-    windows' curves look like 920's."""
+    forecast (sampled_paths; None: none was sampled). The figure is often seen without its report, and 3 windows'
+    curves look like 920's."""
     src = w.source
     where = f"{src['split']} split" if src["kind"] == "prepared" else f"{paths.shown(src['path'])}, {src['split']}"
     beats = f" (--horizon-beats {horizon_beats})" if horizon_beats else ""

@@ -255,7 +255,7 @@ class Forecaster(ForecasterBase):
         paths.check_device(None if device is None else str(device), "device")
         if str(path) in SHIPPED_SPECS:
             path = paths.shipped_checkpoint(str(path), "Forecaster.from_checkpoint")
-        elif str(path) in SHIPPED and not os.path.exists(path):     # from_pretrained's name was 'checkpoint not found'
+        elif str(path) in SHIPPED and not os.path.exists(path):     # a from_pretrained name: say so, not 'not found'
             raise UserError(f"Forecaster.from_checkpoint({str(path)!r}): no such file; it takes the shipped models as "
                             f"{' or '.join(SHIPPED_SPECS)}, from_pretrained(model={str(path)!r}) loads this one")
         ckpt, digest = read_checkpoint(path)
@@ -293,7 +293,7 @@ class Forecaster(ForecasterBase):
     def from_pretrained(cls, device: str | torch.device | None = None, model: str = "transformer") -> ForecasterBase:
         """A model shipped in pretrained/, `transformer` or `latent_sde` (trained on the training patients only;
         see the model card)."""
-        if str(device) in {*SHIPPED, *SHIPPED_SPECS, "sde"}:   # from_pretrained("latent_sde") was 'not a device'
+        if str(device) in {*SHIPPED, *SHIPPED_SPECS, "sde"}:   # from_pretrained("latent_sde"): a model, not a device
             raise UserError(f"from_pretrained's first argument is the device: the model is asked by name, "
                             f"from_pretrained(model=...) with one of {', '.join(SHIPPED)}, got {device!r}")
         if model not in SHIPPED:
@@ -553,8 +553,8 @@ def check_not_folder(record: Path) -> None:
 
 
 def check_header(record: Path) -> None:
-    """--record 100 (a name without its folder) was 'missing file 100.hea': say what --record takes, with the record
-    of that name in the data folder (paths.location's) when there is one."""
+    """A --record without its header (100, a name without its folder): say what --record takes, with the record of
+    that name in the data folder (paths.location's) when there is one, not wfdb's 'missing file 100.hea'."""
     from prepare_mitbih import record_path
     where = record_path(record)
     if os.path.isfile(f"{where}.hea"):        # os.path's: see paths

@@ -24,7 +24,7 @@ departure drifted below the band every recording was filtered to, by 0.2-0.3 mV 
 but the CRPS only ties theirs, and half of it scored the lowest CRPS on the validation patients
 (EXPERIMENTS.md, session 31).
 
-Without drafts, a beat phase in the state (`model.phase_harmonics` > 0; the recipe until session 9):
+Without drafts, a beat phase in the state (`model.phase_harmonics` > 0, the default; config_sde.json sets 0):
 - z[0] is a beat phase (radians) and z[1] a beat rate (Hz = min_rate_hz + softplus(z[1] + offset)):
   h moves the phase at 2 pi rate (plus an MLP share); every network sees cos/sin harmonics of the
   phase, not its raw value. Beats come from a phase that keeps turning, so sampled paths keep beating.

@@ -389,7 +389,7 @@ def order_leads(names: list[str], first: str, where: str, units: list[str | None
 
 def only_channel(lead: int, among: list[int], keys: dict[int, str], names: list[str], role: str, where: str) -> None:
     """A lead chosen by its name must be the only channel `among` of that name: of two (a hand-edited or merged
-    header; wfdb writes none), the first was taken without a word, though it may be another recording of it."""
+    header; wfdb writes none), taking the first would go without a word, though it may be another recording of it."""
     twins = [j for j in among if keys[j] == keys[lead]]
     if len(twins) > 1:
         which = f"{', '.join(map(str, twins[:-1]))} and {twins[-1]} are {'both' if len(twins) == 2 else 'all'}"
@@ -565,8 +565,8 @@ def wfdb_header(path: Path) -> wfdb.Record:
 def check_segments(path: Path, header: wfdb.Record) -> None:
     """Each segment of a multi-segment record has its signal files (check_signal_files) and holds the channels of
     its layout (or, without one, of its first segment) in the same units: wfdb joins a fixed layout's segments by
-    position and keeps the first one's units, so a segment storing V1 before MLII, or in uV, was read as the other
-    lead or 1000 times too large."""
+    position and keeps the first one's units, so a segment storing V1 before MLII, or in uV, would be read as the
+    other lead or 1000 times too large."""
     segments = segments_of(header)
     if not segments:
         return
@@ -637,8 +637,9 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     FLAT_S or more (lead off), are an error, or with `gaps` NaN stretches of the signal (see filter_and_resample).
     `span` [a, b) (target-rate samples) reads only that part and SPAN_MARGIN_S around it, giving the samples the
     whole record gives (signal[0] is its sample Record.offset): a forecast near the end of a 24 h Holter record
-    read all of it (2.2 GB). A read that would begin or end inside a gap is widened: cut there, the gap lost the
-    margin beside it (EDGE_MARGIN_S), and a lead off for longer than the read was refused as off throughout."""
+    need not read all of it (2.2 GB). A read that would begin or end inside a gap is widened: cut there, the gap
+    would lose the margin beside it (EDGE_MARGIN_S), and a lead off for longer than the read would be refused as
+    off throughout."""
     path = record_path(path)
     where = str(path)
     header = read_header(path)
@@ -987,7 +988,7 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
 
 def warn_headless(data_dir: Path, names: list[str], annotator: str) -> None:
     """Warns of the .dat and annotation files of a folder without a RECORDS index that no header of its records
-    `names` (or their segments) accounts for: a record whose .hea was lost was left out without a word."""
+    `names` (or their segments) accounts for: a record whose .hea was lost would be left out without a word."""
     if records_file(data_dir):
         return          # the index is the database: a listed record without its .hea is refused there
     named = {p.name for n in names for p in input_files(data_dir, n)}
@@ -1219,8 +1220,9 @@ def read_prepared(path: Path, split: str) -> dict:
 def check_one_preparation(path: Path, data: dict) -> None:
     """Refuses a split whose input or data hash is not its folder's meta.json's: each file is written atomically,
     but a preparation stopped between files (or two into one folder at once) leaves splits of new inputs or another
-    data config beside splits (and meta.json) of old ones. Without the data hash here, a split of another config
-    was refused as prepared with 'another data config', told to pass the config meta.json keeps: the one passed."""
+    data config beside splits (and meta.json) of old ones. The data hash is checked here too: later, a split of
+    another config would be refused as prepared with 'another data config' and told to pass the config meta.json
+    keeps, the one already passed."""
     meta = stored_meta(path.parent)             # {}: no meta.json to hold it to (a split copied alone)
     for key, value in {key: meta.get(key) for key in ("input_hash", "data_hash")}.items():
         if value is not None and data.get(key) not in (None, value):
@@ -1405,7 +1407,7 @@ def augmented_encoding(kind: str, data: dict, aug: AugmentConfig, cfg: DataConfi
 
 def check_fetch_only(args: argparse.Namespace) -> None:
     """--fetch-only prepares nothing: a flag of the preparation beside it (--records 100, expecting one record
-    fetched) was passed over without a word."""
+    fetched) is refused, not passed over without a word."""
     given = [flag for flag, on in (("--records", args.records), ("--out", args.out), ("--config", args.config),
                                    ("--skip-bad", args.skip_bad), ("--allow-gaps", args.allow_gaps),
                                    ("--annotator", args.annotator != "atr")) if on]

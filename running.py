@@ -147,8 +147,8 @@ def _of_several() -> bool:
 def _exit(code: int) -> NoReturn:
     """sys.exit(code); a rank of several processes ends with os._exit after flushing its output. torch's objects keep
     the process group (gloo's threads, and rank 0's store when launched without torchrun, as by srun) running past
-    destroy_process_group, and torn down in the interpreter's exit while the other ranks were still connected it now
-    and then aborted ('terminate called without an active exception', exit -6, not 2). Folders and files to remove
+    destroy_process_group, and torn down in the interpreter's exit while the other ranks are still connected it now
+    and then aborts ('terminate called without an active exception', exit -6, not 2). Folders and files to remove
     went before this (training.training_main)."""
     if _of_several():
         sys.stdout.flush()
@@ -195,10 +195,10 @@ def _terminate(signum: int, frame: Any) -> None:
 
 def raise_if_signalled() -> None:
     """Terminated again, when SIGTERM came while Python ran a __del__ or a weakref callback (a DataLoader's
-    iterator shutting down its workers at every epoch's end): raised there, it was only printed ('Exception
-    ignored in') and a training went on until the scheduler's SIGKILL; and KeyboardInterrupt again when Ctrl-C
-    came there, which a training trained on to its end. The trainer asks before every step. A later SIGTERM is
-    ignored while this one goes up, as while the first one does."""
+    iterator shutting down its workers at every epoch's end): raised there, it is only printed ('Exception
+    ignored in') and a training would go on until the scheduler's SIGKILL; and KeyboardInterrupt again when Ctrl-C
+    came there, which a training would otherwise train on to its end. The trainer asks before every step. A later
+    SIGTERM is ignored while this one goes up, as while the first one does."""
     if _terminating.is_set():
         _stopping.set()
         raise Terminated()
@@ -253,9 +253,9 @@ def show_warning(message: Warning | str, category: type[Warning], filename: str,
 
 def script_backend() -> None:
     """Scripts draw into files, with matplotlib's Agg unless $MPLBACKEND chooses. Chosen here, not when a module is
-    imported: `import forecast` in a notebook or a Python session switched the session's backend to Agg, so its own
-    figures (inline plots, plt.show) were no longer shown. Through $MPLBACKEND, which matplotlib reads when first
-    imported: importing it here to choose made every script's --help wait 0.4 s for plots it never draws."""
+    imported: then `import forecast` in a notebook or a Python session would switch the session's backend to Agg,
+    and its own figures (inline plots, plt.show) would no longer show. Through $MPLBACKEND, which matplotlib reads
+    when first imported: importing it here to choose would make every script's --help wait 0.4 s for plots."""
     if "MPLBACKEND" in os.environ:
         return
     if "matplotlib" in sys.modules:         # imported already: it reads $MPLBACKEND no more
@@ -276,8 +276,8 @@ def script_running() -> str | None:
 @contextlib.contextmanager
 def _lines_as_printed() -> Iterator[None]:
     """stdout written at each line's end, as on a terminal: to a log file or pipe (nohup, a SLURM job's --output,
-    | tee) Python held a script's lines in an 8 KB buffer, so a line said before minutes of work ('encoding the
-    windows once') came after it, and a job killed outright lost them. As it was after."""
+    | tee) Python holds a script's lines in an 8 KB buffer, so a line said before minutes of work ('encoding the
+    windows once') would come after it, and a job killed outright would lose them. Buffered as before afterwards."""
     out = sys.stdout
     switch = getattr(out, "line_buffering", None) is False and hasattr(out, "reconfigure")
     if switch:

@@ -420,8 +420,8 @@ class Trainer:
         return self.step + max(0, self.s.epochs - self.epoch) * self.steps_per_epoch
 
     def _note_short_warmup(self) -> None:
-        """Said as fit starts, of the steps it trains over: said when the Trainer was built, a resume at other steps
-        per epoch, whose schedule is laid out anew (_lay_out_the_steps_left), was told of a run it was not."""
+        """Said as fit starts, of the steps it trains over, not when the Trainer is built: a resume at other steps
+        per epoch lays its schedule out anew (_lay_out_the_steps_left)."""
         total = self._run_steps()
         warmup = run_warmup(self.s.warmup_steps, total)
         if warmup < self.s.warmup_steps and self.rt.is_main:
@@ -446,8 +446,8 @@ class Trainer:
 
     def resume(self, path: str | Path, ckpt: dict | None = None) -> None:
         """Go on from a checkpoint exactly where it stopped: weights, optimiser, schedule, counters and generators.
-        `ckpt`: path's, as the entry point read it (load_resume): read again, it was read twice, and on a shared disk
-        the second read could find a file another run had written since."""
+        `ckpt`: path's, as the entry point read it (load_resume), not read again: on a shared disk a second read could
+        find a file another run has written since."""
         ckpt = ckpt if ckpt is not None else load_resume(path, self.kind)
         if self.rt.distributed:
             check_same_checkpoint(path, ckpt)
@@ -720,8 +720,8 @@ class Trainer:
 
 
 def drop_unused_folders(run_dir: Path, ckpt_dir: Path) -> bool:
-    """A fresh run stopped before its first epoch was logged left nothing to resume or compare, yet its folders were
-    the newest that `ls -t` and a --resume typed from them found: the results folder goes unless metrics.csv is
+    """A fresh run stopped before its first epoch is logged leaves nothing to resume or compare, yet its folders would
+    be the newest that `ls -t` and a --resume typed from them find: the results folder goes unless metrics.csv is
     there, the checkpoint folder when empty. True when no epoch was logged."""
     unused = not (run_dir / "metrics.csv").exists()
     if unused and run_dir.is_dir():
