@@ -1417,7 +1417,7 @@ def check_fetch_only(args: argparse.Namespace) -> None:
                         f"{'it' if len(given) == 1 else 'them'} or --fetch-only")
 
 
-def main(argv: list[str] | None = None) -> dict | None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, type=paths.given_path,
                    help="VQ-VAE config JSON (default: config_vqvae.json)")
@@ -1436,7 +1436,11 @@ def main(argv: list[str] | None = None) -> dict | None:
                    help="annotation file with the reference beats (default atr: NNN.atr; e.g. qrs for AFDB's beats)")
     p.add_argument("--fetch-only", action="store_true",
                    help="only make sure the data folder has records (downloading MIT-BIH into it if it has none)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
     check_fetch_only(args)
     cfg = load_config(args.config)
     t0 = time.time()
