@@ -85,6 +85,25 @@ def check_mitdb(folder: Path) -> Path:
     return folder
 
 
+def ship(packed: dict, out: Path, ref_path: Path, mitdb: Path, commit: str, again: str) -> None:
+    """The packed model as `out` and its reference forecasts on `mitdb` as `ref_path`, both made whole beside the
+    shipped pair, then renamed over it: a stop while writing them (Ctrl-C, a full disk) leaves the shipped pair as it
+    was, never new weights beside the old model's references. `again`: how to go on, if stopped between the renames."""
+    out.parent.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".packing-", dir=out.parent) as tmp:
+        new, new_ref = Path(tmp) / out.name, Path(tmp) / ref_path.name
+        paths.atomic_torch_save(packed, new)
+        fc = Forecaster.from_checkpoint(new, device="cpu")
+        # which weights and code made the figures: the shipped file may be packed again (its sampling settings)
+        paths.atomic_write_json({"samples": REFERENCE_SAMPLES, "seed": REFERENCE_SEED, "model": fc.name,
+                                 "checkpoint_sha256": paths.file_sha256(new), "git_commit": commit,
+                                 "cases": reference_figures(fc, mitdb)}, new_ref)
+        with paths.written_together(out.parent, again) as written:
+            os.replace(new, out)
+            written.append(out.name)
+            os.replace(new_ref, ref_path)
+
+
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, type=paths.given_path,
@@ -99,22 +118,8 @@ def main(argv: list[str] | None = None) -> Path:
         raise paths.UserError(f"{args.checkpoint} holds a '{ckpt['kind']}' model, not a forecaster")
     out, ref_path = SHIPPED[ckpt["kind"]], reference_path(ckpt["kind"])
     packed = pack(ckpt, run_dir_of(ckpt["meta"].get("vqvae_checkpoint")), run_dir_of(ckpt["meta"].get("crps_from")))
-    out.parent.mkdir(exist_ok=True)
-    # both files made whole beside the shipped pair, then renamed over it: a stop while writing them (Ctrl-C, a full
-    # disk) leaves the shipped pair as it was, never new weights beside the old model's references
-    with tempfile.TemporaryDirectory(prefix=".packing-", dir=out.parent) as tmp:
-        new, new_ref = Path(tmp) / out.name, Path(tmp) / ref_path.name
-        paths.atomic_torch_save(packed, new)
-        fc = Forecaster.from_checkpoint(new, device="cpu")
-        # which weights and code made the figures: the shipped file may be packed again (its sampling settings)
-        paths.atomic_write_json({"samples": REFERENCE_SAMPLES, "seed": REFERENCE_SEED, "model": fc.name,
-                                 "checkpoint_sha256": paths.file_sha256(new), "git_commit": commit,
-                                 "cases": reference_figures(fc, mitdb)}, new_ref)
-        again = f"run {shlex.join(['python3', 'pretrained.py', *(sys.argv[1:] if argv is None else argv)])} again"
-        with paths.written_together(out.parent, again) as written:
-            os.replace(new, out)
-            written.append(out.name)
-            os.replace(new_ref, ref_path)
+    again = f"run {shlex.join(['python3', 'pretrained.py', *(sys.argv[1:] if argv is None else argv)])} again"
+    ship(packed, out, ref_path, mitdb, commit, again)
     print(f"packed {args.checkpoint} -> {out} ({out.stat().st_size / 2 ** 20:.1f} MiB), "
           f"reference forecasts -> {ref_path}")
     return out
