@@ -219,7 +219,8 @@ def declared_fs(f: ForecasterBase, fs: int) -> object:
 
 def check_rate(who: str, f: ForecasterBase, fs: int, hint: str = "") -> None:
     """Refuse a forecaster (`who` names it) whose declared_fs is not a number equal to the data's rate `fs`, in
-    one UserError line whatever loaded it: int() of both let 128.4 Hz pass as 128, and None stopped in a TypeError."""
+    one UserError line whatever loaded it: int() of both would let 128.4 Hz pass as 128, and None stop in a
+    TypeError."""
     rate = declared_fs(f, fs)
     number = isinstance(rate, numbers.Real) and not isinstance(rate, bool)
     if not number or rate != fs:

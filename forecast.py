@@ -201,8 +201,8 @@ def public_signature(predict: Callable[..., np.ndarray]) -> inspect.Signature:
 
 def seen_records(ckpt: dict, data: DataConfig, split: str = "train") -> list[str]:
     """The records a forecaster checkpoint and its VQ-VAE were trained on (`split` "train") or chose their
-    checkpoints on ("validation"), as their runs stored them; a run from before sessions 21 and 23 stored none,
-    and is taken to have used MIT-BIH's split of its data config, `data`. A checkpoint of one's own from
+    checkpoints on ("validation"), as their runs stored them; an older run that stored none is taken to have used
+    MIT-BIH's split of its data config, `data`. A checkpoint of one's own from
     training.Trainer has no VQ-VAE: its run's records alone."""
     from prepare_mitbih import DS1, DS2, PACED, config_split
 

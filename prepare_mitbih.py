@@ -543,7 +543,7 @@ def segments_of(header: wfdb.Record) -> list[str]:
 
 def spelled(header: wfdb.Record, path: Path) -> wfdb.Record:
     """`header` (of `path`.hea) with its units as the file spells them: wfdb reads a header as ASCII and drops the
-    rest, so 'µV' came out as 'V' and a record in microvolts read 10**6 times too large."""
+    rest, so 'µV' comes out as 'V' and a record in microvolts would read 10**6 times too large."""
     if getattr(header, "units", None):
         lines = header_lines(Path(f"{path}.hea"))[1:1 + len(header.units)]
         header.units = as_spelled(header.units, [ln[2].partition("/")[2] if len(ln) > 2 else None for ln in lines])
@@ -831,7 +831,8 @@ def _no_beats() -> tuple[np.ndarray, list[str], bool]:
 
 def check_annotation_end(file: Path) -> None:
     """A WFDB annotation file ends in a zero byte pair; wfdb.rdann drops the last pair unread, so a file cut short
-    lost its last annotation and every one after the cut without a word (the windows there scored against no beats)."""
+    would lose its last annotation and every one after the cut without a word (the windows there scored against no
+    beats)."""
     try:
         with open(file, "rb") as f:
             f.seek(0, 2)

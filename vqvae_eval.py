@@ -162,8 +162,8 @@ def in_batches(encode: Callable[[torch.Tensor], torch.Tensor], show: bool,
 
 def check_same_vqvae(digest: str) -> None:
     """Every rank loads the VQ-VAE on its own node: a stale copy there, a best.pt rewritten by a run still training
-    between the ranks' reads, or the newest of each node's own checkpoints/ (no --vqvae) gave the ranks codes of
-    different VQ-VAEs, and the forecaster trained on a mix of them without a word."""
+    between the ranks' reads, or the newest of each node's own checkpoints/ (no --vqvae) would give the ranks codes of
+    different VQ-VAEs, and the forecaster would train on a mix of them without a word."""
     ranks, apart = ranks_apart(digest)
     if apart:
         said = ", ".join(f"rank {r}'s {ranks[r]}" for r in apart)
