@@ -302,12 +302,17 @@ def segment_names(header: Path) -> list[str]:
 
 
 def header_lines(header: Path) -> list[list[str]]:
-    """The fields of a header's lines, comments left out ([] when it can't be read)."""
+    """The fields of a header's lines, comments left out ([] when it can't be read). A header that is not UTF-8 is
+    read as Latin-1 (Windows' cp1252 alike there): its 'µV' (byte 0xB5) was a replacement character, not microvolts."""
     try:
-        return [ln.split() for ln in header.read_text("utf-8", errors="replace").splitlines()
-                if ln.strip() and not ln.lstrip().startswith("#")]
+        raw = header.read_bytes()
     except OSError:
         return []
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    return [ln.split() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
 def resample_ratio(fs_in: float, fs_out: int, where: str) -> Fraction:

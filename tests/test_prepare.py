@@ -276,6 +276,20 @@ def test_read_record_converts_microvolts(tmp_path, micro):
         pm.read_record(tmp_path / "nu", cfg)
 
 
+def test_microvolts_of_a_latin1_header(tmp_path):
+    """A header written as Latin-1 (a Windows tool's) spells µV as the lone byte 0xB5: read as UTF-8 it was a
+    replacement character, and the record refused as 'needs two leads, has none; not ECG: II in '\ufffdV''."""
+    x, _ = synthetic_ecg(20.0, 360.0, seed=6)
+    write_signal(tmp_path, "mv", x, units="mV", gain=1000.0)
+    write_signal(tmp_path, "uv", x * 1000.0, units="\u00b5V", gain=1.0)
+    header = tmp_path / "uv.hea"
+    header.write_bytes(header.read_text("utf-8").encode("latin-1"))
+    cfg = make_cfg().data
+    np.testing.assert_allclose(pm.read_record(tmp_path / "uv", cfg).signal, pm.read_record(tmp_path / "mv", cfg).signal,
+                               atol=2e-3)
+    pm.check_record(tmp_path / "uv", cfg)
+
+
 def test_channels_in_other_units_are_not_leads(tmp_path):
     """An ICU record (PLETH, II, V): the pulse wave is passed over; with one ECG lead left, the error names it."""
     x, _ = synthetic_ecg(20.0, 360.0, seed=6)
