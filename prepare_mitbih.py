@@ -22,6 +22,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -50,6 +51,9 @@ PACED = ["102", "104", "107", "217"]
 SAME_PATIENT = [("201", "202")]
 MITBIH_FS = 360                   # its records' rate: a database at another one is not MIT-BIH
 BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
+# WFDB's other standard labels (rhythm, noise, waves, comments): not beats, and no reason to say so. A label outside
+# both sets (a database's own, wrann's custom_labels) is named, since the beats it marks are no reference beats.
+OTHER_WFDB_SYMBOLS = set('~|sT*D"=p^t+u![]@x()')
 SPLITS = ("train", "validation", "test")
 DOWNLOAD_PART = ".download-"   # the hidden folder in the data folder that a download arrives in
 CONNECT_TIMEOUT = 20.0         # seconds PhysioNet (or the proxy) has to answer before a download starts
@@ -820,14 +824,25 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str | 
                      f"{path}.{annotator}: cannot read the annotations")
     keep = [i for i, s in enumerate(ann.symbol) if s in BEAT_SYMBOLS]
     if not keep:        # rhythm or noise labels only (as AFDB's .atr): scoring R peaks against none would be wrong
-        running.note(f"{path}.{annotator} has no beat labels; the record counts as unannotated (no R-peak scores)"
+        running.note(f"{path}.{annotator} has no beat labels ({label_counts(ann.symbol)}; beats are "
+                     f"{' '.join(sorted(BEAT_SYMBOLS))}); the record counts as unannotated (no R-peak scores)"
                      f"{other_annotators(path)}")
         return _no_beats()
+    if unknown := [s for s in ann.symbol if s not in BEAT_SYMBOLS | OTHER_WFDB_SYMBOLS]:
+        running.note(f"{path}.{annotator}: labels that are not WFDB's ({label_counts(unknown)}) are not read as beats: "
+                     f"a forecast's R peak at one counts as a false detection")
     keep.sort(key=lambda i: ann.sample[i])
     fs_ann = float(ann.fs) if ann.fs else fs_in     # the file's own time resolution, else (wfdb) the record's rate
     pos = np.round(np.asarray(ann.sample, np.float64)[keep] * fs_out / fs_ann).astype(np.int64) - offset
     ok = (pos >= 0) & (pos < n)
     return pos[ok], [ann.symbol[i] for i, k in zip(keep, ok) if k], True
+
+
+def label_counts(symbols: Iterable[str], most: int = 5) -> str:
+    """'X 48, + 1': an annotation file's labels by count, to say which ones it holds."""
+    counts = sorted(Counter(symbols).items(), key=lambda kv: -kv[1])
+    more = f", {len(counts) - most} more" if len(counts) > most else ""
+    return ", ".join(f"{s} {n}" for s, n in counts[:most]) + more
 
 
 def _no_beats() -> tuple[np.ndarray, list[str], bool]:

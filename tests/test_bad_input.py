@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import wfdb
@@ -757,6 +758,22 @@ def test_annotations_without_beats_leave_the_record_unannotated(tmp_path, capsys
     wfdb.wrann("af", "atr", np.array([10, 2000]), symbol=["+", "+"], aux_note=["(AFIB", "(N"], write_dir=str(tmp_path))
     rec = pm.read_record(tmp_path / "af", config_from_dict({}).data)
     assert not rec.has_annotations and len(rec.beats) == 0 and "no beat labels" in capsys.readouterr().err
+
+
+def test_annotation_labels_of_ones_own_are_named(tmp_path, capsys):
+    """A database's own beat label (wrann's custom_labels) is no reference beat: a file of only those said 'no beat
+    labels' without naming them, and one where they mark some beats dropped those beats without a word."""
+    custom = pd.DataFrame({"label_store": [42], "symbol": ["X"], "description": ["my beat"]})
+    cfg = config_from_dict({}).data
+    for name, labels in (("own", ["X"] * 4), ("mixed", ["N", "X", "N", "+"])):
+        write_record(tmp_path, name, seconds=12, seed=0, annotate=False)
+        wfdb.wrann(name, "atr", np.array([400, 700, 1000, 1300]), symbol=labels, custom_labels=custom,
+                   write_dir=str(tmp_path))
+    assert not pm.read_record(tmp_path / "own", cfg).has_annotations
+    assert "own.atr has no beat labels (X 4; beats are / ? A" in capsys.readouterr().err
+    assert len(pm.read_record(tmp_path / "mixed", cfg).beats) == 2
+    err = capsys.readouterr().err
+    assert "mixed.atr: labels that are not WFDB's (X 1) are not read as beats" in err and "+" not in err
 
 
 def test_beats_from_another_annotator(tmp_path, capsys):
