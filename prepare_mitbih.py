@@ -668,8 +668,8 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     y = filter_and_resample(x, fs_in, cfg, where, gaps)
     check_swing(y, names, units, where)
     offset = int(sampfrom * ratio)
-    beats, symbols, has_ann = _read_beats(path, fs_in, cfg.samples_per_second, len(y), annotator, offset)
     length = math.ceil(header.sig_len * ratio) if span else offset + len(y)
+    beats, symbols, has_ann = _read_beats(path, fs_in, cfg.samples_per_second, len(y), annotator, offset, length)
     return Record(path.name, y, names, beats, symbols, fs_in, has_ann, float(gap.sum() / fs_in), offset, length)
 
 
@@ -804,12 +804,14 @@ def check_signal_files(path: Path, header: wfdb.Record) -> None:
                             f"(truncated file?)")
 
 
-def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str | None = "atr", offset: int = 0
-                ) -> tuple[np.ndarray, list[str], bool]:
+def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str | None = "atr", offset: int = 0,
+                length: int | None = None) -> tuple[np.ndarray, list[str], bool]:
     """The reference beats of the `annotator` file at the target rate fs_out, as samples from `offset` within the
     n read, their symbols, and whether the record counts as annotated (no annotator, a missing file, or one of
     rhythm or noise labels only, does not). A file with a time resolution of its own counts its samples at that
-    rate, not fs_in."""
+    rate, not fs_in. A beat over a second past the record's end (`length`, at fs_out) is an error: the file is
+    not this signal's (MIT-BIH's .atr kept beside a record resampled to 250 Hz scored every window against beats
+    at the wrong times, without a word)."""
     if not annotator:
         return _no_beats()
     check_annotator(annotator)
@@ -834,6 +836,10 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str | 
     keep.sort(key=lambda i: ann.sample[i])
     fs_ann = float(ann.fs) if ann.fs else fs_in     # the file's own time resolution, else (wfdb) the record's rate
     pos = np.round(np.asarray(ann.sample, np.float64)[keep] * fs_out / fs_ann).astype(np.int64) - offset
+    if length is not None and pos[-1] + offset >= length + fs_out:
+        raise UserError(f"{path}.{annotator}: beats annotated up to {secs(ann.sample[keep[-1]] / fs_ann)} s, past the "
+                        f"record's end at {secs(length / fs_out)} s: annotations made at another sampling rate than "
+                        f"the record's {fs_in:g} Hz, or for a longer signal?")
     ok = (pos >= 0) & (pos < n)
     return pos[ok], [ann.symbol[i] for i, k in zip(keep, ok) if k], True
 

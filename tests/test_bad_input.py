@@ -776,6 +776,21 @@ def test_annotation_labels_of_ones_own_are_named(tmp_path, capsys):
     assert "mixed.atr: labels that are not WFDB's (X 1) are not read as beats" in err and "+" not in err
 
 
+def test_annotations_past_the_records_end_are_refused(tmp_path):
+    """MIT-BIH's .atr (360 Hz samples) kept beside a record resampled to 250 Hz: its beats ran 44% past the end,
+    were dropped there, and every window was scored against beats at the wrong times without a word. One beat
+    a fraction of a second past the end (a record trimmed a little) is no sign of that."""
+    cfg = config_from_dict({}).data
+    write_record(tmp_path, "r", seconds=20, fs=250, seed=0, annotate=False)
+    beats = np.arange(100, 20 * 250, 200)
+    wfdb.wrann("r", "atr", np.r_[beats, 20 * 250 + 100], symbol=["N"] * (len(beats) + 1), write_dir=str(tmp_path))
+    assert len(pm.read_record(tmp_path / "r", cfg).beats) == len(beats)
+    wfdb.wrann("r", "atr", np.round(beats * 360 / 250).astype(int), symbol=["N"] * len(beats), write_dir=str(tmp_path))
+    with pytest.raises(UserError, match=r"r\.atr: beats annotated up to 28\.224 s, past the record's end at 20\.0 s: "
+                                         r"annotations made at another sampling rate than the record's 250 Hz"):
+        pm.read_record(tmp_path / "r", cfg)
+
+
 def test_beats_from_another_annotator(tmp_path, capsys):
     """AFDB keeps rhythm in .atr and beats in .qrs: --annotator qrs scores R peaks against the .qrs beats."""
     db = tmp_path / "db"
