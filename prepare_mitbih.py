@@ -65,14 +65,15 @@ DEFAULT_VALIDATION = [r for i, r in enumerate(r for r in DS1 if r != "201") if i
 # Lead 1 when the record has no lead named cfg.first_lead: the first of these groups found, in this
 # order (lead II is the usual rhythm lead and what MIT-BIH's MLII approximates). Names are compared
 # case-insensitively, ignoring all but letters and digits and a leading 'LEAD' or 'ECG' ("Lead II", "ecg-ii",
-# "ml2", BIDMC's "II," all count as lead II). With none of them, lead 1 is the first ECG channel other than V1
-# (and a note says so).
+# "ml2", BIDMC's "II," all count as lead II; so do "DII" and "D2", the D(erivation) names of French, Italian,
+# Spanish and Portuguese ECGs). With none of them, lead 1 is the first ECG channel other than V1 (and a note
+# says so).
 # Lead 2 is V1 when the record has it (MIT-BIH's usual second lead, so 12-lead records feed the models
 # alike), else the first other ECG channel.
 LEAD_PREFERENCE = (
-    ("MLII", "II", "ML2"),     # lead II / modified lead II
-    ("MLI", "I", "ML1"),       # lead I
-    ("MLIII", "III", "ML3"),   # lead III
+    ("MLII", "II", "ML2", "DII", "D2"),       # lead II / modified lead II
+    ("MLI", "I", "ML1", "DI", "D1"),          # lead I
+    ("MLIII", "III", "ML3", "DIII", "D3"),    # lead III
     ("AVF",), ("AVL",), ("AVR",),
 )
 # Channel names of other signals a record may hold in volts (sleep and ICU records): never an ECG lead.

@@ -148,6 +148,9 @@ def test_swapped_leads_end_with_mlii_first(prepared):
     (["V2", "III", "aVF"], "MLII", [1, 0]),
     (["V2", "V3", "avf"], "MLII", [2, 0]),     # lead 2 is the first other channel
     (["ECG1", "ECG2"], "MLII", [0, 1]),        # channel numbers are not lead I / II
+    (["DI", "DII", "DIII", "V1", "V2"], "MLII", [1, 3]),    # lead II as D(erivation) II: not lead I by order
+    (["ECG D1", "ECG D2"], "MLII", [1, 0]),
+    (["V1", "d3", "D1"], "MLII", [2, 0]),      # lead I before lead III
     (["V1", "V5", "II"], "V5", [1, 0]),        # cfg.first_lead wins over the preference list
     (["V1", "v5", "II"], "V5", [1, 0]),        # ... compared case-insensitively
     (["II", "V1"], "V5", [0, 1]),              # first_lead absent: preference list
