@@ -282,7 +282,7 @@ def records_file(data_dir: Path) -> list[str]:
         names = [ln.strip() for ln in index.read_text(errors="replace").splitlines()]
     except OSError as e:
         raise UserError(f"cannot read {index}: {e.strerror or e}") from e
-    names = list(dict.fromkeys(n for n in names if n and not n.startswith("#")))
+    names = list(dict.fromkeys(r for n in names if n and not n.startswith("#") for r in listed(data_dir, n)))
     missing = [n for n in names if not (data_dir / f"{n}.hea").is_file()]
     # move_in's index, and the part a kill left holding the headers not yet moved: a part alone is no such evidence
     # (a download killed before its move left one, and the user's own RECORDS then lacks a record)
@@ -296,6 +296,17 @@ def records_file(data_dir: Path) -> list[str]:
                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; add their files or take them "
                         f"out of RECORDS (without RECORDS, every *.hea is a record)")
     return names
+
+
+def listed(data_dir: Path, name: str) -> list[str]:
+    """A RECORDS line's records: `name`, or for a folder ('p00/', as the RECORDS of PhysioNet's MIMIC databases list
+    theirs) the records of that folder (its own RECORDS, else its headers), each as FOLDER/NAME. Only a folder below
+    (not '.' or '..': the same RECORDS again, without end)."""
+    folder = name.rstrip("/")
+    below = bool(Path(folder).parts) and ".." not in Path(folder).parts
+    if below and (name.endswith("/") or not (data_dir / f"{name}.hea").is_file()) and (data_dir / folder).is_dir():
+        return [f"{folder}/{n}" for n in header_stems(data_dir / folder)]
+    return [name]
 
 
 def segment_names(header: Path) -> list[str]:

@@ -383,6 +383,21 @@ def test_records_listed_in_subfolders_keep_the_names_records_gives_them(tmp_path
     assert torch.load(tmp_path / "out" / "test.pt", weights_only=True)["records"] == ["sub/a"]
 
 
+def test_a_records_file_listing_folders_lists_their_records(tmp_path):
+    """MIMIC's top-level RECORDS lists folders ('p00/'), each with a RECORDS of its own (or only headers): their
+    records are FOLDER/NAME; the folder was taken for a record and refused as having no .hea."""
+    x, _ = synthetic_ecg(12.0, 360.0)
+    for folder, name in (("p00/p01", "a"), ("p00/p01", "b"), ("p02", "c")):
+        write_signal(tmp_path / folder, name, x)
+    (tmp_path / "p00" / "RECORDS").write_text("p01/\n")
+    (tmp_path / "p00" / "p01" / "RECORDS").write_text("b\n")
+    (tmp_path / "RECORDS").write_text("p00/\np02\n")
+    assert pm.find_records(tmp_path, download=False) == ["p00/p01/b", "p02/c"]
+    (tmp_path / "RECORDS").write_text("p00/\np03/\n./\n")
+    with pytest.raises(UserError, match=r"RECORDS lists 2 record\(s\) with no \.hea in .*: p03/, \./; add their files"):
+        pm.find_records(tmp_path, download=False)
+
+
 def test_a_variable_layout_record_reads_its_ecg_leads(tmp_path):
     """MIMIC-style: a layout header, then segments with different channels (a pulse wave joins in the second)."""
     x, _ = synthetic_ecg(20.0, 360.0, seed=3)
