@@ -757,3 +757,46 @@ def test_paired_difference_refuses_values_of_other_records():
     with pytest.raises(ValueError, match=r"one value per record each.*shapes \(3,\) and \(1,\)"):
         M.paired_difference(np.array([1.0, 2.0, 3.0]), np.array([2.0]))
     assert M.paired_difference(np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 2.0]), n_boot=10)["below"] == 1
+
+
+def _crps_integral(samples: np.ndarray, y: float) -> float:
+    """CRPS by its definition ∫ (F(x) − 1{x ≥ y})² dx, F the samples' empirical CDF: the integrand is constant
+    between consecutive points of samples ∪ {y}, so summing it at each gap's midpoint times the gap is exact."""
+    knots = np.sort(np.append(samples, y))
+    mid, gap = (knots[1:] + knots[:-1]) / 2, np.diff(knots)
+    cdf = np.searchsorted(np.sort(samples), mid, side="right") / len(samples)
+    return float(np.sum((cdf - (mid >= y)) ** 2 * gap))
+
+
+def test_crps_matches_its_integral_definition():
+    """Against ∫ (F − H)² dx, independent of the energy form the code and the quadratic test use; ties among the
+    samples and a y equal to one of them included."""
+    rng = np.random.default_rng(11)
+    cases = [(rng.normal(size=7), 0.3), (rng.exponential(size=40), 2.5), (np.array([0.0, 0.0, 1.0, 3.0]), 1.0),
+             (np.array([2.0, 2.0]), -1.0), (rng.integers(0, 4, 9).astype(float), 10.0)]
+    for samples, y in cases:
+        got = float(M.crps_samples(samples, np.array(y), axis=0))
+        assert got == pytest.approx(_crps_integral(samples, y), abs=1e-12), (samples, y)
+
+
+def test_evaluated_crps_of_a_gaussian_ensemble_matches_the_closed_form():
+    """waveform_sums (float32 samples sorted in chunks, as evaluate.py passes them) gives, pooled by
+    record_metrics, the closed-form CRPS of N(mu, s) at each truth, averaged: s·(z(2Φ(z)−1) + 2φ(z) − 1/√π)."""
+    rng = np.random.default_rng(12)
+    mu, sd = 0.4, 0.3
+    truth = rng.normal(0.2, 0.5, size=(3, 16, 2))
+    samples = (mu + sd * rng.standard_normal((3, 4000, 16, 2))).astype(np.float32)
+    s, _ = M.waveform_sums(truth, samples, M.segment_edges(16, FS), sample_chunk=300_000)
+    m = M.record_metrics({k: v.sum(0) for k, v in s.items()})
+    z = (truth - mu) / sd
+    exact = sd * (z * (2 * _normal_cdf(z) - 1) + 2 * np.exp(-z ** 2 / 2) / math.sqrt(2 * math.pi)
+                  - 1 / math.sqrt(math.pi))
+    assert m["crps"][-1] == pytest.approx(exact.mean(), abs=0.003)
+
+
+def test_median_of_an_even_ensemble_is_halfway_between_its_middle_samples():
+    """Samples {0, 1, 3, 8} at truth 0: the median is 2 (not the upper middle sample 3, nor the lower 1)."""
+    samples = np.array([0.0, 1.0, 3.0, 8.0])[None, :, None, None] * np.ones((1, 4, 128, 2))
+    s, _ = M.waveform_sums(np.zeros((1, 128, 2)), samples, M.segment_edges(128, FS))
+    m = M.record_metrics(s)
+    np.testing.assert_allclose([m["mae_median"][0, -1], m["mse_median"][0, -1]], [2.0, 4.0])
