@@ -800,3 +800,48 @@ def test_median_of_an_even_ensemble_is_halfway_between_its_middle_samples():
     s, _ = M.waveform_sums(np.zeros((1, 128, 2)), samples, M.segment_edges(128, FS))
     m = M.record_metrics(s)
     np.testing.assert_allclose([m["mae_median"][0, -1], m["mse_median"][0, -1]], [2.0, 4.0])
+
+
+def test_a_detection_near_a_windows_end_is_not_taken_by_the_next_windows_first_reference_beat():
+    """Window 0's last reference beat (752, inside the horizon at ±100 ms) has its detection 12 samples late (764);
+    window 1's first reference beat is at its sample 0, with no QRS to detect. Were the windows next to each other on
+    the matching axis, 764 would pair with that beat 4 samples on (mutual nearest neighbours) and 752 be missed."""
+    c, h = 384, 384
+    b0, b1 = np.arange(52, c + h, 100), np.arange(0, c + h, 100)          # 752 = c + h - 16; 0
+    truth = np.stack([spike_train(c + h, b0), spike_train(c + h, b1[1:])])
+    fc = np.stack([spike_train(c + h, np.r_[b0[:-1], 764])[c:], truth[1, c:]])
+    rows = np.r_[np.zeros(len(b0), np.int64), np.ones(len(b1), np.int64)]
+    s = M.rhythm_sums(truth[:, :c], fc, rows, np.r_[b0, b1], FS, M.segment_edges(h, FS))
+    assert list(s["tp100"][:, -1]) == [4, 4] and list(s["fn100"][:, -1]) == [0, 0]
+    assert M.record_metrics(s)["timing_ms"][0, -1] == pytest.approx(12 * 1000 / FS / 4)
+
+
+def test_detector_places_r_on_the_r_wave_not_on_a_deep_s_wave_behind_a_tall_t_wave():
+    """R 1.2 mV, S −1.1 mV 6 samples (47 ms) later, T 0.5 mV: the T waves lift the row's mean by 0.11 mV, so
+    |x − mean| would be larger at S; the median (the baseline) keeps the detection on R."""
+    t = np.arange(1280)
+    beats = np.arange(50, 1200, 100)
+
+    def bumps(centres, sd):
+        return np.exp(-0.5 * ((t[:, None] - centres) / sd) ** 2).sum(1)
+    x = spike_train(len(t), beats) - 1.1 * bumps(beats + 6, 1.0) + 0.5 * bumps(beats + 35, 8.0)
+    rows, pos = M.detect_r_peaks(x[None], FS)
+    assert list(pos) == list(beats)
+
+
+def test_r_peak_search_reaches_the_full_window_on_both_sides():
+    """An envelope peak moves to the largest deflection anywhere within ±refine_s (±8 samples at 128 Hz), the last
+    sample included, as far late as early."""
+    w = round(M.DETECTOR["refine_s"] * FS)
+    for offset in (-w, w):
+        x = np.zeros((1, 100))
+        x[0, 50 + offset] = 1.0
+        rows, pos = M._move_to_r(x, np.array([0]), np.array([50]), w)
+        assert list(pos) == [50 + offset]
+
+
+def test_heart_rate_of_two_beats_is_their_interval_not_their_count():
+    """Two beats half a second apart in a 3 s horizon beat at 120 bpm, not the 40 bpm of two beats in 3 s; two on one
+    sample (no interval) fall back to the count."""
+    assert M.heart_rate(np.array([10, 74]), FS, 3.0) == pytest.approx(120.0)
+    assert M.heart_rate(np.array([10, 10]), FS, 3.0) == pytest.approx(40.0)
