@@ -218,14 +218,31 @@ def stop_when_orphaned(poll_s: float = 1.0) -> None:
         return
     _watching.set()
     launcher = os.getppid()
+    # killed while this worker started (importing torch): init adopted it already, and the launcher's pid is lost; a
+    # torchrun that is pid 1 itself (a container's first process) names this worker in its command line
+    gone = launcher == 1 and launcher_argv() is None
 
     def watch() -> None:
-        while os.getppid() == launcher:
+        while not gone and os.getppid() == launcher:
             time.sleep(poll_s)
-        note(f"the process that started this one (torchrun, pid {launcher}) is gone: stopping")
+        note(f"the process that started this one (torchrun{'' if gone else f', pid {launcher}'}) is gone: stopping")
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="stop_when_orphaned", daemon=True).start()
+
+
+def launcher_argv() -> list[str] | None:
+    """The command line of the process that started this one, read on Linux (/proc), when it names this process's
+    script (or module) and ends with its arguments, as torchrun passes them on; else None: no /proc, or another
+    parent (init, which adopted this process when its launcher died)."""
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            parts = [os.fsdecode(part) for part in f.read().split(b"\0")[:-1]]
+    except OSError:
+        return None
+    mine = sys.argv[1:]
+    named = sys.argv[0] in parts or os.path.splitext(os.path.basename(sys.argv[0]))[0] in parts
+    return parts if named and parts[len(parts) - len(mine):] == mine else None
 
 
 def _note_swallowed(hook: Callable[[Any], Any]) -> Callable[[Any], None]:

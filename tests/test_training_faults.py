@@ -902,6 +902,50 @@ def test_a_torchrun_worker_whose_torchrun_is_killed_stops(tmp_path: Path) -> Non
             os.kill(worker, signal.SIGKILL)
 
 
+ORPHANED_EARLY = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", '''
+import os, time, running
+parent = os.getppid()
+print("started", flush=True)
+while os.getppid() == parent:       # a worker still importing torch when torchrun is killed
+    time.sleep(0.01)
+print(os.getppid(), flush=True)
+def main():
+    running.stop_when_orphaned(0.05)
+    while True:
+        time.sleep(0.01)
+running.run_main(main)
+''', "vqvae_train.py", "--epochs", "2"], start_new_session=True, stdout=sys.stdout, stderr=open(sys.argv[1], "w"))
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_torchrun_worker_orphaned_before_it_watches_stops(tmp_path: Path) -> None:
+    """A kill -9 of torchrun while its workers imported torch left them adopted by init before their watch began,
+    which then waited for init to go, and they waited in init_process_group for the whole timeout: a watch that
+    begins with init as its parent, not naming the worker as torchrun does, stops at once."""
+    err = tmp_path / "err"
+    launcher = subprocess.Popen([sys.executable, "-c", ORPHANED_EARLY, str(err)], cwd=ROOT,
+                                env={**ENV, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    worker = int(launcher.stdout.readline())
+    try:
+        assert launcher.stdout.readline() == "started\n"
+        launcher.kill()
+        launcher.wait()
+        if launcher.stdout.readline() != "1\n":
+            pytest.skip("a subreaper, not init, adopted the orphan")
+        for _ in range(200):
+            if "terminated" in err.read_text():
+                break
+            time.sleep(0.05)
+        assert err.read_text() == "note: the process that started this one (torchrun) is gone: stopping\nterminated\n"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("elastic", [True, False], ids=["torchrun", "other_launcher"])
 def test_only_torchruns_workers_watch_their_launcher(monkeypatch, elastic: bool) -> None:
     """torchrun's workers (TORCHELASTIC_RUN_ID) watch it; srun's ranks and a lone process, whose launchers do not
