@@ -861,8 +861,14 @@ def load_resume(path: str | Path, kind: str) -> dict:
 
 def _run_command(argv: list[str] | None) -> str:
     """What ran, to run it again, as resume_hint says it: the command line (`python3 <script> ...`, quoted as a shell
-    needs it) or the call from Python (_main_call). The list alone ('--epochs 1') named no script."""
-    return shlex.join(["python3", *sys.argv]) if _from_command_line(argv) else _main_call(argv)
+    needs it) or the call from Python (_main_call). The list alone ('--epochs 1') named no script. A torchrun worker's
+    own command line would start one process: its launcher's is said (running.launcher_argv), else a torchrun one."""
+    if not _from_command_line(argv):
+        return _main_call(argv)
+    if "TORCHELASTIC_RUN_ID" in os.environ:     # set by torchrun for its workers
+        per_node = os.environ.get("LOCAL_WORLD_SIZE", "1")
+        return shlex.join(running.launcher_argv() or ["torchrun", f"--nproc-per-node={per_node}", *sys.argv])
+    return shlex.join(["python3", *sys.argv])
 
 
 def run_record(cfg_dict: dict, seed: int, train: dict, val: dict, rt: Runtime, argv: list[str] | None) -> dict:

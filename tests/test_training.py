@@ -833,6 +833,18 @@ def test_run_json_keeps_a_command_a_shell_can_run_again(monkeypatch):
     assert shlex.split(record["command"]) == ["python3", *argv]
 
 
+def test_a_torchrun_workers_run_json_says_torchrun_when_its_launcher_is_unread(monkeypatch):
+    """A torchrun worker's own command line trains one process: where its launcher's cannot be read (no /proc, or
+    the launcher gone), run.json says a torchrun command starting as many processes per node."""
+    split = {"data_hash": "d0", "input_hash": "i0", "records": ["100"]}
+    monkeypatch.setattr(sys, "argv", ["vqvae_train.py", "--results", "my runs"])
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(running, "launcher_argv", lambda: None)
+    record = training.run_record({}, 0, split, split, training.Runtime(torch.device("cpu")), None)
+    assert record["command"] == "torchrun --nproc-per-node=2 vqvae_train.py --results 'my runs'"
+
+
 def recording_main(monkeypatch) -> Callable[[list[str] | None], dict]:
     """A training main of vqvae_train's that returns its run.json record, in a script run as
     `/home/me/vqvae_train.py --epochs 3`."""

@@ -14,6 +14,7 @@ import importlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -310,6 +311,21 @@ def test_sigkill_under_torchrun_then_resume_equals_uninterrupted(tmp_path: Path,
     assert [row["epoch"] for row in metrics_rows(last)] == ["1", "2"]
     assert metrics_rows(last) == rows
     assert not list(ckpt_dir.glob("*.tmp"))
+
+
+def test_run_json_says_the_torchrun_command_of_a_run_and_of_its_resume(tmp_path: Path, tiny: dict) -> None:
+    """Under torchrun run.json named each worker's own command line (`python3 vqvae_train.py ...`), which trains
+    one process, for the run and for each of its resumes: it names torchrun's, which runs both again."""
+    setup = outputs(tiny, tmp_path)
+    first = torchrun("vqvae_train.py", *flags(setup, "--device", "cpu", "--epochs", "1", "--max-steps", "2"))
+    r = subprocess.run(first, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    last = newest(Path(setup["checkpoints"])) / "last.pt"
+    again = torchrun("vqvae_train.py", *flags(setup, "--device", "cpu", "--epochs", "2", "--resume", str(last)))
+    r = subprocess.run(again, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    record = json.loads((Path(torch.load(last, weights_only=True)["run_dir"]) / "run.json").read_text())
+    assert [record["command"], *(r["command"] for r in record["resumes"])] == [shlex.join(first), shlex.join(again)]
 
 
 @pytest.fixture
