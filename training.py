@@ -994,16 +994,13 @@ def check_run_flags(args: argparse.Namespace) -> None:
     key a flag sets (train.epochs, augment.copies, or crps.epochs when fine-tuning a latent SDE) is not what was
     typed. A size of 2**63 or more is refused here as the config's is: a run given one trained, and its checkpoints
     could then be neither resumed nor used."""
-    for flag in ("epochs", "max_steps", "batch_size"):
-        if (value := getattr(args, flag)) is not None and value < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-    if (value := getattr(args, "augment_copies", None)) is not None and value < 0:
-        raise UserError(f"--augment-copies must be >= 0 (0: none), got {value}")
+    for flag, least, meaning in (("epochs", 1, ""), ("max_steps", 1, ""), ("batch_size", 1, ""),
+                                 ("augment_copies", 0, " (0: none)")):   # --augment-copies: the forecasters' alone
+        if (value := getattr(args, flag, None)) is not None and not least <= value < INT_LIMIT:
+            bound = f">= {least}{meaning}" if value < least else f"< 2**63 ({BEYOND_INT_LIMIT})"
+            raise UserError(f"--{flag.replace('_', '-')} must be {bound}, got {value}")
     if args.seed is not None and not 0 <= args.seed < 2 ** 32:
         raise UserError(f"--seed must be in [0, 2**32) (numpy's seed range), got {args.seed}")
-    for flag in ("epochs", "max_steps", "batch_size", "augment_copies"):
-        if (value := getattr(args, flag, None)) is not None and value >= INT_LIMIT:
-            raise UserError(f"--{flag.replace('_', '-')} must be < 2**63 ({BEYOND_INT_LIMIT}), got {value}")
 
 
 def resumed_seed(args: argparse.Namespace, resume: dict, config_seed: int | None = None) -> int:
