@@ -128,6 +128,8 @@ def raise_word_left(failed: RuntimeError, then: str = "") -> None:
     word = word_left()
     if word is not None:
         raise UserError(f"{word}; {then}" if then else word) from failed
+    if orphaned():      # torchrun killed: its store, where the rank stopped first left word, went with it
+        _stop_orphaned()
 
 
 def _leave_group() -> None:
@@ -207,28 +209,43 @@ def raise_if_signalled() -> None:
         raise KeyboardInterrupt()
 
 
-_watching = threading.Event()     # stop_when_orphaned's watch started: once a process
+_launcher: int | None = None    # the process stop_when_orphaned watches (once a process); GONE: gone before it began
+GONE = -1                       # never a parent's pid
+_orphan_stop = threading.Lock()     # taken by the one stop of an orphaned worker (_stop_orphaned)
 
 
 def stop_when_orphaned(poll_s: float = 1.0) -> None:
     """torchrun starts each worker in a session of its own, so a kill -9 of torchrun left its workers training and
     writing the run's files, beside a resume of the same run: a worker whose launcher is gone sends itself SIGTERM,
     and stops as on a scheduler's (Terminated), saying how to resume."""
-    if _watching.is_set():
+    global _launcher
+    if _launcher is not None:
         return
-    _watching.set()
-    launcher = os.getppid()
     # killed while this worker started (importing torch): init adopted it already, and the launcher's pid is lost; a
     # torchrun that is pid 1 itself (a container's first process) names this worker in its command line
-    gone = launcher == 1 and launcher_argv() is None
+    parent = os.getppid()
+    _launcher = GONE if parent == 1 and launcher_argv() is None else parent
 
     def watch() -> None:
-        while not gone and os.getppid() == launcher:
+        while not orphaned():
             time.sleep(poll_s)
-        note(f"the process that started this one (torchrun{'' if gone else f', pid {launcher}'}) is gone: stopping")
-        os.kill(os.getpid(), signal.SIGTERM)
+        _stop_orphaned()
 
     threading.Thread(target=watch, name="stop_when_orphaned", daemon=True).start()
+
+
+def orphaned() -> bool:
+    """Whether the launcher stop_when_orphaned watches is gone, though its watch may not have looked yet."""
+    return _launcher is not None and os.getppid() != _launcher
+
+
+def _stop_orphaned() -> None:
+    """SIGTERM to this worker, its launcher gone, saying why: once, from its watch or from a collective that failed on
+    another worker's stop (raise_word_left), whichever comes first."""
+    if _orphan_stop.acquire(blocking=False):
+        pid = "" if _launcher == GONE else f", pid {_launcher}"
+        note(f"the process that started this one (torchrun{pid}) is gone: stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def launcher_argv() -> list[str] | None:

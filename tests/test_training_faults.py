@@ -962,6 +962,23 @@ def test_a_torchrun_worker_orphaned_before_it_watches_stops(tmp_path: Path) -> N
             os.kill(worker, signal.SIGKILL)
 
 
+def test_a_collective_failing_after_torchrun_went_stops_the_rank(monkeypatch, capsys) -> None:
+    """torchrun killed -9: the rank whose watch looked first stopped, and another's next collective failed on its
+    closed connections before its own watch looked. The word the first one left went with torchrun's store, so that
+    one ended in gloo's traceback (2 runs in 3); it stops as its watch would, once."""
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    sent = []
+    monkeypatch.setattr(running, "_launcher", dead.pid)
+    monkeypatch.setattr(running, "_orphan_stop", running.threading.Lock())
+    monkeypatch.setattr(running.os, "kill", lambda pid, signum: sent.append((pid, signum)))
+    for _ in range(2):      # the collective's failure, then the watch
+        running.raise_word_left(RuntimeError("Connection closed by peer"), "resume with: ...")
+    assert sent == [(os.getpid(), signal.SIGTERM)]
+    said = f"note: the process that started this one (torchrun, pid {dead.pid}) is gone: stopping\n"
+    assert capsys.readouterr().err == said
+
+
 @pytest.mark.parametrize("elastic", [True, False], ids=["torchrun", "other_launcher"])
 def test_only_torchruns_workers_watch_their_launcher(monkeypatch, elastic: bool) -> None:
     """torchrun's workers (TORCHELASTIC_RUN_ID) watch it; srun's ranks and a lone process, whose launchers do not
@@ -982,7 +999,7 @@ def test_a_process_watches_its_launcher_once(monkeypatch) -> None:
     """A second call (a second setup_runtime in one process) starts no second watch, which would say the note and
     send SIGTERM twice."""
     started = []
-    monkeypatch.setattr(running, "_watching", running.threading.Event())
+    monkeypatch.setattr(running, "_launcher", None)
     thread = type("Thread", (), {"start": lambda self: None})
     monkeypatch.setattr(running.threading, "Thread", lambda **kw: started.append(kw) or thread())
     running.stop_when_orphaned()
