@@ -275,7 +275,7 @@ class LatentSDE(nn.Module):
         """Posterior drift: the prior's plus a correction of z[:corrected] from the frames around t."""
         last = len(self._ctx) - 1
         # the frame index stays a tensor: float(t) would wait on the GPU at every solver step
-        now = (torch.as_tensor(t).double() * self.rate + 1e-3).floor().long().clamp(max=last)
+        now = (torch.as_tensor(t, device=self._ctx.device).double() * self.rate + 1e-3).floor().long().clamp(max=last)
         ahead = (now + 1).clamp(max=last)
         c = soft_clip(self.correction(torch.cat([self.features(z), self._ctx[ahead]], -1)))
         if self.phase:

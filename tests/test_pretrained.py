@@ -364,6 +364,23 @@ def test_a_session_in_float64_gets_the_same_forecasts(model):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("model", SHIPPED)
+def test_a_session_with_another_default_device_gets_the_same_forecasts(model):
+    """torch.set_default_device("cuda"), as GPU notebooks set it, beside a forecaster on the CPU: the latent SDE made
+    its solver's frame index and time grid on the default device, and stopped in torch's device errors. 'meta' stands
+    in for the GPU this machine lacks: any tensor made there fails."""
+    from conftest import synthetic_ecg
+    x = synthetic_ecg(3, 128)[0]
+    fc = Forecaster.from_pretrained(device="cpu", model=model)
+    expected = fc.predict(x, 256, 4, 3)
+    torch.set_default_device("meta")
+    try:
+        got = fc.predict(x, 256, 4, 3)
+    finally:
+        torch.set_default_device(None)
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_a_latent_sde_built_from_its_checkpoint_dict_in_a_float64_session_forecasts_as_in_float32():
     """LatentSDEForecaster.from_checkpoint_dict (by which latent_sde_train.py's CRPS fine-tuning builds the forecaster
     it trains) was reached by neither float32 mechanism, Forecaster.from_checkpoint's float32_default nor
