@@ -254,12 +254,20 @@ def own_code(specs: list[str]) -> str:
     out = []
     for spec in expand_models(specs):
         if m := own_spec(spec):
-            found = m["source"] if m["source"].endswith(".py") else getattr(
-                importlib.util.find_spec(m["source"]), "origin", None)      # imported already: no side effects
+            found = m["source"] if m["source"].endswith(".py") else module_file(m["source"])
             if found and Path(found).is_file():
                 files = own_files(Path(found), m["source"])
                 out.append(f"{spec}: " + ", ".join(f"{f} sha256 {paths.file_sha256(f)}" for f in files))
     return "; ".join(out)
+
+
+def module_file(source: str) -> str | None:
+    """The file of module:NAME's module, imported already (no side effects): its own __file__, since __main__ (a
+    script's or a notebook's, whose forecaster `__main__:NAME` names) has no spec, and find_spec raised ValueError on
+    it; None when it has no file (a notebook's)."""
+    if source in sys.modules:
+        return getattr(sys.modules[source], "__file__", None)
+    return getattr(importlib.util.find_spec(source), "origin", None)
 
 
 def own_files(path: Path, source: str) -> list[Path]:

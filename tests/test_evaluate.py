@@ -385,6 +385,21 @@ def test_a_relative_import_above_ones_own_files_folder_is_not_followed(tmp_path,
     assert evaluate.own_code(["mine.py:Mine"]) == f"mine.py:Mine: mine.py sha256 {file_sha256('mine.py')}"
 
 
+def test_a_forecaster_defined_in_a_script_or_notebook_is_evaluated_as_main_name(tmp_path, monkeypatch):
+    """evaluate.main(["--model", "__main__:Mine", ...]) from a script or a notebook, whose __main__ has no spec: it
+    loaded, then own_code's find_spec stopped evaluate.py in a ValueError ('__main__.__spec__ is None'). A script's
+    file is named; a notebook's __main__ has none, and nothing is."""
+    script = tmp_path / "analysis.py"
+    script.write_text("class Mine: ...\n")
+    main = type(sys)("__main__")
+    main.Mine = baselines.Persistence
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    assert isinstance(evaluate.user_forecaster("__main__:Mine", 128), evaluate.OwnForecaster)
+    assert main.__spec__ is None and evaluate.own_code(["__main__:Mine", "zero"]) == ""
+    main.__file__ = str(script)
+    assert evaluate.own_code(["__main__:Mine"]) == f"__main__:Mine: {script} sha256 {file_sha256(script)}"
+
+
 def test_the_report_names_ones_own_code_as_it_ran(db250, tmp_path, monkeypatch):
     """A helper module of one's own edited while the evaluation runs: the report names the code that ran, taken at
     the start as the commit and checkpoints are (it hashed the files at the end)."""
