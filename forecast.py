@@ -95,7 +95,9 @@ def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples
 
 def context_array(context: np.ndarray | torch.Tensor) -> np.ndarray:
     """The context as float32 numpy [B, C, 2] (a [C, 2] one is one row), C-contiguous and writable for torch;
-    refused by name when it is no such array of real numbers."""
+    refused by name when it is no such array of real numbers, or a masked array with samples masked (numpy's
+    asarray drops the mask, and the values under it were forecast from without a word)."""
+    masked = np.ma.getmaskarray(context) if isinstance(context, np.ma.MaskedArray) else None
     if isinstance(context, torch.Tensor) and context.dtype == torch.bfloat16:
         context = context.float()                               # numpy has no bfloat16; float32 holds it exactly
     try:
@@ -111,6 +113,10 @@ def context_array(context: np.ndarray | torch.Tensor) -> np.ndarray:
         raise ValueError(f"context must be [B, C, 2] (two leads, B and C at least 1), got shape {tuple(given)}" + hint)
     if x.dtype == bool or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise ValueError(f"context must hold real numbers (mV), got dtype {x.dtype}")
+    if masked is not None and masked.any():
+        b, t, lead = np.argwhere(masked.reshape(x.shape))[0]
+        raise ValueError(f"context is a masked array with {int(masked.sum())} samples masked, the first at row {b}, "
+                         f"sample {t}, lead {lead + 1}: every sample is forecast from; fill them or cut them out")
     with np.errstate(over="ignore"):                            # too large for float32: inf, as_context refuses it
         x = x.astype(np.float32, copy=False)
     if not (x.flags.writeable and x.flags.c_contiguous):   # a broadcast or read-only array: torch.from_numpy warns

@@ -44,6 +44,8 @@ BAD_REQUESTS = [  # (context, horizon, num_samples, seed), the name the message 
     (([[[0.0, 0.0]], [[0.0, 0.0], [1.0, 1.0]]], 10, 2, 0), "context"),                          # ragged
     ((np.where(np.arange(384)[None, :, None] == 7, np.nan, GOOD), 10, 2, 0), "row 0, sample 7, lead 1"),
     ((np.full((1, 384, 2), 1e40), 10, 2, 0), "inf samples .in float32."),
+    ((np.ma.masked_greater(np.arange(768.0).reshape(384, 2), 766), 10, 2, 0), "1 samples masked, the first at row 0, "
+     "sample 383, lead 2"),                         # np.asarray drops the mask: the values under it were forecast from
 ]
 
 
