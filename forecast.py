@@ -54,9 +54,12 @@ class ForecasterBase:
 
     def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
                 seed: int = 0) -> np.ndarray:
-        """Samples [B, S, H, 2] in mV, a numpy float32 array on the CPU whether the context is a numpy array or a
-        torch tensor. They must be exchangeable draws (no order among them): the harness scores the rhythm of the
-        first few paths of each window only."""
+        """Forecast `horizon` samples after each context: `context` [B, C, 2] (or [C, 2]) in mV at `self.fs`,
+        band-passed as the training data were, lead II-like first (a numpy array, a torch tensor or a list),
+        `num_samples` paths each, drawn from `seed` (each context forecast alone: the same seed, the same paths).
+        Returns samples [B, S, H, 2] in mV, a numpy float32 array on the CPU (S = 1 for deterministic forecasters).
+        They must be exchangeable draws (no order among them): the harness scores the rhythm of the first few paths
+        of each window only."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

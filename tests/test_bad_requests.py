@@ -92,6 +92,16 @@ def test_every_predict_shows_the_signature_it_takes(shipped):
         np.testing.assert_array_equal(by_name, f.predict(x, 8, 2, 1), err_msg=f.name)
 
 
+def test_every_predicts_help_says_what_it_takes(shipped):
+    """help(fc.predict), what a notebook shows, described the samples returned only: not the context's shape, unit
+    and rate, nor the horizon's unit or the seed."""
+    sde = Forecaster.from_pretrained("cpu", model="latent_sde")
+    for f in [shipped, sde] + [make_baseline(b, 128) for b in BASELINES]:
+        doc = inspect.getdoc(f.predict)
+        assert all(said in doc for said in ("`context` [B, C, 2]", "in mV at `self.fs`", "`horizon` samples",
+                                            "`seed`", "[B, S, H, 2]")), f.name
+
+
 def test_every_argument_predict_shows_as_positional_is_taken_so(shipped):
     """inspect showed the Transformer's use_cache as positional, and predict(x, 8, 2, 1, False) was a TypeError:
     what one_by_one passes on after the seed is keyword-only, in the signature too."""
