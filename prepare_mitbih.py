@@ -419,11 +419,20 @@ def only_channel(lead: int, among: list[int], keys: dict[int, str], names: list[
                         f"guess; rename or remove all but one in {where}.hea")
 
 
+def data_section(cfg: DataConfig, who: str) -> DataConfig:
+    """`cfg` when it is a data section: a whole config given for it (fc.cfg where fc.cfg.data is meant) stopped
+    in an AttributeError on a field of the data section, deep inside."""
+    if not hasattr(cfg, "samples_per_second") and hasattr(cfg, "data"):
+        raise TypeError(f"{who} takes the config's data section (fc.cfg.data), not the whole {type(cfg).__name__}")
+    return cfg
+
+
 def filter_and_resample(x: np.ndarray, fs_in: float, cfg: DataConfig, where: str, gaps: bool = False) -> np.ndarray:
     """Zero-phase band-pass at the source rate (removes baseline wander and noise), then resample; with
     `gaps`, NaN samples are gaps kept as NaN. Each stretch between gaps, a whole signal without them, is
     filtered on its own (see _filter_stretches), so a record reads alike in prepare_mitbih.py, forecast.py
     and evaluate.py."""
+    cfg = data_section(cfg, "filter_and_resample")
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] != 2:
         flipped = " (transposed? pass x.T)" if x.ndim == 2 and x.shape[0] == 2 else ""
@@ -661,6 +670,7 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     need not read all of it (2.2 GB). A read that would begin or end inside a gap is widened: cut there, the gap
     would lose the margin beside it (EDGE_MARGIN_S), and a lead off for longer than the read would be refused as
     off throughout."""
+    cfg = data_section(cfg, "read_record")
     path = record_path(path)
     where = str(path)
     header = read_header(path)
@@ -1211,6 +1221,8 @@ def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None, 
     (a forecaster trained on a frozen VQ-VAE), other record lists are fine: the VQ-VAE needs windows made alike,
     not the patients it was trained on. `config_flag`: `cfg` is the --config of evaluate.py, whose error then
     says to pass the config the folder was prepared with (a 250 Hz folder is no reason to prepare again)."""
+    if hasattr(cfg, "samples_per_second") and not hasattr(cfg, "data"):    # read_record's takes this section
+        raise TypeError("load_split takes the whole config (fc.cfg), not its data section")
     path = paths.location("prepared", prepared_dir) / f"{split}.pt"
     data = read_prepared(path, split)
     if data.get("data_hash") == data_hash(cfg.data):

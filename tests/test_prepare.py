@@ -511,6 +511,21 @@ def test_filter_and_resample_refuses_what_it_would_spoil():
     assert np.isnan(y).any() and np.isfinite(y).mean() > 0.5
 
 
+def test_a_whole_config_for_a_data_section_and_the_other_way_round_are_named(tmp_path):
+    """read_record(path, fc.cfg) and filter_and_resample(x, fs, fc.cfg, ...) where fc.cfg.data is meant stopped in
+    an AttributeError on a data field ('Config' object has no attribute 'first_lead'), and load_split(split,
+    fc.cfg.data) where it takes the whole config in one on 'data'."""
+    cfg = make_cfg()
+    x = np.random.default_rng(0).standard_normal((3600, 2))
+    with pytest.raises(TypeError, match=r"read_record takes the config's data section \(fc.cfg.data\), not the whole"):
+        pm.read_record(write_record(tmp_path, "100", seconds=10), cfg)
+    with pytest.raises(TypeError, match=r"filter_and_resample takes the config's data section"):
+        pm.filter_and_resample(x, 360, cfg, "my ecg")
+    with pytest.raises(TypeError, match=r"load_split takes the whole config \(fc.cfg\), not its data section"):
+        pm.load_split("test", cfg.data, tmp_path)
+    assert pm.filter_and_resample(x, 360, cfg.data, "my ecg").shape == (1280, 2)
+
+
 def test_a_record_a_few_samples_short_says_so():
     assert (pm.secs(5.992), pm.secs(6.0), pm.secs(4.25)) == ("5.992", "6.0", "4.250")
 
