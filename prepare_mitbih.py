@@ -318,17 +318,23 @@ def segment_names(header: Path) -> list[str]:
 
 
 def header_lines(header: Path) -> list[list[str]]:
-    """The fields of a header's lines, comments left out ([] when it can't be read). A header that is not UTF-8 is
-    read as Latin-1 (Windows' cp1252 alike there): its 'µV' (byte 0xB5) was a replacement character, not microvolts."""
+    """The fields of a header's lines, comments left out ([] when it can't be read). A line that is not UTF-8 is
+    read as Latin-1 (Windows' cp1252 alike there): its 'µV' (byte 0xB5) would be a replacement character, not
+    microvolts. Line by line: a Latin-1 comment appended to a UTF-8 header leaves its 'µV' UTF-8's."""
     try:
         raw = header.read_bytes()
     except OSError:
         return []
+    text = [_decoded(ln) for ln in raw.splitlines()]
+    return [ln.split() for ln in text if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def _decoded(line: bytes) -> str:
+    """A header line as UTF-8, else as Latin-1."""
     try:
-        text = raw.decode("utf-8")
+        return line.decode("utf-8")
     except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    return [ln.split() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        return line.decode("latin-1")
 
 
 def resample_ratio(fs_in: float, fs_out: int, where: str) -> Fraction:

@@ -293,6 +293,19 @@ def test_microvolts_of_a_latin1_header(tmp_path):
     pm.check_record(tmp_path / "uv", cfg)
 
 
+def test_microvolts_of_a_utf8_header_with_a_latin1_comment(tmp_path):
+    """A UTF-8 header with a comment appended in Latin-1 (a patient's name by another tool): read whole as Latin-1,
+    its UTF-8 'µV' was 'Âµ' and the record refused as 'not ECG: MLII in 'ÂµV''; each line is decoded on its own."""
+    x, _ = synthetic_ecg(20.0, 360.0, seed=6)
+    write_signal(tmp_path, "mv", x, units="mV", gain=1000.0)
+    write_signal(tmp_path, "uv", x * 1000.0, units="\u00b5V", gain=1.0)
+    header = tmp_path / "uv.hea"
+    header.write_bytes(header.read_bytes() + "# Ärztin Müller\n".encode("latin-1"))
+    cfg = make_cfg().data
+    np.testing.assert_allclose(pm.read_record(tmp_path / "uv", cfg).signal, pm.read_record(tmp_path / "mv", cfg).signal,
+                               atol=2e-3)
+
+
 def test_channels_in_other_units_are_not_leads(tmp_path):
     """An ICU record (PLETH, II, V): the pulse wave is passed over; with one ECG lead left, the error names it."""
     x, _ = synthetic_ecg(20.0, 360.0, seed=6)
