@@ -21,7 +21,6 @@ import socket
 import tempfile
 import time
 import urllib.parse
-import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
@@ -228,13 +227,16 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
 
 def reach_physionet(url: str, timeout: float = CONNECT_TIMEOUT) -> None:
     """Connect once to the host (or proxy) that `url` is fetched from: wfdb's requests have no timeout, so on a
-    network that drops packets (a firewall) the download hung for ever instead of failing."""
+    network that drops packets (a firewall) the download would hang for ever instead of failing. The proxy is the
+    one requests chooses ($https_proxy, else $all_proxy; none for a host $no_proxy names): a direct connect behind
+    $all_proxy alone would refuse a download that works."""
+    import requests.utils
     parts = urllib.parse.urlsplit(url)
     host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
+    if proxy := requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url)):
         via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        host, port = via.hostname or "", via.port or (443 if via.scheme == "https" else 80)
+        default = 443 if via.scheme == "https" else 1080 if via.scheme.startswith("socks") else 80
+        host, port = via.hostname or "", via.port or default
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as e:

@@ -259,6 +259,25 @@ def test_a_download_connects_first(tmp_path, monkeypatch):
     assert connects == [("physionet.org", 443), ("proxy.example", 3128)]
 
 
+def test_the_connect_asks_the_proxy_requests_uses(monkeypatch):
+    """$all_proxy alone is requests' proxy too: a direct connect there (a network reached through the proxy only)
+    would refuse a download that works; $no_proxy naming PhysioNet's host connects directly, as requests does."""
+    connects = []
+
+    class Connection:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(pm, "reach_physionet", REACH_PHYSIONET)
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: connects.append(address) or
+                        Connection())
+    monkeypatch.setenv("ALL_PROXY", "http://proxy.example:3128")
+    pm.reach_physionet("https://physionet.org/files/")
+    monkeypatch.setenv("NO_PROXY", "physionet.org")
+    pm.reach_physionet("https://physionet.org/files/")
+    assert connects == [("proxy.example", 3128), ("physionet.org", 443)]
+
+
 def test_a_download_cut_short_leaves_no_records(tmp_path, monkeypatch):
     """A download that fails part way left the records it had brought, and the next run prepared them as the
     database (here 2 of MIT-BIH's 48, without a word): the folder stays as it was, and no part of the download stays
