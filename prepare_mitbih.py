@@ -856,8 +856,9 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str | 
                      f"{path}.{annotator}: cannot read the annotations")
     keep = [i for i, s in enumerate(ann.symbol) if s in BEAT_SYMBOLS]
     if not keep:        # rhythm or noise labels only (as AFDB's .atr): scoring R peaks against none would be wrong
-        running.note(f"{path}.{annotator} has no beat labels ({label_counts(ann.symbol)}; beats are "
-                     f"{' '.join(sorted(BEAT_SYMBOLS))}); the record counts as unannotated (no R-peak scores)"
+        held = label_counts(ann.symbol) or "no labels at all"
+        running.note(f"{path}.{annotator} has no beat labels ({held}; beats are {' '.join(sorted(BEAT_SYMBOLS))}); the "
+                     f"record counts as unannotated (no R-peak scores)"
                      f"{other_annotators(path)}")
         return _no_beats()
     if unknown := [s for s in ann.symbol if s not in BEAT_SYMBOLS | OTHER_WFDB_SYMBOLS]:

@@ -776,7 +776,10 @@ def test_annotations_without_beats_leave_the_record_unannotated(tmp_path, capsys
     write_record(tmp_path, "af", seconds=12, seed=0, annotate=False)
     wfdb.wrann("af", "atr", np.array([10, 2000]), symbol=["+", "+"], aux_note=["(AFIB", "(N"], write_dir=str(tmp_path))
     rec = pm.read_record(tmp_path / "af", config_from_dict({}).data)
-    assert not rec.has_annotations and len(rec.beats) == 0 and "no beat labels" in capsys.readouterr().err
+    assert not rec.has_annotations and len(rec.beats) == 0 and "no beat labels (+ 2; beats" in capsys.readouterr().err
+    (tmp_path / "af.atr").write_bytes(b"\0\0")       # no annotation at all: the note says so, not '(; beats are'
+    assert not pm.read_record(tmp_path / "af", config_from_dict({}).data).has_annotations
+    assert "af.atr has no beat labels (no labels at all; beats are / ?" in capsys.readouterr().err
 
 
 def test_annotation_labels_of_ones_own_are_named(tmp_path, capsys):
