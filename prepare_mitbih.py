@@ -303,11 +303,12 @@ def records_file(data_dir: Path) -> list[str]:
 def listed(data_dir: Path, name: str) -> list[str]:
     """A RECORDS line's records: `name`, or for a folder ('p00/', as the RECORDS of PhysioNet's MIMIC databases list
     theirs) the records of that folder (its own RECORDS, else its headers), each as FOLDER/NAME. Only a folder below
-    (not '.' or '..': the same RECORDS again, without end)."""
+    (not '.' or '..': the same RECORDS again, without end), and one holding records: a record whose .hea is lost
+    beside an empty folder of its name stays `name`, refused by records_file, not left out without a word."""
     folder = name.rstrip("/")
     below = bool(Path(folder).parts) and ".." not in Path(folder).parts
     if below and (name.endswith("/") or not (data_dir / f"{name}.hea").is_file()) and (data_dir / folder).is_dir():
-        return [f"{folder}/{n}" for n in header_stems(data_dir / folder)]
+        return [f"{folder}/{n}" for n in header_stems(data_dir / folder)] or [name]
     return [name]
 
 

@@ -409,6 +409,10 @@ def test_a_records_file_listing_folders_lists_their_records(tmp_path):
     (tmp_path / "RECORDS").write_text("p00/\np03/\n./\n")
     with pytest.raises(UserError, match=r"RECORDS lists 2 record\(s\) with no \.hea in .*: p03/, \./; add their files"):
         pm.find_records(tmp_path, download=False)
+    (tmp_path / "p04").mkdir()         # a record's .hea lost beside a folder of its name holding none: still refused
+    (tmp_path / "RECORDS").write_text("p02\np04\n")
+    with pytest.raises(UserError, match=r"RECORDS lists 1 record\(s\) with no \.hea in .*: p04; add their files"):
+        pm.find_records(tmp_path, download=False)
 
 
 def test_a_variable_layout_record_reads_its_ecg_leads(tmp_path):
