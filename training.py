@@ -743,7 +743,19 @@ def resume_hint(start: str | Path | None, kind: str) -> str:
     if not begun.module and running.script_running() is None:
         return f"resume with: fit(resume={str(start)!r})"
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else f"{kind}_train.py"
-    return f"resume with: {shlex.join(['python3', script, '--resume', str(start)])}"     # a folder 'my runs' too
+    return f"resume with: {shlex.join([*_launch(script), '--resume', str(start)])}"     # a folder 'my runs' too
+
+
+def _launch(script: str) -> list[str]:
+    """The command up to the script that starts `script` again as this process was: `python3 <script>`; a torchrun
+    worker's own would start one process: its launcher's is said (running.launcher_argv), else a torchrun one
+    starting as many processes per node. resume_hint and _run_command add the script's flags."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:     # set by torchrun for its workers
+        return ["python3", script]
+    launcher = running.launcher_argv()      # ends with this process's flags, sys.argv[1:]
+    if launcher:
+        return launcher[:len(launcher) - len(sys.argv) + 1]
+    return ["torchrun", f"--nproc-per-node={os.environ.get('LOCAL_WORLD_SIZE', '1')}", script]
 
 
 def _from_command_line(argv: list[str] | None) -> bool:
@@ -862,13 +874,10 @@ def load_resume(path: str | Path, kind: str) -> dict:
 def _run_command(argv: list[str] | None) -> str:
     """What ran, to run it again, as resume_hint says it: the command line (`python3 <script> ...`, quoted as a shell
     needs it) or the call from Python (_main_call). The list alone ('--epochs 1') named no script. A torchrun worker's
-    own command line would start one process: its launcher's is said (running.launcher_argv), else a torchrun one."""
+    own command line would start one process: its launcher's is said (_launch)."""
     if not _from_command_line(argv):
         return _main_call(argv)
-    if "TORCHELASTIC_RUN_ID" in os.environ:     # set by torchrun for its workers
-        per_node = os.environ.get("LOCAL_WORLD_SIZE", "1")
-        return shlex.join(running.launcher_argv() or ["torchrun", f"--nproc-per-node={per_node}", *sys.argv])
-    return shlex.join(["python3", *sys.argv])
+    return shlex.join([*_launch(sys.argv[0]), *sys.argv[1:]])
 
 
 def run_record(cfg_dict: dict, seed: int, train: dict, val: dict, rt: Runtime, argv: list[str] | None) -> dict:

@@ -845,6 +845,21 @@ def test_a_torchrun_workers_run_json_says_torchrun_when_its_launcher_is_unread(m
     assert record["command"] == "torchrun --nproc-per-node=2 vqvae_train.py --results 'my runs'"
 
 
+@pytest.mark.parametrize("launcher, said", [
+    (["/venv/bin/python3", "/venv/bin/torchrun", "--nproc-per-node=2", "vqvae_train.py", "--results", "my runs"],
+     "/venv/bin/python3 /venv/bin/torchrun --nproc-per-node=2 vqvae_train.py --resume 'my runs/last.pt'"),
+    (None, "torchrun --nproc-per-node=2 vqvae_train.py --resume 'my runs/last.pt'")], ids=["launcher", "unread"])
+def test_a_torchrun_workers_resume_hint_says_its_torchrun_command(monkeypatch, launcher, said):
+    """A torchrun worker said `python3 vqvae_train.py --resume ...`, which resumes on one process: it says the
+    torchrun command up to the script, as run.json's command does (its launcher's, else a torchrun one)."""
+    monkeypatch.setattr(sys, "argv", ["vqvae_train.py", "--results", "my runs"])
+    monkeypatch.setattr(running, "script_running", lambda: "vqvae_train.py")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(running, "launcher_argv", lambda: launcher)
+    assert training.resume_hint("my runs/last.pt", "vqvae") == f"resume with: {said}"
+
+
 def recording_main(monkeypatch) -> Callable[[list[str] | None], dict]:
     """A training main of vqvae_train's that returns its run.json record, in a script run as
     `/home/me/vqvae_train.py --epochs 3`."""
