@@ -242,7 +242,10 @@ class Forecaster(ForecasterBase):
     model was trained with one: the seasonal-naive continuation, or with `draft_beats` the context's
     own beats at beat times drawn per sample), decode them together with the last second of context
     codes (so the seam is smooth) and keep the future samples. A horizon longer than the future the model's
-    block holds after the context (the shipped model's: 3 s of 6 s) is drawn a block at a time (`roll`)."""
+    block holds after the context (the shipped model's: 3 s of 6 s) is drawn a block at a time (`roll`).
+
+    Get one with Forecaster.from_pretrained() (a shipped model) or Forecaster.from_checkpoint(path) (a run's
+    best.pt, or 'pretrained' / 'pretrained_sde'); the constructor takes the models these build."""
 
     name = "transformer"
     deterministic = False

@@ -92,6 +92,15 @@ def test_every_predict_shows_the_signature_it_takes(shipped):
         np.testing.assert_array_equal(by_name, f.predict(x, 8, 2, 1), err_msg=f.name)
 
 
+def test_the_forecasters_help_says_how_to_get_one():
+    """help(forecast.Forecaster) showed the constructor's models and configs, and not the way to a forecaster:
+    its docstring names the loaders, which exist as named."""
+    doc = " ".join(inspect.getdoc(Forecaster).split())
+    assert "Forecaster.from_pretrained()" in doc and "Forecaster.from_checkpoint(path)" in doc
+    assert all(isinstance(inspect.getattr_static(Forecaster, name), classmethod)
+               for name in ("from_pretrained", "from_checkpoint"))
+
+
 def test_every_predicts_help_says_what_it_takes(shipped):
     """help(fc.predict), what a notebook shows, described the samples returned only: not the context's shape, unit
     and rate, nor the horizon's unit or the seed."""
