@@ -80,8 +80,15 @@ def note_unfinished(path: Path, flag: str) -> None:
 
 def load_vqvae(path: str | Path) -> tuple[VQVAE, dict]:
     """A trained VQ-VAE in eval mode and its checkpoint (config, meta), also the one inside a forecaster's
-    checkpoint, so the shipped model's coder can be measured and trained on too."""
-    return read_vqvae(path)[:2]
+    checkpoint, so the shipped model's coder can be measured and trained on too: `pretrained` and `pretrained_sde`
+    name the shipped models' (given_checkpoint), as Forecaster.from_checkpoint takes them."""
+    return read_vqvae(given_checkpoint(path, "vqvae_eval.load_vqvae"))[:2]
+
+
+def given_checkpoint(path: str | Path, flag: str) -> Path:
+    """The checkpoint file `path` names: a path, or a shipped model by its command-line name (paths.SHIPPED_SPECS),
+    as forecast.py's --checkpoint takes them; `flag` takes a path instead when the shipped file is missing."""
+    return paths.shipped_checkpoint(str(path), flag) if str(path) in paths.SHIPPED_SPECS else Path(path)
 
 
 def read_vqvae(path: str | Path) -> tuple[VQVAE, dict, str]:
@@ -428,7 +435,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=paths.given_path,
                    help="VQ-VAE checkpoint, or a forecaster's for the VQ-VAE inside it, e.g. "
-                   "pretrained/forecaster.pt (default: newest checkpoints/vqvae-*/best.pt)")
+                   "pretrained/forecaster.pt, or a shipped model by name: pretrained, pretrained_sde "
+                   "(default: newest checkpoints/vqvae-*/best.pt)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--split", default="validation", choices=["train", "validation", "test"],
                       help="prepared split (default validation)")
@@ -454,7 +462,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict | Path:
     args = parse_args(argv)
     commit = paths.git_commit()     # the code that runs, whatever the tree holds when the report is written
-    path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint("vqvae", args.checkpoints)
+    path = (given_checkpoint(args.checkpoint, "--checkpoint") if args.checkpoint
+            else latest_checkpoint("vqvae", args.checkpoints))
     model, ckpt, digest = read_vqvae(path)      # the weights coded with: best.pt changes while its run goes on
     cfg = stored_config(ckpt["config"], f"config stored in {path}")
     paths.check_writable(paths.location("results", args.results), keep=False)     # before the coding, not after

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import forecast
 import prepare_mitbih
@@ -16,7 +17,7 @@ import pretrained
 import vqvae_eval
 import vqvae_train
 from conftest import ROOT, edit_tree_after, run_script, synthetic_ecg, write_record
-from paths import PRETRAINED, UserError, file_sha256
+from paths import PRETRAINED, SHIPPED, SHIPPED_SPECS, UserError, file_sha256
 from test_pretrained import packing_a_changed_model, stopped_between_the_renames
 from tiny import TINY, flags, tiny_setup
 
@@ -49,6 +50,20 @@ def test_vqvae_eval_returns_its_report_or_the_records_codes(notebook, synthetic_
     npz = vqvae_eval.main(["--checkpoint", str(best), "--record", str(synthetic_db / "100"), "--start", "5",
                            "--results", str(tmp_path / "eval")])
     assert npz.name == "100_5s.npz" and np.load(npz)["codes"].shape == (1, 16, 1)
+
+
+def test_the_shipped_models_vqvae_is_loaded_and_coded_by_name(notebook, tmp_path, monkeypatch):
+    """load_vqvae('pretrained') and vqvae_eval.py --checkpoint pretrained read a file or folder of that name (in the
+    repository, the folder pretrained/, which they refused; 'pretrained_sde' was not found): they take the shipped
+    models' names as Forecaster.from_checkpoint and forecast.py --checkpoint do, from any folder."""
+    record = write_record(tmp_path / "db", "r", seconds=12)
+    monkeypatch.chdir(tmp_path)
+    for name, model in SHIPPED_SPECS.items():
+        vq, ckpt = vqvae_eval.load_vqvae(name)
+        shipped = vqvae_eval.load_vqvae(SHIPPED[model])[0].state_dict()
+        assert all(torch.equal(w, shipped[k]) for k, w in vq.state_dict().items()) and "config" in ckpt, name
+    npz = vqvae_eval.main(["--checkpoint", "pretrained", "--record", str(record), "--results", str(tmp_path / "ev")])
+    assert str(np.load(npz)["checkpoint"]) == str(PRETRAINED)
 
 
 def test_forecast_returns_the_samples_and_its_files(notebook, tmp_path):
