@@ -279,7 +279,7 @@ def paired_table(rows: list[dict], key: str, title: str, text: str, columns: str
            f"| forecaster | score | horizon | {columns} | forecaster's value | difference | change | better on |",
            "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        pct = "—" if r["change_pct"] is None else f"{r['change_pct']:+.1f} %"
+        pct = "—" if r["change_pct"] is None else f"{signed_number(r['change_pct'], 1)} %"
         out.append(f"| {r['forecaster']} | {header_of(r['metric'])} | {r['horizon']} | {r[key]} | "
                    f"{fmt(r[key + '_value'], 4)} | {fmt(r['value'], 4)} | {signed(r['difference'])} | {pct} | "
                    f"{better_on(r)} |")
@@ -342,13 +342,21 @@ def better_on(row: dict) -> str:
     return f"{row['better_on']} of {row['records']}" + (f", {tied} tied" if tied else "")
 
 
+def signed_number(v: float, decimals: int = 4) -> str:
+    """`v` with an explicit sign at `decimals` decimals, or its first significant digit when those would show a
+    nonzero `v` as ±0: a paired difference of −5e-05 mV² printed −0.0000 (and a change of −0.04 % as −0.0 %)
+    beside an interval and a 'better on 16 of 23' that say it is not 0."""
+    return f"{v:+.1g}" if v and round(v, decimals) == 0 else f"{v:+.{decimals}f}"
+
+
 def signed(entry: dict) -> str:
-    """A difference and its interval with explicit signs, four decimals: paired gaps are small. An end that four
-    decimals would show as ±0.0000 keeps its first significant digit, so whether the interval excludes 0 shows."""
+    """A difference and its interval with explicit signs, four decimals: paired gaps are small. A value or an end
+    that four decimals would show as ±0.0000 keeps its first significant digit (signed_number), so whether the
+    interval excludes 0 shows."""
     if entry["value"] is None:
         return "—"
-    lo, hi = ("—" if v is None else f"{v:+.1g}" if v and round(v, 4) == 0 else f"{v:+.4f}" for v in entry["ci"])
-    return f"{entry['value']:+.4f} [{lo}, {hi}]"
+    lo, hi = ("—" if v is None else signed_number(v) for v in entry["ci"])
+    return f"{signed_number(entry['value'])} [{lo}, {hi}]"
 
 
 def csv_text(summary: dict) -> str:

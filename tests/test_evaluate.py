@@ -2111,6 +2111,18 @@ def test_a_paired_interval_end_near_zero_keeps_its_sign_and_digit():
     assert eval_report.signed({"value": None, "ci": [None, None]}) == "—"
 
 
+def test_a_paired_difference_near_zero_keeps_its_sign_and_digit():
+    """The demo's transformer against the template ensemble: MSE 0.08656 against 0.08661 read '-0.0000 [-0.0001,
+    -5e-06]' and '-0.1 %', CRPS '-0.0 %' on 20 of 23 records better: the value and the change keep a significant
+    digit where they round to zero, as the interval's ends do; an exact 0 stays +0.0000 and +0.0 %."""
+    assert eval_report.signed({"value": -4.6e-05, "ci": [-0.0001, -5e-06]}) == "-5e-05 [-0.0001, -5e-06]"
+    assert eval_report.signed({"value": 0.0, "ci": [-0.0001, 0.0001]}) == "+0.0000 [-0.0001, +0.0001]"
+    row = _paired_row(difference={"value": -2e-05, "ci": [-3e-05, -1e-05]}, change_pct=-0.04)
+    assert _table("\n".join(eval_report.paired_section([row])), "## Paired")[0][6:8] == \
+        ["-2e-05 [-3e-05, -1e-05]", "-0.04 %"]
+    assert _table("\n".join(eval_report.paired_section([_paired_row(change_pct=0.0)])), "## Paired")[0][7] == "+0.0 %"
+
+
 def test_a_sigterm_python_swallowed_stops_the_evaluation_at_its_next_record(db250, tmp_path, monkeypatch):
     """A SIGTERM that lands in a finalizer is only printed by Python; noted by the handler (running._terminating), it
     stops a long evaluation before its next record rather than letting it run to the scheduler's SIGKILL."""
