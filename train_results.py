@@ -154,8 +154,9 @@ def panel_title(ax: Axes, titles: list[tuple[str, str]] | None, i: int, lead: in
 
 def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, title: str,
                  titles: list[tuple[str, str]] | None = None) -> None:
-    """Lead 1 and lead 2 of a few windows [N, T, 2] in mV: original against reconstruction. `titles`: each
-    window's two panels (its record and leads), else "lead 1", "lead 2" over the first row."""
+    """Lead 1 and lead 2 of a few windows [N, T, 2] in mV against time from each window's start: original against
+    reconstruction. `titles`: each window's two panels (its record, start and leads), else "lead 1", "lead 2" over
+    the first row."""
     import matplotlib.pyplot as plt
     n = len(original)
     t = np.arange(original.shape[1]) / fs
@@ -167,8 +168,8 @@ def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, 
             ax.plot(t, other[i, :, lead], color="tab:red", lw=1.0, alpha=0.8, label="reconstruction")
             ax.set_ylabel("mV")
             panel_title(ax, titles, i, lead)
-    axes[-1, 0].set_xlabel("time (s)")
-    axes[-1, 1].set_xlabel("time (s)")
+    for ax in axes[-1]:     # not 'time (s)': under 'record 109 at 1794 s' an axis from 0 read as the record's clock
+        ax.set_xlabel("time from window start (s)")
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", fontsize=8, ncol=2,
                frameon=False)      # below the panels: inside one it hid the last beat of the top right window
     fig.suptitle(title)

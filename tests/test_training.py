@@ -1898,7 +1898,7 @@ def test_window_and_forecast_plots_read_in_seconds_and_millivolts(tmp_path: Path
     original, other = ax.lines
     np.testing.assert_allclose(original.get_xdata(), np.arange(context + horizon) / fs)
     np.testing.assert_array_equal(other.get_ydata(), 2 * windows[0, :, 1])
-    assert ax.get_ylabel() == "mV" and ax.get_xlabel() == "time (s)"
+    assert ax.get_ylabel() == "mV" and ax.get_xlabel() == "time from window start (s)"   # titles give the start
     samples = rng.standard_normal((1, 5, horizon, 2))
     train_results.plot_forecasts(windows, samples, fs, context, tmp_path / "f.png", "t", start_s=100.0)
     lines = {line.get_label(): line for line in figures[1].axes[1].lines}
