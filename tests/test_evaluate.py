@@ -2103,6 +2103,21 @@ def test_an_f1_panel_without_reference_beats_says_why_it_is_empty(tmp_path, monk
     assert len(figures[1].axes[-1].texts) == 0
 
 
+def test_an_f1_of_zero_is_drawn_inside_the_f1_panel(tmp_path, monkeypatch):
+    """The zero, mean and persistence forecasts find no beats: their F1 of 0 lay on the panel's bottom edge, lines and
+    markers cut in half by it. The panel reaches a little below 0 and above 1."""
+    import matplotlib.pyplot as plt
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    scores = {"zero": evaluate.Scores(1, curves={"se": np.ones((1, 32)), "crps": np.ones((1, 32)),
+                                                 "windows": np.array([1.0])})}
+    summary = {"order": ["zero"], "horizons": ["0-1 s", "1-2 s", "all"],
+               "forecasters": {"zero": {"metrics": {"f1_100": [{"value": 0.0}] * 3, "crps": [{"value": 1.0}] * 3}}}}
+    evaluate.plot_error_curves(scores, summary, 16, tmp_path / "e.png", frozenset({"zero"}))
+    low, high = figures[0].axes[-1].get_ylim()
+    assert low < 0 and high > 1
+
+
 def test_a_paired_interval_end_near_zero_keeps_its_sign_and_digit():
     """−0.0000 hid whether an interval excluded 0 (the model card's latent SDE MSE: upper end −1e-6 mV²): an end
     that rounds to zero at four decimals keeps a significant digit; an exact 0 stays +0.0000."""
