@@ -251,7 +251,7 @@ def reconstruction_report(model: VQVAE, data: dict, record_fs: float | None = No
                   for i in range(len(names)) if n_per_record[i]}
     summary = {k: float(np.mean([r[k] for r in per_record.values()])) for k in ("mse_mv2", "prd", "prdn")}
     summary.update(**codebook_health(usage), **compression(model, sig.shape[1], float(data["fs"]), record_fs),
-                   codebooks=len(model.quantizers),
+                   codebooks=len(model.quantizers), codebook_size=len(usage),
                    records=len(per_record), windows=int(len(sig)))
     return {"summary": summary, "per_record": per_record}
 
@@ -277,7 +277,9 @@ def report_lines(report: dict, data: dict) -> list[str]:
              "| record | MSE (mV²) | PRD (%) | PRDN (%) |", "|---:|---:|---:|---:|"]
     lines += [f"| {r} | {v['mse_mv2']:.5f} | {v['prd']:.2f} | {v['prdn']:.2f} |" for r, v in report["per_record"].items()]
     return lines + [f"| **mean over records** | **{s['mse_mv2']:.5f}** | **{s['prd']:.2f}** | **{s['prdn']:.2f}** |", "",
-                    f"first codebook: perplexity {s['perplexity']:.1f}, codes used {100 * s['usage']:.0f}%; "
+                    f"first codebook on these windows (training's codebook_health.png counts its epochs' own): "
+                    f"perplexity {s['perplexity']:.1f}, codes used {100 * s['usage']:.0f}% of "
+                    f"{s['codebook_size']}; "
                     f"compression ratio {s['compression_ratio']:.1f} against the records (11-bit samples at "
                     f"{s['source_fs']:g} Hz; {s['compression_ratio_model_rate']:.1f} against 11-bit samples at the "
                     f"model's {int(data['fs'])} Hz), "
