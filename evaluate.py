@@ -337,12 +337,14 @@ def in_environment(file: Path) -> bool:
     return any(where.is_relative_to(Path(folders[k]).resolve()) for k in ("stdlib", "platstdlib", "purelib", "platlib"))
 
 
-def checkpoint_digests(specs: list[str], loaded: list[ForecasterBase]) -> dict[str, str]:
+def checkpoint_digests(specs: list[str], loaded: dict[str, ForecasterBase]) -> dict[str, str]:
     """{"checkpoints": each checkpoint scored with its weights_sha256}, or {} when none is: a path alone does not
     say which weights were scored (best.pt changes while its run goes on, a shipped model when it is packed again).
-    `loaded`: build_forecasters' forecasters, in the order of expand_models(specs)."""
-    found = [f"{spec}: {paths.shown(checkpoint_file(spec))} sha256 {digest}"
-             for spec, f in zip(expand_models(specs), loaded) if (digest := weights_sha256(spec, f))]
+    `loaded`: build_forecasters' forecasters by their report labels, in the order of expand_models(specs); each
+    checkpoint is named by its label, the name the report's tables give it ('pretrained: ...' beside rows of
+    'transformer' said which file was which forecaster to no one)."""
+    found = [f"{label}: {paths.shown(checkpoint_file(spec))} sha256 {digest}"
+             for spec, (label, f) in zip(expand_models(specs), loaded.items()) if (digest := weights_sha256(spec, f))]
     return {"checkpoints": "; ".join(found)} if found else {}
 
 
@@ -1366,7 +1368,7 @@ def main(argv: list[str] | None = None) -> Path:
     if cfg.data.total_samples <= context:
         raise UserError("config data.forecast_predictions is 0: there is no horizon to forecast")
     forecasters, baselines, cautions = build_forecasters(args.model, cfg, device)
-    started.update(checkpoint_digests(args.model, list(forecasters.values())))     # the weights loaded
+    started.update(checkpoint_digests(args.model, forecasters))     # the weights loaded
     if code := own_code(args.model):
         started["own forecasters"] = code
     w = load_windows(args, cfg)     # first: prepared unlike --config is the error, not the models' warnings of it
