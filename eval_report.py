@@ -15,12 +15,15 @@ if TYPE_CHECKING:
 
 
 def fmt(v: float | None, digits: int = 3) -> str:
-    """`digits` significant digits, no exponent for ordinary magnitudes; '—' for undefined."""
+    """`digits` significant digits, no exponent for ordinary magnitudes; '—' for undefined. Trailing zeros are kept
+    (0.140, not 0.14 beside 0.148 and its interval's 0.113: a column's numbers read at one precision); 0 is 0."""
     if v is None or not np.isfinite(v):
         return "—"
     if abs(float(f"{v:.{digits}g}")) >= 1000:      # rounded first: 999.6 is 1000, not 1e+03
         return f"{v:.0f}"
-    return f"{v:.{digits}g}" if abs(v) >= 0.001 or v == 0 else f"{v:.{digits - 1}e}"
+    if v == 0:
+        return "0"
+    return f"{v:#.{digits}g}".rstrip(".") if abs(v) >= 0.001 else f"{v:.{digits - 1}e}"
 
 
 def cell(entry: dict) -> str:

@@ -910,7 +910,7 @@ def test_detector_check_tells_sensitivity_from_positive_predictivity():
     assert rows["±100 ms"] == [str(det["tp"]), "3", "0"]                   # TP, FP, FN each in its column
     own = {**summary, "timing_ms": {"value": 5.0, "ci": [4.0, 6.0]}, "hr_bpm": {"value": 1.5, "ci": [1.0, 2.0]}}
     text = "\n".join(eval_report.detector_section(own))
-    assert "timing error (±100 ms matches): 5 [4, 6] ms; heart-rate error: 1.5 [1, 2] bpm" in text
+    assert "timing error (±100 ms matches): 5.00 [4.00, 6.00] ms; heart-rate error: 1.50 [1.00, 2.00] bpm" in text
 
 
 def test_scoring_on_the_patients_a_model_chose_its_checkpoint_on_is_flagged_on_a_prepared_split():
@@ -1289,11 +1289,11 @@ def test_paired_tables_put_each_number_in_its_column():
     """The paired tables of report.md: the baseline (or other model) and its value, the forecaster's value, the
     difference with its interval low to high, the relative change and 'better on <n> of <records>'."""
     rows = _table("\n".join(eval_report.paired_section([_paired_row()])), "## Paired against the best baseline")
-    assert rows == [["model", "CRPS (mV)", "all", "zero", "0.25", "0.2", "-0.0500 [-0.0700, -0.0300]", "-20.0 %",
+    assert rows == [["model", "CRPS (mV)", "all", "zero", "0.2500", "0.2000", "-0.0500 [-0.0700, -0.0300]", "-20.0 %",
                      "3 of 4"]]
     other = _paired_row(against="b", against_value=0.5, change_pct=None)
     rows = _table("\n".join(eval_report.models_section([other])), "## Models paired with each other")
-    assert rows[0][3:5] == ["b", "0.5"] and rows[0][7:] == ["—", "3 of 4"]
+    assert rows[0][3:5] == ["b", "0.5000"] and rows[0][7:] == ["—", "3 of 4"]
 
 
 def test_paired_tables_count_the_ties():
@@ -1352,7 +1352,7 @@ def test_horizon_beats_table_shows_each_kinds_scores_and_paired_rows():
         "paired": [_paired_row(horizon="0-1 s", difference={"value": 9.0, "ci": [8.0, 10.0]}), _paired_row()]}}
     text = "\n".join(eval_report.horizon_beats_section(strata, ["0-1 s", "1-2 s", "all"]))
     rows = _table(text, "## By the horizon's beats", "| horizon's beats |")
-    assert rows == [["ventricular", "2 / 5", "model", "0.3", "0.5", "0.2", "72", "—"]]
+    assert rows == [["ventricular", "2 / 5", "model", "0.300", "0.500", "0.200", "72.0", "—"]]
     assert "| MSE (mV²) | MSE first second (mV²) | CRPS (mV) |" in text
     paired = _table(text, "Paired against the best baseline of each kind", "| horizon's beats |")
     assert paired == [["ventricular", "model", "CRPS (mV)", "zero", "-0.0500 [-0.0700, -0.0300]", "3 of 4"]]
@@ -1476,11 +1476,15 @@ def test_report_says_two_records_of_one_patient_weigh_twice(records, cautioned):
 
 
 def test_report_numbers_keep_three_significant_digits():
-    """report.md's numbers: three significant digits without an exponent from 0.001 to 1000, whole numbers from
-    1000, three in an exponent form below 0.001, 0 as 0 and a dash for undefined; the paired tables ask for four digits."""
+    """report.md's numbers: three significant digits without an exponent from 0.001 to 1000, trailing zeros kept (the
+    demo's MAE column read '0.14 [0.112, 0.173]'), whole numbers from 1000, three in an exponent form below 0.001, 0 as
+    0 and a dash for undefined; the paired tables ask for four digits."""
     fmt = eval_report.fmt
     assert [fmt(v) for v in (0.012345, 12.345, 999.4, 1234.6, 0.00012345, -0.5, 0.0, None, float("nan"))] == \
-        ["0.0123", "12.3", "999", "1235", "1.23e-04", "-0.5", "0", "—", "—"]
+        ["0.0123", "12.3", "999", "1235", "1.23e-04", "-0.500", "0", "—", "—"]
+    assert [fmt(v) for v in (0.14, 0.056, 100.0, 1.0, 0.52, 0.0001)] == ["0.140", "0.0560", "100", "1.00", "0.520",
+                                                                         "1.00e-04"]
+    assert fmt(0.1, 4) == "0.1000"
     assert fmt(1000.0) == "1000" and fmt(1.23456, 4) == "1.235"
     assert fmt(999.6) == "1000" and fmt(-999.7) == "-1000" and fmt(9999.6, 4) == "10000"
 
