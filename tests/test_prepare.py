@@ -5,7 +5,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +18,7 @@ import wfdb
 import paths
 import prepare_mitbih as pm
 from conftest import ROOT, edit_tree_after, run_script, synthetic_ecg, write_record, write_signal
-from hyper_params import config_from_dict, data_hash
+from hyper_params import DataConfig, config_from_dict, data_hash
 from paths import UserError
 
 FS = 128
@@ -793,6 +793,14 @@ def test_record_in_test_and_validation_raises():
         pm.assign_splits(MITBIH_48, test=["109"], validation=["109"])
 
 
+def test_patients_seen_names_either_record_of_one_patient():
+    """201 and 202 are one patient whichever of them the model saw: a scored 202 of a model trained on 201 is no test
+    of it either (the partner map was built both ways; one way only, 202 went unflagged)."""
+    assert pm.patients_seen(["100", "201", "202"], ["201"]) == ["201", "202 (the patient of 201)"]
+    assert pm.patients_seen(["100", "201", "202"], ["202"]) == ["201 (the patient of 202)", "202"]
+    assert pm.patients_seen(["100", "203"], ["201", "202"]) == []
+
+
 def test_each_null_split_list_keeps_its_default():
     """validation_records [] with test_records null still tests on DS2 (it used to train on everything)."""
     split = pm.config_split(MITBIH_48, make_cfg(validation_records=[]).data, MITBIH_48)
@@ -942,6 +950,34 @@ def test_a_forecaster_may_train_on_its_own_record_lists(prepared):
     assert train["records"] == ["103", "104", "105"]
     with pytest.raises(UserError, match=r"prepared unlike the VQ-VAE's data \(filter_order 2, not 3\)"):
         pm.load_split("train", make_cfg(filter_order=3), prepared.out, any_records=True)
+
+
+# every data key but the record lists, changed: a forecaster's windows must be made as its VQ-VAE's were
+WINDOW_MAKING_CHANGES = {"samples_per_second": 250, "input_signal_duration": 2.0, "forecast_predictions": 2,
+                         "signals_per_patient": 5, "window_stride": 1.0, "first_lead": "V1",
+                         "filter_band": [1.0, 40.0], "filter_order": 3, "normalization": "none"}
+
+
+@pytest.mark.parametrize("key, value", WINDOW_MAKING_CHANGES.items(), ids=list(WINDOW_MAKING_CHANGES))
+def test_own_record_lists_allow_no_other_data_key(prepared, key: str, value: object) -> None:
+    """load_split(any_records=True) forgives the record lists alone: a key left out of the comparison (say
+    normalization) would let a forecaster train on windows its VQ-VAE never saw made so, without a word."""
+    lists = {"test_records", "validation_records"}
+    assert set(WINDOW_MAKING_CHANGES) == {f.name for f in fields(DataConfig)} - lists
+    cfg = make_cfg()
+    cfg.data = replace(cfg.data, **{key: value})
+    with pytest.raises(UserError, match=rf"prepared unlike the VQ-VAE's data \({key} "):
+        pm.load_split("train", cfg, prepared.out, any_records=True)
+
+
+def test_load_split_refuses_tensors_that_name_no_data_hash(prepared, tmp_path):
+    """A split without a data hash (hand-made, or cut by a script of one's own) proves no data config: refused,
+    not taken for whatever config is passed."""
+    import shutil
+    shutil.copytree(prepared.out, tmp_path / "p")
+    torch.save({k: v for k, v in prepared.tensors["train"].items() if k != "data_hash"}, tmp_path / "p" / "train.pt")
+    with pytest.raises(UserError, match=r"train.pt was prepared with another data config \(hash None"):
+        pm.load_split("train", prepared.cfg, tmp_path / "p")
 
 
 def test_own_record_lists_are_judged_by_the_tensors_own_meta(prepared, tmp_path):
