@@ -394,6 +394,39 @@ def test_data_parallel_only_without_a_named_card(monkeypatch) -> None:
         assert not rt.data_parallel
 
 
+def test_rng_state_brings_back_every_generator_a_resume_draws_from() -> None:
+    """A resume is exact only if torch's, numpy's and Python's global generators all come back: nothing in training
+    draws from numpy's or Python's today, so dropping either restore passed every resume test, and the first model
+    code or augmentation to draw from them would resume on other numbers."""
+    import random
+
+    training.seed_everything(3)
+    state = training.rng_state()
+    first = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    training.seed_everything(4)
+    training.set_rng_state(state)
+    again = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    assert torch.equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert first[2] == again[2]
+
+
+def test_unwrap_gives_the_bare_module_of_either_wrapper() -> None:
+    """Checkpoints hold unwrap(model)'s weights and validation under torchrun runs unwrap(model) (DDP would sync
+    buffers in every forward): an unwrap that gave the wrapper back saved 'module.'-prefixed weights that no bare
+    model loads. DDP is built without a process group here, as the wrapper it is."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    bare = nn.Linear(4, 1)
+    ddp = DDP.__new__(DDP)
+    nn.Module.__init__(ddp)
+    ddp.module = bare
+    for wrapper in (nn.DataParallel(bare), ddp):
+        assert training.unwrap(wrapper) is bare
+        assert sorted(training.unwrap(wrapper).state_dict()) == ["bias", "weight"]
+    assert training.unwrap(bare) is bare
+
+
 def test_cuda_generator_states_resume_on_other_cards(monkeypatch) -> None:
     """Saved by a process on card 1 of 4: one process on all 4 cards restores them all; a DDP rank on card 3,
     or a run on a machine with one card, restores card 1's state onto its own card."""
@@ -944,6 +977,7 @@ def test_a_key_only_one_config_has_is_a_difference():
     (transformer_train, "transformer", {"model": {"dropout": 0.2}}, "run_vqvae"),
     (transformer_train, "transformer", "--augment-copies", "run_vqvae"),
     (latent_sde_train, "latent_sde", {"model": {"draft_noise": 0.3}}, "run_vqvae"),
+    (vqvae_train, "vqvae", {"data": {"filter_order": 3}}, "load_split"),      # data is no training section
 ])
 def test_a_resume_with_another_config_is_refused_before_the_data(tmp_path, monkeypatch, script, kind, change,
                                                                   first_work):
@@ -970,6 +1004,20 @@ def test_a_resume_with_another_config_is_refused_before_the_data(tmp_path, monke
     monkeypatch.setattr(script, first_work, lambda *a, **k: pytest.fail(f"{first_work} ran before the refusal"))
     with pytest.raises(UserError, match=f"{ckpt} was made with another config: {changed}"):
         script.main(args)
+
+
+def test_a_trainer_built_in_python_refuses_to_resume_a_checkpoint_of_another_config(tmp_path):
+    """The scripts refuse another model config in run_config, before the data; Trainer.resume checks it again, and
+    is the only check for a Trainer of one's own (and of the VQ-VAE section a forecaster's config carries)."""
+    first = toy_trainer(tmp_path / "a")
+    first.config = {"model": {"width": 4}, "train": {"epochs": 1}}
+    first.fit()
+    other = toy_trainer(tmp_path / "b", epochs=2)
+    other.config = {"model": {"width": 8}, "train": {"epochs": 2}}
+    with pytest.raises(UserError, match="was made with another config: 'model.width' is 4 there but 8 now"):
+        other.fit(tmp_path / "a" / "ckpt" / "last.pt")
+    other.config["model"]["width"] = 4              # the training section alone may change
+    assert other.fit(tmp_path / "a" / "ckpt" / "last.pt")["epoch"] == 2
 
 
 def test_each_epoch_sees_the_training_windows_in_a_new_order(tmp_path):
