@@ -583,6 +583,18 @@ def test_foreign_files_are_not_checkpoints(tmp_path, content):
         load_checkpoint(path)
 
 
+def test_a_checkpoint_that_unpickles_arbitrary_objects_is_refused(tmp_path):
+    """Checkpoints load with weights_only=True: tensors, numbers, strings and containers only. A file that would
+    build any other object (as a crafted one runs code while it unpickles) is refused as unreadable, even with a
+    checkpoint's keys; loaded in full, it built the object and was taken for a checkpoint."""
+    import argparse
+
+    path = tmp_path / "x.pt"
+    torch.save({"kind": "toy", "model": {}, "extra": argparse.Namespace(run="code")}, path)
+    with pytest.raises(UserError, match=re.escape(f"checkpoint {path} is unreadable or cut short (UnpicklingError)")):
+        load_checkpoint(path)
+
+
 @pytest.mark.parametrize("saved", [{"weight": torch.zeros(2)}, {"model": {}}, [torch.zeros(2)]],
                          ids=["state_dict", "no_kind", "list"])
 def test_a_torch_file_of_another_program_is_not_a_checkpoint(tmp_path, saved):
