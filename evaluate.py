@@ -1498,7 +1498,7 @@ def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config,
                              f"(band-pass {cfg.data.filter_band[0]:g}-{cfg.data.filter_band[1]:g} Hz)",
         "samples / seed": f"{args.samples} / {args.seed}",
         "device": ", ".join(sorted({str(f.device) for f in forecasters.values() if hasattr(f, "device")})) or "cpu",
-        "software": software(),
+        "software": f"{software()}; {torch_threads()} torch CPU threads",   # CPU sums may differ in their last bits
         "bootstrap": f"{N_BOOT} resamples of records, seed {args.seed}, 95 % percentile intervals",
         "wall time": f"{wall:.1f} s",
     }

@@ -940,6 +940,7 @@ def test_report_header_counts_the_records_scored_not_the_records_listed():
     assert header["records / windows"] == "1 / 4"
     # the versions its forecasts depend on, which the commit does not pin (the trainers record torch's too)
     assert f"torch {torch.__version__}, numpy {np.__version__}" in header["software"]
+    assert header["software"].endswith(f"; {torch.get_num_threads()} torch CPU threads")
     title = eval_report.run_section({"records": ["103"]}, header, w)[0]
     assert title == "# Forecast evaluation: 1 records, 4 windows (prepared test)"
     assert [r[0] for r in _table("\n".join(eval_report.records_section(w)), "## Records", "| record |")] == ["103"]
