@@ -810,6 +810,15 @@ def test_sampling_refuses_settings_the_config_refuses(setting: dict) -> None:
         sample_next(torch.zeros(2, 4), **setting)
 
 
+def test_a_uniform_of_zero_never_draws_a_masked_code(monkeypatch) -> None:
+    """The inverse CDF searches the uniform's right side: a draw u = 0 (one in 2**24 in float32) takes the first
+    code of some probability, never a code truncation masked (probability 0, before it in the CDF)."""
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.zeros(*shape, dtype=kw.get("dtype")))
+    assert sample_next(logits, top_k=2).tolist() == [1]
+    assert sample_next(logits, top_p=0.5).tolist() == [1]
+
+
 def test_sampling_extremes_draw_what_they_mean() -> None:
     """top_k beyond the codebook and top_p 1 truncate nothing (the same draws as no truncation); a huge temperature
     draws every code alike."""
