@@ -166,6 +166,17 @@ def test_noise_follows_the_contexts_departure_from_its_mean_beat():
     assert np.array_equal(D.add_noise(paths[:1], flat, FS, 0.4, seed=0), paths[:1])
 
 
+def test_noise_is_drawn_apart_from_the_beat_times_of_the_same_seed():
+    """A path's noise and its draft's beat times come from one seed, in streams of their own: noise drawn from the
+    beat times' stream (numpy's default_rng(seed)) would move with the path's timing, not beside it."""
+    noisy = periodic_ecg(1, noise=0.05, seed=1)[:, :C]
+    paths = np.zeros((1, 50, H, 2), np.float32)
+    sd = 0.4 * D.residual_sd(noisy, FS)[:, None, None, :]
+    normals = (D.add_noise(paths, noisy, FS, 0.4, seed=5) / sd).ravel()
+    beat_stream = np.random.default_rng(5).standard_normal(paths.shape, dtype=np.float32).ravel()
+    assert abs(np.corrcoef(normals, beat_stream)[0, 1]) < 0.05
+
+
 def test_drafts_and_their_noise_take_a_rhythm_read_once():
     """A forecaster reads a context's rhythm once for its drafts and their noise: the same drafts and noise
     as each reading it again, and the rhythm passed is the one used."""
