@@ -1054,6 +1054,32 @@ def test_the_first_future_frame_is_one_frame_after_the_context() -> None:
     torch.testing.assert_close(torch.diff(zs, dim=0), torch.full_like(zs[1:], step), atol=0.1, rtol=0)
 
 
+def test_training_integrates_over_seconds_as_a_forecast_does() -> None:
+    """The ELBO's path runs in seconds, one frame every 1 / rate s (the solver's dt and the posterior's frame index
+    are in seconds): a path over frame numbers would read frame 16 t and take rate times more solver steps."""
+    sde = tiny_sde()
+    times = []
+    solve = sde.solve
+    sde.solve = lambda z0, ts, *a, **k: times.append(ts) or solve(z0, ts, *a, **k)
+    sde(torch.randn(2, 16, 8), 8)
+    torch.testing.assert_close(times[0], torch.arange(16) / sde.rate)
+
+
+def test_the_posterior_drift_over_a_frame_step_reads_the_frame_it_reaches() -> None:
+    """Between frames k and k + 1 the posterior steers by frame k + 1's features, the frame the state it reaches
+    is emitted as (the last frame holds at the end), not by frame k's, which the state has already passed."""
+    sde = tiny_sde()
+    with torch.no_grad():
+        sde.encode([sde.normalise(torch.randn(6, 2, 8))])
+        z, t = torch.randn(2, sde.cfg.model.state_size), torch.tensor(2 / sde.rate)
+        base = sde.f(t, z)
+        for frame, moves in ((2, False), (3, True)):
+            ctx = sde._ctx.clone()
+            sde._ctx[frame] += 1.0
+            assert torch.allclose(sde.f(t, z), base) != moves, frame
+            sde._ctx = ctx
+
+
 def test_each_contexts_paths_come_together_and_depend_on_it_alone() -> None:
     """sample_frames returns a context's S paths next to each other ([steps, B * S, obs]), where its drafts are laid
     (PathCRPS trains on batches of windows): changing the second context changes its own paths only."""
