@@ -450,6 +450,26 @@ def test_a_long_context_is_read_at_its_end():
     np.testing.assert_array_equal(a, b)
 
 
+def test_the_future_is_decoded_after_the_contexts_last_codes_and_cut_after_them():
+    """The sampled codes are decoded after the context's last DECODE_MARGIN codes, its last code included (the seam
+    the decoder smooths is the context's end, not a code before it), and the forecast is what follows those."""
+    torch.manual_seed(0)
+    cfg = config_from_dict(TINY)
+    vq = VQVAE(cfg.model).eval()
+    gpt = CodeGPT(cfg.model.codebook_size, cfg.data.total_samples // cfg.model.downsample_factor, 32, 1, 2, 0.0)
+    fc = Forecaster(vq, gpt, cfg, SampleConfig(draft_noise=0.0), "cpu")
+    context = 0.3 * np.random.default_rng(0).standard_normal((1, cfg.data.window_samples, 2)).astype(np.float32)
+    decoded, decode = [], vq.decode
+    vq.decode = lambda codes, unit: decoded.append((codes, decode(codes, unit))) or decoded[-1][1]
+    out = fc.predict(context, 24, num_samples=2, seed=0)
+    x = torch.from_numpy(context)
+    codes, wave = decoded[0]
+    seam = fc.DECODE_MARGIN                                             # the whole context here: 16 codes
+    assert codes.shape[1] == seam + 6                                   # 24 samples: 6 codes of 4
+    assert torch.equal(codes[:1, :seam], vq.encode(x, vq.unit(x))[:, -seam:])
+    np.testing.assert_array_equal(out[0], wave[:, seam * fc.factor:seam * fc.factor + 24].numpy())
+
+
 def test_a_vqvae_checkpoint_is_no_forecaster(tmp_path):
     """--checkpoint / --model pointing at the VQ-VAE of a run (an easy slip: both are best.pt) is one clear error
     saying what the file holds, not a KeyError from deep in the loader."""
