@@ -991,6 +991,21 @@ def test_forecast_noise_is_draft_noise_times_the_contexts_residual():
     np.testing.assert_allclose((noisy - quiet)[0].std(axis=(0, 1)), 0.4 * sd, rtol=0.05)
 
 
+def test_a_long_horizons_next_block_starts_from_the_paths_latest_context():
+    """Past the trained horizon each block's context is the last context's worth of its path so far, as a training
+    window's is: here (one block is one context long, departure_scale 0) the first block's drafts, not the context
+    given again."""
+    x = noisy_context()
+    fc = untrained_drafted_forecaster()
+    fc.scfg.model.departure_scale = 0.0
+    seen, encode = [], fc.vq.encode_latent
+    fc.vq.encode_latent = lambda signal, *a: seen.append(signal) or encode(signal, *a)
+    fc.predict(x, 2 * x.shape[1], 3, seed=3)
+    second = seen[-1]                               # the last signal encoded: the second block's context
+    waves = fc.draft_frames(torch.from_numpy(x), 2 * x.shape[1] // fc.factor, 3, 3, context_rhythm(x, fc.fs))[2]
+    torch.testing.assert_close(second, waves[:, :x.shape[1]])
+
+
 def test_departure_scale_scales_what_the_sde_adds_to_its_drafts():
     """A forecast path is its draft plus departure_scale times the held departure, noise apart: at 0 the
     template ensemble's paths, and the paths at 0.5 halfway between those and the paths at 1. Validation in eval
