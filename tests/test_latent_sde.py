@@ -1006,6 +1006,21 @@ def test_a_long_horizons_next_block_starts_from_the_paths_latest_context():
     torch.testing.assert_close(second, waves[:, :x.shape[1]])
 
 
+def test_each_block_of_a_long_horizon_draws_noise_of_its_own():
+    """A block after the first draws its Brownian paths from a seed of its own: the first block's seed again would
+    repeat its noise, block after block, in every path."""
+    x = noisy_context()
+    fc = untrained_drafted_forecaster()
+    seeds, sample = [], fc.sde.sample_frames
+
+    def seen(frames: torch.Tensor, steps: int, n: int, seed: int, **kw) -> torch.Tensor:
+        seeds.append(seed)
+        return sample(frames, steps, n, seed, **kw)
+    fc.sde.sample_frames = seen
+    fc.predict(x, 3 * x.shape[1], 2, seed=3)
+    assert len(seeds) == len(set(seeds)) == 3
+
+
 def test_departure_scale_scales_what_the_sde_adds_to_its_drafts():
     """A forecast path is its draft plus departure_scale times the held departure, noise apart: at 0 the
     template ensemble's paths, and the paths at 0.5 halfway between those and the paths at 1. Validation in eval
@@ -1093,6 +1108,21 @@ def test_the_posterior_drift_over_a_frame_step_reads_the_frame_it_reaches() -> N
             sde._ctx[frame] += 1.0
             assert torch.allclose(sde.f(t, z), base) != moves, frame
             sde._ctx = ctx
+
+
+def test_a_forecast_starts_each_path_from_a_draw_of_q_z0() -> None:
+    """Paths start from z0 ~ q(z0) = N(mean, exp(logstd)) of the context, as in training: the spread is the
+    standard deviation, not its log."""
+    sde = tiny_sde().eval()
+    ctx = torch.randn(8, 1, 8)
+    starts, solve = [], sde.solve
+    sde.solve = lambda z0, *a, **k: starts.append(z0) or solve(z0, *a, **k)
+    with torch.no_grad():
+        sde.sample_frames(ctx, 2, 4000, seed=0)
+        sde.encode([ctx])
+        mean, logstd = sde.initial()
+    torch.testing.assert_close(starts[0].std(0), logstd.exp()[0], rtol=0.06, atol=0)
+    torch.testing.assert_close(starts[0].mean(0), mean[0], atol=0.1 * float(logstd.exp().max()), rtol=0)
 
 
 def test_each_contexts_paths_come_together_and_depend_on_it_alone() -> None:
