@@ -470,6 +470,18 @@ def test_the_future_is_decoded_after_the_contexts_last_codes_and_cut_after_them(
     np.testing.assert_array_equal(out[0], wave[:, seam * fc.factor:seam * fc.factor + 24].numpy())
 
 
+def test_a_contexts_forecast_in_a_batch_is_its_forecast_alone():
+    """predict forecasts each context alone with the call's seed (one_by_one): the second context of a batch gets
+    the paths it gets asked alone, not those of another seed."""
+    torch.manual_seed(0)
+    cfg = config_from_dict(TINY)
+    gpt = CodeGPT(cfg.model.codebook_size, cfg.data.total_samples // cfg.model.downsample_factor, 32, 1, 2, 0.0)
+    fc = Forecaster(VQVAE(cfg.model).eval(), gpt, cfg, SampleConfig(), "cpu")
+    x = 0.3 * np.random.default_rng(0).standard_normal((2, cfg.data.window_samples, 2)).astype(np.float32)
+    both = fc.predict(x, 16, num_samples=3, seed=4)
+    np.testing.assert_array_equal(both[1:], fc.predict(x[1:], 16, num_samples=3, seed=4))
+
+
 def test_a_vqvae_checkpoint_is_no_forecaster(tmp_path):
     """--checkpoint / --model pointing at the VQ-VAE of a run (an easy slip: both are best.pt) is one clear error
     saying what the file holds, not a KeyError from deep in the loader."""
