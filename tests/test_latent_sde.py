@@ -1021,6 +1021,23 @@ def test_each_block_of_a_long_horizon_draws_noise_of_its_own():
     assert len(seeds) == len(set(seeds)) == 3
 
 
+def test_a_forecasts_departure_is_held_to_the_band_after_a_context_of_zeros():
+    """With model.hold_band a path's departure from its draft is high-passed as hold_to_band does it, after the
+    context's samples taken as 0 (no departure there): the filter's start then sees no edge of its own."""
+    x = noisy_context()
+    fc = untrained_drafted_forecaster(departure_scale=1.0)
+    ensemble = TemplateEnsemble(fc.fs)
+    ensemble.min_spread, ensemble.noise = fc.scfg.model.draft_spread, fc.scfg.model.draft_noise
+    drafts = ensemble.predict(x, 64, 4, seed=3)[0]
+    paths = {}
+    for hold in (False, True):
+        fc.scfg.model.hold_band = hold
+        paths[hold] = fc.predict(x, 64, 4, seed=3)[0]
+    band = fc.cfg.data.filter_band[0]
+    held = hold_to_band(paths[False] - drafts, x.shape[1], band, fc.cfg.data.filter_order, fc.fs)
+    np.testing.assert_allclose(paths[True] - drafts, held, atol=1e-5)
+
+
 def test_departure_scale_scales_what_the_sde_adds_to_its_drafts():
     """A forecast path is its draft plus departure_scale times the held departure, noise apart: at 0 the
     template ensemble's paths, and the paths at 0.5 halfway between those and the paths at 1. Validation in eval
