@@ -53,6 +53,8 @@ def test_cached_logits_match_full_forward(rope: bool) -> None:
     torch.manual_seed(0)
     gpt = CodeGPT(codebook_size=16, block_size=12, dim=16, layers=2, heads=2, rope=rope).eval()
     seq = torch.randint(0, 16, (2, 12))
+    with pytest.raises(ValueError, match="13 code steps exceeds block_size 12"):    # positions it never learned
+        gpt.hidden(torch.randint(0, 16, (2, 13)))
     full = gpt.hidden(seq)
     caches = [{} for _ in gpt.blocks]
     first = gpt.hidden(seq[:, :7], caches)
