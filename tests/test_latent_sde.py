@@ -20,8 +20,8 @@ from baselines import TemplateEnsemble
 from drafts import context_rhythm, hold_to_band, residual_sd
 from forecast import Forecaster
 from hyper_params_sde import DEFAULT_CONFIG, SDEConfig, load_sde_config, sde_config_from_dict
-from latent_sde import (LEARNS_CRPS, DiagonalDiffusion, LatentSDE, LatentSDEForecaster, PathCRPS, RowBrownian,
-                        fair_crps, overlap_add, replica_seed, soft_clip)
+from latent_sde import (LEARNS_CRPS, MAX_DRIFT, DiagonalDiffusion, LatentSDE, LatentSDEForecaster, PathCRPS,
+                        RowBrownian, fair_crps, overlap_add, replica_seed, soft_clip)
 from vqvae import VQVAE
 from paths import UserError, file_sha256
 from conftest import (loads_of, replaced_once_loaded, stopped_at, trainer_inputs, undocumented_columns,
@@ -153,6 +153,18 @@ def test_drafted_sde_reads_the_draft_of_future_frames_only() -> None:
         sde.obs_mean.fill_(0.3)
         sde.obs_std.fill_(2.0)
     assert torch.allclose(sde.sample_frames(ctx, 5, 3, seed=0, draft=d), d, atol=1e-5)
+
+
+def test_the_posterior_drift_is_bounded_whatever_its_networks_say() -> None:
+    """Prior drift and posterior correction are each soft-clipped to MAX_DRIFT: however far a network's output
+    runs, no state runs away (and the solver's step stays meaningful)."""
+    sde = drafted_sde()
+    with torch.no_grad():
+        for net in (sde.prior, sde.correction):
+            net[-1].bias.fill_(1e4)
+        sde.encode([sde.normalise(torch.randn(4, 2, 8))])
+        drift = sde.f(torch.tensor(0.0), torch.randn(2, sde.cfg.model.state_size))
+    assert drift.abs().max() <= 2 * MAX_DRIFT
 
 
 def test_path_kl_is_non_negative_and_zero_without_posterior_correction() -> None:
