@@ -1154,6 +1154,19 @@ def test_a_forecast_starts_each_path_from_a_draw_of_q_z0() -> None:
     torch.testing.assert_close(starts[0].mean(0), mean[0], atol=0.1 * float(logstd.exp().max()), rtol=0)
 
 
+def test_a_context_of_two_frames_or_more_is_read_by_the_posterior() -> None:
+    """The posterior runs over every context of two frames or more (a single frame has no step to run): a
+    two-frame context starting the prior from q(z0) would forecast as if the context had no second frame."""
+    sde = tiny_sde().eval()
+    for frames, runs in ((1, [True]), (2, [False, True]), (3, [False, True])):
+        priors, solve = [], sde.solve
+        sde.solve = lambda *a, prior=False, **k: priors.append(prior) or solve(*a, prior=prior, **k)
+        with torch.no_grad():
+            sde.sample_frames(torch.randn(frames, 1, 8), 2, 2, seed=0)
+        sde.solve = solve
+        assert priors == runs, frames
+
+
 def test_each_contexts_paths_come_together_and_depend_on_it_alone() -> None:
     """sample_frames returns a context's S paths next to each other ([steps, B * S, obs]), where its drafts are laid
     (PathCRPS trains on batches of windows): changing the second context changes its own paths only."""
