@@ -240,18 +240,24 @@ def test_a_network_that_drops_packets_fails_at_connect(tmp_path, monkeypatch):
     assert "--data-dir" in msg and "\n" not in msg and not (tmp_path / "mitdb").exists()
 
 
-def test_a_download_connects_first(tmp_path, monkeypatch):
-    """PhysioNet answering, the download goes on as before; through a proxy (as requests does) it is the proxy that
-    is asked."""
-    connects = []
+@pytest.fixture
+def connects(monkeypatch) -> list:
+    """The real reach_physionet, its connects answered at once and listed (host, port)."""
+    made = []
 
     class Connection:
         def close(self):
             pass
 
     monkeypatch.setattr(pm, "reach_physionet", REACH_PHYSIONET)
-    monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: connects.append(address) or
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: made.append(address) or
                         Connection())
+    return made
+
+
+def test_a_download_connects_first(tmp_path, monkeypatch, connects):
+    """PhysioNet answering, the download goes on as before; through a proxy (as requests does) it is the proxy that
+    is asked."""
     monkeypatch.setattr(wfdb, "dl_database", lambda name, folder: write_record(Path(folder), "100", seconds=12))
     assert pm.find_records(tmp_path / "direct", download=True) == ["100"]
     monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
@@ -259,18 +265,9 @@ def test_a_download_connects_first(tmp_path, monkeypatch):
     assert connects == [("physionet.org", 443), ("proxy.example", 3128)]
 
 
-def test_the_connect_asks_the_proxy_requests_uses(monkeypatch):
+def test_the_connect_asks_the_proxy_requests_uses(monkeypatch, connects):
     """$all_proxy alone is requests' proxy too: a direct connect there (a network reached through the proxy only)
     would refuse a download that works; $no_proxy naming PhysioNet's host connects directly, as requests does."""
-    connects = []
-
-    class Connection:
-        def close(self):
-            pass
-
-    monkeypatch.setattr(pm, "reach_physionet", REACH_PHYSIONET)
-    monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: connects.append(address) or
-                        Connection())
     monkeypatch.setenv("ALL_PROXY", "http://proxy.example:3128")
     pm.reach_physionet("https://physionet.org/files/")
     monkeypatch.setenv("NO_PROXY", "physionet.org")
