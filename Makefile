@@ -67,14 +67,15 @@ pretrained-sde: prepare
 	$(PY) pretrained.py --checkpoint $(call newest,latent_sde_crps,$(PRE))
 	$(MAKE) pretrained-report
 
-# The model card's run (40 windows per record), then the README's Results table's (10 per record, 100 paths).
+# The model card's run (40 windows per record), then the README's Results table's (10 per record, 100 paths); both
+# run before either is copied into pretrained/, so that neither names its commit -dirty for the other's copy.
 SHIPPED := pretrained $(if $(wildcard pretrained/latent_sde.pt),pretrained_sde) baselines --split test --samples 100
-newest_report = "$$(ls -td "$(RESULTS)/pretrained"/evaluate-*/ | head -1)"
+newest_report = "$$(ls -td "$(RESULTS)/pretrained/$(1)"/evaluate-*/ | head -1)"
 pretrained-report: setup $(if $(call exists,$(PREPARED)/test.pt),,prepare)
-	$(PY) evaluate.py --model $(SHIPPED) --max-windows-per-record 40 --results "$(RESULTS)/pretrained"
-	rm -rf pretrained/evaluation && cp -r $(newest_report) pretrained/evaluation
-	$(PY) evaluate.py --model $(SHIPPED) --max-windows-per-record 10 --results "$(RESULTS)/pretrained"
-	rm -rf pretrained/evaluation-readme && cp -r $(newest_report) pretrained/evaluation-readme
+	$(PY) evaluate.py --model $(SHIPPED) --max-windows-per-record 40 --results "$(RESULTS)/pretrained/card"
+	$(PY) evaluate.py --model $(SHIPPED) --max-windows-per-record 10 --results "$(RESULTS)/pretrained/readme"
+	rm -rf pretrained/evaluation && cp -r $(call newest_report,card) pretrained/evaluation
+	rm -rf pretrained/evaluation-readme && cp -r $(call newest_report,readme) pretrained/evaluation-readme
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -185,8 +185,17 @@ def test_make_pretrained_keeps_its_runs_in_ECG_CHECKPOINTS_DIR_and_ECG_RESULTS_D
         "--checkpoints", str(pre), "--vqvae", f"{pre}/vqvae-20260101-000000/best.pt"]
     for target, kind in (("pretrained", "transformer"), ("pretrained-sde", "latent_sde_crps")):
         assert _make_argv(target, "pretrained.py", **env) == ["--checkpoint", f"{pre}/{kind}-20260101-000000/best.pt"]
-    assert _make_argv("pretrained-report", "evaluate.py", **env)[-2:] == ["--results", f"{res}/pretrained"]
-    assert f'ls -td "{res}/pretrained"/evaluate-*/' in _make_dry_run("pretrained-report", **env)
+    assert _make_argv("pretrained-report", "evaluate.py", **env)[-2:] == ["--results", f"{res}/pretrained/card"]
+    report = _make_dry_run("pretrained-report", **env)
+    for run in ("card", "readme"):
+        assert f'ls -td "{res}/pretrained/{run}"/evaluate-*/' in report
+
+
+def test_make_pretrained_report_runs_both_evaluations_before_copying_either():
+    """The Results table's run came after the model card's copy into pretrained/, so its report named the commit
+    -dirty (the card's files changed in the tree it ran in)."""
+    lines = [ln for ln in _make_dry_run("pretrained-report").splitlines() if "evaluate.py" in ln or "cp -r" in ln]
+    assert ["cp -r" in ln for ln in lines] == [False, False, True, True]
 
 def _git(repo, *args):
     return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
