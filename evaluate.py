@@ -84,7 +84,7 @@ def make_forecaster(spec: str, fs: int, device: str | None = None) -> Forecaster
         return make_baseline(spec, fs)
     if own_spec(spec):
         return user_forecaster(spec, fs, device)
-    path = paths.shipped_checkpoint(spec, "--model") if spec in SHIPPED_SPECS else Path(spec)
+    path = paths.named_checkpoint(spec, "--model")
     if not os.path.exists(path):        # a folder is said to be one by load_checkpoint; os.path's: see paths
         paths.check_python_name(spec, "--model")
         raise UserError(f"--model {spec}: no such checkpoint file; --model takes a checkpoint path (e.g. "

@@ -443,15 +443,14 @@ def checkpoint_path(checkpoint: str | None) -> Path:
     the flag, default_checkpoint()."""
     if checkpoint is None:
         return default_checkpoint()
-    if checkpoint in SHIPPED_SPECS:
-        return paths.shipped_checkpoint(checkpoint, "--checkpoint")
-    if not os.path.exists(checkpoint):      # os.path's: see paths
+    path = paths.named_checkpoint(checkpoint, "--checkpoint")
+    if not os.path.exists(path):      # os.path's: see paths
         paths.check_python_name(checkpoint, "--checkpoint")
         from baselines import BASELINES
         raise UserError(f"--checkpoint {checkpoint}: no such checkpoint file, and not a shipped model "
                         f"({', '.join(SHIPPED_SPECS)}), a baseline ({', '.join(BASELINES)}) nor a forecaster of "
                         f"one's own (FILE.py:NAME[=CHECKPOINT])")
-    return Path(checkpoint)
+    return path
 
 
 def load_forecaster(checkpoint: str | None, device: str | None) -> tuple[str | Path, ForecasterBase]:

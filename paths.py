@@ -48,6 +48,12 @@ def shipped_checkpoint(spec: str, flag: str) -> Path:
     return path
 
 
+def named_checkpoint(spec: str | os.PathLike, flag: str) -> Path:
+    """The checkpoint file `spec` names: a path, or a shipped model by its command-line name (shipped_checkpoint),
+    as evaluate.py --model, forecast.py --checkpoint and vqvae_eval take them."""
+    return shipped_checkpoint(str(spec), flag) if str(spec) in SHIPPED_SPECS else Path(spec)
+
+
 def check_python_name(spec: str, flag: str) -> None:
     """A missing checkpoint `spec` that is a shipped model's Python name (from_pretrained's 'latent_sde') is refused
     with its command-line name: the list of every name the flag takes left the user to match the two up."""

@@ -81,14 +81,8 @@ def note_unfinished(path: Path, flag: str) -> None:
 def load_vqvae(path: str | Path) -> tuple[VQVAE, dict]:
     """A trained VQ-VAE in eval mode and its checkpoint (config, meta), also the one inside a forecaster's
     checkpoint, so the shipped model's coder can be measured and trained on too: `pretrained` and `pretrained_sde`
-    name the shipped models' (given_checkpoint), as Forecaster.from_checkpoint takes them."""
-    return read_vqvae(given_checkpoint(path, "vqvae_eval.load_vqvae"))[:2]
-
-
-def given_checkpoint(path: str | Path, flag: str) -> Path:
-    """The checkpoint file `path` names: a path, or a shipped model by its command-line name (paths.SHIPPED_SPECS),
-    as forecast.py's --checkpoint takes them; `flag` takes a path instead when the shipped file is missing."""
-    return paths.shipped_checkpoint(str(path), flag) if str(path) in paths.SHIPPED_SPECS else Path(path)
+    name the shipped models' (paths.named_checkpoint), as Forecaster.from_checkpoint takes them."""
+    return read_vqvae(paths.named_checkpoint(path, "vqvae_eval.load_vqvae"))[:2]
 
 
 def read_vqvae(path: str | Path) -> tuple[VQVAE, dict, str]:
@@ -464,7 +458,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict | Path:
     args = parse_args(argv)
     commit = paths.git_commit()     # the code that runs, whatever the tree holds when the report is written
-    path = (given_checkpoint(args.checkpoint, "--checkpoint") if args.checkpoint
+    path = (paths.named_checkpoint(args.checkpoint, "--checkpoint") if args.checkpoint
             else latest_checkpoint("vqvae", args.checkpoints))
     model, ckpt, digest = read_vqvae(path)      # the weights coded with: best.pt changes while its run goes on
     cfg = stored_config(ckpt["config"], f"config stored in {path}")
