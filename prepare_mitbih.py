@@ -50,9 +50,9 @@ PACED = ["102", "104", "107", "217"]
 SAME_PATIENT = [("201", "202")]
 MITBIH_FS = 360                   # its records' rate: a database at another one is not MIT-BIH
 BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
-# WFDB's other standard labels (rhythm, noise, waves, comments): not beats, and no reason to say so. A label outside
-# both sets (a database's own, wrann's custom_labels) is named, since the beats it marks are no reference beats.
-OTHER_WFDB_SYMBOLS = set('~|sT*D"=p^t+u![]@x()')
+# WFDB's labels: the beats, and the others (rhythm, noise, waves, comments), no reason to say so. A label outside
+# them (a database's own, wrann's custom_labels) is named, since the beats it marks are no reference beats.
+WFDB_SYMBOLS = BEAT_SYMBOLS | set('~|sT*D"=p^t+u![]@x()')
 SPLITS = ("train", "validation", "test")
 DOWNLOAD_PART = ".download-"   # the hidden folder in the data folder that a download arrives in
 CONNECT_TIMEOUT = 20.0         # seconds PhysioNet (or the proxy) has to answer before a download starts
@@ -862,7 +862,7 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str | 
                      f"record counts as unannotated (no R-peak scores)"
                      f"{other_annotators(path)}")
         return _no_beats()
-    if unknown := [s for s in ann.symbol if s not in BEAT_SYMBOLS | OTHER_WFDB_SYMBOLS]:
+    if unknown := [s for s in ann.symbol if s not in WFDB_SYMBOLS]:
         running.note(f"{path}.{annotator}: labels that are not WFDB's ({label_counts(unknown)}) are not read as beats: "
                      f"a forecast's R peak at one counts as a false detection")
     keep.sort(key=lambda i: ann.sample[i])
