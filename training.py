@@ -185,7 +185,8 @@ def _interruptibly(call: Callable[[], None]) -> None:
 
     thread = threading.Thread(target=run, name="join_process_group", daemon=True)
     thread.start()
-    thread.join()
+    while thread.is_alive():    # a signal the kernel hands to that thread interrupts no join() here: this one wakes
+        thread.join(0.1)        # to look, and Python runs the handler (else unseen until the thread's timeout)
     if failed:
         raise failed[0]
 

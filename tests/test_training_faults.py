@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -671,6 +672,25 @@ def test_a_rank_waiting_for_its_partner_stops_on_a_signal(signum: int, said: str
         proc.kill()
     assert (proc.returncode, err) == (128 + signum, f"{said}; resume with: python3 vqvae_train.py --resume "
                                                     "ckpt/last.pt\n")
+
+
+def test_a_signal_the_kernel_hands_to_the_joining_thread_still_stops_the_wait() -> None:
+    """A process-directed Ctrl-C may reach the thread waiting in init_process_group rather than the main one, whose
+    join() it then did not interrupt: rank 0 went on waiting out the timeout (CI, once). Sent to that thread alone,
+    it stops the wait at once."""
+    def waiting() -> None:
+        time.sleep(5)
+
+    def interrupt() -> None:
+        time.sleep(0.3)
+        joining = next(t for t in threading.enumerate() if t.name == "join_process_group")
+        signal.pthread_kill(joining.ident, signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        training._interruptibly(waiting)
+    assert time.monotonic() - start < 2
 
 
 def test_rank_whose_port_is_taken_is_not_said_to_have_waited(tmp_path: Path) -> None:
