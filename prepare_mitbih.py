@@ -9,9 +9,11 @@ the flags as a list and returns meta.json's dict (None with --fetch-only).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import json
+import logging
 import math
 import numbers
 import os
@@ -19,13 +21,14 @@ import re
 import shutil
 import socket
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -56,6 +59,8 @@ WFDB_SYMBOLS = BEAT_SYMBOLS | set('~|sT*D"=p^t+u![]@x()')
 SPLITS = ("train", "validation", "test")
 DOWNLOAD_PART = ".download-"   # the hidden folder in the data folder that a download arrives in
 CONNECT_TIMEOUT = 20.0         # seconds PhysioNet (or the proxy) has to answer before a download starts
+STALL_LIMIT = 120.0            # seconds a download may go without an answer or a file before it is given up: a
+                               # record's signal file (1.9 MB) takes that at 16 KB/s, its share of a slow link
 # The split of null data.test_records / validation_records (config_split): DS2 and 201 (202's patient) test, every
 # 7th remaining DS1 record from the 4th validation, the rest train.
 DEFAULT_TEST = DS2 + ["201"]
@@ -207,8 +212,10 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
         data_dir.mkdir(parents=True, exist_ok=True)
         part = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PART, dir=data_dir))
         import wfdb
-        reach_physionet(wfdb.io.download.config.db_index_url)
-        wfdb.dl_database("mitdb", str(part))
+        url = wfdb.io.download.config.db_index_url
+        reach_physionet(url)
+        host = urllib.parse.urlsplit(url).hostname or url
+        watched(lambda: wfdb.dl_database("mitdb", str(part)), part, host, STALL_LIMIT)
         move_in(part, data_dir)
     except Exception as e:  # wfdb raises requests' errors, OSError, ValueError...
         raise UserError(f"no WFDB records in {data_dir}, and downloading MIT-BIH from PhysioNet there failed "
@@ -242,6 +249,65 @@ def reach_physionet(url: str, timeout: float = CONNECT_TIMEOUT) -> None:
     except OSError as e:
         why = f"no answer within {timeout:g} s" if isinstance(e, TimeoutError) else e.strerror or str(e)
         raise ConnectionError(f"cannot connect to {host}:{port}: {why}") from e
+
+
+def watched(download: Callable[[], None], folder: Path, host: str, stall: float) -> None:
+    """download() in a thread of its own, given up (TimeoutError) when `stall` seconds pass with no answer to a
+    request (urllib3's log of it) and no byte more in `folder`: wfdb's requests have no timeout, so a server or proxy
+    that stopped sending after the connect hung the download for ever. The wait wakes every 0.1 s, to stop on a
+    Ctrl-C the kernel handed to the download's thread (as training._interruptibly); that thread, left waiting on its
+    socket, is a daemon."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            download()
+        except BaseException as e:      # raised again in the waiting thread, as its own
+            failed.append(e)
+
+    with answers_counted() as answers:
+        thread = threading.Thread(target=run, name="download_mitbih", daemon=True)
+        thread.start()
+        seen, since = None, time.monotonic()
+        while thread.is_alive():
+            thread.join(0.1)
+            files = [f.stat().st_size for f in folder.rglob("*") if f.is_file()]
+            now = (answers.count, len(files), sum(files))
+            if now != seen:
+                seen, since = now, time.monotonic()
+            elif time.monotonic() - since >= stall:
+                raise TimeoutError(f"nothing came from {host} for {stall:g} s, after {len(files)} files "
+                                   f"({sum(files) / 1e6:.1f} MB, not kept)")
+    if failed:
+        raise failed[0]
+
+
+class _Answers(logging.Filter):
+    """Counts the records urllib3's pool logs (a connection made, an answer come: one or two a request), and lets
+    through only those its logger showed before it was lowered to DEBUG to see them."""
+
+    def __init__(self, shown: int) -> None:
+        super().__init__()
+        self.shown, self.count = shown, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.count += 1
+        return record.levelno >= self.shown
+
+
+@contextlib.contextmanager
+def answers_counted() -> Iterator[_Answers]:
+    """The requests a download makes, counted while it runs: before its first file wfdb asks PhysioNet for each
+    record's header and annotations (a hundred requests for MIT-BIH), writing nothing."""
+    log = logging.getLogger("urllib3.connectionpool")
+    level, answers = log.level, _Answers(log.getEffectiveLevel())
+    log.addFilter(answers)
+    log.setLevel(logging.DEBUG)
+    try:
+        yield answers
+    finally:
+        log.setLevel(level)
+        log.removeFilter(answers)
 
 
 def move_in(part: Path, data_dir: Path) -> None:

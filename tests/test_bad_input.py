@@ -7,12 +7,15 @@ path, without the second of interpreter start-up each).
 """
 from __future__ import annotations
 
+import _thread
 import json
+import logging
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -290,6 +293,72 @@ def test_a_download_cut_short_leaves_no_records(tmp_path, monkeypatch):
         with pytest.raises(UserError, match="failed \\(ConnectionError: Connection reset by peer\\)"):
             pm.find_records(folder, download=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["there"] and not any((tmp_path / "there").iterdir())
+
+
+@pytest.fixture
+def stalled(monkeypatch):
+    """A dl_database that brings record 100, then waits (a server or proxy that stopped sending) until the test
+    ends: the thread it runs in is let go rather than left waiting."""
+    release = threading.Event()
+
+    def download(name, folder):
+        write_record(Path(folder), "100", seconds=12)
+        release.wait(10)
+    monkeypatch.setattr(wfdb, "dl_database", download)
+    yield release
+    release.set()
+
+
+def test_a_download_that_stalls_is_given_up(tmp_path, monkeypatch, stalled):
+    """wfdb's requests have no read timeout: a server that accepted the connection and then sent nothing, or
+    stopped part way, hung the download for ever, with no word. Nothing new for STALL_LIMIT seconds, it fails as any
+    download does, saying from where, how long and what had come; the files that had come are not kept."""
+    monkeypatch.setattr(pm, "STALL_LIMIT", 0.5)
+    (tmp_path / "there").mkdir()
+    for folder in (tmp_path / "new", tmp_path / "there"):
+        start = time.monotonic()
+        with pytest.raises(UserError) as e:
+            pm.find_records(folder, download=True)
+        assert time.monotonic() - start < 5
+        msg = str(e.value)
+        assert (f"no WFDB records in {folder}, and downloading MIT-BIH from PhysioNet there failed (TimeoutError: "
+                f"nothing came from physionet.org for 0.5 s, after 3 files (0.0 MB, not kept)): put the MIT-BIH WFDB "
+                f"files (NNN.hea, NNN.dat, NNN.atr) in {folder}, or point --data-dir") in msg and "\n" not in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["there"] and not any((tmp_path / "there").iterdir())
+
+
+def test_a_stalled_download_stops_on_ctrl_c(tmp_path, monkeypatch, stalled):
+    """Ctrl-C while the download waits on its socket stops the run at once, as before, whichever thread the kernel
+    handed the signal to (interrupt_main: the flag a signal sets, no thread woken), and leaves no folder."""
+    def download(name, folder):
+        write_record(Path(folder), "100", seconds=12)
+        _thread.interrupt_main()
+        stalled.wait(10)
+    monkeypatch.setattr(wfdb, "dl_database", download)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        pm.find_records(tmp_path / "mitdb", download=True)
+    assert time.monotonic() - start < 5 and not (tmp_path / "mitdb").exists()
+
+
+def test_a_slow_download_is_not_given_up(tmp_path, monkeypatch, caplog):
+    """A download that brings a file, or an answer, within STALL_LIMIT seconds of the last goes on, however long it
+    takes: before its first file wfdb asks for every record's header (urllib3 logs each answer), writing nothing.
+    The answers counted are not logged."""
+    def download(name, folder):
+        for i in range(4):
+            time.sleep(0.25)
+            logging.getLogger("urllib3.connectionpool").debug('https://physionet.org:443 "HEAD /1%02d.atr" 200', i)
+        for record in ("100", "101", "102"):
+            time.sleep(0.25)
+            write_record(Path(folder), record, seconds=12)
+    monkeypatch.setattr(pm, "STALL_LIMIT", 1.0)
+    monkeypatch.setattr(wfdb, "dl_database", download)
+    start = time.monotonic()
+    assert pm.find_records(tmp_path / "mitdb", download=True) == ["100", "101", "102"]
+    assert time.monotonic() - start > 1.5 and not caplog.records
+    log = logging.getLogger("urllib3.connectionpool")
+    assert log.level == logging.NOTSET and not log.filters
 
 
 def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypatch):
