@@ -21,7 +21,6 @@ import re
 import shutil
 import socket
 import tempfile
-import threading
 import time
 import urllib.parse
 from collections import Counter
@@ -252,34 +251,23 @@ def reach_physionet(url: str, timeout: float = CONNECT_TIMEOUT) -> None:
 
 
 def watched(download: Callable[[], None], folder: Path, host: str, stall: float) -> None:
-    """download() in a thread of its own, given up (TimeoutError) when `stall` seconds pass with no answer to a
-    request (urllib3's log of it) and no byte more in `folder`: wfdb's requests have no timeout, so a server or proxy
-    that stopped sending after the connect hung the download for ever. The wait wakes every 0.1 s, to stop on a
-    Ctrl-C the kernel handed to the download's thread (as training._interruptibly); that thread, left waiting on its
-    socket, is a daemon."""
-    failed: list[BaseException] = []
+    """download() given up (TimeoutError) when `stall` seconds pass with no answer to a request (urllib3's log of it)
+    and no byte more in `folder`: wfdb's requests have no timeout, so a server or proxy that stopped sending after
+    the connect hung the download for ever. It runs in a thread (running.in_thread), so Ctrl-C stops it at once."""
+    seen, since = None, time.monotonic()
 
-    def run() -> None:
-        try:
-            download()
-        except BaseException as e:      # raised again in the waiting thread, as its own
-            failed.append(e)
+    def look(answers: _Answers) -> None:
+        nonlocal seen, since
+        files = [f.stat().st_size for f in folder.rglob("*") if f.is_file()]
+        now = (answers.count, len(files), sum(files))
+        if now != seen:
+            seen, since = now, time.monotonic()
+        elif time.monotonic() - since >= stall:
+            raise TimeoutError(f"nothing came from {host} for {stall:g} s, after {len(files)} files "
+                               f"({sum(files) / 1e6:.1f} MB, not kept)")
 
     with answers_counted() as answers:
-        thread = threading.Thread(target=run, name="download_mitbih", daemon=True)
-        thread.start()
-        seen, since = None, time.monotonic()
-        while thread.is_alive():
-            thread.join(0.1)
-            files = [f.stat().st_size for f in folder.rglob("*") if f.is_file()]
-            now = (answers.count, len(files), sum(files))
-            if now != seen:
-                seen, since = now, time.monotonic()
-            elif time.monotonic() - since >= stall:
-                raise TimeoutError(f"nothing came from {host} for {stall:g} s, after {len(files)} files "
-                                   f"({sum(files) / 1e6:.1f} MB, not kept)")
-    if failed:
-        raise failed[0]
+        running.in_thread(download, "download_mitbih", lambda: look(answers))
 
 
 class _Answers(logging.Filter):

@@ -175,6 +175,29 @@ def interruptible() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def in_thread(call: Callable[[], None], name: str, each: Callable[[], None] | None = None) -> None:
+    """call() in a daemon thread of its own, this one waiting 0.1 s at a time and calling `each()` (which may give the
+    wait up by raising) at every wake: a wait in C++ or on a socket (torch's rendezvous, a download) holds off
+    Python's signal handlers, and a signal the kernel hands to that thread interrupts no join(), so a Ctrl-C or
+    SIGTERM stopped it only after its own timeout, or never. A stop leaves the thread waiting (a daemon)."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as e:      # raised again in the waiting thread, as its own
+            failed.append(e)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+        if each is not None:
+            each()
+    if failed:
+        raise failed[0]
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (kill, timeout, a cluster scheduler's time limit) raised as Ctrl-C is: the script stops the same way,
     its temporary files removed and a training's resume command said, where the signal's default ended it on the

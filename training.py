@@ -28,7 +28,6 @@ import random
 import shlex
 import shutil
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -159,7 +158,9 @@ def join_process_group(backend: str, rank: int, world: int) -> None:
     """init_process_group with dist_timeout(): a process whose partners never come says so, and stops."""
     timeout = dist_timeout()
     try:
-        _interruptibly(lambda: dist.init_process_group(backend, timeout=timeout))
+        # a stop then ends a rank whose partners never come at once, not after the timeout; run_main ends a rank of
+        # several by os._exit (running._exit), the thread still waiting
+        running.in_thread(lambda: dist.init_process_group(backend, timeout=timeout), "join_process_group")
     except dist.DistStoreError as e:        # the wait timed out
         raise UserError(f"rank {rank}: not all {world} processes joined within {timeout.total_seconds():g} s "
                         f"({DIST_TIMEOUT_ENV}); did another one fail before joining? ({str(e).splitlines()[0]})") from e
@@ -168,27 +169,6 @@ def join_process_group(backend: str, rank: int, world: int) -> None:
         raise UserError(f"rank {rank}: could not set up the process group at MASTER_ADDR:MASTER_PORT {where} "
                         f"({str(e).splitlines()[0]}); another run may hold the port: give torchrun another "
                         f"--master-port") from e
-
-
-def _interruptibly(call: Callable[[], None]) -> None:
-    """call() in a thread of its own, this one waiting for it: torch waits for the other ranks to join in C++, where
-    Python's signal handlers do not run, and a Ctrl-C or SIGTERM to a rank whose partners had not come (not yet
-    started, or failed) stopped it only after the whole timeout. A stop leaves the thread waiting: run_main ends a
-    rank of several by os._exit (running._exit)."""
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            call()
-        except BaseException as e:      # raised again in the waiting thread, as its own
-            failed.append(e)
-
-    thread = threading.Thread(target=run, name="join_process_group", daemon=True)
-    thread.start()
-    while thread.is_alive():    # a signal the kernel hands to that thread interrupts no join() here: this one wakes
-        thread.join(0.1)        # to look, and Python runs the handler (else unseen until the thread's timeout)
-    if failed:
-        raise failed[0]
 
 
 def main_first(rt: Runtime, compute: Callable[[], Any]) -> Any:

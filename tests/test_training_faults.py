@@ -689,7 +689,7 @@ def test_a_signal_the_kernel_hands_to_the_joining_thread_still_stops_the_wait() 
     threading.Thread(target=interrupt, daemon=True).start()
     start = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        training._interruptibly(waiting)
+        running.in_thread(waiting, "join_process_group")
     assert time.monotonic() - start < 2
 
 
