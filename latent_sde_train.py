@@ -194,10 +194,15 @@ def crps_settings(scfg: SDEConfig) -> TrainConfig:
     return dataclasses.replace(scfg.train, **crps_schedule(scfg.crps))
 
 
+# what --crps-from takes besides the shipped models' names (paths.given_checkpoint)
+CRPS_FROM_TAKES = "a latent SDE's checkpoint path (e.g. checkpoints/latent_sde-<time>/best.pt)"
+
+
 def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str] | None, rt: Runtime) -> dict:
     """Fine-tune an ELBO-trained latent SDE on the fair CRPS of its forecast paths (latent_sde.PathCRPS), with
     the generic trainer: training windows drawn at random, the best epoch by the validation patients' CRPS."""
-    source = resume["meta"]["crps_from"] if resume else args.crps_from
+    source = resume["meta"]["crps_from"] if resume else str(paths.given_checkpoint(args.crps_from, "--crps-from",
+                                                                                   CRPS_FROM_TAKES))
     if resume and args.crps_from and args.crps_from != source:
         running.note(f"--crps-from {args.crps_from} is ignored: the resumed fine-tuning goes on from {source}")
     note_ignored_crps_flags(args, source)
@@ -368,12 +373,14 @@ def parser() -> argparse.ArgumentParser:
     p = run_parser(__doc__, "latent SDE config JSON (default: config_sde.json)")
     add_forecaster_flags(p)
     p.add_argument("--vqvae", type=paths.given_path,
-                   help="VQ-VAE checkpoint, or a forecaster's for its VQ-VAE (default: newest "
+                   help="VQ-VAE checkpoint, or a forecaster's for its VQ-VAE, or a shipped model by name: "
+                   "pretrained, pretrained_sde (default: newest "
                    "checkpoints/vqvae-*/best.pt; "
                    "a resumed run uses the one stored in its checkpoint). The recipe's is trained with "
                    "vqvae_train.py --config config_vqvae_sde.json")
     p.add_argument("--crps-from", type=paths.given_path,
-                   help="an ELBO-trained latent SDE checkpoint to fine-tune on the CRPS of its forecast "
+                   help="an ELBO-trained latent SDE checkpoint (or pretrained_sde, the shipped one) to "
+                   "fine-tune on the CRPS of its forecast "
                    "paths, with the crps section of --config (EXPERIMENTS.md, session 19); with it --epochs, "
                    "--max-steps and --batch-size set crps.epochs, crps.steps_per_epoch and crps.batch_size")
     return p

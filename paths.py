@@ -54,6 +54,18 @@ def named_checkpoint(spec: str | os.PathLike, flag: str) -> Path:
     return shipped_checkpoint(str(spec), flag) if str(spec) in SHIPPED_SPECS else Path(spec)
 
 
+def given_checkpoint(spec: str, flag: str, takes: str) -> Path:
+    """The checkpoint file a trainer's or vqvae_eval's flag names (named_checkpoint), refused with what `flag` takes
+    (`takes`, then the shipped models' names) when it is no file: read_checkpoint said only 'checkpoint not found',
+    and --vqvae pretrained, which evaluate.py --model pretrained loads, looked for a file named pretrained."""
+    path = named_checkpoint(spec, flag)
+    if not os.path.exists(path):        # a folder is said to be one by read_checkpoint; os.path's: see above
+        check_python_name(spec, flag)
+        raise UserError(f"{flag} {spec}: no such checkpoint file; {flag} takes {takes} or a shipped model "
+                        f"({', '.join(SHIPPED_SPECS)})")
+    return path
+
+
 def check_python_name(spec: str, flag: str) -> None:
     """A missing checkpoint `spec` that is a shipped model's Python name (from_pretrained's 'latent_sde') is refused
     with its command-line name: the list of every name the flag takes left the user to match the two up."""

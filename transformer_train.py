@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = run_parser(__doc__, "Transformer config JSON (default: config_transformer.json)")
     add_forecaster_flags(p)
     p.add_argument("--vqvae", type=paths.given_path,
-                   help="VQ-VAE checkpoint, or a forecaster's for its VQ-VAE, e.g. pretrained/forecaster.pt "
-                   "(default: newest checkpoints/vqvae-*/best.pt)")
+                   help="VQ-VAE checkpoint, or a forecaster's for its VQ-VAE, e.g. pretrained/forecaster.pt, or "
+                   "a shipped model by name: pretrained, pretrained_sde (default: newest checkpoints/vqvae-*/best.pt)")
     args = p.parse_args(argv)
     rt = setup_runtime(args.device)     # first: see training.setup_runtime
     resume = load_resume(args.resume, "transformer") if args.resume else None

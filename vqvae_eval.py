@@ -96,6 +96,10 @@ def read_vqvae(path: str | Path) -> tuple[VQVAE, dict, str]:
     return vqvae_from(ckpt, str(path))[0], ckpt, digest
 
 
+# what a VQ-VAE's checkpoint flag (the trainers' --vqvae, vqvae_eval.py --checkpoint) takes besides the shipped names
+VQVAE_TAKES = "a VQ-VAE's checkpoint path (e.g. checkpoints/vqvae-<time>/best.pt), a forecaster's for its VQ-VAE"
+
+
 def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dict, str, str]:
     """The frozen VQ-VAE a forecaster trains on, its checkpoint, where it came from and the SHA-256 of the file read
     (read_vqvae; "" on resume, which reads none): a resumed run's own (kept in its checkpoint, whatever VQ-VAE was
@@ -106,7 +110,8 @@ def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dic
                          f"{args.resume}")
         return (vqvae_from(resume["vqvae"], args.resume)[0], resume["vqvae"],
                 str(resume["meta"].get("vqvae_checkpoint", args.resume)), "")
-    path = args.vqvae or latest_checkpoint("vqvae", args.checkpoints, flag="--vqvae")
+    path = (paths.given_checkpoint(args.vqvae, "--vqvae", VQVAE_TAKES) if args.vqvae
+            else latest_checkpoint("vqvae", args.checkpoints, flag="--vqvae"))
     model, ckpt, digest = read_vqvae(path)     # a forecaster's too: a new forecaster on the shipped codes
     return model, ckpt, str(path), digest
 
@@ -458,7 +463,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict | Path:
     args = parse_args(argv)
     commit = paths.git_commit()     # the code that runs, whatever the tree holds when the report is written
-    path = (paths.named_checkpoint(args.checkpoint, "--checkpoint") if args.checkpoint
+    path = (paths.given_checkpoint(args.checkpoint, "--checkpoint", VQVAE_TAKES) if args.checkpoint
             else latest_checkpoint("vqvae", args.checkpoints))
     model, ckpt, digest = read_vqvae(path)      # the weights coded with: best.pt changes while its run goes on
     cfg = stored_config(ckpt["config"], f"config stored in {path}")

@@ -286,6 +286,47 @@ def test_from_checkpoint_takes_the_shipped_models_command_line_names(name, model
                         f"device='cpu')")            # a notebook's view of it, not '<... object at 0x...>'
 
 
+@pytest.mark.parametrize("name, model", SHIPPED_SPECS.items())
+def test_trainers_take_the_shipped_models_command_line_names(name, model, monkeypatch):
+    """--vqvae pretrained (and --crps-from pretrained_sde) as evaluate.py --model pretrained: the trainers looked for
+    a file named pretrained and said only 'checkpoint not found: pretrained'."""
+    import argparse
+
+    import latent_sde_train
+    import vqvae_eval
+
+    vq, ckpt, source, _ = vqvae_eval.run_vqvae(argparse.Namespace(vqvae=name, checkpoints=None), None)
+    shipped = torch.load(SHIPPED[model], map_location="cpu", weights_only=True)["vqvae"]
+    assert source == str(SHIPPED[model]) and ckpt["meta"] == shipped["meta"]
+    assert all(torch.equal(v, shipped["model"][k]) for k, v in vq.state_dict().items())
+    read = []
+
+    def reading(path, kind):
+        read.append(path)
+        raise UserError("read")
+    monkeypatch.setattr(latent_sde_train, "read_checkpoint", reading)
+    with pytest.raises(UserError, match="^read$"):
+        latent_sde_train.main(["--device", "cpu", "--crps-from", name])
+    assert read == [str(SHIPPED[model])]
+
+
+@pytest.mark.parametrize("script, flag", [("transformer_train", "--vqvae"), ("latent_sde_train", "--vqvae"),
+                                          ("latent_sde_train", "--crps-from"), ("vqvae_eval", "--checkpoint")])
+def test_a_checkpoint_flag_given_a_wrong_name_lists_what_it_takes(script, flag, tmp_path, monkeypatch):
+    """A name that is neither a file nor a shipped model: what the flag takes, shipped names included, as
+    evaluate.py --model says it; from_pretrained's name for a shipped model is told its command-line name."""
+    import importlib
+    main = importlib.import_module(script).main
+    monkeypatch.chdir(tmp_path)
+    takes = "a latent SDE's" if flag == "--crps-from" else "a VQ-VAE's"
+    with pytest.raises(UserError, match=f"^{flag} pretrianed: no such checkpoint file; {flag} takes {takes} "
+                                        f"checkpoint path .* or a shipped model \\(pretrained, pretrained_sde\\)$"):
+        main(["--device", "cpu", flag, "pretrianed"] if script != "vqvae_eval" else [flag, "pretrianed"])
+    with pytest.raises(UserError, match=f"^{flag} latent_sde: no such checkpoint file; the shipped latent_sde model "
+                                        f"is {flag} pretrained_sde"):
+        main(["--device", "cpu", flag, "latent_sde"] if script != "vqvae_eval" else [flag, "latent_sde"])
+
+
 @pytest.mark.parametrize("model", SHIPPED)
 def test_from_checkpoint_given_from_pretrained_s_name_says_which_names_it_takes(model, tmp_path, monkeypatch):
     """The README names the shipped models latent_sde and transformer in from_pretrained, pretrained_sde and
