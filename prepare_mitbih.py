@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Collection, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -72,7 +72,8 @@ DEFAULT_VALIDATION = [r for i, r in enumerate(r for r in DS1 if r != "201") if i
 # Spanish and Portuguese ECGs). With none of them, lead 1 is the first ECG channel other than V1 (and a note
 # says so).
 # Lead 2 is V1 when the record has it (MIT-BIH's usual second lead, so 12-lead records feed the models
-# alike), else the first other ECG channel.
+# alike), else the first other ECG channel. A lead off throughout the record (off_throughout) is passed over
+# for the next in these orders while two leads are left (a note says so), else the record is refused.
 LEAD_PREFERENCE = (
     ("MLII", "II", "ML2", "DII", "D2"),       # lead II / modified lead II
     ("MLI", "I", "ML1", "DI", "D1"),          # lead I
@@ -448,12 +449,16 @@ def ecg_channels(names: list[str], units: list[str | None], where: str) -> list[
     return ecg
 
 
-def order_leads(names: list[str], first: str, where: str, units: list[str | None] | None = None) -> list[int]:
+def order_leads(names: list[str], first: str, where: str, units: list[str | None] | None = None,
+                off: Collection[int] = ()) -> list[int]:
     """Channel indices [lead 1, lead 2] among the channels in ECG units (ecg_channels), so that an ICU record's
     PLETH or ABP, or a sleep record's EEG, is passed over. Lead 1 is the channel named `first` (cfg.first_lead;
     exact name, else compared as in LEAD_PREFERENCE), else chosen as LEAD_PREFERENCE's comment says; lead 2 is V1,
-    else the first other ECG channel."""
+    else the first other ECG channel. The channels `off` (off_throughout) are passed over while two others are
+    left: a 12-lead record whose V1 is off was refused though V2 to V6 were fine."""
     ecg = ecg_channels(names, list(units or [None] * len(names)), where)
+    live = [i for i in ecg if i not in off]
+    ecg = live if len(live) >= 2 else ecg
     keys = {i: _lead_key(names[i]) for i in ecg}
     choices = [[i for i in ecg if names[i] == first]]
     choices += [[i for i in ecg if keys[i] in group] for group in [(_lead_key(first),), *LEAD_PREFERENCE]]
@@ -774,10 +779,37 @@ def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None, 
         raise UserError(f"{where}: the .dat holds {len(x)} samples but the header says {rec.sig_len} (truncated?)")
     all_units = as_spelled(list(rec.units or header_units), header_units)     # 'µV', which wfdb reads as 'V'
     order = order_leads(list(rec.sig_name), cfg.first_lead, where, all_units)
+    if off_throughout(x[:, order], rec.fs).any():
+        order = live_leads(path, rec, order, all_units, cfg.first_lead, whole=not (sampfrom or sampto))
     names, units = [rec.sig_name[i] for i in order], [all_units[i] for i in order]
     x = x[:, order] * [mv_per_unit(u) for u in units]
     rec.p_signal = None                               # the samples as read: 0.33 GB of a 24 h record at 250 Hz
     return x, float(rec.fs), names, units
+
+
+def live_leads(path: Path, rec: wfdb.Record, order: list[int], units: list[str | None], first: str,
+               whole: bool) -> list[int]:
+    """order_leads again without the ECG channels off throughout the record (off_throughout), each lead passed over
+    said in a note: a read of part of it (`whole` False) reads all of it to know, so that every read of the record
+    takes the same leads."""
+    import wfdb
+    where, names = str(path), list(rec.sig_name)
+    ecg = ecg_channels(names, units, where)
+    x = rec.p_signal[:, ecg] if whole else _wfdb_read(functools.partial(wfdb.rdrecord, channels=ecg), path,
+                                                      f"{where}: cannot read the record").p_signal
+    off = {i for i, dead in zip(ecg, off_throughout(x, rec.fs)) if dead}
+    live = order_leads(names, first, where, units, off)
+    for role, was, now in zip(("lead 1", "lead 2"), order, live):
+        if was in off and now != was:
+            running.note(f"{where}: lead {names[was]} holds one value throughout (lead off?); {role} is "
+                         f"{names[now]} instead")
+    return live
+
+
+def off_throughout(x: np.ndarray, fs: float) -> np.ndarray:
+    """[leads] whether each lead of x [N, leads] has no sample that is valid and outside a flat run (flat_runs):
+    the lead is off, and gap_mask refuses the whole record for it."""
+    return (~np.isfinite(x) | flat_runs(x, fs)).all(0)
 
 
 def source_span(span: tuple[int, int], fs_in: float, ratio: Fraction, sig_len: int | None,

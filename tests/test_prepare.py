@@ -1131,6 +1131,44 @@ def test_a_lead_without_a_valid_sample_is_named(tmp_path):
         pm.read_record(write_signal(tmp_path, "dead", x), make_cfg().data, gaps=True)
 
 
+TWELVE = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+def twelve_leads(folder: Path, name: str, off: tuple[str, ...]) -> Path:
+    """A synthetic 12-lead record (120 s at 360 Hz), each lead its own scale of one of two leads; the leads `off`
+    held at 0 throughout."""
+    x, _ = synthetic_ecg(120.0, 360.0, seed=3)
+    sig = np.column_stack([x[:, i % 2] * (1 + 0.1 * i) for i in range(len(TWELVE))])
+    for lead in off:
+        sig[:, TWELVE.index(lead)] = 0.0
+    return write_signal(folder, name, sig, leads=TWELVE)
+
+
+def test_a_lead_off_throughout_is_passed_over_for_the_next_one(tmp_path, capsys):
+    """A 12-lead record whose V1 is off (zeros) throughout was refused although eleven leads were fine: lead 2 is the
+    next in order_leads' order (the first other channel, as in a record without V1), said in a note, in a read of
+    the whole record and of a span alike; a lead 1 off goes the same way; with fewer than two leads left it is
+    refused as before."""
+    cfg = make_cfg().data
+    path = twelve_leads(tmp_path, "v1_off", ("V1",))
+    rec = pm.read_record(path, cfg, annotator=None)
+    assert rec.leads == ["II", "I"]
+    said = f"note: {path}: lead V1 holds one value throughout (lead off?); lead 2 is I instead\n"
+    assert capsys.readouterr().err == said
+    part = pm.read_record(path, cfg, annotator=None, span=(100 * 128, 106 * 128))
+    assert part.leads == ["II", "I"] and "lead 2 is I instead" in capsys.readouterr().err
+    np.testing.assert_allclose(part.signal[100 * 128 - part.offset:106 * 128 - part.offset],
+                               rec.signal[100 * 128:106 * 128], atol=1e-5)
+    rec = pm.read_record(twelve_leads(tmp_path, "ii_v1_off", ("II", "V1")), cfg, annotator=None)
+    assert rec.leads == ["I", "III"]
+    assert [line.split("; ")[1] for line in capsys.readouterr().err.splitlines()] == ["lead 1 is I instead",
+                                                                                     "lead 2 is III instead"]
+    with pytest.raises(UserError, match="lead V1 holds one value throughout: lead off"):
+        pm.read_record(twelve_leads(tmp_path, "one_on", tuple(set(TWELVE) - {"II"})), cfg, annotator=None)
+    two_on = twelve_leads(tmp_path, "two_on", tuple(set(TWELVE) - {"II", "V5"}))
+    assert pm.read_record(two_on, cfg, annotator=None).leads == ["II", "V5"]
+
+
 def test_a_record_whose_stretches_are_all_shorter_than_a_window(tmp_path):
     x, _ = synthetic_ecg(30.0, 360.0, seed=1)
     x[::1800, 0] = np.nan                                    # every 5 s: no clean 6 s window
