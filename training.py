@@ -359,7 +359,7 @@ class Trainer:
         self.steps_per_epoch = len(self.train_loader)
         if settings.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, settings.max_steps_per_epoch)
-        self.model = model.to(rt.device)
+        self.model = self._bare(model).to(rt.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=settings.learning_rate,
                                      weight_decay=settings.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._schedule(settings.epochs * self.steps_per_epoch))
@@ -371,6 +371,18 @@ class Trainer:
         self.resumed_from: str | Path | None = None     # the checkpoint fit() went on from (resume_hint's fallback)
         self.log = MetricsLog(self.run_dir / "metrics.csv")
         self.shown = ("train_loss", "val_loss") + tuple(shown)
+
+    def _bare(self, model: nn.Module) -> nn.Module:
+        """The module inside a model given wrapped in nn.DataParallel or DDP, said in a note: the Trainer wraps the
+        model itself as the runtime says (wrapped), so a DataParallel given on a CPU split each batch over no device
+        (_replica_sizes), and one given on several GPUs was wrapped twice."""
+        if unwrap(model) is model:
+            return model
+        if self.rt.is_main:
+            running.note(f"the model given to Trainer is wrapped in {type(model).__name__}: it trains the module "
+                         f"inside, wrapped as the runtime says (nn.DataParallel on several GPUs of one process, DDP "
+                         f"under torchrun)")
+        return unwrap(model)
 
     def make_loaders(self, train_set: Dataset, val_set: Dataset) -> None:
         """Each rank's share of the global batch, drawn from one seeded permutation of the training windows."""

@@ -1,4 +1,5 @@
 import contextlib
+import copy
 import csv
 import io
 import json
@@ -425,6 +426,20 @@ def test_unwrap_gives_the_bare_module_of_either_wrapper() -> None:
         assert training.unwrap(wrapper) is bare
         assert sorted(training.unwrap(wrapper).state_dict()) == ["bias", "weight"]
     assert training.unwrap(bare) is bare
+
+
+def test_a_model_given_in_data_parallel_trains_as_its_bare_module(tmp_path, capsys) -> None:
+    """A model wrapped in nn.DataParallel by its user: on a CPU (no device ids) _replica_sizes split each batch into
+    0 chunks, a RuntimeError; the Trainer wraps the model itself as the runtime says, so it takes the module inside,
+    said in a note, and trains it as the bare one."""
+    inner = nn.Linear(4, 1)
+    bare = toy_trainer(tmp_path / "bare", copy.deepcopy(inner))
+    bare.fit()
+    wrapped = toy_trainer(tmp_path / "wrapped", nn.DataParallel(inner))
+    assert wrapped.model is inner and "note: the model given to Trainer is wrapped in DataParallel" in \
+        capsys.readouterr().err
+    wrapped.fit()
+    assert all(torch.equal(a, b) for a, b in zip(bare.model.parameters(), inner.parameters()))
 
 
 def test_cuda_generator_states_resume_on_other_cards(monkeypatch) -> None:
