@@ -15,7 +15,7 @@ def sinusoidal_positions(length: int, dim: int, device: torch.device | None = No
     """Fixed sin/cos encodings [length, dim]; any length works, so convolutional models stay length-free."""
     pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
     freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    pe = torch.zeros(length, dim, device=device)
+    pe = torch.zeros(length, dim, device=device, dtype=torch.float32)     # as pos and freq, whatever the default
     pe[:, 0::2] = torch.sin(pos * freq)
     pe[:, 1::2] = torch.cos(pos * freq[: dim // 2])
     return pe

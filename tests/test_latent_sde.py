@@ -992,6 +992,22 @@ def noisy_context():
     return periodic_ecg(1, noise=0.05, seed=1, period=50, fs=64, length=192)
 
 
+@pytest.mark.parametrize("default", [torch.float64, torch.float16, torch.bfloat16])
+def test_predict_does_not_depend_on_torch_s_default_dtype(default):
+    """torch.set_default_dtype(torch.float16) in the user's session moved the latent SDE's forecast by ~1e-5 mV: the
+    VQ-VAE's attention made its sinusoidal positions in the default dtype, rounded to float16 before their use in
+    float32 (float64 held them exactly, so its forecast was the same)."""
+    fc, x = untrained_drafted_forecaster(), noisy_context()
+    expected = fc.predict(x, 64, 4, seed=3)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(default)
+    try:
+        got = fc.predict(x, 64, 4, seed=3)
+    finally:
+        torch.set_default_dtype(before)
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_forecast_noise_is_draft_noise_times_the_contexts_residual():
     """predict adds white noise of model.draft_noise x the context's residual from its mean beat (per lead):
     two forecasters that differ only in draft_noise differ by exactly that noise."""
