@@ -301,8 +301,9 @@ class CodeGPT(nn.Module):
 
 
 def favour(logits: torch.Tensor, codes: torch.Tensor, bonus: float) -> torch.Tensor:
-    """logits [N, V] with `bonus` added at each row's code in codes [N] (-1: the row is left alone)."""
-    add = torch.where(codes >= 0, bonus, 0.0).to(logits.dtype)[:, None]
+    """logits [N, V] with `bonus` added at each row's code in codes [N] (-1: the row is left alone). The bonus is
+    made in the logits' dtype: one of torch's default dtype was rounded in a float16 session."""
+    add = torch.zeros(codes.shape, dtype=logits.dtype, device=logits.device).masked_fill(codes >= 0, bonus)[:, None]
     return logits.scatter_add(-1, codes.clamp(min=0)[:, None], add)
 
 

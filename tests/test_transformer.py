@@ -290,6 +290,21 @@ def test_draft_bias_tilts_sampling_towards_the_draft() -> None:
     assert (tilted - logits).abs().sum() == 3.0
 
 
+@pytest.mark.parametrize("default", [torch.float16, torch.bfloat16])
+def test_the_draft_bias_is_added_in_the_logits_dtype_whatever_torch_s_default(default) -> None:
+    """favour made the bias a tensor of torch's default dtype: a session's set_default_dtype(torch.float16) rounded
+    the draft bias (0.1 to 0.0999755859375) before it was added to the float32 logits."""
+    logits = torch.zeros(2, 4)
+    expected = favour(logits, torch.tensor([1, -1]), 0.1)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(default)
+    try:
+        got = favour(logits, torch.tensor([1, -1]), 0.1)
+    finally:
+        torch.set_default_dtype(before)
+    assert got.dtype == torch.float32 and torch.equal(got, expected) and got[0, 1] == torch.tensor(0.1)
+
+
 @pytest.mark.parametrize("draft", ["none", "seasonal", "beats"])
 def test_default_codebooks_train_and_forecast(tmp_path: Path, draft: str) -> None:
     """With the default's three codebooks the Transformer reads and writes a step's codes at one position;
