@@ -23,6 +23,7 @@ from hyper_params_sde import DEFAULT_CONFIG, SDEConfig, load_sde_config, sde_con
 from latent_sde import (LEARNS_CRPS, MAX_DRIFT, DiagonalDiffusion, LatentSDE, LatentSDEForecaster, PathCRPS,
                         RowBrownian, fair_crps, overlap_add, replica_seed, soft_clip)
 from vqvae import VQVAE
+import paths
 from paths import UserError, file_sha256
 from conftest import (loads_of, replaced_once_loaded, stopped_at, trainer_inputs, undocumented_columns,
                       vqvae_splits)
@@ -700,6 +701,13 @@ def test_resume_with_crps_from_names_the_pair_of_flags(tmp_path: Path, capsys) -
     with pytest.raises(UserError, match="^--crps-from first.pt: CRPS fine-tuning needs a latent SDE with beat drafts"):
         latent_sde_train.main(["--device", "cpu", "--resume", str(tuned), "--crps-from", "other.pt"])
     assert "--crps-from other.pt is ignored: the resumed fine-tuning goes on from first.pt" in capsys.readouterr().err
+    # its own source spelt another way, or by a shipped model's name, is not news
+    torch.save({**common, "meta": {"seed": 0, "crps_from": str(paths.shipped_checkpoint("pretrained_sde", "x"))}},
+               tuned)
+    for spelt in ("pretrained_sde", f"./{os.path.relpath(paths.shipped_checkpoint('pretrained_sde', 'x'))}"):
+        with pytest.raises(UserError, match="CRPS fine-tuning needs a latent SDE with beat drafts"):
+            latent_sde_train.main(["--device", "cpu", "--resume", str(tuned), "--crps-from", spelt])
+        assert "is ignored" not in capsys.readouterr().err
 
 
 def test_crps_fine_tuning_under_torchrun_keeps_the_ranks_in_step(drafted: dict, tmp_path: Path) -> None:
