@@ -1268,8 +1268,8 @@ def gallery_picks(s: Scores, w: Windows, zero_mse: np.ndarray) -> list[tuple[str
 
 def plot_lead(ax: Axes, t: np.ndarray, context: int, truth: np.ndarray, samples: np.ndarray, title: str) -> None:
     """One lead of a window on the matplotlib Axes `ax`: context and truth [T] and the forecast samples [S, H],
-    drawn as forecast.py and the trainers draw them (train_results.forecast_panel: the truth on top, the 50% and
-    80% bands, one sample and the mean when sampled)."""
+    drawn as forecast.py and the trainers draw them (train_results.forecast_panel: the truth thick over the 50% and
+    80% bands and one sample when sampled, the forecast thin over the truth)."""
     forecast_panel(ax, t, truth, samples, context)
     ax.set_xlabel("time from forecast start (s)")
     ax.set_title(title, fontsize=9)

@@ -143,6 +143,13 @@ def plot_codebook_health(log: MetricsLog, out: Path) -> None:
     plt.close(fig)
 
 
+# Truth (or original) against forecast (or reconstruction) in every figure: black and red alike, 1.0 wide, they
+# were one grey line printed in greyscale. The truth is thick, over any bands and samples; the forecast thin and
+# solid over the truth, so both show where they agree.
+TRUTH_LINE = {"color": "black", "lw": 1.8, "zorder": 4}
+FORECAST_LINE = {"color": "tab:red", "lw": 1.1, "zorder": 5}
+
+
 def panel_title(ax: Axes, titles: list[tuple[str, str]] | None, i: int, lead: int,
                 leads: tuple[str, ...] = LEADS) -> None:
     """Window i's own title for each lead's panel (window_titles), else the lead's name over the first row."""
@@ -164,8 +171,8 @@ def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, 
     for i in range(n):
         for lead in range(2):
             ax = axes[i, lead]
-            ax.plot(t, original[i, :, lead], color="black", lw=1.0, label="original")
-            ax.plot(t, other[i, :, lead], color="tab:red", lw=1.0, alpha=0.8, label="reconstruction")
+            ax.plot(t, original[i, :, lead], **TRUTH_LINE, label="original")
+            ax.plot(t, other[i, :, lead], **FORECAST_LINE, label="reconstruction")
             ax.set_ylabel("mV")
             panel_title(ax, titles, i, lead)
     for ax in axes[-1]:     # not 'time (s)': under 'record 109 at 1794 s' an axis from 0 read as the record's clock
@@ -356,14 +363,13 @@ def forecast_panel(ax: Axes, t: np.ndarray, window: np.ndarray, samples: np.ndar
     horizon = samples.shape[1]
     tf = t[context:context + horizon]
     ax.plot(t[:context], window[:context], color="0.45", lw=1.0, label="context")
-    ax.plot(tf, window[context:context + horizon], color="black", lw=1.0, label="truth",
-            zorder=4)               # on top: the samples and bands must not hide what happened
+    ax.plot(tf, window[context:context + horizon], **TRUTH_LINE, label="truth")
     if len(samples) > 1:
         for lo, hi, alpha in ((10, 90, 0.18), (25, 75, 0.3)):
             ax.fill_between(tf, np.percentile(samples, lo, 0), np.percentile(samples, hi, 0), color="tab:blue",
                             alpha=alpha, lw=0, label=f"{hi - lo}% band")
-        ax.plot(tf, samples[0], color="tab:blue", lw=0.7, alpha=0.8, label="one sample")
-    ax.plot(tf, samples.mean(0), color="tab:red", lw=1.0, label="forecast (mean)" if len(samples) > 1 else "forecast")
+        ax.plot(tf, samples[0], color="tab:blue", lw=0.6, alpha=0.7, label="one sample")
+    ax.plot(tf, samples.mean(0), **FORECAST_LINE, label="forecast (mean)" if len(samples) > 1 else "forecast")
     ax.axvline(t[context], color="0.3", ls=":", lw=0.8)
     ax.set_ylabel("mV")
     ax.grid(alpha=0.3)

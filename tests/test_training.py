@@ -1974,6 +1974,30 @@ def test_window_and_forecast_plots_read_in_seconds_and_millivolts(tmp_path: Path
         np.testing.assert_allclose(lines[label].get_ydata(), want)
 
 
+def test_truth_and_forecast_differ_in_width_not_only_in_colour(tmp_path: Path, monkeypatch) -> None:
+    """Truth (black) and forecast (red), both 1.0 wide, were one grey line printed in greyscale: in forecast.py's
+    PNG, the galleries, the trainers' epoch plots and the reconstructions alike. The truth is thick now, the forecast
+    thin and solid over it, the legend drawing each as the panels do; one sample stays thinner than the forecast."""
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    fs, context, horizon = 64, 32, 16
+    windows = np.random.default_rng(0).standard_normal((1, context + horizon, 2))
+    samples = np.random.default_rng(1).standard_normal((1, 5, horizon, 2))
+    train_results.plot_forecasts(windows, samples, fs, context, tmp_path / "f.png", "t")
+    train_results.plot_forecasts(windows, samples[:, :1], fs, context, tmp_path / "f1.png", "t")
+    train_results.plot_windows(windows, 2 * windows, fs, tmp_path / "w.png", "t")
+    for fig, (truth, forecast) in zip(figures, [("truth", "forecast (mean)"), ("truth", "forecast"),
+                                                ("original", "reconstruction")]):
+        for ax in fig.axes:
+            lines = {ln.get_label(): ln for ln in ax.lines}
+            assert lines[truth].get_linewidth() >= 1.5 * lines[forecast].get_linewidth()
+            assert lines[truth].get_linestyle() == lines[forecast].get_linestyle() == "-"
+            assert lines[forecast].get_zorder() > lines[truth].get_zorder()
+            if "one sample" in lines:
+                assert lines["one sample"].get_linewidth() < lines[forecast].get_linewidth()
+        legend = {t.get_text(): h for t, h in zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles)}
+        assert legend[truth].get_linewidth() >= 1.5 * legend[forecast].get_linewidth()
+
 
 def test_both_forecaster_trainers_plot_their_epochs_alike_from_the_forecast_start(tmp_path: Path, monkeypatch) -> None:
     """The Transformer's epoch plots said '(20 samples)' and the latent SDE's '(20 sampled paths)' of the same
