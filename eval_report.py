@@ -239,7 +239,8 @@ def plots_section(order: list[str]) -> list[str]:
     """What error_curves.png and each forecaster's gallery show."""
     return ["", "## Plots", "", "MSE and CRPS per horizon step (each record's mean over its windows and both "
             "leads, then the mean over records; the curves are in error_curves.csv), each model's CRPS minus the "
-            "best CRPS baseline's, and F1 ±100 ms per horizon second; models solid, baselines dashed.", "",
+            "best CRPS baseline's, and F1 ±100 ms per horizon second; models solid, baselines dashed, each forecaster "
+            "with a marker of its own.", "",
             "![error per horizon time](error_curves.png)", "",
             "Each forecaster's forecasts of the same windows, one from each of the records ranked lowest, median and "
             "highest by the MSE over the zero forecast's of the forecaster the titles name, with the 50 % and 80 % "

@@ -1099,12 +1099,42 @@ def _num(v) -> float | None:
 BASELINE_COLOURS = {"zero": "0.6", "mean": "0.35", "persistence": "C5", "seasonal": "C4", "analog": "darkgoldenrod",
                     "template": "C6", "seasonal_ensemble": "C9", "template_ensemble": "C2"}   # the same in every figure
 MODEL_COLOURS = ("C0", "C3", "C1", "C8", "C7")
+BASELINE_MARKERS = {"zero": "o", "mean": "s", "persistence": "^", "seasonal": "v", "analog": "D", "template": "P",
+                    "seasonal_ensemble": "X", "template_ensemble": "<"}     # as the colours: the same in every figure
+MODEL_MARKERS = ("*", ">", "h", "p", "d")
+MARKS_PER_CURVE = 10
 
 
 def curve_colours(order: list[str], baselines: frozenset[str]) -> dict[str, str]:
     """A baseline's colour by its name, the models' in turn from the colours no baseline takes."""
     models = itertools.cycle(MODEL_COLOURS)
     return {name: BASELINE_COLOURS.get(name, "C7") if name in baselines else next(models) for name in order}
+
+
+def curve_markers(order: list[str], baselines: frozenset[str]) -> dict[str, str]:
+    """A marker per forecaster, as curve_colours gives colours: a line lying on another's (the template ensemble
+    under the models) still shows its own marks, and the lines tell apart without colour."""
+    models = itertools.cycle(MODEL_MARKERS)
+    return {name: BASELINE_MARKERS.get(name, "d") if name in baselines else next(models) for name in order}
+
+
+def marks_at(order: list[str], name: str, n: int) -> slice:
+    """Which of the n points of `name`'s curve carry its marker: MARKS_PER_CURVE of them, from an offset of its own,
+    so that the marks of coinciding curves fall side by side, not on top of each other."""
+    every = max(1, n // MARKS_PER_CURVE)
+    return slice(order.index(name) * every // len(order), None, every)
+
+
+MARK_KEYS = ("marker", "ms", "mec", "mew")
+
+
+def plot_curve(ax: Axes, x: np.ndarray, y: np.ndarray, name: str, style: dict, order: list[str]) -> None:
+    """`name`'s line in its style (plot_error_curves), and its marks (marks_at) drawn apart, over every line: where
+    a thick model lies on another's line, the other's marks stay in sight."""
+    ax.plot(x, y, label=name, **{k: v for k, v in style.items() if k not in MARK_KEYS})
+    at = marks_at(order, name, len(y))
+    ax.plot(np.asarray(x)[at], np.asarray(y)[at], ls="none", color=style["color"], zorder=4,
+            **{k: style[k] for k in MARK_KEYS})
 
 
 def mean_curve(s: Scores, key: str) -> np.ndarray:
@@ -1118,24 +1148,27 @@ def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: P
                       baselines: frozenset[str] = frozenset(), title: str = "") -> None:
     """MSE and CRPS against horizon time (mean over records), each model's CRPS minus the best baseline's (the
     differences the paired tables test are too small to see on the curves themselves), and F1 ±100 ms per horizon
-    second. Models thick and on top, baselines thin and dashed, a colour per forecaster by name, one legend;
-    `title` (curves_title) says which windows."""
+    second. Models thick and on top, baselines thin and dashed, a colour and a marker per forecaster by name, one
+    legend; `title` (curves_title) says which windows."""
+    import matplotlib.lines
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.6))
-    colour = curve_colours(summary["order"], baselines)
-    style = {name: dict(color=colour[name], lw=1.0, ls="--", zorder=2) if name in baselines
-             else dict(color=colour[name], lw=2.0, zorder=3) for name in summary["order"]}
+    order = summary["order"]
+    colour, marker = curve_colours(order, baselines), curve_markers(order, baselines)
+    style = {name: dict(color=colour[name], marker=marker[name], mec="white", mew=0.5, **(
+        dict(lw=1.0, ls="--", zorder=2, ms=6) if name in baselines else dict(lw=2.0, zorder=3, ms=8)))
+        for name in order}
     step_s = f"{1000 / fs:.3g} ms"
     for (key, label), ax in zip((("se", "MSE (mV²)"), ("crps", "CRPS (mV)")), axes.flat):
         for name, s in scores.items():
             curve = mean_curve(s, key)
-            ax.plot(np.arange(1, len(curve) + 1) / fs, curve, label=name, **style[name])
+            plot_curve(ax, np.arange(1, len(curve) + 1) / fs, curve, name, style[name], order)
         ax.set(xlabel="horizon (s)", ylabel=label, title=f"{label.split()[0]} per horizon step ({step_s})")
         ax.grid(alpha=0.3)
     plot_crps_gain(axes.flat[2], scores, summary, fs, baselines, style)
     plot_f1_per_segment(axes.flat[3], summary, style)
-    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(scores), 5),
-               fontsize=9, frameon=False)
+    handles = [matplotlib.lines.Line2D([], [], **style[name]) for name in scores]     # line and marker in one
+    fig.legend(handles, list(scores), loc="lower center", ncol=min(len(scores), 5), fontsize=9, frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
     rows = -(-len(scores) // 5)
@@ -1184,7 +1217,7 @@ def plot_crps_gain(ax: Axes, scores: dict[str, Scores], summary: dict, fs: int, 
     ref = mean_curve(scores[best], "crps")
     for name in models:
         gain = np.convolve(mean_curve(scores[name], "crps") - ref, np.ones(k) / k, mode="valid")
-        ax.plot((np.arange(len(gain)) + (k + 1) / 2) / fs, gain, **style[name])
+        plot_curve(ax, (np.arange(len(gain)) + (k + 1) / 2) / fs, gain, name, style[name], summary["order"])
     ax.axhline(0, color=style[best]["color"], ls="--", lw=1.0)
     ax.set(xlabel="horizon (s)", ylabel="CRPS difference (mV)",
            title=f"CRPS minus {best}'s (0.1 s running mean; below 0: better)")
@@ -1198,7 +1231,8 @@ def plot_f1_per_segment(ax: Axes, summary: dict, style: dict) -> None:
     f1 = {name: [e["value"] for e in summary["forecasters"][name]["metrics"]["f1_100"][:-1]]
           for name in summary["order"]}
     for name, values in f1.items():
-        ax.plot(np.arange(len(labels)), [np.nan if v is None else v for v in values], marker="o", **style[name])
+        plot_curve(ax, np.arange(len(labels)), np.array([np.nan if v is None else v for v in values], float), name,
+                   style[name], summary["order"])
     if all(v is None for values in f1.values() for v in values):
         ax.text(0.5, 0.5, "no reference beats in any horizon: F1 is undefined", ha="center", va="center",
                 transform=ax.transAxes)

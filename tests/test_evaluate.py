@@ -2041,16 +2041,47 @@ def test_error_curves_draw_the_models_over_the_baselines_in_one_colour_each(tmp_
     fig = figures[0]
     mse, crps_ax, gain, f1_ax = fig.axes
     for ax in (mse, crps_ax, f1_ax):
-        lines = dict(zip(names, ax.lines))
+        lines = {ln.get_label(): ln for ln in ax.lines if not ln.get_label().startswith("_")}
         assert lines["model"].get_linewidth() > lines["template_ensemble"].get_linewidth()
         assert lines["model"].get_zorder() > lines["template_ensemble"].get_zorder()
         assert lines["zero"].get_linestyle() == "--" and lines["model"].get_linestyle() == "-"
         assert [ln.get_color() for ln in ax.lines] == [ln.get_color() for ln in mse.lines]
         assert ax.get_legend() is None
-    assert mse.lines[2].get_color() == evaluate.BASELINE_COLOURS["template_ensemble"]
+    assert lines["template_ensemble"].get_color() == evaluate.BASELINE_COLOURS["template_ensemble"]
     assert "template_ensemble" in gain.get_title() and np.allclose(gain.lines[0].get_ydata(), -0.5)
     assert [t.get_text() for t in f1_ax.get_xticklabels()] == ["0-1 s", "1-2 s"]
     assert len(fig.legends) == 1 and [t.get_text() for t in fig.legends[0].get_texts()] == names
+
+
+def test_error_curves_tell_coinciding_forecasters_apart_by_their_marks(tmp_path, monkeypatch):
+    """The template ensemble's line lay hidden under the transformer's, nearly equal, told apart by colour alone:
+    each forecaster has a marker of its own now (a baseline's by its name, as its colour), drawn over every line
+    and at points of its own, so coinciding curves show both; the legend shows line and marker, the colours kept."""
+    import matplotlib.pyplot as plt
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    names = ["model", "zero", "template_ensemble"]
+    curve = np.linspace(1.0, 2.0, 32)[None]
+    scores = {n: evaluate.Scores(1, curves={"se": curve, "crps": curve, "windows": np.array([0.5])}) for n in names}
+    summary = {"order": names, "horizons": ["0-1 s", "1-2 s", "all"],
+               "forecasters": {n: {"metrics": {"f1_100": [{"value": 0.5}] * 3, "crps": [{"value": 1.0}] * 3}}
+                               for n in names}}
+    evaluate.plot_error_curves(scores, summary, 16, tmp_path / "e.png", frozenset({"zero", "template_ensemble"}))
+    fig = figures[0]
+    mse = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in mse.lines if not ln.get_label().startswith("_")}
+    marks = {ln.get_color(): ln for ln in mse.lines if ln.get_label().startswith("_")}
+    assert len(marks) == 3 and all(m.get_linestyle() == "None" for m in marks.values())
+    markers = {n: marks[lines[n].get_color()].get_marker() for n in names}
+    assert len(set(markers.values())) == 3
+    assert markers["template_ensemble"] == evaluate.BASELINE_MARKERS["template_ensemble"]
+    assert lines["template_ensemble"].get_color() == evaluate.BASELINE_COLOURS["template_ensemble"]
+    assert min(m.get_zorder() for m in marks.values()) > max(ln.get_zorder() for ln in lines.values())
+    at = {n: set(marks[lines[n].get_color()].get_xdata()) for n in names}
+    assert all(at[n] for n in names) and not at["model"] & at["template_ensemble"] and not at["model"] & at["zero"]
+    legend = dict(zip([t.get_text() for t in fig.legends[0].get_texts()], fig.legends[0].legend_handles))
+    assert {n: legend[n].get_marker() for n in names} == markers
+    assert legend["zero"].get_linestyle() == "--" and legend["model"].get_linestyle() == "-"
 
 
 def test_error_curves_say_which_windows_they_average(tmp_path, monkeypatch):
