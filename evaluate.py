@@ -1247,12 +1247,13 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
                  ranked_by: str | None = None) -> None:
     """Context, truth, point forecast and 50% / 80% bands of both leads for the windows `picks` (gallery_picks: the
     same in every gallery, so they compare), forecast with the evaluation's seeds. Titles give each window's MSE and
-    its share of the zero forecast's (`zero_mse`); the figure's title says whose shares ranked the picks
-    (`ranked_by`: another forecaster's need not follow them) and how many paths each window drew (the bands' width
-    depends on it)."""
+    its share of the zero forecast's (`zero_mse`); the row titles and the figure's say whose shares ranked the picks
+    (`ranked_by`: another forecaster's need not follow them; a bare 'lowest-error record' read as this one's) and
+    how many paths each window drew (the bands' width depends on it)."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(len(picks), 2, figsize=(13, 3.3 * len(picks) + 0.5), squeeze=False)
     t = (np.arange(w.signals.shape[1]) - context) / fs
+    whose = f"{ranked_by}'s " if ranked_by and len(picks) > 1 else ""     # the ranks are not this gallery's own
     for row, (label, r, i) in enumerate(picks):
         with warnings.catch_warnings():      # the window's forecast of the evaluation again: its warnings were said
             warnings.simplefilter("ignore")
@@ -1262,11 +1263,13 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
         for lead in range(2):
             lead_name = f"lead {lead + 1}" + (f": {w.leads[r][lead]}" if lead < len(w.leads[r]) else "")
             plot_lead(axes[row, lead], t, context, truth[:, lead], samples[:, :, lead],
-                      f"{label}: record {w.records[r]}, {lead_name}, forecast from {(w.start[i] + context) / fs:.0f} s"
-                      f"\nwindow MSE (both leads) {s.window_mse[i]:.3g} mV², {share:.0f}% of the zero forecast's")
+                      f"{whose}{label} {w.records[r]}, {lead_name}, "
+                      f"forecast from {(w.start[i] + context) / fs:.0f} s"
+                      f"\n{name}'s window MSE (both leads) {s.window_mse[i]:.3g} mV², {share:.0f}% of the zero "
+                      f"forecast's")
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=6, fontsize=8, frameon=False)
     said = [f"{len(samples)} sampled paths" if len(samples) > 1 else "1 forecast path"]
-    if ranked_by and len(picks) > 1:
+    if whose:
         said.append(f"records ranked by {ranked_by}'s MSE over the zero forecast's")
     fig.suptitle(f"{name}: forecast examples ({'; '.join(said)})", fontsize=11)
     height = fig.get_figheight()        # margins in inches: the legend below, the titles above, for any rows

@@ -1997,10 +1997,35 @@ def test_gallery_panels_name_the_lead_by_number_and_name_and_the_figure_whose_ra
     evaluate.plot_gallery("sampler", None, s, w, 32, 16, 7, 0, tmp_path / "g.png", picks, np.ones(2))
     assert plt_titles[2] == "sampler: forecast examples (7 sampled paths)"       # the paths behind its bands
     assert [t.split("\n")[0] for t in drawn[:4]] == [
-        "lowest-error record: record 117, lead 1: MLII, forecast from 2 s",
-        "lowest-error record: record 117, lead 2: V2, forecast from 2 s",
-        "highest-error record: record r2, lead 1, forecast from 10 s",
-        "highest-error record: record r2, lead 2, forecast from 10 s"]
+        "lowest-error record 117, lead 1: MLII, forecast from 2 s",
+        "lowest-error record 117, lead 2: V2, forecast from 2 s",
+        "highest-error record r2, lead 1, forecast from 10 s",
+        "highest-error record r2, lead 2, forecast from 10 s"]
+
+
+def test_each_gallery_row_says_whose_error_ranked_it(tmp_path, monkeypatch):
+    """Every gallery shows the windows the reference forecaster's error ranks, yet each row said 'lowest-error
+    record' as if by this gallery's own: only the figure's title said whose ranking it was. Each row's title names
+    the ranker now, and its second line whose MSE it gives; the titles of a row stay apart and inside the figure."""
+    import matplotlib.pyplot as plt
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    fs, context = 128, 384
+    w = SimpleNamespace(signals=np.zeros((2, 768, 2), np.float32), record=np.array([0, 1]), records=["117", "sel0106"],
+                        start=np.array([128000, 230000]), leads=[["MLII", "V2"], ["MLII", "V1"]])
+    s = evaluate.Scores(2, window_sums={"se": np.ones((2, 1)), "n": np.ones((2, 1))})
+    picks = [("lowest-error record", 0, 0), ("highest-error record", 1, 1)]
+    evaluate.plot_gallery("transformer", evaluate.make_baseline("zero", fs), s, w, context, fs, 1, 0,
+                          tmp_path / "g.png", picks, np.ones(2), ranked_by="seasonal_ensemble")
+    fig = figures[0]
+    titles = [ax.get_title().split("\n") for ax in fig.axes]
+    assert titles[3] == ["seasonal_ensemble's highest-error record sel0106, lead 2: V1, forecast from 1800 s",
+                         "transformer's window MSE (both leads) 1 mV², 100% of the zero forecast's"]
+    assert all(t[0].startswith("seasonal_ensemble's ") and t[1].startswith("transformer's window MSE") for t in titles)
+    fig.canvas.draw()
+    boxes = [ax.title.get_window_extent() for ax in fig.axes]
+    assert all(0 <= b.x0 and b.x1 <= fig.bbox.width for b in boxes), (boxes, fig.bbox)
+    assert not any(boxes[2 * row].overlaps(boxes[2 * row + 1]) for row in range(2))
 
 
 def test_a_run_on_one_record_shows_no_intervals_and_draws_it_once(tmp_path, monkeypatch):
