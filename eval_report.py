@@ -202,7 +202,9 @@ def metrics_section(samples: int | None = None) -> list[str]:
             "about (S−1)/(S+1) of the level: 78.4 % at 80 % with 100 samples, 65 % with 10." + run,
             "- F1: R peaks detected in the forecast's lead 1 (continuing the true context) matched "
             "to the reference beats in the horizon within ±50 / ±100 ms; timing err: mean |Δt| of ±100 ms "
-            "matches; HR err: |heart rate of detections − of reference beats| per window (bpm). A sampled "
+            "matches; HR err: |heart rate of detections − of reference beats| per window (bpm; 60·(n−1)/span of "
+            "n ≥ 2 beats, else 60·n/horizon, so a forecast without beats reads 0 bpm and errs by the whole true "
+            "rate, as a flat one does). A sampled "
             f"forecast is scored on its first {M.RHYTHM_PATHS} sample paths per window (pooled; samples are "
             "exchangeable draws): the mean of samples that disagree on timing has no sharp beats.", ""]
 

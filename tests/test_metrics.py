@@ -466,6 +466,16 @@ def test_heart_rate_error_with_one_beat_in_a_one_second_horizon():
     assert m["hr_bpm"][-1] == pytest.approx(60.0)
 
 
+def test_the_report_says_a_forecast_without_beats_errs_by_the_whole_heart_rate():
+    """The zero, mean and persistence forecasts' HR err of 75 bpm was the patients' mean heart rate, unexplained: a
+    forecast without beats reads 0 bpm. Kept (leaving such windows out would favour a forecaster that goes flat when
+    unsure), and said in the report's legend."""
+    import eval_report
+    text = " ".join(eval_report.metrics_section())
+    assert "a forecast without beats reads 0 bpm and errs by the whole true rate" in text
+    assert M.heart_rate(np.array([], np.int64), FS, 3.0) == 0.0
+
+
 def test_unannotated_windows_have_no_rhythm_scores_at_all():
     """A window without annotations (annotated False) adds nothing to the heart-rate error either."""
     c, h = 384, 384
