@@ -6,15 +6,15 @@
 Without --model: the shipped Transformer (pretrained/forecaster.pt) and every baseline; `pretrained_sde` is the
 shipped latent SDE (pretrained/latent_sde.pt).
 
-Baselines: zero, mean, persistence, seasonal, analog, template, seasonal_ensemble, template_ensemble, or
-`baselines` for all. Each window's first input_signal_duration seconds are the context, the rest the
-truth to forecast. Metrics are computed per record, then averaged over records (each record weighs
-the same) with bootstrap 95 % intervals over records, and each model is paired record by record against
-the best baseline on MSE, CRPS and R-peak F1, also on the windows of each kind of horizon beats (normal,
-ectopic, supraventricular, ventricular). Writes report.md (the tables), metrics.json, metrics.csv,
-error_curves.png (and .csv, the curves it draws) and gallery_<model>.png into a fresh results/evaluate-<time> folder.
-Stopped (Ctrl-C, SIGTERM, a failure), the same command goes on from the windows it scored, kept in the results
-root's .evaluate-partial-<key>.npz, with the same numbers (each window is forecast alone with its own seed).
+Baselines: the names --model lists below (baselines.BASELINES), or `baselines` for all. Each window's first
+input_signal_duration seconds are the context, the rest the truth to forecast. Metrics are computed per record, then
+averaged over records (each record weighs the same) with bootstrap 95 % intervals over records, and each model is
+paired record by record against the best baseline on MSE, CRPS and R-peak F1, also on the windows of each kind of
+horizon beats (normal, ectopic, supraventricular, ventricular). Writes report.md (the tables), metrics.json,
+metrics.csv, error_curves.png (and .csv, the curves it draws) and gallery_<model>.png into a fresh
+results/evaluate-<time> folder. Stopped (Ctrl-C, SIGTERM, a failure), the same command goes on from the windows it
+scored, kept in the results root's .evaluate-partial-<key>.npz, with the same numbers (each window is forecast alone
+with its own seed).
 From Python, main(["--model", "zero", ...]) takes the flags as a list and returns that folder.
 """
 from __future__ import annotations

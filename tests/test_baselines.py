@@ -153,11 +153,31 @@ def test_an_unknown_model_is_told_every_name_evaluate_takes():
         assert name in str(e.value)
 
 
-def test_evaluates_docstring_lists_every_baseline():
-    """evaluate.py's own description of --model names the baselines by hand (the analog one was left out of it)."""
+class MovingMean(B.Zero):
+    """A baseline of one's own: each lead's mean over the context's last second."""
+
+    name = "moving_mean"
+
+    def predict(self, context, horizon, num_samples=100, seed=0):
+        x = B.as_context(context, horizon, num_samples, seed)
+        return np.repeat(x[:, -self.fs:].mean(1, keepdims=True)[:, None], horizon, axis=2)
+
+
+def test_a_baseline_added_to_baselines_is_taken_by_name_everywhere(monkeypatch, capsys):
+    """A class put in BASELINES is all a new baseline needs (README, Baselines): evaluate.py --model and its
+    `baselines`, forecast.py --checkpoint, and every list of names said to the user take it. evaluate.py's
+    description listed the baselines by hand, so a new one was missing there (and a test pinned that list)."""
     import evaluate
-    listed = " ".join(evaluate.__doc__.split("Baselines: ", 1)[1].split()).split(", or `baselines` for all", 1)[0]
-    assert listed.split(", ") == list(B.BASELINES)
+    import forecast
+    monkeypatch.setitem(B.BASELINES, "moving_mean", MovingMean)
+    assert isinstance(make_forecaster("moving_mean", FS), MovingMean)
+    assert evaluate.expand_models(["baselines"])[-1] == "moving_mean"
+    label, f = forecast.load_forecaster("moving_mean", "cpu")
+    assert label == "moving_mean" and isinstance(f, MovingMean)
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert usage.count("moving_mean") == usage.count("template_ensemble") > 0, usage
 
 
 def test_a_missing_shipped_model_says_how_to_make_it(tmp_path, monkeypatch):
