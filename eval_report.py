@@ -210,13 +210,16 @@ def metrics_section(samples: int | None = None) -> list[str]:
 
 
 def baselines_section(order: list[str]) -> list[str]:
-    """What each baseline in the run does (its class's docstring), so the report reads without the README."""
+    """What each baseline in the run does (its class's docstring), so the report reads without the README. A baseline
+    of one's own without a docstring is named by its class: its None stopped the report after every window's scoring."""
     from baselines import BASELINES
 
     found = [name for name in order if name in BASELINES]
     if not found:
         return []
-    return ["## Baselines", ""] + [f"- {name}: {' '.join(BASELINES[name].__doc__.split())}" for name in found] + [""]
+    said = {name: " ".join((BASELINES[name].__doc__ or f"{BASELINES[name].__name__} (no docstring)").split())
+            for name in found}
+    return ["## Baselines", ""] + [f"- {name}: {said[name]}" for name in found] + [""]
 
 
 def records_section(w: Windows) -> list[str]:

@@ -180,6 +180,19 @@ def test_a_baseline_added_to_baselines_is_taken_by_name_everywhere(monkeypatch, 
     assert usage.count("moving_mean") == usage.count("template_ensemble") > 0, usage
 
 
+def test_the_report_names_a_baseline_without_a_docstring(monkeypatch):
+    """The report's Baselines section quotes each baseline's docstring; one of one's own without any is named by its
+    class (its None raised AttributeError once every window was scored)."""
+    import eval_report
+
+    class Bare(B.Zero):
+        name = "bare"
+
+    monkeypatch.setitem(B.BASELINES, "bare", Bare)
+    lines = eval_report.baselines_section(["zero", "bare"])
+    assert lines[2] == f"- zero: {' '.join(B.Zero.__doc__.split())}" and lines[3] == "- bare: Bare (no docstring)"
+
+
 def test_a_missing_shipped_model_says_how_to_make_it(tmp_path, monkeypatch):
     """--model pretrained_sde whose file is gone: the make target that builds it, or --model CHECKPOINT."""
     monkeypatch.setitem(paths.SHIPPED, "latent_sde", tmp_path / "latent_sde.pt")
