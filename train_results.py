@@ -257,6 +257,9 @@ def read_checkpoint(path: str | os.PathLike, kind: str | None = None, example: s
             digest = paths.opened_sha256(f)
             ckpt = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:      # whatever a foreign or cut file makes the unpickler raise
+        if path.suffix == ".py":    # FILE.py:NAME without its :NAME was said to be a checkpoint cut short
+            raise UserError(f"checkpoint {path} is Python source, not a checkpoint: evaluate.py --model and "
+                            f"forecast.py --checkpoint take a forecaster class in it as {path}:NAME") from e
         raise UserError(f"checkpoint {path} is unreadable or cut short ({type(e).__name__}); "
                         f"use another checkpoint (e.g. last.pt or best.pt)") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "kind" not in ckpt:

@@ -583,6 +583,17 @@ def test_foreign_files_are_not_checkpoints(tmp_path, content):
         load_checkpoint(path)
 
 
+def test_a_forecaster_file_without_its_class_is_not_called_a_cut_checkpoint(tmp_path):
+    """forecast.py --checkpoint mine.py (FILE.py:NAME without :NAME) was 'unreadable or cut short (UnpicklingError);
+    use another checkpoint': the file is Python, and the flag takes a class in it as mine.py:NAME."""
+    own = tmp_path / "mine.py"
+    own.write_text("class Mine:\n    pass\n")
+    record = write_record(tmp_path, "r", seconds=12, seed=0)
+    code, err = run_forecast(["--checkpoint", str(own), "--record", str(record), "--start", "5"])
+    assert code == 2 and err == (f"error: checkpoint {own} is Python source, not a checkpoint: evaluate.py --model and "
+                                 f"forecast.py --checkpoint take a forecaster class in it as {own}:NAME\n"), err
+
+
 def test_a_checkpoint_that_unpickles_arbitrary_objects_is_refused(tmp_path):
     """Checkpoints load with weights_only=True: tensors, numbers, strings and containers only. A file that would
     build any other object (as a crafted one runs code while it unpickles) is refused as unreadable, even with a
