@@ -260,6 +260,9 @@ def read_checkpoint(path: str | os.PathLike, kind: str | None = None, example: s
         if path.suffix == ".py":    # FILE.py:NAME without its :NAME was said to be a checkpoint cut short
             raise UserError(f"checkpoint {path} is Python source, not a checkpoint: evaluate.py --model and "
                             f"forecast.py --checkpoint take a forecaster class in it as {path}:NAME") from e
+        if path.suffix == ".json":  # a config given for --vqvae, --resume or --checkpoint: 'cut short' said nothing
+            raise UserError(f"checkpoint {path} is JSON (a config?), not a checkpoint: pass a .pt file a run wrote "
+                            f"(e.g. its best.pt); configs go to --config") from e
         raise UserError(f"checkpoint {path} is unreadable or cut short ({type(e).__name__}); "
                         f"use another checkpoint (e.g. last.pt or best.pt)") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "kind" not in ckpt:

@@ -594,6 +594,16 @@ def test_a_forecaster_file_without_its_class_is_not_called_a_cut_checkpoint(tmp_
                                  f"forecast.py --checkpoint take a forecaster class in it as {own}:NAME\n"), err
 
 
+def test_a_config_given_as_a_checkpoint_is_said_to_be_one(tmp_path):
+    """transformer_train.py --vqvae my_vqvae.json (the config, not the run's best.pt) was said to be a checkpoint
+    'unreadable or cut short'."""
+    path = tmp_path / "my_vqvae.json"
+    path.write_text('{"model": {"codebook_size": 64}}')
+    with pytest.raises(UserError, match=re.escape(f"checkpoint {path} is JSON (a config?), not a checkpoint: pass a "
+                                                  ".pt file a run wrote (e.g. its best.pt); configs go to --config")):
+        load_checkpoint(path)
+
+
 def test_a_checkpoint_that_unpickles_arbitrary_objects_is_refused(tmp_path):
     """Checkpoints load with weights_only=True: tensors, numbers, strings and containers only. A file that would
     build any other object (as a crafted one runs code while it unpickles) is refused as unreadable, even with a
