@@ -1102,20 +1102,28 @@ MODEL_COLOURS = ("C0", "C3", "C1", "C8", "C7")
 BASELINE_MARKERS = {"zero": "o", "mean": "s", "persistence": "^", "seasonal": "v", "analog": "D", "template": "P",
                     "seasonal_ensemble": "X", "template_ensemble": "<"}     # as the colours: the same in every figure
 MODEL_MARKERS = ("*", ">", "h", "p", "d")
+OTHER_BASELINE_COLOURS = ("teal", "slateblue", "sienna", "olivedrab")   # baselines of one's own, in turn
+OTHER_BASELINE_MARKERS = ("H", "8", "+", "x")
 MARKS_PER_CURVE = 10
 
 
 def curve_colours(order: list[str], baselines: frozenset[str]) -> dict[str, str]:
     """A baseline's colour by its name, the models' in turn from the colours no baseline takes."""
-    models = itertools.cycle(MODEL_COLOURS)
-    return {name: BASELINE_COLOURS.get(name, "C7") if name in baselines else next(models) for name in order}
+    return _in_turn(order, baselines, BASELINE_COLOURS, MODEL_COLOURS, OTHER_BASELINE_COLOURS)
 
 
 def curve_markers(order: list[str], baselines: frozenset[str]) -> dict[str, str]:
     """A marker per forecaster, as curve_colours gives colours: a line lying on another's (the template ensemble
     under the models) still shows its own marks, and the lines tell apart without colour."""
-    models = itertools.cycle(MODEL_MARKERS)
-    return {name: BASELINE_MARKERS.get(name, "d") if name in baselines else next(models) for name in order}
+    return _in_turn(order, baselines, BASELINE_MARKERS, MODEL_MARKERS, OTHER_BASELINE_MARKERS)
+
+
+def _in_turn(order: list[str], baselines: frozenset[str], named: dict[str, str], models: tuple[str, ...],
+             others: tuple[str, ...]) -> dict[str, str]:
+    """A named baseline's style, the models' in turn, and a baseline of one's own (registered in
+    baselines.BASELINES, not in `named`) one of `others` in turn: it took the fifth model's."""
+    model_turn, other_turn = itertools.cycle(models), itertools.cycle(others)
+    return {name: (named.get(name) or next(other_turn)) if name in baselines else next(model_turn) for name in order}
 
 
 def marks_at(order: list[str], name: str, n: int) -> slice:

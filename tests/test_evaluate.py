@@ -2078,6 +2078,18 @@ def test_error_curves_draw_the_models_over_the_baselines_in_one_colour_each(tmp_
     assert len(fig.legends) == 1 and [t.get_text() for t in fig.legends[0].get_texts()] == names
 
 
+def test_a_baseline_of_ones_own_takes_no_models_colour_or_marker():
+    """A baseline registered in baselines.BASELINES but not in BASELINE_COLOURS was drawn in C7 with marker d, the
+    fifth model's: each now takes a colour and marker of its own, and the named baselines and models keep theirs."""
+    order = ["m1", "m2", "m3", "m4", "m5", "mine", "zero", "also_mine"]
+    baselines = frozenset({"mine", "zero", "also_mine"})
+    for styles, named, models in ((evaluate.curve_colours, evaluate.BASELINE_COLOURS, evaluate.MODEL_COLOURS),
+                                  (evaluate.curve_markers, evaluate.BASELINE_MARKERS, evaluate.MODEL_MARKERS)):
+        got = styles(order, baselines)
+        assert [got[m] for m in order[:5]] == list(models) and got["zero"] == named["zero"]
+        assert len(set(got.values())) == len(order)
+
+
 def test_error_curves_tell_coinciding_forecasters_apart_by_their_marks(tmp_path, monkeypatch):
     """The template ensemble's line lay hidden under the transformer's, nearly equal, told apart by colour alone:
     each forecaster has a marker of its own now (a baseline's by its name, as its colour), drawn over every line
