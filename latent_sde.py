@@ -62,6 +62,7 @@ from vqvae import VQVAE, vqvae_from
 TEMPLATE_EXCLUDE = 4  # frames: the phase template of a frame never reads the context frames this close to it
 MAX_DRIFT = 30.0   # state units per second: learned drifts are soft-clipped to this, so no state can run away
 DIFFUSION_START = 0.15   # each g_i starts this fraction of the way from its floor to its ceiling
+REST_HZ = 1.2   # 72 bpm: the beat rate of z[1] = 0, and the rate a one-frame segment, which shows none, is read at
 SOLVED = ("prior", "correction", "diffusion")   # what f, g and h read besides the encoded frames (no beat phase: the
                                                   # adjoint refuses one, hyper_params_sde)
 LEARNS_CRPS = ("prior", "diffusion", "emission")   # what PathCRPS trains; the posterior keeps its ELBO weights
@@ -241,7 +242,7 @@ class LatentSDE(nn.Module):
 
     def _add_phase_loop(self, m: SDEModelConfig) -> None:
         """The beat phase's rate offset, the GRU's phase readout and the loop gains that lock z[0], z[1] to it."""
-        self.rate_offset = math.log(math.expm1(max(1.2 - m.min_rate_hz, 0.05)))   # z[1] = 0 is 72 bpm
+        self.rate_offset = math.log(math.expm1(max(REST_HZ - m.min_rate_hz, 0.05)))   # z[1] = 0 beats at REST_HZ
         self.beat_head = nn.Linear(m.context_size, 2)     # per frame: (cos, sin) of the phase psi
         self.lock = nn.Parameter(torch.zeros(2))           # loop gains, (0, 1 / dt) per second
         with torch.no_grad():    # the MLP's share of the phase drift starts small; phase prior wide
@@ -368,9 +369,10 @@ class LatentSDE(nn.Module):
         psi = torch.atan2(b[..., 1], b[..., 0])
         if len(psi) > 1:
             step = torch.remainder(psi[1:] - psi[:-1] + math.pi, 2 * math.pi) - math.pi
+            # kept above the floor: a rate at min_rate_hz has no rate coordinate (log(expm1(0)))
             hz = (step.mean(0) * self.rate / (2 * math.pi)).clamp(min=self.cfg.model.min_rate_hz + 0.01)
         else:
-            hz = psi.new_full(psi.shape[1:], 1.2)
+            hz = psi.new_full(psi.shape[1:], REST_HZ)
         rho = torch.log(torch.expm1(hz - self.cfg.model.min_rate_hz)) - self.rate_offset
         return torch.stack([psi, rho.expand_as(psi)], -1)
 
