@@ -62,6 +62,7 @@ from vqvae import VQVAE, vqvae_from
 TEMPLATE_EXCLUDE = 4  # frames: the phase template of a frame never reads the context frames this close to it
 MAX_DRIFT = 30.0   # state units per second: learned drifts are soft-clipped to this, so no state can run away
 DIFFUSION_START = 0.15   # each g_i starts this fraction of the way from its floor to its ceiling
+Z0_LOGSTD = (-6, 2)   # log std bounds of q(z0) and p(z0) (std 0.0025..7.4): the initial KL and draws stay finite
 REST_HZ = 1.2   # 72 bpm: the beat rate of z[1] = 0, and the rate a one-frame segment, which shows none, is read at
 SOLVED = ("prior", "correction", "diffusion")   # what f, g and h read besides the encoded frames (no beat phase: the
                                                   # adjoint refuses one, hyper_params_sde)
@@ -381,7 +382,7 @@ class LatentSDE(nn.Module):
         mean, logstd = self.qz0(self._ctx[0]).chunk(2, -1)
         if self.phase:
             mean = torch.cat([self._beat[0], mean[:, 2:]], 1)
-        return mean, logstd.clamp(-6, 2)
+        return mean, logstd.clamp(*Z0_LOGSTD)
 
     def observation_std(self) -> torch.Tensor:
         return self.cfg.model.min_obs_std + F.softplus(self.obs_logstd)
@@ -449,7 +450,7 @@ class LatentSDE(nn.Module):
     def initial_kl(self, mean: torch.Tensor, logstd: torch.Tensor) -> torch.Tensor:
         """KL(q(z0) || p(z0)) of the initial state, summed over its dimensions, mean over the batch."""
         q0 = torch.distributions.Normal(mean, logstd.exp())
-        p0 = torch.distributions.Normal(self.pz0_mean, self.pz0_logstd.clamp(-6, 2).exp())
+        p0 = torch.distributions.Normal(self.pz0_mean, self.pz0_logstd.clamp(*Z0_LOGSTD).exp())
         return torch.distributions.kl_divergence(q0, p0).sum(-1).mean()
 
     def forward(self, frames: torch.Tensor, context: int, beats: torch.Tensor | None = None,
