@@ -64,8 +64,9 @@ MAX_DRIFT = 30.0   # state units per second: learned drifts are soft-clipped to 
 DIFFUSION_START = 0.15   # each g_i starts this fraction of the way from its floor to its ceiling
 Z0_LOGSTD = (-6, 2)   # log std bounds of q(z0) and p(z0) (std 0.0025..7.4): the initial KL and draws stay finite
 REST_HZ = 1.2   # 72 bpm: the beat rate of z[1] = 0, and the rate a one-frame segment, which shows none, is read at
-SOLVED = ("prior", "correction", "diffusion")   # what f, g and h read besides the encoded frames (no beat phase: the
-                                                  # adjoint refuses one, hyper_params_sde)
+# the networks f, g and h run, whose parameters the adjoint differentiates besides the encoded frames (no beat
+# phase's: the adjoint refuses one, hyper_params_sde)
+ADJOINT_NETS = ("prior", "correction", "diffusion")
 LEARNS_CRPS = ("prior", "diffusion", "emission")   # what PathCRPS trains; the posterior keeps its ELBO weights
 Seeds = int | list[int]     # one for a batch drawn together, or one per row, each row then drawn alone
 # sample_frames keeps its call's context on the model (torchsde's f(t, z) is told no more), so a model samples for
@@ -408,7 +409,7 @@ class LatentSDE(nn.Module):
             # the drift's inputs and the networks of f, g and h only: torchsde differentiates f in every adjoint
             # parameter, so the GRU behind self._ctx given too had its share counted twice (once through self._ctx)
             params = (self._ctx,) + tuple(p for name, p in self.named_parameters()
-                                          if name.split(".")[0] in SOLVED and p.requires_grad)
+                                          if name.split(".")[0] in ADJOINT_NETS and p.requires_grad)
             return torchsde.sdeint_adjoint(self, z0, ts, logqp=logqp, adjoint_params=params, **kw)
         return torchsde.sdeint(self, z0, ts, logqp=logqp, **kw)
 
