@@ -277,7 +277,8 @@ class LatentSDE(nn.Module):
     def f(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Posterior drift: the prior's plus a correction of z[:corrected] from the frames around t."""
         last = len(self._ctx) - 1
-        # the frame index stays a tensor: float(t) would wait on the GPU at every solver step
+        # the frame index stays a tensor: float(t) would wait on the GPU at every solver step; 1e-3 of a frame
+        # up, as frame k's float32 time times the rate falls a rounding short of k for half the frames at 45 per s
         now = (torch.as_tensor(t, device=self._ctx.device).double() * self.rate + 1e-3).floor().long().clamp(max=last)
         ahead = (now + 1).clamp(max=last)
         c = soft_clip(self.correction(torch.cat([self.features(z), self._ctx[ahead]], -1)))
@@ -618,7 +619,7 @@ class LatentSDEForecaster(ForecasterBase):
         history, out, n = x, [], num_samples     # n: paths per context; after the first block each path is one
         for k, start in enumerate(range(0, steps, block)):
             m, span = min(block, steps - start), slice(start * self.factor, (start + block) * self.factor)
-            sde_seed = derived_seed(seed, 0, *([k] if k else []))
+            sde_seed = derived_seed(seed, 0, *([k] if k else []))   # block 0: a one-block forecast's seed, as shipped
             draft = None if drafts is None else drafts[:, start:start + m].transpose(0, 1)
             out.append(self.sde.sample_frames(frames, m, n, sde_seed, draft=draft).permute(1, 2, 0))  # [S, obs, m]
             if start + m < steps:        # the next block's context: the paths so far, as they come out
