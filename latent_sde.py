@@ -344,8 +344,7 @@ class LatentSDE(nn.Module):
 
     def emit(self, zs: torch.Tensor, first: int) -> torch.Tensor:
         """Frames of states zs [T, B, d] at frame indices first, first + 1, ...: the emission MLP, plus
-        (draft_beats) the draft frames, or (phase_template) the context frames of the same beat phase
-        averaged, so beats keep the patient's own shape and amplitude instead of a population average.
+        (draft_beats) the draft frames, or (phase_template) the context's frames of the same beat phase.
         The emission never sees the draft, only whether there is one: it renders what the draft misses,
         and a state drawn from the prior cannot undo the draft (an emission that read the draft learned
         to drop the beats of patients unlike the training ones)."""
@@ -353,8 +352,12 @@ class LatentSDE(nn.Module):
             d = self._draft[first:first + len(zs)]
             return self.emission(torch.cat([self.features(zs), d[..., -1:]], -1)) + d[..., :-1]
         out = self.emission(self.features(zs))
-        if not self.template:
-            return out
+        return out + self.template_frames(zs, first) if self.template else out
+
+    def template_frames(self, zs: torch.Tensor, first: int) -> torch.Tensor:
+        """The context frames whose measured phase matches each state's, averaged (softmax of the match) and
+        scaled by template_gain, so beats keep the patient's own shape and amplitude instead of a population
+        average; a frame never reads the context frames within TEMPLATE_EXCLUDE of its own index."""
         frames = self._tmpl
         psi = self._beat[:len(frames), :, 0]                                     # their phases [C, B]
         logits = self.template_kappa.exp() * torch.cos(zs[:, None, :, 0] - psi[None])        # [T, C, B]
@@ -362,7 +365,7 @@ class LatentSDE(nn.Module):
             t = torch.arange(first, first + len(zs), device=zs.device)
             near = (t[:, None] - torch.arange(len(frames), device=zs.device)).abs() <= TEMPLATE_EXCLUDE
             logits = logits.masked_fill(near[..., None], float("-inf"))
-        return out + self.template_gain * torch.einsum("tcb,cbo->tbo", logits.softmax(1), frames)
+        return self.template_gain * torch.einsum("tcb,cbo->tbo", logits.softmax(1), frames)
 
     def measure_beats(self, ctx: torch.Tensor) -> torch.Tensor:
         """[T, B, 2]: phase psi per frame (from the GRU) and, in rate coordinates, the segment's rate:
