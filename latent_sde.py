@@ -460,10 +460,10 @@ class LatentSDE(nn.Module):
 
     def forward(self, frames: torch.Tensor, context: int, beats: torch.Tensor | None = None,
                 draft: torch.Tensor | None = None, windows: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        """Negative ELBO per observed number of raw frames [B, T, obs] whose first `context` are the
-        context (plus the annealed beat hint when `beats` [B, T, 2] are given; `draft` [B, T - context,
-        obs]: raw draft frames of the rest); in eval mode also a one-path prior forecast of the rest
-        from the context alone (and the draft); `windows`: the frames' indices in their split (see draws)."""
+        """Negative ELBO of raw frames [B, T, obs], whose first `context` are the context, per observed value
+        (T * obs), and its metrics. `beats` [B, T, 2] add a phase's annealed beat hint; `draft` [B, T - context, obs]
+        are the raw draft frames of the rest; `windows` the frames' indices in their split (see draws). In eval
+        mode the metrics also score a one-path prior forecast of the rest from the context alone (forecast_check)."""
         x = self.normalise(frames.float()).transpose(0, 1)                   # [T, B, obs]
         T, _, O = x.shape
         self.encode([x[:context], x[context:]])
