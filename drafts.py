@@ -206,14 +206,15 @@ def next_beat_evidence(x: np.ndarray, template: np.ndarray, pre: int, peaks: np.
     return -(res ** 2).sum(axis=(1, 2)) / (2 * EVIDENCE_TEMPER * noise + 1e-12)
 
 
-def draft_waves(x: np.ndarray, h: int, fs: int, num_samples: int = 1, seed: int = 0,
+def draft_waves(x: np.ndarray, h: int, fs: float, num_samples: int = 1, seed: int = 0,
                 beats: list[np.ndarray] | None = None, min_spread: float = 0.05,
                 rhythm: Rhythm | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The drafts [N, h, 2] of contexts x [B, C, 2] and which one each of the B * num_samples samples takes:
     beats laid at beat times. Training gives the times, `beats` (a window's own R peaks), and lays the context's
     mean beat at those more than MIN_PERIOD_S after the context's last peak (a nearer one is that peak again); a
-    forecast draws them (`drawn_drafts`). A context with fewer than two R peaks gets its seasonal-naive
-    continuation. `rhythm` is x's `context_rhythm` when the caller has it already."""
+    forecast draws them (`drawn_drafts`; `min_spread` is the jitter, SD as a fraction of the period, that each
+    drawn interval adds to the rhythm's: `draw_beat_times`'s `jitter`). A context with fewer than two R peaks gets
+    its seasonal-naive continuation. `rhythm` is x's `context_rhythm` when the caller has it already."""
     c = x.shape[1]
     peaks, period, spread = rhythm or context_rhythm(x, fs)
     rng = np.random.default_rng(seed)
