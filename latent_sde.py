@@ -218,7 +218,7 @@ class LatentSDE(nn.Module):
         self.cfg, self.rate = cfg, float(steps_per_second)
         d, k = m.state_size, m.phase_harmonics
         self.phase = k > 0
-        feat = d if k == 0 else 2 * k + d - 1
+        feat = d if k == 0 else 2 * k + d - 1     # features(z): z[0] as k cosines and k sines
         self.register_buffer("harmonics", torch.arange(1, k + 1, dtype=torch.float32))
         self.gru = nn.GRU(obs_size, m.encoder_hidden, bidirectional=True)
         self.ctx_out = nn.Linear(2 * m.encoder_hidden, m.context_size)
