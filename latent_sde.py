@@ -596,13 +596,12 @@ class LatentSDEForecaster(ForecasterBase):
         if self.sde.drafted:
             rhythm = context_rhythm(x_np, self.fs)      # for the drafts and their noise
             drafts, coded, waves = self.draft_frames(x, steps, num_samples, seed, rhythm)
-        wave = self.roll(x, unit, frames, steps, num_samples, seed, drafts, coded, waves)[:, :horizon].cpu().numpy()
-        if waves is not None:   # the draft itself, plus what the SDE's frames decode to beyond the draft's
-            if self.holds():
-                wave = hold_to_band(wave, x.shape[1], self.cfg.data.filter_band[0], self.cfg.data.filter_order,
-                                    self.fs)
-            wave = waves[:, :horizon].cpu().numpy() + self.scfg.model.departure_scale * wave
-        return add_noise(wave.reshape(1, num_samples, horizon, 2), x_np, self.fs, self.scfg.model.draft_noise,
+        paths = self.roll(x, unit, frames, steps, num_samples, seed, drafts, coded, waves)[:, :horizon].cpu().numpy()
+        if waves is not None:   # roll gave departures from the drafts: a path is its draft plus a share of its own
+            band = self.cfg.data.filter_band[0], self.cfg.data.filter_order
+            departure = hold_to_band(paths, x.shape[1], *band, self.fs) if self.holds() else paths
+            paths = waves[:, :horizon].cpu().numpy() + self.scfg.model.departure_scale * departure
+        return add_noise(paths.reshape(1, num_samples, horizon, 2), x_np, self.fs, self.scfg.model.draft_noise,
                          seed, rhythm)
 
     def roll(self, x: torch.Tensor, unit: torch.Tensor, frames: torch.Tensor, steps: int, num_samples: int,
