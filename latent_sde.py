@@ -592,11 +592,12 @@ class LatentSDEForecaster(ForecasterBase):
         x = torch.from_numpy(x_np).to(self.device)
         unit, frames = self.encode_context(x)
         steps = math.ceil(horizon / self.factor)
-        rhythm = drafts = coded = waves = None
+        rhythm = drafts = round_trip = waves = None
         if self.sde.drafted:
             rhythm = context_rhythm(x_np, self.fs)      # for the drafts and their noise
-            drafts, coded, waves = self.draft_frames(x, steps, num_samples, seed, rhythm)
-        paths = self.roll(x, unit, frames, steps, num_samples, seed, drafts, coded, waves)[:, :horizon].cpu().numpy()
+            drafts, round_trip, waves = self.draft_frames(x, steps, num_samples, seed, rhythm)
+        paths = self.roll(x, unit, frames, steps, num_samples, seed, drafts, round_trip, waves)
+        paths = paths[:, :horizon].cpu().numpy()
         if waves is not None:   # roll gave departures from the drafts: a path is its draft plus a share of its own
             band = self.cfg.data.filter_band[0], self.cfg.data.filter_order
             departure = hold_to_band(paths, x.shape[1], *band, self.fs) if self.holds() else paths
@@ -605,7 +606,7 @@ class LatentSDEForecaster(ForecasterBase):
                          seed, rhythm)
 
     def roll(self, x: torch.Tensor, unit: torch.Tensor, frames: torch.Tensor, steps: int, num_samples: int,
-             seed: int, drafts: torch.Tensor | None, coded: torch.Tensor | None, waves: torch.Tensor | None
+             seed: int, drafts: torch.Tensor | None, round_trip: torch.Tensor | None, waves: torch.Tensor | None
              ) -> torch.Tensor:
         """The paths' decoded frames [S, steps * factor, 2] (a drafting model's: their departures from the decoded
         drafts), a trained horizon at a time. Each block after the first starts from the posterior over the last
@@ -627,13 +628,13 @@ class LatentSDEForecaster(ForecasterBase):
             if start + m < steps:        # the next block's context: the paths so far, as they come out
                 path = decode_frames(self.vq, out[-1], u, self.context_frames)
                 if waves is not None:
-                    path = waves[:, span] + self.scfg.model.departure_scale * (path - coded[:, span])
+                    path = waves[:, span] + self.scfg.model.departure_scale * (path - round_trip[:, span])
                 history = torch.cat([history.expand(num_samples, -1, -1), path.float()], 1)[:, -ctx:]
                 frames = self.sde.normalise(self.vq.encode_latent(history, u).permute(2, 0, 1))
                 n = 1
         # one block as it came: torch.cat's copy of it changes its strides, and the decoder's rounding with them
         wave = decode_frames(self.vq, out[0] if len(out) == 1 else torch.cat(out, 2), u, self.context_frames)
-        return wave if coded is None else wave - coded
+        return wave if round_trip is None else wave - round_trip
 
     def path_crps(self, signals: torch.Tensor, num_samples: int, seed: int, held: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -650,14 +651,14 @@ class LatentSDEForecaster(ForecasterBase):
         rhythm = context_rhythm(x_np, self.fs)
         with torch.no_grad():
             unit, frames = self.encode_context(x)
-            drafts, coded, waves = self.draft_frames(x, steps, num_samples, seed, rhythm)
+            drafts, round_trip, waves = self.draft_frames(x, steps, num_samples, seed, rhythm)
         fut = self.sde.sample_frames(frames, steps, num_samples, seed, draft=drafts.transpose(0, 1))
         wave = decode_frames(self.vq, fut.permute(1, 2, 0), unit.repeat_interleave(num_samples, 0),
-                             self.context_frames)          # as coded: in pieces past one, as a forecast decodes
+                             self.context_frames)          # as round_trip: in pieces past one, as a forecast decodes
         shape = (len(x), num_samples, horizon, 2)
         drafted = torch.from_numpy(add_noise(waves[:, :horizon].reshape(shape).cpu().numpy(), x_np, self.fs,
                                              self.scfg.model.draft_noise, seed, rhythm)).to(x.device)
-        departure = (wave - coded)[:, :horizon]
+        departure = (wave - round_trip)[:, :horizon]
         if held:
             if self.holds():
                 band = hold_matrix(x.shape[1], horizon, self.cfg.data.filter_band[0], self.cfg.data.filter_order,
@@ -678,10 +679,10 @@ class LatentSDEForecaster(ForecasterBase):
     def draft_frames(self, x: torch.Tensor, steps: int, num_samples: int, seed: int, rhythm: Rhythm | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw latent frames [B * S, steps, obs] of each path's beat draft (beat times drawn per path), those
-        frames decoded at the context's gain, and the draft itself, both [B * S, steps * factor, 2] mV. A path
-        is its draft plus how its decoded frames depart from the decoded draft's, so a path the SDE leaves at
-        its draft is the draft itself, not the VQ-VAE's round trip of it, which cost the drafts 12% more
-        squared error (EXPERIMENTS.md)."""
+        frames decoded at the context's gain (the draft's VQ-VAE round trip), and the draft itself, both
+        [B * S, steps * factor, 2] mV. A path is its draft plus how its decoded frames depart from the round trip,
+        so a path the SDE leaves at its draft is the draft itself, not its round trip, which cost the drafts 12%
+        more squared error (EXPERIMENTS.md)."""
         waves, index = draft_waves(x.cpu().numpy(), steps * self.factor, self.fs, num_samples, seed,
                                    min_spread=self.scfg.model.draft_spread, rhythm=rhythm)
         # float32: drafts of the mean beat (a context without a whole beat) come in float64, and so did the forecast
@@ -690,8 +691,8 @@ class LatentSDEForecaster(ForecasterBase):
         frames = latent_frames(self.vq, waves, self.context_frames * self.factor)
         owner = torch.empty(len(waves), dtype=torch.long, device=self.device)    # each draft's context
         owner[index] = torch.arange(len(x), device=self.device).repeat_interleave(num_samples)
-        coded = decode_frames(self.vq, frames.transpose(1, 2), self.vq.unit(x)[owner], self.context_frames)
-        return frames[index], coded[index], waves[index]
+        round_trip = decode_frames(self.vq, frames.transpose(1, 2), self.vq.unit(x)[owner], self.context_frames)
+        return frames[index], round_trip[index], waves[index]
 
 
 class PathCRPS(nn.Module):
