@@ -285,6 +285,13 @@ def read_json(path: str | Path) -> dict:
     return raw
 
 
+# The sections only one kind of config has: a config given to another model's script is named as what it is
+OWNER = {"data": "a VQ-VAE's config (vqvae_train.py --config, e.g. config_vqvae.json)",
+         "sample": "a Transformer's config (transformer_train.py --config, e.g. config_transformer.json)",
+         **dict.fromkeys(("solver", "loss", "crps"), "a latent SDE's config (latent_sde_train.py --config, e.g. "
+                                                     "config_sde.json)")}
+
+
 def build_config(cls: type, raw: dict, source: str) -> Any:
     """A validated config dataclass whose fields are sections (each a dataclass of settings);
     shared by every model's config so all reject bad input the same way."""
@@ -294,7 +301,8 @@ def build_config(cls: type, raw: dict, source: str) -> Any:
         raise UserError(f"{source}: the top level must be an object with sections {names}")
     for key in raw:
         if key not in sections:
-            raise UserError(f"{source}: unknown config key '{key}' (known sections: {names})")
+            raise UserError(f"{source}: unknown config key '{key}' (known sections: {names})"
+                            + (f"; a '{key}' section makes {OWNER[key]}" if key in OWNER else ""))
     defaults = cls()
     cfg = cls(**{name: build_section(getattr(defaults, name), raw.get(name, {}), name, source)
                  for name in sections})

@@ -74,6 +74,21 @@ def test_unknown_top_level_key():
     assert "'optimizer'" in msg and "unknown" in msg
 
 
+@pytest.mark.parametrize("given, script, names", [
+    ("config_vqvae.json", "transformer", "a VQ-VAE's config (vqvae_train.py"),
+    ("config_transformer.json", "sde", "a Transformer's config (transformer_train.py"),
+    ("config_sde.json", "vqvae", "a latent SDE's config (latent_sde_train.py")])
+def test_another_models_config_is_named_as_what_it_is(given, script, names):
+    """config_vqvae.json given to transformer_train.py said only "unknown config key 'data' (known sections: model,
+    sample, augment, train)": the error now says whose config a section of another kind makes."""
+    from hyper_params_sde import sde_config_from_dict
+    from hyper_params_transformer import transformer_config_from_dict
+    read = {"vqvae": config_from_dict, "transformer": transformer_config_from_dict, "sde": sde_config_from_dict}
+    with pytest.raises(UserError, match="unknown config key") as e:
+        read[script](json.loads((ROOT / given).read_text()), given)
+    assert names in str(e.value)
+
+
 def test_typo_is_not_silently_ignored():
     msg = error_of({"data": {"sample_per_second": 256}})
     assert "data.sample_per_second" in msg and "samples_per_second" in msg  # lists the known keys
