@@ -195,7 +195,7 @@ def crps_settings(scfg: SDEConfig) -> TrainConfig:
     return dataclasses.replace(scfg.train, **crps_schedule(scfg.crps))
 
 
-# what --crps-from takes besides the shipped models' names (paths.given_checkpoint)
+# what --crps-from takes besides the shipped latent SDE, pretrained_sde (paths.given_checkpoint)
 CRPS_FROM_TAKES = "a latent SDE's checkpoint path (e.g. checkpoints/latent_sde-<time>/best.pt)"
 
 
@@ -208,8 +208,8 @@ def same_file(path: str | os.PathLike, other: str | os.PathLike) -> bool:
 def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str] | None, rt: Runtime) -> dict:
     """Fine-tune an ELBO-trained latent SDE on the fair CRPS of its forecast paths (latent_sde.PathCRPS), with
     the generic trainer: training windows drawn at random, the best epoch by the validation patients' CRPS."""
-    source = resume["meta"]["crps_from"] if resume else str(paths.given_checkpoint(args.crps_from, "--crps-from",
-                                                                                   CRPS_FROM_TAKES))
+    source = (resume["meta"]["crps_from"] if resume
+              else str(paths.given_checkpoint(args.crps_from, "--crps-from", CRPS_FROM_TAKES, ("pretrained_sde",))))
     if resume and args.crps_from and not same_file(paths.named_checkpoint(args.crps_from, "--crps-from"), source):
         running.note(f"--crps-from {args.crps_from} is ignored: the resumed fine-tuning goes on from {source}")
     note_ignored_crps_flags(args, source)

@@ -54,15 +54,17 @@ def named_checkpoint(spec: str | os.PathLike, flag: str) -> Path:
     return shipped_checkpoint(str(spec), flag) if str(spec) in SHIPPED_SPECS else Path(spec)
 
 
-def given_checkpoint(spec: str, flag: str, takes: str) -> Path:
+def given_checkpoint(spec: str, flag: str, takes: str, shipped: tuple[str, ...] = tuple(SHIPPED_SPECS)) -> Path:
     """The checkpoint file a trainer's or vqvae_eval's flag names (named_checkpoint), refused with what `flag` takes
-    (`takes`, then the shipped models' names) when it is no file: read_checkpoint said only 'checkpoint not found',
-    and --vqvae pretrained, which evaluate.py --model pretrained loads, looked for a file named pretrained."""
+    (`takes`, then the names of the shipped models it can use, `shipped`) when it is no file: read_checkpoint said
+    only 'checkpoint not found', and --vqvae pretrained, which evaluate.py --model pretrained loads, looked for a
+    file named pretrained. --crps-from takes pretrained_sde alone: the Transformer is no latent SDE to fine-tune."""
     path = named_checkpoint(spec, flag)
     if not os.path.exists(path):        # a folder is said to be one by read_checkpoint; os.path's: see above
-        check_python_name(spec, flag)
+        if {model: name for name, model in SHIPPED_SPECS.items()}.get(spec) in shipped:
+            check_python_name(spec, flag)
         raise UserError(f"{flag} {spec}: no such checkpoint file; {flag} takes {takes} or a shipped model "
-                        f"({', '.join(SHIPPED_SPECS)})")
+                        f"({', '.join(shipped)})")
     return path
 
 

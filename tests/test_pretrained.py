@@ -314,17 +314,20 @@ def test_trainers_take_the_shipped_models_command_line_names(name, model, monkey
                                           ("latent_sde_train", "--crps-from"), ("vqvae_eval", "--checkpoint")])
 def test_a_checkpoint_flag_given_a_wrong_name_lists_what_it_takes(script, flag, tmp_path, monkeypatch):
     """A name that is neither a file nor a shipped model: what the flag takes, shipped names included, as
-    evaluate.py --model says it; from_pretrained's name for a shipped model is told its command-line name."""
+    evaluate.py --model says it; from_pretrained's name for a shipped model is told its command-line name. Only
+    the shipped latent SDE is one --crps-from can fine-tune: it listed pretrained, the Transformer, too, and told
+    --crps-from transformer to pass --crps-from pretrained."""
     import importlib
     main = importlib.import_module(script).main
     monkeypatch.chdir(tmp_path)
     takes = "a latent SDE's" if flag == "--crps-from" else "a VQ-VAE's"
-    with pytest.raises(UserError, match=f"^{flag} pretrianed: no such checkpoint file; {flag} takes {takes} "
-                                        f"checkpoint path .* or a shipped model \\(pretrained, pretrained_sde\\)$"):
-        main(["--device", "cpu", flag, "pretrianed"] if script != "vqvae_eval" else [flag, "pretrianed"])
-    with pytest.raises(UserError, match=f"^{flag} latent_sde: no such checkpoint file; the shipped latent_sde model "
-                                        f"is {flag} pretrained_sde"):
-        main(["--device", "cpu", flag, "latent_sde"] if script != "vqvae_eval" else [flag, "latent_sde"])
+    shipped = "pretrained_sde" if flag == "--crps-from" else "pretrained, pretrained_sde"
+    for name, said in (("pretrianed", f"{flag} takes {takes} checkpoint path .* or a shipped model \\({shipped}\\)$"),
+                       ("latent_sde", f"the shipped latent_sde model is {flag} pretrained_sde"),
+                       ("transformer", f"the shipped transformer model is {flag} pretrained" if flag != "--crps-from"
+                        else f"{flag} takes {takes} checkpoint path .* or a shipped model \\(pretrained_sde\\)$")):
+        with pytest.raises(UserError, match=f"^{flag} {name}: no such checkpoint file; {said}"):
+            main(["--device", "cpu", flag, name] if script != "vqvae_eval" else [flag, name])
 
 
 @pytest.mark.parametrize("model", SHIPPED)
