@@ -797,13 +797,23 @@ def live_leads(path: Path, rec: wfdb.Record, order: list[int], units: list[str |
     ecg = ecg_channels(names, units, where)
     x = rec.p_signal[:, ecg] if whole else _wfdb_read(functools.partial(wfdb.rdrecord, channels=ecg), path,
                                                       f"{where}: cannot read the record").p_signal
-    off = {i for i, dead in zip(ecg, off_throughout(x, rec.fs)) if dead}
+    off = {i: off_reason(x[:, k]) for k, (i, dead) in enumerate(zip(ecg, off_throughout(x, rec.fs))) if dead}
     live = order_leads(names, first, where, units, off)
     for role, was, now in zip(("lead 1", "lead 2"), order, live):
         if was in off and now != was:
-            running.note(f"{where}: lead {names[was]} holds one value throughout (lead off?); {role} is "
-                         f"{names[now]} instead")
+            running.note(f"{where}: lead {names[was]} {off[was]}; {role} is {names[now]} instead")
     return live
+
+
+def off_reason(lead: np.ndarray) -> str:
+    """Why a lead off throughout (off_throughout) is: a lead of NaN was said to hold one value, as gap_mask says it
+    has no valid sample."""
+    valid = np.isfinite(lead)
+    if not valid.any():
+        return "has no valid sample"
+    if valid.all() and (lead == lead[0]).all():
+        return "holds one value throughout (lead off?)"
+    return "is flat or invalid throughout (lead off?)"
 
 
 def off_throughout(x: np.ndarray, fs: float) -> np.ndarray:

@@ -1134,13 +1134,13 @@ def test_a_lead_without_a_valid_sample_is_named(tmp_path):
 TWELVE = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 
 
-def twelve_leads(folder: Path, name: str, off: tuple[str, ...]) -> Path:
+def twelve_leads(folder: Path, name: str, off: tuple[str, ...], value: float | np.ndarray = 0.0) -> Path:
     """A synthetic 12-lead record (120 s at 360 Hz), each lead its own scale of one of two leads; the leads `off`
-    held at 0 throughout."""
+    held at `value` throughout."""
     x, _ = synthetic_ecg(120.0, 360.0, seed=3)
     sig = np.column_stack([x[:, i % 2] * (1 + 0.1 * i) for i in range(len(TWELVE))])
     for lead in off:
-        sig[:, TWELVE.index(lead)] = 0.0
+        sig[:, TWELVE.index(lead)] = value
     return write_signal(folder, name, sig, leads=TWELVE)
 
 
@@ -1167,6 +1167,19 @@ def test_a_lead_off_throughout_is_passed_over_for_the_next_one(tmp_path, capsys)
         pm.read_record(twelve_leads(tmp_path, "one_on", tuple(set(TWELVE) - {"II"})), cfg, annotator=None)
     two_on = twelve_leads(tmp_path, "two_on", tuple(set(TWELVE) - {"II", "V5"}))
     assert pm.read_record(two_on, cfg, annotator=None).leads == ["II", "V5"]
+
+
+def test_a_lead_passed_over_is_said_to_be_off_as_it_is(tmp_path, capsys):
+    """A lead of NaN throughout, passed over, was said to 'hold one value throughout'; the note says what the
+    whole record shows (a span read too), as gap_mask would have said it."""
+    cfg = make_cfg().data
+    half = np.where(np.arange(120 * 360) < 60 * 360, np.nan, 0.0)
+    for name, value, said in (("nan", np.nan, "has no valid sample"),
+                              ("half", half, "is flat or invalid throughout (lead off?)")):
+        path = twelve_leads(tmp_path, name, ("V1",), value)
+        for span in (None, (100 * 128, 106 * 128)):
+            assert pm.read_record(path, cfg, annotator=None, span=span).leads == ["II", "I"]
+            assert capsys.readouterr().err == f"note: {path}: lead V1 {said}; lead 2 is I instead\n"
 
 
 def test_a_record_whose_stretches_are_all_shorter_than_a_window(tmp_path):
