@@ -693,6 +693,22 @@ def test_a_signal_the_kernel_hands_to_the_joining_thread_still_stops_the_wait() 
     assert time.monotonic() - start < 2
 
 
+def test_a_call_that_has_ended_is_not_given_up() -> None:
+    """in_thread called each() after every wake, the one that saw the call end too: a download's stall check, its
+    limit reached as the last file came, gave up a download that had finished. each() looks at live calls only."""
+    looks = []
+
+    def give_up() -> None:
+        looks.append(time.monotonic())
+        raise TimeoutError("given up")
+
+    running.in_thread(lambda: time.sleep(0.05), "ends", give_up)
+    assert looks == []
+    with pytest.raises(TimeoutError, match="given up"):
+        running.in_thread(lambda: time.sleep(5), "waits", give_up)
+    assert len(looks) == 1
+
+
 def test_rank_whose_port_is_taken_is_not_said_to_have_waited(tmp_path: Path) -> None:
     """MASTER_PORT held by another program: rank 0 stops at once, naming the address; it said 'not all 2 processes
     joined within 30 s ... did another one fail before joining?' after 2 s (any DistError was read as the timeout)."""
