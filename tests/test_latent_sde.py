@@ -429,11 +429,11 @@ def test_a_forecast_within_the_trained_horizon_is_one_sde_run_decoded_whole(draf
         with torch.no_grad():
             x = torch.from_numpy(x_np)
             unit, frames = fc.encode_context(x)
-            drafts, coded, waves = fc.draft_frames(x, steps, n, 5, context_rhythm(x_np, fc.fs))
+            drafts, round_trip, waves = fc.draft_frames(x, steps, n, 5, context_rhythm(x_np, fc.fs))
             sde_seed = int(np.random.SeedSequence([5, 0]).generate_state(1)[0])
             z = fc.sde.sample_frames(frames, steps, n, sde_seed, draft=drafts.transpose(0, 1)).permute(1, 2, 0)
             wave = fc.vq.decode_latent(z, unit.repeat_interleave(n, 0))
-        departure = (wave - coded)[:, :horizon].numpy()
+        departure = (wave - round_trip)[:, :horizon].numpy()
         if fc.holds():
             departure = hold_to_band(departure, x.shape[1], fc.cfg.data.filter_band[0], fc.cfg.data.filter_order,
                                      fc.fs)
