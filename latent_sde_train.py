@@ -200,8 +200,9 @@ CRPS_FROM_TAKES = "a latent SDE's checkpoint path (e.g. checkpoints/latent_sde-<
 
 
 def same_file(path: str | os.PathLike, other: str | os.PathLike) -> bool:
-    """Whether two spellings name one file (`--crps-from pretrained_sde` and the path it was stored as, `./a.pt` and
-    `a.pt`): comparing them as typed noted the resumed run's own source as ignored."""
+    """Whether two spellings name one file (`--crps-from pretrained_sde`'s file and the path it was stored as,
+    `./a.pt` and `a.pt`), whether or not it is still there: comparing them as typed noted the resumed run's own
+    source as ignored."""
     return os.path.normpath(os.path.abspath(path)) == os.path.normpath(os.path.abspath(other))
 
 
@@ -210,7 +211,8 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     the generic trainer: training windows drawn at random, the best epoch by the validation patients' CRPS."""
     source = (resume["meta"]["crps_from"] if resume
               else str(paths.given_checkpoint(args.crps_from, "--crps-from", CRPS_FROM_TAKES, ("pretrained_sde",))))
-    if resume and args.crps_from and not same_file(paths.named_checkpoint(args.crps_from, "--crps-from"), source):
+    if resume and args.crps_from and not same_file(paths.SHIPPED.get(paths.SHIPPED_SPECS.get(args.crps_from),
+                                                                     args.crps_from), source):
         running.note(f"--crps-from {args.crps_from} is ignored: the resumed fine-tuning goes on from {source}")
     note_ignored_crps_flags(args, source)
     start, read = (resume, "") if resume else read_checkpoint(source, "latent_sde")

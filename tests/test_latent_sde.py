@@ -688,7 +688,7 @@ def test_crps_from_help_names_the_crps_keys_the_schedule_flags_set(tmp_path: Pat
             "set crps.epochs, crps.steps_per_epoch and crps.batch_size" in help_text)
 
 
-def test_resume_with_crps_from_names_the_pair_of_flags(tmp_path: Path, capsys) -> None:
+def test_resume_with_crps_from_names_the_pair_of_flags(tmp_path: Path, capsys, monkeypatch) -> None:
     """--resume of an ELBO run with --crps-from is one clear error (was a KeyError traceback: the ELBO run's meta
     has no crps_from); a fine-tuning run resumed with another --crps-from says it goes on from its own source."""
     elbo, tuned = tmp_path / "elbo.pt", tmp_path / "tuned.pt"
@@ -708,6 +708,11 @@ def test_resume_with_crps_from_names_the_pair_of_flags(tmp_path: Path, capsys) -
         with pytest.raises(UserError, match="CRPS fine-tuning needs a latent SDE with beat drafts"):
             latent_sde_train.main(["--device", "cpu", "--resume", str(tuned), "--crps-from", spelt])
         assert "is ignored" not in capsys.readouterr().err
+    # a flag the resume ignores is not read: no error when the shipped model it names has gone
+    monkeypatch.setitem(paths.SHIPPED, "latent_sde", tmp_path / "gone.pt")
+    with pytest.raises(UserError, match="CRPS fine-tuning needs a latent SDE with beat drafts"):
+        latent_sde_train.main(["--device", "cpu", "--resume", str(tuned), "--crps-from", "pretrained_sde"])
+    assert "--crps-from pretrained_sde is ignored" in capsys.readouterr().err
 
 
 def test_crps_fine_tuning_under_torchrun_keeps_the_ranks_in_step(drafted: dict, tmp_path: Path) -> None:
