@@ -1134,14 +1134,15 @@ def test_a_lead_without_a_valid_sample_is_named(tmp_path):
 TWELVE = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 
 
-def twelve_leads(folder: Path, name: str, off: tuple[str, ...], value: float | np.ndarray = 0.0) -> Path:
-    """A synthetic 12-lead record (120 s at 360 Hz), each lead its own scale of one of two leads; the leads `off`
-    held at `value` throughout."""
+def twelve_leads(folder: Path, name: str, off: tuple[str, ...], leads: tuple[str, ...] = TWELVE,
+                 value: float | np.ndarray = 0.0, during: tuple[float, float] = (0.0, 120.0)) -> Path:
+    """A synthetic record of `leads` (12 by default; 120 s at 360 Hz), each lead its own scale of one of two leads;
+    the leads `off` held at `value` (0, or NaN: not recorded) for the seconds `during` (all of them by default)."""
     x, _ = synthetic_ecg(120.0, 360.0, seed=3)
-    sig = np.column_stack([x[:, i % 2] * (1 + 0.1 * i) for i in range(len(TWELVE))])
+    sig = np.column_stack([x[:, i % 2] * (1 + 0.1 * i) for i in range(len(leads))])
     for lead in off:
-        sig[:, TWELVE.index(lead)] = value
-    return write_signal(folder, name, sig, leads=TWELVE)
+        sig[int(during[0] * 360):int(during[1] * 360), leads.index(lead)] = value
+    return write_signal(folder, name, sig, leads=leads)
 
 
 def test_a_lead_off_throughout_is_passed_over_for_the_next_one(tmp_path, capsys):
@@ -1165,6 +1166,7 @@ def test_a_lead_off_throughout_is_passed_over_for_the_next_one(tmp_path, capsys)
                                                                                      "lead 2 is III instead"]
     with pytest.raises(UserError, match="lead V1 holds one value throughout: lead off"):
         pm.read_record(twelve_leads(tmp_path, "one_on", tuple(set(TWELVE) - {"II"})), cfg, annotator=None)
+    assert "instead" not in capsys.readouterr().err         # no lead was passed over: none is said to be
     two_on = twelve_leads(tmp_path, "two_on", tuple(set(TWELVE) - {"II", "V5"}))
     assert pm.read_record(two_on, cfg, annotator=None).leads == ["II", "V5"]
 
@@ -1176,10 +1178,42 @@ def test_a_lead_passed_over_is_said_to_be_off_as_it_is(tmp_path, capsys):
     half = np.where(np.arange(120 * 360) < 60 * 360, np.nan, 0.0)
     for name, value, said in (("nan", np.nan, "has no valid sample"),
                               ("half", half, "is flat or invalid throughout (lead off?)")):
-        path = twelve_leads(tmp_path, name, ("V1",), value)
+        path = twelve_leads(tmp_path, name, ("V1",), value=value)
         for span in (None, (100 * 128, 106 * 128)):
             assert pm.read_record(path, cfg, annotator=None, span=span).leads == ["II", "I"]
             assert capsys.readouterr().err == f"note: {path}: lead V1 {said}; lead 2 is I instead\n"
+
+
+def test_a_lead_off_for_a_stretch_only_is_kept_in_every_read(tmp_path, capsys):
+    """Only a lead off throughout the record is passed over: V1 off for 80 s of 120 is a gap, and stays lead 2 in
+    a read of the whole record and in one of a span inside those 80 s (off_throughout looks at the whole record, so
+    that every read of it takes the same leads), with no note."""
+    cfg = make_cfg().data
+    path = twelve_leads(tmp_path, "v1_gap", ("V1",), during=(20.0, 100.0))
+    assert pm.read_record(path, cfg, gaps=True, annotator=None).leads == ["II", "V1"]
+    part = pm.read_record(path, cfg, gaps=True, annotator=None, span=(55 * 128, 61 * 128))
+    assert part.leads == ["II", "V1"] and np.isnan(part.signal[55 * 128 - part.offset]).all()
+    assert capsys.readouterr().err == ""
+
+
+def test_a_lead_not_recorded_throughout_is_passed_over_as_one_held_at_a_value(tmp_path, capsys):
+    """V1 stored as the invalid value (NaN) throughout is off as a V1 of zeros is: lead 2 is the next lead."""
+    path = twelve_leads(tmp_path, "v1_nan", ("V1",), value=np.nan)
+    assert pm.read_record(path, make_cfg().data, annotator=None).leads == ["II", "I"]
+    assert "lead V1 has no valid sample; lead 2 is I instead" in capsys.readouterr().err
+
+
+def test_a_lead_off_is_found_among_the_channels_not_by_its_place_among_the_ecg_ones(tmp_path, capsys):
+    """A respiration channel before the leads (not ECG): the lead off is still V1, not the ECG channel at V1's
+    place among the ECG channels; a lead 2 that changes only because lead 1 did is said to be off by no note."""
+    cfg = make_cfg().data
+    path = twelve_leads(tmp_path, "resp_first", ("V1",), leads=("RESP", "I", "II", "V1", "V5"))
+    assert pm.read_record(path, cfg, annotator=None).leads == ["II", "I"]
+    assert capsys.readouterr().err.count("holds one value throughout") == 1
+    path = twelve_leads(tmp_path, "ii_off", ("II",), leads=("II", "I", "III"))
+    assert pm.read_record(path, cfg, annotator=None).leads == ["I", "III"]
+    assert capsys.readouterr().err == (f"note: {path}: lead II holds one value throughout (lead off?); lead 1 is I "
+                                       f"instead\n")
 
 
 def test_a_record_whose_stretches_are_all_shorter_than_a_window(tmp_path):
