@@ -709,6 +709,21 @@ def test_a_call_that_has_ended_is_not_given_up() -> None:
     assert len(looks) == 1
 
 
+@pytest.mark.parametrize("raised", [ValueError("bad"), SystemExit(3), KeyboardInterrupt()])
+def test_in_thread_raises_what_the_call_raised_and_runs_it_in_a_daemon_thread(raised: BaseException) -> None:
+    """Whatever the call raised is raised in the waiting thread, SystemExit and KeyboardInterrupt too (else only
+    threading's excepthook printed them, and the caller went on as if the call had done its work); the call runs
+    in a daemon thread of the name given, so a wait given up (Ctrl-C) keeps no process from ending."""
+    ran: list[threading.Thread] = []
+
+    def call() -> None:
+        ran.append(threading.current_thread())
+        raise raised
+    with pytest.raises(type(raised)) as e:
+        running.in_thread(call, "the call")
+    assert e.value is raised and ran[0].name == "the call" and ran[0].daemon
+
+
 def test_rank_whose_port_is_taken_is_not_said_to_have_waited(tmp_path: Path) -> None:
     """MASTER_PORT held by another program: rank 0 stops at once, naming the address; it said 'not all 2 processes
     joined within 30 s ... did another one fail before joining?' after 2 s (any DistError was read as the timeout)."""
