@@ -361,6 +361,26 @@ def test_a_slow_download_is_not_given_up(tmp_path, monkeypatch, caplog):
     assert log.level == logging.NOTSET and not log.filters
 
 
+def test_a_download_whose_file_grows_is_not_given_up_and_its_warnings_show(tmp_path, monkeypatch, caplog):
+    """A file that grows (a large .dat written as it comes) is progress as a new file or an answer is, for as long
+    as it grows; a warning urllib3 logs while the answers are counted (a retry) is shown as it was before."""
+    retry = "Retrying (Retry(total=2)) after connection broken"
+
+    def download(name, folder):
+        write_record(Path(folder), "100", seconds=12)
+        coming = Path(folder) / "101.dat"
+        for _ in range(8):
+            time.sleep(0.25)
+            with coming.open("ab") as f:
+                f.write(bytes(100))
+        logging.getLogger("urllib3.connectionpool").warning(retry)
+        write_record(Path(folder), "101", seconds=12)
+    monkeypatch.setattr(pm, "STALL_LIMIT", 1.0)
+    monkeypatch.setattr(wfdb, "dl_database", download)
+    assert pm.find_records(tmp_path / "mitdb", download=True) == ["100", "101"]
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [("urllib3.connectionpool", retry)]
+
+
 def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypatch):
     """Ctrl-C while a finished download's files were moved into the data folder left the records moved so far (here
     100 of 3), which the next run prepared as the database: none stay. A kill there (no clean-up) leaves a RECORDS
