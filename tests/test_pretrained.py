@@ -314,12 +314,17 @@ def test_trainers_take_the_shipped_models_command_line_names(name, model, monkey
                                           ("latent_sde_train", "--crps-from"), ("vqvae_eval", "--checkpoint")])
 def test_a_checkpoint_flag_given_a_wrong_name_lists_what_it_takes(script, flag, tmp_path, monkeypatch):
     """A name that is neither a file nor a shipped model: what the flag takes, shipped names included, as
-    evaluate.py --model says it; from_pretrained's name for a shipped model is told its command-line name. Only
-    the shipped latent SDE is one --crps-from can fine-tune: it listed pretrained, the Transformer, too, and told
-    --crps-from transformer to pass --crps-from pretrained."""
+    evaluate.py --model says it; from_pretrained's name for a shipped model is told its command-line name; a run's
+    folder is one (read_checkpoint), not 'no such checkpoint file'. Only the shipped latent SDE is one --crps-from
+    can fine-tune: it listed pretrained, the Transformer, too, and told --crps-from transformer to pass
+    --crps-from pretrained."""
     import importlib
     main = importlib.import_module(script).main
     monkeypatch.chdir(tmp_path)
+    Path("run-1").mkdir()
+    Path("run-1", "best.pt").write_bytes(b"")
+    with pytest.raises(UserError, match=r"^checkpoint run-1 is a folder \(best.pt\): pass one checkpoint file"):
+        main(["--device", "cpu", flag, "run-1"] if script != "vqvae_eval" else [flag, "run-1"])
     takes = "a latent SDE's" if flag == "--crps-from" else "a VQ-VAE's"
     shipped = "pretrained_sde" if flag == "--crps-from" else "pretrained, pretrained_sde"
     for name, said in (("pretrianed", f"{flag} takes {takes} checkpoint path .* or a shipped model \\({shipped}\\)$"),
