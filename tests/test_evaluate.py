@@ -2026,6 +2026,9 @@ def test_each_gallery_row_says_whose_error_ranked_it(tmp_path, monkeypatch):
     boxes = [ax.title.get_window_extent() for ax in fig.axes]
     assert all(0 <= b.x0 and b.x1 <= fig.bbox.width for b in boxes), (boxes, fig.bbox)
     assert not any(boxes[2 * row].overlaps(boxes[2 * row + 1]) for row in range(2))
+    evaluate.plot_gallery("transformer", evaluate.make_baseline("zero", fs), s, w, context, fs, 1, 0,
+                          tmp_path / "g.png", [("the only record", 0, 0)], np.ones(2), ranked_by="seasonal_ensemble")
+    assert figures[1].axes[0].get_title().startswith("the only record 117, lead 1")      # one record: no ranks
 
 
 def test_a_run_on_one_record_shows_no_intervals_and_draws_it_once(tmp_path, monkeypatch):
@@ -2119,6 +2122,28 @@ def test_error_curves_tell_coinciding_forecasters_apart_by_their_marks(tmp_path,
     legend = dict(zip([t.get_text() for t in fig.legends[0].get_texts()], fig.legends[0].legend_handles))
     assert {n: legend[n].get_marker() for n in names} == markers
     assert legend["zero"].get_linestyle() == "--" and legend["model"].get_linestyle() == "-"
+
+
+def test_error_curves_give_each_model_a_marker_of_its_own_in_every_panel(tmp_path, monkeypatch):
+    """Two models whose curves coincide are told apart by their marks as a model and a baseline are: a marker each,
+    at points of their own, in every panel, the CRPS difference panel's too."""
+    import matplotlib.pyplot as plt
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    names, baselines = ["transformer", "latent_sde", "zero"], frozenset({"zero"})
+    curve = np.linspace(1.0, 2.0, 64)[None]
+    scores = {n: evaluate.Scores(1, curves={"se": curve, "crps": curve, "windows": np.array([0.5])}) for n in names}
+    summary = {"order": names, "horizons": ["0-1 s", "1-2 s", "all"],
+               "forecasters": {n: {"metrics": {"f1_100": [{"value": 0.5}] * 3, "crps": [{"value": 1.0}] * 3}}
+                               for n in names}}
+    evaluate.plot_error_curves(scores, summary, 16, tmp_path / "e.png", baselines)
+    colour = evaluate.curve_colours(names, baselines)
+    for ax in figures[0].axes:
+        marks = {ln.get_color(): ln for ln in ax.lines if ln.get_linestyle() == "None"}
+        first, second = (marks[colour[n]] for n in ("transformer", "latent_sde"))
+        assert first.get_marker() != second.get_marker()
+        if len(ax.lines[0].get_xdata()) > evaluate.MARKS_PER_CURVE:     # F1's two seconds: every point marked
+            assert not set(first.get_xdata()) & set(second.get_xdata())
 
 
 def test_error_curves_say_which_windows_they_average(tmp_path, monkeypatch):
