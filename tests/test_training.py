@@ -1992,6 +1992,7 @@ def test_truth_and_forecast_differ_in_width_not_only_in_colour(tmp_path: Path, m
             lines = {ln.get_label(): ln for ln in ax.lines}
             assert lines[truth].get_linewidth() >= 1.5 * lines[forecast].get_linewidth()
             assert lines[truth].get_linestyle() == lines[forecast].get_linestyle() == "-"
+            assert lines[truth].get_color() != lines[forecast].get_color()      # and still in colours of their own
             assert lines[forecast].get_zorder() > lines[truth].get_zorder()
             if "one sample" in lines:
                 assert lines["one sample"].get_linewidth() < lines[forecast].get_linewidth()
