@@ -59,7 +59,8 @@ def markdown_report(summary: dict, header: dict, w: Windows, samples: int | None
 
 def run_section(summary: dict, header: dict, w: Windows) -> list[str]:
     """report.md's title and the run's header table."""
-    lines = [f"# Forecast evaluation: {len(summary['records'])} records, {len(w.record)} windows "
+    records, windows = len(summary["records"]), len(w.record)
+    lines = [f"# Forecast evaluation: {records} record{'s' * (records != 1)}, {windows} window{'s' * (windows != 1)} "
              f"({w.source.get('kind')} {w.source.get('split')})", ""]
     lines += ["| | |", "|---|---|"]
     return lines + [f"| {k} | {'`' + v + '`' if k == 'command' else v} |" for k, v in header.items()] + [""]

@@ -1424,7 +1424,8 @@ def main(argv: list[str] | None = None) -> Path:
     results = paths.check_writable(paths.location("results", args.results))     # before the work, not after
     key = partial_key(forecasters, args.model, started, w, cfg, args.samples, args.seed)
     partial = Partial(partial_file(results, key), key)
-    print(f"evaluating {', '.join(forecasters)} on {len(scored)} records, {len(w.record)} windows")
+    print(f"evaluating {', '.join(forecasters)} on {len(scored)} record{'s' * (len(scored) != 1)}, {len(w.record)} "
+          f"window{'s' * (len(w.record) != 1)}")
     scores, truth_sums = evaluate(forecasters, w, context, fs, args.samples, args.seed, partial=partial)
     run = paths.new_run_dir("evaluate", args.results)       # made now: a failed evaluation leaves no folder
     try:

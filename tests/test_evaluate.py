@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -942,7 +943,10 @@ def test_report_header_counts_the_records_scored_not_the_records_listed():
     assert f"torch {torch.__version__}, numpy {np.__version__}" in header["software"]
     assert header["software"].endswith(f"; {torch.get_num_threads()} torch CPU threads")
     title = eval_report.run_section({"records": ["103"]}, header, w)[0]
-    assert title == "# Forecast evaluation: 1 records, 4 windows (prepared test)"
+    assert title == "# Forecast evaluation: 1 record, 4 windows (prepared test)"     # not '1 records'
+    one = dataclasses.replace(w, record=w.record[:1])
+    assert eval_report.run_section({"records": ["103"]}, header, one)[0].startswith("# Forecast evaluation: 1 record, "
+                                                                                   "1 window (")
     assert [r[0] for r in _table("\n".join(eval_report.records_section(w)), "## Records", "| record |")] == ["103"]
 
 
