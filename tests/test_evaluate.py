@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -1102,6 +1103,29 @@ def test_metrics_csv_matches_metrics_json(tmp_path):
             assert float(row["ci_low"]) <= float(row["value"]) <= float(row["ci_high"])
             checked += 1
     assert checked > 10
+
+
+def test_readme_names_every_column_and_key_of_metrics_csv_and_json(tmp_path):
+    """A reader making a table of their own met metrics.csv's `cov80`, `f1_100`, `r` and metrics.json's `paired` rows
+    with no word on them in the README. Its 'Tables and plots of your own' paragraph now names them: held to a run's
+    files (two models, so both paired tables have rows) and to metrics.METRICS."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("**Tables and plots of your own**")
+    spans = re.findall(r"`([^`]+)`", text[start:text.index("\n\n", start)])
+    named = set(spans) | {word for span in spans for word in re.findall(r"\w+", span)}   # forecasters[name]["metrics"]
+    db = tmp_path / "db"
+    for i, name in enumerate(("a", "b")):
+        write_record(db, name, seconds=20, seed=i)
+    run, result = _run(["--model", "zero", "baselines:SeasonalEnsemble", "baselines:TemplateEnsemble", "--wfdb-dir",
+                        str(db), "--samples", "4", "--max-windows-per-record", "1", "--results", str(tmp_path / "r")])
+    rows = list(csv.DictReader((run / "metrics.csv").open(encoding="utf-8")))
+    assert set(rows[0]) | {r["metric"] for r in rows} | set(M.METRICS) <= named
+    assert set(result) | set(result["forecasters"]["zero"]) <= named
+    assert result["paired"] and result["paired_models"] and result["horizon_beats"]
+    for kind in result["horizon_beats"].values():
+        assert set(kind) <= named
+    for row in result["paired"] + result["paired_models"]:
+        assert set(row) <= named, set(row) - named
 
 
 MINE = '''
