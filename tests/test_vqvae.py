@@ -445,7 +445,7 @@ def test_reconstruction_md_puts_each_number_in_its_column_and_unit():
     report = {"split": "test", "checkpoint": "c.pt", "checkpoint_sha256": "0123", "git_commit": "abc",
               "summary": summary, "per_record": {"109": {"mse_mv2": 0.01, "prd": 12.5, "prdn": 30.25}}}
     lines = vqvae_eval.report_lines(report, {"signals": torch.zeros(3, 320, 2), "fs": 64})
-    assert "`c.pt` (sha256 0123), 1 records, 3 windows of 5 s, git abc" in lines[2]
+    assert "`c.pt` (sha256 0123), 1 record, 3 windows of 5 s, git abc" in lines[2]
     assert "| 109 | 0.01000 | 12.50 | 30.25 |" in lines
     assert "| **mean over records** | **0.02000** | **11.50** | **31.25** |" in lines
     assert ("first codebook on these windows (training's codebook_health.png counts its epochs' own): perplexity "
