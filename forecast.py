@@ -308,10 +308,15 @@ class Forecaster(ForecasterBase):
         if str(device) in {*SHIPPED, *SHIPPED_SPECS, "sde"}:   # from_pretrained("latent_sde"): a model, not a device
             raise UserError(f"from_pretrained's first argument is the device: the model is asked by name, "
                             f"from_pretrained(model=...) with one of {', '.join(SHIPPED)}, got {device!r}")
+        if model in SHIPPED_SPECS:          # the command line's name, which from_checkpoint takes too
+            raise UserError(f"no shipped model named '{model}' in from_pretrained: '{model}' is its command-line "
+                            f"name; here it is model='{SHIPPED_SPECS[model]}' (or from_checkpoint('{model}'))")
         if model not in SHIPPED:
             raise UserError(f"no shipped model named '{model}': choose one of {', '.join(SHIPPED)}")
         if not SHIPPED[model].exists():
-            raise UserError(f"no shipped model at {SHIPPED[model]}; pass --checkpoint")
+            cli = {name: spec for spec, name in SHIPPED_SPECS.items()}[model]
+            raise UserError(f"no shipped model at {SHIPPED[model]}: run `make {cli.replace('_', '-')}`, or load a "
+                            f"checkpoint of your own with Forecaster.from_checkpoint(path)")
         return cls.from_checkpoint(SHIPPED[model], device)
 
     @one_by_one

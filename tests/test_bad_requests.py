@@ -376,6 +376,19 @@ def test_a_shipped_models_python_name_is_answered_with_its_cli_name(tmp_path):
             evaluate.make_forecaster(python, 128)
 
 
+def test_from_pretrained_answers_a_command_line_name_with_its_python_name(tmp_path, monkeypatch):
+    """from_pretrained(model="pretrained_sde"), the name forecast.py and from_checkpoint take, listed only the two
+    Python names; a missing shipped file said "pass --checkpoint", a flag Python has none of."""
+    for cli, python in (("pretrained_sde", "latent_sde"), ("pretrained", "transformer")):
+        with pytest.raises(UserError, match=f"^no shipped model named '{cli}' in from_pretrained: '{cli}' is its "
+                                            f"command-line name; here it is model='{python}' "):
+            Forecaster.from_pretrained("cpu", model=cli)
+    monkeypatch.setitem(paths.SHIPPED, "latent_sde", tmp_path / "latent_sde.pt")
+    with pytest.raises(UserError, match=r"latent_sde.pt: run `make pretrained-sde`, or load a checkpoint of your own "
+                                        r"with Forecaster.from_checkpoint\(path\)$"):
+        Forecaster.from_pretrained("cpu", model="latent_sde")
+
+
 def test_forecast_output_folder_that_is_a_file(tmp_path, monkeypatch):
     """Refused as an output folder before any forecast is made, saying it is a file (mkdir's 'File exists' said
     what is there, not that it is no folder): any error naming 'taken' passed, the forecast's own failed write after
