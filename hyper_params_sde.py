@@ -145,9 +145,10 @@ class SDEConfig:
         for section in (self.model, self.solver, self.loss, self.crps, self.augment, self.train):
             section.validate()
         _check(not (self.solver.adjoint and self.model.phase_harmonics), "solver.adjoint", self.solver.adjoint,
-               "cannot train a beat phase (model.phase_harmonics > 0): its phase loop's gain is 1 / solver.dt, too "
-               "stiff for the reversed solve, whose gradients stayed more than half off backprop's at any dt; "
-               "set it false")
+               f"cannot train a beat phase (model.phase_harmonics = {self.model.phase_harmonics}; "
+               f"{SDEModelConfig.phase_harmonics} where a config leaves it out, 0 in config_sde.json): its phase "
+               "loop's gain is 1 / solver.dt, too stiff for the reversed solve, whose gradients stayed more than half "
+               "off backprop's at any dt; set it false, or model.phase_harmonics 0")
         _check(not self.train.amp, "train.amp", self.train.amp, "is not for the latent SDE: it solves in float32 (its "
                "path KL divides drift differences by a diffusion as small as solver.min_diffusion)")
 

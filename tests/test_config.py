@@ -399,6 +399,19 @@ def test_out_of_range_values_are_refused_by_name(maker, raw, key):
         build(raw)
 
 
+def test_adjoint_with_a_beat_phase_names_the_phase_a_partial_config_gets():
+    """{"solver": {"adjoint": true}} alone was refused for a beat phase the config never asked for
+    ("model.phase_harmonics > 0"): hyper_params_sde's default is 8 (old checkpoints'), not config_sde.json's 0. The
+    error names the value, where it came from, and the other way out."""
+    from hyper_params_sde import sde_config_from_dict
+
+    with pytest.raises(UserError, match=r"'solver.adjoint' = True cannot train a beat phase \(model.phase_harmonics "
+                                        r"= 8; 8 where a config leaves it out, 0 in config_sde.json\).*set it false, "
+                                        r"or model.phase_harmonics 0$"):
+        sde_config_from_dict({"solver": {"adjoint": True}})
+    assert sde_config_from_dict({"solver": {"adjoint": True}, "model": {"phase_harmonics": 0}}).solver.adjoint
+
+
 def test_reviewed_model_settings_are_checked_where_they_matter():
     """Rotary embeddings turn pairs of a head's dimensions: an odd head size (dim 6, heads 2) trained with 4-wide
     queries from 3-wide heads, silently. Attention heads need to divide the channels only when there is attention.
