@@ -5,7 +5,7 @@
 
 Every prepared window of the training and validation patients is encoded once by the frozen
 VQ-VAE (context and future each on their own, as at forecast time; cached next to the prepared
-tensors), and with `model.draft_beats` so is its beat draft at its own R peaks. The loss is the
+tensors, or in $ECG_CACHE_DIR), and with `model.draft_beats` so is its beat draft at its own R peaks. The loss is the
 negative ELBO per latent number: reconstruction of context and future frames plus the KL of the
 initial state and of the posterior path, with the KL weight annealed.
 The best checkpoint is the lowest validation loss (the full ELBO, its noise drawn from each validation

@@ -4,7 +4,7 @@
                                  [--epochs N] [--resume PATH] [--device D] [--seed S]
 
 The frozen VQ-VAE encodes every prepared window of the training and validation patients once
-(cached next to the prepared tensors); the Transformer learns next-code prediction on those
+(cached next to the prepared tensors, or in $ECG_CACHE_DIR); the Transformer learns next-code prediction on those
 sequences. The checkpoint holds the VQ-VAE too, so forecast.py needs only this one file.
 """
 from __future__ import annotations
