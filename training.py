@@ -30,7 +30,7 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -65,10 +65,13 @@ def _model_sections(config: Mapping[str, Any]) -> tuple[str, ...]:
 
 @dataclass
 class Runtime:
-    """Where this process runs: rank and world size under torchrun, else a single process."""
+    """Where this process runs: rank and world size under torchrun, else a single process; and the checkout's
+    commit as it started (paths.git_commit), which run.json records: taken there, after the windows were read and
+    encoded (minutes), it named a tree edited meanwhile, not the code that ran."""
     device: torch.device
     rank: int = 0
     world: int = 1
+    commit: str = field(default_factory=paths.git_commit)
 
     @property
     def is_main(self) -> bool:
@@ -89,6 +92,7 @@ def setup_runtime(device: str | None = None) -> Runtime:
     before it reads a file (--resume, --vqvae, --config): a rank whose node lacks one failed before joining, and
     the others waited in init_process_group for $ECG_DIST_TIMEOUT (10 minutes) when no torchrun agent stops them
     (srun); failing in the group, it leaves them word (running.leave_word), which they say at their next collective."""
+    commit = paths.git_commit()     # the code that runs, whatever the tree holds once the data are read
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), local_rank()
     device = check_device(device)       # before the GPU test: a typo is an error on any machine
@@ -96,11 +100,11 @@ def setup_runtime(device: str | None = None) -> Runtime:
     if world > 1:
         if "TORCHELASTIC_RUN_ID" in os.environ:     # set by torchrun for its workers
             running.stop_when_orphaned()
-        return Runtime(_rank_device(device, use_cuda, rank, local, world), rank, world)
+        return Runtime(_rank_device(device, use_cuda, rank, local, world), rank, world, commit)
     dev = torch.device(device if device else ("cuda" if use_cuda else "cpu"))
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)      # pinned batches and new tensors on the card asked for, not card 0
-    return Runtime(dev)
+    return Runtime(dev, commit=commit)
 
 
 def _rank_device(device: str | None, use_cuda: bool, rank: int, local: int, world: int) -> torch.device:
@@ -874,10 +878,11 @@ def _run_command(argv: list[str] | None) -> str:
 
 
 def run_record(cfg_dict: dict, seed: int, train: dict, val: dict, rt: Runtime, argv: list[str] | None) -> dict:
-    """What every run records next to its results: config, seed, git commit, the training split's data hash, the
-    training and validation records (so evaluate.py can tell when it scores a model on patients it trained or
-    chose its checkpoint on), command (_run_command; `argv`: the main's own, None when it parsed sys.argv)."""
-    return {"config": cfg_dict, "seed": seed, "git_commit": paths.git_commit(),
+    """What every run records next to its results: config, seed, git commit (rt's, the start's), the training split's
+    data hash, the training and validation records (so evaluate.py can tell when it scores a model on patients it
+    trained or chose its checkpoint on), command (_run_command; `argv`: the main's own, None when it parsed
+    sys.argv)."""
+    return {"config": cfg_dict, "seed": seed, "git_commit": rt.commit,
             "data_hash": paths.run_data_hash(train), "train_records": list(train["records"]),
             "validation_records": list(val["records"]),
             "world_size": rt.world, "device": str(rt.device), "command": _run_command(argv),

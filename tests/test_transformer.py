@@ -17,7 +17,8 @@ import running
 import transformer_train
 import vqvae_eval
 import vqvae_train
-from conftest import loads_of, periodic_ecg, stopped_at, trainer_inputs, undocumented_columns, vqvae_splits
+from conftest import (edit_tree_after, loads_of, periodic_ecg, stopped_at, trainer_inputs, undocumented_columns,
+                      vqvae_splits)
 from forecast import Forecaster
 from hyper_params import ModelConfig, config_from_dict, stored_config
 from hyper_params_transformer import SampleConfig
@@ -132,6 +133,18 @@ def test_run_json_names_the_vqvae_weights_it_read_though_best_pt_is_replaced_whi
              "config": str(trained["tmp"] / "transformer.json")}
     run = trainer_inputs(monkeypatch, transformer_train, flags(setup, "--device", "cpu", "--vqvae", str(vq_path)))
     assert run["meta"]["vqvae_sha256"] == read != file_sha256(vq_path)
+
+
+def test_run_json_names_the_commit_the_run_started_at_not_the_tree_after_encoding(trained: dict, tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """git_commit is the checkout's as the script started: taken once the windows were encoded (minutes, on
+    MIT-BIH), it named a tree edited or checked out meanwhile, code that never ran."""
+    edit_tree_after(monkeypatch, transformer_train, "code_datasets")
+    setup = {**trained["setup"], "results": str(tmp_path / "res"), "checkpoints": str(tmp_path / "ck"),
+             "config": str(trained["tmp"] / "transformer.json")}
+    vq = next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt"))
+    run = trainer_inputs(monkeypatch, transformer_train, flags(setup, "--device", "cpu", "--vqvae", str(vq)))
+    assert run["meta"]["git_commit"] == "at-start"
 
 
 def test_a_resumed_run_stopped_while_encoding_says_how_to_resume(trained: dict, monkeypatch) -> None:
