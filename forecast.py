@@ -636,7 +636,7 @@ def main(argv: list[str] | None = None) -> dict:
         running.note(f"the truth plotted covers {(truth - gap) / res['fs']:g} s of the {steps / res['fs']:g} s "
                      f"forecast (the record's end or a gap)")
     print(f"{heart_rate_line(res['heart_rate'], n_paths)} (lead 1 R peaks{'; ' + PATHS_KEY if n_paths > 1 else ''})")
-    print(f"plot: {files[1]}\nsamples: {files[0]}")
+    print(f"plot: {files[1]}\nsamples: {files[0]}\nsettings: {files[2]}")
     return {**res, "files": files}
 
 
@@ -704,7 +704,8 @@ def resampled(res: dict) -> str:
 
 def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Path, run: dict) -> list[Path]:
     """Write the samples (.npy), their plot (.png) and what was asked (.json) into `out`; returns the three files.
-    `run` is the git commit the run started at, the checkpoint's digest and one's own code's (own_code_of)."""
+    `run` is the git commit the run started at, the checkpoint's digest and one's own code's (own_code_of). The
+    .json gives torch's CPU threads: another count may change the samples in their last bits."""
     from prepare_mitbih import record_path          # loaded by now, with the record
     record = record_path(args.record).name          # 100 also for 100.hea or 100.dat
     files = [out / f"{record}_{args.start:.15g}s{end}" for end in ("_samples.npy", ".png", ".json")]
@@ -721,7 +722,8 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
                                  "leads": res["leads"], "samples_shape": list(res["samples"].shape), "units": "mV",
                                  "seed": args.seed, "truth_samples": truth, "truth_gap_samples": gap,
                                  "heart_rate_bpm": one_decimal(res["heart_rate"]), "input_hash": res["input_hash"],
-                                 "device": res["device"], "checkpoint": str(checkpoint), **run}, js)
+                                 "device": res["device"], "torch_threads": torch.get_num_threads(),
+                                 "checkpoint": str(checkpoint), **run}, js)
     return files
 
 

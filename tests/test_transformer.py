@@ -211,7 +211,8 @@ def test_forecast_cli_on_a_real_record(trained: dict, mitdb: Path, tmp_path: Pat
     samples = np.load(npy)
     assert samples.shape == (20, 64, 2) and np.isfinite(samples).all()
     meta = json.loads((tmp_path / "100_60s.json").read_text())
-    assert meta["fs"] == 64 and meta["leads"][0] == "MLII"
+    assert meta["fs"] == 64 and meta["leads"][0] == "MLII" and meta["torch_threads"] >= 1
+    assert f"settings: {tmp_path / '100_60s.json'}" in proc.stdout.splitlines()
 
 
 def test_forecast_cli_bad_start_is_one_line(trained: dict, mitdb: Path, tmp_path: Path) -> None:
