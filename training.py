@@ -422,8 +422,9 @@ class Trainer:
         total = self._run_steps()
         warmup = run_warmup(self.s.warmup_steps, total)
         if warmup < self.s.warmup_steps and self.rt.is_main:
-            over = f"warming up over {warmup} steps" if warmup else "with no warm-up"     # 'over 0' for 3 steps
-            running.note(f"train.warmup_steps {self.s.warmup_steps} is over a quarter of this run's {total} steps: "
+            over = f"warming up over {warmup} step{'s' * (warmup != 1)}" if warmup else "with no warm-up"
+            running.note(f"train.warmup_steps {self.s.warmup_steps} is over a quarter of this run's {total} "
+                         f"step{'s' * (total != 1)}: "
                          f"{over}, so the learning rate reaches its peak and decays")
 
     def wrapped(self) -> nn.Module:

@@ -554,6 +554,8 @@ def test_a_warm_up_longer_than_a_quarter_of_the_run_is_shortened_to_it(tmp_path,
     assert trainer.opt.param_groups[0]["lr"] == pytest.approx(0.001)
     toy_trainer(tmp_path / "short", epochs=2, warmup_steps=4).fit()            # a quarter exactly: as configured
     assert "warming up over" not in capsys.readouterr().err
+    toy_trainer(tmp_path / "one", epochs=1, warmup_steps=100, max_steps_per_epoch=4).fit()     # one step: no 's'
+    assert "this run's 4 steps: warming up over 1 step, so" in capsys.readouterr().err
     toy_trainer(tmp_path / "three", epochs=1, max_steps_per_epoch=3, warmup_steps=100).fit()
     assert "this run's 3 steps: with no warm-up, so" in capsys.readouterr().err      # not 'warming up over 0'
 
