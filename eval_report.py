@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 import metrics as M
+import running
 
 if TYPE_CHECKING:
     from evaluate import Windows
@@ -60,7 +61,7 @@ def markdown_report(summary: dict, header: dict, w: Windows, samples: int | None
 def run_section(summary: dict, header: dict, w: Windows) -> list[str]:
     """report.md's title and the run's header table."""
     records, windows = len(summary["records"]), len(w.record)
-    lines = [f"# Forecast evaluation: {records} record{'s' * (records != 1)}, {windows} window{'s' * (windows != 1)} "
+    lines = [f"# Forecast evaluation: {running.counted(records, 'record')}, {running.counted(windows, 'window')} "
              f"({w.source.get('kind')} {w.source.get('split')})", ""]
     lines += ["| | |", "|---|---|"]
     return lines + [f"| {k} | {'`' + v + '`' if k == 'command' else v} |" for k, v in header.items()] + [""]

@@ -810,7 +810,7 @@ def raise_kept(e: BaseException, partial: Partial, windows: int) -> NoReturn:
     to go on from (on a line of its own after a message of several: one's own forecaster's frames end in its
     exception's line, not to be read as its words), and from the same cause (that exception, for a debugger); a crash
     keeps its traceback, the word said as a note before it."""
-    kept = (f"the {windows} window{'s' * (windows != 1)} scored {'are' if windows != 1 else 'is'} kept in "
+    kept = (f"the {running.counted(windows, 'window')} scored {'are' if windows != 1 else 'is'} kept in "
             f"{partial.path}: the same command goes on from them")
     if isinstance(e, (KeyboardInterrupt, UserError)):
         then = "\n" if "\n" in str(e) else "; "
@@ -1193,8 +1193,8 @@ def curves_title(w: Windows, samples: int | None, horizon_beats: str | None = No
     where = f"{src['split']} split" if src["kind"] == "prepared" else f"{paths.shown(src['path'])}, {src['split']}"
     beats = f" (--horizon-beats {horizon_beats})" if horizon_beats else ""
     windows, records = len(w.record), len(np.unique(w.record))
-    paths_said = f", {samples} path{'s' * (samples != 1)} per sampled forecast" if samples else ""
-    return (f"{where}: {windows} window{'s' * (windows != 1)}{beats} from {records} record{'s' * (records != 1)}"
+    paths_said = f", {running.counted(samples, 'path')} per sampled forecast" if samples else ""
+    return (f"{where}: {running.counted(windows, 'window')}{beats} from {running.counted(records, 'record')}"
             f"{paths_said}; means over records")
 
 
@@ -1424,8 +1424,8 @@ def main(argv: list[str] | None = None) -> Path:
     results = paths.check_writable(paths.location("results", args.results))     # before the work, not after
     key = partial_key(forecasters, args.model, started, w, cfg, args.samples, args.seed)
     partial = Partial(partial_file(results, key), key)
-    print(f"evaluating {', '.join(forecasters)} on {len(scored)} record{'s' * (len(scored) != 1)}, {len(w.record)} "
-          f"window{'s' * (len(w.record) != 1)}")
+    print(f"evaluating {', '.join(forecasters)} on {running.counted(len(scored), 'record')}, "
+          f"{running.counted(len(w.record), 'window')}")
     scores, truth_sums = evaluate(forecasters, w, context, fs, args.samples, args.seed, partial=partial)
     run = paths.new_run_dir("evaluate", args.results)       # made now: a failed evaluation leaves no folder
     try:

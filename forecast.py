@@ -628,7 +628,7 @@ def main(argv: list[str] | None = None) -> dict:
     res["heart_rate"] = heart_rates(res)
     files = save_forecast(res, args, path, out, run)
     n_paths, steps = res["samples"].shape[:2]     # a deterministic forecaster gives one path whatever --samples asks
-    print(f"forecast of {args.record} from {args.start:.15g} s: {n_paths} sample{'s' * (n_paths != 1)} x {steps} "
+    print(f"forecast of {args.record} from {args.start:.15g} s: {running.counted(n_paths, 'sample')} x {steps} "
           f"samples x 2 leads at {res['fs']} Hz{resampled(res)} in {time.time() - t0:.1f} s ({t_load:.1f} s of it "
           f"loading the model)")
     truth, gap = truth_cover(res)

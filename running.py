@@ -159,6 +159,11 @@ def _exit(code: int) -> NoReturn:
     sys.exit(code)
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 record', '2 records': every message and report that counts says it so."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def note(message: str) -> None:
     say(f"note: {message}")
 

@@ -422,9 +422,9 @@ class Trainer:
         total = self._run_steps()
         warmup = run_warmup(self.s.warmup_steps, total)
         if warmup < self.s.warmup_steps and self.rt.is_main:
-            over = f"warming up over {warmup} step{'s' * (warmup != 1)}" if warmup else "with no warm-up"
-            running.note(f"train.warmup_steps {self.s.warmup_steps} is over a quarter of this run's {total} "
-                         f"step{'s' * (total != 1)}: "
+            over = f"warming up over {running.counted(warmup, 'step')}" if warmup else "with no warm-up"
+            running.note(f"train.warmup_steps {self.s.warmup_steps} is over a quarter of this run's "
+                         f"{running.counted(total, 'step')}: "
                          f"{over}, so the learning rate reaches its peak and decays")
 
     def wrapped(self) -> nn.Module:

@@ -269,8 +269,8 @@ def report_lines(report: dict, data: dict) -> list[str]:
     """reconstruction.md: per-record errors, their mean, and the codebook's health and bit rate."""
     s = report["summary"]
     lines = [f"# VQ-VAE reconstruction on the {report['split']} split", "",
-             f"checkpoint `{report['checkpoint']}` (sha256 {report['checkpoint_sha256']}), {s['records']} "
-             f"record{'s' * (s['records'] != 1)}, {s['windows']} window{'s' * (s['windows'] != 1)} of "
+             f"checkpoint `{report['checkpoint']}` (sha256 {report['checkpoint_sha256']}), "
+             f"{running.counted(s['records'], 'record')}, {running.counted(s['windows'], 'window')} of "
              f"{data['signals'].shape[1] / float(data['fs']):g} s, git {report['git_commit']}", "",
              *trained_line(report.get("trained", {})),
              "| record | MSE (mV²) | PRD (%) | PRDN (%) |", "|---:|---:|---:|---:|"]
