@@ -749,8 +749,8 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     while True:
         if span:
             sampfrom, sampto = source_span(span, float(header.fs), ratio, header.sig_len, margin_s)
-        x, fs_in, names, units = _read_leads(path, cfg, sampfrom, sampto, header_units)
-        gap = gap_mask(x, fs_in, names, where, gaps, whole=not sampfrom and sampto is None)
+        x, fs_in, names, units, flat = _read_leads(path, cfg, sampfrom, sampto, header_units)
+        gap = gap_mask(x, flat, fs_in, names, where, gaps, whole=not sampfrom and sampto is None)
         if not (sampfrom and gap[0] or sampto is not None and gap[-1]):
             break
         x, margin_s = None, 4 * margin_s
@@ -764,10 +764,11 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
 
 
 def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None, header_units: list[str | None]
-                ) -> tuple[np.ndarray, float, list[str], list[str | None]]:
+                ) -> tuple[np.ndarray, float, list[str], list[str | None], np.ndarray]:
     """The source samples [sampfrom, sampto) of leads 1 and 2 in mV, the source rate, the leads' names and units
     (`header_units` when wfdb gives none: it drops every channel's of a variable-layout record whose segments give
-    one channel, such as PLETH, different units, and an ABP channel then passed for a lead in mV)."""
+    one channel, such as PLETH, different units, and an ABP channel then passed for a lead in mV), and their
+    flat_runs, which the choice of leads needs and gap_mask takes rather than finding them again."""
     import wfdb
     where = str(path)
     read = functools.partial(wfdb.rdrecord, sampfrom=sampfrom, sampto=sampto) if sampfrom or sampto else wfdb.rdrecord
@@ -779,12 +780,14 @@ def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None, 
         raise UserError(f"{where}: the .dat holds {len(x)} samples but the header says {rec.sig_len} (truncated?)")
     all_units = as_spelled(list(rec.units or header_units), header_units)     # 'µV', which wfdb reads as 'V'
     order = order_leads(list(rec.sig_name), cfg.first_lead, where, all_units)
-    if off_throughout(x[:, order], rec.fs).any():
+    flat = flat_runs(x[:, order], rec.fs)
+    if off_throughout(x[:, order], flat).any():
         order = live_leads(path, rec, order, all_units, cfg.first_lead, whole=not (sampfrom or sampto))
+        flat = flat_runs(x[:, order], rec.fs)
     names, units = [rec.sig_name[i] for i in order], [all_units[i] for i in order]
-    x = x[:, order] * [mv_per_unit(u) for u in units]
+    x = x[:, order] * [mv_per_unit(u) for u in units]     # the same flat runs: a unit scales every sample alike
     rec.p_signal = None                               # the samples as read: 0.33 GB of a 24 h record at 250 Hz
-    return x, float(rec.fs), names, units
+    return x, float(rec.fs), names, units, flat
 
 
 def live_leads(path: Path, rec: wfdb.Record, order: list[int], units: list[str | None], first: str,
@@ -797,7 +800,8 @@ def live_leads(path: Path, rec: wfdb.Record, order: list[int], units: list[str |
     ecg = ecg_channels(names, units, where)
     x = rec.p_signal[:, ecg] if whole else _wfdb_read(functools.partial(wfdb.rdrecord, channels=ecg), path,
                                                       f"{where}: cannot read the record").p_signal
-    off = {i: off_reason(x[:, k]) for k, (i, dead) in enumerate(zip(ecg, off_throughout(x, rec.fs))) if dead}
+    dead = off_throughout(x, flat_runs(x, rec.fs))
+    off = {i: off_reason(x[:, k]) for k, i in enumerate(ecg) if dead[k]}
     live = order_leads(names, first, where, units, off)
     for role, was, now in zip(("lead 1", "lead 2"), order, live):
         if was in off and now != was:
@@ -816,10 +820,10 @@ def off_reason(lead: np.ndarray) -> str:
     return "is flat or invalid throughout (lead off?)"
 
 
-def off_throughout(x: np.ndarray, fs: float) -> np.ndarray:
-    """[leads] whether each lead of x [N, leads] has no sample that is valid and outside a flat run (flat_runs):
-    the lead is off, and gap_mask refuses the whole record for it."""
-    return (~np.isfinite(x) | flat_runs(x, fs)).all(0)
+def off_throughout(x: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """[leads] whether each lead of x [N, leads] has no sample that is valid and outside a flat run (`flat`, its
+    flat_runs): the lead is off, and gap_mask refuses the whole record for it."""
+    return (~np.isfinite(x) | flat).all(0)
 
 
 def source_span(span: tuple[int, int], fs_in: float, ratio: Fraction, sig_len: int | None,
@@ -834,9 +838,10 @@ def source_span(span: tuple[int, int], fs_in: float, ratio: Fraction, sig_len: i
     return sampfrom, (sampto if sig_len and sampto < sig_len else None)
 
 
-def gap_mask(x: np.ndarray, fs: float, names: list[str], where: str, gaps: bool, whole: bool = True) -> np.ndarray:
+def gap_mask(x: np.ndarray, flat: np.ndarray, fs: float, names: list[str], where: str, gaps: bool,
+             whole: bool = True) -> np.ndarray:
     """[N] the samples of leads x [N, 2] (mV, named `names`) that are NaN/invalid or flat for FLAT_S or more in
-    either lead: without `gaps` any is an error naming the first, since filtering would spread it or score a lead
+    either lead (`flat`: x's flat_runs): without `gaps` any is an error naming the first, since filtering would spread it or score a lead
     off as ECG; a lead with no valid sample at all is an error either way, when `x` is the `whole` record."""
     bad = ~np.isfinite(x)
     if bad.any() and not gaps:
@@ -844,7 +849,6 @@ def gap_mask(x: np.ndarray, fs: float, names: list[str], where: str, gaps: bool,
         raise UserError(f"{where}: {int(bad.sum())} NaN/invalid samples (first at sample {i}, {i / fs:.2f} s, "
                         f"lead {names[k]}); repair or exclude the record, or prepare with --allow-gaps "
                         f"(read_record: gaps=True) to keep its windows without them")
-    flat = flat_runs(x, fs)
     if whole and flat.all(0).any():
         raise UserError(f"{where}: lead {names[int(np.argmax(flat.all(0)))]} holds one value throughout: lead off?")
     if flat.any() and not gaps:
