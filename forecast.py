@@ -314,9 +314,9 @@ class Forecaster(ForecasterBase):
         if model not in SHIPPED:
             raise UserError(f"no shipped model named '{model}': choose one of {', '.join(SHIPPED)}")
         if not SHIPPED[model].exists():
-            cli = {name: spec for spec, name in SHIPPED_SPECS.items()}[model]
-            raise UserError(f"no shipped model at {SHIPPED[model]}: run `make {cli.replace('_', '-')}`, or load a "
-                            f"checkpoint of your own with Forecaster.from_checkpoint(path)")
+            target = paths.SHIPPED_NAMES[model].replace("_", "-")      # make pretrained-sde
+            raise UserError(f"no shipped model at {SHIPPED[model]}: run `make {target}`, or load a checkpoint of your "
+                            f"own with Forecaster.from_checkpoint(path)")
         return cls.from_checkpoint(SHIPPED[model], device)
 
     @one_by_one

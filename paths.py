@@ -33,6 +33,7 @@ ENV = {
 SHIPPED = {"transformer": ROOT / "pretrained" / "forecaster.pt", "latent_sde": ROOT / "pretrained" / "latent_sde.pt"}
 PRETRAINED = SHIPPED["transformer"]
 SHIPPED_SPECS = {"pretrained": "transformer", "pretrained_sde": "latent_sde"}   # their command-line names
+SHIPPED_NAMES = {model: name for name, model in SHIPPED_SPECS.items()}          # and the other way round
 
 
 class UserError(Exception):
@@ -61,7 +62,7 @@ def given_checkpoint(spec: str, flag: str, takes: str, shipped: tuple[str, ...] 
     file named pretrained. --crps-from takes pretrained_sde alone: the Transformer is no latent SDE to fine-tune."""
     path = named_checkpoint(spec, flag)
     if not os.path.exists(path):        # a folder is said to be one by read_checkpoint; os.path's: see above
-        if {model: name for name, model in SHIPPED_SPECS.items()}.get(spec) in shipped:
+        if SHIPPED_NAMES.get(spec) in shipped:
             check_python_name(spec, flag)
         raise UserError(f"{flag} {spec}: no such checkpoint file; {flag} takes {takes} or a shipped model "
                         f"({', '.join(shipped)})")
@@ -71,7 +72,7 @@ def given_checkpoint(spec: str, flag: str, takes: str, shipped: tuple[str, ...] 
 def check_python_name(spec: str, flag: str) -> None:
     """A missing checkpoint `spec` that is a shipped model's Python name (from_pretrained's 'latent_sde') is refused
     with its command-line name: the list of every name the flag takes left the user to match the two up."""
-    if cli := {model: name for name, model in SHIPPED_SPECS.items()}.get(spec):
+    if cli := SHIPPED_NAMES.get(spec):
         raise UserError(f"{flag} {spec}: no such checkpoint file; the shipped {spec} model is {flag} {cli} on the "
                         f"command line ('{spec}' is its name in Forecaster.from_pretrained(model=...))")
 
