@@ -84,12 +84,10 @@ def make_forecaster(spec: str, fs: int, device: str | None = None) -> Forecaster
         return make_baseline(spec, fs)
     if own_spec(spec):
         return user_forecaster(spec, fs, device)
-    path = paths.named_checkpoint(spec, "--model")
-    if not os.path.exists(path):        # a folder is said to be one by load_checkpoint; os.path's: see paths
-        paths.check_python_name(spec, "--model")
-        raise UserError(f"--model {spec}: no such checkpoint file; --model takes a checkpoint path (e.g. "
-                        f"checkpoints/transformer-<time>/best.pt), a shipped model ({', '.join(SHIPPED_SPECS)}), a "
-                        f"baseline ({', '.join(BASELINES)} or {ALL_BASELINES}) or your own FILE.py:NAME or module:NAME")
+    path = paths.existing_checkpoint(spec, "--model", f"; --model takes a checkpoint path (e.g. "
+                                     f"checkpoints/transformer-<time>/best.pt), a shipped model "
+                                     f"({', '.join(SHIPPED_SPECS)}), a baseline ({', '.join(BASELINES)} or "
+                                     f"{ALL_BASELINES}) or your own FILE.py:NAME or module:NAME")
     try:
         model = Forecaster.from_checkpoint(path, device)
     except UserError:

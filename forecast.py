@@ -448,14 +448,10 @@ def checkpoint_path(checkpoint: str | None) -> Path:
     the flag, default_checkpoint()."""
     if checkpoint is None:
         return default_checkpoint()
-    path = paths.named_checkpoint(checkpoint, "--checkpoint")
-    if not os.path.exists(path):      # os.path's: see paths
-        paths.check_python_name(checkpoint, "--checkpoint")
-        from baselines import BASELINES
-        raise UserError(f"--checkpoint {checkpoint}: no such checkpoint file, and not a shipped model "
-                        f"({', '.join(SHIPPED_SPECS)}), a baseline ({', '.join(BASELINES)}) nor a forecaster of "
-                        f"one's own (FILE.py:NAME[=CHECKPOINT])")
-    return path
+    from baselines import BASELINES
+    return paths.existing_checkpoint(checkpoint, "--checkpoint", f", and not a shipped model "
+                                     f"({', '.join(SHIPPED_SPECS)}), a baseline ({', '.join(BASELINES)}) nor a "
+                                     f"forecaster of one's own (FILE.py:NAME[=CHECKPOINT])")
 
 
 def load_forecaster(checkpoint: str | None, device: str | None) -> tuple[str | Path, ForecasterBase]:

@@ -55,18 +55,25 @@ def named_checkpoint(spec: str | os.PathLike, flag: str) -> Path:
     return shipped_checkpoint(str(spec), flag) if str(spec) in SHIPPED_SPECS else Path(spec)
 
 
-def given_checkpoint(spec: str, flag: str, takes: str, shipped: tuple[str, ...] = tuple(SHIPPED_SPECS)) -> Path:
-    """The checkpoint file a trainer's or vqvae_eval's flag names (named_checkpoint), refused with what `flag` takes
-    (`takes`, then the names of the shipped models it can use, `shipped`) when it is no file: read_checkpoint said
-    only 'checkpoint not found', and --vqvae pretrained, which evaluate.py --model pretrained loads, looked for a
-    file named pretrained. --crps-from takes pretrained_sde alone: the Transformer is no latent SDE to fine-tune."""
+def existing_checkpoint(spec: str, flag: str, refused: str, shipped: tuple[str, ...] = tuple(SHIPPED_SPECS)) -> Path:
+    """The checkpoint file `flag`'s `spec` names (named_checkpoint), refused when it is no file: a shipped model's
+    Python name among `shipped` (the shipped models the flag can use) with its command-line name, anything else
+    with `refused`, what the flag takes. evaluate.py --model, forecast.py --checkpoint and given_checkpoint's flags
+    say it their own way."""
     path = named_checkpoint(spec, flag)
     if not os.path.exists(path):        # a folder is said to be one by read_checkpoint; os.path's: see above
         if SHIPPED_NAMES.get(spec) in shipped:
             check_python_name(spec, flag)
-        raise UserError(f"{flag} {spec}: no such checkpoint file; {flag} takes {takes} or a shipped model "
-                        f"({', '.join(shipped)})")
+        raise UserError(f"{flag} {spec}: no such checkpoint file{refused}")
     return path
+
+
+def given_checkpoint(spec: str, flag: str, takes: str, shipped: tuple[str, ...] = tuple(SHIPPED_SPECS)) -> Path:
+    """The checkpoint file a trainer's or vqvae_eval's flag names (existing_checkpoint), refused with what `flag`
+    takes (`takes`, then the names of the shipped models it can use, `shipped`): read_checkpoint said only
+    'checkpoint not found', and --vqvae pretrained, which evaluate.py --model pretrained loads, looked for a file
+    named pretrained. --crps-from takes pretrained_sde alone: the Transformer is no latent SDE to fine-tune."""
+    return existing_checkpoint(spec, flag, f"; {flag} takes {takes} or a shipped model ({', '.join(shipped)})", shipped)
 
 
 def check_python_name(spec: str, flag: str) -> None:
