@@ -931,9 +931,33 @@ def test_a_forecasters_run_roots_are_checked_before_its_data_is_encoded(script, 
     assert list(tmp_path.iterdir()) == []
 
 
-ORPHAN = """
+LAUNCHER = """
 import subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-c", '''
+child = subprocess.Popen([sys.executable, "-c", *sys.argv[2:]], start_new_session=True, stdout=sys.stdout,
+                         stderr=open(sys.argv[1], "w"))
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def launch_worker(worker: str, err: Path, *args: str) -> tuple[subprocess.Popen, int]:
+    """A launcher that starts `worker` in a session of its own, as torchrun does, and waits: kill it to orphan the
+    worker, whose stderr goes to `err`. Returns the launcher and the worker's pid."""
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(err), worker, *args], cwd=ROOT,
+                                env={**ENV, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    return launcher, int(launcher.stdout.readline())
+
+
+def stopped_says(err: Path) -> str:
+    """The orphaned worker's stderr once it says it was terminated (or after 10 s)."""
+    for _ in range(200):
+        if "terminated" in err.read_text():
+            break
+        time.sleep(0.05)
+    return err.read_text()
+
+
+WATCHING = """
 import time, running
 def main():
     running.stop_when_orphaned(0.05)
@@ -941,9 +965,6 @@ def main():
     while True:
         time.sleep(0.01)
 running.run_main(main)
-'''], start_new_session=True, stdout=sys.stdout, stderr=open(sys.argv[1], "w"))
-print(child.pid, flush=True)
-time.sleep(60)
 """
 
 
@@ -951,27 +972,19 @@ def test_a_torchrun_worker_whose_torchrun_is_killed_stops(tmp_path: Path) -> Non
     """torchrun starts its workers in sessions of their own: a kill -9 of torchrun left them training and writing the
     run's files. A worker that outlives the process that started it stops as on SIGTERM, saying why."""
     err = tmp_path / "err"
-    launcher = subprocess.Popen([sys.executable, "-c", ORPHAN, str(err)], cwd=ROOT,
-                                env={**ENV, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
-    worker = int(launcher.stdout.readline())
+    launcher, worker = launch_worker(WATCHING, err)
     try:
         assert launcher.stdout.readline() == "ready\n"
         launcher.kill()
         launcher.wait()
-        for _ in range(200):
-            if "terminated" in err.read_text():
-                break
-            time.sleep(0.05)
-        assert err.read_text() == (f"note: the process that started this one (torchrun, pid {launcher.pid}) is gone: "
-                                   "stopping\nterminated\n")
+        assert stopped_says(err) == (f"note: the process that started this one (torchrun, pid {launcher.pid}) is "
+                                     "gone: stopping\nterminated\n")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker, signal.SIGKILL)
 
 
-ORPHANED_EARLY = """
-import subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-c", '''
+IMPORTING = """
 import os, time, running
 parent = os.getppid()
 print("started", flush=True)
@@ -983,9 +996,6 @@ def main():
     while True:
         time.sleep(0.01)
 running.run_main(main)
-''', "vqvae_train.py", "--epochs", "2"], start_new_session=True, stdout=sys.stdout, stderr=open(sys.argv[1], "w"))
-print(child.pid, flush=True)
-time.sleep(60)
 """
 
 
@@ -994,20 +1004,14 @@ def test_a_torchrun_worker_orphaned_before_it_watches_stops(tmp_path: Path) -> N
     which then waited for init to go, and they waited in init_process_group for the whole timeout: a watch that
     begins with init as its parent, not naming the worker as torchrun does, stops at once."""
     err = tmp_path / "err"
-    launcher = subprocess.Popen([sys.executable, "-c", ORPHANED_EARLY, str(err)], cwd=ROOT,
-                                env={**ENV, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
-    worker = int(launcher.stdout.readline())
+    launcher, worker = launch_worker(IMPORTING, err, "vqvae_train.py", "--epochs", "2")
     try:
         assert launcher.stdout.readline() == "started\n"
         launcher.kill()
         launcher.wait()
         if launcher.stdout.readline() != "1\n":
             pytest.skip("a subreaper, not init, adopted the orphan")
-        for _ in range(200):
-            if "terminated" in err.read_text():
-                break
-            time.sleep(0.05)
-        assert err.read_text() == "note: the process that started this one (torchrun) is gone: stopping\nterminated\n"
+        assert stopped_says(err) == "note: the process that started this one (torchrun) is gone: stopping\nterminated\n"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker, signal.SIGKILL)
