@@ -1230,6 +1230,15 @@ def plot_crps_gain(ax: Axes, scores: dict[str, Scores], summary: dict, fs: int, 
     ax.grid(alpha=0.3)
 
 
+F1_DODGE = 0.3     # the F1 panel's points of a horizon second spread over ±this (its seconds lie 1 apart)
+
+
+def dodge(order: list[str], name: str) -> float:
+    """`name`'s shift from its horizon second in the F1 panel: each second has one point per forecaster, all marked,
+    and equal F1s (no beats: zero, mean and persistence; the models and the template ensemble) lay on one spot."""
+    return F1_DODGE * (2 * order.index(name) / (len(order) - 1) - 1) if len(order) > 1 else 0.0
+
+
 def plot_f1_per_segment(ax: Axes, summary: dict, style: dict) -> None:
     """Each forecaster's F1 (±100 ms) in every horizon segment (summary["horizons"], a second each), or a word
     that it is undefined when no horizon holds a reference beat."""
@@ -1237,8 +1246,9 @@ def plot_f1_per_segment(ax: Axes, summary: dict, style: dict) -> None:
     f1 = {name: [e["value"] for e in summary["forecasters"][name]["metrics"]["f1_100"][:-1]]
           for name in summary["order"]}
     for name, values in f1.items():
-        plot_curve(ax, np.arange(len(labels)), np.array([np.nan if v is None else v for v in values], float), name,
-                   style[name], summary["order"])
+        x = np.arange(len(labels)) + dodge(summary["order"], name)
+        plot_curve(ax, x, np.array([np.nan if v is None else v for v in values], float), name, style[name],
+                   summary["order"])
     if all(v is None for values in f1.values() for v in values):
         ax.text(0.5, 0.5, "no reference beats in any horizon: F1 is undefined", ha="center", va="center",
                 transform=ax.transAxes)

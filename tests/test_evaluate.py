@@ -2174,7 +2174,8 @@ def test_error_curves_tell_coinciding_forecasters_apart_by_their_marks(tmp_path,
 
 def test_error_curves_give_each_model_a_marker_of_its_own_in_every_panel(tmp_path, monkeypatch):
     """Two models whose curves coincide are told apart by their marks as a model and a baseline are: a marker each,
-    at points of their own, in every panel, the CRPS difference panel's too."""
+    at points of their own, in every panel, the CRPS difference panel's too, and F1's, where every point is marked
+    and equal F1s lay on one spot (the dodge)."""
     import matplotlib.pyplot as plt
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
@@ -2190,8 +2191,9 @@ def test_error_curves_give_each_model_a_marker_of_its_own_in_every_panel(tmp_pat
         marks = {ln.get_color(): ln for ln in ax.lines if ln.get_linestyle() == "None"}
         first, second = (marks[colour[n]] for n in ("transformer", "latent_sde"))
         assert first.get_marker() != second.get_marker()
-        if len(ax.lines[0].get_xdata()) > evaluate.MARKS_PER_CURVE:     # F1's two seconds: every point marked
-            assert not set(first.get_xdata()) & set(second.get_xdata())
+        assert not set(first.get_xdata()) & set(second.get_xdata())
+    f1_marks = [ln.get_xdata() for ln in figures[0].axes[3].lines if ln.get_linestyle() == "None"]
+    assert all(len(x) == 2 and abs(x[0] - round(x[0])) <= evaluate.F1_DODGE for x in f1_marks)
 
 
 def test_error_curves_say_which_windows_they_average(tmp_path, monkeypatch):
