@@ -27,6 +27,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "prdn": ("PRDN", "%"),
     "r": ("Pearson r", ""),
     "crps": ("CRPS", "mV"),
+    "crps_fair": ("fair CRPS", "mV"),
     "mse_median": ("MSE of median", "mV²"),
     "mae_median": ("MAE of median", "mV"),
     "cov50": ("cover 50", "%"),
@@ -90,10 +91,15 @@ def crps_sorted(xs: np.ndarray, y: np.ndarray) -> np.ndarray:
     so the cost is O(S) after an O(S log S) sort and no S×S matrix. A point mass gives |x−y| (MAE). This is the
     CRPS of the S samples as issued, not the fair estimator (÷ S(S−1), latent_sde.fair_crps), lower by ½E|X−X'|/(S−1).
     """
+    return np.mean(np.abs(xs - y[..., None]), axis=-1) - half_spread_sorted(xs)
+
+
+def half_spread_sorted(xs: np.ndarray) -> np.ndarray:
+    """½E|X−X'| of sorted samples xs [..., S] over all S² pairs, the spread term crps_sorted subtracts; the fair
+    CRPS subtracts S/(S−1) times it, so a run's CRPS exceeds its fair value by half_spread / (S − 1)."""
     s = xs.shape[-1]
     weights = (2 * np.arange(1, s + 1) - s - 1) / s ** 2
-    weights = weights.astype(np.result_type(xs.dtype, np.float32))     # xs' precision, but never cut to integers
-    return np.mean(np.abs(xs - y[..., None]), axis=-1) - xs @ weights
+    return xs @ weights.astype(np.result_type(xs.dtype, np.float32))     # xs' precision, never cut to integers
 
 
 def quantile_sorted(xs: np.ndarray, q: float) -> np.ndarray:
@@ -297,13 +303,14 @@ def waveform_sums(truth: np.ndarray, forecast: np.ndarray, edges: np.ndarray,
     if s == 1:
         point = forecast[:, 0].astype(np.float64)
         median, crps, intervals = point, np.abs(point - y), None
+        fair = crps         # a point mass's CRPS is its MAE, at any number of samples
     else:
-        point, median, crps, intervals = _sample_scores(forecast, y, sample_chunk)
+        point, median, crps, fair, intervals = _sample_scores(forecast, y, sample_chunk)
     se, ae = (point - y) ** 2, np.abs(point - y)
     seg_len = np.append(np.diff(edges), h).astype(np.float64)              # K segments, then all
     sums = {"n": np.tile(2 * seg_len, (b, 1)),
             "se": _seg_sum(se, edges), "ae": _seg_sum(ae, edges),
-            "tt": _seg_sum(y ** 2, edges), "crps": _seg_sum(crps, edges),
+            "tt": _seg_sum(y ** 2, edges), "crps": _seg_sum(crps, edges), "crps_fair": _seg_sum(fair, edges),
             "se_med": _seg_sum((median - y) ** 2, edges), "ae_med": _seg_sum(np.abs(median - y), edges)}
     sums.update(_correlation_sums(y, point, edges, seg_len[None, :, None]))
     sums.update(_interval_sums(y, intervals, edges, b))
@@ -312,12 +319,12 @@ def waveform_sums(truth: np.ndarray, forecast: np.ndarray, edges: np.ndarray,
 
 
 def _sample_scores(forecast: np.ndarray, y: np.ndarray, sample_chunk: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Sample mean, median, CRPS and quartiles/deciles [B, H, 2] of forecast samples [B, S, H, 2], sorted in
-    chunks of windows to bound memory at a few times sample_chunk floats."""
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Sample mean, median, CRPS, fair CRPS and quartiles/deciles [B, H, 2] of forecast samples [B, S, H, 2],
+    sorted in chunks of windows to bound memory at a few times sample_chunk floats."""
     b, s, h, _ = forecast.shape
     step = max(1, sample_chunk // (s * h * 2))
-    point, median, crps = (np.empty((b, h, 2)) for _ in range(3))
+    point, median, crps, fair = (np.empty((b, h, 2)) for _ in range(4))
     quantiles = (("q10", 0.1), ("q25", 0.25), ("q75", 0.75), ("q90", 0.9))
     intervals = {k: np.empty((b, h, 2)) for k, _ in quantiles}
     for i in range(0, b, step):
@@ -325,9 +332,10 @@ def _sample_scores(forecast: np.ndarray, y: np.ndarray, sample_chunk: int
         point[i:i + step] = xs.mean(axis=-1)
         median[i:i + step] = quantile_sorted(xs, 0.5)
         crps[i:i + step] = crps_sorted(xs, y[i:i + step].astype(xs.dtype))
+        fair[i:i + step] = crps[i:i + step] - half_spread_sorted(xs) / (s - 1)
         for k, q in quantiles:
             intervals[k][i:i + step] = quantile_sorted(xs, q)
-    return point, median, crps, intervals
+    return point, median, crps, fair, intervals
 
 
 def _correlation_sums(y: np.ndarray, point: np.ndarray, edges: np.ndarray,
@@ -487,7 +495,7 @@ def record_metrics(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     found = {
         "mse": ratio("se", "n"), "mae": ratio("ae", "n"),
         "prd": ratio("se", "tt", 100, root=True), "prdn": ratio("se", "tc", 100, root=True),
-        "r": ratio("r_sum", "r_n"), "crps": ratio("crps", "n"),
+        "r": ratio("r_sum", "r_n"), "crps": ratio("crps", "n"), "crps_fair": ratio("crps_fair", "n"),
         "mse_median": ratio("se_med", "n"), "mae_median": ratio("ae_med", "n"),
         "cov50": ratio("in50", "n", 100), "width50": ratio("w50", "n"),
         "cov80": ratio("in80", "n", 100), "width80": ratio("w80", "n"),

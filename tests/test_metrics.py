@@ -62,25 +62,28 @@ def test_crps_sorted_form_matches_the_quadratic_definition():
     np.testing.assert_allclose(_crps(samples, y, axis=0), brute, atol=1e-12)
 
 
-def test_evaluation_scores_the_samples_own_crps_not_the_fair_one_and_the_report_says_which():
+def test_evaluation_scores_the_samples_own_crps_and_the_fair_one_and_the_report_says_which():
     """Two samples {0, 1} at 0: their own CRPS is 0.5 − ½·½ = 0.25 (the ½ of two equal pairs counted), the fair one
     (latent_sde.fair_crps, what the latent SDE trains on) 0.5 − ½·1 = 0; in general they differ by ½E|X−X'|/(S−1).
-    report.md named neither, and the README called the training loss what forecasts are scored on."""
+    report.md named neither, and the README called the training loss what forecasts are scored on. Both are scored,
+    the fair one as the latent SDE's training computes it."""
     import torch
 
     import eval_report
     from latent_sde import fair_crps
     s, _ = M.waveform_sums(np.zeros((1, 1, 2)), np.array([0.0, 1.0]).reshape(1, 2, 1, 1).repeat(2, -1),
                            np.array([0, 1]))
-    assert s["crps"][0, -1] / s["n"][0, -1] == pytest.approx(0.25)
+    assert s["crps"][0, -1] / s["n"][0, -1] == pytest.approx(0.25) and s["crps_fair"][0, -1] == pytest.approx(0)
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(4, 10, 6, 2)), rng.normal(size=(4, 6, 2))
     own = _crps(x, y, axis=1)
     spread = 0.5 * np.abs(x[:, :, None] - x[:, None]).mean((1, 2))
     fair = float(fair_crps(torch.from_numpy(x), torch.from_numpy(y)))
     assert fair == pytest.approx(float(np.mean(own - spread / 9)), abs=1e-12)
+    s, _ = M.waveform_sums(y, x, np.array([0, 3]))
+    assert s["crps_fair"][:, -1].sum() / s["n"][:, -1].sum() == pytest.approx(fair, abs=1e-12)
     text = " ".join(eval_report.metrics_section())
-    assert "all S² pairs" in text and "Not the fair CRPS" in text and "½E|X−X'|/(S−1)" in text
+    assert "all S² pairs" in text and "Fair CRPS: the same with ½E|X−X'| over the S(S−1) pairs" in text
 
 
 def test_crps_of_gaussian_samples_matches_the_closed_form():
