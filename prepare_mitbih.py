@@ -9,25 +9,30 @@ the flags as a list and returns meta.json's dict (None with --fetch-only).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import hashlib
+import importlib
+import io
 import json
 import logging
 import math
 import numbers
 import os
+import queue
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Collection, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Collection, Iterable
 
 import numpy as np
 from tqdm import tqdm
@@ -60,6 +65,7 @@ DOWNLOAD_PART = ".download-"   # the hidden folder in the data folder that a dow
 CONNECT_TIMEOUT = 20.0         # seconds PhysioNet (or the proxy) has to answer before a download starts
 STALL_LIMIT = 120.0            # seconds a download may go without an answer or a file before it is given up: a
                                # record's signal file (1.9 MB) takes that at 16 KB/s, its share of a slow link
+FETCH = "wfdb:dl_database"     # module:function the download's child process calls with ("mitdb", its folder)
 # The split of null data.test_records / validation_records (config_split): DS2 and 201 (202's patient) test, every
 # 7th remaining DS1 record from the 4th validation, the rest train.
 DEFAULT_TEST = DS2 + ["201"]
@@ -215,11 +221,12 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
         url = wfdb.io.download.config.db_index_url
         reach_physionet(url)
         host = urllib.parse.urlsplit(url).hostname or url
-        watched(lambda: wfdb.dl_database("mitdb", str(part)), part, host, STALL_LIMIT)
+        watched(part, url, host, STALL_LIMIT)
         move_in(part, data_dir)
-    except Exception as e:  # wfdb raises requests' errors, OSError, ValueError...
+    except Exception as e:  # wfdb raises requests' errors, OSError, ValueError... (in the child: FetchFailed)
+        name = e.name if isinstance(e, FetchFailed) else type(e).__name__
         raise UserError(f"no WFDB records in {data_dir}, and downloading MIT-BIH from PhysioNet there failed "
-                        f"({type(e).__name__}: {_first_line(e, 100)}): {hint}") from e
+                        f"({name}: {_first_line(e, 100)}): {hint}") from e
     finally:                # neither a part of a download nor a folder made for one that brought nothing is left
         if part is not None:
             shutil.rmtree(part, ignore_errors=True)
@@ -251,52 +258,155 @@ def reach_physionet(url: str, timeout: float = CONNECT_TIMEOUT) -> None:
         raise ConnectionError(f"cannot connect to {host}:{port}: {why}") from e
 
 
-def watched(download: Callable[[], None], folder: Path, host: str, stall: float) -> None:
-    """download() given up (TimeoutError) when `stall` seconds pass with no answer to a request (urllib3's log of it)
-    and no byte more in `folder`: wfdb's requests have no timeout, so a server or proxy that stopped sending after
-    the connect hung the download for ever. It runs in a thread (running.in_thread), so Ctrl-C stops it at once."""
-    seen, since = None, time.monotonic()
-
-    def look(answers: _Answers) -> None:
-        nonlocal seen, since
-        files = [f.stat().st_size for f in folder.rglob("*") if f.is_file()]
-        now = (answers.count, len(files), sum(files))
-        if now != seen:
-            seen, since = now, time.monotonic()
-        elif time.monotonic() - since >= stall:
-            raise TimeoutError(f"nothing came from {host} for {stall:g} s, after {len(files)} files "
-                               f"({sum(files) / 1e6:.1f} MB, not kept)")
-
-    with answers_counted() as answers:
-        running.in_thread(download, "download_mitbih", lambda: look(answers))
-
-
-class _Answers(logging.Filter):
-    """Counts the records urllib3's pool logs (a connection made, an answer come: one or two a request), and lets
-    through only those its logger showed before it was lowered to DEBUG to see them."""
-
-    def __init__(self, shown: int) -> None:
-        super().__init__()
-        self.shown, self.count = shown, 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        self.count += 1
-        return record.levelno >= self.shown
-
-
-@contextlib.contextmanager
-def answers_counted() -> Iterator[_Answers]:
-    """The requests a download makes, counted while it runs: before its first file wfdb asks PhysioNet for each
-    record's header and annotations (a hundred requests for MIT-BIH), writing nothing."""
+def watched(folder: Path, index_url: str, host: str, stall: float) -> None:
+    """FETCH (wfdb.dl_database) of MIT-BIH from `index_url` into `folder`, in a child process, given up
+    (TimeoutError) when `stall` seconds pass with no answer to a request (urllib3's log of it, which the child
+    passes on) and no byte more in `folder`: wfdb's requests have no timeout, so a server or proxy that stopped
+    sending after the connect hung the download for ever. A process, not a thread: given up, failed or stopped
+    (Ctrl-C, SIGTERM) it is killed, where a thread went on waiting, and, the server back, brought files again into
+    the folder removed (a notebook's session goes on). Its failure is FetchFailed, its prints are printed here, and
+    the urllib3 records it passes on are logged here as this process's logger shows them."""
+    where = [str(Path(__file__).resolve().parent), *sys.path]      # the modules this process sees, FETCH's too
+    command = [sys.executable, "-c", _CHILD, json.dumps(where), FETCH, index_url, str(folder)]
+    # a session of its own: the terminal's Ctrl-C reaches this process alone, which stops the child
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    said: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_pass_on, args=(child.stdout, said), name="download_mitbih", daemon=True).start()
     log = logging.getLogger("urllib3.connectionpool")
-    level, answers = log.level, _Answers(log.getEffectiveLevel())
-    log.addFilter(answers)
-    log.setLevel(logging.DEBUG)
+    answers, failed, seen, since = 0, None, None, None
     try:
-        yield answers
+        while (line := _next_line(said)) is not None:
+            message = json.loads(line) if line else {}
+            if "out" in message:
+                print(message["out"], end="", flush=True)
+            elif "log" in message:
+                answers += 1
+                level, text = message["log"]
+                if log.isEnabledFor(level):
+                    log.handle(logging.makeLogRecord({"name": log.name, "levelno": level, "msg": text,
+                                                      "levelname": logging.getLevelName(level)}))
+            elif "failed" in message:
+                failed = FetchFailed(*message["failed"])
+            elif "fetching" in message:     # the clock starts: a child slow to start (importing wfdb) is no stall
+                since = time.monotonic()
+            if since is None:
+                continue
+            files = [f.stat().st_size for f in folder.rglob("*") if f.is_file()]
+            now = (answers, len(files), sum(files))
+            if now != seen:
+                seen, since = now, time.monotonic()
+            elif time.monotonic() - since >= stall and child.poll() is None:     # one that has ended is not given up
+                raise TimeoutError(f"nothing came from {host} for {stall:g} s, after {len(files)} files "
+                                   f"({sum(files) / 1e6:.1f} MB, not kept)")
+        code = child.wait()
     finally:
-        log.setLevel(level)
-        log.removeFilter(answers)
+        _stop(child)
+    if failed is not None:
+        raise failed
+    if code != 0:
+        raise RuntimeError(f"its process ended with {f'signal {-code}' if code < 0 else f'exit status {code}'}")
+
+
+# The download's child process: this module's fetch_in_child, this module found where watched's process found it
+_CHILD = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); import prepare_mitbih; "
+          "prepare_mitbih.fetch_in_child(*sys.argv[2:])")
+
+
+class FetchFailed(Exception):
+    """What the download's child process raised, by the name it has there (requests' ConnectionError, an HTTPError):
+    the exception itself stays in the child, whose modules this process may not have."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+def _pass_on(pipe: IO[str], said: queue.Queue[str | None]) -> None:
+    """The lines the child says, put in `said` as they come, then None when it has ended (its stdout closed)."""
+    with pipe:
+        for line in pipe:
+            said.put(line)
+    said.put(None)
+
+
+def _next_line(said: queue.Queue[str | None]) -> str | None:
+    """The child's next line; "" when none came within 0.1 s (watched looks at the folder then), None at its end.
+    A wait in 0.1 s steps: Ctrl-C and SIGTERM stop it at once."""
+    try:
+        return said.get(timeout=0.1)
+    except queue.Empty:
+        return ""
+
+
+def _stop(child: subprocess.Popen) -> None:
+    """The download's child ended: SIGTERM, then SIGKILL when it is still there after a second; nothing of it runs
+    on, to bring files into a folder removed."""
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(1.0)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    if child.stdin is not None:
+        child.stdin.close()
+
+
+def fetch_in_child(fetch: str, index_url: str, folder: str) -> None:
+    """The download's child process (watched): `fetch` (module:function) of MIT-BIH from `index_url` into `folder`,
+    saying on stdout, a JSON line each, when it starts, what it prints, each record urllib3's pool logs (the answers
+    the stall rule counts) and what it failed with. It ends when its parent does (its stdin closes): a parent killed
+    (kill -9) stops it no more, and a download with no timeout would go on."""
+    report = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)               # the stdout of a C library too: only the lines said here go to the parent
+    lock = threading.Lock()
+
+    def say(**message: Any) -> None:
+        with lock:      # wfdb downloads in two threads
+            report.write(json.dumps(message) + "\n")
+            report.flush()
+
+    threading.Thread(target=lambda: (sys.stdin.read(), os._exit(1)), name="parent_gone", daemon=True).start()
+    sys.stdout = _Printed(say)
+    log = logging.getLogger("urllib3.connectionpool")
+    log.addHandler(_Passed(say))
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    try:
+        import wfdb
+        wfdb.set_db_index_url(index_url)        # one a notebook set (a mirror), as reach_physionet connected to
+        module, _, name = fetch.partition(":")
+        fetch_mitbih = getattr(importlib.import_module(module), name)
+        say(fetching=True)
+        fetch_mitbih("mitdb", folder)
+    except BaseException as e:      # all of it said, once, to the parent
+        say(failed=[type(e).__name__, str(e)])
+        sys.exit(1)
+
+
+class _Printed(io.TextIOBase):
+    """The child's sys.stdout: what it prints (wfdb's 'Downloading files...'), said to the parent, who prints it."""
+
+    def __init__(self, say: Callable[..., None]) -> None:
+        super().__init__()
+        self.say = say
+
+    def write(self, text: str) -> int:
+        self.say(out=text)
+        return len(text)
+
+
+class _Passed(logging.Handler):
+    """Each record of the child's urllib3 pool (a connection made, an answer come: one or two a request), said to
+    the parent, who counts it and shows those its own logger shows."""
+
+    def __init__(self, say: Callable[..., None]) -> None:
+        super().__init__()
+        self.say = say
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.say(log=[record.levelno, record.getMessage()])
 
 
 def move_in(part: Path, data_dir: Path) -> None:

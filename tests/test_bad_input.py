@@ -7,7 +7,6 @@ path, without the second of interpreter start-up each).
 """
 from __future__ import annotations
 
-import _thread
 import json
 import logging
 import os
@@ -15,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,11 +58,47 @@ REACH_PHYSIONET = pm.reach_physionet
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
-    """The in-process downloads here are wfdb.dl_database stubs: the connect that precedes them never leaves the
-    machine (the tests of that connect put it back, with socket's stubbed)."""
+    """The downloads here run stand-ins for wfdb.dl_database (fake_physionet, offline unless a test serves records),
+    and the connect that precedes them never leaves the machine (the tests of that connect put it back, with
+    socket's stubbed)."""
     monkeypatch.setattr(pm, "reach_physionet", lambda url, timeout=pm.CONNECT_TIMEOUT: None)
+    monkeypatch.setattr(pm, "FETCH", "fake_physionet:offline")
     for var in [v for v in os.environ if v.lower().endswith("_proxy")]:
         monkeypatch.delenv(var)
+
+
+@pytest.fixture
+def physionet(monkeypatch, tmp_path_factory):
+    """A fake PhysioNet for the download, which runs in a child process that no monkeypatch of wfdb reaches:
+    serve(stub, records) writes the records it holds and names the stand-in for wfdb.dl_database
+    (fake_physionet.<stub>) that the child calls, with $FAKE_<KEY> set from the keywords."""
+    served, pid = tmp_path_factory.mktemp("physionet"), tmp_path_factory.mktemp("child") / "pid"
+    monkeypatch.setenv("FAKE_PHYSIONET", str(served))
+    monkeypatch.setenv("FAKE_PID", str(pid))
+
+    def serve(stub: str, records: tuple[str, ...] = ("100",), **env) -> Path:
+        """The file the child writes its pid into."""
+        for record in records:
+            write_record(served, record, seconds=12)
+        for key, value in env.items():
+            monkeypatch.setenv(f"FAKE_{key.upper()}", str(value))
+        monkeypatch.setattr(pm, "FETCH", f"fake_physionet:{stub}")
+        return pid
+    return serve
+
+
+def forbid_download(monkeypatch, why: str) -> None:
+    """A download started fails the test: pytest.fail is no Exception, which the download's own error would take."""
+    monkeypatch.setattr(pm, "watched", lambda *a, **k: pytest.fail(why))
+
+
+def gone(pid: int) -> bool:
+    """Whether no process has `pid` (one ended and waited for)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def good_db(folder: Path) -> Path:
@@ -194,10 +228,7 @@ def test_empty_data_dir_no_download(cli):
 
 
 def test_empty_data_dir_download_fails(tmp_path, monkeypatch):
-    def offline(*args, **kwargs):
-        raise ConnectionError("Max retries exceeded with url: /files/mitdb (Name or service not known)\nmore")
-
-    monkeypatch.setattr(wfdb, "dl_database", offline)
+    monkeypatch.setenv("FAKE_ERROR", "Max retries exceeded with url: /files/mitdb (Name or service not known)\nmore")
     with pytest.raises(UserError) as e:
         pm.find_records(tmp_path / "mitdb", download=True)
     msg = str(e.value)
@@ -208,11 +239,8 @@ def test_empty_data_dir_download_fails(tmp_path, monkeypatch):
 def test_offline_download_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch):
     """requests' message (a repr of its causes) is cut at a word, the run prints nothing else, and the folder
     it made for the download is gone again; a folder that was there stays."""
-    def offline(*args, **kwargs):
-        raise ConnectionError("HTTPSConnectionPool(host='physionet.org', port=443): Max retries exceeded with url: "
-                              "/content/mitdb/ (Caused by NameResolutionError(\"HTTPSConnection(host='physio\"))")
-
-    monkeypatch.setattr(wfdb, "dl_database", offline)
+    monkeypatch.setenv("FAKE_ERROR", "HTTPSConnectionPool(host='physionet.org', port=443): Max retries exceeded with "
+                       "url: /content/mitdb/ (Caused by NameResolutionError(\"HTTPSConnection(host='physio\"))")
     (tmp_path / "there").mkdir()
     for folder in (tmp_path / "new" / "mitdb", tmp_path / "there"):
         r = run_in_process(["--data-dir", str(folder), "--out", str(tmp_path / "out")])
@@ -233,7 +261,7 @@ def test_a_network_that_drops_packets_fails_at_connect(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pm, "reach_physionet", REACH_PHYSIONET)
     monkeypatch.setattr(socket, "create_connection", dropped)
-    monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: pytest.fail("dl_database called after no connect"))
+    forbid_download(monkeypatch, "download started after no connect")
     start = time.monotonic()
     with pytest.raises(UserError) as e:
         pm.find_records(tmp_path / "mitdb", download=True)
@@ -258,10 +286,10 @@ def connects(monkeypatch) -> list:
     return made
 
 
-def test_a_download_connects_first(tmp_path, monkeypatch, connects):
+def test_a_download_connects_first(tmp_path, monkeypatch, connects, physionet):
     """PhysioNet answering, the download goes on as before; through a proxy (as requests does) it is the proxy that
     is asked."""
-    monkeypatch.setattr(wfdb, "dl_database", lambda name, folder: write_record(Path(folder), "100", seconds=12))
+    physionet("bring")
     assert pm.find_records(tmp_path / "direct", download=True) == ["100"]
     monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
     assert pm.find_records(tmp_path / "proxied", download=True) == ["100"]
@@ -278,16 +306,11 @@ def test_the_connect_asks_the_proxy_requests_uses(monkeypatch, connects):
     assert connects == [("proxy.example", 3128), ("physionet.org", 443)]
 
 
-def test_a_download_cut_short_leaves_no_records(tmp_path, monkeypatch):
+def test_a_download_cut_short_leaves_no_records(tmp_path, physionet):
     """A download that fails part way left the records it had brought, and the next run prepared them as the
     database (here 2 of MIT-BIH's 48, without a word): the folder stays as it was, and no part of the download stays
     beside it."""
-    def cut_short(name, folder):
-        write_record(Path(folder), "100", seconds=12)
-        write_record(Path(folder), "101", seconds=12)
-        raise ConnectionError("Connection reset by peer")
-
-    monkeypatch.setattr(wfdb, "dl_database", cut_short)
+    physionet("cut_short", ("100", "101"))
     (tmp_path / "there").mkdir()
     for folder in (tmp_path / "new", tmp_path / "there"):
         with pytest.raises(UserError, match="failed \\(ConnectionError: Connection reset by peer\\)"):
@@ -295,31 +318,19 @@ def test_a_download_cut_short_leaves_no_records(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["there"] and not any((tmp_path / "there").iterdir())
 
 
-@pytest.fixture
-def stalled(monkeypatch):
-    """A dl_database that brings record 100, then waits (a server or proxy that stopped sending) until the test
-    ends: the thread it runs in is let go rather than left waiting."""
-    release = threading.Event()
-
-    def download(name, folder):
-        write_record(Path(folder), "100", seconds=12)
-        release.wait(10)
-    monkeypatch.setattr(wfdb, "dl_database", download)
-    yield release
-    release.set()
-
-
-def test_a_download_that_stalls_is_given_up(tmp_path, monkeypatch, stalled):
+def test_a_download_that_stalls_is_given_up(tmp_path, monkeypatch, physionet):
     """wfdb's requests have no read timeout: a server that accepted the connection and then sent nothing, or
     stopped part way, hung the download for ever, with no word. Nothing new for STALL_LIMIT seconds, it fails as any
-    download does, saying from where, how long and what had come; the files that had come are not kept."""
+    download does, saying from where, how long and what had come; the files that had come are not kept, and the
+    download's process is gone."""
+    pid = physionet("stall")
     monkeypatch.setattr(pm, "STALL_LIMIT", 0.5)
     (tmp_path / "there").mkdir()
     for folder in (tmp_path / "new", tmp_path / "there"):
         start = time.monotonic()
         with pytest.raises(UserError) as e:
             pm.find_records(folder, download=True)
-        assert time.monotonic() - start < 5
+        assert time.monotonic() - start < 5 and gone(int(pid.read_text()))
         msg = str(e.value)
         assert (f"no WFDB records in {folder}, and downloading MIT-BIH from PhysioNet there failed (TimeoutError: "
                 f"nothing came from physionet.org for 0.5 s, after 3 files (0.0 MB, not kept)): put the MIT-BIH WFDB "
@@ -327,33 +338,36 @@ def test_a_download_that_stalls_is_given_up(tmp_path, monkeypatch, stalled):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["there"] and not any((tmp_path / "there").iterdir())
 
 
-def test_a_stalled_download_stops_on_ctrl_c(tmp_path, monkeypatch, stalled):
-    """Ctrl-C while the download waits on its socket stops the run at once, as before, whichever thread the kernel
-    handed the signal to (interrupt_main: the flag a signal sets, no thread woken), and leaves no folder."""
-    def download(name, folder):
-        write_record(Path(folder), "100", seconds=12)
-        _thread.interrupt_main()
-        stalled.wait(10)
-    monkeypatch.setattr(wfdb, "dl_database", download)
-    start = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
+def test_a_download_given_up_brings_nothing_afterwards(tmp_path, monkeypatch, physionet):
+    """A download given up ran on in a thread let go: in a session that goes on (a notebook), once the server sent
+    again it brought its files into the part folder removed, made anew. It runs in a process, which is gone when
+    the error comes, and nothing comes after."""
+    pid = physionet("stall_then_recover", stall_s=1.5)
+    monkeypatch.setattr(pm, "STALL_LIMIT", 0.5)
+    with pytest.raises(UserError, match=r"\(TimeoutError: nothing came from physionet.org for 0.5 s, after 3 files"):
         pm.find_records(tmp_path / "mitdb", download=True)
-    assert time.monotonic() - start < 5 and not (tmp_path / "mitdb").exists()
+    assert gone(int(pid.read_text()))
+    time.sleep(2.0)         # past the stall: the server sends again
+    assert not (tmp_path / "mitdb").exists()
 
 
-def test_a_slow_download_is_not_given_up(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("sent, status, said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_a_stalled_download_stops_on_ctrl_c_or_sigterm(tmp_path, physionet, sent, status, said):
+    """Ctrl-C, or SIGTERM (a scheduler's time limit), while the download waits on its socket stops the run at once,
+    as before, and leaves no folder and no download running."""
+    pid = physionet("signal_parent", signal=sent)
+    start = time.monotonic()
+    r = run_in_process(["--data-dir", str(tmp_path / "mitdb"), "--fetch-only"])
+    assert (r.returncode, r.stderr) == (status, f"{said}\n") and time.monotonic() - start < 5
+    assert gone(int(pid.read_text())) and not (tmp_path / "mitdb").exists()
+
+
+def test_a_slow_download_is_not_given_up(tmp_path, monkeypatch, caplog, physionet):
     """A download that brings a file, or an answer, within STALL_LIMIT seconds of the last goes on, however long it
     takes: before its first file wfdb asks for every record's header (urllib3 logs each answer), writing nothing.
     The answers counted are not logged."""
-    def download(name, folder):
-        for i in range(4):
-            time.sleep(0.25)
-            logging.getLogger("urllib3.connectionpool").debug('https://physionet.org:443 "HEAD /1%02d.atr" 200', i)
-        for record in ("100", "101", "102"):
-            time.sleep(0.25)
-            write_record(Path(folder), record, seconds=12)
+    physionet("slow", ("100", "101", "102"))
     monkeypatch.setattr(pm, "STALL_LIMIT", 1.0)
-    monkeypatch.setattr(wfdb, "dl_database", download)
     start = time.monotonic()
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100", "101", "102"]
     assert time.monotonic() - start > 1.5 and not caplog.records
@@ -361,33 +375,23 @@ def test_a_slow_download_is_not_given_up(tmp_path, monkeypatch, caplog):
     assert log.level == logging.NOTSET and not log.filters
 
 
-def test_a_download_whose_file_grows_is_not_given_up_and_its_warnings_show(tmp_path, monkeypatch, caplog):
+def test_a_download_whose_file_grows_is_not_given_up_and_its_warnings_show(tmp_path, monkeypatch, caplog,
+                                                                           physionet):
     """A file that grows (a large .dat written as it comes) is progress as a new file or an answer is, for as long
     as it grows; a warning urllib3 logs while the answers are counted (a retry) is shown as it was before."""
     retry = "Retrying (Retry(total=2)) after connection broken"
-
-    def download(name, folder):
-        write_record(Path(folder), "100", seconds=12)
-        coming = Path(folder) / "101.dat"
-        for _ in range(8):
-            time.sleep(0.25)
-            with coming.open("ab") as f:
-                f.write(bytes(100))
-        logging.getLogger("urllib3.connectionpool").warning(retry)
-        write_record(Path(folder), "101", seconds=12)
+    physionet("growing", ("100", "101"), warning=retry)
     monkeypatch.setattr(pm, "STALL_LIMIT", 1.0)
-    monkeypatch.setattr(wfdb, "dl_database", download)
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100", "101"]
     assert [(r.name, r.getMessage()) for r in caplog.records] == [("urllib3.connectionpool", retry)]
 
 
-def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypatch):
+def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypatch, physionet):
     """Ctrl-C while a finished download's files were moved into the data folder left the records moved so far (here
     100 of 3), which the next run prepared as the database: none stay. A kill there (no clean-up) leaves a RECORDS
     index naming all three, and the download's part, so the next run refuses the folder as a download killed (not
     'take them out of RECORDS', which would make it a smaller database) rather than read a smaller one."""
-    monkeypatch.setattr(wfdb, "dl_database", lambda name, folder: [write_record(Path(folder), n, seconds=12)
-                                                                   for n in ("100", "101", "102")])
+    physionet("bring", ("100", "101", "102"))
     replace, calls = Path.replace, []
 
     def stopped(self, target):
@@ -423,11 +427,10 @@ def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypat
     assert (tmp_path / "mitdb" / "RECORDS").read_text() == "100\n101\n102\n"
 
 
-def test_a_download_stopped_just_after_a_file_arrived_leaves_none(tmp_path, monkeypatch):
+def test_a_download_stopped_just_after_a_file_arrived_leaves_none(tmp_path, monkeypatch, physionet):
     """Ctrl-C just after a file was moved into the data folder, before it was counted as moved: it goes too (each is
     named before it is made), and the folder is left as it was found."""
-    monkeypatch.setattr(wfdb, "dl_database", lambda name, folder: [write_record(Path(folder), n, seconds=12)
-                                                                   for n in ("100", "101")])
+    physionet("bring", ("100", "101"))
     replace = Path.replace
 
     def moved_then_stopped(self, target):
@@ -440,23 +443,23 @@ def test_a_download_stopped_just_after_a_file_arrived_leaves_none(tmp_path, monk
     assert not any((tmp_path / "mitdb").iterdir())
 
 
-def test_a_download_arrives_in_the_data_folder_and_a_killed_ones_part_blocks_none(tmp_path, monkeypatch):
+def test_a_download_arrives_in_the_data_folder_and_a_killed_ones_part_blocks_none(tmp_path, tmp_path_factory,
+                                                                                    physionet):
     """The download arrives in the data folder itself: one beside it failed where the data folder is a mount (a
     container's volume: 'Invalid cross-device link' on moving the files in) or its parent is not writable. A part
     a killed download left there is not the user's files, which would refuse the next download."""
-    given = []
-    monkeypatch.setattr(wfdb, "dl_database", lambda name, folder: given.append(Path(folder)) or
-                        write_record(Path(folder), "100", seconds=12))
+    given = tmp_path_factory.mktemp("given") / "folder"
+    physionet("told_where", given=given)
     data = tmp_path / "mitdb"
     write_record(data / f"{pm.DOWNLOAD_PART}killed", "101", seconds=12)
     assert pm.find_records(data, download=True) == ["100"]
-    assert given[0].parent == data and sorted(p.name for p in tmp_path.iterdir()) == ["mitdb"]
+    assert Path(given.read_text()).parent == data and sorted(p.name for p in tmp_path.iterdir()) == ["mitdb"]
 
 
-def test_hidden_files_do_not_refuse_the_download(tmp_path, monkeypatch):
+def test_hidden_files_do_not_refuse_the_download(tmp_path, physionet):
     """A folder made in a file manager (.DS_Store) or kept in git (.gitkeep) holds no one's records: the download
     was refused as into 'other files (records in subfolders?)' that the user could not see."""
-    monkeypatch.setattr(wfdb, "dl_database", lambda name, folder: write_record(Path(folder), "100", seconds=12))
+    physionet("bring")
     (tmp_path / "mitdb").mkdir()
     (tmp_path / "mitdb" / ".DS_Store").write_bytes(b"\0")
     (tmp_path / "mitdb" / ".gitkeep").touch()
@@ -466,7 +469,7 @@ def test_hidden_files_do_not_refuse_the_download(tmp_path, monkeypatch):
 def test_a_data_folder_linked_to_nowhere_is_named(tmp_path, monkeypatch):
     """A data folder that is a link to a folder not there (shared data not mounted): the download failed with
     'FileExistsError: File exists', and --no-download said the folder did not exist; the link is named."""
-    monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: pytest.fail("dl_database called on a dangling link"))
+    forbid_download(monkeypatch, "download started on a dangling link")
     (tmp_path / "mitdb").symlink_to(tmp_path / "shared" / "mitdb")
     for download in (True, False):
         with pytest.raises(UserError, match=f"mitdb is a link to {tmp_path / 'shared' / 'mitdb'}, which does not "
@@ -477,7 +480,7 @@ def test_a_data_folder_linked_to_nowhere_is_named(tmp_path, monkeypatch):
 def test_a_data_folder_below_a_link_to_nowhere_is_named(tmp_path, monkeypatch):
     """--data-dir link/mitdb, the link to a folder not there: the download failed with 'File exists', and
     --no-download said the folder did not exist; the link and its missing target are named, as for the folder itself."""
-    monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: pytest.fail("dl_database called below a dangling link"))
+    forbid_download(monkeypatch, "download started below a dangling link")
     (tmp_path / "shared").symlink_to(tmp_path / "mounted")
     for download in (True, False):
         with pytest.raises(UserError, match=f"data folder {tmp_path / 'shared' / 'mitdb'} is in {tmp_path / 'shared'}, "
@@ -491,7 +494,7 @@ def test_a_data_folder_the_system_will_not_look_at_is_one_error(tmp_path, monkey
     """A data folder whose name is too long for the file system (as one under a folder that may not be searched), or
     that may not be read: Path.exists and iterdir raised the OSError as a traceback where the error names the folder;
     a name that fits but whose record header (NAME.hea) would not was a traceback too, not 'does not exist'."""
-    monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: pytest.fail("dl_database called"))
+    forbid_download(monkeypatch, "download started")
     for folder in (tmp_path / ("x" * 300), tmp_path / ("x" * 300) / "mitdb"):
         for download in (True, False):
             with pytest.raises(UserError, match=f"cannot look in the data folder {folder}: File name too long: point "
@@ -538,15 +541,15 @@ def test_a_killed_downloads_part_is_no_killed_move_of_the_users_records(tmp_path
         pm.find_records(tmp_path, download=False)
 
 
-def test_download_that_brings_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: None)
+def test_download_that_brings_nothing(tmp_path, physionet):
+    physionet("bring", ())
     with pytest.raises(UserError, match="produced no records"):
         pm.find_records(tmp_path, download=True)
 
 
-def test_a_download_says_what_it_brought(tmp_path, monkeypatch, capsys):
+def test_a_download_says_what_it_brought(tmp_path, capsys, physionet):
     """Only a download that worked is announced, with its count of records, on stdout."""
-    monkeypatch.setattr(wfdb, "dl_database", lambda name, folder: write_record(Path(folder), "100", seconds=12))
+    physionet("bring")
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
     assert "downloaded MIT-BIH from PhysioNet there (1 records)" in capsys.readouterr().out
 
@@ -561,17 +564,14 @@ def test_no_download_never_calls_the_network(tmp_path, monkeypatch):
     """An AssertionError raised here came back as the download's own UserError ('no WFDB records in ..., and
     downloading MIT-BIH from PhysioNet there failed (AssertionError: ...)'), which the match took: pytest.fail is
     no Exception to catch, and the message is the one for a folder not to download into."""
-    monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: pytest.fail("dl_database called despite download=False"))
+    forbid_download(monkeypatch, "download started despite download=False")
     with pytest.raises(UserError, match=r"^no WFDB records \(\*\.hea\) in .*: put the MIT-BIH WFDB files"):
         pm.find_records(tmp_path, download=False)
 
 
 def test_data_dir_that_is_a_file(tmp_path, monkeypatch):
     """A file given as the data folder is named at once, never a download target, with or without download."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("dl_database called on a file")
-
-    monkeypatch.setattr(wfdb, "dl_database", forbidden)
+    forbid_download(monkeypatch, "download started on a file")
     (tmp_path / "100.hea").write_text("100 2 360 650000\n")
     for download in (True, False):
         with pytest.raises(UserError, match="100.hea is not a directory: point --data-dir"):
@@ -581,7 +581,7 @@ def test_data_dir_that_is_a_file(tmp_path, monkeypatch):
 def test_a_record_given_as_the_data_folder_is_named(tmp_path, monkeypatch):
     """--wfdb-dir DIR/100 (a record, DIR/100.hea): the folder and --records to pass, not "does not exist" and no
     download of MIT-BIH into a new folder DIR/100."""
-    monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: pytest.fail("dl_database called on a record"))
+    forbid_download(monkeypatch, "download started on a record")
     write_record(tmp_path, "100", seconds=12)
     with pytest.raises(UserError, match=f"100 is a record, not a folder: pass --wfdb-dir {tmp_path} --records 100$"):
         pm.find_records(tmp_path / "100", download=False, flag="--wfdb-dir")
@@ -592,10 +592,7 @@ def test_a_record_given_as_the_data_folder_is_named(tmp_path, monkeypatch):
 
 def test_no_download_into_a_folder_of_other_files(tmp_path, monkeypatch):
     """Records one folder down (a database with subfolders): MIT-BIH must not land among the user's files."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("dl_database called on a folder that has files")
-
-    monkeypatch.setattr(wfdb, "dl_database", forbidden)
+    forbid_download(monkeypatch, "download started on a folder that has files")
     write_record(tmp_path / "db" / "patient1", "r1", seconds=12, seed=0)
     with pytest.raises(UserError, match="directly in .*db.*subfolders"):
         pm.find_records(tmp_path / "db", download=True)
@@ -736,12 +733,9 @@ def test_an_unreadable_cache_is_computed_again(tmp_path, monkeypatch):
     assert torch.equal(pm.cached_encoding("codes", "k", compute, tmp_path), first) and len(calls) == 2
 
 
-def test_fetch_only_downloads_into_an_empty_folder_and_prepares_nothing(tmp_path, monkeypatch):
+def test_fetch_only_downloads_into_an_empty_folder_and_prepares_nothing(tmp_path, monkeypatch, physionet):
     """make demo's first forecast needs record 100 before anything is prepared: --fetch-only gets the data."""
-    def download(name, folder):
-        assert name == "mitdb"
-        write_record(Path(folder), "100", seconds=12, seed=0)
-    monkeypatch.setattr(wfdb, "dl_database", download)
+    physionet("bring")      # asks for "mitdb"
     monkeypatch.setenv("ECG_PREPARED_DIR", str(tmp_path / "prepared"))
     r = run_in_process(["--data-dir", str(tmp_path / "mitdb"), "--fetch-only"])
     assert r.returncode == 0 and "1 WFDB records" in r.stdout, r.stderr
@@ -968,7 +962,7 @@ def test_skip_bad_leaving_no_training_record_says_so(tmp_path):
 
 def test_fetch_only_refuses_the_flags_of_a_preparation(tmp_path, monkeypatch):
     """--fetch-only --records 100 fetched all of MIT-BIH and prepared nothing, --records passed over without a word."""
-    monkeypatch.setattr(wfdb, "dl_database", lambda *a, **k: pytest.fail("fetched despite flags it passes over"))
+    forbid_download(monkeypatch, "fetched despite flags it passes over")
     r = run_in_process(["--data-dir", str(tmp_path / "mitdb"), "--fetch-only", "--records", "100", "--skip-bad"])
     assert r.returncode == 2 and r.stderr == ("error: --fetch-only prepares nothing (it fetches all of MIT-BIH when the "
                                               "data folder has no records), so --records, --skip-bad would do nothing: "

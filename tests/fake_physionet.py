@@ -1,0 +1,84 @@
+"""Stand-ins for wfdb.dl_database, run by prepare_mitbih's download in its child process (the tests name one in
+prepare_mitbih.FETCH). Each brings the records a test wrote into $FAKE_PHYSIONET into the folder it is given, as a
+download does, and then fails, stalls or signals as the test asks ($FAKE_*). Light: no torch, no conftest."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+STALLED_S = 30.0        # longer than any test: a stalled download ends when it is stopped
+
+
+def bring(name: str, folder: str, records: list[str] | None = None) -> None:
+    """The files of `records` (all of $FAKE_PHYSIONET's without) copied into `folder`, its pid written first."""
+    assert name == "mitdb", name
+    if pid_file := os.environ.get("FAKE_PID"):
+        Path(pid_file).write_text(str(os.getpid()))
+    served = Path(os.environ["FAKE_PHYSIONET"])
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for f in sorted(served.iterdir()):
+        if records is None or f.stem in records:
+            shutil.copy(f, Path(folder) / f.name)
+
+
+def offline(name: str, folder: str) -> None:
+    """No network: requests' error, its message $FAKE_ERROR."""
+    raise ConnectionError(os.environ.get("FAKE_ERROR", "no network in the tests"))
+
+
+def cut_short(name: str, folder: str) -> None:
+    bring(name, folder)
+    raise ConnectionError("Connection reset by peer")
+
+
+def stall(name: str, folder: str) -> None:
+    """A server or proxy that stopped sending after the records came."""
+    bring(name, folder)
+    time.sleep(STALLED_S)
+
+
+def stall_then_recover(name: str, folder: str) -> None:
+    """A server that stopped sending for $FAKE_STALL_S seconds, and then sent the rest: the records again, into the
+    folder, which a download given up meanwhile had removed."""
+    bring(name, folder)
+    time.sleep(float(os.environ["FAKE_STALL_S"]))
+    bring(name, folder)
+
+
+def signal_parent(name: str, folder: str) -> None:
+    """Ctrl-C or SIGTERM ($FAKE_SIGNAL) to the process downloading, while the server sends nothing."""
+    bring(name, folder)
+    os.kill(os.getppid(), getattr(signal, os.environ["FAKE_SIGNAL"]))
+    time.sleep(STALLED_S)
+
+
+def slow(name: str, folder: str) -> None:
+    """Four answers (urllib3's log of them) and then three records, each 0.25 s after the last."""
+    for i in range(4):
+        time.sleep(0.25)
+        logging.getLogger("urllib3.connectionpool").debug('https://physionet.org:443 "HEAD /1%02d.atr" 200', i)
+    for record in ("100", "101", "102"):
+        time.sleep(0.25)
+        bring(name, folder, [record])
+
+
+def growing(name: str, folder: str) -> None:
+    """Record 100, then 101.dat growing by 100 bytes every 0.25 s for 2 s, a retry's warning, then record 101."""
+    bring(name, folder, ["100"])
+    coming = Path(folder) / "101.dat"
+    for _ in range(8):
+        time.sleep(0.25)
+        with coming.open("ab") as f:
+            f.write(bytes(100))
+    logging.getLogger("urllib3.connectionpool").warning(os.environ["FAKE_WARNING"])
+    bring(name, folder, ["101"])
+
+
+def told_where(name: str, folder: str) -> None:
+    """bring, the folder it was given written to $FAKE_GIVEN."""
+    Path(os.environ["FAKE_GIVEN"]).write_text(folder)
+    bring(name, folder)
