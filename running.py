@@ -180,12 +180,11 @@ def interruptible() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def in_thread(call: Callable[[], None], name: str, each: Callable[[], None] | None = None) -> None:
-    """call() in a daemon thread of its own, this one waiting 0.1 s at a time and calling `each()` (which may give the
-    wait up by raising) at every wake that finds call() still running: a wait in C++ or on a socket (torch's
-    rendezvous, a download) holds off Python's signal handlers, and a signal the kernel hands to that thread
-    interrupts no join(), so a Ctrl-C or SIGTERM stopped it only after its own timeout, or never. A stop leaves the
-    thread waiting (a daemon)."""
+def in_thread(call: Callable[[], None], name: str) -> None:
+    """call() in a daemon thread of its own, this one waiting 0.1 s at a time: a wait in C++ (torch's rendezvous)
+    holds off Python's signal handlers, and a signal the kernel hands to that thread interrupts no join(), so a
+    Ctrl-C or SIGTERM stopped it only after its own timeout. A stop leaves the thread waiting (a daemon): run_main
+    ends a rank of several by os._exit."""
     failed: list[BaseException] = []
 
     def run() -> None:
@@ -198,8 +197,6 @@ def in_thread(call: Callable[[], None], name: str, each: Callable[[], None] | No
     thread.start()
     while thread.is_alive():
         thread.join(0.1)
-        if each is not None and thread.is_alive():     # a call that has ended is not given up
-            each()
     if failed:
         raise failed[0]
 

@@ -693,22 +693,6 @@ def test_a_signal_the_kernel_hands_to_the_joining_thread_still_stops_the_wait() 
     assert time.monotonic() - start < 2
 
 
-def test_a_call_that_has_ended_is_not_given_up() -> None:
-    """in_thread called each() after every wake, the one that saw the call end too: a download's stall check, its
-    limit reached as the last file came, gave up a download that had finished. each() looks at live calls only."""
-    looks = []
-
-    def give_up() -> None:
-        looks.append(time.monotonic())
-        raise TimeoutError("given up")
-
-    running.in_thread(lambda: time.sleep(0.05), "ends", give_up)
-    assert looks == []
-    with pytest.raises(TimeoutError, match="given up"):
-        running.in_thread(lambda: time.sleep(5), "waits", give_up)
-    assert len(looks) == 1
-
-
 @pytest.mark.parametrize("raised", [ValueError("bad"), SystemExit(3), KeyboardInterrupt()])
 def test_in_thread_raises_what_the_call_raised_and_runs_it_in_a_daemon_thread(raised: BaseException) -> None:
     """Whatever the call raised is raised in the waiting thread, SystemExit and KeyboardInterrupt too (else only
