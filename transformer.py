@@ -239,6 +239,9 @@ class CodeGPT(nn.Module):
             raise ValueError("generate needs a context of at least one code step, got none")
         if context.shape[1] + steps > self.block_size:
             raise ValueError(f"context {context.shape[1]} + {steps} steps exceeds block_size {self.block_size}")
+        self.check_codes(context, "context")
+        if draft is not None:
+            self.check_codes(draft, "draft", least=-1)
         levels = as_levels(context, self.levels)
         nxt, rep, own = self._next_drafts(draft, len(context), context.shape[1] + steps, num_samples)
         draw = functools.partial(self.sample_step, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -248,6 +251,16 @@ class CodeGPT(nn.Module):
         else:
             out = self._generate_uncached(levels.repeat_interleave(num_samples, 0), steps, draw, rep)
         return out if context.ndim == 3 else out[..., 0]
+
+    def check_codes(self, codes: torch.Tensor, what: str, least: int = 0) -> None:
+        """Refuse codes outside least..codebook_size - 1 by name: `embed` reads level q's code c at row
+        q * codebook_size + c of one table, so a code beyond its codebook (another VQ-VAE's) or a negative one was
+        read as a code of another level without a word."""
+        if codes.numel():
+            lo, hi = torch.stack(torch.aminmax(codes)).tolist()     # one device sync, not two
+            if lo < least or hi >= self.codebook_size:
+                raise ValueError(f"{what} codes must be in {least}..{self.codebook_size - 1} (the model's "
+                                 f"codebook_size {self.codebook_size}), got {lo}..{hi}")
 
     def _next_drafts(self, draft: torch.Tensor | None, contexts: int, length: int, num_samples: int
                     ) -> tuple[torch.Tensor | None, torch.Tensor | None, bool]:

@@ -1210,3 +1210,23 @@ def test_a_context_and_an_end_between_hundredths_are_said_at_a_start_allowed(tmp
     short = write_record(tmp_path, "s", seconds=2.25, fs=128, seed=1)
     with pytest.raises(UserError, match=r"s lasts 2\.25 s, shorter than the model's context of 2\.26 s"):
         forecast_record(fc, str(short), 2.0, 1.0, 1, 0)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_codes_outside_the_codebooks_are_refused_by_name(cache: bool) -> None:
+    """Level q's code c is row q * codebook_size + c of one embedding table: a context code beyond the codebook (a
+    VQ-VAE of larger codebooks) or a negative one was read as another level's code, and generated without a word.
+    Drafts take -1 (none) and nothing below it."""
+    gpt = CodeGPT(codebook_size=8, block_size=12, dim=16, layers=1, heads=2, levels=2, draft=True).eval()
+    ctx = torch.randint(0, 8, (2, 4, 2), generator=torch.Generator().manual_seed(0))
+    draft = torch.full((2, 7, 2), -1)
+    assert gpt.generate(ctx, 3, use_cache=cache, draft=draft).shape == (2, 3, 2)
+    for bad, got in ((8, "0..8"), (-1, "-1..7")):
+        wrong = ctx.clone()
+        wrong[1, 2, 0] = bad
+        with pytest.raises(ValueError, match=rf"context codes must be in 0\.\.7 \(the model's codebook_size 8\), "
+                                             rf"got {got}"):
+            gpt.generate(wrong, 3, use_cache=cache)
+    draft[0, 5, 1] = -2
+    with pytest.raises(ValueError, match=r"draft codes must be in -1\.\.7 .*got -2\.\.-1"):
+        gpt.generate(ctx, 3, use_cache=cache, draft=draft)
