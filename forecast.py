@@ -253,6 +253,7 @@ class Forecaster(ForecasterBase):
 
     def __init__(self, vq: VQVAE, gpt: CodeGPT, cfg: Config, sample: SampleConfig,
                  device: str | torch.device | None = None, draft_beats: bool = False):
+        check_parts(vq, gpt, cfg, draft_beats)
         self.device = model_device(device)
         self.vq, self.gpt = vq.to(self.device).eval(), gpt.to(self.device).eval()
         self.cfg, self.sample, self.draft_beats = cfg, sample, draft_beats
@@ -387,6 +388,25 @@ class Forecaster(ForecasterBase):
         wave = torch.cat([self.vq.decode(f, u) for f, u in zip(full.split(512), unit.split(512))])
         start = seam.shape[1] * self.factor
         return wave[:, start:start + horizon]
+
+
+def check_parts(vq: VQVAE, gpt: CodeGPT, cfg: Config, draft_beats: bool) -> None:
+    """Refuse by name a VQ-VAE, CodeGPT and data settings that do not make one forecaster (the constructor's parts,
+    built by hand): other codebooks or levels stopped in an embedding's 'index out of range in self', a block no
+    longer than a context in 'range() arg 3 must not be zero' or an empty torch.cat, and beat drafts for a model
+    that reads none still tilted its sampling towards them."""
+    steps = cfg.data.window_samples // vq.factor
+    odd = [f"{what}: the VQ-VAE's {mine}, {other}'s {its}" for what, mine, other, its in (
+        ("codebook_size", vq.cfg.codebook_size, "the CodeGPT", gpt.codebook_size),
+        ("codebook levels", len(vq.quantizers), "the CodeGPT", gpt.levels),
+        ("downsample_factor", vq.factor, "cfg.model", cfg.model.downsample_factor)) if mine != its]
+    if gpt.block_size <= steps:
+        odd.append(f"the CodeGPT's block_size {gpt.block_size} leaves no step after a context of {steps} codes "
+                   f"({cfg.data.window_samples} samples)")
+    if draft_beats and gpt.draft is None:
+        odd.append("draft_beats for a CodeGPT that reads no drafts (built without draft=True)")
+    if odd:
+        raise ValueError(f"Forecaster's parts do not fit: {'; '.join(odd)}")
 
 
 @torch.no_grad()

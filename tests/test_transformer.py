@@ -2,6 +2,7 @@ import argparse
 import csv
 import functools
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -1230,3 +1231,29 @@ def test_codes_outside_the_codebooks_are_refused_by_name(cache: bool) -> None:
     draft[0, 5, 1] = -2
     with pytest.raises(ValueError, match=r"draft codes must be in -1\.\.7 .*got -2\.\.-1"):
         gpt.generate(ctx, 3, use_cache=cache, draft=draft)
+
+
+def test_a_forecaster_of_parts_that_do_not_fit_is_refused_by_name() -> None:
+    """Forecaster(vq, gpt, cfg, ...) built by hand: a CodeGPT of other codebooks stopped in an embedding's 'index out of
+    range in self' at the first forecast, a block no longer than a context in 'range() arg 3 must not be zero' (or
+    an empty torch.cat), and draft_beats for a CodeGPT that reads no drafts still tilted its sampling towards them."""
+    import dataclasses
+
+    cfg = config_from_dict(TINY)
+    vq, steps = VQVAE(cfg.model).eval(), cfg.data.window_samples // cfg.model.downsample_factor     # 16 codes
+    block = cfg.data.total_samples // cfg.model.downsample_factor
+    assert Forecaster(vq, CodeGPT(32, steps + 1, 16, 1, 2, 0.0, draft=True), cfg, SampleConfig(), "cpu",
+                      draft_beats=True).gpt.block_size == steps + 1
+    for gpt, beats, said in ((CodeGPT(16, block, 16, 1, 2, 0.0), False,
+                              "codebook_size: the VQ-VAE's 32, the CodeGPT's 16"),
+                             (CodeGPT(32, block, 16, 1, 2, 0.0, levels=2), False,
+                              "codebook levels: the VQ-VAE's 1, the CodeGPT's 2"),
+                             (CodeGPT(32, steps, 16, 1, 2, 0.0), False,
+                              "block_size 16 leaves no step after a context of 16 codes (64 samples)"),
+                             (CodeGPT(32, block, 16, 1, 2, 0.0), True,
+                              "draft_beats for a CodeGPT that reads no drafts")):
+        with pytest.raises(ValueError, match=rf"Forecaster's parts do not fit: .*{re.escape(said)}"):
+            Forecaster(vq, gpt, cfg, SampleConfig(), "cpu", draft_beats=beats)
+    other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, downsample_factor=8))
+    with pytest.raises(ValueError, match="downsample_factor: the VQ-VAE's 4, cfg.model's 8"):
+        Forecaster(vq, CodeGPT(32, block, 16, 1, 2, 0.0), other, SampleConfig(), "cpu")
