@@ -235,6 +235,9 @@ class CodeGPT(nn.Module):
         gives the same codes with or without the cache (up to float rounding of the logits); with it
         the context is read once per context, not once per sample. `draft`: see `_next_drafts`;
         `draft_bias` > 0 tilts each step towards its draft's codes (`sample_step`)."""
+        if steps < 0 or num_samples < 1:     # the cache met torch's 'negative dimension', the reference drew nothing
+            raise ValueError(f"generate takes steps >= 0 and num_samples >= 1, got steps {steps}, num_samples "
+                             f"{num_samples}")
         if context.shape[1] < 1:        # the first step is drawn from the context's last position
             raise ValueError("generate needs a context of at least one code step, got none")
         if context.shape[1] + steps > self.block_size:

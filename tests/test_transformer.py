@@ -826,6 +826,19 @@ def test_an_empty_context_is_refused_by_name(cache: bool) -> None:
         gpt.generate(torch.empty(2, 0, dtype=torch.long), 3, use_cache=cache)
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_negative_steps_or_no_samples_are_refused_by_name(cache: bool) -> None:
+    """steps -1 stopped in torch's 'Trying to create tensor with negative dimension' with the cache and drew nothing
+    without it; num_samples 0 drew nothing, -1 stopped in 'Repeats must be non-negative'. 0 steps draw nothing."""
+    gpt = CodeGPT(codebook_size=8, block_size=16, dim=8, layers=1, heads=2).eval()
+    ctx = torch.randint(0, 8, (2, 4), generator=torch.Generator().manual_seed(0))
+    assert gpt.generate(ctx, 0, use_cache=cache).shape == (2, 0)
+    for steps, samples in ((-1, 1), (2, 0), (2, -1)):
+        with pytest.raises(ValueError, match=f"steps >= 0 and num_samples >= 1, got steps {steps}, num_samples "
+                                             f"{samples}"):
+            gpt.generate(ctx, steps, use_cache=cache, num_samples=samples)
+
+
 def test_a_draft_of_neither_one_row_per_context_nor_per_sample_is_refused() -> None:
     """A draft has a row per context or one per sample; any other count stopped in torch's 'The size of tensor a
     (2) must match the size of tensor b (4)'."""
