@@ -253,7 +253,7 @@ class Forecaster(ForecasterBase):
 
     def __init__(self, vq: VQVAE, gpt: CodeGPT, cfg: Config, sample: SampleConfig,
                  device: str | torch.device | None = None, draft_beats: bool = False):
-        check_parts(vq, gpt, cfg, draft_beats)
+        check_parts(vq, gpt, cfg, sample, draft_beats)
         self.device = model_device(device)
         self.vq, self.gpt = vq.to(self.device).eval(), gpt.to(self.device).eval()
         self.cfg, self.sample, self.draft_beats = cfg, sample, draft_beats
@@ -390,11 +390,13 @@ class Forecaster(ForecasterBase):
         return wave[:, start:start + horizon]
 
 
-def check_parts(vq: VQVAE, gpt: CodeGPT, cfg: Config, draft_beats: bool) -> None:
-    """Refuse by name a VQ-VAE, CodeGPT and data settings that do not make one forecaster (the constructor's parts,
-    built by hand): other codebooks or levels stopped in an embedding's 'index out of range in self', a block no
-    longer than a context in 'range() arg 3 must not be zero' or an empty torch.cat, and beat drafts for a model
-    that reads none still tilted its sampling towards them."""
+def check_parts(vq: VQVAE, gpt: CodeGPT, cfg: Config, sample: SampleConfig, draft_beats: bool) -> None:
+    """Refuse by name a VQ-VAE, CodeGPT, data and sampling settings that do not make one forecaster (the
+    constructor's parts, built by hand): other codebooks or levels stopped in an embedding's 'index out of range in
+    self', a block no longer than a context in 'range() arg 3 must not be zero' or an empty torch.cat, and beat drafts
+    for a model that reads none still tilted its sampling towards them. The sampling settings are checked as a
+    config's are: a negative draft_bias or draft_noise forecast without a word."""
+    sample.validate(gpt.draft is not None)
     steps = cfg.data.window_samples // vq.factor
     odd = [f"{what}: the VQ-VAE's {mine}, {other}'s {its}" for what, mine, other, its in (
         ("codebook_size", vq.cfg.codebook_size, "the CodeGPT", gpt.codebook_size),

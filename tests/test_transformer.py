@@ -1270,3 +1270,14 @@ def test_a_forecaster_of_parts_that_do_not_fit_is_refused_by_name() -> None:
     other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, downsample_factor=8))
     with pytest.raises(ValueError, match="downsample_factor: the VQ-VAE's 4, cfg.model's 8"):
         Forecaster(vq, CodeGPT(32, block, 16, 1, 2, 0.0), other, SampleConfig(), "cpu")
+
+
+@pytest.mark.parametrize("setting", [{"draft_noise": -1.0}, {"draft_bias": -5.0}, {"draft_spread": 1.5}])
+def test_a_forecaster_refuses_sampling_settings_its_config_would(setting: dict) -> None:
+    """SampleConfig built by hand is checked as config_transformer.json's sample section is: a negative draft_noise
+    or draft_bias (a tilt away from the draft) and a jitter beyond the period forecast without a word."""
+    cfg = config_from_dict(TINY)
+    gpt = CodeGPT(32, cfg.data.total_samples // cfg.model.downsample_factor, 16, 1, 2, 0.0, draft=True)
+    (name, value), = setting.items()
+    with pytest.raises(UserError, match=rf"'sample\.{name}' = {value}"):
+        Forecaster(VQVAE(cfg.model).eval(), gpt, cfg, SampleConfig(**setting), "cpu", draft_beats=True)
