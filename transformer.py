@@ -332,15 +332,17 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
                          f"{temperature}, top_k {top_k}, top_p {top_p}")
     if temperature == 0:
         return logits.argmax(-1)
-    best = logits.max(-1)           # the first likeliest code: the limit sampling tends to as the temperature shrinks
-    logits = truncated(logits.float() / temperature, top_k, top_p)
-    overflow = torch.isinf(best.values.float() / temperature)    # so small a temperature that logits reach ±inf
+    best = logits.max(-1, keepdim=True).values
+    tempered = truncated(logits.float() / temperature, top_k, top_p)
+    # so small a temperature that logits reach ±inf (softmax NaN): the limit sampling tends to, the likeliest codes
+    # alike (the first of them alone took every exact tie below ~1e-37, split alike at any temperature above)
+    overflow = torch.isinf(best.float() / temperature)
+    tempered = torch.where(overflow, (logits == best).float().log(), tempered)
     # inverse CDF, one uniform per row (torch.multinomial draws one exponential per code and row);
     # right=True: codes of probability 0 (masked) are never picked, even for u = 0
-    cdf = logits.softmax(-1).cumsum(-1)
+    cdf = tempered.softmax(-1).cumsum(-1)
     u = torch.rand(len(cdf), 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
-    drawn = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
-    return torch.where(overflow, best.indices, drawn)
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
 def truncated(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

@@ -467,6 +467,17 @@ def test_a_vanishing_temperature_draws_the_likeliest_code():
         assert torch.equal(draws, logits.argmax(-1)), t
 
 
+def test_codes_tied_for_the_likeliest_split_alike_however_small_the_temperature():
+    """Sampling tends to the likeliest codes alike as the temperature shrinks: tied ones split at 1e-30, and below
+    ~1e-37, where the tempered logits overflow, every draw took the first of them. Temperature 0 is greedy: the
+    first."""
+    logits = torch.tensor([[1.0, 3.0, 0.0, 3.0]]).repeat(4000, 1)
+    for t in (1e-30, 1e-40, 1e-45):
+        draws = sample_next(logits, temperature=t, top_k=2, generator=torch.Generator().manual_seed(0))
+        assert set(draws.tolist()) == {1, 3} and abs((draws == 1).float().mean() - 0.5) < 0.03, t
+    assert set(sample_next(logits, temperature=0.0).tolist()) == {1}
+
+
 def test_a_long_context_is_read_at_its_end():
     """A context longer than the model's block is cut to its most recent samples: whatever came long before
     (here: noise or silence) does not change the forecast, which continues where the context ends."""
