@@ -207,6 +207,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """The seed of a stream of draws (a DDP rank, a DataParallel card) for one epoch: its own, and the same again
+    when a resume redoes the epoch."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+
+
+def seed_replica_cards(model: nn.Module, seed: int, epoch: int) -> None:
+    """Under nn.DataParallel each replica draws from its own card's generator, and torch.manual_seed seeds every
+    card alike: left so, the replicas would draw the same dropout masks and the same latent SDE noise for their
+    shares of each batch. The first card draws as one GPU would; card k reseeds from (seed, epoch, k) at every
+    epoch's start, as rank k does under DDP, so a resume draws them again."""
+    if isinstance(model, nn.DataParallel):
+        for card in model.device_ids[1:]:
+            torch.cuda.default_generators[card].manual_seed(epoch_seed(seed, epoch, card))
+
+
 def rng_state(device: torch.device = torch.device("cpu")) -> dict:
     """The generators' states, with the CUDA card this process draws on (`device`)."""
     np_state = np.random.get_state()
@@ -515,7 +531,8 @@ class Trainer:
     def _train_epoch(self, model: nn.Module) -> dict:
         model.train()
         if self.rt.rank:    # rank 0 draws as one process would; the others their own, and again so on resume
-            seed_everything(int(np.random.SeedSequence([self.s.seed, self.epoch, self.rt.rank]).generate_state(1)[0]))
+            seed_everything(epoch_seed(self.s.seed, self.epoch, self.rt.rank))
+        seed_replica_cards(model, self.s.seed, self.epoch)
         self.sampler.set_epoch(self.epoch)
         if hasattr(self.train_loader.dataset, "set_epoch"):
             self.train_loader.dataset.set_epoch(self.epoch)

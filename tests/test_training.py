@@ -442,6 +442,36 @@ def test_a_model_given_in_data_parallel_trains_as_its_bare_module(tmp_path, caps
     assert all(torch.equal(a, b) for a, b in zip(bare.model.parameters(), inner.parameters()))
 
 
+class CardsDataParallel(nn.DataParallel):
+    """nn.DataParallel over cards 0, 1 and 2 as the trainer sees it, its forward on the CPU: its constructor wants
+    GPUs, and the replicas' draws come from the cards' generators (torch.cuda.default_generators), patched here."""
+
+    def __init__(self, module: nn.Module):
+        nn.Module.__init__(self)
+        self.module, self.device_ids = module, [0, 1, 2]
+
+    def forward(self, *inputs, **kwargs):
+        return self.module(*inputs, **kwargs)
+
+
+def test_data_parallel_replicas_draw_apart_and_again_on_resume(tmp_path, monkeypatch) -> None:
+    """torch.manual_seed seeds every card's generator alike, so DataParallel's replicas drew the same dropout masks
+    and latent SDE noise for their shares of a batch. At every epoch's start cards 1 and 2 reseed from (seed, epoch,
+    card), the first card left to draw as one GPU would: each card then draws its own numbers, and the same again
+    when a resume redoes the epoch."""
+    def states(name: str) -> list[torch.Tensor]:
+        cards = [torch.Generator().manual_seed(0) for _ in range(3)]      # as torch.manual_seed(0) leaves them
+        monkeypatch.setattr(torch.cuda, "default_generators", tuple(cards))
+        trainer = toy_trainer(tmp_path / name)
+        trainer._train_epoch(CardsDataParallel(trainer.model))
+        return [card.get_state() for card in cards]
+
+    first, resumed = states("first"), states("resumed")
+    assert torch.equal(first[0], torch.Generator().manual_seed(0).get_state())
+    assert not any(torch.equal(first[i], first[j]) for i, j in ((0, 1), (0, 2), (1, 2)))
+    assert all(torch.equal(a, b) for a, b in zip(first, resumed))
+
+
 def test_cuda_generator_states_resume_on_other_cards(monkeypatch) -> None:
     """Saved by a process on card 1 of 4: one process on all 4 cards restores them all; a DDP rank on card 3,
     or a run on a machine with one card, restores card 1's state onto its own card."""
