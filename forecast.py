@@ -272,8 +272,11 @@ class Forecaster(ForecasterBase):
             raise UserError(f"Forecaster.from_checkpoint({str(path)!r}): no such file; it takes the shipped models as "
                             f"{' or '.join(SHIPPED_SPECS)}, from_pretrained(model={str(path)!r}) loads this one")
         ckpt, digest = read_checkpoint(path)
-        with torch.random.fork_rng(devices=[]):     # the modules' first weights, replaced on load, come from torch's
-            fc = cls._built(ckpt, path, device)     # global generator: a session's seeded draws must not move
+        # the modules' first weights, replaced on load, come from torch's global generator: a session's seeded draws
+        # must not move. Built on the CPU (then moved to `device`), whatever torch's default device: on a GPU set as
+        # default they came from the GPU's generator, which fork_rng leaves moved, and CUDA held them for nothing
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+            fc = cls._built(ckpt, path, device)
         fc.checkpoint_sha256 = digest               # of the bytes loaded: the file may be replaced since (best.pt)
         return fc
 

@@ -574,12 +574,14 @@ class LatentSDEForecaster(ForecasterBase):
     @float32_default()
     def from_checkpoint_dict(cls, ckpt: dict, path: str | Path, device: str | torch.device | None = None
                              ) -> "LatentSDEForecaster":
-        """Build from a loaded latent_sde checkpoint: it carries the VQ-VAE weights and both configs."""
-        vq, cfg = vqvae_from(ckpt["vqvae"], str(path))
-        scfg = sde_config_from_dict({k: ckpt["config"][k] for k in ("model", "solver", "loss", "train")},
-                                    f"latent SDE config stored in {path}")
-        sde = LatentSDE(cfg.model.latent_dim, scfg, cfg.data.samples_per_second / cfg.model.downsample_factor)
-        load_weights(sde, ckpt["model"], path)
+        """Build from a loaded latent_sde checkpoint: it carries the VQ-VAE weights and both configs. The modules are
+        built on the CPU whatever torch's default device (as Forecaster.from_checkpoint builds them), then moved."""
+        with torch.device("cpu"):
+            vq, cfg = vqvae_from(ckpt["vqvae"], str(path))
+            scfg = sde_config_from_dict({k: ckpt["config"][k] for k in ("model", "solver", "loss", "train")},
+                                        f"latent SDE config stored in {path}")
+            sde = LatentSDE(cfg.model.latent_dim, scfg, cfg.data.samples_per_second / cfg.model.downsample_factor)
+            load_weights(sde, ckpt["model"], path)
         out = cls(vq, sde, cfg, scfg, device)
         out.from_run(path, ckpt)
         return out

@@ -430,6 +430,30 @@ def test_a_session_with_another_default_device_gets_the_same_forecasts(model):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("model", SHIPPED)
+def test_a_forecaster_loaded_in_a_session_with_another_default_device_is_built_on_the_cpu(model):
+    """Loaded under torch.set_default_device("cuda"), as GPU notebooks set it, a forecaster asked for the CPU built its
+    modules on the GPU and moved them: CUDA started and held them for nothing, and their first weights (replaced on
+    load) came from the GPU's generator, which fork_rng(devices=[]) leaves moved. They are built on the CPU, as
+    LatentSDEForecaster.from_checkpoint_dict builds them too. 'meta' stands in for the GPU this machine lacks:
+    built there, loading stopped in torch's 'Cannot copy out of meta tensor'."""
+    from conftest import synthetic_ecg
+    from latent_sde import LatentSDEForecaster
+    from train_results import load_checkpoint
+    x = synthetic_ecg(3, 128)[0]
+    expected = Forecaster.from_pretrained(device="cpu", model=model).predict(x, 256, 4, 3)
+    torch.set_default_device("meta")
+    try:
+        loaded = [Forecaster.from_pretrained(device="cpu", model=model)]
+        if model == "latent_sde":
+            loaded.append(LatentSDEForecaster.from_checkpoint_dict(load_checkpoint(SHIPPED[model]), SHIPPED[model],
+                                                                   "cpu"))
+    finally:
+        torch.set_default_device(None)
+    for fc in loaded:
+        np.testing.assert_array_equal(fc.predict(x, 256, 4, 3), expected)
+
+
 def test_a_latent_sde_built_from_its_checkpoint_dict_in_a_float64_session_forecasts_as_in_float32():
     """LatentSDEForecaster.from_checkpoint_dict (by which latent_sde_train.py's CRPS fine-tuning builds the forecaster
     it trains) was reached by neither float32 mechanism, Forecaster.from_checkpoint's float32_default nor
