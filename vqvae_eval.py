@@ -228,21 +228,23 @@ def compression(model: VQVAE, window: int, fs: float, record_fs: float | None = 
 @torch.no_grad()
 def reconstruction_report(model: VQVAE, data: dict, record_fs: float | None = None, batch: int = 256) -> dict:
     """Per-record sums of squared error / signal / deviation, so PRD is exact per record. The compression
-    ratio counts the bits of the records at `record_fs` (their rate before resampling; default: the model's)."""
+    ratio counts the bits of the records at `record_fs` (their rate before resampling; default: the model's). The
+    windows go to the model's device (a GPU's, from Python; the CLI's is the CPU)."""
     sig = data["signals"]
     rec = data["record"].numpy()
     names = data["records"]
     sums = np.zeros((len(names), 3))
     usage = torch.zeros(model.cfg.codebook_size)
+    device = next(model.parameters()).device
     for lo in tqdm(range(0, len(sig), batch), desc="windows", unit="batch"):
-        x = sig[lo:lo + batch].clone()
+        x = sig[lo:lo + batch].to(device, copy=True)
         unit = model.unit(x)
         codes = model.encode(x, unit)
         first = codes if codes.ndim == 2 else codes[..., 0]
-        usage += torch.bincount(first.flatten(), minlength=len(usage)).float()
-        err = (model.decode(codes, unit) - x).pow(2).sum((1, 2)).double().numpy()
-        energy = x.pow(2).sum((1, 2)).double().numpy()
-        dev = (x - x.mean(1, keepdim=True)).pow(2).sum((1, 2)).double().numpy()
+        usage += torch.bincount(first.flatten(), minlength=len(usage)).float().cpu()
+        err = (model.decode(codes, unit) - x).pow(2).sum((1, 2)).double().cpu().numpy()
+        energy = x.pow(2).sum((1, 2)).double().cpu().numpy()
+        dev = (x - x.mean(1, keepdim=True)).pow(2).sum((1, 2)).double().cpu().numpy()
         np.add.at(sums, rec[lo:lo + batch], np.stack([err, energy, dev], 1))
     n_per_record = np.bincount(rec, minlength=len(names)) * sig.shape[1] * 2
     per_record = {names[i]: {"mse_mv2": sums[i, 0] / n_per_record[i], "prd": 100 * math.sqrt(sums[i, 0] / sums[i, 1]),
@@ -304,7 +306,7 @@ def plot_examples(model: VQVAE, data: dict, split: str, prepared: str | None, ou
     title the checkpoint (as --record's figure names it)."""
     idx = fixed_indices(data, 4)
     x = data["signals"][idx].clone()
-    plot_windows(x.numpy(), model(x)[0].numpy(), float(data["fs"]), out,
+    plot_windows(x.numpy(), model(x.to(next(model.parameters()).device))[0].cpu().numpy(), float(data["fs"]), out,
                  f"the VQ-VAE of {paths.shown(checkpoint)}: {split} windows, original vs reconstruction",
                  window_titles(data, idx, stored_leads(prepared)))
 
