@@ -364,12 +364,16 @@ class VQVAE(nn.Module):
 
     def _check_codes(self, codes: torch.Tensor) -> None:
         """Codes must index the codebooks: a negative one would silently pick a code from the end, and one too
-        large fails deep in indexing without saying which codebook size was asked."""
+        large fails deep in indexing without saying which codebook size was asked. A window's codes without their
+        batch axis ([T'] of one codebook) or with one too many failed in a permute of torch's words."""
         if not isinstance(codes, torch.Tensor):
             raise TypeError(f"expected codes as a torch tensor, got {type(codes).__name__}: "
                             f"pass torch.as_tensor(codes, device=vq.device)")
         if codes.dtype.is_floating_point or codes.dtype == torch.bool:
             raise ValueError(f"codes must be integers (torch.long), got {codes.dtype}")
+        if codes.ndim not in (2, 3):
+            raise ValueError(f"codes must be [B, T'] (one codebook) or [B, T', Q], got {list(codes.shape)}"
+                             + (": one window's codes take codes[None]" if codes.ndim == 1 else ""))
         if not codes.numel():
             return
         lo, hi = torch.stack(torch.aminmax(codes)).tolist()  # one device sync per decode, not two
@@ -392,7 +396,7 @@ class VQVAE(nn.Module):
     def decode(self, codes: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         """Codes [B, T'] or [B, T', Q] -> signals [B, T' * factor, 2] in mV (`unit`: see `unit`)."""
         self._check_codes(codes)
-        levels = as_levels(codes, len(self.quantizers))
+        levels = as_levels(codes.long(), len(self.quantizers))    # uint8 ones would index as a mask
         z = sum(q.codebook[levels[..., i]] for i, q in enumerate(self.quantizers))
         return self.decode_latent(z.permute(0, 2, 1), unit)
 

@@ -784,6 +784,29 @@ def test_decode_names_codes_saved_as_numpy_or_without_their_batch() -> None:
         m.decode(codes[0])
 
 
+def test_decode_names_codes_of_one_window_or_one_axis_too_many() -> None:
+    """One codebook's codes of one window, [T'], passed as_levels as [T', 1] and stopped in a permute of torch's
+    words, as did codes with an axis too many."""
+    m = tiny_model().eval()
+    codes = m.encode(torch.randn(1, 64, 2))
+    with pytest.raises(ValueError, match=r"must be \[B, T'\] .* got \[16\]: one window's codes take codes\[None\]"):
+        m.decode(codes[0])
+    with pytest.raises(ValueError, match=r"must be \[B, T'\] \(one codebook\) or \[B, T', Q\], got \[1, 1, 16, 1\]"):
+        m.decode(codes[None, ..., None])
+
+
+def test_codes_of_any_integer_type_decode_alike() -> None:
+    """Codes saved small (uint8 for a codebook of up to 256) indexed the codebook as a boolean mask: an IndexError
+    about a mask's shape. Every integer type decodes as torch.long does."""
+    torch.manual_seed(0)
+    m = tiny_model(num_quantizers=2).eval()
+    with torch.no_grad():
+        codes = m.encode(torch.randn(2, 64, 2))
+        want = m.decode(codes)
+        for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
+            assert torch.equal(m.decode(codes.to(dtype)), want), dtype
+
+
 def test_decode_latent_names_latents_saved_as_numpy() -> None:
     """A .npz's latents passed as they load (numpy) met conv1d's list of every signature it takes; encode and decode
     name a numpy input, and so does decode_latent now."""
