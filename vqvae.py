@@ -353,6 +353,7 @@ class VQVAE(nn.Module):
         """encode's codes of latents z [B, latent_dim, T'] from encode_latent, so that a caller wanting both (as
         vqvae_eval.code_windows) encodes only once. Distances in float32, as the quantizer's (bfloat16 ones changed
         6% of the codes of the same latents)."""
+        self._check_latents(z)
         B, D, T = z.shape
         rest = z.float().permute(0, 2, 1).reshape(-1, D)
         codes = []
@@ -381,16 +382,21 @@ class VQVAE(nn.Module):
             raise ValueError(f"codes must be in 0..{self.cfg.codebook_size - 1} (codebook_size "
                              f"{self.cfg.codebook_size}), got {lo}..{hi}")
 
+    def _check_latents(self, z: torch.Tensor) -> None:
+        """Latents as encode_latent gives them, [B, latent_dim, T'], for decode_latent and nearest_codes: a .npz's
+        array met conv1d's list of every signature it takes, and time-first latents a matmul's shapes."""
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"expected latents as a torch tensor, got {type(z).__name__}: "
+                            f"pass torch.as_tensor(z, dtype=torch.float32, device=vq.device)")
+        if z.ndim != 3 or z.shape[1] != self.cfg.latent_dim:
+            raise ValueError(f"latents must be [B, {self.cfg.latent_dim}, T'] (latent_dim second), got "
+                             f"{tuple(z.shape)}: vqvae_eval.py's .npz keeps them time first, [W, T', "
+                             f"{self.cfg.latent_dim}]: pass z.transpose(1, 2)")
+
     def decode_latent(self, zq: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         """Latents [B, latent_dim, T'] -> signals [B, T' * factor, 2] in mV: quantised ones (decode sums them from
         the codes) or encode_latent's continuous ones, unquantised, as the latent SDE decodes its paths."""
-        if not isinstance(zq, torch.Tensor):      # a .npz's array met conv1d's list of every signature it takes
-            raise TypeError(f"expected latents as a torch tensor, got {type(zq).__name__}: "
-                            f"pass torch.as_tensor(z, dtype=torch.float32, device=vq.device)")
-        if zq.ndim != 3 or zq.shape[1] != self.cfg.latent_dim:
-            raise ValueError(f"latents must be [B, {self.cfg.latent_dim}, T'] (latent_dim second), got "
-                             f"{tuple(zq.shape)}: vqvae_eval.py's .npz keeps them time first, [W, T', "
-                             f"{self.cfg.latent_dim}]: pass z.transpose(1, 2)")
+        self._check_latents(zq)
         return self.decoder(zq).transpose(1, 2) * self._decode_unit(unit, len(zq))
 
     def decode(self, codes: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:

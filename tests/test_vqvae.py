@@ -817,6 +817,20 @@ def test_decode_latent_names_latents_saved_as_numpy() -> None:
         m.decode_latent(z.detach().numpy(), m.unit(x))
 
 
+@pytest.mark.parametrize("step", ["decode_latent", "nearest_codes"])
+def test_latents_time_first_or_as_numpy_are_named_by_both_of_their_readers(step: str) -> None:
+    """nearest_codes takes encode_latent's latents as decode_latent does: a .npz's [W, T', D] latents, or a numpy
+    array, stopped there in a matmul's shapes or a 'numpy' attribute error."""
+    m = tiny_model().eval()
+    x = torch.randn(1, 64, 2)
+    with torch.no_grad():
+        z = m.encode_latent(x, m.unit(x))
+    with pytest.raises(ValueError, match=r"latents must be \[B, 8, T'\] \(latent_dim second\), got \(1, 16, 8\)"):
+        getattr(m, step)(z.transpose(1, 2))
+    with pytest.raises(TypeError, match=r"expected latents as a torch tensor, got ndarray"):
+        getattr(m, step)(z.numpy())
+
+
 def test_restart_before_the_codebook_is_initialised_restarts_and_counts_nothing() -> None:
     """Before k-means init there is no reservoir to restart from: the codebook is kept, and no restart is reported."""
     torch.manual_seed(0)
