@@ -339,7 +339,18 @@ class VQVAE(nn.Module):
         else:
             self._check(x)
             self._check_unit(unit, len(x))
+            self._check_gain(unit)
         return self.encoder((x / unit).transpose(1, 2))
+
+    @staticmethod
+    def _check_gain(unit: torch.Tensor) -> None:
+        """A given unit divides the windows: a zero one made their latents inf or NaN, which coded every step 0 (as
+        NaN samples did, _check_finite) without a word, and a negative one coded the window upside down."""
+        bad = ~(torch.isfinite(unit) & (unit > 0))
+        if bad.any():
+            raise ValueError(f"unit holds {int(bad.sum())} gain(s) that are not finite and > 0, e.g. "
+                             f"{unit[bad][0].item():g}: a window is divided by its unit, so pass unit=vq.unit(x) "
+                             f"(its RMS or the training std per lead, never 0)")
 
     def encode(self, x: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         """Signals [B, T, 2] in mV -> codes [B, T / factor] (Q = 1) or [B, T / factor, Q]; in float32 under autocast

@@ -768,6 +768,20 @@ def test_a_unit_is_one_divisor_per_window_and_lead() -> None:
         assert torch.equal(m.encode(x, one[0, 0]), m.encode(x, one.expand(16, 1, 2)))
 
 
+@pytest.mark.parametrize("step", ["encode", "encode_latent"])
+@pytest.mark.parametrize("gain", [0.0, -0.5, math.nan, math.inf])
+def test_a_unit_of_no_positive_gain_is_refused_before_coding(step: str, gain: float) -> None:
+    """The windows are divided by a given unit: a unit of 0 (an RMS of one's own of a flat lead) made the latents
+    inf or NaN, whose NaN distances coded every step 0 without a word; a negative one coded the window upside down."""
+    m = tiny_model(num_quantizers=2).eval()
+    x = torch.randn(2, 64, 2)
+    unit = torch.ones(2, 1, 2)
+    unit[1, 0, 1] = gain
+    with pytest.raises(ValueError, match=r"unit holds 1 gain\(s\) that are not finite and > 0, e.g. (0|-0.5|nan|inf)"):
+        getattr(m, step)(x, unit)
+    assert getattr(m, step)(x, torch.ones(2)).shape[0] == 2        # positive gains, broadcast, as before
+
+
 def test_decode_refuses_float_codes() -> None:
     with pytest.raises(ValueError, match="integers"):
         tiny_model().eval().decode(torch.zeros(1, 16))
