@@ -353,7 +353,9 @@ class VQVAE(nn.Module):
                              f"(its RMS or the training std per lead, never 0)")
 
     def encode(self, x: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
-        """Signals [B, T, 2] in mV -> codes [B, T / factor] (Q = 1) or [B, T / factor, Q]; in float32 under autocast
+        """Signals [B, T, 2] in mV -> codes [B, T / factor] (Q = 1) or [B, T / factor, Q], each window's codes
+        depending on all of it (its gain, the group norms' statistics over it: code the model's window length as the
+        forecasters do, not a longer stretch, for the codes they learnt); in float32 under autocast
         too, as the codes the Transformer learnt were made (a bfloat16 encoder and distances changed 9% of the shipped
         forecaster's codes of validation windows)."""
         with torch.autocast(self.device.type, enabled=False):     # the model's device: x is checked in encode_latent
