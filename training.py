@@ -47,8 +47,8 @@ import paths
 import running
 from hyper_params import BEYOND_INT_LIMIT, INT_LIMIT, TrainConfig
 from paths import UserError, check_device
-from train_results import (TRAINING_STATE, MetricsLog, check_same_config, load_checkpoint, load_weights,
-                           plot_codebook_health, plot_loss_curves, read_checkpoint, save_checkpoint)
+from train_results import (TRAINING_STATE, MetricsLog, check_same_config, float32_default, load_checkpoint,
+                           load_weights, plot_codebook_health, plot_loss_curves, read_checkpoint, save_checkpoint)
 
 StepFn = Callable[[nn.Module, object], tuple[torch.Tensor, dict]]
 EpochEndFn = Callable[[nn.Module, int, bool], dict]
@@ -817,12 +817,15 @@ def _begun() -> _Begun:
 def training_main(main: Callable[[list[str] | None], dict]) -> Callable[[list[str] | None], dict]:
     """A *_train.py's main(), run by its script or called from Python: a new run stopped (Ctrl-C, SIGTERM or an
     error) before its first epoch is logged leaves no folders, and a Ctrl-C or SIGTERM then, or in any run before its
-    Trainer runs, says how it goes on, as the Trainer's would (_Begun.stopped)."""
+    Trainer runs, says how it goes on, as the Trainer's would (_Begun.stopped). The models train in float32 whatever
+    torch's default dtype: a session that set float64 (as scientific code does) built float64 modules, which met the
+    float32 windows in 'Input type (float) and bias type (double)' before the first step."""
     @functools.wraps(main)
     def run(argv: list[str] | None = None) -> dict:
         _mains.append(begun := _Begun(module=main.__module__, argv=argv))
         try:
-            return main(argv)
+            with float32_default():
+                return main(argv)
         except BaseException as e:
             begun.stopped(e)
             raise

@@ -65,6 +65,23 @@ def _only_run(folder: Path) -> Path:
     return run
 
 
+def test_vqvae_trains_in_float32_from_a_float64_session(tmp_path: Path, synthetic_db: Path) -> None:
+    """vqvae_train.main() called where torch's default dtype is float64 (as scientific code sets it) built float64
+    modules, and stopped in 'Input type (float) and bias type (double)' before its first step; it trains the float32
+    model it saves, and leaves the session's default as it was."""
+    setup = tiny_setup(tmp_path, synthetic_db)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        row = _run(setup, "--epochs", "1")
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(before)
+    assert np.isfinite(row["val_loss"])
+    ckpt = torch.load(next((tmp_path / "checkpoints").glob("*/last.pt")), weights_only=True)
+    assert {v.dtype for v in ckpt["model"].values() if v.is_floating_point()} == {torch.float32}
+
+
 def test_train_writes_plots_metrics_and_checkpoints(tmp_path: Path, synthetic_db: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     setup = tiny_setup(tmp_path, synthetic_db)
