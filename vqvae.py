@@ -250,6 +250,10 @@ class VectorQuantizer(nn.Module):
 class VQVAE(nn.Module):
     def __init__(self, cfg: ModelConfig, scale_mv: list[float] | None = None):
         super().__init__()
+        f = cfg.downsample_factor
+        if f < 1 or f & (f - 1):    # a ModelConfig built in code, unvalidated: 6 built a model of factor 4, silently
+            raise ValueError(f"downsample_factor must be a power of 2, got {f}: the encoder halves a window's length "
+                             f"log2(downsample_factor) times (ModelConfig.validate checks a config's)")
         self.cfg = cfg
         self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
         first, *rest = [VectorQuantizer(cfg.codebook_size, cfg.latent_dim, cfg.ema_decay, cfg.commitment_cost,

@@ -37,6 +37,14 @@ def test_shapes_for_any_multiple_of_the_factor(attention: bool, length: int) -> 
     assert m.encode_latent(x).shape == (3, 8, length // 4)
 
 
+@pytest.mark.parametrize("factor", [0, 6, 12])
+def test_a_factor_no_power_of_2_builds_no_model(factor: int) -> None:
+    """A ModelConfig built in code is not validated: a factor of 6 built a model that halved a window twice (factor 4),
+    whose codes [B, T / 4] went with a factor, checks and compression_ratio of 6 (0: 'math domain error')."""
+    with pytest.raises(ValueError, match=f"downsample_factor must be a power of 2, got {factor}"):
+        tiny_model(downsample_factor=factor)
+
+
 def test_rejects_length_not_multiple_of_factor() -> None:
     with pytest.raises(ValueError, match="multiple of 4"):
         tiny_model().encode(torch.randn(1, 66, 2))
