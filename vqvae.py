@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -314,6 +315,13 @@ class VQVAE(nn.Module):
         rms = x.pow(2).mean(1, keepdim=True).sqrt().clamp(2.0 ** GAIN_OCTAVES[0], 2.0 ** GAIN_OCTAVES[1])
         return torch.exp2(torch.round(torch.log2(rms) * GAIN_STEPS) / GAIN_STEPS)
 
+    def _given_unit(self, unit: torch.Tensor | np.ndarray | list, batch: int) -> torch.Tensor:
+        """A unit given to encode or decode, as a tensor on the model's device: the .npz's gain[:, None] is numpy,
+        which encode's checks met in torch.isfinite (and a list in '.shape'). Checked by _check_unit."""
+        unit = torch.as_tensor(unit, device=self.device)
+        self._check_unit(unit, batch)
+        return unit
+
     @staticmethod
     def _check_unit(unit: torch.Tensor, batch: int) -> None:
         """A unit must be one gain per lead of each window, [B, 1, 2] (or one for all, [2]): [3, 1, 2] for one window
@@ -330,8 +338,7 @@ class VQVAE(nn.Module):
     def _decode_unit(self, unit: torch.Tensor | None, batch: int) -> torch.Tensor:
         """What decode multiplies by: the given unit, else the training std per lead (window_gain needs it given)."""
         if unit is not None:
-            self._check_unit(unit, batch)
-            return unit
+            return self._given_unit(unit, batch)
         if self.cfg.window_gain:
             raise ValueError("this VQ-VAE codes each window's gain: pass unit=vq.unit(window) to decode")
         return self.scale
@@ -342,7 +349,7 @@ class VQVAE(nn.Module):
             unit = self.unit(x)         # which checks x
         else:
             self._check(x)
-            self._check_unit(unit, len(x))
+            unit = self._given_unit(unit, len(x))
             self._check_gain(unit)
         return self.encoder((x / unit).transpose(1, 2))
 

@@ -790,6 +790,22 @@ def test_a_unit_of_no_positive_gain_is_refused_before_coding(step: str, gain: fl
     assert getattr(m, step)(x, torch.ones(2)).shape[0] == 2        # positive gains, broadcast, as before
 
 
+def test_a_unit_saved_as_numpy_or_given_as_a_list_codes_as_the_tensor() -> None:
+    """The .npz's gain[:, None] loads as numpy: decode took it, encode stopped in torch.isfinite, and a list in
+    '.shape'. Each codes and decodes as the same unit as a tensor."""
+    torch.manual_seed(0)
+    m = tiny_model(num_quantizers=2, window_gain=True).eval()
+    x = torch.randn(3, 64, 2)
+    with torch.no_grad():
+        unit = m.unit(x)
+        codes, z = m.encode(x, unit), m.encode_latent(x, unit)
+        for given in (unit.numpy(), unit.tolist()):
+            assert torch.equal(m.encode(x, given), codes)
+            assert torch.equal(m.encode_latent(x, given), z)
+            assert torch.equal(m.decode(codes, given), m.decode(codes, unit))
+            assert torch.equal(m.decode_latent(z, given), m.decode_latent(z, unit))
+
+
 def test_decode_refuses_float_codes() -> None:
     with pytest.raises(ValueError, match="integers"):
         tiny_model().eval().decode(torch.zeros(1, 16))
