@@ -327,13 +327,19 @@ def config_from_dict(raw: dict, source: str = "config") -> Config:
 PREDATED = {"model": {"num_quantizers": 1, "window_gain": False}}
 
 
+def with_predated(raw: Any, predated: dict[str, dict[str, Any]]) -> Any:
+    """A checkpoint's stored config with the keys it predates filled in as they were then (`predated`, a model's
+    PREDATED map), so that its defaults can be today's recipe. A config or section that is not an object is passed
+    on as it is, for build_config to name rather than fail here filling in."""
+    if not isinstance(raw, dict):
+        return raw
+    return {**raw, **{section: {**keys, **raw.get(section, {})} for section, keys in predated.items()
+                      if isinstance(raw.get(section, {}), dict)}}
+
+
 def stored_config(raw: Any, source: str) -> Config:
-    """The config a checkpoint was trained with (older checkpoints lack the PREDATED keys). A config or section
-    that is not an object is passed on as it is, for config_from_dict to name rather than fail here filling in."""
-    if isinstance(raw, dict):
-        raw = {**raw, **{section: {**keys, **raw.get(section, {})} for section, keys in PREDATED.items()
-                         if isinstance(raw.get(section, {}), dict)}}
-    return config_from_dict(raw, source)
+    """The config a checkpoint was trained with (older checkpoints lack the PREDATED keys)."""
+    return config_from_dict(with_predated(raw, PREDATED), source)
 
 
 def load_config(path: str | Path | None = None) -> Config:
