@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from hyper_params import AugmentConfig, TrainConfig, _at_least, _check, build_config, read_config
+from hyper_params import AugmentConfig, TrainConfig, _at_least, _check, build_config, read_config, with_predated
 from paths import ROOT
 
 DEFAULT_CONFIG = ROOT / "config_sde.json"
@@ -16,32 +17,32 @@ NOISE_TYPES = ("diagonal", "additive")
 
 @dataclass
 class SDEModelConfig:
-    """Defaults are what checkpoints made before a key existed were trained with (a beat phase, no
-    drafts); config_sde.json holds the recipe (beat drafts, no phase)."""
+    """Defaults are the recipe, config_sde.json's (beat drafts, no phase); a checkpoint's stored config that
+    lacks a key means the behaviour it had when written (PREDATED: a beat phase, no drafts)."""
     state_size: int = 32          # latent SDE state z(t)
     context_size: int = 32        # posterior features per latent step (from the GRU)
     encoder_hidden: int = 64      # GRU width (each direction) of the posterior network
     hidden_size: int = 128        # width of the drift MLPs (prior and posterior correction)
     emission_hidden: int = 128    # width of the MLP from z(t) to one VQ-VAE latent frame
     diffusion_hidden: int = 16    # width of each per-dimension diffusion net
-    phase_harmonics: int = 8      # >0: z[0] is a beat phase turning at the rate z[1] (plus the MLP's
+    phase_harmonics: int = 0      # >0: z[0] is a beat phase turning at the rate z[1] (plus the MLP's
                                   # share); networks see cos/sin of its first n harmonics. 0: plain MLP state
-    corrected_dims: int = 2       # the posterior steers only z[:n] (with a phase: phase and rate); the
+    corrected_dims: int = 0       # the posterior steers only z[:n] (with a phase: phase and rate); the
                                   # rest starts from q(z0) and follows the prior. 0: it steers all of z
     min_rate_hz: float = 0.3      # lowest beat rate the phase drift can express (18 bpm)
     min_obs_std: float = 0.05     # floor of the learned observation noise (normalised latent units)
     phase_template: bool = False  # (needs a phase) add to each emitted frame the context frames of the same
                                   # beat phase: the patient's own beat shape, copied instead of generated
-    draft_beats: bool = False     # the emission adds a beat draft's frames (drafts.draft_waves): the context's
+    draft_beats: bool = True      # the emission adds a beat draft's frames (drafts.draft_waves): the context's
                                   # mean beat at the window's own R peaks in training, its own beats at beat
                                   # times drawn per path in a forecast; the state renders what the draft misses
-    draft_spread: float = 0.02    # a forecast draft's beat-to-beat jitter, SD as a fraction of the period
-    draft_noise: float = 0.0      # white noise on each forecast path, SD this fraction of the context's residual
+    draft_spread: float = 0.06    # a forecast draft's beat-to-beat jitter, SD as a fraction of the period
+    draft_noise: float = 0.2      # white noise on each forecast path, SD this fraction of the context's residual
                                   # from its mean beat (drafts.add_noise; 0: none)
-    hold_band: bool = False       # (needs draft_beats) a forecast path's departure from its draft is high-passed
+    hold_band: bool = True        # (needs draft_beats) a forecast path's departure from its draft is high-passed
                                   # at the data's lower band edge (drafts.hold_to_band): no slow wander
-    departure_scale: float = 1.0  # (needs draft_beats) a forecast path is its draft plus this times the (held)
-                                  # departure; a forecast-time setting, as the hold is (0: the drafts alone)
+    departure_scale: float = 0.5  # a forecast path is its draft plus this times the (held) departure, 1 without
+                                  # draft_beats; a forecast-time setting, as the hold is (0: the drafts alone)
 
     def validate(self) -> None:
         """Sizes, and the combinations of phase, template, drafts and hold_band that make one model."""
@@ -62,10 +63,10 @@ class SDEModelConfig:
         _check(0 <= self.draft_spread < 1, "model.draft_spread", self.draft_spread, "must be in [0, 1)")
         _at_least(0, "model", self, "draft_noise")
         _check(not self.hold_band or self.draft_beats, "model.hold_band", self.hold_band,
-               "needs model.draft_beats (the departure it holds is from the draft)")
+               "needs model.draft_beats (the departure it holds is from the draft): set it false without drafts")
         _at_least(0, "model", self, "departure_scale")
         _check(self.departure_scale == 1 or self.draft_beats, "model.departure_scale", self.departure_scale,
-               "needs model.draft_beats (the departure it scales is from the draft)")
+               "needs model.draft_beats (the departure it scales is from the draft): set it 1 without drafts")
         _check(self.min_rate_hz > 0, "model.min_rate_hz", self.min_rate_hz, "must be > 0")
         _check(self.min_obs_std > 0, "model.min_obs_std", self.min_obs_std, "must be > 0")
 
@@ -135,7 +136,8 @@ class SDEConfig:
     solver: SolverConfig = field(default_factory=SolverConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=128, warmup_steps=50, plot_windows=3,
+                                                                   max_steps_per_epoch=100))
     crps: CRPSConfig = field(default_factory=CRPSConfig)
 
     def to_dict(self) -> dict:
@@ -145,16 +147,27 @@ class SDEConfig:
         for section in (self.model, self.solver, self.loss, self.crps, self.augment, self.train):
             section.validate()
         _check(not (self.solver.adjoint and self.model.phase_harmonics), "solver.adjoint", self.solver.adjoint,
-               f"cannot train a beat phase (model.phase_harmonics = {self.model.phase_harmonics}; "
-               f"{SDEModelConfig.phase_harmonics} where a config leaves it out, 0 in config_sde.json): its phase "
-               "loop's gain is 1 / solver.dt, too stiff for the reversed solve, whose gradients stayed more than half "
-               "off backprop's at any dt; set it false, or model.phase_harmonics 0")
+               f"cannot train a beat phase (model.phase_harmonics = {self.model.phase_harmonics}): its phase loop's "
+               "gain is 1 / solver.dt, too stiff for the reversed solve, whose gradients stayed more than half off "
+               "backprop's at any dt; set it false, or model.phase_harmonics 0")
         _check(not self.train.amp, "train.amp", self.train.amp, "is not for the latent SDE: it solves in float32 (its "
                "path KL divides drift differences by a diffusion as small as solver.min_diffusion)")
 
 
 def sde_config_from_dict(raw: dict, source: str = "config") -> SDEConfig:
     return build_config(SDEConfig, raw, source)
+
+
+# Keys added after latent SDE checkpoints were first written, with the behaviour those checkpoints had (a beat
+# phase steering phase and rate, no drafts, so no jitter, noise, hold or scaled departure): a stored config
+# without them means that behaviour, not today's recipe.
+PREDATED = {"model": {"phase_harmonics": 8, "corrected_dims": 2, "draft_beats": False, "draft_spread": 0.02,
+                      "draft_noise": 0.0, "hold_band": False, "departure_scale": 1.0}}
+
+
+def stored_sde_config(raw: Any, source: str) -> SDEConfig:
+    """The config a latent SDE checkpoint was trained with (older checkpoints lack the PREDATED keys)."""
+    return sde_config_from_dict(with_predated(raw, PREDATED), source)
 
 
 def load_sde_config(path: str | Path | None = None) -> SDEConfig:

@@ -24,7 +24,7 @@ departure drifted below the band every recording was filtered to, by 0.2-0.3 mV 
 but the CRPS only ties theirs, and half of it scored the lowest CRPS on the validation patients
 (EXPERIMENTS.md, session 31).
 
-Without drafts, a beat phase in the state (`model.phase_harmonics` > 0, the default; config_sde.json sets 0):
+Without drafts, a beat phase in the state (`model.phase_harmonics` > 0, as in checkpoints older than the drafts):
 - z[0] is a beat phase (radians) and z[1] a beat rate (Hz = min_rate_hz + softplus(z[1] + offset)):
   h moves the phase at 2 pi rate (plus an MLP share); every network sees cos/sin harmonics of the
   phase, not its raw value. Beats come from a phase that keeps turning, so sampled paths keep beating.
@@ -54,7 +54,7 @@ import torchsde
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, hold_matrix, hold_to_band
 from forecast import ForecasterBase, context_tail, model_device, one_by_one, warn_short_context
 from hyper_params import Config
-from hyper_params_sde import SDEConfig, SDEModelConfig, sde_config_from_dict
+from hyper_params_sde import SDEConfig, SDEModelConfig, stored_sde_config
 from train_results import float32_default, load_weights
 from vqvae import VQVAE, vqvae_from
 
@@ -578,8 +578,8 @@ class LatentSDEForecaster(ForecasterBase):
         built on the CPU whatever torch's default device (as Forecaster.from_checkpoint builds them), then moved."""
         with torch.device("cpu"):
             vq, cfg = vqvae_from(ckpt["vqvae"], str(path))
-            scfg = sde_config_from_dict({k: ckpt["config"][k] for k in ("model", "solver", "loss", "train")},
-                                        f"latent SDE config stored in {path}")
+            scfg = stored_sde_config({k: ckpt["config"][k] for k in ("model", "solver", "loss", "train")},
+                                     f"latent SDE config stored in {path}")
             sde = LatentSDE(cfg.model.latent_dim, scfg, cfg.data.samples_per_second / cfg.model.downsample_factor)
             load_weights(sde, ckpt["model"], path)
         out = cls(vq, sde, cfg, scfg, device)

@@ -38,7 +38,7 @@ import paths
 import running
 from drafts import VERSION as DRAFTS_VERSION, detected_beats, draft_waves
 from hyper_params import Config, TrainConfig
-from hyper_params_sde import CRPSConfig, SDEConfig, load_sde_config, sde_config_from_dict
+from hyper_params_sde import CRPSConfig, SDEConfig, load_sde_config, sde_config_from_dict, stored_sde_config
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from train_results import fixed_titles, fixed_windows, plot_epoch_forecasts, read_checkpoint
 from training import (EpochEndFn, Pooled, Runtime, StepFn, Trainer, check_run_flags, check_run_roots, load_resume,
@@ -130,7 +130,7 @@ def crps_config(args: argparse.Namespace, resume: dict | None, start: dict, sour
     the run's own on a resume."""
     check_run_flags(args)
     stored = {k: v for k, v in start["config"].items() if k != "vqvae"}
-    scfg = sde_config_from_dict(stored, f"latent SDE config stored in {args.resume or source}")
+    scfg = stored_sde_config(stored, f"latent SDE config stored in {args.resume or source}")
     if not scfg.model.draft_beats:      # latent_sde.PathCRPS draws the forecasts' drafts
         raise paths.UserError(f"--crps-from {source}: CRPS fine-tuning needs a latent SDE with beat drafts "
                               f"(model.draft_beats true, as in config_sde.json); this one was trained without them")

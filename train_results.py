@@ -16,7 +16,7 @@ import torch
 import paths
 import running
 from hyper_params import stored_config
-from hyper_params_sde import sde_config_from_dict
+from hyper_params_sde import stored_sde_config
 from hyper_params_transformer import transformer_config_from_dict
 from paths import UserError
 
@@ -278,10 +278,10 @@ def read_checkpoint(path: str | os.PathLike, kind: str | None = None, example: s
     return ckpt, digest
 
 
-# each kind's config as its checkpoints store it: a VQ-VAE's keys it predates mean what they meant then (PREDATED);
-# the forecasters' defaults are what their checkpoints made before a key existed were built with
+# each kind's config as its checkpoints store it: a VQ-VAE's or latent SDE's keys it predates mean what they meant
+# then (their PREDATED); the Transformer's defaults are what its checkpoints made before a key existed were built with
 STORED_CONFIG = {"vqvae": stored_config, "transformer": transformer_config_from_dict,
-                 "latent_sde": sde_config_from_dict}
+                 "latent_sde": stored_sde_config}
 
 
 def built_configs(ckpt: dict, path: Path) -> None:

@@ -18,6 +18,7 @@ from conftest import run_script
 from hyper_params import (PREDATED, Config, DataConfig, ModelConfig, config_from_dict, data_hash,
                           load_config, stored_config)
 from paths import ROOT, UserError
+from tiny import PHASE_MODEL, phase_config
 
 
 def error_of(raw: dict) -> str:
@@ -45,6 +46,32 @@ def test_checkpoint_configs_from_before_residual_codebooks_keep_their_model():
     m = stored_config(old, "old checkpoint").model
     assert (m.num_quantizers, m.window_gain, m.codebook_size) == (1, False, Config().model.codebook_size)
     assert stored_config(Config().to_dict(), "new checkpoint") == Config()
+
+
+def test_the_latent_sdes_defaults_are_config_sde_json_key_for_key():
+    """SDEConfig() and a config that leaves keys out get the recipe, every section's: the defaults were old
+    checkpoints' (a beat phase, no drafts, other train settings), so a partial config trained another model."""
+    from hyper_params_sde import DEFAULT_CONFIG, SDEConfig, load_sde_config, sde_config_from_dict
+
+    assert SDEConfig().to_dict() == json.loads(DEFAULT_CONFIG.read_text())
+    assert load_sde_config() == sde_config_from_dict({}) == SDEConfig()
+
+
+def test_latent_sde_checkpoint_configs_from_before_the_drafts_keep_their_model():
+    """A latent SDE config stored before the PREDATED keys existed means a beat phase without drafts (what those
+    checkpoints were trained with), not today's recipe; a config that has them keeps its own."""
+    from hyper_params_sde import PREDATED, SDEConfig, stored_sde_config
+
+    old = SDEConfig().to_dict()
+    for key in PREDATED["model"]:
+        del old["model"][key]
+    m = stored_sde_config(old, "old checkpoint").model
+    assert {k: getattr(m, k) for k in PHASE_MODEL} == PHASE_MODEL and m.state_size == SDEConfig().model.state_size
+    assert stored_sde_config(SDEConfig().to_dict(), "new checkpoint") == SDEConfig()
+    no_hold = {**SDEConfig().to_dict(), "model": {k: v for k, v in SDEConfig().to_dict()["model"].items()
+                                                  if k not in ("hold_band", "departure_scale")}}
+    m = stored_sde_config(no_hold, "drafted checkpoint").model    # drafts, from before the hold and its scale
+    assert (m.draft_beats, m.draft_noise, m.hold_band, m.departure_scale) == (True, 0.2, False, 1.0)
 
 
 def test_sde_tokenizer_config_loads_and_shares_the_prepared_data():
@@ -377,7 +404,7 @@ def test_shipped_transformer_config_loads():
     ("transformer", {"sample": {"top_p": 1.5}}, "sample.top_p"),
     ("transformer", {"augment": {"copies": -1}}, "augment.copies"),
     ("transformer", {"augment": {"amplitude_range": 1.0}}, "augment.amplitude_range"),   # a lead scaled by 0
-    ("sde", {"model": {"corrected_dims": 1}}, "model.corrected_dims"),         # a phase without its rate
+    ("sde", phase_config(model={"corrected_dims": 1}), "model.corrected_dims"),  # a phase without its rate
     ("sde", {"model": {"corrected_dims": 33}}, "model.corrected_dims"),        # more than state_size=32
     ("sde", {"model": {"phase_harmonics": -1}}, "model.phase_harmonics"),
     ("sde", {"model": {"phase_harmonics": 0, "phase_template": True}}, "model.phase_template"),
@@ -388,7 +415,7 @@ def test_shipped_transformer_config_loads():
     ("sde", {"solver": {"rate_diffusion_scale": 0.0}}, "solver.rate_diffusion_scale"),
     ("sde", {"loss": {"kl_anneal_steps": -1}}, "loss.kl_anneal_steps"),
     ("sde", {"augment": {"rate_range": 0.5}}, "augment.rate_range"),
-    ("sde", {"solver": {"adjoint": True}}, "solver.adjoint"),    # the default beat phase: its loop is too stiff
+    ("sde", phase_config(solver={"adjoint": True}), "solver.adjoint"),    # a beat phase: its loop is too stiff
 ])
 def test_out_of_range_values_are_refused_by_name(maker, raw, key):
     from hyper_params_sde import sde_config_from_dict
@@ -399,17 +426,16 @@ def test_out_of_range_values_are_refused_by_name(maker, raw, key):
         build(raw)
 
 
-def test_adjoint_with_a_beat_phase_names_the_phase_a_partial_config_gets():
-    """{"solver": {"adjoint": true}} alone was refused for a beat phase the config never asked for
-    ("model.phase_harmonics > 0"): hyper_params_sde's default is 8 (old checkpoints'), not config_sde.json's 0. The
-    error names the value, where it came from, and the other way out."""
+def test_adjoint_is_refused_with_a_beat_phase_alone():
+    """{"solver": {"adjoint": true}} alone was refused for a beat phase the config never asked for (the default was
+    8, old checkpoints'): the defaults are config_sde.json's recipe, no phase, so it is accepted; with a phase the
+    error names its value and the other way out."""
     from hyper_params_sde import sde_config_from_dict
 
+    assert sde_config_from_dict({"solver": {"adjoint": True}}).solver.adjoint
     with pytest.raises(UserError, match=r"'solver.adjoint' = True cannot train a beat phase \(model.phase_harmonics "
-                                        r"= 8; 8 where a config leaves it out, 0 in config_sde.json\).*set it false, "
-                                        r"or model.phase_harmonics 0$"):
-        sde_config_from_dict({"solver": {"adjoint": True}})
-    assert sde_config_from_dict({"solver": {"adjoint": True}, "model": {"phase_harmonics": 0}}).solver.adjoint
+                                        r"= 8\): .*set it false, or model.phase_harmonics 0$"):
+        sde_config_from_dict(phase_config(solver={"adjoint": True}))
 
 
 def test_reviewed_model_settings_are_checked_where_they_matter():

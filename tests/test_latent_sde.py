@@ -27,17 +27,17 @@ import paths
 from paths import UserError, file_sha256
 from conftest import (loads_of, replaced_once_loaded, stopped_at, trainer_inputs, undocumented_columns,
                       vqvae_splits)
-from tiny import flags, tiny_setup
+from tiny import flags, phase_config, tiny_setup
 from train_results import TRAINING_STATE, fixed_windows
 
-TINY_SDE = {
-    "model": {"state_size": 6, "context_size": 8, "encoder_hidden": 16, "hidden_size": 32, "emission_hidden": 32,
-              "diffusion_hidden": 4, "phase_harmonics": 3, "corrected_dims": 2},
-    "loss": {"kl_start": 0.1, "kl_anneal_steps": 10, "phase_hint": 1.0, "phase_hint_steps": 20},
-    "augment": {"copies": 1},
-    "train": {"epochs": 3, "batch_size": 8, "learning_rate": 0.003, "warmup_steps": 2, "max_steps_per_epoch": 10,
-              "plot_windows": 2, "checkpoint_every": 1},
-}
+TINY_SDE = phase_config(
+    model={"state_size": 6, "context_size": 8, "encoder_hidden": 16, "hidden_size": 32, "emission_hidden": 32,
+           "diffusion_hidden": 4, "phase_harmonics": 3, "corrected_dims": 2},
+    loss={"kl_start": 0.1, "kl_anneal_steps": 10, "phase_hint": 1.0, "phase_hint_steps": 20},
+    augment={"copies": 1},
+    train={"epochs": 3, "batch_size": 8, "learning_rate": 0.003, "warmup_steps": 2, "max_steps_per_epoch": 10,
+           "plot_windows": 2, "checkpoint_every": 1},
+)
 
 
 def tiny_sde(**solver) -> LatentSDE:
@@ -211,28 +211,30 @@ def test_beat_hint_targets_follow_the_annotations() -> None:
 
 
 def test_config_validation_names_the_key() -> None:
-    shipped, defaults = load_sde_config(DEFAULT_CONFIG), SDEConfig()
-    for section in ("solver", "loss", "crps"):   # the shipped file spells out the defaults ...
-        assert getattr(shipped, section) == getattr(defaults, section)
-    recipe = dict(phase_harmonics=0, corrected_dims=0, draft_beats=True, draft_spread=0.06, draft_noise=0.2,
-                  hold_band=True, departure_scale=0.5)
-    assert shipped.model == dataclasses.replace(defaults.model, **recipe)   # ... but for beat drafts, not a phase
-    assert sde_config_from_dict({}) == defaults
+    assert load_sde_config(DEFAULT_CONFIG) == sde_config_from_dict({}) == SDEConfig()    # the recipe
     for raw, key in (({"solver": {"method": "rk4"}}, "solver.method"), ({"solver": {"dt": 0}}, "solver.dt"),
                      ({"solver": {"noise_type": "general"}}, "solver.noise_type"),
-                     ({"loss": {"kl_start": 2.0}}, "loss.kl_start"), ({"model": {"state_size": 2}}, "model.state_size"),
+                     ({"loss": {"kl_start": 2.0}}, "loss.kl_start"),
+                     (phase_config(model={"state_size": 2}), "model.state_size"),
                      ({"model": {"stat_size": 8}}, "model.stat_size"), ({"loss": {"kl_weight": "1"}}, "loss.kl_weight"),
                      ({"model": {"draft_spread": 1.5}}, "model.draft_spread"),
                      ({"model": {"draft_noise": -0.1}}, "model.draft_noise"),
-                     ({"model": {"draft_beats": True, "phase_template": True}}, "model.draft_beats"),
-                     ({"model": {"hold_band": True}}, "model.hold_band"),
-                     ({"model": {"draft_beats": True, "departure_scale": -0.5}}, "model.departure_scale"),
-                     ({"model": {"departure_scale": 0.5}}, "model.departure_scale"),
+                     ({"model": {"phase_harmonics": 8, "phase_template": True}}, "model.draft_beats"),
+                     (phase_config(model={"hold_band": True}), "model.hold_band"),
+                     ({"model": {"departure_scale": -0.5}}, "model.departure_scale"),
+                     (phase_config(model={"departure_scale": 0.5}), "model.departure_scale"),
                      ({"crps": {"samples": 1}}, "crps.samples"), ({"train": {"amp": True}}, "train.amp"), ({"crps": {"epochs": 0}}, "crps.epochs"),
                      ({"crps": {"learning_rate": 0}}, "crps.learning_rate"), ({"crps": {"sample": 8}}, "crps.sample"),
                      ({"sde": {}}, "sde")):
         with pytest.raises(UserError, match=key.replace(".", r"\.")):
             sde_config_from_dict(raw)
+    # drafts turned off alone: the recipe's hold and half departure need them, and the error says what to set
+    with pytest.raises(UserError, match=r"'model.hold_band' = True needs model.draft_beats .*: set it false without "
+                                        r"drafts$"):
+        sde_config_from_dict({"model": {"draft_beats": False}})
+    with pytest.raises(UserError, match=r"'model.departure_scale' = 0.5 needs model.draft_beats .*: set it 1 without "
+                                        r"drafts$"):
+        sde_config_from_dict({"model": {"draft_beats": False, "hold_band": False}})
 
 
 @pytest.fixture(scope="module")
@@ -608,7 +610,6 @@ def test_crps_fine_tuning_says_which_settings_of_config_it_ignores(tmp_path: Pat
     import argparse
 
     run = SDEConfig()
-    run.model.draft_beats = True
     given = {"model": {"draft_beats": True, "departure_scale": 0.3}, "solver": {"dt": 0.125}, "crps": {"epochs": 2}}
     (tmp_path / "c.json").write_text(json.dumps(given))
     args = argparse.Namespace(config=str(tmp_path / "c.json"), resume=None, epochs=None, max_steps=None,
@@ -616,7 +617,7 @@ def test_crps_fine_tuning_says_which_settings_of_config_it_ignores(tmp_path: Pat
     scfg = latent_sde_train.crps_config(args, None, {"config": run.to_dict()}, "elbo.pt")
     assert (scfg.model, scfg.solver, scfg.crps.epochs) == (run.model, run.solver, 2)
     err = capsys.readouterr().err
-    assert "model.departure_scale 0.3 (the run's 1.0), solver.dt 0.125 (the run's 0.0625) ignored" in err
+    assert "model.departure_scale 0.3 (the run's 0.5), solver.dt 0.125 (the run's 0.0625) ignored" in err
     assert "model, solver and training settings of elbo.pt" in err
     # a train setting fine-tuning runs with (grad_clip) is the run's; one the crps section sets (epochs) is not among
     given = {"model": {"draft_beats": True}, "train": {"grad_clip": 0.25, "epochs": 3}, "crps": {"epochs": 2}}
@@ -645,7 +646,6 @@ def test_crps_fine_tuning_names_the_crps_key_that_replaces_a_train_setting_of_co
     import argparse
 
     run = SDEConfig()
-    run.model.draft_beats = True
     given = {"model": {"draft_beats": True}, "train": {"learning_rate": 1e-3, "epochs": 7, "weight_decay": 0.01},
              "crps": {"learning_rate": 2e-4}}
     (tmp_path / "c.json").write_text(json.dumps(given))
@@ -676,7 +676,6 @@ def test_crps_from_help_names_the_crps_keys_the_schedule_flags_set(tmp_path: Pat
     import argparse
 
     run = SDEConfig()
-    run.model.draft_beats = True
     (tmp_path / "c.json").write_text(json.dumps({"model": {"draft_beats": True}}))
     args = argparse.Namespace(config=str(tmp_path / "c.json"), resume=None, epochs=3, max_steps=2, batch_size=4,
                               seed=None)
@@ -1395,8 +1394,8 @@ def test_the_beat_hint_is_fed_only_when_it_has_a_weight_and_a_phase() -> None:
     """batch_names: the targets only for a phase model whose hint weighs something, the drafts for a drafting one."""
     for harmonics, hint, drafts, names in ((3, 1.0, False, ["beats"]), (3, 0.0, False, []), (0, 1.0, False, []),
                                            (0, 0.0, True, ["draft"])):
-        scfg = sde_config_from_dict({"model": {"phase_harmonics": harmonics, "draft_beats": drafts},
-                                     "loss": {"phase_hint": hint}})
+        scfg = sde_config_from_dict(phase_config(model={"phase_harmonics": harmonics, "draft_beats": drafts},
+                                                 loss={"phase_hint": hint}))
         assert latent_sde_train.batch_names(scfg) == names, (harmonics, hint, drafts)
 
 

@@ -1220,7 +1220,6 @@ def test_a_bad_number_for_crps_fine_tuning_is_refused_by_its_flags_name(flag: st
     import re
 
     sde = latent_sde_train.SDEConfig()
-    sde.model.draft_beats = True
     given = {"epochs": None, "max_steps": None, "batch_size": None, "seed": None, flag[2:].replace("-", "_"): int(value)}
     with pytest.raises(UserError, match=f"^{re.escape(f'{flag} {said}')}$"):
         latent_sde_train.crps_config(argparse.Namespace(config=None, resume=None, **given), None,
@@ -1251,7 +1250,7 @@ def old_checkpoint(tmp_path: Path, kind: str, drop: dict[str, tuple[str, ...]], 
 @pytest.mark.parametrize("script, kind, first_work, drop", [
     (vqvae_train, "vqvae", "load_split", {"model": ("commitment_cost",)}),
     (transformer_train, "transformer", "run_vqvae", {"model": ("dropout",), "sample": ("draft_noise",)}),
-    (latent_sde_train, "latent_sde", "run_vqvae", {"model": ("hold_band", "departure_scale")}),
+    (latent_sde_train, "latent_sde", "run_vqvae", {"model": ("phase_template",), "solver": ("rate_diffusion_scale",)}),
 ])
 def test_a_checkpoint_from_before_a_key_existed_resumes_as_the_model_it_is(tmp_path, monkeypatch, script, kind,
                                                                           first_work, drop):
@@ -1277,6 +1276,22 @@ def test_a_key_a_checkpoint_predates_set_otherwise_now_is_named_with_both_values
     with pytest.raises(UserError, match=f"^checkpoint {ckpt} was made with another config: 'model.num_quantizers' is "
                                         f"1 there but 3 now$"):
         vqvae_train.main(["--resume", str(ckpt), "--device", "cpu", "--config", str(tmp_path / "three.json")])
+
+
+def test_a_latent_sde_from_before_the_drafts_resumes_as_the_phase_model_it_is(tmp_path, monkeypatch):
+    """Latent SDE keys older checkpoints lack mean their PREDATED values (a beat phase, no drafts), not today's
+    defaults (config_sde.json's recipe): such a run resumes as the phase model, and the recipe is another model."""
+    from hyper_params_sde import DEFAULT_CONFIG, PREDATED
+    from tiny import PHASE_MODEL
+    ckpt = old_checkpoint(tmp_path, "latent_sde", {"model": tuple(PREDATED["model"])})
+    model = train_results.load_checkpoint(ckpt)["config"]["model"]
+    assert {k: model[k] for k in PHASE_MODEL} == PHASE_MODEL
+    monkeypatch.setattr(latent_sde_train, "run_vqvae", lambda *a, **k: (_ for _ in ()).throw(Reached()))
+    with pytest.raises(Reached):
+        latent_sde_train.main(["--resume", str(ckpt), "--device", "cpu"])
+    with pytest.raises(UserError, match=f"^checkpoint {ckpt} was made with another config: 'model.corrected_dims' is "
+                                        f"2 there but 0 now$"):
+        latent_sde_train.main(["--resume", str(ckpt), "--device", "cpu", "--config", str(DEFAULT_CONFIG)])
 
 
 @pytest.mark.parametrize("edit, said", [

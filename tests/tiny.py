@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from hyper_params import config_from_dict
 from prepare_mitbih import prepare
@@ -16,6 +17,21 @@ TINY = {
     "train": {"epochs": 2, "batch_size": 8, "learning_rate": 0.003, "warmup_steps": 2, "checkpoint_every": 1,
               "plot_windows": 2, "max_steps_per_epoch": 6},
 }
+
+# The latent SDE's beat-phase model without drafts, as checkpoints older than the drafts were: the model keys that
+# turn the recipe (hyper_params_sde's defaults, config_sde.json's: beat drafts, no phase) into the model the phase
+# tests test
+PHASE_MODEL = {"phase_harmonics": 8, "corrected_dims": 2, "draft_beats": False, "draft_spread": 0.02,
+               "draft_noise": 0.0, "hold_band": False, "departure_scale": 1.0}
+
+
+def phase_config(**sections: dict) -> dict:
+    """A latent SDE config (as a config file holds it) of the beat-phase model, each section's keys updated by
+    `sections` (model={"phase_harmonics": 3}, solver={...})."""
+    raw: dict[str, Any] = {"model": dict(PHASE_MODEL)}
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return raw
 
 
 def tiny_setup(tmp: Path, db: Path, **changes: dict) -> dict:
