@@ -148,13 +148,13 @@ class TemplateEnsemble(Zero):
 
     name = "template_ensemble"
     deterministic = False
-    min_spread = 0.06
+    jitter = 0.06
     noise = NOISE_SCALE
 
     @one_by_one
     def predict(self, x: np.ndarray, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
         rhythm = context_rhythm(x, self.fs)
-        waves, index = draft_waves(x, horizon, self.fs, num_samples, seed, min_spread=self.min_spread, rhythm=rhythm)
+        waves, index = draft_waves(x, horizon, self.fs, num_samples, seed, jitter=self.jitter, rhythm=rhythm)
         paths = waves[index].reshape(len(x), num_samples, horizon, 2).astype(np.float32)
         return add_noise(paths, x, self.fs, self.noise, seed, rhythm)
 

@@ -207,12 +207,12 @@ def next_beat_evidence(x: np.ndarray, template: np.ndarray, pre: int, peaks: np.
 
 
 def draft_waves(x: np.ndarray, h: int, fs: float, num_samples: int = 1, seed: int = 0,
-                beats: list[np.ndarray] | None = None, min_spread: float = 0.05,
+                beats: list[np.ndarray] | None = None, jitter: float = 0.05,
                 rhythm: Rhythm | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The drafts [N, h, 2] of contexts x [B, C, 2] and which one each of the B * num_samples samples takes:
     beats laid at beat times. Training gives the times, `beats` (a window's own R peaks), and lays the context's
     mean beat at those more than MIN_PERIOD_S after the context's last peak (a nearer one is that peak again); a
-    forecast draws them (`drawn_drafts`; `min_spread` is the jitter, SD as a fraction of the period, that each
+    forecast draws them (`drawn_drafts`; `jitter` is the SD, as a fraction of the period, that each
     drawn interval adds to the rhythm's: `draw_beat_times`'s `jitter`). A context with fewer than two R peaks gets
     its seasonal-naive continuation. `rhythm` is x's `context_rhythm` when the caller has it already."""
     c = x.shape[1]
@@ -226,23 +226,23 @@ def draft_waves(x: np.ndarray, h: int, fs: float, num_samples: int = 1, seed: in
             waves.append(repeat_last(x[i:i + 1], period[i:i + 1], h)[0, 0])
         elif beats is None:                   # a draft per sample
             index[i] += np.arange(num_samples)
-            waves += list(drawn_drafts(x[i], r, p, spread[i], min_spread, num_samples, h, fs, rng))
+            waves += list(drawn_drafts(x[i], r, p, spread[i], jitter, num_samples, h, fs, rng))
         else:
             times = np.r_[r[-1], beats[i][beats[i] > r[-1] + MIN_PERIOD_S * fs]]
             waves.append(beat_train(mean_beat(x[i], r, p), template_pre(p), times, c, h))
     return np.stack(waves), index.reshape(-1)
 
 
-def drawn_drafts(x: np.ndarray, peaks: np.ndarray, period: int, spread: float, min_spread: float,
+def drawn_drafts(x: np.ndarray, peaks: np.ndarray, period: int, spread: float, jitter: float,
                  num_samples: int, h: int, fs: float, rng: np.random.Generator) -> np.ndarray:
-    """Drafts [S, h, 2] after one context [C, 2]: beat times drawn (`draw_beat_times`, with `min_spread` the
+    """Drafts [S, h, 2] after one context [C, 2]: beat times drawn (`draw_beat_times`, with `jitter` the
     beat-to-beat jitter), at each one of the context's whole beats drawn at random (the mean beat when none is
     whole), so that paths vary from beat to beat as the context does and show an ectopic beat as often
     (EXPERIMENTS.md, session 16)."""
     c = len(x)
     template, pre = mean_beat(x, peaks, period), template_pre(period)
     evidence = next_beat_evidence(x, template, pre, peaks, fs)
-    drawn = draw_beat_times(int(peaks[-1]), period, spread, min_spread, num_samples, c + h, fs, rng, evidence)
+    drawn = draw_beat_times(int(peaks[-1]), period, spread, jitter, num_samples, c + h, fs, rng, evidence)
     shapes = whole_beats(x, peaks, period)
     if not len(shapes):
         return beat_train(template, pre, drawn, c, h)

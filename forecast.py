@@ -359,7 +359,7 @@ class Forecaster(ForecasterBase):
         least = (self.cfg.data.total_samples - self.cfg.data.window_samples) // self.factor
         if self.draft_beats:
             exact = self.sample.draft_bias > 0
-            got = beat_draft(self.vq, x, steps, self.fs, num_samples, seed, min_spread=self.sample.draft_spread,
+            got = beat_draft(self.vq, x, steps, self.fs, num_samples, seed, jitter=self.sample.draft_spread,
                              waves=exact, rhythm=rhythm, least=least)
             return got if exact else (got, None)
         if self.gpt.draft is not None:
@@ -428,7 +428,7 @@ def seasonal_draft(vq: VQVAE, context: torch.Tensor, steps: int, fs: int, rhythm
 
 @torch.no_grad()
 def beat_draft(vq: VQVAE, context: torch.Tensor, steps: int, fs: int, num_samples: int = 1, seed: int = 0,
-               beats: list[np.ndarray] | None = None, min_spread: float = 0.05,
+               beats: list[np.ndarray] | None = None, jitter: float = 0.05,
                waves: bool = False, rhythm: Rhythm | None = None, least: int = 0
                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Draft codes [B * num_samples, T + steps, Q] of `draft_waves`, each distinct draft coded once; with
@@ -438,7 +438,7 @@ def beat_draft(vq: VQVAE, context: torch.Tensor, steps: int, fs: int, num_sample
     the first 1/8 s of 60 validation windows: 0.064 mV forecast 1/8 s ahead, 0.044 forecast 3 s ahead)."""
     x = context.cpu().numpy()
     rhythm = rhythm or context_rhythm(x, fs)
-    drafts, index = draft_waves(x, steps * vq.factor, fs, num_samples, seed, beats, min_spread, rhythm)
+    drafts, index = draft_waves(x, steps * vq.factor, fs, num_samples, seed, beats, jitter, rhythm)
     full, more, T = drafts, (least - steps) * vq.factor, context.shape[1] // vq.factor
     if more > 0:                    # the drawn draft unchanged (the template ensemble's), only coded longer
         owner = np.empty(len(drafts), np.int64)

@@ -686,7 +686,7 @@ class LatentSDEForecaster(ForecasterBase):
         so a path the SDE leaves at its draft is the draft itself, not its round trip, which cost the drafts 12%
         more squared error (EXPERIMENTS.md)."""
         waves, index = draft_waves(x.cpu().numpy(), steps * self.factor, self.fs, num_samples, seed,
-                                   min_spread=self.scfg.model.draft_spread, rhythm=rhythm)
+                                   jitter=self.scfg.model.draft_spread, rhythm=rhythm)
         # float32: drafts of the mean beat (a context without a whole beat) come in float64, and so did the forecast
         waves = torch.from_numpy(waves.astype(np.float32, copy=False)).to(self.device)
         index = torch.from_numpy(index).to(self.device)

@@ -269,7 +269,7 @@ def next_beat_error(w, context: int, fs: int) -> dict[str, dict[str, float]]:
             pre = D.template_pre(p)
             evidence = D.next_beat_evidence(x, D.mean_beat(x, peaks[i], p), pre, peaks[i], fs)
             for name, ev in (("drafts", None), ("drafts_with_evidence", evidence)):
-                t = D.draw_beat_times(last, p, spread[i], B.TemplateEnsemble.min_spread, 100, context, fs,
+                t = D.draw_beat_times(last, p, spread[i], B.TemplateEnsemble.jitter, 100, context, fs,
                                       np.random.default_rng(i), ev)
                 guesses[name] = [np.median([row[row >= context][0] for row in t])]
         for name, g in guesses.items():

@@ -122,13 +122,13 @@ def test_template_ensemble_is_the_template_at_drawn_periods():
     """Without spread it is the template; with it, its paths are the beat drafts the forecasters start from."""
     x = periodic_ecg(3)
     f = B.TemplateEnsemble(FS)
-    f.min_spread = 0.0
+    f.jitter = 0.0
     sharp = f.predict(x[:, :C], H, num_samples=4)
     assert np.abs(sharp - x[:, None, C:]).max() < 1e-5
-    f.min_spread = 0.05
+    f.jitter = 0.05
     out = f.predict(x[:, :C], H, num_samples=50, seed=2)
     for b in range(len(x)):                                     # each context drafted alone, with the call's seed
-        waves, index = D.draft_waves(x[b:b + 1, :C], H, FS, 50, 2, min_spread=0.05)
+        waves, index = D.draft_waves(x[b:b + 1, :C], H, FS, 50, 2, jitter=0.05)
         np.testing.assert_allclose(out[b], waves[index], atol=1e-6)
     spread = out.std(axis=1).mean(axis=(0, 2))
     assert spread[:20].mean() < spread[-100:].mean()
@@ -221,7 +221,7 @@ def test_template_ensemble_adds_the_contexts_noise():
     f = B.TemplateEnsemble(FS)
     out = f.predict(x, H, num_samples=40, seed=2)
     for b in range(len(x)):
-        waves, index = D.draft_waves(x[b:b + 1], H, FS, 40, 2, min_spread=f.min_spread)
+        waves, index = D.draft_waves(x[b:b + 1], H, FS, 40, 2, jitter=f.jitter)
         added = out[b] - waves[index]
         np.testing.assert_allclose(added.std(axis=(0, 1)), f.noise * D.residual_sd(x[b:b + 1], FS)[0], rtol=0.1)
 

@@ -68,7 +68,7 @@ def test_forecast_drafts_are_the_contexts_own_beats():
     assert all(np.array_equal(a, b) for a, b in zip(D.context_rhythm(x, FS), (peaks, period, np.zeros(1))))
     shapes = D.whole_beats(x[0], r, p)
     assert 1 < len(shapes) < len(r) and shapes.shape[1:] == (p, 2)
-    waves, index = D.draft_waves(x, H, FS, 40, seed=1, min_spread=0.0)     # no spread: beats one period apart
+    waves, index = D.draft_waves(x, H, FS, 40, seed=1, jitter=0.0)     # no spread: beats one period apart
     assert waves.shape == (40, H, 2) and list(index) == list(range(40))
     onset = r[-1] - pre + p * np.arange(1, 10)
     o = onset[onset >= C][0] - C                                            # the first drafted beat begun in the horizon
@@ -182,13 +182,13 @@ def test_drafts_and_their_noise_take_a_rhythm_read_once():
     as each reading it again, and the rhythm passed is the one used."""
     x = periodic_ecg(3, noise=0.02, seed=2)[:, :C]
     rhythm = D.context_rhythm(x, FS)
-    waves, index = D.draft_waves(x, H, FS, 20, seed=3, min_spread=0.06)
-    again, index_again = D.draft_waves(x, H, FS, 20, seed=3, min_spread=0.06, rhythm=rhythm)
+    waves, index = D.draft_waves(x, H, FS, 20, seed=3, jitter=0.06)
+    again, index_again = D.draft_waves(x, H, FS, 20, seed=3, jitter=0.06, rhythm=rhythm)
     assert np.array_equal(waves, again) and np.array_equal(index, index_again)
     paths = waves[index].reshape(3, 20, H, 2)
     assert np.array_equal(D.add_noise(paths, x, FS, 0.2, 0), D.add_noise(paths, x, FS, 0.2, 0, rhythm))
     peaks, period, spread = rhythm
-    slower, _ = D.draft_waves(x, H, FS, 20, seed=3, min_spread=0.06, rhythm=(peaks, period + 10, spread))
+    slower, _ = D.draft_waves(x, H, FS, 20, seed=3, jitter=0.06, rhythm=(peaks, period + 10, spread))
     assert not np.array_equal(slower, waves)
 
 

@@ -396,7 +396,7 @@ def test_drafted_sde_trains_then_forecasts_from_its_own_drafts(drafted: dict) ->
     assert out.shape == (2, 6, 64, 2) and np.isfinite(out).all() and out.std(axis=1).mean() > 0
     assert np.array_equal(out, fc.predict(np.stack([context, 0.5 * context]), horizon=64, num_samples=6, seed=1))
     drafts = TemplateEnsemble(fc.fs)
-    drafts.min_spread, drafts.noise = fc.scfg.model.draft_spread, 0.0
+    drafts.jitter, drafts.noise = fc.scfg.model.draft_spread, 0.0
     whole = context[-min(len(context) // fc.factor, fc.context_frames) * fc.factor:]   # what the SDE reads
     fc.scfg.model.draft_noise = 0.0
     with torch.no_grad():           # an emission that renders an offset: paths that drift from their drafts ...
@@ -491,7 +491,7 @@ def test_crps_fine_tuning_scores_against_the_template_ensemble(drafted: dict) ->
     fc = Forecaster.from_checkpoint(drafted["ckpt"], "cpu")
     fc.scfg.model.draft_noise = 0.2
     ensemble = TemplateEnsemble(fc.fs)
-    ensemble.min_spread, ensemble.noise = fc.scfg.model.draft_spread, 0.2
+    ensemble.jitter, ensemble.noise = fc.scfg.model.draft_spread, 0.2
     from conftest import synthetic_ecg
     context = fc.context_frames * fc.factor
     signals = torch.from_numpy(synthetic_ecg(3, fc.fs, seed=1, hr_bpm=150)[0][None, :context + 64]).float()
@@ -1067,7 +1067,7 @@ def test_a_forecasts_departure_is_held_to_the_band_after_a_context_of_zeros():
     x = noisy_context()
     fc = untrained_drafted_forecaster(departure_scale=1.0)
     ensemble = TemplateEnsemble(fc.fs)
-    ensemble.min_spread, ensemble.noise = fc.scfg.model.draft_spread, fc.scfg.model.draft_noise
+    ensemble.jitter, ensemble.noise = fc.scfg.model.draft_spread, fc.scfg.model.draft_noise
     drafts = ensemble.predict(x, 64, 4, seed=3)[0]
     paths = {}
     for hold in (False, True):
@@ -1089,7 +1089,7 @@ def test_departure_scale_scales_what_the_sde_adds_to_its_drafts():
         fc.scfg.model.departure_scale = scale
         paths[scale] = fc.predict(x, 64, 6, seed=3)
     ensemble = TemplateEnsemble(fc.fs)
-    ensemble.min_spread, ensemble.noise = fc.scfg.model.draft_spread, fc.scfg.model.draft_noise
+    ensemble.jitter, ensemble.noise = fc.scfg.model.draft_spread, fc.scfg.model.draft_noise
     np.testing.assert_allclose(paths[0.0], ensemble.predict(x, 64, 6, seed=3), atol=1e-5)
     assert np.abs(paths[1.0] - paths[0.0]).mean() > 1e-3
     np.testing.assert_allclose(paths[0.5] - paths[0.0], 0.5 * (paths[1.0] - paths[0.0]), atol=1e-5)

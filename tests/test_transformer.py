@@ -363,7 +363,7 @@ def test_default_codebooks_train_and_forecast(tmp_path: Path, draft: str) -> Non
         beating = np.stack([synthetic_ecg(3, 64, seed=s, hr_bpm=120)[0][96:160] for s in (1, 2)]).astype(np.float32)
         fc.sample.draft_spread, fc.sample.draft_bias, fc.sample.draft_noise = 0.05, 1e4, 0.4
         drafts = TemplateEnsemble(64)
-        drafts.min_spread, drafts.noise = 0.05, 0.4
+        drafts.jitter, drafts.noise = 0.05, 0.4
         want = drafts.predict(beating, 40, 3, seed=0)
         assert want.std(axis=1).max() > 0.01                     # drawn beat times that differ
         np.testing.assert_allclose(fc.predict(beating, 40, 3, seed=0), want, atol=2e-5)
@@ -1050,7 +1050,7 @@ def test_beat_drafts_follow_the_seed_and_the_configured_spread() -> None:
     sample = SampleConfig(draft_spread=0.15, draft_bias=1e4, draft_noise=0.4)
     fc = Forecaster(VQVAE(cfg.model).eval(), gpt, cfg, sample, "cpu", draft_beats=True)
     drafts = TemplateEnsemble(64)
-    drafts.min_spread, drafts.noise = 0.15, 0.4
+    drafts.jitter, drafts.noise = 0.15, 0.4
     beating = np.stack([synthetic_ecg(3, 64, seed=s, hr_bpm=120)[0][96:160] for s in (1, 2)]).astype(np.float32)
     for seed in (3, 5):
         want = drafts.predict(beating, 40, 4, seed=seed)
