@@ -32,7 +32,7 @@ class DataConfig:
     forecast_predictions: int = 1          # future windows of input_signal_duration after each context
     signals_per_patient: Optional[int] = 0  # windows per record; 0 or null = the whole record
     window_stride: Optional[float] = 3.0   # seconds between training windows; null = no overlap
-    first_lead: str = "MLII"               # lead 1; lead 2 is V1, else the record's first other ECG lead
+    first_lead: str = "MLII"               # lead 1; lead 2 is V1, else the chest lead nearest it
     filter_band: list[float] = field(default_factory=lambda: [0.5, 40.0])  # Hz, zero-phase band-pass
     filter_order: int = 2
     normalization: str = "train_std"       # 'train_std' (per lead, training patients) or 'none'

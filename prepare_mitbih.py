@@ -78,8 +78,10 @@ DEFAULT_VALIDATION = [r for i, r in enumerate(r for r in DS1 if r != "201") if i
 # Spanish and Portuguese ECGs). With none of them, lead 1 is the first ECG channel other than V1 (and a note
 # says so).
 # Lead 2 is V1 when the record has it (MIT-BIH's usual second lead, so 12-lead records feed the models
-# alike), else the first other ECG channel. A lead off throughout the record (off_throughout) is passed over
-# for the next in these orders while two leads are left (a note says so), else the record is refused.
+# alike), else the chest lead nearest it (V2, V3, ... V9, then an unnumbered V as MIMIC's and BIDMC's: MIT-BIH's
+# other second leads are V2, V4 and V5, so the models never saw a limb lead there), else the first other ECG
+# channel. A lead off throughout the record (off_throughout) is passed over for the next in these orders while
+# two leads are left (a note says so), else the record is refused.
 LEAD_PREFERENCE = (
     ("MLII", "II", "ML2", "DII", "D2"),       # lead II / modified lead II
     ("MLI", "I", "ML1", "DI", "D1"),          # lead I
@@ -564,8 +566,9 @@ def order_leads(names: list[str], first: str, where: str, units: list[str | None
     """Channel indices [lead 1, lead 2] among the channels in ECG units (ecg_channels), so that an ICU record's
     PLETH or ABP, or a sleep record's EEG, is passed over. Lead 1 is the channel named `first` (cfg.first_lead;
     exact name, else compared as in LEAD_PREFERENCE), else chosen as LEAD_PREFERENCE's comment says; lead 2 is V1,
-    else the first other ECG channel. The channels `off` (off_throughout) are passed over while two others are
-    left: a 12-lead record whose V1 is off was refused though V2 to V6 were fine."""
+    else the chest lead nearest it (chest_rank), else the first other ECG channel. The channels `off`
+    (off_throughout) are passed over while two others are left: a 12-lead record whose V1 is off was refused though
+    V2 to V6 were fine."""
     ecg = ecg_channels(names, list(units or [None] * len(names)), where)
     live = [i for i in ecg if i not in off]
     ecg = live if len(live) >= 2 else ecg
@@ -580,10 +583,18 @@ def order_leads(names: list[str], first: str, where: str, units: list[str | None
     else:
         only_channel(lead1, ecg, keys, names, "lead 1", where)
     others = [j for j in ecg if j != lead1]
-    lead2 = next((j for j in others if keys[j] == "V1"), others[0])
+    lead2 = min(others, key=lambda j: chest_rank(keys[j]))      # the first of the nearest to V1
     if keys[lead2] == "V1":
         only_channel(lead2, others, keys, names, "lead 2", where)
     return [lead1, lead2]
+
+
+def chest_rank(key: str) -> int:
+    """Lead 2's preference of a lead by its _lead_key: V1 (1), the chest leads after it (2 to 9), an unnumbered V
+    (10), then any other lead (11). Lead 2 was the first other channel, so a 12-lead record without V1 (or with V1
+    off) fed the models lead I beside lead II, a limb lead where they learnt from chest leads only."""
+    chest = re.fullmatch(r"V([1-9]?)", key)
+    return 11 if chest is None else int(chest[1] or 10)
 
 
 def only_channel(lead: int, among: list[int], keys: dict[int, str], names: list[str], role: str, where: str) -> None:

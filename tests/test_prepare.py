@@ -146,7 +146,10 @@ def test_swapped_leads_end_with_mlii_first(prepared):
     (["I", "II"], "MLII", [1, 0]),             # lead II before lead I
     (["V1", "I", "III"], "MLII", [1, 0]),      # lead I before lead III
     (["V2", "III", "aVF"], "MLII", [1, 0]),
-    (["V2", "V3", "avf"], "MLII", [2, 0]),     # lead 2 is the first other channel
+    (["V2", "V3", "avf"], "MLII", [2, 0]),     # no V1: lead 2 is the chest lead nearest it
+    (["V4", "I", "II", "V3"], "MLII", [2, 3]),   # ... a chest lead, not lead I before it
+    (["II", "aVR", "V"], "MLII", [0, 2]),      # ... an unnumbered V (MIMIC) too
+    (["II", "I", "III"], "MLII", [0, 1]),      # no chest lead: the first other channel
     (["ECG1", "ECG2"], "MLII", [0, 1]),        # channel numbers are not lead I / II
     (["DI", "DII", "DIII", "V1", "V2"], "MLII", [1, 3]),    # lead II as D(erivation) II: not lead I by order
     (["ECG D1", "ECG D2"], "MLII", [1, 0]),
@@ -1147,23 +1150,23 @@ def twelve_leads(folder: Path, name: str, off: tuple[str, ...], leads: tuple[str
 
 def test_a_lead_off_throughout_is_passed_over_for_the_next_one(tmp_path, capsys):
     """A 12-lead record whose V1 is off (zeros) throughout was refused although eleven leads were fine: lead 2 is the
-    next in order_leads' order (the first other channel, as in a record without V1), said in a note, in a read of
+    next in order_leads' order (the chest lead nearest V1, as in a record without V1), said in a note, in a read of
     the whole record and of a span alike; a lead 1 off goes the same way; with fewer than two leads left it is
     refused as before."""
     cfg = make_cfg().data
     path = twelve_leads(tmp_path, "v1_off", ("V1",))
     rec = pm.read_record(path, cfg, annotator=None)
-    assert rec.leads == ["II", "I"]
-    said = f"note: {path}: lead V1 holds one value throughout (lead off?); lead 2 is I instead\n"
+    assert rec.leads == ["II", "V2"]
+    said = f"note: {path}: lead V1 holds one value throughout (lead off?); lead 2 is V2 instead\n"
     assert capsys.readouterr().err == said
     part = pm.read_record(path, cfg, annotator=None, span=(100 * 128, 106 * 128))
-    assert part.leads == ["II", "I"] and "lead 2 is I instead" in capsys.readouterr().err
+    assert part.leads == ["II", "V2"] and "lead 2 is V2 instead" in capsys.readouterr().err
     np.testing.assert_allclose(part.signal[100 * 128 - part.offset:106 * 128 - part.offset],
                                rec.signal[100 * 128:106 * 128], atol=1e-5)
     rec = pm.read_record(twelve_leads(tmp_path, "ii_v1_off", ("II", "V1")), cfg, annotator=None)
-    assert rec.leads == ["I", "III"]
+    assert rec.leads == ["I", "V2"]
     assert [line.split("; ")[1] for line in capsys.readouterr().err.splitlines()] == ["lead 1 is I instead",
-                                                                                     "lead 2 is III instead"]
+                                                                                     "lead 2 is V2 instead"]
     with pytest.raises(UserError, match="lead V1 holds one value throughout: lead off"):
         pm.read_record(twelve_leads(tmp_path, "one_on", tuple(set(TWELVE) - {"II"})), cfg, annotator=None)
     assert "instead" not in capsys.readouterr().err         # no lead was passed over: none is said to be
@@ -1180,8 +1183,8 @@ def test_a_lead_passed_over_is_said_to_be_off_as_it_is(tmp_path, capsys):
                               ("half", half, "is flat or invalid throughout (lead off?)")):
         path = twelve_leads(tmp_path, name, ("V1",), value=value)
         for span in (None, (100 * 128, 106 * 128)):
-            assert pm.read_record(path, cfg, annotator=None, span=span).leads == ["II", "I"]
-            assert capsys.readouterr().err == f"note: {path}: lead V1 {said}; lead 2 is I instead\n"
+            assert pm.read_record(path, cfg, annotator=None, span=span).leads == ["II", "V2"]
+            assert capsys.readouterr().err == f"note: {path}: lead V1 {said}; lead 2 is V2 instead\n"
 
 
 def test_a_lead_off_for_a_stretch_only_is_kept_in_every_read(tmp_path, capsys):
@@ -1199,8 +1202,8 @@ def test_a_lead_off_for_a_stretch_only_is_kept_in_every_read(tmp_path, capsys):
 def test_a_lead_not_recorded_throughout_is_passed_over_as_one_held_at_a_value(tmp_path, capsys):
     """V1 stored as the invalid value (NaN) throughout is off as a V1 of zeros is: lead 2 is the next lead."""
     path = twelve_leads(tmp_path, "v1_nan", ("V1",), value=np.nan)
-    assert pm.read_record(path, make_cfg().data, annotator=None).leads == ["II", "I"]
-    assert "lead V1 has no valid sample; lead 2 is I instead" in capsys.readouterr().err
+    assert pm.read_record(path, make_cfg().data, annotator=None).leads == ["II", "V2"]
+    assert "lead V1 has no valid sample; lead 2 is V2 instead" in capsys.readouterr().err
 
 
 def test_a_lead_off_is_found_among_the_channels_not_by_its_place_among_the_ecg_ones(tmp_path, capsys):
@@ -1208,7 +1211,7 @@ def test_a_lead_off_is_found_among_the_channels_not_by_its_place_among_the_ecg_o
     place among the ECG channels; a lead 2 that changes only because lead 1 did is said to be off by no note."""
     cfg = make_cfg().data
     path = twelve_leads(tmp_path, "resp_first", ("V1",), leads=("RESP", "I", "II", "V1", "V5"))
-    assert pm.read_record(path, cfg, annotator=None).leads == ["II", "I"]
+    assert pm.read_record(path, cfg, annotator=None).leads == ["II", "V5"]
     assert capsys.readouterr().err.count("holds one value throughout") == 1
     path = twelve_leads(tmp_path, "ii_off", ("II",), leads=("II", "I", "III"))
     assert pm.read_record(path, cfg, annotator=None).leads == ["I", "III"]
