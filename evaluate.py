@@ -513,12 +513,12 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
 
 def limit_windows(w: Windows, records: list[str] | None, per_record: int | None) -> Windows:
     """Keep only some records, and at most `per_record` evenly spaced windows of each."""
-    from prepare_mitbih import evenly_spaced
+    from prepare_mitbih import evenly_spaced, records_there
     keep = np.ones(len(w.record), bool)
     if records:
         missing = [r for r in records if r not in w.records]
         if missing:
-            raise UserError(f"records {missing} are not in {w.source.get('path')} (it has {', '.join(w.records)})")
+            raise UserError(f"records {missing} are not in {w.source.get('path')}{records_there(missing, w.records)}")
         keep &= np.isin(w.record, [w.records.index(r) for r in records])
     if per_record:
         sub = np.zeros(len(w.record), bool)

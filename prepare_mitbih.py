@@ -122,7 +122,8 @@ def config_split(names: list[str], data: DataConfig, available: list[str] | None
         listed = getattr(data, key)
         unknown = [r for r in listed or [] if available is not None and r not in available]
         if unknown:
-            raise UserError(f"config key 'data.{key}' names records {unknown} that are not in {folder}")
+            raise UserError(f"config key 'data.{key}' names records {unknown} that are not in "
+                            f"{folder}{records_there(unknown, available or [])}")
     test, validation = data.test_records, data.validation_records
     if test is None:
         test = [r for r in DEFAULT_TEST if r not in (validation or [])]
@@ -1289,9 +1290,19 @@ def select_records(names: list[str], records: list[str] | None, folder: Path) ->
         return names
     missing = [r for r in records if r not in names]
     if missing:
-        shown = ", ".join(names[:20]) + (f", ... ({len(names)} records)" if len(names) > 20 else "")
-        raise UserError(f"records {missing} are not in {folder} (it has {shown})")
+        raise UserError(f"records {missing} are not in {folder}{records_there(missing, names)}")
     return [r for r in names if r in records]
+
+
+def records_there(missing: list[str], names: list[str]) -> str:
+    """' (it has ...)': the records a folder has (the first 20), for an error naming `missing` ones, led by those
+    whose last part a missing name is: a database of subfolders (PTB-XL's RECORDS lists records500/00000/00001_hr)
+    names its records by their paths, and a split listed by the records' own names was refused as a list of typos."""
+    meant = [n for r in missing for n in names if "/" in n and n.rsplit("/", 1)[1] == r]
+    if meant:
+        return f" (records are named by their path in it: {', '.join(meant[:20])}{', ...' if len(meant) > 20 else ''})"
+    shown = ", ".join(names[:20]) + (f", ... ({len(names)} records)" if len(names) > 20 else "")
+    return f" (it has {shown})"
 
 
 def training_split(names: list[str], d: DataConfig, available: list[str], data_dir: Path,

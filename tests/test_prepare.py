@@ -399,6 +399,24 @@ def test_records_listed_in_subfolders_keep_the_names_records_gives_them(tmp_path
     assert torch.load(tmp_path / "out" / "test.pt", weights_only=True)["records"] == ["sub/a"]
 
 
+def test_a_split_or_records_by_file_name_alone_name_the_paths_meant(tmp_path):
+    """Records in subfolders are named by their paths: a split or --records listed by the file names alone
+    ('a', not 'sub/a') was refused with the folder's records unnamed (config) or among all of them (--records);
+    the error names the paths meant."""
+    for i, name in enumerate(("a", "b", "c")):
+        write_record(tmp_path / "db" / "sub", name, seconds=20.0, seed=i)
+    (tmp_path / "db" / "RECORDS").write_text("sub/a\nsub/b\nsub/c\n")
+    meant = r"\(records are named by their path in it: sub/a\)"
+    with pytest.raises(UserError, match=rf"'data.test_records' names records \['a'\] that are not in .*db {meant}"):
+        pm.prepare(make_cfg(test_records=["a"], validation_records=[]), tmp_path / "db", tmp_path / "out",
+                   download=False)
+    with pytest.raises(UserError, match=rf"records \['a'\] are not in .*db {meant}"):
+        pm.prepare(make_cfg(), tmp_path / "db", tmp_path / "out", records=["a"], download=False)
+    with pytest.raises(UserError, match=r"'data.test_records' names records \['d'\] that are not in .*db \(it has "
+                                        r"sub/a, sub/b, sub/c\)"):
+        pm.prepare(make_cfg(test_records=["d"]), tmp_path / "db", tmp_path / "out", download=False)
+
+
 def test_a_records_file_listing_folders_lists_their_records(tmp_path):
     """MIMIC's top-level RECORDS lists folders ('p00/'), each with a RECORDS of its own (or only headers): their
     records are FOLDER/NAME; the folder was taken for a record and refused as having no .hea."""
