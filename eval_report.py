@@ -164,7 +164,8 @@ def detector_section(d: dict) -> list[str]:
     """The R-peak detector scored on the true horizons: what bounds every forecast's rhythm scores."""
     lines = ["", "## R-peak detector check", "",
              f"The detector (`metrics.detect_r_peaks`) run on the true horizons (lead 1) against the reference "
-             f"beat annotations of {d['annotated_records']} annotated records (pooled over all windows):", "",
+             f"beat annotations of {running.counted(d['annotated_records'], 'annotated record')} (pooled over all "
+             f"windows):", "",
              "| tolerance | sensitivity | positive predictivity | TP | FP | FN |", "|---|---:|---:|---:|---:|---:|"]
     for tol in M.TOLERANCES_MS:
         e = d[f"{tol}ms"]
@@ -247,7 +248,7 @@ def records_section(w: Windows) -> list[str]:
         lines += ["", "Windows leave out the gaps (NaN/invalid or flat samples) of "
                   + ", ".join(f"{n} ({s:.1f} s)" for n, s in gaps.items()) + "."]
     if w.skipped:
-        lines += ["", f"Skipped {len(w.skipped)} record(s):", ""] + [f"- {n}: {why}" for n, why in w.skipped]
+        lines += ["", f"Skipped {running.counted(len(w.skipped), 'record')}:", ""] + [f"- {n}: {why}" for n, why in w.skipped]
     return lines
 
 

@@ -1545,7 +1545,7 @@ def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config,
                 f"input hash {src['input_hash']}"
                 + (f", beats from .{src['annotator']})" if src.get("annotator", "atr") != "atr" else ")"),
         "records / windows": f"{len(np.unique(w.record))} / {len(w.record)}"
-                             + (f" ({len(w.skipped)} records skipped)" if w.skipped else "")
+                             + (f" ({running.counted(len(w.skipped), 'record')} skipped)" if w.skipped else "")
                              + (f", {beats_asked(beats)}" if beats else ""),
         "windows": windows_chosen(cfg, args.max_windows_per_record, beats),
         "context / horizon": f"{context / fs:g} s / {horizon / fs:g} s at {fs} Hz "

@@ -459,10 +459,10 @@ def records_file(data_dir: Path) -> list[str]:
     parts = [p for p in data_dir.glob(f"{DOWNLOAD_PART}*") if all((p / f"{n}.hea").is_file() for n in missing)]
     if missing and parts:
         raise UserError(f"{data_dir} holds a download of MIT-BIH killed while its files were moved in ({index} lists "
-                        f"{len(missing)} record(s) with no .hea, still in {parts[0].name}): empty the folder and run "
+                        f"{running.counted(len(missing), 'record')} with no .hea, still in {parts[0].name}): empty the folder and run "
                         f"again to download it anew")
     if missing:
-        raise UserError(f"{index} lists {len(missing)} record(s) with no .hea in {data_dir}: "
+        raise UserError(f"{index} lists {running.counted(len(missing), 'record')} with no .hea in {data_dir}: "
                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; add their files or take them "
                         f"out of RECORDS (without RECORDS, every *.hea is a record)")
     return names
@@ -1339,7 +1339,7 @@ def load_records(names: list[str], data_dir: Path, d: DataConfig, skip_bad: bool
         rec = replace(read_record(data_dir / name, d, allow_gaps, annotator), name=name)   # RECORDS' sub/NAME
         check_windows(rec, d, str(data_dir / name))
         if name in lost:
-            running.warn(f"{data_dir / name}.atr is missing, where {have} other record(s) have theirs: {name} counts "
+            running.warn(f"{data_dir / name}.atr is missing, where {running.counted(have, 'other record')} {'has' if have == 1 else 'have'} theirs: {name} counts "
                          f"as unannotated (no R-peak scores); restore the file if it was lost")
         loaded[name] = rec
     # The progress bar only on a terminal: in logs and pipes stderr keeps just the one 'error:' line.
@@ -1450,7 +1450,7 @@ def check_every_record(names: Iterable[str], check: Callable[[str], None], skip_
         except UserError as e:
             bad[name] = str(e)
     if bad and not skip_bad:
-        raise UserError(f"{len(bad)} bad record(s), nothing prepared: {'; '.join(bad.values())} (repair them, or "
+        raise UserError(f"{running.counted(len(bad), 'bad record')}, nothing prepared: {'; '.join(bad.values())} (repair them, or "
                         f"leave them out with --skip-bad)")
     for reason in bad.values():
         running.warn(f"left out: {reason}")
@@ -1743,7 +1743,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
     meta = prepare(cfg, data_dir, out_dir, args.records, download=not args.no_download, skip_bad=args.skip_bad,
                    allow_gaps=args.allow_gaps, annotator=args.annotator)
-    print(f"prepared {len(meta['records'])} records of {data_dir} in {time.time() - t0:.1f} s -> {out_dir}")
+    print(f"prepared {running.counted(len(meta['records']), 'record')} of {data_dir} in {time.time() - t0:.1f} s "
+          f"-> {out_dir}")
     for s in SPLITS:
         print(f"  {s:10s} {meta['windows'][s]:6d} windows  records: {' '.join(meta['splits'][s])}")
     print(f"  scale (mV, per lead): {', '.join(f'{v:.3f}' for v in meta['scale_mv'])}  data hash {meta['data_hash']}")

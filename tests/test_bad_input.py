@@ -397,7 +397,7 @@ def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypat
     def stopped(self, target):
         calls.append(target)
         if len(calls) == 8:         # the signals, annotations and 100.hea in: the state a kill here would leave
-            with pytest.raises(UserError, match=r"killed while its files were moved in \(.*RECORDS lists 2 record\(s\) "
+            with pytest.raises(UserError, match=r"killed while its files were moved in \(.*RECORDS lists 2 records "
                                                 r"with no \.hea, still in \.download-\w+\): empty the folder and run "
                                                 r"again"):
                 pm.header_stems(Path(target).parent)
@@ -533,7 +533,7 @@ def test_a_killed_downloads_part_is_no_killed_move_of_the_users_records(tmp_path
     (tmp_path / "RECORDS").write_text("a\nb\n")
     (tmp_path / f"{pm.DOWNLOAD_PART}old").mkdir()
     write_record(tmp_path / f"{pm.DOWNLOAD_PART}old", "100", seconds=12)
-    with pytest.raises(UserError, match=r"RECORDS lists 1 record\(s\) with no \.hea in .*: b; add their files"):
+    with pytest.raises(UserError, match=r"RECORDS lists 1 record with no \.hea in .*: b; add their files"):
         pm.find_records(tmp_path, download=False)
     write_record(tmp_path / f"{pm.DOWNLOAD_PART}old", "b", seconds=12)
     with pytest.raises(UserError, match=rf"killed while its files were moved in \(.*no \.hea, still in "
@@ -940,7 +940,7 @@ def test_an_annotation_file_cut_short_is_a_bad_record(tmp_path):
     with pytest.raises(UserError, match=r"b\.atr: \d+ bytes not ending in WFDB's end-of-file marker"):
         pm.read_record(db / "b", pm.DataConfig())
     r = run_in_process(["--data-dir", str(db), "--out", str(tmp_path / "out"), "--no-download"])
-    assert r.returncode == 2 and "1 bad record(s), nothing prepared" in r.stderr and "b.atr" in r.stderr, r.stderr
+    assert r.returncode == 2 and "1 bad record, nothing prepared" in r.stderr and "b.atr" in r.stderr, r.stderr
     assert len(whole.beats) > 10 and not list((tmp_path / "out").glob("*"))
 
 

@@ -59,7 +59,7 @@ def test_wfdb_dir_at_250_hz_skips_bad_records_and_scores_the_rest(db250, tmp_pat
     skipped = {s["record"]: s["reason"] for s in result["skipped"]}
     assert sorted(skipped) == ["a04", "a05"] and all(skipped.values())
     report = (run / "report.md").read_text()
-    assert "Skipped 2 record(s)" in report and "- a04: " in report and "- a05: " in report
+    assert "Skipped 2 records" in report and "- a04: " in report and "- a05: " in report
     assert "## Baselines" in report and "- zero: Predicts 0 mV" in report and "- template: Averages" in report
     assert result["paired"] == [] and "Paired against" not in report        # baselines only: nothing to pair
     per = result["per_record"]
@@ -1655,6 +1655,17 @@ def test_horizon_beats_are_chosen_before_the_windows_are_thinned(tmp_path):
     assert len(every.start) > 2 and set(two.start) <= set(every.start) and len(two.start) == 2
 
 
+def test_one_record_skipped_is_counted_as_one(tmp_path):
+    """A database with one record too short to score: the report's header said '(1 records skipped)' and its
+    Records section 'Skipped 1 record(s)'."""
+    write_record(tmp_path / "db", "a", seconds=20, seed=1)
+    write_record(tmp_path / "db", "short", seconds=5, seed=2)
+    run, result = _run(["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), "--results", str(tmp_path / "out")])
+    assert [s["record"] for s in result["skipped"]] == ["short"]
+    report = (run / "report.md").read_text()
+    assert "(1 record skipped)" in report and "\nSkipped 1 record:\n" in report and "(s)" not in report
+
+
 def test_records_horizon_beats_leaves_without_windows_are_named_with_the_reason(tmp_path):
     """--records a b --horizon-beats ventricular scored only a, and the report's header and records said nothing
     of b: a record without annotations, or without such a beat in any horizon, is skipped with its reason."""
@@ -1697,7 +1708,7 @@ def test_a_record_horizon_beats_leaves_unscored_counts_nowhere(tmp_path):
     assert both["horizon_beats"]["ventricular"]["records"] == ["v"]
     assert [s["record"] for s in both["skipped"]] == ["n"]
     report = (run / "report.md").read_text()
-    assert "of 1 annotated records" in report and "| n |" not in report and "- n: none of its" in report
+    assert "of 1 annotated record (pooled" in report and "| n |" not in report and "- n: none of its" in report
 
 
 def test_horizon_beats_on_unclassified_beats_says_they_carry_no_class(tmp_path, capsys):

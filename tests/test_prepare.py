@@ -382,7 +382,7 @@ def test_a_records_file_lists_the_records_in_its_order(tmp_path):
     (tmp_path / "RECORDS").write_text("b\na\n\n")
     assert pm.find_records(tmp_path, download=False) == ["b", "a"]
     (tmp_path / "RECORDS").write_text("b\nc\na\n")
-    with pytest.raises(UserError, match=r"RECORDS lists 1 record\(s\) with no \.hea in .*: c; add their files"):
+    with pytest.raises(UserError, match=r"RECORDS lists 1 record with no \.hea in .*: c; add their files"):
         pm.find_records(tmp_path, download=False)
 
 
@@ -428,11 +428,11 @@ def test_a_records_file_listing_folders_lists_their_records(tmp_path):
     (tmp_path / "RECORDS").write_text("p00/\np02\n")
     assert pm.find_records(tmp_path, download=False) == ["p00/p01/b", "p02/c"]
     (tmp_path / "RECORDS").write_text("p00/\np03/\n./\n")
-    with pytest.raises(UserError, match=r"RECORDS lists 2 record\(s\) with no \.hea in .*: p03/, \./; add their files"):
+    with pytest.raises(UserError, match=r"RECORDS lists 2 records with no \.hea in .*: p03/, \./; add their files"):
         pm.find_records(tmp_path, download=False)
     (tmp_path / "p04").mkdir()         # a record's .hea lost beside a folder of its name holding none: still refused
     (tmp_path / "RECORDS").write_text("p02\np04\n")
-    with pytest.raises(UserError, match=r"RECORDS lists 1 record\(s\) with no \.hea in .*: p04; add their files"):
+    with pytest.raises(UserError, match=r"RECORDS lists 1 record with no \.hea in .*: p04; add their files"):
         pm.find_records(tmp_path, download=False)
 
 
@@ -625,7 +625,7 @@ def test_records_without_annotations(tmp_path, capsys):
     assert meta["records"]["b"]["has_annotations"] is False and meta["records"]["b"]["beats"] == 0
     assert meta["records"]["a"]["has_annotations"] is True
     err = capsys.readouterr().err
-    assert f"warning: {db / 'b'}.atr is missing, where 1 other record(s) have theirs: b counts as unannotated" in err
+    assert f"warning: {db / 'b'}.atr is missing, where 1 other record has theirs: b counts as unannotated" in err
     (db / "a.atr").unlink()
     meta = pm.prepare(make_cfg(test_records=["a"], validation_records=[]), db, tmp_path / "out", download=False)
     assert not any(r["has_annotations"] for r in meta["records"].values()) and ".atr" not in capsys.readouterr().err
