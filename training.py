@@ -419,7 +419,11 @@ class Trainer:
         val_shard = Subset(val_set, range(rt.rank, len(val_set), rt.world))
         self.val_loader = DataLoader(val_shard, per_rank, num_workers=settings.num_workers, pin_memory=pin)
         if len(self.train_loader) == 0:
-            raise UserError(f"{len(train_set)} training windows are fewer than one batch of {settings.batch_size}")
+            most = len(train_set) // rt.world * rt.world
+            fits = (f"; pass --batch-size {most} or less" if most else
+                    f"; run fewer processes than {rt.world}")
+            raise UserError(f"{len(train_set)} training windows are fewer than one batch of {settings.batch_size}"
+                            f"{fits}, or prepare more training records")
         if len(val_set) < rt.world:     # a rank without one would all-reduce no metrics: gloo fails, NCCL hangs
             raise UserError(f"{len(val_set)} validation windows are fewer than the {rt.world} processes; "
                             "run fewer processes")

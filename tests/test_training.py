@@ -175,7 +175,8 @@ def test_same_seed_same_numbers_and_resume_is_exact(tmp_path: Path, synthetic_db
 
 def test_a_run_refused_before_training_leaves_no_empty_folder(tmp_path: Path, synthetic_db: Path) -> None:
     setup = tiny_setup(tmp_path, synthetic_db)
-    with pytest.raises(UserError, match="training windows are fewer than one batch of 100000"):
+    with pytest.raises(UserError, match=r"(\d+) training windows are fewer than one batch of 100000; pass "
+                                        r"--batch-size \1 or less, or prepare more training records"):
         _run(setup, "--batch-size", "100000")
     for root in ("results", "checkpoints"):
         assert not (tmp_path / root).exists() or not any((tmp_path / root).iterdir())
