@@ -657,8 +657,25 @@ def main(argv: list[str] | None = None) -> dict:
         running.note(f"the truth plotted covers {(truth - gap) / res['fs']:g} s of the {steps / res['fs']:g} s "
                      f"forecast (the record's end or a gap)")
     print(f"{heart_rate_line(res['heart_rate'], n_paths)} (lead 1 R peaks{'; ' + PATHS_KEY if n_paths > 1 else ''})")
+    if said := no_rhythm(res["context"], res["fs"]):
+        running.note(said)
     print(f"plot: {files[1]}\nsamples: {files[0]}\nsettings: {files[2]}")
     return {**res, "files": files}
+
+
+def no_rhythm(context: np.ndarray, fs: int) -> str:
+    """What a context [C, 2] with fewer than two R peaks (drafts.context_rhythm's) does to the forecasts, or ''.
+    The beat drafts continue the context's median RR; without one they repeat its last autocorrelation period,
+    at a heart rate under 40 bpm or over a pause a stretch between beats: a flat forecast, said by nothing but
+    paths at 0 bpm."""
+    from drafts import context_rhythm
+    peaks, period, _ = context_rhythm(context[None], fs)
+    if len(peaks[0]) >= 2:
+        return ""
+    return (f"the context shows {running.counted(len(peaks[0]), 'R peak')} in its {len(context) / fs:g} s (a heart "
+            f"rate under 40 bpm, a pause, or beats the detector misses): the beat drafts of the shipped models and of "
+            f"the seasonal and template baselines have no RR interval to continue, and repeat the context's last "
+            f"{period[0] / fs:.3g} s")
 
 
 def truth_cover(res: dict) -> tuple[int, int]:

@@ -503,6 +503,22 @@ def test_forecast_py_forecasts_a_record_with_a_baseline_by_name(tmp_path, name):
     assert all(f.is_file() for f in out["files"])
 
 
+def test_forecast_py_says_when_the_context_shows_no_rhythm(tmp_path, capsys):
+    """At 30 bpm a 3 s context may hold one R peak: the drafts then repeat its last 0.25 s, a flat forecast whose
+    paths read 0 bpm, and nothing said why. A context of several beats gets no note."""
+    x, beats = synthetic_ecg(30.0, 360.0, seed=2, hr_bpm=30.0)
+    write_signal(tmp_path / "db", "slow", x)
+    write_record(tmp_path / "db", "r", seconds=12)
+    start = next(s for s in range(4, 29) if np.sum((beats > (s - 2.8) * 360) & (beats < (s - 0.2) * 360)) == 1)
+    for name, at, said in (("slow", start, True), ("r", 5, False)):
+        out = forecast.main(["--checkpoint", "seasonal", "--record", str(tmp_path / "db" / name), "--start", str(at),
+                             "--samples", "2", "--device", "cpu", "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert ("note: the context shows 1 R peak in its 3 s (a heart rate under 40 bpm" in err) is said, err
+        if said:
+            assert "repeat the context's last 0.25 s" in err and np.ptp(out["samples"][..., 0]) < 0.2
+
+
 def test_forecast_from_a_record_with_gaps(tmp_path):
     """A context touching a gap of invalid samples is refused with the nearest clean starts; a context
     clear of the gap forecasts, with the gap left blank in the truth."""
