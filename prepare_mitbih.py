@@ -1069,7 +1069,7 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str | 
         return _no_beats()
     check_annotator(annotator)
     if not path.parent.joinpath(f"{path.name}.{annotator}").exists():
-        hint = other_annotators(path)
+        hint = other_annotators(path, annotator)
         if annotator != "atr" or hint:      # asked for by name (a typo), or beats kept under another name
             running.note(f"{path}.{annotator} is missing; the record counts as unannotated (no R-peak scores){hint}")
         return _no_beats()
@@ -1082,7 +1082,7 @@ def _read_beats(path: Path, fs_in: float, fs_out: int, n: int, annotator: str | 
         held = label_counts(ann.symbol) or "no labels at all"
         running.note(f"{path}.{annotator} has no beat labels ({held}; beats are {' '.join(sorted(BEAT_SYMBOLS))}); the "
                      f"record counts as unannotated (no R-peak scores)"
-                     f"{other_annotators(path)}")
+                     f"{other_annotators(path, annotator)}")
         return _no_beats()
     if unknown := [s for s in ann.symbol if s not in WFDB_SYMBOLS]:
         running.note(f"{path}.{annotator}: labels that are not WFDB's ({label_counts(unknown)}) are not read as beats: "
@@ -1126,10 +1126,11 @@ def check_annotation_end(file: Path) -> None:
                         f"Its annotations after the cut would be missing")
 
 
-def other_annotators(path: Path) -> str:
-    """A hint naming a beat annotation file of the record under a usual other name, or ''."""
-    other = [p.suffix[1:] for p in sorted(path.parent.glob(f"{path.name}.*"))
-             if p.suffix[1:] in ("qrs", "ecg", "qrsc", "sqrs", "gqrs")]
+def other_annotators(path: Path, asked: str = "atr") -> str:
+    """A hint naming a beat annotation file of the record under a usual name other than the `asked` one, or ''
+    (.atr too: --annotator qrs over a database whose other records keep .atr named no way back to them)."""
+    usual = [ext for ext in ("atr", "qrs", "ecg", "qrsc", "sqrs", "gqrs") if ext != asked]
+    other = [p.suffix[1:] for p in sorted(path.parent.glob(f"{path.name}.*")) if p.suffix[1:] in usual]
     return f" (--annotator {other[0]} reads {path.name}.{other[0]})" if other else ""
 
 
@@ -1339,8 +1340,9 @@ def load_records(names: list[str], data_dir: Path, d: DataConfig, skip_bad: bool
         rec = replace(read_record(data_dir / name, d, allow_gaps, annotator), name=name)   # RECORDS' sub/NAME
         check_windows(rec, d, str(data_dir / name))
         if name in lost:
-            running.warn(f"{data_dir / name}.atr is missing, where {running.counted(have, 'other record')} {'has' if have == 1 else 'have'} theirs: {name} counts "
-                         f"as unannotated (no R-peak scores); restore the file if it was lost")
+            running.warn(f"{data_dir / name}.atr is missing, where {running.counted(have, 'other record')} "
+                         f"{'has' if have == 1 else 'have'} theirs: {name} counts as unannotated (no R-peak scores); "
+                         f"restore the file if it was lost")
         loaded[name] = rec
     # The progress bar only on a terminal: in logs and pipes stderr keeps just the one 'error:' line.
     left_out = check_every_record(tqdm(names, desc="records", unit="rec", disable=None), load, skip_bad)

@@ -615,6 +615,21 @@ def test_a_record_without_the_annotators_file_is_said_once_by_that_file(tmp_path
     assert said == [f"note: {db / 'b'}.qrs is missing; the record counts as unannotated (no R-peak scores)"]
 
 
+def test_a_record_annotated_in_atr_is_named_under_another_annotator(tmp_path, capsys):
+    """--annotator qrs over a database whose other records keep their beats in .atr: the note of a missing .qrs
+    named no file to read them from, as a missing .atr names a .qrs."""
+    db = tmp_path / "db"
+    write_record(db, "a", seed=0)
+    write_record(db, "b", seed=1)
+    (db / "a.atr").rename(db / "a.qrs")
+    meta = pm.prepare(make_cfg(test_records=["a"], validation_records=[]), db, tmp_path / "out", download=False,
+                      annotator="qrs")
+    assert meta["records"]["b"]["has_annotations"] is False
+    said = [line for line in capsys.readouterr().err.splitlines() if f"{db / 'b'}." in line]
+    assert said == [f"note: {db / 'b'}.qrs is missing; the record counts as unannotated (no R-peak scores) "
+                    f"(--annotator atr reads b.atr)"]
+
+
 def test_records_without_annotations(tmp_path, capsys):
     """A record without the .atr another has is prepared as unannotated, and said to be: a lost .atr (a test record's,
     say) took its beats out of the R-peak scores without a word. A folder with no .atr at all is no news."""
