@@ -1481,9 +1481,10 @@ def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None, 
         raise UserError(f"{path} was prepared unlike the VQ-VAE's data ({differ}): prepare with `python3 "
                         f"prepare_mitbih.py --config F --out DIR`, F holding the VQ-VAE's data section (its record "
                         f"lists may be your own), and pass --prepared DIR")
+    differ = preparation_differences(path.parent, cfg.data, data.get("data_hash"), lists=True)
     raise UserError(f"{path} was prepared with another data config (hash {data.get('data_hash')} != "
-                    f"{data_hash(cfg.data)}); pass the config it was prepared with (--config; its meta.json keeps "
-                    f"the data section), or prepare with `python3 prepare_mitbih.py --config F [--out DIR]`, "
+                    f"{data_hash(cfg.data)}: {differ}); pass the config it was prepared with (--config; its meta.json "
+                    f"keeps the data section), or prepare with `python3 prepare_mitbih.py --config F [--out DIR]`, "
                     f"F holding this run's data section (a forecaster's: its VQ-VAE's), and pass --prepared DIR "
                     f"(evaluate.py and vqvae_eval.py take data prepared alike with record lists of your own: "
                     f"--prepared DIR)")
@@ -1526,9 +1527,10 @@ def check_one_preparation(path: Path, data: dict) -> None:
                             f"prepare_mitbih.py` again into {path.parent}")
 
 
-def preparation_differences(folder: Path, data: DataConfig, tensor_hash: str | None) -> str:
+def preparation_differences(folder: Path, data: DataConfig, tensor_hash: str | None, lists: bool = False) -> str:
     """How the data section a prepared folder was made with (its meta.json, if it is the tensors' own) differs
-    from `data`, record lists aside: '' when its windows are made alike."""
+    from `data`, record lists aside unless `lists`: '' when its windows are made alike. With them, the one key a
+    database of one's own changes (its split) is named, where two hashes left the user to find it."""
     try:
         stored = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["config"]
         stored_data = build_section(DataConfig(), stored, "data", str(folder / "meta.json"))
@@ -1540,7 +1542,7 @@ def preparation_differences(folder: Path, data: DataConfig, tensor_hash: str | N
         return f"{folder / 'meta.json'} is missing, unreadable or not the tensors' own"
     wanted = json.loads(json.dumps(asdict(data)))
     return ", ".join(f"{k} {stored.get(k)!r}, not {v!r}" for k, v in wanted.items()
-                     if k not in ("test_records", "validation_records") and stored.get(k) != v)
+                     if (lists or k not in ("test_records", "validation_records")) and stored.get(k) != v)
 
 
 def stored_meta(prepared_dir: str | Path | None = None) -> dict:

@@ -1016,6 +1016,18 @@ def test_load_split_refuses_tensors_that_name_no_data_hash(prepared, tmp_path):
         pm.load_split("train", prepared.cfg, tmp_path / "p")
 
 
+def test_tensors_of_another_split_name_the_lists_that_differ(tmp_path):
+    """A database of one's own prepared with its split in a config, then trained on without that --config: the
+    refusal gave two hashes; it names the record lists the tensors were prepared with."""
+    for i, name in enumerate(("a", "b", "c")):
+        write_record(tmp_path / "db", name, seconds=20.0, seed=i)
+    pm.prepare(make_cfg(test_records=["a"], validation_records=["b"]), tmp_path / "db", tmp_path / "out",
+               download=False)
+    with pytest.raises(UserError, match=r"train.pt was prepared with another data config \(hash \w+ != \w+: "
+                                        r"test_records \['a'\], not None, validation_records \['b'\], not None\)"):
+        pm.load_split("train", make_cfg(), tmp_path / "out")
+
+
 def test_own_record_lists_are_judged_by_the_tensors_own_meta(prepared, tmp_path):
     """A meta.json that does not describe the tensors beside it (edited, or copied from elsewhere) proves nothing."""
     import shutil
