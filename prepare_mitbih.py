@@ -78,10 +78,10 @@ DEFAULT_VALIDATION = [r for i, r in enumerate(r for r in DS1 if r != "201") if i
 # Spanish and Portuguese ECGs). With none of them, lead 1 is the first ECG channel other than V1 (and a note
 # says so).
 # Lead 2 is V1 when the record has it (MIT-BIH's usual second lead, so 12-lead records feed the models
-# alike), else the chest lead nearest it (V2, V3, ... V9, then an unnumbered V as MIMIC's and BIDMC's: MIT-BIH's
-# other second leads are V2, V4 and V5, so the models never saw a limb lead there), else the first other ECG
-# channel. A lead off throughout the record (off_throughout) is passed over for the next in these orders while
-# two leads are left (a note says so), else the record is refused.
+# alike), else the chest lead nearest it (V2, V3, ... V9, then an unnumbered V as MIMIC's and BIDMC's; a modified
+# chest lead, MCL1 or CM5, as its own: MIT-BIH's other second leads are V2, V4 and V5, so the models never saw a limb
+# lead there), else the first other ECG channel. A lead off throughout the record (off_throughout) is passed over
+# for the next in these orders while two leads are left (a note says so), else the record is refused.
 LEAD_PREFERENCE = (
     ("MLII", "II", "ML2", "DII", "D2"),       # lead II / modified lead II
     ("MLI", "I", "ML1", "DI", "D1"),          # lead I
@@ -578,7 +578,7 @@ def order_leads(names: list[str], first: str, where: str, units: list[str | None
     choices += [[i for i in ecg if keys[i] in group] for group in [(_lead_key(first),), *LEAD_PREFERENCE]]
     lead1 = next((found[0] for found in choices if found), None)
     if lead1 is None:      # V1 is lead 2's (the models' second lead), so it leads only a record of V1 and nothing else
-        lead1 = next((i for i in ecg if keys[i] != "V1"), ecg[0])
+        lead1 = next((i for i in ecg if chest_rank(keys[i]) != 1), ecg[0])
         running.note(f"{where}: no channel is {first} or a limb lead ({', '.join(map(str, names))}); lead 1 is "
                      f"channel {lead1}, {names[lead1]}")
     else:
@@ -592,9 +592,10 @@ def order_leads(names: list[str], first: str, where: str, units: list[str | None
 
 def chest_rank(key: str) -> int:
     """Lead 2's preference of a lead by its _lead_key: V1 (1), the chest leads after it (2 to 9), an unnumbered V
-    (10), then any other lead (11). Lead 2 was the first other channel, so a 12-lead record without V1 (or with V1
-    off) fed the models lead I beside lead II, a limb lead where they learnt from chest leads only."""
-    chest = re.fullmatch(r"V([1-9]?)", key)
+    (10), then any other lead (11); a Holter's modified chest leads (MCL1, MV2, CM5) rank as the lead they stand
+    for. Lead 2 was the first other channel, so a 12-lead record without V1 (or with V1 off) fed the models lead I
+    beside lead II, a limb lead where they learnt from chest leads only."""
+    chest = re.fullmatch(r"(?:M?V|MCL|CM)([1-9]?)", key)
     return 11 if chest is None else int(chest[1] or 10)
 
 

@@ -150,6 +150,9 @@ def test_swapped_leads_end_with_mlii_first(prepared):
     (["V4", "I", "II", "V3"], "MLII", [2, 3]),   # ... a chest lead, not lead I before it
     (["II", "aVR", "V"], "MLII", [0, 2]),      # ... an unnumbered V (MIMIC) too
     (["II", "I", "III"], "MLII", [0, 1]),      # no chest lead: the first other channel
+    (["ML2", "CM5", "MCL1"], "MLII", [0, 2]),  # a Holter's modified chest leads rank as theirs: MCL1 as V1
+    (["ML2", "I", "MV2"], "MLII", [0, 2]),
+    (["MCL1", "CM5"], "MLII", [1, 0]),         # ... and MCL1 leads only as V1 does, beside nothing else
     (["ECG1", "ECG2"], "MLII", [0, 1]),        # channel numbers are not lead I / II
     (["DI", "DII", "DIII", "V1", "V2"], "MLII", [1, 3]),    # lead II as D(erivation) II: not lead I by order
     (["ECG D1", "ECG D2"], "MLII", [1, 0]),
