@@ -1426,7 +1426,7 @@ def main(argv: list[str] | None = None) -> Path:
         started["own forecasters"] = code
     w = load_windows(args, cfg)     # first: prepared unlike --config is the error, not the models' warnings of it
     scored = [w.records[i] for i in np.unique(w.record)]
-    seen = seen_warnings(forecasters, scored, args)
+    seen = seen_warnings(forecasters, scored, args) + [said for said in [rhythmless_caution(w, context, fs)] if said]
     print_warnings(cautions + seen)
     cautions += seen
     results = paths.check_writable(paths.location("results", args.results))     # before the work, not after
@@ -1463,6 +1463,24 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"skipped {n}: {why}")
     print(f"done in {wall:.1f} s -> {run / 'report.md'}")
     return run
+
+
+def rhythmless_caution(w: Windows, context: int, fs: int) -> str | None:
+    """The warning naming the records whose windows have a context of fewer than two R peaks (a heart rate under
+    40 bpm, a pause): the beat drafts have no RR interval there and repeat the context's last autocorrelation
+    period, so the shipped models and the seasonal and template baselines forecast no beats, which their scores
+    showed without a word of why (MIT-BIH's DS2 has 56 such windows in 6,900, most of them 232's and 231's)."""
+    from drafts import context_rhythm
+    peaks, _, _ = context_rhythm(np.asarray(w.signals[:, :context]), fs)
+    few = np.array([len(p) < 2 for p in peaks], bool)
+    if not few.any():
+        return None
+    records, counts = np.unique(w.record[few], return_counts=True)
+    named = ", ".join(f"{w.records[r]} ({n})" for r, n in sorted(zip(records, counts), key=lambda rn: -rn[1])[:5])
+    n = int(few.sum())
+    return (f"{n} of {running.counted(len(few), 'window')} {'has' if n == 1 else 'have'} a context of fewer than two "
+            f"R peaks (a heart rate under 40 bpm, a pause), in {named}{', ...' if len(records) > 5 else ''}: the beat "
+            f"drafts of the shipped models and of the seasonal and template baselines lay no beats there")
 
 
 def print_warnings(cautions: list[str]) -> None:

@@ -1666,6 +1666,19 @@ def test_one_record_skipped_is_counted_as_one(tmp_path):
     assert "(1 record skipped)" in report and "\nSkipped 1 record:\n" in report and "(s)" not in report
 
 
+def test_windows_whose_context_shows_no_rhythm_are_warned_of(tmp_path, capsys):
+    """At 25 bpm most 3 s contexts hold one R peak, and the drafts lay no beats after them: the forecasts' scores
+    said so without a word. The warning names the record and its count; a record of 72 bpm has none."""
+    x, _ = synthetic_ecg(60.0, 360.0, seed=3, hr_bpm=25.0)
+    write_signal(tmp_path / "db", "slow", x)
+    write_record(tmp_path / "db", "fast", seconds=60, seed=1)
+    run, result = _run(["--model", "zero", "--wfdb-dir", str(tmp_path / "db"), "--results", str(tmp_path / "out")])
+    said = result["header"]["warnings"]
+    assert re.search(r"^\d+ of 18 windows have a context of fewer than two R peaks \(a heart rate under 40 bpm, a "
+                     r"pause\), in slow \(\d+\): the beat drafts", said) and "fast" not in said
+    assert said in capsys.readouterr().err
+
+
 def test_records_horizon_beats_leaves_without_windows_are_named_with_the_reason(tmp_path):
     """--records a b --horizon-beats ventricular scored only a, and the report's header and records said nothing
     of b: a record without annotations, or without such a beat in any horizon, is skipped with its reason."""
