@@ -248,7 +248,8 @@ def records_section(w: Windows) -> list[str]:
         lines += ["", "Windows leave out the gaps (NaN/invalid or flat samples) of "
                   + ", ".join(f"{n} ({s:.1f} s)" for n, s in gaps.items()) + "."]
     if w.skipped:
-        lines += ["", f"Skipped {running.counted(len(w.skipped), 'record')}:", ""] + [f"- {n}: {why}" for n, why in w.skipped]
+        lines += ["", f"Skipped {running.counted(len(w.skipped), 'record')}:", ""]
+        lines += [f"- {n}: {why}" for n, why in w.skipped]
     return lines
 
 

@@ -459,8 +459,8 @@ def records_file(data_dir: Path) -> list[str]:
     parts = [p for p in data_dir.glob(f"{DOWNLOAD_PART}*") if all((p / f"{n}.hea").is_file() for n in missing)]
     if missing and parts:
         raise UserError(f"{data_dir} holds a download of MIT-BIH killed while its files were moved in ({index} lists "
-                        f"{running.counted(len(missing), 'record')} with no .hea, still in {parts[0].name}): empty the folder and run "
-                        f"again to download it anew")
+                        f"{running.counted(len(missing), 'record')} with no .hea, still in {parts[0].name}): empty "
+                        f"the folder and run again to download it anew")
     if missing:
         raise UserError(f"{index} lists {running.counted(len(missing), 'record')} with no .hea in {data_dir}: "
                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; add their files or take them "
@@ -1453,8 +1453,8 @@ def check_every_record(names: Iterable[str], check: Callable[[str], None], skip_
         except UserError as e:
             bad[name] = str(e)
     if bad and not skip_bad:
-        raise UserError(f"{running.counted(len(bad), 'bad record')}, nothing prepared: {'; '.join(bad.values())} (repair them, or "
-                        f"leave them out with --skip-bad)")
+        raise UserError(f"{running.counted(len(bad), 'bad record')}, nothing prepared: {'; '.join(bad.values())} "
+                        f"(repair them, or leave them out with --skip-bad)")
     for reason in bad.values():
         running.warn(f"left out: {reason}")
     return bad
