@@ -1245,10 +1245,12 @@ def input_files(data_dir: Path, name: str) -> list[Path]:
 
 
 def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | None = None,
-            download: bool = True, skip_bad: bool = False, allow_gaps: bool = False, annotator: str = "atr") -> dict:
+            download: bool = True, skip_bad: bool = False, allow_gaps: bool = False, annotator: str = "atr",
+            keep_other: bool = False) -> dict:
     """Prepare every split and return the metadata written to meta.json. Every bad record is named at once;
     with `skip_bad` they are left out instead. With `allow_gaps`, NaN/invalid samples are gaps no window
-    touches."""
+    touches. With `keep_other` (out_dir not given: the default folder), another database's preparation there is
+    refused, not replaced (check_other_database)."""
     commit = paths.git_commit()     # the code that runs, whatever the tree holds when meta.json is written
     d = cfg.data
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -1259,6 +1261,8 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     training_split(names, d, available, data_dir)   # the config's errors before any record is read
     check_annotated(data_dir, names, annotator)
     check_first_lead(data_dir, available, d.first_lead)     # the folder's leads: --records may lack it
+    if keep_other:
+        check_other_database(out_dir, names, data_dir)
     paths.check_writable(out_dir, keep=False)  # before minutes of work, not after
     loaded, left_out = load_records(names, data_dir, d, skip_bad, allow_gaps, annotator)
     split = training_split(list(loaded), d, available, data_dir, list(left_out))
@@ -1267,6 +1271,22 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     meta = prepared_meta(d, data_dir, loaded, annotator, split, tensors, commit, left_out)
     save_prepared(tensors, meta, out_dir)
     return meta
+
+
+def check_other_database(out_dir: Path, names: list[str], data_dir: Path) -> None:
+    """Refuses to prepare records into a folder holding a preparation none of whose records are among them: a
+    database of one's own prepared into the default folder (no --out) replaced MIT-BIH's, which every script reads
+    from there, with only a note. A preparation of some of the same records (again, other settings) is replaced."""
+    try:
+        held = json.loads((out_dir / "meta.json").read_text())
+        before, source = list(held["records"]), held.get("data_dir", "?")
+    except (OSError, ValueError, KeyError, TypeError):
+        return          # nothing prepared there, or nothing readable: prepared anew, as before
+    if before and not set(before) & set(names):
+        raise UserError(f"{out_dir} holds the prepared data of another database ({source}: records "
+                        f"{', '.join(before[:4])}{', ...' if len(before) > 4 else ''}), none of {data_dir}'s: pass "
+                        f"--out DIR for this one (and --prepared DIR to the scripts that read it), or delete "
+                        f"{out_dir} to replace it")
 
 
 def warn_headless(data_dir: Path, names: list[str], annotator: str) -> None:
@@ -1747,7 +1767,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         print(f"{len(find_records(data_dir, not args.no_download))} WFDB records in {data_dir}")
         return None
     meta = prepare(cfg, data_dir, out_dir, args.records, download=not args.no_download, skip_bad=args.skip_bad,
-                   allow_gaps=args.allow_gaps, annotator=args.annotator)
+                   allow_gaps=args.allow_gaps, annotator=args.annotator, keep_other=args.out is None)
     print(f"prepared {running.counted(len(meta['records']), 'record')} of {data_dir} in {time.time() - t0:.1f} s "
           f"-> {out_dir}")
     for s in SPLITS:

@@ -1757,6 +1757,34 @@ def test_preparing_over_a_preparation_says_so(tmp_path: Path, capsys: pytest.Cap
     assert json.loads((tmp_path / "out" / "meta.json").read_text())["splits"]["train"] == ["b"]
 
 
+def test_another_database_is_not_prepared_over_the_default_folders(tmp_path: Path, monkeypatch) -> None:
+    """`prepare_mitbih.py --data-dir own` (no --out) replaced MIT-BIH's preparation in data/prepared, which every
+    script reads, with only a note; it is refused now, naming both, and loses nothing. --out takes it anywhere, and
+    the same database's records (again, or a few) are prepared over it as before."""
+    for i, name in enumerate(("100", "101", "102", "own_a", "own_b")):
+        write_record(tmp_path / ("own" if name.startswith("own") else "mitdb"), name, seconds=12, seed=i)
+    configs = {}
+    for db, test in (("mitdb", "100"), ("own", "own_a")):
+        configs[db] = tmp_path / f"{db}.json"
+        configs[db].write_text(json.dumps({"data": {"test_records": [test], "validation_records": []}}))
+    default = tmp_path / "prepared"
+    monkeypatch.setitem(paths.ENV, "prepared", ("ECG_PREPARED_DIR", default))
+    monkeypatch.delenv("ECG_PREPARED_DIR", raising=False)
+
+    def flags(db: str) -> list[str]:
+        return ["--data-dir", str(tmp_path / db), "--no-download", "--config", str(configs[db])]
+
+    pm.main(flags("mitdb"))
+    kept = {f: (default / f).read_bytes() for f in ("train.pt", "test.pt", "meta.json")}
+    r = run_script(pm.main, "prepare_mitbih.py", flags("own"))
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {default} holds the prepared data of another "
+                                                     f"database ("), r.stderr
+    assert "records 100, 101, 102), none of" in r.stderr and "pass --out DIR for this one" in r.stderr
+    assert {f: (default / f).read_bytes() for f in kept} == kept
+    pm.main([*flags("own"), "--out", str(tmp_path / "own_prepared")])
+    assert pm.main([*flags("mitdb"), "--records", "100", "101"])["splits"]["test"] == ["100"]
+
+
 def test_a_held_out_split_emptied_by_records_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """--records leaving out MIT-BIH's validation records warned 'no validation records among the 2 in DIR (the
     defaults are MIT-BIH's); list this database's held-out patients in config': the config was fine."""
