@@ -284,7 +284,7 @@ def report_lines(report: dict, data: dict) -> list[str]:
                     f"compression ratio {s['compression_ratio']:.1f} against the records (11-bit samples at "
                     f"{s['source_fs']:g} Hz; {s['compression_ratio_model_rate']:.1f} against 11-bit samples at the "
                     f"model's {int(data['fs'])} Hz), "
-                    f"{s['bits_per_second']:.0f} bit/s in {s['codebooks']} codebook(s)"]
+                    f"{s['bits_per_second']:.0f} bit/s in {running.counted(s['codebooks'], 'codebook')}"]
 
 
 def seen_warnings(meta: dict, records: list[str], split: str) -> list[str]:
@@ -336,7 +336,8 @@ def record_windows(signal: np.ndarray, start_s: float, seconds: float | None, wi
         raise UserError(f"--seconds {seconds:g} is shorter than one window of {window / fs:g} s")
     if count > fit:
         raise UserError(f"--seconds {seconds:g} from --start {start_s:g} s runs past the end of {record} "
-                        f"({n / fs:.1f} s): {fit} window(s) of {window / fs:g} s fit, --seconds end takes them")
+                        f"({n / fs:.1f} s): {running.counted(fit, 'window')} of {window / fs:g} s fit, --seconds "
+                        f"end takes them")
     if seconds is not None and math.isfinite(seconds) and round(seconds * fs) % window:
         running.note(f"--seconds {seconds:g} is no whole number of {window / fs:g} s windows: coding {count}, "
                      f"{count * window / fs:g} s")
@@ -399,8 +400,8 @@ def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkp
                  f"the VQ-VAE of {paths.shown(checkpoint)}: record {rec.name}, original vs reconstruction", titles)
     resampled = f", its {rec.fs_in:g} Hz resampled to {fs} Hz" if rec.fs_in != fs else ""
     error, normalised = prd(coded["reconstruction"], windows), prdn(coded["reconstruction"], windows, axis=1)
-    print(f"record {args.record}{resampled}: {len(windows)} window(s) of {data.window_samples / fs:g} s from "
-          f"{starts[0]:g} s, reconstructed at PRD {error:.1f}%, PRDN {normalised:.1f}%")
+    print(f"record {args.record}{resampled}: {running.counted(len(windows), 'window')} of "
+          f"{data.window_samples / fs:g} s from {starts[0]:g} s, reconstructed at PRD {error:.1f}%, PRDN {normalised:.1f}%")
     print(f"codes {list(coded['codes'].shape)}, latents {list(coded['latents'].shape)}: {npz}\nplot: {png}")
     return npz
 

@@ -254,7 +254,7 @@ def test_vqvae_eval_codes_the_readmes_window_of_a_record(mitdb, tmp_path):
     res = run_script(vqvae_eval.main, "vqvae_eval.py", ["--checkpoint", str(PRETRAINED), "--record",
                                                         str(mitdb / "100"), "--start", "60", "--results", str(tmp_path)])
     assert res.returncode == 0, res.stderr
-    assert "1 window(s) of 3 s from 60 s, reconstructed at PRD 15.8%" in res.stdout
+    assert "1 window of 3 s from 60 s, reconstructed at PRD 15.8%" in res.stdout
     saved = np.load(next(tmp_path.glob("vqvae_eval-*/100_60s.npz")))
     fc = Forecaster.from_pretrained(device="cpu")
     x = torch.from_numpy(read_record(str(mitdb / "100"), fc.cfg.data).signal[60 * fc.fs:63 * fc.fs][None])

@@ -136,7 +136,7 @@ def test_train_writes_plots_metrics_and_checkpoints(tmp_path: Path, synthetic_db
     res = run_script(vqvae_eval.main, "vqvae_eval.py", ["--checkpoint", str(ckpts / "best.pt"), "--record",
                                                         str(synthetic_db / "100"), "--start", "55", "--seconds", "end",
                                                         "--results", str(tmp_path / "eval_record")])
-    assert res.returncode == 0 and "its 360 Hz resampled to 64 Hz: 5 window(s) of 1 s from 55 s" in res.stdout, res.stderr
+    assert res.returncode == 0 and "its 360 Hz resampled to 64 Hz: 5 windows of 1 s from 55 s" in res.stdout, res.stderr
     assert np.load(next((tmp_path / "eval_record").glob("vqvae_eval-*/100_55s.npz")))["codes"].shape == (5, 16, 1)
 
 

@@ -461,7 +461,7 @@ def test_reconstruction_md_puts_each_number_in_its_column_and_unit():
     assert "| **mean over records** | **0.02000** | **11.50** | **31.25** |" in lines
     assert ("first codebook on these windows (training's codebook_health.png counts its epochs' own): perplexity "
             "20.0, codes used 75% of 64; compression ratio 112.5 against the records (11-bit samples at 360 Hz; "
-            "20.0 against 11-bit samples at the model's 64 Hz), 70 bit/s in 2 codebook(s)") in lines[-1]
+            "20.0 against 11-bit samples at the model's 64 Hz), 70 bit/s in 2 codebooks") in lines[-1]
 
 
 def test_reconstruction_md_gives_a_window_of_a_fraction_of_a_second_as_it_is():
@@ -938,7 +938,7 @@ def test_vqvae_eval_record_saves_the_readme_recipes_codes_and_latents(tiny_check
     record = write_record(tmp_path / "db", "r", seconds=20, fs=250)
     res = code_record(tiny_checkpoint, record, tmp_path, "--start", "2.5", "--seconds", "3")
     assert res.returncode == 0, res.stderr
-    assert "its 250 Hz resampled to 64 Hz: 3 window(s) of 1 s from 2.5 s, reconstructed at PRD" in res.stdout
+    assert "its 250 Hz resampled to 64 Hz: 3 windows of 1 s from 2.5 s, reconstructed at PRD" in res.stdout
     run = next((tmp_path / "results").glob("vqvae_eval-*"))
     assert sorted(p.name for p in run.iterdir()) == ["r_2.5s.npz", "r_2.5s.png"]
     saved = np.load(run / "r_2.5s.npz")             # strings too, without pickles
@@ -963,7 +963,7 @@ def test_vqvae_eval_record_saves_the_readme_recipes_codes_and_latents(tiny_check
     np.testing.assert_allclose(saved["reconstruction"], back.numpy(), rtol=1e-5, atol=1e-6)
     assert not np.allclose(saved["reconstruction"], saved["signal"], atol=0.01)
     res = code_record(tiny_checkpoint, record, tmp_path, "--start", "15.5", "--seconds", "end")
-    assert res.returncode == 0 and "4 window(s) of 1 s from 15.5 s" in res.stdout, res.stderr
+    assert res.returncode == 0 and "4 windows of 1 s from 15.5 s" in res.stdout, res.stderr
 
 
 def test_vqvae_eval_record_reads_only_the_windows_asked_for(tiny_checkpoint, tmp_path, monkeypatch) -> None:
@@ -1010,7 +1010,7 @@ def test_code_windows_fills_its_outputs_in_place(tiny_checkpoint, monkeypatch) -
     (["--start", "40"], r"--start 40 s leaves less than one window"),
     (["--start", "-1"], r"--start -1 s is not a time in the record"),
     (["--start", "10", "--seconds", "30"], r"--seconds 30 from --start 10 s runs past the end of .*r \(20.0 s\): 10 "
-                                           r"window\(s\) of 1 s fit, --seconds end takes them"),
+                                           r"windows of 1 s fit, --seconds end takes them"),
     (["--seconds", "0.5"], r"--seconds 0.5 is shorter than one window of 1 s"),
     (["--split", "test"], r"argument --split: not allowed with argument --record"),
 ])
