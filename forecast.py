@@ -34,7 +34,7 @@ import paths
 import running
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, repeat_last
 from hyper_params import Config, DataConfig, load_config
-from hyper_params_transformer import SampleConfig, transformer_config_from_dict
+from hyper_params_transformer import SampleConfig, stored_transformer_config
 from metrics import FLAT_MV
 from paths import PRETRAINED, ROOT, SHIPPED, SHIPPED_SPECS, UserError
 from train_results import float32_default, load_weights, plot_forecasts, read_checkpoint
@@ -295,8 +295,8 @@ class Forecaster(ForecasterBase):
                             f"checkpoints; a forecaster of one's own is FILE.py:NAME=CHECKPOINT, to forecast.py "
                             f"--checkpoint and evaluate.py --model alike")
         vq, cfg = vqvae_from(ckpt["vqvae"], str(path))
-        tcfg = transformer_config_from_dict({k: ckpt["config"][k] for k in ("model", "sample", "train")},
-                                            f"Transformer config stored in {path}")
+        tcfg = stored_transformer_config({k: ckpt["config"][k] for k in ("model", "sample", "train")},
+                                         f"Transformer config stored in {path}")
         arch = tcfg.model
         gpt = CodeGPT(cfg.model.codebook_size, ckpt["block_size"], arch.dim, arch.layers, arch.heads, arch.dropout,
                       arch.rope, cfg.model.num_quantizers, arch.draft)

@@ -17,7 +17,7 @@ import paths
 import running
 from hyper_params import stored_config
 from hyper_params_sde import stored_sde_config
-from hyper_params_transformer import transformer_config_from_dict
+from hyper_params_transformer import stored_transformer_config
 from paths import UserError
 
 if TYPE_CHECKING:       # matplotlib is imported by the plots that draw: `from forecast import Forecaster` waited 0.3 s
@@ -278,9 +278,9 @@ def read_checkpoint(path: str | os.PathLike, kind: str | None = None, example: s
     return ckpt, digest
 
 
-# each kind's config as its checkpoints store it: a VQ-VAE's or latent SDE's keys it predates mean what they meant
-# then (their PREDATED); the Transformer's defaults are what its checkpoints made before a key existed were built with
-STORED_CONFIG = {"vqvae": stored_config, "transformer": transformer_config_from_dict,
+# each kind's config as its checkpoints store it: the keys it predates mean what they meant then (each model's
+# PREDATED), not today's defaults
+STORED_CONFIG = {"vqvae": stored_config, "transformer": stored_transformer_config,
                  "latent_sde": stored_sde_config}
 
 

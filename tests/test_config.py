@@ -18,7 +18,7 @@ from conftest import run_script
 from hyper_params import (PREDATED, Config, DataConfig, ModelConfig, config_from_dict, data_hash,
                           load_config, stored_config)
 from paths import ROOT, UserError
-from tiny import PHASE_MODEL, phase_config
+from tiny import PHASE_MODEL, PLAIN_TRANSFORMER, phase_config, plain_transformer
 
 
 def error_of(raw: dict) -> str:
@@ -368,10 +368,10 @@ def test_loading_does_not_mutate_input():
 
 
 @pytest.mark.parametrize("raw, key", [
-    ({"model": {"draft_beats": True}}, "model.draft_beats"),            # beat drafts need a drafting model
+    (plain_transformer(model={"draft_beats": True}), "model.draft_beats"),     # beat drafts need a drafting model
     ({"sample": {"draft_spread": 1.5}}, "sample.draft_spread"),
     ({"sample": {"draft_bias": -1.0}}, "sample.draft_bias"),
-    ({"sample": {"draft_bias": 10.0}}, "sample.draft_bias"),            # no draft to favour: sampled as if 0
+    (plain_transformer(sample={"draft_bias": 10.0}), "sample.draft_bias"),    # no draft to favour: sampled as if 0
     ({"sample": {"draft_noise": -0.1}}, "sample.draft_noise"),
     ({"sample": {"temperature": -1}}, "sample.temperature"),
     ({"sample": {"draft_spred": 0.02}}, "draft_spred"),
@@ -387,10 +387,45 @@ def test_transformer_config_names_the_bad_key(raw, key):
 
 
 def test_shipped_transformer_config_loads():
-    from hyper_params_transformer import TransformerConfig, load_transformer_config
+    from hyper_params_transformer import load_transformer_config
 
     cfg = load_transformer_config(None)
-    assert cfg.model.draft and cfg.model.draft_beats and cfg != TransformerConfig()
+    assert cfg.model.draft and cfg.model.draft_beats and cfg.sample.draft_bias > 0
+
+
+def test_the_transformers_defaults_are_config_transformer_json_key_for_key():
+    """TransformerConfig() and a config that leaves keys out get the recipe, every section's: the defaults were
+    another model (no drafts, temperature 1, no copies, the shared train defaults), so a partial config trained it."""
+    from hyper_params_transformer import (DEFAULT_CONFIG, GPTConfig, SampleConfig, TransformerConfig,
+                                          load_transformer_config, transformer_config_from_dict)
+
+    recipe = json.loads(DEFAULT_CONFIG.read_text())
+    assert TransformerConfig().to_dict() == recipe
+    assert load_transformer_config() == transformer_config_from_dict({}) == TransformerConfig()
+    assert (dataclasses.asdict(GPTConfig()), dataclasses.asdict(SampleConfig())) == (recipe["model"], recipe["sample"])
+
+
+def test_transformer_checkpoint_configs_from_before_the_drafts_keep_their_model():
+    """A Transformer config stored before the PREDATED keys existed means no drafts, no tilt, no noise and no
+    augmented copies (what those checkpoints were trained and sampled with), not today's recipe; a config that has
+    them keeps its own."""
+    from hyper_params_transformer import PREDATED, TransformerConfig, stored_transformer_config
+
+    old = TransformerConfig().to_dict()
+    for section, keys in PREDATED.items():
+        for key in keys:
+            del old[section][key]
+    del old["augment"]                                  # older still: no augment section at all
+    cfg = stored_transformer_config(old, "old checkpoint")
+    for section in ("model", "sample"):
+        assert {k: getattr(getattr(cfg, section), k) for k in PREDATED[section]} == PREDATED[section]
+    assert (cfg.augment.copies, cfg.sample.temperature, cfg.model.dim) == (0, 0.9, TransformerConfig().model.dim)
+    assert not cfg.model.draft and PLAIN_TRANSFORMER["model"] == PREDATED["model"]
+    assert stored_transformer_config(TransformerConfig().to_dict(), "new checkpoint") == TransformerConfig()
+    no_noise = TransformerConfig().to_dict()
+    del no_noise["sample"]["draft_noise"]
+    s = stored_transformer_config(no_noise, "drafted checkpoint").sample     # drafts, from before the noise
+    assert (s.draft_bias, s.draft_noise) == (10.0, 0.0)
 
 
 @pytest.mark.parametrize("maker, raw, key", [

@@ -1059,7 +1059,7 @@ def test_a_resume_with_another_config_is_refused_before_the_data(tmp_path, monke
     args = ["--resume", str(ckpt), "--device", "cpu"]
     if change == "--augment-copies":
         args += ["--augment-copies", "2"]
-        changed = "'augment.copies' is 0 there but 2 now"
+        changed = f"'augment.copies' is {config['augment']['copies']} there but 2 now"
     else:
         (section, values), = change.items()
         (key, value), = values.items()
@@ -1250,7 +1250,7 @@ def old_checkpoint(tmp_path: Path, kind: str, drop: dict[str, tuple[str, ...]], 
 
 @pytest.mark.parametrize("script, kind, first_work, drop", [
     (vqvae_train, "vqvae", "load_split", {"model": ("commitment_cost",)}),
-    (transformer_train, "transformer", "run_vqvae", {"model": ("dropout",), "sample": ("draft_noise",)}),
+    (transformer_train, "transformer", "run_vqvae", {"model": ("dropout",), "sample": ("top_k",)}),
     (latent_sde_train, "latent_sde", "run_vqvae", {"model": ("phase_template",), "solver": ("rate_diffusion_scale",)}),
 ])
 def test_a_checkpoint_from_before_a_key_existed_resumes_as_the_model_it_is(tmp_path, monkeypatch, script, kind,
@@ -1293,6 +1293,22 @@ def test_a_latent_sde_from_before_the_drafts_resumes_as_the_phase_model_it_is(tm
     with pytest.raises(UserError, match=f"^checkpoint {ckpt} was made with another config: 'model.corrected_dims' is "
                                         f"2 there but 0 now$"):
         latent_sde_train.main(["--resume", str(ckpt), "--device", "cpu", "--config", str(DEFAULT_CONFIG)])
+
+
+def test_a_transformer_from_before_the_drafts_resumes_as_the_model_it_is(tmp_path, monkeypatch):
+    """Transformer keys older checkpoints lack mean their PREDATED values (no drafts, no tilt, no noise, no augmented
+    copies), not today's defaults (config_transformer.json's recipe): such a run resumes as the model without drafts,
+    and the recipe is another model."""
+    from hyper_params_transformer import DEFAULT_CONFIG, PREDATED
+    ckpt = old_checkpoint(tmp_path, "transformer", {section: tuple(keys) for section, keys in PREDATED.items()})
+    config = train_results.load_checkpoint(ckpt)["config"]
+    assert all(config[section][k] == v for section, keys in PREDATED.items() for k, v in keys.items())
+    monkeypatch.setattr(transformer_train, "run_vqvae", lambda *a, **k: (_ for _ in ()).throw(Reached()))
+    with pytest.raises(Reached):
+        transformer_train.main(["--resume", str(ckpt), "--device", "cpu"])
+    with pytest.raises(UserError, match=f"^checkpoint {ckpt} was made with another config: 'model.draft' is False "
+                                        f"there but True now$"):
+        transformer_train.main(["--resume", str(ckpt), "--device", "cpu", "--config", str(DEFAULT_CONFIG)])
 
 
 @pytest.mark.parametrize("edit, said", [

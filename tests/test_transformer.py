@@ -24,7 +24,7 @@ from forecast import Forecaster
 from hyper_params import ModelConfig, config_from_dict, stored_config
 from hyper_params_transformer import SampleConfig
 from paths import UserError, file_sha256
-from tiny import TINY, flags, tiny_setup
+from tiny import TINY, flags, plain_sample, plain_transformer, tiny_setup
 from train_results import fixed_titles, fixed_windows
 from transformer_train import encode_drafted, encode_split
 from transformer import CodeGPT, favour, sample_next
@@ -94,10 +94,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     vqvae_train.main(flags(setup, "--device", "cpu", "--epochs", "2"))
     vq = next((tmp / "checkpoints").glob("vqvae-*/best.pt"))
     tcfg = tmp / "transformer.json"
-    tcfg.write_text(json.dumps({"model": {"dim": 32, "layers": 2, "heads": 2, "dropout": 0.0},
-                                "augment": {"copies": 1},
-                                "train": {"epochs": 3, "batch_size": 8, "learning_rate": 0.003,
-                                          "warmup_steps": 2, "max_steps_per_epoch": 15, "plot_windows": 2}}))
+    tcfg.write_text(json.dumps(plain_transformer(model={"dim": 32, "layers": 2, "heads": 2, "dropout": 0.0},
+                                                 augment={"copies": 1},
+                                                 train={"epochs": 3, "batch_size": 8, "learning_rate": 0.003,
+                                                        "warmup_steps": 2, "max_steps_per_epoch": 15,
+                                                        "plot_windows": 2})))
     setup_t = {**setup, "config": str(tcfg)}
     rows = transformer_train.main(flags(setup_t, "--device", "cpu", "--vqvae", str(vq)))
     ckpt = next((tmp / "checkpoints").glob("transformer-*/best.pt"))
@@ -170,6 +171,23 @@ def test_tiny_train_then_forecast(trained: dict) -> None:
     out = fc.predict(context, horizon=50, num_samples=7, seed=1)
     assert out.shape == (3, 7, 50, 2) and out.dtype == np.float32 and np.isfinite(out).all()
     assert out.std(axis=1).mean() > 0  # sampled paths differ
+
+
+def test_a_checkpoint_from_before_the_drafts_forecasts_as_the_model_it_is(trained: dict, tmp_path: Path) -> None:
+    """A Transformer checkpoint stored before the drafts, their tilt and noise and the augment section existed loads
+    as the model without them it was (hyper_params_transformer.PREDATED), forecasts and all: today's defaults (the
+    recipe's beat drafts) built a CodeGPT its weights did not fit."""
+    from hyper_params_transformer import PREDATED
+
+    ckpt = torch.load(trained["ckpt"], weights_only=True)
+    for section in ("model", "sample"):         # the fixture's plain model and sampling, which PREDATED means
+        assert all(ckpt["config"][section].pop(k) == v for k, v in PREDATED[section].items())
+    del ckpt["config"]["augment"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    old, new = (Forecaster.from_checkpoint(p, "cpu") for p in (tmp_path / "old.pt", trained["ckpt"]))
+    assert old.gpt.draft is None and not old.draft_beats and old.sample == new.sample
+    context = np.random.default_rng(0).standard_normal((2, 64, 2)).astype(np.float32) * 0.3
+    np.testing.assert_array_equal(old.predict(context, 40, 3, seed=1), new.predict(context, 40, 3, seed=1))
 
 
 def test_a_checkpoint_knows_its_training_and_validation_patients(trained: dict) -> None:
@@ -336,14 +354,15 @@ def test_default_codebooks_train_and_forecast(tmp_path: Path, draft: str) -> Non
     vqvae_train.main(flags(setup, "--device", "cpu"))
     vq = next((tmp_path / "checkpoints").glob("vqvae-*/best.pt"))
     tcfg = tmp_path / "transformer.json"
-    tcfg.write_text(json.dumps({"model": {"dim": 16, "layers": 1, "heads": 2, "dropout": 0.0, "draft": draft != "none",
-                                          "draft_beats": draft == "beats"},
-                                "train": {"epochs": 1, "batch_size": 8, "warmup_steps": 1, "max_steps_per_epoch": 4,
-                                          "plot_windows": 1}}))
+    tcfg.write_text(json.dumps(plain_transformer(model={"dim": 16, "layers": 1, "heads": 2, "dropout": 0.0,
+                                                        "draft": draft != "none", "draft_beats": draft == "beats"},
+                                                 augment={"copies": 3},
+                                                 train={"epochs": 1, "batch_size": 8, "warmup_steps": 1,
+                                                        "max_steps_per_epoch": 4, "plot_windows": 1})))
     transformer_train.main(flags({**setup, "config": str(tcfg)}, "--device", "cpu", "--vqvae", str(vq),
                                  "--augment-copies", "0"))
     ckpt = next((tmp_path / "checkpoints").glob("transformer-*/best.pt"))
-    assert torch.load(ckpt, weights_only=True)["config"]["augment"]["copies"] == 0   # the flag beats the default 3
+    assert torch.load(ckpt, weights_only=True)["config"]["augment"]["copies"] == 0   # the flag beats the config's 3
     fc = Forecaster.from_checkpoint(ckpt, "cpu")
     assert fc.gpt.levels == 3 and fc.gpt.codebook_size == 32 and fc.gpt.block_size == 32
     assert (fc.gpt.draft is not None) == (draft != "none") and fc.draft_beats == (draft == "beats")
@@ -485,7 +504,7 @@ def test_a_long_context_is_read_at_its_end():
     cfg = config_from_dict(TINY)
     vq = VQVAE(cfg.model).eval()
     gpt = CodeGPT(cfg.model.codebook_size, cfg.data.total_samples // cfg.model.downsample_factor, 32, 1, 2, 0.0)
-    fc = Forecaster(vq, gpt, cfg, SampleConfig(), "cpu")
+    fc = Forecaster(vq, gpt, cfg, plain_sample(), "cpu")
     rng = np.random.default_rng(0)
     recent = 0.3 * rng.standard_normal((1, 128, 2)).astype(np.float32)
     early = [0.3 * rng.standard_normal((1, 160, 2)).astype(np.float32), np.zeros((1, 160, 2), np.float32)]
@@ -500,7 +519,7 @@ def test_the_future_is_decoded_after_the_contexts_last_codes_and_cut_after_them(
     cfg = config_from_dict(TINY)
     vq = VQVAE(cfg.model).eval()
     gpt = CodeGPT(cfg.model.codebook_size, cfg.data.total_samples // cfg.model.downsample_factor, 32, 1, 2, 0.0)
-    fc = Forecaster(vq, gpt, cfg, SampleConfig(draft_noise=0.0), "cpu")
+    fc = Forecaster(vq, gpt, cfg, plain_sample(), "cpu")
     context = 0.3 * np.random.default_rng(0).standard_normal((1, cfg.data.window_samples, 2)).astype(np.float32)
     decoded, decode = [], vq.decode
     vq.decode = lambda codes, unit: decoded.append((codes, decode(codes, unit))) or decoded[-1][1]
@@ -519,7 +538,7 @@ def test_a_contexts_forecast_in_a_batch_is_its_forecast_alone():
     torch.manual_seed(0)
     cfg = config_from_dict(TINY)
     gpt = CodeGPT(cfg.model.codebook_size, cfg.data.total_samples // cfg.model.downsample_factor, 32, 1, 2, 0.0)
-    fc = Forecaster(VQVAE(cfg.model).eval(), gpt, cfg, SampleConfig(), "cpu")
+    fc = Forecaster(VQVAE(cfg.model).eval(), gpt, cfg, plain_sample(), "cpu")
     x = 0.3 * np.random.default_rng(0).standard_normal((2, cfg.data.window_samples, 2)).astype(np.float32)
     both = fc.predict(x, 16, num_samples=3, seed=4)
     np.testing.assert_array_equal(both[1:], fc.predict(x[1:], 16, num_samples=3, seed=4))
@@ -963,7 +982,7 @@ def test_each_block_of_a_long_horizon_reads_the_codes_drawn_last():
     cfg = config_from_dict(TINY)
     vq = VQVAE(cfg.model).eval()
     gpt = CodeGPT(cfg.model.codebook_size, cfg.data.total_samples // cfg.model.downsample_factor, 32, 1, 2, 0.0)
-    fc = Forecaster(vq, gpt, cfg, SampleConfig(), "cpu")
+    fc = Forecaster(vq, gpt, cfg, plain_sample(), "cpu")
     calls, generate = [], gpt.generate
 
     def spy(ctx: torch.Tensor, steps: int, *args, **kwargs) -> torch.Tensor:
@@ -1047,7 +1066,7 @@ def test_beat_drafts_follow_the_seed_and_the_configured_spread() -> None:
     cfg = config_from_dict(TINY)
     gpt = CodeGPT(cfg.model.codebook_size, cfg.data.total_samples // cfg.model.downsample_factor, 16, 1, 2, 0.0,
                   draft=True)
-    sample = SampleConfig(draft_spread=0.15, draft_bias=1e4, draft_noise=0.4)
+    sample = plain_sample(draft_spread=0.15, draft_bias=1e4, draft_noise=0.4)
     fc = Forecaster(VQVAE(cfg.model).eval(), gpt, cfg, sample, "cpu", draft_beats=True)
     drafts = TemplateEnsemble(64)
     drafts.jitter, drafts.noise = 0.15, 0.4
@@ -1067,7 +1086,7 @@ def test_a_horizon_beyond_the_block_is_drawn_after_the_last_half_block():
     cfg = config_from_dict(TINY)
     gpt = CodeGPT(cfg.model.codebook_size, cfg.data.total_samples // cfg.model.downsample_factor, 16, 1, 2, 0.0,
                   draft=True)
-    fc = Forecaster(VQVAE(cfg.model).eval(), gpt, cfg, SampleConfig(), "cpu")
+    fc = Forecaster(VQVAE(cfg.model).eval(), gpt, cfg, plain_sample(), "cpu")
     calls, generate = [], gpt.generate
 
     def spy(ctx: torch.Tensor, steps: int, *args, **kwargs) -> torch.Tensor:
@@ -1096,7 +1115,7 @@ def test_a_seasonal_drafting_forecaster_reads_each_steps_own_draft():
     vq = VQVAE(cfg.model).eval()
     gpt = CodeGPT(cfg.model.codebook_size, cfg.data.total_samples // cfg.model.downsample_factor, 16, 1, 2, 0.0,
                   draft=True)
-    fc = Forecaster(vq, gpt, cfg, SampleConfig(draft_bias=1e4), "cpu")
+    fc = Forecaster(vq, gpt, cfg, plain_sample(draft_bias=1e4), "cpu")
     drawn, roll = [], fc.roll
     fc.roll = lambda *args: drawn.append(roll(*args)) or drawn[-1]
     beating = synthetic_ecg(1.0, 64, seed=1, hr_bpm=120)[0][None].astype(np.float32)     # 16 codes: all read
@@ -1266,7 +1285,7 @@ def test_a_forecaster_of_parts_that_do_not_fit_is_refused_by_name() -> None:
     cfg = config_from_dict(TINY)
     vq, steps = VQVAE(cfg.model).eval(), cfg.data.window_samples // cfg.model.downsample_factor     # 16 codes
     block = cfg.data.total_samples // cfg.model.downsample_factor
-    assert Forecaster(vq, CodeGPT(32, steps + 1, 16, 1, 2, 0.0, draft=True), cfg, SampleConfig(), "cpu",
+    assert Forecaster(vq, CodeGPT(32, steps + 1, 16, 1, 2, 0.0, draft=True), cfg, plain_sample(), "cpu",
                       draft_beats=True).gpt.block_size == steps + 1
     for gpt, beats, said in ((CodeGPT(16, block, 16, 1, 2, 0.0), False,
                               "codebook_size: the VQ-VAE's 32, the CodeGPT's 16"),
@@ -1277,10 +1296,10 @@ def test_a_forecaster_of_parts_that_do_not_fit_is_refused_by_name() -> None:
                              (CodeGPT(32, block, 16, 1, 2, 0.0), True,
                               "draft_beats for a CodeGPT that reads no drafts")):
         with pytest.raises(ValueError, match=rf"Forecaster's parts do not fit: .*{re.escape(said)}"):
-            Forecaster(vq, gpt, cfg, SampleConfig(), "cpu", draft_beats=beats)
+            Forecaster(vq, gpt, cfg, plain_sample(), "cpu", draft_beats=beats)
     other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, downsample_factor=8))
     with pytest.raises(ValueError, match="downsample_factor: the VQ-VAE's 4, cfg.model's 8"):
-        Forecaster(vq, CodeGPT(32, block, 16, 1, 2, 0.0), other, SampleConfig(), "cpu")
+        Forecaster(vq, CodeGPT(32, block, 16, 1, 2, 0.0), other, plain_sample(), "cpu")
 
 
 @pytest.mark.parametrize("setting", [{"draft_noise": -1.0}, {"draft_bias": -5.0}, {"draft_spread": 1.5}])

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from hyper_params import config_from_dict
+from hyper_params_transformer import SampleConfig
 from prepare_mitbih import prepare
 
 TINY = {
@@ -32,6 +33,30 @@ def phase_config(**sections: dict) -> dict:
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     return raw
+
+
+# The Transformer's defaults before they became config_transformer.json's recipe: no drafts (as checkpoints older than
+# the drafts were), plain sampling at temperature 1, no augmented copies and the shared train section's defaults; the
+# keys that turn the recipe into the model, sampling and training the plain tests test
+PLAIN_TRANSFORMER = {"model": {"draft": False, "draft_beats": False},
+                     "sample": {"temperature": 1.0, "draft_spread": 0.05, "draft_bias": 0.0, "draft_noise": 0.0},
+                     "augment": {"copies": 0},
+                     "train": {"epochs": 10, "batch_size": 64, "learning_rate": 0.002, "weight_decay": 1e-4,
+                               "warmup_steps": 100, "plot_windows": 4, "max_steps_per_epoch": None}}
+
+
+def plain_transformer(**sections: dict) -> dict:
+    """A Transformer config (as a config file holds it) of the plain model, each section's keys updated by
+    `sections` (model={"dim": 16}, train={...})."""
+    raw: dict[str, Any] = {section: dict(keys) for section, keys in PLAIN_TRANSFORMER.items()}
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return raw
+
+
+def plain_sample(**keys: Any) -> SampleConfig:
+    """The plain sampling settings (temperature 1, no draft tilt, jitter 0.05, no noise), `keys` changed."""
+    return SampleConfig(**{**PLAIN_TRANSFORMER["sample"], **keys})
 
 
 def tiny_setup(tmp: Path, db: Path, **changes: dict) -> dict:
