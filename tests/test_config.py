@@ -534,7 +534,7 @@ def test_readme_layout_names_every_file_at_the_root():
     assert not missing, f"README's Layout leaves out {missing}"
 
 
-DOCS_WITH_COMMANDS = ("README.md", "EXPERIMENTS.md")
+DOCS_WITH_COMMANDS = ("README.md", "pretrained/README.md", "EXPERIMENTS.md")
 OWN_SCRIPTS = {"my_model.py"}     # the README's example forecaster, which a reader writes
 
 
@@ -565,9 +565,9 @@ def script_usage(script: str) -> str:
 
 
 def test_docs_commands_name_scripts_flags_models_and_make_targets_that_exist():
-    """A reader reproduces a figure by copying a command from EXPERIMENTS.md, the README or a script's docstring (the
-    bench scripts' among them): every script such a command runs is there and takes every flag the command gives
-    it, evaluate.py's --model names are ones it knows, and every `make` target is the Makefile's."""
+    """A reader reproduces a figure by copying a command from EXPERIMENTS.md, the README, the model card or a script's
+    docstring (the bench scripts' among them): every script such a command runs is there and takes every flag the
+    command gives it, evaluate.py's --model names are ones it knows, and every `make` target is the Makefile's."""
     from baselines import BASELINES
 
     targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(encoding="utf-8"), flags=re.M))
