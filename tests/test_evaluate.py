@@ -1119,10 +1119,12 @@ def test_metrics_csv_matches_metrics_json(tmp_path):
     assert checked > 10
 
 
-def test_readme_names_every_column_and_key_of_metrics_csv_and_json(tmp_path):
+def test_readme_names_every_file_column_and_key_of_an_evaluation(tmp_path):
     """A reader making a table of their own met metrics.csv's `cov80`, `f1_100`, `r` and metrics.json's `paired` rows
     with no word on them in the README. Its 'Tables and plots of your own' paragraph now names them: held to a run's
-    files (two models, so both paired tables have rows) and to metrics.METRICS."""
+    files (two models, so both paired tables have rows) and to metrics.METRICS. The README also said error_curves.csv
+    held 'the plotted curves', F1 and the CRPS gain among them, where it holds each forecaster's MSE and CRPS: every
+    file of the run and error_curves.csv's columns are named as they are."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     start = text.index("**Tables and plots of your own**")
     spans = re.findall(r"`([^`]+)`", text[start:text.index("\n\n", start)])
@@ -1140,6 +1142,13 @@ def test_readme_names_every_column_and_key_of_metrics_csv_and_json(tmp_path):
         assert set(kind) <= named
     for row in result["paired"] + result["paired_models"]:
         assert set(row) <= named, set(row) - named
+    files = {re.sub(r"^gallery_\w+\.png$", "gallery_<name>.png", f.name) for f in run.iterdir()}
+    assert not {f for f in files if f"`{f}`" not in text}, files
+    curves = text[text.index("`error_curves.csv` holds"):]
+    spans = re.findall(r"`([^`]+)`", curves[:curves.index("\n\n")])
+    header = (run / "error_curves.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
+    scores = {h.split(" ", 1)[1] for h in header[1:]}            # "zero MSE (mV²)": MSE (mV²)
+    assert header[0] in spans and {f"transformer {score}" for score in scores} <= set(spans), header
 
 
 MINE = '''
