@@ -593,3 +593,31 @@ def test_docs_commands_name_scripts_flags_models_and_make_targets_that_exist():
                         or re.search(r"[/.:]", name)), f"{doc}: `{command}`: evaluate.py knows no --model {name}"
             checked += 1
     assert checked > 40, f"only {checked} commands found: doc_commands no longer reads the docs"
+
+
+def test_readme_states_the_codes_own_numbers():
+    """The README states timeouts, margins and drafting settings as numbers a reader plans by (how long a stalled
+    download waits, how much of a record forecast.py reads): each is held to the constant or shipped setting it
+    names, so that changing one fails here until the README says it too."""
+    import drafts
+    import evaluate
+    import forecast
+    import prepare_mitbih as pm
+    import train_results
+    import training
+
+    text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    sample = json.loads((ROOT / "config_transformer.json").read_text(encoding="utf-8"))["sample"]
+    sde = json.loads((ROOT / "config_sde.json").read_text(encoding="utf-8"))["model"]
+    assert pm.STALL_LIMIT == 120 and "for two minutes (`prepare_mitbih.STALL_LIMIT`)" in text
+    assert training.DIST_TIMEOUT_DEFAULT_S == 600 and sde["departure_scale"] == 0.5 and "adds half of its" in text
+    stated = [f"with a {pm.CONNECT_TIMEOUT:g} s timeout", f"one value for {pm.FLAT_S:g} s or more",
+              f"`ECG_DIST_TIMEOUT` seconds (default {training.DIST_TIMEOUT_DEFAULT_S})",
+              f"and {pm.SPAN_MARGIN_S:g} s either side", f"(at most every {evaluate.PARTIAL_EVERY_S:g} s",
+              f"together pass {train_results.LONG_PLOT_S:g} s", f"shorter than a beat, {drafts.MIN_PERIOD_S:g} s",
+              f"under {drafts.MAX_PERIOD_S:g} s, the longest beat period", f"context's last {drafts.EVIDENCE_S:g} s",
+              f"white noise of {drafts.NOISE_SCALE:g} times", f"adds {sample['draft_bias']:g} to the log-odds",
+              f"a fresh {sample['draft_spread']:.0%} jitter",
+              f"averaging more than {forecast.OFFSET_MV:g} mV"]
+    missing = [s for s in stated if s not in text]
+    assert not missing, f"the README does not say {missing}"
