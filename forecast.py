@@ -630,7 +630,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=100, help="sampled trajectories (default 100)")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same forecast (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--out", type=paths.given_path, help="output folder (default: results/forecast-<time>)")
+    p.add_argument("--out", type=paths.given_path,
+                   help="output folder (default: forecast-<time> in $ECG_RESULTS_DIR or results)")
     return p.parse_args(argv)
 
 

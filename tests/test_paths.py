@@ -31,6 +31,17 @@ def test_evaluate_writes_into_ECG_RESULTS_DIR(tmp_path, monkeypatch):
     assert run.parent == tmp_path / "env_results" and (run / "metrics.csv").is_file()
 
 
+def test_forecast_writes_into_ECG_RESULTS_DIR_as_its_help_says(tmp_path, monkeypatch):
+    """As the README says, forecast.py writes its runs into $ECG_RESULTS_DIR as the other scripts do; its --help
+    said only results/forecast-<time>."""
+    import forecast
+    write_record(tmp_path / "db", "r", seconds=12, seed=0)
+    monkeypatch.setenv("ECG_RESULTS_DIR", str(tmp_path / "env_results"))
+    made = forecast.main(["--record", str(tmp_path / "db" / "r"), "--start", "4", "--checkpoint", "zero"])
+    assert made["files"][0].parent.parent == tmp_path / "env_results"
+    assert "$ECG_RESULTS_DIR" in " ".join(run_script(forecast.main, "forecast.py", ["--help"]).stdout.split())
+
+
 def test_training_writes_into_ECG_RESULTS_DIR_and_ECG_CHECKPOINTS_DIR(tmp_path, synthetic_db, monkeypatch):
     setup = tiny_setup(tmp_path, synthetic_db, train={"epochs": 1, "max_steps_per_epoch": 2})
     del setup["results"], setup["checkpoints"]
