@@ -280,7 +280,7 @@ def watched(folder: Path, index_url: str, host: str, stall: float) -> None:
     answers, failed, seen, since = 0, None, None, None
     try:
         while (line := _next_line(said)) is not None:
-            message = json.loads(line) if line else {}
+            message = _said(line)
             if "out" in message:
                 print(message["out"], end="", flush=True)
             elif "log" in message:
@@ -331,6 +331,16 @@ def _pass_on(pipe: IO[str], said: queue.Queue[str | None]) -> None:
         for line in pipe:
             said.put(line)
     said.put(None)
+
+
+def _said(line: str) -> dict:
+    """The message a line of the child's stdout says ({} for none); a line it did not say (a C library writing to
+    fd 1 before fetch_in_child took it over) is a print, which failed a download that worked as a JSONDecodeError."""
+    try:
+        message = json.loads(line) if line else {}
+    except ValueError:
+        return {"out": line}
+    return message if isinstance(message, dict) else {"out": line}
 
 
 def _next_line(said: queue.Queue[str | None]) -> str | None:

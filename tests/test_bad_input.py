@@ -554,6 +554,17 @@ def test_a_download_says_what_it_brought(tmp_path, capsys, physionet):
     assert "downloaded MIT-BIH from PhysioNet there (1 records)" in capsys.readouterr().out
 
 
+def test_a_line_of_the_download_process_not_its_own_is_printed_not_its_failure(tmp_path, monkeypatch, capsys,
+                                                                              physionet):
+    """A line on the child's stdout that it did not say (a C library writing to fd 1 while the child imports, before
+    fetch_in_child takes fd 1 over), JSON or not, failed a download that worked with 'JSONDecodeError: Expecting
+    value' (or a TypeError for '1'); it is printed as the child's prints are."""
+    physionet("bring")
+    monkeypatch.setattr(pm, "_CHILD", "import os; os.write(1, b'libfoo: loaded\\n1\\n'); " + pm._CHILD)
+    assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
+    assert capsys.readouterr().out.startswith("libfoo: loaded\n1\n")
+
+
 def test_a_reason_is_cut_at_a_word_only_when_too_long():
     """The download error quotes at most `limit` characters of a reason, whole when it fits exactly."""
     assert pm._first_line(ValueError("x" * 100 + "\nmore"), 100) == "x" * 100
