@@ -272,8 +272,13 @@ def watched(folder: Path, index_url: str, host: str, stall: float) -> None:
     where = [str(Path(__file__).resolve().parent), *sys.path]      # the modules this process sees, FETCH's too
     command = [sys.executable, "-c", _CHILD, json.dumps(where), FETCH, index_url, str(folder)]
     # a session of its own: the terminal's Ctrl-C reaches this process alone, which stops the child
-    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                             start_new_session=True)
+    try:
+        child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 start_new_session=True)
+    except (OSError, ValueError, TypeError) as e:    # a venv removed under a session, an embedded Python's ''
+        why = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise RuntimeError(f"cannot start Python for the download's process ({why}): sys.executable is "
+                           f"{sys.executable!r}") from e
     said: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_pass_on, args=(child.stdout, said), name="download_mitbih", daemon=True).start()
     log = logging.getLogger("urllib3.connectionpool")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -552,6 +553,20 @@ def test_a_download_says_what_it_brought(tmp_path, capsys, physionet):
     physionet("bring")
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
     assert "downloaded MIT-BIH from PhysioNet there (1 records)" in capsys.readouterr().out
+
+
+def test_a_download_whose_process_cannot_start_says_which_python(tmp_path, monkeypatch, physionet):
+    """sys.executable gone (a venv deleted under a notebook) or empty (an embedded Python): the download failed with
+    'FileNotFoundError: [Errno 2] No such file or directory: ...', as if PhysioNet's file were missing; it names the
+    Python that cannot start the download's process, and leaves no folder."""
+    physionet("bring")
+    for python, why in ((str(tmp_path / "venv" / "bin" / "python"), "No such file or directory"),
+                        ("", "Permission denied")):
+        monkeypatch.setattr(sys, "executable", python)
+        with pytest.raises(UserError, match=re.escape(f"failed (RuntimeError: cannot start Python for the download's "
+                                                      f"process ({why}): sys.executable is ")):
+            pm.find_records(tmp_path / "mitdb", download=True)
+        assert not (tmp_path / "mitdb").exists()
 
 
 def test_a_line_of_the_download_process_not_its_own_is_printed_not_its_failure(tmp_path, monkeypatch, capsys,
