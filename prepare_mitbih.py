@@ -63,8 +63,8 @@ WFDB_SYMBOLS = BEAT_SYMBOLS | set('~|sT*D"=p^t+u![]@x()')
 SPLITS = ("train", "validation", "test")
 DOWNLOAD_PART = ".download-"   # the hidden folder in the data folder that a download arrives in
 CONNECT_TIMEOUT = 20.0         # seconds PhysioNet (or the proxy) has to answer before a download starts
-STALL_LIMIT = 120.0            # seconds a download may go without an answer or a file before it is given up: a
-                               # record's signal file (1.9 MB) takes that at 16 KB/s, its share of a slow link
+STALL_LIMIT = 120.0            # seconds a download may go without an answer, a byte received or a file before it
+                               # is given up (a server or proxy that stopped sending)
 FETCH = "wfdb:dl_database"     # module:function the download's child process calls with ("mitdb", its folder)
 # The split of null data.test_records / validation_records (config_split): DS2 and 201 (202's patient) test, every
 # 7th remaining DS1 record from the 4th validation, the rest train.
@@ -264,7 +264,8 @@ def reach_physionet(url: str, timeout: float = CONNECT_TIMEOUT) -> None:
 def watched(folder: Path, index_url: str, host: str, stall: float) -> None:
     """FETCH (wfdb.dl_database) of MIT-BIH from `index_url` into `folder`, in a child process, given up
     (TimeoutError) when `stall` seconds pass with no answer to a request (urllib3's log of it, which the child
-    passes on) and no byte more in `folder`: wfdb's requests have no timeout, so a server or proxy that stopped
+    passes on), no byte received (the child's count: wfdb writes a file once it has all of it) and no byte more in
+    `folder`: wfdb's requests have no timeout, so a server or proxy that stopped
     sending after the connect hung the download for ever. A process, not a thread: given up, failed or stopped
     (Ctrl-C, SIGTERM) it is killed, where a thread went on waiting, and, the server back, brought files again into
     the folder removed (a notebook's session goes on). Its failure is FetchFailed, its prints are printed here, and
@@ -282,7 +283,7 @@ def watched(folder: Path, index_url: str, host: str, stall: float) -> None:
     said: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_pass_on, args=(child.stdout, said), name="download_mitbih", daemon=True).start()
     log = logging.getLogger("urllib3.connectionpool")
-    answers, failed, seen, since = 0, None, None, None
+    answers, received, failed, seen, since = 0, 0, None, None, None
     try:
         while (line := _next_line(said)) is not None:
             message = _said(line)
@@ -296,12 +297,14 @@ def watched(folder: Path, index_url: str, host: str, stall: float) -> None:
                                                       "levelname": logging.getLevelName(level)}))
             elif "failed" in message:
                 failed = FetchFailed(*message["failed"])
+            elif "received" in message:
+                received = message["received"]
             elif "fetching" in message:     # the clock starts: a child slow to start (importing wfdb) is no stall
                 since = time.monotonic()
             if since is None:
                 continue
             files = [f.stat().st_size for f in folder.rglob("*") if f.is_file()]
-            now = (answers, len(files), sum(files))
+            now = (answers, received, len(files), sum(files))
             if now != seen:
                 seen, since = now, time.monotonic()
             elif time.monotonic() - since >= stall and child.poll() is None:     # one that has ended is not given up
@@ -391,6 +394,7 @@ def fetch_in_child(fetch: str, index_url: str, folder: str) -> None:
     log.addHandler(_Passed(say))
     log.setLevel(logging.DEBUG)
     log.propagate = False
+    count_received(say)
     try:
         import wfdb
         wfdb.set_db_index_url(index_url)        # one a notebook set (a mirror), as reach_physionet connected to
@@ -401,6 +405,36 @@ def fetch_in_child(fetch: str, index_url: str, folder: str) -> None:
     except BaseException as e:      # all of it said, once, to the parent
         say(failed=[type(e).__name__, str(e)])
         sys.exit(1)
+
+
+def count_received(say: Callable[..., None], every: float = 0.25) -> None:
+    """The bytes the download's child receives on its sockets, said as a running total (`received`) every `every`
+    seconds while it grows: wfdb reads a file whole before writing it (dl_full_file), so a record's .dat coming
+    slowly showed no answer and no byte in the folder, and was given up as stalled while its bytes still came. The
+    child's socket classes count what they read; it is a process of its own, that only downloads."""
+    import ssl
+    total = [0]
+
+    def counting(read: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(read)
+        def counted(self: socket.socket, *args: Any, **kwargs: Any) -> Any:
+            got = read(self, *args, **kwargs)
+            total[0] += got if isinstance(got, int) else len(got)
+            return got
+        return counted
+
+    for cls in (socket.socket, ssl.SSLSocket):
+        for method in ("recv", "recv_into"):
+            setattr(cls, method, counting(getattr(cls, method)))
+
+    def tell() -> None:
+        said = 0
+        while True:
+            time.sleep(every)
+            if total[0] != said:
+                said = total[0]
+                say(received=said)
+    threading.Thread(target=tell, name="received", daemon=True).start()
 
 
 class _Printed(io.TextIOBase):

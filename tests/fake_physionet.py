@@ -7,6 +7,8 @@ import logging
 import os
 import shutil
 import signal
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -81,4 +83,20 @@ def growing(name: str, folder: str) -> None:
 def told_where(name: str, folder: str) -> None:
     """bring, the folder it was given written to $FAKE_GIVEN."""
     Path(os.environ["FAKE_GIVEN"]).write_text(folder)
+    bring(name, folder)
+
+
+def trickle(name: str, folder: str) -> None:
+    """A large file read whole before it is written (wfdb's dl_full_file): 100 bytes every 0.25 s for 2 s on a socket,
+    nothing in the folder meanwhile, then the records."""
+    served, read = socket.socketpair()
+
+    def send() -> None:
+        with served:
+            for _ in range(8):
+                time.sleep(0.25)
+                served.sendall(bytes(100))
+    threading.Thread(target=send, daemon=True).start()
+    with read, read.makefile("rb") as body:     # http.client's way: SocketIO.readinto, socket.recv_into
+        assert len(body.read()) == 800
     bring(name, folder)

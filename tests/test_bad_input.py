@@ -387,6 +387,15 @@ def test_a_download_whose_file_grows_is_not_given_up_and_its_warnings_show(tmp_p
     assert [(r.name, r.getMessage()) for r in caplog.records] == [("urllib3.connectionpool", retry)]
 
 
+def test_a_download_still_receiving_a_file_is_not_given_up(tmp_path, monkeypatch, physionet):
+    """wfdb reads a file whole before it writes it: a record's .dat coming slowly (a slow link) showed neither an
+    answer nor a byte in the folder, and was given up as stalled while its bytes still came. The bytes the child's
+    sockets receive are progress too."""
+    physionet("trickle", ("100",))
+    monkeypatch.setattr(pm, "STALL_LIMIT", 1.0)
+    assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
+
+
 def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypatch, physionet):
     """Ctrl-C while a finished download's files were moved into the data folder left the records moved so far (here
     100 of 3), which the next run prepared as the database: none stay. A kill there (no clean-up) leaves a RECORDS
