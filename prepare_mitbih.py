@@ -238,7 +238,8 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
     names = header_stems(data_dir)
     if not names:
         raise UserError(f"the download into {data_dir} produced no records: {hint}")
-    print(f"no WFDB records were in {data_dir}: downloaded MIT-BIH from PhysioNet there ({len(names)} records)")
+    print(f"no WFDB records were in {data_dir}: downloaded MIT-BIH from PhysioNet there "
+          f"({running.counted(len(names), 'record')})")
     return names
 
 

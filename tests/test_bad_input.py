@@ -561,7 +561,7 @@ def test_a_download_says_what_it_brought(tmp_path, capsys, physionet):
     """Only a download that worked is announced, with its count of records, on stdout."""
     physionet("bring")
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
-    assert "downloaded MIT-BIH from PhysioNet there (1 records)" in capsys.readouterr().out
+    assert "downloaded MIT-BIH from PhysioNet there (1 record)" in capsys.readouterr().out
 
 
 def test_a_download_whose_process_cannot_start_says_which_python(tmp_path, monkeypatch, physionet):
