@@ -316,9 +316,10 @@ class VQVAE(nn.Module):
         return torch.exp2(torch.round(torch.log2(rms) * GAIN_STEPS) / GAIN_STEPS)
 
     def _given_unit(self, unit: torch.Tensor | np.ndarray | list, batch: int) -> torch.Tensor:
-        """A unit given to encode or decode, as a tensor on the model's device: the .npz's gain[:, None] is numpy,
-        which encode's checks met in torch.isfinite (and a list in '.shape'). Checked by _check_unit."""
-        unit = torch.as_tensor(unit, device=self.device)
+        """A unit given to encode or decode, as a tensor of the model's dtype on its device: the .npz's gain[:, None]
+        is numpy, which encode's checks met in torch.isfinite (and a list in '.shape'), and a float64 one (numpy's
+        own) the float32 encoder in 'Input type (double) and bias type (float)'. Checked by _check_unit."""
+        unit = torch.as_tensor(unit, dtype=self.scale.dtype, device=self.device)
         self._check_unit(unit, batch)
         return unit
 

@@ -792,14 +792,15 @@ def test_a_unit_of_no_positive_gain_is_refused_before_coding(step: str, gain: fl
 
 def test_a_unit_saved_as_numpy_or_given_as_a_list_codes_as_the_tensor() -> None:
     """The .npz's gain[:, None] loads as numpy: decode took it, encode stopped in torch.isfinite, and a list in
-    '.shape'. Each codes and decodes as the same unit as a tensor."""
+    '.shape'. Each codes and decodes as the same unit as a tensor; so does one in float64 (numpy's own, a gain
+    computed with np.sqrt), which met the float32 encoder in 'Input type (double) and bias type (float)'."""
     torch.manual_seed(0)
     m = tiny_model(num_quantizers=2, window_gain=True).eval()
     x = torch.randn(3, 64, 2)
     with torch.no_grad():
         unit = m.unit(x)
         codes, z = m.encode(x, unit), m.encode_latent(x, unit)
-        for given in (unit.numpy(), unit.tolist()):
+        for given in (unit.numpy(), unit.tolist(), unit.numpy().astype(np.float64), unit.double()):
             assert torch.equal(m.encode(x, given), codes)
             assert torch.equal(m.encode_latent(x, given), z)
             assert torch.equal(m.decode(codes, given), m.decode(codes, unit))
