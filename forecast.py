@@ -669,7 +669,6 @@ def no_rhythm(context: np.ndarray, fs: int) -> str:
     The beat drafts continue the context's median RR; without one they repeat its last autocorrelation period,
     at a heart rate under 40 bpm or over a pause a stretch between beats: a flat forecast, said by nothing but
     paths at 0 bpm."""
-    from drafts import context_rhythm
     peaks, period, _ = context_rhythm(context[None], fs)
     if len(peaks[0]) >= 2:
         return ""
