@@ -275,8 +275,10 @@ def watched(folder: Path, index_url: str, host: str, stall: float) -> None:
     command = [sys.executable, "-c", _CHILD, json.dumps(where), FETCH, index_url, str(folder)]
     # a session of its own: the terminal's Ctrl-C reaches this process alone, which stops the child
     try:
-        child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                 start_new_session=True)
+        # utf-8, each byte that is not printed as U+FFFD: a C library's latin-1 stopped the reading thread in a
+        # UnicodeDecodeError, and this process then waited for ever for a child that had ended
+        child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, encoding="utf-8",
+                                 errors="replace", start_new_session=True)
     except (OSError, ValueError, TypeError) as e:    # a venv removed under a session, an embedded Python's ''
         why = e.strerror if isinstance(e, OSError) and e.strerror else e
         raise RuntimeError(f"cannot start Python for the download's process ({why}): sys.executable is "
@@ -380,7 +382,7 @@ def fetch_in_child(fetch: str, index_url: str, folder: str) -> None:
     saying on stdout, a JSON line each, when it starts, what it prints, each record urllib3's pool logs (the answers
     the stall rule counts) and what it failed with. It ends when its parent does (its stdin closes): a parent killed
     (kill -9) stops it no more, and a download with no timeout would go on."""
-    report = os.fdopen(os.dup(1), "w")
+    report = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)               # the stdout of a C library too: only the lines said here go to the parent
     lock = threading.Lock()
 

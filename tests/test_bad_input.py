@@ -589,6 +589,16 @@ def test_a_line_of_the_download_process_not_its_own_is_printed_not_its_failure(t
     assert capsys.readouterr().out.startswith("libfoo: loaded\n1\n")
 
 
+def test_a_line_of_the_download_process_in_no_utf8_is_printed(tmp_path, monkeypatch, capsys, physionet):
+    """Bytes that are no UTF-8 (a C library's message in latin-1) stopped the thread reading the child's lines in a
+    UnicodeDecodeError, and the download then waited for ever for a child that had ended. Such a byte is printed
+    as U+FFFD."""
+    physionet("bring")
+    monkeypatch.setattr(pm, "_CHILD", "import os; os.write(1, b'libfoo: \\xe9t\\xe9\\n'); " + pm._CHILD)
+    assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
+    assert capsys.readouterr().out.startswith("libfoo: \ufffdt\ufffd\n")
+
+
 def test_a_reason_is_cut_at_a_word_only_when_too_long():
     """The download error quotes at most `limit` characters of a reason, whole when it fits exactly."""
     assert pm._first_line(ValueError("x" * 100 + "\nmore"), 100) == "x" * 100
