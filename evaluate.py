@@ -54,7 +54,7 @@ import paths
 import running
 from baselines import BASELINES, make_baseline
 from eval_report import csv_text, file_name, markdown_report, sampled_paths
-from forecast import Forecaster, ForecasterBase, checked_samples, own_data
+from forecast import Forecaster, ForecasterBase, checked_samples, own_data, slowest_bpm
 from hyper_params import Config, data_hash, load_config
 from paths import ROOT, SHIPPED, SHIPPED_SPECS, UserError
 from train_results import forecast_panel
@@ -1479,7 +1479,7 @@ def rhythmless_caution(w: Windows, context: int, fs: int) -> str | None:
     named = ", ".join(f"{w.records[r]} ({n})" for r, n in sorted(zip(records, counts), key=lambda rn: -rn[1])[:5])
     n = int(few.sum())
     return (f"{n} of {running.counted(len(few), 'window')} {'has' if n == 1 else 'have'} a context of fewer than two "
-            f"R peaks (a heart rate under 40 bpm, a pause), in {named}{', ...' if len(records) > 5 else ''}: the beat "
+            f"R peaks (a heart rate under {slowest_bpm(context / fs)} bpm, a pause), in {named}{', ...' if len(records) > 5 else ''}: the beat "
             f"drafts of the shipped models and of the seasonal and template baselines lay no beats there")
 
 

@@ -664,16 +664,22 @@ def main(argv: list[str] | None = None) -> dict:
     return {**res, "files": files}
 
 
+def slowest_bpm(seconds: float) -> str:
+    """The heart rate below which a context of `seconds` may hold fewer than two R peaks: two beats lie in any
+    stretch of twice their interval (40 bpm for 3 s)."""
+    return f"{120 / seconds:.0f}"
+
+
 def no_rhythm(context: np.ndarray, fs: int) -> str:
     """What a context [C, 2] with fewer than two R peaks (drafts.context_rhythm's) does to the forecasts, or ''.
     The beat drafts continue the context's median RR; without one they repeat its last autocorrelation period,
-    at a heart rate under 40 bpm or over a pause a stretch between beats: a flat forecast, said by nothing but
+    at a heart rate under slowest_bpm or over a pause a stretch between beats: a flat forecast, said by nothing but
     paths at 0 bpm."""
     peaks, period, _ = context_rhythm(context[None], fs)
     if len(peaks[0]) >= 2:
         return ""
     return (f"the context shows {running.counted(len(peaks[0]), 'R peak')} in its {len(context) / fs:g} s (a heart "
-            f"rate under 40 bpm, a pause, or beats the detector misses): the beat drafts of the shipped models and of "
+            f"rate under {slowest_bpm(len(context) / fs)} bpm, a pause, or beats the detector misses): the beat drafts of the shipped models and of "
             f"the seasonal and template baselines have no RR interval to continue, and repeat the context's last "
             f"{period[0] / fs:.3g} s")
 

@@ -1686,6 +1686,7 @@ def test_windows_whose_context_shows_no_rhythm_are_warned_of(tmp_path, capsys):
     assert re.search(r"^\d+ of 18 windows have a context of fewer than two R peaks \(a heart rate under 40 bpm, a "
                      r"pause\), in slow \(\d+\): the beat drafts", said) and "fast" not in said
     assert said in capsys.readouterr().err
+    assert [evaluate.slowest_bpm(s) for s in (3.0, 2.0, 4.0)] == ["40", "60", "30"]     # 2 beats in 2 intervals
 
 
 def test_records_horizon_beats_leaves_without_windows_are_named_with_the_reason(tmp_path):
