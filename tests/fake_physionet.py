@@ -100,3 +100,42 @@ def trickle(name: str, folder: str) -> None:
     with read, read.makefile("rb") as body:     # http.client's way: SocketIO.readinto, socket.recv_into
         assert len(body.read()) == 800
     bring(name, folder)
+
+
+def killed(name: str, folder: str) -> None:
+    """bring, then killed by a signal (the OOM killer's SIGKILL) before it could say a word of why."""
+    bring(name, folder)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def forked(name: str, folder: str) -> None:
+    """bring, then ended, while a process it started holds its stdout open for $FAKE_HOLD_S seconds more."""
+    bring(name, folder)
+    if os.fork() == 0:
+        time.sleep(float(os.environ["FAKE_HOLD_S"]))
+        os._exit(0)
+
+
+def stubborn(name: str, folder: str) -> None:
+    """stall, deaf to SIGTERM (a C library's call that holds it off, a handler of its own)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stall(name, folder)
+
+
+def told_url(name: str, folder: str) -> None:
+    """bring, the PhysioNet index wfdb reads from written to $FAKE_GIVEN."""
+    import wfdb
+    Path(os.environ["FAKE_GIVEN"]).write_text(wfdb.io.download.config.db_index_url)
+    bring(name, folder)
+
+
+def c_stdout(name: str, folder: str) -> None:
+    """bring, after a line written straight to file descriptor 1, as a C library (or a program it runs) writes."""
+    os.write(1, b"a C library's line\n")
+    bring(name, folder)
+
+
+def printing(name: str, folder: str) -> None:
+    """bring, after printing as wfdb.dl_database does."""
+    print("Downloading files...")
+    bring(name, folder)

@@ -362,6 +362,98 @@ def test_a_stalled_download_stops_on_ctrl_c_or_sigterm(tmp_path, physionet, sent
     assert gone(int(pid.read_text())) and not (tmp_path / "mitdb").exists()
 
 
+def test_a_stalled_download_is_given_up_stall_limit_after_its_last_file(tmp_path, monkeypatch, physionet):
+    """Given up STALL_LIMIT seconds after the last file came, not some multiple of it (the files' copy starts just
+    after the pid file is written)."""
+    pid = physionet("stall")
+    monkeypatch.setattr(pm, "STALL_LIMIT", 1.0)
+    with pytest.raises(UserError, match="TimeoutError: nothing came from physionet.org for 1 s"):
+        pm.find_records(tmp_path / "mitdb", download=True)
+    assert 1.0 <= time.time() - pid.stat().st_mtime < 1.8
+
+
+def test_a_download_deaf_to_sigterm_is_killed_when_given_up(tmp_path, monkeypatch, physionet):
+    """A child that ignores SIGTERM is killed a second later: given up, no process of it is left."""
+    pid = physionet("stubborn")
+    monkeypatch.setattr(pm, "STALL_LIMIT", 0.5)
+    with pytest.raises(UserError, match="TimeoutError"):
+        pm.find_records(tmp_path / "mitdb", download=True)
+    assert gone(int(pid.read_text()))
+
+
+def test_a_download_whose_parent_is_killed_ends_too(tmp_path, physionet):
+    """kill -9 of the process downloading stops no child: the child, in a session of its own, ends when its stdin
+    closes, else a download with no timeout would go on for ever, bringing files into a folder no one removes."""
+    pid = physionet("stall")
+    script = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]; import prepare_mitbih as pm; "
+              f"pm.FETCH = 'fake_physionet:stall'; pm.reach_physionet = lambda *a, **k: None; "
+              f"pm.find_records(pm.Path({str(tmp_path / 'mitdb')!r}), download=True)")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        start = time.monotonic()
+        while not (pid.exists() and pid.read_text()) and time.monotonic() - start < 60:
+            time.sleep(0.05)
+    finally:
+        parent.kill()
+        parent.wait()
+    child = int(pid.read_text())
+    start = time.monotonic()
+    while not gone_or_zombie(child) and time.monotonic() - start < 5:
+        time.sleep(0.05)
+    assert gone_or_zombie(child)
+
+
+def gone_or_zombie(pid: int) -> bool:
+    """Whether `pid` has ended (a zombie left to an init that reaps none counts)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def test_what_the_download_prints_is_printed_here(tmp_path, physionet, capfd):
+    """wfdb's 'Downloading files...' in the child reaches this process's stdout, as it did in a thread."""
+    physionet("printing")
+    assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
+    assert "Downloading files...\n" in capfd.readouterr().out
+
+
+def test_what_the_download_writes_to_its_stdout_is_no_message(tmp_path, physionet, capfd):
+    """The child's messages are JSON lines on its stdout: a line a C library writes to file descriptor 1 goes to
+    stderr instead, not into the messages, where it failed the download in json's 'Expecting value'."""
+    physionet("c_stdout")
+    assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
+    assert "a C library's line" in capfd.readouterr().err
+
+
+def test_a_download_slow_to_start_is_not_given_up_before_it_fetches(tmp_path, monkeypatch, physionet):
+    """The stall clock starts when the child says it fetches: its imports (wfdb's, seconds on a cold disk) are no
+    stall."""
+    physionet("bring")
+    (tmp_path / "slow_import.py").write_text("import time\ntime.sleep(1.5)\nfrom fake_physionet import bring\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(pm, "FETCH", "slow_import:bring")
+    monkeypatch.setattr(pm, "STALL_LIMIT", 0.5)
+    assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
+
+
+def test_a_download_whose_process_ended_is_not_given_up_while_its_output_drains(tmp_path, monkeypatch, physionet):
+    """A child that has ended is not given up, though its stdout stays open (here a process it started holds it)
+    past STALL_LIMIT: its download is over, and it is read to the end."""
+    physionet("forked", hold_s=1.5)
+    monkeypatch.setattr(pm, "STALL_LIMIT", 0.5)
+    assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
+
+
+def test_a_download_killed_by_a_signal_fails_by_name(tmp_path, physionet):
+    """A child killed by a signal (the OOM killer's SIGKILL) says nothing of why, and its exit code is negative: it
+    fails as any download does, naming the signal, and its records are not moved in."""
+    physionet("killed")
+    with pytest.raises(UserError, match=r"failed \(RuntimeError: its process ended with signal 9\)"):
+        pm.find_records(tmp_path / "mitdb", download=True)
+    assert not (tmp_path / "mitdb").exists()
+
+
 def test_a_slow_download_is_not_given_up(tmp_path, monkeypatch, caplog, physionet):
     """A download that brings a file, or an answer, within STALL_LIMIT seconds of the last goes on, however long it
     takes: before its first file wfdb asks for every record's header (urllib3 logs each answer), writing nothing.
@@ -391,6 +483,17 @@ def test_a_download_still_receiving_a_file_is_not_given_up(tmp_path, monkeypatch
     physionet("trickle", ("100",))
     monkeypatch.setattr(pm, "STALL_LIMIT", 1.0)
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
+
+
+def test_the_download_reads_the_index_this_process_set(tmp_path, monkeypatch, physionet):
+    """A mirror set in this process (wfdb.set_db_index_url, as a notebook may) is the one the child downloads from,
+    as reach_physionet connected to it, not wfdb's default."""
+    import wfdb
+    given = tmp_path / "url"
+    physionet("told_url", given=given)
+    monkeypatch.setattr(wfdb.io.download.config, "db_index_url", "https://mirror.example/files/")
+    assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
+    assert given.read_text() == "https://mirror.example/files/"
 
 
 def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypatch, physionet):

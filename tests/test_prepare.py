@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import asdict, fields, replace
@@ -149,6 +150,8 @@ def test_swapped_leads_end_with_mlii_first(prepared):
     (["V2", "V3", "avf"], "MLII", [2, 0]),     # no V1: lead 2 is the chest lead nearest it
     (["V4", "I", "II", "V3"], "MLII", [2, 3]),   # ... a chest lead, not lead I before it
     (["II", "aVR", "V"], "MLII", [0, 2]),      # ... an unnumbered V (MIMIC) too
+    (["II", "V", "V9"], "MLII", [0, 2]),       # ... after every numbered one
+    (["II", "I", "CM5"], "MLII", [0, 2]),      # ... a Holter's CM5 as V5
     (["II", "I", "III"], "MLII", [0, 1]),      # no chest lead: the first other channel
     (["ML2", "CM5", "MCL1"], "MLII", [0, 2]),  # a Holter's modified chest leads rank as theirs: MCL1 as V1
     (["ML2", "I", "MV2"], "MLII", [0, 2]),
@@ -631,6 +634,29 @@ def test_a_record_annotated_in_atr_is_named_under_another_annotator(tmp_path, ca
     said = [line for line in capsys.readouterr().err.splitlines() if f"{db / 'b'}." in line]
     assert said == [f"note: {db / 'b'}.qrs is missing; the record counts as unannotated (no R-peak scores) "
                     f"(--annotator atr reads b.atr)"]
+
+
+def test_a_qrs_file_of_no_beats_names_the_records_atr(tmp_path, capsys):
+    """--annotator qrs where b.qrs holds no beat labels (rhythm notes only) and b.atr holds its beats: the note
+    names b.atr, not the very file it found wanting."""
+    db = tmp_path / "db"
+    write_record(db, "a", seed=0)
+    write_record(db, "b", seed=1)
+    (db / "a.atr").rename(db / "a.qrs")
+    wfdb.wrann("b", "qrs", np.array([10, 20]), symbol=["+", "+"], aux_note=["(N", "(N"], write_dir=str(db))
+    meta = pm.prepare(make_cfg(test_records=["a"], validation_records=[]), db, tmp_path / "out", download=False,
+                      annotator="qrs")
+    assert meta["records"]["b"]["has_annotations"] is False
+    said = [line for line in capsys.readouterr().err.splitlines() if f"{db / 'b'}.qrs has no beat labels" in line]
+    assert len(said) == 1 and said[0].endswith(" (--annotator atr reads b.atr)"), said
+
+
+def test_records_there_names_up_to_20_records_meant_and_dots_for_more(tmp_path):
+    """A missing name that is the last part of a record's path lists the paths meant, twenty and then '...'."""
+    names = [f"sub/{i:03d}" for i in range(21)]
+    assert pm.records_there([f"{i:03d}" for i in range(20)], names).endswith("sub/019)")
+    assert pm.records_there([f"{i:03d}" for i in range(21)], names).endswith("sub/019, ...)")
+    assert pm.records_there(["x"], ["a", "b"]) == " (it has a, b)"
 
 
 def test_records_without_annotations(tmp_path, capsys):
@@ -1783,6 +1809,22 @@ def test_another_database_is_not_prepared_over_the_default_folders(tmp_path: Pat
     assert {f: (default / f).read_bytes() for f in kept} == kept
     pm.main([*flags("own"), "--out", str(tmp_path / "own_prepared")])
     assert pm.main([*flags("mitdb"), "--records", "100", "101"])["splits"]["test"] == ["100"]
+    assert list(pm.main([*flags("own"), "--out", str(default)])["records"]) == ["own_a", "own_b"]    # --out: replaced
+
+
+def test_another_preparation_is_named_by_its_first_four_records_and_an_empty_one_is_none(tmp_path: Path) -> None:
+    """check_other_database names four of the records held and '...' for more; a meta.json of no records (nothing
+    prepared from any database) refuses nothing."""
+    def held(records: list[str]) -> None:
+        (tmp_path / "meta.json").write_text(json.dumps({"records": records, "data_dir": "db"}))
+
+    held([])
+    pm.check_other_database(tmp_path, ["a"], tmp_path)
+    for records, shown in ((["r1", "r2", "r3", "r4"], "r1, r2, r3, r4)"), (["r1", "r2", "r3", "r4", "r5"],
+                                                                          "r1, r2, r3, r4, ...)")):
+        held(records)
+        with pytest.raises(UserError, match=re.escape(f"another database (db: records {shown}, none of")):
+            pm.check_other_database(tmp_path, ["a"], tmp_path)
 
 
 def test_a_held_out_split_emptied_by_records_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
