@@ -1040,7 +1040,9 @@ def test_report_says_how_far_few_samples_lift_a_sampled_crps_and_how_many_paths_
     many = " ".join(eval_report.metrics_section(100))
     assert "½E|X−X'|/99" in many and "here all" not in many
     assert "lift" not in " ".join(eval_report.metrics_section(None))     # no sampled forecaster, nothing lifted
-    assert "paths per window, here its one (pooled" in " ".join(eval_report.metrics_section(1))   # not 'all 1'
+    one = " ".join(eval_report.metrics_section(1))
+    assert "paths per window, here its one (pooled" in one      # not 'all 1'
+    assert "lift" not in one        # a point forecast: CRPS is the fair CRPS, no ½E|X−X'|/0
 
 
 def test_the_fair_crps_of_few_samples_is_their_many_samples_crps():
@@ -1689,6 +1691,29 @@ def test_windows_whose_context_shows_no_rhythm_are_warned_of(tmp_path, capsys):
     assert [evaluate.slowest_bpm(s) for s in (3.0, 2.0, 4.0)] == ["40", "60", "30"]     # 2 beats in 2 intervals
 
 
+def test_the_rhythmless_warning_counts_contexts_of_under_two_peaks_and_names_the_most_such_records_first(
+        monkeypatch):
+    """rhythmless_caution counts the windows whose context holds fewer than two R peaks (two give an RR interval),
+    says 'has' of one, names the records most such windows first, five of them, and '...' only for more."""
+    import drafts
+    monkeypatch.setattr(drafts, "context_rhythm", lambda x, fs: ([np.arange(int(v)) for v in x[:, 0, 0]], None, None))
+
+    def said(peaks: list[int], record: list[int]) -> str | None:
+        signals = np.zeros((len(peaks), 8, 2))
+        signals[:, :4, 0] = np.array(peaks)[:, None]
+        return evaluate.rhythmless_caution(SimpleNamespace(signals=signals, record=np.array(record),
+                                                           records=[f"r{i}" for i in range(7)]), 4, 360)
+
+    assert said([2, 3, 2], [0, 0, 1]) is None
+    assert said([2, 1, 2], [0, 1, 1]).startswith("1 of 3 windows has a context of fewer than two R peaks (a heart "
+                                                  "rate under 40 bpm, a pause), in r1 (1): the beat drafts")
+    assert " in r2 (3), r0 (1), r1 (1): " in said([0, 1, 0, 1, 1], [1, 2, 2, 0, 2])   # ties in record order
+    five = said([1] * 5, list(range(5)))
+    assert five.startswith("5 of 5 windows have") and ", r4 (1): the beat" in five
+    six = said([1] * 6, list(range(6)))
+    assert ", r4 (1), ...: the beat" in six and "r5" not in six
+
+
 def test_records_horizon_beats_leaves_without_windows_are_named_with_the_reason(tmp_path):
     """--records a b --horizon-beats ventricular scored only a, and the report's header and records said nothing
     of b: a record without annotations, or without such a beat in any horizon, is skipped with its reason."""
@@ -2242,6 +2267,16 @@ def test_error_curves_give_each_model_a_marker_of_its_own_in_every_panel(tmp_pat
         assert not set(first.get_xdata()) & set(second.get_xdata())
     f1_marks = [ln.get_xdata() for ln in figures[0].axes[3].lines if ln.get_linestyle() == "None"]
     assert all(len(x) == 2 and abs(x[0] - round(x[0])) <= evaluate.F1_DODGE for x in f1_marks)
+
+
+def test_the_f1_panels_dodge_spreads_a_seconds_points_evenly_within_half_a_second():
+    """Each forecaster's F1 points sit at their own shift, from -F1_DODGE for the first to +F1_DODGE for the last,
+    evenly, and never as far as half a second (the neighbouring seconds' points); a lone forecaster's stay put."""
+    assert evaluate.dodge(["a"], "a") == 0.0
+    assert [evaluate.dodge(["a", "b"], n) for n in "ab"] == [-evaluate.F1_DODGE, evaluate.F1_DODGE]
+    assert [evaluate.dodge(list("abc"), n) for n in "abc"] == pytest.approx([-evaluate.F1_DODGE, 0, evaluate.F1_DODGE])
+    shifts = [evaluate.dodge(list("abcdef"), n) for n in "abcdef"]
+    assert np.allclose(np.diff(shifts), np.diff(shifts)[0]) and 0 < max(map(abs, shifts)) < 0.5
 
 
 def test_error_curves_say_which_windows_they_average(tmp_path, monkeypatch):

@@ -82,6 +82,8 @@ def test_evaluation_scores_the_samples_own_crps_and_the_fair_one_and_the_report_
     assert fair == pytest.approx(float(np.mean(own - spread / 9)), abs=1e-12)
     s, _ = M.waveform_sums(y, x, np.array([0, 3]))
     assert s["crps_fair"][:, -1].sum() / s["n"][:, -1].sum() == pytest.approx(fair, abs=1e-12)
+    per_record = M.record_metrics({k: v.sum(0) for k, v in s.items()})     # the column report.md shows
+    assert per_record["crps_fair"][-1] == pytest.approx(fair, abs=1e-12) and per_record["crps"][-1] > fair
     text = " ".join(eval_report.metrics_section())
     assert "all S² pairs" in text and "Fair CRPS: the same with ½E|X−X'| over the S(S−1) pairs" in text
 
