@@ -490,6 +490,39 @@ def test_data_parallel_replicas_draw_apart_and_again_on_resume(tmp_path, monkeyp
     assert all(torch.equal(a, b) for a, b in zip(first, resumed))
 
 
+def test_each_epoch_reseeds_the_cards_and_ranks_anew(monkeypatch) -> None:
+    """epoch_seed differs by seed, epoch and stream (a rank, a card), the same again for the same three: the cards'
+    draws of epoch 2 are not epoch 1's, as a rank's are not."""
+    seeds = [training.epoch_seed(s, e, k) for s in (0, 1) for e in (0, 1, 2) for k in (0, 1, 2)]
+    assert len(set(seeds)) == len(seeds) and training.epoch_seed(1, 2, 1) == seeds[-2]
+    cards = [torch.Generator().manual_seed(0) for _ in range(3)]
+    monkeypatch.setattr(torch.cuda, "default_generators", tuple(cards))
+    model = CardsDataParallel(nn.Linear(4, 1))
+    states = []
+    for epoch in (1, 2):
+        training.seed_replica_cards(model, 0, epoch)
+        states.append([card.get_state() for card in cards])
+    assert not any(torch.equal(a, b) for a, b in zip(states[0][1:], states[1][1:]))
+
+
+def test_each_rank_but_the_first_seeds_its_epoch_from_its_own_rank(tmp_path, monkeypatch) -> None:
+    """Rank k > 0 seeds an epoch's draws from (seed, epoch, k): ranks 1 and 2 draw apart, not alike."""
+    class Seeded(Exception):
+        pass
+
+    def stop(*args) -> None:
+        raise Seeded
+
+    trainer, seeded = toy_trainer(tmp_path), []
+    monkeypatch.setattr(training, "seed_everything", seeded.append)
+    monkeypatch.setattr(training, "seed_replica_cards", stop)
+    for rank in (0, 1, 2):
+        trainer.rt = training.Runtime(torch.device("cpu"), rank, 3)
+        with pytest.raises(Seeded):
+            trainer._train_epoch(trainer.model)
+    assert seeded == [training.epoch_seed(trainer.s.seed, trainer.epoch, rank) for rank in (1, 2)]
+
+
 def test_cuda_generator_states_resume_on_other_cards(monkeypatch) -> None:
     """Saved by a process on card 1 of 4: one process on all 4 cards restores them all; a DDP rank on card 3,
     or a run on a machine with one card, restores card 1's state onto its own card."""

@@ -1276,6 +1276,13 @@ def test_codes_outside_the_codebooks_are_refused_by_name(cache: bool) -> None:
         gpt.generate(ctx, 3, use_cache=cache, draft=draft)
 
 
+def test_a_context_of_one_code_outside_the_codebook_is_refused_by_name() -> None:
+    """One code is a context too: beyond the codebook it is named as any longer context's codes are."""
+    gpt = CodeGPT(codebook_size=8, block_size=12, dim=16, layers=1, heads=2).eval()
+    with pytest.raises(ValueError, match=r"context codes must be in 0\.\.7 .*got 9\.\.9"):
+        gpt.generate(torch.tensor([[9]]), 2)
+
+
 def test_a_forecaster_of_parts_that_do_not_fit_is_refused_by_name() -> None:
     """Forecaster(vq, gpt, cfg, ...) built by hand: a CodeGPT of other codebooks stopped in an embedding's 'index out of
     range in self' at the first forecast, a block no longer than a context in 'range() arg 3 must not be zero' (or
