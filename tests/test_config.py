@@ -405,6 +405,19 @@ def test_the_transformers_defaults_are_config_transformer_json_key_for_key():
     assert (dataclasses.asdict(GPTConfig()), dataclasses.asdict(SampleConfig())) == (recipe["model"], recipe["sample"])
 
 
+@pytest.mark.parametrize("raw, said", [([1], "the top level must be an object"), (None, "the top level must be an"),
+                                       ({"model": [1]}, "section 'model' must be an object, got list")])
+def test_a_stored_config_that_is_no_object_is_named_not_filled_in(raw, said):
+    """A checkpoint's config, or a section of it, that is not an object goes past the PREDATED filling to the
+    config's own error naming it, for every model's stored config, not an AttributeError or TypeError there."""
+    import hyper_params_sde
+    import hyper_params_transformer
+    for stored in (stored_config, hyper_params_sde.stored_sde_config,
+                   hyper_params_transformer.stored_transformer_config):
+        with pytest.raises(UserError, match=rf"^ckpt: {re.escape(said)}"):
+            stored(raw, "ckpt")
+
+
 def test_transformer_checkpoint_configs_from_before_the_drafts_keep_their_model():
     """A Transformer config stored before the PREDATED keys existed means no drafts, no tilt, no noise and no
     augmented copies (what those checkpoints were trained and sampled with), not today's recipe; a config that has
