@@ -1702,7 +1702,7 @@ def test_the_rhythmless_warning_counts_contexts_of_under_two_peaks_and_names_the
         signals = np.zeros((len(peaks), 8, 2))
         signals[:, :4, 0] = np.array(peaks)[:, None]
         return evaluate.rhythmless_caution(SimpleNamespace(signals=signals, record=np.array(record),
-                                                           records=[f"r{i}" for i in range(7)]), 4, 360)
+                                                           records=[f"r{i}" for i in range(7)]), 3, 1)  # 3 s
 
     assert said([2, 3, 2], [0, 0, 1]) is None
     assert said([2, 1, 2], [0, 1, 1]).startswith("1 of 3 windows has a context of fewer than two R peaks (a heart "
