@@ -1478,8 +1478,9 @@ def rhythmless_caution(w: Windows, context: int, fs: int) -> str | None:
     records, counts = np.unique(w.record[few], return_counts=True)
     named = ", ".join(f"{w.records[r]} ({n})" for r, n in sorted(zip(records, counts), key=lambda rn: -rn[1])[:5])
     n = int(few.sum())
+    more = ", ..." if len(records) > 5 else ""
     return (f"{n} of {running.counted(len(few), 'window')} {'has' if n == 1 else 'have'} a context of fewer than two "
-            f"R peaks (a heart rate under {slowest_bpm(context / fs)} bpm, a pause), in {named}{', ...' if len(records) > 5 else ''}: the beat "
+            f"R peaks (a heart rate under {slowest_bpm(context / fs)} bpm, a pause), in {named}{more}: the beat "
             f"drafts of the shipped models and of the seasonal and template baselines lay no beats there")
 
 

@@ -679,9 +679,9 @@ def no_rhythm(context: np.ndarray, fs: int) -> str:
     if len(peaks[0]) >= 2:
         return ""
     return (f"the context shows {running.counted(len(peaks[0]), 'R peak')} in its {len(context) / fs:g} s (a heart "
-            f"rate under {slowest_bpm(len(context) / fs)} bpm, a pause, or beats the detector misses): the beat drafts of the shipped models and of "
-            f"the seasonal and template baselines have no RR interval to continue, and repeat the context's last "
-            f"{period[0] / fs:.3g} s")
+            f"rate under {slowest_bpm(len(context) / fs)} bpm, a pause, or beats the detector misses): the beat "
+            f"drafts of the shipped models and of the seasonal and template baselines have no RR interval to "
+            f"continue, and repeat the context's last {period[0] / fs:.3g} s")
 
 
 def truth_cover(res: dict) -> tuple[int, int]:
