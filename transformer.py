@@ -126,6 +126,16 @@ def as_levels(codes: torch.Tensor, levels: int) -> torch.Tensor:
     return out
 
 
+def check_code_range(codes: torch.Tensor, size: int, what: str, least: int = 0, whose: str = "") -> None:
+    """Refuse codes outside least..size - 1 by name, with one device sync (not two): the VQ-VAE and the code
+    Transformer both read codes as indices, where a negative one silently picks from the end and one too large is
+    another codebook's (or fails deep in indexing)."""
+    if codes.numel():
+        lo, hi = torch.stack(torch.aminmax(codes)).tolist()
+        if lo < least or hi >= size:
+            raise ValueError(f"{what} must be in {least}..{size - 1} ({whose}codebook_size {size}), got {lo}..{hi}")
+
+
 class CodeGPT(nn.Module):
     """Decoder-only Transformer over VQ-VAE code sequences, one position per code step (both leads).
 
@@ -259,11 +269,7 @@ class CodeGPT(nn.Module):
         """Refuse codes outside least..codebook_size - 1 by name: `embed` reads level q's code c at row
         q * codebook_size + c of one table, so a code beyond its codebook (another VQ-VAE's) or a negative one was
         read as a code of another level without a word."""
-        if codes.numel():
-            lo, hi = torch.stack(torch.aminmax(codes)).tolist()     # one device sync, not two
-            if lo < least or hi >= self.codebook_size:
-                raise ValueError(f"{what} codes must be in {least}..{self.codebook_size - 1} (the model's "
-                                 f"codebook_size {self.codebook_size}), got {lo}..{hi}")
+        check_code_range(codes, self.codebook_size, f"{what} codes", least, "the model's ")
 
     def _next_drafts(self, draft: torch.Tensor | None, contexts: int, length: int, num_samples: int
                     ) -> tuple[torch.Tensor | None, torch.Tensor | None, bool]:

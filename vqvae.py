@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from hyper_params import Config, ModelConfig, stored_config
 from train_results import float32_default, load_weights
-from transformer import ConvAttention, as_levels
+from transformer import ConvAttention, as_levels, check_code_range
 
 
 def _distributed() -> bool:
@@ -400,12 +400,7 @@ class VQVAE(nn.Module):
         if codes.ndim not in (2, 3):
             raise ValueError(f"codes must be [B, T'] (one codebook) or [B, T', Q], got {list(codes.shape)}"
                              + (": one window's codes take codes[None]" if codes.ndim == 1 else ""))
-        if not codes.numel():
-            return
-        lo, hi = torch.stack(torch.aminmax(codes)).tolist()  # one device sync per decode, not two
-        if lo < 0 or hi >= self.cfg.codebook_size:
-            raise ValueError(f"codes must be in 0..{self.cfg.codebook_size - 1} (codebook_size "
-                             f"{self.cfg.codebook_size}), got {lo}..{hi}")
+        check_code_range(codes, self.cfg.codebook_size, "codes")
 
     def _check_latents(self, z: torch.Tensor) -> None:
         """Latents as encode_latent gives them, [B, latent_dim, T'], for decode_latent and nearest_codes: a .npz's
