@@ -84,14 +84,17 @@ def sorted_samples(samples: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.sort(np.moveaxis(np.asarray(samples), axis, -1), axis=-1)
 
 
-def crps_sorted(xs: np.ndarray, y: np.ndarray) -> np.ndarray:
+def crps_sorted(xs: np.ndarray, y: np.ndarray, half_spread: np.ndarray | None = None) -> np.ndarray:
     """CRPS of the empirical distribution of sorted samples xs [..., S] at observations y [...].
 
     Energy form E|X−y| − ½E|X−X'|; with samples sorted ascending ½E|X−X'| = Σᵢ (2i−S−1)·x₍ᵢ₎ / S²,
     so the cost is O(S) after an O(S log S) sort and no S×S matrix. A point mass gives |x−y| (MAE). This is the
     CRPS of the S samples as issued, not the fair estimator (÷ S(S−1), latent_sde.fair_crps), lower by ½E|X−X'|/(S−1).
+    `half_spread`: half_spread_sorted(xs), when the caller has it already (the fair CRPS needs it too).
     """
-    return np.mean(np.abs(xs - y[..., None]), axis=-1) - half_spread_sorted(xs)
+    if half_spread is None:
+        half_spread = half_spread_sorted(xs)
+    return np.mean(np.abs(xs - y[..., None]), axis=-1) - half_spread
 
 
 def half_spread_sorted(xs: np.ndarray) -> np.ndarray:
@@ -331,8 +334,9 @@ def _sample_scores(forecast: np.ndarray, y: np.ndarray, sample_chunk: int
         xs = sorted_samples(forecast[i:i + step], axis=1)
         point[i:i + step] = xs.mean(axis=-1)
         median[i:i + step] = quantile_sorted(xs, 0.5)
-        crps[i:i + step] = crps_sorted(xs, y[i:i + step].astype(xs.dtype))
-        fair[i:i + step] = crps[i:i + step] - half_spread_sorted(xs) / (s - 1)
+        half_spread = half_spread_sorted(xs)
+        crps[i:i + step] = crps_sorted(xs, y[i:i + step].astype(xs.dtype), half_spread)
+        fair[i:i + step] = crps[i:i + step] - half_spread / (s - 1)
         for k, q in quantiles:
             intervals[k][i:i + step] = quantile_sorted(xs, q)
     return point, median, crps, fair, intervals
