@@ -1312,36 +1312,26 @@ def test_a_key_a_checkpoint_predates_set_otherwise_now_is_named_with_both_values
         vqvae_train.main(["--resume", str(ckpt), "--device", "cpu", "--config", str(tmp_path / "three.json")])
 
 
-def test_a_latent_sde_from_before_the_drafts_resumes_as_the_phase_model_it_is(tmp_path, monkeypatch):
-    """Latent SDE keys older checkpoints lack mean their PREDATED values (a beat phase, no drafts), not today's
-    defaults (config_sde.json's recipe): such a run resumes as the phase model, and the recipe is another model."""
-    from hyper_params_sde import DEFAULT_CONFIG, PREDATED
+@pytest.mark.parametrize("kind, changed", [("latent_sde", "'model.corrected_dims' is 2 there but 0 now"),
+                                           ("transformer", "'model.draft' is False there but True now")])
+def test_a_forecaster_from_before_the_drafts_resumes_as_the_model_it_is(kind, changed, tmp_path, monkeypatch):
+    """Keys older checkpoints lack mean their PREDATED values, not today's defaults (the config files' recipes): the
+    latent SDE's a beat phase and no drafts, the Transformer's no drafts, tilt, noise or augmented copies. Such a run
+    resumes as the model it is, and the recipe is another model."""
+    import hyper_params_sde
+    import hyper_params_transformer
     from tiny import PHASE_MODEL
-    ckpt = old_checkpoint(tmp_path, "latent_sde", {"model": tuple(PREDATED["model"])})
-    model = train_results.load_checkpoint(ckpt)["config"]["model"]
-    assert {k: model[k] for k in PHASE_MODEL} == PHASE_MODEL
-    monkeypatch.setattr(latent_sde_train, "run_vqvae", lambda *a, **k: (_ for _ in ()).throw(Reached()))
-    with pytest.raises(Reached):
-        latent_sde_train.main(["--resume", str(ckpt), "--device", "cpu"])
-    with pytest.raises(UserError, match=f"^checkpoint {ckpt} was made with another config: 'model.corrected_dims' is "
-                                        f"2 there but 0 now$"):
-        latent_sde_train.main(["--resume", str(ckpt), "--device", "cpu", "--config", str(DEFAULT_CONFIG)])
-
-
-def test_a_transformer_from_before_the_drafts_resumes_as_the_model_it_is(tmp_path, monkeypatch):
-    """Transformer keys older checkpoints lack mean their PREDATED values (no drafts, no tilt, no noise, no augmented
-    copies), not today's defaults (config_transformer.json's recipe): such a run resumes as the model without drafts,
-    and the recipe is another model."""
-    from hyper_params_transformer import DEFAULT_CONFIG, PREDATED
-    ckpt = old_checkpoint(tmp_path, "transformer", {section: tuple(keys) for section, keys in PREDATED.items()})
+    params, trainer = {"latent_sde": (hyper_params_sde, latent_sde_train),
+                       "transformer": (hyper_params_transformer, transformer_train)}[kind]
+    was = {"model": PHASE_MODEL} if kind == "latent_sde" else params.PREDATED     # the phase model, key for key
+    ckpt = old_checkpoint(tmp_path, kind, {section: tuple(keys) for section, keys in params.PREDATED.items()})
     config = train_results.load_checkpoint(ckpt)["config"]
-    assert all(config[section][k] == v for section, keys in PREDATED.items() for k, v in keys.items())
-    monkeypatch.setattr(transformer_train, "run_vqvae", lambda *a, **k: (_ for _ in ()).throw(Reached()))
+    assert {section: {k: config[section][k] for k in keys} for section, keys in was.items()} == was
+    monkeypatch.setattr(trainer, "run_vqvae", lambda *a, **k: (_ for _ in ()).throw(Reached()))
     with pytest.raises(Reached):
-        transformer_train.main(["--resume", str(ckpt), "--device", "cpu"])
-    with pytest.raises(UserError, match=f"^checkpoint {ckpt} was made with another config: 'model.draft' is False "
-                                        f"there but True now$"):
-        transformer_train.main(["--resume", str(ckpt), "--device", "cpu", "--config", str(DEFAULT_CONFIG)])
+        trainer.main(["--resume", str(ckpt), "--device", "cpu"])
+    with pytest.raises(UserError, match=f"^checkpoint {ckpt} was made with another config: {changed}$"):
+        trainer.main(["--resume", str(ckpt), "--device", "cpu", "--config", str(params.DEFAULT_CONFIG)])
 
 
 @pytest.mark.parametrize("edit, said", [
