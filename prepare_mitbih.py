@@ -1329,14 +1329,13 @@ def check_other_database(out_dir: Path, names: list[str], data_dir: Path) -> Non
     """Refuses to prepare records into a folder holding a preparation none of whose records are among them: a
     database of one's own prepared into the default folder (no --out) replaced MIT-BIH's, which every script reads
     from there, with only a note. A preparation of some of the same records (again, other settings) is replaced."""
-    try:
-        held = json.loads((out_dir / "meta.json").read_text())
-        before, source = list(held["records"]), held.get("data_dir", "?")
-    except (OSError, ValueError, KeyError, TypeError):
-        return          # nothing prepared there, or nothing readable: prepared anew, as before
+    held = stored_meta(out_dir)     # {}: nothing prepared there, or nothing readable: prepared anew, as before
+    before = held.get("records")
+    before = list(before) if isinstance(before, (dict, list)) else []
     if before and not set(before) & set(names):
-        raise UserError(f"{out_dir} holds the prepared data of another database ({source}: records "
-                        f"{', '.join(before[:4])}{', ...' if len(before) > 4 else ''}), none of {data_dir}'s: pass "
+        shown = ", ".join(before[:4]) + (", ..." if len(before) > 4 else "")
+        raise UserError(f"{out_dir} holds the prepared data of another database ({held.get('data_dir', '?')}: "
+                        f"records {shown}), none of {data_dir}'s: pass "
                         f"--out DIR for this one (and --prepared DIR to the scripts that read it), or delete "
                         f"{out_dir} to replace it")
 
