@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +26,9 @@ torch.set_num_threads(1)  # tiny models: one thread is faster and stable when ot
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 MITDB = Path(os.environ.get("MITBIH_DIR") or ROOT.parent / "shared" / "data" / "mitdb").resolve()
+# A test phase (setup, call or teardown) over this many seconds fails (time_limit; ECG_TEST_TIMEOUT sets another; the
+# slowest takes 16 s): a hang (a download's child, a torchrun rank) hung the suite until CI's limit, naming no test.
+TEST_TIMEOUT_S = float(os.environ.get("ECG_TEST_TIMEOUT") or 300)
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_LOCALID")
 
 
@@ -262,3 +267,43 @@ def pytest_configure(config):
     # wfdb 4.3 passes pandas the inplace= that pandas 3.1 deprecates, on import and on every annotation it reads or
     # header it writes: noise, not ours.
     config.addinivalue_line("filterwarnings", "ignore:The inplace keyword:Warning")
+
+
+def _timed_out(signum, frame):
+    faulthandler.dump_traceback(all_threads=True)      # where every thread waits: the hang may be in another one
+    raise TimeoutError(f"this test phase took over {TEST_TIMEOUT_S:g} s (tests/conftest.py TEST_TIMEOUT_S, "
+                       f"ECG_TEST_TIMEOUT to change it)")
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """SIGALRM fails a phase that runs over `seconds` with TimeoutError, and the run goes on; not where there is no
+    SIGALRM (Windows). A hang that never returns to Python is pytest.ini's faulthandler_timeout's."""
+    if not hasattr(signal, "SIGALRM"):
+        yield
+        return
+    before = signal.signal(signal.SIGALRM, _timed_out)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with time_limit(TEST_TIMEOUT_S):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with time_limit(TEST_TIMEOUT_S):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    with time_limit(TEST_TIMEOUT_S):
+        return (yield)

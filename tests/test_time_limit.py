@@ -1,0 +1,53 @@
+"""The suite's time limits (conftest.time_limit, pytest.ini): a hang fails its test or ends the run, naming it."""
+import re
+import subprocess
+import sys
+
+from conftest import ROOT, TEST_TIMEOUT_S
+
+HANGS = '''
+import signal, threading, time
+
+def test_sleeps():
+    time.sleep(60)
+
+def test_waits_in_a_thread():
+    t = threading.Thread(target=time.sleep, args=(60,), daemon=True)
+    t.start()
+    t.join()
+
+def test_quick():
+    pass
+
+def test_deaf():      # SIGALRM blocked, as in a C call that never returns to Python
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    time.sleep(60)
+'''
+
+
+def run_pytest(tmp_path, *args: str, timeout: str = "1") -> subprocess.CompletedProcess:
+    """pytest on HANGS (the tests `args` name) with this suite's conftest and pytest.ini, in a process of its own."""
+    (tmp_path / "test_hangs.py").write_text(HANGS)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "tests"), "ECG_TEST_TIMEOUT": timeout}
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider",
+                           "-c", str(ROOT / "pytest.ini"), "--rootdir", str(tmp_path), *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=50)
+
+
+def test_a_phase_over_the_limit_fails_and_the_run_goes_on(tmp_path):
+    run = run_pytest(tmp_path, *(f"test_hangs.py::test_{name}" for name in ("sleeps", "waits_in_a_thread", "quick")))
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "2 failed, 1 passed" in run.stdout
+    assert "TimeoutError: this test phase took over 1 s" in run.stdout
+    assert "in test_sleeps" in run.stdout          # every thread's stack, in the failed test's captured stderr
+
+
+def test_a_hang_deaf_to_the_alarm_ends_the_run_naming_it(tmp_path):
+    run = run_pytest(tmp_path, "test_hangs.py::test_deaf", "-o", "faulthandler_timeout=2")
+    assert run.returncode != 0
+    assert "Timeout (0:00:02)!" in run.stderr and re.search(r'test_hangs.py", line \d+ in test_deaf', run.stderr)
+
+
+def test_the_last_resort_comes_after_the_limit(pytestconfig):
+    assert pytestconfig.getini("faulthandler_exit_on_timeout") is True
+    assert float(pytestconfig.getini("faulthandler_timeout")) > TEST_TIMEOUT_S
