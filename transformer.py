@@ -227,12 +227,22 @@ class CodeGPT(nn.Module):
                     generator: torch.Generator | None, prefer: torch.Tensor | None = None,
                     bias: float = 0.0) -> torch.Tensor:
         """The next step's Q codes [N, Q] from hidden states [N, dim], coarse to fine. `prefer` [N, Q]
-        (the step's draft codes, -1: none) gains `bias` in log-odds after the temperature."""
+        (the step's draft codes, -1: none) gains `bias` in log-odds after the temperature: bias * temperature
+        before it, which must be a finite number of the logits' dtype. Beyond float32's 3.4e38 (bias 2 at
+        temperature 2e38) masked_fill stopped in 'value cannot be converted to type float without overflow'; at an
+        infinite temperature the draft codes' logits were inf / inf = NaN and every row drew the last code; an
+        infinite bias at temperature 0 was NaN, and greedy sampling took the draft codes it should ignore."""
+        bonus = bias * temperature
         codes = torch.empty(len(h), self.levels, dtype=torch.long, device=h.device)
         for q in range(self.levels):
             logits = self.level_logits(h, q, codes[:, :q])
             if bias and prefer is not None:
-                logits = favour(logits, prefer[:, q], bias * temperature)
+                if not abs(bonus) <= torch.finfo(logits.dtype).max:     # `not <=`: a NaN is refused too
+                    raise ValueError(f"draft_bias {bias} at temperature {temperature}: the draft codes' logits "
+                                     f"would gain bias * temperature = {bonus:g} before the temperature divides them, "
+                                     f"no finite {str(logits.dtype).removeprefix('torch.')} (at most "
+                                     f"{torch.finfo(logits.dtype).max:g})")
+                logits = favour(logits, prefer[:, q], bonus)
             codes[:, q] = sample_next(logits, temperature, top_k, top_p, generator)
         return codes
 

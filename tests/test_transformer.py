@@ -2,6 +2,7 @@ import argparse
 import csv
 import functools
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -321,6 +322,26 @@ def test_draft_bias_tilts_sampling_towards_the_draft() -> None:
     assert tilted[0, 4] == logits[0, 4] + 1.5 and tilted[2, 0] == logits[2, 0] + 1.5
     assert torch.equal(tilted[1], logits[1])
     assert (tilted - logits).abs().sum() == 3.0
+
+
+@pytest.mark.parametrize("temperature, bias", [(2e38, 2.0), (float("inf"), 2.0), (0.9, float("inf")),
+                                               (0.0, float("inf"))])
+def test_a_draft_bias_times_temperature_beyond_float32_is_refused_by_name(temperature: float, bias: float) -> None:
+    """The bias enters as bias * temperature before the temperature divides the logits: beyond float32 it stopped in
+    masked_fill's 'value cannot be converted to type float without overflow', at an infinite temperature every row
+    drew the last code (inf / inf), and an infinite bias at temperature 0 took the draft codes greedy sampling
+    ignores. Just below the limit the tilt is still `bias` log-odds, as it is at any temperature."""
+    torch.manual_seed(0)
+    gpt = CodeGPT(codebook_size=8, block_size=12, dim=16, layers=1, heads=2, draft=True).eval()
+    ctx, draft = torch.randint(0, 8, (2, 5)), torch.randint(0, 8, (2, 12))
+    draft[:, :5] = -1
+    said = re.escape(f"draft_bias {bias} at temperature {temperature}: ") + ".* no finite float32"
+    with pytest.raises(ValueError, match=said):
+        gpt.generate(ctx, 7, temperature=temperature, draft=draft, draft_bias=bias)
+    gen = torch.Generator().manual_seed(2)
+    out = gpt.generate(ctx, 7, temperature=1.7e38, generator=gen, num_samples=300, draft=draft, draft_bias=2.0)
+    taken = float((out == draft.repeat_interleave(300, 0)[:, 5:]).float().mean())
+    assert abs(taken - math.exp(2) / (math.exp(2) + 7)) < 0.03
 
 
 @pytest.mark.parametrize("default", [torch.float16, torch.bfloat16])
