@@ -324,7 +324,11 @@ class LatentSDE(nn.Module):
 
     def encode(self, segments: list[torch.Tensor]) -> None:
         """Posterior features of normalised frames, each segment [T_k, B, obs] read on its own; with a
-        phase also the measured beat phase psi of every frame and the segment's beat rate."""
+        phase also the measured beat phase psi of every frame and the segment's beat rate. The GRU's weights are
+        packed into one chunk first: nn.DataParallel's replicas hold them apart, and cuDNN warned 'RNN module
+        weights are not part of single contiguous chunk of memory' and packed them again at every GRU call (on the
+        CPU the packing does nothing)."""
+        self.gru.flatten_parameters()
         ctxs = [self.ctx_out(self.gru(seg)[0]) for seg in segments]
         self._ctx = torch.cat(ctxs, 0)
         if self.phase:

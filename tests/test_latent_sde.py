@@ -68,6 +68,22 @@ def test_sde_integrates_to_finite_paths_of_the_right_shape(method: str, phase: i
     assert out.std(0).mean() > 0   # paths move
 
 
+def test_the_gru_s_weights_are_packed_before_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """nn.DataParallel's replicas hold the GRU's weights apart: cuDNN warned that they are 'not part of single
+    contiguous chunk of memory' and packed them again at each GRU call. encode packs them once first, for the
+    training forward (two segments) and for sampling (PathCRPS's replicas). On the CPU packing does nothing: only
+    its calls show."""
+    sde = tiny_sde()
+    calls: list[tuple[str, torch.nn.Module]] = []
+    run = torch.nn.GRU.forward
+    monkeypatch.setattr(torch.nn.GRU, "flatten_parameters", lambda self: calls.append(("pack", self)))
+    monkeypatch.setattr(torch.nn.GRU, "forward", lambda self, *a: calls.append(("run", self)) or run(self, *a))
+    sde(torch.randn(2, 16, 8), 8)
+    sde.eval().sample_frames(torch.randn(8, 1, 8), 4, 2, 0)
+    assert [what for what, _ in calls] == ["pack", "run", "run", "pack", "run"]
+    assert all(module is sde.gru for _, module in calls)
+
+
 def test_two_models_sample_at_once() -> None:
     """sample_frames keeps its call's context on the model, so calls on one model wait for each other; two models
     (nn.DataParallel's replicas in CRPS fine-tuning, one per card) keep their own and must not: with one lock for
