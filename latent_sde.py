@@ -530,6 +530,9 @@ class LatentSDE(nn.Module):
         drafting model reads raw draft frames [steps, B * S, obs], one draft per path. Differentiable,
         for the CRPS fine-tuning (PathCRPS): forecasts call it under no_grad. A list of seeds, one per path, draws
         each path from its own seed alone (RowBrownian), whatever paths are beside it."""
+        if steps < 0 or num_samples < 1:    # -1 stopped in an IndexError or 'Repeats must be non-negative', 0 drew none
+            raise ValueError(f"sample_frames takes steps >= 0 and num_samples >= 1, got steps {steps}, num_samples "
+                             f"{num_samples}")
         C = len(context)
         with SAMPLING.setdefault(self, threading.Lock()):
             self.encode([context])

@@ -84,6 +84,18 @@ def test_the_gru_s_weights_are_packed_before_it_runs(monkeypatch: pytest.MonkeyP
     assert all(module is sde.gru for _, module in calls)
 
 
+def test_negative_steps_or_no_samples_are_refused_by_name() -> None:
+    """As CodeGPT.generate: steps -1 stopped in an IndexError ('index 0 is out of bounds'), num_samples 0 drew no
+    path without a word and -1 stopped in 'Repeats must be non-negative'. 0 steps draw nothing."""
+    sde = tiny_sde().eval()
+    ctx = torch.randn(8, 2, 8)
+    assert sde.sample_frames(ctx, 0, 2, 0).shape == (0, 4, 8)
+    for steps, samples in ((-1, 1), (2, 0), (2, -1)):
+        with pytest.raises(ValueError, match=f"steps >= 0 and num_samples >= 1, got steps {steps}, num_samples "
+                                             f"{samples}"):
+            sde.sample_frames(ctx, steps, samples, 0)
+
+
 def test_two_models_sample_at_once() -> None:
     """sample_frames keeps its call's context on the model, so calls on one model wait for each other; two models
     (nn.DataParallel's replicas in CRPS fine-tuning, one per card) keep their own and must not: with one lock for
