@@ -65,6 +65,7 @@ DOWNLOAD_PART = ".download-"   # the hidden folder in the data folder that a dow
 CONNECT_TIMEOUT = 20.0         # seconds PhysioNet (or the proxy) has to answer before a download starts
 STALL_LIMIT = 120.0            # seconds a download may go without an answer, a byte received or a file before it
                                # is given up (a server or proxy that stopped sending)
+START_LIMIT = 120.0            # seconds the download's process has to start fetching (its imports: wfdb's, FETCH's)
 FETCH = "wfdb:dl_database"     # module:function the download's child process calls with ("mitdb", its folder)
 # The split of null data.test_records / validation_records (config_split): DS2 and 201 (202's patient) test, every
 # 7th remaining DS1 record from the 4th validation, the rest train.
@@ -224,7 +225,7 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
         url = wfdb.io.download.config.db_index_url
         reach_physionet(url)
         host = urllib.parse.urlsplit(url).hostname or url
-        watched(part, url, host, STALL_LIMIT)
+        watched(part, url, host, STALL_LIMIT, START_LIMIT)
         move_in(part, data_dir)
     except Exception as e:  # wfdb raises requests' errors, OSError, ValueError... (in the child: FetchFailed)
         name = e.name if isinstance(e, FetchFailed) else type(e).__name__
@@ -262,15 +263,18 @@ def reach_physionet(url: str, timeout: float = CONNECT_TIMEOUT) -> None:
         raise ConnectionError(f"cannot connect to {host}:{port}: {why}") from e
 
 
-def watched(folder: Path, index_url: str, host: str, stall: float) -> None:
+def watched(folder: Path, index_url: str, host: str, stall: float, start: float) -> None:
     """FETCH (wfdb.dl_database) of MIT-BIH from `index_url` into `folder`, in a child process, given up
     (TimeoutError) when `stall` seconds pass with no answer to a request (urllib3's log of it, which the child
     passes on), no byte received (the child's count: wfdb writes a file once it has all of it) and no byte more in
-    `folder`: wfdb's requests have no timeout, so a server or proxy that stopped
-    sending after the connect hung the download for ever. A process, not a thread: given up, failed or stopped
-    (Ctrl-C, SIGTERM) it is killed, where a thread went on waiting, and, the server back, brought files again into
-    the folder removed (a notebook's session goes on). Its failure is FetchFailed, its prints are printed here, and
-    the urllib3 records it passes on are logged here as this process's logger shows them."""
+    `folder`: wfdb's requests have no timeout, so a server or proxy that stopped sending after the connect hung the
+    download for ever. The stall clock starts when the child fetches; until then it has `start` seconds from its
+    launch for its imports (wfdb's with numpy's, pandas' and scipy's: seconds, tens on a cold network filesystem),
+    else it is given up too: an import that blocked (a filesystem that hangs) waited for ever. A bound of its own,
+    not the stall's: the imports are this machine's, not the server's. A process, not a thread: given up, failed or
+    stopped (Ctrl-C, SIGTERM) it is killed, where a thread went on waiting, and, the server back, brought files
+    again into the folder removed (a notebook's session goes on). Its failure is FetchFailed, its prints are
+    printed here, and the urllib3 records it passes on are logged here as this process's logger shows them."""
     where = [str(Path(__file__).resolve().parent), *sys.path]      # the modules this process sees, FETCH's too
     command = [sys.executable, "-c", _CHILD, json.dumps(where), FETCH, index_url, str(folder)]
     # a session of its own: the terminal's Ctrl-C reaches this process alone, which stops the child
@@ -287,6 +291,7 @@ def watched(folder: Path, index_url: str, host: str, stall: float) -> None:
     threading.Thread(target=_pass_on, args=(child.stdout, said), name="download_mitbih", daemon=True).start()
     log = logging.getLogger("urllib3.connectionpool")
     answers, received, failed, seen, since = 0, 0, None, None, None
+    launched = time.monotonic()
     try:
         while (line := _next_line(said)) is not None:
             message = _said(line)
@@ -304,7 +309,10 @@ def watched(folder: Path, index_url: str, host: str, stall: float) -> None:
                 received = message["received"]
             elif "fetching" in message:     # the clock starts: a child slow to start (importing wfdb) is no stall
                 since = time.monotonic()
-            if since is None:
+            if since is None:       # "" each 0.1 s the child is silent: its start is timed however it hangs
+                if time.monotonic() - launched >= start and child.poll() is None:
+                    raise TimeoutError(f"the download's process did not start fetching within {start:g} s (an "
+                                       f"import hung?)")
                 continue
             files = [f.stat().st_size for f in folder.rglob("*") if f.is_file()]
             now = (answers, received, len(files), sum(files))

@@ -623,6 +623,7 @@ def test_readme_states_the_codes_own_numbers():
     sample = json.loads((ROOT / "config_transformer.json").read_text(encoding="utf-8"))["sample"]
     sde = json.loads((ROOT / "config_sde.json").read_text(encoding="utf-8"))["model"]
     assert pm.STALL_LIMIT == 120 and "for two minutes (`prepare_mitbih.STALL_LIMIT`)" in text
+    assert pm.START_LIMIT == 120 and "two minutes to start fetching (`prepare_mitbih.START_LIMIT`)" in text
     assert training.DIST_TIMEOUT_DEFAULT_S == 600 and sde["departure_scale"] == 0.5 and "adds half of its" in text
     stated = [f"with a {pm.CONNECT_TIMEOUT:g} s timeout", f"one value for {pm.FLAT_S:g} s or more",
               f"`ECG_DIST_TIMEOUT` seconds (default {training.DIST_TIMEOUT_DEFAULT_S})",
