@@ -61,7 +61,7 @@ BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
 # them (a database's own, wrann's custom_labels) is named, since the beats it marks are no reference beats.
 WFDB_SYMBOLS = BEAT_SYMBOLS | set('~|sT*D"=p^t+u![]@x()')
 SPLITS = ("train", "validation", "test")
-DOWNLOAD_PART = ".download-"   # the hidden folder in the data folder that a download arrives in
+DOWNLOAD_PART = ".download-"   # the hidden folder in the data folder that a download arrives in (+ HOST-PID-*)
 CONNECT_TIMEOUT = 20.0         # seconds PhysioNet (or the proxy) has to answer before a download starts
 STALL_LIMIT = 120.0            # seconds a download may go without an answer, a byte received or a file before it
                                # is given up (a server or proxy that stopped sending)
@@ -215,12 +215,15 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
     """MIT-BIH from PhysioNet into data_dir, its record names; a failure is one line ending in `hint` (what to
     do instead), and leaves no empty folder behind. The files arrive in a hidden folder in data_dir (beside it, a
     mount or a read-only parent took none) and move out once all are there: a download cut short left some
-    records, and the next run prepared them as the database."""
+    records, and the next run prepared them as the database. The folder's name says whose it is (host, pid), so
+    that the next download removes it when a kill -9 left it (remove_stale_parts)."""
     created = not os.path.exists(data_dir)
     part = None
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        part = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PART, dir=data_dir))
+        remove_stale_parts(data_dir)
+        owner = f"{DOWNLOAD_PART}{socket.gethostname()}-{os.getpid()}-"
+        part = Path(tempfile.mkdtemp(prefix=owner, dir=data_dir))
         import wfdb
         url = wfdb.io.download.config.db_index_url
         reach_physionet(url)
@@ -242,6 +245,37 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
     print(f"no WFDB records were in {data_dir}: downloaded MIT-BIH from PhysioNet there "
           f"({running.counted(len(names), 'record')})")
     return names
+
+
+def remove_stale_parts(data_dir: Path) -> None:
+    """The download folders in data_dir whose process is gone removed, each said in a line: a download killed with
+    kill -9 (or a machine's crash) left its folder, which every run then passed over, there for ever (MIT-BIH is
+    100 MB). Only those whose name says this host and a pid no process has: a live download's (another run's now;
+    a pid reused counts as live) stays, and so do one of another host, whose processes this one cannot see, and one
+    whose name says no owner (made before names did), each said in a line for the user to judge."""
+    host = socket.gethostname()
+    for part in sorted(p for p in data_dir.glob(f"{DOWNLOAD_PART}*") if p.is_dir()):
+        name, pid, _ = (part.name[len(DOWNLOAD_PART):].rsplit("-", 2) + ["", ""])[:3]
+        if not pid.isdigit() or int(pid) <= 0:
+            print(f"left {part}: a download's folder that names no process; remove it if no download runs there")
+        elif name != host:
+            print(f"left {part}: a download's folder of host {name}, whose processes this one cannot see; remove it if "
+                  f"no download runs there")
+        elif not alive(int(pid)):
+            shutil.rmtree(part, ignore_errors=True)
+            done = "cannot remove" if part.exists() else "removed"
+            print(f"{done} {part}, the folder of a download whose process ({pid}) is gone")
+
+
+def alive(pid: int) -> bool:
+    """Whether a process of this host has `pid` (another user's too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def reach_physionet(url: str, timeout: float = CONNECT_TIMEOUT) -> None:

@@ -384,10 +384,48 @@ def test_a_download_deaf_to_sigterm_is_killed_when_given_up(tmp_path, monkeypatc
 def test_a_download_whose_parent_is_killed_ends_too(tmp_path, physionet):
     """kill -9 of the process downloading stops no child: the child, in a session of its own, ends when its stdin
     closes, else a download with no timeout would go on for ever, bringing files into a folder no one removes."""
-    pid = physionet("stall")
+    assert gone_within(download_killed(tmp_path / "mitdb", physionet("stall")), 5.0)
+
+
+def test_the_folder_of_a_download_killed_goes_at_the_next(tmp_path, physionet, capsys):
+    """kill -9 of the process downloading left its .download-* folder, which every run passed over: there for ever.
+    The next download removes it, and says so."""
+    assert gone_within(download_killed(tmp_path / "mitdb", physionet("stall")), 5.0)     # nothing more comes in
+    [part] = (tmp_path / "mitdb").iterdir()
+    assert part.name.startswith(f"{pm.DOWNLOAD_PART}{socket.gethostname()}-")
+    physionet("bring")
+    assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
+    assert not part.exists() and not list((tmp_path / "mitdb").glob(".*"))
+    assert f"removed {part}, the folder of a download whose process (" in capsys.readouterr().out
+
+
+def test_the_folders_of_live_downloads_and_of_no_known_owner_stay(tmp_path, physionet, capsys):
+    """Only a download folder of this host whose process is gone is removed: another run's download now (here this
+    process's), one of another host and one whose name says no owner stay, the two the next download cannot judge
+    said in a line."""
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    ended.wait()
+    host, data = socket.gethostname(), tmp_path / "mitdb"
+    names = [f"{host}-{ended.pid}-dead", f"{host}-{os.getpid()}-live", f"elsewhere-{ended.pid}-far", "abc_123"]
+    for name in names:
+        (data / f"{pm.DOWNLOAD_PART}{name}").mkdir(parents=True)
+        (data / f"{pm.DOWNLOAD_PART}{name}" / "100.dat").write_bytes(bytes(10))
+    physionet("bring")
+    assert pm.find_records(data, download=True) == ["100"]
+    assert sorted(p.name for p in data.glob(".*")) == sorted(f"{pm.DOWNLOAD_PART}{n}" for n in names[1:])
+    out = capsys.readouterr().out
+    assert f"removed {data / pm.DOWNLOAD_PART}{names[0]}, the folder of a download whose process ({ended.pid})" in out
+    assert f"left {data / pm.DOWNLOAD_PART}{names[2]}: a download's folder of host elsewhere" in out
+    assert f"left {data / pm.DOWNLOAD_PART}{names[3]}: a download's folder that names no process" in out
+    assert names[1] not in out
+
+
+def download_killed(folder: Path, pid: Path) -> int:
+    """The pid of the child of a download into `folder` whose process was killed (kill -9) once the child had
+    written its pid to `pid`."""
     script = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]; import prepare_mitbih as pm; "
               f"pm.FETCH = 'fake_physionet:stall'; pm.reach_physionet = lambda *a, **k: None; "
-              f"pm.find_records(pm.Path({str(tmp_path / 'mitdb')!r}), download=True)")
+              f"pm.find_records(pm.Path({str(folder)!r}), download=True)")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         start = time.monotonic()
@@ -396,11 +434,15 @@ def test_a_download_whose_parent_is_killed_ends_too(tmp_path, physionet):
     finally:
         parent.kill()
         parent.wait()
-    child = int(pid.read_text())
+    return int(pid.read_text())
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    """Whether `pid` has ended (gone_or_zombie) within `seconds`."""
     start = time.monotonic()
-    while not gone_or_zombie(child) and time.monotonic() - start < 5:
+    while not gone_or_zombie(pid) and time.monotonic() - start < seconds:
         time.sleep(0.05)
-    assert gone_or_zombie(child)
+    return gone_or_zombie(pid)
 
 
 def gone_or_zombie(pid: int) -> bool:
@@ -526,8 +568,8 @@ def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypat
         calls.append(target)
         if len(calls) == 8:         # the signals, annotations and 100.hea in: the state a kill here would leave
             with pytest.raises(UserError, match=r"killed while its files were moved in \(.*RECORDS lists 2 records "
-                                                r"with no \.hea, still in \.download-\w+\): empty the folder and run "
-                                                r"again"):
+                                                r"with no \.hea, still in \.download-[\w.-]+\): empty the folder and "
+                                                r"run again"):
                 pm.header_stems(Path(target).parent)
             raise KeyboardInterrupt
         return replace(self, target)
