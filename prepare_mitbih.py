@@ -838,11 +838,33 @@ def read_header(path: Path) -> wfdb.Record:
 
 def header_leads(path: Path, header: wfdb.Record) -> tuple[list[str], list[str | None]]:
     """Channel names and units of a header; a multi-segment header keeps them in its layout (or first) segment."""
+    return channels(channel_header(path, header))
+
+
+def channel_header(path: Path, header: wfdb.Record) -> wfdb.Record:
+    """The header describing the channels of record `path` (header: its own): a multi-segment record's layout (or
+    first) segment's, any other record's own."""
     if getattr(header, "seg_name", None):
         if not (parts := segments_of(header)):
             raise UserError(f"{path}.hea: a multi-segment record without a segment")
         header = wfdb_header(path.parent / parts[0])
-    return channels(header)
+    return header
+
+
+def lead_bits(path: Path, leads: list[str]) -> list[int] | None:
+    """Bits per sample of each of `leads` as record `path` stores them: its header's ADC resolution when given,
+    else its signal format's (wfdb's table: 212 holds 12, 16 holds 16, 310 holds 10...); None when neither says.
+    Compression ratios count these against the records, not MIT-BIH's 11 bits for every database."""
+    from wfdb.io._signal import BIT_RES
+
+    header = channel_header(path, wfdb_header(path))
+    names = list(header.sig_name or [])
+    res = list(header.adc_res or [None] * len(names))
+    fmts = list(header.fmt or [None] * len(names))
+    bits = {n: r if isinstance(r, numbers.Integral) and r > 0 else BIT_RES.get(str(f))
+            for n, r, f in reversed(list(zip(names, res, fmts)))}     # a name given twice: its first channel
+    found = [bits.get(lead) for lead in leads]
+    return None if None in found else [int(b) for b in found]
 
 
 def channels(header: wfdb.Record) -> tuple[list[str], list[str | None]]:
@@ -1493,7 +1515,8 @@ def prepared_meta(d: DataConfig, data_dir: Path, loaded: dict[str, Record], anno
         "scale_mv": train_scale(tensors["train"], d),
         "splits": split,
         "windows": {s: int(len(t["signals"])) for s, t in tensors.items()},
-        "records": {n: {"fs_in": r.fs_in, "leads": r.leads, "has_annotations": r.has_annotations,
+        "records": {n: {"fs_in": r.fs_in, "leads": r.leads, "bits": lead_bits(data_dir / n, r.leads),
+                        "has_annotations": r.has_annotations,
                         "seconds": len(r.signal) / d.samples_per_second, "invalid_seconds": r.invalid_s,
                         "beats": int(len(r.beats))}
                     for n, r in loaded.items()},
@@ -1690,6 +1713,18 @@ def source_fs(records: list[str], prepared_dir: str | Path | None = None) -> flo
         return float(np.mean([stored[r]["fs_in"] for r in records]))
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def source_bits(records: list[str], prepared_dir: str | Path | None = None) -> float | None:
+    """Bits of a sample of these records as stored (meta.json: each lead's), weighted by each record's rate, so
+    that source_fs x it is the records' mean bit rate per lead and compression ratios count the bits they hold;
+    None when the metadata lacks them (prepared before meta.json kept them, or a header that says none)."""
+    stored = stored_records(prepared_dir)
+    try:
+        pairs = [(float(np.mean(stored[r]["bits"])), float(stored[r]["fs_in"])) for r in records]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return sum(b * f for b, f in pairs) / sum(f for _, f in pairs) if pairs else None
 
 
 def stored_leads(prepared_dir: str | Path | None = None) -> dict[str, list[str]]:

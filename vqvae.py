@@ -38,6 +38,7 @@ GAIN_OCTAVES = (-8, 4)    # window gains (RMS, mV) from 2^-8 to 2^4 mV ...
 GAIN_STEPS = 4            # ... in quarter octaves: 49 values,
 GAIN_BITS = 6             # so 6 bits a lead and window
 SAMPLE_BITS = 11          # an ECG sample as coding papers count it (MIT-BIH's 11-bit ADC): compression ratios
+                          # of records whose own bits are unknown (a meta.json prepared before it kept them)
 
 
 def perplexity(counts: torch.Tensor) -> torch.Tensor:
@@ -458,9 +459,9 @@ class VQVAE(nn.Module):
             stats.update({level_key(k, i): v for k, v in q.end_epoch().items()})
         return stats
 
-    def compression_ratio(self, window: int, source_ratio: float = 1.0) -> float:
-        """Bits of a 2-lead window of `window` model-rate samples, stored as SAMPLE_BITS-bit samples at
-        `source_ratio` x the model rate (MIT-BIH records: 360 / 128), over the bits that code it: its
+    def compression_ratio(self, window: int, source_ratio: float = 1.0, sample_bits: float = SAMPLE_BITS) -> float:
+        """Bits of a 2-lead window of `window` model-rate samples, stored as `sample_bits`-bit samples at
+        `source_ratio` x the model rate (MIT-BIH records: 11 bits, 360 / 128), over the bits that code it: its
         codes (all levels) and, with `window_gain`, the two leads' gains. `window` must be one encode takes, a positive
         multiple of the factor."""
         if window < self.factor or window % self.factor:
@@ -468,7 +469,7 @@ class VQVAE(nn.Module):
                              f"{window}")
         code_bits = window // self.factor * len(self.quantizers) * math.log2(self.cfg.codebook_size)
         gain_bits = 2 * GAIN_BITS if self.cfg.window_gain else 0
-        return 2 * SAMPLE_BITS * window * source_ratio / (code_bits + gain_bits)
+        return 2 * sample_bits * window * source_ratio / (code_bits + gain_bits)
 
 
 @float32_default()

@@ -40,7 +40,7 @@ import running
 from hyper_params import AugmentConfig, Config, DataConfig, stored_config
 from metrics import prd, prdn
 from prepare_mitbih import (augmented_encoding, cached_encoding, hundredths, load_split, patients_seen, record_hash,
-                            source_fs, stored_leads)
+                            source_bits, source_fs, stored_leads)
 from train_results import fixed_indices, plot_windows, read_checkpoint, weights_digest, window_titles
 from training import Runtime, main_first, ranks_apart, run_splits
 from transformer import as_levels
@@ -214,22 +214,26 @@ def vqvae_choice(args: argparse.Namespace, source: str) -> str:
     return source if args.vqvae else f"{source} (the newest; --vqvae chooses another)"
 
 
-def compression(model: VQVAE, window: int, fs: float, record_fs: float | None = None) -> dict:
+def compression(model: VQVAE, window: int, fs: float, record_fs: float | None = None,
+                record_bits: float | None = None) -> dict:
     """Compression of a window of `window` samples at the model's `fs`: against the records it came
-    from (11-bit samples at `record_fs`, the ECG-coding convention; default: `fs`) and against
-    11-bit samples at `fs`, and the bit rate."""
-    record_fs = record_fs or fs
-    cr = model.compression_ratio(window, record_fs / fs)
-    return {"compression_ratio": cr, "source_fs": record_fs,
-            "compression_ratio_model_rate": model.compression_ratio(window),
-            "bits_per_second": 2 * SAMPLE_BITS * record_fs / cr}
+    from (`record_bits`-bit samples at `record_fs`, the ECG-coding convention; defaults: `fs`, and MIT-BIH's
+    SAMPLE_BITS, said to be assumed) and against samples of as many bits at `fs`, and the bit rate."""
+    record_fs, bits = record_fs or fs, record_bits or SAMPLE_BITS
+    cr = model.compression_ratio(window, record_fs / fs, bits)
+    return {"compression_ratio": cr, "source_fs": record_fs, "sample_bits": bits,
+            "sample_bits_assumed": not record_bits,
+            "compression_ratio_model_rate": model.compression_ratio(window, sample_bits=bits),
+            "bits_per_second": 2 * bits * record_fs / cr}
 
 
 @torch.no_grad()
-def reconstruction_report(model: VQVAE, data: dict, record_fs: float | None = None, batch: int = 256) -> dict:
+def reconstruction_report(model: VQVAE, data: dict, record_fs: float | None = None, batch: int = 256,
+                          record_bits: float | None = None) -> dict:
     """Per-record sums of squared error / signal / deviation, so PRD is exact per record. The compression
-    ratio counts the bits of the records at `record_fs` (their rate before resampling; default: the model's). The
-    windows go to the model's device (a GPU's, from Python; the CLI's is the CPU)."""
+    ratio counts the bits of the records: `record_bits`-bit samples (default: MIT-BIH's 11) at `record_fs` (their
+    rate before resampling; default: the model's). The windows go to the model's device (a GPU's, from Python; the
+    CLI's is the CPU)."""
     sig = data["signals"]
     rec = data["record"].numpy()
     names = data["records"]
@@ -251,7 +255,8 @@ def reconstruction_report(model: VQVAE, data: dict, record_fs: float | None = No
                              "prdn": 100 * math.sqrt(sums[i, 0] / sums[i, 2])}
                   for i in range(len(names)) if n_per_record[i]}
     summary = {k: float(np.mean([r[k] for r in per_record.values()])) for k in ("mse_mv2", "prd", "prdn")}
-    summary.update(**codebook_health(usage), **compression(model, sig.shape[1], float(data["fs"]), record_fs),
+    summary.update(**codebook_health(usage),
+                   **compression(model, sig.shape[1], float(data["fs"]), record_fs, record_bits),
                    codebooks=len(model.quantizers), codebook_size=len(usage),
                    records=len(per_record), windows=int(len(sig)))
     return {"summary": summary, "per_record": per_record}
@@ -281,10 +286,19 @@ def report_lines(report: dict, data: dict) -> list[str]:
                     f"first codebook on these windows (training's codebook_health.png counts its epochs' own): "
                     f"perplexity {s['perplexity']:.1f}, codes used {100 * s['usage']:.0f}% of "
                     f"{s['codebook_size']}; "
-                    f"compression ratio {s['compression_ratio']:.1f} against the records (11-bit samples at "
-                    f"{s['source_fs']:g} Hz; {s['compression_ratio_model_rate']:.1f} against 11-bit samples at the "
-                    f"model's {int(data['fs'])} Hz), "
-                    f"{s['bits_per_second']:.0f} bit/s in {running.counted(s['codebooks'], 'codebook')}"]
+                    f"compression ratio {s['compression_ratio']:.1f} against the records ({s['sample_bits']:g}-bit "
+                    f"samples at {s['source_fs']:g} Hz; {s['compression_ratio_model_rate']:.1f} against "
+                    f"{s['sample_bits']:g}-bit samples at the model's {int(data['fs'])} Hz), "
+                    f"{s['bits_per_second']:.0f} bit/s in {running.counted(s['codebooks'], 'codebook')}"
+                    f"{bits_assumed(s)}"]
+
+
+def bits_assumed(s: dict) -> str:
+    """The words a compression ratio of records whose bits per sample are unknown (an older meta.json) needs."""
+    if not s["sample_bits_assumed"]:
+        return ""
+    return (f"; {s['sample_bits']:g} bits a sample (MIT-BIH's) are assumed: the prepared meta.json gives no bits of "
+            f"these records (prepare them again to count their own)")
 
 
 def seen_warnings(meta: dict, records: list[str], split: str) -> list[str]:
@@ -422,7 +436,8 @@ def evaluate_split(args: argparse.Namespace, model: VQVAE, ckpt: dict, cfg: Conf
     data = load_split(args.split, cfg, args.prepared, any_records=True)   # a split of one's own is fine
     for warning in seen_warnings(ckpt["meta"], list(data["records"]), args.split):
         running.warn(warning)
-    report = reconstruction_report(model, data, source_fs(data["records"], args.prepared))
+    report = reconstruction_report(model, data, source_fs(data["records"], args.prepared),
+                                   record_bits=source_bits(data["records"], args.prepared))
     run = paths.new_run_dir("vqvae_eval", args.results)
     # the data hash as a training run's run.json gives it
     report.update(checkpoint=str(checkpoint), checkpoint_sha256=digest, split=args.split, git_commit=commit,

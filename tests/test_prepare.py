@@ -1318,7 +1318,7 @@ def test_two_real_records(mitdb, tmp_path):
     assert meta["splits"] == {"train": ["114"], "validation": [], "test": ["100"]}
     assert meta["records"]["114"]["leads"] == ["MLII", "V5"]  # stored V5, MLII
     assert meta["records"]["100"]["leads"] == ["MLII", "V5"]
-    assert meta["records"]["100"]["fs_in"] == 360.0
+    assert meta["records"]["100"]["fs_in"] == 360.0 and meta["records"]["100"]["bits"] == [11, 11]
     assert meta["records"]["100"]["seconds"] == pytest.approx(1805.56, abs=0.01)
     assert all(0.05 < s < 1.5 for s in meta["scale_mv"])  # millivolts, not ADC units or volts
     offsets = []
@@ -1836,3 +1836,47 @@ def test_a_held_out_split_emptied_by_records_says_so(tmp_path: Path, capsys: pyt
     err = capsys.readouterr().err
     assert (f"warning: the validation split is empty: its records in {tmp_path / 'db'} (109) are not prepared (left "
             "out by --records or as bad)") in err and "config" not in err, err
+
+
+# ---------------------------------------------------------------- the bits the records hold
+
+def test_a_leads_bits_are_its_headers_adc_resolution_else_its_formats(tmp_path: Path) -> None:
+    """Compression ratios counted 11-bit samples (MIT-BIH's ADC) for every database: a lead's bits are its header's
+    ADC resolution, else what its signal format holds (wfdb's table), else unknown (None)."""
+    x, _ = synthetic_ecg(12.0, 360.0)
+    for fmt, bits in (("16", 16), ("212", 12), ("24", 24), ("80", 8)):
+        write_signal(tmp_path, f"f{fmt}", x, fmt=fmt, gain=50.0)     # format 80 holds -128..127
+        assert pm.lead_bits(tmp_path / f"f{fmt}", ["MLII", "V1"]) == [bits, bits]
+    lines = (tmp_path / "f212.hea").read_text().splitlines()
+    for adc_res, bits in (("11", [11, 11]), ("0", [12, 12])):       # 0: none given, the format's
+        signals = [" ".join([*s[:3], adc_res, *s[4:]]) for s in (ln.split() for ln in lines[1:])]
+        (tmp_path / "own.hea").write_text("\n".join([lines[0].replace("f212", "own"), *signals]) + "\n")
+        assert pm.lead_bits(tmp_path / "own", ["V1", "MLII"]) == bits
+    assert pm.lead_bits(tmp_path / "f16", ["MLII", "V5"]) is None                 # no such lead
+    write_variable_layout(tmp_path, [["mV", "mmHg", "NU", "mV"]])                 # its layout's ADC resolution
+    assert pm.lead_bits(tmp_path / "v", ["II", "V"]) == [16, 16]
+    (tmp_path / "v_layout.hea").write_text("v_layout 4 125 0\n~ 0 200/mV 0 0 0 0 0 II\n~ 0 100/mmHg 0 0 0 0 0 AOBP\n"
+                                           "~ 0 100/NU 0 0 0 0 0 PLETH\n~ 0 200/mV 0 0 0 0 0 V\n")
+    assert pm.lead_bits(tmp_path / "v", ["II", "V"]) is None                      # format 0 holds no samples
+
+
+def test_the_mitbih_headers_give_11_bits(mitdb: Path) -> None:
+    """MIT-BIH's compression ratio stays as published: its headers give 11-bit samples (format 212, 12 bits)."""
+    assert {tuple(pm.lead_bits(mitdb / r, pm.header_leads(mitdb / r, pm.wfdb_header(mitdb / r))[0][:2]))
+            for r in MITBIH_48} == {(11, 11)}
+
+
+def test_meta_json_keeps_each_leads_bits_and_their_mean_weighs_each_records_rate(prepared, tmp_path: Path) -> None:
+    """meta.json's records keep each lead's bits (the synthetic records: format 212, 12 bits); source_bits weighs
+    each record's by its rate, so source_fs x it is the records' mean bit rate, and is None for a meta.json
+    prepared before the bits were kept."""
+    assert {r["bits"] == [12, 12] for r in prepared.meta["records"].values()} == {True}
+    assert pm.source_bits(["100", "101"], prepared.out) == 12.0
+    records = {"a": {"fs_in": 360.0, "bits": [11, 11]}, "b": {"fs_in": 120.0, "bits": [16, 16]},
+               "c": {"fs_in": 360.0, "bits": [12, 16]}, "old": {"fs_in": 360.0},
+               "unsaid": {"fs_in": 360.0, "bits": None}}
+    (tmp_path / "meta.json").write_text(json.dumps({"records": records}))
+    assert pm.source_bits(["a", "b"], tmp_path) == pytest.approx((11 * 360 + 16 * 120) / 480)
+    assert pm.source_bits(["c"], tmp_path) == 14.0
+    assert pm.source_bits(["a", "old"], tmp_path) is None and pm.source_bits(["unsaid"], tmp_path) is None
+    assert pm.source_bits([], tmp_path) is None and pm.source_bits(["a"], tmp_path / "none") is None

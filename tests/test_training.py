@@ -113,9 +113,10 @@ def test_train_writes_plots_metrics_and_checkpoints(tmp_path: Path, synthetic_db
     report = json.loads(next((tmp_path / "eval").glob("vqvae_eval-*/reconstruction.json")).read_text())
     s = report["summary"]
     assert s["records"] == 1 and 0 < s["prdn"] < 200 and s["mse_mv2"] > 0
-    # counted against the 360 Hz records, and against 11-bit samples at the model's 64 Hz
-    assert s["source_fs"] == 360 and s["compression_ratio"] == pytest.approx(2 * 11 * 4 / 5 * 360 / 64)
-    assert s["compression_ratio_model_rate"] == pytest.approx(2 * 11 * 4 / 5)
+    # counted against the 360 Hz records of 12-bit samples (format 212), and against 12-bit samples at the model's 64 Hz
+    assert (s["source_fs"], s["sample_bits"], s["sample_bits_assumed"]) == (360, 12, False)
+    assert s["compression_ratio"] == pytest.approx(2 * 12 * 4 / 5 * 360 / 64)
+    assert s["compression_ratio_model_rate"] == pytest.approx(2 * 12 * 4 / 5)
     # in process, on another split: the split asked for is the one scored, the report keeps what the checkpoint says
     # of its training, and the example plot shows the model's reconstruction beside the original
     import vqvae_eval
@@ -1785,7 +1786,7 @@ def test_compression_line_gives_the_bit_rate(tmp_path: Path, synthetic_db: Path,
     setup = tiny_setup(tmp_path, synthetic_db, model=model)
     cfg = load_config(setup["config"])
     line = vqvae_train.compression_line(VQVAE(cfg.model), cfg, ["102"], setup["prepared"])
-    assert line.endswith(f"against 64 Hz samples), {bits} bit/s") and "against the 360 Hz records" in line
+    assert line.endswith(f"against 64 Hz samples), {bits} bit/s") and "against the 360 Hz 12-bit records" in line
 
 
 @pytest.mark.parametrize("losses, val_offset, scale", [([2.0, 0.5, 0.1], 0.1, "log"), ([2.0, -0.5, -1.5], 0.1, "linear"),

@@ -345,6 +345,31 @@ def test_bit_rate_is_the_codes_bits_per_second_whatever_the_records_rate():
         vqvae_eval.compression(m, window, fs)["compression_ratio"] * 360 / 128)
 
 
+def test_the_compression_ratio_counts_the_bits_the_records_hold():
+    """A database of 16-bit records was counted as MIT-BIH's 11-bit ones: both ratios count the records' bits,
+    the bit rate none; without them (an older meta.json) MIT-BIH's 11 are taken, and reconstruction.md says so."""
+    m = tiny_model(downsample_factor=8, codebook_size=512)
+    window, fs = 384, 128
+    mitbih, own = (vqvae_eval.compression(m, window, fs, 360.0, bits) for bits in (None, 16.0))
+    assert (mitbih["sample_bits"], mitbih["sample_bits_assumed"], own["sample_bits"], own["sample_bits_assumed"]
+            ) == (11, True, 16.0, False)
+    for key in ("compression_ratio", "compression_ratio_model_rate"):
+        assert own[key] == pytest.approx(mitbih[key] * 16 / 11)
+    assert own["bits_per_second"] == pytest.approx(mitbih["bits_per_second"])
+    assert vqvae_eval.compression(m, window, fs, 360.0, 11.0) == {**mitbih, "sample_bits": 11.0,
+                                                                 "sample_bits_assumed": False}
+    x = torch.stack([torch.sin(torch.arange(32) / 3.0)] * 2, -1).expand(2, -1, -1).contiguous()
+    data = {"signals": x, "record": torch.tensor([0, 0]), "records": ["a"], "fs": 128}
+    for bits, said in ((None, "(11-bit samples at 360 Hz; 10.0 against 11-bit samples at the model's 128 Hz)"),
+                       (16.0, "(16-bit samples at 360 Hz; 14.5 against 16-bit samples at the model's 128 Hz)")):
+        report = vqvae_eval.reconstruction_report(OffsetCoder(0.1), data, 360.0, record_bits=bits)
+        report.update(split="test", checkpoint="c.pt", checkpoint_sha256="0123", git_commit="abc")
+        line = vqvae_eval.report_lines(report, data)[-1]
+        assert said in line
+        assert line.endswith("11 bits a sample (MIT-BIH's) are assumed: the prepared meta.json gives no bits of these "
+                             "records (prepare them again to count their own)") == (bits is None), line
+
+
 def test_the_readmes_compression_and_bit_rate_are_the_default_configs():
     """README and EXPERIMENTS report the default coder at CR 16.4 against the 360 Hz records and 482 bit/s on 6 s
     windows (16.36 and 484 on 3 s, 5.8 against 128 Hz samples): 16 code steps a second of 3 x 10 bits, and two
@@ -367,7 +392,7 @@ class OffsetCoder:
 
     def __init__(self, offset: float):
         self.offset, self.cfg, self.quantizers = offset, SimpleNamespace(codebook_size=4), [None]
-        self.compression_ratio = lambda window, ratio=1.0: 10.0 * ratio
+        self.compression_ratio = lambda window, ratio=1.0, sample_bits=11: 10.0 * ratio * sample_bits / 11
 
     def parameters(self):      # where reconstruction_report finds the model's device
         return iter([torch.zeros(1)])
@@ -452,7 +477,8 @@ def test_reconstruction_md_puts_each_number_in_its_column_and_unit():
     same checkpoint's last training epoch read as a contradiction)."""
     summary = {"records": 1, "windows": 3, "mse_mv2": 0.02, "prd": 11.5, "prdn": 31.25, "perplexity": 20.0,
                "usage": 0.75, "compression_ratio": 112.5, "source_fs": 360.0, "compression_ratio_model_rate": 20.0,
-               "bits_per_second": 70.4, "codebooks": 2, "codebook_size": 64}
+               "bits_per_second": 70.4, "codebooks": 2, "codebook_size": 64, "sample_bits": 11,
+               "sample_bits_assumed": False}
     report = {"split": "test", "checkpoint": "c.pt", "checkpoint_sha256": "0123", "git_commit": "abc",
               "summary": summary, "per_record": {"109": {"mse_mv2": 0.01, "prd": 12.5, "prdn": 30.25}}}
     lines = vqvae_eval.report_lines(report, {"signals": torch.zeros(3, 320, 2), "fs": 64})
@@ -461,14 +487,15 @@ def test_reconstruction_md_puts_each_number_in_its_column_and_unit():
     assert "| **mean over records** | **0.02000** | **11.50** | **31.25** |" in lines
     assert ("first codebook on these windows (training's codebook_health.png counts its epochs' own): perplexity "
             "20.0, codes used 75% of 64; compression ratio 112.5 against the records (11-bit samples at 360 Hz; "
-            "20.0 against 11-bit samples at the model's 64 Hz), 70 bit/s in 2 codebooks") in lines[-1]
+            "20.0 against 11-bit samples at the model's 64 Hz), 70 bit/s in 2 codebooks") == lines[-1]
 
 
 def test_reconstruction_md_gives_a_window_of_a_fraction_of_a_second_as_it_is():
     """A 250 Hz config takes a 3.2 s context (README, Configuration): its 6.4 s windows are not called 6 s."""
     summary = {"records": 1, "windows": 3, "mse_mv2": 0.02, "prd": 11.5, "prdn": 31.25, "perplexity": 20.0,
                "usage": 0.75, "compression_ratio": 16.0, "source_fs": 250.0, "compression_ratio_model_rate": 16.0,
-               "bits_per_second": 70.4, "codebooks": 2, "codebook_size": 64}
+               "bits_per_second": 70.4, "codebooks": 2, "codebook_size": 64, "sample_bits": 16,
+               "sample_bits_assumed": False}
     report = {"split": "test", "checkpoint": "c.pt", "checkpoint_sha256": "0123", "git_commit": "abc",
               "summary": summary, "per_record": {}}
     lines = vqvae_eval.report_lines(report, {"signals": torch.zeros(3, 1600, 2), "fs": 250})
