@@ -1390,18 +1390,59 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
 
 
 def check_other_database(out_dir: Path, names: list[str], data_dir: Path) -> None:
-    """Refuses to prepare records into a folder holding a preparation none of whose records are among them: a
-    database of one's own prepared into the default folder (no --out) replaced MIT-BIH's, which every script reads
-    from there, with only a note. A preparation of some of the same records (again, other settings) is replaced."""
+    """Refuses to prepare records into a folder holding a preparation of another database: a database of one's own
+    prepared into the default folder (no --out) replaced MIT-BIH's, which every script reads from there, with only
+    a note. Another database is one whose records none are among `names`, or whose records of the same names are
+    all other recordings by their headers (record_difference: a record '100' of one's own is no MIT-BIH 100). A
+    preparation from the same folder, or of some of the same records (again, other settings), is replaced."""
     held = stored_meta(out_dir)     # {}: nothing prepared there, or nothing readable: prepared anew, as before
     before = held.get("records")
+    details = before if isinstance(before, dict) else {}
     before = list(before) if isinstance(before, (dict, list)) else []
-    if before and not set(before) & set(names):
-        shown = ", ".join(before[:4]) + (", ..." if len(before) > 4 else "")
-        raise UserError(f"{out_dir} holds the prepared data of another database ({held.get('data_dir', '?')}: "
-                        f"records {shown}), none of {data_dir}'s: pass "
-                        f"--out DIR for this one (and --prepared DIR to the scripts that read it), or delete "
-                        f"{out_dir} to replace it")
+    if not before or same_folder(held.get("data_dir"), data_dir):
+        return
+    shared = [n for n in names if n in before]
+    differences = [record_difference(n, details.get(n), data_dir) for n in shared]
+    if shared and not all(differences):
+        return
+    shown = ", ".join(before[:4]) + (", ..." if len(before) > 4 else "")
+    why = (f"not {data_dir}'s (its records of the same names are other recordings: {differences[0]}"
+           f"{', ...' if len(shared) > 1 else ''})" if shared else f"none of {data_dir}'s")
+    raise UserError(f"{out_dir} holds the prepared data of another database ({held.get('data_dir', '?')}: "
+                    f"records {shown}), {why}: pass "
+                    f"--out DIR for this one (and --prepared DIR to the scripts that read it), or delete "
+                    f"{out_dir} to replace it")
+
+
+def same_folder(held: object, data_dir: Path) -> bool:
+    """Whether a held meta.json's data_dir is `data_dir`: its records, whatever they say, are this database's."""
+    try:
+        return isinstance(held, str) and bool(held) and Path(held).resolve() == data_dir.resolve()
+    except OSError:
+        return False
+
+
+def record_difference(name: str, held: object, data_dir: Path) -> str:
+    """How record `name`'s header in `data_dir` tells it from the one of its name a held meta.json describes
+    (`held`: its fs_in, leads, seconds), e.g. '100 at 250 Hz, not 360 Hz': a header only, before any samples are read.
+    '' when it may be the same recording, or when either says too little to tell (a meta.json older than these
+    fields, an unreadable header): such a record is taken for the same, as the names alone took it before."""
+    path = data_dir / name
+    try:
+        fs, leads, seconds = float(held["fs_in"]), list(held["leads"]), float(held["seconds"])
+        header = wfdb_header(path)
+        channel_names = header_leads(path, header)[0]
+        fs_here = float(header.fs)
+    except (KeyError, TypeError, ValueError, UserError):
+        return ""
+    if not math.isclose(fs_here, fs, rel_tol=1e-6):
+        return f"{name} at {fs_here:g} Hz, not {fs:g} Hz"
+    if missing := [lead for lead in leads if lead not in channel_names]:
+        return f"{name} without lead {', '.join(map(str, missing))}"
+    here = (header.sig_len or 0) / fs_here
+    if here and abs(here - seconds) > max(1.0, 0.01 * seconds):
+        return f"{name} of {secs(here)} s, not {secs(seconds)} s"
+    return ""
 
 
 def warn_headless(data_dir: Path, names: list[str], annotator: str) -> None:

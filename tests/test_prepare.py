@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict, fields, replace
@@ -1825,6 +1826,36 @@ def test_another_preparation_is_named_by_its_first_four_records_and_an_empty_one
         held(records)
         with pytest.raises(UserError, match=re.escape(f"another database (db: records {shown}, none of")):
             pm.check_other_database(tmp_path, ["a"], tmp_path)
+
+
+def test_another_database_with_records_of_the_same_names_is_not_prepared_over_it(tmp_path: Path) -> None:
+    """Another database with a record '100' was prepared over MIT-BIH's with only a note: the held meta.json's
+    rate, leads and length of the records of the same names are held to the new headers, and none alike is another
+    database. Some alike (again, or a copy elsewhere), or the same folder, is the same database, prepared over."""
+    held = tmp_path / "prepared"
+    for name in ("100", "101"):
+        write_record(tmp_path / "mitdb", name, seconds=12)
+        write_record(tmp_path / "rate", name, seconds=12, fs=250.0)
+        write_record(tmp_path / "leads", name, seconds=12, leads=("II", "V2"))
+        write_record(tmp_path / "long", name, seconds=30)
+    pm.prepare(make_cfg(test_records=["100"], validation_records=[]), tmp_path / "mitdb", held, download=False)
+    for db, why in (("rate", "100 at 250 Hz, not 360 Hz, ..."), ("leads", "100 without lead MLII, V1, ..."),
+                    ("long", "100 of 30.0 s, not 12.0 s, ...")):
+        with pytest.raises(UserError, match=re.escape(
+                f"{held} holds the prepared data of another database ({tmp_path / 'mitdb'}: records 100, 101), not "
+                f"{tmp_path / db}'s (its records of the same names are other recordings: {why}): pass --out DIR")):
+            pm.check_other_database(held, ["100", "101"], tmp_path / db)
+    with pytest.raises(UserError, match=re.escape("other recordings: 101 at 250 Hz, not 360 Hz): pass")):
+        pm.prepare(make_cfg(), tmp_path / "rate", held, ["101"], download=False, keep_other=True)
+    shutil.copytree(tmp_path / "mitdb", tmp_path / "copy")
+    shutil.copy(tmp_path / "rate" / "100.hea", tmp_path / "copy")      # 100 is another recording, 101 the same
+    for db in ("mitdb", "copy"):
+        pm.check_other_database(held, ["100", "101"], tmp_path / db)
+    meta = json.loads((held / "meta.json").read_text())
+    (held / "meta.json").write_text(json.dumps({**meta, "data_dir": str(tmp_path / "rate")}))
+    pm.check_other_database(held, ["100", "101"], tmp_path / "rate")                # its own folder, whatever it says
+    (held / "meta.json").write_text(json.dumps({**meta, "records": {n: {"beats": 1} for n in meta["records"]}}))
+    pm.check_other_database(held, ["100", "101"], tmp_path / "rate")                # without the fields: by names
 
 
 def test_a_held_out_split_emptied_by_records_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
