@@ -257,6 +257,20 @@ def write_signal(folder: Path, name: str, x, fs: float = 360.0, leads: tuple[str
     return folder / name
 
 
+TWELVE = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+def twelve_leads(folder: Path, name: str, off: tuple[str, ...], leads: tuple[str, ...] = TWELVE,
+                 value: float | np.ndarray = 0.0, during: tuple[float, float] = (0.0, 120.0)) -> Path:
+    """A synthetic record of `leads` (12 by default; 120 s at 360 Hz), each lead its own scale of one of two leads;
+    the leads `off` held at `value` (0, or NaN: not recorded) for the seconds `during` (all of them by default)."""
+    x, _ = synthetic_ecg(120.0, 360.0, seed=3)
+    sig = np.column_stack([x[:, i % 2] * (1 + 0.1 * i) for i in range(len(leads))])
+    for lead in off:
+        sig[int(during[0] * 360):int(during[1] * 360), leads.index(lead)] = value
+    return write_signal(folder, name, sig, leads=leads)
+
+
 def snapshot(folder: Path) -> dict:
     """Bytes and modification time of every file below `folder`, to prove a failed run left it alone."""
     return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)

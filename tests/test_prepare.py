@@ -19,7 +19,8 @@ import wfdb
 
 import paths
 import prepare_mitbih as pm
-from conftest import ROOT, edit_tree_after, run_script, synthetic_ecg, write_record, write_signal
+from conftest import (ROOT, TWELVE, edit_tree_after, run_script, synthetic_ecg, twelve_leads, write_record,
+                      write_signal)
 from hyper_params import DataConfig, config_from_dict, data_hash
 from paths import UserError
 
@@ -1207,20 +1208,6 @@ def test_a_lead_without_a_valid_sample_is_named(tmp_path):
     x[:, 1] = np.nan
     with pytest.raises(UserError, match="dead: lead V1 has no valid sample"):
         pm.read_record(write_signal(tmp_path, "dead", x), make_cfg().data, gaps=True)
-
-
-TWELVE = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
-
-
-def twelve_leads(folder: Path, name: str, off: tuple[str, ...], leads: tuple[str, ...] = TWELVE,
-                 value: float | np.ndarray = 0.0, during: tuple[float, float] = (0.0, 120.0)) -> Path:
-    """A synthetic record of `leads` (12 by default; 120 s at 360 Hz), each lead its own scale of one of two leads;
-    the leads `off` held at `value` (0, or NaN: not recorded) for the seconds `during` (all of them by default)."""
-    x, _ = synthetic_ecg(120.0, 360.0, seed=3)
-    sig = np.column_stack([x[:, i % 2] * (1 + 0.1 * i) for i in range(len(leads))])
-    for lead in off:
-        sig[int(during[0] * 360):int(during[1] * 360), leads.index(lead)] = value
-    return write_signal(folder, name, sig, leads=leads)
 
 
 def test_a_lead_off_throughout_is_passed_over_for_the_next_one(tmp_path, capsys):
