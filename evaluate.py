@@ -1,7 +1,8 @@
 """Score forecasters (trained checkpoints and baselines) side by side on identical windows.
 
     python3 evaluate.py [--model CHECKPOINT|pretrained|pretrained_sde|BASELINE|FILE.py:NAME[=CKPT] ...] [--split test]
-                        [--wfdb-dir DIR] [--records ...] [--horizon-beats normal|ectopic|ventricular|...]
+                        [--wfdb-dir DIR [--leads LEAD1 LEAD2]] [--records ...]
+                        [--horizon-beats normal|ectopic|ventricular|...]
 
 Without --model: the shipped Transformer (pretrained/forecaster.pt) and every baseline; `pretrained_sde` is the
 shipped latent SDE (pretrained/latent_sde.pt).
@@ -44,7 +45,7 @@ import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import TYPE_CHECKING, Callable, Iterator, NoReturn
+from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -467,9 +468,10 @@ def load_prepared(split: str, cfg: Config, prepared: str | None) -> Windows:
 
 
 def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None, progress: bool = True,
-              annotator: str = "atr", per_record: int | None = None) -> Windows:
-    """Every readable record of a WFDB folder: filtered, resampled, lead-ordered as for training; at most
-    `per_record` evenly spaced windows of each (as limit_windows keeps).
+              annotator: str = "atr", per_record: int | None = None, leads: Sequence[str] | None = None) -> Windows:
+    """Every readable record of a WFDB folder: filtered, resampled, lead-ordered as for training, or of the two
+    channels `leads` names (--leads; a record without them is skipped, saying so); at most `per_record` evenly spaced
+    windows of each (as limit_windows keeps).
 
     Records that cannot be read (missing or truncated files, one lead, too short) are returned in
     `skipped` with the reason instead of stopping the run; NaN/invalid samples are gaps no window touches.
@@ -486,7 +488,8 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
     def read() -> Iterator[Record]:
         for name in tqdm(names, desc="reading", unit="rec", disable=not progress):
             try:
-                rec = replace(read_record(folder / name, cfg.data, gaps=True, annotator=annotator), name=name)
+                rec = replace(read_record(folder / name, cfg.data, gaps=True, annotator=annotator, leads=leads),
+                              name=name)
                 check_windows(rec, cfg.data, str(folder / name))
             except Exception as e:   # UserError from read_record, or anything wfdb/scipy raise on odd files
                 skipped.append((name, str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"))
@@ -507,6 +510,8 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
     source = {"kind": "wfdb", "path": str(folder), "split": chosen, "data_hash": data_hash(cfg.data),
               "input_hash": hash_inputs(folder, [r.name for r in loaded], annotator), "annotator": annotator,
               "invalid_seconds": {r.name: r.invalid_s for r in loaded if r.invalid_s}}
+    if leads:           # the data hash is the config's, whichever leads were read: the report says which
+        source["leads"] = list(leads)
     return _from_tensors(d, [r.has_annotations for r in loaded], [r.leads for r in loaded],
                          [r.fs_in for r in loaded], source, skipped)
 
@@ -1343,6 +1348,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="evaluate every record of this WFDB folder instead")
     p.add_argument("--annotator", default="atr", help="with --wfdb-dir: the annotation file with the reference "
                    "beats (default atr: NNN.atr; e.g. qrs)")
+    p.add_argument("--leads", nargs=2, metavar=("LEAD1", "LEAD2"),
+                   help="with --wfdb-dir: the channels to score as lead 1 and lead 2, e.g. II V5 (names as in the "
+                   "headers; 'Lead II' or ii match II); a record without them is skipped (default: lead 1 the "
+                   "config's data.first_lead or a limb lead, lead 2 V1 or the chest lead nearest it)")
     p.add_argument("--records", nargs="+", default=None, help="only these records")
     p.add_argument("--samples", type=int, default=100,
                    help="samples per window for probabilistic forecasters (default 100)")
@@ -1366,6 +1375,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad flag values, and say which flags --wfdb-dir makes pointless; --split becomes test when not given
     (its default is None so that one given with --wfdb-dir can be noted, as --prepared is)."""
+    from prepare_mitbih import asked_leads
     for flag in ("samples", "max_windows_per_record"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -1375,6 +1385,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.annotator != "atr" and not args.wfdb_dir:
         raise UserError("--annotator reads records of --wfdb-dir; a prepared split keeps the beats it was prepared "
                         "with (prepare_mitbih.py --annotator)")
+    if args.leads and not args.wfdb_dir:
+        raise UserError(f"--leads {' '.join(args.leads)} chooses the channels read from records of --wfdb-dir; a "
+                        f"prepared split holds the leads it was prepared with (its meta.json names each record's)")
+    asked_leads(args.leads)
     for flag in ("split", "prepared"):
         if args.wfdb_dir and getattr(args, flag):
             running.note(f"--{flag} {getattr(args, flag)} is ignored: it chooses prepared tensors, and --wfdb-dir "
@@ -1495,7 +1509,7 @@ def load_windows(args: argparse.Namespace, cfg: Config) -> Windows:
     --max-windows-per-record of each."""
     if args.wfdb_dir:       # --horizon-beats picks among all windows, and only then keeps some
         most = None if args.horizon_beats else args.max_windows_per_record
-        w = load_wfdb(args.wfdb_dir, cfg, args.records, annotator=args.annotator, per_record=most)
+        w = load_wfdb(args.wfdb_dir, cfg, args.records, annotator=args.annotator, per_record=most, leads=args.leads)
     else:
         w = limit_windows(load_prepared(args.split, cfg, args.prepared), args.records, None)
     if args.horizon_beats:
@@ -1561,7 +1575,7 @@ def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config,
         "config": f"{args.config or 'config_vqvae.json'} (data hash {data_hash(cfg.data)})",
         # the tensors' own data hash: with record lists of one's own it is not the config's above
         "data": f"{src['kind']} {src['split']}: {paths.shown(src['path'])} (data hash {src['data_hash']}, "
-                f"input hash {src['input_hash']}"
+                f"input hash {src['input_hash']}" + (f", --leads {' '.join(src['leads'])}" if src.get("leads") else "")
                 + (f", beats from .{src['annotator']})" if src.get("annotator", "atr") != "atr" else ")"),
         "records / windows": f"{len(np.unique(w.record))} / {len(w.record)}"
                              + (f" ({running.counted(len(w.skipped), 'record')} skipped)" if w.skipped else "")

@@ -3,6 +3,7 @@
     python3 forecast.py --record ../shared/data/mitdb/100 --start 60
                         [--checkpoint PATH|pretrained|pretrained_sde|BASELINE|FILE.py:NAME[=CKPT]]
                         [--horizon SECONDS] [--samples 100] [--seed 0] [--device D] [--out DIR]
+                        [--leads LEAD1 LEAD2]
 
 writes a PNG (context, truth, sample mean, 50%/80% bands, both leads), the samples as .npy [S, H, 2] in mV and a
 JSON of what was asked. Without --checkpoint it uses the shipped Transformer (pretrained/forecaster.pt); the
@@ -25,7 +26,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -501,8 +502,9 @@ def own_data(fc: object) -> DataConfig | None:
 
 
 def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: float | None, samples: int,
-                    seed: int) -> dict:
-    """Forecast a WFDB record from `start_s`, prepared exactly as the model's training data (record_data)."""
+                    seed: int, leads: Sequence[str] | None = None) -> dict:
+    """Forecast a WFDB record from `start_s`, prepared exactly as the model's training data (record_data); of the
+    channels `leads` names (--leads) when given, else of the leads the training data's reading chooses."""
     from prepare_mitbih import record_hash
     data = record_data(fc)
     fs, ctx = data.samples_per_second, data.window_samples
@@ -516,7 +518,7 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
     if not math.isfinite(start_s):
         raise UserError(f"--start {start_s} s is not a time")
     horizon, at = round(horizon_s * fs), round(start_s * fs)
-    rec = read_model_record(record, data, (max(at - ctx, 0), at + horizon))     # the context and truth, not all
+    rec = read_model_record(record, data, (max(at - ctx, 0), at + horizon), leads)     # the context and truth only
     input_hash = record_hash(record)    # the files just read
     context, truth = record_window(rec, record, data, start_s, horizon)
     too_many = (f"--horizon {horizon_s:g} s with --samples {samples}: {samples} paths of {horizon} samples do not "
@@ -566,14 +568,16 @@ def record_window(rec: Record, record: str, data: DataConfig, start_s: float, ho
     return context, rec.signal[i:i + horizon]
 
 
-def read_model_record(record: str, data: DataConfig, span: tuple[int, int] | None = None) -> Record:
-    """--record read as the model's training data were (`data`: rate, band, leads), gaps as NaN and no beats,
-    only the samples `span` (and a margin, prepare_mitbih.read_record) when given; a folder or a name without its
-    header is refused with what --record takes (vqvae_eval.py --record reads so too)."""
+def read_model_record(record: str, data: DataConfig, span: tuple[int, int] | None = None,
+                      leads: Sequence[str] | None = None) -> Record:
+    """--record read as the model's training data were (`data`: rate, band, leads; `leads`, --leads' channel names,
+    choose the leads instead), gaps as NaN and no beats, only the samples `span` (and a margin,
+    prepare_mitbih.read_record) when given; a folder or a name without its header is refused with what --record
+    takes (vqvae_eval.py --record reads so too)."""
     from prepare_mitbih import read_record
     check_not_folder(Path(record))
     check_header(Path(record))
-    return read_record(Path(record), data, gaps=True, annotator=None, span=span)
+    return read_record(Path(record), data, gaps=True, annotator=None, span=span, leads=leads)
 
 
 def check_not_folder(record: Path) -> None:
@@ -632,6 +636,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--out", type=paths.given_path,
                    help="output folder (default: forecast-<time> in $ECG_RESULTS_DIR or results)")
+    p.add_argument("--leads", nargs=2, metavar=("LEAD1", "LEAD2"),
+                   help="the record's channels to forecast as lead 1 and lead 2, e.g. II V5 (names as in its header; "
+                   "'Lead II' or ii match II) (default: as the model's training data were read, lead 1 MLII or a limb "
+                   "lead, lead 2 V1 or the chest lead nearest it)")
     return p.parse_args(argv)
 
 
@@ -640,12 +648,14 @@ def main(argv: list[str] | None = None) -> dict:
     t0, commit = time.time(), paths.git_commit()    # the code that runs, whatever the tree holds at the end
     if args.samples < 1 or not 0 <= args.seed < 2 ** 63:
         raise UserError(f"--samples must be >= 1 and --seed in [0, 2**63), got {args.samples} and {args.seed}")
+    from prepare_mitbih import asked_leads      # before the model loads: a bad --leads fails at once
+    asked_leads(args.leads)
     path, fc = load_forecaster(args.checkpoint, args.device)
     run = {"git_commit": commit, **checkpoint_sha256(path, fc), **own_code_of(path)}   # what ran, taken at the start
     if args.out:
         paths.check_writable(args.out, keep=False)
     t_load = time.time() - t0                       # start-up: torch, the checkpoint
-    res = forecast_record(fc, args.record, args.start, args.horizon, args.samples, args.seed)
+    res = forecast_record(fc, args.record, args.start, args.horizon, args.samples, args.seed, args.leads)
     out = Path(args.out) if args.out else paths.new_run_dir("forecast")
     res["heart_rate"] = heart_rates(res)
     files = save_forecast(res, args, path, out, run)

@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Collection, Iterable
+from typing import IO, TYPE_CHECKING, Any, Callable, Collection, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -684,6 +684,42 @@ def order_leads(names: list[str], first: str, where: str, units: list[str | None
     return [lead1, lead2]
 
 
+def asked_leads(leads: Sequence[str] | None) -> tuple[str, str] | None:
+    """--leads LEAD1 LEAD2 (forecast.py, evaluate.py) checked before any record is read: two names of two leads
+    (by _lead_key), or None. Refused per record instead, the same lead twice would skip every record of
+    evaluate.py's folder one by one."""
+    if leads is None:
+        return None
+    if len(leads) != 2 or not all(_lead_key(name) for name in leads):
+        raise UserError(f"--leads takes two channel names, lead 1 then lead 2, got {' '.join(map(repr, leads))}")
+    if _lead_key(leads[0]) == _lead_key(leads[1]):
+        raise UserError(f"--leads {leads[0]} {leads[1]} names lead {_lead_key(leads[0])} twice: lead 1 and lead 2 "
+                        f"are two channels")
+    return leads[0], leads[1]
+
+
+def named_leads(names: list[str], leads: Sequence[str], where: str, units: list[str | None]) -> list[int]:
+    """Channel indices [lead 1, lead 2] of the two leads `leads` names (--leads), each matched as order_leads matches
+    `first`: its exact name, else by _lead_key ('Lead II', 'ii' -> II). A channel in units other than ECG's is
+    refused as ecg_channels refuses it; one named like another signal (not_ecg) is taken, since it was asked for (an
+    abdominal lead, 'Abdomen_1', reads as ABD)."""
+    asked_leads(leads)         # two names, not one lead twice
+    keys = {i: _lead_key(name) for i, name in enumerate(names)}
+    order = []
+    for role, lead in zip(("lead 1", "lead 2"), leads):
+        found = [i for i, name in enumerate(names) if name == lead] or [i for i in keys if keys[i] == _lead_key(lead)]
+        if not found:
+            raise UserError(f"{where}: no channel is {lead} (--leads' {role}); its channels are "
+                            f"{', '.join(map(str, names))}")
+        only_channel(found[0], found, keys, names, role, where)
+        i = found[0]
+        if mv_per_unit(units[i]) is None:
+            raise UserError(f"{where}: {lead} (--leads' {role}) is channel {names[i]} in '{units[i]}', not ECG (if it "
+                            f"is a lead, {where}.hea should give its units as mV, uV or V)")
+        order.append(i)
+    return order
+
+
 def chest_rank(key: str) -> int:
     """Lead 2's preference of a lead by its _lead_key: V1 (1), the chest leads after it (2 to 9), an unnumbered V
     (10), then any other lead (11); a Holter's modified chest leads (MCL1, MV2, CM5) rank as the lead they stand
@@ -968,7 +1004,7 @@ SPAN_MARGIN_S = 30.0     # read_record(span=...) reads this much more of the rec
 
 
 def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator: str | None = "atr",
-                span: tuple[int, int] | None = None) -> Record:
+                span: tuple[int, int] | None = None, leads: Sequence[str] | None = None) -> Record:
     """One WFDB record as two filtered leads in mV at the target rate with its reference beats (from the
     `annotator` file, e.g. NNN.atr; None: no beats). NaN or invalid samples, and a lead holding one value for
     FLAT_S or more (lead off), are an error, or with `gaps` NaN stretches of the signal (see filter_and_resample).
@@ -976,7 +1012,8 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     whole record gives (signal[0] is its sample Record.offset): a forecast near the end of a 24 h Holter record
     need not read all of it (2.2 GB). A read that would begin or end inside a gap is widened: cut there, the gap
     would lose the margin beside it (EDGE_MARGIN_S), and a lead off for longer than the read would be refused as
-    off throughout."""
+    off throughout. `leads` (two channel names, --leads) are leads 1 and 2 instead of order_leads' choice
+    (named_leads)."""
     cfg = data_section(cfg, "read_record")
     path = record_path(path)
     where = str(path)
@@ -988,7 +1025,7 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     while True:
         if span:
             sampfrom, sampto = source_span(span, float(header.fs), ratio, header.sig_len, margin_s)
-        x, fs_in, names, units, flat = _read_leads(path, cfg, sampfrom, sampto, header_units)
+        x, fs_in, names, units, flat = _read_leads(path, cfg, sampfrom, sampto, header_units, leads)
         gap = gap_mask(x, flat, fs_in, names, where, gaps, whole=not sampfrom and sampto is None)
         if not (sampfrom and gap[0] or sampto is not None and gap[-1]):
             break
@@ -1002,12 +1039,14 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     return Record(path.name, y, names, beats, symbols, fs_in, has_ann, float(gap.sum() / fs_in), offset, length)
 
 
-def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None, header_units: list[str | None]
+def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None, header_units: list[str | None],
+                leads: Sequence[str] | None = None
                 ) -> tuple[np.ndarray, float, list[str], list[str | None], np.ndarray]:
     """The source samples [sampfrom, sampto) of leads 1 and 2 in mV, the source rate, the leads' names and units
     (`header_units` when wfdb gives none: it drops every channel's of a variable-layout record whose segments give
     one channel, such as PLETH, different units, and an ABP channel then passed for a lead in mV), and their
-    flat_runs, which the choice of leads needs and gap_mask takes rather than finding them again."""
+    flat_runs, which the choice of leads needs and gap_mask takes rather than finding them again. The leads are
+    `leads` by name when given (named_leads), kept even when off: they were asked for, and gap_mask says so."""
     import wfdb
     where = str(path)
     read = functools.partial(wfdb.rdrecord, sampfrom=sampfrom, sampto=sampto) if sampfrom or sampto else wfdb.rdrecord
@@ -1018,9 +1057,10 @@ def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None, 
     if rec.sig_len and len(x) != rec.sig_len:
         raise UserError(f"{where}: the .dat holds {len(x)} samples but the header says {rec.sig_len} (truncated?)")
     all_units = as_spelled(list(rec.units or header_units), header_units)     # 'µV', which wfdb reads as 'V'
-    order = order_leads(list(rec.sig_name), cfg.first_lead, where, all_units)
+    order = (named_leads(list(rec.sig_name), leads, where, all_units) if leads else
+             order_leads(list(rec.sig_name), cfg.first_lead, where, all_units))
     flat = flat_runs(x[:, order], rec.fs)
-    if off_throughout(x[:, order], flat).any():
+    if not leads and off_throughout(x[:, order], flat).any():
         order = live_leads(path, rec, order, all_units, cfg.first_lead, whole=not (sampfrom or sampto))
         flat = flat_runs(x[:, order], rec.fs)
     names, units = [rec.sig_name[i] for i in order], [all_units[i] for i in order]

@@ -10,12 +10,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import wfdb
 
 import evaluate
 import forecast
 import paths
 from baselines import BASELINES, make_baseline
-from conftest import edit_tree_after, run_script, synthetic_ecg, write_record, write_signal
+from conftest import TWELVE, edit_tree_after, run_script, synthetic_ecg, twelve_leads, write_record, write_signal
 from drafts import context_rhythm, whole_beats
 from forecast import Forecaster
 from latent_sde import LatentSDEForecaster
@@ -501,6 +502,28 @@ def test_forecast_py_forecasts_a_record_with_a_baseline_by_name(tmp_path, name):
     said = json.loads((tmp_path / "out" / "r_5s.json").read_text())
     assert said["checkpoint"] == name and "checkpoint_sha256" not in said
     assert all(f.is_file() for f in out["files"])
+
+
+def test_forecast_py_leads_forecasts_the_channels_named(tmp_path):
+    """A 12-lead record was forecast from II and V1, whatever leads one wanted: --leads names them, exactly or as
+    order_leads matches a lead ('lead ii' is II). The context is the named channels' (as a record of those two
+    alone reads), and the plot and .json name them; a name that is no channel lists the record's, before the
+    forecast; one lead twice is refused before the record is read."""
+    path = twelve_leads(tmp_path / "db", "r", ())
+    x = wfdb.rdrecord(str(path)).p_signal
+    two = write_signal(tmp_path / "two", "r", x[:, [TWELVE.index("II"), TWELVE.index("V5")]], leads=("II", "V5"))
+    base = ["--checkpoint", "seasonal", "--start", "10", "--horizon", "1", "--samples", "1", "--device", "cpu"]
+    out = forecast.main([*base, "--record", str(path), "--leads", "lead ii", "V5", "--out", str(tmp_path / "out")])
+    alone = forecast.main([*base, "--record", str(two), "--out", str(tmp_path / "alone")])
+    assert alone["leads"] == out["leads"] == ["II", "V5"] and np.array_equal(out["context"], alone["context"])
+    assert json.loads((tmp_path / "out" / "r_10s.json").read_text())["leads"] == ["II", "V5"]
+    default = forecast.main([*base, "--record", str(path), "--out", str(tmp_path / "default")])
+    assert default["leads"] == ["II", "V1"] and not np.array_equal(default["context"], out["context"])
+    with pytest.raises(UserError, match=re.escape(f"{path}: no channel is V7 (--leads' lead 2); its channels are "
+                                                  f"{', '.join(TWELVE)}")):
+        forecast.main([*base, "--record", str(path), "--leads", "II", "V7"])
+    with pytest.raises(UserError, match="--leads II ii names lead II twice"):
+        forecast.main([*base, "--record", str(tmp_path / "none"), "--leads", "II", "ii"])
 
 
 def test_forecast_py_says_when_the_context_shows_no_rhythm(tmp_path, capsys):

@@ -23,7 +23,8 @@ import evaluate
 import eval_report
 import metrics as M
 import running
-from conftest import ROOT, edit_tree_after, spike_train, synthetic_ecg, write_record, write_signal
+from conftest import (ROOT, TWELVE, edit_tree_after, spike_train, synthetic_ecg, twelve_leads, write_record,
+                      write_signal)
 from hyper_params import load_config
 from paths import SHIPPED, UserError, file_sha256
 from prepare_mitbih import cut_windows, evenly_spaced, prepare, read_record
@@ -85,6 +86,29 @@ def test_wfdb_dir_at_250_hz_skips_bad_records_and_scores_the_rest(db250, tmp_pat
         for key, col in (("mse", "MSE (mV²)"), ("crps", "CRPS (mV)")):
             whole = result["forecasters"][name]["metrics"][key][-1]["value"]
             assert np.mean([float(r[f"{name} {col}"]) for r in curves]) == pytest.approx(whole, rel=1e-4), (name, key)
+
+
+def test_wfdb_dir_leads_scores_the_channels_named_and_the_report_names_them(tmp_path):
+    """--wfdb-dir read a 12-lead folder's II and V1 whatever leads one wanted: --leads names them, matched in each
+    record as order_leads matches a lead (a header's 'Lead V5' is V5). The report's records table and its data line
+    name them; a record without them is skipped, saying why; without --wfdb-dir --leads is refused, as prepared
+    tensors hold the leads they were prepared with."""
+    db = tmp_path / "db"
+    twelve_leads(db, "a", ())
+    twelve_leads(db, "b", (), leads=tuple(f"Lead {name}" for name in TWELVE))
+    write_record(db, "c", seconds=40, seed=1)                                       # MLII and V1: no lead II
+    run, result = _run(["--model", "zero", "--wfdb-dir", str(db), "--leads", "II", "V5", "--max-windows-per-record",
+                        "2", "--results", str(tmp_path / "results")])
+    assert {r["record"]: r["leads"] for r in result["record_info"]} == {"a": ["II", "V5"], "b": ["Lead II", "Lead V5"]}
+    cfg = load_config()
+    rec = read_record(db / "a", cfg.data, annotator=None)
+    assert rec.leads == ["II", "V1"]        # without --leads
+    report = (run / "report.md").read_text()
+    assert "| a | II, V5 | 360 | no | 2 |" in report and "| b | Lead II, Lead V5 | 360 | no | 2 |" in report
+    assert ", --leads II V5)" in report
+    assert f"- c: {db / 'c'}: no channel is II (--leads' lead 1); its channels are MLII, V1" in report
+    with pytest.raises(UserError, match="--leads II V5 chooses the channels read from records of --wfdb-dir"):
+        evaluate.main(["--model", "zero", "--leads", "II", "V5", "--results", str(tmp_path / "results")])
 
 
 def test_a_window_scores_the_same_whatever_else_is_evaluated(db250, tmp_path):

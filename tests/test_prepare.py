@@ -1210,6 +1210,33 @@ def test_a_lead_without_a_valid_sample_is_named(tmp_path):
         pm.read_record(write_signal(tmp_path, "dead", x), make_cfg().data, gaps=True)
 
 
+def test_leads_asked_by_name_are_read_and_refused_by_name(tmp_path):
+    """read_record(leads=...) (forecast.py and evaluate.py --leads) reads the channels named, exact names first, as
+    order_leads matches data.first_lead: 'II' is the channel II beside 'Lead II', 'ii' would be either and is refused
+    as a guess. A channel in other units than ECG's is refused as ecg_channels refuses it, one named like another
+    signal taken (it was asked for)."""
+    x, _ = synthetic_ecg(20.0, 360.0, seed=6)
+    pleth = 50 + 10 * np.sin(np.arange(len(x)) / 360.0 * 2 * np.pi)
+    chans, units = ("II", "Lead II", "V1", "PLETH", "Abdomen_1"), ("mV", "mV", "mV", "NU", "mV")
+    sig = np.column_stack([x[:, 0], 0.5 * x[:, 0], x[:, 1], pleth, 0.5 * x[:, 1]])
+    wfdb.wrsamp("r", fs=360, units=list(units), sig_name=list(chans), p_signal=sig, fmt=["16"] * 5,
+                adc_gain=[500.0] * 5, baseline=[0] * 5, write_dir=str(tmp_path))
+    cfg, path = make_cfg().data, tmp_path / "r"
+    with pytest.raises(UserError, match="channels 0 and 1 are both lead II .* which one is lead 1 would be a guess"):
+        pm.read_record(path, cfg, annotator=None, leads=("ii", "V1"))
+    exact = pm.read_record(path, cfg, annotator=None, leads=("Lead II", "abdomen 1"))
+    assert exact.leads == ["Lead II", "Abdomen_1"]
+    np.testing.assert_allclose(exact.signal, 0.5 * pm.read_record(path, cfg, annotator=None, leads=("II", "V1")).signal,
+                               atol=2e-3)
+    with pytest.raises(UserError, match=re.escape(f"{path}: PLETH (--leads' lead 2) is channel PLETH in 'NU', not "
+                                                  f"ECG (if it is a lead, {path}.hea should give its units as mV")):
+        pm.read_record(path, cfg, annotator=None, leads=("II", "PLETH"))
+    with pytest.raises(UserError, match="--leads V1 v-1 names lead V1 twice"):
+        pm.read_record(path, cfg, annotator=None, leads=("V1", "v-1"))
+    with pytest.raises(UserError, match="--leads takes two channel names, lead 1 then lead 2, got 'II' '-'"):
+        pm.read_record(path, cfg, annotator=None, leads=("II", "-"))
+
+
 def test_a_lead_off_throughout_is_passed_over_for_the_next_one(tmp_path, capsys):
     """A 12-lead record whose V1 is off (zeros) throughout was refused although eleven leads were fine: lead 2 is the
     next in order_leads' order (the chest lead nearest V1, as in a record without V1), said in a note, in a read of
