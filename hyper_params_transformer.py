@@ -11,6 +11,7 @@ from hyper_params import AugmentConfig, TrainConfig, _at_least, _check, build_co
 from paths import ROOT
 
 DEFAULT_CONFIG = ROOT / "config_transformer.json"
+FLOAT32_MAX = 3.4028234663852886e38    # torch.finfo(torch.float32).max: the largest draft tilt the logits hold
 
 
 @dataclass
@@ -52,7 +53,8 @@ class SampleConfig:
                                  # mean beat (drafts.add_noise; 0: none)
 
     def validate(self, draft: bool) -> None:
-        """`draft`: model.draft, without which a draft_bias has nothing to favour."""
+        """`draft`: model.draft, without which a draft_bias has nothing to favour. A tilt beyond float32 is refused
+        here by its keys, not first by CodeGPT.sample_step at forecast time."""
         _check(self.temperature >= 0, "sample.temperature", self.temperature, "must be >= 0 (0 = greedy)")
         _at_least(0, "sample", self, "top_k")
         _check(0 < self.top_p <= 1, "sample.top_p", self.top_p, "must be in (0, 1]")
@@ -60,6 +62,10 @@ class SampleConfig:
         _at_least(0, "sample", self, "draft_bias")
         _check(draft or self.draft_bias == 0, "sample.draft_bias", self.draft_bias,
                "needs model.draft true: a model without drafts has no draft codes to favour (0 for none)")
+        tilt = self.draft_bias * self.temperature
+        _check(self.draft_bias == 0 or abs(tilt) <= FLOAT32_MAX, "sample.draft_bias", self.draft_bias,
+               f"at sample.temperature={self.temperature} is no finite float32 tilt: the draft codes' logits gain "
+               f"draft_bias * temperature = {tilt:g} before the temperature divides them (at most {FLOAT32_MAX:g})")
         _at_least(0, "sample", self, "draft_noise")
 
 

@@ -386,6 +386,39 @@ def test_transformer_config_names_the_bad_key(raw, key):
         transformer_config_from_dict(raw).validate()
 
 
+@pytest.mark.parametrize("bias, temperature", [(2.0, 2e38), (1e300, 1.0), (10.0, 1e38)])
+def test_a_draft_tilt_beyond_float32_is_refused_by_its_keys(bias, temperature, tmp_path):
+    """draft_bias * temperature enters float32 logits (CodeGPT.sample_step): beyond float32's largest such a config
+    loaded, and transformer_train.py trained an epoch, to fail at forecast time in a message naming values only."""
+    import transformer_train
+    from hyper_params_transformer import FLOAT32_MAX, load_transformer_config
+
+    torch = pytest.importorskip("torch")
+    assert FLOAT32_MAX == torch.finfo(torch.float32).max
+    said = (re.escape(f"'sample.draft_bias' = {bias} at sample.temperature={temperature} is no finite float32 tilt: ")
+            + ".* " + re.escape(f"draft_bias * temperature = {bias * temperature:g} "))
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"sample": {"draft_bias": bias, "temperature": temperature}}))
+    with pytest.raises(UserError, match=said):
+        load_transformer_config(path)
+    r = run_script(transformer_train.main, "transformer_train.py", ["--config", str(path), "--device", "cpu",
+                                                                    "--checkpoints", str(tmp_path / "ck")])
+    assert r.returncode != 0 and re.search(said, r.stderr), r.stderr
+
+
+def test_a_draft_tilt_within_float32_or_none_is_accepted():
+    """Just below float32's largest the tilt is still sampled (test_transformer); no bias tilts nothing at any
+    temperature, and SampleConfig built by hand is held to the same bound (an infinite bias, or NaN at 0)."""
+    from hyper_params_transformer import SampleConfig, transformer_config_from_dict
+
+    for sample in ({"draft_bias": 2.0, "temperature": 1.7e38}, {"draft_bias": 0.0, "temperature": 1e300}):
+        assert transformer_config_from_dict({"sample": sample}).sample.draft_bias == sample["draft_bias"]
+    for temperature in (0.0, 0.9):
+        said = re.escape(f"'sample.draft_bias' = inf at sample.temperature={temperature} ")
+        with pytest.raises(UserError, match=said):
+            SampleConfig(draft_bias=float("inf"), temperature=temperature).validate(draft=True)
+
+
 def test_shipped_transformer_config_loads():
     from hyper_params_transformer import load_transformer_config
 
