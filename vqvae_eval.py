@@ -8,14 +8,16 @@ data hash and the git commit) MSE in mV^2, PRD and normalised PRD in percent, co
 compression ratio and the bit rate.
 
     python3 vqvae_eval.py [--checkpoint C] --record ../shared/data/mitdb/100 [--start 60] [--seconds 30|end]
+                          [--leads LEAD1 LEAD2]
 
-codes a WFDB record instead (any rate; read as forecast.py reads it): consecutive windows of the model's length
-from --start (default 0 s) for --seconds (default one window; 'end': to the record's end), each coded alone as the
-forecaster codes its context. Writes results/vqvae_eval-<time>/<record>_<start>s.npz: codes [W, T', Q] int,
-latents [W, T', D] float32 (the encoder's output before quantisation, time before channel), gain [W, 2] mV (what
-each window is divided by before coding), reconstruction and signal [W, T, 2] mV, start_s [W], fs, leads, record,
-checkpoint, checkpoint_sha256, input_hash (the record's files), git_commit; and a PNG of the first windows against
-their reconstructions.
+codes a WFDB record instead (any rate; read as forecast.py reads it, of the two channels --leads names when given,
+e.g. II V5): consecutive windows of the model's length from --start (default 0 s) for --seconds (default one window;
+'end': to the record's end), each coded alone as the forecaster codes its context. Writes
+results/vqvae_eval-<time>/<record>_<start>s.npz: codes [W, T', Q] int, latents [W, T', D] float32 (the encoder's
+output before quantisation, time before channel), gain [W, 2] mV (what each window is divided by before coding),
+reconstruction and signal [W, T, 2] mV, start_s [W], fs, leads (the two read), record, checkpoint,
+checkpoint_sha256, input_hash (the record's files), git_commit; and a PNG of the first windows against their
+reconstructions, each panel naming its lead.
 
 From Python, main(["--split", "test", ...]) takes the flags as a list and returns the report (reconstruction.json's
 dict), or with --record the .npz's path.
@@ -39,8 +41,8 @@ import paths
 import running
 from hyper_params import AugmentConfig, Config, DataConfig, stored_config
 from metrics import prd, prdn
-from prepare_mitbih import (augmented_encoding, cached_encoding, hundredths, load_split, patients_seen, record_hash,
-                            source_bits, source_fs, stored_leads)
+from prepare_mitbih import (asked_leads, augmented_encoding, cached_encoding, hundredths, load_split, patients_seen,
+                            record_hash, source_bits, source_fs, stored_leads)
 from train_results import fixed_indices, plot_windows, read_checkpoint, weights_digest, window_titles
 from training import Runtime, main_first, ranks_apart, run_splits
 from transformer import as_levels
@@ -395,10 +397,11 @@ def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkp
     """--record: its windows coded one by one into one .npz (codes, latents, gains, reconstructions, the windows)
     and the first ones drawn against their reconstructions. `run_record` (the checkpoint's digest and the commit,
     taken at the start) goes into the .npz with the record files' input hash, as forecast.py's .json gives them.
-    Returns the .npz's path."""
+    Returns the .npz's path. The leads are those --leads names, else those the model's training data's reading
+    chooses; the .npz's `leads` and the plot name them."""
     from forecast import read_model_record
     fs, start, seconds = data.samples_per_second, args.start or 0.0, args.seconds
-    rec = read_model_record(args.record, data, record_span(start, seconds, data))
+    rec = read_model_record(args.record, data, record_span(start, seconds, data), args.leads)
     windows, starts = record_windows(rec.signal, start, seconds, data.window_samples, fs, args.record, rec.offset,
                                      rec.length)
     input_hash = record_hash(args.record)   # the files just read
@@ -465,6 +468,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--start", type=float, help="with --record: the first window's start in seconds (default 0)")
     p.add_argument("--seconds", type=parse_seconds,
                    help="with --record: seconds to code in windows of the model's length, or 'end' (default: one window)")
+    p.add_argument("--leads", nargs=2, metavar=("LEAD1", "LEAD2"),
+                   help="with --record: the record's channels to code as lead 1 and lead 2, e.g. II V5 (names as in "
+                   "its header; 'Lead II' or ii match II) (default: as the model's training data were read, lead 1 "
+                   "MLII or a limb lead, lead 2 V1 or the chest lead nearest it)")
     p.add_argument("--prepared", type=paths.given_path,
                    help="prepared tensors folder (default: $ECG_PREPARED_DIR or data/prepared)")
     p.add_argument("--checkpoints", type=paths.given_path,
@@ -474,6 +481,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.record is None and (args.start is not None or args.seconds is not None):
         p.error("--start and --seconds go with --record")
+    if args.leads and args.record is None:
+        p.error(f"--leads {' '.join(args.leads)} chooses the channels read from --record; a prepared split holds the "
+                f"leads it was prepared with (its meta.json names each record's)")
     if args.record and args.prepared:
         p.error("--prepared goes with --split: --record reads the record itself")
     return args
@@ -481,6 +491,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict | Path:
     args = parse_args(argv)
+    asked_leads(args.leads)     # before the model loads: a bad --leads fails at once
     commit = paths.git_commit()     # the code that runs, whatever the tree holds when the report is written
     path = (paths.given_checkpoint(args.checkpoint, "--checkpoint", VQVAE_TAKES) if args.checkpoint
             else latest_checkpoint("vqvae", args.checkpoints))

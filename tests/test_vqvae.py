@@ -1016,6 +1016,42 @@ def test_vqvae_eval_record_reads_only_the_windows_asked_for(tiny_checkpoint, tmp
     np.testing.assert_allclose(saved["signal"], whole[150 * 64:153 * 64].reshape(3, 64, 2), atol=1e-5)
 
 
+def test_vqvae_eval_record_leads_codes_the_channels_named(tiny_checkpoint, tmp_path, monkeypatch) -> None:
+    """A 12-lead record was coded from II and V1, whatever leads one wanted: --leads names them, as forecast.py's
+    does ('lead ii' is II). The windows are the named channels' (as a record of those two alone reads), and the .npz
+    and plot name them; a name that is no channel lists the record's; one lead twice, or --leads without --record,
+    is refused before any record or model is read."""
+    import wfdb
+
+    from conftest import TWELVE, run_script, twelve_leads, write_signal
+
+    path = twelve_leads(tmp_path / "db", "r", ())
+    x = wfdb.rdrecord(str(path)).p_signal
+    two = write_signal(tmp_path / "two", "r", x[:, [TWELVE.index("II"), TWELVE.index("V5")]], leads=("II", "V5"))
+    saved, titles, plot = {}, [], vqvae_eval.plot_windows
+    monkeypatch.setattr(vqvae_eval, "plot_windows", lambda *a: titles.append(a[-1]) or plot(*a))
+    for name, record, flags in (("leads", path, ["--leads", "lead ii", "V5"]), ("alone", two, []),
+                                ("default", path, [])):
+        res = code_record(tiny_checkpoint, record, tmp_path / name, "--start", "10", "--seconds", "2", *flags)
+        assert res.returncode == 0, res.stderr
+        saved[name] = np.load(next((tmp_path / name / "results").glob("vqvae_eval-*/r_10s.npz")))
+    assert list(saved["leads"]["leads"]) == list(saved["alone"]["leads"]) == ["II", "V5"]
+    assert titles[0][0] == ("record r at 10 s, lead 1: II", "record r at 10 s, lead 2: V5")
+    np.testing.assert_array_equal(saved["leads"]["signal"], saved["alone"]["signal"])
+    np.testing.assert_array_equal(saved["leads"]["codes"], saved["alone"]["codes"])
+    assert list(saved["default"]["leads"]) == ["II", "V1"]
+    assert not np.array_equal(saved["default"]["signal"], saved["leads"]["signal"])
+    res = code_record(tiny_checkpoint, path, tmp_path, "--leads", "II", "V7")
+    assert res.returncode == 2 and f"{path}: no channel is V7 (--leads' lead 2); its channels are " \
+                                   f"{', '.join(TWELVE)}" in res.stderr, res.stderr
+    res = code_record(tmp_path / "none.pt", tmp_path / "none", tmp_path, "--leads", "II", "ii")
+    assert res.returncode == 2 and "--leads II ii names lead II twice" in res.stderr, res.stderr
+    res = code_record(tiny_checkpoint, path, tmp_path, "--leads", "II", "V5", "--split", "test")
+    assert res.returncode == 2 and "not allowed with argument --record" in res.stderr, res.stderr
+    res = run_script(vqvae_eval.main, "vqvae_eval.py", ["--split", "test", "--leads", "II", "V5"])
+    assert res.returncode == 2 and "--leads II V5 chooses the channels read from --record" in res.stderr, res.stderr
+
+
 def test_code_windows_fills_its_outputs_in_place(tiny_checkpoint, monkeypatch) -> None:
     """Each window's codes, latents, gain and reconstruction go straight into arrays of all windows: stacked from
     lists, they were held twice (a 24 h record's 28800 windows peaked at 2.13 GB, 872 MB for 6 h; 711 MB now)."""
