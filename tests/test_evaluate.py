@@ -1684,7 +1684,8 @@ def test_horizon_beats_are_chosen_before_the_windows_are_thinned(tmp_path):
     wfdb.wrann("r", "atr", np.asarray(beats), symbol=["V" if k % 9 == 4 else "N" for k in range(len(beats))],
                write_dir=str(tmp_path / "db"))
     cfg = load_config()
-    args = argparse.Namespace(wfdb_dir=str(tmp_path / "db"), records=None, annotator="atr", horizon_beats="ventricular")
+    args = argparse.Namespace(wfdb_dir=str(tmp_path / "db"), records=None, annotator="atr", horizon_beats="ventricular",
+                              leads=None)
     every = evaluate.load_windows(argparse.Namespace(**vars(args), max_windows_per_record=None), cfg)
     two = evaluate.load_windows(argparse.Namespace(**vars(args), max_windows_per_record=2), cfg)
     assert len(every.start) > 2 and set(two.start) <= set(every.start) and len(two.start) == 2
