@@ -368,7 +368,7 @@ def checkpoint_file(spec: str) -> Path:
 def preparation_mismatch(model: ForecasterBase, cfg: Config) -> str:
     """How a model's own data config (if it carries one) differs from the evaluation data's, or ''."""
     own = getattr(getattr(model, "cfg", None), "data", None)
-    keys = ("samples_per_second", "filter_band", "filter_order", "first_lead", "input_signal_duration",
+    keys = ("samples_per_second", "filter_band", "filter_order", "first_lead", "second_lead", "input_signal_duration",
             "forecast_predictions")
     return ", ".join(f"{k} {getattr(own, k)!r} vs {getattr(cfg.data, k)!r}" for k in keys
                      if own is not None and getattr(own, k, None) != getattr(cfg.data, k))
@@ -1351,7 +1351,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--leads", nargs=2, metavar=("LEAD1", "LEAD2"),
                    help="with --wfdb-dir: the channels to score as lead 1 and lead 2, e.g. II V5 (names as in the "
                    "headers; 'Lead II' or ii match II); a record without them is skipped (default: lead 1 the "
-                   "config's data.first_lead or a limb lead, lead 2 V1 or the chest lead nearest it)")
+                   "config's data.first_lead or a limb lead, lead 2 its data.second_lead or V1 or the chest lead "
+                   "nearest it)")
     p.add_argument("--records", nargs="+", default=None, help="only these records")
     p.add_argument("--samples", type=int, default=100,
                    help="samples per window for probabilistic forecasters (default 100)")

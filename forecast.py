@@ -638,8 +638,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="output folder (default: forecast-<time> in $ECG_RESULTS_DIR or results)")
     p.add_argument("--leads", nargs=2, metavar=("LEAD1", "LEAD2"),
                    help="the record's channels to forecast as lead 1 and lead 2, e.g. II V5 (names as in its header; "
-                   "'Lead II' or ii match II) (default: as the model's training data were read, lead 1 MLII or a limb "
-                   "lead, lead 2 V1 or the chest lead nearest it)")
+                   "'Lead II' or ii match II) (default: as the model's training data were read, lead 1 its "
+                   "data.first_lead (MLII) or a limb lead, lead 2 its data.second_lead or V1 or the chest lead nearest "
+                   "it)")
     return p.parse_args(argv)
 
 

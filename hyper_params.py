@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ class DataConfig:
     forecast_predictions: int = 1          # future windows of input_signal_duration after each context
     signals_per_patient: Optional[int] = 0  # windows per record; 0 or null = the whole record
     window_stride: Optional[float] = 3.0   # seconds between training windows; null = no overlap
-    first_lead: str = "MLII"               # lead 1; lead 2 is V1, else the chest lead nearest it
+    first_lead: str = "MLII"               # lead 1
+    second_lead: str = ""                  # lead 2; "" = V1, else the chest lead nearest it
     filter_band: list[float] = field(default_factory=lambda: [0.5, 40.0])  # Hz, zero-phase band-pass
     filter_order: int = 2
     normalization: str = "train_std"       # 'train_std' (per lead, training patients) or 'none'
@@ -72,6 +74,11 @@ class DataConfig:
         _check(self.normalization in ("train_std", "none"), "data.normalization", self.normalization,
                "must be 'train_std' or 'none'")
         _check(self.first_lead.strip() != "", "data.first_lead", self.first_lead, "must name a lead")
+        second = self.second_lead
+        _check(second == "" or lead_key(second) != "", "data.second_lead", second,
+               "must name a lead, or be \"\" for V1 or the chest lead nearest it")
+        _check(second == "" or lead_key(second) != lead_key(self.first_lead), "data.second_lead", second,
+               f"names the lead data.first_lead={self.first_lead!r} names: lead 1 and lead 2 are two channels")
 
 
 @dataclass
@@ -166,6 +173,13 @@ class Config:
         self.data.validate()
         self.model.validate(self.data.window_samples)
         self.train.validate()
+
+
+def lead_key(name: str) -> str:
+    """'Lead II', 'ecg-ii', 'II,' -> 'II': upper case, letters and digits only, without a 'LEAD'/'ECG' prefix. Lead
+    names compare by it, the config's data.first_lead and data.second_lead as a record's channels."""
+    key = re.sub(r"[^0-9A-Za-z]+", "", str(name)).upper()
+    return re.sub(r"^(LEAD|ECG)(?=.)", "", key)
 
 
 def _check(ok: bool, key: str, value: Any, why: str) -> None:
@@ -353,8 +367,16 @@ def load_config(path: str | Path | None = None) -> Config:
 PREPARATION = 3
 
 
+# Data keys added after tensors were first prepared and checkpoints shipped, with their defaults, which keep the
+# tensors as they were: data_hash leaves such a key out while at its default, so those hashes (the shipped
+# checkpoints' 2724b1ff1b4f585e, prepared folders, caches) hold.
+HASHED_UNLESS_DEFAULT = {"second_lead": ""}
+
+
 def data_hash(data: DataConfig) -> str:
     """Fingerprint of the settings, and of the preparation, that shape prepared tensors: a mismatch means
     re-prepare."""
-    text = json.dumps({**dataclasses.asdict(data), "preparation": PREPARATION}, sort_keys=True)
+    settings = {k: v for k, v in dataclasses.asdict(data).items()
+                if k not in HASHED_UNLESS_DEFAULT or v != HASHED_UNLESS_DEFAULT[k]}
+    text = json.dumps({**settings, "preparation": PREPARATION}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

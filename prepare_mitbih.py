@@ -43,6 +43,7 @@ from tqdm import tqdm
 import paths
 import running
 from hyper_params import PREPARATION, AugmentConfig, Config, DataConfig, build_section, data_hash, load_config
+from hyper_params import lead_key as _lead_key     # how lead names compare, the config's as the records'
 from paths import UserError
 
 if TYPE_CHECKING:
@@ -78,11 +79,12 @@ DEFAULT_VALIDATION = [r for i, r in enumerate(r for r in DS1 if r != "201") if i
 # "ml2", BIDMC's "II," all count as lead II; so do "DII" and "D2", the D(erivation) names of French, Italian,
 # Spanish and Portuguese ECGs). With none of them, lead 1 is the first ECG channel other than V1 (and a note
 # says so).
-# Lead 2 is V1 when the record has it (MIT-BIH's usual second lead, so 12-lead records feed the models
-# alike), else the chest lead nearest it (V2, V3, ... V9, then an unnumbered V as MIMIC's and BIDMC's; a modified
-# chest lead, MCL1 or CM5, as its own: MIT-BIH's other second leads are V2, V4 and V5, so the models never saw a limb
-# lead there), else the first other ECG channel. A lead off throughout the record (off_throughout) is passed over
-# for the next in these orders while two leads are left (a note says so), else the record is refused.
+# Lead 2 is the lead cfg.second_lead names, when set and the record has it; else V1 when the record has it
+# (MIT-BIH's usual second lead, so 12-lead records feed the models alike), else the chest lead nearest it (V2, V3,
+# ... V9, then an unnumbered V as MIMIC's and BIDMC's; a modified chest lead, MCL1 or CM5, as its own: MIT-BIH's
+# other second leads are V2, V4 and V5, so the models never saw a limb lead there), else the first other ECG channel.
+# A lead off throughout the record (off_throughout) is passed over for the next in these orders while two leads are
+# left (a note says so), else the record is refused.
 LEAD_PREFERENCE = (
     ("MLII", "II", "ML2", "DII", "D2"),       # lead II / modified lead II
     ("MLI", "I", "ML1", "DI", "D1"),          # lead I
@@ -626,12 +628,6 @@ def _even_ratio(fs_in: float, fs_out: int) -> Fraction | None:
     return ratio if abs(float(rate) - fs_in) <= 1e-6 and ratio.denominator <= 10000 else None
 
 
-def _lead_key(name: str) -> str:
-    """'Lead II', 'ecg-ii', 'II,' -> 'II': upper case, letters and digits only, without a 'LEAD'/'ECG' prefix."""
-    key = re.sub(r"[^0-9A-Za-z]+", "", str(name)).upper()
-    return re.sub(r"^(LEAD|ECG)(?=.)", "", key)
-
-
 def mv_per_unit(unit: str | None) -> float | None:
     """Millivolts per unit of a channel in mV, uV or V (no units: mV); None for PLETH in NU, ABP in mmHg..."""
     return UNITS_TO_MV.get(str(unit or "mV").strip().lower())
@@ -657,26 +653,34 @@ def ecg_channels(names: list[str], units: list[str | None], where: str) -> list[
 
 
 def order_leads(names: list[str], first: str, where: str, units: list[str | None] | None = None,
-                off: Collection[int] = ()) -> list[int]:
+                off: Collection[int] = (), second: str = "") -> list[int]:
     """Channel indices [lead 1, lead 2] among the channels in ECG units (ecg_channels), so that an ICU record's
     PLETH or ABP, or a sleep record's EEG, is passed over. Lead 1 is the channel named `first` (cfg.first_lead;
-    exact name, else compared as in LEAD_PREFERENCE), else chosen as LEAD_PREFERENCE's comment says; lead 2 is V1,
-    else the chest lead nearest it (chest_rank), else the first other ECG channel. The channels `off`
-    (off_throughout) are passed over while two others are left: a 12-lead record whose V1 is off was refused though
-    V2 to V6 were fine."""
+    exact name, else compared as in LEAD_PREFERENCE), else chosen as LEAD_PREFERENCE's comment says; lead 2 is the
+    channel named `second` (cfg.second_lead, matched alike; "" or a record without it: none), else V1, else the chest
+    lead nearest it (chest_rank), else the first other ECG channel. The channel named `second` is lead 2's alone:
+    lead 1's preference (MLII before II) would take a lead 2 of II. The channels `off` (off_throughout) are passed
+    over while two others are left: a 12-lead record whose V1 is off was refused though V2 to V6 were fine."""
     ecg = ecg_channels(names, list(units or [None] * len(names)), where)
     live = [i for i in ecg if i not in off]
     ecg = live if len(live) >= 2 else ecg
     keys = {i: _lead_key(names[i]) for i in ecg}
-    choices = [[i for i in ecg if names[i] == first]]
-    choices += [[i for i in ecg if keys[i] in group] for group in [(_lead_key(first),), *LEAD_PREFERENCE]]
+    named = ([i for i in ecg if names[i] == second] or [i for i in ecg if keys[i] == _lead_key(second)]
+             if second else [])
+    if named:
+        only_channel(named[0], ecg, keys, names, "lead 2", where)
+    rest = [i for i in ecg if i not in named[:1]]
+    choices = [[i for i in rest if names[i] == first]]
+    choices += [[i for i in rest if keys[i] in group] for group in [(_lead_key(first),), *LEAD_PREFERENCE]]
     lead1 = next((found[0] for found in choices if found), None)
     if lead1 is None:      # V1 is lead 2's (the models' second lead), so it leads only a record of V1 and nothing else
-        lead1 = next((i for i in ecg if chest_rank(keys[i]) != 1), ecg[0])
+        lead1 = next((i for i in rest if chest_rank(keys[i]) != 1), rest[0])
         running.note(f"{where}: no channel is {first} or a limb lead ({', '.join(map(str, names))}); lead 1 is "
                      f"channel {lead1}, {names[lead1]}")
     else:
-        only_channel(lead1, ecg, keys, names, "lead 1", where)
+        only_channel(lead1, rest, keys, names, "lead 1", where)
+    if named:
+        return [lead1, named[0]]
     others = [j for j in ecg if j != lead1]
     lead2 = min(others, key=lambda j: chest_rank(keys[j]))      # the first of the nearest to V1
     if keys[lead2] == "V1":
@@ -1058,10 +1062,10 @@ def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None, 
         raise UserError(f"{where}: the .dat holds {len(x)} samples but the header says {rec.sig_len} (truncated?)")
     all_units = as_spelled(list(rec.units or header_units), header_units)     # 'µV', which wfdb reads as 'V'
     order = (named_leads(list(rec.sig_name), leads, where, all_units) if leads else
-             order_leads(list(rec.sig_name), cfg.first_lead, where, all_units))
+             order_leads(list(rec.sig_name), cfg.first_lead, where, all_units, second=cfg.second_lead))
     flat = flat_runs(x[:, order], rec.fs)
     if not leads and off_throughout(x[:, order], flat).any():
-        order = live_leads(path, rec, order, all_units, cfg.first_lead, whole=not (sampfrom or sampto))
+        order = live_leads(path, rec, order, all_units, cfg, whole=not (sampfrom or sampto))
         flat = flat_runs(x[:, order], rec.fs)
     names, units = [rec.sig_name[i] for i in order], [all_units[i] for i in order]
     x = x[:, order] * [mv_per_unit(u) for u in units]     # the same flat runs: a unit scales every sample alike
@@ -1069,11 +1073,11 @@ def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None, 
     return x, float(rec.fs), names, units, flat
 
 
-def live_leads(path: Path, rec: wfdb.Record, order: list[int], units: list[str | None], first: str,
+def live_leads(path: Path, rec: wfdb.Record, order: list[int], units: list[str | None], cfg: DataConfig,
                whole: bool) -> list[int]:
-    """order_leads again without the ECG channels off throughout the record (off_throughout), each lead passed over
-    said in a note: a read of part of it (`whole` False) reads all of it to know, so that every read of the record
-    takes the same leads."""
+    """order_leads again (by cfg's first_lead and second_lead) without the ECG channels off throughout the record
+    (off_throughout), each lead passed over said in a note: a read of part of it (`whole` False) reads all of it to
+    know, so that every read of the record takes the same leads."""
     import wfdb
     where, names = str(path), list(rec.sig_name)
     ecg = ecg_channels(names, units, where)
@@ -1081,7 +1085,7 @@ def live_leads(path: Path, rec: wfdb.Record, order: list[int], units: list[str |
                                                       f"{where}: cannot read the record").p_signal
     dead = off_throughout(x, flat_runs(x, rec.fs))
     off = {i: off_reason(x[:, k]) for k, i in enumerate(ecg) if dead[k]}
-    live = order_leads(names, first, where, units, off)
+    live = order_leads(names, cfg.first_lead, where, units, off, cfg.second_lead)
     for role, was, now in zip(("lead 1", "lead 2"), order, live):
         if was in off and now != was:
             running.note(f"{where}: lead {names[was]} {off[was]}; {role} is {names[now]} instead")
@@ -1355,11 +1359,13 @@ def check_annotated(data_dir: Path, names: list[str], annotator: str) -> None:
                         f".{annotator} file")
 
 
-def check_first_lead(data_dir: Path, names: list[str], first: str) -> None:
-    """A data.first_lead of one's own must be an ECG lead of some record (compared as order_leads does): a typo
-    would leave every record in the fallback order under a data hash of its own. The default, MLII, is MIT-BIH's
-    lead; other databases fall back to LEAD_PREFERENCE by design."""
-    if first == DataConfig.first_lead:
+def check_config_leads(data_dir: Path, names: list[str], first: str, second: str = "") -> None:
+    """A data.first_lead of one's own, and a data.second_lead, must be an ECG lead of some record (compared as
+    order_leads does): a typo would leave every record in the fallback order under a data hash of its own. The
+    default first_lead, MLII, is MIT-BIH's lead; other databases fall back to LEAD_PREFERENCE by design."""
+    asked = {key: lead for key, lead in (("first_lead", first), ("second_lead", second))
+             if lead and lead != getattr(DataConfig, key)}
+    if not asked:
         return
     leads: dict[str, None] = {}
     for name in names:
@@ -1368,9 +1374,10 @@ def check_first_lead(data_dir: Path, names: list[str], first: str) -> None:
         except UserError:
             continue        # a bad record, named as such when the records are read
         leads.update((str(c), None) for c, u in zip(channels, units) if mv_per_unit(u) is not None)
-    if leads and not any(_lead_key(c) == _lead_key(first) for c in leads):
-        raise UserError(f"config key 'data.first_lead' is {first!r}, a lead none of the records in {data_dir} has "
-                        f"(they have {', '.join(leads)})")
+    for key, lead in asked.items():
+        if leads and not any(_lead_key(c) == _lead_key(lead) for c in leads):
+            raise UserError(f"config key 'data.{key}' is {lead!r}, a lead none of the records in {data_dir} has "
+                            f"(they have {', '.join(leads)})")
 
 
 def hash_inputs(data_dir: Path, names: list[str], annotator: str | None = "atr") -> str:
@@ -1416,7 +1423,7 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
         warn_headless(data_dir, available, annotator)
     training_split(names, d, available, data_dir)   # the config's errors before any record is read
     check_annotated(data_dir, names, annotator)
-    check_first_lead(data_dir, available, d.first_lead)     # the folder's leads: --records may lack it
+    check_config_leads(data_dir, available, d.first_lead, d.second_lead)    # the folder's: --records may lack them
     if keep_other:
         check_other_database(out_dir, names, data_dir)
     paths.check_writable(out_dir, keep=False)  # before minutes of work, not after
@@ -1758,9 +1765,9 @@ def preparation_differences(folder: Path, data: DataConfig, tensor_hash: str | N
         own = False
     if not own:
         return f"{folder / 'meta.json'} is missing, unreadable or not the tensors' own"
-    wanted = json.loads(json.dumps(asdict(data)))
-    return ", ".join(f"{k} {stored.get(k)!r}, not {v!r}" for k, v in wanted.items()
-                     if (lists or k not in ("test_records", "validation_records")) and stored.get(k) != v)
+    held, wanted = (json.loads(json.dumps(asdict(d))) for d in (stored_data, data))  # a key it predates at its default
+    return ", ".join(f"{k} {held[k]!r}, not {v!r}" for k, v in wanted.items()
+                     if (lists or k not in ("test_records", "validation_records")) and held[k] != v)
 
 
 def stored_meta(prepared_dir: str | Path | None = None) -> dict:

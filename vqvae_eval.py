@@ -471,7 +471,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--leads", nargs=2, metavar=("LEAD1", "LEAD2"),
                    help="with --record: the record's channels to code as lead 1 and lead 2, e.g. II V5 (names as in "
                    "its header; 'Lead II' or ii match II) (default: as the model's training data were read, lead 1 "
-                   "MLII or a limb lead, lead 2 V1 or the chest lead nearest it)")
+                   "its data.first_lead (MLII) or a limb lead, lead 2 its data.second_lead or V1 or the chest lead "
+                   "nearest it)")
     p.add_argument("--prepared", type=paths.given_path,
                    help="prepared tensors folder (default: $ECG_PREPARED_DIR or data/prepared)")
     p.add_argument("--checkpoints", type=paths.given_path,

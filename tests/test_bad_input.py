@@ -1051,9 +1051,9 @@ def test_first_lead_is_judged_by_the_ecg_leads_of_readable_headers(tmp_path):
                 write_dir=str(tmp_path))
     (tmp_path / "bad.hea").write_text("not a header\n")
     with pytest.raises(UserError, match=r"'PLETH', a lead none of .* has \(they have II, V\)$"):
-        pm.check_first_lead(tmp_path, ["bad", "icu"], "PLETH")
-    pm.check_first_lead(tmp_path, ["bad"], "PLETH")
-    pm.check_first_lead(tmp_path, ["icu"], "MLII")
+        pm.check_config_leads(tmp_path, ["bad", "icu"], "PLETH")
+    pm.check_config_leads(tmp_path, ["bad"], "PLETH")
+    pm.check_config_leads(tmp_path, ["icu"], "MLII")
 
 
 def test_annotations_without_beats_leave_the_record_unannotated(tmp_path, capsys):

@@ -6,6 +6,7 @@ import inspect
 import json
 import re
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from baselines import BASELINES, make_baseline
 from conftest import TWELVE, edit_tree_after, run_script, synthetic_ecg, twelve_leads, write_record, write_signal
 from drafts import context_rhythm, whole_beats
 from forecast import Forecaster
+from hyper_params import DataConfig
 from latent_sde import LatentSDEForecaster
 from paths import PRETRAINED, UserError
 from train_results import load_checkpoint
@@ -524,6 +526,25 @@ def test_forecast_py_leads_forecasts_the_channels_named(tmp_path):
         forecast.main([*base, "--record", str(path), "--leads", "II", "V7"])
     with pytest.raises(UserError, match="--leads II ii names lead II twice"):
         forecast.main([*base, "--record", str(tmp_path / "none"), "--leads", "II", "ii"])
+
+
+class TrainedOnV5(forecast.ForecasterBase):
+    """A forecaster whose data settings (as a checkpoint's stored config gives them) chose lead 2 V5."""
+
+    fs = 128
+    cfg = SimpleNamespace(data=DataConfig(second_lead="V5"))
+
+    def predict(self, context, horizon, num_samples=100, seed=0):
+        return make_baseline("seasonal", self.fs).predict(context, horizon, num_samples, seed)
+
+
+def test_a_forecaster_trained_on_a_second_lead_forecasts_it_without_leads(tmp_path):
+    """A model prepared and trained with data.second_lead V5 reads a record's V5 as lead 2 with no --leads, as its
+    training data were read, not V1."""
+    path = twelve_leads(tmp_path / "db", "r", ())
+    res = forecast.forecast_record(TrainedOnV5(), str(path), 10.0, 1.0, 1, 0)
+    named = forecast.forecast_record(make_baseline("seasonal", 128), str(path), 10.0, 1.0, 1, 0, leads=("II", "V5"))
+    assert res["leads"] == ["II", "V5"] and np.array_equal(res["context"], named["context"])
 
 
 def test_forecast_py_says_when_the_context_shows_no_rhythm(tmp_path, capsys):

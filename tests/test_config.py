@@ -170,6 +170,9 @@ def test_section_must_be_object(section_value):
     ({"data": {"filter_order": 0}}, "data.filter_order"),
     ({"data": {"normalization": "zscore"}}, "data.normalization"),
     ({"data": {"first_lead": " "}}, "data.first_lead"),
+    ({"data": {"second_lead": " - "}}, "data.second_lead"),                      # no letter or digit: no lead
+    ({"data": {"second_lead": "MLII"}}, "data.second_lead"),                     # first_lead's lead
+    ({"data": {"first_lead": "II", "second_lead": "Lead ii"}}, "data.second_lead"),   # the same lead, spelt apart
     ({"model": {"has_attention": True, "attention_heads": 3}}, "model.attention_heads"),     # 64 % 3 != 0
     ({"model": {"ema_decay": 1.0}}, "model.ema_decay"),
     ({"model": {"res_blocks": -1}}, "model.res_blocks"),
@@ -324,6 +327,7 @@ DATA_CHANGES = {
     "signals_per_patient": 10,
     "window_stride": None,
     "first_lead": "V5",
+    "second_lead": "V5",
     "filter_band": [1.0, 40.0],
     "filter_order": 4,
     "normalization": "none",
@@ -334,6 +338,15 @@ DATA_CHANGES = {
 
 def test_data_changes_cover_every_data_key():
     assert set(DATA_CHANGES) == {f.name for f in dataclasses.fields(DataConfig)}
+
+
+def test_keys_added_later_leave_the_data_hash_as_it_was_at_their_defaults():
+    """data.second_lead came after the shipped checkpoints, prepared folders and caches were hashed: at its default
+    it is left out of the hash (HASHED_UNLESS_DEFAULT), so those stay valid; set, it changes the hash."""
+    assert data_hash(load_config().data) == "2724b1ff1b4f585e"      # the shipped checkpoints' data hash
+    assert set(hyper_params.HASHED_UNLESS_DEFAULT) <= {f.name for f in dataclasses.fields(DataConfig)}
+    assert all(getattr(DataConfig(), k) == v for k, v in hyper_params.HASHED_UNLESS_DEFAULT.items())
+    assert data_hash(config_from_dict({"data": {"second_lead": "V5"}}).data) != "2724b1ff1b4f585e"
 
 
 @pytest.mark.parametrize("key", sorted(DATA_CHANGES))

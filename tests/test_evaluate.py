@@ -1098,7 +1098,7 @@ def test_report_names_the_commit_the_run_started_at(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("key,value", [("filter_band", [1.0, 30.0]), ("filter_order", 4), ("samples_per_second", 250),
-                                       ("first_lead", "V5"), ("input_signal_duration", 2.0),
+                                       ("first_lead", "V5"), ("second_lead", "V5"), ("input_signal_duration", 2.0),
                                        ("forecast_predictions", 2)])
 def test_a_model_trained_on_data_prepared_otherwise_is_flagged(key, value):
     """Each preparation setting that changes what a model reads (band-pass, rate, lead, window lengths) makes

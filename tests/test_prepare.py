@@ -201,6 +201,23 @@ def test_order_leads_takes_same_named_channels_it_does_not_choose_by_name(names,
     assert pm.order_leads(names, "MLII", "rec") == expected
 
 
+@pytest.mark.parametrize("names,second,expected", [
+    (["I", "II", "V1", "V5"], "V5", [1, 3]),          # data.second_lead over V1
+    (["I", "II", "V1", "v-5"], "V5", [1, 3]),         # ... compared as first_lead is
+    (["MLII", "II", "V1"], "II", [0, 1]),             # MLII is first_lead's, II second_lead's
+    (["II", "V1", "V5"], "II", [2, 0]),               # II is lead 2's alone: lead 1 is not II by its preference
+    (["II", "V1"], "V5", [0, 1]),                     # a record without it: V1, as with second_lead ""
+    (["II", "V1", "V5"], "", [0, 1]),
+])
+def test_order_leads_takes_the_lead_second_lead_names(names, second, expected, capsys):
+    assert pm.order_leads(names, "MLII", "rec", second=second) == expected
+
+
+def test_order_leads_refuses_two_channels_of_the_second_lead(capsys):
+    with pytest.raises(UserError, match=r"rec: channels 2 and 3 are both lead V5 .*which one is lead 2 would be"):
+        pm.order_leads(["II", "V1", "V5", "v5"], "MLII", "rec", second="V5")
+
+
 def test_order_leads_needs_two_leads():
     with pytest.raises(UserError, match="rec9.*two leads"):
         pm.order_leads(["MLII"], "MLII", "rec9")
@@ -1021,7 +1038,7 @@ def test_a_forecaster_may_train_on_its_own_record_lists(prepared):
 
 # every data key but the record lists, changed: a forecaster's windows must be made as its VQ-VAE's were
 WINDOW_MAKING_CHANGES = {"samples_per_second": 250, "input_signal_duration": 2.0, "forecast_predictions": 2,
-                         "signals_per_patient": 5, "window_stride": 1.0, "first_lead": "V1",
+                         "signals_per_patient": 5, "window_stride": 1.0, "first_lead": "V1", "second_lead": "V5",
                          "filter_band": [1.0, 40.0], "filter_order": 3, "normalization": "none"}
 
 
@@ -1261,6 +1278,54 @@ def test_a_lead_off_throughout_is_passed_over_for_the_next_one(tmp_path, capsys)
     assert "instead" not in capsys.readouterr().err         # no lead was passed over: none is said to be
     two_on = twelve_leads(tmp_path, "two_on", tuple(set(TWELVE) - {"II", "V5"}))
     assert pm.read_record(two_on, cfg, annotator=None).leads == ["II", "V5"]
+
+
+def test_second_lead_chooses_lead_2_of_a_record_and_its_note_when_off(tmp_path, capsys):
+    """data.second_lead V5 reads a 12-lead record's V5 as lead 2, as --leads II V5 would; the default still reads V1.
+    A V5 off throughout is passed over for V1 with a note, as a first_lead off is for the next lead."""
+    path = twelve_leads(tmp_path, "r", ())
+    v5 = pm.read_record(path, make_cfg(second_lead="V5").data, annotator=None)
+    assert v5.leads == ["II", "V5"]
+    np.testing.assert_array_equal(v5.signal, pm.read_record(path, make_cfg().data, annotator=None,
+                                                            leads=("II", "V5")).signal)
+    assert pm.read_record(path, make_cfg().data, annotator=None).leads == ["II", "V1"]
+    off = twelve_leads(tmp_path, "v5_off", ("V5",))
+    assert pm.read_record(off, make_cfg(second_lead="V5").data, annotator=None).leads == ["II", "V1"]
+    assert "lead V5 holds one value throughout (lead off?); lead 2 is V1 instead" in capsys.readouterr().err
+
+
+def test_a_database_prepared_with_second_lead_holds_it(tmp_path, monkeypatch):
+    """prepare_mitbih.py with data.second_lead V5: each record's lead 2 is its V5 (windows as read_record with
+    --leads II V5 reads them) and meta.json says so; a preparation held with another second_lead is named by
+    preparation_differences, one from before the key (meta.json without it) is the default's."""
+    db = tmp_path / "db"
+    for name in ("a", "b", "c"):
+        twelve_leads(db, name, ())
+    cfg = make_cfg(second_lead="V5", test_records=["a"], validation_records=["c"])
+    meta = pm.prepare(cfg, db, tmp_path / "out", download=False)
+    assert meta["config"]["second_lead"] == "V5" and meta["data_hash"] == data_hash(cfg.data)
+    assert {r: v["leads"] for r, v in meta["records"].items()} == {r: ["II", "V5"] for r in "abc"}
+    train = torch.load(tmp_path / "out" / "train.pt", weights_only=True)
+    read = pm.read_record(db / "b", cfg.data, annotator=None, leads=("II", "V5")).signal
+    start, n = int(train["start"][1]), cfg.data.total_samples
+    np.testing.assert_array_equal(train["signals"][1].numpy(), read[start:start + n].astype(np.float32))
+
+    default = replace(cfg.data, second_lead="")
+    differences = pm.preparation_differences(tmp_path / "out", default, data_hash(cfg.data))
+    assert differences == "second_lead 'V5', not ''"
+    meta_file = tmp_path / "out" / "meta.json"
+    held = json.loads(meta_file.read_text())
+    del held["config"]["second_lead"]           # as data/prepared's meta.json, written before the key
+    meta_file.write_text(json.dumps(held))
+    assert pm.preparation_differences(tmp_path / "out", default, data_hash(default)) == ""
+    assert pm.preparation_differences(tmp_path / "out", cfg.data, data_hash(default)) == "second_lead '', not 'V5'"
+
+    monkeypatch.setattr(pm, "load_records", lambda *a, **k: pytest.fail("read samples before refusing the config"))
+    with pytest.raises(UserError, match=r"config key 'data.second_lead' is 'V55', a lead none of the records in "
+                                        r".*db has \(they have I, II, III, aVR"):
+        pm.prepare(make_cfg(second_lead="V55"), db, tmp_path / "out2", download=False)
+    with pytest.raises(UserError, match=r"'data.second_lead' = 'Lead II' names the lead data.first_lead='II' names"):
+        make_cfg(first_lead="II", second_lead="Lead II")
 
 
 def test_a_lead_passed_over_is_said_to_be_off_as_it_is(tmp_path, capsys):
