@@ -258,7 +258,7 @@ def remove_stale_parts(data_dir: Path) -> None:
     host = socket.gethostname()
     for part in sorted(p for p in data_dir.glob(f"{DOWNLOAD_PART}*") if p.is_dir()):
         name, pid, _ = (part.name[len(DOWNLOAD_PART):].rsplit("-", 2) + ["", ""])[:3]
-        if not pid.isdigit() or int(pid) <= 0:
+        if not (pid.isascii() and pid.isdigit()) or int(pid) <= 0:     # '²' is a digit int() refuses
             print(f"left {part}: a download's folder that names no process; remove it if no download runs there")
         elif name != host:
             print(f"left {part}: a download's folder of host {name}, whose processes this one cannot see; remove it if "
@@ -270,10 +270,10 @@ def remove_stale_parts(data_dir: Path) -> None:
 
 
 def alive(pid: int) -> bool:
-    """Whether a process of this host has `pid` (another user's too)."""
+    """Whether a process of this host has `pid` (another user's too; none has one beyond the system's pid_t)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         pass

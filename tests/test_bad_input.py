@@ -420,6 +420,20 @@ def test_the_folders_of_live_downloads_and_of_no_known_owner_stay(tmp_path, phys
     assert names[1] not in out
 
 
+def test_a_download_folder_whose_pid_no_process_can_have_fails_no_download(tmp_path, capsys):
+    """A pid str.isdigit takes but int() refuses ('²') or beyond the system's pid_t stopped remove_stale_parts in a
+    ValueError or OverflowError, and every download failed until the folder went: the first names no process (left,
+    said), the second names none alive (removed)."""
+    host = socket.gethostname()
+    for name in (f"{host}-\u00b2-x", f"{host}-99999999999999999999-x"):
+        (tmp_path / f"{pm.DOWNLOAD_PART}{name}").mkdir()
+    pm.remove_stale_parts(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{pm.DOWNLOAD_PART}{host}-\u00b2-x"]
+    out = capsys.readouterr().out
+    assert f"left {tmp_path / pm.DOWNLOAD_PART}{host}-\u00b2-x: a download's folder that names no process" in out
+    assert f"removed {tmp_path / pm.DOWNLOAD_PART}{host}-99999999999999999999-x, the folder of a download" in out
+
+
 def download_killed(folder: Path, pid: Path) -> int:
     """The pid of the child of a download into `folder` whose process was killed (kill -9) once the child had
     written its pid to `pid`."""
