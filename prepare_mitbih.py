@@ -1465,7 +1465,7 @@ def same_folder(held: object, data_dir: Path) -> bool:
     """Whether a held meta.json's data_dir is `data_dir`: its records, whatever they say, are this database's."""
     try:
         return isinstance(held, str) and bool(held) and Path(held).resolve() == data_dir.resolve()
-    except OSError:
+    except (OSError, ValueError):       # ValueError: a NUL in a meta.json edited by hand
         return False
 
 

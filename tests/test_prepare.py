@@ -1935,6 +1935,8 @@ def test_another_database_with_records_of_the_same_names_is_not_prepared_over_it
     pm.check_other_database(held, ["100", "101"], tmp_path / "rate")                # its own folder, whatever it says
     (held / "meta.json").write_text(json.dumps({**meta, "records": {n: {"beats": 1} for n in meta["records"]}}))
     pm.check_other_database(held, ["100", "101"], tmp_path / "rate")                # without the fields: by names
+    (held / "meta.json").write_text(json.dumps({**meta, "data_dir": "mitdb\0"}))     # NUL: no folder, no ValueError
+    pm.check_other_database(held, ["100", "101"], tmp_path / "mitdb")
 
 
 def test_a_held_out_split_emptied_by_records_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
