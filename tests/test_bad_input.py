@@ -434,6 +434,32 @@ def test_a_download_folder_whose_pid_no_process_can_have_fails_no_download(tmp_p
     assert f"removed {tmp_path / pm.DOWNLOAD_PART}{host}-99999999999999999999-x, the folder of a download" in out
 
 
+def test_a_download_folder_is_told_by_its_last_two_dashes_and_only_a_dead_pid_of_a_folder_goes(tmp_path, monkeypatch,
+                                                                                              capsys):
+    """A host name has dashes and dots ('my-host.local'): the pid and the random part are the last two. Pid 0 (the
+    process group to os.kill) names no process, a file of a folder's name is none, and a pid of another user's
+    process (EPERM) is alive: none of those is removed."""
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    ended.wait()
+    monkeypatch.setattr(pm.socket, "gethostname", lambda: "my-host.local")
+    for name in (f"my-host.local-{ended.pid}-x", f"my-host-{ended.pid}-x", "my-host.local-0-x"):
+        (tmp_path / f"{pm.DOWNLOAD_PART}{name}").mkdir()
+    (tmp_path / f"{pm.DOWNLOAD_PART}my-host.local-{ended.pid}-file").write_text("")
+    pm.remove_stale_parts(tmp_path)
+    assert sorted(p.name[len(pm.DOWNLOAD_PART):] for p in tmp_path.iterdir()) == [
+        "my-host-" f"{ended.pid}-x", "my-host.local-0-x", f"my-host.local-{ended.pid}-file"]
+    out = capsys.readouterr().out
+    assert f"removed {tmp_path / pm.DOWNLOAD_PART}my-host.local-{ended.pid}-x, the folder" in out
+    assert f"{pm.DOWNLOAD_PART}my-host-{ended.pid}-x: a download's folder of host my-host," in out
+    assert f"{pm.DOWNLOAD_PART}my-host.local-0-x: a download's folder that names no process" in out
+    assert "-file" not in out
+
+    def not_yours(pid: int, sig: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(pm.os, "kill", not_yours)
+    assert pm.alive(ended.pid)
+
+
 def download_killed(folder: Path, pid: Path) -> int:
     """The pid of the child of a download into `folder` whose process was killed (kill -9) once the child had
     written its pid to `pid`."""
@@ -517,6 +543,21 @@ def test_a_download_whose_process_ended_is_not_given_up_while_its_output_drains(
     physionet("forked", hold_s=1.5)
     monkeypatch.setattr(pm, "STALL_LIMIT", 0.5)
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
+
+
+def test_a_download_whose_process_ended_before_it_fetched_fails_by_its_exit_not_its_start(tmp_path, monkeypatch,
+                                                                                          physionet):
+    """A child that ended before it fetched is not timed out past START_LIMIT while a process it started holds its
+    stdout: it failed, and says how (its exit status), not that an import hung. Its start (wfdb's imports, a second)
+    within the limit, the holder outlasts it."""
+    physionet("bring")
+    (tmp_path / "ends_early.py").write_text("import os, time\nif os.fork() == 0:\n    time.sleep(3.5)\n"
+                                            "    os._exit(0)\nos._exit(3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(pm, "FETCH", "ends_early:bring")
+    monkeypatch.setattr(pm, "START_LIMIT", 3.0)
+    with pytest.raises(UserError, match=r"failed \(RuntimeError: its process ended with exit status 3\)"):
+        pm.find_records(tmp_path / "mitdb", download=True)
 
 
 def test_a_download_killed_by_a_signal_fails_by_name(tmp_path, physionet):
