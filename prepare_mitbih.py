@@ -894,17 +894,23 @@ def channel_header(path: Path, header: wfdb.Record) -> wfdb.Record:
 def lead_bits(path: Path, leads: list[str]) -> list[int] | None:
     """Bits per sample of each of `leads` as record `path` stores them: its header's ADC resolution when given,
     else its signal format's (wfdb's table: 212 holds 12, 16 holds 16, 310 holds 10...); None when neither says.
-    Compression ratios count these against the records, not MIT-BIH's 11 bits for every database."""
+    Compression ratios count these against the records, not MIT-BIH's 11 bits for every database. Two channels of
+    one name are its leads in turn: two 'ECG' (or unnamed) leads in 16 and 212 were both counted at 16 bits."""
     from wfdb.io._signal import BIT_RES
 
     header = channel_header(path, wfdb_header(path))
     names = list(header.sig_name or [])
     res = list(header.adc_res or [None] * len(names))
     fmts = list(header.fmt or [None] * len(names))
-    bits = {n: r if isinstance(r, numbers.Integral) and r > 0 else BIT_RES.get(str(f))
-            for n, r, f in reversed(list(zip(names, res, fmts)))}     # a name given twice: its first channel
-    found = [bits.get(lead) for lead in leads]
-    return None if None in found else [int(b) for b in found]
+    bits = [r if isinstance(r, numbers.Integral) and r > 0 else BIT_RES.get(str(f)) for r, f in zip(res, fmts)]
+    free, found = list(range(len(names))), []     # a name given twice (two 'ECG', two unnamed: None): in turn
+    for lead in leads:
+        i = next((i for i in free if names[i] == lead), None)
+        if i is None or bits[i] is None:
+            return None
+        free.remove(i)
+        found.append(int(bits[i]))
+    return found
 
 
 def channels(header: wfdb.Record) -> tuple[list[str], list[str | None]]:

@@ -1965,6 +1965,11 @@ def test_a_leads_bits_are_its_headers_adc_resolution_else_its_formats(tmp_path: 
         (tmp_path / "own.hea").write_text("\n".join([lines[0].replace("f212", "own"), *signals]) + "\n")
         assert pm.lead_bits(tmp_path / "own", ["V1", "MLII"]) == bits
     assert pm.lead_bits(tmp_path / "f16", ["MLII", "V5"]) is None                 # no such lead
+    (tmp_path / "twice.hea").write_text("twice 3 360 4320\nf.dat 16 200/mV 0 0 0 0 0 ECG\nf.dat 16 200/mV 12 0 0 0 0 "
+                                        "ECG\ng.dat 80 200/mV 0 0 0 0 0\n")       # two named alike, one unnamed
+    assert pm.lead_bits(tmp_path / "twice", ["ECG", "ECG"]) == [16, 12]
+    assert pm.lead_bits(tmp_path / "twice", [None, "ECG"]) == [8, 16]
+    assert pm.lead_bits(tmp_path / "twice", ["ECG", "ECG", "ECG"]) is None
     write_variable_layout(tmp_path, [["mV", "mmHg", "NU", "mV"]])                 # its layout's ADC resolution
     assert pm.lead_bits(tmp_path / "v", ["II", "V"]) == [16, 16]
     (tmp_path / "v_layout.hea").write_text("v_layout 4 125 0\n~ 0 200/mV 0 0 0 0 0 II\n~ 0 100/mmHg 0 0 0 0 0 AOBP\n"
