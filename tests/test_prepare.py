@@ -1983,6 +1983,19 @@ def test_the_mitbih_headers_give_11_bits(mitdb: Path) -> None:
             for r in MITBIH_48} == {(11, 11)}
 
 
+def test_meta_json_keeps_the_bits_of_lead_1_then_lead_2_whatever_order_the_header_gives(tmp_path: Path) -> None:
+    """meta.json's bits follow its leads (MLII, V1), not the header's order of the channels (V1 stored first)."""
+    for name in ("100", "101"):
+        hea = write_record(tmp_path / "db", name, seconds=12, leads=("V1", "MLII")).with_suffix(".hea")
+        lines = [ln.split() for ln in hea.read_text().splitlines()]
+        lines[1][3], lines[2][3] = "10", "11"         # ADC resolutions: V1 10 bits, MLII 11
+        hea.write_text("".join(" ".join(ln) + "\n" for ln in lines))
+    meta = pm.prepare(make_cfg(test_records=["100"], validation_records=[]), tmp_path / "db", tmp_path / "out",
+                      download=False)
+    assert {n: (r["leads"], r["bits"]) for n, r in meta["records"].items()} == {
+        n: (["MLII", "V1"], [11, 10]) for n in ("100", "101")}
+
+
 def test_meta_json_keeps_each_leads_bits_and_their_mean_weighs_each_records_rate(prepared, tmp_path: Path) -> None:
     """meta.json's records keep each lead's bits (the synthetic records: format 212, 12 bits); source_bits weighs
     each record's by its rate, so source_fs x it is the records' mean bit rate, and is None for a meta.json
