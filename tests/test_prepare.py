@@ -1939,6 +1939,27 @@ def test_another_database_with_records_of_the_same_names_is_not_prepared_over_it
     pm.check_other_database(held, ["100", "101"], tmp_path / "mitdb")
 
 
+def test_a_records_length_is_told_apart_beyond_a_second_or_a_hundredth_and_a_header_saying_too_little_is_alike(
+        tmp_path: Path) -> None:
+    """record_difference holds lengths to a second (a short record's resampling rounds) or 1 % (a long one's), and
+    takes a header without a length, or one wfdb cannot read, for the same recording: it cannot tell."""
+    def header(samples: str) -> None:
+        (tmp_path / "r.hea").write_text(f"r 2 360 {samples}\nr.dat 212 200 11 1024 0 0 0 MLII\n"
+                                        f"r.dat 212 200 11 1024 0 0 0 V1\n")
+
+    def held(seconds: float) -> dict:
+        return {"fs_in": 360.0, "leads": ["MLII", "V1"], "seconds": seconds}
+
+    for seconds, here, why in ((12.0, 12.5, ""), (12.0, 13.5, "r of 13.5 s, not 12.0 s"), (1800.0, 1817.0, ""),
+                               (1800.0, 1830.0, "r of 1830.0 s, not 1800.0 s")):
+        header(str(round(here * 360)))
+        assert pm.record_difference("r", held(seconds), tmp_path) == why
+    header("")
+    assert pm.record_difference("r", held(12.0), tmp_path) == ""
+    (tmp_path / "r.hea").write_text("r two\n")        # wfdb: invalid syntax in record line
+    assert pm.record_difference("r", held(12.0), tmp_path) == ""
+
+
 def test_a_held_out_split_emptied_by_records_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """--records leaving out MIT-BIH's validation records warned 'no validation records among the 2 in DIR (the
     defaults are MIT-BIH's); list this database's held-out patients in config': the config was fine."""
