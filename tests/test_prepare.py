@@ -1252,6 +1252,11 @@ def test_leads_asked_by_name_are_read_and_refused_by_name(tmp_path):
         pm.read_record(path, cfg, annotator=None, leads=("V1", "v-1"))
     with pytest.raises(UserError, match="--leads takes two channel names, lead 1 then lead 2, got 'II' '-'"):
         pm.read_record(path, cfg, annotator=None, leads=("II", "-"))
+    with pytest.raises(UserError, match="--leads takes two channel names, lead 1 then lead 2, got 'II' 'V1' 'V2'"):
+        pm.asked_leads(["II", "V1", "V2"])
+    off = twelve_leads(tmp_path, "off", ("II",))        # a lead asked for is read, off or not: said, not replaced
+    with pytest.raises(UserError, match=re.escape(f"{off}: lead II holds one value throughout")):
+        pm.read_record(off, cfg, annotator=None, leads=("II", "V1"))
 
 
 def test_a_lead_off_throughout_is_passed_over_for_the_next_one(tmp_path, capsys):
