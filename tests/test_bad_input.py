@@ -548,14 +548,14 @@ def test_a_download_whose_process_ended_is_not_given_up_while_its_output_drains(
 def test_a_download_whose_process_ended_before_it_fetched_fails_by_its_exit_not_its_start(tmp_path, monkeypatch,
                                                                                           physionet):
     """A child that ended before it fetched is not timed out past START_LIMIT while a process it started holds its
-    stdout: it failed, and says how (its exit status), not that an import hung. Its start (wfdb's imports, a second)
-    within the limit, the holder outlasts it."""
+    stdout: it failed, and says how (its exit status), not that an import hung. Its start (torch's and wfdb's imports,
+    a second or two, more on a loaded machine) well within the limit, the holder outlasts it."""
     physionet("bring")
-    (tmp_path / "ends_early.py").write_text("import os, time\nif os.fork() == 0:\n    time.sleep(3.5)\n"
+    (tmp_path / "ends_early.py").write_text("import os, time\nif os.fork() == 0:\n    time.sleep(9)\n"
                                             "    os._exit(0)\nos._exit(3)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(pm, "FETCH", "ends_early:bring")
-    monkeypatch.setattr(pm, "START_LIMIT", 3.0)
+    monkeypatch.setattr(pm, "START_LIMIT", 8.0)
     with pytest.raises(UserError, match=r"failed \(RuntimeError: its process ended with exit status 3\)"):
         pm.find_records(tmp_path / "mitdb", download=True)
 
