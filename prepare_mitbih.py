@@ -43,7 +43,7 @@ from tqdm import tqdm
 import paths
 import running
 from hyper_params import PREPARATION, AugmentConfig, Config, DataConfig, build_section, data_hash, load_config
-from hyper_params import lead_key as _lead_key     # how lead names compare, the config's as the records'
+from hyper_params import lead_key     # how lead names compare, the config's as the records'
 from paths import UserError
 
 if TYPE_CHECKING:
@@ -664,14 +664,14 @@ def order_leads(names: list[str], first: str, where: str, units: list[str | None
     ecg = ecg_channels(names, list(units or [None] * len(names)), where)
     live = [i for i in ecg if i not in off]
     ecg = live if len(live) >= 2 else ecg
-    keys = {i: _lead_key(names[i]) for i in ecg}
-    named = ([i for i in ecg if names[i] == second] or [i for i in ecg if keys[i] == _lead_key(second)]
+    keys = {i: lead_key(names[i]) for i in ecg}
+    named = ([i for i in ecg if names[i] == second] or [i for i in ecg if keys[i] == lead_key(second)]
              if second else [])
     if named:
         only_channel(named[0], ecg, keys, names, "lead 2", where)
     rest = [i for i in ecg if i not in named[:1]]
     choices = [[i for i in rest if names[i] == first]]
-    choices += [[i for i in rest if keys[i] in group] for group in [(_lead_key(first),), *LEAD_PREFERENCE]]
+    choices += [[i for i in rest if keys[i] in group] for group in [(lead_key(first),), *LEAD_PREFERENCE]]
     lead1 = next((found[0] for found in choices if found), None)
     if lead1 is None:      # V1 is lead 2's (the models' second lead), so it leads only a record of V1 and nothing else
         lead1 = next((i for i in rest if chest_rank(keys[i]) != 1), rest[0])
@@ -690,28 +690,28 @@ def order_leads(names: list[str], first: str, where: str, units: list[str | None
 
 def asked_leads(leads: Sequence[str] | None) -> tuple[str, str] | None:
     """--leads LEAD1 LEAD2 (forecast.py, evaluate.py) checked before any record is read: two names of two leads
-    (by _lead_key), or None. Refused per record instead, the same lead twice would skip every record of
+    (by lead_key), or None. Refused per record instead, the same lead twice would skip every record of
     evaluate.py's folder one by one."""
     if leads is None:
         return None
-    if len(leads) != 2 or not all(_lead_key(name) for name in leads):
+    if len(leads) != 2 or not all(lead_key(name) for name in leads):
         raise UserError(f"--leads takes two channel names, lead 1 then lead 2, got {' '.join(map(repr, leads))}")
-    if _lead_key(leads[0]) == _lead_key(leads[1]):
-        raise UserError(f"--leads {leads[0]} {leads[1]} names lead {_lead_key(leads[0])} twice: lead 1 and lead 2 "
+    if lead_key(leads[0]) == lead_key(leads[1]):
+        raise UserError(f"--leads {leads[0]} {leads[1]} names lead {lead_key(leads[0])} twice: lead 1 and lead 2 "
                         f"are two channels")
     return leads[0], leads[1]
 
 
 def named_leads(names: list[str], leads: Sequence[str], where: str, units: list[str | None]) -> list[int]:
     """Channel indices [lead 1, lead 2] of the two leads `leads` names (--leads), each matched as order_leads matches
-    `first`: its exact name, else by _lead_key ('Lead II', 'ii' -> II). A channel in units other than ECG's is
+    `first`: its exact name, else by lead_key ('Lead II', 'ii' -> II). A channel in units other than ECG's is
     refused as ecg_channels refuses it; one named like another signal (not_ecg) is taken, since it was asked for (an
     abdominal lead, 'Abdomen_1', reads as ABD)."""
     asked_leads(leads)         # two names, not one lead twice
-    keys = {i: _lead_key(name) for i, name in enumerate(names)}
+    keys = {i: lead_key(name) for i, name in enumerate(names)}
     order = []
     for role, lead in zip(("lead 1", "lead 2"), leads):
-        found = [i for i, name in enumerate(names) if name == lead] or [i for i in keys if keys[i] == _lead_key(lead)]
+        found = [i for i, name in enumerate(names) if name == lead] or [i for i in keys if keys[i] == lead_key(lead)]
         if not found:
             raise UserError(f"{where}: no channel is {lead} (--leads' {role}); its channels are "
                             f"{', '.join(map(str, names))}")
@@ -725,7 +725,7 @@ def named_leads(names: list[str], leads: Sequence[str], where: str, units: list[
 
 
 def chest_rank(key: str) -> int:
-    """Lead 2's preference of a lead by its _lead_key: V1 (1), the chest leads after it (2 to 9), an unnumbered V
+    """Lead 2's preference of a lead by its lead_key: V1 (1), the chest leads after it (2 to 9), an unnumbered V
     (10), then any other lead (11); a Holter's modified chest leads (MCL1, MV2, CM5) rank as the lead they stand
     for. Lead 2 was the first other channel, so a 12-lead record without V1 (or with V1 off) fed the models lead I
     beside lead II, a limb lead where they learnt from chest leads only."""
@@ -1381,7 +1381,7 @@ def check_config_leads(data_dir: Path, names: list[str], first: str, second: str
             continue        # a bad record, named as such when the records are read
         leads.update((str(c), None) for c, u in zip(channels, units) if mv_per_unit(u) is not None)
     for key, lead in asked.items():
-        if leads and not any(_lead_key(c) == _lead_key(lead) for c in leads):
+        if leads and not any(lead_key(c) == lead_key(lead) for c in leads):
             raise UserError(f"config key 'data.{key}' is {lead!r}, a lead none of the records in {data_dir} has "
                             f"(they have {', '.join(leads)})")
 
