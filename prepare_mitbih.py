@@ -224,7 +224,7 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_parts(data_dir)
-        owner = f"{DOWNLOAD_PART}{socket.gethostname()}-{os.getpid()}-"
+        owner = f"{DOWNLOAD_PART}{process_space()}-{os.getpid()}-"
         part = Path(tempfile.mkdtemp(prefix=owner, dir=data_dir))
         import wfdb
         url = wfdb.io.download.config.db_index_url
@@ -252,21 +252,33 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
 def remove_stale_parts(data_dir: Path) -> None:
     """The download folders in data_dir whose process is gone removed, each said in a line: a download killed with
     kill -9 (or a machine's crash) left its folder, which every run then passed over, there for ever (MIT-BIH is
-    100 MB). Only those whose name says this host and a pid no process has: a live download's (another run's now;
-    a pid reused counts as live) stays, and so do one of another host, whose processes this one cannot see, and one
-    whose name says no owner (made before names did), each said in a line for the user to judge."""
-    host = socket.gethostname()
+    100 MB). Only those whose name says this process_space and a pid no process has: a live download's (another
+    run's now; a pid reused counts as live) stays, and so do one of another host or container, whose processes this
+    one cannot see, and one whose name says no owner (made before names did), each said in a line for the user to
+    judge."""
+    space = process_space()
     for part in sorted(p for p in data_dir.glob(f"{DOWNLOAD_PART}*") if p.is_dir()):
         name, pid, _ = (part.name[len(DOWNLOAD_PART):].rsplit("-", 2) + ["", ""])[:3]
         if not (pid.isascii() and pid.isdigit()) or int(pid) <= 0:     # '²' is a digit int() refuses
             print(f"left {part}: a download's folder that names no process; remove it if no download runs there")
-        elif name != host:
-            print(f"left {part}: a download's folder of host {name}, whose processes this one cannot see; remove it if "
-                  f"no download runs there")
+        elif name != space:
+            print(f"left {part}: a download's folder of {name}, another host or container, whose processes this one "
+                  f"cannot see; remove it if no download runs there")
         elif not alive(int(pid)):
             shutil.rmtree(part, ignore_errors=True)
             done = "cannot remove" if part.exists() else "removed"
             print(f"{done} {part}, the folder of a download whose process ({pid}) is gone")
+
+
+def process_space() -> str:
+    """Whose pids a download folder's pid is: the host's name and, where Linux shows it, its pid namespace
+    ('HOST~INODE'). Containers given one host name (host networking) each have pids of their own, and one took
+    another's live download, its pid free here, for one killed."""
+    host = socket.gethostname()
+    try:
+        return f"{host}~{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return host
 
 
 def alive(pid: int) -> bool:

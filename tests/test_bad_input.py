@@ -392,7 +392,7 @@ def test_the_folder_of_a_download_killed_goes_at_the_next(tmp_path, physionet, c
     The next download removes it, and says so."""
     assert gone_within(download_killed(tmp_path / "mitdb", physionet("stall")), 5.0)     # nothing more comes in
     [part] = (tmp_path / "mitdb").iterdir()
-    assert part.name.startswith(f"{pm.DOWNLOAD_PART}{socket.gethostname()}-")
+    assert part.name.startswith(f"{pm.DOWNLOAD_PART}{pm.process_space()}-")
     physionet("bring")
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
     assert not part.exists() and not list((tmp_path / "mitdb").glob(".*"))
@@ -401,12 +401,14 @@ def test_the_folder_of_a_download_killed_goes_at_the_next(tmp_path, physionet, c
 
 def test_the_folders_of_live_downloads_and_of_no_known_owner_stay(tmp_path, physionet, capsys):
     """Only a download folder of this host whose process is gone is removed: another run's download now (here this
-    process's), one of another host and one whose name says no owner stay, the two the next download cannot judge
-    said in a line."""
+    process's), one of another host, one of another container of this host's name (another pid namespace) and one
+    whose name says no owner stay, the three the next download cannot judge said in a line."""
     ended = subprocess.Popen([sys.executable, "-c", ""])
     ended.wait()
-    host, data = socket.gethostname(), tmp_path / "mitdb"
-    names = [f"{host}-{ended.pid}-dead", f"{host}-{os.getpid()}-live", f"elsewhere-{ended.pid}-far", "abc_123"]
+    space, data = pm.process_space(), tmp_path / "mitdb"
+    assert space.startswith(f"{socket.gethostname()}~")      # Linux: the pid namespace is known
+    names = [f"{space}-{ended.pid}-dead", f"{space}-{os.getpid()}-live", f"elsewhere-{ended.pid}-far", "abc_123",
+             f"{socket.gethostname()}~1-{ended.pid}-boxed"]
     for name in names:
         (data / f"{pm.DOWNLOAD_PART}{name}").mkdir(parents=True)
         (data / f"{pm.DOWNLOAD_PART}{name}" / "100.dat").write_bytes(bytes(10))
@@ -415,8 +417,9 @@ def test_the_folders_of_live_downloads_and_of_no_known_owner_stay(tmp_path, phys
     assert sorted(p.name for p in data.glob(".*")) == sorted(f"{pm.DOWNLOAD_PART}{n}" for n in names[1:])
     out = capsys.readouterr().out
     assert f"removed {data / pm.DOWNLOAD_PART}{names[0]}, the folder of a download whose process ({ended.pid})" in out
-    assert f"left {data / pm.DOWNLOAD_PART}{names[2]}: a download's folder of host elsewhere" in out
+    assert f"left {data / pm.DOWNLOAD_PART}{names[2]}: a download's folder of elsewhere, another host or" in out
     assert f"left {data / pm.DOWNLOAD_PART}{names[3]}: a download's folder that names no process" in out
+    assert f"left {data / pm.DOWNLOAD_PART}{names[4]}: a download's folder of {socket.gethostname()}~1, another" in out
     assert names[1] not in out
 
 
@@ -424,7 +427,7 @@ def test_a_download_folder_whose_pid_no_process_can_have_fails_no_download(tmp_p
     """A pid str.isdigit takes but int() refuses ('²') or beyond the system's pid_t stopped remove_stale_parts in a
     ValueError or OverflowError, and every download failed until the folder went: the first names no process (left,
     said), the second names none alive (removed)."""
-    host = socket.gethostname()
+    host = pm.process_space()
     for name in (f"{host}-\u00b2-x", f"{host}-99999999999999999999-x"):
         (tmp_path / f"{pm.DOWNLOAD_PART}{name}").mkdir()
     pm.remove_stale_parts(tmp_path)
@@ -441,7 +444,7 @@ def test_a_download_folder_is_told_by_its_last_two_dashes_and_only_a_dead_pid_of
     process (EPERM) is alive: none of those is removed."""
     ended = subprocess.Popen([sys.executable, "-c", ""])
     ended.wait()
-    monkeypatch.setattr(pm.socket, "gethostname", lambda: "my-host.local")
+    monkeypatch.setattr(pm, "process_space", lambda: "my-host.local")
     for name in (f"my-host.local-{ended.pid}-x", f"my-host-{ended.pid}-x", "my-host.local-0-x"):
         (tmp_path / f"{pm.DOWNLOAD_PART}{name}").mkdir()
     (tmp_path / f"{pm.DOWNLOAD_PART}my-host.local-{ended.pid}-file").write_text("")
@@ -450,7 +453,7 @@ def test_a_download_folder_is_told_by_its_last_two_dashes_and_only_a_dead_pid_of
         "my-host-" f"{ended.pid}-x", "my-host.local-0-x", f"my-host.local-{ended.pid}-file"]
     out = capsys.readouterr().out
     assert f"removed {tmp_path / pm.DOWNLOAD_PART}my-host.local-{ended.pid}-x, the folder" in out
-    assert f"{pm.DOWNLOAD_PART}my-host-{ended.pid}-x: a download's folder of host my-host," in out
+    assert f"{pm.DOWNLOAD_PART}my-host-{ended.pid}-x: a download's folder of my-host, another host" in out
     assert f"{pm.DOWNLOAD_PART}my-host.local-0-x: a download's folder that names no process" in out
     assert "-file" not in out
 
