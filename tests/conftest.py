@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import io
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
+import traceback
 from pathlib import Path
 
 # tqdm takes a TQDM_* variable (TQDM_DISABLE=1, kept in many a CI config) as the default of that argument once, on
@@ -283,8 +284,18 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "ignore:The inplace keyword:Warning")
 
 
+def _stacks(interrupted) -> str:
+    """Every thread's stack, where each waits (the hang may be in another one), this one's from the `interrupted`
+    frame; faulthandler's dump needs a file descriptor, which --capture=sys's stderr has not (it raised
+    UnsupportedOperation instead of the timeout)."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    frames = {**sys._current_frames(), threading.get_ident(): interrupted}
+    return "\n".join(f"thread {names.get(ident, ident)} (most recent call last):\n" + "".join(traceback.format_stack(f))
+                     for ident, f in frames.items())
+
+
 def _timed_out(signum, frame):
-    faulthandler.dump_traceback(all_threads=True)      # where every thread waits: the hang may be in another one
+    print(_stacks(frame), file=sys.stderr)
     raise TimeoutError(f"this test phase took over {TEST_TIMEOUT_S:g} s (tests/conftest.py TEST_TIMEOUT_S, "
                        f"ECG_TEST_TIMEOUT to change it)")
 

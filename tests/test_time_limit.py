@@ -42,6 +42,16 @@ def test_a_phase_over_the_limit_fails_and_the_run_goes_on(tmp_path):
     assert "in test_sleeps" in run.stdout          # every thread's stack, in the failed test's captured stderr
 
 
+def test_the_stacks_are_shown_whatever_captures_stderr(tmp_path):
+    """faulthandler's dump of the stacks needs a file descriptor: under --capture=sys (or tee-sys) the limit raised
+    io.UnsupportedOperation: fileno, and showed no stack."""
+    for capture in ("sys", "tee-sys", "no"):
+        run = run_pytest(tmp_path, "test_hangs.py::test_waits_in_a_thread", f"--capture={capture}")
+        assert "TimeoutError: this test phase took over 1 s" in run.stdout, run.stdout + run.stderr
+        shown = run.stdout + run.stderr     # the captured stderr's section, or the terminal's
+        assert "thread MainThread" in shown and "in test_waits_in_a_thread" in shown and "thread Thread-1" in shown
+
+
 def test_a_hang_deaf_to_the_alarm_ends_the_run_naming_it(tmp_path):
     run = run_pytest(tmp_path, "test_hangs.py::test_deaf", "-o", "faulthandler_timeout=2")
     assert run.returncode != 0
