@@ -324,7 +324,7 @@ def test_draft_bias_tilts_sampling_towards_the_draft() -> None:
     assert (tilted - logits).abs().sum() == 3.0
 
 
-@pytest.mark.parametrize("temperature, bias", [(2e38, 2.0), (float("inf"), 2.0), (0.9, float("inf")),
+@pytest.mark.parametrize("temperature, bias", [(2e38, 2.0), (2e38, -2.0), (float("inf"), 2.0), (0.9, float("inf")),
                                                (0.0, float("inf"))])
 def test_a_draft_bias_times_temperature_beyond_float32_is_refused_by_name(temperature: float, bias: float) -> None:
     """The bias enters as bias * temperature before the temperature divides the logits: beyond float32 it stopped in
@@ -342,6 +342,21 @@ def test_a_draft_bias_times_temperature_beyond_float32_is_refused_by_name(temper
     out = gpt.generate(ctx, 7, temperature=1.7e38, generator=gen, num_samples=300, draft=draft, draft_bias=2.0)
     taken = float((out == draft.repeat_interleave(300, 0)[:, 5:]).float().mean())
     assert abs(taken - math.exp(2) / (math.exp(2) + 7)) < 0.03
+    most = torch.finfo(torch.float32).max          # float32's largest is still a number: the draft codes, always
+    assert torch.equal(gpt.generate(ctx, 7, temperature=1.0, draft=draft, draft_bias=most), draft[:, 5:])
+
+
+def test_a_draft_tilt_is_held_to_the_dtype_of_half_precision_logits() -> None:
+    """Under autocast the logits are float16: bias 100 at temperature 1000 (1e5, beyond its 65504) is refused by the
+    float16 bound, as float32's would let masked_fill stop in its overflow; 60000 is a number, the draft codes."""
+    torch.manual_seed(0)
+    gpt = CodeGPT(codebook_size=8, block_size=12, dim=16, layers=1, heads=2, draft=True).eval()
+    ctx, draft = torch.randint(0, 8, (2, 5)), torch.randint(0, 8, (2, 12))
+    draft[:, :5] = -1
+    with torch.autocast("cpu", dtype=torch.float16):
+        with pytest.raises(ValueError, match=r"= 100000 before .* no finite float16 \(at most 65504\)"):
+            gpt.generate(ctx, 7, temperature=1000.0, draft=draft, draft_bias=100.0)
+        assert torch.equal(gpt.generate(ctx, 7, temperature=1.0, draft=draft, draft_bias=60000.0), draft[:, 5:])
 
 
 @pytest.mark.parametrize("default", [torch.float16, torch.bfloat16])
