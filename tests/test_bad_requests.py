@@ -526,6 +526,8 @@ def test_forecast_py_leads_forecasts_the_channels_named(tmp_path):
         forecast.main([*base, "--record", str(path), "--leads", "II", "V7"])
     with pytest.raises(UserError, match="--leads II ii names lead II twice"):
         forecast.main([*base, "--record", str(tmp_path / "none"), "--leads", "II", "ii"])
+    with pytest.raises(UserError, match="--leads II ii names lead II twice"):     # before the model loads
+        forecast.main([*base, "--checkpoint", str(tmp_path / "none.pt"), "--record", str(path), "--leads", "II", "ii"])
 
 
 class TrainedOnV5(forecast.ForecasterBase):

@@ -109,6 +109,9 @@ def test_wfdb_dir_leads_scores_the_channels_named_and_the_report_names_them(tmp_
     assert f"- c: {db / 'c'}: no channel is II (--leads' lead 1); its channels are MLII, V1" in report
     with pytest.raises(UserError, match="--leads II V5 chooses the channels read from records of --wfdb-dir"):
         evaluate.main(["--model", "zero", "--leads", "II", "V5", "--results", str(tmp_path / "results")])
+    with pytest.raises(UserError, match="^--leads II ii names lead II twice"):   # at once, not once a record
+        evaluate.main(["--model", "zero", "--wfdb-dir", str(db), "--leads", "II", "ii", "--results",
+                       str(tmp_path / "results")])
 
 
 def test_a_window_scores_the_same_whatever_else_is_evaluated(db250, tmp_path):
