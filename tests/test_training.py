@@ -1789,6 +1789,16 @@ def test_compression_line_gives_the_bit_rate(tmp_path: Path, synthetic_db: Path,
     assert line.endswith(f"against 64 Hz samples), {bits} bit/s") and "against the 360 Hz 12-bit records" in line
 
 
+def test_compression_line_says_when_the_records_bits_are_assumed(tmp_path: Path, synthetic_db: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A meta.json prepared before it kept the records' bits: MIT-BIH's 11 are counted, and the line says so."""
+    setup = tiny_setup(tmp_path, synthetic_db)
+    cfg = load_config(setup["config"])
+    monkeypatch.setattr(vqvae_train, "source_bits", lambda records, prepared: None)
+    line = vqvae_train.compression_line(VQVAE(cfg.model), cfg, ["102"], setup["prepared"])
+    assert "against the 360 Hz 11-bit (assumed) records" in line and line.endswith("80 bit/s")
+
+
 @pytest.mark.parametrize("losses, val_offset, scale", [([2.0, 0.5, 0.1], 0.1, "log"), ([2.0, -0.5, -1.5], 0.1, "linear"),
                                                        ([2.0, 0.5, 0.1], -0.2, "linear"), ([6.6, 6.0, 5.7], 0.1, "linear")])
 def test_loss_curves_keep_every_epoch_of_a_loss_below_zero(tmp_path: Path, monkeypatch, losses, val_offset,
