@@ -1,12 +1,30 @@
 """The suite's time limits (conftest.time_limit, pytest.ini): a hang fails its test or ends the run, naming it."""
 import re
+import signal
 import subprocess
 import sys
 
-from conftest import ROOT, TEST_TIMEOUT_S
+from conftest import ROOT, TEST_TIMEOUT_S, time_limit
 
 HANGS = '''
 import signal, threading, time
+
+import pytest
+
+@pytest.fixture
+def hangs_in_setup():
+    time.sleep(60)
+
+@pytest.fixture
+def hangs_in_teardown():
+    yield
+    time.sleep(60)
+
+def test_set_up_for_ever(hangs_in_setup):
+    pass
+
+def test_torn_down_for_ever(hangs_in_teardown):
+    pass
 
 def test_sleeps():
     time.sleep(60)
@@ -50,6 +68,23 @@ def test_a_phase_over_the_limit_fails_and_the_run_goes_on(tmp_path):
     assert "in test_sleeps" in run.stdout          # every thread's stack, in the failed test's captured stderr
 
 
+def test_setup_and_teardown_have_a_limit_of_their_own(tmp_path):
+    run = run_pytest(tmp_path, "test_hangs.py::test_set_up_for_ever", "test_hangs.py::test_torn_down_for_ever")
+    assert "1 passed, 2 errors" in run.stdout, run.stdout + run.stderr
+    assert run.stdout.count("PhaseTimeout: this test phase took over 1 s") == 2
+
+
+def test_a_limit_leaves_no_alarm_and_the_handler_it_found():
+    """A phase's alarm left armed went off later, in pytest's own code between phases or after the last."""
+    def found(signum, frame):
+        pass
+
+    signal.signal(signal.SIGALRM, found)        # this phase's limit's handler is given back by its end
+    with time_limit(50):
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 49 and signal.getsignal(signal.SIGALRM) is not found
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) is found
+
+
 def test_the_stacks_are_shown_whatever_captures_stderr(tmp_path):
     """faulthandler's dump of the stacks needs a file descriptor: under --capture=sys (or tee-sys) the limit raised
     io.UnsupportedOperation: fileno, and showed no stack."""
@@ -58,6 +93,7 @@ def test_the_stacks_are_shown_whatever_captures_stderr(tmp_path):
         assert "PhaseTimeout: this test phase took over 1 s" in run.stdout, run.stdout + run.stderr
         shown = run.stdout + run.stderr     # the captured stderr's section, or the terminal's
         assert "thread MainThread" in shown and "in test_waits_in_a_thread" in shown and "thread Thread-1" in shown
+        assert "in _stacks" not in shown        # the test's stack where the alarm came, not the handler's
 
 
 def test_a_hang_deaf_to_the_alarm_ends_the_run_naming_it(tmp_path):
