@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 import signal
@@ -27,9 +28,24 @@ torch.set_num_threads(1)  # tiny models: one thread is faster and stable when ot
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 MITDB = Path(os.environ.get("MITBIH_DIR") or ROOT.parent / "shared" / "data" / "mitdb").resolve()
+
+
+def timeout_s(text: str | None) -> float:
+    """ECG_TEST_TIMEOUT's seconds (default 300; 0: no limit). -1, nan or inf failed every test in setitimer's 'Invalid
+    argument', 'Invalid value NaN' or 'timestamp out of range', and a word stopped the conftest in float's error, none
+    naming the variable."""
+    try:
+        seconds = float(text or 300)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:     # `not <=`: a NaN is refused too
+        raise ValueError(f"ECG_TEST_TIMEOUT={text}: a test phase's limit takes seconds >= 0 (0: none), e.g. 600")
+    return seconds
+
+
 # A test phase (setup, call or teardown) over this many seconds fails (time_limit; ECG_TEST_TIMEOUT sets another; the
 # slowest takes 16 s): a hang (a download's child, a torchrun rank) hung the suite until CI's limit, naming no test.
-TEST_TIMEOUT_S = float(os.environ.get("ECG_TEST_TIMEOUT") or 300)
+TEST_TIMEOUT_S = timeout_s(os.environ.get("ECG_TEST_TIMEOUT"))
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_LOCALID")
 
 

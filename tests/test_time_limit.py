@@ -4,7 +4,7 @@ import signal
 import subprocess
 import sys
 
-from conftest import ROOT, TEST_TIMEOUT_S, time_limit
+from conftest import ROOT, TEST_TIMEOUT_S, time_limit, timeout_s
 
 HANGS = '''
 import signal, threading, time
@@ -94,6 +94,15 @@ def test_the_stacks_are_shown_whatever_captures_stderr(tmp_path):
         shown = run.stdout + run.stderr     # the captured stderr's section, or the terminal's
         assert "thread MainThread" in shown and "in test_waits_in_a_thread" in shown and "thread Thread-1" in shown
         assert "in _stacks" not in shown        # the test's stack where the alarm came, not the handler's
+
+
+def test_a_limit_of_no_seconds_is_refused_by_name_and_0_is_none(tmp_path):
+    for bad in ("-1", "nan", "inf", "ten"):
+        run = run_pytest(tmp_path, "test_hangs.py::test_quick", timeout=bad)
+        assert run.returncode != 0 and f"ECG_TEST_TIMEOUT={bad}: a test phase's limit takes seconds >= 0" in run.stderr
+    assert timeout_s("0") == 0 and timeout_s(None) == timeout_s("") == 300 and timeout_s("1.5") == 1.5
+    with time_limit(0):
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 def test_a_hang_deaf_to_the_alarm_ends_the_run_naming_it(tmp_path):
