@@ -39,7 +39,7 @@ def timeout_s(text: str | None) -> float:
     except ValueError:
         seconds = math.nan
     if not 0 <= seconds < math.inf:     # `not <=`: a NaN is refused too
-        raise ValueError(f"ECG_TEST_TIMEOUT={text}: a test phase's limit takes seconds >= 0 (0: none), e.g. 600")
+        raise ValueError(f"ECG_TEST_TIMEOUT={text}: a test phase's limit takes seconds >= 0 (0: none), e.g. 120")
     return seconds
 
 
@@ -298,6 +298,12 @@ def pytest_configure(config):
     # wfdb 4.3 passes pandas the inplace= that pandas 3.1 deprecates, on import and on every annotation it reads or
     # header it writes: noise, not ours.
     config.addinivalue_line("filterwarnings", "ignore:The inplace keyword:Warning")
+    # ECG_TEST_TIMEOUT=600 left pytest.ini's 450 s last resort to end the run first, and the alarm never came
+    last = float(config.getini("faulthandler_timeout") or 0)
+    if last and TEST_TIMEOUT_S and not TEST_TIMEOUT_S < last:
+        raise pytest.UsageError(f"ECG_TEST_TIMEOUT={TEST_TIMEOUT_S:g} s is not below faulthandler_timeout={last:g} s "
+                                f"(pytest.ini), which would end the run first: raise that too (-o "
+                                f"faulthandler_timeout=...)")
 
 
 def _stacks(interrupted) -> str:

@@ -4,7 +4,7 @@ import signal
 import subprocess
 import sys
 
-from conftest import ROOT, TEST_TIMEOUT_S, time_limit, timeout_s
+from conftest import ROOT, time_limit, timeout_s
 
 HANGS = '''
 import signal, threading, time
@@ -103,6 +103,10 @@ def test_a_limit_of_no_seconds_is_refused_by_name_and_0_is_none(tmp_path):
     assert timeout_s("0") == 0 and timeout_s(None) == timeout_s("") == 300 and timeout_s("1.5") == 1.5
     with time_limit(0):
         assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    run = run_pytest(tmp_path, "test_hangs.py::test_quick", timeout="500")       # past the last resort's 450 s
+    assert run.returncode != 0 and "ECG_TEST_TIMEOUT=500 s is not below faulthandler_timeout=450 s" in run.stderr
+    assert "passed" in run_pytest(tmp_path, "test_hangs.py::test_quick", "-o", "faulthandler_timeout=600",
+                                  timeout="500").stdout
 
 
 def test_a_hang_deaf_to_the_alarm_ends_the_run_naming_it(tmp_path):
@@ -113,4 +117,4 @@ def test_a_hang_deaf_to_the_alarm_ends_the_run_naming_it(tmp_path):
 
 def test_the_last_resort_comes_after_the_limit(pytestconfig):
     assert pytestconfig.getini("faulthandler_exit_on_timeout") is True
-    assert float(pytestconfig.getini("faulthandler_timeout")) > TEST_TIMEOUT_S
+    assert float(pytestconfig.getini("faulthandler_timeout")) > timeout_s(None)       # whatever ECG_TEST_TIMEOUT is
