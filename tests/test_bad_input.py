@@ -626,7 +626,7 @@ def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypat
         calls.append(target)
         if len(calls) == 8:         # the signals, annotations and 100.hea in: the state a kill here would leave
             with pytest.raises(UserError, match=r"killed while its files were moved in \(.*RECORDS lists 2 records "
-                                                r"with no \.hea, still in \.download-[\w.-]+\): empty the folder and "
+                                                r"with no \.hea, still in \.download-[\w.~-]+\): empty the folder and "
                                                 r"run again"):
                 pm.header_stems(Path(target).parent)
             raise KeyboardInterrupt
