@@ -365,13 +365,29 @@ def checkpoint_file(spec: str) -> Path:
     return Path(m["checkpoint"]) if m and m["checkpoint"] else Path(spec)
 
 
-def preparation_mismatch(model: ForecasterBase, cfg: Config) -> str:
-    """How a model's own data config (if it carries one) differs from the evaluation data's, or ''."""
+LEAD_KEYS = ("first_lead", "second_lead")
+
+
+def preparation_mismatch(model: ForecasterBase, cfg: Config, leads: Sequence[str] | None = None) -> str:
+    """How a model's own data config (if it carries one) differs from the evaluation data's, or ''. With --leads
+    (`leads`) those are the leads read, whatever either config names, so the configs' leads are not compared: a
+    model of II and V5 scored with --leads II V5 was said to be trained on data prepared differently."""
     own = getattr(getattr(model, "cfg", None), "data", None)
-    keys = ("samples_per_second", "filter_band", "filter_order", "first_lead", "second_lead", "input_signal_duration",
-            "forecast_predictions")
+    keys = ("samples_per_second", "filter_band", "filter_order", *([] if leads else LEAD_KEYS),
+            "input_signal_duration", "forecast_predictions")
     return ", ".join(f"{k} {getattr(own, k)!r} vs {getattr(cfg.data, k)!r}" for k in keys
                      if own is not None and getattr(own, k, None) != getattr(cfg.data, k))
+
+
+def lead_hint(model: ForecasterBase, cfg: Config) -> str:
+    """What reads --wfdb-dir's records with the leads a model was trained on, when --config names others: the
+    warning said only that they differed, and the run went on with --config's."""
+    own = model.cfg.data
+    if all(getattr(own, k) == getattr(cfg.data, k) for k in LEAD_KEYS):
+        return ""
+    named = f"--leads {own.first_lead} {own.second_lead}, or " if own.first_lead and own.second_lead else ""
+    return (f"; --wfdb-dir's records were read with --config's leads: pass {named}the config it was trained with "
+            f"as --config to read them as it was trained")
 
 
 def unique_label(label: str, spec: str, taken: dict) -> str:
@@ -1397,10 +1413,11 @@ def check_args(args: argparse.Namespace) -> None:
     args.split = args.split or "test"
 
 
-def build_forecasters(specs: list[str], cfg: Config, device: str | None
+def build_forecasters(specs: list[str], cfg: Config, device: str | None, args: argparse.Namespace | None = None
                       ) -> tuple[dict[str, ForecasterBase], frozenset[str], list[str]]:
     """Every --model by its report label, which of them are baselines, and a warning for each model trained on
-    data prepared otherwise."""
+    data prepared otherwise (`args`: --leads and --wfdb-dir, which choose the leads read)."""
+    leads, wfdb_dir = getattr(args, "leads", None), getattr(args, "wfdb_dir", None)
     forecasters: dict[str, ForecasterBase] = {}
     baselines, cautions = set(), []
     for spec in expand_models(specs):
@@ -1409,8 +1426,9 @@ def build_forecasters(specs: list[str], cfg: Config, device: str | None
         forecasters[label] = f
         if spec in BASELINES:
             baselines.add(label)
-        elif why := preparation_mismatch(f, cfg):
-            cautions.append(f"{label} ({spec}) was trained on data prepared differently: {why}")
+        elif why := preparation_mismatch(f, cfg, leads):
+            cautions.append(f"{label} ({spec}) was trained on data prepared differently (its config's vs --config's): "
+                            f"{why}{lead_hint(f, cfg) if wfdb_dir and not leads else ''}")
     return forecasters, frozenset(baselines), cautions
 
 
@@ -1435,7 +1453,7 @@ def main(argv: list[str] | None = None) -> Path:
     fs, context = cfg.data.samples_per_second, cfg.data.window_samples
     if cfg.data.total_samples <= context:
         raise UserError("config data.forecast_predictions is 0: there is no horizon to forecast")
-    forecasters, baselines, cautions = build_forecasters(args.model, cfg, device)
+    forecasters, baselines, cautions = build_forecasters(args.model, cfg, device, args)
     started.update(checkpoint_digests(args.model, forecasters))     # the weights loaded
     if code := own_code(args.model):
         started["own forecasters"] = code
