@@ -662,8 +662,8 @@ def main(argv: list[str] | None = None) -> dict:
     files = save_forecast(res, args, path, out, run)
     n_paths, steps = res["samples"].shape[:2]     # a deterministic forecaster gives one path whatever --samples asks
     print(f"forecast of {args.record} from {args.start:.15g} s: {running.counted(n_paths, 'sample')} x {steps} "
-          f"samples x 2 leads at {res['fs']} Hz{resampled(res)} in {time.time() - t0:.1f} s ({t_load:.1f} s of it "
-          f"loading the model)")
+          f"samples x 2 leads ({', '.join(res['leads'])}) at {res['fs']} Hz{resampled(res)} in "
+          f"{time.time() - t0:.1f} s ({t_load:.1f} s of it loading the model)")
     truth, gap = truth_cover(res)
     if gap or truth < steps:
         running.note(f"the truth plotted covers {(truth - gap) / res['fs']:g} s of the {steps / res['fs']:g} s "

@@ -417,9 +417,9 @@ def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkp
                  f"the VQ-VAE of {paths.shown(checkpoint)}: record {rec.name}, original vs reconstruction", titles)
     resampled = f", its {rec.fs_in:g} Hz resampled to {fs} Hz" if rec.fs_in != fs else ""
     error, normalised = prd(coded["reconstruction"], windows), prdn(coded["reconstruction"], windows, axis=1)
-    print(f"record {args.record}{resampled}: {running.counted(len(windows), 'window')} of "
-          f"{data.window_samples / fs:g} s from {starts[0]:g} s, reconstructed at PRD {error:.1f}%, "
-          f"PRDN {normalised:.1f}%")
+    print(f"record {args.record} (leads {', '.join(rec.leads)}){resampled}: "
+          f"{running.counted(len(windows), 'window')} of {data.window_samples / fs:g} s from {starts[0]:g} s, "
+          f"reconstructed at PRD {error:.1f}%, PRDN {normalised:.1f}%")
     print(f"codes {list(coded['codes'].shape)}, latents {list(coded['latents'].shape)}: {npz}\nplot: {png}")
     return npz
 

@@ -579,7 +579,7 @@ def test_forecast_from_a_record_with_gaps(tmp_path):
     r = run_script(forecast.main, "forecast.py", ["--checkpoint", str(PRETRAINED), "--record", str(tmp_path / "g"),
                                                   "--start", "8", "--samples", "2", "--out", str(tmp_path / "out")])
     assert r.returncode == 0, r.stderr
-    assert "2 leads at 128 Hz (the record's 360 Hz resampled) in" in r.stdout
+    assert "2 leads (MLII, V1) at 128 Hz (the record's 360 Hz resampled) in" in r.stdout     # the leads read
     samples = np.load(tmp_path / "out" / "g_8s_samples.npy")
     assert samples.shape == (2, 384, 2) and np.isfinite(samples).all()
     saved = json.loads((tmp_path / "out" / "g_8s.json").read_text())

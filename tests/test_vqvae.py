@@ -966,7 +966,8 @@ def test_vqvae_eval_record_saves_the_readme_recipes_codes_and_latents(tiny_check
     record = write_record(tmp_path / "db", "r", seconds=20, fs=250)
     res = code_record(tiny_checkpoint, record, tmp_path, "--start", "2.5", "--seconds", "3")
     assert res.returncode == 0, res.stderr
-    assert "its 250 Hz resampled to 64 Hz: 3 windows of 1 s from 2.5 s, reconstructed at PRD" in res.stdout
+    assert "(leads MLII, V1), its 250 Hz resampled to 64 Hz: 3 windows of 1 s from 2.5 s, reconstructed at PRD" \
+        in res.stdout
     run = next((tmp_path / "results").glob("vqvae_eval-*"))
     assert sorted(p.name for p in run.iterdir()) == ["r_2.5s.npz", "r_2.5s.png"]
     saved = np.load(run / "r_2.5s.npz")             # strings too, without pickles
