@@ -386,8 +386,8 @@ def lead_hint(model: ForecasterBase, cfg: Config) -> str:
     if all(getattr(own, k) == getattr(cfg.data, k) for k in LEAD_KEYS):
         return ""
     named = f"--leads {own.first_lead} {own.second_lead}, or " if own.first_lead and own.second_lead else ""
-    return (f"; --wfdb-dir's records were read with --config's leads: pass {named}the config it was trained with "
-            f"as --config to read them as it was trained")
+    return (f"; --wfdb-dir's records were read with --config's leads: pass {named}the config its VQ-VAE was "
+            f"trained with as --config to read them as it was trained")
 
 
 def unique_label(label: str, spec: str, taken: dict) -> str:

@@ -1114,8 +1114,8 @@ def test_a_model_trained_on_data_prepared_otherwise_is_flagged(key, value):
     assert evaluate.preparation_mismatch(SimpleNamespace(cfg=cfg), cfg) == ""
 
 
-@pytest.mark.parametrize("second,hint", [("V5", "pass --leads II V5, or the config it was trained with as --config"),
-                                         ("", "pass the config it was trained with as --config")])
+@pytest.mark.parametrize("second,hint", [("V5", "pass --leads II V5, or the config its VQ-VAE was trained with"),
+                                         ("", "pass the config its VQ-VAE was trained with")])
 def test_a_model_of_other_leads_is_warned_with_what_reads_its_own(monkeypatch, second, hint):
     """A model trained on II and V5, scored on --wfdb-dir with the default config: the warning said the leads
     differed, not that the records were read with --config's nor what reads them as the model was trained; and
@@ -1128,7 +1128,7 @@ def test_a_model_of_other_leads_is_warned_with_what_reads_its_own(monkeypatch, s
         return " ".join(evaluate.build_forecasters(["mine.pt"], cfg, "cpu", argparse.Namespace(**flags))[2])
     said = caution(leads=None, wfdb_dir="db")
     assert "first_lead 'II' vs 'MLII'" in said and f"--wfdb-dir's records were read with --config's leads: {hint} " \
-        "to read them as it was trained" in said
+        "as --config to read them as it was trained" in said
     assert caution(leads=["II", "V5"], wfdb_dir="db") == ""
     assert "--leads" not in caution(leads=None, wfdb_dir=None)      # a prepared split's leads are its preparation's
     bad_rate = SimpleNamespace(data=dataclasses.replace(own.data, samples_per_second=250))
