@@ -1048,7 +1048,7 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
         if span:
             sampfrom, sampto = source_span(span, float(header.fs), ratio, header.sig_len, margin_s)
         x, fs_in, names, units, flat = _read_leads(path, cfg, sampfrom, sampto, header_units, leads)
-        gap = gap_mask(x, flat, fs_in, names, where, gaps, whole=not sampfrom and sampto is None)
+        gap = gap_mask(x, flat, fs_in, names, where, gaps, whole=not sampfrom and sampto is None, asked=leads)
         if not (sampfrom and gap[0] or sampto is not None and gap[-1]):
             break
         x, margin_s = None, 4 * margin_s
@@ -1151,10 +1151,13 @@ def source_span(span: tuple[int, int], fs_in: float, ratio: Fraction, sig_len: i
 
 
 def gap_mask(x: np.ndarray, flat: np.ndarray, fs: float, names: list[str], where: str, gaps: bool,
-             whole: bool = True) -> np.ndarray:
+             whole: bool = True, asked: Sequence[str] | None = None) -> np.ndarray:
     """[N] the samples of leads x [N, 2] (mV, named `names`) that are NaN/invalid or flat for FLAT_S or more in
     either lead (`flat`: x's flat_runs): without `gaps` any is an error naming the first, since filtering would spread it or score a lead
-    off as ECG; a lead with no valid sample at all is an error either way, when `x` is the `whole` record."""
+    off as ECG; a lead with no valid sample at all is an error either way, when `x` is the `whole` record (one
+    --leads named, `asked`, saying what reads another: it is never swapped, and the error said only 'lead off?')."""
+    other = (f" (--leads {' '.join(asked)} names it: name another of {where}'s channels, or leave --leads out to "
+             f"read the next lead that is on)" if asked else "")
     bad = ~np.isfinite(x)
     if bad.any() and not gaps:
         i, k = (int(v) for v in np.argwhere(bad)[0])
@@ -1162,7 +1165,8 @@ def gap_mask(x: np.ndarray, flat: np.ndarray, fs: float, names: list[str], where
                         f"lead {names[k]}); repair or exclude the record, or prepare with --allow-gaps "
                         f"(read_record: gaps=True) to keep its windows without them")
     if whole and flat.all(0).any():
-        raise UserError(f"{where}: lead {names[int(np.argmax(flat.all(0)))]} holds one value throughout: lead off?")
+        raise UserError(f"{where}: lead {names[int(np.argmax(flat.all(0)))]} holds one value throughout: lead "
+                        f"off?{other}")
     if flat.any() and not gaps:
         i, k = (int(v) for v in np.argwhere(flat)[0])
         raise UserError(f"{where}: lead {names[k]} holds one value for {flat[:, k].sum() / fs:.1f} s "
@@ -1171,7 +1175,7 @@ def gap_mask(x: np.ndarray, flat: np.ndarray, fs: float, names: list[str], where
     bad |= flat
     dead = bad.all(0)
     if whole and dead.any():
-        raise UserError(f"{where}: lead {names[int(np.argmax(dead))]} has no valid sample")
+        raise UserError(f"{where}: lead {names[int(np.argmax(dead))]} has no valid sample{other}")
     return bad.any(1)
 
 

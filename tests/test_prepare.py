@@ -1380,6 +1380,19 @@ def test_a_lead_not_recorded_throughout_is_passed_over_as_one_held_at_a_value(tm
     assert "lead V1 has no valid sample; lead 2 is V2 instead" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value,said", [(0.0, "holds one value throughout: lead off?"),
+                                        (np.nan, "has no valid sample")])
+def test_a_lead_off_that_leads_names_says_what_reads_another(tmp_path, value, said):
+    """--leads II V1 of a record whose V1 is off throughout: never swapped, it is an error, which said only 'lead
+    off?', not that --leads chose it nor what reads another; a span read (forecast.py) says so too."""
+    path = twelve_leads(tmp_path, "v1_off", ("V1",), value=value)
+    for span in (None, (100 * 128, 106 * 128)):
+        with pytest.raises(UserError, match=re.escape(
+                f"{path}: lead V1 {said} (--leads II V1 names it: name another of {path}'s channels, or leave "
+                f"--leads out to read the next lead that is on)")):
+            pm.read_record(path, make_cfg().data, gaps=True, annotator=None, span=span, leads=("II", "V1"))
+
+
 def test_a_lead_off_is_found_among_the_channels_not_by_its_place_among_the_ecg_ones(tmp_path, capsys):
     """A respiration channel before the leads (not ECG): the lead off is still V1, not the ECG channel at V1's
     place among the ECG channels; a lead 2 that changes only because lead 1 did is said to be off by no note."""
