@@ -4,8 +4,8 @@ MIT-BIH's 201 and 202 are one patient).
     python3 vqvae_eval.py [--checkpoint checkpoints/<run>/best.pt] [--split test|validation|train]
 
 Prints and saves (results/vqvae_eval-<time>/reconstruction.json, .md, a PNG; with the checkpoint's SHA-256, the
-data hash and the git commit) MSE in mV^2, PRD and normalised PRD in percent, codebook perplexity and usage, the
-compression ratio and the bit rate.
+data hash and the git commit) each record's leads (as meta.json gives them), MSE in mV^2, PRD and normalised PRD in
+percent, codebook perplexity and usage, the compression ratio and the bit rate.
 
     python3 vqvae_eval.py [--checkpoint C] --record ../shared/data/mitdb/100 [--start 60] [--seconds 30|end]
                           [--leads LEAD1 LEAD2]
@@ -275,16 +275,20 @@ def trained_line(meta: dict) -> list[str]:
 
 
 def report_lines(report: dict, data: dict) -> list[str]:
-    """reconstruction.md: per-record errors, their mean, and the codebook's health and bit rate."""
+    """reconstruction.md: per-record leads (meta.json's, as evaluate.py's report gives them: a database of its own may
+    hold other leads in some records) and errors, their mean, and the codebook's health and bit rate."""
+    leads = report.get("leads") or {}
     s = report["summary"]
     lines = [f"# VQ-VAE reconstruction on the {report['split']} split", "",
              f"checkpoint `{report['checkpoint']}` (sha256 {report['checkpoint_sha256']}), "
              f"{running.counted(s['records'], 'record')}, {running.counted(s['windows'], 'window')} of "
              f"{data['signals'].shape[1] / float(data['fs']):g} s, git {report['git_commit']}", "",
              *trained_line(report.get("trained", {})),
-             "| record | MSE (mV²) | PRD (%) | PRDN (%) |", "|---:|---:|---:|---:|"]
-    lines += [f"| {r} | {v['mse_mv2']:.5f} | {v['prd']:.2f} | {v['prdn']:.2f} |" for r, v in report["per_record"].items()]
-    return lines + [f"| **mean over records** | **{s['mse_mv2']:.5f}** | **{s['prd']:.2f}** | **{s['prdn']:.2f}** |", "",
+             "| record | leads | MSE (mV²) | PRD (%) | PRDN (%) |", "|---:|---|---:|---:|---:|"]
+    lines += [f"| {r} | {', '.join(leads.get(r) or ['?'])} | {v['mse_mv2']:.5f} | {v['prd']:.2f} | {v['prdn']:.2f} |"
+              for r, v in report["per_record"].items()]
+    return lines + [f"| **mean over records** | | **{s['mse_mv2']:.5f}** | **{s['prd']:.2f}** | **{s['prdn']:.2f}** |",
+                    "",
                     f"first codebook on these windows (training's codebook_health.png counts its epochs' own): "
                     f"perplexity {s['perplexity']:.1f}, codes used {100 * s['usage']:.0f}% of "
                     f"{s['codebook_size']}; "
@@ -444,7 +448,8 @@ def evaluate_split(args: argparse.Namespace, model: VQVAE, ckpt: dict, cfg: Conf
     run = paths.new_run_dir("vqvae_eval", args.results)
     # the data hash as a training run's run.json gives it
     report.update(checkpoint=str(checkpoint), checkpoint_sha256=digest, split=args.split, git_commit=commit,
-                  data_hash=paths.run_data_hash(data), trained=ckpt["meta"])
+                  data_hash=paths.run_data_hash(data), trained=ckpt["meta"],
+                  leads={r: leads for r, leads in stored_leads(args.prepared).items() if r in report["per_record"]})
     paths.atomic_write_json(report, run / "reconstruction.json")
     lines = report_lines(report, data)
     paths.atomic_write_text("\n".join(lines) + "\n", run / "reconstruction.md")

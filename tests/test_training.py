@@ -117,6 +117,12 @@ def test_train_writes_plots_metrics_and_checkpoints(tmp_path: Path, synthetic_db
     assert (s["source_fs"], s["sample_bits"], s["sample_bits_assumed"]) == (360, 12, False)
     assert s["compression_ratio"] == pytest.approx(2 * 12 * 4 / 5 * 360 / 64)
     assert s["compression_ratio_model_rate"] == pytest.approx(2 * 12 * 4 / 5)
+    # each record's leads, as meta.json gives them: a database of one's own may hold other leads in some records
+    held = json.loads((Path(setup["prepared"]) / "meta.json").read_text())["records"]
+    assert report["leads"] == {r: held[r]["leads"] for r in report["per_record"]} and report["leads"]
+    md = next((tmp_path / "eval").glob("vqvae_eval-*/reconstruction.md")).read_text()
+    assert "| record | leads | MSE (mV²) |" in md
+    assert all(f"| {r} | {', '.join(leads)} | " in md for r, leads in report["leads"].items()), md
     # in process, on another split: the split asked for is the one scored, the report keeps what the checkpoint says
     # of its training, and the example plot shows the model's reconstruction beside the original
     import vqvae_eval

@@ -480,11 +480,15 @@ def test_reconstruction_md_puts_each_number_in_its_column_and_unit():
                "bits_per_second": 70.4, "codebooks": 2, "codebook_size": 64, "sample_bits": 11,
                "sample_bits_assumed": False}
     report = {"split": "test", "checkpoint": "c.pt", "checkpoint_sha256": "0123", "git_commit": "abc",
-              "summary": summary, "per_record": {"109": {"mse_mv2": 0.01, "prd": 12.5, "prdn": 30.25}}}
+              "summary": summary, "per_record": {"109": {"mse_mv2": 0.01, "prd": 12.5, "prdn": 30.25}},
+              "leads": {"109": ["MLII", "V1"]}}
     lines = vqvae_eval.report_lines(report, {"signals": torch.zeros(3, 320, 2), "fs": 64})
     assert "`c.pt` (sha256 0123), 1 record, 3 windows of 5 s, git abc" in lines[2]
-    assert "| 109 | 0.01000 | 12.50 | 30.25 |" in lines
-    assert "| **mean over records** | **0.02000** | **11.50** | **31.25** |" in lines
+    assert "| 109 | MLII, V1 | 0.01000 | 12.50 | 30.25 |" in lines
+    assert "| **mean over records** | | **0.02000** | **11.50** | **31.25** |" in lines
+    del report["leads"]             # a meta.json from before it kept them
+    assert "| 109 | ? | 0.01000 | 12.50 | 30.25 |" in vqvae_eval.report_lines(report, {"signals": torch.zeros(3, 320,
+                                                                                                        2), "fs": 64})
     assert ("first codebook on these windows (training's codebook_health.png counts its epochs' own): perplexity "
             "20.0, codes used 75% of 64; compression ratio 112.5 against the records (11-bit samples at 360 Hz; "
             "20.0 against 11-bit samples at the model's 64 Hz), 70 bit/s in 2 codebooks") == lines[-1]
