@@ -1042,7 +1042,7 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     header = read_header(path)
     span = span if header.sig_len else None     # a header may leave its length out: read whole, its end is known then
     sampfrom, sampto, margin_s = 0, None, SPAN_MARGIN_S
-    channel_names, header_units = header_leads(path, header)
+    header_units = header_leads(path, header)[1]
     ratio = resample_ratio(float(header.fs), cfg.samples_per_second, where) if span else Fraction(1)
     while True:
         if span:
@@ -1055,21 +1055,10 @@ def read_record(path: str | Path, cfg: DataConfig, gaps: bool = False, annotator
     x[gap] = np.nan                                   # a sample missing in one lead is a gap in both
     y = filter_and_resample(x, fs_in, cfg, where, gaps)
     check_swing(y, names, units, where)
-    if not leads and (said := second_lead_lacking(names[1], channel_names, cfg.second_lead)):
-        running.note(f"{where}: {said}")
     offset = int(sampfrom * ratio)
     length = math.ceil(header.sig_len * ratio) if span else offset + len(y)
     beats, symbols, has_ann = _read_beats(path, fs_in, cfg.samples_per_second, len(y), annotator, offset, length)
     return Record(path.name, y, names, beats, symbols, fs_in, has_ann, float(gap.sum() / fs_in), offset, length)
-
-
-def second_lead_lacking(read: str, channels: list[str], second: str) -> str:
-    """What a record without the lead data.second_lead names took for lead 2 (order_leads' preference), or '' (one
-    it has but off throughout, live_leads says): a database whose records lack it in part trained the models on two
-    leads as one, and forecast.py read another lead than the model's, with not a word."""
-    if not second or any(lead_key(c) == lead_key(second) for c in channels):
-        return ""
-    return f"no channel is {second} (data.second_lead); lead 2 is {read} instead (its channels: {', '.join(channels)})"
 
 
 def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None, header_units: list[str | None],

@@ -1299,21 +1299,6 @@ def test_second_lead_chooses_lead_2_of_a_record_and_its_note_when_off(tmp_path, 
     assert "lead V5 holds one value throughout (lead off?); lead 2 is V1 instead" in capsys.readouterr().err
 
 
-def test_a_record_without_the_second_lead_named_says_which_it_took(tmp_path, capsys):
-    """data.second_lead V5 and a record without V5: lead 2 is V1 by the preference, which went without a word, so a
-    database lacking V5 in part trained on V5 and V1 as one lead, and forecast.py read V1 for a model of V5. A note
-    names it; with V5 present, --leads, or no second_lead, none is made."""
-    without = twelve_leads(tmp_path, "no_v5", (), leads=("I", "II", "V1", "V2"))
-    cfg = make_cfg(second_lead="V5").data
-    assert pm.read_record(without, cfg, annotator=None).leads == ["II", "V1"]
-    assert (f"note: {without}: no channel is V5 (data.second_lead); lead 2 is V1 instead (its channels: I, II, V1, "
-            f"V2)") in capsys.readouterr().err
-    pm.read_record(twelve_leads(tmp_path, "all", ()), cfg, annotator=None)
-    pm.read_record(without, cfg, annotator=None, leads=("II", "V2"))
-    pm.read_record(without, make_cfg().data, annotator=None)
-    assert "no channel is" not in capsys.readouterr().err
-
-
 def test_a_database_prepared_with_second_lead_holds_it(tmp_path, monkeypatch):
     """prepare_mitbih.py with data.second_lead V5: each record's lead 2 is its V5 (windows as read_record with
     --leads II V5 reads them) and meta.json says so; a preparation held with another second_lead is named by
