@@ -79,10 +79,11 @@ DEFAULT_VALIDATION = [r for i, r in enumerate(r for r in DS1 if r != "201") if i
 # "ml2", BIDMC's "II," all count as lead II; so do "DII" and "D2", the D(erivation) names of French, Italian,
 # Spanish and Portuguese ECGs). With none of them, lead 1 is the first ECG channel other than V1 (and a note
 # says so).
-# Lead 2 is the lead cfg.second_lead names, when set and the record has it; else V1 when the record has it
-# (MIT-BIH's usual second lead, so 12-lead records feed the models alike), else the chest lead nearest it (V2, V3,
-# ... V9, then an unnumbered V as MIMIC's and BIDMC's; a modified chest lead, MCL1 or CM5, as its own: MIT-BIH's
-# other second leads are V2, V4 and V5, so the models never saw a limb lead there), else the first other ECG channel.
+# Lead 2 is the lead cfg.second_lead names, when set and the record has it (a note names a record without it); else
+# V1 when the record has it (MIT-BIH's usual second lead, so 12-lead records feed the models alike), else the chest
+# lead nearest it (V2, V3, ... V9, then an unnumbered V as MIMIC's and BIDMC's; a modified chest lead, MCL1 or CM5, as
+# its own: MIT-BIH's other second leads are V2, V4 and V5, so the models never saw a limb lead there), else the first
+# other ECG channel.
 # A lead off throughout the record (off_throughout) is passed over for the next in these orders while two leads are
 # left (a note says so), else the record is refused.
 LEAD_PREFERENCE = (
@@ -1085,6 +1086,10 @@ def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None, 
     if not leads and off_throughout(x[:, order], flat).any():
         order = live_leads(path, rec, order, all_units, cfg, whole=not (sampfrom or sampto))
         flat = flat_runs(x[:, order], rec.fs)
+    if not leads and cfg.second_lead and not any(lead_key(rec.sig_name[i]) == lead_key(cfg.second_lead)
+                                                 for i in ecg_channels(list(rec.sig_name), all_units, where)):
+        running.note(f"{where}: no channel is data.second_lead {cfg.second_lead} ({', '.join(map(str, rec.sig_name))});"
+                     f" lead 2 is {rec.sig_name[order[1]]} instead")
     names, units = [rec.sig_name[i] for i in order], [all_units[i] for i in order]
     x = x[:, order] * [mv_per_unit(u) for u in units]     # the same flat runs: a unit scales every sample alike
     rec.p_signal = None                               # the samples as read: 0.33 GB of a 24 h record at 250 Hz

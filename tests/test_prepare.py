@@ -1299,6 +1299,27 @@ def test_second_lead_chooses_lead_2_of_a_record_and_its_note_when_off(tmp_path, 
     assert "lead V5 holds one value throughout (lead off?); lead 2 is V1 instead" in capsys.readouterr().err
 
 
+def test_a_record_without_the_second_lead_is_read_with_a_note_naming_the_lead_taken(tmp_path, capsys):
+    """data.second_lead V5 on a record without V5 (MIT-BIH's 103: MLII and V2) reads the automatic lead 2, as ""
+    does: said once per read, naming the record and the lead taken, as most of MIT-BIH's 48 records have no V5 and a
+    model asked to learn II+V5 learnt V1 on them without a word. A record with V5 off throughout has one, said as
+    off (live_leads), not as missing; --leads and the default say nothing."""
+    no_v5 = twelve_leads(tmp_path, "no_v5", (), leads=("MLII", "V2"))
+    assert pm.read_record(no_v5, make_cfg(second_lead="V5").data, annotator=None).leads == ["MLII", "V2"]
+    err = capsys.readouterr().err
+    assert err.count("note:") == 1
+    assert f"note: {no_v5}: no channel is data.second_lead V5 (MLII, V2); lead 2 is V2 instead" in err
+    lead_1_off = twelve_leads(tmp_path, "lead_1_off", ("MLII",), leads=("MLII", "I", "V2"))
+    assert pm.read_record(lead_1_off, make_cfg(second_lead="V5").data, annotator=None).leads == ["I", "V2"]
+    assert capsys.readouterr().err.count("no channel is data.second_lead V5 (MLII, I, V2); lead 2 is V2") == 1
+    dead = twelve_leads(tmp_path, "dead", ("V5", "I"), leads=("I", "II", "V1", "V5"))
+    assert pm.read_record(dead, make_cfg(second_lead="V5").data, annotator=None).leads == ["II", "V1"]
+    assert "no channel is" not in capsys.readouterr().err
+    pm.read_record(no_v5, make_cfg().data, annotator=None)
+    pm.read_record(no_v5, make_cfg(second_lead="V5").data, annotator=None, leads=("MLII", "V2"))
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_a_database_prepared_with_second_lead_holds_it(tmp_path, monkeypatch):
     """prepare_mitbih.py with data.second_lead V5: each record's lead 2 is its V5 (windows as read_record with
     --leads II V5 reads them) and meta.json says so; a preparation held with another second_lead is named by
