@@ -406,7 +406,7 @@ def test_the_folders_of_live_downloads_and_of_no_known_owner_stay(tmp_path, phys
     ended = subprocess.Popen([sys.executable, "-c", ""])
     ended.wait()
     space, data = pm.process_space(), tmp_path / "mitdb"
-    assert space.startswith(f"{socket.gethostname()}~")      # Linux: the pid namespace is known
+    assert space == f"{socket.gethostname()}~{os.readlink('/proc/self/ns/pid')[5:-1]}"    # Linux: 'pid:[INODE]'
     names = [f"{space}-{ended.pid}-dead", f"{space}-{os.getpid()}-live", f"elsewhere-{ended.pid}-far", "abc_123",
              f"{socket.gethostname()}~1-{ended.pid}-boxed"]
     for name in names:
