@@ -1088,8 +1088,8 @@ def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None, 
         flat = flat_runs(x[:, order], rec.fs)
     if not leads and cfg.second_lead and not any(lead_key(rec.sig_name[i]) == lead_key(cfg.second_lead)
                                                  for i in ecg_channels(list(rec.sig_name), all_units, where)):
-        running.note(f"{where}: no channel is data.second_lead {cfg.second_lead} ({', '.join(map(str, rec.sig_name))});"
-                     f" lead 2 is {rec.sig_name[order[1]]} instead")
+        running.note(f"{where}: no ECG channel is data.second_lead {cfg.second_lead} "
+                     f"({', '.join(map(str, rec.sig_name))}); lead 2 is {rec.sig_name[order[1]]} instead")
     names, units = [rec.sig_name[i] for i in order], [all_units[i] for i in order]
     x = x[:, order] * [mv_per_unit(u) for u in units]     # the same flat runs: a unit scales every sample alike
     rec.p_signal = None                               # the samples as read: 0.33 GB of a 24 h record at 250 Hz

@@ -1287,7 +1287,8 @@ def test_a_lead_off_throughout_is_passed_over_for_the_next_one(tmp_path, capsys)
 
 def test_second_lead_chooses_lead_2_of_a_record_and_its_note_when_off(tmp_path, capsys):
     """data.second_lead V5 reads a 12-lead record's V5 as lead 2, as --leads II V5 would; the default still reads V1.
-    A V5 off throughout is passed over for V1 with a note, as a first_lead off is for the next lead."""
+    A V5 off throughout is passed over for V1 with a note, as a first_lead off is for the next lead; a lead 1 off
+    throughout is passed over keeping V5 (live_leads chooses again by second_lead too, not V1)."""
     path = twelve_leads(tmp_path, "r", ())
     v5 = pm.read_record(path, make_cfg(second_lead="V5").data, annotator=None)
     assert v5.leads == ["II", "V5"]
@@ -1297,24 +1298,32 @@ def test_second_lead_chooses_lead_2_of_a_record_and_its_note_when_off(tmp_path, 
     off = twelve_leads(tmp_path, "v5_off", ("V5",))
     assert pm.read_record(off, make_cfg(second_lead="V5").data, annotator=None).leads == ["II", "V1"]
     assert "lead V5 holds one value throughout (lead off?); lead 2 is V1 instead" in capsys.readouterr().err
+    lead_1_off = twelve_leads(tmp_path, "ii_off", ("II",), leads=("II", "I", "V1", "V5"))
+    assert pm.read_record(lead_1_off, make_cfg(second_lead="V5").data, annotator=None).leads == ["I", "V5"]
+    assert "lead II holds one value throughout (lead off?); lead 1 is I instead" in capsys.readouterr().err
 
 
 def test_a_record_without_the_second_lead_is_read_with_a_note_naming_the_lead_taken(tmp_path, capsys):
     """data.second_lead V5 on a record without V5 (MIT-BIH's 103: MLII and V2) reads the automatic lead 2, as ""
     does: said once per read, naming the record and the lead taken, as most of MIT-BIH's 48 records have no V5 and a
     model asked to learn II+V5 learnt V1 on them without a word. A record with V5 off throughout has one, said as
-    off (live_leads), not as missing; --leads and the default say nothing."""
+    off (live_leads), not as missing, and a channel of its name that is no ECG (RESP, ecg_channels) is none; --leads
+    and the default say nothing."""
     no_v5 = twelve_leads(tmp_path, "no_v5", (), leads=("MLII", "V2"))
     assert pm.read_record(no_v5, make_cfg(second_lead="V5").data, annotator=None).leads == ["MLII", "V2"]
     err = capsys.readouterr().err
     assert err.count("note:") == 1
-    assert f"note: {no_v5}: no channel is data.second_lead V5 (MLII, V2); lead 2 is V2 instead" in err
+    assert f"note: {no_v5}: no ECG channel is data.second_lead V5 (MLII, V2); lead 2 is V2 instead" in err
     lead_1_off = twelve_leads(tmp_path, "lead_1_off", ("MLII",), leads=("MLII", "I", "V2"))
     assert pm.read_record(lead_1_off, make_cfg(second_lead="V5").data, annotator=None).leads == ["I", "V2"]
-    assert capsys.readouterr().err.count("no channel is data.second_lead V5 (MLII, I, V2); lead 2 is V2") == 1
+    assert capsys.readouterr().err.count("no ECG channel is data.second_lead V5 (MLII, I, V2); lead 2 is V2") == 1
     dead = twelve_leads(tmp_path, "dead", ("V5", "I"), leads=("I", "II", "V1", "V5"))
     assert pm.read_record(dead, make_cfg(second_lead="V5").data, annotator=None).leads == ["II", "V1"]
-    assert "no channel is" not in capsys.readouterr().err
+    assert "no ECG channel is" not in capsys.readouterr().err
+    x = synthetic_ecg(30.0, 360.0, seed=3)[0]
+    resp = write_signal(tmp_path, "resp", np.column_stack([x, x[:, 0]]), leads=("MLII", "V1", "RESP"))
+    assert pm.read_record(resp, make_cfg(second_lead="RESP").data, annotator=None).leads == ["MLII", "V1"]
+    assert "no ECG channel is data.second_lead RESP (MLII, V1, RESP); lead 2 is V1" in capsys.readouterr().err
     pm.read_record(no_v5, make_cfg().data, annotator=None)
     pm.read_record(no_v5, make_cfg(second_lead="V5").data, annotator=None, leads=("MLII", "V2"))
     assert "note:" not in capsys.readouterr().err
