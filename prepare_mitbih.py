@@ -1086,14 +1086,25 @@ def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None, 
     if not leads and off_throughout(x[:, order], flat).any():
         order = live_leads(path, rec, order, all_units, cfg, whole=not (sampfrom or sampto))
         flat = flat_runs(x[:, order], rec.fs)
-    if not leads and cfg.second_lead and not any(lead_key(rec.sig_name[i]) == lead_key(cfg.second_lead)
-                                                 for i in ecg_channels(list(rec.sig_name), all_units, where)):
-        running.note(f"{where}: no ECG channel is data.second_lead {cfg.second_lead} "
-                     f"({', '.join(map(str, rec.sig_name))}); lead 2 is {rec.sig_name[order[1]]} instead")
+    if not leads:
+        note_lacking_leads(list(rec.sig_name), all_units, order, cfg, where)
     names, units = [rec.sig_name[i] for i in order], [all_units[i] for i in order]
     x = x[:, order] * [mv_per_unit(u) for u in units]     # the same flat runs: a unit scales every sample alike
     rec.p_signal = None                               # the samples as read: 0.33 GB of a 24 h record at 250 Hz
     return x, float(rec.fs), names, units, flat
+
+
+def note_lacking_leads(names: list[str], units: list[str | None], order: list[int], cfg: DataConfig, where: str
+                       ) -> None:
+    """A note for each lead the config names (data.first_lead other than MIT-BIH's MLII, data.second_lead) that no
+    ECG channel of the record is, naming the lead taken instead (order_leads' preference): most of MIT-BIH's records
+    have no V5, and a model asked to learn II+V5 learnt V1 on them without a word; a first_lead I took II alike."""
+    ecg = {lead_key(names[i]) for i in ecg_channels(names, units, where)}
+    for key, role, taken in (("first_lead", "lead 1", order[0]), ("second_lead", "lead 2", order[1])):
+        asked = getattr(cfg, key)
+        if asked != getattr(DataConfig, key) and lead_key(asked) not in ecg:
+            running.note(f"{where}: no ECG channel is data.{key} {asked} ({', '.join(map(str, names))}); {role} is "
+                         f"{names[taken]} instead")
 
 
 def live_leads(path: Path, rec: wfdb.Record, order: list[int], units: list[str | None], cfg: DataConfig,

@@ -1329,6 +1329,19 @@ def test_a_record_without_the_second_lead_is_read_with_a_note_naming_the_lead_ta
     assert "note:" not in capsys.readouterr().err
 
 
+def test_a_record_without_the_first_lead_named_is_read_with_a_note_naming_the_lead_taken(tmp_path, capsys):
+    """data.first_lead I on a record without I takes a limb lead by LEAD_PREFERENCE (II) as MLII's default does on a
+    12-lead record: said, as second_lead's is, since it is the config's own choice; MLII's default, by design not
+    found on other databases, says nothing."""
+    no_i = twelve_leads(tmp_path, "no_i", (), leads=("II", "III", "V1"))
+    assert pm.read_record(no_i, make_cfg(first_lead="I").data, annotator=None).leads == ["II", "V1"]
+    err = capsys.readouterr().err
+    assert err.count("note:") == 1
+    assert f"note: {no_i}: no ECG channel is data.first_lead I (II, III, V1); lead 1 is II instead" in err
+    assert pm.read_record(no_i, make_cfg().data, annotator=None).leads == ["II", "V1"]
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_a_database_prepared_with_second_lead_holds_it(tmp_path, monkeypatch):
     """prepare_mitbih.py with data.second_lead V5: each record's lead 2 is its V5 (windows as read_record with
     --leads II V5 reads them) and meta.json says so; a preparation held with another second_lead is named by
