@@ -62,7 +62,8 @@ BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
 # them (a database's own, wrann's custom_labels) is named, since the beats it marks are no reference beats.
 WFDB_SYMBOLS = BEAT_SYMBOLS | set('~|sT*D"=p^t+u![]@x()')
 SPLITS = ("train", "validation", "test")
-DOWNLOAD_PART = ".download-"   # the hidden folder in the data folder that a download arrives in (+ HOST-PID-*)
+DOWNLOAD_PART = ".download-"   # the hidden folder in the data folder that a download arrives in (+ SPACE-PID-*,
+                               # SPACE its process_space: HOST~INODE)
 CONNECT_TIMEOUT = 20.0         # seconds PhysioNet (or the proxy) has to answer before a download starts
 STALL_LIMIT = 120.0            # seconds a download may go without an answer, a byte received or a file before it
                                # is given up (a server or proxy that stopped sending)
@@ -218,8 +219,8 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
     """MIT-BIH from PhysioNet into data_dir, its record names; a failure is one line ending in `hint` (what to
     do instead), and leaves no empty folder behind. The files arrive in a hidden folder in data_dir (beside it, a
     mount or a read-only parent took none) and move out once all are there: a download cut short left some
-    records, and the next run prepared them as the database. The folder's name says whose it is (host, pid), so
-    that the next download removes it when a kill -9 left it (remove_stale_parts)."""
+    records, and the next run prepared them as the database. The folder's name says whose it is (process_space and
+    pid), so that the next download removes it when a kill -9 left it (remove_stale_parts)."""
     created = not os.path.exists(data_dir)
     part = None
     try:
@@ -702,8 +703,8 @@ def order_leads(names: list[str], first: str, where: str, units: list[str | None
 
 
 def asked_leads(leads: Sequence[str] | None) -> tuple[str, str] | None:
-    """--leads LEAD1 LEAD2 (forecast.py, evaluate.py) checked before any record is read: two names of two leads
-    (by lead_key), or None. Refused per record instead, the same lead twice would skip every record of
+    """--leads LEAD1 LEAD2 (forecast.py, evaluate.py, vqvae_eval.py) checked before any record is read: two names of
+    two leads (by lead_key), or None. Refused per record instead, the same lead twice would skip every record of
     evaluate.py's folder one by one."""
     if leads is None:
         return None
