@@ -679,13 +679,11 @@ def order_leads(names: list[str], first: str, where: str, units: list[str | None
     live = [i for i in ecg if i not in off]
     ecg = live if len(live) >= 2 else ecg
     keys = {i: lead_key(names[i]) for i in ecg}
-    named = ([i for i in ecg if names[i] == second] or [i for i in ecg if keys[i] == lead_key(second)]
-             if second else [])
+    named = channels_named(names, second, ecg) if second else []
     if named:
         only_channel(named[0], ecg, keys, names, "lead 2", where)
     rest = [i for i in ecg if i not in named[:1]]
-    choices = [[i for i in rest if names[i] == first]]
-    choices += [[i for i in rest if keys[i] in group] for group in [(lead_key(first),), *LEAD_PREFERENCE]]
+    choices = [channels_named(names, first, rest), *([i for i in rest if keys[i] in g] for g in LEAD_PREFERENCE)]
     lead1 = next((found[0] for found in choices if found), None)
     if lead1 is None:      # V1 is lead 2's (the models' second lead), so it leads only a record of V1 and nothing else
         lead1 = next((i for i in rest if chest_rank(keys[i]) != 1), rest[0])
@@ -718,14 +716,14 @@ def asked_leads(leads: Sequence[str] | None) -> tuple[str, str] | None:
 
 def named_leads(names: list[str], leads: Sequence[str], where: str, units: list[str | None]) -> list[int]:
     """Channel indices [lead 1, lead 2] of the two leads `leads` names (--leads), each matched as order_leads matches
-    `first`: its exact name, else by lead_key ('Lead II', 'ii' -> II). A channel in units other than ECG's is
-    refused as ecg_channels refuses it; one named like another signal (not_ecg) is taken, since it was asked for (an
-    abdominal lead, 'Abdomen_1', reads as ABD)."""
+    the config's (channels_named: 'Lead II', 'ii' -> II). A channel in units other than ECG's is refused as
+    ecg_channels refuses it; one named like another signal (not_ecg) is taken, since it was asked for (an abdominal
+    lead, 'Abdomen_1', reads as ABD)."""
     asked_leads(leads)         # two names, not one lead twice
     keys = {i: lead_key(name) for i, name in enumerate(names)}
     order = []
     for role, lead in zip(("lead 1", "lead 2"), leads):
-        found = [i for i, name in enumerate(names) if name == lead] or [i for i in keys if keys[i] == lead_key(lead)]
+        found = channels_named(names, lead, range(len(names)))
         if not found:
             raise UserError(f"{where}: no channel is {lead} (--leads' {role}); its channels are "
                             f"{', '.join(map(str, names))}")
@@ -745,6 +743,13 @@ def chest_rank(key: str) -> int:
     beside lead II, a limb lead where they learnt from chest leads only."""
     chest = re.fullmatch(r"(?:M?V|MCL|CM)([1-9]?)", key)
     return 11 if chest is None else int(chest[1] or 10)
+
+
+def channels_named(names: list[str], lead: str, among: Iterable[int]) -> list[int]:
+    """The channels `among` that are `lead`: of its exact name, else of its lead_key ('Lead II', 'ii' -> II). The one
+    match of a lead named (data.first_lead, data.second_lead, --leads) and a record's channels, so that all agree."""
+    among = list(among)
+    return [i for i in among if names[i] == lead] or [i for i in among if lead_key(names[i]) == lead_key(lead)]
 
 
 def only_channel(lead: int, among: list[int], keys: dict[int, str], names: list[str], role: str, where: str) -> None:
