@@ -700,18 +700,17 @@ def order_leads(names: list[str], first: str, where: str, units: list[str | None
     return [lead1, lead2]
 
 
-def asked_leads(leads: Sequence[str] | None) -> tuple[str, str] | None:
+def asked_leads(leads: Sequence[str] | None) -> None:
     """--leads LEAD1 LEAD2 (forecast.py, evaluate.py, vqvae_eval.py) checked before any record is read: two names of
-    two leads (by lead_key), or None. Refused per record instead, the same lead twice would skip every record of
-    evaluate.py's folder one by one."""
+    two leads (by lead_key), or none (None). Refused per record instead, the same lead twice would skip every record
+    of evaluate.py's folder one by one."""
     if leads is None:
-        return None
+        return
     if len(leads) != 2 or not all(lead_key(name) for name in leads):
         raise UserError(f"--leads takes two channel names, lead 1 then lead 2, got {' '.join(map(repr, leads))}")
     if lead_key(leads[0]) == lead_key(leads[1]):
         raise UserError(f"--leads {leads[0]} {leads[1]} names lead {lead_key(leads[0])} twice: lead 1 and lead 2 "
                         f"are two channels")
-    return leads[0], leads[1]
 
 
 def named_leads(names: list[str], leads: Sequence[str], where: str, units: list[str | None]) -> list[int]:
