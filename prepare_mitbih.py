@@ -42,8 +42,7 @@ from tqdm import tqdm
 
 import paths
 import running
-from hyper_params import PREPARATION, AugmentConfig, Config, DataConfig, build_section, data_hash, load_config
-from hyper_params import lead_key     # how lead names compare, the config's as the records'
+from hyper_params import PREPARATION, AugmentConfig, Config, DataConfig, build_section, data_hash, lead_key, load_config
 from paths import UserError
 
 if TYPE_CHECKING:
