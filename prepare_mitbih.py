@@ -283,7 +283,8 @@ def process_space() -> str:
 
 
 def alive(pid: int) -> bool:
-    """Whether a process of this host has `pid` (another user's too; none has one beyond the system's pid_t)."""
+    """Whether a process this one can see (its pid namespace, process_space) has `pid`: another user's too; none has
+    one beyond the system's pid_t."""
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, OverflowError):
