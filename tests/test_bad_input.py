@@ -400,9 +400,9 @@ def test_the_folder_of_a_download_killed_goes_at_the_next(tmp_path, physionet, c
 
 
 def test_the_folders_of_live_downloads_and_of_no_known_owner_stay(tmp_path, physionet, capsys):
-    """Only a download folder of this host whose process is gone is removed: another run's download now (here this
-    process's), one of another host, one of another container of this host's name (another pid namespace) and one
-    whose name says no owner stay, the three the next download cannot judge said in a line."""
+    """Only a download folder of this process_space whose process is gone is removed: another run's download now
+    (here this process's), one of another host, one of another container of this host's name (another pid
+    namespace) and one whose name says no owner stay, the three the next download cannot judge said in a line."""
     ended = subprocess.Popen([sys.executable, "-c", ""])
     ended.wait()
     space, data = pm.process_space(), tmp_path / "mitdb"

@@ -1228,10 +1228,10 @@ def test_a_lead_without_a_valid_sample_is_named(tmp_path):
 
 
 def test_leads_asked_by_name_are_read_and_refused_by_name(tmp_path):
-    """read_record(leads=...) (forecast.py and evaluate.py --leads) reads the channels named, exact names first, as
-    order_leads matches data.first_lead: 'II' is the channel II beside 'Lead II', 'ii' would be either and is refused
-    as a guess. A channel in other units than ECG's is refused as ecg_channels refuses it, one named like another
-    signal taken (it was asked for)."""
+    """read_record(leads=...) (forecast.py, evaluate.py and vqvae_eval.py --leads) reads the channels named, exact
+    names first, as order_leads matches data.first_lead: 'II' is the channel II beside 'Lead II', 'ii' would be
+    either and is refused as a guess. A channel in other units than ECG's is refused as ecg_channels refuses it, one
+    named like another signal taken (it was asked for)."""
     x, _ = synthetic_ecg(20.0, 360.0, seed=6)
     pleth = 50 + 10 * np.sin(np.arange(len(x)) / 360.0 * 2 * np.pi)
     chans, units = ("II", "Lead II", "V1", "PLETH", "Abdomen_1"), ("mV", "mV", "mV", "NU", "mV")
