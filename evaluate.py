@@ -1366,9 +1366,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "beats (default atr: NNN.atr; e.g. qrs)")
     p.add_argument("--leads", nargs=2, metavar=("LEAD1", "LEAD2"),
                    help="with --wfdb-dir: the channels to score as lead 1 and lead 2, e.g. II V5 (names as in the "
-                   "headers; 'Lead II' or ii match II); a record without them is skipped (default: lead 1 the "
-                   "config's data.first_lead or a limb lead, lead 2 its data.second_lead or V1 or the chest lead "
-                   "nearest it)")
+                   "headers; 'Lead II' or ii match II); a record without them is skipped (default: as --config's data "
+                   "are read, lead 1 its data.first_lead (MLII) or a limb lead, lead 2 its data.second_lead or V1 or "
+                   "the chest lead nearest it)")
     p.add_argument("--records", nargs="+", default=None, help="only these records")
     p.add_argument("--samples", type=int, default=100,
                    help="samples per window for probabilistic forecasters (default 100)")
