@@ -56,7 +56,7 @@ import running
 from baselines import BASELINES, make_baseline
 from eval_report import csv_text, file_name, markdown_report, sampled_paths
 from forecast import Forecaster, ForecasterBase, checked_samples, own_data, slowest_bpm
-from hyper_params import Config, data_hash, load_config
+from hyper_params import LEAD_KEYS, Config, data_hash, load_config
 from paths import ROOT, SHIPPED, SHIPPED_SPECS, UserError
 from train_results import forecast_panel
 
@@ -363,9 +363,6 @@ def checkpoint_file(spec: str) -> Path:
         return paths.SHIPPED[SHIPPED_SPECS[spec]]
     m = own_spec(spec)
     return Path(m["checkpoint"]) if m and m["checkpoint"] else Path(spec)
-
-
-LEAD_KEYS = ("first_lead", "second_lead")
 
 
 def preparation_mismatch(model: ForecasterBase, cfg: Config, leads: Sequence[str] | None = None) -> str:

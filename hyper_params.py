@@ -175,6 +175,9 @@ class Config:
         self.train.validate()
 
 
+LEAD_KEYS = ("first_lead", "second_lead")     # the data keys naming lead 1 and lead 2
+
+
 def lead_key(name: str) -> str:
     """'Lead II', 'ecg-ii', 'II,' -> 'II': upper case, letters and digits only, without a 'LEAD'/'ECG' prefix. Lead
     names compare by it, the config's data.first_lead and data.second_lead as a record's channels."""

@@ -42,7 +42,8 @@ from tqdm import tqdm
 
 import paths
 import running
-from hyper_params import PREPARATION, AugmentConfig, Config, DataConfig, build_section, data_hash, lead_key, load_config
+from hyper_params import (LEAD_KEYS, PREPARATION, AugmentConfig, Config, DataConfig, build_section, data_hash, lead_key,
+                          load_config)
 from paths import UserError
 
 if TYPE_CHECKING:
@@ -1105,7 +1106,7 @@ def note_lacking_leads(names: list[str], units: list[str | None], order: list[in
     ECG channel of the record is, naming the lead taken instead (order_leads' preference): most of MIT-BIH's records
     have no V5, and a model asked to learn II+V5 learnt V1 on them without a word; a first_lead I took II alike."""
     ecg = {lead_key(names[i]) for i in ecg_channels(names, units, where)}
-    for key, role, taken in (("first_lead", "lead 1", order[0]), ("second_lead", "lead 2", order[1])):
+    for key, role, taken in zip(LEAD_KEYS, ("lead 1", "lead 2"), order):
         asked = getattr(cfg, key)
         if asked != getattr(DataConfig, key) and lead_key(asked) not in ecg:
             running.note(f"{where}: no ECG channel is data.{key} {asked} ({', '.join(map(str, names))}); {role} is "
@@ -1406,8 +1407,7 @@ def check_config_leads(data_dir: Path, names: list[str], first: str, second: str
     """A data.first_lead of one's own, and a data.second_lead, must be an ECG lead of some record (compared as
     order_leads does): a typo would leave every record in the fallback order under a data hash of its own. The
     default first_lead, MLII, is MIT-BIH's lead; other databases fall back to LEAD_PREFERENCE by design."""
-    asked = {key: lead for key, lead in (("first_lead", first), ("second_lead", second))
-             if lead and lead != getattr(DataConfig, key)}
+    asked = {key: lead for key, lead in zip(LEAD_KEYS, (first, second)) if lead and lead != getattr(DataConfig, key)}
     if not asked:
         return
     leads: dict[str, None] = {}
