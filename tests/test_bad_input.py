@@ -626,8 +626,9 @@ def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypat
         calls.append(target)
         if len(calls) == 8:         # the signals, annotations and 100.hea in: the state a kill here would leave
             part = re.escape(f"{pm.DOWNLOAD_PART}{pm.process_space()}-{os.getpid()}-")    # 'HOST~INODE': '~' too
-            with pytest.raises(UserError, match=rf"killed while its files were moved in \(.*RECORDS lists 2 records "
-                                                rf"with no \.hea, still in {part}\w+\): empty the folder and run again"):
+            refused = (rf"killed while its files were moved in \(.*RECORDS lists 2 records with no \.hea, still in "
+                       rf"{part}\w+\): empty the folder and run again")
+            with pytest.raises(UserError, match=refused):
                 pm.header_stems(Path(target).parent)
             raise KeyboardInterrupt
         return replace(self, target)
