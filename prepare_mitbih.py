@@ -911,8 +911,9 @@ def channel_header(path: Path, header: wfdb.Record) -> wfdb.Record:
 
 
 def lead_bits(path: Path, leads: list[str]) -> list[int] | None:
-    """Bits per sample of each of `leads` as record `path` stores them: its header's ADC resolution when given,
-    else its signal format's (wfdb's table: 212 holds 12, 16 holds 16, 310 holds 10...); None when neither says.
+    """Bits a frame of each of `leads` as record `path` stores them: its header's ADC resolution when given, else
+    its signal format's (wfdb's table: 212 holds 12, 16 holds 16, 310 holds 10...), times its samples a frame (a
+    lead of '212x4' stores 4 samples at the record's rate, which wfdb reads as their mean); None when neither says.
     Compression ratios count these against the records, not MIT-BIH's 11 bits for every database. Two channels of
     one name are its leads in turn: two 'ECG' (or unnamed) leads in 16 and 212 were both counted at 16 bits."""
     from wfdb.io._signal import BIT_RES
@@ -921,7 +922,9 @@ def lead_bits(path: Path, leads: list[str]) -> list[int] | None:
     names = list(header.sig_name or [])
     res = list(header.adc_res or [None] * len(names))
     fmts = list(header.fmt or [None] * len(names))
+    frames = list(header.samps_per_frame or [1] * len(names))
     bits = [r if isinstance(r, numbers.Integral) and r > 0 else BIT_RES.get(str(f)) for r, f in zip(res, fmts)]
+    bits = [b and b * int(n or 1) for b, n in zip(bits, frames)]
     free, found = list(range(len(names))), []     # a name given twice (two 'ECG', two unnamed: None): in turn
     for lead in leads:
         i = next((i for i in free if names[i] == lead), None)
@@ -1405,8 +1408,9 @@ def check_annotated(data_dir: Path, names: list[str], annotator: str) -> None:
 
 def check_config_leads(data_dir: Path, names: list[str], first: str, second: str = "") -> None:
     """A data.first_lead of one's own, and a data.second_lead, must be an ECG lead of some record (compared as
-    order_leads does): a typo would leave every record in the fallback order under a data hash of its own. The
-    default first_lead, MLII, is MIT-BIH's lead; other databases fall back to LEAD_PREFERENCE by design."""
+    order_leads does, which passes over a RESP in mV as ecg_channels does): a typo would leave every record in the
+    fallback order under a data hash of its own. The default first_lead, MLII, is MIT-BIH's lead; other databases
+    fall back to LEAD_PREFERENCE by design."""
     asked = {key: lead for key, lead in zip(LEAD_KEYS, (first, second)) if lead and lead != getattr(DataConfig, key)}
     if not asked:
         return
@@ -1416,7 +1420,7 @@ def check_config_leads(data_dir: Path, names: list[str], first: str, second: str
             channels, units = header_leads(data_dir / name, read_header(data_dir / name))
         except UserError:
             continue        # a bad record, named as such when the records are read
-        leads.update((str(c), None) for c, u in zip(channels, units) if mv_per_unit(u) is not None)
+        leads.update((str(c), None) for c, u in zip(channels, units) if mv_per_unit(u) is not None and not not_ecg(c))
     for key, lead in asked.items():
         if leads and not any(lead_key(c) == lead_key(lead) for c in leads):
             raise UserError(f"config key 'data.{key}' is {lead!r}, a lead none of the records in {data_dir} has "

@@ -1324,6 +1324,9 @@ def test_a_record_without_the_second_lead_is_read_with_a_note_naming_the_lead_ta
     resp = write_signal(tmp_path, "resp", np.column_stack([x, x[:, 0]]), leads=("MLII", "V1", "RESP"))
     assert pm.read_record(resp, make_cfg(second_lead="RESP").data, annotator=None).leads == ["MLII", "V1"]
     assert "no ECG channel is data.second_lead RESP (MLII, V1, RESP); lead 2 is V1" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"'data.second_lead' is 'RESP', a lead none of the records in .* has \(they "
+                                        r"have MLII, V1\)"):       # a database of such records is refused at once
+        pm.check_config_leads(tmp_path, ["resp"], "MLII", "RESP")
     pm.read_record(no_v5, make_cfg().data, annotator=None)
     pm.read_record(no_v5, make_cfg(second_lead="V5").data, annotator=None, leads=("MLII", "V2"))
     assert "note:" not in capsys.readouterr().err
@@ -2052,6 +2055,9 @@ def test_a_leads_bits_are_its_headers_adc_resolution_else_its_formats(tmp_path: 
     assert pm.lead_bits(tmp_path / "twice", ["ECG", "ECG"]) == [16, 12]
     assert pm.lead_bits(tmp_path / "twice", [None, "ECG"]) == [8, 16]
     assert pm.lead_bits(tmp_path / "twice", ["ECG", "ECG", "ECG"]) is None
+    (tmp_path / "frames.hea").write_text("frames 2 360 4320\nf.dat 212x4 200/mV 11 0 0 0 0 MLII\n"
+                                         "f.dat 212 200/mV 11 0 0 0 0 V1\n")       # 4 samples a frame: 4 x 11 bits
+    assert pm.lead_bits(tmp_path / "frames", ["MLII", "V1"]) == [44, 11]
     write_variable_layout(tmp_path, [["mV", "mmHg", "NU", "mV"]])                 # its layout's ADC resolution
     assert pm.lead_bits(tmp_path / "v", ["II", "V"]) == [16, 16]
     (tmp_path / "v_layout.hea").write_text("v_layout 4 125 0\n~ 0 200/mV 0 0 0 0 0 II\n~ 0 100/mmHg 0 0 0 0 0 AOBP\n"
