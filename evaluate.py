@@ -56,7 +56,7 @@ import running
 from baselines import BASELINES, make_baseline
 from eval_report import csv_text, file_name, markdown_report, sampled_paths
 from forecast import Forecaster, ForecasterBase, checked_samples, own_data, slowest_bpm
-from hyper_params import LEAD_KEYS, Config, data_hash, load_config
+from hyper_params import LEAD_KEYS, Config, add_leads_flag, data_hash, load_config
 from paths import ROOT, SHIPPED, SHIPPED_SPECS, UserError
 from train_results import forecast_panel
 
@@ -1361,11 +1361,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="evaluate every record of this WFDB folder instead")
     p.add_argument("--annotator", default="atr", help="with --wfdb-dir: the annotation file with the reference "
                    "beats (default atr: NNN.atr; e.g. qrs)")
-    p.add_argument("--leads", nargs=2, metavar=("LEAD1", "LEAD2"),
-                   help="with --wfdb-dir: the channels to score as lead 1 and lead 2, e.g. II V5 (names as in the "
-                   "headers; 'Lead II' or ii match II); a record without them is skipped (default: as --config's data "
-                   "are read, lead 1 its data.first_lead (MLII) or a limb lead, lead 2 its data.second_lead or V1 or "
-                   "the chest lead nearest it)")
+    add_leads_flag(p, "with --wfdb-dir: the channels to score as lead 1 and lead 2, e.g. II V5 (names as in the "
+                   "headers; 'Lead II' or ii match II); a record without them is skipped", "--config's data are")
     p.add_argument("--records", nargs="+", default=None, help="only these records")
     p.add_argument("--samples", type=int, default=100,
                    help="samples per window for probabilistic forecasters (default 100)")

@@ -34,7 +34,7 @@ import torch
 import paths
 import running
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, repeat_last
-from hyper_params import Config, DataConfig, load_config
+from hyper_params import Config, DataConfig, add_leads_flag, load_config
 from hyper_params_transformer import SampleConfig, stored_transformer_config
 from metrics import FLAT_MV
 from paths import PRETRAINED, ROOT, SHIPPED, SHIPPED_SPECS, UserError
@@ -636,11 +636,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--out", type=paths.given_path,
                    help="output folder (default: forecast-<time> in $ECG_RESULTS_DIR or results)")
-    p.add_argument("--leads", nargs=2, metavar=("LEAD1", "LEAD2"),
-                   help="the record's channels to forecast as lead 1 and lead 2, e.g. II V5 (names as in its header; "
-                   "'Lead II' or ii match II) (default: as the model's training data were read, lead 1 its "
-                   "data.first_lead (MLII) or a limb lead, lead 2 its data.second_lead or V1 or the chest lead nearest "
-                   "it)")
+    add_leads_flag(p, "the record's channels to forecast as lead 1 and lead 2, e.g. II V5 (names as in its header; "
+                   "'Lead II' or ii match II)", "the model's training data were")
     return p.parse_args(argv)
 
 

@@ -8,6 +8,7 @@ settings they were made with.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -176,6 +177,14 @@ class Config:
 
 
 LEAD_KEYS = ("first_lead", "second_lead")     # the data keys naming lead 1 and lead 2
+
+
+def add_leads_flag(p: argparse.ArgumentParser, chooses: str, read_as: str) -> None:
+    """--leads LEAD1 LEAD2 of forecast.py, evaluate.py and vqvae_eval.py: `chooses` says what it picks, `read_as`
+    whose data's leads it stands in for ('--config's data are'), so the three state the default lead choice alike."""
+    p.add_argument("--leads", nargs=2, metavar=("LEAD1", "LEAD2"),
+                   help=f"{chooses} (default: as {read_as} read, lead 1 its data.first_lead (MLII) or a limb lead, "
+                   f"lead 2 its data.second_lead or V1 or the chest lead nearest it)")
 
 
 def lead_key(name: str) -> str:

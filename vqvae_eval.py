@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 import paths
 import running
-from hyper_params import AugmentConfig, Config, DataConfig, stored_config
+from hyper_params import AugmentConfig, Config, DataConfig, add_leads_flag, stored_config
 from metrics import prd, prdn
 from prepare_mitbih import (asked_leads, augmented_encoding, cached_encoding, hundredths, load_split, patients_seen,
                             record_hash, source_bits, source_fs, stored_leads)
@@ -473,11 +473,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--start", type=float, help="with --record: the first window's start in seconds (default 0)")
     p.add_argument("--seconds", type=parse_seconds,
                    help="with --record: seconds to code in windows of the model's length, or 'end' (default: one window)")
-    p.add_argument("--leads", nargs=2, metavar=("LEAD1", "LEAD2"),
-                   help="with --record: the record's channels to code as lead 1 and lead 2, e.g. II V5 (names as in "
-                   "its header; 'Lead II' or ii match II) (default: as the model's training data were read, lead 1 "
-                   "its data.first_lead (MLII) or a limb lead, lead 2 its data.second_lead or V1 or the chest lead "
-                   "nearest it)")
+    add_leads_flag(p, "with --record: the record's channels to code as lead 1 and lead 2, e.g. II V5 (names as in "
+                   "its header; 'Lead II' or ii match II)", "the model's training data were")
     p.add_argument("--prepared", type=paths.given_path,
                    help="prepared tensors folder (default: $ECG_PREPARED_DIR or data/prepared)")
     p.add_argument("--checkpoints", type=paths.given_path,
