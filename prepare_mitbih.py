@@ -257,9 +257,9 @@ def remove_stale_parts(data_dir: Path) -> None:
     100 MB). Only those whose name says this process_space and a pid no process has: a live download's (another
     run's now; a pid reused counts as live) stays, and so do one of another host or container, whose processes this
     one cannot see, and one whose name says no owner (made before names did), each said in a line for the user to
-    judge."""
+    judge. A link of such a name is no download's (mkdtemp makes folders), and rmtree refused it on every run."""
     space = process_space()
-    for part in sorted(p for p in data_dir.glob(f"{DOWNLOAD_PART}*") if p.is_dir()):
+    for part in sorted(p for p in data_dir.glob(f"{DOWNLOAD_PART}*") if p.is_dir() and not p.is_symlink()):
         name, pid, _ = (part.name[len(DOWNLOAD_PART):].rsplit("-", 2) + ["", ""])[:3]
         if not (pid.isascii() and pid.isdigit()) or int(pid) <= 0:     # '²' is a digit int() refuses
             print(f"left {part}: a download's folder that names no process; remove it if no download runs there")

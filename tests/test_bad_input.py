@@ -441,17 +441,21 @@ def test_a_download_folder_is_told_by_its_last_two_dashes_and_only_a_dead_pid_of
                                                                                               capsys):
     """A host name has dashes and dots ('my-host.local'): the pid and the random part are the last two. Pid 0 (the
     process group to os.kill) names no process, a file of a folder's name is none, and a pid of another user's
-    process (EPERM) is alive: none of those is removed."""
+    process (EPERM) is alive: none of those is removed, nor a link of a folder's name."""
     ended = subprocess.Popen([sys.executable, "-c", ""])
     ended.wait()
     monkeypatch.setattr(pm, "process_space", lambda: "my-host.local")
     for name in (f"my-host.local-{ended.pid}-x", f"my-host-{ended.pid}-x", "my-host.local-0-x"):
         (tmp_path / f"{pm.DOWNLOAD_PART}{name}").mkdir()
     (tmp_path / f"{pm.DOWNLOAD_PART}my-host.local-{ended.pid}-file").write_text("")
+    (tmp_path / f"{pm.DOWNLOAD_PART}my-host.local-{ended.pid}-link").symlink_to(tmp_path / "kept", True)
+    (tmp_path / "kept").mkdir()
     pm.remove_stale_parts(tmp_path)
-    assert sorted(p.name[len(pm.DOWNLOAD_PART):] for p in tmp_path.iterdir()) == [
-        "my-host-" f"{ended.pid}-x", "my-host.local-0-x", f"my-host.local-{ended.pid}-file"]
+    assert sorted(p.name[len(pm.DOWNLOAD_PART):] for p in tmp_path.glob(".*")) == [
+        "my-host-" f"{ended.pid}-x", "my-host.local-0-x", f"my-host.local-{ended.pid}-file",
+        f"my-host.local-{ended.pid}-link"]
     out = capsys.readouterr().out
+    assert "-link" not in out      # a link is no download's folder: neither removed nor said "cannot remove"
     assert f"removed {tmp_path / pm.DOWNLOAD_PART}my-host.local-{ended.pid}-x, the folder" in out
     assert f"{pm.DOWNLOAD_PART}my-host-{ended.pid}-x: a download's folder of my-host, another host" in out
     assert f"{pm.DOWNLOAD_PART}my-host.local-0-x: a download's folder that names no process" in out
