@@ -914,8 +914,7 @@ def lead_bits(path: Path, leads: list[str]) -> list[int] | None:
     """Bits a frame of each of `leads` as record `path` stores them: its header's ADC resolution when given, else
     its signal format's (wfdb's table: 212 holds 12, 16 holds 16, 310 holds 10...), times its samples a frame (a
     lead of '212x4' stores 4 samples at the record's rate, which wfdb reads as their mean); None when neither says.
-    Compression ratios count these against the records, not MIT-BIH's 11 bits for every database. Two channels of
-    one name are its leads in turn: two 'ECG' (or unnamed) leads in 16 and 212 were both counted at 16 bits."""
+    Compression ratios count these against the records, not MIT-BIH's 11 bits for every database."""
     from wfdb.io._signal import BIT_RES
 
     header = channel_header(path, wfdb_header(path))
@@ -924,14 +923,32 @@ def lead_bits(path: Path, leads: list[str]) -> list[int] | None:
     fmts = list(header.fmt or [None] * len(names))
     frames = list(header.samps_per_frame or [1] * len(names))
     bits = [r if isinstance(r, numbers.Integral) and r > 0 else BIT_RES.get(str(f)) for r, f in zip(res, fmts)]
-    bits = [b and b * int(n or 1) for b, n in zip(bits, frames)]
+    found = lead_channels(names, leads)
+    if found is None or any(bits[i] is None for i in found):
+        return None
+    return [int(bits[i]) * int(frames[i] or 1) for i in found]
+
+
+def lead_frames(path: Path, leads: list[str]) -> list[int] | None:
+    """Samples a frame of each of `leads` in record `path` (its header's: 4 for a '212x4' lead, else 1), so a
+    lead's bits a frame (lead_bits) can be told as samples of their own bits; None when a lead is not there."""
+    header = channel_header(path, wfdb_header(path))
+    names = list(header.sig_name or [])
+    frames = list(header.samps_per_frame or [1] * len(names))
+    found = lead_channels(names, leads)
+    return None if found is None else [int(frames[i] or 1) for i in found]
+
+
+def lead_channels(names: list[str | None], leads: list[str]) -> list[int] | None:
+    """The channel of each of `leads` among a header's `names`, None when one is not there. Two channels of one
+    name are its leads in turn: two 'ECG' (or unnamed) leads in 16 and 212 were both counted at 16 bits."""
     free, found = list(range(len(names))), []     # a name given twice (two 'ECG', two unnamed: None): in turn
     for lead in leads:
         i = next((i for i in free if names[i] == lead), None)
-        if i is None or bits[i] is None:
+        if i is None:
             return None
         free.remove(i)
-        found.append(int(bits[i]))
+        found.append(i)
     return found
 
 
@@ -1651,6 +1668,7 @@ def prepared_meta(d: DataConfig, data_dir: Path, loaded: dict[str, Record], anno
         "splits": split,
         "windows": {s: int(len(t["signals"])) for s, t in tensors.items()},
         "records": {n: {"fs_in": r.fs_in, "leads": r.leads, "bits": lead_bits(data_dir / n, r.leads),
+                        "samples_per_frame": lead_frames(data_dir / n, r.leads),
                         "has_annotations": r.has_annotations,
                         "seconds": len(r.signal) / d.samples_per_second, "invalid_seconds": r.invalid_s,
                         "beats": int(len(r.beats))}
@@ -1838,28 +1856,46 @@ def records_of(meta: dict) -> dict:
     return stored if isinstance(stored, dict) else {}
 
 
-def source_fs(records: list[str], prepared_dir: str | Path | None = None) -> float | None:
-    """Mean sampling rate of these records as stored before resampling (meta.json), so compression
-    ratios count the bits of the records themselves; None when the metadata is missing."""
-    stored = stored_records(prepared_dir)
-    if not stored:
-        return None
-    try:
-        return float(np.mean([stored[r]["fs_in"] for r in records]))
-    except (KeyError, TypeError, ValueError):
-        return None
+@dataclass(frozen=True)
+class SourceSamples:
+    """A lead's samples in these records as stored (meta.json), so compression ratios count the records' own bits:
+    `fs` is the mean samples a second a lead, `bits` the mean bits a sample weighted by their number (fs x bits is
+    the records' mean bit rate a lead), and the ranges say whether the records differ. `bits` and `bits_range` are
+    None when meta.json gives no bits (prepared before it kept them, or a header that says none)."""
+    fs: float
+    fs_range: tuple[float, float]
+    bits: float | None = None
+    bits_range: tuple[float, float] | None = None
+
+    @classmethod
+    def uniform(cls, fs: float, bits: float | None = None) -> SourceSamples:
+        """Records all of one rate (and bits, when known)."""
+        return cls(fs, (fs, fs), bits, None if bits is None else (bits, bits))
 
 
-def source_bits(records: list[str], prepared_dir: str | Path | None = None) -> float | None:
-    """Bits of a sample of these records as stored (meta.json: each lead's), weighted by each record's rate, so
-    that source_fs x it is the records' mean bit rate per lead and compression ratios count the bits they hold;
-    None when the metadata lacks them (prepared before meta.json kept them, or a header that says none)."""
+def source_samples(records: list[str], prepared_dir: str | Path | None = None) -> SourceSamples | None:
+    """How these records store a lead (meta.json's fs_in, bits a frame and samples a frame): a '212x4' lead holds
+    4 samples of 11 bits a frame, 4 x fs_in samples a second. A meta.json prepared before it kept samples a frame
+    counts one; None when it is missing or lacks a record's rate."""
     stored = stored_records(prepared_dir)
     try:
-        pairs = [(float(np.mean(stored[r]["bits"])), float(stored[r]["fs_in"])) for r in records]
-    except (KeyError, TypeError, ValueError):
+        held = [stored[r] for r in records]
+        fs_in = [float(h["fs_in"]) for h in held]
+        frames = [h.get("samples_per_frame") or [1] * len(h.get("bits") or [0]) for h in held]
+        rates = [n * f for f, per in zip(fs_in, frames) for n in per]
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    return sum(b * f for b, f in pairs) / sum(f for _, f in pairs) if pairs else None
+    if not rates:
+        return None
+    fs = SourceSamples(float(np.mean(rates)), (min(rates), max(rates)))
+    try:
+        per_lead = [(b / n, n * f) for h, f, per in zip(held, fs_in, frames)
+                    for b, n in zip(h["bits"], per, strict=True)]
+        bits = [b for b, _ in per_lead]
+        return replace(fs, bits=sum(b * r for b, r in per_lead) / sum(r for _, r in per_lead),
+                       bits_range=(min(bits), max(bits)))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return fs
 
 
 def stored_leads(prepared_dir: str | Path | None = None) -> dict[str, list[str]]:

@@ -41,8 +41,8 @@ import paths
 import running
 from hyper_params import AugmentConfig, Config, DataConfig, add_leads_flag, stored_config
 from metrics import prd, prdn
-from prepare_mitbih import (asked_leads, augmented_encoding, cached_encoding, hundredths, load_split, patients_seen,
-                            record_hash, source_bits, source_fs, stored_leads)
+from prepare_mitbih import (SourceSamples, asked_leads, augmented_encoding, cached_encoding, hundredths, load_split,
+                            patients_seen, record_hash, source_samples, stored_leads)
 from train_results import fixed_indices, plot_windows, read_checkpoint, weights_digest, window_titles
 from training import Runtime, main_first, ranks_apart, run_splits
 from transformer import as_levels
@@ -216,25 +216,40 @@ def vqvae_choice(args: argparse.Namespace, source: str) -> str:
     return source if args.vqvae else f"{source} (the newest; --vqvae chooses another)"
 
 
-def compression(model: VQVAE, window: int, fs: float, record_fs: float | None = None,
-                record_bits: float | None = None) -> dict:
-    """Compression of a window of `window` samples at the model's `fs`: against the records it came
-    from (`record_bits`-bit samples at `record_fs`, the ECG-coding convention; defaults: `fs`, and MIT-BIH's
-    SAMPLE_BITS, said to be assumed) and against samples of as many bits at `fs`, and the bit rate."""
-    record_fs, bits = record_fs or fs, record_bits or SAMPLE_BITS
-    cr = model.compression_ratio(window, record_fs / fs, bits)
-    return {"compression_ratio": cr, "source_fs": record_fs, "sample_bits": bits,
-            "sample_bits_assumed": not record_bits,
+def compression(model: VQVAE, window: int, fs: float, source: SourceSamples | None = None) -> dict:
+    """Compression of a window of `window` samples at the model's `fs`: against the records it came from (their
+    `source` samples, the ECG-coding convention; defaults: `fs`, and MIT-BIH's SAMPLE_BITS, said to be assumed)
+    and against samples of as many bits at `fs`, and the bit rate. The ranges of the records' rates and bits go
+    with their means, so a mean is not told as every record's."""
+    source = source or SourceSamples.uniform(fs)
+    bits = source.bits or SAMPLE_BITS
+    cr = model.compression_ratio(window, source.fs / fs, bits)
+    return {"compression_ratio": cr, "source_fs": source.fs, "sample_bits": bits,
+            "sample_bits_assumed": not source.bits,
+            "source_fs_range": list(source.fs_range), "sample_bits_range": list(source.bits_range or (bits, bits)),
             "compression_ratio_model_rate": model.compression_ratio(window, sample_bits=bits),
-            "bits_per_second": 2 * bits * record_fs / cr}
+            "bits_per_second": 2 * bits * source.fs / cr}
+
+
+def uniform(s: dict) -> bool:
+    """Whether every lead of the records (a compression summary's) holds samples of one rate and bits."""
+    return len({*s["source_fs_range"]}) == len({*s["sample_bits_range"]}) == 1
+
+
+def source_words(s: dict, bits_note: str = "") -> str:
+    """The records' samples a compression summary counts, e.g. '11-bit samples at 360 Hz'; records that differ
+    get their mean bit rate a lead (the one the ratio counts) and the ranges, not a mean rate told as theirs."""
+    (b_lo, b_hi), (f_lo, f_hi) = s["sample_bits_range"], s["source_fs_range"]
+    words = (f"{b_lo:g}{f'- to {b_hi:g}' if b_hi != b_lo else ''}-bit{bits_note} samples at "
+             f"{f_lo:g}{f' to {f_hi:g}' if f_hi != f_lo else ''} Hz")
+    return words if uniform(s) else f"{s['source_fs'] * s['sample_bits']:,.0f} bit/s a lead on average: {words}"
 
 
 @torch.no_grad()
-def reconstruction_report(model: VQVAE, data: dict, record_fs: float | None = None, batch: int = 256,
-                          record_bits: float | None = None) -> dict:
+def reconstruction_report(model: VQVAE, data: dict, source: SourceSamples | None = None, batch: int = 256) -> dict:
     """Per-record sums of squared error / signal / deviation, so PRD is exact per record. The compression
-    ratio counts the bits of the records: `record_bits`-bit samples (default: MIT-BIH's 11) at `record_fs` (their
-    rate before resampling; default: the model's). The windows go to the model's device (a GPU's, from Python; the
+    ratio counts the bits of the records: their `source` samples (before resampling; default: MIT-BIH's 11 bits at
+    the model's rate). The windows go to the model's device (a GPU's, from Python; the
     CLI's is the CPU)."""
     sig = data["signals"]
     rec = data["record"].numpy()
@@ -258,7 +273,7 @@ def reconstruction_report(model: VQVAE, data: dict, record_fs: float | None = No
                   for i in range(len(names)) if n_per_record[i]}
     summary = {k: float(np.mean([r[k] for r in per_record.values()])) for k in ("mse_mv2", "prd", "prdn")}
     summary.update(**codebook_health(usage),
-                   **compression(model, sig.shape[1], float(data["fs"]), record_fs, record_bits),
+                   **compression(model, sig.shape[1], float(data["fs"]), source),
                    codebooks=len(model.quantizers), codebook_size=len(usage),
                    records=len(per_record), windows=int(len(sig)))
     return {"summary": summary, "per_record": per_record}
@@ -292,11 +307,17 @@ def report_lines(report: dict, data: dict) -> list[str]:
                     f"first codebook on these windows (training's codebook_health.png counts its epochs' own): "
                     f"perplexity {s['perplexity']:.1f}, codes used {100 * s['usage']:.0f}% of "
                     f"{s['codebook_size']}; "
-                    f"compression ratio {s['compression_ratio']:.1f} against the records ({s['sample_bits']:g}-bit "
-                    f"samples at {s['source_fs']:g} Hz; {s['compression_ratio_model_rate']:.1f} against "
-                    f"{s['sample_bits']:g}-bit samples at the model's {int(data['fs'])} Hz), "
+                    f"compression ratio {s['compression_ratio']:.1f} against the records ({source_words(s)}; "
+                    f"{s['compression_ratio_model_rate']:.1f} against {model_rate_words(s)} at the model's "
+                    f"{int(data['fs'])} Hz), "
                     f"{s['bits_per_second']:.0f} bit/s in {running.counted(s['codebooks'], 'codebook')}"
                     f"{bits_assumed(s)}"]
+
+
+def model_rate_words(s: dict) -> str:
+    """The samples the model-rate ratio counts: the records' bits, or their mean when the records differ."""
+    lo, hi = s["sample_bits_range"]
+    return f"{s['sample_bits']:g}-bit samples" if lo == hi else f"samples of their mean {s['sample_bits']:.3g} bits"
 
 
 def bits_assumed(s: dict) -> str:
@@ -443,8 +464,7 @@ def evaluate_split(args: argparse.Namespace, model: VQVAE, ckpt: dict, cfg: Conf
     data = load_split(args.split, cfg, args.prepared, any_records=True)   # a split of one's own is fine
     for warning in seen_warnings(ckpt["meta"], list(data["records"]), args.split):
         running.warn(warning)
-    report = reconstruction_report(model, data, source_fs(data["records"], args.prepared),
-                                   record_bits=source_bits(data["records"], args.prepared))
+    report = reconstruction_report(model, data, source_samples(data["records"], args.prepared))
     run = paths.new_run_dir("vqvae_eval", args.results)
     # the data hash as a training run's run.json gives it
     report.update(checkpoint=str(checkpoint), checkpoint_sha256=digest, split=args.split, git_commit=commit,

@@ -17,12 +17,12 @@ from torch.utils.data import Dataset
 import paths
 import running
 from hyper_params import Config, config_from_dict, load_config
-from prepare_mitbih import load_split, source_bits, source_fs
+from prepare_mitbih import load_split, source_samples
 from train_results import fixed_titles, fixed_windows, plot_windows
 from training import (EpochEndFn, Pooled, Runtime, Trainer, load_resume, run_config, run_parser, run_record,
                       run_splits, seed_everything, setup_runtime, shared_run_dirs, training_main)
 from vqvae import VQVAE, level_key, perplexity
-from vqvae_eval import compression
+from vqvae_eval import compression, source_words, uniform
 
 
 class RandomCrops(Dataset):
@@ -169,10 +169,12 @@ def compression_line(model: VQVAE, cfg: Config, records: list[str], prepared: st
     """Compression against the stored records (the ECG-coding convention) and against model-rate samples, and
     the bit rate of the codes (and gains), which needs no convention."""
     fs = cfg.data.samples_per_second
-    c = compression(model, cfg.data.total_samples, fs, source_fs(records, prepared), source_bits(records, prepared))
-    bits = f"{c['sample_bits']:g}-bit{' (assumed)' if c['sample_bits_assumed'] else ''}"
-    return (f"compression ratio {c['compression_ratio']:.1f} against the {c['source_fs']:g} Hz {bits} records "
-            f"({c['compression_ratio_model_rate']:.1f} against {fs} Hz samples), {c['bits_per_second']:.0f} bit/s")
+    c = compression(model, cfg.data.total_samples, fs, source_samples(records, prepared))
+    assumed = " (assumed)" if c["sample_bits_assumed"] else ""
+    model_rate = f"{c['compression_ratio_model_rate']:.1f} against {fs} Hz samples"
+    held = (f"the {c['source_fs']:g} Hz {c['sample_bits']:g}-bit{assumed} records ({model_rate})" if uniform(c)
+            else f"the records ({source_words(c, assumed)}; {model_rate})")
+    return f"compression ratio {c['compression_ratio']:.1f} against {held}, {c['bits_per_second']:.0f} bit/s"
 
 
 if __name__ == "__main__":

@@ -2085,16 +2085,41 @@ def test_meta_json_keeps_the_bits_of_lead_1_then_lead_2_whatever_order_the_heade
 
 
 def test_meta_json_keeps_each_leads_bits_and_their_mean_weighs_each_records_rate(prepared, tmp_path: Path) -> None:
-    """meta.json's records keep each lead's bits (the synthetic records: format 212, 12 bits); source_bits weighs
-    each record's by its rate, so source_fs x it is the records' mean bit rate, and is None for a meta.json
-    prepared before the bits were kept."""
-    assert {r["bits"] == [12, 12] for r in prepared.meta["records"].values()} == {True}
-    assert pm.source_bits(["100", "101"], prepared.out) == 12.0
+    """meta.json's records keep each lead's bits and samples a frame (the synthetic records: format 212, 12 bits,
+    one a frame); source_samples weighs each record's bits by its rate, so its fs x bits is the records' mean bit
+    rate, and its bits are None for a meta.json prepared before the bits were kept."""
+    assert {(r["bits"], r["samples_per_frame"]) == ([12, 12], [1, 1]) for r in prepared.meta["records"].values()
+            } == {True}
+    held = pm.source_samples(["100", "101"], prepared.out)
+    assert (held.bits, held.bits_range) == (12.0, (12.0, 12.0))
     records = {"a": {"fs_in": 360.0, "bits": [11, 11]}, "b": {"fs_in": 120.0, "bits": [16, 16]},
                "c": {"fs_in": 360.0, "bits": [12, 16]}, "old": {"fs_in": 360.0},
                "unsaid": {"fs_in": 360.0, "bits": None}}
     (tmp_path / "meta.json").write_text(json.dumps({"records": records}))
-    assert pm.source_bits(["a", "b"], tmp_path) == pytest.approx((11 * 360 + 16 * 120) / 480)
-    assert pm.source_bits(["c"], tmp_path) == 14.0
-    assert pm.source_bits(["a", "old"], tmp_path) is None and pm.source_bits(["unsaid"], tmp_path) is None
-    assert pm.source_bits([], tmp_path) is None and pm.source_bits(["a"], tmp_path / "none") is None
+    assert pm.source_samples(["a", "b"], tmp_path).bits == pytest.approx((11 * 360 + 16 * 120) / 480)
+    assert pm.source_samples(["c"], tmp_path).bits == 14.0
+    assert pm.source_samples(["a", "old"], tmp_path) == pm.SourceSamples.uniform(360.0)     # rates, but no bits
+    assert pm.source_samples(["unsaid"], tmp_path) == pm.SourceSamples.uniform(360.0)
+    assert pm.source_samples([], tmp_path) is None and pm.source_samples(["a"], tmp_path / "none") is None
+    assert pm.source_samples(["a", "gone"], tmp_path) is None
+
+
+def test_source_samples_tell_apart_records_of_several_rates_and_leads_of_several_samples_a_frame(
+        tmp_path: Path) -> None:
+    """Compression ratios said '11-bit samples at 476.667 Hz' of records at 360 and 500 Hz, and '44-bit samples' of a
+    '212x4' lead (4 samples of 11 bits a frame): source_samples gives a lead's bits a sample and samples a second,
+    their means (fs x bits the mean bit rate a lead, as before) and their ranges. A meta.json without samples a
+    frame (prepared before it kept them) counts one a frame."""
+    records = {"a": {"fs_in": 360.0, "bits": [11, 11], "samples_per_frame": [1, 1]},
+               "b": {"fs_in": 500.0, "bits": [16, 16], "samples_per_frame": [1, 1]},
+               "f": {"fs_in": 250.0, "bits": [44, 11], "samples_per_frame": [4, 1]},
+               "old": {"fs_in": 250.0, "bits": [44, 11]}}
+    (tmp_path / "meta.json").write_text(json.dumps({"records": records}))
+    mixed = pm.source_samples(["a", "a", "b"], tmp_path)
+    assert (mixed.fs, mixed.fs_range, mixed.bits_range) == (pytest.approx(1220 / 3), (360.0, 500.0), (11.0, 16.0))
+    assert mixed.fs * mixed.bits == pytest.approx((2 * 11 * 360 + 16 * 500) / 3)
+    frames = pm.source_samples(["f"], tmp_path)
+    assert (frames.fs, frames.fs_range, frames.bits, frames.bits_range) == (625.0, (250.0, 1000.0), 11.0, (11.0, 11.0))
+    assert frames.fs * frames.bits == (44 + 11) * 250 / 2
+    old = pm.source_samples(["old"], tmp_path)
+    assert (old.fs, old.fs_range, old.bits, old.bits_range) == (250.0, (250.0, 250.0), 27.5, (11.0, 44.0))

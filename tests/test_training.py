@@ -34,7 +34,7 @@ from conftest import (ROOT, loads_of, run_script, snapshot, stopped_at, trainer_
                       write_record)
 from hyper_params import ModelConfig, TrainConfig, config_from_dict, load_config
 from paths import UserError
-from prepare_mitbih import load_split, prepare
+from prepare_mitbih import SourceSamples, load_split, prepare
 from tiny import TINY, flags, tiny_setup
 from train_results import TRAINING_STATE, MetricsLog, check_same_config
 from vqvae import VQVAE
@@ -1800,9 +1800,29 @@ def test_compression_line_says_when_the_records_bits_are_assumed(tmp_path: Path,
     """A meta.json prepared before it kept the records' bits: MIT-BIH's 11 are counted, and the line says so."""
     setup = tiny_setup(tmp_path, synthetic_db)
     cfg = load_config(setup["config"])
-    monkeypatch.setattr(vqvae_train, "source_bits", lambda records, prepared: None)
+    monkeypatch.setattr(vqvae_train, "source_samples", lambda records, prepared: SourceSamples.uniform(360.0))
     line = vqvae_train.compression_line(VQVAE(cfg.model), cfg, ["102"], setup["prepared"])
     assert "against the 360 Hz 11-bit (assumed) records" in line and line.endswith("80 bit/s")
+
+
+def test_compression_line_tells_records_of_several_rates_and_samples_a_frame_as_they_are(
+        tmp_path: Path, synthetic_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The line said 'against the 476.667 Hz 13.0-bit records' of records at 360 and 500 Hz, and 'the 250 Hz 44-bit
+    records' of '212x4' leads: records that differ get their bit rate a lead and the ranges; '212x4' leads alike
+    their 11-bit samples at 1000 Hz."""
+    setup = tiny_setup(tmp_path, synthetic_db)
+    cfg = load_config(setup["config"])
+    for held, said in ((SourceSamples(1220 / 3, (360.0, 500.0), 15920 / 1220, (11.0, 16.0)),
+                        "against the records (5,307 bit/s a lead on average: 11- to 16-bit samples at 360 to 500 Hz; "
+                        "20.9 against 64 Hz samples), 80 bit/s"),
+                       (SourceSamples(305.0, (250.0, 360.0)),
+                        "against the records (3,355 bit/s a lead on average: 11-bit (assumed) samples at 250 to "
+                        "360 Hz; 17.6 against 64 Hz samples), 80 bit/s"),
+                       (SourceSamples.uniform(1000.0, 11.0),
+                        "against the 1000 Hz 11-bit records (17.6 against 64 Hz samples), 80 bit/s")):
+        monkeypatch.setattr(vqvae_train, "source_samples", lambda records, prepared, held=held: held)
+        line = vqvae_train.compression_line(VQVAE(cfg.model), cfg, ["102"], setup["prepared"])
+        assert line.endswith(said), line
 
 
 @pytest.mark.parametrize("losses, val_offset, scale", [([2.0, 0.5, 0.1], 0.1, "log"), ([2.0, -0.5, -1.5], 0.1, "linear"),

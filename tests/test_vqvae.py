@@ -1,3 +1,4 @@
+import json
 import math
 import re
 from pathlib import Path
@@ -11,6 +12,7 @@ import train_results
 import vqvae_eval
 from hyper_params import ModelConfig, load_config
 from paths import UserError
+from prepare_mitbih import SourceSamples, source_samples
 from vqvae import GAIN_BITS, GAIN_STEPS, VQVAE, VectorQuantizer
 
 
@@ -339,9 +341,9 @@ def test_bit_rate_is_the_codes_bits_per_second_whatever_the_records_rate():
     window, fs = 384, 128
     code_bits = window // 8 * 2 * math.log2(512) + 2 * GAIN_BITS
     for record_fs in (None, 128.0, 360.0):
-        c = vqvae_eval.compression(m, window, fs, record_fs)
+        c = vqvae_eval.compression(m, window, fs, record_fs and SourceSamples.uniform(record_fs))
         assert c["bits_per_second"] == pytest.approx(code_bits / (window / fs))
-    assert vqvae_eval.compression(m, window, fs, 360.0)["compression_ratio"] == pytest.approx(
+    assert vqvae_eval.compression(m, window, fs, SourceSamples.uniform(360.0))["compression_ratio"] == pytest.approx(
         vqvae_eval.compression(m, window, fs)["compression_ratio"] * 360 / 128)
 
 
@@ -350,24 +352,51 @@ def test_the_compression_ratio_counts_the_bits_the_records_hold():
     the bit rate none; without them (an older meta.json) MIT-BIH's 11 are taken, and reconstruction.md says so."""
     m = tiny_model(downsample_factor=8, codebook_size=512)
     window, fs = 384, 128
-    mitbih, own = (vqvae_eval.compression(m, window, fs, 360.0, bits) for bits in (None, 16.0))
+    mitbih, own = (vqvae_eval.compression(m, window, fs, SourceSamples.uniform(360.0, bits)) for bits in (None, 16.0))
     assert (mitbih["sample_bits"], mitbih["sample_bits_assumed"], own["sample_bits"], own["sample_bits_assumed"]
             ) == (11, True, 16.0, False)
     for key in ("compression_ratio", "compression_ratio_model_rate"):
         assert own[key] == pytest.approx(mitbih[key] * 16 / 11)
     assert own["bits_per_second"] == pytest.approx(mitbih["bits_per_second"])
-    assert vqvae_eval.compression(m, window, fs, 360.0, 11.0) == {**mitbih, "sample_bits": 11.0,
-                                                                 "sample_bits_assumed": False}
+    assert vqvae_eval.compression(m, window, fs, SourceSamples.uniform(360.0, 11.0)) == {
+        **mitbih, "sample_bits": 11.0, "sample_bits_assumed": False}
     x = torch.stack([torch.sin(torch.arange(32) / 3.0)] * 2, -1).expand(2, -1, -1).contiguous()
     data = {"signals": x, "record": torch.tensor([0, 0]), "records": ["a"], "fs": 128}
     for bits, said in ((None, "(11-bit samples at 360 Hz; 10.0 against 11-bit samples at the model's 128 Hz)"),
                        (16.0, "(16-bit samples at 360 Hz; 14.5 against 16-bit samples at the model's 128 Hz)")):
-        report = vqvae_eval.reconstruction_report(OffsetCoder(0.1), data, 360.0, record_bits=bits)
+        report = vqvae_eval.reconstruction_report(OffsetCoder(0.1), data, SourceSamples.uniform(360.0, bits))
         report.update(split="test", checkpoint="c.pt", checkpoint_sha256="0123", git_commit="abc")
         line = vqvae_eval.report_lines(report, data)[-1]
         assert said in line
         assert line.endswith("11 bits a sample (MIT-BIH's) are assumed: the prepared meta.json gives no bits of these "
                              "records (prepare them again to count their own)") == (bits is None), line
+
+
+def test_the_compression_line_tells_records_of_several_rates_and_samples_a_frame_as_they_are(tmp_path):
+    """reconstruction.md said '11-bit samples at 476.667 Hz' of records at 360 and 500 Hz (a mean rate told as
+    theirs) and '44-bit samples at 250 Hz' of '212x4' leads (4 samples of 11 bits a frame): records that differ
+    get the bit rate a lead the ratio counts and the ranges; one rate and bits, the samples as they are."""
+    records = {"a": {"fs_in": 360.0, "bits": [11, 11], "samples_per_frame": [1, 1]},
+               "b": {"fs_in": 500.0, "bits": [16, 16], "samples_per_frame": [1, 1]},
+               "x4": {"fs_in": 250.0, "bits": [44, 44], "samples_per_frame": [4, 4]},
+               "f": {"fs_in": 250.0, "bits": [44, 11], "samples_per_frame": [4, 1]}}
+    (tmp_path / "meta.json").write_text(json.dumps({"records": records}))
+    x = torch.stack([torch.sin(torch.arange(32) / 3.0)] * 2, -1).expand(2, -1, -1).contiguous()
+    data = {"signals": x, "record": torch.tensor([0, 0]), "records": ["a"], "fs": 128}
+    for held, said in (
+            (["a", "a", "b"], "compression ratio 37.7 against the records (5,307 bit/s a lead on average: 11- to "
+                              "16-bit samples at 360 to 500 Hz; 11.9 against samples of their mean 13 bits at the "
+                              "model's 128 Hz)"),
+            (["x4"], "compression ratio 78.1 against the records (11-bit samples at 1000 Hz; 10.0 against 11-bit "
+                     "samples at the model's 128 Hz)"),
+            (["f"], "compression ratio 48.8 against the records (6,875 bit/s a lead on average: 11-bit samples at "
+                    "250 to 1000 Hz; 10.0 against 11-bit samples at the model's 128 Hz)")):
+        report = vqvae_eval.reconstruction_report(OffsetCoder(0.1), data, source_samples(held, tmp_path))
+        report.update(split="test", checkpoint="c.pt", checkpoint_sha256="0123", git_commit="abc")
+        line = vqvae_eval.report_lines(report, data)[-1]
+        assert said in line and not line.endswith("(prepare them again to count their own)"), line
+        s = report["summary"]
+        assert s["compression_ratio"] == pytest.approx(10 * s["source_fs"] * s["sample_bits"] / (11 * 128))
 
 
 def test_the_readmes_compression_and_bit_rate_are_the_default_configs():
@@ -376,7 +405,7 @@ def test_the_readmes_compression_and_bit_rate_are_the_default_configs():
     6-bit gains a window. Worked out from config_vqvae.json, so a changed default cannot leave them standing."""
     cfg = load_config()
     m = VQVAE(cfg.model)
-    six, three = (vqvae_eval.compression(m, n, cfg.data.samples_per_second, 360.0)
+    six, three = (vqvae_eval.compression(m, n, cfg.data.samples_per_second, SourceSamples.uniform(360.0))
                   for n in (cfg.data.total_samples, cfg.data.window_samples))
     assert cfg.data.total_samples / cfg.data.samples_per_second == 6.0
     assert (round(six["compression_ratio"], 1), round(six["bits_per_second"]), round(six["compression_ratio_model_rate"], 1)
@@ -478,7 +507,7 @@ def test_reconstruction_md_puts_each_number_in_its_column_and_unit():
     summary = {"records": 1, "windows": 3, "mse_mv2": 0.02, "prd": 11.5, "prdn": 31.25, "perplexity": 20.0,
                "usage": 0.75, "compression_ratio": 112.5, "source_fs": 360.0, "compression_ratio_model_rate": 20.0,
                "bits_per_second": 70.4, "codebooks": 2, "codebook_size": 64, "sample_bits": 11,
-               "sample_bits_assumed": False}
+               "sample_bits_assumed": False, "source_fs_range": [360.0, 360.0], "sample_bits_range": [11, 11]}
     report = {"split": "test", "checkpoint": "c.pt", "checkpoint_sha256": "0123", "git_commit": "abc",
               "summary": summary, "per_record": {"109": {"mse_mv2": 0.01, "prd": 12.5, "prdn": 30.25}},
               "leads": {"109": ["MLII", "V1"]}}
@@ -499,7 +528,7 @@ def test_reconstruction_md_gives_a_window_of_a_fraction_of_a_second_as_it_is():
     summary = {"records": 1, "windows": 3, "mse_mv2": 0.02, "prd": 11.5, "prdn": 31.25, "perplexity": 20.0,
                "usage": 0.75, "compression_ratio": 16.0, "source_fs": 250.0, "compression_ratio_model_rate": 16.0,
                "bits_per_second": 70.4, "codebooks": 2, "codebook_size": 64, "sample_bits": 16,
-               "sample_bits_assumed": False}
+               "sample_bits_assumed": False, "source_fs_range": [250.0, 250.0], "sample_bits_range": [16, 16]}
     report = {"split": "test", "checkpoint": "c.pt", "checkpoint_sha256": "0123", "git_commit": "abc",
               "summary": summary, "per_record": {}}
     lines = vqvae_eval.report_lines(report, {"signals": torch.zeros(3, 1600, 2), "fs": 250})
