@@ -914,9 +914,18 @@ def run_record(cfg_dict: dict, seed: int, train: dict, val: dict, rt: Runtime, a
             "torch": str(torch.__version__), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+MULTI_PROCESS_HELP = """\
+several processes (DistributedDataParallel: one per GPU, or CPU processes over gloo):
+    torchrun --standalone --nproc_per_node N %(prog)s [flags as usual]
+  --batch-size is the global batch, which N must divide; only rank 0 prints and writes files; on CPUs set
+  OMP_NUM_THREADS to cores / N. A run resumes (--resume) under torchrun or in one process alike."""
+
+
 def run_parser(doc: str | None, config_help: str) -> argparse.ArgumentParser:
-    """The flags every *_train.py shares; scripts add their own (e.g. --vqvae) to it."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The flags every *_train.py shares; scripts add their own (e.g. --vqvae) to it. Its epilog says how to run
+    on several processes, which only vqvae_train.py's own docstring said: every trainer runs under torchrun."""
+    p = argparse.ArgumentParser(description=doc, epilog=MULTI_PROCESS_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=paths.given_path, help=config_help)
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--max-steps", type=int, help="override train.max_steps_per_epoch (quick runs)")

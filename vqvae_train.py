@@ -1,7 +1,6 @@
 """Train the ECG tokenizer (VQ-VAE) on the training patients.
 
     python3 vqvae_train.py [--config config_vqvae.json] [--epochs N] [--resume PATH] [--device D] [--seed S]
-    torchrun --nproc_per_node 2 vqvae_train.py ...      # DistributedDataParallel
 
 Writes plots, metrics.csv and run.json to results/vqvae-<time>/ and checkpoints (last, best,
 every N epochs) to checkpoints/vqvae-<time>/.

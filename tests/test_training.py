@@ -2292,3 +2292,16 @@ def test_augment_copies_0_is_taken_as_no_augmentation() -> None:
     import argparse
     training.check_run_flags(argparse.Namespace(epochs=None, max_steps=None, batch_size=None, augment_copies=0,
                                                 seed=None))
+
+
+@pytest.mark.parametrize("module", [vqvae_train, transformer_train, latent_sde_train], ids=lambda m: m.__name__)
+def test_every_trainers_help_says_how_to_run_on_several_processes(module: ModuleType) -> None:
+    """Only vqvae_train.py's --help named torchrun: a user of the forecasters' trainers, told by README that every
+    *_train.py scales under torchrun, found no word of it, of the global batch or of resuming across process counts."""
+    script = f"{module.__name__}.py"
+    r = run_script(module.main, script, ["--help"])
+    said = " ".join(r.stdout.split())
+    assert r.returncode == 0, r.stderr
+    assert f"torchrun --standalone --nproc_per_node N {script} [flags as usual]" in said, said
+    assert "--batch-size is the global batch, which N must divide" in said and "gloo" in said, said
+    assert "resumes (--resume) under torchrun or in one process alike" in said, said
