@@ -678,12 +678,16 @@ class Trainer:
     def _fit_beside_the_others(self, resume: str | Path | None, ckpt: dict | None) -> dict:
         """fit(); under torchrun a rank stopped or failing alone closes its connections, and the others fail in their
         next collective with torch's traceback: when it left word (running.leave_word), they say it in one line, with
-        how to resume. Any other failure keeps its traceback."""
+        how to resume. Any other failure keeps its traceback, ending with how to resume: a rank killed outright
+        (kill -9, the out-of-memory killer) leaves no word, and the others' tracebacks ('Connection closed by peer')
+        said none."""
         try:
             return self.fit(resume, ckpt)
         except RuntimeError as e:
             if self.rt.distributed:
-                running.raise_word_left(e, self.resume_hint())
+                hint = self.resume_hint()
+                running.raise_word_left(e, hint)
+                e.add_note(hint)
             raise
 
     def resume_hint(self) -> str:

@@ -451,6 +451,27 @@ def test_a_rank_stopped_alone_leaves_the_other_one_line_not_a_traceback(tmp_path
     assert "Connection closed" not in r.stderr and r.stderr.count("Traceback") == 1, r.stderr    # torchrun's own
 
 
+def test_a_rank_killed_outright_leaves_the_others_a_traceback_saying_how_to_resume(tmp_path: Path, tiny: dict) -> None:
+    """A rank killed outright (kill -9, the out-of-memory killer) leaves no word in the store: the other rank's next
+    collective failed with gloo's 'Connection closed by peer' traceback and no resume command (under torchrun in
+    2 runs of 3, its agent's SIGTERM coming later). Two env:// ranks (no agent to stop rank 0) in the harness:
+    rank 1 SIGKILLs itself in epoch 2; rank 0's traceback ends with the resume command."""
+    setup = outputs(tiny, tmp_path)
+    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
+           "ECG_DIST_TIMEOUT": "60", "ECG_CACHE_DIR": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, HARNESS, "--signal-at-step", "1", "8", "SIGKILL", "vqvae_train", "--",
+                               *flags(setup, "--device", "cpu")], cwd=ROOT, env={**env, "RANK": str(rank)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+             for rank in (0, 1)]
+    (_, rank0), _ = [p.communicate(timeout=120) for p in procs]
+    last = newest(tmp_path / "checkpoints") / "last.pt"
+    assert [p.returncode for p in procs] == [1, -signal.SIGKILL], rank0
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+    lines = rank0.splitlines()
+    assert "RuntimeError" in " ".join(lines[-3:]), rank0
+    assert lines[-1] == f"[rank0]: resume with: vqvae_train.main(['--resume', '{last}'])", rank0
+
+
 @pytest.fixture
 def group_of_rank(monkeypatch) -> list[int]:
     """This process as a rank (the list's one value, to change) of a process group whose store is a HashStore."""

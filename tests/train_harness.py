@@ -8,7 +8,8 @@
                      and sleep (kill me)
 --dump-state DIR     after training, every rank saves the state_dict it holds to DIR/rank<R>.pt
 --dump-rng DIR       every rank saves its torch RNG state at each epoch's first step to DIR/rng<R>.pt
---signal-at-step R N SIG   rank R alone sends itself SIG (SIGTERM, SIGINT) after N optimiser steps, in the next one
+--signal-at-step R N SIG   rank R alone sends itself SIG (SIGTERM, SIGINT, SIGKILL) after N optimiser steps, in
+                           the next one
 Works under torchrun too. One CPU thread, like the in-process tests, so runs compare bit for bit.
 """
 from __future__ import annotations
