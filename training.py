@@ -438,10 +438,11 @@ class Trainer:
 
     def _note_short_warmup(self) -> None:
         """Said as fit starts, of the steps it trains over, not when the Trainer is built: a resume at other steps
-        per epoch lays its schedule out anew (_lay_out_the_steps_left)."""
+        per epoch lays its schedule out anew (_lay_out_the_steps_left). A resume past the warm-up says none: 'warming
+        up over 3 steps' at step 10 told of a warm-up the run had done."""
         total = self._run_steps()
         warmup = run_warmup(self.s.warmup_steps, total)
-        if warmup < self.s.warmup_steps and self.rt.is_main:
+        if warmup < self.s.warmup_steps and (self.step == 0 or self.step < warmup) and self.rt.is_main:
             over = f"warming up over {running.counted(warmup, 'step')}" if warmup else "with no warm-up"
             running.note(f"train.warmup_steps {self.s.warmup_steps} is over a quarter of this run's "
                          f"{running.counted(total, 'step')}: "
@@ -630,7 +631,7 @@ class Trainer:
         row: dict = {}
         if self.rt.is_main:
             print(f"training {self.kind} on {self.rt.device} x{self.rt.world}: epochs {self.epoch + 1}..{self.s.epochs}, "
-                  f"{self.steps_per_epoch} steps/epoch, run folder {self.run_dir}", flush=True)
+                  f"{running.counted(self.steps_per_epoch, 'step')}/epoch, run folder {self.run_dir}", flush=True)
         while self.epoch < self.s.epochs:
             row = self._epoch(model)
             if self.rt.is_main:

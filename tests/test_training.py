@@ -664,6 +664,18 @@ def test_a_resume_at_other_steps_per_epoch_notes_the_warm_up_it_trains_with(tmp_
                                                   f"run's {said}, so the learning rate reaches its peak and decays"])
 
 
+def test_a_resume_past_its_warm_up_says_none_and_one_step_an_epoch_is_no_steps(tmp_path, capsys):
+    """A run resumed at step 8 of a warm-up cut to 3 said 'warming up over 3 steps', a warm-up it had done; a
+    warm-up still ahead of the resume is said. One step an epoch read '1 steps/epoch'."""
+    toy_trainer(tmp_path / "a", epochs=2, max_steps_per_epoch=4, warmup_steps=100).fit()
+    toy_trainer(tmp_path / "b", epochs=1, max_steps_per_epoch=1, warmup_steps=100).fit()
+    assert "x1: epochs 1..1, 1 step/epoch, run folder" in capsys.readouterr().out
+    for run, epochs, said in (("a", 3, False), ("b", 8, True)):        # at step 8 of 12, warm-up 3; step 1 of 8, 2
+        toy_trainer(tmp_path / f"{run}2", epochs=epochs, max_steps_per_epoch=4 if run == "a" else 1,
+                    warmup_steps=100).fit(resume=tmp_path / run / "ckpt" / "last.pt")
+        assert ("warming up over" in capsys.readouterr().err) == said
+
+
 def test_a_resume_of_a_run_that_has_done_its_epochs_says_how_to_go_on(tmp_path, capsys):
     """--resume of a 3-epoch run with --epochs 2 said 'has done 3 of 2 epochs; pass a larger --epochs'."""
     toy_trainer(tmp_path, epochs=3, max_steps_per_epoch=1).fit()
