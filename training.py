@@ -778,8 +778,23 @@ def _launch(script: str) -> list[str]:
         return ["python3", script]
     launcher = running.launcher_argv()      # ends with this process's flags, sys.argv[1:]
     if launcher:
-        return launcher[:len(launcher) - len(sys.argv) + 1]
+        return as_typed(launcher[:len(launcher) - len(sys.argv) + 1])
     return ["torchrun", f"--nproc-per-node={os.environ.get('LOCAL_WORLD_SIZE', '1')}", script]
+
+
+def as_typed(launcher: list[str]) -> list[str]:
+    """A torchrun launcher's command line as one types it: the kernel runs the console script through its shebang,
+    so /proc reads '/venv/bin/python3 /venv/bin/torchrun ...'; the interpreter goes, and the script is `torchrun`
+    when PATH finds that one. `python3 -m torch.distributed.run ...` is kept as it is."""
+    if len(launcher) < 2 or os.path.basename(launcher[1]) != "torchrun" \
+            or not os.path.basename(launcher[0]).startswith("python"):
+        return launcher
+    found = shutil.which("torchrun")
+    try:
+        same = found is not None and os.path.samefile(found, launcher[1])
+    except OSError:
+        same = False
+    return ["torchrun" if same else launcher[1], *launcher[2:]]
 
 
 def _from_command_line(argv: list[str] | None) -> bool:

@@ -997,17 +997,36 @@ def test_a_torchrun_workers_run_json_says_torchrun_when_its_launcher_is_unread(m
 
 @pytest.mark.parametrize("launcher, said", [
     (["/venv/bin/python3", "/venv/bin/torchrun", "--nproc-per-node=2", "vqvae_train.py", "--results", "my runs"],
-     "/venv/bin/python3 /venv/bin/torchrun --nproc-per-node=2 vqvae_train.py --resume 'my runs/last.pt'"),
-    (None, "torchrun --nproc-per-node=2 vqvae_train.py --resume 'my runs/last.pt'")], ids=["launcher", "unread"])
+     "/venv/bin/torchrun --nproc-per-node=2 vqvae_train.py --resume 'my runs/last.pt'"),
+    (["/usr/bin/python3", "-m", "torch.distributed.run", "--nproc-per-node=2", "vqvae_train.py", "--results",
+      "my runs"],
+     "/usr/bin/python3 -m torch.distributed.run --nproc-per-node=2 vqvae_train.py --resume 'my runs/last.pt'"),
+    (None, "torchrun --nproc-per-node=2 vqvae_train.py --resume 'my runs/last.pt'")],
+    ids=["launcher", "module", "unread"])
 def test_a_torchrun_workers_resume_hint_says_its_torchrun_command(monkeypatch, launcher, said):
     """A torchrun worker said `python3 vqvae_train.py --resume ...`, which resumes on one process: it says the
-    torchrun command up to the script, as run.json's command does (its launcher's, else a torchrun one)."""
+    torchrun command up to the script, as run.json's command does (its launcher's as typed, not the shebang's
+    '/venv/bin/python3 /venv/bin/torchrun', else a torchrun one)."""
+    monkeypatch.setattr(training.shutil, "which", lambda name: None)
     monkeypatch.setattr(sys, "argv", ["vqvae_train.py", "--results", "my runs"])
     monkeypatch.setattr(running, "script_running", lambda: "vqvae_train.py")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setattr(running, "launcher_argv", lambda: launcher)
     assert training.resume_hint("my runs/last.pt", "vqvae") == f"resume with: {said}"
+
+
+def test_a_torchrun_on_the_path_is_said_as_torchrun(monkeypatch, tmp_path):
+    """torchrun typed as found on PATH reads '/abs/venv/bin/python3 /abs/venv/bin/torchrun' in /proc: said as
+    `torchrun`; another torchrun than PATH's keeps its path."""
+    mine, other = tmp_path / "torchrun", tmp_path / "other" / "torchrun"
+    other.parent.mkdir()
+    mine.write_text(""), other.write_text("")
+    monkeypatch.setattr(training.shutil, "which", lambda name: str(mine))
+    assert training.as_typed(["/v/python3.11", str(mine), "--standalone", "a.py"]) == ["torchrun", "--standalone",
+                                                                                         "a.py"]
+    assert training.as_typed(["/v/python3.11", str(other), "a.py"]) == [str(other), "a.py"]
+    assert training.as_typed(["/v/bash", str(mine), "a.py"]) == ["/v/bash", str(mine), "a.py"]
 
 
 def recording_main(monkeypatch) -> Callable[[list[str] | None], dict]:
