@@ -41,9 +41,9 @@ from hyper_params import Config, TrainConfig
 from hyper_params_sde import CRPSConfig, SDEConfig, load_sde_config, sde_config_from_dict, stored_sde_config
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from train_results import fixed_titles, fixed_windows, plot_epoch_forecasts, read_checkpoint
-from training import (EpochEndFn, Pooled, Runtime, StepFn, Trainer, check_run_flags, check_run_roots, load_resume,
-                      resumed_seed, run_config, run_parser, run_record, seed_everything, setup_runtime,
-                      shared_run_dirs, training_main)
+from training import (EpochEndFn, Pooled, Runtime, StepFn, Trainer, check_batch_split, check_run_flags,
+                      check_run_roots, load_resume, resumed_seed, run_config, run_parser, run_record, seed_everything,
+                      setup_runtime, shared_run_dirs, training_main)
 from vqvae import VQVAE
 from vqvae_eval import (FORECASTER_FLAGS, add_forecaster_flags, forecaster_splits, forecasting_config, frozen_encodings,
                         run_vqvae, started_from, vqvae_choice)
@@ -255,9 +255,7 @@ def check_adjoint(scfg: SDEConfig, rt: Runtime) -> None:
 def check_crps_batch(scfg: SDEConfig, rt: Runtime) -> None:
     """The fine-tuning's global batch is crps.batch_size (or --batch-size): the trainer's own check would name
     train.batch_size, which the user did not set and which does not change it."""
-    if scfg.crps.batch_size % rt.world:
-        raise paths.UserError(f"crps.batch_size={scfg.crps.batch_size} (--batch-size) must be divisible by the "
-                              f"{rt.world} processes")
+    check_batch_split("crps.batch_size", scfg.crps.batch_size, rt.world)
 
 
 def check_solver_step(scfg: SDEConfig, frames_per_second: float) -> None:

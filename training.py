@@ -407,8 +407,7 @@ class Trainer:
     def make_loaders(self, train_set: Dataset, val_set: Dataset) -> None:
         """Each rank's share of the global batch, drawn from one seeded permutation of the training windows."""
         settings, rt = self.s, self.rt
-        if settings.batch_size % rt.world:
-            raise UserError(f"train.batch_size={settings.batch_size} must be divisible by the {rt.world} processes")
+        check_batch_split("train.batch_size", settings.batch_size, rt.world)
         per_rank = settings.batch_size // rt.world
         self.sampler = DistributedSampler(train_set, rt.world, rt.rank, shuffle=True, seed=settings.seed,
                                           drop_last=True)
@@ -780,6 +779,16 @@ def _launch(script: str) -> list[str]:
     if launcher:
         return as_typed(launcher[:len(launcher) - len(sys.argv) + 1])
     return ["torchrun", f"--nproc-per-node={os.environ.get('LOCAL_WORLD_SIZE', '1')}", script]
+
+
+def check_batch_split(key: str, batch: int, world: int) -> None:
+    """A global batch of `key` (which --batch-size sets) that the `world` processes cannot share evenly is refused,
+    with the sizes either side that they can."""
+    if batch % world:
+        lower = batch // world * world
+        sizes = f"{lower} or {lower + world}" if lower else f"{world}"
+        raise UserError(f"{key}={batch} (--batch-size) must be divisible by the {world} processes: pass --batch-size "
+                        f"{sizes}")
 
 
 def as_typed(launcher: list[str]) -> list[str]:

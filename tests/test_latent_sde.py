@@ -1526,7 +1526,8 @@ def test_an_odd_crps_batch_under_torchrun_names_the_crps_key(tmp_path: Path, mon
     torch.save({"kind": "latent_sde", "model": {}, "config": {**raw, "vqvae": {}}, "meta": {"seed": 0}, "vqvae": {}},
                elbo)
     monkeypatch.setattr(latent_sde_train, "setup_runtime", lambda device: Runtime(torch.device("cpu"), 0, 2))
-    with pytest.raises(UserError, match=r"^crps\.batch_size=3 \(--batch-size\) must be divisible by the 2 processes$"):
+    with pytest.raises(UserError, match=r"^crps\.batch_size=3 \(--batch-size\) must be divisible by the 2 "
+                                        r"processes: pass --batch-size 2 or 4$"):
         latent_sde_train.main(["--device", "cpu", "--crps-from", str(elbo), "--batch-size", "3"])
 
 

@@ -2336,3 +2336,23 @@ def test_every_trainers_help_says_how_to_run_on_several_processes(module: Module
     assert f"torchrun --standalone --nproc_per_node N {script} [flags as usual]" in said, said
     assert "--batch-size is the global batch, which N must divide" in said and "gloo" in said, said
     assert "resumes (--resume) under torchrun or in one process alike" in said, said
+
+
+@pytest.mark.parametrize("batch, world, sizes", [(33, 2, "32 or 34"), (3, 4, "4"), (10, 4, "8 or 12")])
+def test_a_batch_the_processes_cannot_share_names_the_flag_and_the_sizes_they_can(batch, world, sizes):
+    """'train.batch_size=33 must be divisible by the 2 processes' named neither the flag that sets it nor a size
+    that would do."""
+    with pytest.raises(UserError, match=rf"^train\.batch_size={batch} \(--batch-size\) must be divisible by the "
+                                        rf"{world} processes: pass --batch-size {sizes}$"):
+        training.check_batch_split("train.batch_size", batch, world)
+    training.check_batch_split("train.batch_size", batch * world, world)
+
+
+def test_the_trainer_asks_whether_its_processes_can_share_the_batch(tmp_path, monkeypatch):
+    x = torch.randn(64, 4)
+    data = TensorDataset(x, x.sum(1, keepdim=True))
+    monkeypatch.setattr(training, "check_same_data", lambda *a: None)      # ranks that share no process group
+    with pytest.raises(UserError, match=r"^train\.batch_size=9 \(--batch-size\) must be divisible by the 2 "):
+        training.Trainer(nn.Linear(4, 1), data, data, squared_error, TrainConfig(epochs=1, batch_size=9),
+                         tmp_path / "run", tmp_path / "ckpt", {}, {}, training.Runtime(torch.device("cpu"), 0, 2),
+                         "toy")
