@@ -766,19 +766,33 @@ def resume_hint(start: str | Path | None, kind: str) -> str:
     if not begun.module and running.script_running() is None:
         return f"resume with: fit(resume={str(start)!r})"
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else f"{kind}_train.py"
-    return f"resume with: {shlex.join([*_launch(script), '--resume', str(start)])}"     # a folder 'my runs' too
+    return f"resume with: {_launched(script, ['--resume', str(start)])}"     # a folder 'my runs' too
 
 
-def _launch(script: str) -> list[str]:
-    """The command up to the script that starts `script` again as this process was: `python3 <script>`; a torchrun
-    worker's own would start one process: its launcher's is said (running.launcher_argv), else a torchrun one
-    starting as many processes per node. resume_hint and _run_command add the script's flags."""
+def _launched(script: str, flags: list[str]) -> str:
+    """The command that starts `script` with `flags` again as this process was, quoted as a shell needs it:
+    `python3 <script> ...`; a torchrun worker's own would start one process: its launcher's is said
+    (running.launcher_argv), else a torchrun one starting as many processes per node, on as many nodes. Over several
+    nodes a launcher starts its own node alone: a shell comment says to run the command on each (with its own
+    --node-rank when the line names this node's), so that it neither restarts a part of the job nor, typed on every
+    node as it stands, claims one node's rank twice."""
     if "TORCHELASTIC_RUN_ID" not in os.environ:     # set by torchrun for its workers
-        return ["python3", script]
-    launcher = running.launcher_argv()      # ends with this process's flags, sys.argv[1:]
+        return shlex.join(["python3", script, *flags])
+    nodes, launcher = int(os.environ.get("GROUP_WORLD_SIZE", "1")), running.launcher_argv()
+    if launcher:        # it ends with this process's flags, sys.argv[1:]
+        launch = as_typed(launcher[:len(launcher) - len(sys.argv) + 1])
+    else:
+        launch = ["torchrun", *([f"--nnodes={nodes}"] if nodes > 1 else []),
+                  f"--nproc-per-node={os.environ.get('LOCAL_WORLD_SIZE', '1')}", script]
+    command = shlex.join([*launch, *flags])
+    if nodes <= 1:
+        return command
+    rank_flag = next((p.split("=")[0] for p in launch if p.split("=")[0] in ("--node_rank", "--node-rank")), None)
+    if rank_flag:
+        return f"{command}  # on each of the {nodes} nodes, with its own {rank_flag} (0 to {nodes - 1})"
     if launcher:
-        return as_typed(launcher[:len(launcher) - len(sys.argv) + 1])
-    return ["torchrun", f"--nproc-per-node={os.environ.get('LOCAL_WORLD_SIZE', '1')}", script]
+        return f"{command}  # on each of the {nodes} nodes"
+    return f"{command}  # on each of the {nodes} nodes, with the rendezvous flags the run was started with"
 
 
 def check_batch_split(key: str, batch: int, world: int) -> None:
@@ -925,10 +939,10 @@ def load_resume(path: str | Path, kind: str) -> dict:
 def _run_command(argv: list[str] | None) -> str:
     """What ran, to run it again, as resume_hint says it: the command line (`python3 <script> ...`, quoted as a shell
     needs it) or the call from Python (_main_call). The list alone ('--epochs 1') named no script. A torchrun worker's
-    own command line would start one process: its launcher's is said (_launch)."""
+    own command line would start one process: its launcher's is said (_launched)."""
     if not _from_command_line(argv):
         return _main_call(argv)
-    return shlex.join([*_launch(sys.argv[0]), *sys.argv[1:]])
+    return _launched(sys.argv[0], sys.argv[1:])
 
 
 def run_record(cfg_dict: dict, seed: int, train: dict, val: dict, rt: Runtime, argv: list[str] | None) -> dict:

@@ -1016,6 +1016,48 @@ def test_a_torchrun_workers_resume_hint_says_its_torchrun_command(monkeypatch, l
     assert training.resume_hint("my runs/last.pt", "vqvae") == f"resume with: {said}"
 
 
+NODE_0 = ["/venv/bin/python3", "/venv/bin/torchrun", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", "0",
+          "--master_addr", "10.0.0.1", "vqvae_train.py", "--results", "r"]
+RENDEZVOUS = ["/venv/bin/python3", "/venv/bin/torchrun", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+              "--rdzv-endpoint=10.0.0.1:29500", "vqvae_train.py", "--results", "r"]
+
+
+@pytest.mark.parametrize("launcher, said", [
+    (NODE_0, "/venv/bin/torchrun --nnodes 2 --nproc_per_node 1 --node_rank 0 --master_addr 10.0.0.1 vqvae_train.py "
+             "--resume r/last.pt  # on each of the 2 nodes, with its own --node_rank (0 to 1)"),
+    (RENDEZVOUS, "/venv/bin/torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d --rdzv-endpoint=10.0.0.1:29500 "
+                 "vqvae_train.py --resume r/last.pt  # on each of the 2 nodes"),
+    (None, "torchrun --nnodes=2 --nproc-per-node=1 vqvae_train.py --resume r/last.pt  # on each of the 2 nodes, with "
+           "the rendezvous flags the run was started with")],
+    ids=["node_rank", "rendezvous", "unread"])
+def test_a_multi_node_runs_resume_hint_and_run_json_say_to_run_it_on_every_node(monkeypatch, launcher, said):
+    """A job over 2 nodes (torchrun's GROUP_WORLD_SIZE) said rank 0's launcher's line alone ('--node_rank 0'), or
+    'torchrun --nproc-per-node=1 ...' when it was unread: typed as said, it restarted one node of the two, which
+    waited for the other. The line is said with a shell comment to run it on each node, with its own --node_rank
+    where the line names one; the unread launcher's says --nnodes. run.json's command says the same."""
+    monkeypatch.setattr(training.shutil, "which", lambda name: None)
+    monkeypatch.setattr(sys, "argv", ["vqvae_train.py", "--results", "r"])
+    monkeypatch.setattr(running, "script_running", lambda: "vqvae_train.py")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+    monkeypatch.setattr(running, "launcher_argv", lambda: launcher)
+    assert training.resume_hint("r/last.pt", "vqvae") == f"resume with: {said}"
+    split = {"data_hash": "d0", "input_hash": "i0", "records": ["100"]}
+    record = training.run_record({}, 0, split, split, training.Runtime(torch.device("cpu")), None)
+    assert record["command"] == said.replace("--resume r/last.pt", "--results r")
+
+
+def test_a_single_node_torchrun_command_has_no_comment(monkeypatch):
+    """One node (GROUP_WORLD_SIZE 1, as torchrun --standalone sets it) keeps its one-line command, comment-free."""
+    monkeypatch.setattr(sys, "argv", ["vqvae_train.py"])
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "1")
+    monkeypatch.setattr(running, "launcher_argv", lambda: None)
+    assert training._run_command(None) == "torchrun --nproc-per-node=2 vqvae_train.py"
+
+
 def test_a_torchrun_on_the_path_is_said_as_torchrun(monkeypatch, tmp_path):
     """torchrun typed as found on PATH reads '/abs/venv/bin/python3 /abs/venv/bin/torchrun' in /proc: said as
     `torchrun`; another torchrun than PATH's keeps its path."""
