@@ -176,18 +176,23 @@ def join_process_group(backend: str, rank: int, world: int) -> None:
 
 
 def main_first(rt: Runtime, compute: Callable[[], Any]) -> Any:
-    """`compute` on rank 0 before the other ranks start it: an encoding it caches is then made once, and the
-    other ranks read it (or, when the cache could not be written, compute it themselves). They wait on a
-    group of their own with a long timeout: encoding a large database outlasts the default group's. A longer
-    $ECG_DIST_TIMEOUT is kept: a database that takes longer to encode stopped the other ranks at 6 h."""
+    """`compute` on rank 0 before the other ranks start it, then on each other node's first process (local rank 0)
+    before the rest of its node: an encoding it caches is then made once, and the other ranks read it. A node that
+    does not share rank 0's cache (ECG_CACHE_DIR or the prepared folder on its own disk) makes its own copy once,
+    which its other ranks read: they all encoded at once, each printing so. A rank whose cache could not be written
+    computes it itself. They wait on a group of their own with a long timeout: encoding a large database outlasts
+    the default group's. A longer $ECG_DIST_TIMEOUT is kept: a database that takes longer to encode stopped the other
+    ranks at 6 h."""
     if not rt.distributed:
         return compute()
     group = dist.new_group(backend="gloo", timeout=max(datetime.timedelta(hours=6), dist_timeout()))
-    if not rt.is_main:
-        dist.barrier(group=group)
-    out = compute()
-    if rt.is_main:
-        dist.barrier(group=group)
+    turn = 0 if rt.is_main else 1 if local_rank() == 0 else 2
+    out = None
+    for now in range(3):
+        if now == turn:
+            out = compute()
+        if now < 2:         # the last turn's ranks wait for no one after them
+            dist.barrier(group=group)
     dist.destroy_process_group(group)
     return out
 

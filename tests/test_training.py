@@ -741,6 +741,23 @@ def test_the_ranks_wait_for_rank_0s_encoding_6_hours_or_the_longer_dist_timeout(
     assert [w.total_seconds() for w in waits] == [hours * 3600]
 
 
+@pytest.mark.parametrize("rank, local, computes_after", [(0, 0, 0), (2, 0, 1), (1, 1, 2), (3, 1, 2)],
+                         ids=["rank_0", "first_of_node_1", "second_of_node_0", "second_of_node_1"])
+def test_each_node_encodes_once_before_its_other_ranks(monkeypatch, rank, local, computes_after):
+    """main_first ran rank 0's encoding first, then every other rank's at once: on a node whose cache is not rank 0's
+    (ECG_CACHE_DIR on its own disk) each of its ranks encoded the windows, each printing so. Now rank 0 computes first
+    (before the first of the group's barriers), each other node's local rank 0 next (between them), the rest last,
+    reading their node's copy."""
+    said = []
+    monkeypatch.setattr(training.dist, "new_group", lambda backend, timeout: "group")
+    monkeypatch.setattr(training.dist, "barrier", lambda group: said.append("barrier"))
+    monkeypatch.setattr(training.dist, "destroy_process_group", lambda group: None)
+    monkeypatch.setenv("LOCAL_RANK", str(local))
+    rt = training.Runtime(torch.device("cpu"), rank, 4)
+    assert training.main_first(rt, lambda: said.append("compute") or "codes") == "codes"
+    assert said.index("compute") == computes_after and said.count("barrier") == 2
+
+
 def test_an_epoch_capped_at_max_steps_loads_no_batch_past_the_cap(tmp_path):
     """The loop broke out on the batch after the last step: each capped epoch loaded (and with workers, augmented
     or read from disk) one batch it never trained on."""
