@@ -237,6 +237,7 @@ def raise_if_signalled() -> None:
 
 _launcher: int | None = None    # the process stop_when_orphaned watches (once a process); GONE: gone before it began
 GONE = -1                       # never a parent's pid
+_launcher_line: list[str] | None = None     # its command line, read as it began (launcher_argv)
 _orphan_stop = threading.Lock()     # taken by the one stop of an orphaned worker (_stop_orphaned)
 
 
@@ -244,13 +245,13 @@ def stop_when_orphaned(poll_s: float = 1.0) -> None:
     """torchrun starts each worker in a session of its own, so a kill -9 of torchrun left its workers training and
     writing the run's files, beside a resume of the same run: a worker whose launcher is gone sends itself SIGTERM,
     and stops as on a scheduler's (Terminated), saying how to resume."""
-    global _launcher
+    global _launcher, _launcher_line
     if _launcher is not None:
         return
     # killed while this worker started (importing torch): init adopted it already, and the launcher's pid is lost; a
     # torchrun that is pid 1 itself (a container's first process) names this worker in its command line
-    parent = os.getppid()
-    _launcher = GONE if parent == 1 and launcher_argv() is None else parent
+    parent, _launcher_line = os.getppid(), launcher_argv()
+    _launcher = GONE if parent == 1 and _launcher_line is None else parent
 
     def watch() -> None:
         while not orphaned():
@@ -277,7 +278,11 @@ def _stop_orphaned() -> None:
 def launcher_argv() -> list[str] | None:
     """The command line of the process that started this one, read on Linux (/proc), when it names this process's
     script (or module) and ends with its arguments, as torchrun passes them on; else None: no /proc, or another
-    parent (init, which adopted this process when its launcher died)."""
+    parent (init, which adopted this process when its launcher died). A watched launcher gone (stop_when_orphaned),
+    its line as read while it ran: an orphaned rank 0 of a job over several nodes said a torchrun line without the
+    run's rendezvous flags as its resume command."""
+    if orphaned():
+        return _launcher_line
     try:
         with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
             parts = [os.fsdecode(part) for part in f.read().split(b"\0")[:-1]]

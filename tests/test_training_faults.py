@@ -1039,6 +1039,25 @@ def test_a_collective_failing_after_torchrun_went_stops_the_rank(monkeypatch, ca
     assert capsys.readouterr().err == said
 
 
+def test_an_orphaned_workers_resume_command_is_its_launchers_line_as_read_while_it_ran(monkeypatch) -> None:
+    """torchrun of rank 0's node killed -9: rank 0 stopped, its launcher's command line gone with it from /proc, and
+    said 'torchrun --nnodes=2 --nproc-per-node=1 vqvae_train.py --resume ...', without the node's rendezvous flags
+    (--node_rank, --master_addr), as its resume command. It says the line read as it began (stop_when_orphaned)."""
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    line = ["torchrun", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", "0", "--master_addr", "10.0.0.1",
+            "vqvae_train.py", "--results", "r"]
+    monkeypatch.setattr(running, "_launcher", dead.pid)
+    monkeypatch.setattr(running, "_launcher_line", line)
+    monkeypatch.setattr(sys, "argv", ["vqvae_train.py", "--results", "r"])
+    monkeypatch.setattr(running, "script_running", lambda: "vqvae_train.py")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+    assert training.resume_hint("r/last.pt", "vqvae") == (
+        "resume with: torchrun --nnodes 2 --nproc_per_node 1 --node_rank 0 --master_addr 10.0.0.1 vqvae_train.py "
+        "--resume r/last.pt  # on each of the 2 nodes, with its own --node_rank (0 to 1)")
+
+
 @pytest.mark.parametrize("elastic", [True, False], ids=["torchrun", "other_launcher"])
 def test_only_torchruns_workers_watch_their_launcher(monkeypatch, elastic: bool) -> None:
     """torchrun's workers (TORCHELASTIC_RUN_ID) watch it; srun's ranks and a lone process, whose launchers do not
