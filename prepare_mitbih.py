@@ -1876,7 +1876,8 @@ class SourceSamples:
 def source_samples(records: list[str], prepared_dir: str | Path | None = None) -> SourceSamples | None:
     """How these records store a lead (meta.json's fs_in, bits a frame and samples a frame): a '212x4' lead holds
     4 samples of 11 bits a frame, 4 x fs_in samples a second. A meta.json prepared before it kept samples a frame
-    counts one; None when it is missing or lacks a record's rate."""
+    counts one; None when it is missing, lacks a record's rate or gives one of no samples (a meta.json edited by
+    hand: at 0 Hz the bit rate divided 0 by 0); bits of none or fewer are taken as unknown."""
     stored = stored_records(prepared_dir)
     try:
         held = [stored[r] for r in records]
@@ -1885,17 +1886,19 @@ def source_samples(records: list[str], prepared_dir: str | Path | None = None) -
         rates = [n * f for f, per in zip(fs_in, frames) for n in per]
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    if not rates:
+    if not rates or not all(r > 0 for r in (*fs_in, *rates)):
         return None
     fs = SourceSamples(float(np.mean(rates)), (min(rates), max(rates)))
     try:
         per_lead = [(b / n, n * f) for h, f, per in zip(held, fs_in, frames)
                     for b, n in zip(h["bits"], per, strict=True)]
         bits = [b for b, _ in per_lead]
-        return replace(fs, bits=sum(b * r for b, r in per_lead) / sum(r for _, r in per_lead),
-                       bits_range=(min(bits), max(bits)))
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+    except (KeyError, TypeError, ValueError):
         return fs
+    if not all(b > 0 for b in bits):
+        return fs
+    return replace(fs, bits=sum(b * r for b, r in per_lead) / sum(r for _, r in per_lead),
+                   bits_range=(min(bits), max(bits)))
 
 
 def stored_leads(prepared_dir: str | Path | None = None) -> dict[str, list[str]]:

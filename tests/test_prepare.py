@@ -2123,3 +2123,24 @@ def test_source_samples_tell_apart_records_of_several_rates_and_leads_of_several
     assert frames.fs * frames.bits == (44 + 11) * 250 / 2
     old = pm.source_samples(["old"], tmp_path)
     assert (old.fs, old.fs_range, old.bits, old.bits_range) == (250.0, (250.0, 250.0), 27.5, (11.0, 44.0))
+
+
+def test_source_samples_weigh_a_leads_bits_by_its_samples_a_second_and_refuse_rates_of_no_samples(
+        tmp_path: Path) -> None:
+    """A '212x4' 11-bit lead beside a 16-bit one at 250 Hz: 11 bits at 1000 Hz and 16 at 250, a mean of 12 bits a
+    sample, so fs x bits is their mean bit rate. A meta.json edited by hand to a rate of 0 (or 0 samples a frame) made
+    vqvae_eval's bit rate divide 0 by 0: it is no rate, as when none is kept; bits of 0, or a list of bits of another
+    length than the samples a frame, are no bits."""
+    records = {"f": {"fs_in": 250.0, "bits": [44, 16], "samples_per_frame": [4, 1]},
+               "zero": {"fs_in": 0.0, "bits": [11, 11], "samples_per_frame": [1, 1]},
+               "none_a_frame": {"fs_in": 360.0, "bits": [11, 11], "samples_per_frame": [0, 1]},
+               "no_bits": {"fs_in": 360.0, "bits": [0, 11], "samples_per_frame": [1, 1]},
+               "short": {"fs_in": 360.0, "bits": [11], "samples_per_frame": [1, 1]}}
+    (tmp_path / "meta.json").write_text(json.dumps({"records": records}))
+    held = pm.source_samples(["f"], tmp_path)
+    assert (held.fs, held.bits, held.bits_range) == (625.0, 12.0, (11.0, 16.0))
+    assert held.fs * held.bits == (44 + 16) * 250 / 2
+    assert pm.source_samples(["zero"], tmp_path) is None and pm.source_samples(["f", "none_a_frame"], tmp_path) is None
+    assert pm.source_samples(["no_bits"], tmp_path) == pm.source_samples(["short"], tmp_path) == \
+        pm.SourceSamples.uniform(360.0)
+    assert pm.SourceSamples.uniform(360.0, 11.0).bits_range == (11.0, 11.0)
