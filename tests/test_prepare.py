@@ -2058,6 +2058,8 @@ def test_a_leads_bits_are_its_headers_adc_resolution_else_its_formats(tmp_path: 
     (tmp_path / "frames.hea").write_text("frames 2 360 4320\nf.dat 212x4 200/mV 11 0 0 0 0 MLII\n"
                                          "f.dat 212 200/mV 11 0 0 0 0 V1\n")       # 4 samples a frame: 4 x 11 bits
     assert pm.lead_bits(tmp_path / "frames", ["MLII", "V1"]) == [44, 11]
+    assert pm.lead_frames(tmp_path / "frames", ["V1", "MLII"]) == [1, 4]
+    assert pm.lead_frames(tmp_path / "frames", ["V1", "V5"]) is None
     write_variable_layout(tmp_path, [["mV", "mmHg", "NU", "mV"]])                 # its layout's ADC resolution
     assert pm.lead_bits(tmp_path / "v", ["II", "V"]) == [16, 16]
     (tmp_path / "v_layout.hea").write_text("v_layout 4 125 0\n~ 0 200/mV 0 0 0 0 0 II\n~ 0 100/mmHg 0 0 0 0 0 AOBP\n"

@@ -670,10 +670,14 @@ def test_a_resume_past_its_warm_up_says_none_and_one_step_an_epoch_is_no_steps(t
     toy_trainer(tmp_path / "a", epochs=2, max_steps_per_epoch=4, warmup_steps=100).fit()
     toy_trainer(tmp_path / "b", epochs=1, max_steps_per_epoch=1, warmup_steps=100).fit()
     assert "x1: epochs 1..1, 1 step/epoch, run folder" in capsys.readouterr().out
-    for run, epochs, said in (("a", 3, False), ("b", 8, True)):        # at step 8 of 12, warm-up 3; step 1 of 8, 2
-        toy_trainer(tmp_path / f"{run}2", epochs=epochs, max_steps_per_epoch=4 if run == "a" else 1,
+    toy_trainer(tmp_path / "c", epochs=1, max_steps_per_epoch=2, warmup_steps=100).fit()
+    capsys.readouterr()
+    steps = {"a": 4, "b": 1, "c": 2}
+    for run, epochs, said in (("a", 3, False), ("b", 8, True), ("c", 4, False)):
+        # at step 8 of 12, warm-up 3; step 1 of 8, warm-up 2; step 2 of 8, warm-up 2: done as it resumes
+        toy_trainer(tmp_path / f"{run}2", epochs=epochs, max_steps_per_epoch=steps[run],
                     warmup_steps=100).fit(resume=tmp_path / run / "ckpt" / "last.pt")
-        assert ("warming up over" in capsys.readouterr().err) == said
+        assert ("warming up over" in capsys.readouterr().err) == said, run
 
 
 def test_a_resume_of_a_run_that_has_done_its_epochs_says_how_to_go_on(tmp_path, capsys):
@@ -1086,6 +1090,21 @@ def test_a_torchrun_on_the_path_is_said_as_torchrun(monkeypatch, tmp_path):
                                                                                          "a.py"]
     assert training.as_typed(["/v/python3.11", str(other), "a.py"]) == [str(other), "a.py"]
     assert training.as_typed(["/v/bash", str(mine), "a.py"]) == ["/v/bash", str(mine), "a.py"]
+    assert training.as_typed(["/v/torchrun"]) == ["/v/torchrun"]
+
+
+def test_a_torchrun_typed_through_a_link_or_a_relative_path_is_said_as_torchrun(monkeypatch, tmp_path):
+    """PATH's torchrun may be a link to the one typed (or the one typed a relative path): the same file is said as
+    `torchrun`; a script path that names no file (another working folder's) is kept as typed."""
+    real, link = tmp_path / "venv" / "torchrun", tmp_path / "bin" / "torchrun"
+    real.parent.mkdir(), link.parent.mkdir()
+    real.write_text("")
+    link.symlink_to(real)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(training.shutil, "which", lambda name: str(link))
+    assert training.as_typed(["/v/python3", str(real), "a.py"]) == ["torchrun", "a.py"]
+    assert training.as_typed(["/v/python3", "venv/torchrun", "a.py"]) == ["torchrun", "a.py"]
+    assert training.as_typed(["/v/python3", "gone/torchrun", "a.py"]) == ["gone/torchrun", "a.py"]
 
 
 def recording_main(monkeypatch) -> Callable[[list[str] | None], dict]:

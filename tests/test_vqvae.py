@@ -379,7 +379,8 @@ def test_the_compression_line_tells_records_of_several_rates_and_samples_a_frame
     records = {"a": {"fs_in": 360.0, "bits": [11, 11], "samples_per_frame": [1, 1]},
                "b": {"fs_in": 500.0, "bits": [16, 16], "samples_per_frame": [1, 1]},
                "x4": {"fs_in": 250.0, "bits": [44, 44], "samples_per_frame": [4, 4]},
-               "f": {"fs_in": 250.0, "bits": [44, 11], "samples_per_frame": [4, 1]}}
+               "f": {"fs_in": 250.0, "bits": [44, 11], "samples_per_frame": [4, 1]},
+               "c": {"fs_in": 360.0, "bits": [16, 16], "samples_per_frame": [1, 1]}}
     (tmp_path / "meta.json").write_text(json.dumps({"records": records}))
     x = torch.stack([torch.sin(torch.arange(32) / 3.0)] * 2, -1).expand(2, -1, -1).contiguous()
     data = {"signals": x, "record": torch.tensor([0, 0]), "records": ["a"], "fs": 128}
@@ -390,7 +391,9 @@ def test_the_compression_line_tells_records_of_several_rates_and_samples_a_frame
             (["x4"], "compression ratio 78.1 against the records (11-bit samples at 1000 Hz; 10.0 against 11-bit "
                      "samples at the model's 128 Hz)"),
             (["f"], "compression ratio 48.8 against the records (6,875 bit/s a lead on average: 11-bit samples at "
-                    "250 to 1000 Hz; 10.0 against 11-bit samples at the model's 128 Hz)")):
+                    "250 to 1000 Hz; 10.0 against 11-bit samples at the model's 128 Hz)"),
+            (["a", "c"], "compression ratio 34.5 against the records (4,860 bit/s a lead on average: 11- to 16-bit "
+                         "samples at 360 Hz; 12.3 against samples of their mean 13.5 bits at the model's 128 Hz)")):
         report = vqvae_eval.reconstruction_report(OffsetCoder(0.1), data, source_samples(held, tmp_path))
         report.update(split="test", checkpoint="c.pt", checkpoint_sha256="0123", git_commit="abc")
         line = vqvae_eval.report_lines(report, data)[-1]
