@@ -1869,7 +1869,8 @@ class SourceSamples:
 
     @classmethod
     def uniform(cls, fs: float, bits: float | None = None) -> SourceSamples:
-        """Records all of one rate (and bits, when known)."""
+        """Records all of one rate (and bits, when known): ranges of that one value, so they are told as their
+        samples, not as a mean of differing ones."""
         return cls(fs, (fs, fs), bits, None if bits is None else (bits, bits))
 
 

@@ -232,7 +232,8 @@ def compression(model: VQVAE, window: int, fs: float, source: SourceSamples | No
 
 
 def uniform(s: dict) -> bool:
-    """Whether every lead of the records (a compression summary's) holds samples of one rate and bits."""
+    """Whether every lead of the records (a compression summary's) holds samples of one rate and bits: only then
+    are its mean rate and bits any lead's own, to be told as its samples."""
     return len({*s["source_fs_range"]}) == len({*s["sample_bits_range"]}) == 1
 
 
@@ -315,7 +316,8 @@ def report_lines(report: dict, data: dict) -> list[str]:
 
 
 def model_rate_words(s: dict) -> str:
-    """The samples the model-rate ratio counts: the records' bits, or their mean when the records differ."""
+    """The samples the model-rate ratio counts: the records' bits, or, when the records differ, their mean, which
+    is no lead's and so is said to be a mean."""
     lo, hi = s["sample_bits_range"]
     return f"{s['sample_bits']:g}-bit samples" if lo == hi else f"samples of their mean {s['sample_bits']:.3g} bits"
 
