@@ -2136,6 +2136,7 @@ def test_source_samples_weigh_a_leads_bits_by_its_samples_a_second_and_refuse_ra
     records = {"f": {"fs_in": 250.0, "bits": [44, 16], "samples_per_frame": [4, 1]},
                "zero": {"fs_in": 0.0, "bits": [11, 11], "samples_per_frame": [1, 1]},
                "none_a_frame": {"fs_in": 360.0, "bits": [11, 11], "samples_per_frame": [0, 1]},
+               "negative": {"fs_in": -360.0, "bits": [11, 11], "samples_per_frame": [-1, -1]},
                "no_bits": {"fs_in": 360.0, "bits": [0, 11], "samples_per_frame": [1, 1]},
                "short": {"fs_in": 360.0, "bits": [11], "samples_per_frame": [1, 1]}}
     (tmp_path / "meta.json").write_text(json.dumps({"records": records}))
@@ -2143,6 +2144,7 @@ def test_source_samples_weigh_a_leads_bits_by_its_samples_a_second_and_refuse_ra
     assert (held.fs, held.bits, held.bits_range) == (625.0, 12.0, (11.0, 16.0))
     assert held.fs * held.bits == (44 + 16) * 250 / 2
     assert pm.source_samples(["zero"], tmp_path) is None and pm.source_samples(["f", "none_a_frame"], tmp_path) is None
+    assert pm.source_samples(["negative"], tmp_path) is None       # a rate of -360 Hz, whatever its samples a frame
     assert pm.source_samples(["no_bits"], tmp_path) == pm.source_samples(["short"], tmp_path) == \
         pm.SourceSamples.uniform(360.0)
     assert pm.SourceSamples.uniform(360.0, 11.0).bits_range == (11.0, 11.0)
