@@ -709,7 +709,7 @@ class Trainer:
         except (OSError, ValueError):       # resumed into a new folder, or the record was lost
             record = dict(self.meta)
         entry = {k: self.meta[k] for k in ("command", "git_commit", "data_hash", "world_size", "device", "torch",
-                                           "started")}
+                                           "torch_threads", "started")}
         entry.update({"checkpoint": str(resume), **{s: self.config[s] for s in TRAINING_SECTIONS if s in self.config}})
         record.setdefault("resumes", []).append(entry)
         return record
@@ -954,12 +954,13 @@ def run_record(cfg_dict: dict, seed: int, train: dict, val: dict, rt: Runtime, a
     """What every run records next to its results: config, seed, git commit (rt's, the start's), the training split's
     data hash, the training and validation records (so evaluate.py can tell when it scores a model on patients it
     trained or chose its checkpoint on), command (_run_command; `argv`: the main's own, None when it parsed
-    sys.argv)."""
+    sys.argv), torch's version and CPU threads (a seed's weights on the CPU are the same only at the same count)."""
     return {"config": cfg_dict, "seed": seed, "git_commit": rt.commit,
             "data_hash": paths.run_data_hash(train), "train_records": list(train["records"]),
             "validation_records": list(val["records"]),
             "world_size": rt.world, "device": str(rt.device), "command": _run_command(argv),
-            "torch": str(torch.__version__), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "torch": str(torch.__version__), "torch_threads": torch.get_num_threads(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 MULTI_PROCESS_HELP = """\

@@ -178,6 +178,7 @@ def test_same_seed_same_numbers_and_resume_is_exact(tmp_path: Path, synthetic_db
     assert "'--batch-size', '4'" in record["command"] and record["config"]["train"]["batch_size"] == 4
     assert [r["checkpoint"] for r in record["resumes"]] == [str(first / "last.pt")]   # not the one with nothing to do
     assert "--resume" in record["resumes"][0]["command"] and record["resumes"][0]["train"]["epochs"] == 2
+    assert record["torch_threads"] == record["resumes"][0]["torch_threads"] == torch.get_num_threads()
 
 
 def test_a_run_refused_before_training_leaves_no_empty_folder(tmp_path: Path, synthetic_db: Path) -> None:
@@ -989,6 +990,15 @@ def test_run_json_names_its_data_as_paths_run_data_hash_does(monkeypatch):
     monkeypatch.setattr(paths, "run_data_hash", lambda s: f"<{s['data_hash']}>")
     record = training.run_record({}, 0, split, split, training.Runtime(torch.device("cpu")), ["x"])
     assert record["data_hash"] == "<d0>"
+
+
+def test_run_json_records_torchs_cpu_threads(monkeypatch):
+    """A seed's weights on the CPU are the same only at the same thread count (a VQ-VAE trained 3 steps on one thread
+    and on two differed in most tensors): run.json said the torch version but not the count to run again with."""
+    split = {"data_hash": "d0", "input_hash": "i0", "records": ["100"]}
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 7)
+    record = training.run_record({}, 0, split, split, training.Runtime(torch.device("cpu")), ["x"])
+    assert record["torch_threads"] == 7
 
 
 def test_run_json_keeps_a_command_a_shell_can_run_again(monkeypatch):
