@@ -68,6 +68,7 @@ CONNECT_TIMEOUT = 20.0         # seconds PhysioNet (or the proxy) has to answer 
 STALL_LIMIT = 120.0            # seconds a download may go without an answer, a byte received or a file before it
                                # is given up (a server or proxy that stopped sending)
 START_LIMIT = 120.0            # seconds the download's process has to start fetching (its imports: wfdb's, FETCH's)
+QUIET_PART_S = 24 * 3600.0     # a download folder untouched this long is no live download's (STALL_LIMIT ends one)
 FETCH = "wfdb:dl_database"     # module:function the download's child process calls with ("mitdb", its folder)
 # The split of null data.test_records / validation_records (config_split): DS2 and 201 (202's patient) test, every
 # 7th remaining DS1 record from the 4th validation, the rest train.
@@ -257,19 +258,37 @@ def remove_stale_parts(data_dir: Path) -> None:
     100 MB). Only those whose name says this process_space and a pid no process has: a live download's (another
     run's now; a pid reused counts as live) stays, and so do one of another host or container, whose processes this
     one cannot see, and one whose name says no owner (made before names did), each said in a line for the user to
-    judge. A link of such a name is no download's (mkdtemp makes folders), and rmtree refused it on every run."""
+    judge. A link of such a name is no download's (mkdtemp makes folders), and rmtree refused it on every run. Any
+    folder untouched for a day (QUIET_PART_S) goes: no live download is that quiet, and those this process cannot
+    judge (of another host, or made before names said their owner) were otherwise said on every run for ever."""
     space = process_space()
     for part in sorted(p for p in data_dir.glob(f"{DOWNLOAD_PART}*") if p.is_dir() and not p.is_symlink()):
         name, pid, _ = (part.name[len(DOWNLOAD_PART):].rsplit("-", 2) + ["", ""])[:3]
-        if not (pid.isascii() and pid.isdigit()) or int(pid) <= 0:     # '²' is a digit int() refuses
+        if (quiet := quiet_for(part)) > QUIET_PART_S:
+            remove_part(part, f"a download's folder untouched for over {running.counted(int(quiet // 86400), 'day')}")
+        elif not (pid.isascii() and pid.isdigit()) or int(pid) <= 0:     # '²' is a digit int() refuses
             print(f"left {part}: a download's folder that names no process; remove it if no download runs there")
         elif name != space:
             print(f"left {part}: a download's folder of {name}, another host or container, whose processes this one "
                   f"cannot see; remove it if no download runs there")
         elif not alive(int(pid)):
-            shutil.rmtree(part, ignore_errors=True)
-            done = "cannot remove" if part.exists() else "removed"
-            print(f"{done} {part}, the folder of a download whose process ({pid}) is gone")
+            remove_part(part, f"the folder of a download whose process ({pid}) is gone")
+
+
+def remove_part(part: Path, what: str) -> None:
+    """A stale download folder removed, said with `what` it was (or that it could not be)."""
+    shutil.rmtree(part, ignore_errors=True)
+    print(f"{'cannot remove' if part.exists() else 'removed'} {part}, {what}")
+
+
+def quiet_for(part: Path) -> float:
+    """Seconds since anything in download folder `part` last changed; 0 when it cannot be looked into, so that it
+    is judged by its name as before."""
+    try:
+        newest = max([part.lstat().st_mtime, *(p.lstat().st_mtime for p in part.rglob("*"))])
+    except OSError:
+        return 0.0
+    return time.time() - newest
 
 
 def process_space() -> str:

@@ -423,6 +423,25 @@ def test_the_folders_of_live_downloads_and_of_no_known_owner_stay(tmp_path, phys
     assert names[1] not in out
 
 
+def test_a_download_folder_untouched_for_a_day_goes_whoever_it_names(tmp_path, capsys):
+    """A folder of another host, or one made before names said their owner, was left and said on every run for
+    ever: untouched for over a day (no live download is so quiet), it goes; a newer file in one keeps it."""
+    names = ["abc_123", "elsewhere-12-far", f"{pm.process_space()}-{os.getpid()}-live", "busy_456"]
+    for name in names:
+        (tmp_path / f"{pm.DOWNLOAD_PART}{name}" / "sub").mkdir(parents=True)
+        for p in (tmp_path / f"{pm.DOWNLOAD_PART}{name}" / "sub" / "100.dat",
+                  tmp_path / f"{pm.DOWNLOAD_PART}{name}" / "sub", tmp_path / f"{pm.DOWNLOAD_PART}{name}"):
+            p.touch()
+            os.utime(p, (time.time() - 3 * 86400 - 60,) * 2)
+    os.utime(tmp_path / f"{pm.DOWNLOAD_PART}busy_456" / "sub" / "100.dat", (time.time() - 60,) * 2)
+    pm.remove_stale_parts(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{pm.DOWNLOAD_PART}busy_456"]
+    out = capsys.readouterr().out
+    assert f"removed {tmp_path / pm.DOWNLOAD_PART}abc_123, a download's folder untouched for over 3 days" in out
+    assert f"left {tmp_path / pm.DOWNLOAD_PART}busy_456: a download's folder that names no process" in out
+    assert pm.quiet_for(tmp_path / "none") == 0.0                       # one it cannot look into: judged by name
+
+
 def test_a_download_folder_whose_pid_no_process_can_have_fails_no_download(tmp_path, capsys):
     """A pid str.isdigit takes but int() refuses ('²') or beyond the system's pid_t stopped remove_stale_parts in a
     ValueError or OverflowError, and every download failed until the folder went: the first names no process (left,
