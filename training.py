@@ -783,7 +783,11 @@ def _launched(script: str, flags: list[str]) -> str:
     node as it stands, claims one node's rank twice."""
     if "TORCHELASTIC_RUN_ID" not in os.environ:     # set by torchrun for its workers
         return shlex.join(["python3", script, *flags])
-    nodes, launcher = int(os.environ.get("GROUP_WORLD_SIZE", "1")), running.launcher_argv()
+    try:
+        nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+    except ValueError:      # torchrun sets it; one set by hand to no count stops no run for a comment's sake
+        nodes = 1
+    launcher = running.launcher_argv()
     if launcher:        # it ends with this process's flags, sys.argv[1:]
         launch = as_typed(launcher[:len(launcher) - len(sys.argv) + 1])
     else:

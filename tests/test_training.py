@@ -1089,6 +1089,18 @@ def test_a_single_node_torchrun_command_has_no_comment(monkeypatch):
     assert training._run_command(None) == "torchrun --nproc-per-node=2 vqvae_train.py"
 
 
+@pytest.mark.parametrize("nodes", ["", "two", "2.0"])
+def test_a_group_world_size_of_no_count_stops_no_run(monkeypatch, nodes):
+    """torchrun sets GROUP_WORLD_SIZE to the nodes' count; one set by hand to no count stopped the run as it began
+    (run_record), in int()'s ValueError naming no variable, for a comment on its command: it counts one node."""
+    monkeypatch.setattr(sys, "argv", ["vqvae_train.py"])
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", nodes)
+    monkeypatch.setattr(running, "launcher_argv", lambda: None)
+    assert training._run_command(None) == "torchrun --nproc-per-node=2 vqvae_train.py"
+
+
 def test_a_torchrun_on_the_path_is_said_as_torchrun(monkeypatch, tmp_path):
     """torchrun typed as found on PATH reads '/abs/venv/bin/python3 /abs/venv/bin/torchrun' in /proc: said as
     `torchrun`; another torchrun than PATH's keeps its path."""
