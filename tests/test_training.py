@@ -760,7 +760,15 @@ def test_each_node_encodes_once_before_its_other_ranks(monkeypatch, rank, local,
     monkeypatch.setenv("LOCAL_RANK", str(local))
     rt = training.Runtime(torch.device("cpu"), rank, 4)
     assert training.main_first(rt, lambda: said.append("compute") or "codes") == "codes"
-    assert said.index("compute") == computes_after and said.count("barrier") == 2
+    assert said.index("compute") == computes_after and said.count("barrier") == 2 and said.count("compute") == 1
+
+
+def test_a_single_process_computes_first_without_a_group(monkeypatch):
+    """One process has no group to wait on: it computes once, making none (new_group without one joined fails)."""
+    said = []
+    monkeypatch.setattr(training.dist, "new_group", lambda **kw: said.append("group"))
+    assert training.main_first(training.Runtime(torch.device("cpu")), lambda: said.append("compute") or 1) == 1
+    assert said == ["compute"]
 
 
 def test_an_epoch_capped_at_max_steps_loads_no_batch_past_the_cap(tmp_path):
@@ -1049,6 +1057,8 @@ def test_a_torchrun_workers_resume_hint_says_its_torchrun_command(monkeypatch, l
 
 NODE_0 = ["/venv/bin/python3", "/venv/bin/torchrun", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", "0",
           "--master_addr", "10.0.0.1", "vqvae_train.py", "--results", "r"]
+NODE_0_JOINED = ["torchrun", "--nnodes=2", "--node-rank=0", "--master-addr=10.0.0.1", "vqvae_train.py", "--results",
+                 "r"]
 RENDEZVOUS = ["/venv/bin/python3", "/venv/bin/torchrun", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
               "--rdzv-endpoint=10.0.0.1:29500", "vqvae_train.py", "--results", "r"]
 
@@ -1056,21 +1066,24 @@ RENDEZVOUS = ["/venv/bin/python3", "/venv/bin/torchrun", "--nnodes=2", "--nproc-
 @pytest.mark.parametrize("launcher, said", [
     (NODE_0, "/venv/bin/torchrun --nnodes 2 --nproc_per_node 1 --node_rank 0 --master_addr 10.0.0.1 vqvae_train.py "
              "--resume r/last.pt  # on each of the 2 nodes, with its own --node_rank (0 to 1)"),
+    (NODE_0_JOINED, "torchrun --nnodes=2 --node-rank=0 --master-addr=10.0.0.1 vqvae_train.py --resume r/last.pt  # on "
+                    "each of the 2 nodes, with its own --node-rank (0 to 1)"),
     (RENDEZVOUS, "/venv/bin/torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d --rdzv-endpoint=10.0.0.1:29500 "
                  "vqvae_train.py --resume r/last.pt  # on each of the 2 nodes"),
     (None, "torchrun --nnodes=2 --nproc-per-node=1 vqvae_train.py --resume r/last.pt  # on each of the 2 nodes, with "
            "the rendezvous flags the run was started with")],
-    ids=["node_rank", "rendezvous", "unread"])
+    ids=["node_rank", "node-rank=", "rendezvous", "unread"])
 def test_a_multi_node_runs_resume_hint_and_run_json_say_to_run_it_on_every_node(monkeypatch, launcher, said):
     """A job over 2 nodes (torchrun's GROUP_WORLD_SIZE) said rank 0's launcher's line alone ('--node_rank 0'), or
     'torchrun --nproc-per-node=1 ...' when it was unread: typed as said, it restarted one node of the two, which
     waited for the other. The line is said with a shell comment to run it on each node, with its own --node_rank
-    where the line names one; the unread launcher's says --nnodes. run.json's command says the same."""
+    where the line names one (either spelling, '--node-rank=0' too); the unread launcher's says --nnodes, and one
+    process a node where LOCAL_WORLD_SIZE is not set. run.json's command says the same."""
     monkeypatch.setattr(training.shutil, "which", lambda name: None)
     monkeypatch.setattr(sys, "argv", ["vqvae_train.py", "--results", "r"])
     monkeypatch.setattr(running, "script_running", lambda: "vqvae_train.py")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
     monkeypatch.setattr(running, "launcher_argv", lambda: launcher)
     assert training.resume_hint("r/last.pt", "vqvae") == f"resume with: {said}"
