@@ -1058,6 +1058,22 @@ def test_an_orphaned_workers_resume_command_is_its_launchers_line_as_read_while_
         "--resume r/last.pt  # on each of the 2 nodes, with its own --node_rank (0 to 1)")
 
 
+def test_a_watched_launchers_line_is_read_as_the_watch_begins(monkeypatch) -> None:
+    """The line an orphaned worker says (above) is the one stop_when_orphaned read from /proc while its launcher
+    ran: read no earlier, none was there to say once the launcher had gone."""
+    line = ["torchrun", "--nnodes", "2", "--node_rank", "0", "vqvae_train.py"]
+    read = running.launcher_argv
+    monkeypatch.setattr(running, "_launcher", None)
+    monkeypatch.setattr(running, "_launcher_line", None)
+    monkeypatch.setattr(running.threading, "Thread", lambda **kw: type("Thread", (), {"start": lambda self: None})())
+    monkeypatch.setattr(running, "launcher_argv", lambda: line)
+    running.stop_when_orphaned()
+    monkeypatch.setattr(running, "launcher_argv", read)
+    assert running._launcher == os.getppid()
+    monkeypatch.setattr(running, "_launcher", os.getppid() + 1)      # as if init (or a subreaper) had adopted it
+    assert running.orphaned() and running.launcher_argv() == line
+
+
 @pytest.mark.parametrize("elastic", [True, False], ids=["torchrun", "other_launcher"])
 def test_only_torchruns_workers_watch_their_launcher(monkeypatch, elastic: bool) -> None:
     """torchrun's workers (TORCHELASTIC_RUN_ID) watch it; srun's ranks and a lone process, whose launchers do not
