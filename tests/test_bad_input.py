@@ -442,6 +442,22 @@ def test_a_download_folder_untouched_for_a_day_goes_whoever_it_names(tmp_path, c
     assert pm.quiet_for(tmp_path / "none") == 0.0                       # one it cannot look into: judged by name
 
 
+def test_a_download_folder_of_another_host_stays_a_day_and_a_dead_link_in_it_keeps_it_no_longer(tmp_path, capsys):
+    """Another host's download, which this process cannot see, may be quiet for minutes between files: its folder
+    stays until a day has passed, not an hour. A link in it whose target went is read as the link (lstat): followed,
+    it made the folder unreadable, so judged by its name and left for ever."""
+    for name, hours in (("elsewhere-12-near", 23), ("elsewhere-12-far", 25)):
+        part = tmp_path / f"{pm.DOWNLOAD_PART}{name}"
+        part.mkdir()
+        (part / "100.dat").symlink_to(tmp_path / "gone")
+        for p in (part / "100.dat", part):
+            os.utime(p, (time.time() - hours * 3600,) * 2, follow_symlinks=False)
+    pm.remove_stale_parts(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{pm.DOWNLOAD_PART}elsewhere-12-near"]
+    assert f"removed {tmp_path / pm.DOWNLOAD_PART}elsewhere-12-far, a download's folder untouched for over 1 day\n" \
+        in capsys.readouterr().out
+
+
 def test_a_download_folder_whose_pid_no_process_can_have_fails_no_download(tmp_path, capsys):
     """A pid str.isdigit takes but int() refuses ('²') or beyond the system's pid_t stopped remove_stale_parts in a
     ValueError or OverflowError, and every download failed until the folder went: the first names no process (left,
