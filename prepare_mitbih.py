@@ -276,14 +276,16 @@ def remove_stale_parts(data_dir: Path) -> None:
 
 
 def remove_part(part: Path, what: str) -> None:
-    """A stale download folder removed, said with `what` it was (or that it could not be)."""
+    """A stale download folder removed, and said with `what` it was: an owner's gone process and a day's quiet
+    say why in the same words, and one rmtree could not remove (another user's files) is said so, not as gone."""
     shutil.rmtree(part, ignore_errors=True)
     print(f"{'cannot remove' if part.exists() else 'removed'} {part}, {what}")
 
 
 def quiet_for(part: Path) -> float:
-    """Seconds since anything in download folder `part` last changed; 0 when it cannot be looked into, so that it
-    is judged by its name as before."""
+    """Seconds since anything in download folder `part` last changed, links as themselves (one whose target went
+    is no change); 0 when the folder or a file in it went while read (a live download moving its files out), so
+    that it is judged by its name. A subfolder it cannot read counts by its own time (pathlib skips its files)."""
     try:
         newest = max([part.lstat().st_mtime, *(p.lstat().st_mtime for p in part.rglob("*"))])
     except OSError:

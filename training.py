@@ -179,10 +179,10 @@ def main_first(rt: Runtime, compute: Callable[[], Any]) -> Any:
     """`compute` on rank 0 before the other ranks start it, then on each other node's first process (local rank 0)
     before the rest of its node: an encoding it caches is then made once, and the other ranks read it. A node that
     does not share rank 0's cache (ECG_CACHE_DIR or the prepared folder on its own disk) makes its own copy once,
-    which its other ranks read: they all encoded at once, each printing so. A rank whose cache could not be written
-    computes it itself. They wait on a group of their own with a long timeout: encoding a large database outlasts
-    the default group's. A longer $ECG_DIST_TIMEOUT is kept: a database that takes longer to encode stopped the other
-    ranks at 6 h."""
+    which its other ranks read (when only rank 0 went first, each of them encoded it, all at once). A rank whose
+    cache could not be written computes it itself. They wait on a group of their own with a long timeout: encoding
+    a large database outlasts the default group's. A longer $ECG_DIST_TIMEOUT is kept: a database that takes longer
+    to encode stopped the other ranks at 6 h."""
     if not rt.distributed:
         return compute()
     group = dist.new_group(backend="gloo", timeout=max(datetime.timedelta(hours=6), dist_timeout()))
