@@ -771,18 +771,19 @@ def resume_hint(start: str | Path | None, kind: str) -> str:
     if not begun.module and running.script_running() is None:
         return f"resume with: fit(resume={str(start)!r})"
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else f"{kind}_train.py"
-    return f"resume with: {_launched(script, ['--resume', str(start)])}"     # a folder 'my runs' too
+    command, nodes = _launched(script, ["--resume", str(start)])      # a folder 'my runs' too
+    return f"resume with{f' ({nodes})' if nodes else ''}: {command}"
 
 
-def _launched(script: str, flags: list[str]) -> str:
-    """The command that starts `script` with `flags` again as this process was, quoted as a shell needs it:
-    `python3 <script> ...`; a torchrun worker's own would start one process: its launcher's is said
+def _launched(script: str, flags: list[str]) -> tuple[str, str]:
+    """The command that starts `script` with `flags` again as this process was, quoted as a shell needs it, and where
+    to run it: `python3 <script> ...`; a torchrun worker's own would start one process: its launcher's is said
     (running.launcher_argv), else a torchrun one starting as many processes per node, on as many nodes. Over several
-    nodes a launcher starts its own node alone: a shell comment says to run the command on each (with its own
-    --node-rank when the line names this node's), so that it neither restarts a part of the job nor, typed on every
-    node as it stands, claims one node's rank twice."""
+    nodes a launcher starts its own node alone: the note says to run the command on each (with its own --node-rank
+    when the line names this node's), so that it neither restarts a part of the job nor, typed on every node as it
+    stands, claims one node's rank twice. It is no shell comment in the command: zsh passes '#' on as arguments."""
     if "TORCHELASTIC_RUN_ID" not in os.environ:     # set by torchrun for its workers
-        return shlex.join(["python3", script, *flags])
+        return shlex.join(["python3", script, *flags]), ""
     try:
         nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
     except ValueError:      # torchrun sets it; one set by hand to no count stops no run for a comment's sake
@@ -795,13 +796,13 @@ def _launched(script: str, flags: list[str]) -> str:
                   f"--nproc-per-node={os.environ.get('LOCAL_WORLD_SIZE', '1')}", script]
     command = shlex.join([*launch, *flags])
     if nodes <= 1:
-        return command
+        return command, ""
     rank_flag = next((p.split("=")[0] for p in launch if p.split("=")[0] in ("--node_rank", "--node-rank")), None)
     if rank_flag:
-        return f"{command}  # on each of the {nodes} nodes, with its own {rank_flag} (0 to {nodes - 1})"
+        return command, f"on each of the {nodes} nodes, with its own {rank_flag}, 0 to {nodes - 1}"
     if launcher:
-        return f"{command}  # on each of the {nodes} nodes"
-    return f"{command}  # on each of the {nodes} nodes, with the rendezvous flags the run was started with"
+        return command, f"on each of the {nodes} nodes"
+    return command, f"on each of the {nodes} nodes, with the rendezvous flags the run was started with"
 
 
 def check_batch_split(key: str, batch: int, world: int) -> None:
@@ -951,7 +952,7 @@ def _run_command(argv: list[str] | None) -> str:
     own command line would start one process: its launcher's is said (_launched)."""
     if not _from_command_line(argv):
         return _main_call(argv)
-    return _launched(sys.argv[0], sys.argv[1:])
+    return _launched(sys.argv[0], sys.argv[1:])[0]
 
 
 def run_record(cfg_dict: dict, seed: int, train: dict, val: dict, rt: Runtime, argv: list[str] | None) -> dict:

@@ -1063,22 +1063,25 @@ RENDEZVOUS = ["/venv/bin/python3", "/venv/bin/torchrun", "--nnodes=2", "--nproc-
               "--rdzv-endpoint=10.0.0.1:29500", "vqvae_train.py", "--results", "r"]
 
 
-@pytest.mark.parametrize("launcher, said", [
-    (NODE_0, "/venv/bin/torchrun --nnodes 2 --nproc_per_node 1 --node_rank 0 --master_addr 10.0.0.1 vqvae_train.py "
-             "--resume r/last.pt  # on each of the 2 nodes, with its own --node_rank (0 to 1)"),
-    (NODE_0_JOINED, "torchrun --nnodes=2 --node-rank=0 --master-addr=10.0.0.1 vqvae_train.py --resume r/last.pt  # on "
-                    "each of the 2 nodes, with its own --node-rank (0 to 1)"),
-    (RENDEZVOUS, "/venv/bin/torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d --rdzv-endpoint=10.0.0.1:29500 "
-                 "vqvae_train.py --resume r/last.pt  # on each of the 2 nodes"),
-    (None, "torchrun --nnodes=2 --nproc-per-node=1 vqvae_train.py --resume r/last.pt  # on each of the 2 nodes, with "
-           "the rendezvous flags the run was started with")],
+@pytest.mark.parametrize("launcher, note, said", [
+    (NODE_0, "on each of the 2 nodes, with its own --node_rank, 0 to 1",
+     "/venv/bin/torchrun --nnodes 2 --nproc_per_node 1 --node_rank 0 --master_addr 10.0.0.1 vqvae_train.py "
+     "--resume r/last.pt"),
+    (NODE_0_JOINED, "on each of the 2 nodes, with its own --node-rank, 0 to 1",
+     "torchrun --nnodes=2 --node-rank=0 --master-addr=10.0.0.1 vqvae_train.py --resume r/last.pt"),
+    (RENDEZVOUS, "on each of the 2 nodes",
+     "/venv/bin/torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d --rdzv-endpoint=10.0.0.1:29500 "
+     "vqvae_train.py --resume r/last.pt"),
+    (None, "on each of the 2 nodes, with the rendezvous flags the run was started with",
+     "torchrun --nnodes=2 --nproc-per-node=1 vqvae_train.py --resume r/last.pt")],
     ids=["node_rank", "node-rank=", "rendezvous", "unread"])
-def test_a_multi_node_runs_resume_hint_and_run_json_say_to_run_it_on_every_node(monkeypatch, launcher, said):
+def test_a_multi_node_runs_resume_hint_and_run_json_say_to_run_it_on_every_node(monkeypatch, launcher, note, said):
     """A job over 2 nodes (torchrun's GROUP_WORLD_SIZE) said rank 0's launcher's line alone ('--node_rank 0'), or
     'torchrun --nproc-per-node=1 ...' when it was unread: typed as said, it restarted one node of the two, which
-    waited for the other. The line is said with a shell comment to run it on each node, with its own --node_rank
-    where the line names one (either spelling, '--node-rank=0' too); the unread launcher's says --nnodes, and one
-    process a node where LOCAL_WORLD_SIZE is not set. run.json's command says the same."""
+    waited for the other. The line is said after a note to run it on each node, with its own --node_rank where the
+    line names one (either spelling, '--node-rank=0' too), not in a shell comment, which zsh passes on as arguments;
+    the unread launcher's says --nnodes, and one process a node where LOCAL_WORLD_SIZE is not set. run.json's command
+    is the line alone."""
     monkeypatch.setattr(training.shutil, "which", lambda name: None)
     monkeypatch.setattr(sys, "argv", ["vqvae_train.py", "--results", "r"])
     monkeypatch.setattr(running, "script_running", lambda: "vqvae_train.py")
@@ -1086,20 +1089,23 @@ def test_a_multi_node_runs_resume_hint_and_run_json_say_to_run_it_on_every_node(
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
     monkeypatch.setattr(running, "launcher_argv", lambda: launcher)
-    assert training.resume_hint("r/last.pt", "vqvae") == f"resume with: {said}"
+    assert training.resume_hint("r/last.pt", "vqvae") == f"resume with ({note}): {said}"
     split = {"data_hash": "d0", "input_hash": "i0", "records": ["100"]}
     record = training.run_record({}, 0, split, split, training.Runtime(torch.device("cpu")), None)
     assert record["command"] == said.replace("--resume r/last.pt", "--results r")
 
 
-def test_a_single_node_torchrun_command_has_no_comment(monkeypatch):
-    """One node (GROUP_WORLD_SIZE 1, as torchrun --standalone sets it) keeps its one-line command, comment-free."""
+def test_a_single_node_torchrun_command_has_no_note(monkeypatch):
+    """One node (GROUP_WORLD_SIZE 1, as torchrun --standalone sets it) says its command with no note."""
     monkeypatch.setattr(sys, "argv", ["vqvae_train.py"])
+    monkeypatch.setattr(running, "script_running", lambda: "vqvae_train.py")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setenv("GROUP_WORLD_SIZE", "1")
     monkeypatch.setattr(running, "launcher_argv", lambda: None)
     assert training._run_command(None) == "torchrun --nproc-per-node=2 vqvae_train.py"
+    assert training.resume_hint("r/last.pt", "vqvae") == "resume with: torchrun --nproc-per-node=2 vqvae_train.py " \
+                                                          "--resume r/last.pt"
 
 
 @pytest.mark.parametrize("nodes", ["", "two", "2.0"])

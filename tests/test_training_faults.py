@@ -1054,8 +1054,8 @@ def test_an_orphaned_workers_resume_command_is_its_launchers_line_as_read_while_
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
     monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
     assert training.resume_hint("r/last.pt", "vqvae") == (
-        "resume with: torchrun --nnodes 2 --nproc_per_node 1 --node_rank 0 --master_addr 10.0.0.1 vqvae_train.py "
-        "--resume r/last.pt  # on each of the 2 nodes, with its own --node_rank (0 to 1)")
+        "resume with (on each of the 2 nodes, with its own --node_rank, 0 to 1): torchrun --nnodes 2 "
+        "--nproc_per_node 1 --node_rank 0 --master_addr 10.0.0.1 vqvae_train.py --resume r/last.pt")
 
 
 def test_a_watched_launchers_line_is_read_as_the_watch_begins(monkeypatch) -> None:
