@@ -931,33 +931,25 @@ def channel_header(path: Path, header: wfdb.Record) -> wfdb.Record:
     return header
 
 
-def lead_bits(path: Path, leads: list[str]) -> list[int] | None:
-    """Bits a frame of each of `leads` as record `path` stores them: its header's ADC resolution when given, else
-    its signal format's (wfdb's table: 212 holds 12, 16 holds 16, 310 holds 10...), times its samples a frame (a
-    lead of '212x4' stores 4 samples at the record's rate, which wfdb reads as their mean); None when neither says.
-    Compression ratios count these against the records, not MIT-BIH's 11 bits for every database."""
+def lead_storage(path: Path, leads: list[str]) -> dict[str, list[int] | None]:
+    """How record `path` stores each of `leads` (meta.json's keys), from one read of its header: "bits" a frame, its
+    header's ADC resolution when given, else its signal format's (wfdb's table: 212 holds 12, 16 holds 16, 310 holds
+    10...), times its "samples_per_frame" (a lead of '212x4' stores 4 samples at the record's rate, which wfdb reads
+    as their mean); each None when a lead is not there, bits None too when neither says. Compression ratios count
+    these against the records, not MIT-BIH's 11 bits for every database."""
     from wfdb.io._signal import BIT_RES
 
     header = channel_header(path, wfdb_header(path))
     names = list(header.sig_name or [])
     res = list(header.adc_res or [None] * len(names))
     fmts = list(header.fmt or [None] * len(names))
-    frames = list(header.samps_per_frame or [1] * len(names))
+    frames = [int(n or 1) for n in header.samps_per_frame or [1] * len(names)]
     bits = [r if isinstance(r, numbers.Integral) and r > 0 else BIT_RES.get(str(f)) for r, f in zip(res, fmts)]
     found = lead_channels(names, leads)
-    if found is None or any(bits[i] is None for i in found):
-        return None
-    return [int(bits[i]) * int(frames[i] or 1) for i in found]
-
-
-def lead_frames(path: Path, leads: list[str]) -> list[int] | None:
-    """Samples a frame of each of `leads` in record `path` (its header's: 4 for a '212x4' lead, else 1), so a
-    lead's bits a frame (lead_bits) can be told as samples of their own bits; None when a lead is not there."""
-    header = channel_header(path, wfdb_header(path))
-    names = list(header.sig_name or [])
-    frames = list(header.samps_per_frame or [1] * len(names))
-    found = lead_channels(names, leads)
-    return None if found is None else [int(frames[i] or 1) for i in found]
+    if found is None:
+        return {"bits": None, "samples_per_frame": None}
+    return {"bits": None if any(bits[i] is None for i in found) else [int(bits[i]) * frames[i] for i in found],
+            "samples_per_frame": [frames[i] for i in found]}
 
 
 def lead_channels(names: list[str | None], leads: list[str]) -> list[int] | None:
@@ -1688,8 +1680,7 @@ def prepared_meta(d: DataConfig, data_dir: Path, loaded: dict[str, Record], anno
         "scale_mv": train_scale(tensors["train"], d),
         "splits": split,
         "windows": {s: int(len(t["signals"])) for s, t in tensors.items()},
-        "records": {n: {"fs_in": r.fs_in, "leads": r.leads, "bits": lead_bits(data_dir / n, r.leads),
-                        "samples_per_frame": lead_frames(data_dir / n, r.leads),
+        "records": {n: {"fs_in": r.fs_in, "leads": r.leads, **lead_storage(data_dir / n, r.leads),
                         "has_annotations": r.has_annotations,
                         "seconds": len(r.signal) / d.samples_per_second, "invalid_seconds": r.invalid_s,
                         "beats": int(len(r.beats))}

@@ -2043,33 +2043,33 @@ def test_a_leads_bits_are_its_headers_adc_resolution_else_its_formats(tmp_path: 
     x, _ = synthetic_ecg(12.0, 360.0)
     for fmt, bits in (("16", 16), ("212", 12), ("24", 24), ("80", 8)):
         write_signal(tmp_path, f"f{fmt}", x, fmt=fmt, gain=50.0)     # format 80 holds -128..127
-        assert pm.lead_bits(tmp_path / f"f{fmt}", ["MLII", "V1"]) == [bits, bits]
+        assert pm.lead_storage(tmp_path / f"f{fmt}", ["MLII", "V1"])["bits"] == [bits, bits]
     lines = (tmp_path / "f212.hea").read_text().splitlines()
     for adc_res, bits in (("11", [11, 11]), ("0", [12, 12])):       # 0: none given, the format's
         signals = [" ".join([*s[:3], adc_res, *s[4:]]) for s in (ln.split() for ln in lines[1:])]
         (tmp_path / "own.hea").write_text("\n".join([lines[0].replace("f212", "own"), *signals]) + "\n")
-        assert pm.lead_bits(tmp_path / "own", ["V1", "MLII"]) == bits
-    assert pm.lead_bits(tmp_path / "f16", ["MLII", "V5"]) is None                 # no such lead
+        assert pm.lead_storage(tmp_path / "own", ["V1", "MLII"])["bits"] == bits
+    assert pm.lead_storage(tmp_path / "f16", ["MLII", "V5"])["bits"] is None                 # no such lead
     (tmp_path / "twice.hea").write_text("twice 3 360 4320\nf.dat 16 200/mV 0 0 0 0 0 ECG\nf.dat 16 200/mV 12 0 0 0 0 "
                                         "ECG\ng.dat 80 200/mV 0 0 0 0 0\n")       # two named alike, one unnamed
-    assert pm.lead_bits(tmp_path / "twice", ["ECG", "ECG"]) == [16, 12]
-    assert pm.lead_bits(tmp_path / "twice", [None, "ECG"]) == [8, 16]
-    assert pm.lead_bits(tmp_path / "twice", ["ECG", "ECG", "ECG"]) is None
+    assert pm.lead_storage(tmp_path / "twice", ["ECG", "ECG"])["bits"] == [16, 12]
+    assert pm.lead_storage(tmp_path / "twice", [None, "ECG"])["bits"] == [8, 16]
+    assert pm.lead_storage(tmp_path / "twice", ["ECG", "ECG", "ECG"])["bits"] is None
     (tmp_path / "frames.hea").write_text("frames 2 360 4320\nf.dat 212x4 200/mV 11 0 0 0 0 MLII\n"
                                          "f.dat 212 200/mV 11 0 0 0 0 V1\n")       # 4 samples a frame: 4 x 11 bits
-    assert pm.lead_bits(tmp_path / "frames", ["MLII", "V1"]) == [44, 11]
-    assert pm.lead_frames(tmp_path / "frames", ["V1", "MLII"]) == [1, 4]
-    assert pm.lead_frames(tmp_path / "frames", ["V1", "V5"]) is None
+    assert pm.lead_storage(tmp_path / "frames", ["MLII", "V1"])["bits"] == [44, 11]
+    assert pm.lead_storage(tmp_path / "frames", ["V1", "MLII"])["samples_per_frame"] == [1, 4]
+    assert pm.lead_storage(tmp_path / "frames", ["V1", "V5"])["samples_per_frame"] is None
     write_variable_layout(tmp_path, [["mV", "mmHg", "NU", "mV"]])                 # its layout's ADC resolution
-    assert pm.lead_bits(tmp_path / "v", ["II", "V"]) == [16, 16]
+    assert pm.lead_storage(tmp_path / "v", ["II", "V"])["bits"] == [16, 16]
     (tmp_path / "v_layout.hea").write_text("v_layout 4 125 0\n~ 0 200/mV 0 0 0 0 0 II\n~ 0 100/mmHg 0 0 0 0 0 AOBP\n"
                                            "~ 0 100/NU 0 0 0 0 0 PLETH\n~ 0 200/mV 0 0 0 0 0 V\n")
-    assert pm.lead_bits(tmp_path / "v", ["II", "V"]) is None                      # format 0 holds no samples
+    assert pm.lead_storage(tmp_path / "v", ["II", "V"])["bits"] is None                      # format 0 holds no samples
 
 
 def test_the_mitbih_headers_give_11_bits(mitdb: Path) -> None:
     """MIT-BIH's compression ratio stays as published: its headers give 11-bit samples (format 212, 12 bits)."""
-    assert {tuple(pm.lead_bits(mitdb / r, pm.header_leads(mitdb / r, pm.wfdb_header(mitdb / r))[0][:2]))
+    assert {tuple(pm.lead_storage(mitdb / r, pm.header_leads(mitdb / r, pm.wfdb_header(mitdb / r))[0][:2])["bits"])
             for r in MITBIH_48} == {(11, 11)}
 
 
