@@ -220,7 +220,8 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     scfg = crps_config(args, resume, start, source)
     settings = crps_settings(scfg)
     check_adjoint(scfg, rt)
-    check_crps_batch(scfg, rt)
+    # the fine-tuning's global batch, named: the trainer's own check would name train.batch_size, which it ignores
+    check_batch_split("crps.batch_size", scfg.crps.batch_size, rt.world)
     seed_everything(settings.seed)
     fc = LatentSDEForecaster.from_checkpoint_dict(start, source, rt.device)
     model = PathCRPS(fc, scfg.crps.samples)
@@ -250,12 +251,6 @@ def check_adjoint(scfg: SDEConfig, rt: Runtime) -> None:
     if scfg.solver.adjoint and rt.data_parallel:
         raise paths.UserError("solver.adjoint cannot train on several GPUs in one process (nn.DataParallel): "
                               "launch with torchrun, pick one card with --device cuda:0, or set solver.adjoint false")
-
-
-def check_crps_batch(scfg: SDEConfig, rt: Runtime) -> None:
-    """The fine-tuning's global batch is crps.batch_size (or --batch-size): the trainer's own check would name
-    train.batch_size, which the user did not set and which does not change it."""
-    check_batch_split("crps.batch_size", scfg.crps.batch_size, rt.world)
 
 
 def check_solver_step(scfg: SDEConfig, frames_per_second: float) -> None:
