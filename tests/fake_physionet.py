@@ -1,5 +1,5 @@
-"""Stand-ins for wfdb.dl_database, run by prepare_mitbih's download in its child process (the tests name one in
-prepare_mitbih.FETCH). Each brings the records a test wrote into $FAKE_PHYSIONET into the folder it is given, as a
+"""Stand-ins for wfdb.dl_database, run by download.py's download in its child process (the tests name one in
+download.FETCH). Each brings the records a test wrote into $FAKE_PHYSIONET into the folder it is given, as a
 download does, and then fails, stalls or signals as the test asks ($FAKE_*). Light: no torch, no conftest."""
 from __future__ import annotations
 

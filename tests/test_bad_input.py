@@ -25,6 +25,7 @@ import pytest
 import torch
 import wfdb
 
+import download as dl
 import evaluate
 import prepare_mitbih as pm
 from conftest import ROOT, run_script, snapshot, synthetic_ecg, write_record, write_signal
@@ -53,7 +54,7 @@ def run_in_process(args: list[str]) -> subprocess.CompletedProcess:
     return run_script(pm.main, "prepare_mitbih.py", args)
 
 
-REACH_PHYSIONET = pm.reach_physionet
+REACH_PHYSIONET = dl.reach_physionet
 
 
 @pytest.fixture(autouse=True)
@@ -61,8 +62,8 @@ def no_network(monkeypatch):
     """The downloads here run stand-ins for wfdb.dl_database (fake_physionet, offline unless a test serves records),
     and the connect that precedes them never leaves the machine (the tests of that connect put it back, with
     socket's stubbed)."""
-    monkeypatch.setattr(pm, "reach_physionet", lambda url, timeout=pm.CONNECT_TIMEOUT: None)
-    monkeypatch.setattr(pm, "FETCH", "fake_physionet:offline")
+    monkeypatch.setattr(dl, "reach_physionet", lambda url, timeout=dl.CONNECT_TIMEOUT: None)
+    monkeypatch.setattr(dl, "FETCH", "fake_physionet:offline")
     for var in [v for v in os.environ if v.lower().endswith("_proxy")]:
         monkeypatch.delenv(var)
 
@@ -82,14 +83,14 @@ def physionet(monkeypatch, tmp_path_factory):
             write_record(served, record, seconds=12)
         for key, value in env.items():
             monkeypatch.setenv(f"FAKE_{key.upper()}", str(value))
-        monkeypatch.setattr(pm, "FETCH", f"fake_physionet:{stub}")
+        monkeypatch.setattr(dl, "FETCH", f"fake_physionet:{stub}")
         return pid
     return serve
 
 
 def forbid_download(monkeypatch, why: str) -> None:
     """A download started fails the test: pytest.fail is no Exception, which the download's own error would take."""
-    monkeypatch.setattr(pm, "watched", lambda *a, **k: pytest.fail(why))
+    monkeypatch.setattr(dl, "watched", lambda *a, **k: pytest.fail(why))
 
 
 def gone(pid: int) -> bool:
@@ -259,13 +260,13 @@ def test_a_network_that_drops_packets_fails_at_connect(tmp_path, monkeypatch):
         connects.append((address, timeout))
         raise TimeoutError("timed out")
 
-    monkeypatch.setattr(pm, "reach_physionet", REACH_PHYSIONET)
+    monkeypatch.setattr(dl, "reach_physionet", REACH_PHYSIONET)
     monkeypatch.setattr(socket, "create_connection", dropped)
     forbid_download(monkeypatch, "download started after no connect")
     start = time.monotonic()
     with pytest.raises(UserError) as e:
         pm.find_records(tmp_path / "mitdb", download=True)
-    assert time.monotonic() - start < 5 and connects == [(("physionet.org", 443), pm.CONNECT_TIMEOUT)]
+    assert time.monotonic() - start < 5 and connects == [(("physionet.org", 443), dl.CONNECT_TIMEOUT)]
     msg = str(e.value)
     assert "failed (ConnectionError: cannot connect to physionet.org:443: no answer within 20 s): put the " in msg
     assert "--data-dir" in msg and "\n" not in msg and not (tmp_path / "mitdb").exists()
@@ -280,7 +281,7 @@ def connects(monkeypatch) -> list:
         def close(self):
             pass
 
-    monkeypatch.setattr(pm, "reach_physionet", REACH_PHYSIONET)
+    monkeypatch.setattr(dl, "reach_physionet", REACH_PHYSIONET)
     monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: made.append(address) or
                         Connection())
     return made
@@ -300,9 +301,9 @@ def test_the_connect_asks_the_proxy_requests_uses(monkeypatch, connects):
     """$all_proxy alone is requests' proxy too: a direct connect there (a network reached through the proxy only)
     would refuse a download that works; $no_proxy naming PhysioNet's host connects directly, as requests does."""
     monkeypatch.setenv("ALL_PROXY", "http://proxy.example:3128")
-    pm.reach_physionet("https://physionet.org/files/")
+    dl.reach_physionet("https://physionet.org/files/")
     monkeypatch.setenv("NO_PROXY", "physionet.org")
-    pm.reach_physionet("https://physionet.org/files/")
+    dl.reach_physionet("https://physionet.org/files/")
     assert connects == [("proxy.example", 3128), ("physionet.org", 443)]
 
 
@@ -324,7 +325,7 @@ def test_a_download_that_stalls_is_given_up(tmp_path, monkeypatch, physionet):
     download does, saying from where, how long and what had come; the files that had come are not kept, and the
     download's process is gone."""
     pid = physionet("stall")
-    monkeypatch.setattr(pm, "STALL_LIMIT", 0.5)
+    monkeypatch.setattr(dl, "STALL_LIMIT", 0.5)
     (tmp_path / "there").mkdir()
     for folder in (tmp_path / "new", tmp_path / "there"):
         start = time.monotonic()
@@ -343,7 +344,7 @@ def test_a_download_given_up_brings_nothing_afterwards(tmp_path, monkeypatch, ph
     again it brought its files into the part folder removed, made anew. It runs in a process, which is gone when
     the error comes, and nothing comes after."""
     pid = physionet("stall_then_recover", stall_s=1.5)
-    monkeypatch.setattr(pm, "STALL_LIMIT", 0.5)
+    monkeypatch.setattr(dl, "STALL_LIMIT", 0.5)
     with pytest.raises(UserError, match=r"\(TimeoutError: nothing came from physionet.org for 0.5 s, after 3 files"):
         pm.find_records(tmp_path / "mitdb", download=True)
     assert gone(int(pid.read_text()))
@@ -366,7 +367,7 @@ def test_a_stalled_download_is_given_up_stall_limit_after_its_last_file(tmp_path
     """Given up STALL_LIMIT seconds after the last file came, not some multiple of it (the files' copy starts just
     after the pid file is written)."""
     pid = physionet("stall")
-    monkeypatch.setattr(pm, "STALL_LIMIT", 1.0)
+    monkeypatch.setattr(dl, "STALL_LIMIT", 1.0)
     with pytest.raises(UserError, match="TimeoutError: nothing came from physionet.org for 1 s"):
         pm.find_records(tmp_path / "mitdb", download=True)
     assert 1.0 <= time.time() - pid.stat().st_mtime < 1.8
@@ -375,7 +376,7 @@ def test_a_stalled_download_is_given_up_stall_limit_after_its_last_file(tmp_path
 def test_a_download_deaf_to_sigterm_is_killed_when_given_up(tmp_path, monkeypatch, physionet):
     """A child that ignores SIGTERM is killed a second later: given up, no process of it is left."""
     pid = physionet("stubborn")
-    monkeypatch.setattr(pm, "STALL_LIMIT", 0.5)
+    monkeypatch.setattr(dl, "STALL_LIMIT", 0.5)
     with pytest.raises(UserError, match="TimeoutError"):
         pm.find_records(tmp_path / "mitdb", download=True)
     assert gone(int(pid.read_text()))
@@ -392,7 +393,7 @@ def test_the_folder_of_a_download_killed_goes_at_the_next(tmp_path, physionet, c
     The next download removes it, and says so."""
     assert gone_within(download_killed(tmp_path / "mitdb", physionet("stall")), 5.0)     # nothing more comes in
     [part] = (tmp_path / "mitdb").iterdir()
-    assert part.name.startswith(f"{pm.DOWNLOAD_PART}{pm.process_space()}-")
+    assert part.name.startswith(f"{dl.DOWNLOAD_PART}{dl.process_space()}-")
     physionet("bring")
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
     assert not part.exists() and not list((tmp_path / "mitdb").glob(".*"))
@@ -405,41 +406,41 @@ def test_the_folders_of_live_downloads_and_of_no_known_owner_stay(tmp_path, phys
     namespace) and one whose name says no owner stay, the three the next download cannot judge said in a line."""
     ended = subprocess.Popen([sys.executable, "-c", ""])
     ended.wait()
-    space, data = pm.process_space(), tmp_path / "mitdb"
+    space, data = dl.process_space(), tmp_path / "mitdb"
     assert space == f"{socket.gethostname()}~{os.readlink('/proc/self/ns/pid')[5:-1]}"    # Linux: 'pid:[INODE]'
     names = [f"{space}-{ended.pid}-dead", f"{space}-{os.getpid()}-live", f"elsewhere-{ended.pid}-far", "abc_123",
              f"{socket.gethostname()}~1-{ended.pid}-boxed"]
     for name in names:
-        (data / f"{pm.DOWNLOAD_PART}{name}").mkdir(parents=True)
-        (data / f"{pm.DOWNLOAD_PART}{name}" / "100.dat").write_bytes(bytes(10))
+        (data / f"{dl.DOWNLOAD_PART}{name}").mkdir(parents=True)
+        (data / f"{dl.DOWNLOAD_PART}{name}" / "100.dat").write_bytes(bytes(10))
     physionet("bring")
     assert pm.find_records(data, download=True) == ["100"]
-    assert sorted(p.name for p in data.glob(".*")) == sorted(f"{pm.DOWNLOAD_PART}{n}" for n in names[1:])
+    assert sorted(p.name for p in data.glob(".*")) == sorted(f"{dl.DOWNLOAD_PART}{n}" for n in names[1:])
     out = capsys.readouterr().out
-    assert f"removed {data / pm.DOWNLOAD_PART}{names[0]}, the folder of a download whose process ({ended.pid})" in out
-    assert f"left {data / pm.DOWNLOAD_PART}{names[2]}: a download's folder of elsewhere, another host or" in out
-    assert f"left {data / pm.DOWNLOAD_PART}{names[3]}: a download's folder that names no process" in out
-    assert f"left {data / pm.DOWNLOAD_PART}{names[4]}: a download's folder of {socket.gethostname()}~1, another" in out
+    assert f"removed {data / dl.DOWNLOAD_PART}{names[0]}, the folder of a download whose process ({ended.pid})" in out
+    assert f"left {data / dl.DOWNLOAD_PART}{names[2]}: a download's folder of elsewhere, another host or" in out
+    assert f"left {data / dl.DOWNLOAD_PART}{names[3]}: a download's folder that names no process" in out
+    assert f"left {data / dl.DOWNLOAD_PART}{names[4]}: a download's folder of {socket.gethostname()}~1, another" in out
     assert names[1] not in out
 
 
 def test_a_download_folder_untouched_for_a_day_goes_whoever_it_names(tmp_path, capsys):
     """A folder of another host, or one made before names said their owner, was left and said on every run for
     ever: untouched for over a day (no live download is so quiet), it goes; a newer file in one keeps it."""
-    names = ["abc_123", "elsewhere-12-far", f"{pm.process_space()}-{os.getpid()}-live", "busy_456"]
+    names = ["abc_123", "elsewhere-12-far", f"{dl.process_space()}-{os.getpid()}-live", "busy_456"]
     for name in names:
-        (tmp_path / f"{pm.DOWNLOAD_PART}{name}" / "sub").mkdir(parents=True)
-        for p in (tmp_path / f"{pm.DOWNLOAD_PART}{name}" / "sub" / "100.dat",
-                  tmp_path / f"{pm.DOWNLOAD_PART}{name}" / "sub", tmp_path / f"{pm.DOWNLOAD_PART}{name}"):
+        (tmp_path / f"{dl.DOWNLOAD_PART}{name}" / "sub").mkdir(parents=True)
+        for p in (tmp_path / f"{dl.DOWNLOAD_PART}{name}" / "sub" / "100.dat",
+                  tmp_path / f"{dl.DOWNLOAD_PART}{name}" / "sub", tmp_path / f"{dl.DOWNLOAD_PART}{name}"):
             p.touch()
             os.utime(p, (time.time() - 3 * 86400 - 60,) * 2)
-    os.utime(tmp_path / f"{pm.DOWNLOAD_PART}busy_456" / "sub" / "100.dat", (time.time() - 60,) * 2)
-    pm.remove_stale_parts(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == [f"{pm.DOWNLOAD_PART}busy_456"]
+    os.utime(tmp_path / f"{dl.DOWNLOAD_PART}busy_456" / "sub" / "100.dat", (time.time() - 60,) * 2)
+    dl.remove_stale_parts(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{dl.DOWNLOAD_PART}busy_456"]
     out = capsys.readouterr().out
-    assert f"removed {tmp_path / pm.DOWNLOAD_PART}abc_123, a download's folder untouched for over 3 days" in out
-    assert f"left {tmp_path / pm.DOWNLOAD_PART}busy_456: a download's folder that names no process" in out
-    assert pm.quiet_for(tmp_path / "none") == 0.0                       # one it cannot look into: judged by name
+    assert f"removed {tmp_path / dl.DOWNLOAD_PART}abc_123, a download's folder untouched for over 3 days" in out
+    assert f"left {tmp_path / dl.DOWNLOAD_PART}busy_456: a download's folder that names no process" in out
+    assert dl.quiet_for(tmp_path / "none") == 0.0                       # one it cannot look into: judged by name
 
 
 def test_a_download_folder_of_another_host_stays_a_day_and_a_dead_link_in_it_keeps_it_no_longer(tmp_path, capsys):
@@ -447,14 +448,14 @@ def test_a_download_folder_of_another_host_stays_a_day_and_a_dead_link_in_it_kee
     stays until a day has passed, not an hour. A link in it whose target went is read as the link (lstat): followed,
     it made the folder unreadable, so judged by its name and left for ever."""
     for name, hours in (("elsewhere-12-near", 23), ("elsewhere-12-far", 25)):
-        part = tmp_path / f"{pm.DOWNLOAD_PART}{name}"
+        part = tmp_path / f"{dl.DOWNLOAD_PART}{name}"
         part.mkdir()
         (part / "100.dat").symlink_to(tmp_path / "gone")
         for p in (part / "100.dat", part):
             os.utime(p, (time.time() - hours * 3600,) * 2, follow_symlinks=False)
-    pm.remove_stale_parts(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == [f"{pm.DOWNLOAD_PART}elsewhere-12-near"]
-    assert f"removed {tmp_path / pm.DOWNLOAD_PART}elsewhere-12-far, a download's folder untouched for over 1 day\n" \
+    dl.remove_stale_parts(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{dl.DOWNLOAD_PART}elsewhere-12-near"]
+    assert f"removed {tmp_path / dl.DOWNLOAD_PART}elsewhere-12-far, a download's folder untouched for over 1 day\n" \
         in capsys.readouterr().out
 
 
@@ -462,14 +463,14 @@ def test_a_download_folder_whose_pid_no_process_can_have_fails_no_download(tmp_p
     """A pid str.isdigit takes but int() refuses ('²') or beyond the system's pid_t stopped remove_stale_parts in a
     ValueError or OverflowError, and every download failed until the folder went: the first names no process (left,
     said), the second names none alive (removed)."""
-    host = pm.process_space()
+    host = dl.process_space()
     for name in (f"{host}-\u00b2-x", f"{host}-99999999999999999999-x"):
-        (tmp_path / f"{pm.DOWNLOAD_PART}{name}").mkdir()
-    pm.remove_stale_parts(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == [f"{pm.DOWNLOAD_PART}{host}-\u00b2-x"]
+        (tmp_path / f"{dl.DOWNLOAD_PART}{name}").mkdir()
+    dl.remove_stale_parts(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{dl.DOWNLOAD_PART}{host}-\u00b2-x"]
     out = capsys.readouterr().out
-    assert f"left {tmp_path / pm.DOWNLOAD_PART}{host}-\u00b2-x: a download's folder that names no process" in out
-    assert f"removed {tmp_path / pm.DOWNLOAD_PART}{host}-99999999999999999999-x, the folder of a download" in out
+    assert f"left {tmp_path / dl.DOWNLOAD_PART}{host}-\u00b2-x: a download's folder that names no process" in out
+    assert f"removed {tmp_path / dl.DOWNLOAD_PART}{host}-99999999999999999999-x, the folder of a download" in out
 
 
 def test_a_download_folder_is_told_by_its_last_two_dashes_and_only_a_dead_pid_of_a_folder_goes(tmp_path, monkeypatch,
@@ -479,34 +480,35 @@ def test_a_download_folder_is_told_by_its_last_two_dashes_and_only_a_dead_pid_of
     process (EPERM) is alive: none of those is removed, nor a link of a folder's name."""
     ended = subprocess.Popen([sys.executable, "-c", ""])
     ended.wait()
-    monkeypatch.setattr(pm, "process_space", lambda: "my-host.local")
+    monkeypatch.setattr(dl, "process_space", lambda: "my-host.local")
     for name in (f"my-host.local-{ended.pid}-x", f"my-host-{ended.pid}-x", "my-host.local-0-x"):
-        (tmp_path / f"{pm.DOWNLOAD_PART}{name}").mkdir()
-    (tmp_path / f"{pm.DOWNLOAD_PART}my-host.local-{ended.pid}-file").write_text("")
-    (tmp_path / f"{pm.DOWNLOAD_PART}my-host.local-{ended.pid}-link").symlink_to(tmp_path / "kept", True)
+        (tmp_path / f"{dl.DOWNLOAD_PART}{name}").mkdir()
+    (tmp_path / f"{dl.DOWNLOAD_PART}my-host.local-{ended.pid}-file").write_text("")
+    (tmp_path / f"{dl.DOWNLOAD_PART}my-host.local-{ended.pid}-link").symlink_to(tmp_path / "kept", True)
     (tmp_path / "kept").mkdir()
-    pm.remove_stale_parts(tmp_path)
-    assert sorted(p.name[len(pm.DOWNLOAD_PART):] for p in tmp_path.glob(".*")) == [
+    dl.remove_stale_parts(tmp_path)
+    assert sorted(p.name[len(dl.DOWNLOAD_PART):] for p in tmp_path.glob(".*")) == [
         "my-host-" f"{ended.pid}-x", "my-host.local-0-x", f"my-host.local-{ended.pid}-file",
         f"my-host.local-{ended.pid}-link"]
     out = capsys.readouterr().out
     assert "-link" not in out      # a link is no download's folder: neither removed nor said "cannot remove"
-    assert f"removed {tmp_path / pm.DOWNLOAD_PART}my-host.local-{ended.pid}-x, the folder" in out
-    assert f"{pm.DOWNLOAD_PART}my-host-{ended.pid}-x: a download's folder of my-host, another host" in out
-    assert f"{pm.DOWNLOAD_PART}my-host.local-0-x: a download's folder that names no process" in out
+    assert f"removed {tmp_path / dl.DOWNLOAD_PART}my-host.local-{ended.pid}-x, the folder" in out
+    assert f"{dl.DOWNLOAD_PART}my-host-{ended.pid}-x: a download's folder of my-host, another host" in out
+    assert f"{dl.DOWNLOAD_PART}my-host.local-0-x: a download's folder that names no process" in out
     assert "-file" not in out
 
     def not_yours(pid: int, sig: int) -> None:
         raise PermissionError(1, "Operation not permitted")
-    monkeypatch.setattr(pm.os, "kill", not_yours)
-    assert pm.alive(ended.pid)
+    monkeypatch.setattr(dl.os, "kill", not_yours)
+    assert dl.alive(ended.pid)
 
 
 def download_killed(folder: Path, pid: Path) -> int:
     """The pid of the child of a download into `folder` whose process was killed (kill -9) once the child had
     written its pid to `pid`."""
-    script = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]; import prepare_mitbih as pm; "
-              f"pm.FETCH = 'fake_physionet:stall'; pm.reach_physionet = lambda *a, **k: None; "
+    script = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]; "
+              f"import download as dl, prepare_mitbih as pm; "
+              f"dl.FETCH = 'fake_physionet:stall'; dl.reach_physionet = lambda *a, **k: None; "
               f"pm.find_records(pm.Path({str(folder)!r}), download=True)")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -556,8 +558,8 @@ def test_a_download_slow_to_start_is_not_given_up_before_it_fetches(tmp_path, mo
     physionet("bring")
     (tmp_path / "slow_import.py").write_text("import time\ntime.sleep(1.5)\nfrom fake_physionet import bring\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(pm, "FETCH", "slow_import:bring")
-    monkeypatch.setattr(pm, "STALL_LIMIT", 0.5)
+    monkeypatch.setattr(dl, "FETCH", "slow_import:bring")
+    monkeypatch.setattr(dl, "STALL_LIMIT", 0.5)
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
 
 
@@ -570,8 +572,8 @@ def test_a_download_whose_process_hangs_before_it_fetches_is_given_up(tmp_path, 
                                              "open(os.environ['FAKE_PID'], 'w').write(str(os.getpid()))\n"
                                              "time.sleep(STALLED_S)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(pm, "FETCH", "hung_import:bring")
-    monkeypatch.setattr(pm, "START_LIMIT", 1.0)
+    monkeypatch.setattr(dl, "FETCH", "hung_import:bring")
+    monkeypatch.setattr(dl, "START_LIMIT", 1.0)
     start = time.monotonic()
     with pytest.raises(UserError, match=r"failed \(TimeoutError: the download's process did not start fetching "
                                         r"within 1 s \(an import hung\?\)\): put the MIT-BIH"):
@@ -583,7 +585,7 @@ def test_a_download_whose_process_ended_is_not_given_up_while_its_output_drains(
     """A child that has ended is not given up, though its stdout stays open (here a process it started holds it)
     past STALL_LIMIT: its download is over, and it is read to the end."""
     physionet("forked", hold_s=1.5)
-    monkeypatch.setattr(pm, "STALL_LIMIT", 0.5)
+    monkeypatch.setattr(dl, "STALL_LIMIT", 0.5)
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
 
 
@@ -596,8 +598,8 @@ def test_a_download_whose_process_ended_before_it_fetched_fails_by_its_exit_not_
     (tmp_path / "ends_early.py").write_text("import os, time\nif os.fork() == 0:\n    time.sleep(9)\n"
                                             "    os._exit(0)\nos._exit(3)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(pm, "FETCH", "ends_early:bring")
-    monkeypatch.setattr(pm, "START_LIMIT", 8.0)
+    monkeypatch.setattr(dl, "FETCH", "ends_early:bring")
+    monkeypatch.setattr(dl, "START_LIMIT", 8.0)
     with pytest.raises(UserError, match=r"failed \(RuntimeError: its process ended with exit status 3\)"):
         pm.find_records(tmp_path / "mitdb", download=True)
 
@@ -616,7 +618,7 @@ def test_a_slow_download_is_not_given_up(tmp_path, monkeypatch, caplog, physione
     takes: before its first file wfdb asks for every record's header (urllib3 logs each answer), writing nothing.
     The answers counted are not logged."""
     physionet("slow", ("100", "101", "102"))
-    monkeypatch.setattr(pm, "STALL_LIMIT", 1.0)
+    monkeypatch.setattr(dl, "STALL_LIMIT", 1.0)
     start = time.monotonic()
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100", "101", "102"]
     assert time.monotonic() - start > 1.5 and not caplog.records
@@ -628,7 +630,7 @@ def test_a_download_whose_file_grows_is_not_given_up_and_its_warnings_show(tmp_p
     as it grows; a warning urllib3 logs while the answers are counted (a retry) is shown as it was before."""
     retry = "Retrying (Retry(total=2)) after connection broken"
     physionet("growing", ("100", "101"), warning=retry)
-    monkeypatch.setattr(pm, "STALL_LIMIT", 1.0)
+    monkeypatch.setattr(dl, "STALL_LIMIT", 1.0)
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100", "101"]
     assert [(r.name, r.getMessage()) for r in caplog.records] == [("urllib3.connectionpool", retry)]
 
@@ -638,7 +640,7 @@ def test_a_download_still_receiving_a_file_is_not_given_up(tmp_path, monkeypatch
     answer nor a byte in the folder, and was given up as stalled while its bytes still came. The bytes the child's
     sockets receive are progress too."""
     physionet("trickle", ("100",))
-    monkeypatch.setattr(pm, "STALL_LIMIT", 1.0)
+    monkeypatch.setattr(dl, "STALL_LIMIT", 1.0)
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
 
 
@@ -664,7 +666,7 @@ def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypat
     def stopped(self, target):
         calls.append(target)
         if len(calls) == 8:         # the signals, annotations and 100.hea in: the state a kill here would leave
-            part = re.escape(f"{pm.DOWNLOAD_PART}{pm.process_space()}-{os.getpid()}-")    # 'HOST~INODE': '~' too
+            part = re.escape(f"{dl.DOWNLOAD_PART}{dl.process_space()}-{os.getpid()}-")    # 'HOST~INODE': '~' too
             refused = (rf"killed while its files were moved in \(.*RECORDS lists 2 records with no \.hea, still in "
                        rf"{part}\w+\): empty the folder and run again")
             with pytest.raises(UserError, match=refused):
@@ -719,7 +721,7 @@ def test_a_download_arrives_in_the_data_folder_and_a_killed_ones_part_blocks_non
     given = tmp_path_factory.mktemp("given") / "folder"
     physionet("told_where", given=given)
     data = tmp_path / "mitdb"
-    write_record(data / f"{pm.DOWNLOAD_PART}killed", "101", seconds=12)
+    write_record(data / f"{dl.DOWNLOAD_PART}killed", "101", seconds=12)
     assert pm.find_records(data, download=True) == ["100"]
     assert Path(given.read_text()).parent == data and sorted(p.name for p in tmp_path.iterdir()) == ["mitdb"]
 
@@ -799,13 +801,13 @@ def test_a_killed_downloads_part_is_no_killed_move_of_the_users_records(tmp_path
     headers RECORDS lacks is that, and the user is told which record lacks its files."""
     write_record(tmp_path, "a", seconds=12)
     (tmp_path / "RECORDS").write_text("a\nb\n")
-    (tmp_path / f"{pm.DOWNLOAD_PART}old").mkdir()
-    write_record(tmp_path / f"{pm.DOWNLOAD_PART}old", "100", seconds=12)
+    (tmp_path / f"{dl.DOWNLOAD_PART}old").mkdir()
+    write_record(tmp_path / f"{dl.DOWNLOAD_PART}old", "100", seconds=12)
     with pytest.raises(UserError, match=r"RECORDS lists 1 record with no \.hea in .*: b; add their files"):
         pm.find_records(tmp_path, download=False)
-    write_record(tmp_path / f"{pm.DOWNLOAD_PART}old", "b", seconds=12)
+    write_record(tmp_path / f"{dl.DOWNLOAD_PART}old", "b", seconds=12)
     with pytest.raises(UserError, match=rf"killed while its files were moved in \(.*no \.hea, still in "
-                                        rf"{pm.DOWNLOAD_PART}old\): empty the folder"):
+                                        rf"{dl.DOWNLOAD_PART}old\): empty the folder"):
         pm.find_records(tmp_path, download=False)
 
 
@@ -842,7 +844,7 @@ def test_a_line_of_the_download_process_not_its_own_is_printed_not_its_failure(t
     fetch_in_child takes fd 1 over), JSON or not, failed a download that worked with 'JSONDecodeError: Expecting
     value' (or a TypeError for '1'); it is printed as the child's prints are."""
     physionet("bring")
-    monkeypatch.setattr(pm, "_CHILD", "import os; os.write(1, b'libfoo: loaded\\n1\\n'); " + pm._CHILD)
+    monkeypatch.setattr(dl, "_CHILD", "import os; os.write(1, b'libfoo: loaded\\n1\\n'); " + dl._CHILD)
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
     assert capsys.readouterr().out.startswith("libfoo: loaded\n1\n")
 
@@ -852,7 +854,7 @@ def test_a_line_of_the_download_process_in_no_utf8_is_printed(tmp_path, monkeypa
     UnicodeDecodeError, and the download then waited for ever for a child that had ended. Such a byte is printed
     as U+FFFD."""
     physionet("bring")
-    monkeypatch.setattr(pm, "_CHILD", "import os; os.write(1, b'libfoo: \\xe9t\\xe9\\n'); " + pm._CHILD)
+    monkeypatch.setattr(dl, "_CHILD", "import os; os.write(1, b'libfoo: \\xe9t\\xe9\\n'); " + dl._CHILD)
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
     assert capsys.readouterr().out.startswith("libfoo: \ufffdt\ufffd\n")
 

@@ -658,6 +658,7 @@ def test_readme_states_the_codes_own_numbers():
     """The README states timeouts, margins and drafting settings as numbers a reader plans by (how long a stalled
     download waits, how much of a record forecast.py reads): each is held to the constant or shipped setting it
     names, so that changing one fails here until the README says it too."""
+    import download
     import drafts
     import evaluate
     import forecast
@@ -668,10 +669,10 @@ def test_readme_states_the_codes_own_numbers():
     text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
     sample = json.loads((ROOT / "config_transformer.json").read_text(encoding="utf-8"))["sample"]
     sde = json.loads((ROOT / "config_sde.json").read_text(encoding="utf-8"))["model"]
-    assert pm.STALL_LIMIT == 120 and "for two minutes (`prepare_mitbih.STALL_LIMIT`)" in text
-    assert pm.START_LIMIT == 120 and "two minutes to start fetching (`prepare_mitbih.START_LIMIT`)" in text
+    assert download.STALL_LIMIT == 120 and "for two minutes (`download.STALL_LIMIT`)" in text
+    assert download.START_LIMIT == 120 and "two minutes to start fetching (`download.START_LIMIT`)" in text
     assert training.DIST_TIMEOUT_DEFAULT_S == 600 and sde["departure_scale"] == 0.5 and "adds half of its" in text
-    stated = [f"with a {pm.CONNECT_TIMEOUT:g} s timeout", f"one value for {pm.FLAT_S:g} s or more",
+    stated = [f"with a {download.CONNECT_TIMEOUT:g} s timeout", f"one value for {pm.FLAT_S:g} s or more",
               f"`ECG_DIST_TIMEOUT` seconds (default {training.DIST_TIMEOUT_DEFAULT_S})",
               f"and {pm.SPAN_MARGIN_S:g} s either side", f"(at most every {evaluate.PARTIAL_EVERY_S:g} s",
               f"together pass {train_results.LONG_PLOT_S:g} s", f"shorter than a beat, {drafts.MIN_PERIOD_S:g} s",
