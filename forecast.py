@@ -485,7 +485,7 @@ def load_forecaster(checkpoint: str | None, device: str | None) -> tuple[str | P
     FILE.py:NAME(=CHECKPOINT), as evaluate.py --model takes them: a record's forecast set beside a baseline's."""
     device = paths.check_device(device)
     from baselines import BASELINES, make_baseline          # both build on this module
-    from evaluate import own_spec, user_forecaster
+    from own_forecaster import own_spec, user_forecaster
     if checkpoint in BASELINES:
         return checkpoint, make_baseline(checkpoint, load_config().data.samples_per_second)
     if checkpoint and own_spec(checkpoint):
@@ -537,8 +537,8 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
 
 def record_data(fc: ForecasterBase) -> DataConfig:
     """How a record is read for `fc`: by its own data settings, else the project's. A forecaster at another rate is
-    refused (evaluate.check_rate), called from Python as by forecast.py, not handed samples at the wrong rate."""
-    from evaluate import check_rate                          # evaluate builds on this module
+    refused (own_forecaster.check_rate), called from Python as by forecast.py, not handed samples at the wrong rate."""
+    from own_forecaster import check_rate                    # own_forecaster builds on this module
     own = own_data(fc)
     data = own or load_config().data     # one's own without data settings: the project's
     check_rate(f"forecaster {getattr(fc, 'name', type(fc).__name__)!r}", fc, data.samples_per_second,
@@ -780,17 +780,17 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
 
 
 def checkpoint_sha256(checkpoint: str | Path, fc: ForecasterBase) -> dict:
-    """The weights' digest as evaluate.py's report gives it (evaluate.weights_sha256: the bytes `fc` loaded);
+    """The weights' digest as evaluate.py's report gives it (own_forecaster.weights_sha256: the bytes `fc` loaded);
     {} when there is no file (a baseline; own_code_of names one's own code)."""
-    from evaluate import weights_sha256
+    from own_forecaster import weights_sha256
     digest = weights_sha256(str(checkpoint), fc)
     return {"checkpoint_sha256": digest} if digest else {}
 
 
 def own_code_of(checkpoint: str | Path) -> dict:
     """The files and SHA-256s behind a forecaster of one's own, its file and the local modules it imports
-    (evaluate.own_code), {} for a checkpoint."""
-    from evaluate import own_code
+    (own_forecaster.own_code), {} for a checkpoint."""
+    from own_forecaster import own_code
     return {"own_forecaster": code} if (code := own_code([str(checkpoint)])) else {}
 
 

@@ -633,7 +633,7 @@ class At250(forecast.ForecasterBase):
 @pytest.mark.parametrize("fc, rate", [(make_baseline("template_ensemble", 360), 360), (At250(), 250)],
                          ids=["baseline", "own"])
 def test_forecast_record_refuses_a_forecaster_at_another_rate_than_the_record_is_read_at(tmp_path, fc, rate):
-    """forecast.py checks its forecaster's rate (evaluate.check_rate); forecast_record called from Python did not:
+    """forecast.py checks its forecaster's rate (own_forecaster.check_rate); forecast_record called from Python did not:
     make_baseline("template_ensemble", 360) forecast record 100 read at 128 Hz with its rhythm and noise timed at
     360 Hz (up to 1.3 mV from the 128 Hz baseline's), without a word."""
     write_signal(tmp_path, "r", synthetic_ecg(20.0, 250.0, seed=0)[0], fs=250.0)

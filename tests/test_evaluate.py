@@ -22,6 +22,7 @@ import baselines
 import evaluate
 import eval_report
 import metrics as M
+import own_forecaster
 import running
 from conftest import (ROOT, TWELVE, edit_tree_after, spike_train, synthetic_ecg, twelve_leads, write_record,
                       write_signal)
@@ -183,7 +184,7 @@ def test_your_own_forecasters_frames_leave_out_a_decorator_around_its_predict(tm
     mine.write_text("import torch\n\n\nclass Raises:\n    @torch.no_grad()\n    def predict(self, context, horizon, "
                     "num_samples=100, seed=0):\n        raise ValueError('no')\n\n\ndef make(fs):\n    r = Raises()"
                     "\n    r.fs = fs\n    return r\n")
-    fc = evaluate.user_forecaster(f"{mine}:make", 128)
+    fc = own_forecaster.user_forecaster(f"{mine}:make", 128)
     with pytest.raises(UserError) as caught:
         fc.predict(np.zeros((1, 384, 2)), 10, 1, 0)
     assert [line.split(",")[0] for line in str(caught.value).splitlines() if line.startswith("  File")] == [
@@ -221,7 +222,8 @@ def test_your_own_predict_as_a_partial_or_an_object_has_its_own_frames_only(tmp_
     the work, had no code of its own to find: its traceback began in torch's decorator, as before."""
     mine = tmp_path / "mine.py"
     mine.write_text(OWN_PREDICTS)
-    fc = evaluate.OwnForecaster(getattr(evaluate.import_source(f"{mine}:{name}", "--model"), name)(), "--model")
+    own = getattr(own_forecaster.import_source(f"{mine}:{name}", "--model"), name)()
+    fc = own_forecaster.OwnForecaster(own, "--model")
     with pytest.raises(UserError) as caught:
         fc.predict(np.zeros((1, 384, 2)), 10, 1, 0)
     assert [line.split(",")[0] for line in str(caught.value).splitlines() if line.startswith("  File")] == [
@@ -230,12 +232,13 @@ def test_your_own_predict_as_a_partial_or_an_object_has_its_own_frames_only(tmp_
 
 def test_your_own_predict_that_fails_in_its_decorator_has_the_decorators_frame(tmp_path):
     """A decorator of one's own that raises before predict runs: predict's frame is not in the traceback, so all of
-    one's own frames are shown (the wrapper's), none of evaluate.py's, and not an empty traceback."""
+    one's own frames are shown (the wrapper's), none of the script's, and not an empty traceback."""
     mine = tmp_path / "mine.py"
     mine.write_text("import functools\n\n\ndef checked(f):\n    @functools.wraps(f)\n    def wrapper(*a, **k):\n"
                     "        raise ValueError('checked')\n    return wrapper\n\n\nclass FailsEarly:\n    @checked\n"
                     "    def predict(self, context, horizon, num_samples=100, seed=0):\n        return None\n")
-    fc = evaluate.OwnForecaster(evaluate.import_source(f"{mine}:FailsEarly", "--model").FailsEarly(), "--model")
+    own = own_forecaster.import_source(f"{mine}:FailsEarly", "--model").FailsEarly()
+    fc = own_forecaster.OwnForecaster(own, "--model")
     with pytest.raises(UserError) as caught:
         fc.predict(np.zeros((1, 384, 2)), 10, 1, 0)
     assert [line.split(",")[0] for line in str(caught.value).splitlines() if line.startswith("  File")] == [
@@ -330,11 +333,11 @@ def test_ones_own_forecaster_as_wrapped_copies_and_pickles():
     import copy
     import pickle
 
-    f = evaluate.OwnForecaster(baselines.Zero(250), "--model mine.py:Zero")
+    f = own_forecaster.OwnForecaster(baselines.Zero(250), "--model mine.py:Zero")
     context = np.sin(np.arange(500) / 9.0)[None, :, None].repeat(2, 2).astype(np.float32)
     for again in (copy.copy(f), pickle.loads(pickle.dumps(f))):
         assert again.fs == 250 and again.predict(context, 3, 1).shape == (1, 1, 3, 2)
-    assert not hasattr(evaluate.OwnForecaster.__new__(evaluate.OwnForecaster), "predict_anything")
+    assert not hasattr(own_forecaster.OwnForecaster.__new__(own_forecaster.OwnForecaster), "predict_anything")
 
 
 CHECKPOINTED = """
@@ -395,13 +398,13 @@ def test_the_report_names_the_modules_ones_own_forecaster_imports(tmp_path, monk
     def hashed(*names: Path | str) -> str:
         return ", ".join(f"{Path(name)} sha256 {file_sha256(name)}" for name in names)
 
-    said = evaluate.own_code(["mine.py:Mine", "zero"])
+    said = own_forecaster.own_code(["mine.py:Mine", "zero"])
     assert said == "mine.py:Mine: " + hashed("mine.py", "helper.py", "ns/deep/broken.py", "own_pkg/__init__.py",
                                              "own_pkg/leaf.py", "own_pkg/sub.py")    # a file that does not parse too
     (tmp_path / "helper.py").write_text("import os\nLEVEL = 0.25\n")
-    assert evaluate.own_code(["mine.py:Mine"]) != said
+    assert own_forecaster.own_code(["mine.py:Mine"]) != said
     monkeypatch.syspath_prepend(str(tmp_path))                  # module:NAME, found on sys.path
-    assert evaluate.own_code(["own_pkg.sub:Mine"]) == "own_pkg.sub:Mine: " + hashed(*(
+    assert own_forecaster.own_code(["own_pkg.sub:Mine"]) == "own_pkg.sub:Mine: " + hashed(*(
         tmp_path / name for name in ("own_pkg/sub.py", "ns/deep/broken.py", "own_pkg/leaf.py")))
 
 
@@ -411,7 +414,7 @@ def test_a_relative_import_above_ones_own_files_folder_is_not_followed(tmp_path,
     there; own_code read file.parents[1] of 'mine.py' and stopped evaluate.py and forecast.py in an IndexError."""
     (tmp_path / "mine.py").write_text("import numpy as np\n\n\ndef later():\n    from ..pkg import thing\n")
     monkeypatch.chdir(tmp_path)
-    assert evaluate.own_code(["mine.py:Mine"]) == f"mine.py:Mine: mine.py sha256 {file_sha256('mine.py')}"
+    assert own_forecaster.own_code(["mine.py:Mine"]) == f"mine.py:Mine: mine.py sha256 {file_sha256('mine.py')}"
 
 
 def test_a_forecaster_defined_in_a_script_or_notebook_is_evaluated_as_main_name(tmp_path, monkeypatch):
@@ -423,10 +426,10 @@ def test_a_forecaster_defined_in_a_script_or_notebook_is_evaluated_as_main_name(
     main = type(sys)("__main__")
     main.Mine = baselines.Persistence
     monkeypatch.setitem(sys.modules, "__main__", main)
-    assert isinstance(evaluate.user_forecaster("__main__:Mine", 128), evaluate.OwnForecaster)
-    assert main.__spec__ is None and evaluate.own_code(["__main__:Mine", "zero"]) == ""
+    assert isinstance(own_forecaster.user_forecaster("__main__:Mine", 128), own_forecaster.OwnForecaster)
+    assert main.__spec__ is None and own_forecaster.own_code(["__main__:Mine", "zero"]) == ""
     main.__file__ = str(script)
-    assert evaluate.own_code(["__main__:Mine"]) == f"__main__:Mine: {script} sha256 {file_sha256(script)}"
+    assert own_forecaster.own_code(["__main__:Mine"]) == f"__main__:Mine: {script} sha256 {file_sha256(script)}"
 
 
 def test_the_report_names_ones_own_code_as_it_ran(db250, tmp_path, monkeypatch):
@@ -435,7 +438,7 @@ def test_the_report_names_ones_own_code_as_it_ran(db250, tmp_path, monkeypatch):
     mine, helper = tmp_path / "mine.py", tmp_path / "mine_helper.py"
     mine.write_text(USER_FORECASTER.replace("import numpy as np\n", "import mine_helper\nimport numpy as np\n"))
     helper.write_text("LEVEL = 0.5\n")
-    said = evaluate.own_code([f"{mine}:HalfLastSecond"])
+    said = own_forecaster.own_code([f"{mine}:HalfLastSecond"])
     scored = evaluate.evaluate
 
     def then_edited(*args, **kwargs):
@@ -446,7 +449,7 @@ def test_the_report_names_ones_own_code_as_it_ran(db250, tmp_path, monkeypatch):
     _, result = _run(["--model", f"{mine}:HalfLastSecond", "--wfdb-dir", str(db250), "--records", "a01",
                       "--max-windows-per-record", "1", "--results", str(tmp_path / "results")])
     assert result["header"]["own forecasters"] == said and f"{helper} sha256" in said
-    assert evaluate.own_code([f"{mine}:HalfLastSecond"]) != said
+    assert own_forecaster.own_code([f"{mine}:HalfLastSecond"]) != said
 
 
 def test_a_forecaster_of_ones_own_learns_its_patients_from_a_trainer_checkpoint_without_a_vqvae():
@@ -1233,10 +1236,10 @@ def test_a_user_forecaster_that_sets_128_hz_itself_is_held_to_it(tmp_path):
     refused as any other rate would be; one that only inherits it is not."""
     (tmp_path / "mine.py").write_text(MINE.replace("fs = 360", "fs = 128"))
     with pytest.raises(UserError, match=r"mine.py:At360: it forecasts at 128 Hz but the data is at 250 Hz"):
-        evaluate.user_forecaster(f"{tmp_path / 'mine.py'}:At360", 250)
+        own_forecaster.user_forecaster(f"{tmp_path / 'mine.py'}:At360", 250)
     (tmp_path / "base.py").write_text("from forecast import ForecasterBase\n\n\nclass Mine(ForecasterBase):\n"
                                       "    def __init__(self, fs):\n        pass\n")
-    assert evaluate.user_forecaster(f"{tmp_path / 'base.py'}:Mine", 250).name == "Mine"
+    assert own_forecaster.user_forecaster(f"{tmp_path / 'base.py'}:Mine", 250).name == "Mine"
 
 
 def test_a_user_forecaster_whose_rate_is_a_property_is_held_to_it(tmp_path):
@@ -1251,15 +1254,15 @@ class Property(At360):
         self.rate = 360
 ''')
     with pytest.raises(UserError, match=r"mine.py:Property: it forecasts at 360 Hz but the data is at 128 Hz"):
-        evaluate.user_forecaster(f"{tmp_path / 'mine.py'}:Property", 128)
-    assert evaluate.user_forecaster(f"{tmp_path / 'mine.py'}:Property", 360).name == "Property"
+        own_forecaster.user_forecaster(f"{tmp_path / 'mine.py'}:Property", 128)
+    assert own_forecaster.user_forecaster(f"{tmp_path / 'mine.py'}:Property", 360).name == "Property"
 
 
 @pytest.mark.parametrize("rate, shown", [("128.4", "128.4"), ("None", "None"), ("'128'", "'128'")])
 def test_a_user_forecaster_at_a_rate_that_is_not_the_datas_number_is_one_error_line(tmp_path, rate, shown):
     """evaluate.py compared the rates as int() (128.4 Hz passed as 128, None stopped in a TypeError traceback), and
     evaluate()'s own check as float() saw no rate on the OwnForecaster wrapping it: 128.4 Hz was scored, and
-    forecast.py forecast with it, without a word. One check (evaluate.check_rate) refuses it everywhere."""
+    forecast.py forecast with it, without a word. One check (own_forecaster.check_rate) refuses it everywhere."""
     import forecast
 
     write_record(tmp_path / "db", "r", seconds=12, seed=0)
@@ -1271,7 +1274,8 @@ def test_a_user_forecaster_at_a_rate_that_is_not_the_datas_number_is_one_error_l
     with pytest.raises(UserError, match=rf"--checkpoint .*{said}"):
         forecast.load_forecaster(f"{tmp_path / 'mine.py'}:At360", "cpu")
     w = _one_record_windows(np.zeros((1, 256, 2)), [np.zeros(0)])
-    own = evaluate.OwnForecaster(evaluate.load_file(tmp_path / "mine.py").At360(128), "--model mine.py:At360")
+    at360 = own_forecaster.load_file(tmp_path / "mine.py").At360(128)
+    own = own_forecaster.OwnForecaster(at360, "--model mine.py:At360")
     with pytest.raises(UserError, match=rf"forecaster 'mine': it forecasts at {shown} Hz but the data is at 128 Hz"):
         evaluate.evaluate({"mine": own}, w, 128, 128, 1, progress=False)
 

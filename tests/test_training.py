@@ -2397,7 +2397,7 @@ def test_codebook_health_plots_a_column_added_on_resume_from_the_epoch_it_starts
 
 def readme_model(tmp_path: Path, synthetic_db: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, ModuleType]:
     """The tiny setup's flags and the README's my_model.py, written as given and imported as evaluate.py imports it."""
-    import evaluate
+    import own_forecaster
 
     setup = tiny_setup(tmp_path, synthetic_db)
     raw = json.loads(Path(setup["config"]).read_text())
@@ -2405,7 +2405,7 @@ def readme_model(tmp_path: Path, synthetic_db: Path, monkeypatch: pytest.MonkeyP
     mine = tmp_path / "my_model.py"
     mine.write_text(readme_block("class MyForecaster"))
     monkeypatch.setattr(sys, "argv", ["my_model.py"])
-    return setup, evaluate.load_file(mine)
+    return setup, own_forecaster.load_file(mine)
 
 
 def readme_block(needle: str) -> str:
