@@ -1,4 +1,4 @@
-"""Shared fixtures: the real MIT-BIH copy beside the repository, synthetic WFDB records."""
+"""Shared fixtures: the real MIT-BIH copy beside the repository, synthetic WFDB records, a fake PhysioNet."""
 from __future__ import annotations
 
 import contextlib
@@ -292,6 +292,73 @@ def snapshot(folder: Path) -> dict:
     """Bytes and modification time of every file below `folder`, to prove a failed run left it alone."""
     return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
             for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def run_in_process(args: list[str]) -> subprocess.CompletedProcess:
+    """prepare_mitbih.py's main() with `args` in this process (run_script)."""
+    import prepare_mitbih as pm
+
+    return run_script(pm.main, "prepare_mitbih.py", args)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """The downloads of a test module that uses it (test_download.py's and test_bad_input.py's pytestmark) run
+    stand-ins for wfdb.dl_database (fake_physionet, offline unless a test serves records), and the connect that
+    precedes them never leaves the machine (the tests of that connect put it back, with socket's stubbed)."""
+    import download as dl
+
+    monkeypatch.setattr(dl, "reach_physionet", lambda url, timeout=dl.CONNECT_TIMEOUT: None)
+    monkeypatch.setattr(dl, "FETCH", "fake_physionet:offline")
+    for var in [v for v in os.environ if v.lower().endswith("_proxy")]:
+        monkeypatch.delenv(var)
+
+
+@pytest.fixture
+def physionet(monkeypatch, tmp_path_factory):
+    """A fake PhysioNet for the download, which runs in a child process that no monkeypatch of wfdb reaches:
+    serve(stub, records) writes the records it holds and names the stand-in for wfdb.dl_database
+    (fake_physionet.<stub>) that the child calls, with $FAKE_<KEY> set from the keywords."""
+    import download as dl
+
+    served, pid = tmp_path_factory.mktemp("physionet"), tmp_path_factory.mktemp("child") / "pid"
+    monkeypatch.setenv("FAKE_PHYSIONET", str(served))
+    monkeypatch.setenv("FAKE_PID", str(pid))
+
+    def serve(stub: str, records: tuple[str, ...] = ("100",), **env) -> Path:
+        """The file the child writes its pid into."""
+        for record in records:
+            write_record(served, record, seconds=12)
+        for key, value in env.items():
+            monkeypatch.setenv(f"FAKE_{key.upper()}", str(value))
+        monkeypatch.setattr(dl, "FETCH", f"fake_physionet:{stub}")
+        return pid
+    return serve
+
+
+def forbid_download(monkeypatch, why: str) -> None:
+    """A download started fails the test: pytest.fail is no Exception, which the download's own error would take."""
+    import download as dl
+
+    monkeypatch.setattr(dl, "watched", lambda *a, **k: pytest.fail(why))
+
+
+# One's own forecaster (FILE.py:At360) built for another rate than the data's: test_evaluate.py's and
+# test_own_forecaster.py's
+MINE = '''
+import numpy as np
+
+
+class At360:
+    fs = 360                       # built for the raw MIT-BIH rate, not the prepared one
+
+    def __init__(self, fs):
+        pass
+
+    def predict(self, context, horizon, num_samples=100, seed=0):
+        x = np.asarray(context, np.float32)
+        return np.repeat(x[:, None, -1:], horizon, axis=2)
+'''
 
 
 def pytest_configure(config):

@@ -24,7 +24,7 @@ import eval_report
 import metrics as M
 import own_forecaster
 import running
-from conftest import (ROOT, TWELVE, edit_tree_after, spike_train, synthetic_ecg, twelve_leads, write_record,
+from conftest import (MINE, ROOT, TWELVE, edit_tree_after, spike_train, synthetic_ecg, twelve_leads, write_record,
                       write_signal)
 from hyper_params import load_config
 from paths import SHIPPED, UserError, file_sha256
@@ -177,74 +177,6 @@ def test_your_own_forecaster_that_raises_is_named_with_its_own_frames(db250, tmp
     assert not any((tmp_path / "results").iterdir())                 # no run folder
 
 
-def test_your_own_forecasters_frames_leave_out_a_decorator_around_its_predict(tmp_path):
-    """The README's MyForecaster decorates predict with @torch.no_grad(): the traceback of 'its own frames only'
-    began in torch's _contextlib.py, the decorator's wrapper; it begins at predict now."""
-    mine = tmp_path / "mine.py"
-    mine.write_text("import torch\n\n\nclass Raises:\n    @torch.no_grad()\n    def predict(self, context, horizon, "
-                    "num_samples=100, seed=0):\n        raise ValueError('no')\n\n\ndef make(fs):\n    r = Raises()"
-                    "\n    r.fs = fs\n    return r\n")
-    fc = own_forecaster.user_forecaster(f"{mine}:make", 128)
-    with pytest.raises(UserError) as caught:
-        fc.predict(np.zeros((1, 384, 2)), 10, 1, 0)
-    assert [line.split(",")[0] for line in str(caught.value).splitlines() if line.startswith("  File")] == [
-        f'  File "{mine}"']
-
-
-OWN_PREDICTS = """
-import functools
-import torch
-
-
-@torch.no_grad()
-def forecast(context, horizon, num_samples=100, seed=0, scale=1.0):
-    raise ValueError('no')
-
-
-class Predicts:
-    @torch.no_grad()
-    def __call__(self, context, horizon, num_samples=100, seed=0):
-        raise ValueError('no')
-
-
-class Partial:
-    predict = staticmethod(functools.partial(forecast, scale=2.0))
-
-
-class CallsAnObject:
-    predict = Predicts()
-"""
-
-
-@pytest.mark.parametrize("name", ["Partial", "CallsAnObject"])
-def test_your_own_predict_as_a_partial_or_an_object_has_its_own_frames_only(tmp_path, name):
-    """A predict that is a functools.partial of a decorated function, or an object whose decorated __call__ does
-    the work, had no code of its own to find: its traceback began in torch's decorator, as before."""
-    mine = tmp_path / "mine.py"
-    mine.write_text(OWN_PREDICTS)
-    own = getattr(own_forecaster.import_source(f"{mine}:{name}", "--model"), name)()
-    fc = own_forecaster.OwnForecaster(own, "--model")
-    with pytest.raises(UserError) as caught:
-        fc.predict(np.zeros((1, 384, 2)), 10, 1, 0)
-    assert [line.split(",")[0] for line in str(caught.value).splitlines() if line.startswith("  File")] == [
-        f'  File "{mine}"']
-
-
-def test_your_own_predict_that_fails_in_its_decorator_has_the_decorators_frame(tmp_path):
-    """A decorator of one's own that raises before predict runs: predict's frame is not in the traceback, so all of
-    one's own frames are shown (the wrapper's), none of the script's, and not an empty traceback."""
-    mine = tmp_path / "mine.py"
-    mine.write_text("import functools\n\n\ndef checked(f):\n    @functools.wraps(f)\n    def wrapper(*a, **k):\n"
-                    "        raise ValueError('checked')\n    return wrapper\n\n\nclass FailsEarly:\n    @checked\n"
-                    "    def predict(self, context, horizon, num_samples=100, seed=0):\n        return None\n")
-    own = own_forecaster.import_source(f"{mine}:FailsEarly", "--model").FailsEarly()
-    fc = own_forecaster.OwnForecaster(own, "--model")
-    with pytest.raises(UserError) as caught:
-        fc.predict(np.zeros((1, 384, 2)), 10, 1, 0)
-    assert [line.split(",")[0] for line in str(caught.value).splitlines() if line.startswith("  File")] == [
-        f'  File "{mine}"']
-
-
 OWN_DATA_FORECASTER = """
 import numpy as np
 
@@ -327,19 +259,6 @@ def test_an_evaluation_stopped_while_writing_leaves_no_folder(db250, tmp_path, m
     assert [p.name[:18] for p in (tmp_path / "results").iterdir()] == [".evaluate-partial-"]
 
 
-def test_ones_own_forecaster_as_wrapped_copies_and_pickles():
-    """OwnForecaster passes every attribute on to the object inside; copy.copy and pickle ask the bare wrapper
-    for __setstate__ before its __dict__ is back, and got KeyError '_own' where the protocol wants AttributeError."""
-    import copy
-    import pickle
-
-    f = own_forecaster.OwnForecaster(baselines.Zero(250), "--model mine.py:Zero")
-    context = np.sin(np.arange(500) / 9.0)[None, :, None].repeat(2, 2).astype(np.float32)
-    for again in (copy.copy(f), pickle.loads(pickle.dumps(f))):
-        assert again.fs == 250 and again.predict(context, 3, 1).shape == (1, 1, 3, 2)
-    assert not hasattr(own_forecaster.OwnForecaster.__new__(own_forecaster.OwnForecaster), "predict_anything")
-
-
 CHECKPOINTED = """
 import numpy as np
 
@@ -379,57 +298,6 @@ def test_your_own_forecaster_is_handed_its_checkpoint_and_device_and_the_report_
     # its weights too: the code's hash says nothing of which checkpoint it loaded
     assert result["header"]["checkpoints"] == f"Loaded: {ckpt} sha256 {file_sha256(ckpt)}"
     assert result["per_record"]["Loaded"]["mse"]["a01"] != result["per_record"]["zero"]["mse"]["a01"]
-
-
-def test_the_report_names_the_modules_ones_own_forecaster_imports(tmp_path, monkeypatch):
-    """A change in a helper module of one's own changes what is recorded: own_code hashes FILE.py and the modules
-    its import statements name under its folder (packages, relative imports, theirs in turn), not numpy's, nor a
-    module imported from elsewhere. It named FILE.py alone before, so an edited helper went unrecorded."""
-    for folder in ("own_pkg", "ns/deep"):
-        (tmp_path / folder).mkdir(parents=True)
-    files = {"mine.py": "import numpy as np\nimport helper\nfrom own_pkg import sub\nimport forecast\n",
-             "helper.py": "import os\nLEVEL = 0.5\n", "own_pkg/__init__.py": "",
-             "own_pkg/sub.py": "from . import leaf\nfrom ns.deep import broken\n", "own_pkg/leaf.py": "STEP = 1\n",
-             "ns/deep/broken.py": "this does not parse\n", "unused.py": "NOTHING = 0\n"}
-    for name, text in files.items():
-        (tmp_path / name).write_text(text)
-    monkeypatch.chdir(tmp_path)
-
-    def hashed(*names: Path | str) -> str:
-        return ", ".join(f"{Path(name)} sha256 {file_sha256(name)}" for name in names)
-
-    said = own_forecaster.own_code(["mine.py:Mine", "zero"])
-    assert said == "mine.py:Mine: " + hashed("mine.py", "helper.py", "ns/deep/broken.py", "own_pkg/__init__.py",
-                                             "own_pkg/leaf.py", "own_pkg/sub.py")    # a file that does not parse too
-    (tmp_path / "helper.py").write_text("import os\nLEVEL = 0.25\n")
-    assert own_forecaster.own_code(["mine.py:Mine"]) != said
-    monkeypatch.syspath_prepend(str(tmp_path))                  # module:NAME, found on sys.path
-    assert own_forecaster.own_code(["own_pkg.sub:Mine"]) == "own_pkg.sub:Mine: " + hashed(*(
-        tmp_path / name for name in ("own_pkg/sub.py", "ns/deep/broken.py", "own_pkg/leaf.py")))
-
-
-def test_a_relative_import_above_ones_own_files_folder_is_not_followed(tmp_path, monkeypatch):
-    """FILE.py given by a relative path whose import statements climb above its folder (`from ..pkg import x` in a
-    function never called: run, it could not import, FILE.py being no package's): nothing of its own is named
-    there; own_code read file.parents[1] of 'mine.py' and stopped evaluate.py and forecast.py in an IndexError."""
-    (tmp_path / "mine.py").write_text("import numpy as np\n\n\ndef later():\n    from ..pkg import thing\n")
-    monkeypatch.chdir(tmp_path)
-    assert own_forecaster.own_code(["mine.py:Mine"]) == f"mine.py:Mine: mine.py sha256 {file_sha256('mine.py')}"
-
-
-def test_a_forecaster_defined_in_a_script_or_notebook_is_evaluated_as_main_name(tmp_path, monkeypatch):
-    """evaluate.main(["--model", "__main__:Mine", ...]) from a script or a notebook, whose __main__ has no spec: it
-    loaded, then own_code's find_spec stopped evaluate.py in a ValueError ('__main__.__spec__ is None'). A script's
-    file is named; a notebook's __main__ has none, and nothing is."""
-    script = tmp_path / "analysis.py"
-    script.write_text("class Mine: ...\n")
-    main = type(sys)("__main__")
-    main.Mine = baselines.Persistence
-    monkeypatch.setitem(sys.modules, "__main__", main)
-    assert isinstance(own_forecaster.user_forecaster("__main__:Mine", 128), own_forecaster.OwnForecaster)
-    assert main.__spec__ is None and own_forecaster.own_code(["__main__:Mine", "zero"]) == ""
-    main.__file__ = str(script)
-    assert own_forecaster.own_code(["__main__:Mine"]) == f"__main__:Mine: {script} sha256 {file_sha256(script)}"
 
 
 def test_the_report_names_ones_own_code_as_it_ran(db250, tmp_path, monkeypatch):
@@ -1205,22 +1073,6 @@ def test_readme_names_every_file_column_and_key_of_an_evaluation(tmp_path):
     assert header[0] in spans and {f"transformer {score}" for score in scores} <= set(spans), header
 
 
-MINE = '''
-import numpy as np
-
-
-class At360:
-    fs = 360                       # built for the raw MIT-BIH rate, not the prepared one
-
-    def __init__(self, fs):
-        pass
-
-    def predict(self, context, horizon, num_samples=100, seed=0):
-        x = np.asarray(context, np.float32)
-        return np.repeat(x[:, None, -1:], horizon, axis=2)
-'''
-
-
 def test_a_user_forecaster_at_another_rate_is_refused(tmp_path):
     db = tmp_path / "db"
     write_record(db, "r", seconds=12, seed=0)
@@ -1229,33 +1081,6 @@ def test_a_user_forecaster_at_another_rate_is_refused(tmp_path):
         evaluate.main(["--model", f"{tmp_path / 'mine.py'}:At360", "--wfdb-dir", str(db),
                        "--max-windows-per-record", "1", "--results", str(tmp_path / "results")])
     assert not (tmp_path / "results").exists()
-
-
-def test_a_user_forecaster_that_sets_128_hz_itself_is_held_to_it(tmp_path):
-    """128 Hz is also ForecasterBase's default, but a class that sets it chose it: on data at another rate it is
-    refused as any other rate would be; one that only inherits it is not."""
-    (tmp_path / "mine.py").write_text(MINE.replace("fs = 360", "fs = 128"))
-    with pytest.raises(UserError, match=r"mine.py:At360: it forecasts at 128 Hz but the data is at 250 Hz"):
-        own_forecaster.user_forecaster(f"{tmp_path / 'mine.py'}:At360", 250)
-    (tmp_path / "base.py").write_text("from forecast import ForecasterBase\n\n\nclass Mine(ForecasterBase):\n"
-                                      "    def __init__(self, fs):\n        pass\n")
-    assert own_forecaster.user_forecaster(f"{tmp_path / 'base.py'}:Mine", 250).name == "Mine"
-
-
-def test_a_user_forecaster_whose_rate_is_a_property_is_held_to_it(tmp_path):
-    """declared_fs took the rate from the instance's __dict__, else from the class: a property's rate was the
-    property object itself, and int() of it a TypeError traceback instead of the check of the rate it returns."""
-    (tmp_path / "mine.py").write_text(MINE + '''
-
-class Property(At360):
-    fs = property(lambda self: self.rate)
-
-    def __init__(self, fs):
-        self.rate = 360
-''')
-    with pytest.raises(UserError, match=r"mine.py:Property: it forecasts at 360 Hz but the data is at 128 Hz"):
-        own_forecaster.user_forecaster(f"{tmp_path / 'mine.py'}:Property", 128)
-    assert own_forecaster.user_forecaster(f"{tmp_path / 'mine.py'}:Property", 360).name == "Property"
 
 
 @pytest.mark.parametrize("rate, shown", [("128.4", "128.4"), ("None", "None"), ("'128'", "'128'")])
