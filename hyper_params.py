@@ -146,6 +146,7 @@ class TrainConfig:
                                         # starts them anew; spawned, as on macOS and Windows, in seconds)
     plot_windows: int = 4               # fixed validation windows drawn every epoch
     max_steps_per_epoch: Optional[int] = None  # cap for quick runs; null = whole training split
+    patience: Optional[int] = None      # epochs without a lower validation loss before it stops; null = every epoch
 
     def validate(self) -> None:
         """Every model's train section: a grad_clip of 0 would zero every gradient and a negative one climb the
@@ -159,6 +160,7 @@ class TrainConfig:
         _check(0 <= self.seed < 2 ** 32, "train.seed", self.seed, "must be in [0, 2**32) (numpy's seed range)")
         _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",
                self.max_steps_per_epoch, "must be >= 1 or null")
+        _check(self.patience is None or self.patience >= 1, "train.patience", self.patience, "must be >= 1 or null")
 
 
 @dataclass

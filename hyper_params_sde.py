@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hyper_params import AugmentConfig, TrainConfig, _at_least, _check, build_config, read_config, with_predated
 from paths import ROOT
@@ -122,12 +122,14 @@ class CRPSConfig:
     steps_per_epoch: int = 100    # 3 epochs of 100 steps of 32 windows: 11.2 min on one thread (session 25)
     batch_size: int = 32
     learning_rate: float = 3e-4
+    patience: Optional[int] = None  # epochs without a lower validation CRPS before it stops; null = every epoch
 
     def validate(self) -> None:
         _check(self.samples >= 2, "crps.samples", self.samples,
                "must be >= 2 (the CRPS's spread term needs two paths)")
         _at_least(1, "crps", self, "epochs", "steps_per_epoch", "batch_size")
         _check(self.learning_rate > 0, "crps.learning_rate", self.learning_rate, "must be > 0")
+        _check(self.patience is None or self.patience >= 1, "crps.patience", self.patience, "must be >= 1 or null")
 
 
 @dataclass

@@ -42,8 +42,8 @@ from hyper_params_sde import CRPSConfig, SDEConfig, load_sde_config, sde_config_
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from train_results import fixed_titles, fixed_windows, plot_epoch_forecasts, read_checkpoint
 from training import (EpochEndFn, Pooled, Runtime, StepFn, Trainer, check_batch_split, check_run_flags,
-                      check_run_roots, load_resume, resumed_seed, run_config, run_parser, run_record, seed_everything,
-                      setup_runtime, shared_run_dirs, training_main)
+                      check_run_roots, flag_patience, load_resume, resumed_seed, run_config, run_parser, run_record,
+                      seed_everything, setup_runtime, shared_run_dirs, training_main)
 from vqvae import VQVAE
 from vqvae_eval import (FORECASTER_FLAGS, add_forecaster_flags, forecaster_splits, forecasting_config, frozen_encodings,
                         run_vqvae, started_from, vqvae_choice)
@@ -144,6 +144,7 @@ def crps_config(args: argparse.Namespace, resume: dict | None, start: dict, sour
     for arg, key in (("epochs", "epochs"), ("max_steps", "steps_per_epoch"), ("batch_size", "batch_size")):
         if getattr(args, arg) is not None:      # into the config the run stores: a resume goes on with them
             setattr(c, key, getattr(args, arg))
+    c.patience = flag_patience(args, c.patience)
     if not resume:      # with the flags' crps values, before --seed sets the run's seed
         note_ignored_sections(given, scfg, args.config, source, elbo="crps_from" not in start.get("meta", {}))
     if resume:
@@ -181,13 +182,14 @@ def note_ignored_sections(given: SDEConfig, run: SDEConfig, config: str | None, 
 
 # the crps key that sets each train setting of crps_schedule's (the others fine-tuning fixes itself)
 SCHEDULED_BY = {"epochs": "crps.epochs", "max_steps_per_epoch": "crps.steps_per_epoch", "batch_size": "crps.batch_size",
-                "learning_rate": "crps.learning_rate", "checkpoint_every": "crps.epochs"}
+                "learning_rate": "crps.learning_rate", "checkpoint_every": "crps.epochs", "patience": "crps.patience"}
 
 
 def crps_schedule(c: CRPSConfig) -> dict:
     """The train settings the crps section (or fine-tuning itself) sets."""
     return dict(epochs=c.epochs, max_steps_per_epoch=c.steps_per_epoch, batch_size=c.batch_size,
-                learning_rate=c.learning_rate, weight_decay=0.0, warmup_steps=0, checkpoint_every=c.epochs)
+                learning_rate=c.learning_rate, weight_decay=0.0, warmup_steps=0, checkpoint_every=c.epochs,
+                patience=c.patience)
 
 
 def crps_settings(scfg: SDEConfig) -> TrainConfig:
@@ -384,7 +386,8 @@ def parser() -> argparse.ArgumentParser:
                    help="an ELBO-trained latent SDE checkpoint (or pretrained_sde, the shipped one) to "
                    "fine-tune on the CRPS of its forecast "
                    "paths, with the crps section of --config (EXPERIMENTS.md, session 19); with it --epochs, "
-                   "--max-steps and --batch-size set crps.epochs, crps.steps_per_epoch and crps.batch_size")
+                   "--max-steps, --batch-size and --patience set crps.epochs, crps.steps_per_epoch, crps.batch_size "
+                   "and crps.patience")
     return p
 
 

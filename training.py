@@ -391,6 +391,8 @@ class Trainer:
         self.amp = settings.amp and rt.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.epoch, self.step, self.best = 0, 0, float("inf")
+        self.best_epoch = 0         # the epoch of the lowest validation loss, `best`: train.patience counts from it
+        self.best_before = False    # `best` is of best_epoch or before (a resumed checkpoint that did not say)
         self.step_lr = settings.learning_rate      # the learning rate the last step took (metrics.csv's lr)
         self.pending_record: dict | None = None    # a resume's run.json, written with its first epoch
         self.resumed_from: str | Path | None = None     # the checkpoint fit() went on from (resume_hint's fallback)
@@ -464,7 +466,8 @@ class Trainer:
     def state(self) -> dict:
         return {"kind": self.kind, "model": unwrap(self.model).state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "epoch": self.epoch,
-                "step": self.step, "best_val": self.best, "rng": rng_state(self.rt.device), "config": self.config,
+                "step": self.step, "best_val": self.best, "best_epoch": self.best_epoch,
+                "rng": rng_state(self.rt.device), "config": self.config,
                 "meta": self.meta, "run_dir": str(self.run_dir), "ckpt_dir": str(self.ckpt_dir), **self.extras}
 
     def resume(self, path: str | Path, ckpt: dict | None = None) -> None:
@@ -479,6 +482,8 @@ class Trainer:
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
         self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
+        # a checkpoint from before train.patience does not say when its best was: the patience counts from the resume
+        self.best_epoch, self.best_before = ckpt.get("best_epoch", self.epoch), "best_epoch" not in ckpt
         self._lay_out_the_steps_left()
         self._take_settings()
         if ckpt["scaler"]:                  # empty when the run was made without AMP (e.g. on a CPU)
@@ -497,7 +502,7 @@ class Trainer:
             running.note(f"{path} trained on prepared data {trained_on}, these windows are {now} (prepared again "
                          f"since?): the epochs after {self.epoch} train on these, and best.pt starts over: its "
                          f"validation loss {self.best:.6g} was on the windows prepared before")
-            self.best = float("inf")
+            self.best, self.best_epoch, self.best_before = float("inf"), self.epoch, False
 
     def _lay_out_the_steps_left(self) -> None:
         """The schedule over the steps taken and the epochs left at this run's steps per epoch: with other steps per
@@ -618,8 +623,8 @@ class Trainer:
         return _all_reduce_mean(sums, seen, self.rt)
 
     def fit(self, resume: str | Path | None = None, ckpt: dict | None = None) -> dict:
-        """Train to the last epoch (from checkpoint `resume`, `ckpt` if read: resume()); returns the final epoch's
-        metrics row."""
+        """Train to the last epoch, or until train.patience epochs pass without a lower validation loss (from
+        checkpoint `resume`, `ckpt` if read: resume()); returns the final epoch's metrics row."""
         self.resumed_from = resume
         if resume:
             self.resume(resume, ckpt)
@@ -630,6 +635,11 @@ class Trainer:
                 print(f"nothing to train: {resume or 'this run'} has done {done}; pass --epochs above {self.epoch} "
                       f"to go on")
             return {"epoch": self.epoch, "step": self.step}
+        if self._out_of_patience():
+            if self.rt.is_main:
+                print(f"nothing to train: {resume} {self._stopped_early()}; pass --patience above "
+                      f"{self.epoch - self.best_epoch} (or 0 for none) to go on")
+            return {"epoch": self.epoch, "step": self.step}
         self._note_short_warmup()
         model = self.wrapped()
         row: dict = {}
@@ -638,11 +648,30 @@ class Trainer:
                   f"{running.counted(self.steps_per_epoch, 'step')}/epoch, run folder {self.run_dir}", flush=True)
         while self.epoch < self.s.epochs:
             row = self._epoch(model)
+            # every rank: val_loss is all-reduced, the same float on each, so all of them stop after the same epoch
+            improved = row["val_loss"] < self.best
+            if improved:
+                self.best, self.best_epoch, self.best_before = row["val_loss"], self.epoch, False
             if self.rt.is_main:
-                self._save(row)
+                self._save(row, improved)
             if self.rt.distributed:
                 barrier(self.rt)
+            if self._out_of_patience():
+                if self.rt.is_main:
+                    print(self._stopped_early(), flush=True)
+                break
         return row
+
+    def _out_of_patience(self) -> bool:
+        """train.patience epochs have passed without a lower validation loss, before the last epoch."""
+        return (self.s.patience is not None and self.epoch < self.s.epochs
+                and self.epoch - self.best_epoch >= self.s.patience)
+
+    def _stopped_early(self) -> str:
+        """The line an early stop ends on, and a resume of such a run begins with: where the best model is."""
+        return (f"stopped early after epoch {self.epoch} of {self.s.epochs}: val_loss has not improved for "
+                f"{running.counted(self.epoch - self.best_epoch, 'epoch')} (best {self.best:.6g} at epoch "
+                f"{self.best_epoch}{' or before' * self.best_before}, in best.pt)")
 
     def _epoch(self, model: nn.Module) -> dict:
         """Train and validate one epoch; its metrics.csv row."""
@@ -714,16 +743,13 @@ class Trainer:
         record.setdefault("resumes", []).append(entry)
         return record
 
-    def _save(self, row: dict) -> None:
+    def _save(self, row: dict, improved: bool) -> None:
         try:
-            self._write_epoch(row)
+            self._write_epoch(row, improved)
         except UserError as e:      # a failed write (a full disk): every file is whole, last.pt the epoch before's
             raise UserError(f"{e}; {self.resume_hint()}") from e
 
-    def _write_epoch(self, row: dict) -> None:
-        improved = row["val_loss"] < self.best
-        if improved:
-            self.best = row["val_loss"]
+    def _write_epoch(self, row: dict, improved: bool) -> None:
         if self.pending_record:     # a resume is recorded once it has trained an epoch: a failed one changes nothing
             paths.atomic_write_json(self.pending_record, self.run_dir / "run.json")
             self.pending_record = None
@@ -982,6 +1008,8 @@ def run_parser(doc: str | None, config_help: str) -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=paths.given_path, help=config_help)
     p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--patience", type=int,
+                   help="override train.patience: stop after N epochs without a lower validation loss (0: none)")
     p.add_argument("--max-steps", type=int, help="override train.max_steps_per_epoch (quick runs)")
     p.add_argument("--batch-size", type=int, help="override train.batch_size (global, over all processes)")
     p.add_argument("--seed", type=int, help="override train.seed")
@@ -1077,6 +1105,7 @@ def run_config(args: argparse.Namespace, resume: dict | None, load: Callable[[st
     else:
         cfg = load(args.config)
     apply_flags(cfg, args, {**TRAIN_FLAGS, **(flags or {})})
+    cfg.train.patience = flag_patience(args, cfg.train.patience)
     if resume:
         cfg.train.seed = resumed_seed(args, resume, cfg.train.seed if args.config else None)
         current = cfg.to_dict()
@@ -1090,12 +1119,20 @@ def check_run_flags(args: argparse.Namespace) -> None:
     typed. A size of 2**63 or more is refused here as the config's is: a run given one trained, and its checkpoints
     could then be neither resumed nor used."""
     for flag, least, meaning in (("epochs", 1, ""), ("max_steps", 1, ""), ("batch_size", 1, ""),
+                                 ("patience", 0, " (0: none)"),
                                  ("augment_copies", 0, " (0: none)")):   # --augment-copies: the forecasters' alone
         if (value := getattr(args, flag, None)) is not None and not least <= value < INT_LIMIT:
             bound = f">= {least}{meaning}" if value < least else f"< 2**63 ({BEYOND_INT_LIMIT})"
             raise UserError(f"--{flag.replace('_', '-')} must be {bound}, got {value}")
     if args.seed is not None and not 0 <= args.seed < 2 ** 32:
         raise UserError(f"--seed must be in [0, 2**32) (numpy's seed range), got {args.seed}")
+
+
+def flag_patience(args: argparse.Namespace, patience: int | None) -> int | None:
+    """The patience a run stops by: --patience N when given (0: none, the config's null, which a flag cannot spell;
+    an early-stopped run goes on with a larger one or none), else the config's `patience`."""
+    given = getattr(args, "patience", None)
+    return patience if given is None else given or None
 
 
 def resumed_seed(args: argparse.Namespace, resume: dict, config_seed: int | None = None) -> int:

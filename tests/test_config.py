@@ -48,6 +48,22 @@ def test_checkpoint_configs_from_before_residual_codebooks_keep_their_model():
     assert stored_config(Config().to_dict(), "new checkpoint") == Config()
 
 
+def test_configs_and_checkpoints_without_patience_train_every_epoch():
+    """train.patience (and the latent SDE's crps.patience) came after configs and checkpoints were written: one
+    without it trains every epoch, as it did; the error of a bad one names the key and the value."""
+    from hyper_params_sde import SDEConfig, stored_sde_config
+
+    old = Config().to_dict()
+    del old["train"]["patience"]
+    assert stored_config(old, "old checkpoint").train.patience is None
+    old_sde = SDEConfig().to_dict()
+    del old_sde["train"]["patience"], old_sde["crps"]["patience"]
+    sde = stored_sde_config(old_sde, "old checkpoint")
+    assert (sde.train.patience, sde.crps.patience) == (None, None)
+    assert config_from_dict({"train": {"patience": 3}}).train.patience == 3
+    assert error_of({"train": {"patience": 0}}) == "config: config key 'train.patience' = 0 must be >= 1 or null"
+
+
 def test_the_latent_sdes_defaults_are_config_sde_json_key_for_key():
     """SDEConfig() and a config that leaves keys out get the recipe, every section's: the defaults were old
     checkpoints' (a beat phase, no drafts, other train settings), so a partial config trained another model."""
@@ -182,6 +198,7 @@ def test_section_must_be_object(section_value):
     ({"train": {"checkpoint_every": 0}}, "train.checkpoint_every"),
     ({"train": {"num_workers": -1}}, "train.num_workers"),
     ({"train": {"max_steps_per_epoch": 0}}, "train.max_steps_per_epoch"),
+    ({"train": {"patience": 0}}, "train.patience"),                 # would stop after the first epoch, best or not
     ({"data": {"input_signal_duration": 3.001}}, "data.input_signal_duration"),   # 384.128 samples
     ({"data": {"signals_per_patient": -1}}, "data.signals_per_patient"),
     ({"model": {"num_quantizers": 0}}, "model.num_quantizers"),
@@ -509,6 +526,8 @@ def test_transformer_checkpoint_configs_from_before_the_drafts_keep_their_model(
     ("sde", {"solver": {"rate_diffusion_scale": 0.0}}, "solver.rate_diffusion_scale"),
     ("sde", {"loss": {"kl_anneal_steps": -1}}, "loss.kl_anneal_steps"),
     ("sde", {"augment": {"rate_range": 0.5}}, "augment.rate_range"),
+    ("sde", {"crps": {"patience": 0}}, "crps.patience"),
+    ("transformer", {"train": {"patience": -1}}, "train.patience"),
     ("sde", phase_config(solver={"adjoint": True}), "solver.adjoint"),    # a beat phase: its loop is too stiff
 ])
 def test_out_of_range_values_are_refused_by_name(maker, raw, key):

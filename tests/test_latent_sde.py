@@ -706,13 +706,15 @@ def test_crps_from_help_names_the_crps_keys_the_schedule_flags_set(tmp_path: Pat
     run = SDEConfig()
     (tmp_path / "c.json").write_text(json.dumps({"model": {"draft_beats": True}}))
     args = argparse.Namespace(config=str(tmp_path / "c.json"), resume=None, epochs=3, max_steps=2, batch_size=4,
-                              seed=None)
+                              seed=None, patience=2)
     scfg = latent_sde_train.crps_config(args, None, {"config": run.to_dict()}, "elbo.pt")
-    assert (scfg.crps.epochs, scfg.crps.steps_per_epoch, scfg.crps.batch_size) == (3, 2, 4)
-    assert (scfg.train.epochs, scfg.train.batch_size) == (run.train.epochs, run.train.batch_size)
+    assert (scfg.crps.epochs, scfg.crps.steps_per_epoch, scfg.crps.batch_size, scfg.crps.patience) == (3, 2, 4, 2)
+    assert (scfg.train.epochs, scfg.train.batch_size, scfg.train.patience) == (run.train.epochs, run.train.batch_size,
+                                                                               run.train.patience)
+    assert latent_sde_train.crps_settings(scfg).patience == 2      # the train section the fine-tuning trains with
     help_text = " ".join(latent_sde_train.parser().format_help().split())
-    assert ("--crps-from CRPS_FROM an ELBO-trained" in help_text and "with it --epochs, --max-steps and --batch-size "
-            "set crps.epochs, crps.steps_per_epoch and crps.batch_size" in help_text)
+    assert ("--crps-from CRPS_FROM an ELBO-trained" in help_text and "with it --epochs, --max-steps, --batch-size and "
+            "--patience set crps.epochs, crps.steps_per_epoch, crps.batch_size and crps.patience" in help_text)
 
 
 def test_resume_with_crps_from_names_the_pair_of_flags(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -1449,7 +1451,8 @@ def test_crps_run_takes_its_config_and_seed_and_validates_on_the_validation_pati
     plots, the VQ-VAE checkpoint the ELBO run named, the global generators seeded."""
     raw = json.loads(json.dumps(TINY_SDE))
     raw["model"].update(phase_harmonics=0, corrected_dims=0, draft_beats=True)
-    raw["crps"] = {"samples": 3, "epochs": 2, "steps_per_epoch": 3, "batch_size": 4, "learning_rate": 0.0007}
+    raw["crps"] = {"samples": 3, "epochs": 2, "steps_per_epoch": 3, "batch_size": 4, "learning_rate": 0.0007,
+                   "patience": 1}
     (tmp_path / "crps.json").write_text(json.dumps(raw))
     setup = {**drafted["setup"], "config": str(tmp_path / "crps.json"), "results": str(tmp_path / "res"),
              "checkpoints": str(tmp_path / "ck")}
@@ -1459,7 +1462,7 @@ def test_crps_run_takes_its_config_and_seed_and_validates_on_the_validation_pati
     assert torch.initial_seed() == 5
     s = run["settings"]
     assert (s.epochs, s.max_steps_per_epoch, s.batch_size, s.learning_rate, s.weight_decay, s.warmup_steps,
-            s.checkpoint_every, s.seed) == (2, 3, 4, 0.0007, 0.0, 0, 2, 5)
+            s.checkpoint_every, s.seed, s.patience) == (2, 3, 4, 0.0007, 0.0, 0, 2, 5, 1)
     assert run["model"].num_samples == 3 and run["meta"]["seed"] == 5
     source = torch.load(drafted["ckpt"], weights_only=True)
     assert run["meta"]["vqvae_checkpoint"] == source["meta"]["vqvae_checkpoint"] != str(drafted["ckpt"])

@@ -600,6 +600,94 @@ def test_best_checkpoint_follows_the_validation_loss_across_a_resume(tmp_path: P
     assert torch.load(ckpts / "last.pt", weights_only=True)["epoch"] == 3
 
 
+def test_the_patience_flag_overrides_the_config_is_recorded_and_kept_by_old_checkpoints(tmp_path, synthetic_db):
+    """--patience sets train.patience as --epochs sets train.epochs: run.json and the checkpoints hold it, and a
+    resume given it records it in run.json's resumes. A checkpoint saved before the key existed (no train.patience
+    in its config, no best_epoch) resumes as it did, without patience. 0 is none, the config's null."""
+    setup = tiny_setup(tmp_path, synthetic_db, train={"epochs": 1, "max_steps_per_epoch": 2, "patience": 5})
+    _run(setup, "--patience", "2")
+    (run,), (ckpts,) = (tmp_path / "results").iterdir(), (tmp_path / "checkpoints").iterdir()
+    assert json.loads((run / "run.json").read_text())["config"]["train"]["patience"] == 2
+    last = ckpts / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    assert (ckpt["config"]["train"]["patience"], ckpt["best_epoch"]) == (2, 1)
+    del ckpt["best_epoch"], ckpt["config"]["train"]["patience"]
+    torch.save(ckpt, last)
+    resume = ["--device", "cpu", "--prepared", setup["prepared"], "--resume", str(last)]
+    assert vqvae_train.main([*resume, "--epochs", "2"])["epoch"] == 2
+    assert vqvae_train.main([*resume, "--epochs", "3", "--patience", "4"])["epoch"] == 3
+    record = json.loads((run / "run.json").read_text())
+    assert [r["train"]["patience"] for r in record["resumes"]] == [None, 4]
+    assert torch.load(last, weights_only=True)["config"]["train"]["patience"] == 4
+    parser = training.run_parser(None, "")
+    assert training.flag_patience(parser.parse_args(["--patience", "0"]), 5) is None
+    assert training.flag_patience(parser.parse_args([]), 5) == 5
+
+
+# scripted validation losses, epoch 1 first: the best at epoch 2, then none lower for 4 epochs
+PLATEAU = [3.0, 2.0, 2.5, 2.1, 2.2, 2.3, 1.0, 0.9, 0.8, 0.7]
+
+
+def scripted_validation(monkeypatch: pytest.MonkeyPatch, losses: list[float]) -> None:
+    """Epoch e's validation loss is losses[e - 1], whatever the model learns."""
+    real_val = training.Trainer.validate
+    monkeypatch.setattr(training.Trainer, "validate",
+                        lambda self, model: {**real_val(self, model), "loss": losses[self.epoch]})
+
+
+def test_patience_stops_a_run_after_epochs_without_a_lower_validation_loss(tmp_path, monkeypatch, capsys):
+    """A run of --epochs 100 trained every epoch when validation had long stopped improving: with train.patience 3
+    it ends after the third epoch without a lower validation loss, as a finished run does (last.pt, best.pt of the
+    best epoch, plots), saying so. Without patience, or when the patience runs out with the last epoch, every epoch
+    is trained and no early stop is said."""
+    scripted_validation(monkeypatch, PLATEAU)
+    row = toy_trainer(tmp_path / "three", epochs=10, patience=3, max_steps_per_epoch=2).fit()
+    out = capsys.readouterr().out
+    assert row["epoch"] == 5 and out.endswith("stopped early after epoch 5 of 10: val_loss has not improved for 3 "
+                                              "epochs (best 2 at epoch 2, in best.pt)\n"), out
+    ckpts = tmp_path / "three" / "ckpt"
+    last, best = (torch.load(ckpts / name, weights_only=True) for name in ("last.pt", "best.pt"))
+    assert (last["epoch"], last["best_epoch"], best["epoch"], best["best_val"]) == (5, 2, 2, 2.0)
+    assert [r["epoch"] for r in MetricsLog(tmp_path / "three" / "run" / "metrics.csv").read()] == list("12345")
+    assert (tmp_path / "three" / "run" / "loss_curves.png").exists()
+    assert toy_trainer(tmp_path / "none", epochs=10, max_steps_per_epoch=2).fit()["epoch"] == 10
+    assert toy_trainer(tmp_path / "at_end", epochs=5, patience=3, max_steps_per_epoch=2).fit()["epoch"] == 5
+    assert "stopped early" not in capsys.readouterr().out
+
+
+def test_a_resume_of_a_run_stopped_early_says_so_and_a_larger_patience_goes_on(tmp_path, monkeypatch, capsys):
+    """Resumed with its own patience, a run that stopped early trained on for another `patience` epochs, or would
+    have, had the resume not said why it stopped: it trains nothing and says how to go on; a larger --patience, or
+    none, goes on from where it stopped."""
+    scripted_validation(monkeypatch, PLATEAU)
+    toy_trainer(tmp_path / "run", epochs=10, patience=3, max_steps_per_epoch=2).fit()
+    last = tmp_path / "run" / "ckpt" / "last.pt"
+    capsys.readouterr()
+    row = toy_trainer(tmp_path / "again", epochs=10, patience=3, max_steps_per_epoch=2).fit(resume=last)
+    assert row == {"epoch": 5, "step": 10}
+    assert capsys.readouterr().out == (
+        f"nothing to train: {last} stopped early after epoch 5 of 10: val_loss has not improved for 3 epochs (best 2 "
+        f"at epoch 2, in best.pt); pass --patience above 3 (or 0 for none) to go on\n")
+    assert toy_trainer(tmp_path / "four", epochs=10, patience=4, max_steps_per_epoch=2).fit(resume=last)["epoch"] == 6
+    assert "stopped early after epoch 6 of 10: val_loss has not improved for 4 epochs" in capsys.readouterr().out
+    assert toy_trainer(tmp_path / "none", epochs=10, max_steps_per_epoch=2).fit(resume=last)["epoch"] == 10
+
+
+def test_a_checkpoint_from_before_patience_counts_it_from_the_resume(tmp_path, monkeypatch, capsys):
+    """A checkpoint saved before train.patience existed holds no best_epoch: it resumes as it did, and a patience
+    given to it counts from the epoch resumed, its best said to be of that epoch or before."""
+    scripted_validation(monkeypatch, PLATEAU)
+    toy_trainer(tmp_path / "run", epochs=4, max_steps_per_epoch=2).fit()
+    ckpt = torch.load(tmp_path / "run" / "ckpt" / "last.pt", weights_only=True)
+    del ckpt["best_epoch"]
+    torch.save(ckpt, old := tmp_path / "old.pt")
+    capsys.readouterr()
+    assert toy_trainer(tmp_path / "on", epochs=10, max_steps_per_epoch=2).fit(resume=old)["epoch"] == 10
+    assert toy_trainer(tmp_path / "two", epochs=10, patience=2, max_steps_per_epoch=2).fit(resume=old)["epoch"] == 6
+    assert capsys.readouterr().out.endswith("stopped early after epoch 6 of 10: val_loss has not improved for 2 "
+                                            "epochs (best 2 at epoch 4 or before, in best.pt)\n")
+
+
 def test_warmup_then_cosine_to_a_tenth():
     """The first step already learns (a step at learning rate 0 is wasted), the peak is reached when the warm-up
     ends, and the cosine falls monotonically to 10% of it at step `total` (one past a run's last step) and stays."""
@@ -1370,9 +1458,10 @@ def test_a_scripts_own_flags_set_the_config_keys_it_declares():
 
 BAD_NUMBERS = [("--epochs", "0", "must be >= 1, got 0"), ("--max-steps", "-1", "must be >= 1, got -1"),
                ("--batch-size", "0", "must be >= 1, got 0"),
-               ("--seed", "-1", "must be in [0, 2**32) (numpy's seed range), got -1")] + [
+               ("--seed", "-1", "must be in [0, 2**32) (numpy's seed range), got -1"),
+               ("--patience", "-1", "must be >= 0 (0: none), got -1")] + [
     (flag, str(2 ** 63), f"must be < 2**63 (no setting takes an integer of size 2**63 or more), got {2 ** 63}")
-    for flag in ("--epochs", "--max-steps", "--batch-size")]
+    for flag in ("--epochs", "--max-steps", "--batch-size", "--patience")]
 
 
 @pytest.mark.parametrize("script", [vqvae_train, transformer_train, latent_sde_train])

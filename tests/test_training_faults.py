@@ -184,6 +184,20 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path, tiny: dict, ti
         torch.testing.assert_close(saved["quantizer.codebook"], single["quantizer.codebook"], rtol=0, atol=1e-5)
 
 
+def test_every_rank_stops_early_after_the_same_epoch(tmp_path: Path, tiny: dict) -> None:
+    """Under torchrun every rank counts the epochs since the best validation loss (all-reduced, the same on each),
+    so all of them stop after the same epoch: a count kept on rank 0 alone left the others training into an
+    all-reduce that rank 0 never joined."""
+    r = subprocess.run(torchrun(HARNESS, "--dump-state", str(tmp_path / "ranks"), "--val-losses", "2,1,3,4,5",
+                                "vqvae_train", "--", *flags(outputs(tiny, tmp_path), "--device", "cpu", "--epochs", "5",
+                                                            "--patience", "2")),
+                       cwd=ROOT, env={**ENV, "ECG_DIST_TIMEOUT": "60"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "stopped early after epoch 4 of 5: val_loss has not improved for 2 epochs (best 1 at epoch 2" in r.stdout
+    assert sorted(p.name for p in (tmp_path / "ranks").iterdir()) == ["rank0.pt", "rank1.pt"]
+    assert torch.load(newest(tmp_path / "checkpoints") / "last.pt", weights_only=True)["epoch"] == 4
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, tiny: dict) -> dict:
     """A 3-epoch run that nobody killed: the final training state every resumed run must reproduce."""

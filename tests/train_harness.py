@@ -10,6 +10,7 @@
 --dump-rng DIR       every rank saves its torch RNG state at each epoch's first step to DIR/rng<R>.pt
 --signal-at-step R N SIG   rank R alone sends itself SIG (SIGTERM, SIGINT, SIGKILL) after N optimiser steps, in
                            the next one
+--val-losses L1,L2,...     epoch e's validation loss is Le on every rank, as all-reduced (the model's is dropped)
 Works under torchrun too. One CPU thread, like the in-process tests, so runs compare bit for bit.
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main() -> None:
     p.add_argument("--dump-state")
     p.add_argument("--dump-rng")
     p.add_argument("--signal-at-step", nargs=3, metavar=("RANK", "STEP", "SIGNAL"))
+    p.add_argument("--val-losses")
     p.add_argument("script", help="module name, e.g. vqvae_train")
     args, rest = p.parse_known_args()
     rest = rest[1:] if rest[:1] == ["--"] else rest
@@ -113,6 +115,15 @@ def main() -> None:
             return row
 
         training.Trainer._train_epoch = epoch_noting_rng
+
+    if args.val_losses:
+        losses = [float(v) for v in args.val_losses.split(",")]
+        real_validate = training.Trainer.validate
+
+        def scripted_validate(self, model):
+            return {**real_validate(self, model), "loss": losses[self.epoch]}
+
+        training.Trainer.validate = scripted_validate
 
     script = importlib.import_module(args.script)
     running.run_main(lambda: script.main(rest))
