@@ -137,11 +137,21 @@ def main(argv: list[str] | None = None) -> dict:
                            "before training: validation windows, original vs reconstruction", titles)
     row = trainer.run(args.resume, resume_ckpt)
     if rt.is_main and "val_mse_mv2" in row:      # not after a resume with nothing left to train
-        print(f"final validation: MSE {row['val_mse_mv2']:.5f} mV^2, PRD {row['val_prd']:.2f}%, "
+        print(f"final validation ({closing_epoch(row, trainer)}): MSE {row['val_mse_mv2']:.5f} mV^2, "
+              f"PRD {row['val_prd']:.2f}%, "
               f"PRDN {row['val_prdn']:.2f}% (pooled over windows; vqvae_eval.py: mean over records)")
         print(codebook_line(row, cfg))
         print(compression_line(model, cfg, val["records"], args.prepared))
     return row
+
+
+def closing_epoch(row: dict, trainer: Trainer) -> str:
+    """Which weights the closing lines score: the last epoch's, which best.pt, the model to use, need not hold (an
+    early stop's never does)."""
+    last, best = int(row["epoch"]), trainer.best_epoch
+    if best == last and not trainer.best_before:
+        return f"epoch {last}, in best.pt and last.pt"
+    return f"epoch {last}, in last.pt; best.pt is epoch {best}'s{' or before' * trainer.best_before}"
 
 
 def shown_columns(cfg: Config) -> tuple[str, ...]:

@@ -1838,6 +1838,21 @@ def test_closing_codebook_line_is_the_last_training_epochs_for_every_level(tmp_p
 
 
 
+def test_closing_lines_say_which_epoch_they_score_and_where_best_pt_is(tmp_path, synthetic_db, monkeypatch, capsys):
+    """The closing 'final validation' line scores the last epoch's weights: after an early stop those are never
+    best.pt's, the model to use, and the line read as the run's result. It now names its epoch and best.pt's."""
+    setup = tiny_setup(tmp_path, synthetic_db, train={"epochs": 5, "max_steps_per_epoch": 2})
+    scripted_validation(monkeypatch, [2.0, 1.0, 1.5, 1.6, 1.7])
+    assert vqvae_train.main(flags(setup, "--device", "cpu", "--patience", "1"))["epoch"] == 3
+    (final,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("final validation")]
+    assert final.startswith("final validation (epoch 3, in last.pt; best.pt is epoch 2's): MSE "), final
+    scripted_validation(monkeypatch, [2.0, 1.0])
+    setup = tiny_setup(tmp_path / "b", synthetic_db, train={"epochs": 2, "max_steps_per_epoch": 2})
+    vqvae_train.main(flags(setup, "--device", "cpu"))
+    (final,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("final validation")]
+    assert final.startswith("final validation (epoch 2, in best.pt and last.pt): MSE "), final
+
+
 @pytest.mark.parametrize("step, script, said", [
     (10, "toy_train.py", "interrupted; resume with: python3 toy_train.py --resume {ckpt}/last.pt"),
     (10, "../mine/my_forecaster.py", "interrupted; resume with: python3 ../mine/my_forecaster.py --resume {ckpt}/last.pt"),
