@@ -522,8 +522,11 @@ class Trainer:
 
     def _tidy_resumed(self, path: str | Path) -> None:
         """Rank 0's files after a resume: metrics.csv loses the epochs about to be redone, a later best.pt is said,
-        and temporary files half written by a run killed while saving go: checkpoints, and metrics.csv and plots."""
-        self.log.drop_after(self.epoch)
+        and temporary files half written by a run killed while saving go: checkpoints, and metrics.csv and plots. A
+        resume that trains nothing keeps metrics.csv whole: one from an older epoch_NNN.pt dropped the later epochs'
+        rows that last.pt, still the run's, had trained."""
+        if not self._nothing_to_train(path):
+            self.log.drop_after(self.epoch)
         self.note_later_best(path)
         for stale in [*self.ckpt_dir.glob(".*.tmp"), *self.run_dir.glob(".*.tmp")]:
             stale.unlink(missing_ok=True)       # found twice when --results and --checkpoints are one folder
@@ -628,17 +631,9 @@ class Trainer:
         self.resumed_from = resume
         if resume:
             self.resume(resume, ckpt)
-        if self.epoch >= self.s.epochs:
+        if why := self._nothing_to_train(resume):
             if self.rt.is_main:
-                done = (f"{self.epoch} of {self.s.epochs} epochs" if self.epoch == self.s.epochs
-                        else f"{self.epoch} epochs, more than the {self.s.epochs} asked for")
-                print(f"nothing to train: {resume or 'this run'} has done {done}; pass --epochs above {self.epoch} "
-                      f"to go on")
-            return {"epoch": self.epoch, "step": self.step}
-        if self._out_of_patience():
-            if self.rt.is_main:
-                print(f"nothing to train: {resume} {self._stopped_early()}; pass --patience above "
-                      f"{self.epoch - self.best_epoch} (or 0 for none) to go on")
+                print(why)
             return {"epoch": self.epoch, "step": self.step}
         self._note_short_warmup()
         model = self.wrapped()
@@ -661,6 +656,18 @@ class Trainer:
                     print(self._stopped_early(), flush=True)
                 break
         return row
+
+    def _nothing_to_train(self, resume: str | Path | None) -> str:
+        """Why fit() trains no epoch, '' when it trains: the epochs are done, or the patience has run out."""
+        if self.epoch >= self.s.epochs:
+            done = (f"{self.epoch} of {self.s.epochs} epochs" if self.epoch == self.s.epochs
+                    else f"{self.epoch} epochs, more than the {self.s.epochs} asked for")
+            return (f"nothing to train: {resume or 'this run'} has done {done}; pass --epochs above {self.epoch} "
+                    f"to go on")
+        if self._out_of_patience():
+            return (f"nothing to train: {resume or 'this run'} {self._stopped_early()}; pass --patience above "
+                    f"{self.epoch - self.best_epoch} (or 0 for none) to go on")
+        return ""
 
     def _out_of_patience(self) -> bool:
         """train.patience epochs have passed without a lower validation loss, before the last epoch."""

@@ -1,6 +1,7 @@
 import contextlib
 import copy
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -671,6 +672,23 @@ def test_a_resume_of_a_run_stopped_early_says_so_and_a_larger_patience_goes_on(t
     assert toy_trainer(tmp_path / "four", epochs=10, patience=4, max_steps_per_epoch=2).fit(resume=last)["epoch"] == 6
     assert "stopped early after epoch 6 of 10: val_loss has not improved for 4 epochs" in capsys.readouterr().out
     assert toy_trainer(tmp_path / "none", epochs=10, max_steps_per_epoch=2).fit(resume=last)["epoch"] == 10
+
+
+def test_a_resume_from_an_older_checkpoint_that_trains_nothing_keeps_metrics_csv(tmp_path, monkeypatch, capsys):
+    """A resume drops metrics.csv's rows after its checkpoint's epoch, which it trains again: one from epoch_003.pt
+    that trained nothing (its patience spent, or its epochs done) dropped the rows of epochs 4 and 5, which last.pt,
+    still the run's, had trained, for good."""
+    scripted_validation(monkeypatch, PLATEAU)
+    first = toy_trainer(tmp_path, epochs=10, patience=3, max_steps_per_epoch=2, checkpoint_every=1)
+    first.fit()
+    ckpts, log = tmp_path / "ckpt", MetricsLog(tmp_path / "run" / "metrics.csv")
+    for settings in (dataclasses.replace(first.s, patience=1), dataclasses.replace(first.s, epochs=3)):
+        again = training.Trainer(nn.Linear(4, 1), first.train_loader.dataset, first.train_loader.dataset,
+                                 squared_error, settings, tmp_path / "run", ckpts, {}, {},
+                                 training.Runtime(torch.device("cpu")), "toy")
+        assert again.fit(resume=ckpts / "epoch_003.pt") == {"epoch": 3, "step": 6}
+        assert "nothing to train" in capsys.readouterr().out
+        assert [r["epoch"] for r in log.read()] == list("12345"), settings
 
 
 def test_a_checkpoint_from_before_patience_counts_it_from_the_resume(tmp_path, monkeypatch, capsys):
