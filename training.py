@@ -653,7 +653,8 @@ class Trainer:
                 barrier(self.rt)
             if self._out_of_patience():
                 if self.rt.is_main:
-                    print(self._stopped_early(), flush=True)
+                    print(f"stopped early after epoch {self.epoch} of {self.s.epochs}: {self._not_improved()}",
+                          flush=True)
                 break
         return row
 
@@ -664,8 +665,9 @@ class Trainer:
                     else f"{self.epoch} epochs, more than the {self.s.epochs} asked for")
             return (f"nothing to train: {resume or 'this run'} has done {done}; pass --epochs above {self.epoch} "
                     f"to go on")
-        if self._out_of_patience():
-            return (f"nothing to train: {resume or 'this run'} {self._stopped_early()}; pass --patience above "
+        if self._out_of_patience():     # not 'stopped early': its run may have trained on, without this patience
+            return (f"nothing to train: {resume or 'this run'}, epoch {self.epoch} of {self.s.epochs}, is out of "
+                    f"patience ({self.s.patience}): {self._not_improved()}; pass --patience above "
                     f"{self.epoch - self.best_epoch} (or 0 for none) to go on")
         return ""
 
@@ -674,11 +676,10 @@ class Trainer:
         return (self.s.patience is not None and self.epoch < self.s.epochs
                 and self.epoch - self.best_epoch >= self.s.patience)
 
-    def _stopped_early(self) -> str:
-        """The line an early stop ends on, and a resume of such a run begins with: where the best model is."""
-        return (f"stopped early after epoch {self.epoch} of {self.s.epochs}: val_loss has not improved for "
-                f"{running.counted(self.epoch - self.best_epoch, 'epoch')} (best {self.best:.6g} at epoch "
-                f"{self.best_epoch}{' or before' * self.best_before}, in best.pt)")
+    def _not_improved(self) -> str:
+        """Why an early stop stopped, and a resume out of patience trains nothing: where the best model is."""
+        return (f"val_loss has not improved for {running.counted(self.epoch - self.best_epoch, 'epoch')} (best "
+                f"{self.best:.6g} at epoch {self.best_epoch}{' or before' * self.best_before}, in best.pt)")
 
     def _epoch(self, model: nn.Module) -> dict:
         """Train and validate one epoch; its metrics.csv row."""

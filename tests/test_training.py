@@ -667,8 +667,8 @@ def test_a_resume_of_a_run_stopped_early_says_so_and_a_larger_patience_goes_on(t
     row = toy_trainer(tmp_path / "again", epochs=10, patience=3, max_steps_per_epoch=2).fit(resume=last)
     assert row == {"epoch": 5, "step": 10}
     assert capsys.readouterr().out == (
-        f"nothing to train: {last} stopped early after epoch 5 of 10: val_loss has not improved for 3 epochs (best 2 "
-        f"at epoch 2, in best.pt); pass --patience above 3 (or 0 for none) to go on\n")
+        f"nothing to train: {last}, epoch 5 of 10, is out of patience (3): val_loss has not improved for 3 epochs "
+        f"(best 2 at epoch 2, in best.pt); pass --patience above 3 (or 0 for none) to go on\n")
     assert toy_trainer(tmp_path / "four", epochs=10, patience=4, max_steps_per_epoch=2).fit(resume=last)["epoch"] == 6
     assert "stopped early after epoch 6 of 10: val_loss has not improved for 4 epochs" in capsys.readouterr().out
     assert toy_trainer(tmp_path / "none", epochs=10, max_steps_per_epoch=2).fit(resume=last)["epoch"] == 10
@@ -689,6 +689,20 @@ def test_a_resume_from_an_older_checkpoint_that_trains_nothing_keeps_metrics_csv
         assert again.fit(resume=ckpts / "epoch_003.pt") == {"epoch": 3, "step": 6}
         assert "nothing to train" in capsys.readouterr().out
         assert [r["epoch"] for r in log.read()] == list("12345"), settings
+
+
+def test_a_resume_out_of_patience_does_not_say_its_run_stopped_early(tmp_path, monkeypatch, capsys):
+    """A run that trained all its epochs, resumed from its epoch_005.pt with --patience 2, is out of patience there:
+    the resume said '... epoch_005.pt stopped early after epoch 5', of a run that never stopped early. It now says
+    the epoch, the patience given and how long val_loss has not improved."""
+    scripted_validation(monkeypatch, PLATEAU)
+    toy_trainer(tmp_path / "run", epochs=10, max_steps_per_epoch=2, checkpoint_every=1).fit()
+    fifth = tmp_path / "run" / "ckpt" / "epoch_005.pt"
+    capsys.readouterr()
+    assert toy_trainer(tmp_path / "two", epochs=10, patience=2, max_steps_per_epoch=2).fit(resume=fifth)["epoch"] == 5
+    assert capsys.readouterr().out == (
+        f"nothing to train: {fifth}, epoch 5 of 10, is out of patience (2): val_loss has not improved for 3 epochs "
+        f"(best 2 at epoch 2, in best.pt); pass --patience above 3 (or 0 for none) to go on\n")
 
 
 def test_a_checkpoint_from_before_patience_counts_it_from_the_resume(tmp_path, monkeypatch, capsys):
