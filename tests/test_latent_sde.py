@@ -686,6 +686,12 @@ def test_crps_fine_tuning_names_the_crps_key_that_replaces_a_train_setting_of_co
     assert ("train.epochs 7 (the run's 10; fine-tuning runs crps.epochs 5), train.learning_rate 0.001 (the run's "
             "0.002; fine-tuning runs crps.learning_rate 0.0002), train.weight_decay 0.01 (the run's 0.0001; "
             "fine-tuning runs 0.0) not used" in err and "set those crps keys instead" in err and "ignored" not in err)
+    # train.patience too: crps.patience stops the fine-tuning
+    given = {"model": {"draft_beats": True}, "train": {"patience": 4}, "crps": {"patience": 2}}
+    (tmp_path / "c.json").write_text(json.dumps(given))
+    latent_sde_train.crps_config(args, None, {"config": run.to_dict()}, "elbo.pt")
+    assert ("train.patience 4 (the run's None; fine-tuning runs crps.patience 2) not used"
+            in " ".join(capsys.readouterr().err.split()))
     # the ELBO run's own schedule in --config (one file for both steps) is not news
     (tmp_path / "c.json").write_text(json.dumps({"model": {"draft_beats": True}, "train": run.to_dict()["train"]}))
     latent_sde_train.crps_config(args, None, {"config": run.to_dict()}, "elbo.pt")

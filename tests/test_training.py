@@ -705,6 +705,41 @@ def test_a_resume_out_of_patience_does_not_say_its_run_stopped_early(tmp_path, m
         f"(best 2 at epoch 2, in best.pt); pass --patience above 3 (or 0 for none) to go on\n")
 
 
+def test_a_validation_loss_equal_to_the_best_is_no_improvement(tmp_path, monkeypatch, capsys):
+    """A loss equal to the best one neither replaces best.pt nor counts the patience again: a plateau of equal
+    losses (a model that stopped learning) stops the run as one of higher losses does."""
+    scripted_validation(monkeypatch, [2.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    assert toy_trainer(tmp_path, epochs=6, patience=2, max_steps_per_epoch=2).fit()["epoch"] == 4
+    assert "stopped early after epoch 4 of 6: val_loss has not improved for 2 epochs (best 1 at epoch 2" in \
+        capsys.readouterr().out
+    assert torch.load(tmp_path / "ckpt" / "best.pt", weights_only=True)["epoch"] == 2
+
+
+def test_a_resume_on_data_prepared_again_counts_the_patience_from_the_resume(tmp_path, monkeypatch, capsys):
+    """On data prepared again best.pt starts over with the resumed run's first epoch, and so does the patience: a run
+    stopped early trains on, rather than being out of patience against a best of windows no longer there."""
+    scripted_validation(monkeypatch, PLATEAU)
+    toy_trainer(tmp_path / "a", meta={"data_hash": "d0/i0"}, epochs=10, patience=3, max_steps_per_epoch=2).fit()
+    resumed = toy_trainer(tmp_path / "b", meta={"data_hash": "d0/i1"}, epochs=10, patience=3, max_steps_per_epoch=2)
+    capsys.readouterr()
+    assert resumed.fit(resume=tmp_path / "a" / "ckpt" / "last.pt")["epoch"] == 10
+    assert "nothing to train" not in capsys.readouterr().out and resumed.best_epoch == 10
+
+
+def test_a_checkpoint_from_before_patience_that_improves_has_its_best_of_one_epoch(tmp_path, monkeypatch, capsys):
+    """A checkpoint without best_epoch has a best of its epoch 'or before'; once the resumed run beats it, the best is
+    of that epoch, no 'or before' about it."""
+    scripted_validation(monkeypatch, [3.0, 2.0, 2.5, 1.5, 1.6, 1.7, 1.8])
+    toy_trainer(tmp_path / "run", epochs=3, max_steps_per_epoch=2).fit()
+    ckpt = torch.load(tmp_path / "run" / "ckpt" / "last.pt", weights_only=True)
+    del ckpt["best_epoch"]
+    torch.save(ckpt, old := tmp_path / "old.pt")
+    capsys.readouterr()
+    assert toy_trainer(tmp_path / "on", epochs=7, patience=2, max_steps_per_epoch=2).fit(resume=old)["epoch"] == 6
+    assert capsys.readouterr().out.endswith("stopped early after epoch 6 of 7: val_loss has not improved for 2 "
+                                            "epochs (best 1.5 at epoch 4, in best.pt)\n")
+
+
 def test_a_checkpoint_from_before_patience_counts_it_from_the_resume(tmp_path, monkeypatch, capsys):
     """A checkpoint saved before train.patience existed holds no best_epoch: it resumes as it did, and a patience
     given to it counts from the epoch resumed, its best said to be of that epoch or before."""
@@ -1883,6 +1918,24 @@ def test_closing_lines_say_which_epoch_they_score_and_where_best_pt_is(tmp_path,
     vqvae_train.main(flags(setup, "--device", "cpu"))
     (final,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("final validation")]
     assert final.startswith("final validation (epoch 2, in best.pt and last.pt): MSE "), final
+
+
+def test_the_closing_line_of_a_resumed_checkpoint_from_before_patience_says_or_before(tmp_path, synthetic_db,
+                                                                                     monkeypatch, capsys):
+    """A checkpoint without best_epoch resumed, and not beaten since, has its best of its epoch or before: best.pt
+    may be older than the epoch the closing line names, so the line says so."""
+    setup = tiny_setup(tmp_path, synthetic_db, train={"epochs": 2, "max_steps_per_epoch": 2})
+    scripted_validation(monkeypatch, [2.0, 1.0, 1.5])
+    vqvae_train.main(flags(setup, "--device", "cpu"))
+    (ckpts,) = (tmp_path / "checkpoints").iterdir()
+    ckpt = torch.load(ckpts / "last.pt", weights_only=True)
+    del ckpt["best_epoch"]
+    torch.save(ckpt, ckpts / "last.pt")
+    capsys.readouterr()
+    vqvae_train.main(["--device", "cpu", "--prepared", setup["prepared"], "--resume", str(ckpts / "last.pt"),
+                      "--epochs", "3"])
+    (final,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("final validation")]
+    assert final.startswith("final validation (epoch 3, in last.pt; best.pt is epoch 2's or before): MSE "), final
 
 
 @pytest.mark.parametrize("step, script, said", [
