@@ -467,7 +467,7 @@ class Trainer:
         return {"kind": self.kind, "model": unwrap(self.model).state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "epoch": self.epoch,
                 "step": self.step, "best_val": self.best, "best_epoch": self.best_epoch,
-                "rng": rng_state(self.rt.device), "config": self.config,
+                "best_before": self.best_before, "rng": rng_state(self.rt.device), "config": self.config,
                 "meta": self.meta, "run_dir": str(self.run_dir), "ckpt_dir": str(self.ckpt_dir), **self.extras}
 
     def resume(self, path: str | Path, ckpt: dict | None = None) -> None:
@@ -482,8 +482,10 @@ class Trainer:
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
         self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
-        # a checkpoint from before train.patience does not say when its best was: the patience counts from the resume
-        self.best_epoch, self.best_before = ckpt.get("best_epoch", self.epoch), "best_epoch" not in ckpt
+        # a checkpoint from before train.patience does not say when its best was: the patience counts from the resume,
+        # and the checkpoints after it say so (best_before) until the run beats that best
+        self.best_epoch = ckpt.get("best_epoch", self.epoch)
+        self.best_before = "best_epoch" not in ckpt or ckpt.get("best_before", False)
         self._lay_out_the_steps_left()
         self._take_settings()
         if ckpt["scaler"]:                  # empty when the run was made without AMP (e.g. on a CPU)

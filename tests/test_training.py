@@ -755,6 +755,21 @@ def test_a_checkpoint_from_before_patience_counts_it_from_the_resume(tmp_path, m
                                             "epochs (best 2 at epoch 4 or before, in best.pt)\n")
 
 
+def test_a_best_of_its_epoch_or_before_stays_so_in_the_checkpoints_after(tmp_path, monkeypatch, capsys):
+    """An old checkpoint's best is of its epoch or before until a resumed run beats it: the checkpoints that run
+    wrote in the meantime said best_epoch alone, so a resume of them said the best was of that epoch."""
+    scripted_validation(monkeypatch, PLATEAU)
+    toy_trainer(tmp_path / "run", epochs=2, max_steps_per_epoch=2).fit()
+    ckpt = torch.load(tmp_path / "run" / "ckpt" / "last.pt", weights_only=True)
+    del ckpt["best_epoch"]
+    torch.save(ckpt, old := tmp_path / "old.pt")
+    toy_trainer(tmp_path / "on", epochs=3, max_steps_per_epoch=2).fit(resume=old)    # epoch 3: 2.5, not below 2
+    last = tmp_path / "on" / "ckpt" / "last.pt"
+    capsys.readouterr()
+    assert toy_trainer(tmp_path / "two", epochs=10, patience=1, max_steps_per_epoch=2).fit(resume=last)["epoch"] == 3
+    assert "val_loss has not improved for 1 epoch (best 2 at epoch 2 or before, in best.pt)" in capsys.readouterr().out
+
+
 def test_warmup_then_cosine_to_a_tenth():
     """The first step already learns (a step at learning rate 0 is wasted), the peak is reached when the warm-up
     ends, and the cosine falls monotonically to 10% of it at step `total` (one past a run's last step) and stays."""
