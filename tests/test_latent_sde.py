@@ -704,6 +704,21 @@ def test_crps_fine_tuning_names_the_crps_key_that_replaces_a_train_setting_of_co
     assert "not used" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, patience", [(None, 2), (0, None), (5, 5)])
+def test_a_resumed_fine_tuning_keeps_its_crps_patience_unless_patience_is_given(flag, patience) -> None:
+    """A resumed fine-tuning goes on with the crps.patience stored in its checkpoint; --patience N replaces it (0:
+    none), as it does for a new one, so a run stopped early goes on with a larger one."""
+    import argparse
+
+    run = SDEConfig()
+    run.model.draft_beats, run.crps.patience = True, 2
+    resume = {"config": run.to_dict(), "meta": {"seed": 0, "crps_from": "elbo.pt"}}
+    args = argparse.Namespace(config=None, resume="last.pt", epochs=None, max_steps=None, batch_size=None, seed=None,
+                              patience=flag)
+    scfg = latent_sde_train.crps_config(args, resume, resume, "elbo.pt")
+    assert scfg.crps.patience == latent_sde_train.crps_settings(scfg).patience == patience
+
+
 def test_crps_from_help_names_the_crps_keys_the_schedule_flags_set(tmp_path: Path) -> None:
     """With --crps-from, --epochs, --max-steps and --batch-size set crps keys, not the train.* their own help names:
     --crps-from's help says which, as crps_config sets them."""
