@@ -396,6 +396,8 @@ class Trainer:
         self.step_lr = settings.learning_rate      # the learning rate the last step took (metrics.csv's lr)
         self.pending_record: dict | None = None    # a resume's run.json, written with its first epoch
         self.resumed_from: str | Path | None = None     # the checkpoint fit() went on from (resume_hint's fallback)
+        # best.pt's epoch while it is a later one's than the older checkpoint resumed (note_later_best), else None
+        self.later_best: int | None = None
         self.log = MetricsLog(self.run_dir / "metrics.csv")
         self.shown = ("train_loss", "val_loss") + tuple(shown)
 
@@ -544,6 +546,7 @@ class Trainer:
             except UserError:                   # nothing to say of a file that cannot be read
                 return
             if epoch > self.epoch and self.best < float("inf"):    # else best.pt starts over (resume says why)
+                self.later_best = epoch
                 running.note(f"{best} is epoch {epoch}'s, after this checkpoint's epoch {self.epoch}: the resumed run "
                              f"replaces it once its validation loss is below {self.best:.6g}")
 
@@ -649,6 +652,7 @@ class Trainer:
             improved = row["val_loss"] < self.best
             if improved:
                 self.best, self.best_epoch, self.best_before = row["val_loss"], self.epoch, False
+                self.later_best = None      # best.pt is this epoch's now
             if self.rt.is_main:
                 self._save(row, improved)
             if self.rt.distributed:
@@ -679,9 +683,12 @@ class Trainer:
                 and self.epoch - self.best_epoch >= self.s.patience)
 
     def _not_improved(self) -> str:
-        """Why an early stop stopped, and a resume out of patience trains nothing: where the best model is."""
+        """Why an early stop stopped, and a resume out of patience trains nothing: where the best model is (best.pt
+        may still be a later epoch's of the run the resumed checkpoint was left behind by)."""
+        where = (", in best.pt" if self.later_best is None else
+                 f"; best.pt is epoch {self.later_best}'s, trained before this resume")
         return (f"val_loss has not improved for {running.counted(self.epoch - self.best_epoch, 'epoch')} (best "
-                f"{self.best:.6g} at epoch {self.best_epoch}{' or before' * self.best_before}, in best.pt)")
+                f"{self.best:.6g} at epoch {self.best_epoch}{' or before' * self.best_before}{where})")
 
     def _epoch(self, model: nn.Module) -> dict:
         """Train and validate one epoch; its metrics.csv row."""

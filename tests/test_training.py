@@ -740,6 +740,31 @@ def test_a_checkpoint_from_before_patience_that_improves_has_its_best_of_one_epo
                                             "epochs (best 1.5 at epoch 4, in best.pt)\n")
 
 
+def test_the_patience_lines_of_a_resume_from_an_older_epoch_name_best_pts_later_epoch(tmp_path, monkeypatch,
+                                                                                      capsys):
+    """Resumed from epoch_005.pt, a run whose best.pt is epoch 10's (of the trajectory it leaves, until the resumed
+    run beats epoch 5's best) said its best was 'at epoch 2, in best.pt': best.pt's epoch is named instead."""
+    scripted_validation(monkeypatch, PLATEAU)
+    first = toy_trainer(tmp_path, epochs=10, max_steps_per_epoch=2, checkpoint_every=1)
+    first.fit()
+    ckpts = tmp_path / "ckpt"
+
+    def resumed(patience: int, epochs: int = 10) -> training.Trainer:
+        return training.Trainer(nn.Linear(4, 1), first.train_loader.dataset, first.train_loader.dataset,
+                                squared_error, dataclasses.replace(first.s, patience=patience, epochs=epochs),
+                                tmp_path / "run", ckpts, {}, {}, training.Runtime(torch.device("cpu")), "toy")
+    capsys.readouterr()
+    assert resumed(2).fit(resume=ckpts / "epoch_005.pt")["epoch"] == 5
+    assert "(best 2 at epoch 2; best.pt is epoch 10's, trained before this resume); pass" in capsys.readouterr().out
+    assert resumed(4).fit(resume=ckpts / "epoch_005.pt")["epoch"] == 6
+    assert capsys.readouterr().out.endswith("stopped early after epoch 6 of 10: val_loss has not improved for 4 "
+                                            "epochs (best 2 at epoch 2; best.pt is epoch 10's, trained before "
+                                            "this resume)\n")
+    scripted_validation(monkeypatch, [*PLATEAU[:5], 1.5, 1.6, 1.7, 1.8, 1.9, 2.0, 2.1])   # epoch 6 beats epoch 5's
+    assert resumed(4, epochs=12).fit(resume=ckpts / "epoch_005.pt")["epoch"] == 10
+    assert capsys.readouterr().out.endswith("(best 1.5 at epoch 6, in best.pt)\n")
+
+
 def test_a_checkpoint_from_before_patience_counts_it_from_the_resume(tmp_path, monkeypatch, capsys):
     """A checkpoint saved before train.patience existed holds no best_epoch: it resumes as it did, and a patience
     given to it counts from the epoch resumed, its best said to be of that epoch or before."""
@@ -1951,6 +1976,23 @@ def test_the_closing_line_of_a_resumed_checkpoint_from_before_patience_says_or_b
                       "--epochs", "3"])
     (final,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("final validation")]
     assert final.startswith("final validation (epoch 3, in last.pt; best.pt is epoch 2's or before): MSE "), final
+
+
+def test_the_closing_line_of_a_resume_from_an_older_epoch_names_best_pts_later_epoch(tmp_path, synthetic_db,
+                                                                                      monkeypatch, capsys):
+    """Resumed from epoch_001.pt and not better since, best.pt is still the later epoch 3's, trained before the
+    resume: the closing line said it was epoch 1's."""
+    setup = tiny_setup(tmp_path, synthetic_db, train={"epochs": 3, "max_steps_per_epoch": 2, "checkpoint_every": 1})
+    scripted_validation(monkeypatch, [2.0, 1.0, 0.5])
+    vqvae_train.main(flags(setup, "--device", "cpu"))
+    (ckpts,) = (tmp_path / "checkpoints").iterdir()
+    scripted_validation(monkeypatch, [2.0, 3.0])
+    capsys.readouterr()
+    vqvae_train.main(["--device", "cpu", "--prepared", setup["prepared"], "--resume", str(ckpts / "epoch_001.pt"),
+                      "--epochs", "2"])
+    (final,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("final validation")]
+    assert final.startswith("final validation (epoch 2, in last.pt; best.pt is epoch 3's, trained before this "
+                            "resume): MSE "), final
 
 
 @pytest.mark.parametrize("step, script, said", [
