@@ -151,7 +151,7 @@ def closing_epoch(row: dict, trainer: Trainer) -> str:
     last, best = int(row["epoch"]), trainer.best_epoch
     if trainer.later_best is not None:      # resumed from an older epoch_NNN.pt, and not better than best.pt since
         return f"epoch {last}, in last.pt; best.pt is epoch {trainer.later_best}'s, trained before this resume"
-    if best == last and not trainer.best_before:
+    if best == last:        # an improvement in this run: never of an epoch 'or before'
         return f"epoch {last}, in best.pt and last.pt"
     return f"epoch {last}, in last.pt; best.pt is epoch {best}'s{' or before' * trainer.best_before}"
 
