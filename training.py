@@ -685,10 +685,17 @@ class Trainer:
     def _not_improved(self) -> str:
         """Why an early stop stopped, and a resume out of patience trains nothing: where the best model is (best.pt
         may still be a later epoch's of the run the resumed checkpoint was left behind by)."""
-        where = (", in best.pt" if self.later_best is None else
-                 f"; best.pt is epoch {self.later_best}'s, trained before this resume")
+        where = ", in best.pt" if self.later_best is None else f"; best.pt is {self.best_pt_epoch()}"
         return (f"val_loss has not improved for {running.counted(self.epoch - self.best_epoch, 'epoch')} (best "
                 f"{self.best:.6g} at epoch {self.best_epoch}{' or before' * self.best_before}{where})")
+
+    def best_pt_epoch(self) -> str:
+        """The epoch best.pt holds, as the patience lines and a script's closing lines say it: a later one's than the
+        older checkpoint resumed until the run beats it, else best_epoch, 'or before' when an old checkpoint did not
+        say when its best was."""
+        if self.later_best is not None:
+            return f"epoch {self.later_best}'s, trained before this resume"
+        return f"epoch {self.best_epoch}'s{' or before' * self.best_before}"
 
     def _epoch(self, model: nn.Module) -> dict:
         """Train and validate one epoch; its metrics.csv row."""

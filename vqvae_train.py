@@ -148,12 +148,10 @@ def main(argv: list[str] | None = None) -> dict:
 def closing_epoch(row: dict, trainer: Trainer) -> str:
     """Which weights the closing lines score: the last epoch's, which best.pt, the model to use, need not hold (an
     early stop's never does)."""
-    last, best = int(row["epoch"]), trainer.best_epoch
-    if trainer.later_best is not None:      # resumed from an older epoch_NNN.pt, and not better than best.pt since
-        return f"epoch {last}, in last.pt; best.pt is epoch {trainer.later_best}'s, trained before this resume"
-    if best == last:        # an improvement in this run: never of an epoch 'or before'
+    last = int(row["epoch"])
+    if trainer.later_best is None and trainer.best_epoch == last:      # an improvement in this run
         return f"epoch {last}, in best.pt and last.pt"
-    return f"epoch {last}, in last.pt; best.pt is epoch {best}'s{' or before' * trainer.best_before}"
+    return f"epoch {last}, in last.pt; best.pt is {trainer.best_pt_epoch()}"
 
 
 def shown_columns(cfg: Config) -> tuple[str, ...]:
