@@ -797,6 +797,15 @@ class Trainer:
         print(f"epoch {self.epoch}/{self.s.epochs} {text}" + (" (best)" if improved else ""), flush=True)
 
 
+def closing_epoch(row: dict, trainer: Trainer) -> str:
+    """Which weights a training script's closing lines score: the last epoch's, which best.pt, the model to use, need
+    not hold (an early stop's never does)."""
+    last = int(row["epoch"])
+    if trainer.later_best is None and trainer.best_epoch == last:      # an improvement in this run
+        return f"epoch {last}, in best.pt and last.pt"
+    return f"epoch {last}, in last.pt; best.pt is {trainer.best_pt_epoch()}"
+
+
 def drop_unused_folders(run_dir: Path, ckpt_dir: Path) -> bool:
     """A fresh run stopped before its first epoch is logged leaves nothing to resume or compare, yet its folders would
     be the newest that `ls -t` and a --resume typed from them find: the results folder goes unless metrics.csv is

@@ -18,8 +18,8 @@ import running
 from hyper_params import Config, config_from_dict, load_config
 from prepare_mitbih import load_split, source_samples
 from train_results import fixed_titles, fixed_windows, plot_windows
-from training import (EpochEndFn, Pooled, Runtime, Trainer, load_resume, run_config, run_parser, run_record,
-                      run_splits, seed_everything, setup_runtime, shared_run_dirs, training_main)
+from training import (EpochEndFn, Pooled, Runtime, Trainer, closing_epoch, load_resume, run_config, run_parser,
+                      run_record, run_splits, seed_everything, setup_runtime, shared_run_dirs, training_main)
 from vqvae import VQVAE, level_key, perplexity
 from vqvae_eval import compression, source_words, uniform
 
@@ -143,15 +143,6 @@ def main(argv: list[str] | None = None) -> dict:
         print(codebook_line(row, cfg))
         print(compression_line(model, cfg, val["records"], args.prepared))
     return row
-
-
-def closing_epoch(row: dict, trainer: Trainer) -> str:
-    """Which weights the closing lines score: the last epoch's, which best.pt, the model to use, need not hold (an
-    early stop's never does)."""
-    last = int(row["epoch"])
-    if trainer.later_best is None and trainer.best_epoch == last:      # an improvement in this run
-        return f"epoch {last}, in best.pt and last.pt"
-    return f"epoch {last}, in last.pt; best.pt is {trainer.best_pt_epoch()}"
 
 
 def shown_columns(cfg: Config) -> tuple[str, ...]:

@@ -172,6 +172,15 @@ def loads_of(monkeypatch, path: Path) -> list[Path]:
     return loads
 
 
+def scripted_validation(monkeypatch, losses: list[float]) -> None:
+    """Epoch e's validation loss is losses[e - 1], whatever the model learns: early stops and best epochs on cue."""
+    import training
+
+    real_val = training.Trainer.validate
+    monkeypatch.setattr(training.Trainer, "validate",
+                        lambda self, model: {**real_val(self, model), "loss": losses[self.epoch]})
+
+
 def replaced_once_loaded(monkeypatch, path: Path) -> None:
     """torch.load writes other bytes into `path` right after loading it: its run saved its next best.pt between the
     loading and a later hash of the file."""

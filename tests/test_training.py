@@ -31,8 +31,8 @@ import train_results
 import training
 import transformer_train
 import vqvae_train
-from conftest import (ROOT, loads_of, run_script, snapshot, stopped_at, trainer_inputs, undocumented_columns,
-                      write_record)
+from conftest import (ROOT, loads_of, run_script, scripted_validation, snapshot, stopped_at, trainer_inputs,
+                      undocumented_columns, write_record)
 from hyper_params import ModelConfig, TrainConfig, config_from_dict, load_config
 from paths import UserError
 from prepare_mitbih import SourceSamples, load_split, prepare
@@ -627,13 +627,6 @@ def test_the_patience_flag_overrides_the_config_is_recorded_and_kept_by_old_chec
 
 # scripted validation losses, epoch 1 first: the best at epoch 2, then none lower for 4 epochs
 PLATEAU = [3.0, 2.0, 2.5, 2.1, 2.2, 2.3, 1.0, 0.9, 0.8, 0.7]
-
-
-def scripted_validation(monkeypatch: pytest.MonkeyPatch, losses: list[float]) -> None:
-    """Epoch e's validation loss is losses[e - 1], whatever the model learns."""
-    real_val = training.Trainer.validate
-    monkeypatch.setattr(training.Trainer, "validate",
-                        lambda self, model: {**real_val(self, model), "loss": losses[self.epoch]})
 
 
 def test_patience_stops_a_run_after_epochs_without_a_lower_validation_loss(tmp_path, monkeypatch, capsys):
