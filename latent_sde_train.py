@@ -42,11 +42,11 @@ from hyper_params_sde import CRPSConfig, SDEConfig, load_sde_config, sde_config_
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from train_results import fixed_titles, fixed_windows, plot_epoch_forecasts, read_checkpoint
 from training import (EpochEndFn, Pooled, Runtime, StepFn, Trainer, check_batch_split, check_run_flags,
-                      check_run_roots, flag_patience, load_resume, resumed_seed, run_config, run_parser, run_record,
-                      seed_everything, setup_runtime, shared_run_dirs, training_main)
+                      check_run_roots, closing_epoch, flag_patience, load_resume, resumed_seed, run_config, run_parser,
+                      run_record, seed_everything, setup_runtime, shared_run_dirs, training_main)
 from vqvae import VQVAE
 from vqvae_eval import (FORECASTER_FLAGS, add_forecaster_flags, forecaster_splits, forecasting_config, frozen_encodings,
-                        run_vqvae, started_from, vqvae_choice)
+                        next_commands, run_vqvae, started_from, vqvae_choice)
 
 
 @torch.no_grad()
@@ -245,7 +245,12 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
                       run_dir, ckpt_dir, config, meta, rt, kind="latent_sde", epoch_end=epoch_end,
                       shown=("val_drafts_crps", "val_gain", "seconds"), extras={"vqvae": start["vqvae"]},
                       loss_name="fair CRPS of the forecast paths (mV)")
-    return trainer.run(args.resume, resume)
+    row = trainer.run(args.resume, resume)
+    if rt.is_main and "val_loss" in row:        # not after a resume with nothing left to train
+        print(f"final validation ({closing_epoch(row, trainer)}): fair CRPS {row['val_crps']:.4f} mV, the bare "
+              f"drafts' {row['val_drafts_crps']:.4f} mV: gain {row['val_gain']:.4f} mV (positive: the network helps)")
+        print(next_commands(ckpt_dir, fc.cfg, val, args.prepared))
+    return row
 
 
 def check_adjoint(scfg: SDEConfig, rt: Runtime) -> None:
@@ -370,7 +375,19 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
                       shown=("val_recon", "val_kl", "val_forecast_mse", "val_late_std_ratio", "train_kl_weight",
                              "seconds"), extras=extras,
                       loss_name="negative ELBO per latent number (nats; training: KL weight annealed)")
-    return trainer.run(args.resume, resume)
+    row = trainer.run(args.resume, resume)
+    if rt.is_main and "val_loss" in row:        # not after a resume with nothing left to train
+        print(f"final validation ({closing_epoch(row, trainer)}): {elbo_words(row)}")
+        print(next_commands(ckpt_dir, cfg, val, args.prepared))
+    return row
+
+
+def elbo_words(row: dict) -> str:
+    """The closing line's scores: the validation loss (its KL at loss.kl_weight, not annealed) and its terms, and the
+    one-path forecast check, whose late std ratio near 0 says the forecasts decay to a flat line."""
+    return (f"negative ELBO {row['val_loss']:.4f} nats a latent number (recon {row['val_recon']:.4f}, KL "
+            f"{row['val_kl']:.4f}), forecast MSE {row['val_forecast_mse']:.4f} (normalised latents), late std ratio "
+            f"{row['val_late_std_ratio']:.3f}")
 
 
 def parser() -> argparse.ArgumentParser:

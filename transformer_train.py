@@ -10,6 +10,7 @@ sequences. The checkpoint holds the VQ-VAE too, so forecast.py needs only this o
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -24,12 +25,12 @@ from forecast import Forecaster, beat_draft, seasonal_draft
 from hyper_params import Config
 from hyper_params_transformer import TransformerConfig, load_transformer_config, transformer_config_from_dict
 from train_results import fixed_titles, fixed_windows, plot_epoch_forecasts
-from training import (Runtime, Trainer, check_run_roots, load_resume, run_config, run_parser, run_record,
-                      seed_everything, setup_runtime, shared_run_dirs, training_main)
+from training import (Runtime, Trainer, check_run_roots, closing_epoch, load_resume, run_config, run_parser,
+                      run_record, seed_everything, setup_runtime, shared_run_dirs, training_main)
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
 from vqvae_eval import (ENCODE_BATCH, FORECASTER_FLAGS, add_forecaster_flags, forecaster_splits, forecasting_config,
-                        frozen_encodings, run_vqvae, started_from, vqvae_choice)
+                        frozen_encodings, next_commands, run_vqvae, started_from, vqvae_choice)
 
 
 @torch.no_grad()
@@ -140,7 +141,18 @@ def main(argv: list[str] | None = None) -> dict:
                       kind="transformer", shown=("val_accuracy", "seconds"), extras=extras,
                       loss_name="cross-entropy of the next code (nats)",
                       epoch_end=forecast_plotter(vq, cfg, tcfg, val, run_dir, rt.device, args.prepared))
-    return trainer.run(args.resume, resume)
+    row = trainer.run(args.resume, resume)
+    if rt.is_main and "val_loss" in row:        # not after a resume with nothing left to train
+        print(f"final validation ({closing_epoch(row, trainer)}): {validation_words(row, cfg.model.codebook_size)}")
+        print(next_commands(ckpt_dir, cfg, val, args.prepared))
+    return row
+
+
+def validation_words(row: dict, codebook_size: int) -> str:
+    """The closing line's scores: perplexity, exp of the cross-entropy, reads against the codebook's size (a model
+    that learned nothing guesses among all its codes)."""
+    return (f"cross-entropy {row['val_loss']:.4f} nats a code, perplexity {math.exp(row['val_loss']):.1f} "
+            f"of {codebook_size} codes, next-code accuracy {100 * row['val_accuracy']:.1f}%")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 from pathlib import Path
 from typing import Callable
 
@@ -39,10 +40,10 @@ from tqdm import tqdm
 
 import paths
 import running
-from hyper_params import AugmentConfig, Config, DataConfig, add_leads_flag, stored_config
+from hyper_params import AugmentConfig, Config, DataConfig, add_leads_flag, data_hash, load_config, stored_config
 from metrics import prd, prdn
 from prepare_mitbih import (SourceSamples, asked_leads, augmented_encoding, cached_encoding, hundredths, load_split,
-                            patients_seen, record_hash, source_samples, stored_leads)
+                            patients_seen, record_hash, source_samples, stored_leads, stored_meta)
 from train_results import fixed_indices, plot_windows, read_checkpoint, weights_digest, window_titles
 from training import Runtime, main_first, ranks_apart, run_splits
 from transformer import as_levels
@@ -151,6 +152,23 @@ def forecaster_splits(cfg: Config, prepared: str | None, resume: dict | None) ->
     """The training and validation splits the forecaster trainers read: their records may be other than the
     config's (a VQ-VAE's own split), and a resume's refusal says to pass the run's --prepared (run_splits)."""
     return run_splits(lambda split: load_split(split, cfg, prepared, any_records=True), resume)
+
+
+def next_commands(ckpt_dir: Path, cfg: Config, val: dict, prepared: str | None) -> str:
+    """What to run with a forecaster's best.pt once its training ends: forecast.py on the record and moment of the
+    epoch plots' first panel (the record read from the folder it was prepared from, meta.json's data_dir), and
+    evaluate.py on the validation patients, which reads the split by its --config's data section."""
+    best = str(ckpt_dir / "best.pt")
+    record = val["records"][int(val["record"][0])]
+    start = (int(val["start"][0]) + cfg.data.window_samples) / float(val["fs"])
+    folder = stored_meta(prepared).get("data_dir") or paths.location("data")
+    forecast = ["python3", "forecast.py", "--checkpoint", best, "--record", str(Path(folder) / record),
+                "--start", f"{start:g}"]
+    evaluate = ["python3", "evaluate.py", "--model", best, "--split", "validation",
+                *(["--prepared", prepared] if prepared else [])]
+    own_data = data_hash(cfg.data) != data_hash(load_config().data)     # config_vqvae.json's, evaluate.py's default
+    return (f"forecast with: {shlex.join(forecast)}\nevaluate on validation patients: {shlex.join(evaluate)}"
+            + (" --config <the VQ-VAE's config JSON>" if own_data else ""))
 
 
 ENCODE_BATCH = 512      # windows the frozen VQ-VAE encodes at once; a multiple of latent_sde.latent_frames' batch

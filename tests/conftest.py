@@ -181,6 +181,19 @@ def scripted_validation(monkeypatch, losses: list[float]) -> None:
                         lambda self, model: {**real_val(self, model), "loss": losses[self.epoch]})
 
 
+def closing_lines(out: str) -> tuple[str, list[str], list[str]]:
+    """A forecaster training's closing lines in its output: the final validation line, and the argument lists of the
+    forecast.py and evaluate.py commands it prints (evaluate.py's up to the --config it asks for and cannot name)."""
+    import shlex
+
+    lines = out.splitlines()
+    (final,) = [line for line in lines if line.startswith("final validation (")]
+    (fc,) = [line.removeprefix("forecast with: ") for line in lines if line.startswith("forecast with: ")]
+    (ev,) = [line.removeprefix("evaluate on validation patients: ") for line in lines
+             if line.startswith("evaluate on validation patients: ")]
+    return final, shlex.split(fc), shlex.split(ev.removesuffix(" --config <the VQ-VAE's config JSON>"))
+
+
 def replaced_once_loaded(monkeypatch, path: Path) -> None:
     """torch.load writes other bytes into `path` right after loading it: its run saved its next best.pt between the
     loading and a later hash of the file."""

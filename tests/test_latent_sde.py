@@ -25,8 +25,8 @@ from latent_sde import (LEARNS_CRPS, MAX_DRIFT, DiagonalDiffusion, LatentSDE, La
 from vqvae import VQVAE
 import paths
 from paths import UserError, file_sha256
-from conftest import (loads_of, replaced_once_loaded, stopped_at, trainer_inputs, undocumented_columns,
-                      vqvae_splits)
+from conftest import (closing_lines, loads_of, replaced_once_loaded, scripted_validation, stopped_at, trainer_inputs,
+                      undocumented_columns, vqvae_splits)
 from tiny import flags, phase_config, tiny_setup
 from train_results import TRAINING_STATE, fixed_windows
 
@@ -364,13 +364,37 @@ def test_resume_continues_the_run(trained: dict, tmp_path: Path, capsys: pytest.
     ckpt = torch.load(last, weights_only=True)
     assert int(ckpt["model"]["steps"]) == 9     # the annealing schedules continued, not restarted
     done = last.read_bytes()
+    capsys.readouterr()
     row = latent_sde_train.main(flags(setup, "--device", "cpu", "--resume", str(last), "--epochs", "3",
                                       "--vqvae", "elsewhere.pt"))
     out = capsys.readouterr()
     assert row["epoch"] == 3 and "nothing to train" in out.out   # said, not silently done
+    assert "final validation" not in out.out and "forecast with" not in out.out    # no epoch to close
     assert "--vqvae elsewhere.pt is ignored: the resumed run goes on with its own VQ-VAE" in out.err
     assert last.read_bytes() == done
     assert len(list(csv.DictReader((run / "metrics.csv").open()))) == 3
+
+
+def test_elbo_run_closes_with_the_last_epochs_scores_and_what_to_run_next(trained: dict, tmp_path: Path, monkeypatch,
+                                                                          capsys) -> None:
+    """A run ended with where its files went, nothing on how good the model is or what to run with it: its closing
+    lines now give the last epoch's validation ELBO and forecast check, name that epoch and best.pt's (an early
+    stop's earlier one), and print forecast.py and evaluate.py commands on best.pt."""
+    vq = next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt"))
+    setup = {**trained["setup_sde"], "results": str(tmp_path / "res"), "checkpoints": str(tmp_path / "ck")}
+    scripted_validation(monkeypatch, [2.0, 1.0, 1.5, 1.6, 1.7])
+    row = latent_sde_train.main(flags(setup, "--device", "cpu", "--vqvae", str(vq), "--epochs", "5", "--max-steps",
+                                      "1", "--augment-copies", "0", "--patience", "1"))
+    final, fc, ev = closing_lines(capsys.readouterr().out)
+    assert final == (f"final validation (epoch 3, in last.pt; best.pt is epoch 2's): negative ELBO 1.5000 nats a "
+                     f"latent number (recon {row['val_recon']:.4f}, KL {row['val_kl']:.4f}), forecast MSE "
+                     f"{row['val_forecast_mse']:.4f} (normalised latents), late std ratio "
+                     f"{row['val_late_std_ratio']:.3f}")
+    (best,) = (tmp_path / "ck").glob("latent_sde-*/best.pt")
+    assert fc[:4] == ["python3", "forecast.py", "--checkpoint", str(best)] and fc[4] == "--record"
+    assert Path(f"{fc[5]}.hea").is_file() and fc[6] == "--start"
+    assert ev == ["python3", "evaluate.py", "--model", str(best), "--split", "validation", "--prepared",
+                  setup["prepared"]]
 
 
 def test_evaluate_takes_the_sde_checkpoint(trained: dict, tmp_path: Path) -> None:
@@ -630,6 +654,23 @@ def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_p
     assert "--seed 9 is ignored: the resumed run goes on with its own seed" in capsys.readouterr().err
     assert [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())] == ["1", "2"]
     assert not undocumented_columns(run / "metrics.csv")
+
+
+def test_crps_fine_tuning_closes_with_its_crps_and_gain(drafted: dict, tmp_path: Path, monkeypatch, capsys) -> None:
+    """A fine-tuning run ended without its CRPS or which checkpoint to use: its closing lines give the last epoch's
+    validation CRPS against the bare drafts', name best.pt's epoch when it is another, and print forecast.py and
+    evaluate.py commands on this run's best.pt."""
+    setup = {**drafted["setup"], "results": str(tmp_path / "res"), "checkpoints": str(tmp_path / "ck")}
+    scripted_validation(monkeypatch, [1.0, 1.5])
+    row = latent_sde_train.main(flags(setup, "--device", "cpu", "--crps-from", str(drafted["ckpt"]), "--epochs", "2",
+                                      "--max-steps", "1", "--batch-size", "4"))
+    final, fc, ev = closing_lines(capsys.readouterr().out)
+    assert final == (f"final validation (epoch 2, in last.pt; best.pt is epoch 1's): fair CRPS {row['val_crps']:.4f} "
+                     f"mV, the bare drafts' {row['val_drafts_crps']:.4f} mV: gain {row['val_gain']:.4f} mV "
+                     f"(positive: the network helps)")
+    (best,) = (tmp_path / "ck").glob("latent_sde_crps-*/best.pt")
+    assert fc[:4] == ["python3", "forecast.py", "--checkpoint", str(best)] and ev[:4] == [
+        "python3", "evaluate.py", "--model", str(best)]
 
 
 def test_crps_fine_tuning_says_which_settings_of_config_it_ignores(tmp_path: Path, capsys) -> None:

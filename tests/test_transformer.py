@@ -19,8 +19,8 @@ import running
 import transformer_train
 import vqvae_eval
 import vqvae_train
-from conftest import (edit_tree_after, loads_of, periodic_ecg, stopped_at, trainer_inputs, undocumented_columns,
-                      vqvae_splits)
+from conftest import (closing_lines, edit_tree_after, loads_of, periodic_ecg, scripted_validation, stopped_at,
+                      trainer_inputs, undocumented_columns, vqvae_splits)
 from forecast import Forecaster
 from hyper_params import ModelConfig, config_from_dict, stored_config
 from hyper_params_transformer import SampleConfig
@@ -499,6 +499,39 @@ def test_resume_goes_on_with_the_runs_own_vqvae(trained: dict, tmp_path: Path, m
     assert after["meta"]["vqvae_sha256"] == before["meta"]["vqvae_sha256"] == file_sha256(vq)
     assert all(torch.equal(v, before["vqvae"]["model"][k]) for k, v in after["vqvae"]["model"].items())
     assert after["config"]["model"] == before["config"]["model"] and after["config"]["model"]["dim"] == 32
+
+
+def test_closing_lines_score_the_last_epoch_and_say_what_to_run_next(trained: dict, tmp_path: Path, monkeypatch,
+                                                                     capsys) -> None:
+    """A run ended with where its files went, nothing on how good the model is or what to run with it: its closing
+    lines now give the last epoch's validation scores, name that epoch and best.pt's (an early stop's earlier one),
+    and print forecast.py and evaluate.py commands on best.pt that run as printed; a resume with nothing left to
+    train prints none of them."""
+    vq = next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt"))
+    setup = {**trained["setup"], "results": str(tmp_path / "res"), "checkpoints": str(tmp_path / "ck"),
+             "config": str(trained["tmp"] / "transformer.json")}
+    scripted_validation(monkeypatch, [2.0, 1.0, 1.5, 1.6, 1.7])
+    row = transformer_train.main(flags(setup, "--device", "cpu", "--vqvae", str(vq), "--epochs", "5", "--max-steps",
+                                       "1", "--augment-copies", "0", "--patience", "1"))
+    final, fc, ev = closing_lines(capsys.readouterr().out)
+    assert final == ("final validation (epoch 3, in last.pt; best.pt is epoch 2's): cross-entropy 1.5000 nats a "
+                     f"code, perplexity 4.5 of 32 codes, next-code accuracy {100 * row['val_accuracy']:.1f}%")
+    (best,) = (tmp_path / "ck").glob("transformer-*/best.pt")
+    assert fc[:4] == ["python3", "forecast.py", "--checkpoint", str(best)]
+    assert ev == ["python3", "evaluate.py", "--model", str(best), "--split", "validation", "--prepared",
+                  setup["prepared"]]
+    done = forecast.main([*fc[2:], "--samples", "2", "--device", "cpu", "--out", str(tmp_path / "fc")])
+    assert all(Path(f).is_file() for f in done["files"])
+    evaluate.main([*ev[2:], "--config", trained["setup"]["config"], "--results", str(tmp_path / "ev"),
+                   "--samples", "2", "--max-windows-per-record", "1"])
+    capsys.readouterr()
+    last = best.parent / "last.pt"
+    transformer_train.main(["--device", "cpu", "--prepared", setup["prepared"], "--resume", str(last)])
+    out = capsys.readouterr().out
+    assert "nothing to train" in out and "final validation" not in out and "forecast with" not in out
+    transformer_train.main(flags({**setup, "checkpoints": str(tmp_path / "ck2")}, "--device", "cpu", "--vqvae",
+                                 str(vq), "--epochs", "1", "--max-steps", "1", "--augment-copies", "0"))
+    assert closing_lines(capsys.readouterr().out)[0].startswith("final validation (epoch 1, in best.pt and last.pt): ")
 
 
 def test_temperature_scales_the_logits():
