@@ -1226,7 +1226,12 @@ def select_records(names: list[str], records: list[str] | None, folder: Path) ->
         return names
     missing = [r for r in records if r not in names]
     if missing:
-        raise UserError(f"records {missing} are not in {folder}{records_there(missing, names)}")
+        # a header the folder's RECORDS leaves out is no record (header_stems): say so, not that it is not there
+        unlisted = [r for r in missing if (folder / "RECORDS").is_file() and (folder / f"{r}.hea").is_file()]
+        them = "it" if len(unlisted) == 1 else "them"
+        why = (f"; {folder / 'RECORDS'} leaves out {', '.join(unlisted)}, whose .hea {'is' if them == 'it' else 'are'} "
+               f"there: add {them} to RECORDS to read {them}") if unlisted else ""
+        raise UserError(f"records {missing} are not in {folder}{records_there(missing, names)}{why}")
     return [r for r in names if r in records]
 
 

@@ -508,6 +508,16 @@ def test_a_record_not_in_the_wfdb_dir_is_named_with_the_records_there_are(synthe
                        "--results", str(tmp_path / "results")])
 
 
+def test_a_record_its_folders_records_file_leaves_out_is_named_as_such(synthetic_db, tmp_path):
+    """A record added beside a PhysioNet RECORDS index that does not list it was 'not in' the folder that holds its
+    .hea: the error says RECORDS leaves it out."""
+    (synthetic_db / "RECORDS").write_text("100\n101\n")
+    with pytest.raises(UserError, match=r"are not in .*wfdb \(it has 100, 101\); .*RECORDS leaves out 105, whose "
+                                        r"\.hea is there: add it to RECORDS to read it$"):
+        evaluate.main(["--model", "zero", "--wfdb-dir", str(synthetic_db), "--records", "100", "105",
+                       "--results", str(tmp_path / "results")])
+
+
 def test_a_split_of_ones_own_is_scored_without_its_config(synthetic_db, tmp_path):
     """Data prepared alike with record lists of one's own is scored with the default config (no --config F), on
     its own test records; data prepared otherwise (another band) is still refused."""
