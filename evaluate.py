@@ -227,10 +227,12 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
     Each record's windows are cut as it is read, and its signal let go: a folder of 24 h records held every
     record and all of its windows (176 MB a record at 128 Hz) before keeping a few of them.
     """
-    from prepare_mitbih import (check_annotated, check_windows, cut_windows, find_records, hash_inputs, read_record,
-                                select_records)
+    from prepare_mitbih import (check_annotated, check_windows, cut_windows, find_records, hash_inputs, note_unlisted,
+                                read_record, select_records)
     folder = Path(folder)
     names = select_records(find_records(folder, download=False, flag="--wfdb-dir"), records, folder)
+    if records is None:
+        note_unlisted(folder, names)
     check_annotated(folder, names, annotator)
     loaded, skipped = [], []
 

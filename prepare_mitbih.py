@@ -1132,6 +1132,7 @@ def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | Non
     names = select_records(available, records, data_dir)
     if not records:
         warn_headless(data_dir, available, annotator)
+        note_unlisted(data_dir, available)
     training_split(names, d, available, data_dir)   # the config's errors before any record is read
     check_annotated(data_dir, names, annotator)
     check_config_leads(data_dir, available, d.first_lead, d.second_lead)    # the folder's: --records may lack them
@@ -1217,6 +1218,19 @@ def warn_headless(data_dir: Path, names: list[str], annotator: str) -> None:
         running.warn(f"{', '.join(headless[:5])}{' ...' if len(headless) > 5 else ''} in {data_dir} "
                      f"belong{'s' if one else ''} to no record's header (a lost .hea?): "
                      f"{'it is' if one else 'they are'} not prepared")
+
+
+def note_unlisted(data_dir: Path, names: list[str]) -> None:
+    """Notes the headers beside a RECORDS index that it does not list (nor as a segment of a listed record): a record
+    added to a PhysioNet folder without adding it to RECORDS was left out without a word."""
+    if not names or not (data_dir / "RECORDS").is_file():
+        return
+    parts = {seg for name in names for seg in segment_names(data_dir / f"{name}.hea")}
+    unlisted = sorted(p.stem for p in data_dir.glob("*.hea") if p.stem not in names and p.stem not in parts)
+    if unlisted:
+        one, shown = len(unlisted) == 1, ", ".join(unlisted[:5]) + (" ..." if len(unlisted) > 5 else "")
+        running.note(f"{data_dir / 'RECORDS'} does not list {shown}, whose .hea {'is' if one else 'are'} there: not "
+                     f"read (add {'it' if one else 'them'} to RECORDS to read {'it' if one else 'them'})")
 
 
 def select_records(names: list[str], records: list[str] | None, folder: Path) -> list[str]:

@@ -518,6 +518,18 @@ def test_a_record_its_folders_records_file_leaves_out_is_named_as_such(synthetic
                        "--results", str(tmp_path / "results")])
 
 
+def test_a_header_its_folders_records_file_leaves_out_is_noted(synthetic_db, capsys):
+    """A record added beside a PhysioNet RECORDS index that does not list it was left out of a --wfdb-dir run
+    without a word, the report saying 'all records'."""
+    (synthetic_db / "RECORDS").write_text("100\n101\n")
+    w = evaluate.load_wfdb(synthetic_db, load_config(), progress=False)
+    assert w.records == ["100", "101"]
+    assert (f"note: {synthetic_db / 'RECORDS'} does not list 102, 103, 104, 105, whose .hea are there: not read (add "
+            f"them to RECORDS to read them)") in capsys.readouterr().err
+    evaluate.load_wfdb(synthetic_db, load_config(), records=["100"], progress=False)   # chosen by name: no note
+    assert "does not list" not in capsys.readouterr().err
+
+
 def test_a_split_of_ones_own_is_scored_without_its_config(synthetic_db, tmp_path):
     """Data prepared alike with record lists of one's own is scored with the default config (no --config F), on
     its own test records; data prepared otherwise (another band) is still refused."""

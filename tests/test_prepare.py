@@ -424,6 +424,18 @@ def test_records_listed_in_subfolders_keep_the_names_records_gives_them(tmp_path
     assert torch.load(tmp_path / "out" / "test.pt", weights_only=True)["records"] == ["sub/a"]
 
 
+def test_a_header_the_records_file_leaves_out_is_noted(tmp_path, capsys):
+    """A record added beside a PhysioNet RECORDS index that does not list it was left out without a word."""
+    for i, name in enumerate(("a", "b", "c", "d")):
+        write_record(tmp_path / "db", name, seconds=20.0, seed=i)
+    (tmp_path / "db" / "RECORDS").write_text("a\nb\nc\n")
+    meta = pm.prepare(make_cfg(test_records=["a"], validation_records=["b"]), tmp_path / "db", tmp_path / "out",
+                      download=False)
+    assert meta["splits"]["train"] == ["c"]
+    assert (f"note: {tmp_path / 'db' / 'RECORDS'} does not list d, whose .hea is there: not read (add it to RECORDS "
+            f"to read it)") in capsys.readouterr().err
+
+
 def test_a_split_or_records_by_file_name_alone_name_the_paths_meant(tmp_path):
     """Records in subfolders are named by their paths: a split or --records listed by the file names alone
     ('a', not 'sub/a') was refused with the folder's records unnamed (config) or among all of them (--records);
