@@ -416,9 +416,11 @@ class VQVAE(nn.Module):
 
     def decode_latent(self, zq: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         """Latents [B, latent_dim, T'] -> signals [B, T' * factor, 2] in mV: quantised ones (decode sums them from
-        the codes) or encode_latent's continuous ones, unquantised, as the latent SDE decodes its paths."""
+        the codes) or encode_latent's continuous ones, unquantised, as the latent SDE decodes its paths. Latents of
+        another float dtype (edited or blended in numpy's float64) are decoded as the model's, as nearest_codes codes
+        them: they stopped in conv1d's 'Input type (double) and bias type (float) should be the same'."""
         self._check_latents(zq)
-        return self.decoder(zq).transpose(1, 2) * self._decode_unit(unit, len(zq))
+        return self.decoder(zq.to(self.scale.dtype)).transpose(1, 2) * self._decode_unit(unit, len(zq))
 
     def decode(self, codes: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         """Codes [B, T'] or [B, T', Q] -> signals [B, T' * factor, 2] in mV (`unit`: see `unit`)."""

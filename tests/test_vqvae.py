@@ -933,6 +933,19 @@ def test_latents_time_first_or_as_numpy_are_named_by_both_of_their_readers(step:
         getattr(m, step)(z.numpy())
 
 
+def test_latents_blended_in_float64_decode_as_their_float32_values() -> None:
+    """The README invites editing or blending latents before decode_latent; blended in numpy (float64) they stopped
+    in conv1d's 'Input type (double) and bias type (float)', while nearest_codes coded the same latents."""
+    m = tiny_model(window_gain=True).eval()
+    x = torch.randn(2, 64, 2)
+    with torch.no_grad():
+        unit = m.unit(x)
+        z = m.encode_latent(x, unit)
+        blend = torch.from_numpy(np.linspace(0, 1, z.shape[2]) * z.numpy())          # float64
+        assert torch.equal(m.decode_latent(blend, unit), m.decode_latent(blend.float(), unit))
+        assert torch.equal(m.nearest_codes(blend), m.nearest_codes(blend.float()))
+
+
 def test_restart_before_the_codebook_is_initialised_restarts_and_counts_nothing() -> None:
     """Before k-means init there is no reservoir to restart from: the codebook is kept, and no restart is reported."""
     torch.manual_seed(0)
