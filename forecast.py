@@ -19,6 +19,7 @@ array [B, S, H, 2] in mV (S = 1 for deterministic forecasters).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import inspect
 import math
@@ -26,7 +27,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -189,17 +190,34 @@ def one_by_one(predict: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     (as_context): a context's forecast then depends on it, the horizon, the samples and the seed only, never
     on what else is in the batch. On a CPU that costs nothing: the samples of one context fill the batch.
     In float32 under a caller's autocast too (on the forecaster's `device`), as forecast.py and evaluate.py run it:
-    a bfloat16 one moved the shipped Transformer's paths by up to 0.12 mV, the same seed."""
+    a bfloat16 one moved the shipped Transformer's paths by up to 0.12 mV, the same seed; and in eval mode
+    (in_eval)."""
     @functools.wraps(predict)
     def each(self, context, horizon: int, num_samples: int = 100, seed: int = 0, **kw) -> np.ndarray:
         x = as_context(context, horizon, num_samples, seed)
         out = []
-        with torch.autocast(torch.device(getattr(self, "device", None) or "cpu").type, enabled=False):
+        with torch.autocast(torch.device(getattr(self, "device", None) or "cpu").type, enabled=False), in_eval(self):
             for b in range(len(x)):     # a loop, not a comprehension: warnings' stacklevel counts on this frame
                 out.append(predict(self, x[b:b + 1], horizon, num_samples, int(seed), **kw))
         return np.concatenate(out)
     each.__signature__ = public_signature(predict)
     return each
+
+
+@contextlib.contextmanager
+def in_eval(forecaster: object) -> Iterator[None]:
+    """The forecaster's torch modules (its attributes: fc.vq, fc.gpt, fc.sde) in eval mode for a forecast, then each
+    submodule back in its own mode: one put in training (fine-tuning fc.gpt) forecast with the Transformer's dropout
+    on, other paths at every call of the same seed."""
+    modes = [(m, m.training) for part in vars(forecaster).values() if isinstance(part, torch.nn.Module)
+             for m in part.modules()]
+    for m, _ in modes:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def public_signature(predict: Callable[..., np.ndarray]) -> inspect.Signature:

@@ -959,6 +959,20 @@ def test_a_forecast_under_the_callers_autocast_is_the_float32_one(shipped):
             assert torch.is_autocast_enabled("cpu")
 
 
+def test_a_forecaster_put_in_training_forecasts_in_eval_mode_and_stays_in_training():
+    """fc.gpt.train() (fine-tuning it) left the Transformer's dropout on in predict: other paths at every call of the
+    same seed. predict forecasts in eval mode and gives each submodule its own mode back."""
+    fc = Forecaster.from_checkpoint(PRETRAINED, "cpu")
+    x = synthetic_ecg(3, 128, seed=0)[0]
+    plain = fc.predict(x, 64, 3, seed=1)
+    fc.gpt.train()
+    frozen = next(m for m in fc.gpt.modules() if isinstance(m, torch.nn.Dropout))
+    frozen.eval()
+    for _ in range(2):
+        np.testing.assert_array_equal(fc.predict(x, 64, 3, seed=1), plain)
+    assert [m is frozen for m in fc.gpt.modules() if not m.training] == [True] and not fc.vq.training
+
+
 OWN = """
 import numpy as np
 
