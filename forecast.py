@@ -195,8 +195,8 @@ def one_by_one(predict: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     @functools.wraps(predict)
     def each(self, context, horizon: int, num_samples: int = 100, seed: int = 0, **kw) -> np.ndarray:
         x = as_context(context, horizon, num_samples, seed)
-        out = []
-        with torch.autocast(torch.device(getattr(self, "device", None) or "cpu").type, enabled=False), in_eval(self):
+        out, device = [], getattr(self, "device", None)     # one's own forecaster's may be no torch device
+        with torch.autocast(device.type if isinstance(device, torch.device) else "cpu", enabled=False), in_eval(self):
             for b in range(len(x)):     # a loop, not a comprehension: warnings' stacklevel counts on this frame
                 out.append(predict(self, x[b:b + 1], horizon, num_samples, int(seed), **kw))
         return np.concatenate(out)

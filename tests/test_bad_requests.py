@@ -959,6 +959,20 @@ def test_a_forecast_under_the_callers_autocast_is_the_float32_one(shipped):
             assert torch.is_autocast_enabled("cpu")
 
 
+class OnItsOwnDevice(forecast.ForecasterBase):
+    device = "my accelerator"           # one's own forecaster's device, no torch device
+
+    @forecast.one_by_one
+    def predict(self, x, horizon, num_samples=100, seed=0):
+        return np.zeros((1, num_samples, horizon, 2), np.float32)
+
+
+def test_one_by_one_takes_a_forecaster_whose_device_is_no_torch_device():
+    """one_by_one turns a caller's autocast off on the forecaster's device: one of one's own naming a device torch
+    does not know is forecast, not stopped in torch.device's 'Expected one of cpu, cuda, ...'."""
+    assert OnItsOwnDevice().predict(synthetic_ecg(3, 128, seed=0)[0], 8, 2).shape == (1, 2, 8, 2)
+
+
 def test_a_forecaster_put_in_training_forecasts_in_eval_mode_and_stays_in_training():
     """fc.gpt.train() (fine-tuning it) left the Transformer's dropout on in predict: other paths at every call of the
     same seed. predict forecasts in eval mode and gives each submodule its own mode back."""
