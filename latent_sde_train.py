@@ -101,8 +101,8 @@ def plot_epoch(fc: LatentSDEForecaster, fixed: np.ndarray, piece: int, run_dir: 
 def plotting_epoch_end(fixed: np.ndarray, piece: int, run_dir: Path,
                        forecaster: Callable[[torch.nn.Module], LatentSDEForecaster], model_name: str,
                        titles: list[tuple[str, str]] | None = None) -> EpochEndFn:
-    """Forecasts of the fixed validation windows after every epoch, from `forecaster(model)`; predict leaves the
-    model in eval mode, so it goes back to training."""
+    """Forecasts of the fixed validation windows after every epoch, from `forecaster(model)`; the forecaster's
+    constructor puts the model in eval mode, so it goes back to training."""
     def epoch_end(m: torch.nn.Module, epoch: int, is_main: bool) -> dict:
         if is_main and len(fixed):
             plot_epoch(forecaster(m), fixed, piece, run_dir, epoch, model_name, titles)
