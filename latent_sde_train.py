@@ -45,8 +45,8 @@ from training import (EpochEndFn, Pooled, Runtime, StepFn, Trainer, check_batch_
                       check_run_roots, closing_epoch, flag_patience, load_resume, resumed_seed, run_config, run_parser,
                       run_record, seed_everything, setup_runtime, shared_run_dirs, training_main)
 from vqvae import VQVAE
-from vqvae_eval import (FORECASTER_FLAGS, add_forecaster_flags, forecaster_splits, forecasting_config, frozen_encodings,
-                        next_commands, run_vqvae, started_from, vqvae_choice)
+from vqvae_eval import (FORECASTER_FLAGS, VQVAE_KEYS, add_forecaster_flags, forecaster_splits, forecasting_config,
+                        frozen_encodings, next_commands, run_vqvae, source_record, vqvae_choice)
 
 
 @torch.no_grad()
@@ -208,6 +208,24 @@ def same_file(path: str | os.PathLike, other: str | os.PathLike) -> bool:
     return os.path.normpath(os.path.abspath(path)) == os.path.normpath(os.path.abspath(other))
 
 
+CRPS_FROM_KEYS = ("crps_from", "crps_from_given", "crps_from_sha256")    # run.json's record of the start
+
+
+def crps_sources(given: str | None, resume: dict | None, start: dict, source: str, read: str) -> dict:
+    """run.json's record of what a fine-tuning starts from: the checkpoint as --crps-from named it (`given`), as
+    resolved here (`source`) and the SHA-256 of the bytes read, which its VQ-VAE is read from too (source_record's
+    keys). Its own run's record goes under started_from, apart: taken as this run's, the shipped model's VQ-VAE path
+    named a folder of the machine it was trained on (/tmp/sde25/...). A resume keeps its first run's record (runs
+    made before started_from: their vqvae_checkpoint is the ELBO run's VQ-VAE)."""
+    if resume:
+        kept = (*CRPS_FROM_KEYS, *VQVAE_KEYS, "started_from")
+        return {"crps_from": source, "vqvae_checkpoint": source, **{k: resume["meta"][k] for k in kept
+                                                                     if k in resume["meta"]}}
+    return {**source_record(None, CRPS_FROM_KEYS, source, given, read),
+            **source_record(None, VQVAE_KEYS, source, given, read),
+            "started_from": {"path": source, "sha256": read, "meta": start["meta"]}}
+
+
 def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str] | None, rt: Runtime) -> dict:
     """Fine-tune an ELBO-trained latent SDE on the fair CRPS of its forecast paths (latent_sde.PathCRPS), with
     the generic trainer: training windows drawn at random, the best epoch by the validation patients' CRPS."""
@@ -218,7 +236,6 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
         running.note(f"--crps-from {args.crps_from} is ignored: the resumed fine-tuning goes on from {source}")
     note_ignored_crps_flags(args, source)
     start, read = (resume, "") if resume else read_checkpoint(source, "latent_sde")
-    source_digest = started_from(resume, "crps_from_sha256", read)    # as read: its best.pt may be replaced meanwhile
     scfg = crps_config(args, resume, start, source)
     settings = crps_settings(scfg)
     check_adjoint(scfg, rt)
@@ -232,10 +249,7 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     # the train section this run trains with (its crps settings over the ELBO run's), not the ELBO run's
     config = {**scfg.to_dict(), "train": dataclasses.asdict(settings), "vqvae": start["config"]["vqvae"]}
     meta = run_record(config, settings.seed, train, val, rt, argv)
-    meta.update(crps_from=str(source), **source_digest,
-                vqvae_checkpoint=start["meta"].get("vqvae_checkpoint", str(source)))
-    if "vqvae_sha256" in start["meta"]:     # the ELBO run's VQ-VAE (a resume's start is the run's own checkpoint)
-        meta["vqvae_sha256"] = start["meta"]["vqvae_sha256"]
+    meta.update(crps_sources(args.crps_from, resume, start, source, read))
     fixed = fixed_windows(val, settings.plot_windows).numpy()
     epoch_end = plotting_epoch_end(fixed, fc.cfg.data.window_samples, run_dir, lambda m: fc,
                                    "latent SDE, CRPS fine-tuning",
@@ -346,7 +360,8 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     vq, vq_ckpt, vq_source, vq_read = run_vqvae(args, resume)
     vq.requires_grad_(False)
     cfg = forecasting_config(vq_ckpt, vq_source)
-    vq_digest = started_from(resume, "vqvae_sha256", vq_read)    # as read: best.pt may be replaced while this encodes
+    # as read: best.pt may be replaced while this encodes
+    vq_record = source_record(resume, VQVAE_KEYS, vq_source, args.vqvae, vq_read)
     check_adjoint(scfg, rt)
     if rt.is_main:
         print(f"VQ-VAE: {vqvae_choice(args, vq_source)}")
@@ -363,7 +378,7 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde")
     config = {**scfg.to_dict(), "vqvae": vq_ckpt["config"]}
     meta = run_record(config, scfg.train.seed, train, val, rt, argv)
-    meta.update(vqvae_checkpoint=vq_source, **vq_digest)
+    meta.update(vq_record)
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]}}
     fixed = fixed_windows(val, scfg.train.plot_windows).numpy()
     epoch_end = plotting_epoch_end(fixed, piece, run_dir, lambda m: LatentSDEForecaster(vq, m, cfg, scfg, rt.device),

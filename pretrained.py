@@ -76,6 +76,14 @@ def run_dir_of(ckpt_path: str | None) -> str | None:
     return load_checkpoint(ckpt_path).get("run_dir") if ckpt_path and Path(ckpt_path).is_file() else None
 
 
+def vqvae_checkpoint_of(meta: dict) -> str | None:
+    """The checkpoint a forecaster's VQ-VAE was trained in: a fine-tuning's vqvae_checkpoint is the run it started
+    from, whose own record (started_from) names the VQ-VAE's; older fine-tunings named the VQ-VAE's themselves."""
+    while "started_from" in meta:
+        meta = meta["started_from"]["meta"]
+    return meta.get("vqvae_checkpoint")
+
+
 def check_mitdb(folder: Path) -> Path:
     """The reference forecasts read MIT-BIH records: fail before anything is written when they are not there."""
     missing = [name for name, _ in REFERENCE_CASES if not (folder / f"{name}.hea").is_file()]
@@ -117,7 +125,7 @@ def main(argv: list[str] | None = None) -> Path:
     if ckpt["kind"] not in SHIPPED:
         raise paths.UserError(f"{args.checkpoint} holds a '{ckpt['kind']}' model, not a forecaster")
     out, ref_path = SHIPPED[ckpt["kind"]], reference_path(ckpt["kind"])
-    packed = pack(ckpt, run_dir_of(ckpt["meta"].get("vqvae_checkpoint")), run_dir_of(ckpt["meta"].get("crps_from")))
+    packed = pack(ckpt, run_dir_of(vqvae_checkpoint_of(ckpt["meta"])), run_dir_of(ckpt["meta"].get("crps_from")))
     again = f"run {shlex.join(['python3', 'pretrained.py', *(sys.argv[1:] if argv is None else argv)])} again"
     ship(packed, out, ref_path, mitdb, commit, again)
     print(f"packed {args.checkpoint} -> {out} ({out.stat().st_size / 2 ** 20:.1f} MiB), "

@@ -29,8 +29,8 @@ from training import (Runtime, Trainer, check_run_roots, closing_epoch, load_res
                       run_record, seed_everything, setup_runtime, shared_run_dirs, training_main)
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
-from vqvae_eval import (ENCODE_BATCH, FORECASTER_FLAGS, add_forecaster_flags, forecaster_splits, forecasting_config,
-                        frozen_encodings, next_commands, run_vqvae, started_from, vqvae_choice)
+from vqvae_eval import (ENCODE_BATCH, FORECASTER_FLAGS, VQVAE_KEYS, add_forecaster_flags, forecaster_splits,
+                        forecasting_config, frozen_encodings, next_commands, run_vqvae, source_record, vqvae_choice)
 
 
 @torch.no_grad()
@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
     tcfg.validate()
     vq, vq_ckpt, vq_path, vq_read = run_vqvae(args, resume)
     cfg = forecasting_config(vq_ckpt, vq_path)
-    vq_digest = started_from(resume, "vqvae_sha256", vq_read)   # as read: best.pt may be replaced while this encodes
+    # as read: best.pt may be replaced while this encodes
+    vq_record = source_record(resume, VQVAE_KEYS, vq_path, args.vqvae, vq_read)
     if rt.is_main:
         print(f"VQ-VAE: {vqvae_choice(args, vq_path)}")
     seed_everything(tcfg.train.seed)
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "transformer")
     config = {**tcfg.to_dict(), "vqvae": vq_ckpt["config"]}
     meta = run_record(config, tcfg.train.seed, train, val, rt, argv)
-    meta.update(vqvae_checkpoint=vq_path, **vq_digest)
+    meta.update(vq_record)
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]},
               "block_size": block}
     trainer = Trainer(model, train_set, val_set, step_fn, tcfg.train, run_dir, ckpt_dir, config, meta, rt,

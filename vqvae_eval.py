@@ -119,14 +119,19 @@ def run_vqvae(args: argparse.Namespace, resume: dict | None) -> tuple[VQVAE, dic
     return model, ckpt, str(path), digest
 
 
-def started_from(resume: dict | None, key: str, digest: str) -> dict:
-    """{key: the SHA-256 of the checkpoint a forecaster's run starts from (its VQ-VAE, the ELBO run it fine-tunes)},
-    for run.json beside the path: best.pt changes while its run goes on, so it is the digest of the bytes loaded
-    (read_checkpoint), not of the file hashed again later. A resume keeps its first run's digest, as the file may
-    have changed since (resumed runs made before it was recorded: none)."""
+VQVAE_KEYS = ("vqvae_checkpoint", "vqvae_given", "vqvae_sha256")     # run.json's record of a forecaster's VQ-VAE
+
+
+def source_record(resume: dict | None, keys: tuple[str, str, str], path: str, given: str | None,
+                  digest: str) -> dict:
+    """run.json's record of a checkpoint a forecaster's run starts from (its VQ-VAE, the ELBO run it fine-tunes),
+    under `keys`: the file as resolved on this machine (`path`), as its flag named it (`given`: a shipped model's name
+    such as pretrained_sde; None when the newest was taken) and the SHA-256 of the bytes loaded (read_checkpoint's):
+    best.pt changes while its run goes on, so not the file hashed again later. A resume keeps its first run's
+    record, as the file may have changed since (runs made before a key was recorded: without it)."""
     if resume:
-        return {key: resume["meta"][key]} if key in resume["meta"] else {}
-    return {key: digest}
+        return {keys[0]: path, **{k: resume["meta"][k] for k in keys[1:] if k in resume["meta"]}}
+    return dict(zip(keys, (path, given, digest)))
 
 
 def forecasting_config(vq_ckpt: dict, source: str) -> Config:

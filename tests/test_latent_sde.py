@@ -23,6 +23,7 @@ from hyper_params_sde import DEFAULT_CONFIG, SDEConfig, load_sde_config, sde_con
 from latent_sde import (LEARNS_CRPS, MAX_DRIFT, DiagonalDiffusion, LatentSDE, LatentSDEForecaster, PathCRPS,
                         RowBrownian, fair_crps, overlap_add, replica_seed, soft_clip)
 from vqvae import VQVAE
+from vqvae_eval import VQVAE_KEYS
 import paths
 from paths import UserError, file_sha256
 from conftest import (closing_lines, loads_of, replaced_once_loaded, scripted_validation, stopped_at, trainer_inputs,
@@ -1510,7 +1511,7 @@ def test_crps_run_takes_its_config_and_seed_and_validates_on_the_validation_pati
                                                                                      monkeypatch) -> None:
     """What finetune_crps hands the trainer: the --config file's crps section and --seed (a new run), no
     weight decay pulling the ELBO run's weights to 0, the validation patients' windows for validation and the
-    plots, the VQ-VAE checkpoint the ELBO run named, the global generators seeded."""
+    plots, the VQ-VAE kept in the checkpoint it starts from, the global generators seeded."""
     raw = json.loads(json.dumps(TINY_SDE))
     raw["model"].update(phase_harmonics=0, corrected_dims=0, draft_beats=True)
     raw["crps"] = {"samples": 3, "epochs": 2, "steps_per_epoch": 3, "batch_size": 4, "learning_rate": 0.0007,
@@ -1527,14 +1528,44 @@ def test_crps_run_takes_its_config_and_seed_and_validates_on_the_validation_pati
             s.checkpoint_every, s.seed, s.patience) == (2, 3, 4, 0.0007, 0.0, 0, 2, 5, 1)
     assert run["model"].num_samples == 3 and run["meta"]["seed"] == 5
     source = torch.load(drafted["ckpt"], weights_only=True)
-    assert run["meta"]["vqvae_checkpoint"] == source["meta"]["vqvae_checkpoint"] != str(drafted["ckpt"])
-    assert run["meta"]["crps_from_sha256"] == file_sha256(drafted["ckpt"])     # the weights it starts from
-    assert run["meta"]["vqvae_sha256"] == source["meta"]["vqvae_sha256"]
+    digest = file_sha256(drafted["ckpt"])     # the weights it starts from, its VQ-VAE among them
+    assert [run["meta"][k] for k in ("crps_from", "crps_from_sha256", "vqvae_checkpoint", "vqvae_sha256")] == [
+        str(drafted["ckpt"]), digest, str(drafted["ckpt"]), digest]
+    assert run["meta"]["started_from"] == {"path": str(drafted["ckpt"]), "sha256": digest, "meta": source["meta"]}
     vq, train, val, _ = vqvae_splits(setup["prepared"], Path(source["meta"]["vqvae_checkpoint"]))
     assert torch.equal(run["train_set"].tensors[0], train["signals"])
     assert torch.equal(run["val_set"].tensors[0], val["signals"])
     assert torch.equal(run["val_set"].tensors[1], torch.arange(len(val["signals"])))
     np.testing.assert_array_equal(plotted_windows(run, monkeypatch), fixed_windows(val, 2).numpy())
+
+
+def test_crps_run_from_the_shipped_model_records_the_file_read_here_not_the_path_it_was_trained_at(
+        drafted: dict, tmp_path: Path, monkeypatch) -> None:
+    """--crps-from pretrained_sde wrote run.json's vqvae_checkpoint as the shipped model's own meta named it, a folder
+    of the machine it was trained on (/tmp/sde25/...), with no digest of it: this run's VQ-VAE is the one kept in the
+    shipped file. run.json (and the checkpoint's meta) name that file as given and as read here; the shipped model's
+    own record is kept under started_from."""
+    shipped = tmp_path / "pretrained" / "latent_sde.pt"
+    shipped.parent.mkdir()
+    source = torch.load(drafted["ckpt"], weights_only=True)
+    source["meta"] = {**source["meta"], "vqvae_checkpoint": "/tmp/sde25/ck/vqvae-20261203-175409/best.pt"}
+    source["meta"].pop("vqvae_sha256", None)     # as the shipped model's: trained before the digest was recorded
+    torch.save(source, shipped)
+    monkeypatch.setitem(paths.SHIPPED, "latent_sde", shipped)
+    setup = {**drafted["setup"], "results": str(tmp_path / "res"), "checkpoints": str(tmp_path / "ck")}
+    run = trainer_inputs(monkeypatch, latent_sde_train,
+                         flags(setup, "--device", "cpu", "--crps-from", "pretrained_sde"))
+    meta, digest = run["meta"], file_sha256(shipped)
+    assert {k: meta[k] for k in (*latent_sde_train.CRPS_FROM_KEYS, *VQVAE_KEYS)} == {
+        "crps_from": str(shipped), "crps_from_given": "pretrained_sde", "crps_from_sha256": digest,
+        "vqvae_checkpoint": str(shipped), "vqvae_given": "pretrained_sde", "vqvae_sha256": digest}
+    assert meta["started_from"] == {"path": str(shipped), "sha256": digest, "meta": source["meta"]}
+    assert "/tmp/sde25" not in json.dumps({k: v for k, v in meta.items() if k != "started_from"})
+    # a resume keeps the first run's record, whatever the shipped file holds since
+    shipped.write_bytes(b"another model")
+    resume = {"config": run["config"], "meta": meta}
+    assert latent_sde_train.crps_sources(None, resume, resume, meta["crps_from"], "") == {
+        k: meta[k] for k in (*latent_sde_train.CRPS_FROM_KEYS, *VQVAE_KEYS, "started_from")}
 
 
 def test_training_drafts_lay_beats_at_the_windows_own_future_beats() -> None:

@@ -61,6 +61,19 @@ def test_packing_drops_training_state_and_keeps_a_packed_record():
     assert pretrained.pack(first, None)["pretrained"]["forecaster_minutes"] == 24.0
 
 
+def test_a_fine_tunings_vqvae_minutes_are_its_vqvae_runs_not_the_run_it_started_from():
+    """A fine-tuning's vqvae_checkpoint is the checkpoint it started from (it reads its VQ-VAE there): the VQ-VAE's
+    own is in that run's record, started_from. Older fine-tunings named the VQ-VAE's own themselves."""
+    elbo = {"vqvae_checkpoint": "ck/vqvae-1/best.pt", "crps_from": None}
+    tuned = {"crps_from": "ck/latent_sde-1/best.pt", "vqvae_checkpoint": "ck/latent_sde-1/best.pt",
+             "started_from": {"path": "ck/latent_sde-1/best.pt", "sha256": "0123", "meta": elbo}}
+    assert pretrained.vqvae_checkpoint_of(tuned) == "ck/vqvae-1/best.pt"
+    again = {**tuned, "started_from": {**tuned["started_from"], "meta": tuned}}    # a fine-tuning's fine-tuning
+    assert pretrained.vqvae_checkpoint_of(again) == "ck/vqvae-1/best.pt"
+    assert pretrained.vqvae_checkpoint_of(elbo) == pretrained.vqvae_checkpoint_of(
+        {"crps_from": "ck/latent_sde-1/best.pt", "vqvae_checkpoint": "ck/vqvae-1/best.pt"}) == "ck/vqvae-1/best.pt"
+
+
 @pytest.mark.parametrize("model", SHIPPED)
 def test_shipped_model_reproduces_its_reference_forecasts(mitdb, model):
     ref = json.loads(pretrained.reference_path(model).read_text())

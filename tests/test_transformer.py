@@ -15,6 +15,7 @@ import torch
 
 import evaluate
 import forecast
+import paths
 import running
 import transformer_train
 import vqvae_eval
@@ -117,6 +118,27 @@ def test_a_run_stopped_before_its_trainer_leaves_no_folders(trained: dict, tmp_p
     assert (r.returncode, r.stderr.splitlines()[-1]) == (
         143, "terminated; nothing was saved yet (last.pt is written at the end of every epoch)")
     assert not any((tmp_path / "r").iterdir()) and not any((tmp_path / "c").iterdir())
+
+
+def test_run_json_names_the_vqvae_as_given_and_as_read_here(trained: dict, tmp_path: Path, monkeypatch) -> None:
+    """--vqvae pretrained: run.json named the shipped file as resolved and its digest, not what the flag said; now
+    both (vqvae_given), and null when the newest checkpoints/vqvae-*/best.pt was taken. The VQ-VAE's own record
+    (its training's paths, of another machine for the shipped model's) stays in the checkpoint's vqvae entry."""
+    shipped = tmp_path / "forecaster.pt"
+    shutil.copy(trained["ckpt"], shipped)
+    monkeypatch.setitem(paths.SHIPPED, "transformer", shipped)
+    setup = {**trained["setup"], "results": str(tmp_path / "res"), "checkpoints": str(tmp_path / "ck"),
+             "config": str(trained["tmp"] / "transformer.json")}
+    run = trainer_inputs(monkeypatch, transformer_train, flags(setup, "--device", "cpu", "--vqvae", "pretrained"))
+    assert {k: run["meta"][k] for k in vqvae_eval.VQVAE_KEYS} == {
+        "vqvae_checkpoint": str(shipped), "vqvae_given": "pretrained", "vqvae_sha256": file_sha256(shipped)}
+    assert run["extras"]["vqvae"]["meta"] == torch.load(shipped, weights_only=True)["vqvae"]["meta"]
+    newest = tmp_path / "ck" / "vqvae-1" / "best.pt"
+    newest.parent.mkdir(parents=True)
+    shutil.copy(next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt")), newest)
+    run = trainer_inputs(monkeypatch, transformer_train, flags(setup, "--device", "cpu"))
+    assert {k: run["meta"][k] for k in vqvae_eval.VQVAE_KEYS} == {
+        "vqvae_checkpoint": str(newest), "vqvae_given": None, "vqvae_sha256": file_sha256(newest)}
 
 
 def test_run_json_names_the_vqvae_weights_it_read_though_best_pt_is_replaced_while_it_encodes(
