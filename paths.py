@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -64,8 +65,29 @@ def existing_checkpoint(spec: str, flag: str, refused: str, shipped: tuple[str, 
     if not os.path.exists(path):        # a folder is said to be one by read_checkpoint; os.path's: see above
         if SHIPPED_NAMES.get(spec) in shipped:
             check_python_name(spec, flag)
-        raise UserError(f"{flag} {spec}: no such checkpoint file{refused}")
+        unsaved = unsaved_run(Path(path).parent)
+        raise UserError(f"{flag} {spec}: no such checkpoint file"
+                        f"{f' ({Path(path).parent} is {unsaved})' if unsaved else refused}")
     return path
+
+
+# a training run's folder (new_run_dir): <experiment>-<time>, then -<n> when another run took the name that second
+RUN_FOLDER = re.compile(r".+-\d{8}-\d{6}(-\d+)?")
+
+
+def unsaved_run(folder: str | os.PathLike) -> str:
+    """What `folder` is when it is a training run's folder holding no checkpoint ("" for any other): a run killed
+    before its first epoch ended (kill -9, the out-of-memory killer) leaves it so, its run.json too, as nothing could
+    tidy it away (a run stopped otherwise drops it); a run in its first epoch looks the same. Said where a checkpoint
+    was looked for in it: "checkpoint not found" left the user guessing why."""
+    folder = Path(folder)
+    try:
+        if not (RUN_FOLDER.fullmatch(folder.name) and os.path.isdir(folder)) or any(folder.glob("*.pt")):
+            return ""
+    except OSError:             # a folder that cannot be looked in: the caller's own error says enough
+        return ""
+    return ("a training run's folder without checkpoints: its run is still in its first epoch, or was killed before "
+            "that epoch ended and saved nothing to load or resume")
 
 
 def given_checkpoint(spec: str, flag: str, takes: str, shipped: tuple[str, ...] = tuple(SHIPPED_SPECS)) -> Path:

@@ -247,11 +247,15 @@ def read_checkpoint(path: str | os.PathLike, kind: str | None = None, example: s
     path = Path(path)
     if os.path.isdir(path):             # a run's checkpoint folder, passed for one of its files; os.path's: see paths
         held = sorted(p.name for p in path.glob("*.pt"))
-        example = path / (example if example in held or not held else held[0])     # pretrained/ holds no best.pt
-        raise UserError(f"checkpoint {path} is a folder ({', '.join(held[:5]) or 'no .pt files'}): pass one checkpoint "
-                        f"file, e.g. {example}")
+        if not held:        # its e.g. FOLDER/best.pt named a file that is not there
+            raise UserError(f"checkpoint {path} is {paths.unsaved_run(path) or 'a folder holding no checkpoint'}; "
+                            f"pass a checkpoint file, e.g. another run's {example}")
+        example = path / (example if example in held else held[0])     # pretrained/ holds no best.pt
+        raise UserError(f"checkpoint {path} is a folder ({', '.join(held[:5])}): pass one checkpoint file, e.g. "
+                        f"{example}")
     if not os.path.isfile(path):
-        raise UserError(f"checkpoint not found: {path}")
+        unsaved = paths.unsaved_run(path.parent)
+        raise UserError(f"checkpoint not found: {path}{f' ({path.parent} is {unsaved})' if unsaved else ''}")
     try:
         with open(path, "rb") as f:
             digest = paths.opened_sha256(f)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shlex
 from pathlib import Path
 from typing import Callable
@@ -60,11 +61,24 @@ def latest_checkpoint(kind: str, checkpoints: str | None = None, name: str = "be
     except OSError as e:        # a root the system will not look in (a name too long): a traceback, not the error
         raise UserError(f"cannot look for {kind} checkpoints in {root}: {e.strerror or e}; pass {flag}, or a "
                         f"checkpoints root that can be read") from e
+    # run folders without one (killed in their first epoch, or in it still): those newer than the pick are said
+    newer = [p for p in without_checkpoint(root, kind, name)
+             if not found or p.stat().st_mtime > found[-1].stat().st_mtime]
+    passed = (f"{', '.join(map(str, newer))}: no {name} there, {'its run' if len(newer) == 1 else 'their runs'} "
+              f"still in the first epoch or killed before it ended")
     if not found:
-        raise UserError(f"no {kind} checkpoint in {root}; train one first (python3 {kind}_train.py) "
-                        f"or pass {flag}")
+        raise UserError(f"no {kind} checkpoint in {root}{f' (passed over {passed})' if newer else ''}; train one "
+                        f"first (python3 {kind}_train.py) or pass {flag}")
+    if newer:
+        running.note(f"took {found[-1]}, passing over the newer {passed}; {flag} names a checkpoint")
     note_unfinished(found[-1], flag)
     return found[-1]
+
+
+def without_checkpoint(root: Path, kind: str, name: str) -> list[Path]:
+    """The <kind>-<time> folders under `root` without `name`: a run killed before its first epoch ended leaves its
+    folder so (nothing can tidy up after kill -9), and one in its first epoch looks the same."""
+    return [p for p in sorted(root.glob(f"{kind}-*")) if os.path.isdir(p) and not os.path.exists(p / name)]
 
 
 def note_unfinished(path: Path, flag: str) -> None:

@@ -731,6 +731,33 @@ def test_a_run_folder_given_to_resume_is_told_its_last_pt(tmp_path):
         training.load_resume(run, "vqvae")
 
 
+def test_a_run_folder_its_run_left_without_checkpoints_is_said_to_be_one(tmp_path):
+    """A run killed (kill -9) in its first epoch leaves its folders, run.json and no checkpoint: --resume of the folder
+    was told to pass FOLDER/last.pt, a file that is not there, and then 'checkpoint not found'; evaluate.py and
+    forecast.py said 'no such checkpoint file'. Each now says what the folder is."""
+    import training
+    run = tmp_path / "transformer-20260101-120000"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    said = (f"{re.escape(str(run))} is a training run's folder without checkpoints: its run is still in its first "
+            f"epoch, or was killed before that epoch ended and saved nothing to load or resume")
+    with pytest.raises(UserError, match=rf"^checkpoint {said}; pass a checkpoint file, e.g. another run's last.pt$"):
+        training.load_resume(run, "transformer")
+    with pytest.raises(UserError, match=rf"^checkpoint not found: \S+last.pt \({said}\)$"):
+        training.load_resume(run / "last.pt", "transformer")
+    with pytest.raises(UserError, match=rf"^--model \S+best.pt: no such checkpoint file \({said}\)$"):
+        evaluate.make_forecaster(str(run / "best.pt"), 128)
+    with pytest.raises(UserError, match=rf"^--checkpoint \S+best.pt: no such checkpoint file \({said}\)$"):
+        forecast.load_forecaster(str(run / "best.pt"), "cpu")
+    other = tmp_path / "my models"          # a folder of no run's, empty: no file inside it is suggested
+    other.mkdir()
+    with pytest.raises(UserError, match=r"^checkpoint .+my models is a folder holding no checkpoint; pass a "
+                                        r"checkpoint file, e.g. another run's best.pt$"):
+        load_checkpoint(other)
+    with pytest.raises(UserError, match=r"^checkpoint not found: .+my models/best.pt$"):
+        load_checkpoint(other / "best.pt")
+
+
 def test_a_forecaster_checkpoint_missing_its_vqvae_is_named(tmp_path):
     ckpt = torch.load(PRETRAINED, map_location="cpu", weights_only=True)
     del ckpt["vqvae"]

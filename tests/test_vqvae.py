@@ -557,6 +557,29 @@ def test_the_newest_checkpoint_of_a_run_still_training_is_said(tmp_path, capsys)
     assert capsys.readouterr().err == ""
 
 
+def test_the_default_checkpoint_passes_over_run_folders_without_one_and_says_so(tmp_path, capsys):
+    """A run killed in its first epoch leaves its folder without best.pt (nothing tidies up after kill -9): the
+    newest best.pt is taken, and the newer folders passed over are named, as they are when no best.pt is left."""
+    import os
+
+    killed = tmp_path / "vqvae-20260102-000000"
+    killed.mkdir()
+    (killed / "run.json").write_text("{}")
+    said = rf"\(passed over {re.escape(str(killed))}: no best.pt there, its run still in the first epoch or killed "
+    with pytest.raises(vqvae_eval.UserError, match=rf"^no vqvae checkpoint in \S+ {said}before it ended\); train one"):
+        vqvae_eval.latest_checkpoint("vqvae", str(tmp_path), flag="--vqvae")
+    done = tmp_path / "vqvae-20260101-000000" / "best.pt"
+    done.parent.mkdir()
+    done.write_bytes(b"")
+    os.utime(done, (1e9, 1e9))
+    assert vqvae_eval.latest_checkpoint("vqvae", str(tmp_path), flag="--vqvae") == done
+    assert capsys.readouterr().err.strip() == (f"note: took {done}, passing over the newer {killed}: no best.pt there, "
+                                               f"its run still in the first epoch or killed before it ended; --vqvae "
+                                               f"names a checkpoint")
+    os.utime(killed, (1e9 - 1, 1e9 - 1))        # an older one: the newest best.pt is what was asked for
+    assert vqvae_eval.latest_checkpoint("vqvae", str(tmp_path)) == done and capsys.readouterr().err == ""
+
+
 def test_the_default_checkpoint_is_the_newest_by_time_not_by_name(tmp_path):
     """latest_checkpoint picks the run written last (its best.pt's time), whatever the folder names sort as."""
     import os
