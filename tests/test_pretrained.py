@@ -888,6 +888,42 @@ def test_readme_ventricular_windows_are_the_model_cards_evaluation():
     assert round(value["ventricular"]["zero"]["mse"] / value["normal"]["zero"]["mse"]) == 2
 
 
+def paired_f1(evaluation: str, name: str, against: str) -> dict:
+    """`name`'s per-record F1 ±100 ms minus `against`'s in `evaluation`/metrics.json, paired as the report pairs."""
+    import metrics
+    per_record = json.loads((ROOT / evaluation / "metrics.json").read_text(encoding="utf-8"))["per_record"]
+    records = sorted(per_record[against]["f1_100"])
+    a, b = (np.array([per_record[n]["f1_100"][r] for r in records], float) for n in (name, against))
+    return metrics.paired_difference(a, b)
+
+
+def test_readme_f1_pairings_with_seasonal_naive_are_the_runs_per_record_values():
+    """The README pairs F1 with seasonal naive, which no report does (they pair with the best F1 baseline): its
+    figures are the runs' per_record values paired by metrics.paired_difference, to the digits shown."""
+    text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split()).replace("−", "-")
+    d = r"([-+]?\d\.\d+)"
+    target = re.search(rf"above seasonal naive's \(0\.618\) \| not met: 0\.520, paired {d} \[{d}, {d}\], higher on "
+                       rf"(\d+) of 23 records \| not met: 0\.519, paired {d} \[{d}, {d}\], higher on (\d+) \|", text)
+    analog = re.search(rf"0\.011 on DS2 in the table above \(\[{d}, {d}\], higher on (\d+) of 23 records, lower on "
+                       rf"(\d+), (\d+) tied\) and {d} on these 920 windows \(\[{d}, {d}\], higher on (\d+), lower on "
+                       rf"(\d+);", text)
+    assert target and analog, "the README's F1 pairings with seasonal naive have changed: update this test"
+
+    def agrees(p: dict, mean: str, low: str, high: str) -> bool:
+        return all(shown_matches(s, str(v)) for s, v in ((mean, p["mean"]), (low, p["ci"][0]), (high, p["ci"][1])))
+
+    readme = "pretrained/evaluation-readme"
+    for name, (mean, low, high, higher) in (("transformer", target.groups()[:4]), ("latent_sde", target.groups()[4:])):
+        p = paired_f1(readme, name, "seasonal")
+        assert agrees(p, mean, low, high) and p["above"] == int(higher), (name, p)
+    low, high, higher, lower, tied, mean_card, low_card, high_card, higher_card, lower_card = analog.groups()
+    p = paired_f1(readme, "analog", "seasonal")
+    assert agrees(p, "0.011", low, high) and (p["above"], p["below"]) == (int(higher), int(lower)), p
+    assert p["records"] - p["above"] - p["below"] == int(tied), p
+    p = paired_f1("pretrained/evaluation", "analog", "seasonal")
+    assert agrees(p, mean_card, low_card, high_card) and (p["above"], p["below"]) == (int(higher_card), int(lower_card))
+
+
 def test_the_heart_rate_line_rounds_each_rate_once_paths_and_truth_too(monkeypatch):
     """The paths' median and percentiles and the truth's rate reach the line unrounded: 73.45 bpm kept as 73.5
     first (a path's rate, or their median) would read 74."""
