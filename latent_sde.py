@@ -140,8 +140,9 @@ def normal_like(like: torch.Tensor, seed: Seeds) -> torch.Tensor:
 def solver_times(t0: float, t1: float, dt: float, dtype: torch.dtype) -> list[float]:
     """The times a fixed-step torchsde solver steps through from t0 to t1, summed as it sums them (its
     integrate: t = min(t + dt, t1) in the dtype of ts): in float32 they drift off t0 + j·dt at a dt that is not a
-    power of two (at 0.01 s, 4.4875 s came out 1e-5 s later), by whole steps at a small one."""
-    t, end, out = torch.tensor(t0, dtype=dtype), torch.tensor(t1, dtype=dtype), [t0]
+    power of two (at 0.01 s, 4.4875 s came out 1e-5 s later), by whole steps at a small one. On the CPU, whatever
+    torch's default device: a GPU's (set_default_device) waited on the card twice a step, 'meta' failed outright."""
+    t, end, out = torch.tensor(t0, dtype=dtype, device="cpu"), torch.tensor(t1, dtype=dtype, device="cpu"), [t0]
     while t < end:
         t = min(t + dt, end)
         out.append(float(t))

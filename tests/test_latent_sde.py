@@ -1040,6 +1040,22 @@ def test_per_path_seeds_draw_each_path_from_its_own_seed_alone(method: str) -> N
         bm(0.1, 0.25)
 
 
+def test_per_path_seeds_draw_alike_in_a_session_with_another_default_device() -> None:
+    """torch.set_default_device("cuda"), as GPU notebooks set it, beside a latent SDE on the CPU: RowBrownian's time
+    grid (solver_times) was summed on the default device, a GPU sync twice a solver step; 'meta' stands in for the
+    GPU this machine lacks: any tensor made there fails ('Tensor.item() cannot be called on meta tensors')."""
+    sde = tiny_sde().eval()
+    context = torch.randn(16, 2, 8)
+    with torch.no_grad():
+        expected = sde.sample_frames(context, 8, 1, [11, 12], normalised=True)
+        torch.set_default_device("meta")
+        try:
+            got = sde.sample_frames(context, 8, 1, [11, 12], normalised=True)
+        finally:
+            torch.set_default_device(None)
+    assert torch.equal(got, expected)
+
+
 def test_the_phase_advances_at_the_beat_rate_in_seconds():
     """The prior's phase drift is 2 pi * rate (Hz) per second: per frame, that over the frame rate."""
     sde = tiny_sde()
