@@ -288,12 +288,13 @@ def reconstruction_report(model: VQVAE, data: dict, source: SourceSamples | None
     """Per-record sums of squared error / signal / deviation, so PRD is exact per record. The compression
     ratio counts the bits of the records: their `source` samples (before resampling; default: MIT-BIH's 11 bits at
     the model's rate). The windows go to the model's device (a GPU's, from Python; the
-    CLI's is the CPU)."""
+    CLI's is the CPU); the code counts add up on the CPU, whatever torch's default device (a GPU's met the CPU's
+    counts in 'Expected all tensors to be on the same device')."""
     sig = data["signals"]
     rec = data["record"].numpy()
     names = data["records"]
     sums = np.zeros((len(names), 3))
-    usage = torch.zeros(model.cfg.codebook_size)
+    usage = torch.zeros(model.cfg.codebook_size, device="cpu")
     device = next(model.parameters()).device
     for lo in tqdm(range(0, len(sig), batch), desc="windows", unit="batch"):
         x = sig[lo:lo + batch].to(device, copy=True)

@@ -402,6 +402,23 @@ def test_the_compression_line_tells_records_of_several_rates_and_samples_a_frame
         assert s["compression_ratio"] == pytest.approx(10 * s["source_fs"] * s["sample_bits"] / (11 * 128))
 
 
+def test_a_reconstruction_report_in_a_session_with_another_default_device_is_the_same():
+    """torch.set_default_device("cuda"), as GPU notebooks set it: reconstruction_report's code counts were made on the
+    default device and met each batch's counts on the CPU ('Expected all tensors to be on the same device'). 'meta'
+    stands in for the GPU this machine lacks: any tensor made there fails."""
+    torch.manual_seed(0)
+    m = VQVAE(ModelConfig(downsample_factor=4, channels=8, res_blocks=1, latent_dim=4, codebook_size=8,
+                          has_attention=False)).eval()
+    data = {"signals": torch.randn(3, 32, 2), "record": torch.tensor([0, 0, 1]), "records": ["a", "b"], "fs": 128}
+    expected = vqvae_eval.reconstruction_report(m, data)
+    torch.set_default_device("meta")
+    try:
+        got = vqvae_eval.reconstruction_report(m, data)
+    finally:
+        torch.set_default_device(None)
+    assert got == expected and expected["summary"]["usage"] > 0
+
+
 def test_the_readmes_compression_and_bit_rate_are_the_default_configs():
     """README and EXPERIMENTS report the default coder at CR 16.4 against the 360 Hz records and 482 bit/s on 6 s
     windows (16.36 and 484 on 3 s, 5.8 against 128 Hz samples): 16 code steps a second of 3 x 10 bits, and two
