@@ -185,7 +185,10 @@ def next_commands(ckpt_dir: Path, cfg: Config, val: dict, prepared: str | None) 
                 "--start", f"{start:g}"]
     evaluate = ["python3", "evaluate.py", "--model", best, "--split", "validation",
                 *(["--prepared", prepared] if prepared else [])]
-    own_data = data_hash(cfg.data) != data_hash(load_config().data)     # config_vqvae.json's, evaluate.py's default
+    try:
+        own_data = data_hash(cfg.data) != data_hash(load_config().data)     # config_vqvae.json's, evaluate.py's default
+    except UserError:       # missing or invalid (edited meanwhile): evaluate.py needs --config then too
+        own_data = True
     return (f"forecast with: {shlex.join(forecast)}\nevaluate on validation patients: {shlex.join(evaluate)}"
             + (" --config <the VQ-VAE's config JSON>" if own_data else ""))
 
