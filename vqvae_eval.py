@@ -182,7 +182,7 @@ def next_commands(ckpt_dir: Path, cfg: Config, val: dict, prepared: str | None) 
     start = (int(val["start"][0]) + cfg.data.window_samples) / float(val["fs"])
     folder = stored_meta(prepared).get("data_dir") or paths.location("data")
     forecast = ["python3", "forecast.py", "--checkpoint", best, "--record", str(Path(folder) / record),
-                "--start", f"{start:g}"]
+                "--start", f"{start:.15g}"]       # exact: forecast.py rounds it to a sample, as it prints it
     evaluate = ["python3", "evaluate.py", "--model", best, "--split", "validation",
                 *(["--prepared", prepared] if prepared else [])]
     try:

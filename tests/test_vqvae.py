@@ -595,6 +595,19 @@ def test_a_finished_training_says_what_to_run_next_whatever_config_vqvae_json_ho
         assert next_commands_of(tmp_path, 0)[1].endswith(" --config <the VQ-VAE's config JSON>")
 
 
+def test_the_forecast_command_starts_at_the_plotted_windows_sample(tmp_path) -> None:
+    """--start was printed to 6 digits: from 1000 s on (a 30 min record's second half) forecast.py, rounding it to a
+    sample, started up to a sample or more off the epoch plots' window (1000.0546875 s printed as 1000.05)."""
+    import shlex
+
+    cfg = load_config()
+    fs, context = cfg.data.samples_per_second, cfg.data.window_samples
+    for start in (0, 1000 * fs + 7 - context, 86399 * fs + 3 - context):
+        fc = shlex.split(next_commands_of(tmp_path, start)[0].removeprefix("forecast with: "))
+        assert fc[fc.index("--record") + 1] == str(tmp_path / "my data" / "p00" / "x")
+        assert round(float(fc[fc.index("--start") + 1]) * fs) == start + context
+
+
 def test_the_default_checkpoint_passes_over_run_folders_without_one_and_says_so(tmp_path, capsys):
     """A run killed in its first epoch leaves its folder without best.pt (nothing tidies up after kill -9): the
     newest best.pt is taken, and the newer folders passed over are named, as they are when no best.pt is left."""
