@@ -62,8 +62,8 @@ def latest_checkpoint(kind: str, checkpoints: str | None = None, name: str = "be
         raise UserError(f"cannot look for {kind} checkpoints in {root}: {e.strerror or e}; pass {flag}, or a "
                         f"checkpoints root that can be read") from e
     # run folders without one (killed in their first epoch, or in it still): those newer than the pick are said
-    newer = [p for p in without_checkpoint(root, kind, name)
-             if not found or p.stat().st_mtime > found[-1].stat().st_mtime]
+    picked = modified(found[-1]) if found else -math.inf
+    newer = [p for p in without_checkpoint(root, kind, name) if modified(p) > picked]
     passed = (f"{', '.join(map(str, newer))}: no {name} there, {'its run' if len(newer) == 1 else 'their runs'} "
               f"still in the first epoch or killed before it ended")
     if not found:
@@ -79,6 +79,15 @@ def without_checkpoint(root: Path, kind: str, name: str) -> list[Path]:
     """The <kind>-<time> folders under `root` without `name`: a run killed before its first epoch ended leaves its
     folder so (nothing can tidy up after kill -9), and one in its first epoch looks the same."""
     return [p for p in sorted(root.glob(f"{kind}-*")) if os.path.isdir(p) and not os.path.exists(p / name)]
+
+
+def modified(path: Path) -> float:
+    """`path`'s modification time, -inf for one gone since it was listed: a run stopped in its first epoch drops its
+    folder (training_main), which stopped the caller in stat's FileNotFoundError."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -math.inf
 
 
 def note_unfinished(path: Path, flag: str) -> None:

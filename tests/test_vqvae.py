@@ -631,6 +631,32 @@ def test_the_default_checkpoint_passes_over_run_folders_without_one_and_says_so(
     assert vqvae_eval.latest_checkpoint("vqvae", str(tmp_path)) == done and capsys.readouterr().err == ""
 
 
+def test_a_run_folder_dropped_while_the_newest_checkpoint_is_looked_for_is_no_error(tmp_path, monkeypatch):
+    """A run stopped in its first epoch drops its folder (training_main): dropped between latest_checkpoint's listing
+    of the folders without best.pt and its look at their times, it stopped evaluate.py and the trainers taking the
+    newest checkpoint in stat's FileNotFoundError."""
+    import os
+    import shutil
+
+    dropped = tmp_path / "vqvae-20260102-000000"
+    listed = vqvae_eval.without_checkpoint
+
+    def listed_then_dropped(*args):
+        out = listed(*args)
+        shutil.rmtree(dropped)
+        return out
+    monkeypatch.setattr(vqvae_eval, "without_checkpoint", listed_then_dropped)
+    dropped.mkdir()
+    with pytest.raises(vqvae_eval.UserError, match=r"^no vqvae checkpoint in \S+; train one first"):
+        vqvae_eval.latest_checkpoint("vqvae", str(tmp_path))
+    done = tmp_path / "vqvae-20260101-000000" / "best.pt"
+    done.parent.mkdir()
+    done.write_bytes(b"")
+    os.utime(done, (1e9, 1e9))
+    dropped.mkdir()
+    assert vqvae_eval.latest_checkpoint("vqvae", str(tmp_path)) == done
+
+
 def test_the_default_checkpoint_is_the_newest_by_time_not_by_name(tmp_path):
     """latest_checkpoint picks the run written last (its best.pt's time), whatever the folder names sort as."""
     import os
