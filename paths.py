@@ -82,10 +82,16 @@ def unsaved_run(folder: str | os.PathLike) -> str:
     was looked for in it: "checkpoint not found" left the user guessing why."""
     folder = Path(folder)
     try:
-        if not (RUN_FOLDER.fullmatch(folder.name) and os.path.isdir(folder)) or any(folder.glob("*.pt")):
+        if not (RUN_FOLDER.fullmatch(folder.name) and os.path.isdir(folder)):
             return ""
+        held = {p.name for p in folder.iterdir() if not p.name.startswith(".")}    # hidden: a save's temporary file
     except OSError:             # a folder that cannot be looked in: the caller's own error says enough
         return ""
+    if any(name.endswith(".pt") for name in held) or (held and "run.json" not in held):
+        return ""               # no training's (an evaluation's or a forecast's results, a folder of one's own)
+    if "metrics.csv" in held:   # its run logged epochs: a results folder, its checkpoints kept apart
+        return (f"a training run's results folder, which holds no checkpoint: its run saved them in the checkpoints "
+                f"folder's {folder.name}/")
     return ("a training run's folder without checkpoints: its run is still in its first epoch, or was killed before "
             "that epoch ended and saved nothing to load or resume")
 

@@ -758,6 +758,39 @@ def test_a_run_folder_its_run_left_without_checkpoints_is_said_to_be_one(tmp_pat
         load_checkpoint(other / "best.pt")
 
 
+def test_a_folder_named_as_a_run_is_said_to_be_a_killed_runs_only_when_it_holds_what_one_leaves(tmp_path):
+    """Any <name>-<date>-<time> folder without a .pt in it was said to be a training run killed in its first epoch: a
+    finished run's results folder (checkpoints are kept apart), an evaluation's or a forecast's results, a folder of
+    one's own holding its checkpoints in subfolders."""
+    import training
+    results = tmp_path / "transformer-20260101-120000"       # a finished run's, its checkpoints in checkpoints/
+    results.mkdir()
+    (results / "run.json").write_text("{}")
+    (results / "metrics.csv").write_text("epoch\n1\n")
+    said = ("is a training run's results folder, which holds no checkpoint: its run saved them in the checkpoints "
+            "folder's transformer-20260101-120000/")
+    with pytest.raises(UserError, match=rf"^--model \S+best.pt: no such checkpoint file \(\S+ {said}\)$"):
+        evaluate.make_forecaster(str(results / "best.pt"), 128)
+    with pytest.raises(UserError, match=rf"^checkpoint \S+ {said}; pass a checkpoint file"):
+        training.load_resume(results, "transformer")
+    own = tmp_path / "mine-20260101-120000"
+    (own / "sub").mkdir(parents=True)
+    (own / "sub" / "best.pt").write_bytes(b"")
+    evaluated = tmp_path / "evaluate-20260101-120000"
+    evaluated.mkdir()
+    (evaluated / "metrics.json").write_text("{}")
+    for folder in (own, evaluated):
+        with pytest.raises(UserError, match=rf"^checkpoint not found: {re.escape(str(folder / 'best.pt'))}$"):
+            load_checkpoint(folder / "best.pt")
+        with pytest.raises(UserError, match=r"is a folder holding no checkpoint; pass"):
+            load_checkpoint(folder)
+    killed = tmp_path / "vqvae-20260101-120000"                 # a save's temporary file, killed while writing it
+    killed.mkdir()
+    (killed / ".last.pt.x1y2.tmp").write_bytes(b"")
+    with pytest.raises(UserError, match=r"is a training run's folder without checkpoints: its run is still"):
+        load_checkpoint(killed / "last.pt")
+
+
 def test_a_forecaster_checkpoint_missing_its_vqvae_is_named(tmp_path):
     ckpt = torch.load(PRETRAINED, map_location="cpu", weights_only=True)
     del ckpt["vqvae"]
