@@ -263,7 +263,7 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     if rt.is_main and "val_loss" in row:        # not after a resume with nothing left to train
         print(f"final validation ({closing_epoch(row, trainer)}): fair CRPS {row['val_crps']:.4f} mV, the bare "
               f"drafts' {row['val_drafts_crps']:.4f} mV: gain {row['val_gain']:.4f} mV (positive: the network helps)")
-        print(next_commands(ckpt_dir, fc.cfg, val, args.prepared))
+        print(next_commands(ckpt_dir, fc.cfg, val, args.prepared, resume))
     return row
 
 
@@ -393,7 +393,7 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     row = trainer.run(args.resume, resume)
     if rt.is_main and "val_loss" in row:        # not after a resume with nothing left to train
         print(f"final validation ({closing_epoch(row, trainer)}): {elbo_words(row)}")
-        print(next_commands(ckpt_dir, cfg, val, args.prepared))
+        print(next_commands(ckpt_dir, cfg, val, args.prepared, resume))
     return row
 
 

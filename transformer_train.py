@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     row = trainer.run(args.resume, resume)
     if rt.is_main and "val_loss" in row:        # not after a resume with nothing left to train
         print(f"final validation ({closing_epoch(row, trainer)}): {validation_words(row, cfg.model.codebook_size)}")
-        print(next_commands(ckpt_dir, cfg, val, args.prepared))
+        print(next_commands(ckpt_dir, cfg, val, args.prepared, resume))
     return row
 
 

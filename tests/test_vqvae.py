@@ -631,6 +631,26 @@ def test_the_default_checkpoint_passes_over_run_folders_without_one_and_says_so(
     assert vqvae_eval.latest_checkpoint("vqvae", str(tmp_path)) == done and capsys.readouterr().err == ""
 
 
+def test_a_resume_in_new_folders_names_the_best_pt_there_is(tmp_path) -> None:
+    """A resume whose run's results folder was gone trains in new folders, writing best.pt there only once it beats
+    the resumed best: until then the closing commands named that folder's best.pt, a file that is not there, where
+    the closing line says 'best.pt is epoch 2's', the resumed run's."""
+    import shlex
+
+    old, new = tmp_path / "ck" / "old", tmp_path / "ck" / "new"
+    old.mkdir(parents=True)
+    new.mkdir()
+    (old / "best.pt").write_bytes(b"")
+    (new / "last.pt").write_bytes(b"")
+    cfg = load_config()
+    val = {"records": ["x"], "record": [0], "start": [0], "fs": cfg.data.samples_per_second}
+    checkpoint = [shlex.split(line.split(": ", 1)[1])[3] for line in vqvae_eval.next_commands(
+        new, cfg, val, str(tmp_path), {"ckpt_dir": str(old)}).splitlines()]
+    assert checkpoint == [str(old / "best.pt")] * 2
+    (new / "best.pt").write_bytes(b"")          # it beat the resumed best
+    assert str(new / "best.pt") in vqvae_eval.next_commands(new, cfg, val, str(tmp_path), {"ckpt_dir": str(old)})
+
+
 def test_a_run_folder_dropped_while_the_newest_checkpoint_is_looked_for_is_no_error(tmp_path, monkeypatch):
     """A run stopped in its first epoch drops its folder (training_main): dropped between latest_checkpoint's listing
     of the folders without best.pt and its look at their times, it stopped evaluate.py and the trainers taking the
