@@ -99,12 +99,14 @@ class ModelConfig:
     dead_code_threshold: float = 1.0    # a code used fewer times than this in restart_every steps restarts
     restart_every: int = 100            # training steps between dead-code checks (0 = never)
 
-    def validate(self, window_samples: int) -> None:
-        """`window_samples`: the data's window, which downsample_factor must divide."""
-        f = self.downsample_factor
+    def validate(self, data: DataConfig) -> None:
+        """`data`: the settings whose window downsample_factor must divide, named in the error, as a changed rate or
+        duration is what usually breaks it."""
+        f, window = self.downsample_factor, data.window_samples
         _check(f >= 1 and f & (f - 1) == 0, "model.downsample_factor", f, "must be a power of 2")
-        _check(window_samples % f == 0, "model.downsample_factor", f,
-               f"must divide the window of {window_samples} samples")
+        _check(window % f == 0, "model.downsample_factor", f,
+               f"must divide the window of {window} samples (data.input_signal_duration {data.input_signal_duration:g} "
+               f"s x data.samples_per_second {data.samples_per_second})")
         _at_least(1, "model", self, "channels", "latent_dim", "num_quantizers", "attention_heads")
         _check(self.codebook_size >= 2, "model.codebook_size", self.codebook_size,
                "must be >= 2: one code carries log2(1) = 0 bits (residual codebooks are model.num_quantizers)")
@@ -174,7 +176,7 @@ class Config:
 
     def validate(self) -> None:
         self.data.validate()
-        self.model.validate(self.data.window_samples)
+        self.model.validate(self.data)
         self.train.validate()
 
 

@@ -222,6 +222,14 @@ def test_bad_value_names_key(raw, key):
     assert f"'{key}'" in msg
 
 
+def test_a_rate_the_compression_factor_does_not_divide_names_the_data_keys():
+    """250 Hz (README: it needs e.g. a 3.2 s context) blames model.downsample_factor, which the user did not touch: the
+    error says the window comes from the duration and the rate, so either can be changed."""
+    assert error_of({"data": {"samples_per_second": 250}}).endswith(
+        "'model.downsample_factor' = 8 must divide the window of 750 samples (data.input_signal_duration 3 s x "
+        "data.samples_per_second 250)")
+
+
 def test_a_sampling_rate_beyond_any_float_is_a_bad_value():
     """The window's length is worked out in floats: an integer literal beyond them was an OverflowError traceback. The
     bound the error names holds from it, and just beyond the largest float too."""
