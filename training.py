@@ -786,9 +786,10 @@ class Trainer:
         if self.s.checkpoint_every and self.epoch % self.s.checkpoint_every == 0:
             save_checkpoint(state, self.ckpt_dir / f"epoch_{self.epoch:03d}.pt")
         save_checkpoint(state, self.ckpt_dir / "last.pt")
+        # said as soon as last.pt holds it: a stop in the plots below left the epoch unsaid, its resume beyond it
+        self._print_epoch(row, improved)
         plot_loss_curves(self.log, self.run_dir / "loss_curves.png", self.loss_name)
         plot_codebook_health(self.log, self.run_dir / "codebook_health.png")
-        self._print_epoch(row, improved)
 
     def _print_epoch(self, row: dict, improved: bool) -> None:
         """The row's `shown` metrics, flushed: a log file or pipe gets the line now, not at the run's end."""

@@ -869,6 +869,18 @@ def test_a_resume_past_its_warm_up_says_none_and_one_step_an_epoch_is_no_steps(t
         assert ("warming up over" in capsys.readouterr().err) == said, run
 
 
+def test_an_epoch_in_last_pt_is_printed_before_a_stop_in_its_plots(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the epoch's curves were drawn, after last.pt: its line never came, and the resume went on from
+    the epoch after, so the epoch's numbers were shown nowhere but metrics.csv."""
+    def stop(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "plot_loss_curves", stop)
+    with pytest.raises(KeyboardInterrupt):
+        toy_trainer(tmp_path, max_steps_per_epoch=1).fit()
+    assert (tmp_path / "ckpt" / "last.pt").exists() and "epoch 1/1 " in capsys.readouterr().out
+
+
 def test_a_resume_of_a_run_that_has_done_its_epochs_says_how_to_go_on(tmp_path, capsys):
     """--resume of a 3-epoch run with --epochs 2 said 'has done 3 of 2 epochs; pass a larger --epochs'."""
     toy_trainer(tmp_path, epochs=3, max_steps_per_epoch=1).fit()
