@@ -205,7 +205,11 @@ def next_commands(ckpt_dir: Path, cfg: Config, val: dict, prepared: str | None,
     except UserError:       # missing or invalid (edited meanwhile): evaluate.py needs --config then too
         own_data = True
     return (f"forecast with: {shlex.join(forecast)}\nevaluate on validation patients: {shlex.join(evaluate)}"
-            + (" --config <the VQ-VAE's config JSON>" if own_data else ""))
+            + (f" --config {OWN_CONFIG}\n  ({OWN_CONFIG}: the config JSON its VQ-VAE trained with, whose data "
+               "section is not config_vqvae.json's)" if own_data else ""))
+
+
+OWN_CONFIG = "VQVAE_CONFIG.json"     # a placeholder a shell takes as a word: '<the ...>' read as a redirection
 
 
 ENCODE_BATCH = 512      # windows the frozen VQ-VAE encodes at once; a multiple of latent_sde.latent_frames' batch

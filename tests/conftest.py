@@ -191,7 +191,7 @@ def closing_lines(out: str) -> tuple[str, list[str], list[str]]:
     (fc,) = [line.removeprefix("forecast with: ") for line in lines if line.startswith("forecast with: ")]
     (ev,) = [line.removeprefix("evaluate on validation patients: ") for line in lines
              if line.startswith("evaluate on validation patients: ")]
-    return final, shlex.split(fc), shlex.split(ev.removesuffix(" --config <the VQ-VAE's config JSON>"))
+    return final, shlex.split(fc), shlex.split(ev.removesuffix(" --config VQVAE_CONFIG.json"))
 
 
 def replaced_once_loaded(monkeypatch, path: Path) -> None:

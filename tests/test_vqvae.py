@@ -592,7 +592,7 @@ def test_a_finished_training_says_what_to_run_next_whatever_config_vqvae_json_ho
         if text is not None:
             bad.write_text(text)
         monkeypatch.setattr(hyper_params, "DEFAULT_CONFIG", bad)
-        assert next_commands_of(tmp_path, 0)[1].endswith(" --config <the VQ-VAE's config JSON>")
+        assert next_commands_of(tmp_path, 0)[1].endswith(" --config VQVAE_CONFIG.json")
 
 
 def test_the_forecast_command_starts_at_the_plotted_windows_sample(tmp_path) -> None:
