@@ -208,9 +208,10 @@ def one_by_one(predict: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
 def in_eval(forecaster: object) -> Iterator[None]:
     """The forecaster's torch modules (its attributes: fc.vq, fc.gpt, fc.sde) in eval mode for a forecast, then each
     submodule back in its own mode: one put in training (fine-tuning fc.gpt) forecast with the Transformer's dropout
-    on, other paths at every call of the same seed."""
-    modes = [(m, m.training) for part in vars(forecaster).values() if isinstance(part, torch.nn.Module)
-             for m in part.modules()]
+    on, other paths at every call of the same seed. One of one's own that is a module itself keeps its parts in
+    _modules, not among its attributes."""
+    parts = [forecaster] if isinstance(forecaster, torch.nn.Module) else vars(forecaster).values()
+    modes = [(m, m.training) for part in parts if isinstance(part, torch.nn.Module) for m in part.modules()]
     for m, _ in modes:
         m.training = False
     try:

@@ -1047,6 +1047,28 @@ def test_a_forecaster_put_in_training_forecasts_in_eval_mode_and_stays_in_traini
     assert [m is frozen for m in fc.gpt.modules() if not m.training] == [True] and not fc.vq.training
 
 
+class NoisyModule(torch.nn.Module, forecast.ForecasterBase):
+    """One's own forecaster that is a module itself, with dropout, forecast through one_by_one."""
+    fs = 128
+
+    def __init__(self):
+        super().__init__()
+        self.drop = torch.nn.Dropout(0.5)
+
+    @forecast.one_by_one
+    def predict(self, x, horizon, num_samples=100, seed=0):
+        return self.drop(torch.ones(1, num_samples, horizon, 2)).numpy()
+
+
+def test_a_forecaster_that_is_a_module_forecasts_in_eval_mode_too():
+    """in_eval looked among the forecaster's attributes only: a module's parts are in its _modules, so one of one's
+    own that is a module, put in training, forecast with its dropout on."""
+    fc = NoisyModule().train()
+    out = fc.predict(synthetic_ecg(3, 128, seed=0)[0], 16, 4)
+    np.testing.assert_array_equal(out, np.ones_like(out))
+    assert fc.training and fc.drop.training
+
+
 OWN = """
 import numpy as np
 
