@@ -217,6 +217,7 @@ def crps_sources(given: str | None, resume: dict | None, start: dict, source: st
     keys). Its own run's record goes under started_from, apart: taken as this run's, the shipped model's VQ-VAE path
     named a folder of the machine it was trained on (/tmp/sde25/...). A resume keeps its first run's record (runs
     made before started_from: their vqvae_checkpoint is the ELBO run's VQ-VAE)."""
+    source = os.path.abspath(source)
     if resume:
         kept = (*CRPS_FROM_KEYS, *VQVAE_KEYS, "started_from")
         return {"crps_from": source, "vqvae_checkpoint": source, **{k: resume["meta"][k] for k in kept

@@ -151,7 +151,9 @@ def source_record(resume: dict | None, keys: tuple[str, str, str], path: str, gi
     under `keys`: the file as resolved on this machine (`path`), as its flag named it (`given`: a shipped model's name
     such as pretrained_sde; None when the newest was taken) and the SHA-256 of the bytes loaded (read_checkpoint's):
     best.pt changes while its run goes on, so not the file hashed again later. A resume keeps its first run's
-    record, as the file may have changed since (runs made before a key was recorded: without it)."""
+    record, as the file may have changed since (runs made before a key was recorded: without it). A relative path
+    is made absolute: run.json is read from other folders."""
+    path = os.path.abspath(path)
     if resume:
         return {keys[0]: path, **{k: resume["meta"][k] for k in keys[1:] if k in resume["meta"]}}
     return dict(zip(keys, (path, given, digest)))

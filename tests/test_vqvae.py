@@ -1307,3 +1307,11 @@ def test_a_start_too_late_for_a_window_says_the_records_length_rounded_down() ->
     with pytest.raises(UserError, match=r"leaves less than one window \(1 s\) of r, which lasts 19\.99 s; the last "
                                         r"window starts at 18\.99"):
         vqvae_eval.record_windows(np.zeros((2559, 2), np.float32), 19.5, None, 128, 128, "r")
+
+
+def test_run_json_names_a_checkpoint_given_relative_by_its_absolute_path(tmp_path, monkeypatch) -> None:
+    """--vqvae ck/best.pt was recorded as given, relative: run.json, read from another folder, named no file."""
+    monkeypatch.chdir(tmp_path)
+    record = vqvae_eval.source_record(None, vqvae_eval.VQVAE_KEYS, "ck/best.pt", "ck/best.pt", "ab12")
+    assert record == {"vqvae_checkpoint": str(tmp_path / "ck" / "best.pt"), "vqvae_given": "ck/best.pt",
+                      "vqvae_sha256": "ab12"}
