@@ -160,9 +160,15 @@ def codebook_line(row: dict, cfg: Config) -> str:
     """The codebooks' health as the last training epoch's EMA updates counted it (validation counts no codes),
     every residual level's, coarse to fine."""
     perplexity = "/".join(f"{row[k]:.1f}" for k in levels("perplexity", cfg))
-    usage = "/".join(f"{100 * row[k]:.0f}" for k in levels("usage", cfg))
+    usage = "/".join(percent(row[k]) for k in levels("usage", cfg))
     return (f"codebook in the last training epoch: perplexity {perplexity}, usage {usage}% "
             f"of {cfg.model.codebook_size} codes")
+
+
+def percent(share: float) -> str:
+    """A share in whole percent, or to two figures under 1%: a large codebook's few codes used read 0%."""
+    p = 100 * share
+    return f"{p:.0f}" if p >= 1 or p == 0 else f"{p:.2g}"
 
 
 def compression_line(model: VQVAE, cfg: Config, records: list[str], prepared: str | None) -> str:

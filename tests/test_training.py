@@ -1949,6 +1949,11 @@ def test_closing_codebook_line_is_the_last_training_epochs_for_every_level(tmp_p
     assert "codebook" not in final and "perplexity" not in final
 
 
+def test_the_closing_usage_of_a_large_codebook_is_not_rounded_to_nothing():
+    """Usage in whole percent said 0% of a 65536-code codebook that used 12 codes (0.018%)."""
+    assert [vqvae_train.percent(u) for u in (0.873, 0.01, 0.0001831, 0.0)] == ["87", "1", "0.018", "0"]
+
+
 
 def test_closing_lines_say_which_epoch_they_score_and_where_best_pt_is(tmp_path, synthetic_db, monkeypatch, capsys):
     """The closing 'final validation' line scores the last epoch's weights: after an early stop those are never
