@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, NoReturn
 
 import paths
 import running
@@ -275,11 +275,13 @@ def _stop(child: subprocess.Popen) -> None:
         child.stdin.close()
 
 
-def fetch_in_child(fetch: str, index_url: str, folder: str) -> None:
+def fetch_in_child(fetch: str, index_url: str, folder: str) -> NoReturn:
     """The download's child process (watched): `fetch` (module:function) of MIT-BIH from `index_url` into `folder`,
     saying on stdout, a JSON line each, when it starts, what it prints, each record urllib3's pool logs (the answers
     the stall rule counts) and what it failed with. It ends when its parent does (its stdin closes): a parent killed
-    (kill -9) stops it no more, and a download with no timeout would go on."""
+    (kill -9) stops it no more, and a download with no timeout would go on. It ends as soon as `fetch` returns or
+    fails (os._exit): its interpreter's teardown (numpy's, pandas', wfdb's: 2 s on a loaded machine) or a thread a
+    library left held its exit off past the stall limit, and a download that had all its files was given up."""
     report = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)               # the stdout of a C library too: only the lines said here go to the parent
     lock = threading.Lock()
@@ -296,6 +298,7 @@ def fetch_in_child(fetch: str, index_url: str, folder: str) -> None:
     log.setLevel(logging.DEBUG)
     log.propagate = False
     count_received(say)
+    code = 0
     try:
         import wfdb
         wfdb.set_db_index_url(index_url)        # one a notebook set (a mirror), as reach_physionet connected to
@@ -305,7 +308,12 @@ def fetch_in_child(fetch: str, index_url: str, folder: str) -> None:
         fetch_mitbih("mitdb", folder)
     except BaseException as e:      # all of it said, once, to the parent
         say(failed=[type(e).__name__, str(e)])
-        sys.exit(1)
+        code = 1
+    for stream in (sys.__stdout__, sys.stderr):     # fd 1 is stderr's now (a C library's lines): both kept
+        if stream is not None:
+            stream.flush()
+    with lock:          # no message cut short
+        os._exit(code)
 
 
 def count_received(say: Callable[..., None], every: float = 0.25) -> None:

@@ -51,6 +51,15 @@ def stall_then_recover(name: str, folder: str) -> None:
     bring(name, folder)
 
 
+def lingering(name: str, folder: str) -> None:
+    """bring, then failed with $FAKE_ERROR if it is set, leaving a thread that holds off the interpreter's exit for
+    STALLED_S (as a library's thread does, or the teardown of numpy, pandas and wfdb on a loaded machine)."""
+    bring(name, folder)
+    threading.Thread(target=time.sleep, args=(STALLED_S,)).start()
+    if error := os.environ.get("FAKE_ERROR"):
+        raise ConnectionError(error)
+
+
 def signal_parent(name: str, folder: str) -> None:
     """Ctrl-C or SIGTERM ($FAKE_SIGNAL) to the process downloading, while the server sends nothing."""
     bring(name, folder)

@@ -402,6 +402,20 @@ def test_a_download_whose_process_ended_is_not_given_up_while_its_output_drains(
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
 
 
+@pytest.mark.parametrize("error", ["", "Connection reset by peer"])
+def test_a_download_whose_process_is_slow_to_exit_is_not_given_up(tmp_path, monkeypatch, physionet, error):
+    """A child whose fetch has returned or failed is done, but its exit (its interpreter's teardown of numpy, pandas
+    and wfdb: 2 s on a loaded machine; a thread a library left) outlasted STALL_LIMIT, and a download that had
+    brought every file, or failed, was given up as stalled. The child ends as soon as its fetch does."""
+    physionet("lingering", error=error)
+    monkeypatch.setattr(dl, "STALL_LIMIT", 0.5)
+    if not error:
+        assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
+        return
+    with pytest.raises(UserError, match=r"failed \(ConnectionError: Connection reset by peer\)"):
+        pm.find_records(tmp_path / "mitdb", download=True)
+
+
 def test_a_download_whose_process_ended_before_it_fetched_fails_by_its_exit_not_its_start(tmp_path, monkeypatch,
                                                                                           physionet):
     """A child that ended before it fetched is not timed out past START_LIMIT while a process it started holds its
