@@ -757,10 +757,12 @@ def one_decimal(hr: dict) -> dict:
 
 
 def heart_rate_line(hr: dict, n_paths: int = 2) -> str:
-    """The rates of heart_rates in one line; "—" where none could be measured (a horizon too short for a beat).
-    One path (a deterministic forecaster's) has its rate alone: 'paths 74 [74-74]' said a spread there is not."""
+    """The rates of heart_rates in one line; "—" where none could be measured (a horizon too short for a beat, a
+    truth of one beat in less than the longest period, or cut short by the record's end): a truth left out said
+    nothing of why. One path (a deterministic forecaster's) has its rate alone: 'paths 74 [74-74]' said a spread
+    there is not."""
     short = hr["paths_median"] is None
-    truth = ", truth —" if short else "" if hr["truth"] is None else f", truth {hr['truth']:.0f}"
+    truth = ", truth —" if hr["truth"] is None else f", truth {hr['truth']:.0f}"
     rate = "—" if short else f"{hr['paths_median']:.0f}"
     if n_paths == 1:
         return f"detected heart rate (bpm): context {hr['context']:.0f}, forecast {rate}{truth}"

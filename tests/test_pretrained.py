@@ -697,6 +697,22 @@ def test_a_single_beat_in_less_than_the_longest_period_has_no_heart_rate():
     assert hr == {"context": 60.0, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None}
 
 
+def test_a_truth_without_a_rate_says_so_in_the_line():
+    """A 1 s horizon: the paths hold two beats, the truth one, so the truth has no rate. The line left the truth out
+    without a word (`forecast.py --horizon 1` printed 'paths 79 [79-79]'), as if it were missing; it says "—", as
+    for a horizon too short for a beat, and so does a truth the record's end cut short."""
+    ctx, paths = np.zeros((384, 2)), np.zeros((3, 128, 2))
+    ctx[:, 0] = spike_train(384, [40, 168, 296])
+    paths[:, :, 0] = spike_train(128, [30, 94])                                   # 120 bpm
+    truth = np.zeros((128, 2))
+    truth[:, 0] = spike_train(128, [40])
+    for cut in (truth, paths[0][:100]):
+        hr = forecast.heart_rates({"context": ctx, "samples": paths, "truth": cut, "fs": 128})
+        assert hr["paths_median"] == 120.0 and hr["truth"] is None
+        assert forecast.heart_rate_line(hr) == "detected heart rate (bpm): context 60, paths 120 [120-120], truth —"
+        assert forecast.heart_rate_line(hr, 1) == "detected heart rate (bpm): context 60, forecast 120, truth —"
+
+
 @pytest.mark.parametrize("horizon, rate", [(384, 20.0), (320, 24.0), (319, None)])
 def test_a_single_beat_counts_over_a_horizon_of_the_longest_period_or_more(horizon, rate):
     """The rule's edge: one beat is counted over a horizon of MAX_PERIOD_S (2.5 s, 320 samples at 128 Hz) or more, as
