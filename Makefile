@@ -49,8 +49,9 @@ demo: forecast prepare
 	$(PY) evaluate.py --model $(call newest,transformer) baselines --split test --max-windows-per-record 10 --samples 50
 
 # Retrain a shipped model from scratch on the training patients, pack it into pretrained/ with its reference
-# forecasts, and write the model card's DS2 report. `pretrained` is the default recipe (60–80 min on one thread
-# of this CPU): the VQ-VAE of config_vqvae.json, then the beat-drafted Transformer of config_transformer.json.
+# forecasts, and write the model card's DS2 report. `pretrained` is the default recipe (about 44 min of training
+# and encoding on one thread, then the report): the VQ-VAE of config_vqvae.json, then the beat-drafted Transformer
+# of config_transformer.json.
 # `pretrained-sde` is the latent SDE's (about 35 min of training on one thread, then the report): the VQ-VAE of
 # config_vqvae_sde.json, the latent SDE of config_sde.json, then its fine-tuning on its forecasts' CRPS.
 PRE := $(CHECKPOINTS)/pretrained
