@@ -77,8 +77,10 @@ def latest_checkpoint(kind: str, checkpoints: str | None = None, name: str = "be
 
 def without_checkpoint(root: Path, kind: str, name: str) -> list[Path]:
     """The <kind>-<time> folders under `root` without `name`: a run killed before its first epoch ended leaves its
-    folder so (nothing can tidy up after kill -9), and one in its first epoch looks the same."""
-    return [p for p in sorted(root.glob(f"{kind}-*")) if os.path.isdir(p) and not os.path.exists(p / name)]
+    folder so (nothing can tidy up after kill -9), and one in its first epoch looks the same. A folder of one's own
+    named otherwise (vqvae-old/) is no run's."""
+    return [p for p in sorted(root.glob(f"{kind}-*")) if paths.RUN_FOLDER.fullmatch(p.name) and os.path.isdir(p)
+            and not os.path.exists(p / name)]
 
 
 def modified(path: Path) -> float:

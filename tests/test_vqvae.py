@@ -616,6 +616,7 @@ def test_the_default_checkpoint_passes_over_run_folders_without_one_and_says_so(
     killed = tmp_path / "vqvae-20260102-000000"
     killed.mkdir()
     (killed / "run.json").write_text("{}")
+    (tmp_path / "vqvae-old").mkdir()        # one's own folder, no run's: not said to be a killed run's
     said = rf"\(passed over {re.escape(str(killed))}: no best.pt there, its run still in the first epoch or killed "
     with pytest.raises(vqvae_eval.UserError, match=rf"^no vqvae checkpoint in \S+ {said}before it ended\); train one"):
         vqvae_eval.latest_checkpoint("vqvae", str(tmp_path), flag="--vqvae")
