@@ -393,15 +393,17 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
                       loss_name="negative ELBO per latent number (nats; training: KL weight annealed)")
     row = trainer.run(args.resume, resume)
     if rt.is_main and "val_loss" in row:        # not after a resume with nothing left to train
-        print(f"final validation ({closing_epoch(row, trainer)}): {elbo_words(row)}")
+        print(f"final validation ({closing_epoch(row, trainer)}): {elbo_words(row, scfg.loss.kl_weight)}")
         print(next_commands(ckpt_dir, cfg, val, args.prepared, resume))
     return row
 
 
-def elbo_words(row: dict) -> str:
+def elbo_words(row: dict, kl_weight: float = 1.0) -> str:
     """The closing line's scores: the validation loss (its KL at loss.kl_weight, not annealed) and its terms, and the
-    one-path forecast check, whose late std ratio near 0 says the forecasts decay to a flat line."""
-    return (f"negative ELBO {row['val_loss']:.4f} nats a latent number (recon {row['val_recon']:.4f}, KL "
+    one-path forecast check, whose late std ratio near 0 says the forecasts decay to a flat line. The loss is the
+    negative ELBO only at kl_weight 1: at 0 a 'negative ELBO' equal to the recon beside a KL above 0 misnamed it."""
+    loss = "negative ELBO" if kl_weight == 1 else f"validation loss (recon + {kl_weight:g} x KL)"
+    return (f"{loss} {row['val_loss']:.4f} nats a latent number (recon {row['val_recon']:.4f}, KL "
             f"{row['val_kl']:.4f}), forecast MSE {row['val_forecast_mse']:.4f} (normalised latents), late std ratio "
             f"{row['val_late_std_ratio']:.3f}")
 

@@ -398,6 +398,25 @@ def test_elbo_run_closes_with_the_last_epochs_scores_and_what_to_run_next(traine
                   setup["prepared"]]
 
 
+def test_closing_line_names_a_loss_at_another_kl_weight_as_what_it_is(trained: dict, tmp_path: Path, capsys) -> None:
+    """At loss.kl_weight 0 the validation loss is the recon alone, yet the closing line called it the negative ELBO,
+    next to a KL above 0 that it left out; it now names the weighted loss it is."""
+    vq = next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt"))
+    raw = json.loads(json.dumps(TINY_SDE))
+    raw["loss"].update(kl_weight=0.0, kl_start=0.0)
+    cfg = tmp_path / "kl0.json"
+    cfg.write_text(json.dumps(raw))
+    setup = {**trained["setup_sde"], "config": str(cfg), "results": str(tmp_path / "res"),
+             "checkpoints": str(tmp_path / "ck")}
+    row = latent_sde_train.main(flags(setup, "--device", "cpu", "--vqvae", str(vq), "--epochs", "1", "--max-steps",
+                                      "1", "--augment-copies", "0"))
+    final = closing_lines(capsys.readouterr().out)[0]
+    assert row["val_loss"] == pytest.approx(row["val_recon"]) and row["val_kl"] > 0
+    assert final.startswith(f"final validation (epoch 1, in best.pt and last.pt): validation loss (recon + 0 x KL) "
+                            f"{row['val_loss']:.4f} nats a latent number (recon {row['val_recon']:.4f}, KL ")
+    assert "ELBO" not in final
+
+
 def test_evaluate_takes_the_sde_checkpoint(trained: dict, tmp_path: Path) -> None:
     s = trained["setup"]
     run = evaluate.main(["--model", str(trained["ckpt"]), "seasonal", "--config", s["config"], "--prepared",
