@@ -350,6 +350,9 @@ class Forecaster(ForecasterBase):
     @torch.no_grad()
     def predict(self, x: np.ndarray, horizon: int, num_samples: int = 100, seed: int = 0,
                 use_cache: bool = True) -> np.ndarray:
+        # fc.sample, set anew to sample a trained model otherwise (README), is checked as a config's: a draft_noise,
+        # draft_spread or draft_bias out of range set there forecast without a word
+        self.sample.validate(self.gpt.draft is not None)
         steps = math.ceil(horizon / self.factor)
         # the context length it was trained on: more, with its drafts (which training starts there), forecast a
         # 1 s horizon 1.5-3% worse in CRPS (validation, EXPERIMENTS.md); a horizon beyond the block rolls on

@@ -597,6 +597,7 @@ class LatentSDEForecaster(ForecasterBase):
     @one_by_one
     @torch.no_grad()
     def predict(self, x: np.ndarray, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
+        self.scfg.validate()    # fc.scfg's forecast-time keys, set anew (README), are checked as a config's
         x_np = context_tail(x, min(x.shape[1] // self.factor, self.context_frames), self.factor, "latent step")
         warn_short_context(x.shape[1], self.context_frames * self.factor, self.fs)   # once it can forecast at all
         x = torch.from_numpy(x_np).to(self.device)

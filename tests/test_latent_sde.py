@@ -26,8 +26,8 @@ from vqvae import VQVAE
 from vqvae_eval import VQVAE_KEYS
 import paths
 from paths import UserError, file_sha256
-from conftest import (closing_lines, loads_of, replaced_once_loaded, scripted_validation, stopped_at, trainer_inputs,
-                      undocumented_columns, vqvae_splits)
+from conftest import (closing_lines, loads_of, periodic_ecg, replaced_once_loaded, scripted_validation, stopped_at,
+                      trainer_inputs, undocumented_columns, vqvae_splits)
 from tiny import flags, phase_config, tiny_setup
 from train_results import TRAINING_STATE, fixed_windows
 
@@ -396,6 +396,21 @@ def test_elbo_run_closes_with_the_last_epochs_scores_and_what_to_run_next(traine
     assert Path(f"{fc[5]}.hea").is_file() and fc[6] == "--start"
     assert ev == ["python3", "evaluate.py", "--model", str(best), "--split", "validation", "--prepared",
                   setup["prepared"]]
+
+
+def test_a_trained_models_forecast_settings_set_anew_from_python_are_checked_as_a_configs() -> None:
+    """README: fc.scfg.model's forecast-time keys set anew sample a trained latent SDE otherwise. Only loading checked
+    them, so a departure_scale of -1 (each path's departure from its draft turned over) or a draft_noise of -0.2
+    forecast without a word; predict now refuses each by its key."""
+    fc = Forecaster.from_checkpoint(paths.ROOT / "pretrained" / "latent_sde.pt", "cpu")
+    x, stored = periodic_ecg(1, length=384), dataclasses.replace(fc.scfg.model)
+    base = fc.predict(x, 16, num_samples=2, seed=1)
+    fc.scfg.model.departure_scale = 1.0
+    assert not np.array_equal(fc.predict(x, 16, num_samples=2, seed=1), base)
+    for key, value in (("departure_scale", -1.0), ("draft_noise", -0.2)):
+        fc.scfg.model = dataclasses.replace(stored, **{key: value})
+        with pytest.raises(UserError, match=f"'model.{key}' = {value}"):
+            fc.predict(x, 16, num_samples=2, seed=1)
 
 
 def test_closing_line_names_a_loss_at_another_kl_weight_as_what_it_is(trained: dict, tmp_path: Path, capsys) -> None:

@@ -1308,6 +1308,23 @@ def test_a_short_horizon_reads_the_draft_codes_of_a_trained_length_draft():
     assert short.shape == (1, 2, 16, 2) and full.shape == (1, 2, 384, 2)
 
 
+def test_a_trained_models_sampling_set_anew_from_python_is_checked_as_a_configs():
+    """README: fc.sample set anew samples a trained model otherwise. Only the constructor checked the settings, so a
+    draft_noise of -0.2, a draft_spread of 2 or a draft_bias of -1 set there forecast without a word; predict now
+    refuses each by its key, as a config's check does."""
+    import dataclasses
+
+    fc = Forecaster.from_checkpoint(ROOT / "pretrained" / "forecaster.pt", "cpu")
+    x, stored = periodic_ecg(1, length=384), fc.sample
+    base = fc.predict(x, 16, num_samples=2, seed=1)
+    fc.sample = dataclasses.replace(stored, temperature=0.0)     # greedy: the network's own likeliest codes
+    assert not np.array_equal(fc.predict(x, 16, num_samples=2, seed=1), base)
+    for key, value in (("draft_noise", -0.2), ("draft_spread", 2.0), ("draft_bias", -1.0)):
+        fc.sample = dataclasses.replace(stored, **{key: value})
+        with pytest.raises(UserError, match=f"'sample.{key}' = {value}"):
+            fc.predict(x, 16, num_samples=2, seed=1)
+
+
 @pytest.mark.parametrize("script", ["transformer_train", "latent_sde_train"])
 def test_a_vqvae_of_windows_without_a_future_is_one_clear_error(script, monkeypatch, tmp_path):
     """data.forecast_predictions 0 trains a VQ-VAE fine, but its windows hold nothing to forecast: both forecasters'
