@@ -39,9 +39,10 @@ class GPTConfig:
 
 @dataclass
 class SampleConfig:
-    temperature: float = 0.9     # 1.0 samples the learned distribution (calibrated spread); 0 is greedy, the
-                                 # network's own likeliest code (draft_bias is added after the temperature, so
-                                 # its tilt vanishes in that limit)
+    temperature: float = 0.9     # 1.0 samples the learned distribution (without draft_bias: a draft_bias of 10
+                                 # leaves the drafts' codes nearly sure, and the spread to the drafts' timing); 0
+                                 # is greedy, the network's own likeliest code (draft_bias is added after the
+                                 # temperature, so its tilt vanishes in that limit)
     top_k: int = 0               # 0 = no truncation
     top_p: float = 1.0           # 1.0 = no nucleus truncation
     draft_spread: float = 0.06   # with model.draft_beats: the drafts' beat-to-beat jitter, SD as a fraction of the
