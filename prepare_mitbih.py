@@ -16,6 +16,8 @@ import math
 import numbers
 import os
 import re
+import shutil
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
@@ -1346,18 +1348,33 @@ def prepared_meta(d: DataConfig, data_dir: Path, loaded: dict[str, Record], anno
 
 def save_prepared(tensors: dict[str, dict], meta: dict, out_dir: Path) -> None:
     """Each split's file carries the rate, scale and hashes of meta.json: a split loaded alone is checked against
-    the config asking for it."""
+    the config asking for it. Every file is written into a hidden folder inside out_dir first, and all are moved in
+    only then: a run stopped while writing them (Ctrl-C, a full disk) replaced one split file after another and
+    left the earlier preparation unusable; now it stays whole."""
     import torch
 
     if taken := [f"{s}.pt" for s in SPLITS if (out_dir / f"{s}.pt").exists()]:
         running.note(f"replacing the prepared data in {out_dir} ({', '.join(taken)})")
-    with paths.written_together(out_dir, "run prepare_mitbih.py again before reading it") as written:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".preparing-", dir=out_dir))
+    except OSError as e:
+        raise UserError(f"cannot write to {out_dir}: {e.strerror or e}") from e
+    try:
         for s, t in tensors.items():
             t.update(fs=meta["fs"], scale_mv=torch.tensor(meta["scale_mv"], dtype=torch.float32),
                      data_hash=meta["data_hash"], input_hash=meta["input_hash"], preparation=PREPARATION)
-            paths.atomic_torch_save(t, out_dir / f"{s}.pt")
-            written.append(f"{s}.pt")
-        paths.atomic_write_json(meta, out_dir / "meta.json")
+            paths.atomic_torch_save(t, staging / f"{s}.pt")
+        paths.atomic_write_json(meta, staging / "meta.json")
+        with paths.written_together(out_dir, "run prepare_mitbih.py again before reading it") as written:
+            for name in [*(f"{s}.pt" for s in tensors), "meta.json"]:
+                try:
+                    os.replace(staging / name, out_dir / name)
+                except OSError as e:
+                    raise UserError(f"cannot write {out_dir / name}: {e.strerror or e}") from e
+                written.append(name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def warn_held_out(split: dict[str, list[str]], loaded: dict[str, Record], d: DataConfig, data_dir: Path,

@@ -19,8 +19,8 @@ import wfdb
 
 import paths
 import prepare_mitbih as pm
-from conftest import (ROOT, TWELVE, edit_tree_after, run_script, synthetic_ecg, twelve_leads, write_record,
-                      write_signal)
+from conftest import (ROOT, TWELVE, edit_tree_after, run_script, snapshot, synthetic_ecg, twelve_leads,
+                      write_record, write_signal)
 from hyper_params import DataConfig, config_from_dict, data_hash
 from paths import UserError
 
@@ -1670,12 +1670,18 @@ def test_meta_json_is_written_after_every_split(synthetic_db: Path, tmp_path: Pa
     assert not (tmp_path / "out" / "meta.json").exists()
 
 
-@pytest.mark.parametrize("stop", [KeyboardInterrupt(), UserError("cannot write train.pt: No space left on device")],
-                         ids=["ctrl_c", "disk_full"])
-def test_a_preparation_stopped_between_its_files_says_what_it_left(synthetic_db: Path, tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch, stop) -> None:
-    """Ctrl-C or a full disk after one split's file was replaced left the folder with it beside the earlier
-    preparation's other files, and said only 'interrupted' (or the file it could not write)."""
+STOPS = [KeyboardInterrupt(), UserError("cannot write train.pt: No space left on device")]
+
+
+@pytest.mark.parametrize("stop", STOPS, ids=["ctrl_c", "disk_full"])
+def test_a_preparation_stopped_while_writing_keeps_the_earlier_one_whole(synthetic_db: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch, stop) -> None:
+    """Ctrl-C or a full disk after one split's file was written replaced it in the folder, beside the earlier
+    preparation's other files: neither preparation could be read any more. The files are moved in once all are
+    written, so the earlier preparation stays as it was, with no file of this run left beside it."""
+    out = tmp_path / "out"
+    pm.prepare(make_cfg(test_records=["100"], validation_records=["101"]), synthetic_db, out, download=False)
+    before = snapshot(out)
     real, written = paths.atomic_torch_save, []
 
     def stop_at_the_second(obj, path):
@@ -1685,12 +1691,35 @@ def test_a_preparation_stopped_between_its_files_says_what_it_left(synthetic_db:
         return real(obj, path)
 
     monkeypatch.setattr(paths, "atomic_torch_save", stop_at_the_second)
-    out = tmp_path / "out"
+    with pytest.raises(type(stop)) as said:
+        pm.prepare(make_cfg(test_records=["102"], validation_records=["101"]), synthetic_db, out, download=False)
+    assert str(said.value) == str(stop)
+    assert snapshot(out) == before
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "test.pt", "train.pt", "validation.pt"]
+
+
+@pytest.mark.parametrize("stop", STOPS, ids=["ctrl_c", "disk_full"])
+def test_a_preparation_stopped_between_moving_its_files_in_says_what_it_left(synthetic_db: Path, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch,
+                                                                             stop) -> None:
+    """Stopped between moving one written file into the folder and the next, the message says which are this
+    run's."""
+    out, real, moved = tmp_path / "out", os.replace, []
+
+    def stop_at_the_second(src, dst):
+        if Path(dst).parent == out:
+            if moved:
+                raise stop
+            moved.append(Path(dst).name)
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", stop_at_the_second)
     with pytest.raises(type(stop)) as said:
         pm.prepare(make_cfg(test_records=["100"], validation_records=["101"]), synthetic_db, out, download=False)
     assert str(said.value).startswith(str(stop))
-    assert str(said.value).endswith(f"{out} holds only {written[0]} of this run, beside what was there before: "
+    assert str(said.value).endswith(f"{out} holds only {moved[0]} of this run, beside what was there before: "
                                     f"run prepare_mitbih.py again before reading it")
+    assert sorted(p.name for p in out.iterdir()) == [moved[0]]
 
 
 def test_normalization_none_keeps_millivolts() -> None:
