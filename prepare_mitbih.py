@@ -545,6 +545,7 @@ def record_path(path: str | Path) -> Path:
 
 def read_header(path: Path) -> wfdb.Record:
     """The header of WFDB record `path` (no samples), with its signal files (or segments) checked."""
+    check_signal_lines(path)
     header = wfdb_header(path)
     check_rate_field(path)
     check_signal_files(path, header)
@@ -659,6 +660,19 @@ def check_segments(path: Path, header: wfdb.Record) -> None:
                 raise UserError(f"{where}.hea: channel {name} in '{unit or 'mV'}', where the "
                                 f"{'first segment' if fixed else 'layout'} of {path.name} has it in "
                                 f"'{units[names.index(name)] or 'mV'}': give every segment the same units")
+
+
+def check_signal_lines(path: Path) -> None:
+    """An empty header, or a record line giving more signals than signal lines follow, ended in wfdb's
+    'IndexError: list index out of range', which named no field."""
+    lines = header_lines(hea := Path(f"{path}.hea"))
+    if not lines and hea.is_file():
+        raise UserError(f"{hea}: no record line (an empty header?)")
+    if not lines or len(lines[0]) < 2 or "/" in lines[0][0] or not lines[0][1].isdigit():
+        return                          # a multi-segment record's lines are segments, checked as records
+    if int(lines[0][1]) > len(lines) - 1:
+        raise UserError(f"{hea}: the record line gives {lines[0][1]} signals, but {len(lines) - 1} signal lines "
+                        f"follow it")
 
 
 def check_rate_field(path: Path) -> None:

@@ -415,6 +415,22 @@ def test_unreadable_sampling_rate_is_named(tmp_path):
         pm.read_record(tmp_path / "r", config_from_dict({}).data)
 
 
+@pytest.mark.parametrize("edit, said", [
+    (lambda lines: [], "no record line (an empty header?)"),
+    (lambda lines: lines[:2], "the record line gives 2 signals, but 1 signal lines follow it"),
+    (lambda lines: [lines[0].replace(" 2 ", " 3 ", 1), *lines[1:]],
+     "the record line gives 3 signals, but 2 signal lines follow it"),
+], ids=["empty", "signal_line_lost", "more_signals_said"])
+def test_a_header_without_the_signal_lines_it_promises_is_named(tmp_path, edit, said):
+    """wfdb's own error was 'IndexError: list index out of range', naming no field."""
+    write_record(tmp_path, "r", seconds=12, seed=0)
+    hea = tmp_path / "r.hea"
+    hea.write_text("".join(line + "\n" for line in edit(hea.read_text().splitlines())))
+    with pytest.raises(UserError) as e:
+        pm.read_record(tmp_path / "r", config_from_dict({}).data)
+    assert str(e.value) == f"{tmp_path / 'r.hea'}: {said}"
+
+
 def test_an_empty_split_is_refused_by_name(tmp_path, capsys):
     """A database without MIT-BIH's record names holds nothing out by default: say so, then refuse to load it."""
     cfg = config_from_dict({})
