@@ -668,6 +668,10 @@ def check_signal_lines(path: Path) -> None:
     lines = header_lines(hea := Path(f"{path}.hea"))
     if not lines and hea.is_file():
         raise UserError(f"{hea}: no record line (an empty header?)")
+    words = path.name.split()
+    if len(words) > 1 and lines and lines[0][:len(words)] == words:
+        raise UserError(f"{hea}: the record name {path.name!r} holds a space, which a header reads as the end of "
+                        f"its name: rename the record's files and its name in the header (and the signal lines')")
     if not lines or len(lines[0]) < 2 or "/" in lines[0][0] or not lines[0][1].isdigit():
         return                          # a multi-segment record's lines are segments, checked as records
     if int(lines[0][1]) > len(lines) - 1:
@@ -932,6 +936,11 @@ def check_signal_files(path: Path, header: wfdb.Record) -> None:
     for name, chans in per_file.items():
         dat = path.parent / name
         if not dat.is_file():
+            spelled_so = [f for f, *_ in header_lines(Path(f"{path}.hea"))[1:]
+                          if f != name and f.encode("ascii", "ignore").decode() == name]
+            if spelled_so:
+                raise UserError(f"{path}.hea names the signal file {spelled_so[0]}, which wfdb reads as {name} (it "
+                                f"drops non-ASCII characters): rename the file and its name in the header to ASCII")
             raise UserError(f"{path}.hea names the signal file {name}, which is missing from {path.parent}")
         fmt = str(header.fmt[chans[0]])
         if not header.sig_len or fmt not in DAT_BYTES_PER_SAMPLE:

@@ -431,6 +431,24 @@ def test_a_header_without_the_signal_lines_it_promises_is_named(tmp_path, edit, 
     assert str(e.value) == f"{tmp_path / 'r.hea'}: {said}"
 
 
+@pytest.mark.parametrize("name, said", [
+    ("r 3", "r 3.hea: the record name 'r 3' holds a space, which a header reads as the end of its name"),
+    ("ré", "ré.hea names the signal file ré.dat, which wfdb reads as r.dat (it drops non-ASCII characters)"),
+], ids=["space", "non_ascii"])
+def test_a_record_name_a_header_cannot_hold_is_named(tmp_path, name, said):
+    """A name with a space was read as a shorter name and wrong fields after it (MIT-BIH's '1 3': 'ValueError:
+    unconverted data remains: 50000'); one with an accent was said to name a signal file that is missing (wfdb's
+    name for it, without the accent), where the header's is there."""
+    write_record(tmp_path / "src", "r", seconds=12, seed=0)
+    (tmp_path / f"{name}.dat").write_bytes((tmp_path / "src" / "r.dat").read_bytes())
+    first, *signals = (tmp_path / "src" / "r.hea").read_text(encoding="utf-8").splitlines()
+    lines = [first.replace("r ", f"{name} ", 1), *(line.replace("r.dat", f"{name}.dat", 1) for line in signals)]
+    (tmp_path / f"{name}.hea").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    with pytest.raises(UserError) as e:
+        pm.read_record(tmp_path / name, config_from_dict({}).data)
+    assert str(e.value).startswith(f"{tmp_path / said}")
+
+
 def test_an_empty_split_is_refused_by_name(tmp_path, capsys):
     """A database without MIT-BIH's record names holds nothing out by default: say so, then refuse to load it."""
     cfg = config_from_dict({})
