@@ -781,10 +781,32 @@ def _read_leads(path: Path, cfg: DataConfig, sampfrom: int, sampto: int | None, 
         flat = flat_runs(x[:, order], rec.fs)
     if not leads:
         note_lacking_leads(list(rec.sig_name), all_units, order, cfg, where)
+    if not (sampfrom or sampto):
+        check_checksums(rec, where)
     names, units = [rec.sig_name[i] for i in order], [all_units[i] for i in order]
     x = x[:, order] * [mv_per_unit(u) for u in units]     # the same flat runs: a unit scales every sample alike
     rec.p_signal = None                               # the samples as read: 0.33 GB of a 24 h record at 250 Hz
     return x, float(rec.fs), names, units, flat
+
+
+def check_checksums(rec: wfdb.Record, where: str) -> None:
+    """A warning for each channel whose samples do not sum to its header's checksum (16 bits), the one sign WFDB
+    gives of a signal file damaged or not the record's: MIT-BIH's records are all 650000 samples long, and a .dat
+    copied over another's was read with the other's beats without a word. Only for a whole read of one signal
+    (a multi-segment record has no checksum; wfdb gives a channel of several samples a frame as their mean)."""
+    from wfdb.io._signal import _digi_nan
+
+    if not rec.checksum or any((n or 1) > 1 for n in rec.samps_per_frame or []):
+        return
+    for i, want in enumerate(rec.checksum):
+        if want is None:
+            continue
+        d = np.round(rec.p_signal[:, i] * rec.adc_gain[i] + rec.baseline[i])
+        got = int(np.where(np.isnan(d), _digi_nan(rec.fmt[i]), d).astype(np.int64).sum()) & 0xFFFF
+        if got != int(want) & 0xFFFF:
+            running.warn(f"{where}.hea: the samples of channel {rec.sig_name[i]} in {rec.file_name[i]} do not sum "
+                         f"to its checksum {want} (they give {got - 0x10000 if got >= 0x8000 else got}): a signal "
+                         f"file damaged, or another record's?")
 
 
 def note_lacking_leads(names: list[str], units: list[str | None], order: list[int], cfg: DataConfig, where: str

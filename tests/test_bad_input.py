@@ -449,6 +449,23 @@ def test_a_record_name_a_header_cannot_hold_is_named(tmp_path, name, said):
     assert str(e.value).startswith(f"{tmp_path / said}")
 
 
+def test_a_signal_file_not_matching_its_headers_checksum_is_warned_of(tmp_path, capsys):
+    """A .dat of the right size but other samples (MIT-BIH's records are all 650000 samples long: one copied over
+    another's) was read with the other record's beats without a word."""
+    write_record(tmp_path, "r", seconds=12, seed=0)
+    pm.read_record(tmp_path / "r", config_from_dict({}).data)
+    assert "checksum" not in capsys.readouterr().err
+    hea = tmp_path / "r.hea"
+    first, lead1, *rest = hea.read_text().splitlines()
+    fields = lead1.split()
+    fields[6] = str((int(fields[6]) + 1) % 32768)
+    hea.write_text("\n".join([first, " ".join(fields), *rest]) + "\n")
+    pm.read_record(tmp_path / "r", config_from_dict({}).data)
+    err = capsys.readouterr().err
+    assert err.count("checksum") == 1
+    assert f"warning: {hea}: the samples of channel {fields[-1]} in r.dat do not sum to its checksum {fields[6]}" in err
+
+
 def test_an_empty_split_is_refused_by_name(tmp_path, capsys):
     """A database without MIT-BIH's record names holds nothing out by default: say so, then refuse to load it."""
     cfg = config_from_dict({})
