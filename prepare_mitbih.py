@@ -794,15 +794,13 @@ def check_checksums(rec: wfdb.Record, where: str) -> None:
     gives of a signal file damaged or not the record's: MIT-BIH's records are all 650000 samples long, and a .dat
     copied over another's was read with the other's beats without a word. Only for a whole read of one signal
     (a multi-segment record has no checksum; wfdb gives a channel of several samples a frame as their mean)."""
-    from wfdb.io._signal import _digi_nan
-
     if not rec.checksum or any((n or 1) > 1 for n in rec.samps_per_frame or []):
         return
+    digital = rec.adc()         # the stored samples again, NaN as its format's invalid value
     for i, want in enumerate(rec.checksum):
         if want is None:
             continue
-        d = np.round(rec.p_signal[:, i] * rec.adc_gain[i] + rec.baseline[i])
-        got = int(np.where(np.isnan(d), _digi_nan(rec.fmt[i]), d).astype(np.int64).sum()) & 0xFFFF
+        got = int(digital[:, i].astype(np.int64).sum()) & 0xFFFF
         if got != int(want) & 0xFFFF:
             running.warn(f"{where}.hea: the samples of channel {rec.sig_name[i]} in {rec.file_name[i]} do not sum "
                          f"to its checksum {want} (they give {got - 0x10000 if got >= 0x8000 else got}): a signal "
