@@ -181,6 +181,18 @@ def scripted_validation(monkeypatch, losses: list[float]) -> None:
                         lambda self, model: {**real_val(self, model), "loss": losses[self.epoch]})
 
 
+def resumes_told(monkeypatch, module) -> list:
+    """The resumed checkpoints `module`'s closing next_commands is given: a resume in new folders that has not beaten
+    its best names the resumed run's best.pt, which only that checkpoint's ckpt_dir tells."""
+    told, real = [], module.next_commands
+
+    def spied(ckpt_dir, cfg, val, prepared, resume=None):
+        told.append(resume)
+        return real(ckpt_dir, cfg, val, prepared, resume)
+    monkeypatch.setattr(module, "next_commands", spied)
+    return told
+
+
 def closing_lines(out: str) -> tuple[str, list[str], list[str]]:
     """A forecaster training's closing lines in its output: the final validation line, and the argument lists of the
     forecast.py and evaluate.py commands it prints (evaluate.py's up to the --config it asks for and cannot name)."""

@@ -26,8 +26,8 @@ from vqvae import VQVAE
 from vqvae_eval import VQVAE_KEYS
 import paths
 from paths import UserError, file_sha256
-from conftest import (closing_lines, loads_of, periodic_ecg, replaced_once_loaded, scripted_validation, stopped_at,
-                      trainer_inputs, undocumented_columns, vqvae_splits)
+from conftest import (closing_lines, loads_of, periodic_ecg, replaced_once_loaded, resumes_told, scripted_validation,
+                      stopped_at, trainer_inputs, undocumented_columns, vqvae_splits)
 from tiny import flags, phase_config, tiny_setup
 from train_results import TRAINING_STATE, fixed_windows
 
@@ -354,10 +354,11 @@ def test_resume_continues_the_run(trained: dict, tmp_path: Path, capsys: pytest.
     latent_sde_train.main(flags(setup, "--device", "cpu", "--vqvae", str(vq), "--epochs", "2", "--max-steps", "3"))
     (run,) = (tmp_path / "res").iterdir()
     last = tmp_path / "ck" / run.name / "last.pt"
-    loads = loads_of(monkeypatch, last)
+    loads, told = loads_of(monkeypatch, last), resumes_told(monkeypatch, latent_sde_train)
     row = latent_sde_train.main(flags(setup, "--device", "cpu", "--resume", str(last), "--epochs", "3",
                                       "--max-steps", "3"))
     assert row["epoch"] == 3 and len(loads) == 1      # its checkpoint read once
+    assert [r["ckpt_dir"] for r in told] == [str(last.parent)]
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     record = json.loads((run / "run.json").read_text())      # the calls that ran, not their flags alone
@@ -682,10 +683,11 @@ def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_p
     assert not torch.equal(ckpt["model"]["prior.0.weight"], source["prior.0.weight"])
     fc = Forecaster.from_checkpoint(tmp_path / "ck" / run.name / "best.pt", "cpu")
     assert isinstance(fc, LatentSDEForecaster)
-    loads = loads_of(monkeypatch, last)
+    loads, told = loads_of(monkeypatch, last), resumes_told(monkeypatch, latent_sde_train)
     row = latent_sde_train.main(["--device", "cpu", "--prepared", setup["prepared"], "--resume", str(last),
                                  "--epochs", "2", "--seed", "9"])      # its 2 steps of 4 windows: kept in the run
     assert row["epoch"] == 2 and row["step"] == 4 and len(loads) == 1
+    assert [r["ckpt_dir"] for r in told] == [str(last.parent)]
     assert "--seed 9 is ignored: the resumed run goes on with its own seed" in capsys.readouterr().err
     assert [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())] == ["1", "2"]
     assert not undocumented_columns(run / "metrics.csv")
@@ -1515,6 +1517,7 @@ def test_run_json_names_the_weights_it_started_from_though_best_pt_is_replaced_m
     run = trainer_inputs(monkeypatch, latent_sde_train,
                          flags(setup, "--device", "cpu", "--vqvae" if step == "elbo" else "--crps-from", str(start)))
     assert run["meta"][key] == read != file_sha256(start)
+    assert run["meta"]["vqvae_given" if step == "elbo" else "crps_from_given"] == str(start)    # as the flag named it
 
 
 @pytest.mark.parametrize("step", ["elbo", "crps"])
@@ -1616,6 +1619,15 @@ def test_crps_run_from_the_shipped_model_records_the_file_read_here_not_the_path
     resume = {"config": run["config"], "meta": meta}
     assert latent_sde_train.crps_sources(None, resume, resume, meta["crps_from"], "") == {
         k: meta[k] for k in (*latent_sde_train.CRPS_FROM_KEYS, *VQVAE_KEYS, "started_from")}
+
+
+def test_a_fine_tuning_started_from_a_relative_path_records_it_absolute(tmp_path: Path, monkeypatch) -> None:
+    """started_from, and a resume's paths, named --crps-from ck/best.pt as given: no file from another folder."""
+    monkeypatch.chdir(tmp_path)
+    new = latent_sde_train.crps_sources("ck/best.pt", None, {"meta": {}}, "ck/best.pt", "ab12")
+    assert new["started_from"]["path"] == new["crps_from"] == str(tmp_path / "ck" / "best.pt")
+    resumed = latent_sde_train.crps_sources(None, {"meta": {}}, {"meta": {}}, "ck/last.pt", "")
+    assert resumed == dict.fromkeys(("crps_from", "vqvae_checkpoint"), str(tmp_path / "ck" / "last.pt"))
 
 
 def test_training_drafts_lay_beats_at_the_windows_own_future_beats() -> None:

@@ -20,8 +20,8 @@ import running
 import transformer_train
 import vqvae_eval
 import vqvae_train
-from conftest import (closing_lines, edit_tree_after, loads_of, periodic_ecg, scripted_validation, stopped_at,
-                      trainer_inputs, undocumented_columns, vqvae_splits)
+from conftest import (closing_lines, edit_tree_after, loads_of, periodic_ecg, resumes_told, scripted_validation,
+                      stopped_at, trainer_inputs, undocumented_columns, vqvae_splits)
 from forecast import Forecaster
 from hyper_params import ModelConfig, config_from_dict, stored_config
 from hyper_params_transformer import SampleConfig
@@ -512,10 +512,10 @@ def test_resume_goes_on_with_the_runs_own_vqvae(trained: dict, tmp_path: Path, m
     vqvae_train.main(flags({**trained["setup"], "results": setup["results"], "checkpoints": setup["checkpoints"]},
                            "--device", "cpu", "--epochs", "1", "--seed", "1"))
     before = torch.load(last, weights_only=True)
-    loads = loads_of(monkeypatch, last)
+    loads, told = loads_of(monkeypatch, last), resumes_told(monkeypatch, transformer_train)
     row = transformer_train.main(["--device", "cpu", "--prepared", setup["prepared"],
                                   "--checkpoints", setup["checkpoints"], "--resume", str(last), "--epochs", "2"])
-    assert len(loads) == 1      # read once
+    assert len(loads) == 1 and [r["ckpt_dir"] for r in told] == [str(last.parent)]     # read once
     after = torch.load(last, weights_only=True)
     assert row["epoch"] == 2 and after["meta"]["vqvae_checkpoint"] == before["meta"]["vqvae_checkpoint"] == str(vq)
     assert after["meta"]["vqvae_sha256"] == before["meta"]["vqvae_sha256"] == file_sha256(vq)
