@@ -1316,3 +1316,50 @@ def test_run_json_names_a_checkpoint_given_relative_by_its_absolute_path(tmp_pat
     record = vqvae_eval.source_record(None, vqvae_eval.VQVAE_KEYS, "ck/best.pt", "ck/best.pt", "ab12")
     assert record == {"vqvae_checkpoint": str(tmp_path / "ck" / "best.pt"), "vqvae_given": "ck/best.pt",
                       "vqvae_sha256": "ab12"}
+
+
+def test_a_resumes_record_keeps_its_first_runs_given_and_digest_and_names_the_path_as_resolved(tmp_path,
+                                                                                             monkeypatch) -> None:
+    """A resume names the checkpoint as run_vqvae resolves it, absolute (its first run's record, relative when it was
+    made before paths were made absolute; a run made before vqvae_checkpoint was recorded: its own checkpoint), and
+    keeps the first run's given name and digest."""
+    monkeypatch.chdir(tmp_path)
+    resume = {"meta": {"vqvae_given": "pretrained", "vqvae_sha256": "ab12"}}
+    assert vqvae_eval.source_record(resume, vqvae_eval.VQVAE_KEYS, "ck/last.pt", None, "") == {
+        "vqvae_checkpoint": str(tmp_path / "ck" / "last.pt"), "vqvae_given": "pretrained", "vqvae_sha256": "ab12"}
+    resume["meta"]["vqvae_checkpoint"] = "vq/best.pt"
+    assert vqvae_eval.source_record(resume, vqvae_eval.VQVAE_KEYS, "vq/best.pt", None, "")["vqvae_checkpoint"] == str(
+        tmp_path / "vq" / "best.pt")
+
+
+def test_the_next_commands_name_the_first_plotted_windows_record_and_the_runs_prepared_data(tmp_path) -> None:
+    """The forecast command reads the record of the epoch plots' first window, not another validation window's;
+    evaluate.py reads the run's --prepared folder, none when the run read the default one. A resume whose earlier
+    folder has no best.pt either names this run's, which it will write."""
+    import shlex
+
+    cfg = load_config()
+    val = {"records": ["x", "y"], "record": [1, 0], "start": [0, 0], "fs": cfg.data.samples_per_second}
+    for prepared in (str(tmp_path), None):
+        fc, ev = (shlex.split(line.split(": ", 1)[1]) for line in vqvae_eval.next_commands(
+            tmp_path / "new", cfg, val, prepared, {"ckpt_dir": str(tmp_path / "old")}).splitlines()[:2])
+        assert fc[fc.index("--record") + 1].endswith("y") and fc[3] == ev[3] == str(tmp_path / "new" / "best.pt")
+        assert ("--prepared" in ev) == (prepared is not None)
+
+
+def test_run_folders_passed_over_are_the_kinds_folders_newer_than_the_newest_checkpoint(tmp_path, capsys):
+    """Only folders newer than the newest best.pt are passed over, not those between two checkpoints' runs; a file
+    or another kind's run folder without best.pt is none."""
+    import os
+
+    for i, name in enumerate(("vqvae-1", "vqvae-2", "vqvae-3", "transformer-4", "vqvae-5.txt")):
+        if name.endswith(".txt"):
+            (tmp_path / name).write_text("")
+        else:
+            (tmp_path / name).mkdir()
+        if name in ("vqvae-1", "vqvae-3"):
+            (tmp_path / name / "best.pt").write_bytes(b"")
+            os.utime(tmp_path / name / "best.pt", (1e9 + i, 1e9 + i))
+        os.utime(tmp_path / name, (1e9 + i, 1e9 + i))
+    assert vqvae_eval.latest_checkpoint("vqvae", str(tmp_path)) == tmp_path / "vqvae-3" / "best.pt"
+    assert capsys.readouterr().err == ""
