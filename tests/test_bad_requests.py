@@ -791,6 +791,16 @@ def test_a_folder_named_as_a_run_is_said_to_be_a_killed_runs_only_when_it_holds_
         load_checkpoint(killed / "last.pt")
 
 
+def test_a_run_folder_is_told_by_its_whole_name_a_second_runs_suffix_too(tmp_path):
+    """new_run_dir names a run started in the same second as another <name>-<date>-<time>-<n>; a name that only
+    begins as a run's (a copy's) is no run folder."""
+    for name, said in (("vqvae-20260101-120000-2", True), ("vqvae-20260101-120000.old", False),
+                       ("vqvae-20260101-120000-2x", False)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text("{}")
+        assert paths.unsaved_run(tmp_path / name).startswith("a training run's folder") == said, name
+
+
 def test_a_forecaster_checkpoint_missing_its_vqvae_is_named(tmp_path):
     ckpt = torch.load(PRETRAINED, map_location="cpu", weights_only=True)
     del ckpt["vqvae"]
@@ -1047,6 +1057,25 @@ def test_a_forecaster_put_in_training_forecasts_in_eval_mode_and_stays_in_traini
     assert [m is frozen for m in fc.gpt.modules() if not m.training] == [True] and not fc.vq.training
 
 
+class AutocastSeen(forecast.ForecasterBase):
+    """One's own forecaster on the CPU that says whether it ran under autocast."""
+    device, seen = torch.device("cpu"), []
+
+    @forecast.one_by_one
+    def predict(self, x, horizon, num_samples=100, seed=0):
+        self.seen.append(torch.is_autocast_enabled("cpu"))
+        return np.zeros((1, num_samples, horizon, 2), np.float32)
+
+
+def test_a_forecast_runs_without_autocast_with_or_without_the_callers():
+    """Comparing forecasts under a caller's autocast with those outside it held with autocast turned on for both."""
+    fc, x = AutocastSeen(), synthetic_ecg(3, 128, seed=0)[0]
+    fc.predict(x, 8, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fc.predict(x, 8, 2)
+    assert fc.seen == [False, False]
+
+
 class NoisyModule(torch.nn.Module, forecast.ForecasterBase):
     """One's own forecaster that is a module itself, with dropout, forecast through one_by_one."""
     fs = 128
@@ -1066,6 +1095,20 @@ def test_a_forecaster_that_is_a_module_forecasts_in_eval_mode_too():
     fc = NoisyModule().train()
     out = fc.predict(synthetic_ecg(3, 128, seed=0)[0], 16, 4)
     np.testing.assert_array_equal(out, np.ones_like(out))
+    assert fc.training and fc.drop.training
+
+
+class FailingModule(NoisyModule):
+    @forecast.one_by_one
+    def predict(self, x, horizon, num_samples=100, seed=0):
+        raise RuntimeError("out of memory")
+
+
+def test_a_forecast_that_fails_gives_each_module_its_mode_back():
+    """A forecast stopped by an error (out of memory) left a module put in training in eval mode."""
+    fc = FailingModule().train()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        fc.predict(synthetic_ecg(3, 128, seed=0)[0], 16, 4)
     assert fc.training and fc.drop.training
 
 
