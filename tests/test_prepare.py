@@ -436,6 +436,37 @@ def test_a_header_the_records_file_leaves_out_is_noted(tmp_path, capsys):
             f"to read it)") in capsys.readouterr().err
 
 
+def test_the_unlisted_headers_noted_leave_out_listed_records_segments_and_stop_at_five(tmp_path, capsys):
+    """A multi-segment record's segment headers are read through it, not unlisted records; the note names 5 at
+    most, as a folder of many would fill a screen."""
+    (tmp_path / "RECORDS").write_text("m\n")
+    (tmp_path / "m.hea").write_text("m/2 2 360 720\nm_1 360\nm_2 360\n")
+    for name in ("m_1", "m_2"):
+        (tmp_path / f"{name}.hea").write_text(f"{name} 2 360 360\n")
+    pm.note_unlisted(tmp_path, ["m"])
+    assert capsys.readouterr().err == ""
+    for name in "uvwxyz":
+        (tmp_path / f"{name}.hea").write_text(f"{name} 2 360 360\n")
+    pm.note_unlisted(tmp_path, ["m"])
+    assert "does not list u, v, w, x, y ..., whose .hea are there: not read (add them to" in capsys.readouterr().err
+
+
+def test_records_the_records_file_leaves_out_are_named_as_such(tmp_path):
+    """--records asking for two headers RECORDS leaves out names both, in the plural; in a folder without RECORDS
+    the hint is not given."""
+    (tmp_path / "RECORDS").write_text("a\n")
+    for name in "abc":
+        (tmp_path / f"{name}.hea").write_text(f"{name} 2 360 360\n")
+    with pytest.raises(UserError, match=r"leaves out b, c, whose .hea are there: add them to RECORDS to read them$"):
+        pm.select_records(["a"], ["b", "c"], tmp_path)
+    (tmp_path / "RECORDS").unlink()         # no index: a header not among the records is a segment's
+    (tmp_path / "m.hea").write_text("m/1 2 360 360\nm_1 360\n")
+    (tmp_path / "m_1.hea").write_text("m_1 2 360 360\n")
+    with pytest.raises(UserError) as e:
+        pm.select_records(pm.header_stems(tmp_path), ["m_1"], tmp_path)
+    assert "RECORDS" not in str(e.value)
+
+
 def test_a_split_or_records_by_file_name_alone_name_the_paths_meant(tmp_path):
     """Records in subfolders are named by their paths: a split or --records listed by the file names alone
     ('a', not 'sub/a') was refused with the folder's records unnamed (config) or among all of them (--records);
