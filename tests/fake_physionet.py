@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -58,6 +59,12 @@ def lingering(name: str, folder: str) -> None:
     threading.Thread(target=time.sleep, args=(STALLED_S,)).start()
     if error := os.environ.get("FAKE_ERROR"):
         raise ConnectionError(error)
+
+
+def progress(name: str, folder: str) -> None:
+    """bring, its progress bar's last line on stderr left without a newline (as tqdm's \\r lines are)."""
+    bring(name, folder)
+    sys.stderr.write("fetched 100%")
 
 
 def signal_parent(name: str, folder: str) -> None:

@@ -420,6 +420,16 @@ def test_a_download_whose_process_is_slow_to_exit_is_not_given_up(tmp_path, monk
         pm.find_records(tmp_path / "mitdb", download=True)
 
 
+def test_a_downloads_last_words_on_stderr_are_kept_though_its_process_ends_at_once(tmp_path, monkeypatch, physionet,
+                                                                                  capfd):
+    """The child ends in os._exit, which flushes nothing: a progress bar's last line, with no newline, was lost
+    (stderr buffered, as it is without PYTHONUNBUFFERED)."""
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
+    physionet("progress")
+    assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
+    assert "fetched 100%" in capfd.readouterr().err
+
+
 def test_a_download_whose_process_ended_before_it_fetched_fails_by_its_exit_not_its_start(tmp_path, monkeypatch,
                                                                                           physionet):
     """A child that ended before it fetched is not timed out past START_LIMIT while a process it started holds its
