@@ -1952,6 +1952,9 @@ def test_closing_codebook_line_is_the_last_training_epochs_for_every_level(tmp_p
 def test_the_closing_usage_of_a_large_codebook_is_not_rounded_to_nothing():
     """Usage in whole percent said 0% of a 65536-code codebook that used 12 codes (0.018%)."""
     assert [vqvae_train.percent(u) for u in (0.873, 0.01, 0.0001831, 0.0)] == ["87", "1", "0.018", "0"]
+    cfg = config_from_dict({"model": {"num_quantizers": 2}})
+    row = {"perplexity": 9.0, "perplexity_2": 3.0, "usage": 0.0001831, "usage_2": 0.5}
+    assert "usage 0.018/50% of " in vqvae_train.codebook_line(row, cfg)
 
 
 
