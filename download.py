@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -24,12 +23,11 @@ import running
 from paths import UserError
 
 DOWNLOAD_PART = ".download-"   # the hidden folder in the data folder that a download arrives in (+ SPACE-PID-*,
-                               # SPACE its process_space: HOST~INODE)
+                               # SPACE its paths.process_space: HOST~INODE)
 CONNECT_TIMEOUT = 20.0         # seconds PhysioNet (or the proxy) has to answer before a download starts
 STALL_LIMIT = 120.0            # seconds a download may go without an answer, a byte received or a file before it
                                # is given up (a server or proxy that stopped sending)
 START_LIMIT = 120.0            # seconds the download's process has to start fetching (its imports: wfdb's, FETCH's)
-QUIET_PART_S = 24 * 3600.0     # a download folder untouched this long is no live download's (STALL_LIMIT ends one)
 FETCH = "wfdb:dl_database"     # module:function the download's child process calls with ("mitdb", its folder)
 
 
@@ -38,15 +36,14 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
     do instead), and leaves no empty folder behind. The files arrive in a hidden folder in data_dir (beside it, a
     mount or a read-only parent took none) and move out once all are there: a download cut short left some
     records, and the next run prepared them as the database. The folder's name says whose it is (process_space and
-    pid), so that the next download removes it when a kill -9 left it (remove_stale_parts)."""
+    pid: paths.owned_folder), so that the next download removes it when a kill -9 left it (remove_stale_parts)."""
     from prepare_mitbih import _first_line, header_stems     # here, not at the top: prepare_mitbih imports this module
     created = not os.path.exists(data_dir)
     part = None
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_parts(data_dir)
-        owner = f"{DOWNLOAD_PART}{process_space()}-{os.getpid()}-"
-        part = Path(tempfile.mkdtemp(prefix=owner, dir=data_dir))
+        part = paths.owned_folder(data_dir, DOWNLOAD_PART)
         import wfdb
         url = wfdb.io.download.config.db_index_url
         reach_physionet(url)
@@ -71,67 +68,10 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
 
 
 def remove_stale_parts(data_dir: Path) -> None:
-    """The download folders in data_dir whose process is gone removed, each said in a line: a download killed with
-    kill -9 (or a machine's crash) left its folder, which every run then passed over, there for ever (MIT-BIH is
-    100 MB). Only those whose name says this process_space and a pid no process has: a live download's (another
-    run's now; a pid reused counts as live) stays, and so do one of another host or container, whose processes this
-    one cannot see, and one whose name says no owner (made before names did), each said in a line for the user to
-    judge. A link of such a name is no download's (mkdtemp makes folders), and rmtree refused it on every run. Any
-    folder untouched for a day (QUIET_PART_S) goes: no live download is that quiet, and those this process cannot
-    judge (of another host, or made before names said their owner) were otherwise said on every run for ever."""
-    space = process_space()
-    for part in sorted(p for p in data_dir.glob(f"{DOWNLOAD_PART}*") if p.is_dir() and not p.is_symlink()):
-        name, pid, _ = (part.name[len(DOWNLOAD_PART):].rsplit("-", 2) + ["", ""])[:3]
-        if (quiet := quiet_for(part)) > QUIET_PART_S:
-            remove_part(part, f"a download's folder untouched for over {running.counted(int(quiet // 86400), 'day')}")
-        elif not (pid.isascii() and pid.isdigit()) or int(pid) <= 0:     # '²' is a digit int() refuses
-            print(f"left {part}: a download's folder that names no process; remove it if no download runs there")
-        elif name != space:
-            print(f"left {part}: a download's folder of {name}, another host or container, whose processes this one "
-                  f"cannot see; remove it if no download runs there")
-        elif not alive(int(pid)):
-            remove_part(part, f"the folder of a download whose process ({pid}) is gone")
-
-
-def remove_part(part: Path, what: str) -> None:
-    """A stale download folder removed, and said with `what` it was: an owner's gone process and a day's quiet
-    say why in the same words, and one rmtree could not remove (another user's files) is said so, not as gone."""
-    shutil.rmtree(part, ignore_errors=True)
-    print(f"{'cannot remove' if part.exists() else 'removed'} {part}, {what}")
-
-
-def quiet_for(part: Path) -> float:
-    """Seconds since anything in download folder `part` last changed, links as themselves (one whose target went
-    is no change); 0 when the folder or a file in it went while read (a live download moving its files out), so
-    that it is judged by its name. A subfolder it cannot read counts by its own time (pathlib skips its files)."""
-    try:
-        newest = max([part.lstat().st_mtime, *(p.lstat().st_mtime for p in part.rglob("*"))])
-    except OSError:
-        return 0.0
-    return time.time() - newest
-
-
-def process_space() -> str:
-    """Whose pids a download folder's pid is: the host's name and, where Linux shows it, its pid namespace
-    ('HOST~INODE'). Containers given one host name (host networking) each have pids of their own, and one took
-    another's live download, its pid free here, for one killed."""
-    host = socket.gethostname()
-    try:
-        return f"{host}~{os.stat('/proc/self/ns/pid').st_ino}"
-    except OSError:
-        return host
-
-
-def alive(pid: int) -> bool:
-    """Whether a process this one can see (its pid namespace, process_space) has `pid`: another user's too; none has
-    one beyond the system's pid_t."""
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:
-        pass
-    return True
+    """The download folders in data_dir whose process is gone removed, each said in a line (paths.remove_stale_parts):
+    a download killed with kill -9 (or a machine's crash) left its folder, which every run then passed over, there for
+    ever (MIT-BIH is 100 MB)."""
+    paths.remove_stale_parts(data_dir, DOWNLOAD_PART, "download")
 
 
 def reach_physionet(url: str, timeout: float = CONNECT_TIMEOUT) -> None:

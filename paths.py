@@ -17,6 +17,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -234,6 +236,82 @@ def broken_link(path: str | os.PathLike) -> Path | None:
     made, and mkdir said only 'File exists', which named neither the link nor what is missing."""
     path = Path(path)
     return next((f for f in (*reversed(path.parents), path) if os.path.islink(f) and not os.path.exists(f)), None)
+
+
+# a hidden working folder (a download's, a preparation's: owned_folder) untouched this long is no live run's: a
+# download's STALL_LIMIT ends one, and a preparation writes its files in minutes
+QUIET_PART_S = 24 * 3600.0
+
+
+def owned_folder(folder: Path, prefix: str) -> Path:
+    """A new hidden working folder in `folder` named `prefix`SPACE-PID-* after its owner (process_space, pid): a
+    later run removes it when a kill -9 or a crash left it (remove_stale_parts), and leaves a live run's alone."""
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{process_space()}-{os.getpid()}-", dir=folder))
+
+
+def remove_stale_parts(folder: Path, prefix: str, what: str) -> None:
+    """The working folders `prefix`* in `folder` (owned_folder's) of a `what` ('download') whose process is gone
+    removed, each said in a line: one left by kill -9 (or a machine's crash) was passed over by every run, there for
+    ever. Only those whose name says this process_space and a pid no process has: a live run's (another run's now; a
+    pid reused counts as live) stays, and so do one of another host or container, whose processes this one cannot
+    see, and one whose name says no owner (made before names did), each said in a line for the user to judge. A link
+    of such a name is no run's (mkdtemp makes folders), and rmtree refused it on every run. Any folder untouched for
+    a day (QUIET_PART_S) goes: no live run is that quiet, and those this process cannot judge (of another host, or
+    made before names said their owner) were otherwise said on every run for ever."""
+    space = process_space()
+    for part in sorted(p for p in folder.glob(f"{prefix}*") if p.is_dir() and not p.is_symlink()):
+        name, pid, _ = (part.name[len(prefix):].rsplit("-", 2) + ["", ""])[:3]
+        if (quiet := quiet_for(part)) > QUIET_PART_S:
+            days = int(quiet // 86400)
+            remove_part(part, f"a {what}'s folder untouched for over {days} day{'s' * (days != 1)}")
+        elif not (pid.isascii() and pid.isdigit()) or int(pid) <= 0:     # '²' is a digit int() refuses
+            print(f"left {part}: a {what}'s folder that names no process; remove it if no {what} runs there")
+        elif name != space:
+            print(f"left {part}: a {what}'s folder of {name}, another host or container, whose processes this one "
+                  f"cannot see; remove it if no {what} runs there")
+        elif not alive(int(pid)):
+            remove_part(part, f"the folder of a {what} whose process ({pid}) is gone")
+
+
+def remove_part(part: Path, what: str) -> None:
+    """A stale working folder removed, and said with `what` it was: an owner's gone process and a day's quiet
+    say why in the same words, and one rmtree could not remove (another user's files) is said so, not as gone."""
+    shutil.rmtree(part, ignore_errors=True)
+    print(f"{'cannot remove' if part.exists() else 'removed'} {part}, {what}")
+
+
+def quiet_for(part: Path) -> float:
+    """Seconds since anything in working folder `part` last changed, links as themselves (one whose target went
+    is no change); 0 when the folder or a file in it went while read (a live run moving its files out), so
+    that it is judged by its name. A subfolder it cannot read counts by its own time (pathlib skips its files)."""
+    try:
+        newest = max([part.lstat().st_mtime, *(p.lstat().st_mtime for p in part.rglob("*"))])
+    except OSError:
+        return 0.0
+    return time.time() - newest
+
+
+def process_space() -> str:
+    """Whose pids a working folder's pid is: the host's name and, where Linux shows it, its pid namespace
+    ('HOST~INODE'). Containers given one host name (host networking) each have pids of their own, and one took
+    another's live download, its pid free here, for one killed."""
+    host = socket.gethostname()
+    try:
+        return f"{host}~{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return host
+
+
+def alive(pid: int) -> bool:
+    """Whether a process this one can see (its pid namespace, process_space) has `pid`: another user's too; none has
+    one beyond the system's pid_t."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:

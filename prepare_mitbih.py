@@ -17,7 +17,6 @@ import numbers
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
@@ -54,6 +53,7 @@ BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
 # them (a database's own, wrann's custom_labels) is named, since the beats it marks are no reference beats.
 WFDB_SYMBOLS = BEAT_SYMBOLS | set('~|sT*D"=p^t+u![]@x()')
 SPLITS = ("train", "validation", "test")
+PREPARING_PART = ".preparing-"    # the hidden folder in --out a preparation writes its files into (paths.owned_folder)
 # The split of null data.test_records / validation_records (config_split): DS2 and 201 (202's patient) test, every
 # 7th remaining DS1 record from the 4th validation, the rest train.
 DEFAULT_TEST = DS2 + ["201"]
@@ -1393,14 +1393,16 @@ def save_prepared(tensors: dict[str, dict], meta: dict, out_dir: Path) -> None:
     """Each split's file carries the rate, scale and hashes of meta.json: a split loaded alone is checked against
     the config asking for it. Every file is written into a hidden folder inside out_dir first, and all are moved in
     only then: a run stopped while writing them (Ctrl-C, a full disk) replaced one split file after another and
-    left the earlier preparation unusable; now it stays whole."""
+    left the earlier preparation unusable; now it stays whole. That folder, as large as a preparation, is named after
+    its process: one a kill -9 left is removed by the next preparation into out_dir (paths.remove_stale_parts)."""
     import torch
 
     if taken := [f"{s}.pt" for s in SPLITS if (out_dir / f"{s}.pt").exists()]:
         running.note(f"replacing the prepared data in {out_dir} ({', '.join(taken)})")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".preparing-", dir=out_dir))
+        paths.remove_stale_parts(out_dir, PREPARING_PART, "preparation")
+        staging = paths.owned_folder(out_dir, PREPARING_PART)
     except OSError as e:
         raise UserError(f"cannot write to {out_dir}: {e.strerror or e}") from e
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import download as dl
+import paths
 import prepare_mitbih as pm
 from conftest import ROOT, forbid_download, run_in_process, write_record
 from paths import UserError
@@ -201,7 +202,7 @@ def test_the_folder_of_a_download_killed_goes_at_the_next(tmp_path, physionet, c
     The next download removes it, and says so."""
     assert gone_within(download_killed(tmp_path / "mitdb", physionet("stall")), 5.0)     # nothing more comes in
     [part] = (tmp_path / "mitdb").iterdir()
-    assert part.name.startswith(f"{dl.DOWNLOAD_PART}{dl.process_space()}-")
+    assert part.name.startswith(f"{dl.DOWNLOAD_PART}{paths.process_space()}-")
     physionet("bring")
     assert pm.find_records(tmp_path / "mitdb", download=True) == ["100"]
     assert not part.exists() and not list((tmp_path / "mitdb").glob(".*"))
@@ -214,7 +215,7 @@ def test_the_folders_of_live_downloads_and_of_no_known_owner_stay(tmp_path, phys
     namespace) and one whose name says no owner stay, the three the next download cannot judge said in a line."""
     ended = subprocess.Popen([sys.executable, "-c", ""])
     ended.wait()
-    space, data = dl.process_space(), tmp_path / "mitdb"
+    space, data = paths.process_space(), tmp_path / "mitdb"
     assert space == f"{socket.gethostname()}~{os.readlink('/proc/self/ns/pid')[5:-1]}"    # Linux: 'pid:[INODE]'
     names = [f"{space}-{ended.pid}-dead", f"{space}-{os.getpid()}-live", f"elsewhere-{ended.pid}-far", "abc_123",
              f"{socket.gethostname()}~1-{ended.pid}-boxed"]
@@ -235,7 +236,7 @@ def test_the_folders_of_live_downloads_and_of_no_known_owner_stay(tmp_path, phys
 def test_a_download_folder_untouched_for_a_day_goes_whoever_it_names(tmp_path, capsys):
     """A folder of another host, or one made before names said their owner, was left and said on every run for
     ever: untouched for over a day (no live download is so quiet), it goes; a newer file in one keeps it."""
-    names = ["abc_123", "elsewhere-12-far", f"{dl.process_space()}-{os.getpid()}-live", "busy_456"]
+    names = ["abc_123", "elsewhere-12-far", f"{paths.process_space()}-{os.getpid()}-live", "busy_456"]
     for name in names:
         (tmp_path / f"{dl.DOWNLOAD_PART}{name}" / "sub").mkdir(parents=True)
         for p in (tmp_path / f"{dl.DOWNLOAD_PART}{name}" / "sub" / "100.dat",
@@ -248,7 +249,7 @@ def test_a_download_folder_untouched_for_a_day_goes_whoever_it_names(tmp_path, c
     out = capsys.readouterr().out
     assert f"removed {tmp_path / dl.DOWNLOAD_PART}abc_123, a download's folder untouched for over 3 days" in out
     assert f"left {tmp_path / dl.DOWNLOAD_PART}busy_456: a download's folder that names no process" in out
-    assert dl.quiet_for(tmp_path / "none") == 0.0                       # one it cannot look into: judged by name
+    assert paths.quiet_for(tmp_path / "none") == 0.0                    # one it cannot look into: judged by name
 
 
 def test_a_download_folder_of_another_host_stays_a_day_and_a_dead_link_in_it_keeps_it_no_longer(tmp_path, capsys):
@@ -271,7 +272,7 @@ def test_a_download_folder_whose_pid_no_process_can_have_fails_no_download(tmp_p
     """A pid str.isdigit takes but int() refuses ('²') or beyond the system's pid_t stopped remove_stale_parts in a
     ValueError or OverflowError, and every download failed until the folder went: the first names no process (left,
     said), the second names none alive (removed)."""
-    host = dl.process_space()
+    host = paths.process_space()
     for name in (f"{host}-\u00b2-x", f"{host}-99999999999999999999-x"):
         (tmp_path / f"{dl.DOWNLOAD_PART}{name}").mkdir()
     dl.remove_stale_parts(tmp_path)
@@ -288,7 +289,7 @@ def test_a_download_folder_is_told_by_its_last_two_dashes_and_only_a_dead_pid_of
     process (EPERM) is alive: none of those is removed, nor a link of a folder's name."""
     ended = subprocess.Popen([sys.executable, "-c", ""])
     ended.wait()
-    monkeypatch.setattr(dl, "process_space", lambda: "my-host.local")
+    monkeypatch.setattr(paths, "process_space", lambda: "my-host.local")
     for name in (f"my-host.local-{ended.pid}-x", f"my-host-{ended.pid}-x", "my-host.local-0-x"):
         (tmp_path / f"{dl.DOWNLOAD_PART}{name}").mkdir()
     (tmp_path / f"{dl.DOWNLOAD_PART}my-host.local-{ended.pid}-file").write_text("")
@@ -307,8 +308,8 @@ def test_a_download_folder_is_told_by_its_last_two_dashes_and_only_a_dead_pid_of
 
     def not_yours(pid: int, sig: int) -> None:
         raise PermissionError(1, "Operation not permitted")
-    monkeypatch.setattr(dl.os, "kill", not_yours)
-    assert dl.alive(ended.pid)
+    monkeypatch.setattr(paths.os, "kill", not_yours)
+    assert paths.alive(ended.pid)
 
 
 def download_killed(folder: Path, pid: Path) -> int:
@@ -507,7 +508,7 @@ def test_a_download_stopped_while_moved_in_leaves_no_records(tmp_path, monkeypat
     def stopped(self, target):
         calls.append(target)
         if len(calls) == 8:         # the signals, annotations and 100.hea in: the state a kill here would leave
-            part = re.escape(f"{dl.DOWNLOAD_PART}{dl.process_space()}-{os.getpid()}-")    # 'HOST~INODE': '~' too
+            part = re.escape(f"{dl.DOWNLOAD_PART}{paths.process_space()}-{os.getpid()}-")    # 'HOST~INODE': '~' too
             refused = (rf"killed while its files were moved in \(.*RECORDS lists 2 records with no \.hea, still in "
                        rf"{part}\w+\): empty the folder and run again")
             with pytest.raises(UserError, match=refused):

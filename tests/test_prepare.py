@@ -1753,6 +1753,30 @@ def test_a_preparation_stopped_between_moving_its_files_in_says_what_it_left(syn
     assert sorted(p.name for p in out.iterdir()) == [moved[0]]
 
 
+def test_a_killed_preparations_folder_goes_at_the_next_and_a_live_ones_stays(synthetic_db: Path, tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture) -> None:
+    """kill -9 while writing left a .preparing-* folder in --out, as large as a preparation, said by nothing and there
+    for ever. The next preparation into it removes one whose process is gone and says so; a live preparation's stays,
+    and one naming no process is said; reading the prepared data passes over those left."""
+    out, space = tmp_path / "out", paths.process_space()
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    ended.wait()
+    names = [f"{space}-{ended.pid}-dead", f"{space}-{os.getpid()}-live", "unowned"]
+    for name in names:
+        (out / f"{pm.PREPARING_PART}{name}").mkdir(parents=True)
+        (out / f"{pm.PREPARING_PART}{name}" / "train.pt").write_bytes(bytes(10))
+    cfg = make_cfg(test_records=["100"], validation_records=["101"])
+    pm.prepare(cfg, synthetic_db, out, download=False)
+    assert sorted(p.name for p in out.glob(".*")) == [f"{pm.PREPARING_PART}{n}" for n in sorted(names[1:])]
+    said = capsys.readouterr().out
+    assert f"removed {out / pm.PREPARING_PART}{names[0]}, the folder of a preparation whose process ({ended.pid})" \
+           f" is gone" in said
+    assert (f"left {out / pm.PREPARING_PART}unowned: a preparation's folder that names no process; remove it if no "
+            f"preparation runs there") in said
+    assert "-live" not in said
+    assert len(pm.load_split("test", cfg, out)["signals"]) > 0
+
+
 def test_normalization_none_keeps_millivolts() -> None:
     """data.normalization 'none' scales by 1 mV per lead; 'train_std' by the training windows' SD per lead."""
     train = {"signals": torch.stack([torch.arange(8.0), 3 * torch.arange(8.0)], 1).repeat(2, 1, 1)}
