@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parent
 ENV = {
@@ -400,17 +400,22 @@ def check_device(device: str | None, name: str = "--device") -> str | None:
 
 
 @contextlib.contextmanager
-def written_together(folder: Path, again: str) -> Iterator[list[str]]:
+def written_together(folder: Path, again: str, every: Sequence[str] = ()) -> Iterator[list[str]]:
     """The files of one result, each written atomically, the names of those written appended to the list yielded:
     stopped between two (Ctrl-C, a full disk), the message says which are this run's, beside what was there
-    before, and `again` how to go on."""
+    before, and `again` how to go on. Stopped once all of `every` (the result's files) are written (a Ctrl-C just
+    after the last), it says the result is whole: 'holds only' all of them sent the user to make it again."""
     written: list[str] = []
     try:
         yield written
     except (KeyboardInterrupt, UserError) as e:
         if not written:
             raise
-        part = f"{folder} holds only {', '.join(written)} of this run, beside what was there before: {again}"
+        if every and set(every) <= set(written):
+            part = (f"{folder} holds this run's result whole ({', '.join(every)}): it was stopped only once all "
+                    f"were written")
+        else:
+            part = f"{folder} holds only {', '.join(written)} of this run, beside what was there before: {again}"
         raise type(e)(f"{e}; {part}" if str(e) else part) from None
 
 

@@ -1394,7 +1394,8 @@ def save_prepared(tensors: dict[str, dict], meta: dict, out_dir: Path) -> None:
     the config asking for it. Every file is written into a hidden folder inside out_dir first, and all are moved in
     only then: a run stopped while writing them (Ctrl-C, a full disk) replaced one split file after another and
     left the earlier preparation unusable; now it stays whole. That folder, as large as a preparation, is named after
-    its process: one a kill -9 left is removed by the next preparation into out_dir (paths.remove_stale_parts)."""
+    its process: one a kill -9 left is removed by the next preparation into out_dir (paths.remove_stale_parts). A
+    Ctrl-C once every file is moved in says the preparation is whole, not what it left."""
     import torch
 
     if taken := [f"{s}.pt" for s in SPLITS if (out_dir / f"{s}.pt").exists()]:
@@ -1405,19 +1406,22 @@ def save_prepared(tensors: dict[str, dict], meta: dict, out_dir: Path) -> None:
         staging = paths.owned_folder(out_dir, PREPARING_PART)
     except OSError as e:
         raise UserError(f"cannot write to {out_dir}: {e.strerror or e}") from e
+    names = [*(f"{s}.pt" for s in tensors), "meta.json"]
     try:
         for s, t in tensors.items():
             t.update(fs=meta["fs"], scale_mv=torch.tensor(meta["scale_mv"], dtype=torch.float32),
                      data_hash=meta["data_hash"], input_hash=meta["input_hash"], preparation=PREPARATION)
             paths.atomic_torch_save(t, staging / f"{s}.pt")
         paths.atomic_write_json(meta, staging / "meta.json")
-        with paths.written_together(out_dir, "run prepare_mitbih.py again before reading it") as written:
-            for name in [*(f"{s}.pt" for s in tensors), "meta.json"]:
-                try:
-                    os.replace(staging / name, out_dir / name)
-                except OSError as e:
-                    raise UserError(f"cannot write {out_dir / name}: {e.strerror or e}") from e
-                written.append(name)
+        with paths.written_together(out_dir, "run prepare_mitbih.py again before reading it", names) as written:
+            try:
+                for name in names:
+                    try:
+                        os.replace(staging / name, out_dir / name)
+                    except OSError as e:
+                        raise UserError(f"cannot write {out_dir / name}: {e.strerror or e}") from e
+            finally:        # those gone from staging: a Ctrl-C just after a move leaves that file moved in
+                written.extend(n for n in names if not os.path.lexists(staging / n))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

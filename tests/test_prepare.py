@@ -1753,6 +1753,27 @@ def test_a_preparation_stopped_between_moving_its_files_in_says_what_it_left(syn
     assert sorted(p.name for p in out.iterdir()) == [moved[0]]
 
 
+def test_a_ctrl_c_after_the_last_move_says_the_preparation_is_whole(synthetic_db: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C landing just after meta.json was moved in said the folder held only the split files of this run and
+    to prepare again, though the preparation was complete and loads."""
+    out, real = tmp_path / "out", os.replace
+
+    def stop_after_the_last(src, dst):
+        real(src, dst)
+        if Path(dst) == out / "meta.json":
+            raise KeyboardInterrupt()
+
+    monkeypatch.setattr(os, "replace", stop_after_the_last)
+    cfg = make_cfg(test_records=["100"], validation_records=["101"])
+    with pytest.raises(KeyboardInterrupt) as said:
+        pm.prepare(cfg, synthetic_db, out, download=False)
+    assert str(said.value) == (f"{out} holds this run's result whole (test.pt, validation.pt, train.pt, meta.json): "
+                               f"it was stopped only once all were written")
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "test.pt", "train.pt", "validation.pt"]
+    assert len(pm.load_split("test", cfg, out)["signals"]) > 0
+
+
 def test_a_killed_preparations_folder_goes_at_the_next_and_a_live_ones_stays(synthetic_db: Path, tmp_path: Path,
                                                                              capsys: pytest.CaptureFixture) -> None:
     """kill -9 while writing left a .preparing-* folder in --out, as large as a preparation, said by nothing and there
