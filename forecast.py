@@ -634,13 +634,21 @@ def check_header(record: Path) -> None:
 def clean_starts(signal: np.ndarray, at: int, ctx: int, fs: int, offset: int = 0) -> str:
     """The nearest forecast starts before and after `at` whose context has no gap, said for an error (`signal`:
     the record's samples from `offset` on, read around `at`)."""
-    from prepare_mitbih import finite_stretches
-    ok = [(a + ctx, b) for a, b in finite_stretches(signal) if b - a >= ctx]
-    before = [min(b, at) for a, b in ok if a <= at]
-    after = [max(a, at) for a, b in ok if b >= at]
-    said = [f"{round((s + offset) / fs, 3):g} s" for s in (max(before, default=None), min(after, default=None))
-            if s is not None]
+    said = [f"{s:g} s" for s in clean_start_times(signal, at, fs, offset, before=ctx)]
     return f"the nearest clean --start: {' or '.join(said)}" if said else "no context around it is without gaps"
+
+
+def clean_start_times(signal: np.ndarray, at: int, fs: int, offset: int = 0, before: int = 0, after: int = 0
+                      ) -> list[float]:
+    """The nearest starts (seconds, to 1 ms) at or before and at or after `at` with `before` samples before them and
+    `after` from them on without gaps: a forecast's context, vqvae_eval.py's windows (`signal`: the record's samples
+    from `offset` on); fewer when none fits in `signal`."""
+    from prepare_mitbih import finite_stretches
+    ok = [(a + before, b - after) for a, b in finite_stretches(signal) if b - a >= before + after]
+    earlier = [min(b, at) for a, b in ok if a <= at]
+    later = [max(a, at) for a, b in ok if b >= at]
+    return [round((s + offset) / fs, 3) for s in (max(earlier, default=None), min(later, default=None))
+            if s is not None]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

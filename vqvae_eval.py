@@ -452,8 +452,18 @@ def record_windows(signal: np.ndarray, start_s: float, seconds: float | None, wi
     if gaps := np.flatnonzero(~np.isfinite(windows).all((1, 2))).tolist():
         s = (at + gaps[0] * window) / fs
         raise UserError(f"{record}: the window {s:g}-{s + window / fs:g} s touches a gap of NaN/invalid or flat "
-                        f"samples; choose another --start or --seconds")
+                        f"samples; {clean_spans(signal, at - offset, count * window, fs, offset)}")
     return windows, (at + window * np.arange(count)) / fs
+
+
+def clean_spans(signal: np.ndarray, at: int, span: int, fs: int, offset: int) -> str:
+    """The nearest --start before and after `at` from which `span` samples have no gap, said for an error as
+    forecast.py says a clean context's (`signal`: the record's samples from `offset` on, read around `at`)."""
+    from forecast import clean_start_times
+    if said := [f"{s:g} s" for s in clean_start_times(signal, at, fs, offset, after=span)]:
+        return f"the nearest clean --start for {span / fs:g} s: {' or '.join(said)}"
+    return (f"no --start between {offset / fs:g} and {(offset + len(signal)) / fs:g} s (the part read) gives "
+            f"{span / fs:g} s without gaps")
 
 
 @torch.no_grad()

@@ -1275,8 +1275,21 @@ def test_record_windows_name_a_window_over_a_gap_and_the_seconds_left_out(capsys
     assert windows.shape == (2, 64, 2) and starts.tolist() == [1.0, 2.0]
     assert "--seconds 2.5 is no whole number of 1 s windows: coding 2, 2 s" in capsys.readouterr().err
     signal[200] = np.nan
-    with pytest.raises(UserError, match=r"r: the window 3-4 s touches a gap"):
+    with pytest.raises(UserError, match=r"r: the window 3-4 s touches a gap of NaN/invalid or flat samples; no "
+                       r"--start between 0 and 10 s \(the part read\) gives 10 s without gaps"):
         vqvae_eval.record_windows(signal, 0.0, math.inf, 64, 64, "r")
+
+
+def test_a_window_over_a_gap_names_the_nearest_clean_starts_for_the_seconds_asked() -> None:
+    """'choose another --start or --seconds' left the user to guess; now the nearest starts before and after the gap
+    from which as many seconds are clean are said, in the record's seconds, as forecast.py says a context's."""
+    signal = np.zeros((640, 2), np.float32)     # the record's samples from 6400 (100 s) on
+    signal[200] = np.nan
+    with pytest.raises(UserError, match=r"r: the window 103-104 s touches a gap of NaN/invalid or flat samples; the "
+                       r"nearest clean --start for 2 s: 101.125 s or 103.141 s$"):
+        vqvae_eval.record_windows(signal, 102.0, 2.0, 64, 64, "r", offset=6400, length=20000)
+    with pytest.raises(UserError, match=r"the nearest clean --start for 1 s: 102.125 s or 103.141 s$"):
+        vqvae_eval.record_windows(signal, 103.0, None, 64, 64, "r", offset=6400, length=20000)
 
 
 def test_vqvae_eval_refuses_a_results_folder_it_cannot_write_before_the_coding(tiny_checkpoint, tmp_path,
