@@ -368,7 +368,8 @@ def asked_leads(leads: Sequence[str] | None) -> None:
         raise UserError(f"--leads takes two channel names, lead 1 then lead 2, got {' '.join(map(repr, leads))}")
     if lead_key(leads[0]) == lead_key(leads[1]):
         raise UserError(f"--leads {leads[0]} {leads[1]} names lead {lead_key(leads[0])} twice: lead 1 and lead 2 "
-                        f"are two channels")
+                        f"are two channels; a record's two channels of one name are read without --leads, in its "
+                        f"header's order (the first is lead 1)")
 
 
 def named_leads(names: list[str], leads: Sequence[str], where: str, units: list[str | None]) -> list[int]:

@@ -201,6 +201,23 @@ def test_order_leads_takes_same_named_channels_it_does_not_choose_by_name(names,
     assert pm.order_leads(names, "MLII", "rec") == expected
 
 
+def test_leads_naming_one_lead_twice_says_how_a_record_of_two_such_channels_is_read(tmp_path):
+    """--leads ECG ECG was refused without a word on how a record whose two channels are both ECG is read: it is,
+    without --leads, in its header's order, and the error now says so."""
+    x, _ = synthetic_ecg(20.0, 360.0, seed=6)
+    wfdb.wrsamp("r", fs=360, units=["mV", "mV"], sig_name=["ECG", "ECG2"], p_signal=x[:, [0, 0]] * [1, 0.5],
+                fmt=["16"] * 2, adc_gain=[500.0] * 2, baseline=[0] * 2, write_dir=str(tmp_path))
+    hea = tmp_path / "r.hea"
+    hea.write_text(hea.read_text().replace(" ECG2", " ECG"))      # wfdb writes no two channels of one name
+    rec = pm.read_record(tmp_path / "r", make_cfg().data, annotator=None)
+    lead1, lead2 = np.nanstd(rec.signal, 0)
+    assert rec.leads == ["ECG", "ECG"] and lead1 == pytest.approx(2 * lead2, 0.01)
+    with pytest.raises(UserError, match=re.escape("--leads ECG ECG names lead ECG twice: lead 1 and lead 2 are two "
+                                                  "channels; a record's two channels of one name are read without "
+                                                  "--leads, in its header's order (the first is lead 1)")):
+        pm.read_record(tmp_path / "r", make_cfg().data, annotator=None, leads=("ECG", "ECG"))
+
+
 @pytest.mark.parametrize("names,second,expected", [
     (["I", "II", "V1", "V5"], "V5", [1, 3]),          # data.second_lead over V1
     (["I", "II", "V1", "v-5"], "V5", [1, 3]),         # ... compared as first_lead is
