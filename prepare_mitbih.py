@@ -1046,10 +1046,24 @@ def check_annotation_end(file: Path) -> None:
 
 def other_annotators(path: Path, asked: str = "atr") -> str:
     """A hint naming a beat annotation file of the record under a usual name other than the `asked` one, or ''
-    (.atr too: --annotator qrs over a database whose other records keep .atr named no way back to them)."""
+    (.atr too: --annotator qrs over a database whose other records keep .atr named no way back to them). Only a file
+    that holds beats is named (holds_beats): a .atr cut short was offered to whoever had just turned from it."""
     usual = [ext for ext in ("atr", "qrs", "ecg", "qrsc", "sqrs", "gqrs") if ext != asked]
-    other = [p.suffix[1:] for p in sorted(path.parent.glob(f"{path.name}.*")) if p.suffix[1:] in usual]
+    other = [p.suffix[1:] for p in sorted(path.parent.glob(f"{path.name}.*"))
+             if p.suffix[1:] in usual and holds_beats(path, p.suffix[1:])]
     return f" (--annotator {other[0]} reads {path.name}.{other[0]})" if other else ""
+
+
+def holds_beats(path: Path, annotator: str) -> bool:
+    """Whether the record's `annotator` file would give beats: whole (check_annotation_end), readable, with a beat
+    label."""
+    import wfdb
+    try:
+        check_annotation_end(path.parent / f"{path.name}.{annotator}")
+        symbols = wfdb.rdann(str(path), extension=annotator).symbol
+    except Exception:       # cut short, or anything wfdb cannot parse: _read_beats names it when it is asked for
+        return False
+    return any(s in BEAT_SYMBOLS for s in symbols)
 
 
 def window_starts(spans: list[tuple[int, int]], cfg: DataConfig, overlap: bool, most: int | None = None

@@ -700,6 +700,26 @@ def test_an_annotation_file_cut_short_is_a_bad_record(tmp_path):
     assert len(whole.beats) > 10 and not list((tmp_path / "out").glob("*"))
 
 
+def test_another_annotator_is_not_offered_when_its_file_is_cut_short_or_beatless(tmp_path, capsys):
+    """Whoever turned from a .atr cut short to --annotator rhy was told '--annotator atr reads b.atr', the file that
+    had just been refused; a file without beat labels would score none either. Only one holding beats is offered."""
+    db = good_db(tmp_path / "db")
+    write_record(db, "b", seconds=12, seed=1)
+    atr = (db / "b.atr").read_bytes()
+    (db / "b.atr").write_bytes(atr[:len(atr) // 2 // 2 * 2])
+    wfdb.wrann("b", "ecg", np.array([10]), symbol=["+"], aux_note=["(AFIB"], write_dir=str(db))
+    cfg = config_from_dict({}).data
+    assert not pm.read_record(db / "b", cfg, annotator="rhy").has_annotations
+    assert "b.rhy is missing; the record counts as unannotated (no R-peak scores)\n" in capsys.readouterr().err
+    wfdb.wrann("b", "rhy", np.array([10]), symbol=["+"], aux_note=["(N"], write_dir=str(db))
+    assert not pm.read_record(db / "b", cfg, annotator="rhy").has_annotations
+    assert "the record counts as unannotated (no R-peak scores)\n" in capsys.readouterr().err
+    wfdb.wrann("b", "qrs", np.arange(200, 12 * 360, 300), symbol=["N"] * 14, write_dir=str(db))
+    pm.read_record(db / "b", cfg, annotator="rhy")
+    assert "the record counts as unannotated (no R-peak scores) (--annotator qrs reads b.qrs)" in \
+        capsys.readouterr().err
+
+
 def test_an_annotation_file_wfdb_cannot_parse_is_named_in_one_line(tmp_path):
     """A .atr that ends in the end marker but holds garbage: wfdb.rdann's IndexError is one line naming the file."""
     db = good_db(tmp_path / "db")
