@@ -116,8 +116,8 @@ def unannotated_caution(annotated: int, records: int) -> str:
     if not annotated:
         return (" No record scored here has beat annotations (an .atr file, or --annotator's), so the rhythm columns "
                 "(R-peak F1, timing and heart-rate error) are empty.")
-    return (f" Only {annotated} of the {records} records have beat annotations (the Records table says which): the "
-            f"rhythm columns are means over those {annotated}.")
+    return (f" Only {annotated} of the {records} records {'has' if annotated == 1 else 'have'} beat annotations (the "
+            f"Records table says which): the rhythm columns are means over those {annotated}.")
 
 
 def whole_horizon_section(summary: dict) -> list[str]:

@@ -255,8 +255,9 @@ def load_wfdb(folder: str | Path, cfg: Config, records: list[str] | None = None,
     bare = [r.name for r in loaded if not r.has_annotations]
     if bare:
         shown = ", ".join(bare[:5]) + (", ..." if len(bare) > 5 else "")
-        running.note(f"{len(bare)} of {len(loaded)} records in {folder} have no beat annotations (.{annotator}): "
-                     f"{shown}; their R-peak scores (F1, timing, heart rate) stay empty")
+        running.note(f"{len(bare)} of {len(loaded)} records in {folder} {'has' if len(bare) == 1 else 'have'} no "
+                     f"beat annotations (.{annotator}): {shown}; their R-peak scores (F1, timing, heart rate) stay "
+                     f"empty")
     chosen = "all records" if records is None else f"records {', '.join(names)}"
     source = {"kind": "wfdb", "path": str(folder), "split": chosen, "data_hash": data_hash(cfg.data),
               "input_hash": hash_inputs(folder, [r.name for r in loaded], annotator), "annotator": annotator,
@@ -997,7 +998,7 @@ def dodge(order: list[str], name: str) -> float:
 
 def plot_f1_per_segment(ax: Axes, summary: dict, style: dict) -> None:
     """Each forecaster's F1 (±100 ms) in every horizon segment (summary["horizons"], a second each), or a word
-    that it is undefined when no horizon holds a reference beat."""
+    that it is undefined when no horizon holds a reference beat, or no record scored has beat annotations."""
     labels = summary["horizons"][:-1]
     f1 = {name: [e["value"] for e in summary["forecasters"][name]["metrics"]["f1_100"][:-1]]
           for name in summary["order"]}
@@ -1006,8 +1007,9 @@ def plot_f1_per_segment(ax: Axes, summary: dict, style: dict) -> None:
         plot_curve(ax, x, np.array([np.nan if v is None else v for v in values], float), name, style[name],
                    summary["order"])
     if all(v is None for values in f1.values() for v in values):
-        ax.text(0.5, 0.5, "no reference beats in any horizon: F1 is undefined", ha="center", va="center",
-                transform=ax.transAxes)
+        why = "no reference beats in any horizon" if summary["detector"]["annotated_records"] else \
+            "the records have no beat annotations"
+        ax.text(0.5, 0.5, f"{why}: F1 is undefined", ha="center", va="center", transform=ax.transAxes)
     ax.set_xticks(np.arange(len(labels)), labels)
     # below 0 too: the forecasters finding no beats (zero, mean, persistence) lay half hidden on the bottom spine
     ax.set(xlabel="horizon", ylabel="F1 (±100 ms)", title="beat detection F1 per horizon second", ylim=(-0.03, 1.03))

@@ -53,7 +53,7 @@ def db250(tmp_path: Path) -> Path:
 def test_wfdb_dir_at_250_hz_skips_bad_records_and_scores_the_rest(db250, tmp_path, capsys):
     run, result = _run(["--model", "zero", "template", "seasonal_ensemble", "--wfdb-dir", str(db250),
                         "--results", str(tmp_path / "results"), "--samples", "16"])
-    assert f"note: 1 of 3 records in {db250} have no beat annotations (.atr): a02;" in capsys.readouterr().err
+    assert f"note: 1 of 3 records in {db250} has no beat annotations (.atr): a02;" in capsys.readouterr().err
     info = {r["record"]: r for r in result["record_info"]}
     assert sorted(info) == ["a01", "a02", "a03"]
     assert all(r["fs_in"] == 250 and r["windows"] == 6 for r in info.values())
@@ -1504,7 +1504,7 @@ def test_the_report_says_why_the_rhythm_columns_are_empty_or_over_fewer_records(
     rather than leave a bare `—` to be read as a failed forecast."""
     entry = [{"value": 0.1, "ci": [0.0, 0.2], "records": 2}]
     for annotated, said in ((2, None), (0, "No record scored here has beat annotations"),
-                            (1, "Only 1 of the 2 records have beat annotations")):
+                            (1, "Only 1 of the 2 records has beat annotations")):
         summary = {"order": ["zero"], "records": ["a", "b"], "detector": {"annotated_records": annotated},
                    "forecasters": {"zero": {"metrics": {k: entry for k in M.METRICS}}}}
         text = "\n".join(eval_report.whole_horizon_section(summary))
@@ -2219,20 +2219,24 @@ def test_error_curves_speak_of_paths_only_when_a_forecaster_scored_was_sampled(d
 
 
 def test_an_f1_panel_without_reference_beats_says_why_it_is_empty(tmp_path, monkeypatch):
-    """Records without beat annotations left the F1 panel blank, like a plot that failed to draw."""
+    """Records without beat annotations left the F1 panel blank, like a plot that failed to draw; it said 'no
+    reference beats' where the records had no beat annotations to hold them."""
     import matplotlib.pyplot as plt
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
     scores = {"zero": evaluate.Scores(1, curves={"se": np.ones((1, 32)), "crps": np.ones((1, 32)),
                                                  "windows": np.array([1.0])})}
-    summary = {"order": ["zero"], "horizons": ["0-1 s", "1-2 s", "all"],
+    summary = {"order": ["zero"], "horizons": ["0-1 s", "1-2 s", "all"], "detector": {"annotated_records": 1},
                "forecasters": {"zero": {"metrics": {"f1_100": [{"value": None}] * 3, "crps": [{"value": 1.0}] * 3}}}}
     evaluate.plot_error_curves(scores, summary, 16, tmp_path / "e.png", frozenset({"zero"}))
-    f1_ax = figures[0].axes[-1]
-    assert [t.get_text() for t in f1_ax.texts] == ["no reference beats in any horizon: F1 is undefined"]
+    assert [t.get_text() for t in figures[0].axes[-1].texts] == ["no reference beats in any horizon: F1 is undefined"]
+    summary["detector"]["annotated_records"] = 0
+    evaluate.plot_error_curves(scores, summary, 16, tmp_path / "e.png", frozenset({"zero"}))
+    assert [t.get_text() for t in figures[1].axes[-1].texts] == ["the records have no beat annotations: F1 is "
+                                                                 "undefined"]
     summary["forecasters"]["zero"]["metrics"]["f1_100"] = [{"value": 0.5}] * 3
     evaluate.plot_error_curves(scores, summary, 16, tmp_path / "e.png", frozenset({"zero"}))
-    assert len(figures[1].axes[-1].texts) == 0
+    assert len(figures[2].axes[-1].texts) == 0
 
 
 def test_an_f1_of_zero_is_drawn_inside_the_f1_panel(tmp_path, monkeypatch):
