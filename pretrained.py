@@ -96,7 +96,8 @@ def check_mitdb(folder: Path) -> Path:
 def ship(packed: dict, out: Path, ref_path: Path, mitdb: Path, commit: str, again: str) -> None:
     """The packed model as `out` and its reference forecasts on `mitdb` as `ref_path`, both made whole beside the
     shipped pair, then renamed over it: a stop while writing them (Ctrl-C, a full disk) leaves the shipped pair as it
-    was, never new weights beside the old model's references. `again`: how to go on, if stopped between the renames."""
+    was, never new weights beside the old model's references. `again`: how to go on, if stopped between the renames;
+    stopped just after the last, the pair is said whole."""
     out.parent.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".packing-", dir=out.parent) as tmp:
         new, new_ref = Path(tmp) / out.name, Path(tmp) / ref_path.name
@@ -106,10 +107,13 @@ def ship(packed: dict, out: Path, ref_path: Path, mitdb: Path, commit: str, agai
         paths.atomic_write_json({"samples": REFERENCE_SAMPLES, "seed": REFERENCE_SEED, "model": fc.name,
                                  "checkpoint_sha256": paths.file_sha256(new), "git_commit": commit,
                                  "cases": reference_figures(fc, mitdb)}, new_ref)
-        with paths.written_together(out.parent, again) as written:
-            os.replace(new, out)
-            written.append(out.name)
-            os.replace(new_ref, ref_path)
+        moves = ((new, out), (new_ref, ref_path))
+        with paths.written_together(out.parent, again, [out.name, ref_path.name]) as written:
+            try:
+                for src, dst in moves:
+                    os.replace(src, dst)
+            finally:        # those gone from tmp: a Ctrl-C just after a rename leaves that file in place
+                written.extend(dst.name for src, dst in moves if not os.path.lexists(src))
 
 
 def main(argv: list[str] | None = None) -> Path:

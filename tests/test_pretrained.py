@@ -216,6 +216,26 @@ def test_packing_stopped_between_its_renames_says_which_file_is_new(tmp_path, mo
         f"before: run python3 pretrained.py {' '.join(argv)} again")
 
 
+def test_packing_stopped_just_after_its_last_rename_says_the_pair_is_whole(tmp_path, monkeypatch):
+    """A Ctrl-C landing just after the references were moved in said the folder held only latent_sde.pt of this run
+    and to pack again, though both files were this run's and the pair was whole."""
+    moved, argv = packing_a_changed_model(tmp_path, monkeypatch)
+    real = os.replace
+
+    def stop_after_the_last(src, dst):
+        real(src, dst)
+        if Path(dst) == pretrained.reference_path("latent_sde"):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(os, "replace", stop_after_the_last)
+    res = run_script(pretrained.main, "pretrained.py", argv)
+    folder = moved["latent_sde"].parent
+    assert res.returncode == 130 and res.stderr.strip() == (
+        f"interrupted; {folder} holds this run's result whole (latent_sde.pt, latent_sde.reference.json): it was "
+        f"stopped only once all were written")
+    ref = json.loads(pretrained.reference_path("latent_sde").read_text())
+    assert ref["checkpoint_sha256"] == file_sha256(moved["latent_sde"])
+
+
 @pytest.mark.parametrize("model", SHIPPED)
 def test_shipped_model_keeps_beating_over_a_long_horizon(mitdb, model):
     """Sampled paths must not decay to a flat line: 60 s ahead (trained for 3 s), every path of a sinus
