@@ -262,8 +262,7 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
                       loss_name="fair CRPS of the forecast paths (mV)")
     row = trainer.run(args.resume, resume)
     if rt.is_main and "val_loss" in row:        # not after a resume with nothing left to train
-        print(f"final validation ({closing_epoch(row, trainer)}): fair CRPS {row['val_crps']:.4f} mV, the bare "
-              f"drafts' {row['val_drafts_crps']:.4f} mV: gain {row['val_gain']:.4f} mV (positive: the network helps)")
+        print(f"final validation ({closing_epoch(row, trainer)}): {crps_words(row)}")
         print(next_commands(ckpt_dir, fc.cfg, val, args.prepared, resume))
     return row
 
@@ -396,6 +395,19 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
         print(f"final validation ({closing_epoch(row, trainer)}): {elbo_words(row, scfg.loss.kl_weight)}")
         print(next_commands(ckpt_dir, cfg, val, args.prepared, resume))
     return row
+
+
+def crps_words(row: dict) -> str:
+    """The closing line's scores of a CRPS fine-tuning: its CRPS beside the bare drafts', and the gain between them."""
+    return (f"fair CRPS {row['val_crps']:.4f} mV, the bare drafts' {row['val_drafts_crps']:.4f} mV: gain "
+            f"{zero_unsigned(row['val_gain'])} mV (positive: the network helps)")
+
+
+def zero_unsigned(v: float, decimals: int = 4) -> str:
+    """`v` at `decimals` decimals, one that rounds to zero as 0.0000: a gain of -2e-05 mV read 'gain -0.0000 mV',
+    a loss the network seems to cause where there is none to see."""
+    text = f"{v:.{decimals}f}"
+    return text.lstrip("-") if float(text) == 0 else text
 
 
 def elbo_words(row: dict, kl_weight: float = 1.0) -> str:

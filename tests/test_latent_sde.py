@@ -693,6 +693,15 @@ def test_crps_fine_tuning_run_keeps_a_forecaster_checkpoint(drafted: dict, tmp_p
     assert not undocumented_columns(run / "metrics.csv")
 
 
+def test_a_gain_that_rounds_to_zero_closes_as_zero_not_minus_zero() -> None:
+    """A fine-tuning's closing line read 'gain -0.0000 mV' for a gain of -2e-05 mV: it now reads 0.0000."""
+    row = {"val_crps": 0.12345, "val_drafts_crps": 0.12343, "val_gain": -2e-05}
+    assert latent_sde_train.crps_words(row) == ("fair CRPS 0.1235 mV, the bare drafts' 0.1234 mV: gain 0.0000 mV "
+                                                "(positive: the network helps)")
+    assert [latent_sde_train.zero_unsigned(v) for v in (-2e-05, 2e-05, -0.0, -0.00012, 0.5)] == [
+        "0.0000", "0.0000", "0.0000", "-0.0001", "0.5000"]
+
+
 def test_crps_fine_tuning_closes_with_its_crps_and_gain(drafted: dict, tmp_path: Path, monkeypatch, capsys) -> None:
     """A fine-tuning run ended without its CRPS or which checkpoint to use: its closing lines give the last epoch's
     validation CRPS against the bare drafts', name best.pt's epoch when it is another, and print forecast.py and
