@@ -209,8 +209,11 @@ def in_eval(forecaster: object) -> Iterator[None]:
     """The forecaster's torch modules (its attributes: fc.vq, fc.gpt, fc.sde) in eval mode for a forecast, then each
     submodule back in its own mode: one put in training (fine-tuning fc.gpt) forecast with the Transformer's dropout
     on, other paths at every call of the same seed. One of one's own that is a module itself keeps its parts in
-    _modules, not among its attributes."""
-    parts = [forecaster] if isinstance(forecaster, torch.nn.Module) else vars(forecaster).values()
+    _modules, not among its attributes; an ensemble of one's own may keep its members in a list, tuple or dict
+    attribute (self.members = [m1, m2]), looked into one level."""
+    parts = [forecaster, *vars(forecaster).values()]
+    held = [a.values() if isinstance(a, dict) else a for a in parts if isinstance(a, (list, tuple, dict))]
+    parts += [p for items in held for p in items]
     modes = [(m, m.training) for part in parts if isinstance(part, torch.nn.Module) for m in part.modules()]
     for m, _ in modes:
         m.training = False

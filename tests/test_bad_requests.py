@@ -1098,6 +1098,29 @@ def test_a_forecaster_that_is_a_module_forecasts_in_eval_mode_too():
     assert fc.training and fc.drop.training
 
 
+class NoisyEnsemble(forecast.ForecasterBase):
+    """One's own ensemble forecaster keeping its members, with dropout, in a list attribute."""
+    fs = 128
+
+    def __init__(self):
+        self.members = [torch.nn.Dropout(0.5), torch.nn.Dropout(0.5)]
+
+    @forecast.one_by_one
+    def predict(self, x, horizon, num_samples=100, seed=0):
+        return sum(m(torch.ones(1, num_samples, horizon, 2)) for m in self.members).numpy() / 2
+
+
+def test_an_ensemble_keeping_its_members_in_a_list_forecasts_in_eval_mode():
+    """in_eval looked at the forecaster's attributes themselves: modules kept in a list (an ensemble's members), put
+    in training, forecast with their dropout on."""
+    fc = NoisyEnsemble()
+    for m in fc.members:
+        m.train()
+    out = fc.predict(synthetic_ecg(3, 128, seed=0)[0], 16, 4)
+    np.testing.assert_array_equal(out, np.ones_like(out))
+    assert all(m.training for m in fc.members)
+
+
 class FailingModule(NoisyModule):
     @forecast.one_by_one
     def predict(self, x, horizon, num_samples=100, seed=0):
