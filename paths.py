@@ -419,6 +419,21 @@ def written_together(folder: Path, again: str, every: Sequence[str] = ()) -> Ite
         raise type(e)(f"{e}; {part}" if str(e) else part) from None
 
 
+def moved_in(moves: Sequence[tuple[Path, Path]], folder: Path, again: str) -> None:
+    """A result's files, written whole beside `folder` (`moves`: staged file, its place in `folder`), renamed in one
+    after another as written_together says them: a file counts as moved once it is gone from its stage, so one a
+    Ctrl-C lands just after counts, and once all are in the result is said whole. A rename that fails names its file."""
+    with written_together(folder, again, [dst.name for _, dst in moves]) as written:
+        try:
+            for src, dst in moves:
+                try:
+                    os.replace(src, dst)
+                except OSError as e:
+                    raise UserError(f"cannot write {dst}: {e.strerror or e}") from e
+        finally:
+            written.extend(dst.name for src, dst in moves if not os.path.lexists(src))
+
+
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     """`text` written as it is, in UTF-8 (reports hold Σ, −, ²: any locale) and with no newline translation:
     on Windows metrics.csv's CRLF rows, rewritten whole at every epoch, would gain a CR each time. A name of

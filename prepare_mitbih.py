@@ -1428,15 +1428,8 @@ def save_prepared(tensors: dict[str, dict], meta: dict, out_dir: Path) -> None:
                      data_hash=meta["data_hash"], input_hash=meta["input_hash"], preparation=PREPARATION)
             paths.atomic_torch_save(t, staging / f"{s}.pt")
         paths.atomic_write_json(meta, staging / "meta.json")
-        with paths.written_together(out_dir, "run prepare_mitbih.py again before reading it", names) as written:
-            try:
-                for name in names:
-                    try:
-                        os.replace(staging / name, out_dir / name)
-                    except OSError as e:
-                        raise UserError(f"cannot write {out_dir / name}: {e.strerror or e}") from e
-            finally:        # those gone from staging: a Ctrl-C just after a move leaves that file moved in
-                written.extend(n for n in names if not os.path.lexists(staging / n))
+        paths.moved_in([(staging / n, out_dir / n) for n in names], out_dir,
+                       "run prepare_mitbih.py again before reading it")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -12,7 +12,6 @@ main(["--checkpoint", ...]) takes the flags as a list and returns the shipped fi
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import tempfile
@@ -107,13 +106,7 @@ def ship(packed: dict, out: Path, ref_path: Path, mitdb: Path, commit: str, agai
         paths.atomic_write_json({"samples": REFERENCE_SAMPLES, "seed": REFERENCE_SEED, "model": fc.name,
                                  "checkpoint_sha256": paths.file_sha256(new), "git_commit": commit,
                                  "cases": reference_figures(fc, mitdb)}, new_ref)
-        moves = ((new, out), (new_ref, ref_path))
-        with paths.written_together(out.parent, again, [out.name, ref_path.name]) as written:
-            try:
-                for src, dst in moves:
-                    os.replace(src, dst)
-            finally:        # those gone from tmp: a Ctrl-C just after a rename leaves that file in place
-                written.extend(dst.name for src, dst in moves if not os.path.lexists(src))
+        paths.moved_in([(new, out), (new_ref, ref_path)], out.parent, again)
 
 
 def main(argv: list[str] | None = None) -> Path:

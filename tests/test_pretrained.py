@@ -236,6 +236,23 @@ def test_packing_stopped_just_after_its_last_rename_says_the_pair_is_whole(tmp_p
     assert ref["checkpoint_sha256"] == file_sha256(moved["latent_sde"])
 
 
+def test_packing_whose_last_rename_fails_names_the_file_and_what_the_folder_holds(tmp_path, monkeypatch):
+    """A rename refused (a full disk, another user's file) stopped packing in a traceback; it is one line naming the
+    file, and which of the pair is this run's, as a preparation's move says it (paths.moved_in)."""
+    moved, argv = packing_a_changed_model(tmp_path, monkeypatch)
+    real, ref = os.replace, pretrained.reference_path("latent_sde")
+
+    def refused(src, dst):
+        if Path(dst) == ref:
+            raise PermissionError(13, "Permission denied")
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", refused)
+    res = run_script(pretrained.main, "pretrained.py", argv)
+    assert res.returncode == 2 and res.stderr.strip() == (
+        f"error: cannot write {ref}: Permission denied; {moved['latent_sde'].parent} holds only latent_sde.pt of "
+        f"this run, beside what was there before: run python3 pretrained.py {' '.join(argv)} again")
+
+
 @pytest.mark.parametrize("model", SHIPPED)
 def test_shipped_model_keeps_beating_over_a_long_horizon(mitdb, model):
     """Sampled paths must not decay to a flat line: 60 s ahead (trained for 3 s), every path of a sinus
