@@ -36,13 +36,13 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
     do instead), and leaves no empty folder behind. The files arrive in a hidden folder in data_dir (beside it, a
     mount or a read-only parent took none) and move out once all are there: a download cut short left some
     records, and the next run prepared them as the database. The folder's name says whose it is (process_space and
-    pid: paths.owned_folder), so that the next download removes it when a kill -9 left it (remove_stale_parts)."""
+    pid: paths.owned_folder), so that the next download removes it when a kill -9 left it (paths.remove_stale_parts)."""
     from prepare_mitbih import _first_line, header_stems     # here, not at the top: prepare_mitbih imports this module
     created = not os.path.exists(data_dir)
     part = None
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_parts(data_dir)
+        paths.remove_stale_parts(data_dir, DOWNLOAD_PART, "download")     # a kill -9's: MIT-BIH is 100 MB
         part = paths.owned_folder(data_dir, DOWNLOAD_PART)
         import wfdb
         url = wfdb.io.download.config.db_index_url
@@ -65,13 +65,6 @@ def download_mitbih(data_dir: Path, hint: str) -> list[str]:
     print(f"no WFDB records were in {data_dir}: downloaded MIT-BIH from PhysioNet there "
           f"({running.counted(len(names), 'record')})")
     return names
-
-
-def remove_stale_parts(data_dir: Path) -> None:
-    """The download folders in data_dir whose process is gone removed, each said in a line (paths.remove_stale_parts):
-    a download killed with kill -9 (or a machine's crash) left its folder, which every run then passed over, there for
-    ever (MIT-BIH is 100 MB)."""
-    paths.remove_stale_parts(data_dir, DOWNLOAD_PART, "download")
 
 
 def reach_physionet(url: str, timeout: float = CONNECT_TIMEOUT) -> None:

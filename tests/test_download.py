@@ -244,7 +244,7 @@ def test_a_download_folder_untouched_for_a_day_goes_whoever_it_names(tmp_path, c
             p.touch()
             os.utime(p, (time.time() - 3 * 86400 - 60,) * 2)
     os.utime(tmp_path / f"{dl.DOWNLOAD_PART}busy_456" / "sub" / "100.dat", (time.time() - 60,) * 2)
-    dl.remove_stale_parts(tmp_path)
+    paths.remove_stale_parts(tmp_path, dl.DOWNLOAD_PART, "download")
     assert [p.name for p in tmp_path.iterdir()] == [f"{dl.DOWNLOAD_PART}busy_456"]
     out = capsys.readouterr().out
     assert f"removed {tmp_path / dl.DOWNLOAD_PART}abc_123, a download's folder untouched for over 3 days" in out
@@ -262,7 +262,7 @@ def test_a_download_folder_of_another_host_stays_a_day_and_a_dead_link_in_it_kee
         (part / "100.dat").symlink_to(tmp_path / "gone")
         for p in (part / "100.dat", part):
             os.utime(p, (time.time() - hours * 3600,) * 2, follow_symlinks=False)
-    dl.remove_stale_parts(tmp_path)
+    paths.remove_stale_parts(tmp_path, dl.DOWNLOAD_PART, "download")
     assert [p.name for p in tmp_path.iterdir()] == [f"{dl.DOWNLOAD_PART}elsewhere-12-near"]
     assert f"removed {tmp_path / dl.DOWNLOAD_PART}elsewhere-12-far, a download's folder untouched for over 1 day\n" \
         in capsys.readouterr().out
@@ -275,7 +275,7 @@ def test_a_download_folder_whose_pid_no_process_can_have_fails_no_download(tmp_p
     host = paths.process_space()
     for name in (f"{host}-\u00b2-x", f"{host}-99999999999999999999-x"):
         (tmp_path / f"{dl.DOWNLOAD_PART}{name}").mkdir()
-    dl.remove_stale_parts(tmp_path)
+    paths.remove_stale_parts(tmp_path, dl.DOWNLOAD_PART, "download")
     assert [p.name for p in tmp_path.iterdir()] == [f"{dl.DOWNLOAD_PART}{host}-\u00b2-x"]
     out = capsys.readouterr().out
     assert f"left {tmp_path / dl.DOWNLOAD_PART}{host}-\u00b2-x: a download's folder that names no process" in out
@@ -295,7 +295,7 @@ def test_a_download_folder_is_told_by_its_last_two_dashes_and_only_a_dead_pid_of
     (tmp_path / f"{dl.DOWNLOAD_PART}my-host.local-{ended.pid}-file").write_text("")
     (tmp_path / f"{dl.DOWNLOAD_PART}my-host.local-{ended.pid}-link").symlink_to(tmp_path / "kept", True)
     (tmp_path / "kept").mkdir()
-    dl.remove_stale_parts(tmp_path)
+    paths.remove_stale_parts(tmp_path, dl.DOWNLOAD_PART, "download")
     assert sorted(p.name[len(dl.DOWNLOAD_PART):] for p in tmp_path.glob(".*")) == [
         "my-host-" f"{ended.pid}-x", "my-host.local-0-x", f"my-host.local-{ended.pid}-file",
         f"my-host.local-{ended.pid}-link"]
