@@ -546,9 +546,10 @@ def record_path(path: str | Path) -> Path:
 
 def read_header(path: Path) -> wfdb.Record:
     """The header of WFDB record `path` (no samples), with its signal files (or segments) checked."""
-    check_signal_lines(path)
+    lines = header_lines(Path(f"{path}.hea"))      # the header's text, read once for the checks wfdb leaves out
+    check_signal_lines(path, lines)
     header = wfdb_header(path)
-    check_rate_field(path)
+    check_rate_field(path, lines)
     check_signal_files(path, header)
     check_segments(path, header)
     return header
@@ -663,10 +664,10 @@ def check_segments(path: Path, header: wfdb.Record) -> None:
                                 f"'{units[names.index(name)] or 'mV'}': give every segment the same units")
 
 
-def check_signal_lines(path: Path) -> None:
+def check_signal_lines(path: Path, lines: list[list[str]]) -> None:
     """An empty header, or a record line giving more signals than signal lines follow, ended in wfdb's
-    'IndexError: list index out of range', which named no field."""
-    lines = header_lines(hea := Path(f"{path}.hea"))
+    'IndexError: list index out of range', which named no field (`lines`: the header's, header_lines)."""
+    hea = Path(f"{path}.hea")
     if not lines and hea.is_file():
         raise UserError(f"{hea}: no record line (an empty header?)")
     words = path.name.split()
@@ -680,9 +681,10 @@ def check_signal_lines(path: Path) -> None:
                         f"follow it")
 
 
-def check_rate_field(path: Path) -> None:
-    """wfdb reads a sampling rate it cannot parse as the WFDB default, 250 Hz, and says nothing."""
-    fields = (header_lines(Path(f"{path}.hea")) or [[]])[0]
+def check_rate_field(path: Path, lines: list[list[str]]) -> None:
+    """wfdb reads a sampling rate it cannot parse as the WFDB default, 250 Hz, and says nothing (`lines`: the
+    header's, header_lines)."""
+    fields = (lines or [[]])[0]
     if len(fields) >= 3:
         rate = fields[2].split("/")[0].split("(")[0]
         try:
