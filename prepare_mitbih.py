@@ -1381,7 +1381,7 @@ def prepared_meta(d: DataConfig, data_dir: Path, loaded: dict[str, Record], anno
     return {
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "git_commit": commit,
-        "data_dir": str(data_dir),
+        "data_dir": os.path.abspath(data_dir),      # read from any working folder (vqvae_eval.next_commands)
         "input_hash": hash_inputs(data_dir, list(loaded), annotator),
         "annotator": annotator,
         "data_hash": data_hash(d),

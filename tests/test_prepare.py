@@ -985,6 +985,19 @@ def test_data_and_prepared_folders_come_from_the_flag_then_the_variable(tmp_path
     assert meta["data_dir"] == str(tmp_path / "flag_db") and (tmp_path / "flag_out" / "train.pt").is_file()
 
 
+def test_a_relative_data_folder_is_kept_absolute_in_meta_json(tmp_path, monkeypatch):
+    """meta.json's data_dir names the records for forecast.py commands printed elsewhere and tells a preparation of
+    the same folder from another database's: a relative one ('db') read from another working folder named nothing."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"data": {"test_records": ["a"], "validation_records": []}}))
+    for i, name in enumerate(("a", "b")):
+        write_record(tmp_path / "db", name, seconds=12, seed=i)
+    monkeypatch.chdir(tmp_path)
+    meta = pm.main(["--config", str(config), "--no-download", "--data-dir", "db/../db", "--out", "out"])
+    assert meta["data_dir"] == str(tmp_path / "db")
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["data_dir"] == str(tmp_path / "db")
+
+
 def test_records_of_held_out_patients_alone_are_named_as_the_cause(tmp_path):
     """--records naming test records only was told to 'check data.test_records / validation_records', a config that
     was fine: the flag is named, with the split of the records it gave."""
