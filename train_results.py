@@ -381,8 +381,22 @@ def forecast_panel(ax: Axes, t: np.ndarray, window: np.ndarray, samples: np.ndar
         ax.plot(tf, samples[0], color="tab:blue", lw=0.6, alpha=0.7, label="one sample")
     ax.plot(tf, samples.mean(0), **FORECAST_LINE, label="forecast (mean)" if len(samples) > 1 else "forecast")
     ax.axvline(t[context], color="0.3", ls=":", lw=0.8)
+    ax.set_ylim(*robust_ylim(window[:context + horizon], samples))
     ax.set_ylabel("mV")
     ax.grid(alpha=0.3)
+
+
+def robust_ylim(window: np.ndarray, samples: np.ndarray, pad: float = 0.05) -> tuple[float, float]:
+    """forecast_panel's y-limits: the context and truth (`window`, NaN past a record's end) and the 10th-90th
+    percentile band of the paths [S, H], padded by `pad` of their span; a lone forecast path counts whole. One
+    diverged path (the drawn sample, or pulling the mean) squashed every beat into a flat line at the bottom; it
+    now leaves the panel at its edge."""
+    shown = samples if len(samples) == 1 else np.percentile(samples, (10, 90), 0)
+    values = np.concatenate([np.ravel(window), np.ravel(shown)])
+    values = values[np.isfinite(values)]
+    lo, hi = (float(values.min()), float(values.max())) if len(values) else (-1.0, 1.0)
+    margin = pad * (hi - lo) or 0.1      # a flat trace (the zero forecast of a silent lead) keeps a visible band
+    return lo - margin, hi + margin
 
 
 def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context: int, out: Path, title: str,

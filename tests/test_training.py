@@ -2550,6 +2550,27 @@ def test_truth_and_forecast_differ_in_width_not_only_in_colour(tmp_path: Path, m
         assert legend[truth].get_linewidth() >= 1.5 * legend[forecast].get_linewidth()
 
 
+def test_one_diverged_path_does_not_squash_the_forecast_panels(tmp_path: Path, monkeypatch) -> None:
+    """A latent SDE path that blew up to 80 mV, drawn as the one sample (and pulling the mean), set every forecast
+    panel's y-axis to 80 mV: the beats of context, truth and bands were a flat line at its bottom. The limits follow
+    the context, the truth and the 80% band now; a lone forecast path still counts whole, and a record's NaN-padded
+    truth (forecast.py past the record's end) is left out."""
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    fs, context, horizon = 64, 64, 64
+    rng = np.random.default_rng(0)
+    windows = np.sin(np.arange(context + horizon) / 5.0)[None, :, None].repeat(2, 2)
+    samples = windows[:, None, context:] + 0.1 * rng.standard_normal((1, 20, horizon, 2))
+    samples[0, 0] = 80.0
+    windows[0, -5:] = np.nan
+    train_results.plot_forecasts(windows, samples, fs, context, tmp_path / "f.png", "t")
+    train_results.plot_forecasts(windows, samples[:, :1], fs, context, tmp_path / "f1.png", "t")
+    for ax in figures[0].axes:
+        low, high = ax.get_ylim()
+        assert -1.5 < low < -1.0 and 1.0 < high < 1.5, (low, high)
+    assert all(ax.get_ylim()[1] > 80 for ax in figures[1].axes)     # the only forecast: drawn in full
+
+
 def test_both_forecaster_trainers_plot_their_epochs_alike_from_the_forecast_start(tmp_path: Path, monkeypatch) -> None:
     """The Transformer's epoch plots said '(20 samples)' and the latent SDE's '(20 sampled paths)' of the same
     thing, and both counted time from the window's start (the forecast at 1 s) beside a title giving the window's
