@@ -944,13 +944,18 @@ def curves_title(w: Windows, samples: int | None, horizon_beats: str | None = No
     """What error_curves.png averages: the split or folder, its windows and records, the paths per sampled
     forecast (sampled_paths; None: none was sampled). The figure is often seen without its report, and 3 windows'
     curves look like 920's."""
-    src = w.source
-    where = f"{src['split']} split" if src["kind"] == "prepared" else f"{paths.shown(src['path'])}, {src['split']}"
+    where = windows_source(w)
     beats = f" (--horizon-beats {horizon_beats})" if horizon_beats else ""
     windows, records = len(w.record), len(np.unique(w.record))
     paths_said = f", {running.counted(samples, 'path')} per sampled forecast" if samples else ""
     return (f"{where}: {running.counted(windows, 'window')}{beats} from {running.counted(records, 'record')}"
             f"{paths_said}; means over records")
+
+
+def windows_source(w: Windows) -> str:
+    """Where the windows come from, as the figures name it: 'validation split', or a WFDB folder and its records."""
+    src = w.source
+    return f"{src['split']} split" if src["kind"] == "prepared" else f"{paths.shown(src['path'])}, {src['split']}"
 
 
 def error_curves_csv(scores: dict[str, Scores], order: list[str], fs: int) -> str:
@@ -1018,12 +1023,13 @@ def plot_f1_per_segment(ax: Axes, summary: dict, style: dict) -> None:
 
 def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: int, fs: int, num_samples: int,
                  seed: int, path: Path, picks: list[tuple[str, int, int]], zero_mse: np.ndarray,
-                 ranked_by: str | None = None) -> None:
+                 ranked_by: str | None = None, where: str = "") -> None:
     """Context, truth, point forecast and 50% / 80% bands of both leads for the windows `picks` (gallery_picks: the
     same in every gallery, so they compare), forecast with the evaluation's seeds. Titles give each window's MSE and
     its share of the zero forecast's (`zero_mse`); the row titles and the figure's say whose shares ranked the picks
     (`ranked_by`: another forecaster's need not follow them; a bare 'lowest-error record' read as this one's) and
-    how many paths each window drew (the bands' width depends on it)."""
+    how many paths each window drew (the bands' width depends on it); `where` (windows_source) which windows these
+    are, as error_curves.png says it: the galleries of a validation and a test run looked alike."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(len(picks), 2, figsize=(13, 3.3 * len(picks) + 0.5), squeeze=False)
     t = (np.arange(w.signals.shape[1]) - context) / fs
@@ -1045,7 +1051,7 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
     said = [f"{len(samples)} sampled paths" if len(samples) > 1 else "1 forecast path"]
     if whose:
         said.append(f"records ranked by {ranked_by}'s MSE over the zero forecast's")
-    fig.suptitle(f"{name}: forecast examples ({'; '.join(said)})", fontsize=11)
+    fig.suptitle(f"{name}: forecast examples{', ' + where if where else ''} ({'; '.join(said)})", fontsize=11)
     height = fig.get_figheight()        # margins in inches: the legend below, the titles above, for any rows
     fig.subplots_adjust(left=0.06, right=0.99, bottom=1.13 / height, top=1 - 1.04 / height, hspace=0.7,
                         wspace=0.16)
@@ -1286,7 +1292,8 @@ def plot_results(run: Path, forecasters: dict[str, ForecasterBase], scores: dict
     for name, f in forecasters.items():
         running.raise_if_signalled()    # a Ctrl-C or SIGTERM Python swallowed in matplotlib's finalizers stops it
         plot_gallery(name, f, scores[name], w, context, fs, args.samples, args.seed,
-                     run / f"gallery_{file_name(name)}.png", picks, zero_mse, ranked_by=reference)
+                     run / f"gallery_{file_name(name)}.png", picks, zero_mse, ranked_by=reference,
+                     where=windows_source(w))
 
 
 def gallery_reference(summary: dict, scores: dict[str, Scores], baselines: frozenset[str]) -> str:

@@ -2025,6 +2025,28 @@ def test_gallery_panels_name_the_lead_by_number_and_name_and_the_figure_whose_ra
         "highest-error record r2, lead 2, forecast from 10 s"]
 
 
+def test_each_gallery_names_the_split_or_folder_its_windows_come_from(tmp_path, monkeypatch):
+    """error_curves.png named its split, but gallery_<model>.png did not: a validation run's gallery and the model
+    card's test gallery looked alike. The gallery's title names the windows' source as the curves' title does."""
+    import matplotlib.pyplot as plt
+    titles = []
+    monkeypatch.setattr(plt, "close", lambda fig: titles.append(fig._suptitle.get_text()))
+    for name in ("plot_error_curves", "curves_title", "error_curves_csv"):
+        monkeypatch.setattr(evaluate, name, lambda *a, **k: "")
+    monkeypatch.setattr(evaluate, "gallery_picks", lambda *a: [("lowest-error record", 0, 0)])
+    w = SimpleNamespace(signals=np.zeros((1, 48, 2), np.float32), record=np.array([0]), records=["117"],
+                        start=np.array([0]), leads=[["MLII", "V2"]], source={"kind": "prepared", "split": "validation"})
+    s = evaluate.Scores(1, window_sums={"se": np.ones((1, 1)), "n": np.ones((1, 1))})
+    cfg = SimpleNamespace(data=SimpleNamespace(samples_per_second=16, window_samples=32))
+    args = SimpleNamespace(samples=1, seed=0, horizon_beats=None)
+    summary = {"order": ["zero"], "forecasters": {"zero": {"metrics": {}, "deterministic": True}}}
+    evaluate.plot_results(tmp_path, {"zero": evaluate.make_baseline("zero", 16)}, {"zero": s}, summary, w, cfg, args,
+                          frozenset({"zero"}))
+    assert titles == ["zero: forecast examples, validation split (1 forecast path)"]
+    w.source = {"kind": "wfdb", "split": "records 100, 101", "path": str(tmp_path / "db")}
+    assert evaluate.windows_source(w) == f"{tmp_path / 'db'}, records 100, 101"
+
+
 def test_each_gallery_row_says_whose_error_ranked_it(tmp_path, monkeypatch):
     """Every gallery shows the windows the reference forecaster's error ranks, yet each row said 'lowest-error
     record' as if by this gallery's own: only the figure's title said whose ranking it was. Each row's title names
