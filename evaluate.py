@@ -48,7 +48,7 @@ from forecast import Forecaster, ForecasterBase, checked_samples, slowest_bpm
 from hyper_params import LEAD_KEYS, Config, add_leads_flag, data_hash, load_config
 from own_forecaster import check_rate, checkpoint_file, own_code, own_spec, user_forecaster, weights_sha256
 from paths import ROOT, SHIPPED, SHIPPED_SPECS, UserError
-from train_results import forecast_panel
+from train_results import LEGEND_FONTSIZE, forecast_panel
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -931,7 +931,8 @@ def plot_error_curves(scores: dict[str, Scores], summary: dict, fs: int, path: P
     plot_crps_gain(axes.flat[2], scores, summary, fs, baselines, style)
     plot_f1_per_segment(axes.flat[3], summary, style)
     handles = [matplotlib.lines.Line2D([], [], **style[name]) for name in scores]     # line and marker in one
-    fig.legend(handles, list(scores), loc="lower center", ncol=min(len(scores), 5), fontsize=9, frameon=False)
+    fig.legend(handles, list(scores), loc="lower center", ncol=min(len(scores), 5), fontsize=LEGEND_FONTSIZE,
+               frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
     rows = -(-len(scores) // 5)
@@ -1047,7 +1048,8 @@ def plot_gallery(name: str, f: ForecasterBase, s: Scores, w: Windows, context: i
                       f"forecast from {(w.start[i] + context) / fs:.0f} s"
                       f"\n{name}'s window MSE (both leads) {s.window_mse[i]:.3g} mV², {share:.0f}% of the zero "
                       f"forecast's")
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=6, fontsize=8, frameon=False)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=6, fontsize=LEGEND_FONTSIZE,
+               frameon=False)
     said = [f"{len(samples)} sampled paths" if len(samples) > 1 else "1 forecast path"]
     if whose:
         said.append(f"records ranked by {ranked_by}'s MSE over the zero forecast's")

@@ -147,6 +147,9 @@ def plot_codebook_health(log: MetricsLog, out: Path) -> None:
 # were one grey line printed in greyscale. The truth is thick, over any bands and samples; the forecast thin and
 # solid over the truth, so both show where they agree.
 TRUTH_LINE = {"color": "black", "lw": 1.8, "zorder": 4}
+# The key below the panels of every reconstruction, forecast and evaluation figure, as large as the axis labels: at
+# 8 pt it was the smallest text there, unreadable once a 13 in figure is shown at a report's width.
+LEGEND_FONTSIZE = 10
 FORECAST_LINE = {"color": "tab:red", "lw": 1.1, "zorder": 5}
 
 
@@ -177,7 +180,7 @@ def plot_windows(original: np.ndarray, other: np.ndarray, fs: float, out: Path, 
             panel_title(ax, titles, i, lead)
     for ax in axes[-1]:     # not 'time (s)': under 'record 109 at 1794 s' an axis from 0 read as the record's clock
         ax.set_xlabel("time from window start (s)")
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", fontsize=8, ncol=2,
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", fontsize=LEGEND_FONTSIZE, ncol=2,
                frameon=False)      # below the panels: inside one it hid the last beat of the top right window
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))
@@ -419,7 +422,8 @@ def plot_forecasts(windows: np.ndarray, samples: np.ndarray, fs: float, context:
     for ax in axes.flat:
         if ax.get_subplotspec().is_last_row():
             ax.set_xlabel(xlabel)
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", fontsize=8, ncol=6, frameon=False)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", fontsize=LEGEND_FONTSIZE, ncol=6,
+               frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
     paths.atomic_savefig(fig, out, dpi=100)

@@ -2027,10 +2027,11 @@ def test_gallery_panels_name_the_lead_by_number_and_name_and_the_figure_whose_ra
 
 def test_each_gallery_names_the_split_or_folder_its_windows_come_from(tmp_path, monkeypatch):
     """error_curves.png named its split, but gallery_<model>.png did not: a validation run's gallery and the model
-    card's test gallery looked alike. The gallery's title names the windows' source as the curves' title does."""
+    card's test gallery looked alike. The gallery's title names the windows' source as the curves' title does. Its
+    key below the panels is as large as the axis labels (it was 8 pt, the smallest text on the figure)."""
     import matplotlib.pyplot as plt
-    titles = []
-    monkeypatch.setattr(plt, "close", lambda fig: titles.append(fig._suptitle.get_text()))
+    titles, figures = [], []
+    monkeypatch.setattr(plt, "close", lambda fig: titles.append(fig._suptitle.get_text()) or figures.append(fig))
     for name in ("plot_error_curves", "curves_title", "error_curves_csv"):
         monkeypatch.setattr(evaluate, name, lambda *a, **k: "")
     monkeypatch.setattr(evaluate, "gallery_picks", lambda *a: [("lowest-error record", 0, 0)])
@@ -2043,6 +2044,8 @@ def test_each_gallery_names_the_split_or_folder_its_windows_come_from(tmp_path, 
     evaluate.plot_results(tmp_path, {"zero": evaluate.make_baseline("zero", 16)}, {"zero": s}, summary, w, cfg, args,
                           frozenset({"zero"}))
     assert titles == ["zero: forecast examples, validation split (1 forecast path)"]
+    label = figures[0].axes[0].yaxis.label.get_fontsize()       # the key as large as the axis labels, as elsewhere
+    assert all(t.get_fontsize() >= label for t in figures[0].legends[0].get_texts())
     w.source = {"kind": "wfdb", "split": "records 100, 101", "path": str(tmp_path / "db")}
     assert evaluate.windows_source(w) == f"{tmp_path / 'db'}, records 100, 101"
 
@@ -2263,7 +2266,8 @@ def test_an_f1_panel_without_reference_beats_says_why_it_is_empty(tmp_path, monk
 
 def test_an_f1_of_zero_is_drawn_inside_the_f1_panel(tmp_path, monkeypatch):
     """The zero, mean and persistence forecasts find no beats: their F1 of 0 lay on the panel's bottom edge, lines and
-    markers cut in half by it. The panel reaches a little below 0 and above 1."""
+    markers cut in half by it. The panel reaches a little below 0 and above 1. The key is as large as the axis labels,
+    as in every figure's."""
     import matplotlib.pyplot as plt
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
@@ -2274,6 +2278,8 @@ def test_an_f1_of_zero_is_drawn_inside_the_f1_panel(tmp_path, monkeypatch):
     evaluate.plot_error_curves(scores, summary, 16, tmp_path / "e.png", frozenset({"zero"}))
     low, high = figures[0].axes[-1].get_ylim()
     assert low < 0 and high > 1
+    label = figures[0].axes[0].yaxis.label.get_fontsize()       # the key as large as the axis labels, as elsewhere
+    assert all(t.get_fontsize() >= label for t in figures[0].legends[0].get_texts())
 
 
 def test_a_paired_interval_end_near_zero_keeps_its_sign_and_digit():

@@ -2571,6 +2571,19 @@ def test_one_diverged_path_does_not_squash_the_forecast_panels(tmp_path: Path, m
     assert all(ax.get_ylim()[1] > 80 for ax in figures[1].axes)     # the only forecast: drawn in full
 
 
+def test_the_key_below_the_panels_is_as_large_as_the_axis_labels(tmp_path: Path, monkeypatch) -> None:
+    """The legends below the reconstructions and forecasts were 8 pt, the smallest text on a 12-13 in figure and
+    unreadable once it is shown at a report's width; they are as large as the axis labels now."""
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    windows = np.random.default_rng(0).standard_normal((1, 48, 2))
+    train_results.plot_windows(windows, 2 * windows, 16, tmp_path / "w.png", "t")
+    train_results.plot_forecasts(windows, np.zeros((1, 5, 16, 2)), 16, 32, tmp_path / "f.png", "t")
+    for fig in figures:
+        label = fig.axes[0].yaxis.label.get_fontsize()
+        assert [t.get_fontsize() >= label for t in fig.legends[0].get_texts()] == [True] * len(fig.legends[0].texts)
+
+
 def test_both_forecaster_trainers_plot_their_epochs_alike_from_the_forecast_start(tmp_path: Path, monkeypatch) -> None:
     """The Transformer's epoch plots said '(20 samples)' and the latent SDE's '(20 sampled paths)' of the same
     thing, and both counted time from the window's start (the forecast at 1 s) beside a title giving the window's
