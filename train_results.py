@@ -83,7 +83,9 @@ def whole_ticks() -> matplotlib.ticker.MaxNLocator:
     return matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1)
 
 
-def plot_loss_curves(log: MetricsLog, out: Path, ylabel: str = "loss") -> None:
+def plot_loss_curves(log: MetricsLog, out: Path, ylabel: str = "loss", run: str = "") -> None:
+    """Training and validation loss per epoch; titled with the `run` (its folder's name, e.g. vqvae-<time>): the
+    curves of a VQ-VAE, a Transformer and a latent SDE looked alike once copied out of their folders."""
     rows = log.read()
     if not rows:
         return
@@ -102,6 +104,7 @@ def plot_loss_curves(log: MetricsLog, out: Path, ylabel: str = "loss") -> None:
     ax.set_yscale("log" if min(values) > 0 and max(values) >= 10 * min(values) else "linear")
     ax.grid(alpha=0.3)
     ax.legend()
+    ax.set_title(f"{run + ': ' if run else ''}loss per epoch", fontsize=10)
     fig.tight_layout()
     paths.atomic_savefig(fig, out, dpi=100)
     plt.close(fig)
@@ -116,10 +119,10 @@ def logged(value: str) -> float:
 HEALTH = (("perplexity", "perplexity", 1), ("usage", "codes used (%)", 100), ("restarted", "dead codes restarted", 1))
 
 
-def plot_codebook_health(log: MetricsLog, out: Path) -> None:
+def plot_codebook_health(log: MetricsLog, out: Path, run: str = "") -> None:
     """Perplexity, share of codes used and dead codes restarted in each training epoch, a line per residual
     codebook (metrics.csv's perplexity, perplexity_2, ...): a collapsing codebook shows here before the
-    reconstructions suffer. Nothing for a run without codebooks."""
+    reconstructions suffer. Nothing for a run without codebooks; `run` (its folder's name) in the title."""
     rows = log.read()
     if not rows or "perplexity" not in rows[0]:
         return
@@ -137,7 +140,7 @@ def plot_codebook_health(log: MetricsLog, out: Path) -> None:
         ax.grid(alpha=0.3)
     axes[2].yaxis.set_major_locator(whole_ticks())      # whole codes
     axes[0].legend(fontsize=8)
-    fig.suptitle("codebook health in each training epoch")
+    fig.suptitle(f"{run + ': ' if run else ''}codebook health in each training epoch")
     fig.tight_layout()
     paths.atomic_savefig(fig, out, dpi=100)
     plt.close(fig)

@@ -788,8 +788,8 @@ class Trainer:
         save_checkpoint(state, self.ckpt_dir / "last.pt")
         # said as soon as last.pt holds it: a stop in the plots below left the epoch unsaid, its resume beyond it
         self._print_epoch(row, improved)
-        plot_loss_curves(self.log, self.run_dir / "loss_curves.png", self.loss_name)
-        plot_codebook_health(self.log, self.run_dir / "codebook_health.png")
+        plot_loss_curves(self.log, self.run_dir / "loss_curves.png", self.loss_name, self.run_dir.name)
+        plot_codebook_health(self.log, self.run_dir / "codebook_health.png", self.run_dir.name)
 
     def _print_epoch(self, row: dict, improved: bool) -> None:
         """The row's `shown` metrics, flushed: a log file or pipe gets the line now, not at the run's end."""

@@ -96,7 +96,7 @@ def plotting_epoch_end(fixed: torch.Tensor, fs: int, run_dir: Path,
         stats = m.end_epoch()
         if is_main:
             plot_fixed_windows(m, fixed, fs, run_dir / f"reconstruction_epoch_{epoch:03d}.png",
-                               f"epoch {epoch}: validation windows, original vs reconstruction", titles)
+                               f"VQ-VAE, epoch {epoch}: validation windows, original vs reconstruction", titles)
             m.train()
         return stats
     return epoch_end
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
                       shown=shown_columns(cfg))
     if rt.is_main and not resume_ckpt:
         plot_fixed_windows(model, fixed, fs, run_dir / "reconstruction_initial.png",
-                           "before training: validation windows, original vs reconstruction", titles)
+                           "VQ-VAE before training: validation windows, original vs reconstruction", titles)
     row = trainer.run(args.resume, resume_ckpt)
     if rt.is_main and "val_mse_mv2" in row:      # not after a resume with nothing left to train
         print(f"final validation ({closing_epoch(row, trainer)}): MSE {row['val_mse_mv2']:.5f} mV^2, "

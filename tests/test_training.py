@@ -66,6 +66,21 @@ def _only_run(folder: Path) -> Path:
     return run
 
 
+def test_a_training_runs_figures_say_which_model_and_run_they_are(tmp_path: Path, synthetic_db: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """loss_curves.png had no title and codebook_health.png's named no run: a VQ-VAE's and a forecaster's curves
+    looked alike once copied out of their folders. The VQ-VAE's reconstructions said 'epoch 2: ...' where the
+    forecasters' epoch plots name their model. Each now says the model, and the run's curves its folder's name."""
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    _run(tiny_setup(tmp_path, synthetic_db), "--epochs", "1")
+    run = _only_run(tmp_path / "results").name
+    titles = [fig.get_suptitle() or fig.axes[0].get_title() for fig in figures]
+    assert titles == ["VQ-VAE before training: validation windows, original vs reconstruction",
+                      "VQ-VAE, epoch 1: validation windows, original vs reconstruction",
+                      f"{run}: loss per epoch", f"{run}: codebook health in each training epoch"], titles
+
+
 def test_vqvae_trains_in_float32_from_a_float64_session(tmp_path: Path, synthetic_db: Path) -> None:
     """vqvae_train.main() called where torch's default dtype is float64 (as scientific code sets it) built float64
     modules, and stopped in 'Input type (float) and bias type (double)' before its first step; it trains the float32
