@@ -117,6 +117,7 @@ def logged(value: str) -> float:
 
 
 HEALTH = (("perplexity", "perplexity", 1), ("usage", "codes used (%)", 100), ("restarted", "dead codes restarted", 1))
+CODEBOOK_MARKERS = ("o", "s", "^", "D", "v", "P")  # each codebook's own: in greyscale their colours were one grey
 
 
 def plot_codebook_health(log: MetricsLog, out: Path, run: str = "") -> None:
@@ -132,7 +133,8 @@ def plot_codebook_health(log: MetricsLog, out: Path, run: str = "") -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, (name, label, factor) in zip(axes, HEALTH):
         for level, suffix in enumerate(suffixes):
-            ax.plot(epochs, [factor * logged(r[name + suffix]) for r in rows], marker="o",
+            ax.plot(epochs, [factor * logged(r[name + suffix]) for r in rows],
+                    marker=CODEBOOK_MARKERS[level % len(CODEBOOK_MARKERS)],
                     label=f"codebook {level + 1}", clip_on=False)      # a 0 on the axis keeps its marker
         ax.set(xlabel="epoch", ylabel=label)
         ax.set_ylim(0, max(1.0, ax.get_ylim()[1]))      # counts and shares: none below 0, and no -0.04 restarts

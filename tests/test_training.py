@@ -2637,7 +2637,8 @@ def test_both_forecaster_trainers_plot_their_epochs_alike_from_the_forecast_star
 
 def test_codebook_health_is_plotted_per_codebook_and_epoch(tmp_path: Path, monkeypatch) -> None:
     """codebook_health.png: a line per residual codebook in each of perplexity, usage (%) and restarts, from
-    metrics.csv; a run without codebooks (the forecasters') gets none."""
+    metrics.csv, each codebook with a marker of its own (they differed in colour only); a run without codebooks (the
+    forecasters') gets none."""
     log = train_results.MetricsLog(tmp_path / "metrics.csv")
     for epoch in (1, 2):
         log.append({"epoch": epoch, "val_loss": 1.0, "perplexity": 100.0 * epoch, "usage": 0.5, "restarted": 3,
@@ -2647,6 +2648,7 @@ def test_codebook_health_is_plotted_per_codebook_and_epoch(tmp_path: Path, monke
     train_results.plot_codebook_health(log, tmp_path / "h.png")
     perplexity, usage, restarted = figures[0].axes
     assert [ln.get_label() for ln in perplexity.lines] == ["codebook 1", "codebook 2"]
+    assert perplexity.lines[0].get_marker() != perplexity.lines[1].get_marker()     # apart in greyscale too
     assert list(perplexity.lines[0].get_ydata()) == [100.0, 200.0] and list(usage.lines[1].get_ydata()) == [25.0, 25.0]
     assert list(restarted.lines[0].get_ydata()) == [3.0, 3.0] and list(restarted.lines[0].get_xdata()) == [1, 2]
     plain = train_results.MetricsLog(tmp_path / "plain.csv")
