@@ -201,6 +201,22 @@ def in_thread(call: Callable[[], None], name: str) -> None:
         raise failed[0]
 
 
+def forked_without_stops(start: Callable[[], Any]) -> Any:
+    """start() with SIGTERM and SIGINT blocked in this thread, so the processes it forks (a DataLoader's workers,
+    train.num_workers > 0) inherit them blocked for life: a scheduler's SIGTERM reaches every process of a job (SLURM
+    signals the whole step, torchrun each worker's process group), and a loader worker died of it ('DataLoader worker
+    (pid N) is killed by signal', 'Exception ignored in') or ran the training's SIGTERM handler, inherited by fork,
+    up the main's stack (a second 'terminated; resume with' line). Its main stops it as it stops, once; a signal that
+    came meanwhile is raised when the mask is put back."""
+    if not hasattr(signal, "pthread_sigmask"):      # Windows: no fork, no masks
+        return start()
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        return start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (kill, timeout, a cluster scheduler's time limit) raised as Ctrl-C is: the script stops the same way,
     its temporary files removed and a training's resume command said, where the signal's default ended it on the

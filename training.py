@@ -32,7 +32,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -310,6 +310,12 @@ def _all_reduce_mean(values: dict[str, float | Pooled], weight: float, rt: Runti
     return out
 
 
+def loader_batches(loader: DataLoader) -> Iterator:
+    """iter(loader), its worker processes started deaf to SIGTERM and Ctrl-C (running.forked_without_stops): a stop
+    sent to every process of the job is the trainer's to say, once, and its workers end with it."""
+    return running.forked_without_stops(lambda: iter(loader)) if loader.num_workers else iter(loader)
+
+
 def _to(batch, device: torch.device):
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -564,7 +570,8 @@ class Trainer:
         # closed on Ctrl-C too, so that the resume hint starts a line of its own
         with tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.s.epochs}",
                   disable=None if self.rt.is_main else True, leave=False) as bar:
-            for batch in itertools.islice(self.train_loader, self.steps_per_epoch):   # no batch loaded past the cap
+            # no batch loaded past the cap
+            for batch in itertools.islice(loader_batches(self.train_loader), self.steps_per_epoch):
                 running.raise_if_signalled()
                 batch = _to(batch, self.rt.device)
                 loss, metrics = self._train_step(model, batch)
@@ -623,7 +630,8 @@ class Trainer:
         model.eval()
         sums: dict[str, float] = {}
         seen = 0
-        for batch in tqdm(self.val_loader, desc="validation", disable=None if self.rt.is_main else True, leave=False):
+        for batch in tqdm(loader_batches(self.val_loader), desc="validation", total=len(self.val_loader),
+                          disable=None if self.rt.is_main else True, leave=False):
             running.raise_if_signalled()
             batch = _to(batch, self.rt.device)
             loss, metrics = _gathered(*self.step_fn(model, batch), _replica_sizes(model, batch))

@@ -1531,6 +1531,33 @@ def test_data_loader_workers_see_the_same_crops_as_the_main_process(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(alone, workers, strict=True))
 
 
+
+class BlockedSignals(Dataset):
+    """Windows of 4 numbers: whether SIGTERM and SIGINT are blocked in the process that loads them, then two zeros."""
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        return torch.tensor([float(signal.SIGTERM in blocked), float(signal.SIGINT in blocked), 0.0, 0.0])
+
+
+def test_data_loader_workers_leave_sigterm_and_ctrl_c_to_the_trainer(tmp_path):
+    """A scheduler's SIGTERM reaches a job's every process, train.num_workers' loader workers too: they died of it
+    (the rank's traceback: 'DataLoader worker (pid N) is killed by signal') or ran the training's handler, inherited
+    by fork, up the main's stack. Training's and validation's workers start with both signals blocked, and the main
+    process gets them back as they were."""
+    seen: list[torch.Tensor] = []
+
+    def step(model, batch):
+        seen.append(batch[:, :2])
+        return (model(batch) ** 2).mean(), {}
+
+    toy_trainer(tmp_path, nn.Linear(4, 1), BlockedSignals(), step, num_workers=1).fit()
+    assert len(seen) == 4 and all(bool((batch == 1).all()) for batch in seen)      # 2 training, 2 validation batches
+    assert not {signal.SIGTERM, signal.SIGINT} & signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
 def test_seed_zero_on_the_command_line_is_the_seed_used():
     """--seed 0 is a seed like any other: it overrides the config's, as --seed 5 does (0 is not 'not given')."""
     import argparse
