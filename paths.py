@@ -487,13 +487,16 @@ def run_data_hash(split: dict[str, Any]) -> str:
 
 def git_commit(besides: tuple[str, ...] = ()) -> str:
     """The commit of this checkout (with '-dirty' when files differ, files `besides` aside), recorded next to every
-    result."""
+    result; "unknown" when the code is not in one: a copy outside git, a repository without commits, or inside
+    another repository that does not track it (whose commit says nothing of this code)."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                *(f":(exclude){p}" for p in besides)], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = git("rev-parse", "--verify", "-q", "HEAD")
+        if head.returncode or not git("ls-files", "--", ".").stdout.strip():
+            return "unknown"
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                    *(f":(exclude){p}" for p in besides)).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return (head or "unknown") + ("-dirty" if dirty else "")
+    return head.stdout.strip() + ("-dirty" if dirty else "")

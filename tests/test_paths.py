@@ -228,6 +228,25 @@ def test_git_commit_marks_a_dirty_checkout(tmp_path, monkeypatch):
     assert paths.git_commit() == head
 
 
+def test_git_commit_of_code_that_no_commit_holds_is_unknown(tmp_path, monkeypatch):
+    """A copy unpacked inside another repository recorded that repository's commit, clean, as its own; one in a
+    `git init` without commits recorded "HEAD". Either is "unknown", as a copy outside git is."""
+    outer, code = tmp_path / "outer", tmp_path / "outer" / "ecg"
+    code.mkdir(parents=True)
+    _git(outer, "init", "-q")
+    monkeypatch.setattr(paths, "ROOT", code)
+    (code / "model.py").write_text("a = 1\n")
+    assert paths.git_commit() == "unknown"                   # no commit yet
+    _git(outer, "commit", "-q", "--allow-empty", "-m", "outer")
+    assert paths.git_commit() == "unknown"                   # the outer repository's commit, not tracking model.py
+    _git(outer, "add", "ecg/model.py")
+    _git(outer, "commit", "-q", "-m", "tracked")
+    assert paths.git_commit() == _git(outer, "rev-parse", "HEAD")     # tracked in a bigger repository: its commit
+    monkeypatch.setattr(paths, "ROOT", tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+    assert paths.git_commit() == "unknown"
+
+
 
 def test_a_bench_line_of_a_clean_checkout_is_not_dirty_for_the_files_make_bench_writes(tmp_path, monkeypatch):
     """`make bench` deletes bench/results.jsonl, then appends a line per script: every line after the first read
