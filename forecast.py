@@ -24,6 +24,8 @@ import functools
 import inspect
 import math
 import os
+import shlex
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -35,7 +37,7 @@ import torch
 import paths
 import running
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, repeat_last
-from hyper_params import Config, DataConfig, add_leads_flag, load_config
+from hyper_params import Config, DataConfig, add_leads_flag, data_hash, load_config
 from hyper_params_transformer import SampleConfig, stored_transformer_config
 from metrics import FLAT_MV
 from paths import PRETRAINED, ROOT, SHIPPED, SHIPPED_SPECS, UserError
@@ -560,7 +562,7 @@ def forecast_record(fc: ForecasterBase, record: str, start_s: float, horizon_s: 
     samples_ = checked_samples(forecast, fc.name, horizon)[0]
     return {"context": context, "truth": truth, "samples": samples_, "fs": fs, "leads": rec.leads,
             "start_sample": at, "fs_in": rec.fs_in, "device": str(getattr(fc, "device", "cpu")),
-            "input_hash": input_hash}
+            "input_hash": input_hash, "data_hash": data_hash(data)}
 
 
 def record_data(fc: ForecasterBase) -> DataConfig:
@@ -685,7 +687,8 @@ def main(argv: list[str] | None = None) -> dict:
     from prepare_mitbih import asked_leads      # before the model loads: a bad --leads fails at once
     asked_leads(args.leads)
     path, fc = load_forecaster(args.checkpoint, args.device)
-    run = {"git_commit": commit, **checkpoint_sha256(path, fc), **own_code_of(path)}   # what ran, taken at the start
+    run = {"command": shlex.join(["python3", "forecast.py", *(sys.argv[1:] if argv is None else argv)]),
+           "git_commit": commit, **checkpoint_sha256(path, fc), **own_code_of(path)}   # what ran, taken at the start
     if args.out:
         paths.check_writable(args.out, keep=False)
     t_load = time.time() - t0                       # start-up: torch, the checkpoint
@@ -812,8 +815,8 @@ def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Pa
                                  "leads": res["leads"], "samples_shape": list(res["samples"].shape), "units": "mV",
                                  "seed": args.seed, "truth_samples": truth, "truth_gap_samples": gap,
                                  "heart_rate_bpm": one_decimal(res["heart_rate"]), "input_hash": res["input_hash"],
-                                 "device": res["device"], "torch_threads": torch.get_num_threads(),
-                                 "checkpoint": str(checkpoint), **run}, js)
+                                 "data_hash": res["data_hash"], "device": res["device"],
+                                 "torch_threads": torch.get_num_threads(), "checkpoint": str(checkpoint), **run}, js)
     return files
 
 

@@ -470,6 +470,21 @@ def test_forecast_json_names_the_data_weights_and_device_it_used(tmp_path):
     assert said[0]["device"] == "cpu" and said[0]["seed"] == 0
 
 
+def test_forecast_json_names_the_data_config_and_command(tmp_path):
+    """Training runs and evaluate.py's report give the data config's hash and the command; a forecast's .json gave
+    neither, so a record read with another filter band or rate (a baseline reads by config_vqvae.json) was not told
+    apart, nor the flags it ran with."""
+    from hyper_params import data_hash
+    write_record(tmp_path, "r", seconds=12, seed=0)
+    asked = ["--checkpoint", "persistence", "--record", str(tmp_path / "r"), "--start", "5", "--horizon", "1",
+             "--out", str(tmp_path / "out")]
+    code, err = run_forecast(asked)
+    assert code == 0, err
+    said = json.loads((tmp_path / "out" / "r_5s.json").read_text())
+    assert said["data_hash"] == data_hash(forecast.load_config().data)
+    assert said["command"] == "python3 forecast.py " + " ".join(asked)
+
+
 def test_forecast_json_names_the_weights_loaded_though_the_file_is_replaced_after(tmp_path, monkeypatch):
     """The checkpoint was hashed again once loaded: a best.pt its run replaced in between was named in place of the
     weights that forecast. Forecaster.from_checkpoint keeps the digest of the bytes it loaded, which the .json gives."""
