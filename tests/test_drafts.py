@@ -295,6 +295,13 @@ def test_autocorr_period_of_a_lone_context_with_an_offset():
     assert list(D.autocorr_period(periodic_ecg(6, period=200, length=C), FS)) == [200] * 6   # two R peaks each
 
 
+def test_autocorr_period_leaves_half_a_second_of_overlap():
+    """A lag whose overlap is under 0.5 s is not searched: in a 2 s context a period of 210 samples (46 samples of
+    overlap) is out of reach, and one of 180 (76 samples) is found."""
+    assert D.autocorr_period(periodic_ecg(1, period=180, length=256), FS)[0] == 180
+    assert D.autocorr_period(periodic_ecg(1, period=210, length=256), FS)[0] <= 256 - FS // 2
+
+
 def test_autocorr_period_is_not_a_lesser_peak_below_80_percent():
     """Spikes every 50 samples alternating 1.2 and 0.48 mV repeat every 100: the 50-sample peak of the
     autocorrelation (about 0.6 of the best) is below the 80 % bar and must not win."""
@@ -373,6 +380,21 @@ def test_a_bigeminal_contexts_beats_hold_one_qrs_each():
     assert 8 <= np.median(beats) <= 12                                   # 9 s at a period of 115 samples: 10
 
 
+def test_a_beat_keeps_its_whole_cut_unless_the_next_r_peak_lies_in_it():
+    """A cut of period 100 starts 33 samples before its R peak, so it holds the next R peak only when that comes
+    under 67 samples later: an interval of 66 ends the beat there, one of 67 leaves it whole."""
+    assert D.template_pre(100) == 33
+    assert list(D.own_columns(np.array([0, 66, 133, 233]), 100)) == [66, 100, 100, 100]
+
+
+def test_only_an_interval_under_80_percent_of_the_median_is_premature():
+    """PREMATURE is a strict bound: an interval of exactly 0.8 of the median is no premature beat, and it and the
+    next interval stay in the RR SD."""
+    rr = np.array([100, 100, 80, 100, 100])
+    assert D.rhythm_spread(rr) == pytest.approx(np.std(rr))
+    assert D.rhythm_spread(np.array([100, 100, 79, 100, 100])) == 0.0
+
+
 def test_drawn_beat_times_reach_past_until_at_the_shortest_period():
     """Beat times run past `until` however short the intervals: at the shortest period with no spread, the
     last of them is the first multiple of it past `until`."""
@@ -434,6 +456,26 @@ def test_evidence_is_tempered_by_evidence_temper(monkeypatch):
     plain = D.next_beat_evidence(x[0], template, pre, r, FS)
     assert np.ptp(plain) > 1
     np.testing.assert_allclose(tempered, plain / 2.0, rtol=1e-6)
+
+
+def test_evidence_is_the_gaussian_log_likelihood_of_the_residuals(monkeypatch):
+    """Untempered, a candidate's evidence is −Σres² / (2σ²): the residual of the context's end against the template
+    laid at the last and the candidate R peak (each lead's mean removed), σ² the template's mean square misfit over
+    the whole context. Without the 2 the posterior of the next beat was as if its noise had half its variance."""
+    x, _ = p_wave_ecg(20)
+    x = (x + np.random.default_rng(0).normal(0, 0.02, x.shape).astype(np.float32))[0].astype(np.float64)
+    peaks, period, _ = D.context_rhythm(x[None], FS)
+    r, p = peaks[0], int(period[0])
+    template, pre = D.mean_beat(x, r, p), D.template_pre(p)
+    monkeypatch.setattr(D, "EVIDENCE_TEMPER", 1.0)
+    ev = D.next_beat_evidence(x, template, pre, r, FS)
+    start, last = C - round(D.EVIDENCE_S * FS), int(r[-1])
+    sigma2 = np.mean((x - D.beat_train(template, pre, r, 0, C)) ** 2)
+    for k in (0, 5, len(ev) - 2):
+        res = x[start:] - D.beat_train(template, pre, np.array([last, last + D.shortest_period(FS) + k]), start,
+                                       C - start)
+        res -= res.mean(axis=0)
+        assert ev[k] == pytest.approx(-np.sum(res ** 2) / (2 * sigma2), rel=1e-6)
 
 
 def test_noise_level_is_measured_per_lead():
