@@ -289,3 +289,27 @@ def test_a_batch_of_two_sample_contexts_is_no_two_lead_signal():
     sums = M.rhythm_sums(x[:, :1, 0], x[:, 1:, 0], np.zeros(0, np.int64), np.zeros(0, np.int64), 128,
                          M.segment_edges(1, 128), np.ones(40, bool))
     assert all(v.shape[0] == 40 for v in sums.values())
+
+
+def test_drawn_periods_are_rounded_to_the_nearest_sample_not_floored():
+    """Periods are whole samples rounded from the normal draw: floored, every path's beats came half a sample early
+    per beat on average."""
+    p = B.draw_periods(np.array([100.0]), np.array([3.0]), 0.0, 20000, 0, FS, C)
+    assert p.mean() == pytest.approx(100.0, abs=0.1)             # floored: 99.5
+
+
+def test_analog_matches_the_contexts_end_on_both_leads():
+    """The analog lag is the least squares match over both leads: here lead 1's end repeats the stretch 100 samples
+    back and lead 2's, ten times larger, the one 150 back; both leads together pick 150."""
+    x = np.random.default_rng(0).normal(size=(1, C, 2))
+    x[..., 1] *= 10
+    length = 64
+    x[0, C - length:, 0] = x[0, C - length - 100:C - 100, 0]
+    x[0, C - length:, 1] = x[0, C - length - 150:C - 150, 1]
+    assert list(B.analog_lags(x, length, D.shortest_period(FS))) == [150]
+
+
+def test_drawn_periods_are_never_below_the_shortest_plausible_one():
+    """A fast, irregular rhythm draws periods under 0.25 s: they are held there, as the detected period is."""
+    p = B.draw_periods(np.array([40.0]), np.array([20.0]), 0.05, 1000, 0, FS, C)
+    assert p.min() == D.shortest_period(FS) and (p == D.shortest_period(FS)).sum() > 100
