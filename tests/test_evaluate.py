@@ -2640,3 +2640,12 @@ def test_a_stop_python_swallowed_while_scoring_stops_before_the_next_chunk(db250
     finally:
         running._interrupted.clear()
     assert len(calls) == 1
+
+
+def test_error_curves_are_the_mean_over_records_of_each_records_mean_per_sample():
+    """A record of one window weighs as much as one of three, and each value is per lead (curves sum two leads):
+    a per-sample MSE of 1 mV² on one record and 3 mV² on the other reads 2, not the windows' pooled 2.5."""
+    s = evaluate.Scores(4)
+    s.add(0, np.array([0]), {}, {"se": np.full((1, 5), 2.0)}, 1, 2)          # 2 leads of 1 mV²
+    s.add(1, np.array([1, 2, 3]), {}, {"se": np.full((3, 5), 6.0)}, 1, 2)    # 2 leads of 3 mV², three windows
+    np.testing.assert_allclose(evaluate.mean_curve(s, "se"), np.full(5, 2.0))
