@@ -13,6 +13,7 @@ from paths import ROOT
 DEFAULT_CONFIG = ROOT / "config_sde.json"
 METHODS = ("euler", "milstein", "srk")        # torchsde Ito solvers valid for diagonal noise
 NOISE_TYPES = ("diagonal", "additive")
+MAX_STEPS_PER_FRAME = 64     # solver steps per VQ-VAE latent frame: solver.dt's floor, 1/1024 s at 128 Hz / 8
 
 
 @dataclass
@@ -94,6 +95,16 @@ class SolverConfig:
         _check(self.min_diffusion > 0, "solver.min_diffusion", self.min_diffusion, "must be > 0")
         _check(self.max_diffusion > self.min_diffusion, "solver.max_diffusion", self.max_diffusion,
                f"must be > solver.min_diffusion={self.min_diffusion}")
+
+
+def check_solver_dt(solver: SolverConfig, frames_per_second: float) -> None:
+    """solver.dt's floor, which the VQ-VAE's frame rate sets (the config alone does not know it): a step far below a
+    frame only multiplies the work, and 1e-9 s never finished, 3e9 steps over 3 s summed in float32, where t + dt
+    stops growing past 0.03 s."""
+    least = 1 / (frames_per_second * MAX_STEPS_PER_FRAME)
+    _check(solver.dt >= least * (1 - 1e-6), "solver.dt", solver.dt,
+           f"must be in [{least:g}, 1] seconds with a VQ-VAE of {frames_per_second:g} latent frames a second: at most "
+           f"{MAX_STEPS_PER_FRAME} solver steps a frame")
 
 
 @dataclass

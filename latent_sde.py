@@ -54,7 +54,7 @@ import torchsde
 from drafts import Rhythm, add_noise, context_rhythm, draft_waves, hold_matrix, hold_to_band
 from forecast import ForecasterBase, context_tail, model_device, one_by_one, warn_short_context
 from hyper_params import Config
-from hyper_params_sde import SDEConfig, SDEModelConfig, stored_sde_config
+from hyper_params_sde import SDEConfig, SDEModelConfig, check_solver_dt, stored_sde_config
 from train_results import float32_default, load_weights
 from vqvae import VQVAE, vqvae_from
 
@@ -216,6 +216,7 @@ class LatentSDE(nn.Module):
     def __init__(self, obs_size: int, cfg: SDEConfig, steps_per_second: float):
         super().__init__()
         m, s = cfg.model, cfg.solver
+        check_solver_dt(s, steps_per_second)
         self.cfg, self.rate = cfg, float(steps_per_second)
         d, k = m.state_size, m.phase_harmonics
         self.phase = k > 0
@@ -598,6 +599,7 @@ class LatentSDEForecaster(ForecasterBase):
     @torch.no_grad()
     def predict(self, x: np.ndarray, horizon: int, num_samples: int = 100, seed: int = 0) -> np.ndarray:
         self.scfg.validate()    # fc.scfg's forecast-time keys, set anew (README), are checked as a config's
+        check_solver_dt(self.scfg.solver, self.sde.rate)
         x_np = context_tail(x, min(x.shape[1] // self.factor, self.context_frames), self.factor, "latent step")
         warn_short_context(x.shape[1], self.context_frames * self.factor, self.fs)   # once it can forecast at all
         x = torch.from_numpy(x_np).to(self.device)

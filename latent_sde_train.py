@@ -38,7 +38,8 @@ import paths
 import running
 from drafts import VERSION as DRAFTS_VERSION, detected_beats, draft_waves
 from hyper_params import Config, TrainConfig
-from hyper_params_sde import CRPSConfig, SDEConfig, load_sde_config, sde_config_from_dict, stored_sde_config
+from hyper_params_sde import (CRPSConfig, SDEConfig, check_solver_dt, load_sde_config, sde_config_from_dict,
+                            stored_sde_config)
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from train_results import fixed_titles, fixed_windows, plot_epoch_forecasts, read_checkpoint
 from training import (EpochEndFn, Pooled, Runtime, StepFn, Trainer, check_batch_split, check_run_flags,
@@ -360,6 +361,7 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     vq, vq_ckpt, vq_source, vq_read = run_vqvae(args, resume)
     vq.requires_grad_(False)
     cfg = forecasting_config(vq_ckpt, vq_source)
+    check_solver_dt(scfg.solver, cfg.data.samples_per_second / cfg.model.downsample_factor)   # before the encoding
     # as read: best.pt may be replaced while this encodes
     vq_record = source_record(resume, VQVAE_KEYS, vq_source, args.vqvae, vq_read)
     check_adjoint(scfg, rt)

@@ -547,6 +547,23 @@ def test_out_of_range_values_are_refused_by_name(maker, raw, key):
         build(raw)
 
 
+def test_a_solver_step_far_below_a_latent_frame_is_refused_by_name():
+    """solver.dt 1e-9 passed (0 < dt <= 1) and forecasting never ended: 3e9 solver steps over a 3 s window, and in
+    float32 t + dt stopped growing past 0.03 s. The floor is 1/64 of the VQ-VAE's latent frame, so the model refuses
+    it when built, naming the key, its value and the range; the floor itself is accepted."""
+    from hyper_params_sde import check_solver_dt, sde_config_from_dict
+    from latent_sde import LatentSDE
+
+    scfg = sde_config_from_dict({"solver": {"dt": 1e-9}})
+    with pytest.raises(UserError, match=r"^config key 'solver.dt' = 1e-09 must be in \[0.000976562, 1\] seconds "
+                                        r"with a VQ-VAE of 16 latent frames a second: at most 64 solver steps a "
+                                        r"frame$"):
+        LatentSDE(8, scfg, 16.0)
+    check_solver_dt(sde_config_from_dict({"solver": {"dt": 1 / 1024}}).solver, 16.0)
+    with pytest.raises(UserError, match=r"'solver.dt' = 0.0009765625 must be in \[0.00195312, 1\]"):
+        check_solver_dt(sde_config_from_dict({"solver": {"dt": 1 / 1024}}).solver, 8.0)
+
+
 def test_adjoint_is_refused_with_a_beat_phase_alone():
     """{"solver": {"adjoint": true}} alone was refused for a beat phase the config never asked for (the default was
     8, old checkpoints'): the defaults are config_sde.json's recipe, no phase, so it is accepted; with a phase the

@@ -414,6 +414,16 @@ def test_a_trained_models_forecast_settings_set_anew_from_python_are_checked_as_
             fc.predict(x, 16, num_samples=2, seed=1)
 
 
+def test_a_solver_step_set_anew_below_its_floor_is_refused_before_the_forecast_runs() -> None:
+    """fc.scfg.solver.dt set from Python after loading, as the forecast-time keys are: 1e-9 s passed the config's
+    checks and the forecast ran for ever; predict refuses it by its key and the range the VQ-VAE's frames allow."""
+    fc = untrained_drafted_forecaster()
+    fc.scfg.solver.dt = 1e-9
+    with pytest.raises(UserError, match=r"'solver.dt' = 1e-09 must be in \[0.000976562, 1\] seconds with a VQ-VAE of "
+                                        r"16 latent frames a second"):
+        fc.predict(periodic_ecg(1, length=192, fs=64), 16, num_samples=2, seed=1)
+
+
 def test_closing_line_names_a_loss_at_another_kl_weight_as_what_it_is(trained: dict, tmp_path: Path, capsys) -> None:
     """At loss.kl_weight 0 the validation loss is the recon alone, yet the closing line called it the negative ELBO,
     next to a KL above 0 that it left out; it now names the weighted loss it is."""
