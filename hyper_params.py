@@ -25,6 +25,7 @@ from paths import ROOT, UserError
 DEFAULT_CONFIG = ROOT / "config_vqvae.json"
 INT_LIMIT = 2 ** 63      # a 64-bit integer's range: torch's sizes and numpy's ints overflow beyond it
 BEYOND_INT_LIMIT = "no setting takes an integer of size 2**63 or more"    # the config's words, and its flags'
+MAX_PLOT_WINDOWS = 16    # train.plot_windows: the rows of one figure drawn (and, for a forecaster, forecast) every epoch
 
 
 @dataclass
@@ -152,12 +153,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Every model's train section: a grad_clip of 0 would zero every gradient and a negative one climb the
-        loss, a step cap of 0 is no cap."""
+        loss, a step cap of 0 is no cap, 10000 plot_windows drew (and forecast) 10000 rows every epoch."""
         _at_least(1, "train", self, "epochs", "batch_size")
         _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "must be > 0")
         _check(self.grad_clip > 0, "train.grad_clip", self.grad_clip, "must be > 0 (the largest gradient norm; 1e9 "
                "leaves gradients unclipped)")
-        _at_least(0, "train", self, "weight_decay", "warmup_steps", "num_workers", "plot_windows")
+        _at_least(0, "train", self, "weight_decay", "warmup_steps", "num_workers")
+        _check(0 <= self.plot_windows <= MAX_PLOT_WINDOWS, "train.plot_windows", self.plot_windows,
+               f"must be in [0, {MAX_PLOT_WINDOWS}]: each epoch draws them as the rows of one figure (0: none)")
         _at_least(1, "train", self, "checkpoint_every")
         _check(0 <= self.seed < 2 ** 32, "train.seed", self.seed, "must be in [0, 2**32) (numpy's seed range)")
         _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",

@@ -222,6 +222,20 @@ def test_bad_value_names_key(raw, key):
     assert f"'{key}'" in msg
 
 
+@pytest.mark.parametrize("maker", ["vqvae", "transformer", "sde"])
+def test_plot_windows_beyond_one_figures_rows_are_refused_by_name(maker):
+    """train.plot_windows 10000 passed (>= 0) and every epoch drew, a forecaster's forecast, 10000 validation windows
+    as the rows of one figure; every model's train section refuses it with the range, and takes the cap itself."""
+    from hyper_params_sde import sde_config_from_dict
+    from hyper_params_transformer import transformer_config_from_dict
+
+    build = {"vqvae": config_from_dict, "transformer": transformer_config_from_dict, "sde": sde_config_from_dict}[maker]
+    assert build({"train": {"plot_windows": 16}}).train.plot_windows == 16
+    with pytest.raises(UserError, match=r"'train.plot_windows' = 10000 must be in \[0, 16\]: each epoch draws them as "
+                                        r"the rows of one figure \(0: none\)$"):
+        build({"train": {"plot_windows": 10000}})
+
+
 def test_a_rate_the_compression_factor_does_not_divide_names_the_data_keys():
     """250 Hz (README: it needs e.g. a 3.2 s context) blames model.downsample_factor, which the user did not touch: the
     error says the window comes from the duration and the rate, so either can be changed."""
