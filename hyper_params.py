@@ -25,6 +25,7 @@ from paths import ROOT, UserError
 DEFAULT_CONFIG = ROOT / "config_vqvae.json"
 INT_LIMIT = 2 ** 63      # a 64-bit integer's range: torch's sizes and numpy's ints overflow beyond it
 BEYOND_INT_LIMIT = "no setting takes an integer of size 2**63 or more"    # the config's words, and its flags'
+MAX_CODEBOOK = 2 ** 16   # model.codebook_size: 16-bit codes, a codebook of 64 x 65536 floats, ample for any run
 MAX_PLOT_WINDOWS = 16    # train.plot_windows: the rows of one figure drawn (and, for a forecaster, forecast) every epoch
 
 
@@ -109,8 +110,9 @@ class ModelConfig:
                f"must divide the window of {window} samples (data.input_signal_duration {data.input_signal_duration:g} "
                f"s x data.samples_per_second {data.samples_per_second})")
         _at_least(1, "model", self, "channels", "latent_dim", "num_quantizers", "attention_heads")
-        _check(self.codebook_size >= 2, "model.codebook_size", self.codebook_size,
-               "must be >= 2: one code carries log2(1) = 0 bits (residual codebooks are model.num_quantizers)")
+        _check(2 <= self.codebook_size <= MAX_CODEBOOK, "model.codebook_size", self.codebook_size,
+               f"must be in [2, {MAX_CODEBOOK}]: one code carries log2(1) = 0 bits, and a codebook beyond 16-bit codes "
+               "only fills memory (residual codebooks are model.num_quantizers)")
         _check(not self.has_attention or self.channels % self.attention_heads == 0, "model.attention_heads",
                self.attention_heads, f"must divide model.channels={self.channels}")
         _check(not self.has_attention or self.attention_layers >= 1, "model.attention_layers", self.attention_layers,

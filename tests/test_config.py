@@ -236,6 +236,15 @@ def test_plot_windows_beyond_one_figures_rows_are_refused_by_name(maker):
         build({"train": {"plot_windows": 10000}})
 
 
+def test_a_codebook_beyond_16_bit_codes_is_refused_before_the_model_is_built():
+    """model.codebook_size 2**32 passed (>= 2) and building the VQ-VAE ran out of memory (64 x 2**32 floats a codebook)
+    in a traceback; it is refused by key, value and range, and 2**16 is still a codebook."""
+    assert config_from_dict({"model": {"codebook_size": 2 ** 16}}).model.codebook_size == 65536
+    assert error_of({"model": {"codebook_size": 2 ** 32}}) == (
+        "config: config key 'model.codebook_size' = 4294967296 must be in [2, 65536]: one code carries log2(1) = 0 "
+        "bits, and a codebook beyond 16-bit codes only fills memory (residual codebooks are model.num_quantizers)")
+
+
 def test_a_rate_the_compression_factor_does_not_divide_names_the_data_keys():
     """250 Hz (README: it needs e.g. a 3.2 s context) blames model.downsample_factor, which the user did not touch: the
     error says the window comes from the duration and the rate, so either can be changed."""
