@@ -26,6 +26,9 @@ DEFAULT_CONFIG = ROOT / "config_vqvae.json"
 INT_LIMIT = 2 ** 63      # a 64-bit integer's range: torch's sizes and numpy's ints overflow beyond it
 BEYOND_INT_LIMIT = "no setting takes an integer of size 2**63 or more"    # the config's words, and its flags'
 MAX_CODEBOOK = 2 ** 16   # model.codebook_size: 16-bit codes, a codebook of 64 x 65536 floats, ample for any run
+MAX_WIDTH = 4096         # a layer's width (channels, latent_dim, the forecasters' dims and hidden sizes) ...
+MAX_DEPTH = 64           # ... and stacked blocks, layers or residual codebooks: beyond, a model only fills memory
+MAX_FILTER_ORDER = 64    # data.filter_order: scipy's Butterworth design gave NaN sections from 300, overflowed at 2000
 MAX_PLOT_WINDOWS = 16    # train.plot_windows: the rows of one figure drawn (and, for a forecaster, forecast) every epoch
 
 
@@ -73,7 +76,7 @@ class DataConfig:
         lo_hi, nyquist = self.filter_band, self.samples_per_second / 2
         _check(len(lo_hi) == 2 and 0 <= lo_hi[0] < lo_hi[1] < nyquist, "data.filter_band", lo_hi,
                f"must be [low, high] Hz with 0 <= low < high < {nyquist} (Nyquist)")
-        _at_least(1, "data", self, "filter_order")
+        _within(1, MAX_FILTER_ORDER, "data", self, "filter_order")
         _check(self.normalization in ("train_std", "none"), "data.normalization", self.normalization,
                "must be 'train_std' or 'none'")
         _check(self.first_lead.strip() != "", "data.first_lead", self.first_lead, "must name a lead")
@@ -109,7 +112,9 @@ class ModelConfig:
         _check(window % f == 0, "model.downsample_factor", f,
                f"must divide the window of {window} samples (data.input_signal_duration {data.input_signal_duration:g} "
                f"s x data.samples_per_second {data.samples_per_second})")
-        _at_least(1, "model", self, "channels", "latent_dim", "num_quantizers", "attention_heads")
+        _within(1, MAX_WIDTH, "model", self, "channels", "latent_dim")
+        _within(1, MAX_DEPTH, "model", self, "num_quantizers")
+        _at_least(1, "model", self, "attention_heads")
         _check(2 <= self.codebook_size <= MAX_CODEBOOK, "model.codebook_size", self.codebook_size,
                f"must be in [2, {MAX_CODEBOOK}]: one code carries log2(1) = 0 bits, and a codebook beyond 16-bit codes "
                "only fills memory (residual codebooks are model.num_quantizers)")
@@ -119,8 +124,8 @@ class ModelConfig:
                "must be >= 1 with model.has_attention true (0 layers add positions and no attention; set "
                "has_attention false for none)")
         _check(0 < self.ema_decay < 1, "model.ema_decay", self.ema_decay, "must be in (0, 1)")
-        _at_least(0, "model", self, "res_blocks", "attention_layers", "commitment_cost", "dead_code_threshold",
-                  "restart_every")
+        _within(0, MAX_DEPTH, "model", self, "res_blocks", "attention_layers")
+        _at_least(0, "model", self, "commitment_cost", "dead_code_threshold", "restart_every")
 
 
 @dataclass
@@ -212,6 +217,13 @@ def _at_least(low: int, section: str, settings: Any, *keys: str) -> None:
     """The commonest check, for sizes, counts and weights: each of `keys` >= low."""
     for key in keys:
         _check(getattr(settings, key) >= low, f"{section}.{key}", getattr(settings, key), f"must be >= {low}")
+
+
+def _within(low: int, high: int, section: str, settings: Any, *keys: str) -> None:
+    """Sizes and counts with a ceiling too (MAX_WIDTH, MAX_DEPTH, ...): each of `keys` in [low, high]."""
+    for key in keys:
+        value = getattr(settings, key)
+        _check(low <= value <= high, f"{section}.{key}", value, f"must be in [{low}, {high}]")
 
 
 def _is_int(value: Any) -> bool:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from hyper_params import AugmentConfig, TrainConfig, _at_least, _check, build_config, read_config, with_predated
+from hyper_params import (MAX_WIDTH, AugmentConfig, TrainConfig, _at_least, _check, _within, build_config, read_config,
+                          with_predated)
 from paths import ROOT
 
 DEFAULT_CONFIG = ROOT / "config_sde.json"
@@ -47,9 +48,9 @@ class SDEModelConfig:
 
     def validate(self) -> None:
         """Sizes, and the combinations of phase, template, drafts and hold_band that make one model."""
-        _at_least(1, "model", self, "state_size", "context_size", "encoder_hidden", "hidden_size", "emission_hidden",
-                  "diffusion_hidden")
-        _at_least(0, "model", self, "phase_harmonics")
+        _within(1, MAX_WIDTH, "model", self, "state_size", "context_size", "encoder_hidden", "hidden_size",
+                "emission_hidden", "diffusion_hidden")
+        _within(0, MAX_WIDTH, "model", self, "phase_harmonics")
         _check(self.phase_harmonics == 0 or self.state_size >= 3, "model.state_size", self.state_size,
                "must be >= 3 with a phase (model.phase_harmonics > 0): phase, rate and at least one more")
         _check(self.phase_harmonics == 0 or self.corrected_dims == 0 or self.corrected_dims >= 2,

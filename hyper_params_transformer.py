@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hyper_params import AugmentConfig, TrainConfig, _at_least, _check, build_config, read_config, with_predated
+from hyper_params import (MAX_DEPTH, MAX_WIDTH, AugmentConfig, TrainConfig, _at_least, _check, _within, build_config,
+                          read_config, with_predated)
 from paths import ROOT
 
 DEFAULT_CONFIG = ROOT / "config_transformer.json"
@@ -27,7 +28,9 @@ class GPTConfig:
                                  # (drafts.draft_waves)
 
     def validate(self) -> None:
-        _at_least(1, "model", self, "dim", "layers", "heads")
+        _within(1, MAX_WIDTH, "model", self, "dim")
+        _within(1, MAX_DEPTH, "model", self, "layers")
+        _at_least(1, "model", self, "heads")
         _check(self.dim % self.heads == 0, "model.heads", self.heads, f"must divide model.dim={self.dim}")
         head = self.dim // self.heads
         _check(not self.rope or head % 2 == 0, "model.heads", self.heads,

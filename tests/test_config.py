@@ -245,6 +245,31 @@ def test_a_codebook_beyond_16_bit_codes_is_refused_before_the_model_is_built():
         "bits, and a codebook beyond 16-bit codes only fills memory (residual codebooks are model.num_quantizers)")
 
 
+@pytest.mark.parametrize("maker, section, key, most", [
+    ("vqvae", "model", "channels", 4096), ("vqvae", "model", "latent_dim", 4096),
+    ("vqvae", "model", "res_blocks", 64), ("vqvae", "model", "attention_layers", 64),
+    ("vqvae", "model", "num_quantizers", 64), ("vqvae", "data", "filter_order", 64),
+    ("transformer", "model", "dim", 4096), ("transformer", "model", "layers", 64),
+    ("sde", "model", "state_size", 4096), ("sde", "model", "hidden_size", 4096),
+    ("sde", "model", "encoder_hidden", 4096), ("sde", "model", "context_size", 4096),
+    ("sde", "model", "emission_hidden", 4096),
+    ("sde", "model", "diffusion_hidden", 4096), ("sde", "model", "phase_harmonics", 4096),
+])
+def test_sizes_no_model_is_built_with_are_refused_with_their_range(maker, section, key, most):
+    """A width, depth or filter order of 10**6 passed (>= 1) and the model was built until memory ran out, or (a
+    Butterworth of order 2000) scipy's OverflowError, order 300 NaN sections: each is refused by key, value and
+    range, and the ceiling itself is a config."""
+    from hyper_params_sde import sde_config_from_dict
+    from hyper_params_transformer import transformer_config_from_dict
+
+    build = {"vqvae": config_from_dict, "transformer": transformer_config_from_dict, "sde": sde_config_from_dict}[maker]
+    extra = {"has_attention": True} if key == "attention_layers" else {}
+    assert getattr(getattr(build({section: {key: most, **extra}}), section), key) == most
+    low = 0 if key in ("res_blocks", "attention_layers", "phase_harmonics") else 1
+    with pytest.raises(UserError, match=rf"'{section}.{key}' = 1000000 must be in \[{low}, {most}\]$"):
+        build({section: {key: 10 ** 6, **extra}})
+
+
 def test_a_rate_the_compression_factor_does_not_divide_names_the_data_keys():
     """250 Hz (README: it needs e.g. a 3.2 s context) blames model.downsample_factor, which the user did not touch: the
     error says the window comes from the duration and the rate, so either can be changed."""
