@@ -29,6 +29,8 @@ MAX_CODEBOOK = 2 ** 16   # model.codebook_size: 16-bit codes, a codebook of 64 x
 MAX_WIDTH = 4096         # a layer's width (channels, latent_dim, the forecasters' dims and hidden sizes) ...
 MAX_DEPTH = 64           # ... and stacked blocks, layers or residual codebooks: beyond, a model only fills memory
 MAX_FILTER_ORDER = 64    # data.filter_order: scipy's Butterworth design gave NaN sections from 300, overflowed at 2000
+MAX_OVERLAP = 64         # training windows one sample may be in (data.window_stride's floor): 1e-9 s cut a window at
+                         # every sample, 31 GB of MIT-BIH's training windows
 MAX_PLOT_WINDOWS = 16    # train.plot_windows: the rows of one figure drawn (and, for a forecaster, forecast) every epoch
 
 
@@ -73,6 +75,10 @@ class DataConfig:
                self.signals_per_patient, "must be >= 0 or null")
         _check(self.window_stride is None or self.window_stride > 0, "data.window_stride", self.window_stride,
                "must be > 0 or null")
+        least = self.total_samples / self.samples_per_second / MAX_OVERLAP
+        _check(not self.window_stride or self.window_stride >= least * (1 - 1e-9), "data.window_stride",
+               self.window_stride, f"must be at least {least:g} s or null: each sample in at most {MAX_OVERLAP} "
+               f"training windows of {self.total_samples / self.samples_per_second:g} s (context and forecast)")
         lo_hi, nyquist = self.filter_band, self.samples_per_second / 2
         _check(len(lo_hi) == 2 and 0 <= lo_hi[0] < lo_hi[1] < nyquist, "data.filter_band", lo_hi,
                f"must be [low, high] Hz with 0 <= low < high < {nyquist} (Nyquist)")

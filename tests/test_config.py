@@ -270,6 +270,15 @@ def test_sizes_no_model_is_built_with_are_refused_with_their_range(maker, sectio
         build({section: {key: 10 ** 6, **extra}})
 
 
+def test_a_window_stride_cutting_a_window_at_nearly_every_sample_is_refused_with_its_floor():
+    """data.window_stride 1e-9 passed (> 0), rounded to one sample, and preparing MIT-BIH stacked a 6 s window at every
+    sample (31 GB); the floor is 1/64 of a training window, so no sample is in more than 64, and is itself a stride."""
+    assert config_from_dict({"data": {"window_stride": 6 / 64}}).data.stride_samples == 12
+    assert error_of({"data": {"window_stride": 1e-9}}).endswith(
+        "'data.window_stride' = 1e-09 must be at least 0.09375 s or null: each sample in at most 64 training windows "
+        "of 6 s (context and forecast)")
+
+
 def test_a_rate_the_compression_factor_does_not_divide_names_the_data_keys():
     """250 Hz (README: it needs e.g. a 3.2 s context) blames model.downsample_factor, which the user did not touch: the
     error says the window comes from the duration and the rate, so either can be changed."""
