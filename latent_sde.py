@@ -515,12 +515,17 @@ class LatentSDE(nn.Module):
     @torch.no_grad()
     def forecast_check(self, x: torch.Tensor, context: int, entropy: Seeds, draft: torch.Tensor | None) -> dict:
         """One prior path per window from the context alone (and the draft at the true beats): latent MSE
-        and how much of the true variation the last second keeps (near 0: it decays to a flat line)."""
+        and how much of the true variation the last second keeps (near 0: it decays to a flat line). The last second
+        is two frames at least: at one frame a second (128 Hz / 128) it was one, whose spread is NaN; a future of one
+        frame has none to measure (NaN, said without torch's warning)."""
         fut = self.sample_frames(x[:context], len(x) - context, 1, entropy, normalised=True,
                                  draft=None if draft is None else draft.transpose(0, 1))
         truth = x[context:]
-        last = max(1, int(round(self.rate)))
-        ratio = fut[-last:].std(0).mean(-1) / truth[-last:].std(0).mean(-1).clamp(min=1e-6)
+        last = max(2, int(round(self.rate)))
+        if len(truth) < 2:
+            ratio = torch.full((), math.nan, device=x.device)
+        else:
+            ratio = fut[-last:].std(0).mean(-1) / truth[-last:].std(0).mean(-1).clamp(min=1e-6)
         return {"forecast_mse": F.mse_loss(fut, truth), "late_std_ratio": ratio.mean()}
 
     # ------------------------------------------------------------------ forecasting

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import runpy
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -975,6 +976,21 @@ def test_loss_is_reconstruction_plus_weighted_kl():
     loss, m = sde(torch.randn(5, 32, 8), 16)
     assert m["kl"] > 0
     assert float(loss.detach()) == pytest.approx(float(m["recon"] + m["kl_weight"] * m["kl"]), rel=1e-5)
+
+
+def test_the_forecast_checks_late_spread_takes_two_frames_at_one_frame_a_second() -> None:
+    """A VQ-VAE of 128 Hz / 128 gives one latent frame a second: the check's 'last second' was that one frame, whose
+    standard deviation over time is NaN (and torch's degrees-of-freedom warning) in every validation row; it takes
+    the last two frames. A future of a single frame has no spread to compare: NaN, without the warning."""
+    torch.manual_seed(0)
+    sde = LatentSDE(8, sde_config_from_dict(json.loads(json.dumps(TINY_SDE))), 1.0).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            _, m = sde(torch.randn(3, 6, 8), 3, windows=torch.arange(3))
+            _, one = sde(torch.randn(3, 4, 8), 3, windows=torch.arange(3))
+    assert math.isfinite(float(m["late_std_ratio"])) and float(m["late_std_ratio"]) > 0
+    assert math.isnan(float(one["late_std_ratio"]))
 
 
 @pytest.mark.parametrize("method", ["euler", "srk"])
