@@ -29,6 +29,9 @@ MAX_CODEBOOK = 2 ** 16   # model.codebook_size: 16-bit codes, a codebook of 64 x
 MAX_WIDTH = 4096         # a layer's width (channels, latent_dim, the forecasters' dims and hidden sizes) ...
 MAX_DEPTH = 64           # ... and stacked blocks, layers or residual codebooks: beyond, a model only fills memory
 MAX_FILTER_ORDER = 64    # data.filter_order: scipy's Butterworth design gave NaN sections from 300, overflowed at 2000
+MAX_WINDOW_SAMPLES = 2 ** 16   # a window with its forecasts (data.total_samples): 100 kHz made MIT-BIH's 63 GB, a
+                               # duration of 1e308 s overflowed the float its samples are counted in
+MAX_STRIDE_S = 86400.0   # data.window_stride's ceiling, a day: longer leaves one window a stretch all the same
 MAX_OVERLAP = 64         # training windows one sample may be in (data.window_stride's floor): 1e-9 s cut a window at
                          # every sample, 31 GB of MIT-BIH's training windows
 MAX_PLOT_WINDOWS = 16    # train.plot_windows: the rows of one figure drawn (and, for a forecaster, forecast) every epoch
@@ -67,18 +70,24 @@ class DataConfig:
     def validate(self) -> None:
         _check(self.samples_per_second > 0, "data.samples_per_second", self.samples_per_second, "must be > 0")
         _check(self.input_signal_duration > 0, "data.input_signal_duration", self.input_signal_duration, "must be > 0")
+        _at_least(0, "data", self, "forecast_predictions")
+        total = self.input_signal_duration * self.samples_per_second * (1 + self.forecast_predictions)  # inf at worst
+        _check(total <= MAX_WINDOW_SAMPLES, "data.input_signal_duration", self.input_signal_duration,
+               f"x data.samples_per_second {self.samples_per_second} x (1 + data.forecast_predictions "
+               f"{self.forecast_predictions}) is a window of {total:g} samples with its forecast: at most "
+               f"{MAX_WINDOW_SAMPLES}")
         _check(abs(self.input_signal_duration * self.samples_per_second - self.window_samples) < 1e-6,
                "data.input_signal_duration", self.input_signal_duration,
                f"times samples_per_second={self.samples_per_second} must be a whole number of samples")
-        _at_least(0, "data", self, "forecast_predictions")
         _check(self.signals_per_patient is None or self.signals_per_patient >= 0, "data.signals_per_patient",
                self.signals_per_patient, "must be >= 0 or null")
-        _check(self.window_stride is None or self.window_stride > 0, "data.window_stride", self.window_stride,
-               "must be > 0 or null")
+        _check(self.window_stride is None or 0 < self.window_stride <= MAX_STRIDE_S, "data.window_stride",
+               self.window_stride, f"must be in (0, {MAX_STRIDE_S:g}] s (a day) or null")
         least = self.total_samples / self.samples_per_second / MAX_OVERLAP
         _check(not self.window_stride or self.window_stride >= least * (1 - 1e-9), "data.window_stride",
                self.window_stride, f"must be at least {least:g} s or null: each sample in at most {MAX_OVERLAP} "
-               f"training windows of {self.total_samples / self.samples_per_second:g} s (context and forecast)")
+               f"training windows of {self.total_samples / self.samples_per_second:g} s (data.input_signal_duration x "
+               "(1 + data.forecast_predictions))")
         lo_hi, nyquist = self.filter_band, self.samples_per_second / 2
         _check(len(lo_hi) == 2 and 0 <= lo_hi[0] < lo_hi[1] < nyquist, "data.filter_band", lo_hi,
                f"must be [low, high] Hz with 0 <= low < high < {nyquist} (Nyquist)")

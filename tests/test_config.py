@@ -276,7 +276,28 @@ def test_a_window_stride_cutting_a_window_at_nearly_every_sample_is_refused_with
     assert config_from_dict({"data": {"window_stride": 6 / 64}}).data.stride_samples == 12
     assert error_of({"data": {"window_stride": 1e-9}}).endswith(
         "'data.window_stride' = 1e-09 must be at least 0.09375 s or null: each sample in at most 64 training windows "
-        "of 6 s (context and forecast)")
+        "of 6 s (data.input_signal_duration x (1 + data.forecast_predictions))")
+
+
+@pytest.mark.parametrize("data, total", [
+    ({"input_signal_duration": 1e308}, "inf"),               # counted in floats: round(inf), an OverflowError
+    ({"samples_per_second": 100000}, "600000"),              # prepared MIT-BIH as 63 GB of windows
+    ({"forecast_predictions": 10 ** 6}, "3.84e+08"),
+])
+def test_a_window_beyond_65536_samples_is_refused_before_its_samples_are_counted(data, total):
+    """A window's samples (duration x rate, times 1 + forecast_predictions) had no ceiling: 1e308 s stopped every
+    script in an OverflowError traceback, 100 kHz filled memory preparing the data. Refused by the duration's key, the
+    product and the ceiling, which itself is a window (256 s at 128 Hz, with a forecast as long)."""
+    cfg = config_from_dict({"data": {"input_signal_duration": 256.0, "window_stride": None}})
+    assert cfg.data.total_samples == 65536
+    assert error_of({"data": data}).endswith(f"is a window of {total} samples with its forecast: at most 65536")
+
+
+def test_a_window_stride_beyond_a_day_is_refused_by_name():
+    """data.window_stride 1e308 passed (> 0) and preparing the data stopped in round(inf)'s OverflowError."""
+    assert config_from_dict({"data": {"window_stride": 86400}}).data.stride_samples == 86400 * 128
+    assert error_of({"data": {"window_stride": 1e308}}).endswith(
+        "'data.window_stride' = 1e+308 must be in (0, 86400] s (a day) or null")
 
 
 def test_a_rate_the_compression_factor_does_not_divide_names_the_data_keys():
