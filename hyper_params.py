@@ -34,6 +34,8 @@ MAX_WINDOW_SAMPLES = 2 ** 16   # a window with its forecasts (data.total_samples
 MAX_STRIDE_S = 86400.0   # data.window_stride's ceiling, a day: longer leaves one window a stretch all the same
 MAX_OVERLAP = 64         # training windows one sample may be in (data.window_stride's floor): 1e-9 s cut a window at
                          # every sample, 31 GB of MIT-BIH's training windows
+MAX_PATH_SCALE = 10.0    # a forecast path's noise or departure in the context's own units (draft_noise and
+                         # departure_scale): 1e308 made every path inf, ten times is already no ECG
 MAX_PLOT_WINDOWS = 16    # train.plot_windows: the rows of one figure drawn (and, for a forecaster, forecast) every epoch
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from hyper_params import (MAX_WIDTH, AugmentConfig, TrainConfig, _at_least, _check, _within, build_config, read_config,
-                          with_predated)
+from hyper_params import (MAX_PATH_SCALE, MAX_WIDTH, AugmentConfig, TrainConfig, _at_least, _check, _within,
+                          build_config, read_config, with_predated)
 from paths import ROOT
 
 DEFAULT_CONFIG = ROOT / "config_sde.json"
@@ -63,10 +63,10 @@ class SDEModelConfig:
         _check(not (self.draft_beats and self.phase_template), "model.draft_beats", self.draft_beats,
                "and model.phase_template are two ways to render the patient's beat: choose one")
         _check(0 <= self.draft_spread < 1, "model.draft_spread", self.draft_spread, "must be in [0, 1)")
-        _at_least(0, "model", self, "draft_noise")
+        _within(0, MAX_PATH_SCALE, "model", self, "draft_noise")
         _check(not self.hold_band or self.draft_beats, "model.hold_band", self.hold_band,
                "needs model.draft_beats (the departure it holds is from the draft): set it false without drafts")
-        _at_least(0, "model", self, "departure_scale")
+        _within(0, MAX_PATH_SCALE, "model", self, "departure_scale")
         _check(self.departure_scale == 1 or self.draft_beats, "model.departure_scale", self.departure_scale,
                "needs model.draft_beats (the departure it scales is from the draft): set it 1 without drafts")
         _check(self.min_rate_hz > 0, "model.min_rate_hz", self.min_rate_hz, "must be > 0")

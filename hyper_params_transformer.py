@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hyper_params import (MAX_DEPTH, MAX_WIDTH, AugmentConfig, TrainConfig, _at_least, _check, _within, build_config,
-                          read_config, with_predated)
+from hyper_params import (MAX_DEPTH, MAX_PATH_SCALE, MAX_WIDTH, AugmentConfig, TrainConfig, _at_least, _check, _within,
+                          build_config, read_config, with_predated)
 from paths import ROOT
 
 DEFAULT_CONFIG = ROOT / "config_transformer.json"
@@ -70,7 +70,7 @@ class SampleConfig:
         _check(self.draft_bias == 0 or abs(tilt) <= FLOAT32_MAX, "sample.draft_bias", self.draft_bias,
                f"at sample.temperature={self.temperature} is no finite float32 tilt: the draft codes' logits gain "
                f"draft_bias * temperature = {tilt:g} before the temperature divides them (at most {FLOAT32_MAX:g})")
-        _at_least(0, "sample", self, "draft_noise")
+        _within(0, MAX_PATH_SCALE, "sample", self, "draft_noise")
 
 
 @dataclass

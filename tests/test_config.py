@@ -300,6 +300,21 @@ def test_a_window_stride_beyond_a_day_is_refused_by_name():
         "'data.window_stride' = 1e+308 must be in (0, 86400] s (a day) or null")
 
 
+@pytest.mark.parametrize("maker, key", [("sde", "model.draft_noise"), ("sde", "model.departure_scale"),
+                                        ("transformer", "sample.draft_noise")])
+def test_a_paths_noise_or_departure_beyond_ten_times_its_own_is_refused(maker, key):
+    """draft_noise or departure_scale 1e308 passed (>= 0) and every forecast path came out inf (numpy's overflow
+    warning, then 'predict returned NaN or inf values'); 10 is the ceiling, itself a setting."""
+    from hyper_params_sde import sde_config_from_dict
+    from hyper_params_transformer import transformer_config_from_dict
+
+    build = transformer_config_from_dict if maker == "transformer" else sde_config_from_dict
+    section, name = key.split(".")
+    assert getattr(getattr(build({section: {name: 10}}), section), name) == 10
+    with pytest.raises(UserError, match=rf"'{key}' = 1e\+308 must be in \[0, 10.0\]$"):
+        build({section: {name: 1e308}})
+
+
 def test_a_rate_the_compression_factor_does_not_divide_names_the_data_keys():
     """250 Hz (README: it needs e.g. a 3.2 s context) blames model.downsample_factor, which the user did not touch: the
     error says the window comes from the duration and the rate, so either can be changed."""

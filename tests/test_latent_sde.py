@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import runpy
 import warnings
 from pathlib import Path
@@ -403,15 +404,16 @@ def test_elbo_run_closes_with_the_last_epochs_scores_and_what_to_run_next(traine
 def test_a_trained_models_forecast_settings_set_anew_from_python_are_checked_as_a_configs() -> None:
     """README: fc.scfg.model's forecast-time keys set anew sample a trained latent SDE otherwise. Only loading checked
     them, so a departure_scale of -1 (each path's departure from its draft turned over) or a draft_noise of -0.2
-    forecast without a word; predict now refuses each by its key."""
+    forecast without a word, and one of 1e308 paths of inf; predict now refuses each by its key."""
     fc = Forecaster.from_checkpoint(paths.ROOT / "pretrained" / "latent_sde.pt", "cpu")
     x, stored = periodic_ecg(1, length=384), dataclasses.replace(fc.scfg.model)
     base = fc.predict(x, 16, num_samples=2, seed=1)
     fc.scfg.model.departure_scale = 1.0
     assert not np.array_equal(fc.predict(x, 16, num_samples=2, seed=1), base)
-    for key, value in (("departure_scale", -1.0), ("draft_noise", -0.2)):
+    for key, value in (("departure_scale", -1.0), ("draft_noise", -0.2), ("departure_scale", 1e308),
+                       ("draft_noise", 1e308)):
         fc.scfg.model = dataclasses.replace(stored, **{key: value})
-        with pytest.raises(UserError, match=f"'model.{key}' = {value}"):
+        with pytest.raises(UserError, match=re.escape(f"'model.{key}' = {value}")):
             fc.predict(x, 16, num_samples=2, seed=1)
 
 
