@@ -14,6 +14,9 @@ from paths import ROOT
 DEFAULT_CONFIG = ROOT / "config_sde.json"
 METHODS = ("euler", "milstein", "srk")        # torchsde Ito solvers valid for diagonal noise
 NOISE_TYPES = ("diagonal", "additive")
+MAX_RATE_HZ = 5.0            # model.min_rate_hz's ceiling, 300 bpm: 1e10 gave a NaN loss, 1e39 overflowed float32
+MAX_DIFFUSION = 10.0         # solver.max_diffusion's, per sqrt(second) on standardised frames: 1e4 gave a path KL of
+                             # millions, 1e20 a NaN loss
 MAX_STEPS_PER_FRAME = 64     # solver steps per VQ-VAE latent frame: solver.dt's floor, 1/1024 s at 128 Hz / 8
 
 
@@ -69,8 +72,10 @@ class SDEModelConfig:
         _within(0, MAX_PATH_SCALE, "model", self, "departure_scale")
         _check(self.departure_scale == 1 or self.draft_beats, "model.departure_scale", self.departure_scale,
                "needs model.draft_beats (the departure it scales is from the draft): set it 1 without drafts")
-        _check(self.min_rate_hz > 0, "model.min_rate_hz", self.min_rate_hz, "must be > 0")
-        _check(self.min_obs_std > 0, "model.min_obs_std", self.min_obs_std, "must be > 0")
+        _check(0 < self.min_rate_hz <= MAX_RATE_HZ, "model.min_rate_hz", self.min_rate_hz,
+               f"must be in (0, {MAX_RATE_HZ:g}] Hz (a floor of {60 * MAX_RATE_HZ:g} bpm is past any heart)")
+        _check(0 < self.min_obs_std <= 1, "model.min_obs_std", self.min_obs_std,
+               "must be in (0, 1]: the frames are standardised, so a floor above their SD of 1 leaves nothing to learn")
 
 
 @dataclass
@@ -94,6 +99,8 @@ class SolverConfig:
         _check(0 < self.rate_diffusion_scale <= 1, "solver.rate_diffusion_scale", self.rate_diffusion_scale,
                "must be in (0, 1]")
         _check(self.min_diffusion > 0, "solver.min_diffusion", self.min_diffusion, "must be > 0")
+        _check(self.max_diffusion <= MAX_DIFFUSION, "solver.max_diffusion", self.max_diffusion,
+               f"must be at most {MAX_DIFFUSION:g} (per sqrt(second) on standardised frames)")
         _check(self.max_diffusion > self.min_diffusion, "solver.max_diffusion", self.max_diffusion,
                f"must be > solver.min_diffusion={self.min_diffusion}")
 

@@ -315,6 +315,23 @@ def test_a_paths_noise_or_departure_beyond_ten_times_its_own_is_refused(maker, k
         build({section: {name: 1e308}})
 
 
+@pytest.mark.parametrize("section, key, most, bad, why", [
+    ("model", "min_rate_hz", 5, 1e39, r"must be in \(0, 5\] Hz \(a floor of 300 bpm is past any heart\)"),
+    ("model", "min_obs_std", 1, 1e308, r"must be in \(0, 1\]: the frames are standardised, so a floor above their SD "
+                                       r"of 1 leaves nothing to learn"),
+    ("solver", "max_diffusion", 10, 1e20, r"must be at most 10 \(per sqrt\(second\) on standardised frames\)"),
+])
+def test_latent_sde_scales_no_model_learns_with_are_refused(section, key, most, bad, why):
+    """A beat phase's min_rate_hz of 1e39 stopped the first step in torch's float overflow traceback (1e10: a NaN
+    loss), max_diffusion 1e20 gave a NaN loss, min_obs_std 1e308 an inf one, each then blamed on the learning rate;
+    refused by key and range, and the ceiling is a setting."""
+    from hyper_params_sde import sde_config_from_dict
+
+    assert getattr(getattr(sde_config_from_dict({section: {key: most}}), section), key) == most
+    with pytest.raises(UserError, match=rf"'{section}.{key}' = {re.escape(repr(bad))} {why}$"):
+        sde_config_from_dict({section: {key: bad}})
+
+
 def test_a_rate_the_compression_factor_does_not_divide_names_the_data_keys():
     """250 Hz (README: it needs e.g. a 3.2 s context) blames model.downsample_factor, which the user did not touch: the
     error says the window comes from the duration and the rate, so either can be changed."""
