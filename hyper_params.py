@@ -36,6 +36,8 @@ MAX_OVERLAP = 64         # training windows one sample may be in (data.window_st
                          # every sample, 31 GB of MIT-BIH's training windows
 MAX_PATH_SCALE = 10.0    # a forecast path's noise or departure in the context's own units (draft_noise and
                          # departure_scale): 1e308 made every path inf, ten times is already no ECG
+MAX_COPIES = 16          # augment.copies: each is the training windows again, in memory (MIT-BIH's: 81 MB a copy)
+MAX_WORKERS = 64         # train.num_workers: DataLoader processes, started anew every epoch
 MAX_PLOT_WINDOWS = 16    # train.plot_windows: the rows of one figure drawn (and, for a forecaster, forecast) every epoch
 
 
@@ -153,7 +155,7 @@ class AugmentConfig:
     amplitude_range: float = 0.2  # each lead x U[1 - a, 1 + a] per record and copy
 
     def validate(self) -> None:
-        _at_least(0, "augment", self, "copies")
+        _within(0, MAX_COPIES, "augment", self, "copies")
         _check(0 <= self.rate_range < 0.5, "augment.rate_range", self.rate_range, "must be in [0, 0.5)")
         _check(0 <= self.amplitude_range < 1, "augment.amplitude_range", self.amplitude_range, "must be in [0, 1)")
 
@@ -182,7 +184,8 @@ class TrainConfig:
         _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "must be > 0")
         _check(self.grad_clip > 0, "train.grad_clip", self.grad_clip, "must be > 0 (the largest gradient norm; 1e9 "
                "leaves gradients unclipped)")
-        _at_least(0, "train", self, "weight_decay", "warmup_steps", "num_workers")
+        _at_least(0, "train", self, "weight_decay", "warmup_steps")
+        _within(0, MAX_WORKERS, "train", self, "num_workers")
         _check(0 <= self.plot_windows <= MAX_PLOT_WINDOWS, "train.plot_windows", self.plot_windows,
                f"must be in [0, {MAX_PLOT_WINDOWS}]: each epoch draws them as the rows of one figure (0: none)")
         _at_least(1, "train", self, "checkpoint_every")

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 import paths
 import running
-from hyper_params import BEYOND_INT_LIMIT, INT_LIMIT, TrainConfig
+from hyper_params import BEYOND_INT_LIMIT, INT_LIMIT, MAX_COPIES, TrainConfig
 from paths import UserError, check_device
 from train_results import (TRAINING_STATE, MetricsLog, check_same_config, float32_default, load_checkpoint,
                            load_weights, plot_codebook_health, plot_loss_curves, read_checkpoint, save_checkpoint)
@@ -1166,6 +1166,9 @@ def check_run_flags(args: argparse.Namespace) -> None:
         if (value := getattr(args, flag, None)) is not None and not least <= value < INT_LIMIT:
             bound = f">= {least}{meaning}" if value < least else f"< 2**63 ({BEYOND_INT_LIMIT})"
             raise UserError(f"--{flag.replace('_', '-')} must be {bound}, got {value}")
+    if (copies := getattr(args, "augment_copies", None)) is not None and copies > MAX_COPIES:
+        raise UserError(f"--augment-copies must be <= {MAX_COPIES} (each copy is the training windows again, in "
+                        f"memory), got {copies}")
     if args.seed is not None and not 0 <= args.seed < 2 ** 32:
         raise UserError(f"--seed must be in [0, 2**32) (numpy's seed range), got {args.seed}")
 

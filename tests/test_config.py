@@ -332,6 +332,23 @@ def test_latent_sde_scales_no_model_learns_with_are_refused(section, key, most, 
         sde_config_from_dict({section: {key: bad}})
 
 
+@pytest.mark.parametrize("maker", ["vqvae", "transformer", "sde"])
+def test_copies_and_workers_beyond_their_ceilings_are_refused_by_name(maker):
+    """augment.copies 1000 held 1000 copies of the training windows in memory (MIT-BIH's: 81 GB), train.num_workers
+    10**6 would start a million DataLoader processes every epoch; each has a ceiling, named with its range."""
+    from hyper_params_sde import sde_config_from_dict
+    from hyper_params_transformer import transformer_config_from_dict
+
+    build = {"vqvae": config_from_dict, "transformer": transformer_config_from_dict, "sde": sde_config_from_dict}[maker]
+    assert build({"train": {"num_workers": 64}}).train.num_workers == 64
+    with pytest.raises(UserError, match=r"'train.num_workers' = 1000000 must be in \[0, 64\]$"):
+        build({"train": {"num_workers": 10 ** 6}})
+    if maker != "vqvae":
+        assert build({"augment": {"copies": 16}}).augment.copies == 16
+        with pytest.raises(UserError, match=r"'augment.copies' = 1000 must be in \[0, 16\]$"):
+            build({"augment": {"copies": 1000}})
+
+
 def test_a_rate_the_compression_factor_does_not_divide_names_the_data_keys():
     """250 Hz (README: it needs e.g. a 3.2 s context) blames model.downsample_factor, which the user did not touch: the
     error says the window comes from the duration and the rate, so either can be changed."""

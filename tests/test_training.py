@@ -1647,6 +1647,17 @@ def test_negative_augment_copies_is_refused_by_its_flags_name(tmp_path: Path, sc
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("script", [transformer_train, latent_sde_train])
+def test_augment_copies_beyond_the_ceiling_are_refused_by_the_flags_name(tmp_path: Path, script) -> None:
+    """--augment-copies 1000 was taken (>= 0) and the run made 1000 stretched copies of the training windows, all in
+    memory (MIT-BIH's: 81 GB); augment.copies has a ceiling of 16, said by the flag's name."""
+    r = run_script(script.main, f"{script.__name__}.py", ["--augment-copies", "1000", "--results", str(tmp_path / "r")])
+    assert r.returncode == 2
+    assert r.stderr == ("error: --augment-copies must be <= 16 (each copy is the training windows again, in memory), "
+                        "got 1000\n")
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("flag, value, said", BAD_NUMBERS)
 def test_a_bad_number_for_crps_fine_tuning_is_refused_by_its_flags_name(flag: str, value: str, said: str) -> None:
     """With --crps-from the flags set crps keys: 'crps.epochs' was named, a key neither typed nor in --help."""
