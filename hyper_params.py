@@ -38,7 +38,7 @@ MAX_PATH_SCALE = 10.0    # a forecast path's noise or departure in the context's
                          # departure_scale): 1e308 made every path inf, ten times is already no ECG
 MAX_COPIES = 16          # augment.copies: each is the training windows again, in memory (MIT-BIH's: 81 MB a copy)
 MAX_WORKERS = 64         # train.num_workers: DataLoader processes, started anew every epoch
-MAX_PLOT_WINDOWS = 16    # train.plot_windows: the rows of one figure drawn (and, for a forecaster, forecast) every epoch
+MAX_PLOT_WINDOWS = 16    # train.plot_windows: the rows of the figure drawn (a forecaster: forecast) every epoch
 
 
 @dataclass
