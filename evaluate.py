@@ -1210,14 +1210,14 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"evaluating {', '.join(forecasters)} on {running.counted(len(scored), 'record')}, "
           f"{running.counted(len(w.record), 'window')}")
     scores, truth_sums = evaluate(forecasters, w, context, fs, args.samples, args.seed, partial=partial)
-    run = paths.new_run_dir("evaluate", args.results)       # made now: a failed evaluation leaves no folder
+    staged = paths.staged_run_dir(args.results)     # made now: a failed or killed evaluation leaves no folder
     try:
         summary = summarize(scores, truth_sums, w, fs, w.signals.shape[1] - context, seed=args.seed,
                             baselines=baselines)
         if misfit := misfit_caution(summary["detector"]):
             running.warn(misfit)
             cautions.append(misfit)
-        plot_results(run, forecasters, scores, summary, w, cfg, args, baselines)
+        plot_results(staged, forecasters, scores, summary, w, cfg, args, baselines)
         running.raise_if_signalled()        # one swallowed while the last gallery was drawn: not a finished run
         wall = time.time() - t0
         header = report_header(args, argv, cfg, w, forecasters, wall, started)
@@ -1226,9 +1226,10 @@ def main(argv: list[str] | None = None) -> Path:
         if partial.resumed:
             header["resumed"] = (f"went on from an interrupted run's {partial.resumed} of {len(w.record)} windows; "
                                  f"the wall time is this part's")
-        write_results(run, header, cfg, summary, w, args.samples)
+        write_results(staged, header, cfg, summary, w, args.samples)
+        run = paths.publish_run_dir(staged, "evaluate", args.results)
     except BaseException as e:      # Ctrl-C or an error in the galleries' forecasts or a write: plots without scores
-        shutil.rmtree(run, ignore_errors=True)
+        shutil.rmtree(staged, ignore_errors=True)
         if not isinstance(e, (KeyboardInterrupt, Exception)):
             raise
         raise_kept(e, partial, len(w.record))

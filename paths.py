@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -184,6 +185,41 @@ def new_run_dir(experiment: str, results: str | os.PathLike | None = None,
         if _made(checkpoints / run.name, "checkpoint"):
             return run
         run.rmdir()             # made just now, so empty: the name is taken in the checkpoints root
+    raise UserError(f"too many runs named {experiment}-{stamp} in {base}")
+
+
+WRITING_PART = ".writing-"      # the hidden folder in a results root a run's files are written into (staged_run_dir)
+
+
+def staged_run_dir(results: str | os.PathLike | None = None) -> Path:
+    """A hidden folder in the results root to write a run's files into, made whole a results/<experiment>-<time> only
+    by publish_run_dir: an evaluation killed outright (kill -9, the out-of-memory killer) while writing its plots and
+    tables left an evaluate-<time> folder with metrics.json and no report.md, to be taken for a finished run. The
+    folders a kill -9 left so are removed here, by the next run into that root (remove_stale_parts)."""
+    base = location("results", results)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        remove_stale_parts(base, WRITING_PART, "run")
+        return owned_folder(base, WRITING_PART)
+    except OSError as e:
+        raise UserError(f"cannot write to {base}: {e.strerror or e}") from e
+
+
+def publish_run_dir(staging: Path, experiment: str, results: str | os.PathLike | None = None) -> Path:
+    """The staged folder renamed, in one step, to a fresh results/<experiment>-<time> (as new_run_dir names them)."""
+    base = location("results", results)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        run = base / (f"{experiment}-{stamp}" + (f"-{n}" if n else ""))
+        if os.path.lexists(run):
+            continue
+        try:
+            os.rename(staging, run)
+            return run
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):      # the name taken meanwhile by another run
+                continue
+            raise UserError(f"cannot rename {staging} to {run}: {e.strerror or e}") from e
     raise UserError(f"too many runs named {experiment}-{stamp} in {base}")
 
 

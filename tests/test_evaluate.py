@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -257,6 +258,35 @@ def test_an_evaluation_stopped_while_writing_leaves_no_folder(db250, tmp_path, m
         evaluate.main(["--model", "zero", "--wfdb-dir", str(db250), "--records", "a01", "--max-windows-per-record",
                        "1", "--results", str(tmp_path / "results")])
     assert [p.name[:18] for p in (tmp_path / "results").iterdir()] == [".evaluate-partial-"]
+
+
+KILLED_AT_REPORT = """
+import os, signal, sys
+import evaluate, paths
+write = paths.atomic_write_text
+def killed(text, path):
+    if str(path).endswith("report.md"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(text, path)
+paths.atomic_write_text = killed
+evaluate.main(sys.argv[1:])
+"""
+
+
+def test_an_evaluation_killed_while_writing_leaves_no_folder_to_take_for_a_finished_one(db250, tmp_path):
+    """kill -9 (the out-of-memory killer, a pre-empted job) after metrics.json and metrics.csv, before report.md, left
+    results/evaluate-<time>/ with the scores, the plots and no report, and the same command run again made a second
+    folder beside it. The files are written into a hidden folder, renamed to evaluate-<time> once all are there; the
+    next run removes the one a kill left."""
+    results = tmp_path / "results"
+    args = ["--model", "zero", "--wfdb-dir", str(db250), "--records", "a01", "--max-windows-per-record", "1",
+            "--results", str(results)]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_REPORT, *args], cwd=ROOT, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not list(results.glob("evaluate-*"))
+    run = evaluate.main(args)
+    assert sorted(p.name for p in results.iterdir()) == [run.name]
+    assert (run / "report.md").is_file() and not list(run.glob(".*"))
 
 
 CHECKPOINTED = """
