@@ -32,6 +32,7 @@ import argparse
 import math
 import os
 import shlex
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -507,15 +508,20 @@ def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkp
                                      rec.length)
     input_hash = record_hash(args.record)   # the files just read
     coded = code_windows(model, windows)
-    run = paths.new_run_dir("vqvae_eval", args.results)
+    staged = paths.staged_run_dir(args.results)     # a run stopped or killed while writing leaves no folder
     stem = f"{rec.name}_{starts[0]:.15g}s"
+    try:
+        paths.atomic_save_npz(staged / f"{stem}.npz", **coded, signal=windows, start_s=starts, fs=fs,
+                              leads=rec.leads, record=args.record, checkpoint=str(checkpoint), input_hash=input_hash,
+                              **run_record)
+        titles = [tuple(f"record {rec.name} at {s:g} s, lead {k + 1}: {lead}" for k, lead in enumerate(rec.leads))
+                  for s in starts[:PLOTTED]]
+        plot_windows(windows[:PLOTTED], coded["reconstruction"][:PLOTTED], fs, staged / f"{stem}.png",
+                     f"the VQ-VAE of {paths.shown(checkpoint)}: record {rec.name}, original vs reconstruction", titles)
+        run = paths.publish_run_dir(staged, "vqvae_eval", args.results)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     npz, png = run / f"{stem}.npz", run / f"{stem}.png"
-    paths.atomic_save_npz(npz, **coded, signal=windows, start_s=starts, fs=fs, leads=rec.leads,
-                          record=args.record, checkpoint=str(checkpoint), input_hash=input_hash, **run_record)
-    titles = [tuple(f"record {rec.name} at {s:g} s, lead {k + 1}: {lead}" for k, lead in enumerate(rec.leads))
-              for s in starts[:PLOTTED]]
-    plot_windows(windows[:PLOTTED], coded["reconstruction"][:PLOTTED], fs, png,
-                 f"the VQ-VAE of {paths.shown(checkpoint)}: record {rec.name}, original vs reconstruction", titles)
     resampled = f", its {rec.fs_in:g} Hz resampled to {fs} Hz" if rec.fs_in != fs else ""
     error, normalised = prd(coded["reconstruction"], windows), prdn(coded["reconstruction"], windows, axis=1)
     print(f"record {args.record} (leads {', '.join(rec.leads)}){resampled}: "
@@ -541,15 +547,19 @@ def evaluate_split(args: argparse.Namespace, model: VQVAE, ckpt: dict, cfg: Conf
     for warning in seen_warnings(ckpt["meta"], list(data["records"]), args.split):
         running.warn(warning)
     report = reconstruction_report(model, data, source_samples(data["records"], args.prepared))
-    run = paths.new_run_dir("vqvae_eval", args.results)
     # the data hash as a training run's run.json gives it
     report.update(checkpoint=str(checkpoint), checkpoint_sha256=digest, split=args.split, git_commit=commit,
                   data_hash=paths.run_data_hash(data), trained=ckpt["meta"],
                   leads={r: leads for r, leads in stored_leads(args.prepared).items() if r in report["per_record"]})
-    paths.atomic_write_json(report, run / "reconstruction.json")
     lines = report_lines(report, data)
-    paths.atomic_write_text("\n".join(lines) + "\n", run / "reconstruction.md")
-    plot_examples(model, data, args.split, args.prepared, run / "reconstruction_examples.png", checkpoint)
+    staged = paths.staged_run_dir(args.results)     # a run stopped or killed while writing leaves no folder
+    try:
+        paths.atomic_write_json(report, staged / "reconstruction.json")
+        paths.atomic_write_text("\n".join(lines) + "\n", staged / "reconstruction.md")
+        plot_examples(model, data, args.split, args.prepared, staged / "reconstruction_examples.png", checkpoint)
+        run = paths.publish_run_dir(staged, "vqvae_eval", args.results)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     print("\n".join(lines[-3:]))
     print(f"report: {run / 'reconstruction.md'}")
     return report

@@ -1,6 +1,7 @@
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -1125,6 +1126,26 @@ def test_vqvae_eval_names_the_weights_it_loaded_though_the_file_is_replaced_afte
     assert res.returncode == 0, res.stderr
     saved = np.load(next((tmp_path / "results").glob("vqvae_eval-*/r_0s.npz")))
     assert str(saved["checkpoint_sha256"]) == read != file_sha256(tiny_checkpoint)
+
+
+def test_vqvae_eval_stopped_while_writing_leaves_no_folder(tiny_checkpoint, tmp_path, monkeypatch) -> None:
+    """Stopped (Ctrl-C, or kill -9 with nothing run after it) once the .npz was written and before its plot, a
+    vqvae_eval-<time> folder stayed with the codes and no plot, or the split's reconstruction.json without its .md: to
+    be taken for a finished run. The files are written into a hidden folder, renamed once all are there."""
+    from conftest import write_record
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(vqvae_eval, "plot_windows", stopped)
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)     # a kill cleans nothing up
+    res = code_record(tiny_checkpoint, write_record(tmp_path / "db", "r", seconds=5), tmp_path)
+    assert res.returncode == 130 and not list((tmp_path / "results").glob("vqvae_eval-*"))
+    monkeypatch.undo()
+    res = code_record(tiny_checkpoint, write_record(tmp_path / "db", "r", seconds=5), tmp_path)
+    assert res.returncode == 0, res.stderr
+    (run,) = (tmp_path / "results").glob("vqvae_eval-*")
+    assert sorted(p.name for p in run.iterdir()) == ["r_0s.npz", "r_0s.png"]
+
 
 def test_vqvae_eval_record_saves_the_readme_recipes_codes_and_latents(tiny_checkpoint, tmp_path) -> None:
     """vqvae_eval.py --record on a 250 Hz record: windows of the model's 1 s at its 64 Hz, each coded as the README's
