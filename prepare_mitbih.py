@@ -9,6 +9,7 @@ the flags as a list and returns meta.json's dict (None with --fetch-only).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import json
@@ -1655,7 +1656,9 @@ def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],
                     prepared_dir: str | Path | None = None, what: str = "") -> torch.Tensor:
     """A tensor derived from prepared data (codes, latent frames), computed once per `key` and kept under
     <kind>/ in paths.cache_dir; a stored file whose key differs is recomputed,
-    and a folder that can't be written only costs the encoding next time. `what`: which windows, for the log."""
+    and a folder that can't be written only costs the encoding next time. `what`: which windows, for the log. A
+    write of it that a kill -9 cut short, a hidden file as large as the encoding that no run reads, goes once this run
+    has encoded it again: one older than this run's encoding is no live run's write (a write takes seconds)."""
     import torch
 
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -1669,11 +1672,16 @@ def cached_encoding(kind: str, key: str, compute: Callable[[], torch.Tensor],
         if isinstance(stored, dict) and stored.get("key") == key:
             return stored["tensor"]
     print(f"encoding the {what + ' ' if what else ''}windows once ({kind}; kept in {cache.parent})")
+    began = time.time()
     tensor = compute()
     try:
         paths.atomic_torch_save({"key": key, "tensor": tensor}, cache)
     except paths.UserError as e:
         running.note(f"the encoding is not kept ({e}); set ECG_CACHE_DIR to a writable folder to keep it")
+    for cut in cache.parent.glob(f".{cache.name}.*.tmp"):     # atomic_torch_save's temporary files
+        with contextlib.suppress(OSError):
+            if cut.stat().st_mtime < began:
+                cut.unlink()
     return tensor
 
 

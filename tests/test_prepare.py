@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -1945,6 +1946,28 @@ def test_a_cache_file_holding_another_key_is_computed_again(tmp_path: Path, monk
     files["k2"].write_bytes(files["k1"].read_bytes())
     seven = torch.full((2,), 7.0)
     assert torch.equal(pm.cached_encoding("codes", "k2", lambda: seven, tmp_path), seven)
+
+
+def test_a_cache_write_cut_by_a_kill_goes_once_encoded_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 while an encoding was written (tens to hundreds of MB) left its hidden temporary file in the cache for
+    good: the next run encodes again and removes it. A newer one, another run's write going on, stays."""
+    monkeypatch.setenv("ECG_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "encodings" / "codes"
+    pm.cached_encoding("codes", "k", lambda: torch.zeros(2), tmp_path)
+    (stored,) = folder.glob("*.pt")
+    stored.unlink()
+    name = stored.name
+    cut, other = folder / f".{name}.abc.tmp", folder / ".0123456789abcdef.pt.abc.tmp"   # another encoding's
+    for f in (cut, other):
+        f.write_bytes(b"half")
+        os.utime(f, (time.time() - 60, time.time() - 60))
+    writing = folder / f".{name}.new.tmp"
+
+    def compute() -> torch.Tensor:
+        writing.write_bytes(b"another run's")
+        return torch.ones(2)
+    assert torch.equal(pm.cached_encoding("codes", "k", compute, tmp_path), torch.ones(2))
+    assert sorted(p.name for p in folder.iterdir()) == sorted([name, writing.name, other.name])
 
 
 def _split(records: list[np.ndarray], beats: list[np.ndarray], n: int, starts: list[np.ndarray]) -> dict:
