@@ -1210,7 +1210,8 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"evaluating {', '.join(forecasters)} on {running.counted(len(scored), 'record')}, "
           f"{running.counted(len(w.record), 'window')}")
     scores, truth_sums = evaluate(forecasters, w, context, fs, args.samples, args.seed, partial=partial)
-    staged = paths.staged_run_dir(args.results)     # made now: a failed or killed evaluation leaves no folder
+    # made now, its files renamed a run folder once whole: a failed or killed evaluation leaves no folder
+    staged = paths.staging_folder(paths.location("results", args.results))
     try:
         summary = summarize(scores, truth_sums, w, fs, w.signals.shape[1] - context, seed=args.seed,
                             baselines=baselines)

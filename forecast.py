@@ -25,6 +25,7 @@ import inspect
 import math
 import os
 import shlex
+import shutil
 import sys
 import time
 import warnings
@@ -693,9 +694,8 @@ def main(argv: list[str] | None = None) -> dict:
         paths.check_writable(args.out, keep=False)
     t_load = time.time() - t0                       # start-up: torch, the checkpoint
     res = forecast_record(fc, args.record, args.start, args.horizon, args.samples, args.seed, args.leads)
-    out = Path(args.out) if args.out else paths.new_run_dir("forecast")
     res["heart_rate"] = heart_rates(res)
-    files = save_forecast(res, args, path, out, run)
+    files = save_forecast(res, args, path, run)
     n_paths, steps = res["samples"].shape[:2]     # a deterministic forecaster gives one path whatever --samples asks
     print(f"forecast of {args.record} from {args.start:.15g} s: {running.counted(n_paths, 'sample')} x {steps} "
           f"samples x 2 leads ({', '.join(res['leads'])}) at {res['fs']} Hz{resampled(res)} in "
@@ -795,29 +795,39 @@ def resampled(res: dict) -> str:
     return f" (the record's {res['fs_in']:g} Hz resampled)" if res["fs_in"] != res["fs"] else ""
 
 
-def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, out: Path, run: dict) -> list[Path]:
-    """Write the samples (.npy), their plot (.png) and what was asked (.json) into `out`; returns the three files.
-    `run` is the git commit the run started at, the checkpoint's digest and one's own code's (own_code_of). The
-    .json gives torch's CPU threads: another count may change the samples in their last bits."""
+def save_forecast(res: dict, args: argparse.Namespace, checkpoint: Path, run: dict) -> list[Path]:
+    """Write the samples (.npy), their plot (.png) and what was asked (.json) into --out, else a fresh
+    results/forecast-<time>; returns the three files. They are written into a hidden folder first (paths.staging_folder)
+    and are the forecast's only once all three are: killed outright while plotting (kill -9), a forecast into an --out
+    holding an earlier one of the same record and start left its new samples beside the earlier plot and .json
+    (another seed, maybe another model), unsaid. `run` is the git commit the run started at, the checkpoint's digest and
+    one's own code's (own_code_of). The .json gives torch's CPU threads: another count may change the samples in their
+    last bits."""
     from prepare_mitbih import record_path          # loaded by now, with the record
     record = record_path(args.record).name          # 100 also for 100.hea or 100.dat
-    files = [out / f"{record}_{args.start:.15g}s{end}" for end in ("_samples.npy", ".png", ".json")]
-    npy, png, js = files
-    if taken := [p.name for p in files if p.exists()]:
+    names = [f"{record}_{args.start:.15g}s{end}" for end in ("_samples.npy", ".png", ".json")]
+    out = Path(args.out) if args.out else None
+    if out and (taken := [n for n in names if (out / n).exists()]):
         running.note(f"replacing {', '.join(taken)} in {out}, an earlier forecast of {record} from {args.start:.15g} s")
     truth, gap = truth_cover(res)
-    with paths.written_together(out, "run forecast.py again") as written:
+    staged = paths.staging_folder(out or paths.location("results", None))
+    try:
+        npy, png, js = (staged / n for n in names)
         paths.atomic_save_npy(res["samples"], npy)
-        written.append(npy.name)
         plot_record(res, record, args, png, model_label(checkpoint))
-        written.append(png.name)
         paths.atomic_write_json({"record": args.record, "start_s": args.start, "fs": res["fs"], "fs_in": res["fs_in"],
                                  "leads": res["leads"], "samples_shape": list(res["samples"].shape), "units": "mV",
                                  "seed": args.seed, "truth_samples": truth, "truth_gap_samples": gap,
                                  "heart_rate_bpm": one_decimal(res["heart_rate"]), "input_hash": res["input_hash"],
                                  "data_hash": res["data_hash"], "device": res["device"],
                                  "torch_threads": torch.get_num_threads(), "checkpoint": str(checkpoint), **run}, js)
-    return files
+        if out:
+            paths.moved_in([(staged / n, out / n) for n in names], out, "run forecast.py again")
+        else:
+            out = paths.publish_run_dir(staged, "forecast")
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return [out / n for n in names]
 
 
 def checkpoint_sha256(checkpoint: str | Path, fc: ForecasterBase) -> dict:

@@ -188,21 +188,22 @@ def new_run_dir(experiment: str, results: str | os.PathLike | None = None,
     raise UserError(f"too many runs named {experiment}-{stamp} in {base}")
 
 
-WRITING_PART = ".writing-"      # the hidden folder in a results root a run's files are written into (staged_run_dir)
+WRITING_PART = ".writing-"      # the hidden folder a run's files are written into before they are its (staging_folder)
 
 
-def staged_run_dir(results: str | os.PathLike | None = None) -> Path:
-    """A hidden folder in the results root to write a run's files into, made whole a results/<experiment>-<time> only
-    by publish_run_dir: an evaluation killed outright (kill -9, the out-of-memory killer) while writing its plots and
-    tables left an evaluate-<time> folder with metrics.json and no report.md, to be taken for a finished run. The
-    folders a kill -9 left so are removed here, by the next run into that root (remove_stale_parts)."""
-    base = location("results", results)
+def staging_folder(folder: Path) -> Path:
+    """A hidden folder in `folder` to write a run's files into, theirs only once all are whole: renamed a
+    results/<experiment>-<time> (publish_run_dir), or each moved in (moved_in). An evaluation killed outright (kill -9,
+    the out-of-memory killer) while writing its plots and tables left an evaluate-<time> folder with metrics.json and
+    no report.md, to be taken for a finished run; a forecast into an --out holding an earlier one, its new samples
+    beside the earlier plot and settings. Those a kill -9 left are removed by the next run into `folder`
+    (remove_stale_parts)."""
     try:
-        base.mkdir(parents=True, exist_ok=True)
-        remove_stale_parts(base, WRITING_PART, "run")
-        return owned_folder(base, WRITING_PART)
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_parts(folder, WRITING_PART, "run")
+        return owned_folder(folder, WRITING_PART)
     except OSError as e:
-        raise UserError(f"cannot write to {base}: {e.strerror or e}") from e
+        raise UserError(f"cannot write to {folder}: {e.strerror or e}") from e
 
 
 def publish_run_dir(staging: Path, experiment: str, results: str | os.PathLike | None = None) -> Path:

@@ -508,7 +508,7 @@ def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkp
                                      rec.length)
     input_hash = record_hash(args.record)   # the files just read
     coded = code_windows(model, windows)
-    staged = paths.staged_run_dir(args.results)     # a run stopped or killed while writing leaves no folder
+    staged = paths.staging_folder(paths.location("results", args.results))     # stopped or killed: no folder
     stem = f"{rec.name}_{starts[0]:.15g}s"
     try:
         paths.atomic_save_npz(staged / f"{stem}.npz", **coded, signal=windows, start_s=starts, fs=fs,
@@ -552,7 +552,7 @@ def evaluate_split(args: argparse.Namespace, model: VQVAE, ckpt: dict, cfg: Conf
                   data_hash=paths.run_data_hash(data), trained=ckpt["meta"],
                   leads={r: leads for r, leads in stored_leads(args.prepared).items() if r in report["per_record"]})
     lines = report_lines(report, data)
-    staged = paths.staged_run_dir(args.results)     # a run stopped or killed while writing leaves no folder
+    staged = paths.staging_folder(paths.location("results", args.results))     # stopped or killed: no folder
     try:
         paths.atomic_write_json(report, staged / "reconstruction.json")
         paths.atomic_write_text("\n".join(lines) + "\n", staged / "reconstruction.md")

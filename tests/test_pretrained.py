@@ -635,19 +635,25 @@ def test_a_forecast_past_the_records_end_says_how_much_truth_it_plots(tmp_path, 
     assert np.load(tmp_path / "out" / "r_10s_samples.npy").shape == (2, 384, 2)
 
 
-def test_a_forecast_stopped_between_its_files_says_which_are_new(tmp_path, monkeypatch, record):
-    """A forecast again into the same --out, stopped by a full disk (or Ctrl-C) at its plot, left its new samples
-    beside the earlier forecast's plot and .json (another seed, maybe another model), naming only the plot."""
-    _forecast(monkeypatch, record, tmp_path / "out")
+def test_a_forecast_stopped_at_its_plot_leaves_the_earlier_one_whole(tmp_path, monkeypatch, record):
+    """A forecast again into the same --out, stopped at its plot (a full disk, Ctrl-C, or kill -9 with no word), left
+    its new samples beside the earlier forecast's plot and .json (another seed, maybe another model). Its files are
+    written into a hidden folder and moved in only once all three are: the earlier forecast stays whole."""
+    out = tmp_path / "out"
+    earlier = _forecast(monkeypatch, record, out)
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def disk_full(*args, **kwargs):
-        raise UserError(f"cannot write {tmp_path / 'out' / 'r_5s.png'}: No space left on device")
+        raise UserError(f"cannot write {out / 'r_5s.png'}: No space left on device")
     monkeypatch.setattr(forecast, "plot_record", disk_full)
     with pytest.raises(UserError) as said:
-        _forecast(monkeypatch, record, tmp_path / "out", "--seed", "1")
-    assert str(said.value) == (f"cannot write {tmp_path / 'out' / 'r_5s.png'}: No space left on device; "
-                               f"{tmp_path / 'out'} holds only r_5s_samples.npy of this run, beside what was there "
-                               f"before: run forecast.py again")
+        _forecast(monkeypatch, record, out, "--seed", "1")
+    assert str(said.value) == f"cannot write {out / 'r_5s.png'}: No space left on device"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files and sorted(files) == [
+        "r_5s.json", "r_5s.png", "r_5s_samples.npy"]
+    monkeypatch.undo()
+    assert not np.array_equal(_forecast(monkeypatch, record, out, "--seed", "1"), earlier)
+    assert json.loads((out / "r_5s.json").read_text())["seed"] == 1
 
 
 def test_forecast_files_are_mv_samples_and_a_png(tmp_path, monkeypatch, record):
