@@ -1221,7 +1221,7 @@ def test_forecast_plot_title_counts_the_paths_drawn(tmp_path, monkeypatch):
     then '1 sampled forecast' with its heart rate as 'paths 74 [74-74]' under a key of percentiles over paths; now
     '1 forecast path' and its one rate, and the title and the printed line agree."""
     titles = []
-    monkeypatch.setattr(forecast, "plot_forecasts", lambda *a, **k: titles.append(a[5]))
+    monkeypatch.setattr(forecast, "plot_forecasts", lambda *a, **k: titles.append(a[5]) or a[4].write_bytes(b"png"))
     record = write_record(tmp_path, "r", seconds=12, seed=0)
     (tmp_path / "mine.py").write_text(OWN)
     for name, want, key in (("One", "1 forecast path\n", False), ("Level", "3 sampled forecasts\n", True)):
