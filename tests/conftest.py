@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,7 +78,15 @@ def mitdb() -> Path:
 
 
 def synthetic_ecg(seconds: float, fs: float, seed: int = 0, hr_bpm: float = 72.0):
-    """Two-lead ECG-like signal (P, QRS, T bumps) in mV and its beat positions in samples."""
+    """Two-lead ECG-like signal (P, QRS, T bumps) in mV and its beat positions in samples: copies of the one drawn
+    for these arguments (a 60 s record's bumps take a third of a second, and the suite asks for the same ones often),
+    so a caller may change them."""
+    x, beats = _synthetic_ecg(seconds, fs, seed, hr_bpm)
+    return x.copy(), beats.copy()
+
+
+@functools.lru_cache(maxsize=None)
+def _synthetic_ecg(seconds: float, fs: float, seed: int, hr_bpm: float):
     rng = np.random.default_rng(seed)
     n = int(seconds * fs)
     t = np.arange(n) / fs
@@ -286,13 +296,20 @@ def write_record(folder: Path, name: str, seconds: float = 60.0, fs: float = 360
     return folder / name
 
 
-@pytest.fixture
-def synthetic_db(tmp_path: Path) -> Path:
-    """Six synthetic 60 s records at 360 Hz: 100 and 101 test, 102 validation, the rest train."""
-    folder = tmp_path / "wfdb"
+@pytest.fixture(scope="session")
+def synthetic_db_written(tmp_path_factory) -> Path:
+    """synthetic_db's records, written once a session (3 s of drawing and writing): each test gets a copy."""
+    folder = tmp_path_factory.mktemp("synthetic_db") / "wfdb"
     for i, name in enumerate(["100", "101", "102", "103", "104", "105"]):
         write_record(folder, name, seed=i)
     return folder
+
+
+@pytest.fixture
+def synthetic_db(tmp_path: Path, synthetic_db_written: Path) -> Path:
+    """Six synthetic 60 s records at 360 Hz: 100 and 101 test, 102 validation, the rest train. The test's own copy,
+    its files as new as if written for it (shutil.copy, not copy2's old times), so it may change them."""
+    return Path(shutil.copytree(synthetic_db_written, tmp_path / "wfdb", copy_function=shutil.copy))
 
 
 def write_signal(folder: Path, name: str, x, fs: float = 360.0, leads: tuple[str, ...] = ("MLII", "V1"),
