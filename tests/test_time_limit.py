@@ -3,6 +3,7 @@ import re
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from conftest import ROOT, time_limit, timeout_s
 
@@ -59,6 +60,18 @@ def run_pytest(tmp_path, *args: str, timeout: str = "1") -> subprocess.Completed
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=50)
 
 
+def run_pytests(tmp_path, *runs: tuple[tuple[str, ...], str]) -> list[subprocess.CompletedProcess]:
+    """run_pytest for each (args, timeout), three at a time, each in a folder of its own: a run is mostly its
+    process's imports and a second's sleep to its limit, which need not wait for the run before."""
+    folders = [tmp_path / f"run{i}" for i in range(len(runs))]
+    for folder in folders:
+        folder.mkdir()
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        done = [pool.submit(run_pytest, folder, *args, timeout=timeout)
+                for folder, (args, timeout) in zip(folders, runs)]
+        return [run.result() for run in done]
+
+
 def test_a_phase_over_the_limit_fails_and_the_run_goes_on(tmp_path):
     tests = ("sleeps", "waits_in_a_thread", "caught", "quick")
     run = run_pytest(tmp_path, *(f"test_hangs.py::test_{name}" for name in tests))
@@ -88,8 +101,8 @@ def test_a_limit_leaves_no_alarm_and_the_handler_it_found():
 def test_the_stacks_are_shown_whatever_captures_stderr(tmp_path):
     """faulthandler's dump of the stacks needs a file descriptor: under --capture=sys (or tee-sys) the limit raised
     io.UnsupportedOperation: fileno, and showed no stack."""
-    for capture in ("sys", "tee-sys", "no"):
-        run = run_pytest(tmp_path, "test_hangs.py::test_waits_in_a_thread", f"--capture={capture}")
+    for run in run_pytests(tmp_path, *((("test_hangs.py::test_waits_in_a_thread", f"--capture={capture}"), "1")
+                                       for capture in ("sys", "tee-sys", "no"))):
         assert "PhaseTimeout: this test phase took over 1 s" in run.stdout, run.stdout + run.stderr
         shown = run.stdout + run.stderr     # the captured stderr's section, or the terminal's
         assert "thread MainThread" in shown and "in test_waits_in_a_thread" in shown and "thread Thread-1" in shown
@@ -97,16 +110,17 @@ def test_the_stacks_are_shown_whatever_captures_stderr(tmp_path):
 
 
 def test_a_limit_of_no_seconds_is_refused_by_name_and_0_is_none(tmp_path):
-    for bad in ("-1", "nan", "inf", "ten"):
-        run = run_pytest(tmp_path, "test_hangs.py::test_quick", timeout=bad)
+    bads = ("-1", "nan", "inf", "ten")
+    *refused, beyond, raised = run_pytests(tmp_path, *((("test_hangs.py::test_quick",), bad) for bad in bads),
+                                           (("test_hangs.py::test_quick",), "500"),     # past the last resort's 450 s
+                                           (("test_hangs.py::test_quick", "-o", "faulthandler_timeout=600"), "500"))
+    for bad, run in zip(bads, refused):
         assert run.returncode != 0 and f"ECG_TEST_TIMEOUT={bad}: a test phase's limit takes seconds >= 0" in run.stderr
     assert timeout_s("0") == 0 and timeout_s(None) == timeout_s("") == 300 and timeout_s("1.5") == 1.5
     with time_limit(0):
         assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
-    run = run_pytest(tmp_path, "test_hangs.py::test_quick", timeout="500")       # past the last resort's 450 s
-    assert run.returncode != 0 and "ECG_TEST_TIMEOUT=500 s is not below faulthandler_timeout=450 s" in run.stderr
-    assert "passed" in run_pytest(tmp_path, "test_hangs.py::test_quick", "-o", "faulthandler_timeout=600",
-                                  timeout="500").stdout
+    assert beyond.returncode != 0 and "ECG_TEST_TIMEOUT=500 s is not below faulthandler_timeout=450 s" in beyond.stderr
+    assert "passed" in raised.stdout
 
 
 def test_a_hang_deaf_to_the_alarm_ends_the_run_naming_it(tmp_path):
