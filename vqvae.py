@@ -34,6 +34,16 @@ def _whole_batch(x: torch.Tensor) -> torch.Tensor:
     return torch.stack(parts, 1).flatten(0, 1)
 
 
+def _draw_rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """n rows of x [N, D] at random, none twice while x has n rows. Drawn with replacement, k-means started about
+    150 of 1024 codes on a row another code had too (a batch of 3072 encoder outputs) and ended with some 70 codes no
+    output was nearest to, dead from the start; and restarts put two dead codes on one output, one of them dead
+    again."""
+    if n <= len(x):
+        return x[torch.randperm(len(x), device=x.device)[:n]]
+    return x[torch.randint(len(x), (n,), device=x.device)]
+
+
 GAIN_OCTAVES = (-8, 4)    # window gains (RMS, mV) from 2^-8 to 2^4 mV ...
 GAIN_STEPS = 4            # ... in quarter octaves: 49 values,
 GAIN_BITS = 6             # so 6 bits a lead and window
@@ -203,8 +213,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def init_from(self, flat: torch.Tensor, iters: int = 10) -> None:
         """k-means on encoder outputs (the global batch), so no code starts far from the data (and dead)."""
-        idx = torch.randint(len(flat), (self.size,), device=flat.device)
-        centers = flat[idx] + 1e-3 * torch.randn(self.size, self.dim, device=flat.device)
+        centers = _draw_rows(flat, self.size) + 1e-3 * torch.randn(self.size, self.dim, device=flat.device)
         for _ in range(iters):
             self.codebook.copy_(centers)
             assign = self.nearest(flat)
@@ -217,7 +226,7 @@ class VectorQuantizer(nn.Module):
         self.ema_sum.copy_(centers)
         self.ema_count.fill_(1.0)
         self.initialized.fill_(True)
-        self.recent.copy_(flat[torch.randint(len(flat), (len(self.recent),), device=flat.device)])
+        self.recent.copy_(_draw_rows(flat, len(self.recent)))
 
     @torch.no_grad()
     def restart_dead(self, threshold: float) -> int:
@@ -227,7 +236,7 @@ class VectorQuantizer(nn.Module):
         dead = self.window_usage < threshold
         n_dead = int(dead.sum()) if bool(self.initialized) else 0
         if n_dead:
-            pick = self.recent[torch.randint(len(self.recent), (n_dead,), device=dead.device)]
+            pick = _draw_rows(self.recent, n_dead)
             spread = pick.std() if pick.numel() > 1 else pick.new_zeros(())  # std() of one number is NaN
             pick = pick + 1e-3 * spread * torch.randn_like(pick)
             self.codebook[dead] = pick

@@ -1397,3 +1397,28 @@ def test_run_folders_passed_over_are_the_kinds_folders_newer_than_the_newest_che
         os.utime(tmp_path / name, (1e9 + i, 1e9 + i))
     assert vqvae_eval.latest_checkpoint("vqvae", str(tmp_path)) == tmp_path / "vqvae-3" / "best.pt"
     assert capsys.readouterr().err == ""
+
+
+def test_kmeans_init_starts_every_code_on_an_encoder_output_of_its_own() -> None:
+    """With a batch of more encoder outputs than codes, k-means starts each code on another output (drawn without
+    replacement), so each ends nearest to some output of that batch: drawn with replacement, 6 of 128 codes here (70
+    of 1024 on the default config's batch) started on an output another code had too and ended with none, dead."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(128, 8, decay=0.99, commitment=0.25, restart_every=0).train()
+    z = torch.randn(1, 8, 384)
+    q(z)
+    assert bool((torch.bincount(q.nearest(z[0].T), minlength=128) > 0).all())
+
+
+def test_dead_codes_restart_on_distinct_recent_outputs() -> None:
+    """Dead codes restart each on another reservoir row while it holds as many: drawn with replacement, two dead
+    codes could land on one output, and the one nearest() does not pick stays dead for another restart_every steps."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(16, 2, decay=0.9, commitment=0.25, restart_every=0, reservoir=16).train()
+    q(torch.randn(1, 2, 40))
+    with torch.no_grad():
+        q.recent.copy_(torch.stack([torch.arange(16.0), -torch.arange(16.0)], 1) * 10)
+        q.window_usage.zero_()
+    assert q.restart_dead(1.0) == 16
+    rows = torch.cdist(q.codebook, q.recent).argmin(1)
+    assert sorted(rows.tolist()) == list(range(16))
