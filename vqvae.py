@@ -35,13 +35,13 @@ def _whole_batch(x: torch.Tensor) -> torch.Tensor:
 
 
 def _draw_rows(x: torch.Tensor, n: int) -> torch.Tensor:
-    """n rows of x [N, D] at random, none twice while x has n rows. Drawn with replacement, k-means started about
-    150 of 1024 codes on a row another code had too (a batch of 3072 encoder outputs) and ended with some 70 codes no
-    output was nearest to, dead from the start; and restarts put two dead codes on one output, one of them dead
-    again."""
-    if n <= len(x):
-        return x[torch.randperm(len(x), device=x.device)[:n]]
-    return x[torch.randint(len(x), (n,), device=x.device)]
+    """n rows of x [N, D] at random, each once before any twice (so all of them when n >= N). Drawn with
+    replacement, k-means started about 150 of 1024 codes on a row another code had too (a batch of 3072 encoder
+    outputs) and ended with some 70 codes no output was nearest to, dead from the start, and a batch of fewer outputs
+    than codes left some outputs without a code of their own; restarts put two dead codes on one output, one of them
+    dead again."""
+    rounds = -(-n // len(x))
+    return x[torch.cat([torch.randperm(len(x), device=x.device) for _ in range(rounds)])[:n]]
 
 
 GAIN_OCTAVES = (-8, 4)    # window gains (RMS, mV) from 2^-8 to 2^4 mV ...

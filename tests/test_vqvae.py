@@ -1422,3 +1422,14 @@ def test_dead_codes_restart_on_distinct_recent_outputs() -> None:
     assert q.restart_dead(1.0) == 16
     rows = torch.cdist(q.codebook, q.recent).argmin(1)
     assert sorted(rows.tolist()) == list(range(16))
+
+
+def test_a_batch_of_fewer_outputs_than_codes_starts_a_code_on_each_output() -> None:
+    """24 encoder outputs for 32 codes: k-means starts a code on every output (the 8 codes left over on outputs
+    already taken), so each output codes as itself; drawn with replacement, about 6 outputs had no code of their own
+    and shared a neighbour's until the first restart check."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(32, 4, decay=0.99, commitment=0.25, restart_every=0).train()
+    z = torch.randn(1, 4, 24)
+    q.init_from(z[0].T)
+    assert len(q.nearest(z[0].T).unique()) == 24
