@@ -136,7 +136,7 @@ class ModelConfig:
         _check(window // f > 1 or group > 1, "model.channels", self.channels,
                f"with one latent frame a window (model.downsample_factor {f} = the window's {window} samples) leaves "
                "each group norm one value to normalise: the signal is erased, and one window's encoding fails; give "
-               "model.channels 2-7 or 16 or more, or a smaller downsample_factor")
+               "model.channels any count but 1 and 8 (e.g. 16), or a smaller downsample_factor")
         _within(1, MAX_DEPTH, "model", self, "num_quantizers")
         _at_least(1, "model", self, "attention_heads")
         _check(2 <= self.codebook_size <= MAX_CODEBOOK, "model.codebook_size", self.codebook_size,
