@@ -1204,3 +1204,34 @@ def test_an_empty_variable_or_an_empty_data_folder_is_no_location(tmp_path, monk
     assert paths.location("data") == own
     write_record(shared, "100", seconds=8)
     assert paths.location("data") == shared
+
+
+def test_a_run_published_into_a_name_another_run_took_meanwhile_takes_the_next(tmp_path, monkeypatch):
+    """Two evaluations finishing in the same second: the other's folder appeared between the check for the name and
+    the rename (os.path.lexists said free). The rename fails on the other's files, never replaces them, and the run
+    takes evaluate-<time>-1; its staging folder is gone."""
+    monkeypatch.setattr(paths.time, "strftime", lambda fmt: "20260101-000000")
+    other = tmp_path / "evaluate-20260101-000000"
+    other.mkdir()
+    (other / "report.md").write_text("the other run's")
+    staged = paths.staging_folder(tmp_path)
+    (staged / "report.md").write_text("this run's")
+    monkeypatch.setattr(paths.os.path, "lexists", lambda p: False)       # the race: checked free, taken since
+    run = paths.publish_run_dir(staged, "evaluate", tmp_path)
+    monkeypatch.undo()
+    assert run == tmp_path / "evaluate-20260101-000000-1" and (run / "report.md").read_text() == "this run's"
+    assert (other / "report.md").read_text() == "the other run's" and not staged.exists()
+
+
+def test_a_staging_folder_leaves_a_live_runs_and_removes_a_killed_ones(tmp_path, capsys):
+    """Two evaluations at once in one results root: the second's clean-up of folders a kill -9 left must not take
+    the first's, still being written (its process is alive); one whose process is gone goes."""
+    live = paths.staging_folder(tmp_path)
+    (live / "metrics.json").write_text("{}")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / f"{paths.WRITING_PART}{paths.process_space()}-{int(gone.stdout)}-abc"
+    killed.mkdir()
+    (killed / "metrics.json").write_text("{}")
+    second = paths.staging_folder(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, second.name])
+    assert (live / "metrics.json").is_file() and f"removed {killed}" in capsys.readouterr().out
