@@ -169,18 +169,18 @@ def cache_dir(prepared: str | os.PathLike | None = None) -> Path:
     return Path(os.environ.get("ECG_CACHE_DIR") or location("prepared", prepared)).expanduser() / "encodings"
 
 
-def new_run_dir(experiment: str, results: str | os.PathLike | None = None,
-                checkpoints: Path | None = None) -> Path:
-    """A fresh folder results/<experiment>-<time> so runs never overwrite each other. With `checkpoints` (a
-    training's root) the name is taken there too, its folder made: two runs of their own --results and one
-    checkpoints root, started in the same second, wrote into one checkpoint folder, each over the other's best.pt."""
+def new_run_dir(experiment: str, results: str | os.PathLike | None, checkpoints: Path) -> Path:
+    """A training's fresh folder results/<experiment>-<time> so runs never overwrite each other, its name taken in
+    the `checkpoints` root too, its folder made: two runs of their own --results and one checkpoints root, started in
+    the same second, wrote into one checkpoint folder, each over the other's best.pt. (The evaluations write into a
+    staging_folder, published whole by publish_run_dir.)"""
     base = location("results", results)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for n in range(1000):
         run = base / (f"{experiment}-{stamp}" + (f"-{n}" if n else ""))
         if not _made(run, "results"):
             continue
-        if checkpoints is None or Path(checkpoints).resolve() == base.resolve():   # one root: one folder for both
+        if Path(checkpoints).resolve() == base.resolve():   # one root: one folder for both
             return run
         if _made(checkpoints / run.name, "checkpoint"):
             return run

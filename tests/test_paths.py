@@ -477,10 +477,12 @@ def test_an_output_folder_linked_to_an_unwritable_folder_is_not_said_to_be_missi
 
 
 def test_a_results_folder_that_cannot_be_made_is_one_error_line(read_only_folder):
-    """new_run_dir below a folder nothing can be created in raises a UserError naming the folder (run_main prints it
-    as one 'error:' line), not an OSError traceback."""
-    with pytest.raises(UserError, match="cannot create results folder .*evaluate-"):
-        paths.new_run_dir("evaluate", read_only_folder)
+    """new_run_dir (a training's) or staging_folder (an evaluation's) below a folder nothing can be created in raises
+    a UserError naming the folder (run_main prints it as one 'error:' line), not an OSError traceback."""
+    with pytest.raises(UserError, match="cannot create results folder .*vqvae-"):
+        paths.new_run_dir("vqvae", read_only_folder, read_only_folder)
+    with pytest.raises(UserError, match=f"^cannot write to {re.escape(str(read_only_folder))}: "):
+        paths.staging_folder(Path(read_only_folder))
 
 
 def test_locations_given_with_a_tilde_are_under_home(tmp_path, monkeypatch):

@@ -1128,9 +1128,9 @@ def test_under_amp_gradients_the_scaler_cannot_mend_stop_the_run(tmp_path):
 
 def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
     monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20260101-000000")
-    first = paths.new_run_dir("evaluate", tmp_path)
+    first = paths.new_run_dir("vqvae", tmp_path, tmp_path)
     (first / "results.json").write_text("{}")
-    second = paths.new_run_dir("evaluate", tmp_path)
+    second = paths.new_run_dir("vqvae", tmp_path, tmp_path)
     assert second != first and not any(second.iterdir())
     assert (first / "results.json").exists()
 
