@@ -87,11 +87,6 @@ class DataConfig:
                self.signals_per_patient, "must be >= 0 or null")
         _check(self.window_stride is None or 0 < self.window_stride <= MAX_STRIDE_S, "data.window_stride",
                self.window_stride, f"must be in (0, {MAX_STRIDE_S:g}] s (a day) or null")
-        least = self.total_samples / self.samples_per_second / MAX_OVERLAP
-        _check(not self.window_stride or self.window_stride >= least * (1 - 1e-9), "data.window_stride",
-               self.window_stride, f"must be at least {least:g} s or null: each sample in at most {MAX_OVERLAP} "
-               f"training windows of {self.total_samples / self.samples_per_second:g} s (data.input_signal_duration x "
-               "(1 + data.forecast_predictions))")
         lo_hi, nyquist = self.filter_band, self.samples_per_second / 2
         _check(len(lo_hi) == 2 and 0 <= lo_hi[0] < lo_hi[1] < nyquist, "data.filter_band", lo_hi,
                f"must be [low, high] Hz with 0 <= low < high < {nyquist} (Nyquist)")
@@ -104,6 +99,14 @@ class DataConfig:
                "must name a lead, or be \"\" for V1 or the chest lead nearest it")
         _check(second == "" or lead_key(second) != lead_key(self.first_lead), "data.second_lead", second,
                f"names the lead data.first_lead={self.first_lead!r} names: lead 1 and lead 2 are two channels")
+
+    def check_work(self) -> None:
+        """The floor of data.window_stride: a work limit (check_work_limits), held to by a config file alone."""
+        least = self.total_samples / self.samples_per_second / MAX_OVERLAP
+        _check(not self.window_stride or self.window_stride >= least * (1 - 1e-9), "data.window_stride",
+               self.window_stride, f"must be at least {least:g} s or null: each sample in at most {MAX_OVERLAP} "
+               f"training windows of {self.total_samples / self.samples_per_second:g} s (data.input_signal_duration x "
+               "(1 + data.forecast_predictions))")
 
 
 @dataclass
@@ -160,9 +163,13 @@ class AugmentConfig:
     amplitude_range: float = 0.2  # each lead x U[1 - a, 1 + a] per record and copy
 
     def validate(self) -> None:
-        _within(0, MAX_COPIES, "augment", self, "copies")
+        _at_least(0, "augment", self, "copies")
         _check(0 <= self.rate_range < 0.5, "augment.rate_range", self.rate_range, "must be in [0, 0.5)")
         _check(0 <= self.amplitude_range < 1, "augment.amplitude_range", self.amplitude_range, "must be in [0, 1)")
+
+    def check_work(self) -> None:
+        """augment.copies' ceiling: a work limit (check_work_limits), held to by a config file alone."""
+        _within(0, MAX_COPIES, "augment", self, "copies")
 
 
 @dataclass
@@ -190,14 +197,19 @@ class TrainConfig:
         _check(self.grad_clip > 0, "train.grad_clip", self.grad_clip, "must be > 0 (the largest gradient norm; 1e9 "
                "leaves gradients unclipped)")
         _at_least(0, "train", self, "weight_decay", "warmup_steps")
-        _within(0, MAX_WORKERS, "train", self, "num_workers")
-        _check(0 <= self.plot_windows <= MAX_PLOT_WINDOWS, "train.plot_windows", self.plot_windows,
-               f"must be in [0, {MAX_PLOT_WINDOWS}]: each epoch draws them as the rows of one figure (0: none)")
+        _at_least(0, "train", self, "num_workers", "plot_windows")
         _at_least(1, "train", self, "checkpoint_every")
         _check(0 <= self.seed < 2 ** 32, "train.seed", self.seed, "must be in [0, 2**32) (numpy's seed range)")
         _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",
                self.max_steps_per_epoch, "must be >= 1 or null")
         _check(self.patience is None or self.patience >= 1, "train.patience", self.patience, "must be >= 1 or null")
+
+    def check_work(self) -> None:
+        """The ceilings of train.num_workers and train.plot_windows: work limits (check_work_limits), held to by a
+        config file alone."""
+        _within(0, MAX_WORKERS, "train", self, "num_workers")
+        _check(self.plot_windows <= MAX_PLOT_WINDOWS, "train.plot_windows", self.plot_windows,
+               f"must be in [0, {MAX_PLOT_WINDOWS}]: each epoch draws them as the rows of one figure (0: none)")
 
 
 @dataclass
@@ -364,9 +376,11 @@ OWNER = {"data": "a VQ-VAE's config (vqvae_train.py --config, e.g. config_vqvae.
                                                      "config_sde.json)")}
 
 
-def build_config(cls: type, raw: dict, source: str) -> Any:
+def build_config(cls: type, raw: dict, source: str, stored: bool = False) -> Any:
     """A validated config dataclass whose fields are sections (each a dataclass of settings);
-    shared by every model's config so all reject bad input the same way."""
+    shared by every model's config so all reject bad input the same way. A checkpoint's config (`stored`) is not held
+    to the work limits (check_work_limits): its run did that work, a forecast does none of it, and a checkpoint
+    trained before a limit existed (train.plot_windows 20) stays loadable."""
     sections = [f.name for f in dataclasses.fields(cls)]
     names = ", ".join(sections)
     if not isinstance(raw, dict):
@@ -380,9 +394,20 @@ def build_config(cls: type, raw: dict, source: str) -> Any:
                  for name in sections})
     try:
         cfg.validate()
+        if not stored:
+            check_work_limits(cfg)
     except UserError as e:
         raise UserError(f"{source}: {e}") from e
     return cfg
+
+
+def check_work_limits(cfg: Any) -> None:
+    """Ceilings on the work a training or a preparation does, not on what a model is: windows cut per sample
+    (data.window_stride's floor), augmented copies held in memory, loader processes, validation windows drawn every
+    epoch."""
+    for f in dataclasses.fields(cfg):
+        if check := getattr(getattr(cfg, f.name), "check_work", None):
+            check()
 
 
 def read_config(cls: type, path: str | Path) -> Any:
@@ -390,8 +415,8 @@ def read_config(cls: type, path: str | Path) -> Any:
     return build_config(cls, read_json(path), str(Path(path)))
 
 
-def config_from_dict(raw: dict, source: str = "config") -> Config:
-    return build_config(Config, raw, source)
+def config_from_dict(raw: dict, source: str = "config", stored: bool = False) -> Config:
+    return build_config(Config, raw, source, stored)
 
 
 # Model keys added after checkpoints were first written, with the behaviour those checkpoints had: a
@@ -411,7 +436,7 @@ def with_predated(raw: Any, predated: dict[str, dict[str, Any]]) -> Any:
 
 def stored_config(raw: Any, source: str) -> Config:
     """The config a checkpoint was trained with (older checkpoints lack the PREDATED keys)."""
-    return config_from_dict(with_predated(raw, PREDATED), source)
+    return config_from_dict(with_predated(raw, PREDATED), source, stored=True)
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -175,8 +175,8 @@ class SDEConfig:
                "path KL divides drift differences by a diffusion as small as solver.min_diffusion)")
 
 
-def sde_config_from_dict(raw: dict, source: str = "config") -> SDEConfig:
-    return build_config(SDEConfig, raw, source)
+def sde_config_from_dict(raw: dict, source: str = "config", stored: bool = False) -> SDEConfig:
+    return build_config(SDEConfig, raw, source, stored)
 
 
 # Keys added after latent SDE checkpoints were first written, with the behaviour those checkpoints had (a beat
@@ -188,7 +188,7 @@ PREDATED = {"model": {"phase_harmonics": 8, "corrected_dims": 2, "draft_beats": 
 
 def stored_sde_config(raw: Any, source: str) -> SDEConfig:
     """The config a latent SDE checkpoint was trained with (older checkpoints lack the PREDATED keys)."""
-    return sde_config_from_dict(with_predated(raw, PREDATED), source)
+    return sde_config_from_dict(with_predated(raw, PREDATED), source, stored=True)
 
 
 def load_sde_config(path: str | Path | None = None) -> SDEConfig:

@@ -95,8 +95,8 @@ class TransformerConfig:
         self.train.validate()
 
 
-def transformer_config_from_dict(raw: dict, source: str = "config") -> TransformerConfig:
-    return build_config(TransformerConfig, raw, source)
+def transformer_config_from_dict(raw: dict, source: str = "config", stored: bool = False) -> TransformerConfig:
+    return build_config(TransformerConfig, raw, source, stored)
 
 
 # Keys added after Transformer checkpoints were first written, with the behaviour those checkpoints had (no drafts,
@@ -109,7 +109,7 @@ PREDATED = {"model": {"draft": False, "draft_beats": False},
 
 def stored_transformer_config(raw: Any, source: str) -> TransformerConfig:
     """The config a Transformer checkpoint was trained with (older checkpoints lack the PREDATED keys)."""
-    return transformer_config_from_dict(with_predated(raw, PREDATED), source)
+    return transformer_config_from_dict(with_predated(raw, PREDATED), source, stored=True)
 
 
 def load_transformer_config(path: str | Path | None = None) -> TransformerConfig:

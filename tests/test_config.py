@@ -349,6 +349,29 @@ def test_copies_and_workers_beyond_their_ceilings_are_refused_by_name(maker):
             build({"augment": {"copies": 1000}})
 
 
+@pytest.mark.parametrize("maker", ["vqvae", "transformer", "sde"])
+def test_a_checkpoints_config_beyond_the_work_limits_still_loads(maker):
+    """The work limits (plot windows, loader processes, augmented copies, the window stride's floor) came after
+    checkpoints trained beyond them: Forecaster.from_checkpoint refused one of train.plot_windows 20. A checkpoint's
+    stored config is not held to them; a config file, what a run is about to do, still is."""
+    from hyper_params import stored_config
+    from hyper_params_sde import sde_config_from_dict, stored_sde_config
+    from hyper_params_transformer import stored_transformer_config, transformer_config_from_dict
+
+    build, stored = {"vqvae": (config_from_dict, stored_config),
+                     "transformer": (transformer_config_from_dict, stored_transformer_config),
+                     "sde": (sde_config_from_dict, stored_sde_config)}[maker]
+    beyond = [("train", "plot_windows", 20), ("train", "num_workers", 100)]
+    beyond += [("data", "window_stride", 0.05)] if maker == "vqvae" else [("augment", "copies", 20)]
+    for section, key, value in beyond:
+        cfg = stored({section: {key: value}}, "config stored in old.pt")
+        assert getattr(getattr(cfg, section), key) == value
+        with pytest.raises(UserError, match=rf"'{section}.{key}' = {value} must be"):
+            build({section: {key: value}})
+    with pytest.raises(UserError, match=r"'train.plot_windows' = -1 must be >= 0"):     # what is not a limit still holds
+        stored({"train": {"plot_windows": -1}}, "config stored in old.pt")
+
+
 @pytest.mark.parametrize("channels", [1, 8])
 def test_one_latent_frame_a_window_needs_group_norms_of_more_than_one_channel(channels):
     """downsample_factor = the window (128 Hz, 1 s, 128) with channels 8 (eight groups of one) or 1: each group norm
