@@ -501,7 +501,7 @@ def test_drafted_sde_trains_then_forecasts_from_its_own_drafts(drafted: dict) ->
     whole = context[-min(len(context) // fc.factor, fc.context_frames) * fc.factor:]   # what the SDE reads
     fc.scfg.model.draft_noise = 0.0
     with torch.no_grad():           # an emission that renders an offset: paths that drift from their drafts ...
-        fc.sde.emission[-1].bias.add_(3.0)
+        fc.sde.emission[-1].bias.add_(30.0)     # well above the held paths' own 2e-4 mV from their drafts
     late_drift = {}
     for hold in (False, True):      # ... but for a second after the context when held to the data's band
         fc.scfg.model.hold_band = hold
