@@ -370,11 +370,11 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     seed_everything(scfg.train.seed)
     train, val = forecaster_splits(cfg, args.prepared, resume)
     piece, factor = cfg.data.window_samples, cfg.model.downsample_factor
+    if rt.is_main:          # before the encoding, which takes minutes on a VQ-VAE's first run
+        check_solver_step(scfg, int(train["fs"]) / factor)
     check_run_roots(args, rt, resume)
     train_enc, val_enc, augmented = encode_splits(vq, scfg, cfg, train, val, args.prepared, rt)
     steps = train["signals"].shape[1] // factor
-    if rt.is_main:
-        check_solver_step(scfg, int(train["fs"]) / factor)
     model = LatentSDE(cfg.model.latent_dim, scfg, int(train["fs"]) / factor)
     model.set_normaliser(train_enc[:, :steps])   # a resumed run restores the same buffers from its checkpoint
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde")

@@ -1710,6 +1710,26 @@ def test_a_solver_step_longer_than_a_latent_frame_is_warned_of(capsys) -> None:
     assert "solver.dt 0.0625 s is longer than one latent frame" in err and "at most 0.03125" in err
 
 
+def test_the_solver_step_warning_comes_before_the_encoding(trained: dict, tmp_path: Path, monkeypatch,
+                                                          capsys) -> None:
+    """The warning came after every training window was encoded: minutes on a VQ-VAE's first run, for a word
+    that needs only its rate and downsample_factor."""
+    import latent_sde_train
+
+    def encoding(*args, **kwargs):
+        raise RuntimeError("encoding")
+    monkeypatch.setattr(latent_sde_train, "encode_splits", encoding)
+    raw = json.loads(json.dumps(TINY_SDE))
+    raw["solver"] = {"dt": 0.125}                   # two of the tiny VQ-VAE's 1/16 s frames
+    cfg = tmp_path / "sde.json"
+    cfg.write_text(json.dumps(raw))
+    vq = next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt"))
+    setup = {**trained["setup"], "config": str(cfg)}
+    with pytest.raises(RuntimeError, match="encoding"):
+        latent_sde_train.main(flags(setup, "--device", "cpu", "--vqvae", str(vq)))
+    assert "solver.dt 0.125 s is longer than one latent frame" in capsys.readouterr().err
+
+
 def test_an_odd_crps_batch_under_torchrun_names_the_crps_key(tmp_path: Path, monkeypatch) -> None:
     """--crps-from --batch-size 3 with two processes said 'train.batch_size=3 must be divisible', a key the user
     never set (the fine-tuning's batch is crps.batch_size)."""
