@@ -29,6 +29,7 @@ config (forecasting_config) and the cached encodings of the training windows (fr
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shlex
@@ -191,9 +192,10 @@ def next_commands(ckpt_dir: Path, cfg: Config, val: dict, prepared: str | None,
                   resume: dict | None = None) -> str:
     """What to run with a forecaster's best.pt once its training ends: forecast.py on the record and moment of the
     epoch plots' first panel (the record read from the folder it was prepared from, meta.json's data_dir), and
-    evaluate.py on the validation patients, which reads the split by its --config's data section. A resume in new
-    folders (its run's results folder was gone) writes best.pt there only once it beats the resumed best: until then
-    the resumed run's is named, not a file that is not there."""
+    evaluate.py on the validation patients, which reads the split by its --config's data section: when that is not
+    config_vqvae.json's, the VQ-VAE's config is written next to the checkpoints and named, so the command runs as
+    printed. A resume in new folders (its run's results folder was gone) writes best.pt there only once it beats the
+    resumed best: until then the resumed run's is named, not a file that is not there."""
     best = str(ckpt_dir / "best.pt")
     earlier = os.path.join(resume.get("ckpt_dir") or "", "best.pt") if resume else ""
     if earlier and not os.path.isfile(best) and os.path.isfile(earlier):
@@ -209,12 +211,14 @@ def next_commands(ckpt_dir: Path, cfg: Config, val: dict, prepared: str | None,
         own_data = data_hash(cfg.data) != data_hash(load_config().data)     # config_vqvae.json's, evaluate.py's default
     except UserError:       # missing or invalid (edited meanwhile): evaluate.py needs --config then too
         own_data = True
-    return (f"forecast with: {shlex.join(forecast)}\nevaluate on validation patients: {shlex.join(evaluate)}"
-            + (f" --config {OWN_CONFIG}\n  ({OWN_CONFIG}: the config JSON its VQ-VAE trained with, whose data "
-               "section is not config_vqvae.json's)" if own_data else ""))
+    if own_data:
+        own = Path(ckpt_dir) / OWN_CONFIG
+        paths.atomic_write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", own)
+        evaluate += ["--config", str(own)]
+    return f"forecast with: {shlex.join(forecast)}\nevaluate on validation patients: {shlex.join(evaluate)}"
 
 
-OWN_CONFIG = "VQVAE_CONFIG.json"     # a placeholder a shell takes as a word: '<the ...>' read as a redirection
+OWN_CONFIG = "vqvae_config.json"     # the VQ-VAE's config, beside a forecaster's checkpoints (next_commands)
 
 
 ENCODE_BATCH = 512      # windows the frozen VQ-VAE encodes at once; a multiple of latent_sde.latent_frames' batch

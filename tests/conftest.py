@@ -205,7 +205,7 @@ def resumes_told(monkeypatch, module) -> list:
 
 def closing_lines(out: str) -> tuple[str, list[str], list[str]]:
     """A forecaster training's closing lines in its output: the final validation line, and the argument lists of the
-    forecast.py and evaluate.py commands it prints (evaluate.py's up to the --config it asks for and cannot name)."""
+    forecast.py and evaluate.py commands it prints."""
     import shlex
 
     lines = out.splitlines()
@@ -213,7 +213,7 @@ def closing_lines(out: str) -> tuple[str, list[str], list[str]]:
     (fc,) = [line.removeprefix("forecast with: ") for line in lines if line.startswith("forecast with: ")]
     (ev,) = [line.removeprefix("evaluate on validation patients: ") for line in lines
              if line.startswith("evaluate on validation patients: ")]
-    return final, shlex.split(fc), shlex.split(ev.removesuffix(" --config VQVAE_CONFIG.json"))
+    return final, shlex.split(fc), shlex.split(ev)
 
 
 def replaced_once_loaded(monkeypatch, path: Path) -> None:

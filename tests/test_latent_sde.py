@@ -398,7 +398,7 @@ def test_elbo_run_closes_with_the_last_epochs_scores_and_what_to_run_next(traine
     assert fc[:4] == ["python3", "forecast.py", "--checkpoint", str(best)] and fc[4] == "--record"
     assert Path(f"{fc[5]}.hea").is_file() and fc[6] == "--start"
     assert ev == ["python3", "evaluate.py", "--model", str(best), "--split", "validation", "--prepared",
-                  setup["prepared"]]
+                  setup["prepared"], "--config", str(best.parent / "vqvae_config.json")]
 
 
 def test_a_trained_models_forecast_settings_set_anew_from_python_are_checked_as_a_configs() -> None:

@@ -540,12 +540,12 @@ def test_closing_lines_score_the_last_epoch_and_say_what_to_run_next(trained: di
                      f"code, perplexity 4.5 of 32 codes, next-code accuracy {100 * row['val_accuracy']:.1f}%")
     (best,) = (tmp_path / "ck").glob("transformer-*/best.pt")
     assert fc[:4] == ["python3", "forecast.py", "--checkpoint", str(best)]
+    # the tiny data section is not config_vqvae.json's: the VQ-VAE's config is named, not a placeholder to fill in
     assert ev == ["python3", "evaluate.py", "--model", str(best), "--split", "validation", "--prepared",
-                  setup["prepared"]]
+                  setup["prepared"], "--config", str(best.parent / "vqvae_config.json")]
     done = forecast.main([*fc[2:], "--samples", "2", "--device", "cpu", "--out", str(tmp_path / "fc")])
     assert all(Path(f).is_file() for f in done["files"])
-    evaluate.main([*ev[2:], "--config", trained["setup"]["config"], "--results", str(tmp_path / "ev"),
-                   "--samples", "2", "--max-windows-per-record", "1"])
+    evaluate.main([*ev[2:], "--results", str(tmp_path / "ev"), "--samples", "2", "--max-windows-per-record", "1"])
     capsys.readouterr()
     last = best.parent / "last.pt"
     transformer_train.main(["--device", "cpu", "--prepared", setup["prepared"], "--resume", str(last)])

@@ -578,6 +578,7 @@ def test_the_newest_checkpoint_of_a_run_still_training_is_said(tmp_path, capsys)
 def next_commands_of(tmp_path: Path, start: int, cfg=load_config()) -> list[str]:
     """next_commands' lines for a run whose first validation window is record 'p00/x' at sample `start`."""
     (tmp_path / "meta.json").write_text(json.dumps({"data_dir": str(tmp_path / "my data")}))
+    (tmp_path / "ck run").mkdir(exist_ok=True)
     val = {"records": ["p00/x"], "record": [0], "start": [start], "fs": cfg.data.samples_per_second}
     return vqvae_eval.next_commands(tmp_path / "ck run", cfg, val, str(tmp_path)).splitlines()
 
@@ -585,15 +586,21 @@ def next_commands_of(tmp_path: Path, start: int, cfg=load_config()) -> list[str]
 def test_a_finished_training_says_what_to_run_next_whatever_config_vqvae_json_holds(tmp_path, monkeypatch):
     """next_commands read config_vqvae.json to tell whether evaluate.py needs --config: one missing or edited into
     invalid JSON while a forecaster trained stopped the finished run in its closing lines with an error (exit 1).
-    evaluate.py cannot go without --config then either: the command asks for one."""
+    evaluate.py cannot go without --config then either: the command names the VQ-VAE's, written beside the
+    checkpoints."""
+    import shlex
+
     import hyper_params
 
+    cfg = load_config()
     for text in (None, "{"):
         bad = tmp_path / f"config_vqvae_{text is None}.json"
         if text is not None:
             bad.write_text(text)
         monkeypatch.setattr(hyper_params, "DEFAULT_CONFIG", bad)
-        assert next_commands_of(tmp_path, 0)[1].endswith(" --config VQVAE_CONFIG.json")
+        own = tmp_path / "ck run" / "vqvae_config.json"
+        assert next_commands_of(tmp_path, 0, cfg)[1].endswith(f" --config {shlex.quote(str(own))}")
+        assert load_config(str(own)) == cfg
 
 
 def test_the_forecast_command_starts_at_the_plotted_windows_sample(tmp_path) -> None:
