@@ -231,6 +231,7 @@ def test_plot_windows_beyond_one_figures_rows_are_refused_by_name(maker):
 
     build = {"vqvae": config_from_dict, "transformer": transformer_config_from_dict, "sde": sde_config_from_dict}[maker]
     assert build({"train": {"plot_windows": 16}}).train.plot_windows == 16
+    assert build({"train": {"plot_windows": 0}}).train.plot_windows == 0       # none drawn, as its message says
     with pytest.raises(UserError, match=r"'train.plot_windows' = 10000 must be in \[0, 16\]: each epoch draws them as "
                                         r"the rows of one figure \(0: none\)$"):
         build({"train": {"plot_windows": 10000}})
@@ -383,6 +384,9 @@ def test_one_latent_frame_a_window_needs_group_norms_of_more_than_one_channel(ch
         assert config_from_dict({**one_frame, "model": {"downsample_factor": 128, "channels": fine}}).model.channels \
             == fine
     assert config_from_dict({"model": {"downsample_factor": 128, "channels": channels}}).model.channels == channels
+    for fine in (2, 7):     # one group norm over all of them (8 does not divide them): the ways out it names
+        built = config_from_dict({**one_frame, "model": {"downsample_factor": 128, "channels": fine}})
+        assert built.model.channels == fine
     assert error_of({**one_frame, "model": {"downsample_factor": 128, "channels": channels}}).endswith(
         f"'model.channels' = {channels} with one latent frame a window (model.downsample_factor 128 = the window's 128 "
         "samples) leaves each group norm one value to normalise: the signal is erased, and one window's encoding "
