@@ -228,6 +228,34 @@ def test_git_commit_marks_a_dirty_checkout(tmp_path, monkeypatch):
     assert paths.git_commit() == head
 
 
+def test_git_commit_of_files_added_before_the_first_commit_is_unknown(tmp_path, monkeypatch):
+    """`git add` and no commit yet: git tracks the code, yet no commit holds it; an empty commit or '-dirty' alone
+    would be recorded as the code's commit."""
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "model.py").write_text("a = 1\n")
+    _git(tmp_path, "add", "model.py")
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    assert paths.git_commit() == "unknown"
+
+
+def test_a_live_runs_staging_folder_stays_and_a_dead_ones_goes(tmp_path, monkeypatch):
+    """staging_folder removes what a kill -9 left (a pid no process has) but not another live run's folder, still
+    being written: two evaluations into one results folder, the second stopped the first at its rename. The folders
+    are hidden, and a published run takes a name no earlier folder has (an empty one of the same second too)."""
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    ended.wait()
+    dead = tmp_path / f"{paths.WRITING_PART}{paths.process_space()}-{ended.pid}-x"
+    dead.mkdir()
+    live = paths.staging_folder(tmp_path)
+    assert live.name.startswith(".") and not dead.exists()
+    second = paths.staging_folder(tmp_path)
+    assert live.is_dir() and second.is_dir() and second != live
+    monkeypatch.setattr(time, "strftime", lambda *a: "20260101-000000")
+    (tmp_path / "evaluate-20260101-000000").mkdir()      # a folder of that name already, empty
+    assert paths.publish_run_dir(live, "evaluate", tmp_path) == tmp_path / "evaluate-20260101-000000-1"
+    assert not (tmp_path / "evaluate-20260101-000000-1").is_symlink() and not live.exists()
+
+
 def test_git_commit_of_code_that_no_commit_holds_is_unknown(tmp_path, monkeypatch):
     """A copy unpacked inside another repository recorded that repository's commit, clean, as its own; one in a
     `git init` without commits recorded "HEAD". Either is "unknown", as a copy outside git is."""
