@@ -2624,6 +2624,33 @@ def test_one_diverged_path_does_not_squash_the_forecast_panels(tmp_path: Path, m
     assert all(ax.get_ylim()[1] > 80 for ax in figures[1].axes)     # the only forecast: drawn in full
 
 
+def test_forecast_panels_keep_the_truth_beyond_the_band_and_a_flat_trace_a_band(tmp_path: Path, monkeypatch) -> None:
+    """robust_ylim takes the context and the truth: a truth beat above every forecast path (the paths near 0) stays
+    in the panel, not cut at the band's edge; a flat trace (the zero forecast of a silent lead) keeps a band of 0.1
+    mV either side, not matplotlib's 'identical low and high ylims' warning."""
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    fs, context, horizon = 64, 64, 64
+    windows = np.zeros((1, context + horizon, 2))
+    windows[0, :context] = np.sin(np.arange(context) / 5.0)[:, None]
+    windows[0, context + 10] = 3.0
+    train_results.plot_forecasts(windows, np.zeros((1, 20, horizon, 2)), fs, context, tmp_path / "f.png", "t")
+    assert all(ax.get_ylim()[1] > 3.0 for ax in figures[0].axes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_results.plot_forecasts(np.zeros((1, context + horizon, 2)), np.zeros((1, 20, horizon, 2)), fs, context,
+                                     tmp_path / "z.png", "t")
+    assert all(ax.get_ylim() == pytest.approx((-0.1, 0.1)) for ax in figures[1].axes)
+
+
+def test_augment_copies_at_the_ceiling_are_taken_by_the_flag_as_by_the_config() -> None:
+    """--augment-copies 16 is augment.copies' ceiling itself: the flag takes it as the config does, and 17 not."""
+    args = SimpleNamespace(seed=None, augment_copies=16)
+    training.check_run_flags(args)
+    with pytest.raises(paths.UserError, match=r"^--augment-copies must be <= 16 .* got 17$"):
+        training.check_run_flags(SimpleNamespace(seed=None, augment_copies=17))
+
+
 def test_the_key_below_the_panels_is_as_large_as_the_axis_labels(tmp_path: Path, monkeypatch) -> None:
     """The legends below the reconstructions and forecasts were 8 pt, the smallest text on a 12-13 in figure and
     unreadable once it is shown at a report's width; they are as large as the axis labels now."""
