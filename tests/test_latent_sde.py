@@ -995,6 +995,18 @@ def test_the_forecast_checks_late_spread_takes_two_frames_at_one_frame_a_second(
     assert math.isnan(float(one["late_std_ratio"]))
 
 
+def test_the_forecast_checks_late_spread_compares_the_last_frames_of_path_and_truth(monkeypatch) -> None:
+    """late_std_ratio is the path's spread over the last second over the truth's over the same second: a path that
+    matches the truth's last frames scores 1 whatever its first frames do (here flat where the truth varies)."""
+    torch.manual_seed(0)
+    sde = LatentSDE(8, sde_config_from_dict(json.loads(json.dumps(TINY_SDE))), 2.0).eval()
+    x = torch.randn(10, 3, 8)
+    path = x[4:].clone()
+    path[:-2] = 0.0                     # flat but for the last second (two frames at 2 a second)
+    monkeypatch.setattr(sde, "sample_frames", lambda *a, **k: path)
+    assert float(sde.forecast_check(x, 4, None, None)["late_std_ratio"]) == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("method", ["euler", "srk"])
 def test_validation_loss_of_given_weights_depends_on_the_windows_alone(method: str) -> None:
     """Seeded by window (LatentSDE.forward's `windows`), the ELBO and the forecast check of the same weights are the
