@@ -1417,6 +1417,15 @@ def test_kmeans_init_starts_every_code_on_an_encoder_output_of_its_own() -> None
     assert bool((torch.bincount(q.nearest(z[0].T), minlength=128) > 0).all())
 
 
+def test_kmeans_init_fills_the_restart_reservoir_with_distinct_outputs() -> None:
+    """The reservoir dead codes restart on is drawn from the first batch without replacement too: drawn with it, two
+    of its rows could be one output, and two dead codes restarted on them."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(4, 2, decay=0.9, commitment=0.25, restart_every=0, reservoir=16)
+    q.init_from(torch.randn(20, 2))
+    assert len(torch.unique(q.recent, dim=0)) == 16
+
+
 def test_dead_codes_restart_on_distinct_recent_outputs() -> None:
     """Dead codes restart each on another reservoir row while it holds as many: drawn with replacement, two dead
     codes could land on one output, and the one nearest() does not pick stays dead for another restart_every steps."""
