@@ -1154,6 +1154,35 @@ def test_vqvae_eval_stopped_while_writing_leaves_no_folder(tiny_checkpoint, tmp_
     assert sorted(p.name for p in run.iterdir()) == ["r_0s.npz", "r_0s.png"]
 
 
+def test_vqvae_eval_of_a_split_stopped_at_its_plot_leaves_no_folder(tmp_path, monkeypatch) -> None:
+    """--split stopped (Ctrl-C, or kill -9 with nothing run after it) at its examples' plot left a vqvae_eval-<time>
+    folder with reconstruction.json and .md and no plot, to be taken for a finished run; the run's folder appears
+    once all three are written."""
+    def plotted(model, data, split, prepared, out, checkpoint):
+        out.write_text("png")
+
+    def stopped(*args):
+        raise KeyboardInterrupt
+    for name, value in (("load_split", lambda *a, **k: {"records": ["100"]}), ("seen_warnings", lambda *a: []),
+                        ("reconstruction_report", lambda *a: {"per_record": {}}), ("source_samples", lambda *a: None),
+                        ("stored_leads", lambda *a: {}), ("report_lines", lambda *a: ["a", "b", "c"])):
+        monkeypatch.setattr(vqvae_eval, name, value)
+    monkeypatch.setattr(vqvae_eval.paths, "run_data_hash", lambda *a: "h")
+    args = SimpleNamespace(split="validation", prepared=str(tmp_path), results=str(tmp_path / "results"))
+    split = (args, None, {"meta": {}}, None, tmp_path / "best.pt", "digest", "commit")
+    monkeypatch.setattr(vqvae_eval, "plot_examples", stopped)
+    with monkeypatch.context() as kill:
+        kill.setattr(shutil, "rmtree", lambda *a, **k: None)     # a kill cleans nothing up
+        with pytest.raises(KeyboardInterrupt):
+            vqvae_eval.evaluate_split(*split)
+    assert not list((tmp_path / "results").glob("vqvae_eval-*"))
+    monkeypatch.setattr(vqvae_eval, "plot_examples", plotted)
+    vqvae_eval.evaluate_split(*split)
+    (run,) = (tmp_path / "results").glob("vqvae_eval-*")
+    assert sorted(p.name for p in run.iterdir()) == ["reconstruction.json", "reconstruction.md",
+                                                      "reconstruction_examples.png"]
+
+
 def test_vqvae_eval_record_saves_the_readme_recipes_codes_and_latents(tiny_checkpoint, tmp_path) -> None:
     """vqvae_eval.py --record on a 250 Hz record: windows of the model's 1 s at its 64 Hz, each coded as the README's
     recipe codes one; the saved codes and gains decode to the saved reconstruction."""
