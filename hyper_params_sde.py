@@ -98,7 +98,8 @@ class SolverConfig:
         _check(0 < self.dt <= 1, "solver.dt", self.dt, "must be in (0, 1] seconds")
         _check(0 < self.rate_diffusion_scale <= 1, "solver.rate_diffusion_scale", self.rate_diffusion_scale,
                "must be in (0, 1]")
-        _check(self.min_diffusion > 0, "solver.min_diffusion", self.min_diffusion, "must be > 0")
+        _check(0 < self.min_diffusion < MAX_DIFFUSION, "solver.min_diffusion", self.min_diffusion,
+               f"must be in (0, {MAX_DIFFUSION:g}), below solver.max_diffusion")
         _check(self.max_diffusion <= MAX_DIFFUSION, "solver.max_diffusion", self.max_diffusion,
                f"must be at most {MAX_DIFFUSION:g} (per sqrt(second) on standardised frames)")
         _check(self.max_diffusion > self.min_diffusion, "solver.max_diffusion", self.max_diffusion,

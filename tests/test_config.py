@@ -350,6 +350,15 @@ def test_copies_and_workers_beyond_their_ceilings_are_refused_by_name(maker):
             build({"augment": {"copies": 1000}})
 
 
+def test_a_diffusion_floor_beyond_the_ceiling_is_named_first():
+    """solver.min_diffusion 20 passed its check (> 0) and the error blamed solver.max_diffusion (0.5 must be > 20), then,
+    raised to 21, its ceiling of 10: two errors in turn before the key at fault was named."""
+    from hyper_params_sde import sde_config_from_dict
+    with pytest.raises(UserError, match=r"'solver.min_diffusion' = 20.0 must be in \(0, 10\)"):
+        sde_config_from_dict({"solver": {"min_diffusion": 20}})
+    assert sde_config_from_dict({"solver": {"min_diffusion": 9, "max_diffusion": 10}}).solver.min_diffusion == 9
+
+
 @pytest.mark.parametrize("maker", ["vqvae", "transformer", "sde"])
 def test_a_checkpoints_config_beyond_the_work_limits_still_loads(maker):
     """The work limits (plot windows, loader processes, augmented copies, the window stride's floor) came after
