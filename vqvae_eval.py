@@ -188,18 +188,24 @@ def forecaster_splits(cfg: Config, prepared: str | None, resume: dict | None) ->
     return run_splits(lambda split: load_split(split, cfg, prepared, any_records=True), resume)
 
 
+def best_checkpoint(ckpt_dir: Path, resume: dict | None) -> str:
+    """The best.pt a finished run's closing commands name: a resume in new folders (its run's results folder was
+    gone) writes best.pt there only once it beats the resumed best, so until then the resumed run's."""
+    best = str(Path(ckpt_dir) / "best.pt")
+    earlier = os.path.join(resume.get("ckpt_dir") or "", "best.pt") if resume else ""
+    if earlier and not os.path.isfile(best) and os.path.isfile(earlier):
+        best = earlier
+    return best
+
+
 def next_commands(ckpt_dir: Path, cfg: Config, val: dict, prepared: str | None,
                   resume: dict | None = None) -> str:
     """What to run with a forecaster's best.pt once its training ends: forecast.py on the record and moment of the
     epoch plots' first panel (the record read from the folder it was prepared from, meta.json's data_dir), and
     evaluate.py on the validation patients, which reads the split by its --config's data section: when that is not
     config_vqvae.json's, the VQ-VAE's config is written next to the checkpoints and named, so the command runs as
-    printed. A resume in new folders (its run's results folder was gone) writes best.pt there only once it beats the
-    resumed best: until then the resumed run's is named, not a file that is not there."""
-    best = str(ckpt_dir / "best.pt")
-    earlier = os.path.join(resume.get("ckpt_dir") or "", "best.pt") if resume else ""
-    if earlier and not os.path.isfile(best) and os.path.isfile(earlier):
-        best = earlier
+    printed. best.pt is best_checkpoint's, not a file that is not there."""
+    best = best_checkpoint(ckpt_dir, resume)
     record = val["records"][int(val["record"][0])]
     start = (int(val["start"][0]) + cfg.data.window_samples) / float(val["fs"])
     folder = stored_meta(prepared).get("data_dir") or paths.location("data")

@@ -7,6 +7,7 @@ every N epochs) to checkpoints/vqvae-<time>/.
 """
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from train_results import fixed_titles, fixed_windows, plot_windows
 from training import (EpochEndFn, Pooled, Runtime, Trainer, closing_epoch, load_resume, run_config, run_parser,
                       run_record, run_splits, seed_everything, setup_runtime, shared_run_dirs, training_main)
 from vqvae import VQVAE, level_key, perplexity
-from vqvae_eval import compression, source_words, uniform
+from vqvae_eval import best_checkpoint, compression, source_words, uniform
 
 
 class RandomCrops(Dataset):
@@ -142,7 +143,23 @@ def main(argv: list[str] | None = None) -> dict:
               f"PRDN {row['val_prdn']:.2f}% (pooled over windows; vqvae_eval.py: mean over records)")
         print(codebook_line(row, cfg))
         print(compression_line(model, cfg, val["records"], args.prepared))
+        print(next_commands(ckpt_dir, cfg, args.prepared, resume_ckpt))
     return row
+
+
+def next_commands(ckpt_dir: Path, cfg: Config, prepared: str | None, resume: dict | None = None) -> str:
+    """What to run with the run's best.pt (best_checkpoint's) once its training ends, as the forecaster trainers
+    say it: vqvae_eval.py on the validation patients, and a forecaster trained on it (transformer_train.py), on the
+    run's --prepared folder. Both read the data section from the checkpoint, so no --config; a VQ-VAE whose
+    data.forecast_predictions is 0 gets no forecaster line, as forecasting_config refuses it."""
+    best = best_checkpoint(ckpt_dir, resume)
+    data = ["--prepared", prepared] if prepared else []
+    lines = ["evaluate on validation patients: "
+             + shlex.join(["python3", "vqvae_eval.py", "--checkpoint", best, "--split", "validation", *data])]
+    if cfg.data.forecast_predictions > 0:
+        lines.append("train a forecaster on it: "
+                     + shlex.join(["python3", "transformer_train.py", "--vqvae", best, *data]))
+    return "\n".join(lines)
 
 
 def shown_columns(cfg: Config) -> tuple[str, ...]:

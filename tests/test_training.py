@@ -2026,6 +2026,40 @@ def test_closing_lines_say_which_epoch_they_score_and_where_best_pt_is(tmp_path,
     assert final.startswith("final validation (epoch 2, in best.pt and last.pt): MSE "), final
 
 
+def test_vqvae_closing_lines_say_what_to_run_next_and_run_as_printed(tmp_path, synthetic_db, capsys):
+    """vqvae_train.py ended with its scores and no word on what to run with its best.pt, where the forecaster
+    trainers print their next commands: it now prints vqvae_eval.py on the validation patients and
+    transformer_train.py on best.pt, on the run's --prepared folder, and both run as printed (the tiny data section
+    is not config_vqvae.json's: they read the checkpoint's). A VQ-VAE whose windows hold no future gets no
+    forecaster line: transformer_train.py refuses it."""
+    import shlex
+
+    import vqvae_eval
+    from tiny import plain_transformer
+
+    setup = tiny_setup(tmp_path, synthetic_db, train={"epochs": 1, "max_steps_per_epoch": 2, "plot_windows": 0})
+    vqvae_train.main(flags(setup, "--device", "cpu"))
+    (best,) = (tmp_path / "checkpoints").glob("vqvae-*/best.pt")
+    told = {line.split(": ", 1)[0]: shlex.split(line.split(": ", 1)[1]) for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("evaluate on validation patients: ", "train a forecaster on it: "))}
+    ev, tf = told["evaluate on validation patients"], told["train a forecaster on it"]
+    assert ev == ["python3", "vqvae_eval.py", "--checkpoint", str(best), "--split", "validation", "--prepared",
+                  setup["prepared"]]
+    assert tf == ["python3", "transformer_train.py", "--vqvae", str(best), "--prepared", setup["prepared"]]
+    report = vqvae_eval.main([*ev[2:], "--results", str(tmp_path / "ev")])
+    assert report["checkpoint"] == str(best)
+    tcfg = tmp_path / "transformer.json"
+    tcfg.write_text(json.dumps(plain_transformer(model={"dim": 16, "layers": 1, "heads": 2},
+                                                 train={"epochs": 1, "batch_size": 8, "plot_windows": 0})))
+    row = transformer_train.main([*tf[2:], "--config", str(tcfg), "--max-steps", "1", "--device", "cpu",
+                                  "--results", str(tmp_path / "tr"), "--checkpoints", str(tmp_path / "tc")])
+    assert row["epoch"] == 1 and len(list((tmp_path / "tc").glob("transformer-*/best.pt"))) == 1
+    no_future = config_from_dict({**TINY, "data": {**TINY["data"], "forecast_predictions": 0}})
+    assert vqvae_train.next_commands(best.parent, no_future, None).splitlines() == [
+        f"evaluate on validation patients: python3 vqvae_eval.py --checkpoint {shlex.quote(str(best))} "
+        "--split validation"]
+
+
 def test_the_closing_line_of_a_resumed_checkpoint_from_before_patience_says_or_before(tmp_path, synthetic_db,
                                                                                      monkeypatch, capsys):
     """A checkpoint without best_epoch resumed, and not beaten since, has its best of its epoch or before: best.pt
