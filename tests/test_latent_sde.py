@@ -1742,6 +1742,26 @@ def test_the_solver_step_warning_comes_before_the_encoding(trained: dict, tmp_pa
     assert "solver.dt 0.125 s is longer than one latent frame" in capsys.readouterr().err
 
 
+def test_a_too_small_solver_dt_stops_the_training_before_the_encoding(trained: dict, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """solver.dt's floor needs only the VQ-VAE's frame rate, which the config alone does not know: checked only by
+    LatentSDE, a 1e-9 s step failed after every training window was encoded (minutes on a VQ-VAE's first run)."""
+    import latent_sde_train
+
+    def encoding(*args, **kwargs):
+        raise AssertionError("encoded before solver.dt was checked")
+    monkeypatch.setattr(latent_sde_train, "encode_splits", encoding)
+    raw = json.loads(json.dumps(TINY_SDE))
+    raw["solver"] = {"dt": 1e-9}                    # in (0, 1]: the config's own check passes it
+    cfg = tmp_path / "sde.json"
+    cfg.write_text(json.dumps(raw))
+    vq = next((trained["tmp"] / "checkpoints").glob("vqvae-*/best.pt"))
+    setup = {**trained["setup"], "config": str(cfg), "results": str(tmp_path / "r"),
+             "checkpoints": str(tmp_path / "c")}
+    with pytest.raises(UserError, match=r"'solver.dt' = 1e-09 must be in \[\S+, 1\] seconds with a VQ-VAE of 16 "):
+        latent_sde_train.main(flags(setup, "--device", "cpu", "--vqvae", str(vq)))
+
+
 def test_an_odd_crps_batch_under_torchrun_names_the_crps_key(tmp_path: Path, monkeypatch) -> None:
     """--crps-from --batch-size 3 with two processes said 'train.batch_size=3 must be divisible', a key the user
     never set (the fine-tuning's batch is crps.batch_size)."""
