@@ -361,7 +361,10 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     vq, vq_ckpt, vq_source, vq_read = run_vqvae(args, resume)
     vq.requires_grad_(False)
     cfg = forecasting_config(vq_ckpt, vq_source)
-    check_solver_dt(scfg.solver, cfg.data.samples_per_second / cfg.model.downsample_factor)   # before the encoding
+    frames_per_second = cfg.data.samples_per_second / cfg.model.downsample_factor
+    check_solver_dt(scfg.solver, frames_per_second)     # before the encoding, which takes minutes on a first run
+    if rt.is_main:
+        check_solver_step(scfg, frames_per_second)
     # as read: best.pt may be replaced while this encodes
     vq_record = source_record(resume, VQVAE_KEYS, vq_source, args.vqvae, vq_read)
     check_adjoint(scfg, rt)
@@ -370,8 +373,6 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     seed_everything(scfg.train.seed)
     train, val = forecaster_splits(cfg, args.prepared, resume)
     piece, factor = cfg.data.window_samples, cfg.model.downsample_factor
-    if rt.is_main:          # before the encoding, which takes minutes on a VQ-VAE's first run
-        check_solver_step(scfg, int(train["fs"]) / factor)
     check_run_roots(args, rt, resume)
     train_enc, val_enc, augmented = encode_splits(vq, scfg, cfg, train, val, args.prepared, rt)
     steps = train["signals"].shape[1] // factor
