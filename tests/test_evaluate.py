@@ -281,7 +281,9 @@ def test_an_evaluation_killed_while_writing_leaves_no_folder_to_take_for_a_finis
     results = tmp_path / "results"
     args = ["--model", "zero", "--wfdb-dir", str(db250), "--records", "a01", "--max-windows-per-record", "1",
             "--results", str(results)]
-    killed = subprocess.run([sys.executable, "-c", KILLED_AT_REPORT, *args], cwd=ROOT, capture_output=True, text=True)
+    threads = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}    # the scores kept are this count's
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_REPORT, *args], cwd=ROOT, capture_output=True, text=True,
+                            env=threads)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not list(results.glob("evaluate-*"))
     run = evaluate.main(args)
