@@ -555,6 +555,19 @@ def rank_0_failing(imports: str, at_exit: str, message: str) -> subprocess.Compl
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
 
 
+def test_a_rank_ending_well_skips_the_interpreters_teardown() -> None:
+    """A rank of several whose main ended well left by the interpreter's exit, whose teardown of torch's process group
+    now and then aborts: rank 1 of a torchrun resume in test_run_json_says_the_torchrun_command... ended with exit -6
+    ('terminate called without an active exception') after its run had finished. An exit handler that aborts stands
+    in for it: the rank ends with status 0, its output flushed."""
+    script = ("import atexit, os, running, torch.distributed\n"
+              "atexit.register(os.abort)\n"
+              "running.run_main(lambda: print('trained', end=''))\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**ENV, "WORLD_SIZE": "2", "RANK": "1"},
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "trained", "")
+
+
 def test_a_process_in_no_group_exits_through_the_interpreter_whatever_WORLD_SIZE_says() -> None:
     """os._exit is for a rank that may have joined a process group (torch.distributed imported): a script that never
     imported it (a WORLD_SIZE left in a job's environment) is a single process, whose exit handlers still run."""
