@@ -43,8 +43,8 @@ from hyper_params_sde import (CRPSConfig, SDEConfig, check_solver_dt, load_sde_c
 from latent_sde import LatentSDE, LatentSDEForecaster, PathCRPS, latent_frames
 from train_results import fixed_titles, fixed_windows, plot_epoch_forecasts, read_checkpoint
 from training import (EpochEndFn, Pooled, Runtime, StepFn, Trainer, check_batch_split, check_run_flags,
-                      check_run_roots, closing_epoch, flag_patience, load_resume, resumed_seed, run_config, run_parser,
-                      run_record, seed_everything, setup_runtime, shared_run_dirs, training_main)
+                      check_run_roots, closing_epoch, flag_patience, resumed_seed, run_config, run_parser,
+                      run_record, run_resume, seed_everything, setup_runtime, shared_run_dirs, training_main)
 from vqvae import VQVAE
 from vqvae_eval import (FORECASTER_FLAGS, VQVAE_KEYS, add_forecaster_flags, forecaster_splits, forecasting_config,
                         frozen_encodings, next_commands, run_vqvae, source_record, vqvae_choice)
@@ -445,7 +445,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     rt = setup_runtime(args.device)     # first: see training.setup_runtime
-    resume = load_resume(args.resume, "latent_sde") if args.resume else None
+    resume = run_resume(args, rt, "latent_sde")
     if args.crps_from and resume and "crps_from" not in resume["meta"]:
         raise paths.UserError(f"--resume {args.resume} is an ELBO run's checkpoint and --crps-from starts a fine-tuning "
                               "run of its own: resume the ELBO run without --crps-from, or fine-tune with --crps-from "

@@ -18,6 +18,7 @@ training_main, which drops a new run's unused folders and says how to resume a s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import itertools
@@ -1014,6 +1015,39 @@ def load_resume(path: str | Path, kind: str) -> dict:
     return ckpt
 
 
+def run_resume(args: argparse.Namespace, rt: Runtime, kind: str) -> dict | None:
+    """The checkpoint a run goes on from (load_resume), None for a new run: --resume's, else, in an attempt that
+    torchrun --max-restarts started after a worker failed (the same command again), the failed attempt's last.pt,
+    which every rank resumes as --resume would. Each restart was a new run from epoch 1, the last.pt unused."""
+    if not args.resume and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        found = [_restarted_run(args) if rt.is_main else None]
+        if rt.distributed:
+            dist.broadcast_object_list(found, src=0)
+        args.resume = found[0]
+    return load_resume(args.resume, kind) if args.resume else None
+
+
+def _restarted_run(args: argparse.Namespace) -> str | None:
+    """Rank 0's pick for a torchrun restart: the last.pt of the newest run whose run.json has this job's torchrun run
+    id (run_record), None when it has none yet (the attempt failed in its first epoch: a new run, as before). The
+    default run id 'none' is every job's that gave no --rdzv-id: another job's run is never resumed by it."""
+    run_id, restart = os.environ.get("TORCHELASTIC_RUN_ID"), os.environ["TORCHELASTIC_RESTART_COUNT"]
+    if run_id in (None, "none"):
+        running.note(f"torchrun restart {restart}: a new run (give torchrun a unique --rdzv-id to resume the last)")
+        return None
+    ckpt_root, found = paths.location("checkpoints", args.checkpoints), []
+    with contextlib.suppress(OSError):      # a results root that cannot be looked in holds no run to go on with
+        for record in paths.location("results", args.results).glob("*/run.json"):
+            last = ckpt_root / record.parent.name / "last.pt"
+            with contextlib.suppress(OSError, ValueError, AttributeError):      # a record cut short, or not a dict
+                if json.loads(record.read_text(encoding="utf-8")).get("torchrun_run_id") == run_id and last.is_file():
+                    found.append((last.stat().st_mtime_ns, str(last)))
+    if not found:
+        return None
+    running.note(f"torchrun restart {restart}: resuming {max(found)[1]}")
+    return max(found)[1]
+
+
 def _run_command(argv: list[str] | None) -> str:
     """What ran, to run it again, as resume_hint says it: the command line (`python3 <script> ...`, quoted as a shell
     needs it) or the call from Python (_main_call). The list alone ('--epochs 1') named no script. A torchrun worker's
@@ -1033,6 +1067,7 @@ def run_record(cfg_dict: dict, seed: int, train: dict, val: dict, rt: Runtime, a
             "validation_records": list(val["records"]),
             "world_size": rt.world, "device": str(rt.device), "command": _run_command(argv),
             "torch": str(torch.__version__), "torch_threads": torch.get_num_threads(),
+            "torchrun_run_id": os.environ.get("TORCHELASTIC_RUN_ID"),     # a restart's run to resume (run_resume)
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 

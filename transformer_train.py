@@ -25,8 +25,8 @@ from forecast import Forecaster, beat_draft, seasonal_draft
 from hyper_params import Config
 from hyper_params_transformer import TransformerConfig, load_transformer_config, transformer_config_from_dict
 from train_results import fixed_titles, fixed_windows, plot_epoch_forecasts
-from training import (Runtime, Trainer, check_run_roots, closing_epoch, load_resume, run_config, run_parser,
-                      run_record, seed_everything, setup_runtime, shared_run_dirs, training_main)
+from training import (Runtime, Trainer, check_run_roots, closing_epoch, run_config, run_parser,
+                      run_record, run_resume, seed_everything, setup_runtime, shared_run_dirs, training_main)
 from transformer import CodeGPT, as_levels
 from vqvae import VQVAE
 from vqvae_eval import (ENCODE_BATCH, FORECASTER_FLAGS, VQVAE_KEYS, add_forecaster_flags, forecaster_splits,
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "a shipped model by name: pretrained, pretrained_sde (default: newest checkpoints/vqvae-*/best.pt)")
     args = p.parse_args(argv)
     rt = setup_runtime(args.device)     # first: see training.setup_runtime
-    resume = load_resume(args.resume, "transformer") if args.resume else None
+    resume = run_resume(args, rt, "transformer")
     tcfg = run_config(args, resume, load_transformer_config, transformer_config_from_dict, FORECASTER_FLAGS)
     tcfg.validate()
     vq, vq_ckpt, vq_path, vq_read = run_vqvae(args, resume)

@@ -19,8 +19,8 @@ import running
 from hyper_params import Config, config_from_dict, load_config
 from prepare_mitbih import load_split, source_samples
 from train_results import fixed_titles, fixed_windows, plot_windows
-from training import (EpochEndFn, Pooled, Runtime, Trainer, closing_epoch, load_resume, run_config, run_parser,
-                      run_record, run_splits, seed_everything, setup_runtime, shared_run_dirs, training_main)
+from training import (EpochEndFn, Pooled, Runtime, Trainer, closing_epoch, run_config, run_parser, run_record,
+                      run_resume, run_splits, seed_everything, setup_runtime, shared_run_dirs, training_main)
 from vqvae import VQVAE, level_key, perplexity
 from vqvae_eval import best_checkpoint, compression, source_words, uniform
 
@@ -117,7 +117,7 @@ def check_not_data_parallel(rt: Runtime) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = run_parser(__doc__, "config JSON (default: config_vqvae.json)").parse_args(argv)
     rt = setup_runtime(args.device)     # first: see training.setup_runtime
-    resume_ckpt = load_resume(args.resume, "vqvae") if args.resume else None
+    resume_ckpt = run_resume(args, rt, "vqvae")
     cfg = run_config(args, resume_ckpt, load_config, config_from_dict)
     cfg.validate()
     check_not_data_parallel(rt)

@@ -343,6 +343,27 @@ def test_run_json_says_the_torchrun_command_of_a_run_and_of_its_resume(tmp_path:
     assert [record["command"], *(r["command"] for r in record["resumes"])] == [shlex.join(first), shlex.join(again)]
 
 
+def test_a_torchrun_restart_resumes_the_failed_attempts_run(tmp_path: Path, tiny: dict) -> None:
+    """torchrun --max-restarts runs the same command again after a worker failed: each restart was a new run from
+    epoch 1 in a folder of its own. Rank 1 fails once in epoch 2 (2 epochs of 6 steps); the restart resumes the
+    failed attempt's last.pt, and the job ends with one run whose metrics.csv has each epoch once. Without
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 a restarted gloo rank may read the failed attempt's address from the
+    store torchrun keeps, and fail to connect (pytorch/pytorch#135712)."""
+    setup = outputs(tiny, tmp_path)
+    marker = tmp_path / "failed_once"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "--max-restarts", "1", HARNESS, "--fail-once", "1", "8", str(marker), "vqvae_train", "--",
+                        *flags(setup, "--device", "cpu")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**ENV, "ECG_CACHE_DIR": str(tmp_path / "cache"), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
+    assert r.returncode == 0 and marker.exists(), r.stdout + r.stderr
+    runs = list((tmp_path / "checkpoints").iterdir())
+    assert len(runs) == 1, runs
+    last = runs[0] / "last.pt"
+    assert f"torchrun restart 1: resuming {last}" in r.stderr
+    assert [row["epoch"] for row in metrics_rows(last)] == ["1", "2"]
+
+
 @pytest.fixture
 def one_epoch(tmp_path: Path, tiny: dict) -> Path:
     """last.pt after one epoch, in this test's own folders."""

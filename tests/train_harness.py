@@ -10,12 +10,15 @@
 --dump-rng DIR       every rank saves its torch RNG state at each epoch's first step to DIR/rng<R>.pt
 --signal-at-step R N SIG   rank R alone sends itself SIG (SIGTERM, SIGINT, SIGKILL) after N optimiser steps, in
                            the next one
+--fail-once R N MARKER    rank R raises a RuntimeError after N optimiser steps, in the next one, unless the file
+                           MARKER exists, which it makes: a torchrun restart of the same command runs through
 --val-losses L1,L2,...     epoch e's validation loss is Le on every rank, as all-reduced (the model's is dropped)
 Works under torchrun too. One CPU thread, like the in-process tests, so runs compare bit for bit.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import signal
@@ -44,6 +47,7 @@ def main() -> None:
     p.add_argument("--dump-state")
     p.add_argument("--dump-rng")
     p.add_argument("--signal-at-step", nargs=3, metavar=("RANK", "STEP", "SIGNAL"))
+    p.add_argument("--fail-once", nargs=3, metavar=("RANK", "STEP", "MARKER"))
     p.add_argument("--val-losses")
     p.add_argument("script", help="module name, e.g. vqvae_train")
     args, rest = p.parse_known_args()
@@ -70,6 +74,19 @@ def main() -> None:
                 os.kill(os.getpid(), getattr(signal, name))
 
         training.Trainer._check_finite = check_then_signal
+
+    if args.fail_once:
+        rank, step, marker = args.fail_once
+        real_check_once = training.Trainer._check_finite
+
+        def check_then_fail(self, values, what="loss or gradient norm"):
+            real_check_once(self, values, what)
+            if self.rt.rank == int(rank) and self.step == int(step) and what.startswith("loss"):
+                with contextlib.suppress(FileExistsError):
+                    Path(marker).touch(exist_ok=False)
+                    raise RuntimeError("harness: failing once")
+
+        training.Trainer._check_finite = check_then_fail
 
     if args.pause_in_save is not None:
         real_save = torch.save
