@@ -40,6 +40,25 @@ def pause() -> None:
     raise SystemExit("harness: nobody killed me")
 
 
+def after_loss_check(rank: int | None, step: int, act) -> None:
+    """act() once the trainer has checked the loss of `step`, on rank `rank` (None: every rank)."""
+    real_check = training.Trainer._check_finite
+
+    def check_then_act(self, values, what="loss or gradient norm"):
+        real_check(self, values, what)
+        if (rank is None or self.rt.rank == rank) and self.step == step and what.startswith("loss"):
+            act()
+
+    training.Trainer._check_finite = check_then_act
+
+
+def fail_once(marker: Path) -> None:
+    """A worker failing the first time only (the marker file says it did), as a torchrun restart then runs through."""
+    with contextlib.suppress(FileExistsError):
+        marker.touch(exist_ok=False)
+        raise RuntimeError("harness: failing once")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--pause-at-step", type=int)
@@ -55,38 +74,13 @@ def main() -> None:
     torch.set_num_threads(1)
 
     if args.pause_at_step is not None:
-        real_check = training.Trainer._check_finite
-
-        def check_then_pause(self, values, what="loss or gradient norm"):
-            real_check(self, values, what)
-            if self.step == args.pause_at_step and what.startswith("loss"):
-                pause()
-
-        training.Trainer._check_finite = check_then_pause
-
+        after_loss_check(None, args.pause_at_step, pause)
     if args.signal_at_step:
         rank, step, name = args.signal_at_step
-        real_check_finite = training.Trainer._check_finite
-
-        def check_then_signal(self, values, what="loss or gradient norm"):
-            real_check_finite(self, values, what)
-            if self.rt.rank == int(rank) and self.step == int(step) and what.startswith("loss"):
-                os.kill(os.getpid(), getattr(signal, name))
-
-        training.Trainer._check_finite = check_then_signal
-
+        after_loss_check(int(rank), int(step), lambda: os.kill(os.getpid(), getattr(signal, name)))
     if args.fail_once:
         rank, step, marker = args.fail_once
-        real_check_once = training.Trainer._check_finite
-
-        def check_then_fail(self, values, what="loss or gradient norm"):
-            real_check_once(self, values, what)
-            if self.rt.rank == int(rank) and self.step == int(step) and what.startswith("loss"):
-                with contextlib.suppress(FileExistsError):
-                    Path(marker).touch(exist_ok=False)
-                    raise RuntimeError("harness: failing once")
-
-        training.Trainer._check_finite = check_then_fail
+        after_loss_check(int(rank), int(step), lambda: fail_once(Path(marker)))
 
     if args.pause_in_save is not None:
         real_save = torch.save
