@@ -175,9 +175,7 @@ def new_run_dir(experiment: str, results: str | os.PathLike | None, checkpoints:
     the same second, wrote into one checkpoint folder, each over the other's best.pt. (The evaluations write into a
     staging_folder, published whole by publish_run_dir.)"""
     base = location("results", results)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        run = base / (f"{experiment}-{stamp}" + (f"-{n}" if n else ""))
+    for run in _run_names(experiment, base):
         if not _made(run, "results"):
             continue
         if Path(checkpoints).resolve() == base.resolve():   # one root: one folder for both
@@ -185,7 +183,6 @@ def new_run_dir(experiment: str, results: str | os.PathLike | None, checkpoints:
         if _made(checkpoints / run.name, "checkpoint"):
             return run
         run.rmdir()             # made just now, so empty: the name is taken in the checkpoints root
-    raise UserError(f"too many runs named {experiment}-{stamp} in {base}")
 
 
 WRITING_PART = ".writing-"      # the hidden folder a run's files are written into before they are its (staging_folder)
@@ -209,9 +206,7 @@ def staging_folder(folder: Path) -> Path:
 def publish_run_dir(staging: Path, experiment: str, results: str | os.PathLike | None = None) -> Path:
     """The staged folder renamed, in one step, to a fresh results/<experiment>-<time> (as new_run_dir names them)."""
     base = location("results", results)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        run = base / (f"{experiment}-{stamp}" + (f"-{n}" if n else ""))
+    for run in _run_names(experiment, base):
         if os.path.lexists(run):
             continue
         try:
@@ -221,6 +216,13 @@ def publish_run_dir(staging: Path, experiment: str, results: str | os.PathLike |
             if e.errno in (errno.EEXIST, errno.ENOTEMPTY):      # the name taken meanwhile by another run
                 continue
             raise UserError(f"cannot rename {staging} to {run}: {e.strerror or e}") from e
+
+
+def _run_names(experiment: str, base: Path) -> Iterator[Path]:
+    """base/<experiment>-<time>, then -1, -2, ... for runs started in the same second; a UserError past 1000."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        yield base / (f"{experiment}-{stamp}" + (f"-{n}" if n else ""))
     raise UserError(f"too many runs named {experiment}-{stamp} in {base}")
 
 
@@ -275,8 +277,8 @@ def broken_link(path: str | os.PathLike) -> Path | None:
     return next((f for f in (*reversed(path.parents), path) if os.path.islink(f) and not os.path.exists(f)), None)
 
 
-# a hidden working folder (a download's, a preparation's: owned_folder) untouched this long is no live run's: a
-# download's STALL_LIMIT ends one, and a preparation writes its files in minutes
+# a hidden working folder (a download's, a preparation's, a run's .writing-* staging: owned_folder) untouched this long
+# is no live run's: a download's STALL_LIMIT ends one, and a preparation or a run's staging writes its files in minutes
 QUIET_PART_S = 24 * 3600.0
 
 

@@ -256,6 +256,22 @@ def test_a_live_runs_staging_folder_stays_and_a_dead_ones_goes(tmp_path, monkeyp
     assert not (tmp_path / "evaluate-20260101-000000-1").is_symlink() and not live.exists()
 
 
+def test_a_second_with_a_thousand_runs_of_one_name_is_refused_by_both_namers(tmp_path, monkeypatch):
+    """new_run_dir and publish_run_dir take the same names, -1 to -999 after the first, and say so past them rather
+    than loop or overwrite; the staged folder stays whole to be published later."""
+    monkeypatch.setattr(time, "strftime", lambda *a: "20260101-000000")
+    for n in range(1000):
+        (tmp_path / ("evaluate-20260101-000000" + (f"-{n}" if n else ""))).mkdir()
+    staged = paths.staging_folder(tmp_path)
+    (staged / "report.md").write_text("r")
+    with pytest.raises(paths.UserError, match="too many runs named evaluate-20260101-000000 in"):
+        paths.publish_run_dir(staged, "evaluate", tmp_path)
+    with pytest.raises(paths.UserError, match="too many runs named evaluate-20260101-000000 in"):
+        paths.new_run_dir("evaluate", tmp_path, tmp_path / "ck")
+    assert (staged / "report.md").read_text() == "r" and len(list(tmp_path.glob("evaluate-*"))) == 1000
+    (tmp_path / "evaluate-20260101-000000-999").rmdir()
+    assert paths.publish_run_dir(staged, "evaluate", tmp_path).name == "evaluate-20260101-000000-999"
+
 def test_git_commit_of_code_that_no_commit_holds_is_unknown(tmp_path, monkeypatch):
     """A copy unpacked inside another repository recorded that repository's commit, clean, as its own; one in a
     `git init` without commits recorded "HEAD". Either is "unknown", as a copy outside git is."""
