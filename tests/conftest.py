@@ -67,6 +67,14 @@ def own_folders():
         yield
 
 
+@pytest.fixture(autouse=True)
+def figures_closed():
+    """Figures a test kept open to read (plt.close stubbed out, savefig stopped) closed after it: they piled up over
+    test_training.py and matplotlib warned of more than 20 open figures in whichever test opened the 21st."""
+    yield
+    if (plt := sys.modules.get("matplotlib.pyplot")) is not None:
+        plt.close("all")
+
 @pytest.fixture(scope="session")
 def mitdb() -> Path:
     """The real database; in CI its absence is a failure, elsewhere a skip."""
