@@ -223,9 +223,28 @@ class Terminated(KeyboardInterrupt):
     spot, leaving them."""
 
 
+class _Flag:
+    """threading.Event's set, clear and is_set without its lock, which the SIGTERM handler must not take: Python runs
+    a handler between any two bytecodes of the main thread, its own too, and a second SIGTERM (SLURM's and torchrun's
+    forwarded one, together) landing while the first handler held the lock of the Event it set waited on it forever,
+    the rank silent until torchrun's SIGKILL. Nothing waits on these flags; the GIL makes each write whole."""
+
+    def __init__(self) -> None:
+        self._on = False
+
+    def set(self) -> None:
+        self._on = True
+
+    def clear(self) -> None:
+        self._on = False
+
+    def is_set(self) -> bool:
+        return self._on
+
+
 # _terminating: a SIGTERM came; _stopping: its Terminated is on its way up (cleared when Python swallowed it);
 # _interrupted: a Ctrl-C's KeyboardInterrupt Python swallowed
-_terminating, _stopping, _interrupted = threading.Event(), threading.Event(), threading.Event()
+_terminating, _stopping, _interrupted = _Flag(), _Flag(), _Flag()
 
 
 def _terminate(signum: int, frame: Any) -> None:

@@ -433,6 +433,46 @@ def test_a_sigterm_after_one_a_finalizer_swallowed_stops_the_script():
     assert "Exception ignored in" in r.stderr
 
 
+def test_a_second_sigterm_landing_anywhere_in_the_first_ones_handler_raises_one_terminated():
+    """Python runs a signal's handler between any two bytecodes of the main thread, the handler's own too: SLURM's
+    SIGTERM to every process of a torchrun job and the agent's forwarded one came together, and the second handler,
+    run while the first held its threading.Event's lock (setting _stopping), waited on it forever. Rank 0 said
+    nothing until torchrun's SIGKILL. The second handler is run here at each line of the first one, in turn."""
+    script = ("import signal, sys, running\n"
+              "def again_at(k):\n"
+              "    seen = 0\n"
+              "    def trace(frame, event, arg):\n"
+              "        nonlocal seen\n"
+              "        seen += 1\n"
+              "        if seen == k:\n"
+              "            running._terminate(signal.SIGTERM, None)\n"
+              "        return trace\n"
+              "    return trace, lambda: seen >= k\n"
+              "k = 0\n"
+              "while True:\n"
+              "    k += 1\n"
+              "    running._terminating.clear()\n"
+              "    running._stopping.clear()\n"
+              "    trace, reached = again_at(k)\n"
+              "    sys.settrace(trace)\n"
+              "    try:\n"
+              "        running._terminate(signal.SIGTERM, None)\n"
+              "    except running.Terminated:\n"
+              "        pass\n"
+              "    else:\n"
+              "        sys.exit(f'no Terminated with the second handler at line {k}')\n"
+              "    finally:\n"
+              "        sys.settrace(None)\n"
+              "    if not reached():\n"
+              "        print(k - 1)\n"
+              "        break\n")
+    try:
+        r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a second SIGTERM's handler, run inside the first one's, waited forever")
+    assert r.returncode == 0 and int(r.stdout) > 1, r.stderr
+
+
 def test_a_note_during_a_progress_bar_is_a_line_of_its_own(monkeypatch):
     """In a log (stderr no terminal) a note used to land on the bar's line: 'reading: 0%|...| 0/2note: ...'."""
     import io
