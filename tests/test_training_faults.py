@@ -1148,3 +1148,40 @@ def test_a_process_watches_its_launcher_once(monkeypatch) -> None:
     running.stop_when_orphaned()
     running.stop_when_orphaned()
     assert [kw["name"] for kw in started] == ["stop_when_orphaned"]
+
+
+def test_a_sigterm_to_every_process_of_a_torchrun_job_with_loader_workers_says_terminated_once(tmp_path: Path,
+                                                                                                tiny: dict) -> None:
+    """A scheduler's SIGTERM reaches every process of the job (SLURM signals the whole step; torchrun its workers'
+    process groups), the DataLoader's worker processes (train.num_workers > 0) too. They died of it, and each rank
+    ended in a traceback ('DataLoader worker (pid N) is killed by signal: Terminated', 'Exception ignored in ...
+    __del__'), not in the stop it is. Forked with SIGTERM and SIGINT blocked, they leave the stop to their rank:
+    one 'terminated; resume with' line. Torchrun's SIGTERM, forwarded, lands beside the test's: a rank whose second
+    SIGTERM handler waited on the first one's lock said nothing until torchrun's SIGKILL, 30 s later."""
+    setup = outputs(tiny, tmp_path)
+    config = json.loads(Path(setup["config"]).read_text())
+    config["train"]["num_workers"] = 2
+    setup["config"] = str(tmp_path / "workers.json")
+    Path(setup["config"]).write_text(json.dumps(config))
+    proc = subprocess.Popen(torchrun(HARNESS, "--pause-at-step", "8", "vqvae_train", "--",
+                                     *flags(setup, "--device", "cpu")),
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        seen = ""
+        for line in proc.stdout:
+            seen += line
+            if seen.count("PAUSED") == 2:
+                break
+        for pid in [proc.pid, *descendants(proc.pid)]:      # every process of the job, as a scheduler signals it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=180)     # torchrun itself SIGKILLs a rank still there 30 s after its SIGTERM
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    said = [line for line in err.splitlines() if re.match(r"(error|terminated|interrupted|\[rank|Exception)", line)]
+    assert len(said) == 1 and said[0].startswith("terminated; resume with: "), err
+    assert "DataLoader worker" not in err, err
+    assert "Unable to shutdown process" not in err, err     # torchrun's word for a rank it had to SIGKILL
