@@ -74,8 +74,9 @@ def _quiet_store() -> Iterator[None]:
 
 def leave_word(end: BaseException) -> None:
     """In a process group, leave word in its store (torchrun's agent keeps it; without one, rank 0's process) that
-    this rank ends on a signal or a UserError, for the others to say when their next collective fails on its closed
-    connections (word_left). The first word stays: a rank that fails on another's end leaves none of its own.
+    this rank ends on a signal, a UserError or a failure of its own (a bug: its traceback, which it prints), for the
+    others to say when their next collective fails on its closed connections (word_left). The first word stays: a
+    rank that fails on another's end leaves none of its own.
     _get_default_store is torch's own, not public: requirements.txt pins the torch it is tested with."""
     dist = _process_group()
     if dist is None:
@@ -83,8 +84,10 @@ def leave_word(end: BaseException) -> None:
     rank, first_line = dist.get_rank(), str(end).partition("\n")[0]
     if isinstance(end, KeyboardInterrupt):
         word = f"another rank stopped (rank {rank} {'terminated' if isinstance(end, Terminated) else 'interrupted'})"
-    else:
+    elif isinstance(end, UserError):
         word = f"another rank failed (rank {rank}: {first_line})"
+    else:
+        word = f"another rank failed (rank {rank}'s traceback: {type(end).__name__}: {first_line})"
     try:
         with _quiet_store():
             dist.distributed_c10d._get_default_store().compare_set(_word_key(), "", word)
@@ -106,17 +109,20 @@ def word_left() -> str | None:
 
 
 def _beside_the_others(main: Callable[[], Any]) -> None:
-    """main(); in a process group a rank that fails alone (its node lacks a file) or is stopped alone closes its
-    connections, and the others failed in their next collective with torch's traceback ('Connection closed by peer'):
-    it leaves word, and they say it as their error. Any other failure keeps its traceback. The group is left on the
-    way out (_leave_group)."""
+    """main(); in a process group a rank that fails alone (its node lacks a file, a bug of its own) or is stopped
+    alone closes its connections, and the others failed in their next collective with torch's traceback ('Connection
+    closed by peer'), which the user read beside the failing rank's own, left to guess which came first: it leaves
+    word, and they say it as their error. Its own failure keeps its traceback. The group is left on the way out
+    (_leave_group), its word left before: the others read it as their collective fails."""
     try:
         main()
     except (UserError, KeyboardInterrupt) as e:
         leave_word(e)
         raise
-    except RuntimeError as e:
-        raise_word_left(e)
+    except Exception as e:
+        if isinstance(e, RuntimeError):
+            raise_word_left(e)
+        leave_word(e)
         raise
     finally:
         _leave_group()

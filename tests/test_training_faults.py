@@ -486,6 +486,34 @@ def test_a_rank_stopped_alone_leaves_the_other_one_line_not_a_traceback(tmp_path
     assert "Connection closed" not in r.stderr and r.stderr.count("Traceback") == 1, r.stderr    # torchrun's own
 
 
+@pytest.mark.parametrize("rank", ["1", "0"])
+def test_a_rank_failing_on_a_bug_alone_leaves_the_others_one_line_not_a_traceback(tmp_path: Path, tiny: dict,
+                                                                                  rank: str) -> None:
+    """A bug of one rank (an exception not the project's 'error:') printed its traceback, and the other rank, failing
+    in its next collective on the closed connection, torch's ('Connection reset by peer'): two tracebacks, the user
+    left to guess which came first. The failing rank's stays whole, ending with the resume command; rank 0, when it
+    is the other, says in one line which rank failed on what and how to resume; rank 1 says nothing (torchrun stops
+    it in its grace period, rank 0's traceback said how to resume)."""
+    setup = outputs(tiny, tmp_path)
+    r = subprocess.run(torchrun(HARNESS, "--fail-once", rank, "8", str(tmp_path / "failed"), "vqvae_train", "--",
+                                *flags(setup, "--device", "cpu")),
+                       cwd=ROOT, env={**ENV, "ECG_CACHE_DIR": str(tmp_path / "cache")}, capture_output=True, text=True,
+                       timeout=300)
+    last = newest(tmp_path / "checkpoints") / "last.pt"
+    assert r.returncode == 1 and torch.load(last, weights_only=True)["epoch"] == 1, r.stderr
+    resume = f"resume with: vqvae_train.main(['--resume', '{last}'])"
+    other = "0" if rank == "1" else "1"
+    # strings, not lines: the failing rank's traceback, one write beyond a pipe's atomic 4 KB, and the other rank's
+    # line may interleave
+    for line in ("Traceback (most recent call last):", "RuntimeError: harness: failing once", resume):
+        assert f"[rank{rank}]: {line}\n" in r.stderr, r.stderr
+    assert f"[rank{other}]" not in r.stderr and "Connection" not in r.stderr, r.stderr
+    assert r.stderr.count("Traceback") == 2, r.stderr     # the failing rank's and torchrun's own
+    said = (f"error: another rank failed (rank 1's traceback: RuntimeError: harness: failing once); {resume}\n"
+            if rank == "1" else "")
+    assert r.stderr.count("error: ") == bool(said) and said in r.stderr, r.stderr
+
+
 def test_a_rank_killed_outright_leaves_the_others_a_traceback_saying_how_to_resume(tmp_path: Path, tiny: dict) -> None:
     """A rank killed outright (kill -9, the out-of-memory killer) leaves no word in the store: the other rank's next
     collective failed with gloo's 'Connection closed by peer' traceback and no resume command (under torchrun in
@@ -601,7 +629,8 @@ def test_ranks_ending_in_a_traceback_skip_the_interpreters_teardown() -> None:
     """A failure that keeps its traceback (a bug: not a UserError, not a stop) left run_main to the interpreter, which
     printed it and tore the process group down in its exit, where UserErrors and signals skip that teardown (it now
     and then aborted, see above). Two env:// ranks (gloo): rank 1 fails on its own, rank 0 in its next collective;
-    with an exit handler that aborts standing in for the teardown, each ends with its traceback and exit status 1."""
+    with an exit handler that aborts standing in for the teardown, rank 1 ends with its traceback and exit status 1,
+    rank 0 with the line that names it and status 2."""
     script = ("import atexit, os, running, training, torch.distributed as dist\n"
               "atexit.register(os.abort)\n"
               "def fails():\n"
@@ -616,11 +645,11 @@ def test_ranks_ending_in_a_traceback_skip_the_interpreters_teardown() -> None:
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
              for rank in (0, 1)]
     (_, rank0), (_, rank1) = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [1, 1], (rank0, rank1)
-    rank0, rank1 = rank0.splitlines(), rank1.splitlines()     # as the interpreter prints them (torch's hook: the rank)
+    assert [p.returncode for p in procs] == [2, 1], (rank0, rank1)
+    rank1 = rank1.splitlines()      # as the interpreter prints it (torch's hook: the rank)
     assert rank1[0] == "[rank1]: Traceback (most recent call last):", rank1
     assert rank1[-1] == "[rank1]: ValueError: a bug of rank 1", rank1
-    assert rank0[0] == "[rank0]: Traceback (most recent call last):" and "RuntimeError" in rank0[-1], rank0
+    assert rank0 == "error: another rank failed (rank 1's traceback: ValueError: a bug of rank 1)\n", rank0
 
 
 def test_the_first_rank_to_fail_keeps_its_word(group_of_rank) -> None:
@@ -632,18 +661,27 @@ def test_the_first_rank_to_fail_keeps_its_word(group_of_rank) -> None:
     assert running.word_left() == "another rank failed (rank 1: prepared tensors not found: x/train.pt)"
 
 
-def test_a_failed_collective_is_said_from_the_word_left_and_a_bug_keeps_its_traceback(group_of_rank, capsys) -> None:
-    """run_main: a RuntimeError with no word left (a bug, or another rank's crash) goes up as it is; with one, it is
-    the error line (rank 0: at once)."""
+def test_a_failed_collective_is_said_from_the_word_left(group_of_rank, capsys) -> None:
+    """run_main: a RuntimeError of a collective, with another rank's word left, is the error line (rank 0: at once)."""
     def collective_fails() -> None:
         raise RuntimeError("Connection closed by peer")
-    with pytest.raises(RuntimeError, match="Connection closed by peer"):
-        running.run_main(collective_fails)
     running.leave_word(UserError("no such checkpoint"))       # as rank 1
     group_of_rank[0] = 0
     with pytest.raises(SystemExit) as e:
         running.run_main(collective_fails)
     assert e.value.code == 2 and capsys.readouterr().err == "error: another rank failed (rank 1: no such checkpoint)\n"
+
+
+@pytest.mark.parametrize("bug", [RuntimeError("Connection closed by peer\nsecond line"), ValueError("a bug")])
+def test_a_bug_keeps_its_traceback_and_leaves_word_of_it(group_of_rank, bug: Exception) -> None:
+    """run_main: a failure with no word left (a bug, or a collective failing on a rank killed outright) goes up as it
+    is, and leaves word of it, so that the others name this rank and its traceback rather than print torch's."""
+    def fails() -> None:
+        raise bug
+    with pytest.raises(type(bug)):
+        running.run_main(fails)
+    first = str(bug).partition("\n")[0]
+    assert running.word_left() == f"another rank failed (rank 1's traceback: {type(bug).__name__}: {first})"
 
 
 def test_a_rank_ending_after_the_store_went_writes_only_its_error(group_of_rank, monkeypatch, capfd) -> None:
