@@ -311,10 +311,34 @@ def _all_reduce_mean(values: dict[str, float | Pooled], weight: float, rt: Runti
     return out
 
 
-def loader_batches(loader: DataLoader) -> Iterator:
+@contextlib.contextmanager
+def loader_batches(loader: DataLoader) -> Iterator[Iterator]:
     """iter(loader), its worker processes started deaf to SIGTERM and Ctrl-C (running.forked_without_stops): a stop
-    sent to every process of the job is the trainer's to say, once, and its workers end with it."""
-    return running.forked_without_stops(lambda: iter(loader)) if loader.num_workers else iter(loader)
+    sent to every process of the job is the trainer's to say, once, and its workers end with it (_end_workers)."""
+    if not loader.num_workers:
+        yield iter(loader)
+        return
+    batches = running.forked_without_stops(lambda: iter(loader))
+    try:
+        yield batches
+    except BaseException:
+        _end_workers(batches)
+        raise
+
+
+def _end_workers(batches: Any) -> None:
+    """The loader workers of a run that stops (a signal, an error) killed, then their iterator shut down: torch asks
+    them to end and waits 5 s for each one stuck in a read (a hung network file system), sends it SIGTERM, which it
+    blocks, and waits 5 s more; multiprocessing then waited for them without end as Python exited, the resume command
+    said but the run never ending. Their pids leave torch's SIGCHLD watch first, which would raise their deaths here
+    ('DataLoader worker exited unexpectedly'). _workers, _worker_pids_set and _remove_worker_pids are torch's own, not
+    public: requirements.txt pins the torch it is tested with."""
+    if batches._worker_pids_set:
+        torch.utils.data._utils.signal_handling._remove_worker_pids(id(batches))
+        batches._worker_pids_set = False
+    for worker in batches._workers:
+        worker.kill()
+    batches._shutdown_workers()
 
 
 def _to(batch, device: torch.device):
@@ -572,13 +596,14 @@ class Trainer:
         with tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.s.epochs}",
                   disable=None if self.rt.is_main else True, leave=False) as bar:
             # no batch loaded past the cap
-            for batch in itertools.islice(loader_batches(self.train_loader), self.steps_per_epoch):
-                running.raise_if_signalled()
-                batch = _to(batch, self.rt.device)
-                loss, metrics = self._train_step(model, batch)
-                seen += _add_batch(sums, batch, loss.detach(), metrics)
-                bar.update()
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+            with loader_batches(self.train_loader) as batches:
+                for batch in itertools.islice(batches, self.steps_per_epoch):
+                    running.raise_if_signalled()
+                    batch = _to(batch, self.rt.device)
+                    loss, metrics = self._train_step(model, batch)
+                    seen += _add_batch(sums, batch, loss.detach(), metrics)
+                    bar.update()
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
         return _all_reduce_mean(sums, seen, self.rt)
 
     def _train_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict]:
@@ -631,12 +656,13 @@ class Trainer:
         model.eval()
         sums: dict[str, float] = {}
         seen = 0
-        for batch in tqdm(loader_batches(self.val_loader), desc="validation", total=len(self.val_loader),
-                          disable=None if self.rt.is_main else True, leave=False):
-            running.raise_if_signalled()
-            batch = _to(batch, self.rt.device)
-            loss, metrics = _gathered(*self.step_fn(model, batch), _replica_sizes(model, batch))
-            seen += _add_batch(sums, batch, loss, metrics)
+        with loader_batches(self.val_loader) as batches:
+            for batch in tqdm(batches, desc="validation", total=len(self.val_loader),
+                              disable=None if self.rt.is_main else True, leave=False):
+                running.raise_if_signalled()
+                batch = _to(batch, self.rt.device)
+                loss, metrics = _gathered(*self.step_fn(model, batch), _replica_sizes(model, batch))
+                seen += _add_batch(sums, batch, loss, metrics)
         return _all_reduce_mean(sums, seen, self.rt)
 
     def fit(self, resume: str | Path | None = None, ckpt: dict | None = None) -> dict:
