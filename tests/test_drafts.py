@@ -108,6 +108,24 @@ def test_first_interval_is_drawn_from_prior_times_likelihood():
     assert D.draw_first_interval(100.0, 8.0, 80, later, 500, rng).min() >= 99.5
 
 
+
+def test_rhythm_and_first_interval_stand_a_session_that_raises_on_underflow():
+    """A notebook's np.seterr(all="raise") stopped every forecast reading a rhythm in a FloatingPointError: the
+    autocorrelation of a smooth context underflows in its spectrum's product, and an unlikely interval's weight in
+    exp. Both are zeros, never errors: the same rhythm and draws as under numpy's defaults."""
+    sine = np.repeat(np.sin(np.arange(C) / FS * 2 * np.pi)[None, :, None], 2, axis=2).astype(np.float32)  # as_context's
+    sharp = np.full(21, -1e4)
+    sharp[5] = 0.0
+    got = []
+    for raising in (False, True):
+        with np.errstate(all="raise" if raising else "ignore"):
+            peaks, period, spread = D.context_rhythm(sine, FS)
+            drawn = D.draw_first_interval(100.0, 8.0, 80, sharp, 50, np.random.default_rng(0))
+        got.append((period, spread, drawn))
+    for kept, raised in zip(*got):
+        np.testing.assert_array_equal(raised, kept)
+    assert np.all(got[1][2] == 85)
+
 def p_wave_ecg(end_before_r: int) -> tuple[np.ndarray, int]:
     """A periodic context [1, C, 2] whose beats have a P wave, ending `end_before_r` samples before an
     R peak, and the sample of that next R peak."""
