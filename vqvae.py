@@ -291,7 +291,8 @@ class VQVAE(nn.Module):
             raise TypeError(f"expected a torch tensor [B, T, 2] in mV, got {type(x).__name__}: "
                             f"pass torch.as_tensor(x, dtype=torch.float32, device=vq.device)")
         if x.ndim != 3 or x.shape[-1] != 2 or x.shape[1] % self.factor:
-            raise ValueError(f"expected [B, T, 2] with T a multiple of {self.factor}, got {tuple(x.shape)}")
+            raise ValueError(f"expected [B, T, 2] with T a multiple of {self.factor}, got {tuple(x.shape)}"
+                             + self._shape_hint(tuple(x.shape)))
         if not x.shape[1]:
             raise ValueError(f"got an empty window {tuple(x.shape)}: a slice that starts at or past the record's end?")
         if x.dtype != self.scale.dtype:
@@ -300,6 +301,21 @@ class VQVAE(nn.Module):
             raise ValueError(f"the window is on {x.device}, the model on {self.device}: pass x.to(vq.device)")
         if finite:
             self._check_finite(x)
+
+    def _shape_hint(self, shape: tuple[int, ...]) -> str:
+        """What to do with a window encode refuses: a window without its batch axis or with its leads first (a
+        record's signal.T) was only told the shape it must have, and one of 387 samples not which to keep."""
+        f = self.factor
+        if len(shape) == 2 and shape[-1] == 2:
+            return ": one window [T, 2] takes x[None]"
+        if len(shape) == 3 and shape[-1] == 2:
+            whole = shape[1] - shape[1] % f
+            return (f": keep whole steps of {f} samples, x[:, -{whole}:] (the last ones, as the forecasters read a "
+                    f"context)" if whole else f": a window holds at least one step of {f} samples")
+        if len(shape) in (2, 3) and shape[-2] == 2:
+            return ": leads come last, " + ("x.T[None] of one window [2, T]" if len(shape) == 2 else
+                                            "x.transpose(1, 2)")
+        return ""
 
     @staticmethod
     def _check_finite(x: torch.Tensor) -> None:
@@ -410,6 +426,10 @@ class VQVAE(nn.Module):
         if codes.ndim not in (2, 3):
             raise ValueError(f"codes must be [B, T'] (one codebook) or [B, T', Q], got {list(codes.shape)}"
                              + (": one window's codes take codes[None]" if codes.ndim == 1 else ""))
+        levels = len(self.quantizers)
+        if codes.ndim == 2 and levels > 1 and codes.shape[1] == levels:    # as_levels would say 1 level, not why
+            raise ValueError(f"codes {list(codes.shape)} have 1 codebook levels, the model {levels}: codes are [B, T] "
+                             f"(one codebook) or [B, T, Q]; one window's codes [T, {levels}] take codes[None]")
         check_code_range(codes, self.cfg.codebook_size, "codes")
 
     def _check_latents(self, z: torch.Tensor) -> None:

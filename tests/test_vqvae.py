@@ -53,6 +53,20 @@ def test_rejects_length_not_multiple_of_factor() -> None:
         tiny_model().encode(torch.randn(1, 66, 2))
 
 
+@pytest.mark.parametrize("shape, hint", [
+    ((64, 2), r"one window \[T, 2\] takes x\[None\]"),
+    ((1, 2, 64), r"leads come last, x\.transpose\(1, 2\)"),
+    ((2, 64), r"leads come last, x\.T\[None\] of one window \[2, T\]"),
+    ((1, 66, 2), r"keep whole steps of 4 samples, x\[:, -64:\]"),
+    ((1, 3, 2), r"a window holds at least one step of 4 samples"),
+])
+def test_a_refused_window_says_what_to_pass(shape: tuple[int, ...], hint: str) -> None:
+    """A window without its batch axis, with its leads first (a record's signal.T) or not of whole steps was told
+    only the shape encode wants, [B, T, 2] with T a multiple of the factor, not what to do with the one given."""
+    with pytest.raises(ValueError, match=rf"got {re.escape(str(shape))}: {hint}"):
+        tiny_model().encode(torch.randn(*shape))
+
+
 def test_numpy_windows_get_a_hint() -> None:
     with pytest.raises(TypeError, match="torch.as_tensor"):
         tiny_model().encode(np.zeros((1, 64, 2), np.float32))
@@ -1011,7 +1025,8 @@ def test_decode_names_codes_saved_as_numpy_or_without_their_batch() -> None:
     codes = m.encode(torch.randn(1, 64, 2))
     with pytest.raises(TypeError, match="torch.as_tensor"):
         m.decode(codes.numpy())
-    with pytest.raises(ValueError, match=r"codes \[16, 3\] have 1 codebook levels.*\[B, T\] .* or \[B, T, Q\]"):
+    with pytest.raises(ValueError, match=r"codes \[16, 3\] have 1 codebook levels.*\[B, T\] .* or \[B, T, Q\]; "
+                                         r"one window's codes \[T, 3\] take codes\[None\]"):
         m.decode(codes[0])
 
 
