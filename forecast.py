@@ -366,7 +366,7 @@ class Forecaster(ForecasterBase):
         x_np = context_tail(x, keep, self.factor, "code")
         warn_short_context(x.shape[1], self.cfg.data.window_samples, self.fs)    # once it can forecast at all
         x = torch.from_numpy(x_np).to(self.device)
-        unit = self.vq.unit(x)                        # the context's gain decodes the future too
+        unit = self.vq.unit(x, warn=False)     # the context's gain decodes the future too (as_context warned)
         codes = self.vq.encode(x, unit)
         drafting = self.draft_beats or self.gpt.draft is not None
         rhythm = context_rhythm(x_np, self.fs) if drafting else None   # read once, for the drafts and their noise
@@ -488,7 +488,9 @@ def code_draft(vq: VQVAE, waves: np.ndarray, context_steps: int, device: torch.d
     """[N, context_steps + steps, Q]: -1 over the context, then the codes of each continuation [N, H, 2],
     a chunk coded on its own like the future part of a training window."""
     w = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(vq.device)
-    future = torch.cat([as_levels(vq.encode(chunk), len(vq.quantizers)) for chunk in w.split(batch)]).to(device)
+    # each chunk at its own gain, as encode(chunk) takes it; predict's as_context warned of the context's unit
+    future = torch.cat([as_levels(vq.encode(c, vq.unit(c, warn=False)), len(vq.quantizers)) for c in w.split(batch)])
+    future = future.to(device)
     return torch.cat([torch.full_like(future[:, :1], -1).expand(-1, context_steps, -1), future], 1)
 
 

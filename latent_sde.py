@@ -687,7 +687,7 @@ class LatentSDEForecaster(ForecasterBase):
 
     def encode_context(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The context's gain and its normalised latent frames [C, B, obs], what every path starts from."""
-        unit = self.vq.unit(x)
+        unit = self.vq.unit(x, warn=False)      # predict warned of the context's unit (as_context)
         return unit, self.sde.normalise(self.vq.encode_latent(x, unit).permute(2, 0, 1))
 
     def holds(self) -> bool:
@@ -709,7 +709,8 @@ class LatentSDEForecaster(ForecasterBase):
         frames = latent_frames(self.vq, waves, self.context_frames * self.factor)
         owner = torch.empty(len(waves), dtype=torch.long, device=self.device)    # each draft's context
         owner[index] = torch.arange(len(x), device=self.device).repeat_interleave(num_samples)
-        round_trip = decode_frames(self.vq, frames.transpose(1, 2), self.vq.unit(x)[owner], self.context_frames)
+        round_trip = decode_frames(self.vq, frames.transpose(1, 2), self.vq.unit(x, warn=False)[owner],
+                                  self.context_frames)
         return frames[index], round_trip[index], waves[index]
 
 
@@ -794,8 +795,9 @@ def latent_frames(vq: VQVAE, x: torch.Tensor, piece: int | None = None, batch: i
     (see decode_frames)."""
     if piece and x.shape[1] > piece:
         return overlap_add(lambda part: latent_frames(vq, part, None, batch), x, piece, 1 / vq.factor)
-    return torch.cat([vq.encode_latent(x[i:i + batch].float().to(vq.device)).transpose(1, 2)
-                      for i in range(0, len(x), batch)]).to(x.device)
+    def coded(part: torch.Tensor) -> torch.Tensor:     # a forecast's as_context warned of the context's unit
+        return vq.encode_latent(part, vq.unit(part, warn=False)).transpose(1, 2)
+    return torch.cat([coded(x[i:i + batch].float().to(vq.device)) for i in range(0, len(x), batch)]).to(x.device)
 
 
 def overlap_add(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, piece: int, ratio: float

@@ -8,6 +8,8 @@ has Q codes: codes are [B, T] for Q = 1 and [B, T, Q] otherwise.
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 
 import numpy as np
 import torch
@@ -327,11 +329,15 @@ class VQVAE(nn.Module):
                              f"{t}, lead {lead + 1}: code windows of finite samples (read_record(..., gaps=True) "
                              f"gives a record's gaps as NaN)")
 
-    def unit(self, x: torch.Tensor) -> torch.Tensor:
+    def unit(self, x: torch.Tensor, warn: bool = True) -> torch.Tensor:
         """What each window [B, T, 2] is divided by before coding, [B, 1, 2]: the training patients' std
         per lead, or with `window_gain` the window's own RMS per lead on a quarter-octave grid (sent
-        with the codes), so quiet and loud patients are coded at the same relative precision."""
+        with the codes), so quiet and loud patients are coded at the same relative precision. With `warn`, a window
+        louder than any gain (microvolts or ADC units, not mV) is warned of (warn_loud); the forecasters, whose
+        predict warned of the context's unit already, pass False."""
         self._check(x)
+        if warn:
+            warn_loud(x)
         return self._gain(x)
 
     def _gain(self, x: torch.Tensor) -> torch.Tensor:
@@ -501,6 +507,22 @@ class VQVAE(nn.Module):
         code_bits = window // self.factor * len(self.quantizers) * math.log2(self.cfg.codebook_size)
         gain_bits = 2 * GAIN_BITS if self.cfg.window_gain else 0
         return 2 * sample_bits * window * source_ratio / (code_bits + gain_bits)
+
+
+def warn_loud(x: torch.Tensor) -> None:
+    """Windows [B, T, 2] in microvolts or ADC units were coded without a word: a lead's RMS past the largest gain
+    (16 mV, which no ECG in mV reaches) is clamped there, and its codes are nothing like an ECG's. Said at the first
+    caller outside this module (encode(x) calls unit through encode_latent)."""
+    rms = x.detach().float().pow(2).mean(1).sqrt()
+    loud = rms > 2.0 ** GAIN_OCTAVES[1]
+    if loud.any():
+        b, lead = loud.nonzero()[0].tolist()
+        level, frame = 2, sys._getframe(1)
+        while frame.f_back is not None and frame.f_globals.get("__name__") == __name__:
+            frame, level = frame.f_back, level + 1
+        warnings.warn(f"{int(loud.sum())} lead(s) of the windows have an RMS above {2 ** GAIN_OCTAVES[1]} mV, the "
+                      f"first window {b}'s lead {lead + 1} ({rms[b, lead].item():.3g}): not in millivolts? Convert "
+                      f"them to mV (microvolts / 1000); their codes are nothing like an ECG's", stacklevel=level)
 
 
 @float32_default()

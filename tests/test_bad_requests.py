@@ -172,6 +172,18 @@ def test_a_context_in_microvolts_is_warned_about():
         make_baseline("seasonal", 128).predict(x, 8)
 
 
+def test_a_models_context_in_microvolts_is_warned_about_once(shipped):
+    """The models' predict warns of a context in microvolts as the baselines' does, once: the VQ-VAE's unit warning
+    (for windows coded by hand) said it again for the context and for every chunk of drafts."""
+    x = synthetic_ecg(3, 128, seed=0)[0] * 1000
+    for f in (shipped, Forecaster.from_pretrained("cpu", model="latent_sde")):
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            f.predict(x, 8, 2)
+        assert len(said) == 1 and "units peak to peak" in str(said[0].message), (f.name, [str(w.message) for w in said])
+        assert said[0].filename == __file__
+
+
 def test_a_flat_lead_is_warned_about(shipped):
     """A lead off (or a context of zeros) swings nothing, which no unit turns into an ECG."""
     x = synthetic_ecg(3, 128, seed=0)[0]

@@ -2,6 +2,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -65,6 +66,25 @@ def test_a_refused_window_says_what_to_pass(shape: tuple[int, ...], hint: str) -
     only the shape encode wants, [B, T, 2] with T a multiple of the factor, not what to do with the one given."""
     with pytest.raises(ValueError, match=rf"got {re.escape(str(shape))}: {hint}"):
         tiny_model().encode(torch.randn(*shape))
+
+
+@pytest.mark.parametrize("window_gain", [True, False])
+def test_a_window_in_microvolts_is_warned_of_at_the_callers_line(window_gain: bool) -> None:
+    """Windows in microvolts were coded without a word (the gain clamped at 16 mV, or the training std far off):
+    unit, and encode and encode_latent without one, warn at the line that called them; a window in mV, and the
+    forecasters' unit(x, warn=False) (their predict warned of the context already), do not."""
+    m = tiny_model(window_gain=window_gain).eval()
+    mv = torch.randn(1, 64, 2)
+    uv = mv * 1000
+    for call in (m.unit, m.encode, m.encode_latent):
+        with pytest.warns(UserWarning, match=r"2 lead\(s\) of the windows have an RMS above 16 mV, the first window "
+                                              r"0's lead 1 .*Convert them to mV") as said:
+            call(uv)
+        assert [w.filename for w in said] == [__file__], call.__name__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.unit(uv, warn=False)
+        m.encode(mv)
 
 
 def test_numpy_windows_get_a_hint() -> None:
