@@ -106,10 +106,10 @@ def context_array(context: np.ndarray | torch.Tensor) -> np.ndarray:
     refused by name when it is no such array of real numbers, or a masked array with samples masked (numpy's
     asarray drops the mask, and the values under it were forecast from without a word)."""
     masked = np.ma.getmaskarray(context) if isinstance(context, np.ma.MaskedArray) else None
-    if isinstance(context, torch.Tensor) and context.dtype == torch.bfloat16:
-        context = context.float()                               # numpy has no bfloat16; float32 holds it exactly
+    if isinstance(context, (list, tuple)) and any(isinstance(c, torch.Tensor) for c in context):
+        context = [tensor_array(c) if isinstance(c, torch.Tensor) else c for c in context]    # [t1, t2]: a batch
     try:
-        x = context.detach().cpu().numpy() if isinstance(context, torch.Tensor) else np.asarray(context)
+        x = tensor_array(context) if isinstance(context, torch.Tensor) else np.asarray(context)
     except ValueError as e:                                     # a ragged list
         raise ValueError(f"context must be a [B, C, 2] array of numbers (mV): {e}") from e
     given = x.shape                                             # the user's, for the message
@@ -130,6 +130,14 @@ def context_array(context: np.ndarray | torch.Tensor) -> np.ndarray:
     if not (x.flags.writeable and x.flags.c_contiguous):   # a broadcast or read-only array: torch.from_numpy warns
         x = np.array(x, order="C")  # of undefined behaviour; a transposed view's mean summed otherwise (1 ulp off)
     return x
+
+
+def tensor_array(t: torch.Tensor) -> np.ndarray:
+    """A tensor's values as numpy, from any device, with grad or in bfloat16 (which numpy has not; float32 holds it
+    exactly): a list of such tensors, a batch as [t1, t2], stopped in torch's "Can't call numpy() on Tensor that
+    requires grad" or numpy's conversion of a GPU tensor."""
+    t = t.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 
 def model_device(device: str | torch.device | None) -> torch.device:

@@ -1045,6 +1045,19 @@ def test_a_bfloat16_context_is_forecast_as_its_values(shipped):
         np.testing.assert_array_equal(f.predict(x, 8, 2, seed=1), f.predict(x.float(), 8, 2, seed=1), err_msg=f.name)
 
 
+def test_a_batch_given_as_a_list_of_tensors_is_forecast_as_their_stack(shipped):
+    """A batch as [t1, t2] of tensors that require grad (a network's outputs) stopped in torch's "Can't call numpy()
+    on Tensor that requires grad", and one of bfloat16 tensors in "Got unsupported ScalarType BFloat16"."""
+    rows = [torch.from_numpy(synthetic_ecg(3, 128, seed=s)[0]) for s in (0, 1)]
+    for f in (shipped, make_baseline("template_ensemble", 128), make_baseline("seasonal", 128)):
+        want = f.predict(torch.stack(rows), 8, 2, seed=1)
+        np.testing.assert_array_equal(f.predict([r.clone().requires_grad_(True) for r in rows], 8, 2, seed=1), want,
+                                      err_msg=f.name)
+        half = [r.to(torch.bfloat16) for r in rows]
+        np.testing.assert_array_equal(f.predict(tuple(half), 8, 2, seed=1), f.predict(torch.stack(half), 8, 2, seed=1),
+                                      err_msg=f.name)
+
+
 def test_a_forecast_under_the_callers_autocast_is_the_float32_one(shipped):
     """A notebook's torch.autocast left on around predict ran the models in bfloat16: the same seed drew other paths
     (the Transformer's up to 0.12 mV off record 100's), unlike forecast.py's and evaluate.py's, with no word."""
