@@ -111,8 +111,11 @@ def note_unfinished(path: Path, flag: str) -> None:
 def load_vqvae(path: str | Path) -> tuple[VQVAE, dict]:
     """A trained VQ-VAE in eval mode and its checkpoint (config, meta), also the one inside a forecaster's
     checkpoint, so the shipped model's coder can be measured and trained on too: `pretrained` and `pretrained_sde`
-    name the shipped models' (paths.named_checkpoint), as Forecaster.from_checkpoint takes them."""
-    return read_vqvae(paths.named_checkpoint(path, "vqvae_eval.load_vqvae"))[:2]
+    name the shipped models' (paths.named_checkpoint), as Forecaster.from_checkpoint takes them. The modules' first
+    weights, replaced on load, are drawn from a fork of torch's generator, as there: a session's seeded draws after
+    loading moved with it."""
+    with torch.random.fork_rng(devices=[]):
+        return read_vqvae(paths.named_checkpoint(path, "vqvae_eval.load_vqvae"))[:2]
 
 
 def read_vqvae(path: str | Path) -> tuple[VQVAE, dict, str]:

@@ -537,6 +537,17 @@ def test_the_shipped_vqvae_can_be_measured_alone():
     assert all(torch.equal(v, stored["model"][k]) for k, v in model.state_dict().items())
 
 
+def test_load_vqvae_leaves_the_sessions_random_draws_alone():
+    """Forecaster.from_checkpoint forks torch's generator for its modules' first weights; load_vqvae drew them from
+    the session's own, so torch.manual_seed(0); load_vqvae(...); torch.randn(3) gave other numbers than without it."""
+    from vqvae_eval import load_vqvae
+    torch.manual_seed(0)
+    expected = torch.randn(3)
+    torch.manual_seed(0)
+    load_vqvae(PRETRAINED)
+    assert torch.equal(torch.randn(3), expected)
+
+
 def test_load_vqvae_in_a_float64_session_codes_float32_windows():
     """Built under torch's default float64, the VQ-VAE's weights were float64 and its first window stopped in torch's
     'Input type (float) and bias type (double)'; it is float32 as trained, its codes those of a float32 session."""
