@@ -33,7 +33,7 @@ class Zero(ForecasterBase):
 
     def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
                 seed: int = 0) -> np.ndarray:
-        x = as_context(context, horizon, num_samples, seed)
+        x = as_context(context, horizon, num_samples, seed, forecaster=self)
         return np.zeros((len(x), 1, horizon, 2), np.float32)
 
 
@@ -44,7 +44,7 @@ class ContextMean(Zero):
 
     def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
                 seed: int = 0) -> np.ndarray:
-        x = as_context(context, horizon, num_samples, seed)
+        x = as_context(context, horizon, num_samples, seed, forecaster=self)
         return np.repeat(x.mean(axis=1, keepdims=True)[:, None], horizon, axis=2)
 
 
@@ -55,7 +55,7 @@ class Persistence(Zero):
 
     def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
                 seed: int = 0) -> np.ndarray:
-        x = as_context(context, horizon, num_samples, seed)
+        x = as_context(context, horizon, num_samples, seed, forecaster=self)
         return np.repeat(x[:, None, -1:], horizon, axis=2)
 
 
@@ -66,7 +66,7 @@ class SeasonalNaive(Zero):
 
     def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
                 seed: int = 0) -> np.ndarray:
-        x = as_context(context, horizon, num_samples, seed)
+        x = as_context(context, horizon, num_samples, seed, forecaster=self)
         _, period, _ = context_rhythm(x, self.fs)
         return repeat_last(x, period, horizon)
 
@@ -82,7 +82,7 @@ class Analog(Zero):
 
     def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
                 seed: int = 0) -> np.ndarray:
-        x = as_context(context, horizon, num_samples, seed)
+        x = as_context(context, horizon, num_samples, seed, forecaster=self)
         lags = analog_lags(x, round(self.match_s * self.fs), shortest_period(self.fs))
         return repeat_last(x, lags, horizon)
 
@@ -108,7 +108,7 @@ class MeanBeatTemplate(Zero):
 
     def predict(self, context: np.ndarray | torch.Tensor, horizon: int, num_samples: int = 100,
                 seed: int = 0) -> np.ndarray:
-        x = as_context(context, horizon, num_samples, seed)
+        x = as_context(context, horizon, num_samples, seed, forecaster=self)
         c = x.shape[1]
         peaks, period, _ = context_rhythm(x, self.fs)
         out = repeat_last(x, period, horizon)

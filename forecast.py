@@ -82,11 +82,12 @@ class ForecasterBase:
                                                        for s in ("train", "validation"))
 
 
-def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples: int = 1, seed: int = 0
-               ) -> np.ndarray:
+def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples: int = 1, seed: int = 0, *,
+               forecaster: object = None) -> np.ndarray:
     """Validate a forecast request (the context batch, horizon, samples, seed) and return the context as
     float32 numpy [B, C, 2]. Every forecaster's predict starts here, so bad arguments fail with one message
-    naming them instead of deep in numpy."""
+    naming them instead of deep in numpy. `forecaster` (the caller's self) gives the context's rate `fs`, which the
+    warnings judge its length by."""
     for name, value, least in (("horizon", horizon, 1), ("num_samples", num_samples, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
@@ -97,7 +98,7 @@ def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples
         b, t, lead = np.argwhere(~np.isfinite(x))[0]
         raise ValueError(f"context holds {int((~np.isfinite(x)).sum())} NaN or inf samples (in float32), the first "
                          f"at row {b}, sample {t}, lead {lead + 1}")
-    warn_units(x)
+    warn_units(x, getattr(forecaster, "fs", ForecasterBase.fs))
     return x
 
 
@@ -166,18 +167,29 @@ def checked_samples(forecast: np.ndarray | torch.Tensor, who: str, horizon: int)
 
 
 OFFSET_MV = 1.0   # a context averaging more than this on a lead was not band-passed (warn_offset)
+# The shortest context (seconds) each warning judges: a shorter one may be as flat or tiny as an ECG is
+# (measured over the prepared MIT-BIH windows of all splits, at 128 Hz)
+FLAT_S = 0.25     # one sample swings nothing, two may repeat a value; 0.25 s swing at least 1.8e-3 mV
+TINY_S = 0.5      # 0.5 s swing at least 3.7e-3 mV, 0.25 s as little as 1.8e-3 mV (below the 2e-3 mV said to be volts)
 
 
-def warn_units(x: np.ndarray) -> None:
+def judged(x: np.ndarray, seconds: float, fs: float) -> bool:
+    """Whether the context is long enough (`seconds` at `fs`) for a warning to judge it."""
+    return x.shape[1] >= seconds * fs
+
+
+def warn_units(x: np.ndarray, fs: float = ForecasterBase.fs) -> None:
     """Forecasters take millivolts; a context in microvolts or ADC units (or volts) still forecasts, in its
-    own unit, but nothing like the training data. A flat lead (lead off, or zeros) is no ECG in any unit."""
+    own unit, but nothing like the training data. A flat lead (lead off, or zeros) is no ECG in any unit. Each
+    judges a context long enough to tell (FLAT_S, TINY_S at `fs`): a few samples of an ECG may be as flat or
+    tiny, and the models refuse fewer than one step's with a message of their own."""
     swings = np.ptp(x, axis=1)
     swing = float(swings.max())
-    wrong_unit = swing > 50 or FLAT_MV < swing < 0.002
+    wrong_unit = swing > 50 or (FLAT_MV < swing < 0.002 and judged(x, TINY_S, fs))    # no mV ECG swings 50 mV
     if wrong_unit:
         warnings.warn(f"the context swings {swing:.3g} units peak to peak, not the 0.1 to 10 mV of an ECG in "
                       f"millivolts: convert it to mV (microvolts / 1000, volts * 1000)", stacklevel=4)
-    flat = np.argwhere(swings <= FLAT_MV)
+    flat = np.argwhere(swings <= FLAT_MV) if judged(x, FLAT_S, fs) else []
     if len(flat):
         b, lead = flat[0]
         warnings.warn(f"the context has {len(flat)} flat lead(s) (swinging at most {FLAT_MV:g} mV), the first at "
@@ -205,7 +217,7 @@ def one_by_one(predict: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     (in_eval)."""
     @functools.wraps(predict)
     def each(self, context, horizon: int, num_samples: int = 100, seed: int = 0, **kw) -> np.ndarray:
-        x = as_context(context, horizon, num_samples, seed)
+        x = as_context(context, horizon, num_samples, seed, forecaster=self)
         out, device = [], getattr(self, "device", None)     # one's own forecaster's may be no torch device
         with torch.autocast(device.type if isinstance(device, torch.device) else "cpu", enabled=False), in_eval(self):
             for b in range(len(x)):     # a loop, not a comprehension: warnings' stacklevel counts on this frame

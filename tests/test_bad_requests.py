@@ -1339,3 +1339,32 @@ def test_a_start_or_horizon_that_is_no_number_of_seconds_is_not_said_to_be_too_m
     with pytest.raises(UserError, match=f"^{re.escape(said)}"):
         forecast.forecast_record(make_baseline("seasonal", 128), str(record), times["--start"], times["--horizon"],
                                  1, 0)
+
+
+def test_a_context_too_short_to_judge_is_not_called_flat(shipped):
+    """A context of 1 to 7 samples was warned of as a flat lead ('lead off?'), which it is not: too short to tell.
+    The models' refusal is the one message for it, and the baselines forecast it without a word; a lead off for a
+    quarter second (forecast.FLAT_S) is still said to be one."""
+    x = synthetic_ecg(3, 128, seed=0)[0]
+    sde = Forecaster.from_pretrained("cpu", model="latent_sde")
+    for n in (1, 2, 7):
+        for f, step in ((shipped, "code"), (sde, "latent step")):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                with pytest.raises(ValueError, match=f"context of {n} samples is shorter than one {step} .8 samples.$"):
+                    f.predict(x[:n], 8, 2)
+        for f in [make_baseline(b, 128) for b in BASELINES]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                assert f.predict(x[:n], 8, 2).shape[2:] == (8, 2), f.name
+    off = x[:32].copy()
+    off[:, 1] = 0.0
+    with pytest.warns(UserWarning, match=r"1 flat lead\(s\) .*row 0, lead 2: lead off\?"):
+        make_baseline("seasonal", 128).predict(off, 8)
+    quiet = np.linspace(0.0, 1e-3, 16)[:, None].repeat(2, axis=1)    # 1/8 s of a baseline swinging 1 uV: no volts
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_baseline("seasonal", 128).predict(quiet, 8)
+    with pytest.warns(UserWarning, match="convert it to mV"):
+        make_baseline("seasonal", 128).predict(x[:64] / 1000, 8)    # half a second in volts
+
