@@ -167,10 +167,11 @@ def checked_samples(forecast: np.ndarray | torch.Tensor, who: str, horizon: int)
 
 
 OFFSET_MV = 1.0   # a context averaging more than this on a lead was not band-passed (warn_offset)
-# The shortest context (seconds) each warning judges: a shorter one may be as flat or tiny as an ECG is
+# The shortest context (seconds) each warning judges: a shorter one may be as flat, tiny or offset as an ECG is
 # (measured over the prepared MIT-BIH windows of all splits, at 128 Hz)
 FLAT_S = 0.25     # one sample swings nothing, two may repeat a value; 0.25 s swing at least 1.8e-3 mV
 TINY_S = 0.5      # 0.5 s swing at least 3.7e-3 mV, 0.25 s as little as 1.8e-3 mV (below the 2e-3 mV said to be volts)
+OFFSET_S = 1.0    # 1 s average within 0.46 mV of zero, 0.25 s on an R peak up to 1.17 mV
 
 
 def judged(x: np.ndarray, seconds: float, fs: float) -> bool:
@@ -181,8 +182,8 @@ def judged(x: np.ndarray, seconds: float, fs: float) -> bool:
 def warn_units(x: np.ndarray, fs: float = ForecasterBase.fs) -> None:
     """Forecasters take millivolts; a context in microvolts or ADC units (or volts) still forecasts, in its
     own unit, but nothing like the training data. A flat lead (lead off, or zeros) is no ECG in any unit. Each
-    judges a context long enough to tell (FLAT_S, TINY_S at `fs`): a few samples of an ECG may be as flat or
-    tiny, and the models refuse fewer than one step's with a message of their own."""
+    judges a context long enough to tell (FLAT_S, TINY_S, OFFSET_S at `fs`): a few samples of an ECG may be as flat,
+    tiny or offset, and the models refuse fewer than one step's with a message of their own."""
     swings = np.ptp(x, axis=1)
     swing = float(swings.max())
     wrong_unit = swing > 50 or (FLAT_MV < swing < 0.002 and judged(x, TINY_S, fs))    # no mV ECG swings 50 mV
@@ -194,7 +195,7 @@ def warn_units(x: np.ndarray, fs: float = ForecasterBase.fs) -> None:
         b, lead = flat[0]
         warnings.warn(f"the context has {len(flat)} flat lead(s) (swinging at most {FLAT_MV:g} mV), the first at "
                       f"row {b}, lead {lead + 1}: lead off? Its forecast means nothing", stacklevel=4)
-    if not wrong_unit:
+    if not wrong_unit and judged(x, OFFSET_S, fs):
         warn_offset(x)
 
 
