@@ -87,19 +87,42 @@ def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples
     """Validate a forecast request (the context batch, horizon, samples, seed) and return the context as
     float32 numpy [B, C, 2]. Every forecaster's predict starts here, so bad arguments fail with one message
     naming them instead of deep in numpy. `forecaster` (the caller's self) gives the context's rate `fs`, which the
-    warnings judge its length by."""
+    warnings judge its length by, and whether it returns one path (`deterministic`) or `num_samples`."""
     for name, value, least in (("horizon", horizon, 1), ("num_samples", num_samples, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     if seed >= 2 ** 63:
         raise ValueError(f"seed must be below 2**63, got {seed}")
     x = context_array(context)
+    paths_out = 1 if getattr(forecaster, "deterministic", False) else int(num_samples)
+    check_output_size(len(x), paths_out, int(horizon), int(num_samples))
     if not np.isfinite(x).all():
         b, t, lead = np.argwhere(~np.isfinite(x))[0]
         raise ValueError(f"context holds {int((~np.isfinite(x)).sum())} NaN or inf samples (in float32), the first "
                          f"at row {b}, sample {t}, lead {lead + 1}")
     warn_units(x, getattr(forecaster, "fs", ForecasterBase.fs))
     return x
+
+
+class OutputTooLarge(ValueError, MemoryError):
+    """A request whose forecast alone would not fit in memory: a ValueError naming its sizes, said before anything
+    is allocated, and a MemoryError to those who catch the one numpy or torch would raise (forecast.py does)."""
+
+
+def memory_bytes() -> int:
+    """The machine's physical memory, the most a forecast's output may take: more only swaps or fails later."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_output_size(batch: int, paths_out: int, horizon: int, num_samples: int) -> None:
+    """Refuse a forecast whose output [B, S, H, 2] float32 alone exceeds the machine's memory, by its sizes: numpy's
+    MemoryError (or torch's allocation failure) named none of them, deep in a model or baseline."""
+    need, have = batch * paths_out * horizon * 2 * 4, memory_bytes()
+    if need > have:
+        raise OutputTooLarge(f"horizon={horizon}, num_samples={num_samples} for B={batch} context(s): the forecast "
+                             f"[{batch}, {paths_out}, {horizon}, 2] float32 needs {need:,} bytes ({need / 2 ** 30:.3g} "
+                             f"GiB), more than this machine's {have / 2 ** 30:.3g} GiB of memory; ask fewer samples, a "
+                             f"shorter horizon or fewer contexts at a time")
 
 
 def context_array(context: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -1384,3 +1384,27 @@ def test_a_short_window_on_an_r_peak_is_not_called_offset():
     with pytest.warns(UserWarning, match=r"lead 2 \(row 0\) averages 5 mV: not band-passed"):
         make_baseline("seasonal", 128).predict(second + [0.0, 5.0], 8)
 
+
+def test_a_forecast_larger_than_memory_is_refused_before_it_is_drawn(shipped, monkeypatch, tmp_path):
+    """horizon = num_samples = 10**6 (8 TB of output) stopped in numpy's MemoryError, or torch's, named by none of
+    the request's sizes: refused first, a ValueError naming them and the bytes, which the CLI says in one line."""
+    x = synthetic_ecg(3, 128, seed=0)[0]
+    sde = Forecaster.from_pretrained("cpu", model="latent_sde")
+    for f in [shipped, sde] + [make_baseline(b, 128) for b in BASELINES]:
+        paths_out = 1 if f.deterministic else 10 ** 6
+        horizon = 10 ** 12 if f.deterministic else 10 ** 6          # a deterministic one returns one path of it
+        with pytest.raises(ValueError, match=rf"^horizon={horizon}, num_samples=1000000 for B=2 context\(s\): the "
+                           rf"forecast \[2, {paths_out}, {horizon}, 2\] float32 needs 16,000,000,000,000 bytes"):
+            f.predict(np.stack([x, x]), horizon, 10 ** 6)
+    monkeypatch.setattr(forecast, "memory_bytes", lambda: 2 * 100 * 384 * 2 * 4)    # two contexts' output fit
+    for f in (shipped, make_baseline("template_ensemble", 128)):
+        assert f.predict(np.stack([x, x]), 384, 100).shape == (2, 100, 384, 2)
+        with pytest.raises(MemoryError, match=r"B=3 .* needs 921,600 bytes .*more than this machine's 0.000572 GiB"):
+            f.predict(np.stack([x, x, x]), 384, 100)
+    record = write_record(tmp_path, "r", seconds=12, seed=0)
+    code, err = run_forecast(["--checkpoint", str(PRETRAINED), "--record", str(record), "--start", "5", "--horizon",
+                              "10", "--out", str(tmp_path / "out")])
+    assert code == 2 and err.startswith("error: --horizon 10 s with --samples 100: 100 paths of 1280 samples do not "
+                                        "fit in memory (OutputTooLarge: horizon=1280, num_samples=100 for B=1") \
+        and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
