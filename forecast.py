@@ -109,9 +109,13 @@ class OutputTooLarge(ValueError, MemoryError):
     is allocated, and a MemoryError to those who catch the one numpy or torch would raise (forecast.py does)."""
 
 
-def memory_bytes() -> int:
-    """The machine's physical memory, the most a forecast's output may take: more only swaps or fails later."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+def memory_bytes() -> float:
+    """The machine's physical memory, the most a forecast's output may take: more only swaps or fails later. Where
+    the system does not say (Windows has no os.sysconf), no bound: numpy's own MemoryError is said then."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return math.inf
 
 
 def check_output_size(batch: int, paths_out: int, horizon: int, num_samples: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 import warnings
 from types import SimpleNamespace
@@ -1408,3 +1409,10 @@ def test_a_forecast_larger_than_memory_is_refused_before_it_is_drawn(shipped, mo
                                         "fit in memory (OutputTooLarge: horizon=1280, num_samples=100 for B=1") \
         and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_system_that_does_not_say_its_memory_sets_no_bound(monkeypatch):
+    """Windows has no os.sysconf: every predict stopped in an AttributeError there; no bound is set instead."""
+    monkeypatch.delattr(forecast.os, "sysconf")
+    assert forecast.memory_bytes() == math.inf
+    assert make_baseline("seasonal", 128).predict(synthetic_ecg(3, 128, seed=0)[0], 8, 2).shape == (1, 1, 8, 2)
