@@ -24,6 +24,7 @@ import functools
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import random
 import shlex
@@ -314,31 +315,36 @@ def _all_reduce_mean(values: dict[str, float | Pooled], weight: float, rt: Runti
 @contextlib.contextmanager
 def loader_batches(loader: DataLoader) -> Iterator[Iterator]:
     """iter(loader), its worker processes started deaf to SIGTERM and Ctrl-C (running.forked_without_stops): a stop
-    sent to every process of the job is the trainer's to say, once, and its workers end with it (_end_workers)."""
+    sent to every process of the job is the trainer's to say, once, and its workers end with it (_end_workers), those
+    of an iterator a stop cut short as it started them too (raised as the signals' mask is put back, or as Python
+    ran the handler meanwhile): left to exit, they kept the run from ending."""
     if not loader.num_workers:
         yield iter(loader)
         return
-    batches = running.forked_without_stops(lambda: iter(loader))
+    made: list = []
+    before = set(multiprocessing.active_children())
     try:
-        yield batches
+        running.forked_without_stops(lambda: made.append(iter(loader)))
+        yield made[0]
     except BaseException:
-        _end_workers(batches)
+        _end_workers(made[0] if made else None, set(multiprocessing.active_children()) - before)
         raise
 
 
-def _end_workers(batches: Any) -> None:
-    """The loader workers of a run that stops (a signal, an error) killed, then their iterator shut down: torch asks
-    them to end and waits 5 s for each one stuck in a read (a hung network file system), sends it SIGTERM, which it
-    blocks, and waits 5 s more; multiprocessing then waited for them without end as Python exited, the resume command
-    said but the run never ending. Their pids leave torch's SIGCHLD watch first, which would raise their deaths here
-    ('DataLoader worker exited unexpectedly'). _workers, _worker_pids_set and _remove_worker_pids are torch's own, not
-    public: requirements.txt pins the torch it is tested with."""
-    if batches._worker_pids_set:
+def _end_workers(batches: Any, started: set) -> None:
+    """The loader workers `started` of a run that stops (a signal, an error) killed, then their iterator (if it was
+    made) shut down: torch asks them to end and waits 5 s for each one stuck in a read (a hung network file system),
+    sends it SIGTERM, which it blocks, and waits 5 s more; multiprocessing then waited for them without end as Python
+    exited, the resume command said but the run never ending. Their pids leave torch's SIGCHLD watch first, which
+    would raise their deaths here ('DataLoader worker exited unexpectedly'). _worker_pids_set, _remove_worker_pids
+    and _shutdown_workers are torch's own, not public: requirements.txt pins the torch it is tested with."""
+    if batches is not None and batches._worker_pids_set:
         torch.utils.data._utils.signal_handling._remove_worker_pids(id(batches))
         batches._worker_pids_set = False
-    for worker in batches._workers:
+    for worker in started:
         worker.kill()
-    batches._shutdown_workers()
+    if batches is not None:
+        batches._shutdown_workers()
 
 
 def _to(batch, device: torch.device):
