@@ -261,8 +261,10 @@ def test_an_evaluation_stopped_while_writing_leaves_no_folder(db250, tmp_path, m
 
 
 KILLED_AT_REPORT = """
-import os, signal, sys
+import json, os, signal, sys
 import evaluate, paths
+key = evaluate.partial_key
+evaluate.partial_key = lambda *args: json.dumps({**json.loads(key(*args)), "code": "pinned"}, sort_keys=True)
 write = paths.atomic_write_text
 def killed(text, path):
     if str(path).endswith("report.md"):
@@ -273,11 +275,12 @@ evaluate.main(sys.argv[1:])
 """
 
 
-def test_an_evaluation_killed_while_writing_leaves_no_folder_to_take_for_a_finished_one(db250, tmp_path):
+def test_an_evaluation_killed_while_writing_leaves_no_folder_to_take_for_a_finished_one(db250, tmp_path,
+                                                                                          monkeypatch):
     """kill -9 (the out-of-memory killer, a pre-empted job) after metrics.json and metrics.csv, before report.md, left
     results/evaluate-<time>/ with the scores, the plots and no report, and the same command run again made a second
     folder beside it. The files are written into a hidden folder, renamed to evaluate-<time> once all are there; the
-    next run removes the one a kill left."""
+    next run removes the one a kill left, and goes on from the scores kept."""
     results = tmp_path / "results"
     args = ["--model", "zero", "--wfdb-dir", str(db250), "--records", "a01", "--max-windows-per-record", "1",
             "--results", str(results)]
@@ -286,9 +289,17 @@ def test_an_evaluation_killed_while_writing_leaves_no_folder_to_take_for_a_finis
                             env=threads)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not list(results.glob("evaluate-*"))
+    # both runs' keys say the same code (KILLED_AT_REPORT pins it too): each hashes the tree's *.py, and a commit
+    # landing between the two (a suite run in a tree others merge into) made the second another code's evaluation,
+    # which rightly started over and left the first one's kept scores beside its folder
+    key = evaluate.partial_key
+    monkeypatch.setattr(evaluate, "partial_key",
+                        lambda *a: json.dumps({**json.loads(key(*a)), "code": "pinned"}, sort_keys=True))
     run = evaluate.main(args)
     assert sorted(p.name for p in results.iterdir()) == [run.name]
     assert (run / "report.md").is_file() and not list(run.glob(".*"))
+    header = json.loads((run / "metrics.json").read_text())["header"]
+    assert header["resumed"] == "went on from an interrupted run's 1 of 1 windows; the wall time is this part's"
 
 
 CHECKPOINTED = """
