@@ -553,7 +553,7 @@ def test_a_stop_does_not_wait_for_loader_workers_stuck_in_a_read(tmp_path: Path,
     workers: list[int] = []
     try:
         for line in proc.stdout:
-            if line.strip() == "STALLED":       # a worker's, in epoch 2: both are started
+            if line.strip() == "STALLED":       # a worker's, in epoch 2 (the other one may still be starting)
                 break
         workers = descendants(proc.pid)
         proc.send_signal(getattr(signal, name))
