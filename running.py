@@ -87,7 +87,8 @@ def leave_word(end: BaseException) -> None:
     elif isinstance(end, UserError):
         word = f"another rank failed (rank {rank}: {first_line})"
     else:
-        word = f"another rank failed (rank {rank}'s traceback: {type(end).__name__}: {first_line})"
+        said = f"{type(end).__name__}: {first_line}" if first_line else type(end).__name__    # `assert x` says none
+        word = f"another rank failed (rank {rank}'s traceback: {said})"
     try:
         with _quiet_store():
             dist.distributed_c10d._get_default_store().compare_set(_word_key(), "", word)

@@ -760,6 +760,16 @@ def test_a_bug_keeps_its_traceback_and_leaves_word_of_it(group_of_rank, bug: Exc
     assert running.word_left() == f"another rank failed (rank 1's traceback: {type(bug).__name__}: {first})"
 
 
+def test_a_bug_without_a_message_leaves_word_of_its_type_alone(group_of_rank) -> None:
+    """A failed `assert` (an AssertionError with no message) left 'rank 1's traceback: AssertionError: ', a colon
+    before nothing."""
+    def fails() -> None:
+        raise AssertionError        # a plain `assert` outside pytest, which words its own
+    with pytest.raises(AssertionError):
+        running.run_main(fails)
+    assert running.word_left() == "another rank failed (rank 1's traceback: AssertionError)"
+
+
 def test_a_rank_ending_after_the_store_went_writes_only_its_error(group_of_rank, monkeypatch, capfd) -> None:
     """Without a torchrun agent the store lives in rank 0's process: a rank leaving word after rank 0 had ended (the
     same error, met later) got 17 lines of torch's C++ stack frames on stderr above its one 'error:' line."""
