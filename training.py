@@ -779,13 +779,14 @@ class Trainer:
         next collective with torch's traceback: when it left word (running.leave_word), they say it in one line, with
         how to resume. Any other failure keeps its traceback, ending with how to resume: a rank killed outright
         (kill -9, the out-of-memory killer) leaves no word, and the others' tracebacks ('Connection closed by peer')
-        said none."""
+        said none; a bug of a rank's own (a ValueError too, not only a RuntimeError) said none either."""
         try:
             return self.fit(resume, ckpt)
-        except RuntimeError as e:
-            if self.rt.distributed:
+        except Exception as e:
+            if self.rt.distributed and not isinstance(e, UserError):    # a UserError is its one 'error:' line
                 hint = self.resume_hint()
-                running.raise_word_left(e, hint)
+                if isinstance(e, RuntimeError):     # a collective's, maybe: another rank's end
+                    running.raise_word_left(e, hint)
                 e.add_note(hint)
             raise
 

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -768,6 +769,18 @@ def test_a_bug_without_a_message_leaves_word_of_its_type_alone(group_of_rank) ->
     with pytest.raises(AssertionError):
         running.run_main(fails)
     assert running.word_left() == "another rank failed (rank 1's traceback: AssertionError)"
+
+
+@pytest.mark.parametrize("bug", [RuntimeError("out of memory"), ValueError("a bug"), UserError("no such file")])
+def test_a_ranks_own_bug_ends_with_how_to_resume(group_of_rank, bug: Exception) -> None:
+    """Under torchrun a rank's traceback ends with how to resume, as the README says: a RuntimeError's did, a
+    ValueError's (any other bug in fit) did not. A UserError is one 'error:' line, which says its own."""
+    def fit(resume, ckpt) -> dict:
+        raise bug
+    trainer = SimpleNamespace(rt=SimpleNamespace(distributed=True), fit=fit, resume_hint=lambda: "resume with: x")
+    with pytest.raises(type(bug)) as e:
+        training.Trainer._fit_beside_the_others(trainer, None, None)
+    assert getattr(e.value, "__notes__", []) == ([] if isinstance(bug, UserError) else ["resume with: x"])
 
 
 def test_a_rank_ending_after_the_store_went_writes_only_its_error(group_of_rank, monkeypatch, capfd) -> None:
