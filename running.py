@@ -234,7 +234,8 @@ class _Flag:
     """threading.Event's set, clear and is_set without its lock, which the SIGTERM handler must not take: Python runs
     a handler between any two bytecodes of the main thread, its own too, and a second SIGTERM (SLURM's and torchrun's
     forwarded one, together) landing while the first handler held the lock of the Event it set waited on it forever,
-    the rank silent until torchrun's SIGKILL. Nothing waits on these flags; the GIL makes each write whole."""
+    the rank silent until torchrun's SIGKILL. Nothing waits on these flags; each write is one store of a bool,
+    whole with the GIL or without it (free-threaded Python), and handlers run in the main thread only."""
 
     def __init__(self) -> None:
         self._on = False
