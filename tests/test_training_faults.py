@@ -8,6 +8,7 @@ thread, so runs compare bit for bit.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import csv
 import hashlib
 import importlib
@@ -24,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterator
 
 import pytest
 import torch
@@ -611,6 +613,74 @@ def test_a_stop_that_comes_as_the_loader_starts_its_workers_ends_them(name: str)
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.split() == [
         "Terminated" if name == "SIGTERM" else "KeyboardInterrupt", "alive", "0"], done.stdout + done.stderr
+
+
+class Stalls(torch.utils.data.Dataset):
+    """Windows 0..7 as tensors; read in a loader worker, those from `ready` on never come (a hung file system), and
+    `stalled` is set as the first one hangs."""
+
+    def __init__(self, ready: int) -> None:
+        self.ready, self.stalled = ready, multiprocessing.get_context("fork").Event()
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i >= self.ready and torch.utils.data.get_worker_info() is not None:
+            self.stalled.set()
+            time.sleep(600)
+        return torch.tensor(i)
+
+
+@contextlib.contextmanager
+def workers_checked() -> Iterator[None]:
+    """The loader workers a test starts: none may be left alive after it (killed here if so, to fail cleanly)."""
+    before = set(multiprocessing.active_children())
+    try:
+        yield
+        left = set(multiprocessing.active_children()) - before
+        assert not left, left
+    finally:
+        for w in set(multiprocessing.active_children()) - before:
+            w.kill()
+            w.join()
+
+
+@pytest.mark.parametrize("end", [running.Terminated, KeyboardInterrupt, ValueError])
+def test_a_stop_or_error_in_the_loop_kills_loader_workers_stuck_in_a_read(end: type[BaseException]) -> None:
+    """Workers stuck reading a window (started deaf to SIGTERM) held a stopped run: torch waits 5 s for each, then
+    sends it the SIGTERM it blocks. They are killed at once, with no 'DataLoader worker exited unexpectedly' from
+    torch's SIGCHLD watch, and the stop goes up as it came."""
+    data = Stalls(ready=1)
+    loader = torch.utils.data.DataLoader(data, batch_size=1, num_workers=2)
+    with workers_checked(), pytest.raises(end):
+        with training.loader_batches(loader) as batches:
+            assert next(batches).tolist() == [0] and data.stalled.wait(30)
+            t0 = time.monotonic()           # the stop; the workers' start is no part of its time
+            raise end()
+    assert time.monotonic() - t0 < 4, time.monotonic() - t0
+
+
+def test_a_stop_raised_as_the_loader_workers_start_kills_them(monkeypatch) -> None:
+    """A SIGTERM that came while the workers forked is raised as forked_without_stops puts the signal mask back, after
+    they started: the iterator was lost there, and its workers stuck in a read held the run as before."""
+    forked_without_stops = running.forked_without_stops
+
+    def forked_then_stopped(start):
+        started = forked_without_stops(start)
+        assert data.stalled.wait(30)
+        del started             # as a pending return value goes when its `finally` raises
+        stopped_at.append(time.monotonic())
+        raise running.Terminated()
+    monkeypatch.setattr(running, "forked_without_stops", forked_then_stopped)
+    data = Stalls(ready=0)
+    loader = torch.utils.data.DataLoader(data, batch_size=1, num_workers=1)
+    stopped_at: list[float] = []
+    with workers_checked(), pytest.raises(running.Terminated):
+        with training.loader_batches(loader):
+            pytest.fail("no batches for a stopped run")
+    assert time.monotonic() - stopped_at[0] < 4, time.monotonic() - stopped_at[0]
+
 
 @pytest.fixture
 def group_of_rank(monkeypatch) -> list[int]:
