@@ -75,6 +75,7 @@ def figures_closed():
     if (plt := sys.modules.get("matplotlib.pyplot")) is not None:
         plt.close("all")
 
+
 @pytest.fixture(scope="session")
 def mitdb() -> Path:
     """The real database; in CI its absence is a failure, elsewhere a skip."""

@@ -1059,6 +1059,14 @@ def test_a_batch_given_as_a_list_of_tensors_is_forecast_as_their_stack(shipped):
                                       err_msg=f.name)
 
 
+def test_a_batch_mixing_arrays_and_tensors_is_forecast_as_their_stack():
+    """[array, tensor that requires grad]: each row as its values, as a batch of either kind alone is."""
+    rows = [synthetic_ecg(3, 128, seed=s)[0] for s in (0, 1)]
+    f = make_baseline("seasonal", 128)
+    np.testing.assert_array_equal(f.predict([rows[0], torch.from_numpy(rows[1]).requires_grad_(True)], 8, 2, seed=1),
+                                  f.predict(np.stack(rows), 8, 2, seed=1))
+
+
 def test_a_forecast_under_the_callers_autocast_is_the_float32_one(shipped):
     """A notebook's torch.autocast left on around predict ran the models in bfloat16: the same seed drew other paths
     (the Transformer's up to 0.12 mV off record 100's), unlike forecast.py's and evaluate.py's, with no word."""

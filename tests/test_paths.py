@@ -272,6 +272,19 @@ def test_a_second_with_a_thousand_runs_of_one_name_is_refused_by_both_namers(tmp
     (tmp_path / "evaluate-20260101-000000-999").rmdir()
     assert paths.publish_run_dir(staged, "evaluate", tmp_path).name == "evaluate-20260101-000000-999"
 
+
+def test_both_namers_name_a_run_by_the_second_it_starts(tmp_path):
+    """<experiment>-<YYYYmmdd-HHMMSS> (then -1, -2, ...): the README's names, sorting by time, the -N only for runs of
+    the same second."""
+    t0 = int(time.time())
+    run = paths.new_run_dir("evaluate", tmp_path, tmp_path / "ck")
+    published = paths.publish_run_dir(paths.staging_folder(tmp_path), "evaluate", tmp_path)
+    t1 = time.time()
+    for folder in (run, published):
+        stamp = re.fullmatch(r"evaluate-(\d{8}-\d{6})(-1)?", folder.name)
+        assert stamp and t0 <= time.mktime(time.strptime(stamp[1], "%Y%m%d-%H%M%S")) <= t1, folder.name
+
+
 def test_git_commit_of_code_that_no_commit_holds_is_unknown(tmp_path, monkeypatch):
     """A copy unpacked inside another repository recorded that repository's commit, clean, as its own; one in a
     `git init` without commits recorded "HEAD". Either is "unknown", as a copy outside git is."""

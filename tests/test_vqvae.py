@@ -87,6 +87,16 @@ def test_a_window_in_microvolts_is_warned_of_at_the_callers_line(window_gain: bo
         m.encode(mv)
 
 
+def test_one_loud_lead_among_quiet_windows_is_warned_of_by_name() -> None:
+    """One window of a batch, one lead of it, in microvolts (the rest in mV) is warned of too, named."""
+    m = tiny_model().eval()
+    x = torch.randn(3, 64, 2)
+    x[1, :, 1] *= 1000
+    with pytest.warns(UserWarning, match=r"^1 lead\(s\) of the windows have an RMS above 16 mV, the first window 1's "
+                                         r"lead 2 "):
+        m.unit(x)
+
+
 def test_numpy_windows_get_a_hint() -> None:
     with pytest.raises(TypeError, match="torch.as_tensor"):
         tiny_model().encode(np.zeros((1, 64, 2), np.float32))
@@ -1048,6 +1058,15 @@ def test_decode_names_codes_saved_as_numpy_or_without_their_batch() -> None:
     with pytest.raises(ValueError, match=r"codes \[16, 3\] have 1 codebook levels.*\[B, T\] .* or \[B, T, Q\]; "
                                          r"one window's codes \[T, 3\] take codes\[None\]"):
         m.decode(codes[0])
+
+
+def test_one_codebooks_codes_of_one_step_decode() -> None:
+    """Codes [B, 1] of a one-codebook model (windows of one step) are [B, T'], not one window's [T, Q] of a model of
+    several levels, which decode names."""
+    m = tiny_model().eval()
+    x = torch.randn(2, 4, 2)
+    codes = m.encode(x)
+    assert codes.shape == (2, 1) and m.decode(codes).shape == (2, 4, 2)
 
 
 def test_decode_names_codes_of_one_window_or_one_axis_too_many() -> None:
