@@ -113,8 +113,9 @@ def load_vqvae(path: str | Path) -> tuple[VQVAE, dict]:
     checkpoint, so the shipped model's coder can be measured and trained on too: `pretrained` and `pretrained_sde`
     name the shipped models' (paths.named_checkpoint), as Forecaster.from_checkpoint takes them. The modules' first
     weights, replaced on load, are drawn from a fork of torch's generator, as there: a session's seeded draws after
-    loading moved with it."""
-    with torch.random.fork_rng(devices=[]):
+    loading moved with it. Built on the CPU, as there, whatever torch's default device: on a GPU set as default they
+    came from the GPU's generator, which the fork leaves moved."""
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         return read_vqvae(paths.named_checkpoint(path, "vqvae_eval.load_vqvae"))[:2]
 
 

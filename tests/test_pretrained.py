@@ -548,6 +548,15 @@ def test_load_vqvae_leaves_the_sessions_random_draws_alone():
     assert torch.equal(torch.randn(3), expected)
 
 
+def test_load_vqvae_builds_on_the_cpu_whatever_the_default_device():
+    """Under torch.set_default_device (a GPU's, here the meta device standing in), the VQ-VAE was built there: its first
+    weights drawn from that device's generator, which the fork leaves moved, and on 'meta' no weights at all."""
+    from vqvae_eval import load_vqvae
+    with torch.device("meta"):
+        vq, _ = load_vqvae(PRETRAINED)
+    assert vq.device == torch.device("cpu") and torch.isfinite(vq.scale).all()
+
+
 def test_load_vqvae_in_a_float64_session_codes_float32_windows():
     """Built under torch's default float64, the VQ-VAE's weights were float64 and its first window stopped in torch's
     'Input type (float) and bias type (double)'; it is float32 as trained, its codes those of a float32 session."""
