@@ -195,10 +195,10 @@ def checked_samples(forecast: np.ndarray | torch.Tensor, who: str, horizon: int)
 
 OFFSET_MV = 1.0   # a context averaging more than this on a lead was not band-passed (warn_offset)
 # The shortest context (seconds) each warning judges: a shorter one may be as flat, tiny or offset as an ECG is
-# (measured over the prepared MIT-BIH windows of all splits, at 128 Hz)
-FLAT_S = 0.25     # one sample swings nothing, two may repeat a value; 0.25 s swing at least 1.8e-3 mV
-TINY_S = 0.5      # 0.5 s swing at least 3.7e-3 mV, 0.25 s as little as 1.8e-3 mV (below the 2e-3 mV said to be volts)
-OFFSET_S = 1.0    # 1 s average within 0.46 mV of zero, 0.25 s on an R peak up to 1.17 mV
+# (measured in mV over every stretch of the prepared MIT-BIH windows of all splits, at 128 Hz)
+FLAT_S = 0.25     # one sample swings nothing, two may repeat a value; 0.25 s swing at least 5.5e-3 mV
+TINY_S = 0.5      # 0.5 s swing at least 1.1e-2 mV, far above the 2e-3 mV said to be volts
+OFFSET_S = 1.5    # 1.5 s average within 0.79 mV of zero, 1 s up to 1.36 mV, 0.25 s on an R peak up to 3.55 mV
 
 
 def judged(x: np.ndarray, seconds: float, fs: float) -> bool:

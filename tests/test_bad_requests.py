@@ -1380,7 +1380,7 @@ def test_a_context_too_short_to_judge_is_not_called_flat(shipped):
 
 def test_a_short_window_on_an_r_peak_is_not_called_offset():
     """A few samples cut on an R peak average over 1 mV, band-passed as they are: they were warned of as not
-    band-passed. The offset is judged over 1 s (forecast.OFFSET_S) or more, where a raw offset still shows."""
+    band-passed. The offset is judged over 1.5 s (forecast.OFFSET_S) or more, where a raw offset still shows."""
     x, beats = synthetic_ecg(3, 128, seed=0)
     x *= 1.5                                                    # R peaks of 1.8 mV
     peak = x[beats[1] - 2:beats[1] + 3]
@@ -1389,9 +1389,9 @@ def test_a_short_window_on_an_r_peak_is_not_called_offset():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             f.predict(peak, 8, 2)
-    second = x[beats[1] - 64:beats[1] + 64] - x.mean(axis=0)
+    stretch = x[:round(forecast.OFFSET_S * 128)] - x.mean(axis=0)
     with pytest.warns(UserWarning, match=r"lead 2 \(row 0\) averages 5 mV: not band-passed"):
-        make_baseline("seasonal", 128).predict(second + [0.0, 5.0], 8)
+        make_baseline("seasonal", 128).predict(stretch + [0.0, 5.0], 8)
 
 
 def test_a_forecast_larger_than_memory_is_refused_before_it_is_drawn(shipped, monkeypatch, tmp_path):

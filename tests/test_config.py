@@ -903,7 +903,7 @@ def test_readme_states_the_codes_own_numbers():
               f"under {drafts.MAX_PERIOD_S:g} s, the longest beat period", f"context's last {drafts.EVIDENCE_S:g} s",
               f"white noise of {drafts.NOISE_SCALE:g} times", f"adds {sample['draft_bias']:g} to the log-odds",
               f"a fresh {sample['draft_spread']:.0%} jitter",
-              f"averaging more than {forecast.OFFSET_MV:g} mV", f"from {forecast.OFFSET_S:g} s on (a few samples",
+              f"averaging more than {forecast.OFFSET_MV:g} mV", f"from {forecast.OFFSET_S:g} s on (1 s around",
               f"flat lead (lead off?), from {forecast.FLAT_S:g} s on", f"or, from {forecast.TINY_S:g} s on, less than"]
     missing = [s for s in stated if s not in text]
     assert not missing, f"the README does not say {missing}"
