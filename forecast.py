@@ -179,9 +179,9 @@ def checked_samples(forecast: np.ndarray | torch.Tensor, who: str, horizon: int)
     """One context's forecast as a float32 numpy array, checked to be [1, S, horizon, 2] and finite. A forecaster of
     one's own returning another shape or NaNs is named here, not met as numpy's error deep in the scoring or the plot,
     or saved as a forecast of NaNs; one handed --device's GPU may return a torch tensor there, or in bfloat16, which
-    numpy reads neither of."""
+    numpy reads neither of (tensor_array)."""
     if isinstance(forecast, torch.Tensor):
-        forecast = forecast.detach().cpu().float()
+        forecast = tensor_array(forecast)
     try:
         y = np.asarray(forecast, np.float32)
     except (TypeError, ValueError) as e:
