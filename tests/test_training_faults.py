@@ -538,39 +538,6 @@ def test_a_rank_killed_outright_leaves_the_others_a_traceback_saying_how_to_resu
     assert lines[-1] == f"[rank0]: resume with: vqvae_train.main(['--resume', '{last}'])", rank0
 
 
-@pytest.mark.parametrize("name, word, status", [("SIGTERM", "terminated", 143), ("SIGINT", "interrupted", 130)])
-def test_a_stop_does_not_wait_for_loader_workers_stuck_in_a_read(tmp_path: Path, tiny: dict, name: str, word: str,
-                                                                  status: int) -> None:
-    """train.num_workers > 0, the workers stuck reading a window (a hung network file system): a SIGTERM or Ctrl-C
-    said how to resume at once, but the run never ended (torch waits 10 s for each worker, then sends it SIGTERM,
-    which it blocks; multiprocessing then waited for it without end as Python exited). The workers are killed, and
-    the run ends with its status."""
-    config = json.loads(Path(tiny["config"]).read_text())
-    config["train"]["num_workers"] = 2
-    (tmp_path / "workers.json").write_text(json.dumps(config))
-    setup = dict(outputs(tiny, tmp_path), config=str(tmp_path / "workers.json"))
-    proc = subprocess.Popen([sys.executable, HARNESS, "--stall-loading", "vqvae_train", "--",
-                             *flags(setup, "--device", "cpu")], cwd=ROOT,
-                            env={**ENV, "ECG_CACHE_DIR": str(tmp_path / "cache")}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    workers: list[int] = []
-    try:
-        for line in proc.stdout:
-            if line.strip() == "STALLED":       # a worker's, in epoch 2 (the other one may still be starting)
-                break
-        workers = descendants(proc.pid)
-        proc.send_signal(getattr(signal, name))
-        assert proc.wait(timeout=60) == status, proc.stderr.read()
-        assert len(workers) == 2 and all(gone(pid) for pid in workers), workers
-        last = newest(tmp_path / "checkpoints") / "last.pt"
-        assert proc.stderr.read().splitlines()[-1] == f"{word}; resume with: vqvae_train.main(['--resume', '{last}'])"
-    finally:
-        for pid in [proc.pid, *workers]:
-            if not gone(pid):
-                os.kill(pid, signal.SIGKILL)
-        proc.communicate()
-
-
 CUT_SHORT = """
 import multiprocessing, os, signal, sys, time
 import torch
