@@ -213,15 +213,34 @@ def forked_without_stops(start: Callable[[], Any]) -> Any:
     train.num_workers > 0) inherit them blocked for life: a scheduler's SIGTERM reaches every process of a job (SLURM
     signals the whole step, torchrun each worker's process group), and a loader worker died of it ('DataLoader worker
     (pid N) is killed by signal', 'Exception ignored in') or ran the training's SIGTERM handler, inherited by fork,
-    up the main's stack (a second 'terminated; resume with' line). Its main stops it as it stops, once; a signal that
-    came meanwhile is raised when the mask is put back."""
+    up the main's stack (a second 'terminated; resume with' line). Its main stops it as it stops, once. The kernel
+    hands a signal this thread blocks to another one (tqdm's monitor), and Python then ran the handler here, in the
+    middle of start(): a stop is only noted meanwhile (_deferring), and raised once start() has returned, whole (the
+    iterator it made lost, its workers killed without their pids leaving torch's SIGCHLD watch, which raised their
+    deaths: 'DataLoader worker exited unexpectedly')."""
     if not hasattr(signal, "pthread_sigmask"):      # Windows: no fork, no masks
         return start()
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    interrupt = _noting_interrupts()
+    _deferring.set()
     try:
         return start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        _deferring.clear()
+        if interrupt is not None:
+            signal.signal(signal.SIGINT, interrupt)
+        raise_if_signalled()
+
+
+def _noting_interrupts() -> Any:
+    """Ctrl-C's handler made one that notes it (raise_if_signalled raises it), if it is Python's own in the main
+    thread; the handler it replaced, to put back, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return None
+    return signal.signal(signal.SIGINT, lambda signum, frame: _interrupted.set())
 
 
 class Terminated(KeyboardInterrupt):
@@ -253,6 +272,7 @@ class _Flag:
 # _terminating: a SIGTERM came; _stopping: its Terminated is on its way up (cleared when Python swallowed it);
 # _interrupted: a Ctrl-C's KeyboardInterrupt Python swallowed
 _terminating, _stopping, _interrupted = _Flag(), _Flag(), _Flag()
+_deferring = _Flag()    # forked_without_stops starts processes: a SIGTERM is noted, and raised once they are started
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -260,7 +280,7 @@ def _terminate(signum: int, frame: Any) -> None:
     own SIGTERM to the workers, so a second one came in the first one's cleanup, and cut it short (the resume
     command lost, a traceback, a temporary file left)."""
     _terminating.set()
-    if not _stopping.is_set():
+    if not _stopping.is_set() and not _deferring.is_set():
         raise_if_signalled()
 
 

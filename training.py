@@ -312,36 +312,59 @@ def _all_reduce_mean(values: dict[str, float | Pooled], weight: float, rt: Runti
     return out
 
 
+WAIT_CHECK_S = 1.0      # a wait for a loader worker's batch asks this often whether a stop was swallowed meanwhile
+
+
 @contextlib.contextmanager
 def loader_batches(loader: DataLoader) -> Iterator[Iterator]:
     """iter(loader), its worker processes started deaf to SIGTERM and Ctrl-C (running.forked_without_stops): a stop
-    sent to every process of the job is the trainer's to say, once, and its workers end with it (_end_workers), those
-    of an iterator a stop cut short as it started them too (raised as the signals' mask is put back, or as Python
-    ran the handler meanwhile): left to exit, they kept the run from ending."""
+    sent to every process of the job is the trainer's to say, once. Its workers end with it however it ends (a stop,
+    an error, the epoch's last step), killed here in plain code (_end_workers): left to the iterator's __del__,
+    torch's shutdown left those stuck in a read alive, to hold the process's exit, and a stop that came while it ran
+    was swallowed. A stop swallowed elsewhere is raised while a batch is waited for (_asking_for_stops), not only
+    before the next step: with the workers stuck, no step came, and the run went on waiting without end."""
     if not loader.num_workers:
         yield iter(loader)
         return
     made: list = []
     before = set(multiprocessing.active_children())
     try:
-        running.forked_without_stops(lambda: made.append(iter(loader)))
+        running.forked_without_stops(lambda: made.append(_asking_for_stops(iter(loader))))
         yield made[0]
-    except BaseException:
+    finally:
         _end_workers(made[0] if made else None, set(multiprocessing.active_children()) - before)
-        raise
+
+
+def _asking_for_stops(batches: Any) -> Any:
+    """The iterator, its wait for a batch (torch's _try_get_data, in a loop of 5 s waits) asking
+    running.raise_if_signalled every WAIT_CHECK_S: a SIGTERM or Ctrl-C that came while Python ran a __del__ or a
+    weakref callback was swallowed there, and went unsaid while workers stuck in a read sent no batch. A loader's own
+    timeout is its own: torch passes it, and it is kept."""
+    wait = batches._try_get_data
+
+    def asking(timeout: float = WAIT_CHECK_S) -> tuple[bool, Any]:
+        running.raise_if_signalled()
+        return wait(timeout)
+    batches._try_get_data = asking
+    return batches
 
 
 def _end_workers(batches: Any, started: set) -> None:
-    """The loader workers `started` of a run that stops (a signal, an error) killed, then their iterator (if it was
-    made) shut down: torch asks them to end and waits 5 s for each one stuck in a read (a hung network file system),
-    sends it SIGTERM, which it blocks, and waits 5 s more; multiprocessing then waited for them without end as Python
-    exited, the resume command said but the run never ending. Their pids leave torch's SIGCHLD watch first, which
-    would raise their deaths here ('DataLoader worker exited unexpectedly'). _worker_pids_set, _remove_worker_pids
-    and _shutdown_workers are torch's own, not public: requirements.txt pins the torch it is tested with."""
-    if batches is not None and batches._worker_pids_set:
-        torch.utils.data._utils.signal_handling._remove_worker_pids(id(batches))
-        batches._worker_pids_set = False
-    for worker in started:
+    """The workers of an iterator (those `started`, when iter(loader) failed before it was made) killed, then it shut
+    down: torch asks them to end and waits 5 s for each one stuck in a read (a hung network file system), sends it
+    SIGTERM, which it blocks, and waits 5 s more; multiprocessing then waited for them without end as Python exited.
+    The pin-memory thread (CUDA) ends first, not to read a batch of a worker killed meanwhile; the workers' pids leave
+    torch's SIGCHLD watch, which would raise their deaths here ('DataLoader worker exited unexpectedly'). These are
+    torch's own attributes, not public: requirements.txt pins the torch it is tested with."""
+    if batches is not None and not batches._shutdown:
+        if hasattr(batches, "_pin_memory_thread"):
+            batches._pin_memory_thread_done_event.set()
+            batches._worker_result_queue.put((None, None))
+            batches._pin_memory_thread.join()
+        if batches._worker_pids_set:
+            torch.utils.data._utils.signal_handling._remove_worker_pids(id(batches))
+            batches._worker_pids_set = False
+    for worker in batches._workers if batches is not None else started:
         worker.kill()
     if batches is not None:
         batches._shutdown_workers()

@@ -13,6 +13,8 @@
 --fail-once R N MARKER    rank R raises a RuntimeError after N optimiser steps, in the next one, unless the file
                            MARKER exists, which it makes: a torchrun restart of the same command runs through
 --val-losses L1,L2,...     epoch e's validation loss is Le on every rank, as all-reduced (the model's is dropped)
+--stall-loading            vqvae_train's loader workers (train.num_workers > 0) hang in the training set's
+                           __getitem__ from epoch 2 on, as on a hung network file system, printing STALLED first
 Works under torchrun too. One CPU thread, like the in-process tests, so runs compare bit for bit.
 """
 from __future__ import annotations
@@ -59,6 +61,21 @@ def fail_once(marker: Path) -> None:
         raise RuntimeError("harness: failing once")
 
 
+def stall_loading() -> None:
+    """vqvae_train's training windows, read in a loader worker from the second epoch on, never come."""
+    import vqvae_train
+
+    real_item = vqvae_train.RandomCrops.__getitem__
+
+    def item_or_stall(self, i):
+        if self.epoch >= 1 and torch.utils.data.get_worker_info() is not None:
+            os.write(1, b"STALLED\n")     # one write: print's text and newline are two unbuffered (PYTHONUNBUFFERED),
+            time.sleep(600)                # and two workers' made 'STALLEDSTALLED', a line the test waited for in vain
+        return real_item(self, i)
+
+    vqvae_train.RandomCrops.__getitem__ = item_or_stall
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--pause-at-step", type=int)
@@ -68,6 +85,7 @@ def main() -> None:
     p.add_argument("--signal-at-step", nargs=3, metavar=("RANK", "STEP", "SIGNAL"))
     p.add_argument("--fail-once", nargs=3, metavar=("RANK", "STEP", "MARKER"))
     p.add_argument("--val-losses")
+    p.add_argument("--stall-loading", action="store_true")
     p.add_argument("script", help="module name, e.g. vqvae_train")
     args, rest = p.parse_known_args()
     rest = rest[1:] if rest[:1] == ["--"] else rest
@@ -81,6 +99,9 @@ def main() -> None:
     if args.fail_once:
         rank, step, marker = args.fail_once
         after_loss_check(int(rank), int(step), lambda: fail_once(Path(marker)))
+
+    if args.stall_loading:
+        stall_loading()
 
     if args.pause_in_save is not None:
         real_save = torch.save
