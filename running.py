@@ -208,29 +208,39 @@ def in_thread(call: Callable[[], None], name: str) -> None:
         raise failed[0]
 
 
-def forked_without_stops(start: Callable[[], Any]) -> Any:
-    """start() with SIGTERM and SIGINT blocked in this thread, so the processes it forks (a DataLoader's workers,
-    train.num_workers > 0) inherit them blocked for life: a scheduler's SIGTERM reaches every process of a job (SLURM
-    signals the whole step, torchrun each worker's process group), and a loader worker died of it ('DataLoader worker
-    (pid N) is killed by signal', 'Exception ignored in') or ran the training's SIGTERM handler, inherited by fork,
-    up the main's stack (a second 'terminated; resume with' line). Its main stops it as it stops, once. The kernel
-    hands a signal this thread blocks to another one (tqdm's monitor), and Python then ran the handler here, in the
-    middle of start(): a stop is only noted meanwhile (_deferring), and raised once start() has returned, whole (the
-    iterator it made lost, its workers killed without their pids leaving torch's SIGCHLD watch, which raised their
-    deaths: 'DataLoader worker exited unexpectedly')."""
+def stops_held(call: Callable[[], Any], raise_held: bool = True) -> Any:
+    """call() whole, SIGTERM and SIGINT held off: blocked in this thread, so the processes it forks (a DataLoader's
+    workers, train.num_workers > 0) inherit them blocked for life, and only noted should Python run their handlers
+    meanwhile (the kernel hands a signal this thread blocks to another one, tqdm's monitor); raised once it returned
+    (`raise_held`: False where a stop or an error is on its way up already, and ends the run anyway).
+    - The workers: a scheduler's SIGTERM reaches every process of a job (SLURM signals the whole step, torchrun each
+      worker's process group), and a loader worker died of it ('DataLoader worker (pid N) is killed by signal') or
+      ran the training's SIGTERM handler, inherited by fork, up the main's stack (a second 'terminated; resume
+      with' line). Its main stops it as it stops, once.
+    - Whole: raised in the middle of torch's setup of an iterator, a stop lost it, its workers killed still in
+      torch's SIGCHLD watch, which raised their deaths ('DataLoader worker exited unexpectedly'); in the middle of
+      their teardown, it left them alive, and the process's exit waited for them without end.
+    Every step that holds them off is undone in a `finally` of its own, so a stop raised as one is undone leaves none
+    behind (a Ctrl-C only noted, SIGTERM blocked in this thread)."""
     if not hasattr(signal, "pthread_sigmask"):      # Windows: no fork, no masks
-        return start()
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    interrupt = _noting_interrupts()
+        return call()
     _deferring.set()
+    interrupt = None
     try:
-        return start()
+        interrupt = _noting_interrupts()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            return call()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        _deferring.clear()
-        if interrupt is not None:
-            signal.signal(signal.SIGINT, interrupt)
-        raise_if_signalled()
+        try:
+            if interrupt is not None:
+                signal.signal(signal.SIGINT, interrupt)
+        finally:
+            _deferring.clear()
+        if raise_held:
+            raise_if_signalled()
 
 
 def _noting_interrupts() -> Any:
@@ -272,7 +282,7 @@ class _Flag:
 # _terminating: a SIGTERM came; _stopping: its Terminated is on its way up (cleared when Python swallowed it);
 # _interrupted: a Ctrl-C's KeyboardInterrupt Python swallowed
 _terminating, _stopping, _interrupted = _Flag(), _Flag(), _Flag()
-_deferring = _Flag()    # forked_without_stops starts processes: a SIGTERM is noted, and raised once they are started
+_deferring = _Flag()    # stops_held runs: a SIGTERM is only noted, and raised once it is done
 
 
 def _terminate(signum: int, frame: Any) -> None:

@@ -32,6 +32,7 @@ import shutil
 import sys
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -317,34 +318,45 @@ WAIT_CHECK_S = 1.0      # a wait for a loader worker's batch asks this often whe
 
 @contextlib.contextmanager
 def loader_batches(loader: DataLoader) -> Iterator[Iterator]:
-    """iter(loader), its worker processes started deaf to SIGTERM and Ctrl-C (running.forked_without_stops): a stop
-    sent to every process of the job is the trainer's to say, once. Its workers end with it however it ends (a stop,
-    an error, the epoch's last step), killed here in plain code (_end_workers): left to the iterator's __del__,
+    """iter(loader), its worker processes started deaf to SIGTERM and Ctrl-C (running.stops_held): a stop sent to
+    every process of the job is the trainer's to say, once. Its workers end with it however it ends (a stop, an
+    error, the epoch's last step), killed here in plain code, whole (_end_workers): left to the iterator's __del__,
     torch's shutdown left those stuck in a read alive, to hold the process's exit, and a stop that came while it ran
     was swallowed. A stop swallowed elsewhere is raised while a batch is waited for (_asking_for_stops), not only
-    before the next step: with the workers stuck, no step came, and the run went on waiting without end."""
+    before the next step: with the workers stuck, no step came, and the run went on waiting without end. Workers are
+    started anew each time: a loader with persistent_workers would be handed killed ones."""
     if not loader.num_workers:
         yield iter(loader)
         return
+    if loader.persistent_workers:
+        raise ValueError("loader_batches ends a loader's workers with each loop: persistent_workers=True would have "
+                         "the next loop read from killed ones")
     made: list = []
     before = set(multiprocessing.active_children())
-    try:
-        running.forked_without_stops(lambda: made.append(_asking_for_stops(iter(loader))))
-        yield made[0]
-    finally:
+
+    def end() -> None:
         _end_workers(made[0] if made else None, set(multiprocessing.active_children()) - before)
+    try:
+        running.stops_held(lambda: made.append(_asking_for_stops(iter(loader))))
+        yield made[0]
+    except BaseException:
+        running.stops_held(end, raise_held=False)
+        raise
+    running.stops_held(end)
 
 
 def _asking_for_stops(batches: Any) -> Any:
     """The iterator, its wait for a batch (torch's _try_get_data, in a loop of 5 s waits) asking
     running.raise_if_signalled every WAIT_CHECK_S: a SIGTERM or Ctrl-C that came while Python ran a __del__ or a
     weakref callback was swallowed there, and went unsaid while workers stuck in a read sent no batch. A loader's own
-    timeout is its own: torch passes it, and it is kept."""
-    wait = batches._try_get_data
+    timeout is its own: torch passes it, and it is kept. The wait holds the iterator weakly: a cycle would keep it,
+    its pipes and its workers' sentinels open, until a full garbage collection ('Too many open files' after some
+    epochs)."""
+    wait, batches_ref = type(batches)._try_get_data, weakref.ref(batches)
 
     def asking(timeout: float = WAIT_CHECK_S) -> tuple[bool, Any]:
         running.raise_if_signalled()
-        return wait(timeout)
+        return wait(batches_ref(), timeout)
     batches._try_get_data = asking
     return batches
 

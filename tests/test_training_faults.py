@@ -8,6 +8,7 @@ thread, so runs compare bit for bit.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import csv
 import hashlib
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator
@@ -603,7 +605,7 @@ class Stuck(Dataset):
 class StopAsStarted(Sampler):      # read once the workers are forked
     def __len__(self): return 8
     def __iter__(self):
-        if when != "swallowed":
+        if when in ("starting", "taken"):
             stop()
         return iter(range(8))
 
@@ -613,6 +615,12 @@ class StopInDel:
 
 if when == "taken":      # a thread not blocking the signals: the kernel hands it there
     threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+if when == "ending":     # as the loop's end takes the workers out of torch's SIGCHLD watch, to kill them
+    remove = torch.utils.data._utils.signal_handling._remove_worker_pids
+    def stop_then_remove(key):
+        stop()
+        remove(key)
+    torch.utils.data._utils.signal_handling._remove_worker_pids = stop_then_remove
 signal.signal(signal.SIGTERM, running._terminate)
 sys.unraisablehook = running._note_swallowed(sys.unraisablehook)
 loader = DataLoader(Stuck(), batch_size=2, sampler=StopAsStarted(), num_workers=2)
@@ -622,7 +630,8 @@ try:
         if when == "swallowed":
             StopInDel()
             t0 = time.monotonic()
-        next(batches)
+        if when != "ending":
+            next(batches)
 except KeyboardInterrupt as e:
     print(type(e).__name__, time.monotonic() - t0 < 4, flush=True)
 time.sleep(0.5)         # torch's SIGCHLD watch, had it the killed workers' pids still, would raise their deaths here
@@ -698,17 +707,19 @@ def test_a_stop_or_error_in_the_loop_kills_loader_workers_stuck_in_a_read(end: t
 
 
 def test_a_stop_raised_as_the_loader_workers_start_kills_them(monkeypatch) -> None:
-    """A SIGTERM that came while the workers forked is raised as forked_without_stops puts the signal mask back, after
-    they started: the iterator was lost there, and its workers stuck in a read held the run as before."""
-    forked_without_stops = running.forked_without_stops
+    """A SIGTERM that came while the workers forked is raised as stops_held gives the stops back, after they
+    started: the iterator was lost there, and its workers stuck in a read held the run as before."""
+    stops_held = running.stops_held
 
-    def forked_then_stopped(start):
-        started = forked_without_stops(start)
+    def started_then_stopped(call, raise_held=True):
+        if stopped_at:          # the workers' end
+            return stops_held(call, raise_held)
+        started = stops_held(call, raise_held)
         assert data.stalled.wait(30)
         del started             # as a pending return value goes when its `finally` raises
         stopped_at.append(time.monotonic())
         raise running.Terminated()
-    monkeypatch.setattr(running, "forked_without_stops", forked_then_stopped)
+    monkeypatch.setattr(running, "stops_held", started_then_stopped)
     data = Stalls(ready=0)
     loader = torch.utils.data.DataLoader(data, batch_size=1, num_workers=1)
     stopped_at: list[float] = []
@@ -725,6 +736,53 @@ def test_a_stop_swallowed_while_workers_stuck_in_a_read_hold_the_next_batch_is_r
     came, and the run waited without end (a CI run's stuck-in-a-read test timed out so). The wait for the batch asks
     too. A __del__ sends the signal."""
     stopped_loader(name, "swallowed")
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_stop_as_the_loop_ends_its_workers_waits_for_their_end(name: str) -> None:
+    """The loop's end kills its workers at every epoch's end: a stop that came in the middle (before the kills) went up
+    from there, the workers, stuck in a read, left alive, and the process's exit waited for them without end. The
+    stop waits for their end, and is raised then."""
+    stopped_loader(name, "ending")
+
+
+def test_a_stop_raised_as_stops_are_given_back_leaves_ctrl_c_and_the_mask_as_they_were(monkeypatch) -> None:
+    """stops_held notes Ctrl-C with a handler of its own and blocks both signals: a SIGTERM raised the moment it
+    stopped only noting left that handler in place for good (every later Ctrl-C noted, never raised)."""
+    class StopAsCleared(running._Flag):
+        def clear(self) -> None:
+            super().clear()
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)
+
+    monkeypatch.setattr(running, "_deferring", StopAsCleared())
+    with running._sigterm_as_stop(), pytest.raises(running.Terminated):
+        running.stops_held(lambda: None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert not signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_an_ended_loops_iterator_is_freed_with_its_last_reference() -> None:
+    """The wait that asks for stops held its iterator in a cycle: each epoch's iterator, its pipes and its workers'
+    sentinels stayed open until a full garbage collection, and a long run failed with 'Too many open files'."""
+    loader = torch.utils.data.DataLoader(Stalls(ready=8), batch_size=1, num_workers=2)
+    gc.disable()
+    try:
+        with training.loader_batches(loader) as batches:
+            assert next(batches).tolist() == [0]
+        freed = weakref.ref(batches)
+        del batches
+        assert freed() is None
+    finally:
+        gc.enable()
+
+
+def test_a_loader_with_persistent_workers_is_refused() -> None:
+    """Its workers, killed at the loop's end, would serve the next loop."""
+    loader = torch.utils.data.DataLoader(Stalls(ready=8), batch_size=1, num_workers=1, persistent_workers=True)
+    with pytest.raises(ValueError, match="persistent_workers"):
+        with training.loader_batches(loader):
+            pass
 
 
 @pytest.fixture
