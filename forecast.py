@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import paths
 import running
@@ -199,6 +200,7 @@ OFFSET_MV = 1.0   # a context averaging more than this on a lead was not band-pa
 FLAT_S = 0.25     # one sample swings nothing, two may repeat a value; 0.25 s swing at least 5.5e-3 mV
 TINY_S = 0.5      # 0.5 s swing at least 1.1e-2 mV, far above the 2e-3 mV said to be volts
 OFFSET_S = 1.5    # 1.5 s average within 0.79 mV of zero, 1 s up to 1.36 mV, 0.25 s on an R peak up to 3.55 mV
+ROLL_BAR_BLOCKS = 10    # blocks a forecast rolls on through before it shows a bar (a terminal's): 30 s at 3 s a block
 
 
 def judged(x: np.ndarray, seconds: float, fs: float) -> bool:
@@ -453,7 +455,10 @@ class Forecaster(ForecasterBase):
         context. `draft` [B or B * num_samples, T + steps, Q] covers the whole horizon."""
         T, span = context.shape[1], self.gpt.block_size - context.shape[1]
         blocks, ctx, n = [], context, num_samples
-        for start in range(0, steps, span):
+        starts = range(0, steps, span)
+        # a long horizon's blocks on a terminal: 5 min of 100 paths drew codes for a minute and more without a word
+        for start in tqdm(starts, desc="drawing codes", unit="block", leave=False,
+                          disable=None if len(starts) >= ROLL_BAR_BLOCKS else True):
             k = min(span, steps - start)
             d = None if draft is None else torch.cat([draft[:, :T], draft[:, T + start:T + start + k]], 1)
             blocks.append(self.gpt.generate(ctx, k, self.sample.temperature, self.sample.top_k, self.sample.top_p,

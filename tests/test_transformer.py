@@ -1,6 +1,7 @@
 import argparse
 import csv
 import functools
+import io
 import json
 import math
 import re
@@ -1086,6 +1087,29 @@ def test_each_block_of_a_long_horizon_reads_the_codes_drawn_last():
     for (_, drawn), (ctx, _) in zip(calls, calls[1:]):
         k = min(drawn.shape[1], ctx.shape[1])
         assert ctx.shape[0] == 2 and torch.equal(ctx[:, -k:], drawn[:, -k:])
+
+
+class Terminal(io.StringIO):
+    """stderr as a terminal shows it, where tqdm draws its bars (in a log or a pipe it draws none)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_long_horizon_shows_its_blocks_drawn_on_a_terminal(monkeypatch) -> None:
+    """5 min of 100 paths drew codes for over a minute without a word: a horizon of ROLL_BAR_BLOCKS blocks or more
+    shows a bar of them on a terminal; a shorter one (evaluate.py's, window after window) shows none."""
+    torch.manual_seed(0)
+    cfg = config_from_dict(TINY)
+    gpt = CodeGPT(cfg.model.codebook_size, cfg.data.total_samples // cfg.model.downsample_factor, 32, 1, 2, 0.0)
+    fc = Forecaster(VQVAE(cfg.model).eval(), gpt, cfg, plain_sample(), "cpu")
+    context = 0.3 * np.random.default_rng(0).standard_normal((1, 64, 2)).astype(np.float32)
+    span = gpt.block_size - 64 // fc.factor
+    monkeypatch.setattr(forecast, "ROLL_BAR_BLOCKS", 3)
+    for blocks, shown in ((2, False), (3, True)):
+        monkeypatch.setattr(sys, "stderr", Terminal())
+        fc.predict(context, blocks * span * fc.factor, num_samples=2, seed=0)
+        assert ("drawing codes" in sys.stderr.getvalue()) == shown, (blocks, sys.stderr.getvalue())
 
 
 @pytest.mark.parametrize("cache", [True, False])
