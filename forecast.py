@@ -200,7 +200,6 @@ OFFSET_MV = 1.0   # a context averaging more than this on a lead was not band-pa
 FLAT_S = 0.25     # one sample swings nothing, two may repeat a value; 0.25 s swing at least 5.5e-3 mV
 TINY_S = 0.5      # 0.5 s swing at least 1.1e-2 mV, far above the 2e-3 mV said to be volts
 OFFSET_S = 1.5    # 1.5 s average within 0.79 mV of zero, 1 s up to 1.36 mV, 0.25 s on an R peak up to 3.55 mV
-ROLL_BAR_BLOCKS = 10    # blocks a forecast rolls on through before it shows a bar (a terminal's): 30 s at 3 s a block
 
 
 def judged(x: np.ndarray, seconds: float, fs: float) -> bool:
@@ -329,6 +328,7 @@ class Forecaster(ForecasterBase):
     name = "transformer"
     deterministic = False
     DECODE_MARGIN = 16  # context codes decoded with the future (16 codes = 1 s at the defaults)
+    ROLL_BAR_BLOCKS = 10    # blocks a horizon rolls on through before it shows a bar (on a terminal): 30 s at 3 s each
 
     def __init__(self, vq: VQVAE, gpt: CodeGPT, cfg: Config, sample: SampleConfig,
                  device: str | torch.device | None = None, draft_beats: bool = False):
@@ -458,7 +458,7 @@ class Forecaster(ForecasterBase):
         starts = range(0, steps, span)
         # a long horizon's blocks on a terminal: 5 min of 100 paths drew codes for a minute and more without a word
         for start in tqdm(starts, desc="drawing codes", unit="block", leave=False,
-                          disable=None if len(starts) >= ROLL_BAR_BLOCKS else True):
+                          disable=None if len(starts) >= self.ROLL_BAR_BLOCKS else True):
             k = min(span, steps - start)
             d = None if draft is None else torch.cat([draft[:, :T], draft[:, T + start:T + start + k]], 1)
             blocks.append(self.gpt.generate(ctx, k, self.sample.temperature, self.sample.top_k, self.sample.top_p,

@@ -335,7 +335,7 @@ def loader_batches(loader: DataLoader) -> Iterator[Iterator]:
     before = set(multiprocessing.active_children())
 
     def end() -> None:
-        _end_workers(made[0] if made else None, set(multiprocessing.active_children()) - before)
+        _end_workers(made[0] if made else None, before)
     try:
         running.stops_held(lambda: made.append(_asking_for_stops(iter(loader))))
         yield made[0]
@@ -361,13 +361,13 @@ def _asking_for_stops(batches: Any) -> Any:
     return batches
 
 
-def _end_workers(batches: Any, started: set) -> None:
-    """The workers of an iterator (those `started`, when iter(loader) failed before it was made) killed, then it shut
-    down: torch asks them to end and waits 5 s for each one stuck in a read (a hung network file system), sends it
-    SIGTERM, which it blocks, and waits 5 s more; multiprocessing then waited for them without end as Python exited.
-    The pin-memory thread (CUDA) ends first, not to read a batch of a worker killed meanwhile; the workers' pids leave
-    torch's SIGCHLD watch, which would raise their deaths here ('DataLoader worker exited unexpectedly'). These are
-    torch's own attributes, not public: requirements.txt pins the torch it is tested with."""
+def _end_workers(batches: Any, before: set) -> None:
+    """The workers of an iterator (when iter(loader) failed before it was made: the processes started since `before`)
+    killed, then it shut down: torch asks them to end and waits 5 s for each one stuck in a read (a hung network file
+    system), sends it SIGTERM, which it blocks, and waits 5 s more; multiprocessing then waited for them without end
+    as Python exited. The pin-memory thread (CUDA) ends first, not to read a batch of a worker killed meanwhile; the
+    workers' pids leave torch's SIGCHLD watch, which would raise their deaths here ('DataLoader worker exited
+    unexpectedly'). These are torch's own attributes, not public: requirements.txt pins the torch it is tested with."""
     if batches is not None and not batches._shutdown:
         if hasattr(batches, "_pin_memory_thread"):
             batches._pin_memory_thread_done_event.set()
@@ -376,7 +376,8 @@ def _end_workers(batches: Any, started: set) -> None:
         if batches._worker_pids_set:
             torch.utils.data._utils.signal_handling._remove_worker_pids(id(batches))
             batches._worker_pids_set = False
-    for worker in batches._workers if batches is not None else started:
+    workers = batches._workers if batches is not None else set(multiprocessing.active_children()) - before
+    for worker in workers:
         worker.kill()
     if batches is not None:
         batches._shutdown_workers()

@@ -1105,7 +1105,7 @@ def test_a_long_horizon_shows_its_blocks_drawn_on_a_terminal(monkeypatch) -> Non
     fc = Forecaster(VQVAE(cfg.model).eval(), gpt, cfg, plain_sample(), "cpu")
     context = 0.3 * np.random.default_rng(0).standard_normal((1, 64, 2)).astype(np.float32)
     span = gpt.block_size - 64 // fc.factor
-    monkeypatch.setattr(forecast, "ROLL_BAR_BLOCKS", 3)
+    monkeypatch.setattr(Forecaster, "ROLL_BAR_BLOCKS", 3)
     for blocks, shown in ((2, False), (3, True)):
         monkeypatch.setattr(sys, "stderr", Terminal())
         fc.predict(context, blocks * span * fc.factor, num_samples=2, seed=0)
