@@ -588,12 +588,19 @@ STOPPED = """
 import multiprocessing, os, signal, sys, threading, time
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+import faulthandler
 import running, training
 
+faulthandler.dump_traceback_later(40, exit=True)     # a hang says where, within the test's 60 s
+running.interruptible()     # a test run in a background job inherits Ctrl-C ignored, as a script's main takes it back
 name, when = sys.argv[1:]
 
 def stop():
     os.kill(os.getpid(), getattr(signal, name))
+    handled_by = time.monotonic() + 10
+    while when == "taken" and not (running._interrupted.is_set() or running._terminating.is_set()) \
+            and time.monotonic() < handled_by:      # its handler run, noted, not left to come after iter(loader)
+        time.sleep(0.01)
     time.sleep(0.5)
 
 class Stuck(Dataset):
