@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -136,6 +137,13 @@ def shown(path: str | os.PathLike) -> str:
     """A path as reports print it: from the project's root when inside it, so a report made in one checkout reads
     the same in every other; else as it is."""
     return in_project(path) or str(path)
+
+
+def command_line(words: Sequence[str], kinds: Sequence[str] = ()) -> str:
+    """`words` quoted as a shell needs them, after the variables of the locations `kinds` (ENV's) this process was
+    given: said again without them, a report's command reads and writes the default folders, not its own."""
+    given = [f"{ENV[k][0]}={shlex.quote(os.environ[ENV[k][0]])}" for k in kinds if os.environ.get(ENV[k][0])]
+    return " ".join([*given, shlex.join(words)])
 
 
 SHARED_MITDB = ROOT.parent / "shared" / "data" / "mitdb"      # where the project's machines keep MIT-BIH

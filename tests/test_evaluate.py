@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -593,6 +594,25 @@ def test_a_split_of_ones_own_is_scored_without_its_config(synthetic_db, tmp_path
     with pytest.raises(UserError, match=r"prepared unlike the data section of --config \(filter_band .*\): pass the "
                                         r"config it was prepared with as --config"):
         evaluate.main(["--model", "zero", "--prepared", str(tmp_path / "other"), "--results", str(tmp_path / "results")])
+
+
+def test_the_reports_command_names_the_folders_its_environment_chose(synthetic_db, tmp_path, monkeypatch):
+    """Data read from $ECG_PREPARED_DIR and the report written under $ECG_RESULTS_DIR: the report's command, said
+    again without them, read data/prepared and wrote results/ (a partial run went on elsewhere), so it names them."""
+    from hyper_params import config_from_dict
+
+    raw = json.loads((ROOT / "config_vqvae.json").read_text())
+    own = {**raw, "data": {**raw["data"], "test_records": ["104"], "validation_records": ["105"]}}
+    prepare(config_from_dict(own), synthetic_db, tmp_path / "my data", download=False)
+    monkeypatch.setenv("ECG_PREPARED_DIR", str(tmp_path / "my data"))
+    monkeypatch.setenv("ECG_RESULTS_DIR", str(tmp_path / "results"))
+    _, result = _run(["--model", "zero", "--max-windows-per-record", "1"])
+    command = result["header"]["command"]
+    assert shlex.split(command) == [f"ECG_PREPARED_DIR={tmp_path / 'my data'}",
+                                    f"ECG_RESULTS_DIR={tmp_path / 'results'}",
+                                    "python3", "evaluate.py", "--model", "zero", "--max-windows-per-record", "1"]
+    assert subprocess.run(["bash", "-c", f"{command.split(' python3 ')[0]} env"], capture_output=True, text=True,
+                          check=True).stdout.count(str(tmp_path / "my data")) == 1     # assignments a shell takes
 
 
 def test_data_prepared_unlike_config_is_the_error_without_the_models_warning(synthetic_db, tmp_path, monkeypatch,
