@@ -43,6 +43,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
@@ -334,15 +335,28 @@ def loader_batches(loader: DataLoader) -> Iterator[Iterator]:
     made: list = []
     before = set(multiprocessing.active_children())
 
-    def end() -> None:
-        _end_workers(made[0] if made else None, before)
+    def end(error: BaseException | None = None) -> None:
+        _end_workers(made[0] if made else _being_made(error), before)
     try:
         running.stops_held(lambda: made.append(_asking_for_stops(iter(loader))))
         yield made[0]
-    except BaseException:
-        running.stops_held(end, raise_held=False)
+    except BaseException as e:
+        running.stops_held(functools.partial(end, e), raise_held=False)
         raise
     running.stops_held(end)
+
+
+def _being_made(error: BaseException | None) -> Any:
+    """The iterator iter(loader) was making when `error` came (a sampler's bug), from its __init__'s frame: lost with
+    its workers' pids in torch's SIGCHLD watch, which raised their deaths over `error` once they were killed
+    ('DataLoader worker is killed by signal'), or printed them as its __del__ shut them down again."""
+    tb = error.__traceback__ if error is not None else None
+    while tb is not None:
+        made = tb.tb_frame.f_locals.get("self")
+        if isinstance(made, _MultiProcessingDataLoaderIter) and hasattr(made, "_workers"):
+            return made
+        tb = tb.tb_next
+    return None
 
 
 def _asking_for_stops(batches: Any) -> Any:
@@ -362,7 +376,7 @@ def _asking_for_stops(batches: Any) -> Any:
 
 
 def _end_workers(batches: Any, before: set) -> None:
-    """The workers of an iterator (when iter(loader) failed before it was made: the processes started since `before`)
+    """The workers of an iterator (when iter(loader) failed before it listed them: the processes started since `before`)
     killed, then it shut down: torch asks them to end and waits 5 s for each one stuck in a read (a hung network file
     system), sends it SIGTERM, which it blocks, and waits 5 s more; multiprocessing then waited for them without end
     as Python exited. The pin-memory thread (CUDA) ends first, not to read a batch of a worker killed meanwhile; the

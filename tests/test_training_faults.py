@@ -614,6 +614,8 @@ class StopAsStarted(Sampler):      # read once the workers are forked
     def __iter__(self):
         if when in ("starting", "taken"):
             stop()
+        if when == "failing":
+            raise ValueError("a sampler's bug")
         return iter(range(8))
 
 class StopInDel:
@@ -639,19 +641,20 @@ try:
             t0 = time.monotonic()
         if when != "ending":
             next(batches)
-except KeyboardInterrupt as e:
+except (KeyboardInterrupt, ValueError) as e:
     print(type(e).__name__, time.monotonic() - t0 < 4, flush=True)
 time.sleep(0.5)         # torch's SIGCHLD watch, had it the killed workers' pids still, would raise their deaths here
 print("alive", sum(p.is_alive() for p in multiprocessing.active_children()), flush=True)
 """
 
 
-def stopped_loader(name: str, when: str) -> None:
-    """STOPPED's run, stopped by signal `name` `when`, ends at once, its workers gone, and with no error."""
+def stopped_loader(name: str, when: str, ends_with: str | None = None) -> None:
+    """STOPPED's run, stopped by signal `name` `when`, ends at once, its workers gone, and with no error but
+    `ends_with` (the name of what it raised; by default the stop's)."""
     done = subprocess.run([sys.executable, "-c", STOPPED, name, when], cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and done.stdout.split() == [
-        "Terminated" if name == "SIGTERM" else "KeyboardInterrupt", "True", "alive", "0"], done.stdout + done.stderr
+    ends_with = ends_with or ("Terminated" if name == "SIGTERM" else "KeyboardInterrupt")
+    assert done.returncode == 0 and done.stdout.split() == [ends_with, "True", "alive", "0"], done.stdout + done.stderr
     assert "Error" not in done.stderr, done.stderr
 
 
@@ -665,6 +668,13 @@ def test_a_stop_that_comes_as_the_loader_starts_its_workers_ends_them(name: str,
     watch raised their deaths ('DataLoader worker is killed by signal', a CI run). The stop is raised once
     iter(loader) returned, and its workers end as the loader's other workers do. The loader's sampler sends it."""
     stopped_loader(name, when)
+
+
+def test_an_error_as_the_loader_starts_its_workers_is_raised_as_it_came() -> None:
+    """A sampler's bug raised in iter(loader), its workers started and in torch's SIGCHLD watch: the iterator it was
+    making was lost, its workers were killed still watched, and their deaths went up over the error or, as its __del__
+    shut them down again, were printed ('DataLoader worker (pid N) is killed by signal: Killed')."""
+    stopped_loader("SIGTERM", "failing", ends_with="ValueError")
 
 
 class Stalls(torch.utils.data.Dataset):
