@@ -24,7 +24,6 @@ import functools
 import inspect
 import math
 import os
-import shlex
 import shutil
 import sys
 import time
@@ -743,7 +742,8 @@ def main(argv: list[str] | None = None) -> dict:
     from prepare_mitbih import asked_leads      # before the model loads: a bad --leads fails at once
     asked_leads(args.leads)
     path, fc = load_forecaster(args.checkpoint, args.device)
-    run = {"command": shlex.join(["python3", "forecast.py", *(sys.argv[1:] if argv is None else argv)]),
+    words = ["python3", "forecast.py", *(sys.argv[1:] if argv is None else argv)]
+    run = {"command": paths.command_line(words, () if args.out else ("results",)),     # where it wrote, said again
            "git_commit": commit, **checkpoint_sha256(path, fc), **own_code_of(path)}   # what ran, taken at the start
     if args.out:
         paths.check_writable(args.out, keep=False)

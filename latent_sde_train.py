@@ -250,7 +250,7 @@ def finetune_crps(args: argparse.Namespace, resume: dict | None, argv: list[str]
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde_crps")
     # the train section this run trains with (its crps settings over the ELBO run's), not the ELBO run's
     config = {**scfg.to_dict(), "train": dataclasses.asdict(settings), "vqvae": start["config"]["vqvae"]}
-    meta = run_record(config, settings.seed, train, val, rt, argv)
+    meta = run_record(config, settings.seed, train, val, rt, argv, args.prepared)
     meta.update(crps_sources(args.crps_from, resume, start, source, read))
     fixed = fixed_windows(val, settings.plot_windows).numpy()
     epoch_end = plotting_epoch_end(fixed, fc.cfg.data.window_samples, run_dir, lambda m: fc,
@@ -380,7 +380,7 @@ def train_elbo(args: argparse.Namespace, resume: dict | None, argv: list[str] | 
     model.set_normaliser(train_enc[:, :steps])   # a resumed run restores the same buffers from its checkpoint
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "latent_sde")
     config = {**scfg.to_dict(), "vqvae": vq_ckpt["config"]}
-    meta = run_record(config, scfg.train.seed, train, val, rt, argv)
+    meta = run_record(config, scfg.train.seed, train, val, rt, argv, args.prepared)
     meta.update(vq_record)
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]}}
     fixed = fixed_windows(val, scfg.train.plot_windows).numpy()

@@ -74,9 +74,9 @@ def _quiet_store() -> Iterator[None]:
 
 def leave_word(end: BaseException) -> None:
     """In a process group, leave word in its store (torchrun's agent keeps it; without one, rank 0's process) that
-    this rank ends on a signal, a UserError or a failure of its own (a bug: its traceback, which it prints), for the
-    others to say when their next collective fails on its closed connections (word_left). The first word stays: a
-    rank that fails on another's end leaves none of its own.
+    this rank ends on a signal, a UserError, a sys.exit or a failure of its own (a bug: its traceback, which it
+    prints), for the others to say when their next collective fails on its closed connections (word_left). The first
+    word stays: a rank that fails on another's end leaves none of its own.
     _get_default_store is torch's own, not public: requirements.txt pins the torch it is tested with."""
     dist = _process_group()
     if dist is None:
@@ -84,6 +84,9 @@ def leave_word(end: BaseException) -> None:
     rank, first_line = dist.get_rank(), str(end).partition("\n")[0]
     if isinstance(end, KeyboardInterrupt):
         word = f"another rank stopped (rank {rank} {'terminated' if isinstance(end, Terminated) else 'interrupted'})"
+    elif isinstance(end, SystemExit):      # sys.exit in one's own code: no traceback to point to
+        said = f"exit status {end.code or 0}" if end.code is None or isinstance(end.code, int) else first_line
+        word = f"another rank exited (rank {rank}: {said})"
     elif isinstance(end, UserError):
         word = f"another rank failed (rank {rank}: {first_line})"
     else:
@@ -117,7 +120,7 @@ def _beside_the_others(main: Callable[[], Any]) -> None:
     (_leave_group), its word left before: the others read it as their collective fails."""
     try:
         main()
-    except (UserError, KeyboardInterrupt) as e:
+    except (UserError, KeyboardInterrupt, SystemExit) as e:
         leave_word(e)
         raise
     except Exception as e:
@@ -432,7 +435,7 @@ def run_main(main: Callable[[], Any]) -> None:
     usually meet the same error, and rank 0 says it (say_error); one met by a rank alone is said by the others as
     theirs (_beside_the_others). Ctrl-C exits with 130, SIGTERM (Terminated) with 143, as the shell counts a signal's
     death. Any other failure keeps its traceback and exit status 1; a rank of several prints it and leaves by _exit
-    too, not by the interpreter's exit, as it does when its main ends well."""
+    too, not by the interpreter's exit, as it does when its main ends well or calls sys.exit."""
     script_backend()
     interruptible()
     with _sigterm_as_stop():
@@ -455,6 +458,13 @@ def run_main(main: Callable[[], Any]) -> None:
             if not _of_several():
                 raise
             sys.excepthook(*sys.exc_info())     # as the interpreter prints it (torch's hook: each line after its rank)
+            _exit(1)
+        except SystemExit as e:     # as the interpreter ends on it, but a rank of several by _exit, as above
+            if not _of_several():
+                raise
+            if e.code is None or isinstance(e.code, int):
+                _exit(e.code or 0)
+            print(e.code, file=sys.stderr)
             _exit(1)
         finally:
             _scripts.pop()

@@ -1107,7 +1107,25 @@ def run_resume(args: argparse.Namespace, rt: Runtime, kind: str) -> dict | None:
         if rt.distributed:
             dist.broadcast_object_list(found, src=0)
         args.resume = found[0]
-    return load_resume(args.resume, kind) if args.resume else None
+    if not args.resume:
+        return None
+    ckpt = load_resume(args.resume, kind)
+    args.prepared = resumed_prepared(args.prepared, ckpt)
+    return ckpt
+
+
+def resumed_prepared(given: str | None, ckpt: dict) -> str | None:
+    """The prepared tensors a resume reads: --prepared's, else $ECG_PREPARED_DIR's, else its run's (run_record's
+    "prepared") while that folder is there. The resume command a stop prints names no folder: typed as printed after
+    a run on a folder of its own, it read data/prepared, other tensors or none, and its error told to pass the run's
+    --prepared again. A folder gone (the run made on another machine) leaves the default."""
+    if given or os.environ.get(paths.ENV["prepared"][0]):
+        return given
+    ran_on = ckpt.get("meta", {}).get("prepared")
+    if not ran_on or not os.path.isdir(ran_on) or ran_on == os.path.abspath(paths.location("prepared")):
+        return given
+    running.note(f"reading the prepared tensors the run read, in {ran_on} (--prepared reads others)")
+    return ran_on
 
 
 def _restarted_run(args: argparse.Namespace) -> str | None:
@@ -1140,14 +1158,17 @@ def _run_command(argv: list[str] | None) -> str:
     return _launched(sys.argv[0], sys.argv[1:])[0]
 
 
-def run_record(cfg_dict: dict, seed: int, train: dict, val: dict, rt: Runtime, argv: list[str] | None) -> dict:
+def run_record(cfg_dict: dict, seed: int, train: dict, val: dict, rt: Runtime, argv: list[str] | None,
+               prepared: str | os.PathLike | None = None) -> dict:
     """What every run records next to its results: config, seed, git commit (rt's, the start's), the training split's
     data hash, the training and validation records (so evaluate.py can tell when it scores a model on patients it
-    trained or chose its checkpoint on), command (_run_command; `argv`: the main's own, None when it parsed
-    sys.argv), torch's version and CPU threads (a seed's weights on the CPU are the same only at the same count)."""
+    trained or chose its checkpoint on), the prepared folder they were read from (--prepared, `prepared`: a resume
+    reads it again, resumed_prepared), command (_run_command; `argv`: the main's own, None when it parsed sys.argv),
+    torch's version and CPU threads (a seed's weights on the CPU are the same only at the same count)."""
     return {"config": cfg_dict, "seed": seed, "git_commit": rt.commit,
             "data_hash": paths.run_data_hash(train), "train_records": list(train["records"]),
             "validation_records": list(val["records"]),
+            "prepared": os.path.abspath(paths.location("prepared", prepared)),
             "world_size": rt.world, "device": str(rt.device), "command": _run_command(argv),
             "torch": str(torch.__version__), "torch_threads": torch.get_num_threads(),
             "torchrun_run_id": os.environ.get("TORCHELASTIC_RUN_ID"),     # a restart's run to resume (run_resume)

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
                     arch.dropout, arch.rope, cfg.model.num_quantizers, arch.draft)
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume, "transformer")
     config = {**tcfg.to_dict(), "vqvae": vq_ckpt["config"]}
-    meta = run_record(config, tcfg.train.seed, train, val, rt, argv)
+    meta = run_record(config, tcfg.train.seed, train, val, rt, argv, args.prepared)
     meta.update(vq_record)
     extras = {"vqvae": {"model": vq.state_dict(), "config": vq_ckpt["config"], "meta": vq_ckpt["meta"]},
               "block_size": block}

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     fs = int(train["fs"])
     model = VQVAE(cfg.model, train["scale_mv"].tolist())
     run_dir, ckpt_dir = shared_run_dirs(args, rt, resume_ckpt, "vqvae")
-    meta = run_record(cfg.to_dict(), cfg.train.seed, train, val, rt, argv)
+    meta = run_record(cfg.to_dict(), cfg.train.seed, train, val, rt, argv, args.prepared)
     fixed, titles = fixed_windows(val, cfg.train.plot_windows), fixed_titles(val, cfg.train.plot_windows, args.prepared)
     trainer = Trainer(model, RandomCrops(train["signals"], cfg.data.window_samples, cfg.train.seed),
                       Windows(val["signals"]), step_fn, cfg.train, run_dir, ckpt_dir, cfg.to_dict(), meta, rt,

@@ -3,6 +3,7 @@ checkpoint may not do when loaded."""
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -33,12 +34,18 @@ def test_evaluate_writes_into_ECG_RESULTS_DIR(tmp_path, monkeypatch):
 
 def test_forecast_writes_into_ECG_RESULTS_DIR_as_its_help_says(tmp_path, monkeypatch):
     """As the README says, forecast.py writes its runs into $ECG_RESULTS_DIR as the other scripts do; its --help
-    said only results/forecast-<time>."""
+    said only results/forecast-<time>. The .json's command names the variable, else said again it wrote into
+    results/; with --out it is the flag that chose the folder."""
     import forecast
     write_record(tmp_path / "db", "r", seconds=12, seed=0)
-    monkeypatch.setenv("ECG_RESULTS_DIR", str(tmp_path / "env_results"))
-    made = forecast.main(["--record", str(tmp_path / "db" / "r"), "--start", "4", "--checkpoint", "zero"])
-    assert made["files"][0].parent.parent == tmp_path / "env_results"
+    monkeypatch.setenv("ECG_RESULTS_DIR", str(tmp_path / "env results"))
+    asked = ["--record", str(tmp_path / "db" / "r"), "--start", "4", "--checkpoint", "zero"]
+    made = forecast.main(asked)
+    assert made["files"][0].parent.parent == tmp_path / "env results"
+    said = json.loads(made["files"][2].read_text())["command"]
+    assert shlex.split(said) == [f"ECG_RESULTS_DIR={tmp_path / 'env results'}", "python3", "forecast.py", *asked]
+    made = forecast.main([*asked, "--out", str(tmp_path / "mine")])
+    assert shlex.split(json.loads(made["files"][2].read_text())["command"])[:2] == ["python3", "forecast.py"]
     assert "$ECG_RESULTS_DIR" in " ".join(run_script(forecast.main, "forecast.py", ["--help"]).stdout.split())
 
 

@@ -385,6 +385,31 @@ def test_a_resume_on_other_prepared_tensors_says_to_pass_the_runs_prepared_again
     assert "--prepared again" not in str(fresh.value)
 
 
+def test_a_resume_reads_the_prepared_tensors_its_run_read(tmp_path: Path, synthetic_db: Path, monkeypatch,
+                                                         capsys) -> None:
+    """The resume command a stop prints names no folder: typed as printed after a run on a --prepared of its own, it
+    read the default folder (other tensors, or none) and was refused, told to pass the run's --prepared again. It
+    reads the folder its run.json names; $ECG_PREPARED_DIR still names another, and a folder gone leaves the
+    default."""
+    setup = tiny_setup(tmp_path, synthetic_db)
+    _run(setup, "--epochs", "1")
+    last = _only_run(tmp_path / "checkpoints") / "last.pt"
+    record = json.loads((_only_run(tmp_path / "results") / "run.json").read_text())
+    assert record["prepared"] == os.path.abspath(setup["prepared"])
+    monkeypatch.setitem(paths.ENV, "prepared", ("ECG_PREPARED_DIR", tmp_path / "default"))     # holds nothing
+    resume = ["--device", "cpu", "--resume", str(last), "--epochs", "2"]
+    monkeypatch.setenv("ECG_PREPARED_DIR", str(tmp_path / "elsewhere"))
+    with pytest.raises(UserError, match=re.escape(f"prepared tensors not found: {tmp_path / 'elsewhere'}")):
+        vqvae_train.main(resume)
+    monkeypatch.delenv("ECG_PREPARED_DIR")
+    capsys.readouterr()
+    assert vqvae_train.main(resume)["epoch"] == 2
+    assert f"note: reading the prepared tensors the run read, in {record['prepared']}" in capsys.readouterr().err
+    shutil.move(setup["prepared"], tmp_path / "moved")
+    with pytest.raises(UserError, match=re.escape(f"prepared tensors not found: {tmp_path / 'default'}")):
+        vqvae_train.main([*resume[:-1], "3"])
+
+
 def test_cut_checkpoint_is_a_clear_error(tmp_path: Path, synthetic_db: Path) -> None:
     setup = tiny_setup(tmp_path, synthetic_db)
     _run(setup, "--epochs", "1")

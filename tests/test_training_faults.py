@@ -932,31 +932,55 @@ def test_a_process_in_no_group_exits_through_the_interpreter_whatever_WORLD_SIZE
     assert r.stdout == "exit handlers ran\n"
 
 
-def test_ranks_ending_in_a_traceback_skip_the_interpreters_teardown() -> None:
-    """A failure that keeps its traceback (a bug: not a UserError, not a stop) left run_main to the interpreter, which
-    printed it and tore the process group down in its exit, where UserErrors and signals skip that teardown (it now
-    and then aborted, see above). Two env:// ranks (gloo): rank 1 fails on its own, rank 0 in its next collective;
-    with an exit handler that aborts standing in for the teardown, rank 1 ends with its traceback and exit status 1,
-    rank 0 with the line that names it and status 2."""
-    script = ("import atexit, os, running, training, torch.distributed as dist\n"
+def rank_1_alone(ends: str) -> tuple[list[int], str, str]:
+    """Two env:// ranks (gloo) under run_main: rank 1 ends by `ends` (a statement) on its own, rank 0 in its next
+    collective; an exit handler that aborts stands in for the interpreter's teardown of the process group (it now and
+    then aborted). Their exit statuses, rank 0's stderr and rank 1's."""
+    script = ("import atexit, os, sys, running, training, torch.distributed as dist\n"
               "atexit.register(os.abort)\n"
-              "def fails():\n"
+              "def main():\n"
               "    training.setup_runtime('cpu')\n"
               "    if dist.get_rank() == 1:\n"
-              "        raise ValueError('a bug of rank 1')\n"
+              f"        {ends}\n"
               "    dist.barrier()\n"
-              "running.run_main(fails)\n")
+              "running.run_main(main)\n")
     env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
            "ECG_DIST_TIMEOUT": "60"}
     procs = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env={**env, "RANK": str(rank)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
              for rank in (0, 1)]
     (_, rank0), (_, rank1) = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [2, 1], (rank0, rank1)
+    return [p.returncode for p in procs], rank0, rank1
+
+
+def test_ranks_ending_in_a_traceback_skip_the_interpreters_teardown() -> None:
+    """A failure that keeps its traceback (a bug: not a UserError, not a stop) left run_main to the interpreter, which
+    printed it and tore the process group down in its exit, where UserErrors and signals skip that teardown (it now
+    and then aborted, see above): rank 1 ends with its traceback and exit status 1, rank 0 with the line that names
+    it and status 2."""
+    codes, rank0, rank1 = rank_1_alone("raise ValueError('a bug of rank 1')")
+    assert codes == [2, 1], (rank0, rank1)
     rank1 = rank1.splitlines()      # as the interpreter prints it (torch's hook: the rank)
     assert rank1[0] == "[rank1]: Traceback (most recent call last):", rank1
     assert rank1[-1] == "[rank1]: ValueError: a bug of rank 1", rank1
     assert rank0 == "error: another rank failed (rank 1's traceback: ValueError: a bug of rank 1)\n", rank0
+
+
+def test_a_rank_calling_sys_exit_alone_is_named_by_the_others() -> None:
+    """sys.exit in one rank's own code (a dataset, a forecaster of one's own) left no word: the other rank failed in
+    its next collective with torch's 'Connection closed by peer' traceback, and the exiting rank went through the
+    interpreter's teardown of the group."""
+    codes, rank0, rank1 = rank_1_alone("sys.exit('rank 1 gives up')")
+    assert codes == [2, 1], (rank0, rank1)
+    assert (rank0, rank1) == ("error: another rank exited (rank 1: rank 1 gives up)\n", "rank 1 gives up\n")
+
+
+@pytest.mark.parametrize("code, said", [(3, "exit status 3"), (None, "exit status 0")])
+def test_a_sys_exit_leaves_word_of_its_status(group_of_rank, code: int | None, said: str) -> None:
+    """run_main: sys.exit(3) or sys.exit() in a rank's main goes up as it is, its status said to the others."""
+    with pytest.raises(SystemExit) as e:
+        running.run_main(lambda: sys.exit(code))
+    assert e.value.code == code and running.word_left() == f"another rank exited (rank 1: {said})"
 
 
 def test_the_first_rank_to_fail_keeps_its_word(group_of_rank) -> None:
