@@ -142,8 +142,13 @@ def shown(path: str | os.PathLike) -> str:
 def command_line(words: Sequence[str], kinds: Sequence[str] = ()) -> str:
     """`words` quoted as a shell needs them, after the variables of the locations `kinds` (ENV's) this process was
     given: said again without them, a report's command reads and writes the default folders, not its own."""
+    return with_locations(shlex.join(words), kinds)
+
+
+def with_locations(command: str, kinds: Sequence[str]) -> str:
+    """A shell command after the assignments of the variables of the locations `kinds` this process was given."""
     given = [f"{ENV[k][0]}={shlex.quote(os.environ[ENV[k][0]])}" for k in kinds if os.environ.get(ENV[k][0])]
-    return " ".join([*given, shlex.join(words)])
+    return " ".join([*given, command])
 
 
 SHARED_MITDB = ROOT.parent / "shared" / "data" / "mitdb"      # where the project's machines keep MIT-BIH

@@ -1151,11 +1151,12 @@ def _restarted_run(args: argparse.Namespace) -> str | None:
 
 def _run_command(argv: list[str] | None) -> str:
     """What ran, to run it again, as resume_hint says it: the command line (`python3 <script> ...`, quoted as a shell
-    needs it) or the call from Python (_main_call). The list alone ('--epochs 1') named no script. A torchrun worker's
-    own command line would start one process: its launcher's is said (_launched)."""
+    needs it, after the $ECG_PREPARED_DIR, $ECG_RESULTS_DIR and $ECG_CHECKPOINTS_DIR that chose its folders) or the
+    call from Python (_main_call). The list alone ('--epochs 1') named no script. A torchrun worker's own command
+    line would start one process: its launcher's is said (_launched)."""
     if not _from_command_line(argv):
         return _main_call(argv)
-    return _launched(sys.argv[0], sys.argv[1:])[0]
+    return paths.with_locations(_launched(sys.argv[0], sys.argv[1:])[0], ("prepared", "results", "checkpoints"))
 
 
 def run_record(cfg_dict: dict, seed: int, train: dict, val: dict, rt: Runtime, argv: list[str] | None,
