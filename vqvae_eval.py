@@ -32,7 +32,6 @@ import argparse
 import json
 import math
 import os
-import shlex
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -208,7 +207,8 @@ def next_commands(ckpt_dir: Path, cfg: Config, val: dict, prepared: str | None,
     epoch plots' first panel (the record read from the folder it was prepared from, meta.json's data_dir), and
     evaluate.py on the validation patients, which reads the split by its --config's data section: when that is not
     config_vqvae.json's, the VQ-VAE's config is written next to the checkpoints and named, so the command runs as
-    printed. best.pt is best_checkpoint's, not a file that is not there."""
+    printed. best.pt is best_checkpoint's, not a file that is not there. Both name the $ECG_* folders that chose
+    this run's (paths.command_line)."""
     best = best_checkpoint(ckpt_dir, resume)
     record = val["records"][int(val["record"][0])]
     start = (int(val["start"][0]) + cfg.data.window_samples) / float(val["fs"])
@@ -225,7 +225,9 @@ def next_commands(ckpt_dir: Path, cfg: Config, val: dict, prepared: str | None,
         own = Path(ckpt_dir) / OWN_CONFIG
         paths.atomic_write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", own)
         evaluate += ["--config", str(own)]
-    return f"forecast with: {shlex.join(forecast)}\nevaluate on validation patients: {shlex.join(evaluate)}"
+    read = ("results",) if prepared else ("prepared", "results")      # the locations its environment chose
+    return (f"forecast with: {paths.command_line(forecast, ('results',))}\n"
+            f"evaluate on validation patients: {paths.command_line(evaluate, read)}")
 
 
 OWN_CONFIG = "vqvae_config.json"     # the VQ-VAE's config, beside a forecaster's checkpoints (next_commands)

@@ -7,7 +7,6 @@ every N epochs) to checkpoints/vqvae-<time>/.
 """
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import numpy as np
@@ -150,15 +149,17 @@ def main(argv: list[str] | None = None) -> dict:
 def next_commands(ckpt_dir: Path, cfg: Config, prepared: str | None, resume: dict | None = None) -> str:
     """What to run with the run's best.pt (best_checkpoint's) once its training ends, as the forecaster trainers
     say it: vqvae_eval.py on the validation patients, and a forecaster trained on it (transformer_train.py), on the
-    run's --prepared folder. Both read the data section from the checkpoint, so no --config; a VQ-VAE whose
-    data.forecast_predictions is 0 gets no forecaster line, as forecasting_config refuses it."""
+    run's --prepared folder (or the $ECG_* folders that chose this run's). Both read the data section from the
+    checkpoint, so no --config; a VQ-VAE whose data.forecast_predictions is 0 gets no forecaster line, as
+    forecasting_config refuses it."""
     best = best_checkpoint(ckpt_dir, resume)
     data = ["--prepared", prepared] if prepared else []
-    lines = ["evaluate on validation patients: "
-             + shlex.join(["python3", "vqvae_eval.py", "--checkpoint", best, "--split", "validation", *data])]
+    read = ("results",) if prepared else ("prepared", "results")      # the locations its environment chose
+    lines = ["evaluate on validation patients: " + paths.command_line(
+        ["python3", "vqvae_eval.py", "--checkpoint", best, "--split", "validation", *data], read)]
     if cfg.data.forecast_predictions > 0:
-        lines.append("train a forecaster on it: "
-                     + shlex.join(["python3", "transformer_train.py", "--vqvae", best, *data]))
+        lines.append("train a forecaster on it: " + paths.command_line(
+            ["python3", "transformer_train.py", "--vqvae", best, *data], (*read, "checkpoints")))
     return "\n".join(lines)
 
 

@@ -1471,6 +1471,28 @@ def test_the_next_commands_name_the_first_plotted_windows_record_and_the_runs_pr
         assert ("--prepared" in ev) == (prepared is not None)
 
 
+def test_the_next_commands_name_the_folders_the_environment_chose(tmp_path, monkeypatch) -> None:
+    """A run whose data $ECG_PREPARED_DIR chose and whose results $ECG_RESULTS_DIR did printed commands that, typed
+    where those are not set (a one-off `ECG_PREPARED_DIR=... python3 ...`), read data/prepared and wrote results/;
+    they name them, as evaluate's report does. A --prepared given is the flag's, with no variable for it."""
+    import shlex
+
+    import vqvae_train
+
+    cfg = load_config()
+    val = {"records": ["x"], "record": [0], "start": [0], "fs": cfg.data.samples_per_second}
+    monkeypatch.setenv("ECG_PREPARED_DIR", str(tmp_path / "my data"))
+    monkeypatch.setenv("ECG_RESULTS_DIR", "runs")
+    monkeypatch.setenv("ECG_CHECKPOINTS_DIR", "ckpts")
+    env = [f"ECG_PREPARED_DIR={tmp_path / 'my data'}", "ECG_RESULTS_DIR=runs"]
+    told = [shlex.split(line.split(": ", 1)[1]) for line in vqvae_eval.next_commands(tmp_path / "run", cfg, val, None)
+            .splitlines() + vqvae_train.next_commands(tmp_path / "run", cfg, None).splitlines()]
+    assert [t[:t.index("python3")] for t in told] == [env[1:], env, env, [*env, "ECG_CHECKPOINTS_DIR=ckpts"]]
+    told = [shlex.split(line.split(": ", 1)[1]) for line in vqvae_eval.next_commands(
+        tmp_path / "run", cfg, val, "mine").splitlines()]
+    assert [t[:t.index("python3")] for t in told] == [env[1:], env[1:]] and told[1][-2:] == ["--prepared", "mine"]
+
+
 def test_run_folders_passed_over_are_the_kinds_folders_newer_than_the_newest_checkpoint(tmp_path, capsys):
     """Only folders newer than the newest best.pt are passed over, not those between two checkpoints' runs; a file
     or another kind's run folder without best.pt is none."""
