@@ -99,7 +99,7 @@ def setup_runtime(device: str | None = None) -> Runtime:
     commit = paths.git_commit()     # the code that runs, whatever the tree holds once the data are read
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), local_rank()
-    device = check_device(device)       # before the GPU test: a typo is an error on any machine
+    device = _begun().device = check_device(device)       # before the GPU test: a typo is an error on any machine
     use_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")   # cpu:0 too
     if world > 1:
         if "TORCHELASTIC_RUN_ID" in os.environ:     # set by torchrun for its workers
@@ -914,17 +914,28 @@ def drop_unused_folders(run_dir: Path, ckpt_dir: Path) -> bool:
 def resume_hint(start: str | Path | None, kind: str) -> str:
     """How a stopped run goes on from checkpoint `start` (none: nothing was saved yet), said as it was started: its
     script's command line, or the call from Python (_from_command_line), since a notebook's sys.argv[0] is the
-    kernel's launcher and a sweep's the sweep; a Trainer used outside a script, fit(resume=...)."""
+    kernel's launcher and a sweep's the sweep; a Trainer used outside a script, fit(resume=...). The run's --device
+    is said again when it is not the one a resume takes without it (_device_flag)."""
     if not start:
         return "nothing was saved yet (last.pt is written at the end of every epoch)"
     begun = _begun()
+    flags = ["--resume", str(start), *_device_flag(begun.device)]
     if begun.module and not _from_command_line(begun.argv):
-        return f"resume with: {_main_call(['--resume', str(start)])}"
+        return f"resume with: {_main_call(flags)}"
     if not begun.module and running.script_running() is None:
         return f"resume with: fit(resume={str(start)!r})"
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else f"{kind}_train.py"
-    command, nodes = _launched(script, ["--resume", str(start)])      # a folder 'my runs' too
+    command, nodes = _launched(script, flags)      # a folder 'my runs' too
     return f"resume with{f' ({nodes})' if nodes else ''}: {command}"
+
+
+def _device_flag(device: str | None) -> list[str]:
+    """['--device', device] when a resume without it would run elsewhere: a run kept on the CPU of a machine with a
+    GPU went on on the GPU (its numbers no longer the same), one on cuda:1 on cuda:0. [] for the default's own."""
+    if device is None:
+        return []
+    dev, default = torch.device(device), "cuda" if torch.cuda.is_available() else "cpu"
+    return [] if dev.type == default and not dev.index else ["--device", device]
 
 
 def _launched(script: str, flags: list[str]) -> tuple[str, str]:
@@ -1004,6 +1015,7 @@ class _Begun:
     module: str = ""                                # the module of the main, which a call from Python resumes
     argv: list[str] | None = None                   # what the main was given (_from_command_line)
     folders: tuple[Path, Path] | None = None        # a new run's results and checkpoint folders (shared_run_dirs)
+    device: str | None = None                       # --device as given (setup_runtime): resume_hint says it again
     trainer_ran: bool = False                       # Trainer.run began: it says how to resume from then on
 
     def stopped(self, e: BaseException) -> None:

@@ -315,6 +315,22 @@ def test_a_resumed_run_stopped_before_its_trainer_says_how_to_resume(tmp_path: P
     assert (r.returncode, r.stderr.splitlines()[-1]) == (status, word)
 
 
+def test_a_resume_command_names_the_runs_device_where_a_resume_takes_another(tmp_path: Path, synthetic_db: Path,
+                                                                            monkeypatch) -> None:
+    """A run kept on the CPU (--device cpu) of a machine with a GPU printed a resume command without --device, which
+    went on on the GPU, its numbers no longer the CPU run's: the command says --device cpu there, and nothing more
+    where the CPU is the default anyway."""
+    setup = tiny_setup(tmp_path, synthetic_db)
+    _run(setup, "--epochs", "1")
+    last = tmp_path / "checkpoints" / _only_run(tmp_path / "results").name / "last.pt"
+    resume = flags({"prepared": setup["prepared"]}, "--device", "cpu", "--resume", str(last))
+    for gpu, said in ((False, ""), (True, " --device cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+        r = stopped_at(monkeypatch, vqvae_train, "run_splits", KeyboardInterrupt(), "vqvae_train.py", resume)
+        assert r.stderr.splitlines() == [f"interrupted; resume with: python3 vqvae_train.py --resume {last}{said}"]
+    assert training._device_flag("cuda:1") == ["--device", "cuda:1"] and training._device_flag("cuda") == []
+
+
 @pytest.mark.parametrize("stop, status, word", [(KeyboardInterrupt(), 130, "interrupted"),
                                                (running.Terminated(), 143, "terminated")], ids=["ctrl_c", "sigterm"])
 @pytest.mark.parametrize("module", [vqvae_train, transformer_train, latent_sde_train],
