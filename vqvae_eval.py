@@ -4,8 +4,8 @@ MIT-BIH's 201 and 202 are one patient).
     python3 vqvae_eval.py [--checkpoint checkpoints/<run>/best.pt] [--split test|validation|train]
 
 Prints and saves (results/vqvae_eval-<time>/reconstruction.json, .md, a PNG; with the checkpoint's SHA-256, the
-data hash and the git commit) each record's leads (as meta.json gives them), MSE in mV^2, PRD and normalised PRD in
-percent, codebook perplexity and usage, the compression ratio and the bit rate.
+data hash, the command and the git commit) each record's leads (as meta.json gives them), MSE in mV^2, PRD and
+normalised PRD in percent, codebook perplexity and usage, the compression ratio and the bit rate.
 
     python3 vqvae_eval.py [--checkpoint C] --record ../shared/data/mitdb/100 [--start 60] [--seconds 30|end]
                           [--leads LEAD1 LEAD2]
@@ -16,7 +16,7 @@ e.g. II V5): consecutive windows of the model's length from --start (default 0 s
 results/vqvae_eval-<time>/<record>_<start>s.npz: codes [W, T', Q] int, latents [W, T', D] float32 (the encoder's
 output before quantisation, time before channel), gain [W, 2] mV (what each window is divided by before coding),
 reconstruction and signal [W, T, 2] mV, start_s [W], fs, leads (the two read), record, checkpoint,
-checkpoint_sha256, input_hash (the record's files), git_commit; and a PNG of the first windows against their
+checkpoint_sha256, input_hash (the record's files), command, git_commit; and a PNG of the first windows against their
 reconstructions, each panel naming its lead.
 
 From Python, main(["--split", "test", ...]) takes the flags as a list and returns the report (reconstruction.json's
@@ -33,6 +33,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -380,6 +381,7 @@ def report_lines(report: dict, data: dict) -> list[str]:
              f"checkpoint `{report['checkpoint']}` (sha256 {report['checkpoint_sha256']}), "
              f"{running.counted(s['records'], 'record')}, {running.counted(s['windows'], 'window')} of "
              f"{data['signals'].shape[1] / float(data['fs']):g} s, git {report['git_commit']}", "",
+             *([f"made by `{report['command']}`", ""] if report.get("command") else []),
              *trained_line(report.get("trained", {})),
              "| record | leads | MSE (mV²) | PRD (%) | PRDN (%) |", "|---:|---|---:|---:|---:|"]
     lines += [f"| {r} | {', '.join(leads.get(r) or ['?'])} | {v['mse_mv2']:.5f} | {v['prd']:.2f} | {v['prdn']:.2f} |"
@@ -513,8 +515,9 @@ def record_span(start: float, seconds: float | None, data: DataConfig) -> tuple[
 def code_record(args: argparse.Namespace, model: VQVAE, data: DataConfig, checkpoint: Path,
                 run_record: dict) -> Path:
     """--record: its windows coded one by one into one .npz (codes, latents, gains, reconstructions, the windows)
-    and the first ones drawn against their reconstructions. `run_record` (the checkpoint's digest and the commit,
-    taken at the start) goes into the .npz with the record files' input hash, as forecast.py's .json gives them.
+    and the first ones drawn against their reconstructions. `run_record` (the checkpoint's digest, the command and
+    the commit, taken at the start) goes into the .npz with the record files' input hash, as forecast.py's .json
+    gives them.
     Returns the .npz's path. The leads are those --leads names, else those the model's training data's reading
     chooses; the .npz's `leads` and the plot name them."""
     from forecast import read_model_record
@@ -556,15 +559,15 @@ def parse_seconds(value: str) -> float:
 
 
 def evaluate_split(args: argparse.Namespace, model: VQVAE, ckpt: dict, cfg: Config, checkpoint: Path, digest: str,
-                   commit: str) -> dict:
-    """--split: reconstruction.json and .md, naming the checkpoint by the `digest` of the bytes loaded and the code
-    by the `commit` at the start, and a PNG of examples. Returns the report."""
+                   run: dict) -> dict:
+    """--split: reconstruction.json and .md, naming the checkpoint by the `digest` of the bytes loaded, and the run by
+    its command and the git commit at the start (`run`), and a PNG of examples. Returns the report."""
     data = load_split(args.split, cfg, args.prepared, any_records=True)   # a split of one's own is fine
     for warning in seen_warnings(ckpt["meta"], list(data["records"]), args.split):
         running.warn(warning)
     report = reconstruction_report(model, data, source_samples(data["records"], args.prepared))
     # the data hash as a training run's run.json gives it
-    report.update(checkpoint=str(checkpoint), checkpoint_sha256=digest, split=args.split, git_commit=commit,
+    report.update(checkpoint=str(checkpoint), checkpoint_sha256=digest, split=args.split, **run,
                   data_hash=paths.run_data_hash(data), trained=ckpt["meta"],
                   leads={r: leads for r, leads in stored_leads(args.prepared).items() if r in report["per_record"]})
     lines = report_lines(report, data)
@@ -617,15 +620,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict | Path:
     args = parse_args(argv)
     asked_leads(args.leads)     # before the model loads: a bad --leads fails at once
-    commit = paths.git_commit()     # the code that runs, whatever the tree holds when the report is written
+    run = {"command": paths.command_line(["python3", "vqvae_eval.py", *(sys.argv[1:] if argv is None else argv)],
+                                         ("prepared", "results", "checkpoints")),
+           "git_commit": paths.git_commit()}   # the code that runs, whatever the tree holds when the report is written
     path = (paths.given_checkpoint(args.checkpoint, "--checkpoint", VQVAE_TAKES) if args.checkpoint
             else latest_checkpoint("vqvae", args.checkpoints))
     model, ckpt, digest = read_vqvae(path)      # the weights coded with: best.pt changes while its run goes on
     cfg = stored_config(ckpt["config"], f"config stored in {path}")
     paths.check_writable(paths.location("results", args.results), keep=False)     # before the coding, not after
     if args.record:
-        return code_record(args, model, cfg.data, path, {"checkpoint_sha256": digest, "git_commit": commit})
-    return evaluate_split(args, model, ckpt, cfg, path, digest, commit)
+        return code_record(args, model, cfg.data, path, {"checkpoint_sha256": digest, **run})
+    return evaluate_split(args, model, ckpt, cfg, path, digest, run)
 
 
 if __name__ == "__main__":

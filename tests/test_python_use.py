@@ -47,6 +47,9 @@ def test_vqvae_eval_returns_its_report_or_the_records_codes(notebook, synthetic_
                               "--results", str(tmp_path / "eval")])
     assert report["split"] == "validation" and report["summary"]["records"] == 1
     assert report == json.loads(next((tmp_path / "eval").glob("vqvae_eval-*/reconstruction.json")).read_text())
+    said = next((tmp_path / "eval").glob("vqvae_eval-*/reconstruction.md")).read_text()
+    assert report["command"].startswith("python3 vqvae_eval.py --checkpoint ")
+    assert f"made by `{report['command']}`" in said
     npz = vqvae_eval.main(["--checkpoint", str(best), "--record", str(synthetic_db / "100"), "--start", "5",
                            "--results", str(tmp_path / "eval")])
     assert npz.name == "100_5s.npz" and np.load(npz)["codes"].shape == (1, 16, 1)

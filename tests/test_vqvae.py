@@ -1,6 +1,7 @@
 import json
 import math
 import re
+import shlex
 import shutil
 import warnings
 from pathlib import Path
@@ -1223,7 +1224,7 @@ def test_vqvae_eval_of_a_split_stopped_at_its_plot_leaves_no_folder(tmp_path, mo
         monkeypatch.setattr(vqvae_eval, name, value)
     monkeypatch.setattr(vqvae_eval.paths, "run_data_hash", lambda *a: "h")
     args = SimpleNamespace(split="validation", prepared=str(tmp_path), results=str(tmp_path / "results"))
-    split = (args, None, {"meta": {}}, None, tmp_path / "best.pt", "digest", "commit")
+    split = (args, None, {"meta": {}}, None, tmp_path / "best.pt", "digest", {"git_commit": "commit"})
     monkeypatch.setattr(vqvae_eval, "plot_examples", stopped)
     with monkeypatch.context() as kill:
         kill.setattr(shutil, "rmtree", lambda *a, **k: None)     # a kill cleans nothing up
@@ -1252,6 +1253,7 @@ def test_vqvae_eval_record_saves_the_readme_recipes_codes_and_latents(tiny_check
     run = next((tmp_path / "results").glob("vqvae_eval-*"))
     assert sorted(p.name for p in run.iterdir()) == ["r_2.5s.npz", "r_2.5s.png"]
     saved = np.load(run / "r_2.5s.npz")             # strings too, without pickles
+    assert str(saved["command"]) == shlex.join(["python3", "vqvae_eval.py", *res.args[1:]])     # what made it
     assert saved["codes"].shape == (3, 16, 2) and saved["codes"].dtype == np.int64
     assert saved["latents"].shape == (3, 16, 8) and saved["latents"].dtype == np.float32
     assert saved["gain"].shape == (3, 2) and saved["reconstruction"].shape == saved["signal"].shape == (3, 64, 2)
