@@ -1333,8 +1333,7 @@ def report_header(args: argparse.Namespace, argv: list[str] | None, cfg: Config,
     fs, context, src = cfg.data.samples_per_second, cfg.data.window_samples, w.source
     horizon, beats = w.signals.shape[1] - context, args.horizon_beats
     return {
-        "command": paths.command_line(["python3", "evaluate.py", *(sys.argv[1:] if argv is None else argv)],
-                                      ("prepared", "results")),
+        "command": paths.script_command("evaluate.py", argv, ("prepared", "results")),
         **started,
         "config": f"{args.config or 'config_vqvae.json'} (data hash {data_hash(cfg.data)})",
         # the tensors' own data hash: with record lists of one's own it is not the config's above

@@ -25,7 +25,6 @@ import inspect
 import math
 import os
 import shutil
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -742,8 +741,7 @@ def main(argv: list[str] | None = None) -> dict:
     from prepare_mitbih import asked_leads      # before the model loads: a bad --leads fails at once
     asked_leads(args.leads)
     path, fc = load_forecaster(args.checkpoint, args.device)
-    words = ["python3", "forecast.py", *(sys.argv[1:] if argv is None else argv)]
-    run = {"command": paths.command_line(words, () if args.out else ("results",)),     # where it wrote, said again
+    run = {"command": paths.script_command("forecast.py", argv, () if args.out else ("results",)),   # where it wrote
            "git_commit": commit, **checkpoint_sha256(path, fc), **own_code_of(path)}   # what ran, taken at the start
     if args.out:
         paths.check_writable(args.out, keep=False)

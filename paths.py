@@ -22,6 +22,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -137,6 +138,12 @@ def shown(path: str | os.PathLike) -> str:
     """A path as reports print it: from the project's root when inside it, so a report made in one checkout reads
     the same in every other; else as it is."""
     return in_project(path) or str(path)
+
+
+def script_command(script: str, argv: Sequence[str] | None, kinds: Sequence[str] = ()) -> str:
+    """`python3 <script>` with the flags this run was given (its main's `argv`, else sys.argv's), as command_line
+    says it after the variables of the locations `kinds`: what a report or an output records to make it again."""
+    return command_line(["python3", script, *(sys.argv[1:] if argv is None else argv)], kinds)
 
 
 def command_line(words: Sequence[str], kinds: Sequence[str] = ()) -> str:

@@ -12,8 +12,6 @@ main(["--checkpoint", ...]) takes the flags as a list and returns the shipped fi
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import tempfile
 from pathlib import Path
 
@@ -123,7 +121,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise paths.UserError(f"{args.checkpoint} holds a '{ckpt['kind']}' model, not a forecaster")
     out, ref_path = SHIPPED[ckpt["kind"]], reference_path(ckpt["kind"])
     packed = pack(ckpt, run_dir_of(vqvae_checkpoint_of(ckpt["meta"])), run_dir_of(ckpt["meta"].get("crps_from")))
-    again = f"run {shlex.join(['python3', 'pretrained.py', *(sys.argv[1:] if argv is None else argv)])} again"
+    again = f"run {paths.script_command('pretrained.py', argv)} again"
     ship(packed, out, ref_path, mitdb, commit, again)
     print(f"packed {args.checkpoint} -> {out} ({out.stat().st_size / 2 ** 20:.1f} MiB), "
           f"reference forecasts -> {ref_path}")

@@ -85,7 +85,8 @@ def leave_word(end: BaseException) -> None:
     if isinstance(end, KeyboardInterrupt):
         word = f"another rank stopped (rank {rank} {'terminated' if isinstance(end, Terminated) else 'interrupted'})"
     elif isinstance(end, SystemExit):      # sys.exit in one's own code: no traceback to point to
-        said = f"exit status {end.code or 0}" if end.code is None or isinstance(end.code, int) else first_line
+        status = _exit_status(end)
+        said = first_line if status is None else f"exit status {status}"
         word = f"another rank exited (rank {rank}: {said})"
     elif isinstance(end, UserError):
         word = f"another rank failed (rank {rank}: {first_line})"
@@ -462,14 +463,19 @@ def run_main(main: Callable[[], Any]) -> None:
         except SystemExit as e:     # as the interpreter ends on it, but a rank of several by _exit, as above
             if not _of_several():
                 raise
-            if e.code is None or isinstance(e.code, int):
-                _exit(e.code or 0)
-            print(e.code, file=sys.stderr)
-            _exit(1)
+            status = _exit_status(e)
+            if status is None:
+                print(e.code, file=sys.stderr)
+            _exit(1 if status is None else status)
         finally:
             _scripts.pop()
     if _of_several():       # a run that ended well too: its rank 1 aborted in the teardown once in a CI run (_exit)
         _exit(0)
+
+
+def _exit_status(end: SystemExit) -> int | None:
+    """The exit status sys.exit(code) ends with, as Python counts it; None for a message (printed, status 1)."""
+    return end.code or 0 if end.code is None or isinstance(end.code, int) else None
 
 
 def _stop_status(stop: KeyboardInterrupt) -> int:

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -620,8 +619,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict | Path:
     args = parse_args(argv)
     asked_leads(args.leads)     # before the model loads: a bad --leads fails at once
-    run = {"command": paths.command_line(["python3", "vqvae_eval.py", *(sys.argv[1:] if argv is None else argv)],
-                                         ("prepared", "results", "checkpoints")),
+    run = {"command": paths.script_command("vqvae_eval.py", argv, ("prepared", "results", "checkpoints")),
            "git_commit": paths.git_commit()}   # the code that runs, whatever the tree holds when the report is written
     path = (paths.given_checkpoint(args.checkpoint, "--checkpoint", VQVAE_TAKES) if args.checkpoint
             else latest_checkpoint("vqvae", args.checkpoints))
