@@ -35,6 +35,7 @@ ENV = {
     "results": ("ECG_RESULTS_DIR", ROOT / "results"),
     "checkpoints": ("ECG_CHECKPOINTS_DIR", ROOT / "checkpoints"),
 }
+FLAGS = {"data": "--data-dir", "prepared": "--prepared", "results": "--results", "checkpoints": "--checkpoints"}
 # The shipped models (see pretrained/README.md): the Transformer is the default wherever one model is meant.
 SHIPPED = {"transformer": ROOT / "pretrained" / "forecaster.pt", "latent_sde": ROOT / "pretrained" / "latent_sde.pt"}
 PRETRAINED = SHIPPED["transformer"]
@@ -149,12 +150,16 @@ def script_command(script: str, argv: Sequence[str] | None, kinds: Sequence[str]
 def command_line(words: Sequence[str], kinds: Sequence[str] = ()) -> str:
     """`words` quoted as a shell needs them, after the variables of the locations `kinds` (ENV's) this process was
     given: said again without them, a report's command reads and writes the default folders, not its own."""
-    return with_locations(shlex.join(words), kinds)
+    return with_locations(shlex.join(words), kinds, words)
 
 
-def with_locations(command: str, kinds: Sequence[str]) -> str:
-    """A shell command after the assignments of the variables of the locations `kinds` this process was given."""
-    given = [f"{ENV[k][0]}={shlex.quote(os.environ[ENV[k][0]])}" for k in kinds if os.environ.get(ENV[k][0])]
+def with_locations(command: str, kinds: Sequence[str], words: Sequence[str] = ()) -> str:
+    """A shell command after the assignments of the variables of the locations `kinds` this process was given, but
+    for those whose flag (FLAGS) is among the command's `words`: the flag wins over the variable, so it would say
+    nothing."""
+    flagged = {k for k in kinds if any(w == FLAGS[k] or w.startswith(FLAGS[k] + "=") for w in words)}
+    given = [f"{ENV[k][0]}={shlex.quote(os.environ[ENV[k][0]])}" for k in kinds
+             if k not in flagged and os.environ.get(ENV[k][0])]
     return " ".join([*given, command])
 
 

@@ -1168,7 +1168,8 @@ def _run_command(argv: list[str] | None) -> str:
     line would start one process: its launcher's is said (_launched)."""
     if not _from_command_line(argv):
         return _main_call(argv)
-    return paths.with_locations(_launched(sys.argv[0], sys.argv[1:])[0], ("prepared", "results", "checkpoints"))
+    return paths.with_locations(_launched(sys.argv[0], sys.argv[1:])[0], ("prepared", "results", "checkpoints"),
+                                sys.argv[1:])
 
 
 def run_record(cfg_dict: dict, seed: int, train: dict, val: dict, rt: Runtime, argv: list[str] | None,

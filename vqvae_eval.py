@@ -225,9 +225,8 @@ def next_commands(ckpt_dir: Path, cfg: Config, val: dict, prepared: str | None,
         own = Path(ckpt_dir) / OWN_CONFIG
         paths.atomic_write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", own)
         evaluate += ["--config", str(own)]
-    read = ("results",) if prepared else ("prepared", "results")      # the locations its environment chose
     return (f"forecast with: {paths.command_line(forecast, ('results',))}\n"
-            f"evaluate on validation patients: {paths.command_line(evaluate, read)}")
+            f"evaluate on validation patients: {paths.command_line(evaluate, ('prepared', 'results'))}")
 
 
 OWN_CONFIG = "vqvae_config.json"     # the VQ-VAE's config, beside a forecaster's checkpoints (next_commands)

@@ -154,12 +154,11 @@ def next_commands(ckpt_dir: Path, cfg: Config, prepared: str | None, resume: dic
     forecasting_config refuses it."""
     best = best_checkpoint(ckpt_dir, resume)
     data = ["--prepared", prepared] if prepared else []
-    read = ("results",) if prepared else ("prepared", "results")      # the locations its environment chose
     lines = ["evaluate on validation patients: " + paths.command_line(
-        ["python3", "vqvae_eval.py", "--checkpoint", best, "--split", "validation", *data], read)]
+        ["python3", "vqvae_eval.py", "--checkpoint", best, "--split", "validation", *data], ("prepared", "results"))]
     if cfg.data.forecast_predictions > 0:
         lines.append("train a forecaster on it: " + paths.command_line(
-            ["python3", "transformer_train.py", "--vqvae", best, *data], (*read, "checkpoints")))
+            ["python3", "transformer_train.py", "--vqvae", best, *data], ("prepared", "results", "checkpoints")))
     return "\n".join(lines)
 
 

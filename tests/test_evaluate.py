@@ -598,7 +598,8 @@ def test_a_split_of_ones_own_is_scored_without_its_config(synthetic_db, tmp_path
 
 def test_the_reports_command_names_the_folders_its_environment_chose(synthetic_db, tmp_path, monkeypatch):
     """Data read from $ECG_PREPARED_DIR and the report written under $ECG_RESULTS_DIR: the report's command, said
-    again without them, read data/prepared and wrote results/ (a partial run went on elsewhere), so it names them."""
+    again without them, read data/prepared and wrote results/ (a partial run went on elsewhere), so it names them;
+    not a variable whose flag it gives, which wins over it."""
     from hyper_params import config_from_dict
 
     raw = json.loads((ROOT / "config_vqvae.json").read_text())
@@ -613,6 +614,8 @@ def test_the_reports_command_names_the_folders_its_environment_chose(synthetic_d
                                     "python3", "evaluate.py", "--model", "zero", "--max-windows-per-record", "1"]
     assert subprocess.run(["bash", "-c", f"{command.split(' python3 ')[0]} env"], capture_output=True, text=True,
                           check=True).stdout.count(str(tmp_path / "my data")) == 1     # assignments a shell takes
+    _, result = _run(["--model", "zero", "--max-windows-per-record", "1", "--prepared", str(tmp_path / "my data")])
+    assert shlex.split(result["header"]["command"])[:2] == [f"ECG_RESULTS_DIR={tmp_path / 'results'}", "python3"]
 
 
 def test_data_prepared_unlike_config_is_the_error_without_the_models_warning(synthetic_db, tmp_path, monkeypatch,

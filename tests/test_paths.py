@@ -49,6 +49,21 @@ def test_forecast_writes_into_ECG_RESULTS_DIR_as_its_help_says(tmp_path, monkeyp
     assert "$ECG_RESULTS_DIR" in " ".join(run_script(forecast.main, "forecast.py", ["--help"]).stdout.split())
 
 
+def test_a_command_names_the_variable_of_a_location_whose_flag_it_does_not_give(monkeypatch):
+    """The flag wins over the variable, so a command giving --prepared (or --prepared=) names no $ECG_PREPARED_DIR;
+    one giving neither names it, as the folder it read would be data/prepared's without it."""
+    monkeypatch.setenv("ECG_PREPARED_DIR", "env data")
+    monkeypatch.setenv("ECG_RESULTS_DIR", "env runs")
+    monkeypatch.delenv("ECG_CHECKPOINTS_DIR", raising=False)
+    kinds = ("prepared", "results", "checkpoints")
+    assert paths.command_line(["python3", "x.py", "--prepared", "mine"], kinds) == \
+        "ECG_RESULTS_DIR='env runs' python3 x.py --prepared mine"
+    assert paths.command_line(["python3", "x.py", "--results=r", "--prepared-not", "p"], kinds) == \
+        "ECG_PREPARED_DIR='env data' python3 x.py --results=r --prepared-not p"
+    assert paths.with_locations("python3 x.py", kinds) == "ECG_PREPARED_DIR='env data' ECG_RESULTS_DIR='env runs' " \
+        "python3 x.py"
+
+
 def test_training_writes_into_ECG_RESULTS_DIR_and_ECG_CHECKPOINTS_DIR(tmp_path, synthetic_db, monkeypatch):
     setup = tiny_setup(tmp_path, synthetic_db, train={"epochs": 1, "max_steps_per_epoch": 2})
     del setup["results"], setup["checkpoints"]

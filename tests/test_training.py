@@ -1281,7 +1281,8 @@ def test_run_json_keeps_a_command_a_shell_can_run_again(monkeypatch):
 def test_run_json_names_the_folders_its_environment_chose(monkeypatch, tmp_path):
     """A run whose prepared tensors and checkpoints $ECG_PREPARED_DIR and $ECG_CHECKPOINTS_DIR chose: its command,
     run again without them, read data/prepared and wrote checkpoints/, so it names them, as evaluate's report does.
-    The folder of the tensors is recorded too, where a resume reads them again (resumed_prepared)."""
+    The folder of the tensors is recorded too, where a resume reads them again (resumed_prepared). A --prepared
+    given wins over the variable: only the other is named."""
     import shlex
 
     split = {"data_hash": "d0", "input_hash": "i0", "records": ["100"]}
@@ -1292,6 +1293,10 @@ def test_run_json_names_the_folders_its_environment_chose(monkeypatch, tmp_path)
     assert shlex.split(record["command"]) == [f"ECG_PREPARED_DIR={tmp_path / 'my data'}", "ECG_CHECKPOINTS_DIR=ckpts",
                                               "python3", "vqvae_train.py", "--epochs", "2"]
     assert record["prepared"] == str(tmp_path / "my data")
+    monkeypatch.setattr(sys, "argv", ["vqvae_train.py", "--prepared", "mine"])
+    record = training.run_record({}, 0, split, split, training.Runtime(torch.device("cpu")), None, "mine")
+    assert shlex.split(record["command"]) == ["ECG_CHECKPOINTS_DIR=ckpts", "python3", "vqvae_train.py", "--prepared",
+                                              "mine"]
 
 
 def test_a_torchrun_workers_run_json_says_torchrun_when_its_launcher_is_unread(monkeypatch):

@@ -1491,8 +1491,10 @@ def test_the_next_commands_name_the_folders_the_environment_chose(tmp_path, monk
             .splitlines() + vqvae_train.next_commands(tmp_path / "run", cfg, None).splitlines()]
     assert [t[:t.index("python3")] for t in told] == [env[1:], env, env, [*env, "ECG_CHECKPOINTS_DIR=ckpts"]]
     told = [shlex.split(line.split(": ", 1)[1]) for line in vqvae_eval.next_commands(
-        tmp_path / "run", cfg, val, "mine").splitlines()]
-    assert [t[:t.index("python3")] for t in told] == [env[1:], env[1:]] and told[1][-2:] == ["--prepared", "mine"]
+        tmp_path / "run", cfg, val, "mine").splitlines() + vqvae_train.next_commands(tmp_path / "run", cfg, "mine")
+        .splitlines()]
+    assert [t[:t.index("python3")] for t in told] == [env[1:], env[1:], env[1:], [env[1], "ECG_CHECKPOINTS_DIR=ckpts"]]
+    assert all(t[t.index("--prepared") + 1] == "mine" for t in told[1:])
 
 
 def test_run_folders_passed_over_are_the_kinds_folders_newer_than_the_newest_checkpoint(tmp_path, capsys):
