@@ -83,9 +83,6 @@ LEAD_PREFERENCE = (
 NOT_ECG = ("EEG", "EOG", "EMG", "RESP", "PLETH", "PPG", "SPO2", "SAO2", "ABP", "ART", "PAP", "CVP", "ICP",
            "CO2", "FLOW", "AIRFLOW", "THOR", "ABD", "CHIN", "LEG", "SNORE", "PULSE", "TEMP")
 UNITS_TO_MV = {"mv": 1.0, "uv": 1e-3, "\u00b5v": 1e-3, "\u03bcv": 1e-3, "v": 1e3}
-# Bytes per sample of the uncompressed WFDB signal formats, to spot a truncated .dat before reading it.
-DAT_BYTES_PER_SAMPLE = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5,
-                        "310": 4 / 3, "311": 4 / 3}
 
 
 @dataclass
@@ -551,6 +548,7 @@ def read_header(path: Path) -> wfdb.Record:
     check_signal_lines(path, lines)
     header = wfdb_header(path)
     check_rate_field(path, lines)
+    check_length_field(path, header)
     check_signal_files(path, header)
     check_segments(path, header)
     return header
@@ -694,6 +692,14 @@ def check_rate_field(path: Path, lines: list[list[str]]) -> None:
             ok = False
         if not ok:
             raise UserError(f"{path}.hea: the sampling frequency field {fields[2]!r} is not a positive number")
+
+
+def check_length_field(path: Path, header: wfdb.Record) -> None:
+    """A length field of 0 is WFDB's 'not given', but wfdb reads it as no samples and stopped in its 'sampto must be
+    greater than sampfrom'; a field left out is counted from the .dat."""
+    if header.sig_len == 0 and not getattr(header, "seg_name", None):
+        raise UserError(f"{path}.hea: the first line gives the record 0 samples (its 4th field), which wfdb cannot "
+                        f"read: write the number of samples there, or leave the field out")
 
 
 def secs(v: float) -> str:
@@ -951,7 +957,10 @@ def _first_line(e: BaseException, limit: int = 200) -> str:
 
 
 def check_signal_files(path: Path, header: wfdb.Record) -> None:
-    """Every signal file the header names exists and holds the samples the header promises."""
+    """Every signal file the header names exists and holds the samples the header promises (the bytes a sample
+    takes in wfdb's table, 0 for a compressed format, whose size is not known before reading it)."""
+    from wfdb.io._signal import BYTES_PER_SAMPLE
+
     files = getattr(header, "file_name", None) or []  # a multi-segment header lists segments instead
     n_sig = len(files)
     per_file: dict[str, list[int]] = {}
@@ -967,11 +976,11 @@ def check_signal_files(path: Path, header: wfdb.Record) -> None:
                                 f"drops non-ASCII characters): rename the file and its name in the header to ASCII")
             raise UserError(f"{path}.hea names the signal file {name}, which is missing from {path.parent}")
         fmt = str(header.fmt[chans[0]])
-        if not header.sig_len or fmt not in DAT_BYTES_PER_SAMPLE:
+        if not header.sig_len or not BYTES_PER_SAMPLE.get(fmt):
             continue  # length unknown (read from the file) or a compressed format
         frame = sum((header.samps_per_frame or [1] * n_sig)[i] or 1 for i in chans)
         offset = (header.byte_offset or [0] * n_sig)[chans[0]] or 0
-        need = offset + math.ceil(header.sig_len * frame * DAT_BYTES_PER_SAMPLE[fmt])
+        need = offset + math.ceil(header.sig_len * frame * BYTES_PER_SAMPLE[fmt])
         have = dat.stat().st_size
         if have < need:
             raise UserError(f"{dat}: {have} bytes, but the header's {header.sig_len} samples need {need} "
@@ -1174,11 +1183,13 @@ def record_hash(record: str | Path) -> str:
 
 
 def input_files(data_dir: Path, name: str) -> list[Path]:
-    """A record's header and the signal files it names; a multi-segment record's are its segments'."""
+    """A record's header and the signal files it names; a multi-segment record's are its segments'. Both are named
+    from the header's folder, as wfdb reads them: a record a RECORDS index lists in a subfolder (p00/100) had its
+    .dat looked for in data_dir, not found, and left out of the hash without a word."""
     header = data_dir / f"{name}.hea"
     if segments := segment_names(header):
-        return [header] + [p for seg in segments for p in input_files(data_dir, seg)]
-    return [header] + [data_dir / f for f in dict.fromkeys(ln[0] for ln in header_lines(header)[1:])]
+        return [header] + [p for seg in segments for p in input_files(header.parent, seg)]
+    return [header] + [header.parent / f for f in dict.fromkeys(ln[0] for ln in header_lines(header)[1:])]
 
 
 def prepare(cfg: Config, data_dir: Path, out_dir: Path, records: list[str] | None = None,

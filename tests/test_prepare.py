@@ -442,6 +442,25 @@ def test_records_listed_in_subfolders_keep_the_names_records_gives_them(tmp_path
     assert torch.load(tmp_path / "out" / "test.pt", weights_only=True)["records"] == ["sub/a"]
 
 
+def test_input_hash_covers_the_signal_files_of_records_in_subfolders(tmp_path):
+    """A record RECORDS lists in a subfolder (and a multi-segment one there): its .dat is named from its header's
+    folder, as wfdb reads it. It was looked for beside RECORDS, not found and left out of the hash without a word,
+    so prepared tensors and cached encodings of changed samples kept the hash of the old ones."""
+    x, _ = synthetic_ecg(20.0, 360.0, seed=7)
+    write_signal(tmp_path / "sub", "a", x)
+    for k, part in enumerate((x[:3600], x[3600:]), 1):
+        write_signal(tmp_path / "sub", f"m_{k}", part)
+    (tmp_path / "sub" / "m.hea").write_text(f"m/2 2 360 {len(x)}\nm_1 3600\nm_2 {len(x) - 3600}\n")
+    (tmp_path / "RECORDS").write_text("sub/a\nsub/m\n")
+    assert all(p.is_file() for p in pm.input_files(tmp_path, "sub/m"))
+    before = [pm.hash_inputs(tmp_path, [name], None) for name in ("sub/a", "sub/m")]
+    write_signal(tmp_path / "sub", "a", 0.9 * x)
+    write_signal(tmp_path / "sub", "m_2", 0.9 * x[3600:])
+    after = [pm.hash_inputs(tmp_path, [name], None) for name in ("sub/a", "sub/m")]
+    assert after[0] != before[0] and after[1] != before[1]
+    assert after[0] == pm.record_hash(tmp_path / "sub" / "a")     # as forecast.py names the record read alone
+
+
 def test_a_header_the_records_file_leaves_out_is_noted(tmp_path, capsys):
     """A record added beside a PhysioNet RECORDS index that does not list it was left out without a word."""
     for i, name in enumerate(("a", "b", "c", "d")):
@@ -753,6 +772,22 @@ def test_records_without_annotations(tmp_path, capsys):
     (db / "a.atr").unlink()
     meta = pm.prepare(make_cfg(test_records=["a"], validation_records=[]), db, tmp_path / "out", download=False)
     assert not any(r["has_annotations"] for r in meta["records"].values()) and ".atr" not in capsys.readouterr().err
+
+
+def test_a_header_giving_a_length_of_0_is_named_and_one_leaving_it_out_is_read(tmp_path):
+    """WFDB's 0 for 'length not given' stopped in wfdb's 'sampto must be greater than sampfrom', which named no
+    field; a header leaving the length out is read, its length counted from the .dat."""
+    write_record(tmp_path, "r", seconds=20, seed=0)
+    first, *rest = (tmp_path / "r.hea").read_text().splitlines()
+    for length, ok in (("0", False), ("", True)):
+        (tmp_path / "r.hea").write_text("\n".join([" ".join(first.split()[:3] + [length]).strip(), *rest]) + "\n")
+        if ok:
+            assert len(pm.read_record(tmp_path / "r", make_cfg().data).signal) == 20 * FS
+        else:
+            with pytest.raises(UserError, match=rf"^{re.escape(str(tmp_path / 'r'))}\.hea: the first line gives the "
+                                                r"record 0 samples \(its 4th field\), which wfdb cannot read: write "
+                                                r"the number of samples there, or leave the field out$"):
+                pm.read_record(tmp_path / "r", make_cfg().data)
 
 
 def test_a_record_whose_header_is_lost_is_named(tmp_path, capsys):
