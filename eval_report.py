@@ -207,7 +207,8 @@ def metrics_section(samples: int | None = None) -> list[str]:
             "- CRPS of the samples as issued: E|X−y| − ½E|X−X'| over their own distribution (all S² pairs, from sorted "
             "samples; equals MAE for a deterministic forecast), so it falls as S grows. Fair CRPS: the same with "
             "½E|X−X'| over the S(S−1) pairs of distinct samples (the estimator the latent SDE trains on), unbiased at "
-            "any S: compare it, not CRPS, across runs of other --samples." + lift +
+            "any S >= 2 (undefined for one path of a sampled forecaster): compare it, not CRPS, across runs of other "
+            "--samples." + lift +
             " MSE/MAE of median: the sample median as point forecast; cover/width: fraction of true samples "
             "inside the central 50 % / 80 % interval of the samples and its mean width. Its ends interpolate "
             "linearly between sorted samples (numpy's default), so with S samples even a calibrated forecast covers "

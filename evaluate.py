@@ -523,7 +523,7 @@ def score_chunk(forecasters: dict[str, ForecasterBase], w: Windows, r: int, idx:
     out: dict = {"truth": M.rhythm_sums(ctx[..., 0], truth[..., 0], rows, pos, fs, edges, annotated), "forecasters": {}}
     for name, f in forecasters.items():
         paths_drawn = predict_windows(f, name, w, idx, context, num_samples, seed, fs, said)
-        wave, curves = M.waveform_sums(truth, paths_drawn, edges)
+        wave, curves = M.waveform_sums(truth, paths_drawn, edges, point_mass=getattr(f, "deterministic", True))
         rhythm = rhythm_of_paths(ctx[..., 0], paths_drawn[..., 0], rows, pos, fs, edges, annotated)
         out["forecasters"][name] = ({**wave, **rhythm}, curves, paths_drawn.shape[1])
     return out

@@ -292,13 +292,15 @@ def _seg_sum(a: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return _seg(a, edges).sum(-1)
 
 
-def waveform_sums(truth: np.ndarray, forecast: np.ndarray, edges: np.ndarray,
-                  sample_chunk: int = 4_000_000) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def waveform_sums(truth: np.ndarray, forecast: np.ndarray, edges: np.ndarray, sample_chunk: int = 4_000_000,
+                  point_mass: bool = True) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per-window sums of the waveform scores of forecast [B, S, H, 2] against truth [B, H, 2].
 
     Returns (sums, curves): sums[key] is [B, K+1] (K horizon segments, then the whole horizon),
-    curves[key] is [B, H] summed over leads. The point forecast is the sample mean; deterministic
-    forecasts (S = 1) get CRPS = MAE and no interval scores (NaN).
+    curves[key] is [B, H] summed over leads. The point forecast is the sample mean; one path (S = 1) gets
+    CRPS = MAE and no interval scores (NaN), and the fair CRPS of a `point_mass` (a deterministic forecast): one
+    path drawn from a distribution (not point_mass) cannot estimate its spread, so its fair CRPS is NaN, not an
+    MAE about twice its CRPS.
     """
     b, s, h, _ = forecast.shape
     y = np.asarray(truth, np.float64)
@@ -306,7 +308,7 @@ def waveform_sums(truth: np.ndarray, forecast: np.ndarray, edges: np.ndarray,
     if s == 1:
         point = forecast[:, 0].astype(np.float64)
         median, crps, intervals = point, np.abs(point - y), None
-        fair = crps         # a point mass's CRPS is its MAE, at any number of samples
+        fair = crps if point_mass else np.full_like(crps, np.nan)     # a point mass's CRPS is its MAE
     else:
         point, median, crps, fair, intervals = _sample_scores(forecast, y, sample_chunk)
     se, ae = (point - y) ** 2, np.abs(point - y)

@@ -1048,6 +1048,7 @@ def test_the_fair_crps_of_few_samples_is_their_many_samples_crps():
     point = rng.normal(size=(3, 1, 4, 2))
     sums, _ = M.waveform_sums(y[:3], point, edges)
     np.testing.assert_array_equal(sums["crps_fair"], sums["crps"])
+    assert np.isnan(M.waveform_sums(y[:3], point, edges, point_mass=False)[0]["crps_fair"]).all()
 
 
 def test_report_names_the_commit_the_run_started_at(tmp_path, monkeypatch):
@@ -1974,7 +1975,8 @@ def test_a_model_named_twice_is_evaluated_once():
 def test_a_forecaster_is_deterministic_only_when_it_says_so_and_draws_one_sample():
     """metrics.json's `deterministic`, in the run's tables and in each horizon-beats stratum: a sampled baseline run
     with --samples 1 is still a sampled forecaster, and one that does not say (ForecasterBase's default) but returns
-    several samples is sampled too; a baseline that returns one sample is deterministic."""
+    several samples is sampled too; a baseline that returns one sample is deterministic. The fair CRPS of a sampled
+    forecaster's one path is undefined: one draw cannot estimate its spread (it was the MAE, twice its CRPS)."""
     c, h, fs = 256, 256, 128
     w = _records_of_beats([100, 120], 1, c, h, fs)
 
@@ -1989,6 +1991,9 @@ def test_a_forecaster_is_deterministic_only_when_it_says_so_and_draws_one_sample
     want = {"zero": True, "ens": False, "undeclared": False}
     assert {name: t["deterministic"] for name, t in s["forecasters"].items()} == want
     assert {name: t["deterministic"] for name, t in s["horizon_beats"]["normal"]["forecasters"].items()} == want
+    fair = {name: t["metrics"]["crps_fair"][-1] for name, t in s["forecasters"].items()}
+    assert fair["zero"]["records"] == fair["undeclared"]["records"] == 2 and fair["ens"]["records"] == 0
+    assert s["forecasters"]["ens"]["metrics"]["crps"][-1]["records"] == 2     # the one path's, as issued
 
 
 def test_each_window_keeps_its_own_reference_beats_within_a_chunk():
