@@ -98,7 +98,8 @@ def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples
     if not np.isfinite(x).all():
         b, t, lead = np.argwhere(~np.isfinite(x))[0]
         raise ValueError(f"context holds {int((~np.isfinite(x)).sum())} NaN or inf samples (in float32), the first "
-                         f"at row {b}, sample {t}, lead {lead + 1}")
+                         f"at row {b}, sample {t}, lead {lead + 1}: every sample is forecast from; fill them or cut "
+                         f"them out (a context from after a gap)")
     warn_units(x, getattr(forecaster, "fs", ForecasterBase.fs))
     return x
 
@@ -138,7 +139,8 @@ def context_array(context: np.ndarray | torch.Tensor) -> np.ndarray:
     try:
         x = tensor_array(context) if isinstance(context, torch.Tensor) else np.asarray(context)
     except ValueError as e:                                     # a ragged list
-        raise ValueError(f"context must be a [B, C, 2] array of numbers (mV): {e}") from e
+        raise ValueError(f"context must be a [B, C, 2] array of numbers (mV), its contexts equally long (forecast "
+                         f"contexts of other lengths in calls of their own): {e}") from e
     given = x.shape                                             # the user's, for the message
     if x.ndim == 2:
         x = x[None]
@@ -348,6 +350,9 @@ class Forecaster(ForecasterBase):
         elif str(path) in SHIPPED and not os.path.exists(path):     # a from_pretrained name: say so, not 'not found'
             raise UserError(f"Forecaster.from_checkpoint({str(path)!r}): no such file; it takes the shipped models as "
                             f"{' or '.join(SHIPPED_SPECS)}, from_pretrained(model={str(path)!r}) loads this one")
+        elif os.path.basename(path) == str(path) and not Path(path).suffix and not os.path.exists(path):
+            raise UserError(f"Forecaster.from_checkpoint({str(path)!r}): no such file, nor a shipped model's name "
+                            f"({', '.join(SHIPPED_SPECS)}); a baseline by name is baselines.make_baseline(name, fs)")
         ckpt, digest = read_checkpoint(path)
         # the modules' first weights, replaced on load, come from torch's global generator: a session's seeded draws
         # must not move. Built on the CPU (then moved to `device`), whatever torch's default device: on a GPU set as
@@ -736,8 +741,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     t0, commit = time.time(), paths.git_commit()    # the code that runs, whatever the tree holds at the end
-    if args.samples < 1 or not 0 <= args.seed < 2 ** 63:
-        raise UserError(f"--samples must be >= 1 and --seed in [0, 2**63), got {args.samples} and {args.seed}")
+    if args.samples < 1:
+        raise UserError(f"--samples must be >= 1, got {args.samples}")
+    if not 0 <= args.seed < 2 ** 63:
+        raise UserError(f"--seed must be in [0, 2**63), got {args.seed}")
     from prepare_mitbih import asked_leads      # before the model loads: a bad --leads fails at once
     asked_leads(args.leads)
     path, fc = load_forecaster(args.checkpoint, args.device)
@@ -794,13 +801,16 @@ def heart_rates(res: dict) -> dict:
     the truth when the record covers the whole horizon, from lead 1's R peaks as evaluate.py detects them (the
     context's threshold): a forecast whose paths lose the patient's rhythm shows it in one line. A horizon
     shorter than the shortest plausible beat period (MIN_PERIOD_S) measures no rate: None, not 0 bpm; one shorter
-    than the longest (MAX_PERIOD_S) measures none from a single beat (counted, one beat in 0.25 s read 240 bpm)."""
+    than the longest (MAX_PERIOD_S) measures none from a single beat (counted, one beat in 0.25 s read 240 bpm), so
+    the paths' figures are of those with two beats: `paths_rated` says how many (a 1 s horizon's 83 bpm of the faster
+    half of the paths read as the model's forecast rate)."""
     from drafts import MAX_PERIOD_S, MIN_PERIOD_S
     from metrics import detect_r_peaks, heart_rate, per_row
     fs, lead = res["fs"], res["context"][:, 0]
     c, horizon = len(lead), res["samples"].shape[1]
     context = heart_rate(detect_r_peaks(lead[None], fs)[1], fs, c / fs)
-    none = {"context": context, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None}
+    none = {"context": context, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None,
+            "paths_rated": 0}
     if horizon < MIN_PERIOD_S * fs:
         return none
 
@@ -817,7 +827,7 @@ def heart_rates(res: dict) -> dict:
         return none
     return {"context": context, "paths_median": float(np.nanmedian(paths)),
             "paths_p10": float(np.nanpercentile(paths, 10)), "paths_p90": float(np.nanpercentile(paths, 90)),
-            "truth": None if np.isnan(truth_rate) else float(truth_rate)}
+            "truth": None if np.isnan(truth_rate) else float(truth_rate), "paths_rated": int(np.isfinite(paths).sum())}
 
 
 def one_decimal(hr: dict) -> dict:
@@ -830,13 +840,15 @@ def heart_rate_line(hr: dict, n_paths: int = 2) -> str:
     """The rates of heart_rates in one line; "—" where none could be measured (a horizon too short for a beat, a
     truth of one beat in less than the longest period, or cut short by the record's end): a truth left out said
     nothing of why. One path (a deterministic forecaster's) has its rate alone: 'paths 74 [74-74]' said a spread
-    there is not."""
+    there is not. Paths of which only some have a rate (heart_rates' `paths_rated`) say how many."""
     short = hr["paths_median"] is None
     truth = ", truth —" if hr["truth"] is None else f", truth {hr['truth']:.0f}"
     rate = "—" if short else f"{hr['paths_median']:.0f}"
     if n_paths == 1:
         return f"detected heart rate (bpm): context {hr['context']:.0f}, forecast {rate}{truth}"
     spread = "" if short else f" [{hr['paths_p10']:.0f}-{hr['paths_p90']:.0f}]"
+    if not short and hr.get("paths_rated", n_paths) < n_paths:
+        spread += f" ({hr['paths_rated']} of {n_paths} paths with two beats)"
     return f"detected heart rate (bpm): context {hr['context']:.0f}, paths {rate}{spread}{truth}"
 
 

@@ -340,8 +340,8 @@ def build_section(base: Any, values: dict, section: str, source: str) -> Any:
 
 def read_json(path: str | Path) -> dict:
     """A config file's top-level object. A key given twice and NaN or Infinity are errors here: json would keep
-    the last of two keys, and read NaN, without a word."""
-    path = Path(path)
+    the last of two keys, and read NaN, without a word. ~ is the home folder, as the scripts' flags take it."""
+    path = Path(path).expanduser()
 
     def unique(pairs: list[tuple[str, Any]]) -> dict:
         keys = [k for k, _ in pairs]

@@ -120,10 +120,12 @@ def check_python_name(spec: str, flag: str) -> None:
 
 def given_path(value: str) -> str:
     """argparse type of every file and folder flag: an empty value (`--out "$DIR"` with DIR unset) meant the flag's
-    default without a word, data/prepared or a fresh training instead of --resume's."""
+    default without a word, data/prepared or a fresh training instead of --resume's. A leading ~ is the home folder,
+    as location's: the shell leaves it in `--out=~/x` and main([...]) from Python, and forecast.py wrote into a
+    folder named ~ in the working folder."""
     if not value.strip():
         raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
-    return value
+    return os.path.expanduser(value)
 
 
 def in_project(path: str | os.PathLike) -> str | None:

@@ -537,8 +537,8 @@ def _wfdb_read(read: Callable, path: Path, failure: str):
 
 
 def record_path(path: str | Path) -> Path:
-    """A record's path without extension, also when given as NNN.hea, NNN.dat or NNN.atr."""
-    path = Path(path)
+    """A record's path without extension, also when given as NNN.hea, NNN.dat or NNN.atr; ~ is the home folder."""
+    path = Path(path).expanduser()
     return path.with_suffix("") if path.suffix in (".hea", ".dat", ".atr") else path
 
 
@@ -1533,12 +1533,21 @@ def load_split(split: str, cfg: Config, prepared_dir: str | Path | None = None, 
                     f"--prepared DIR)")
 
 
+def unprepared(folder: Path) -> str:
+    """What to run to prepare `folder`: prepare_mitbih.py alone writes the default folder ($ECG_PREPARED_DIR's), not
+    a --prepared of one's own, which is told to pass --out (and, missing, said so: a typo in its name?)."""
+    if os.path.abspath(folder) == os.path.abspath(paths.location("prepared")):
+        return "; run `python3 prepare_mitbih.py` first"
+    gone = "" if os.path.isdir(folder) else f" ({folder} does not exist)"
+    return f"{gone}; run `{paths.command_line(['python3', 'prepare_mitbih.py', '--out', str(folder)])}` first"
+
+
 def read_prepared(path: Path, split: str) -> dict:
     """A prepared split's file memory-mapped, refused unless it holds windows made by this preparation."""
     import torch
 
     if not os.path.exists(path):        # os.path's: see paths
-        raise UserError(f"prepared tensors not found: {path}; run `python3 prepare_mitbih.py` first")
+        raise UserError(f"prepared tensors not found: {path}{unprepared(Path(path).parent)}")
     try:
         data = torch.load(path, mmap=True, weights_only=True)
     except Exception as e:

@@ -252,7 +252,7 @@ def read_checkpoint(path: str | os.PathLike, kind: str | None = None, example: s
     """load_checkpoint's checkpoint and the SHA-256 (paths.file_sha256's digits) of the bytes it was loaded from:
     the file hashed again after loading could be another one by then (a later best.pt, an edited --resume).
     `example`: the file a run's folder, given instead, is told to pass (--resume's is last.pt)."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if os.path.isdir(path):             # a run's checkpoint folder, passed for one of its files; os.path's: see paths
         held = sorted(p.name for p in path.glob("*.pt"))
         if not held:        # its e.g. FOLDER/best.pt named a file that is not there

@@ -235,11 +235,26 @@ def test_a_data_folder_the_system_will_not_look_at_is_one_error(tmp_path, monkey
     assert pm.find_records(tmp_path, download=False) == ["100"]
 
 
+def test_missing_prepared_tensors_say_the_command_that_writes_them_where_they_were_looked_for(tmp_path, monkeypatch):
+    """`python3 prepare_mitbih.py` writes the default folder ($ECG_PREPARED_DIR's): told to a --prepared of one's own
+    that was missing (a typo?) or empty, it prepared another folder and the error came again."""
+    monkeypatch.setenv("ECG_PREPARED_DIR", str(tmp_path / "default"))
+    (tmp_path / "mine").mkdir()
+    for folder, told in ((tmp_path / "default", "; run `python3 prepare_mitbih.py` first"),
+                         (tmp_path / "mine", f"; run `python3 prepare_mitbih.py --out {tmp_path / 'mine'}` first"),
+                         (tmp_path / "mien", f" ({tmp_path / 'mien'} does not exist); run `python3 prepare_mitbih.py "
+                                             f"--out {tmp_path / 'mien'}` first")):
+        with pytest.raises(UserError) as e:
+            pm.read_prepared(folder / "test.pt", "test")
+        assert str(e.value) == f"prepared tensors not found: {folder / 'test.pt'}{told}"
+
+
 def test_a_prepared_folder_whose_name_the_system_refuses_is_one_error(tmp_path):
     """--prepared (or $ECG_PREPARED_DIR) too long a name for the file system: Path.exists raised the OSError as a
     traceback in every script that reads a split, where the error names the file and what to run."""
     path = tmp_path / ("x" * 300) / "train.pt"
-    with pytest.raises(UserError, match=f"prepared tensors not found: {path}; run `python3 prepare_mitbih.py` first"):
+    with pytest.raises(UserError, match=f"^prepared tensors not found: {path} \\({path.parent} does not exist\\); run "
+                                        f"`python3 prepare_mitbih.py --out {path.parent}` first$"):
         pm.read_prepared(path, "train")
 
 
@@ -364,7 +379,7 @@ def test_prepared_tensors_missing(tmp_path):
     with pytest.raises(UserError) as e:
         pm.load_split("train", config_from_dict({}), tmp_path / "nothing_here")
     assert str(tmp_path / "nothing_here" / "train.pt") in str(e.value)
-    assert "run `python3 prepare_mitbih.py`" in str(e.value)
+    assert f"run `python3 prepare_mitbih.py --out {tmp_path / 'nothing_here'}`" in str(e.value)
 
 
 def test_prepared_tensors_from_another_config(tmp_path):

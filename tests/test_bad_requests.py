@@ -45,8 +45,10 @@ BAD_REQUESTS = [  # (context, horizon, num_samples, seed), the name the message 
     ((np.zeros((2, 384)), 10, 2, 0), r"got shape \(2, 384\); leads come last: transpose a \[2, C\] context to \[C, 2\]"),
     ((np.zeros((2, 2, 384)), 10, 2, 0), r"got shape \(2, 2, 384\); leads come last: transpose a \[B, 2, C\] context$"),
     ((np.zeros((384, 3)), 10, 2, 0), r"got shape \(384, 3\)$"),                # the shape passed, not the batch made of it
-    (([[[0.0, 0.0]], [[0.0, 0.0], [1.0, 1.0]]], 10, 2, 0), "context"),                          # ragged
-    ((np.where(np.arange(384)[None, :, None] == 7, np.nan, GOOD), 10, 2, 0), "row 0, sample 7, lead 1"),
+    (([[[0.0, 0.0]], [[0.0, 0.0], [1.0, 1.0]]], 10, 2, 0), "its contexts equally long .forecast contexts of other "
+     "lengths in calls of their own."),                                                      # ragged
+    ((np.where(np.arange(384)[None, :, None] == 7, np.nan, GOOD), 10, 2, 0), "row 0, sample 7, lead 1: every sample "
+     "is forecast from; fill them or cut them out"),
     ((np.full((1, 384, 2), 1e40), 10, 2, 0), "inf samples .in float32."),
     ((np.ma.masked_greater(np.arange(768.0).reshape(384, 2), 766), 10, 2, 0), "1 samples masked, the first at row 0, "
      "sample 383, lead 2"),                         # np.asarray drops the mask: the values under it were forecast from
@@ -230,8 +232,8 @@ def run_forecast(args: list[str]) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("flags, needle", [
-    (["--samples", "0"], "--samples"),
-    (["--seed", "-1"], "--seed"),
+    (["--samples", "0"], "error: --samples must be >= 1, got 0"),             # the one flag wrong, not both named
+    (["--seed", "-1"], "error: --seed must be in [0, 2**63), got -1"),
     (["--horizon", "0"], "--horizon"),
     (["--horizon", "nan"], "--horizon"),
     (["--start", "nan"], "--start"),

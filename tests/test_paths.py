@@ -64,6 +64,26 @@ def test_a_command_names_the_variable_of_a_location_whose_flag_it_does_not_give(
         "python3 x.py"
 
 
+def test_a_path_starting_with_a_tilde_is_in_the_home_folder_for_every_flag_and_reader(tmp_path, monkeypatch):
+    """The shell leaves ~ as it is in `--out=~/x` and in main([...]) from Python: forecast.py wrote into a folder named
+    ~ in the working folder, and --record, --config, --checkpoint or read_record('~/...') said the file was missing,
+    where --results, --prepared and --data-dir (paths.location) took it as the home folder."""
+    import forecast
+    import prepare_mitbih
+    from hyper_params import load_config
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    write_record(tmp_path / "home" / "db", "r", seconds=12, seed=0)
+    made = forecast.main(["--record", "~/db/r", "--start", "4", "--checkpoint", "zero", "--out=~/fc"])
+    assert made["files"][0].parent == tmp_path / "home" / "fc" and not (tmp_path / "~").exists()
+    assert prepare_mitbih.read_record("~/db/r", load_config().data).fs_in == 360
+    shutil.copy(ROOT / "config_vqvae.json", tmp_path / "home" / "c.json")
+    assert load_config("~/c.json") == load_config()
+    with pytest.raises(UserError, match=f"^checkpoint not found: {re.escape(str(tmp_path / 'home' / 'x.pt'))}$"):
+        load_checkpoint("~/x.pt")
+
+
 def test_training_writes_into_ECG_RESULTS_DIR_and_ECG_CHECKPOINTS_DIR(tmp_path, synthetic_db, monkeypatch):
     setup = tiny_setup(tmp_path, synthetic_db, train={"epochs": 1, "max_steps_per_epoch": 2})
     del setup["results"], setup["checkpoints"]

@@ -395,6 +395,19 @@ def test_from_checkpoint_given_from_pretrained_s_name_says_which_names_it_takes(
         Forecaster.from_checkpoint(model, "cpu")
 
 
+@pytest.mark.parametrize("name", ["pretrianed", "template_ensemble"])
+def test_from_checkpoint_given_a_name_of_no_file_says_the_names_it_takes(name, tmp_path, monkeypatch):
+    """A misspelt shipped name, or a baseline's (forecast.py --checkpoint takes both), said only 'checkpoint not
+    found: pretrianed', where the command line lists the names; a bare name that is a file is loaded as one."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=f"^Forecaster.from_checkpoint\\('{name}'\\): no such file, nor a shipped "
+                                        f"model's name \\(pretrained, pretrained_sde\\); a baseline by name is "
+                                        f"baselines.make_baseline\\(name, fs\\)$"):
+        Forecaster.from_checkpoint(name, "cpu")
+    (tmp_path / name).symlink_to(SHIPPED["latent_sde"])
+    assert type(Forecaster.from_checkpoint(name, "cpu")).__name__ == "LatentSDEForecaster"
+
+
 def test_from_checkpoint_of_a_shipped_name_in_a_folder_that_may_not_be_searched(tmp_path, monkeypatch):
     """Whether 'latent_sde' is a file is asked of os.path (see paths): Path.exists raised the PermissionError of a
     working folder that may not be searched, a traceback in place of the names from_checkpoint takes."""
@@ -697,7 +710,8 @@ def test_heart_rates_of_the_context_each_path_and_the_truth():
         paths[k, :, 0] = spike_train(horizon, beats)
     truth = paths[1]
     hr = forecast.heart_rates({"context": ctx, "samples": paths, "truth": truth, "fs": 128})
-    assert hr == {"context": 60.0, "paths_median": 80.0, "paths_p10": 64.0, "paths_p90": 112.0, "truth": 60.0}
+    assert hr == {"context": 60.0, "paths_median": 80.0, "paths_p10": 64.0, "paths_p90": 112.0, "truth": 60.0,
+                  "paths_rated": 3}
     assert forecast.heart_rates({"context": ctx, "samples": paths, "truth": truth[:200], "fs": 128})["truth"] is None
     assert forecast.heart_rate_line(hr) == "detected heart rate (bpm): context 60, paths 80 [64-112], truth 60"
 
@@ -711,7 +725,7 @@ def test_heart_rates_keep_one_decimal_in_the_json_and_round_once_in_the_line(mon
     ctx, paths = np.zeros((384, 2)), np.zeros((2, 384, 2))
     hr = forecast.heart_rates({"context": ctx, "samples": paths, "truth": paths[0], "fs": 128})
     assert forecast.one_decimal(hr) == {"context": 73.5, "paths_median": 72.2, "paths_p10": 72.1, "paths_p90": 72.3,
-                                        "truth": 75.1}
+                                        "truth": 75.1, "paths_rated": 2}
     assert forecast.heart_rate_line(hr) == "detected heart rate (bpm): context 73, paths 72 [72-72], truth 75"
 
 
@@ -743,21 +757,27 @@ def test_a_horizon_too_short_for_a_beat_has_no_heart_rate():
     ctx, paths = np.zeros((384, 2)), np.zeros((3, 2, 2))
     ctx[:, 0] = spike_train(384, [40, 168, 296])
     hr = forecast.heart_rates({"context": ctx, "samples": paths, "truth": paths[0], "fs": 128})
-    assert hr == {"context": 60.0, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None}
+    assert hr == {"context": 60.0, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None,
+                  "paths_rated": 0}
     assert forecast.heart_rate_line(hr) == "detected heart rate (bpm): context 60, paths —, truth —"
 
 
 def test_a_single_beat_in_less_than_the_longest_period_has_no_heart_rate():
     """Counted over a 0.25 s horizon, one beat read 240 bpm: under MAX_PERIOD_S a single beat gives no rate, and the
-    paths that hold two beats alone give the median; with none, no rate for the paths or the truth ("—")."""
+    paths that hold two beats alone give the median, and the line says how many they are (83 bpm read as the
+    forecast's rate); with none, no rate for the paths or the truth ("—")."""
     ctx, paths = np.zeros((384, 2)), np.zeros((3, 64, 2))
     ctx[:, 0] = spike_train(384, [40, 168, 296])
     paths[0, :, 0] = spike_train(64, [10, 42])                                    # 240 bpm, measured from two
     paths[1:, :, 0] = spike_train(64, [20])
     hr = forecast.heart_rates({"context": ctx, "samples": paths, "truth": paths[1], "fs": 128})
-    assert hr == {"context": 60.0, "paths_median": 240.0, "paths_p10": 240.0, "paths_p90": 240.0, "truth": None}
+    assert hr == {"context": 60.0, "paths_median": 240.0, "paths_p10": 240.0, "paths_p90": 240.0, "truth": None,
+                  "paths_rated": 1}
+    assert forecast.heart_rate_line(hr, 3) == ("detected heart rate (bpm): context 60, paths 240 [240-240] (1 of 3 "
+                                               "paths with two beats), truth —")
     hr = forecast.heart_rates({"context": ctx, "samples": paths[1:], "truth": paths[0], "fs": 128})
-    assert hr == {"context": 60.0, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None}
+    assert hr == {"context": 60.0, "paths_median": None, "paths_p10": None, "paths_p90": None, "truth": None,
+                  "paths_rated": 0}
 
 
 def test_a_truth_without_a_rate_says_so_in_the_line():
