@@ -847,7 +847,7 @@ def heart_rate_line(hr: dict, n_paths: int = 2) -> str:
     if n_paths == 1:
         return f"detected heart rate (bpm): context {hr['context']:.0f}, forecast {rate}{truth}"
     spread = "" if short else f" [{hr['paths_p10']:.0f}-{hr['paths_p90']:.0f}]"
-    if not short and hr.get("paths_rated", n_paths) < n_paths:
+    if not short and hr["paths_rated"] < n_paths:
         spread += f" ({hr['paths_rated']} of {n_paths} paths with two beats)"
     return f"detected heart rate (bpm): context {hr['context']:.0f}, paths {rate}{spread}{truth}"
 
