@@ -251,15 +251,23 @@ def drawn_drafts(x: np.ndarray, peaks: np.ndarray, period: int, spread: float, j
     beat-to-beat jitter), at each one of the context's whole beats drawn at random (the mean beat when none is
     whole), so that paths vary from beat to beat as the context does and show an ectopic beat as often
     (EXPERIMENTS.md, session 16)."""
-    c = len(x)
+    c, pre = len(x), template_pre(period)
+    drawn = draft_beat_times(x, peaks, period, spread, jitter, num_samples, c + h, fs, rng)
     peaks = unfinished_beat_dropped(peaks, c)
-    template, pre = mean_beat(x, peaks, period), template_pre(period)
-    evidence = next_beat_evidence(x, template, pre, peaks, fs)
-    drawn = draw_beat_times(int(peaks[-1]), period, spread, jitter, num_samples, c + h, fs, rng, evidence)
     shapes = whole_beats(x, peaks, period)
     if not len(shapes):
-        return beat_train(template, pre, drawn, c, h)
+        return beat_train(mean_beat(x, peaks, period), pre, drawn, c, h)
     return beat_train(shapes, pre, drawn, c, h, rng.integers(len(shapes), size=drawn.shape))
+
+
+def draft_beat_times(x: np.ndarray, peaks: np.ndarray, period: int, spread: float, jitter: float, num_samples: int,
+                     until: int, fs: float, rng: np.random.Generator, see_end: bool = True) -> np.ndarray:
+    """drawn_drafts' beat times [S, n] after one context [C, 2], in one place so that bench/rhythm_bound.py
+    measures the drafts' timing as they are (`see_end=False` leaves out `next_beat_evidence`, to weigh it)."""
+    peaks = unfinished_beat_dropped(peaks, len(x))
+    pre = template_pre(period)
+    evidence = next_beat_evidence(x, mean_beat(x, peaks, period), pre, peaks, fs) if see_end else None
+    return draw_beat_times(int(peaks[-1]), period, spread, jitter, num_samples, until, fs, rng, evidence)
 
 
 def residual_sd(x: np.ndarray, fs: float, rhythm: Rhythm | None = None) -> np.ndarray:

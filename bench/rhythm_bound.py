@@ -265,12 +265,10 @@ def next_beat_error(w, context: int, fs: int) -> dict[str, dict[str, float]]:
             continue
         guesses = {"median_rule": next_beats(ctx, RULES["median"], w.signals.shape[1])}
         if len(peaks[i]) >= 2:
-            x, last, p = w.signals[i, :context], int(peaks[i][-1]), int(period[i])
-            pre = D.template_pre(p)
-            evidence = D.next_beat_evidence(x, D.mean_beat(x, peaks[i], p), pre, peaks[i], fs)
-            for name, ev in (("drafts", None), ("drafts_with_evidence", evidence)):
-                t = D.draw_beat_times(last, p, spread[i], B.TemplateEnsemble.jitter, 100, context, fs,
-                                      np.random.default_rng(i), ev)
+            x = np.asarray(w.signals[i, :context], np.float32)
+            for name, see_end in (("drafts", False), ("drafts_with_evidence", True)):
+                t = D.draft_beat_times(x, peaks[i], int(period[i]), spread[i], B.TemplateEnsemble.jitter, 100,
+                                       context, fs, np.random.default_rng(i), see_end)
                 guesses[name] = [np.median([row[row >= context][0] for row in t])]
         for name, g in guesses.items():
             g = np.asarray(g)[np.asarray(g) >= context]       # as oracle_f1 scores them

@@ -569,3 +569,14 @@ def test_a_context_ending_on_a_rising_r_wave_has_its_peak_forecast():
     assert truth[:2].max() > 1.1 and np.abs(paths.mean(0)[:2] - truth[:2]).max() < 0.15
     template = make_baseline("template", FS).predict(ctx, 8, 1, 0)[0, 0, :, 0]      # no evidence: the beat kept
     np.testing.assert_allclose(template[:3], truth[1:4], atol=0.05)
+
+
+def test_draft_beat_times_time_a_beat_the_contexts_end_cuts_from_the_end():
+    """bench/rhythm_bound.py scores the drafts' timing through draft_beat_times, so it must drop the cut beat as
+    drawn_drafts does: taken for a beat gone by, it would put every path's next beat a whole period late."""
+    x = periodic_ecg(1, length=2000)[0]
+    ctx = x[1535 - C:1535]                           # an R peak at 35.4 samples into each 100: one sample to go
+    peaks, period, spread = D.context_rhythm(ctx[None], FS)
+    assert peaks[0][-1] == C - 1
+    t = D.draft_beat_times(ctx, peaks[0], int(period[0]), spread[0], 0.05, 50, C + 8, FS, np.random.default_rng(0))
+    assert abs(np.median(t[:, 1]) - C) <= 2
