@@ -266,7 +266,7 @@ class CodeGPT(nn.Module):
         if draft is not None:
             self.check_codes(draft, "draft", least=-1)
         levels = as_levels(context, self.levels)
-        nxt, rep, own = self._next_drafts(draft, len(context), context.shape[1] + steps, num_samples)
+        nxt, rep, own = self._next_drafts(draft, len(context), context.shape[1], steps, num_samples)
         draw = functools.partial(self.sample_step, temperature=temperature, top_k=top_k, top_p=top_p,
                                  generator=generator, bias=draft_bias)
         if use_cache:
@@ -281,20 +281,28 @@ class CodeGPT(nn.Module):
         read as a code of another level without a word."""
         check_code_range(codes, self.codebook_size, f"{what} codes", least, "the model's ")
 
-    def _next_drafts(self, draft: torch.Tensor | None, contexts: int, length: int, num_samples: int
+    def _next_drafts(self, draft: torch.Tensor | None, contexts: int, known: int, steps: int, num_samples: int
                     ) -> tuple[torch.Tensor | None, torch.Tensor | None, bool]:
-        """A checked `draft` [B, length(, Q)] (step t's draft, as in `forward`, shared by a context's samples) or
-        [B * num_samples, ...] (one per sample, the same over the context), shifted to what each position predicts:
-        as given, repeated for every sample, and whether it came one per sample."""
+        """A checked `draft` [B, known + steps(, Q)] (step t's draft, as in `forward`, shared by a context's samples)
+        or [B * num_samples, ...] (one per sample, the same over the `known` context steps, which the cache reads
+        once for all samples), shifted to what each position predicts: as given, repeated for every sample, and
+        whether it came one per sample. A step's levels are all codes or all -1: `embed_draft` reads level 0."""
         if draft is None:
             return None, None, False
-        nxt = as_levels(draft, self.levels)[:, 1:]
+        levels, length = as_levels(draft, self.levels), known + steps
+        if ((levels < 0).any(-1) != (levels < 0).all(-1)).any():
+            raise ValueError("draft steps must hold codes at every level or -1 at every level; some mix the two")
+        nxt = levels[:, 1:]
         if nxt.shape[1] < length - 1:
             raise ValueError(f"draft of {draft.shape[1]} steps, expected context + steps = {length}")
         if len(nxt) not in (contexts, contexts * num_samples):
             raise ValueError(f"draft of {len(nxt)} rows, expected one per context ({contexts}) or per sample "
                              f"({contexts * num_samples})")
         own = num_samples > 1 and len(nxt) == contexts * num_samples
+        prefix = nxt[:, :known - 1].unflatten(0, (contexts, -1))
+        if own and (prefix != prefix[:, :1]).any():
+            raise ValueError("a draft per sample must be the same over the context, which the samples read once; "
+                             "give one draft per context, or drafts that differ only past the context")
         return nxt, nxt if own else nxt.repeat_interleave(num_samples, 0), own
 
     def _generate_uncached(self, seq: torch.Tensor, steps: int, draw: Callable, rep: torch.Tensor | None

@@ -968,7 +968,9 @@ def test_a_draft_of_neither_one_row_per_context_nor_per_sample_is_refused() -> N
     gpt = CodeGPT(codebook_size=8, block_size=12, dim=16, layers=1, heads=2, draft=True).eval()
     ctx = torch.randint(0, 8, (2, 4))
     for rows in (2, 6):
-        assert gpt.generate(ctx, 3, num_samples=3, draft=torch.randint(0, 8, (rows, 7))).shape == (6, 3)
+        draft = torch.randint(0, 8, (rows, 7))
+        draft[:, :4] = draft[:1, :4]                # one per sample: the same over the context
+        assert gpt.generate(ctx, 3, num_samples=3, draft=draft).shape == (6, 3)
     for rows, samples in ((4, 3), (3, 1)):
         with pytest.raises(ValueError, match=f"draft of {rows} rows"):
             gpt.generate(ctx, 3, num_samples=samples, draft=torch.randint(0, 8, (rows, 7)))
@@ -1450,3 +1452,29 @@ def test_a_forecaster_refuses_sampling_settings_its_config_would(setting: dict) 
     (name, value), = setting.items()
     with pytest.raises(UserError, match=rf"'sample\.{name}' = {value}"):
         Forecaster(VQVAE(cfg.model).eval(), gpt, cfg, SampleConfig(**setting), "cpu", draft_beats=True)
+
+
+def test_a_draft_per_sample_that_differs_over_the_context_is_refused() -> None:
+    """With the cache a context's samples read it once, with its first sample's draft: drafts per sample that
+    differed there drew other codes than the uncached reference, without a word."""
+    gpt = CodeGPT(codebook_size=8, block_size=12, dim=16, layers=1, heads=2, draft=True).eval()
+    ctx = torch.randint(0, 8, (1, 4), generator=torch.Generator().manual_seed(0))
+    draft = torch.randint(0, 8, (1, 9), generator=torch.Generator().manual_seed(1)).repeat(3, 1)
+    draft[1, 6:] = (draft[1, 6:] + 1) % 8           # past the context: allowed
+    assert gpt.generate(ctx, 5, num_samples=3, draft=draft).shape == (3, 5)
+    draft[1, 2] = (draft[1, 2] + 1) % 8
+    for cache in (True, False):
+        with pytest.raises(ValueError, match="the same over the context"):
+            gpt.generate(ctx, 5, num_samples=3, draft=draft, use_cache=cache)
+
+
+def test_a_draft_step_mixing_codes_and_none_across_levels_is_refused() -> None:
+    """The draft's level 0 says whether a step has one: a -1 at a finer level beside a code was read as code 0."""
+    gpt = CodeGPT(codebook_size=8, block_size=12, dim=16, layers=1, heads=2, levels=2, draft=True).eval()
+    ctx = torch.randint(0, 8, (1, 4, 2), generator=torch.Generator().manual_seed(0))
+    draft = torch.randint(0, 8, (1, 9, 2), generator=torch.Generator().manual_seed(1))
+    draft[:, :4] = -1
+    assert gpt.generate(ctx, 5, draft=draft).shape == (1, 5, 2)
+    draft[0, 6, 1] = -1
+    with pytest.raises(ValueError, match="every level"):
+        gpt.generate(ctx, 5, draft=draft)
