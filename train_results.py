@@ -47,24 +47,21 @@ class MetricsLog:
 
     def append(self, row: dict) -> None:
         """A column the file lacks (a run resumed by code that logs more) is added, blank in the earlier rows:
-        dropping it would lose that metric for the rest of the run."""
-        rows = self.read()
+        dropping it would lose that metric for the rest of the run. The row replaces those of its epoch and after:
+        a run resumed from an older checkpoint trains them again, and drops them only once it has trained one (a
+        resume that failed before, dropping them as it started, lost the rows of epochs that last.pt still held)."""
+        rows = [r for r in self.read() if int(r["epoch"]) < int(row["epoch"])]
         self._write(list(dict.fromkeys([*(rows[0] if rows else {}), *row])),
                     [*rows, {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}])
 
     def read(self) -> list[dict]:
         return list(csv.DictReader(io.StringIO(self._text()[0])))
 
-    def drop_after(self, epoch: int) -> None:
-        """Forget the rows after `epoch`, and a half-written last row: a run resumed from that epoch's checkpoint
-        writes them again."""
-        text, cut = self._text()
-        reader = csv.DictReader(io.StringIO(text))
-        rows = list(reader)
+    def note_half_row(self) -> None:
+        """Say so when the file ends in half a row, which the next append drops (`read` leaves it out)."""
+        cut = self._text()[1]
         if cut:
             running.note(f"{self.path} ended in half a row ({cut[:40]!r}), from a run killed while writing it: dropped")
-        if cut or any(int(r["epoch"]) > epoch for r in rows):
-            self._write(reader.fieldnames, [r for r in rows if int(r["epoch"]) <= epoch])
 
     def _write(self, fields: list[str] | None, rows: list[dict]) -> None:
         """The whole file anew, atomically (no fields: empty)."""

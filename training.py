@@ -612,12 +612,11 @@ class Trainer:
                          lr=self.s.learning_rate * factor(self.sched.last_epoch))
 
     def _tidy_resumed(self, path: str | Path) -> None:
-        """Rank 0's files after a resume: metrics.csv loses the epochs about to be redone, a later best.pt is said,
-        and temporary files half written by a run killed while saving go: checkpoints, and metrics.csv and plots. A
-        resume that trains nothing keeps metrics.csv whole: one from an older epoch_NNN.pt dropped the later epochs'
-        rows that last.pt, still the run's, had trained."""
-        if not self._nothing_to_train(path):
-            self.log.drop_after(self.epoch)
+        """Rank 0's files after a resume: a later best.pt is said, and temporary files half written by a run killed
+        while saving go: checkpoints, and metrics.csv and plots. metrics.csv keeps the rows of the epochs about to be
+        redone until the first of them is logged (MetricsLog.append): a resume that trains nothing, or fails first,
+        keeps them all."""
+        self.log.note_half_row()
         self.note_later_best(path)
         for stale in [*self.ckpt_dir.glob(".*.tmp"), *self.run_dir.glob(".*.tmp")]:
             stale.unlink(missing_ok=True)       # found twice when --results and --checkpoints are one folder

@@ -1201,15 +1201,33 @@ def test_one_root_for_results_and_checkpoints_is_one_run_folder(tmp_path):
     assert ckpt == run and [p.name for p in root.iterdir()] == [run.name]
 
 
-def test_resume_keeps_the_rows_up_to_its_checkpoints_epoch(tmp_path):
-    """A run resumed from epoch 2's checkpoint redoes epoch 3 only: rows 1 and 2 stay, row 3 goes."""
+def test_a_row_replaces_the_rows_of_its_epoch_and_after(tmp_path):
+    """A run resumed from epoch 2's checkpoint logs epoch 3 again: rows 1 and 2 stay, the old rows 3 and 4 go."""
     log = MetricsLog(tmp_path / "metrics.csv")
-    for epoch in (1, 2, 3):
+    for epoch in (1, 2, 3, 4):
         log.append({"epoch": epoch, "val_loss": 1.0 / epoch, "seconds": 1.0})
-    log.drop_after(2)
-    assert [int(r["epoch"]) for r in log.read()] == [1, 2]
-    log.drop_after(2)                                   # nothing after it: unchanged
-    assert [int(r["epoch"]) for r in log.read()] == [1, 2]
+    log.append({"epoch": 3, "val_loss": 0.25, "seconds": 2.0})
+    assert [(r["epoch"], r["val_loss"]) for r in log.read()] == [("1", "1"), ("2", "0.5"), ("3", "0.25")]
+
+
+def test_a_resume_that_fails_before_its_first_epoch_keeps_metrics_csv(tmp_path, monkeypatch):
+    """The resume dropped the rows after its checkpoint's epoch as it started: one from epoch_002.pt stopped (Ctrl-C,
+    an error) before an epoch lost rows 3 and 4 for good, while last.pt, still the run's, held epoch 4."""
+    toy_trainer(tmp_path, epochs=4, max_steps_per_epoch=2, checkpoint_every=1).fit()
+    log = MetricsLog(tmp_path / "run" / "metrics.csv")
+    before = log.path.read_bytes()
+
+    def interrupted(self, model):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.Trainer, "_train_epoch", interrupted)
+    again = training.Trainer(nn.Linear(4, 1), *[toy_trainer(tmp_path / "data").train_loader.dataset] * 2,
+                             squared_error, TrainConfig(epochs=4, batch_size=8, warmup_steps=0, learning_rate=0.01,
+                                                        max_steps_per_epoch=2), tmp_path / "run", tmp_path / "ckpt",
+                             {}, {}, training.Runtime(torch.device("cpu")), "toy")
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        again.fit(resume=tmp_path / "ckpt" / "epoch_002.pt")
+    assert log.path.read_bytes() == before and [r["epoch"] for r in log.read()] == list("1234")
 
 
 def test_a_resume_drops_a_half_written_last_row_of_metrics_csv(tmp_path, capsys):
