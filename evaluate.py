@@ -43,7 +43,7 @@ import paths
 import running
 from baselines import BASELINES, make_baseline
 from eval_report import csv_text, file_name, markdown_report, sampled_paths
-from forecast import Forecaster, ForecasterBase, checked_samples, slowest_bpm
+from forecast import Forecaster, ForecasterBase, checked_samples, point_forecast, slowest_bpm
 from hyper_params import LEAD_KEYS, Config, add_leads_flag, data_hash, load_config
 from own_forecaster import check_rate, checkpoint_file, own_code, own_spec, user_forecaster, weights_sha256
 from paths import ROOT, SHIPPED, SHIPPED_SPECS, UserError
@@ -351,9 +351,10 @@ class Scores:
     window_sums: dict[str, np.ndarray] = field(default_factory=dict)   # key -> [N, K+1]
 
     def add(self, r: int, idx: np.ndarray, sums: dict[str, np.ndarray], curves: dict[str, np.ndarray],
-            samples: int, records: int) -> None:
-        """Pool the per-window sums and curves of windows idx, all of record r, forecast with `samples` each."""
-        self.deterministic = self.deterministic and samples == 1
+            point: bool, records: int) -> None:
+        """Pool the per-window sums and curves of windows idx, all of record r, a point forecast each or not
+        (`point`: forecast.point_forecast)."""
+        self.deterministic = self.deterministic and point
         _add_sums(self.sums, sums, r, records)
         _add_sums(self.curves, curves, r, records)
         self.curves.setdefault("windows", np.zeros(records))[r] += len(idx)
@@ -468,8 +469,7 @@ def evaluate(forecasters: dict[str, ForecasterBase], w: Windows, context: int, f
     (main's) the sums are kept in its file as the chunks are scored, and a run stopped or failed goes on from them.
     """
     check_request(forecasters, w, context, fs)
-    scores = {name: Scores(len(w.signals), getattr(f, "deterministic", True))
-              for name, f in forecasters.items()}
+    scores = {name: Scores(len(w.signals)) for name in forecasters}
     truth_sums: dict[str, np.ndarray] = {}
     edges = M.segment_edges(w.signals.shape[1] - context, fs)     # horizon segments, the same for every chunk
     chunks = _chunks(w)
@@ -523,9 +523,10 @@ def score_chunk(forecasters: dict[str, ForecasterBase], w: Windows, r: int, idx:
     out: dict = {"truth": M.rhythm_sums(ctx[..., 0], truth[..., 0], rows, pos, fs, edges, annotated), "forecasters": {}}
     for name, f in forecasters.items():
         paths_drawn = predict_windows(f, name, w, idx, context, num_samples, seed, fs, said)
-        wave, curves = M.waveform_sums(truth, paths_drawn, edges, point_mass=getattr(f, "deterministic", True))
+        point = point_forecast(f, paths_drawn.shape[1], num_samples)
+        wave, curves = M.waveform_sums(truth, paths_drawn, edges, point_mass=point)
         rhythm = rhythm_of_paths(ctx[..., 0], paths_drawn[..., 0], rows, pos, fs, edges, annotated)
-        out["forecasters"][name] = ({**wave, **rhythm}, curves, paths_drawn.shape[1])
+        out["forecasters"][name] = ({**wave, **rhythm}, curves, point)
     return out
 
 
@@ -538,8 +539,8 @@ def add_chunk(scored: dict, r: int, idx: np.ndarray, scores: dict[str, Scores], 
               records: int) -> None:
     """score_chunk's sums of windows idx (record r) added to the detector's and each forecaster's Scores."""
     _add_sums(truth_sums, scored["truth"], r, records)
-    for name, (sums, curves, samples) in scored["forecasters"].items():
-        scores[name].add(r, idx, sums, curves, samples, records)
+    for name, (sums, curves, point) in scored["forecasters"].items():
+        scores[name].add(r, idx, sums, curves, point, records)
 
 
 # ----------------------------------------------------------------------------- going on from an interrupted run

@@ -81,6 +81,13 @@ class ForecasterBase:
                                                        for s in ("train", "validation"))
 
 
+def point_forecast(forecaster: object, paths: int, num_samples: int) -> bool:
+    """Whether `paths` paths, asked `num_samples`, are a point forecast (scored so: its fair CRPS is its MAE, it has
+    no interval): one path of a forecaster that says it is `deterministic` or gave one where more were asked. One
+    that does not say is taken to sample, as as_context sizes its output: its one path at --samples 1 is a draw."""
+    return paths == 1 and (num_samples > 1 or bool(getattr(forecaster, "deterministic", False)))
+
+
 def as_context(context: np.ndarray | torch.Tensor, horizon: int = 1, num_samples: int = 1, seed: int = 0, *,
                forecaster: object = None) -> np.ndarray:
     """Validate a forecast request (the context batch, horizon, samples, seed) and return the context as

@@ -1984,16 +1984,28 @@ def test_a_forecaster_is_deterministic_only_when_it_says_so_and_draws_one_sample
         def predict(self, context, horizon, num_samples=100, seed=0):
             return np.random.default_rng(seed).normal(size=(1, 3, horizon, 2)).astype(np.float32)
 
+    class UndeclaredOne:
+        """Draws as many paths as asked, and does not say so: at --samples 1 its one path is a draw (it was scored
+        as a point forecast, its fair CRPS its MAE); one path where three were asked is a point forecast."""
+        def __init__(self, paths: int | None = None):
+            self.paths = paths
+
+        def predict(self, context, horizon, num_samples=100, seed=0):
+            shape = (1, self.paths or num_samples, horizon, 2)
+            return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
     fc = {"zero": evaluate.make_forecaster("zero", fs), "ens": evaluate.make_forecaster("seasonal_ensemble", fs),
-          "undeclared": Undeclared()}
+          "undeclared": Undeclared(), "sampler": UndeclaredOne(), "point": UndeclaredOne(1)}
     scores, truth = evaluate.evaluate(fc, w, c, fs, 1, progress=False)
     s = evaluate.summarize(scores, truth, w, fs, h, n_boot=10)
-    want = {"zero": True, "ens": False, "undeclared": False}
+    want = {"zero": True, "ens": False, "undeclared": False, "sampler": False, "point": False}
     assert {name: t["deterministic"] for name, t in s["forecasters"].items()} == want
     assert {name: t["deterministic"] for name, t in s["horizon_beats"]["normal"]["forecasters"].items()} == want
-    fair = {name: t["metrics"]["crps_fair"][-1] for name, t in s["forecasters"].items()}
-    assert fair["zero"]["records"] == fair["undeclared"]["records"] == 2 and fair["ens"]["records"] == 0
+    fair = {name: t["metrics"]["crps_fair"][-1]["records"] for name, t in s["forecasters"].items()}
+    assert fair == {"zero": 2, "ens": 0, "undeclared": 2, "sampler": 0, "point": 0}
     assert s["forecasters"]["ens"]["metrics"]["crps"][-1]["records"] == 2     # the one path's, as issued
+    scores, truth = evaluate.evaluate({"point": UndeclaredOne(1)}, w, c, fs, 3, progress=False)
+    assert evaluate.summarize(scores, truth, w, fs, h, n_boot=10)["forecasters"]["point"]["deterministic"] is True
 
 
 def test_each_window_keeps_its_own_reference_beats_within_a_chunk():
