@@ -515,12 +515,16 @@ class LatentSDE(nn.Module):
     @torch.no_grad()
     def forecast_check(self, x: torch.Tensor, context: int, entropy: Seeds, draft: torch.Tensor | None) -> dict:
         """One prior path per window from the context alone (and the draft at the true beats): latent MSE
-        and how much of the true variation the last second keeps (near 0: it decays to a flat line). The last second
-        is two frames at least: at one frame a second (128 Hz / 128) it was one, whose spread is NaN; a future of one
-        frame has none to measure (NaN, said without torch's warning)."""
-        fut = self.sample_frames(x[:context], len(x) - context, 1, entropy, normalised=True,
-                                 draft=None if draft is None else draft.transpose(0, 1))
+        and how much of the true variation the last second keeps (near 0: it decays to a flat line). With a draft,
+        of the truth's departure from it: the draft's beats alone kept about all of the truth's variation, whatever
+        the SDE did. The last second is two frames at least: at one frame a second (128 Hz / 128) it was one, whose
+        spread is NaN; a future of one frame has none to measure (NaN, said without torch's warning)."""
+        draft = None if draft is None else draft.transpose(0, 1)
+        fut = self.sample_frames(x[:context], len(x) - context, 1, entropy, normalised=True, draft=draft)
         truth = x[context:]
+        if draft is not None:
+            base = self.normalise(draft.float())
+            fut, truth = fut - base, truth - base
         last = max(2, int(round(self.rate)))
         if len(truth) < 2:
             ratio = torch.full((), math.nan, device=x.device)
@@ -670,7 +674,9 @@ class LatentSDEForecaster(ForecasterBase):
         with torch.no_grad():
             unit, frames = self.encode_context(x)
             drafts, round_trip, waves = self.draft_frames(x, steps, num_samples, seed, rhythm)
-        fut = self.sde.sample_frames(frames, steps, num_samples, seed, draft=drafts.transpose(0, 1))
+        # held, the SDE draws a forecast's first block's paths too (roll's seed), so the validation score is evaluate's
+        fut = self.sde.sample_frames(frames, steps, num_samples, derived_seed(seed, 0) if held else seed,
+                                     draft=drafts.transpose(0, 1))
         wave = decode_frames(self.vq, fut.permute(1, 2, 0), unit.repeat_interleave(num_samples, 0),
                              self.context_frames)          # as round_trip: in pieces past one, as a forecast decodes
         shape = (len(x), num_samples, horizon, 2)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -276,14 +277,20 @@ def check_adjoint(scfg: SDEConfig, rt: Runtime) -> None:
 
 
 def check_solver_step(scfg: SDEConfig, frames_per_second: float) -> None:
-    """Warn of a solver step longer than one VQ-VAE latent frame: torchsde draws the frames between its steps on
-    a straight line, and the posterior reads only the context frames at its steps. solver.dt is in seconds, so
-    a VQ-VAE at a higher rate or a smaller downsample_factor than the default's 128 Hz / 8 needs a smaller one."""
-    frame = 1 / frames_per_second
-    if scfg.solver.dt > frame * (1 + 1e-6):
-        running.warn(f"solver.dt {scfg.solver.dt:g} s is longer than one latent frame of the VQ-VAE ({frame:g} s: "
+    """Warn of a solver step longer than one VQ-VAE latent frame, or that does not divide one: torchsde draws a
+    frame between its steps on a straight line, and the posterior reads only the context frames at its steps.
+    solver.dt is in seconds, so a VQ-VAE at a higher rate or a smaller downsample_factor than the default's
+    128 Hz / 8 needs a smaller one."""
+    frame, dt = 1 / frames_per_second, scfg.solver.dt
+    per_frame = frame / dt
+    if dt > frame * (1 + 1e-6):
+        running.warn(f"solver.dt {dt:g} s is longer than one latent frame of the VQ-VAE ({frame:g} s: "
                      f"{frames_per_second:g} frames a second): the frames between solver steps come out on straight "
                      f"lines; set solver.dt to at most {frame:g} in the latent SDE config")
+    elif abs(per_frame - round(per_frame)) > 1e-6 * per_frame:
+        running.warn(f"solver.dt {dt:g} s does not divide one latent frame of the VQ-VAE ({frame:g} s: "
+                     f"{per_frame:.3g} steps): the frames that fall between solver steps come out on straight lines; "
+                     f"set solver.dt to {frame:g} over a whole number, e.g. {frame / math.ceil(per_frame):g}")
 
 
 def elbo_config(args: argparse.Namespace, resume: dict | None) -> SDEConfig:
