@@ -101,4 +101,5 @@ bench: setup $(if $(call exists,$(PREPARED)/train.pt),,prepare)
 	$(PY) bench/forecast_latency.py >> bench/results.jsonl
 	$(PY) bench/sde_latency.py >> bench/results.jsonl
 	$(PY) bench/rhythm_bound.py >> bench/results.jsonl
+	$(PY) bench/past_only.py >> bench/results.jsonl
 	$(PY) bench/report.py bench/results.jsonl bench/results.md

@@ -1,0 +1,158 @@
+"""Contexts filtered with their future: how much does that flatter the forecasts? One JSON line.
+
+    python3 bench/past_only.py [--model pretrained pretrained_sde template_ensemble seasonal] [--split test]
+                               [--max-windows-per-record 10] [--samples 100] [--data-dir DIR | --wfdb-dir DIR]
+                               [--margin-seconds 60]
+
+Preparation band-passes each whole record with a zero-phase filter (sosfiltfilt), so a context's last samples carry
+a little of the horizon after them, which a forecast made in real time cannot see. This rebuilds each context from
+its record's raw samples up to the context's last one alone (the same filter and resampling over the
+`--margin-seconds` before it, mirrored at its end as preparation mirrors a record's end), forecasts the prepared and
+the past-only context of every window with the window's seed, and scores both against the same prepared horizon with
+evaluate.py: each forecaster's MSE (whole horizon and first second), CRPS, cover 80 and F1 ±100 ms both ways, and the
+change in MSE and CRPS paired by record. `context_change`: how far the past-only contexts lie from the prepared ones
+over their last 0.3 s and their first half (where only the filter's start differs: a check of the alignment).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from common import bench_commit, emit, positive_int, positive_seconds
+
+import metrics as M  # noqa: E402 (common puts the repository on sys.path)
+import paths  # noqa: E402
+import running  # noqa: E402
+
+MODELS = ["pretrained", "pretrained_sde", "template_ensemble", "seasonal"]
+KEYS = ("mse", "crps", "cov80", "f1_100")
+
+
+def raw_past(path: Path, leads: list[str], start: int, end: int) -> np.ndarray:
+    """Samples [start, end) of a record's two leads `leads`, in mV (as preparation reads them)."""
+    import wfdb
+    from prepare_mitbih import mv_per_unit
+
+    rec = wfdb.rdrecord(str(path), sampfrom=start, sampto=end, channel_names=list(leads))
+    if rec.p_signal is None or rec.p_signal.shape[1] != 2:
+        raise paths.UserError(f"{path}: leads {leads} not both found")
+    return rec.p_signal * [mv_per_unit(u) or 1.0 for u in rec.units]
+
+
+def past_context(path: Path, leads: list[str], fs_in: float, cfg, end: int, context: int, margin_s: float
+                 ) -> np.ndarray | None:
+    """The context [context, 2] ending before target-rate sample `end`, filtered and resampled from the raw samples
+    up to its last one alone; None when those hold NaN (a gap). The read starts on a raw sample of the target grid,
+    so the resampled samples fall on the prepared ones."""
+    from prepare_mitbih import filter_and_resample, resample_ratio
+
+    ratio = resample_ratio(fs_in, cfg.data.samples_per_second, str(path))        # target / source
+    stop = int((end - 1) / ratio) + 1                 # raw samples at or before the context's last one
+    first = max(0, int((stop - margin_s * fs_in) // ratio.denominator) * ratio.denominator)
+    at = int(first * ratio)                           # the target-rate sample of the read's first
+    if end - context < at:
+        raise paths.UserError(f"--margin-seconds {margin_s:g} is shorter than the context")
+    x = raw_past(path, leads, first, stop)
+    if not np.isfinite(x).all():
+        return None
+    return filter_and_resample(x, fs_in, cfg.data, str(path))[end - context - at:end - at].astype(np.float32)
+
+
+def past_only_windows(w, folder: Path, cfg, context: int, margin_s: float):
+    """w with every context rebuilt from the past alone, and the windows whose past holds a gap left out."""
+    from tqdm import tqdm
+
+    signals, keep = np.array(w.signals, np.float32), []
+    for i in tqdm(range(len(w.record)), desc="past-only contexts", unit="window"):
+        r = int(w.record[i])
+        ctx = past_context(folder / w.records[r], w.leads[r], w.fs_in[r], cfg, int(w.start[i]) + context, context,
+                           margin_s)
+        if ctx is not None:
+            signals[i, :context] = ctx
+            keep.append(i)
+    keep = np.array(keep, int)
+    return w.select(keep), dataclasses.replace(w, signals=signals).select(keep)
+
+
+def context_change(prepared: np.ndarray, past: np.ndarray, fs: int) -> dict:
+    """RMS and largest change (mV) of the contexts' last 0.3 s, and the RMS of their first half."""
+    d = past - prepared
+    end, half = d[:, -round(0.3 * fs):], d[:, :d.shape[1] // 2]
+    return {"last_0.3s_rms_mv": round(float(np.sqrt((end ** 2).mean())), 4),
+            "last_0.3s_max_mv": round(float(np.abs(end).max()), 3),
+            "first_half_rms_mv": round(float(np.sqrt((half ** 2).mean())), 5)}
+
+
+def scored(forecasters: dict, w, context: int, fs: int, samples: int) -> dict:
+    """evaluate.py's summary of the windows w."""
+    import evaluate as E
+
+    scores, truth = E.evaluate(forecasters, w, context, fs, samples)
+    return E.summarize(scores, truth, w, fs, w.signals.shape[1] - context, n_boot=1000)
+
+
+def figures(summary: dict, name: str) -> dict:
+    metrics = summary["forecasters"][name]["metrics"]
+    out = {k: metrics[k][-1]["value"] for k in KEYS}
+    out["mse_0_1s"] = metrics["mse"][0]["value"]
+    return {k: None if v is None else round(v, 5) for k, v in out.items()}
+
+
+def paired(before: dict, after: dict, name: str, metric: str) -> dict:
+    """The past-only value minus the prepared one, paired by record."""
+    records = sorted(before["per_record"][name][metric])
+    a = np.array([after["per_record"][name][metric][r] for r in records], float)
+    b = np.array([before["per_record"][name][metric][r] for r in records], float)
+    d = M.paired_difference(a, b)
+    return {"mean": round(d["mean"], 5), "ci": [round(v, 5) for v in d["ci"]], "higher": d["above"],
+            "lower": d["below"], "records": d["records"]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", nargs="+", default=MODELS, help="as evaluate.py's --model")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--max-windows-per-record", type=positive_int, default=10)
+    p.add_argument("--samples", type=positive_int, default=100)
+    p.add_argument("--margin-seconds", type=positive_seconds, default=60.0,
+                   help="raw seconds filtered before each context's end (default 60)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data-dir", default=None, type=paths.given_path,
+                     help=f"WFDB folder the prepared split was made from (default: {paths.DATA_DEFAULT})")
+    src.add_argument("--wfdb-dir", default=None, type=paths.given_path,
+                     help="score the records of this WFDB folder instead of a prepared split")
+    args = p.parse_args(argv)
+    commit = bench_commit()
+
+    import evaluate as E
+    from hyper_params import load_config
+
+    cfg = load_config()
+    fs, context = cfg.data.samples_per_second, cfg.data.window_samples
+    if args.wfdb_dir:
+        folder = Path(args.wfdb_dir)
+        w = E.load_wfdb(folder, cfg, per_record=args.max_windows_per_record)
+    else:
+        folder = paths.location("data", args.data_dir)
+        w = E.limit_windows(E.load_prepared(args.split, cfg, None), None, args.max_windows_per_record)
+    prepared, past = past_only_windows(w, folder, cfg, context, args.margin_seconds)
+    if len(prepared.record) < len(w.record):
+        running.note(f"{len(w.record) - len(prepared.record)} windows left out: their past holds a gap")
+    forecasters, _, _ = E.build_forecasters(args.model, cfg, None)
+    before = scored(forecasters, prepared, context, fs, args.samples)
+    after = scored(forecasters, past, context, fs, args.samples)
+    return emit({"bench": "past_only", "source": E.windows_source(w), "windows": len(prepared.record),
+                 "records": len(np.unique(prepared.record)), "samples": args.samples,
+                 "margin_s": args.margin_seconds,
+                 "context_change": context_change(prepared.signals[:, :context], past.signals[:, :context], fs),
+                 "forecasters": {name: {"prepared": figures(before, name), "past_only": figures(after, name),
+                                        "paired_mse": paired(before, after, name, "mse"),
+                                        "paired_crps": paired(before, after, name, "crps")}
+                                 for name in forecasters},
+                 "data_hash": paths.run_data_hash(w.source)}, commit)
+
+
+if __name__ == "__main__":
+    running.run_main(main)
