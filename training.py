@@ -623,10 +623,11 @@ class Trainer:
 
     def note_later_best(self, path: str | Path) -> None:
         """A resume from an older epoch_NNN.pt finds best.pt from a later epoch of the trajectory it leaves: said,
-        since the resumed run replaces it as soon as it beats the older checkpoint's best validation loss."""
-        best, resumed = self.ckpt_dir / "best.pt", Path(path).resolve()
-        # last.pt is written after best.pt: resumed from it (the usual case), best.pt is no later, and not read
-        if best.exists() and resumed not in (best.resolve(), (self.ckpt_dir / "last.pt").resolve()):
+        since the resumed run replaces it as soon as it beats the older checkpoint's best validation loss. So may one
+        from last.pt, written after best.pt: a kill between the two leaves best.pt an epoch ahead, which a resume off
+        the CPU (not bit for bit) may not beat again."""
+        best = self.ckpt_dir / "best.pt"
+        if best.exists() and Path(path).resolve() != best.resolve():
             try:
                 epoch = load_checkpoint(best)["epoch"]
             except UserError:                   # nothing to say of a file that cannot be read
@@ -854,7 +855,8 @@ class Trainer:
             record = dict(self.meta)
         entry = {k: self.meta[k] for k in ("command", "git_commit", "data_hash", "world_size", "device", "torch",
                                            "torch_threads", "started")}
-        entry.update({"checkpoint": str(resume), **{s: self.config[s] for s in TRAINING_SECTIONS if s in self.config}})
+        entry.update({"checkpoint": str(resume), "torchrun_run_id": self.meta.get("torchrun_run_id"),
+                      **{s: self.config[s] for s in TRAINING_SECTIONS if s in self.config}})
         record.setdefault("resumes", []).append(entry)
         return record
 
@@ -1110,14 +1112,15 @@ def load_resume(path: str | Path, kind: str) -> dict:
 
 
 def run_resume(args: argparse.Namespace, rt: Runtime, kind: str) -> dict | None:
-    """The checkpoint a run goes on from (load_resume), None for a new run: --resume's, else, in an attempt that
-    torchrun --max-restarts started after a worker failed (the same command again), the failed attempt's last.pt,
-    which every rank resumes as --resume would. Each restart was a new run from epoch 1, the last.pt unused."""
-    if not args.resume and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+    """The checkpoint a run goes on from (load_resume), None for a new run: --resume's, but in an attempt that
+    torchrun --max-restarts started after a worker failed (the same command again) the failed attempt's last.pt when
+    it trained an epoch, which every rank resumes as --resume would. Each restart was a new run from epoch 1, the
+    last.pt unused; a restart of `--resume epoch_005.pt` went back to epoch 5, the failed attempt's epochs lost."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
         found = [_restarted_run(args) if rt.is_main else None]
         if rt.distributed:
             dist.broadcast_object_list(found, src=0)
-        args.resume = found[0]
+        args.resume = found[0] or args.resume
     if not args.resume:
         return None
     ckpt = load_resume(args.resume, kind)
@@ -1141,23 +1144,30 @@ def resumed_prepared(given: str | None, ckpt: dict) -> str | None:
 
 def _restarted_run(args: argparse.Namespace) -> str | None:
     """Rank 0's pick for a torchrun restart: the last.pt of the newest run whose run.json has this job's torchrun run
-    id (run_record), None when it has none yet (the attempt failed in its first epoch: a new run, as before). The
-    default run id 'none' is every job's that gave no --rdzv-id: another job's run is never resumed by it."""
+    id (run_record, or a resume's entry: written once it trained an epoch), None when it has none yet (the attempt
+    failed in its first epoch: a new run, or --resume's again, as before). The default run id 'none' is every job's
+    that gave no --rdzv-id: another job's run is never resumed by it."""
     run_id, restart = os.environ.get("TORCHELASTIC_RUN_ID"), os.environ["TORCHELASTIC_RESTART_COUNT"]
     if run_id in (None, "none"):
-        running.note(f"torchrun restart {restart}: a new run (give torchrun a unique --rdzv-id to resume the last)")
+        again = f"--resume {args.resume} again" if args.resume else "a new run"
+        running.note(f"torchrun restart {restart}: {again} (give torchrun a unique --rdzv-id to resume the last)")
         return None
     ckpt_root, found = paths.location("checkpoints", args.checkpoints), []
     with contextlib.suppress(OSError):      # a results root that cannot be looked in holds no run to go on with
         for record in paths.location("results", args.results).glob("*/run.json"):
             last = ckpt_root / record.parent.name / "last.pt"
             with contextlib.suppress(OSError, ValueError, AttributeError):      # a record cut short, or not a dict
-                if json.loads(record.read_text(encoding="utf-8")).get("torchrun_run_id") == run_id and last.is_file():
+                if run_id in _torchrun_ids(json.loads(record.read_text(encoding="utf-8"))) and last.is_file():
                     found.append((last.stat().st_mtime_ns, str(last)))
     if not found:
         return None
     running.note(f"torchrun restart {restart}: resuming {max(found)[1]}")
     return max(found)[1]
+
+
+def _torchrun_ids(record: dict) -> list[str | None]:
+    """The torchrun run ids of a run.json's run and of its resumes."""
+    return [record.get("torchrun_run_id"), *(r.get("torchrun_run_id") for r in record.get("resumes", []))]
 
 
 def _run_command(argv: list[str] | None) -> str:

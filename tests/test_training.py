@@ -962,6 +962,9 @@ def test_a_resume_from_an_older_epoch_says_that_best_pt_is_a_later_epochs(tmp_pa
     assert f"{ckpts / 'best.pt'} is epoch 3's, after this checkpoint's epoch 1" in capsys.readouterr().err
     again.resume(ckpts / "last.pt")
     assert "is epoch 3's" not in capsys.readouterr().err
+    shutil.copyfile(ckpts / "epoch_002.pt", ckpts / "last.pt")     # killed between epoch 3's best.pt and last.pt
+    again.resume(ckpts / "last.pt")
+    assert f"{ckpts / 'best.pt'} is epoch 3's, after this checkpoint's epoch 2" in capsys.readouterr().err
 
 
 def test_a_resume_on_data_prepared_again_starts_best_pt_over(tmp_path, monkeypatch, capsys):
@@ -2964,3 +2967,28 @@ def test_the_trainer_asks_whether_its_processes_can_share_the_batch(tmp_path, mo
         training.Trainer(nn.Linear(4, 1), data, data, squared_error, TrainConfig(epochs=1, batch_size=9),
                          tmp_path / "run", tmp_path / "ckpt", {}, {}, training.Runtime(torch.device("cpu"), 0, 2),
                          "toy")
+
+
+def test_a_torchrun_restart_of_a_resume_goes_on_from_the_failed_attempts_last_pt(tmp_path, monkeypatch, capsys):
+    """torchrun --max-restarts runs `--resume epoch_002.pt` again after a worker failed: the restart went back to
+    epoch 2, the failed attempt's epochs lost. A resume's run.json entry names the job's run id (written once it
+    trained an epoch): the restart resumes that run's last.pt, and --resume's checkpoint only when none names it."""
+    keys = ("command", "git_commit", "data_hash", "world_size", "device", "torch", "torch_threads", "started")
+    trainer = toy_trainer(tmp_path / "toy", meta={**dict.fromkeys(keys, "x"), "torchrun_run_id": "job"})
+    assert trainer.resumed_record("epoch_002.pt")["resumes"][-1]["torchrun_run_id"] == "job"
+    run, ckpt = tmp_path / "results" / "vqvae-1", tmp_path / "checkpoints" / "vqvae-1"
+    run.mkdir(parents=True)
+    ckpt.mkdir(parents=True)
+    (ckpt / "last.pt").write_bytes(b"")
+    args = SimpleNamespace(resume=str(ckpt / "epoch_002.pt"), results=str(run.parent), checkpoints=str(ckpt.parent),
+                           prepared=None)
+    monkeypatch.setattr(training, "load_resume", lambda path, kind: {"loaded": path})
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    rank0 = SimpleNamespace(is_main=True, distributed=False)
+    for resumes, want in (([{"torchrun_run_id": "earlier"}], ckpt / "epoch_002.pt"),
+                          ([{"torchrun_run_id": "earlier"}, {"torchrun_run_id": "job"}], ckpt / "last.pt")):
+        (run / "run.json").write_text(json.dumps({"torchrun_run_id": "first", "resumes": resumes}))
+        args.resume = str(ckpt / "epoch_002.pt")
+        assert training.run_resume(args, rank0, "vqvae") == {"loaded": str(want)}
+    assert f"torchrun restart 1: resuming {ckpt / 'last.pt'}" in capsys.readouterr().err
