@@ -712,11 +712,11 @@ class LatentSDEForecaster(ForecasterBase):
         # float32: drafts of the mean beat (a context without a whole beat) come in float64, and so did the forecast
         waves = torch.from_numpy(waves.astype(np.float32, copy=False)).to(self.device)
         index = torch.from_numpy(index).to(self.device)
-        frames = latent_frames(self.vq, waves, self.context_frames * self.factor)
         owner = torch.empty(len(waves), dtype=torch.long, device=self.device)    # each draft's context
         owner[index] = torch.arange(len(x), device=self.device).repeat_interleave(num_samples)
-        round_trip = decode_frames(self.vq, frames.transpose(1, 2), self.vq.unit(x, warn=False)[owner],
-                                  self.context_frames)
+        unit = self.vq.unit(x, warn=False)[owner]       # coded and decoded at the context's gain, as the paths are
+        frames = latent_frames(self.vq, waves, self.context_frames * self.factor, unit=unit)
+        round_trip = decode_frames(self.vq, frames.transpose(1, 2), unit, self.context_frames)
         return frames[index], round_trip[index], waves[index]
 
 
@@ -795,15 +795,19 @@ def decode_frames(vq: VQVAE, z: torch.Tensor, unit: torch.Tensor, piece: int | N
 
 
 @torch.no_grad()
-def latent_frames(vq: VQVAE, x: torch.Tensor, piece: int | None = None, batch: int = 512) -> torch.Tensor:
+def latent_frames(vq: VQVAE, x: torch.Tensor, piece: int | None = None, batch: int = 512,
+                  unit: torch.Tensor | None = None) -> torch.Tensor:
     """Continuous encoder frames [N, T / factor, latent] of signals [N, T, 2], each coded on its own on the VQ-VAE's
     device, returned on the signals'; with `piece`, a longer signal in overlapping runs of `piece` samples
-    (see decode_frames)."""
+    (see decode_frames). `unit` [N, 1, 2]: the gains to code them at (their context's: a forecast decodes its
+    future at the context's gain), else each signal's own (VQVAE.unit)."""
     if piece and x.shape[1] > piece:
-        return overlap_add(lambda part: latent_frames(vq, part, None, batch), x, piece, 1 / vq.factor)
-    def coded(part: torch.Tensor) -> torch.Tensor:     # a forecast's as_context warned of the context's unit
-        return vq.encode_latent(part, vq.unit(part, warn=False)).transpose(1, 2)
-    return torch.cat([coded(x[i:i + batch].float().to(vq.device)) for i in range(0, len(x), batch)]).to(x.device)
+        return overlap_add(lambda part: latent_frames(vq, part, None, batch, unit), x, piece, 1 / vq.factor)
+    def coded(i: int) -> torch.Tensor:
+        part = x[i:i + batch].float().to(vq.device)     # a forecast's as_context warned of the context's unit
+        u = vq.unit(part, warn=False) if unit is None else unit[i:i + batch].to(vq.device)
+        return vq.encode_latent(part, u).transpose(1, 2)
+    return torch.cat([coded(i) for i in range(0, len(x), batch)]).to(x.device)
 
 
 def overlap_add(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, piece: int, ratio: float

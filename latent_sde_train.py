@@ -54,10 +54,20 @@ from vqvae_eval import (FORECASTER_FLAGS, VQVAE_KEYS, add_forecaster_flags, fore
 @torch.no_grad()
 def encode_windows(vq: VQVAE, signals: torch.Tensor, piece: int) -> torch.Tensor:
     """Frames [N, T / factor, latent] of windows [N, T, 2], each `piece` samples (context, then each
-    future window) encoded on its own, so no frame has seen samples after its piece."""
+    future window) encoded on its own, so no frame has seen samples after its piece, at the context's gain: a
+    forecast decodes its future at it (a VQ-VAE with window_gain coded each piece at its own, half of them a step or
+    more from the context's, and the SDE learned frames that the forecast then decoded at the wrong gain)."""
     vq.eval()
     b, t, _ = signals.shape
-    return latent_frames(vq, signals.reshape(b * (t // piece), piece, 2)).reshape(b, t // vq.factor, -1).half()
+    unit = context_units(vq, signals, piece).repeat_interleave(t // piece, 0)
+    frames = latent_frames(vq, signals.reshape(b * (t // piece), piece, 2), unit=unit)
+    return frames.reshape(b, t // vq.factor, -1).half()
+
+
+def context_units(vq: VQVAE, signals: torch.Tensor, piece: int, batch: int = 4096) -> torch.Tensor:
+    """The gains [N, 1, 2] of the windows' contexts (their first `piece` samples), on the signals' device."""
+    return torch.cat([vq.unit(signals[i:i + batch, :piece].float().to(vq.device), warn=False).to(signals.device)
+                      for i in range(0, len(signals), batch)])
 
 
 @torch.no_grad()
@@ -68,7 +78,10 @@ def encode_drafted(vq: VQVAE, signals: torch.Tensor, piece: int, fs: int) -> tor
     longer than a piece is coded in overlapping pieces, as a forecast codes its drafts (draft_frames)."""
     waves, index = draft_waves(signals[:, :piece].float().numpy(), signals.shape[1] - piece, fs,
                                beats=detected_beats(signals.numpy(), fs))
-    drafts = latent_frames(vq, torch.from_numpy(waves), piece)[torch.from_numpy(index)]
+    index = torch.from_numpy(index)
+    owner = torch.empty(len(waves), dtype=torch.long)        # each draft's window: coded at its context's gain
+    owner[index] = torch.arange(len(signals))
+    drafts = latent_frames(vq, torch.from_numpy(waves), piece, unit=context_units(vq, signals, piece)[owner])[index]
     return torch.cat([encode_windows(vq, signals, piece), drafts.half()], 1)
 
 
@@ -310,6 +323,8 @@ def encode_splits(vq: VQVAE, scfg: SDEConfig, cfg: Config, train: dict, val: dic
         return encode_drafted(vq, x, piece, fs) if drafted else encode_windows(vq, x, piece)
 
     key = f"{piece}" + (f":drafts{DRAFTS_VERSION}" if drafted else "")    # new drafts, new encodings
+    if vq.cfg.window_gain:      # futures and drafts coded at the context's gain: encodings of their own gain go
+        key += ":context-gain"
     if drafted and train["signals"].shape[1] > 2 * piece:     # drafts of several pieces, once coded whole
         key += ":pieces"
     return frozen_encodings(kind, vq, encode, train, val, key, scfg.augment, cfg.data, scfg.train.seed,

@@ -1865,6 +1865,34 @@ def test_a_training_draft_longer_than_a_piece_is_coded_as_a_forecasts(monkeypatc
     assert {k.split(":", 4)[4] for k in keys} == {f"{piece}:drafts{latent_sde_train.DRAFTS_VERSION}:pieces"}
 
 
+def test_training_codes_the_future_and_its_draft_at_the_contexts_gain() -> None:
+    """A forecast decodes its future frames at the context's gain: with a VQ-VAE that codes each window's gain
+    (window_gain) training coded each future piece, and its draft, at its own, so the SDE learned frames that the
+    forecast then decoded at another gain (half the validation windows a step or more apart). A future 4 x as loud
+    as its context is coded at the context's gain, its draft too; the forecast's drafts are coded alike."""
+    from conftest import periodic_ecg
+    from drafts import detected_beats, draft_waves
+    from hyper_params import ModelConfig
+    from latent_sde import latent_frames
+
+    torch.manual_seed(0)
+    vq = VQVAE(ModelConfig(has_attention=False, downsample_factor=4, channels=16, res_blocks=1, latent_dim=8,
+                           codebook_size=32, num_quantizers=1, window_gain=True)).eval()
+    piece = 128
+    x = torch.from_numpy(periodic_ecg(2, noise=0.02, seed=1, period=90, fs=64, length=2 * piece)).float()
+    x[:, piece:] *= 4
+    unit = vq.unit(x[:, :piece])
+    with torch.no_grad():
+        want = vq.encode_latent(x[:, piece:], unit).transpose(1, 2)
+        assert not torch.allclose(want, vq.encode_latent(x[:, piece:]).transpose(1, 2), atol=1e-2)
+        torch.testing.assert_close(latent_sde_train.encode_windows(vq, x, piece)[:, piece // 4:].float(),
+                                   want.half().float())
+        waves, index = draft_waves(x[:, :piece].numpy(), piece, 64, beats=detected_beats(x.numpy(), 64))
+        drafts = latent_frames(vq, torch.from_numpy(waves)[torch.from_numpy(index)], unit=unit)
+        torch.testing.assert_close(latent_sde_train.encode_drafted(vq, x, piece, 64)[:, 2 * piece // 4:].float(),
+                                   drafts.half().float())
+
+
 def test_crps_paths_of_an_emission_that_renders_nothing_are_their_drafts_over_several_pieces() -> None:
     """path_crps decodes its paths as it decodes their drafts and as a forecast decodes both (in overlapping pieces,
     decode_frames): a path the SDE leaves at its draft scores as the draft, over a horizon of two pieces too. Decoded
