@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -39,19 +40,38 @@ def own_spec(spec: str) -> re.Match | None:
 
 
 def load_file(path: Path) -> ModuleType:
-    """Import a .py file as a module, as `python3 FILE.py` would see it: registered in sys.modules (dataclasses
-    look themselves up there) and with its folder importable (for the modules beside it)."""
-    name = f"user_forecaster_{path.stem}"
+    """Import a .py file as a module: registered in sys.modules under a name of its path's own (dataclasses and
+    pickle look themselves up there; two files named alike, two versions of one forecaster, overwrote each other's)
+    and with its folder importable after the project's and the environment's (for the modules beside it: first, it
+    had a later `import latent_sde` of the project's take a file of that name beside it)."""
+    name = f"user_forecaster_{path.stem}_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
     found = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(found)
     sys.modules[name] = module
-    sys.path.insert(0, str(path.resolve().parent))
+    if str(path.resolve().parent) not in sys.path:
+        sys.path.append(str(path.resolve().parent))
     try:
         found.loader.exec_module(module)
     except BaseException:
         del sys.modules[name]
         raise
     return module
+
+
+def check_imports_ran(path: Path, source: str, said: str) -> None:
+    """Refuse one's own code whose import statements name a module beside it that Python took from elsewhere: one
+    of the project's or the environment's of that name (their metrics.py lost to the project's), or one loaded by
+    another forecaster of one's own (v2/helper.py lost to v1/helper.py, one module per name in a process). It ran
+    other code than the report would name (own_code hashes the files beside it), without a word."""
+    root = import_root(path, source)
+    for f in own_files(path, source)[1:]:
+        parts = f.relative_to(root).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        ran = getattr(sys.modules.get(name), "__file__", None)
+        if ran and Path(ran).resolve() != f.resolve():
+            raise UserError(f"{said}: {path} imports {name}, meant to be {f}, but Python took {ran} (a module of that "
+                            f"name loaded before: Python keeps one per name); rename {f.name}, or run the other "
+                            f"forecaster apart")
 
 
 def user_forecaster(spec: str, fs: int, device: str | None = None, flag: str = "--model",
@@ -76,17 +96,18 @@ def user_forecaster(spec: str, fs: int, device: str | None = None, flag: str = "
     if own_rate and (data := own_data(f)) is not None:
         fs = data.samples_per_second
     check_rate(f"{flag} {spec}", f, fs)
+    own = OwnForecaster(f, f"{flag} {spec}")
     if getattr(f, "name", ForecasterBase.name) == ForecasterBase.name:
-        f.name = name
-    return OwnForecaster(f, f"{flag} {spec}")
+        vars(own)["name"] = name        # the wrapper's: a frozen dataclass or __slots__ refused f.name = name
+    return own
 
 
 class OwnForecaster:
-    """A forecaster of one's own as both scripts call it: every attribute is the object's, but an exception its
-    predict raises becomes a UserError (exit status 2) naming it (`said`: FLAG FILE.py:NAME), with the exception and
-    the traceback of its frames only. The bug is in code the user can change, and where in it shows in those frames
-    (an IndexError deep in their numpy code says nothing alone); the script's frames above them would only bury them
-    and read as a crash of the script."""
+    """A forecaster of one's own as both scripts call it: every attribute is the object's (a `name` it lacks, its
+    label, the wrapper's), but an exception its predict raises becomes a UserError (exit status 2) naming it (`said`:
+    FLAG FILE.py:NAME), with the exception and the traceback of its frames only. The bug is in code the user can
+    change, and where in it shows in those frames (an IndexError deep in their numpy code says nothing alone); the
+    script's frames above them would only bury them and read as a crash of the script."""
 
     def __init__(self, own: object, said: str):
         vars(self).update(_own=own, _said=said)     # underscored: the object's own attributes keep their names
@@ -129,14 +150,22 @@ def import_source(spec: str, flag: str) -> ModuleType:
         if source.endswith(".py"):
             if not os.path.isfile(source):      # os.path's: see paths
                 raise UserError(f"{flag} {spec}: no such file {source}")
-            return load_file(Path(source))
+            try:
+                module = load_file(Path(source))
+            except Exception:           # a helper taken from elsewhere explains the failure better (no VALUE in it)
+                check_imports_ran(Path(source), source, f"{flag} {spec}")
+                raise
+            check_imports_ran(Path(source), source, f"{flag} {spec}")
+            return module
         return importlib.import_module(source)
     except UserError:
         raise
     except Exception as e:
         file = source.replace(".", "/") + ".py"
+        missing = isinstance(e, ModuleNotFoundError) and not source.endswith(".py") and (
+            e.name == source or source.startswith(f"{e.name}."))      # not a module the found one imports
         hint = (f" (a file? {flag} {file}:{name} loads it by its path; a module name is looked up on "
-                f"PYTHONPATH, not in the working folder)" if isinstance(e, ModuleNotFoundError) else "")
+                f"PYTHONPATH, not in the working folder)" if missing else "")
         raise UserError(f"{flag} {spec}: importing {source} failed: {type(e).__name__}: {e}{hint}") from e
 
 

@@ -171,3 +171,82 @@ class Property(At360):
     with pytest.raises(UserError, match=r"mine.py:Property: it forecasts at 360 Hz but the data is at 128 Hz"):
         own_forecaster.user_forecaster(f"{tmp_path / 'mine.py'}:Property", 128)
     assert own_forecaster.user_forecaster(f"{tmp_path / 'mine.py'}:Property", 360).name == "Property"
+
+
+FORECASTER_WITH_HELPER = """import numpy as np
+from {helper} import VALUE
+
+
+class F:
+    def __init__(self, fs):
+        self.fs, self.value = fs, VALUE
+
+    def predict(self, context, horizon, num_samples=100, seed=0):
+        return np.full((1, 1, horizon, 2), self.value, np.float32)
+"""
+
+
+def test_two_versions_of_ones_own_forecaster_are_two_modules_or_refused(tmp_path, monkeypatch):
+    """v1/model.py and v2/model.py, each beside its own helper.py: the second ran the first's helper (Python keeps one
+    module per name), while the report hashed v2/helper.py; it is refused by name. Beside helpers of their own names,
+    both load, each its own module (one registered name for both files overwrote the first's: pickle refused it)."""
+    import pickle
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for version in (1, 2):
+        (tmp_path / f"v{version}").mkdir()
+        (tmp_path / f"v{version}" / "model.py").write_text(FORECASTER_WITH_HELPER.format(helper="own_helper_v"))
+        (tmp_path / f"v{version}" / "own_helper_v.py").write_text(f"VALUE = {version}\n")
+    try:
+        first = own_forecaster.user_forecaster(f"{tmp_path / 'v1' / 'model.py'}:F", 128)
+        assert first.value == 1
+        with pytest.raises(UserError, match=r"imports own_helper_v, meant to be .*v2/own_helper_v.py, but Python took "
+                                            r".*v1/own_helper_v.py .*rename own_helper_v.py"):
+            own_forecaster.user_forecaster(f"{tmp_path / 'v2' / 'model.py'}:F", 128)
+        (tmp_path / "v2" / "model.py").write_text(FORECASTER_WITH_HELPER.format(helper="own_helper_v2"))
+        (tmp_path / "v2" / "own_helper_v2.py").write_text("VALUE = 2\n")
+        second = own_forecaster.user_forecaster(f"{tmp_path / 'v2' / 'model.py'}:F", 128)
+        assert second.value == 2 and type(first._own).__module__ != type(second._own).__module__
+        assert pickle.loads(pickle.dumps(first._own)).value == 1 and pickle.loads(pickle.dumps(second._own)).value == 2
+    finally:
+        for name in ("own_helper_v", "own_helper_v2"):
+            sys.modules.pop(name, None)
+
+
+def test_a_helper_named_like_a_project_module_is_refused_and_the_project_keeps_its_own(tmp_path, monkeypatch):
+    """A metrics.py beside one's own file lost to the project's metrics (already loaded), which the forecaster then
+    ran while the report hashed theirs; it is refused by name. Its folder comes after the project's on sys.path, so
+    a project module imported later is the project's, not a file of that name beside one's own."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "metrics.py").write_text("VALUE = 3\n")
+    (tmp_path / "mine.py").write_text(FORECASTER_WITH_HELPER.format(helper="metrics"))
+    with pytest.raises(UserError, match=r"imports metrics, meant to be .*metrics.py, but Python took .*rename "
+                                        r"metrics.py"):
+        own_forecaster.user_forecaster(f"{tmp_path / 'mine.py'}:F", 128)
+    assert sys.path[-1] == str(tmp_path.resolve())         # after the project's and the environment's folders
+
+
+def test_ones_own_frozen_or_slotted_forecaster_gets_its_label_on_the_wrapper(tmp_path):
+    """Its label was set on the object (f.name = NAME): a frozen dataclass raised FrozenInstanceError, one with
+    __slots__ AttributeError, tracebacks of exit status 1."""
+    (tmp_path / "frozen.py").write_text(
+        "import dataclasses\nimport numpy as np\n\n\n@dataclasses.dataclass(frozen=True)\nclass Frozen:\n    fs: int\n\n"
+        "    def predict(self, context, horizon, num_samples=100, seed=0):\n"
+        "        return np.zeros((1, 1, horizon, 2), np.float32)\n\n\nclass Slotted:\n    __slots__ = ('fs',)\n\n"
+        "    def __init__(self, fs):\n        self.fs = fs\n\n"
+        "    def predict(self, context, horizon, num_samples=100, seed=0):\n"
+        "        return np.zeros((1, 1, horizon, 2), np.float32)\n")
+    for name in ("Frozen", "Slotted"):
+        f = own_forecaster.user_forecaster(f"{tmp_path / 'frozen.py'}:{name}", 128)
+        assert f.name == name and f.fs == 128 and not hasattr(f._own, "name")
+
+
+def test_a_module_that_ones_own_file_imports_and_is_missing_gets_no_file_hint(tmp_path):
+    """'a file? --model dep/py.py:F loads it by its path' was said of a missing package that FILE.py imports; the
+    hint is for a module:NAME whose module is not found."""
+    (tmp_path / "dep.py").write_text("import not_installed_pkg_xyz\n")
+    with pytest.raises(UserError) as caught:
+        own_forecaster.user_forecaster(f"{tmp_path / 'dep.py'}:F", 128)
+    assert "not_installed_pkg_xyz" in str(caught.value) and "a file?" not in str(caught.value)
+    with pytest.raises(UserError, match=r"a file\? --model my_pkg_xyz/model.py:F loads it by its path"):
+        own_forecaster.user_forecaster("my_pkg_xyz.model:F", 128)
