@@ -9,8 +9,9 @@ a little of the horizon after them, which a forecast made in real time cannot se
 its record's raw samples up to the context's last one alone (the same filter and resampling over the
 `--margin-seconds` before it, mirrored at its end as preparation mirrors a record's end), forecasts the prepared and
 the past-only context of every window with the window's seed, and scores both against the same prepared horizon with
-evaluate.py: each forecaster's MSE (whole horizon and first second), CRPS, cover 80 and F1 ±100 ms both ways, and the
-change in MSE and CRPS paired by record. `context_change`: how far the past-only contexts lie from the prepared ones
+evaluate.py: each forecaster's MSE (whole horizon and first second), CRPS, cover 80 and F1 ±100 ms both ways, the
+change in MSE and CRPS paired by record, and each model paired with the best baseline both ways (`targets`: as the
+README's targets table pairs them, MSE and CRPS over the horizon and its first second, F1 ±100 ms). `context_change`: how far the past-only contexts lie from the prepared ones
 over their last 0.3 s and their first half (where only the filter's start differs: a check of the alignment).
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ import running  # noqa: E402
 
 MODELS = ["pretrained", "pretrained_sde", "template_ensemble", "seasonal"]
 KEYS = ("mse", "crps", "cov80", "f1_100")
+TARGETS = {("mse", "all"), ("mse", "0-1 s"), ("crps", "all"), ("f1_100", "all")}
 
 
 def raw_past(path: Path, leads: list[str], start: int, end: int) -> np.ndarray:
@@ -85,12 +87,24 @@ def context_change(prepared: np.ndarray, past: np.ndarray, fs: int) -> dict:
             "first_half_rms_mv": round(float(np.sqrt((half ** 2).mean())), 5)}
 
 
-def scored(forecasters: dict, w, context: int, fs: int, samples: int) -> dict:
+def scored(forecasters: dict, baselines: frozenset[str], w, context: int, fs: int, samples: int) -> dict:
     """evaluate.py's summary of the windows w."""
     import evaluate as E
 
     scores, truth = E.evaluate(forecasters, w, context, fs, samples)
-    return E.summarize(scores, truth, w, fs, w.signals.shape[1] - context, n_boot=1000)
+    return E.summarize(scores, truth, w, fs, w.signals.shape[1] - context, n_boot=1000, baselines=baselines)
+
+
+def targets(summary: dict) -> dict:
+    """Each model minus the best baseline, paired by record (summary["paired"]), on the targets' scores."""
+    out: dict = {}
+    for row in summary["paired"]:
+        if (row["metric"], row["horizon"]) in TARGETS:
+            d = row["difference"]
+            out.setdefault(row["forecaster"], {})[f"{row['metric']} {row['horizon']}"] = {
+                "baseline": row["baseline"], "difference": round(d["value"], 5), "ci": [round(v, 5) for v in d["ci"]],
+                "better_on": row["better_on"], "records": row["records"]}
+    return out
 
 
 def figures(summary: dict, name: str) -> dict:
@@ -140,9 +154,9 @@ def main(argv: list[str] | None = None) -> dict:
     prepared, past = past_only_windows(w, folder, cfg, context, args.margin_seconds)
     if len(prepared.record) < len(w.record):
         running.note(f"{len(w.record) - len(prepared.record)} windows left out: their past holds a gap")
-    forecasters, _, _ = E.build_forecasters(args.model, cfg, None)
-    before = scored(forecasters, prepared, context, fs, args.samples)
-    after = scored(forecasters, past, context, fs, args.samples)
+    forecasters, baselines, _ = E.build_forecasters(args.model, cfg, None)
+    before = scored(forecasters, baselines, prepared, context, fs, args.samples)
+    after = scored(forecasters, baselines, past, context, fs, args.samples)
     return emit({"bench": "past_only", "source": E.windows_source(w), "windows": len(prepared.record),
                  "records": len(np.unique(prepared.record)), "samples": args.samples,
                  "margin_s": args.margin_seconds,
@@ -151,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
                                         "paired_mse": paired(before, after, name, "mse"),
                                         "paired_crps": paired(before, after, name, "crps")}
                                  for name in forecasters},
+                 "targets": {"prepared": targets(before), "past_only": targets(after)},
                  "data_hash": paths.run_data_hash(w.source)}, commit)
 
 

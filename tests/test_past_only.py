@@ -54,14 +54,21 @@ def test_a_past_holding_a_gap_is_left_out_and_a_margin_shorter_than_the_context_
         P.past_context(path, ["MLII", "V1"], FS_IN, cfg, 20 * fs, c, 2.0)
 
 
-def test_the_bench_scores_both_contexts_of_the_same_windows(synthetic_db: Path, capsys):
+def test_the_bench_scores_both_contexts_of_the_same_windows(synthetic_db: Path, tmp_path: Path, capsys):
     """One JSON line: each forecaster's figures both ways over the same windows; a forecaster that does not read the
-    context's end (zero) scores the same both ways, seasonal naive does not."""
-    line = P.main(["--wfdb-dir", str(synthetic_db), "--model", "zero", "seasonal", "--samples", "2",
-                   "--max-windows-per-record", "2", "--margin-seconds", "10"])
+    context's end (zero) scores the same both ways, seasonal naive does not; a model (here one's own, seasonal naive
+    again) is paired with the best baseline both ways, as the targets are."""
+    (tmp_path / "mine.py").write_text("from baselines import SeasonalNaive\n\n\nclass Mine(SeasonalNaive):\n"
+                                      "    name = 'mine'\n")
+    line = P.main(["--wfdb-dir", str(synthetic_db), "--model", "zero", "seasonal", f"{tmp_path / 'mine.py'}:Mine",
+                   "--samples", "2", "--max-windows-per-record", "2", "--margin-seconds", "10"])
     assert json.loads(capsys.readouterr().out.splitlines()[-1]) == line
     assert line["windows"] == 12 and line["records"] == 6
     zero, seasonal = line["forecasters"]["zero"], line["forecasters"]["seasonal"]
     assert zero["prepared"] == zero["past_only"] and zero["paired_mse"]["mean"] == 0
     assert seasonal["prepared"]["mse"] != seasonal["past_only"]["mse"]
     assert 0 < line["context_change"]["first_half_rms_mv"] < line["context_change"]["last_0.3s_rms_mv"]
+    for kind in ("prepared", "past_only"):
+        mine = line["targets"][kind]["mine"]
+        assert set(mine) == {"mse all", "mse 0-1 s", "crps all", "f1_100 all"} and mine["f1_100 all"]["records"] == 6
+        assert mine["f1_100 all"]["baseline"] == "seasonal" and mine["f1_100 all"]["difference"] == 0
