@@ -841,7 +841,8 @@ def test_resume_with_crps_from_names_the_pair_of_flags(tmp_path: Path, capsys, m
     """--resume of an ELBO run with --crps-from is one clear error (was a KeyError traceback: the ELBO run's meta
     has no crps_from); a fine-tuning run resumed with another --crps-from says it goes on from its own source."""
     elbo, tuned = tmp_path / "elbo.pt", tmp_path / "tuned.pt"
-    common = {"kind": "latent_sde", "model": {}, "config": {}, "vqvae": {}, **dict.fromkeys(TRAINING_STATE)}
+    common = {"kind": "latent_sde", "model": {}, "config": {}, "vqvae": {"model": {}, "config": {}},
+              **dict.fromkeys(TRAINING_STATE)}
     torch.save({**common, "meta": {"seed": 0}}, elbo)
     torch.save({**common, "meta": {"seed": 0, "crps_from": "first.pt"}}, tuned)
     with pytest.raises(UserError, match=f"--resume {elbo} .* ELBO run .* --crps-from"):
@@ -1804,8 +1805,8 @@ def test_an_odd_crps_batch_under_torchrun_names_the_crps_key(tmp_path: Path, mon
     raw = json.loads(json.dumps(TINY_SDE))
     raw["model"].update(phase_harmonics=0, corrected_dims=0, draft_beats=True)
     elbo = tmp_path / "elbo.pt"
-    torch.save({"kind": "latent_sde", "model": {}, "config": {**raw, "vqvae": {}}, "meta": {"seed": 0}, "vqvae": {}},
-               elbo)
+    torch.save({"kind": "latent_sde", "model": {}, "config": {**raw, "vqvae": {}}, "meta": {"seed": 0},
+                "vqvae": {"model": {}, "config": {}}}, elbo)
     monkeypatch.setattr(latent_sde_train, "setup_runtime", lambda device: Runtime(torch.device("cpu"), 0, 2))
     with pytest.raises(UserError, match=r"^crps\.batch_size=3 \(--batch-size\) must be divisible by the 2 "
                                         r"processes: pass --batch-size 2 or 4$"):
