@@ -2,12 +2,14 @@
 
     python3 pretrained.py --checkpoint checkpoints/pretrained/transformer-<time>/best.pt
     python3 pretrained.py --checkpoint checkpoints/pretrained/latent_sde_crps-<time>/best.pt
+    python3 pretrained.py --references      # both shipped models' reference forecasts again, by today's code
 
 `make pretrained` and `make pretrained-sde` run this after training from scratch. A Transformer goes to
 pretrained/forecaster.pt, a latent SDE to pretrained/latent_sde.pt (paths.SHIPPED). The shipped file keeps
 the weights, configs and provenance (seed, git commit, data hash, commands, training minutes) and drops
 optimiser and RNG state, so it stays small and loads with torch.load(..., weights_only=True). From Python,
-main(["--checkpoint", ...]) takes the flags as a list and returns the shipped file's path.
+main(["--checkpoint", ...]) takes the flags as a list and returns the shipped file's path (with --references, the
+first reference file's).
 """
 from __future__ import annotations
 
@@ -100,22 +102,44 @@ def ship(packed: dict, out: Path, ref_path: Path, mitdb: Path, commit: str, agai
         new, new_ref = Path(tmp) / out.name, Path(tmp) / ref_path.name
         paths.atomic_torch_save(packed, new)
         fc = Forecaster.from_checkpoint(new, device="cpu")
-        # which weights and code made the figures: the shipped file may be packed again (its sampling settings)
-        paths.atomic_write_json({"samples": REFERENCE_SAMPLES, "seed": REFERENCE_SEED, "model": fc.name,
-                                 "checkpoint_sha256": paths.file_sha256(new), "git_commit": commit,
-                                 "cases": reference_figures(fc, mitdb)}, new_ref)
+        paths.atomic_write_json(reference_record(fc, new, mitdb, commit), new_ref)
         paths.moved_in([(new, out), (new_ref, ref_path)], out.parent, again)
+
+
+def reference_record(fc: ForecasterBase, checkpoint: Path, mitdb: Path, commit: str) -> dict:
+    """The reference forecasts of `fc`, loaded from `checkpoint`, and which weights and code made them: the shipped
+    file may be packed again (its sampling settings), and the code that forecasts may change."""
+    return {"samples": REFERENCE_SAMPLES, "seed": REFERENCE_SEED, "model": fc.name,
+            "checkpoint_sha256": paths.file_sha256(checkpoint), "git_commit": commit,
+            "cases": reference_figures(fc, mitdb)}
+
+
+def write_references(mitdb: Path, commit: str) -> list[Path]:
+    """Both shipped models' reference forecasts made again from the files as shipped, after a change to the code
+    that forecasts (drafts, sampling): the test holds a model to figures today's code gives, and to its file."""
+    out = []
+    for model, checkpoint in SHIPPED.items():
+        fc = Forecaster.from_checkpoint(checkpoint, device="cpu")
+        paths.atomic_write_json(reference_record(fc, checkpoint, mitdb, commit), reference_path(model))
+        out.append(reference_path(model))
+    return out
 
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, type=paths.given_path,
-                   help="forecaster best.pt (Transformer or latent SDE)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", type=paths.given_path, help="forecaster best.pt (Transformer or latent SDE)")
+    what.add_argument("--references", action="store_true",
+                      help="write the shipped models' reference forecasts again from the files as shipped")
     p.add_argument("--mitdb", default=str(paths.location("data")), type=paths.given_path,
                    help=f"MIT-BIH folder for the reference forecasts (default: {paths.DATA_DEFAULT})")
     args = p.parse_args(argv)
     commit = paths.git_commit()     # the code that runs, whatever the tree holds when the references are written
     mitdb = check_mitdb(Path(args.mitdb))
+    if args.references:
+        written = write_references(mitdb, commit)
+        print("reference forecasts -> " + ", ".join(str(p) for p in written))
+        return written[0]
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt["kind"] not in SHIPPED:
         raise paths.UserError(f"{args.checkpoint} holds a '{ckpt['kind']}' model, not a forecaster")

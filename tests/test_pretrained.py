@@ -79,6 +79,7 @@ def test_shipped_model_reproduces_its_reference_forecasts(mitdb, model):
     ref = json.loads(pretrained.reference_path(model).read_text())
     fc = Forecaster.from_pretrained(device="cpu", model=model)
     assert fc.name == ref["model"] == model
+    assert ref["checkpoint_sha256"] == file_sha256(SHIPPED[model])     # the figures of this very file
     got = pretrained.reference_figures(fc, mitdb)
     for want, have in zip(ref["cases"], got, strict=True):
         assert have["record"] == want["record"]
@@ -1051,3 +1052,26 @@ def test_from_checkpoint_loads_a_file_named_as_a_shipped_model(model, tmp_path, 
     (tmp_path / model).write_bytes(SHIPPED[model].read_bytes())
     monkeypatch.chdir(tmp_path)
     assert Forecaster.from_checkpoint(model, "cpu").name == model
+
+
+def test_references_are_made_again_from_the_files_as_shipped(tmp_path, monkeypatch, mitdb):
+    """pretrained.py --references: both models' reference forecasts by today's code, naming each file's SHA-256 and
+    the commit, the shipped files untouched (the references had been made once, at packing, and drifted within the
+    test's tolerance as the drafts changed)."""
+    import shutil
+
+    moved = {k: tmp_path / "pretrained" / v.name for k, v in SHIPPED.items()}
+    moved["transformer"].parent.mkdir()
+    for model, path in moved.items():
+        shutil.copyfile(SHIPPED[model], path)
+    monkeypatch.setattr(pretrained, "SHIPPED", moved)
+    before = {model: path.read_bytes() for model, path in moved.items()}
+    monkeypatch.setattr(pretrained, "reference_figures", lambda fc, folder: [{"model": fc.name, "mitdb": str(folder)}])
+    res = run_script(pretrained.main, "pretrained.py", ["--references", "--mitdb", str(mitdb)])
+    assert res.returncode == 0, res.stderr
+    for model, path in moved.items():
+        ref = json.loads(pretrained.reference_path(model).read_text())
+        assert ref["cases"] == [{"model": model, "mitdb": str(mitdb)}] and ref["git_commit"]
+        assert ref["checkpoint_sha256"] == file_sha256(path) and path.read_bytes() == before[model]
+    res = run_script(pretrained.main, "pretrained.py", ["--references", "--checkpoint", str(moved["transformer"])])
+    assert res.returncode == 2 and "not allowed with argument" in res.stderr
