@@ -279,9 +279,6 @@ def read_checkpoint(path: str | os.PathLike, kind: str | None = None, example: s
     if kind is not None and ckpt["kind"] != kind:
         raise UserError(f"{path} holds a '{ckpt['kind']}' model, expected '{kind}'")
     missing = [k for k in CHECKPOINT_KEYS.get(ckpt["kind"], ()) if k not in ckpt]
-    if "vqvae" in CHECKPOINT_KEYS.get(ckpt["kind"], ()) and "vqvae" not in missing:     # the VQ-VAE it stores
-        held = ckpt["vqvae"] if isinstance(ckpt["vqvae"], dict) else {}
-        missing += [f"vqvae.{k}" for k in ("model", "config") if k not in held]
     if missing:
         raise UserError(f"{path} is a '{ckpt['kind']}' checkpoint without {', '.join(missing)}: not one these "
                         f"scripts wrote, or damaged")

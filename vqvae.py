@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hyper_params import Config, ModelConfig, stored_config
+from paths import UserError
 from train_results import float32_default, load_weights
 from transformer import ConvAttention, as_levels, check_code_range
 
@@ -530,6 +531,10 @@ def vqvae_from(ckpt: dict, source: str) -> tuple[VQVAE, Config]:
     """The VQ-VAE in eval mode that a checkpoint (or a forecaster's stored VQ-VAE) holds, and its config:
     forecasters prepare their input with the config's data settings. float32 as trained, whatever torch's default
     dtype: built in a float64 session, its windows met float64 weights ('Input type (float) and bias type (double)')."""
+    missing = [k for k in ("model", "config") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:         # a forecaster's stored VQ-VAE cut short: a KeyError traceback, not the file and the key
+        raise UserError(f"{source}: its VQ-VAE holds no {' and no '.join(missing)}: not a checkpoint these scripts "
+                        f"wrote, or damaged")
     cfg = stored_config(ckpt["config"], f"VQ-VAE config stored in {source}")
     model = VQVAE(cfg.model)
     load_weights(model, ckpt["model"], source)
