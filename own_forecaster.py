@@ -69,9 +69,10 @@ def check_imports_ran(path: Path, source: str, said: str) -> None:
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         ran = getattr(sys.modules.get(name), "__file__", None)
         if ran and Path(ran).resolve() != f.resolve():
+            theirs = not (in_environment(Path(ran)) or Path(ran).resolve().is_relative_to(paths.ROOT.resolve()))
             raise UserError(f"{said}: {path} imports {name}, meant to be {f}, but Python took {ran} (a module of that "
-                            f"name loaded before: Python keeps one per name); rename {f.name}, or run the other "
-                            f"forecaster apart")
+                            f"name loaded before: Python keeps one per name); rename {f.name}"
+                            + (", or run the other forecaster apart" if theirs else ""))
 
 
 def user_forecaster(spec: str, fs: int, device: str | None = None, flag: str = "--model",

@@ -17,7 +17,9 @@ over their last 0.3 s and their first half (where only the filter's start differ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,8 @@ def raw_past(path: Path, leads: list[str], start: int, end: int) -> np.ndarray:
     import wfdb
     from prepare_mitbih import mv_per_unit
 
+    if not path.with_suffix(".hea").is_file():
+        raise paths.UserError(f"{path}.hea not found: pass --data-dir the WFDB folder the prepared split was made from")
     rec = wfdb.rdrecord(str(path), sampfrom=start, sampto=end, channel_names=list(leads))
     if rec.p_signal is None or rec.p_signal.shape[1] != 2:
         raise paths.UserError(f"{path}: leads {leads} not both found")
@@ -74,8 +78,24 @@ def past_only_windows(w, folder: Path, cfg, context: int, margin_s: float):
         if ctx is not None:
             signals[i, :context] = ctx
             keep.append(i)
+    if not keep:
+        raise paths.UserError(f"no window left: the {margin_s:g} s before every context's end hold a gap (NaN); "
+                              f"lower --margin-seconds")
     keep = np.array(keep, int)
     return w.select(keep), dataclasses.replace(w, signals=signals).select(keep)
+
+
+def check_same_records(folder: Path) -> None:
+    """The records in `folder` must be those the prepared tensors were made from (meta.json's input hash, over every
+    record prepared): others of the same names (another copy, edited) gave contexts of other signals without a word."""
+    from prepare_mitbih import hash_inputs, records_of, stored_meta
+
+    meta = stored_meta(paths.location("prepared"))
+    made_from, names = meta.get("input_hash"), list(records_of(meta))
+    if made_from and names and hash_inputs(folder, names, meta.get("annotator", "atr")) != made_from:
+        raise paths.UserError(f"the records in {folder} are not the files the prepared tensors were made from (input "
+                              f"hash {made_from}, of {len(names)} records): pass --data-dir the WFDB folder "
+                              f"prepare_mitbih.py read")
 
 
 def context_change(prepared: np.ndarray, past: np.ndarray, fs: int) -> dict:
@@ -95,6 +115,11 @@ def scored(forecasters: dict, baselines: frozenset[str], w, context: int, fs: in
     return E.summarize(scores, truth, w, fs, w.signals.shape[1] - context, n_boot=1000, baselines=baselines)
 
 
+def rounded(v: float | None) -> float | None:
+    """A figure at 5 decimals; None for an undefined one (an interval over one record): NaN is no JSON."""
+    return None if v is None or not np.isfinite(v) else round(float(v), 5)
+
+
 def targets(summary: dict) -> dict:
     """Each model minus the best baseline, paired by record (summary["paired"]), on the targets' scores."""
     out: dict = {}
@@ -102,7 +127,7 @@ def targets(summary: dict) -> dict:
         if (row["metric"], row["horizon"]) in TARGETS:
             d = row["difference"]
             out.setdefault(row["forecaster"], {})[f"{row['metric']} {row['horizon']}"] = {
-                "baseline": row["baseline"], "difference": round(d["value"], 5), "ci": [round(v, 5) for v in d["ci"]],
+                "baseline": row["baseline"], "difference": rounded(d["value"]), "ci": [rounded(v) for v in d["ci"]],
                 "better_on": row["better_on"], "records": row["records"]}
     return out
 
@@ -111,7 +136,7 @@ def figures(summary: dict, name: str) -> dict:
     metrics = summary["forecasters"][name]["metrics"]
     out = {k: metrics[k][-1]["value"] for k in KEYS}
     out["mse_0_1s"] = metrics["mse"][0]["value"]
-    return {k: None if v is None else round(v, 5) for k, v in out.items()}
+    return {k: rounded(v) for k, v in out.items()}
 
 
 def paired(before: dict, after: dict, name: str, metric: str) -> dict:
@@ -120,7 +145,7 @@ def paired(before: dict, after: dict, name: str, metric: str) -> dict:
     a = np.array([after["per_record"][name][metric][r] for r in records], float)
     b = np.array([before["per_record"][name][metric][r] for r in records], float)
     d = M.paired_difference(a, b)
-    return {"mean": round(d["mean"], 5), "ci": [round(v, 5) for v in d["ci"]], "higher": d["above"],
+    return {"mean": rounded(d["mean"]), "ci": [rounded(v) for v in d["ci"]], "higher": d["above"],
             "lower": d["below"], "records": d["records"]}
 
 
@@ -151,12 +176,14 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         folder = paths.location("data", args.data_dir)
         w = E.limit_windows(E.load_prepared(args.split, cfg, None), None, args.max_windows_per_record)
+        check_same_records(folder)
     prepared, past = past_only_windows(w, folder, cfg, context, args.margin_seconds)
     if len(prepared.record) < len(w.record):
         running.note(f"{len(w.record) - len(prepared.record)} windows left out: their past holds a gap")
-    forecasters, baselines, _ = E.build_forecasters(args.model, cfg, None)
-    before = scored(forecasters, baselines, prepared, context, fs, args.samples)
-    after = scored(forecasters, baselines, past, context, fs, args.samples)
+    with contextlib.redirect_stdout(sys.stderr):         # stdout is the one JSON line, whatever a forecaster prints
+        forecasters, baselines, _ = E.build_forecasters(args.model, cfg, None)
+        before = scored(forecasters, baselines, prepared, context, fs, args.samples)
+        after = scored(forecasters, baselines, past, context, fs, args.samples)
     return emit({"bench": "past_only", "source": E.windows_source(w), "windows": len(prepared.record),
                  "records": len(np.unique(prepared.record)), "samples": args.samples,
                  "margin_s": args.margin_seconds,

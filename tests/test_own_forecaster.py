@@ -201,7 +201,8 @@ def test_two_versions_of_ones_own_forecaster_are_two_modules_or_refused(tmp_path
         first = own_forecaster.user_forecaster(f"{tmp_path / 'v1' / 'model.py'}:F", 128)
         assert first.value == 1
         with pytest.raises(UserError, match=r"imports own_helper_v, meant to be .*v2/own_helper_v.py, but Python took "
-                                            r".*v1/own_helper_v.py .*rename own_helper_v.py"):
+                                            r".*v1/own_helper_v.py .*rename own_helper_v.py, or run the other "
+                                            r"forecaster apart"):
             own_forecaster.user_forecaster(f"{tmp_path / 'v2' / 'model.py'}:F", 128)
         (tmp_path / "v2" / "model.py").write_text(FORECASTER_WITH_HELPER.format(helper="own_helper_v2"))
         (tmp_path / "v2" / "own_helper_v2.py").write_text("VALUE = 2\n")
@@ -221,7 +222,7 @@ def test_a_helper_named_like_a_project_module_is_refused_and_the_project_keeps_i
     (tmp_path / "metrics.py").write_text("VALUE = 3\n")
     (tmp_path / "mine.py").write_text(FORECASTER_WITH_HELPER.format(helper="metrics"))
     with pytest.raises(UserError, match=r"imports metrics, meant to be .*metrics.py, but Python took .*rename "
-                                        r"metrics.py"):
+                                        r"metrics.py$"):        # the project's: no other forecaster to run apart
         own_forecaster.user_forecaster(f"{tmp_path / 'mine.py'}:F", 128)
     assert sys.path[-1] == str(tmp_path.resolve())         # after the project's and the environment's folders
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -59,10 +60,12 @@ def test_the_bench_scores_both_contexts_of_the_same_windows(synthetic_db: Path, 
     context's end (zero) scores the same both ways, seasonal naive does not; a model (here one's own, seasonal naive
     again) is paired with the best baseline both ways, as the targets are."""
     (tmp_path / "mine.py").write_text("from baselines import SeasonalNaive\n\n\nclass Mine(SeasonalNaive):\n"
-                                      "    name = 'mine'\n")
+                                      "    name = 'mine'\n\n    def __init__(self, fs):\n        print('loading')\n"
+                                      "        super().__init__(fs)\n")
     line = P.main(["--wfdb-dir", str(synthetic_db), "--model", "zero", "seasonal", f"{tmp_path / 'mine.py'}:Mine",
                    "--samples", "2", "--max-windows-per-record", "2", "--margin-seconds", "10"])
-    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == line
+    out = capsys.readouterr()
+    assert json.loads(out.out) == line and "loading" in out.err     # stdout is the JSON line alone
     assert line["windows"] == 12 and line["records"] == 6
     zero, seasonal = line["forecasters"]["zero"], line["forecasters"]["seasonal"]
     assert zero["prepared"] == zero["past_only"] and zero["paired_mse"]["mean"] == 0
@@ -72,3 +75,45 @@ def test_the_bench_scores_both_contexts_of_the_same_windows(synthetic_db: Path, 
         mine = line["targets"][kind]["mine"]
         assert set(mine) == {"mse all", "mse 0-1 s", "crps all", "f1_100 all"} and mine["f1_100 all"]["records"] == 6
         assert mine["f1_100 all"]["baseline"] == "seasonal" and mine["f1_100 all"]["difference"] == 0
+
+
+def test_one_record_gives_strict_json_and_a_past_all_gaps_is_one_error(synthetic_db: Path, tmp_path: Path):
+    """One record has no interval over records: round(None) stopped the bench in a traceback, and a NaN interval was
+    no JSON. Every window's past in a gap stopped it in a KeyError deep in evaluate.py."""
+    one = tmp_path / "one"
+    one.mkdir()
+    for f in synthetic_db.glob("100.*"):
+        (one / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "mine.py").write_text("from baselines import SeasonalNaive\n\n\nclass Mine(SeasonalNaive):\n"
+                                      "    name = 'mine'\n")
+    line = P.main(["--wfdb-dir", str(one), "--model", "zero", "seasonal", f"{tmp_path / 'mine.py'}:Mine",
+                   "--samples", "2", "--max-windows-per-record", "1", "--margin-seconds", "10"])
+    json.dumps(line, allow_nan=False)
+    assert line["forecasters"]["zero"]["paired_mse"]["ci"] == [None, None]
+    assert line["targets"]["past_only"]["mine"]["crps all"]["ci"] == [None, None]
+    x, _ = synthetic_ecg(40, FS_IN, seed=3)
+    x[: int(39 * FS_IN)] = np.nan
+    write_signal(tmp_path / "gaps", "500", x)
+    cfg = load_config()
+    w = SimpleNamespace(signals=np.zeros((1, 768, 2), np.float32), record=np.array([0]), start=np.array([0]),
+                        records=["500"], leads=[["MLII", "V1"]], fs_in=[FS_IN])
+    with pytest.raises(P.paths.UserError, match="no window left: the 10 s before every context's end hold a gap"):
+        P.past_only_windows(w, tmp_path / "gaps", cfg, cfg.data.window_samples, 10.0)
+
+
+def test_a_data_dir_of_other_records_than_the_prepared_ones_is_refused(synthetic_db: Path, tmp_path: Path,
+                                                                      monkeypatch):
+    """A folder holding other files under the prepared records' names gave contexts of other signals without a
+    word: the records read must hash to meta.json's input hash."""
+    from tiny import tiny_setup
+
+    setup = tiny_setup(tmp_path, synthetic_db)
+    monkeypatch.setenv("ECG_PREPARED_DIR", setup["prepared"])
+    P.check_same_records(synthetic_db)
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in synthetic_db.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    write_signal(other, "100", synthetic_ecg(60, FS_IN, seed=9)[0])
+    with pytest.raises(P.paths.UserError, match=f"the records in {other} are not the files the prepared tensors"):
+        P.check_same_records(other)
