@@ -151,10 +151,13 @@ def paired(before: dict, after: dict, name: str, metric: str) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", nargs="+", default=MODELS, help="as evaluate.py's --model")
-    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    p.add_argument("--max-windows-per-record", type=positive_int, default=10)
-    p.add_argument("--samples", type=positive_int, default=100)
+    p.add_argument("--model", nargs="+", default=MODELS,
+                   help=f"as evaluate.py's --model, each scored twice (default: {' '.join(MODELS)})")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"],
+                   help="prepared split to score (default: test)")
+    p.add_argument("--max-windows-per-record", type=positive_int, default=10,
+                   help="evenly spaced windows of each record (default: 10)")
+    p.add_argument("--samples", type=positive_int, default=100, help="paths per sampled forecast (default: 100)")
     p.add_argument("--margin-seconds", type=positive_seconds, default=60.0,
                    help="raw seconds filtered before each context's end (default 60)")
     src = p.add_mutually_exclusive_group()
