@@ -34,17 +34,14 @@ KEYS = ("mse", "crps", "cov80", "f1_100")
 TARGETS = {("mse", "all"), ("mse", "0-1 s"), ("crps", "all"), ("f1_100", "all")}
 
 
-def raw_past(path: Path, leads: list[str], start: int, end: int) -> np.ndarray:
-    """Samples [start, end) of a record's two leads `leads`, in mV (as preparation reads them)."""
-    import wfdb
-    from prepare_mitbih import mv_per_unit
+def raw_past(path: Path, cfg, leads: list[str], start: int, end: int) -> np.ndarray:
+    """Samples [start, end) of a record's two leads `leads` in mV, read as preparation reads them (its units, µV
+    and all, and its errors naming the file)."""
+    from prepare_mitbih import _read_leads, header_leads, read_header
 
     if not path.with_suffix(".hea").is_file():
         raise paths.UserError(f"{path}.hea not found: pass --data-dir the WFDB folder the prepared split was made from")
-    rec = wfdb.rdrecord(str(path), sampfrom=start, sampto=end, channel_names=list(leads))
-    if rec.p_signal is None or rec.p_signal.shape[1] != 2:
-        raise paths.UserError(f"{path}: leads {leads} not both found")
-    return rec.p_signal * [mv_per_unit(u) or 1.0 for u in rec.units]
+    return _read_leads(path, cfg.data, start, end, header_leads(path, read_header(path))[1], leads)[0]
 
 
 def past_context(path: Path, leads: list[str], fs_in: float, cfg, end: int, context: int, margin_s: float
@@ -60,7 +57,7 @@ def past_context(path: Path, leads: list[str], fs_in: float, cfg, end: int, cont
     at = int(first * ratio)                           # the target-rate sample of the read's first
     if end - context < at:
         raise paths.UserError(f"--margin-seconds {margin_s:g} is shorter than the context")
-    x = raw_past(path, leads, first, stop)
+    x = raw_past(path, cfg, leads, first, stop)
     if not np.isfinite(x).all():
         return None
     return filter_and_resample(x, fs_in, cfg.data, str(path))[end - context - at:end - at].astype(np.float32)
