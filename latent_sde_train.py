@@ -78,10 +78,8 @@ def encode_drafted(vq: VQVAE, signals: torch.Tensor, piece: int, fs: int) -> tor
     longer than a piece is coded in overlapping pieces, as a forecast codes its drafts (draft_frames)."""
     waves, index = draft_waves(signals[:, :piece].float().numpy(), signals.shape[1] - piece, fs,
                                beats=detected_beats(signals.numpy(), fs))
-    index = torch.from_numpy(index)
-    owner = torch.empty(len(waves), dtype=torch.long)        # each draft's window: coded at its context's gain
-    owner[index] = torch.arange(len(signals))
-    drafts = latent_frames(vq, torch.from_numpy(waves), piece, unit=context_units(vq, signals, piece)[owner])[index]
+    in_order = torch.from_numpy(waves)[torch.from_numpy(index)]    # a window's draft each, coded at its context's gain
+    drafts = latent_frames(vq, in_order, piece, unit=context_units(vq, signals, piece))
     return torch.cat([encode_windows(vq, signals, piece), drafts.half()], 1)
 
 
